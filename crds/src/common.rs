@@ -1,0 +1,81 @@
+//! Names and small types shared by the three kinds.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+pub use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+
+pub const GROUP: &str = "alcove.dev";
+pub const VERSION: &str = "v1alpha1";
+pub const API_VERSION: &str = "alcove.dev/v1alpha1";
+
+/// Every child object carries the tenant it belongs to, so one label selector finds all of a
+/// tenant's objects (and retention can find released volumes after their owner is gone).
+pub const LABEL_TENANT: &str = "alcove.dev/tenant";
+/// Children of an InferenceInstance.
+pub const LABEL_INSTANCE: &str = "alcove.dev/instance";
+/// Children of a KnowledgeBase.
+pub const LABEL_KNOWLEDGE_BASE: &str = "alcove.dev/knowledge-base";
+/// Which retention rule governs a volume (see `policy::DataClass`).
+pub const LABEL_DATA_CLASS: &str = "alcove.dev/data-class";
+/// RFC 3339 deadline after which retention erases a released volume.
+pub const ANNOTATION_RETAIN_UNTIL: &str = "alcove.dev/retain-until";
+/// Setting this annotation on an InferenceInstance to a new value rotates its API key.
+pub const ANNOTATION_ROTATE_API_KEY: &str = "alcove.dev/rotate-api-key";
+/// The only field manager the operator writes with (server-side apply).
+pub const FIELD_MANAGER: &str = "alcove-operator";
+
+/// Condition types used across the kinds.
+pub mod condition {
+    pub const READY: &str = "Ready";
+    pub const QUOTA_APPLIED: &str = "QuotaApplied";
+    pub const ISOLATION_APPLIED: &str = "IsolationApplied";
+    pub const SCHEDULED: &str = "Scheduled";
+    pub const QUOTA_AVAILABLE: &str = "QuotaAvailable";
+    pub const BILLING: &str = "Billing";
+    pub const INDEXED: &str = "Indexed";
+}
+
+/// Where model weights come from. Exactly one of the fields is set (enforced by the schema).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelSource {
+    /// URI fetched into the instance's model cache volume by an init step before the server
+    /// starts: `https://`, `http://`, `s3://bucket/key` (S3-compatible store) or
+    /// `hf://org/repo` (a model hub).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048), regex(pattern = r"^(https?|s3|hf)://[^\s]+$"))]
+    pub uri: Option<String>,
+    /// A PersistentVolumeClaim in the same namespace that already holds the model; mounted
+    /// read-only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pvc: Option<PvcModelSource>,
+    /// The name of a model the platform provides read-only on its GPU nodes (see the operator's
+    /// `platformModels` configuration), e.g. `tiny-llama`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
+    pub platform: Option<String>,
+}
+
+/// A model held on a PersistentVolumeClaim.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PvcModelSource {
+    /// Name of the PersistentVolumeClaim, in the same namespace as the referring object.
+    #[schemars(length(min = 1, max = 253))]
+    pub claim_name: String,
+}
+
+impl ModelSource {
+    /// How many of the alternatives are set; the schema insists on exactly one.
+    pub fn count_set(&self) -> usize {
+        [self.uri.is_some(), self.pvc.is_some(), self.platform.is_some()]
+            .into_iter()
+            .filter(|set| *set)
+            .count()
+    }
+}
+
+/// The CEL rule enforcing "exactly one source", shared by every struct embedding a ModelSource.
+pub const EXACTLY_ONE_MODEL_SOURCE: &str =
+    "[has(self.uri), has(self.pvc), has(self.platform)].filter(x, x).size() == 1";
