@@ -1,0 +1,874 @@
+//! Generic REST semantics shared by the HTTP handlers and the built-in controllers: create,
+//! update, patch (merge, JSON, strategic, apply), delete with finalizers, grace periods and
+//! propagation policies — the behaviour of kube-apiserver's generic registry and strategies.
+
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+
+use crate::admission;
+use crate::builtin;
+use crate::error::{ApiError, FieldError, Qualified};
+use crate::events;
+use crate::fieldmanager::{self, Ownership, Scope};
+use crate::meta;
+use crate::patch;
+use crate::resources::{self, GroupResource, ResourceInfo};
+use crate::state::State;
+use crate::typeinfo::TypeInfo;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FieldValidation {
+    Ignore,
+    Warn,
+    Strict,
+}
+
+impl FieldValidation {
+    pub fn parse(s: Option<&str>) -> Result<FieldValidation, ApiError> {
+        match s.unwrap_or("Warn") {
+            "" | "Warn" => Ok(FieldValidation::Warn),
+            "Ignore" => Ok(FieldValidation::Ignore),
+            "Strict" => Ok(FieldValidation::Strict),
+            other => Err(ApiError::bad_request(format!(
+                "fieldValidation parameter unsupported: {other:?}. Supported values: Ignore, Strict, Warn"
+            ))),
+        }
+    }
+}
+
+/// Options of one write.
+#[derive(Clone, Debug)]
+pub struct WriteOpts {
+    pub manager: String,
+    pub dry_run: bool,
+    pub validation: FieldValidation,
+    pub force: bool,
+}
+
+impl WriteOpts {
+    /// A built-in controller's write.
+    pub fn system(manager: &str) -> WriteOpts {
+        WriteOpts { manager: manager.into(), dry_run: false, validation: FieldValidation::Ignore, force: true }
+    }
+}
+
+/// The outcome of a write.
+pub struct Written {
+    pub object: Arc<Value>,
+    pub warnings: Vec<String>,
+    pub created: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PatchType {
+    Json,
+    Merge,
+    Strategic,
+    Apply,
+}
+
+impl PatchType {
+    pub fn from_content_type(ct: &str) -> Option<PatchType> {
+        match ct.split(';').next().unwrap_or_default().trim() {
+            "application/json-patch+json" => Some(PatchType::Json),
+            "application/merge-patch+json" => Some(PatchType::Merge),
+            "application/strategic-merge-patch+json" => Some(PatchType::Strategic),
+            "application/apply-patch+yaml" | "application/apply-patch+cbor" => Some(PatchType::Apply),
+            _ => None,
+        }
+    }
+}
+
+/// Options of one delete.
+#[derive(Clone, Debug, Default)]
+pub struct DeleteOpts {
+    pub grace_period: Option<i64>,
+    pub propagation: Option<String>,
+    pub precondition_uid: Option<String>,
+    pub precondition_rv: Option<String>,
+    pub dry_run: bool,
+}
+
+/// What a delete did.
+pub enum Deleted {
+    /// The object is gone; its last state.
+    Gone(Arc<Value>),
+    /// Deletion started (finalizers or a grace period); the object as it is now.
+    Pending(Arc<Value>),
+}
+
+fn qualified(info: &ResourceInfo) -> Qualified<'_> {
+    Qualified { group: &info.group, resource: &info.plural }
+}
+
+pub fn type_info(info: &ResourceInfo) -> TypeInfo<'_> {
+    match &info.crd {
+        Some(crd) => TypeInfo::Custom { schema: &crd.schema },
+        None => TypeInfo::Builtin { kind: &info.kind },
+    }
+}
+
+/// Kinds that carry `metadata.generation`.
+fn has_generation(info: &ResourceInfo) -> bool {
+    info.is_custom()
+        || matches!(
+            info.group.as_str(),
+            "apps" | "batch" | "policy" | "networking.k8s.io" | "apiextensions.k8s.io" | "discovery.k8s.io"
+        )
+}
+
+fn is_core_events_view(info: &ResourceInfo) -> bool {
+    info.storage.is_some() && info.group == "events.k8s.io"
+}
+
+/// Converts a stored object into the shape `info` serves (only events differ).
+pub fn present(info: &ResourceInfo, obj: &Value) -> Value {
+    if is_core_events_view(info) { events::from_core(obj) } else { obj.clone() }
+}
+
+fn to_storage(info: &ResourceInfo, obj: Value) -> Value {
+    if is_core_events_view(info) { events::to_core(&obj) } else { obj }
+}
+
+/// Checks `apiVersion`/`kind` of a request body, filling them when absent.
+fn check_type(info: &ResourceInfo, obj: &mut Value) -> Result<(), ApiError> {
+    if !obj.is_object() {
+        return Err(ApiError::bad_request("the body of the request must be a JSON object"));
+    }
+    let want_av = info.api_version();
+    match obj.get("apiVersion").and_then(Value::as_str) {
+        None | Some("") => obj["apiVersion"] = want_av.clone().into(),
+        Some(av) if av != want_av => {
+            return Err(ApiError::bad_request(format!(
+                "the API version in the data ({av}) does not match the expected API version ({want_av})"
+            )));
+        }
+        _ => {}
+    }
+    match obj.get("kind").and_then(Value::as_str) {
+        None | Some("") => obj["kind"] = info.kind.clone().into(),
+        Some(k) if k != info.kind => {
+            return Err(ApiError::bad_request(format!(
+                "the kind in the data ({k}) does not match the expected kind ({})",
+                info.kind
+            )));
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Decodes the body as the kind: typed decoding for built-ins, pruning and defaulting for custom
+/// resources. Unknown fields are refused, warned about or dropped per `fieldValidation`.
+fn decode(
+    info: &ResourceInfo,
+    obj: Value,
+    validation: FieldValidation,
+    warnings: &mut Vec<String>,
+    full: bool,
+) -> Result<Value, ApiError> {
+    let (mut out, mut unknown) = match &info.crd {
+        Some(crd) => {
+            let mut o = obj;
+            let unknown = crd.prune_and_default(&mut o, full);
+            (o, unknown)
+        }
+        // An applied configuration may be partial: required fields it omits are fine.
+        None if !full => match builtin::normalize(&info.group, &info.kind, &obj) {
+            Err(e) if e.contains("missing field") => (obj, Vec::new()),
+            other => other.map_err(|e| ApiError::bad_request(format!(
+                "{kind} in version \"{v}\" cannot be handled as a {kind}: {e}",
+                kind = info.kind,
+                v = info.version
+            )))?,
+        },
+        None => builtin::normalize(&info.group, &info.kind, &obj).map_err(|e| {
+            ApiError::bad_request(format!(
+                "{kind} in version \"{v}\" cannot be handled as a {kind}: {e}",
+                kind = info.kind,
+                v = info.version
+            ))
+        })?,
+    };
+    // Metadata of custom resources is ObjectMeta like any other.
+    if info.is_custom() {
+        if let Some(m) = out.get("metadata").cloned() {
+            let typed: Result<k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta, _> = serde_json::from_value(m.clone());
+            match typed {
+                Ok(t) => {
+                    let back = serde_json::to_value(&t).unwrap_or(m.clone());
+                    if let (Some(a), Some(b)) = (m.as_object(), back.as_object()) {
+                        for k in a.keys() {
+                            if !b.contains_key(k) && !a[k].is_null() {
+                                unknown.push(format!("metadata.{k}"));
+                            }
+                        }
+                    }
+                    out["metadata"] = back;
+                }
+                Err(e) => {
+                    return Err(ApiError::bad_request(format!(
+                        "{kind} in version \"{v}\" cannot be handled as a {kind}: {e}",
+                        kind = info.kind,
+                        v = info.version
+                    )));
+                }
+            }
+        }
+    }
+    unknown.retain(|u| !u.is_empty());
+    if !unknown.is_empty() {
+        match validation {
+            FieldValidation::Strict => {
+                let list: Vec<String> = unknown.iter().map(|u| format!("unknown field \"{u}\"")).collect();
+                return Err(ApiError::bad_request(format!(
+                    "{kind} in version \"{v}\" cannot be handled as a {kind}: strict decoding error: {}",
+                    list.join(", "),
+                    kind = info.kind,
+                    v = info.version
+                )));
+            }
+            FieldValidation::Warn => warnings.extend(unknown.iter().map(|u| format!("unknown field \"{u}\""))),
+            FieldValidation::Ignore => {}
+        }
+    }
+    Ok(out)
+}
+
+fn validate(info: &ResourceInfo, obj: &Value, old: Option<&Value>, status_only: bool) -> Result<(), ApiError> {
+    let mut errors: Vec<FieldError> = Vec::new();
+    match &info.crd {
+        Some(crd) => {
+            let name = meta::name(obj);
+            if name.is_empty() && obj.pointer("/metadata/generateName").is_none() {
+                errors.push(FieldError::required("metadata.name", "name or generateName is required"));
+            } else if !name.is_empty() && !meta::is_dns1123_subdomain(name) {
+                errors.push(FieldError::invalid("metadata.name", &Value::from(name), "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')"));
+            }
+            let mut schema_errors = crd.validate(obj, old);
+            if status_only {
+                schema_errors.retain(|e| e.field.starts_with("status"));
+            }
+            errors.extend(schema_errors);
+        }
+        None => errors.extend(builtin::validate(&info.group, &info.kind, obj, old)),
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        let name = meta::name(obj);
+        Err(ApiError::invalid(&info.group, &info.kind, name, errors))
+    }
+}
+
+/// Generation increments when anything but metadata (and status, when it is a subresource)
+/// changes.
+fn bump_generation(info: &ResourceInfo, old: &Value, new: &mut Value) {
+    if !has_generation(info) {
+        return;
+    }
+    let strip = |v: &Value| {
+        let mut c = v.clone();
+        if let Some(m) = c.as_object_mut() {
+            m.remove("metadata");
+            if info.has_status() {
+                m.remove("status");
+            }
+        }
+        c
+    };
+    let generation = meta::generation(old).max(1);
+    let next = if strip(old) != strip(new) { generation + 1 } else { generation };
+    meta::set_meta(new, "generation", Some(next.into()));
+}
+
+/// Copies the fields the server owns from `old` into `new`.
+fn keep_system_metadata(old: &Value, new: &mut Value) {
+    let old_meta = old.get("metadata").cloned().unwrap_or_else(|| json!({}));
+    let m = meta::metadata_mut(new);
+    for k in ["uid", "creationTimestamp", "generation", "deletionTimestamp", "deletionGracePeriodSeconds", "namespace", "name", "selfLink"] {
+        match old_meta.get(k) {
+            Some(v) => {
+                m.insert(k.into(), v.clone());
+            }
+            None => {
+                m.remove(k);
+            }
+        }
+    }
+    m.insert("resourceVersion".into(), old_meta.get("resourceVersion").cloned().unwrap_or(Value::Null));
+}
+
+/// Strategy resets: a main-resource write keeps the stored status, a status write keeps
+/// everything but status.
+fn reset_for_subresource(info: &ResourceInfo, old: &Value, new: Value, status_write: bool) -> Value {
+    if status_write {
+        let mut out = old.clone();
+        match new.get("status") {
+            Some(s) => out["status"] = s.clone(),
+            None => {
+                out.as_object_mut().map(|m| m.remove("status"));
+            }
+        }
+        // Metadata changes other than those the status strategy allows are dropped.
+        out
+    } else if info.has_status() && info.kind != "Node" {
+        let mut out = new;
+        match old.get("status") {
+            Some(s) => out["status"] = s.clone(),
+            None => {
+                out.as_object_mut().map(|m| m.remove("status"));
+            }
+        }
+        out
+    } else {
+        new
+    }
+}
+
+/// Status of a CRD object as the apiextensions controllers set it.
+fn crd_status(crd: &Value) -> Value {
+    let now = meta::now_rfc3339();
+    let storage: Vec<Value> = crd["spec"]["versions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|v| v["storage"] == Value::Bool(true))
+        .map(|v| v["name"].clone())
+        .collect();
+    let cond = |t: &str, reason: &str, msg: &str| {
+        json!({"type": t, "status": "True", "lastTransitionTime": now, "reason": reason, "message": msg})
+    };
+    json!({
+        "acceptedNames": crd["spec"]["names"],
+        "storedVersions": storage,
+        "conditions": [
+            cond("NamesAccepted", "NoConflicts", "no conflicts found"),
+            cond("Established", "InitialNamesAccepted", "the initial names have been accepted"),
+        ],
+    })
+}
+
+/// Registers (or re-registers) the resources a CRD serves.
+fn register_crd(st: &mut State, crd: &Value) {
+    let group = crd["spec"]["group"].as_str().unwrap_or_default();
+    let plural = crd.pointer("/spec/names/plural").and_then(Value::as_str).unwrap_or_default();
+    st.registry.remove_group_resource(&GroupResource::new(group, plural));
+    for info in resources::infos_from_crd(crd) {
+        st.registry.insert(info);
+    }
+}
+
+fn after_write(st: &mut State, info: &ResourceInfo, obj: &Value) {
+    if info.group == "apiextensions.k8s.io" && info.kind == "CustomResourceDefinition" {
+        register_crd(st, obj);
+    }
+}
+
+fn store_new(st: &mut State, info: &ResourceInfo, obj: Value, dry_run: bool) -> Arc<Value> {
+    if dry_run {
+        return Arc::new(obj);
+    }
+    let stored = st.insert(&info.storage_resource(), obj);
+    after_write(st, info, &stored);
+    stored
+}
+
+fn store_replace(st: &mut State, info: &ResourceInfo, obj: Value, dry_run: bool) -> Arc<Value> {
+    if dry_run {
+        return Arc::new(obj);
+    }
+    let stored = st.replace(&info.storage_resource(), obj);
+    after_write(st, info, &stored);
+    stored
+}
+
+/// How the managed fields of a write are computed.
+enum Managed {
+    /// An ordinary write by this manager.
+    Update,
+    /// Already computed (server-side apply).
+    Precomputed,
+}
+
+fn ownership<'a>(info: &'a ResourceInfo, status_write: bool, now: &'a str) -> Ownership<'a> {
+    Ownership {
+        ti: type_info(info),
+        scope: if status_write {
+            Scope::StatusOnly
+        } else if info.has_status() && info.kind != "Node" {
+            Scope::MainResource
+        } else {
+            Scope::Everything
+        },
+        api_version: if info.group.is_empty() { "v1" } else { "" },
+        subresource: if status_write { "status" } else { "" },
+        now,
+    }
+}
+
+fn api_version_of(info: &ResourceInfo) -> String {
+    info.api_version()
+}
+
+fn create_inner(st: &mut State, info: &ResourceInfo, namespace: &str, mut obj: Value, opts: &WriteOpts, managed: Managed) -> Result<Written, ApiError> {
+    let mut warnings = Vec::new();
+    check_type(info, &mut obj)?;
+    if info.namespaced {
+        match meta::namespace(&obj) {
+            "" => meta::set_meta(&mut obj, "namespace", Some(namespace.into())),
+            ns if ns != namespace => {
+                return Err(ApiError::bad_request(
+                    "the namespace of the provided object does not match the namespace sent on the request",
+                ));
+            }
+            _ => {}
+        }
+    } else {
+        meta::set_meta(&mut obj, "namespace", None);
+    }
+    if meta::name(&obj).is_empty() {
+        if let Some(prefix) = obj.pointer("/metadata/generateName").and_then(Value::as_str).map(str::to_string) {
+            meta::set_meta(&mut obj, "name", Some(format!("{prefix}{}", meta::random_suffix(5)).into()));
+        }
+    }
+    let precomputed_managed = obj.pointer("/metadata/managedFields").cloned();
+    let mut obj = decode(info, to_storage(info, obj), opts.validation, &mut warnings, true)?;
+    let name = meta::name(&obj).to_string();
+    {
+        let m = meta::metadata_mut(&mut obj);
+        for k in ["resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds", "selfLink", "managedFields"] {
+            m.remove(k);
+        }
+        m.insert("uid".into(), meta::new_uid().into());
+        m.insert("creationTimestamp".into(), meta::now_rfc3339().into());
+        if has_generation(info) {
+            m.insert("generation".into(), 1.into());
+        } else {
+            m.remove("generation");
+        }
+    }
+    if info.has_status() && info.kind != "Node" {
+        obj.as_object_mut().map(|m| m.remove("status"));
+    }
+    builtin::apply_defaults(&info.group, &info.kind, &mut obj, true);
+    if info.kind == "CustomResourceDefinition" {
+        obj["status"] = crd_status(&obj);
+    }
+    if info.kind == "Pod" && info.group.is_empty() {
+        admission::limit_ranges(st, namespace, &mut obj).map_err(|msg| {
+            ApiError::forbidden(format!("pods \"{name}\" is forbidden: {msg}"), "", "pods", &name)
+        })?;
+    }
+    validate(info, &obj, None, false)?;
+    admission::namespace_lifecycle(st, info, namespace, &name)?;
+    if st.get(&info.storage_resource(), meta::namespace(&obj), &name).is_some() {
+        return Err(ApiError::already_exists(qualified(info), &name));
+    }
+    admission::resource_quota(st, info, &obj)?;
+    warnings.extend(admission::pod_security(st, info, &obj)?);
+    let now = meta::now_rfc3339();
+    match managed {
+        Managed::Update => fieldmanager::update_managed(None, &mut obj, &opts.manager, &ownership(info, false, &now)),
+        Managed::Precomputed => {
+            if let Some(m) = precomputed_managed {
+                meta::set_meta(&mut obj, "managedFields", Some(m));
+            }
+        }
+    }
+    fix_managed_api_version(info, &mut obj);
+    let stored = store_new(st, info, obj, opts.dry_run);
+    Ok(Written { object: stored, warnings, created: true })
+}
+
+/// `managedFields[].apiVersion` is the API version the manager used.
+fn fix_managed_api_version(info: &ResourceInfo, obj: &mut Value) {
+    let av = api_version_of(info);
+    if let Some(entries) = obj.pointer_mut("/metadata/managedFields").and_then(Value::as_array_mut) {
+        for e in entries {
+            if e["apiVersion"].as_str().is_none_or(str::is_empty) || !info.group.is_empty() && e["apiVersion"] == "v1" {
+                e["apiVersion"] = av.clone().into();
+            }
+        }
+    }
+}
+
+pub fn create(st: &mut State, info: &ResourceInfo, namespace: &str, obj: Value, opts: &WriteOpts) -> Result<Written, ApiError> {
+    create_inner(st, info, namespace, obj, opts, Managed::Update)
+}
+
+fn get_existing(st: &State, info: &ResourceInfo, namespace: &str, name: &str) -> Result<Arc<Value>, ApiError> {
+    st.get(&info.storage_resource(), namespace, name).ok_or_else(|| ApiError::not_found(qualified(info), name))
+}
+
+/// Finishes an update of `old` into `new`: strategy, validation, finalization, managed fields,
+/// and the write itself (skipped when nothing changed).
+fn update_inner(
+    st: &mut State,
+    info: &ResourceInfo,
+    old: Arc<Value>,
+    new: Value,
+    opts: &WriteOpts,
+    status_write: bool,
+    managed: Managed,
+    mut warnings: Vec<String>,
+) -> Result<Written, ApiError> {
+    let name = meta::name(&old).to_string();
+    let rv_in_request = meta::resource_version(&new).to_string();
+    if !rv_in_request.is_empty() && rv_in_request != meta::resource_version(&old) {
+        return Err(ApiError::modified(qualified(info), &name));
+    }
+    let client_managed = new.pointer("/metadata/managedFields").cloned();
+    let mut new = decode(info, new, opts.validation, &mut warnings, true)?;
+    keep_system_metadata(&old, &mut new);
+    let mut new = reset_for_subresource(info, &old, new, status_write);
+    if status_write {
+        // The status strategy keeps the stored metadata; only managedFields are recomputed.
+        keep_system_metadata(&old, &mut new);
+    }
+    builtin::apply_defaults(&info.group, &info.kind, &mut new, false);
+    if info.kind == "CustomResourceDefinition" && !status_write {
+        new["status"] = crd_status(&new);
+    }
+    bump_generation(info, &old, &mut new);
+    validate(info, &new, Some(&old), status_write)?;
+
+    // Removing the last finalizer of an object being deleted deletes it.
+    let finalized = meta::is_deleting(&new)
+        && meta::finalizers(&new).is_empty()
+        && !(info.kind == "Namespace" && new.pointer("/spec/finalizers").and_then(Value::as_array).is_some_and(|f| !f.is_empty()))
+        && !(info.kind == "Pod" && new.pointer("/spec/nodeName").is_some() && !pod_terminated(&new));
+    let now = meta::now_rfc3339();
+    match managed {
+        Managed::Update => {
+            match client_managed {
+                // `managedFields: [{}]` is how a client clears ownership.
+                Some(Value::Array(a)) if a.len() == 1 && a[0].as_object().is_some_and(|m| m.is_empty()) => {
+                    meta::set_meta(&mut new, "managedFields", None);
+                }
+                _ => {
+                    meta::set_meta(&mut new, "managedFields", old.pointer("/metadata/managedFields").cloned());
+                    fieldmanager::update_managed(Some(&old), &mut new, &opts.manager, &ownership(info, status_write, &now));
+                }
+            }
+        }
+        Managed::Precomputed => {}
+    }
+    fix_managed_api_version(info, &mut new);
+    if finalized {
+        if opts.dry_run {
+            return Ok(Written { object: Arc::new(new), warnings, created: false });
+        }
+        let gone = st
+            .remove(&info.storage_resource(), meta::namespace(&new), &name)
+            .unwrap_or_else(|| Arc::new(new.clone()));
+        return Ok(Written { object: gone, warnings, created: false });
+    }
+    meta::set_meta(&mut new, "resourceVersion", old.pointer("/metadata/resourceVersion").cloned());
+    if new == *old {
+        return Ok(Written { object: old, warnings, created: false });
+    }
+    let stored = store_replace(st, info, new, opts.dry_run);
+    Ok(Written { object: stored, warnings, created: false })
+}
+
+fn pod_terminated(pod: &Value) -> bool {
+    matches!(pod.pointer("/status/phase").and_then(Value::as_str), Some("Succeeded" | "Failed"))
+}
+
+pub fn update(
+    st: &mut State,
+    info: &ResourceInfo,
+    namespace: &str,
+    name: &str,
+    mut obj: Value,
+    opts: &WriteOpts,
+    status_write: bool,
+) -> Result<Written, ApiError> {
+    check_type(info, &mut obj)?;
+    let body_name = meta::name(&obj);
+    if !body_name.is_empty() && body_name != name {
+        return Err(ApiError::bad_request(format!(
+            "the name of the object ({body_name}) does not match the name on the URL ({name})"
+        )));
+    }
+    if info.namespaced && !meta::namespace(&obj).is_empty() && meta::namespace(&obj) != namespace {
+        return Err(ApiError::bad_request("the namespace of the provided object does not match the namespace sent on the request"));
+    }
+    let old = get_existing(st, info, namespace, name)?;
+    let obj = to_storage(info, obj);
+    update_inner(st, info, old, obj, opts, status_write, Managed::Update, Vec::new())
+}
+
+/// Parses an apply body (YAML or JSON).
+pub fn parse_apply_body(body: &[u8]) -> Result<Value, ApiError> {
+    let text = std::str::from_utf8(body).map_err(|_| ApiError::bad_request("apply patch is not UTF-8"))?;
+    if let Ok(v) = serde_json::from_str::<Value>(text) {
+        return Ok(v);
+    }
+    serde_saphyr::from_str::<Value>(text).map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn patch(
+    st: &mut State,
+    info: &ResourceInfo,
+    namespace: &str,
+    name: &str,
+    ptype: PatchType,
+    body: &Value,
+    opts: &WriteOpts,
+    status_write: bool,
+) -> Result<Written, ApiError> {
+    let existing = st.get(&info.storage_resource(), namespace, name);
+    if ptype == PatchType::Apply {
+        return apply(st, info, namespace, name, existing, body, opts, status_write);
+    }
+    let old = existing.ok_or_else(|| ApiError::not_found(qualified(info), name))?;
+    let view = present(info, &old);
+    let patched = match ptype {
+        PatchType::Merge => {
+            if !body.is_object() {
+                return Err(ApiError::bad_request("merge patch must be a JSON object"));
+            }
+            patch::merge_patch(&view, body)
+        }
+        PatchType::Json => patch::json_patch(&view, body).map_err(|e| {
+            ApiError { code: 422, reason: "Invalid", message: e, details: None, retry_after: None }
+        })?,
+        PatchType::Strategic => {
+            let ti = type_info(info);
+            if !ti.supports_strategic_merge() {
+                return Err(ApiError::unsupported_media_type(&[
+                    "application/json-patch+json",
+                    "application/merge-patch+json",
+                    "application/apply-patch+yaml",
+                ]));
+            }
+            patch::strategic_merge_patch(&view, body, &ti).map_err(ApiError::bad_request)?
+        }
+        PatchType::Apply => unreachable!("handled above"),
+    };
+    let mut patched = to_storage(info, patched);
+    // A patch that leaves resourceVersion alone is unconditional.
+    if body.pointer("/metadata/resourceVersion").is_none() {
+        meta::set_meta(&mut patched, "resourceVersion", old.pointer("/metadata/resourceVersion").cloned());
+    }
+    check_type(info, &mut patched)?;
+    if meta::name(&patched) != name {
+        return Err(ApiError::bad_request("metadata.name: Invalid value: the name of a patched object may not change"));
+    }
+    update_inner(st, info, old, patched, opts, status_write, Managed::Update, Vec::new())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn apply(
+    st: &mut State,
+    info: &ResourceInfo,
+    namespace: &str,
+    name: &str,
+    existing: Option<Arc<Value>>,
+    config: &Value,
+    opts: &WriteOpts,
+    status_write: bool,
+) -> Result<Written, ApiError> {
+    if opts.manager.is_empty() {
+        return Err(ApiError::bad_request("PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch"));
+    }
+    let mut config = config.clone();
+    if !config.is_object() {
+        return Err(ApiError::bad_request("apply patch must be a YAML or JSON object"));
+    }
+    if config.get("apiVersion").is_none() || config.get("kind").is_none() {
+        return Err(ApiError::bad_request("apiVersion and kind must be set in an apply patch"));
+    }
+    check_type(info, &mut config)?;
+    if config.pointer("/metadata/managedFields").is_some() {
+        return Err(ApiError::bad_request("metadata.managedFields must be nil"));
+    }
+    let body_name = meta::name(&config);
+    if !body_name.is_empty() && body_name != name {
+        return Err(ApiError::bad_request(format!(
+            "the name of the object ({body_name}) does not match the name on the URL ({name})"
+        )));
+    }
+    let mut warnings = Vec::new();
+    // The applied configuration is decoded like any body (so unknown fields are found here) but
+    // not defaulted: defaults are nobody's fields.
+    let config = decode(info, to_storage(info, config), opts.validation, &mut warnings, false)?;
+    let now = meta::now_rfc3339();
+    let own = ownership(info, status_write, &now);
+    let force = opts.force;
+    match existing {
+        None => {
+            if status_write {
+                return Err(ApiError::not_found(qualified(info), name));
+            }
+            let mut base = json!({"apiVersion": info.api_version(), "kind": info.kind, "metadata": {"name": name}});
+            if info.namespaced {
+                base["metadata"]["namespace"] = namespace.into();
+            }
+            let new = fieldmanager::apply(&base, &config, &opts.manager, force, &own)
+                .map_err(|c| fieldmanager::conflict_error(&c))?;
+            let mut w = create_inner(st, info, namespace, new, opts, Managed::Precomputed)?;
+            w.warnings.extend(warnings);
+            Ok(w)
+        }
+        Some(old) => {
+            if let Some(rv) = config.pointer("/metadata/resourceVersion").and_then(Value::as_str) {
+                if rv != meta::resource_version(&old) {
+                    return Err(ApiError::modified(qualified(info), name));
+                }
+            }
+            let mut new = fieldmanager::apply(&old, &config, &opts.manager, force, &own)
+                .map_err(|c| fieldmanager::conflict_error(&c))?;
+            meta::set_meta(&mut new, "resourceVersion", old.pointer("/metadata/resourceVersion").cloned());
+            update_inner(st, info, old, new, opts, status_write, Managed::Precomputed, warnings)
+        }
+    }
+}
+
+/// Deletes per DeleteOptions: preconditions, finalizers, grace periods and propagation.
+pub fn delete(st: &mut State, info: &ResourceInfo, namespace: &str, name: &str, opts: &DeleteOpts) -> Result<Deleted, ApiError> {
+    let gr = info.storage_resource();
+    let old = get_existing(st, info, namespace, name)?;
+    if let Some(uid) = &opts.precondition_uid {
+        if uid != meta::uid(&old) {
+            return Err(ApiError::conflict(
+                qualified(info),
+                name,
+                &format!("Precondition failed: UID in precondition: {uid}, UID in object meta: {}", meta::uid(&old)),
+            ));
+        }
+    }
+    if let Some(rv) = &opts.precondition_rv {
+        if rv != meta::resource_version(&old) {
+            return Err(ApiError::conflict(
+                qualified(info),
+                name,
+                &format!(
+                    "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}",
+                    meta::resource_version(&old)
+                ),
+            ));
+        }
+    }
+    if info.kind == "CustomResourceDefinition" && !opts.dry_run {
+        // Deleting a CRD deletes every custom resource it served.
+        let group = old["spec"]["group"].as_str().unwrap_or_default().to_string();
+        let plural = old.pointer("/spec/names/plural").and_then(Value::as_str).unwrap_or_default().to_string();
+        let crgr = GroupResource::new(&group, &plural);
+        st.drop_collection(&crgr);
+        st.registry.remove_group_resource(&crgr);
+    }
+    let mut obj = (*old).clone();
+    let mut finalizers = meta::finalizers(&obj);
+    match opts.propagation.as_deref() {
+        Some("Orphan") => {
+            if !finalizers.iter().any(|f| f == "orphan") {
+                finalizers.push("orphan".into());
+            }
+        }
+        Some("Foreground") => {
+            if !finalizers.iter().any(|f| f == "foregroundDeletion") {
+                finalizers.push("foregroundDeletion".into());
+            }
+        }
+        None | Some("Background") => {}
+        Some(other) => {
+            return Err(ApiError::invalid("", "DeleteOptions", "", vec![FieldError::not_supported(
+                "propagationPolicy",
+                &Value::from(other),
+                &["Foreground".into(), "Background".into(), "Orphan".into()],
+            )]));
+        }
+    }
+    let is_pod = info.kind == "Pod" && info.group.is_empty();
+    let grace = if is_pod {
+        let g = opts
+            .grace_period
+            .or_else(|| obj.pointer("/spec/terminationGracePeriodSeconds").and_then(Value::as_i64))
+            .unwrap_or(30);
+        // Unscheduled or finished pods have nothing to stop.
+        if obj.pointer("/spec/nodeName").is_none() || pod_terminated(&obj) { 0 } else { g.max(0) }
+    } else {
+        0
+    };
+    let namespace_pending =
+        info.kind == "Namespace" && obj.pointer("/spec/finalizers").and_then(Value::as_array).is_some_and(|f| !f.is_empty());
+    if finalizers.is_empty() && grace == 0 && !namespace_pending {
+        if opts.dry_run {
+            return Ok(Deleted::Gone(old));
+        }
+        let gone = st.remove(&gr, namespace, name).unwrap_or(old);
+        return Ok(Deleted::Gone(gone));
+    }
+    let already = meta::is_deleting(&obj);
+    meta::set_finalizers(&mut obj, &finalizers);
+    if !already {
+        let at = jiff::Timestamp::now()
+            .checked_add(jiff::SignedDuration::from_secs(grace))
+            .unwrap_or_else(|_| jiff::Timestamp::now());
+        meta::set_meta(&mut obj, "deletionTimestamp", Some(meta::format_time(at).into()));
+        meta::set_meta(&mut obj, "deletionGracePeriodSeconds", Some(grace.into()));
+        if info.kind == "Namespace" {
+            obj["status"]["phase"] = "Terminating".into();
+        }
+        if has_generation(info) && !info.is_custom() {
+            let g = meta::generation(&obj) + 1;
+            meta::set_meta(&mut obj, "generation", Some(g.into()));
+        }
+    } else if is_pod {
+        // A shorter grace period on a second delete takes effect.
+        let current = obj.pointer("/metadata/deletionGracePeriodSeconds").and_then(Value::as_i64).unwrap_or(grace);
+        if grace < current {
+            let at = jiff::Timestamp::now()
+                .checked_add(jiff::SignedDuration::from_secs(grace))
+                .unwrap_or_else(|_| jiff::Timestamp::now());
+            meta::set_meta(&mut obj, "deletionTimestamp", Some(meta::format_time(at).into()));
+            meta::set_meta(&mut obj, "deletionGracePeriodSeconds", Some(grace.into()));
+        }
+    }
+    if is_pod && opts.grace_period == Some(0) {
+        // Force deletion: gone now, the kubelet cleans up whatever still runs.
+        if opts.dry_run {
+            return Ok(Deleted::Gone(old));
+        }
+        let gone = st.remove(&gr, namespace, name).unwrap_or(old);
+        return Ok(Deleted::Gone(gone));
+    }
+    if obj == *old {
+        return Ok(Deleted::Pending(old));
+    }
+    if opts.dry_run {
+        return Ok(Deleted::Pending(Arc::new(obj)));
+    }
+    Ok(Deleted::Pending(st.replace(&gr, obj)))
+}
+
+/// Convenience for built-in controllers: writes `obj` (main resource or status) as `manager`,
+/// ignoring objects that vanished or changed meanwhile (the controller will see the event).
+pub fn system_write(st: &mut State, gr: &GroupResource, obj: Value, status: bool, manager: &str) -> Option<Arc<Value>> {
+    let info = st.registry.preferred(gr)?;
+    let ns = meta::namespace(&obj).to_string();
+    let name = meta::name(&obj).to_string();
+    let result = if st.get(gr, &ns, &name).is_some() {
+        update(st, &info, &ns, &name, obj, &WriteOpts::system(manager), status)
+    } else {
+        create(st, &info, &ns, obj, &WriteOpts::system(manager))
+    };
+    match result {
+        Ok(w) => Some(w.object),
+        Err(e) => {
+            tracing::debug!(%gr, %ns, %name, error = %e, "system write refused");
+            None
+        }
+    }
+}
+
+/// Convenience for built-in controllers: deletes in the background.
+pub fn system_delete(st: &mut State, gr: &GroupResource, namespace: &str, name: &str, opts: &DeleteOpts) -> bool {
+    let Some(info) = st.registry.preferred(gr) else { return false };
+    delete(st, &info, namespace, name, opts).is_ok()
+}

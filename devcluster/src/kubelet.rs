@@ -1,0 +1,1125 @@
+//! The process kubelet: pods bound to a node run here. Images mapped to a local executable run
+//! as child processes (each in its own process group, killed with the server); unmapped images
+//! are simulated (Running and Ready without a process, as KWOK does).
+//!
+//! Every pod shares the host network, so a pod's IP is 127.0.0.1 and each container port gets a
+//! free host port. The kubelet rewrites the container's arguments to match: an argument equal
+//! to a declared container port, or ending in `=<port>` or `:<port>`, gets the host port.
+//! Volumes are directories; arguments and environment values under a mount path are rewritten
+//! to the directory backing it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine;
+use serde_json::{Value, json};
+use tokio::process::{Child, Command};
+use tokio::sync::watch;
+
+use crate::api;
+use crate::config::{CsiDriver, ImageMapping};
+use crate::error::ApiError;
+use crate::meta;
+use crate::resources::GroupResource;
+use crate::server::{Reply, Shared};
+use crate::state::EventType;
+
+const KUBELET: &str = "kubelet";
+
+/// What the kubelet knows about running pods, shared with the proxy and log endpoints.
+pub struct Runtime {
+    pods: Mutex<HashMap<String, PodHandle>>,
+    state_dir: PathBuf,
+    images: Vec<ImageMapping>,
+    csi: Vec<CsiDriver>,
+    api_port: Mutex<u16>,
+}
+
+struct PodHandle {
+    namespace: String,
+    name: String,
+    ports: BTreeMap<i64, u16>,
+    dir: PathBuf,
+    /// Process group ids of running containers.
+    pgids: Arc<Mutex<BTreeMap<String, i32>>>,
+    stop: watch::Sender<bool>,
+}
+
+impl Runtime {
+    pub fn new(state_dir: PathBuf, images: Vec<ImageMapping>, csi: Vec<CsiDriver>) -> Runtime {
+        Runtime { pods: Mutex::new(HashMap::new()), state_dir, images, csi, api_port: Mutex::new(0) }
+    }
+
+    pub fn set_api_port(&self, port: u16) {
+        *self.api_port.lock().unwrap_or_else(|p| p.into_inner()) = port;
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, PodHandle>> {
+        self.pods.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The host port serving a pod's container port.
+    pub fn host_port(&self, pod_uid: &str, container_port: i64) -> Option<u16> {
+        self.lock().get(pod_uid).and_then(|p| p.ports.get(&container_port).copied())
+    }
+
+    pub fn pod_dir(&self, pod_uid: &str) -> Option<PathBuf> {
+        self.lock().get(pod_uid).map(|p| p.dir.clone())
+    }
+
+    /// Process ids (process group leaders) of a pod's running containers.
+    pub fn pids(&self, pod_uid: &str) -> Vec<i32> {
+        self.lock()
+            .get(pod_uid)
+            .map(|p| p.pgids.lock().unwrap_or_else(|x| x.into_inner()).values().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// Every process the kubelet started and still tracks.
+    pub fn all_pids(&self) -> Vec<i32> {
+        self.lock().values().flat_map(|p| p.pgids.lock().unwrap_or_else(|x| x.into_inner()).values().copied().collect::<Vec<_>>()).collect()
+    }
+
+    /// Kills every container process group (server shutdown).
+    pub fn kill_all(&self) {
+        for p in self.lock().values() {
+            let _ = p.stop.send(true);
+            for pgid in p.pgids.lock().unwrap_or_else(|x| x.into_inner()).values() {
+                signal_group(*pgid, libc::SIGKILL);
+            }
+        }
+    }
+
+    fn image_executable(&self, image: &str) -> Option<PathBuf> {
+        self.images.iter().find_map(|m| {
+            let matches = match m.image.strip_suffix('*') {
+                Some(prefix) => image.starts_with(prefix),
+                None => image == m.image || image.split(['@', ':']).next() == Some(m.image.as_str()) && !m.image.contains(':'),
+            };
+            matches.then(|| m.executable.clone())
+        })
+    }
+}
+
+fn signal_group(pgid: i32, sig: i32) {
+    if pgid > 0 {
+        // SAFETY: kill(2) with a negative pid signals a process group; no memory is touched.
+        unsafe {
+            libc::kill(-pgid, sig);
+        }
+    }
+}
+
+pub fn process_alive(pid: i32) -> bool {
+    // SAFETY: kill(2) with signal 0 only checks for existence.
+    let r = unsafe { libc::kill(pid, 0) };
+    if r != 0 {
+        return false;
+    }
+    // A zombie is dead for our purposes.
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| s.rsplit(')').next().is_some_and(|rest| !rest.trim_start().starts_with('Z')))
+        .unwrap_or(false)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
+}
+
+fn pods() -> GroupResource {
+    GroupResource::core("pods")
+}
+
+/// Watches pods and runs those bound to a node.
+pub async fn run(shared: Arc<Shared>) {
+    let mut rx = shared.lock().subscribe();
+    // Pods already bound when the kubelet starts.
+    let existing: Vec<Arc<Value>> = shared.lock().list(&pods(), None);
+    for p in existing {
+        consider(&shared, &p);
+    }
+    loop {
+        match rx.recv().await {
+            Ok(e) => {
+                if e.gr != pods() {
+                    continue;
+                }
+                match e.kind {
+                    EventType::Deleted => {
+                        // Force-deleted: stop whatever still runs.
+                        if let Some(h) = shared.runtime.lock().get(meta::uid(&e.object)) {
+                            let _ = h.stop.send(true);
+                        }
+                    }
+                    _ => consider(&shared, &e.object),
+                }
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                let all: Vec<Arc<Value>> = shared.lock().list(&pods(), None);
+                for p in all {
+                    consider(&shared, &p);
+                }
+            }
+            Err(_) => return,
+        }
+    }
+}
+
+fn consider(shared: &Arc<Shared>, pod: &Arc<Value>) {
+    let uid = meta::uid(pod).to_string();
+    if pod.pointer("/spec/nodeName").is_none() {
+        return;
+    }
+    let running = shared.runtime.lock().contains_key(&uid);
+    if meta::is_deleting(pod) {
+        if let Some(h) = shared.runtime.lock().get(&uid) {
+            let _ = h.stop.send(true);
+        }
+        if !running {
+            // Never started here: nothing to stop, finish the deletion.
+            let mut st = shared.lock();
+            if st.get(&pods(), meta::namespace(pod), meta::name(pod)).is_some_and(|p| meta::uid(&p) == uid) {
+                st.remove(&pods(), meta::namespace(pod), meta::name(pod));
+            }
+        }
+        return;
+    }
+    if running || matches!(pod.pointer("/status/phase").and_then(Value::as_str), Some("Succeeded" | "Failed")) {
+        return;
+    }
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let dir = shared.runtime.state_dir.join("pods").join(&uid);
+    let mut ports = BTreeMap::new();
+    for c in pod.pointer("/spec/containers").and_then(Value::as_array).into_iter().flatten() {
+        for p in c["ports"].as_array().into_iter().flatten() {
+            if let Some(cp) = p["containerPort"].as_i64() {
+                ports.entry(cp).or_insert_with(free_port);
+            }
+        }
+    }
+    let pgids = Arc::new(Mutex::new(BTreeMap::new()));
+    shared.runtime.lock().insert(
+        uid.clone(),
+        PodHandle {
+            namespace: meta::namespace(pod).into(),
+            name: meta::name(pod).into(),
+            ports: ports.clone(),
+            dir: dir.clone(),
+            pgids: pgids.clone(),
+            stop: stop_tx,
+        },
+    );
+    let worker = PodWorker { shared: shared.clone(), uid, dir, ports, pgids, stop: stop_rx };
+    tokio::spawn(worker.run());
+}
+
+struct PodWorker {
+    shared: Arc<Shared>,
+    uid: String,
+    dir: PathBuf,
+    ports: BTreeMap<i64, u16>,
+    pgids: Arc<Mutex<BTreeMap<String, i32>>>,
+    stop: watch::Receiver<bool>,
+}
+
+/// One container being run.
+struct Running {
+    name: String,
+    child: Option<Child>,
+    started_at: String,
+    restarts: i64,
+    ready: bool,
+    exit: Option<(i32, String, String)>,
+    spec: Value,
+    liveness_failures: u32,
+    last_probe: tokio::time::Instant,
+    backoff_until: Option<tokio::time::Instant>,
+}
+
+impl PodWorker {
+    fn current(&self) -> Option<Arc<Value>> {
+        let st = self.shared.lock();
+        let handle = self.shared.runtime.lock();
+        let h = handle.get(&self.uid)?;
+        st.get(&pods(), &h.namespace, &h.name).filter(|p| meta::uid(p) == self.uid)
+    }
+
+    fn write_status(&self, status: Value) {
+        let Some(pod) = self.current() else { return };
+        let mut p = (*pod).clone();
+        let mut merged = p.get("status").cloned().unwrap_or_else(|| json!({}));
+        for (k, v) in status.as_object().into_iter().flatten() {
+            merged[k] = v.clone();
+        }
+        if merged == p["status"] {
+            return;
+        }
+        p["status"] = merged;
+        let mut st = self.shared.lock();
+        api::system_write(&mut st, &pods(), p, true, KUBELET);
+    }
+
+    fn event(&self, ty: &str, reason: &str, message: &str) {
+        let Some(pod) = self.current() else { return };
+        let mut st = self.shared.lock();
+        crate::controllers::record_event(&mut st, &pod, ty, reason, message, KUBELET);
+    }
+
+    async fn run(mut self) {
+        let Some(pod) = self.current() else {
+            self.finish().await;
+            return;
+        };
+        let spec = pod["spec"].clone();
+        let restart_policy = spec["restartPolicy"].as_str().unwrap_or("Always").to_string();
+        let now = meta::now_rfc3339();
+        let containers: Vec<Value> = spec["containers"].as_array().cloned().unwrap_or_default();
+        let waiting = |reason: &str, message: &str| -> Vec<Value> {
+            containers
+                .iter()
+                .map(|c| json!({"name": c["name"], "image": c["image"], "imageID": "", "ready": false, "restartCount": 0, "started": false,
+                    "state": {"waiting": {"reason": reason, "message": message}}}))
+                .collect()
+        };
+        self.write_status(json!({
+            "phase": "Pending", "hostIP": "127.0.0.1", "hostIPs": [{"ip": "127.0.0.1"}], "startTime": now,
+            "containerStatuses": waiting("ContainerCreating", ""),
+            "conditions": conditions(&pod, false, false, true),
+        }));
+
+        // Volumes, retried until their sources exist (like the kubelet's mount retries).
+        let mounts = loop {
+            if *self.stop.borrow() {
+                self.finish().await;
+                return;
+            }
+            match self.prepare_volumes(&pod).await {
+                Ok(m) => break m,
+                Err(msg) => {
+                    self.event("Warning", "FailedMount", &msg);
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                        _ = self.stop.changed() => {}
+                    }
+                }
+            }
+        };
+        let env_base = match self.resolve_env_sources(&pod) {
+            Ok(e) => e,
+            Err(msg) => {
+                self.write_status(json!({"containerStatuses": waiting("CreateContainerConfigError", &msg)}));
+                self.event("Warning", "Failed", &format!("Error: {msg}"));
+                // Stay pending until deleted, as the kubelet does with config errors.
+                let _ = self.stop.changed().await;
+                self.finish().await;
+                return;
+            }
+        };
+
+        // Init containers, in order, each to completion.
+        for c in spec["initContainers"].as_array().cloned().unwrap_or_default() {
+            let mut r = Running::new(&c);
+            match self.start(&pod, &c, &mounts, &env_base[&r.name], &mut r) {
+                Ok(()) => {}
+                Err(msg) => {
+                    self.fail_pod(&pod, &format!("init container {}: {msg}", r.name)).await;
+                    return;
+                }
+            }
+            let code = match r.child.as_mut() {
+                Some(child) => tokio::select! {
+                    s = child.wait() => s.ok().and_then(|s| s.code()).unwrap_or(1),
+                    _ = self.stop.changed() => {
+                        self.terminate(&mut [r], &pod).await;
+                        self.finish().await;
+                        return;
+                    }
+                },
+                None => 0,
+            };
+            self.pgids.lock().unwrap_or_else(|x| x.into_inner()).remove(&r.name);
+            if code != 0 {
+                self.write_status(json!({"phase": "Failed", "reason": "Error", "message": format!("init container {} exited with {code}", r.name)}));
+                self.event("Warning", "BackOff", &format!("init container {} failed with exit code {code}", r.name));
+                let _ = self.stop.changed().await;
+                self.finish().await;
+                return;
+            }
+        }
+
+        let mut running: Vec<Running> = containers.iter().map(Running::new).collect();
+        for r in running.iter_mut() {
+            let env = env_base.get(&r.name).cloned().unwrap_or_default();
+            let spec_c = r.spec.clone();
+            if let Err(msg) = self.start(&pod, &spec_c, &mounts, &env, r) {
+                self.fail_pod(&pod, &msg).await;
+                return;
+            }
+            self.event("Normal", "Started", &format!("Started container {}", r.name));
+        }
+        self.publish(&pod, &running, "Running");
+
+        let mut ticker = tokio::time::interval(Duration::from_millis(250));
+        loop {
+            if *self.stop.borrow() {
+                self.terminate(&mut running, &pod).await;
+                self.finish().await;
+                return;
+            }
+            let exited = {
+                let futures: Vec<_> = running
+                    .iter_mut()
+                    .enumerate()
+                    .filter_map(|(i, r)| r.child.as_mut().map(|c| Box::pin(async move { (i, c.wait().await) })))
+                    .collect();
+                if futures.is_empty() {
+                    tokio::select! {
+                        _ = ticker.tick() => None,
+                        _ = self.stop.changed() => None,
+                    }
+                } else {
+                    tokio::select! {
+                        (res, _, _) = futures::future::select_all(futures) => Some(res),
+                        _ = ticker.tick() => None,
+                        _ = self.stop.changed() => None,
+                    }
+                }
+            };
+            let mut changed = false;
+            if let Some((i, status)) = exited {
+                let r = &mut running[i];
+                let (code, signal) = match status {
+                    Ok(s) => {
+                        use std::os::unix::process::ExitStatusExt;
+                        (s.code().unwrap_or(128 + s.signal().unwrap_or(9)), s.signal())
+                    }
+                    Err(_) => (1, None),
+                };
+                r.child = None;
+                self.pgids.lock().unwrap_or_else(|x| x.into_inner()).remove(&r.name);
+                let reason = if code == 0 { "Completed" } else { "Error" };
+                let _ = signal;
+                r.exit = Some((code, reason.to_string(), meta::now_rfc3339()));
+                r.ready = false;
+                changed = true;
+                let restart = match restart_policy.as_str() {
+                    "Always" => true,
+                    "OnFailure" => code != 0,
+                    _ => false,
+                };
+                if restart && !*self.stop.borrow() {
+                    let delay = Duration::from_secs((10u64 << r.restarts.min(5) as u64).min(300));
+                    r.backoff_until = Some(tokio::time::Instant::now() + delay);
+                    self.event("Warning", "BackOff", &format!("Back-off restarting failed container {} in pod {}", r.name, meta::name(&pod)));
+                }
+            }
+            // Restarts whose backoff ended.
+            for r in running.iter_mut() {
+                if r.child.is_none() && r.backoff_until.is_some_and(|t| t <= tokio::time::Instant::now()) {
+                    r.backoff_until = None;
+                    r.restarts += 1;
+                    r.exit = None;
+                    let env = env_base.get(&r.name).cloned().unwrap_or_default();
+                    let spec_c = r.spec.clone();
+                    if let Err(msg) = self.start(&pod, &spec_c, &mounts, &env, r) {
+                        self.event("Warning", "Failed", &msg);
+                    }
+                    changed = true;
+                }
+            }
+            // Probes.
+            for r in running.iter_mut() {
+                let simulated = r.child.is_none() && r.exit.is_none() && r.backoff_until.is_none();
+                if r.child.is_none() && !simulated {
+                    continue;
+                }
+                let period = |p: &Value| Duration::from_secs(p["periodSeconds"].as_u64().unwrap_or(10).max(1));
+                let initial = |p: &Value| Duration::from_secs(p["initialDelaySeconds"].as_u64().unwrap_or(0));
+                let since_start = started_elapsed(&r.started_at);
+                if let Some(probe) = r.spec.get("readinessProbe").cloned() {
+                    if since_start >= initial(&probe) && (r.last_probe.elapsed() >= period(&probe) || !r.ready) {
+                        r.last_probe = tokio::time::Instant::now();
+                        let ok = if simulated { true } else { self.probe(&probe).await };
+                        if ok != r.ready {
+                            r.ready = ok;
+                            changed = true;
+                        }
+                    }
+                } else if !r.ready {
+                    r.ready = true;
+                    changed = true;
+                }
+                if let Some(probe) = r.spec.get("livenessProbe").cloned() {
+                    if !simulated && since_start >= initial(&probe) && r.last_probe.elapsed() >= period(&probe) {
+                        if self.probe(&probe).await {
+                            r.liveness_failures = 0;
+                        } else {
+                            r.liveness_failures += 1;
+                            if r.liveness_failures >= probe["failureThreshold"].as_u64().unwrap_or(3) as u32 {
+                                self.event("Warning", "Unhealthy", &format!("Liveness probe failed for container {}; restarting", r.name));
+                                if let Some(pgid) = self.pgids.lock().unwrap_or_else(|x| x.into_inner()).get(&r.name) {
+                                    signal_group(*pgid, libc::SIGKILL);
+                                }
+                                r.liveness_failures = 0;
+                            }
+                        }
+                    }
+                }
+            }
+            if changed {
+                let all_done = running.iter().all(|r| r.child.is_none() && r.backoff_until.is_none() && r.exit.is_some());
+                let phase = if all_done {
+                    if running.iter().all(|r| r.exit.as_ref().is_some_and(|e| e.0 == 0)) { "Succeeded" } else { "Failed" }
+                } else {
+                    "Running"
+                };
+                self.publish(&pod, &running, phase);
+                if all_done {
+                    // Keep the worker until deletion so the pod's logs stay readable.
+                    let _ = self.stop.changed().await;
+                    self.finish().await;
+                    return;
+                }
+            }
+        }
+    }
+
+    fn publish(&self, pod: &Value, running: &[Running], phase: &str) {
+        let statuses: Vec<Value> = running.iter().map(|r| r.status()).collect();
+        let all_ready = running.iter().all(|r| r.ready);
+        let mut status = json!({
+            "phase": phase,
+            "podIP": "127.0.0.1",
+            "podIPs": [{"ip": "127.0.0.1"}],
+            "containerStatuses": statuses,
+            "conditions": conditions(pod, all_ready && phase == "Running", true, phase == "Running"),
+        });
+        if phase == "Succeeded" || phase == "Failed" {
+            status["conditions"] = conditions(pod, false, true, false);
+        }
+        self.write_status(status);
+    }
+
+    async fn fail_pod(&mut self, _pod: &Value, msg: &str) {
+        self.event("Warning", "Failed", msg);
+        self.write_status(json!({"phase": "Failed", "reason": "Error", "message": msg}));
+        let _ = self.stop.changed().await;
+        self.finish().await;
+    }
+
+    /// SIGTERM every container, SIGKILL after the grace period.
+    async fn terminate(&self, running: &mut [Running], pod: &Value) {
+        let grace = self
+            .current()
+            .and_then(|p| p.pointer("/metadata/deletionGracePeriodSeconds").and_then(Value::as_i64))
+            .or_else(|| pod.pointer("/spec/terminationGracePeriodSeconds").and_then(Value::as_i64))
+            .unwrap_or(30)
+            .max(0) as u64;
+        let pgids: Vec<i32> = self.pgids.lock().unwrap_or_else(|x| x.into_inner()).values().copied().collect();
+        for pgid in &pgids {
+            signal_group(*pgid, libc::SIGTERM);
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(grace);
+        for r in running.iter_mut() {
+            if let Some(child) = r.child.as_mut() {
+                match tokio::time::timeout_at(deadline, child.wait()).await {
+                    Ok(_) => {}
+                    Err(_) => {
+                        if let Some(pgid) = self.pgids.lock().unwrap_or_else(|x| x.into_inner()).get(&r.name) {
+                            signal_group(*pgid, libc::SIGKILL);
+                        }
+                        let _ = child.wait().await;
+                    }
+                }
+                r.child = None;
+            }
+        }
+        // Anything left in the groups (grandchildren) goes too.
+        for pgid in pgids {
+            signal_group(pgid, libc::SIGKILL);
+        }
+        self.pgids.lock().unwrap_or_else(|x| x.into_inner()).clear();
+    }
+
+    /// Releases ports, removes the pod's own volume directories and the pod object.
+    async fn finish(&self) {
+        let handle = self.shared.runtime.lock().remove(&self.uid);
+        if let Some(h) = handle {
+            for pgid in h.pgids.lock().unwrap_or_else(|x| x.into_inner()).values() {
+                signal_group(*pgid, libc::SIGKILL);
+            }
+            let _ = std::fs::remove_dir_all(h.dir.join("volumes"));
+            let _ = std::fs::remove_dir_all(h.dir.join("tmp"));
+            let mut st = self.shared.lock();
+            if let Some(p) = st.get(&pods(), &h.namespace, &h.name) {
+                if meta::uid(&p) == self.uid && meta::is_deleting(&p) {
+                    st.remove(&pods(), &h.namespace, &h.name);
+                }
+            }
+        }
+    }
+
+    async fn probe(&self, probe: &Value) -> bool {
+        let timeout = Duration::from_secs(probe["timeoutSeconds"].as_u64().unwrap_or(1).max(1));
+        let port_of = |p: &Value| -> Option<u16> {
+            let cp = match p {
+                Value::Number(n) => n.as_i64(),
+                Value::String(s) => s.parse().ok(),
+                _ => None,
+            }?;
+            self.ports.get(&cp).copied()
+        };
+        if let Some(h) = probe.get("httpGet") {
+            let Some(port) = port_of(&h["port"]) else { return false };
+            let path = h["path"].as_str().unwrap_or("/");
+            return tokio::time::timeout(timeout, http_get_status(port, path)).await.ok().flatten().is_some_and(|s| (200..400).contains(&s));
+        }
+        if let Some(t) = probe.get("tcpSocket") {
+            let Some(port) = port_of(&t["port"]) else { return false };
+            return tokio::time::timeout(timeout, tokio::net::TcpStream::connect(("127.0.0.1", port))).await.is_ok_and(|r| r.is_ok());
+        }
+        // exec and grpc probes: the container is alive, which is all a simulated check can tell.
+        true
+    }
+
+    fn start(&self, pod: &Value, c: &Value, mounts: &[(String, PathBuf)], env: &[(String, String)], r: &mut Running) -> Result<(), String> {
+        r.started_at = meta::now_rfc3339();
+        r.last_probe = tokio::time::Instant::now() - Duration::from_secs(3600);
+        let image = c["image"].as_str().unwrap_or_default();
+        let Some(exe) = self.shared.runtime.image_executable(image) else {
+            // Simulated container: "runs" without a process.
+            r.child = None;
+            if pod.pointer("/spec/restartPolicy").and_then(Value::as_str) != Some("Always") {
+                r.exit = Some((0, "Completed".into(), meta::now_rfc3339()));
+            }
+            return Ok(());
+        };
+        let env_map: BTreeMap<String, String> = env.iter().cloned().collect();
+        let expand = |s: &str| expand_vars(s, &env_map);
+        let mut argv: Vec<String> = Vec::new();
+        if let Some(cmd) = c["command"].as_array() {
+            // command[0] names the program inside the image; the mapping says where it is here.
+            argv.extend(cmd.iter().skip(1).filter_map(Value::as_str).map(expand));
+        }
+        argv.extend(c["args"].as_array().into_iter().flatten().filter_map(Value::as_str).map(expand));
+        let argv: Vec<String> = argv.iter().map(|a| self.rewrite_ports(&rewrite_paths(a, mounts))).collect();
+        let logs = self.dir.join("logs");
+        std::fs::create_dir_all(&logs).map_err(|e| e.to_string())?;
+        let name = c["name"].as_str().unwrap_or_default();
+        let log_path = logs.join(format!("{name}.log"));
+        if log_path.exists() {
+            let _ = std::fs::rename(&log_path, logs.join(format!("{name}.previous.log")));
+        }
+        let log = std::fs::File::create(&log_path).map_err(|e| e.to_string())?;
+        let log2 = log.try_clone().map_err(|e| e.to_string())?;
+        let tmp = self.dir.join("tmp");
+        std::fs::create_dir_all(&tmp).map_err(|e| e.to_string())?;
+        let mut cmd = Command::new(&exe);
+        cmd.args(&argv)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into()))
+            .env("HOME", &tmp)
+            .env("TMPDIR", &tmp)
+            .env("HOSTNAME", meta::name(pod))
+            .env("KUBERNETES_SERVICE_HOST", "127.0.0.1")
+            .env("KUBERNETES_SERVICE_PORT", self.shared.runtime.api_port.lock().unwrap_or_else(|p| p.into_inner()).to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(log2))
+            .kill_on_drop(true);
+        for (k, v) in env {
+            cmd.env(k, rewrite_paths(v, mounts));
+        }
+        let workdir = c["workingDir"].as_str().map(|w| PathBuf::from(rewrite_paths(w, mounts))).unwrap_or_else(|| tmp.clone());
+        cmd.current_dir(if workdir.is_dir() { workdir } else { tmp });
+        // SAFETY: only async-signal-safe calls between fork and exec: a new process group, and
+        // death of the server kills the child.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::setpgid(0, 0);
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().map_err(|e| format!("failed to start {}: {e}", exe.display()))?;
+        if let Some(pid) = child.id() {
+            self.pgids.lock().unwrap_or_else(|x| x.into_inner()).insert(name.to_string(), pid as i32);
+        }
+        r.child = Some(child);
+        Ok(())
+    }
+
+    fn rewrite_ports(&self, arg: &str) -> String {
+        for (cp, hp) in &self.ports {
+            let c = cp.to_string();
+            if arg == c {
+                return hp.to_string();
+            }
+            for sep in ['=', ':'] {
+                if let Some(prefix) = arg.strip_suffix(&format!("{sep}{c}")) {
+                    return format!("{prefix}{sep}{hp}");
+                }
+            }
+        }
+        arg.to_string()
+    }
+
+    /// Environment of each container: env and envFrom with their sources resolved.
+    fn resolve_env_sources(&self, pod: &Value) -> Result<HashMap<String, Vec<(String, String)>>, String> {
+        let st = self.shared.lock();
+        let ns = meta::namespace(pod);
+        let cm = |name: &str| st.get(&GroupResource::core("configmaps"), ns, name);
+        let secret = |name: &str| st.get(&GroupResource::core("secrets"), ns, name);
+        let decode = |v: &Value| -> String {
+            v.as_str().and_then(|s| base64::engine::general_purpose::STANDARD.decode(s).ok()).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default()
+        };
+        let mut out = HashMap::new();
+        let all: Vec<Value> = ["initContainers", "containers"].iter().flat_map(|k| pod["spec"][*k].as_array().cloned().unwrap_or_default()).collect();
+        for c in all {
+            let mut env: Vec<(String, String)> = Vec::new();
+            for from in c["envFrom"].as_array().into_iter().flatten() {
+                let prefix = from["prefix"].as_str().unwrap_or_default();
+                if let Some(r) = from.get("configMapRef") {
+                    let name = r["name"].as_str().unwrap_or_default();
+                    match cm(name) {
+                        Some(o) => env.extend(o["data"].as_object().into_iter().flatten().map(|(k, v)| (format!("{prefix}{k}"), v.as_str().unwrap_or_default().to_string()))),
+                        None if r["optional"] == true => {}
+                        None => return Err(format!("configmap \"{name}\" not found")),
+                    }
+                }
+                if let Some(r) = from.get("secretRef") {
+                    let name = r["name"].as_str().unwrap_or_default();
+                    match secret(name) {
+                        Some(o) => env.extend(o["data"].as_object().into_iter().flatten().map(|(k, v)| (format!("{prefix}{k}"), decode(v)))),
+                        None if r["optional"] == true => {}
+                        None => return Err(format!("secret \"{name}\" not found")),
+                    }
+                }
+            }
+            for e in c["env"].as_array().into_iter().flatten() {
+                let name = e["name"].as_str().unwrap_or_default().to_string();
+                let so_far: BTreeMap<String, String> = env.iter().cloned().collect();
+                let value = if let Some(v) = e["value"].as_str() {
+                    expand_vars(v, &so_far)
+                } else if let Some(f) = e.pointer("/valueFrom/fieldRef/fieldPath").and_then(Value::as_str) {
+                    field_ref(pod, f)
+                } else if let Some(r) = e.pointer("/valueFrom/configMapKeyRef") {
+                    let (n, k) = (r["name"].as_str().unwrap_or_default(), r["key"].as_str().unwrap_or_default());
+                    match cm(n).and_then(|o| o["data"][k].as_str().map(str::to_string)) {
+                        Some(v) => v,
+                        None if r["optional"] == true => continue,
+                        None => return Err(format!("couldn't find key {k} in ConfigMap {ns}/{n}")),
+                    }
+                } else if let Some(r) = e.pointer("/valueFrom/secretKeyRef") {
+                    let (n, k) = (r["name"].as_str().unwrap_or_default(), r["key"].as_str().unwrap_or_default());
+                    match secret(n).map(|o| o["data"][k].clone()).filter(|v| !v.is_null()) {
+                        Some(v) => decode(&v),
+                        None if r["optional"] == true => continue,
+                        None => return Err(format!("couldn't find key {k} in Secret {ns}/{n}")),
+                    }
+                } else if let Some(r) = e.pointer("/valueFrom/resourceFieldRef/resource").and_then(Value::as_str) {
+                    let (kind, res) = r.split_once('.').unwrap_or(("limits", r));
+                    c["resources"][kind][res].as_str().map(str::to_string).unwrap_or_else(|| "0".into())
+                } else {
+                    String::new()
+                };
+                env.retain(|(k, _)| k != &name);
+                env.push((name, value));
+            }
+            out.insert(c["name"].as_str().unwrap_or_default().to_string(), env);
+        }
+        Ok(out)
+    }
+
+    /// Materializes the pod's volumes as directories; returns (mountPath → host path) per mount
+    /// of every container, longest mount path first.
+    async fn prepare_volumes(&self, pod: &Value) -> Result<Vec<(String, PathBuf)>, String> {
+        let vol_root = self.dir.join("volumes");
+        std::fs::create_dir_all(&vol_root).map_err(|e| e.to_string())?;
+        let mut dirs: HashMap<String, PathBuf> = HashMap::new();
+        let ns = meta::namespace(pod).to_string();
+        for v in pod.pointer("/spec/volumes").and_then(Value::as_array).into_iter().flatten() {
+            let name = v["name"].as_str().unwrap_or_default().to_string();
+            let own = vol_root.join(&name);
+            let dir = if v.get("emptyDir").is_some() {
+                std::fs::create_dir_all(&own).map_err(|e| e.to_string())?;
+                own
+            } else if let Some(src) = v.get("configMap") {
+                self.write_keys(&ns, "configmaps", src, &own, false)?;
+                own
+            } else if let Some(src) = v.get("secret") {
+                let mut s = src.clone();
+                s["name"] = src["secretName"].clone();
+                self.write_keys(&ns, "secrets", &s, &own, true)?;
+                own
+            } else if let Some(p) = v.get("projected") {
+                std::fs::create_dir_all(&own).map_err(|e| e.to_string())?;
+                for source in p["sources"].as_array().into_iter().flatten() {
+                    if let Some(src) = source.get("configMap") {
+                        self.write_keys(&ns, "configmaps", src, &own, false)?;
+                    } else if let Some(src) = source.get("secret") {
+                        self.write_keys(&ns, "secrets", src, &own, true)?;
+                    } else if let Some(src) = source.get("downwardAPI") {
+                        write_downward(pod, src, &own)?;
+                    } else if let Some(src) = source.get("serviceAccountToken") {
+                        let sa = pod.pointer("/spec/serviceAccountName").and_then(Value::as_str).unwrap_or("default");
+                        let token = self.shared.auth.issue_service_account_token(&ns, sa, "");
+                        let path = own.join(src["path"].as_str().unwrap_or("token"));
+                        write_file(&path, token.as_bytes(), 0o600)?;
+                    }
+                }
+                own
+            } else if let Some(src) = v.get("downwardAPI") {
+                std::fs::create_dir_all(&own).map_err(|e| e.to_string())?;
+                write_downward(pod, src, &own)?;
+                own
+            } else if let Some(src) = v.get("persistentVolumeClaim") {
+                let claim = src["claimName"].as_str().unwrap_or_default();
+                let st = self.shared.lock();
+                let pvc = st
+                    .get(&GroupResource::core("persistentvolumeclaims"), &ns, claim)
+                    .ok_or_else(|| format!("MountVolume.SetUp failed for volume \"{name}\" : persistentvolumeclaim \"{claim}\" not found"))?;
+                if pvc.pointer("/status/phase").and_then(Value::as_str) != Some("Bound") {
+                    return Err(format!("MountVolume.SetUp failed for volume \"{name}\" : persistentvolumeclaim \"{claim}\" is not bound"));
+                }
+                let pv_name = pvc.pointer("/spec/volumeName").and_then(Value::as_str).unwrap_or_default();
+                let pv = st.get(&GroupResource::core("persistentvolumes"), "", pv_name).ok_or_else(|| format!("persistentvolume \"{pv_name}\" not found"))?;
+                let path = pv
+                    .pointer("/spec/hostPath/path")
+                    .or_else(|| pv.pointer("/spec/local/path"))
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| format!("persistentvolume \"{pv_name}\" has no hostPath or local path"))?;
+                let p = PathBuf::from(path);
+                std::fs::create_dir_all(&p).map_err(|e| e.to_string())?;
+                p
+            } else if let Some(src) = v.get("csi") {
+                let driver = src["driver"].as_str().unwrap_or_default();
+                let d = self
+                    .shared
+                    .runtime
+                    .csi
+                    .iter()
+                    .find(|d| d.driver == driver)
+                    .ok_or_else(|| format!("MountVolume.SetUp failed for volume \"{name}\" : kubernetes.io/csi: driver name {driver} not found in the list of registered CSI drivers"))?;
+                let value = src["volumeAttributes"][d.attribute.as_str()].as_str().unwrap_or_default();
+                if value.is_empty() || value.contains('/') || value == ".." {
+                    return Err(format!("MountVolume.SetUp failed for volume \"{name}\" : attribute {} must name a directory", d.attribute));
+                }
+                let p = d.root.join(value);
+                if !p.is_dir() {
+                    return Err(format!("MountVolume.SetUp failed for volume \"{name}\" : {driver}: {} does not exist", p.display()));
+                }
+                p
+            } else if let Some(src) = v.get("hostPath") {
+                PathBuf::from(src["path"].as_str().unwrap_or("/"))
+            } else {
+                std::fs::create_dir_all(&own).map_err(|e| e.to_string())?;
+                own
+            };
+            dirs.insert(name, dir);
+        }
+        let mut mounts = Vec::new();
+        for list in ["initContainers", "containers"] {
+            for c in pod["spec"][list].as_array().into_iter().flatten() {
+                for m in c["volumeMounts"].as_array().into_iter().flatten() {
+                    let Some(base) = dirs.get(m["name"].as_str().unwrap_or_default()) else { continue };
+                    let host = match m["subPath"].as_str().filter(|s| !s.is_empty()) {
+                        Some(sub) => {
+                            if sub.split('/').any(|s| s == "..") {
+                                return Err(format!("subPath {sub:?} must not contain '..'"));
+                            }
+                            base.join(sub)
+                        }
+                        None => base.clone(),
+                    };
+                    mounts.push((m["mountPath"].as_str().unwrap_or_default().trim_end_matches('/').to_string(), host));
+                }
+            }
+        }
+        mounts.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        mounts.dedup();
+        Ok(mounts)
+    }
+
+    fn write_keys(&self, ns: &str, resource: &str, src: &Value, dir: &Path, base64_values: bool) -> Result<(), String> {
+        let name = src["name"].as_str().unwrap_or_default();
+        let obj = self.shared.lock().get(&GroupResource::core(resource), ns, name);
+        let kind = if resource == "secrets" { "secret" } else { "configmap" };
+        let Some(obj) = obj else {
+            if src["optional"] == true {
+                std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+                return Ok(());
+            }
+            return Err(format!("MountVolume.SetUp failed for volume : {kind} \"{name}\" not found"));
+        };
+        std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+        let mode = src["defaultMode"].as_u64().unwrap_or(0o644) as u32;
+        let mut entries: Vec<(String, Vec<u8>)> = Vec::new();
+        for field in ["data", "binaryData"] {
+            for (k, v) in obj[field].as_object().into_iter().flatten() {
+                let bytes = if base64_values || field == "binaryData" {
+                    base64::engine::general_purpose::STANDARD.decode(v.as_str().unwrap_or_default()).map_err(|e| e.to_string())?
+                } else {
+                    v.as_str().unwrap_or_default().as_bytes().to_vec()
+                };
+                entries.push((k.clone(), bytes));
+            }
+        }
+        match src["items"].as_array() {
+            Some(items) if !items.is_empty() => {
+                for item in items {
+                    let key = item["key"].as_str().unwrap_or_default();
+                    let path = item["path"].as_str().unwrap_or(key);
+                    if path.split('/').any(|s| s == "..") {
+                        return Err(format!("item path {path:?} must not contain '..'"));
+                    }
+                    let Some((_, bytes)) = entries.iter().find(|(k, _)| k == key) else {
+                        return Err(format!("MountVolume.SetUp failed: configmap references non-existent config key: {key}"));
+                    };
+                    write_file(&dir.join(path), bytes, item["mode"].as_u64().map(|m| m as u32).unwrap_or(mode))?;
+                }
+            }
+            _ => {
+                for (k, bytes) in &entries {
+                    write_file(&dir.join(k), bytes, mode)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Running {
+    fn new(spec: &Value) -> Running {
+        Running {
+            name: spec["name"].as_str().unwrap_or_default().to_string(),
+            child: None,
+            started_at: String::new(),
+            restarts: 0,
+            ready: false,
+            exit: None,
+            spec: spec.clone(),
+            liveness_failures: 0,
+            last_probe: tokio::time::Instant::now(),
+            backoff_until: None,
+        }
+    }
+
+    fn status(&self) -> Value {
+        let state = match (&self.exit, self.backoff_until) {
+            (Some(_), Some(_)) => json!({"waiting": {"reason": "CrashLoopBackOff", "message": format!("back-off restarting failed container={}", self.name)}}),
+            (Some((code, reason, at)), None) => json!({"terminated": {"exitCode": code, "reason": reason, "startedAt": self.started_at, "finishedAt": at, "containerID": format!("devcluster://{}", self.name)}}),
+            (None, _) => json!({"running": {"startedAt": self.started_at}}),
+        };
+        json!({
+            "name": self.name,
+            "image": self.spec["image"],
+            "imageID": "",
+            "containerID": format!("devcluster://{}", self.child.as_ref().and_then(Child::id).map(|p| p.to_string()).unwrap_or_else(|| "simulated".into())),
+            "ready": self.ready,
+            "restartCount": self.restarts,
+            "started": self.exit.is_none(),
+            "state": state,
+        })
+    }
+}
+
+fn started_elapsed(started_at: &str) -> Duration {
+    meta::parse_time(started_at)
+        .map(|t| Duration::from_secs((jiff::Timestamp::now().as_second() - t.as_second()).max(0) as u64))
+        .unwrap_or_default()
+}
+
+fn conditions(pod: &Value, ready: bool, initialized: bool, started: bool) -> Value {
+    let now = meta::now_rfc3339();
+    let old: Vec<Value> = pod.pointer("/status/conditions").and_then(Value::as_array).cloned().unwrap_or_default();
+    let cond = |ty: &str, ok: bool| {
+        let status = if ok { "True" } else { "False" };
+        let since = old.iter().find(|c| c["type"] == ty && c["status"] == status).and_then(|c| c.get("lastTransitionTime").cloned()).unwrap_or_else(|| now.clone().into());
+        json!({"type": ty, "status": status, "lastProbeTime": null, "lastTransitionTime": since})
+    };
+    json!([
+        cond("PodReadyToStartContainers", started || initialized),
+        cond("Initialized", initialized),
+        cond("Ready", ready),
+        cond("ContainersReady", ready),
+        cond("PodScheduled", true),
+    ])
+}
+
+fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| e.to_string())?;
+    }
+    std::fs::write(path, bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode & 0o777)).map_err(|e| e.to_string())
+}
+
+fn field_ref(pod: &Value, path: &str) -> String {
+    if let Some(key) = path.strip_prefix("metadata.labels['").and_then(|k| k.strip_suffix("']")) {
+        return meta::label(pod, key).unwrap_or_default().to_string();
+    }
+    if let Some(key) = path.strip_prefix("metadata.annotations['").and_then(|k| k.strip_suffix("']")) {
+        return meta::annotation(pod, key).unwrap_or_default().to_string();
+    }
+    match path {
+        "status.podIP" | "status.hostIP" | "status.podIPs" | "status.hostIPs" => "127.0.0.1".into(),
+        "metadata.labels" => meta::labels(pod).map(|l| l.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("\n")).unwrap_or_default(),
+        other => {
+            let pointer = format!("/{}", other.replace('.', "/"));
+            match pod.pointer(&pointer) {
+                Some(Value::String(s)) => s.clone(),
+                Some(v) if !v.is_null() => v.to_string(),
+                _ => String::new(),
+            }
+        }
+    }
+}
+
+fn write_downward(pod: &Value, src: &Value, dir: &Path) -> Result<(), String> {
+    for item in src["items"].as_array().into_iter().flatten() {
+        let path = item["path"].as_str().unwrap_or_default();
+        if path.split('/').any(|s| s == "..") {
+            return Err(format!("downwardAPI path {path:?} must not contain '..'"));
+        }
+        let value = item.pointer("/fieldRef/fieldPath").and_then(Value::as_str).map(|f| field_ref(pod, f)).unwrap_or_default();
+        write_file(&dir.join(path), value.as_bytes(), 0o644)?;
+    }
+    Ok(())
+}
+
+/// Kubernetes' `$(VAR)` expansion; `$$` escapes, unknown references stay as written.
+pub fn expand_vars(s: &str, env: &BTreeMap<String, String>) -> String {
+    let mut out = String::new();
+    let bytes = s.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'$' && i + 1 < bytes.len() {
+            if bytes[i + 1] == b'$' {
+                out.push('$');
+                i += 2;
+                continue;
+            }
+            if bytes[i + 1] == b'(' {
+                if let Some(end) = s[i + 2..].find(')') {
+                    let name = &s[i + 2..i + 2 + end];
+                    match env.get(name) {
+                        Some(v) => out.push_str(v),
+                        None => out.push_str(&s[i..i + 3 + end]),
+                    }
+                    i += 3 + end;
+                    continue;
+                }
+            }
+        }
+        let ch = s[i..].chars().next().expect("in bounds");
+        out.push(ch);
+        i += ch.len_utf8();
+    }
+    out
+}
+
+/// Rewrites a path under a mount (or `--flag=path`) to the directory backing it.
+pub fn rewrite_paths(arg: &str, mounts: &[(String, PathBuf)]) -> String {
+    let rewrite_one = |p: &str| -> Option<String> {
+        mounts.iter().find_map(|(mp, host)| {
+            if mp.is_empty() {
+                return None;
+            }
+            if p == mp {
+                Some(host.display().to_string())
+            } else {
+                p.strip_prefix(&format!("{mp}/")).map(|rest| host.join(rest).display().to_string())
+            }
+        })
+    };
+    if let Some(r) = rewrite_one(arg) {
+        return r;
+    }
+    if let Some((flag, value)) = arg.split_once('=') {
+        if let Some(r) = rewrite_one(value) {
+            return format!("{flag}={r}");
+        }
+    }
+    arg.to_string()
+}
+
+async fn http_get_status(port: u16, path: &str) -> Option<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+    let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: kube-probe/1.33\r\nConnection: close\r\n\r\n");
+    stream.write_all(req.as_bytes()).await.ok()?;
+    let mut buf = [0u8; 64];
+    let n = stream.read(&mut buf).await.ok()?;
+    let head = std::str::from_utf8(&buf[..n]).ok()?;
+    head.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// `GET pods/<name>/log`.
+pub async fn logs(shared: &Arc<Shared>, ns: &str, name: &str, query: &BTreeMap<String, String>) -> Result<Reply, ApiError> {
+    let pod = shared
+        .lock()
+        .get(&pods(), ns, name)
+        .ok_or_else(|| ApiError::not_found(crate::error::Qualified { group: "", resource: "pods" }, name))?;
+    let containers: Vec<String> = pod.pointer("/spec/containers").and_then(Value::as_array).into_iter().flatten().filter_map(|c| c["name"].as_str().map(str::to_string)).collect();
+    let container = match query.get("container") {
+        Some(c) => c.clone(),
+        None if containers.len() == 1 => containers[0].clone(),
+        None => {
+            return Err(ApiError::bad_request(format!(
+                "a container name must be specified for pod {name}, choose one of: [{}]",
+                containers.join(" ")
+            )));
+        }
+    };
+    if !containers.contains(&container) {
+        return Err(ApiError::bad_request(format!("container {container} is not valid for pod {name}")));
+    }
+    let dir = shared.runtime.pod_dir(meta::uid(&pod)).unwrap_or_else(|| shared.runtime.state_dir.join("pods").join(meta::uid(&pod)));
+    let file = if query.get("previous").is_some_and(|v| v == "true") {
+        dir.join("logs").join(format!("{container}.previous.log"))
+    } else {
+        dir.join("logs").join(format!("{container}.log"))
+    };
+    let text = std::fs::read_to_string(&file).unwrap_or_default();
+    let tail = query.get("tailLines").and_then(|t| t.parse::<usize>().ok());
+    let shown = match tail {
+        Some(n) => {
+            let lines: Vec<&str> = text.lines().collect();
+            let start = lines.len().saturating_sub(n);
+            lines[start..].iter().map(|l| format!("{l}\n")).collect::<String>()
+        }
+        None => text.clone(),
+    };
+    if query.get("follow").is_some_and(|v| v == "true") {
+        let uid = meta::uid(&pod).to_string();
+        let shared_c = shared.clone();
+        let start_len = text.len();
+        let body = crate::server::async_stream_body(move |tx| async move {
+            if tx.send(shown.into()).await.is_err() {
+                return;
+            }
+            let mut offset = start_len;
+            loop {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                if let Ok(bytes) = std::fs::read(&file) {
+                    if bytes.len() > offset {
+                        if tx.send(bytes[offset..].to_vec().into()).await.is_err() {
+                            return;
+                        }
+                        offset = bytes.len();
+                    }
+                }
+                if shared_c.runtime.pod_dir(&uid).is_none() || tx.is_closed() {
+                    return;
+                }
+            }
+        });
+        return Ok(Reply::stream_text(body));
+    }
+    Ok(Reply::plain(shown))
+}

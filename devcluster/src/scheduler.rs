@@ -1,0 +1,329 @@
+//! The scheduler: binds pending pods to nodes honouring unschedulable nodes, taints and
+//! tolerations, node selectors and required node affinity, and resource fit (GPUs are whole,
+//! exclusive devices). Pods that fit nowhere stay Pending with kube-scheduler's message.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+
+use crate::api;
+use crate::meta;
+use crate::quantity::Quantity;
+use crate::resources::GroupResource;
+use crate::state::State;
+
+const SCHEDULER: &str = "default-scheduler";
+
+fn pods() -> GroupResource {
+    GroupResource::core("pods")
+}
+
+fn nodes() -> GroupResource {
+    GroupResource::core("nodes")
+}
+
+fn tolerates(tolerations: &[Value], taint: &Value) -> bool {
+    tolerations.iter().any(|t| {
+        let key_ok = match t["key"].as_str() {
+            None | Some("") => t["operator"] == "Exists",
+            Some(k) => taint["key"] == k,
+        };
+        let effect_ok = t["effect"].as_str().is_none_or(|e| e.is_empty() || taint["effect"] == e);
+        let value_ok = t["operator"] == "Exists" || t["value"].as_str().unwrap_or_default() == taint["value"].as_str().unwrap_or_default();
+        key_ok && effect_ok && value_ok
+    })
+}
+
+fn expression_matches(expr: &Value, labels: Option<&serde_json::Map<String, Value>>) -> bool {
+    let key = expr["key"].as_str().unwrap_or_default();
+    let actual = labels.and_then(|l| l.get(key)).and_then(Value::as_str);
+    let values: Vec<&str> = expr["values"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+    match expr["operator"].as_str() {
+        Some("In") => actual.is_some_and(|a| values.contains(&a)),
+        Some("NotIn") => actual.is_none_or(|a| !values.contains(&a)),
+        Some("Exists") => actual.is_some(),
+        Some("DoesNotExist") => actual.is_none(),
+        Some("Gt") => actual.and_then(|a| a.parse::<i64>().ok()).zip(values.first().and_then(|v| v.parse::<i64>().ok())).is_some_and(|(a, v)| a > v),
+        Some("Lt") => actual.and_then(|a| a.parse::<i64>().ok()).zip(values.first().and_then(|v| v.parse::<i64>().ok())).is_some_and(|(a, v)| a < v),
+        _ => false,
+    }
+}
+
+fn affinity_matches(pod: &Value, node: &Value) -> bool {
+    let labels = meta::labels(node);
+    if let Some(sel) = pod.pointer("/spec/nodeSelector").and_then(Value::as_object) {
+        for (k, v) in sel {
+            if labels.and_then(|l| l.get(k)) != Some(v) {
+                return false;
+            }
+        }
+    }
+    let Some(terms) = pod
+        .pointer("/spec/affinity/nodeAffinity/requiredDuringSchedulingIgnoredDuringExecution/nodeSelectorTerms")
+        .and_then(Value::as_array)
+    else {
+        return true;
+    };
+    terms.iter().any(|term| {
+        let exprs_ok = term["matchExpressions"].as_array().into_iter().flatten().all(|e| expression_matches(e, labels));
+        let fields_ok = term["matchFields"].as_array().into_iter().flatten().all(|f| {
+            let mut fake = serde_json::Map::new();
+            fake.insert("metadata.name".into(), Value::from(meta::name(node)));
+            expression_matches(f, Some(&fake))
+        });
+        exprs_ok && fields_ok
+    })
+}
+
+/// What a pod requests, per resource (requests, or limits where no request is given).
+pub fn pod_requests(pod: &Value) -> BTreeMap<String, Quantity> {
+    let mut out: BTreeMap<String, Quantity> = BTreeMap::new();
+    for c in pod.pointer("/spec/containers").and_then(Value::as_array).into_iter().flatten() {
+        let mut res: BTreeMap<String, Quantity> = BTreeMap::new();
+        for kind in ["limits", "requests"] {
+            for (k, v) in c["resources"][kind].as_object().into_iter().flatten() {
+                if let Some(q) = Quantity::from_value(v) {
+                    res.insert(k.clone(), q);
+                }
+            }
+        }
+        for (k, q) in res {
+            let cur = out.get(&k).copied().unwrap_or_default();
+            out.insert(k, cur + q);
+        }
+    }
+    out.insert("pods".into(), Quantity::whole(1));
+    out
+}
+
+fn allocatable(node: &Value) -> BTreeMap<String, Quantity> {
+    node.pointer("/status/allocatable")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+        .filter_map(|(k, v)| Quantity::from_value(v).map(|q| (k.clone(), q)))
+        .collect()
+}
+
+fn is_active(pod: &Value) -> bool {
+    !matches!(pod.pointer("/status/phase").and_then(Value::as_str), Some("Succeeded" | "Failed"))
+}
+
+/// Resources in use per node.
+fn usage(all_pods: &[Arc<Value>]) -> BTreeMap<String, BTreeMap<String, Quantity>> {
+    let mut used: BTreeMap<String, BTreeMap<String, Quantity>> = BTreeMap::new();
+    for p in all_pods {
+        let Some(node) = p.pointer("/spec/nodeName").and_then(Value::as_str) else { continue };
+        if !is_active(p) {
+            continue;
+        }
+        let u = used.entry(node.to_string()).or_default();
+        for (k, q) in pod_requests(p) {
+            let cur = u.get(&k).copied().unwrap_or_default();
+            u.insert(k, cur + q);
+        }
+    }
+    used
+}
+
+/// Why a node cannot take a pod: kube-scheduler's filter messages, first failing filter only.
+fn filter(pod: &Value, node: &Value, used: &BTreeMap<String, Quantity>) -> Result<(), Vec<String>> {
+    if node.pointer("/spec/unschedulable") == Some(&Value::Bool(true)) {
+        return Err(vec!["node(s) were unschedulable".into()]);
+    }
+    let tolerations: Vec<Value> = pod.pointer("/spec/tolerations").and_then(Value::as_array).cloned().unwrap_or_default();
+    for taint in node.pointer("/spec/taints").and_then(Value::as_array).into_iter().flatten() {
+        let effect = taint["effect"].as_str().unwrap_or_default();
+        if (effect == "NoSchedule" || effect == "NoExecute") && !tolerates(&tolerations, taint) {
+            return Err(vec![format!(
+                "node(s) had untolerated taint {{{}: {}}}",
+                taint["key"].as_str().unwrap_or_default(),
+                taint["value"].as_str().unwrap_or_default()
+            )]);
+        }
+    }
+    if !affinity_matches(pod, node) {
+        return Err(vec!["node(s) didn't match Pod's node affinity/selector".into()]);
+    }
+    let alloc = allocatable(node);
+    let mut insufficient = Vec::new();
+    for (res, want) in pod_requests(pod) {
+        if want.is_zero() {
+            continue;
+        }
+        let have = alloc.get(&res).copied().unwrap_or_default();
+        let in_use = used.get(&res).copied().unwrap_or_default();
+        if in_use + want > have {
+            insufficient.push(if res == "pods" { "Too many pods".to_string() } else { format!("Insufficient {res}") });
+        }
+    }
+    if insufficient.is_empty() { Ok(()) } else { Err(insufficient) }
+}
+
+/// Picks a node (the least-allocated fit), or kube-scheduler's "0/N nodes are available" message.
+pub fn find_node(pod: &Value, nodes: &[Arc<Value>], used: &BTreeMap<String, BTreeMap<String, Quantity>>) -> Result<String, String> {
+    let empty = BTreeMap::new();
+    let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
+    let mut preemption: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut best: Option<(i128, String)> = None;
+    for node in nodes {
+        let name = meta::name(node);
+        let node_used = used.get(name).unwrap_or(&empty);
+        match filter(pod, node, node_used) {
+            Ok(()) => {
+                // Spread: prefer the node with the most free GPU/CPU after placement.
+                let alloc = allocatable(node);
+                let free = ["nvidia.com/gpu", "cpu"]
+                    .iter()
+                    .map(|r| alloc.get(*r).copied().unwrap_or_default().0 - node_used.get(*r).copied().unwrap_or_default().0)
+                    .sum::<i128>();
+                if best.as_ref().is_none_or(|(f, n)| free > *f || (free == *f && name < n.as_str())) {
+                    best = Some((free, name.to_string()));
+                }
+            }
+            Err(rs) => {
+                let resources = rs.iter().any(|r| r.starts_with("Insufficient") || r == "Too many pods");
+                for r in rs {
+                    *reasons.entry(r).or_default() += 1;
+                }
+                *preemption
+                    .entry(if resources { "No preemption victims found for incoming pod" } else { "Preemption is not helpful for scheduling" })
+                    .or_default() += 1;
+            }
+        }
+    }
+    if let Some((_, n)) = best {
+        return Ok(n);
+    }
+    let total = nodes.len();
+    if total == 0 {
+        return Err("no nodes available to schedule pods".into());
+    }
+    // kube-scheduler sorts the "count reason" strings themselves.
+    let mut parts: Vec<String> = reasons.iter().map(|(r, n)| format!("{n} {r}")).collect();
+    parts.sort();
+    let mut pre: Vec<String> = preemption.iter().map(|(r, n)| format!("{n} {r}")).collect();
+    pre.sort();
+    Err(format!(
+        "0/{total} nodes are available: {}. preemption: 0/{total} nodes are available: {}.",
+        parts.join(", "),
+        pre.join(", ")
+    ))
+}
+
+fn set_condition(pod: &mut Value, cond: Value) {
+    let conds = pod["status"]["conditions"].as_array().cloned().unwrap_or_default();
+    let mut out: Vec<Value> = conds.into_iter().filter(|c| c["type"] != cond["type"]).collect();
+    out.push(cond);
+    pod["status"]["conditions"] = Value::Array(out);
+}
+
+/// Binds a pod to a node (the `pods/binding` subresource).
+pub fn bind(st: &mut State, namespace: &str, name: &str, node: &str) -> Result<(), String> {
+    let pod = st.get(&pods(), namespace, name).ok_or_else(|| format!("pod {namespace}/{name} not found"))?;
+    if let Some(n) = pod.pointer("/spec/nodeName").and_then(Value::as_str) {
+        return Err(format!("pod {name} is already assigned to node \"{n}\""));
+    }
+    if st.get(&nodes(), "", node).is_none() {
+        return Err(format!("node \"{node}\" not found"));
+    }
+    let mut p = (*pod).clone();
+    p["spec"]["nodeName"] = node.into();
+    set_condition(&mut p, json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": meta::now_rfc3339()}));
+    st.replace(&pods(), p);
+    crate::controllers::record_event(st, &pod, "Normal", "Scheduled", &format!("Successfully assigned {namespace}/{name} to {node}"), SCHEDULER);
+    Ok(())
+}
+
+/// One scheduling pass over every pending pod.
+pub fn schedule_pending(st: &mut State) {
+    let all_pods = st.list(&pods(), None);
+    let pending: Vec<Arc<Value>> = all_pods
+        .iter()
+        .filter(|p| {
+            p.pointer("/spec/nodeName").is_none()
+                && !meta::is_deleting(p)
+                && p.pointer("/spec/schedulerName").and_then(Value::as_str).unwrap_or(SCHEDULER) == SCHEDULER
+                && is_active(p)
+        })
+        .cloned()
+        .collect();
+    if pending.is_empty() {
+        return;
+    }
+    let node_list = st.list(&nodes(), None);
+    let mut used = usage(&all_pods);
+    for pod in pending {
+        let ns = meta::namespace(&pod).to_string();
+        let name = meta::name(&pod).to_string();
+        // Claims must be bound before a pod using them can be placed.
+        let unbound = pod
+            .pointer("/spec/volumes")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.pointer("/persistentVolumeClaim/claimName").and_then(Value::as_str))
+            .any(|claim| {
+                st.get(&GroupResource::core("persistentvolumeclaims"), &ns, claim)
+                    .is_none_or(|c| c.pointer("/status/phase").and_then(Value::as_str) != Some("Bound"))
+            });
+        let decision = if unbound {
+            Err("0/1 nodes are available: pod has unbound immediate PersistentVolumeClaims. preemption: 0/1 nodes are available: 1 Preemption is not helpful for scheduling.".to_string())
+        } else {
+            find_node(&pod, &node_list, &used)
+        };
+        match decision {
+            Ok(node) => {
+                if bind(st, &ns, &name, &node).is_ok() {
+                    let u = used.entry(node).or_default();
+                    for (k, q) in pod_requests(&pod) {
+                        let cur = u.get(&k).copied().unwrap_or_default();
+                        u.insert(k, cur + q);
+                    }
+                }
+            }
+            Err(message) => {
+                let current = pod
+                    .pointer("/status/conditions")
+                    .and_then(Value::as_array)
+                    .and_then(|cs| cs.iter().find(|c| c["type"] == "PodScheduled"))
+                    .and_then(|c| c["message"].as_str())
+                    .map(str::to_string);
+                if current.as_deref() == Some(message.as_str()) {
+                    continue;
+                }
+                let mut p = (*pod).clone();
+                set_condition(&mut p, json!({"type": "PodScheduled", "status": "False", "lastProbeTime": null, "lastTransitionTime": meta::now_rfc3339(), "reason": "Unschedulable", "message": message}));
+                api::system_write(st, &pods(), p, true, SCHEDULER);
+                crate::controllers::record_event(st, &pod, "Warning", "FailedScheduling", &message, SCHEDULER);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(name: &str, labels: Value, taints: Value, gpus: &str) -> Arc<Value> {
+        Arc::new(json!({"metadata": {"name": name, "labels": labels}, "spec": {"taints": taints}, "status": {"allocatable": {"cpu": "8", "memory": "32Gi", "pods": "110", "nvidia.com/gpu": gpus}}}))
+    }
+
+    #[test]
+    fn fit_selectors_taints_and_gpus() {
+        let nodes = vec![
+            node("a", json!({"region": "tw"}), json!([]), "1"),
+            node("b", json!({"region": "jp"}), json!([]), "8"),
+            node("c", json!({"region": "tw"}), json!([{"key": "alcove.dev/tenant", "value": "acme", "effect": "NoSchedule"}]), "8"),
+        ];
+        let pod = json!({"spec": {"nodeSelector": {"region": "tw"}, "containers": [{"name": "c", "resources": {"limits": {"nvidia.com/gpu": "2"}}}]}});
+        let err = find_node(&pod, &nodes, &BTreeMap::new()).unwrap_err();
+        assert_eq!(
+            err,
+            "0/3 nodes are available: 1 Insufficient nvidia.com/gpu, 1 node(s) didn't match Pod's node affinity/selector, 1 node(s) had untolerated taint {alcove.dev/tenant: acme}. preemption: 0/3 nodes are available: 1 No preemption victims found for incoming pod, 2 Preemption is not helpful for scheduling."
+        );
+        let tolerant = json!({"spec": {"nodeSelector": {"region": "tw"}, "tolerations": [{"key": "alcove.dev/tenant", "operator": "Equal", "value": "acme", "effect": "NoSchedule"}], "containers": [{"name": "c", "resources": {"limits": {"nvidia.com/gpu": "2"}}}]}});
+        assert_eq!(find_node(&tolerant, &nodes, &BTreeMap::new()).unwrap(), "c");
+    }
+}

@@ -1,0 +1,279 @@
+//! The object store: every object as JSON, one global resourceVersion counter (as etcd's
+//! revision), an event history for watch resumption, and the indexes the garbage collector needs.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
+
+use serde_json::Value;
+use tokio::sync::broadcast;
+
+use crate::meta;
+use crate::resources::{GroupResource, Registry};
+
+/// Watch event types as they appear on the wire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventType {
+    Added,
+    Modified,
+    Deleted,
+}
+
+impl EventType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::Added => "ADDED",
+            EventType::Modified => "MODIFIED",
+            EventType::Deleted => "DELETED",
+        }
+    }
+}
+
+/// One change to one object.
+#[derive(Debug)]
+pub struct Event {
+    pub gr: GroupResource,
+    pub kind: EventType,
+    pub rv: u64,
+    /// The object after the change (for deletes: its last state, at the deletion's version).
+    pub object: Arc<Value>,
+    /// The object before the change (for watchers whose selector stops matching).
+    pub old: Option<Arc<Value>>,
+}
+
+/// Where an object lives.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ObjectRef {
+    pub gr: GroupResource,
+    pub namespace: String,
+    pub name: String,
+}
+
+type Collection = BTreeMap<(String, String), Arc<Value>>;
+
+/// All stored state. Lives behind one mutex: every write is one short critical section, like an
+/// etcd transaction, which keeps resourceVersions and watch order trivially consistent.
+pub struct State {
+    pub registry: Registry,
+    objects: HashMap<GroupResource, Collection>,
+    rv: u64,
+    history: VecDeque<Arc<Event>>,
+    history_limit: usize,
+    /// Oldest resourceVersion a watch may still resume from.
+    compacted: u64,
+    tx: broadcast::Sender<Arc<Event>>,
+    by_uid: HashMap<String, ObjectRef>,
+    /// owner uid → objects whose ownerReferences name it.
+    dependents: HashMap<String, BTreeSet<ObjectRef>>,
+}
+
+impl State {
+    pub fn new(history_limit: usize) -> State {
+        let (tx, _) = broadcast::channel(65_536);
+        State {
+            registry: Registry::with_builtins(),
+            objects: HashMap::new(),
+            rv: 1,
+            history: VecDeque::new(),
+            history_limit,
+            compacted: 1,
+            tx,
+            by_uid: HashMap::new(),
+            dependents: HashMap::new(),
+        }
+    }
+
+    pub fn current_rv(&self) -> u64 {
+        self.rv
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
+        self.tx.subscribe()
+    }
+
+    pub fn get(&self, gr: &GroupResource, namespace: &str, name: &str) -> Option<Arc<Value>> {
+        self.objects.get(gr)?.get(&(namespace.to_string(), name.to_string())).cloned()
+    }
+
+    pub fn get_by_uid(&self, uid: &str) -> Option<(ObjectRef, Arc<Value>)> {
+        let r = self.by_uid.get(uid)?;
+        self.get(&r.gr, &r.namespace, &r.name).map(|o| (r.clone(), o))
+    }
+
+    /// Objects of a collection, optionally in one namespace, in (namespace, name) order.
+    pub fn list(&self, gr: &GroupResource, namespace: Option<&str>) -> Vec<Arc<Value>> {
+        let Some(coll) = self.objects.get(gr) else { return Vec::new() };
+        match namespace {
+            Some(ns) => coll
+                .range((ns.to_string(), String::new())..)
+                .take_while(|((n, _), _)| n == ns)
+                .map(|(_, v)| v.clone())
+                .collect(),
+            None => coll.values().cloned().collect(),
+        }
+    }
+
+    /// Objects after `(namespace, name)` in key order (list continuation).
+    pub fn list_after(&self, gr: &GroupResource, namespace: Option<&str>, after: &(String, String)) -> Vec<Arc<Value>> {
+        let Some(coll) = self.objects.get(gr) else { return Vec::new() };
+        coll.range(after.clone()..)
+            .filter(|(k, _)| k != &after)
+            .filter(|((n, _), _)| namespace.is_none_or(|ns| ns == n))
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+
+    pub fn count(&self, gr: &GroupResource, namespace: Option<&str>) -> usize {
+        match namespace {
+            None => self.objects.get(gr).map_or(0, BTreeMap::len),
+            Some(_) => self.list(gr, namespace).len(),
+        }
+    }
+
+    pub fn dependents_of(&self, owner_uid: &str) -> Vec<ObjectRef> {
+        self.dependents.get(owner_uid).map(|s| s.iter().cloned().collect()).unwrap_or_default()
+    }
+
+    pub fn collections(&self) -> Vec<GroupResource> {
+        self.objects.keys().cloned().collect()
+    }
+
+    fn next_rv(&mut self) -> u64 {
+        self.rv += 1;
+        self.rv
+    }
+
+    fn record(&mut self, event: Event) {
+        let event = Arc::new(event);
+        self.history.push_back(event.clone());
+        while self.history.len() > self.history_limit {
+            if let Some(old) = self.history.pop_front() {
+                self.compacted = old.rv;
+            }
+        }
+        // No receivers is fine: nobody is watching.
+        let _ = self.tx.send(event);
+    }
+
+    /// Events after `rv`, or `Err(oldest)` when `rv` is older than the retained history.
+    pub fn events_since(&self, rv: u64) -> Result<Vec<Arc<Event>>, u64> {
+        if rv < self.compacted {
+            return Err(self.compacted);
+        }
+        let start = self.history.partition_point(|e| e.rv <= rv);
+        Ok(self.history.iter().skip(start).cloned().collect())
+    }
+
+    /// Drops history up to `rv` (fault injection: force 410 on resume).
+    pub fn compact_to(&mut self, rv: u64) {
+        while self.history.front().is_some_and(|e| e.rv <= rv) {
+            self.history.pop_front();
+        }
+        self.compacted = self.compacted.max(rv + 1);
+    }
+
+    fn index(&mut self, r: &ObjectRef, old: Option<&Value>, new: Option<&Value>) {
+        if let Some(o) = old {
+            for owner in meta::owner_references(o) {
+                if let Some(uid) = owner["uid"].as_str() {
+                    if let Some(set) = self.dependents.get_mut(uid) {
+                        set.remove(r);
+                        if set.is_empty() {
+                            self.dependents.remove(uid);
+                        }
+                    }
+                }
+            }
+            if new.is_none() {
+                self.by_uid.remove(meta::uid(o));
+            }
+        }
+        if let Some(n) = new {
+            for owner in meta::owner_references(n) {
+                if let Some(uid) = owner["uid"].as_str() {
+                    self.dependents.entry(uid.to_string()).or_default().insert(r.clone());
+                }
+            }
+            self.by_uid.insert(meta::uid(n).to_string(), r.clone());
+        }
+    }
+
+    /// Stores a new object, stamping its resourceVersion. The caller has checked it is new.
+    pub fn insert(&mut self, gr: &GroupResource, mut obj: Value) -> Arc<Value> {
+        let rv = self.next_rv();
+        meta::set_meta(&mut obj, "resourceVersion", Some(rv.to_string().into()));
+        let r = ObjectRef { gr: gr.clone(), namespace: meta::namespace(&obj).into(), name: meta::name(&obj).into() };
+        self.index(&r, None, Some(&obj));
+        let obj = Arc::new(obj);
+        self.objects.entry(gr.clone()).or_default().insert((r.namespace.clone(), r.name.clone()), obj.clone());
+        self.record(Event { gr: gr.clone(), kind: EventType::Added, rv, object: obj.clone(), old: None });
+        obj
+    }
+
+    /// Replaces a stored object, stamping a new resourceVersion.
+    pub fn replace(&mut self, gr: &GroupResource, mut obj: Value) -> Arc<Value> {
+        let rv = self.next_rv();
+        meta::set_meta(&mut obj, "resourceVersion", Some(rv.to_string().into()));
+        let r = ObjectRef { gr: gr.clone(), namespace: meta::namespace(&obj).into(), name: meta::name(&obj).into() };
+        let old = self.get(gr, &r.namespace, &r.name);
+        self.index(&r, old.as_deref(), Some(&obj));
+        let obj = Arc::new(obj);
+        self.objects.entry(gr.clone()).or_default().insert((r.namespace.clone(), r.name.clone()), obj.clone());
+        self.record(Event { gr: gr.clone(), kind: EventType::Modified, rv, object: obj.clone(), old });
+        obj
+    }
+
+    /// Removes an object; the DELETED event carries its last state at a new resourceVersion.
+    pub fn remove(&mut self, gr: &GroupResource, namespace: &str, name: &str) -> Option<Arc<Value>> {
+        let old = self.objects.get_mut(gr)?.remove(&(namespace.to_string(), name.to_string()))?;
+        let rv = self.next_rv();
+        let r = ObjectRef { gr: gr.clone(), namespace: namespace.into(), name: name.into() };
+        self.index(&r, Some(&old), None);
+        let mut last = (*old).clone();
+        meta::set_meta(&mut last, "resourceVersion", Some(rv.to_string().into()));
+        let last = Arc::new(last);
+        self.record(Event { gr: gr.clone(), kind: EventType::Deleted, rv, object: last.clone(), old: Some(old) });
+        Some(last)
+    }
+
+    /// Drops a whole collection (its CRD was deleted), emitting deletes.
+    pub fn drop_collection(&mut self, gr: &GroupResource) {
+        let keys: Vec<(String, String)> =
+            self.objects.get(gr).map(|c| c.keys().cloned().collect()).unwrap_or_default();
+        for (ns, name) in keys {
+            self.remove(gr, &ns, &name);
+        }
+        self.objects.remove(gr);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn versions_and_history() {
+        let mut s = State::new(3);
+        let gr = GroupResource::core("configmaps");
+        let a = s.insert(&gr, json!({"metadata": {"name": "a", "namespace": "n", "uid": "u1"}}));
+        let rv_a: u64 = meta::resource_version(&a).parse().unwrap();
+        s.replace(&gr, json!({"metadata": {"name": "a", "namespace": "n", "uid": "u1"}, "data": {"k": "v"}}));
+        s.remove(&gr, "n", "a");
+        let since = s.events_since(rv_a).unwrap();
+        assert_eq!(since.iter().map(|e| e.kind).collect::<Vec<_>>(), vec![EventType::Modified, EventType::Deleted]);
+        s.insert(&gr, json!({"metadata": {"name": "b", "namespace": "n", "uid": "u2"}}));
+        s.insert(&gr, json!({"metadata": {"name": "c", "namespace": "n", "uid": "u3"}}));
+        assert!(s.events_since(rv_a).is_err(), "history of 3 no longer reaches the first write");
+        assert_eq!(s.list(&gr, Some("n")).len(), 2);
+    }
+
+    #[test]
+    fn dependents_index() {
+        let mut s = State::new(10);
+        let gr = GroupResource::core("configmaps");
+        s.insert(&gr, json!({"metadata": {"name": "child", "namespace": "n", "uid": "c", "ownerReferences": [{"uid": "p", "name": "parent", "kind": "ConfigMap", "apiVersion": "v1"}]}}));
+        assert_eq!(s.dependents_of("p").len(), 1);
+        s.remove(&gr, "n", "child");
+        assert!(s.dependents_of("p").is_empty());
+    }
+}
