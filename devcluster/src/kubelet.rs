@@ -442,7 +442,7 @@ impl PodWorker {
                 if let Some(probe) = r.spec.get("readinessProbe").cloned() {
                     if since_start >= initial(&probe) && (r.last_probe.elapsed() >= period(&probe) || !r.ready) {
                         r.last_probe = tokio::time::Instant::now();
-                        let ok = if simulated { true } else { self.probe(&probe).await };
+                        let ok = if simulated { true } else { self.probe(&probe, &r.spec).await };
                         if ok != r.ready {
                             r.ready = ok;
                             changed = true;
@@ -454,7 +454,7 @@ impl PodWorker {
                 }
                 if let Some(probe) = r.spec.get("livenessProbe").cloned() {
                     if !simulated && since_start >= initial(&probe) && r.last_probe.elapsed() >= period(&probe) {
-                        if self.probe(&probe).await {
+                        if self.probe(&probe, &r.spec).await {
                             r.liveness_failures = 0;
                         } else {
                             r.liveness_failures += 1;
@@ -562,12 +562,15 @@ impl PodWorker {
         }
     }
 
-    async fn probe(&self, probe: &Value) -> bool {
+    async fn probe(&self, probe: &Value, container: &Value) -> bool {
         let timeout = Duration::from_secs(probe["timeoutSeconds"].as_u64().unwrap_or(1).max(1));
         let port_of = |p: &Value| -> Option<u16> {
             let cp = match p {
                 Value::Number(n) => n.as_i64(),
-                Value::String(s) => s.parse().ok(),
+                // A named port of the container.
+                Value::String(s) => s.parse().ok().or_else(|| {
+                    container["ports"].as_array()?.iter().find(|x| x["name"] == s.as_str())?["containerPort"].as_i64()
+                }),
                 _ => None,
             }?;
             self.ports.get(&cp).copied()
