@@ -5,6 +5,9 @@
 //! refuses a bad spec at apply time. `crd_manifests()` renders the CRDs committed under
 //! `crds/manifests/` and `docs/api.md`; `cargo run -p alcove-crds --bin crdgen` rewrites them.
 
+// kube's `printcolumn(...)` attributes repeat `type_ = ...`; clippy mistakes them for duplicates.
+#![allow(clippy::duplicated_attributes)]
+
 pub mod common;
 pub mod instance;
 pub mod knowledgebase;

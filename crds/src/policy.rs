@@ -165,9 +165,9 @@ impl Window {
 
 impl std::fmt::Display for Window {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.minutes % 1440 == 0 {
+        if self.minutes.is_multiple_of(1440) {
             write!(f, "{}d", self.minutes / 1440)
-        } else if self.minutes % 60 == 0 {
+        } else if self.minutes.is_multiple_of(60) {
             write!(f, "{}h", self.minutes / 60)
         } else {
             write!(f, "{}m", self.minutes)

@@ -75,11 +75,10 @@ pub fn limit_ranges(st: &State, namespace: &str, pod: &mut Value) -> Result<(), 
                 let name = c["name"].as_str().unwrap_or_default().to_string();
                 for (res, max) in limit["max"].as_object().into_iter().flatten() {
                     let want = c["resources"]["limits"].get(res).and_then(Quantity::from_value);
-                    if let (Some(w), Some(m)) = (want, Quantity::from_value(max)) {
-                        if w > m {
+                    if let (Some(w), Some(m)) = (want, Quantity::from_value(max))
+                        && w > m {
                             return Err(format!("maximum {res} usage per Container is {m}, but limit is {w}"));
                         }
-                    }
                     if want.is_none() {
                         return Err(format!("maximum {res} usage per Container is {max}.  No limit is specified", max = Quantity::from_value(max).unwrap_or_default()));
                     }
@@ -87,11 +86,10 @@ pub fn limit_ranges(st: &State, namespace: &str, pod: &mut Value) -> Result<(), 
                 }
                 for (res, min) in limit["min"].as_object().into_iter().flatten() {
                     let want = c["resources"]["requests"].get(res).and_then(Quantity::from_value);
-                    if let (Some(w), Some(m)) = (want, Quantity::from_value(min)) {
-                        if w < m {
+                    if let (Some(w), Some(m)) = (want, Quantity::from_value(min))
+                        && w < m {
                             return Err(format!("minimum {res} usage per Container is {m}, but request is {w}"));
                         }
-                    }
                 }
             }
         }
@@ -212,6 +210,9 @@ pub fn quota_used(st: &State, namespace: &str, hard: &serde_json::Map<String, Va
     used
 }
 
+/// (resource, requested, used, limit) of a quota the request would exceed.
+type Over = (String, Quantity, Quantity, Quantity);
+
 /// Refuses a new object that would take a namespace over one of its ResourceQuotas.
 pub fn resource_quota(st: &State, info: &ResourceInfo, obj: &Value) -> Result<(), ApiError> {
     let namespace = meta::namespace(obj);
@@ -259,7 +260,7 @@ pub fn resource_quota(st: &State, info: &ResourceInfo, obj: &Value) -> Result<()
             }
         }
         let used = quota_used(st, namespace, hard);
-        let mut over = Vec::new();
+        let mut over: Vec<Over> = Vec::new();
         for (k, limit) in hard {
             let Some(req) = requested.get(k) else { continue };
             let Some(limit) = Quantity::from_value(limit) else { continue };
@@ -269,14 +270,12 @@ pub fn resource_quota(st: &State, info: &ResourceInfo, obj: &Value) -> Result<()
             }
         }
         if !over.is_empty() {
-            let fmt = |f: &dyn Fn(&(String, Quantity, Quantity, Quantity)) -> Quantity| {
-                over.iter().map(|o| format!("{}={}", o.0, f(o))).collect::<Vec<_>>().join(",")
-            };
+            let list = |pick: fn(&Over) -> Quantity| over.iter().map(|o| format!("{}={}", o.0, pick(o))).collect::<Vec<_>>().join(",");
             return Err(forbidden(format!(
                 "exceeded quota: {qname}, requested: {}, used: {}, limited: {}",
-                fmt(&|o| o.1),
-                fmt(&|o| o.2),
-                fmt(&|o| o.3)
+                list(|o| o.1),
+                list(|o| o.2),
+                list(|o| o.3)
             )));
         }
     }
@@ -413,7 +412,7 @@ pub fn pod_security_violations(level: &str, spec: &Value) -> Vec<String> {
         }
     }
     if !port_containers.is_empty() {
-        push("hostPorts", "hostPort".into(), format!("{} {} {} {}", pluralize("container", "containers", port_containers.len()), join_quote(&port_containers), pluralize("uses", "use", port_containers.len()), format!("{} {}", pluralize("hostPort", "hostPorts", ports.len()), ports.join(", "))));
+        push("hostPorts", "hostPort".into(), format!("{} {} {} {} {}", pluralize("container", "containers", port_containers.len()), join_quote(&port_containers), pluralize("uses", "use", port_containers.len()), pluralize("hostPort", "hostPorts", ports.len()), ports.join(", ")));
     }
     let privileged: Vec<String> =
         cs.iter().filter(|c| c.pointer("/securityContext/privileged") == Some(&Value::Bool(true))).map(|c| cname(c)).collect();
@@ -425,14 +424,13 @@ pub fn pod_security_violations(level: &str, spec: &Value) -> Vec<String> {
         let mut bad_vols = Vec::new();
         let mut bad_types: Vec<String> = Vec::new();
         for v in spec["volumes"].as_array().into_iter().flatten() {
-            if let Some(ty) = v.as_object().and_then(|m| m.keys().find(|k| *k != "name")) {
-                if !ALLOWED.contains(&ty.as_str()) {
+            if let Some(ty) = v.as_object().and_then(|m| m.keys().find(|k| *k != "name"))
+                && !ALLOWED.contains(&ty.as_str()) {
                     bad_vols.push(v["name"].as_str().unwrap_or_default().to_string());
                     if !bad_types.contains(ty) {
                         bad_types.push(ty.clone());
                     }
                 }
-            }
         }
         if !bad_vols.is_empty() {
             bad_types.sort();

@@ -192,8 +192,8 @@ fn decode(
         })?,
     };
     // Metadata of custom resources is ObjectMeta like any other.
-    if info.is_custom() {
-        if let Some(m) = out.get("metadata").cloned() {
+    if info.is_custom()
+        && let Some(m) = out.get("metadata").cloned() {
             let typed: Result<k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta, _> = serde_json::from_value(m.clone());
             match typed {
                 Ok(t) => {
@@ -216,7 +216,6 @@ fn decode(
                 }
             }
         }
-    }
     unknown.retain(|u| !u.is_empty());
     if !unknown.is_empty() {
         match validation {
@@ -428,11 +427,10 @@ fn create_inner(st: &mut State, info: &ResourceInfo, namespace: &str, mut obj: V
     } else {
         meta::set_meta(&mut obj, "namespace", None);
     }
-    if meta::name(&obj).is_empty() {
-        if let Some(prefix) = obj.pointer("/metadata/generateName").and_then(Value::as_str).map(str::to_string) {
+    if meta::name(&obj).is_empty()
+        && let Some(prefix) = obj.pointer("/metadata/generateName").and_then(Value::as_str).map(str::to_string) {
             meta::set_meta(&mut obj, "name", Some(format!("{prefix}{}", meta::random_suffix(5)).into()));
         }
-    }
     let precomputed_managed = obj.pointer("/metadata/managedFields").cloned();
     let mut obj = decode(info, to_storage(info, obj), opts.validation, &mut warnings, true)?;
     let name = meta::name(&obj).to_string();
@@ -502,6 +500,7 @@ fn get_existing(st: &State, info: &ResourceInfo, namespace: &str, name: &str) ->
     st.get(&info.storage_resource(), namespace, name).ok_or_else(|| ApiError::not_found(qualified(info), name))
 }
 
+#[allow(clippy::too_many_arguments)]
 /// Finishes an update of `old` into `new`: strategy, validation, finalization, managed fields,
 /// and the write itself (skipped when nothing changed).
 fn update_inner(
@@ -716,11 +715,10 @@ fn apply(
             Ok(w)
         }
         Some(old) => {
-            if let Some(rv) = config.pointer("/metadata/resourceVersion").and_then(Value::as_str) {
-                if rv != meta::resource_version(&old) {
+            if let Some(rv) = config.pointer("/metadata/resourceVersion").and_then(Value::as_str)
+                && rv != meta::resource_version(&old) {
                     return Err(ApiError::modified(qualified(info), name));
                 }
-            }
             let mut new = fieldmanager::apply(&old, &config, &opts.manager, force, &own)
                 .map_err(|c| fieldmanager::conflict_error(&c))?;
             meta::set_meta(&mut new, "resourceVersion", old.pointer("/metadata/resourceVersion").cloned());
@@ -733,17 +731,16 @@ fn apply(
 pub fn delete(st: &mut State, info: &ResourceInfo, namespace: &str, name: &str, opts: &DeleteOpts) -> Result<Deleted, ApiError> {
     let gr = info.storage_resource();
     let old = get_existing(st, info, namespace, name)?;
-    if let Some(uid) = &opts.precondition_uid {
-        if uid != meta::uid(&old) {
+    if let Some(uid) = &opts.precondition_uid
+        && uid != meta::uid(&old) {
             return Err(ApiError::conflict(
                 qualified(info),
                 name,
                 &format!("Precondition failed: UID in precondition: {uid}, UID in object meta: {}", meta::uid(&old)),
             ));
         }
-    }
-    if let Some(rv) = &opts.precondition_rv {
-        if rv != meta::resource_version(&old) {
+    if let Some(rv) = &opts.precondition_rv
+        && rv != meta::resource_version(&old) {
             return Err(ApiError::conflict(
                 qualified(info),
                 name,
@@ -753,7 +750,6 @@ pub fn delete(st: &mut State, info: &ResourceInfo, namespace: &str, name: &str, 
                 ),
             ));
         }
-    }
     if info.kind == "CustomResourceDefinition" && !opts.dry_run {
         // Deleting a CRD deletes every custom resource it served.
         let group = old["spec"]["group"].as_str().unwrap_or_default().to_string();

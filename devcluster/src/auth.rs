@@ -270,11 +270,10 @@ pub fn impersonate(st: &State, user: UserInfo, headers: &axum::http::HeaderMap) 
     let imp_uid = headers.get("impersonate-uid").and_then(|v| v.to_str().ok()).map(str::to_string);
     let mut extra: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for (k, v) in headers {
-        if let Some(key) = k.as_str().strip_prefix("impersonate-extra-") {
-            if let Ok(s) = v.to_str() {
+        if let Some(key) = k.as_str().strip_prefix("impersonate-extra-")
+            && let Ok(s) = v.to_str() {
                 extra.entry(key.to_string()).or_default().push(s.to_string());
             }
-        }
     }
     let Some(target) = imp_user else {
         if !imp_groups.is_empty() || imp_uid.is_some() || !extra.is_empty() {

@@ -81,19 +81,17 @@ fn stringify_quantities(v: &mut Value, in_quantity_map: bool) {
     match v {
         Value::Object(m) => {
             for (k, child) in m.iter_mut() {
-                if in_quantity_map {
-                    if let Value::Number(n) = child {
+                if in_quantity_map
+                    && let Value::Number(n) = child {
                         *child = Value::String(n.to_string());
                         continue;
                     }
-                }
                 let next = QUANTITY_MAPS.contains(&k.as_str());
-                if k == "sizeLimit" {
-                    if let Value::Number(n) = child {
+                if k == "sizeLimit"
+                    && let Value::Number(n) = child {
                         *child = Value::String(n.to_string());
                         continue;
                     }
-                }
                 stringify_quantities(child, next && child.is_object());
             }
         }
@@ -203,11 +201,10 @@ pub fn default_pod_spec(spec: &mut Value) {
     }
     for v in spec.get_mut("volumes").and_then(Value::as_array_mut).into_iter().flatten() {
         for src in ["configMap", "secret"] {
-            if let Some(s) = v.get_mut(src) {
-                if s.get("defaultMode").is_none() {
+            if let Some(s) = v.get_mut(src)
+                && s.get("defaultMode").is_none() {
                     s["defaultMode"] = 420.into();
                 }
-            }
         }
     }
 }
@@ -270,11 +267,10 @@ pub fn apply_defaults(group: &str, kind: &str, obj: &mut Value, creating: bool) 
                 obj["status"] = json!({"loadBalancer": {}});
             }
         }
-        ("", "Secret") => {
-            if obj["type"].as_str().is_none_or(str::is_empty) {
+        ("", "Secret")
+            if obj["type"].as_str().is_none_or(str::is_empty) => {
                 obj["type"] = "Opaque".into();
             }
-        }
         ("", "PersistentVolumeClaim") => {
             let spec = &mut obj["spec"];
             if spec.get("volumeMode").is_none() {
@@ -365,11 +361,10 @@ pub fn apply_defaults(group: &str, kind: &str, obj: &mut Value, creating: bool) 
                 obj["volumeBindingMode"] = "Immediate".into();
             }
         }
-        ("apiextensions.k8s.io", "CustomResourceDefinition") => {
-            if creating {
+        ("apiextensions.k8s.io", "CustomResourceDefinition")
+            if creating => {
                 obj["status"] = json!({});
             }
-        }
         _ => {}
     }
 }
@@ -520,10 +515,10 @@ pub fn validate(group: &str, kind: &str, obj: &Value, old: Option<&Value>) -> Ve
                     for c in s["containers"].as_array_mut().into_iter().flatten() {
                         c.as_object_mut().map(|m| m.remove("image"));
                     }
-                    s.as_object_mut().map(|m| {
+                    if let Some(m) = s.as_object_mut() {
                         m.remove("activeDeadlineSeconds");
                         m.remove("tolerations");
-                    });
+                    }
                 }
                 if a != b {
                     errors.push(FieldError::forbidden("spec", "pod updates may not change fields other than `spec.containers[*].image`,`spec.initContainers[*].image`,`spec.activeDeadlineSeconds`,`spec.tolerations` (only additions to existing tolerations),`spec.terminationGracePeriodSeconds` (allow it to be set to 1 if it was previously negative)"));
@@ -558,11 +553,10 @@ pub fn validate(group: &str, kind: &str, obj: &Value, old: Option<&Value>) -> Ve
                     }
                 }
             }
-            if let Some(old) = old {
-                if old["immutable"] == Value::Bool(true) && (old["data"] != obj["data"] || old["binaryData"] != obj["binaryData"]) {
+            if let Some(old) = old
+                && old["immutable"] == Value::Bool(true) && (old["data"] != obj["data"] || old["binaryData"] != obj["binaryData"]) {
                     errors.push(FieldError::forbidden("data", "field is immutable when `immutable` is set"));
                 }
-            }
         }
         ("", "PersistentVolumeClaim") => {
             if obj.pointer("/spec/accessModes").and_then(Value::as_array).is_none_or(Vec::is_empty) {
@@ -595,11 +589,10 @@ pub fn validate(group: &str, kind: &str, obj: &Value, old: Option<&Value>) -> Ve
             if !matches!(rp, "Never" | "OnFailure") {
                 errors.push(FieldError::not_supported("spec.template.spec.restartPolicy", &Value::from(rp), &["OnFailure".into(), "Never".into()]));
             }
-            if let Some(old) = old {
-                if old["spec"]["template"] != obj["spec"]["template"] {
+            if let Some(old) = old
+                && old["spec"]["template"] != obj["spec"]["template"] {
                     errors.push(FieldError::invalid("spec.template", &Value::String("object".into()), "field is immutable"));
                 }
-            }
         }
         ("apps", "Deployment") | ("apps", "ReplicaSet") | ("apps", "StatefulSet") => {
             validate_pod_spec(&obj["spec"]["template"]["spec"], "spec.template.spec", &mut errors);
@@ -616,11 +609,10 @@ pub fn validate(group: &str, kind: &str, obj: &Value, old: Option<&Value>) -> Ve
             if !allowed.contains(&rr["kind"].as_str().unwrap_or_default()) {
                 errors.push(FieldError::not_supported("roleRef.kind", &rr["kind"], &allowed.iter().map(|s| s.to_string()).collect::<Vec<_>>()));
             }
-            if let Some(old) = old {
-                if old["roleRef"] != obj["roleRef"] {
+            if let Some(old) = old
+                && old["roleRef"] != obj["roleRef"] {
                     errors.push(FieldError::invalid("roleRef", &Value::String("object".into()), "cannot change roleRef"));
                 }
-            }
             for (i, s) in obj["subjects"].as_array().into_iter().flatten().enumerate() {
                 if !matches!(s["kind"].as_str(), Some("User" | "Group" | "ServiceAccount")) {
                     errors.push(FieldError::not_supported(format!("subjects[{i}].kind"), &s["kind"], &["ServiceAccount".into(), "User".into(), "Group".into()]));

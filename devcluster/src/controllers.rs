@@ -203,11 +203,10 @@ impl Controllers {
                     }
                 }
             }
-            if e.kind == EventType::Deleted && !ns.is_empty() {
-                if st.get(&GroupResource::core("namespaces"), "", &ns).is_some_and(|n| meta::is_deleting(&n)) {
+            if e.kind == EventType::Deleted && !ns.is_empty()
+                && st.get(&GroupResource::core("namespaces"), "", &ns).is_some_and(|n| meta::is_deleting(&n)) {
                     namespaces_to_check.insert(ns.clone());
                 }
-            }
         }
         for (ns, name) in claims {
             self.reconcile_claim(st, &ns, &name);
@@ -268,13 +267,11 @@ impl Controllers {
                 }
                 // A foreground-deleting owner may be waiting for this dependent.
                 for r in meta::owner_references(obj) {
-                    if let Some(owner_uid) = r["uid"].as_str() {
-                        if let Some((or, owner)) = st.get_by_uid(owner_uid) {
-                            if meta::finalizers(&owner).iter().any(|f| f == "foregroundDeletion") {
+                    if let Some(owner_uid) = r["uid"].as_str()
+                        && let Some((or, owner)) = st.get_by_uid(owner_uid)
+                            && meta::finalizers(&owner).iter().any(|f| f == "foregroundDeletion") {
                                 foreground(st, &or, &owner);
                             }
-                        }
-                    }
                 }
             }
             EventType::Added | EventType::Modified => {
@@ -512,14 +509,12 @@ impl Controllers {
             if let Some(path) = pv.pointer("/spec/hostPath/path").or_else(|| pv.pointer("/spec/local/path")).and_then(Value::as_str) {
                 let p = PathBuf::from(path);
                 // Only directories this server provisioned are ever removed.
-                if p.starts_with(&self.volumes_dir) {
-                    if let Err(e) = std::fs::remove_dir_all(&p) {
-                        if e.kind() != std::io::ErrorKind::NotFound {
+                if p.starts_with(&self.volumes_dir)
+                    && let Err(e) = std::fs::remove_dir_all(&p)
+                        && e.kind() != std::io::ErrorKind::NotFound {
                             record_event(st, &pv, "Warning", "VolumeFailedDelete", &format!("removing {}: {e}", p.display()), "persistentvolume-controller");
                             return;
                         }
-                    }
-                }
             }
             api::system_delete(st, &pvs, "", name, &DeleteOpts::default());
         }

@@ -452,8 +452,8 @@ impl PodWorker {
                     r.ready = true;
                     changed = true;
                 }
-                if let Some(probe) = r.spec.get("livenessProbe").cloned() {
-                    if !simulated && since_start >= initial(&probe) && r.last_probe.elapsed() >= period(&probe) {
+                if let Some(probe) = r.spec.get("livenessProbe").cloned()
+                    && !simulated && since_start >= initial(&probe) && r.last_probe.elapsed() >= period(&probe) {
                         if self.probe(&probe, &r.spec).await {
                             r.liveness_failures = 0;
                         } else {
@@ -467,7 +467,6 @@ impl PodWorker {
                             }
                         }
                     }
-                }
             }
             if changed {
                 let all_done = running.iter().all(|r| r.child.is_none() && r.backoff_until.is_none() && r.exit.is_some());
@@ -554,11 +553,10 @@ impl PodWorker {
             let _ = std::fs::remove_dir_all(h.dir.join("volumes"));
             let _ = std::fs::remove_dir_all(h.dir.join("tmp"));
             let mut st = self.shared.lock();
-            if let Some(p) = st.get(&pods(), &h.namespace, &h.name) {
-                if meta::uid(&p) == self.uid && meta::is_deleting(&p) {
+            if let Some(p) = st.get(&pods(), &h.namespace, &h.name)
+                && meta::uid(&p) == self.uid && meta::is_deleting(&p) {
                     st.remove(&pods(), &h.namespace, &h.name);
                 }
-            }
         }
     }
 
@@ -842,7 +840,7 @@ impl PodWorker {
                 }
             }
         }
-        mounts.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        mounts.sort_by_key(|m| std::cmp::Reverse(m.0.len()));
         mounts.dedup();
         Ok(mounts)
     }
@@ -1007,8 +1005,8 @@ pub fn expand_vars(s: &str, env: &BTreeMap<String, String>) -> String {
                 i += 2;
                 continue;
             }
-            if bytes[i + 1] == b'(' {
-                if let Some(end) = s[i + 2..].find(')') {
+            if bytes[i + 1] == b'('
+                && let Some(end) = s[i + 2..].find(')') {
                     let name = &s[i + 2..i + 2 + end];
                     match env.get(name) {
                         Some(v) => out.push_str(v),
@@ -1017,7 +1015,6 @@ pub fn expand_vars(s: &str, env: &BTreeMap<String, String>) -> String {
                     i += 3 + end;
                     continue;
                 }
-            }
         }
         let ch = s[i..].chars().next().expect("in bounds");
         out.push(ch);
@@ -1043,11 +1040,10 @@ pub fn rewrite_paths(arg: &str, mounts: &[(String, PathBuf)]) -> String {
     if let Some(r) = rewrite_one(arg) {
         return r;
     }
-    if let Some((flag, value)) = arg.split_once('=') {
-        if let Some(r) = rewrite_one(value) {
+    if let Some((flag, value)) = arg.split_once('=')
+        && let Some(r) = rewrite_one(value) {
             return format!("{flag}={r}");
         }
-    }
     arg.to_string()
 }
 
@@ -1109,14 +1105,13 @@ pub async fn logs(shared: &Arc<Shared>, ns: &str, name: &str, query: &BTreeMap<S
             let mut offset = start_len;
             loop {
                 tokio::time::sleep(Duration::from_millis(200)).await;
-                if let Ok(bytes) = std::fs::read(&file) {
-                    if bytes.len() > offset {
+                if let Ok(bytes) = std::fs::read(&file)
+                    && bytes.len() > offset {
                         if tx.send(bytes[offset..].to_vec().into()).await.is_err() {
                             return;
                         }
                         offset = bytes.len();
                     }
-                }
                 if shared_c.runtime.pod_dir(&uid).is_none() || tx.is_closed() {
                     return;
                 }

@@ -203,11 +203,10 @@ pub fn is_qualified_name(s: &str) -> bool {
         Some((p, n)) => (Some(p), n),
         None => (None, s),
     };
-    if let Some(p) = prefix {
-        if !is_dns1123_subdomain(p) {
+    if let Some(p) = prefix
+        && !is_dns1123_subdomain(p) {
             return false;
         }
-    }
     !name.is_empty()
         && name.len() <= 63
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))

@@ -92,11 +92,10 @@ fn collect(name: &str, all: &Map<String, Value>, out: &mut Map<String, Value>) {
 fn find_refs(v: &Value, out: &mut BTreeSet<String>) {
     match v {
         Value::Object(m) => {
-            if let Some(r) = m.get("$ref").and_then(Value::as_str) {
-                if let Some(name) = r.strip_prefix("#/components/schemas/") {
+            if let Some(r) = m.get("$ref").and_then(Value::as_str)
+                && let Some(name) = r.strip_prefix("#/components/schemas/") {
                     out.insert(name.to_string());
                 }
-            }
             m.values().for_each(|x| find_refs(x, out));
         }
         Value::Array(a) => a.iter().for_each(|x| find_refs(x, out)),

@@ -195,15 +195,14 @@ fn smp(target: &Value, patch: &Value, ti: &TypeInfo, names: &mut Vec<String>) ->
         }
     }
     for (k, v) in p {
-        if let Some(field) = k.strip_prefix("$setElementOrder/") {
-            if let (Some(Value::Array(list)), Some(order)) = (out.get_mut(field), v.as_array()) {
+        if let Some(field) = k.strip_prefix("$setElementOrder/")
+            && let (Some(Value::Array(list)), Some(order)) = (out.get_mut(field), v.as_array()) {
                 names.push(field.to_string());
                 let names_ref: Vec<&str> = names.iter().map(String::as_str).collect();
                 let kind = ti.list_kind(&names_ref);
                 names.pop();
                 reorder(list, order, &kind);
             }
-        }
     }
     Ok(Value::Object(out))
 }
@@ -258,7 +257,7 @@ fn merge_list(
     }
 }
 
-fn reorder(list: &mut Vec<Value>, order: &[Value], kind: &ListKind) {
+fn reorder(list: &mut [Value], order: &[Value], kind: &ListKind) {
     let position = |item: &Value| -> usize {
         order
             .iter()

@@ -68,11 +68,10 @@ fn target(shared: &Shared, info: &ResourceInfo, ns: &str, raw_name: &str) -> Res
             .find(|p| p["name"].as_str().unwrap_or_default() == port_name)
             .and_then(|p| p["port"].as_i64());
         let Some(ep_port) = ep_port else { continue };
-        if let Some(addr) = subset["addresses"].as_array().and_then(|a| a.first()) {
-            if let Some(uid) = addr.pointer("/targetRef/uid").and_then(Value::as_str) {
+        if let Some(addr) = subset["addresses"].as_array().and_then(|a| a.first())
+            && let Some(uid) = addr.pointer("/targetRef/uid").and_then(Value::as_str) {
                 return Ok((uid.to_string(), ep_port));
             }
-        }
     }
     Err(unavailable(format!("no endpoints available for service \"{name}\"")))
 }

@@ -119,7 +119,7 @@ mod tests {
         assert_eq!(Quantity::parse("500m"), Some(Quantity(500)));
         assert_eq!(Quantity::parse("2"), Some(Quantity(2000)));
         assert_eq!(Quantity::parse("1.5"), Some(Quantity(1500)));
-        assert_eq!(Quantity::parse("1Ki"), Some(Quantity(1024_000)));
+        assert_eq!(Quantity::parse("1Ki"), Some(Quantity(1_024_000)));
         assert_eq!(Quantity::parse("1e3"), Some(Quantity(1_000_000)));
         assert_eq!(Quantity::parse("1Gi").unwrap().to_string(), "1Gi");
         assert_eq!(Quantity::parse("250m").unwrap().to_string(), "250m");

@@ -120,11 +120,10 @@ impl CrdVersionSchema {
                 }
             }
         }
-        if errors.is_empty() {
-            if let Some(compiled) = &self.cel {
+        if errors.is_empty()
+            && let Some(compiled) = &self.cel {
                 errors.extend(cel_errors(compiled, &self.schema, obj, old));
             }
-        }
         errors
     }
 }
@@ -176,11 +175,10 @@ fn type_at(schema: &Value, path: &str) -> String {
         } else if let Some(next) = s.get("additionalProperties") {
             s = next;
         }
-        if seg.contains('[') {
-            if let Some(items) = s.get("items") {
+        if seg.contains('[')
+            && let Some(items) = s.get("items") {
                 s = items;
             }
-        }
     }
     s["type"].as_str().unwrap_or("object").to_string()
 }
@@ -244,11 +242,10 @@ pub fn default_value(schema: &Value, value: &mut Value, root: bool) {
                     if root && matches!(k.as_str(), "apiVersion" | "kind" | "metadata") {
                         continue;
                     }
-                    if !map.contains_key(k) {
-                        if let Some(d) = sub.get("default") {
+                    if !map.contains_key(k)
+                        && let Some(d) = sub.get("default") {
                             map.insert(k.clone(), d.clone());
                         }
-                    }
                     if let Some(v) = map.get_mut(k) {
                         default_value(sub, v, false);
                     }
@@ -324,71 +321,61 @@ pub fn validate(schema: &Value, value: &Value, path: &str, errors: &mut Vec<Fiel
         ));
         return;
     }
-    if let Some(allowed) = schema["enum"].as_array() {
-        if !allowed.contains(value) {
+    if let Some(allowed) = schema["enum"].as_array()
+        && !allowed.contains(value) {
             let names: Vec<String> =
                 allowed.iter().map(|a| a.as_str().map(str::to_string).unwrap_or_else(|| a.to_string())).collect();
             errors.push(FieldError::not_supported(path, value, &names));
         }
-    }
     match value {
         Value::String(s) => {
             let len = s.chars().count();
-            if let Some(max) = schema["maxLength"].as_u64() {
-                if len as u64 > max {
+            if let Some(max) = schema["maxLength"].as_u64()
+                && len as u64 > max {
                     errors.push(FieldError::too_long(path, max as usize));
                 }
-            }
-            if let Some(min) = schema["minLength"].as_u64() {
-                if (len as u64) < min {
+            if let Some(min) = schema["minLength"].as_u64()
+                && (len as u64) < min {
                     errors.push(FieldError::invalid(path, value, format!("{path} in body should be at least {min} chars long")));
                 }
-            }
-            if let Some(p) = schema["pattern"].as_str() {
-                if let Some(re) = regex_cache(p) {
-                    if !re.is_match(s) {
+            if let Some(p) = schema["pattern"].as_str()
+                && let Some(re) = regex_cache(p)
+                    && !re.is_match(s) {
                         errors.push(FieldError::invalid(path, value, format!("{path} in body should match '{p}'")));
                     }
-                }
-            }
         }
         Value::Number(n) => {
             let f = n.as_f64().unwrap_or(0.0);
             let exclusive_max = schema["exclusiveMaximum"] == Value::Bool(true);
             let exclusive_min = schema["exclusiveMinimum"] == Value::Bool(true);
-            if let Some(max) = schema["maximum"].as_f64() {
-                if f > max || (exclusive_max && f == max) {
+            if let Some(max) = schema["maximum"].as_f64()
+                && (f > max || (exclusive_max && f == max)) {
                     let rel = if exclusive_max { "less than" } else { "less than or equal to" };
                     errors.push(FieldError::invalid(path, value, format!("{path} in body should be {rel} {}", go_number(max))));
                 }
-            }
-            if let Some(min) = schema["minimum"].as_f64() {
-                if f < min || (exclusive_min && f == min) {
+            if let Some(min) = schema["minimum"].as_f64()
+                && (f < min || (exclusive_min && f == min)) {
                     let rel = if exclusive_min { "greater than" } else { "greater than or equal to" };
                     errors.push(FieldError::invalid(path, value, format!("{path} in body should be {rel} {}", go_number(min))));
                 }
-            }
-            if let Some(m) = schema["multipleOf"].as_f64() {
-                if m > 0.0 && (f / m).fract() != 0.0 {
+            if let Some(m) = schema["multipleOf"].as_f64()
+                && m > 0.0 && (f / m).fract() != 0.0 {
                     errors.push(FieldError::invalid(path, value, format!("{path} in body should be a multiple of {}", go_number(m))));
                 }
-            }
         }
         Value::Array(items) => {
-            if let Some(max) = schema["maxItems"].as_u64() {
-                if items.len() as u64 > max {
+            if let Some(max) = schema["maxItems"].as_u64()
+                && items.len() as u64 > max {
                     errors.push(FieldError::too_many(path, items.len(), max as usize));
                 }
-            }
-            if let Some(min) = schema["minItems"].as_u64() {
-                if (items.len() as u64) < min {
+            if let Some(min) = schema["minItems"].as_u64()
+                && (items.len() as u64) < min {
                     errors.push(FieldError::invalid(
                         path,
                         &Value::from(items.len()),
                         format!("{path} in body should have at least {min} items"),
                     ));
                 }
-            }
             match schema["x-kubernetes-list-type"].as_str() {
                 Some("set") => {
                     for (i, item) in items.iter().enumerate() {
@@ -428,11 +415,10 @@ pub fn validate(schema: &Value, value: &Value, path: &str, errors: &mut Vec<Fiel
                     errors.push(FieldError::required(format!("{path}.{r}"), ""));
                 }
             }
-            if let Some(max) = schema["maxProperties"].as_u64() {
-                if map.len() as u64 > max {
+            if let Some(max) = schema["maxProperties"].as_u64()
+                && map.len() as u64 > max {
                     errors.push(FieldError::too_many(path, map.len(), max as usize));
                 }
-            }
             if let Some(props) = schema.get("properties").and_then(Value::as_object) {
                 for (k, v) in map {
                     if let Some(sub) = props.get(k) {
@@ -471,7 +457,7 @@ pub fn validate_crd(crd: &Value) -> Vec<FieldError> {
         errors.push(FieldError::invalid(
             "metadata.name",
             &Value::from(name),
-            format!("must be spec.names.plural+\".\"+spec.group"),
+            "must be spec.names.plural+\".\"+spec.group".to_string(),
         ));
     }
     if !matches!(spec["scope"].as_str(), Some("Namespaced" | "Cluster")) {

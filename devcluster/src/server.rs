@@ -683,11 +683,10 @@ fn delete_opts(query: &BTreeMap<String, String>, body: &[u8]) -> Result<DeleteOp
         .and_then(|g| g.parse().ok())
         .or_else(|| b["gracePeriodSeconds"].as_i64());
     let mut propagation = query.get("propagationPolicy").cloned().or_else(|| b["propagationPolicy"].as_str().map(str::to_string));
-    if propagation.is_none() {
-        if let Some(orphan) = query.get("orphanDependents").map(|v| v == "true").or_else(|| b["orphanDependents"].as_bool()) {
+    if propagation.is_none()
+        && let Some(orphan) = query.get("orphanDependents").map(|v| v == "true").or_else(|| b["orphanDependents"].as_bool()) {
             propagation = Some(if orphan { "Orphan" } else { "Background" }.into());
         }
-    }
     Ok(DeleteOpts {
         grace_period: grace,
         propagation,

@@ -174,14 +174,13 @@ impl State {
     fn index(&mut self, r: &ObjectRef, old: Option<&Value>, new: Option<&Value>) {
         if let Some(o) = old {
             for owner in meta::owner_references(o) {
-                if let Some(uid) = owner["uid"].as_str() {
-                    if let Some(set) = self.dependents.get_mut(uid) {
+                if let Some(uid) = owner["uid"].as_str()
+                    && let Some(set) = self.dependents.get_mut(uid) {
                         set.remove(r);
                         if set.is_empty() {
                             self.dependents.remove(uid);
                         }
                     }
-                }
             }
             if new.is_none() {
                 self.by_uid.remove(meta::uid(o));

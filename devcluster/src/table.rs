@@ -102,7 +102,7 @@ fn apply_bracket<'a>(current: Vec<&'a Value>, inner: &str) -> Vec<&'a Value> {
                     _ => {
                         let eq = got.first().is_some_and(|g| match g {
                             Value::String(s) => s == want,
-                            other => other.to_string() == want,
+                            other => *other == want,
                         });
                         if op == "==" { eq } else { !eq }
                     }
@@ -169,11 +169,10 @@ fn pod_status(pod: &Value) -> String {
         reason = s(pod, "/status/reason").to_string();
     }
     for c in pod.pointer("/status/initContainerStatuses").and_then(Value::as_array).into_iter().flatten() {
-        if let Some(w) = c.pointer("/state/waiting/reason").and_then(Value::as_str) {
-            if w != "PodInitializing" {
+        if let Some(w) = c.pointer("/state/waiting/reason").and_then(Value::as_str)
+            && w != "PodInitializing" {
                 reason = format!("Init:{w}");
             }
-        }
     }
     for c in pod.pointer("/status/containerStatuses").and_then(Value::as_array).into_iter().flatten() {
         if let Some(w) = c.pointer("/state/waiting/reason").and_then(Value::as_str) {
