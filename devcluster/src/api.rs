@@ -175,7 +175,7 @@ fn decode(
             (o, unknown)
         }
         // An applied configuration may be partial: required fields it omits are fine.
-        None if !full => match builtin::normalize(&info.group, &info.kind, &obj) {
+        None if !full => match builtin::normalize(&info.storage_resource().group, &info.kind, &obj) {
             Err(e) if e.contains("missing field") => (obj, Vec::new()),
             other => other.map_err(|e| ApiError::bad_request(format!(
                 "{kind} in version \"{v}\" cannot be handled as a {kind}: {e}",
@@ -183,7 +183,8 @@ fn decode(
                 v = info.version
             )))?,
         },
-        None => builtin::normalize(&info.group, &info.kind, &obj).map_err(|e| {
+        // The storage form decides the type (events.k8s.io Events are stored as core Events).
+        None => builtin::normalize(&info.storage_resource().group, &info.kind, &obj).map_err(|e| {
             ApiError::bad_request(format!(
                 "{kind} in version \"{v}\" cannot be handled as a {kind}: {e}",
                 kind = info.kind,
@@ -310,7 +311,8 @@ fn reset_for_subresource(info: &ResourceInfo, old: &Value, new: Value, status_wr
                 out.as_object_mut().map(|m| m.remove("status"));
             }
         }
-        // Metadata changes other than those the status strategy allows are dropped.
+        // Metadata changes are dropped, except managedFields, which record this write's owner.
+        meta::set_meta(&mut out, "managedFields", new.pointer("/metadata/managedFields").cloned());
         out
     } else if info.has_status() && info.kind != "Node" {
         let mut out = new;
@@ -649,12 +651,13 @@ pub fn patch(
         }
         PatchType::Apply => unreachable!("handled above"),
     };
+    let mut patched = patched;
+    check_type(info, &mut patched)?;
     let mut patched = to_storage(info, patched);
     // A patch that leaves resourceVersion alone is unconditional.
     if body.pointer("/metadata/resourceVersion").is_none() {
         meta::set_meta(&mut patched, "resourceVersion", old.pointer("/metadata/resourceVersion").cloned());
     }
-    check_type(info, &mut patched)?;
     if meta::name(&patched) != name {
         return Err(ApiError::bad_request("metadata.name: Invalid value: the name of a patched object may not change"));
     }

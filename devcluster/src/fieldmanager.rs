@@ -734,3 +734,18 @@ mod tests {
         assert_eq!(applier.fields.to_fields_v1(), json!({"f:data": {"f:b": {}}}));
     }
 }
+
+#[cfg(test)]
+mod status_tests {
+    use super::*;
+
+    #[test]
+    fn status_apply_prunes_map_keys() {
+        let o = Ownership { ti: TypeInfo::Builtin { kind: "X" }, scope: Scope::StatusOnly, api_version: "v1", subresource: "status", now: "t" };
+        let live = json!({"metadata": {"name": "n"}, "spec": {"a": 1}});
+        let first = apply(&live, &json!({"status": {"p": {"a": "1", "b": "2"}}}), "op", true, &o).unwrap();
+        assert_eq!(first["status"]["p"], json!({"a": "1", "b": "2"}));
+        let second = apply(&first, &json!({"status": {"p": {"c": "3", "b": "2"}}}), "op", true, &o).unwrap();
+        assert_eq!(second["status"]["p"], json!({"b": "2", "c": "3"}));
+    }
+}

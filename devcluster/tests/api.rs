@@ -419,3 +419,24 @@ async fn fault_injection_answers_500_and_cuts_watches() {
     let events: Vec<_> = stream.collect().await;
     assert!(matches!(events.first(), Some(Ok(WatchEvent::Error(e))) if e.code == 410), "{events:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_apply_records_its_owner_and_prunes() {
+    let env = start().await;
+    let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> = Api::all(env.client.clone());
+    for crd in alcove_crds::crds() {
+        crds.create(&PostParams::default(), &crd).await.unwrap();
+    }
+    let ar = ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("alcove.dev", "v1alpha1", "Tenant"), "tenants");
+    let tenants: Api<DynamicObject> = Api::all_with(env.client.clone(), &ar);
+    let t: DynamicObject = serde_json::from_value(json!({"apiVersion": "alcove.dev/v1alpha1", "kind": "Tenant", "metadata": {"name": "s"},
+        "spec": {"displayName": "S", "tier": "basic", "region": "tw-taipei-1"}})).unwrap();
+    tenants.create(&PostParams::default(), &t).await.unwrap();
+    let status = |sel: Value| json!({"apiVersion": "alcove.dev/v1alpha1", "kind": "Tenant", "status": {"placement": {"nodeSelector": sel}}});
+    tenants.patch_status("s", &PatchParams::apply("op").force(), &Patch::Apply(&status(json!({"a": "1", "b": "2"})))).await.unwrap();
+    let after = tenants.patch_status("s", &PatchParams::apply("op").force(), &Patch::Apply(&status(json!({"b": "2", "c": "3"})))).await.unwrap();
+    assert_eq!(after.data["status"]["placement"]["nodeSelector"], json!({"b": "2", "c": "3"}), "a key no longer applied is pruned");
+    let mf = after.metadata.managed_fields.unwrap();
+    let entry = mf.iter().find(|m| m.manager.as_deref() == Some("op")).expect("status manager recorded");
+    assert_eq!(entry.subresource.as_deref(), Some("status"));
+}

@@ -1,0 +1,186 @@
+//! The one way the operator writes objects: server-side apply with the field manager
+//! `alcove-operator`, skipped when the live object already says what we would apply.
+//!
+//! "Already says" is two checks: every field of the desired object has the same value in the live
+//! one (defaults the API server adds are fine), and the live object carries the hash of the last
+//! configuration we applied (so a field we stopped applying is still pruned by a real apply).
+//!
+//! The live object comes from a watch cache, which lags our own writes by a moment; the
+//! `WriteLog` remembers what we wrote on top of which version, so a reconcile that runs on the
+//! stale copy does not write the same thing again.
+
+use kube::api::{Api, Patch, PatchParams};
+use kube::{Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use sha2::Digest;
+
+use crate::error::{Error, Result};
+use alcove_crds::FIELD_MANAGER;
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// What the operator wrote recently: key → (the version it wrote on top of, what it wrote).
+#[derive(Default)]
+pub struct WriteLog {
+    entries: Mutex<HashMap<String, (Option<String>, String, Instant)>>,
+}
+
+/// How long a write is remembered: far longer than a watch event takes to arrive.
+const REMEMBER: Duration = Duration::from_secs(30);
+
+impl WriteLog {
+    /// Whether we already wrote on top of the version `live_rv` (so the cache is just behind our
+    /// own write, whose event will trigger the next reconcile with fresh data). The fingerprint
+    /// does not matter: whatever a reconcile on stale data would write is decided again then.
+    pub fn already_written(&self, key: &str, live_rv: Option<&str>) -> bool {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        match entries.get(key) {
+            Some((rv, _, at)) if rv.as_deref() == live_rv && at.elapsed() < REMEMBER => true,
+            Some(_) => {
+                // The cache has moved past our write (or the object was deleted since): forget it.
+                entries.remove(key);
+                false
+            }
+            None => false,
+        }
+    }
+
+    pub fn record(&self, key: String, live_rv: Option<String>, fingerprint: String) {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if entries.len() > 100_000 {
+            entries.retain(|_, (_, _, at)| at.elapsed() < REMEMBER);
+        }
+        entries.insert(key, (live_rv, fingerprint, Instant::now()));
+    }
+}
+
+/// A write-log key for an object.
+pub fn log_key<K: Resource<DynamicType = ()>>(obj: &K, suffix: &str) -> String {
+    format!("{}/{}/{}{suffix}", K::kind(&()), obj.namespace().unwrap_or_default(), obj.name_any())
+}
+
+/// Annotation holding the hash of the configuration the operator last applied.
+pub const HASH_ANNOTATION: &str = "alcove.dev/applied-hash";
+
+/// Whether every field of `desired` is present in `live` with the same value.
+pub fn is_subset(desired: &Value, live: &Value) -> bool {
+    match (desired, live) {
+        (Value::Object(d), Value::Object(l)) => d.iter().all(|(k, v)| match l.get(k) {
+            Some(lv) => is_subset(v, lv),
+            None => v.is_null(),
+        }),
+        (Value::Array(d), Value::Array(l)) => d.len() == l.len() && d.iter().zip(l).all(|(a, b)| is_subset(a, b)),
+        (a, b) => a == b,
+    }
+}
+
+/// The first path where `desired` is not a subset of `live` (for logs explaining a re-apply).
+pub fn first_difference(desired: &Value, live: &Value, path: &str) -> Option<String> {
+    match (desired, live) {
+        (Value::Object(d), Value::Object(l)) => d.iter().find_map(|(k, v)| match l.get(k) {
+            Some(lv) => first_difference(v, lv, &format!("{path}.{k}")),
+            None if v.is_null() => None,
+            None => Some(format!("{path}.{k} missing")),
+        }),
+        (Value::Array(d), Value::Array(l)) if d.len() == l.len() => {
+            d.iter().zip(l).enumerate().find_map(|(i, (a, b))| first_difference(a, b, &format!("{path}[{i}]")))
+        }
+        (a, b) if a == b => None,
+        (a, b) => Some(format!("{path}: want {a}, have {b}")),
+    }
+}
+
+/// Hash of a configuration, stable across runs (serde_json maps are ordered).
+pub fn config_hash(v: &Value) -> String {
+    let digest = sha2::Sha256::digest(v.to_string().as_bytes());
+    digest[..12].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The desired object as JSON with the hash annotation set.
+pub fn with_hash<K: Serialize>(desired: &K) -> Result<(Value, String)> {
+    let mut v = serde_json::to_value(desired).map_err(|source| Error::Serialize { what: "desired object", source })?;
+    if let Some(meta) = v.get_mut("metadata").and_then(Value::as_object_mut) {
+        if let Some(a) = meta.get_mut("annotations").and_then(Value::as_object_mut) {
+            a.remove(HASH_ANNOTATION);
+        }
+    }
+    let hash = config_hash(&v);
+    let meta = v.as_object_mut().and_then(|o| o.get_mut("metadata")).and_then(Value::as_object_mut).ok_or(Error::MissingField("metadata"))?;
+    let annotations = meta.entry("annotations").or_insert_with(|| Value::Object(Default::default()));
+    annotations[HASH_ANNOTATION] = Value::String(hash.clone());
+    Ok((v, hash))
+}
+
+/// Whether applying `desired` to `live` would change anything.
+pub fn needs_apply<K: Serialize>(desired: &K, live: Option<&K>) -> Result<bool> {
+    let Some(live) = live else { return Ok(true) };
+    let (want, hash) = with_hash(desired)?;
+    let live_v = serde_json::to_value(live).map_err(|source| Error::Serialize { what: "live object", source })?;
+    let live_hash = live_v.pointer("/metadata/annotations").and_then(|a| a.get(HASH_ANNOTATION)).and_then(Value::as_str);
+    let drift = first_difference(&want, &live_v, "");
+    if let Some(d) = &drift {
+        let name = live_v.pointer("/metadata/name").and_then(|n| n.as_str()).unwrap_or_default().to_string();
+        tracing::debug!(object = %name, difference = %d, "re-applying");
+    }
+    Ok(live_hash != Some(hash.as_str()) || drift.is_some())
+}
+
+/// Applies `desired` unless `live` already matches. Returns whether a write happened.
+pub async fn apply<K>(log: &WriteLog, api: &Api<K>, desired: &K, live: Option<&K>) -> Result<bool>
+where
+    K: Resource<DynamicType = ()> + Serialize + DeserializeOwned + Clone + std::fmt::Debug,
+{
+    if !needs_apply(desired, live)? {
+        return Ok(false);
+    }
+    let (body, hash) = with_hash(desired)?;
+    let key = log_key(desired, "");
+    let live_rv = live.and_then(|l| l.resource_version());
+    // Only an update can be recognised as ours-in-flight: an absent object may as well have been
+    // deleted since we created it, and then it must come back.
+    if live_rv.is_some() && log.already_written(&key, live_rv.as_deref()) {
+        return Ok(false);
+    }
+    let name = desired.name_any();
+    api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body)).await?;
+    log.record(key, live_rv, hash);
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use serde_json::json;
+
+    #[test]
+    fn subset_ignores_server_defaults_but_not_changes() {
+        let desired = json!({"spec": {"ports": [{"port": 80}], "selector": {"a": "b"}}});
+        let live = json!({"spec": {"ports": [{"port": 80, "protocol": "TCP"}], "selector": {"a": "b"}, "clusterIP": "10.96.0.1"}});
+        assert!(is_subset(&desired, &live));
+        let drifted = json!({"spec": {"ports": [{"port": 81, "protocol": "TCP"}], "selector": {"a": "b"}}});
+        assert!(!is_subset(&desired, &drifted));
+        let extra_item = json!({"spec": {"ports": [{"port": 80}, {"port": 81}], "selector": {"a": "b"}}});
+        assert!(!is_subset(&desired, &extra_item));
+    }
+
+    #[test]
+    fn needs_apply_tracks_hash_and_content() {
+        let desired: ConfigMap = serde_json::from_value(json!({"metadata": {"name": "c"}, "data": {"k": "v"}})).unwrap();
+        assert!(needs_apply(&desired, None).unwrap());
+        let (applied, _) = with_hash(&desired).unwrap();
+        let mut live = applied.clone();
+        live["metadata"]["resourceVersion"] = "7".into();
+        let live: ConfigMap = serde_json::from_value(live).unwrap();
+        assert!(!needs_apply(&desired, Some(&live)).unwrap(), "what we applied, plus server fields");
+        let mut drifted = live.clone();
+        drifted.data.as_mut().unwrap().insert("k".into(), "edited".into());
+        assert!(needs_apply(&desired, Some(&drifted)).unwrap(), "drift is repaired");
+        let fewer: ConfigMap = serde_json::from_value(json!({"metadata": {"name": "c"}, "data": {}})).unwrap();
+        assert!(needs_apply(&fewer, Some(&live)).unwrap(), "a dropped field is pruned by a real apply");
+    }
+}

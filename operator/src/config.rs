@@ -1,0 +1,164 @@
+//! Operator configuration: command-line flags (each with an `ALCOVE_*` environment variable) and
+//! an optional YAML file for the tables a platform team tunes (tiers, prices, models).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use alcove_crds::Tier;
+use serde::Deserialize;
+
+/// `alcove operator` flags.
+#[derive(clap::Args, Debug, Clone)]
+pub struct OperatorArgs {
+    /// Namespace the operator runs in: its Lease, erasure receipts and the default gateway.
+    #[arg(long, env = "ALCOVE_NAMESPACE", default_value = "alcove-system")]
+    pub namespace: String,
+    /// Address of the HTTP server (/metrics, /healthz, /readyz, Stripe webhooks).
+    #[arg(long, env = "ALCOVE_HTTP_ADDR", default_value = "127.0.0.1:8080")]
+    pub http_addr: SocketAddr,
+    /// YAML file with tiers, prices, platform models and retention defaults (see docs/operations.md).
+    #[arg(long, env = "ALCOVE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Seconds between periodic reconciles of unchanged objects (drift repair).
+    #[arg(long, env = "ALCOVE_RESYNC_SECONDS", default_value_t = 300)]
+    pub resync_seconds: u64,
+    /// Elect a leader through a Lease so that several replicas can run; only the leader reconciles.
+    #[arg(long, env = "ALCOVE_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_election: bool,
+    /// Identity in the leader Lease (default: hostname and process id).
+    #[arg(long, env = "ALCOVE_IDENTITY")]
+    pub identity: Option<String>,
+    /// Log format: `json` or `text`.
+    #[arg(long, env = "ALCOVE_LOG_FORMAT", default_value = "json")]
+    pub log_format: String,
+    /// Tests only: read "now" from this file (an RFC 3339 instant) instead of the system clock.
+    #[arg(long, env = "ALCOVE_CLOCK_FILE", hide = true)]
+    pub clock_file: Option<PathBuf>,
+}
+
+/// Placement and storage of one tier.
+#[derive(Debug, Clone, Deserialize, Default, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TierConfig {
+    /// Labels selecting the tier's node pool (besides region and, for pro, the tenant label).
+    #[serde(default)]
+    pub node_selector: BTreeMap<String, String>,
+    /// Tolerations for the pool's taints, as Kubernetes tolerations.
+    #[serde(default)]
+    pub tolerations: Vec<serde_json::Value>,
+    /// StorageClass for the tier's volumes (empty: the cluster default).
+    #[serde(default)]
+    pub storage_class: String,
+    /// Size of a knowledge-base volume when the KnowledgeBase does not say.
+    #[serde(default = "default_kb_size")]
+    pub knowledge_base_size: String,
+    /// Size of an instance's conversation-history volume.
+    #[serde(default = "default_history_size")]
+    pub history_size: String,
+}
+
+fn default_kb_size() -> String {
+    "1Gi".into()
+}
+fn default_history_size() -> String {
+    "1Gi".into()
+}
+
+/// The YAML file.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FileConfig {
+    /// Namespaces whose pods may reach instance ports (gateway, dashboard). Default: the
+    /// operator's own namespace.
+    #[serde(default)]
+    pub gateway_namespaces: Vec<String>,
+    /// Image of the inference server.
+    #[serde(default = "default_image")]
+    pub inference_image: String,
+    #[serde(default)]
+    pub tiers: BTreeMap<Tier, TierConfig>,
+    /// How platform-provided models are mounted: a CSI driver serving read-only model
+    /// directories on GPU nodes, and the volume attribute naming the model.
+    #[serde(default)]
+    pub platform_models: PlatformModels,
+}
+
+fn default_image() -> String {
+    "ghcr.io/alcove-dev/alcove-inference:0.1.0".into()
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PlatformModels {
+    pub csi_driver: String,
+    pub attribute: String,
+}
+
+impl Default for PlatformModels {
+    fn default() -> Self {
+        PlatformModels { csi_driver: "models.alcove.dev".into(), attribute: "model".into() }
+    }
+}
+
+impl Default for FileConfig {
+    fn default() -> Self {
+        FileConfig { gateway_namespaces: Vec::new(), inference_image: default_image(), tiers: BTreeMap::new(), platform_models: PlatformModels::default() }
+    }
+}
+
+/// Everything controllers read.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub namespace: String,
+    pub gateway_namespaces: Vec<String>,
+    pub inference_image: String,
+    pub tiers: BTreeMap<Tier, TierConfig>,
+    pub platform_models: PlatformModels,
+    pub resync: Duration,
+}
+
+impl Config {
+    pub fn load(args: &OperatorArgs) -> anyhow::Result<Config> {
+        let file = match &args.config {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
+                serde_saphyr::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?
+            }
+            None => FileConfig::default(),
+        };
+        Ok(Config::from_file(file, &args.namespace, Duration::from_secs(args.resync_seconds.max(1))))
+    }
+
+    pub fn from_file(file: FileConfig, namespace: &str, resync: Duration) -> Config {
+        let gateway_namespaces = if file.gateway_namespaces.is_empty() { vec![namespace.to_string()] } else { file.gateway_namespaces };
+        Config {
+            namespace: namespace.into(),
+            gateway_namespaces,
+            inference_image: file.inference_image,
+            tiers: file.tiers,
+            platform_models: file.platform_models,
+            resync,
+        }
+    }
+
+    /// The tier's settings, or the defaults: free and basic share the pool labelled
+    /// `alcove.dev/pool=shared`.
+    pub fn tier(&self, tier: Tier) -> TierConfig {
+        self.tiers.get(&tier).cloned().unwrap_or_else(|| match tier {
+            Tier::Free | Tier::Basic => TierConfig {
+                node_selector: [("alcove.dev/pool".to_string(), "shared".to_string())].into(),
+                knowledge_base_size: default_kb_size(),
+                history_size: default_history_size(),
+                ..Default::default()
+            },
+            _ => TierConfig { knowledge_base_size: default_kb_size(), history_size: default_history_size(), ..Default::default() },
+        })
+    }
+
+    /// A configuration for unit tests.
+    pub fn for_tests() -> Config {
+        Config::from_file(FileConfig::default(), "alcove-system", Duration::from_secs(300))
+    }
+}

@@ -1,0 +1,198 @@
+//! The shared context every controller gets: client, configuration, clock, metrics, event
+//! recorder, and the watch caches (reflector stores) of everything the controllers read, so a
+//! reconcile reads from memory and only writes go to the API server.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use alcove_crds::{InferenceInstance, KnowledgeBase, Tenant};
+use futures::StreamExt;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{ConfigMap, LimitRange, Namespace, Node, PersistentVolumeClaim, Pod, ResourceQuota, Secret, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use kube::api::Api;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{self, Store, reflector};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::metrics::Metrics;
+
+/// Label on every object the operator creates.
+pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "alcove-operator");
+
+/// Futures that keep the caches fed; the caller drives them.
+pub type Feeder = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Every change a cache sees (deletions included), for controllers to subscribe to. A
+/// subscriber that falls behind loses triggers, never blocks the cache; the periodic resync
+/// covers what it lost.
+pub struct Feed<K> {
+    tx: tokio::sync::broadcast::Sender<Arc<K>>,
+}
+
+impl<K: Clone + Send + Sync + 'static> Feed<K> {
+    /// A stream of changed objects, in the form kube-runtime's `*_stream` builders take.
+    pub fn subscribe(&self) -> impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static {
+        tokio_stream::wrappers::BroadcastStream::new(self.tx.subscribe()).filter_map(|r| async move {
+            match r {
+                Ok(obj) => Some(Ok((*obj).clone())),
+                Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(n)) => {
+                    tracing::warn!(missed = n, "a controller fell behind its watch; the next resync catches up");
+                    None
+                }
+            }
+        })
+    }
+}
+
+fn cache<K>(api: Api<K>, config: watcher::Config, feeders: &mut Vec<Feeder>) -> (Store<K>, Feed<K>)
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+{
+    let (store, writer) = reflector::store();
+    let (tx, _) = tokio::sync::broadcast::channel(65_536);
+    let feed = Feed { tx: tx.clone() };
+    let stream = reflector(writer, watcher(api, config).default_backoff()).touched_objects();
+    let task = stream.for_each(move |r| {
+        match r {
+            // No subscriber yet is fine.
+            Ok(obj) => drop(tx.send(Arc::new(obj))),
+            Err(e) => tracing::warn!(error = %e, kind = %K::kind(&()), "watch error (retrying)"),
+        }
+        futures::future::ready(())
+    });
+    feeders.push(Box::pin(task));
+    (store, feed)
+}
+
+macro_rules! caches {
+    ($( $field:ident: $ty:ty = $api:expr, $cfg:expr; )*) => {
+        /// Everything the controllers read: one watch cache per kind.
+        #[derive(Clone)]
+        pub struct Caches {
+            $( pub $field: Store<$ty>, )*
+        }
+
+        /// The change feed of each cache, for controllers to subscribe to while they are built.
+        pub struct Handles {
+            $( pub $field: Feed<$ty>, )*
+        }
+
+        impl Caches {
+            pub fn new(client: &Client) -> (Caches, Handles, Vec<Feeder>) {
+                let mut feeders = Vec::new();
+                $( let $field = cache::<$ty>($api(client.clone()), $cfg, &mut feeders); )*
+                (Caches { $( $field: $field.0.clone(), )* }, Handles { $( $field: $field.1, )* }, feeders)
+            }
+
+            /// Waits until every cache has its first complete list.
+            pub async fn ready(&self) {
+                $( let _ = self.$field.wait_until_ready().await; )*
+            }
+        }
+    };
+}
+
+fn managed() -> watcher::Config {
+    watcher::Config::default().labels(&format!("{}={}", MANAGED_BY.0, MANAGED_BY.1))
+}
+
+fn all() -> watcher::Config {
+    watcher::Config::default()
+}
+
+caches! {
+    tenants: Tenant = Api::all, all();
+    instances: InferenceInstance = Api::all, all();
+    knowledge_bases: KnowledgeBase = Api::all, all();
+    namespaces: Namespace = Api::all, watcher::Config::default().labels(alcove_crds::LABEL_TENANT);
+    nodes: Node = Api::all, all();
+    quotas: ResourceQuota = Api::all, managed();
+    limit_ranges: LimitRange = Api::all, managed();
+    network_policies: NetworkPolicy = Api::all, managed();
+    roles: Role = Api::all, managed();
+    role_bindings: RoleBinding = Api::all, managed();
+    secrets: Secret = Api::all, managed();
+    config_maps: ConfigMap = Api::all, all();
+    services: Service = Api::all, managed();
+    pods: Pod = Api::all, managed();
+    pvcs: PersistentVolumeClaim = Api::all, managed();
+    jobs: Job = Api::all, managed();
+}
+
+/// Finds a namespaced object in a store.
+pub fn find<K: Resource<DynamicType = ()> + Clone>(store: &Store<K>, namespace: &str, name: &str) -> Option<Arc<K>> {
+    store.get(&reflector::ObjectRef::new(name).within(namespace))
+}
+
+/// Finds a cluster-scoped object in a store.
+pub fn find_cluster<K: Resource<DynamicType = ()> + Clone>(store: &Store<K>, name: &str) -> Option<Arc<K>> {
+    store.get(&reflector::ObjectRef::new(name))
+}
+
+pub struct Context {
+    pub writes: crate::apply::WriteLog,
+    pub client: Client,
+    pub config: Config,
+    pub clock: Arc<dyn Clock>,
+    pub metrics: Arc<Metrics>,
+    pub recorder: Recorder,
+    pub caches: Caches,
+}
+
+impl Context {
+    pub fn new(client: Client, config: Config, clock: Arc<dyn Clock>, metrics: Arc<Metrics>, caches: Caches, identity: &str) -> Context {
+        let reporter = Reporter { controller: "alcove-operator".into(), instance: Some(identity.to_string()) };
+        let recorder = Recorder::new(client.clone(), reporter);
+        Context { writes: Default::default(), client, config, clock, metrics, recorder, caches }
+    }
+
+    /// Publishes an Event about `obj`. Failing to record an Event never fails a reconcile.
+    pub async fn event<K: Resource<DynamicType = ()>>(&self, obj: &K, warning: bool, reason: &str, action: &str, note: String) {
+        let ev = Event {
+            type_: if warning { EventType::Warning } else { EventType::Normal },
+            reason: reason.into(),
+            note: Some(note),
+            action: action.into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&ev, &obj.object_ref(&())).await {
+            tracing::warn!(error = %e, reason, "could not record event");
+        }
+    }
+
+    pub fn now(&self) -> jiff::Timestamp {
+        self.clock.now()
+    }
+
+    /// Server-side applies `desired` unless `live` already matches (see `apply`).
+    pub async fn apply<K>(&self, api: &Api<K>, desired: &K, live: Option<&K>) -> crate::error::Result<bool>
+    where
+        K: Resource<DynamicType = ()> + serde::Serialize + DeserializeOwned + Clone + std::fmt::Debug,
+    {
+        crate::apply::apply(&self.writes, api, desired, live).await
+    }
+
+    /// Writes a status when it changed (see `status`).
+    pub async fn write_status<K, S>(&self, api: &Api<K>, obj: &K, current: Option<&S>, desired: &S) -> crate::error::Result<bool>
+    where
+        K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
+        S: serde::Serialize + PartialEq,
+    {
+        crate::status::write(&self.writes, api, obj, current, desired).await
+    }
+}
+
+/// `namespace/name` for logs.
+pub fn key<K: Resource>(obj: &K) -> String {
+    match obj.namespace() {
+        Some(ns) => format!("{ns}/{}", obj.name_any()),
+        None => obj.name_any(),
+    }
+}

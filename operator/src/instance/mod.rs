@@ -1,0 +1,3 @@
+//! The InferenceInstance controller.
+
+pub mod builders;

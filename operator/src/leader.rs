@@ -1,0 +1,124 @@
+//! Leader election on a `coordination.k8s.io/v1` Lease, as client-go's leaderelection does:
+//! the holder renews every `RENEW`; a candidate takes the Lease once `LEASE_DURATION` passed
+//! without a renewal. Writes use the Lease's resourceVersion, so two candidates cannot both win.
+
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use kube::api::{Api, PostParams};
+use serde_json::json;
+
+pub const LEASE_NAME: &str = "alcove-operator";
+/// A standby takes over at most this long (plus one retry) after the leader's last renewal.
+pub const LEASE_DURATION: Duration = Duration::from_secs(10);
+pub const RENEW: Duration = Duration::from_secs(2);
+
+pub struct Elector {
+    api: Api<Lease>,
+    identity: String,
+}
+
+fn micro(t: jiff::Timestamp) -> MicroTime {
+    MicroTime(t)
+}
+
+impl Elector {
+    pub fn new(client: kube::Client, namespace: &str, identity: &str) -> Elector {
+        Elector { api: Api::namespaced(client, namespace), identity: identity.into() }
+    }
+
+    fn lease(&self, existing: Option<&Lease>, acquiring: bool) -> Lease {
+        let now = jiff::Timestamp::now();
+        let mut l = existing.cloned().unwrap_or_else(|| {
+            serde_json::from_value(json!({"metadata": {"name": LEASE_NAME}})).expect("lease")
+        });
+        let spec = l.spec.get_or_insert_with(Default::default);
+        if acquiring {
+            spec.acquire_time = Some(micro(now));
+            spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0) + i32::from(existing.is_some()));
+        }
+        spec.holder_identity = Some(self.identity.clone());
+        spec.lease_duration_seconds = Some(LEASE_DURATION.as_secs() as i32);
+        spec.renew_time = Some(micro(now));
+        l
+    }
+
+    /// One attempt to become or stay the leader. Returns whether we hold the Lease now.
+    pub async fn try_acquire_or_renew(&self) -> Result<bool, kube::Error> {
+        let current = match self.api.get(LEASE_NAME).await {
+            Ok(l) => Some(l),
+            Err(kube::Error::Api(s)) if s.code == 404 => None,
+            Err(e) => return Err(e),
+        };
+        let Some(current) = current else {
+            return match self.api.create(&PostParams::default(), &self.lease(None, true)).await {
+                Ok(_) => Ok(true),
+                Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
+                Err(e) => Err(e),
+            };
+        };
+        let spec = current.spec.clone().unwrap_or_default();
+        let holder = spec.holder_identity.clone().unwrap_or_default();
+        let ours = holder == self.identity;
+        let expired = match (&spec.renew_time, spec.lease_duration_seconds) {
+            (Some(renewed), Some(secs)) => {
+                jiff::Timestamp::now().as_millisecond() > renewed.0.as_millisecond() + i64::from(secs) * 1000
+            }
+            _ => true,
+        };
+        if !ours && !holder.is_empty() && !expired {
+            return Ok(false);
+        }
+        let next = self.lease(Some(&current), !ours);
+        match self.api.replace(LEASE_NAME, &PostParams::default(), &next).await {
+            Ok(_) => Ok(true),
+            // Someone else wrote the Lease first: they won this round.
+            Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Waits until this replica is the leader.
+    pub async fn acquire(&self) {
+        loop {
+            match self.try_acquire_or_renew().await {
+                Ok(true) => return,
+                Ok(false) => {}
+                Err(e) => tracing::warn!(error = %e, "leader election: cannot reach the Lease"),
+            }
+            tokio::time::sleep(RENEW).await;
+        }
+    }
+
+    /// Renews until renewal fails for a whole lease duration; returns when leadership is lost.
+    pub async fn hold(&self) {
+        let mut last_ok = tokio::time::Instant::now();
+        loop {
+            tokio::time::sleep(RENEW).await;
+            match self.try_acquire_or_renew().await {
+                Ok(true) => last_ok = tokio::time::Instant::now(),
+                Ok(false) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, "leader election: renewal failed");
+                    if last_ok.elapsed() >= LEASE_DURATION {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Gives the Lease up (graceful shutdown), so a standby takes over at once.
+    pub async fn release(&self) {
+        if let Ok(current) = self.api.get(LEASE_NAME).await {
+            if current.spec.as_ref().and_then(|s| s.holder_identity.as_deref()) == Some(self.identity.as_str()) {
+                let mut l = current.clone();
+                let spec = l.spec.get_or_insert_with(Default::default);
+                spec.holder_identity = Some(String::new());
+                spec.lease_duration_seconds = Some(1);
+                let _ = self.api.replace(LEASE_NAME, &PostParams::default(), &l).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,126 @@
+//! The Alcove operator. Controllers are thin loops over pure builders (each controller's
+//! `builders` module); the shared pieces live here once: `apply` (server-side apply, skipped when
+//! nothing changed), `status` (the status writer), `clock`, `context` (client, caches, metrics,
+//! events), `error`.
+
+pub mod apply;
+pub mod clock;
+pub mod config;
+pub mod context;
+pub mod error;
+pub mod http;
+pub mod instance;
+pub mod leader;
+pub mod metrics;
+pub mod status;
+pub mod tenant;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use futures::FutureExt;
+
+use crate::clock::{Clock, FileClock, SystemClock};
+use crate::config::{Config, OperatorArgs};
+use crate::context::{Caches, Context};
+use crate::metrics::Metrics;
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+fn identity(args: &OperatorArgs) -> String {
+    args.identity.clone().unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "alcove".into());
+        format!("{host}-{}", std::process::id())
+    })
+}
+
+/// `alcove operator`: serves HTTP, waits for leadership, runs the controllers until SIGTERM.
+pub async fn run_operator(args: OperatorArgs) -> anyhow::Result<()> {
+    let config = Config::load(&args)?;
+    let client = kube::Client::try_default().await.map_err(|e| anyhow::anyhow!("no Kubernetes configuration (kubeconfig or in-cluster): {e}"))?;
+    let metrics = Arc::new(Metrics::new());
+    let ready = Arc::new(AtomicBool::new(false));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+        .shared()
+    };
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+
+    let state = http::HttpState { metrics: metrics.clone(), ready: ready.clone() };
+    let (addr, http_task) = http::serve(args.http_addr, http::router(state), stopped.clone()).await?;
+    let identity = identity(&args);
+    tracing::info!(%addr, %identity, namespace = %config.namespace, "alcove operator serving /metrics, /healthz, /readyz");
+
+    let elector = leader::Elector::new(client.clone(), &config.namespace, &identity);
+    if args.leader_election {
+        ready.store(true, Ordering::SeqCst);
+        tokio::select! {
+            _ = elector.acquire() => {}
+            _ = stopped.clone() => {
+                http_task.await.ok();
+                return Ok(());
+            }
+        }
+        tracing::info!(%identity, "became leader");
+    }
+    metrics.leader.set(1);
+
+    let clock: Arc<dyn Clock> = match &args.clock_file {
+        Some(p) => Arc::new(FileClock::new(p.clone())),
+        None => Arc::new(SystemClock),
+    };
+    let (caches, handles, feeders) = Caches::new(&client);
+    let ctx = Arc::new(Context::new(client.clone(), config, clock, metrics.clone(), caches.clone(), &identity));
+    // Controllers subscribe to the caches' change feeds before the caches start filling.
+    let controllers = futures::future::join_all(vec![tenant::controller(ctx.clone(), &handles, stopped.clone()).boxed()]);
+    for f in feeders {
+        tokio::spawn(f);
+    }
+    {
+        let ready = ready.clone();
+        tokio::spawn(async move {
+            ready.store(false, Ordering::SeqCst);
+            caches.ready().await;
+            ready.store(true, Ordering::SeqCst);
+            tracing::info!("caches synced; reconciling");
+        });
+    }
+    let lost = async {
+        if args.leader_election {
+            elector.hold().await;
+            true
+        } else {
+            futures::future::pending::<bool>().await
+        }
+    };
+    tokio::select! {
+        _ = controllers => {}
+        lost = lost => {
+            if lost {
+                tracing::error!("lost the leader Lease; exiting so that a fresh start can compete again");
+                std::process::exit(1);
+            }
+        }
+    }
+    if args.leader_election {
+        elector.release().await;
+    }
+    metrics.leader.set(0);
+    http_task.await.ok();
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,48 @@
+//! `alcove`: the operator and its tools.
+//!
+//! - `alcove operator` runs the controllers (see `alcove operator --help` for flags; every flag
+//!   has an `ALCOVE_*` environment variable).
+//! - `alcove crds` prints the CustomResourceDefinitions (`alcove crds | kubectl apply -f -`).
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "alcove", version, about = "Private, per-tenant GPU inference on Kubernetes")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the operator against the cluster of the current kubeconfig (or in-cluster config).
+    Operator(alcove::config::OperatorArgs),
+    /// Print the CRDs as YAML.
+    Crds,
+}
+
+fn init_tracing(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("ALCOVE_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().flatten_event(true).init();
+    } else {
+        builder.init();
+    }
+}
+
+fn main() {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Crds => print!("{}", alcove_crds::crd_yaml_stream()),
+        Command::Operator(args) => {
+            init_tracing(&args.log_format);
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+            if let Err(e) = rt.block_on(alcove::run_operator(args)) {
+                tracing::error!(error = %e, "operator failed");
+                eprintln!("alcove operator: {e:#}");
+                std::process::exit(1);
+            }
+        }
+    }
+}

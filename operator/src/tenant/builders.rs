@@ -1,0 +1,388 @@
+//! Tenant → the objects of its isolated namespace. Pure functions, no I/O.
+
+use std::collections::BTreeMap;
+
+use alcove_crds::{LABEL_TENANT, OwnerKind, ResolvedPlacement, Tenant, TenantQuota, Tier};
+use k8s_openapi::api::core::v1::{LimitRange, Namespace, Node, ResourceQuota, Secret, Toleration};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+
+use crate::config::Config;
+use crate::context::MANAGED_BY;
+
+pub const QUOTA: &str = "alcove-quota";
+pub const LIMITS: &str = "alcove-limits";
+pub const ROLE: &str = "alcove-tenant-admin";
+pub const ROLE_BINDING: &str = "alcove-tenant-admins";
+pub const KEY_SECRET: &str = "alcove-tenant-key";
+pub const NETPOL_DENY: &str = "alcove-default-deny";
+pub const NETPOL_DNS: &str = "alcove-allow-dns";
+pub const NETPOL_SAME_NS: &str = "alcove-allow-same-namespace";
+pub const NETPOL_GATEWAY: &str = "alcove-allow-gateway";
+/// The port every instance serves on, inside its pod.
+pub const INSTANCE_PORT: i32 = 8080;
+/// Label on instance pods, so policies can select them.
+pub const COMPONENT_LABEL: &str = "alcove.dev/component";
+
+pub fn namespace_name(tenant: &str) -> String {
+    format!("tenant-{tenant}")
+}
+
+/// The tenant a tenant namespace belongs to (`tenant-<name>`).
+pub fn tenant_of_namespace(ns: &str) -> Option<&str> {
+    ns.strip_prefix("tenant-").filter(|n| !n.is_empty())
+}
+
+/// The group whose members administer a tenant (besides `spec.owners`).
+pub fn admin_group(tenant: &str) -> String {
+    format!("alcove:tenant:{tenant}")
+}
+
+pub fn owner_ref(tenant: &Tenant) -> OwnerReference {
+    tenant.controller_owner_ref(&()).expect("a stored Tenant has a name and uid")
+}
+
+/// Metadata every child of a tenant carries.
+pub fn child_meta(tenant: &Tenant, name: &str, namespace: Option<&str>) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.into()),
+        namespace: namespace.map(str::to_string),
+        labels: Some(
+            [(LABEL_TENANT.to_string(), tenant.name_any()), (MANAGED_BY.0.to_string(), MANAGED_BY.1.to_string())].into(),
+        ),
+        owner_references: Some(vec![owner_ref(tenant)]),
+        ..Default::default()
+    }
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
+    serde_json::from_value(v).expect("builders produce valid objects")
+}
+
+pub fn namespace(tenant: &Tenant) -> Namespace {
+    let mut meta = child_meta(tenant, &namespace_name(&tenant.name_any()), None);
+    let labels = meta.labels.get_or_insert_with(BTreeMap::new);
+    for mode in ["enforce", "audit", "warn"] {
+        labels.insert(format!("pod-security.kubernetes.io/{mode}"), "restricted".into());
+        labels.insert(format!("pod-security.kubernetes.io/{mode}-version"), "latest".into());
+    }
+    Namespace { metadata: meta, ..Default::default() }
+}
+
+fn quota_of(tenant: &Tenant) -> TenantQuota {
+    tenant.spec.quota.clone().unwrap_or_else(|| serde_json::from_value(json!({})).expect("defaults"))
+}
+
+/// ResourceQuota from `spec.quota`: GPUs, instances and knowledge bases (object counts), pods,
+/// and persistent storage.
+pub fn resource_quota(tenant: &Tenant) -> ResourceQuota {
+    let q = quota_of(tenant);
+    let kbs = if tenant.spec.tier == Tier::Free { 0 } else { q.max_knowledge_bases.unwrap_or(4) };
+    // Each instance has one pod; each knowledge base at most one indexing pod at a time.
+    let pods = q.max_instances + kbs;
+    let claims = q.max_instances + kbs;
+    let ns = namespace_name(&tenant.name_any());
+    from_json(json!({
+        "apiVersion": "v1",
+        "kind": "ResourceQuota",
+        "metadata": child_meta(tenant, QUOTA, Some(&ns)),
+        "spec": {"hard": {
+            "requests.nvidia.com/gpu": q.max_gpus.to_string(),
+            "count/inferenceinstances.alcove.dev": q.max_instances.to_string(),
+            "count/knowledgebases.alcove.dev": kbs.to_string(),
+            "pods": pods.to_string(),
+            "persistentvolumeclaims": claims.to_string(),
+            "requests.storage": q.max_storage,
+        }},
+    }))
+}
+
+/// Defaults for containers that do not say (indexing jobs); instance pods set their own.
+pub fn limit_range(tenant: &Tenant) -> LimitRange {
+    let ns = namespace_name(&tenant.name_any());
+    from_json(json!({
+        "apiVersion": "v1",
+        "kind": "LimitRange",
+        "metadata": child_meta(tenant, LIMITS, Some(&ns)),
+        "spec": {"limits": [{
+            "type": "Container",
+            "defaultRequest": {"cpu": "250m", "memory": "256Mi"},
+            "default": {"cpu": "2", "memory": "4Gi"},
+            "max": {"cpu": "64", "memory": "512Gi"},
+        }]},
+    }))
+}
+
+/// Default-deny both ways, DNS, traffic inside the namespace, and ingress to instance ports from
+/// the gateway namespaces only.
+pub fn network_policies(tenant: &Tenant, config: &Config) -> Vec<NetworkPolicy> {
+    let ns = namespace_name(&tenant.name_any());
+    let meta = |name: &str| child_meta(tenant, name, Some(&ns));
+    vec![
+        from_json(json!({
+            "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": meta(NETPOL_DENY),
+            "spec": {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]},
+        })),
+        from_json(json!({
+            "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": meta(NETPOL_DNS),
+            "spec": {"podSelector": {}, "policyTypes": ["Egress"], "egress": [{
+                "to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}}, "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}],
+                "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}],
+            }]},
+        })),
+        from_json(json!({
+            "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": meta(NETPOL_SAME_NS),
+            "spec": {"podSelector": {}, "policyTypes": ["Ingress", "Egress"],
+                "ingress": [{"from": [{"podSelector": {}}]}], "egress": [{"to": [{"podSelector": {}}]}]},
+        })),
+        from_json(json!({
+            "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": meta(NETPOL_GATEWAY),
+            "spec": {"podSelector": {"matchLabels": {COMPONENT_LABEL: "inference"}}, "policyTypes": ["Ingress"],
+                "ingress": [{
+                    "from": [{"namespaceSelector": {"matchExpressions": [{"key": "kubernetes.io/metadata.name", "operator": "In", "values": config.gateway_namespaces}]}}],
+                    "ports": [{"protocol": "TCP", "port": INSTANCE_PORT}],
+                }]},
+        })),
+    ]
+}
+
+/// The tenant-admin Role: instances and knowledge bases, read access to what runs them, the
+/// instances' API-key Secrets by name, documents as ConfigMaps; nothing about quota, policies or
+/// the tenant's encryption key.
+pub fn role(tenant: &Tenant, api_key_secrets: &[String]) -> Role {
+    let ns = namespace_name(&tenant.name_any());
+    let mut rules = vec![
+        json!({"apiGroups": ["alcove.dev"], "resources": ["inferenceinstances", "knowledgebases"], "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"]}),
+        json!({"apiGroups": ["alcove.dev"], "resources": ["inferenceinstances/status", "knowledgebases/status"], "verbs": ["get", "list", "watch"]}),
+        json!({"apiGroups": [""], "resources": ["pods", "pods/log", "events", "services", "persistentvolumeclaims"], "verbs": ["get", "list", "watch"]}),
+        json!({"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["get", "list", "watch"]}),
+        json!({"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"]}),
+        // Documents kept as Secrets can be written, never read back or listed: listing would
+        // expose the tenant key.
+        json!({"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]}),
+        json!({"apiGroups": [""], "resources": ["services/proxy"], "verbs": ["get", "create"]}),
+    ];
+    if !api_key_secrets.is_empty() {
+        let mut names = api_key_secrets.to_vec();
+        names.sort();
+        names.dedup();
+        rules.push(json!({"apiGroups": [""], "resources": ["secrets"], "resourceNames": names, "verbs": ["get"]}));
+    }
+    from_json(json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+        "metadata": child_meta(tenant, ROLE, Some(&ns)),
+        "rules": rules,
+    }))
+}
+
+pub fn role_binding(tenant: &Tenant) -> RoleBinding {
+    let ns = namespace_name(&tenant.name_any());
+    let mut subjects: Vec<serde_json::Value> = tenant
+        .spec
+        .owners
+        .iter()
+        .map(|o| json!({"apiGroup": "rbac.authorization.k8s.io", "kind": o.kind.as_str(), "name": o.name}))
+        .collect();
+    let group = admin_group(&tenant.name_any());
+    if !tenant.spec.owners.iter().any(|o| o.kind == OwnerKind::Group && o.name == group) {
+        subjects.push(json!({"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": group}));
+    }
+    from_json(json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+        "metadata": child_meta(tenant, ROLE_BINDING, Some(&ns)),
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": ROLE},
+        "subjects": subjects,
+    }))
+}
+
+/// The per-tenant encryption key: 256 random bits, created once and never changed by the
+/// operator. Retention deletes it last, which crypto-shreds anything that escaped.
+pub fn key_secret(tenant: &Tenant, key: &[u8; 32]) -> Secret {
+    use base64::Engine;
+    let ns = namespace_name(&tenant.name_any());
+    let mut meta = child_meta(tenant, KEY_SECRET, Some(&ns));
+    meta.annotations = Some([("alcove.dev/purpose".to_string(), "encryption key of the tenant's data at rest; never rotated silently".to_string())].into());
+    from_json(json!({
+        "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+        "metadata": meta,
+        "immutable": true,
+        "data": {"key": base64::engine::general_purpose::STANDARD.encode(key)},
+    }))
+}
+
+/// Where every instance of the tenant runs: the tier's pool, always inside the region.
+pub fn placement(tenant: &Tenant, config: &Config) -> ResolvedPlacement {
+    let tier = config.tier(tenant.spec.tier);
+    let mut node_selector: BTreeMap<String, String> = BTreeMap::new();
+    let mut tolerations: Vec<Toleration> = tier.tolerations.iter().filter_map(|t| serde_json::from_value(t.clone()).ok()).collect();
+    match tenant.spec.tier {
+        Tier::Free | Tier::Basic => node_selector.extend(tier.node_selector),
+        Tier::Pro => {
+            node_selector.extend(tier.node_selector);
+            node_selector.insert(LABEL_TENANT.into(), tenant.name_any());
+            tolerations.push(Toleration {
+                key: Some(LABEL_TENANT.into()),
+                operator: Some("Equal".into()),
+                value: Some(tenant.name_any()),
+                effect: Some("NoSchedule".into()),
+                ..Default::default()
+            });
+        }
+        Tier::Enterprise => {
+            if let Some(p) = &tenant.spec.placement {
+                node_selector.extend(p.node_selector.clone());
+                tolerations.extend(p.tolerations.iter().cloned());
+            }
+        }
+    }
+    // Residency is not negotiable: whatever the tier says, the region label is set last.
+    node_selector.insert("topology.kubernetes.io/region".into(), tenant.spec.region.clone());
+    ResolvedPlacement { node_selector, tolerations }
+}
+
+fn tolerated(tolerations: &[Toleration], taint: &k8s_openapi::api::core::v1::Taint) -> bool {
+    tolerations.iter().any(|t| {
+        let key_ok = match t.key.as_deref() {
+            None | Some("") => t.operator.as_deref() == Some("Exists"),
+            Some(k) => k == taint.key,
+        };
+        let effect_ok = t.effect.as_deref().is_none_or(|e| e.is_empty() || e == taint.effect);
+        let value_ok = t.operator.as_deref() == Some("Exists") || t.value.as_deref().unwrap_or_default() == taint.value.as_deref().unwrap_or_default();
+        key_ok && effect_ok && value_ok
+    })
+}
+
+/// Whether a node could ever host a GPU instance placed like this (ignoring current use).
+pub fn node_can_host(placement: &ResolvedPlacement, node: &Node) -> bool {
+    let labels = node.metadata.labels.clone().unwrap_or_default();
+    if !placement.node_selector.iter().all(|(k, v)| labels.get(k) == Some(v)) {
+        return false;
+    }
+    let spec = node.spec.clone().unwrap_or_default();
+    if spec.unschedulable == Some(true) {
+        return false;
+    }
+    for taint in spec.taints.unwrap_or_default() {
+        if (taint.effect == "NoSchedule" || taint.effect == "NoExecute") && !tolerated(&placement.tolerations, &taint) {
+            return false;
+        }
+    }
+    let allocatable = node.status.as_ref().and_then(|s| s.allocatable.clone()).unwrap_or_default();
+    allocatable.iter().any(|(k, q)| (k == "nvidia.com/gpu" || k.starts_with("nvidia.com/mig-")) && q.0.trim() != "0" && !q.0.trim().is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tenant(yaml: &str) -> Tenant {
+        let mut t: Tenant = serde_saphyr::from_str(yaml).unwrap();
+        t.metadata.uid = Some("uid-1".into());
+        t
+    }
+
+    fn example(name: &str) -> Tenant {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/good").join(name);
+        tenant(&std::fs::read_to_string(path).unwrap())
+    }
+
+    fn node(labels: serde_json::Value, taints: serde_json::Value, gpus: &str) -> Node {
+        serde_json::from_value(json!({"metadata": {"name": "n", "labels": labels}, "spec": {"taints": taints}, "status": {"allocatable": {"nvidia.com/gpu": gpus}}})).unwrap()
+    }
+
+    #[test]
+    fn namespace_is_labelled_for_isolation() {
+        let t = example("tenant-basic.yaml");
+        let ns = namespace(&t);
+        assert_eq!(ns.metadata.name.as_deref(), Some("tenant-startup"));
+        let labels = ns.metadata.labels.unwrap();
+        assert_eq!(labels["alcove.dev/tenant"], "startup");
+        assert_eq!(labels["pod-security.kubernetes.io/enforce"], "restricted");
+        assert_eq!(ns.metadata.owner_references.unwrap()[0].kind, "Tenant");
+    }
+
+    #[test]
+    fn quota_follows_the_spec_and_free_has_no_knowledge_bases() {
+        let q = resource_quota(&example("tenant-basic.yaml"));
+        let hard = q.spec.unwrap().hard.unwrap();
+        assert_eq!(hard["requests.nvidia.com/gpu"].0, "4");
+        assert_eq!(hard["count/inferenceinstances.alcove.dev"].0, "4");
+        assert_eq!(hard["count/knowledgebases.alcove.dev"].0, "4");
+        assert_eq!(hard["requests.storage"].0, "50Gi");
+        let free = resource_quota(&example("tenant-free.yaml")).spec.unwrap().hard.unwrap();
+        assert_eq!(free["count/knowledgebases.alcove.dev"].0, "0");
+    }
+
+    #[test]
+    fn policies_deny_by_default_and_admit_the_gateway() {
+        let config = Config::for_tests();
+        let pols = network_policies(&example("tenant-pro.yaml"), &config);
+        assert_eq!(pols.len(), 4);
+        let deny = pols[0].spec.clone().unwrap();
+        assert_eq!(deny.policy_types.unwrap(), vec!["Ingress", "Egress"]);
+        assert!(deny.ingress.is_none() && deny.egress.is_none());
+        let gw = serde_json::to_value(&pols[3]).unwrap();
+        assert_eq!(gw["spec"]["ingress"][0]["from"][0]["namespaceSelector"]["matchExpressions"][0]["values"], json!(["alcove-system"]));
+        assert_eq!(gw["spec"]["ingress"][0]["ports"][0]["port"], 8080);
+    }
+
+    #[test]
+    fn role_grants_no_quota_policy_or_key_access() {
+        let r = serde_json::to_value(role(&example("tenant-pro.yaml"), &["chat-api-key".into()])).unwrap();
+        let rules = r["rules"].as_array().unwrap();
+        for rule in rules {
+            let resources: Vec<&str> = rule["resources"].as_array().unwrap().iter().filter_map(|v| v.as_str()).collect();
+            assert!(!resources.iter().any(|x| x.contains("quota") || x.contains("networkpolic") || x.contains("limitrange") || x.contains("role")), "{rule}");
+            if resources.contains(&"secrets") {
+                let verbs: Vec<&str> = rule["verbs"].as_array().unwrap().iter().filter_map(|v| v.as_str()).collect();
+                assert!(verbs == ["create"] || rule["resourceNames"] == json!(["chat-api-key"]), "secret access is create-only or by name: {rule}");
+            }
+        }
+        let rb = serde_json::to_value(role_binding(&example("tenant-pro.yaml"))).unwrap();
+        assert_eq!(rb["subjects"], json!([
+            {"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "bob@acme.example"},
+            {"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": "alcove:tenant:acme"},
+        ]));
+    }
+
+    #[test]
+    fn placement_by_tier_always_within_region() {
+        let config = Config::for_tests();
+        let basic = placement(&example("tenant-basic.yaml"), &config);
+        assert_eq!(basic.node_selector, [("alcove.dev/pool".into(), "shared".into()), ("topology.kubernetes.io/region".into(), "tw-taipei-1".into())].into());
+        let pro = placement(&example("tenant-pro.yaml"), &config);
+        assert_eq!(pro.node_selector["alcove.dev/tenant"], "acme");
+        assert_eq!(pro.tolerations[0].value.as_deref(), Some("acme"));
+        let ent = placement(&example("tenant-enterprise.yaml"), &config);
+        assert_eq!(ent.node_selector["alcove.dev/customer-pool"], "globex");
+        assert_eq!(ent.node_selector["topology.kubernetes.io/region"], "tw-taipei-1");
+        assert_eq!(ent.tolerations.len(), 1);
+    }
+
+    #[test]
+    fn capacity_needs_region_pool_tolerated_taints_and_gpus() {
+        let config = Config::for_tests();
+        let pro = placement(&example("tenant-pro.yaml"), &config);
+        let dedicated = node(json!({"topology.kubernetes.io/region": "tw-taipei-1", "alcove.dev/tenant": "acme"}), json!([{"key": "alcove.dev/tenant", "value": "acme", "effect": "NoSchedule"}]), "8");
+        assert!(node_can_host(&pro, &dedicated));
+        let other_region = node(json!({"topology.kubernetes.io/region": "jp-tokyo-1", "alcove.dev/tenant": "acme"}), json!([]), "8");
+        assert!(!node_can_host(&pro, &other_region));
+        let no_gpu = node(json!({"topology.kubernetes.io/region": "tw-taipei-1", "alcove.dev/tenant": "acme"}), json!([]), "0");
+        assert!(!node_can_host(&pro, &no_gpu));
+        let basic = placement(&example("tenant-basic.yaml"), &config);
+        assert!(!node_can_host(&basic, &dedicated), "shared tenants never land on dedicated nodes");
+    }
+
+    #[test]
+    fn key_secret_holds_256_bits() {
+        use base64::Engine;
+        let s = key_secret(&example("tenant-basic.yaml"), &[7u8; 32]);
+        let data = s.data.unwrap();
+        assert_eq!(data["key"].0.len(), 32);
+        assert_eq!(s.immutable, Some(true));
+        let _ = base64::engine::general_purpose::STANDARD;
+    }
+}

@@ -1,0 +1,297 @@
+//! The Tenant controller: a thin loop over `builders`. Reads from the caches, applies what
+//! changed, writes status only when it differs, raises Events on transitions.
+
+pub mod builders;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use alcove_crds::{InstancePhase, InferenceInstance, KnowledgeBase, Tenant, TenantPhase, TenantStatus, condition};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{LimitRange, Namespace, ResourceQuota, Secret};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::runtime::controller::Action;
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::Controller;
+use kube::{Resource, ResourceExt};
+
+use crate::context::{Context, Handles, find, find_cluster};
+use crate::error::{Error, Result};
+use crate::status;
+
+pub const FINALIZER: &str = "alcove.dev/tenant-cleanup";
+const CONTROLLER: &str = "tenant";
+
+/// Names of the API-key Secrets of the tenant's instances (tenant admins may read those).
+fn api_key_secrets(ctx: &Context, ns: &str) -> Vec<String> {
+    ctx.caches
+        .instances
+        .state()
+        .iter()
+        .filter(|i| i.namespace().as_deref() == Some(ns))
+        .map(|i| crate::instance::builders::api_key_secret_name(&i.name_any()))
+        .collect()
+}
+
+/// Adds the cleanup finalizer (server-side apply of just that list entry, so GitOps managers'
+/// fields are untouched).
+pub async fn ensure_finalizer<K>(api: &Api<K>, obj: &K, finalizer: &str) -> Result<bool>
+where
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    if obj.finalizers().iter().any(|f| f == finalizer) {
+        return Ok(false);
+    }
+    let mut meta = serde_json::json!({"name": obj.name_any(), "finalizers": [finalizer]});
+    if let Some(ns) = obj.namespace() {
+        meta["namespace"] = ns.into();
+    }
+    let body = serde_json::json!({"apiVersion": K::api_version(&()), "kind": K::kind(&()), "metadata": meta});
+    api.patch(&obj.name_any(), &PatchParams::apply(&format!("{}-finalizer", alcove_crds::FIELD_MANAGER)).force(), &Patch::Apply(&body)).await?;
+    Ok(true)
+}
+
+/// Removes a finalizer (apply of an empty list by the same manager releases it).
+pub async fn remove_finalizer<K>(api: &Api<K>, obj: &K, finalizer: &str) -> Result<()>
+where
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    if !obj.finalizers().iter().any(|f| f == finalizer) {
+        return Ok(());
+    }
+    let mut meta = serde_json::json!({"name": obj.name_any(), "finalizers": []});
+    if let Some(ns) = obj.namespace() {
+        meta["namespace"] = ns.into();
+    }
+    let body = serde_json::json!({"apiVersion": K::api_version(&()), "kind": K::kind(&()), "metadata": meta});
+    match api.patch(&obj.name_any(), &PatchParams::apply(&format!("{}-finalizer", alcove_crds::FIELD_MANAGER)).force(), &Patch::Apply(&body)).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn reconcile(tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<Action> {
+    ctx.caches.ready().await;
+    tracing::debug!(tenant = %tenant.name_any(), "reconcile");
+    let started = std::time::Instant::now();
+    ctx.metrics.reconciles.with_label_values(&[CONTROLLER]).inc();
+    let result = reconcile_inner(&tenant, &ctx).await;
+    ctx.metrics.duration.with_label_values(&[CONTROLLER]).observe(started.elapsed().as_secs_f64());
+    result
+}
+
+async fn reconcile_inner(tenant: &Tenant, ctx: &Context) -> Result<Action> {
+    let tenants: Api<Tenant> = Api::all(ctx.client.clone());
+    let name = tenant.name_any();
+    let ns = builders::namespace_name(&name);
+    if tenant.metadata.deletion_timestamp.is_some() {
+        return cleanup(tenant, ctx).await;
+    }
+    if ensure_finalizer(&tenants, tenant, FINALIZER).await? {
+        // The update comes back as an event; continue from there.
+        return Ok(Action::await_change());
+    }
+
+    // Namespace first: everything else lives in it.
+    let namespaces: Api<Namespace> = Api::all(ctx.client.clone());
+    ctx.apply(&namespaces, &builders::namespace(tenant), find_cluster(&ctx.caches.namespaces, &ns).as_deref()).await?;
+
+    let quotas: Api<ResourceQuota> = Api::namespaced(ctx.client.clone(), &ns);
+    let quota_written = ctx.apply(&quotas, &builders::resource_quota(tenant), find(&ctx.caches.quotas, &ns, builders::QUOTA).as_deref()).await?;
+    let limits: Api<LimitRange> = Api::namespaced(ctx.client.clone(), &ns);
+    ctx.apply(&limits, &builders::limit_range(tenant), find(&ctx.caches.limit_ranges, &ns, builders::LIMITS).as_deref()).await?;
+
+    let netpols: Api<NetworkPolicy> = Api::namespaced(ctx.client.clone(), &ns);
+    let mut isolation_repaired = false;
+    for p in builders::network_policies(tenant, &ctx.config) {
+        let live = find(&ctx.caches.network_policies, &ns, &p.name_any());
+        let existed = live.is_some();
+        if ctx.apply(&netpols, &p, live.as_deref()).await? && existed {
+            isolation_repaired = true;
+        }
+    }
+    let roles: Api<Role> = Api::namespaced(ctx.client.clone(), &ns);
+    let role = builders::role(tenant, &api_key_secrets(ctx, &ns));
+    ctx.apply(&roles, &role, find(&ctx.caches.roles, &ns, builders::ROLE).as_deref()).await?;
+    let bindings: Api<RoleBinding> = Api::namespaced(ctx.client.clone(), &ns);
+    ctx.apply(&bindings, &builders::role_binding(tenant), find(&ctx.caches.role_bindings, &ns, builders::ROLE_BINDING).as_deref()).await?;
+
+    // The key is created once; an existing one is never touched.
+    if find(&ctx.caches.secrets, &ns, builders::KEY_SECRET).is_none() {
+        let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+        let mut key = [0u8; 32];
+        getrandom::fill(&mut key).map_err(|e| Error::Other(format!("no randomness for the tenant key: {e}")))?;
+        match secrets.create(&PostParams::default(), &builders::key_secret(tenant, &key)).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if isolation_repaired {
+        ctx.event(tenant, true, "IsolationRestored", "Reconcile", format!("a network policy of {ns} had drifted and was restored")).await;
+    }
+    if quota_written && tenant.status.as_ref().is_some_and(|s| status::is_true(&s.conditions, condition::QUOTA_APPLIED)) {
+        ctx.event(tenant, false, "QuotaUpdated", "Reconcile", format!("quota of {ns} set from spec.quota")).await;
+    }
+
+    // Placement and whether the region can ever host this tenant's GPUs.
+    let placement = builders::placement(tenant, &ctx.config);
+    let capacity = ctx.caches.nodes.state().iter().any(|n| builders::node_can_host(&placement, n));
+
+    // Aggregates from the tenant's instances.
+    let instances: Vec<Arc<InferenceInstance>> =
+        ctx.caches.instances.state().into_iter().filter(|i| i.namespace().as_deref() == Some(ns.as_str())).collect();
+    let gpus: i32 = instances
+        .iter()
+        .filter(|i| matches!(i.status.as_ref().and_then(|s| s.phase), Some(InstancePhase::Ready | InstancePhase::Provisioning)))
+        .map(|i| i.spec.gpu.count)
+        .sum();
+    ctx.metrics.gpus_in_use.with_label_values(&[&name]).set(gpus as i64);
+
+    let now = ctx.now();
+    let previous = tenant.status.clone().unwrap_or_default();
+    let generation = tenant.metadata.generation;
+    let region = &tenant.spec.region;
+    let ready = if capacity {
+        status::condition(&previous.conditions, condition::READY, true, "Reconciled", &format!("namespace {ns} is isolated and the region has capacity"), generation, now)
+    } else {
+        status::condition(
+            &previous.conditions,
+            condition::READY,
+            false,
+            "NoCapacityInRegion",
+            &format!("no node in region {region} can host a GPU instance of this {} tenant", tenant.spec.tier.as_str()),
+            generation,
+            now,
+        )
+    };
+    let capacity_lost = !capacity && status::transitioned(&previous.conditions, &ready);
+    let first_ready = !previous.conditions.iter().any(|c| c.type_ == condition::READY);
+    let mut desired = TenantStatus {
+        namespace: Some(ns.clone()),
+        phase: Some(if capacity { TenantPhase::Ready } else { TenantPhase::Degraded }),
+        conditions: vec![
+            ready,
+            status::condition(&previous.conditions, condition::QUOTA_APPLIED, true, "Applied", &format!("ResourceQuota {} and LimitRange {} applied", builders::QUOTA, builders::LIMITS), generation, now),
+            status::condition(&previous.conditions, condition::ISOLATION_APPLIED, true, "Applied", "network policies, RBAC and the encryption key are in place", generation, now),
+        ],
+        observed_generation: generation,
+        placement: Some(placement),
+        instances: instances.len() as i32,
+        gpus_in_use: gpus,
+        ..previous.clone()
+    };
+    // Billing and retention own their own parts of the status.
+    desired.billing = previous.billing.clone();
+    desired.erasure = previous.erasure.clone();
+    desired.erase_after = previous.erase_after.clone();
+    // Keep the other controllers' conditions (Billing) in place.
+    for c in &previous.conditions {
+        if !desired.conditions.iter().any(|d| d.type_ == c.type_) {
+            desired.conditions.push(c.clone());
+        }
+    }
+    // Events accompany status transitions, so a repeated reconcile repeats neither.
+    let message = desired.conditions[0].message.clone();
+    if ctx.write_status(&tenants, tenant, tenant.status.as_ref(), &desired).await? {
+        if first_ready {
+            ctx.event(tenant, false, "Provisioned", "Reconcile", format!("namespace {ns} created with quota, policies, RBAC and key")).await;
+        }
+        if capacity_lost {
+            ctx.event(tenant, true, "NoCapacityInRegion", "Placement", message).await;
+        }
+    }
+    Ok(Action::requeue(ctx.config.resync))
+}
+
+/// Deletion: destroy the tenant's instances and knowledge bases, then its namespace, then let
+/// the Tenant go.
+async fn cleanup(tenant: &Tenant, ctx: &Context) -> Result<Action> {
+    let tenants: Api<Tenant> = Api::all(ctx.client.clone());
+    let ns = builders::namespace_name(&tenant.name_any());
+    if tenant.status.as_ref().and_then(|s| s.phase) != Some(TenantPhase::Terminating) {
+        let mut s = tenant.status.clone().unwrap_or_default();
+        s.phase = Some(TenantPhase::Terminating);
+        ctx.write_status(&tenants, tenant, tenant.status.as_ref(), &s).await?;
+        ctx.event(tenant, false, "Terminating", "Delete", format!("destroying the instances of {ns}")).await;
+    }
+    let instances: Api<InferenceInstance> = Api::namespaced(ctx.client.clone(), &ns);
+    let kbs: Api<KnowledgeBase> = Api::namespaced(ctx.client.clone(), &ns);
+    let live_instances: Vec<Arc<InferenceInstance>> =
+        ctx.caches.instances.state().into_iter().filter(|i| i.namespace().as_deref() == Some(ns.as_str())).collect();
+    let live_kbs: Vec<Arc<KnowledgeBase>> =
+        ctx.caches.knowledge_bases.state().into_iter().filter(|k| k.namespace().as_deref() == Some(ns.as_str())).collect();
+    for i in &live_instances {
+        if i.metadata.deletion_timestamp.is_none() {
+            ignore_missing(instances.delete(&i.name_any(), &DeleteParams::background()).await)?;
+        }
+    }
+    for k in &live_kbs {
+        if k.metadata.deletion_timestamp.is_none() {
+            ignore_missing(kbs.delete(&k.name_any(), &DeleteParams::background()).await)?;
+        }
+    }
+    if !live_instances.is_empty() || !live_kbs.is_empty() {
+        return Ok(Action::requeue(Duration::from_millis(500)));
+    }
+    // Then the namespace and everything in it; the Tenant goes last, so nothing is orphaned.
+    let namespaces: Api<Namespace> = Api::all(ctx.client.clone());
+    if let Some(n) = find_cluster(&ctx.caches.namespaces, &ns) {
+        if n.metadata.deletion_timestamp.is_none() {
+            ignore_missing(namespaces.delete(&ns, &DeleteParams::background()).await)?;
+        }
+        return Ok(Action::requeue(Duration::from_millis(500)));
+    }
+    remove_finalizer(&tenants, tenant, FINALIZER).await?;
+    ctx.metrics.gpus_in_use.with_label_values(&[&tenant.name_any()]).set(0);
+    Ok(Action::await_change())
+}
+
+pub fn ignore_missing<T>(r: std::result::Result<T, kube::Error>) -> Result<()> {
+    match r {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn error_policy(tenant: Arc<Tenant>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.errors.with_label_values(&[CONTROLLER, error.reason()]).inc();
+    tracing::warn!(tenant = %tenant.name_any(), error = %error, "tenant reconcile failed; retrying");
+    Action::requeue(Duration::from_secs(5))
+}
+
+/// The Tenant controller, ready to run.
+pub fn controller<S>(ctx: Arc<Context>, h: &Handles, shutdown: S) -> impl std::future::Future<Output = ()> + Send + use<S>
+where
+    S: std::future::Future<Output = ()> + Send + Sync + 'static,
+{
+    // Instances and knowledge bases change a tenant's aggregates; their namespace names the tenant.
+    fn by_namespace<K: Resource>(obj: K) -> Option<ObjectRef<Tenant>> {
+        obj.namespace().and_then(|n| builders::tenant_of_namespace(&n).map(ObjectRef::new))
+    }
+    // Children are namespaced while the Tenant is cluster-scoped, so owner references cannot map
+    // them back (the mapping assumes one namespace); their tenant label does.
+    fn by_label<K: Resource>(obj: K) -> Option<ObjectRef<Tenant>> {
+        obj.labels().get(alcove_crds::LABEL_TENANT).map(|t| ObjectRef::new(t))
+    }
+    // Node changes can give or take a region's capacity: re-check every tenant.
+    let node_changes = h.nodes.subscribe().map(|_| ());
+    Controller::for_stream(h.tenants.subscribe(), ctx.caches.tenants.clone())
+        .watches_stream(h.namespaces.subscribe(), by_label)
+        .watches_stream(h.quotas.subscribe(), by_label)
+        .watches_stream(h.limit_ranges.subscribe(), by_label)
+        .watches_stream(h.network_policies.subscribe(), by_label)
+        .watches_stream(h.roles.subscribe(), by_label)
+        .watches_stream(h.role_bindings.subscribe(), by_label)
+        .watches_stream(h.secrets.subscribe(), by_label)
+        .watches_stream(h.instances.subscribe(), by_namespace)
+        .watches_stream(h.knowledge_bases.subscribe(), by_namespace)
+        .reconcile_all_on(node_changes)
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|_| async {})
+}
