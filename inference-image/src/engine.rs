@@ -1,0 +1,394 @@
+//! The model thread. One OS thread owns the weights and serves a bounded queue of jobs in order,
+//! so concurrent requests never share a KV cache, and a full queue is refused at once (429)
+//! rather than growing without bound. Tokens stream back to the request over a channel; a
+//! request whose client went away stops generating at the next token.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use candle_transformers::generation::{LogitsProcessor, Sampling};
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::metrics::Metrics;
+use crate::model::{ChatModel, Embedder, Message, Vocab};
+use crate::retrieval::{Hit, Library, Source};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SamplingParams {
+    /// 0 picks the most likely token (greedy).
+    pub temperature: f64,
+    pub top_p: f64,
+    /// `None`: up to the context length.
+    pub max_tokens: Option<usize>,
+    pub seed: u64,
+    pub stop: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FinishReason {
+    Stop,
+    Length,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// First event of every generation: the final prompt's size and what retrieval added.
+    Started { prompt_tokens: usize, sources: Vec<Source> },
+    Text(String),
+    Done { finish_reason: FinishReason, prompt_tokens: usize, completion_tokens: usize },
+    Failed(String),
+}
+
+pub enum Prompt {
+    /// A conversation, rendered with the model's chat template. `retrieval_query` (the last user
+    /// message) is looked up in the attached knowledge bases.
+    Chat { messages: Vec<Message>, retrieval_query: Option<String> },
+    /// Token ids as they are (`/v1/completions`).
+    Raw(Vec<u32>),
+}
+
+pub struct Generate {
+    pub prompt: Prompt,
+    pub params: SamplingParams,
+    pub events: mpsc::UnboundedSender<Event>,
+}
+
+pub enum Work {
+    Generate(Generate),
+    Embed { texts: Vec<String>, reply: oneshot::Sender<Result<Vec<Vec<f32>>, String>> },
+}
+
+struct Job {
+    work: Work,
+    enqueued: Instant,
+}
+
+/// What the engine thread owns.
+pub struct Models {
+    pub chat: Option<ChatModel>,
+    pub embedder: Option<Arc<Embedder>>,
+    pub library: Option<Library>,
+}
+
+#[derive(Debug)]
+pub struct QueueFull {
+    /// A fair guess of when a slot frees up, in whole seconds (≥ 1).
+    pub retry_after: u64,
+}
+
+#[derive(Clone)]
+pub struct Engine {
+    tx: mpsc::Sender<Job>,
+    metrics: Arc<Metrics>,
+    /// Exponential moving average of a job's duration, in microseconds.
+    avg_job_us: Arc<AtomicU64>,
+}
+
+impl Engine {
+    /// Starts the model thread with room for `queue` waiting jobs besides the running one.
+    pub fn start(models: Models, metrics: Arc<Metrics>, queue: usize) -> Self {
+        let (tx, rx) = mpsc::channel(queue.max(1));
+        let avg_job_us = Arc::new(AtomicU64::new(1_000_000));
+        let worker = Worker { models, metrics: metrics.clone(), avg_job_us: avg_job_us.clone() };
+        std::thread::Builder::new().name("model".into()).spawn(move || worker.run(rx)).expect("spawning the model thread");
+        Self { tx, metrics, avg_job_us }
+    }
+
+    pub fn submit(&self, work: Work) -> Result<(), QueueFull> {
+        // Counted before sending, so the model thread's decrement can never come first.
+        self.metrics.queue_depth.inc();
+        match self.tx.try_send(Job { work, enqueued: Instant::now() }) {
+            Ok(()) => Ok(()),
+            Err(_) => {
+                self.metrics.queue_depth.dec();
+                let waiting = self.metrics.queue_depth.get().max(0) as u64 + 1;
+                let avg = self.avg_job_us.load(Ordering::Relaxed);
+                Err(QueueFull { retry_after: (waiting * avg).div_ceil(1_000_000).max(1) })
+            }
+        }
+    }
+}
+
+struct Worker {
+    models: Models,
+    metrics: Arc<Metrics>,
+    avg_job_us: Arc<AtomicU64>,
+}
+
+impl Worker {
+    fn run(mut self, mut rx: mpsc::Receiver<Job>) {
+        while let Some(job) = rx.blocking_recv() {
+            self.metrics.queue_depth.dec();
+            let started = Instant::now();
+            match job.work {
+                Work::Generate(g) => {
+                    let events = g.events.clone();
+                    let result = std::panic::catch_unwind(AssertUnwindSafe(|| self.generate(g, job.enqueued)));
+                    let failure = match result {
+                        Ok(Ok(())) => None,
+                        Ok(Err(e)) => Some(format!("generation failed: {e}")),
+                        Err(_) => Some("generation failed: internal error".to_string()),
+                    };
+                    if let Some(message) = failure {
+                        tracing::error!(error = %message, "generation failed");
+                        let _ = events.send(Event::Failed(message));
+                    }
+                }
+                Work::Embed { texts, reply } => {
+                    let result = match &self.models.embedder {
+                        Some(e) => {
+                            let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+                            std::panic::catch_unwind(AssertUnwindSafe(|| e.embed(&refs)))
+                                .unwrap_or_else(|_| Err(anyhow::anyhow!("internal error")))
+                                .map_err(|e| format!("embedding failed: {e}"))
+                        }
+                        None => Err("no embedding model is loaded".to_string()),
+                    };
+                    let _ = reply.send(result);
+                }
+            }
+            let took = started.elapsed().as_micros() as u64;
+            let avg = self.avg_job_us.load(Ordering::Relaxed);
+            self.avg_job_us.store((avg * 7 + took) / 8, Ordering::Relaxed);
+        }
+    }
+
+    fn generate(&mut self, g: Generate, enqueued: Instant) -> anyhow::Result<()> {
+        let Models { chat, embedder, library } = &mut self.models;
+        let model = chat.as_mut().ok_or_else(|| anyhow::anyhow!("no language model is loaded"))?;
+        let vocab = model.vocab.clone();
+        let ctx = vocab.context_length;
+
+        let (prompt, sources) = match g.prompt {
+            Prompt::Raw(ids) => (ids, Vec::new()),
+            Prompt::Chat { messages, retrieval_query } => {
+                let hits = match (retrieval_query, embedder.as_ref(), library.as_mut()) {
+                    (Some(q), Some(e), Some(lib)) => lib.search(e, &q)?,
+                    _ => Vec::new(),
+                };
+                with_context(&vocab, messages, hits, g.params.max_tokens)?
+            }
+        };
+        if prompt.len() >= ctx {
+            anyhow::bail!("the prompt's {} tokens fill the model's context of {ctx}", prompt.len());
+        }
+        let max_new = g.params.max_tokens.unwrap_or(ctx - prompt.len()).min(ctx - prompt.len());
+        if g.events.send(Event::Started { prompt_tokens: prompt.len(), sources }).is_err() {
+            return Ok(());
+        }
+
+        model.reset()?;
+        let mut logits = model.forward(&prompt, 0)?;
+        let sampling = if g.params.temperature <= 0.0 {
+            Sampling::ArgMax
+        } else if g.params.top_p < 1.0 {
+            Sampling::TopP { p: g.params.top_p, temperature: g.params.temperature }
+        } else {
+            Sampling::All { temperature: g.params.temperature }
+        };
+        let mut sampler = LogitsProcessor::from_sampling(g.params.seed, sampling);
+        let mut detok = Detokenizer::default();
+        let mut stops = StopFilter::new(g.params.stop.clone());
+        let mut last = Instant::now();
+        let mut generated = 0usize;
+        let finish = loop {
+            if g.events.is_closed() {
+                return Ok(()); // the client went away
+            }
+            let next = sampler.sample(&logits)?;
+            if vocab.eos.contains(&next) {
+                break FinishReason::Stop;
+            }
+            generated += 1;
+            let now = Instant::now();
+            if generated == 1 {
+                self.metrics.time_to_first_token.observe(now.duration_since(enqueued).as_secs_f64());
+            } else {
+                self.metrics.time_per_output_token.observe(now.duration_since(last).as_secs_f64());
+            }
+            last = now;
+            detok.push(&vocab, next)?;
+            let (delta, stopped) = stops.push(&detok.text, false);
+            if !delta.is_empty() && g.events.send(Event::Text(delta)).is_err() {
+                return Ok(());
+            }
+            if stopped {
+                break FinishReason::Stop;
+            }
+            if generated >= max_new {
+                break FinishReason::Length;
+            }
+            logits = model.forward(&[next], prompt.len() + generated - 1)?;
+        };
+        detok.flush(&vocab)?;
+        let (delta, _) = stops.push(&detok.text, true);
+        if !delta.is_empty() {
+            let _ = g.events.send(Event::Text(delta));
+        }
+        self.metrics.prompt_tokens.inc_by(prompt.len() as u64);
+        self.metrics.completion_tokens.inc_by(generated as u64);
+        let _ = g.events.send(Event::Done { finish_reason: finish, prompt_tokens: prompt.len(), completion_tokens: generated });
+        Ok(())
+    }
+}
+
+/// Renders the conversation with the retrieved excerpts added to its system message, dropping the
+/// weakest excerpts until the prompt and the requested completion fit the context.
+fn with_context(vocab: &Vocab, mut messages: Vec<Message>, mut hits: Vec<Hit>, max_tokens: Option<usize>) -> anyhow::Result<(Vec<u32>, Vec<Source>)> {
+    let render = |messages: &[Message]| -> anyhow::Result<Vec<u32>> {
+        let text = vocab.template.render(messages).map_err(|e| anyhow::anyhow!("the chat template refused the conversation: {e}"))?;
+        vocab.encode_rendered(&text)
+    };
+    let base = messages.clone();
+    loop {
+        if hits.is_empty() {
+            return Ok((render(&base)?, Vec::new()));
+        }
+        let mut excerpt = String::from("Use these excerpts from the knowledge base when they help to answer; cite them by number.\n");
+        for (i, h) in hits.iter().enumerate() {
+            excerpt.push_str(&format!("\n[{}] {} / {}\n{}\n", i + 1, h.source.knowledge_base, h.source.document, h.text));
+        }
+        messages.clone_from(&base);
+        match messages.first_mut() {
+            Some(m) if m.role == "system" => m.content = format!("{}\n\n{excerpt}", m.content),
+            _ => messages.insert(0, Message { role: "system".into(), content: excerpt }),
+        }
+        let tokens = render(&messages)?;
+        let room = vocab.context_length.saturating_sub(tokens.len());
+        if room >= max_tokens.unwrap_or(1).max(1) {
+            return Ok((tokens, hits.into_iter().map(|h| h.source).collect()));
+        }
+        hits.pop();
+    }
+}
+
+/// Turns tokens into text incrementally. Decoding a window that starts a little before the new
+/// token (rather than the token alone) keeps the spaces that SentencePiece-style decoders attach
+/// to word starts; a trailing partial UTF-8 character is held until its other bytes arrive.
+#[derive(Default)]
+struct Detokenizer {
+    tokens: Vec<u32>,
+    prefix_offset: usize,
+    read_offset: usize,
+    text: String,
+}
+
+impl Detokenizer {
+    fn push(&mut self, vocab: &Vocab, token: u32) -> anyhow::Result<()> {
+        self.tokens.push(token);
+        self.advance(vocab, false)
+    }
+
+    fn flush(&mut self, vocab: &Vocab) -> anyhow::Result<()> {
+        self.advance(vocab, true)
+    }
+
+    fn advance(&mut self, vocab: &Vocab, last: bool) -> anyhow::Result<()> {
+        let decode = |ids: &[u32]| vocab.tokenizer.decode(ids, true).map_err(|e| anyhow::anyhow!("{e}"));
+        let prefix = decode(&self.tokens[self.prefix_offset..self.read_offset])?;
+        let full = decode(&self.tokens[self.prefix_offset..])?;
+        if full.len() > prefix.len() && (last || !full.ends_with('\u{FFFD}')) && full.is_char_boundary(prefix.len()) {
+            self.text.push_str(&full[prefix.len()..]);
+            self.prefix_offset = self.read_offset;
+            self.read_offset = self.tokens.len();
+        }
+        Ok(())
+    }
+}
+
+/// Holds back text that could be the start of a stop sequence, and cuts the output where one
+/// appears (the stop sequence itself is not returned, as OpenAI does).
+struct StopFilter {
+    stops: Vec<String>,
+    longest: usize,
+    emitted: usize,
+    done: bool,
+}
+
+impl StopFilter {
+    fn new(stops: Vec<String>) -> Self {
+        let stops: Vec<String> = stops.into_iter().filter(|s| !s.is_empty()).collect();
+        let longest = stops.iter().map(String::len).max().unwrap_or(0);
+        Self { stops, longest, emitted: 0, done: false }
+    }
+
+    /// Given all the text so far, returns what may be sent now and whether a stop sequence ended it.
+    fn push(&mut self, text: &str, finished: bool) -> (String, bool) {
+        if self.done {
+            return (String::new(), true);
+        }
+        let from = floor_boundary(text, self.emitted.saturating_sub(self.longest));
+        let hit = self.stops.iter().filter_map(|s| text[from..].find(s.as_str()).map(|p| from + p)).min();
+        let end = match hit {
+            Some(p) => p,
+            None if finished => text.len(),
+            None => floor_boundary(text, text.len().saturating_sub(self.longest.saturating_sub(1))),
+        };
+        let delta = if end > self.emitted { text.get(self.emitted..end).unwrap_or_default().to_string() } else { String::new() };
+        self.emitted = self.emitted.max(end);
+        self.done = hit.is_some();
+        (delta, self.done)
+    }
+}
+
+fn floor_boundary(s: &str, mut i: usize) -> usize {
+    i = i.min(s.len());
+    while !s.is_char_boundary(i) {
+        i -= 1;
+    }
+    i
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn feed(stops: &[&str], pieces: &[&str]) -> (String, bool) {
+        let mut f = StopFilter::new(stops.iter().map(|s| s.to_string()).collect());
+        let mut text = String::new();
+        let mut out = String::new();
+        for p in pieces {
+            text.push_str(p);
+            let (d, stopped) = f.push(&text, false);
+            out.push_str(&d);
+            if stopped {
+                return (out, true);
+            }
+        }
+        let (d, stopped) = f.push(&text, true);
+        out.push_str(&d);
+        (out, stopped)
+    }
+
+    #[test]
+    fn without_stops_everything_passes_at_once() {
+        let mut f = StopFilter::new(vec![]);
+        assert_eq!(f.push("abc", false), ("abc".to_string(), false));
+        assert_eq!(f.push("abcdé", false), ("dé".to_string(), false));
+    }
+
+    #[test]
+    fn a_stop_split_across_tokens_is_never_emitted() {
+        assert_eq!(feed(&["END"], &["hello E", "N", "D more"]), ("hello ".to_string(), true));
+        assert_eq!(feed(&["\n\n"], &["a\n", "\nb"]), ("a".to_string(), true));
+    }
+
+    #[test]
+    fn text_that_only_looked_like_a_stop_is_released() {
+        assert_eq!(feed(&["END"], &["hello E", "N", "d"]), ("hello ENd".to_string(), false));
+    }
+
+    #[test]
+    fn the_earliest_of_several_stops_wins() {
+        assert_eq!(feed(&["zz", "b"], &["a", "bzz"]), ("a".to_string(), true));
+    }
+
+    #[test]
+    fn multibyte_text_is_held_on_character_boundaries() {
+        assert_eq!(feed(&["éé"], &["aé", "b", "éé"]), ("aéb".to_string(), true));
+    }
+}
