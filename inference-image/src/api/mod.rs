@@ -54,8 +54,11 @@ pub struct ServeConfig {
 /// Secrets and ConfigMaps are swapped in place by the kubelet).
 pub struct WatchedFile {
     path: PathBuf,
-    cached: Mutex<Option<((SystemTime, u64, u64), Arc<Vec<u8>>)>>,
+    cached: Mutex<Option<(FileStamp, Arc<Vec<u8>>)>>,
 }
+
+/// Modification time, length and inode: changes whenever the file is rewritten or replaced.
+type FileStamp = (SystemTime, u64, u64);
 
 impl WatchedFile {
     pub fn new(path: &Path) -> anyhow::Result<Self> {
@@ -69,11 +72,10 @@ impl WatchedFile {
         let m = std::fs::metadata(&self.path)?;
         let stamp = (m.modified()?, m.len(), m.ino());
         let mut cached = self.cached.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((s, bytes)) = cached.as_ref() {
-            if *s == stamp {
+        if let Some((s, bytes)) = cached.as_ref()
+            && *s == stamp {
                 return Ok(bytes.clone());
             }
-        }
         let bytes = Arc::new(std::fs::read(&self.path)?);
         *cached = Some((stamp, bytes.clone()));
         Ok(bytes)

@@ -30,11 +30,10 @@ pub async fn embeddings(State(s): State<Arc<AppState>>, body: Body) -> Result<Js
         Some("base64") => true,
         Some(other) => return Err(ApiError::invalid("encoding_format", format!("encoding_format must be \"float\" or \"base64\", got {other:?}."))),
     };
-    if let Some(d) = req.dimensions {
-        if d as usize != embedder.dims {
+    if let Some(d) = req.dimensions
+        && d as usize != embedder.dims {
             return Err(ApiError::invalid("dimensions", format!("this model's embeddings have {} dimensions; it cannot produce {d}.", embedder.dims)));
         }
-    }
     let inputs = match req.input {
         EmbeddingInput::One(s) => vec![s],
         EmbeddingInput::Many(v) => v,

@@ -166,16 +166,14 @@ pub fn check_sampling(s: Sampling) -> Result<Checked, ApiError> {
         (Some(m), _) => ("max_completion_tokens", Some(m)),
         (None, m) => ("max_tokens", m),
     };
-    if let Some(m) = max {
-        if m < 1 {
+    if let Some(m) = max
+        && m < 1 {
             return Err(ApiError::invalid(field, format!("{field} must be at least 1, got {m}.")));
         }
-    }
-    if let Some(n) = s.n {
-        if n != 1 {
+    if let Some(n) = s.n
+        && n != 1 {
             return Err(ApiError::invalid("n", format!("n must be 1 (one choice per request), got {n}.")));
         }
-    }
     let stop = s.stop.map(OneOrMany::into_vec).unwrap_or_default();
     if stop.len() > MAX_STOPS {
         return Err(ApiError::invalid("stop", format!("stop takes at most {MAX_STOPS} sequences, got {}.", stop.len())));

@@ -13,9 +13,13 @@ use tokenizers::Tokenizer;
 
 use super::chat_template::ChatTemplate;
 use super::gguf_tokenizer;
+use super::qllama::QLlama;
 
 enum Weights {
     Llama { model: Llama, config: llama::Config, dtype: DType, cache: Option<Cache> },
+    /// GGUF on the CPU: our decode-oriented forward pass.
+    QuantizedCpu(Box<QLlama>),
+    /// GGUF on a GPU (or a variant `QLlama` does not cover): candle-transformers' forward pass.
     Quantized(ModelWeights),
 }
 
@@ -41,11 +45,10 @@ impl Vocab {
     /// Token ids of a raw completion prompt.
     pub fn encode_raw(&self, text: &str) -> anyhow::Result<Vec<u32>> {
         let mut ids = self.encode_rendered(text)?;
-        if self.add_bos {
-            if let Some(bos) = self.template.bos_token().and_then(|t| self.tokenizer.token_to_id(t)) {
+        if self.add_bos
+            && let Some(bos) = self.template.bos_token().and_then(|t| self.tokenizer.token_to_id(t)) {
                 ids.insert(0, bos);
             }
-        }
         Ok(ids)
     }
 }
@@ -80,11 +83,10 @@ impl ChatModel {
             }
         };
         let eos_text = token_text("eos_token");
-        if let Some(id) = eos_text.as_deref().and_then(|t| tokenizer.token_to_id(t)) {
-            if !eos.contains(&id) {
+        if let Some(id) = eos_text.as_deref().and_then(|t| tokenizer.token_to_id(t))
+            && !eos.contains(&id) {
                 eos.push(id);
             }
-        }
         if eos.is_empty() {
             bail!("{}: no eos_token_id in config.json and no eos_token in tokenizer_config.json", dir.display());
         }
@@ -117,15 +119,19 @@ impl ChatModel {
             bail!("{}: GGUF architecture {arch:?} is not supported (llama only)", path.display());
         }
         let vocab = gguf_tokenizer::from_gguf(&content.metadata, path)?;
-        let context_length = content
-            .metadata
-            .get("llama.context_length")
-            .and_then(|v| v.to_u32().ok())
-            .map(|c| c as usize)
-            .unwrap_or(quantized_llama::MAX_SEQ_LEN)
-            .min(quantized_llama::MAX_SEQ_LEN);
-        let weights = ModelWeights::from_gguf(content, &mut file, device)
-            .with_context(|| format!("loading GGUF weights from {}", path.display()))?;
+        let declared = content.metadata.get("llama.context_length").and_then(|v| v.to_u32().ok()).map(|c| c as usize);
+        let cpu = if device.is_cpu() { QLlama::load(&content, &mut file).with_context(|| format!("loading GGUF weights from {}", path.display()))? } else { None };
+        let (weights, context_length) = match cpu {
+            Some(q) => {
+                let ctx = q.context_length;
+                (Weights::QuantizedCpu(Box::new(q)), ctx)
+            }
+            None => {
+                let ctx = declared.unwrap_or(quantized_llama::MAX_SEQ_LEN).min(quantized_llama::MAX_SEQ_LEN);
+                let w = ModelWeights::from_gguf(content, &mut file, device).with_context(|| format!("loading GGUF weights from {}", path.display()))?;
+                (Weights::Quantized(w), ctx)
+            }
+        };
         Ok(Self {
             vocab: Arc::new(Vocab {
                 id,
@@ -136,7 +142,7 @@ impl ChatModel {
                 context_length,
                 format: "gguf",
             }),
-            weights: Weights::Quantized(weights),
+            weights,
             device: device.clone(),
         })
     }
@@ -145,6 +151,7 @@ impl ChatModel {
     pub fn reset(&mut self) -> candle_core::Result<()> {
         match &mut self.weights {
             Weights::Llama { config, dtype, cache, .. } => *cache = Some(Cache::new(true, *dtype, config, &self.device)?),
+            Weights::QuantizedCpu(q) => q.reset(),
             Weights::Quantized(w) => w.clear_kv_cache(),
         }
         Ok(())
@@ -162,6 +169,7 @@ impl ChatModel {
                 };
                 model.forward(&input, pos, cache)?
             }
+            Weights::QuantizedCpu(q) => return q.forward(tokens, pos),
             Weights::Quantized(w) => w.forward(&input, pos)?,
         };
         logits.squeeze(0)?.to_dtype(DType::F32)

@@ -4,6 +4,8 @@ pub mod chat_template;
 pub mod embed;
 pub mod gguf_tokenizer;
 pub mod llm;
+pub mod qllama;
+mod simd;
 
 use std::path::{Path, PathBuf};
 

@@ -75,11 +75,10 @@ impl Server {
             if let Some(status) = server.child.try_wait().unwrap() {
                 panic!("server exited with {status}:\n{}", server.logs());
             }
-            if let Ok(r) = server.try_request("GET", "/readyz", &[], None) {
-                if r.status == 200 {
+            if let Ok(r) = server.try_request("GET", "/readyz", &[], None)
+                && r.status == 200 {
                     return server;
                 }
-            }
             assert!(Instant::now() < deadline, "server not ready in 60 s:\n{}", server.logs());
             std::thread::sleep(Duration::from_millis(50));
         }
