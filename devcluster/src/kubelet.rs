@@ -363,7 +363,15 @@ impl PodWorker {
         self.publish(&pod, &running, "Running");
 
         let mut ticker = tokio::time::interval(Duration::from_millis(250));
+        let mut projected = self.volume_versions(&pod);
+        let mut last_sync = tokio::time::Instant::now();
         loop {
+            // The kubelet refreshes configMap and secret volumes in place when their source
+            // changes (some time later; here within a second).
+            if last_sync.elapsed() >= Duration::from_secs(1) {
+                last_sync = tokio::time::Instant::now();
+                self.sync_volumes(&pod, &mut projected);
+            }
             if *self.stop.borrow() {
                 self.terminate(&mut running, &pod).await;
                 self.finish().await;
@@ -749,20 +757,20 @@ impl PodWorker {
                 std::fs::create_dir_all(&own).map_err(|e| e.to_string())?;
                 own
             } else if let Some(src) = v.get("configMap") {
-                self.write_keys(&ns, "configmaps", src, &own, false)?;
+                self.write_keys(&ns, "configmaps", src, &own, false, true)?;
                 own
             } else if let Some(src) = v.get("secret") {
                 let mut s = src.clone();
                 s["name"] = src["secretName"].clone();
-                self.write_keys(&ns, "secrets", &s, &own, true)?;
+                self.write_keys(&ns, "secrets", &s, &own, true, true)?;
                 own
             } else if let Some(p) = v.get("projected") {
                 std::fs::create_dir_all(&own).map_err(|e| e.to_string())?;
                 for source in p["sources"].as_array().into_iter().flatten() {
                     if let Some(src) = source.get("configMap") {
-                        self.write_keys(&ns, "configmaps", src, &own, false)?;
+                        self.write_keys(&ns, "configmaps", src, &own, false, false)?;
                     } else if let Some(src) = source.get("secret") {
-                        self.write_keys(&ns, "secrets", src, &own, true)?;
+                        self.write_keys(&ns, "secrets", src, &own, true, false)?;
                     } else if let Some(src) = source.get("downwardAPI") {
                         write_downward(pod, src, &own)?;
                     } else if let Some(src) = source.get("serviceAccountToken") {
@@ -845,7 +853,56 @@ impl PodWorker {
         Ok(mounts)
     }
 
-    fn write_keys(&self, ns: &str, resource: &str, src: &Value, dir: &Path, base64_values: bool) -> Result<(), String> {
+    /// The resourceVersion of each configMap or secret volume's source.
+    fn volume_versions(&self, pod: &Value) -> HashMap<String, String> {
+        let ns = meta::namespace(pod);
+        let st = self.shared.lock();
+        let mut out = HashMap::new();
+        for v in pod.pointer("/spec/volumes").and_then(Value::as_array).into_iter().flatten() {
+            let (resource, name) = match (v.get("configMap"), v.get("secret")) {
+                (Some(c), _) => ("configmaps", c["name"].as_str()),
+                (_, Some(s)) => ("secrets", s["secretName"].as_str()),
+                _ => continue,
+            };
+            let rv = st.get(&GroupResource::core(resource), ns, name.unwrap_or_default()).map(|o| meta::resource_version(&o).to_string()).unwrap_or_default();
+            out.insert(v["name"].as_str().unwrap_or_default().to_string(), rv);
+        }
+        out
+    }
+
+    /// Rewrites the configMap and secret volumes whose source changed since `seen`.
+    fn sync_volumes(&self, pod: &Value, seen: &mut HashMap<String, String>) {
+        let now = self.volume_versions(pod);
+        if now == *seen {
+            return;
+        }
+        let ns = meta::namespace(pod).to_string();
+        for v in pod.pointer("/spec/volumes").and_then(Value::as_array).into_iter().flatten() {
+            let name = v["name"].as_str().unwrap_or_default();
+            if now.get(name) == seen.get(name) || now.get(name).is_none_or(|rv| rv.is_empty()) {
+                continue;
+            }
+            let dir = self.dir.join("volumes").join(name);
+            let result = match (v.get("configMap"), v.get("secret")) {
+                (Some(src), _) => self.write_keys(&ns, "configmaps", src, &dir, false, true),
+                (_, Some(src)) => {
+                    let mut s = src.clone();
+                    s["name"] = src["secretName"].clone();
+                    self.write_keys(&ns, "secrets", &s, &dir, true, true)
+                }
+                _ => Ok(()),
+            };
+            if let Err(msg) = result {
+                self.event("Warning", "FailedMount", &msg);
+            }
+        }
+        *seen = now;
+    }
+
+    /// Projects a configMap's or secret's keys into `dir`; keys gone from the source are removed
+    /// (`prune`, for a volume of its own with all keys projected), and each file is replaced
+    /// atomically.
+    fn write_keys(&self, ns: &str, resource: &str, src: &Value, dir: &Path, base64_values: bool, prune: bool) -> Result<(), String> {
         let name = src["name"].as_str().unwrap_or_default();
         let obj = self.shared.lock().get(&GroupResource::core(resource), ns, name);
         let kind = if resource == "secrets" { "secret" } else { "configmap" };
@@ -886,6 +943,12 @@ impl PodWorker {
             _ => {
                 for (k, bytes) in &entries {
                     write_file(&dir.join(k), bytes, mode)?;
+                }
+                for old in std::fs::read_dir(dir).into_iter().flatten().filter(|_| prune).flatten() {
+                    let file = old.file_name().to_string_lossy().into_owned();
+                    if !entries.iter().any(|(k, _)| *k == file) {
+                        let _ = std::fs::remove_file(old.path());
+                    }
                 }
             }
         }
@@ -956,8 +1019,11 @@ fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), String> {
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).map_err(|e| e.to_string())?;
     }
-    std::fs::write(path, bytes).map_err(|e| format!("{}: {e}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode & 0o777)).map_err(|e| e.to_string())
+    // Replaced by rename, so a reader sees the old content or the new, never a mix.
+    let tmp = path.with_file_name(format!(".{}.devcluster-tmp", path.file_name().unwrap_or_default().to_string_lossy()));
+    std::fs::write(&tmp, bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode & 0o777)).map_err(|e| e.to_string())?;
+    std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 fn field_ref(pod: &Value, path: &str) -> String {

@@ -137,6 +137,19 @@ spec:
     assert_eq!(out, "served from a configmap volume");
     let out = env.ok(&["get", "--raw", "/api/v1/namespaces/default/pods/web:8080/proxy/x"]).await;
     assert_eq!(out, "served from a configmap volume");
+    // An edited ConfigMap reaches the mounted file without a restart, as the kubelet does it.
+    env.ok(&["patch", "configmap", "site", "--type=merge", "-p", r#"{"data":{"index.txt":"edited in place"}}"#]).await;
+    until_some("the volume follows the ConfigMap", Duration::from_secs(10), || async {
+        let r = env.kubectl(&["get", "--raw", "/api/v1/namespaces/default/services/web:http/proxy/index.txt"]).await;
+        (r.ok && r.stdout == "edited in place").then_some(())
+    })
+    .await;
+    env.ok(&["patch", "configmap", "site", "--type=merge", "-p", r#"{"data":{"index.txt":"served from a configmap volume"}}"#]).await;
+    until_some("and back", Duration::from_secs(10), || async {
+        let r = env.kubectl(&["get", "--raw", "/api/v1/namespaces/default/services/web:http/proxy/index.txt"]).await;
+        (r.ok && r.stdout == "served from a configmap volume").then_some(())
+    })
+    .await;
     // kubectl proxy: the host reaches the pod as on a real cluster.
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let mut proxy = tokio::process::Command::new("kubectl")

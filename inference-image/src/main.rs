@@ -62,6 +62,12 @@ enum Command {
         /// Largest request body accepted; beyond, 413.
         #[arg(long, default_value_t = 4 << 20)]
         max_body_bytes: usize,
+        /// Most tokens one request may generate (the default when a request does not say).
+        #[arg(long)]
+        max_tokens: Option<usize>,
+        /// Context window (prompt plus completion) in tokens, below the model's own.
+        #[arg(long)]
+        context_length: Option<usize>,
     },
     /// Chunk and embed documents into a knowledge-base index (written atomically).
     Index {
@@ -158,6 +164,8 @@ fn run(command: Command) -> anyhow::Result<()> {
             system_prompt_file,
             max_queue,
             max_body_bytes,
+            max_tokens,
+            context_length,
         } => {
             let config = api::ServeConfig {
                 model,
@@ -174,6 +182,8 @@ fn run(command: Command) -> anyhow::Result<()> {
                 system_prompt_file,
                 max_queue,
                 max_body_bytes,
+                max_tokens,
+                context_length,
             };
             tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(api::serve(config))
         }

@@ -405,3 +405,20 @@ fn conversation_history_round_trips_encrypted_and_is_deletable() {
     let s2 = chat_server(&["--history", history.to_str().unwrap(), "--history-key-file", other_key.to_str().unwrap()]);
     assert_eq!(s2.call("GET", "/v1/conversations/support-2", None).status, 404);
 }
+
+#[test]
+fn instance_limits_cap_tokens_and_context() {
+    let s = chat_server(&["--max-tokens", "5", "--context-length", "256"]);
+    let v = s.post("/v1/chat/completions", json!({"model": "tiny", "messages": [{"role": "user", "content": "Tell me everything."}], "temperature": 0})).json();
+    assert_eq!(v["usage"]["completion_tokens"], 5, "the limit is the default");
+    assert_eq!(v["choices"][0]["finish_reason"], "length");
+    let r = s.post("/v1/chat/completions", chat("tiny", "hi", json!({"max_tokens": 6})));
+    assert_eq!(r.status, 400);
+    let e = r.json()["error"].clone();
+    assert_eq!(e["param"], "max_tokens");
+    assert!(e["message"].as_str().unwrap().contains("at most 5"), "{e}");
+    assert_eq!(s.call("GET", "/v1/models", None).json()["data"][0]["context_length"], 256);
+    let r = s.post("/v1/chat/completions", chat("tiny", &"lighthouse harbour ".repeat(200), json!({"max_tokens": 1})));
+    assert_eq!(r.status, 400);
+    assert!(r.json()["error"]["message"].as_str().unwrap().contains("context length is 256"));
+}

@@ -62,9 +62,18 @@ fn new_id(prefix: &str) -> String {
     format!("{prefix}-{}", crate::hex(&b))
 }
 
-/// The prompt and the requested completion must fit the context.
-fn check_budget(vocab: &Vocab, prompt_tokens: usize, params: &SamplingParams) -> Result<(), ApiError> {
+/// The prompt and the requested completion must fit the context, and the completion the
+/// instance's per-request limit (which is also the default).
+fn check_budget(vocab: &Vocab, prompt_tokens: usize, params: &mut SamplingParams, limit: Option<usize>) -> Result<(), ApiError> {
     let ctx = vocab.context_length;
+    if let (Some(max), Some(limit)) = (params.max_tokens, limit) {
+        if max > limit {
+            return Err(ApiError::invalid("max_tokens", format!("max_tokens is {max}; this instance allows at most {limit} per request.")));
+        }
+    }
+    if params.max_tokens.is_none() {
+        params.max_tokens = limit.map(|l| l.min(ctx.saturating_sub(prompt_tokens)).max(1));
+    }
     if prompt_tokens >= ctx {
         return Err(ApiError::invalid(
             "messages",
@@ -123,7 +132,8 @@ pub async fn chat_completions(State(s): State<Arc<AppState>>, body: Body) -> Res
         .render(&messages)
         .map_err(|e| ApiError::invalid("messages", format!("The model's chat template refused the conversation: {e}")))?;
     let prompt_tokens = vocab.encode_rendered(&rendered).map_err(|e| ApiError::internal(format!("tokenizing: {e}")))?.len();
-    check_budget(&vocab, prompt_tokens, &checked.params)?;
+    let mut checked = checked;
+    check_budget(&vocab, prompt_tokens, &mut checked.params, s.config.max_tokens)?;
     let retrieval_query = loaded.retrieval.then(|| new_messages.iter().rev().find(|m| m.role == "user").map(|m| m.content.clone())).flatten();
 
     let (tx, rx) = mpsc::unbounded_channel();
@@ -163,7 +173,8 @@ pub async fn completions(State(s): State<Arc<AppState>>, body: Body) -> Result<R
         return Err(ApiError::invalid("prompt", "prompt must not be empty."));
     }
     let ids = vocab.encode_raw(prompt).map_err(|e| ApiError::internal(format!("tokenizing: {e}")))?;
-    check_budget(&vocab, ids.len(), &checked.params).map_err(|mut e| {
+    let mut checked = checked;
+    check_budget(&vocab, ids.len(), &mut checked.params, s.config.max_tokens).map_err(|mut e| {
         if e.param.as_deref() == Some("messages") {
             e.param = Some("prompt".into());
         }

@@ -48,6 +48,10 @@ pub struct ServeConfig {
     pub system_prompt_file: Option<PathBuf>,
     pub max_queue: usize,
     pub max_body_bytes: usize,
+    /// The instance's cap on generated tokens per request.
+    pub max_tokens: Option<usize>,
+    /// The instance's context window, when smaller than the model's.
+    pub context_length: Option<usize>,
 }
 
 /// A small file re-read when it changes (a rotated key, an edited system prompt: mounted
@@ -189,6 +193,9 @@ pub fn load(config: &ServeConfig, metrics: Arc<Metrics>) -> anyhow::Result<Loade
         ModelFiles::Bert(dir) => {
             embedder = Some(Arc::new(Embedder::load(&dir, config.model_id.clone().unwrap_or_else(|| model::default_id(&config.model)), &device)?))
         }
+    }
+    if let (Some(limit), Some(model)) = (config.context_length, chat.as_mut()) {
+        model.limit_context(limit);
     }
     if let Some(path) = &config.embedding_model {
         if embedder.is_some() {

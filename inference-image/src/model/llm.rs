@@ -147,6 +147,13 @@ impl ChatModel {
         })
     }
 
+    /// Serves a shorter context than the model's (an instance limit). Call before sharing the vocab.
+    pub fn limit_context(&mut self, limit: usize) {
+        if let Some(v) = Arc::get_mut(&mut self.vocab) {
+            v.context_length = v.context_length.min(limit.max(1));
+        }
+    }
+
     /// Forgets the previous sequence: the next `forward` must start at position 0.
     pub fn reset(&mut self) -> candle_core::Result<()> {
         match &mut self.weights {
