@@ -23,10 +23,13 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// What the operator wrote recently: key → (the version it wrote on top of, what it wrote).
+/// One remembered write: the version it was written on top of, its fingerprint, and when.
+type Written = (Option<String>, String, Instant);
+
+/// What the operator wrote recently, by object key.
 #[derive(Default)]
 pub struct WriteLog {
-    entries: Mutex<HashMap<String, (Option<String>, String, Instant)>>,
+    entries: Mutex<HashMap<String, Written>>,
 }
 
 /// How long a write is remembered: far longer than a watch event takes to arrive.
@@ -103,11 +106,10 @@ pub fn config_hash(v: &Value) -> String {
 /// The desired object as JSON with the hash annotation set.
 pub fn with_hash<K: Serialize>(desired: &K) -> Result<(Value, String)> {
     let mut v = serde_json::to_value(desired).map_err(|source| Error::Serialize { what: "desired object", source })?;
-    if let Some(meta) = v.get_mut("metadata").and_then(Value::as_object_mut) {
-        if let Some(a) = meta.get_mut("annotations").and_then(Value::as_object_mut) {
+    if let Some(meta) = v.get_mut("metadata").and_then(Value::as_object_mut)
+        && let Some(a) = meta.get_mut("annotations").and_then(Value::as_object_mut) {
             a.remove(HASH_ANNOTATION);
         }
-    }
     let hash = config_hash(&v);
     let meta = v.as_object_mut().and_then(|o| o.get_mut("metadata")).and_then(Value::as_object_mut).ok_or(Error::MissingField("metadata"))?;
     let annotations = meta.entry("annotations").or_insert_with(|| Value::Object(Default::default()));

@@ -51,18 +51,40 @@ impl<K: Clone + Send + Sync + 'static> Feed<K> {
     }
 }
 
-fn cache<K>(api: Api<K>, config: watcher::Config, feeders: &mut Vec<Feeder>) -> (Store<K>, Feed<K>)
+/// Marks caches ready as their first lists complete.
+///
+/// Readiness is tracked here rather than with kube-runtime's `Store::wait_until_ready`, whose
+/// future wakes only the last of several concurrent waiters (and the `Controller`s already wait
+/// on their primary stores that way).
+struct Readiness {
+    pending: std::sync::Mutex<Vec<&'static str>>,
+    synced: tokio::sync::watch::Sender<bool>,
+}
+
+impl Readiness {
+    fn listed(&self, kind: &'static str) {
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        pending.retain(|k| *k != kind);
+        if pending.is_empty() {
+            self.synced.send_replace(true);
+        }
+    }
+}
+
+fn cache<K>(api: Api<K>, config: watcher::Config, name: &'static str, readiness: Arc<Readiness>, feeders: &mut Vec<Feeder>) -> (Store<K>, Feed<K>)
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
 {
     let (store, writer) = reflector::store();
     let (tx, _) = tokio::sync::broadcast::channel(65_536);
     let feed = Feed { tx: tx.clone() };
-    let stream = reflector(writer, watcher(api, config).default_backoff()).touched_objects();
+    let stream = reflector(writer, watcher(api, config).default_backoff());
     let task = stream.for_each(move |r| {
         match r {
             // No subscriber yet is fine.
-            Ok(obj) => drop(tx.send(Arc::new(obj))),
+            Ok(watcher::Event::Apply(obj) | watcher::Event::InitApply(obj) | watcher::Event::Delete(obj)) => drop(tx.send(Arc::new(obj))),
+            Ok(watcher::Event::InitDone) => readiness.listed(name),
+            Ok(watcher::Event::Init) => {}
             Err(e) => tracing::warn!(error = %e, kind = %K::kind(&()), "watch error (retrying)"),
         }
         futures::future::ready(())
@@ -77,6 +99,8 @@ macro_rules! caches {
         #[derive(Clone)]
         pub struct Caches {
             $( pub $field: Store<$ty>, )*
+            synced: tokio::sync::watch::Receiver<bool>,
+            readiness: Arc<Readiness>,
         }
 
         /// The change feed of each cache, for controllers to subscribe to while they are built.
@@ -87,13 +111,21 @@ macro_rules! caches {
         impl Caches {
             pub fn new(client: &Client) -> (Caches, Handles, Vec<Feeder>) {
                 let mut feeders = Vec::new();
-                $( let $field = cache::<$ty>($api(client.clone()), $cfg, &mut feeders); )*
-                (Caches { $( $field: $field.0.clone(), )* }, Handles { $( $field: $field.1, )* }, feeders)
+                let (tx, synced) = tokio::sync::watch::channel(false);
+                let readiness = Arc::new(Readiness { pending: std::sync::Mutex::new(vec![$( stringify!($field), )*]), synced: tx });
+                $( let $field = cache::<$ty>($api(client.clone()), $cfg, stringify!($field), readiness.clone(), &mut feeders); )*
+                (Caches { $( $field: $field.0.clone(), )* synced, readiness }, Handles { $( $field: $field.1, )* }, feeders)
             }
 
             /// Waits until every cache has its first complete list.
             pub async fn ready(&self) {
-                $( let _ = self.$field.wait_until_ready().await; )*
+                let mut rx = self.synced.clone();
+                let _ = rx.wait_for(|synced| *synced).await;
+            }
+
+            /// The caches still waiting for their first list (for logs when a start is slow).
+            pub fn not_ready(&self) -> Vec<&'static str> {
+                self.readiness.pending.lock().unwrap_or_else(|p| p.into_inner()).clone()
             }
         }
     };

@@ -111,14 +111,13 @@ impl Elector {
 
     /// Gives the Lease up (graceful shutdown), so a standby takes over at once.
     pub async fn release(&self) {
-        if let Ok(current) = self.api.get(LEASE_NAME).await {
-            if current.spec.as_ref().and_then(|s| s.holder_identity.as_deref()) == Some(self.identity.as_str()) {
+        if let Ok(current) = self.api.get(LEASE_NAME).await
+            && current.spec.as_ref().and_then(|s| s.holder_identity.as_deref()) == Some(self.identity.as_str()) {
                 let mut l = current.clone();
                 let spec = l.spec.get_or_insert_with(Default::default);
                 spec.holder_identity = Some(String::new());
                 spec.lease_duration_seconds = Some(1);
                 let _ = self.api.replace(LEASE_NAME, &PostParams::default(), &l).await;
             }
-        }
     }
 }

@@ -86,7 +86,10 @@ pub async fn run_operator(args: OperatorArgs) -> anyhow::Result<()> {
     let (caches, handles, feeders) = Caches::new(&client);
     let ctx = Arc::new(Context::new(client.clone(), config, clock, metrics.clone(), caches.clone(), &identity));
     // Controllers subscribe to the caches' change feeds before the caches start filling.
-    let controllers = futures::future::join_all(vec![tenant::controller(ctx.clone(), &handles, stopped.clone()).boxed()]);
+    let controllers = futures::future::join_all(vec![
+        tenant::controller(ctx.clone(), &handles, stopped.clone()).boxed(),
+        instance::controller(ctx.clone(), &handles, stopped.clone()).boxed(),
+    ]);
     for f in feeders {
         tokio::spawn(f);
     }
@@ -94,7 +97,9 @@ pub async fn run_operator(args: OperatorArgs) -> anyhow::Result<()> {
         let ready = ready.clone();
         tokio::spawn(async move {
             ready.store(false, Ordering::SeqCst);
-            caches.ready().await;
+            while tokio::time::timeout(std::time::Duration::from_secs(5), caches.ready()).await.is_err() {
+                tracing::warn!(waiting = ?caches.not_ready(), "caches not synced yet");
+            }
             ready.store(true, Ordering::SeqCst);
             tracing::info!("caches synced; reconciling");
         });

@@ -11,6 +11,7 @@ pub struct Metrics {
     pub instances_by_phase: IntGaugeVec,
     pub gpus_in_use: IntGaugeVec,
     pub time_to_ready: Histogram,
+    pub gpu_seconds: IntCounterVec,
     pub leader: IntGauge,
 }
 
@@ -32,6 +33,7 @@ impl Metrics {
                 .buckets(vec![0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0]),
         )
         .expect("metric");
+        let gpu_seconds = IntCounterVec::new(Opts::new("alcove_gpu_seconds_total", "GPU-seconds of finished instance runs (suspend, failure, destroy), by tenant"), &["tenant"]).expect("metric");
         let leader = IntGauge::new("alcove_leader", "1 while this replica holds the leader Lease").expect("metric");
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(reconciles.clone()),
@@ -40,12 +42,13 @@ impl Metrics {
             Box::new(instances_by_phase.clone()),
             Box::new(gpus_in_use.clone()),
             Box::new(time_to_ready.clone()),
+            Box::new(gpu_seconds.clone()),
             Box::new(leader.clone()),
         ];
         for c in collectors {
             registry.register(c).expect("unique metric names");
         }
-        Metrics { registry, reconciles, errors, duration, instances_by_phase, gpus_in_use, time_to_ready, leader }
+        Metrics { registry, reconciles, errors, duration, instances_by_phase, gpus_in_use, time_to_ready, gpu_seconds, leader }
     }
 
     pub fn render(&self) -> String {

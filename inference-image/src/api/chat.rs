@@ -66,11 +66,10 @@ fn new_id(prefix: &str) -> String {
 /// instance's per-request limit (which is also the default).
 fn check_budget(vocab: &Vocab, prompt_tokens: usize, params: &mut SamplingParams, limit: Option<usize>) -> Result<(), ApiError> {
     let ctx = vocab.context_length;
-    if let (Some(max), Some(limit)) = (params.max_tokens, limit) {
-        if max > limit {
+    if let (Some(max), Some(limit)) = (params.max_tokens, limit)
+        && max > limit {
             return Err(ApiError::invalid("max_tokens", format!("max_tokens is {max}; this instance allows at most {limit} per request.")));
         }
-    }
     if params.max_tokens.is_none() {
         params.max_tokens = limit.map(|l| l.min(ctx.saturating_sub(prompt_tokens)).max(1));
     }

@@ -1,3 +1,326 @@
-//! The InferenceInstance controller.
+//! The InferenceInstance controller: a thin loop over `builders` (the objects) and `lifecycle`
+//! (phase, conditions, metering). Reads from the caches; writes only what changed.
 
 pub mod builders;
+pub mod lifecycle;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use alcove_crds::{InferenceInstance, InstancePhase, InstanceState, Tenant, condition};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::runtime::controller::Action;
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::{Controller, WatchStreamExt, predicates};
+use kube::{Resource, ResourceExt};
+
+use crate::context::{Context, Handles, find, find_cluster};
+use crate::error::{Error, Result};
+use crate::tenant::{ensure_finalizer, ignore_missing, remove_finalizer};
+use lifecycle::{Observation, PodView};
+
+pub const FINALIZER: &str = "alcove.dev/instance-cleanup";
+const CONTROLLER: &str = "instance";
+
+async fn reconcile(i: Arc<InferenceInstance>, ctx: Arc<Context>) -> Result<Action> {
+    ctx.caches.ready().await;
+    let started = std::time::Instant::now();
+    ctx.metrics.reconciles.with_label_values(&[CONTROLLER]).inc();
+    let result = if i.metadata.deletion_timestamp.is_some() { destroy(&i, &ctx).await } else { reconcile_inner(&i, &ctx).await };
+    ctx.metrics.duration.with_label_values(&[CONTROLLER]).observe(started.elapsed().as_secs_f64());
+    result
+}
+
+fn random_key() -> Result<[u8; 32]> {
+    let mut key = [0u8; 32];
+    getrandom::fill(&mut key).map_err(|e| Error::Other(format!("no randomness for an API key: {e}")))?;
+    Ok(key)
+}
+
+/// A 403 from the quota admission: its message, for the condition.
+fn quota_refusal(e: &kube::Error) -> Option<String> {
+    match e {
+        kube::Error::Api(s) if s.code == 403 && s.message.contains("exceeded quota") => Some(s.message.clone()),
+        _ => None,
+    }
+}
+
+async fn reconcile_inner(i: &InferenceInstance, ctx: &Context) -> Result<Action> {
+    let ns = i.namespace().unwrap_or_default();
+    let name = i.name_any();
+    let instances: Api<InferenceInstance> = Api::namespaced(ctx.client.clone(), &ns);
+    let Some(tenant) = crate::tenant::builders::tenant_of_namespace(&ns).and_then(|t| find_cluster(&ctx.caches.tenants, t)) else {
+        let obs = Observation { invalid_spec: Some(format!("namespace {ns} belongs to no Tenant: instances live in their tenant's namespace (tenant-<name>)")), ..Default::default() };
+        return write_status(i, ctx, &instances, &obs).await;
+    };
+    if tenant.metadata.deletion_timestamp.is_some() {
+        // The tenant controller is destroying this namespace; it deletes the instance next.
+        return Ok(Action::await_change());
+    }
+    if ensure_finalizer(&instances, i, FINALIZER).await? {
+        return Ok(Action::await_change());
+    }
+    let client = &ctx.client;
+    let mut obs = Observation::default();
+
+    // The API key: made once; replaced only when the rotation annotation asks.
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let key_name = builders::api_key_secret_name(&name);
+    let requested = builders::requested_rotation(i);
+    let key_rotation = match find(&ctx.caches.secrets, &ns, &key_name) {
+        None => {
+            match secrets.create(&PostParams::default(), &builders::api_key_secret(i, &random_key()?, &requested)).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(s)) if s.code == 409 => {} // the cache was behind
+                Err(e) => return Err(e.into()),
+            }
+            requested.clone()
+        }
+        Some(s) if builders::key_rotation_of(&s) != requested => {
+            let fresh = builders::api_key_secret(i, &random_key()?, &requested);
+            secrets.patch(&key_name, &PatchParams::apply(alcove_crds::FIELD_MANAGER).force(), &Patch::Apply(&fresh)).await?;
+            ctx.event(i, false, "ApiKeyRotated", "RotateKey", format!("a new key is in Secret {key_name}; the old one no longer works")).await;
+            requested.clone()
+        }
+        Some(s) => builders::key_rotation_of(&s),
+    };
+
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let prompt_name = builders::prompt_config_map_name(&name);
+    match builders::system_prompt(i) {
+        Some(cm) => {
+            ctx.apply(&config_maps, &cm, find(&ctx.caches.config_maps, &ns, &prompt_name).as_deref()).await?;
+        }
+        None if find(&ctx.caches.config_maps, &ns, &prompt_name).is_some() => {
+            ignore_missing(config_maps.delete(&prompt_name, &DeleteParams::default()).await)?;
+        }
+        None => {}
+    }
+    // The history volume is created once; its size and class are fixed from then on.
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
+    if find(&ctx.caches.pvcs, &ns, &builders::history_pvc_name(&name)).is_none()
+        && let Err(e) = ctx.apply(&pvcs, &builders::history_pvc(i, &ctx.config.tier(tenant.spec.tier)), None).await {
+            match &e {
+                Error::Kube(k) => match quota_refusal(k) {
+                    Some(m) => obs.quota_refusal = Some(m),
+                    None => return Err(e),
+                },
+                _ => return Err(e),
+            }
+        }
+    let services: Api<Service> = Api::namespaced(client.clone(), &ns);
+    ctx.apply(&services, &builders::service(i), find(&ctx.caches.services, &ns, &name).as_deref()).await?;
+
+    // The pod: created when missing, re-created when what it is built from changed (pods are
+    // immutable), deleted while suspended.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let live = find(&ctx.caches.pods, &ns, &name);
+    let placement = crate::tenant::builders::placement(&tenant, &ctx.config);
+    let desired = builders::pod(i, &ctx.config, &builders::PodInputs { placement: &placement, key_rotation: &key_rotation });
+    let delete_pod = || async { ignore_missing(pods.delete(&name, &DeleteParams { grace_period_seconds: Some(2), ..Default::default() }).await) };
+    match (&desired, live.as_deref()) {
+        (Err(why), live) => {
+            obs.invalid_spec = Some(why.clone());
+            if live.is_some_and(|p| p.metadata.deletion_timestamp.is_none()) {
+                delete_pod().await?;
+            }
+        }
+        (Ok(_), Some(p)) if i.spec.state == InstanceState::Suspended => {
+            if p.metadata.deletion_timestamp.is_none() {
+                delete_pod().await?;
+            }
+            obs.pod = Some(PodView::of(p));
+        }
+        (Ok(_), None) if i.spec.state == InstanceState::Suspended => {}
+        (Ok(pod), None) => {
+            if obs.quota_refusal.is_none() {
+                match ctx.apply(&pods, pod, None).await {
+                    Ok(_) => {}
+                    Err(Error::Kube(k)) if quota_refusal(&k).is_some() => obs.quota_refusal = quota_refusal(&k),
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        (Ok(pod), Some(p)) => {
+            let stale = builders::pod_hash(p) != builders::pod_hash(pod);
+            let finished = matches!(p.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Failed" | "Succeeded"));
+            if (stale || finished) && p.metadata.deletion_timestamp.is_none() {
+                delete_pod().await?;
+            }
+            obs.pod = Some(PodView::of(p));
+        }
+    }
+    let action = write_status(i, ctx, &instances, &obs).await?;
+    if obs.quota_refusal.is_some() {
+        // Quota frees up when another instance goes; its quota change triggers a retry, and this
+        // backoff covers what the watch misses.
+        let waited = i.status.as_ref().and_then(|s| s.conditions.iter().find(|c| c.type_ == condition::QUOTA_AVAILABLE && c.status == "False")).map(|c| ctx.now().duration_since(c.last_transition_time.0).as_secs()).unwrap_or(0);
+        return Ok(Action::requeue(Duration::from_secs((waited as u64 / 2).clamp(5, 300))));
+    }
+    Ok(action)
+}
+
+/// Writes the lifecycle's verdict; Events accompany transitions only.
+async fn write_status(i: &InferenceInstance, ctx: &Context, api: &Api<InferenceInstance>, obs: &Observation) -> Result<Action> {
+    let now = ctx.now();
+    let prev = i.status.clone().unwrap_or_default();
+    let next = lifecycle::desired_status(i, obs, now);
+    if !ctx.write_status(api, i, i.status.as_ref(), &next).await? {
+        return Ok(Action::requeue(ctx.config.resync));
+    }
+    let cond = |s: &alcove_crds::InferenceInstanceStatus, t: &str| s.conditions.iter().find(|c| c.type_ == t).cloned();
+    let changed = |t: &str| match (cond(&prev, t), cond(&next, t)) {
+        (Some(a), Some(b)) => a.status != b.status || a.reason != b.reason,
+        (None, Some(_)) => true,
+        _ => false,
+    };
+    let ready = cond(&next, condition::READY).map(|c| c.message).unwrap_or_default();
+    if next.phase != prev.phase {
+        match next.phase {
+            Some(InstancePhase::Ready) => {
+                ctx.event(i, false, "Ready", "Serve", ready.clone()).await;
+                if lifecycle::first_ready(&prev, &next)
+                    && let Some(created) = i.metadata.creation_timestamp.as_ref() {
+                        ctx.metrics.time_to_ready.observe(now.duration_since(created.0).as_secs_f64().max(0.0));
+                    }
+            }
+            Some(InstancePhase::Suspended) => ctx.event(i, false, "Suspended", "Suspend", format!("pod deleted, volumes and key kept; {} GPU-seconds used in total", next.gpu_seconds)).await,
+            Some(InstancePhase::Failed) => ctx.event(i, true, "Failed", "Serve", ready.clone()).await,
+            _ => {}
+        }
+        if prev.phase == Some(InstancePhase::Suspended) {
+            ctx.event(i, false, "Resumed", "Resume", "spec.state is Running: starting the server".into()).await;
+        }
+    }
+    if changed(condition::SCHEDULED)
+        && let Some(s) = cond(&next, condition::SCHEDULED).filter(|s| s.status == "False" && s.reason == "Unschedulable") {
+            ctx.event(i, true, "Unschedulable", "Schedule", s.message).await;
+        }
+    if changed(condition::QUOTA_AVAILABLE)
+        && let Some(q) = cond(&next, condition::QUOTA_AVAILABLE).filter(|q| q.status == "False") {
+            ctx.event(i, true, "QuotaExceeded", "CreatePod", q.message).await;
+        }
+    if prev.started_at.is_some() && next.started_at.is_none() {
+        ctx.metrics.gpu_seconds.with_label_values(&[&crate::tenant::builders::tenant_of_namespace(&i.namespace().unwrap_or_default()).unwrap_or_default().to_string()]).inc_by((next.gpu_seconds - prev.gpu_seconds).max(0) as u64);
+    }
+    Ok(Action::requeue(ctx.config.resync))
+}
+
+/// Destroy: record the final usage (the run ends at the delete request), delete the pod at once
+/// and every other child, and let the instance go once the pod is gone.
+async fn destroy(i: &InferenceInstance, ctx: &Context) -> Result<Action> {
+    if !i.finalizers().iter().any(|f| f == FINALIZER) {
+        return Ok(Action::await_change());
+    }
+    let ns = i.namespace().unwrap_or_default();
+    let name = i.name_any();
+    let client = &ctx.client;
+    let instances: Api<InferenceInstance> = Api::namespaced(client.clone(), &ns);
+    if i.status.as_ref().and_then(|s| s.phase) != Some(InstancePhase::Terminating) {
+        let (last, used) = lifecycle::final_status(i, ctx.now());
+        ctx.write_status(&instances, i, i.status.as_ref(), &last).await?;
+        let tenant = crate::tenant::builders::tenant_of_namespace(&ns).unwrap_or_default().to_string();
+        ctx.metrics.gpu_seconds.with_label_values(&[&tenant]).inc_by(used.max(0) as u64);
+        ctx.event(i, false, "Destroyed", "Delete", format!("pod deleted; final usage {} GPU-seconds", last.gpu_seconds)).await;
+    }
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let pod = find(&ctx.caches.pods, &ns, &name);
+    if pod.as_ref().is_some_and(|p| p.metadata.deletion_timestamp.is_none()) {
+        ignore_missing(pods.delete(&name, &DeleteParams { grace_period_seconds: Some(2), ..Default::default() }).await)?;
+    }
+    // Until retention takes released volumes, the history goes with the instance.
+    let services: Api<Service> = Api::namespaced(client.clone(), &ns);
+    if find(&ctx.caches.services, &ns, &name).is_some() {
+        ignore_missing(services.delete(&name, &DeleteParams::default()).await)?;
+    }
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let key_name = builders::api_key_secret_name(&name);
+    if find(&ctx.caches.secrets, &ns, &key_name).is_some() {
+        ignore_missing(secrets.delete(&key_name, &DeleteParams::default()).await)?;
+    }
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let prompt_name = builders::prompt_config_map_name(&name);
+    if find(&ctx.caches.config_maps, &ns, &prompt_name).is_some() {
+        ignore_missing(config_maps.delete(&prompt_name, &DeleteParams::default()).await)?;
+    }
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
+    let pvc_name = builders::history_pvc_name(&name);
+    if find(&ctx.caches.pvcs, &ns, &pvc_name).is_some() {
+        ignore_missing(pvcs.delete(&pvc_name, &DeleteParams::default()).await)?;
+    }
+    if pod.is_some() {
+        // The pod's deletion event brings us back; this is the fallback.
+        return Ok(Action::requeue(Duration::from_millis(500)));
+    }
+    remove_finalizer(&instances, i, FINALIZER).await?;
+    Ok(Action::await_change())
+}
+
+fn error_policy(i: Arc<InferenceInstance>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.errors.with_label_values(&[CONTROLLER, error.reason()]).inc();
+    tracing::warn!(instance = %lifecycle::key(&i), error = %error, "instance reconcile failed; retrying");
+    Action::requeue(Duration::from_secs(5))
+}
+
+/// Keeps `alcove_instances{phase}` equal to the phases in the cache.
+async fn count_phases(ctx: Arc<Context>) {
+    let phases = ["Pending", "Provisioning", "Ready", "Suspended", "Failed", "Terminating"];
+    loop {
+        let mut counts = [0i64; 6];
+        for i in ctx.caches.instances.state() {
+            if let Some(p) = i.status.as_ref().and_then(|s| s.phase) {
+                let name = serde_json::to_value(p).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+                if let Some(ix) = phases.iter().position(|x| *x == name) {
+                    counts[ix] += 1;
+                }
+            }
+        }
+        for (p, n) in phases.iter().zip(counts) {
+            ctx.metrics.instances_by_phase.with_label_values(&[p]).set(n);
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+/// The InferenceInstance controller, ready to run.
+pub fn controller<S>(ctx: Arc<Context>, h: &Handles, shutdown: S) -> impl std::future::Future<Output = ()> + Send + use<S>
+where
+    S: std::future::Future<Output = ()> + Send + Sync + 'static,
+{
+    fn by_label<K: Resource>(obj: K) -> Option<ObjectRef<InferenceInstance>> {
+        let ns = obj.namespace()?;
+        obj.labels().get(alcove_crds::LABEL_INSTANCE).map(|n| ObjectRef::new(n).within(&ns))
+    }
+    // A quota change can make room: retry the instances it refused.
+    let store = ctx.caches.instances.clone();
+    let refused = move |q: k8s_openapi::api::core::v1::ResourceQuota| {
+        let ns = q.namespace().unwrap_or_default();
+        store
+            .state()
+            .into_iter()
+            .filter(|i| i.namespace().as_deref() == Some(ns.as_str()))
+            .filter(|i| i.status.as_ref().is_some_and(|s| s.conditions.iter().any(|c| c.type_ == condition::QUOTA_AVAILABLE && c.status == "False")))
+            .map(|i| ObjectRef::from_obj(&*i))
+            .collect::<Vec<_>>()
+    };
+    // A tenant's spec (tier, region, placement) decides where its instances run.
+    let store = ctx.caches.instances.clone();
+    let of_tenant = move |t: Tenant| {
+        let ns = crate::tenant::builders::namespace_name(&t.name_any());
+        store.state().into_iter().filter(|i| i.namespace().as_deref() == Some(ns.as_str())).map(|i| ObjectRef::from_obj(&*i)).collect::<Vec<_>>()
+    };
+    tokio::spawn(count_phases(ctx.clone()));
+    Controller::for_stream(h.instances.subscribe(), ctx.caches.instances.clone())
+        .watches_stream(h.pods.subscribe(), by_label)
+        .watches_stream(h.services.subscribe(), by_label)
+        .watches_stream(h.secrets.subscribe(), by_label)
+        .watches_stream(h.config_maps.subscribe(), by_label)
+        .watches_stream(h.pvcs.subscribe(), by_label)
+        .watches_stream(h.quotas.subscribe(), refused)
+        .watches_stream(h.tenants.subscribe().predicate_filter(predicates::generation, Default::default()), of_tenant)
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|_| async {})
+}

@@ -378,11 +378,9 @@ mod tests {
 
     #[test]
     fn key_secret_holds_256_bits() {
-        use base64::Engine;
         let s = key_secret(&example("tenant-basic.yaml"), &[7u8; 32]);
         let data = s.data.unwrap();
         assert_eq!(data["key"].0.len(), 32);
         assert_eq!(s.immutable, Some(true));
-        let _ = base64::engine::general_purpose::STANDARD;
     }
 }

@@ -104,7 +104,7 @@ impl Platform {
         let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_alcove"))
             .args(&full)
             .env("KUBECONFIG", &self.cluster.kubeconfig)
-            .env("ALCOVE_LOG", "info,alcove=debug")
+            .env("ALCOVE_LOG", std::env::var("ALCOVE_TEST_LOG").unwrap_or_else(|_| "info,alcove=debug".into()))
             .stdout(out.try_clone().unwrap())
             .stderr(out)
             .kill_on_drop(true)
@@ -188,12 +188,25 @@ impl Platform {
         self.kubectl(&a).await.1
     }
 
-    /// Waits for a condition through `kubectl wait`.
+    /// Waits for a condition through `kubectl wait` (`what`: e.g. `inst/chat -n tenant-startup`).
     pub async fn wait_condition(&self, what: &str, condition: &str, timeout_s: u64) {
         let t = format!("--timeout={timeout_s}s");
         let c = format!("--for=condition={condition}");
-        let (ok, out, err) = self.kubectl(&["wait", &c, what, &t]).await;
-        assert!(ok, "{what} never got {condition}: {out}{err}");
+        let mut args = vec!["wait", &c, &t];
+        args.extend(what.split_whitespace());
+        let (ok, out, err) = self.kubectl(&args).await;
+        if !ok {
+            let logs: Vec<String> = self
+                .operators
+                .iter()
+                .map(|o| {
+                    let text = o.log_text();
+                    let tail: Vec<&str> = text.lines().rev().take(400).collect::<Vec<_>>().into_iter().rev().collect();
+                    format!("--- {} (last 400 lines)\n{}", o.identity, tail.join("\n"))
+                })
+                .collect();
+            panic!("{what} never got {condition}: {out}{err}\n{}", logs.join("\n"));
+        }
     }
 }
 
@@ -236,4 +249,91 @@ pub fn metric(text: &str, name: &str, labels: &str) -> f64 {
         .filter(|l| l[name.len()..].starts_with('{') || l[name.len()..].starts_with(' '))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
+}
+
+/// The `alcove-inference` binary, built on first use (a test of this package alone would not
+/// build another package's binary).
+pub fn inference_binary() -> PathBuf {
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        let out = std::process::Command::new(env!("CARGO"))
+            .args(["build", "--quiet", "-p", "alcove-inference", "--bin", "alcove-inference", "--message-format=json"])
+            .current_dir(workspace_root())
+            .output()
+            .expect("cargo");
+        assert!(out.status.success(), "building alcove-inference failed:\n{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find_map(|m| m["executable"].as_str().filter(|e| e.ends_with("/alcove-inference")).map(PathBuf::from))
+            .expect("cargo reported the alcove-inference executable")
+    })
+    .clone()
+}
+
+/// Platform models as the CSI driver serves them: `default` (tiny llama, safetensors),
+/// `default-gguf` (the same family as GGUF), `default-embedding` (tiny BERT). Made once per test
+/// binary with the real `make-test-model`.
+pub fn platform_models() -> PathBuf {
+    static ROOT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    ROOT.get_or_init(|| {
+        let root = tempfile::tempdir().unwrap().keep();
+        let bin = inference_binary();
+        for (name, extra) in [("default", vec![]), ("default-gguf", vec!["--format", "gguf"]), ("default-embedding", vec!["--embedding"])] {
+            let dir = root.join(name);
+            let out = std::process::Command::new(&bin).args(["make-test-model", "--out", dir.to_str().unwrap()]).args(extra).output().unwrap();
+            assert!(out.status.success(), "make-test-model {name}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        root
+    })
+    .clone()
+}
+
+/// devcluster set up to run instances for real: the inference image runs the binary, platform
+/// models are served by the CSI driver the operator's default configuration names.
+pub fn with_inference(c: Config) -> Config {
+    let mut c = c.image("ghcr.io/alcove-dev/alcove-inference*", inference_binary());
+    c.csi_drivers.push(alcove_devcluster::config::CsiDriver { driver: "models.alcove.dev".into(), attribute: "model".into(), root: platform_models() });
+    c
+}
+
+/// `kubectl proxy` on a free port: the host reaches services through the API server's service
+/// proxy, as a platform team would.
+pub struct KubectlProxy {
+    pub base: String,
+    _child: tokio::process::Child,
+}
+
+impl Platform {
+    pub async fn kubectl_proxy(&self) -> KubectlProxy {
+        let port = free_port();
+        let child = tokio::process::Command::new("kubectl")
+            .args(["proxy", "--port", &port.to_string()])
+            .env("KUBECONFIG", &self.cluster.kubeconfig)
+            .env("KUBECACHEDIR", self.dir.path().join("kubecache"))
+            .env("HOME", self.dir.path())
+            .stdout(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("kubectl proxy");
+        let base = format!("http://127.0.0.1:{port}");
+        eventually("kubectl proxy serves", Duration::from_secs(15), || async { curl(&format!("{base}/version")).await.is_some() }).await;
+        KubectlProxy { base, _child: child }
+    }
+}
+
+/// An HTTP request with curl: (status, body).
+pub async fn http(method: &str, url: &str, headers: &[(&str, &str)], body: Option<&str>) -> (u16, String) {
+    let mut args: Vec<String> = vec!["-s".into(), "--max-time".into(), "60".into(), "-X".into(), method.into(), "-w".into(), "\n%{http_code}".into()];
+    for (k, v) in headers {
+        args.extend(["-H".into(), format!("{k}: {v}")]);
+    }
+    if let Some(b) = body {
+        args.extend(["-H".into(), "Content-Type: application/json".into(), "--data-binary".into(), b.into()]);
+    }
+    args.push(url.into());
+    let out = tokio::process::Command::new("curl").args(&args).output().await.expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (code.trim().parse().unwrap_or(0), body.to_string())
 }

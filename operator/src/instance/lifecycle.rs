@@ -1,0 +1,315 @@
+//! An instance's phase, conditions and GPU usage, from what was observed. Pure: the controller
+//! gathers the observation, this decides, the status writer writes.
+
+use alcove_crds::{InferenceInstance, InferenceInstanceStatus, InstancePhase, InstanceState, condition};
+use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt;
+
+use super::builders;
+use crate::status;
+
+/// What the controller saw this time.
+#[derive(Debug, Default, Clone)]
+pub struct Observation {
+    pub pod: Option<PodView>,
+    /// The API server refused to create the pod for quota (its message).
+    pub quota_refusal: Option<String>,
+    /// The spec cannot be served (which field and why).
+    pub invalid_spec: Option<String>,
+}
+
+/// The parts of a pod the lifecycle depends on.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct PodView {
+    pub deleting: bool,
+    /// `PodScheduled`: (status, reason, message).
+    pub scheduled: Option<(bool, String, String)>,
+    pub node: Option<String>,
+    pub ready: bool,
+    pub phase: String,
+    /// Why the server is not running, when it keeps failing (CrashLoopBackOff, an exit).
+    pub failure: Option<String>,
+}
+
+impl PodView {
+    pub fn of(pod: &Pod) -> PodView {
+        let status = pod.status.clone().unwrap_or_default();
+        let cond = |t: &str| status.conditions.iter().flatten().find(|c| c.type_ == t).cloned();
+        let scheduled = cond("PodScheduled").map(|c| (c.status == "True", c.reason.unwrap_or_default(), c.message.unwrap_or_default()));
+        let ready = cond("Ready").is_some_and(|c| c.status == "True");
+        let failure = status.container_statuses.iter().flatten().find_map(|c| {
+            let state = c.state.clone().unwrap_or_default();
+            let last = c.last_state.clone().unwrap_or_default().terminated;
+            let detail = |t: &k8s_openapi::api::core::v1::ContainerStateTerminated| {
+                let msg = t.message.clone().unwrap_or_default();
+                let msg = msg.trim();
+                if msg.is_empty() { format!("exit code {}", t.exit_code) } else { format!("exit code {}: {}", t.exit_code, last_line(msg)) }
+            };
+            match (state.waiting, state.terminated) {
+                (Some(w), _) if w.reason.as_deref() == Some("CrashLoopBackOff") => {
+                    Some(format!("the server keeps exiting ({})", last.as_ref().map(detail).unwrap_or_else(|| "no exit detail".into())))
+                }
+                (_, Some(t)) if t.exit_code != 0 => Some(format!("the server exited ({})", detail(&t))),
+                _ => None,
+            }
+        });
+        PodView {
+            deleting: pod.metadata.deletion_timestamp.is_some(),
+            scheduled,
+            node: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
+            ready,
+            phase: status.phase.unwrap_or_default(),
+            failure,
+        }
+    }
+}
+
+/// The last line of a log tail (a termination message), bounded: enough to say why, never a dump.
+fn last_line(text: &str) -> String {
+    let line = text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or_default().trim();
+    line.chars().take(300).collect()
+}
+
+/// GPU-seconds between two instants for `gpus` devices, rounded to the nearest second.
+pub fn usage(from: jiff::Timestamp, to: jiff::Timestamp, gpus: i32) -> i64 {
+    let ms = to.as_millisecond() - from.as_millisecond();
+    if ms <= 0 {
+        return 0;
+    }
+    (ms * gpus as i64 + 500) / 1000
+}
+
+/// GPUs an instance is billed for: its whole GPUs, or one device for a MIG slice.
+pub fn billed_gpus(i: &InferenceInstance) -> i32 {
+    builders::gpu_resource(i).1
+}
+
+pub fn timestamp(t: jiff::Timestamp) -> String {
+    t.round(jiff::Unit::Millisecond).unwrap_or(t).to_string()
+}
+
+pub fn parse_timestamp(s: &str) -> Option<jiff::Timestamp> {
+    s.parse().ok()
+}
+
+/// Closes the current run (if any) at `end`: its GPU-seconds join the total.
+pub fn close_run(s: &mut InferenceInstanceStatus, end: jiff::Timestamp, gpus: i32) -> i64 {
+    let Some(start) = s.started_at.take().as_deref().and_then(parse_timestamp) else { return 0 };
+    let used = usage(start, end, gpus);
+    s.gpu_seconds += used;
+    used
+}
+
+/// The status an instance should have.
+pub fn desired_status(i: &InferenceInstance, obs: &Observation, now: jiff::Timestamp) -> InferenceInstanceStatus {
+    let prev = i.status.clone().unwrap_or_default();
+    let generation = i.metadata.generation;
+    let c = |type_: &str, ok: bool, reason: &str, message: &str| status::condition(&prev.conditions, type_, ok, reason, message, generation, now);
+    let endpoint = builders::endpoint(i);
+    let pod = obs.pod.as_ref().filter(|p| !p.deleting);
+
+    let (phase, ready, scheduled) = if let Some(why) = &obs.invalid_spec {
+        (InstancePhase::Failed, c(condition::READY, false, "InvalidSpec", why), c(condition::SCHEDULED, false, "InvalidSpec", "no pod for a spec that cannot be served"))
+    } else if i.spec.state == InstanceState::Suspended {
+        let msg = "suspended by spec.state: the pod is deleted, billing stopped; volumes and key are kept";
+        (InstancePhase::Suspended, c(condition::READY, false, "Suspended", msg), c(condition::SCHEDULED, false, "Suspended", msg))
+    } else if let Some(refusal) = &obs.quota_refusal {
+        let msg = format!("the tenant's quota has no room for this instance: {refusal}");
+        (InstancePhase::Pending, c(condition::READY, false, "QuotaExceeded", &msg), c(condition::SCHEDULED, false, "QuotaExceeded", &msg))
+    } else {
+        match pod {
+            None => (
+                InstancePhase::Pending,
+                c(condition::READY, false, "Creating", "creating the server pod"),
+                c(condition::SCHEDULED, false, "Creating", "creating the server pod"),
+            ),
+            Some(p) if !p.scheduled.as_ref().is_some_and(|s| s.0) => {
+                let (reason, message) = match &p.scheduled {
+                    Some((_, r, m)) if !m.is_empty() => (if r.is_empty() { "Unschedulable".to_string() } else { r.clone() }, m.clone()),
+                    _ => ("Scheduling".to_string(), "waiting for the scheduler".to_string()),
+                };
+                let msg = format!("waiting for GPUs: {message}");
+                (InstancePhase::Pending, c(condition::READY, false, &reason, &msg), c(condition::SCHEDULED, false, &reason, &message))
+            }
+            Some(p) => {
+                let node = p.node.clone().unwrap_or_default();
+                let sched = c(condition::SCHEDULED, true, "Scheduled", &format!("running on node {node}"));
+                if p.ready {
+                    (InstancePhase::Ready, c(condition::READY, true, "Serving", &format!("serving at {endpoint}")), sched)
+                } else if let Some(f) = &p.failure {
+                    (InstancePhase::Failed, c(condition::READY, false, "ServerFailing", f), sched)
+                } else {
+                    (InstancePhase::Provisioning, c(condition::READY, false, "Starting", &format!("the server is starting on node {node}")), sched)
+                }
+            }
+        }
+    };
+    let quota = match &obs.quota_refusal {
+        Some(r) => c(condition::QUOTA_AVAILABLE, false, "QuotaExceeded", r),
+        None => c(condition::QUOTA_AVAILABLE, true, "WithinQuota", "the instance fits the tenant's quota"),
+    };
+
+    let mut s = InferenceInstanceStatus {
+        phase: Some(phase),
+        message: Some(ready.message.clone()),
+        endpoint: Some(endpoint),
+        api_key_secret: Some(builders::api_key_secret_name(&i.name_any())),
+        node: pod.filter(|_| phase != InstancePhase::Pending).and_then(|p| p.node.clone()),
+        observed_generation: generation,
+        conditions: vec![ready, scheduled, quota],
+        ..prev.clone()
+    };
+    // Other controllers' conditions (Billing) stay.
+    for old in &prev.conditions {
+        if !s.conditions.iter().any(|n| n.type_ == old.type_) {
+            s.conditions.push(old.clone());
+        }
+    }
+    // Metering: a run starts when the pod is Ready and ends when it no longer is.
+    match (phase == InstancePhase::Ready, prev.started_at.is_some()) {
+        (true, false) => s.started_at = Some(timestamp(now)),
+        (false, true) => {
+            close_run(&mut s, now, billed_gpus(i));
+        }
+        _ => {}
+    }
+    s
+}
+
+/// The final status of a destroyed instance: its run ends at the delete request.
+pub fn final_status(i: &InferenceInstance, now: jiff::Timestamp) -> (InferenceInstanceStatus, i64) {
+    let mut s = i.status.clone().unwrap_or_default();
+    let end = i.metadata.deletion_timestamp.as_ref().map(|t| t.0).unwrap_or(now);
+    let used = close_run(&mut s, end, billed_gpus(i));
+    s.phase = Some(InstancePhase::Terminating);
+    let msg = format!("destroyed: the pod is deleted; {} GPU-seconds used in total", s.gpu_seconds);
+    s.message = Some(msg.clone());
+    let generation = i.metadata.generation;
+    let ready = status::condition(&s.conditions, condition::READY, false, "Terminating", &msg, generation, now);
+    s.conditions.retain(|c| c.type_ != condition::READY);
+    s.conditions.insert(0, ready);
+    s.node = None;
+    (s, used)
+}
+
+/// Whether this is the instance's first Ready (for the time-to-ready histogram).
+pub fn first_ready(prev: &InferenceInstanceStatus, next: &InferenceInstanceStatus) -> bool {
+    next.phase == Some(InstancePhase::Ready) && prev.phase != Some(InstancePhase::Ready) && prev.gpu_seconds == 0 && prev.started_at.is_none()
+        && !prev.conditions.iter().any(|c| c.type_ == condition::READY && c.reason == "Suspended")
+}
+
+/// A log key for an instance.
+pub fn key(i: &InferenceInstance) -> String {
+    format!("{}/{}", i.namespace().unwrap_or_default(), i.name_any())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn instance() -> InferenceInstance {
+        serde_json::from_value(json!({
+            "apiVersion": "alcove.dev/v1alpha1", "kind": "InferenceInstance",
+            "metadata": {"name": "chat", "namespace": "tenant-startup", "uid": "u1", "generation": 3},
+            "spec": {"model": {"format": "safetensors", "source": {"platform": "default"}}, "gpu": {"count": 2}},
+        }))
+        .unwrap()
+    }
+
+    fn at(s: &str) -> jiff::Timestamp {
+        s.parse().unwrap()
+    }
+
+    fn pod(scheduled: Option<(bool, &str, &str)>, ready: bool) -> PodView {
+        PodView {
+            scheduled: scheduled.map(|(a, b, c)| (a, b.to_string(), c.to_string())),
+            node: scheduled.filter(|s| s.0).map(|_| "gpu-tw-1".to_string()),
+            ready,
+            phase: "Running".into(),
+            ..Default::default()
+        }
+    }
+
+    fn step(i: &mut InferenceInstance, obs: Observation, now: &str) -> InferenceInstanceStatus {
+        let s = desired_status(i, &obs, at(now));
+        i.status = Some(s.clone());
+        s
+    }
+
+    fn cond<'a>(s: &'a InferenceInstanceStatus, t: &str) -> &'a alcove_crds::Condition {
+        s.conditions.iter().find(|c| c.type_ == t).unwrap()
+    }
+
+    #[test]
+    fn phases_follow_the_pod_and_meter_ready_time() {
+        let mut i = instance();
+        let s = step(&mut i, Observation::default(), "2026-11-22T10:00:00Z");
+        assert_eq!(s.phase, Some(InstancePhase::Pending));
+        let unsched = "0/6 nodes are available: 6 Insufficient nvidia.com/gpu.";
+        let s = step(&mut i, Observation { pod: Some(pod(Some((false, "Unschedulable", unsched)), false)), ..Default::default() }, "2026-11-22T10:00:01Z");
+        assert_eq!(s.phase, Some(InstancePhase::Pending));
+        assert_eq!(cond(&s, "Scheduled").message, unsched, "the scheduler's own words");
+        assert_eq!(cond(&s, "Scheduled").reason, "Unschedulable");
+        let s = step(&mut i, Observation { pod: Some(pod(Some((true, "", "")), false)), ..Default::default() }, "2026-11-22T10:00:05Z");
+        assert_eq!(s.phase, Some(InstancePhase::Provisioning));
+        assert_eq!(s.node.as_deref(), Some("gpu-tw-1"));
+        assert!(s.started_at.is_none(), "not billed before Ready");
+        let s = step(&mut i, Observation { pod: Some(pod(Some((true, "", "")), true)), ..Default::default() }, "2026-11-22T10:00:10Z");
+        assert_eq!(s.phase, Some(InstancePhase::Ready));
+        assert_eq!(s.started_at.as_deref(), Some("2026-11-22T10:00:10Z"));
+        assert_eq!(cond(&s, "Ready").status, "True");
+        // Unchanged observation, later: identical status (no write).
+        let again = desired_status(&i, &Observation { pod: Some(pod(Some((true, "", "")), true)), ..Default::default() }, at("2026-11-22T10:05:00Z"));
+        assert_eq!(Some(&again), i.status.as_ref());
+        // Suspend at 10:01:10: 60 s × 2 GPUs.
+        i.spec.state = InstanceState::Suspended;
+        let s = step(&mut i, Observation::default(), "2026-11-22T10:01:10Z");
+        assert_eq!(s.phase, Some(InstancePhase::Suspended));
+        assert_eq!(s.gpu_seconds, 120);
+        assert!(s.started_at.is_none());
+    }
+
+    #[test]
+    fn quota_refusals_and_failures_are_conditions() {
+        let mut i = instance();
+        let s = step(&mut i, Observation { quota_refusal: Some("exceeded quota: alcove-quota".into()), ..Default::default() }, "2026-11-22T10:00:00Z");
+        assert_eq!(s.phase, Some(InstancePhase::Pending));
+        assert_eq!(cond(&s, "QuotaAvailable").status, "False");
+        assert!(cond(&s, "Ready").message.contains("exceeded quota"));
+        let failing = PodView { failure: Some("the server keeps exiting (exit code 1: error: no such model)".into()), ..pod(Some((true, "", "")), false) };
+        let s = step(&mut i, Observation { pod: Some(failing), ..Default::default() }, "2026-11-22T10:00:01Z");
+        assert_eq!(s.phase, Some(InstancePhase::Failed));
+        assert_eq!(cond(&s, "Ready").reason, "ServerFailing");
+        assert_eq!(cond(&s, "QuotaAvailable").status, "True");
+        let s = step(&mut i, Observation { invalid_spec: Some("spec.model.source.uri is not supported".into()), ..Default::default() }, "2026-11-22T10:00:02Z");
+        assert_eq!(s.phase, Some(InstancePhase::Failed));
+        assert_eq!(cond(&s, "Ready").reason, "InvalidSpec");
+    }
+
+    #[test]
+    fn destroy_bills_up_to_the_delete_request() {
+        let mut i = instance();
+        step(&mut i, Observation { pod: Some(pod(Some((true, "", "")), true)), ..Default::default() }, "2026-11-22T10:00:00Z");
+        i.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(at("2026-11-22T10:00:30.400Z")));
+        let (s, used) = final_status(&i, at("2026-11-22T10:00:31Z"));
+        assert_eq!(used, 61, "30.4 s × 2 GPUs, rounded");
+        assert_eq!(s.gpu_seconds, 61);
+        assert_eq!(s.phase, Some(InstancePhase::Terminating));
+        assert!(s.started_at.is_none());
+    }
+
+    #[test]
+    fn crash_loops_are_read_from_container_statuses() {
+        let p: Pod = serde_json::from_value(json!({"metadata": {"name": "chat"}, "spec": {"nodeName": "n1", "containers": []}, "status": {
+            "phase": "Running",
+            "conditions": [{"type": "PodScheduled", "status": "True"}, {"type": "Ready", "status": "False"}],
+            "containerStatuses": [{"name": "server", "image": "i", "imageID": "", "ready": false, "restartCount": 3,
+                "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                "lastState": {"terminated": {"exitCode": 1, "message": "loading\nerror: /models: no such model file or directory\n"}}}]}}))
+        .unwrap();
+        let v = PodView::of(&p);
+        assert_eq!(v.failure.as_deref(), Some("the server keeps exiting (exit code 1: error: /models: no such model file or directory)"));
+        assert_eq!(v.node.as_deref(), Some("n1"));
+    }
+}

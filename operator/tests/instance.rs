@@ -1,0 +1,295 @@
+//! The InferenceInstance controller end to end: devcluster runs instance pods as real
+//! `alcove-inference` processes serving the platform's test models; requests go through
+//! `kubectl proxy` and the API server's service proxy, as a platform team's would.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use serde_json::{Value, json};
+use support::*;
+
+async fn json_of(p: &Platform, args: &[&str]) -> Value {
+    let mut a = args.to_vec();
+    a.extend(["-o", "json"]);
+    serde_json::from_str(&p.ok(&a).await).unwrap()
+}
+
+async fn platform() -> Platform {
+    let mut p = Platform::start_with(with_inference).await;
+    p.spawn_operator(&[]).await;
+    p
+}
+
+async fn api_key(p: &Platform, ns: &str, instance: &str) -> String {
+    let s = json_of(p, &["get", "secret", &format!("{instance}-api-key"), "-n", ns]).await;
+    String::from_utf8(base64::engine::general_purpose::STANDARD.decode(s["data"]["api-key"].as_str().unwrap()).unwrap()).unwrap()
+}
+
+fn service_url(proxy: &KubectlProxy, ns: &str, svc: &str, path: &str) -> String {
+    format!("{}/api/v1/namespaces/{ns}/services/{svc}:80/proxy{path}", proxy.base)
+}
+
+async fn chat(proxy: &KubectlProxy, ns: &str, svc: &str, model: &str, key: Option<&str>, extra: Value) -> (u16, Value) {
+    let mut body = json!({"model": model, "messages": [{"role": "user", "content": "Hello there"}], "max_tokens": 4, "temperature": 0});
+    for (k, v) in extra.as_object().into_iter().flatten() {
+        body[k] = v.clone();
+    }
+    let headers: Vec<(&str, &str)> = key.map(|k| vec![("X-Api-Key", k)]).unwrap_or_default();
+    let (code, text) = http("POST", &service_url(proxy, ns, svc, "/v1/chat/completions"), &headers, Some(&body.to_string())).await;
+    (code, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+}
+
+async fn pod_uid(p: &Platform, ns: &str, name: &str) -> Option<String> {
+    let (ok, out, _) = p.kubectl(&["get", "pod", name, "-n", ns, "-o", "jsonpath={.metadata.uid}"]).await;
+    (ok && !out.is_empty()).then_some(out)
+}
+
+async fn events(p: &Platform, ns: &str, reason: &str) -> Vec<Value> {
+    let v = json_of(p, &["get", "events", "-n", ns]).await;
+    v["items"].as_array().unwrap().iter().filter(|e| e["reason"] == reason).cloned().collect()
+}
+
+const ACME_INSTANCE: &str = r#"
+apiVersion: alcove.dev/v1alpha1
+kind: InferenceInstance
+metadata: {name: bot, namespace: tenant-acme}
+spec:
+  model: {format: gguf, source: {platform: default-gguf}, path: model.gguf}
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_example_instance_serves_with_its_own_key_only() {
+    let p = platform().await;
+    p.ok(&["apply", "-f", &example("good/tenant-basic.yaml"), "-f", &example("good/tenant-pro.yaml")]).await;
+    p.ok(&["apply", "-f", &example("good/instance-safetensors.yaml")]).await;
+    p.ok_in(&["apply", "-f", "-"], ACME_INSTANCE).await;
+    p.wait_condition("inst/chat -n tenant-startup", "Ready", 60).await;
+    p.wait_condition("inst/bot -n tenant-acme", "Ready", 60).await;
+
+    let table = p.ok(&["get", "inst", "-n", "tenant-startup"]).await;
+    let line = table.lines().find(|l| l.starts_with("chat ")).unwrap();
+    assert!(line.contains("Ready") && line.contains("http://chat.tenant-startup.svc.cluster.local/v1"), "{table}");
+    let inst = json_of(&p, &["get", "inst", "chat", "-n", "tenant-startup"]).await;
+    let status = &inst["status"];
+    assert_eq!(status["apiKeySecret"], "chat-api-key");
+    assert!(status["startedAt"].is_string());
+    assert!(status["node"] == "gpu-tw-1" || status["node"] == "gpu-tw-2", "the shared pool: {status}");
+    for c in ["Ready", "Scheduled", "QuotaAvailable"] {
+        assert!(status["conditions"].as_array().unwrap().iter().any(|x| x["type"] == c && x["status"] == "True"), "{c}: {status}");
+    }
+    // The acme instance runs on acme's dedicated node.
+    assert_eq!(json_of(&p, &["get", "inst", "bot", "-n", "tenant-acme"]).await["status"]["node"], "gpu-tw-acme");
+
+    let proxy = p.kubectl_proxy().await;
+    let key = api_key(&p, "tenant-startup", "chat").await;
+    assert_eq!(key.len(), 64, "32 random bytes, hex");
+    let (code, v) = chat(&proxy, "tenant-startup", "chat", "chat", Some(&key), json!({})).await;
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["object"], "chat.completion");
+    assert_eq!(v["usage"]["completion_tokens"], 4);
+    let (code, v) = chat(&proxy, "tenant-startup", "chat", "chat", None, json!({})).await;
+    assert_eq!(code, 401, "{v}");
+    let other = api_key(&p, "tenant-acme", "bot").await;
+    let (code, _) = chat(&proxy, "tenant-startup", "chat", "chat", Some(&other), json!({})).await;
+    assert_eq!(code, 401, "another tenant's key");
+    let (code, _) = chat(&proxy, "tenant-acme", "bot", "bot", Some(&other), json!({})).await;
+    assert_eq!(code, 200, "it works where it belongs");
+    // The system prompt is in the prompt: 1 more turn of tokens than the acme bot's bare prompt.
+    let (_, with_prompt) = chat(&proxy, "tenant-startup", "chat", "chat", Some(&key), json!({"max_tokens": 1})).await;
+    let (_, bare) = chat(&proxy, "tenant-acme", "bot", "bot", Some(&other), json!({"max_tokens": 1})).await;
+    assert!(with_prompt["usage"]["prompt_tokens"].as_u64().unwrap() > bare["usage"]["prompt_tokens"].as_u64().unwrap() + 5);
+    // The instance's limit is the server's.
+    let (code, v) = chat(&proxy, "tenant-startup", "chat", "chat", Some(&key), json!({"max_tokens": 300})).await;
+    assert_eq!(code, 400, "spec.limits.maxTokens is 256: {v}");
+
+    // An unchanged instance costs no writes.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = p.reconcile_writes().await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(p.reconcile_writes().await, before, "writes while nothing changed: {:?}", p.writes_by_resource().await);
+
+    let m = p.operators[0].metrics().await;
+    assert_eq!(metric(&m, "alcove_instances", "phase=\"Ready\""), 2.0, "{m}");
+    assert!(metric(&m, "alcove_instance_time_to_ready_seconds_count", "") >= 2.0);
+    eventually("gpus in use per tenant", Duration::from_secs(10), || async {
+        metric(&p.operators[0].metrics().await, "alcove_gpus_in_use", "tenant=\"startup\"") == 1.0
+    })
+    .await;
+    assert!(!p.operators[0].log_text().contains(&key), "the key reached the operator's log");
+    assert!(events(&p, "tenant-startup", "Ready").await.iter().any(|e| e["regarding"]["name"] == "chat" || e["involvedObject"]["name"] == "chat"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn destroy_stops_the_process_and_records_usage_within_a_second() {
+    let p = platform().await;
+    p.ok(&["apply", "-f", &example("good/tenant-basic.yaml")]).await;
+    p.ok(&["apply", "-f", &example("good/instance-gguf.yaml")]).await;
+    p.wait_condition("inst/chat-gguf -n tenant-startup", "Ready", 60).await;
+    let uid = pod_uid(&p, "tenant-startup", "chat-gguf").await.unwrap();
+    let pids = p.cluster.shared().runtime.pids(&uid);
+    assert_eq!(pids.len(), 1);
+    let pvc = json_of(&p, &["get", "pvc", "chat-gguf-history", "-n", "tenant-startup"]).await;
+    assert_eq!(pvc["metadata"]["labels"]["alcove.dev/data-class"], "conversationHistory");
+    let pv = json_of(&p, &["get", "pv", pvc["spec"]["volumeName"].as_str().unwrap()]).await;
+    let pv_dir = std::path::PathBuf::from(pv["spec"]["hostPath"]["path"].as_str().unwrap());
+    assert!(pv_dir.exists());
+    tokio::time::sleep(Duration::from_secs(1)).await; // some GPU time to bill
+
+    let started = Instant::now();
+    p.ok(&["delete", "inst", "chat-gguf", "-n", "tenant-startup", "--wait=false"]).await;
+    until_some("process gone and final usage recorded", Duration::from_secs(10), || async {
+        let gone = !alcove_devcluster::kubelet::process_alive(pids[0]);
+        let recorded = !events(&p, "tenant-startup", "Destroyed").await.is_empty();
+        (gone && recorded).then_some(())
+    })
+    .await;
+    let took = started.elapsed();
+    let ev = events(&p, "tenant-startup", "Destroyed").await;
+    let note = ev[0]["message"].as_str().unwrap_or_default().to_string();
+    assert!(note.contains("GPU-seconds"), "{note}");
+    let used: i64 = note.split_whitespace().find_map(|w| w.parse().ok()).unwrap();
+    assert!(used >= 1, "at least a second of GPU time: {note}");
+    eprintln!("destroy: delete request → process gone and final usage recorded in {took:?}");
+    assert!(took < Duration::from_secs(1), "delete → process gone and usage recorded took {took:?}");
+
+    // Nothing of the instance remains.
+    eventually("the instance is gone", Duration::from_secs(10), || async { !p.kubectl(&["get", "inst", "chat-gguf", "-n", "tenant-startup"]).await.0 }).await;
+    for kind in ["pods", "services", "secrets", "configmaps", "persistentvolumeclaims"] {
+        let left = p.ok(&["get", kind, "-n", "tenant-startup", "-l", "alcove.dev/instance=chat-gguf", "-o", "name"]).await;
+        assert!(left.trim().is_empty(), "{kind} left behind: {left}");
+    }
+    eventually("the history volume's data is deleted", Duration::from_secs(10), || async { !pv_dir.exists() }).await;
+    let m = p.operators[0].metrics().await;
+    assert!(metric(&m, "alcove_gpu_seconds_total", "tenant=\"startup\"") >= 1.0, "{m}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn suspend_keeps_key_and_history_and_resume_serves_them() {
+    let p = platform().await;
+    p.ok(&["apply", "-f", &example("good/tenant-basic.yaml")]).await;
+    p.ok(&["apply", "-f", &example("good/instance-safetensors.yaml")]).await;
+    p.wait_condition("inst/chat -n tenant-startup", "Ready", 60).await;
+    let proxy = p.kubectl_proxy().await;
+    let key = api_key(&p, "tenant-startup", "chat").await;
+    let (code, first) = chat(&proxy, "tenant-startup", "chat", "chat", Some(&key), json!({"conversation": "c-42", "messages": [{"role": "user", "content": "Remember the word TURNIP."}]})).await;
+    assert_eq!(code, 200, "{first}");
+    let pvc_uid = json_of(&p, &["get", "pvc", "chat-history", "-n", "tenant-startup"]).await["metadata"]["uid"].clone();
+    tokio::time::sleep(Duration::from_millis(1500)).await; // GPU time to meter
+
+    p.ok(&["patch", "inst", "chat", "-n", "tenant-startup", "--type=merge", "-p", r#"{"spec":{"state":"Suspended"}}"#]).await;
+    eventually("suspended", Duration::from_secs(20), || async {
+        p.jsonpath(&["get", "inst", "chat", "-n", "tenant-startup"], "{.status.phase}").await == "Suspended"
+    })
+    .await;
+    eventually("pod gone", Duration::from_secs(10), || async { pod_uid(&p, "tenant-startup", "chat").await.is_none() }).await;
+    let inst = json_of(&p, &["get", "inst", "chat", "-n", "tenant-startup"]).await;
+    assert!(inst["status"]["gpuSeconds"].as_i64().unwrap() >= 1, "the run was metered: {}", inst["status"]);
+    assert!(inst["status"]["startedAt"].is_null(), "billing stopped");
+    assert_eq!(json_of(&p, &["get", "pvc", "chat-history", "-n", "tenant-startup"]).await["metadata"]["uid"], pvc_uid, "history kept");
+    assert_eq!(api_key(&p, "tenant-startup", "chat").await, key, "key kept");
+    assert!(!events(&p, "tenant-startup", "Suspended").await.is_empty());
+
+    p.ok(&["patch", "inst", "chat", "-n", "tenant-startup", "--type=merge", "-p", r#"{"spec":{"state":"Running"}}"#]).await;
+    p.wait_condition("inst/chat -n tenant-startup", "Ready", 60).await;
+    let (code, stored) = http("GET", &service_url(&proxy, "tenant-startup", "chat", "/v1/conversations/c-42"), &[("X-Api-Key", &key)], None).await;
+    assert_eq!(code, 200, "the same key works after resume: {stored}");
+    let stored: Value = serde_json::from_str(&stored).unwrap();
+    assert_eq!(stored["messages"][0]["content"], "Remember the word TURNIP.", "history survived the suspension");
+    assert_eq!(stored["messages"][1]["content"], first["choices"][0]["message"]["content"]);
+    assert!(!events(&p, "tenant-startup", "Resumed").await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_few_gpus_waits_with_the_schedulers_reason_until_a_node_appears() {
+    let p = platform().await;
+    p.ok(&["apply", "-f", &example("good/tenant-basic.yaml")]).await;
+    let big = r#"
+apiVersion: alcove.dev/v1alpha1
+kind: InferenceInstance
+metadata: {name: big, namespace: tenant-startup}
+spec:
+  model: {format: safetensors, source: {platform: default}}
+  gpu: {count: 4, product: NVIDIA-B200}
+"#;
+    p.ok_in(&["apply", "-f", "-"], big).await;
+    let message = until_some("Scheduled=False with the scheduler's reason", Duration::from_secs(20), || async {
+        let v = json_of(&p, &["get", "inst", "big", "-n", "tenant-startup"]).await;
+        let c = v["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == "Scheduled" && c["status"] == "False" && c["reason"] == "Unschedulable")?.clone();
+        Some(c["message"].as_str()?.to_string())
+    })
+    .await;
+    assert!(message.starts_with("0/6 nodes are available"), "{message}");
+    assert_eq!(p.jsonpath(&["get", "inst", "big", "-n", "tenant-startup"], "{.status.phase}").await, "Pending");
+    assert!(events(&p, "tenant-startup", "Unschedulable").await.iter().any(|e| e["message"].as_str().unwrap_or_default().contains("0/6 nodes")));
+
+    let node = r#"{"apiVersion":"v1","kind":"Node","metadata":{"name":"gpu-tw-b200","labels":{"topology.kubernetes.io/region":"tw-taipei-1","alcove.dev/pool":"shared","nvidia.com/gpu.product":"NVIDIA-B200"}},
+        "status":{"capacity":{"nvidia.com/gpu":"8","cpu":"64","memory":"512Gi","pods":"110"},"allocatable":{"nvidia.com/gpu":"8","cpu":"64","memory":"512Gi","pods":"110"}}}"#;
+    p.ok_in(&["create", "-f", "-"], node).await;
+    p.wait_condition("inst/big -n tenant-startup", "Ready", 60).await;
+    assert_eq!(p.jsonpath(&["get", "inst", "big", "-n", "tenant-startup"], "{.status.node}").await, "gpu-tw-b200");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quota_short_is_a_condition_and_clears_when_room_appears() {
+    let p = platform().await;
+    p.ok(&["apply", "-f", &example("good/tenant-basic.yaml")]).await;
+    let inst = |name: &str, gpus: u32| {
+        format!("apiVersion: alcove.dev/v1alpha1\nkind: InferenceInstance\nmetadata: {{name: {name}, namespace: tenant-startup}}\nspec:\n  model: {{format: safetensors, source: {{platform: default}}}}\n  gpu: {{count: {gpus}}}\n")
+    };
+    p.ok_in(&["apply", "-f", "-"], &inst("first", 3)).await;
+    p.wait_condition("inst/first -n tenant-startup", "Ready", 60).await;
+    p.ok_in(&["apply", "-f", "-"], &inst("second", 2)).await;
+    let message = until_some("QuotaAvailable=False", Duration::from_secs(20), || async {
+        let v = json_of(&p, &["get", "inst", "second", "-n", "tenant-startup"]).await;
+        let c = v["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == "QuotaAvailable" && c["status"] == "False")?.clone();
+        Some(c["message"].as_str()?.to_string())
+    })
+    .await;
+    assert!(message.contains("exceeded quota") && message.contains("nvidia.com/gpu"), "{message}");
+    assert!(!events(&p, "tenant-startup", "QuotaExceeded").await.is_empty());
+    // No crash loop: a refused instance does not hammer the API server.
+    let before = p.writes_by_resource().await.get("pods").copied().unwrap_or(0.0);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = p.writes_by_resource().await.get("pods").copied().unwrap_or(0.0);
+    assert!(after - before <= 1.0, "pod create attempts in 3 s: {}", after - before);
+
+    p.ok(&["delete", "inst", "first", "-n", "tenant-startup"]).await;
+    p.wait_condition("inst/second -n tenant-startup", "Ready", 60).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotating_the_key_revokes_the_old_one_and_prompts_update_in_place() {
+    let p = platform().await;
+    p.ok(&["apply", "-f", &example("good/tenant-basic.yaml")]).await;
+    p.ok(&["apply", "-f", &example("good/instance-safetensors.yaml")]).await;
+    p.wait_condition("inst/chat -n tenant-startup", "Ready", 60).await;
+    let proxy = p.kubectl_proxy().await;
+    let old = api_key(&p, "tenant-startup", "chat").await;
+    let tokens = |key: String| {
+        let proxy = &proxy;
+        async move {
+            let (code, v) = chat(proxy, "tenant-startup", "chat", "chat", Some(&key), json!({"max_tokens": 1})).await;
+            (code, v["usage"]["prompt_tokens"].as_u64().unwrap_or(0))
+        }
+    };
+    let (_, before) = tokens(old.clone()).await;
+
+    // A new prompt reaches the running server through its volume: same pod.
+    let uid = pod_uid(&p, "tenant-startup", "chat").await.unwrap();
+    p.ok(&["patch", "inst", "chat", "-n", "tenant-startup", "--type=merge", "-p", r#"{"spec":{"systemPrompt":"You are the helpful, patient and precise assistant of Startup Inc., and you answer in full sentences."}}"#]).await;
+    eventually("the longer prompt is used", Duration::from_secs(20), || async { tokens(old.clone()).await.1 > before }).await;
+    assert_eq!(pod_uid(&p, "tenant-startup", "chat").await.unwrap(), uid, "no restart for a prompt edit");
+
+    p.ok(&["annotate", "inst", "chat", "-n", "tenant-startup", "alcove.dev/rotate-api-key=2026-11-22"]).await;
+    let new = until_some("a new key", Duration::from_secs(20), || async {
+        let k = api_key(&p, "tenant-startup", "chat").await;
+        (k != old).then_some(k)
+    })
+    .await;
+    p.wait_condition("inst/chat -n tenant-startup", "Ready", 60).await;
+    eventually("the new key works", Duration::from_secs(30), || async { tokens(new.clone()).await.0 == 200 }).await;
+    assert_eq!(tokens(old.clone()).await.0, 401, "the old key is revoked");
+    assert!(!events(&p, "tenant-startup", "ApiKeyRotated").await.is_empty());
+}
