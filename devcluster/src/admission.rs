@@ -259,6 +259,10 @@ pub fn resource_quota(st: &State, info: &ResourceInfo, obj: &Value) -> Result<()
                 )));
             }
         }
+        // A quota that limits nothing this object uses has nothing to say (and costs nothing).
+        if !requested.keys().any(|k| hard.contains_key(k)) {
+            continue;
+        }
         let used = quota_used(st, namespace, hard);
         let mut over: Vec<Over> = Vec::new();
         for (k, limit) in hard {

@@ -36,22 +36,25 @@ pub fn record_event(st: &mut State, involved: &Value, ty: &str, reason: &str, me
     let uid = meta::uid(involved).to_string();
     let now = meta::now_rfc3339();
     let events = GroupResource::core("events");
-    let existing = st.list(&events, Some(&ns)).into_iter().find(|e| {
-        e.pointer("/involvedObject/uid").and_then(Value::as_str) == Some(uid.as_str()) && e["reason"] == reason && e["message"] == message
-    });
-    if let Some(e) = existing {
+    // Repeats of one event (same object, reason and message) are one Event with a count, as the
+    // kubelet aggregates them; the name is derived from that key, so finding it is a lookup.
+    let key = {
+        use sha2::Digest;
+        let d = sha2::Sha256::digest(format!("{uid}\0{reason}\0{message}").as_bytes());
+        crate::auth::hex(&d[..8])
+    };
+    let name = format!("{}.{key}", meta::name(involved));
+    if let Some(e) = st.get(&events, &ns, &name) {
         let mut e = (*e).clone();
         e["count"] = (e["count"].as_i64().unwrap_or(1) + 1).into();
         e["lastTimestamp"] = now.into();
         api::system_write(st, &events, e, false, component);
         return;
     }
-    let mut suffix = [0u8; 8];
-    getrandom::fill(&mut suffix).expect("randomness");
     let ev = json!({
         "apiVersion": "v1",
         "kind": "Event",
-        "metadata": {"name": format!("{}.{}", meta::name(involved), crate::auth::hex(&suffix)), "namespace": ns},
+        "metadata": {"name": name, "namespace": ns},
         "involvedObject": {
             "kind": involved["kind"], "namespace": meta::namespace(involved), "name": meta::name(involved),
             "uid": uid, "apiVersion": involved["apiVersion"], "resourceVersion": meta::resource_version(involved),
@@ -110,11 +113,12 @@ pub struct Controllers {
     /// Job uid → earliest time the next pod may be created (failure backoff).
     job_backoff: HashMap<String, tokio::time::Instant>,
     volumes_dir: PathBuf,
+    scheduler: crate::scheduler::Cache,
 }
 
 impl Controllers {
     pub fn new(volumes_dir: PathBuf) -> Controllers {
-        Controllers { job_backoff: HashMap::new(), volumes_dir }
+        Controllers { job_backoff: HashMap::new(), volumes_dir, scheduler: Default::default() }
     }
 
     /// Reacts to a batch of store events.
@@ -145,7 +149,11 @@ impl Controllers {
                     services.insert((ns.clone(), name.clone()));
                 }
                 ("", "pods") => {
-                    schedule |= obj.pointer("/spec/nodeName").is_none() || e.kind == EventType::Deleted || pod_phase(obj) != pod_phase(e.old.as_deref().unwrap_or(obj));
+                    self.scheduler.observe(obj, e.kind == EventType::Deleted);
+                    // Scheduling changes when a pod waits for a node, or when one stops holding
+                    // its node's resources (deleted, or finished).
+                    let finished = matches!(pod_phase(obj), "Succeeded" | "Failed") && pod_phase(obj) != pod_phase(e.old.as_deref().unwrap_or(obj));
+                    schedule |= (obj.pointer("/spec/nodeName").is_none() && !meta::is_deleting(obj)) || e.kind == EventType::Deleted || finished;
                     // Only services selecting the pod (before or after the change) are affected.
                     for svc in st.list(&GroupResource::core("services"), Some(&ns)) {
                         let Some(sel) = svc.pointer("/spec/selector").and_then(Value::as_object).filter(|s| !s.is_empty()) else { continue };
@@ -171,13 +179,19 @@ impl Controllers {
                             claims.insert((ns.clone(), c.to_string()));
                         }
                     }
-                    quota_namespaces.insert(ns.clone());
+                    // Quota usage moves when a pod appears, goes, or finishes (finished pods
+                    // hold no quota); a status update of a running pod changes nothing.
+                    if e.kind != EventType::Modified || finished {
+                        quota_namespaces.insert(ns.clone());
+                    }
                 }
                 ("", "nodes") => schedule = true,
                 ("", "persistentvolumeclaims") => {
                     claims.insert((ns.clone(), name.clone()));
                     quota_namespaces.insert(ns.clone());
-                    schedule = true;
+                    // Pods wait for their claims to be bound.
+                    let phase = |o: &Value| o.pointer("/status/phase").and_then(Value::as_str).map(str::to_string);
+                    schedule |= phase(obj).as_deref() == Some("Bound") && e.old.as_deref().and_then(phase).as_deref() != Some("Bound");
                 }
                 ("", "persistentvolumes") => self.reconcile_volume(st, &name),
                 ("", "resourcequotas") => {
@@ -197,8 +211,11 @@ impl Controllers {
                         }
                     }
                 }
+                // Events and endpoints are never counted by quota here; other objects count
+                // when they appear or go.
+                ("", "events") | ("events.k8s.io", "events") | ("", "endpoints") | ("discovery.k8s.io", "endpointslices") | ("coordination.k8s.io", "leases") => {}
                 _ => {
-                    if !ns.is_empty() {
+                    if !ns.is_empty() && e.kind != EventType::Modified {
                         quota_namespaces.insert(ns.clone());
                     }
                 }
@@ -230,7 +247,7 @@ impl Controllers {
             finalize_namespace(st, &ns);
         }
         if schedule {
-            crate::scheduler::schedule_pending(st);
+            crate::scheduler::schedule_pending(st, &mut self.scheduler);
         }
     }
 
@@ -254,7 +271,7 @@ impl Controllers {
                 api::system_delete(st, &gr("batch", "jobs"), meta::namespace(&job), meta::name(&job), &opts);
             }
         }
-        crate::scheduler::schedule_pending(st);
+        crate::scheduler::schedule_pending(st, &mut self.scheduler);
     }
 
     fn garbage_collect(&mut self, st: &mut State, e: &Event) {
@@ -920,6 +937,7 @@ pub async fn run(shared: Arc<Shared>, volumes_dir: PathBuf) {
 }
 
 fn rescan(controllers: &mut Controllers, st: &mut State) {
+    controllers.scheduler.rebuild(st);
     let mut events = Vec::new();
     for gr in st.collections() {
         for obj in st.list(&gr, None) {

@@ -2,7 +2,7 @@
 //! tolerations, node selectors and required node affinity, and resource fit (GPUs are whole,
 //! exclusive devices). Pods that fit nowhere stay Pending with kube-scheduler's message.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use serde_json::{Value, json};
@@ -110,32 +110,93 @@ fn is_active(pod: &Value) -> bool {
     !matches!(pod.pointer("/status/phase").and_then(Value::as_str), Some("Succeeded" | "Failed"))
 }
 
-/// Resources in use per node.
-fn usage(all_pods: &[Arc<Value>]) -> BTreeMap<String, BTreeMap<String, Quantity>> {
-    let mut used: BTreeMap<String, BTreeMap<String, Quantity>> = BTreeMap::new();
-    for p in all_pods {
-        let Some(node) = p.pointer("/spec/nodeName").and_then(Value::as_str) else { continue };
-        if !is_active(p) {
-            continue;
+/// What the scheduler knows between runs, kept up to date from pod events (kube-scheduler's
+/// cache): the resources each node's pods hold, and the pods waiting for a node. Without it every
+/// new pod would cost a scan of every pod in the cluster.
+#[derive(Default)]
+pub struct Cache {
+    bound: HashMap<(String, String), (String, BTreeMap<String, Quantity>)>,
+    used: BTreeMap<String, BTreeMap<String, Quantity>>,
+    pending: BTreeSet<(String, String)>,
+}
+
+impl Cache {
+    fn add(&mut self, key: (String, String), node: String, requests: BTreeMap<String, Quantity>) {
+        let u = self.used.entry(node.clone()).or_default();
+        for (k, q) in &requests {
+            let cur = u.get(k).copied().unwrap_or_default();
+            u.insert(k.clone(), cur + *q);
         }
-        let u = used.entry(node.to_string()).or_default();
-        for (k, q) in pod_requests(p) {
-            let cur = u.get(&k).copied().unwrap_or_default();
-            u.insert(k, cur + q);
+        self.bound.insert(key, (node, requests));
+    }
+
+    /// Takes in a pod's new state (or its deletion).
+    pub fn observe(&mut self, pod: &Value, deleted: bool) {
+        let key = (meta::namespace(pod).to_string(), meta::name(pod).to_string());
+        if let Some((node, requests)) = self.bound.remove(&key) {
+            if let Some(u) = self.used.get_mut(&node) {
+                for (k, q) in requests {
+                    let cur = u.get(&k).copied().unwrap_or_default();
+                    u.insert(k, cur - q);
+                }
+            }
+        }
+        self.pending.remove(&key);
+        if deleted || !is_active(pod) {
+            return;
+        }
+        match pod.pointer("/spec/nodeName").and_then(Value::as_str) {
+            Some(node) => self.add(key, node.to_string(), pod_requests(pod)),
+            None if !meta::is_deleting(pod) && pod.pointer("/spec/schedulerName").and_then(Value::as_str).unwrap_or(SCHEDULER) == SCHEDULER => {
+                self.pending.insert(key);
+            }
+            None => {}
         }
     }
-    used
+
+    /// Rebuilds from every pod (after missed events).
+    pub fn rebuild(&mut self, st: &State) {
+        *self = Cache::default();
+        for p in st.list(&pods(), None) {
+            self.observe(&p, false);
+        }
+    }
+}
+
+/// What the filters need of a pod, computed once per pod rather than once per node.
+pub struct PodFit<'a> {
+    pub pod: &'a Value,
+    pub requests: BTreeMap<String, Quantity>,
+    pub tolerations: Vec<Value>,
+}
+
+impl<'a> PodFit<'a> {
+    pub fn new(pod: &'a Value) -> PodFit<'a> {
+        PodFit { pod, requests: pod_requests(pod), tolerations: pod.pointer("/spec/tolerations").and_then(Value::as_array).cloned().unwrap_or_default() }
+    }
+}
+
+/// A node with its allocatable resources parsed.
+pub struct NodeFit {
+    pub node: Arc<Value>,
+    pub allocatable: BTreeMap<String, Quantity>,
+}
+
+impl NodeFit {
+    pub fn new(node: Arc<Value>) -> NodeFit {
+        NodeFit { allocatable: allocatable(&node), node }
+    }
 }
 
 /// Why a node cannot take a pod: kube-scheduler's filter messages, first failing filter only.
-fn filter(pod: &Value, node: &Value, used: &BTreeMap<String, Quantity>) -> Result<(), Vec<String>> {
-    if node.pointer("/spec/unschedulable") == Some(&Value::Bool(true)) {
+fn filter(pod: &PodFit, node: &NodeFit, used: &BTreeMap<String, Quantity>) -> Result<(), Vec<String>> {
+    let n = &node.node;
+    if n.pointer("/spec/unschedulable") == Some(&Value::Bool(true)) {
         return Err(vec!["node(s) were unschedulable".into()]);
     }
-    let tolerations: Vec<Value> = pod.pointer("/spec/tolerations").and_then(Value::as_array).cloned().unwrap_or_default();
-    for taint in node.pointer("/spec/taints").and_then(Value::as_array).into_iter().flatten() {
+    for taint in n.pointer("/spec/taints").and_then(Value::as_array).into_iter().flatten() {
         let effect = taint["effect"].as_str().unwrap_or_default();
-        if (effect == "NoSchedule" || effect == "NoExecute") && !tolerates(&tolerations, taint) {
+        if (effect == "NoSchedule" || effect == "NoExecute") && !tolerates(&pod.tolerations, taint) {
             return Err(vec![format!(
                 "node(s) had untolerated taint {{{}: {}}}",
                 taint["key"].as_str().unwrap_or_default(),
@@ -143,18 +204,17 @@ fn filter(pod: &Value, node: &Value, used: &BTreeMap<String, Quantity>) -> Resul
             )]);
         }
     }
-    if !affinity_matches(pod, node) {
+    if !affinity_matches(pod.pod, n) {
         return Err(vec!["node(s) didn't match Pod's node affinity/selector".into()]);
     }
-    let alloc = allocatable(node);
     let mut insufficient = Vec::new();
-    for (res, want) in pod_requests(pod) {
+    for (res, want) in &pod.requests {
         if want.is_zero() {
             continue;
         }
-        let have = alloc.get(&res).copied().unwrap_or_default();
-        let in_use = used.get(&res).copied().unwrap_or_default();
-        if in_use + want > have {
+        let have = node.allocatable.get(res).copied().unwrap_or_default();
+        let in_use = used.get(res).copied().unwrap_or_default();
+        if in_use + *want > have {
             insufficient.push(if res == "pods" { "Too many pods".to_string() } else { format!("Insufficient {res}") });
         }
     }
@@ -162,21 +222,21 @@ fn filter(pod: &Value, node: &Value, used: &BTreeMap<String, Quantity>) -> Resul
 }
 
 /// Picks a node (the least-allocated fit), or kube-scheduler's "0/N nodes are available" message.
-pub fn find_node(pod: &Value, nodes: &[Arc<Value>], used: &BTreeMap<String, BTreeMap<String, Quantity>>) -> Result<String, String> {
+pub fn find_node(pod: &Value, nodes: &[NodeFit], used: &BTreeMap<String, BTreeMap<String, Quantity>>) -> Result<String, String> {
+    let pod = PodFit::new(pod);
     let empty = BTreeMap::new();
     let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
     let mut preemption: BTreeMap<&str, usize> = BTreeMap::new();
     let mut best: Option<(i128, String)> = None;
     for node in nodes {
-        let name = meta::name(node);
+        let name = meta::name(&node.node);
         let node_used = used.get(name).unwrap_or(&empty);
-        match filter(pod, node, node_used) {
+        match filter(&pod, node, node_used) {
             Ok(()) => {
                 // Spread: prefer the node with the most free GPU/CPU after placement.
-                let alloc = allocatable(node);
                 let free = ["nvidia.com/gpu", "cpu"]
                     .iter()
-                    .map(|r| alloc.get(*r).copied().unwrap_or_default().0 - node_used.get(*r).copied().unwrap_or_default().0)
+                    .map(|r| node.allocatable.get(*r).copied().unwrap_or_default().0 - node_used.get(*r).copied().unwrap_or_default().0)
                     .sum::<i128>();
                 if best.as_ref().is_none_or(|(f, n)| free > *f || (free == *f && name < n.as_str())) {
                     best = Some((free, name.to_string()));
@@ -237,26 +297,20 @@ pub fn bind(st: &mut State, namespace: &str, name: &str, node: &str) -> Result<(
 }
 
 /// One scheduling pass over every pending pod.
-pub fn schedule_pending(st: &mut State) {
-    let all_pods = st.list(&pods(), None);
-    let pending: Vec<Arc<Value>> = all_pods
-        .iter()
-        .filter(|p| {
-            p.pointer("/spec/nodeName").is_none()
-                && !meta::is_deleting(p)
-                && p.pointer("/spec/schedulerName").and_then(Value::as_str).unwrap_or(SCHEDULER) == SCHEDULER
-                && is_active(p)
-        })
-        .cloned()
-        .collect();
-    if pending.is_empty() {
+pub fn schedule_pending(st: &mut State, cache: &mut Cache) {
+    if cache.pending.is_empty() {
         return;
     }
-    let node_list = st.list(&nodes(), None);
-    let mut used = usage(&all_pods);
-    for pod in pending {
-        let ns = meta::namespace(&pod).to_string();
-        let name = meta::name(&pod).to_string();
+    let node_list: Vec<NodeFit> = st.list(&nodes(), None).into_iter().map(NodeFit::new).collect();
+    for key in cache.pending.clone() {
+        let (ns, name) = key.clone();
+        let Some(pod) = st.get(&pods(), &ns, &name) else {
+            cache.pending.remove(&key);
+            continue;
+        };
+        if pod.pointer("/spec/nodeName").is_some() {
+            continue; // bound; its event updates the cache
+        }
         // Claims must be bound before a pod using them can be placed.
         let unbound = pod
             .pointer("/spec/volumes")
@@ -271,16 +325,13 @@ pub fn schedule_pending(st: &mut State) {
         let decision = if unbound {
             Err("0/1 nodes are available: pod has unbound immediate PersistentVolumeClaims. preemption: 0/1 nodes are available: 1 Preemption is not helpful for scheduling.".to_string())
         } else {
-            find_node(&pod, &node_list, &used)
+            find_node(&pod, &node_list, &cache.used)
         };
         match decision {
             Ok(node) => {
                 if bind(st, &ns, &name, &node).is_ok() {
-                    let u = used.entry(node).or_default();
-                    for (k, q) in pod_requests(&pod) {
-                        let cur = u.get(&k).copied().unwrap_or_default();
-                        u.insert(k, cur + q);
-                    }
+                    cache.pending.remove(&key);
+                    cache.add(key, node, pod_requests(&pod));
                 }
             }
             Err(message) => {
@@ -318,6 +369,7 @@ mod tests {
             node("c", json!({"region": "tw"}), json!([{"key": "alcove.dev/tenant", "value": "acme", "effect": "NoSchedule"}]), "8"),
         ];
         let pod = json!({"spec": {"nodeSelector": {"region": "tw"}, "containers": [{"name": "c", "resources": {"limits": {"nvidia.com/gpu": "2"}}}]}});
+        let nodes: Vec<NodeFit> = nodes.into_iter().map(NodeFit::new).collect();
         let err = find_node(&pod, &nodes, &BTreeMap::new()).unwrap_err();
         assert_eq!(
             err,

@@ -34,6 +34,9 @@ pub struct WriteLog {
 
 /// How long a write is remembered: far longer than a watch event takes to arrive.
 const REMEMBER: Duration = Duration::from_secs(30);
+/// How long a creation is trusted to be in flight while the cache does not show the object yet.
+/// Shorter: an object deleted before the cache ever saw it must come back soon.
+const CREATE_IN_FLIGHT: Duration = Duration::from_secs(5);
 
 impl WriteLog {
     /// Whether we already wrote on top of the version `live_rv` (so the cache is just behind our
@@ -41,14 +44,23 @@ impl WriteLog {
     /// does not matter: whatever a reconcile on stale data would write is decided again then.
     pub fn already_written(&self, key: &str, live_rv: Option<&str>) -> bool {
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let window = if live_rv.is_none() { CREATE_IN_FLIGHT } else { REMEMBER };
         match entries.get(key) {
-            Some((rv, _, at)) if rv.as_deref() == live_rv && at.elapsed() < REMEMBER => true,
+            Some((rv, _, at)) if rv.as_deref() == live_rv && at.elapsed() < window => true,
             Some(_) => {
                 // The cache has moved past our write (or the object was deleted since): forget it.
                 entries.remove(key);
                 false
             }
             None => false,
+        }
+    }
+
+    /// The cache shows the object: a creation of it is no longer in flight.
+    pub fn observed(&self, key: &str) {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if entries.get(key).is_some_and(|(rv, _, _)| rv.is_none()) {
+            entries.remove(key);
         }
     }
 
@@ -136,21 +148,62 @@ pub async fn apply<K>(log: &WriteLog, api: &Api<K>, desired: &K, live: Option<&K
 where
     K: Resource<DynamicType = ()> + Serialize + DeserializeOwned + Clone + std::fmt::Debug,
 {
+    let key = log_key(desired, "");
+    if live.is_some() {
+        log.observed(&key);
+    }
     if !needs_apply(desired, live)? {
         return Ok(false);
     }
     let (body, hash) = with_hash(desired)?;
-    let key = log_key(desired, "");
     let live_rv = live.and_then(|l| l.resource_version());
-    // Only an update can be recognised as ours-in-flight: an absent object may as well have been
-    // deleted since we created it, and then it must come back.
-    if live_rv.is_some() && log.already_written(&key, live_rv.as_deref()) {
+    // An absent object we created moments ago is in flight to the cache (briefly: it may also
+    // have been deleted since, and then it must come back).
+    if log.already_written(&key, live_rv.as_deref()) {
         return Ok(false);
     }
     let name = desired.name_any();
     api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body)).await?;
     log.record(key, live_rv, hash);
     Ok(true)
+}
+
+/// Creates `obj` unless the cache shows it (`live`) or we created it moments ago. For objects
+/// made once and never re-applied (keys): an existing one (409) is left as it is. Returns
+/// whether it was created.
+pub async fn create<K>(log: &WriteLog, api: &Api<K>, obj: &K, live: Option<&K>) -> Result<bool>
+where
+    K: Resource<DynamicType = ()> + Serialize + DeserializeOwned + Clone + std::fmt::Debug,
+{
+    let key = log_key(obj, "");
+    if live.is_some() {
+        log.observed(&key);
+        return Ok(false);
+    }
+    if log.already_written(&key, None) {
+        return Ok(false);
+    }
+    match api.create(&kube::api::PostParams::default(), obj).await {
+        Ok(_) => {
+            log.record(key, None, String::new());
+            Ok(true)
+        }
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Server-side applies `desired` only when the cache has no such object: for objects that are
+/// immutable once made (pods) or deliberately left as made (volumes).
+pub async fn ensure<K>(log: &WriteLog, api: &Api<K>, desired: &K, live: Option<&K>) -> Result<bool>
+where
+    K: Resource<DynamicType = ()> + Serialize + DeserializeOwned + Clone + std::fmt::Debug,
+{
+    if live.is_some() {
+        log.observed(&log_key(desired, ""));
+        return Ok(false);
+    }
+    apply(log, api, desired, None).await
 }
 
 #[cfg(test)]

@@ -211,6 +211,22 @@ impl Context {
         crate::apply::apply(&self.writes, api, desired, live).await
     }
 
+    /// Creates an object that is made once and never changed (see `apply::create`).
+    pub async fn create<K>(&self, api: &Api<K>, obj: &K, live: Option<&K>) -> crate::error::Result<bool>
+    where
+        K: Resource<DynamicType = ()> + serde::Serialize + DeserializeOwned + Clone + std::fmt::Debug,
+    {
+        crate::apply::create(&self.writes, api, obj, live).await
+    }
+
+    /// Applies an object only when it does not exist (see `apply::ensure`).
+    pub async fn ensure<K>(&self, api: &Api<K>, desired: &K, live: Option<&K>) -> crate::error::Result<bool>
+    where
+        K: Resource<DynamicType = ()> + serde::Serialize + DeserializeOwned + Clone + std::fmt::Debug,
+    {
+        crate::apply::ensure(&self.writes, api, desired, live).await
+    }
+
     /// Writes a status when it changed (see `status`).
     pub async fn write_status<K, S>(&self, api: &Api<K>, obj: &K, current: Option<&S>, desired: &S) -> crate::error::Result<bool>
     where

@@ -10,7 +10,7 @@ use std::time::Duration;
 use alcove_crds::{InferenceInstance, InstancePhase, InstanceState, Tenant, condition};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service};
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, WatchStreamExt, predicates};
@@ -71,11 +71,7 @@ async fn reconcile_inner(i: &InferenceInstance, ctx: &Context) -> Result<Action>
     let requested = builders::requested_rotation(i);
     let key_rotation = match find(&ctx.caches.secrets, &ns, &key_name) {
         None => {
-            match secrets.create(&PostParams::default(), &builders::api_key_secret(i, &random_key()?, &requested)).await {
-                Ok(_) => {}
-                Err(kube::Error::Api(s)) if s.code == 409 => {} // the cache was behind
-                Err(e) => return Err(e.into()),
-            }
+            ctx.create(&secrets, &builders::api_key_secret(i, &random_key()?, &requested), None).await?;
             requested.clone()
         }
         Some(s) if builders::key_rotation_of(&s) != requested => {
@@ -84,7 +80,10 @@ async fn reconcile_inner(i: &InferenceInstance, ctx: &Context) -> Result<Action>
             ctx.event(i, false, "ApiKeyRotated", "RotateKey", format!("a new key is in Secret {key_name}; the old one no longer works")).await;
             requested.clone()
         }
-        Some(s) => builders::key_rotation_of(&s),
+        Some(s) => {
+            ctx.writes.observed(&crate::apply::log_key(&*s, ""));
+            builders::key_rotation_of(&s)
+        }
     };
 
     let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
@@ -100,16 +99,12 @@ async fn reconcile_inner(i: &InferenceInstance, ctx: &Context) -> Result<Action>
     }
     // The history volume is created once; its size and class are fixed from then on.
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
-    if find(&ctx.caches.pvcs, &ns, &builders::history_pvc_name(&name)).is_none()
-        && let Err(e) = ctx.apply(&pvcs, &builders::history_pvc(i, &ctx.config.tier(tenant.spec.tier)), None).await {
-            match &e {
-                Error::Kube(k) => match quota_refusal(k) {
-                    Some(m) => obs.quota_refusal = Some(m),
-                    None => return Err(e),
-                },
-                _ => return Err(e),
-            }
-        }
+    let live_pvc = find(&ctx.caches.pvcs, &ns, &builders::history_pvc_name(&name));
+    match ctx.ensure(&pvcs, &builders::history_pvc(i, &ctx.config.tier(tenant.spec.tier)), live_pvc.as_deref()).await {
+        Ok(_) => {}
+        Err(Error::Kube(k)) if quota_refusal(&k).is_some() => obs.quota_refusal = quota_refusal(&k),
+        Err(e) => return Err(e),
+    }
     let services: Api<Service> = Api::namespaced(client.clone(), &ns);
     ctx.apply(&services, &builders::service(i), find(&ctx.caches.services, &ns, &name).as_deref()).await?;
 
@@ -128,6 +123,7 @@ async fn reconcile_inner(i: &InferenceInstance, ctx: &Context) -> Result<Action>
             }
         }
         (Ok(_), Some(p)) if i.spec.state == InstanceState::Suspended => {
+            ctx.writes.observed(&crate::apply::log_key(p, ""));
             if p.metadata.deletion_timestamp.is_none() {
                 delete_pod().await?;
             }
@@ -136,7 +132,7 @@ async fn reconcile_inner(i: &InferenceInstance, ctx: &Context) -> Result<Action>
         (Ok(_), None) if i.spec.state == InstanceState::Suspended => {}
         (Ok(pod), None) => {
             if obs.quota_refusal.is_none() {
-                match ctx.apply(&pods, pod, None).await {
+                match ctx.ensure(&pods, pod, None).await {
                     Ok(_) => {}
                     Err(Error::Kube(k)) if quota_refusal(&k).is_some() => obs.quota_refusal = quota_refusal(&k),
                     Err(e) => return Err(e),
@@ -144,6 +140,7 @@ async fn reconcile_inner(i: &InferenceInstance, ctx: &Context) -> Result<Action>
             }
         }
         (Ok(pod), Some(p)) => {
+            ctx.writes.observed(&crate::apply::log_key(p, ""));
             let stale = builders::pod_hash(p) != builders::pod_hash(pod);
             let finished = matches!(p.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Failed" | "Succeeded"));
             if (stale || finished) && p.metadata.deletion_timestamp.is_none() {

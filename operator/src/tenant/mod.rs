@@ -11,7 +11,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::{LimitRange, Namespace, ResourceQuota, Secret};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::Controller;
@@ -120,16 +120,13 @@ async fn reconcile_inner(tenant: &Tenant, ctx: &Context) -> Result<Action> {
     ctx.apply(&bindings, &builders::role_binding(tenant), find(&ctx.caches.role_bindings, &ns, builders::ROLE_BINDING).as_deref()).await?;
 
     // The key is created once; an existing one is never touched.
-    if find(&ctx.caches.secrets, &ns, builders::KEY_SECRET).is_none() {
-        let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
-        let mut key = [0u8; 32];
+    let live_key = find(&ctx.caches.secrets, &ns, builders::KEY_SECRET);
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let mut key = [0u8; 32];
+    if live_key.is_none() {
         getrandom::fill(&mut key).map_err(|e| Error::Other(format!("no randomness for the tenant key: {e}")))?;
-        match secrets.create(&PostParams::default(), &builders::key_secret(tenant, &key)).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(s)) if s.code == 409 => {}
-            Err(e) => return Err(e.into()),
-        }
     }
+    ctx.create(&secrets, &builders::key_secret(tenant, &key), live_key.as_deref()).await?;
     if isolation_repaired {
         ctx.event(tenant, true, "IsolationRestored", "Reconcile", format!("a network policy of {ns} had drifted and was restored")).await;
     }

@@ -1,0 +1,193 @@
+//! Benchmark (not a test): N tenants × M instances on devcluster, with simulated containers
+//! (the inference image is not mapped to a program, so pods run and turn Ready as KWOK's do).
+//!
+//!   cargo bench -p alcove --bench instances -- --tenants 10 --instances 100
+//!   cargo bench -p alcove --bench instances -- --tenants 100 --instances 100
+//!
+//! Prints the time until every instance is Ready, the operator's writes per instance, its writes
+//! during a no-op resync window (must be 0), its peak RSS, and the ratio of the convergence time
+//! to (operator writes ÷ devcluster's raw server-side-apply rate on the same machine): 1.0 would
+//! mean the operator converges as fast as the API server can take its writes.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use alcove_crds::{InferenceInstance, Tenant};
+use alcove_devcluster::{Config, DevCluster, NodeConfig};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use serde_json::json;
+
+fn arg(name: &str, default: usize) -> usize {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// Client writes by resource, from devcluster's request metrics.
+async fn writes(client: &kube::Client) -> BTreeMap<String, f64> {
+    let text = client.request_text(http::Request::get("/metrics").body(Vec::new()).unwrap()).await.unwrap();
+    let mut out = BTreeMap::new();
+    for (labels, v) in alcove_devcluster::metrics::parse_request_totals(&text) {
+        if alcove_devcluster::metrics::WRITE_VERBS.contains(&labels["verb"].as_str()) {
+            let key = if labels["subresource"].is_empty() { labels["resource"].clone() } else { format!("{}/{}", labels["resource"], labels["subresource"]) };
+            *out.entry(key).or_default() += v;
+        }
+    }
+    out
+}
+
+/// Writes that reconciles make (Lease renewals and Events are not).
+fn reconcile_writes(w: &BTreeMap<String, f64>) -> f64 {
+    w.iter().filter(|(k, _)| *k != "leases" && *k != "events").map(|(_, v)| v).sum()
+}
+
+fn kubectl(kubeconfig: &Path, dir: &Path, args: &[&str]) {
+    let out = std::process::Command::new("kubectl").args(args).env("KUBECONFIG", kubeconfig).env("KUBECACHEDIR", dir.join("kubecache")).env("HOME", dir).output().expect("kubectl");
+    assert!(out.status.success(), "kubectl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn peak_rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|kb| kb.parse::<f64>().ok()).unwrap_or(0.0) / 1024.0
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() {
+    let tenants = arg("--tenants", 10);
+    let per_tenant = arg("--instances", 100);
+    let resync = arg("--resync", 20);
+    let total = tenants * per_tenant;
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path().join("models");
+    std::fs::create_dir_all(models.join("default")).unwrap();
+
+    // GPU nodes for everyone (8 GPUs each) plus headroom, all in the shared pool of one region.
+    let nodes = total.div_ceil(8) + 2;
+    let mut config = Config::new(dir.path().join("cluster"));
+    for n in 0..nodes {
+        config = config.node(NodeConfig::gpu(&format!("gpu-{n}"), "tw-taipei-1", "NVIDIA-H100-80GB-HBM3", 8).label("alcove.dev/pool", "shared"));
+    }
+    config.csi_drivers.push(alcove_devcluster::CsiDriver { driver: "models.alcove.dev".into(), attribute: "model".into(), root: models.clone() });
+    let cluster = DevCluster::start(config).await.expect("devcluster");
+    let client = cluster.client().await.unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
+    kubectl(&cluster.kubeconfig, dir.path(), &["apply", "-f", root.join("crds/manifests").to_str().unwrap()]);
+    kubectl(&cluster.kubeconfig, dir.path(), &["create", "namespace", "alcove-system"]);
+    println!("instances benchmark: {tenants} tenants × {per_tenant} instances = {total}, {nodes} simulated GPU nodes, {} CPU(s)", std::thread::available_parallelism().map(|p| p.get()).unwrap_or(1));
+
+    // devcluster's raw write rate here: server-side applies of small objects, 16 clients.
+    let raw_n = 3000;
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let started = Instant::now();
+    futures::stream::iter(0..raw_n)
+        .map(|i| {
+            let api = api.clone();
+            async move {
+                let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": format!("raw-{i}")}, "data": {"k": "v"}});
+                api.patch(&format!("raw-{i}"), &PatchParams::apply("bench").force(), &Patch::Apply(&cm)).await.expect("apply");
+            }
+        })
+        .buffer_unordered(16)
+        .collect::<Vec<_>>()
+        .await;
+    let raw_rate = raw_n as f64 / started.elapsed().as_secs_f64();
+
+    let log = std::fs::File::create(dir.path().join("operator.log")).unwrap();
+    let mut operator = tokio::process::Command::new(env!("CARGO_BIN_EXE_alcove"))
+        .args(["operator", "--http-addr", "127.0.0.1:0", "--log-format", "text", "--resync-seconds", &resync.to_string(), "--leader-election=false"])
+        .env("KUBECONFIG", &cluster.kubeconfig)
+        .env("ALCOVE_LOG", "warn")
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("alcove binary");
+    let pid = operator.id().unwrap_or(0);
+
+    let before = reconcile_writes(&writes(&client).await);
+    let started = Instant::now();
+    let tenants_api: Api<Tenant> = Api::all(client.clone());
+    futures::stream::iter(0..tenants)
+        .map(|t| {
+            let api = tenants_api.clone();
+            async move {
+                let tenant: Tenant = serde_json::from_value(json!({
+                    "apiVersion": "alcove.dev/v1alpha1", "kind": "Tenant", "metadata": {"name": format!("t{t}")},
+                    "spec": {"displayName": format!("Tenant {t}"), "tier": "basic", "region": "tw-taipei-1", "quota": {"maxGpus": per_tenant, "maxInstances": per_tenant, "maxStorage": "100Ti", "maxKnowledgeBases": 1}},
+                }))
+                .unwrap();
+                api.create(&PostParams::default(), &tenant).await.expect("tenant");
+            }
+        })
+        .buffer_unordered(16)
+        .collect::<Vec<_>>()
+        .await;
+    // Instances go into each tenant's namespace as soon as the operator has made it.
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let mut created = vec![false; tenants];
+    while created.iter().any(|c| !c) {
+        let have: Vec<String> = namespaces.list(&ListParams::default().labels(alcove_crds::LABEL_TENANT)).await.unwrap().items.into_iter().filter_map(|n| n.metadata.name).collect();
+        let ready: Vec<usize> = (0..tenants).filter(|t| !created[*t] && have.contains(&format!("tenant-t{t}"))).collect();
+        for t in &ready {
+            created[*t] = true;
+        }
+        futures::stream::iter(ready.into_iter().flat_map(|t| (0..per_tenant).map(move |i| (t, i))))
+            .map(|(t, i)| {
+                let api: Api<InferenceInstance> = Api::namespaced(client.clone(), &format!("tenant-t{t}"));
+                async move {
+                    let inst: InferenceInstance = serde_json::from_value(json!({
+                        "apiVersion": "alcove.dev/v1alpha1", "kind": "InferenceInstance", "metadata": {"name": format!("i{i}")},
+                        "spec": {"model": {"format": "safetensors", "source": {"platform": "default"}}},
+                    }))
+                    .unwrap();
+                    api.create(&PostParams::default(), &inst).await.expect("instance");
+                }
+            })
+            .buffer_unordered(16)
+            .collect::<Vec<_>>()
+            .await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let instances: Api<InferenceInstance> = Api::all(client.clone());
+    let mut last_print = Instant::now();
+    loop {
+        let list = instances.list(&ListParams::default()).await.unwrap();
+        let ready = list.items.iter().filter(|i| i.status.as_ref().and_then(|s| s.phase) == Some(alcove_crds::InstancePhase::Ready)).count();
+        if ready == total {
+            break;
+        }
+        if last_print.elapsed() > Duration::from_secs(10) {
+            println!("  … {ready}/{total} Ready after {:.0?}", started.elapsed());
+            last_print = Instant::now();
+        }
+        assert!(started.elapsed() < Duration::from_secs(3600), "not converged within an hour");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let converge = started.elapsed();
+    // The creations of this benchmark itself are not the operator's writes.
+    let bench_writes = (tenants + total) as f64;
+    tokio::time::sleep(Duration::from_secs(2)).await; // stragglers (tenant aggregates)
+    let after_map = writes(&client).await;
+    let operator_writes = reconcile_writes(&after_map) - before - bench_writes;
+
+    // A no-op window covering a full resync: every object is reconciled again, nothing written.
+    let window_start = reconcile_writes(&writes(&client).await);
+    tokio::time::sleep(Duration::from_secs(resync as u64 + 5)).await;
+    let window = reconcile_writes(&writes(&client).await) - window_start;
+    let rss = peak_rss_mib(pid);
+    let ideal = operator_writes / raw_rate;
+
+    println!("  devcluster raw write rate (server-side apply, 16 clients): {raw_rate:.0} writes/s");
+    println!("  converged: {total} instances Ready in {:.2} s ({:.0} instances/s)", converge.as_secs_f64(), total as f64 / converge.as_secs_f64());
+    println!("  operator writes: {operator_writes:.0} ({:.2} per instance, tenants' included)", operator_writes / total as f64);
+    let mut by_resource: Vec<(String, f64)> = after_map.into_iter().filter(|(k, _)| k != "leases" && k != "events" && k != "configmaps").collect();
+    by_resource.sort_by(|a, b| b.1.total_cmp(&a.1));
+    println!("  writes by resource (incl. the benchmark's own creates): {}", by_resource.iter().map(|(k, v)| format!("{k}={v:.0}")).collect::<Vec<_>>().join(" "));
+    println!("  writes during a {} s no-op window (one full resync): {window:.0}", resync + 5);
+    println!("  operator peak RSS: {rss:.0} MiB");
+    println!("  convergence ÷ (writes ÷ raw rate) = {:.2} s ÷ {ideal:.2} s = {:.2}", converge.as_secs_f64(), converge.as_secs_f64() / ideal);
+    let _ = operator.kill().await;
+    cluster.shutdown().await;
+}
