@@ -237,6 +237,8 @@ struct Running {
     liveness_failures: u32,
     last_probe: tokio::time::Instant,
     backoff_until: Option<tokio::time::Instant>,
+    /// The termination message of the last exit (`state.terminated.message`).
+    message: Option<String>,
 }
 
 impl PodWorker {
@@ -411,6 +413,7 @@ impl PodWorker {
                 let reason = if code == 0 { "Completed" } else { "Error" };
                 let _ = signal;
                 r.exit = Some((code, reason.to_string(), meta::now_rfc3339()));
+                r.message = self.termination_message(&r.spec, code);
                 r.ready = false;
                 changed = true;
                 let restart = match restart_policy.as_str() {
@@ -614,6 +617,13 @@ impl PodWorker {
             argv.extend(cmd.iter().skip(1).filter_map(Value::as_str).map(expand));
         }
         argv.extend(c["args"].as_array().into_iter().flatten().filter_map(Value::as_str).map(expand));
+        // The termination-message file is a host file mounted at terminationMessagePath.
+        let term = self.termination_file(c);
+        let _ = std::fs::create_dir_all(term.parent().unwrap_or(&self.dir));
+        std::fs::write(&term, b"").map_err(|e| e.to_string())?;
+        let mut mounts = mounts.to_vec();
+        mounts.push((c["terminationMessagePath"].as_str().unwrap_or("/dev/termination-log").to_string(), term));
+        let mounts = &mounts[..];
         let argv: Vec<String> = argv.iter().map(|a| self.rewrite_ports(&rewrite_paths(a, mounts))).collect();
         let logs = self.dir.join("logs");
         std::fs::create_dir_all(&logs).map_err(|e| e.to_string())?;
@@ -659,6 +669,29 @@ impl PodWorker {
         }
         r.child = Some(child);
         Ok(())
+    }
+
+    fn termination_file(&self, c: &Value) -> PathBuf {
+        self.dir.join("termination").join(c["name"].as_str().unwrap_or_default())
+    }
+
+    /// What the kubelet reports as `terminated.message`: the termination-message file (at most
+    /// 4096 bytes) or, with `FallbackToLogsOnError` after a failure and an empty file, the log's
+    /// last 80 lines (at most 2048 bytes).
+    fn termination_message(&self, c: &Value, code: i32) -> Option<String> {
+        let cap = |b: &[u8], n: usize| String::from_utf8_lossy(&b[b.len().saturating_sub(n)..]).into_owned();
+        let file = std::fs::read(self.termination_file(c)).unwrap_or_default();
+        if !file.is_empty() {
+            return Some(String::from_utf8_lossy(&file[..file.len().min(4096)]).into_owned());
+        }
+        if code != 0 && c["terminationMessagePolicy"].as_str() == Some("FallbackToLogsOnError") {
+            let log = std::fs::read(self.dir.join("logs").join(format!("{}.log", c["name"].as_str().unwrap_or_default()))).unwrap_or_default();
+            let text = cap(&log, 1 << 16);
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = lines[lines.len().saturating_sub(80)..].join("\n");
+            return (!tail.is_empty()).then(|| cap(tail.as_bytes(), 2048));
+        }
+        None
     }
 
     fn rewrite_ports(&self, arg: &str) -> String {
@@ -969,13 +1002,20 @@ impl Running {
             liveness_failures: 0,
             last_probe: tokio::time::Instant::now(),
             backoff_until: None,
+            message: None,
         }
     }
 
     fn status(&self) -> Value {
         let state = match (&self.exit, self.backoff_until) {
             (Some(_), Some(_)) => json!({"waiting": {"reason": "CrashLoopBackOff", "message": format!("back-off restarting failed container={}", self.name)}}),
-            (Some((code, reason, at)), None) => json!({"terminated": {"exitCode": code, "reason": reason, "startedAt": self.started_at, "finishedAt": at, "containerID": format!("devcluster://{}", self.name)}}),
+            (Some((code, reason, at)), None) => {
+                let mut t = json!({"exitCode": code, "reason": reason, "startedAt": self.started_at, "finishedAt": at, "containerID": format!("devcluster://{}", self.name)});
+                if let Some(m) = &self.message {
+                    t["message"] = m.clone().into();
+                }
+                json!({"terminated": t})
+            }
             (None, _) => json!({"running": {"startedAt": self.started_at}}),
         };
         json!({

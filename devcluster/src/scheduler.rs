@@ -133,14 +133,13 @@ impl Cache {
     /// Takes in a pod's new state (or its deletion).
     pub fn observe(&mut self, pod: &Value, deleted: bool) {
         let key = (meta::namespace(pod).to_string(), meta::name(pod).to_string());
-        if let Some((node, requests)) = self.bound.remove(&key) {
-            if let Some(u) = self.used.get_mut(&node) {
+        if let Some((node, requests)) = self.bound.remove(&key)
+            && let Some(u) = self.used.get_mut(&node) {
                 for (k, q) in requests {
                     let cur = u.get(&k).copied().unwrap_or_default();
                     u.insert(k, cur - q);
                 }
             }
-        }
         self.pending.remove(&key);
         if deleted || !is_active(pod) {
             return;

@@ -271,10 +271,12 @@ async fn pvc_directory_lives_while_bound() {
 async fn jobs_complete_and_fail() {
     let env = start().await;
     let jobs: Api<Job> = Api::namespaced(env.client.clone(), "default");
+    // The good job writes its termination message; the bad one falls back to its log.
     let job = |name: &str, code: &str| -> Job {
         serde_json::from_value(json!({"metadata": {"name": name}, "spec": {"backoffLimit": 0, "template": {"spec": {
             "restartPolicy": "Never",
-            "containers": [{"name": "main", "image": TESTPOD_IMAGE, "args": ["exit", "--code", code, "--after-ms", "100"]}]}}}}))
+            "containers": [{"name": "main", "image": TESTPOD_IMAGE, "terminationMessagePolicy": "FallbackToLogsOnError",
+                "args": ["exit", "--code", code, "--after-ms", "100", "--write", "/dev/termination-log", "--text", if code == "0" { "{\"documents\":3}" } else { "" }]}]}}}}))
         .unwrap()
     };
     jobs.create(&PostParams::default(), &job("good", "0")).await.unwrap();
@@ -291,6 +293,16 @@ async fn jobs_complete_and_fail() {
     assert_eq!(reason.as_deref(), Some("BackoffLimitExceeded"));
     let out = env.ok(&["get", "jobs"]).await;
     assert!(out.contains("good   Complete   1/1") && out.contains("bad    Failed     0/1"), "{out}");
+    let pods: Api<Pod> = Api::namespaced(env.client.clone(), "default");
+    let message = |job: &str| {
+        let (pods, job) = (pods.clone(), job.to_string());
+        async move {
+            let pod = pods.list(&kube::api::ListParams::default().labels(&format!("batch.kubernetes.io/job-name={job}"))).await.unwrap().items.remove(0);
+            pod.status.unwrap().container_statuses.unwrap()[0].state.clone().unwrap().terminated.unwrap().message
+        }
+    };
+    assert_eq!(message("good").await.as_deref(), Some("{\"documents\":3}"));
+    assert_eq!(message("bad").await.as_deref(), Some("exiting"), "FallbackToLogsOnError: the log's tail");
 }
 
 /// The devcluster binary as a child process, so that its exit is a real process exit.

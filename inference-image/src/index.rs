@@ -125,6 +125,75 @@ pub struct Document {
     pub sha256: String,
 }
 
+impl Document {
+    pub fn new(id: String, text: String) -> Document {
+        let sha256 = crate::hex(&sha2::Sha256::digest(text.as_bytes()));
+        Document { id, text, sha256 }
+    }
+}
+
+/// Largest document `fetch` accepts.
+pub const MAX_FETCH_BYTES: usize = 16 << 20;
+
+/// Fetches an HTTP(S) URL as the document `<name>/<last path segment>` (`index` when the path
+/// ends in `/`). Follows up to 5 redirects; a non-2xx answer, a body over 16 MiB or one that is
+/// not UTF-8 text is an error naming the URL.
+pub async fn fetch(name: &str, url: &str) -> anyhow::Result<Document> {
+    use http_body_util::{BodyExt, Empty, Limited};
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_native_roots()
+        .context("loading the system's CA certificates")?
+        .https_or_http()
+        .enable_http1()
+        .build();
+    let client: hyper_util::client::legacy::Client<_, Empty<bytes::Bytes>> = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build(https);
+    let mut uri: hyper::Uri = url.parse().with_context(|| format!("{url}: not a URL"))?;
+    for _ in 0..=5 {
+        let req = hyper::Request::get(uri.clone()).header("user-agent", "alcove-index").body(Empty::new())?;
+        let resp = tokio::time::timeout(std::time::Duration::from_secs(60), client.request(req))
+            .await
+            .with_context(|| format!("{url}: no answer within 60 s"))?
+            .with_context(|| format!("fetching {url}"))?;
+        let status = resp.status();
+        if status.is_redirection()
+            && let Some(loc) = resp.headers().get(hyper::header::LOCATION).and_then(|l| l.to_str().ok()) {
+                uri = resolve(&uri, loc).with_context(|| format!("{url}: bad redirect to {loc}"))?;
+                continue;
+            }
+        if !status.is_success() {
+            bail!("fetching {url}: HTTP {status}");
+        }
+        let body = Limited::new(resp.into_body(), MAX_FETCH_BYTES)
+            .collect()
+            .await
+            .map_err(|e| anyhow::anyhow!("reading {url}: {e}"))?
+            .to_bytes();
+        if body.contains(&0) {
+            bail!("{url}: binary content; documents are text");
+        }
+        let text = String::from_utf8(body.to_vec()).map_err(|_| anyhow::anyhow!("{url}: not UTF-8 text"))?;
+        let last = uri.path().rsplit('/').next().filter(|s| !s.is_empty()).unwrap_or("index");
+        return Ok(Document::new(format!("{name}/{last}"), text));
+    }
+    bail!("{url}: more than 5 redirects")
+}
+
+/// A redirect's `Location`, absolute or relative to `base`.
+fn resolve(base: &hyper::Uri, location: &str) -> anyhow::Result<hyper::Uri> {
+    if location.contains("://") {
+        return Ok(location.parse()?);
+    }
+    let scheme = base.scheme_str().unwrap_or("http");
+    let authority = base.authority().map(|a| a.as_str()).unwrap_or_default();
+    let path = if location.starts_with('/') {
+        location.to_string()
+    } else {
+        let dir = base.path().rsplit_once('/').map(|(d, _)| d).unwrap_or("");
+        format!("{dir}/{location}")
+    };
+    Ok(format!("{scheme}://{authority}{path}").parse()?)
+}
+
 /// Every text document under `dir`. Names starting with `.` are skipped: Kubernetes ConfigMap
 /// and Secret volumes keep their bookkeeping (`..data`, timestamped copies) under such names.
 pub fn read_documents(dir: &Path) -> anyhow::Result<Vec<Document>> {
@@ -151,8 +220,7 @@ pub fn read_documents(dir: &Path) -> anyhow::Result<Vec<Document>> {
                 tracing::warn!(document = %id, "skipped: not UTF-8 text");
                 continue;
             };
-            let sha256 = crate::hex(&sha2::Sha256::digest(text.as_bytes()));
-            out.push(Document { id, text, sha256 });
+            out.push(Document::new(id, text));
         }
         Ok(())
     }
@@ -255,17 +323,23 @@ pub fn chunk(text: &str, chunking: Chunking) -> Vec<String> {
 }
 
 pub struct Options {
-    pub docs: PathBuf,
+    /// The documents, read with `read_documents` and `fetch`; ids must be unique.
+    pub docs: Vec<Document>,
     pub out: PathBuf,
     pub name: Option<String>,
     pub chunking: Chunking,
 }
 
-/// Builds (or rebuilds) the index in `opts.out` from `opts.docs`.
+/// Builds (or rebuilds) the index in `opts.out` from `opts.docs`. The new index replaces the old
+/// file whole, so a removed document's chunks leave the volume with it.
 pub fn build(embedder: &Embedder, opts: &Options) -> anyhow::Result<Summary> {
     std::fs::create_dir_all(&opts.out).with_context(|| format!("creating {}", opts.out.display()))?;
     crate::remove_stale_temporaries(&opts.out);
-    let docs = read_documents(&opts.docs)?;
+    let mut docs: Vec<&Document> = opts.docs.iter().collect();
+    docs.sort_by(|a, b| a.id.cmp(&b.id));
+    if let Some(w) = docs.windows(2).find(|w| w[0].id == w[1].id) {
+        bail!("two documents named {}", w[0].id);
+    }
     let stamp = EmbeddingStamp { id: embedder.id.clone(), fingerprint: embedder.fingerprint.clone(), dims: embedder.dims };
 
     // Vectors of unchanged documents from the previous index, when it used the same model and chunking.
@@ -287,7 +361,7 @@ pub fn build(embedder: &Embedder, opts: &Options) -> anyhow::Result<Summary> {
     let mut documents = Vec::new();
     let mut chunks = Vec::new();
     let (mut reused, mut embedded) = (0, 0);
-    for doc in &docs {
+    for doc in docs.iter().copied() {
         let doc_chunks = match reusable.remove(&(doc.id.clone(), doc.sha256.clone())) {
             Some(c) => {
                 reused += 1;

@@ -75,9 +75,13 @@ enum Command {
         embedding_model: PathBuf,
         #[arg(long)]
         embedding_model_id: Option<String>,
-        /// Directory of text or markdown documents (searched recursively).
-        #[arg(long)]
-        docs: PathBuf,
+        /// `[NAME=]DIR`: text or markdown documents under DIR (searched recursively), named by
+        /// their path relative to DIR, prefixed with `NAME/` when given. Repeatable.
+        #[arg(long, value_name = "[NAME=]DIR")]
+        docs: Vec<String>,
+        /// `NAME=URL`: fetch an HTTP(S) document as `NAME/<last path segment>`. Repeatable.
+        #[arg(long = "url", value_name = "NAME=URL")]
+        urls: Vec<String>,
         /// Index directory; an index already there is updated, reusing unchanged documents.
         #[arg(long)]
         out: PathBuf,
@@ -187,7 +191,32 @@ fn run(command: Command) -> anyhow::Result<()> {
             };
             tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(api::serve(config))
         }
-        Command::Index { embedding_model, embedding_model_id, docs, out, name, chunk_chars, overlap_chars, summary_file } => {
+        Command::Index { embedding_model, embedding_model_id, docs: dirs, urls, out, name, chunk_chars, overlap_chars, summary_file } => {
+            if dirs.is_empty() && urls.is_empty() {
+                anyhow::bail!("nothing to index: give --docs DIR or --url NAME=URL");
+            }
+            let mut docs = Vec::new();
+            for spec in &dirs {
+                let (prefix, dir) = match spec.split_once('=') {
+                    Some((name, dir)) if !name.is_empty() && !name.contains('/') => (Some(name), dir),
+                    _ => (None, spec.as_str()),
+                };
+                for mut doc in index::read_documents(std::path::Path::new(dir))? {
+                    if let Some(p) = prefix {
+                        doc.id = format!("{p}/{}", doc.id);
+                    }
+                    docs.push(doc);
+                }
+            }
+            if !urls.is_empty() {
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+                for spec in &urls {
+                    let Some((source, url)) = spec.split_once('=').filter(|(n, u)| !n.is_empty() && !u.is_empty()) else {
+                        anyhow::bail!("--url {spec}: expected NAME=URL");
+                    };
+                    docs.push(rt.block_on(index::fetch(source, url))?);
+                }
+            }
             let model::ModelFiles::Bert(dir) = model::detect(&embedding_model)? else {
                 anyhow::bail!("--embedding-model {}: not a BERT-family embedding model", embedding_model.display());
             };

@@ -185,3 +185,57 @@ fn an_index_built_with_another_embedding_model_is_refused() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--kb needs --embedding-model"));
 }
+
+/// A loopback HTTP server answering each path from `pages` (status, extra header, body).
+fn serve_pages(pages: Vec<(&'static str, u16, &'static str, &'static str)>) -> u16 {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { continue };
+            let mut buf = [0u8; 4096];
+            let n = s.read(&mut buf).unwrap_or(0);
+            let req = String::from_utf8_lossy(&buf[..n]);
+            let path = req.split_whitespace().nth(1).unwrap_or("/").to_string();
+            let (status, header, body) = pages.iter().find(|p| p.0 == path).map(|p| (p.1, p.2, p.3)).unwrap_or((404, "", "not found"));
+            let _ = write!(s, "HTTP/1.1 {status} X\r\ncontent-length: {}\r\nconnection: close\r\n{header}\r\n{body}", body.len());
+        }
+    });
+    port
+}
+
+#[test]
+fn url_sources_are_fetched_with_redirects_and_errors_name_the_url() {
+    let port = serve_pages(vec![
+        ("/guide/returns.md", 200, "", "Returns are accepted within 30 days. Marker: ZEBRA-URL-77."),
+        ("/old", 301, "location: /guide/returns.md\r\n", ""),
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let docs = dir.path().join("docs");
+    write_docs(&docs, HANDBOOK);
+    let out = dir.path().join("kb");
+    let named = format!("extra={}", docs.join("policies").display());
+    let summary = index(&docs, &out, &["--url", &format!("web=http://127.0.0.1:{port}/old"), "--docs", &named]);
+    assert_eq!(summary["documents"].as_u64().unwrap() as usize, HANDBOOK.len() + 2, "{summary}");
+    let written = std::fs::read_to_string(out.join("index.json")).unwrap();
+    assert!(written.contains("\"web/returns.md\""), "the fetched document is named <source>/<file>");
+    assert!(written.contains("\"extra/security.txt\""), "NAME=DIR prefixes the ids");
+    assert!(written.contains("ZEBRA-URL-77"));
+
+    // A missing page fails the run, names the URL, and leaves the previous index in place.
+    let out2 = std::process::Command::new(BIN)
+        .args(["index", "--embedding-model", models().embedding.to_str().unwrap(), "--out", out.to_str().unwrap()])
+        .args(["--url", &format!("web=http://127.0.0.1:{port}/gone")])
+        .output()
+        .unwrap();
+    assert!(!out2.status.success());
+    let err = String::from_utf8_lossy(&out2.stderr);
+    assert!(err.contains(&format!("http://127.0.0.1:{port}/gone")) && err.contains("404"), "{err}");
+    assert_eq!(std::fs::read_to_string(out.join("index.json")).unwrap(), written);
+
+    // A malformed flag is a usage error.
+    let out3 = std::process::Command::new(BIN).args(["index", "--embedding-model", models().embedding.to_str().unwrap(), "--out", out.to_str().unwrap(), "--url", "nonsense"]).output().unwrap();
+    assert!(!out3.status.success());
+    assert!(String::from_utf8_lossy(&out3.stderr).contains("expected NAME=URL"));
+}

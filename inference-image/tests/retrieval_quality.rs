@@ -97,7 +97,7 @@ fn minilm_finds_the_right_document_for_at_least_90_percent_of_questions() {
         std::fs::write(docs.join(name), text).unwrap();
     }
     let out = tmp.path().join("kb");
-    let summary = index::build(&embedder, &index::Options { docs, out: out.clone(), name: Some("facts".into()), chunking: Chunking::default() }).unwrap();
+    let summary = index::build(&embedder, &index::Options { docs: index::read_documents(&docs).unwrap(), out: out.clone(), name: Some("facts".into()), chunking: Chunking::default() }).unwrap();
     assert_eq!(summary.documents, 20);
     let mut library = Library::open(&[out], &embedder, 1).unwrap();
     let mut right = 0;

@@ -206,6 +206,27 @@ where
     apply(log, api, desired, None).await
 }
 
+/// Metadata of a child object in its owner's namespace, garbage-collected with it: labelled
+/// managed-by, with the tenant (from the namespace) and `owner_label=<owner's name>`.
+pub fn owned_meta<K: Resource<DynamicType = ()>>(owner: &K, name: &str, owner_label: &str) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+    let ns = owner.meta().namespace.clone().unwrap_or_default();
+    let owner_name = owner.meta().name.clone().unwrap_or_default();
+    k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+        name: Some(name.into()),
+        namespace: Some(ns.clone()),
+        labels: Some(
+            [
+                (crate::context::MANAGED_BY.0.to_string(), crate::context::MANAGED_BY.1.to_string()),
+                (alcove_crds::LABEL_TENANT.to_string(), crate::tenant::builders::tenant_of_namespace(&ns).unwrap_or_default().to_string()),
+                (owner_label.to_string(), owner_name),
+            ]
+            .into(),
+        ),
+        owner_references: Some(vec![owner.controller_owner_ref(&()).expect("a stored object has a name and uid")]),
+        ..Default::default()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

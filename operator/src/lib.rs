@@ -10,6 +10,7 @@ pub mod context;
 pub mod error;
 pub mod http;
 pub mod instance;
+pub mod knowledgebase;
 pub mod leader;
 pub mod metrics;
 pub mod status;
@@ -89,6 +90,7 @@ pub async fn run_operator(args: OperatorArgs) -> anyhow::Result<()> {
     let controllers = futures::future::join_all(vec![
         tenant::controller(ctx.clone(), &handles, stopped.clone()).boxed(),
         instance::controller(ctx.clone(), &handles, stopped.clone()).boxed(),
+        knowledgebase::controller(ctx.clone(), &handles, stopped.clone()).boxed(),
     ]);
     for f in feeders {
         tokio::spawn(f);

@@ -10,20 +10,8 @@ use base64::Engine;
 use serde_json::{Value, json};
 use support::*;
 
-async fn json_of(p: &Platform, args: &[&str]) -> Value {
-    let mut a = args.to_vec();
-    a.extend(["-o", "json"]);
-    serde_json::from_str(&p.ok(&a).await).unwrap()
-}
-
-async fn platform() -> Platform {
-    let mut p = Platform::start_with(with_inference).await;
-    p.spawn_operator(&[]).await;
-    p
-}
-
 async fn api_key(p: &Platform, ns: &str, instance: &str) -> String {
-    let s = json_of(p, &["get", "secret", &format!("{instance}-api-key"), "-n", ns]).await;
+    let s = p.json(&["get", "secret", &format!("{instance}-api-key"), "-n", ns]).await;
     String::from_utf8(base64::engine::general_purpose::STANDARD.decode(s["data"]["api-key"].as_str().unwrap()).unwrap()).unwrap()
 }
 
@@ -46,11 +34,6 @@ async fn pod_uid(p: &Platform, ns: &str, name: &str) -> Option<String> {
     (ok && !out.is_empty()).then_some(out)
 }
 
-async fn events(p: &Platform, ns: &str, reason: &str) -> Vec<Value> {
-    let v = json_of(p, &["get", "events", "-n", ns]).await;
-    v["items"].as_array().unwrap().iter().filter(|e| e["reason"] == reason).cloned().collect()
-}
-
 const ACME_INSTANCE: &str = r#"
 apiVersion: alcove.dev/v1alpha1
 kind: InferenceInstance
@@ -61,7 +44,7 @@ spec:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_example_instance_serves_with_its_own_key_only() {
-    let p = platform().await;
+    let p = platform_with_operator().await;
     p.ok(&["apply", "-f", &example("good/tenant-basic.yaml"), "-f", &example("good/tenant-pro.yaml")]).await;
     p.ok(&["apply", "-f", &example("good/instance-safetensors.yaml")]).await;
     p.ok_in(&["apply", "-f", "-"], ACME_INSTANCE).await;
@@ -71,7 +54,7 @@ async fn an_example_instance_serves_with_its_own_key_only() {
     let table = p.ok(&["get", "inst", "-n", "tenant-startup"]).await;
     let line = table.lines().find(|l| l.starts_with("chat ")).unwrap();
     assert!(line.contains("Ready") && line.contains("http://chat.tenant-startup.svc.cluster.local/v1"), "{table}");
-    let inst = json_of(&p, &["get", "inst", "chat", "-n", "tenant-startup"]).await;
+    let inst = p.json(&["get", "inst", "chat", "-n", "tenant-startup"]).await;
     let status = &inst["status"];
     assert_eq!(status["apiKeySecret"], "chat-api-key");
     assert!(status["startedAt"].is_string());
@@ -80,7 +63,7 @@ async fn an_example_instance_serves_with_its_own_key_only() {
         assert!(status["conditions"].as_array().unwrap().iter().any(|x| x["type"] == c && x["status"] == "True"), "{c}: {status}");
     }
     // The acme instance runs on acme's dedicated node.
-    assert_eq!(json_of(&p, &["get", "inst", "bot", "-n", "tenant-acme"]).await["status"]["node"], "gpu-tw-acme");
+    assert_eq!(p.json(&["get", "inst", "bot", "-n", "tenant-acme"]).await["status"]["node"], "gpu-tw-acme");
 
     let proxy = p.kubectl_proxy().await;
     let key = api_key(&p, "tenant-startup", "chat").await;
@@ -118,21 +101,21 @@ async fn an_example_instance_serves_with_its_own_key_only() {
     })
     .await;
     assert!(!p.operators[0].log_text().contains(&key), "the key reached the operator's log");
-    assert!(events(&p, "tenant-startup", "Ready").await.iter().any(|e| e["regarding"]["name"] == "chat" || e["involvedObject"]["name"] == "chat"));
+    assert!(p.events("tenant-startup", "Ready").await.iter().any(|e| e["regarding"]["name"] == "chat" || e["involvedObject"]["name"] == "chat"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn destroy_stops_the_process_and_records_usage_within_a_second() {
-    let p = platform().await;
+    let p = platform_with_operator().await;
     p.ok(&["apply", "-f", &example("good/tenant-basic.yaml")]).await;
     p.ok(&["apply", "-f", &example("good/instance-gguf.yaml")]).await;
     p.wait_condition("inst/chat-gguf -n tenant-startup", "Ready", 60).await;
     let uid = pod_uid(&p, "tenant-startup", "chat-gguf").await.unwrap();
     let pids = p.cluster.shared().runtime.pids(&uid);
     assert_eq!(pids.len(), 1);
-    let pvc = json_of(&p, &["get", "pvc", "chat-gguf-history", "-n", "tenant-startup"]).await;
+    let pvc = p.json(&["get", "pvc", "chat-gguf-history", "-n", "tenant-startup"]).await;
     assert_eq!(pvc["metadata"]["labels"]["alcove.dev/data-class"], "conversationHistory");
-    let pv = json_of(&p, &["get", "pv", pvc["spec"]["volumeName"].as_str().unwrap()]).await;
+    let pv = p.json(&["get", "pv", pvc["spec"]["volumeName"].as_str().unwrap()]).await;
     let pv_dir = std::path::PathBuf::from(pv["spec"]["hostPath"]["path"].as_str().unwrap());
     assert!(pv_dir.exists());
     tokio::time::sleep(Duration::from_secs(1)).await; // some GPU time to bill
@@ -141,12 +124,12 @@ async fn destroy_stops_the_process_and_records_usage_within_a_second() {
     p.ok(&["delete", "inst", "chat-gguf", "-n", "tenant-startup", "--wait=false"]).await;
     until_some("process gone and final usage recorded", Duration::from_secs(10), || async {
         let gone = !alcove_devcluster::kubelet::process_alive(pids[0]);
-        let recorded = !events(&p, "tenant-startup", "Destroyed").await.is_empty();
+        let recorded = !p.events("tenant-startup", "Destroyed").await.is_empty();
         (gone && recorded).then_some(())
     })
     .await;
     let took = started.elapsed();
-    let ev = events(&p, "tenant-startup", "Destroyed").await;
+    let ev = p.events("tenant-startup", "Destroyed").await;
     let note = ev[0]["message"].as_str().unwrap_or_default().to_string();
     assert!(note.contains("GPU-seconds"), "{note}");
     let used: i64 = note.split_whitespace().find_map(|w| w.parse().ok()).unwrap();
@@ -167,7 +150,7 @@ async fn destroy_stops_the_process_and_records_usage_within_a_second() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn suspend_keeps_key_and_history_and_resume_serves_them() {
-    let p = platform().await;
+    let p = platform_with_operator().await;
     p.ok(&["apply", "-f", &example("good/tenant-basic.yaml")]).await;
     p.ok(&["apply", "-f", &example("good/instance-safetensors.yaml")]).await;
     p.wait_condition("inst/chat -n tenant-startup", "Ready", 60).await;
@@ -175,7 +158,7 @@ async fn suspend_keeps_key_and_history_and_resume_serves_them() {
     let key = api_key(&p, "tenant-startup", "chat").await;
     let (code, first) = chat(&proxy, "tenant-startup", "chat", "chat", Some(&key), json!({"conversation": "c-42", "messages": [{"role": "user", "content": "Remember the word TURNIP."}]})).await;
     assert_eq!(code, 200, "{first}");
-    let pvc_uid = json_of(&p, &["get", "pvc", "chat-history", "-n", "tenant-startup"]).await["metadata"]["uid"].clone();
+    let pvc_uid = p.json(&["get", "pvc", "chat-history", "-n", "tenant-startup"]).await["metadata"]["uid"].clone();
     tokio::time::sleep(Duration::from_millis(1500)).await; // GPU time to meter
 
     p.ok(&["patch", "inst", "chat", "-n", "tenant-startup", "--type=merge", "-p", r#"{"spec":{"state":"Suspended"}}"#]).await;
@@ -184,12 +167,12 @@ async fn suspend_keeps_key_and_history_and_resume_serves_them() {
     })
     .await;
     eventually("pod gone", Duration::from_secs(10), || async { pod_uid(&p, "tenant-startup", "chat").await.is_none() }).await;
-    let inst = json_of(&p, &["get", "inst", "chat", "-n", "tenant-startup"]).await;
+    let inst = p.json(&["get", "inst", "chat", "-n", "tenant-startup"]).await;
     assert!(inst["status"]["gpuSeconds"].as_i64().unwrap() >= 1, "the run was metered: {}", inst["status"]);
     assert!(inst["status"]["startedAt"].is_null(), "billing stopped");
-    assert_eq!(json_of(&p, &["get", "pvc", "chat-history", "-n", "tenant-startup"]).await["metadata"]["uid"], pvc_uid, "history kept");
+    assert_eq!(p.json(&["get", "pvc", "chat-history", "-n", "tenant-startup"]).await["metadata"]["uid"], pvc_uid, "history kept");
     assert_eq!(api_key(&p, "tenant-startup", "chat").await, key, "key kept");
-    assert!(!events(&p, "tenant-startup", "Suspended").await.is_empty());
+    assert!(!p.events("tenant-startup", "Suspended").await.is_empty());
 
     p.ok(&["patch", "inst", "chat", "-n", "tenant-startup", "--type=merge", "-p", r#"{"spec":{"state":"Running"}}"#]).await;
     p.wait_condition("inst/chat -n tenant-startup", "Ready", 60).await;
@@ -198,12 +181,12 @@ async fn suspend_keeps_key_and_history_and_resume_serves_them() {
     let stored: Value = serde_json::from_str(&stored).unwrap();
     assert_eq!(stored["messages"][0]["content"], "Remember the word TURNIP.", "history survived the suspension");
     assert_eq!(stored["messages"][1]["content"], first["choices"][0]["message"]["content"]);
-    assert!(!events(&p, "tenant-startup", "Resumed").await.is_empty());
+    assert!(!p.events("tenant-startup", "Resumed").await.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn too_few_gpus_waits_with_the_schedulers_reason_until_a_node_appears() {
-    let p = platform().await;
+    let p = platform_with_operator().await;
     p.ok(&["apply", "-f", &example("good/tenant-basic.yaml")]).await;
     let big = r#"
 apiVersion: alcove.dev/v1alpha1
@@ -215,14 +198,14 @@ spec:
 "#;
     p.ok_in(&["apply", "-f", "-"], big).await;
     let message = until_some("Scheduled=False with the scheduler's reason", Duration::from_secs(20), || async {
-        let v = json_of(&p, &["get", "inst", "big", "-n", "tenant-startup"]).await;
+        let v = p.json(&["get", "inst", "big", "-n", "tenant-startup"]).await;
         let c = v["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == "Scheduled" && c["status"] == "False" && c["reason"] == "Unschedulable")?.clone();
         Some(c["message"].as_str()?.to_string())
     })
     .await;
     assert!(message.starts_with("0/6 nodes are available"), "{message}");
     assert_eq!(p.jsonpath(&["get", "inst", "big", "-n", "tenant-startup"], "{.status.phase}").await, "Pending");
-    assert!(events(&p, "tenant-startup", "Unschedulable").await.iter().any(|e| e["message"].as_str().unwrap_or_default().contains("0/6 nodes")));
+    assert!(p.events("tenant-startup", "Unschedulable").await.iter().any(|e| e["message"].as_str().unwrap_or_default().contains("0/6 nodes")));
 
     let node = r#"{"apiVersion":"v1","kind":"Node","metadata":{"name":"gpu-tw-b200","labels":{"topology.kubernetes.io/region":"tw-taipei-1","alcove.dev/pool":"shared","nvidia.com/gpu.product":"NVIDIA-B200"}},
         "status":{"capacity":{"nvidia.com/gpu":"8","cpu":"64","memory":"512Gi","pods":"110"},"allocatable":{"nvidia.com/gpu":"8","cpu":"64","memory":"512Gi","pods":"110"}}}"#;
@@ -233,7 +216,7 @@ spec:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quota_short_is_a_condition_and_clears_when_room_appears() {
-    let p = platform().await;
+    let p = platform_with_operator().await;
     p.ok(&["apply", "-f", &example("good/tenant-basic.yaml")]).await;
     let inst = |name: &str, gpus: u32| {
         format!("apiVersion: alcove.dev/v1alpha1\nkind: InferenceInstance\nmetadata: {{name: {name}, namespace: tenant-startup}}\nspec:\n  model: {{format: safetensors, source: {{platform: default}}}}\n  gpu: {{count: {gpus}}}\n")
@@ -242,13 +225,13 @@ async fn quota_short_is_a_condition_and_clears_when_room_appears() {
     p.wait_condition("inst/first -n tenant-startup", "Ready", 60).await;
     p.ok_in(&["apply", "-f", "-"], &inst("second", 2)).await;
     let message = until_some("QuotaAvailable=False", Duration::from_secs(20), || async {
-        let v = json_of(&p, &["get", "inst", "second", "-n", "tenant-startup"]).await;
+        let v = p.json(&["get", "inst", "second", "-n", "tenant-startup"]).await;
         let c = v["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == "QuotaAvailable" && c["status"] == "False")?.clone();
         Some(c["message"].as_str()?.to_string())
     })
     .await;
     assert!(message.contains("exceeded quota") && message.contains("nvidia.com/gpu"), "{message}");
-    assert!(!events(&p, "tenant-startup", "QuotaExceeded").await.is_empty());
+    assert!(!p.events("tenant-startup", "QuotaExceeded").await.is_empty());
     // No crash loop: a refused instance does not hammer the API server.
     let before = p.writes_by_resource().await.get("pods").copied().unwrap_or(0.0);
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -261,7 +244,7 @@ async fn quota_short_is_a_condition_and_clears_when_room_appears() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotating_the_key_revokes_the_old_one_and_prompts_update_in_place() {
-    let p = platform().await;
+    let p = platform_with_operator().await;
     p.ok(&["apply", "-f", &example("good/tenant-basic.yaml")]).await;
     p.ok(&["apply", "-f", &example("good/instance-safetensors.yaml")]).await;
     p.wait_condition("inst/chat -n tenant-startup", "Ready", 60).await;
@@ -291,5 +274,5 @@ async fn rotating_the_key_revokes_the_old_one_and_prompts_update_in_place() {
     p.wait_condition("inst/chat -n tenant-startup", "Ready", 60).await;
     eventually("the new key works", Duration::from_secs(30), || async { tokens(new.clone()).await.0 == 200 }).await;
     assert_eq!(tokens(old.clone()).await.0, 401, "the old key is revoked");
-    assert!(!events(&p, "tenant-startup", "ApiKeyRotated").await.is_empty());
+    assert!(!p.events("tenant-startup", "ApiKeyRotated").await.is_empty());
 }

@@ -9,15 +9,14 @@
 
 use std::collections::BTreeMap;
 
-use alcove_crds::{DataClass, InferenceInstance, LABEL_DATA_CLASS, LABEL_INSTANCE, LABEL_TENANT, ModelFormat, ResolvedPlacement};
+use alcove_crds::{DataClass, InferenceInstance, KnowledgeBase, LABEL_DATA_CLASS, LABEL_INSTANCE, ModelFormat, ModelSource, ResolvedPlacement};
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::{Resource, ResourceExt};
+use kube::ResourceExt;
 use serde_json::{Value, json};
 
 use crate::config::{Config, TierConfig};
-use crate::context::MANAGED_BY;
-use crate::tenant::builders::{COMPONENT_LABEL, INSTANCE_PORT, KEY_SECRET, tenant_of_namespace};
+use crate::tenant::builders::{COMPONENT_LABEL, INSTANCE_PORT, KEY_SECRET};
 
 /// The Service's port (the pod serves on `INSTANCE_PORT`).
 pub const SERVICE_PORT: i32 = 80;
@@ -37,6 +36,8 @@ const API_KEY_DIR: &str = "/etc/alcove/api-key";
 const TENANT_KEY_DIR: &str = "/etc/alcove/tenant-key";
 const PROMPT_DIR: &str = "/etc/alcove/prompt";
 const HISTORY_DIR: &str = "/var/lib/alcove/history";
+const EMBEDDING_DIR: &str = "/embedding-model";
+const KB_DIR: &str = "/kb";
 
 /// The Secret holding an instance's API key (key `api-key`).
 pub fn api_key_secret_name(instance: &str) -> String {
@@ -63,23 +64,11 @@ pub fn endpoint(i: &InferenceInstance) -> String {
 
 /// Labels every child carries: managed-by, the tenant and the instance.
 pub fn labels(i: &InferenceInstance) -> BTreeMap<String, String> {
-    let ns = i.namespace().unwrap_or_default();
-    [
-        (MANAGED_BY.0.to_string(), MANAGED_BY.1.to_string()),
-        (LABEL_TENANT.to_string(), tenant_of_namespace(&ns).unwrap_or_default().to_string()),
-        (LABEL_INSTANCE.to_string(), i.name_any()),
-    ]
-    .into()
+    child_meta(i, "").labels.unwrap_or_default()
 }
 
 pub fn child_meta(i: &InferenceInstance, name: &str) -> ObjectMeta {
-    ObjectMeta {
-        name: Some(name.into()),
-        namespace: i.namespace(),
-        labels: Some(labels(i)),
-        owner_references: Some(vec![i.controller_owner_ref(&()).expect("a stored instance has a name and uid")]),
-        ..Default::default()
-    }
+    crate::apply::owned_meta(i, name, LABEL_INSTANCE)
 }
 
 fn from_json<T: serde::de::DeserializeOwned>(v: Value) -> T {
@@ -150,22 +139,64 @@ pub fn gpu_resource(i: &InferenceInstance) -> (String, i32) {
     }
 }
 
-/// Where the model is, as a volume and the path inside the container.
-fn model_volume(i: &InferenceInstance, config: &Config) -> Result<(Value, String), String> {
-    let source = &i.spec.model.source;
-    let path = i.spec.model.path.as_deref().unwrap_or_default().trim_end_matches('/');
-    let in_volume = if path.is_empty() { MODEL_DIR.to_string() } else { format!("{MODEL_DIR}/{path}") };
+/// A model source as a read-only volume named `volume` mounted at `dir`, and the model's path in
+/// the container. `field` (e.g. `spec.model`) names the spec field in errors.
+pub fn model_volume(volume: &str, dir: &str, source: &ModelSource, path: Option<&str>, field: &str, config: &Config) -> Result<(Value, String), String> {
+    let path = path.unwrap_or_default().trim_end_matches('/');
+    let in_volume = if path.is_empty() { dir.to_string() } else { format!("{dir}/{path}") };
     if let Some(name) = &source.platform {
         let pm = &config.platform_models;
-        return Ok((json!({"name": "model", "csi": {"driver": pm.csi_driver, "readOnly": true, "volumeAttributes": {pm.attribute.as_str(): name}}}), in_volume));
+        return Ok((json!({"name": volume, "csi": {"driver": pm.csi_driver, "readOnly": true, "volumeAttributes": {pm.attribute.as_str(): name}}}), in_volume));
     }
     if let Some(pvc) = &source.pvc {
-        return Ok((json!({"name": "model", "persistentVolumeClaim": {"claimName": pvc.claim_name, "readOnly": true}}), in_volume));
+        return Ok((json!({"name": volume, "persistentVolumeClaim": {"claimName": pvc.claim_name, "readOnly": true}}), in_volume));
     }
     if source.uri.is_some() {
-        return Err("spec.model.source.uri is not supported by this operator version; use spec.model.source.platform or spec.model.source.pvc".into());
+        return Err(format!("{field}.source.uri is not supported by this operator version; use {field}.source.platform or {field}.source.pvc"));
     }
-    Err("spec.model.source names no model".into())
+    Err(format!("{field}.source names no model"))
+}
+
+/// A knowledge base an instance mounts: its index volume and the embedding model it was built with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KbMount {
+    pub name: String,
+    pub claim: String,
+    pub embedding: alcove_crds::EmbeddingModel,
+    pub top_k: i32,
+}
+
+/// Why an instance's knowledge bases cannot be mounted.
+#[derive(Debug, PartialEq)]
+pub enum KbProblem {
+    /// Never: another namespace's knowledge base (the field and why).
+    Refused(String),
+    /// Not yet: missing, or not indexed yet.
+    Waiting(String),
+}
+
+/// Resolves `spec.knowledgeBases` with `lookup(namespace, name)`. A reference to another namespace
+/// is refused even when that knowledge base exists: a tenant's documents never cross namespaces.
+pub fn resolve_knowledge_bases(i: &InferenceInstance, lookup: impl Fn(&str, &str) -> Option<std::sync::Arc<KnowledgeBase>>) -> Result<Vec<KbMount>, KbProblem> {
+    let ns = i.namespace().unwrap_or_default();
+    let mut mounts = Vec::new();
+    for (ix, r) in i.spec.knowledge_bases.iter().enumerate() {
+        if let Some(other) = r.namespace.as_deref().filter(|n| *n != ns) {
+            return Err(KbProblem::Refused(format!(
+                "spec.knowledgeBases[{ix}].namespace: knowledge base {other}/{} is in another namespace; an instance may only use knowledge bases of its own namespace ({ns})",
+                r.name
+            )));
+        }
+        let Some(kb) = lookup(&ns, &r.name) else {
+            return Err(KbProblem::Waiting(format!("knowledge base {} (spec.knowledgeBases[{ix}]) does not exist", r.name)));
+        };
+        let status = kb.status.clone().unwrap_or_default();
+        let (Some(_), Some(claim)) = (status.indexed_at, status.volume) else {
+            return Err(KbProblem::Waiting(format!("knowledge base {} is not indexed yet", r.name)));
+        };
+        mounts.push(KbMount { name: r.name.clone(), claim, embedding: kb.spec.embedding_model.clone(), top_k: kb.spec.top_k });
+    }
+    Ok(mounts)
 }
 
 /// What the pod is built from besides the instance and the configuration.
@@ -174,12 +205,14 @@ pub struct PodInputs<'a> {
     /// The rotation the API-key Secret's key answers: a rotation re-creates the pod, so the old
     /// key stops working at once rather than when the kubelet next refreshes the volume.
     pub key_rotation: &'a str,
+    /// The knowledge bases in `spec.knowledgeBases`, resolved (same namespace, indexed).
+    pub knowledge_bases: &'a [KbMount],
 }
 
 /// The server pod. `Err` names the spec field this operator cannot serve.
 pub fn pod(i: &InferenceInstance, config: &Config, inputs: &PodInputs) -> Result<Pod, String> {
     let name = i.name_any();
-    let (model_volume, model_path) = model_volume(i, config)?;
+    let (model_vol, model_path) = model_volume("model", MODEL_DIR, &i.spec.model.source, i.spec.model.path.as_deref(), "spec.model", config)?;
     if i.spec.model.format == ModelFormat::Gguf && !model_path.ends_with(".gguf") {
         return Err("spec.model.path must name the .gguf file for a gguf model".into());
     }
@@ -216,7 +249,7 @@ pub fn pod(i: &InferenceInstance, config: &Config, inputs: &PodInputs) -> Result
     ];
     // Secret files are root-owned; 0440 with the pod's fsGroup lets the server (and only it) read them.
     let mut volumes = vec![
-        model_volume,
+        model_vol,
         json!({"name": "api-key", "secret": {"secretName": api_key_secret_name(&name), "defaultMode": 0o440, "items": [{"key": API_KEY_FIELD, "path": API_KEY_FIELD}]}}),
         json!({"name": "tenant-key", "secret": {"secretName": KEY_SECRET, "defaultMode": 0o440, "items": [{"key": "key", "path": "key"}]}}),
         json!({"name": "history", "persistentVolumeClaim": {"claimName": history_pvc_name(&name)}}),
@@ -225,6 +258,24 @@ pub fn pod(i: &InferenceInstance, config: &Config, inputs: &PodInputs) -> Result
         args.extend(["--system-prompt-file".into(), format!("{PROMPT_DIR}/{PROMPT_FIELD}")]);
         mounts.push(json!({"name": "system-prompt", "mountPath": PROMPT_DIR, "readOnly": true}));
         volumes.push(json!({"name": "system-prompt", "configMap": {"name": prompt_config_map_name(&name), "defaultMode": 0o444}}));
+    }
+    // Knowledge bases: each index volume read-only, and the one embedding model they share.
+    if let Some(first) = inputs.knowledge_bases.first() {
+        if let Some(other) = inputs.knowledge_bases.iter().find(|k| k.embedding != first.embedding) {
+            return Err(format!("spec.knowledgeBases: {} and {} were indexed with different embedding models; one instance serves one", first.name, other.name));
+        }
+        let (volume, path) = model_volume("embedding-model", EMBEDDING_DIR, &first.embedding.source, first.embedding.path.as_deref(), "knowledge base embeddingModel", config)?;
+        volumes.push(volume);
+        mounts.push(json!({"name": "embedding-model", "mountPath": EMBEDDING_DIR, "readOnly": true}));
+        args.extend(["--embedding-model".into(), path]);
+        for kb in inputs.knowledge_bases {
+            let volume = format!("kb-{}", kb.name);
+            volumes.push(json!({"name": volume, "persistentVolumeClaim": {"claimName": kb.claim, "readOnly": true}}));
+            mounts.push(json!({"name": volume, "mountPath": format!("{KB_DIR}/{}", kb.name), "readOnly": true}));
+            args.extend(["--kb".into(), format!("{KB_DIR}/{}/{}", kb.name, crate::knowledgebase::builders::INDEX_DIR)]);
+        }
+        let top_k = inputs.knowledge_bases.iter().map(|k| k.top_k).max().unwrap_or(4);
+        args.push(format!("--kb-top-k={top_k}"));
     }
 
     let (gpu_name, gpus) = gpu_resource(i);
@@ -313,7 +364,7 @@ mod tests {
 
     fn build(i: &InferenceInstance, rotation: &str) -> Value {
         let p = placement();
-        serde_json::to_value(pod(i, &Config::for_tests(), &PodInputs { placement: &p, key_rotation: rotation }).unwrap()).unwrap()
+        serde_json::to_value(pod(i, &Config::for_tests(), &PodInputs { placement: &p, key_rotation: rotation, knowledge_bases: &[] }).unwrap()).unwrap()
     }
 
     #[test]
@@ -405,7 +456,69 @@ mod tests {
         let mut i = instance("instance-gguf.yaml");
         i.spec.model.source = serde_json::from_value(json!({"uri": "https://example.com/m.gguf"})).unwrap();
         let p = placement();
-        let err = pod(&i, &Config::for_tests(), &PodInputs { placement: &p, key_rotation: "" }).unwrap_err();
+        let err = pod(&i, &Config::for_tests(), &PodInputs { placement: &p, key_rotation: "", knowledge_bases: &[] }).unwrap_err();
         assert!(err.contains("spec.model.source.uri"), "{err}");
+    }
+
+    fn kb(name: &str, ns: &str, indexed: bool) -> KnowledgeBase {
+        let mut kb: KnowledgeBase = serde_json::from_value(json!({
+            "apiVersion": "alcove.dev/v1alpha1", "kind": "KnowledgeBase",
+            "metadata": {"name": name, "namespace": ns},
+            "spec": {"sources": [{"name": "docs", "inline": "x"}], "embeddingModel": {"source": {"platform": "minilm"}}, "topK": 3},
+        }))
+        .unwrap();
+        if indexed {
+            kb.status = Some(alcove_crds::KnowledgeBaseStatus { indexed_at: Some("2026-11-22T10:00:00Z".into()), volume: Some(format!("{name}-index")), ..Default::default() });
+        }
+        kb
+    }
+
+    #[test]
+    fn knowledge_bases_resolve_in_the_own_namespace_only() {
+        let mut i = instance("instance-gguf.yaml");
+        let ns = i.namespace().unwrap();
+        let kbs = [kb("handbook", &ns, true), kb("fresh", &ns, false), kb("theirs", "tenant-other", true)];
+        let lookup = |n: &str, name: &str| kbs.iter().find(|k| k.namespace().as_deref() == Some(n) && k.name_any() == name).cloned().map(std::sync::Arc::new);
+        i.spec.knowledge_bases = serde_json::from_value(json!([{"name": "handbook"}])).unwrap();
+        let mounts = resolve_knowledge_bases(&i, lookup).unwrap();
+        assert_eq!(mounts[0].claim, "handbook-index");
+        // Another namespace: refused by name, even when the knowledge base exists there.
+        i.spec.knowledge_bases = serde_json::from_value(json!([{"name": "theirs", "namespace": "tenant-other"}])).unwrap();
+        match resolve_knowledge_bases(&i, lookup) {
+            Err(KbProblem::Refused(why)) => assert!(why.contains("spec.knowledgeBases[0].namespace") && why.contains("tenant-other"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        // Not indexed yet, or missing: wait.
+        i.spec.knowledge_bases = serde_json::from_value(json!([{"name": "fresh"}])).unwrap();
+        assert!(matches!(resolve_knowledge_bases(&i, lookup), Err(KbProblem::Waiting(_))));
+        i.spec.knowledge_bases = serde_json::from_value(json!([{"name": "nope"}])).unwrap();
+        assert!(matches!(resolve_knowledge_bases(&i, lookup), Err(KbProblem::Waiting(w)) if w.contains("nope")));
+    }
+
+    #[test]
+    fn knowledge_bases_are_mounted_read_only_with_their_embedding_model() {
+        let mut i = instance("instance-gguf.yaml");
+        let ns = i.namespace().unwrap();
+        let k = kb("handbook", &ns, true);
+        i.spec.knowledge_bases = serde_json::from_value(json!([{"name": "handbook"}])).unwrap();
+        let mounts = resolve_knowledge_bases(&i, |_, _| Some(std::sync::Arc::new(k.clone()))).unwrap();
+        let p = placement();
+        let built = serde_json::to_value(pod(&i, &Config::for_tests(), &PodInputs { placement: &p, key_rotation: "", knowledge_bases: &mounts }).unwrap()).unwrap();
+        let c = &built["spec"]["containers"][0];
+        let args: Vec<&str> = c["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
+        assert!(args.windows(2).any(|w| w == ["--kb", "/kb/handbook/index"]), "{args:?}");
+        assert!(args.windows(2).any(|w| w == ["--embedding-model", "/embedding-model"]), "{args:?}");
+        assert!(args.contains(&"--kb-top-k=3"));
+        let vol = built["spec"]["volumes"].as_array().unwrap().iter().find(|v| v["name"] == "kb-handbook").unwrap();
+        assert_eq!(vol["persistentVolumeClaim"], json!({"claimName": "handbook-index", "readOnly": true}));
+        let mount = c["volumeMounts"].as_array().unwrap().iter().find(|m| m["name"] == "kb-handbook").unwrap();
+        assert_eq!(mount["readOnly"], true);
+        // Two embedding models cannot be served by one instance.
+        let mut other = mounts[0].clone();
+        other.name = "other".into();
+        other.embedding.path = Some("elsewhere".into());
+        let both = [mounts[0].clone(), other];
+        let err = pod(&i, &Config::for_tests(), &PodInputs { placement: &p, key_rotation: "", knowledge_bases: &both }).unwrap_err();
+        assert!(err.contains("different embedding models"), "{err}");
     }
 }

@@ -16,6 +16,8 @@ pub struct Observation {
     pub quota_refusal: Option<String>,
     /// The spec cannot be served (which field and why).
     pub invalid_spec: Option<String>,
+    /// The pod waits for something it needs (a knowledge base being indexed).
+    pub waiting: Option<String>,
 }
 
 /// The parts of a pod the lifecycle depends on.
@@ -118,6 +120,10 @@ pub fn desired_status(i: &InferenceInstance, obs: &Observation, now: jiff::Times
         (InstancePhase::Pending, c(condition::READY, false, "QuotaExceeded", &msg), c(condition::SCHEDULED, false, "QuotaExceeded", &msg))
     } else {
         match pod {
+            None if obs.waiting.is_some() => {
+                let msg = obs.waiting.clone().unwrap_or_default();
+                (InstancePhase::Pending, c(condition::READY, false, "KnowledgeBaseNotReady", &msg), c(condition::SCHEDULED, false, "KnowledgeBaseNotReady", &msg))
+            }
             None => (
                 InstancePhase::Pending,
                 c(condition::READY, false, "Creating", "creating the server pod"),

@@ -113,7 +113,21 @@ async fn reconcile_inner(i: &InferenceInstance, ctx: &Context) -> Result<Action>
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
     let live = find(&ctx.caches.pods, &ns, &name);
     let placement = crate::tenant::builders::placement(&tenant, &ctx.config);
-    let desired = builders::pod(i, &ctx.config, &builders::PodInputs { placement: &placement, key_rotation: &key_rotation });
+    let knowledge_bases = match builders::resolve_knowledge_bases(i, |ns, name| find(&ctx.caches.knowledge_bases, ns, name)) {
+        Ok(m) => m,
+        Err(builders::KbProblem::Refused(why)) => {
+            obs.invalid_spec = Some(why);
+            Vec::new()
+        }
+        Err(builders::KbProblem::Waiting(why)) => {
+            obs.waiting = Some(why);
+            Vec::new()
+        }
+    };
+    let desired = match &obs.invalid_spec {
+        Some(why) => Err(why.clone()),
+        None => builders::pod(i, &ctx.config, &builders::PodInputs { placement: &placement, key_rotation: &key_rotation, knowledge_bases: &knowledge_bases }),
+    };
     let delete_pod = || async { ignore_missing(pods.delete(&name, &DeleteParams { grace_period_seconds: Some(2), ..Default::default() }).await) };
     match (&desired, live.as_deref()) {
         (Err(why), live) => {
@@ -129,7 +143,7 @@ async fn reconcile_inner(i: &InferenceInstance, ctx: &Context) -> Result<Action>
             }
             obs.pod = Some(PodView::of(p));
         }
-        (Ok(_), None) if i.spec.state == InstanceState::Suspended => {}
+        (Ok(_), None) if i.spec.state == InstanceState::Suspended || obs.waiting.is_some() => {}
         (Ok(pod), None) => {
             if obs.quota_refusal.is_none() {
                 match ctx.ensure(&pods, pod, None).await {
@@ -141,7 +155,8 @@ async fn reconcile_inner(i: &InferenceInstance, ctx: &Context) -> Result<Action>
         }
         (Ok(pod), Some(p)) => {
             ctx.writes.observed(&crate::apply::log_key(p, ""));
-            let stale = builders::pod_hash(p) != builders::pod_hash(pod);
+            // While a knowledge base is missing, a running server keeps the index it has.
+            let stale = builders::pod_hash(p) != builders::pod_hash(pod) && obs.waiting.is_none();
             let finished = matches!(p.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Failed" | "Succeeded"));
             if (stale || finished) && p.metadata.deletion_timestamp.is_none() {
                 delete_pod().await?;
@@ -308,6 +323,17 @@ where
         let ns = crate::tenant::builders::namespace_name(&t.name_any());
         store.state().into_iter().filter(|i| i.namespace().as_deref() == Some(ns.as_str())).map(|i| ObjectRef::from_obj(&*i)).collect::<Vec<_>>()
     };
+    // A knowledge base indexed (or gone) changes what its instances mount.
+    let store = ctx.caches.instances.clone();
+    let using_kb = move |kb: alcove_crds::KnowledgeBase| {
+        let ns = kb.namespace().unwrap_or_default();
+        store
+            .state()
+            .into_iter()
+            .filter(|i| i.namespace().as_deref() == Some(ns.as_str()) && i.spec.knowledge_bases.iter().any(|r| r.name == kb.name_any()))
+            .map(|i| ObjectRef::from_obj(&*i))
+            .collect::<Vec<_>>()
+    };
     tokio::spawn(count_phases(ctx.clone()));
     Controller::for_stream(h.instances.subscribe(), ctx.caches.instances.clone())
         .watches_stream(h.pods.subscribe(), by_label)
@@ -316,6 +342,7 @@ where
         .watches_stream(h.config_maps.subscribe(), by_label)
         .watches_stream(h.pvcs.subscribe(), by_label)
         .watches_stream(h.quotas.subscribe(), refused)
+        .watches_stream(h.knowledge_bases.subscribe(), using_kb)
         .watches_stream(h.tenants.subscribe().predicate_filter(predicates::generation, Default::default()), of_tenant)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)

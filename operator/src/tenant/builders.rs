@@ -80,7 +80,10 @@ fn quota_of(tenant: &Tenant) -> TenantQuota {
 /// and persistent storage.
 pub fn resource_quota(tenant: &Tenant) -> ResourceQuota {
     let q = quota_of(tenant);
-    let kbs = if tenant.spec.tier == Tier::Free { 0 } else { q.max_knowledge_bases.unwrap_or(4) };
+    // The free tier has no knowledge-base storage: its pods and claims leave no room for them.
+    // One KnowledgeBase object may still exist, so that the operator can refuse it with a
+    // condition that says why (a quota refusal would not name the tier).
+    let (kb_objects, kbs) = if tenant.spec.tier == Tier::Free { (1, 0) } else { let n = q.max_knowledge_bases.unwrap_or(4); (n, n) };
     // Each instance has one pod; each knowledge base at most one indexing pod at a time.
     let pods = q.max_instances + kbs;
     let claims = q.max_instances + kbs;
@@ -92,7 +95,7 @@ pub fn resource_quota(tenant: &Tenant) -> ResourceQuota {
         "spec": {"hard": {
             "requests.nvidia.com/gpu": q.max_gpus.to_string(),
             "count/inferenceinstances.alcove.dev": q.max_instances.to_string(),
-            "count/knowledgebases.alcove.dev": kbs.to_string(),
+            "count/knowledgebases.alcove.dev": kb_objects.to_string(),
             "pods": pods.to_string(),
             "persistentvolumeclaims": claims.to_string(),
             "requests.storage": q.max_storage,
@@ -313,7 +316,11 @@ mod tests {
         assert_eq!(hard["count/knowledgebases.alcove.dev"].0, "4");
         assert_eq!(hard["requests.storage"].0, "50Gi");
         let free = resource_quota(&example("tenant-free.yaml")).spec.unwrap().hard.unwrap();
-        assert_eq!(free["count/knowledgebases.alcove.dev"].0, "0");
+        // One object, to be refused with a condition; no pod or claim for it.
+        assert_eq!(free["count/knowledgebases.alcove.dev"].0, "1");
+        let free_spec = example("tenant-free.yaml").spec.quota.unwrap_or_else(|| serde_json::from_value(json!({})).unwrap());
+        assert_eq!(free["pods"].0, free_spec.max_instances.to_string());
+        assert_eq!(free["persistentvolumeclaims"].0, free_spec.max_instances.to_string());
     }
 
     #[test]

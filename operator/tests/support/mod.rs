@@ -205,7 +205,11 @@ impl Platform {
                     format!("--- {} (last 400 lines)\n{}", o.identity, tail.join("\n"))
                 })
                 .collect();
-            panic!("{what} never got {condition}: {out}{err}\n{}", logs.join("\n"));
+            let mut get = vec!["get", "-o", "yaml"];
+            get.extend(what.split_whitespace());
+            let (_, object, _) = self.kubectl(&get).await;
+            let (_, events, _) = self.kubectl(&["get", "events", "-A"]).await;
+            panic!("{what} never got {condition}: {out}{err}\n{}\n--- the object\n{object}\n--- events\n{events}", logs.join("\n"));
         }
     }
 }
@@ -336,4 +340,26 @@ pub async fn http(method: &str, url: &str, headers: &[(&str, &str)], body: Optio
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
     (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+impl Platform {
+    /// `kubectl get … -o json`.
+    pub async fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut a = args.to_vec();
+        a.extend(["-o", "json"]);
+        serde_json::from_str(&self.ok(&a).await).unwrap()
+    }
+
+    /// The Events of a namespace with `reason`.
+    pub async fn events(&self, ns: &str, reason: &str) -> Vec<serde_json::Value> {
+        let v = self.json(&["get", "events", "-n", ns]).await;
+        v["items"].as_array().unwrap().iter().filter(|e| e["reason"] == reason).cloned().collect()
+    }
+}
+
+/// devcluster running real inference pods, and one operator.
+pub async fn platform_with_operator() -> Platform {
+    let mut p = Platform::start_with(with_inference).await;
+    p.spawn_operator(&[]).await;
+    p
 }
