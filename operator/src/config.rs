@@ -33,6 +33,9 @@ pub struct OperatorArgs {
     /// Log format: `json` or `text`.
     #[arg(long, env = "ALCOVE_LOG_FORMAT", default_value = "json")]
     pub log_format: String,
+    /// Kubeconfig file (default: `KUBECONFIG`, `~/.kube/config`, or the in-cluster service account).
+    #[arg(long, env = "ALCOVE_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
     /// Tests only: read "now" from this file (an RFC 3339 instant) instead of the system clock.
     #[arg(long, env = "ALCOVE_CLOCK_FILE", hide = true)]
     pub clock_file: Option<PathBuf>,
@@ -85,7 +88,7 @@ pub struct FileConfig {
     pub platform_models: PlatformModels,
 }
 
-fn default_image() -> String {
+pub fn default_image() -> String {
     "ghcr.io/alcove-dev/alcove-inference:0.1.0".into()
 }
 

@@ -15,6 +15,7 @@ pub mod leader;
 pub mod metrics;
 pub mod status;
 pub mod tenant;
+pub mod up;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -45,7 +46,14 @@ fn identity(args: &OperatorArgs) -> String {
 /// `alcove operator`: serves HTTP, waits for leadership, runs the controllers until SIGTERM.
 pub async fn run_operator(args: OperatorArgs) -> anyhow::Result<()> {
     let config = Config::load(&args)?;
-    let client = kube::Client::try_default().await.map_err(|e| anyhow::anyhow!("no Kubernetes configuration (kubeconfig or in-cluster): {e}"))?;
+    let client = match &args.kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path).map_err(|e| anyhow::anyhow!("--kubeconfig {}: {e}", path.display()))?;
+            let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.map_err(|e| anyhow::anyhow!("--kubeconfig {}: {e}", path.display()))?;
+            kube::Client::try_from(cfg)?
+        }
+        None => kube::Client::try_default().await.map_err(|e| anyhow::anyhow!("no Kubernetes configuration (kubeconfig or in-cluster): {e}"))?,
+    };
     let metrics = Arc::new(Metrics::new());
     let ready = Arc::new(AtomicBool::new(false));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

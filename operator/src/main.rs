@@ -3,6 +3,7 @@
 //! - `alcove operator` runs the controllers (see `alcove operator --help` for flags; every flag
 //!   has an `ALCOVE_*` environment variable).
 //! - `alcove crds` prints the CustomResourceDefinitions (`alcove crds | kubectl apply -f -`).
+//! - `alcove up` runs the whole platform on this machine (see `alcove::up`).
 
 use clap::{Parser, Subcommand};
 
@@ -19,6 +20,9 @@ enum Command {
     Operator(alcove::config::OperatorArgs),
     /// Print the CRDs as YAML.
     Crds,
+    /// Run the whole platform on this machine: an embedded Kubernetes API with simulated GPU
+    /// nodes, the CRDs, the operator, and instances as real local processes.
+    Up(alcove::up::UpArgs),
 }
 
 fn init_tracing(format: &str) {
@@ -34,6 +38,22 @@ fn init_tracing(format: &str) {
 fn main() {
     let cli = Cli::parse();
     match cli.command {
+        Command::Up(args) => {
+            // The terminal shows what is where; the operator's and the cluster's logs go to a file.
+            let _ = std::fs::create_dir_all(&args.state_dir);
+            let log_path = args.state_dir.join("alcove.log");
+            let log = std::fs::File::create(&log_path).unwrap_or_else(|e| {
+                eprintln!("alcove up: {}: {e}", log_path.display());
+                std::process::exit(1);
+            });
+            let filter = tracing_subscriber::EnvFilter::try_from_env("ALCOVE_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+            tracing_subscriber::fmt().with_env_filter(filter).with_ansi(false).with_writer(std::sync::Mutex::new(log)).init();
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+            if let Err(e) = rt.block_on(alcove::up::run(args)) {
+                eprintln!("alcove up: {e:#}");
+                std::process::exit(1);
+            }
+        }
         Command::Crds => print!("{}", alcove_crds::crd_yaml_stream()),
         Command::Operator(args) => {
             init_tracing(&args.log_format);

@@ -8,23 +8,14 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use alcove_devcluster::{Config, DevCluster, NodeConfig};
+use alcove_devcluster::{Config, DevCluster};
 
-pub const H100: &str = "NVIDIA-H100-80GB-HBM3";
+pub const H100: &str = alcove::up::H100;
 
-/// The node set the examples are written for: a shared pool, nodes dedicated to `acme`, nodes
-/// `globex` brings, another region, and a CPU-only node.
-pub fn test_nodes(c: Config) -> Config {
-    c.node(NodeConfig::gpu("gpu-tw-1", "tw-taipei-1", H100, 8).label("alcove.dev/pool", "shared"))
-        .node(NodeConfig::gpu("gpu-tw-2", "tw-taipei-1", H100, 8).label("alcove.dev/pool", "shared"))
-        .node(NodeConfig::gpu("gpu-tw-acme", "tw-taipei-1", H100, 8).label("alcove.dev/tenant", "acme").taint("alcove.dev/tenant", "acme", "NoSchedule"))
-        .node(
-            NodeConfig::gpu("gpu-tw-globex", "tw-taipei-1", H100, 8)
-                .label("alcove.dev/customer-pool", "globex")
-                .taint("alcove.dev/customer-pool", "globex", "NoSchedule"),
-        )
-        .node(NodeConfig::gpu("gpu-jp-1", "jp-tokyo-1", H100, 8).label("alcove.dev/pool", "shared"))
-        .node(NodeConfig::new("cpu-1").label("topology.kubernetes.io/region", "tw-taipei-1").capacity("cpu", "16").capacity("memory", "64Gi"))
+/// The node set the examples are written for (the one `alcove up` starts).
+pub fn test_nodes(mut c: Config) -> Config {
+    c.nodes.extend(alcove::up::default_nodes());
+    c
 }
 
 pub struct Platform {
