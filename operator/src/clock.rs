@@ -10,6 +10,12 @@ use jiff::Timestamp;
 
 pub trait Clock: Send + Sync {
     fn now(&self) -> Timestamp;
+
+    /// Ticks when "now" jumps (an injected clock moved), so that timers set in real time are
+    /// re-evaluated. The system clock never jumps this way.
+    fn jumps(&self) -> Option<futures::stream::BoxStream<'static, ()>> {
+        None
+    }
 }
 
 pub struct SystemClock;
@@ -69,6 +75,11 @@ impl FileClock {
 impl Clock for FileClock {
     fn now(&self) -> Timestamp {
         self.read().unwrap_or_else(Timestamp::now)
+    }
+
+    fn jumps(&self) -> Option<futures::stream::BoxStream<'static, ()>> {
+        use futures::StreamExt;
+        Some(self.changes().boxed())
     }
 }
 

@@ -13,6 +13,7 @@ pub mod instance;
 pub mod knowledgebase;
 pub mod leader;
 pub mod metrics;
+pub mod retention;
 pub mod status;
 pub mod tenant;
 pub mod up;
@@ -99,6 +100,7 @@ pub async fn run_operator(args: OperatorArgs) -> anyhow::Result<()> {
         tenant::controller(ctx.clone(), &handles, stopped.clone()).boxed(),
         instance::controller(ctx.clone(), &handles, stopped.clone()).boxed(),
         knowledgebase::controller(ctx.clone(), &handles, stopped.clone()).boxed(),
+        retention::controller(ctx.clone(), &handles, stopped.clone()).boxed(),
     ]);
     for f in feeders {
         tokio::spawn(f);

@@ -4,6 +4,7 @@
 //!   has an `ALCOVE_*` environment variable).
 //! - `alcove crds` prints the CustomResourceDefinitions (`alcove crds | kubectl apply -f -`).
 //! - `alcove up` runs the whole platform on this machine (see `alcove::up`).
+//! - `alcove data-report TENANT` prints where a tenant's data is and when it is erased.
 
 use clap::{Parser, Subcommand};
 
@@ -23,6 +24,14 @@ enum Command {
     /// Run the whole platform on this machine: an embedded Kubernetes API with simulated GPU
     /// nodes, the CRDs, the operator, and instances as real local processes.
     Up(alcove::up::UpArgs),
+    /// Print a tenant's data report: its volumes (where, data class, retention timer), its
+    /// encryption key, and past erasures.
+    DataReport {
+        tenant: String,
+        /// The operator's namespace (where erasure receipts are kept).
+        #[arg(long, env = "ALCOVE_NAMESPACE", default_value = "alcove-system")]
+        namespace: String,
+    },
 }
 
 fn init_tracing(format: &str) {
@@ -55,6 +64,20 @@ fn main() {
             }
         }
         Command::Crds => print!("{}", alcove_crds::crd_yaml_stream()),
+        Command::DataReport { tenant, namespace } => {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
+            let report = rt.block_on(async {
+                let client = kube::Client::try_default().await?;
+                alcove::retention::data_report(client, &namespace, &tenant).await
+            });
+            match report {
+                Ok(text) => print!("{text}"),
+                Err(e) => {
+                    eprintln!("alcove data-report: {e:#}");
+                    std::process::exit(1);
+                }
+            }
+        }
         Command::Operator(args) => {
             init_tracing(&args.log_format);
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");

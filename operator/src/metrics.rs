@@ -13,6 +13,7 @@ pub struct Metrics {
     pub time_to_ready: Histogram,
     pub gpu_seconds: IntCounterVec,
     pub leader: IntGauge,
+    pub erasures: IntCounterVec,
 }
 
 impl Metrics {
@@ -34,6 +35,7 @@ impl Metrics {
         )
         .expect("metric");
         let gpu_seconds = IntCounterVec::new(Opts::new("alcove_gpu_seconds_total", "GPU-seconds of finished instance runs (suspend, failure, destroy), by tenant"), &["tenant"]).expect("metric");
+        let erasures = IntCounterVec::new(Opts::new("alcove_erasures_total", "Volumes erased by retention, by data class"), &["class"]).expect("metric");
         let leader = IntGauge::new("alcove_leader", "1 while this replica holds the leader Lease").expect("metric");
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(reconciles.clone()),
@@ -44,11 +46,12 @@ impl Metrics {
             Box::new(time_to_ready.clone()),
             Box::new(gpu_seconds.clone()),
             Box::new(leader.clone()),
+            Box::new(erasures.clone()),
         ];
         for c in collectors {
             registry.register(c).expect("unique metric names");
         }
-        Metrics { registry, reconciles, errors, duration, instances_by_phase, gpus_in_use, time_to_ready, gpu_seconds, leader }
+        Metrics { registry, reconciles, errors, duration, instances_by_phase, gpus_in_use, time_to_ready, gpu_seconds, leader, erasures }
     }
 
     pub fn render(&self) -> String {

@@ -139,11 +139,15 @@ async fn destroy_stops_the_process_and_records_usage_within_a_second() {
 
     // Nothing of the instance remains.
     eventually("the instance is gone", Duration::from_secs(10), || async { !p.kubectl(&["get", "inst", "chat-gguf", "-n", "tenant-startup"]).await.0 }).await;
-    for kind in ["pods", "services", "secrets", "configmaps", "persistentvolumeclaims"] {
+    for kind in ["pods", "services", "secrets", "configmaps"] {
         let left = p.ok(&["get", kind, "-n", "tenant-startup", "-l", "alcove.dev/instance=chat-gguf", "-o", "name"]).await;
         assert!(left.trim().is_empty(), "{kind} left behind: {left}");
     }
-    eventually("the history volume's data is deleted", Duration::from_secs(10), || async { !pv_dir.exists() }).await;
+    // The history is released to retention (tests/retention.rs erases it at its deadline).
+    let released = p.json(&["get", "pvc", "chat-gguf-history", "-n", "tenant-startup"]).await;
+    assert_eq!(released["metadata"]["labels"]["alcove.dev/released"], "true", "{released}");
+    assert!(released["metadata"]["annotations"]["alcove.dev/retain-until"].is_string());
+    assert!(pv_dir.exists(), "kept for the retention window");
     let m = p.operators[0].metrics().await;
     assert!(metric(&m, "alcove_gpu_seconds_total", "tenant=\"startup\"") >= 1.0, "{m}");
 }

@@ -101,16 +101,18 @@ async fn a_config_map_knowledge_base_is_indexed_served_and_forgets_removed_docum
     let answer = ask(&proxy, &key, "How are meals during business travel reimbursed?").await;
     assert!(answer["sources"].as_array().unwrap().iter().all(|s| s["document"] != "handbook/expenses.md"), "{answer}");
 
-    // Deleting the KB keeps its volume while the instance mounts it; the volume goes after.
+    // Deleting the KB keeps its volume attached while the instance mounts it; once the instance
+    // is gone, the volume is released to retention (tests/retention.rs erases it on time).
     p.ok(&["delete", "kb", "handbook", "-n", "tenant-startup", "--wait=false"]).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert!(dir.is_dir(), "a serving instance's index is never pulled from under it");
+    assert!(p.kubectl(&["get", "kb", "handbook", "-n", "tenant-startup"]).await.0, "waits for the instance");
     p.ok(&["delete", "inst", "assistant", "-n", "tenant-startup", "--wait=false"]).await;
-    eventually("knowledge base and its volume gone", Duration::from_secs(30), || async {
+    eventually("knowledge base gone, its volume released", Duration::from_secs(30), || async {
         let (found, _, _) = p.kubectl(&["get", "kb", "handbook", "-n", "tenant-startup"]).await;
-        !found && !dir.exists()
+        !found && p.jsonpath(&["get", "pvc", "handbook-index", "-n", "tenant-startup"], "{.metadata.annotations.alcove\\.dev/retention-rule}").await == "knowledgeBase=7d"
     })
     .await;
+    assert!(dir.is_dir());
 }
 
 /// A loopback HTTP server with one document.

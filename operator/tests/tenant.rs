@@ -195,10 +195,17 @@ async fn spec_changes_converge() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deletion_leaves_nothing_behind() {
     let mut p = Platform::start().await;
-    p.spawn_operator(&[]).await;
+    let clock = Clock(p.dir.path().join("clock"));
+    clock.set(jiff::Timestamp::now());
+    let path = clock.0.display().to_string();
+    p.spawn_operator(&["--clock-file", &path]).await;
     p.ok(&["apply", "-f", &example("good/tenant-basic.yaml")]).await;
     p.wait_condition("tenant/startup", "Ready", 30).await;
-    let (ok, _, err) = p.kubectl(&["delete", "tn", "startup", "--wait", "--timeout=60s"]).await;
+    p.ok(&["delete", "tn", "startup", "--wait=false"]).await;
+    // The account-data window (30 days by default) passes; see tests/retention.rs for its edges.
+    eventually("erase window started", Duration::from_secs(20), || async { p.jsonpath(&["get", "tn", "startup"], "{.status.phase}").await == "Erasing" }).await;
+    clock.set(clock.now().checked_add(jiff::SignedDuration::from_hours(31 * 24)).unwrap());
+    let (ok, _, err) = p.kubectl(&["wait", "--for=delete", "tn/startup", "--timeout=60s"]).await;
     assert!(ok, "{err}");
     let (ok, _, err) = p.kubectl(&["get", "namespace", "tenant-startup"]).await;
     assert!(!ok && err.contains("not found"), "namespace gone: {err}");

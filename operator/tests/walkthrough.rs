@@ -75,6 +75,8 @@ async fn the_readme_walkthrough_works_against_alcove_up() {
     assert!(stdout.contains("knowledgebase.alcove.dev/handbook condition met"), "{stdout}");
     assert!(stdout.contains("\"knowledge_base\":\"handbook\""), "the assistant cites the handbook: {stdout}");
     assert!(stdout.contains("inferenceinstance.alcove.dev \"chat\" deleted"), "{stdout}");
+    let timer = stdout.lines().find(|l| l.starts_with("chat-history ")).unwrap_or_else(|| panic!("the retention timer: {stdout}"));
+    assert!(timer.contains("conversationHistory") && timer.contains('T') && timer.ends_with('Z'), "{timer}");
 
     // Figures for the closing note: up → ready, and apply of an instance → its first completion.
     let at = |needle: &str| -> f64 {

@@ -100,6 +100,10 @@ async fn reconcile_inner(i: &InferenceInstance, ctx: &Context) -> Result<Action>
     // The history volume is created once; its size and class are fixed from then on.
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
     let live_pvc = find(&ctx.caches.pvcs, &ns, &builders::history_pvc_name(&name));
+    // Re-created within the history's retention window: the conversations are still there.
+    if let Some(pvc) = live_pvc.as_deref().filter(|p| crate::retention::policy::is_released(p)) {
+        crate::retention::reclaim(ctx, pvc, i).await?;
+    }
     match ctx.ensure(&pvcs, &builders::history_pvc(i, &ctx.config.tier(tenant.spec.tier)), live_pvc.as_deref()).await {
         Ok(_) => {}
         Err(Error::Kube(k)) if quota_refusal(&k).is_some() => obs.quota_refusal = quota_refusal(&k),
@@ -221,7 +225,8 @@ async fn write_status(i: &InferenceInstance, ctx: &Context, api: &Api<InferenceI
 }
 
 /// Destroy: record the final usage (the run ends at the delete request), delete the pod at once
-/// and every other child, and let the instance go once the pod is gone.
+/// and every other child, release the history volume to retention, and let the instance go once
+/// the pod is gone.
 async fn destroy(i: &InferenceInstance, ctx: &Context) -> Result<Action> {
     if !i.finalizers().iter().any(|f| f == FINALIZER) {
         return Ok(Action::await_change());
@@ -242,7 +247,6 @@ async fn destroy(i: &InferenceInstance, ctx: &Context) -> Result<Action> {
     if pod.as_ref().is_some_and(|p| p.metadata.deletion_timestamp.is_none()) {
         ignore_missing(pods.delete(&name, &DeleteParams { grace_period_seconds: Some(2), ..Default::default() }).await)?;
     }
-    // Until retention takes released volumes, the history goes with the instance.
     let services: Api<Service> = Api::namespaced(client.clone(), &ns);
     if find(&ctx.caches.services, &ns, &name).is_some() {
         ignore_missing(services.delete(&name, &DeleteParams::default()).await)?;
@@ -257,14 +261,14 @@ async fn destroy(i: &InferenceInstance, ctx: &Context) -> Result<Action> {
     if find(&ctx.caches.config_maps, &ns, &prompt_name).is_some() {
         ignore_missing(config_maps.delete(&prompt_name, &DeleteParams::default()).await)?;
     }
-    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
-    let pvc_name = builders::history_pvc_name(&name);
-    if find(&ctx.caches.pvcs, &ns, &pvc_name).is_some() {
-        ignore_missing(pvcs.delete(&pvc_name, &DeleteParams::default()).await)?;
-    }
     if pod.is_some() {
         // The pod's deletion event brings us back; this is the fallback.
         return Ok(Action::requeue(Duration::from_millis(500)));
+    }
+    // The history outlives the instance for the tenant's window; retention erases it then. Its
+    // owner reference goes first, so the garbage collector does not take it with the instance.
+    if let Some(pvc) = find(&ctx.caches.pvcs, &ns, &builders::history_pvc_name(&name)) {
+        crate::retention::release(ctx, &pvc, alcove_crds::DataClass::ConversationHistory).await?;
     }
     remove_finalizer(&instances, i, FINALIZER).await?;
     Ok(Action::await_change())

@@ -145,6 +145,10 @@ async fn reconcile_inner(kb: &KnowledgeBase, ctx: &Context) -> Result<Action> {
     }
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
     let live_pvc = find(&ctx.caches.pvcs, &ns, &builders::pvc_name(&name));
+    // Re-created within the knowledge-base window: the index is still there.
+    if let Some(pvc) = live_pvc.as_deref().filter(|p| crate::retention::policy::is_released(p)) {
+        crate::retention::reclaim(ctx, pvc, kb).await?;
+    }
     match ctx.ensure(&pvcs, &builders::pvc(kb, &ctx.config.tier(tenant.spec.tier)), live_pvc.as_deref()).await {
         Ok(_) => {}
         Err(e) if quota_refusal(&e).is_some() => obs.quota_refusal = quota_refusal(&e),
@@ -206,6 +210,21 @@ async fn reconcile_inner(kb: &KnowledgeBase, ctx: &Context) -> Result<Action> {
     if older_running || obs.quota_refusal.is_some() {
         return Ok(Action::requeue(Duration::from_secs(2)));
     }
+    // A failed run keeps its Job for `kubectl logs` no longer than the staged-documents window;
+    // then it goes with its pod (and the documents staged in it), and the next reconcile retries.
+    if let (Some(JobView::Failed(_)), Some(j)) = (&obs.job, current) {
+        let window = crate::retention::policy::window(Some(&tenant), alcove_crds::DataClass::StagedDocuments);
+        let finished = j.status.as_ref().and_then(|s| s.conditions.as_ref()).and_then(|cs| cs.iter().find(|c| (c.type_ == "Failed" || c.type_ == "Complete") && c.status == "True")).and_then(|c| c.last_transition_time.as_ref()).map(|t| t.0);
+        let deadline = crate::retention::policy::deadline(finished.unwrap_or_else(|| ctx.now()), window);
+        if ctx.now() >= deadline {
+            if j.metadata.deletion_timestamp.is_none() {
+                ignore_missing(jobs.delete(&job_name, &DeleteParams::background()).await)?;
+                ctx.event(kb, false, "StagedDocumentsErased", "Erase", format!("failed indexing run {job_name} deleted with its pod ({} after it failed)", window)).await;
+            }
+            return Ok(Action::requeue(Duration::from_secs(1)));
+        }
+        return Ok(Action::requeue(deadline.duration_since(ctx.now()).unsigned_abs().min(ctx.config.resync)));
+    }
     Ok(action)
 }
 
@@ -226,7 +245,8 @@ async fn write_status(kb: &KnowledgeBase, ctx: &Context, api: &Api<KnowledgeBase
     Ok(Action::requeue(ctx.config.resync))
 }
 
-/// Deletion: stop indexing, then — once no instance's pod mounts it — delete the volume.
+/// Deletion: stop indexing, then — once no instance's pod mounts it — release the volume to
+/// retention (the tenant's knowledge-base window).
 async fn destroy(kb: &KnowledgeBase, ctx: &Context) -> Result<Action> {
     if !kb.finalizers().iter().any(|f| f == FINALIZER) {
         return Ok(Action::await_change());
@@ -261,14 +281,12 @@ async fn destroy(kb: &KnowledgeBase, ctx: &Context) -> Result<Action> {
         .map(|p| p.name_any())
         .collect();
     if !users.is_empty() {
-        // Until the retention controller takes released volumes, the index goes with the KB,
-        // but never from under a running server.
-        tracing::info!(knowledge_base = %key(kb), pods = ?users, "knowledge base deleted; its volume waits until no pod mounts it");
+        // The retention window starts when no server reads the index any more.
+        tracing::info!(knowledge_base = %key(kb), pods = ?users, "knowledge base deleted; its volume is released once no pod mounts it");
         return Ok(Action::requeue(Duration::from_secs(2)));
     }
-    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
-    if find(&ctx.caches.pvcs, &ns, &claim).is_some() {
-        ignore_missing(pvcs.delete(&claim, &DeleteParams::default()).await)?;
+    if let Some(pvc) = find(&ctx.caches.pvcs, &ns, &claim) {
+        crate::retention::release(ctx, &pvc, alcove_crds::DataClass::KnowledgeBase).await?;
     }
     let kbs: Api<KnowledgeBase> = Api::namespaced(client.clone(), &ns);
     remove_finalizer(&kbs, kb, FINALIZER).await?;
@@ -313,6 +331,7 @@ where
         .watches_stream(h.pvcs.subscribe(), by_label)
         .watches_stream(h.config_maps.subscribe(), naming)
         .watches_stream(h.tenants.subscribe().predicate_filter(predicates::generation, Default::default()), of_tenant)
+        .reconcile_all_on(ctx.clock.jumps().unwrap_or_else(|| futures::stream::pending().boxed()))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|_| async {})

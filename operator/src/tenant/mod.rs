@@ -183,7 +183,7 @@ async fn reconcile_inner(tenant: &Tenant, ctx: &Context) -> Result<Action> {
     };
     // Billing and retention own their own parts of the status.
     desired.billing = previous.billing.clone();
-    desired.erasure = previous.erasure.clone();
+    desired.erasure = last_receipts(ctx, &tenant.name_any());
     desired.erase_after = previous.erase_after.clone();
     // Keep the other controllers' conditions (Billing) in place.
     for c in &previous.conditions {
@@ -204,16 +204,34 @@ async fn reconcile_inner(tenant: &Tenant, ctx: &Context) -> Result<Action> {
     Ok(Action::requeue(ctx.config.resync))
 }
 
-/// Deletion: destroy the tenant's instances and knowledge bases, then its namespace, then let
-/// the Tenant go.
+/// The latest erasure receipts, mirrored into the status (the full list is in the receipts
+/// ConfigMap in the operator's namespace).
+fn last_receipts(ctx: &Context, tenant: &str) -> Vec<alcove_crds::ErasureRecord> {
+    let all = crate::retention::receipts(ctx, tenant);
+    all[all.len().saturating_sub(20)..].to_vec()
+}
+
+/// Deletion: destroy the tenant's instances and knowledge bases at once (billing stops), keep
+/// its namespace and volumes for the account-data window from the deletion (the erase window,
+/// paused by a legal hold), then erase every remaining volume, the encryption key (crypto-
+/// shredding whatever escaped), and the namespace, each with a receipt; the Tenant goes last.
 async fn cleanup(tenant: &Tenant, ctx: &Context) -> Result<Action> {
+    use crate::retention::policy;
     let tenants: Api<Tenant> = Api::all(ctx.client.clone());
-    let ns = builders::namespace_name(&tenant.name_any());
-    if tenant.status.as_ref().and_then(|s| s.phase) != Some(TenantPhase::Terminating) {
-        let mut s = tenant.status.clone().unwrap_or_default();
-        s.phase = Some(TenantPhase::Terminating);
-        ctx.write_status(&tenants, tenant, tenant.status.as_ref(), &s).await?;
-        ctx.event(tenant, false, "Terminating", "Delete", format!("destroying the instances of {ns}")).await;
+    let name = tenant.name_any();
+    let ns = builders::namespace_name(&name);
+    let window = policy::window(Some(tenant), alcove_crds::DataClass::AccountData);
+    // The window starts when the operator first sees the deletion (by the one clock), and the
+    // deadline is kept in the status, so a restart or a changed spec never moves it later.
+    let erase_after = tenant.status.as_ref().and_then(|s| s.erase_after.as_deref()).and_then(crate::clock::parse).unwrap_or_else(|| policy::deadline(ctx.now(), window));
+    let mut s = tenant.status.clone().unwrap_or_default();
+    s.phase = Some(TenantPhase::Erasing);
+    s.erase_after = Some(crate::clock::format(erase_after));
+    s.erasure = last_receipts(ctx, &name);
+    let first = tenant.status.as_ref().and_then(|s| s.phase) != Some(TenantPhase::Erasing);
+    ctx.write_status(&tenants, tenant, tenant.status.as_ref(), &s).await?;
+    if first {
+        ctx.event(tenant, false, "Erasing", "Delete", format!("instances and knowledge bases destroyed; the tenant's data in {ns} is erased at {} ({})", crate::clock::format(erase_after), policy::rule(alcove_crds::DataClass::AccountData, window))).await;
     }
     let instances: Api<InferenceInstance> = Api::namespaced(ctx.client.clone(), &ns);
     let kbs: Api<KnowledgeBase> = Api::namespaced(ctx.client.clone(), &ns);
@@ -234,17 +252,45 @@ async fn cleanup(tenant: &Tenant, ctx: &Context) -> Result<Action> {
     if !live_instances.is_empty() || !live_kbs.is_empty() {
         return Ok(Action::requeue(Duration::from_millis(500)));
     }
-    // Then the namespace and everything in it; the Tenant goes last, so nothing is orphaned.
-    let namespaces: Api<Namespace> = Api::all(ctx.client.clone());
-    if let Some(n) = find_cluster(&ctx.caches.namespaces, &ns) {
-        if n.metadata.deletion_timestamp.is_none() {
-            ignore_missing(namespaces.delete(&ns, &DeleteParams::background()).await)?;
-        }
-        return Ok(Action::requeue(Duration::from_millis(500)));
+    if tenant.spec.legal_hold {
+        return Ok(Action::await_change());
     }
-    remove_finalizer(&tenants, tenant, FINALIZER).await?;
-    ctx.metrics.gpus_in_use.with_label_values(&[&tenant.name_any()]).set(0);
-    Ok(Action::await_change())
+    let now = ctx.now();
+    if now < erase_after {
+        return Ok(Action::requeue(erase_after.duration_since(now).unsigned_abs().max(Duration::from_millis(100))));
+    }
+    // Erase: the volumes (the tenant's PVCs, cached or not), then the key, then the namespace.
+    let receipt = |what: String| policy::receipt(what, alcove_crds::DataClass::AccountData.as_str(), erase_after, ctx.now(), policy::rule(alcove_crds::DataClass::AccountData, window));
+    let namespaces: Api<Namespace> = Api::all(ctx.client.clone());
+    let live_ns = namespaces.get_opt(&ns).await?;
+    if live_ns.is_some() {
+        let pvcs: Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
+        for pvc in pvcs.list(&Default::default()).await?.items {
+            let what = crate::retention::erase_volume(ctx, &pvc).await?;
+            crate::retention::record(ctx, &name, &receipt(what)).await?;
+        }
+        let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+        if secrets.get_opt(builders::KEY_SECRET).await?.is_some() {
+            ignore_missing(secrets.delete(builders::KEY_SECRET, &DeleteParams::default()).await)?;
+            crate::retention::record(ctx, &name, &receipt(format!("Secret {ns}/{} (the tenant's encryption key)", builders::KEY_SECRET))).await?;
+        }
+    }
+    match live_ns {
+        Some(n) => {
+            if n.metadata.deletion_timestamp.is_none() {
+                ignore_missing(namespaces.delete(&ns, &DeleteParams::background()).await)?;
+            }
+            Ok(Action::requeue(Duration::from_millis(500)))
+        }
+        None => {
+            if tenant.status.as_ref().is_some_and(|s| !s.erasure.iter().any(|r| r.what == format!("Namespace {ns}"))) {
+                crate::retention::record(ctx, &name, &receipt(format!("Namespace {ns}"))).await?;
+            }
+            remove_finalizer(&tenants, tenant, FINALIZER).await?;
+            ctx.metrics.gpus_in_use.with_label_values(&[&name]).set(0);
+            Ok(Action::await_change())
+        }
+    }
 }
 
 pub fn ignore_missing<T>(r: std::result::Result<T, kube::Error>) -> Result<()> {
@@ -287,7 +333,9 @@ where
         .watches_stream(h.secrets.subscribe(), by_label)
         .watches_stream(h.instances.subscribe(), by_namespace)
         .watches_stream(h.knowledge_bases.subscribe(), by_namespace)
+        .watches_stream(h.config_maps.subscribe(), by_label)
         .reconcile_all_on(node_changes)
+        .reconcile_all_on(ctx.clock.jumps().unwrap_or_else(|| futures::stream::pending().boxed()))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|_| async {})

@@ -354,3 +354,16 @@ pub async fn platform_with_operator() -> Platform {
     p.spawn_operator(&[]).await;
     p
 }
+
+/// The operator's injected clock (`--clock-file`): an RFC 3339 instant in a file.
+pub struct Clock(pub PathBuf);
+
+impl Clock {
+    pub fn set(&self, t: jiff::Timestamp) {
+        std::fs::write(&self.0, t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()).unwrap();
+    }
+
+    pub fn now(&self) -> jiff::Timestamp {
+        std::fs::read_to_string(&self.0).unwrap().trim().parse().unwrap()
+    }
+}

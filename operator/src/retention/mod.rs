@@ -1,0 +1,254 @@
+//! Retention: volumes whose owner went away are released (`policy::release_patch`) rather than
+//! deleted, and this controller erases each at its deadline — requeued for the deadline, woken
+//! early only when the injected clock jumps or the tenant's legal hold changes — then verifies
+//! that the volume behind it is gone and writes a receipt.
+
+pub mod policy;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use alcove_crds::{DataClass, ErasureRecord, LABEL_DATA_CLASS, LABEL_TENANT, Tenant};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, PersistentVolume, PersistentVolumeClaim};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
+use kube::runtime::controller::Action;
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::{Controller, WatchStreamExt, predicates};
+use kube::ResourceExt;
+
+use crate::context::{Context, Handles, find_cluster, key};
+use crate::error::{Error, Result};
+use crate::tenant::ignore_missing;
+use policy::Verdict;
+
+const CONTROLLER: &str = "retention";
+
+/// Releases `pvc` to retention as `class`: the window is the tenant's.
+pub async fn release(ctx: &Context, pvc: &PersistentVolumeClaim, class: DataClass) -> Result<()> {
+    if policy::is_released(pvc) {
+        return Ok(());
+    }
+    let ns = pvc.namespace().unwrap_or_default();
+    let tenant_name = crate::tenant::builders::tenant_of_namespace(&ns).unwrap_or_default().to_string();
+    let tenant = find_cluster(&ctx.caches.tenants, &tenant_name);
+    let w = policy::window(tenant.as_deref(), class);
+    let patch = policy::release_patch(&tenant_name, class, w, ctx.now());
+    let api: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
+    api.patch(&pvc.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    tracing::info!(volume = %key(pvc), class = class.as_str(), window = %w, "volume released to retention");
+    Ok(())
+}
+
+/// Takes a released volume back for `owner` (re-created within the window).
+pub async fn reclaim<K: kube::Resource<DynamicType = ()>>(ctx: &Context, pvc: &PersistentVolumeClaim, owner: &K) -> Result<()> {
+    let Some(owner_ref) = owner.controller_owner_ref(&()) else { return Ok(()) };
+    let api: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &pvc.namespace().unwrap_or_default());
+    api.patch(&pvc.name_any(), &PatchParams::default(), &Patch::Merge(&policy::reclaim_patch(&owner_ref))).await?;
+    tracing::info!(volume = %key(pvc), "released volume re-attached to its re-created owner");
+    Ok(())
+}
+
+/// Appends a receipt to the tenant's receipts ConfigMap in the operator namespace (made when
+/// missing) and publishes an Event about the tenant.
+pub async fn record(ctx: &Context, tenant: &str, r: &ErasureRecord) -> Result<()> {
+    let ns = &ctx.config.namespace;
+    let namespaces: Api<Namespace> = Api::all(ctx.client.clone());
+    if namespaces.get_opt(ns).await?.is_none() {
+        let n: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": ns}})).map_err(|e| Error::Other(e.to_string()))?;
+        match namespaces.create(&Default::default(), &n).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let cms: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), ns);
+    let name = policy::receipts_name(tenant);
+    let entry = format!("{}-{}", r.erased_at.replace(':', ""), crate::apply::config_hash(&serde_json::json!(r.what)));
+    let body = serde_json::to_string(r).map_err(|e| Error::Other(e.to_string()))?;
+    let cm = serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": name, "namespace": ns, "labels": {LABEL_TENANT: tenant, crate::context::MANAGED_BY.0: crate::context::MANAGED_BY.1, LABEL_DATA_CLASS: "erasureReceipts"}},
+        "data": {entry: body}});
+    // Each receipt is its own key; a merge patch adds it and leaves the others alone.
+    // Erasures run concurrently: when two make the ConfigMap at once, the loser patches.
+    for _ in 0..3 {
+        match cms.patch(&name, &PatchParams::default(), &Patch::Merge(&cm)).await {
+            Ok(_) => break,
+            Err(kube::Error::Api(s)) if s.code == 404 => {
+                let obj: ConfigMap = serde_json::from_value(cm.clone()).map_err(|e| Error::Other(e.to_string()))?;
+                match cms.create(&Default::default(), &obj).await {
+                    Ok(_) => break,
+                    Err(kube::Error::Api(s)) if s.code == 409 => continue,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if let Some(t) = find_cluster(&ctx.caches.tenants, tenant) {
+        ctx.event(&*t, false, "Erased", "Erase", format!("{} ({}) erased; deadline {}, rule {}", r.what, r.data_class, r.deadline, r.rule)).await;
+    }
+    Ok(())
+}
+
+/// Every receipt of a tenant, oldest first.
+pub fn receipts(ctx: &Context, tenant: &str) -> Vec<ErasureRecord> {
+    let cm = crate::context::find(&ctx.caches.config_maps, &ctx.config.namespace, &policy::receipts_name(tenant));
+    let mut out: Vec<(String, ErasureRecord)> =
+        cm.and_then(|c| c.data.clone()).unwrap_or_default().into_iter().filter_map(|(k, v)| Some((k, serde_json::from_str(&v).ok()?))).collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out.into_iter().map(|(_, r)| r).collect()
+}
+
+/// Deletes a volume claim and waits (bounded) until its PersistentVolume — the data — is gone.
+/// Returns the description for the receipt.
+pub async fn erase_volume(ctx: &Context, pvc: &PersistentVolumeClaim) -> Result<String> {
+    let ns = pvc.namespace().unwrap_or_default();
+    let api: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
+    let dp = DeleteParams { preconditions: Some(Preconditions { uid: pvc.uid(), resource_version: None }), ..Default::default() };
+    ignore_missing(api.delete(&pvc.name_any(), &dp).await)?;
+    let volume = pvc.spec.as_ref().and_then(|s| s.volume_name.clone());
+    if let Some(pv) = &volume {
+        let pvs: Api<PersistentVolume> = Api::all(ctx.client.clone());
+        let mut waited = Duration::ZERO;
+        while pvs.get_opt(pv).await?.is_some() {
+            if waited > Duration::from_secs(60) {
+                return Err(Error::Other(format!("volume {pv} of {} still exists 60 s after its claim was deleted", key(pvc))));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            waited += Duration::from_millis(200);
+        }
+    }
+    Ok(format!("PersistentVolumeClaim {}{}", key(pvc), volume.map(|v| format!(" (volume {v})")).unwrap_or_default()))
+}
+
+async fn reconcile(pvc: Arc<PersistentVolumeClaim>, ctx: Arc<Context>) -> Result<Action> {
+    ctx.caches.ready().await;
+    ctx.metrics.reconciles.with_label_values(&[CONTROLLER]).inc();
+    if pvc.metadata.deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    let tenant_name = pvc.labels().get(LABEL_TENANT).cloned().unwrap_or_default();
+    let tenant = find_cluster(&ctx.caches.tenants, &tenant_name);
+    let hold = tenant.as_ref().is_some_and(|t| t.spec.legal_hold);
+    let now = ctx.now();
+    match policy::verdict(&pvc, now, hold) {
+        Verdict::NotReleased | Verdict::Held => Ok(Action::await_change()),
+        Verdict::KeepUntil(deadline) => {
+            let wait = deadline.duration_since(now).unsigned_abs();
+            Ok(Action::requeue(wait.max(Duration::from_millis(100))))
+        }
+        Verdict::Erase { deadline } => {
+            // A volume a pod mounts was taken back by its owner; never erase from under it.
+            let ns = pvc.namespace().unwrap_or_default();
+            let mounted = ctx.caches.pods.state().iter().any(|p| {
+                p.namespace().as_deref() == Some(ns.as_str())
+                    && p.spec.as_ref().is_some_and(|s| s.volumes.iter().flatten().any(|v| v.persistent_volume_claim.as_ref().is_some_and(|c| c.claim_name == pvc.name_any())))
+            });
+            if mounted {
+                return Ok(Action::requeue(Duration::from_secs(5)));
+            }
+            let class = pvc.labels().get(LABEL_DATA_CLASS).cloned().unwrap_or_default();
+            let rule = pvc.annotations().get(policy::ANNOTATION_RULE).cloned().unwrap_or_default();
+            let what = erase_volume(&ctx, &pvc).await?;
+            let erased_at = ctx.now();
+            ctx.metrics.erasures.with_label_values(&[&class]).inc();
+            record(&ctx, &tenant_name, &policy::receipt(what, &class, deadline, erased_at, rule)).await?;
+            Ok(Action::await_change())
+        }
+    }
+}
+
+fn error_policy(pvc: Arc<PersistentVolumeClaim>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.errors.with_label_values(&[CONTROLLER, error.reason()]).inc();
+    tracing::warn!(volume = %key(&*pvc), error = %error, "retention failed; retrying");
+    Action::requeue(Duration::from_secs(5))
+}
+
+/// The retention controller over released volumes, ready to run.
+pub fn controller<S>(ctx: Arc<Context>, h: &Handles, shutdown: S) -> impl std::future::Future<Output = ()> + Send + use<S>
+where
+    S: std::future::Future<Output = ()> + Send + Sync + 'static,
+{
+    // A legal hold set or lifted (or a changed window) re-decides the tenant's released volumes.
+    let store = ctx.caches.pvcs.clone();
+    let of_tenant = move |t: Tenant| {
+        let name = t.name_any();
+        store
+            .state()
+            .into_iter()
+            .filter(|p| policy::is_released(p) && p.labels().get(LABEL_TENANT) == Some(&name))
+            .map(|p| ObjectRef::from_obj(&*p))
+            .collect::<Vec<_>>()
+    };
+    let jumps = ctx.clock.jumps().unwrap_or_else(|| futures::stream::pending().boxed());
+    Controller::for_stream(h.pvcs.subscribe(), ctx.caches.pvcs.clone())
+        .watches_stream(h.tenants.subscribe().predicate_filter(predicates::generation, Default::default()), of_tenant)
+        .reconcile_all_on(jumps)
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|_| async {})
+}
+
+/// `alcove data-report TENANT`: where each of the tenant's volumes lives, the key that encrypts
+/// them, each retention timer, and past erasures — read from the cluster, printed for people.
+pub async fn data_report(client: kube::Client, operator_namespace: &str, tenant: &str) -> anyhow::Result<String> {
+    use std::fmt::Write as _;
+    let ns = crate::tenant::builders::namespace_name(tenant);
+    let tenants: Api<Tenant> = Api::all(client.clone());
+    let t = tenants.get_opt(tenant).await?;
+    let mut out = String::new();
+    match &t {
+        Some(t) => {
+            let s = t.status.clone().unwrap_or_default();
+            writeln!(out, "tenant {tenant}: tier {}, region {}, namespace {ns}{}", t.spec.tier.as_str(), t.spec.region, if t.spec.legal_hold { ", LEGAL HOLD (no erasure)" } else { "" })?;
+            if let Some(after) = s.erase_after {
+                writeln!(out, "  deleted: everything left is erased at {after}")?;
+            }
+        }
+        None => writeln!(out, "tenant {tenant}: deleted (erased); receipts below")?,
+    }
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), &ns);
+    if secrets.get_metadata_opt(crate::tenant::builders::KEY_SECRET).await?.is_some() {
+        writeln!(out, "  encryption key: Secret {ns}/{} (conversation history is encrypted with it; deleted last at erasure)", crate::tenant::builders::KEY_SECRET)?;
+    }
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), &ns);
+    let pod_list = pods.list(&Default::default()).await.map(|l| l.items).unwrap_or_default();
+    let list = if t.is_some() { pvcs.list(&Default::default()).await.map(|l| l.items).unwrap_or_default() } else { Vec::new() };
+    writeln!(out, "  volumes: {}", list.len())?;
+    for pvc in list {
+        let name = pvc.name_any();
+        let class = pvc.labels().get(LABEL_DATA_CLASS).cloned().unwrap_or_else(|| "accountData".into());
+        let size = pvc.spec.as_ref().and_then(|s| s.resources.as_ref()?.requests.as_ref()?.get("storage").map(|q| q.0.clone())).unwrap_or_default();
+        let pv = pvc.spec.as_ref().and_then(|s| s.volume_name.clone()).unwrap_or_else(|| "(unbound)".into());
+        let nodes: Vec<String> = pod_list
+            .iter()
+            .filter(|p| p.spec.as_ref().is_some_and(|s| s.volumes.iter().flatten().any(|v| v.persistent_volume_claim.as_ref().is_some_and(|c| c.claim_name == name))))
+            .filter_map(|p| p.spec.as_ref()?.node_name.clone())
+            .collect();
+        let timer = match pvc.annotations().get(alcove_crds::ANNOTATION_RETAIN_UNTIL) {
+            Some(until) => format!("released: erased at {until} ({})", pvc.annotations().get(policy::ANNOTATION_RULE).cloned().unwrap_or_default()),
+            None => match pvc.metadata.owner_references.as_ref().and_then(|o| o.first()) {
+                Some(o) => format!("kept while {} {} exists", o.kind, o.name),
+                None => "kept until the tenant is erased".into(),
+            },
+        };
+        let where_ = if nodes.is_empty() { "not mounted".to_string() } else { format!("mounted on {}", nodes.join(", ")) };
+        writeln!(out, "  - {name} [{class}] {size} on {pv}, {where_}; {timer}")?;
+    }
+    let cms: Api<ConfigMap> = Api::namespaced(client, operator_namespace);
+    let receipts: Vec<(String, ErasureRecord)> = cms
+        .get_opt(&policy::receipts_name(tenant))
+        .await?
+        .and_then(|c| c.data)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|(k, v)| Some((k, serde_json::from_str(&v).ok()?)))
+        .collect();
+    writeln!(out, "  erasures: {}", receipts.len())?;
+    for (_, r) in receipts {
+        writeln!(out, "  - {} erased at {} [{}] (deadline {}, rule {})", r.what, r.erased_at, r.data_class, r.deadline, r.rule)?;
+    }
+    Ok(out)
+}
