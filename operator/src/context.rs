@@ -151,7 +151,8 @@ caches! {
     roles: Role = Api::all, managed();
     role_bindings: RoleBinding = Api::all, managed();
     secrets: Secret = Api::all, managed();
-    config_maps: ConfigMap = Api::all, all();
+    // Erasure receipts grow with every erasure and are read only on demand: kept out of memory.
+    config_maps: ConfigMap = Api::all, watcher::Config::default().labels(&format!("{}!={}", alcove_crds::LABEL_DATA_CLASS, crate::retention::policy::RECEIPTS_CLASS));
     services: Service = Api::all, managed();
     pods: Pod = Api::all, managed();
     pvcs: PersistentVolumeClaim = Api::all, managed();
@@ -176,13 +177,15 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     pub recorder: Recorder,
     pub caches: Caches,
+    /// Tenants whose status should be refreshed from outside the caches (a new erasure receipt).
+    pub tenant_nudges: tokio::sync::broadcast::Sender<String>,
 }
 
 impl Context {
     pub fn new(client: Client, config: Config, clock: Arc<dyn Clock>, metrics: Arc<Metrics>, caches: Caches, identity: &str) -> Context {
         let reporter = Reporter { controller: "alcove-operator".into(), instance: Some(identity.to_string()) };
         let recorder = Recorder::new(client.clone(), reporter);
-        Context { writes: Default::default(), client, config, clock, metrics, recorder, caches }
+        Context { writes: Default::default(), client, config, clock, metrics, recorder, caches, tenant_nudges: tokio::sync::broadcast::channel(1024).0 }
     }
 
     /// Publishes an Event about `obj`. Failing to record an Event never fails a reconcile.

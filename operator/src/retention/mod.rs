@@ -19,7 +19,6 @@ use kube::ResourceExt;
 
 use crate::context::{Context, Handles, find_cluster, key};
 use crate::error::{Error, Result};
-use crate::tenant::ignore_missing;
 use policy::Verdict;
 
 const CONTROLLER: &str = "retention";
@@ -67,7 +66,7 @@ pub async fn record(ctx: &Context, tenant: &str, r: &ErasureRecord) -> Result<()
     let entry = format!("{}-{}", r.erased_at.replace(':', ""), crate::apply::config_hash(&serde_json::json!(r.what)));
     let body = serde_json::to_string(r).map_err(|e| Error::Other(e.to_string()))?;
     let cm = serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap",
-        "metadata": {"name": name, "namespace": ns, "labels": {LABEL_TENANT: tenant, crate::context::MANAGED_BY.0: crate::context::MANAGED_BY.1, LABEL_DATA_CLASS: "erasureReceipts"}},
+        "metadata": {"name": name, "namespace": ns, "labels": {LABEL_TENANT: tenant, crate::context::MANAGED_BY.0: crate::context::MANAGED_BY.1, LABEL_DATA_CLASS: policy::RECEIPTS_CLASS}},
         "data": {entry: body}});
     // Each receipt is its own key; a merge patch adds it and leaves the others alone.
     // Erasures run concurrently: when two make the ConfigMap at once, the loser patches.
@@ -85,28 +84,41 @@ pub async fn record(ctx: &Context, tenant: &str, r: &ErasureRecord) -> Result<()
             Err(e) => return Err(e.into()),
         }
     }
+    let _ = ctx.tenant_nudges.send(tenant.to_string());
     if let Some(t) = find_cluster(&ctx.caches.tenants, tenant) {
         ctx.event(&*t, false, "Erased", "Erase", format!("{} ({}) erased; deadline {}, rule {}", r.what, r.data_class, r.deadline, r.rule)).await;
     }
     Ok(())
 }
 
-/// Every receipt of a tenant, oldest first.
-pub fn receipts(ctx: &Context, tenant: &str) -> Vec<ErasureRecord> {
-    let cm = crate::context::find(&ctx.caches.config_maps, &ctx.config.namespace, &policy::receipts_name(tenant));
+/// Every receipt of a tenant, oldest first (read from the API: receipts are not cached).
+pub async fn receipts(client: &kube::Client, operator_namespace: &str, tenant: &str) -> Result<Vec<ErasureRecord>> {
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), operator_namespace);
+    let cm = cms.get_opt(&policy::receipts_name(tenant)).await?;
     let mut out: Vec<(String, ErasureRecord)> =
-        cm.and_then(|c| c.data.clone()).unwrap_or_default().into_iter().filter_map(|(k, v)| Some((k, serde_json::from_str(&v).ok()?))).collect();
+        cm.and_then(|c| c.data).unwrap_or_default().into_iter().filter_map(|(k, v)| Some((k, serde_json::from_str(&v).ok()?))).collect();
     out.sort_by(|a, b| a.0.cmp(&b.0));
-    out.into_iter().map(|(_, r)| r).collect()
+    Ok(out.into_iter().map(|(_, r)| r).collect())
 }
 
 /// Deletes a volume claim and waits (bounded) until its PersistentVolume — the data — is gone.
-/// Returns the description for the receipt.
-pub async fn erase_volume(ctx: &Context, pvc: &PersistentVolumeClaim) -> Result<String> {
+/// Returns the description for the receipt, or `None` when the claim was already gone (an
+/// earlier pass erased it and wrote the receipt; a cache that lags must not write a second).
+pub async fn erase_volume(ctx: &Context, pvc: &PersistentVolumeClaim) -> Result<Option<String>> {
     let ns = pvc.namespace().unwrap_or_default();
     let api: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
+    // A cache still showing a claim this operator deleted moments ago costs no second delete.
+    let mark = format!("Delete/{}", pvc.uid().unwrap_or_default());
+    if ctx.writes.already_written(&mark, Some("deleted")) {
+        return Ok(None);
+    }
     let dp = DeleteParams { preconditions: Some(Preconditions { uid: pvc.uid(), resource_version: None }), ..Default::default() };
-    ignore_missing(api.delete(&pvc.name_any(), &dp).await)?;
+    match api.delete(&pvc.name_any(), &dp).await {
+        Ok(_) => ctx.writes.record(mark, Some("deleted".into()), String::new()),
+        // Gone, or (409) a different claim of that name now: not this volume any more.
+        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => return Ok(None),
+        Err(e) => return Err(e.into()),
+    }
     let volume = pvc.spec.as_ref().and_then(|s| s.volume_name.clone());
     if let Some(pv) = &volume {
         let pvs: Api<PersistentVolume> = Api::all(ctx.client.clone());
@@ -119,7 +131,7 @@ pub async fn erase_volume(ctx: &Context, pvc: &PersistentVolumeClaim) -> Result<
             waited += Duration::from_millis(200);
         }
     }
-    Ok(format!("PersistentVolumeClaim {}{}", key(pvc), volume.map(|v| format!(" (volume {v})")).unwrap_or_default()))
+    Ok(Some(format!("PersistentVolumeClaim {}{}", key(pvc), volume.map(|v| format!(" (volume {v})")).unwrap_or_default())))
 }
 
 async fn reconcile(pvc: Arc<PersistentVolumeClaim>, ctx: Arc<Context>) -> Result<Action> {
@@ -150,10 +162,11 @@ async fn reconcile(pvc: Arc<PersistentVolumeClaim>, ctx: Arc<Context>) -> Result
             }
             let class = pvc.labels().get(LABEL_DATA_CLASS).cloned().unwrap_or_default();
             let rule = pvc.annotations().get(policy::ANNOTATION_RULE).cloned().unwrap_or_default();
-            let what = erase_volume(&ctx, &pvc).await?;
-            let erased_at = ctx.now();
-            ctx.metrics.erasures.with_label_values(&[&class]).inc();
-            record(&ctx, &tenant_name, &policy::receipt(what, &class, deadline, erased_at, rule)).await?;
+            if let Some(what) = erase_volume(&ctx, &pvc).await? {
+                let erased_at = ctx.now();
+                ctx.metrics.erasures.with_label_values(&[&class]).inc();
+                record(&ctx, &tenant_name, &policy::receipt(what, &class, deadline, erased_at, rule)).await?;
+            }
             Ok(Action::await_change())
         }
     }
@@ -181,10 +194,22 @@ where
             .map(|p| ObjectRef::from_obj(&*p))
             .collect::<Vec<_>>()
     };
-    let jumps = ctx.clock.jumps().unwrap_or_else(|| futures::stream::pending().boxed());
+    // When an injected clock jumps, the released volumes it made due are re-decided now rather
+    // than at their real-time timers (only those: a jump must not re-run every volume).
+    let (store, clock) = (ctx.caches.pvcs.clone(), ctx.clock.clone());
+    let due = ctx.clock.jumps().unwrap_or_else(|| futures::stream::pending().boxed()).flat_map(move |_| {
+        let now = clock.now();
+        let refs: Vec<ObjectRef<PersistentVolumeClaim>> = store
+            .state()
+            .into_iter()
+            .filter(|p| matches!(policy::verdict(p, now, false), Verdict::Erase { .. }))
+            .map(|p| ObjectRef::from_obj(&*p))
+            .collect();
+        futures::stream::iter(refs)
+    });
     Controller::for_stream(h.pvcs.subscribe(), ctx.caches.pvcs.clone())
         .watches_stream(h.tenants.subscribe().predicate_filter(predicates::generation, Default::default()), of_tenant)
-        .reconcile_all_on(jumps)
+        .reconcile_on(due)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|_| async {})
@@ -237,17 +262,9 @@ pub async fn data_report(client: kube::Client, operator_namespace: &str, tenant:
         let where_ = if nodes.is_empty() { "not mounted".to_string() } else { format!("mounted on {}", nodes.join(", ")) };
         writeln!(out, "  - {name} [{class}] {size} on {pv}, {where_}; {timer}")?;
     }
-    let cms: Api<ConfigMap> = Api::namespaced(client, operator_namespace);
-    let receipts: Vec<(String, ErasureRecord)> = cms
-        .get_opt(&policy::receipts_name(tenant))
-        .await?
-        .and_then(|c| c.data)
-        .unwrap_or_default()
-        .into_iter()
-        .filter_map(|(k, v)| Some((k, serde_json::from_str(&v).ok()?)))
-        .collect();
+    let receipts = receipts(&client, operator_namespace, tenant).await?;
     writeln!(out, "  erasures: {}", receipts.len())?;
-    for (_, r) in receipts {
+    for r in receipts {
         writeln!(out, "  - {} erased at {} [{}] (deadline {}, rule {})", r.what, r.erased_at, r.data_class, r.deadline, r.rule)?;
     }
     Ok(out)

@@ -90,6 +90,9 @@ pub fn receipt(what: String, class: &str, deadline: Timestamp, erased_at: Timest
     ErasureRecord { what, data_class: class.into(), deadline: crate::clock::format(deadline), erased_at: crate::clock::format(erased_at), rule }
 }
 
+/// The `alcove.dev/data-class` of the receipts ConfigMaps.
+pub const RECEIPTS_CLASS: &str = "erasureReceipts";
+
 /// The ConfigMap (in the operator's namespace) holding a tenant's erasure receipts; it outlives
 /// the tenant namespace.
 pub fn receipts_name(tenant: &str) -> String {

@@ -183,7 +183,7 @@ async fn reconcile_inner(tenant: &Tenant, ctx: &Context) -> Result<Action> {
     };
     // Billing and retention own their own parts of the status.
     desired.billing = previous.billing.clone();
-    desired.erasure = last_receipts(ctx, &tenant.name_any());
+    desired.erasure = last_receipts(ctx, &tenant.name_any()).await?;
     desired.erase_after = previous.erase_after.clone();
     // Keep the other controllers' conditions (Billing) in place.
     for c in &previous.conditions {
@@ -206,9 +206,9 @@ async fn reconcile_inner(tenant: &Tenant, ctx: &Context) -> Result<Action> {
 
 /// The latest erasure receipts, mirrored into the status (the full list is in the receipts
 /// ConfigMap in the operator's namespace).
-fn last_receipts(ctx: &Context, tenant: &str) -> Vec<alcove_crds::ErasureRecord> {
-    let all = crate::retention::receipts(ctx, tenant);
-    all[all.len().saturating_sub(20)..].to_vec()
+async fn last_receipts(ctx: &Context, tenant: &str) -> Result<Vec<alcove_crds::ErasureRecord>> {
+    let all = crate::retention::receipts(&ctx.client, &ctx.config.namespace, tenant).await?;
+    Ok(all[all.len().saturating_sub(20)..].to_vec())
 }
 
 /// Deletion: destroy the tenant's instances and knowledge bases at once (billing stops), keep
@@ -227,7 +227,7 @@ async fn cleanup(tenant: &Tenant, ctx: &Context) -> Result<Action> {
     let mut s = tenant.status.clone().unwrap_or_default();
     s.phase = Some(TenantPhase::Erasing);
     s.erase_after = Some(crate::clock::format(erase_after));
-    s.erasure = last_receipts(ctx, &name);
+    s.erasure = last_receipts(ctx, &name).await?;
     let first = tenant.status.as_ref().and_then(|s| s.phase) != Some(TenantPhase::Erasing);
     ctx.write_status(&tenants, tenant, tenant.status.as_ref(), &s).await?;
     if first {
@@ -266,8 +266,9 @@ async fn cleanup(tenant: &Tenant, ctx: &Context) -> Result<Action> {
     if live_ns.is_some() {
         let pvcs: Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
         for pvc in pvcs.list(&Default::default()).await?.items {
-            let what = crate::retention::erase_volume(ctx, &pvc).await?;
-            crate::retention::record(ctx, &name, &receipt(what)).await?;
+            if let Some(what) = crate::retention::erase_volume(ctx, &pvc).await? {
+                crate::retention::record(ctx, &name, &receipt(what)).await?;
+            }
         }
         let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
         if secrets.get_opt(builders::KEY_SECRET).await?.is_some() {
@@ -323,6 +324,8 @@ where
     }
     // Node changes can give or take a region's capacity: re-check every tenant.
     let node_changes = h.nodes.subscribe().map(|_| ());
+    // A new erasure receipt: the status mirrors it.
+    let nudged = tokio_stream::wrappers::BroadcastStream::new(ctx.tenant_nudges.subscribe()).filter_map(|r| futures::future::ready(r.ok().map(|t| ObjectRef::new(&t))));
     Controller::for_stream(h.tenants.subscribe(), ctx.caches.tenants.clone())
         .watches_stream(h.namespaces.subscribe(), by_label)
         .watches_stream(h.quotas.subscribe(), by_label)
@@ -333,8 +336,8 @@ where
         .watches_stream(h.secrets.subscribe(), by_label)
         .watches_stream(h.instances.subscribe(), by_namespace)
         .watches_stream(h.knowledge_bases.subscribe(), by_namespace)
-        .watches_stream(h.config_maps.subscribe(), by_label)
         .reconcile_all_on(node_changes)
+        .reconcile_on(nudged)
         .reconcile_all_on(ctx.clock.jumps().unwrap_or_else(|| futures::stream::pending().boxed()))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
