@@ -213,9 +213,16 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     println!("alcove up: simulated: the nodes and their GPUs; real: the Kubernetes API, the operator, and every inference server (on this machine's CPU)");
     println!("alcove up: ready in {:.1} s — export KUBECONFIG={}   (Ctrl-C stops everything)", started.elapsed().as_secs_f64(), rel(&kubeconfig).display());
 
-    tokio::select! {
-        _ = crate::shutdown_signal() => {}
-        r = &mut operator => {
+    // The operator listens for the same signal; whichever of the two sees it first, both stop.
+    let stopped_alone = tokio::select! {
+        _ = crate::shutdown_signal() => None,
+        r = &mut operator => Some(r),
+    };
+    println!("alcove up: stopping");
+    match stopped_alone {
+        None => drop(tokio::time::timeout(Duration::from_secs(5), operator).await),
+        Some(Ok(Ok(()))) => {}
+        Some(r) => {
             cluster.shutdown().await;
             return match r {
                 Ok(Err(e)) => Err(e.context("the operator stopped")),
@@ -223,9 +230,6 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             };
         }
     }
-    println!("alcove up: stopping");
-    // The operator saw the same signal and stops on its own.
-    let _ = tokio::time::timeout(Duration::from_secs(5), operator).await;
     cluster.shutdown().await;
     println!("alcove up: stopped");
     Ok(())
