@@ -310,10 +310,7 @@ pub fn pod(i: &InferenceInstance, config: &Config, inputs: &PodInputs) -> Result
             "terminationGracePeriodSeconds": 2,
             "nodeSelector": node_selector,
             "tolerations": tolerations,
-            "securityContext": {
-                "runAsNonRoot": true, "runAsUser": RUN_AS, "runAsGroup": RUN_AS, "fsGroup": RUN_AS,
-                "seccompProfile": {"type": "RuntimeDefault"},
-            },
+            "securityContext": restricted_pod_security(),
             "containers": [{
                 "name": "server",
                 "image": config.inference_image,
@@ -325,10 +322,7 @@ pub fn pod(i: &InferenceInstance, config: &Config, inputs: &PodInputs) -> Result
                 // /healthz answers while the model loads; /readyz once it is loaded.
                 "livenessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 10, "failureThreshold": 6},
                 "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 1, "failureThreshold": 3},
-                "securityContext": {
-                    "allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true, "runAsNonRoot": true,
-                    "capabilities": {"drop": ["ALL"]},
-                },
+                "securityContext": restricted_container_security(),
                 "terminationMessagePolicy": "FallbackToLogsOnError",
                 "volumeMounts": mounts,
             }],
@@ -338,6 +332,17 @@ pub fn pod(i: &InferenceInstance, config: &Config, inputs: &PodInputs) -> Result
     let hash = crate::apply::config_hash(&json!({"pod": pod, "keyRotation": inputs.key_rotation}));
     pod["metadata"]["annotations"] = json!({POD_HASH: hash});
     Ok(from_json(pod))
+}
+
+/// The pod security context every pod the operator makes has (Pod Security `restricted`): the
+/// image's numeric non-root user, fsGroup for the secret files, the runtime's seccomp profile.
+pub fn restricted_pod_security() -> Value {
+    json!({"runAsNonRoot": true, "runAsUser": RUN_AS, "runAsGroup": RUN_AS, "fsGroup": RUN_AS, "seccompProfile": {"type": "RuntimeDefault"}})
+}
+
+/// The container security context for Pod Security `restricted`, with a read-only root.
+pub fn restricted_container_security() -> Value {
+    json!({"allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true, "runAsNonRoot": true, "capabilities": {"drop": ["ALL"]}})
 }
 
 /// The hash a live pod was built with.

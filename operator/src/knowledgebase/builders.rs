@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 use sha2::Digest;
 
 use crate::config::{Config, TierConfig};
-use crate::instance::builders::{RUN_AS, model_volume};
+use crate::instance::builders::{model_volume, restricted_container_security, restricted_pod_security};
 use crate::tenant::builders::COMPONENT_LABEL;
 
 /// The index directory inside the KB volume (what instances pass to `--kb`).
@@ -214,20 +214,14 @@ pub fn job(kb: &KnowledgeBase, config: &Config, placement: &ResolvedPlacement, h
                     "enableServiceLinks": false,
                     "nodeSelector": placement.node_selector,
                     "tolerations": placement.tolerations,
-                    "securityContext": {
-                        "runAsNonRoot": true, "runAsUser": RUN_AS, "runAsGroup": RUN_AS, "fsGroup": RUN_AS,
-                        "seccompProfile": {"type": "RuntimeDefault"},
-                    },
+                    "securityContext": restricted_pod_security(),
                     "containers": [{
                         "name": "index",
                         "image": config.inference_image,
                         "command": ["/usr/local/bin/alcove-inference"],
                         "args": args,
                         "resources": {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"cpu": "2", "memory": "4Gi"}},
-                        "securityContext": {
-                            "allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true, "runAsNonRoot": true,
-                            "capabilities": {"drop": ["ALL"]},
-                        },
+                        "securityContext": restricted_container_security(),
                         "terminationMessagePolicy": "FallbackToLogsOnError",
                         "volumeMounts": mounts,
                     }],
