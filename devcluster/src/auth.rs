@@ -236,6 +236,111 @@ fn describe(user: &UserInfo) -> String {
     format!("User {:?}", user.name)
 }
 
+/// RBAC escalation prevention, as kube-apiserver's RBAC storage does it: writing a Role or
+/// ClusterRole needs `escalate` on it or every permission it grants; writing a binding needs
+/// `bind` on the role it references or every permission of that role. `obj` is the object as it
+/// would be stored.
+pub fn check_escalation(st: &State, user: &UserInfo, resource: &str, namespace: &str, obj: &Value) -> Result<(), ApiError> {
+    if user.is_superuser() {
+        return Ok(());
+    }
+    let name = meta::name(obj);
+    let (rules, verb, role_resource, role_name) = match resource {
+        "roles" | "clusterroles" => (obj["rules"].as_array().cloned().unwrap_or_default(), "escalate", resource.to_string(), name.to_string()),
+        "rolebindings" | "clusterrolebindings" => {
+            let role_ref = &obj["roleRef"];
+            let kind = role_ref["kind"].as_str().unwrap_or_default();
+            let res = if kind == "Role" { "roles" } else { "clusterroles" };
+            let found = match kind {
+                "ClusterRole" => st.get(&GroupResource::new("rbac.authorization.k8s.io", "clusterroles"), "", role_ref["name"].as_str().unwrap_or_default()),
+                _ => st.get(&GroupResource::new("rbac.authorization.k8s.io", "roles"), namespace, role_ref["name"].as_str().unwrap_or_default()),
+            };
+            let rules = found.and_then(|r| r["rules"].as_array().cloned()).unwrap_or_default();
+            (rules, "bind", res.to_string(), role_ref["name"].as_str().unwrap_or_default().to_string())
+        }
+        _ => return Ok(()),
+    };
+    let privileged = Attributes {
+        verb: verb.into(),
+        resource_request: true,
+        group: "rbac.authorization.k8s.io".into(),
+        resource: role_resource,
+        namespace: namespace.into(),
+        name: role_name,
+        ..Default::default()
+    };
+    if authorize(st, user, &privileged).allowed {
+        return Ok(());
+    }
+    let missing: Vec<String> = rules.iter().filter(|r| !rule_held(st, user, namespace, r)).map(describe_rule).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let qualified = format!("{resource}.rbac.authorization.k8s.io");
+    Err(ApiError::forbidden(
+        format!(
+            "{qualified} {name:?} is forbidden: user {:?} (groups={:?}) is attempting to grant RBAC permissions not currently held:\n{}",
+            user.name,
+            user.groups,
+            missing.join("\n")
+        ),
+        "rbac.authorization.k8s.io",
+        resource,
+        name,
+    ))
+}
+
+fn strings(v: &Value) -> Vec<String> {
+    v.as_array().into_iter().flatten().filter_map(Value::as_str).map(str::to_string).collect()
+}
+
+/// Whether `user` holds every permission `rule` grants, in `namespace` (empty: cluster-wide).
+fn rule_held(st: &State, user: &UserInfo, namespace: &str, rule: &Value) -> bool {
+    let verbs = strings(&rule["verbs"]);
+    let urls = strings(&rule["nonResourceURLs"]);
+    if !urls.is_empty() {
+        return urls.iter().all(|u| {
+            verbs.iter().all(|v| authorize(st, user, &Attributes { verb: v.clone(), path: u.clone(), ..Default::default() }).allowed)
+        });
+    }
+    let names = match strings(&rule["resourceNames"]) {
+        n if n.is_empty() => vec![String::new()],
+        n => n,
+    };
+    strings(&rule["apiGroups"]).iter().all(|g| {
+        strings(&rule["resources"]).iter().all(|r| {
+            let (resource, subresource) = r.split_once('/').map(|(a, b)| (a.to_string(), b.to_string())).unwrap_or((r.clone(), String::new()));
+            verbs.iter().all(|v| {
+                names.iter().all(|n| {
+                    let a = Attributes {
+                        verb: v.clone(),
+                        resource_request: true,
+                        group: g.clone(),
+                        resource: resource.clone(),
+                        subresource: subresource.clone(),
+                        namespace: namespace.into(),
+                        name: n.clone(),
+                        path: String::new(),
+                    };
+                    authorize(st, user, &a).allowed
+                })
+            })
+        })
+    })
+}
+
+/// A rule the way kube-apiserver prints it in escalation errors.
+fn describe_rule(rule: &Value) -> String {
+    let list = |k: &str| strings(&rule[k]).iter().map(|s| format!("{s:?}")).collect::<Vec<_>>().join(" ");
+    let mut parts = Vec::new();
+    for (field, key) in [("APIGroups", "apiGroups"), ("Resources", "resources"), ("ResourceNames", "resourceNames"), ("NonResourceURLs", "nonResourceURLs"), ("Verbs", "verbs")] {
+        if !strings(&rule[key]).is_empty() {
+            parts.push(format!("{field}:[{}]", list(key)));
+        }
+    }
+    format!("{{{}}}", parts.join(", "))
+}
+
 /// kube-apiserver's 403 for a refused request.
 pub fn forbidden(user: &UserInfo, a: &Attributes) -> ApiError {
     if !a.resource_request {

@@ -109,6 +109,9 @@ pub struct Config {
     pub watch_history: usize,
     /// How often watches that asked for bookmarks get one.
     pub bookmark_interval: Duration,
+    /// Writes an audit event (`audit.k8s.io/v1`, level Metadata) per resource request to this
+    /// file, one JSON object per line, as kube-apiserver's `--audit-log-path` does.
+    pub audit_log: Option<PathBuf>,
 }
 
 impl Config {
@@ -123,6 +126,7 @@ impl Config {
             faults: Faults::default(),
             watch_history: 200_000,
             bookmark_interval: Duration::from_secs(10),
+            audit_log: None,
         }
     }
 

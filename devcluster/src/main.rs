@@ -27,6 +27,9 @@ struct Args {
     /// Run pods of IMAGE as the local program EXE (IMAGE may end in `*`).
     #[arg(long = "image", value_name = "IMAGE=EXE")]
     images: Vec<String>,
+    /// Append an audit event per resource request to FILE (JSON lines, audit.k8s.io/v1).
+    #[arg(long)]
+    audit_log_path: Option<PathBuf>,
 }
 
 fn main() {
@@ -35,6 +38,7 @@ fn main() {
     let mut config = Config::new(&args.state_dir);
     config.port = args.port;
     config.faults = Faults::from_env();
+    config.audit_log = args.audit_log_path.clone();
     if let Some(path) = &args.nodes {
         config = config.load_file(path).unwrap_or_else(|e| fail(&e));
     }

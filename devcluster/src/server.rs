@@ -36,12 +36,21 @@ pub struct Shared {
     pub runtime: Arc<Runtime>,
     pub server_address: String,
     fault_rng: Mutex<u64>,
+    audit: Option<Mutex<std::io::LineWriter<std::fs::File>>>,
 }
 
 impl Shared {
     pub fn new(config: Config, runtime: Arc<Runtime>, server_address: String) -> Shared {
         let seed = config.faults.seed.max(1);
+        let audit = config.audit_log.as_ref().map(|p| {
+            if let Some(dir) = p.parent() {
+                let _ = std::fs::create_dir_all(dir);
+            }
+            let f = std::fs::OpenOptions::new().create(true).append(true).open(p).unwrap_or_else(|e| panic!("audit log {}: {e}", p.display()));
+            Mutex::new(std::io::LineWriter::new(f))
+        });
         Shared {
+            audit,
             state: Mutex::new(State::new(config.watch_history)),
             auth: Authenticator::new(&config.tokens),
             metrics: Metrics::default(),
@@ -294,6 +303,32 @@ fn metrics_verb(ri: &RequestInfo, method: &Method, headers: &HeaderMap) -> Strin
     }
 }
 
+/// One audit event (level Metadata, stage ResponseComplete) as a JSON line.
+fn audit_event(audit: &Mutex<std::io::LineWriter<std::fs::File>>, ri: &RequestInfo, method: &Method, uri: String, user: Option<&UserInfo>, code: u16) {
+    use std::io::Write;
+    let mut object_ref = json!({"resource": ri.resource, "apiGroup": ri.group, "apiVersion": ri.version});
+    for (k, v) in [("namespace", &ri.namespace), ("name", &ri.name), ("subresource", &ri.subresource)] {
+        if !v.is_empty() {
+            object_ref[k] = v.as_str().into();
+        }
+    }
+    let event = json!({
+        "kind": "Event",
+        "apiVersion": "audit.k8s.io/v1",
+        "level": "Metadata",
+        "stage": "ResponseComplete",
+        "requestURI": uri,
+        "verb": ri.verb,
+        "method": method.as_str(),
+        "user": user.map(UserInfo::to_json).unwrap_or(Value::Null),
+        "objectRef": object_ref,
+        "responseStatus": {"code": code},
+        "stageTimestamp": jiff::Timestamp::now().to_string(),
+    });
+    let mut w = audit.lock().unwrap_or_else(|p| p.into_inner());
+    let _ = writeln!(w, "{event}");
+}
+
 /// The single entry point: every request goes through here.
 pub async fn handle(AxState(shared): AxState<Arc<Shared>>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
@@ -302,7 +337,10 @@ pub async fn handle(AxState(shared): AxState<Arc<Shared>>, req: Request) -> Resp
     let ri = parse_request(&parts.method, &path, &query);
     let dry_run = query.get("dryRun").is_some_and(|v| v == "All");
     let mverb = metrics_verb(&ri, &parts.method, &parts.headers);
-    let reply = dispatch(&shared, &parts.method, &parts.headers, &ri, &query, body).await;
+    let (reply, user) = dispatch(&shared, &parts.method, &parts.headers, &ri, &query, body).await;
+    if let (Some(audit), true) = (&shared.audit, ri.resource_request) {
+        audit_event(audit, &ri, &parts.method, parts.uri.to_string(), user.as_ref(), reply.status.as_u16());
+    }
     if ri.resource_request {
         shared.metrics.record(RequestLabels {
             verb: mverb,
@@ -324,14 +362,16 @@ pub async fn handle(AxState(shared): AxState<Arc<Shared>>, req: Request) -> Resp
     reply.into_response()
 }
 
-async fn dispatch(shared: &Arc<Shared>, method: &Method, headers: &HeaderMap, ri: &RequestInfo, query: &BTreeMap<String, String>, body: Body) -> Reply {
+const RBAC_GROUP: &str = "rbac.authorization.k8s.io";
+
+async fn dispatch(shared: &Arc<Shared>, method: &Method, headers: &HeaderMap, ri: &RequestInfo, query: &BTreeMap<String, String>, body: Body) -> (Reply, Option<UserInfo>) {
     let user = match shared.auth.authenticate(headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok())) {
         Ok(u) => u,
-        Err(e) => return e.into(),
+        Err(e) => return (e.into(), None),
     };
-    let user = match auth::impersonate(&shared.lock(), user, headers) {
+    let user = match auth::impersonate(&shared.lock(), user.clone(), headers) {
         Ok(u) => u,
-        Err(e) => return e.into(),
+        Err(e) => return (e.into(), Some(user)),
     };
     let attrs = Attributes {
         verb: if ri.resource_request { ri.verb.clone() } else { method.as_str().to_lowercase() },
@@ -343,8 +383,14 @@ async fn dispatch(shared: &Arc<Shared>, method: &Method, headers: &HeaderMap, ri
         name: ri.name.clone(),
         path: ri.path.clone(),
     };
-    if !auth::authorize(&shared.lock(), &user, &attrs).allowed {
-        return auth::forbidden(&user, &attrs).into();
+    let reply = authorized(shared, method, headers, ri, query, body, &user, &attrs).await;
+    (reply, Some(user))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn authorized(shared: &Arc<Shared>, method: &Method, headers: &HeaderMap, ri: &RequestInfo, query: &BTreeMap<String, String>, body: Body, user: &UserInfo, attrs: &Attributes) -> Reply {
+    if !auth::authorize(&shared.lock(), user, attrs).allowed {
+        return auth::forbidden(user, attrs).into();
     }
     if !ri.resource_request {
         return non_resource(shared, headers, ri);
@@ -362,7 +408,7 @@ async fn dispatch(shared: &Arc<Shared>, method: &Method, headers: &HeaderMap, ri
     if !ri.namespace.is_empty() && !info.namespaced && ri.resource != "namespaces" {
         return ApiError::not_found(Qualified { group: "", resource: "" }, "").into_404_page();
     }
-    match resource(shared, method, headers, ri, query, &info, &user, body).await {
+    match resource(shared, method, headers, ri, query, &info, user, body).await {
         Ok(r) => r,
         Err(e) => e.into(),
     }
@@ -584,6 +630,9 @@ async fn resource(
             let obj = parse_body(headers, &bytes)?;
             let opts = write_opts(query, headers)?;
             let mut st = shared.lock();
+            if info.group == RBAC_GROUP {
+                auth::check_escalation(&st, user, &info.plural, ns, &obj)?;
+            }
             let w = api::create(&mut st, info, ns, obj, &opts)?;
             let mut r = Reply::json(201, &shape(info, &w.object, want));
             r.warnings = w.warnings;
@@ -594,6 +643,9 @@ async fn resource(
             let obj = parse_body(headers, &bytes)?;
             let opts = write_opts(query, headers)?;
             let mut st = shared.lock();
+            if info.group == RBAC_GROUP {
+                auth::check_escalation(&st, user, &info.plural, ns, &obj)?;
+            }
             let w = api::update(&mut st, info, ns, &ri.name, obj, &opts, status_write)?;
             let mut r = Reply::json(200, &shape(info, &w.object, want));
             r.warnings = w.warnings;
@@ -623,6 +675,17 @@ async fn resource(
                 opts.manager = String::new();
             }
             let mut st = shared.lock();
+            // An apply that creates the object is a create too, and is authorized as one.
+            if ptype == PatchType::Apply && !status_write && st.get(&info.storage_resource(), ns, &ri.name).is_none() {
+                let create = Attributes { verb: "create".into(), resource_request: true, group: ri.group.clone(), resource: ri.resource.clone(), namespace: ns.into(), name: ri.name.clone(), ..Default::default() };
+                if !auth::authorize(&st, user, &create).allowed {
+                    return Err(auth::forbidden(user, &create));
+                }
+            }
+            if info.group == RBAC_GROUP {
+                let preview = api::patch(&mut st, info, ns, &ri.name, ptype, &patch, &WriteOpts { dry_run: true, ..opts.clone() }, status_write)?;
+                auth::check_escalation(&st, user, &info.plural, ns, &preview.object)?;
+            }
             let w = api::patch(&mut st, info, ns, &ri.name, ptype, &patch, &opts, status_write)?;
             let mut r = Reply::json(if w.created { 201 } else { 200 }, &shape(info, &w.object, want));
             r.warnings = w.warnings;

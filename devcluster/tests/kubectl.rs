@@ -173,3 +173,51 @@ async fn rbac_can_i_agrees_with_real_requests() {
     let who = env.kubectl_as(&alice, &["auth", "whoami", "-o", "jsonpath={.status.userInfo.username}"], None).await;
     assert_eq!(who.stdout, "alice");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rbac_escalation_is_prevented_and_apply_that_creates_needs_create() {
+    let env = start().await;
+    env.ok(&["create", "namespace", "team-a"]).await;
+    // bob may manage roles and bindings in team-a, and read config maps there; nothing else.
+    env.ok(&["create", "role", "rbac-admin", "-n", "team-a", "--verb=get,list,create,update,patch", "--resource=roles,rolebindings"]).await;
+    env.ok(&["create", "role", "cm-reader", "-n", "team-a", "--verb=get,list", "--resource=configmaps"]).await;
+    env.ok(&["create", "rolebinding", "bob-rbac", "-n", "team-a", "--role=rbac-admin", "--user=bob"]).await;
+    env.ok(&["create", "rolebinding", "bob-cm", "-n", "team-a", "--role=cm-reader", "--user=bob"]).await;
+    env.ok(&["create", "role", "secret-reader", "-n", "team-a", "--verb=get", "--resource=secrets"]).await;
+    let bob = env.user_kubeconfig("bob", &[]);
+
+    // A role within what bob holds is fine; one that grants more is refused, naming the rule.
+    let r = env.kubectl_as(&bob, &["create", "role", "cm-get", "-n", "team-a", "--verb=get", "--resource=configmaps"], None).await;
+    assert!(r.ok, "{}", r.stderr);
+    let r = env.kubectl_as(&bob, &["create", "role", "sneaky", "-n", "team-a", "--verb=get", "--resource=secrets"], None).await;
+    assert!(!r.ok, "granting secrets he cannot read must be refused");
+    assert!(
+        r.stderr.contains("roles.rbac.authorization.k8s.io \"sneaky\" is forbidden: user \"bob\"")
+            && r.stderr.contains("is attempting to grant RBAC permissions not currently held")
+            && r.stderr.contains("{APIGroups:[\"\"], Resources:[\"secrets\"], Verbs:[\"get\"]}"),
+        "{}",
+        r.stderr
+    );
+    // Widening an existing role by server-side apply is refused the same way.
+    let widen = "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {name: cm-get, namespace: team-a}\nrules:\n- {apiGroups: [\"\"], resources: [configmaps], verbs: [get, delete]}\n";
+    let r = env.kubectl_as(&bob, &["apply", "--server-side", "--force-conflicts", "-f", "-"], Some(widen)).await;
+    assert!(!r.ok && r.stderr.contains("not currently held"), "{}", r.stderr);
+    // Binding a role whose permissions bob lacks is refused; with `bind` on it, allowed.
+    let r = env.kubectl_as(&bob, &["create", "rolebinding", "b", "-n", "team-a", "--role=secret-reader", "--user=bob"], None).await;
+    assert!(!r.ok && r.stderr.contains("rolebindings.rbac.authorization.k8s.io \"b\" is forbidden"), "{}", r.stderr);
+    env.ok(&["create", "role", "binder", "-n", "team-a", "--verb=bind", "--resource=roles", "--resource-name=secret-reader"]).await;
+    env.ok(&["create", "rolebinding", "bob-binder", "-n", "team-a", "--role=binder", "--user=bob"]).await;
+    let r = env.kubectl_as(&bob, &["create", "rolebinding", "b", "-n", "team-a", "--role=secret-reader", "--user=carol"], None).await;
+    assert!(r.ok, "{}", r.stderr);
+
+    // An apply that would create an object is authorized as a create: `patch` alone is not enough.
+    env.ok(&["create", "role", "cm-patcher", "-n", "team-a", "--verb=patch", "--resource=configmaps"]).await;
+    env.ok(&["create", "rolebinding", "dave", "-n", "team-a", "--role=cm-patcher", "--user=dave"]).await;
+    let dave = env.user_kubeconfig("dave", &[]);
+    let cm = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c, namespace: team-a}\ndata: {a: b}\n";
+    let r = env.kubectl_as(&dave, &["apply", "--server-side", "-f", "-"], Some(cm)).await;
+    assert!(!r.ok && r.stderr.contains("User \"dave\" cannot create resource \"configmaps\""), "{}", r.stderr);
+    env.ok(&["create", "configmap", "c", "-n", "team-a", "--from-literal=a=a"]).await;
+    let r = env.kubectl_as(&dave, &["apply", "--server-side", "--force-conflicts", "-f", "-"], Some(cm)).await;
+    assert!(r.ok, "an apply to an existing object needs only patch: {}", r.stderr);
+}

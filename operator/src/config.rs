@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use alcove_crds::Tier;
+use alcove_crds::{DataClass, Tier, Window};
 use serde::Deserialize;
 
 /// `alcove operator` flags.
@@ -86,6 +86,11 @@ pub struct FileConfig {
     /// directories on GPU nodes, and the volume attribute naming the model.
     #[serde(default)]
     pub platform_models: PlatformModels,
+    /// Platform-wide retention defaults per data class (`7d`, `24h`, `90m`), used where a
+    /// Tenant's spec says nothing. Each must be within the privacy promise and above any legal
+    /// minimum (see docs/privacy.md).
+    #[serde(default)]
+    pub retention: BTreeMap<DataClass, String>,
 }
 
 pub fn default_image() -> String {
@@ -107,7 +112,13 @@ impl Default for PlatformModels {
 
 impl Default for FileConfig {
     fn default() -> Self {
-        FileConfig { gateway_namespaces: Vec::new(), inference_image: default_image(), tiers: BTreeMap::new(), platform_models: PlatformModels::default() }
+        FileConfig {
+            gateway_namespaces: Vec::new(),
+            inference_image: default_image(),
+            tiers: BTreeMap::new(),
+            platform_models: PlatformModels::default(),
+            retention: BTreeMap::new(),
+        }
     }
 }
 
@@ -120,6 +131,8 @@ pub struct Config {
     pub tiers: BTreeMap<Tier, TierConfig>,
     pub platform_models: PlatformModels,
     pub resync: Duration,
+    /// Retention windows where a Tenant's spec says nothing (validated; product defaults otherwise).
+    pub retention: BTreeMap<DataClass, Window>,
 }
 
 impl Config {
@@ -131,19 +144,42 @@ impl Config {
             }
             None => FileConfig::default(),
         };
-        Ok(Config::from_file(file, &args.namespace, Duration::from_secs(args.resync_seconds.max(1))))
+        Config::from_file(file, &args.namespace, Duration::from_secs(args.resync_seconds.max(1)))
+            .map_err(|e| anyhow::anyhow!("{}: {e}", args.config.as_deref().unwrap_or(std::path::Path::new("")).display()))
     }
 
-    pub fn from_file(file: FileConfig, namespace: &str, resync: Duration) -> Config {
+    pub fn from_file(file: FileConfig, namespace: &str, resync: Duration) -> anyhow::Result<Config> {
         let gateway_namespaces = if file.gateway_namespaces.is_empty() { vec![namespace.to_string()] } else { file.gateway_namespaces };
-        Config {
+        let mut retention = BTreeMap::new();
+        for (class, text) in &file.retention {
+            let w = Window::parse(text).ok_or_else(|| anyhow::anyhow!("retention.{}: {text:?} is not a window like 7d, 24h or 90m", class.as_str()))?;
+            if let Some(max) = class.max_window()
+                && w > max
+            {
+                anyhow::bail!("retention.{}: {w} is longer than the privacy promise ({max})", class.as_str());
+            }
+            // A platform default applies to every tier, so it must meet the strictest minimum.
+            if let Some(min) = alcove_crds::Tier::ALL.iter().filter_map(|t| class.legal_minimum(*t)).max()
+                && w < min
+            {
+                anyhow::bail!("retention.{}: {w} is shorter than the legal minimum ({min})", class.as_str());
+            }
+            retention.insert(*class, w);
+        }
+        Ok(Config {
+            retention,
             namespace: namespace.into(),
             gateway_namespaces,
             inference_image: file.inference_image,
             tiers: file.tiers,
             platform_models: file.platform_models,
             resync,
-        }
+        })
+    }
+
+    /// The retention window of `class` where a Tenant's spec says nothing.
+    pub fn default_window(&self, class: DataClass) -> Window {
+        self.retention.get(&class).copied().unwrap_or_else(|| class.default_window())
     }
 
     /// The tier's settings, or the defaults: free and basic share the pool labelled
@@ -162,6 +198,32 @@ impl Config {
 
     /// A configuration for unit tests.
     pub fn for_tests() -> Config {
-        Config::from_file(FileConfig::default(), "alcove-system", Duration::from_secs(300))
+        Config::from_file(FileConfig::default(), "alcove-system", Duration::from_secs(300)).expect("default configuration")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_retention(yaml: &str) -> anyhow::Result<Config> {
+        let file: FileConfig = serde_saphyr::from_str(yaml).map_err(|e| anyhow::anyhow!("{e}"))?;
+        Config::from_file(file, "alcove-system", Duration::from_secs(300))
+    }
+
+    #[test]
+    fn retention_defaults_are_configurable_within_the_promise_and_the_law() {
+        let c = with_retention("retention: {conversationHistory: 3d, stagedDocuments: 30m}").unwrap();
+        assert_eq!(c.default_window(DataClass::ConversationHistory), Window::days(3));
+        assert_eq!(c.default_window(DataClass::StagedDocuments), Window::minutes(30));
+        assert_eq!(c.default_window(DataClass::KnowledgeBase), Window::days(7), "unset classes keep the product default");
+
+        let err = with_retention("retention: {conversationHistory: 8d}").unwrap_err().to_string();
+        assert!(err.contains("retention.conversationHistory") && err.contains("longer than the privacy promise (7d)"), "{err}");
+        let err = with_retention("retention: {accountData: 1d}").unwrap_err().to_string();
+        assert!(err.contains("retention.accountData") && err.contains("shorter than the legal minimum (7d)"), "{err}");
+        let err = with_retention("retention: {knowledgeBase: soon}").unwrap_err().to_string();
+        assert!(err.contains("retention.knowledgeBase") && err.contains("\"soon\""), "{err}");
+        assert!(with_retention("retention: {caches: 1d}").is_err(), "an unknown data class is refused");
     }
 }

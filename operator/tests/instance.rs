@@ -118,7 +118,9 @@ async fn destroy_stops_the_process_and_records_usage_within_a_second() {
     let pv = p.json(&["get", "pv", pvc["spec"]["volumeName"].as_str().unwrap()]).await;
     let pv_dir = std::path::PathBuf::from(pv["spec"]["hostPath"]["path"].as_str().unwrap());
     assert!(pv_dir.exists());
-    tokio::time::sleep(Duration::from_secs(1)).await; // some GPU time to bill
+    // Some GPU time to bill: 2 s, because the run ends at the deletionTimestamp, which (as on
+    // kube-apiserver) has whole seconds, so up to a second of the wait is not counted.
+    tokio::time::sleep(Duration::from_secs(2)).await;
 
     let started = Instant::now();
     p.ok(&["delete", "inst", "chat-gguf", "-n", "tenant-startup", "--wait=false"]).await;

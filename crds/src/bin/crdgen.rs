@@ -1,4 +1,5 @@
-//! Writes the files generated from the API types: `crds/manifests/*.yaml` (one per CRD) and
+//! Writes the files generated from the API types: `crds/manifests/*.yaml` (one per CRD, copied to
+//! the Helm chart's `charts/alcove/crds/`) and
 //! `docs/api.md`. With `--check` it writes nothing and exits 1 when a committed file differs.
 
 fn main() {

@@ -213,7 +213,7 @@ async fn reconcile_inner(kb: &KnowledgeBase, ctx: &Context) -> Result<Action> {
     // A failed run keeps its Job for `kubectl logs` no longer than the staged-documents window;
     // then it goes with its pod (and the documents staged in it), and the next reconcile retries.
     if let (Some(JobView::Failed(_)), Some(j)) = (&obs.job, current) {
-        let window = crate::retention::policy::window(Some(&tenant), alcove_crds::DataClass::StagedDocuments);
+        let window = crate::retention::policy::window(Some(&tenant), alcove_crds::DataClass::StagedDocuments, ctx.config.default_window(alcove_crds::DataClass::StagedDocuments));
         let finished = j.status.as_ref().and_then(|s| s.conditions.as_ref()).and_then(|cs| cs.iter().find(|c| (c.type_ == "Failed" || c.type_ == "Complete") && c.status == "True")).and_then(|c| c.last_transition_time.as_ref()).map(|t| t.0);
         let deadline = crate::retention::policy::deadline(finished.unwrap_or_else(|| ctx.now()), window);
         if ctx.now() >= deadline {

@@ -31,7 +31,7 @@ pub async fn release(ctx: &Context, pvc: &PersistentVolumeClaim, class: DataClas
     let ns = pvc.namespace().unwrap_or_default();
     let tenant_name = crate::tenant::builders::tenant_of_namespace(&ns).unwrap_or_default().to_string();
     let tenant = find_cluster(&ctx.caches.tenants, &tenant_name);
-    let w = policy::window(tenant.as_deref(), class);
+    let w = policy::window(tenant.as_deref(), class, ctx.config.default_window(class));
     let patch = policy::release_patch(&tenant_name, class, w, ctx.now());
     let api: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
     api.patch(&pvc.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;

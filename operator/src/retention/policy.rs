@@ -13,8 +13,8 @@ pub const LABEL_RELEASED: &str = "alcove.dev/released";
 pub const ANNOTATION_RULE: &str = "alcove.dev/retention-rule";
 
 /// The tenant's window for `class`: its spec's (the schema keeps it within the promise and above
-/// any legal minimum), else the product default.
-pub fn window(tenant: Option<&Tenant>, class: DataClass) -> Window {
+/// any legal minimum), else `default` (the platform's configured default for the class).
+pub fn window(tenant: Option<&Tenant>, class: DataClass, default: Window) -> Window {
     let r = tenant.and_then(|t| t.spec.retention.as_ref());
     let field = r.and_then(|r| match class {
         DataClass::ConversationHistory => r.conversation_history.as_deref(),
@@ -24,7 +24,7 @@ pub fn window(tenant: Option<&Tenant>, class: DataClass) -> Window {
         DataClass::AccountData => r.account_data.as_deref(),
         DataClass::BillingRecords => r.billing_records.as_deref(),
     });
-    field.and_then(Window::parse).unwrap_or_else(|| class.default_window())
+    field.and_then(Window::parse).unwrap_or(default)
 }
 
 pub fn deadline(from: Timestamp, w: Window) -> Timestamp {
@@ -115,11 +115,12 @@ mod tests {
 
     #[test]
     fn windows_come_from_the_spec_or_the_promise() {
-        assert_eq!(window(None, DataClass::ConversationHistory), Window::days(7));
+        assert_eq!(window(None, DataClass::ConversationHistory, Window::days(7)), Window::days(7));
+        assert_eq!(window(None, DataClass::ConversationHistory, Window::days(3)), Window::days(3));
         let t = tenant(json!({"conversationHistory": "2d"}));
-        assert_eq!(window(Some(&t), DataClass::ConversationHistory), Window::days(2));
-        assert_eq!(window(Some(&t), DataClass::KnowledgeBase), Window::days(7));
-        assert_eq!(window(Some(&t), DataClass::AccountData), Window::days(30));
+        assert_eq!(window(Some(&t), DataClass::ConversationHistory, Window::days(7)), Window::days(2));
+        assert_eq!(window(Some(&t), DataClass::KnowledgeBase, Window::days(7)), Window::days(7));
+        assert_eq!(window(Some(&t), DataClass::AccountData, Window::days(30)), Window::days(30));
     }
 
     #[test]

@@ -220,7 +220,7 @@ async fn cleanup(tenant: &Tenant, ctx: &Context) -> Result<Action> {
     let tenants: Api<Tenant> = Api::all(ctx.client.clone());
     let name = tenant.name_any();
     let ns = builders::namespace_name(&name);
-    let window = policy::window(Some(tenant), alcove_crds::DataClass::AccountData);
+    let window = policy::window(Some(tenant), alcove_crds::DataClass::AccountData, ctx.config.default_window(alcove_crds::DataClass::AccountData));
     // The window starts when the operator first sees the deletion (by the one clock), and the
     // deadline is kept in the status, so a restart or a changed spec never moves it later.
     let erase_after = tenant.status.as_ref().and_then(|s| s.erase_after.as_deref()).and_then(crate::clock::parse).unwrap_or_else(|| policy::deadline(ctx.now(), window));

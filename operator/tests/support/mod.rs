@@ -367,3 +367,21 @@ impl Clock {
         std::fs::read_to_string(&self.0).unwrap().trim().parse().unwrap()
     }
 }
+
+/// A loopback HTTP server with one document.
+pub fn serve_document(path: &'static str, text: &'static str) -> u16 {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { continue };
+            let mut buf = [0u8; 4096];
+            let n = s.read(&mut buf).unwrap_or(0);
+            let req = String::from_utf8_lossy(&buf[..n]).into_owned();
+            let (status, body) = if req.split_whitespace().nth(1) == Some(path) { (200, text) } else { (404, "not found") };
+            let _ = write!(s, "HTTP/1.1 {status} X\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
+        }
+    });
+    port
+}

@@ -1,0 +1,484 @@
+//! The Helm chart (`charts/alcove`), through the real Helm library (PyPI helm-python-sdk, which
+//! `./test.sh` installs into `.venv`): lint, render per tier layout, schema refusals; then the
+//! render applied to devcluster, the operator run with exactly the chart's RBAC (its
+//! ServiceAccount token), GitOps field ownership, and each RBAC verb shown to be needed.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::api::authorization::v1::SubjectAccessReview;
+use k8s_openapi::api::rbac::v1::{ClusterRole, Role};
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use serde_json::{Value, json};
+use support::*;
+
+const RELEASE: &str = "alcove";
+const NS: &str = "alcove-system";
+const SA_USER: &str = "system:serviceaccount:alcove-system:alcove";
+const GITOPS: &str = "argocd-controller";
+
+fn chart() -> PathBuf {
+    workspace_root().join("charts/alcove")
+}
+
+fn python() -> PathBuf {
+    let py = workspace_root().join(".venv/bin/python");
+    let ok = std::process::Command::new(&py).args(["-c", "import helm_python, lupa"]).status().is_ok_and(|s| s.success());
+    assert!(ok, "helm-python-sdk and lupa are not installed in {}: run ./test.sh, which installs them", py.display());
+    py
+}
+
+/// Argo CD's verdict on each object, from the health check docs/gitops.md ships.
+fn argocd_health(objects: &[Value]) -> Vec<(String, String)> {
+    use std::io::Write;
+    let mut child = std::process::Command::new(python())
+        .arg(workspace_root().join("operator/tests/support/argocd_health.py"))
+        .arg(workspace_root().join("docs/gitops/argocd-health.lua"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(serde_json::to_string(objects).unwrap().as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let v: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    v.iter().map(|h| (h["status"].as_str().unwrap().to_string(), h["message"].as_str().unwrap_or_default().to_string())).collect()
+}
+
+fn helm(args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(python())
+        .arg(workspace_root().join("operator/tests/support/helm.py"))
+        .args(args)
+        .output()
+        .expect("python");
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// `{"manifest", "objects", "notes"}` of a render with `values` (a file), or Helm's refusal.
+fn render(values: Option<&Path>) -> Result<Value, String> {
+    let chart = chart();
+    let mut args = vec!["render", chart.to_str().unwrap(), RELEASE, NS];
+    let v = values.map(|p| p.display().to_string());
+    args.extend(v.as_deref());
+    let (rc, out, err) = helm(&args);
+    match rc {
+        0 => Ok(serde_json::from_str(&out).expect("render JSON")),
+        2 => Err(err),
+        _ => panic!("helm.py render failed ({rc}): {err}"),
+    }
+}
+
+fn find<'a>(objects: &'a Value, kind: &str, name: &str) -> Option<&'a Value> {
+    objects.as_array().unwrap().iter().find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+}
+
+fn kinds(objects: &Value) -> BTreeSet<String> {
+    objects.as_array().unwrap().iter().map(|o| format!("{}/{}", o["kind"].as_str().unwrap(), o["metadata"]["name"].as_str().unwrap())).collect()
+}
+
+fn layouts() -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(chart().join("ci")).unwrap().map(|e| e.unwrap().path()).collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn chart_lints_renders_each_tier_layout_and_refuses_bad_values() {
+    // CRDs are the generated ones (crdgen writes both; the crds drift test checks both).
+    for f in std::fs::read_dir(workspace_root().join("crds/manifests")).unwrap() {
+        let f = f.unwrap();
+        let copy = chart().join("crds").join(f.file_name());
+        assert_eq!(std::fs::read_to_string(f.path()).unwrap(), std::fs::read_to_string(&copy).unwrap_or_default(), "{} differs: cargo run -p alcove-crds --bin crdgen", copy.display());
+    }
+
+    let mut renders = vec![(None, render(None).unwrap())];
+    for layout in layouts() {
+        renders.push((Some(layout.clone()), render(Some(&layout)).unwrap_or_else(|e| panic!("{}: {e}", layout.display()))));
+    }
+    assert_eq!(renders.len(), 4, "default values and three tier layouts");
+    for (values, r) in &renders {
+        let chart = chart();
+        let mut args = vec!["lint", chart.to_str().unwrap()];
+        let v = values.as_ref().map(|p| p.display().to_string());
+        args.extend(v.as_deref());
+        let (rc, out, err) = helm(&args);
+        assert_eq!(rc, 0, "{err}");
+        let lint: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(lint["messages"], json!([]), "helm lint --strict {values:?}: {lint}");
+        assert_eq!(lint["errors"], json!([]), "helm lint --strict {values:?}: {lint}");
+
+        // The operator accepts the configuration the chart renders for it.
+        let cm = find(&r["objects"], "ConfigMap", "alcove-config").expect("config map");
+        let file: alcove::config::FileConfig = serde_saphyr::from_str(cm["data"]["config.yaml"].as_str().unwrap()).unwrap_or_else(|e| panic!("{values:?}: {e}"));
+        alcove::config::Config::from_file(file, NS, Duration::from_secs(300)).unwrap_or_else(|e| panic!("{values:?}: {e}"));
+        let pod = &find(&r["objects"], "Deployment", "alcove").expect("deployment")["spec"]["template"]["spec"];
+        assert_eq!(pod["containers"][0]["securityContext"]["readOnlyRootFilesystem"], true);
+        assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+        assert!(r["notes"].as_str().unwrap().contains("kubectl -n alcove-system rollout status deployment/alcove"), "{}", r["notes"]);
+    }
+
+    let default = &renders[0].1["objects"];
+    let have = kinds(default);
+    for k in [
+        "ServiceAccount/alcove",
+        "ClusterRole/alcove-operator",
+        "ClusterRole/alcove-delegated",
+        "ClusterRoleBinding/alcove-operator",
+        "ClusterRoleBinding/alcove-delegated",
+        "Role/alcove-leader-election",
+        "RoleBinding/alcove-leader-election",
+        "Deployment/alcove",
+        "ConfigMap/alcove-config",
+        "Service/alcove-metrics",
+        "Service/alcove-webhook",
+        "NetworkPolicy/alcove",
+        "PodDisruptionBudget/alcove",
+    ] {
+        assert!(have.contains(k), "{k} missing from the default render: {have:?}");
+    }
+    assert!(!have.iter().any(|k| k.starts_with("ServiceMonitor/") || k.starts_with("Ingress/")), "optional objects are off by default: {have:?}");
+    let deploy = find(default, "Deployment", "alcove").unwrap();
+    assert_eq!(deploy["spec"]["replicas"], 2);
+
+    let by_layout = |name: &str| &renders.iter().find(|(v, _)| v.as_ref().is_some_and(|p| p.ends_with(name))).unwrap().1["objects"];
+    let dedicated = by_layout("dedicated-values.yaml");
+    assert!(kinds(dedicated).contains("ServiceMonitor/alcove") && kinds(dedicated).contains("Ingress/alcove-webhook"));
+    assert_eq!(find(dedicated, "Ingress", "alcove-webhook").unwrap()["spec"]["rules"][0]["http"]["paths"][0]["path"], "/webhooks/stripe");
+    let cfg: Value = serde_saphyr::from_str(find(dedicated, "ConfigMap", "alcove-config").unwrap()["data"]["config.yaml"].as_str().unwrap()).unwrap();
+    assert_eq!(cfg["tiers"]["pro"]["storageClass"], "premium-encrypted");
+    let enterprise = by_layout("enterprise-values.yaml");
+    assert_eq!(find(enterprise, "Deployment", "alcove").unwrap()["spec"]["replicas"], 1);
+    assert!(!kinds(enterprise).contains("PodDisruptionBudget/alcove"), "no PDB for a single replica");
+    let shared = by_layout("shared-pool-values.yaml");
+    let cfg: Value = serde_saphyr::from_str(find(shared, "ConfigMap", "alcove-config").unwrap()["data"]["config.yaml"].as_str().unwrap()).unwrap();
+    assert_eq!(cfg["retention"]["conversationHistory"], "3d");
+    assert_eq!(cfg["gatewayNamespaces"], json!(["alcove-gateway"]));
+
+    // The schema refuses bad values, naming the field and the rule; nothing is rendered.
+    let dir = tempfile::tempdir().unwrap();
+    for (values, expected) in [
+        ("replicaCount: 0\n", "at '/replicaCount': minimum: got 0, want 1"),
+        ("leaderElection: false\nreplicaCount: 2\n", "at '/replicaCount': maximum: got 2, want 1"),
+        ("tiers: {gold: {storageClass: fast}}\n", "at '/tiers': additional properties 'gold' not allowed"),
+        ("tiers: {pro: {historySize: lots}}\n", "at '/tiers/pro/historySize': 'lots' does not match pattern"),
+        ("retention: {conversationHistory: forever}\n", "at '/retention/conversationHistory': 'forever' does not match pattern"),
+        ("operator: {port: 80}\n", "at '/operator/port': minimum: got 80, want 1,024"),
+        ("replicas: 3\n", "additional properties 'replicas' not allowed"),
+    ] {
+        let path = dir.path().join("bad.yaml");
+        std::fs::write(&path, values).unwrap();
+        let err = render(Some(&path)).expect_err(values);
+        assert!(err.contains(expected), "{values:?}: {err}");
+    }
+}
+
+fn at(s: &str) -> Timestamp {
+    s.parse().unwrap()
+}
+
+/// One request the operator made, as devcluster's audit log recorded it.
+#[derive(Debug, Clone)]
+struct Request {
+    verb: String,
+    group: String,
+    /// `resource` or `resource/subresource`, as RBAC rules name it.
+    resource: String,
+    namespace: String,
+    name: String,
+    code: u64,
+}
+
+fn operator_requests(audit: &Path) -> Vec<Request> {
+    let text = std::fs::read_to_string(audit).expect("audit log");
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let e: Value = serde_json::from_str(line).unwrap();
+        if e["user"]["username"] != SA_USER {
+            continue;
+        }
+        let r = &e["objectRef"];
+        let s = |v: &Value| v.as_str().unwrap_or_default().to_string();
+        let resource = match r["subresource"].as_str() {
+            Some(sub) => format!("{}/{sub}", s(&r["resource"])),
+            None => s(&r["resource"]),
+        };
+        let req = Request { verb: s(&e["verb"]), group: s(&r["apiGroup"]), resource, namespace: s(&r["namespace"]), name: s(&r["name"]), code: e["responseStatus"]["code"].as_u64().unwrap() };
+        // An apply that created its object was authorized as a create as well.
+        if req.verb == "patch" && req.code == 201 {
+            out.push(Request { verb: "create".into(), ..req.clone() });
+        }
+        out.push(req);
+    }
+    out
+}
+
+/// Each (apiGroup, resource, verb) a rule list grants.
+fn grants(rules: &Value) -> Vec<(String, String, String)> {
+    let strs = |v: &Value| v.as_array().unwrap().iter().map(|x| x.as_str().unwrap().to_string()).collect::<Vec<_>>();
+    let mut out = Vec::new();
+    for rule in rules.as_array().unwrap() {
+        for g in strs(&rule["apiGroups"]) {
+            for r in strs(&rule["resources"]) {
+                for v in strs(&rule["verbs"]) {
+                    out.push((g.clone(), r.clone(), v));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// `rules` without `verb` on `group`/`resource` (the rest of its rule kept).
+fn without(rules: &Value, group: &str, resource: &str, verb: &str) -> Value {
+    let mut out = Vec::new();
+    for rule in rules.as_array().unwrap() {
+        let has = |k: &str, x: &str| rule[k].as_array().unwrap().iter().any(|v| v == x);
+        if !(has("apiGroups", group) && has("resources", resource) && has("verbs", verb)) {
+            out.push(rule.clone());
+            continue;
+        }
+        let others: Vec<&Value> = rule["resources"].as_array().unwrap().iter().filter(|r| *r != resource).collect();
+        if !others.is_empty() {
+            let mut r = rule.clone();
+            r["resources"] = json!(others);
+            out.push(r);
+        }
+        let verbs: Vec<&Value> = rule["verbs"].as_array().unwrap().iter().filter(|v| *v != verb).collect();
+        if !verbs.is_empty() {
+            let mut r = rule.clone();
+            r["resources"] = json!([resource]);
+            r["verbs"] = json!(verbs);
+            out.push(r);
+        }
+    }
+    json!(out)
+}
+
+async fn allowed(client: &kube::Client, req: &Request, verb: &str) -> bool {
+    let (resource, sub) = req.resource.split_once('/').unwrap_or((&req.resource, ""));
+    let sar: SubjectAccessReview = serde_json::from_value(json!({
+        "apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+        "spec": {
+            "user": SA_USER,
+            "groups": ["system:serviceaccounts", "system:serviceaccounts:alcove-system", "system:authenticated"],
+            "resourceAttributes": {"verb": verb, "group": req.group, "resource": resource, "subresource": sub, "namespace": req.namespace, "name": req.name},
+        },
+    }))
+    .unwrap();
+    let r = Api::<SubjectAccessReview>::all(client.clone()).create(&PostParams::default(), &sar).await.unwrap();
+    r.status.is_some_and(|s| s.allowed)
+}
+
+async fn set_cluster_role_rules(client: &kube::Client, name: &str, rules: &Value) {
+    let body = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": name}, "rules": rules});
+    Api::<ClusterRole>::all(client.clone()).patch(name, &PatchParams::apply("helm-test").force(), &Patch::Apply(&body)).await.unwrap();
+}
+
+async fn set_role_rules(client: &kube::Client, name: &str, rules: &Value) {
+    let body = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": name, "namespace": NS}, "rules": rules});
+    Api::<Role>::namespaced(client.clone(), NS).patch(name, &PatchParams::apply("helm-test").force(), &Patch::Apply(&body)).await.unwrap();
+}
+
+/// Managed-fields entries of the operator on an object must not own anything in spec.
+fn operator_owns_no_spec(obj: &Value) {
+    let mf = obj["metadata"]["managedFields"].as_array().unwrap();
+    for m in mf {
+        let manager = m["manager"].as_str().unwrap();
+        if manager.starts_with("alcove-operator") {
+            assert!(m["fieldsV1"].get("f:spec").is_none(), "{manager} owns spec fields of {}: {m}", obj["metadata"]["name"]);
+        } else {
+            assert_eq!(manager, GITOPS, "only the GitOps manager and the operator write {}: {mf:?}", obj["metadata"]["name"]);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chart_installs_and_its_rbac_is_sufficient_and_minimal() {
+    let audit_dir = tempfile::tempdir().unwrap();
+    let audit = audit_dir.path().join("audit.log");
+    let mut p = Platform::start_with(|c| {
+        let mut c = with_inference(c);
+        c.audit_log = Some(audit.clone());
+        c
+    })
+    .await;
+    let rendered = render(None).unwrap();
+    let objects = &rendered["objects"];
+
+    // Installed as Helm would: CRDs from the chart's crds/, then the templates, into a namespace
+    // that enforces Pod Security "restricted".
+    p.ok(&["label", "namespace", NS, "pod-security.kubernetes.io/enforce=restricted"]).await;
+    p.ok(&["apply", "--server-side", "-f", chart().join("crds").to_str().unwrap()]).await;
+    p.ok_in(&["apply", "-f", "-"], rendered["manifest"].as_str().unwrap()).await;
+    eventually("the Deployment's two pods admitted and running", Duration::from_secs(30), || async {
+        p.jsonpath(&["get", "deployment", "alcove", "-n", NS], "{.status.readyReplicas}").await == "2"
+    })
+    .await;
+    // The namespace really enforces it: a root pod is refused there.
+    let root = "apiVersion: v1\nkind: Pod\nmetadata: {name: root, namespace: alcove-system}\nspec: {containers: [{name: c, image: busybox, securityContext: {runAsUser: 0}}]}\n";
+    let (ok, _, err) = p.kubectl_as(&p.cluster.kubeconfig, &["apply", "-f", "-"], Some(root)).await;
+    assert!(!ok && err.contains("violates PodSecurity \"restricted:latest\""), "{err}");
+
+    // The operator with exactly the chart's RBAC: its ServiceAccount's token, the chart's config.
+    let token = p.ok(&["create", "token", "alcove", "-n", NS, "--duration=2h"]).await;
+    let sa_kubeconfig = p.dir.path().join("kubeconfig-alcove-sa");
+    p.cluster.write_kubeconfig_for(&sa_kubeconfig, "alcove", token.trim()).unwrap();
+    let config = p.dir.path().join("config.yaml");
+    std::fs::write(&config, find(objects, "ConfigMap", "alcove-config").unwrap()["data"]["config.yaml"].as_str().unwrap()).unwrap();
+    let clock = Clock(p.dir.path().join("clock"));
+    clock.set(Timestamp::now());
+    let (kc, cfg, ck) = (sa_kubeconfig.display().to_string(), config.display().to_string(), clock.0.display().to_string());
+    p.spawn_operator(&["--kubeconfig", &kc, "--config", &cfg, "--clock-file", &ck]).await;
+
+    // GitOps: everything applied server-side by another field manager.
+    for f in ["good/tenant-basic.yaml", "good/knowledgebase.yaml", "good/instance-with-kb.yaml"] {
+        p.ok(&["apply", "--server-side", &format!("--field-manager={GITOPS}"), "-f", &example(f)]).await;
+    }
+    p.wait_condition("tenant/startup", "Ready", 60).await;
+    p.wait_condition("kb/handbook -n tenant-startup", "Ready", 90).await;
+    p.wait_condition("inst/assistant -n tenant-startup", "Ready", 90).await;
+    for what in [["tenant", "startup", ""], ["kb", "handbook", "tenant-startup"], ["inst", "assistant", "tenant-startup"]] {
+        let mut args = vec!["get", what[0], what[1]];
+        if !what[2].is_empty() {
+            args.extend(["-n", what[2]]);
+        }
+        args.extend(["--show-managed-fields"]);
+        let obj = p.json(&args).await;
+        assert_eq!(obj["metadata"]["generation"], 1, "the operator changed no spec of {what:?}");
+        assert_eq!(obj["status"]["observedGeneration"], 1, "{what:?}");
+        operator_owns_no_spec(&obj);
+    }
+    // Argo CD's health check (docs/gitops.md) on the live objects: Healthy when Ready; a spec
+    // the operator refused is Degraded; a spec change not yet observed is Progressing.
+    let live: Vec<Value> = vec![
+        p.json(&["get", "tenant", "startup"]).await,
+        p.json(&["get", "kb", "handbook", "-n", "tenant-startup"]).await,
+        p.json(&["get", "inst", "assistant", "-n", "tenant-startup"]).await,
+    ];
+    for (obj, (status, message)) in live.iter().zip(argocd_health(&live)) {
+        assert_eq!(status, "Healthy", "{}: {message}", obj["kind"]);
+    }
+    let stray = "apiVersion: alcove.dev/v1alpha1\nkind: InferenceInstance\nmetadata: {name: stray, namespace: tenant-startup}\nspec:\n  model: {format: safetensors, source: {platform: default}}\n  knowledgeBases:\n  - {name: handbook, namespace: tenant-other}\n";
+    p.ok_in(&["apply", "--server-side", &format!("--field-manager={GITOPS}"), "-f", "-"], stray).await;
+    let refused = until_some("the stray instance refused", Duration::from_secs(20), || async {
+        let i = p.json(&["get", "inst", "stray", "-n", "tenant-startup"]).await;
+        (i["status"]["phase"] == "Failed").then_some(i)
+    })
+    .await;
+    let mut unobserved = live[2].clone();
+    unobserved["metadata"]["generation"] = json!(2);
+    let mut suspended = live[2].clone();
+    suspended["status"]["phase"] = json!("Suspended");
+    let verdicts = argocd_health(&[refused, unobserved, suspended]);
+    assert_eq!(verdicts[0].0, "Degraded", "{:?}", verdicts[0]);
+    assert!(verdicts[0].1.contains("spec.knowledgeBases[0].namespace"), "{:?}", verdicts[0]);
+    assert_eq!(verdicts[1], ("Progressing".to_string(), "The operator has not observed generation 2 yet".to_string()));
+    assert_eq!(verdicts[2].0, "Suspended");
+
+    // Re-applying the same manifests without --force-conflicts: the operator holds nothing they set.
+    for f in ["good/tenant-basic.yaml", "good/knowledgebase.yaml", "good/instance-with-kb.yaml"] {
+        let (ok, out, err) = p.kubectl(&["apply", "--server-side", &format!("--field-manager={GITOPS}"), "-f", &example(f)]).await;
+        assert!(ok && !err.contains("conflict"), "{f}: {out}{err}");
+    }
+
+    // The tenant-admin Role the operator wrote (needed below, before the tenant is erased).
+    let tenant_role = p.json(&["get", "role", "alcove-tenant-admin", "-n", "tenant-startup"]).await;
+
+    // The rest of the lifecycle: a key rotation, a knowledge base fetched from a URL (through its
+    // own egress policy), then the tenant deleted with everything in it: instances and knowledge
+    // bases destroyed, the rest erased after its window.
+    p.ok(&["annotate", "inst", "assistant", "-n", "tenant-startup", "alcove.dev/rotate-api-key=1"]).await;
+    eventually("the key rotated", Duration::from_secs(20), || async { !p.events("tenant-startup", "ApiKeyRotated").await.is_empty() }).await;
+    let port = serve_document("/guide.md", "Parking is free for visitors on level B2.");
+    let web = format!(
+        "apiVersion: alcove.dev/v1alpha1\nkind: KnowledgeBase\nmetadata: {{name: web, namespace: tenant-startup}}\nspec:\n  sources:\n  - name: site\n    url: http://127.0.0.1:{port}/guide.md\n  embeddingModel: {{source: {{platform: default-embedding}}}}\n"
+    );
+    p.ok_in(&["apply", "--server-side", &format!("--field-manager={GITOPS}"), "-f", "-"], &web).await;
+    p.wait_condition("kb/web -n tenant-startup", "Indexed", 90).await;
+    p.ok(&["delete", "tenant", "startup", "--wait=false"]).await;
+    let erase_after = until_some("the erase window starts", Duration::from_secs(30), || async {
+        let s = p.json(&["get", "tenant", "startup"]).await["status"].clone();
+        (s["phase"] == "Erasing").then(|| at(s["eraseAfter"].as_str().unwrap()))
+    })
+    .await;
+    clock.set(erase_after.checked_add(SignedDuration::from_secs(60)).unwrap());
+    // Erased — unless the API server refused the operator something on the way (then say what).
+    let refused = until_some("tenant erased", Duration::from_secs(60), || async {
+        let refused: Vec<Request> = operator_requests(&audit).into_iter().filter(|r| r.code == 403).collect();
+        let erased = !p.kubectl(&["get", "tenant", "startup"]).await.0 && !p.kubectl(&["get", "namespace", "tenant-startup"]).await.0;
+        (erased || !refused.is_empty()).then_some(refused)
+    })
+    .await;
+    assert!(refused.is_empty(), "the chart's RBAC refused the operator: {refused:#?}");
+
+    // Sufficient: not one request of the operator's ServiceAccount was refused.
+    let requests = operator_requests(&audit);
+    assert!(requests.len() > 50, "the audit log has the operator's requests: {}", requests.len());
+    let refused: Vec<&Request> = requests.iter().filter(|r| r.code == 403).collect();
+    assert!(refused.is_empty(), "refused requests: {refused:#?}");
+
+    // Minimal: every verb the chart grants the operator for its own use was needed by a request,
+    // and without it (the ClusterRole or Role changed on the API server) that request is refused.
+    for o in &mut p.operators {
+        o.kill().await;
+    }
+    let client = p.client.clone();
+    let needed: BTreeMap<(String, String, String), Request> =
+        requests.iter().map(|r| ((r.group.clone(), r.resource.clone(), r.verb.clone()), r.clone())).collect();
+    let mut unused = Vec::new();
+    let mut checked = 0;
+    for (kind, name) in [("ClusterRole", "alcove-operator"), ("Role", "alcove-leader-election")] {
+        let rules = find(objects, kind, name).unwrap()["rules"].clone();
+        for (g, r, v) in grants(&rules) {
+            let Some(req) = needed.get(&(g.clone(), r.clone(), v.clone())) else {
+                unused.push(format!("{kind} {name}: {v} {r} (group {g:?})"));
+                continue;
+            };
+            assert!(allowed(&client, req, &v).await, "with the full rules, {v} {r} is allowed");
+            let reduced = without(&rules, &g, &r, &v);
+            if kind == "Role" {
+                set_role_rules(&client, name, &reduced).await;
+            } else {
+                set_cluster_role_rules(&client, name, &reduced).await;
+            }
+            assert!(!allowed(&client, req, &v).await, "without {v} on {r} in {name}, the operator's request {req:?} is refused");
+            checked += 1;
+            if kind == "Role" {
+                set_role_rules(&client, name, &rules).await;
+            } else {
+                set_cluster_role_rules(&client, name, &rules).await;
+            }
+        }
+    }
+    assert!(unused.is_empty(), "granted but never used by the operator (remove them, or make the scenario use them):\n{}", unused.join("\n"));
+    eprintln!("RBAC: {checked} granted verbs, each needed by a request the operator made; {} requests audited", requests.len());
+
+    // The delegated rules: without any one of them, Kubernetes refuses the operator's write of
+    // the tenant-admin Role (escalation prevention). Checked by dry-run as the operator.
+    p.ok(&["create", "namespace", "rbac-check"]).await;
+    let sa = {
+        let kc = kube::config::Kubeconfig::read_from(&sa_kubeconfig).unwrap();
+        kube::Client::try_from(kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.unwrap()).unwrap()
+    };
+    let role: Role = serde_json::from_value(json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+        "metadata": {"name": "tenant-admin", "namespace": "rbac-check"},
+        "rules": tenant_role["rules"],
+    }))
+    .unwrap();
+    let dry = PostParams { dry_run: true, ..Default::default() };
+    let roles = Api::<Role>::namespaced(sa.clone(), "rbac-check");
+    roles.create(&dry, &role).await.expect("with the chart's rules the operator may write the tenant-admin Role");
+    let delegated = find(objects, "ClusterRole", "alcove-delegated").unwrap()["rules"].clone();
+    for (g, r, v) in grants(&delegated) {
+        set_cluster_role_rules(&client, "alcove-delegated", &without(&delegated, &g, &r, &v)).await;
+        let err = roles.create(&dry, &role).await.expect_err(&format!("without delegated {v} {r}, the tenant-admin Role is refused"));
+        let msg = err.to_string();
+        assert!(msg.contains("attempting to grant RBAC permissions not currently held"), "{v} {r}: {msg}");
+        set_cluster_role_rules(&client, "alcove-delegated", &delegated).await;
+    }
+}
