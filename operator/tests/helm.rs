@@ -26,10 +26,15 @@ fn chart() -> PathBuf {
 }
 
 fn python() -> PathBuf {
-    let py = workspace_root().join(".venv/bin/python");
-    let ok = std::process::Command::new(&py).args(["-c", "import helm_python, lupa"]).status().is_ok_and(|s| s.success());
-    assert!(ok, "helm-python-sdk and lupa are not installed in {}: run ./test.sh, which installs them", py.display());
-    py
+    static CHECKED: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    CHECKED
+        .get_or_init(|| {
+            let py = workspace_root().join(".venv/bin/python");
+            let ok = std::process::Command::new(&py).args(["-c", "import helm_python, lupa"]).status().is_ok_and(|s| s.success());
+            assert!(ok, "helm-python-sdk and lupa are not installed in {}: run ./test.sh, which installs them", py.display());
+            py
+        })
+        .clone()
 }
 
 /// Argo CD's verdict on each object, from the health check docs/gitops.md ships.
