@@ -278,14 +278,16 @@ async fn allowed(client: &kube::Client, req: &Request, verb: &str) -> bool {
     r.status.is_some_and(|s| s.allowed)
 }
 
-async fn set_cluster_role_rules(client: &kube::Client, name: &str, rules: &Value) {
-    let body = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": name}, "rules": rules});
-    Api::<ClusterRole>::all(client.clone()).patch(name, &PatchParams::apply("helm-test").force(), &Patch::Apply(&body)).await.unwrap();
-}
-
-async fn set_role_rules(client: &kube::Client, name: &str, rules: &Value) {
-    let body = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": name, "namespace": NS}, "rules": rules});
-    Api::<Role>::namespaced(client.clone(), NS).patch(name, &PatchParams::apply("helm-test").force(), &Patch::Apply(&body)).await.unwrap();
+/// Replaces the rules of the chart's ClusterRole or (release-namespace) Role on the API server.
+async fn set_rules(client: &kube::Client, kind: &str, name: &str, rules: &Value) {
+    let pp = PatchParams::apply("helm-test").force();
+    if kind == "Role" {
+        let body = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": name, "namespace": NS}, "rules": rules});
+        Api::<Role>::namespaced(client.clone(), NS).patch(name, &pp, &Patch::Apply(&body)).await.unwrap();
+    } else {
+        let body = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": name}, "rules": rules});
+        Api::<ClusterRole>::all(client.clone()).patch(name, &pp, &Patch::Apply(&body)).await.unwrap();
+    }
 }
 
 /// Managed-fields entries of the operator on an object must not own anything in spec.
@@ -444,19 +446,10 @@ async fn chart_installs_and_its_rbac_is_sufficient_and_minimal() {
                 continue;
             };
             assert!(allowed(&client, req, &v).await, "with the full rules, {v} {r} is allowed");
-            let reduced = without(&rules, &g, &r, &v);
-            if kind == "Role" {
-                set_role_rules(&client, name, &reduced).await;
-            } else {
-                set_cluster_role_rules(&client, name, &reduced).await;
-            }
+            set_rules(&client, kind, name, &without(&rules, &g, &r, &v)).await;
             assert!(!allowed(&client, req, &v).await, "without {v} on {r} in {name}, the operator's request {req:?} is refused");
             checked += 1;
-            if kind == "Role" {
-                set_role_rules(&client, name, &rules).await;
-            } else {
-                set_cluster_role_rules(&client, name, &rules).await;
-            }
+            set_rules(&client, kind, name, &rules).await;
         }
     }
     assert!(unused.is_empty(), "granted but never used by the operator (remove them, or make the scenario use them):\n{}", unused.join("\n"));
@@ -480,10 +473,10 @@ async fn chart_installs_and_its_rbac_is_sufficient_and_minimal() {
     roles.create(&dry, &role).await.expect("with the chart's rules the operator may write the tenant-admin Role");
     let delegated = find(objects, "ClusterRole", "alcove-delegated").unwrap()["rules"].clone();
     for (g, r, v) in grants(&delegated) {
-        set_cluster_role_rules(&client, "alcove-delegated", &without(&delegated, &g, &r, &v)).await;
+        set_rules(&client, "ClusterRole", "alcove-delegated", &without(&delegated, &g, &r, &v)).await;
         let err = roles.create(&dry, &role).await.expect_err(&format!("without delegated {v} {r}, the tenant-admin Role is refused"));
         let msg = err.to_string();
         assert!(msg.contains("attempting to grant RBAC permissions not currently held"), "{v} {r}: {msg}");
-        set_cluster_role_rules(&client, "alcove-delegated", &delegated).await;
+        set_rules(&client, "ClusterRole", "alcove-delegated", &delegated).await;
     }
 }
