@@ -24,5 +24,11 @@ if ! .venv/bin/python -c "import helm_python, lupa" 2>/dev/null; then
   .venv/bin/pip install --quiet --disable-pip-version-check helm-python-sdk==0.2.2 lupa==2.8
 fi
 
+# - localstripe: a stateful fake of Stripe's API, for the billing tests (started by each test).
+if ! .venv/bin/python -c "import localstripe" 2>/dev/null; then
+  echo "== test.sh: installing localstripe"
+  .venv/bin/pip install --quiet --disable-pip-version-check localstripe==1.15.10
+fi
+
 echo "== test.sh: running every test (cargo test --workspace)"
 cargo test --workspace --locked "$@"

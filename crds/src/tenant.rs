@@ -305,7 +305,13 @@ pub struct BillingStatus {
     /// Credit in minor units: prepaid credit minus usage billed and not yet billed.
     #[serde(default)]
     pub balance: i64,
-    /// Usage (minor units) recorded but not yet reported to Stripe.
+    /// Top-ups received (minor units), each Stripe payment counted once.
+    #[serde(default)]
+    pub credited: i64,
+    /// Usage reported to Stripe as invoice items (minor units).
+    #[serde(default)]
+    pub billed: i64,
+    /// Usage (minor units) of running instances not yet reported to Stripe.
     #[serde(default)]
     pub unbilled: i64,
     /// The balance formatted for people, e.g. `12.34 usd`.
@@ -314,6 +320,9 @@ pub struct BillingStatus {
     /// When credit reached zero (RFC 3339); instances are suspended a grace period later.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exhausted_at: Option<String>,
+    /// When the instances are (or were) suspended for lack of credit (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suspend_at: Option<String>,
 }
 
 /// One erasure performed by retention.

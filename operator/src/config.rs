@@ -39,6 +39,20 @@ pub struct OperatorArgs {
     /// Tests only: read "now" from this file (an RFC 3339 instant) instead of the system clock.
     #[arg(long, env = "ALCOVE_CLOCK_FILE", hide = true)]
     pub clock_file: Option<PathBuf>,
+    /// Stripe secret API key. Without one, billing is disabled (and every Tenant says so).
+    #[arg(long, env = "ALCOVE_STRIPE_API_KEY", hide_env_values = true)]
+    pub stripe_api_key: Option<crate::billing::Secret>,
+    /// Base URL of Stripe's API (tests point it at localstripe).
+    #[arg(long, env = "ALCOVE_STRIPE_API_BASE", default_value = "https://api.stripe.com/")]
+    pub stripe_api_base: String,
+    /// Signing secret of the Stripe webhook endpoint (`whsec_...`); without one, /webhooks/stripe
+    /// refuses every event.
+    #[arg(long, env = "ALCOVE_STRIPE_WEBHOOK_SECRET", hide_env_values = true)]
+    pub stripe_webhook_secret: Option<crate::billing::Secret>,
+    /// Tests only: SIGKILL the operator right after this billing step (`customer-created`,
+    /// `usage-reported`), before its result is recorded.
+    #[arg(long, env = "ALCOVE_CRASH_AFTER", hide = true)]
+    pub crash_after: Option<String>,
 }
 
 /// Placement and storage of one tier.
@@ -60,6 +74,45 @@ pub struct TierConfig {
     /// Size of an instance's conversation-history volume.
     #[serde(default = "default_history_size")]
     pub history_size: String,
+}
+
+/// Prices and the usage reporting interval.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BillingConfig {
+    /// Seconds between usage reports of a running instance; usage is also reported at every stop.
+    #[serde(default = "default_report_interval")]
+    pub report_interval_seconds: u64,
+    /// Prices by currency (`usd`), then by GPU product as nodes label it
+    /// (`nvidia.com/gpu.product`; `"*"` for any product not listed).
+    #[serde(default)]
+    pub prices: BTreeMap<String, BTreeMap<String, Price>>,
+}
+
+impl Default for BillingConfig {
+    fn default() -> Self {
+        BillingConfig { report_interval_seconds: default_report_interval(), prices: BTreeMap::new() }
+    }
+}
+
+fn default_report_interval() -> u64 {
+    60
+}
+
+/// The price of one GPU product in one currency.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Price {
+    /// Minor units of the currency (cents) per GPU-hour; a MIG slice counts as one GPU.
+    pub per_gpu_hour: i64,
+}
+
+impl BillingConfig {
+    /// The price of `product` in `currency`, falling back to the currency's `"*"` entry.
+    pub fn price(&self, currency: &str, product: Option<&str>) -> Option<Price> {
+        let table = self.prices.get(currency)?;
+        product.and_then(|p| table.get(p)).or_else(|| table.get("*")).copied()
+    }
 }
 
 fn default_kb_size() -> String {
@@ -91,6 +144,9 @@ pub struct FileConfig {
     /// minimum (see docs/privacy.md).
     #[serde(default)]
     pub retention: BTreeMap<DataClass, String>,
+    /// Prices and the usage reporting interval (see docs/billing.md).
+    #[serde(default)]
+    pub billing: BillingConfig,
 }
 
 pub fn default_image() -> String {
@@ -118,6 +174,7 @@ impl Default for FileConfig {
             tiers: BTreeMap::new(),
             platform_models: PlatformModels::default(),
             retention: BTreeMap::new(),
+            billing: BillingConfig::default(),
         }
     }
 }
@@ -133,6 +190,7 @@ pub struct Config {
     pub resync: Duration,
     /// Retention windows where a Tenant's spec says nothing (validated; product defaults otherwise).
     pub retention: BTreeMap<DataClass, Window>,
+    pub billing: BillingConfig,
 }
 
 impl Config {
@@ -166,7 +224,21 @@ impl Config {
             }
             retention.insert(*class, w);
         }
+        if file.billing.report_interval_seconds == 0 {
+            anyhow::bail!("billing.reportIntervalSeconds must be at least 1");
+        }
+        for (currency, table) in &file.billing.prices {
+            if currency.len() != 3 || !currency.bytes().all(|b| b.is_ascii_lowercase()) {
+                anyhow::bail!("billing.prices.{currency}: a currency is a lower-case ISO 4217 code like usd");
+            }
+            for (product, price) in table {
+                if price.per_gpu_hour < 0 {
+                    anyhow::bail!("billing.prices.{currency}.{product}.perGpuHour may not be negative");
+                }
+            }
+        }
         Ok(Config {
+            billing: file.billing,
             retention,
             namespace: namespace.into(),
             gateway_namespaces,
@@ -225,5 +297,21 @@ mod tests {
         let err = with_retention("retention: {knowledgeBase: soon}").unwrap_err().to_string();
         assert!(err.contains("retention.knowledgeBase") && err.contains("\"soon\""), "{err}");
         assert!(with_retention("retention: {caches: 1d}").is_err(), "an unknown data class is refused");
+    }
+
+    #[test]
+    fn prices_fall_back_to_the_currency_default_and_bad_tables_are_refused() {
+        let c = with_retention("billing: {prices: {usd: {NVIDIA-H100-80GB-HBM3: {perGpuHour: 250}, '*': {perGpuHour: 120}}}}").unwrap();
+        assert_eq!(c.billing.report_interval_seconds, 60);
+        assert_eq!(c.billing.price("usd", Some("NVIDIA-H100-80GB-HBM3")).map(|p| p.per_gpu_hour), Some(250));
+        assert_eq!(c.billing.price("usd", Some("NVIDIA-L4")).map(|p| p.per_gpu_hour), Some(120));
+        assert_eq!(c.billing.price("usd", None).map(|p| p.per_gpu_hour), Some(120));
+        assert_eq!(c.billing.price("eur", Some("NVIDIA-H100-80GB-HBM3")), None, "no eur table");
+        let err = with_retention("billing: {prices: {USD: {'*': {perGpuHour: 1}}}}").unwrap_err().to_string();
+        assert!(err.contains("billing.prices.USD"), "{err}");
+        let err = with_retention("billing: {prices: {usd: {'*': {perGpuHour: -1}}}}").unwrap_err().to_string();
+        assert!(err.contains("may not be negative"), "{err}");
+        assert!(with_retention("billing: {reportIntervalSeconds: 0}").is_err());
+        assert!(with_retention("billing: {prices: {usd: {'*': {perHour: 1}}}}").is_err(), "unknown keys are refused");
     }
 }

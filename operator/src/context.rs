@@ -169,6 +169,11 @@ pub fn find_cluster<K: Resource<DynamicType = ()> + Clone>(store: &Store<K>, nam
     store.get(&reflector::ObjectRef::new(name))
 }
 
+/// The operator's Event recorder.
+pub fn recorder(client: &Client, identity: &str) -> Recorder {
+    Recorder::new(client.clone(), Reporter { controller: "alcove-operator".into(), instance: Some(identity.to_string()) })
+}
+
 pub struct Context {
     pub writes: crate::apply::WriteLog,
     pub client: Client,
@@ -179,13 +184,13 @@ pub struct Context {
     pub caches: Caches,
     /// Tenants whose status should be refreshed from outside the caches (a new erasure receipt).
     pub tenant_nudges: tokio::sync::broadcast::Sender<String>,
+    pub billing: Arc<crate::billing::Billing>,
 }
 
 impl Context {
-    pub fn new(client: Client, config: Config, clock: Arc<dyn Clock>, metrics: Arc<Metrics>, caches: Caches, identity: &str) -> Context {
-        let reporter = Reporter { controller: "alcove-operator".into(), instance: Some(identity.to_string()) };
-        let recorder = Recorder::new(client.clone(), reporter);
-        Context { writes: Default::default(), client, config, clock, metrics, recorder, caches, tenant_nudges: tokio::sync::broadcast::channel(1024).0 }
+    pub fn new(client: Client, config: Config, clock: Arc<dyn Clock>, metrics: Arc<Metrics>, caches: Caches, identity: &str, billing: Arc<crate::billing::Billing>) -> Context {
+        let recorder = recorder(&client, identity);
+        Context { writes: Default::default(), client, config, clock, metrics, recorder, caches, tenant_nudges: tokio::sync::broadcast::channel(1024).0, billing }
     }
 
     /// Publishes an Event about `obj`. Failing to record an Event never fails a reconcile.

@@ -9,7 +9,7 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{get, post};
 
 use crate::metrics::Metrics;
 
@@ -32,8 +32,9 @@ async fn readyz(State(s): State<HttpState>) -> (StatusCode, &'static str) {
     if s.ready.load(Ordering::SeqCst) { (StatusCode::OK, "ok") } else { (StatusCode::SERVICE_UNAVAILABLE, "not ready") }
 }
 
-pub fn router(state: HttpState) -> Router {
-    Router::new().route("/metrics", get(metrics)).route("/healthz", get(healthz)).route("/readyz", get(readyz)).with_state(state)
+pub fn router(state: HttpState, webhook: Arc<crate::billing::webhook::WebhookState>) -> Router {
+    let stripe = Router::new().route("/webhooks/stripe", post(crate::billing::webhook::handle)).with_state(webhook);
+    Router::new().route("/metrics", get(metrics)).route("/healthz", get(healthz)).route("/readyz", get(readyz)).with_state(state).merge(stripe)
 }
 
 /// Binds and serves until `shutdown` resolves. Returns the bound address.

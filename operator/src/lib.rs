@@ -4,6 +4,7 @@
 //! events), `error`.
 
 pub mod apply;
+pub mod billing;
 pub mod clock;
 pub mod config;
 pub mod context;
@@ -70,10 +71,27 @@ pub async fn run_operator(args: OperatorArgs) -> anyhow::Result<()> {
         let _ = stop_tx.send(true);
     });
 
-    let state = http::HttpState { metrics: metrics.clone(), ready: ready.clone() };
-    let (addr, http_task) = http::serve(args.http_addr, http::router(state), stopped.clone()).await?;
+    let clock: Arc<dyn Clock> = match &args.clock_file {
+        Some(p) => Arc::new(FileClock::new(p.clone())),
+        None => Arc::new(SystemClock),
+    };
     let identity = identity(&args);
-    tracing::info!(%addr, %identity, namespace = %config.namespace, "alcove operator serving /metrics, /healthz, /readyz");
+    let billing = Arc::new(billing::Billing::new(&args, &config)?);
+    if billing.stripe.is_none() {
+        tracing::warn!("no Stripe API key: billing is disabled (each Tenant's Billing condition says so)");
+    }
+    // Every replica takes webhook deliveries: the ledger's compare-and-swap makes that safe.
+    let webhook = Arc::new(billing::webhook::WebhookState {
+        billing: billing.clone(),
+        client: client.clone(),
+        namespace: config.namespace.clone(),
+        clock: clock.clone(),
+        metrics: metrics.clone(),
+        recorder: context::recorder(&client, &identity),
+    });
+    let state = http::HttpState { metrics: metrics.clone(), ready: ready.clone() };
+    let (addr, http_task) = http::serve(args.http_addr, http::router(state, webhook), stopped.clone()).await?;
+    tracing::info!(%addr, %identity, namespace = %config.namespace, "alcove operator serving /metrics, /healthz, /readyz, /webhooks/stripe");
 
     let elector = leader::Elector::new(client.clone(), &config.namespace, &identity);
     if args.leader_election {
@@ -89,12 +107,8 @@ pub async fn run_operator(args: OperatorArgs) -> anyhow::Result<()> {
     }
     metrics.leader.set(1);
 
-    let clock: Arc<dyn Clock> = match &args.clock_file {
-        Some(p) => Arc::new(FileClock::new(p.clone())),
-        None => Arc::new(SystemClock),
-    };
     let (caches, handles, feeders) = Caches::new(&client);
-    let ctx = Arc::new(Context::new(client.clone(), config, clock, metrics.clone(), caches.clone(), &identity));
+    let ctx = Arc::new(Context::new(client.clone(), config, clock, metrics.clone(), caches.clone(), &identity, billing));
     // Controllers subscribe to the caches' change feeds before the caches start filling.
     let controllers = futures::future::join_all(vec![
         tenant::controller(ctx.clone(), &handles, stopped.clone()).boxed(),

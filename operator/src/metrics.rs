@@ -14,6 +14,10 @@ pub struct Metrics {
     pub gpu_seconds: IntCounterVec,
     pub leader: IntGauge,
     pub erasures: IntCounterVec,
+    pub credit: IntGaugeVec,
+    pub low_balance: IntGaugeVec,
+    pub usage_records: IntCounterVec,
+    pub webhooks: IntCounterVec,
 }
 
 impl Metrics {
@@ -36,6 +40,10 @@ impl Metrics {
         .expect("metric");
         let gpu_seconds = IntCounterVec::new(Opts::new("alcove_gpu_seconds_total", "GPU-seconds of finished instance runs (suspend, failure, destroy), by tenant"), &["tenant"]).expect("metric");
         let erasures = IntCounterVec::new(Opts::new("alcove_erasures_total", "Volumes erased by retention, by data class"), &["class"]).expect("metric");
+        let credit = IntGaugeVec::new(Opts::new("alcove_tenant_credit_balance", "Credit balance in the currency's minor unit (credit minus usage, reported or not), by tenant and currency"), &["tenant", "currency"]).expect("metric");
+        let low_balance = IntGaugeVec::new(Opts::new("alcove_tenant_low_balance", "1 while a tenant's balance is below its low-balance threshold"), &["tenant"]).expect("metric");
+        let usage_records = IntCounterVec::new(Opts::new("alcove_billing_usage_records_total", "Usage records created in Stripe, by tenant"), &["tenant"]).expect("metric");
+        let webhooks = IntCounterVec::new(Opts::new("alcove_billing_webhooks_total", "Stripe webhook deliveries, by outcome (applied, duplicate, ignored, refused)"), &["outcome"]).expect("metric");
         let leader = IntGauge::new("alcove_leader", "1 while this replica holds the leader Lease").expect("metric");
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(reconciles.clone()),
@@ -47,11 +55,15 @@ impl Metrics {
             Box::new(gpu_seconds.clone()),
             Box::new(leader.clone()),
             Box::new(erasures.clone()),
+            Box::new(credit.clone()),
+            Box::new(low_balance.clone()),
+            Box::new(usage_records.clone()),
+            Box::new(webhooks.clone()),
         ];
         for c in collectors {
             registry.register(c).expect("unique metric names");
         }
-        Metrics { registry, reconciles, errors, duration, instances_by_phase, gpus_in_use, time_to_ready, gpu_seconds, leader, erasures }
+        Metrics { registry, reconciles, errors, duration, instances_by_phase, gpus_in_use, time_to_ready, gpu_seconds, leader, erasures, credit, low_balance, usage_records, webhooks }
     }
 
     pub fn render(&self) -> String {

@@ -186,6 +186,11 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         log_format: "text".into(),
         clock_file: None,
         kubeconfig: Some(kubeconfig.clone()),
+        // Billing runs when the environment names a Stripe (e.g. localstripe); disabled otherwise.
+        stripe_api_key: std::env::var("ALCOVE_STRIPE_API_KEY").ok().and_then(|k| k.parse().ok()),
+        stripe_api_base: std::env::var("ALCOVE_STRIPE_API_BASE").unwrap_or_else(|_| "https://api.stripe.com/".into()),
+        stripe_webhook_secret: std::env::var("ALCOVE_STRIPE_WEBHOOK_SECRET").ok().and_then(|k| k.parse().ok()),
+        crash_after: None,
     };
     let mut operator = tokio::spawn(crate::run_operator(operator_args));
     let deadline = Instant::now() + Duration::from_secs(60);

@@ -155,6 +155,11 @@ fn chart_lints_renders_each_tier_layout_and_refuses_bad_values() {
     assert_eq!(find(dedicated, "Ingress", "alcove-webhook").unwrap()["spec"]["rules"][0]["http"]["paths"][0]["path"], "/webhooks/stripe");
     let cfg: Value = serde_saphyr::from_str(find(dedicated, "ConfigMap", "alcove-config").unwrap()["data"]["config.yaml"].as_str().unwrap()).unwrap();
     assert_eq!(cfg["tiers"]["pro"]["storageClass"], "premium-encrypted");
+    assert_eq!(cfg["billing"]["prices"]["usd"]["NVIDIA-H100-80GB-HBM3"]["perGpuHour"], 250);
+    // The Stripe credentials come from the named Secret, never from values.
+    let env = find(dedicated, "Deployment", "alcove").unwrap()["spec"]["template"]["spec"]["containers"][0]["env"].clone();
+    let key = env.as_array().unwrap().iter().find(|e| e["name"] == "ALCOVE_STRIPE_API_KEY").expect("the Stripe key's env");
+    assert_eq!(key["valueFrom"]["secretKeyRef"], json!({"name": "alcove-stripe", "key": "api-key"}));
     let enterprise = by_layout("enterprise-values.yaml");
     assert_eq!(find(enterprise, "Deployment", "alcove").unwrap()["spec"]["replicas"], 1);
     assert!(!kinds(enterprise).contains("PodDisruptionBudget/alcove"), "no PDB for a single replica");
@@ -173,6 +178,8 @@ fn chart_lints_renders_each_tier_layout_and_refuses_bad_values() {
         ("retention: {conversationHistory: forever}\n", "at '/retention/conversationHistory': 'forever' does not match pattern"),
         ("operator: {port: 80}\n", "at '/operator/port': minimum: got 80, want 1,024"),
         ("replicas: 3\n", "additional properties 'replicas' not allowed"),
+        ("billing: {prices: {USD: {'*': {perGpuHour: 250}}}}\n", "at '/billing/prices': additional properties 'USD' not allowed"),
+        ("billing: {prices: {usd: {'*': {perHour: 250}}}}\n", "additional properties 'perHour' not allowed"),
     ] {
         let path = dir.path().join("bad.yaml");
         std::fs::write(&path, values).unwrap();

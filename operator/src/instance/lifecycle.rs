@@ -18,6 +18,8 @@ pub struct Observation {
     pub invalid_spec: Option<String>,
     /// The pod waits for something it needs (a knowledge base being indexed).
     pub waiting: Option<String>,
+    /// The tenant's credit is exhausted past its grace (why).
+    pub credit_suspended: Option<String>,
 }
 
 /// The parts of a pod the lifecycle depends on.
@@ -112,6 +114,9 @@ pub fn desired_status(i: &InferenceInstance, obs: &Observation, now: jiff::Times
 
     let (phase, ready, scheduled) = if let Some(why) = &obs.invalid_spec {
         (InstancePhase::Failed, c(condition::READY, false, "InvalidSpec", why), c(condition::SCHEDULED, false, "InvalidSpec", "no pod for a spec that cannot be served"))
+    } else if let Some(why) = &obs.credit_suspended {
+        let msg = format!("{why}; the pod is deleted, billing stopped; volumes and key are kept");
+        (InstancePhase::Suspended, c(condition::READY, false, "CreditExhausted", &msg), c(condition::SCHEDULED, false, "CreditExhausted", &msg))
     } else if i.spec.state == InstanceState::Suspended {
         let msg = "suspended by spec.state: the pod is deleted, billing stopped; volumes and key are kept";
         (InstancePhase::Suspended, c(condition::READY, false, "Suspended", msg), c(condition::SCHEDULED, false, "Suspended", msg))
@@ -180,6 +185,25 @@ pub fn desired_status(i: &InferenceInstance, obs: &Observation, now: jiff::Times
         _ => {}
     }
     s
+}
+
+/// The `Billing` condition and `billedThrough`, from what metering reported.
+pub fn set_billing(s: &mut InferenceInstanceStatus, metered: &crate::billing::Metered, credit_suspended: Option<&str>, generation: Option<i64>, now: jiff::Timestamp) {
+    use crate::billing::Metered;
+    let prev = s.conditions.clone();
+    let c = |ok: bool, reason: &str, message: &str| status::condition(&prev, condition::BILLING, ok, reason, message, generation, now);
+    if let Metered::Billed { through, .. } = metered {
+        s.billed_through = through.map(timestamp);
+    }
+    let through = s.billed_through.clone().map(|t| format!("; billed through {t}")).unwrap_or_default();
+    let cond = match (credit_suspended, metered) {
+        (Some(why), _) => c(false, "CreditExhausted", &format!("{why}{through}")),
+        (None, Metered::Off(reason, message)) => c(false, reason, message),
+        (None, Metered::Failed(e)) => c(false, "ReportFailed", &format!("usage could not be reported to Stripe ({e}); retrying{through}")),
+        (None, Metered::Billed { .. }) => c(true, "Metered", &format!("GPU time is reported to Stripe{through}")),
+    };
+    s.conditions.retain(|x| x.type_ != condition::BILLING);
+    s.conditions.push(cond);
 }
 
 /// The final status of a destroyed instance: its run ends at the delete request.

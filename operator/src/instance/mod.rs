@@ -13,7 +13,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, 
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::{Controller, WatchStreamExt, predicates};
+use kube::runtime::{Controller, WatchStreamExt};
 use kube::{Resource, ResourceExt};
 
 use crate::context::{Context, Handles, find, find_cluster};
@@ -53,7 +53,7 @@ async fn reconcile_inner(i: &InferenceInstance, ctx: &Context) -> Result<Action>
     let instances: Api<InferenceInstance> = Api::namespaced(ctx.client.clone(), &ns);
     let Some(tenant) = crate::tenant::builders::tenant_of_namespace(&ns).and_then(|t| find_cluster(&ctx.caches.tenants, t)) else {
         let obs = Observation { invalid_spec: Some(format!("namespace {ns} belongs to no Tenant: instances live in their tenant's namespace (tenant-<name>)")), ..Default::default() };
-        return write_status(i, ctx, &instances, &obs).await;
+        return write_status(i, ctx, &instances, &obs, None).await;
     };
     if tenant.metadata.deletion_timestamp.is_some() {
         // The tenant controller is destroying this namespace; it deletes the instance next.
@@ -63,7 +63,8 @@ async fn reconcile_inner(i: &InferenceInstance, ctx: &Context) -> Result<Action>
         return Ok(Action::await_change());
     }
     let client = &ctx.client;
-    let mut obs = Observation::default();
+    let mut obs = Observation { credit_suspended: crate::billing::account::suspended(&tenant, ctx.now()), ..Default::default() };
+    let suspended = i.spec.state == InstanceState::Suspended || obs.credit_suspended.is_some();
 
     // The API key: made once; replaced only when the rotation annotation asks.
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
@@ -140,14 +141,14 @@ async fn reconcile_inner(i: &InferenceInstance, ctx: &Context) -> Result<Action>
                 delete_pod().await?;
             }
         }
-        (Ok(_), Some(p)) if i.spec.state == InstanceState::Suspended => {
+        (Ok(_), Some(p)) if suspended => {
             ctx.writes.observed(&crate::apply::log_key(p, ""));
             if p.metadata.deletion_timestamp.is_none() {
                 delete_pod().await?;
             }
             obs.pod = Some(PodView::of(p));
         }
-        (Ok(_), None) if i.spec.state == InstanceState::Suspended || obs.waiting.is_some() => {}
+        (Ok(_), None) if suspended || obs.waiting.is_some() => {}
         (Ok(pod), None) => {
             if obs.quota_refusal.is_none() {
                 match ctx.ensure(&pods, pod, None).await {
@@ -168,7 +169,10 @@ async fn reconcile_inner(i: &InferenceInstance, ctx: &Context) -> Result<Action>
             obs.pod = Some(PodView::of(p));
         }
     }
-    let action = write_status(i, ctx, &instances, &obs).await?;
+    let mut action = write_status(i, ctx, &instances, &obs, Some(&tenant)).await?;
+    if let Some(at) = crate::billing::account::suspends_in(&tenant, ctx.now()) {
+        action = Action::requeue(at.min(ctx.config.resync));
+    }
     if obs.quota_refusal.is_some() {
         // Quota frees up when another instance goes; its quota change triggers a retry, and this
         // backoff covers what the watch misses.
@@ -178,13 +182,30 @@ async fn reconcile_inner(i: &InferenceInstance, ctx: &Context) -> Result<Action>
     Ok(action)
 }
 
-/// Writes the lifecycle's verdict; Events accompany transitions only.
-async fn write_status(i: &InferenceInstance, ctx: &Context, api: &Api<InferenceInstance>, obs: &Observation) -> Result<Action> {
+/// Writes the lifecycle's verdict; Events accompany transitions only. Usage is reported first:
+/// a run that ends here is billed up to this instant before the status says it ended.
+async fn write_status(i: &InferenceInstance, ctx: &Context, api: &Api<InferenceInstance>, obs: &Observation, tenant: Option<&Tenant>) -> Result<Action> {
     let now = ctx.now();
     let prev = i.status.clone().unwrap_or_default();
-    let next = lifecycle::desired_status(i, obs, now);
+    let mut next = lifecycle::desired_status(i, obs, now);
+    let run_start = prev.started_at.as_deref().or(next.started_at.as_deref()).and_then(lifecycle::parse_timestamp);
+    let ends = prev.started_at.is_some() && next.started_at.is_none();
+    let metered = match tenant {
+        Some(t) => crate::billing::report(ctx, t, i, run_start, ends.then_some(now), false).await,
+        None => crate::billing::Metered::Off("NoTenant", "the instance belongs to no tenant".into()),
+    };
+    if ends && let crate::billing::Metered::Failed(e) = &metered {
+        // The run's end must be billed before the status forgets when the run started.
+        return Err(Error::Billing(e.clone()));
+    }
+    lifecycle::set_billing(&mut next, &metered, obs.credit_suspended.as_deref(), i.metadata.generation, now);
+    let requeue = match &metered {
+        crate::billing::Metered::Billed { next: Some(d), .. } => (*d + Duration::from_millis(50)).min(ctx.config.resync),
+        crate::billing::Metered::Failed(_) => Duration::from_secs(5),
+        _ => ctx.config.resync,
+    };
     if !ctx.write_status(api, i, i.status.as_ref(), &next).await? {
-        return Ok(Action::requeue(ctx.config.resync));
+        return Ok(Action::requeue(requeue));
     }
     let cond = |s: &alcove_crds::InferenceInstanceStatus, t: &str| s.conditions.iter().find(|c| c.type_ == t).cloned();
     let changed = |t: &str| match (cond(&prev, t), cond(&next, t)) {
@@ -202,12 +223,17 @@ async fn write_status(i: &InferenceInstance, ctx: &Context, api: &Api<InferenceI
                         ctx.metrics.time_to_ready.observe(now.duration_since(created.0).as_secs_f64().max(0.0));
                     }
             }
+            Some(InstancePhase::Suspended) if obs.credit_suspended.is_some() => {
+                ctx.event(i, true, "CreditExhausted", "Suspend", format!("{}; pod deleted, volumes and key kept", obs.credit_suspended.clone().unwrap_or_default())).await
+            }
             Some(InstancePhase::Suspended) => ctx.event(i, false, "Suspended", "Suspend", format!("pod deleted, volumes and key kept; {} GPU-seconds used in total", next.gpu_seconds)).await,
             Some(InstancePhase::Failed) => ctx.event(i, true, "Failed", "Serve", ready.clone()).await,
             _ => {}
         }
         if prev.phase == Some(InstancePhase::Suspended) {
-            ctx.event(i, false, "Resumed", "Resume", "spec.state is Running: starting the server".into()).await;
+            let for_credit = prev.conditions.iter().any(|c| c.type_ == condition::READY && c.reason == "CreditExhausted");
+            let why = if for_credit { "credit was topped up: starting the server" } else { "spec.state is Running: starting the server" };
+            ctx.event(i, false, "Resumed", "Resume", why.into()).await;
         }
     }
     if changed(condition::SCHEDULED)
@@ -221,7 +247,7 @@ async fn write_status(i: &InferenceInstance, ctx: &Context, api: &Api<InferenceI
     if prev.started_at.is_some() && next.started_at.is_none() {
         ctx.metrics.gpu_seconds.with_label_values(&[&crate::tenant::builders::tenant_of_namespace(&i.namespace().unwrap_or_default()).unwrap_or_default().to_string()]).inc_by((next.gpu_seconds - prev.gpu_seconds).max(0) as u64);
     }
-    Ok(Action::requeue(ctx.config.resync))
+    Ok(Action::requeue(requeue))
 }
 
 /// Destroy: record the final usage (the run ends at the delete request), delete the pod at once
@@ -236,7 +262,19 @@ async fn destroy(i: &InferenceInstance, ctx: &Context) -> Result<Action> {
     let client = &ctx.client;
     let instances: Api<InferenceInstance> = Api::namespaced(client.clone(), &ns);
     if i.status.as_ref().and_then(|s| s.phase) != Some(InstancePhase::Terminating) {
-        let (last, used) = lifecycle::final_status(i, ctx.now());
+        // Billing stops at the delete request: the final usage record first, then the rest.
+        let (mut last, used) = lifecycle::final_status(i, ctx.now());
+        if let Some(tenant) = crate::tenant::builders::tenant_of_namespace(&ns).and_then(|t| find_cluster(&ctx.caches.tenants, t)) {
+            let run_start = i.status.as_ref().and_then(|s| s.started_at.as_deref()).and_then(lifecycle::parse_timestamp);
+            let end = i.metadata.deletion_timestamp.as_ref().map(|t| t.0).unwrap_or_else(|| ctx.now());
+            let metered = crate::billing::report(ctx, &tenant, i, run_start, Some(end), true).await;
+            if let crate::billing::Metered::Failed(e) = &metered {
+                let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+                ignore_missing(pods.delete(&name, &DeleteParams { grace_period_seconds: Some(2), ..Default::default() }).await)?;
+                return Err(Error::Billing(e.clone()));
+            }
+            lifecycle::set_billing(&mut last, &metered, None, i.metadata.generation, ctx.now());
+        }
         ctx.write_status(&instances, i, i.status.as_ref(), &last).await?;
         let tenant = crate::tenant::builders::tenant_of_namespace(&ns).unwrap_or_default().to_string();
         ctx.metrics.gpu_seconds.with_label_values(&[&tenant]).inc_by(used.max(0) as u64);
@@ -327,6 +365,17 @@ where
         let ns = crate::tenant::builders::namespace_name(&t.name_any());
         store.state().into_iter().filter(|i| i.namespace().as_deref() == Some(ns.as_str())).map(|i| ObjectRef::from_obj(&*i)).collect::<Vec<_>>()
     };
+    // A tenant's credit running out (or topped up) suspends (or resumes) its instances.
+    fn tenant_state(t: &Tenant) -> Option<u64> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        t.metadata.generation.hash(&mut h);
+        let s = t.status.as_ref();
+        s.and_then(|s| s.billing.as_ref()).and_then(|b| b.suspend_at.clone()).hash(&mut h);
+        s.and_then(|s| s.conditions.iter().find(|c| c.type_ == condition::BILLING)).map(|c| c.reason.clone()).hash(&mut h);
+        s.and_then(|s| s.billing.as_ref()).and_then(|b| b.customer_id.clone()).hash(&mut h);
+        Some(h.finish())
+    }
     // A knowledge base indexed (or gone) changes what its instances mount.
     let store = ctx.caches.instances.clone();
     let using_kb = move |kb: alcove_crds::KnowledgeBase| {
@@ -347,7 +396,9 @@ where
         .watches_stream(h.pvcs.subscribe(), by_label)
         .watches_stream(h.quotas.subscribe(), refused)
         .watches_stream(h.knowledge_bases.subscribe(), using_kb)
-        .watches_stream(h.tenants.subscribe().predicate_filter(predicates::generation, Default::default()), of_tenant)
+        .watches_stream(h.tenants.subscribe().predicate_filter(tenant_state, Default::default()), of_tenant)
+        // Usage falls due as time passes: an injected clock's jump re-checks every instance.
+        .reconcile_all_on(ctx.clock.jumps().unwrap_or_else(|| futures::stream::pending().boxed()))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|_| async {})

@@ -181,8 +181,37 @@ async fn reconcile_inner(tenant: &Tenant, ctx: &Context) -> Result<Action> {
         gpus_in_use: gpus,
         ..previous.clone()
     };
-    // Billing and retention own their own parts of the status.
-    desired.billing = previous.billing.clone();
+    // Billing: the customer, the balance mirrored from the ledger and the running instances.
+    let standing = crate::billing::ensure_customer(ctx, tenant).await;
+    let ledger = crate::billing::cached_ledger(ctx, &name);
+    let runs: Vec<crate::billing::account::Run> = instances
+        .iter()
+        .filter_map(|i| {
+            let started_at = i.status.as_ref()?.started_at.as_deref()?.parse().ok()?;
+            Some(crate::billing::account::Run {
+                uid: i.uid().unwrap_or_default(),
+                started_at,
+                gpus: crate::instance::lifecycle::billed_gpus(i),
+                per_gpu_hour: crate::billing::price(ctx, tenant, i),
+            })
+        })
+        .collect();
+    let billing = crate::billing::account::verdict(tenant, &standing, ledger.as_ref(), &runs, now);
+    desired.billing = billing.status.clone();
+    desired.conditions.push(billing.condition.clone());
+    if let Some(b) = &billing.status {
+        ctx.metrics.credit.with_label_values(&[&name, b.currency.as_deref().unwrap_or_default()]).set(b.balance);
+        ctx.metrics.low_balance.with_label_values(&[&name]).set(billing.low as i64);
+    }
+    // Ledgers of destroyed instances keep their totals; their meters go once the instance has.
+    if let Some(l) = &ledger
+        && l.meters.values().any(|m| m.closed)
+    {
+        let uids: std::collections::HashSet<String> = ctx.caches.instances.state().iter().filter_map(|i| i.uid()).collect();
+        if l.meters.iter().any(|(uid, m)| m.closed && !uids.contains(uid)) {
+            crate::billing::ledger::update(&ctx.client, &ctx.config.namespace, tenant, |l| l.prune(|uid| uids.contains(uid))).await?;
+        }
+    }
     desired.erasure = last_receipts(ctx, &tenant.name_any()).await?;
     desired.erase_after = previous.erase_after.clone();
     // Keep the other controllers' conditions (Billing) in place.
@@ -193,6 +222,7 @@ async fn reconcile_inner(tenant: &Tenant, ctx: &Context) -> Result<Action> {
     }
     // Events accompany status transitions, so a repeated reconcile repeats neither.
     let message = desired.conditions[0].message.clone();
+    let billing_changed = status::transitioned(&previous.conditions, &billing.condition);
     if ctx.write_status(&tenants, tenant, tenant.status.as_ref(), &desired).await? {
         if first_ready {
             ctx.event(tenant, false, "Provisioned", "Reconcile", format!("namespace {ns} created with quota, policies, RBAC and key")).await;
@@ -200,8 +230,21 @@ async fn reconcile_inner(tenant: &Tenant, ctx: &Context) -> Result<Action> {
         if capacity_lost {
             ctx.event(tenant, true, "NoCapacityInRegion", "Placement", message).await;
         }
+        if billing_changed {
+            let c = &billing.condition;
+            let was_exhausted = previous.conditions.iter().any(|p| p.type_ == condition::BILLING && p.reason == "CreditExhausted");
+            match c.reason.as_str() {
+                "CreditExhausted" => ctx.event(tenant, true, "CreditExhausted", "Billing", c.message.clone()).await,
+                "LowBalance" => ctx.event(tenant, true, "LowBalance", "Billing", c.message.clone()).await,
+                "Active" if was_exhausted => ctx.event(tenant, false, "CreditRestored", "Billing", c.message.clone()).await,
+                "StripeError" | "Disabled" => ctx.event(tenant, true, &c.reason, "Billing", c.message.clone()).await,
+                _ => {}
+            }
+        }
     }
-    Ok(Action::requeue(ctx.config.resync))
+    let wake = billing.wake.map_or(ctx.config.resync, |w| w.clamp(Duration::from_secs(1), ctx.config.resync));
+    let wake = if matches!(standing, crate::billing::account::Standing::StripeError(_)) { Duration::from_secs(10) } else { wake };
+    Ok(Action::requeue(wake))
 }
 
 /// The latest erasure receipts, mirrored into the status (the full list is in the receipts
@@ -334,6 +377,8 @@ where
         .watches_stream(h.roles.subscribe(), by_label)
         .watches_stream(h.role_bindings.subscribe(), by_label)
         .watches_stream(h.secrets.subscribe(), by_label)
+        // The billing ledger (operator namespace) carries the tenant label too.
+        .watches_stream(h.config_maps.subscribe(), by_label)
         .watches_stream(h.instances.subscribe(), by_namespace)
         .watches_stream(h.knowledge_bases.subscribe(), by_namespace)
         .reconcile_all_on(node_changes)

@@ -1,0 +1,214 @@
+//! A tenant's billing ledger: the ConfigMap `billing-<tenant>` in the operator's namespace
+//! (data class `billingRecords`: retention never erases it, and it outlives the tenant).
+//!
+//! It holds what Stripe's objects alone cannot answer cheaply: which payments were credited,
+//! how far each instance is billed, and the totals. Every change is a read-modify-write guarded
+//! by the resourceVersion, so concurrent writers (the controllers, webhook deliveries on any
+//! replica) never lose each other's changes, and each change is keyed (payment id, record
+//! start), so applying one twice changes nothing.
+
+use std::collections::BTreeMap;
+
+use alcove_crds::Tenant;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+pub const DATA_KEY: &str = "ledger.json";
+/// The `alcove.dev/data-class` of ledgers.
+pub const CLASS: &str = "billingRecords";
+
+pub fn name(tenant: &str) -> String {
+    format!("billing-{tenant}")
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Ledger {
+    pub tenant: String,
+    pub tenant_uid: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub customer_id: Option<String>,
+    /// Total credited by payments (minor units).
+    #[serde(default)]
+    pub credited: i64,
+    /// The PaymentIntents credited, each once.
+    #[serde(default)]
+    pub payments: Vec<String>,
+    /// Total reported to Stripe as usage (minor units).
+    #[serde(default)]
+    pub billed: i64,
+    /// Per instance (by UID): how far it is billed.
+    #[serde(default)]
+    pub meters: BTreeMap<String, Meter>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Meter {
+    /// `namespace/name`, for people.
+    pub instance: String,
+    /// Usage up to this instant is reported (RFC 3339, milliseconds).
+    pub billed_through: String,
+    pub gpu_millis: i64,
+    /// Minor units reported for this instance.
+    pub billed: i64,
+    /// Rounding remainder carried into the next record (see `meter::Charge`).
+    pub carry: i64,
+    /// The instance was destroyed and its final record made.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub closed: bool,
+}
+
+/// One usage record as it is (or will be) in Stripe.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Usage {
+    pub from: jiff::Timestamp,
+    pub to: jiff::Timestamp,
+    pub gpu_millis: i64,
+    pub amount: i64,
+    pub carry: i64,
+}
+
+impl Ledger {
+    pub fn new(tenant: &Tenant) -> Ledger {
+        Ledger { tenant: tenant.name_any(), tenant_uid: tenant.uid().unwrap_or_default(), ..Default::default() }
+    }
+
+    /// Credits a payment once. Returns whether it was new.
+    pub fn credit(&mut self, payment: &str, amount: i64) -> bool {
+        if self.payments.iter().any(|p| p == payment) {
+            return false;
+        }
+        self.payments.push(payment.to_string());
+        self.credited += amount;
+        true
+    }
+
+    /// Records a usage record of an instance unless it (or a later one) is already recorded.
+    pub fn record(&mut self, uid: &str, instance: &str, u: &Usage) -> bool {
+        let through = self.through(uid);
+        if through.is_some_and(|t| u.from < t) {
+            return false;
+        }
+        let m = self.meters.entry(uid.to_string()).or_insert_with(|| Meter { instance: instance.to_string(), ..Default::default() });
+        m.billed_through = crate::instance::lifecycle::timestamp(u.to);
+        m.gpu_millis += u.gpu_millis;
+        m.billed += u.amount;
+        m.carry = u.carry;
+        self.billed += u.amount;
+        true
+    }
+
+    pub fn through(&self, uid: &str) -> Option<jiff::Timestamp> {
+        self.meters.get(uid).and_then(|m| m.billed_through.parse().ok())
+    }
+
+    pub fn carry(&self, uid: &str) -> i64 {
+        self.meters.get(uid).map_or(0, |m| m.carry)
+    }
+
+    /// Marks an instance's meter closed (destroyed, final record made).
+    pub fn close(&mut self, uid: &str, instance: &str) -> bool {
+        let m = self.meters.entry(uid.to_string()).or_insert_with(|| Meter { instance: instance.to_string(), ..Default::default() });
+        !std::mem::replace(&mut m.closed, true)
+    }
+
+    /// Forgets the meters of destroyed instances that no longer exist (their totals stay).
+    pub fn prune(&mut self, exists: impl Fn(&str) -> bool) -> bool {
+        let before = self.meters.len();
+        self.meters.retain(|uid, m| !m.closed || exists(uid));
+        before != self.meters.len()
+    }
+
+    /// Credit minus usage reported.
+    pub fn balance(&self) -> i64 {
+        self.credited - self.billed
+    }
+}
+
+/// The ledger in a ConfigMap (from a cache or the API).
+pub fn parse(cm: &ConfigMap) -> Option<Ledger> {
+    cm.data.as_ref()?.get(DATA_KEY).and_then(|t| serde_json::from_str(t).ok())
+}
+
+/// Reads the ledger fresh from the API server.
+pub async fn read(client: &Client, namespace: &str, tenant: &str) -> Result<Option<Ledger>> {
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
+    Ok(api.get_opt(&name(tenant)).await?.as_ref().and_then(parse))
+}
+
+/// Applies `change` to the tenant's ledger (created on first use) and stores it, retrying on
+/// conflicts with a fresh read; `change` returns whether it changed anything. Returns the
+/// ledger as stored.
+pub async fn update(client: &Client, namespace: &str, tenant: &Tenant, mut change: impl FnMut(&mut Ledger) -> bool) -> Result<Ledger> {
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
+    let tenant_name = tenant.name_any();
+    for _ in 0..10 {
+        let live = api.get_opt(&name(&tenant_name)).await?;
+        let mut ledger = live.as_ref().and_then(parse).unwrap_or_else(|| Ledger::new(tenant));
+        if !change(&mut ledger) && live.is_some() {
+            return Ok(ledger);
+        }
+        let text = serde_json::to_string_pretty(&ledger).map_err(|source| Error::Serialize { what: "ledger", source })?;
+        let result = match &live {
+            None => api.create(&PostParams { field_manager: Some(alcove_crds::FIELD_MANAGER.into()), ..Default::default() }, &config_map(&tenant_name, text)).await.map(drop),
+            Some(cm) => {
+                // The resourceVersion makes this a compare-and-swap.
+                let body = serde_json::json!({"metadata": {"resourceVersion": cm.resource_version()}, "data": {DATA_KEY: text}});
+                api.patch(&name(&tenant_name), &PatchParams { field_manager: Some(alcove_crds::FIELD_MANAGER.into()), ..Default::default() }, &Patch::Merge(&body)).await.map(drop)
+            }
+        };
+        match result {
+            Ok(()) => return Ok(ledger),
+            Err(kube::Error::Api(s)) if s.code == 409 => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(Error::Billing(format!("ledger {} kept changing under concurrent writes; retrying", name(&tenant_name))))
+}
+
+fn config_map(tenant: &str, text: String) -> ConfigMap {
+    let labels = [
+        (crate::context::MANAGED_BY.0.to_string(), crate::context::MANAGED_BY.1.to_string()),
+        (alcove_crds::LABEL_TENANT.to_string(), tenant.to_string()),
+        (alcove_crds::LABEL_DATA_CLASS.to_string(), CLASS.to_string()),
+    ];
+    ConfigMap {
+        metadata: kube::api::ObjectMeta { name: Some(name(tenant)), labels: Some(labels.into()), ..Default::default() },
+        data: Some([(DATA_KEY.to_string(), text)].into()),
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: &str) -> jiff::Timestamp {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn payments_and_records_apply_once() {
+        let mut l = Ledger::default();
+        assert!(l.credit("pi_1", 500));
+        assert!(!l.credit("pi_1", 500), "a replayed payment");
+        let first = Usage { from: at("2026-11-22T10:00:00Z"), to: at("2026-11-22T10:01:00Z"), gpu_millis: 60_000, amount: 4, carry: 600_000 };
+        assert!(l.record("u1", "t/chat", &first));
+        assert!(!l.record("u1", "t/chat", &first), "the same record again");
+        assert_eq!(l.through("u1"), Some(at("2026-11-22T10:01:00Z")));
+        assert_eq!(l.carry("u1"), 600_000);
+        let later = Usage { from: at("2026-11-22T11:00:00Z"), to: at("2026-11-22T11:00:30Z"), gpu_millis: 30_000, amount: 2, carry: 0 };
+        assert!(l.record("u1", "t/chat", &later), "a new run after a gap");
+        assert_eq!((l.credited, l.billed, l.balance()), (500, 6, 494));
+        assert!(l.close("u1", "t/chat"));
+        assert!(!l.close("u1", "t/chat"));
+        assert!(!l.prune(|_| true), "a destroyed instance still finishing keeps its meter");
+        assert!(l.prune(|_| false));
+        assert_eq!(l.billed, 6, "totals outlive meters");
+    }
+}

@@ -1,0 +1,136 @@
+//! Metering arithmetic, pure: which period of a run is due for a usage record, and what it
+//! costs. Periods start where the last record ended, so a restart resumes exactly there; a
+//! record's identity is its instance and start, so a retried report is the same record.
+
+use std::time::Duration;
+
+use jiff::Timestamp;
+
+/// Milli-GPU-hours in a GPU-millisecond sense: prices are per GPU-hour, usage is in GPU-ms.
+const MS_PER_HOUR: i128 = 3_600_000;
+
+/// A stretch of one run to report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Period {
+    pub from: Timestamp,
+    pub to: Timestamp,
+}
+
+impl Period {
+    pub fn millis(&self) -> i64 {
+        (self.to.as_millisecond() - self.from.as_millisecond()).max(0)
+    }
+}
+
+/// The next usage record of a run that started at `run_start` and is billed through `through`.
+/// While the run goes on (`end` None) only whole intervals are due — several at once after an
+/// outage, as one record; when the run ended at `end`, everything up to it is.
+pub fn due(run_start: Timestamp, through: Option<Timestamp>, now: Timestamp, end: Option<Timestamp>, interval: Duration) -> Option<Period> {
+    let from = through.map_or(run_start, |t| t.max(run_start));
+    if let Some(end) = end {
+        return (end > from).then_some(Period { from, to: end });
+    }
+    let step = interval.as_millis().max(1) as i64;
+    let whole = (now.as_millisecond() - from.as_millisecond()) / step;
+    if whole < 1 {
+        return None;
+    }
+    let to = Timestamp::from_millisecond(from.as_millisecond() + whole * step).ok()?;
+    Some(Period { from, to })
+}
+
+/// When the next whole interval of a running instance completes.
+pub fn next_report(run_start: Timestamp, through: Option<Timestamp>, interval: Duration) -> Timestamp {
+    let from = through.map_or(run_start, |t| t.max(run_start));
+    Timestamp::from_millisecond(from.as_millisecond() + interval.as_millis() as i64).unwrap_or(from)
+}
+
+/// What one record costs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Charge {
+    pub gpu_millis: i64,
+    /// Minor units of the currency.
+    pub amount: i64,
+    /// The sub-unit remainder (in minor units × 3 600 000) carried into the next record, so that
+    /// per-record rounding never drifts: the records of a run always sum to the exact total,
+    /// rounded down once.
+    pub carry: i64,
+}
+
+/// The charge for `gpus` devices over `period` at `per_gpu_hour`, with the previous record's carry.
+pub fn charge(period: Period, gpus: i32, per_gpu_hour: i64, carry: i64) -> Charge {
+    let gpu_millis = period.millis() * gpus.max(0) as i64;
+    let total = per_gpu_hour as i128 * gpu_millis as i128 + carry as i128;
+    Charge { gpu_millis, amount: (total / MS_PER_HOUR) as i64, carry: (total % MS_PER_HOUR) as i64 }
+}
+
+/// Time from now until `balance` (minor units) is used up at `per_hour` (minor units per hour
+/// for all running GPUs); None when nothing is running.
+pub fn time_left(balance: i64, per_hour: i64) -> Option<Duration> {
+    if per_hour <= 0 {
+        return None;
+    }
+    let ms = (balance.max(0) as i128 * MS_PER_HOUR + per_hour as i128 - 1) / per_hour as i128;
+    Some(Duration::from_millis(ms.min(u64::MAX as i128) as u64))
+}
+
+/// The idempotency key of the record of `instance_uid` starting at `from`.
+pub fn record_key(instance_uid: &str, from: Timestamp) -> String {
+    format!("alcove-usage-{instance_uid}-{}", from.as_millisecond())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+
+    const MIN: Duration = Duration::from_secs(60);
+
+    #[test]
+    fn whole_intervals_are_due_while_running_and_the_rest_at_the_end() {
+        let start = at("2026-11-22T10:00:00.250Z");
+        assert_eq!(due(start, None, at("2026-11-22T10:00:59Z"), None, MIN), None, "less than one interval");
+        let p = due(start, None, at("2026-11-22T10:01:10Z"), None, MIN).unwrap();
+        assert_eq!((p.from, p.to), (start, at("2026-11-22T10:01:00.250Z")));
+        // After an outage, the missed intervals are one record; the partial one waits.
+        let p = due(start, Some(p.to), at("2026-11-22T10:05:30Z"), None, MIN).unwrap();
+        assert_eq!((p.from, p.to), (at("2026-11-22T10:01:00.250Z"), at("2026-11-22T10:05:00.250Z")));
+        // The run ends: everything up to the end.
+        let p = due(start, Some(p.to), at("2026-11-22T10:06:00Z"), Some(at("2026-11-22T10:05:20Z")), MIN).unwrap();
+        assert_eq!(p.millis(), 19_750);
+        assert_eq!(due(start, Some(p.to), at("2026-11-22T10:06:00Z"), Some(p.to), MIN), None, "nothing twice");
+        // A new run after a gap: the gap is not billed.
+        let again = at("2026-11-22T11:00:00Z");
+        let p = due(again, Some(p.to), at("2026-11-22T11:01:00Z"), None, MIN).unwrap();
+        assert_eq!((p.from, p.to), (again, at("2026-11-22T11:01:00Z")));
+        assert_eq!(next_report(again, Some(p.to), MIN), at("2026-11-22T11:02:00Z"));
+    }
+
+    #[test]
+    fn charges_carry_their_remainder_so_records_sum_exactly() {
+        // 250 cents per GPU-hour, 2 GPUs, 61 one-minute records: exact total 508.33 cents.
+        let start = at("2026-11-22T10:00:00Z");
+        let (mut carry, mut sum, mut ms) = (0, 0, 0);
+        for k in 0..61 {
+            let from = Timestamp::from_millisecond(start.as_millisecond() + k * 60_000).unwrap();
+            let to = Timestamp::from_millisecond(from.as_millisecond() + 60_000).unwrap();
+            let c = charge(Period { from, to }, 2, 250, carry);
+            carry = c.carry;
+            sum += c.amount;
+            ms += c.gpu_millis;
+        }
+        assert_eq!(ms, 61 * 60_000 * 2);
+        assert_eq!(sum, 508, "rounded once, not 61 times (61 × round(8.33) would be 488)");
+        assert_eq!(charge(Period { from: start, to: start }, 2, 250, 0), Charge::default());
+    }
+
+    #[test]
+    fn time_left_rounds_up() {
+        assert_eq!(time_left(100, 360), Some(Duration::from_secs(1000)));
+        assert_eq!(time_left(-5, 360), Some(Duration::ZERO));
+        assert_eq!(time_left(100, 0), None);
+    }
+}

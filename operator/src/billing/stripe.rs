@@ -1,0 +1,224 @@
+//! The Stripe calls billing makes, through async-stripe's client (auth, base URL, idempotency
+//! keys, retries) and its request types. Responses are decoded into the few fields billing reads,
+//! so an object with more or fewer fields than the SDK's model (older API versions, localstripe)
+//! still works.
+//!
+//! Mapping (see docs/billing.md): Tenant → Customer (metadata `alcove_tenant`,
+//! `alcove_tenant_uid`); usage → InvoiceItem on that customer (metadata names the instance and
+//! the period); top-up → a succeeded PaymentIntent of that customer.
+
+use std::collections::HashMap;
+
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use stripe::{IdempotencyKey, RequestStrategy, StripeRequest};
+
+use super::Secret;
+use super::ledger::Usage;
+use crate::error::{Error, Result};
+
+pub struct Stripe {
+    client: stripe::Client,
+}
+
+/// What a usage record says about itself, besides its amount.
+pub struct UsageRecord<'a> {
+    pub customer: &'a str,
+    pub currency: &'a str,
+    pub tenant: &'a str,
+    pub instance_uid: &'a str,
+    /// `namespace/name`.
+    pub instance: &'a str,
+    pub product: &'a str,
+    pub gpus: i32,
+    pub usage: &'a Usage,
+}
+
+#[derive(Deserialize)]
+struct List<T> {
+    data: Vec<T>,
+    #[serde(default)]
+    has_more: bool,
+}
+
+#[derive(Deserialize)]
+struct Object {
+    id: String,
+    #[serde(default)]
+    created: i64,
+    #[serde(default)]
+    metadata: HashMap<String, String>,
+    #[serde(default)]
+    amount: Option<i64>,
+    #[serde(default)]
+    amount_received: Option<i64>,
+    #[serde(default)]
+    customer: Option<String>,
+    #[serde(default)]
+    currency: Option<String>,
+    #[serde(default)]
+    status: Option<String>,
+}
+
+/// A PaymentIntent as billing reads it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Payment {
+    pub id: String,
+    pub customer: Option<String>,
+    pub amount: i64,
+    pub currency: String,
+    pub succeeded: bool,
+}
+
+/// Stripe's error, in its own words (message and code), never the request.
+fn describe(e: stripe::StripeError) -> Error {
+    match e {
+        stripe::StripeError::Stripe(api, status) => {
+            let code = api.code.as_ref().map(|c| format!(" ({c:?})")).unwrap_or_default();
+            Error::Billing(format!("Stripe refused the request: HTTP {status}{code}: {}", api.message.clone().unwrap_or_default()))
+        }
+        other => Error::Billing(format!("Stripe: {other}")),
+    }
+}
+
+impl Stripe {
+    pub fn new(key: &Secret, api_base: &str) -> Result<Stripe> {
+        let base = if api_base.ends_with('/') { api_base.to_string() } else { format!("{api_base}/") };
+        let client = stripe::ClientBuilder::new(key.expose())
+            .url(base)
+            .request_strategy(RequestStrategy::ExponentialBackoff(3))
+            .timeout(std::time::Duration::from_secs(20))
+            .build()
+            .map_err(describe)?;
+        Ok(Stripe { client })
+    }
+
+    async fn call<R: StripeRequest, T: DeserializeOwned>(&self, req: &R, idempotency: Option<String>) -> Result<T> {
+        let mut c = req.build().customize::<miniserde::json::Value>();
+        if let Some(key) = idempotency {
+            let key = IdempotencyKey::new(&key).map_err(|e| Error::Billing(format!("idempotency key {key}: {e:?}")))?;
+            c = c.request_strategy(RequestStrategy::Idempotent(key));
+        }
+        let value = c.send(&self.client).await.map_err(describe)?;
+        serde_json::from_str(&miniserde::json::to_string(&value)).map_err(|e| Error::Billing(format!("unexpected Stripe response: {e}")))
+    }
+
+    /// The customer made for a tenant earlier (found by the tenant UID in its metadata).
+    pub async fn find_customer(&self, tenant_uid: &str) -> Result<Option<String>> {
+        let mut after: Option<String> = None;
+        loop {
+            let mut req = stripe_core::customer::ListCustomer::new().limit(100);
+            if let Some(a) = &after {
+                req = req.starting_after(a.clone());
+            }
+            let page: List<Object> = self.call(&req, None).await?;
+            if let Some(c) = page.data.iter().find(|c| c.metadata.get("alcove_tenant_uid").map(String::as_str) == Some(tenant_uid)) {
+                return Ok(Some(c.id.clone()));
+            }
+            match page.data.last() {
+                Some(last) if page.has_more => after = Some(last.id.clone()),
+                _ => return Ok(None),
+            }
+        }
+    }
+
+    /// Creates the tenant's customer. The idempotency key is the tenant UID's, so Stripe answers
+    /// a retry with the customer it already made.
+    pub async fn create_customer(&self, tenant: &str, tenant_uid: &str, display_name: &str) -> Result<String> {
+        let req = stripe_core::customer::CreateCustomer::new().name(display_name).description(format!("Alcove tenant {tenant}")).metadata(metadata(tenant, tenant_uid));
+        let c: Object = self.call(&req, Some(format!("alcove-customer-{tenant_uid}"))).await?;
+        Ok(c.id)
+    }
+
+    /// Links an existing customer to a tenant: it must exist; its metadata then names the tenant,
+    /// so payments to it are credited to the tenant.
+    pub async fn link_customer(&self, id: &str, tenant: &str, tenant_uid: &str) -> Result<()> {
+        let req = stripe_core::customer::UpdateCustomer::new(id).metadata(metadata(tenant, tenant_uid));
+        let _: Object = self.call(&req, Some(format!("alcove-link-{tenant_uid}-{id}"))).await?;
+        Ok(())
+    }
+
+    /// The tenant (name, UID) a customer belongs to, from its metadata.
+    pub async fn customer_tenant(&self, id: &str) -> Result<Option<(String, String)>> {
+        let c: Object = self.call(&stripe_core::customer::RetrieveCustomer::new(id), None).await?;
+        Ok(c.metadata.get("alcove_tenant").cloned().zip(c.metadata.get("alcove_tenant_uid").cloned()))
+    }
+
+    /// Creates one usage record (an invoice item), keyed by instance and period start.
+    pub async fn create_usage(&self, r: &UsageRecord<'_>) -> Result<String> {
+        let u = r.usage;
+        let secs = u.gpu_millis as f64 / 1000.0;
+        let meta: HashMap<String, String> = [
+            ("alcove_tenant", r.tenant.to_string()),
+            ("alcove_instance", r.instance.to_string()),
+            ("alcove_instance_uid", r.instance_uid.to_string()),
+            ("period_start", crate::instance::lifecycle::timestamp(u.from)),
+            ("period_end", crate::instance::lifecycle::timestamp(u.to)),
+            ("gpu_millis", u.gpu_millis.to_string()),
+            ("gpus", r.gpus.to_string()),
+            ("gpu_product", r.product.to_string()),
+            ("carry", u.carry.to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        let currency: stripe_types::Currency = r.currency.parse().unwrap_or_else(|e| match e {});
+        let req = stripe_billing::invoice_item::CreateInvoiceItem::new()
+            .customer(r.customer)
+            .currency(currency)
+            .amount(u.amount)
+            .description(format!("GPU time: {} ({}), {secs:.3} GPU-seconds on {} × {}", r.instance, r.tenant, r.gpus, r.product))
+            .metadata(meta);
+        let item: Object = self.call(&req, Some(super::meter::record_key(r.instance_uid, u.from))).await?;
+        Ok(item.id)
+    }
+
+    /// The usage records of an instance starting at or after `since`, oldest first: what a
+    /// report cut short by a crash left behind.
+    pub async fn find_usage(&self, customer: &str, instance_uid: &str, since: jiff::Timestamp) -> Result<Vec<Usage>> {
+        let mut found = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let mut req = stripe_billing::invoice_item::ListInvoiceItem::new().customer(customer).limit(100);
+            if let Some(a) = &after {
+                req = req.starting_after(a.clone());
+            }
+            let page: List<Object> = self.call(&req, None).await?;
+            for item in &page.data {
+                if item.metadata.get("alcove_instance_uid").map(String::as_str) != Some(instance_uid) {
+                    continue;
+                }
+                let m = |k: &str| item.metadata.get(k).cloned().unwrap_or_default();
+                let (Ok(from), Ok(to)) = (m("period_start").parse::<jiff::Timestamp>(), m("period_end").parse::<jiff::Timestamp>()) else { continue };
+                if from >= since {
+                    found.push(Usage { from, to, gpu_millis: m("gpu_millis").parse().unwrap_or(0), amount: item.amount.unwrap_or(0), carry: m("carry").parse().unwrap_or(0) });
+                }
+            }
+            // Newest first: once a page reaches records made before `since`, older pages cannot
+            // hold what is looked for.
+            let older = page.data.last().is_some_and(|i| i.created < since.as_second());
+            match page.data.last() {
+                Some(last) if page.has_more && !older => after = Some(last.id.clone()),
+                _ => break,
+            }
+        }
+        found.sort_by_key(|u| u.from);
+        Ok(found)
+    }
+
+    /// A PaymentIntent, read from Stripe (an event's copy is never trusted for amounts).
+    pub async fn payment(&self, id: &str) -> Result<Payment> {
+        let p: Object = self.call(&stripe_core::payment_intent::RetrievePaymentIntent::new(id), None).await?;
+        Ok(Payment {
+            succeeded: p.status.as_deref() == Some("succeeded"),
+            amount: p.amount_received.or(p.amount).unwrap_or(0),
+            currency: p.currency.unwrap_or_default(),
+            customer: p.customer,
+            id: p.id,
+        })
+    }
+}
+
+fn metadata(tenant: &str, tenant_uid: &str) -> HashMap<String, String> {
+    [("alcove_tenant".to_string(), tenant.to_string()), ("alcove_tenant_uid".to_string(), tenant_uid.to_string())].into()
+}
