@@ -174,6 +174,14 @@ pub fn recorder(client: &Client, identity: &str) -> Recorder {
     Recorder::new(client.clone(), Reporter { controller: "alcove-operator".into(), instance: Some(identity.to_string()) })
 }
 
+/// Publishes an Event about `obj` with `recorder` (`Context::event` where there is no Context).
+pub async fn publish<K: Resource<DynamicType = ()>>(recorder: &Recorder, obj: &K, warning: bool, reason: &str, action: &str, note: String) {
+    let ev = Event { type_: if warning { EventType::Warning } else { EventType::Normal }, reason: reason.into(), note: Some(note), action: action.into(), secondary: None };
+    if let Err(e) = recorder.publish(&ev, &obj.object_ref(&())).await {
+        tracing::warn!(error = %e, reason, "could not record event");
+    }
+}
+
 pub struct Context {
     pub writes: crate::apply::WriteLog,
     pub client: Client,
@@ -195,16 +203,7 @@ impl Context {
 
     /// Publishes an Event about `obj`. Failing to record an Event never fails a reconcile.
     pub async fn event<K: Resource<DynamicType = ()>>(&self, obj: &K, warning: bool, reason: &str, action: &str, note: String) {
-        let ev = Event {
-            type_: if warning { EventType::Warning } else { EventType::Normal },
-            reason: reason.into(),
-            note: Some(note),
-            action: action.into(),
-            secondary: None,
-        };
-        if let Err(e) = self.recorder.publish(&ev, &obj.object_ref(&())).await {
-            tracing::warn!(error = %e, reason, "could not record event");
-        }
+        publish(&self.recorder, obj, warning, reason, action, note).await
     }
 
     pub fn now(&self) -> jiff::Timestamp {

@@ -77,11 +77,6 @@ impl Billing {
         })
     }
 
-    /// Billing without Stripe (unit tests, `Config::for_tests`).
-    pub fn disabled() -> Billing {
-        Billing { stripe: None, webhook_secret: None, interval: Duration::from_secs(60), crash_after: None, checked: Mutex::default() }
-    }
-
     /// Tests: dies here, as a SIGKILL would, when asked to (`--crash-after`).
     fn crash_point(&self, step: &str) {
         if self.crash_after.as_deref() == Some(step) {

@@ -173,7 +173,7 @@ async fn credit(s: &WebhookState, stripe: &super::stripe::Stripe, intent: &str) 
     let currency = tenant.spec.billing.as_ref().map(|b| b.currency.clone()).unwrap_or_default();
     if payment.currency != currency {
         let why = format!("payment {intent} is in {} but tenant {tenant_name} is billed in {currency}; not credited", payment.currency);
-        publish(s, &tenant, true, "TopUpRefused", why.clone()).await;
+        crate::context::publish(&s.recorder, &tenant, true, "TopUpRefused", "Credit", why.clone()).await;
         return Ok(Credit::Ignored(why));
     }
     let mut applied = false;
@@ -186,17 +186,8 @@ async fn credit(s: &WebhookState, stripe: &super::stripe::Stripe, intent: &str) 
         return Ok(Credit::Duplicate { tenant: tenant_name });
     }
     let note = format!("credited {} (payment {intent})", super::account::display(payment.amount, &currency));
-    publish(s, &tenant, false, "TopUp", note).await;
+    crate::context::publish(&s.recorder, &tenant, false, "TopUp", "Credit", note).await;
     Ok(Credit::Applied { tenant: tenant_name })
-}
-
-async fn publish(s: &WebhookState, tenant: &alcove_crds::Tenant, warning: bool, reason: &str, note: String) {
-    use kube::Resource;
-    use kube::runtime::events::{Event, EventType};
-    let ev = Event { type_: if warning { EventType::Warning } else { EventType::Normal }, reason: reason.into(), note: Some(note), action: "Credit".into(), secondary: None };
-    if let Err(e) = s.recorder.publish(&ev, &tenant.object_ref(&())).await {
-        tracing::warn!(error = %e, reason, "could not record event");
-    }
 }
 
 #[cfg(test)]
