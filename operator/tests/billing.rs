@@ -306,7 +306,7 @@ async fn credit_exhaustion_suspends_and_a_signed_top_up_resumes() {
     // 0.1 cent per second: below 10 cents after 100 s (low), at 0 after 200 s (exhausted).
     clock.set(secs(t0, 150));
     eventually("low balance", Duration::from_secs(30), || async { billing_reason("tenant", "", "acme").await == "LowBalance" }).await;
-    assert!(!all_events(&p, "LowBalance").await.is_empty(), "a LowBalance Event");
+    assert!(!p.events("default", "LowBalance").await.is_empty(), "a LowBalance Event (a Tenant's Events are in default)");
     assert_eq!(metric(&p.operators[n].metrics().await, "alcove_tenant_low_balance", "tenant=\"acme\""), 1.0);
     clock.set(secs(t0, 200));
     eventually("credit exhausted", Duration::from_secs(30), || async { billing_reason("tenant", "", "acme").await == "CreditExhausted" }).await;
@@ -352,12 +352,6 @@ async fn credit_exhaustion_suspends_and_a_signed_top_up_resumes() {
     assert!(metric(&m, "alcove_billing_webhooks_total", "outcome=\"refused\"") >= 2.0);
     assert_eq!(metric(&m, "alcove_billing_webhooks_total", "outcome=\"applied\""), 2.0);
     assert!(!p.operators[n].log_text().contains(WHSEC) && !p.operators[n].log_text().contains(KEY), "no secret in the log");
-}
-
-/// Events of every namespace with `reason` (a Tenant's Events land in `default`).
-async fn all_events(p: &Platform, reason: &str) -> Vec<Value> {
-    let v = p.json(&["get", "events", "-A"]).await;
-    v["items"].as_array().unwrap().iter().filter(|e| e["reason"] == reason).cloned().collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -170,12 +170,7 @@ pub fn desired_status(i: &InferenceInstance, obs: &Observation, now: jiff::Times
         conditions: vec![ready, scheduled, quota],
         ..prev.clone()
     };
-    // Other controllers' conditions (Billing) stay.
-    for old in &prev.conditions {
-        if !s.conditions.iter().any(|n| n.type_ == old.type_) {
-            s.conditions.push(old.clone());
-        }
-    }
+    // The Billing condition is metering's verdict: `set_billing` adds it.
     // Metering: a run starts when the pod is Ready and ends when it no longer is.
     match (phase == InstancePhase::Ready, prev.started_at.is_some()) {
         (true, false) => s.started_at = Some(timestamp(now)),

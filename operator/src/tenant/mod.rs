@@ -214,12 +214,6 @@ async fn reconcile_inner(tenant: &Tenant, ctx: &Context) -> Result<Action> {
     }
     desired.erasure = last_receipts(ctx, &tenant.name_any()).await?;
     desired.erase_after = previous.erase_after.clone();
-    // Keep the other controllers' conditions (Billing) in place.
-    for c in &previous.conditions {
-        if !desired.conditions.iter().any(|d| d.type_ == c.type_) {
-            desired.conditions.push(c.clone());
-        }
-    }
     // Events accompany status transitions, so a repeated reconcile repeats neither.
     let message = desired.conditions[0].message.clone();
     let billing_changed = status::transitioned(&previous.conditions, &billing.condition);
