@@ -173,9 +173,18 @@ async fn main() {
     let operator_writes = reconcile_writes(&after_map) - before - bench_writes;
 
     // A no-op window covering a full resync: every object is reconciled again, nothing written.
-    let window_start = reconcile_writes(&writes(&client).await);
+    let window_start = writes(&client).await;
     tokio::time::sleep(Duration::from_secs(resync as u64 + 5)).await;
-    let window = reconcile_writes(&writes(&client).await) - window_start;
+    let window_end = writes(&client).await;
+    let window = reconcile_writes(&window_end) - reconcile_writes(&window_start);
+    // By resource, so a regression names what it rewrites.
+    let window_by_resource: Vec<String> = window_end
+        .iter()
+        .filter(|(k, _)| *k != "leases" && *k != "events")
+        .map(|(k, v)| (k, v - window_start.get(k).copied().unwrap_or(0.0)))
+        .filter(|(_, d)| *d > 0.0)
+        .map(|(k, d)| format!("{k}={d:.0}"))
+        .collect();
     let rss = peak_rss_mib(pid);
     let ideal = operator_writes / raw_rate;
 
@@ -185,7 +194,7 @@ async fn main() {
     let mut by_resource: Vec<(String, f64)> = after_map.into_iter().filter(|(k, _)| k != "leases" && k != "events" && k != "configmaps").collect();
     by_resource.sort_by(|a, b| b.1.total_cmp(&a.1));
     println!("  writes by resource (incl. the benchmark's own creates): {}", by_resource.iter().map(|(k, v)| format!("{k}={v:.0}")).collect::<Vec<_>>().join(" "));
-    println!("  writes during a {} s no-op window (one full resync): {window:.0}", resync + 5);
+    println!("  writes during a {} s no-op window (one full resync): {window:.0}{}", resync + 5, if window_by_resource.is_empty() { String::new() } else { format!(" ({})", window_by_resource.join(" ")) });
     println!("  operator peak RSS: {rss:.0} MiB");
     println!("  convergence ÷ (writes ÷ raw rate) = {:.2} s ÷ {ideal:.2} s = {:.2}", converge.as_secs_f64(), converge.as_secs_f64() / ideal);
     let _ = operator.kill().await;

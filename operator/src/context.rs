@@ -238,7 +238,7 @@ impl Context {
     pub async fn write_status<K, S>(&self, api: &Api<K>, obj: &K, current: Option<&S>, desired: &S) -> crate::error::Result<bool>
     where
         K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
-        S: serde::Serialize + PartialEq,
+        S: serde::Serialize + PartialEq + Clone + crate::status::Conditioned,
     {
         crate::status::write(&self.writes, api, obj, current, desired).await
     }

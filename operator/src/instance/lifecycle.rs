@@ -167,10 +167,11 @@ pub fn desired_status(i: &InferenceInstance, obs: &Observation, now: jiff::Times
         api_key_secret: Some(builders::api_key_secret_name(&i.name_any())),
         node: pod.filter(|_| phase != InstancePhase::Pending).and_then(|p| p.node.clone()),
         observed_generation: generation,
-        conditions: vec![ready, scheduled, quota],
+        // The Billing condition is metering's verdict: kept here for `set_billing` to replace, so
+        // its transition time survives.
+        conditions: [ready, scheduled, quota].into_iter().chain(prev.conditions.iter().find(|c| c.type_ == condition::BILLING).cloned()).collect(),
         ..prev.clone()
     };
-    // The Billing condition is metering's verdict: `set_billing` adds it.
     // Metering: a run starts when the pod is Ready and ends when it no longer is.
     match (phase == InstancePhase::Ready, prev.started_at.is_some()) {
         (true, false) => s.started_at = Some(timestamp(now)),
@@ -293,6 +294,21 @@ mod tests {
         assert_eq!(s.phase, Some(InstancePhase::Suspended));
         assert_eq!(s.gpu_seconds, 120);
         assert!(s.started_at.is_none());
+    }
+
+    #[test]
+    fn an_unchanged_billing_verdict_keeps_its_transition_time() {
+        let mut i = instance();
+        let ready = Observation { pod: Some(pod(Some((true, "", "")), true)), ..Default::default() };
+        let off = crate::billing::Metered::Off("Disabled", "billing is disabled".into());
+        let mut s = desired_status(&i, &ready, at("2026-11-22T10:00:00Z"));
+        set_billing(&mut s, &off, None, Some(3), at("2026-11-22T10:00:00Z"));
+        i.status = Some(s.clone());
+        // A resync an hour later: the same verdict yields the identical status (no write).
+        let mut again = desired_status(&i, &ready, at("2026-11-22T11:00:00Z"));
+        set_billing(&mut again, &off, None, Some(3), at("2026-11-22T11:00:00Z"));
+        assert_eq!(again, s);
+        assert_eq!(again.conditions.iter().filter(|c| c.type_ == condition::BILLING).count(), 1);
     }
 
     #[test]

@@ -12,6 +12,8 @@ use alcove_devcluster::{Config, DevCluster};
 
 pub const H100: &str = alcove::up::H100;
 
+pub mod localstripe;
+
 /// The node set the examples are written for (the one `alcove up` starts).
 pub fn test_nodes(mut c: Config) -> Config {
     c.nodes.extend(alcove::up::default_nodes());
