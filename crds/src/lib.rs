@@ -69,6 +69,6 @@ pub fn generated_files() -> Vec<(String, String)> {
         files.push((format!("crds/manifests/{}", m.file_name), m.yaml.clone()));
         files.push((format!("charts/alcove/crds/{}", m.file_name), m.yaml));
     }
-    files.push(("docs/api.md".into(), reference::api_reference_markdown()));
+    files.push(("docs/api.md".into(), reference::api_reference_markdown(&crds())));
     files
 }

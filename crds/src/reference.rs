@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 
-use crate::crds;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 
 const INTRO: &str = "\
 # Alcove API reference (`alcove.dev/v1alpha1`)
@@ -32,9 +32,9 @@ Design notes, where this API refines the architecture sketch:
 ";
 
 /// The whole reference document.
-pub fn api_reference_markdown() -> String {
+pub fn api_reference_markdown(crds: &[CustomResourceDefinition]) -> String {
     let mut out = String::from(INTRO);
-    for crd in crds() {
+    for crd in crds {
         let names = &crd.spec.names;
         let version = &crd.spec.versions[0];
         out.push_str(&format!("\n## {}\n\n", names.kind));

@@ -40,7 +40,7 @@ use crate::policy::Tier;
     validation = Rule::new("self.tier != 'free' || !has(self.quota) || !has(self.quota.maxKnowledgeBases) || self.quota.maxKnowledgeBases == 0").message("spec.quota.maxKnowledgeBases must be 0 when spec.tier is free: the free tier has no knowledge-base storage"),
     validation = Rule::new("self.tier == 'enterprise' || !has(self.placement)").message("spec.placement may only be set when spec.tier is enterprise (other tiers are placed by the platform)"),
     validation = Rule::new("self.tier != 'enterprise' || (has(self.placement) && size(self.placement.nodeSelector) > 0)").message("spec.placement.nodeSelector is required when spec.tier is enterprise: it names the nodes the customer brings"),
-    validation = Rule::new("!has(self.retention) || !has(self.retention.accountData) || self.tier == 'free' || (int(self.retention.accountData.substring(0, size(self.retention.accountData) - 1)) * (self.retention.accountData.endsWith('d') ? 1440 : (self.retention.accountData.endsWith('h') ? 60 : 1))) >= 10080").message("spec.retention.accountData must be at least 7d on paid tiers (the legal minimum for disputing an account deletion)"),
+    validation = Rule::new(format!("!has(self.retention) || !has(self.retention.accountData) || self.tier == 'free' || {} >= 10080", window_minutes("self.retention.accountData"))).message("spec.retention.accountData must be at least 7d on paid tiers (the legal minimum for disputing an account deletion)"),
 )]
 #[serde(rename_all = "camelCase")]
 pub struct TenantSpec {
@@ -105,6 +105,18 @@ pub struct TenantQuota {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 1000))]
     pub max_knowledge_bases: Option<i32>,
+}
+
+/// A retention window (`90m`, `24h`, `30d`, as `Window` parses it) in minutes, as CEL over the
+/// string at `path`.
+fn window_minutes(path: &str) -> String {
+    format!("(int({path}.substring(0, size({path}) - 1)) * ({path}.endsWith('d') ? 1440 : ({path}.endsWith('h') ? 60 : 1)))")
+}
+
+/// The rule bounding one retention window: `op` is `<=` for a promise's maximum, `>=` for a
+/// legal minimum.
+fn window_rule(op: &str, minutes: u64, message: &str) -> kube::core::Rule {
+    kube::core::Rule::new(format!("{} {op} {minutes}", window_minutes("self"))).message(message)
 }
 
 fn default_max_gpus() -> i32 {
@@ -188,37 +200,37 @@ pub struct RetentionSpec {
     /// Default and maximum `7d`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[1-9][0-9]{0,5}[mhd]$"), length(max = 7))]
-    #[x_kube(validation = Rule::new("(int(self.substring(0, size(self) - 1)) * (self.endsWith('d') ? 1440 : (self.endsWith('h') ? 60 : 1))) <= 10080").message("spec.retention.conversationHistory may not exceed 7d (the product's promise)"))]
+    #[x_kube(validation = window_rule("<=", 10080, "spec.retention.conversationHistory may not exceed 7d (the product's promise)"))]
     pub conversation_history: Option<String>,
     /// How long a knowledge base's volume is kept after the KnowledgeBase is deleted.
     /// Default and maximum `7d`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[1-9][0-9]{0,5}[mhd]$"), length(max = 7))]
-    #[x_kube(validation = Rule::new("(int(self.substring(0, size(self) - 1)) * (self.endsWith('d') ? 1440 : (self.endsWith('h') ? 60 : 1))) <= 10080").message("spec.retention.knowledgeBase may not exceed 7d (the product's promise)"))]
+    #[x_kube(validation = window_rule("<=", 10080, "spec.retention.knowledgeBase may not exceed 7d (the product's promise)"))]
     pub knowledge_base: Option<String>,
     /// How long documents staged for an indexing job are kept after the job ends.
     /// Default and maximum `1h`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[1-9][0-9]{0,5}[mhd]$"), length(max = 7))]
-    #[x_kube(validation = Rule::new("(int(self.substring(0, size(self) - 1)) * (self.endsWith('d') ? 1440 : (self.endsWith('h') ? 60 : 1))) <= 60").message("spec.retention.stagedDocuments may not exceed 1h (the product's promise)"))]
+    #[x_kube(validation = window_rule("<=", 60, "spec.retention.stagedDocuments may not exceed 1h (the product's promise)"))]
     pub staged_documents: Option<String>,
     /// How long model caches are kept after the last instance using them is destroyed.
     /// Default and maximum `24h`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[1-9][0-9]{0,5}[mhd]$"), length(max = 7))]
-    #[x_kube(validation = Rule::new("(int(self.substring(0, size(self) - 1)) * (self.endsWith('d') ? 1440 : (self.endsWith('h') ? 60 : 1))) <= 1440").message("spec.retention.modelCache may not exceed 24h (the product's promise)"))]
+    #[x_kube(validation = window_rule("<=", 1440, "spec.retention.modelCache may not exceed 24h (the product's promise)"))]
     pub model_cache: Option<String>,
     /// How long the tenant's remaining data is kept after the Tenant is deleted (the erase
     /// window). Default and maximum `30d`; at least `7d` on paid tiers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[1-9][0-9]{0,5}[mhd]$"), length(max = 7))]
-    #[x_kube(validation = Rule::new("(int(self.substring(0, size(self) - 1)) * (self.endsWith('d') ? 1440 : (self.endsWith('h') ? 60 : 1))) <= 43200").message("spec.retention.accountData may not exceed 30d (the product's promise)"))]
+    #[x_kube(validation = window_rule("<=", 43200, "spec.retention.accountData may not exceed 30d (the product's promise)"))]
     pub account_data: Option<String>,
     /// How long billing records are kept. At least `2555d` (7 years, the legal minimum);
     /// retention never erases them before that.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[1-9][0-9]{0,5}[mhd]$"), length(max = 7))]
-    #[x_kube(validation = Rule::new("(int(self.substring(0, size(self) - 1)) * (self.endsWith('d') ? 1440 : (self.endsWith('h') ? 60 : 1))) >= 3679200").message("spec.retention.billingRecords must be at least 2555d (7 years, the legal minimum)"))]
+    #[x_kube(validation = window_rule(">=", 3679200, "spec.retention.billingRecords must be at least 2555d (7 years, the legal minimum)"))]
     pub billing_records: Option<String>,
 }
 

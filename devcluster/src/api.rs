@@ -453,6 +453,9 @@ fn create_inner(st: &mut State, info: &ResourceInfo, namespace: &str, mut obj: V
         obj.as_object_mut().map(|m| m.remove("status"));
     }
     builtin::apply_defaults(&info.group, &info.kind, &mut obj, true);
+    if info.kind == "Service" && info.group.is_empty() {
+        assign_cluster_ip(st, &mut obj)?;
+    }
     if info.kind == "CustomResourceDefinition" {
         obj["status"] = crd_status(&obj);
     }
@@ -870,4 +873,78 @@ pub fn system_write(st: &mut State, gr: &GroupResource, obj: Value, status: bool
 pub fn system_delete(st: &mut State, gr: &GroupResource, namespace: &str, name: &str, opts: &DeleteOpts) -> bool {
     let Some(info) = st.registry.preferred(gr) else { return false };
     delete(st, &info, namespace, name, opts).is_ok()
+}
+
+/// A new Service gets a free cluster IP unless it names one, is headless (`None`) or is an
+/// ExternalName, as kube-apiserver's allocator does; a named one must be free.
+fn assign_cluster_ip(st: &State, obj: &mut Value) -> Result<(), ApiError> {
+    if obj.pointer("/spec/type").and_then(Value::as_str) == Some("ExternalName") {
+        return Ok(());
+    }
+    let services = st.list(&resources::GroupResource::core("services"), None);
+    let taken: std::collections::HashSet<&str> = services.iter().filter_map(|s| s.pointer("/spec/clusterIP").and_then(Value::as_str)).collect();
+    let ip = match obj.pointer("/spec/clusterIP").and_then(Value::as_str) {
+        Some("None") => return Ok(()),
+        Some(ip) if !ip.is_empty() => {
+            if taken.contains(ip) {
+                let e = FieldError::invalid("spec.clusterIPs", &Value::from(ip), "failed to allocate IP: provided IP is already allocated");
+                return Err(ApiError::invalid("", "Service", meta::name(obj), vec![e]));
+            }
+            ip.to_string()
+        }
+        _ => builtin::allocate_cluster_ip(&taken).ok_or_else(|| ApiError::internal("failed to allocate a cluster IP: the service range is full"))?,
+    };
+    obj["spec"]["clusterIP"] = ip.clone().into();
+    obj["spec"]["clusterIPs"] = json!([ip]);
+    Ok(())
+}
+
+/// Records a core/v1 Event about `involved`, folding repeats into `count` as Kubernetes does.
+pub fn record_event(st: &mut State, involved: &Value, ty: &str, reason: &str, message: &str, component: &str) {
+    let ns = match meta::namespace(involved) {
+        "" => "default",
+        n => n,
+    }
+    .to_string();
+    if st.get(&GroupResource::core("namespaces"), "", &ns).is_none() {
+        return;
+    }
+    let uid = meta::uid(involved).to_string();
+    let now = meta::now_rfc3339();
+    let events = GroupResource::core("events");
+    // Repeats of one event (same object, reason and message) are one Event with a count, as the
+    // kubelet aggregates them; the name is derived from that key, so finding it is a lookup.
+    let key = {
+        use sha2::Digest;
+        let d = sha2::Sha256::digest(format!("{uid}\0{reason}\0{message}").as_bytes());
+        crate::meta::hex(&d[..8])
+    };
+    let name = format!("{}.{key}", meta::name(involved));
+    if let Some(e) = st.get(&events, &ns, &name) {
+        let mut e = (*e).clone();
+        e["count"] = (e["count"].as_i64().unwrap_or(1) + 1).into();
+        e["lastTimestamp"] = now.into();
+        system_write(st, &events, e, false, component);
+        return;
+    }
+    let ev = json!({
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"name": name, "namespace": ns},
+        "involvedObject": {
+            "kind": involved["kind"], "namespace": meta::namespace(involved), "name": meta::name(involved),
+            "uid": uid, "apiVersion": involved["apiVersion"], "resourceVersion": meta::resource_version(involved),
+        },
+        "reason": reason,
+        "message": message,
+        "source": {"component": component},
+        "firstTimestamp": now,
+        "lastTimestamp": now,
+        "count": 1,
+        "type": ty,
+        "eventTime": null,
+        "reportingComponent": component,
+        "reportingInstance": "",
+    });
+    system_write(st, &events, ev, false, component);
 }

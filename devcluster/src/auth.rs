@@ -80,7 +80,7 @@ impl Authenticator {
     pub fn issue_service_account_token(&self, namespace: &str, name: &str, uid: &str) -> String {
         let mut bytes = [0u8; 24];
         getrandom::fill(&mut bytes).expect("randomness");
-        let token = format!("devcluster-sa.{}", hex(&bytes));
+        let token = format!("devcluster-sa.{}", crate::meta::hex(&bytes));
         let user = UserInfo::authenticated(
             &format!("system:serviceaccount:{namespace}:{name}"),
             uid,
@@ -100,10 +100,6 @@ impl Authenticator {
         let token = h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")).ok_or_else(ApiError::unauthorized)?;
         self.lookup(token.trim()).ok_or_else(ApiError::unauthorized)
     }
-}
-
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// What a request wants to do (`authorizer.Attributes`).

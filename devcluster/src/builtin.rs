@@ -123,15 +123,10 @@ fn find_unknown(input: &Value, output: &Value, path: &str, unknown: &mut Vec<Str
     }
 }
 
-/// Cluster IPs are handed out from 10.96.0.0/12 like a default kube-apiserver.
-pub fn allocate_cluster_ip(taken: &[String]) -> String {
-    for n in 1u32..1_048_000 {
-        let ip = format!("10.{}.{}.{}", 96 + (n >> 16), (n >> 8) & 0xff, n & 0xff);
-        if !taken.contains(&ip) {
-            return ip;
-        }
-    }
-    "10.96.0.1".into()
+/// Cluster IPs are handed out from 10.96.0.0/12 like a default kube-apiserver: the lowest free
+/// one (10.96.0.1 goes to the `kubernetes` Service, created first). None when the range is full.
+pub fn allocate_cluster_ip(taken: &std::collections::HashSet<&str>) -> Option<String> {
+    (1u32..(1 << 20) - 1).map(|n| format!("10.{}.{}.{}", 96 + (n >> 16), (n >> 8) & 0xff, n & 0xff)).find(|ip| !taken.contains(ip.as_str()))
 }
 
 fn default_probe(probe: &mut Value) {

@@ -8,6 +8,10 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::Value;
 
+/// The Kubernetes version this server reports: within one minor of kubectl v1.32 and of the
+/// k8s-openapi `v1_33` feature the workspace uses.
+pub const SERVER_VERSION: &str = "v1.33.0";
+
 /// One simulated node.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]

@@ -15,62 +15,11 @@ use crate::api::{self, DeleteOpts};
 use crate::meta;
 use crate::resources::GroupResource;
 use crate::selectors::LabelSelector;
-use crate::server::Shared;
 use crate::state::{Event, EventType, ObjectRef, State};
 
 
 fn gr(group: &str, resource: &str) -> GroupResource {
     GroupResource::new(group, resource)
-}
-
-/// Records a core/v1 Event about `involved`, folding repeats into `count` as Kubernetes does.
-pub fn record_event(st: &mut State, involved: &Value, ty: &str, reason: &str, message: &str, component: &str) {
-    let ns = match meta::namespace(involved) {
-        "" => "default",
-        n => n,
-    }
-    .to_string();
-    if st.get(&GroupResource::core("namespaces"), "", &ns).is_none() {
-        return;
-    }
-    let uid = meta::uid(involved).to_string();
-    let now = meta::now_rfc3339();
-    let events = GroupResource::core("events");
-    // Repeats of one event (same object, reason and message) are one Event with a count, as the
-    // kubelet aggregates them; the name is derived from that key, so finding it is a lookup.
-    let key = {
-        use sha2::Digest;
-        let d = sha2::Sha256::digest(format!("{uid}\0{reason}\0{message}").as_bytes());
-        crate::auth::hex(&d[..8])
-    };
-    let name = format!("{}.{key}", meta::name(involved));
-    if let Some(e) = st.get(&events, &ns, &name) {
-        let mut e = (*e).clone();
-        e["count"] = (e["count"].as_i64().unwrap_or(1) + 1).into();
-        e["lastTimestamp"] = now.into();
-        api::system_write(st, &events, e, false, component);
-        return;
-    }
-    let ev = json!({
-        "apiVersion": "v1",
-        "kind": "Event",
-        "metadata": {"name": name, "namespace": ns},
-        "involvedObject": {
-            "kind": involved["kind"], "namespace": meta::namespace(involved), "name": meta::name(involved),
-            "uid": uid, "apiVersion": involved["apiVersion"], "resourceVersion": meta::resource_version(involved),
-        },
-        "reason": reason,
-        "message": message,
-        "source": {"component": component},
-        "firstTimestamp": now,
-        "lastTimestamp": now,
-        "count": 1,
-        "type": ty,
-        "eventTime": null,
-        "reportingComponent": component,
-        "reportingInstance": "",
-    });
-    api::system_write(st, &events, ev, false, component);
 }
 
 fn owner_ref(owner: &Value, controller: bool) -> Value {
@@ -113,12 +62,11 @@ pub struct Controllers {
     /// Job uid → earliest time the next pod may be created (failure backoff).
     job_backoff: HashMap<String, tokio::time::Instant>,
     volumes_dir: PathBuf,
-    scheduler: crate::scheduler::Cache,
 }
 
 impl Controllers {
     pub fn new(volumes_dir: PathBuf) -> Controllers {
-        Controllers { job_backoff: HashMap::new(), volumes_dir, scheduler: Default::default() }
+        Controllers { job_backoff: HashMap::new(), volumes_dir }
     }
 
     /// Reacts to a batch of store events.
@@ -130,7 +78,6 @@ impl Controllers {
         let mut replicasets: BTreeSet<(String, String)> = BTreeSet::new();
         let mut quota_namespaces: BTreeSet<String> = BTreeSet::new();
         let mut claims: BTreeSet<(String, String)> = BTreeSet::new();
-        let mut schedule = false;
         for e in events {
             let obj = &e.object;
             let ns = meta::namespace(obj).to_string();
@@ -149,11 +96,7 @@ impl Controllers {
                     services.insert((ns.clone(), name.clone()));
                 }
                 ("", "pods") => {
-                    self.scheduler.observe(obj, e.kind == EventType::Deleted);
-                    // Scheduling changes when a pod waits for a node, or when one stops holding
-                    // its node's resources (deleted, or finished).
                     let finished = matches!(pod_phase(obj), "Succeeded" | "Failed") && pod_phase(obj) != pod_phase(e.old.as_deref().unwrap_or(obj));
-                    schedule |= (obj.pointer("/spec/nodeName").is_none() && !meta::is_deleting(obj)) || e.kind == EventType::Deleted || finished;
                     // Only services selecting the pod (before or after the change) are affected.
                     for svc in st.list(&GroupResource::core("services"), Some(&ns)) {
                         let Some(sel) = svc.pointer("/spec/selector").and_then(Value::as_object).filter(|s| !s.is_empty()) else { continue };
@@ -185,13 +128,9 @@ impl Controllers {
                         quota_namespaces.insert(ns.clone());
                     }
                 }
-                ("", "nodes") => schedule = true,
                 ("", "persistentvolumeclaims") => {
                     claims.insert((ns.clone(), name.clone()));
                     quota_namespaces.insert(ns.clone());
-                    // Pods wait for their claims to be bound.
-                    let phase = |o: &Value| o.pointer("/status/phase").and_then(Value::as_str).map(str::to_string);
-                    schedule |= phase(obj).as_deref() == Some("Bound") && e.old.as_deref().and_then(phase).as_deref() != Some("Bound");
                 }
                 ("", "persistentvolumes") => self.reconcile_volume(st, &name),
                 ("", "resourcequotas") => {
@@ -246,9 +185,6 @@ impl Controllers {
         for ns in namespaces_to_check {
             finalize_namespace(st, &ns);
         }
-        if schedule {
-            crate::scheduler::schedule_pending(st, &mut self.scheduler);
-        }
     }
 
     /// Time-driven work: job backoff expiry, finished-job TTLs, pending pods.
@@ -271,7 +207,6 @@ impl Controllers {
                 api::system_delete(st, &gr("batch", "jobs"), meta::namespace(&job), meta::name(&job), &opts);
             }
         }
-        crate::scheduler::schedule_pending(st, &mut self.scheduler);
     }
 
     fn garbage_collect(&mut self, st: &mut State, e: &Event) {
@@ -347,17 +282,17 @@ impl Controllers {
                 set_condition(&mut conds, "Complete", "True", "CompletionsReached", "Reached expected number of succeeded pods");
                 status["completionTime"] = now.clone().into();
                 kill_active = true;
-                record_event(st, &job, "Normal", "Completed", "Job completed", "job-controller");
+                api::record_event(st, &job, "Normal", "Completed", "Job completed", "job-controller");
             } else if failed > backoff_limit {
                 set_condition(&mut conds, "FailureTarget", "True", "BackoffLimitExceeded", "Job has reached the specified backoff limit");
                 set_condition(&mut conds, "Failed", "True", "BackoffLimitExceeded", "Job has reached the specified backoff limit");
                 kill_active = true;
-                record_event(st, &job, "Warning", "BackoffLimitExceeded", "Job has reached the specified backoff limit", "job-controller");
+                api::record_event(st, &job, "Warning", "BackoffLimitExceeded", "Job has reached the specified backoff limit", "job-controller");
             } else if deadline_exceeded {
                 set_condition(&mut conds, "FailureTarget", "True", "DeadlineExceeded", "Job was active longer than specified deadline");
                 set_condition(&mut conds, "Failed", "True", "DeadlineExceeded", "Job was active longer than specified deadline");
                 kill_active = true;
-                record_event(st, &job, "Warning", "DeadlineExceeded", "Job was active longer than specified deadline", "job-controller");
+                api::record_event(st, &job, "Warning", "DeadlineExceeded", "Job was active longer than specified deadline", "job-controller");
             } else if spec["suspend"] != true {
                 let wanted = parallelism.min(completions - succeeded).max(0);
                 let backoff_ok = self.job_backoff.get(&uid).is_none_or(|t| *t <= tokio::time::Instant::now());
@@ -457,11 +392,11 @@ impl Controllers {
                 .map(|c| meta::name(c).to_string())
         });
         let Some(class_name) = class_name else {
-            record_event(st, &pvc, "Normal", "FailedBinding", "no persistent volumes available for this claim and no storage class is set", "persistentvolume-controller");
+            api::record_event(st, &pvc, "Normal", "FailedBinding", "no persistent volumes available for this claim and no storage class is set", "persistentvolume-controller");
             return;
         };
         let Some(class) = st.get(&classes, "", &class_name) else {
-            record_event(st, &pvc, "Warning", "ProvisioningFailed", &format!("storageclass.storage.k8s.io \"{class_name}\" not found"), "persistentvolume-controller");
+            api::record_event(st, &pvc, "Warning", "ProvisioningFailed", &format!("storageclass.storage.k8s.io \"{class_name}\" not found"), "persistentvolume-controller");
             return;
         };
         let request = pvc.pointer("/spec/resources/requests/storage").cloned().unwrap_or_else(|| json!("1Gi"));
@@ -471,7 +406,7 @@ impl Controllers {
             None => {
                 let dir = self.volumes_dir.join(&pv_name);
                 if let Err(e) = std::fs::create_dir_all(&dir) {
-                    record_event(st, &pvc, "Warning", "ProvisioningFailed", &format!("creating {}: {e}", dir.display()), "persistentvolume-controller");
+                    api::record_event(st, &pvc, "Warning", "ProvisioningFailed", &format!("creating {}: {e}", dir.display()), "persistentvolume-controller");
                     return;
                 }
                 let new = json!({
@@ -489,7 +424,7 @@ impl Controllers {
                     },
                 });
                 let Some(pv) = api::system_write(st, &pvs, new, false, "persistentvolume-controller") else { return };
-                record_event(st, &pvc, "Normal", "ProvisioningSucceeded", &format!("Successfully provisioned volume {pv_name}"), "persistentvolume-controller");
+                api::record_event(st, &pvc, "Normal", "ProvisioningSucceeded", &format!("Successfully provisioned volume {pv_name}"), "persistentvolume-controller");
                 pv
             }
         };
@@ -529,7 +464,7 @@ impl Controllers {
                 if p.starts_with(&self.volumes_dir)
                     && let Err(e) = std::fs::remove_dir_all(&p)
                         && e.kind() != std::io::ErrorKind::NotFound {
-                            record_event(st, &pv, "Warning", "VolumeFailedDelete", &format!("removing {}: {e}", p.display()), "persistentvolume-controller");
+                            api::record_event(st, &pv, "Warning", "VolumeFailedDelete", &format!("removing {}: {e}", p.display()), "persistentvolume-controller");
                             return;
                         }
             }
@@ -760,16 +695,16 @@ fn create_job_pod(st: &mut State, job: &Value) {
     meta::set_label(&mut pod, "batch.kubernetes.io/job-name", name);
     let pod_name = meta::name(&pod).to_string();
     if api::system_write(st, &GroupResource::core("pods"), pod, false, "job-controller").is_some() {
-        record_event(st, job, "Normal", "SuccessfulCreate", &format!("Created pod: {pod_name}"), "job-controller");
+        api::record_event(st, job, "Normal", "SuccessfulCreate", &format!("Created pod: {pod_name}"), "job-controller");
     } else {
-        record_event(st, job, "Warning", "FailedCreate", &format!("Error creating pod for job {name}"), "job-controller");
+        api::record_event(st, job, "Warning", "FailedCreate", &format!("Error creating pod for job {name}"), "job-controller");
     }
 }
 
 fn template_hash(template: &Value) -> String {
     use sha2::Digest;
     let digest = sha2::Sha256::digest(template.to_string().as_bytes());
-    crate::auth::hex(&digest[..5])
+    crate::meta::hex(&digest[..5])
 }
 
 fn reconcile_deployment(st: &mut State, ns: &str, name: &str) {
@@ -801,7 +736,7 @@ fn reconcile_deployment(st: &mut State, ns: &str, name: &str) {
     });
     rs["spec"] = json!({"replicas": replicas, "selector": selector, "template": template});
     if current.is_none() {
-        record_event(st, &d, "Normal", "ScalingReplicaSet", &format!("Scaled up replica set {rs_name} from 0 to {replicas}"), "deployment-controller");
+        api::record_event(st, &d, "Normal", "ScalingReplicaSet", &format!("Scaled up replica set {rs_name} from 0 to {replicas}"), "deployment-controller");
     }
     api::system_write(st, &rss, rs, false, "deployment-controller");
     let owned: Vec<Arc<Value>> = st.list(&rss, Some(ns)).into_iter().filter(|r| controlled_by(r, &uid)).collect();
@@ -858,9 +793,9 @@ fn reconcile_replicaset(st: &mut State, ns: &str, name: &str) {
             meta::set_meta(&mut pod, "ownerReferences", Some(json!([owner_ref(&rs, true)])));
             let pod_name = meta::name(&pod).to_string();
             match api::system_write(st, &pods_gr, pod, false, "replicaset-controller") {
-                Some(_) => record_event(st, &rs, "Normal", "SuccessfulCreate", &format!("Created pod: {pod_name}"), "replicaset-controller"),
+                Some(_) => api::record_event(st, &rs, "Normal", "SuccessfulCreate", &format!("Created pod: {pod_name}"), "replicaset-controller"),
                 None => {
-                    record_event(st, &rs, "Warning", "FailedCreate", &format!("Error creating: pod {pod_name} was refused (see the namespace's quota and Pod Security level)"), "replicaset-controller");
+                    api::record_event(st, &rs, "Warning", "FailedCreate", &format!("Error creating: pod {pod_name} was refused (see the namespace's quota and Pod Security level)"), "replicaset-controller");
                     break;
                 }
             }
@@ -898,51 +833,4 @@ fn reconcile_quota_status(st: &mut State, ns: &str) {
             api::system_write(st, &quotas, o, true, "resourcequota-controller");
         }
     }
-}
-
-/// Runs the controllers until the process ends: events in batches, a tick every 250 ms.
-pub async fn run(shared: Arc<Shared>, volumes_dir: PathBuf) {
-    let mut rx = shared.lock().subscribe();
-    let mut controllers = Controllers::new(volumes_dir);
-    let mut ticker = tokio::time::interval(Duration::from_millis(250));
-    loop {
-        tokio::select! {
-            r = rx.recv() => {
-                let mut batch = Vec::new();
-                match r {
-                    Ok(e) => batch.push(e),
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                        // Missed events: rescan everything that matters on the next ticks.
-                        let mut st = shared.lock();
-                        rescan(&mut controllers, &mut st);
-                        continue;
-                    }
-                    Err(_) => return,
-                }
-                while let Ok(e) = rx.try_recv() {
-                    batch.push(e);
-                    if batch.len() >= 2048 {
-                        break;
-                    }
-                }
-                let mut st = shared.lock();
-                controllers.handle(&mut st, &batch);
-            }
-            _ = ticker.tick() => {
-                let mut st = shared.lock();
-                controllers.tick(&mut st);
-            }
-        }
-    }
-}
-
-fn rescan(controllers: &mut Controllers, st: &mut State) {
-    controllers.scheduler.rebuild(st);
-    let mut events = Vec::new();
-    for gr in st.collections() {
-        for obj in st.list(&gr, None) {
-            events.push(Arc::new(Event { gr: gr.clone(), kind: EventType::Modified, rv: 0, object: obj.clone(), old: Some(obj) }));
-        }
-    }
-    controllers.handle(st, &events);
 }

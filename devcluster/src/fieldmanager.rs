@@ -258,9 +258,6 @@ pub struct Comparison {
 }
 
 impl Comparison {
-    pub fn is_same(&self) -> bool {
-        self.added.is_empty() && self.modified.is_empty() && self.removed.is_empty()
-    }
 }
 
 pub fn compare(lhs: Option<&Value>, rhs: Option<&Value>, ti: &TypeInfo) -> Comparison {

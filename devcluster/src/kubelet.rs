@@ -20,110 +20,14 @@ use tokio::process::{Child, Command};
 use tokio::sync::watch;
 
 use crate::api;
-use crate::config::{CsiDriver, ImageMapping};
 use crate::error::ApiError;
 use crate::meta;
 use crate::resources::GroupResource;
-use crate::server::{Reply, Shared};
+use crate::runtime::{PodHandle, signal_group};
+use crate::shared::{Reply, Shared, async_stream_body};
 use crate::state::EventType;
 
 const KUBELET: &str = "kubelet";
-
-/// What the kubelet knows about running pods, shared with the proxy and log endpoints.
-pub struct Runtime {
-    pods: Mutex<HashMap<String, PodHandle>>,
-    state_dir: PathBuf,
-    images: Vec<ImageMapping>,
-    csi: Vec<CsiDriver>,
-    api_port: Mutex<u16>,
-}
-
-struct PodHandle {
-    namespace: String,
-    name: String,
-    ports: BTreeMap<i64, u16>,
-    dir: PathBuf,
-    /// Process group ids of running containers.
-    pgids: Arc<Mutex<BTreeMap<String, i32>>>,
-    stop: watch::Sender<bool>,
-}
-
-impl Runtime {
-    pub fn new(state_dir: PathBuf, images: Vec<ImageMapping>, csi: Vec<CsiDriver>) -> Runtime {
-        Runtime { pods: Mutex::new(HashMap::new()), state_dir, images, csi, api_port: Mutex::new(0) }
-    }
-
-    pub fn set_api_port(&self, port: u16) {
-        *self.api_port.lock().unwrap_or_else(|p| p.into_inner()) = port;
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, PodHandle>> {
-        self.pods.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// The host port serving a pod's container port.
-    pub fn host_port(&self, pod_uid: &str, container_port: i64) -> Option<u16> {
-        self.lock().get(pod_uid).and_then(|p| p.ports.get(&container_port).copied())
-    }
-
-    pub fn pod_dir(&self, pod_uid: &str) -> Option<PathBuf> {
-        self.lock().get(pod_uid).map(|p| p.dir.clone())
-    }
-
-    /// Process ids (process group leaders) of a pod's running containers.
-    pub fn pids(&self, pod_uid: &str) -> Vec<i32> {
-        self.lock()
-            .get(pod_uid)
-            .map(|p| p.pgids.lock().unwrap_or_else(|x| x.into_inner()).values().copied().collect())
-            .unwrap_or_default()
-    }
-
-    /// Every process the kubelet started and still tracks.
-    pub fn all_pids(&self) -> Vec<i32> {
-        self.lock().values().flat_map(|p| p.pgids.lock().unwrap_or_else(|x| x.into_inner()).values().copied().collect::<Vec<_>>()).collect()
-    }
-
-    /// Kills every container process group (server shutdown).
-    pub fn kill_all(&self) {
-        for p in self.lock().values() {
-            let _ = p.stop.send(true);
-            for pgid in p.pgids.lock().unwrap_or_else(|x| x.into_inner()).values() {
-                signal_group(*pgid, libc::SIGKILL);
-            }
-        }
-    }
-
-    fn image_executable(&self, image: &str) -> Option<PathBuf> {
-        self.images.iter().find_map(|m| {
-            let matches = match m.image.strip_suffix('*') {
-                Some(prefix) => image.starts_with(prefix),
-                None => image == m.image || image.split(['@', ':']).next() == Some(m.image.as_str()) && !m.image.contains(':'),
-            };
-            matches.then(|| m.executable.clone())
-        })
-    }
-}
-
-fn signal_group(pgid: i32, sig: i32) {
-    if pgid > 0 {
-        // SAFETY: kill(2) with a negative pid signals a process group; no memory is touched.
-        unsafe {
-            libc::kill(-pgid, sig);
-        }
-    }
-}
-
-pub fn process_alive(pid: i32) -> bool {
-    // SAFETY: kill(2) with signal 0 only checks for existence.
-    let r = unsafe { libc::kill(pid, 0) };
-    if r != 0 {
-        return false;
-    }
-    // A zombie is dead for our purposes.
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| s.rsplit(')').next().is_some_and(|rest| !rest.trim_start().starts_with('Z')))
-        .unwrap_or(false)
-}
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
@@ -267,7 +171,7 @@ impl PodWorker {
     fn event(&self, ty: &str, reason: &str, message: &str) {
         let Some(pod) = self.current() else { return };
         let mut st = self.shared.lock();
-        crate::controllers::record_event(&mut st, &pod, ty, reason, message, KUBELET);
+        crate::api::record_event(&mut st, &pod, ty, reason, message, KUBELET);
     }
 
     async fn run(mut self) {
@@ -1204,7 +1108,7 @@ pub async fn logs(shared: &Arc<Shared>, ns: &str, name: &str, query: &BTreeMap<S
         let uid = meta::uid(&pod).to_string();
         let shared_c = shared.clone();
         let start_len = text.len();
-        let body = crate::server::async_stream_body(move |tx| async move {
+        let body = async_stream_body(move |tx| async move {
             if tx.send(shown.into()).await.is_err() {
                 return;
             }

@@ -38,7 +38,9 @@ pub mod resources;
 pub mod scheduler;
 pub mod schema;
 pub mod selectors;
+pub mod runtime;
 pub mod server;
+pub mod shared;
 pub mod state;
 pub mod table;
 pub mod tls;
@@ -52,11 +54,9 @@ use serde_json::{Value, json};
 
 pub use config::{Config, CsiDriver, Faults, ImageMapping, NodeConfig, StaticToken};
 pub use error::ApiError;
-pub use server::Shared;
+pub use shared::Shared;
 
-/// The Kubernetes version this server reports: within one minor of kubectl v1.32 and of the
-/// k8s-openapi `v1_33` feature the workspace uses.
-pub const SERVER_VERSION: &str = "v1.33.0";
+pub use config::SERVER_VERSION;
 
 /// A running devcluster.
 pub struct DevCluster {
@@ -84,7 +84,7 @@ pub enum StartError {
 fn random_token() -> String {
     let mut bytes = [0u8; 24];
     getrandom::fill(&mut bytes).expect("randomness");
-    auth::hex(&bytes)
+    meta::hex(&bytes)
 }
 
 fn node_object(n: &NodeConfig) -> Value {
@@ -159,7 +159,7 @@ impl DevCluster {
 
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", config.port)).await.map_err(|e| StartError::Listen(config.port, e))?;
         let addr = listener.local_addr().map_err(|e| StartError::Listen(config.port, e))?;
-        let runtime = Arc::new(kubelet::Runtime::new(state_dir.clone(), config.images.clone(), config.csi_drivers.clone()));
+        let runtime = Arc::new(runtime::Runtime::new(state_dir.clone(), config.images.clone(), config.csi_drivers.clone()));
         runtime.set_api_port(addr.port());
         let nodes = config.nodes.clone();
         let shared = Arc::new(Shared::new(config, runtime, addr.to_string()));
@@ -225,7 +225,7 @@ impl DevCluster {
                 }
             }
         }));
-        tasks.push(tokio::spawn(controllers::run(shared.clone(), volumes_dir)));
+        tasks.push(tokio::spawn(control_loop(shared.clone(), volumes_dir)));
         tasks.push(tokio::spawn(kubelet::run(shared.clone())));
 
         let kubeconfig = state_dir.join("kubeconfig");
@@ -295,6 +295,49 @@ impl Drop for DevCluster {
         self.stop();
         for t in &self.tasks {
             t.abort();
+        }
+    }
+}
+
+/// Runs the built-in controllers and the scheduler until the process ends: the store's events in
+/// batches, and a tick every 250 ms for time-driven work (job backoff, TTLs, pending pods).
+async fn control_loop(shared: Arc<Shared>, volumes_dir: PathBuf) {
+    let mut rx = shared.lock().subscribe();
+    let mut controllers = controllers::Controllers::new(volumes_dir);
+    let mut scheduler = scheduler::Cache::default();
+    let mut ticker = tokio::time::interval(std::time::Duration::from_millis(250));
+    loop {
+        tokio::select! {
+            r = rx.recv() => {
+                let mut batch = Vec::new();
+                match r {
+                    Ok(e) => batch.push(e),
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        // Missed events: treat every object as changed.
+                        let mut st = shared.lock();
+                        scheduler.rebuild(&st);
+                        let everything = st.everything_as_events();
+                        controllers.handle(&mut st, &everything);
+                        scheduler::schedule_pending(&mut st, &mut scheduler);
+                        continue;
+                    }
+                    Err(_) => return,
+                }
+                while let Ok(e) = rx.try_recv() {
+                    batch.push(e);
+                    if batch.len() >= 2048 {
+                        break;
+                    }
+                }
+                let mut st = shared.lock();
+                controllers.handle(&mut st, &batch);
+                scheduler::handle(&mut st, &mut scheduler, &batch);
+            }
+            _ = ticker.tick() => {
+                let mut st = shared.lock();
+                controllers.tick(&mut st);
+                scheduler::schedule_pending(&mut st, &mut scheduler);
+            }
         }
     }
 }

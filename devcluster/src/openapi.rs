@@ -237,7 +237,7 @@ pub fn group_version_document(reg: &Registry, group: &str, version: &str) -> Opt
     }
     Some(json!({
         "openapi": "3.0.0",
-        "info": {"title": "Kubernetes", "version": crate::SERVER_VERSION},
+        "info": {"title": "Kubernetes", "version": crate::config::SERVER_VERSION},
         "paths": paths,
         "components": {"schemas": components},
     }))

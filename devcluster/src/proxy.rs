@@ -16,7 +16,7 @@ use serde_json::Value;
 use crate::error::{ApiError, Qualified};
 use crate::meta;
 use crate::resources::{GroupResource, ResourceInfo};
-use crate::server::{Reply, Shared};
+use crate::shared::{Reply, Shared};
 
 /// Splits `name`, `name:port` or `scheme:name:port`.
 fn split_name(raw: &str) -> (&str, Option<&str>) {

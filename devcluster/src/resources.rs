@@ -198,11 +198,6 @@ impl Registry {
             .cloned()
     }
 
-    /// Looks a kind up by group and kind name (owner references, RBAC subjects).
-    pub fn by_kind(&self, group: &str, kind: &str) -> Option<Arc<ResourceInfo>> {
-        self.by_gvr.values().find(|i| i.group == group && i.kind == kind).cloned()
-    }
-
     pub fn all(&self) -> impl Iterator<Item = &Arc<ResourceInfo>> {
         self.by_gvr.values()
     }

@@ -11,7 +11,7 @@ use crate::api;
 use crate::meta;
 use crate::quantity::Quantity;
 use crate::resources::GroupResource;
-use crate::state::State;
+use crate::state::{Event, EventType, State};
 
 const SCHEDULER: &str = "default-scheduler";
 
@@ -291,7 +291,7 @@ pub fn bind(st: &mut State, namespace: &str, name: &str, node: &str) -> Result<(
     p["spec"]["nodeName"] = node.into();
     set_condition(&mut p, json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": meta::now_rfc3339()}));
     st.replace(&pods(), p);
-    crate::controllers::record_event(st, &pod, "Normal", "Scheduled", &format!("Successfully assigned {namespace}/{name} to {node}"), SCHEDULER);
+    crate::api::record_event(st, &pod, "Normal", "Scheduled", &format!("Successfully assigned {namespace}/{name} to {node}"), SCHEDULER);
     Ok(())
 }
 
@@ -346,9 +346,34 @@ pub fn schedule_pending(st: &mut State, cache: &mut Cache) {
                 let mut p = (*pod).clone();
                 set_condition(&mut p, json!({"type": "PodScheduled", "status": "False", "lastProbeTime": null, "lastTransitionTime": meta::now_rfc3339(), "reason": "Unschedulable", "message": message}));
                 api::system_write(st, &pods(), p, true, SCHEDULER);
-                crate::controllers::record_event(st, &pod, "Warning", "FailedScheduling", &message, SCHEDULER);
+                crate::api::record_event(st, &pod, "Warning", "FailedScheduling", &message, SCHEDULER);
             }
         }
+    }
+}
+
+/// Reacts to a batch of store events: keeps the cache current, and schedules when a pod waits
+/// for a node, one stops holding its node's resources (deleted, or finished), a node changes, or
+/// a claim a pod may wait for is bound.
+pub fn handle(st: &mut State, cache: &mut Cache, events: &[Arc<Event>]) {
+    let phase = |o: &Value| o.pointer("/status/phase").and_then(Value::as_str).unwrap_or_default().to_string();
+    let mut schedule = false;
+    for e in events {
+        let obj = &e.object;
+        let was = e.old.as_deref().map(phase);
+        match (e.gr.group.as_str(), e.gr.resource.as_str()) {
+            ("", "pods") => {
+                cache.observe(obj, e.kind == EventType::Deleted);
+                let finished = matches!(phase(obj).as_str(), "Succeeded" | "Failed") && Some(phase(obj)) != was;
+                schedule |= (obj.pointer("/spec/nodeName").is_none() && !meta::is_deleting(obj)) || e.kind == EventType::Deleted || finished;
+            }
+            ("", "nodes") => schedule = true,
+            ("", "persistentvolumeclaims") => schedule |= phase(obj) == "Bound" && was.as_deref() != Some("Bound"),
+            _ => {}
+        }
+    }
+    if schedule {
+        schedule_pending(st, cache);
     }
 }
 

@@ -34,31 +34,6 @@ impl LabelSelector {
         Ok(LabelSelector { reqs })
     }
 
-    /// From a `metav1.LabelSelector` object (`matchLabels` and `matchExpressions`).
-    pub fn from_object(sel: &Value) -> Result<LabelSelector, String> {
-        let mut reqs = Vec::new();
-        if let Some(m) = sel.get("matchLabels").and_then(Value::as_object) {
-            for (k, v) in m {
-                reqs.push(Requirement::Eq(k.clone(), v.as_str().unwrap_or_default().to_string()));
-            }
-        }
-        for e in sel.get("matchExpressions").and_then(Value::as_array).into_iter().flatten() {
-            let key = e["key"].as_str().unwrap_or_default().to_string();
-            let values: Vec<String> = e["values"]
-                .as_array()
-                .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
-                .unwrap_or_default();
-            reqs.push(match e["operator"].as_str() {
-                Some("In") => Requirement::In(key, values),
-                Some("NotIn") => Requirement::NotIn(key, values),
-                Some("Exists") => Requirement::Exists(key),
-                Some("DoesNotExist") => Requirement::NotExists(key),
-                other => return Err(format!("{other:?} is not a valid label selector operator")),
-            });
-        }
-        Ok(LabelSelector { reqs })
-    }
-
     /// From a plain map selector (Service `spec.selector`): every pair must match.
     pub fn from_map(m: &serde_json::Map<String, Value>) -> LabelSelector {
         LabelSelector {

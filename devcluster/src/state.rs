@@ -133,6 +133,17 @@ impl State {
         self.dependents.get(owner_uid).map(|s| s.iter().cloned().collect()).unwrap_or_default()
     }
 
+    /// Every stored object as a `Modified` event, for consumers that missed events.
+    pub fn everything_as_events(&self) -> Vec<Arc<Event>> {
+        let mut events = Vec::new();
+        for gr in self.collections() {
+            for obj in self.list(&gr, None) {
+                events.push(Arc::new(Event { gr: gr.clone(), kind: EventType::Modified, rv: 0, object: obj.clone(), old: Some(obj) }));
+            }
+        }
+        events
+    }
+
     pub fn collections(&self) -> Vec<GroupResource> {
         self.objects.keys().cloned().collect()
     }
@@ -161,14 +172,6 @@ impl State {
         }
         let start = self.history.partition_point(|e| e.rv <= rv);
         Ok(self.history.iter().skip(start).cloned().collect())
-    }
-
-    /// Drops history up to `rv` (fault injection: force 410 on resume).
-    pub fn compact_to(&mut self, rv: u64) {
-        while self.history.front().is_some_and(|e| e.rv <= rv) {
-            self.history.pop_front();
-        }
-        self.compacted = self.compacted.max(rv + 1);
     }
 
     fn index(&mut self, r: &ObjectRef, old: Option<&Value>, new: Option<&Value>) {

@@ -177,9 +177,9 @@ spec:
     let uid = pods.get("web").await.unwrap().metadata.uid.unwrap();
     let pids = env.cluster.shared().runtime.pids(&uid);
     assert_eq!(pids.len(), 1);
-    assert!(alcove_devcluster::kubelet::process_alive(pids[0]));
+    assert!(alcove_devcluster::runtime::process_alive(pids[0]));
     env.ok(&["delete", "pod", "web", "--wait", "--timeout=20s"]).await;
-    assert!(!alcove_devcluster::kubelet::process_alive(pids[0]), "process {} survived its pod", pids[0]);
+    assert!(!alcove_devcluster::runtime::process_alive(pids[0]), "process {} survived its pod", pids[0]);
     let err = env.fails(&["get", "--raw", "/api/v1/namespaces/default/services/web:http/proxy/"]).await;
     assert!(err.contains("no endpoints available for service"), "{err}");
 }
@@ -196,7 +196,7 @@ async fn grace_period_ends_in_sigkill() {
     let started = std::time::Instant::now();
     pods.delete("stubborn", &DeleteParams::default()).await.unwrap();
     eventually("pod object gone", Duration::from_secs(10), || async { pods.get("stubborn").await.is_err() }).await;
-    assert!(!alcove_devcluster::kubelet::process_alive(pid));
+    assert!(!alcove_devcluster::runtime::process_alive(pid));
     assert!(started.elapsed() >= Duration::from_millis(900), "SIGTERM was ignored, so the kill waited for the grace period");
 }
 
@@ -353,7 +353,7 @@ async fn no_process_survives_the_server() {
     let mut server = Server::start(dir.path(), "one").await;
     let pids = [server.run_pod("p1").await, server.run_pod("p2").await];
     for pid in pids {
-        assert!(alcove_devcluster::kubelet::process_alive(pid));
+        assert!(alcove_devcluster::runtime::process_alive(pid));
     }
     // SAFETY: signalling a child this test spawned.
     unsafe {
@@ -361,11 +361,11 @@ async fn no_process_survives_the_server() {
     }
     tokio::time::timeout(Duration::from_secs(20), server.child.wait()).await.unwrap().unwrap();
     for pid in pids {
-        eventually("pod process gone after SIGTERM", Duration::from_secs(5), || async { !alcove_devcluster::kubelet::process_alive(pid) }).await;
+        eventually("pod process gone after SIGTERM", Duration::from_secs(5), || async { !alcove_devcluster::runtime::process_alive(pid) }).await;
     }
     // SIGKILL: nothing runs the server's shutdown; the parent-death signal still takes the pods.
     let mut server = Server::start(dir.path(), "two").await;
     let pid = server.run_pod("p3").await;
     server.child.kill().await.unwrap();
-    eventually("pod process gone after SIGKILL", Duration::from_secs(5), || async { !alcove_devcluster::kubelet::process_alive(pid) }).await;
+    eventually("pod process gone after SIGKILL", Duration::from_secs(5), || async { !alcove_devcluster::runtime::process_alive(pid) }).await;
 }

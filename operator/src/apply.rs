@@ -14,9 +14,9 @@ use kube::{Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
-use sha2::Digest;
 
 use crate::error::{Error, Result};
+use crate::hash::config_hash;
 use alcove_crds::FIELD_MANAGER;
 
 use std::collections::HashMap;
@@ -109,12 +109,6 @@ pub fn first_difference(desired: &Value, live: &Value, path: &str) -> Option<Str
     }
 }
 
-/// Hash of a configuration, stable across runs (serde_json maps are ordered).
-pub fn config_hash(v: &Value) -> String {
-    let digest = sha2::Sha256::digest(v.to_string().as_bytes());
-    digest[..12].iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// The desired object as JSON with the hash annotation set.
 pub fn with_hash<K: Serialize>(desired: &K) -> Result<(Value, String)> {
     let mut v = serde_json::to_value(desired).map_err(|source| Error::Serialize { what: "desired object", source })?;
@@ -204,27 +198,6 @@ where
         return Ok(false);
     }
     apply(log, api, desired, None).await
-}
-
-/// Metadata of a child object in its owner's namespace, garbage-collected with it: labelled
-/// managed-by, with the tenant (from the namespace) and `owner_label=<owner's name>`.
-pub fn owned_meta<K: Resource<DynamicType = ()>>(owner: &K, name: &str, owner_label: &str) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
-    let ns = owner.meta().namespace.clone().unwrap_or_default();
-    let owner_name = owner.meta().name.clone().unwrap_or_default();
-    k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
-        name: Some(name.into()),
-        namespace: Some(ns.clone()),
-        labels: Some(
-            [
-                (crate::context::MANAGED_BY.0.to_string(), crate::context::MANAGED_BY.1.to_string()),
-                (alcove_crds::LABEL_TENANT.to_string(), crate::tenant::builders::tenant_of_namespace(&ns).unwrap_or_default().to_string()),
-                (owner_label.to_string(), owner_name),
-            ]
-            .into(),
-        ),
-        owner_references: Some(vec![owner.controller_owner_ref(&()).expect("a stored object has a name and uid")]),
-        ..Default::default()
-    }
 }
 
 #[cfg(test)]

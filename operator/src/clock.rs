@@ -88,6 +88,12 @@ pub fn format(t: Timestamp) -> String {
     t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
+/// RFC 3339 to the millisecond: billing periods, which must add up exactly.
+pub fn format_millis(t: Timestamp) -> String {
+    t.round(jiff::Unit::Millisecond).unwrap_or(t).to_string()
+}
+
+/// The one timestamp parser (any RFC 3339 instant).
 pub fn parse(s: &str) -> Option<Timestamp> {
     s.parse().ok()
 }

@@ -41,14 +41,14 @@ pub struct OperatorArgs {
     pub clock_file: Option<PathBuf>,
     /// Stripe secret API key. Without one, billing is disabled (and every Tenant says so).
     #[arg(long, env = "ALCOVE_STRIPE_API_KEY", hide_env_values = true)]
-    pub stripe_api_key: Option<crate::billing::Secret>,
+    pub stripe_api_key: Option<Secret>,
     /// Base URL of Stripe's API (tests point it at localstripe).
     #[arg(long, env = "ALCOVE_STRIPE_API_BASE", default_value = "https://api.stripe.com/")]
     pub stripe_api_base: String,
     /// Signing secret of the Stripe webhook endpoint (`whsec_...`); without one, /webhooks/stripe
     /// refuses every event.
     #[arg(long, env = "ALCOVE_STRIPE_WEBHOOK_SECRET", hide_env_values = true)]
-    pub stripe_webhook_secret: Option<crate::billing::Secret>,
+    pub stripe_webhook_secret: Option<Secret>,
     /// Tests only: SIGKILL the operator right after this billing step (`customer-created`,
     /// `usage-reported`), before its result is recorded.
     #[arg(long, env = "ALCOVE_CRASH_AFTER", hide = true)]
@@ -271,6 +271,30 @@ impl Config {
     /// A configuration for unit tests.
     pub fn for_tests() -> Config {
         Config::from_file(FileConfig::default(), "alcove-system", Duration::from_secs(300)).expect("default configuration")
+    }
+}
+
+/// A secret flag value: never printed, not even by `Debug`.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        let s = s.trim();
+        if s.is_empty() { Err("empty".into()) } else { Ok(Secret(s.to_string())) }
     }
 }
 

@@ -22,9 +22,8 @@ use serde::de::DeserializeOwned;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::names::MANAGED_BY;
 
-/// Label on every object the operator creates.
-pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "alcove-operator");
 
 /// Futures that keep the caches fed; the caller drives them.
 pub type Feeder = Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -184,6 +183,8 @@ pub async fn publish<K: Resource<DynamicType = ()>>(recorder: &Recorder, obj: &K
 
 pub struct Context {
     pub writes: crate::apply::WriteLog,
+    /// Retry delays of objects whose reconcile failed.
+    pub backoff: crate::backoff::Backoff,
     pub client: Client,
     pub config: Config,
     pub clock: Arc<dyn Clock>,
@@ -192,13 +193,13 @@ pub struct Context {
     pub caches: Caches,
     /// Tenants whose status should be refreshed from outside the caches (a new erasure receipt).
     pub tenant_nudges: tokio::sync::broadcast::Sender<String>,
-    pub billing: Arc<crate::billing::Billing>,
+    pub billing: Arc<crate::billing::runtime::Billing>,
 }
 
 impl Context {
-    pub fn new(client: Client, config: Config, clock: Arc<dyn Clock>, metrics: Arc<Metrics>, caches: Caches, identity: &str, billing: Arc<crate::billing::Billing>) -> Context {
+    pub fn new(client: Client, config: Config, clock: Arc<dyn Clock>, metrics: Arc<Metrics>, caches: Caches, identity: &str, billing: Arc<crate::billing::runtime::Billing>) -> Context {
         let recorder = recorder(&client, identity);
-        Context { writes: Default::default(), client, config, clock, metrics, recorder, caches, tenant_nudges: tokio::sync::broadcast::channel(1024).0, billing }
+        Context { writes: Default::default(), backoff: Default::default(), client, config, clock, metrics, recorder, caches, tenant_nudges: tokio::sync::broadcast::channel(1024).0, billing }
     }
 
     /// Publishes an Event about `obj`. Failing to record an Event never fails a reconcile.
@@ -238,7 +239,7 @@ impl Context {
     pub async fn write_status<K, S>(&self, api: &Api<K>, obj: &K, current: Option<&S>, desired: &S) -> crate::error::Result<bool>
     where
         K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
-        S: serde::Serialize + PartialEq + Clone + crate::status::Conditioned,
+        S: serde::Serialize + PartialEq + Clone + crate::conditions::Conditioned,
     {
         crate::status::write(&self.writes, api, obj, current, desired).await
     }

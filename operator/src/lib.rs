@@ -4,16 +4,21 @@
 //! events), `error`.
 
 pub mod apply;
+pub mod backoff;
 pub mod billing;
 pub mod clock;
+pub mod conditions;
 pub mod config;
 pub mod context;
+pub mod controller;
 pub mod error;
+pub mod hash;
 pub mod http;
 pub mod instance;
 pub mod knowledgebase;
 pub mod leader;
 pub mod metrics;
+pub mod names;
 pub mod retention;
 pub mod status;
 pub mod tenant;
@@ -76,7 +81,7 @@ pub async fn run_operator(args: OperatorArgs) -> anyhow::Result<()> {
         None => Arc::new(SystemClock),
     };
     let identity = identity(&args);
-    let billing = Arc::new(billing::Billing::new(&args, &config)?);
+    let billing = Arc::new(billing::runtime::Billing::new(&args, &config)?);
     if billing.stripe.is_none() {
         tracing::warn!("no Stripe API key: billing is disabled (each Tenant's Billing condition says so)");
     }

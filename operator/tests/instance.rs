@@ -125,7 +125,7 @@ async fn destroy_stops_the_process_and_records_usage_within_a_second() {
     let started = Instant::now();
     p.ok(&["delete", "inst", "chat-gguf", "-n", "tenant-startup", "--wait=false"]).await;
     until_some("process gone and final usage recorded", Duration::from_secs(10), || async {
-        let gone = !alcove_devcluster::kubelet::process_alive(pids[0]);
+        let gone = !alcove_devcluster::runtime::process_alive(pids[0]);
         let recorded = !p.events("tenant-startup", "Destroyed").await.is_empty();
         (gone && recorded).then_some(())
     })

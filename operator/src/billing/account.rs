@@ -8,7 +8,7 @@ use jiff::Timestamp;
 
 use super::ledger::Ledger;
 use super::meter;
-use crate::status;
+use crate::conditions;
 
 /// Why billing cannot run for a tenant (each a `Billing=False` reason).
 #[derive(Debug, Clone, PartialEq)]
@@ -58,7 +58,7 @@ pub fn verdict(tenant: &Tenant, standing: &Standing, ledger: Option<&Ledger>, ru
     let prev_status = tenant.status.clone().unwrap_or_default();
     let prev = prev_status.billing.clone().unwrap_or_default();
     let generation = tenant.metadata.generation;
-    let c = |ok: bool, reason: &str, message: &str| status::condition(&prev_status.conditions, condition::BILLING, ok, reason, message, generation, now);
+    let c = |ok: bool, reason: &str, message: &str| conditions::condition(&prev_status.conditions, condition::BILLING, ok, reason, message, generation, now);
     let plain = |condition| Verdict { status: None, condition, wake: None, low: false, exhausted: false };
     let spec = match (standing, tenant.spec.billing.as_ref()) {
         (Standing::Disabled, _) => return plain(c(false, "Disabled", "billing is disabled: the operator has no Stripe API key; usage is metered (status.gpuSeconds of each instance) but nobody is charged")),

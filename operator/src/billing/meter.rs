@@ -79,6 +79,17 @@ pub fn record_key(instance_uid: &str, from: Timestamp) -> String {
     format!("alcove-usage-{instance_uid}-{}", from.as_millisecond())
 }
 
+/// How metering stands for one instance, for its `Billing` condition.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Metered {
+    /// Not charged, and why (reason, message).
+    Off(&'static str, String),
+    /// Reported through this instant (None: nothing yet); the next report is due in `next`.
+    Billed { through: Option<Timestamp>, next: Option<Duration> },
+    /// Reporting failed; retried.
+    Failed(String),
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

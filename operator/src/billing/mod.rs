@@ -16,11 +16,11 @@
 pub mod account;
 pub mod ledger;
 pub mod meter;
+pub mod runtime;
+pub mod store;
 pub mod stripe;
 pub mod webhook;
 
-use std::collections::HashSet;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use alcove_crds::{InferenceInstance, Tenant};
@@ -30,72 +30,8 @@ use kube::ResourceExt;
 use crate::context::{Context, find, find_cluster};
 use crate::error::Result;
 use ledger::{Ledger, Usage};
+use meter::Metered;
 
-/// A secret flag value: never printed, not even by `Debug`.
-#[derive(Clone)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Secret(..)")
-    }
-}
-
-impl std::str::FromStr for Secret {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
-        let s = s.trim();
-        if s.is_empty() { Err("empty".into()) } else { Ok(Secret(s.to_string())) }
-    }
-}
-
-/// Billing's runtime: the Stripe client when a key is configured.
-pub struct Billing {
-    pub stripe: Option<stripe::Stripe>,
-    pub webhook_secret: Option<Secret>,
-    pub interval: Duration,
-    crash_after: Option<String>,
-    /// Instances whose Stripe records were checked against the ledger since this process started.
-    checked: Mutex<HashSet<String>>,
-}
-
-impl Billing {
-    pub fn new(args: &crate::config::OperatorArgs, config: &crate::config::Config) -> Result<Billing> {
-        let stripe = args.stripe_api_key.as_ref().map(|k| stripe::Stripe::new(k, &args.stripe_api_base)).transpose()?;
-        Ok(Billing {
-            stripe,
-            webhook_secret: args.stripe_webhook_secret.clone(),
-            interval: Duration::from_secs(config.billing.report_interval_seconds),
-            crash_after: args.crash_after.clone(),
-            checked: Mutex::default(),
-        })
-    }
-
-    /// Tests: dies here, as a SIGKILL would, when asked to (`--crash-after`).
-    fn crash_point(&self, step: &str) {
-        if self.crash_after.as_deref() == Some(step) {
-            tracing::warn!(step, "--crash-after: killing the operator now");
-            // SAFETY: kill(2) on our own pid with SIGKILL has no memory-safety preconditions.
-            unsafe {
-                libc::kill(libc::getpid(), libc::SIGKILL);
-            }
-        }
-    }
-
-    fn checked(&self, uid: &str) -> bool {
-        self.checked.lock().unwrap_or_else(|p| p.into_inner()).contains(uid)
-    }
-
-    fn mark_checked(&self, uid: &str) {
-        self.checked.lock().unwrap_or_else(|p| p.into_inner()).insert(uid.to_string());
-    }
-}
 
 /// The tenant's ledger as the cache has it.
 pub fn cached_ledger(ctx: &Context, tenant: &str) -> Option<Ledger> {
@@ -114,7 +50,7 @@ pub async fn ensure_customer(ctx: &Context, tenant: &Tenant) -> account::Standin
     let uid = tenant.uid().unwrap_or_default();
     let result = async {
         // The cache may be behind our own write: the API server has the truth.
-        if let Some(id) = ledger::read(&ctx.client, &ctx.config.namespace, &name).await?.and_then(|l| l.customer_id) {
+        if let Some(id) = store::read(&ctx.client, &ctx.config.namespace, &name).await?.and_then(|l| l.customer_id) {
             return Ok::<_, crate::error::Error>((id, false));
         }
         let id = if spec.customer == "create" {
@@ -131,7 +67,7 @@ pub async fn ensure_customer(ctx: &Context, tenant: &Tenant) -> account::Standin
             stripe.link_customer(&spec.customer, &name, &uid).await?;
             spec.customer.clone()
         };
-        ledger::update(&ctx.client, &ctx.config.namespace, tenant, |l| {
+        store::update(&ctx.client, &ctx.config.namespace, tenant, |l| {
             let changed = l.customer_id.as_deref() != Some(id.as_str());
             l.customer_id = Some(id.clone());
             changed
@@ -151,17 +87,6 @@ pub async fn ensure_customer(ctx: &Context, tenant: &Tenant) -> account::Standin
             account::Standing::StripeError(e.to_string())
         }
     }
-}
-
-/// How metering stands for one instance, for its `Billing` condition.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Metered {
-    /// Not charged, and why (reason, message).
-    Off(&'static str, String),
-    /// Reported through this instant (None: nothing yet); the next report is due in `next`.
-    Billed { through: Option<Timestamp>, next: Option<Duration> },
-    /// Reporting failed; retried.
-    Failed(String),
 }
 
 /// The GPU product an instance runs on: its node's label, else what its spec asks for.
@@ -208,7 +133,7 @@ async fn report_inner(ctx: &Context, tenant: &Tenant, i: &InferenceInstance, run
     let Some(run_start) = run_start else {
         if destroyed && cached.meters.get(&uid).is_some_and(|m| !m.closed) {
             let instance = crate::context::key(i);
-            ledger::update(&ctx.client, &ctx.config.namespace, tenant, |l| l.close(&uid, &instance)).await?;
+            store::update(&ctx.client, &ctx.config.namespace, tenant, |l| l.close(&uid, &instance)).await?;
         }
         return Ok(Metered::Billed { through: cached.through(&uid), next: None });
     };
@@ -228,11 +153,11 @@ async fn report_inner(ctx: &Context, tenant: &Tenant, i: &InferenceInstance, run
     if meter::due(run_start, cached.through(&uid), now, end, interval).is_none() && !destroyed {
         return Ok(billed(cached.through(&uid)));
     }
-    let fresh = ledger::read(&ctx.client, &ctx.config.namespace, &tenant.name_any()).await?.unwrap_or_default();
+    let fresh = store::read(&ctx.client, &ctx.config.namespace, &tenant.name_any()).await?.unwrap_or_default();
     let instance = crate::context::key(i);
     let Some(period) = meter::due(run_start, fresh.through(&uid), now, end, interval) else {
         if destroyed && !fresh.meters.get(&uid).is_some_and(|m| m.closed) {
-            ledger::update(&ctx.client, &ctx.config.namespace, tenant, |l| l.close(&uid, &instance)).await?;
+            store::update(&ctx.client, &ctx.config.namespace, tenant, |l| l.close(&uid, &instance)).await?;
         }
         return Ok(billed(fresh.through(&uid)));
     };
@@ -241,7 +166,7 @@ async fn report_inner(ctx: &Context, tenant: &Tenant, i: &InferenceInstance, run
         let found = stripe.find_usage(&customer, &uid, period.from).await?;
         if !found.is_empty() {
             tracing::info!(%instance, records = found.len(), "adopting usage records made before a restart");
-            let l = ledger::update(&ctx.client, &ctx.config.namespace, tenant, |l| found.iter().fold(false, |changed, u| l.record(&uid, &instance, u) || changed)).await?;
+            let l = store::update(&ctx.client, &ctx.config.namespace, tenant, |l| found.iter().fold(false, |changed, u| l.record(&uid, &instance, u) || changed)).await?;
             ctx.billing.mark_checked(&uid);
             // The next reconcile (due at once) reports what remains.
             return Ok(billed(l.through(&uid)));
@@ -264,7 +189,7 @@ async fn report_inner(ctx: &Context, tenant: &Tenant, i: &InferenceInstance, run
     ctx.billing.crash_point("usage-reported");
     ctx.metrics.usage_records.with_label_values(&[&tenant.name_any()]).inc();
     tracing::info!(%instance, record = %id, from = %usage.from, to = %usage.to, gpu_ms = usage.gpu_millis, amount = usage.amount, "usage reported");
-    let l = ledger::update(&ctx.client, &ctx.config.namespace, tenant, |l| {
+    let l = store::update(&ctx.client, &ctx.config.namespace, tenant, |l| {
         let recorded = l.record(&uid, &instance, &usage);
         let closed = destroyed && l.close(&uid, &instance);
         recorded || closed

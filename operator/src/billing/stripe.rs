@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use stripe::{IdempotencyKey, RequestStrategy, StripeRequest};
 
-use super::Secret;
+use crate::config::Secret;
 use super::ledger::Usage;
 use crate::error::{Error, Result};
 
@@ -152,8 +152,8 @@ impl Stripe {
             ("alcove_tenant", r.tenant.to_string()),
             ("alcove_instance", r.instance.to_string()),
             ("alcove_instance_uid", r.instance_uid.to_string()),
-            ("period_start", crate::instance::lifecycle::timestamp(u.from)),
-            ("period_end", crate::instance::lifecycle::timestamp(u.to)),
+            ("period_start", crate::clock::format_millis(u.from)),
+            ("period_end", crate::clock::format_millis(u.to)),
             ("gpu_millis", u.gpu_millis.to_string()),
             ("gpus", r.gpus.to_string()),
             ("gpu_product", r.product.to_string()),

@@ -16,7 +16,8 @@ use kube::ResourceExt;
 use serde_json::json;
 use sha2::Sha256;
 
-use super::{Billing, ledger};
+use super::runtime::Billing;
+use super::store;
 use crate::clock::Clock;
 use crate::metrics::Metrics;
 
@@ -59,7 +60,7 @@ pub fn verify(secret: &[u8], header: Option<&str>, payload: &[u8], now: i64) -> 
         return Err(Refusal::Malformed);
     }
     let matches = signatures.iter().any(|s| {
-        let Some(sig) = hex(s) else { return false };
+        let Some(sig) = crate::hash::from_hex(s) else { return false };
         let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes any key length");
         mac.update(t.to_string().as_bytes());
         mac.update(b".");
@@ -73,13 +74,6 @@ pub fn verify(secret: &[u8], header: Option<&str>, payload: &[u8], now: i64) -> 
         return Err(Refusal::Stale);
     }
     Ok(())
-}
-
-fn hex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
-        return None;
-    }
-    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
 }
 
 /// What the handler needs; lives outside the leader's context, as every replica takes deliveries.
@@ -177,7 +171,7 @@ async fn credit(s: &WebhookState, stripe: &super::stripe::Stripe, intent: &str) 
         return Ok(Credit::Ignored(why));
     }
     let mut applied = false;
-    ledger::update(&s.client, &s.namespace, &tenant, |l| {
+    store::update(&s.client, &s.namespace, &tenant, |l| {
         applied = l.credit(&payment.id, payment.amount);
         applied
     })
@@ -197,7 +191,7 @@ mod tests {
     fn sign(secret: &str, t: i64, payload: &str) -> String {
         let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
         mac.update(format!("{t}.{payload}").as_bytes());
-        mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect()
+        crate::hash::hex(&mac.finalize().into_bytes())
     }
 
     #[test]

@@ -16,7 +16,7 @@ use kube::ResourceExt;
 use serde_json::{Value, json};
 
 use crate::config::{Config, TierConfig};
-use crate::tenant::builders::{COMPONENT_LABEL, INSTANCE_PORT, KEY_SECRET};
+use crate::names::{COMPONENT_LABEL, INDEX_DIR, INSTANCE_PORT, KEY_SECRET};
 
 /// The Service's port (the pod serves on `INSTANCE_PORT`).
 pub const SERVICE_PORT: i32 = 80;
@@ -68,7 +68,7 @@ pub fn labels(i: &InferenceInstance) -> BTreeMap<String, String> {
 }
 
 pub fn child_meta(i: &InferenceInstance, name: &str) -> ObjectMeta {
-    crate::apply::owned_meta(i, name, LABEL_INSTANCE)
+    crate::tenant::builders::owned_meta(i, name, LABEL_INSTANCE)
 }
 
 fn from_json<T: serde::de::DeserializeOwned>(v: Value) -> T {
@@ -80,7 +80,7 @@ pub fn api_key_secret(i: &InferenceInstance, key: &[u8; 32], rotation: &str) -> 
     use base64::Engine;
     let mut meta = child_meta(i, &api_key_secret_name(&i.name_any()));
     meta.annotations = Some([(KEY_ROTATION.to_string(), rotation.to_string())].into());
-    let text: String = key.iter().map(|b| format!("{b:02x}")).collect();
+    let text = crate::hash::hex(key);
     from_json(json!({
         "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
         "metadata": meta,
@@ -272,7 +272,7 @@ pub fn pod(i: &InferenceInstance, config: &Config, inputs: &PodInputs) -> Result
             let volume = format!("kb-{}", kb.name);
             volumes.push(json!({"name": volume, "persistentVolumeClaim": {"claimName": kb.claim, "readOnly": true}}));
             mounts.push(json!({"name": volume, "mountPath": format!("{KB_DIR}/{}", kb.name), "readOnly": true}));
-            args.extend(["--kb".into(), format!("{KB_DIR}/{}/{}", kb.name, crate::knowledgebase::builders::INDEX_DIR)]);
+            args.extend(["--kb".into(), format!("{KB_DIR}/{}/{}", kb.name, INDEX_DIR)]);
         }
         let top_k = inputs.knowledge_bases.iter().map(|k| k.top_k).max().unwrap_or(4);
         args.push(format!("--kb-top-k={top_k}"));
@@ -329,7 +329,7 @@ pub fn pod(i: &InferenceInstance, config: &Config, inputs: &PodInputs) -> Result
             "volumes": volumes,
         },
     });
-    let hash = crate::apply::config_hash(&json!({"pod": pod, "keyRotation": inputs.key_rotation}));
+    let hash = crate::hash::config_hash(&json!({"pod": pod, "keyRotation": inputs.key_rotation}));
     pod["metadata"]["annotations"] = json!({POD_HASH: hash});
     Ok(from_json(pod))
 }

@@ -6,7 +6,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 
 use super::builders;
-use crate::status;
+use crate::conditions;
 
 /// What the controller saw this time.
 #[derive(Debug, Default, Clone)]
@@ -88,17 +88,9 @@ pub fn billed_gpus(i: &InferenceInstance) -> i32 {
     builders::gpu_resource(i).1
 }
 
-pub fn timestamp(t: jiff::Timestamp) -> String {
-    t.round(jiff::Unit::Millisecond).unwrap_or(t).to_string()
-}
-
-pub fn parse_timestamp(s: &str) -> Option<jiff::Timestamp> {
-    s.parse().ok()
-}
-
 /// Closes the current run (if any) at `end`: its GPU-seconds join the total.
 pub fn close_run(s: &mut InferenceInstanceStatus, end: jiff::Timestamp, gpus: i32) -> i64 {
-    let Some(start) = s.started_at.take().as_deref().and_then(parse_timestamp) else { return 0 };
+    let Some(start) = s.started_at.take().as_deref().and_then(crate::clock::parse) else { return 0 };
     let used = usage(start, end, gpus);
     s.gpu_seconds += used;
     used
@@ -108,7 +100,7 @@ pub fn close_run(s: &mut InferenceInstanceStatus, end: jiff::Timestamp, gpus: i3
 pub fn desired_status(i: &InferenceInstance, obs: &Observation, now: jiff::Timestamp) -> InferenceInstanceStatus {
     let prev = i.status.clone().unwrap_or_default();
     let generation = i.metadata.generation;
-    let c = |type_: &str, ok: bool, reason: &str, message: &str| status::condition(&prev.conditions, type_, ok, reason, message, generation, now);
+    let c = |type_: &str, ok: bool, reason: &str, message: &str| conditions::condition(&prev.conditions, type_, ok, reason, message, generation, now);
     let endpoint = builders::endpoint(i);
     let pod = obs.pod.as_ref().filter(|p| !p.deleting);
 
@@ -174,7 +166,7 @@ pub fn desired_status(i: &InferenceInstance, obs: &Observation, now: jiff::Times
     };
     // Metering: a run starts when the pod is Ready and ends when it no longer is.
     match (phase == InstancePhase::Ready, prev.started_at.is_some()) {
-        (true, false) => s.started_at = Some(timestamp(now)),
+        (true, false) => s.started_at = Some(crate::clock::format_millis(now)),
         (false, true) => {
             close_run(&mut s, now, billed_gpus(i));
         }
@@ -184,12 +176,12 @@ pub fn desired_status(i: &InferenceInstance, obs: &Observation, now: jiff::Times
 }
 
 /// The `Billing` condition and `billedThrough`, from what metering reported.
-pub fn set_billing(s: &mut InferenceInstanceStatus, metered: &crate::billing::Metered, credit_suspended: Option<&str>, generation: Option<i64>, now: jiff::Timestamp) {
-    use crate::billing::Metered;
+pub fn set_billing(s: &mut InferenceInstanceStatus, metered: &crate::billing::meter::Metered, credit_suspended: Option<&str>, generation: Option<i64>, now: jiff::Timestamp) {
+    use crate::billing::meter::Metered;
     let prev = s.conditions.clone();
-    let c = |ok: bool, reason: &str, message: &str| status::condition(&prev, condition::BILLING, ok, reason, message, generation, now);
+    let c = |ok: bool, reason: &str, message: &str| conditions::condition(&prev, condition::BILLING, ok, reason, message, generation, now);
     if let Metered::Billed { through, .. } = metered {
-        s.billed_through = through.map(timestamp);
+        s.billed_through = through.map(crate::clock::format_millis);
     }
     let through = s.billed_through.clone().map(|t| format!("; billed through {t}")).unwrap_or_default();
     let cond = match (credit_suspended, metered) {
@@ -211,7 +203,7 @@ pub fn final_status(i: &InferenceInstance, now: jiff::Timestamp) -> (InferenceIn
     let msg = format!("destroyed: the pod is deleted; {} GPU-seconds used in total", s.gpu_seconds);
     s.message = Some(msg.clone());
     let generation = i.metadata.generation;
-    let ready = status::condition(&s.conditions, condition::READY, false, "Terminating", &msg, generation, now);
+    let ready = conditions::condition(&s.conditions, condition::READY, false, "Terminating", &msg, generation, now);
     s.conditions.retain(|c| c.type_ != condition::READY);
     s.conditions.insert(0, ready);
     s.node = None;
@@ -300,7 +292,7 @@ mod tests {
     fn an_unchanged_billing_verdict_keeps_its_transition_time() {
         let mut i = instance();
         let ready = Observation { pod: Some(pod(Some((true, "", "")), true)), ..Default::default() };
-        let off = crate::billing::Metered::Off("Disabled", "billing is disabled".into());
+        let off = crate::billing::meter::Metered::Off("Disabled", "billing is disabled".into());
         let mut s = desired_status(&i, &ready, at("2026-11-22T10:00:00Z"));
         set_billing(&mut s, &off, None, Some(3), at("2026-11-22T10:00:00Z"));
         i.status = Some(s.clone());

@@ -18,19 +18,14 @@ use kube::{Resource, ResourceExt};
 
 use crate::context::{Context, Handles, find, find_cluster};
 use crate::error::{Error, Result};
-use crate::tenant::{ensure_finalizer, ignore_missing, remove_finalizer};
+use crate::controller::{self, ensure_finalizer, ignore_missing, remove_finalizer};
 use lifecycle::{Observation, PodView};
 
 pub const FINALIZER: &str = "alcove.dev/instance-cleanup";
 const CONTROLLER: &str = "instance";
 
 async fn reconcile(i: Arc<InferenceInstance>, ctx: Arc<Context>) -> Result<Action> {
-    ctx.caches.ready().await;
-    let started = std::time::Instant::now();
-    ctx.metrics.reconciles.with_label_values(&[CONTROLLER]).inc();
-    let result = if i.metadata.deletion_timestamp.is_some() { destroy(&i, &ctx).await } else { reconcile_inner(&i, &ctx).await };
-    ctx.metrics.duration.with_label_values(&[CONTROLLER]).observe(started.elapsed().as_secs_f64());
-    result
+    controller::reconcile(&ctx, CONTROLLER, &*i, async { if i.metadata.deletion_timestamp.is_some() { destroy(&i, &ctx).await } else { reconcile_inner(&i, &ctx).await } }).await
 }
 
 fn random_key() -> Result<[u8; 32]> {
@@ -51,7 +46,7 @@ async fn reconcile_inner(i: &InferenceInstance, ctx: &Context) -> Result<Action>
     let ns = i.namespace().unwrap_or_default();
     let name = i.name_any();
     let instances: Api<InferenceInstance> = Api::namespaced(ctx.client.clone(), &ns);
-    let Some(tenant) = crate::tenant::builders::tenant_of_namespace(&ns).and_then(|t| find_cluster(&ctx.caches.tenants, t)) else {
+    let Some(tenant) = crate::names::tenant_of_namespace(&ns).and_then(|t| find_cluster(&ctx.caches.tenants, t)) else {
         let obs = Observation { invalid_spec: Some(format!("namespace {ns} belongs to no Tenant: instances live in their tenant's namespace (tenant-<name>)")), ..Default::default() };
         return write_status(i, ctx, &instances, &obs, None).await;
     };
@@ -176,8 +171,9 @@ async fn reconcile_inner(i: &InferenceInstance, ctx: &Context) -> Result<Action>
     if obs.quota_refusal.is_some() {
         // Quota frees up when another instance goes; its quota change triggers a retry, and this
         // backoff covers what the watch misses.
-        let waited = i.status.as_ref().and_then(|s| s.conditions.iter().find(|c| c.type_ == condition::QUOTA_AVAILABLE && c.status == "False")).map(|c| ctx.now().duration_since(c.last_transition_time.0).as_secs()).unwrap_or(0);
-        return Ok(Action::requeue(Duration::from_secs((waited as u64 / 2).clamp(5, 300))));
+        // A clock behind the condition's time (skew) counts as no wait, not as the longest.
+        let waited = i.status.as_ref().and_then(|s| s.conditions.iter().find(|c| c.type_ == condition::QUOTA_AVAILABLE && c.status == "False")).map(|c| ctx.now().duration_since(c.last_transition_time.0).as_secs().max(0)).unwrap_or(0);
+        return Ok(Action::requeue(Duration::from_secs((waited.unsigned_abs() / 2).clamp(5, 300))));
     }
     Ok(action)
 }
@@ -188,20 +184,20 @@ async fn write_status(i: &InferenceInstance, ctx: &Context, api: &Api<InferenceI
     let now = ctx.now();
     let prev = i.status.clone().unwrap_or_default();
     let mut next = lifecycle::desired_status(i, obs, now);
-    let run_start = prev.started_at.as_deref().or(next.started_at.as_deref()).and_then(lifecycle::parse_timestamp);
+    let run_start = prev.started_at.as_deref().or(next.started_at.as_deref()).and_then(crate::clock::parse);
     let ends = prev.started_at.is_some() && next.started_at.is_none();
     let metered = match tenant {
         Some(t) => crate::billing::report(ctx, t, i, run_start, ends.then_some(now), false).await,
-        None => crate::billing::Metered::Off("NoTenant", "the instance belongs to no tenant".into()),
+        None => crate::billing::meter::Metered::Off("NoTenant", "the instance belongs to no tenant".into()),
     };
-    if ends && let crate::billing::Metered::Failed(e) = &metered {
+    if ends && let crate::billing::meter::Metered::Failed(e) = &metered {
         // The run's end must be billed before the status forgets when the run started.
         return Err(Error::Billing(e.clone()));
     }
     lifecycle::set_billing(&mut next, &metered, obs.credit_suspended.as_deref(), i.metadata.generation, now);
     let requeue = match &metered {
-        crate::billing::Metered::Billed { next: Some(d), .. } => (*d + Duration::from_millis(50)).min(ctx.config.resync),
-        crate::billing::Metered::Failed(_) => Duration::from_secs(5),
+        crate::billing::meter::Metered::Billed { next: Some(d), .. } => (*d + Duration::from_millis(50)).min(ctx.config.resync),
+        crate::billing::meter::Metered::Failed(_) => Duration::from_secs(5),
         _ => ctx.config.resync,
     };
     if !ctx.write_status(api, i, i.status.as_ref(), &next).await? {
@@ -245,7 +241,7 @@ async fn write_status(i: &InferenceInstance, ctx: &Context, api: &Api<InferenceI
             ctx.event(i, true, "QuotaExceeded", "CreatePod", q.message).await;
         }
     if prev.started_at.is_some() && next.started_at.is_none() {
-        ctx.metrics.gpu_seconds.with_label_values(&[&crate::tenant::builders::tenant_of_namespace(&i.namespace().unwrap_or_default()).unwrap_or_default().to_string()]).inc_by((next.gpu_seconds - prev.gpu_seconds).max(0) as u64);
+        ctx.metrics.gpu_seconds.with_label_values(&[&crate::names::tenant_of_namespace(&i.namespace().unwrap_or_default()).unwrap_or_default().to_string()]).inc_by((next.gpu_seconds - prev.gpu_seconds).max(0) as u64);
     }
     Ok(Action::requeue(requeue))
 }
@@ -264,11 +260,11 @@ async fn destroy(i: &InferenceInstance, ctx: &Context) -> Result<Action> {
     if i.status.as_ref().and_then(|s| s.phase) != Some(InstancePhase::Terminating) {
         // Billing stops at the delete request: the final usage record first, then the rest.
         let (mut last, used) = lifecycle::final_status(i, ctx.now());
-        if let Some(tenant) = crate::tenant::builders::tenant_of_namespace(&ns).and_then(|t| find_cluster(&ctx.caches.tenants, t)) {
-            let run_start = i.status.as_ref().and_then(|s| s.started_at.as_deref()).and_then(lifecycle::parse_timestamp);
+        if let Some(tenant) = crate::names::tenant_of_namespace(&ns).and_then(|t| find_cluster(&ctx.caches.tenants, t)) {
+            let run_start = i.status.as_ref().and_then(|s| s.started_at.as_deref()).and_then(crate::clock::parse);
             let end = i.metadata.deletion_timestamp.as_ref().map(|t| t.0).unwrap_or_else(|| ctx.now());
             let metered = crate::billing::report(ctx, &tenant, i, run_start, Some(end), true).await;
-            if let crate::billing::Metered::Failed(e) = &metered {
+            if let crate::billing::meter::Metered::Failed(e) = &metered {
                 let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
                 ignore_missing(pods.delete(&name, &DeleteParams { grace_period_seconds: Some(2), ..Default::default() }).await)?;
                 return Err(Error::Billing(e.clone()));
@@ -276,7 +272,7 @@ async fn destroy(i: &InferenceInstance, ctx: &Context) -> Result<Action> {
             lifecycle::set_billing(&mut last, &metered, None, i.metadata.generation, ctx.now());
         }
         ctx.write_status(&instances, i, i.status.as_ref(), &last).await?;
-        let tenant = crate::tenant::builders::tenant_of_namespace(&ns).unwrap_or_default().to_string();
+        let tenant = crate::names::tenant_of_namespace(&ns).unwrap_or_default().to_string();
         ctx.metrics.gpu_seconds.with_label_values(&[&tenant]).inc_by(used.max(0) as u64);
         ctx.event(i, false, "Destroyed", "Delete", format!("pod deleted; final usage {} GPU-seconds", last.gpu_seconds)).await;
     }
@@ -313,9 +309,7 @@ async fn destroy(i: &InferenceInstance, ctx: &Context) -> Result<Action> {
 }
 
 fn error_policy(i: Arc<InferenceInstance>, error: &Error, ctx: Arc<Context>) -> Action {
-    ctx.metrics.errors.with_label_values(&[CONTROLLER, error.reason()]).inc();
-    tracing::warn!(instance = %lifecycle::key(&i), error = %error, "instance reconcile failed; retrying");
-    Action::requeue(Duration::from_secs(5))
+    controller::error_policy(&ctx, CONTROLLER, &*i, error)
 }
 
 /// Keeps `alcove_instances{phase}` equal to the phases in the cache.
@@ -362,7 +356,7 @@ where
     // A tenant's spec (tier, region, placement) decides where its instances run.
     let store = ctx.caches.instances.clone();
     let of_tenant = move |t: Tenant| {
-        let ns = crate::tenant::builders::namespace_name(&t.name_any());
+        let ns = crate::names::namespace_name(&t.name_any());
         store.state().into_iter().filter(|i| i.namespace().as_deref() == Some(ns.as_str())).map(|i| ObjectRef::from_obj(&*i)).collect::<Vec<_>>()
     };
     // A tenant's credit running out (or topped up) suspends (or resumes) its instances.

@@ -19,10 +19,8 @@ use sha2::Digest;
 
 use crate::config::{Config, TierConfig};
 use crate::instance::builders::{model_volume, restricted_container_security, restricted_pod_security};
-use crate::tenant::builders::COMPONENT_LABEL;
+use crate::names::{COMPONENT_LABEL, INDEX_DIR};
 
-/// The index directory inside the KB volume (what instances pass to `--kb`).
-pub const INDEX_DIR: &str = "index";
 /// On the indexing Job: the source hash it indexes.
 pub const SOURCE_HASH_LABEL: &str = "alcove.dev/source-hash";
 const SOURCES_DIR: &str = "/sources";
@@ -51,7 +49,7 @@ pub fn labels(kb: &KnowledgeBase) -> BTreeMap<String, String> {
 }
 
 fn child_meta(kb: &KnowledgeBase, name: &str) -> ObjectMeta {
-    crate::apply::owned_meta(kb, name, LABEL_KNOWLEDGE_BASE)
+    crate::tenant::builders::owned_meta(kb, name, LABEL_KNOWLEDGE_BASE)
 }
 
 fn from_json<T: serde::de::DeserializeOwned>(v: Value) -> T {
@@ -145,7 +143,7 @@ pub fn source_hash(kb: &KnowledgeBase, contents: &BTreeMap<String, BTreeMap<Stri
             }
         }
     }
-    h.finalize()[..10].iter().map(|b| format!("{b:02x}")).collect()
+    crate::hash::hex(&h.finalize()[..10])
 }
 
 /// The indexing Job for sources with hash `hash`. `Err` names the spec field it cannot serve.
@@ -267,7 +265,7 @@ pub struct Observation {
 pub fn desired_status(kb: &KnowledgeBase, obs: &Observation, now: jiff::Timestamp) -> KnowledgeBaseStatus {
     let prev = kb.status.clone().unwrap_or_default();
     let generation = kb.metadata.generation;
-    let c = |type_: &str, ok: bool, reason: &str, message: &str| crate::status::condition(&prev.conditions, type_, ok, reason, message, generation, now);
+    let c = |type_: &str, ok: bool, reason: &str, message: &str| crate::conditions::condition(&prev.conditions, type_, ok, reason, message, generation, now);
     let mut next = KnowledgeBaseStatus { observed_generation: generation, volume: prev.volume.clone(), ..prev.clone() };
     if obs.refused.is_none() {
         next.volume = Some(pvc_name(&kb.name_any()));
@@ -403,11 +401,11 @@ mod tests {
         let running = Observation { hash: Some("h1".into()), job: Some(JobView::Running), ..Default::default() };
         let s = desired_status(&k, &running, now);
         assert_eq!(s.phase, Some(KnowledgeBasePhase::Indexing));
-        assert!(!crate::status::is_true(&s.conditions, condition::READY));
+        assert!(!crate::conditions::is_true(&s.conditions, condition::READY));
         let done = Observation { hash: Some("h1".into()), job: Some(JobView::Succeeded(IndexSummary { documents: 3, chunks: 7, indexed_at: 1_795_000_000 })), ..Default::default() };
         let s = desired_status(&k, &done, now);
         assert_eq!((s.phase, s.documents, s.chunks, s.source_hash.as_deref()), (Some(KnowledgeBasePhase::Ready), 3, 7, Some("h1")));
-        assert!(crate::status::is_true(&s.conditions, condition::INDEXED) && crate::status::is_true(&s.conditions, condition::READY));
+        assert!(crate::conditions::is_true(&s.conditions, condition::INDEXED) && crate::conditions::is_true(&s.conditions, condition::READY));
         k.status = Some(s);
         // The finished job is gone: still Ready.
         let gone = Observation { hash: Some("h1".into()), ..Default::default() };
@@ -415,7 +413,7 @@ mod tests {
         // New sources: indexing, the old index still serves.
         let s = desired_status(&k, &Observation { hash: Some("h2".into()), job: Some(JobView::Running), ..Default::default() }, now);
         assert_eq!(s.phase, Some(KnowledgeBasePhase::Indexing));
-        assert!(crate::status::is_true(&s.conditions, condition::READY) && !crate::status::is_true(&s.conditions, condition::INDEXED));
+        assert!(crate::conditions::is_true(&s.conditions, condition::READY) && !crate::conditions::is_true(&s.conditions, condition::INDEXED));
         // Refused: Failed, with the reason on both conditions.
         let s = desired_status(&k, &Observation { refused: Some(("TierHasNoKnowledgeBases".into(), "free tier".into())), ..Default::default() }, now);
         assert_eq!(s.phase, Some(KnowledgeBasePhase::Failed));

@@ -20,8 +20,8 @@ use kube::{Resource, ResourceExt};
 
 use crate::context::{Context, Handles, find, find_cluster, key};
 use crate::error::{Error, Result};
-use crate::tenant::builders::COMPONENT_LABEL;
-use crate::tenant::{ensure_finalizer, ignore_missing, remove_finalizer};
+use crate::names::COMPONENT_LABEL;
+use crate::controller::{self, ensure_finalizer, ignore_missing, remove_finalizer};
 use builders::{IndexSummary, JobView, Observation};
 
 pub const FINALIZER: &str = "alcove.dev/knowledge-base-cleanup";
@@ -29,12 +29,7 @@ const CONTROLLER: &str = "knowledgebase";
 const JOB_NAME_LABEL: &str = "batch.kubernetes.io/job-name";
 
 async fn reconcile(kb: Arc<KnowledgeBase>, ctx: Arc<Context>) -> Result<Action> {
-    ctx.caches.ready().await;
-    let started = std::time::Instant::now();
-    ctx.metrics.reconciles.with_label_values(&[CONTROLLER]).inc();
-    let result = if kb.metadata.deletion_timestamp.is_some() { destroy(&kb, &ctx).await } else { reconcile_inner(&kb, &ctx).await };
-    ctx.metrics.duration.with_label_values(&[CONTROLLER]).observe(started.elapsed().as_secs_f64());
-    result
+    controller::reconcile(&ctx, CONTROLLER, &*kb, async { if kb.metadata.deletion_timestamp.is_some() { destroy(&kb, &ctx).await } else { reconcile_inner(&kb, &ctx).await } }).await
 }
 
 fn quota_refusal(e: &Error) -> Option<String> {
@@ -109,7 +104,7 @@ async fn reconcile_inner(kb: &KnowledgeBase, ctx: &Context) -> Result<Action> {
     let ns = kb.namespace().unwrap_or_default();
     let name = kb.name_any();
     let kbs: Api<KnowledgeBase> = Api::namespaced(ctx.client.clone(), &ns);
-    let Some(tenant) = crate::tenant::builders::tenant_of_namespace(&ns).and_then(|t| find_cluster(&ctx.caches.tenants, t)) else {
+    let Some(tenant) = crate::names::tenant_of_namespace(&ns).and_then(|t| find_cluster(&ctx.caches.tenants, t)) else {
         let why = format!("namespace {ns} belongs to no Tenant: knowledge bases live in their tenant's namespace (tenant-<name>)");
         return write_status(kb, ctx, &kbs, &Observation { refused: Some(("InvalidSpec".into(), why)), ..Default::default() }).await;
     };
@@ -294,9 +289,7 @@ async fn destroy(kb: &KnowledgeBase, ctx: &Context) -> Result<Action> {
 }
 
 fn error_policy(kb: Arc<KnowledgeBase>, error: &Error, ctx: Arc<Context>) -> Action {
-    ctx.metrics.errors.with_label_values(&[CONTROLLER, error.reason()]).inc();
-    tracing::warn!(knowledge_base = %key(&*kb), error = %error, "knowledge base reconcile failed; retrying");
-    Action::requeue(Duration::from_secs(5))
+    controller::error_policy(&ctx, CONTROLLER, &*kb, error)
 }
 
 /// The KnowledgeBase controller, ready to run.
@@ -322,7 +315,7 @@ where
     };
     let store = ctx.caches.knowledge_bases.clone();
     let of_tenant = move |t: Tenant| {
-        let ns = crate::tenant::builders::namespace_name(&t.name_any());
+        let ns = crate::names::namespace_name(&t.name_any());
         store.state().into_iter().filter(|k| k.namespace().as_deref() == Some(ns.as_str())).map(|k| ObjectRef::from_obj(&*k)).collect::<Vec<_>>()
     };
     Controller::for_stream(h.knowledge_bases.subscribe(), ctx.caches.knowledge_bases.clone())

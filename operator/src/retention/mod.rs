@@ -18,6 +18,7 @@ use kube::runtime::{Controller, WatchStreamExt, predicates};
 use kube::ResourceExt;
 
 use crate::context::{Context, Handles, find_cluster, key};
+use crate::controller;
 use crate::error::{Error, Result};
 use policy::Verdict;
 
@@ -29,7 +30,7 @@ pub async fn release(ctx: &Context, pvc: &PersistentVolumeClaim, class: DataClas
         return Ok(());
     }
     let ns = pvc.namespace().unwrap_or_default();
-    let tenant_name = crate::tenant::builders::tenant_of_namespace(&ns).unwrap_or_default().to_string();
+    let tenant_name = crate::names::tenant_of_namespace(&ns).unwrap_or_default().to_string();
     let tenant = find_cluster(&ctx.caches.tenants, &tenant_name);
     let w = policy::window(tenant.as_deref(), class, ctx.config.default_window(class));
     let patch = policy::release_patch(&tenant_name, class, w, ctx.now());
@@ -63,10 +64,10 @@ pub async fn record(ctx: &Context, tenant: &str, r: &ErasureRecord) -> Result<()
     }
     let cms: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), ns);
     let name = policy::receipts_name(tenant);
-    let entry = format!("{}-{}", r.erased_at.replace(':', ""), crate::apply::config_hash(&serde_json::json!(r.what)));
+    let entry = format!("{}-{}", r.erased_at.replace(':', ""), crate::hash::config_hash(&serde_json::json!(r.what)));
     let body = serde_json::to_string(r).map_err(|e| Error::Other(e.to_string()))?;
     let cm = serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap",
-        "metadata": {"name": name, "namespace": ns, "labels": {LABEL_TENANT: tenant, crate::context::MANAGED_BY.0: crate::context::MANAGED_BY.1, LABEL_DATA_CLASS: policy::RECEIPTS_CLASS}},
+        "metadata": {"name": name, "namespace": ns, "labels": {LABEL_TENANT: tenant, crate::names::MANAGED_BY.0: crate::names::MANAGED_BY.1, LABEL_DATA_CLASS: policy::RECEIPTS_CLASS}},
         "data": {entry: body}});
     // Each receipt is its own key; a merge patch adds it and leaves the others alone.
     // Erasures run concurrently: when two make the ConfigMap at once, the loser patches.
@@ -135,8 +136,10 @@ pub async fn erase_volume(ctx: &Context, pvc: &PersistentVolumeClaim) -> Result<
 }
 
 async fn reconcile(pvc: Arc<PersistentVolumeClaim>, ctx: Arc<Context>) -> Result<Action> {
-    ctx.caches.ready().await;
-    ctx.metrics.reconciles.with_label_values(&[CONTROLLER]).inc();
+    controller::reconcile(&ctx, CONTROLLER, &*pvc, reconcile_inner(&pvc, &ctx)).await
+}
+
+async fn reconcile_inner(pvc: &PersistentVolumeClaim, ctx: &Context) -> Result<Action> {
     if pvc.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
@@ -173,9 +176,7 @@ async fn reconcile(pvc: Arc<PersistentVolumeClaim>, ctx: Arc<Context>) -> Result
 }
 
 fn error_policy(pvc: Arc<PersistentVolumeClaim>, error: &Error, ctx: Arc<Context>) -> Action {
-    ctx.metrics.errors.with_label_values(&[CONTROLLER, error.reason()]).inc();
-    tracing::warn!(volume = %key(&*pvc), error = %error, "retention failed; retrying");
-    Action::requeue(Duration::from_secs(5))
+    controller::error_policy(&ctx, CONTROLLER, &*pvc, error)
 }
 
 /// The retention controller over released volumes, ready to run.
@@ -219,7 +220,7 @@ where
 /// them, each retention timer, and past erasures — read from the cluster, printed for people.
 pub async fn data_report(client: kube::Client, operator_namespace: &str, tenant: &str) -> anyhow::Result<String> {
     use std::fmt::Write as _;
-    let ns = crate::tenant::builders::namespace_name(tenant);
+    let ns = crate::names::namespace_name(tenant);
     let tenants: Api<Tenant> = Api::all(client.clone());
     let t = tenants.get_opt(tenant).await?;
     let mut out = String::new();
@@ -234,8 +235,8 @@ pub async fn data_report(client: kube::Client, operator_namespace: &str, tenant:
         None => writeln!(out, "tenant {tenant}: deleted (erased); receipts below")?,
     }
     let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), &ns);
-    if secrets.get_metadata_opt(crate::tenant::builders::KEY_SECRET).await?.is_some() {
-        writeln!(out, "  encryption key: Secret {ns}/{} (conversation history is encrypted with it; deleted last at erasure)", crate::tenant::builders::KEY_SECRET)?;
+    if secrets.get_metadata_opt(crate::names::KEY_SECRET).await?.is_some() {
+        writeln!(out, "  encryption key: Secret {ns}/{} (conversation history is encrypted with it; deleted last at erasure)", crate::names::KEY_SECRET)?;
     }
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
     let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), &ns);

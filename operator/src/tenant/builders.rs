@@ -11,30 +11,16 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 
 use crate::config::Config;
-use crate::context::MANAGED_BY;
+use crate::names::{COMPONENT_LABEL, INSTANCE_PORT, KEY_SECRET, MANAGED_BY, namespace_name, tenant_of_namespace};
 
 pub const QUOTA: &str = "alcove-quota";
 pub const LIMITS: &str = "alcove-limits";
 pub const ROLE: &str = "alcove-tenant-admin";
 pub const ROLE_BINDING: &str = "alcove-tenant-admins";
-pub const KEY_SECRET: &str = "alcove-tenant-key";
 pub const NETPOL_DENY: &str = "alcove-default-deny";
 pub const NETPOL_DNS: &str = "alcove-allow-dns";
 pub const NETPOL_SAME_NS: &str = "alcove-allow-same-namespace";
 pub const NETPOL_GATEWAY: &str = "alcove-allow-gateway";
-/// The port every instance serves on, inside its pod.
-pub const INSTANCE_PORT: i32 = 8080;
-/// Label on instance pods, so policies can select them.
-pub const COMPONENT_LABEL: &str = "alcove.dev/component";
-
-pub fn namespace_name(tenant: &str) -> String {
-    format!("tenant-{tenant}")
-}
-
-/// The tenant a tenant namespace belongs to (`tenant-<name>`).
-pub fn tenant_of_namespace(ns: &str) -> Option<&str> {
-    ns.strip_prefix("tenant-").filter(|n| !n.is_empty())
-}
 
 /// The group whose members administer a tenant (besides `spec.owners`).
 pub fn admin_group(tenant: &str) -> String {
@@ -54,6 +40,27 @@ pub fn child_meta(tenant: &Tenant, name: &str, namespace: Option<&str>) -> Objec
             [(LABEL_TENANT.to_string(), tenant.name_any()), (MANAGED_BY.0.to_string(), MANAGED_BY.1.to_string())].into(),
         ),
         owner_references: Some(vec![owner_ref(tenant)]),
+        ..Default::default()
+    }
+}
+
+/// Metadata of a child object in its owner's namespace, garbage-collected with it: labelled
+/// managed-by, with the tenant (from the namespace) and `owner_label=<owner's name>`.
+pub fn owned_meta<K: Resource<DynamicType = ()>>(owner: &K, name: &str, owner_label: &str) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+    let ns = owner.meta().namespace.clone().unwrap_or_default();
+    let owner_name = owner.meta().name.clone().unwrap_or_default();
+    k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+        name: Some(name.into()),
+        namespace: Some(ns.clone()),
+        labels: Some(
+            [
+                (MANAGED_BY.0.to_string(), MANAGED_BY.1.to_string()),
+                (alcove_crds::LABEL_TENANT.to_string(), tenant_of_namespace(&ns).unwrap_or_default().to_string()),
+                (owner_label.to_string(), owner_name),
+            ]
+            .into(),
+        ),
+        owner_references: Some(vec![owner.controller_owner_ref(&()).expect("a stored object has a name and uid")]),
         ..Default::default()
     }
 }

@@ -11,7 +11,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::{LimitRange, Namespace, ResourceQuota, Secret};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::Controller;
@@ -19,7 +19,8 @@ use kube::{Resource, ResourceExt};
 
 use crate::context::{Context, Handles, find, find_cluster};
 use crate::error::{Error, Result};
-use crate::status;
+use crate::conditions;
+use crate::controller::{self, ensure_finalizer, ignore_missing, remove_finalizer};
 
 pub const FINALIZER: &str = "alcove.dev/tenant-cleanup";
 const CONTROLLER: &str = "tenant";
@@ -35,58 +36,14 @@ fn api_key_secrets(ctx: &Context, ns: &str) -> Vec<String> {
         .collect()
 }
 
-/// Adds the cleanup finalizer (server-side apply of just that list entry, so GitOps managers'
-/// fields are untouched).
-pub async fn ensure_finalizer<K>(api: &Api<K>, obj: &K, finalizer: &str) -> Result<bool>
-where
-    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
-{
-    if obj.finalizers().iter().any(|f| f == finalizer) {
-        return Ok(false);
-    }
-    let mut meta = serde_json::json!({"name": obj.name_any(), "finalizers": [finalizer]});
-    if let Some(ns) = obj.namespace() {
-        meta["namespace"] = ns.into();
-    }
-    let body = serde_json::json!({"apiVersion": K::api_version(&()), "kind": K::kind(&()), "metadata": meta});
-    api.patch(&obj.name_any(), &PatchParams::apply(&format!("{}-finalizer", alcove_crds::FIELD_MANAGER)).force(), &Patch::Apply(&body)).await?;
-    Ok(true)
-}
-
-/// Removes a finalizer (apply of an empty list by the same manager releases it).
-pub async fn remove_finalizer<K>(api: &Api<K>, obj: &K, finalizer: &str) -> Result<()>
-where
-    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
-{
-    if !obj.finalizers().iter().any(|f| f == finalizer) {
-        return Ok(());
-    }
-    let mut meta = serde_json::json!({"name": obj.name_any(), "finalizers": []});
-    if let Some(ns) = obj.namespace() {
-        meta["namespace"] = ns.into();
-    }
-    let body = serde_json::json!({"apiVersion": K::api_version(&()), "kind": K::kind(&()), "metadata": meta});
-    match api.patch(&obj.name_any(), &PatchParams::apply(&format!("{}-finalizer", alcove_crds::FIELD_MANAGER)).force(), &Patch::Apply(&body)).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-        Err(e) => Err(e.into()),
-    }
-}
-
 async fn reconcile(tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<Action> {
-    ctx.caches.ready().await;
-    tracing::debug!(tenant = %tenant.name_any(), "reconcile");
-    let started = std::time::Instant::now();
-    ctx.metrics.reconciles.with_label_values(&[CONTROLLER]).inc();
-    let result = reconcile_inner(&tenant, &ctx).await;
-    ctx.metrics.duration.with_label_values(&[CONTROLLER]).observe(started.elapsed().as_secs_f64());
-    result
+    controller::reconcile(&ctx, CONTROLLER, &*tenant, reconcile_inner(&tenant, &ctx)).await
 }
 
 async fn reconcile_inner(tenant: &Tenant, ctx: &Context) -> Result<Action> {
     let tenants: Api<Tenant> = Api::all(ctx.client.clone());
     let name = tenant.name_any();
-    let ns = builders::namespace_name(&name);
+    let ns = crate::names::namespace_name(&name);
     if tenant.metadata.deletion_timestamp.is_some() {
         return cleanup(tenant, ctx).await;
     }
@@ -120,7 +77,7 @@ async fn reconcile_inner(tenant: &Tenant, ctx: &Context) -> Result<Action> {
     ctx.apply(&bindings, &builders::role_binding(tenant), find(&ctx.caches.role_bindings, &ns, builders::ROLE_BINDING).as_deref()).await?;
 
     // The key is created once; an existing one is never touched.
-    let live_key = find(&ctx.caches.secrets, &ns, builders::KEY_SECRET);
+    let live_key = find(&ctx.caches.secrets, &ns, crate::names::KEY_SECRET);
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
     let mut key = [0u8; 32];
     if live_key.is_none() {
@@ -130,7 +87,7 @@ async fn reconcile_inner(tenant: &Tenant, ctx: &Context) -> Result<Action> {
     if isolation_repaired {
         ctx.event(tenant, true, "IsolationRestored", "Reconcile", format!("a network policy of {ns} had drifted and was restored")).await;
     }
-    if quota_written && tenant.status.as_ref().is_some_and(|s| status::is_true(&s.conditions, condition::QUOTA_APPLIED)) {
+    if quota_written && tenant.status.as_ref().is_some_and(|s| conditions::is_true(&s.conditions, condition::QUOTA_APPLIED)) {
         ctx.event(tenant, false, "QuotaUpdated", "Reconcile", format!("quota of {ns} set from spec.quota")).await;
     }
 
@@ -153,9 +110,9 @@ async fn reconcile_inner(tenant: &Tenant, ctx: &Context) -> Result<Action> {
     let generation = tenant.metadata.generation;
     let region = &tenant.spec.region;
     let ready = if capacity {
-        status::condition(&previous.conditions, condition::READY, true, "Reconciled", &format!("namespace {ns} is isolated and the region has capacity"), generation, now)
+        conditions::condition(&previous.conditions, condition::READY, true, "Reconciled", &format!("namespace {ns} is isolated and the region has capacity"), generation, now)
     } else {
-        status::condition(
+        conditions::condition(
             &previous.conditions,
             condition::READY,
             false,
@@ -165,15 +122,15 @@ async fn reconcile_inner(tenant: &Tenant, ctx: &Context) -> Result<Action> {
             now,
         )
     };
-    let capacity_lost = !capacity && status::transitioned(&previous.conditions, &ready);
+    let capacity_lost = !capacity && conditions::transitioned(&previous.conditions, &ready);
     let first_ready = !previous.conditions.iter().any(|c| c.type_ == condition::READY);
     let mut desired = TenantStatus {
         namespace: Some(ns.clone()),
         phase: Some(if capacity { TenantPhase::Ready } else { TenantPhase::Degraded }),
         conditions: vec![
             ready,
-            status::condition(&previous.conditions, condition::QUOTA_APPLIED, true, "Applied", &format!("ResourceQuota {} and LimitRange {} applied", builders::QUOTA, builders::LIMITS), generation, now),
-            status::condition(&previous.conditions, condition::ISOLATION_APPLIED, true, "Applied", "network policies, RBAC and the encryption key are in place", generation, now),
+            conditions::condition(&previous.conditions, condition::QUOTA_APPLIED, true, "Applied", &format!("ResourceQuota {} and LimitRange {} applied", builders::QUOTA, builders::LIMITS), generation, now),
+            conditions::condition(&previous.conditions, condition::ISOLATION_APPLIED, true, "Applied", "network policies, RBAC and the encryption key are in place", generation, now),
         ],
         observed_generation: generation,
         placement: Some(placement),
@@ -209,14 +166,14 @@ async fn reconcile_inner(tenant: &Tenant, ctx: &Context) -> Result<Action> {
     {
         let uids: std::collections::HashSet<String> = ctx.caches.instances.state().iter().filter_map(|i| i.uid()).collect();
         if l.meters.iter().any(|(uid, m)| m.closed && !uids.contains(uid)) {
-            crate::billing::ledger::update(&ctx.client, &ctx.config.namespace, tenant, |l| l.prune(|uid| uids.contains(uid))).await?;
+            crate::billing::store::update(&ctx.client, &ctx.config.namespace, tenant, |l| l.prune(|uid| uids.contains(uid))).await?;
         }
     }
     desired.erasure = last_receipts(ctx, &tenant.name_any()).await?;
     desired.erase_after = previous.erase_after.clone();
     // Events accompany status transitions, so a repeated reconcile repeats neither.
     let message = desired.conditions[0].message.clone();
-    let billing_changed = status::transitioned(&previous.conditions, &billing.condition);
+    let billing_changed = conditions::transitioned(&previous.conditions, &billing.condition);
     if ctx.write_status(&tenants, tenant, tenant.status.as_ref(), &desired).await? {
         if first_ready {
             ctx.event(tenant, false, "Provisioned", "Reconcile", format!("namespace {ns} created with quota, policies, RBAC and key")).await;
@@ -256,7 +213,7 @@ async fn cleanup(tenant: &Tenant, ctx: &Context) -> Result<Action> {
     use crate::retention::policy;
     let tenants: Api<Tenant> = Api::all(ctx.client.clone());
     let name = tenant.name_any();
-    let ns = builders::namespace_name(&name);
+    let ns = crate::names::namespace_name(&name);
     let window = policy::window(Some(tenant), alcove_crds::DataClass::AccountData, ctx.config.default_window(alcove_crds::DataClass::AccountData));
     // The window starts when the operator first sees the deletion (by the one clock), and the
     // deadline is kept in the status, so a restart or a changed spec never moves it later.
@@ -308,9 +265,9 @@ async fn cleanup(tenant: &Tenant, ctx: &Context) -> Result<Action> {
             }
         }
         let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
-        if secrets.get_opt(builders::KEY_SECRET).await?.is_some() {
-            ignore_missing(secrets.delete(builders::KEY_SECRET, &DeleteParams::default()).await)?;
-            crate::retention::record(ctx, &name, &receipt(format!("Secret {ns}/{} (the tenant's encryption key)", builders::KEY_SECRET))).await?;
+        if secrets.get_opt(crate::names::KEY_SECRET).await?.is_some() {
+            ignore_missing(secrets.delete(crate::names::KEY_SECRET, &DeleteParams::default()).await)?;
+            crate::retention::record(ctx, &name, &receipt(format!("Secret {ns}/{} (the tenant's encryption key)", crate::names::KEY_SECRET))).await?;
         }
     }
     match live_ns {
@@ -331,18 +288,8 @@ async fn cleanup(tenant: &Tenant, ctx: &Context) -> Result<Action> {
     }
 }
 
-pub fn ignore_missing<T>(r: std::result::Result<T, kube::Error>) -> Result<()> {
-    match r {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-        Err(e) => Err(e.into()),
-    }
-}
-
 fn error_policy(tenant: Arc<Tenant>, error: &Error, ctx: Arc<Context>) -> Action {
-    ctx.metrics.errors.with_label_values(&[CONTROLLER, error.reason()]).inc();
-    tracing::warn!(tenant = %tenant.name_any(), error = %error, "tenant reconcile failed; retrying");
-    Action::requeue(Duration::from_secs(5))
+    controller::error_policy(&ctx, CONTROLLER, &*tenant, error)
 }
 
 /// The Tenant controller, ready to run.
@@ -352,7 +299,7 @@ where
 {
     // Instances and knowledge bases change a tenant's aggregates; their namespace names the tenant.
     fn by_namespace<K: Resource>(obj: K) -> Option<ObjectRef<Tenant>> {
-        obj.namespace().and_then(|n| builders::tenant_of_namespace(&n).map(ObjectRef::new))
+        obj.namespace().and_then(|n| crate::names::tenant_of_namespace(&n).map(ObjectRef::new))
     }
     // Children are namespaced while the Tenant is cluster-scoped, so owner references cannot map
     // them back (the mapping assumes one namespace); their tenant label does.
