@@ -13,7 +13,11 @@ use std::path::{Path, PathBuf};
 type Layer = (&'static str, bool, &'static [&'static str]);
 
 const OPERATOR: &[Layer] = &[
-    ("foundation: names, time, hashing, retry delays, errors, metrics, configuration", true, &["names", "clock", "hash", "backoff", "error", "metrics", "config"]),
+    (
+        "foundation: names, time, hashing, retry delays, errors, metrics, configuration",
+        true,
+        &["names", "clock", "hash", "backoff", "error", "metrics", "config"],
+    ),
     (
         "pure builders and decisions (no I/O)",
         true,
@@ -32,18 +36,59 @@ const OPERATOR: &[Layer] = &[
     (
         "writes, caches and clients: apply, status, context, controller scaffolding, Stripe, ledger",
         true,
-        &["apply", "status", "context", "controller", "leader", "billing::stripe", "billing::store", "billing::runtime"],
+        &[
+            "apply",
+            "status",
+            "context",
+            "controller",
+            "leader",
+            "billing::stripe",
+            "billing::store",
+            "billing::runtime",
+        ],
     ),
-    ("controllers and hooks", true, &["tenant", "instance", "knowledgebase", "retention", "billing", "billing::webhook"]),
-    ("the binary: HTTP endpoints, `alcove up`, the operator's main loop", true, &["http", "up", "crate"]),
+    (
+        "controllers and hooks",
+        true,
+        &["tenant", "instance", "knowledgebase", "retention", "billing", "billing::webhook"],
+    ),
+    (
+        "the binary: HTTP endpoints, `alcove up`, the operator's main loop",
+        true,
+        &["http", "up", "crate"],
+    ),
 ];
 
 const DEVCLUSTER: &[Layer] = &[
-    ("foundation: configuration, errors, object metadata, quantities, types, metrics, TLS", true, &["config", "error", "meta", "quantity", "typeinfo", "metrics", "tls", "selectors"]),
-    ("schemas and the store", true, &["schema", "resources", "state", "events", "patch", "fieldmanager", "builtin", "discovery", "openapi", "table", "protobuf"]),
+    (
+        "foundation: configuration, errors, object metadata, quantities, types, metrics, TLS",
+        true,
+        &["config", "error", "meta", "quantity", "typeinfo", "metrics", "tls", "selectors"],
+    ),
+    (
+        "schemas and the store",
+        true,
+        &[
+            "schema",
+            "resources",
+            "state",
+            "events",
+            "patch",
+            "fieldmanager",
+            "builtin",
+            "discovery",
+            "openapi",
+            "table",
+            "protobuf",
+        ],
+    ),
     ("admission, authorization, the process runtime", true, &["auth", "admission", "runtime"]),
     ("the write path and the shared server state", true, &["api", "shared"]),
-    ("workers: they share state below, never each other", false, &["scheduler", "controllers", "kubelet", "proxy"]),
+    (
+        "workers: they share state below, never each other",
+        false,
+        &["scheduler", "controllers", "kubelet", "proxy"],
+    ),
     ("the HTTP server", true, &["server"]),
     ("the library root: starts everything", true, &["crate"]),
 ];
@@ -56,7 +101,8 @@ fn workspace() -> PathBuf {
 /// (`main.rs`, `bin/`) are crates of their own and stand above everything.
 fn modules(src: &Path) -> BTreeMap<String, PathBuf> {
     fn walk(dir: &Path, prefix: &[String], out: &mut BTreeMap<String, PathBuf>) {
-        let mut entries: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+        let mut entries: Vec<_> =
+            std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
         entries.sort();
         for p in entries {
             let name = p.file_stem().unwrap().to_string_lossy().to_string();
@@ -119,7 +165,10 @@ fn tokens(src: &str) -> Vec<Tok> {
                     i += 1;
                 }
             }
-        } else if ch == 'r' && (c.get(i + 1) == Some(&'"') || (c.get(i + 1) == Some(&'#') && matches!(c.get(i + 2), Some('"') | Some('#')))) {
+        } else if ch == 'r'
+            && (c.get(i + 1) == Some(&'"')
+                || (c.get(i + 1) == Some(&'#') && matches!(c.get(i + 2), Some('"') | Some('#'))))
+        {
             // Raw string: r"…", r#"…"#.
             let mut j = i + 1;
             let mut hashes = 0;
@@ -182,7 +231,15 @@ fn tokens(src: &str) -> Vec<Tok> {
 
 /// The tokens without items marked `#[cfg(test)]`: tests may reach anywhere.
 fn without_tests(t: Vec<Tok>) -> Vec<Tok> {
-    let attr = [Tok::Punct('#'), Tok::Punct('['), Tok::Ident("cfg".into()), Tok::Punct('('), Tok::Ident("test".into()), Tok::Punct(')'), Tok::Punct(']')];
+    let attr = [
+        Tok::Punct('#'),
+        Tok::Punct('['),
+        Tok::Ident("cfg".into()),
+        Tok::Punct('('),
+        Tok::Ident("test".into()),
+        Tok::Punct(')'),
+        Tok::Punct(']'),
+    ];
     let mut out = Vec::new();
     let mut i = 0;
     while i < t.len() {
@@ -257,8 +314,17 @@ fn path_tree(t: &[Tok], mut i: usize, prefix: Vec<String>, out: &mut Vec<Vec<Str
 
 /// The modules `module` (in `mods`) names.
 fn references(module: &str, tokens: &[Tok], mods: &BTreeMap<String, PathBuf>) -> BTreeSet<String> {
-    let here: Vec<String> = if module == "crate" { vec![] } else { module.split("::").map(String::from).collect() };
-    let children: BTreeSet<String> = mods.keys().filter_map(|m| m.strip_prefix(&format!("{}::", here.join("::"))).or_else(|| here.is_empty().then_some(m.as_str()))).filter(|r| !r.contains("::") && *r != "crate").map(String::from).collect();
+    let here: Vec<String> =
+        if module == "crate" { vec![] } else { module.split("::").map(String::from).collect() };
+    let children: BTreeSet<String> = mods
+        .keys()
+        .filter_map(|m| {
+            m.strip_prefix(&format!("{}::", here.join("::")))
+                .or_else(|| here.is_empty().then_some(m.as_str()))
+        })
+        .filter(|r| !r.contains("::") && *r != "crate")
+        .map(String::from)
+        .collect();
     let mut paths = Vec::new();
     for i in 0..tokens.len() {
         let Tok::Ident(first) = &tokens[i] else { continue };
@@ -295,7 +361,11 @@ fn references(module: &str, tokens: &[Tok], mods: &BTreeMap<String, PathBuf>) ->
     }
     let mut out = BTreeSet::new();
     for p in paths {
-        let mut target = (0..=p.len()).rev().map(|n| if n == 0 { "crate".to_string() } else { p[..n].join("::") }).find(|m| mods.contains_key(m)).unwrap_or_else(|| "crate".into());
+        let mut target = (0..=p.len())
+            .rev()
+            .map(|n| if n == 0 { "crate".to_string() } else { p[..n].join("::") })
+            .find(|m| mods.contains_key(m))
+            .unwrap_or_else(|| "crate".into());
         // `crate::Name` re-exported by the root: the module that defines it.
         if target == "crate"
             && let [name] = p.as_slice()
@@ -315,7 +385,13 @@ fn definer(name: &str, mods: &BTreeMap<String, PathBuf>) -> Option<String> {
     let kinds = ["struct", "enum", "fn", "const", "type", "trait", "static"];
     mods.iter().filter(|(m, _)| *m != "crate").find_map(|(m, file)| {
         let text = std::fs::read_to_string(file).ok()?;
-        kinds.iter().any(|k| text.contains(&format!("pub {k} {name}")) && text.contains(&format!("pub {k} {name}"))).then(|| m.clone())
+        kinds
+            .iter()
+            .any(|k| {
+                text.contains(&format!("pub {k} {name}"))
+                    && text.contains(&format!("pub {k} {name}"))
+            })
+            .then(|| m.clone())
     })
 }
 
@@ -371,13 +447,18 @@ fn check(krate: &str, layers: Option<&[Layer]>) -> Vec<String> {
         let layer_of = |m: &str| layers.iter().position(|(_, _, ms)| ms.contains(&m));
         for (m, deps) in &g {
             let Some(lm) = layer_of(m) else {
-                problems.push(format!("{krate}: module {m} is in no layer: place it in tests/architecture.rs"));
+                problems.push(format!(
+                    "{krate}: module {m} is in no layer: place it in tests/architecture.rs"
+                ));
                 continue;
             };
             for d in deps {
                 let Some(ld) = layer_of(d) else { continue };
                 if ld > lm || (ld == lm && !layers[lm].1) {
-                    problems.push(format!("{krate}: {m} ({}) names {d} ({})", layers[lm].0, layers[ld].0));
+                    problems.push(format!(
+                        "{krate}: {m} ({}) names {d} ({})",
+                        layers[lm].0, layers[ld].0
+                    ));
                 }
             }
         }
@@ -414,14 +495,20 @@ fn the_check_sees_cycles_and_grouped_imports() {
         #[cfg(test)]
         mod tests { use crate::z; }
     "#;
-    let mods: BTreeMap<String, PathBuf> = ["crate", "a", "a::b", "a::c", "e", "m", "m::child", "f", "i", "z"].iter().map(|m| (m.to_string(), PathBuf::new())).collect();
+    let mods: BTreeMap<String, PathBuf> =
+        ["crate", "a", "a::b", "a::c", "e", "m", "m::child", "f", "i", "z"]
+            .iter()
+            .map(|m| (m.to_string(), PathBuf::new()))
+            .collect();
     let refs = references("m", &without_tests(tokens(src)), &mods);
-    let want: BTreeSet<String> = ["a::b", "a::c", "e", "f", "i", "m::child"].iter().map(|s| s.to_string()).collect();
+    let want: BTreeSet<String> =
+        ["a::b", "a::c", "e", "f", "i", "m::child"].iter().map(|s| s.to_string()).collect();
     assert_eq!(refs, want, "not the comment, the string or the test module");
-    let g: BTreeMap<String, BTreeSet<String>> = [("a", vec!["b"]), ("b", vec!["c"]), ("c", vec!["a"]), ("d", vec!["a"])]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v.into_iter().map(String::from).collect()))
-        .collect();
+    let g: BTreeMap<String, BTreeSet<String>> =
+        [("a", vec!["b"]), ("b", vec!["c"]), ("c", vec!["a"]), ("d", vec!["a"])]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.into_iter().map(String::from).collect()))
+            .collect();
     assert_eq!(cycle_through(&g, "a").unwrap(), ["a", "b", "c", "a"]);
     assert!(cycle_through(&g, "d").is_none());
 }

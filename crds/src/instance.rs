@@ -26,10 +26,14 @@ use crate::common::{Condition, ModelSource};
     printcolumn(name = "GPUs", type_ = "integer", json_path = ".spec.gpu.count"),
     printcolumn(name = "State", type_ = "string", json_path = ".spec.state"),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
-    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
     printcolumn(name = "Endpoint", type_ = "string", json_path = ".status.endpoint"),
     printcolumn(name = "Node", type_ = "string", json_path = ".status.node", priority = 1),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[x_kube(
     validation = Rule::new("self.limits.maxTokens <= self.limits.contextLength").message("spec.limits.maxTokens must not exceed spec.limits.contextLength"),
@@ -123,7 +127,10 @@ pub struct GpuSpec {
     /// GPU product as labelled on nodes (`nvidia.com/gpu.product`), e.g. `NVIDIA-H100-80GB-HBM3`.
     /// Absent: any product.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"))]
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
+    )]
     pub product: Option<String>,
     /// A MIG profile such as `1g.10gb`: the instance gets that slice (`nvidia.com/mig-<profile>`)
     /// instead of a whole GPU.

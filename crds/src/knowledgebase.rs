@@ -25,9 +25,13 @@ use crate::common::{Condition, ModelSource};
     printcolumn(name = "Documents", type_ = "integer", json_path = ".status.documents"),
     printcolumn(name = "Chunks", type_ = "integer", json_path = ".status.chunks"),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
-    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
     printcolumn(name = "Indexed", type_ = "date", json_path = ".status.indexedAt"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[x_kube(
     validation = Rule::new("self.chunking.overlap < self.chunking.size").message("spec.chunking.overlap must be smaller than spec.chunking.size"),

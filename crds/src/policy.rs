@@ -7,7 +7,9 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// Service tier of a tenant. Decides placement, storage and retention floors.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, JsonSchema)]
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Tier {
     /// Shared, time-sliced GPU pool; no knowledge-base storage.
@@ -110,7 +112,9 @@ impl DataClass {
     pub fn legal_minimum(self, tier: Tier) -> Option<Window> {
         match self {
             DataClass::BillingRecords => Some(Window::days(BILLING_RECORDS_DAYS)),
-            DataClass::AccountData if tier.is_paid() => Some(Window::days(PAID_ACCOUNT_DATA_MIN_DAYS)),
+            DataClass::AccountData if tier.is_paid() => {
+                Some(Window::days(PAID_ACCOUNT_DATA_MIN_DAYS))
+            }
             _ => None,
         }
     }
@@ -152,7 +156,10 @@ impl Window {
     pub fn parse(s: &str) -> Option<Window> {
         let unit = s.chars().last()?;
         let digits = &s[..s.len() - unit.len_utf8()];
-        if digits.is_empty() || digits.starts_with('0') || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        if digits.is_empty()
+            || digits.starts_with('0')
+            || !digits.bytes().all(|b| b.is_ascii_digit())
+        {
             return None;
         }
         let n: u64 = digits.parse().ok()?;

@@ -42,8 +42,20 @@ pub fn api_reference_markdown(crds: &[CustomResourceDefinition]) -> String {
             "- scope: {}; plural `{}`; short names {}; categories {}\n",
             crd.spec.scope,
             names.plural,
-            names.short_names.iter().flatten().map(|s| format!("`{s}`")).collect::<Vec<_>>().join(", "),
-            names.categories.iter().flatten().map(|s| format!("`{s}`")).collect::<Vec<_>>().join(", "),
+            names
+                .short_names
+                .iter()
+                .flatten()
+                .map(|s| format!("`{s}`"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            names
+                .categories
+                .iter()
+                .flatten()
+                .map(|s| format!("`{s}`"))
+                .collect::<Vec<_>>()
+                .join(", "),
         ));
         let columns: Vec<String> = version
             .additional_printer_columns
@@ -52,8 +64,10 @@ pub fn api_reference_markdown(crds: &[CustomResourceDefinition]) -> String {
             .map(|c| format!("{} (`{}`)", c.name, c.json_path))
             .collect();
         out.push_str(&format!("- printer columns: {}\n", columns.join(", ")));
-        let schema = serde_json::to_value(version.schema.as_ref().unwrap().open_api_v3_schema.as_ref().unwrap())
-            .expect("schema serializes");
+        let schema = serde_json::to_value(
+            version.schema.as_ref().unwrap().open_api_v3_schema.as_ref().unwrap(),
+        )
+        .expect("schema serializes");
         if let Some(desc) = schema.get("description").and_then(Value::as_str) {
             out.push_str(&format!("\n{}\n", one_line(desc)));
         }
@@ -99,7 +113,8 @@ fn walk(schema: &Value, path: &str, out: &mut String) {
             if required.contains(&name.as_str()) { "yes" } else { "" },
             field.get("default").map(|d| format!("`{d}`")).unwrap_or_default(),
             constraints(field).join("; "),
-            one_line(field.get("description").and_then(Value::as_str).unwrap_or("")).replace('|', "\\|"),
+            one_line(field.get("description").and_then(Value::as_str).unwrap_or(""))
+                .replace('|', "\\|"),
         ));
         // Kubernetes' own types (tolerations, conditions) are documented upstream; stop there.
         if !is_upstream(inner) {
@@ -110,7 +125,9 @@ fn walk(schema: &Value, path: &str, out: &mut String) {
 
 fn is_upstream(schema: &Value) -> bool {
     let props = schema.get("properties").and_then(Value::as_object);
-    props.is_some_and(|p| p.contains_key("tolerationSeconds") || p.contains_key("lastTransitionTime"))
+    props.is_some_and(|p| {
+        p.contains_key("tolerationSeconds") || p.contains_key("lastTransitionTime")
+    })
 }
 
 fn type_of(schema: &Value) -> String {
@@ -126,7 +143,13 @@ fn constraints(schema: &Value) -> Vec<String> {
     let mut c = Vec::new();
     let num = |k: &str| schema.get(k).and_then(Value::as_f64).map(|v| v.to_string());
     if let Some(e) = schema.get("enum").and_then(Value::as_array) {
-        c.push(format!("one of {}", e.iter().map(|v| format!("`{}`", v.as_str().unwrap_or(""))).collect::<Vec<_>>().join(", ")));
+        c.push(format!(
+            "one of {}",
+            e.iter()
+                .map(|v| format!("`{}`", v.as_str().unwrap_or("")))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
     }
     if let Some(v) = num("minimum") {
         c.push(format!("≥ {v}"));
@@ -150,7 +173,10 @@ fn constraints(schema: &Value) -> Vec<String> {
         c.push(format!("pattern `{}`", p.replace('|', "\\|")));
     }
     if let Some(keys) = schema.get("x-kubernetes-list-map-keys").and_then(Value::as_array) {
-        c.push(format!("unique by {}", keys.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", ")));
+        c.push(format!(
+            "unique by {}",
+            keys.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", ")
+        ));
     }
     c.extend(rules(schema));
     c

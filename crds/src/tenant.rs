@@ -99,7 +99,10 @@ pub struct TenantQuota {
     pub max_instances: i32,
     /// Most persistent storage (history, knowledge bases), as a Kubernetes quantity, e.g. `100Gi`.
     #[serde(default = "default_max_storage")]
-    #[schemars(regex(pattern = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|k|M|G|T|P)?$"), length(max = 32))]
+    #[schemars(
+        regex(pattern = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|k|M|G|T|P)?$"),
+        length(max = 32)
+    )]
     pub max_storage: String,
     /// Most KnowledgeBases the tenant may create. Must be 0 on the free tier.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -110,7 +113,9 @@ pub struct TenantQuota {
 /// A retention window (`90m`, `24h`, `30d`, as `Window` parses it) in minutes, as CEL over the
 /// string at `path`.
 fn window_minutes(path: &str) -> String {
-    format!("(int({path}.substring(0, size({path}) - 1)) * ({path}.endsWith('d') ? 1440 : ({path}.endsWith('h') ? 60 : 1)))")
+    format!(
+        "(int({path}.substring(0, size({path}) - 1)) * ({path}.endsWith('d') ? 1440 : ({path}.endsWith('h') ? 60 : 1)))"
+    )
 }
 
 /// The rule bounding one retention window: `op` is `<=` for a promise's maximum, `>=` for a

@@ -7,7 +7,9 @@ fn committed_files_match_the_types() {
     let files = alcove_crds::generated_files();
     let stale: Vec<&str> = files
         .iter()
-        .filter(|(relative, content)| std::fs::read_to_string(root.join(relative)).ok().as_deref() != Some(content))
+        .filter(|(relative, content)| {
+            std::fs::read_to_string(root.join(relative)).ok().as_deref() != Some(content)
+        })
         .map(|(relative, _)| relative.as_str())
         .collect();
     let extra: Vec<String> = std::fs::read_dir(root.join("crds/manifests"))

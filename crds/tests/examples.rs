@@ -41,7 +41,10 @@ fn header(path: &Path, key: &str) -> Option<String> {
 }
 
 fn schema_for(kind: &str) -> Value {
-    let crd = crds().into_iter().find(|c| c.spec.names.kind == kind).unwrap_or_else(|| panic!("no CRD {kind}"));
+    let crd = crds()
+        .into_iter()
+        .find(|c| c.spec.names.kind == kind)
+        .unwrap_or_else(|| panic!("no CRD {kind}"));
     let schema = crd.spec.versions[0].schema.as_ref().unwrap().open_api_v3_schema.as_ref().unwrap();
     serde_json::to_value(schema).unwrap()
 }
@@ -60,7 +63,8 @@ struct Refusal {
 }
 
 fn structural_refusals(schema: &Value, doc: &Value) -> Vec<Refusal> {
-    let validator = jsonschema::validator_for(schema).expect("generated schema is valid JSON Schema");
+    let validator =
+        jsonschema::validator_for(schema).expect("generated schema is valid JSON Schema");
     let mut out: Vec<Refusal> = validator
         .iter_errors(doc)
         .map(|e| {
@@ -112,7 +116,11 @@ fn list_map_duplicates(schema: &Value, doc: &Value, path: &str, out: &mut Vec<Re
                 for (i, item) in items.iter().enumerate() {
                     let key: Vec<&Value> = keys.iter().map(|k| &item[k]).collect();
                     if seen.contains(&key) {
-                        out.push(Refusal { field: format!("{path}[{i}]"), message: "Duplicate value".into(), cel: false });
+                        out.push(Refusal {
+                            field: format!("{path}[{i}]"),
+                            message: "Duplicate value".into(),
+                            cel: false,
+                        });
                     }
                     seen.push(key);
                 }
@@ -161,7 +169,8 @@ fn assert_preserved(original: &Value, round_tripped: &Value, path: &str) {
             }
         }
         Value::Array(items) => {
-            let others = round_tripped.as_array().unwrap_or_else(|| panic!("{path} is no longer a list"));
+            let others =
+                round_tripped.as_array().unwrap_or_else(|| panic!("{path} is no longer a list"));
             assert_eq!(items.len(), others.len(), "{path}");
             for (i, (a, b)) in items.iter().zip(others).enumerate() {
                 assert_preserved(a, b, &format!("{path}[{i}]"));
@@ -171,7 +180,9 @@ fn assert_preserved(original: &Value, round_tripped: &Value, path: &str) {
     }
 }
 
-fn round_trip<T: serde::de::DeserializeOwned + serde::Serialize + PartialEq + std::fmt::Debug>(doc: &Value) {
+fn round_trip<T: serde::de::DeserializeOwned + serde::Serialize + PartialEq + std::fmt::Debug>(
+    doc: &Value,
+) {
     let typed: T = serde_json::from_value(doc.clone()).unwrap_or_else(|e| panic!("{e}: {doc}"));
     let back = serde_json::to_value(&typed).unwrap();
     assert_preserved(doc, &back, "");
@@ -202,7 +213,10 @@ fn good_examples_round_trip_and_validate() {
 fn good_examples_cover_every_tier_and_model_format() {
     let docs: Vec<Value> = examples("good").iter().flat_map(|p| documents(p)).collect();
     for tier in ["free", "basic", "pro", "enterprise"] {
-        assert!(docs.iter().any(|d| d["kind"] == "Tenant" && d["spec"]["tier"] == tier), "no {tier} tenant");
+        assert!(
+            docs.iter().any(|d| d["kind"] == "Tenant" && d["spec"]["tier"] == tier),
+            "no {tier} tenant"
+        );
     }
     for format in ["safetensors", "gguf"] {
         assert!(
@@ -217,7 +231,8 @@ fn bad_examples_are_refused_on_the_field_they_name() {
     for path in examples("bad") {
         let docs = documents(&path);
         assert_eq!(docs.len(), 1, "{}: a bad example is one object", path.display());
-        let field = header(&path, "field").unwrap_or_else(|| panic!("{}: no '# field:' line", path.display()));
+        let field = header(&path, "field")
+            .unwrap_or_else(|| panic!("{}: no '# field:' line", path.display()));
         assert!(header(&path, "violates").is_some(), "{}: no '# violates:' line", path.display());
         let field = if field == "<root>" { String::new() } else { field };
         let refused = refusals(&docs[0]);
@@ -230,7 +245,11 @@ fn bad_examples_are_refused_on_the_field_they_name() {
         // CEL refusals carry the rule's own message; it must be the one the example expects.
         let expect = header(&path, "expect").unwrap();
         if let Some(cel) = refused.iter().find(|r| r.field == field && r.cel) {
-            assert!(cel.message.contains(&expect), "{}: expected {expect:?}, got {cel:?}", path.display());
+            assert!(
+                cel.message.contains(&expect),
+                "{}: expected {expect:?}, got {cel:?}",
+                path.display()
+            );
         }
     }
 }
@@ -241,7 +260,11 @@ fn illegal_examples_pass_the_schema() {
         assert!(header(&path, "reason").is_some(), "{}: no '# reason:' line", path.display());
         for doc in documents(&path) {
             let refused = refusals(&doc);
-            assert!(refused.is_empty(), "{}: the schema refuses it ({refused:?}); it belongs in bad/", path.display());
+            assert!(
+                refused.is_empty(),
+                "{}: the schema refuses it ({refused:?}); it belongs in bad/",
+                path.display()
+            );
         }
     }
 }
@@ -269,8 +292,11 @@ fn region_is_immutable_once_set() {
     let old = documents(&path).remove(0);
     let mut moved = old.clone();
     moved["spec"]["region"] = "jp-tokyo-1".into();
-    let errors = kube_cel::Validator::new().validate(&schema, &moved, Some(&old)).unwrap_err().into_vec();
-    assert!(errors.iter().any(|e| e.field_path == "spec.region" && e.message.contains("immutable")), "{errors:?}");
+    let errors =
+        kube_cel::Validator::new().validate(&schema, &moved, Some(&old)).unwrap_err().into_vec();
+    assert!(
+        errors.iter().any(|e| e.field_path == "spec.region" && e.message.contains("immutable")),
+        "{errors:?}"
+    );
     assert!(kube_cel::Validator::new().validate(&schema, &old, Some(&old)).is_ok());
 }
-

@@ -23,7 +23,10 @@ fn tenant(tier: Tier, class: DataClass, window: Window) -> Value {
 
 fn schema() -> Value {
     let crd = alcove_crds::crds().remove(0);
-    serde_json::to_value(crd.spec.versions[0].schema.as_ref().unwrap().open_api_v3_schema.as_ref().unwrap()).unwrap()
+    serde_json::to_value(
+        crd.spec.versions[0].schema.as_ref().unwrap().open_api_v3_schema.as_ref().unwrap(),
+    )
+    .unwrap()
 }
 
 fn accepted(schema: &Value, doc: &Value) -> bool {
@@ -38,15 +41,27 @@ fn cel_rules_match_policy_at_the_boundaries() {
             if let Some(max) = class.max_window() {
                 assert!(accepted(&schema, &tenant(tier, class, max)), "{tier:?} {class:?} at max");
                 let over = Window::minutes(max.minutes + 1);
-                assert!(!accepted(&schema, &tenant(tier, class, over)), "{tier:?} {class:?} above max");
+                assert!(
+                    !accepted(&schema, &tenant(tier, class, over)),
+                    "{tier:?} {class:?} above max"
+                );
             }
             match class.legal_minimum(tier) {
                 Some(min) => {
-                    assert!(accepted(&schema, &tenant(tier, class, min)), "{tier:?} {class:?} at min");
+                    assert!(
+                        accepted(&schema, &tenant(tier, class, min)),
+                        "{tier:?} {class:?} at min"
+                    );
                     let under = Window::minutes(min.minutes - 1);
-                    assert!(!accepted(&schema, &tenant(tier, class, under)), "{tier:?} {class:?} below min");
+                    assert!(
+                        !accepted(&schema, &tenant(tier, class, under)),
+                        "{tier:?} {class:?} below min"
+                    );
                 }
-                None => assert!(accepted(&schema, &tenant(tier, class, Window::minutes(1))), "{tier:?} {class:?} 1m"),
+                None => assert!(
+                    accepted(&schema, &tenant(tier, class, Window::minutes(1))),
+                    "{tier:?} {class:?} 1m"
+                ),
             }
         }
     }

@@ -12,13 +12,23 @@ use crate::resources::{GroupResource, ResourceInfo};
 use crate::state::State;
 
 /// New objects may only go into namespaces that exist and are not being deleted.
-pub fn namespace_lifecycle(st: &State, info: &ResourceInfo, namespace: &str, name: &str) -> Result<(), ApiError> {
+pub fn namespace_lifecycle(
+    st: &State,
+    info: &ResourceInfo,
+    namespace: &str,
+    name: &str,
+) -> Result<(), ApiError> {
     if !info.namespaced || namespace.is_empty() {
         return Ok(());
     }
     match st.get(&GroupResource::core("namespaces"), "", namespace) {
-        None => Err(ApiError::not_found(Qualified { group: "", resource: "namespaces" }, namespace)),
-        Some(ns) if meta::is_deleting(&ns) || ns.pointer("/status/phase").and_then(Value::as_str) == Some("Terminating") => {
+        None => {
+            Err(ApiError::not_found(Qualified { group: "", resource: "namespaces" }, namespace))
+        }
+        Some(ns)
+            if meta::is_deleting(&ns)
+                || ns.pointer("/status/phase").and_then(Value::as_str) == Some("Terminating") =>
+        {
             let mut e = ApiError::forbidden(
                 format!(
                     "{} \"{}\" is forbidden: unable to create new content in namespace {namespace} because it is being terminated",
@@ -46,7 +56,12 @@ pub fn limit_ranges(st: &State, namespace: &str, pod: &mut Value) -> Result<(), 
             if limit["type"] != "Container" {
                 continue;
             }
-            for c in pod.pointer_mut("/spec/containers").and_then(Value::as_array_mut).into_iter().flatten() {
+            for c in pod
+                .pointer_mut("/spec/containers")
+                .and_then(Value::as_array_mut)
+                .into_iter()
+                .flatten()
+            {
                 if !c["resources"].is_object() {
                     c["resources"] = json!({});
                 }
@@ -76,20 +91,29 @@ pub fn limit_ranges(st: &State, namespace: &str, pod: &mut Value) -> Result<(), 
                 for (res, max) in limit["max"].as_object().into_iter().flatten() {
                     let want = c["resources"]["limits"].get(res).and_then(Quantity::from_value);
                     if let (Some(w), Some(m)) = (want, Quantity::from_value(max))
-                        && w > m {
-                            return Err(format!("maximum {res} usage per Container is {m}, but limit is {w}"));
-                        }
+                        && w > m
+                    {
+                        return Err(format!(
+                            "maximum {res} usage per Container is {m}, but limit is {w}"
+                        ));
+                    }
                     if want.is_none() {
-                        return Err(format!("maximum {res} usage per Container is {max}.  No limit is specified", max = Quantity::from_value(max).unwrap_or_default()));
+                        return Err(format!(
+                            "maximum {res} usage per Container is {max}.  No limit is specified",
+                            max = Quantity::from_value(max).unwrap_or_default()
+                        ));
                     }
                     let _ = &name;
                 }
                 for (res, min) in limit["min"].as_object().into_iter().flatten() {
                     let want = c["resources"]["requests"].get(res).and_then(Quantity::from_value);
                     if let (Some(w), Some(m)) = (want, Quantity::from_value(min))
-                        && w < m {
-                            return Err(format!("minimum {res} usage per Container is {m}, but request is {w}"));
-                        }
+                        && w < m
+                    {
+                        return Err(format!(
+                            "minimum {res} usage per Container is {m}, but request is {w}"
+                        ));
+                    }
                 }
             }
         }
@@ -106,7 +130,8 @@ fn sum_container(pod: &Value, kind: &str) -> BTreeMap<String, Quantity> {
     for c in pod.pointer("/spec/containers").and_then(Value::as_array).into_iter().flatten() {
         for (res, q) in c["resources"][kind].as_object().into_iter().flatten() {
             if let Some(q) = Quantity::from_value(q) {
-                *total.entry(res.clone()).or_default() = total.get(res).copied().unwrap_or_default() + q;
+                *total.entry(res.clone()).or_default() =
+                    total.get(res).copied().unwrap_or_default() + q;
             }
         }
     }
@@ -152,18 +177,26 @@ fn pvc_usage(pvc: &Value) -> BTreeMap<String, Quantity> {
     let mut u = BTreeMap::new();
     u.insert("persistentvolumeclaims".into(), Quantity::whole(1));
     u.insert("count/persistentvolumeclaims".into(), Quantity::whole(1));
-    if let Some(q) = pvc.pointer("/spec/resources/requests/storage").and_then(Quantity::from_value) {
+    if let Some(q) = pvc.pointer("/spec/resources/requests/storage").and_then(Quantity::from_value)
+    {
         u.insert("requests.storage".into(), q);
         if let Some(class) = pvc.pointer("/spec/storageClassName").and_then(Value::as_str) {
             u.insert(format!("{class}.storageclass.storage.k8s.io/requests.storage"), q);
-            u.insert(format!("{class}.storageclass.storage.k8s.io/persistentvolumeclaims"), Quantity::whole(1));
+            u.insert(
+                format!("{class}.storageclass.storage.k8s.io/persistentvolumeclaims"),
+                Quantity::whole(1),
+            );
         }
     }
     u
 }
 
 fn count_key(gr: &GroupResource) -> String {
-    if gr.group.is_empty() { format!("count/{}", gr.resource) } else { format!("count/{}.{}", gr.resource, gr.group) }
+    if gr.group.is_empty() {
+        format!("count/{}", gr.resource)
+    } else {
+        format!("count/{}.{}", gr.resource, gr.group)
+    }
 }
 
 /// What one object of a collection consumes.
@@ -175,16 +208,27 @@ pub fn usage_of(gr: &GroupResource, obj: &Value) -> BTreeMap<String, Quantity> {
     };
     u.insert(count_key(gr), Quantity::whole(1));
     // Legacy object-count names.
-    if gr.group.is_empty() && matches!(gr.resource.as_str(), "services" | "secrets" | "configmaps" | "resourcequotas" | "replicationcontrollers") {
+    if gr.group.is_empty()
+        && matches!(
+            gr.resource.as_str(),
+            "services" | "secrets" | "configmaps" | "resourcequotas" | "replicationcontrollers"
+        )
+    {
         u.insert(gr.resource.clone(), Quantity::whole(1));
     }
     u
 }
 
 /// Current usage of everything a quota tracks in its namespace.
-pub fn quota_used(st: &State, namespace: &str, hard: &serde_json::Map<String, Value>) -> BTreeMap<String, Quantity> {
-    let mut used: BTreeMap<String, Quantity> = hard.keys().map(|k| (k.clone(), Quantity::default())).collect();
-    let mut collections: Vec<GroupResource> = vec![GroupResource::core("pods"), GroupResource::core("persistentvolumeclaims")];
+pub fn quota_used(
+    st: &State,
+    namespace: &str,
+    hard: &serde_json::Map<String, Value>,
+) -> BTreeMap<String, Quantity> {
+    let mut used: BTreeMap<String, Quantity> =
+        hard.keys().map(|k| (k.clone(), Quantity::default())).collect();
+    let mut collections: Vec<GroupResource> =
+        vec![GroupResource::core("pods"), GroupResource::core("persistentvolumeclaims")];
     for k in hard.keys() {
         if let Some(rest) = k.strip_prefix("count/") {
             let (res, group) = rest.split_once('.').unwrap_or((rest, ""));
@@ -224,7 +268,10 @@ pub fn resource_quota(st: &State, info: &ResourceInfo, obj: &Value) -> Result<()
     let name = meta::name(obj);
     let forbidden = |msg: String| {
         ApiError::forbidden(
-            format!("{} \"{name}\" is forbidden: {msg}", Qualified { group: &gr.group, resource: &gr.resource }),
+            format!(
+                "{} \"{name}\" is forbidden: {msg}",
+                Qualified { group: &gr.group, resource: &gr.resource }
+            ),
             &gr.group,
             &gr.resource,
             name,
@@ -238,8 +285,15 @@ pub fn resource_quota(st: &State, info: &ResourceInfo, obj: &Value) -> Result<()
             let mut missing: Vec<String> = hard
                 .keys()
                 .filter(|k| {
-                    matches!(k.as_str(), "requests.cpu" | "requests.memory" | "limits.cpu" | "limits.memory" | "cpu" | "memory")
-                        && !requested.contains_key(*k)
+                    matches!(
+                        k.as_str(),
+                        "requests.cpu"
+                            | "requests.memory"
+                            | "limits.cpu"
+                            | "limits.memory"
+                            | "cpu"
+                            | "memory"
+                    ) && !requested.contains_key(*k)
                 })
                 .cloned()
                 .collect();
@@ -274,7 +328,9 @@ pub fn resource_quota(st: &State, info: &ResourceInfo, obj: &Value) -> Result<()
             }
         }
         if !over.is_empty() {
-            let list = |pick: fn(&Over) -> Quantity| over.iter().map(|o| format!("{}={}", o.0, pick(o))).collect::<Vec<_>>().join(",");
+            let list = |pick: fn(&Over) -> Quantity| {
+                over.iter().map(|o| format!("{}={}", o.0, pick(o))).collect::<Vec<_>>().join(",")
+            };
             return Err(forbidden(format!(
                 "exceeded quota: {qname}, requested: {}, used: {}, limited: {}",
                 list(|o| o.1),
@@ -315,24 +371,54 @@ pub fn pod_security_violations(level: &str, spec: &Value) -> Vec<String> {
     let psc = &spec["securityContext"];
     let cs = containers(spec);
     let mut out: Vec<(&str, String, String)> = Vec::new();
-    let mut push = |id: &'static str, reason: String, detail: String| out.push((id, reason, detail));
+    let mut push =
+        |id: &'static str, reason: String, detail: String| out.push((id, reason, detail));
 
     if restricted {
         let bad: Vec<String> = cs
             .iter()
-            .filter(|c| c.pointer("/securityContext/allowPrivilegeEscalation") != Some(&Value::Bool(false)))
+            .filter(|c| {
+                c.pointer("/securityContext/allowPrivilegeEscalation") != Some(&Value::Bool(false))
+            })
             .map(|c| cname(c))
             .collect();
         if !bad.is_empty() {
-            push("allowPrivilegeEscalation", "allowPrivilegeEscalation != false".into(), format!("{} {} must set securityContext.allowPrivilegeEscalation=false", pluralize("container", "containers", bad.len()), join_quote(&bad)));
+            push(
+                "allowPrivilegeEscalation",
+                "allowPrivilegeEscalation != false".into(),
+                format!(
+                    "{} {} must set securityContext.allowPrivilegeEscalation=false",
+                    pluralize("container", "containers", bad.len()),
+                    join_quote(&bad)
+                ),
+            );
         }
     }
     // Baseline capabilities.
-    const BASELINE_CAPS: &[&str] = &["AUDIT_WRITE", "CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "MKNOD", "NET_BIND_SERVICE", "SETFCAP", "SETGID", "SETPCAP", "SETUID", "SYS_CHROOT"];
+    const BASELINE_CAPS: &[&str] = &[
+        "AUDIT_WRITE",
+        "CHOWN",
+        "DAC_OVERRIDE",
+        "FOWNER",
+        "FSETID",
+        "KILL",
+        "MKNOD",
+        "NET_BIND_SERVICE",
+        "SETFCAP",
+        "SETGID",
+        "SETPCAP",
+        "SETUID",
+        "SYS_CHROOT",
+    ];
     let mut bad_c = Vec::new();
     let mut bad_caps: Vec<String> = Vec::new();
     for c in &cs {
-        for cap in c.pointer("/securityContext/capabilities/add").and_then(Value::as_array).into_iter().flatten() {
+        for cap in c
+            .pointer("/securityContext/capabilities/add")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
             let cap = cap.as_str().unwrap_or_default();
             if !BASELINE_CAPS.contains(&cap) {
                 if !bad_c.contains(&cname(c)) {
@@ -346,7 +432,16 @@ pub fn pod_security_violations(level: &str, spec: &Value) -> Vec<String> {
     }
     if !bad_c.is_empty() {
         bad_caps.sort();
-        push("capabilities_baseline", "non-default capabilities".into(), format!("{} {} must not include {} in securityContext.capabilities.add", pluralize("container", "containers", bad_c.len()), join_quote(&bad_c), join_quote(&bad_caps)));
+        push(
+            "capabilities_baseline",
+            "non-default capabilities".into(),
+            format!(
+                "{} {} must not include {} in securityContext.capabilities.add",
+                pluralize("container", "containers", bad_c.len()),
+                join_quote(&bad_c),
+                join_quote(&bad_caps)
+            ),
+        );
     }
     if restricted {
         let mut missing_drop = Vec::new();
@@ -354,7 +449,9 @@ pub fn pod_security_violations(level: &str, spec: &Value) -> Vec<String> {
         let mut forbidden_caps: Vec<String> = Vec::new();
         for c in &cs {
             let caps = c.pointer("/securityContext/capabilities");
-            let drops = caps.and_then(|x| x["drop"].as_array()).is_some_and(|d| d.iter().any(|x| x == "ALL"));
+            let drops = caps
+                .and_then(|x| x["drop"].as_array())
+                .is_some_and(|d| d.iter().any(|x| x == "ALL"));
             if !drops {
                 missing_drop.push(cname(c));
             }
@@ -374,18 +471,31 @@ pub fn pod_security_violations(level: &str, spec: &Value) -> Vec<String> {
         }
         let mut details = Vec::new();
         if !missing_drop.is_empty() {
-            details.push(format!("{} {} must set securityContext.capabilities.drop=[\"ALL\"]", pluralize("container", "containers", missing_drop.len()), join_quote(&missing_drop)));
+            details.push(format!(
+                "{} {} must set securityContext.capabilities.drop=[\"ALL\"]",
+                pluralize("container", "containers", missing_drop.len()),
+                join_quote(&missing_drop)
+            ));
         }
         if !adding.is_empty() {
             forbidden_caps.sort();
-            details.push(format!("{} {} must not include {} in securityContext.capabilities.add", pluralize("container", "containers", adding.len()), join_quote(&adding), join_quote(&forbidden_caps)));
+            details.push(format!(
+                "{} {} must not include {} in securityContext.capabilities.add",
+                pluralize("container", "containers", adding.len()),
+                join_quote(&adding),
+                join_quote(&forbidden_caps)
+            ));
         }
         if !details.is_empty() {
             push("capabilities_restricted", "unrestricted capabilities".into(), details.join("; "));
         }
     }
     let mut host = Vec::new();
-    for (k, label) in [("hostNetwork", "hostNetwork=true"), ("hostPID", "hostPID=true"), ("hostIPC", "hostIPC=true")] {
+    for (k, label) in [
+        ("hostNetwork", "hostNetwork=true"),
+        ("hostPID", "hostPID=true"),
+        ("hostIPC", "hostIPC=true"),
+    ] {
         if spec[k] == Value::Bool(true) {
             host.push(label.to_string());
         }
@@ -401,7 +511,15 @@ pub fn pod_security_violations(level: &str, spec: &Value) -> Vec<String> {
         .map(|v| v["name"].as_str().unwrap_or_default().to_string())
         .collect();
     if !host_paths.is_empty() {
-        push("hostPathVolumes", "hostPath volumes".into(), format!("{} {}", pluralize("volume", "volumes", host_paths.len()), join_quote(&host_paths)));
+        push(
+            "hostPathVolumes",
+            "hostPath volumes".into(),
+            format!(
+                "{} {}",
+                pluralize("volume", "volumes", host_paths.len()),
+                join_quote(&host_paths)
+            ),
+        );
     }
     let mut port_containers = Vec::new();
     let mut ports = Vec::new();
@@ -416,29 +534,72 @@ pub fn pod_security_violations(level: &str, spec: &Value) -> Vec<String> {
         }
     }
     if !port_containers.is_empty() {
-        push("hostPorts", "hostPort".into(), format!("{} {} {} {} {}", pluralize("container", "containers", port_containers.len()), join_quote(&port_containers), pluralize("uses", "use", port_containers.len()), pluralize("hostPort", "hostPorts", ports.len()), ports.join(", ")));
+        push(
+            "hostPorts",
+            "hostPort".into(),
+            format!(
+                "{} {} {} {} {}",
+                pluralize("container", "containers", port_containers.len()),
+                join_quote(&port_containers),
+                pluralize("uses", "use", port_containers.len()),
+                pluralize("hostPort", "hostPorts", ports.len()),
+                ports.join(", ")
+            ),
+        );
     }
-    let privileged: Vec<String> =
-        cs.iter().filter(|c| c.pointer("/securityContext/privileged") == Some(&Value::Bool(true))).map(|c| cname(c)).collect();
+    let privileged: Vec<String> = cs
+        .iter()
+        .filter(|c| c.pointer("/securityContext/privileged") == Some(&Value::Bool(true)))
+        .map(|c| cname(c))
+        .collect();
     if !privileged.is_empty() {
-        push("privileged", "privileged".into(), format!("{} {} must not set securityContext.privileged=true", pluralize("container", "containers", privileged.len()), join_quote(&privileged)));
+        push(
+            "privileged",
+            "privileged".into(),
+            format!(
+                "{} {} must not set securityContext.privileged=true",
+                pluralize("container", "containers", privileged.len()),
+                join_quote(&privileged)
+            ),
+        );
     }
     if restricted {
-        const ALLOWED: &[&str] = &["configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim", "projected", "secret"];
+        const ALLOWED: &[&str] = &[
+            "configMap",
+            "csi",
+            "downwardAPI",
+            "emptyDir",
+            "ephemeral",
+            "persistentVolumeClaim",
+            "projected",
+            "secret",
+        ];
         let mut bad_vols = Vec::new();
         let mut bad_types: Vec<String> = Vec::new();
         for v in spec["volumes"].as_array().into_iter().flatten() {
             if let Some(ty) = v.as_object().and_then(|m| m.keys().find(|k| *k != "name"))
-                && !ALLOWED.contains(&ty.as_str()) {
-                    bad_vols.push(v["name"].as_str().unwrap_or_default().to_string());
-                    if !bad_types.contains(ty) {
-                        bad_types.push(ty.clone());
-                    }
+                && !ALLOWED.contains(&ty.as_str())
+            {
+                bad_vols.push(v["name"].as_str().unwrap_or_default().to_string());
+                if !bad_types.contains(ty) {
+                    bad_types.push(ty.clone());
                 }
+            }
         }
         if !bad_vols.is_empty() {
             bad_types.sort();
-            push("restrictedVolumes", "restricted volume types".into(), format!("{} {} {} {} {}", pluralize("volume", "volumes", bad_vols.len()), join_quote(&bad_vols), pluralize("uses", "use", bad_vols.len()), pluralize("restricted volume type", "restricted volume types", bad_types.len()), join_quote(&bad_types)));
+            push(
+                "restrictedVolumes",
+                "restricted volume types".into(),
+                format!(
+                    "{} {} {} {} {}",
+                    pluralize("volume", "volumes", bad_vols.len()),
+                    join_quote(&bad_vols),
+                    pluralize("uses", "use", bad_vols.len()),
+                    pluralize("restricted volume type", "restricted volume types", bad_types.len()),
+                    join_quote(&bad_types)
+                ),
+            );
         }
         // runAsNonRoot
         let mut bad_setters = Vec::new();
@@ -460,24 +621,55 @@ pub fn pod_security_violations(level: &str, spec: &Value) -> Vec<String> {
             }
         }
         if !explicit.is_empty() {
-            bad_setters.push(format!("{} {}", pluralize("container", "containers", explicit.len()), join_quote(&explicit)));
+            bad_setters.push(format!(
+                "{} {}",
+                pluralize("container", "containers", explicit.len()),
+                join_quote(&explicit)
+            ));
         }
         if !bad_setters.is_empty() {
-            push("runAsNonRoot", "runAsNonRoot != true".into(), format!("{} must not set securityContext.runAsNonRoot=false", bad_setters.join(" and ")));
+            push(
+                "runAsNonRoot",
+                "runAsNonRoot != true".into(),
+                format!(
+                    "{} must not set securityContext.runAsNonRoot=false",
+                    bad_setters.join(" and ")
+                ),
+            );
         } else if !implicit.is_empty() {
-            push("runAsNonRoot", "runAsNonRoot != true".into(), format!("pod or {} {} must set securityContext.runAsNonRoot=true", pluralize("container", "containers", implicit.len()), join_quote(&implicit)));
+            push(
+                "runAsNonRoot",
+                "runAsNonRoot != true".into(),
+                format!(
+                    "pod or {} {} must set securityContext.runAsNonRoot=true",
+                    pluralize("container", "containers", implicit.len()),
+                    join_quote(&implicit)
+                ),
+            );
         }
         // runAsUser=0
         let mut root = Vec::new();
         if psc["runAsUser"] == json!(0) {
             root.push("pod".to_string());
         }
-        let rc: Vec<String> = cs.iter().filter(|c| c.pointer("/securityContext/runAsUser") == Some(&json!(0))).map(|c| cname(c)).collect();
+        let rc: Vec<String> = cs
+            .iter()
+            .filter(|c| c.pointer("/securityContext/runAsUser") == Some(&json!(0)))
+            .map(|c| cname(c))
+            .collect();
         if !rc.is_empty() {
-            root.push(format!("{} {}", pluralize("container", "containers", rc.len()), join_quote(&rc)));
+            root.push(format!(
+                "{} {}",
+                pluralize("container", "containers", rc.len()),
+                join_quote(&rc)
+            ));
         }
         if !root.is_empty() {
-            push("runAsUser", "runAsUser=0".into(), format!("{} must not set runAsUser=0", root.join(" and ")));
+            push(
+                "runAsUser",
+                "runAsUser=0".into(),
+                format!("{} must not set runAsUser=0", root.join(" and ")),
+            );
         }
     }
     // seccomp: baseline forbids Unconfined; restricted requires RuntimeDefault or Localhost.
@@ -511,30 +703,71 @@ pub fn pod_security_violations(level: &str, spec: &Value) -> Vec<String> {
             }
         }
         if !explicit.is_empty() {
-            setters.push(format!("{} {}", pluralize("container", "containers", explicit.len()), join_quote(&explicit)));
+            setters.push(format!(
+                "{} {}",
+                pluralize("container", "containers", explicit.len()),
+                join_quote(&explicit)
+            ));
         }
         if !setters.is_empty() {
             bad_values.sort();
-            push("seccompProfile_restricted", "seccompProfile".into(), format!("{} must not set securityContext.seccompProfile.type to {}", setters.join(" and "), join_quote(&bad_values)));
+            push(
+                "seccompProfile_restricted",
+                "seccompProfile".into(),
+                format!(
+                    "{} must not set securityContext.seccompProfile.type to {}",
+                    setters.join(" and "),
+                    join_quote(&bad_values)
+                ),
+            );
         } else if !implicit.is_empty() {
-            push("seccompProfile_restricted", "seccompProfile".into(), format!("pod or {} {} must set securityContext.seccompProfile.type to \"RuntimeDefault\" or \"Localhost\"", pluralize("container", "containers", implicit.len()), join_quote(&implicit)));
+            push(
+                "seccompProfile_restricted",
+                "seccompProfile".into(),
+                format!(
+                    "pod or {} {} must set securityContext.seccompProfile.type to \"RuntimeDefault\" or \"Localhost\"",
+                    pluralize("container", "containers", implicit.len()),
+                    join_quote(&implicit)
+                ),
+            );
         }
     } else {
         let mut setters = Vec::new();
         if pod_type == Some(&json!("Unconfined")) {
             setters.push("pod".to_string());
         }
-        let bad: Vec<String> = cs.iter().filter(|c| c.pointer("/securityContext/seccompProfile/type") == Some(&json!("Unconfined"))).map(|c| cname(c)).collect();
+        let bad: Vec<String> = cs
+            .iter()
+            .filter(|c| {
+                c.pointer("/securityContext/seccompProfile/type") == Some(&json!("Unconfined"))
+            })
+            .map(|c| cname(c))
+            .collect();
         if !bad.is_empty() {
-            setters.push(format!("{} {}", pluralize("container", "containers", bad.len()), join_quote(&bad)));
+            setters.push(format!(
+                "{} {}",
+                pluralize("container", "containers", bad.len()),
+                join_quote(&bad)
+            ));
         }
         if !setters.is_empty() {
-            push("seccompProfile_baseline", "seccompProfile".into(), format!("{} must not set securityContext.seccompProfile.type to \"Unconfined\"", setters.join(" and ")));
+            push(
+                "seccompProfile_baseline",
+                "seccompProfile".into(),
+                format!(
+                    "{} must not set securityContext.seccompProfile.type to \"Unconfined\"",
+                    setters.join(" and ")
+                ),
+            );
         }
     }
     out.sort_by(|a, b| a.0.cmp(b.0));
     out.into_iter()
-        .map(|(_, reason, detail)| if detail.is_empty() { reason } else { format!("{reason} ({detail})") })
+        .map(
+            |(_, reason, detail)| {
+                if detail.is_empty() { reason } else { format!("{reason} ({detail})") }
+            },
+        )
         .collect()
 }
 
@@ -567,7 +800,12 @@ pub fn pod_security(st: &State, info: &ResourceInfo, obj: &Value) -> Result<Vec<
             let msg = format!("violates PodSecurity \"{level}:latest\": {}", v.join(", "));
             if info.kind == "Pod" {
                 let name = meta::name(obj);
-                return Err(ApiError::forbidden(format!("pods \"{name}\" is forbidden: {msg}"), "", "pods", name));
+                return Err(ApiError::forbidden(
+                    format!("pods \"{name}\" is forbidden: {msg}"),
+                    "",
+                    "pods",
+                    name,
+                ));
             }
             warnings.push(format!("would {msg}"));
         }
@@ -575,7 +813,8 @@ pub fn pod_security(st: &State, info: &ResourceInfo, obj: &Value) -> Result<Vec<
     if let Some(level) = namespace_psa_level(st, namespace, "warn") {
         let v = pod_security_violations(&level, spec);
         if !v.is_empty() && warnings.is_empty() {
-            warnings.push(format!("would violate PodSecurity \"{level}:latest\": {}", v.join(", ")));
+            warnings
+                .push(format!("would violate PodSecurity \"{level}:latest\": {}", v.join(", ")));
         }
     }
     Ok(warnings)
@@ -598,7 +837,10 @@ mod tests {
             "volumes": [{"name": "d", "emptyDir": {}}]});
         assert!(pod_security_violations("restricted", &good).is_empty());
         let hostpath = json!({"containers": [{"name": "c"}], "volumes": [{"name": "h", "hostPath": {"path": "/"}}]});
-        assert_eq!(pod_security_violations("baseline", &hostpath), vec!["hostPath volumes (volume \"h\")".to_string()]);
+        assert_eq!(
+            pod_security_violations("baseline", &hostpath),
+            vec!["hostPath volumes (volume \"h\")".to_string()]
+        );
     }
 
     #[test]

@@ -49,7 +49,12 @@ pub struct WriteOpts {
 impl WriteOpts {
     /// A built-in controller's write.
     pub fn system(manager: &str) -> WriteOpts {
-        WriteOpts { manager: manager.into(), dry_run: false, validation: FieldValidation::Ignore, force: true }
+        WriteOpts {
+            manager: manager.into(),
+            dry_run: false,
+            validation: FieldValidation::Ignore,
+            force: true,
+        }
     }
 }
 
@@ -74,7 +79,9 @@ impl PatchType {
             "application/json-patch+json" => Some(PatchType::Json),
             "application/merge-patch+json" => Some(PatchType::Merge),
             "application/strategic-merge-patch+json" => Some(PatchType::Strategic),
-            "application/apply-patch+yaml" | "application/apply-patch+cbor" => Some(PatchType::Apply),
+            "application/apply-patch+yaml" | "application/apply-patch+cbor" => {
+                Some(PatchType::Apply)
+            }
             _ => None,
         }
     }
@@ -114,7 +121,12 @@ fn has_generation(info: &ResourceInfo) -> bool {
     info.is_custom()
         || matches!(
             info.group.as_str(),
-            "apps" | "batch" | "policy" | "networking.k8s.io" | "apiextensions.k8s.io" | "discovery.k8s.io"
+            "apps"
+                | "batch"
+                | "policy"
+                | "networking.k8s.io"
+                | "apiextensions.k8s.io"
+                | "discovery.k8s.io"
         )
 }
 
@@ -175,53 +187,61 @@ fn decode(
             (o, unknown)
         }
         // An applied configuration may be partial: required fields it omits are fine.
-        None if !full => match builtin::normalize(&info.storage_resource().group, &info.kind, &obj) {
+        None if !full => match builtin::normalize(&info.storage_resource().group, &info.kind, &obj)
+        {
             Err(e) if e.contains("missing field") => (obj, Vec::new()),
-            other => other.map_err(|e| ApiError::bad_request(format!(
-                "{kind} in version \"{v}\" cannot be handled as a {kind}: {e}",
-                kind = info.kind,
-                v = info.version
-            )))?,
+            other => other.map_err(|e| {
+                ApiError::bad_request(format!(
+                    "{kind} in version \"{v}\" cannot be handled as a {kind}: {e}",
+                    kind = info.kind,
+                    v = info.version
+                ))
+            })?,
         },
         // The storage form decides the type (events.k8s.io Events are stored as core Events).
-        None => builtin::normalize(&info.storage_resource().group, &info.kind, &obj).map_err(|e| {
-            ApiError::bad_request(format!(
-                "{kind} in version \"{v}\" cannot be handled as a {kind}: {e}",
-                kind = info.kind,
-                v = info.version
-            ))
-        })?,
+        None => {
+            builtin::normalize(&info.storage_resource().group, &info.kind, &obj).map_err(|e| {
+                ApiError::bad_request(format!(
+                    "{kind} in version \"{v}\" cannot be handled as a {kind}: {e}",
+                    kind = info.kind,
+                    v = info.version
+                ))
+            })?
+        }
     };
     // Metadata of custom resources is ObjectMeta like any other.
     if info.is_custom()
-        && let Some(m) = out.get("metadata").cloned() {
-            let typed: Result<k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta, _> = serde_json::from_value(m.clone());
-            match typed {
-                Ok(t) => {
-                    let back = serde_json::to_value(&t).unwrap_or(m.clone());
-                    if let (Some(a), Some(b)) = (m.as_object(), back.as_object()) {
-                        for k in a.keys() {
-                            if !b.contains_key(k) && !a[k].is_null() {
-                                unknown.push(format!("metadata.{k}"));
-                            }
+        && let Some(m) = out.get("metadata").cloned()
+    {
+        let typed: Result<k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta, _> =
+            serde_json::from_value(m.clone());
+        match typed {
+            Ok(t) => {
+                let back = serde_json::to_value(&t).unwrap_or(m.clone());
+                if let (Some(a), Some(b)) = (m.as_object(), back.as_object()) {
+                    for k in a.keys() {
+                        if !b.contains_key(k) && !a[k].is_null() {
+                            unknown.push(format!("metadata.{k}"));
                         }
                     }
-                    out["metadata"] = back;
                 }
-                Err(e) => {
-                    return Err(ApiError::bad_request(format!(
-                        "{kind} in version \"{v}\" cannot be handled as a {kind}: {e}",
-                        kind = info.kind,
-                        v = info.version
-                    )));
-                }
+                out["metadata"] = back;
+            }
+            Err(e) => {
+                return Err(ApiError::bad_request(format!(
+                    "{kind} in version \"{v}\" cannot be handled as a {kind}: {e}",
+                    kind = info.kind,
+                    v = info.version
+                )));
             }
         }
+    }
     unknown.retain(|u| !u.is_empty());
     if !unknown.is_empty() {
         match validation {
             FieldValidation::Strict => {
-                let list: Vec<String> = unknown.iter().map(|u| format!("unknown field \"{u}\"")).collect();
+                let list: Vec<String> =
+                    unknown.iter().map(|u| format!("unknown field \"{u}\"")).collect();
                 return Err(ApiError::bad_request(format!(
                     "{kind} in version \"{v}\" cannot be handled as a {kind}: strict decoding error: {}",
                     list.join(", "),
@@ -229,20 +249,30 @@ fn decode(
                     v = info.version
                 )));
             }
-            FieldValidation::Warn => warnings.extend(unknown.iter().map(|u| format!("unknown field \"{u}\""))),
+            FieldValidation::Warn => {
+                warnings.extend(unknown.iter().map(|u| format!("unknown field \"{u}\"")))
+            }
             FieldValidation::Ignore => {}
         }
     }
     Ok(out)
 }
 
-fn validate(info: &ResourceInfo, obj: &Value, old: Option<&Value>, status_only: bool) -> Result<(), ApiError> {
+fn validate(
+    info: &ResourceInfo,
+    obj: &Value,
+    old: Option<&Value>,
+    status_only: bool,
+) -> Result<(), ApiError> {
     let mut errors: Vec<FieldError> = Vec::new();
     match &info.crd {
         Some(crd) => {
             let name = meta::name(obj);
             if name.is_empty() && obj.pointer("/metadata/generateName").is_none() {
-                errors.push(FieldError::required("metadata.name", "name or generateName is required"));
+                errors.push(FieldError::required(
+                    "metadata.name",
+                    "name or generateName is required",
+                ));
             } else if !name.is_empty() && !meta::is_dns1123_subdomain(name) {
                 errors.push(FieldError::invalid("metadata.name", &Value::from(name), "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')"));
             }
@@ -287,7 +317,16 @@ fn bump_generation(info: &ResourceInfo, old: &Value, new: &mut Value) {
 fn keep_system_metadata(old: &Value, new: &mut Value) {
     let old_meta = old.get("metadata").cloned().unwrap_or_else(|| json!({}));
     let m = meta::metadata_mut(new);
-    for k in ["uid", "creationTimestamp", "generation", "deletionTimestamp", "deletionGracePeriodSeconds", "namespace", "name", "selfLink"] {
+    for k in [
+        "uid",
+        "creationTimestamp",
+        "generation",
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
+        "namespace",
+        "name",
+        "selfLink",
+    ] {
         match old_meta.get(k) {
             Some(v) => {
                 m.insert(k.into(), v.clone());
@@ -297,12 +336,20 @@ fn keep_system_metadata(old: &Value, new: &mut Value) {
             }
         }
     }
-    m.insert("resourceVersion".into(), old_meta.get("resourceVersion").cloned().unwrap_or(Value::Null));
+    m.insert(
+        "resourceVersion".into(),
+        old_meta.get("resourceVersion").cloned().unwrap_or(Value::Null),
+    );
 }
 
 /// Strategy resets: a main-resource write keeps the stored status, a status write keeps
 /// everything but status.
-fn reset_for_subresource(info: &ResourceInfo, old: &Value, new: Value, status_write: bool) -> Value {
+fn reset_for_subresource(
+    info: &ResourceInfo,
+    old: &Value,
+    new: Value,
+    status_write: bool,
+) -> Value {
     if status_write {
         let mut out = old.clone();
         match new.get("status") {
@@ -338,9 +385,7 @@ fn crd_status(crd: &Value) -> Value {
         .filter(|v| v["storage"] == Value::Bool(true))
         .map(|v| v["name"].clone())
         .collect();
-    let cond = |t: &str, reason: &str, msg: &str| {
-        json!({"type": t, "status": "True", "lastTransitionTime": now, "reason": reason, "message": msg})
-    };
+    let cond = |t: &str, reason: &str, msg: &str| json!({"type": t, "status": "True", "lastTransitionTime": now, "reason": reason, "message": msg});
     json!({
         "acceptedNames": crd["spec"]["names"],
         "storedVersions": storage,
@@ -413,7 +458,14 @@ fn api_version_of(info: &ResourceInfo) -> String {
     info.api_version()
 }
 
-fn create_inner(st: &mut State, info: &ResourceInfo, namespace: &str, mut obj: Value, opts: &WriteOpts, managed: Managed) -> Result<Written, ApiError> {
+fn create_inner(
+    st: &mut State,
+    info: &ResourceInfo,
+    namespace: &str,
+    mut obj: Value,
+    opts: &WriteOpts,
+    managed: Managed,
+) -> Result<Written, ApiError> {
     let mut warnings = Vec::new();
     check_type(info, &mut obj)?;
     if info.namespaced {
@@ -430,15 +482,27 @@ fn create_inner(st: &mut State, info: &ResourceInfo, namespace: &str, mut obj: V
         meta::set_meta(&mut obj, "namespace", None);
     }
     if meta::name(&obj).is_empty()
-        && let Some(prefix) = obj.pointer("/metadata/generateName").and_then(Value::as_str).map(str::to_string) {
-            meta::set_meta(&mut obj, "name", Some(format!("{prefix}{}", meta::random_suffix(5)).into()));
-        }
+        && let Some(prefix) =
+            obj.pointer("/metadata/generateName").and_then(Value::as_str).map(str::to_string)
+    {
+        meta::set_meta(
+            &mut obj,
+            "name",
+            Some(format!("{prefix}{}", meta::random_suffix(5)).into()),
+        );
+    }
     let precomputed_managed = obj.pointer("/metadata/managedFields").cloned();
     let mut obj = decode(info, to_storage(info, obj), opts.validation, &mut warnings, true)?;
     let name = meta::name(&obj).to_string();
     {
         let m = meta::metadata_mut(&mut obj);
-        for k in ["resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds", "selfLink", "managedFields"] {
+        for k in [
+            "resourceVersion",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "selfLink",
+            "managedFields",
+        ] {
             m.remove(k);
         }
         m.insert("uid".into(), meta::new_uid().into());
@@ -473,7 +537,12 @@ fn create_inner(st: &mut State, info: &ResourceInfo, namespace: &str, mut obj: V
     warnings.extend(admission::pod_security(st, info, &obj)?);
     let now = meta::now_rfc3339();
     match managed {
-        Managed::Update => fieldmanager::update_managed(None, &mut obj, &opts.manager, &ownership(info, false, &now)),
+        Managed::Update => fieldmanager::update_managed(
+            None,
+            &mut obj,
+            &opts.manager,
+            &ownership(info, false, &now),
+        ),
         Managed::Precomputed => {
             if let Some(m) = precomputed_managed {
                 meta::set_meta(&mut obj, "managedFields", Some(m));
@@ -488,21 +557,36 @@ fn create_inner(st: &mut State, info: &ResourceInfo, namespace: &str, mut obj: V
 /// `managedFields[].apiVersion` is the API version the manager used.
 fn fix_managed_api_version(info: &ResourceInfo, obj: &mut Value) {
     let av = api_version_of(info);
-    if let Some(entries) = obj.pointer_mut("/metadata/managedFields").and_then(Value::as_array_mut) {
+    if let Some(entries) = obj.pointer_mut("/metadata/managedFields").and_then(Value::as_array_mut)
+    {
         for e in entries {
-            if e["apiVersion"].as_str().is_none_or(str::is_empty) || !info.group.is_empty() && e["apiVersion"] == "v1" {
+            if e["apiVersion"].as_str().is_none_or(str::is_empty)
+                || !info.group.is_empty() && e["apiVersion"] == "v1"
+            {
                 e["apiVersion"] = av.clone().into();
             }
         }
     }
 }
 
-pub fn create(st: &mut State, info: &ResourceInfo, namespace: &str, obj: Value, opts: &WriteOpts) -> Result<Written, ApiError> {
+pub fn create(
+    st: &mut State,
+    info: &ResourceInfo,
+    namespace: &str,
+    obj: Value,
+    opts: &WriteOpts,
+) -> Result<Written, ApiError> {
     create_inner(st, info, namespace, obj, opts, Managed::Update)
 }
 
-fn get_existing(st: &State, info: &ResourceInfo, namespace: &str, name: &str) -> Result<Arc<Value>, ApiError> {
-    st.get(&info.storage_resource(), namespace, name).ok_or_else(|| ApiError::not_found(qualified(info), name))
+fn get_existing(
+    st: &State,
+    info: &ResourceInfo,
+    namespace: &str,
+    name: &str,
+) -> Result<Arc<Value>, ApiError> {
+    st.get(&info.storage_resource(), namespace, name)
+        .ok_or_else(|| ApiError::not_found(qualified(info), name))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -541,19 +625,36 @@ fn update_inner(
     // Removing the last finalizer of an object being deleted deletes it.
     let finalized = meta::is_deleting(&new)
         && meta::finalizers(&new).is_empty()
-        && !(info.kind == "Namespace" && new.pointer("/spec/finalizers").and_then(Value::as_array).is_some_and(|f| !f.is_empty()))
-        && !(info.kind == "Pod" && new.pointer("/spec/nodeName").is_some() && !pod_terminated(&new));
+        && !(info.kind == "Namespace"
+            && new
+                .pointer("/spec/finalizers")
+                .and_then(Value::as_array)
+                .is_some_and(|f| !f.is_empty()))
+        && !(info.kind == "Pod"
+            && new.pointer("/spec/nodeName").is_some()
+            && !pod_terminated(&new));
     let now = meta::now_rfc3339();
     match managed {
         Managed::Update => {
             match client_managed {
                 // `managedFields: [{}]` is how a client clears ownership.
-                Some(Value::Array(a)) if a.len() == 1 && a[0].as_object().is_some_and(|m| m.is_empty()) => {
+                Some(Value::Array(a))
+                    if a.len() == 1 && a[0].as_object().is_some_and(|m| m.is_empty()) =>
+                {
                     meta::set_meta(&mut new, "managedFields", None);
                 }
                 _ => {
-                    meta::set_meta(&mut new, "managedFields", old.pointer("/metadata/managedFields").cloned());
-                    fieldmanager::update_managed(Some(&old), &mut new, &opts.manager, &ownership(info, status_write, &now));
+                    meta::set_meta(
+                        &mut new,
+                        "managedFields",
+                        old.pointer("/metadata/managedFields").cloned(),
+                    );
+                    fieldmanager::update_managed(
+                        Some(&old),
+                        &mut new,
+                        &opts.manager,
+                        &ownership(info, status_write, &now),
+                    );
                 }
             }
         }
@@ -598,7 +699,9 @@ pub fn update(
         )));
     }
     if info.namespaced && !meta::namespace(&obj).is_empty() && meta::namespace(&obj) != namespace {
-        return Err(ApiError::bad_request("the namespace of the provided object does not match the namespace sent on the request"));
+        return Err(ApiError::bad_request(
+            "the namespace of the provided object does not match the namespace sent on the request",
+        ));
     }
     let old = get_existing(st, info, namespace, name)?;
     let obj = to_storage(info, obj);
@@ -607,11 +710,13 @@ pub fn update(
 
 /// Parses an apply body (YAML or JSON).
 pub fn parse_apply_body(body: &[u8]) -> Result<Value, ApiError> {
-    let text = std::str::from_utf8(body).map_err(|_| ApiError::bad_request("apply patch is not UTF-8"))?;
+    let text =
+        std::str::from_utf8(body).map_err(|_| ApiError::bad_request("apply patch is not UTF-8"))?;
     if let Ok(v) = serde_json::from_str::<Value>(text) {
         return Ok(v);
     }
-    serde_saphyr::from_str::<Value>(text).map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))
+    serde_saphyr::from_str::<Value>(text)
+        .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -638,8 +743,12 @@ pub fn patch(
             }
             patch::merge_patch(&view, body)
         }
-        PatchType::Json => patch::json_patch(&view, body).map_err(|e| {
-            ApiError { code: 422, reason: "Invalid", message: e, details: None, retry_after: None }
+        PatchType::Json => patch::json_patch(&view, body).map_err(|e| ApiError {
+            code: 422,
+            reason: "Invalid",
+            message: e,
+            details: None,
+            retry_after: None,
         })?,
         PatchType::Strategic => {
             let ti = type_info(info);
@@ -659,10 +768,16 @@ pub fn patch(
     let mut patched = to_storage(info, patched);
     // A patch that leaves resourceVersion alone is unconditional.
     if body.pointer("/metadata/resourceVersion").is_none() {
-        meta::set_meta(&mut patched, "resourceVersion", old.pointer("/metadata/resourceVersion").cloned());
+        meta::set_meta(
+            &mut patched,
+            "resourceVersion",
+            old.pointer("/metadata/resourceVersion").cloned(),
+        );
     }
     if meta::name(&patched) != name {
-        return Err(ApiError::bad_request("metadata.name: Invalid value: the name of a patched object may not change"));
+        return Err(ApiError::bad_request(
+            "metadata.name: Invalid value: the name of a patched object may not change",
+        ));
     }
     update_inner(st, info, old, patched, opts, status_write, Managed::Update, Vec::new())
 }
@@ -679,7 +794,9 @@ fn apply(
     status_write: bool,
 ) -> Result<Written, ApiError> {
     if opts.manager.is_empty() {
-        return Err(ApiError::bad_request("PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch"));
+        return Err(ApiError::bad_request(
+            "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch",
+        ));
     }
     let mut config = config.clone();
     if !config.is_object() {
@@ -722,44 +839,64 @@ fn apply(
         }
         Some(old) => {
             if let Some(rv) = config.pointer("/metadata/resourceVersion").and_then(Value::as_str)
-                && rv != meta::resource_version(&old) {
-                    return Err(ApiError::modified(qualified(info), name));
-                }
+                && rv != meta::resource_version(&old)
+            {
+                return Err(ApiError::modified(qualified(info), name));
+            }
             let mut new = fieldmanager::apply(&old, &config, &opts.manager, force, &own)
                 .map_err(|c| fieldmanager::conflict_error(&c))?;
-            meta::set_meta(&mut new, "resourceVersion", old.pointer("/metadata/resourceVersion").cloned());
+            meta::set_meta(
+                &mut new,
+                "resourceVersion",
+                old.pointer("/metadata/resourceVersion").cloned(),
+            );
             update_inner(st, info, old, new, opts, status_write, Managed::Precomputed, warnings)
         }
     }
 }
 
 /// Deletes per DeleteOptions: preconditions, finalizers, grace periods and propagation.
-pub fn delete(st: &mut State, info: &ResourceInfo, namespace: &str, name: &str, opts: &DeleteOpts) -> Result<Deleted, ApiError> {
+pub fn delete(
+    st: &mut State,
+    info: &ResourceInfo,
+    namespace: &str,
+    name: &str,
+    opts: &DeleteOpts,
+) -> Result<Deleted, ApiError> {
     let gr = info.storage_resource();
     let old = get_existing(st, info, namespace, name)?;
     if let Some(uid) = &opts.precondition_uid
-        && uid != meta::uid(&old) {
-            return Err(ApiError::conflict(
-                qualified(info),
-                name,
-                &format!("Precondition failed: UID in precondition: {uid}, UID in object meta: {}", meta::uid(&old)),
-            ));
-        }
+        && uid != meta::uid(&old)
+    {
+        return Err(ApiError::conflict(
+            qualified(info),
+            name,
+            &format!(
+                "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                meta::uid(&old)
+            ),
+        ));
+    }
     if let Some(rv) = &opts.precondition_rv
-        && rv != meta::resource_version(&old) {
-            return Err(ApiError::conflict(
-                qualified(info),
-                name,
-                &format!(
-                    "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}",
-                    meta::resource_version(&old)
-                ),
-            ));
-        }
+        && rv != meta::resource_version(&old)
+    {
+        return Err(ApiError::conflict(
+            qualified(info),
+            name,
+            &format!(
+                "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}",
+                meta::resource_version(&old)
+            ),
+        ));
+    }
     if info.kind == "CustomResourceDefinition" && !opts.dry_run {
         // Deleting a CRD deletes every custom resource it served.
         let group = old["spec"]["group"].as_str().unwrap_or_default().to_string();
-        let plural = old.pointer("/spec/names/plural").and_then(Value::as_str).unwrap_or_default().to_string();
+        let plural = old
+            .pointer("/spec/names/plural")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
         let crgr = GroupResource::new(&group, &plural);
         st.drop_collection(&crgr);
         st.registry.remove_group_resource(&crgr);
@@ -779,11 +916,16 @@ pub fn delete(st: &mut State, info: &ResourceInfo, namespace: &str, name: &str, 
         }
         None | Some("Background") => {}
         Some(other) => {
-            return Err(ApiError::invalid("", "DeleteOptions", "", vec![FieldError::not_supported(
-                "propagationPolicy",
-                &Value::from(other),
-                &["Foreground".into(), "Background".into(), "Orphan".into()],
-            )]));
+            return Err(ApiError::invalid(
+                "",
+                "DeleteOptions",
+                "",
+                vec![FieldError::not_supported(
+                    "propagationPolicy",
+                    &Value::from(other),
+                    &["Foreground".into(), "Background".into(), "Orphan".into()],
+                )],
+            ));
         }
     }
     let is_pod = info.kind == "Pod" && info.group.is_empty();
@@ -797,8 +939,8 @@ pub fn delete(st: &mut State, info: &ResourceInfo, namespace: &str, name: &str, 
     } else {
         0
     };
-    let namespace_pending =
-        info.kind == "Namespace" && obj.pointer("/spec/finalizers").and_then(Value::as_array).is_some_and(|f| !f.is_empty());
+    let namespace_pending = info.kind == "Namespace"
+        && obj.pointer("/spec/finalizers").and_then(Value::as_array).is_some_and(|f| !f.is_empty());
     if finalizers.is_empty() && grace == 0 && !namespace_pending {
         if opts.dry_run {
             return Ok(Deleted::Gone(old));
@@ -823,7 +965,10 @@ pub fn delete(st: &mut State, info: &ResourceInfo, namespace: &str, name: &str, 
         }
     } else if is_pod {
         // A shorter grace period on a second delete takes effect.
-        let current = obj.pointer("/metadata/deletionGracePeriodSeconds").and_then(Value::as_i64).unwrap_or(grace);
+        let current = obj
+            .pointer("/metadata/deletionGracePeriodSeconds")
+            .and_then(Value::as_i64)
+            .unwrap_or(grace);
         if grace < current {
             let at = jiff::Timestamp::now()
                 .checked_add(jiff::SignedDuration::from_secs(grace))
@@ -851,7 +996,13 @@ pub fn delete(st: &mut State, info: &ResourceInfo, namespace: &str, name: &str, 
 
 /// Convenience for built-in controllers: writes `obj` (main resource or status) as `manager`,
 /// ignoring objects that vanished or changed meanwhile (the controller will see the event).
-pub fn system_write(st: &mut State, gr: &GroupResource, obj: Value, status: bool, manager: &str) -> Option<Arc<Value>> {
+pub fn system_write(
+    st: &mut State,
+    gr: &GroupResource,
+    obj: Value,
+    status: bool,
+    manager: &str,
+) -> Option<Arc<Value>> {
     let info = st.registry.preferred(gr)?;
     let ns = meta::namespace(&obj).to_string();
     let name = meta::name(&obj).to_string();
@@ -870,7 +1021,13 @@ pub fn system_write(st: &mut State, gr: &GroupResource, obj: Value, status: bool
 }
 
 /// Convenience for built-in controllers: deletes in the background.
-pub fn system_delete(st: &mut State, gr: &GroupResource, namespace: &str, name: &str, opts: &DeleteOpts) -> bool {
+pub fn system_delete(
+    st: &mut State,
+    gr: &GroupResource,
+    namespace: &str,
+    name: &str,
+    opts: &DeleteOpts,
+) -> bool {
     let Some(info) = st.registry.preferred(gr) else { return false };
     delete(st, &info, namespace, name, opts).is_ok()
 }
@@ -882,17 +1039,26 @@ fn assign_cluster_ip(st: &State, obj: &mut Value) -> Result<(), ApiError> {
         return Ok(());
     }
     let services = st.list(&resources::GroupResource::core("services"), None);
-    let taken: std::collections::HashSet<&str> = services.iter().filter_map(|s| s.pointer("/spec/clusterIP").and_then(Value::as_str)).collect();
+    let taken: std::collections::HashSet<&str> = services
+        .iter()
+        .filter_map(|s| s.pointer("/spec/clusterIP").and_then(Value::as_str))
+        .collect();
     let ip = match obj.pointer("/spec/clusterIP").and_then(Value::as_str) {
         Some("None") => return Ok(()),
         Some(ip) if !ip.is_empty() => {
             if taken.contains(ip) {
-                let e = FieldError::invalid("spec.clusterIPs", &Value::from(ip), "failed to allocate IP: provided IP is already allocated");
+                let e = FieldError::invalid(
+                    "spec.clusterIPs",
+                    &Value::from(ip),
+                    "failed to allocate IP: provided IP is already allocated",
+                );
                 return Err(ApiError::invalid("", "Service", meta::name(obj), vec![e]));
             }
             ip.to_string()
         }
-        _ => builtin::allocate_cluster_ip(&taken).ok_or_else(|| ApiError::internal("failed to allocate a cluster IP: the service range is full"))?,
+        _ => builtin::allocate_cluster_ip(&taken).ok_or_else(|| {
+            ApiError::internal("failed to allocate a cluster IP: the service range is full")
+        })?,
     };
     obj["spec"]["clusterIP"] = ip.clone().into();
     obj["spec"]["clusterIPs"] = json!([ip]);
@@ -900,7 +1066,14 @@ fn assign_cluster_ip(st: &State, obj: &mut Value) -> Result<(), ApiError> {
 }
 
 /// Records a core/v1 Event about `involved`, folding repeats into `count` as Kubernetes does.
-pub fn record_event(st: &mut State, involved: &Value, ty: &str, reason: &str, message: &str, component: &str) {
+pub fn record_event(
+    st: &mut State,
+    involved: &Value,
+    ty: &str,
+    reason: &str,
+    message: &str,
+    component: &str,
+) {
     let ns = match meta::namespace(involved) {
         "" => "default",
         n => n,

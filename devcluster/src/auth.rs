@@ -97,7 +97,10 @@ impl Authenticator {
     /// The user of a request: its bearer token, or anonymous without one.
     pub fn authenticate(&self, authorization: Option<&str>) -> Result<UserInfo, ApiError> {
         let Some(h) = authorization else { return Ok(UserInfo::anonymous()) };
-        let token = h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")).ok_or_else(ApiError::unauthorized)?;
+        let token = h
+            .strip_prefix("Bearer ")
+            .or_else(|| h.strip_prefix("bearer "))
+            .ok_or_else(ApiError::unauthorized)?;
         self.lookup(token.trim()).ok_or_else(ApiError::unauthorized)
     }
 }
@@ -127,7 +130,10 @@ fn subject_matches(subject: &Value, user: &UserInfo, binding_namespace: &str) ->
         Some("User") => user.name == name,
         Some("Group") => user.groups.iter().any(|g| g == name),
         Some("ServiceAccount") => {
-            let ns = subject["namespace"].as_str().filter(|s| !s.is_empty()).unwrap_or(binding_namespace);
+            let ns = subject["namespace"]
+                .as_str()
+                .filter(|s| !s.is_empty())
+                .unwrap_or(binding_namespace);
             user.name == format!("system:serviceaccount:{ns}:{name}")
         }
         _ => false,
@@ -145,24 +151,34 @@ fn rule_allows(rule: &Value, a: &Attributes) -> bool {
     if !a.resource_request {
         return rule["nonResourceURLs"].as_array().is_some_and(|urls| {
             urls.iter().filter_map(Value::as_str).any(|u| {
-                u == "*" || u == a.path || (u.ends_with('*') && a.path.starts_with(&u[..u.len() - 1]))
+                u == "*"
+                    || u == a.path
+                    || (u.ends_with('*') && a.path.starts_with(&u[..u.len() - 1]))
             })
         });
     }
     if !has(&rule["apiGroups"], &a.group) {
         return false;
     }
-    let combined = if a.subresource.is_empty() { a.resource.clone() } else { format!("{}/{}", a.resource, a.subresource) };
+    let combined = if a.subresource.is_empty() {
+        a.resource.clone()
+    } else {
+        format!("{}/{}", a.resource, a.subresource)
+    };
     let resource_ok = rule["resources"].as_array().is_some_and(|rs| {
         rs.iter().filter_map(Value::as_str).any(|r| {
-            r == "*" || r == combined || (!a.subresource.is_empty() && r == format!("*/{}", a.subresource))
+            r == "*"
+                || r == combined
+                || (!a.subresource.is_empty() && r == format!("*/{}", a.subresource))
         })
     });
     if !resource_ok {
         return false;
     }
     match rule["resourceNames"].as_array() {
-        Some(names) if !names.is_empty() => !a.name.is_empty() && names.iter().any(|n| n == a.name.as_str()),
+        Some(names) if !names.is_empty() => {
+            !a.name.is_empty() && names.iter().any(|n| n == a.name.as_str())
+        }
         _ => true,
     }
 }
@@ -171,8 +187,14 @@ fn rule_allows(rule: &Value, a: &Attributes) -> bool {
 fn role_rules(st: &State, role_ref: &Value, binding_namespace: &str) -> Vec<Value> {
     let name = role_ref["name"].as_str().unwrap_or_default();
     let role = match role_ref["kind"].as_str() {
-        Some("ClusterRole") => st.get(&GroupResource::new("rbac.authorization.k8s.io", "clusterroles"), "", name),
-        Some("Role") => st.get(&GroupResource::new("rbac.authorization.k8s.io", "roles"), binding_namespace, name),
+        Some("ClusterRole") => {
+            st.get(&GroupResource::new("rbac.authorization.k8s.io", "clusterroles"), "", name)
+        }
+        Some("Role") => st.get(
+            &GroupResource::new("rbac.authorization.k8s.io", "roles"),
+            binding_namespace,
+            name,
+        ),
         _ => None,
     };
     role.and_then(|r| r["rules"].as_array().cloned()).unwrap_or_default()
@@ -183,7 +205,8 @@ pub fn authorize(st: &State, user: &UserInfo, a: &Attributes) -> Decision {
     if user.is_superuser() {
         return Decision { allowed: true, reason: String::new() };
     }
-    let crbs = st.list(&GroupResource::new("rbac.authorization.k8s.io", "clusterrolebindings"), None);
+    let crbs =
+        st.list(&GroupResource::new("rbac.authorization.k8s.io", "clusterrolebindings"), None);
     for b in &crbs {
         if b["subjects"].as_array().into_iter().flatten().any(|s| subject_matches(s, user, "")) {
             let rules = role_rules(st, &b["roleRef"], "");
@@ -201,9 +224,17 @@ pub fn authorize(st: &State, user: &UserInfo, a: &Attributes) -> Decision {
         }
     }
     if a.resource_request && !a.namespace.is_empty() {
-        let rbs = st.list(&GroupResource::new("rbac.authorization.k8s.io", "rolebindings"), Some(&a.namespace));
+        let rbs = st.list(
+            &GroupResource::new("rbac.authorization.k8s.io", "rolebindings"),
+            Some(&a.namespace),
+        );
         for b in &rbs {
-            if b["subjects"].as_array().into_iter().flatten().any(|s| subject_matches(s, user, &a.namespace)) {
+            if b["subjects"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|s| subject_matches(s, user, &a.namespace))
+            {
                 let rules = role_rules(st, &b["roleRef"], &a.namespace);
                 if rules.iter().any(|r| rule_allows(r, a)) {
                     return Decision {
@@ -236,23 +267,47 @@ fn describe(user: &UserInfo) -> String {
 /// ClusterRole needs `escalate` on it or every permission it grants; writing a binding needs
 /// `bind` on the role it references or every permission of that role. `obj` is the object as it
 /// would be stored.
-pub fn check_escalation(st: &State, user: &UserInfo, resource: &str, namespace: &str, obj: &Value) -> Result<(), ApiError> {
+pub fn check_escalation(
+    st: &State,
+    user: &UserInfo,
+    resource: &str,
+    namespace: &str,
+    obj: &Value,
+) -> Result<(), ApiError> {
     if user.is_superuser() {
         return Ok(());
     }
     let name = meta::name(obj);
     let (rules, verb, role_resource, role_name) = match resource {
-        "roles" | "clusterroles" => (obj["rules"].as_array().cloned().unwrap_or_default(), "escalate", resource.to_string(), name.to_string()),
+        "roles" | "clusterroles" => (
+            obj["rules"].as_array().cloned().unwrap_or_default(),
+            "escalate",
+            resource.to_string(),
+            name.to_string(),
+        ),
         "rolebindings" | "clusterrolebindings" => {
             let role_ref = &obj["roleRef"];
             let kind = role_ref["kind"].as_str().unwrap_or_default();
             let res = if kind == "Role" { "roles" } else { "clusterroles" };
             let found = match kind {
-                "ClusterRole" => st.get(&GroupResource::new("rbac.authorization.k8s.io", "clusterroles"), "", role_ref["name"].as_str().unwrap_or_default()),
-                _ => st.get(&GroupResource::new("rbac.authorization.k8s.io", "roles"), namespace, role_ref["name"].as_str().unwrap_or_default()),
+                "ClusterRole" => st.get(
+                    &GroupResource::new("rbac.authorization.k8s.io", "clusterroles"),
+                    "",
+                    role_ref["name"].as_str().unwrap_or_default(),
+                ),
+                _ => st.get(
+                    &GroupResource::new("rbac.authorization.k8s.io", "roles"),
+                    namespace,
+                    role_ref["name"].as_str().unwrap_or_default(),
+                ),
             };
             let rules = found.and_then(|r| r["rules"].as_array().cloned()).unwrap_or_default();
-            (rules, "bind", res.to_string(), role_ref["name"].as_str().unwrap_or_default().to_string())
+            (
+                rules,
+                "bind",
+                res.to_string(),
+                role_ref["name"].as_str().unwrap_or_default().to_string(),
+            )
         }
         _ => return Ok(()),
     };
@@ -268,7 +323,8 @@ pub fn check_escalation(st: &State, user: &UserInfo, resource: &str, namespace: 
     if authorize(st, user, &privileged).allowed {
         return Ok(());
     }
-    let missing: Vec<String> = rules.iter().filter(|r| !rule_held(st, user, namespace, r)).map(describe_rule).collect();
+    let missing: Vec<String> =
+        rules.iter().filter(|r| !rule_held(st, user, namespace, r)).map(describe_rule).collect();
     if missing.is_empty() {
         return Ok(());
     }
@@ -296,7 +352,14 @@ fn rule_held(st: &State, user: &UserInfo, namespace: &str, rule: &Value) -> bool
     let urls = strings(&rule["nonResourceURLs"]);
     if !urls.is_empty() {
         return urls.iter().all(|u| {
-            verbs.iter().all(|v| authorize(st, user, &Attributes { verb: v.clone(), path: u.clone(), ..Default::default() }).allowed)
+            verbs.iter().all(|v| {
+                authorize(
+                    st,
+                    user,
+                    &Attributes { verb: v.clone(), path: u.clone(), ..Default::default() },
+                )
+                .allowed
+            })
         });
     }
     let names = match strings(&rule["resourceNames"]) {
@@ -305,7 +368,10 @@ fn rule_held(st: &State, user: &UserInfo, namespace: &str, rule: &Value) -> bool
     };
     strings(&rule["apiGroups"]).iter().all(|g| {
         strings(&rule["resources"]).iter().all(|r| {
-            let (resource, subresource) = r.split_once('/').map(|(a, b)| (a.to_string(), b.to_string())).unwrap_or((r.clone(), String::new()));
+            let (resource, subresource) = r
+                .split_once('/')
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .unwrap_or((r.clone(), String::new()));
             verbs.iter().all(|v| {
                 names.iter().all(|n| {
                     let a = Attributes {
@@ -327,9 +393,16 @@ fn rule_held(st: &State, user: &UserInfo, namespace: &str, rule: &Value) -> bool
 
 /// A rule the way kube-apiserver prints it in escalation errors.
 fn describe_rule(rule: &Value) -> String {
-    let list = |k: &str| strings(&rule[k]).iter().map(|s| format!("{s:?}")).collect::<Vec<_>>().join(" ");
+    let list =
+        |k: &str| strings(&rule[k]).iter().map(|s| format!("{s:?}")).collect::<Vec<_>>().join(" ");
     let mut parts = Vec::new();
-    for (field, key) in [("APIGroups", "apiGroups"), ("Resources", "resources"), ("ResourceNames", "resourceNames"), ("NonResourceURLs", "nonResourceURLs"), ("Verbs", "verbs")] {
+    for (field, key) in [
+        ("APIGroups", "apiGroups"),
+        ("Resources", "resources"),
+        ("ResourceNames", "resourceNames"),
+        ("NonResourceURLs", "nonResourceURLs"),
+        ("Verbs", "verbs"),
+    ] {
         if !strings(&rule[key]).is_empty() {
             parts.push(format!("{field}:[{}]", list(key)));
         }
@@ -347,14 +420,22 @@ pub fn forbidden(user: &UserInfo, a: &Attributes) -> ApiError {
             "",
         );
     }
-    let resource = if a.subresource.is_empty() { a.resource.clone() } else { format!("{}/{}", a.resource, a.subresource) };
+    let resource = if a.subresource.is_empty() {
+        a.resource.clone()
+    } else {
+        format!("{}/{}", a.resource, a.subresource)
+    };
     let scope = if a.namespace.is_empty() {
         "at the cluster scope".to_string()
     } else {
         format!("in the namespace {:?}", a.namespace)
     };
-    let why = format!("User {:?} cannot {} resource {:?} in API group {:?} {scope}", user.name, a.verb, resource, a.group);
-    let qualified = if a.group.is_empty() { a.resource.clone() } else { format!("{}.{}", a.resource, a.group) };
+    let why = format!(
+        "User {:?} cannot {} resource {:?} in API group {:?} {scope}",
+        user.name, a.verb, resource, a.group
+    );
+    let qualified =
+        if a.group.is_empty() { a.resource.clone() } else { format!("{}.{}", a.resource, a.group) };
     let message = if a.name.is_empty() {
         format!("{qualified} is forbidden: {why}")
     } else {
@@ -364,21 +445,33 @@ pub fn forbidden(user: &UserInfo, a: &Attributes) -> ApiError {
 }
 
 /// Applies `Impersonate-*` headers after checking the requester may impersonate each of them.
-pub fn impersonate(st: &State, user: UserInfo, headers: &axum::http::HeaderMap) -> Result<UserInfo, ApiError> {
-    let imp_user = headers.get("impersonate-user").and_then(|v| v.to_str().ok()).map(str::to_string);
-    let imp_groups: Vec<String> =
-        headers.get_all("impersonate-group").iter().filter_map(|v| v.to_str().ok()).map(str::to_string).collect();
+pub fn impersonate(
+    st: &State,
+    user: UserInfo,
+    headers: &axum::http::HeaderMap,
+) -> Result<UserInfo, ApiError> {
+    let imp_user =
+        headers.get("impersonate-user").and_then(|v| v.to_str().ok()).map(str::to_string);
+    let imp_groups: Vec<String> = headers
+        .get_all("impersonate-group")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .map(str::to_string)
+        .collect();
     let imp_uid = headers.get("impersonate-uid").and_then(|v| v.to_str().ok()).map(str::to_string);
     let mut extra: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for (k, v) in headers {
         if let Some(key) = k.as_str().strip_prefix("impersonate-extra-")
-            && let Ok(s) = v.to_str() {
-                extra.entry(key.to_string()).or_default().push(s.to_string());
-            }
+            && let Ok(s) = v.to_str()
+        {
+            extra.entry(key.to_string()).or_default().push(s.to_string());
+        }
     }
     let Some(target) = imp_user else {
         if !imp_groups.is_empty() || imp_uid.is_some() || !extra.is_empty() {
-            return Err(ApiError::internal("requested impersonation of groups, uid or extra without impersonating a user"));
+            return Err(ApiError::internal(
+                "requested impersonation of groups, uid or extra without impersonating a user",
+            ));
         }
         return Ok(user);
     };
@@ -387,19 +480,53 @@ pub fn impersonate(st: &State, user: UserInfo, headers: &axum::http::HeaderMap) 
     };
     if let Some(rest) = target.strip_prefix("system:serviceaccount:") {
         let (ns, name) = rest.split_once(':').unwrap_or((rest, ""));
-        check(Attributes { verb: "impersonate".into(), resource_request: true, resource: "serviceaccounts".into(), namespace: ns.into(), name: name.into(), ..Default::default() })?;
+        check(Attributes {
+            verb: "impersonate".into(),
+            resource_request: true,
+            resource: "serviceaccounts".into(),
+            namespace: ns.into(),
+            name: name.into(),
+            ..Default::default()
+        })?;
     } else {
-        check(Attributes { verb: "impersonate".into(), resource_request: true, resource: "users".into(), name: target.clone(), ..Default::default() })?;
+        check(Attributes {
+            verb: "impersonate".into(),
+            resource_request: true,
+            resource: "users".into(),
+            name: target.clone(),
+            ..Default::default()
+        })?;
     }
     for g in &imp_groups {
-        check(Attributes { verb: "impersonate".into(), resource_request: true, resource: "groups".into(), name: g.clone(), ..Default::default() })?;
+        check(Attributes {
+            verb: "impersonate".into(),
+            resource_request: true,
+            resource: "groups".into(),
+            name: g.clone(),
+            ..Default::default()
+        })?;
     }
     if let Some(uid) = &imp_uid {
-        check(Attributes { verb: "impersonate".into(), resource_request: true, group: "authentication.k8s.io".into(), resource: "uids".into(), name: uid.clone(), ..Default::default() })?;
+        check(Attributes {
+            verb: "impersonate".into(),
+            resource_request: true,
+            group: "authentication.k8s.io".into(),
+            resource: "uids".into(),
+            name: uid.clone(),
+            ..Default::default()
+        })?;
     }
     for (k, vs) in &extra {
         for v in vs {
-            check(Attributes { verb: "impersonate".into(), resource_request: true, group: "authentication.k8s.io".into(), resource: "userextras".into(), subresource: k.clone(), name: v.clone(), ..Default::default() })?;
+            check(Attributes {
+                verb: "impersonate".into(),
+                resource_request: true,
+                group: "authentication.k8s.io".into(),
+                resource: "userextras".into(),
+                subresource: k.clone(),
+                name: v.clone(),
+                ..Default::default()
+            })?;
         }
     }
     let mut groups = imp_groups;
@@ -441,7 +568,13 @@ fn attrs_from_review(spec: &Value) -> Attributes {
 /// Answers SelfSubjectAccessReview, SubjectAccessReview, SelfSubjectRulesReview,
 /// SelfSubjectReview and TokenReview. `body` is the request object; the answer echoes it with
 /// `status` filled.
-pub fn review(st: &State, auth: &Authenticator, kind: &str, user: &UserInfo, mut body: Value) -> Result<Value, ApiError> {
+pub fn review(
+    st: &State,
+    auth: &Authenticator,
+    kind: &str,
+    user: &UserInfo,
+    mut body: Value,
+) -> Result<Value, ApiError> {
     match kind {
         "SelfSubjectAccessReview" | "SubjectAccessReview" => {
             let subject = if kind == "SubjectAccessReview" {
@@ -455,7 +588,12 @@ pub fn review(st: &State, auth: &Authenticator, kind: &str, user: &UserInfo, mut
                 if groups.is_empty() {
                     groups.push("system:authenticated".into());
                 }
-                UserInfo { name: spec["user"].as_str().unwrap_or_default().into(), uid: String::new(), groups, extra: BTreeMap::new() }
+                UserInfo {
+                    name: spec["user"].as_str().unwrap_or_default().into(),
+                    uid: String::new(),
+                    groups,
+                    extra: BTreeMap::new(),
+                }
             } else {
                 user.clone()
             };
@@ -480,7 +618,12 @@ pub fn review(st: &State, auth: &Authenticator, kind: &str, user: &UserInfo, mut
                 None => json!({"authenticated": false}),
             };
         }
-        other => return Err(ApiError::not_found(crate::error::Qualified { group: "", resource: other }, "")),
+        other => {
+            return Err(ApiError::not_found(
+                crate::error::Qualified { group: "", resource: other },
+                "",
+            ));
+        }
     }
     meta::metadata_mut(&mut body).insert("creationTimestamp".into(), Value::Null);
     Ok(body)
@@ -493,7 +636,8 @@ fn rules_for(st: &State, user: &UserInfo, namespace: &str) -> (Vec<Value>, Vec<V
     let mut take = |rules: Vec<Value>| {
         for r in rules {
             if r.get("nonResourceURLs").is_some() {
-                non_resource.push(json!({"verbs": r["verbs"], "nonResourceURLs": r["nonResourceURLs"]}));
+                non_resource
+                    .push(json!({"verbs": r["verbs"], "nonResourceURLs": r["nonResourceURLs"]}));
             } else {
                 let mut rr = json!({"verbs": r["verbs"], "apiGroups": r["apiGroups"], "resources": r["resources"]});
                 if r.get("resourceNames").is_some() {
@@ -504,16 +648,27 @@ fn rules_for(st: &State, user: &UserInfo, namespace: &str) -> (Vec<Value>, Vec<V
         }
     };
     if user.is_superuser() {
-        take(vec![json!({"verbs": ["*"], "apiGroups": ["*"], "resources": ["*"]}), json!({"verbs": ["*"], "nonResourceURLs": ["*"]})]);
+        take(vec![
+            json!({"verbs": ["*"], "apiGroups": ["*"], "resources": ["*"]}),
+            json!({"verbs": ["*"], "nonResourceURLs": ["*"]}),
+        ]);
     }
-    for b in st.list(&GroupResource::new("rbac.authorization.k8s.io", "clusterrolebindings"), None) {
+    for b in st.list(&GroupResource::new("rbac.authorization.k8s.io", "clusterrolebindings"), None)
+    {
         if b["subjects"].as_array().into_iter().flatten().any(|s| subject_matches(s, user, "")) {
             take(role_rules(st, &b["roleRef"], ""));
         }
     }
     if !namespace.is_empty() {
-        for b in st.list(&GroupResource::new("rbac.authorization.k8s.io", "rolebindings"), Some(namespace)) {
-            if b["subjects"].as_array().into_iter().flatten().any(|s| subject_matches(s, user, namespace)) {
+        for b in st
+            .list(&GroupResource::new("rbac.authorization.k8s.io", "rolebindings"), Some(namespace))
+        {
+            if b["subjects"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|s| subject_matches(s, user, namespace))
+            {
                 take(role_rules(st, &b["roleRef"], namespace));
             }
         }
@@ -532,28 +687,78 @@ pub fn bootstrap_rbac() -> Vec<(GroupResource, Value)> {
             "metadata": {"name": name, "labels": {"kubernetes.io/bootstrapping": "rbac-defaults"}},
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role}, "subjects": subjects})
     };
-    let group = |g: &str| json!({"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": g});
+    let group =
+        |g: &str| json!({"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": g});
     let read = json!(["get", "list", "watch"]);
     let write = json!(["create", "delete", "deletecollection", "patch", "update"]);
     let roles = GroupResource::new("rbac.authorization.k8s.io", "clusterroles");
     let bindings = GroupResource::new("rbac.authorization.k8s.io", "clusterrolebindings");
     vec![
-        (roles.clone(), cr("cluster-admin", json!([{"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]}, {"nonResourceURLs": ["*"], "verbs": ["*"]}]))),
-        (roles.clone(), cr("system:discovery", json!([{"nonResourceURLs": ["/api", "/api/*", "/apis", "/apis/*", "/healthz", "/livez", "/openapi", "/openapi/*", "/readyz", "/version", "/version/"], "verbs": ["get"]}]))),
-        (roles.clone(), cr("system:public-info-viewer", json!([{"nonResourceURLs": ["/healthz", "/livez", "/readyz", "/version", "/version/"], "verbs": ["get"]}]))),
-        (roles.clone(), cr("system:basic-user", json!([
-            {"apiGroups": ["authorization.k8s.io"], "resources": ["selfsubjectaccessreviews", "selfsubjectrulesreviews"], "verbs": ["create"]},
-            {"apiGroups": ["authentication.k8s.io"], "resources": ["selfsubjectreviews"], "verbs": ["create"]},
-        ]))),
-        (roles.clone(), cr("view", json!([{"apiGroups": ["", "apps", "batch", "networking.k8s.io", "policy", "discovery.k8s.io"], "resources": ["pods", "pods/log", "services", "endpoints", "configmaps", "persistentvolumeclaims", "events", "deployments", "replicasets", "statefulsets", "jobs", "ingresses", "networkpolicies", "poddisruptionbudgets", "endpointslices", "serviceaccounts", "resourcequotas", "limitranges"], "verbs": read}]))),
-        (roles.clone(), cr("edit", json!([
-            {"apiGroups": ["", "apps", "batch", "networking.k8s.io", "policy", "discovery.k8s.io"], "resources": ["pods", "pods/log", "services", "endpoints", "configmaps", "secrets", "persistentvolumeclaims", "events", "deployments", "replicasets", "statefulsets", "jobs", "ingresses", "networkpolicies", "poddisruptionbudgets", "endpointslices", "serviceaccounts"], "verbs": read},
-            {"apiGroups": ["", "apps", "batch", "networking.k8s.io", "policy"], "resources": ["pods", "services", "configmaps", "secrets", "persistentvolumeclaims", "deployments", "replicasets", "statefulsets", "jobs", "ingresses", "networkpolicies", "poddisruptionbudgets", "serviceaccounts"], "verbs": write},
-        ]))),
+        (
+            roles.clone(),
+            cr(
+                "cluster-admin",
+                json!([{"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]}, {"nonResourceURLs": ["*"], "verbs": ["*"]}]),
+            ),
+        ),
+        (
+            roles.clone(),
+            cr(
+                "system:discovery",
+                json!([{"nonResourceURLs": ["/api", "/api/*", "/apis", "/apis/*", "/healthz", "/livez", "/openapi", "/openapi/*", "/readyz", "/version", "/version/"], "verbs": ["get"]}]),
+            ),
+        ),
+        (
+            roles.clone(),
+            cr(
+                "system:public-info-viewer",
+                json!([{"nonResourceURLs": ["/healthz", "/livez", "/readyz", "/version", "/version/"], "verbs": ["get"]}]),
+            ),
+        ),
+        (
+            roles.clone(),
+            cr(
+                "system:basic-user",
+                json!([
+                    {"apiGroups": ["authorization.k8s.io"], "resources": ["selfsubjectaccessreviews", "selfsubjectrulesreviews"], "verbs": ["create"]},
+                    {"apiGroups": ["authentication.k8s.io"], "resources": ["selfsubjectreviews"], "verbs": ["create"]},
+                ]),
+            ),
+        ),
+        (
+            roles.clone(),
+            cr(
+                "view",
+                json!([{"apiGroups": ["", "apps", "batch", "networking.k8s.io", "policy", "discovery.k8s.io"], "resources": ["pods", "pods/log", "services", "endpoints", "configmaps", "persistentvolumeclaims", "events", "deployments", "replicasets", "statefulsets", "jobs", "ingresses", "networkpolicies", "poddisruptionbudgets", "endpointslices", "serviceaccounts", "resourcequotas", "limitranges"], "verbs": read}]),
+            ),
+        ),
+        (
+            roles.clone(),
+            cr(
+                "edit",
+                json!([
+                    {"apiGroups": ["", "apps", "batch", "networking.k8s.io", "policy", "discovery.k8s.io"], "resources": ["pods", "pods/log", "services", "endpoints", "configmaps", "secrets", "persistentvolumeclaims", "events", "deployments", "replicasets", "statefulsets", "jobs", "ingresses", "networkpolicies", "poddisruptionbudgets", "endpointslices", "serviceaccounts"], "verbs": read},
+                    {"apiGroups": ["", "apps", "batch", "networking.k8s.io", "policy"], "resources": ["pods", "services", "configmaps", "secrets", "persistentvolumeclaims", "deployments", "replicasets", "statefulsets", "jobs", "ingresses", "networkpolicies", "poddisruptionbudgets", "serviceaccounts"], "verbs": write},
+                ]),
+            ),
+        ),
         (bindings.clone(), crb("cluster-admin", "cluster-admin", json!([group("system:masters")]))),
-        (bindings.clone(), crb("system:discovery", "system:discovery", json!([group("system:authenticated")]))),
-        (bindings.clone(), crb("system:basic-user", "system:basic-user", json!([group("system:authenticated")]))),
-        (bindings, crb("system:public-info-viewer", "system:public-info-viewer", json!([group("system:authenticated"), group("system:unauthenticated")]))),
+        (
+            bindings.clone(),
+            crb("system:discovery", "system:discovery", json!([group("system:authenticated")])),
+        ),
+        (
+            bindings.clone(),
+            crb("system:basic-user", "system:basic-user", json!([group("system:authenticated")])),
+        ),
+        (
+            bindings,
+            crb(
+                "system:public-info-viewer",
+                "system:public-info-viewer",
+                json!([group("system:authenticated"), group("system:unauthenticated")]),
+            ),
+        ),
     ]
 }
 
@@ -565,13 +770,24 @@ mod tests {
     fn rbac_rule_matching() {
         let rule = json!({"apiGroups": ["alcove.dev"], "resources": ["inferenceinstances", "pods/log"], "verbs": ["get", "create"]});
         let a = |group: &str, resource: &str, sub: &str, verb: &str| Attributes {
-            verb: verb.into(), resource_request: true, group: group.into(), resource: resource.into(), subresource: sub.into(), ..Default::default()
+            verb: verb.into(),
+            resource_request: true,
+            group: group.into(),
+            resource: resource.into(),
+            subresource: sub.into(),
+            ..Default::default()
         };
         assert!(rule_allows(&rule, &a("alcove.dev", "inferenceinstances", "", "create")));
         assert!(!rule_allows(&rule, &a("alcove.dev", "inferenceinstances", "", "delete")));
         assert!(!rule_allows(&rule, &a("", "inferenceinstances", "", "get")));
-        assert!(rule_allows(&json!({"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]}), &a("", "pods", "log", "get")));
-        assert!(!rule_allows(&json!({"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]}), &a("", "pods", "log", "get")));
+        assert!(rule_allows(
+            &json!({"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]}),
+            &a("", "pods", "log", "get")
+        ));
+        assert!(!rule_allows(
+            &json!({"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]}),
+            &a("", "pods", "log", "get")
+        ));
         let named = json!({"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["k"], "verbs": ["get"]});
         let mut get_k = a("", "secrets", "", "get");
         get_k.name = "k".into();
@@ -582,9 +798,34 @@ mod tests {
     #[test]
     fn forbidden_messages() {
         let u = UserInfo::authenticated("alice", "", vec![]);
-        let e = forbidden(&u, &Attributes { verb: "list".into(), resource_request: true, resource: "secrets".into(), namespace: "tenant-b".into(), ..Default::default() });
-        assert_eq!(e.message, "secrets is forbidden: User \"alice\" cannot list resource \"secrets\" in API group \"\" in the namespace \"tenant-b\"");
-        let e = forbidden(&u, &Attributes { verb: "get".into(), resource_request: true, group: "alcove.dev".into(), resource: "tenants".into(), name: "t".into(), ..Default::default() });
-        assert_eq!(e.message, "tenants.alcove.dev \"t\" is forbidden: User \"alice\" cannot get resource \"tenants\" in API group \"alcove.dev\" at the cluster scope");
+        let e = forbidden(
+            &u,
+            &Attributes {
+                verb: "list".into(),
+                resource_request: true,
+                resource: "secrets".into(),
+                namespace: "tenant-b".into(),
+                ..Default::default()
+            },
+        );
+        assert_eq!(
+            e.message,
+            "secrets is forbidden: User \"alice\" cannot list resource \"secrets\" in API group \"\" in the namespace \"tenant-b\""
+        );
+        let e = forbidden(
+            &u,
+            &Attributes {
+                verb: "get".into(),
+                resource_request: true,
+                group: "alcove.dev".into(),
+                resource: "tenants".into(),
+                name: "t".into(),
+                ..Default::default()
+            },
+        );
+        assert_eq!(
+            e.message,
+            "tenants.alcove.dev \"t\" is forbidden: User \"alice\" cannot get resource \"tenants\" in API group \"alcove.dev\" at the cluster scope"
+        );
     }
 }

@@ -51,9 +51,17 @@ pub fn normalize(group: &str, kind: &str, obj: &Value) -> Result<(Value, Vec<Str
         ("policy", "PodDisruptionBudget", policy::v1::PodDisruptionBudget),
         ("storage.k8s.io", "StorageClass", storage::v1::StorageClass),
         ("apiextensions.k8s.io", "CustomResourceDefinition", apiext::CustomResourceDefinition),
-        ("authorization.k8s.io", "SelfSubjectAccessReview", authorization::v1::SelfSubjectAccessReview),
+        (
+            "authorization.k8s.io",
+            "SelfSubjectAccessReview",
+            authorization::v1::SelfSubjectAccessReview
+        ),
         ("authorization.k8s.io", "SubjectAccessReview", authorization::v1::SubjectAccessReview),
-        ("authorization.k8s.io", "SelfSubjectRulesReview", authorization::v1::SelfSubjectRulesReview),
+        (
+            "authorization.k8s.io",
+            "SelfSubjectRulesReview",
+            authorization::v1::SelfSubjectRulesReview
+        ),
         ("authentication.k8s.io", "TokenReview", authentication::v1::TokenReview),
         ("authentication.k8s.io", "SelfSubjectReview", authentication::v1::SelfSubjectReview),
     )
@@ -64,7 +72,19 @@ fn roundtrip<T: DeserializeOwned + Serialize>(obj: &Value) -> Result<(Value, Vec
     // Only kinds that hold resource quantities; elsewhere (CRD schemas' `default`, …) numbers
     // are numbers.
     let kind = obj["kind"].as_str().unwrap_or_default();
-    if matches!(kind, "Pod" | "LimitRange" | "ResourceQuota" | "PersistentVolumeClaim" | "PersistentVolume" | "Node" | "Deployment" | "ReplicaSet" | "StatefulSet" | "Job") {
+    if matches!(
+        kind,
+        "Pod"
+            | "LimitRange"
+            | "ResourceQuota"
+            | "PersistentVolumeClaim"
+            | "PersistentVolume"
+            | "Node"
+            | "Deployment"
+            | "ReplicaSet"
+            | "StatefulSet"
+            | "Job"
+    ) {
         stringify_quantities(&mut input, false);
     }
     let typed: T = serde_json::from_value(input.clone()).map_err(|e| e.to_string())?;
@@ -76,22 +96,33 @@ fn roundtrip<T: DeserializeOwned + Serialize>(obj: &Value) -> Result<(Value, Vec
 
 /// Quantities may be written as JSON numbers (`nvidia.com/gpu: 1`); the typed form wants strings.
 fn stringify_quantities(v: &mut Value, in_quantity_map: bool) {
-    const QUANTITY_MAPS: &[&str] =
-        &["limits", "requests", "hard", "used", "capacity", "allocatable", "max", "min", "default", "defaultRequest", "maxLimitRequestRatio"];
+    const QUANTITY_MAPS: &[&str] = &[
+        "limits",
+        "requests",
+        "hard",
+        "used",
+        "capacity",
+        "allocatable",
+        "max",
+        "min",
+        "default",
+        "defaultRequest",
+        "maxLimitRequestRatio",
+    ];
     match v {
         Value::Object(m) => {
             for (k, child) in m.iter_mut() {
-                if in_quantity_map
-                    && let Value::Number(n) = child {
-                        *child = Value::String(n.to_string());
-                        continue;
-                    }
+                if in_quantity_map && let Value::Number(n) = child {
+                    *child = Value::String(n.to_string());
+                    continue;
+                }
                 let next = QUANTITY_MAPS.contains(&k.as_str());
                 if k == "sizeLimit"
-                    && let Value::Number(n) = child {
-                        *child = Value::String(n.to_string());
-                        continue;
-                    }
+                    && let Value::Number(n) = child
+                {
+                    *child = Value::String(n.to_string());
+                    continue;
+                }
                 stringify_quantities(child, next && child.is_object());
             }
         }
@@ -126,11 +157,18 @@ fn find_unknown(input: &Value, output: &Value, path: &str, unknown: &mut Vec<Str
 /// Cluster IPs are handed out from 10.96.0.0/12 like a default kube-apiserver: the lowest free
 /// one (10.96.0.1 goes to the `kubernetes` Service, created first). None when the range is full.
 pub fn allocate_cluster_ip(taken: &std::collections::HashSet<&str>) -> Option<String> {
-    (1u32..(1 << 20) - 1).map(|n| format!("10.{}.{}.{}", 96 + (n >> 16), (n >> 8) & 0xff, n & 0xff)).find(|ip| !taken.contains(ip.as_str()))
+    (1u32..(1 << 20) - 1)
+        .map(|n| format!("10.{}.{}.{}", 96 + (n >> 16), (n >> 8) & 0xff, n & 0xff))
+        .find(|ip| !taken.contains(ip.as_str()))
 }
 
 fn default_probe(probe: &mut Value) {
-    for (k, v) in [("timeoutSeconds", 1), ("periodSeconds", 10), ("successThreshold", 1), ("failureThreshold", 3)] {
+    for (k, v) in [
+        ("timeoutSeconds", 1),
+        ("periodSeconds", 10),
+        ("successThreshold", 1),
+        ("failureThreshold", 3),
+    ] {
         if probe.get(k).is_none() {
             probe[k] = v.into();
         }
@@ -163,7 +201,8 @@ pub fn default_pod_spec(spec: &mut Value) {
         }
     }
     if spec.get("serviceAccountName").is_none() {
-        spec["serviceAccountName"] = spec.get("serviceAccount").cloned().unwrap_or_else(|| "default".into());
+        spec["serviceAccountName"] =
+            spec.get("serviceAccount").cloned().unwrap_or_else(|| "default".into());
     }
     for list in ["containers", "initContainers"] {
         for c in spec.get_mut(list).and_then(Value::as_array_mut).into_iter().flatten() {
@@ -177,7 +216,8 @@ pub fn default_pod_spec(spec: &mut Value) {
                 let image = c["image"].as_str().unwrap_or_default();
                 let tag = image.rsplit('/').next().unwrap_or(image);
                 let latest = !tag.contains(':') || tag.ends_with(":latest");
-                c["imagePullPolicy"] = if latest && !image.contains('@') { "Always" } else { "IfNotPresent" }.into();
+                c["imagePullPolicy"] =
+                    if latest && !image.contains('@') { "Always" } else { "IfNotPresent" }.into();
             }
             if c.get("resources").is_none() {
                 c["resources"] = json!({});
@@ -197,9 +237,10 @@ pub fn default_pod_spec(spec: &mut Value) {
     for v in spec.get_mut("volumes").and_then(Value::as_array_mut).into_iter().flatten() {
         for src in ["configMap", "secret"] {
             if let Some(s) = v.get_mut(src)
-                && s.get("defaultMode").is_none() {
-                    s["defaultMode"] = 420.into();
-                }
+                && s.get("defaultMode").is_none()
+            {
+                s["defaultMode"] = 420.into();
+            }
         }
     }
 }
@@ -210,11 +251,14 @@ pub fn apply_defaults(group: &str, kind: &str, obj: &mut Value, creating: bool) 
         ("", "Pod") => {
             if let Some(spec) = obj.get_mut("spec") {
                 default_pod_spec(spec);
-                let tolerations = spec.get("tolerations").and_then(Value::as_array).cloned().unwrap_or_default();
+                let tolerations =
+                    spec.get("tolerations").and_then(Value::as_array).cloned().unwrap_or_default();
                 let mut t = tolerations.clone();
                 for key in ["node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable"] {
                     if !tolerations.iter().any(|x| x["key"] == key) {
-                        t.push(json!({"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300}));
+                        t.push(
+                            json!({"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300}),
+                        );
                     }
                 }
                 spec["tolerations"] = Value::Array(t);
@@ -262,10 +306,9 @@ pub fn apply_defaults(group: &str, kind: &str, obj: &mut Value, creating: bool) 
                 obj["status"] = json!({"loadBalancer": {}});
             }
         }
-        ("", "Secret")
-            if obj["type"].as_str().is_none_or(str::is_empty) => {
-                obj["type"] = "Opaque".into();
-            }
+        ("", "Secret") if obj["type"].as_str().is_none_or(str::is_empty) => {
+            obj["type"] = "Opaque".into();
+        }
         ("", "PersistentVolumeClaim") => {
             let spec = &mut obj["spec"];
             if spec.get("volumeMode").is_none() {
@@ -304,7 +347,8 @@ pub fn apply_defaults(group: &str, kind: &str, obj: &mut Value, creating: bool) 
                 }
             }
             if creating && spec.get("selector").is_none() {
-                spec["selector"] = json!({"matchLabels": {"batch.kubernetes.io/controller-uid": uid}});
+                spec["selector"] =
+                    json!({"matchLabels": {"batch.kubernetes.io/controller-uid": uid}});
                 let tmeta = &mut spec["template"]["metadata"];
                 if !tmeta.is_object() {
                     *tmeta = json!({});
@@ -334,7 +378,10 @@ pub fn apply_defaults(group: &str, kind: &str, obj: &mut Value, creating: bool) 
                 for (k, v) in [
                     ("revisionHistoryLimit", json!(10)),
                     ("progressDeadlineSeconds", json!(600)),
-                    ("strategy", json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": "25%"}})),
+                    (
+                        "strategy",
+                        json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": "25%"}}),
+                    ),
                 ] {
                     if spec.get(k).is_none() {
                         spec[k] = v;
@@ -356,20 +403,22 @@ pub fn apply_defaults(group: &str, kind: &str, obj: &mut Value, creating: bool) 
                 obj["volumeBindingMode"] = "Immediate".into();
             }
         }
-        ("apiextensions.k8s.io", "CustomResourceDefinition")
-            if creating => {
-                obj["status"] = json!({});
-            }
+        ("apiextensions.k8s.io", "CustomResourceDefinition") if creating => {
+            obj["status"] = json!({});
+        }
         _ => {}
     }
 }
 
 /// QoS class from requests and limits (Guaranteed / Burstable / BestEffort).
 pub fn qos_class(spec: &Value) -> &'static str {
-    let containers: Vec<&Value> = spec["containers"].as_array().map(|a| a.iter().collect()).unwrap_or_default();
+    let containers: Vec<&Value> =
+        spec["containers"].as_array().map(|a| a.iter().collect()).unwrap_or_default();
     let any = containers.iter().any(|c| {
         c.pointer("/resources/requests").and_then(Value::as_object).is_some_and(|m| !m.is_empty())
-            || c.pointer("/resources/limits").and_then(Value::as_object).is_some_and(|m| !m.is_empty())
+            || c.pointer("/resources/limits")
+                .and_then(Value::as_object)
+                .is_some_and(|m| !m.is_empty())
     });
     if !any {
         return "BestEffort";
@@ -396,16 +445,25 @@ enum NameRule {
 
 fn validate_metadata(obj: &Value, rule: NameRule, errors: &mut Vec<FieldError>) {
     let name = meta::name(obj);
-    let gen_name = obj.pointer("/metadata/generateName").and_then(Value::as_str).unwrap_or_default();
+    let gen_name =
+        obj.pointer("/metadata/generateName").and_then(Value::as_str).unwrap_or_default();
     let name_is_label = rule == NameRule::Label;
     if name.is_empty() && gen_name.is_empty() {
         errors.push(FieldError::required("metadata.name", "name or generateName is required"));
     } else if rule == NameRule::PathSegment {
         if name == "." || name == ".." || name.contains('/') || name.contains('%') {
-            errors.push(FieldError::invalid("metadata.name", &Value::from(name), "may not be '.' or '..' and may not contain '/' or '%'"));
+            errors.push(FieldError::invalid(
+                "metadata.name",
+                &Value::from(name),
+                "may not be '.' or '..' and may not contain '/' or '%'",
+            ));
         }
     } else if !name.is_empty() {
-        let ok = if name_is_label { meta::is_dns1123_label(name) } else { meta::is_dns1123_subdomain(name) };
+        let ok = if name_is_label {
+            meta::is_dns1123_label(name)
+        } else {
+            meta::is_dns1123_subdomain(name)
+        };
         if !ok {
             let detail = if name_is_label {
                 "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')"
@@ -433,13 +491,21 @@ fn validate_metadata(obj: &Value, rule: NameRule, errors: &mut Vec<FieldError>) 
         }
         for k in ann.keys() {
             if !meta::is_qualified_name(&k.to_lowercase()) {
-                errors.push(FieldError::invalid("metadata.annotations", &Value::from(k.as_str()), "name part must consist of alphanumeric characters, '-', '_' or '.'"));
+                errors.push(FieldError::invalid(
+                    "metadata.annotations",
+                    &Value::from(k.as_str()),
+                    "name part must consist of alphanumeric characters, '-', '_' or '.'",
+                ));
             }
         }
     }
     for (i, f) in meta::finalizers(obj).iter().enumerate() {
         if !meta::is_qualified_name(f) {
-            errors.push(FieldError::invalid(format!("metadata.finalizers[{i}]"), &Value::from(f.as_str()), "name part must consist of alphanumeric characters, '-', '_' or '.'"));
+            errors.push(FieldError::invalid(
+                format!("metadata.finalizers[{i}]"),
+                &Value::from(f.as_str()),
+                "name part must consist of alphanumeric characters, '-', '_' or '.'",
+            ));
         }
     }
 }
@@ -449,14 +515,23 @@ fn validate_pod_spec(spec: &Value, path: &str, errors: &mut Vec<FieldError>) {
     if containers.is_empty() {
         errors.push(FieldError::required(format!("{path}.containers"), ""));
     }
-    let volumes: Vec<&str> = spec["volumes"].as_array().into_iter().flatten().filter_map(|v| v["name"].as_str()).collect();
+    let volumes: Vec<&str> = spec["volumes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v["name"].as_str())
+        .collect();
     for (i, v) in volumes.iter().enumerate() {
         if volumes[..i].contains(v) {
-            errors.push(FieldError::duplicate(format!("{path}.volumes[{i}].name"), &Value::from(*v)));
+            errors
+                .push(FieldError::duplicate(format!("{path}.volumes[{i}].name"), &Value::from(*v)));
         }
     }
     let mut names: Vec<String> = Vec::new();
-    for (list, items) in [("containers", containers), ("initContainers", spec["initContainers"].as_array().cloned().unwrap_or_default())] {
+    for (list, items) in [
+        ("containers", containers),
+        ("initContainers", spec["initContainers"].as_array().cloned().unwrap_or_default()),
+    ] {
         for (i, c) in items.iter().enumerate() {
             let p = format!("{path}.{list}[{i}]");
             let name = c["name"].as_str().unwrap_or_default();
@@ -465,7 +540,11 @@ fn validate_pod_spec(spec: &Value, path: &str, errors: &mut Vec<FieldError>) {
             } else if names.iter().any(|n| n == name) {
                 errors.push(FieldError::duplicate(format!("{p}.name"), &Value::from(name)));
             } else if !meta::is_dns1123_label(name) {
-                errors.push(FieldError::invalid(format!("{p}.name"), &Value::from(name), "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-'"));
+                errors.push(FieldError::invalid(
+                    format!("{p}.name"),
+                    &Value::from(name),
+                    "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-'",
+                ));
             }
             names.push(name.to_string());
             if c["image"].as_str().unwrap_or_default().is_empty() {
@@ -474,16 +553,24 @@ fn validate_pod_spec(spec: &Value, path: &str, errors: &mut Vec<FieldError>) {
             for (j, port) in c["ports"].as_array().into_iter().flatten().enumerate() {
                 let n = port["containerPort"].as_i64().unwrap_or(0);
                 if !(1..=65535).contains(&n) {
-                    errors.push(FieldError::invalid(format!("{p}.ports[{j}].containerPort"), &port["containerPort"], "must be between 1 and 65535, inclusive"));
+                    errors.push(FieldError::invalid(
+                        format!("{p}.ports[{j}].containerPort"),
+                        &port["containerPort"],
+                        "must be between 1 and 65535, inclusive",
+                    ));
                 }
             }
             for (j, m) in c["volumeMounts"].as_array().into_iter().flatten().enumerate() {
                 let vn = m["name"].as_str().unwrap_or_default();
                 if !volumes.contains(&vn) {
-                    errors.push(FieldError::not_found(format!("{p}.volumeMounts[{j}].name"), &Value::from(vn)));
+                    errors.push(FieldError::not_found(
+                        format!("{p}.volumeMounts[{j}].name"),
+                        &Value::from(vn),
+                    ));
                 }
                 if m["mountPath"].as_str().unwrap_or_default().is_empty() {
-                    errors.push(FieldError::required(format!("{p}.volumeMounts[{j}].mountPath"), ""));
+                    errors
+                        .push(FieldError::required(format!("{p}.volumeMounts[{j}].mountPath"), ""));
                 }
             }
         }
@@ -522,39 +609,60 @@ pub fn validate(group: &str, kind: &str, obj: &Value, old: Option<&Value>) -> Ve
         }
         ("", "Service") => {
             let ty = obj.pointer("/spec/type").and_then(Value::as_str).unwrap_or("ClusterIP");
-            let ports = obj.pointer("/spec/ports").and_then(Value::as_array).cloned().unwrap_or_default();
-            if ports.is_empty() && ty != "ExternalName" && obj.pointer("/spec/clusterIP").and_then(Value::as_str) != Some("None") {
+            let ports =
+                obj.pointer("/spec/ports").and_then(Value::as_array).cloned().unwrap_or_default();
+            if ports.is_empty()
+                && ty != "ExternalName"
+                && obj.pointer("/spec/clusterIP").and_then(Value::as_str) != Some("None")
+            {
                 errors.push(FieldError::required("spec.ports", ""));
             }
             for (i, p) in ports.iter().enumerate() {
                 let n = p["port"].as_i64().unwrap_or(0);
                 if !(1..=65535).contains(&n) {
-                    errors.push(FieldError::invalid(format!("spec.ports[{i}].port"), &p["port"], "must be between 1 and 65535, inclusive"));
+                    errors.push(FieldError::invalid(
+                        format!("spec.ports[{i}].port"),
+                        &p["port"],
+                        "must be between 1 and 65535, inclusive",
+                    ));
                 }
             }
             if let Some(old) = old {
                 let (a, b) = (old.pointer("/spec/clusterIP"), obj.pointer("/spec/clusterIP"));
                 if a.is_some() && b.is_some() && a != b {
-                    errors.push(FieldError::invalid("spec.clusterIPs[0]", b.unwrap_or(&Value::Null), "may not change once set"));
+                    errors.push(FieldError::invalid(
+                        "spec.clusterIPs[0]",
+                        b.unwrap_or(&Value::Null),
+                        "may not change once set",
+                    ));
                 }
             }
         }
         ("", "ConfigMap") | ("", "Secret") => {
             for field in ["data", "binaryData", "stringData"] {
                 for k in obj[field].as_object().into_iter().flatten().map(|(k, _)| k) {
-                    let ok = !k.is_empty() && k.len() <= 253 && k.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+                    let ok = !k.is_empty()
+                        && k.len() <= 253
+                        && k.bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
                     if !ok {
                         errors.push(FieldError::invalid(format!("{field}[{k}]"), &Value::from(k.as_str()), "a valid config key must consist of alphanumeric characters, '-', '_' or '.' (e.g. 'key.name',  or 'KEY_NAME',  or 'key-name', regex used for validation is '[-._a-zA-Z0-9]+')"));
                     }
                 }
             }
             if let Some(old) = old
-                && old["immutable"] == Value::Bool(true) && (old["data"] != obj["data"] || old["binaryData"] != obj["binaryData"]) {
-                    errors.push(FieldError::forbidden("data", "field is immutable when `immutable` is set"));
-                }
+                && old["immutable"] == Value::Bool(true)
+                && (old["data"] != obj["data"] || old["binaryData"] != obj["binaryData"])
+            {
+                errors.push(FieldError::forbidden(
+                    "data",
+                    "field is immutable when `immutable` is set",
+                ));
+            }
         }
         ("", "PersistentVolumeClaim") => {
-            if obj.pointer("/spec/accessModes").and_then(Value::as_array).is_none_or(Vec::is_empty) {
+            if obj.pointer("/spec/accessModes").and_then(Value::as_array).is_none_or(Vec::is_empty)
+            {
                 errors.push(FieldError::required("spec.accessModes", ""));
             }
             if obj.pointer("/spec/resources/requests/storage").is_none() {
@@ -582,12 +690,21 @@ pub fn validate(group: &str, kind: &str, obj: &Value, old: Option<&Value>) -> Ve
             validate_pod_spec(&tpl["spec"], "spec.template.spec", &mut errors);
             let rp = tpl.pointer("/spec/restartPolicy").and_then(Value::as_str).unwrap_or_default();
             if !matches!(rp, "Never" | "OnFailure") {
-                errors.push(FieldError::not_supported("spec.template.spec.restartPolicy", &Value::from(rp), &["OnFailure".into(), "Never".into()]));
+                errors.push(FieldError::not_supported(
+                    "spec.template.spec.restartPolicy",
+                    &Value::from(rp),
+                    &["OnFailure".into(), "Never".into()],
+                ));
             }
             if let Some(old) = old
-                && old["spec"]["template"] != obj["spec"]["template"] {
-                    errors.push(FieldError::invalid("spec.template", &Value::String("object".into()), "field is immutable"));
-                }
+                && old["spec"]["template"] != obj["spec"]["template"]
+            {
+                errors.push(FieldError::invalid(
+                    "spec.template",
+                    &Value::String("object".into()),
+                    "field is immutable",
+                ));
+            }
         }
         ("apps", "Deployment") | ("apps", "ReplicaSet") | ("apps", "StatefulSet") => {
             validate_pod_spec(&obj["spec"]["template"]["spec"], "spec.template.spec", &mut errors);
@@ -595,26 +712,43 @@ pub fn validate(group: &str, kind: &str, obj: &Value, old: Option<&Value>) -> Ve
                 errors.push(FieldError::required("spec.selector", ""));
             }
         }
-        ("rbac.authorization.k8s.io", "RoleBinding") | ("rbac.authorization.k8s.io", "ClusterRoleBinding") => {
+        ("rbac.authorization.k8s.io", "RoleBinding")
+        | ("rbac.authorization.k8s.io", "ClusterRoleBinding") => {
             let rr = &obj["roleRef"];
             if rr["name"].as_str().unwrap_or_default().is_empty() {
                 errors.push(FieldError::required("roleRef.name", ""));
             }
-            let allowed: &[&str] = if kind == "RoleBinding" { &["Role", "ClusterRole"] } else { &["ClusterRole"] };
+            let allowed: &[&str] =
+                if kind == "RoleBinding" { &["Role", "ClusterRole"] } else { &["ClusterRole"] };
             if !allowed.contains(&rr["kind"].as_str().unwrap_or_default()) {
-                errors.push(FieldError::not_supported("roleRef.kind", &rr["kind"], &allowed.iter().map(|s| s.to_string()).collect::<Vec<_>>()));
+                errors.push(FieldError::not_supported(
+                    "roleRef.kind",
+                    &rr["kind"],
+                    &allowed.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+                ));
             }
             if let Some(old) = old
-                && old["roleRef"] != obj["roleRef"] {
-                    errors.push(FieldError::invalid("roleRef", &Value::String("object".into()), "cannot change roleRef"));
-                }
+                && old["roleRef"] != obj["roleRef"]
+            {
+                errors.push(FieldError::invalid(
+                    "roleRef",
+                    &Value::String("object".into()),
+                    "cannot change roleRef",
+                ));
+            }
             for (i, s) in obj["subjects"].as_array().into_iter().flatten().enumerate() {
                 if !matches!(s["kind"].as_str(), Some("User" | "Group" | "ServiceAccount")) {
-                    errors.push(FieldError::not_supported(format!("subjects[{i}].kind"), &s["kind"], &["ServiceAccount".into(), "User".into(), "Group".into()]));
+                    errors.push(FieldError::not_supported(
+                        format!("subjects[{i}].kind"),
+                        &s["kind"],
+                        &["ServiceAccount".into(), "User".into(), "Group".into()],
+                    ));
                 }
             }
         }
-        ("apiextensions.k8s.io", "CustomResourceDefinition") => errors.extend(crate::schema::validate_crd(obj)),
+        ("apiextensions.k8s.io", "CustomResourceDefinition") => {
+            errors.extend(crate::schema::validate_crd(obj))
+        }
         _ => {}
     }
     errors
@@ -642,8 +776,12 @@ mod tests {
         assert_eq!(pod["status"]["phase"], "Pending");
         assert!(validate("", "Pod", &pod, None).is_empty());
         let bad = json!({"metadata": {"name": "Bad_Name"}, "spec": {"containers": []}});
-        let errs: Vec<String> = validate("", "Pod", &bad, None).iter().map(ToString::to_string).collect();
-        assert!(errs.iter().any(|e| e.starts_with("metadata.name: Invalid value: \"Bad_Name\"")), "{errs:?}");
+        let errs: Vec<String> =
+            validate("", "Pod", &bad, None).iter().map(ToString::to_string).collect();
+        assert!(
+            errs.iter().any(|e| e.starts_with("metadata.name: Invalid value: \"Bad_Name\"")),
+            "{errs:?}"
+        );
         assert!(errs.contains(&"spec.containers: Required value".to_string()), "{errs:?}");
     }
 }

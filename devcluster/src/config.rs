@@ -83,7 +83,8 @@ impl Faults {
             throttle_rate: f("DEVCLUSTER_FAULT_THROTTLE_RATE").unwrap_or(0.0),
             watch_cut_events: u("DEVCLUSTER_FAULT_WATCH_CUT_EVENTS"),
             watch_cut_after: u("DEVCLUSTER_FAULT_WATCH_CUT_SECONDS").map(Duration::from_secs),
-            force_gone_on_resume: std::env::var("DEVCLUSTER_FAULT_FORCE_410").is_ok_and(|v| v == "1" || v == "true"),
+            force_gone_on_resume: std::env::var("DEVCLUSTER_FAULT_FORCE_410")
+                .is_ok_and(|v| v == "1" || v == "true"),
             seed: u("DEVCLUSTER_FAULT_SEED").unwrap_or(1),
         }
     }
@@ -168,7 +169,8 @@ impl Config {
             csi_drivers: Vec<CsiDriver>,
         }
         let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let f: File = serde_saphyr::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        let f: File =
+            serde_saphyr::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
         self.nodes.extend(f.nodes);
         self.images.extend(f.images);
         self.csi_drivers.extend(f.csi_drivers);
@@ -189,11 +191,19 @@ impl Config {
             };
             let mut parts = head.split(',');
             let token = parts.next().unwrap_or_default();
-            let user = parts.next().ok_or_else(|| format!("{}:{}: expected token,user[,uid[,groups]]", path.display(), i + 1))?;
+            let user = parts.next().ok_or_else(|| {
+                format!("{}:{}: expected token,user[,uid[,groups]]", path.display(), i + 1)
+            })?;
             let uid = parts.next().unwrap_or_default();
-            let mut gs: Vec<String> = groups.split(',').filter(|g| !g.is_empty()).map(str::to_string).collect();
+            let mut gs: Vec<String> =
+                groups.split(',').filter(|g| !g.is_empty()).map(str::to_string).collect();
             gs.extend(parts.map(str::to_string).filter(|g| !g.is_empty()));
-            self.tokens.push(StaticToken { token: token.into(), user: user.into(), uid: uid.into(), groups: gs });
+            self.tokens.push(StaticToken {
+                token: token.into(),
+                user: user.into(),
+                uid: uid.into(),
+                groups: gs,
+            });
         }
         Ok(self)
     }
@@ -201,7 +211,12 @@ impl Config {
 
 impl NodeConfig {
     pub fn new(name: &str) -> NodeConfig {
-        NodeConfig { name: name.into(), labels: BTreeMap::new(), taints: Vec::new(), capacity: BTreeMap::new() }
+        NodeConfig {
+            name: name.into(),
+            labels: BTreeMap::new(),
+            taints: Vec::new(),
+            capacity: BTreeMap::new(),
+        }
     }
 
     pub fn label(mut self, k: &str, v: &str) -> NodeConfig {

@@ -17,7 +17,6 @@ use crate::resources::GroupResource;
 use crate::selectors::LabelSelector;
 use crate::state::{Event, EventType, ObjectRef, State};
 
-
 fn gr(group: &str, resource: &str) -> GroupResource {
     GroupResource::new(group, resource)
 }
@@ -96,10 +95,17 @@ impl Controllers {
                     services.insert((ns.clone(), name.clone()));
                 }
                 ("", "pods") => {
-                    let finished = matches!(pod_phase(obj), "Succeeded" | "Failed") && pod_phase(obj) != pod_phase(e.old.as_deref().unwrap_or(obj));
+                    let finished = matches!(pod_phase(obj), "Succeeded" | "Failed")
+                        && pod_phase(obj) != pod_phase(e.old.as_deref().unwrap_or(obj));
                     // Only services selecting the pod (before or after the change) are affected.
                     for svc in st.list(&GroupResource::core("services"), Some(&ns)) {
-                        let Some(sel) = svc.pointer("/spec/selector").and_then(Value::as_object).filter(|s| !s.is_empty()) else { continue };
+                        let Some(sel) = svc
+                            .pointer("/spec/selector")
+                            .and_then(Value::as_object)
+                            .filter(|s| !s.is_empty())
+                        else {
+                            continue;
+                        };
                         let sel = LabelSelector::from_map(sel);
                         if sel.matches(obj) || e.old.as_deref().is_some_and(|o| sel.matches(o)) {
                             services.insert((ns.clone(), meta::name(&svc).to_string()));
@@ -117,8 +123,12 @@ impl Controllers {
                             _ => {}
                         }
                     }
-                    for v in obj.pointer("/spec/volumes").and_then(Value::as_array).into_iter().flatten() {
-                        if let Some(c) = v.pointer("/persistentVolumeClaim/claimName").and_then(Value::as_str) {
+                    for v in
+                        obj.pointer("/spec/volumes").and_then(Value::as_array).into_iter().flatten()
+                    {
+                        if let Some(c) =
+                            v.pointer("/persistentVolumeClaim/claimName").and_then(Value::as_str)
+                        {
                             claims.insert((ns.clone(), c.to_string()));
                         }
                     }
@@ -146,23 +156,34 @@ impl Controllers {
                     replicasets.insert((ns.clone(), name.clone()));
                     for r in meta::owner_references(obj) {
                         if r["kind"] == "Deployment" {
-                            deployments.insert((ns.clone(), r["name"].as_str().unwrap_or_default().to_string()));
+                            deployments.insert((
+                                ns.clone(),
+                                r["name"].as_str().unwrap_or_default().to_string(),
+                            ));
                         }
                     }
                 }
                 // Events and endpoints are never counted by quota here; other objects count
                 // when they appear or go.
-                ("", "events") | ("events.k8s.io", "events") | ("", "endpoints") | ("discovery.k8s.io", "endpointslices") | ("coordination.k8s.io", "leases") => {}
+                ("", "events")
+                | ("events.k8s.io", "events")
+                | ("", "endpoints")
+                | ("discovery.k8s.io", "endpointslices")
+                | ("coordination.k8s.io", "leases") => {}
                 _ => {
                     if !ns.is_empty() && e.kind != EventType::Modified {
                         quota_namespaces.insert(ns.clone());
                     }
                 }
             }
-            if e.kind == EventType::Deleted && !ns.is_empty()
-                && st.get(&GroupResource::core("namespaces"), "", &ns).is_some_and(|n| meta::is_deleting(&n)) {
-                    namespaces_to_check.insert(ns.clone());
-                }
+            if e.kind == EventType::Deleted
+                && !ns.is_empty()
+                && st
+                    .get(&GroupResource::core("namespaces"), "", &ns)
+                    .is_some_and(|n| meta::is_deleting(&n))
+            {
+                namespaces_to_check.insert(ns.clone());
+            }
         }
         for (ns, name) in claims {
             self.reconcile_claim(st, &ns, &name);
@@ -190,7 +211,8 @@ impl Controllers {
     /// Time-driven work: job backoff expiry, finished-job TTLs, pending pods.
     pub fn tick(&mut self, st: &mut State) {
         let now = tokio::time::Instant::now();
-        let due: Vec<String> = self.job_backoff.iter().filter(|(_, t)| **t <= now).map(|(k, _)| k.clone()).collect();
+        let due: Vec<String> =
+            self.job_backoff.iter().filter(|(_, t)| **t <= now).map(|(k, _)| k.clone()).collect();
         for uid in due {
             self.job_backoff.remove(&uid);
             if let Some((r, _)) = st.get_by_uid(&uid) {
@@ -198,13 +220,37 @@ impl Controllers {
             }
         }
         for job in st.list(&gr("batch", "jobs"), None) {
-            let Some(ttl) = job.pointer("/spec/ttlSecondsAfterFinished").and_then(Value::as_i64) else { continue };
-            let Some(done) = job.pointer("/status/completionTime").or_else(|| {
-                job.pointer("/status/conditions").and_then(Value::as_array).and_then(|cs| cs.iter().find(|c| c["type"] == "Failed" && c["status"] == "True")).and_then(|c| c.get("lastTransitionTime"))
-            }).and_then(Value::as_str).and_then(meta::parse_time) else { continue };
-            if jiff::Timestamp::now().as_second() >= done.as_second() + ttl && !meta::is_deleting(&job) {
-                let opts = DeleteOpts { propagation: Some("Background".into()), ..Default::default() };
-                api::system_delete(st, &gr("batch", "jobs"), meta::namespace(&job), meta::name(&job), &opts);
+            let Some(ttl) = job.pointer("/spec/ttlSecondsAfterFinished").and_then(Value::as_i64)
+            else {
+                continue;
+            };
+            let Some(done) = job
+                .pointer("/status/completionTime")
+                .or_else(|| {
+                    job.pointer("/status/conditions")
+                        .and_then(Value::as_array)
+                        .and_then(|cs| {
+                            cs.iter().find(|c| c["type"] == "Failed" && c["status"] == "True")
+                        })
+                        .and_then(|c| c.get("lastTransitionTime"))
+                })
+                .and_then(Value::as_str)
+                .and_then(meta::parse_time)
+            else {
+                continue;
+            };
+            if jiff::Timestamp::now().as_second() >= done.as_second() + ttl
+                && !meta::is_deleting(&job)
+            {
+                let opts =
+                    DeleteOpts { propagation: Some("Background".into()), ..Default::default() };
+                api::system_delete(
+                    st,
+                    &gr("batch", "jobs"),
+                    meta::namespace(&job),
+                    meta::name(&job),
+                    &opts,
+                );
             }
         }
     }
@@ -221,24 +267,36 @@ impl Controllers {
                 for r in meta::owner_references(obj) {
                     if let Some(owner_uid) = r["uid"].as_str()
                         && let Some((or, owner)) = st.get_by_uid(owner_uid)
-                            && meta::finalizers(&owner).iter().any(|f| f == "foregroundDeletion") {
-                                foreground(st, &or, &owner);
-                            }
+                        && meta::finalizers(&owner).iter().any(|f| f == "foregroundDeletion")
+                    {
+                        foreground(st, &or, &owner);
+                    }
                 }
             }
             EventType::Added | EventType::Modified => {
                 if meta::is_deleting(obj) {
                     let finalizers = meta::finalizers(obj);
-                    let r = ObjectRef { gr: e.gr.clone(), namespace: meta::namespace(obj).into(), name: meta::name(obj).into() };
+                    let r = ObjectRef {
+                        gr: e.gr.clone(),
+                        namespace: meta::namespace(obj).into(),
+                        name: meta::name(obj).into(),
+                    };
                     if finalizers.iter().any(|f| f == "orphan") {
                         orphan(st, &r, obj);
                     } else if finalizers.iter().any(|f| f == "foregroundDeletion") {
                         foreground(st, &r, obj);
                     }
                 }
-                let refs_changed = e.old.as_deref().is_none_or(|old| meta::owner_references(old) != meta::owner_references(obj));
+                let refs_changed = e
+                    .old
+                    .as_deref()
+                    .is_none_or(|old| meta::owner_references(old) != meta::owner_references(obj));
                 if refs_changed && !meta::owner_references(obj).is_empty() {
-                    let r = ObjectRef { gr: e.gr.clone(), namespace: meta::namespace(obj).into(), name: meta::name(obj).into() };
+                    let r = ObjectRef {
+                        gr: e.gr.clone(),
+                        namespace: meta::namespace(obj).into(),
+                        name: meta::name(obj).into(),
+                    };
                     collect_dependent(st, &r);
                 }
             }
@@ -261,41 +319,109 @@ impl Controllers {
             .into_iter()
             .filter(|p| controlled_by(p, &uid))
             .collect();
-        let active: Vec<&Arc<Value>> = pods.iter().filter(|p| !matches!(pod_phase(p), "Succeeded" | "Failed") && !meta::is_deleting(p)).collect();
-        let succeeded = (pods.iter().filter(|p| pod_phase(p) == "Succeeded").count() as i64).max(job.pointer("/status/succeeded").and_then(Value::as_i64).unwrap_or(0));
-        let failed = (pods.iter().filter(|p| pod_phase(p) == "Failed").count() as i64).max(job.pointer("/status/failed").and_then(Value::as_i64).unwrap_or(0));
+        let active: Vec<&Arc<Value>> = pods
+            .iter()
+            .filter(|p| !matches!(pod_phase(p), "Succeeded" | "Failed") && !meta::is_deleting(p))
+            .collect();
+        let succeeded = (pods.iter().filter(|p| pod_phase(p) == "Succeeded").count() as i64)
+            .max(job.pointer("/status/succeeded").and_then(Value::as_i64).unwrap_or(0));
+        let failed = (pods.iter().filter(|p| pod_phase(p) == "Failed").count() as i64)
+            .max(job.pointer("/status/failed").and_then(Value::as_i64).unwrap_or(0));
         let ready = active.iter().filter(|p| pod_ready(p)).count() as i64;
         let mut status = job.get("status").cloned().unwrap_or_else(|| json!({}));
         let mut conds: Vec<Value> = status["conditions"].as_array().cloned().unwrap_or_default();
-        let finished = conds.iter().any(|c| (c["type"] == "Complete" || c["type"] == "Failed") && c["status"] == "True");
+        let finished = conds
+            .iter()
+            .any(|c| (c["type"] == "Complete" || c["type"] == "Failed") && c["status"] == "True");
         let now = meta::now_rfc3339();
         if status.get("startTime").is_none() && spec["suspend"] != true {
             status["startTime"] = now.clone().into();
         }
         let deadline_exceeded = spec["activeDeadlineSeconds"].as_i64().is_some_and(|d| {
-            status["startTime"].as_str().and_then(meta::parse_time).is_some_and(|t| jiff::Timestamp::now().as_second() - t.as_second() >= d)
+            status["startTime"]
+                .as_str()
+                .and_then(meta::parse_time)
+                .is_some_and(|t| jiff::Timestamp::now().as_second() - t.as_second() >= d)
         });
         let mut kill_active = false;
         if !finished {
             if succeeded >= completions {
-                set_condition(&mut conds, "SuccessCriteriaMet", "True", "CompletionsReached", "Reached expected number of succeeded pods");
-                set_condition(&mut conds, "Complete", "True", "CompletionsReached", "Reached expected number of succeeded pods");
+                set_condition(
+                    &mut conds,
+                    "SuccessCriteriaMet",
+                    "True",
+                    "CompletionsReached",
+                    "Reached expected number of succeeded pods",
+                );
+                set_condition(
+                    &mut conds,
+                    "Complete",
+                    "True",
+                    "CompletionsReached",
+                    "Reached expected number of succeeded pods",
+                );
                 status["completionTime"] = now.clone().into();
                 kill_active = true;
-                api::record_event(st, &job, "Normal", "Completed", "Job completed", "job-controller");
+                api::record_event(
+                    st,
+                    &job,
+                    "Normal",
+                    "Completed",
+                    "Job completed",
+                    "job-controller",
+                );
             } else if failed > backoff_limit {
-                set_condition(&mut conds, "FailureTarget", "True", "BackoffLimitExceeded", "Job has reached the specified backoff limit");
-                set_condition(&mut conds, "Failed", "True", "BackoffLimitExceeded", "Job has reached the specified backoff limit");
+                set_condition(
+                    &mut conds,
+                    "FailureTarget",
+                    "True",
+                    "BackoffLimitExceeded",
+                    "Job has reached the specified backoff limit",
+                );
+                set_condition(
+                    &mut conds,
+                    "Failed",
+                    "True",
+                    "BackoffLimitExceeded",
+                    "Job has reached the specified backoff limit",
+                );
                 kill_active = true;
-                api::record_event(st, &job, "Warning", "BackoffLimitExceeded", "Job has reached the specified backoff limit", "job-controller");
+                api::record_event(
+                    st,
+                    &job,
+                    "Warning",
+                    "BackoffLimitExceeded",
+                    "Job has reached the specified backoff limit",
+                    "job-controller",
+                );
             } else if deadline_exceeded {
-                set_condition(&mut conds, "FailureTarget", "True", "DeadlineExceeded", "Job was active longer than specified deadline");
-                set_condition(&mut conds, "Failed", "True", "DeadlineExceeded", "Job was active longer than specified deadline");
+                set_condition(
+                    &mut conds,
+                    "FailureTarget",
+                    "True",
+                    "DeadlineExceeded",
+                    "Job was active longer than specified deadline",
+                );
+                set_condition(
+                    &mut conds,
+                    "Failed",
+                    "True",
+                    "DeadlineExceeded",
+                    "Job was active longer than specified deadline",
+                );
                 kill_active = true;
-                api::record_event(st, &job, "Warning", "DeadlineExceeded", "Job was active longer than specified deadline", "job-controller");
+                api::record_event(
+                    st,
+                    &job,
+                    "Warning",
+                    "DeadlineExceeded",
+                    "Job was active longer than specified deadline",
+                    "job-controller",
+                );
             } else if spec["suspend"] != true {
                 let wanted = parallelism.min(completions - succeeded).max(0);
-                let backoff_ok = self.job_backoff.get(&uid).is_none_or(|t| *t <= tokio::time::Instant::now());
+                let backoff_ok =
+                    self.job_backoff.get(&uid).is_none_or(|t| *t <= tokio::time::Instant::now());
                 if (active.len() as i64) < wanted && backoff_ok {
                     for _ in active.len() as i64..wanted {
                         create_job_pod(st, &job);
@@ -307,14 +433,21 @@ impl Controllers {
         }
         if kill_active {
             for p in &active {
-                api::system_delete(st, &GroupResource::core("pods"), ns, meta::name(p), &DeleteOpts::default());
+                api::system_delete(
+                    st,
+                    &GroupResource::core("pods"),
+                    ns,
+                    meta::name(p),
+                    &DeleteOpts::default(),
+                );
             }
         }
         // Back off after each failure: 10s, 20s, 40s … capped at 6 minutes (kube's job backoff).
         let prev_failed = job.pointer("/status/failed").and_then(Value::as_i64).unwrap_or(0);
         if failed > prev_failed && failed <= backoff_limit {
             let secs = (10u64 << (failed - 1).min(6) as u64).min(360);
-            self.job_backoff.insert(uid.clone(), tokio::time::Instant::now() + Duration::from_secs(secs));
+            self.job_backoff
+                .insert(uid.clone(), tokio::time::Instant::now() + Duration::from_secs(secs));
         }
         status["active"] = (if kill_active { 0 } else { active.len() as i64 }).into();
         status["succeeded"] = succeeded.into();
@@ -361,11 +494,21 @@ impl Controllers {
             // pvc-protection: released once no running pod uses the claim.
             let in_use = st.list(&GroupResource::core("pods"), Some(ns)).iter().any(|p| {
                 !matches!(pod_phase(p), "Succeeded" | "Failed")
-                    && p.pointer("/spec/volumes").and_then(Value::as_array).into_iter().flatten().any(|v| v.pointer("/persistentVolumeClaim/claimName").and_then(Value::as_str) == Some(name))
+                    && p.pointer("/spec/volumes")
+                        .and_then(Value::as_array)
+                        .into_iter()
+                        .flatten()
+                        .any(|v| {
+                            v.pointer("/persistentVolumeClaim/claimName").and_then(Value::as_str)
+                                == Some(name)
+                        })
             });
             if !in_use {
                 let mut c = (*pvc).clone();
-                let fs: Vec<String> = meta::finalizers(&c).into_iter().filter(|f| f != "kubernetes.io/pvc-protection").collect();
+                let fs: Vec<String> = meta::finalizers(&c)
+                    .into_iter()
+                    .filter(|f| f != "kubernetes.io/pvc-protection")
+                    .collect();
                 if fs.len() != meta::finalizers(&c).len() {
                     meta::set_finalizers(&mut c, &fs);
                     api::system_write(st, &claims, c, false, "pvc-protection-controller");
@@ -385,28 +528,63 @@ impl Controllers {
             return;
         }
         let classes = gr("storage.k8s.io", "storageclasses");
-        let class_name = pvc.pointer("/spec/storageClassName").and_then(Value::as_str).map(str::to_string).or_else(|| {
-            st.list(&classes, None)
-                .iter()
-                .find(|c| meta::annotation(c, "storageclass.kubernetes.io/is-default-class") == Some("true"))
-                .map(|c| meta::name(c).to_string())
-        });
+        let class_name = pvc
+            .pointer("/spec/storageClassName")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .or_else(|| {
+                st.list(&classes, None)
+                    .iter()
+                    .find(|c| {
+                        meta::annotation(c, "storageclass.kubernetes.io/is-default-class")
+                            == Some("true")
+                    })
+                    .map(|c| meta::name(c).to_string())
+            });
         let Some(class_name) = class_name else {
-            api::record_event(st, &pvc, "Normal", "FailedBinding", "no persistent volumes available for this claim and no storage class is set", "persistentvolume-controller");
+            api::record_event(
+                st,
+                &pvc,
+                "Normal",
+                "FailedBinding",
+                "no persistent volumes available for this claim and no storage class is set",
+                "persistentvolume-controller",
+            );
             return;
         };
         let Some(class) = st.get(&classes, "", &class_name) else {
-            api::record_event(st, &pvc, "Warning", "ProvisioningFailed", &format!("storageclass.storage.k8s.io \"{class_name}\" not found"), "persistentvolume-controller");
+            api::record_event(
+                st,
+                &pvc,
+                "Warning",
+                "ProvisioningFailed",
+                &format!("storageclass.storage.k8s.io \"{class_name}\" not found"),
+                "persistentvolume-controller",
+            );
             return;
         };
-        let request = pvc.pointer("/spec/resources/requests/storage").cloned().unwrap_or_else(|| json!("1Gi"));
-        let pv_name = pvc.pointer("/spec/volumeName").and_then(Value::as_str).map(str::to_string).unwrap_or_else(|| format!("pvc-{}", meta::uid(&pvc)));
+        let request = pvc
+            .pointer("/spec/resources/requests/storage")
+            .cloned()
+            .unwrap_or_else(|| json!("1Gi"));
+        let pv_name = pvc
+            .pointer("/spec/volumeName")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("pvc-{}", meta::uid(&pvc)));
         let pv = match st.get(&pvs, "", &pv_name) {
             Some(pv) => pv,
             None => {
                 let dir = self.volumes_dir.join(&pv_name);
                 if let Err(e) = std::fs::create_dir_all(&dir) {
-                    api::record_event(st, &pvc, "Warning", "ProvisioningFailed", &format!("creating {}: {e}", dir.display()), "persistentvolume-controller");
+                    api::record_event(
+                        st,
+                        &pvc,
+                        "Warning",
+                        "ProvisioningFailed",
+                        &format!("creating {}: {e}", dir.display()),
+                        "persistentvolume-controller",
+                    );
                     return;
                 }
                 let new = json!({
@@ -423,8 +601,19 @@ impl Controllers {
                         "claimRef": {"kind": "PersistentVolumeClaim", "apiVersion": "v1", "namespace": ns, "name": name, "uid": meta::uid(&pvc)},
                     },
                 });
-                let Some(pv) = api::system_write(st, &pvs, new, false, "persistentvolume-controller") else { return };
-                api::record_event(st, &pvc, "Normal", "ProvisioningSucceeded", &format!("Successfully provisioned volume {pv_name}"), "persistentvolume-controller");
+                let Some(pv) =
+                    api::system_write(st, &pvs, new, false, "persistentvolume-controller")
+                else {
+                    return;
+                };
+                api::record_event(
+                    st,
+                    &pvc,
+                    "Normal",
+                    "ProvisioningSucceeded",
+                    &format!("Successfully provisioned volume {pv_name}"),
+                    "persistentvolume-controller",
+                );
                 pv
             }
         };
@@ -435,7 +624,11 @@ impl Controllers {
         c["spec"]["volumeName"] = pv_name.clone().into();
         meta::set_annotation(&mut c, "pv.kubernetes.io/bind-completed", "yes");
         meta::set_annotation(&mut c, "pv.kubernetes.io/bound-by-controller", "yes");
-        meta::set_annotation(&mut c, "volume.kubernetes.io/storage-provisioner", class["provisioner"].as_str().unwrap_or_default());
+        meta::set_annotation(
+            &mut c,
+            "volume.kubernetes.io/storage-provisioner",
+            class["provisioner"].as_str().unwrap_or_default(),
+        );
         if let Some(c2) = api::system_write(st, &claims, c, false, "persistentvolume-controller") {
             let mut c3 = (*c2).clone();
             c3["status"] = json!({"phase": "Bound", "accessModes": pvc["spec"]["accessModes"], "capacity": {"storage": request}});
@@ -451,22 +644,40 @@ impl Controllers {
         if meta::is_deleting(&pv) {
             if phase != "Bound" {
                 let mut p = (*pv).clone();
-                let fs: Vec<String> = meta::finalizers(&p).into_iter().filter(|f| f != "kubernetes.io/pv-protection").collect();
+                let fs: Vec<String> = meta::finalizers(&p)
+                    .into_iter()
+                    .filter(|f| f != "kubernetes.io/pv-protection")
+                    .collect();
                 meta::set_finalizers(&mut p, &fs);
                 api::system_write(st, &pvs, p, false, "pv-protection-controller");
             }
             return;
         }
-        if phase == "Released" && pv.pointer("/spec/persistentVolumeReclaimPolicy").and_then(Value::as_str) == Some("Delete") {
-            if let Some(path) = pv.pointer("/spec/hostPath/path").or_else(|| pv.pointer("/spec/local/path")).and_then(Value::as_str) {
+        if phase == "Released"
+            && pv.pointer("/spec/persistentVolumeReclaimPolicy").and_then(Value::as_str)
+                == Some("Delete")
+        {
+            if let Some(path) = pv
+                .pointer("/spec/hostPath/path")
+                .or_else(|| pv.pointer("/spec/local/path"))
+                .and_then(Value::as_str)
+            {
                 let p = PathBuf::from(path);
                 // Only directories this server provisioned are ever removed.
                 if p.starts_with(&self.volumes_dir)
                     && let Err(e) = std::fs::remove_dir_all(&p)
-                        && e.kind() != std::io::ErrorKind::NotFound {
-                            api::record_event(st, &pv, "Warning", "VolumeFailedDelete", &format!("removing {}: {e}", p.display()), "persistentvolume-controller");
-                            return;
-                        }
+                    && e.kind() != std::io::ErrorKind::NotFound
+                {
+                    api::record_event(
+                        st,
+                        &pv,
+                        "Warning",
+                        "VolumeFailedDelete",
+                        &format!("removing {}: {e}", p.display()),
+                        "persistentvolume-controller",
+                    );
+                    return;
+                }
             }
             api::system_delete(st, &pvs, "", name, &DeleteOpts::default());
         }
@@ -503,8 +714,16 @@ fn orphan(st: &mut State, r: &ObjectRef, owner: &Value) {
     for dep in st.dependents_of(&uid) {
         if let Some(obj) = st.get(&dep.gr, &dep.namespace, &dep.name) {
             let mut o = (*obj).clone();
-            let keep: Vec<Value> = meta::owner_references(&obj).into_iter().filter(|x| x["uid"] != uid.as_str()).cloned().collect();
-            meta::set_meta(&mut o, "ownerReferences", if keep.is_empty() { None } else { Some(Value::Array(keep)) });
+            let keep: Vec<Value> = meta::owner_references(&obj)
+                .into_iter()
+                .filter(|x| x["uid"] != uid.as_str())
+                .cloned()
+                .collect();
+            meta::set_meta(
+                &mut o,
+                "ownerReferences",
+                if keep.is_empty() { None } else { Some(Value::Array(keep)) },
+            );
             api::system_write(st, &dep.gr, o, false, "garbage-collector");
         }
     }
@@ -568,7 +787,8 @@ fn finalize_namespace(st: &mut State, ns: &str) {
         for obj in st.list(c, Some(ns)) {
             remaining += 1;
             if !meta::is_deleting(&obj) {
-                let opts = DeleteOpts { propagation: Some("Background".into()), ..Default::default() };
+                let opts =
+                    DeleteOpts { propagation: Some("Background".into()), ..Default::default() };
                 api::system_delete(st, c, ns, meta::name(&obj), &opts);
             }
         }
@@ -580,8 +800,15 @@ fn finalize_namespace(st: &mut State, ns: &str) {
         api::system_write(st, &namespaces, n, false, "namespace-controller");
     } else if remaining > 0 {
         let mut n = (*namespace).clone();
-        let mut conds: Vec<Value> = n["status"]["conditions"].as_array().cloned().unwrap_or_default();
-        set_condition(&mut conds, "NamespaceContentRemaining", "True", "SomeResourcesRemain", &format!("Some resources are remaining: {left} objects"));
+        let mut conds: Vec<Value> =
+            n["status"]["conditions"].as_array().cloned().unwrap_or_default();
+        set_condition(
+            &mut conds,
+            "NamespaceContentRemaining",
+            "True",
+            "SomeResourcesRemain",
+            &format!("Some resources are remaining: {left} objects"),
+        );
         n["status"]["conditions"] = Value::Array(conds);
         if n != *namespace {
             api::system_write(st, &namespaces, n, true, "namespace-controller");
@@ -608,25 +835,41 @@ fn reconcile_endpoints(st: &mut State, ns: &str, name: &str) {
     let eps = GroupResource::core("endpoints");
     let slices = gr("discovery.k8s.io", "endpointslices");
     let Some(svc) = st.get(&GroupResource::core("services"), ns, name) else { return };
-    let Some(selector) = svc.pointer("/spec/selector").and_then(Value::as_object).filter(|s| !s.is_empty()) else { return };
+    let Some(selector) =
+        svc.pointer("/spec/selector").and_then(Value::as_object).filter(|s| !s.is_empty())
+    else {
+        return;
+    };
     let sel = LabelSelector::from_map(selector);
     let pods: Vec<Arc<Value>> = st
         .list(&GroupResource::core("pods"), Some(ns))
         .into_iter()
-        .filter(|p| sel.matches(p) && p.pointer("/status/podIP").is_some() && !matches!(pod_phase(p), "Succeeded" | "Failed"))
+        .filter(|p| {
+            sel.matches(p)
+                && p.pointer("/status/podIP").is_some()
+                && !matches!(pod_phase(p), "Succeeded" | "Failed")
+        })
         .collect();
-    let ports: Vec<Value> = svc.pointer("/spec/ports").and_then(Value::as_array).cloned().unwrap_or_default();
+    let ports: Vec<Value> =
+        svc.pointer("/spec/ports").and_then(Value::as_array).cloned().unwrap_or_default();
     let address = |p: &Value| {
         json!({"ip": p.pointer("/status/podIP").cloned().unwrap_or_default(), "nodeName": p.pointer("/spec/nodeName").cloned().unwrap_or_default(),
             "targetRef": {"kind": "Pod", "namespace": ns, "name": meta::name(p), "uid": meta::uid(p)}})
     };
-    let ready: Vec<Value> = pods.iter().filter(|p| pod_ready(p) && !meta::is_deleting(p)).map(|p| address(p)).collect();
-    let not_ready: Vec<Value> = pods.iter().filter(|p| !pod_ready(p) || meta::is_deleting(p)).map(|p| address(p)).collect();
+    let ready: Vec<Value> =
+        pods.iter().filter(|p| pod_ready(p) && !meta::is_deleting(p)).map(|p| address(p)).collect();
+    let not_ready: Vec<Value> =
+        pods.iter().filter(|p| !pod_ready(p) || meta::is_deleting(p)).map(|p| address(p)).collect();
     let ep_ports: Vec<Value> = ports
         .iter()
         .map(|p| {
-            let target = pods.first().and_then(|pod| resolve_target_port(p, pod)).or_else(|| p["targetPort"].as_i64()).unwrap_or_else(|| p["port"].as_i64().unwrap_or(0));
-            let mut v = json!({"port": target, "protocol": p["protocol"].as_str().unwrap_or("TCP")});
+            let target = pods
+                .first()
+                .and_then(|pod| resolve_target_port(p, pod))
+                .or_else(|| p["targetPort"].as_i64())
+                .unwrap_or_else(|| p["port"].as_i64().unwrap_or(0));
+            let mut v =
+                json!({"port": target, "protocol": p["protocol"].as_str().unwrap_or("TCP")});
             if let Some(n) = p["name"].as_str() {
                 v["name"] = n.into();
             }
@@ -652,7 +895,8 @@ fn reconcile_endpoints(st: &mut State, ns: &str, name: &str) {
     meta::set_label(&mut endpoints, "endpoints.kubernetes.io/managed-by", "endpoint-controller");
     api::system_write(st, &eps, endpoints, false, "endpoint-controller");
 
-    let slice_name = format!("{name}-{}", &meta::uid(&svc).replace('-', "")[..5.min(meta::uid(&svc).len())]);
+    let slice_name =
+        format!("{name}-{}", &meta::uid(&svc).replace('-', "")[..5.min(meta::uid(&svc).len())]);
     let slice_endpoints: Vec<Value> = pods
         .iter()
         .map(|p| {
@@ -695,9 +939,23 @@ fn create_job_pod(st: &mut State, job: &Value) {
     meta::set_label(&mut pod, "batch.kubernetes.io/job-name", name);
     let pod_name = meta::name(&pod).to_string();
     if api::system_write(st, &GroupResource::core("pods"), pod, false, "job-controller").is_some() {
-        api::record_event(st, job, "Normal", "SuccessfulCreate", &format!("Created pod: {pod_name}"), "job-controller");
+        api::record_event(
+            st,
+            job,
+            "Normal",
+            "SuccessfulCreate",
+            &format!("Created pod: {pod_name}"),
+            "job-controller",
+        );
     } else {
-        api::record_event(st, job, "Warning", "FailedCreate", &format!("Error creating pod for job {name}"), "job-controller");
+        api::record_event(
+            st,
+            job,
+            "Warning",
+            "FailedCreate",
+            &format!("Error creating pod for job {name}"),
+            "job-controller",
+        );
     }
 }
 
@@ -718,9 +976,12 @@ fn reconcile_deployment(st: &mut State, ns: &str, name: &str) {
     let hash = template_hash(&d["spec"]["template"]);
     let rs_name = format!("{name}-{hash}");
     let replicas = d.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(1);
-    let owned: Vec<Arc<Value>> = st.list(&rss, Some(ns)).into_iter().filter(|r| controlled_by(r, &uid)).collect();
+    let owned: Vec<Arc<Value>> =
+        st.list(&rss, Some(ns)).into_iter().filter(|r| controlled_by(r, &uid)).collect();
     for r in &owned {
-        if meta::name(r) != rs_name && r.pointer("/spec/replicas").and_then(Value::as_i64) != Some(0) {
+        if meta::name(r) != rs_name
+            && r.pointer("/spec/replicas").and_then(Value::as_i64) != Some(0)
+        {
             let mut o = (**r).clone();
             o["spec"]["replicas"] = 0.into();
             api::system_write(st, &rss, o, false, "deployment-controller");
@@ -736,12 +997,26 @@ fn reconcile_deployment(st: &mut State, ns: &str, name: &str) {
     });
     rs["spec"] = json!({"replicas": replicas, "selector": selector, "template": template});
     if current.is_none() {
-        api::record_event(st, &d, "Normal", "ScalingReplicaSet", &format!("Scaled up replica set {rs_name} from 0 to {replicas}"), "deployment-controller");
+        api::record_event(
+            st,
+            &d,
+            "Normal",
+            "ScalingReplicaSet",
+            &format!("Scaled up replica set {rs_name} from 0 to {replicas}"),
+            "deployment-controller",
+        );
     }
     api::system_write(st, &rss, rs, false, "deployment-controller");
-    let owned: Vec<Arc<Value>> = st.list(&rss, Some(ns)).into_iter().filter(|r| controlled_by(r, &uid)).collect();
-    let sum = |p: &str| owned.iter().map(|r| r.pointer(p).and_then(Value::as_i64).unwrap_or(0)).sum::<i64>();
-    let updated = owned.iter().find(|r| meta::name(r) == rs_name).and_then(|r| r.pointer("/status/replicas").and_then(Value::as_i64)).unwrap_or(0);
+    let owned: Vec<Arc<Value>> =
+        st.list(&rss, Some(ns)).into_iter().filter(|r| controlled_by(r, &uid)).collect();
+    let sum = |p: &str| {
+        owned.iter().map(|r| r.pointer(p).and_then(Value::as_i64).unwrap_or(0)).sum::<i64>()
+    };
+    let updated = owned
+        .iter()
+        .find(|r| meta::name(r) == rs_name)
+        .and_then(|r| r.pointer("/status/replicas").and_then(Value::as_i64))
+        .unwrap_or(0);
     let available = sum("/status/availableReplicas");
     let mut status = json!({
         "observedGeneration": meta::generation(&d),
@@ -750,13 +1025,32 @@ fn reconcile_deployment(st: &mut State, ns: &str, name: &str) {
         "readyReplicas": sum("/status/readyReplicas"),
         "availableReplicas": available,
     });
-    let mut conds: Vec<Value> = d.pointer("/status/conditions").and_then(Value::as_array).cloned().unwrap_or_default();
+    let mut conds: Vec<Value> =
+        d.pointer("/status/conditions").and_then(Value::as_array).cloned().unwrap_or_default();
     if available >= replicas {
-        set_condition(&mut conds, "Available", "True", "MinimumReplicasAvailable", "Deployment has minimum availability.");
+        set_condition(
+            &mut conds,
+            "Available",
+            "True",
+            "MinimumReplicasAvailable",
+            "Deployment has minimum availability.",
+        );
     } else {
-        set_condition(&mut conds, "Available", "False", "MinimumReplicasUnavailable", "Deployment does not have minimum availability.");
+        set_condition(
+            &mut conds,
+            "Available",
+            "False",
+            "MinimumReplicasUnavailable",
+            "Deployment does not have minimum availability.",
+        );
     }
-    set_condition(&mut conds, "Progressing", "True", if updated >= replicas { "NewReplicaSetAvailable" } else { "ReplicaSetUpdated" }, &format!("ReplicaSet \"{rs_name}\" is progressing."));
+    set_condition(
+        &mut conds,
+        "Progressing",
+        "True",
+        if updated >= replicas { "NewReplicaSetAvailable" } else { "ReplicaSetUpdated" },
+        &format!("ReplicaSet \"{rs_name}\" is progressing."),
+    );
     status["conditions"] = Value::Array(conds);
     for k in ["replicas", "updatedReplicas", "readyReplicas", "availableReplicas"] {
         if status[k] == 0 {
@@ -782,20 +1076,44 @@ fn reconcile_replicaset(st: &mut State, ns: &str, name: &str) {
     let pods: Vec<Arc<Value>> = st
         .list(&pods_gr, Some(ns))
         .into_iter()
-        .filter(|p| controlled_by(p, &uid) && !meta::is_deleting(p) && !matches!(pod_phase(p), "Succeeded" | "Failed"))
+        .filter(|p| {
+            controlled_by(p, &uid)
+                && !meta::is_deleting(p)
+                && !matches!(pod_phase(p), "Succeeded" | "Failed")
+        })
         .collect();
     let have = pods.len() as i64;
     if have < want {
         for _ in have..want {
             let mut pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": rs["spec"]["template"]["metadata"].clone(), "spec": rs["spec"]["template"]["spec"].clone()});
-            meta::set_meta(&mut pod, "name", Some(format!("{name}-{}", meta::random_suffix(5)).into()));
+            meta::set_meta(
+                &mut pod,
+                "name",
+                Some(format!("{name}-{}", meta::random_suffix(5)).into()),
+            );
             meta::set_meta(&mut pod, "namespace", Some(ns.into()));
             meta::set_meta(&mut pod, "ownerReferences", Some(json!([owner_ref(&rs, true)])));
             let pod_name = meta::name(&pod).to_string();
             match api::system_write(st, &pods_gr, pod, false, "replicaset-controller") {
-                Some(_) => api::record_event(st, &rs, "Normal", "SuccessfulCreate", &format!("Created pod: {pod_name}"), "replicaset-controller"),
+                Some(_) => api::record_event(
+                    st,
+                    &rs,
+                    "Normal",
+                    "SuccessfulCreate",
+                    &format!("Created pod: {pod_name}"),
+                    "replicaset-controller",
+                ),
                 None => {
-                    api::record_event(st, &rs, "Warning", "FailedCreate", &format!("Error creating: pod {pod_name} was refused (see the namespace's quota and Pod Security level)"), "replicaset-controller");
+                    api::record_event(
+                        st,
+                        &rs,
+                        "Warning",
+                        "FailedCreate",
+                        &format!(
+                            "Error creating: pod {pod_name} was refused (see the namespace's quota and Pod Security level)"
+                        ),
+                        "replicaset-controller",
+                    );
                     break;
                 }
             }
@@ -805,7 +1123,11 @@ fn reconcile_replicaset(st: &mut State, ns: &str, name: &str) {
             api::system_delete(st, &pods_gr, ns, meta::name(p), &DeleteOpts::default());
         }
     }
-    let pods: Vec<Arc<Value>> = st.list(&pods_gr, Some(ns)).into_iter().filter(|p| controlled_by(p, &uid) && !meta::is_deleting(p)).collect();
+    let pods: Vec<Arc<Value>> = st
+        .list(&pods_gr, Some(ns))
+        .into_iter()
+        .filter(|p| controlled_by(p, &uid) && !meta::is_deleting(p))
+        .collect();
     let ready = pods.iter().filter(|p| pod_ready(p)).count() as i64;
     let mut status = json!({"replicas": pods.len(), "fullyLabeledReplicas": pods.len(), "readyReplicas": ready, "availableReplicas": ready, "observedGeneration": meta::generation(&rs)});
     for k in ["readyReplicas", "availableReplicas", "fullyLabeledReplicas"] {
@@ -823,9 +1145,12 @@ fn reconcile_replicaset(st: &mut State, ns: &str, name: &str) {
 fn reconcile_quota_status(st: &mut State, ns: &str) {
     let quotas = GroupResource::core("resourcequotas");
     for q in st.list(&quotas, Some(ns)) {
-        let Some(hard) = q.pointer("/spec/hard").and_then(Value::as_object).cloned() else { continue };
+        let Some(hard) = q.pointer("/spec/hard").and_then(Value::as_object).cloned() else {
+            continue;
+        };
         let used = admission::quota_used(st, ns, &hard);
-        let used_json: BTreeMap<String, Value> = used.iter().map(|(k, v)| (k.clone(), Value::from(v.to_string()))).collect();
+        let used_json: BTreeMap<String, Value> =
+            used.iter().map(|(k, v)| (k.clone(), Value::from(v.to_string()))).collect();
         let status = json!({"hard": hard, "used": used_json});
         if q.get("status") != Some(&status) {
             let mut o = (*q).clone();

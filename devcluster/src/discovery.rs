@@ -37,14 +37,21 @@ pub fn api_versions(server_address: &str) -> Value {
 }
 
 fn group_json(name: &str, versions: &[String]) -> Value {
-    let vs: Vec<Value> = versions.iter().map(|v| json!({"groupVersion": format!("{name}/{v}"), "version": v})).collect();
+    let vs: Vec<Value> = versions
+        .iter()
+        .map(|v| json!({"groupVersion": format!("{name}/{v}"), "version": v}))
+        .collect();
     json!({"name": name, "versions": vs, "preferredVersion": vs.first().cloned().unwrap_or_default()})
 }
 
 /// `/apis`.
 pub fn api_group_list(reg: &Registry) -> Value {
-    let groups: Vec<Value> =
-        reg.groups().iter().filter(|(g, _)| !g.is_empty()).map(|(g, vs)| group_json(g, vs)).collect();
+    let groups: Vec<Value> = reg
+        .groups()
+        .iter()
+        .filter(|(g, _)| !g.is_empty())
+        .map(|(g, vs)| group_json(g, vs))
+        .collect();
     json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
 }
 
@@ -90,11 +97,14 @@ pub fn resource_list(reg: &Registry, group: &str, version: &str) -> Option<Value
         }
     }
     let gv = if group.is_empty() { version.to_string() } else { format!("{group}/{version}") };
-    Some(json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources}))
+    Some(
+        json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources}),
+    )
 }
 
 /// The media type of aggregated discovery responses.
-pub const AGGREGATED_V2: &str = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
+pub const AGGREGATED_V2: &str =
+    "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
 
 /// Aggregated discovery for `/api` (core only) or `/apis` (every named group).
 pub fn aggregated(reg: &Registry, core: bool) -> Value {
@@ -127,7 +137,8 @@ pub fn aggregated(reg: &Registry, core: bool) -> Value {
                         .iter()
                         .map(|sub| {
                             let (g, v, k) = subresource_kind(i, sub);
-                            let mut s = json!({"subresource": sub, "verbs": subresource_verbs(sub)});
+                            let mut s =
+                                json!({"subresource": sub, "verbs": subresource_verbs(sub)});
                             if !k.is_empty() {
                                 s["responseKind"] = json!({"group": g, "version": v, "kind": k});
                             }

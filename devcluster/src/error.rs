@@ -52,8 +52,12 @@ impl ApiError {
     }
 
     pub fn conflict(q: Qualified<'_>, name: &str, why: &str) -> ApiError {
-        ApiError::new(409, "Conflict", format!("Operation cannot be fulfilled on {q} \"{name}\": {why}"))
-            .with_details(details(q.group, q.resource, name))
+        ApiError::new(
+            409,
+            "Conflict",
+            format!("Operation cannot be fulfilled on {q} \"{name}\": {why}"),
+        )
+        .with_details(details(q.group, q.resource, name))
     }
 
     pub fn modified(q: Qualified<'_>, name: &str) -> ApiError {
@@ -98,7 +102,12 @@ impl ApiError {
         ApiError::new(401, "Unauthorized", "Unauthorized")
     }
 
-    pub fn forbidden(message: impl Into<String>, group: &str, resource: &str, name: &str) -> ApiError {
+    pub fn forbidden(
+        message: impl Into<String>,
+        group: &str,
+        resource: &str,
+        name: &str,
+    ) -> ApiError {
         let mut d = json!({"kind": resource});
         if !name.is_empty() {
             d["name"] = name.into();
@@ -110,7 +119,11 @@ impl ApiError {
     }
 
     pub fn method_not_allowed() -> ApiError {
-        ApiError::new(405, "MethodNotAllowed", "the server does not allow this method on the requested resource")
+        ApiError::new(
+            405,
+            "MethodNotAllowed",
+            "the server does not allow this method on the requested resource",
+        )
     }
 
     pub fn not_acceptable(message: impl Into<String>) -> ApiError {
@@ -256,10 +269,19 @@ pub struct FieldError {
 
 impl FieldError {
     pub fn required(field: impl Into<String>, detail: impl Into<String>) -> FieldError {
-        FieldError { kind: FieldErrorKind::Required, field: field.into(), value: None, detail: detail.into() }
+        FieldError {
+            kind: FieldErrorKind::Required,
+            field: field.into(),
+            value: None,
+            detail: detail.into(),
+        }
     }
 
-    pub fn invalid(field: impl Into<String>, value: &Value, detail: impl Into<String>) -> FieldError {
+    pub fn invalid(
+        field: impl Into<String>,
+        value: &Value,
+        detail: impl Into<String>,
+    ) -> FieldError {
         FieldError {
             kind: FieldErrorKind::Invalid,
             field: field.into(),
@@ -269,10 +291,19 @@ impl FieldError {
     }
 
     pub fn forbidden(field: impl Into<String>, detail: impl Into<String>) -> FieldError {
-        FieldError { kind: FieldErrorKind::Forbidden, field: field.into(), value: None, detail: detail.into() }
+        FieldError {
+            kind: FieldErrorKind::Forbidden,
+            field: field.into(),
+            value: None,
+            detail: detail.into(),
+        }
     }
 
-    pub fn not_supported(field: impl Into<String>, value: &Value, allowed: &[String]) -> FieldError {
+    pub fn not_supported(
+        field: impl Into<String>,
+        value: &Value,
+        allowed: &[String],
+    ) -> FieldError {
         let detail = if allowed.is_empty() {
             String::new()
         } else {
@@ -325,7 +356,11 @@ impl FieldError {
         }
     }
 
-    pub fn type_invalid(field: impl Into<String>, value: &Value, detail: impl Into<String>) -> FieldError {
+    pub fn type_invalid(
+        field: impl Into<String>,
+        value: &Value,
+        detail: impl Into<String>,
+    ) -> FieldError {
         FieldError {
             kind: FieldErrorKind::TypeInvalid,
             field: field.into(),

@@ -33,9 +33,10 @@ pub fn to_core(obj: &Value) -> Value {
     let mut v = rename(obj, true, "v1");
     // Core events need a source; the new API's reporting controller is it.
     if v.get("source").is_none()
-        && let Some(c) = v.get("reportingComponent").cloned() {
-            v["source"] = serde_json::json!({"component": c});
-        }
+        && let Some(c) = v.get("reportingComponent").cloned()
+    {
+        v["source"] = serde_json::json!({"component": c});
+    }
     v
 }
 

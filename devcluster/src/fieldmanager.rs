@@ -138,8 +138,16 @@ impl FieldSet {
         if let Some(meta) = self.children.get_mut("f:metadata") {
             meta.member = false;
             for k in [
-                "f:name", "f:namespace", "f:creationTimestamp", "f:selfLink", "f:uid", "f:generation",
-                "f:managedFields", "f:resourceVersion", "f:deletionTimestamp", "f:deletionGracePeriodSeconds",
+                "f:name",
+                "f:namespace",
+                "f:creationTimestamp",
+                "f:selfLink",
+                "f:uid",
+                "f:generation",
+                "f:managedFields",
+                "f:resourceVersion",
+                "f:deletionTimestamp",
+                "f:deletionGracePeriodSeconds",
             ] {
                 meta.children.remove(k);
             }
@@ -239,7 +247,11 @@ pub fn to_fieldset(value: &Value, ti: &TypeInfo, names: &mut Vec<String>) -> Fie
                 return set;
             }
             for (i, item) in items.iter().enumerate() {
-                let mut child = if matches!(kind, ListKind::Map(_)) { to_fieldset(item, ti, names) } else { FieldSet::default() };
+                let mut child = if matches!(kind, ListKind::Map(_)) {
+                    to_fieldset(item, ti, names)
+                } else {
+                    FieldSet::default()
+                };
                 child.member = true;
                 set.children.insert(item_pe(item, &kind, i), child);
             }
@@ -257,8 +269,7 @@ pub struct Comparison {
     pub removed: FieldSet,
 }
 
-impl Comparison {
-}
+impl Comparison {}
 
 pub fn compare(lhs: Option<&Value>, rhs: Option<&Value>, ti: &TypeInfo) -> Comparison {
     let mut c = Comparison::default();
@@ -356,7 +367,9 @@ fn index_items<'a>(v: Option<&'a Value>, kind: &ListKind) -> Vec<(String, &'a Va
 pub fn merge(lhs: &Value, rhs: &Value, ti: &TypeInfo, names: &mut Vec<String>) -> Value {
     let names_ref: Vec<&str> = names.iter().map(String::as_str).collect();
     match (lhs, rhs) {
-        (Value::Object(l), Value::Object(r)) if names.is_empty() || !ti.map_is_atomic(&names_ref) => {
+        (Value::Object(l), Value::Object(r))
+            if names.is_empty() || !ti.map_is_atomic(&names_ref) =>
+        {
             let mut out = l.clone();
             for (k, rv) in r {
                 names.push(k.clone());
@@ -374,8 +387,10 @@ pub fn merge(lhs: &Value, rhs: &Value, ti: &TypeInfo, names: &mut Vec<String>) -
             if kind == ListKind::Atomic {
                 return rhs.clone();
             }
-            let lpes: Vec<String> = l.iter().enumerate().map(|(i, v)| item_pe(v, &kind, i)).collect();
-            let rpes: Vec<String> = r.iter().enumerate().map(|(i, v)| item_pe(v, &kind, i)).collect();
+            let lpes: Vec<String> =
+                l.iter().enumerate().map(|(i, v)| item_pe(v, &kind, i)).collect();
+            let rpes: Vec<String> =
+                r.iter().enumerate().map(|(i, v)| item_pe(v, &kind, i)).collect();
             let mut out = Vec::new();
             let mut emitted = vec![false; l.len()];
             for (ri, rpe) in rpes.iter().enumerate() {
@@ -388,7 +403,11 @@ pub fn merge(lhs: &Value, rhs: &Value, ti: &TypeInfo, names: &mut Vec<String>) -
                         }
                     }
                     emitted[li] = true;
-                    out.push(if matches!(kind, ListKind::Map(_)) { merge(&l[li], &r[ri], ti, names) } else { r[ri].clone() });
+                    out.push(if matches!(kind, ListKind::Map(_)) {
+                        merge(&l[li], &r[ri], ti, names)
+                    } else {
+                        r[ri].clone()
+                    });
                 } else {
                     out.push(r[ri].clone());
                 }
@@ -457,7 +476,9 @@ impl ManagedEntry {
     }
 
     fn same_slot(&self, other: &ManagedEntry) -> bool {
-        self.manager == other.manager && self.operation == other.operation && self.subresource == other.subresource
+        self.manager == other.manager
+            && self.operation == other.operation
+            && self.subresource == other.subresource
     }
 
     /// How a conflict names this manager (`printManager`).
@@ -534,7 +555,10 @@ pub struct Conflict {
 /// The 409 kube-apiserver answers an apply conflict with.
 pub fn conflict_error(conflicts: &[Conflict]) -> crate::error::ApiError {
     let message = if conflicts.len() == 1 {
-        format!("Apply failed with 1 conflict: conflict with {}: {}", conflicts[0].manager, conflicts[0].path)
+        format!(
+            "Apply failed with 1 conflict: conflict with {}: {}",
+            conflicts[0].manager, conflicts[0].path
+        )
     } else {
         let mut by_manager: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
         for c in conflicts {
@@ -608,7 +632,13 @@ pub fn update_managed(old: Option<&Value>, new: &mut Value, manager: &str, own: 
 
 /// Server-side apply of `config` by `manager` onto `live` (an empty object when creating).
 /// Returns the new object with its managed fields, or the conflicts.
-pub fn apply(live: &Value, config: &Value, manager: &str, force: bool, own: &Ownership) -> Result<Value, Vec<Conflict>> {
+pub fn apply(
+    live: &Value,
+    config: &Value,
+    manager: &str,
+    force: bool,
+    own: &Ownership,
+) -> Result<Value, Vec<Conflict>> {
     let mut entries = read_managed(live);
     let config_set = to_fieldset(config, &own.ti, &mut Vec::new()).strip(own.scope);
     let me = ManagedEntry {
@@ -619,7 +649,8 @@ pub fn apply(live: &Value, config: &Value, manager: &str, force: bool, own: &Own
         subresource: own.subresource.into(),
         fields: config_set.clone(),
     };
-    let last_set = entries.iter().find(|e| e.same_slot(&me)).map(|e| e.fields.clone()).unwrap_or_default();
+    let last_set =
+        entries.iter().find(|e| e.same_slot(&me)).map(|e| e.fields.clone()).unwrap_or_default();
 
     let mut live_clean = live.clone();
     crate::meta::metadata_mut(&mut live_clean).remove("managedFields");
@@ -662,7 +693,13 @@ mod tests {
     use super::*;
 
     fn own<'a>(ti: TypeInfo<'a>) -> Ownership<'a> {
-        Ownership { ti, scope: Scope::Everything, api_version: "v1", subresource: "", now: "2026-01-01T00:00:00Z" }
+        Ownership {
+            ti,
+            scope: Scope::Everything,
+            api_version: "v1",
+            subresource: "",
+            now: "2026-01-01T00:00:00Z",
+        }
     }
 
     #[test]
@@ -670,14 +707,19 @@ mod tests {
         let v = json!({"f:metadata": {"f:labels": {"f:app": {}}}, "f:spec": {"f:containers": {"k:{\"name\":\"c\"}": {".": {}, "f:image": {}, "f:name": {}}}}});
         let set = FieldSet::from_fields_v1(&v);
         assert_eq!(set.to_fields_v1(), v);
-        assert!(set.contains(&["f:spec".into(), "f:containers".into(), "k:{\"name\":\"c\"}".into()]));
+        assert!(set.contains(&[
+            "f:spec".into(),
+            "f:containers".into(),
+            "k:{\"name\":\"c\"}".into()
+        ]));
     }
 
     #[test]
     fn apply_sets_owns_and_prunes() {
         let ti = TypeInfo::Builtin { kind: "ConfigMap" };
         let o = own(ti);
-        let first = apply(&json!({}), &json!({"data": {"a": "1", "b": "2"}}), "op", false, &o).unwrap();
+        let first =
+            apply(&json!({}), &json!({"data": {"a": "1", "b": "2"}}), "op", false, &o).unwrap();
         assert_eq!(first["data"], json!({"a": "1", "b": "2"}));
         let entries = read_managed(&first);
         assert_eq!(entries.len(), 1);
@@ -707,20 +749,41 @@ mod tests {
     fn keyed_lists_merge_by_key() {
         let ti = TypeInfo::Builtin { kind: "Pod" };
         let live = json!({"spec": {"containers": [{"name": "a", "image": "x"}, {"name": "b", "image": "y"}]}});
-        let merged = merge(&live, &json!({"spec": {"containers": [{"name": "b", "image": "z"}]}}), &ti, &mut Vec::new());
-        assert_eq!(merged["spec"]["containers"], json!([{"name": "a", "image": "x"}, {"name": "b", "image": "z"}]));
-        let set = to_fieldset(&json!({"spec": {"containers": [{"name": "b", "image": "z"}]}}), &ti, &mut Vec::new());
+        let merged = merge(
+            &live,
+            &json!({"spec": {"containers": [{"name": "b", "image": "z"}]}}),
+            &ti,
+            &mut Vec::new(),
+        );
+        assert_eq!(
+            merged["spec"]["containers"],
+            json!([{"name": "a", "image": "x"}, {"name": "b", "image": "z"}])
+        );
+        let set = to_fieldset(
+            &json!({"spec": {"containers": [{"name": "b", "image": "z"}]}}),
+            &ti,
+            &mut Vec::new(),
+        );
         assert_eq!(
             set.to_fields_v1(),
             json!({"f:spec": {"f:containers": {"k:{\"name\":\"b\"}": {".": {}, "f:image": {}, "f:name": {}}}}})
         );
-        assert_eq!(path_string(&["f:spec".into(), "f:containers".into(), "k:{\"name\":\"b\"}".into(), "f:image".into()]), ".spec.containers[name=\"b\"].image");
+        assert_eq!(
+            path_string(&[
+                "f:spec".into(),
+                "f:containers".into(),
+                "k:{\"name\":\"b\"}".into(),
+                "f:image".into()
+            ]),
+            ".spec.containers[name=\"b\"].image"
+        );
     }
 
     #[test]
     fn updates_transfer_ownership() {
         let o = own(TypeInfo::Builtin { kind: "ConfigMap" });
-        let first = apply(&json!({}), &json!({"data": {"a": "1", "b": "2"}}), "applier", false, &o).unwrap();
+        let first = apply(&json!({}), &json!({"data": {"a": "1", "b": "2"}}), "applier", false, &o)
+            .unwrap();
         let mut edited = first.clone();
         edited["data"]["a"] = "9".into();
         update_managed(Some(&first), &mut edited, "editor", &o);
@@ -738,11 +801,19 @@ mod status_tests {
 
     #[test]
     fn status_apply_prunes_map_keys() {
-        let o = Ownership { ti: TypeInfo::Builtin { kind: "X" }, scope: Scope::StatusOnly, api_version: "v1", subresource: "status", now: "t" };
+        let o = Ownership {
+            ti: TypeInfo::Builtin { kind: "X" },
+            scope: Scope::StatusOnly,
+            api_version: "v1",
+            subresource: "status",
+            now: "t",
+        };
         let live = json!({"metadata": {"name": "n"}, "spec": {"a": 1}});
-        let first = apply(&live, &json!({"status": {"p": {"a": "1", "b": "2"}}}), "op", true, &o).unwrap();
+        let first =
+            apply(&live, &json!({"status": {"p": {"a": "1", "b": "2"}}}), "op", true, &o).unwrap();
         assert_eq!(first["status"]["p"], json!({"a": "1", "b": "2"}));
-        let second = apply(&first, &json!({"status": {"p": {"c": "3", "b": "2"}}}), "op", true, &o).unwrap();
+        let second =
+            apply(&first, &json!({"status": {"p": {"c": "3", "b": "2"}}}), "op", true, &o).unwrap();
         assert_eq!(second["status"]["p"], json!({"b": "2", "c": "3"}));
     }
 }

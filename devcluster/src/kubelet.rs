@@ -30,7 +30,10 @@ use crate::state::EventType;
 const KUBELET: &str = "kubelet";
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
 }
 
 fn pods() -> GroupResource {
@@ -85,13 +88,21 @@ fn consider(shared: &Arc<Shared>, pod: &Arc<Value>) {
         if !running {
             // Never started here: nothing to stop, finish the deletion.
             let mut st = shared.lock();
-            if st.get(&pods(), meta::namespace(pod), meta::name(pod)).is_some_and(|p| meta::uid(&p) == uid) {
+            if st
+                .get(&pods(), meta::namespace(pod), meta::name(pod))
+                .is_some_and(|p| meta::uid(&p) == uid)
+            {
                 st.remove(&pods(), meta::namespace(pod), meta::name(pod));
             }
         }
         return;
     }
-    if running || matches!(pod.pointer("/status/phase").and_then(Value::as_str), Some("Succeeded" | "Failed")) {
+    if running
+        || matches!(
+            pod.pointer("/status/phase").and_then(Value::as_str),
+            Some("Succeeded" | "Failed")
+        )
+    {
         return;
     }
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -216,7 +227,9 @@ impl PodWorker {
         let env_base = match self.resolve_env_sources(&pod) {
             Ok(e) => e,
             Err(msg) => {
-                self.write_status(json!({"containerStatuses": waiting("CreateContainerConfigError", &msg)}));
+                self.write_status(
+                    json!({"containerStatuses": waiting("CreateContainerConfigError", &msg)}),
+                );
                 self.event("Warning", "Failed", &format!("Error: {msg}"));
                 // Stay pending until deleted, as the kubelet does with config errors.
                 let _ = self.stop.changed().await;
@@ -249,7 +262,11 @@ impl PodWorker {
             self.pgids.lock().unwrap_or_else(|x| x.into_inner()).remove(&r.name);
             if code != 0 {
                 self.write_status(json!({"phase": "Failed", "reason": "Error", "message": format!("init container {} exited with {code}", r.name)}));
-                self.event("Warning", "BackOff", &format!("init container {} failed with exit code {code}", r.name));
+                self.event(
+                    "Warning",
+                    "BackOff",
+                    &format!("init container {} failed with exit code {code}", r.name),
+                );
                 let _ = self.stop.changed().await;
                 self.finish().await;
                 return;
@@ -287,7 +304,9 @@ impl PodWorker {
                 let futures: Vec<_> = running
                     .iter_mut()
                     .enumerate()
-                    .filter_map(|(i, r)| r.child.as_mut().map(|c| Box::pin(async move { (i, c.wait().await) })))
+                    .filter_map(|(i, r)| {
+                        r.child.as_mut().map(|c| Box::pin(async move { (i, c.wait().await) }))
+                    })
                     .collect();
                 if futures.is_empty() {
                     tokio::select! {
@@ -328,12 +347,22 @@ impl PodWorker {
                 if restart && !*self.stop.borrow() {
                     let delay = Duration::from_secs((10u64 << r.restarts.min(5) as u64).min(300));
                     r.backoff_until = Some(tokio::time::Instant::now() + delay);
-                    self.event("Warning", "BackOff", &format!("Back-off restarting failed container {} in pod {}", r.name, meta::name(&pod)));
+                    self.event(
+                        "Warning",
+                        "BackOff",
+                        &format!(
+                            "Back-off restarting failed container {} in pod {}",
+                            r.name,
+                            meta::name(&pod)
+                        ),
+                    );
                 }
             }
             // Restarts whose backoff ended.
             for r in running.iter_mut() {
-                if r.child.is_none() && r.backoff_until.is_some_and(|t| t <= tokio::time::Instant::now()) {
+                if r.child.is_none()
+                    && r.backoff_until.is_some_and(|t| t <= tokio::time::Instant::now())
+                {
                     r.backoff_until = None;
                     r.restarts += 1;
                     r.exit = None;
@@ -351,11 +380,16 @@ impl PodWorker {
                 if r.child.is_none() && !simulated {
                     continue;
                 }
-                let period = |p: &Value| Duration::from_secs(p["periodSeconds"].as_u64().unwrap_or(10).max(1));
-                let initial = |p: &Value| Duration::from_secs(p["initialDelaySeconds"].as_u64().unwrap_or(0));
+                let period = |p: &Value| {
+                    Duration::from_secs(p["periodSeconds"].as_u64().unwrap_or(10).max(1))
+                };
+                let initial =
+                    |p: &Value| Duration::from_secs(p["initialDelaySeconds"].as_u64().unwrap_or(0));
                 let since_start = started_elapsed(&r.started_at);
                 if let Some(probe) = r.spec.get("readinessProbe").cloned() {
-                    if since_start >= initial(&probe) && (r.last_probe.elapsed() >= period(&probe) || !r.ready) {
+                    if since_start >= initial(&probe)
+                        && (r.last_probe.elapsed() >= period(&probe) || !r.ready)
+                    {
                         r.last_probe = tokio::time::Instant::now();
                         let ok = if simulated { true } else { self.probe(&probe, &r.spec).await };
                         if ok != r.ready {
@@ -368,25 +402,45 @@ impl PodWorker {
                     changed = true;
                 }
                 if let Some(probe) = r.spec.get("livenessProbe").cloned()
-                    && !simulated && since_start >= initial(&probe) && r.last_probe.elapsed() >= period(&probe) {
-                        if self.probe(&probe, &r.spec).await {
-                            r.liveness_failures = 0;
-                        } else {
-                            r.liveness_failures += 1;
-                            if r.liveness_failures >= probe["failureThreshold"].as_u64().unwrap_or(3) as u32 {
-                                self.event("Warning", "Unhealthy", &format!("Liveness probe failed for container {}; restarting", r.name));
-                                if let Some(pgid) = self.pgids.lock().unwrap_or_else(|x| x.into_inner()).get(&r.name) {
-                                    signal_group(*pgid, libc::SIGKILL);
-                                }
-                                r.liveness_failures = 0;
+                    && !simulated
+                    && since_start >= initial(&probe)
+                    && r.last_probe.elapsed() >= period(&probe)
+                {
+                    if self.probe(&probe, &r.spec).await {
+                        r.liveness_failures = 0;
+                    } else {
+                        r.liveness_failures += 1;
+                        if r.liveness_failures
+                            >= probe["failureThreshold"].as_u64().unwrap_or(3) as u32
+                        {
+                            self.event(
+                                "Warning",
+                                "Unhealthy",
+                                &format!(
+                                    "Liveness probe failed for container {}; restarting",
+                                    r.name
+                                ),
+                            );
+                            if let Some(pgid) =
+                                self.pgids.lock().unwrap_or_else(|x| x.into_inner()).get(&r.name)
+                            {
+                                signal_group(*pgid, libc::SIGKILL);
                             }
+                            r.liveness_failures = 0;
                         }
                     }
+                }
             }
             if changed {
-                let all_done = running.iter().all(|r| r.child.is_none() && r.backoff_until.is_none() && r.exit.is_some());
+                let all_done = running
+                    .iter()
+                    .all(|r| r.child.is_none() && r.backoff_until.is_none() && r.exit.is_some());
                 let phase = if all_done {
-                    if running.iter().all(|r| r.exit.as_ref().is_some_and(|e| e.0 == 0)) { "Succeeded" } else { "Failed" }
+                    if running.iter().all(|r| r.exit.as_ref().is_some_and(|e| e.0 == 0)) {
+                        "Succeeded"
+                    } else {
+                        "Failed"
+                    }
                 } else {
                     "Running"
                 };
@@ -432,7 +486,8 @@ impl PodWorker {
             .or_else(|| pod.pointer("/spec/terminationGracePeriodSeconds").and_then(Value::as_i64))
             .unwrap_or(30)
             .max(0) as u64;
-        let pgids: Vec<i32> = self.pgids.lock().unwrap_or_else(|x| x.into_inner()).values().copied().collect();
+        let pgids: Vec<i32> =
+            self.pgids.lock().unwrap_or_else(|x| x.into_inner()).values().copied().collect();
         for pgid in &pgids {
             signal_group(*pgid, libc::SIGTERM);
         }
@@ -442,7 +497,9 @@ impl PodWorker {
                 match tokio::time::timeout_at(deadline, child.wait()).await {
                     Ok(_) => {}
                     Err(_) => {
-                        if let Some(pgid) = self.pgids.lock().unwrap_or_else(|x| x.into_inner()).get(&r.name) {
+                        if let Some(pgid) =
+                            self.pgids.lock().unwrap_or_else(|x| x.into_inner()).get(&r.name)
+                        {
                             signal_group(*pgid, libc::SIGKILL);
                         }
                         let _ = child.wait().await;
@@ -469,39 +526,63 @@ impl PodWorker {
             let _ = std::fs::remove_dir_all(h.dir.join("tmp"));
             let mut st = self.shared.lock();
             if let Some(p) = st.get(&pods(), &h.namespace, &h.name)
-                && meta::uid(&p) == self.uid && meta::is_deleting(&p) {
-                    st.remove(&pods(), &h.namespace, &h.name);
-                }
+                && meta::uid(&p) == self.uid
+                && meta::is_deleting(&p)
+            {
+                st.remove(&pods(), &h.namespace, &h.name);
+            }
         }
     }
 
     async fn probe(&self, probe: &Value, container: &Value) -> bool {
         let timeout = Duration::from_secs(probe["timeoutSeconds"].as_u64().unwrap_or(1).max(1));
-        let port_of = |p: &Value| -> Option<u16> {
-            let cp = match p {
-                Value::Number(n) => n.as_i64(),
-                // A named port of the container.
-                Value::String(s) => s.parse().ok().or_else(|| {
-                    container["ports"].as_array()?.iter().find(|x| x["name"] == s.as_str())?["containerPort"].as_i64()
-                }),
-                _ => None,
-            }?;
-            self.ports.get(&cp).copied()
-        };
+        let port_of =
+            |p: &Value| -> Option<u16> {
+                let cp =
+                    match p {
+                        Value::Number(n) => n.as_i64(),
+                        // A named port of the container.
+                        Value::String(s) => s.parse().ok().or_else(|| {
+                            container["ports"]
+                                .as_array()?
+                                .iter()
+                                .find(|x| x["name"] == s.as_str())?["containerPort"]
+                                .as_i64()
+                        }),
+                        _ => None,
+                    }?;
+                self.ports.get(&cp).copied()
+            };
         if let Some(h) = probe.get("httpGet") {
             let Some(port) = port_of(&h["port"]) else { return false };
             let path = h["path"].as_str().unwrap_or("/");
-            return tokio::time::timeout(timeout, http_get_status(port, path)).await.ok().flatten().is_some_and(|s| (200..400).contains(&s));
+            return tokio::time::timeout(timeout, http_get_status(port, path))
+                .await
+                .ok()
+                .flatten()
+                .is_some_and(|s| (200..400).contains(&s));
         }
         if let Some(t) = probe.get("tcpSocket") {
             let Some(port) = port_of(&t["port"]) else { return false };
-            return tokio::time::timeout(timeout, tokio::net::TcpStream::connect(("127.0.0.1", port))).await.is_ok_and(|r| r.is_ok());
+            return tokio::time::timeout(
+                timeout,
+                tokio::net::TcpStream::connect(("127.0.0.1", port)),
+            )
+            .await
+            .is_ok_and(|r| r.is_ok());
         }
         // exec and grpc probes: the container is alive, which is all a simulated check can tell.
         true
     }
 
-    fn start(&self, pod: &Value, c: &Value, mounts: &[(String, PathBuf)], env: &[(String, String)], r: &mut Running) -> Result<(), String> {
+    fn start(
+        &self,
+        pod: &Value,
+        c: &Value,
+        mounts: &[(String, PathBuf)],
+        env: &[(String, String)],
+        r: &mut Running,
+    ) -> Result<(), String> {
         r.started_at = meta::now_rfc3339();
         r.last_probe = tokio::time::Instant::now() - Duration::from_secs(3600);
         let image = c["image"].as_str().unwrap_or_default();
@@ -520,15 +601,21 @@ impl PodWorker {
             // command[0] names the program inside the image; the mapping says where it is here.
             argv.extend(cmd.iter().skip(1).filter_map(Value::as_str).map(expand));
         }
-        argv.extend(c["args"].as_array().into_iter().flatten().filter_map(Value::as_str).map(expand));
+        argv.extend(
+            c["args"].as_array().into_iter().flatten().filter_map(Value::as_str).map(expand),
+        );
         // The termination-message file is a host file mounted at terminationMessagePath.
         let term = self.termination_file(c);
         let _ = std::fs::create_dir_all(term.parent().unwrap_or(&self.dir));
         std::fs::write(&term, b"").map_err(|e| e.to_string())?;
         let mut mounts = mounts.to_vec();
-        mounts.push((c["terminationMessagePath"].as_str().unwrap_or("/dev/termination-log").to_string(), term));
+        mounts.push((
+            c["terminationMessagePath"].as_str().unwrap_or("/dev/termination-log").to_string(),
+            term,
+        ));
         let mounts = &mounts[..];
-        let argv: Vec<String> = argv.iter().map(|a| self.rewrite_ports(&rewrite_paths(a, mounts))).collect();
+        let argv: Vec<String> =
+            argv.iter().map(|a| self.rewrite_ports(&rewrite_paths(a, mounts))).collect();
         let logs = self.dir.join("logs");
         std::fs::create_dir_all(&logs).map_err(|e| e.to_string())?;
         let name = c["name"].as_str().unwrap_or_default();
@@ -548,7 +635,10 @@ impl PodWorker {
             .env("TMPDIR", &tmp)
             .env("HOSTNAME", meta::name(pod))
             .env("KUBERNETES_SERVICE_HOST", "127.0.0.1")
-            .env("KUBERNETES_SERVICE_PORT", self.shared.runtime.api_port.lock().unwrap_or_else(|p| p.into_inner()).to_string())
+            .env(
+                "KUBERNETES_SERVICE_PORT",
+                self.shared.runtime.api_port.lock().unwrap_or_else(|p| p.into_inner()).to_string(),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(log2))
@@ -556,7 +646,10 @@ impl PodWorker {
         for (k, v) in env {
             cmd.env(k, rewrite_paths(v, mounts));
         }
-        let workdir = c["workingDir"].as_str().map(|w| PathBuf::from(rewrite_paths(w, mounts))).unwrap_or_else(|| tmp.clone());
+        let workdir = c["workingDir"]
+            .as_str()
+            .map(|w| PathBuf::from(rewrite_paths(w, mounts)))
+            .unwrap_or_else(|| tmp.clone());
         cmd.current_dir(if workdir.is_dir() { workdir } else { tmp });
         // SAFETY: only async-signal-safe calls between fork and exec: a new process group, and
         // death of the server kills the child.
@@ -569,7 +662,10 @@ impl PodWorker {
         }
         let child = cmd.spawn().map_err(|e| format!("failed to start {}: {e}", exe.display()))?;
         if let Some(pid) = child.id() {
-            self.pgids.lock().unwrap_or_else(|x| x.into_inner()).insert(name.to_string(), pid as i32);
+            self.pgids
+                .lock()
+                .unwrap_or_else(|x| x.into_inner())
+                .insert(name.to_string(), pid as i32);
         }
         r.child = Some(child);
         Ok(())
@@ -583,13 +679,20 @@ impl PodWorker {
     /// 4096 bytes) or, with `FallbackToLogsOnError` after a failure and an empty file, the log's
     /// last 80 lines (at most 2048 bytes).
     fn termination_message(&self, c: &Value, code: i32) -> Option<String> {
-        let cap = |b: &[u8], n: usize| String::from_utf8_lossy(&b[b.len().saturating_sub(n)..]).into_owned();
+        let cap = |b: &[u8], n: usize| {
+            String::from_utf8_lossy(&b[b.len().saturating_sub(n)..]).into_owned()
+        };
         let file = std::fs::read(self.termination_file(c)).unwrap_or_default();
         if !file.is_empty() {
             return Some(String::from_utf8_lossy(&file[..file.len().min(4096)]).into_owned());
         }
         if code != 0 && c["terminationMessagePolicy"].as_str() == Some("FallbackToLogsOnError") {
-            let log = std::fs::read(self.dir.join("logs").join(format!("{}.log", c["name"].as_str().unwrap_or_default()))).unwrap_or_default();
+            let log = std::fs::read(
+                self.dir
+                    .join("logs")
+                    .join(format!("{}.log", c["name"].as_str().unwrap_or_default())),
+            )
+            .unwrap_or_default();
             let text = cap(&log, 1 << 16);
             let lines: Vec<&str> = text.lines().collect();
             let tail = lines[lines.len().saturating_sub(80)..].join("\n");
@@ -614,16 +717,25 @@ impl PodWorker {
     }
 
     /// Environment of each container: env and envFrom with their sources resolved.
-    fn resolve_env_sources(&self, pod: &Value) -> Result<HashMap<String, Vec<(String, String)>>, String> {
+    fn resolve_env_sources(
+        &self,
+        pod: &Value,
+    ) -> Result<HashMap<String, Vec<(String, String)>>, String> {
         let st = self.shared.lock();
         let ns = meta::namespace(pod);
         let cm = |name: &str| st.get(&GroupResource::core("configmaps"), ns, name);
         let secret = |name: &str| st.get(&GroupResource::core("secrets"), ns, name);
         let decode = |v: &Value| -> String {
-            v.as_str().and_then(|s| base64::engine::general_purpose::STANDARD.decode(s).ok()).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default()
+            v.as_str()
+                .and_then(|s| base64::engine::general_purpose::STANDARD.decode(s).ok())
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .unwrap_or_default()
         };
         let mut out = HashMap::new();
-        let all: Vec<Value> = ["initContainers", "containers"].iter().flat_map(|k| pod["spec"][*k].as_array().cloned().unwrap_or_default()).collect();
+        let all: Vec<Value> = ["initContainers", "containers"]
+            .iter()
+            .flat_map(|k| pod["spec"][*k].as_array().cloned().unwrap_or_default())
+            .collect();
         for c in all {
             let mut env: Vec<(String, String)> = Vec::new();
             for from in c["envFrom"].as_array().into_iter().flatten() {
@@ -631,7 +743,11 @@ impl PodWorker {
                 if let Some(r) = from.get("configMapRef") {
                     let name = r["name"].as_str().unwrap_or_default();
                     match cm(name) {
-                        Some(o) => env.extend(o["data"].as_object().into_iter().flatten().map(|(k, v)| (format!("{prefix}{k}"), v.as_str().unwrap_or_default().to_string()))),
+                        Some(o) => {
+                            env.extend(o["data"].as_object().into_iter().flatten().map(|(k, v)| {
+                                (format!("{prefix}{k}"), v.as_str().unwrap_or_default().to_string())
+                            }))
+                        }
                         None if r["optional"] == true => {}
                         None => return Err(format!("configmap \"{name}\" not found")),
                     }
@@ -639,7 +755,13 @@ impl PodWorker {
                 if let Some(r) = from.get("secretRef") {
                     let name = r["name"].as_str().unwrap_or_default();
                     match secret(name) {
-                        Some(o) => env.extend(o["data"].as_object().into_iter().flatten().map(|(k, v)| (format!("{prefix}{k}"), decode(v)))),
+                        Some(o) => env.extend(
+                            o["data"]
+                                .as_object()
+                                .into_iter()
+                                .flatten()
+                                .map(|(k, v)| (format!("{prefix}{k}"), decode(v))),
+                        ),
                         None if r["optional"] == true => {}
                         None => return Err(format!("secret \"{name}\" not found")),
                     }
@@ -650,25 +772,38 @@ impl PodWorker {
                 let so_far: BTreeMap<String, String> = env.iter().cloned().collect();
                 let value = if let Some(v) = e["value"].as_str() {
                     expand_vars(v, &so_far)
-                } else if let Some(f) = e.pointer("/valueFrom/fieldRef/fieldPath").and_then(Value::as_str) {
+                } else if let Some(f) =
+                    e.pointer("/valueFrom/fieldRef/fieldPath").and_then(Value::as_str)
+                {
                     field_ref(pod, f)
                 } else if let Some(r) = e.pointer("/valueFrom/configMapKeyRef") {
-                    let (n, k) = (r["name"].as_str().unwrap_or_default(), r["key"].as_str().unwrap_or_default());
+                    let (n, k) = (
+                        r["name"].as_str().unwrap_or_default(),
+                        r["key"].as_str().unwrap_or_default(),
+                    );
                     match cm(n).and_then(|o| o["data"][k].as_str().map(str::to_string)) {
                         Some(v) => v,
                         None if r["optional"] == true => continue,
                         None => return Err(format!("couldn't find key {k} in ConfigMap {ns}/{n}")),
                     }
                 } else if let Some(r) = e.pointer("/valueFrom/secretKeyRef") {
-                    let (n, k) = (r["name"].as_str().unwrap_or_default(), r["key"].as_str().unwrap_or_default());
+                    let (n, k) = (
+                        r["name"].as_str().unwrap_or_default(),
+                        r["key"].as_str().unwrap_or_default(),
+                    );
                     match secret(n).map(|o| o["data"][k].clone()).filter(|v| !v.is_null()) {
                         Some(v) => decode(&v),
                         None if r["optional"] == true => continue,
                         None => return Err(format!("couldn't find key {k} in Secret {ns}/{n}")),
                     }
-                } else if let Some(r) = e.pointer("/valueFrom/resourceFieldRef/resource").and_then(Value::as_str) {
+                } else if let Some(r) =
+                    e.pointer("/valueFrom/resourceFieldRef/resource").and_then(Value::as_str)
+                {
                     let (kind, res) = r.split_once('.').unwrap_or(("limits", r));
-                    c["resources"][kind][res].as_str().map(str::to_string).unwrap_or_else(|| "0".into())
+                    c["resources"][kind][res]
+                        .as_str()
+                        .map(str::to_string)
+                        .unwrap_or_else(|| "0".into())
                 } else {
                     String::new()
                 };
@@ -711,7 +846,10 @@ impl PodWorker {
                     } else if let Some(src) = source.get("downwardAPI") {
                         write_downward(pod, src, &own)?;
                     } else if let Some(src) = source.get("serviceAccountToken") {
-                        let sa = pod.pointer("/spec/serviceAccountName").and_then(Value::as_str).unwrap_or("default");
+                        let sa = pod
+                            .pointer("/spec/serviceAccountName")
+                            .and_then(Value::as_str)
+                            .unwrap_or("default");
                         let token = self.shared.auth.issue_service_account_token(&ns, sa, "");
                         let path = own.join(src["path"].as_str().unwrap_or("token"));
                         write_file(&path, token.as_bytes(), 0o600)?;
@@ -725,19 +863,28 @@ impl PodWorker {
             } else if let Some(src) = v.get("persistentVolumeClaim") {
                 let claim = src["claimName"].as_str().unwrap_or_default();
                 let st = self.shared.lock();
-                let pvc = st
-                    .get(&GroupResource::core("persistentvolumeclaims"), &ns, claim)
-                    .ok_or_else(|| format!("MountVolume.SetUp failed for volume \"{name}\" : persistentvolumeclaim \"{claim}\" not found"))?;
+                let pvc = st.get(&GroupResource::core("persistentvolumeclaims"), &ns, claim).ok_or_else(|| {
+                    format!(
+                        "MountVolume.SetUp failed for volume \"{name}\" : persistentvolumeclaim \"{claim}\" not found"
+                    )
+                })?;
                 if pvc.pointer("/status/phase").and_then(Value::as_str) != Some("Bound") {
-                    return Err(format!("MountVolume.SetUp failed for volume \"{name}\" : persistentvolumeclaim \"{claim}\" is not bound"));
+                    return Err(format!(
+                        "MountVolume.SetUp failed for volume \"{name}\" : persistentvolumeclaim \"{claim}\" is not bound"
+                    ));
                 }
-                let pv_name = pvc.pointer("/spec/volumeName").and_then(Value::as_str).unwrap_or_default();
-                let pv = st.get(&GroupResource::core("persistentvolumes"), "", pv_name).ok_or_else(|| format!("persistentvolume \"{pv_name}\" not found"))?;
+                let pv_name =
+                    pvc.pointer("/spec/volumeName").and_then(Value::as_str).unwrap_or_default();
+                let pv = st
+                    .get(&GroupResource::core("persistentvolumes"), "", pv_name)
+                    .ok_or_else(|| format!("persistentvolume \"{pv_name}\" not found"))?;
                 let path = pv
                     .pointer("/spec/hostPath/path")
                     .or_else(|| pv.pointer("/spec/local/path"))
                     .and_then(Value::as_str)
-                    .ok_or_else(|| format!("persistentvolume \"{pv_name}\" has no hostPath or local path"))?;
+                    .ok_or_else(|| {
+                        format!("persistentvolume \"{pv_name}\" has no hostPath or local path")
+                    })?;
                 let p = PathBuf::from(path);
                 std::fs::create_dir_all(&p).map_err(|e| e.to_string())?;
                 p
@@ -750,13 +897,20 @@ impl PodWorker {
                     .iter()
                     .find(|d| d.driver == driver)
                     .ok_or_else(|| format!("MountVolume.SetUp failed for volume \"{name}\" : kubernetes.io/csi: driver name {driver} not found in the list of registered CSI drivers"))?;
-                let value = src["volumeAttributes"][d.attribute.as_str()].as_str().unwrap_or_default();
+                let value =
+                    src["volumeAttributes"][d.attribute.as_str()].as_str().unwrap_or_default();
                 if value.is_empty() || value.contains('/') || value == ".." {
-                    return Err(format!("MountVolume.SetUp failed for volume \"{name}\" : attribute {} must name a directory", d.attribute));
+                    return Err(format!(
+                        "MountVolume.SetUp failed for volume \"{name}\" : attribute {} must name a directory",
+                        d.attribute
+                    ));
                 }
                 let p = d.root.join(value);
                 if !p.is_dir() {
-                    return Err(format!("MountVolume.SetUp failed for volume \"{name}\" : {driver}: {} does not exist", p.display()));
+                    return Err(format!(
+                        "MountVolume.SetUp failed for volume \"{name}\" : {driver}: {} does not exist",
+                        p.display()
+                    ));
                 }
                 p
             } else if let Some(src) = v.get("hostPath") {
@@ -771,7 +925,9 @@ impl PodWorker {
         for list in ["initContainers", "containers"] {
             for c in pod["spec"][list].as_array().into_iter().flatten() {
                 for m in c["volumeMounts"].as_array().into_iter().flatten() {
-                    let Some(base) = dirs.get(m["name"].as_str().unwrap_or_default()) else { continue };
+                    let Some(base) = dirs.get(m["name"].as_str().unwrap_or_default()) else {
+                        continue;
+                    };
                     let host = match m["subPath"].as_str().filter(|s| !s.is_empty()) {
                         Some(sub) => {
                             if sub.split('/').any(|s| s == "..") {
@@ -781,7 +937,14 @@ impl PodWorker {
                         }
                         None => base.clone(),
                     };
-                    mounts.push((m["mountPath"].as_str().unwrap_or_default().trim_end_matches('/').to_string(), host));
+                    mounts.push((
+                        m["mountPath"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .trim_end_matches('/')
+                            .to_string(),
+                        host,
+                    ));
                 }
             }
         }
@@ -801,7 +964,10 @@ impl PodWorker {
                 (_, Some(s)) => ("secrets", s["secretName"].as_str()),
                 _ => continue,
             };
-            let rv = st.get(&GroupResource::core(resource), ns, name.unwrap_or_default()).map(|o| meta::resource_version(&o).to_string()).unwrap_or_default();
+            let rv = st
+                .get(&GroupResource::core(resource), ns, name.unwrap_or_default())
+                .map(|o| meta::resource_version(&o).to_string())
+                .unwrap_or_default();
             out.insert(v["name"].as_str().unwrap_or_default().to_string(), rv);
         }
         out
@@ -839,7 +1005,15 @@ impl PodWorker {
     /// Projects a configMap's or secret's keys into `dir`; keys gone from the source are removed
     /// (`prune`, for a volume of its own with all keys projected), and each file is replaced
     /// atomically.
-    fn write_keys(&self, ns: &str, resource: &str, src: &Value, dir: &Path, base64_values: bool, prune: bool) -> Result<(), String> {
+    fn write_keys(
+        &self,
+        ns: &str,
+        resource: &str,
+        src: &Value,
+        dir: &Path,
+        base64_values: bool,
+        prune: bool,
+    ) -> Result<(), String> {
         let name = src["name"].as_str().unwrap_or_default();
         let obj = self.shared.lock().get(&GroupResource::core(resource), ns, name);
         let kind = if resource == "secrets" { "secret" } else { "configmap" };
@@ -848,7 +1022,9 @@ impl PodWorker {
                 std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
                 return Ok(());
             }
-            return Err(format!("MountVolume.SetUp failed for volume : {kind} \"{name}\" not found"));
+            return Err(format!(
+                "MountVolume.SetUp failed for volume : {kind} \"{name}\" not found"
+            ));
         };
         std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
         let mode = src["defaultMode"].as_u64().unwrap_or(0o644) as u32;
@@ -856,7 +1032,9 @@ impl PodWorker {
         for field in ["data", "binaryData"] {
             for (k, v) in obj[field].as_object().into_iter().flatten() {
                 let bytes = if base64_values || field == "binaryData" {
-                    base64::engine::general_purpose::STANDARD.decode(v.as_str().unwrap_or_default()).map_err(|e| e.to_string())?
+                    base64::engine::general_purpose::STANDARD
+                        .decode(v.as_str().unwrap_or_default())
+                        .map_err(|e| e.to_string())?
                 } else {
                     v.as_str().unwrap_or_default().as_bytes().to_vec()
                 };
@@ -872,16 +1050,23 @@ impl PodWorker {
                         return Err(format!("item path {path:?} must not contain '..'"));
                     }
                     let Some((_, bytes)) = entries.iter().find(|(k, _)| k == key) else {
-                        return Err(format!("MountVolume.SetUp failed: configmap references non-existent config key: {key}"));
+                        return Err(format!(
+                            "MountVolume.SetUp failed: configmap references non-existent config key: {key}"
+                        ));
                     };
-                    write_file(&dir.join(path), bytes, item["mode"].as_u64().map(|m| m as u32).unwrap_or(mode))?;
+                    write_file(
+                        &dir.join(path),
+                        bytes,
+                        item["mode"].as_u64().map(|m| m as u32).unwrap_or(mode),
+                    )?;
                 }
             }
             _ => {
                 for (k, bytes) in &entries {
                     write_file(&dir.join(k), bytes, mode)?;
                 }
-                for old in std::fs::read_dir(dir).into_iter().flatten().filter(|_| prune).flatten() {
+                for old in std::fs::read_dir(dir).into_iter().flatten().filter(|_| prune).flatten()
+                {
                     let file = old.file_name().to_string_lossy().into_owned();
                     if !entries.iter().any(|(k, _)| *k == file) {
                         let _ = std::fs::remove_file(old.path());
@@ -912,7 +1097,9 @@ impl Running {
 
     fn status(&self) -> Value {
         let state = match (&self.exit, self.backoff_until) {
-            (Some(_), Some(_)) => json!({"waiting": {"reason": "CrashLoopBackOff", "message": format!("back-off restarting failed container={}", self.name)}}),
+            (Some(_), Some(_)) => {
+                json!({"waiting": {"reason": "CrashLoopBackOff", "message": format!("back-off restarting failed container={}", self.name)}})
+            }
             (Some((code, reason, at)), None) => {
                 let mut t = json!({"exitCode": code, "reason": reason, "startedAt": self.started_at, "finishedAt": at, "containerID": format!("devcluster://{}", self.name)});
                 if let Some(m) = &self.message {
@@ -937,16 +1124,23 @@ impl Running {
 
 fn started_elapsed(started_at: &str) -> Duration {
     meta::parse_time(started_at)
-        .map(|t| Duration::from_secs((jiff::Timestamp::now().as_second() - t.as_second()).max(0) as u64))
+        .map(|t| {
+            Duration::from_secs((jiff::Timestamp::now().as_second() - t.as_second()).max(0) as u64)
+        })
         .unwrap_or_default()
 }
 
 fn conditions(pod: &Value, ready: bool, initialized: bool, started: bool) -> Value {
     let now = meta::now_rfc3339();
-    let old: Vec<Value> = pod.pointer("/status/conditions").and_then(Value::as_array).cloned().unwrap_or_default();
+    let old: Vec<Value> =
+        pod.pointer("/status/conditions").and_then(Value::as_array).cloned().unwrap_or_default();
     let cond = |ty: &str, ok: bool| {
         let status = if ok { "True" } else { "False" };
-        let since = old.iter().find(|c| c["type"] == ty && c["status"] == status).and_then(|c| c.get("lastTransitionTime").cloned()).unwrap_or_else(|| now.clone().into());
+        let since = old
+            .iter()
+            .find(|c| c["type"] == ty && c["status"] == status)
+            .and_then(|c| c.get("lastTransitionTime").cloned())
+            .unwrap_or_else(|| now.clone().into());
         json!({"type": ty, "status": status, "lastProbeTime": null, "lastTransitionTime": since})
     };
     json!([
@@ -964,9 +1158,13 @@ fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), String> {
         std::fs::create_dir_all(parent).map_err(|e| e.to_string())?;
     }
     // Replaced by rename, so a reader sees the old content or the new, never a mix.
-    let tmp = path.with_file_name(format!(".{}.devcluster-tmp", path.file_name().unwrap_or_default().to_string_lossy()));
+    let tmp = path.with_file_name(format!(
+        ".{}.devcluster-tmp",
+        path.file_name().unwrap_or_default().to_string_lossy()
+    ));
     std::fs::write(&tmp, bytes).map_err(|e| format!("{}: {e}", path.display()))?;
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode & 0o777)).map_err(|e| e.to_string())?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode & 0o777))
+        .map_err(|e| e.to_string())?;
     std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))
 }
 
@@ -974,12 +1172,16 @@ fn field_ref(pod: &Value, path: &str) -> String {
     if let Some(key) = path.strip_prefix("metadata.labels['").and_then(|k| k.strip_suffix("']")) {
         return meta::label(pod, key).unwrap_or_default().to_string();
     }
-    if let Some(key) = path.strip_prefix("metadata.annotations['").and_then(|k| k.strip_suffix("']")) {
+    if let Some(key) =
+        path.strip_prefix("metadata.annotations['").and_then(|k| k.strip_suffix("']"))
+    {
         return meta::annotation(pod, key).unwrap_or_default().to_string();
     }
     match path {
         "status.podIP" | "status.hostIP" | "status.podIPs" | "status.hostIPs" => "127.0.0.1".into(),
-        "metadata.labels" => meta::labels(pod).map(|l| l.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("\n")).unwrap_or_default(),
+        "metadata.labels" => meta::labels(pod)
+            .map(|l| l.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("\n"))
+            .unwrap_or_default(),
         other => {
             let pointer = format!("/{}", other.replace('.', "/"));
             match pod.pointer(&pointer) {
@@ -997,7 +1199,11 @@ fn write_downward(pod: &Value, src: &Value, dir: &Path) -> Result<(), String> {
         if path.split('/').any(|s| s == "..") {
             return Err(format!("downwardAPI path {path:?} must not contain '..'"));
         }
-        let value = item.pointer("/fieldRef/fieldPath").and_then(Value::as_str).map(|f| field_ref(pod, f)).unwrap_or_default();
+        let value = item
+            .pointer("/fieldRef/fieldPath")
+            .and_then(Value::as_str)
+            .map(|f| field_ref(pod, f))
+            .unwrap_or_default();
         write_file(&dir.join(path), value.as_bytes(), 0o644)?;
     }
     Ok(())
@@ -1016,15 +1222,16 @@ pub fn expand_vars(s: &str, env: &BTreeMap<String, String>) -> String {
                 continue;
             }
             if bytes[i + 1] == b'('
-                && let Some(end) = s[i + 2..].find(')') {
-                    let name = &s[i + 2..i + 2 + end];
-                    match env.get(name) {
-                        Some(v) => out.push_str(v),
-                        None => out.push_str(&s[i..i + 3 + end]),
-                    }
-                    i += 3 + end;
-                    continue;
+                && let Some(end) = s[i + 2..].find(')')
+            {
+                let name = &s[i + 2..i + 2 + end];
+                match env.get(name) {
+                    Some(v) => out.push_str(v),
+                    None => out.push_str(&s[i..i + 3 + end]),
                 }
+                i += 3 + end;
+                continue;
+            }
         }
         let ch = s[i..].chars().next().expect("in bounds");
         out.push(ch);
@@ -1051,16 +1258,19 @@ pub fn rewrite_paths(arg: &str, mounts: &[(String, PathBuf)]) -> String {
         return r;
     }
     if let Some((flag, value)) = arg.split_once('=')
-        && let Some(r) = rewrite_one(value) {
-            return format!("{flag}={r}");
-        }
+        && let Some(r) = rewrite_one(value)
+    {
+        return format!("{flag}={r}");
+    }
     arg.to_string()
 }
 
 async fn http_get_status(port: u16, path: &str) -> Option<u16> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
-    let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: kube-probe/1.33\r\nConnection: close\r\n\r\n");
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: kube-probe/1.33\r\nConnection: close\r\n\r\n"
+    );
     stream.write_all(req.as_bytes()).await.ok()?;
     let mut buf = [0u8; 64];
     let n = stream.read(&mut buf).await.ok()?;
@@ -1069,12 +1279,22 @@ async fn http_get_status(port: u16, path: &str) -> Option<u16> {
 }
 
 /// `GET pods/<name>/log`.
-pub async fn logs(shared: &Arc<Shared>, ns: &str, name: &str, query: &BTreeMap<String, String>) -> Result<Reply, ApiError> {
-    let pod = shared
-        .lock()
-        .get(&pods(), ns, name)
-        .ok_or_else(|| ApiError::not_found(crate::error::Qualified { group: "", resource: "pods" }, name))?;
-    let containers: Vec<String> = pod.pointer("/spec/containers").and_then(Value::as_array).into_iter().flatten().filter_map(|c| c["name"].as_str().map(str::to_string)).collect();
+pub async fn logs(
+    shared: &Arc<Shared>,
+    ns: &str,
+    name: &str,
+    query: &BTreeMap<String, String>,
+) -> Result<Reply, ApiError> {
+    let pod = shared.lock().get(&pods(), ns, name).ok_or_else(|| {
+        ApiError::not_found(crate::error::Qualified { group: "", resource: "pods" }, name)
+    })?;
+    let containers: Vec<String> = pod
+        .pointer("/spec/containers")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["name"].as_str().map(str::to_string))
+        .collect();
     let container = match query.get("container") {
         Some(c) => c.clone(),
         None if containers.len() == 1 => containers[0].clone(),
@@ -1086,9 +1306,14 @@ pub async fn logs(shared: &Arc<Shared>, ns: &str, name: &str, query: &BTreeMap<S
         }
     };
     if !containers.contains(&container) {
-        return Err(ApiError::bad_request(format!("container {container} is not valid for pod {name}")));
+        return Err(ApiError::bad_request(format!(
+            "container {container} is not valid for pod {name}"
+        )));
     }
-    let dir = shared.runtime.pod_dir(meta::uid(&pod)).unwrap_or_else(|| shared.runtime.state_dir.join("pods").join(meta::uid(&pod)));
+    let dir = shared
+        .runtime
+        .pod_dir(meta::uid(&pod))
+        .unwrap_or_else(|| shared.runtime.state_dir.join("pods").join(meta::uid(&pod)));
     let file = if query.get("previous").is_some_and(|v| v == "true") {
         dir.join("logs").join(format!("{container}.previous.log"))
     } else {
@@ -1116,12 +1341,13 @@ pub async fn logs(shared: &Arc<Shared>, ns: &str, name: &str, query: &BTreeMap<S
             loop {
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 if let Ok(bytes) = std::fs::read(&file)
-                    && bytes.len() > offset {
-                        if tx.send(bytes[offset..].to_vec().into()).await.is_err() {
-                            return;
-                        }
-                        offset = bytes.len();
+                    && bytes.len() > offset
+                {
+                    if tx.send(bytes[offset..].to_vec().into()).await.is_err() {
+                        return;
                     }
+                    offset = bytes.len();
+                }
                 if shared_c.runtime.pod_dir(&uid).is_none() || tx.is_closed() {
                     return;
                 }

@@ -35,10 +35,10 @@ pub mod protobuf;
 pub mod proxy;
 pub mod quantity;
 pub mod resources;
+pub mod runtime;
 pub mod scheduler;
 pub mod schema;
 pub mod selectors;
-pub mod runtime;
 pub mod server;
 pub mod shared;
 pub mod state;
@@ -98,7 +98,8 @@ fn node_object(n: &NodeConfig) -> Value {
     for (k, v) in &n.labels {
         labels[k] = v.clone().into();
     }
-    let mut capacity = json!({"cpu": "8", "memory": "32Gi", "pods": "110", "ephemeral-storage": "100Gi"});
+    let mut capacity =
+        json!({"cpu": "8", "memory": "32Gi", "pods": "110", "ephemeral-storage": "100Gi"});
     for (k, v) in &n.capacity {
         capacity[k] = v.clone().into();
     }
@@ -128,7 +129,13 @@ fn node_object(n: &NodeConfig) -> Value {
 }
 
 /// Writes a kubeconfig for `server` (trusting `ca_pem`) authenticating with `token`.
-pub fn write_kubeconfig(path: &Path, server: &str, ca_pem: &str, user: &str, token: &str) -> std::io::Result<()> {
+pub fn write_kubeconfig(
+    path: &Path,
+    server: &str,
+    ca_pem: &str,
+    user: &str,
+    token: &str,
+) -> std::io::Result<()> {
     use base64::Engine;
     let ca = base64::engine::general_purpose::STANDARD.encode(ca_pem);
     let text = format!(
@@ -146,20 +153,34 @@ impl DevCluster {
     /// Starts the API server, controllers, scheduler and kubelet on the current tokio runtime.
     pub async fn start(mut config: Config) -> Result<DevCluster, StartError> {
         let state_dir = config.state_dir.clone();
-        std::fs::create_dir_all(&state_dir).map_err(|e| StartError::StateDir(state_dir.clone(), e))?;
-        let state_dir = state_dir.canonicalize().map_err(|e| StartError::StateDir(state_dir.clone(), e))?;
+        std::fs::create_dir_all(&state_dir)
+            .map_err(|e| StartError::StateDir(state_dir.clone(), e))?;
+        let state_dir =
+            state_dir.canonicalize().map_err(|e| StartError::StateDir(state_dir.clone(), e))?;
         config.state_dir = state_dir.clone();
         let volumes_dir = state_dir.join("volumes");
-        std::fs::create_dir_all(&volumes_dir).map_err(|e| StartError::StateDir(volumes_dir.clone(), e))?;
+        std::fs::create_dir_all(&volumes_dir)
+            .map_err(|e| StartError::StateDir(volumes_dir.clone(), e))?;
         let admin_token = random_token();
-        config.tokens.push(StaticToken { token: admin_token.clone(), user: "admin".into(), uid: String::new(), groups: vec!["system:masters".into()] });
+        config.tokens.push(StaticToken {
+            token: admin_token.clone(),
+            user: "admin".into(),
+            uid: String::new(),
+            groups: vec!["system:masters".into()],
+        });
         if config.nodes.is_empty() {
             config.nodes.push(NodeConfig::new("devcluster-node"));
         }
 
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", config.port)).await.map_err(|e| StartError::Listen(config.port, e))?;
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", config.port))
+            .await
+            .map_err(|e| StartError::Listen(config.port, e))?;
         let addr = listener.local_addr().map_err(|e| StartError::Listen(config.port, e))?;
-        let runtime = Arc::new(runtime::Runtime::new(state_dir.clone(), config.images.clone(), config.csi_drivers.clone()));
+        let runtime = Arc::new(runtime::Runtime::new(
+            state_dir.clone(),
+            config.images.clone(),
+            config.csi_drivers.clone(),
+        ));
         runtime.set_api_port(addr.port());
         let nodes = config.nodes.clone();
         let shared = Arc::new(Shared::new(config, runtime, addr.to_string()));
@@ -171,10 +192,22 @@ impl DevCluster {
             }
             let namespaces = resources::GroupResource::core("namespaces");
             for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
-                api::system_write(&mut st, &namespaces, json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}), false, "kube-apiserver");
+                api::system_write(
+                    &mut st,
+                    &namespaces,
+                    json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}),
+                    false,
+                    "kube-apiserver",
+                );
             }
             for n in &nodes {
-                api::system_write(&mut st, &resources::GroupResource::core("nodes"), node_object(n), false, "kubelet");
+                api::system_write(
+                    &mut st,
+                    &resources::GroupResource::core("nodes"),
+                    node_object(n),
+                    false,
+                    "kubelet",
+                );
             }
             api::system_write(
                 &mut st,
@@ -196,7 +229,8 @@ impl DevCluster {
         }
 
         let certs = tls::generate().map_err(StartError::Tls)?;
-        std::fs::write(state_dir.join("ca.crt"), &certs.ca_pem).map_err(|e| StartError::StateDir(state_dir.clone(), e))?;
+        std::fs::write(state_dir.join("ca.crt"), &certs.ca_pem)
+            .map_err(|e| StartError::StateDir(state_dir.clone(), e))?;
         let acceptor = tokio_rustls::TlsAcceptor::from(certs.server_config.clone());
         let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
         let app = axum::Router::new().fallback(server::handle).with_state(shared.clone());
@@ -229,9 +263,24 @@ impl DevCluster {
         tasks.push(tokio::spawn(kubelet::run(shared.clone())));
 
         let kubeconfig = state_dir.join("kubeconfig");
-        write_kubeconfig(&kubeconfig, &format!("https://{addr}"), &certs.ca_pem, "admin", &admin_token)
-            .map_err(|e| StartError::StateDir(kubeconfig.clone(), e))?;
-        Ok(DevCluster { addr, ca_pem: certs.ca_pem, kubeconfig, admin_token, state_dir, shared, shutdown: Some(stop_tx), tasks })
+        write_kubeconfig(
+            &kubeconfig,
+            &format!("https://{addr}"),
+            &certs.ca_pem,
+            "admin",
+            &admin_token,
+        )
+        .map_err(|e| StartError::StateDir(kubeconfig.clone(), e))?;
+        Ok(DevCluster {
+            addr,
+            ca_pem: certs.ca_pem,
+            kubeconfig,
+            admin_token,
+            state_dir,
+            shared,
+            shutdown: Some(stop_tx),
+            tasks,
+        })
     }
 
     pub fn url(&self) -> String {
@@ -254,11 +303,20 @@ impl DevCluster {
 
     /// Adds a bearer token for `user` in `groups`.
     pub fn add_token(&self, token: &str, user: &str, groups: &[&str]) {
-        self.shared.auth.add_token(token, user, &groups.iter().map(|g| g.to_string()).collect::<Vec<_>>());
+        self.shared.auth.add_token(
+            token,
+            user,
+            &groups.iter().map(|g| g.to_string()).collect::<Vec<_>>(),
+        );
     }
 
     /// Writes a kubeconfig authenticating with `token`.
-    pub fn write_kubeconfig_for(&self, path: &Path, user: &str, token: &str) -> std::io::Result<()> {
+    pub fn write_kubeconfig_for(
+        &self,
+        path: &Path,
+        user: &str,
+        token: &str,
+    ) -> std::io::Result<()> {
         write_kubeconfig(path, &self.url(), &self.ca_pem, user, token)
     }
 

@@ -33,7 +33,10 @@ struct Args {
 }
 
 fn main() {
-    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
     let args = Args::parse();
     let mut config = Config::new(&args.state_dir);
     config.port = args.port;
@@ -46,14 +49,24 @@ fn main() {
         config = config.load_token_file(path).unwrap_or_else(|e| fail(&e));
     }
     for spec in &args.images {
-        let (image, exe) = spec.split_once('=').unwrap_or_else(|| fail(&format!("--image {spec}: expected IMAGE=EXE")));
+        let (image, exe) = spec
+            .split_once('=')
+            .unwrap_or_else(|| fail(&format!("--image {spec}: expected IMAGE=EXE")));
         config.images.push(ImageMapping { image: image.into(), executable: exe.into() });
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap_or_else(|e| fail(&e.to_string()));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| fail(&e.to_string()));
     runtime.block_on(async move {
         let cluster = DevCluster::start(config).await.unwrap_or_else(|e| fail(&e.to_string()));
-        println!("devcluster ready at {} (kubeconfig: {})", cluster.url(), cluster.kubeconfig.display());
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).unwrap_or_else(|e| fail(&e.to_string()));
+        println!(
+            "devcluster ready at {} (kubeconfig: {})",
+            cluster.url(),
+            cluster.kubeconfig.display()
+        );
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .unwrap_or_else(|e| fail(&e.to_string()));
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}

@@ -59,7 +59,10 @@ pub fn set_finalizers(obj: &mut Value, finalizers: &[String]) {
 }
 
 pub fn owner_references(obj: &Value) -> Vec<&Value> {
-    obj.pointer("/metadata/ownerReferences").and_then(Value::as_array).map(|a| a.iter().collect()).unwrap_or_default()
+    obj.pointer("/metadata/ownerReferences")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().collect())
+        .unwrap_or_default()
 }
 
 pub fn metadata_mut(obj: &mut Value) -> &mut Map<String, Value> {
@@ -166,7 +169,11 @@ pub fn human_duration(secs: i64) -> String {
     }
     if hours < 24 * 365 * 8 {
         let days = (hours / 24) % 365;
-        return if days == 0 { format!("{}y", hours / 24 / 365) } else { format!("{}y{days}d", hours / 24 / 365) };
+        return if days == 0 {
+            format!("{}y", hours / 24 / 365)
+        } else {
+            format!("{}y{days}d", hours / 24 / 365)
+        };
     }
     format!("{}y", hours / 24 / 365)
 }
@@ -199,9 +206,10 @@ pub fn is_qualified_name(s: &str) -> bool {
         None => (None, s),
     };
     if let Some(p) = prefix
-        && !is_dns1123_subdomain(p) {
-            return false;
-        }
+        && !is_dns1123_subdomain(p)
+    {
+        return false;
+    }
     !name.is_empty()
         && name.len() <= 63
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))

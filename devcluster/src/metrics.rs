@@ -65,10 +65,16 @@ impl Metrics {
                 l.version
             ));
         }
-        out.push_str("# HELP apiserver_watch_events_total [ALPHA] Number of events sent in watch clients\n");
+        out.push_str(
+            "# HELP apiserver_watch_events_total [ALPHA] Number of events sent in watch clients\n",
+        );
         out.push_str("# TYPE apiserver_watch_events_total counter\n");
-        for ((group, resource), n) in self.watch_events.lock().unwrap_or_else(|p| p.into_inner()).iter() {
-            out.push_str(&format!("apiserver_watch_events_total{{group=\"{group}\",resource=\"{resource}\"}} {n}\n"));
+        for ((group, resource), n) in
+            self.watch_events.lock().unwrap_or_else(|p| p.into_inner()).iter()
+        {
+            out.push_str(&format!(
+                "apiserver_watch_events_total{{group=\"{group}\",resource=\"{resource}\"}} {n}\n"
+            ));
         }
         out.push_str("# HELP apiserver_storage_objects [STABLE] Number of stored objects at the time of last check split by kind.\n");
         out.push_str("# TYPE apiserver_storage_objects gauge\n");
@@ -106,7 +112,16 @@ mod tests {
     #[test]
     fn renders_and_parses() {
         let m = Metrics::default();
-        m.record(RequestLabels { verb: "APPLY".into(), group: "".into(), version: "v1".into(), resource: "pods".into(), subresource: "".into(), scope: "resource".into(), code: 200, dry_run: false });
+        m.record(RequestLabels {
+            verb: "APPLY".into(),
+            group: "".into(),
+            version: "v1".into(),
+            resource: "pods".into(),
+            subresource: "".into(),
+            scope: "resource".into(),
+            code: 200,
+            dry_run: false,
+        });
         let text = m.render(&[]);
         let parsed = parse_request_totals(&text);
         assert_eq!(parsed.len(), 1);

@@ -93,9 +93,10 @@ fn find_refs(v: &Value, out: &mut BTreeSet<String>) {
     match v {
         Value::Object(m) => {
             if let Some(r) = m.get("$ref").and_then(Value::as_str)
-                && let Some(name) = r.strip_prefix("#/components/schemas/") {
-                    out.insert(name.to_string());
-                }
+                && let Some(name) = r.strip_prefix("#/components/schemas/")
+            {
+                out.insert(name.to_string());
+            }
             m.values().for_each(|x| find_refs(x, out));
         }
         Value::Array(a) => a.iter().for_each(|x| find_refs(x, out)),
@@ -128,10 +129,22 @@ fn operation(info: &ResourceInfo, action: &str, component: &str, sub: &str) -> V
     let mut params = Vec::new();
     match action {
         "patch" => {
-            params.push(query_param("dryRun", "When present, indicates that modifications should not be persisted.", "string"));
-            params.push(query_param("fieldManager", "fieldManager is a name associated with the actor or entity that is making these changes.", "string"));
+            params.push(query_param(
+                "dryRun",
+                "When present, indicates that modifications should not be persisted.",
+                "string",
+            ));
+            params.push(query_param(
+                "fieldManager",
+                "fieldManager is a name associated with the actor or entity that is making these changes.",
+                "string",
+            ));
             params.push(query_param("fieldValidation", "fieldValidation instructs the server on how to handle objects in the request containing unknown or duplicate fields. Valid values are: Ignore, Warn (default), Strict.", "string"));
-            params.push(query_param("force", "Force is going to \"force\" Apply requests.", "boolean"));
+            params.push(query_param(
+                "force",
+                "Force is going to \"force\" Apply requests.",
+                "boolean",
+            ));
             // Strategic merge patch is served for built-ins, but not advertised here: kubectl
             // then computes it from its compiled-in types, which carry the patch strategies.
             op["requestBody"] = json!({"content": {
@@ -141,13 +154,28 @@ fn operation(info: &ResourceInfo, action: &str, component: &str, sub: &str) -> V
             }, "required": true});
         }
         "put" | "post" => {
-            params.push(query_param("dryRun", "When present, indicates that modifications should not be persisted.", "string"));
-            params.push(query_param("fieldManager", "fieldManager is a name associated with the actor or entity that is making these changes.", "string"));
+            params.push(query_param(
+                "dryRun",
+                "When present, indicates that modifications should not be persisted.",
+                "string",
+            ));
+            params.push(query_param(
+                "fieldManager",
+                "fieldManager is a name associated with the actor or entity that is making these changes.",
+                "string",
+            ));
             params.push(query_param("fieldValidation", "fieldValidation instructs the server on how to handle objects in the request containing unknown or duplicate fields.", "string"));
-            op["requestBody"] = json!({"content": {"application/json": {"schema": schema_ref}}, "required": true});
+            op["requestBody"] =
+                json!({"content": {"application/json": {"schema": schema_ref}}, "required": true});
         }
         "list" | "watch" => {
-            for p in ["labelSelector", "fieldSelector", "continue", "resourceVersion", "resourceVersionMatch"] {
+            for p in [
+                "labelSelector",
+                "fieldSelector",
+                "continue",
+                "resourceVersion",
+                "resourceVersionMatch",
+            ] {
                 params.push(query_param(p, "", "string"));
             }
             params.push(query_param("limit", "", "integer"));
@@ -162,9 +190,16 @@ fn operation(info: &ResourceInfo, action: &str, component: &str, sub: &str) -> V
 }
 
 fn paths_for(info: &ResourceInfo, component: &str, paths: &mut Map<String, Value>) {
-    let prefix = if info.group.is_empty() { format!("/api/{}", info.version) } else { format!("/apis/{}/{}", info.group, info.version) };
+    let prefix = if info.group.is_empty() {
+        format!("/api/{}", info.version)
+    } else {
+        format!("/apis/{}/{}", info.group, info.version)
+    };
     let (collection, item) = if info.namespaced {
-        (format!("{prefix}/namespaces/{{namespace}}/{}", info.plural), format!("{prefix}/namespaces/{{namespace}}/{}/{{name}}", info.plural))
+        (
+            format!("{prefix}/namespaces/{{namespace}}/{}", info.plural),
+            format!("{prefix}/namespaces/{{namespace}}/{}/{{name}}", info.plural),
+        )
     } else {
         (format!("{prefix}/{}", info.plural), format!("{prefix}/{}/{{name}}", info.plural))
     };
@@ -172,26 +207,38 @@ fn paths_for(info: &ResourceInfo, component: &str, paths: &mut Map<String, Value
         paths.insert(collection, json!({"post": operation(info, "post", component, "")}));
         return;
     }
-    paths.insert(collection, json!({
-        "get": operation(info, "list", component, ""),
-        "post": operation(info, "post", component, ""),
-        "delete": operation(info, "deletecollection", component, ""),
-    }));
+    paths.insert(
+        collection,
+        json!({
+            "get": operation(info, "list", component, ""),
+            "post": operation(info, "post", component, ""),
+            "delete": operation(info, "deletecollection", component, ""),
+        }),
+    );
     if info.namespaced {
-        paths.insert(format!("{prefix}/{}", info.plural), json!({"get": operation(info, "list", component, "")}));
+        paths.insert(
+            format!("{prefix}/{}", info.plural),
+            json!({"get": operation(info, "list", component, "")}),
+        );
     }
-    paths.insert(item.clone(), json!({
-        "get": operation(info, "get", component, ""),
-        "put": operation(info, "put", component, ""),
-        "patch": operation(info, "patch", component, ""),
-        "delete": operation(info, "delete", component, ""),
-    }));
+    paths.insert(
+        item.clone(),
+        json!({
+            "get": operation(info, "get", component, ""),
+            "put": operation(info, "put", component, ""),
+            "patch": operation(info, "patch", component, ""),
+            "delete": operation(info, "delete", component, ""),
+        }),
+    );
     if info.has_status() {
-        paths.insert(format!("{item}/status"), json!({
-            "get": operation(info, "get", component, "status"),
-            "put": operation(info, "put", component, "status"),
-            "patch": operation(info, "patch", component, "status"),
-        }));
+        paths.insert(
+            format!("{item}/status"),
+            json!({
+                "get": operation(info, "get", component, "status"),
+                "put": operation(info, "put", component, "status"),
+                "patch": operation(info, "patch", component, "status"),
+            }),
+        );
     }
 }
 
@@ -202,7 +249,8 @@ fn crd_component(info: &ResourceInfo) -> Value {
     if !schema.is_object() {
         schema = json!({"type": "object"});
     }
-    let props = schema.as_object_mut().expect("object").entry("properties").or_insert_with(|| json!({}));
+    let props =
+        schema.as_object_mut().expect("object").entry("properties").or_insert_with(|| json!({}));
     props["apiVersion"] = json!({"type": "string", "description": "APIVersion defines the versioned schema of this representation of an object. Servers should convert recognized schemas to the latest internal value, and may reject unrecognized values. More info: https://git.k8s.io/community/contributors/devel/sig-architecture/api-conventions.md#resources"});
     props["kind"] = json!({"type": "string", "description": "Kind is a string value representing the REST resource this object represents. Servers may infer this from the endpoint the client submits requests to. Cannot be updated. In CamelCase. More info: https://git.k8s.io/community/contributors/devel/sig-architecture/api-conventions.md#types-kinds"});
     props["metadata"] = json!({"allOf": [{"$ref": format!("#/components/schemas/{OBJECT_META}")}], "description": "Standard object's metadata. More info: https://git.k8s.io/community/contributors/devel/sig-architecture/api-conventions.md#metadata"});
@@ -226,7 +274,9 @@ pub fn group_version_document(reg: &Registry, group: &str, version: &str) -> Opt
             collect(OBJECT_META, &b.components, &mut components);
             name
         } else {
-            let Some(name) = b.names.get(&(info.group.clone(), info.kind.clone())) else { continue };
+            let Some(name) = b.names.get(&(info.group.clone(), info.kind.clone())) else {
+                continue;
+            };
             collect(name, &b.components, &mut components);
             if let Some(schema) = components.get_mut(name) {
                 schema["x-kubernetes-group-version-kind"] = json!([gvk(info)]);
@@ -248,7 +298,11 @@ pub fn root(reg: &Registry) -> Value {
     let mut paths = Map::new();
     for (group, versions) in reg.groups() {
         for version in versions {
-            let key = if group.is_empty() { format!("api/{version}") } else { format!("apis/{group}/{version}") };
+            let key = if group.is_empty() {
+                format!("api/{version}")
+            } else {
+                format!("apis/{group}/{version}")
+            };
             // The hash only has to change when the document does: fingerprint what it is made of.
             let mut fingerprint = String::new();
             for info in reg.resources_in(&group, &version) {
@@ -260,7 +314,10 @@ pub fn root(reg: &Registry) -> Value {
             }
             let digest = sha2::Sha256::digest(fingerprint.as_bytes());
             let hash: String = digest.iter().map(|b| format!("{b:02X}")).collect();
-            paths.insert(key.clone(), json!({"serverRelativeURL": format!("/openapi/v3/{key}?hash={hash}")}));
+            paths.insert(
+                key.clone(),
+                json!({"serverRelativeURL": format!("/openapi/v3/{key}?hash={hash}")}),
+            );
         }
     }
     json!({"paths": paths})

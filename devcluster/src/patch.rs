@@ -43,10 +43,13 @@ fn parent_mut<'a>(doc: &'a mut Value, tokens: &[String]) -> Result<&'a mut Value
     let mut cur = doc;
     for t in tokens {
         cur = match cur {
-            Value::Object(m) => m.get_mut(t).ok_or_else(|| format!("doc is missing path: \"/{}\"", tokens.join("/")))?,
+            Value::Object(m) => m
+                .get_mut(t)
+                .ok_or_else(|| format!("doc is missing path: \"/{}\"", tokens.join("/")))?,
             Value::Array(a) => {
                 let i: usize = t.parse().map_err(|_| format!("invalid array index {t:?}"))?;
-                a.get_mut(i).ok_or_else(|| format!("doc is missing path: \"/{}\"", tokens.join("/")))?
+                a.get_mut(i)
+                    .ok_or_else(|| format!("doc is missing path: \"/{}\"", tokens.join("/")))?
             }
             _ => return Err(format!("doc is missing path: \"/{}\"", tokens.join("/"))),
         };
@@ -89,11 +92,15 @@ fn remove(doc: &mut Value, path: &str) -> Result<Value, String> {
     let tokens = split_pointer(path)?;
     let (last, init) = tokens.split_last().ok_or("cannot remove the whole document")?;
     match parent_mut(doc, init)? {
-        Value::Object(m) => m.remove(last).ok_or_else(|| format!("remove operation does not apply: doc is missing path: \"{path}\"")),
+        Value::Object(m) => m.remove(last).ok_or_else(|| {
+            format!("remove operation does not apply: doc is missing path: \"{path}\"")
+        }),
         Value::Array(a) => {
             let i: usize = last.parse().map_err(|_| format!("invalid array index {last:?}"))?;
             if i >= a.len() {
-                return Err(format!("remove operation does not apply: doc is missing path: \"{path}\""));
+                return Err(format!(
+                    "remove operation does not apply: doc is missing path: \"{path}\""
+                ));
             }
             Ok(a.remove(i))
         }
@@ -108,14 +115,22 @@ pub fn json_patch(target: &Value, ops: &Value) -> Result<Value, String> {
     for op in ops {
         let path = op["path"].as_str().ok_or("json patch operation is missing \"path\"")?;
         match op["op"].as_str() {
-            Some("add") => add(&mut doc, path, op.get("value").cloned().ok_or("add operation needs a value")?)?,
+            Some("add") => {
+                add(&mut doc, path, op.get("value").cloned().ok_or("add operation needs a value")?)?
+            }
             Some("remove") => {
                 remove(&mut doc, path)?;
             }
             Some("replace") => {
-                pointer_get(&doc, path).map_err(|_| format!("replace operation does not apply: doc is missing key: {path}"))?;
+                pointer_get(&doc, path).map_err(|_| {
+                    format!("replace operation does not apply: doc is missing key: {path}")
+                })?;
                 remove(&mut doc, path)?;
-                add(&mut doc, path, op.get("value").cloned().ok_or("replace operation needs a value")?)?;
+                add(
+                    &mut doc,
+                    path,
+                    op.get("value").cloned().ok_or("replace operation needs a value")?,
+                )?;
             }
             Some("move") => {
                 let from = op["from"].as_str().ok_or("move operation needs \"from\"")?;
@@ -140,11 +155,20 @@ pub fn json_patch(target: &Value, ops: &Value) -> Result<Value, String> {
 }
 
 /// Strategic merge patch for built-in kinds.
-pub fn strategic_merge_patch(target: &Value, patch: &Value, ti: &TypeInfo) -> Result<Value, String> {
+pub fn strategic_merge_patch(
+    target: &Value,
+    patch: &Value,
+    ti: &TypeInfo,
+) -> Result<Value, String> {
     smp(target, patch, ti, &mut Vec::new())
 }
 
-fn smp(target: &Value, patch: &Value, ti: &TypeInfo, names: &mut Vec<String>) -> Result<Value, String> {
+fn smp(
+    target: &Value,
+    patch: &Value,
+    ti: &TypeInfo,
+    names: &mut Vec<String>,
+) -> Result<Value, String> {
     let Value::Object(p) = patch else { return Ok(patch.clone()) };
     if p.get("$patch").and_then(Value::as_str) == Some("replace") {
         let mut out = p.clone();
@@ -182,7 +206,13 @@ fn smp(target: &Value, patch: &Value, ti: &TypeInfo, names: &mut Vec<String>) ->
             (Some(cur @ Value::Object(_)), Value::Object(_)) => smp(cur, v, ti, names)?,
             (cur, Value::Array(items)) => {
                 let names_ref: Vec<&str> = names.iter().map(String::as_str).collect();
-                merge_list(cur.and_then(Value::as_array), items, &ti.list_kind(&names_ref), ti, names)?
+                merge_list(
+                    cur.and_then(Value::as_array),
+                    items,
+                    &ti.list_kind(&names_ref),
+                    ti,
+                    names,
+                )?
             }
             (_, Value::Object(_)) => smp(&Value::Null, v, ti, names)?,
             _ => v.clone(),
@@ -196,13 +226,14 @@ fn smp(target: &Value, patch: &Value, ti: &TypeInfo, names: &mut Vec<String>) ->
     }
     for (k, v) in p {
         if let Some(field) = k.strip_prefix("$setElementOrder/")
-            && let (Some(Value::Array(list)), Some(order)) = (out.get_mut(field), v.as_array()) {
-                names.push(field.to_string());
-                let names_ref: Vec<&str> = names.iter().map(String::as_str).collect();
-                let kind = ti.list_kind(&names_ref);
-                names.pop();
-                reorder(list, order, &kind);
-            }
+            && let (Some(Value::Array(list)), Some(order)) = (out.get_mut(field), v.as_array())
+        {
+            names.push(field.to_string());
+            let names_ref: Vec<&str> = names.iter().map(String::as_str).collect();
+            let kind = ti.list_kind(&names_ref);
+            names.pop();
+            reorder(list, order, &kind);
+        }
     }
     Ok(Value::Object(out))
 }
@@ -238,7 +269,9 @@ fn merge_list(
         ListKind::Map(keys) => {
             let mut out = current;
             if patch.iter().any(|i| i.get("$patch").and_then(Value::as_str) == Some("replace")) {
-                return Ok(Value::Array(patch.iter().filter(|i| i.get("$patch").is_none()).cloned().collect()));
+                return Ok(Value::Array(
+                    patch.iter().filter(|i| i.get("$patch").is_none()).cloned().collect(),
+                ));
             }
             for item in patch {
                 let k = key_of(item, keys);
@@ -278,7 +311,10 @@ mod tests {
     #[test]
     fn merge_patch_rfc7386() {
         let t = json!({"a": 1, "b": {"c": 2, "d": 3}});
-        assert_eq!(merge_patch(&t, &json!({"a": null, "b": {"c": 5}})), json!({"b": {"c": 5, "d": 3}}));
+        assert_eq!(
+            merge_patch(&t, &json!({"a": null, "b": {"c": 5}})),
+            json!({"b": {"c": 5, "d": 3}})
+        );
     }
 
     #[test]
@@ -304,7 +340,12 @@ mod tests {
         assert_eq!(out["spec"]["containers"], json!([{"name": "b", "image": "z"}]));
         assert_eq!(out["spec"]["tolerations"], json!([{"key": "n"}]));
         assert_eq!(out["metadata"]["finalizers"], json!(["a", "b"]));
-        let del = strategic_merge_patch(&out, &json!({"metadata": {"$deleteFromPrimitiveList/finalizers": ["a"]}}), &ti).unwrap();
+        let del = strategic_merge_patch(
+            &out,
+            &json!({"metadata": {"$deleteFromPrimitiveList/finalizers": ["a"]}}),
+            &ti,
+        )
+        .unwrap();
         assert_eq!(del["metadata"]["finalizers"], json!(["b"]));
     }
 }

@@ -36,30 +36,104 @@ const fn r(num: u64, name: &'static str, ty: Ty) -> Field {
     Field { num, name, ty, repeated: true }
 }
 
-const OWNER_REF: &[Field] = &[f(5, "apiVersion", Ty::Str), f(1, "kind", Ty::Str), f(3, "name", Ty::Str), f(4, "uid", Ty::Str), f(6, "controller", Ty::Bool), f(7, "blockOwnerDeletion", Ty::Bool)];
-const MANAGED: &[Field] = &[f(1, "manager", Ty::Str), f(2, "operation", Ty::Str), f(3, "apiVersion", Ty::Str), f(4, "time", Ty::Time), f(6, "fieldsType", Ty::Str), f(7, "fieldsV1", Ty::RawJson), f(8, "subresource", Ty::Str)];
-const OBJECT_META: &[Field] = &[
-    f(1, "name", Ty::Str), f(2, "generateName", Ty::Str), f(3, "namespace", Ty::Str), f(4, "selfLink", Ty::Str), f(5, "uid", Ty::Str),
-    f(6, "resourceVersion", Ty::Str), f(7, "generation", Ty::Int), f(8, "creationTimestamp", Ty::Time), f(9, "deletionTimestamp", Ty::Time),
-    f(10, "deletionGracePeriodSeconds", Ty::Int), f(11, "labels", Ty::MapStr), f(12, "annotations", Ty::MapStr),
-    r(13, "ownerReferences", Ty::Msg(OWNER_REF)), r(14, "finalizers", Ty::Str), r(17, "managedFields", Ty::Msg(MANAGED)),
+const OWNER_REF: &[Field] = &[
+    f(5, "apiVersion", Ty::Str),
+    f(1, "kind", Ty::Str),
+    f(3, "name", Ty::Str),
+    f(4, "uid", Ty::Str),
+    f(6, "controller", Ty::Bool),
+    f(7, "blockOwnerDeletion", Ty::Bool),
 ];
-const RESOURCE_ATTRS: &[Field] = &[f(1, "namespace", Ty::Str), f(2, "verb", Ty::Str), f(3, "group", Ty::Str), f(4, "version", Ty::Str), f(5, "resource", Ty::Str), f(6, "subresource", Ty::Str), f(7, "name", Ty::Str)];
+const MANAGED: &[Field] = &[
+    f(1, "manager", Ty::Str),
+    f(2, "operation", Ty::Str),
+    f(3, "apiVersion", Ty::Str),
+    f(4, "time", Ty::Time),
+    f(6, "fieldsType", Ty::Str),
+    f(7, "fieldsV1", Ty::RawJson),
+    f(8, "subresource", Ty::Str),
+];
+const OBJECT_META: &[Field] = &[
+    f(1, "name", Ty::Str),
+    f(2, "generateName", Ty::Str),
+    f(3, "namespace", Ty::Str),
+    f(4, "selfLink", Ty::Str),
+    f(5, "uid", Ty::Str),
+    f(6, "resourceVersion", Ty::Str),
+    f(7, "generation", Ty::Int),
+    f(8, "creationTimestamp", Ty::Time),
+    f(9, "deletionTimestamp", Ty::Time),
+    f(10, "deletionGracePeriodSeconds", Ty::Int),
+    f(11, "labels", Ty::MapStr),
+    f(12, "annotations", Ty::MapStr),
+    r(13, "ownerReferences", Ty::Msg(OWNER_REF)),
+    r(14, "finalizers", Ty::Str),
+    r(17, "managedFields", Ty::Msg(MANAGED)),
+];
+const RESOURCE_ATTRS: &[Field] = &[
+    f(1, "namespace", Ty::Str),
+    f(2, "verb", Ty::Str),
+    f(3, "group", Ty::Str),
+    f(4, "version", Ty::Str),
+    f(5, "resource", Ty::Str),
+    f(6, "subresource", Ty::Str),
+    f(7, "name", Ty::Str),
+];
 const NON_RESOURCE_ATTRS: &[Field] = &[f(1, "path", Ty::Str), f(2, "verb", Ty::Str)];
-const SSAR_SPEC: &[Field] = &[f(1, "resourceAttributes", Ty::Msg(RESOURCE_ATTRS)), f(2, "nonResourceAttributes", Ty::Msg(NON_RESOURCE_ATTRS))];
-const SAR_SPEC: &[Field] = &[f(1, "resourceAttributes", Ty::Msg(RESOURCE_ATTRS)), f(2, "nonResourceAttributes", Ty::Msg(NON_RESOURCE_ATTRS)), f(3, "user", Ty::Str), r(4, "groups", Ty::Str), f(6, "uid", Ty::Str)];
+const SSAR_SPEC: &[Field] = &[
+    f(1, "resourceAttributes", Ty::Msg(RESOURCE_ATTRS)),
+    f(2, "nonResourceAttributes", Ty::Msg(NON_RESOURCE_ATTRS)),
+];
+const SAR_SPEC: &[Field] = &[
+    f(1, "resourceAttributes", Ty::Msg(RESOURCE_ATTRS)),
+    f(2, "nonResourceAttributes", Ty::Msg(NON_RESOURCE_ATTRS)),
+    f(3, "user", Ty::Str),
+    r(4, "groups", Ty::Str),
+    f(6, "uid", Ty::Str),
+];
 const SSRR_SPEC: &[Field] = &[f(1, "namespace", Ty::Str)];
-const BOUND_REF: &[Field] = &[f(1, "kind", Ty::Str), f(2, "apiVersion", Ty::Str), f(3, "name", Ty::Str), f(4, "uid", Ty::Str)];
-const TOKEN_REQUEST_SPEC: &[Field] = &[r(1, "audiences", Ty::Str), f(4, "expirationSeconds", Ty::Int), f(3, "boundObjectRef", Ty::Msg(BOUND_REF))];
+const BOUND_REF: &[Field] = &[
+    f(1, "kind", Ty::Str),
+    f(2, "apiVersion", Ty::Str),
+    f(3, "name", Ty::Str),
+    f(4, "uid", Ty::Str),
+];
+const TOKEN_REQUEST_SPEC: &[Field] = &[
+    r(1, "audiences", Ty::Str),
+    f(4, "expirationSeconds", Ty::Int),
+    f(3, "boundObjectRef", Ty::Msg(BOUND_REF)),
+];
 const TOKEN_REVIEW_SPEC: &[Field] = &[f(1, "token", Ty::Str), r(2, "audiences", Ty::Str)];
 const NAMESPACE_SPEC: &[Field] = &[r(1, "finalizers", Ty::Str)];
-const OBJECT_REF: &[Field] = &[f(1, "kind", Ty::Str), f(2, "namespace", Ty::Str), f(3, "name", Ty::Str), f(4, "uid", Ty::Str), f(5, "apiVersion", Ty::Str), f(6, "resourceVersion", Ty::Str), f(7, "fieldPath", Ty::Str)];
+const OBJECT_REF: &[Field] = &[
+    f(1, "kind", Ty::Str),
+    f(2, "namespace", Ty::Str),
+    f(3, "name", Ty::Str),
+    f(4, "uid", Ty::Str),
+    f(5, "apiVersion", Ty::Str),
+    f(6, "resourceVersion", Ty::Str),
+    f(7, "fieldPath", Ty::Str),
+];
 const LOCAL_REF: &[Field] = &[f(1, "name", Ty::Str)];
-const POLICY_RULE: &[Field] = &[r(1, "verbs", Ty::Str), r(2, "apiGroups", Ty::Str), r(3, "resources", Ty::Str), r(4, "resourceNames", Ty::Str), r(5, "nonResourceURLs", Ty::Str)];
-const SUBJECT: &[Field] = &[f(1, "kind", Ty::Str), f(2, "apiGroup", Ty::Str), f(3, "name", Ty::Str), f(4, "namespace", Ty::Str)];
-const ROLE_REF: &[Field] = &[f(1, "apiGroup", Ty::Str), f(2, "kind", Ty::Str), f(3, "name", Ty::Str)];
-const REQUIREMENT: &[Field] = &[f(1, "key", Ty::Str), f(2, "operator", Ty::Str), r(3, "values", Ty::Str)];
-const LABEL_SELECTOR: &[Field] = &[f(1, "matchLabels", Ty::MapStr), r(2, "matchExpressions", Ty::Msg(REQUIREMENT))];
+const POLICY_RULE: &[Field] = &[
+    r(1, "verbs", Ty::Str),
+    r(2, "apiGroups", Ty::Str),
+    r(3, "resources", Ty::Str),
+    r(4, "resourceNames", Ty::Str),
+    r(5, "nonResourceURLs", Ty::Str),
+];
+const SUBJECT: &[Field] = &[
+    f(1, "kind", Ty::Str),
+    f(2, "apiGroup", Ty::Str),
+    f(3, "name", Ty::Str),
+    f(4, "namespace", Ty::Str),
+];
+const ROLE_REF: &[Field] =
+    &[f(1, "apiGroup", Ty::Str), f(2, "kind", Ty::Str), f(3, "name", Ty::Str)];
+const REQUIREMENT: &[Field] =
+    &[f(1, "key", Ty::Str), f(2, "operator", Ty::Str), r(3, "values", Ty::Str)];
+const LABEL_SELECTOR: &[Field] =
+    &[f(1, "matchLabels", Ty::MapStr), r(2, "matchExpressions", Ty::Msg(REQUIREMENT))];
 const AGGREGATION: &[Field] = &[r(1, "clusterRoleSelectors", Ty::Msg(LABEL_SELECTOR))];
 
 const fn meta() -> Field {
@@ -73,12 +147,30 @@ const S_SELFSUBJECTREVIEW: &[Field] = &[meta()];
 const S_TOKENREQUEST: &[Field] = &[meta(), f(2, "spec", Ty::Msg(TOKEN_REQUEST_SPEC))];
 const S_TOKENREVIEW: &[Field] = &[meta(), f(2, "spec", Ty::Msg(TOKEN_REVIEW_SPEC))];
 const S_NAMESPACE: &[Field] = &[meta(), f(2, "spec", Ty::Msg(NAMESPACE_SPEC))];
-const S_CONFIGMAP: &[Field] = &[meta(), f(4, "immutable", Ty::Bool), f(2, "data", Ty::MapStr), f(3, "binaryData", Ty::MapBytes)];
-const S_SECRET: &[Field] = &[meta(), f(5, "immutable", Ty::Bool), f(2, "data", Ty::MapBytes), f(4, "stringData", Ty::MapStr), f(3, "type", Ty::Str)];
-const S_SERVICEACCOUNT: &[Field] = &[meta(), r(2, "secrets", Ty::Msg(OBJECT_REF)), r(3, "imagePullSecrets", Ty::Msg(LOCAL_REF)), f(4, "automountServiceAccountToken", Ty::Bool)];
+const S_CONFIGMAP: &[Field] = &[
+    meta(),
+    f(4, "immutable", Ty::Bool),
+    f(2, "data", Ty::MapStr),
+    f(3, "binaryData", Ty::MapBytes),
+];
+const S_SECRET: &[Field] = &[
+    meta(),
+    f(5, "immutable", Ty::Bool),
+    f(2, "data", Ty::MapBytes),
+    f(4, "stringData", Ty::MapStr),
+    f(3, "type", Ty::Str),
+];
+const S_SERVICEACCOUNT: &[Field] = &[
+    meta(),
+    r(2, "secrets", Ty::Msg(OBJECT_REF)),
+    r(3, "imagePullSecrets", Ty::Msg(LOCAL_REF)),
+    f(4, "automountServiceAccountToken", Ty::Bool),
+];
 const S_ROLE: &[Field] = &[meta(), r(2, "rules", Ty::Msg(POLICY_RULE))];
-const S_CLUSTERROLE: &[Field] = &[meta(), r(2, "rules", Ty::Msg(POLICY_RULE)), f(3, "aggregationRule", Ty::Msg(AGGREGATION))];
-const S_BINDING: &[Field] = &[meta(), r(2, "subjects", Ty::Msg(SUBJECT)), f(3, "roleRef", Ty::Msg(ROLE_REF))];
+const S_CLUSTERROLE: &[Field] =
+    &[meta(), r(2, "rules", Ty::Msg(POLICY_RULE)), f(3, "aggregationRule", Ty::Msg(AGGREGATION))];
+const S_BINDING: &[Field] =
+    &[meta(), r(2, "subjects", Ty::Msg(SUBJECT)), f(3, "roleRef", Ty::Msg(ROLE_REF))];
 
 fn schema_for(api_version: &str, kind: &str) -> Option<&'static [Field]> {
     Some(match (api_version, kind) {
@@ -94,7 +186,8 @@ fn schema_for(api_version: &str, kind: &str) -> Option<&'static [Field]> {
         ("v1", "ServiceAccount") => S_SERVICEACCOUNT,
         ("rbac.authorization.k8s.io/v1", "Role") => S_ROLE,
         ("rbac.authorization.k8s.io/v1", "ClusterRole") => S_CLUSTERROLE,
-        ("rbac.authorization.k8s.io/v1", "RoleBinding") | ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding") => S_BINDING,
+        ("rbac.authorization.k8s.io/v1", "RoleBinding")
+        | ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding") => S_BINDING,
         _ => return None,
     })
 }
@@ -120,7 +213,8 @@ impl<'a> Reader<'a> {
 
     fn bytes(&mut self) -> Result<&'a [u8], String> {
         let len = self.varint()? as usize;
-        let end = self.pos.checked_add(len).filter(|e| *e <= self.buf.len()).ok_or("truncated field")?;
+        let end =
+            self.pos.checked_add(len).filter(|e| *e <= self.buf.len()).ok_or("truncated field")?;
         let b = &self.buf[self.pos..end];
         self.pos = end;
         Ok(b)
@@ -176,10 +270,13 @@ fn decode_message(buf: &[u8], schema: &[Field]) -> Result<Value, String> {
             }
             (Ty::Time, Payload::Bytes(b)) => {
                 let inner = (Reader { buf: b, pos: 0 }).fields()?;
-                let secs = inner.iter().find_map(|(n, p)| match (n, p) {
-                    (1, Payload::Varint(v)) => Some(*v as i64),
-                    _ => None,
-                }).unwrap_or(0);
+                let secs = inner
+                    .iter()
+                    .find_map(|(n, p)| match (n, p) {
+                        (1, Payload::Varint(v)) => Some(*v as i64),
+                        _ => None,
+                    })
+                    .unwrap_or(0);
                 let t = jiff::Timestamp::from_second(secs).map_err(|e| e.to_string())?;
                 Value::String(crate::meta::format_time(t))
             }
@@ -191,7 +288,11 @@ fn decode_message(buf: &[u8], schema: &[Field]) -> Result<Value, String> {
                     if let Payload::Bytes(x) = p {
                         match n {
                             1 => key = String::from_utf8_lossy(x).into_owned(),
-                            2 if matches!(field.ty, Ty::MapBytes) => val = Value::String(base64::engine::general_purpose::STANDARD.encode(x)),
+                            2 if matches!(field.ty, Ty::MapBytes) => {
+                                val = Value::String(
+                                    base64::engine::general_purpose::STANDARD.encode(x),
+                                )
+                            }
                             2 => val = Value::String(String::from_utf8_lossy(x).into_owned()),
                             _ => {}
                         }
@@ -204,7 +305,11 @@ fn decode_message(buf: &[u8], schema: &[Field]) -> Result<Value, String> {
             _ => return Err(format!("field {} has an unexpected wire type", field.name)),
         };
         if field.repeated {
-            out.entry(field.name).or_insert_with(|| json!([])).as_array_mut().expect("array").push(value);
+            out.entry(field.name)
+                .or_insert_with(|| json!([]))
+                .as_array_mut()
+                .expect("array")
+                .push(value);
         } else {
             out.insert(field.name.to_string(), value);
         }
@@ -235,8 +340,9 @@ pub fn decode(body: &[u8]) -> Result<Value, String> {
             _ => {}
         }
     }
-    let schema = schema_for(&api_version, &kind)
-        .ok_or_else(|| format!("this server decodes protobuf only for a few kinds, not {api_version} {kind}; send application/json"))?;
+    let schema = schema_for(&api_version, &kind).ok_or_else(|| {
+        format!("this server decodes protobuf only for a few kinds, not {api_version} {kind}; send application/json")
+    })?;
     let mut obj = decode_message(raw, schema)?;
     obj["apiVersion"] = api_version.into();
     obj["kind"] = kind.into();

@@ -34,29 +34,56 @@ fn unavailable(message: String) -> ApiError {
 }
 
 /// (pod uid, container port) the request should reach.
-fn target(shared: &Shared, info: &ResourceInfo, ns: &str, raw_name: &str) -> Result<(String, i64), ApiError> {
+fn target(
+    shared: &Shared,
+    info: &ResourceInfo,
+    ns: &str,
+    raw_name: &str,
+) -> Result<(String, i64), ApiError> {
     let (name, port) = split_name(raw_name);
     let st = shared.lock();
     if info.kind == "Pod" {
-        let pod = st.get(&GroupResource::core("pods"), ns, name).ok_or_else(|| ApiError::not_found(Qualified { group: "", resource: "pods" }, name))?;
-        let ports: Vec<&Value> = pod.pointer("/spec/containers").and_then(Value::as_array).into_iter().flatten().flat_map(|c| c["ports"].as_array().into_iter().flatten()).collect();
+        let pod = st
+            .get(&GroupResource::core("pods"), ns, name)
+            .ok_or_else(|| ApiError::not_found(Qualified { group: "", resource: "pods" }, name))?;
+        let ports: Vec<&Value> = pod
+            .pointer("/spec/containers")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .flat_map(|c| c["ports"].as_array().into_iter().flatten())
+            .collect();
         let cp = match port {
             Some(p) => match p.parse::<i64>() {
                 Ok(n) => n,
-                Err(_) => ports.iter().find(|x| x["name"] == p).and_then(|x| x["containerPort"].as_i64()).ok_or_else(|| unavailable(format!("no port named {p:?} in pod {name}")))?,
+                Err(_) => ports
+                    .iter()
+                    .find(|x| x["name"] == p)
+                    .and_then(|x| x["containerPort"].as_i64())
+                    .ok_or_else(|| unavailable(format!("no port named {p:?} in pod {name}")))?,
             },
             None => ports.first().and_then(|x| x["containerPort"].as_i64()).unwrap_or(80),
         };
         return Ok((meta::uid(&pod).to_string(), cp));
     }
-    let svc = st.get(&GroupResource::core("services"), ns, name).ok_or_else(|| ApiError::not_found(Qualified { group: "", resource: "services" }, name))?;
-    let svc_ports: Vec<Value> = svc.pointer("/spec/ports").and_then(Value::as_array).cloned().unwrap_or_default();
+    let svc = st
+        .get(&GroupResource::core("services"), ns, name)
+        .ok_or_else(|| ApiError::not_found(Qualified { group: "", resource: "services" }, name))?;
+    let svc_ports: Vec<Value> =
+        svc.pointer("/spec/ports").and_then(Value::as_array).cloned().unwrap_or_default();
     let svc_port = match port {
-        Some(p) => svc_ports.iter().find(|sp| sp["name"] == p || sp["port"].as_i64().map(|n| n.to_string()).as_deref() == Some(p)),
+        Some(p) => svc_ports.iter().find(|sp| {
+            sp["name"] == p || sp["port"].as_i64().map(|n| n.to_string()).as_deref() == Some(p)
+        }),
         None => svc_ports.first(),
     }
     .cloned()
-    .ok_or_else(|| unavailable(format!("no service port {:?} found for service \"{name}\"", port.unwrap_or_default())))?;
+    .ok_or_else(|| {
+        unavailable(format!(
+            "no service port {:?} found for service \"{name}\"",
+            port.unwrap_or_default()
+        ))
+    })?;
     let ep = st.get(&GroupResource::core("endpoints"), ns, name);
     let subsets = ep.as_deref().and_then(|e| e["subsets"].as_array().cloned()).unwrap_or_default();
     for subset in subsets {
@@ -69,9 +96,10 @@ fn target(shared: &Shared, info: &ResourceInfo, ns: &str, raw_name: &str) -> Res
             .and_then(|p| p["port"].as_i64());
         let Some(ep_port) = ep_port else { continue };
         if let Some(addr) = subset["addresses"].as_array().and_then(|a| a.first())
-            && let Some(uid) = addr.pointer("/targetRef/uid").and_then(Value::as_str) {
-                return Ok((uid.to_string(), ep_port));
-            }
+            && let Some(uid) = addr.pointer("/targetRef/uid").and_then(Value::as_str)
+        {
+            return Ok((uid.to_string(), ep_port));
+        }
     }
     Err(unavailable(format!("no endpoints available for service \"{name}\"")))
 }
@@ -90,26 +118,37 @@ pub async fn proxy(
 ) -> Result<Reply, ApiError> {
     let (uid, container_port) = target(shared, info, ns, raw_name)?;
     let Some(host_port) = shared.runtime.host_port(&uid, container_port) else {
-        return Err(unavailable(format!("error trying to reach service: dial tcp 127.0.0.1:{container_port}: connect: connection refused")));
+        return Err(unavailable(format!(
+            "error trying to reach service: dial tcp 127.0.0.1:{container_port}: connect: connection refused"
+        )));
     };
     let mut uri = format!("http://127.0.0.1:{host_port}/{rest}");
     if !query.is_empty() {
-        let q: String = form_urlencoded::Serializer::new(String::new()).extend_pairs(query.iter()).finish();
+        let q: String =
+            form_urlencoded::Serializer::new(String::new()).extend_pairs(query.iter()).finish();
         uri.push('?');
         uri.push_str(&q);
     }
     let mut req = hyper::Request::builder().method(method.clone()).uri(&uri);
     for (k, v) in headers {
         let name = k.as_str();
-        if name == "authorization" || name.starts_with("impersonate-") || name == "host" || name == "connection" || name == "transfer-encoding" {
+        if name == "authorization"
+            || name.starts_with("impersonate-")
+            || name == "host"
+            || name == "connection"
+            || name == "transfer-encoding"
+        {
             continue;
         }
         req = req.header(k, v);
     }
     req = req.header(header::HOST, format!("127.0.0.1:{host_port}"));
     let bytes = body.collect().await.map_err(|e| ApiError::bad_request(e.to_string()))?.to_bytes();
-    let req = req.body(http_body_util::Full::new(bytes)).map_err(|e| ApiError::internal(e.to_string()))?;
-    let client: Client<_, http_body_util::Full<bytes::Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let req = req
+        .body(http_body_util::Full::new(bytes))
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let client: Client<_, http_body_util::Full<bytes::Bytes>> =
+        Client::builder(TokioExecutor::new()).build_http();
     let resp = client
         .request(req)
         .await

@@ -12,7 +12,9 @@ impl Quantity {
         if s.is_empty() {
             return None;
         }
-        let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+' || c == '-')).unwrap_or(s.len());
+        let split = s
+            .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+' || c == '-'))
+            .unwrap_or(s.len());
         let (num, suffix) = s.split_at(split);
         let (mult_num, mult_den): (i128, i128) = match suffix {
             "" => (1, 1),
@@ -43,12 +45,18 @@ impl Quantity {
         if int_digits.is_empty() && frac_part.is_empty() {
             return None;
         }
-        if !int_digits.bytes().all(|b| b.is_ascii_digit()) || !frac_part.bytes().all(|b| b.is_ascii_digit()) {
+        if !int_digits.bytes().all(|b| b.is_ascii_digit())
+            || !frac_part.bytes().all(|b| b.is_ascii_digit())
+        {
             return None;
         }
         let int: i128 = if int_digits.is_empty() { 0 } else { int_digits.parse().ok()? };
         let frac_digits = frac_part.len().min(18) as u32;
-        let frac: i128 = if frac_part.is_empty() { 0 } else { frac_part[..frac_digits as usize].parse().ok()? };
+        let frac: i128 = if frac_part.is_empty() {
+            0
+        } else {
+            frac_part[..frac_digits as usize].parse().ok()?
+        };
         let scale = 10i128.pow(frac_digits);
         // value = (int + frac/scale) * mult_num / mult_den, in milli-units, rounded up.
         let numerator = (int * scale + frac) * mult_num * 1000;
@@ -100,7 +108,14 @@ impl std::fmt::Display for Quantity {
         }
         let n = m / 1000;
         if n != 0 {
-            for (suffix, unit) in [("Ei", 1i128 << 60), ("Pi", 1 << 50), ("Ti", 1 << 40), ("Gi", 1 << 30), ("Mi", 1 << 20), ("Ki", 1 << 10)] {
+            for (suffix, unit) in [
+                ("Ei", 1i128 << 60),
+                ("Pi", 1 << 50),
+                ("Ti", 1 << 40),
+                ("Gi", 1 << 30),
+                ("Mi", 1 << 20),
+                ("Ki", 1 << 10),
+            ] {
                 if n % unit == 0 && n >= unit {
                     return write!(f, "{}{suffix}", n / unit);
                 }

@@ -30,7 +30,13 @@ pub(crate) struct PodHandle {
 
 impl Runtime {
     pub fn new(state_dir: PathBuf, images: Vec<ImageMapping>, csi: Vec<CsiDriver>) -> Runtime {
-        Runtime { pods: Mutex::new(HashMap::new()), state_dir, images, csi, api_port: Mutex::new(0) }
+        Runtime {
+            pods: Mutex::new(HashMap::new()),
+            state_dir,
+            images,
+            csi,
+            api_port: Mutex::new(0),
+        }
     }
 
     pub fn set_api_port(&self, port: u16) {
@@ -72,7 +78,11 @@ impl Runtime {
         self.images.iter().find_map(|m| {
             let matches = match m.image.strip_suffix('*') {
                 Some(prefix) => image.starts_with(prefix),
-                None => image == m.image || image.split(['@', ':']).next() == Some(m.image.as_str()) && !m.image.contains(':'),
+                None => {
+                    image == m.image
+                        || image.split(['@', ':']).next() == Some(m.image.as_str())
+                            && !m.image.contains(':')
+                }
             };
             matches.then(|| m.executable.clone())
         })
@@ -99,4 +109,3 @@ pub fn process_alive(pid: i32) -> bool {
         .map(|s| s.rsplit(')').next().is_some_and(|rest| !rest.trim_start().starts_with('Z')))
         .unwrap_or(false)
 }
-

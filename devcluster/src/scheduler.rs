@@ -30,7 +30,9 @@ fn tolerates(tolerations: &[Value], taint: &Value) -> bool {
             Some(k) => taint["key"] == k,
         };
         let effect_ok = t["effect"].as_str().is_none_or(|e| e.is_empty() || taint["effect"] == e);
-        let value_ok = t["operator"] == "Exists" || t["value"].as_str().unwrap_or_default() == taint["value"].as_str().unwrap_or_default();
+        let value_ok = t["operator"] == "Exists"
+            || t["value"].as_str().unwrap_or_default()
+                == taint["value"].as_str().unwrap_or_default();
         key_ok && effect_ok && value_ok
     })
 }
@@ -38,14 +40,21 @@ fn tolerates(tolerations: &[Value], taint: &Value) -> bool {
 fn expression_matches(expr: &Value, labels: Option<&serde_json::Map<String, Value>>) -> bool {
     let key = expr["key"].as_str().unwrap_or_default();
     let actual = labels.and_then(|l| l.get(key)).and_then(Value::as_str);
-    let values: Vec<&str> = expr["values"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+    let values: Vec<&str> =
+        expr["values"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
     match expr["operator"].as_str() {
         Some("In") => actual.is_some_and(|a| values.contains(&a)),
         Some("NotIn") => actual.is_none_or(|a| !values.contains(&a)),
         Some("Exists") => actual.is_some(),
         Some("DoesNotExist") => actual.is_none(),
-        Some("Gt") => actual.and_then(|a| a.parse::<i64>().ok()).zip(values.first().and_then(|v| v.parse::<i64>().ok())).is_some_and(|(a, v)| a > v),
-        Some("Lt") => actual.and_then(|a| a.parse::<i64>().ok()).zip(values.first().and_then(|v| v.parse::<i64>().ok())).is_some_and(|(a, v)| a < v),
+        Some("Gt") => actual
+            .and_then(|a| a.parse::<i64>().ok())
+            .zip(values.first().and_then(|v| v.parse::<i64>().ok()))
+            .is_some_and(|(a, v)| a > v),
+        Some("Lt") => actual
+            .and_then(|a| a.parse::<i64>().ok())
+            .zip(values.first().and_then(|v| v.parse::<i64>().ok()))
+            .is_some_and(|(a, v)| a < v),
         _ => false,
     }
 }
@@ -66,7 +75,11 @@ fn affinity_matches(pod: &Value, node: &Value) -> bool {
         return true;
     };
     terms.iter().any(|term| {
-        let exprs_ok = term["matchExpressions"].as_array().into_iter().flatten().all(|e| expression_matches(e, labels));
+        let exprs_ok = term["matchExpressions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .all(|e| expression_matches(e, labels));
         let fields_ok = term["matchFields"].as_array().into_iter().flatten().all(|f| {
             let mut fake = serde_json::Map::new();
             fake.insert("metadata.name".into(), Value::from(meta::name(node)));
@@ -134,19 +147,26 @@ impl Cache {
     pub fn observe(&mut self, pod: &Value, deleted: bool) {
         let key = (meta::namespace(pod).to_string(), meta::name(pod).to_string());
         if let Some((node, requests)) = self.bound.remove(&key)
-            && let Some(u) = self.used.get_mut(&node) {
-                for (k, q) in requests {
-                    let cur = u.get(&k).copied().unwrap_or_default();
-                    u.insert(k, cur - q);
-                }
+            && let Some(u) = self.used.get_mut(&node)
+        {
+            for (k, q) in requests {
+                let cur = u.get(&k).copied().unwrap_or_default();
+                u.insert(k, cur - q);
             }
+        }
         self.pending.remove(&key);
         if deleted || !is_active(pod) {
             return;
         }
         match pod.pointer("/spec/nodeName").and_then(Value::as_str) {
             Some(node) => self.add(key, node.to_string(), pod_requests(pod)),
-            None if !meta::is_deleting(pod) && pod.pointer("/spec/schedulerName").and_then(Value::as_str).unwrap_or(SCHEDULER) == SCHEDULER => {
+            None if !meta::is_deleting(pod)
+                && pod
+                    .pointer("/spec/schedulerName")
+                    .and_then(Value::as_str)
+                    .unwrap_or(SCHEDULER)
+                    == SCHEDULER =>
+            {
                 self.pending.insert(key);
             }
             None => {}
@@ -171,7 +191,15 @@ pub struct PodFit<'a> {
 
 impl<'a> PodFit<'a> {
     pub fn new(pod: &'a Value) -> PodFit<'a> {
-        PodFit { pod, requests: pod_requests(pod), tolerations: pod.pointer("/spec/tolerations").and_then(Value::as_array).cloned().unwrap_or_default() }
+        PodFit {
+            pod,
+            requests: pod_requests(pod),
+            tolerations: pod
+                .pointer("/spec/tolerations")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default(),
+        }
     }
 }
 
@@ -188,14 +216,19 @@ impl NodeFit {
 }
 
 /// Why a node cannot take a pod: kube-scheduler's filter messages, first failing filter only.
-fn filter(pod: &PodFit, node: &NodeFit, used: &BTreeMap<String, Quantity>) -> Result<(), Vec<String>> {
+fn filter(
+    pod: &PodFit,
+    node: &NodeFit,
+    used: &BTreeMap<String, Quantity>,
+) -> Result<(), Vec<String>> {
     let n = &node.node;
     if n.pointer("/spec/unschedulable") == Some(&Value::Bool(true)) {
         return Err(vec!["node(s) were unschedulable".into()]);
     }
     for taint in n.pointer("/spec/taints").and_then(Value::as_array).into_iter().flatten() {
         let effect = taint["effect"].as_str().unwrap_or_default();
-        if (effect == "NoSchedule" || effect == "NoExecute") && !tolerates(&pod.tolerations, taint) {
+        if (effect == "NoSchedule" || effect == "NoExecute") && !tolerates(&pod.tolerations, taint)
+        {
             return Err(vec![format!(
                 "node(s) had untolerated taint {{{}: {}}}",
                 taint["key"].as_str().unwrap_or_default(),
@@ -214,14 +247,22 @@ fn filter(pod: &PodFit, node: &NodeFit, used: &BTreeMap<String, Quantity>) -> Re
         let have = node.allocatable.get(res).copied().unwrap_or_default();
         let in_use = used.get(res).copied().unwrap_or_default();
         if in_use + *want > have {
-            insufficient.push(if res == "pods" { "Too many pods".to_string() } else { format!("Insufficient {res}") });
+            insufficient.push(if res == "pods" {
+                "Too many pods".to_string()
+            } else {
+                format!("Insufficient {res}")
+            });
         }
     }
     if insufficient.is_empty() { Ok(()) } else { Err(insufficient) }
 }
 
 /// Picks a node (the least-allocated fit), or kube-scheduler's "0/N nodes are available" message.
-pub fn find_node(pod: &Value, nodes: &[NodeFit], used: &BTreeMap<String, BTreeMap<String, Quantity>>) -> Result<String, String> {
+pub fn find_node(
+    pod: &Value,
+    nodes: &[NodeFit],
+    used: &BTreeMap<String, BTreeMap<String, Quantity>>,
+) -> Result<String, String> {
     let pod = PodFit::new(pod);
     let empty = BTreeMap::new();
     let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
@@ -235,19 +276,28 @@ pub fn find_node(pod: &Value, nodes: &[NodeFit], used: &BTreeMap<String, BTreeMa
                 // Spread: prefer the node with the most free GPU/CPU after placement.
                 let free = ["nvidia.com/gpu", "cpu"]
                     .iter()
-                    .map(|r| node.allocatable.get(*r).copied().unwrap_or_default().0 - node_used.get(*r).copied().unwrap_or_default().0)
+                    .map(|r| {
+                        node.allocatable.get(*r).copied().unwrap_or_default().0
+                            - node_used.get(*r).copied().unwrap_or_default().0
+                    })
                     .sum::<i128>();
-                if best.as_ref().is_none_or(|(f, n)| free > *f || (free == *f && name < n.as_str())) {
+                if best.as_ref().is_none_or(|(f, n)| free > *f || (free == *f && name < n.as_str()))
+                {
                     best = Some((free, name.to_string()));
                 }
             }
             Err(rs) => {
-                let resources = rs.iter().any(|r| r.starts_with("Insufficient") || r == "Too many pods");
+                let resources =
+                    rs.iter().any(|r| r.starts_with("Insufficient") || r == "Too many pods");
                 for r in rs {
                     *reasons.entry(r).or_default() += 1;
                 }
                 *preemption
-                    .entry(if resources { "No preemption victims found for incoming pod" } else { "Preemption is not helpful for scheduling" })
+                    .entry(if resources {
+                        "No preemption victims found for incoming pod"
+                    } else {
+                        "Preemption is not helpful for scheduling"
+                    })
                     .or_default() += 1;
             }
         }
@@ -280,7 +330,9 @@ fn set_condition(pod: &mut Value, cond: Value) {
 
 /// Binds a pod to a node (the `pods/binding` subresource).
 pub fn bind(st: &mut State, namespace: &str, name: &str, node: &str) -> Result<(), String> {
-    let pod = st.get(&pods(), namespace, name).ok_or_else(|| format!("pod {namespace}/{name} not found"))?;
+    let pod = st
+        .get(&pods(), namespace, name)
+        .ok_or_else(|| format!("pod {namespace}/{name} not found"))?;
     if let Some(n) = pod.pointer("/spec/nodeName").and_then(Value::as_str) {
         return Err(format!("pod {name} is already assigned to node \"{n}\""));
     }
@@ -289,9 +341,19 @@ pub fn bind(st: &mut State, namespace: &str, name: &str, node: &str) -> Result<(
     }
     let mut p = (*pod).clone();
     p["spec"]["nodeName"] = node.into();
-    set_condition(&mut p, json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": meta::now_rfc3339()}));
+    set_condition(
+        &mut p,
+        json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": meta::now_rfc3339()}),
+    );
     st.replace(&pods(), p);
-    crate::api::record_event(st, &pod, "Normal", "Scheduled", &format!("Successfully assigned {namespace}/{name} to {node}"), SCHEDULER);
+    crate::api::record_event(
+        st,
+        &pod,
+        "Normal",
+        "Scheduled",
+        &format!("Successfully assigned {namespace}/{name} to {node}"),
+        SCHEDULER,
+    );
     Ok(())
 }
 
@@ -318,8 +380,9 @@ pub fn schedule_pending(st: &mut State, cache: &mut Cache) {
             .flatten()
             .filter_map(|v| v.pointer("/persistentVolumeClaim/claimName").and_then(Value::as_str))
             .any(|claim| {
-                st.get(&GroupResource::core("persistentvolumeclaims"), &ns, claim)
-                    .is_none_or(|c| c.pointer("/status/phase").and_then(Value::as_str) != Some("Bound"))
+                st.get(&GroupResource::core("persistentvolumeclaims"), &ns, claim).is_none_or(|c| {
+                    c.pointer("/status/phase").and_then(Value::as_str) != Some("Bound")
+                })
             });
         let decision = if unbound {
             Err("0/1 nodes are available: pod has unbound immediate PersistentVolumeClaims. preemption: 0/1 nodes are available: 1 Preemption is not helpful for scheduling.".to_string())
@@ -344,9 +407,19 @@ pub fn schedule_pending(st: &mut State, cache: &mut Cache) {
                     continue;
                 }
                 let mut p = (*pod).clone();
-                set_condition(&mut p, json!({"type": "PodScheduled", "status": "False", "lastProbeTime": null, "lastTransitionTime": meta::now_rfc3339(), "reason": "Unschedulable", "message": message}));
+                set_condition(
+                    &mut p,
+                    json!({"type": "PodScheduled", "status": "False", "lastProbeTime": null, "lastTransitionTime": meta::now_rfc3339(), "reason": "Unschedulable", "message": message}),
+                );
                 api::system_write(st, &pods(), p, true, SCHEDULER);
-                crate::api::record_event(st, &pod, "Warning", "FailedScheduling", &message, SCHEDULER);
+                crate::api::record_event(
+                    st,
+                    &pod,
+                    "Warning",
+                    "FailedScheduling",
+                    &message,
+                    SCHEDULER,
+                );
             }
         }
     }
@@ -356,7 +429,9 @@ pub fn schedule_pending(st: &mut State, cache: &mut Cache) {
 /// for a node, one stops holding its node's resources (deleted, or finished), a node changes, or
 /// a claim a pod may wait for is bound.
 pub fn handle(st: &mut State, cache: &mut Cache, events: &[Arc<Event>]) {
-    let phase = |o: &Value| o.pointer("/status/phase").and_then(Value::as_str).unwrap_or_default().to_string();
+    let phase = |o: &Value| {
+        o.pointer("/status/phase").and_then(Value::as_str).unwrap_or_default().to_string()
+    };
     let mut schedule = false;
     for e in events {
         let obj = &e.object;
@@ -364,11 +439,16 @@ pub fn handle(st: &mut State, cache: &mut Cache, events: &[Arc<Event>]) {
         match (e.gr.group.as_str(), e.gr.resource.as_str()) {
             ("", "pods") => {
                 cache.observe(obj, e.kind == EventType::Deleted);
-                let finished = matches!(phase(obj).as_str(), "Succeeded" | "Failed") && Some(phase(obj)) != was;
-                schedule |= (obj.pointer("/spec/nodeName").is_none() && !meta::is_deleting(obj)) || e.kind == EventType::Deleted || finished;
+                let finished = matches!(phase(obj).as_str(), "Succeeded" | "Failed")
+                    && Some(phase(obj)) != was;
+                schedule |= (obj.pointer("/spec/nodeName").is_none() && !meta::is_deleting(obj))
+                    || e.kind == EventType::Deleted
+                    || finished;
             }
             ("", "nodes") => schedule = true,
-            ("", "persistentvolumeclaims") => schedule |= phase(obj) == "Bound" && was.as_deref() != Some("Bound"),
+            ("", "persistentvolumeclaims") => {
+                schedule |= phase(obj) == "Bound" && was.as_deref() != Some("Bound")
+            }
             _ => {}
         }
     }
@@ -382,7 +462,9 @@ mod tests {
     use super::*;
 
     fn node(name: &str, labels: Value, taints: Value, gpus: &str) -> Arc<Value> {
-        Arc::new(json!({"metadata": {"name": name, "labels": labels}, "spec": {"taints": taints}, "status": {"allocatable": {"cpu": "8", "memory": "32Gi", "pods": "110", "nvidia.com/gpu": gpus}}}))
+        Arc::new(
+            json!({"metadata": {"name": name, "labels": labels}, "spec": {"taints": taints}, "status": {"allocatable": {"cpu": "8", "memory": "32Gi", "pods": "110", "nvidia.com/gpu": gpus}}}),
+        )
     }
 
     #[test]
@@ -390,7 +472,12 @@ mod tests {
         let nodes = vec![
             node("a", json!({"region": "tw"}), json!([]), "1"),
             node("b", json!({"region": "jp"}), json!([]), "8"),
-            node("c", json!({"region": "tw"}), json!([{"key": "alcove.dev/tenant", "value": "acme", "effect": "NoSchedule"}]), "8"),
+            node(
+                "c",
+                json!({"region": "tw"}),
+                json!([{"key": "alcove.dev/tenant", "value": "acme", "effect": "NoSchedule"}]),
+                "8",
+            ),
         ];
         let pod = json!({"spec": {"nodeSelector": {"region": "tw"}, "containers": [{"name": "c", "resources": {"limits": {"nvidia.com/gpu": "2"}}}]}});
         let nodes: Vec<NodeFit> = nodes.into_iter().map(NodeFit::new).collect();

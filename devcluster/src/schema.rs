@@ -33,15 +33,18 @@ pub struct CrdVersionSchema {
 
 impl std::fmt::Debug for CrdVersionSchema {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CrdVersionSchema").field("kind", &self.kind).field("version", &self.version).finish()
+        f.debug_struct("CrdVersionSchema")
+            .field("kind", &self.kind)
+            .field("version", &self.version)
+            .finish()
     }
 }
 
 impl CrdVersionSchema {
     pub fn from_crd_version(group: &str, kind: &str, v: &Value) -> CrdVersionSchema {
-        let schema = v.pointer("/schema/openAPIV3Schema").cloned().unwrap_or_else(|| {
-            serde_json::json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true})
-        });
+        let schema = v.pointer("/schema/openAPIV3Schema").cloned().unwrap_or_else(
+            || serde_json::json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true}),
+        );
         let printer_columns = v["additionalPrinterColumns"]
             .as_array()
             .into_iter()
@@ -121,9 +124,10 @@ impl CrdVersionSchema {
             }
         }
         if errors.is_empty()
-            && let Some(compiled) = &self.cel {
-                errors.extend(cel_errors(compiled, &self.schema, obj, old));
-            }
+            && let Some(compiled) = &self.cel
+        {
+            errors.extend(cel_errors(compiled, &self.schema, obj, old));
+        }
         errors
     }
 }
@@ -149,12 +153,14 @@ fn cel_errors(
     obj: &Value,
     old: Option<&Value>,
 ) -> Vec<FieldError> {
-    let result = validator().lock().unwrap_or_else(|p| p.into_inner()).validate_compiled(compiled, obj, old);
+    let result =
+        validator().lock().unwrap_or_else(|p| p.into_inner()).validate_compiled(compiled, obj, old);
     let Err(errs) = result else { return Vec::new() };
     errs.into_vec()
         .into_iter()
         .map(|e| {
-            let path = if e.field_path.is_empty() { "<nil>".to_string() } else { e.field_path.clone() };
+            let path =
+                if e.field_path.is_empty() { "<nil>".to_string() } else { e.field_path.clone() };
             let type_name = type_at(schema, &e.field_path);
             let message = match e.kind {
                 kube_cel::ErrorKind::ValidationFailure => e.message.clone(),
@@ -176,15 +182,18 @@ fn type_at(schema: &Value, path: &str) -> String {
             s = next;
         }
         if seg.contains('[')
-            && let Some(items) = s.get("items") {
-                s = items;
-            }
+            && let Some(items) = s.get("items")
+        {
+            s = items;
+        }
     }
     s["type"].as_str().unwrap_or("object").to_string()
 }
 
 fn strings(v: &Value) -> Vec<String> {
-    v.as_array().map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_string)).collect()).unwrap_or_default()
+    v.as_array()
+        .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_string)).collect())
+        .unwrap_or_default()
 }
 
 fn preserves_unknown(schema: &Value) -> bool {
@@ -208,7 +217,9 @@ fn prune(schema: &Value, value: &mut Value, path: &str, unknown: &mut Vec<String
                             continue;
                         }
                         prune(sub, v, &format!("{path}.{k}"), unknown);
-                    } else if !(preserves_unknown(schema) || keep_meta && matches!(k.as_str(), "apiVersion" | "kind" | "metadata")) {
+                    } else if !(preserves_unknown(schema)
+                        || keep_meta && matches!(k.as_str(), "apiVersion" | "kind" | "metadata"))
+                    {
                         unknown.push(format!("{path}.{k}"));
                         drop.push(k.clone());
                     }
@@ -216,7 +227,9 @@ fn prune(schema: &Value, value: &mut Value, path: &str, unknown: &mut Vec<String
                 for k in drop {
                     map.remove(&k);
                 }
-            } else if let Some(additional) = schema.get("additionalProperties").filter(|a| a.is_object()) {
+            } else if let Some(additional) =
+                schema.get("additionalProperties").filter(|a| a.is_object())
+            {
                 for (k, v) in map.iter_mut() {
                     prune(additional, v, &format!("{path}.{k}"), unknown);
                 }
@@ -243,14 +256,17 @@ pub fn default_value(schema: &Value, value: &mut Value, root: bool) {
                         continue;
                     }
                     if !map.contains_key(k)
-                        && let Some(d) = sub.get("default") {
-                            map.insert(k.clone(), d.clone());
-                        }
+                        && let Some(d) = sub.get("default")
+                    {
+                        map.insert(k.clone(), d.clone());
+                    }
                     if let Some(v) = map.get_mut(k) {
                         default_value(sub, v, false);
                     }
                 }
-            } else if let Some(additional) = schema.get("additionalProperties").filter(|a| a.is_object()) {
+            } else if let Some(additional) =
+                schema.get("additionalProperties").filter(|a| a.is_object())
+            {
                 for v in map.values_mut() {
                     default_value(additional, v, false);
                 }
@@ -284,8 +300,10 @@ fn json_type_name(v: &Value) -> &'static str {
 }
 
 fn regex_cache(pattern: &str) -> Option<Regex> {
-    static CACHE: std::sync::OnceLock<Mutex<BTreeMap<String, Option<Regex>>>> = std::sync::OnceLock::new();
-    let mut cache = CACHE.get_or_init(|| Mutex::new(BTreeMap::new())).lock().unwrap_or_else(|p| p.into_inner());
+    static CACHE: std::sync::OnceLock<Mutex<BTreeMap<String, Option<Regex>>>> =
+        std::sync::OnceLock::new();
+    let mut cache =
+        CACHE.get_or_init(|| Mutex::new(BTreeMap::new())).lock().unwrap_or_else(|p| p.into_inner());
     cache.entry(pattern.to_string()).or_insert_with(|| Regex::new(pattern).ok()).clone()
 }
 
@@ -317,65 +335,100 @@ pub fn validate(schema: &Value, value: &Value, path: &str, errors: &mut Vec<Fiel
         errors.push(FieldError::type_invalid(
             path,
             value,
-            format!("{path} in body must be of type integer or string: \"{}\"", json_type_name(value)),
+            format!(
+                "{path} in body must be of type integer or string: \"{}\"",
+                json_type_name(value)
+            ),
         ));
         return;
     }
     if let Some(allowed) = schema["enum"].as_array()
-        && !allowed.contains(value) {
-            let names: Vec<String> =
-                allowed.iter().map(|a| a.as_str().map(str::to_string).unwrap_or_else(|| a.to_string())).collect();
-            errors.push(FieldError::not_supported(path, value, &names));
-        }
+        && !allowed.contains(value)
+    {
+        let names: Vec<String> = allowed
+            .iter()
+            .map(|a| a.as_str().map(str::to_string).unwrap_or_else(|| a.to_string()))
+            .collect();
+        errors.push(FieldError::not_supported(path, value, &names));
+    }
     match value {
         Value::String(s) => {
             let len = s.chars().count();
             if let Some(max) = schema["maxLength"].as_u64()
-                && len as u64 > max {
-                    errors.push(FieldError::too_long(path, max as usize));
-                }
+                && len as u64 > max
+            {
+                errors.push(FieldError::too_long(path, max as usize));
+            }
             if let Some(min) = schema["minLength"].as_u64()
-                && (len as u64) < min {
-                    errors.push(FieldError::invalid(path, value, format!("{path} in body should be at least {min} chars long")));
-                }
+                && (len as u64) < min
+            {
+                errors.push(FieldError::invalid(
+                    path,
+                    value,
+                    format!("{path} in body should be at least {min} chars long"),
+                ));
+            }
             if let Some(p) = schema["pattern"].as_str()
                 && let Some(re) = regex_cache(p)
-                    && !re.is_match(s) {
-                        errors.push(FieldError::invalid(path, value, format!("{path} in body should match '{p}'")));
-                    }
+                && !re.is_match(s)
+            {
+                errors.push(FieldError::invalid(
+                    path,
+                    value,
+                    format!("{path} in body should match '{p}'"),
+                ));
+            }
         }
         Value::Number(n) => {
             let f = n.as_f64().unwrap_or(0.0);
             let exclusive_max = schema["exclusiveMaximum"] == Value::Bool(true);
             let exclusive_min = schema["exclusiveMinimum"] == Value::Bool(true);
             if let Some(max) = schema["maximum"].as_f64()
-                && (f > max || (exclusive_max && f == max)) {
-                    let rel = if exclusive_max { "less than" } else { "less than or equal to" };
-                    errors.push(FieldError::invalid(path, value, format!("{path} in body should be {rel} {}", go_number(max))));
-                }
+                && (f > max || (exclusive_max && f == max))
+            {
+                let rel = if exclusive_max { "less than" } else { "less than or equal to" };
+                errors.push(FieldError::invalid(
+                    path,
+                    value,
+                    format!("{path} in body should be {rel} {}", go_number(max)),
+                ));
+            }
             if let Some(min) = schema["minimum"].as_f64()
-                && (f < min || (exclusive_min && f == min)) {
-                    let rel = if exclusive_min { "greater than" } else { "greater than or equal to" };
-                    errors.push(FieldError::invalid(path, value, format!("{path} in body should be {rel} {}", go_number(min))));
-                }
+                && (f < min || (exclusive_min && f == min))
+            {
+                let rel = if exclusive_min { "greater than" } else { "greater than or equal to" };
+                errors.push(FieldError::invalid(
+                    path,
+                    value,
+                    format!("{path} in body should be {rel} {}", go_number(min)),
+                ));
+            }
             if let Some(m) = schema["multipleOf"].as_f64()
-                && m > 0.0 && (f / m).fract() != 0.0 {
-                    errors.push(FieldError::invalid(path, value, format!("{path} in body should be a multiple of {}", go_number(m))));
-                }
+                && m > 0.0
+                && (f / m).fract() != 0.0
+            {
+                errors.push(FieldError::invalid(
+                    path,
+                    value,
+                    format!("{path} in body should be a multiple of {}", go_number(m)),
+                ));
+            }
         }
         Value::Array(items) => {
             if let Some(max) = schema["maxItems"].as_u64()
-                && items.len() as u64 > max {
-                    errors.push(FieldError::too_many(path, items.len(), max as usize));
-                }
+                && items.len() as u64 > max
+            {
+                errors.push(FieldError::too_many(path, items.len(), max as usize));
+            }
             if let Some(min) = schema["minItems"].as_u64()
-                && (items.len() as u64) < min {
-                    errors.push(FieldError::invalid(
-                        path,
-                        &Value::from(items.len()),
-                        format!("{path} in body should have at least {min} items"),
-                    ));
-                }
+                && (items.len() as u64) < min
+            {
+                errors.push(FieldError::invalid(
+                    path,
+                    &Value::from(items.len()),
+                    format!("{path} in body should have at least {min} items"),
+                ));
+            }
             match schema["x-kubernetes-list-type"].as_str() {
                 Some("set") => {
                     for (i, item) in items.iter().enumerate() {
@@ -386,16 +439,23 @@ pub fn validate(schema: &Value, value: &Value, path: &str, errors: &mut Vec<Fiel
                 }
                 Some("map") => {
                     let keys = strings(&schema["x-kubernetes-list-map-keys"]);
-                    let key_of = |item: &Value| -> Vec<Value> { keys.iter().map(|k| item[k].clone()).collect() };
+                    let key_of = |item: &Value| -> Vec<Value> {
+                        keys.iter().map(|k| item[k].clone()).collect()
+                    };
                     for (i, item) in items.iter().enumerate() {
                         let k = key_of(item);
                         if items[..i].iter().any(|other| key_of(other) == k) {
-                            let shown: Map<String, Value> =
-                                keys.iter().map(|name| (name.clone(), item[name].clone())).collect();
+                            let shown: Map<String, Value> = keys
+                                .iter()
+                                .map(|name| (name.clone(), item[name].clone()))
+                                .collect();
                             errors.push(FieldError {
                                 kind: crate::error::FieldErrorKind::Duplicate,
                                 field: format!("{path}[{i}]"),
-                                value: Some(format!("map[string]interface {{}}{}", Value::Object(shown))),
+                                value: Some(format!(
+                                    "map[string]interface {{}}{}",
+                                    Value::Object(shown)
+                                )),
                                 detail: String::new(),
                             });
                         }
@@ -416,16 +476,19 @@ pub fn validate(schema: &Value, value: &Value, path: &str, errors: &mut Vec<Fiel
                 }
             }
             if let Some(max) = schema["maxProperties"].as_u64()
-                && map.len() as u64 > max {
-                    errors.push(FieldError::too_many(path, map.len(), max as usize));
-                }
+                && map.len() as u64 > max
+            {
+                errors.push(FieldError::too_many(path, map.len(), max as usize));
+            }
             if let Some(props) = schema.get("properties").and_then(Value::as_object) {
                 for (k, v) in map {
                     if let Some(sub) = props.get(k) {
                         validate(sub, v, &format!("{path}.{k}"), errors);
                     }
                 }
-            } else if let Some(additional) = schema.get("additionalProperties").filter(|a| a.is_object()) {
+            } else if let Some(additional) =
+                schema.get("additionalProperties").filter(|a| a.is_object())
+            {
                 for (k, v) in map {
                     validate(additional, v, &format!("{path}.{k}"), errors);
                 }
@@ -445,7 +508,11 @@ pub fn validate_crd(crd: &Value) -> Vec<FieldError> {
     if group.is_empty() {
         errors.push(FieldError::required("spec.group", ""));
     } else if !group.contains('.') {
-        errors.push(FieldError::invalid("spec.group", &Value::from(group), "should be a domain with at least one dot"));
+        errors.push(FieldError::invalid(
+            "spec.group",
+            &Value::from(group),
+            "should be a domain with at least one dot",
+        ));
     }
     if plural.is_empty() {
         errors.push(FieldError::required("spec.names.plural", ""));
@@ -469,7 +536,11 @@ pub fn validate_crd(crd: &Value) -> Vec<FieldError> {
     }
     let versions = spec["versions"].as_array().cloned().unwrap_or_default();
     if versions.is_empty() {
-        errors.push(FieldError::invalid("spec.versions", &Value::from(0), "must have exactly one version marked as storage version"));
+        errors.push(FieldError::invalid(
+            "spec.versions",
+            &Value::from(0),
+            "must have exactly one version marked as storage version",
+        ));
     } else if versions.iter().filter(|v| v["storage"] == Value::Bool(true)).count() != 1 {
         errors.push(FieldError::invalid(
             "spec.versions",
@@ -510,26 +581,60 @@ mod tests {
             "items": {"type": "array", "minItems": 1, "items": {"type": "string"}},
         }, "required": ["tier"]});
         let mut errors = Vec::new();
-        validate(&schema, &json!({"count": 9, "tier": "gold", "region": "Taipei", "items": []}), "spec", &mut errors);
+        validate(
+            &schema,
+            &json!({"count": 9, "tier": "gold", "region": "Taipei", "items": []}),
+            "spec",
+            &mut errors,
+        );
         let rendered: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
-        assert!(rendered.contains(&"spec.count: Invalid value: 9: spec.count in body should be less than or equal to 8".to_string()), "{rendered:?}");
-        assert!(rendered.contains(&"spec.tier: Unsupported value: \"gold\": supported values: \"free\", \"pro\"".to_string()), "{rendered:?}");
-        assert!(rendered.contains(&"spec.region: Invalid value: \"Taipei\": spec.region in body should match '^[a-z]+-[0-9]$'".to_string()), "{rendered:?}");
-        assert!(rendered.contains(&"spec.items: Invalid value: 0: spec.items in body should have at least 1 items".to_string()), "{rendered:?}");
+        assert!(
+            rendered.contains(
+                &"spec.count: Invalid value: 9: spec.count in body should be less than or equal to 8".to_string()
+            ),
+            "{rendered:?}"
+        );
+        assert!(
+            rendered.contains(
+                &"spec.tier: Unsupported value: \"gold\": supported values: \"free\", \"pro\""
+                    .to_string()
+            ),
+            "{rendered:?}"
+        );
+        assert!(
+            rendered.contains(
+                &"spec.region: Invalid value: \"Taipei\": spec.region in body should match '^[a-z]+-[0-9]$'"
+                    .to_string()
+            ),
+            "{rendered:?}"
+        );
+        assert!(
+            rendered.contains(
+                &"spec.items: Invalid value: 0: spec.items in body should have at least 1 items"
+                    .to_string()
+            ),
+            "{rendered:?}"
+        );
         let mut errors = Vec::new();
         validate(&schema, &json!({"count": "two"}), "spec", &mut errors);
         let rendered: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
         assert!(rendered.contains(&"spec.tier: Required value".to_string()), "{rendered:?}");
-        assert!(rendered.contains(&"spec.count: Invalid value: \"two\": spec.count in body must be of type integer: \"string\"".to_string()), "{rendered:?}");
+        assert!(
+            rendered.contains(
+                &"spec.count: Invalid value: \"two\": spec.count in body must be of type integer: \"string\""
+                    .to_string()
+            ),
+            "{rendered:?}"
+        );
     }
 
     #[test]
     fn prunes_unknown_and_defaults() {
         let v = json!({"name": "v1", "served": true, "storage": true, "schema": {"openAPIV3Schema": {
-            "type": "object", "properties": {"spec": {"type": "object", "properties": {
-                "a": {"type": "integer", "default": 3},
-                "b": {"type": "object", "default": {}, "properties": {"c": {"type": "string", "default": "x"}}},
-            }}}}}});
+        "type": "object", "properties": {"spec": {"type": "object", "properties": {
+            "a": {"type": "integer", "default": 3},
+            "b": {"type": "object", "default": {}, "properties": {"c": {"type": "string", "default": "x"}}},
+        }}}}}});
         let s = CrdVersionSchema::from_crd_version("g.io", "K", &v);
         let mut obj = json!({"apiVersion": "g.io/v1", "kind": "K", "metadata": {"name": "n"}, "spec": {"z": 1}, "extra": true});
         let unknown = s.prune_and_default(&mut obj, true);

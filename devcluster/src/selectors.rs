@@ -37,7 +37,10 @@ impl LabelSelector {
     /// From a plain map selector (Service `spec.selector`): every pair must match.
     pub fn from_map(m: &serde_json::Map<String, Value>) -> LabelSelector {
         LabelSelector {
-            reqs: m.iter().map(|(k, v)| Requirement::Eq(k.clone(), v.as_str().unwrap_or_default().into())).collect(),
+            reqs: m
+                .iter()
+                .map(|(k, v)| Requirement::Eq(k.clone(), v.as_str().unwrap_or_default().into()))
+                .collect(),
         }
     }
 
@@ -86,7 +89,9 @@ fn check_key(k: &str) -> Result<String, String> {
     if meta::is_qualified_name(k) {
         Ok(k.to_string())
     } else {
-        Err(format!("unable to parse requirement: invalid label key \"{k}\": name part must consist of alphanumeric characters, '-', '_' or '.'"))
+        Err(format!(
+            "unable to parse requirement: invalid label key \"{k}\": name part must consist of alphanumeric characters, '-', '_' or '.'"
+        ))
     }
 }
 
@@ -98,13 +103,17 @@ fn parse_requirement(term: &str) -> Result<Requirement, String> {
         if let Some(idx) = term.find(op) {
             let key = check_key(term[..idx].trim())?;
             let rest = term[idx + op.len()..].trim();
-            let inner = rest
-                .strip_prefix('(')
-                .and_then(|r| r.strip_suffix(')'))
-                .ok_or_else(|| format!("unable to parse requirement: found '{rest}', expected: '('"))?;
+            let inner =
+                rest.strip_prefix('(').and_then(|r| r.strip_suffix(')')).ok_or_else(|| {
+                    format!("unable to parse requirement: found '{rest}', expected: '('")
+                })?;
             let values: Vec<String> =
                 inner.split(',').map(|v| v.trim().to_string()).filter(|v| !v.is_empty()).collect();
-            return Ok(if ctor { Requirement::In(key, values) } else { Requirement::NotIn(key, values) });
+            return Ok(if ctor {
+                Requirement::In(key, values)
+            } else {
+                Requirement::NotIn(key, values)
+            });
         }
     }
     if let Some((k, v)) = term.split_once("!=") {
@@ -175,12 +184,32 @@ fn field_value(obj: &Value, field: &str) -> Option<String> {
 /// Fields each built-in kind may be selected by (beyond `metadata.name` and `metadata.namespace`).
 pub fn selectable_fields(group: &str, resource: &str) -> &'static [&'static str] {
     match (group, resource) {
-        ("", "pods") => &["spec.nodeName", "spec.restartPolicy", "spec.schedulerName", "spec.serviceAccountName", "spec.hostNetwork", "status.phase", "status.podIP", "status.nominatedNodeName"],
+        ("", "pods") => &[
+            "spec.nodeName",
+            "spec.restartPolicy",
+            "spec.schedulerName",
+            "spec.serviceAccountName",
+            "spec.hostNetwork",
+            "status.phase",
+            "status.podIP",
+            "status.nominatedNodeName",
+        ],
         ("", "events") | ("events.k8s.io", "events") => &[
-            "involvedObject.kind", "involvedObject.namespace", "involvedObject.name", "involvedObject.uid",
-            "involvedObject.apiVersion", "involvedObject.resourceVersion", "involvedObject.fieldPath",
-            "reason", "reportingComponent", "source", "type", "regarding.kind", "regarding.name",
-            "regarding.namespace", "regarding.uid",
+            "involvedObject.kind",
+            "involvedObject.namespace",
+            "involvedObject.name",
+            "involvedObject.uid",
+            "involvedObject.apiVersion",
+            "involvedObject.resourceVersion",
+            "involvedObject.fieldPath",
+            "reason",
+            "reportingComponent",
+            "source",
+            "type",
+            "regarding.kind",
+            "regarding.name",
+            "regarding.namespace",
+            "regarding.uid",
         ],
         ("", "secrets") => &["type"],
         ("", "namespaces") => &["status.phase"],
@@ -218,7 +247,8 @@ mod tests {
 
     #[test]
     fn field_selectors() {
-        let obj = json!({"metadata": {"name": "a", "namespace": "n"}, "status": {"phase": "Running"}});
+        let obj =
+            json!({"metadata": {"name": "a", "namespace": "n"}, "status": {"phase": "Running"}});
         assert!(FieldSelector::parse("metadata.name=a").unwrap().matches(&obj));
         assert!(!FieldSelector::parse("status.phase!=Running").unwrap().matches(&obj));
         assert!(FieldSelector::parse("spec.nodeName=").unwrap().matches(&obj));

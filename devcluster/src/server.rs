@@ -16,12 +16,12 @@ use crate::api::{self, DeleteOpts, Deleted, FieldValidation, PatchType, WriteOpt
 use crate::auth::{self, Attributes, UserInfo};
 use crate::discovery;
 use crate::error::{ApiError, Qualified, success_status};
-use crate::shared::{Reply, Shared, async_stream_body};
 use crate::meta;
 use crate::metrics::RequestLabels;
 use crate::openapi;
 use crate::resources::ResourceInfo;
 use crate::selectors::{FieldSelector, LabelSelector, selectable_fields};
+use crate::shared::{Reply, Shared, async_stream_body};
 use crate::state::EventType;
 use crate::table::{self, IncludeObject};
 
@@ -123,19 +123,23 @@ enum As {
 }
 
 fn negotiate(headers: &HeaderMap) -> Result<As, ApiError> {
-    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("application/json");
+    let accept =
+        headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("application/json");
     let mut json_ok = false;
     for part in accept.split(',') {
         let part = part.trim();
         let media = part.split(';').next().unwrap_or_default().trim();
         let params: BTreeMap<&str, &str> =
             part.split(';').skip(1).filter_map(|p| p.trim().split_once('=')).collect();
-        if !matches!(media, "application/json" | "*/*" | "application/*" | "application/yaml" | "") {
+        if !matches!(media, "application/json" | "*/*" | "application/*" | "application/yaml" | "")
+        {
             continue;
         }
         match params.get("as") {
             Some(&"Table") if params.get("g") == Some(&"meta.k8s.io") => return Ok(As::Table),
-            Some(&"PartialObjectMetadata" | &"PartialObjectMetadataList") if params.get("g") == Some(&"meta.k8s.io") => {
+            Some(&"PartialObjectMetadata" | &"PartialObjectMetadataList")
+                if params.get("g") == Some(&"meta.k8s.io") =>
+            {
                 return Ok(As::PartialMetadata);
             }
             Some(_) => continue,
@@ -165,7 +169,8 @@ fn metrics_verb(ri: &RequestInfo, method: &Method, headers: &HeaderMap) -> Strin
         "create" => "POST".into(),
         "update" => "PUT".into(),
         "patch" => {
-            let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
+            let ct =
+                headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
             if ct.starts_with("application/apply-patch") { "APPLY".into() } else { "PATCH".into() }
         }
         "delete" => "DELETE".into(),
@@ -175,10 +180,20 @@ fn metrics_verb(ri: &RequestInfo, method: &Method, headers: &HeaderMap) -> Strin
 }
 
 /// One audit event (level Metadata, stage ResponseComplete) as a JSON line.
-fn audit_event(audit: &Mutex<std::io::LineWriter<std::fs::File>>, ri: &RequestInfo, method: &Method, uri: String, user: Option<&UserInfo>, code: u16) {
+fn audit_event(
+    audit: &Mutex<std::io::LineWriter<std::fs::File>>,
+    ri: &RequestInfo,
+    method: &Method,
+    uri: String,
+    user: Option<&UserInfo>,
+    code: u16,
+) {
     use std::io::Write;
-    let mut object_ref = json!({"resource": ri.resource, "apiGroup": ri.group, "apiVersion": ri.version});
-    for (k, v) in [("namespace", &ri.namespace), ("name", &ri.name), ("subresource", &ri.subresource)] {
+    let mut object_ref =
+        json!({"resource": ri.resource, "apiGroup": ri.group, "apiVersion": ri.version});
+    for (k, v) in
+        [("namespace", &ri.namespace), ("name", &ri.name), ("subresource", &ri.subresource)]
+    {
         if !v.is_empty() {
             object_ref[k] = v.as_str().into();
         }
@@ -210,7 +225,14 @@ pub async fn handle(AxState(shared): AxState<Arc<Shared>>, req: Request) -> Resp
     let mverb = metrics_verb(&ri, &parts.method, &parts.headers);
     let (reply, user) = dispatch(&shared, &parts.method, &parts.headers, &ri, &query, body).await;
     if let (Some(audit), true) = (&shared.audit, ri.resource_request) {
-        audit_event(audit, &ri, &parts.method, parts.uri.to_string(), user.as_ref(), reply.status.as_u16());
+        audit_event(
+            audit,
+            &ri,
+            &parts.method,
+            parts.uri.to_string(),
+            user.as_ref(),
+            reply.status.as_u16(),
+        );
     }
     if ri.resource_request {
         shared.metrics.record(RequestLabels {
@@ -235,8 +257,18 @@ pub async fn handle(AxState(shared): AxState<Arc<Shared>>, req: Request) -> Resp
 
 const RBAC_GROUP: &str = "rbac.authorization.k8s.io";
 
-async fn dispatch(shared: &Arc<Shared>, method: &Method, headers: &HeaderMap, ri: &RequestInfo, query: &BTreeMap<String, String>, body: Body) -> (Reply, Option<UserInfo>) {
-    let user = match shared.auth.authenticate(headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok())) {
+async fn dispatch(
+    shared: &Arc<Shared>,
+    method: &Method,
+    headers: &HeaderMap,
+    ri: &RequestInfo,
+    query: &BTreeMap<String, String>,
+    body: Body,
+) -> (Reply, Option<UserInfo>) {
+    let user = match shared
+        .auth
+        .authenticate(headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()))
+    {
         Ok(u) => u,
         Err(e) => return (e.into(), None),
     };
@@ -259,7 +291,16 @@ async fn dispatch(shared: &Arc<Shared>, method: &Method, headers: &HeaderMap, ri
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn authorized(shared: &Arc<Shared>, method: &Method, headers: &HeaderMap, ri: &RequestInfo, query: &BTreeMap<String, String>, body: Body, user: &UserInfo, attrs: &Attributes) -> Reply {
+async fn authorized(
+    shared: &Arc<Shared>,
+    method: &Method,
+    headers: &HeaderMap,
+    ri: &RequestInfo,
+    query: &BTreeMap<String, String>,
+    body: Body,
+    user: &UserInfo,
+    attrs: &Attributes,
+) -> Reply {
     if !auth::authorize(&shared.lock(), user, attrs).allowed {
         return auth::forbidden(user, attrs).into();
     }
@@ -271,7 +312,8 @@ async fn authorized(shared: &Arc<Shared>, method: &Method, headers: &HeaderMap, 
         return ApiError::internal("injected fault").into();
     }
     if faults.throttle_rate > 0.0 && shared.roll() < faults.throttle_rate {
-        return ApiError::too_many_requests("injected throttling, please try again later", 1).into();
+        return ApiError::too_many_requests("injected throttling, please try again later", 1)
+            .into();
     }
     let Some(info) = shared.lock().registry.get(&ri.group, &ri.version, &ri.resource) else {
         return ApiError::not_found(Qualified { group: "", resource: "" }, "").into_404_page();
@@ -288,7 +330,13 @@ async fn authorized(shared: &Arc<Shared>, method: &Method, headers: &HeaderMap, 
 impl ApiError {
     /// The plain 404 kube-apiserver answers for a path it does not serve.
     fn into_404_page(self) -> Reply {
-        Reply::error(&ApiError { code: 404, reason: "NotFound", message: "the server could not find the requested resource".into(), details: None, retry_after: None })
+        Reply::error(&ApiError {
+            code: 404,
+            reason: "NotFound",
+            message: "the server could not find the requested resource".into(),
+            details: None,
+            retry_after: None,
+        })
     }
 }
 
@@ -305,7 +353,11 @@ fn non_resource(shared: &Arc<Shared>, headers: &HeaderMap, ri: &RequestInfo) -> 
         ["healthz"] | ["livez"] | ["readyz"] => Reply::text(200, "ok"),
         ["healthz", _] | ["livez", _] | ["readyz", _] => Reply::text(200, "ok"),
         ["metrics"] => {
-            let objects: Vec<(String, usize)> = st.collections().into_iter().map(|gr| (gr.to_string(), st.count(&gr, None))).collect();
+            let objects: Vec<(String, usize)> = st
+                .collections()
+                .into_iter()
+                .map(|gr| (gr.to_string(), st.count(&gr, None)))
+                .collect();
             let text = shared.metrics.render(&objects);
             let mut r = Reply::text(200, text);
             r.content_type = "text/plain; version=0.0.4; charset=utf-8".into();
@@ -346,16 +398,23 @@ fn non_resource(shared: &Arc<Shared>, headers: &HeaderMap, ri: &RequestInfo) -> 
             Some(d) => Reply::json(200, &d),
             None => ApiError::not_found(Qualified { group: "", resource: "" }, "").into_404_page(),
         },
-        ["openapi", "v3", "apis", g, v] => match openapi::group_version_document(&st.registry, g, v) {
-            Some(d) => Reply::json(200, &d),
-            None => ApiError::not_found(Qualified { group: "", resource: "" }, "").into_404_page(),
-        },
+        ["openapi", "v3", "apis", g, v] => {
+            match openapi::group_version_document(&st.registry, g, v) {
+                Some(d) => Reply::json(200, &d),
+                None => {
+                    ApiError::not_found(Qualified { group: "", resource: "" }, "").into_404_page()
+                }
+            }
+        }
         _ => ApiError::not_found(Qualified { group: "", resource: "" }, "").into_404_page(),
     }
 }
 
 pub fn version_info() -> Value {
-    let (major, minor) = crate::config::SERVER_VERSION.trim_start_matches('v').split_once('.').unwrap_or(("1", "33"));
+    let (major, minor) = crate::config::SERVER_VERSION
+        .trim_start_matches('v')
+        .split_once('.')
+        .unwrap_or(("1", "33"));
     let minor = minor.split('.').next().unwrap_or("33");
     json!({
         "major": major,
@@ -379,26 +438,41 @@ async fn read_body(body: Body) -> Result<Bytes, ApiError> {
 }
 
 fn parse_body(headers: &HeaderMap, bytes: &[u8]) -> Result<Value, ApiError> {
-    let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("application/json");
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json");
     let media = ct.split(';').next().unwrap_or_default().trim();
     match media {
-        "application/json" | "" | "*/*" => serde_json::from_slice(bytes).map_err(|e| ApiError::bad_request(format!("error decoding JSON: {e}"))),
+        "application/json" | "" | "*/*" => serde_json::from_slice(bytes)
+            .map_err(|e| ApiError::bad_request(format!("error decoding JSON: {e}"))),
         "application/yaml" => {
-            let s = std::str::from_utf8(bytes).map_err(|_| ApiError::bad_request("body is not UTF-8"))?;
-            serde_saphyr::from_str(s).map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))
+            let s = std::str::from_utf8(bytes)
+                .map_err(|_| ApiError::bad_request("body is not UTF-8"))?;
+            serde_saphyr::from_str(s)
+                .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))
         }
-        "application/vnd.kubernetes.protobuf" => crate::protobuf::decode(bytes).map_err(|e| ApiError {
-            code: 415,
-            reason: "UnsupportedMediaType",
-            message: e,
-            details: None,
-            retry_after: None,
-        }),
-        _ => Err(ApiError::unsupported_media_type(&["application/json", "application/yaml", "application/vnd.kubernetes.protobuf"])),
+        "application/vnd.kubernetes.protobuf" => {
+            crate::protobuf::decode(bytes).map_err(|e| ApiError {
+                code: 415,
+                reason: "UnsupportedMediaType",
+                message: e,
+                details: None,
+                retry_after: None,
+            })
+        }
+        _ => Err(ApiError::unsupported_media_type(&[
+            "application/json",
+            "application/yaml",
+            "application/vnd.kubernetes.protobuf",
+        ])),
     }
 }
 
-fn write_opts(query: &BTreeMap<String, String>, headers: &HeaderMap) -> Result<WriteOpts, ApiError> {
+fn write_opts(
+    query: &BTreeMap<String, String>,
+    headers: &HeaderMap,
+) -> Result<WriteOpts, ApiError> {
     let manager = query.get("fieldManager").cloned().unwrap_or_else(|| {
         // As kube-apiserver: the user agent's program name.
         headers
@@ -408,12 +482,18 @@ fn write_opts(query: &BTreeMap<String, String>, headers: &HeaderMap) -> Result<W
             .unwrap_or_default()
     });
     if manager.len() > 128 {
-        return Err(ApiError::bad_request("fieldManager: Too long: may not be more than 128 bytes"));
+        return Err(ApiError::bad_request(
+            "fieldManager: Too long: may not be more than 128 bytes",
+        ));
     }
     let dry_run = match query.get("dryRun").map(String::as_str) {
         None | Some("") => false,
         Some("All") => true,
-        Some(other) => return Err(ApiError::bad_request(format!("dryRun: Unsupported value: {other:?}: supported values: \"All\""))),
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "dryRun: Unsupported value: {other:?}: supported values: \"All\""
+            )));
+        }
     };
     Ok(WriteOpts {
         manager,
@@ -446,28 +526,55 @@ async fn resource(
     let want = negotiate(headers)?;
     match ri.subresource.as_str() {
         "" | "status" => {}
-        "log" if info.kind == "Pod" => return crate::kubelet::logs(shared, ns, &ri.name, query).await,
-        "proxy" if matches!(info.kind.as_str(), "Pod" | "Service") => {
-            return crate::proxy::proxy(shared, method, headers, info, ns, &ri.name, &ri.rest, query, body).await;
+        "log" if info.kind == "Pod" => {
+            return crate::kubelet::logs(shared, ns, &ri.name, query).await;
         }
-        "token" if info.kind == "ServiceAccount" && ri.verb == "create" => return token_request(shared, ns, &ri.name, headers, body).await,
-        "binding" if info.kind == "Pod" && ri.verb == "create" => return pod_binding(shared, ns, &ri.name, headers, body).await,
+        "proxy" if matches!(info.kind.as_str(), "Pod" | "Service") => {
+            return crate::proxy::proxy(
+                shared, method, headers, info, ns, &ri.name, &ri.rest, query, body,
+            )
+            .await;
+        }
+        "token" if info.kind == "ServiceAccount" && ri.verb == "create" => {
+            return token_request(shared, ns, &ri.name, headers, body).await;
+        }
+        "binding" if info.kind == "Pod" && ri.verb == "create" => {
+            return pod_binding(shared, ns, &ri.name, headers, body).await;
+        }
         "eviction" if info.kind == "Pod" && ri.verb == "create" => {
             let mut st = shared.lock();
             api::delete(&mut st, info, ns, &ri.name, &DeleteOpts::default())?;
-            return Ok(Reply::json(201, &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201})));
+            return Ok(Reply::json(
+                201,
+                &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
+            ));
         }
         "finalize" if info.kind == "Namespace" && ri.verb == "update" => {
             let bytes = read_body(body).await?;
             let obj = parse_body(headers, &bytes)?;
             let mut st = shared.lock();
-            let mut current = (*st.get(&info.storage_resource(), "", &ri.name).ok_or_else(|| ApiError::not_found(Qualified { group: "", resource: "namespaces" }, &ri.name))?).clone();
-            current["spec"]["finalizers"] = obj.pointer("/spec/finalizers").cloned().unwrap_or(json!([]));
-            let w = api::update(&mut st, info, "", &ri.name, current, &write_opts(query, headers)?, false)?;
+            let mut current =
+                (*st.get(&info.storage_resource(), "", &ri.name).ok_or_else(|| {
+                    ApiError::not_found(Qualified { group: "", resource: "namespaces" }, &ri.name)
+                })?)
+                .clone();
+            current["spec"]["finalizers"] =
+                obj.pointer("/spec/finalizers").cloned().unwrap_or(json!([]));
+            let w = api::update(
+                &mut st,
+                info,
+                "",
+                &ri.name,
+                current,
+                &write_opts(query, headers)?,
+                false,
+            )?;
             return Ok(Reply::json(200, &w.object));
         }
         "scale" => return Err(ApiError::method_not_allowed()),
-        _ => return Err(ApiError::not_found(Qualified { group: "", resource: "" }, "").into_plain()),
+        _ => {
+            return Err(ApiError::not_found(Qualified { group: "", resource: "" }, "").into_plain());
+        }
     }
     let status_write = ri.subresource == "status";
     if info.virtual_only {
@@ -483,10 +590,22 @@ async fn resource(
     match ri.verb.as_str() {
         "get" => {
             let st = shared.lock();
-            let obj = st.get(&info.storage_resource(), ns, &ri.name).ok_or_else(|| ApiError::not_found(Qualified { group: &info.group, resource: &info.plural }, &ri.name))?;
+            let obj = st.get(&info.storage_resource(), ns, &ri.name).ok_or_else(|| {
+                ApiError::not_found(
+                    Qualified { group: &info.group, resource: &info.plural },
+                    &ri.name,
+                )
+            })?;
             if want == As::Table {
                 let view = api::present(info, &obj);
-                let t = table::table(info, &[view], meta::resource_version(&obj), None, IncludeObject::parse(query.get("includeObject").map(String::as_str)), true);
+                let t = table::table(
+                    info,
+                    &[view],
+                    meta::resource_version(&obj),
+                    None,
+                    IncludeObject::parse(query.get("includeObject").map(String::as_str)),
+                    true,
+                );
                 return Ok(Reply::json(200, &t));
             }
             Ok(Reply::json(200, &shape(info, &obj, want)))
@@ -523,7 +642,8 @@ async fn resource(
             Ok(r)
         }
         "patch" => {
-            let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
+            let ct =
+                headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
             let ptype = PatchType::from_content_type(ct).ok_or_else(|| {
                 ApiError::unsupported_media_type(&[
                     "application/json-patch+json",
@@ -536,29 +656,53 @@ async fn resource(
             let patch = if ptype == PatchType::Apply {
                 api::parse_apply_body(&bytes)?
             } else {
-                serde_json::from_slice(&bytes).map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?
+                serde_json::from_slice(&bytes)
+                    .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?
             };
             let mut opts = write_opts(query, headers)?;
             if ptype != PatchType::Apply && query.get("force").is_some() {
-                return Err(ApiError::bad_request("force: Forbidden: may not be specified for non-apply patch"));
+                return Err(ApiError::bad_request(
+                    "force: Forbidden: may not be specified for non-apply patch",
+                ));
             }
             if ptype == PatchType::Apply && query.get("fieldManager").is_none() {
                 opts.manager = String::new();
             }
             let mut st = shared.lock();
             // An apply that creates the object is a create too, and is authorized as one.
-            if ptype == PatchType::Apply && !status_write && st.get(&info.storage_resource(), ns, &ri.name).is_none() {
-                let create = Attributes { verb: "create".into(), resource_request: true, group: ri.group.clone(), resource: ri.resource.clone(), namespace: ns.into(), name: ri.name.clone(), ..Default::default() };
+            if ptype == PatchType::Apply
+                && !status_write
+                && st.get(&info.storage_resource(), ns, &ri.name).is_none()
+            {
+                let create = Attributes {
+                    verb: "create".into(),
+                    resource_request: true,
+                    group: ri.group.clone(),
+                    resource: ri.resource.clone(),
+                    namespace: ns.into(),
+                    name: ri.name.clone(),
+                    ..Default::default()
+                };
                 if !auth::authorize(&st, user, &create).allowed {
                     return Err(auth::forbidden(user, &create));
                 }
             }
             if info.group == RBAC_GROUP {
-                let preview = api::patch(&mut st, info, ns, &ri.name, ptype, &patch, &WriteOpts { dry_run: true, ..opts.clone() }, status_write)?;
+                let preview = api::patch(
+                    &mut st,
+                    info,
+                    ns,
+                    &ri.name,
+                    ptype,
+                    &patch,
+                    &WriteOpts { dry_run: true, ..opts.clone() },
+                    status_write,
+                )?;
                 auth::check_escalation(&st, user, &info.plural, ns, &preview.object)?;
             }
             let w = api::patch(&mut st, info, ns, &ri.name, ptype, &patch, &opts, status_write)?;
-            let mut r = Reply::json(if w.created { 201 } else { 200 }, &shape(info, &w.object, want));
+            let mut r =
+                Reply::json(if w.created { 201 } else { 200 }, &shape(info, &w.object, want));
             r.warnings = w.warnings;
             Ok(r)
         }
@@ -569,10 +713,15 @@ async fn resource(
             match api::delete(&mut st, info, ns, &ri.name, &dopts)? {
                 Deleted::Pending(obj) => Ok(Reply::json(200, &shape(info, &obj, want))),
                 Deleted::Gone(obj) => {
-                    if info.is_custom() || matches!(info.kind.as_str(), "Pod" | "Namespace" | "Node" | "Service") {
+                    if info.is_custom()
+                        || matches!(info.kind.as_str(), "Pod" | "Namespace" | "Node" | "Service")
+                    {
                         Ok(Reply::json(200, &shape(info, &obj, want)))
                     } else {
-                        Ok(Reply::json(200, &success_status(&info.group, &info.plural, &ri.name, meta::uid(&obj))))
+                        Ok(Reply::json(
+                            200,
+                            &success_status(&info.group, &info.plural, &ri.name, meta::uid(&obj)),
+                        ))
                     }
                 }
             }
@@ -580,7 +729,10 @@ async fn resource(
         "deletecollection" => {
             let bytes = read_body(body).await?;
             let dopts = delete_opts(query, &bytes)?;
-            let labels = LabelSelector::parse(query.get("labelSelector").map(String::as_str).unwrap_or_default()).map_err(ApiError::bad_request)?;
+            let labels = LabelSelector::parse(
+                query.get("labelSelector").map(String::as_str).unwrap_or_default(),
+            )
+            .map_err(ApiError::bad_request)?;
             let fields = parse_field_selector(info, query)?;
             let mut st = shared.lock();
             let targets: Vec<String> = st
@@ -598,7 +750,10 @@ async fn resource(
                     deleted.push(api::present(info, &obj));
                 }
             }
-            Ok(Reply::json(200, &json!({"kind": info.list_kind(), "apiVersion": info.api_version(), "metadata": {"resourceVersion": st.current_rv().to_string()}, "items": deleted})))
+            Ok(Reply::json(
+                200,
+                &json!({"kind": info.list_kind(), "apiVersion": info.api_version(), "metadata": {"resourceVersion": st.current_rv().to_string()}, "items": deleted}),
+            ))
         }
         _ => Err(ApiError::method_not_allowed()),
     }
@@ -606,32 +761,62 @@ async fn resource(
 
 impl ApiError {
     fn into_plain(self) -> ApiError {
-        ApiError { code: 404, reason: "NotFound", message: "the server could not find the requested resource".into(), details: None, retry_after: None }
+        ApiError {
+            code: 404,
+            reason: "NotFound",
+            message: "the server could not find the requested resource".into(),
+            details: None,
+            retry_after: None,
+        }
     }
 }
 
 fn delete_opts(query: &BTreeMap<String, String>, body: &[u8]) -> Result<DeleteOpts, ApiError> {
-    let b: Value = if body.is_empty() { json!({}) } else { serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("error decoding DeleteOptions: {e}")))? };
+    let b: Value = if body.is_empty() {
+        json!({})
+    } else {
+        serde_json::from_slice(body)
+            .map_err(|e| ApiError::bad_request(format!("error decoding DeleteOptions: {e}")))?
+    };
     let grace = query
         .get("gracePeriodSeconds")
         .and_then(|g| g.parse().ok())
         .or_else(|| b["gracePeriodSeconds"].as_i64());
-    let mut propagation = query.get("propagationPolicy").cloned().or_else(|| b["propagationPolicy"].as_str().map(str::to_string));
+    let mut propagation = query
+        .get("propagationPolicy")
+        .cloned()
+        .or_else(|| b["propagationPolicy"].as_str().map(str::to_string));
     if propagation.is_none()
-        && let Some(orphan) = query.get("orphanDependents").map(|v| v == "true").or_else(|| b["orphanDependents"].as_bool()) {
-            propagation = Some(if orphan { "Orphan" } else { "Background" }.into());
-        }
+        && let Some(orphan) = query
+            .get("orphanDependents")
+            .map(|v| v == "true")
+            .or_else(|| b["orphanDependents"].as_bool())
+    {
+        propagation = Some(if orphan { "Orphan" } else { "Background" }.into());
+    }
     Ok(DeleteOpts {
         grace_period: grace,
         propagation,
-        precondition_uid: b.pointer("/preconditions/uid").and_then(Value::as_str).map(str::to_string),
-        precondition_rv: b.pointer("/preconditions/resourceVersion").and_then(Value::as_str).map(str::to_string),
-        dry_run: query.get("dryRun").is_some_and(|v| v == "All") || b["dryRun"].as_array().is_some_and(|a| a.iter().any(|x| x == "All")),
+        precondition_uid: b
+            .pointer("/preconditions/uid")
+            .and_then(Value::as_str)
+            .map(str::to_string),
+        precondition_rv: b
+            .pointer("/preconditions/resourceVersion")
+            .and_then(Value::as_str)
+            .map(str::to_string),
+        dry_run: query.get("dryRun").is_some_and(|v| v == "All")
+            || b["dryRun"].as_array().is_some_and(|a| a.iter().any(|x| x == "All")),
     })
 }
 
-fn parse_field_selector(info: &ResourceInfo, query: &BTreeMap<String, String>) -> Result<FieldSelector, ApiError> {
-    let fs = FieldSelector::parse(query.get("fieldSelector").map(String::as_str).unwrap_or_default()).map_err(ApiError::bad_request)?;
+fn parse_field_selector(
+    info: &ResourceInfo,
+    query: &BTreeMap<String, String>,
+) -> Result<FieldSelector, ApiError> {
+    let fs =
+        FieldSelector::parse(query.get("fieldSelector").map(String::as_str).unwrap_or_default())
+            .map_err(ApiError::bad_request)?;
     let allowed = selectable_fields(&info.group, &info.plural);
     for f in fs.fields() {
         if !(f == "metadata.name" || f == "metadata.namespace" || allowed.contains(&f)) {
@@ -648,18 +833,27 @@ struct ContinueToken {
     name: String,
 }
 
-fn list(shared: &Arc<Shared>, info: &Arc<ResourceInfo>, ns: &str, query: &BTreeMap<String, String>, want: As) -> Result<Reply, ApiError> {
-    let labels = LabelSelector::parse(query.get("labelSelector").map(String::as_str).unwrap_or_default()).map_err(ApiError::bad_request)?;
+fn list(
+    shared: &Arc<Shared>,
+    info: &Arc<ResourceInfo>,
+    ns: &str,
+    query: &BTreeMap<String, String>,
+    want: As,
+) -> Result<Reply, ApiError> {
+    let labels =
+        LabelSelector::parse(query.get("labelSelector").map(String::as_str).unwrap_or_default())
+            .map_err(ApiError::bad_request)?;
     let fields = parse_field_selector(info, query)?;
     let limit: usize = query.get("limit").and_then(|l| l.parse().ok()).unwrap_or(0);
     let st = shared.lock();
     let ns_filter = if ns.is_empty() { None } else { Some(ns) };
     let (rv, candidates) = match query.get("continue").filter(|c| !c.is_empty()) {
         Some(token) => {
-            let bytes = base64::engine::general_purpose::STANDARD
-                .decode(token)
-                .map_err(|_| ApiError::bad_request("continue key is not valid: illegal base64 data"))?;
-            let t: ContinueToken = serde_json::from_slice(&bytes).map_err(|_| ApiError::bad_request("continue key is not valid"))?;
+            let bytes = base64::engine::general_purpose::STANDARD.decode(token).map_err(|_| {
+                ApiError::bad_request("continue key is not valid: illegal base64 data")
+            })?;
+            let t: ContinueToken = serde_json::from_slice(&bytes)
+                .map_err(|_| ApiError::bad_request("continue key is not valid"))?;
             (t.rv, st.list_after(&info.storage_resource(), ns_filter, &(t.ns, t.name)))
         }
         None => {
@@ -681,8 +875,15 @@ fn list(shared: &Arc<Shared>, info: &Arc<ResourceInfo>, ns: &str, query: &BTreeM
         if limit > 0 && items.len() == limit {
             remaining = 1;
             let last: &Value = items.last().expect("limit > 0");
-            let token = ContinueToken { rv, ns: meta::namespace(last).to_string(), name: meta::name(last).to_string() };
-            cont = Some(base64::engine::general_purpose::STANDARD.encode(serde_json::to_vec(&token).expect("token serializes")));
+            let token = ContinueToken {
+                rv,
+                ns: meta::namespace(last).to_string(),
+                name: meta::name(last).to_string(),
+            };
+            cont = Some(
+                base64::engine::general_purpose::STANDARD
+                    .encode(serde_json::to_vec(&token).expect("token serializes")),
+            );
             let _ = o;
             break;
         }
@@ -694,7 +895,14 @@ fn list(shared: &Arc<Shared>, info: &Arc<ResourceInfo>, ns: &str, query: &BTreeM
     drop(st);
     match want {
         As::Table => {
-            let t = table::table(info, &items, &rv.to_string(), cont.as_deref(), IncludeObject::parse(query.get("includeObject").map(String::as_str)), true);
+            let t = table::table(
+                info,
+                &items,
+                &rv.to_string(),
+                cont.as_deref(),
+                IncludeObject::parse(query.get("includeObject").map(String::as_str)),
+                true,
+            );
             Ok(Reply::json(200, &t))
         }
         As::PartialMetadata => {
@@ -724,15 +932,26 @@ fn event_line(kind: &str, object: Value) -> Bytes {
     Bytes::from(s)
 }
 
-fn watch(shared: &Arc<Shared>, info: &Arc<ResourceInfo>, ns: &str, name: &str, query: &BTreeMap<String, String>, want: As) -> Result<Reply, ApiError> {
-    let labels = LabelSelector::parse(query.get("labelSelector").map(String::as_str).unwrap_or_default()).map_err(ApiError::bad_request)?;
+fn watch(
+    shared: &Arc<Shared>,
+    info: &Arc<ResourceInfo>,
+    ns: &str,
+    name: &str,
+    query: &BTreeMap<String, String>,
+    want: As,
+) -> Result<Reply, ApiError> {
+    let labels =
+        LabelSelector::parse(query.get("labelSelector").map(String::as_str).unwrap_or_default())
+            .map_err(ApiError::bad_request)?;
     let mut fields = parse_field_selector(info, query)?;
     if !name.is_empty() {
-        fields = FieldSelector::parse(&format!("metadata.name={name}")).map_err(ApiError::bad_request)?;
+        fields = FieldSelector::parse(&format!("metadata.name={name}"))
+            .map_err(ApiError::bad_request)?;
     }
     let bookmarks = truthy(query.get("allowWatchBookmarks"));
     let send_initial = truthy(query.get("sendInitialEvents"));
-    let timeout = query.get("timeoutSeconds").and_then(|t| t.parse::<u64>().ok()).map(Duration::from_secs);
+    let timeout =
+        query.get("timeoutSeconds").and_then(|t| t.parse::<u64>().ok()).map(Duration::from_secs);
     let rv_param = query.get("resourceVersion").cloned().unwrap_or_default();
     let faults = shared.config.faults.clone();
     let gr = info.storage_resource();
@@ -742,7 +961,11 @@ fn watch(shared: &Arc<Shared>, info: &Arc<ResourceInfo>, ns: &str, name: &str, q
         let labels = labels.clone();
         let fields = fields.clone();
         let ns_filter = ns_filter.clone();
-        move |o: &Value| ns_filter.as_deref().is_none_or(|n| n == meta::namespace(o)) && labels.matches(o) && fields.matches(o)
+        move |o: &Value| {
+            ns_filter.as_deref().is_none_or(|n| n == meta::namespace(o))
+                && labels.matches(o)
+                && fields.matches(o)
+        }
     };
 
     let mut initial: Vec<Bytes> = Vec::new();
@@ -750,7 +973,14 @@ fn watch(shared: &Arc<Shared>, info: &Arc<ResourceInfo>, ns: &str, name: &str, q
     let render = move |o: &Value| -> Value {
         let v = api::present(&info_c, o);
         match want {
-            As::Table => table::table(&info_c, std::slice::from_ref(&v), meta::resource_version(&v), None, include, false),
+            As::Table => table::table(
+                &info_c,
+                std::slice::from_ref(&v),
+                meta::resource_version(&v),
+                None,
+                include,
+                false,
+            ),
             As::PartialMetadata => table::partial_metadata(&v),
             As::Object => v,
         }
@@ -773,7 +1003,9 @@ fn watch(shared: &Arc<Shared>, info: &Arc<ResourceInfo>, ns: &str, name: &str, q
             }
             (current, rx, Vec::new())
         } else {
-            let rv: u64 = rv_param.parse().map_err(|_| ApiError::bad_request(format!("invalid resource version: {rv_param}")))?;
+            let rv: u64 = rv_param.parse().map_err(|_| {
+                ApiError::bad_request(format!("invalid resource version: {rv_param}"))
+            })?;
             if faults.force_gone_on_resume {
                 let gone = ApiError::too_old(rv, current);
                 initial.push(event_line("ERROR", gone.to_status()));
@@ -782,16 +1014,20 @@ fn watch(shared: &Arc<Shared>, info: &Arc<ResourceInfo>, ns: &str, name: &str, q
                 match st.events_since(rv) {
                     Ok(backlog) => (rv, rx, backlog),
                     Err(oldest) => {
-                        initial.push(event_line("ERROR", ApiError::too_old(rv, oldest).to_status()));
+                        initial
+                            .push(event_line("ERROR", ApiError::too_old(rv, oldest).to_status()));
                         // Nothing follows an expired watch.
-                        let body = Body::from_stream(futures::stream::iter(initial.into_iter().map(Ok::<_, std::convert::Infallible>)));
+                        let body = Body::from_stream(futures::stream::iter(
+                            initial.into_iter().map(Ok::<_, std::convert::Infallible>),
+                        ));
                         return Ok(Reply::with_body(StatusCode::OK, body, "application/json"));
                     }
                 }
             }
         }
     };
-    let expired = faults.force_gone_on_resume && !(send_initial || rv_param.is_empty() || rv_param == "0");
+    let expired =
+        faults.force_gone_on_resume && !(send_initial || rv_param.is_empty() || rv_param == "0");
     let shared_c = shared.clone();
     let info_c = info.clone();
     let bookmark_interval = shared.config.bookmark_interval;
@@ -871,19 +1107,29 @@ fn watch(shared: &Arc<Shared>, info: &Arc<ResourceInfo>, ns: &str, name: &str, q
     Ok(Reply::with_body(StatusCode::OK, stream, "application/json"))
 }
 
-async fn token_request(shared: &Arc<Shared>, ns: &str, name: &str, headers: &HeaderMap, body: Body) -> Result<Reply, ApiError> {
+async fn token_request(
+    shared: &Arc<Shared>,
+    ns: &str,
+    name: &str,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Reply, ApiError> {
     let bytes = read_body(body).await?;
     let req: Value = if bytes.is_empty() { json!({}) } else { parse_body(headers, &bytes)? };
     let uid = {
         let st = shared.lock();
         let sa = st
             .get(&crate::resources::GroupResource::core("serviceaccounts"), ns, name)
-            .ok_or_else(|| ApiError::not_found(Qualified { group: "", resource: "serviceaccounts" }, name))?;
+            .ok_or_else(|| {
+                ApiError::not_found(Qualified { group: "", resource: "serviceaccounts" }, name)
+            })?;
         meta::uid(&sa).to_string()
     };
     let token = shared.auth.issue_service_account_token(ns, name, &uid);
     let seconds = req.pointer("/spec/expirationSeconds").and_then(Value::as_i64).unwrap_or(3600);
-    let exp = jiff::Timestamp::now().checked_add(jiff::SignedDuration::from_secs(seconds)).unwrap_or_else(|_| jiff::Timestamp::now());
+    let exp = jiff::Timestamp::now()
+        .checked_add(jiff::SignedDuration::from_secs(seconds))
+        .unwrap_or_else(|_| jiff::Timestamp::now());
     let mut out = req.clone();
     out["apiVersion"] = "authentication.k8s.io/v1".into();
     out["kind"] = "TokenRequest".into();
@@ -895,11 +1141,22 @@ async fn token_request(shared: &Arc<Shared>, ns: &str, name: &str, headers: &Hea
     Ok(Reply::json(201, &out))
 }
 
-async fn pod_binding(shared: &Arc<Shared>, ns: &str, name: &str, headers: &HeaderMap, body: Body) -> Result<Reply, ApiError> {
+async fn pod_binding(
+    shared: &Arc<Shared>,
+    ns: &str,
+    name: &str,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Reply, ApiError> {
     let bytes = read_body(body).await?;
     let binding = parse_body(headers, &bytes)?;
-    let node = binding.pointer("/target/name").and_then(Value::as_str).unwrap_or_default().to_string();
+    let node =
+        binding.pointer("/target/name").and_then(Value::as_str).unwrap_or_default().to_string();
     let mut st = shared.lock();
-    crate::scheduler::bind(&mut st, ns, name, &node).map_err(|e| ApiError::conflict(Qualified { group: "", resource: "pods" }, name, &e))?;
-    Ok(Reply::json(201, &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201})))
+    crate::scheduler::bind(&mut st, ns, name, &node)
+        .map_err(|e| ApiError::conflict(Qualified { group: "", resource: "pods" }, name, &e))?;
+    Ok(Reply::json(
+        201,
+        &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
+    ))
 }

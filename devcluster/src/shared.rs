@@ -36,7 +36,11 @@ impl Shared {
             if let Some(dir) = p.parent() {
                 let _ = std::fs::create_dir_all(dir);
             }
-            let f = std::fs::OpenOptions::new().create(true).append(true).open(p).unwrap_or_else(|e| panic!("audit log {}: {e}", p.display()));
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .unwrap_or_else(|e| panic!("audit log {}: {e}", p.display()));
             Mutex::new(std::io::LineWriter::new(f))
         });
         Shared {
@@ -88,7 +92,14 @@ impl Reply {
     }
 
     pub(crate) fn with_body(status: StatusCode, body: Body, content_type: &str) -> Reply {
-        Reply { status, body, content_type: content_type.into(), warnings: Vec::new(), retry_after: None, headers: HeaderMap::new() }
+        Reply {
+            status,
+            body,
+            content_type: content_type.into(),
+            warnings: Vec::new(),
+            retry_after: None,
+            headers: HeaderMap::new(),
+        }
     }
 
     pub fn plain(s: String) -> Reply {
@@ -101,7 +112,11 @@ impl Reply {
 
     /// A proxied response: status, headers and streaming body as the backend sent them.
     pub fn proxied(status: StatusCode, headers: HeaderMap, body: Body) -> Reply {
-        let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("application/octet-stream").to_string();
+        let content_type = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("application/octet-stream")
+            .to_string();
         Reply { status, body, content_type, warnings: Vec::new(), retry_after: None, headers }
     }
 
@@ -112,7 +127,11 @@ impl Reply {
     }
 
     pub(crate) fn text(status: u16, s: impl Into<String>) -> Reply {
-        Reply::with_body(StatusCode::from_u16(status).unwrap_or(StatusCode::OK), Body::from(s.into()), "text/plain; charset=utf-8")
+        Reply::with_body(
+            StatusCode::from_u16(status).unwrap_or(StatusCode::OK),
+            Body::from(s.into()),
+            "text/plain; charset=utf-8",
+        )
     }
 
     pub(crate) fn into_response(self) -> Response {
@@ -124,7 +143,8 @@ impl Reply {
         if let Ok(ct) = HeaderValue::from_str(&self.content_type) {
             resp.headers_mut().insert(header::CONTENT_TYPE, ct);
         }
-        resp.headers_mut().insert("audit-id", HeaderValue::from_str(&meta::new_uid()).expect("uuid is ascii"));
+        resp.headers_mut()
+            .insert("audit-id", HeaderValue::from_str(&meta::new_uid()).expect("uuid is ascii"));
         for w in &self.warnings {
             let quoted = w.replace('\\', "\\\\").replace('"', "\\\"");
             if let Ok(v) = HeaderValue::from_str(&format!("299 - \"{quoted}\"")) {
@@ -152,7 +172,7 @@ where
 {
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(256);
     tokio::spawn(f(tx));
-    let stream = tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok::<_, std::convert::Infallible>);
+    let stream =
+        tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok::<_, std::convert::Infallible>);
     Body::from_stream(stream)
 }
-

@@ -113,7 +113,12 @@ impl State {
     }
 
     /// Objects after `(namespace, name)` in key order (list continuation).
-    pub fn list_after(&self, gr: &GroupResource, namespace: Option<&str>, after: &(String, String)) -> Vec<Arc<Value>> {
+    pub fn list_after(
+        &self,
+        gr: &GroupResource,
+        namespace: Option<&str>,
+        after: &(String, String),
+    ) -> Vec<Arc<Value>> {
         let Some(coll) = self.objects.get(gr) else { return Vec::new() };
         coll.range(after.clone()..)
             .filter(|(k, _)| k != &after)
@@ -138,7 +143,13 @@ impl State {
         let mut events = Vec::new();
         for gr in self.collections() {
             for obj in self.list(&gr, None) {
-                events.push(Arc::new(Event { gr: gr.clone(), kind: EventType::Modified, rv: 0, object: obj.clone(), old: Some(obj) }));
+                events.push(Arc::new(Event {
+                    gr: gr.clone(),
+                    kind: EventType::Modified,
+                    rv: 0,
+                    object: obj.clone(),
+                    old: Some(obj),
+                }));
             }
         }
         events
@@ -178,12 +189,13 @@ impl State {
         if let Some(o) = old {
             for owner in meta::owner_references(o) {
                 if let Some(uid) = owner["uid"].as_str()
-                    && let Some(set) = self.dependents.get_mut(uid) {
-                        set.remove(r);
-                        if set.is_empty() {
-                            self.dependents.remove(uid);
-                        }
+                    && let Some(set) = self.dependents.get_mut(uid)
+                {
+                    set.remove(r);
+                    if set.is_empty() {
+                        self.dependents.remove(uid);
                     }
+                }
             }
             if new.is_none() {
                 self.by_uid.remove(meta::uid(o));
@@ -203,11 +215,24 @@ impl State {
     pub fn insert(&mut self, gr: &GroupResource, mut obj: Value) -> Arc<Value> {
         let rv = self.next_rv();
         meta::set_meta(&mut obj, "resourceVersion", Some(rv.to_string().into()));
-        let r = ObjectRef { gr: gr.clone(), namespace: meta::namespace(&obj).into(), name: meta::name(&obj).into() };
+        let r = ObjectRef {
+            gr: gr.clone(),
+            namespace: meta::namespace(&obj).into(),
+            name: meta::name(&obj).into(),
+        };
         self.index(&r, None, Some(&obj));
         let obj = Arc::new(obj);
-        self.objects.entry(gr.clone()).or_default().insert((r.namespace.clone(), r.name.clone()), obj.clone());
-        self.record(Event { gr: gr.clone(), kind: EventType::Added, rv, object: obj.clone(), old: None });
+        self.objects
+            .entry(gr.clone())
+            .or_default()
+            .insert((r.namespace.clone(), r.name.clone()), obj.clone());
+        self.record(Event {
+            gr: gr.clone(),
+            kind: EventType::Added,
+            rv,
+            object: obj.clone(),
+            old: None,
+        });
         obj
     }
 
@@ -215,17 +240,35 @@ impl State {
     pub fn replace(&mut self, gr: &GroupResource, mut obj: Value) -> Arc<Value> {
         let rv = self.next_rv();
         meta::set_meta(&mut obj, "resourceVersion", Some(rv.to_string().into()));
-        let r = ObjectRef { gr: gr.clone(), namespace: meta::namespace(&obj).into(), name: meta::name(&obj).into() };
+        let r = ObjectRef {
+            gr: gr.clone(),
+            namespace: meta::namespace(&obj).into(),
+            name: meta::name(&obj).into(),
+        };
         let old = self.get(gr, &r.namespace, &r.name);
         self.index(&r, old.as_deref(), Some(&obj));
         let obj = Arc::new(obj);
-        self.objects.entry(gr.clone()).or_default().insert((r.namespace.clone(), r.name.clone()), obj.clone());
-        self.record(Event { gr: gr.clone(), kind: EventType::Modified, rv, object: obj.clone(), old });
+        self.objects
+            .entry(gr.clone())
+            .or_default()
+            .insert((r.namespace.clone(), r.name.clone()), obj.clone());
+        self.record(Event {
+            gr: gr.clone(),
+            kind: EventType::Modified,
+            rv,
+            object: obj.clone(),
+            old,
+        });
         obj
     }
 
     /// Removes an object; the DELETED event carries its last state at a new resourceVersion.
-    pub fn remove(&mut self, gr: &GroupResource, namespace: &str, name: &str) -> Option<Arc<Value>> {
+    pub fn remove(
+        &mut self,
+        gr: &GroupResource,
+        namespace: &str,
+        name: &str,
+    ) -> Option<Arc<Value>> {
         let old = self.objects.get_mut(gr)?.remove(&(namespace.to_string(), name.to_string()))?;
         let rv = self.next_rv();
         let r = ObjectRef { gr: gr.clone(), namespace: namespace.into(), name: name.into() };
@@ -233,7 +276,13 @@ impl State {
         let mut last = (*old).clone();
         meta::set_meta(&mut last, "resourceVersion", Some(rv.to_string().into()));
         let last = Arc::new(last);
-        self.record(Event { gr: gr.clone(), kind: EventType::Deleted, rv, object: last.clone(), old: Some(old) });
+        self.record(Event {
+            gr: gr.clone(),
+            kind: EventType::Deleted,
+            rv,
+            object: last.clone(),
+            old: Some(old),
+        });
         Some(last)
     }
 
@@ -259,10 +308,16 @@ mod tests {
         let gr = GroupResource::core("configmaps");
         let a = s.insert(&gr, json!({"metadata": {"name": "a", "namespace": "n", "uid": "u1"}}));
         let rv_a: u64 = meta::resource_version(&a).parse().unwrap();
-        s.replace(&gr, json!({"metadata": {"name": "a", "namespace": "n", "uid": "u1"}, "data": {"k": "v"}}));
+        s.replace(
+            &gr,
+            json!({"metadata": {"name": "a", "namespace": "n", "uid": "u1"}, "data": {"k": "v"}}),
+        );
         s.remove(&gr, "n", "a");
         let since = s.events_since(rv_a).unwrap();
-        assert_eq!(since.iter().map(|e| e.kind).collect::<Vec<_>>(), vec![EventType::Modified, EventType::Deleted]);
+        assert_eq!(
+            since.iter().map(|e| e.kind).collect::<Vec<_>>(),
+            vec![EventType::Modified, EventType::Deleted]
+        );
         s.insert(&gr, json!({"metadata": {"name": "b", "namespace": "n", "uid": "u2"}}));
         s.insert(&gr, json!({"metadata": {"name": "c", "namespace": "n", "uid": "u3"}}));
         assert!(s.events_since(rv_a).is_err(), "history of 3 no longer reaches the first write");

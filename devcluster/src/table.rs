@@ -110,7 +110,11 @@ fn apply_bracket<'a>(current: Vec<&'a Value>, inner: &str) -> Vec<&'a Value> {
             })
             .collect();
     }
-    if let Some(key) = inner.strip_prefix('\'').and_then(|k| k.strip_suffix('\'')).or_else(|| inner.strip_prefix('"').and_then(|k| k.strip_suffix('"'))) {
+    if let Some(key) = inner
+        .strip_prefix('\'')
+        .and_then(|k| k.strip_suffix('\''))
+        .or_else(|| inner.strip_prefix('"').and_then(|k| k.strip_suffix('"')))
+    {
         return current.into_iter().filter_map(|v| v.get(key)).collect();
     }
     if let Ok(n) = inner.parse::<i64>() {
@@ -152,7 +156,11 @@ fn definitions(cols: &[Column]) -> Vec<Value> {
 }
 
 fn age(obj: &Value) -> Value {
-    obj.pointer("/metadata/creationTimestamp").and_then(Value::as_str).map(meta::human_age).unwrap_or_else(|| "<unknown>".into()).into()
+    obj.pointer("/metadata/creationTimestamp")
+        .and_then(Value::as_str)
+        .map(meta::human_age)
+        .unwrap_or_else(|| "<unknown>".into())
+        .into()
 }
 
 fn s<'a>(obj: &'a Value, pointer: &str) -> &'a str {
@@ -168,21 +176,26 @@ fn pod_status(pod: &Value) -> String {
     if !s(pod, "/status/reason").is_empty() {
         reason = s(pod, "/status/reason").to_string();
     }
-    for c in pod.pointer("/status/initContainerStatuses").and_then(Value::as_array).into_iter().flatten() {
+    for c in
+        pod.pointer("/status/initContainerStatuses").and_then(Value::as_array).into_iter().flatten()
+    {
         if let Some(w) = c.pointer("/state/waiting/reason").and_then(Value::as_str)
-            && w != "PodInitializing" {
-                reason = format!("Init:{w}");
-            }
+            && w != "PodInitializing"
+        {
+            reason = format!("Init:{w}");
+        }
     }
-    for c in pod.pointer("/status/containerStatuses").and_then(Value::as_array).into_iter().flatten() {
+    for c in
+        pod.pointer("/status/containerStatuses").and_then(Value::as_array).into_iter().flatten()
+    {
         if let Some(w) = c.pointer("/state/waiting/reason").and_then(Value::as_str) {
             reason = w.to_string();
         } else if let Some(t) = c.pointer("/state/terminated") {
-            reason = t["reason"].as_str().map(str::to_string).unwrap_or_else(|| {
-                match t["signal"].as_i64() {
-                    Some(sig) if sig != 0 => format!("Signal:{sig}"),
-                    _ => format!("ExitCode:{}", t["exitCode"].as_i64().unwrap_or(0)),
-                }
+            reason = t["reason"].as_str().map(str::to_string).unwrap_or_else(|| match t["signal"]
+                .as_i64()
+            {
+                Some(sig) if sig != 0 => format!("Signal:{sig}"),
+                _ => format!("ExitCode:{}", t["exitCode"].as_i64().unwrap_or(0)),
             });
         }
     }
@@ -242,77 +255,232 @@ fn builtin_row(kind: &str, group: &str, obj: &Value) -> (Vec<Column>, Vec<Value>
     let name: Value = meta::name(obj).into();
     match (group, kind) {
         ("", "Pod") => {
-            let statuses: Vec<&Value> = obj.pointer("/status/containerStatuses").and_then(Value::as_array).map(|a| a.iter().collect()).unwrap_or_default();
-            let total = obj.pointer("/spec/containers").and_then(Value::as_array).map_or(0, Vec::len);
+            let statuses: Vec<&Value> = obj
+                .pointer("/status/containerStatuses")
+                .and_then(Value::as_array)
+                .map(|a| a.iter().collect())
+                .unwrap_or_default();
+            let total =
+                obj.pointer("/spec/containers").and_then(Value::as_array).map_or(0, Vec::len);
             let ready = statuses.iter().filter(|c| c["ready"] == true).count();
-            let restarts: i64 = statuses.iter().map(|c| c["restartCount"].as_i64().unwrap_or(0)).sum();
+            let restarts: i64 =
+                statuses.iter().map(|c| c["restartCount"].as_i64().unwrap_or(0)).sum();
             (
-                vec![col("Name"), col("Ready"), col("Status"), int("Restarts"), col("Age"), wide("IP"), wide("Node"), wide("Nominated Node"), wide("Readiness Gates")],
-                vec![name, format!("{ready}/{total}").into(), pod_status(obj).into(), restarts.into(), age(obj),
-                    none_if_empty(s(obj, "/status/podIP").into()), none_if_empty(s(obj, "/spec/nodeName").into()), "<none>".into(), "<none>".into()],
+                vec![
+                    col("Name"),
+                    col("Ready"),
+                    col("Status"),
+                    int("Restarts"),
+                    col("Age"),
+                    wide("IP"),
+                    wide("Node"),
+                    wide("Nominated Node"),
+                    wide("Readiness Gates"),
+                ],
+                vec![
+                    name,
+                    format!("{ready}/{total}").into(),
+                    pod_status(obj).into(),
+                    restarts.into(),
+                    age(obj),
+                    none_if_empty(s(obj, "/status/podIP").into()),
+                    none_if_empty(s(obj, "/spec/nodeName").into()),
+                    "<none>".into(),
+                    "<none>".into(),
+                ],
             )
         }
         ("", "Service") => {
-            let external = obj.pointer("/status/loadBalancer/ingress").and_then(Value::as_array).and_then(|a| a.first()).and_then(|i| i["ip"].as_str()).unwrap_or("<none>");
-            let selector: Vec<String> = obj.pointer("/spec/selector").and_then(Value::as_object).into_iter().flatten().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default())).collect();
+            let external = obj
+                .pointer("/status/loadBalancer/ingress")
+                .and_then(Value::as_array)
+                .and_then(|a| a.first())
+                .and_then(|i| i["ip"].as_str())
+                .unwrap_or("<none>");
+            let selector: Vec<String> = obj
+                .pointer("/spec/selector")
+                .and_then(Value::as_object)
+                .into_iter()
+                .flatten()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                .collect();
             (
-                vec![col("Name"), col("Type"), col("Cluster-IP"), col("External-IP"), col("Port(s)"), col("Age"), wide("Selector")],
-                vec![name, s(obj, "/spec/type").into(), s(obj, "/spec/clusterIP").into(), external.into(), none_if_empty(ports_string(obj)), age(obj), none_if_empty(selector.join(","))],
+                vec![
+                    col("Name"),
+                    col("Type"),
+                    col("Cluster-IP"),
+                    col("External-IP"),
+                    col("Port(s)"),
+                    col("Age"),
+                    wide("Selector"),
+                ],
+                vec![
+                    name,
+                    s(obj, "/spec/type").into(),
+                    s(obj, "/spec/clusterIP").into(),
+                    external.into(),
+                    none_if_empty(ports_string(obj)),
+                    age(obj),
+                    none_if_empty(selector.join(",")),
+                ],
             )
         }
-        ("", "Namespace") => (vec![col("Name"), col("Status"), col("Age")], vec![name, s(obj, "/status/phase").into(), age(obj)]),
+        ("", "Namespace") => (
+            vec![col("Name"), col("Status"), col("Age")],
+            vec![name, s(obj, "/status/phase").into(), age(obj)],
+        ),
         ("", "Node") => {
             let ready = match condition_status(obj, "Ready") {
                 Some("True") => "Ready",
                 Some(_) => "NotReady",
                 None => "Unknown",
             };
-            let status = if obj.pointer("/spec/unschedulable") == Some(&Value::Bool(true)) { format!("{ready},SchedulingDisabled") } else { ready.into() };
-            let roles: Vec<&str> = meta::labels(obj).into_iter().flatten().filter_map(|(k, _)| k.strip_prefix("node-role.kubernetes.io/")).collect();
+            let status = if obj.pointer("/spec/unschedulable") == Some(&Value::Bool(true)) {
+                format!("{ready},SchedulingDisabled")
+            } else {
+                ready.into()
+            };
+            let roles: Vec<&str> = meta::labels(obj)
+                .into_iter()
+                .flatten()
+                .filter_map(|(k, _)| k.strip_prefix("node-role.kubernetes.io/"))
+                .collect();
             (
                 vec![col("Name"), col("Status"), col("Roles"), col("Age"), col("Version")],
-                vec![name, status.into(), none_if_empty(roles.join(",")), age(obj), s(obj, "/status/nodeInfo/kubeletVersion").into()],
+                vec![
+                    name,
+                    status.into(),
+                    none_if_empty(roles.join(",")),
+                    age(obj),
+                    s(obj, "/status/nodeInfo/kubeletVersion").into(),
+                ],
             )
         }
-        ("", "ConfigMap") => (vec![col("Name"), int("Data"), col("Age")], vec![name, (count_map(&obj["data"]) + count_map(&obj["binaryData"])).into(), age(obj)]),
-        ("", "Secret") => (vec![col("Name"), col("Type"), int("Data"), col("Age")], vec![name, s(obj, "/type").into(), count_map(&obj["data"]).into(), age(obj)]),
+        ("", "ConfigMap") => (
+            vec![col("Name"), int("Data"), col("Age")],
+            vec![name, (count_map(&obj["data"]) + count_map(&obj["binaryData"])).into(), age(obj)],
+        ),
+        ("", "Secret") => (
+            vec![col("Name"), col("Type"), int("Data"), col("Age")],
+            vec![name, s(obj, "/type").into(), count_map(&obj["data"]).into(), age(obj)],
+        ),
         ("", "PersistentVolumeClaim") => (
-            vec![col("Name"), col("Status"), col("Volume"), col("Capacity"), col("Access Modes"), col("StorageClass"), col("VolumeAttributesClass"), col("Age"), wide("VolumeMode")],
-            vec![name, s(obj, "/status/phase").into(), s(obj, "/spec/volumeName").into(), s(obj, "/status/capacity/storage").into(),
-                access_modes(&obj["status"]["accessModes"]).into(), s(obj, "/spec/storageClassName").into(), "<unset>".into(), age(obj), s(obj, "/spec/volumeMode").into()],
+            vec![
+                col("Name"),
+                col("Status"),
+                col("Volume"),
+                col("Capacity"),
+                col("Access Modes"),
+                col("StorageClass"),
+                col("VolumeAttributesClass"),
+                col("Age"),
+                wide("VolumeMode"),
+            ],
+            vec![
+                name,
+                s(obj, "/status/phase").into(),
+                s(obj, "/spec/volumeName").into(),
+                s(obj, "/status/capacity/storage").into(),
+                access_modes(&obj["status"]["accessModes"]).into(),
+                s(obj, "/spec/storageClassName").into(),
+                "<unset>".into(),
+                age(obj),
+                s(obj, "/spec/volumeMode").into(),
+            ],
         ),
         ("", "PersistentVolume") => {
-            let claim = obj.pointer("/spec/claimRef").map(|c| format!("{}/{}", s(c, "/namespace"), s(c, "/name"))).unwrap_or_default();
+            let claim = obj
+                .pointer("/spec/claimRef")
+                .map(|c| format!("{}/{}", s(c, "/namespace"), s(c, "/name")))
+                .unwrap_or_default();
             (
-                vec![col("Name"), col("Capacity"), col("Access Modes"), col("Reclaim Policy"), col("Status"), col("Claim"), col("StorageClass"), col("VolumeAttributesClass"), col("Reason"), col("Age")],
-                vec![name, s(obj, "/spec/capacity/storage").into(), access_modes(&obj["spec"]["accessModes"]).into(), s(obj, "/spec/persistentVolumeReclaimPolicy").into(),
-                    s(obj, "/status/phase").into(), claim.into(), s(obj, "/spec/storageClassName").into(), "<unset>".into(), s(obj, "/status/reason").into(), age(obj)],
+                vec![
+                    col("Name"),
+                    col("Capacity"),
+                    col("Access Modes"),
+                    col("Reclaim Policy"),
+                    col("Status"),
+                    col("Claim"),
+                    col("StorageClass"),
+                    col("VolumeAttributesClass"),
+                    col("Reason"),
+                    col("Age"),
+                ],
+                vec![
+                    name,
+                    s(obj, "/spec/capacity/storage").into(),
+                    access_modes(&obj["spec"]["accessModes"]).into(),
+                    s(obj, "/spec/persistentVolumeReclaimPolicy").into(),
+                    s(obj, "/status/phase").into(),
+                    claim.into(),
+                    s(obj, "/spec/storageClassName").into(),
+                    "<unset>".into(),
+                    s(obj, "/status/reason").into(),
+                    age(obj),
+                ],
             )
         }
-        ("", "ServiceAccount") => (vec![col("Name"), int("Secrets"), col("Age")], vec![name, obj["secrets"].as_array().map_or(0, Vec::len).into(), age(obj)]),
+        ("", "ServiceAccount") => (
+            vec![col("Name"), int("Secrets"), col("Age")],
+            vec![name, obj["secrets"].as_array().map_or(0, Vec::len).into(), age(obj)],
+        ),
         ("", "ResourceQuota") => {
-            let hard = obj.pointer("/status/hard").or_else(|| obj.pointer("/spec/hard")).and_then(Value::as_object).cloned().unwrap_or_default();
-            let used = obj.pointer("/status/used").and_then(Value::as_object).cloned().unwrap_or_default();
+            let hard = obj
+                .pointer("/status/hard")
+                .or_else(|| obj.pointer("/spec/hard"))
+                .and_then(Value::as_object)
+                .cloned()
+                .unwrap_or_default();
+            let used =
+                obj.pointer("/status/used").and_then(Value::as_object).cloned().unwrap_or_default();
             let fmt = |pred: &dyn Fn(&str) -> bool| -> String {
                 hard.iter()
                     .filter(|(k, _)| pred(k))
-                    .map(|(k, v)| format!("{k}: {}/{}", used.get(k).and_then(Value::as_str).unwrap_or("0"), v.as_str().unwrap_or_default()))
+                    .map(|(k, v)| {
+                        format!(
+                            "{k}: {}/{}",
+                            used.get(k).and_then(Value::as_str).unwrap_or("0"),
+                            v.as_str().unwrap_or_default()
+                        )
+                    })
                     .collect::<Vec<_>>()
                     .join(", ")
             };
             (
                 vec![col("Name"), col("Age"), col("Request"), col("Limit")],
-                vec![name, age(obj), fmt(&|k| !k.starts_with("limits.")).into(), fmt(&|k| k.starts_with("limits.")).into()],
+                vec![
+                    name,
+                    age(obj),
+                    fmt(&|k| !k.starts_with("limits.")).into(),
+                    fmt(&|k| k.starts_with("limits.")).into(),
+                ],
             )
         }
         ("", "Event") | ("events.k8s.io", "Event") => {
-            let last = obj["lastTimestamp"].as_str().or_else(|| obj["eventTime"].as_str()).or_else(|| obj["deprecatedLastTimestamp"].as_str()).map(meta::human_age).unwrap_or_else(|| age(obj).as_str().unwrap_or_default().to_string());
-            let involved = obj.get("involvedObject").or_else(|| obj.get("regarding")).cloned().unwrap_or_default();
-            let object = format!("{}/{}", s(&involved, "/kind").to_lowercase(), s(&involved, "/name"));
-            let message = obj["message"].as_str().or_else(|| obj["note"].as_str()).unwrap_or_default();
+            let last = obj["lastTimestamp"]
+                .as_str()
+                .or_else(|| obj["eventTime"].as_str())
+                .or_else(|| obj["deprecatedLastTimestamp"].as_str())
+                .map(meta::human_age)
+                .unwrap_or_else(|| age(obj).as_str().unwrap_or_default().to_string());
+            let involved = obj
+                .get("involvedObject")
+                .or_else(|| obj.get("regarding"))
+                .cloned()
+                .unwrap_or_default();
+            let object =
+                format!("{}/{}", s(&involved, "/kind").to_lowercase(), s(&involved, "/name"));
+            let message =
+                obj["message"].as_str().or_else(|| obj["note"].as_str()).unwrap_or_default();
             (
                 vec![col("Last Seen"), col("Type"), col("Reason"), col("Object"), col("Message")],
-                vec![last.into(), s(obj, "/type").into(), s(obj, "/reason").into(), object.into(), message.into()],
+                vec![
+                    last.into(),
+                    s(obj, "/type").into(),
+                    s(obj, "/reason").into(),
+                    object.into(),
+                    message.into(),
+                ],
             )
         }
         ("", "Endpoints") => {
@@ -321,14 +489,22 @@ fn builtin_row(kind: &str, group: &str, obj: &Value) -> (Vec<Column>, Vec<Value>
                 .into_iter()
                 .flatten()
                 .flat_map(|ss| {
-                    let ports: Vec<i64> = ss["ports"].as_array().into_iter().flatten().filter_map(|p| p["port"].as_i64()).collect();
+                    let ports: Vec<i64> = ss["ports"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|p| p["port"].as_i64())
+                        .collect();
                     ss["addresses"].as_array().into_iter().flatten().flat_map(move |a| {
                         let ip = a["ip"].as_str().unwrap_or_default().to_string();
                         ports.clone().into_iter().map(move |p| format!("{ip}:{p}"))
                     })
                 })
                 .collect();
-            (vec![col("Name"), col("Endpoints"), col("Age")], vec![name, none_if_empty(eps.join(",")), age(obj)])
+            (
+                vec![col("Name"), col("Endpoints"), col("Age")],
+                vec![name, none_if_empty(eps.join(",")), age(obj)],
+            )
         }
         ("batch", "Job") => {
             let status = if condition_status(obj, "Complete") == Some("True") {
@@ -340,52 +516,129 @@ fn builtin_row(kind: &str, group: &str, obj: &Value) -> (Vec<Column>, Vec<Value>
             } else {
                 "Running"
             };
-            let completions = format!("{}/{}", obj.pointer("/status/succeeded").and_then(Value::as_i64).unwrap_or(0), obj.pointer("/spec/completions").and_then(Value::as_i64).unwrap_or(1));
-            let duration = match (obj.pointer("/status/startTime").and_then(Value::as_str).and_then(meta::parse_time), obj.pointer("/status/completionTime").and_then(Value::as_str).and_then(meta::parse_time)) {
+            let completions = format!(
+                "{}/{}",
+                obj.pointer("/status/succeeded").and_then(Value::as_i64).unwrap_or(0),
+                obj.pointer("/spec/completions").and_then(Value::as_i64).unwrap_or(1)
+            );
+            let duration = match (
+                obj.pointer("/status/startTime").and_then(Value::as_str).and_then(meta::parse_time),
+                obj.pointer("/status/completionTime")
+                    .and_then(Value::as_str)
+                    .and_then(meta::parse_time),
+            ) {
                 (Some(a), Some(b)) => meta::human_duration(b.as_second() - a.as_second()),
-                (Some(a), None) => meta::human_duration(jiff::Timestamp::now().as_second() - a.as_second()),
+                (Some(a), None) => {
+                    meta::human_duration(jiff::Timestamp::now().as_second() - a.as_second())
+                }
                 _ => String::new(),
             };
-            (vec![col("Name"), col("Status"), col("Completions"), col("Duration"), col("Age")], vec![name, status.into(), completions.into(), duration.into(), age(obj)])
+            (
+                vec![col("Name"), col("Status"), col("Completions"), col("Duration"), col("Age")],
+                vec![name, status.into(), completions.into(), duration.into(), age(obj)],
+            )
         }
         ("apps", "Deployment") => {
             let i = |p: &str| obj.pointer(p).and_then(Value::as_i64).unwrap_or(0);
             (
                 vec![col("Name"), col("Ready"), int("Up-to-date"), int("Available"), col("Age")],
-                vec![name, format!("{}/{}", i("/status/readyReplicas"), i("/spec/replicas")).into(), i("/status/updatedReplicas").into(), i("/status/availableReplicas").into(), age(obj)],
+                vec![
+                    name,
+                    format!("{}/{}", i("/status/readyReplicas"), i("/spec/replicas")).into(),
+                    i("/status/updatedReplicas").into(),
+                    i("/status/availableReplicas").into(),
+                    age(obj),
+                ],
             )
         }
         ("apps", "ReplicaSet") => {
             let i = |p: &str| obj.pointer(p).and_then(Value::as_i64).unwrap_or(0);
             (
                 vec![col("Name"), int("Desired"), int("Current"), int("Ready"), col("Age")],
-                vec![name, i("/spec/replicas").into(), i("/status/replicas").into(), i("/status/readyReplicas").into(), age(obj)],
+                vec![
+                    name,
+                    i("/spec/replicas").into(),
+                    i("/status/replicas").into(),
+                    i("/status/readyReplicas").into(),
+                    age(obj),
+                ],
             )
         }
         ("apps", "StatefulSet") => {
             let i = |p: &str| obj.pointer(p).and_then(Value::as_i64).unwrap_or(0);
-            (vec![col("Name"), col("Ready"), col("Age")], vec![name, format!("{}/{}", i("/status/readyReplicas"), i("/spec/replicas")).into(), age(obj)])
-        }
-        ("coordination.k8s.io", "Lease") => (vec![col("Name"), col("Holder"), col("Age")], vec![name, s(obj, "/spec/holderIdentity").into(), age(obj)]),
-        ("rbac.authorization.k8s.io", "RoleBinding") | ("rbac.authorization.k8s.io", "ClusterRoleBinding") => (
-            vec![col("Name"), col("Role"), col("Age")],
-            vec![name, format!("{}/{}", s(obj, "/roleRef/kind"), s(obj, "/roleRef/name")).into(), age(obj)],
-        ),
-        ("networking.k8s.io", "NetworkPolicy") => {
-            let sel: Vec<String> = obj.pointer("/spec/podSelector/matchLabels").and_then(Value::as_object).into_iter().flatten().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default())).collect();
-            (vec![col("Name"), col("Pod-Selector"), col("Age")], vec![name, if sel.is_empty() { "<none>".into() } else { sel.join(",").into() }, age(obj)])
-        }
-        ("storage.k8s.io", "StorageClass") => {
-            let default = meta::annotation(obj, "storageclass.kubernetes.io/is-default-class") == Some("true");
-            let shown = if default { format!("{} (default)", meta::name(obj)) } else { meta::name(obj).to_string() };
             (
-                vec![col("Name"), col("Provisioner"), col("ReclaimPolicy"), col("VolumeBindingMode"), col("AllowVolumeExpansion"), col("Age")],
-                vec![shown.into(), s(obj, "/provisioner").into(), s(obj, "/reclaimPolicy").into(), s(obj, "/volumeBindingMode").into(), obj["allowVolumeExpansion"].as_bool().unwrap_or(false).into(), age(obj)],
+                vec![col("Name"), col("Ready"), col("Age")],
+                vec![
+                    name,
+                    format!("{}/{}", i("/status/readyReplicas"), i("/spec/replicas")).into(),
+                    age(obj),
+                ],
             )
         }
-        ("apiextensions.k8s.io", "CustomResourceDefinition") | ("rbac.authorization.k8s.io", "Role") | ("rbac.authorization.k8s.io", "ClusterRole") | ("", "LimitRange") => {
-            (vec![col("Name"), col("Created At")], vec![name, s(obj, "/metadata/creationTimestamp").into()])
+        ("coordination.k8s.io", "Lease") => (
+            vec![col("Name"), col("Holder"), col("Age")],
+            vec![name, s(obj, "/spec/holderIdentity").into(), age(obj)],
+        ),
+        ("rbac.authorization.k8s.io", "RoleBinding")
+        | ("rbac.authorization.k8s.io", "ClusterRoleBinding") => (
+            vec![col("Name"), col("Role"), col("Age")],
+            vec![
+                name,
+                format!("{}/{}", s(obj, "/roleRef/kind"), s(obj, "/roleRef/name")).into(),
+                age(obj),
+            ],
+        ),
+        ("networking.k8s.io", "NetworkPolicy") => {
+            let sel: Vec<String> = obj
+                .pointer("/spec/podSelector/matchLabels")
+                .and_then(Value::as_object)
+                .into_iter()
+                .flatten()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                .collect();
+            (
+                vec![col("Name"), col("Pod-Selector"), col("Age")],
+                vec![
+                    name,
+                    if sel.is_empty() { "<none>".into() } else { sel.join(",").into() },
+                    age(obj),
+                ],
+            )
         }
+        ("storage.k8s.io", "StorageClass") => {
+            let default = meta::annotation(obj, "storageclass.kubernetes.io/is-default-class")
+                == Some("true");
+            let shown = if default {
+                format!("{} (default)", meta::name(obj))
+            } else {
+                meta::name(obj).to_string()
+            };
+            (
+                vec![
+                    col("Name"),
+                    col("Provisioner"),
+                    col("ReclaimPolicy"),
+                    col("VolumeBindingMode"),
+                    col("AllowVolumeExpansion"),
+                    col("Age"),
+                ],
+                vec![
+                    shown.into(),
+                    s(obj, "/provisioner").into(),
+                    s(obj, "/reclaimPolicy").into(),
+                    s(obj, "/volumeBindingMode").into(),
+                    obj["allowVolumeExpansion"].as_bool().unwrap_or(false).into(),
+                    age(obj),
+                ],
+            )
+        }
+        ("apiextensions.k8s.io", "CustomResourceDefinition")
+        | ("rbac.authorization.k8s.io", "Role")
+        | ("rbac.authorization.k8s.io", "ClusterRole")
+        | ("", "LimitRange") => (
+            vec![col("Name"), col("Created At")],
+            vec![name, s(obj, "/metadata/creationTimestamp").into()],
+        ),
         _ => (vec![col("Name"), col("Age")], vec![name, age(obj)]),
     }
 }
@@ -393,10 +646,23 @@ fn builtin_row(kind: &str, group: &str, obj: &Value) -> (Vec<Column>, Vec<Value>
 fn crd_cell(ty: &str, value: Option<&Value>) -> Value {
     let Some(v) = value else { return Value::Null };
     match ty {
-        "integer" => v.as_i64().map(Value::from).or_else(|| v.as_f64().map(|f| Value::from(f as i64))).unwrap_or(Value::Null),
+        "integer" => v
+            .as_i64()
+            .map(Value::from)
+            .or_else(|| v.as_f64().map(|f| Value::from(f as i64)))
+            .unwrap_or(Value::Null),
         "number" => v.as_f64().map(Value::from).unwrap_or(Value::Null),
         "boolean" => v.as_bool().map(Value::from).unwrap_or(Value::Null),
-        "date" => v.as_str().map(|t| Value::from(if meta::parse_time(t).is_some() { meta::human_age(t) } else { "<invalid>".into() })).unwrap_or(Value::Null),
+        "date" => v
+            .as_str()
+            .map(|t| {
+                Value::from(if meta::parse_time(t).is_some() {
+                    meta::human_age(t)
+                } else {
+                    "<invalid>".into()
+                })
+            })
+            .unwrap_or(Value::Null),
         _ => match v {
             Value::String(s) => s.clone().into(),
             other => other.to_string().into(),
@@ -407,7 +673,9 @@ fn crd_cell(ty: &str, value: Option<&Value>) -> Value {
 /// Column definitions and one row for an object of this resource.
 fn row(info: &ResourceInfo, obj: &Value) -> (Vec<Value>, Vec<Value>) {
     if let Some(crd) = &info.crd {
-        let mut defs = vec![json!({"name": "Name", "type": "string", "format": "name", "description": "Name must be unique within a namespace. Is required when creating resources, although some resources may allow a client to request the generation of an appropriate name automatically. Name is primarily intended for creation idempotence and configuration definition. Cannot be updated. More info: https://kubernetes.io/docs/concepts/overview/working-with-objects/names#names", "priority": 0})];
+        let mut defs = vec![
+            json!({"name": "Name", "type": "string", "format": "name", "description": "Name must be unique within a namespace. Is required when creating resources, although some resources may allow a client to request the generation of an appropriate name automatically. Name is primarily intended for creation idempotence and configuration definition. Cannot be updated. More info: https://kubernetes.io/docs/concepts/overview/working-with-objects/names#names", "priority": 0}),
+        ];
         let mut cells = vec![Value::from(meta::name(obj))];
         if crd.printer_columns.is_empty() {
             defs.push(json!({"name": "Age", "type": "date", "format": "", "description": "", "priority": 0}));
@@ -446,7 +714,14 @@ pub fn partial_metadata(obj: &Value) -> Value {
 }
 
 /// A Table of `objects` (already in the served shape).
-pub fn table(info: &ResourceInfo, objects: &[Value], rv: &str, cont: Option<&str>, include: IncludeObject, with_headers: bool) -> Value {
+pub fn table(
+    info: &ResourceInfo,
+    objects: &[Value],
+    rv: &str,
+    cont: Option<&str>,
+    include: IncludeObject,
+    with_headers: bool,
+) -> Value {
     let mut defs = None;
     let rows: Vec<Value> = objects
         .iter()
@@ -483,7 +758,10 @@ mod tests {
     fn jsonpath_subset() {
         let obj = json!({"spec": {"tier": "pro", "items": [{"n": 1}, {"n": 2}]}, "status": {"conditions": [{"type": "Scheduled", "status": "True"}, {"type": "Ready", "status": "False"}]}});
         assert_eq!(jsonpath(&obj, ".spec.tier"), vec![&json!("pro")]);
-        assert_eq!(jsonpath(&obj, ".status.conditions[?(@.type==\"Ready\")].status"), vec![&json!("False")]);
+        assert_eq!(
+            jsonpath(&obj, ".status.conditions[?(@.type==\"Ready\")].status"),
+            vec![&json!("False")]
+        );
         assert_eq!(jsonpath(&obj, ".spec.items[1].n"), vec![&json!(2)]);
         assert_eq!(jsonpath(&obj, ".spec.items[*].n").len(), 2);
         assert!(jsonpath(&obj, ".spec.missing").is_empty());

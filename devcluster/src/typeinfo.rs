@@ -37,7 +37,9 @@ impl TypeInfo<'_> {
                     Some("map") => ListKind::Map(
                         s["x-kubernetes-list-map-keys"]
                             .as_array()
-                            .map(|a| a.iter().filter_map(|k| k.as_str().map(str::to_string)).collect())
+                            .map(|a| {
+                                a.iter().filter_map(|k| k.as_str().map(str::to_string)).collect()
+                            })
                             .unwrap_or_default(),
                     ),
                     _ => ListKind::Atomic,
@@ -124,7 +126,10 @@ mod tests {
         assert_eq!(t.list_kind(&["spec", "tolerations"]), ListKind::Atomic);
         assert_eq!(t.list_kind(&["metadata", "finalizers"]), ListKind::Set);
         let s = TypeInfo::Builtin { kind: "Service" };
-        assert_eq!(s.list_kind(&["spec", "ports"]), ListKind::Map(vec!["port".into(), "protocol".into()]));
+        assert_eq!(
+            s.list_kind(&["spec", "ports"]),
+            ListKind::Map(vec!["port".into(), "protocol".into()])
+        );
     }
 
     #[test]
@@ -138,6 +143,9 @@ mod tests {
         assert_eq!(t.list_kind(&["spec", "sources"]), ListKind::Map(vec!["name".into()]));
         assert_eq!(t.list_kind(&["spec", "sources", "tags"]), ListKind::Set);
         assert_eq!(t.list_kind(&["spec", "args"]), ListKind::Atomic);
-        assert_eq!(t.list_kind(&["metadata", "ownerReferences"]), ListKind::Map(vec!["uid".into()]));
+        assert_eq!(
+            t.list_kind(&["metadata", "ownerReferences"]),
+            ListKind::Map(vec!["uid".into()])
+        );
     }
 }

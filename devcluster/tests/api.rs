@@ -9,13 +9,18 @@ use std::time::Duration;
 use common::*;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod};
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
+use kube::api::{
+    Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams,
+};
 use kube::core::{DynamicObject, GroupVersionKind};
 use kube::discovery::ApiResource;
 use serde_json::{Value, json};
 
 fn cm(name: &str, data: Value) -> ConfigMap {
-    serde_json::from_value(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}, "data": data})).unwrap()
+    serde_json::from_value(
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}, "data": data}),
+    )
+    .unwrap()
 }
 
 fn status_code(e: &kube::Error) -> u16 {
@@ -61,7 +66,10 @@ async fn crud_conflicts_and_not_found() {
     );
 
     let nf = api_status(cms.get("missing").await.unwrap_err());
-    assert_eq!((nf.code, nf.reason.as_str(), nf.message.as_str()), (404, "NotFound", "configmaps \"missing\" not found"));
+    assert_eq!(
+        (nf.code, nf.reason.as_str(), nf.message.as_str()),
+        (404, "NotFound", "configmaps \"missing\" not found")
+    );
 
     // Creating in a namespace that does not exist.
     let nowhere: Api<ConfigMap> = Api::namespaced(env.client.clone(), "nowhere");
@@ -80,15 +88,26 @@ async fn crud_conflicts_and_not_found() {
 async fn invalid_objects_get_422_with_field_causes() {
     let env = start().await;
     let cms: Api<ConfigMap> = Api::namespaced(env.client.clone(), "default");
-    let e = api_status(cms.create(&PostParams::default(), &cm("Bad_Name", json!({}))).await.unwrap_err());
+    let e = api_status(
+        cms.create(&PostParams::default(), &cm("Bad_Name", json!({}))).await.unwrap_err(),
+    );
     assert_eq!((e.code, e.reason.as_str()), (422, "Invalid"));
-    assert!(e.message.starts_with("ConfigMap \"Bad_Name\" is invalid: metadata.name: Invalid value: \"Bad_Name\""), "{}", e.message);
+    assert!(
+        e.message.starts_with(
+            "ConfigMap \"Bad_Name\" is invalid: metadata.name: Invalid value: \"Bad_Name\""
+        ),
+        "{}",
+        e.message
+    );
     let causes = e.details.unwrap().causes;
     assert_eq!(causes[0].field, "metadata.name");
     assert_eq!(causes[0].reason, "FieldValueInvalid");
 
     let pods: Api<Pod> = Api::namespaced(env.client.clone(), "default");
-    let bad: Pod = serde_json::from_value(json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c"}]}})).unwrap();
+    let bad: Pod = serde_json::from_value(
+        json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c"}]}}),
+    )
+    .unwrap();
     let e = api_status(pods.create(&PostParams::default(), &bad).await.unwrap_err());
     assert_eq!(e.message, "Pod \"p\" is invalid: spec.containers[0].image: Required value");
 }
@@ -96,11 +115,15 @@ async fn invalid_objects_get_422_with_field_causes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crd_schema_cel_status_subresource_and_generation() {
     let env = start().await;
-    let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> = Api::all(env.client.clone());
+    let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
+        Api::all(env.client.clone());
     for crd in alcove_crds::crds() {
         crds.create(&PostParams::default(), &crd).await.unwrap();
     }
-    let ar = ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("alcove.dev", "v1alpha1", "Tenant"), "tenants");
+    let ar = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("alcove.dev", "v1alpha1", "Tenant"),
+        "tenants",
+    );
     let tenants: Api<DynamicObject> = Api::all_with(env.client.clone(), &ar);
     let t: DynamicObject = serde_json::from_value(json!({
         "apiVersion": "alcove.dev/v1alpha1", "kind": "Tenant", "metadata": {"name": "acme"},
@@ -110,13 +133,20 @@ async fn crd_schema_cel_status_subresource_and_generation() {
     .unwrap();
     let created = tenants.create(&PostParams::default(), &t).await.unwrap();
     assert_eq!(created.metadata.generation, Some(1));
-    assert!(created.data.get("status").is_none(), "create ignores status when /status is a subresource");
+    assert!(
+        created.data.get("status").is_none(),
+        "create ignores status when /status is a subresource"
+    );
     assert!(created.data["spec"].get("unknownField").is_none(), "unknown fields are pruned");
     assert_eq!(created.data["spec"]["quota"], Value::Null, "no default without the parent");
 
     // Status writes do not touch spec or generation.
-    let status = json!({"status": {"phase": "Ready", "instances": 2}, "spec": {"displayName": "ignored"}});
-    let after = tenants.patch_status("acme", &PatchParams::default(), &Patch::Merge(&status)).await.unwrap();
+    let status =
+        json!({"status": {"phase": "Ready", "instances": 2}, "spec": {"displayName": "ignored"}});
+    let after = tenants
+        .patch_status("acme", &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .unwrap();
     assert_eq!(after.data["status"]["phase"], "Ready");
     assert_eq!(after.data["spec"]["displayName"], "ACME");
     assert_eq!(after.metadata.generation, Some(1));
@@ -127,29 +157,48 @@ async fn crd_schema_cel_status_subresource_and_generation() {
     assert_eq!(after.data["status"]["phase"], "Ready");
     // Metadata-only changes do not bump generation.
     let labels = json!({"metadata": {"labels": {"team": "a"}}});
-    let after = tenants.patch("acme", &PatchParams::default(), &Patch::Merge(&labels)).await.unwrap();
+    let after =
+        tenants.patch("acme", &PatchParams::default(), &Patch::Merge(&labels)).await.unwrap();
     assert_eq!(after.metadata.generation, Some(2));
 
     // Transition rule (oldSelf): region is immutable.
     let moved = json!({"spec": {"region": "jp-tokyo-1"}});
-    let e = api_status(tenants.patch("acme", &PatchParams::default(), &Patch::Merge(&moved)).await.unwrap_err());
+    let e = api_status(
+        tenants.patch("acme", &PatchParams::default(), &Patch::Merge(&moved)).await.unwrap_err(),
+    );
     assert_eq!(e.code, 422);
-    assert!(e.message.contains("spec.region: Invalid value: \"string\": spec.region is immutable"), "{}", e.message);
+    assert!(
+        e.message.contains("spec.region: Invalid value: \"string\": spec.region is immutable"),
+        "{}",
+        e.message
+    );
     // Structural rule with the field in the cause.
     let bad_tier = json!({"spec": {"tier": "gold"}});
-    let e = api_status(tenants.patch("acme", &PatchParams::default(), &Patch::Merge(&bad_tier)).await.unwrap_err());
+    let e = api_status(
+        tenants.patch("acme", &PatchParams::default(), &Patch::Merge(&bad_tier)).await.unwrap_err(),
+    );
     let cause = &e.details.unwrap().causes[0];
     assert_eq!(cause.field, "spec.tier");
     assert_eq!(cause.reason, "FieldValueNotSupported");
 
     // Strict field validation refuses unknown fields with 400.
     let pp = PatchParams::default().validation_strict();
-    let e = api_status(tenants.patch("acme", &pp, &Patch::Merge(&json!({"spec": {"bogus": 1}}))).await.unwrap_err());
+    let e = api_status(
+        tenants
+            .patch("acme", &pp, &Patch::Merge(&json!({"spec": {"bogus": 1}})))
+            .await
+            .unwrap_err(),
+    );
     assert_eq!(e.code, 400);
     assert!(e.message.contains("unknown field \"spec.bogus\""), "{}", e.message);
 
     // Strategic merge patch is not for custom resources.
-    let e = api_status(tenants.patch("acme", &PatchParams::default(), &Patch::Strategic(&json!({"spec": {}}))).await.unwrap_err());
+    let e = api_status(
+        tenants
+            .patch("acme", &PatchParams::default(), &Patch::Strategic(&json!({"spec": {}})))
+            .await
+            .unwrap_err(),
+    );
     assert_eq!(e.code, 415);
 }
 
@@ -157,9 +206,12 @@ async fn crd_schema_cel_status_subresource_and_generation() {
 async fn patches_json_merge_strategic() {
     let env = start().await;
     let pods: Api<Pod> = Api::namespaced(env.client.clone(), "default");
-    let pod: Pod = serde_json::from_value(json!({"metadata": {"name": "p"}, "spec": {"nodeName": "nowhere", "containers": [
+    let pod: Pod = serde_json::from_value(
+        json!({"metadata": {"name": "p"}, "spec": {"nodeName": "nowhere", "containers": [
         {"name": "a", "image": "img:1", "env": [{"name": "X", "value": "1"}]},
-        {"name": "b", "image": "img:1"}]}})).unwrap();
+        {"name": "b", "image": "img:1"}]}}),
+    )
+    .unwrap();
     pods.create(&PostParams::default(), &pod).await.unwrap();
     // Strategic: containers merge by name, env by name.
     let smp = json!({"spec": {"containers": [{"name": "b", "image": "img:2"}]}});
@@ -169,17 +221,37 @@ async fn patches_json_merge_strategic() {
     assert_eq!(cs[1].image.as_deref(), Some("img:2"));
     assert_eq!(cs[0].env.as_ref().unwrap()[0].value.as_deref(), Some("1"));
     // JSON patch with a failing test op changes nothing.
-    let jp: json_patch::Patch = serde_json::from_value(json!([{"op": "test", "path": "/metadata/name", "value": "other"}])).unwrap();
+    let jp: json_patch::Patch =
+        serde_json::from_value(json!([{"op": "test", "path": "/metadata/name", "value": "other"}]))
+            .unwrap();
     let e = pods.patch("p", &PatchParams::default(), &Patch::<()>::Json(jp)).await.unwrap_err();
     assert_eq!(status_code(&e), 422);
-    let jp: json_patch::Patch = serde_json::from_value(json!([{"op": "add", "path": "/metadata/labels", "value": {"x": "y"}}])).unwrap();
+    let jp: json_patch::Patch = serde_json::from_value(
+        json!([{"op": "add", "path": "/metadata/labels", "value": {"x": "y"}}]),
+    )
+    .unwrap();
     let p = pods.patch("p", &PatchParams::default(), &Patch::<()>::Json(jp)).await.unwrap();
     assert_eq!(p.metadata.labels.unwrap()["x"], "y");
     // Merge patch with null removes.
-    let p = pods.patch("p", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {"x": null}}}))).await.unwrap();
+    let p = pods
+        .patch(
+            "p",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"x": null}}})),
+        )
+        .await
+        .unwrap();
     assert!(p.metadata.labels.unwrap_or_default().is_empty());
     // Pod spec is immutable beyond images.
-    let e = api_status(pods.patch("p", &PatchParams::default(), &Patch::Strategic(&json!({"spec": {"restartPolicy": "Never"}}))).await.unwrap_err());
+    let e = api_status(
+        pods.patch(
+            "p",
+            &PatchParams::default(),
+            &Patch::Strategic(&json!({"spec": {"restartPolicy": "Never"}})),
+        )
+        .await
+        .unwrap_err(),
+    );
     assert_eq!(e.code, 422);
     assert!(e.message.contains("pod updates may not change fields"), "{}", e.message);
 }
@@ -194,30 +266,49 @@ async fn server_side_apply_owns_fields_and_detects_conflicts() {
     assert_eq!(mf.len(), 1);
     assert_eq!(mf[0].manager.as_deref(), Some("one"));
     assert_eq!(mf[0].operation.as_deref(), Some("Apply"));
-    assert_eq!(serde_json::to_value(&mf[0].fields_v1).unwrap(), json!({"f:data": {"f:a": {}, "f:b": {}}}));
+    assert_eq!(
+        serde_json::to_value(&mf[0].fields_v1).unwrap(),
+        json!({"f:data": {"f:a": {}, "f:b": {}}})
+    );
     // Re-applying the same config writes nothing.
     let again = cms.patch("ssa", &PatchParams::apply("one"), &Patch::Apply(&a)).await.unwrap();
     assert_eq!(again.metadata.resource_version, one.metadata.resource_version);
     // Another manager changing an owned field conflicts …
     let b = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "ssa"}, "data": {"a": "9"}});
-    let e = api_status(cms.patch("ssa", &PatchParams::apply("two"), &Patch::Apply(&b)).await.unwrap_err());
+    let e = api_status(
+        cms.patch("ssa", &PatchParams::apply("two"), &Patch::Apply(&b)).await.unwrap_err(),
+    );
     assert_eq!((e.code, e.reason.as_str()), (409, "Conflict"));
     assert_eq!(e.message, "Apply failed with 1 conflict: conflict with \"one\": .data.a");
     assert_eq!(e.details.unwrap().causes[0].field, ".data.a");
     // … unless forced, which moves ownership.
-    let forced = cms.patch("ssa", &PatchParams::apply("two").force(), &Patch::Apply(&b)).await.unwrap();
+    let forced =
+        cms.patch("ssa", &PatchParams::apply("two").force(), &Patch::Apply(&b)).await.unwrap();
     assert_eq!(forced.data.as_ref().unwrap()["a"], "9");
-    let managers: Vec<String> = forced.metadata.managed_fields.unwrap().iter().filter_map(|m| m.manager.clone()).collect();
+    let managers: Vec<String> =
+        forced.metadata.managed_fields.unwrap().iter().filter_map(|m| m.manager.clone()).collect();
     assert_eq!(managers, vec!["one", "two"]);
     // A manager dropping a field it alone owned removes it.
-    let a2 = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "ssa"}, "data": {}});
+    let a2 =
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "ssa"}, "data": {}});
     let pruned = cms.patch("ssa", &PatchParams::apply("one"), &Patch::Apply(&a2)).await.unwrap();
     assert_eq!(pruned.data.unwrap_or_default().get("b"), None);
     // Apply creates.
-    let created = cms.patch("fresh", &PatchParams::apply("one"), &Patch::Apply(&json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "fresh"}}))).await.unwrap();
+    let created = cms
+        .patch(
+            "fresh",
+            &PatchParams::apply("one"),
+            &Patch::Apply(
+                &json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "fresh"}}),
+            ),
+        )
+        .await
+        .unwrap();
     assert!(created.metadata.uid.is_some());
     // Apply needs a field manager.
-    let e = api_status(cms.patch("fresh", &PatchParams::default(), &Patch::Apply(&a)).await.unwrap_err());
+    let e = api_status(
+        cms.patch("fresh", &PatchParams::default(), &Patch::Apply(&a)).await.unwrap_err(),
+    );
     assert_eq!(e.code, 400);
 }
 
@@ -232,8 +323,17 @@ async fn finalizers_and_deletion_timestamp() {
     let held = cms.get("held").await.unwrap();
     assert!(held.metadata.deletion_timestamp.is_some(), "deletion waits for the finalizer");
     // New finalizers cannot be added to an object being deleted? (they can; only removal matters)
-    cms.patch("held", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"finalizers": null}}))).await.unwrap();
-    eventually("finalized object is gone", Duration::from_secs(5), || async { cms.get("held").await.is_err() }).await;
+    cms.patch(
+        "held",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+    )
+    .await
+    .unwrap();
+    eventually("finalized object is gone", Duration::from_secs(5), || async {
+        cms.get("held").await.is_err()
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -242,13 +342,19 @@ async fn owner_references_background_foreground_orphan() {
     let cms: Api<ConfigMap> = Api::namespaced(env.client.clone(), "default");
     let owner_ref = |o: &ConfigMap| json!([{"apiVersion": "v1", "kind": "ConfigMap", "name": o.metadata.name, "uid": o.metadata.uid, "blockOwnerDeletion": true}]);
     let make_child = |name: &str, owner: &ConfigMap| -> ConfigMap {
-        serde_json::from_value(json!({"metadata": {"name": name, "ownerReferences": owner_ref(owner)}})).unwrap()
+        serde_json::from_value(
+            json!({"metadata": {"name": name, "ownerReferences": owner_ref(owner)}}),
+        )
+        .unwrap()
     };
     // Background.
     let parent = cms.create(&PostParams::default(), &cm("parent", json!({}))).await.unwrap();
     cms.create(&PostParams::default(), &make_child("child", &parent)).await.unwrap();
     cms.delete("parent", &DeleteParams::background()).await.unwrap();
-    eventually("background GC deletes the child", Duration::from_secs(5), || async { cms.get("child").await.is_err() }).await;
+    eventually("background GC deletes the child", Duration::from_secs(5), || async {
+        cms.get("child").await.is_err()
+    })
+    .await;
     // Foreground: the owner stays (with the finalizer) until its dependents are gone.
     let parent = cms.create(&PostParams::default(), &cm("fg", json!({}))).await.unwrap();
     let mut child = make_child("fg-child", &parent);
@@ -259,13 +365,25 @@ async fn owner_references_background_foreground_orphan() {
     let waiting = cms.get("fg").await.unwrap();
     assert!(waiting.metadata.finalizers.unwrap().contains(&"foregroundDeletion".to_string()));
     assert!(cms.get("fg-child").await.unwrap().metadata.deletion_timestamp.is_some());
-    cms.patch("fg-child", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"finalizers": null}}))).await.unwrap();
-    eventually("foreground owner goes after its dependent", Duration::from_secs(5), || async { cms.get("fg").await.is_err() }).await;
+    cms.patch(
+        "fg-child",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+    )
+    .await
+    .unwrap();
+    eventually("foreground owner goes after its dependent", Duration::from_secs(5), || async {
+        cms.get("fg").await.is_err()
+    })
+    .await;
     // Orphan: dependents stay, without the owner reference.
     let parent = cms.create(&PostParams::default(), &cm("orph", json!({}))).await.unwrap();
     cms.create(&PostParams::default(), &make_child("orph-child", &parent)).await.unwrap();
     cms.delete("orph", &DeleteParams::orphan()).await.unwrap();
-    eventually("orphaning owner is gone", Duration::from_secs(5), || async { cms.get("orph").await.is_err() }).await;
+    eventually("orphaning owner is gone", Duration::from_secs(5), || async {
+        cms.get("orph").await.is_err()
+    })
+    .await;
     let kept = cms.get("orph-child").await.unwrap();
     assert!(kept.metadata.owner_references.unwrap_or_default().is_empty());
 }
@@ -274,7 +392,12 @@ async fn owner_references_background_foreground_orphan() {
 async fn namespace_deletion_removes_contents() {
     let env = start().await;
     let nss: Api<Namespace> = Api::all(env.client.clone());
-    nss.create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": "doomed"}})).unwrap()).await.unwrap();
+    nss.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({"metadata": {"name": "doomed"}})).unwrap(),
+    )
+    .await
+    .unwrap();
     let cms: Api<ConfigMap> = Api::namespaced(env.client.clone(), "doomed");
     let mut held = cm("held", json!({}));
     held.metadata.finalizers = Some(vec!["example.com/hold".into()]);
@@ -283,14 +406,27 @@ async fn namespace_deletion_removes_contents() {
     nss.delete("doomed", &DeleteParams::default()).await.unwrap();
     let ns = nss.get("doomed").await.unwrap();
     assert_eq!(ns.status.unwrap().phase.as_deref(), Some("Terminating"));
-    eventually("plain content deleted", Duration::from_secs(5), || async { cms.get("plain").await.is_err() }).await;
+    eventually("plain content deleted", Duration::from_secs(5), || async {
+        cms.get("plain").await.is_err()
+    })
+    .await;
     // New content is refused while terminating.
-    let e = api_status(cms.create(&PostParams::default(), &cm("late", json!({}))).await.unwrap_err());
+    let e =
+        api_status(cms.create(&PostParams::default(), &cm("late", json!({}))).await.unwrap_err());
     assert_eq!(e.code, 403);
     assert!(e.message.contains("because it is being terminated"), "{}", e.message);
     assert!(nss.get("doomed").await.is_ok(), "namespace waits for the finalized configmap");
-    cms.patch("held", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"finalizers": null}}))).await.unwrap();
-    eventually("namespace gone", Duration::from_secs(5), || async { nss.get("doomed").await.is_err() }).await;
+    cms.patch(
+        "held",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+    )
+    .await
+    .unwrap();
+    eventually("namespace gone", Duration::from_secs(5), || async {
+        nss.get("doomed").await.is_err()
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -299,7 +435,9 @@ async fn list_pagination_and_selectors() {
     let cms: Api<ConfigMap> = Api::namespaced(env.client.clone(), "default");
     for i in 0..7 {
         let mut c = cm(&format!("item-{i}"), json!({}));
-        c.metadata.labels = Some([("parity".to_string(), if i % 2 == 0 { "even" } else { "odd" }.to_string())].into());
+        c.metadata.labels = Some(
+            [("parity".to_string(), if i % 2 == 0 { "even" } else { "odd" }.to_string())].into(),
+        );
         cms.create(&PostParams::default(), &c).await.unwrap();
     }
     let first = cms.list(&ListParams::default().limit(3)).await.unwrap();
@@ -308,7 +446,8 @@ async fn list_pagination_and_selectors() {
     assert_eq!(first.metadata.remaining_item_count, Some(4));
     let second = cms.list(&ListParams::default().limit(3).continue_token(&token)).await.unwrap();
     assert_eq!(second.items.len(), 3);
-    let names: Vec<String> = first.items.iter().chain(&second.items).map(|c| c.metadata.name.clone().unwrap()).collect();
+    let names: Vec<String> =
+        first.items.iter().chain(&second.items).map(|c| c.metadata.name.clone().unwrap()).collect();
     assert_eq!(names, ["item-0", "item-1", "item-2", "item-3", "item-4", "item-5"]);
     let even = cms.list(&ListParams::default().labels("parity=even")).await.unwrap();
     assert_eq!(even.items.len(), 4);
@@ -329,15 +468,23 @@ async fn watch_events_resume_and_expiry() {
     })
     .await;
     let cms: Api<ConfigMap> = Api::namespaced(env.client.clone(), "default");
-    let start_rv = cms.list(&ListParams::default()).await.unwrap().metadata.resource_version.unwrap();
+    let start_rv =
+        cms.list(&ListParams::default()).await.unwrap().metadata.resource_version.unwrap();
     let mut stream = cms.watch(&WatchParams::default(), &start_rv).await.unwrap().boxed();
     cms.create(&PostParams::default(), &cm("w", json!({}))).await.unwrap();
-    cms.patch("w", &PatchParams::default(), &Patch::Merge(json!({"data": {"k": "v"}}))).await.unwrap();
+    cms.patch("w", &PatchParams::default(), &Patch::Merge(json!({"data": {"k": "v"}})))
+        .await
+        .unwrap();
     cms.delete("w", &DeleteParams::default()).await.unwrap();
     let mut kinds = Vec::new();
     let mut saw_bookmark = false;
     while kinds.len() < 3 || !saw_bookmark {
-        match tokio::time::timeout(Duration::from_secs(5), stream.try_next()).await.unwrap().unwrap().unwrap() {
+        match tokio::time::timeout(Duration::from_secs(5), stream.try_next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap()
+        {
             WatchEvent::Added(o) => kinds.push(("ADDED", o.metadata.name.unwrap())),
             WatchEvent::Modified(o) => kinds.push(("MODIFIED", o.metadata.name.unwrap())),
             WatchEvent::Deleted(o) => kinds.push(("DELETED", o.metadata.name.unwrap())),
@@ -348,7 +495,12 @@ async fn watch_events_resume_and_expiry() {
     assert_eq!(kinds, [("ADDED", "w".into()), ("MODIFIED", "w".into()), ("DELETED", "w".into())]);
     // Resuming from an old version replays what came after it.
     let mut resumed = cms.watch(&WatchParams::default(), &start_rv).await.unwrap().boxed();
-    match tokio::time::timeout(Duration::from_secs(5), resumed.try_next()).await.unwrap().unwrap().unwrap() {
+    match tokio::time::timeout(Duration::from_secs(5), resumed.try_next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap()
+    {
         WatchEvent::Added(o) => assert_eq!(o.metadata.name.as_deref(), Some("w")),
         other => panic!("expected the replayed ADDED, got {other:?}"),
     }
@@ -357,7 +509,12 @@ async fn watch_events_resume_and_expiry() {
         cms.create(&PostParams::default(), &cm(&format!("fill-{i}"), json!({}))).await.unwrap();
     }
     let mut expired = cms.watch(&WatchParams::default(), &start_rv).await.unwrap().boxed();
-    match tokio::time::timeout(Duration::from_secs(5), expired.try_next()).await.unwrap().unwrap().unwrap() {
+    match tokio::time::timeout(Duration::from_secs(5), expired.try_next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap()
+    {
         WatchEvent::Error(e) => {
             assert_eq!((e.code, e.reason.as_str()), (410, "Expired"));
             assert!(e.message.starts_with("too old resource version"), "{}", e.message);
@@ -371,14 +528,29 @@ async fn watch_by_label_sees_objects_leave_the_selection() {
     let env = start().await;
     let cms: Api<ConfigMap> = Api::namespaced(env.client.clone(), "default");
     let rv = cms.list(&ListParams::default()).await.unwrap().metadata.resource_version.unwrap();
-    let mut stream = cms.watch(&WatchParams::default().labels("keep=yes"), &rv).await.unwrap().boxed();
+    let mut stream =
+        cms.watch(&WatchParams::default().labels("keep=yes"), &rv).await.unwrap().boxed();
     let mut c = cm("sel", json!({}));
     c.metadata.labels = Some([("keep".to_string(), "yes".to_string())].into());
     cms.create(&PostParams::default(), &c).await.unwrap();
-    cms.patch("sel", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {"keep": "no"}}}))).await.unwrap();
-    let first = tokio::time::timeout(Duration::from_secs(5), stream.try_next()).await.unwrap().unwrap().unwrap();
+    cms.patch(
+        "sel",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"labels": {"keep": "no"}}})),
+    )
+    .await
+    .unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(5), stream.try_next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert!(matches!(first, WatchEvent::Added(_)));
-    let second = tokio::time::timeout(Duration::from_secs(5), stream.try_next()).await.unwrap().unwrap().unwrap();
+    let second = tokio::time::timeout(Duration::from_secs(5), stream.try_next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert!(matches!(second, WatchEvent::Deleted(_)), "{second:?}");
 }
 
@@ -388,7 +560,13 @@ async fn request_metrics_count_what_clients_did() {
     let before = env.write_requests().await;
     let cms: Api<ConfigMap> = Api::namespaced(env.client.clone(), "default");
     cms.create(&PostParams::default(), &cm("m", json!({}))).await.unwrap();
-    cms.patch("m", &PatchParams::apply("t"), &Patch::Apply(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "m"}, "data": {"a": "b"}}))).await.unwrap();
+    cms.patch(
+        "m",
+        &PatchParams::apply("t"),
+        &Patch::Apply(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "m"}, "data": {"a": "b"}})),
+    )
+    .await
+    .unwrap();
     cms.get("m").await.unwrap();
     let after = env.write_requests().await;
     assert_eq!(after - before, 2.0, "one POST and one APPLY");
@@ -417,26 +595,55 @@ async fn fault_injection_answers_500_and_cuts_watches() {
     let rv = cms.list(&ListParams::default()).await.unwrap().metadata.resource_version.unwrap();
     let stream = cms.watch(&WatchParams::default(), &rv).await.unwrap().boxed();
     let events: Vec<_> = stream.collect().await;
-    assert!(matches!(events.first(), Some(Ok(WatchEvent::Error(e))) if e.code == 410), "{events:?}");
+    assert!(
+        matches!(events.first(), Some(Ok(WatchEvent::Error(e))) if e.code == 410),
+        "{events:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_apply_records_its_owner_and_prunes() {
     let env = start().await;
-    let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> = Api::all(env.client.clone());
+    let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
+        Api::all(env.client.clone());
     for crd in alcove_crds::crds() {
         crds.create(&PostParams::default(), &crd).await.unwrap();
     }
-    let ar = ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("alcove.dev", "v1alpha1", "Tenant"), "tenants");
+    let ar = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("alcove.dev", "v1alpha1", "Tenant"),
+        "tenants",
+    );
     let tenants: Api<DynamicObject> = Api::all_with(env.client.clone(), &ar);
-    let t: DynamicObject = serde_json::from_value(json!({"apiVersion": "alcove.dev/v1alpha1", "kind": "Tenant", "metadata": {"name": "s"},
-        "spec": {"displayName": "S", "tier": "basic", "region": "tw-taipei-1"}})).unwrap();
+    let t: DynamicObject = serde_json::from_value(
+        json!({"apiVersion": "alcove.dev/v1alpha1", "kind": "Tenant", "metadata": {"name": "s"},
+        "spec": {"displayName": "S", "tier": "basic", "region": "tw-taipei-1"}}),
+    )
+    .unwrap();
     tenants.create(&PostParams::default(), &t).await.unwrap();
     let status = |sel: Value| json!({"apiVersion": "alcove.dev/v1alpha1", "kind": "Tenant", "status": {"placement": {"nodeSelector": sel}}});
-    tenants.patch_status("s", &PatchParams::apply("op").force(), &Patch::Apply(&status(json!({"a": "1", "b": "2"})))).await.unwrap();
-    let after = tenants.patch_status("s", &PatchParams::apply("op").force(), &Patch::Apply(&status(json!({"b": "2", "c": "3"})))).await.unwrap();
-    assert_eq!(after.data["status"]["placement"]["nodeSelector"], json!({"b": "2", "c": "3"}), "a key no longer applied is pruned");
+    tenants
+        .patch_status(
+            "s",
+            &PatchParams::apply("op").force(),
+            &Patch::Apply(&status(json!({"a": "1", "b": "2"}))),
+        )
+        .await
+        .unwrap();
+    let after = tenants
+        .patch_status(
+            "s",
+            &PatchParams::apply("op").force(),
+            &Patch::Apply(&status(json!({"b": "2", "c": "3"}))),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        after.data["status"]["placement"]["nodeSelector"],
+        json!({"b": "2", "c": "3"}),
+        "a key no longer applied is pruned"
+    );
     let mf = after.metadata.managed_fields.unwrap();
-    let entry = mf.iter().find(|m| m.manager.as_deref() == Some("op")).expect("status manager recorded");
+    let entry =
+        mf.iter().find(|m| m.manager.as_deref() == Some("op")).expect("status manager recorded");
     assert_eq!(entry.subresource.as_deref(), Some("status"));
 }

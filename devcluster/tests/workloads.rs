@@ -15,7 +15,11 @@ use serde_json::json;
 fn gpu_nodes(c: alcove_devcluster::Config) -> alcove_devcluster::Config {
     c.node(NodeConfig::gpu("gpu-tw-1", "tw-taipei-1", "NVIDIA-H100-80GB-HBM3", 2))
         .node(NodeConfig::gpu("gpu-jp-1", "jp-tokyo-1", "NVIDIA-H100-80GB-HBM3", 8))
-        .node(NodeConfig::gpu("gpu-tw-dedicated", "tw-taipei-1", "NVIDIA-H100-80GB-HBM3", 8).label("alcove.dev/tenant", "acme").taint("alcove.dev/tenant", "acme", "NoSchedule"))
+        .node(
+            NodeConfig::gpu("gpu-tw-dedicated", "tw-taipei-1", "NVIDIA-H100-80GB-HBM3", 8)
+                .label("alcove.dev/tenant", "acme")
+                .taint("alcove.dev/tenant", "acme", "NoSchedule"),
+        )
 }
 
 fn gpu_pod(name: &str, gpus: u32, extra_spec: serde_json::Value) -> Pod {
@@ -39,13 +43,21 @@ async fn scheduler_honours_selectors_taints_and_gpu_fit() {
     let pods: Api<Pod> = Api::namespaced(env.client.clone(), "default");
     // Region selector + 2 GPUs: only gpu-tw-1 fits (jp is the wrong region, dedicated is tainted).
     pods.create(&PostParams::default(), &gpu_pod("two", 2, json!({}))).await.unwrap();
-    eventually("pod bound", Duration::from_secs(5), || async { node_of(&pods, "two").await.is_some() }).await;
+    eventually("pod bound", Duration::from_secs(5), || async {
+        node_of(&pods, "two").await.is_some()
+    })
+    .await;
     assert_eq!(node_of(&pods, "two").await.as_deref(), Some("gpu-tw-1"));
     // GPUs are exclusive: one more GPU does not fit anywhere in the region.
     pods.create(&PostParams::default(), &gpu_pod("one-more", 1, json!({}))).await.unwrap();
     let message = until_some("unschedulable condition", Duration::from_secs(5), || async {
         let p = pods.get("one-more").await.unwrap();
-        let cond = p.status.and_then(|s| s.conditions).unwrap_or_default().into_iter().find(|c| c.type_ == "PodScheduled")?;
+        let cond = p
+            .status
+            .and_then(|s| s.conditions)
+            .unwrap_or_default()
+            .into_iter()
+            .find(|c| c.type_ == "PodScheduled")?;
         (cond.status == "False").then(|| {
             assert_eq!(cond.reason.as_deref(), Some("Unschedulable"));
             cond.message.unwrap_or_default()
@@ -67,7 +79,10 @@ async fn scheduler_honours_selectors_taints_and_gpu_fit() {
         }),
     );
     pods.create(&PostParams::default(), &dedicated).await.unwrap();
-    eventually("dedicated pod bound", Duration::from_secs(5), || async { node_of(&pods, "dedicated").await.is_some() }).await;
+    eventually("dedicated pod bound", Duration::from_secs(5), || async {
+        node_of(&pods, "dedicated").await.is_some()
+    })
+    .await;
     assert_eq!(node_of(&pods, "dedicated").await.as_deref(), Some("gpu-tw-dedicated"));
     // Required node affinity works like a selector.
     let affine = gpu_pod(
@@ -77,7 +92,10 @@ async fn scheduler_honours_selectors_taints_and_gpu_fit() {
             {"matchExpressions": [{"key": "topology.kubernetes.io/region", "operator": "In", "values": ["jp-tokyo-1"]}]}]}}}}),
     );
     pods.create(&PostParams::default(), &affine).await.unwrap();
-    eventually("affine pod bound", Duration::from_secs(5), || async { node_of(&pods, "affine").await.is_some() }).await;
+    eventually("affine pod bound", Duration::from_secs(5), || async {
+        node_of(&pods, "affine").await.is_some()
+    })
+    .await;
     assert_eq!(node_of(&pods, "affine").await.as_deref(), Some("gpu-jp-1"));
     // Capacity appears: the pending pod is placed without being touched.
     let nodes: Api<Node> = Api::all(env.client.clone());
@@ -88,12 +106,16 @@ async fn scheduler_honours_selectors_taints_and_gpu_fit() {
     }))
     .unwrap();
     nodes.create(&PostParams::default(), &new_node).await.unwrap();
-    eventually("pending pod placed on the new node", Duration::from_secs(5), || async { node_of(&pods, "one-more").await.is_some() }).await;
+    eventually("pending pod placed on the new node", Duration::from_secs(5), || async {
+        node_of(&pods, "one-more").await.is_some()
+    })
+    .await;
     assert_eq!(node_of(&pods, "one-more").await.as_deref(), Some("gpu-tw-2"));
     // kubectl shows the pending reason the same way.
     pods.create(&PostParams::default(), &gpu_pod("huge", 16, json!({}))).await.unwrap();
     eventually("kubectl shows Pending", Duration::from_secs(5), || async {
-        env.ok(&["get", "pod", "huge", "-o", "jsonpath={.status.conditions[0].reason}"]).await == "Unschedulable"
+        env.ok(&["get", "pod", "huge", "-o", "jsonpath={.status.conditions[0].reason}"]).await
+            == "Unschedulable"
     })
     .await;
 }
@@ -133,20 +155,50 @@ spec:
 "#;
     env.ok_in(&["apply", "-f", "-"], pod).await;
     env.ok(&["wait", "--for=condition=Ready", "pod/web", "--timeout=30s"]).await;
-    let out = env.ok(&["get", "--raw", "/api/v1/namespaces/default/services/web:http/proxy/index.txt"]).await;
+    let out = env
+        .ok(&["get", "--raw", "/api/v1/namespaces/default/services/web:http/proxy/index.txt"])
+        .await;
     assert_eq!(out, "served from a configmap volume");
     let out = env.ok(&["get", "--raw", "/api/v1/namespaces/default/pods/web:8080/proxy/x"]).await;
     assert_eq!(out, "served from a configmap volume");
     // An edited ConfigMap reaches the mounted file without a restart, as the kubelet does it.
-    env.ok(&["patch", "configmap", "site", "--type=merge", "-p", r#"{"data":{"index.txt":"edited in place"}}"#]).await;
+    env.ok(&[
+        "patch",
+        "configmap",
+        "site",
+        "--type=merge",
+        "-p",
+        r#"{"data":{"index.txt":"edited in place"}}"#,
+    ])
+    .await;
     until_some("the volume follows the ConfigMap", Duration::from_secs(10), || async {
-        let r = env.kubectl(&["get", "--raw", "/api/v1/namespaces/default/services/web:http/proxy/index.txt"]).await;
+        let r = env
+            .kubectl(&[
+                "get",
+                "--raw",
+                "/api/v1/namespaces/default/services/web:http/proxy/index.txt",
+            ])
+            .await;
         (r.ok && r.stdout == "edited in place").then_some(())
     })
     .await;
-    env.ok(&["patch", "configmap", "site", "--type=merge", "-p", r#"{"data":{"index.txt":"served from a configmap volume"}}"#]).await;
+    env.ok(&[
+        "patch",
+        "configmap",
+        "site",
+        "--type=merge",
+        "-p",
+        r#"{"data":{"index.txt":"served from a configmap volume"}}"#,
+    ])
+    .await;
     until_some("and back", Duration::from_secs(10), || async {
-        let r = env.kubectl(&["get", "--raw", "/api/v1/namespaces/default/services/web:http/proxy/index.txt"]).await;
+        let r = env
+            .kubectl(&[
+                "get",
+                "--raw",
+                "/api/v1/namespaces/default/services/web:http/proxy/index.txt",
+            ])
+            .await;
         (r.ok && r.stdout == "served from a configmap volume").then_some(())
     })
     .await;
@@ -179,8 +231,13 @@ spec:
     assert_eq!(pids.len(), 1);
     assert!(alcove_devcluster::runtime::process_alive(pids[0]));
     env.ok(&["delete", "pod", "web", "--wait", "--timeout=20s"]).await;
-    assert!(!alcove_devcluster::runtime::process_alive(pids[0]), "process {} survived its pod", pids[0]);
-    let err = env.fails(&["get", "--raw", "/api/v1/namespaces/default/services/web:http/proxy/"]).await;
+    assert!(
+        !alcove_devcluster::runtime::process_alive(pids[0]),
+        "process {} survived its pod",
+        pids[0]
+    );
+    let err =
+        env.fails(&["get", "--raw", "/api/v1/namespaces/default/services/web:http/proxy/"]).await;
     assert!(err.contains("no endpoints available for service"), "{err}");
 }
 
@@ -192,12 +249,21 @@ async fn grace_period_ends_in_sigkill() {
     pod["spec"]["terminationGracePeriodSeconds"] = 1.into();
     pods.create(&PostParams::default(), &serde_json::from_value(pod).unwrap()).await.unwrap();
     let uid = pods.get("stubborn").await.unwrap().metadata.uid.unwrap();
-    let pid = until_some("process started", Duration::from_secs(10), || async { env.cluster.shared().runtime.pids(&uid).first().copied() }).await;
+    let pid = until_some("process started", Duration::from_secs(10), || async {
+        env.cluster.shared().runtime.pids(&uid).first().copied()
+    })
+    .await;
     let started = std::time::Instant::now();
     pods.delete("stubborn", &DeleteParams::default()).await.unwrap();
-    eventually("pod object gone", Duration::from_secs(10), || async { pods.get("stubborn").await.is_err() }).await;
+    eventually("pod object gone", Duration::from_secs(10), || async {
+        pods.get("stubborn").await.is_err()
+    })
+    .await;
     assert!(!alcove_devcluster::runtime::process_alive(pid));
-    assert!(started.elapsed() >= Duration::from_millis(900), "SIGTERM was ignored, so the kill waited for the grace period");
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "SIGTERM was ignored, so the kill waited for the grace period"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -211,9 +277,22 @@ async fn resource_quota_refuses_with_kube_apiservers_message() {
     let err = pods.create(&PostParams::default(), &gpu_pod("b", 1, json!({}))).await.unwrap_err();
     let kube::Error::Api(s) = err else { panic!("{err}") };
     assert_eq!((s.code, s.reason.as_str()), (403, "Forbidden"));
-    assert_eq!(s.message, "pods \"b\" is forbidden: exceeded quota: gpus, requested: requests.nvidia.com/gpu=1, used: requests.nvidia.com/gpu=2, limited: requests.nvidia.com/gpu=2");
+    assert_eq!(
+        s.message,
+        "pods \"b\" is forbidden: exceeded quota: gpus, requested: requests.nvidia.com/gpu=1, used: requests.nvidia.com/gpu=2, limited: requests.nvidia.com/gpu=2"
+    );
     eventually("quota status shows usage", Duration::from_secs(5), || async {
-        env.ok(&["get", "quota", "gpus", "-n", "q", "-o", "jsonpath={.status.used.requests\\.nvidia\\.com/gpu}"]).await == "2"
+        env.ok(&[
+            "get",
+            "quota",
+            "gpus",
+            "-n",
+            "q",
+            "-o",
+            "jsonpath={.status.used.requests\\.nvidia\\.com/gpu}",
+        ])
+        .await
+            == "2"
     })
     .await;
 }
@@ -222,15 +301,30 @@ async fn resource_quota_refuses_with_kube_apiservers_message() {
 async fn pod_security_restricted_is_enforced() {
     let env = start().await;
     env.ok(&["create", "namespace", "locked"]).await;
-    env.ok(&["label", "namespace", "locked", "pod-security.kubernetes.io/enforce=restricted"]).await;
+    env.ok(&["label", "namespace", "locked", "pod-security.kubernetes.io/enforce=restricted"])
+        .await;
     let pods: Api<Pod> = Api::namespaced(env.client.clone(), "locked");
-    let err = pods.create(&PostParams::default(), &serde_json::from_value(testpod_pod("loose", &["sleep"])).unwrap()).await.unwrap_err();
+    let err = pods
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(testpod_pod("loose", &["sleep"])).unwrap(),
+        )
+        .await
+        .unwrap_err();
     let kube::Error::Api(s) = err else { panic!("{err}") };
     assert_eq!(s.code, 403);
-    assert!(s.message.starts_with("pods \"loose\" is forbidden: violates PodSecurity \"restricted:latest\": allowPrivilegeEscalation != false"), "{}", s.message);
+    assert!(
+        s.message.starts_with(
+            "pods \"loose\" is forbidden: violates PodSecurity \"restricted:latest\": allowPrivilegeEscalation != false"
+        ),
+        "{}",
+        s.message
+    );
     let mut tight = testpod_pod("tight", &["sleep"]);
-    tight["spec"]["securityContext"] = json!({"runAsNonRoot": true, "seccompProfile": {"type": "RuntimeDefault"}});
-    tight["spec"]["containers"][0]["securityContext"] = json!({"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}});
+    tight["spec"]["securityContext"] =
+        json!({"runAsNonRoot": true, "seccompProfile": {"type": "RuntimeDefault"}});
+    tight["spec"]["containers"][0]["securityContext"] =
+        json!({"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}});
     pods.create(&PostParams::default(), &serde_json::from_value(tight).unwrap()).await.unwrap();
 }
 
@@ -242,7 +336,8 @@ async fn pvc_directory_lives_while_bound() {
     claims.create(&PostParams::default(), &claim).await.unwrap();
     let volume = until_some("claim bound", Duration::from_secs(5), || async {
         let c = claims.get("data").await.unwrap();
-        (c.status.and_then(|s| s.phase).as_deref() == Some("Bound")).then(|| c.spec.unwrap().volume_name.unwrap())
+        (c.status.and_then(|s| s.phase).as_deref() == Some("Bound"))
+            .then(|| c.spec.unwrap().volume_name.unwrap())
     })
     .await;
     let pvs: Api<PersistentVolume> = Api::all(env.client.clone());
@@ -250,20 +345,29 @@ async fn pvc_directory_lives_while_bound() {
     let dir = std::path::PathBuf::from(pv.spec.unwrap().host_path.unwrap().path);
     assert!(dir.is_dir(), "{} exists while bound", dir.display());
     // A pod writes into it.
-    let mut writer = testpod_pod("writer", &["exit", "--code", "0", "--write", "/data/marker.txt", "--text", "kept"]);
+    let mut writer = testpod_pod(
+        "writer",
+        &["exit", "--code", "0", "--write", "/data/marker.txt", "--text", "kept"],
+    );
     writer["spec"]["restartPolicy"] = "Never".into();
-    writer["spec"]["containers"][0]["volumeMounts"] = json!([{"name": "data", "mountPath": "/data"}]);
-    writer["spec"]["volumes"] = json!([{"name": "data", "persistentVolumeClaim": {"claimName": "data"}}]);
+    writer["spec"]["containers"][0]["volumeMounts"] =
+        json!([{"name": "data", "mountPath": "/data"}]);
+    writer["spec"]["volumes"] =
+        json!([{"name": "data", "persistentVolumeClaim": {"claimName": "data"}}]);
     let pods: Api<Pod> = Api::namespaced(env.client.clone(), "default");
     pods.create(&PostParams::default(), &serde_json::from_value(writer).unwrap()).await.unwrap();
     eventually("writer finished", Duration::from_secs(10), || async {
-        pods.get("writer").await.unwrap().status.and_then(|s| s.phase).as_deref() == Some("Succeeded")
+        pods.get("writer").await.unwrap().status.and_then(|s| s.phase).as_deref()
+            == Some("Succeeded")
     })
     .await;
     assert_eq!(std::fs::read_to_string(dir.join("marker.txt")).unwrap(), "kept");
     pods.delete("writer", &DeleteParams::default()).await.unwrap();
     claims.delete("data", &DeleteParams::default()).await.unwrap();
-    eventually("volume reclaimed", Duration::from_secs(10), || async { pvs.get(&volume).await.is_err() }).await;
+    eventually("volume reclaimed", Duration::from_secs(10), || async {
+        pvs.get(&volume).await.is_err()
+    })
+    .await;
     assert!(!dir.exists(), "{} is gone after the claim", dir.display());
 }
 
@@ -281,9 +385,20 @@ async fn jobs_complete_and_fail() {
     };
     jobs.create(&PostParams::default(), &job("good", "0")).await.unwrap();
     jobs.create(&PostParams::default(), &job("bad", "3")).await.unwrap();
-    let has = |j: &Job, ty: &str| j.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|cs| cs.iter().any(|c| c.type_ == ty && c.status == "True"));
-    eventually("good job completes", Duration::from_secs(15), || async { has(&jobs.get("good").await.unwrap(), "Complete") }).await;
-    eventually("bad job fails", Duration::from_secs(15), || async { has(&jobs.get("bad").await.unwrap(), "Failed") }).await;
+    let has = |j: &Job, ty: &str| {
+        j.status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|cs| cs.iter().any(|c| c.type_ == ty && c.status == "True"))
+    };
+    eventually("good job completes", Duration::from_secs(15), || async {
+        has(&jobs.get("good").await.unwrap(), "Complete")
+    })
+    .await;
+    eventually("bad job fails", Duration::from_secs(15), || async {
+        has(&jobs.get("bad").await.unwrap(), "Failed")
+    })
+    .await;
     let good = jobs.get("good").await.unwrap().status.unwrap();
     assert_eq!(good.succeeded, Some(1));
     assert!(good.completion_time.is_some());
@@ -292,17 +407,38 @@ async fn jobs_complete_and_fail() {
     let reason = bad.conditions.unwrap().into_iter().find(|c| c.type_ == "Failed").unwrap().reason;
     assert_eq!(reason.as_deref(), Some("BackoffLimitExceeded"));
     let out = env.ok(&["get", "jobs"]).await;
-    assert!(out.contains("good   Complete   1/1") && out.contains("bad    Failed     0/1"), "{out}");
+    assert!(
+        out.contains("good   Complete   1/1") && out.contains("bad    Failed     0/1"),
+        "{out}"
+    );
     let pods: Api<Pod> = Api::namespaced(env.client.clone(), "default");
     let message = |job: &str| {
         let (pods, job) = (pods.clone(), job.to_string());
         async move {
-            let pod = pods.list(&kube::api::ListParams::default().labels(&format!("batch.kubernetes.io/job-name={job}"))).await.unwrap().items.remove(0);
-            pod.status.unwrap().container_statuses.unwrap()[0].state.clone().unwrap().terminated.unwrap().message
+            let pod = pods
+                .list(
+                    &kube::api::ListParams::default()
+                        .labels(&format!("batch.kubernetes.io/job-name={job}")),
+                )
+                .await
+                .unwrap()
+                .items
+                .remove(0);
+            pod.status.unwrap().container_statuses.unwrap()[0]
+                .state
+                .clone()
+                .unwrap()
+                .terminated
+                .unwrap()
+                .message
         }
     };
     assert_eq!(message("good").await.as_deref(), Some("{\"documents\":3}"));
-    assert_eq!(message("bad").await.as_deref(), Some("exiting"), "FallbackToLogsOnError: the log's tail");
+    assert_eq!(
+        message("bad").await.as_deref(),
+        Some("exiting"),
+        "FallbackToLogsOnError: the log's tail"
+    );
 }
 
 /// The devcluster binary as a child process, so that its exit is a real process exit.
@@ -315,7 +451,14 @@ struct Server {
 impl Server {
     async fn start(dir: &std::path::Path, name: &str) -> Server {
         let nodes = dir.join("nodes.yaml");
-        std::fs::write(&nodes, format!("images:\n- image: example.com/testpod*\n  executable: {}\n", testpod().display())).unwrap();
+        std::fs::write(
+            &nodes,
+            format!(
+                "images:\n- image: example.com/testpod*\n  executable: {}\n",
+                testpod().display()
+            ),
+        )
+        .unwrap();
         let state = dir.join(name);
         let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_alcove-devcluster"))
             .args(["--state-dir", state.to_str().unwrap(), "--nodes", nodes.to_str().unwrap()])
@@ -323,10 +466,20 @@ impl Server {
             .kill_on_drop(true)
             .spawn()
             .unwrap();
-        let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(child.stdout.take().unwrap()));
-        let ready = tokio::time::timeout(Duration::from_secs(20), lines.next_line()).await.unwrap().unwrap().unwrap();
+        let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(
+            child.stdout.take().unwrap(),
+        ));
+        let ready = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
         assert!(ready.contains("ready"), "{ready}");
-        Server { child, kubeconfig: state.join("kubeconfig"), cache: dir.join(format!("{name}-cache")) }
+        Server {
+            child,
+            kubeconfig: state.join("kubeconfig"),
+            cache: dir.join(format!("{name}-cache")),
+        }
     }
 
     async fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> String {
@@ -339,7 +492,18 @@ impl Server {
         pod["spec"]["terminationGracePeriodSeconds"] = 30.into();
         self.kubectl(&["apply", "-f", "-"], Some(&pod.to_string())).await;
         until_some("pod process runs", Duration::from_secs(20), || async {
-            let id = self.kubectl(&["get", "pod", name, "-o", "jsonpath={.status.containerStatuses[0].containerID}"], None).await;
+            let id = self
+                .kubectl(
+                    &[
+                        "get",
+                        "pod",
+                        name,
+                        "-o",
+                        "jsonpath={.status.containerStatuses[0].containerID}",
+                    ],
+                    None,
+                )
+                .await;
             id.strip_prefix("devcluster://").and_then(|p| p.parse::<i32>().ok())
         })
         .await
@@ -361,11 +525,17 @@ async fn no_process_survives_the_server() {
     }
     tokio::time::timeout(Duration::from_secs(20), server.child.wait()).await.unwrap().unwrap();
     for pid in pids {
-        eventually("pod process gone after SIGTERM", Duration::from_secs(5), || async { !alcove_devcluster::runtime::process_alive(pid) }).await;
+        eventually("pod process gone after SIGTERM", Duration::from_secs(5), || async {
+            !alcove_devcluster::runtime::process_alive(pid)
+        })
+        .await;
     }
     // SIGKILL: nothing runs the server's shutdown; the parent-death signal still takes the pods.
     let mut server = Server::start(dir.path(), "two").await;
     let pid = server.run_pod("p3").await;
     server.child.kill().await.unwrap();
-    eventually("pod process gone after SIGKILL", Duration::from_secs(5), || async { !alcove_devcluster::runtime::process_alive(pid) }).await;
+    eventually("pod process gone after SIGKILL", Duration::from_secs(5), || async {
+        !alcove_devcluster::runtime::process_alive(pid)
+    })
+    .await;
 }

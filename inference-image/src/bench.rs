@@ -46,13 +46,25 @@ pub fn run(opts: &Options) -> anyhow::Result<Report> {
     let device = model::device();
     let mut model = match model::detect(&opts.model)? {
         ModelFiles::Gguf(f) => ChatModel::load_gguf(&f, model::default_id(&opts.model), &device)?,
-        ModelFiles::Llama(d) => ChatModel::load_safetensors(&d, model::default_id(&opts.model), &device)?,
-        ModelFiles::Bert(_) => anyhow::bail!("bench measures generation; {} is an embedding model", opts.model.display()),
+        ModelFiles::Llama(d) => {
+            ChatModel::load_safetensors(&d, model::default_id(&opts.model), &device)?
+        }
+        ModelFiles::Bert(_) => {
+            anyhow::bail!(
+                "bench measures generation; {} is an embedding model",
+                opts.model.display()
+            )
+        }
     };
     let load_seconds = started.elapsed().as_secs_f64();
     let vocab = model.vocab.clone();
     if opts.prompt_tokens + opts.gen_tokens > vocab.context_length {
-        anyhow::bail!("{} prompt + {} generated tokens exceed the context of {}", opts.prompt_tokens, opts.gen_tokens, vocab.context_length);
+        anyhow::bail!(
+            "{} prompt + {} generated tokens exceed the context of {}",
+            opts.prompt_tokens,
+            opts.gen_tokens,
+            vocab.context_length
+        );
     }
     // Prose, repeated until long enough, cut to exactly the requested number of tokens.
     let mut prompt = Vec::new();
@@ -62,7 +74,8 @@ pub fn run(opts: &Options) -> anyhow::Result<Report> {
     }
     prompt.truncate(opts.prompt_tokens.max(1));
     if let Some(path) = &opts.prompt_ids_out {
-        std::fs::write(path, serde_json::to_vec(&prompt)?).with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(path, serde_json::to_vec(&prompt)?)
+            .with_context(|| format!("writing {}", path.display()))?;
     }
 
     let mut ttft = Vec::new();

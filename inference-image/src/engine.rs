@@ -37,9 +37,16 @@ pub enum FinishReason {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
     /// First event of every generation: the final prompt's size and what retrieval added.
-    Started { prompt_tokens: usize, sources: Vec<Source> },
+    Started {
+        prompt_tokens: usize,
+        sources: Vec<Source>,
+    },
     Text(String),
-    Done { finish_reason: FinishReason, prompt_tokens: usize, completion_tokens: usize },
+    Done {
+        finish_reason: FinishReason,
+        prompt_tokens: usize,
+        completion_tokens: usize,
+    },
     Failed(String),
 }
 
@@ -94,7 +101,10 @@ impl Engine {
         let (tx, rx) = mpsc::channel(queue.max(1));
         let avg_job_us = Arc::new(AtomicU64::new(1_000_000));
         let worker = Worker { models, metrics: metrics.clone(), avg_job_us: avg_job_us.clone() };
-        std::thread::Builder::new().name("model".into()).spawn(move || worker.run(rx)).expect("spawning the model thread");
+        std::thread::Builder::new()
+            .name("model".into())
+            .spawn(move || worker.run(rx))
+            .expect("spawning the model thread");
         Self { tx, metrics, avg_job_us }
     }
 
@@ -127,7 +137,9 @@ impl Worker {
             match job.work {
                 Work::Generate(g) => {
                     let events = g.events.clone();
-                    let result = std::panic::catch_unwind(AssertUnwindSafe(|| self.generate(g, job.enqueued)));
+                    let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                        self.generate(g, job.enqueued)
+                    }));
                     let failure = match result {
                         Ok(Ok(())) => None,
                         Ok(Err(e)) => Some(format!("generation failed: {e}")),
@@ -206,7 +218,9 @@ impl Worker {
             generated += 1;
             let now = Instant::now();
             if generated == 1 {
-                self.metrics.time_to_first_token.observe(now.duration_since(enqueued).as_secs_f64());
+                self.metrics
+                    .time_to_first_token
+                    .observe(now.duration_since(enqueued).as_secs_f64());
             } else {
                 self.metrics.time_per_output_token.observe(now.duration_since(last).as_secs_f64());
             }
@@ -231,16 +245,28 @@ impl Worker {
         }
         self.metrics.prompt_tokens.inc_by(prompt.len() as u64);
         self.metrics.completion_tokens.inc_by(generated as u64);
-        let _ = g.events.send(Event::Done { finish_reason: finish, prompt_tokens: prompt.len(), completion_tokens: generated });
+        let _ = g.events.send(Event::Done {
+            finish_reason: finish,
+            prompt_tokens: prompt.len(),
+            completion_tokens: generated,
+        });
         Ok(())
     }
 }
 
 /// Renders the conversation with the retrieved excerpts added to its system message, dropping the
 /// weakest excerpts until the prompt and the requested completion fit the context.
-fn with_context(vocab: &Vocab, mut messages: Vec<Message>, mut hits: Vec<Hit>, max_tokens: Option<usize>) -> anyhow::Result<(Vec<u32>, Vec<Source>)> {
+fn with_context(
+    vocab: &Vocab,
+    mut messages: Vec<Message>,
+    mut hits: Vec<Hit>,
+    max_tokens: Option<usize>,
+) -> anyhow::Result<(Vec<u32>, Vec<Source>)> {
     let render = |messages: &[Message]| -> anyhow::Result<Vec<u32>> {
-        let text = vocab.template.render(messages).map_err(|e| anyhow::anyhow!("the chat template refused the conversation: {e}"))?;
+        let text = vocab
+            .template
+            .render(messages)
+            .map_err(|e| anyhow::anyhow!("the chat template refused the conversation: {e}"))?;
         vocab.encode_rendered(&text)
     };
     let base = messages.clone();
@@ -248,9 +274,17 @@ fn with_context(vocab: &Vocab, mut messages: Vec<Message>, mut hits: Vec<Hit>, m
         if hits.is_empty() {
             return Ok((render(&base)?, Vec::new()));
         }
-        let mut excerpt = String::from("Use these excerpts from the knowledge base when they help to answer; cite them by number.\n");
+        let mut excerpt = String::from(
+            "Use these excerpts from the knowledge base when they help to answer; cite them by number.\n",
+        );
         for (i, h) in hits.iter().enumerate() {
-            excerpt.push_str(&format!("\n[{}] {} / {}\n{}\n", i + 1, h.source.knowledge_base, h.source.document, h.text));
+            excerpt.push_str(&format!(
+                "\n[{}] {} / {}\n{}\n",
+                i + 1,
+                h.source.knowledge_base,
+                h.source.document,
+                h.text
+            ));
         }
         messages.clone_from(&base);
         match messages.first_mut() {
@@ -288,10 +322,14 @@ impl Detokenizer {
     }
 
     fn advance(&mut self, vocab: &Vocab, last: bool) -> anyhow::Result<()> {
-        let decode = |ids: &[u32]| vocab.tokenizer.decode(ids, true).map_err(|e| anyhow::anyhow!("{e}"));
+        let decode =
+            |ids: &[u32]| vocab.tokenizer.decode(ids, true).map_err(|e| anyhow::anyhow!("{e}"));
         let prefix = decode(&self.tokens[self.prefix_offset..self.read_offset])?;
         let full = decode(&self.tokens[self.prefix_offset..])?;
-        if full.len() > prefix.len() && (last || !full.ends_with('\u{FFFD}')) && full.is_char_boundary(prefix.len()) {
+        if full.len() > prefix.len()
+            && (last || !full.ends_with('\u{FFFD}'))
+            && full.is_char_boundary(prefix.len())
+        {
             self.text.push_str(&full[prefix.len()..]);
             self.prefix_offset = self.read_offset;
             self.read_offset = self.tokens.len();
@@ -322,13 +360,18 @@ impl StopFilter {
             return (String::new(), true);
         }
         let from = floor_boundary(text, self.emitted.saturating_sub(self.longest));
-        let hit = self.stops.iter().filter_map(|s| text[from..].find(s.as_str()).map(|p| from + p)).min();
+        let hit =
+            self.stops.iter().filter_map(|s| text[from..].find(s.as_str()).map(|p| from + p)).min();
         let end = match hit {
             Some(p) => p,
             None if finished => text.len(),
             None => floor_boundary(text, text.len().saturating_sub(self.longest.saturating_sub(1))),
         };
-        let delta = if end > self.emitted { text.get(self.emitted..end).unwrap_or_default().to_string() } else { String::new() };
+        let delta = if end > self.emitted {
+            text.get(self.emitted..end).unwrap_or_default().to_string()
+        } else {
+            String::new()
+        };
         self.emitted = self.emitted.max(end);
         self.done = hit.is_some();
         (delta, self.done)

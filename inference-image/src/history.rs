@@ -36,20 +36,25 @@ pub struct History {
 
 /// Conversation ids are the client's: letters, digits, `-`, `_`, `.`, 1 to 128 of them.
 pub fn valid_id(id: &str) -> bool {
-    (1..=128).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+    (1..=128).contains(&id.len())
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
 }
 
 /// Reads a 256-bit key: 32 raw bytes (a mounted Secret) or their hex or base64 text.
 pub fn read_key(path: &Path) -> anyhow::Result<[u8; 32]> {
     use base64::Engine as _;
-    let bytes = std::fs::read(path).with_context(|| format!("reading key file {}", path.display()))?;
+    let bytes =
+        std::fs::read(path).with_context(|| format!("reading key file {}", path.display()))?;
     if let Ok(key) = <[u8; 32]>::try_from(bytes.as_slice()) {
         return Ok(key);
     }
     let text = String::from_utf8_lossy(&bytes);
     let text = text.trim();
     let decoded = if text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
-        (0..32).map(|i| u8::from_str_radix(&text[2 * i..2 * i + 2], 16)).collect::<Result<Vec<u8>, _>>().ok()
+        (0..32)
+            .map(|i| u8::from_str_radix(&text[2 * i..2 * i + 2], 16))
+            .collect::<Result<Vec<u8>, _>>()
+            .ok()
     } else {
         base64::engine::general_purpose::STANDARD.decode(text).ok()
     };
@@ -71,7 +76,8 @@ impl History {
     }
 
     fn path(&self, id: &str) -> PathBuf {
-        let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(&self.name_key).expect("any key length");
+        let mut mac =
+            <Hmac<sha2::Sha256> as Mac>::new_from_slice(&self.name_key).expect("any key length");
         mac.update(id.as_bytes());
         self.dir.join(format!("{}.conv", crate::hex(&mac.finalize().into_bytes()[..20])))
     }
@@ -100,13 +106,17 @@ impl History {
         getrandom::fill(&mut nonce).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
         let ciphertext = self
             .cipher
-            .encrypt(Nonce::from_slice(&nonce), Payload { msg: &plaintext, aad: conversation.id.as_bytes() })
+            .encrypt(
+                Nonce::from_slice(&nonce),
+                Payload { msg: &plaintext, aad: conversation.id.as_bytes() },
+            )
             .map_err(|_| anyhow::anyhow!("encryption failed"))?;
         let mut bytes = Vec::with_capacity(MAGIC.len() + NONCE + ciphertext.len());
         bytes.extend_from_slice(MAGIC);
         bytes.extend_from_slice(&nonce);
         bytes.extend_from_slice(&ciphertext);
-        crate::write_atomically(&self.path(&conversation.id), &bytes).context("writing conversation")
+        crate::write_atomically(&self.path(&conversation.id), &bytes)
+            .context("writing conversation")
     }
 
     /// Removes the conversation's file; `false` if there was none.
@@ -127,7 +137,11 @@ mod tests {
     use super::*;
 
     fn conv(id: &str, text: &str) -> Conversation {
-        Conversation { id: id.into(), messages: vec![Message { role: "user".into(), content: text.into() }], updated_at: 1 }
+        Conversation {
+            id: id.into(),
+            messages: vec![Message { role: "user".into(), content: text.into() }],
+            updated_at: 1,
+        }
     }
 
     #[test]

@@ -82,9 +82,14 @@ impl Index {
     pub fn read(dir: &Path) -> anyhow::Result<Self> {
         let path = dir.join(INDEX_FILE);
         let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-        let index: Index = serde_json::from_slice(&bytes).with_context(|| format!("{} is not an index", path.display()))?;
+        let index: Index = serde_json::from_slice(&bytes)
+            .with_context(|| format!("{} is not an index", path.display()))?;
         if index.format != FORMAT {
-            bail!("{}: index format {} (this server reads {FORMAT}); re-run index", path.display(), index.format);
+            bail!(
+                "{}: index format {} (this server reads {FORMAT}); re-run index",
+                path.display(),
+                index.format
+            );
         }
         Ok(index)
     }
@@ -146,20 +151,26 @@ pub async fn fetch(name: &str, url: &str) -> anyhow::Result<Document> {
         .https_or_http()
         .enable_http1()
         .build();
-    let client: hyper_util::client::legacy::Client<_, Empty<bytes::Bytes>> = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build(https);
+    let client: hyper_util::client::legacy::Client<_, Empty<bytes::Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build(https);
     let mut uri: hyper::Uri = url.parse().with_context(|| format!("{url}: not a URL"))?;
     for _ in 0..=5 {
-        let req = hyper::Request::get(uri.clone()).header("user-agent", "alcove-index").body(Empty::new())?;
+        let req = hyper::Request::get(uri.clone())
+            .header("user-agent", "alcove-index")
+            .body(Empty::new())?;
         let resp = tokio::time::timeout(std::time::Duration::from_secs(60), client.request(req))
             .await
             .with_context(|| format!("{url}: no answer within 60 s"))?
             .with_context(|| format!("fetching {url}"))?;
         let status = resp.status();
         if status.is_redirection()
-            && let Some(loc) = resp.headers().get(hyper::header::LOCATION).and_then(|l| l.to_str().ok()) {
-                uri = resolve(&uri, loc).with_context(|| format!("{url}: bad redirect to {loc}"))?;
-                continue;
-            }
+            && let Some(loc) =
+                resp.headers().get(hyper::header::LOCATION).and_then(|l| l.to_str().ok())
+        {
+            uri = resolve(&uri, loc).with_context(|| format!("{url}: bad redirect to {loc}"))?;
+            continue;
+        }
         if !status.is_success() {
             bail!("fetching {url}: HTTP {status}");
         }
@@ -171,7 +182,8 @@ pub async fn fetch(name: &str, url: &str) -> anyhow::Result<Document> {
         if body.contains(&0) {
             bail!("{url}: binary content; documents are text");
         }
-        let text = String::from_utf8(body.to_vec()).map_err(|_| anyhow::anyhow!("{url}: not UTF-8 text"))?;
+        let text = String::from_utf8(body.to_vec())
+            .map_err(|_| anyhow::anyhow!("{url}: not UTF-8 text"))?;
         let last = uri.path().rsplit('/').next().filter(|s| !s.is_empty()).unwrap_or("index");
         return Ok(Document::new(format!("{name}/{last}"), text));
     }
@@ -211,7 +223,13 @@ pub fn read_documents(dir: &Path) -> anyhow::Result<Vec<Document>> {
                 continue;
             }
             let bytes = std::fs::read(&path)?;
-            let id = path.strip_prefix(root).unwrap_or(&path).components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/");
+            let id = path
+                .strip_prefix(root)
+                .unwrap_or(&path)
+                .components()
+                .map(|c| c.as_os_str().to_string_lossy())
+                .collect::<Vec<_>>()
+                .join("/");
             if bytes.contains(&0) {
                 tracing::warn!(document = %id, "skipped: binary file");
                 continue;
@@ -273,7 +291,11 @@ pub fn chunk(text: &str, chunking: Chunking) -> Vec<String> {
     let len = |w: &String| w.chars().count();
     let ends_sentence = |w: &String| {
         let t = w.trim_end();
-        w.contains("\n") || t.ends_with('.') || t.ends_with('!') || t.ends_with('?') || t.ends_with(':')
+        w.contains("\n")
+            || t.ends_with('.')
+            || t.ends_with('!')
+            || t.ends_with('?')
+            || t.ends_with(':')
     };
 
     let mut chunks = Vec::new();
@@ -333,14 +355,19 @@ pub struct Options {
 /// Builds (or rebuilds) the index in `opts.out` from `opts.docs`. The new index replaces the old
 /// file whole, so a removed document's chunks leave the volume with it.
 pub fn build(embedder: &Embedder, opts: &Options) -> anyhow::Result<Summary> {
-    std::fs::create_dir_all(&opts.out).with_context(|| format!("creating {}", opts.out.display()))?;
+    std::fs::create_dir_all(&opts.out)
+        .with_context(|| format!("creating {}", opts.out.display()))?;
     crate::remove_stale_temporaries(&opts.out);
     let mut docs: Vec<&Document> = opts.docs.iter().collect();
     docs.sort_by(|a, b| a.id.cmp(&b.id));
     if let Some(w) = docs.windows(2).find(|w| w[0].id == w[1].id) {
         bail!("two documents named {}", w[0].id);
     }
-    let stamp = EmbeddingStamp { id: embedder.id.clone(), fingerprint: embedder.fingerprint.clone(), dims: embedder.dims };
+    let stamp = EmbeddingStamp {
+        id: embedder.id.clone(),
+        fingerprint: embedder.fingerprint.clone(),
+        dims: embedder.dims,
+    };
 
     // Vectors of unchanged documents from the previous index, when it used the same model and chunking.
     let previous = Index::read(&opts.out).ok();
@@ -349,7 +376,8 @@ pub fn build(embedder: &Embedder, opts: &Options) -> anyhow::Result<Summary> {
     if let Some(prev) = previous {
         previous_ids = prev.documents.iter().map(|d| d.id.clone()).collect();
         if prev.embedding_model == stamp && prev.chunking == opts.chunking {
-            let shas: HashMap<&str, &str> = prev.documents.iter().map(|d| (d.id.as_str(), d.sha256.as_str())).collect();
+            let shas: HashMap<&str, &str> =
+                prev.documents.iter().map(|d| (d.id.as_str(), d.sha256.as_str())).collect();
             for c in prev.chunks {
                 if let Some(sha) = shas.get(c.document.as_str()) {
                     reusable.entry((c.document.clone(), sha.to_string())).or_default().push(c);
@@ -371,16 +399,27 @@ pub fn build(embedder: &Embedder, opts: &Options) -> anyhow::Result<Summary> {
                 embedded += 1;
                 let texts = chunk(&doc.text, opts.chunking);
                 let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-                let vectors = embedder.embed(&refs).with_context(|| format!("embedding {}", doc.id))?;
+                let vectors =
+                    embedder.embed(&refs).with_context(|| format!("embedding {}", doc.id))?;
                 texts
                     .into_iter()
                     .zip(vectors)
                     .enumerate()
-                    .map(|(index, (text, v))| ChunkEntry { document: doc.id.clone(), index, text, vector: encode_vector(&v) })
+                    .map(|(index, (text, v))| ChunkEntry {
+                        document: doc.id.clone(),
+                        index,
+                        text,
+                        vector: encode_vector(&v),
+                    })
                     .collect()
             }
         };
-        documents.push(DocumentEntry { id: doc.id.clone(), sha256: doc.sha256.clone(), bytes: doc.text.len() as u64, chunks: doc_chunks.len() });
+        documents.push(DocumentEntry {
+            id: doc.id.clone(),
+            sha256: doc.sha256.clone(),
+            bytes: doc.text.len() as u64,
+            chunks: doc_chunks.len(),
+        });
         chunks.extend(doc_chunks);
     }
     let removed = previous_ids.iter().filter(|id| !docs.iter().any(|d| &d.id == *id)).count();
@@ -395,7 +434,8 @@ pub fn build(embedder: &Embedder, opts: &Options) -> anyhow::Result<Summary> {
         documents,
         chunks,
     };
-    crate::write_atomically(&opts.out.join(INDEX_FILE), &serde_json::to_vec(&index)?).with_context(|| format!("writing {}", opts.out.join(INDEX_FILE).display()))?;
+    crate::write_atomically(&opts.out.join(INDEX_FILE), &serde_json::to_vec(&index)?)
+        .with_context(|| format!("writing {}", opts.out.join(INDEX_FILE).display()))?;
     Ok(Summary {
         documents: index.documents.len(),
         chunks: index.chunks.len(),
@@ -435,7 +475,10 @@ mod tests {
         let text = "The first sentence is here. The second one follows it closely. And a third one ends the text.";
         let chunks = chunk(text, chunking(70, 20));
         assert_eq!(chunks[0], "The first sentence is here. The second one follows it closely.");
-        assert!(chunks[1].starts_with("follows it closely."), "overlap repeats the closing words: {chunks:?}");
+        assert!(
+            chunks[1].starts_with("follows it closely."),
+            "overlap repeats the closing words: {chunks:?}"
+        );
         assert!(chunks.last().unwrap().ends_with("ends the text."));
     }
 
@@ -472,7 +515,10 @@ mod tests {
         std::fs::write(dir.path().join("sub/b.txt"), "beta").unwrap();
         std::fs::write(dir.path().join("bin"), [0u8, 1, 2]).unwrap();
         let docs = read_documents(dir.path()).unwrap();
-        assert_eq!(docs.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(), vec!["a.md", "sub/b.txt"]);
+        assert_eq!(
+            docs.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(),
+            vec!["a.md", "sub/b.txt"]
+        );
         assert_eq!(docs[0].text, "alpha");
     }
 }

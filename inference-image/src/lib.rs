@@ -21,7 +21,8 @@ pub mod testmodel;
 /// either: a temporary file beside it, fsync, rename, fsync of the directory.
 pub fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    let dir =
+        path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     let mut suffix = [0u8; 6];
     getrandom::fill(&mut suffix).map_err(|e| std::io::Error::other(e.to_string()))?;
@@ -57,5 +58,8 @@ pub fn hex(bytes: &[u8]) -> String {
 
 /// Seconds since the Unix epoch, as OpenAI's `created` fields use.
 pub fn unix_now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }

@@ -137,7 +137,8 @@ fn main() {
             std::env::set_var("CANDLE_NUM_THREADS", n.to_string());
         }
     }
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     if cli.log_format == "json" {
         builder.json().init();
@@ -189,16 +190,31 @@ fn run(command: Command) -> anyhow::Result<()> {
                 max_tokens,
                 context_length,
             };
-            tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(api::serve(config))
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?
+                .block_on(api::serve(config))
         }
-        Command::Index { embedding_model, embedding_model_id, docs: dirs, urls, out, name, chunk_chars, overlap_chars, summary_file } => {
+        Command::Index {
+            embedding_model,
+            embedding_model_id,
+            docs: dirs,
+            urls,
+            out,
+            name,
+            chunk_chars,
+            overlap_chars,
+            summary_file,
+        } => {
             if dirs.is_empty() && urls.is_empty() {
                 anyhow::bail!("nothing to index: give --docs DIR or --url NAME=URL");
             }
             let mut docs = Vec::new();
             for spec in &dirs {
                 let (prefix, dir) = match spec.split_once('=') {
-                    Some((name, dir)) if !name.is_empty() && !name.contains('/') => (Some(name), dir),
+                    Some((name, dir)) if !name.is_empty() && !name.contains('/') => {
+                        (Some(name), dir)
+                    }
                     _ => (None, spec.as_str()),
                 };
                 for mut doc in index::read_documents(std::path::Path::new(dir))? {
@@ -211,28 +227,40 @@ fn run(command: Command) -> anyhow::Result<()> {
             if !urls.is_empty() {
                 let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
                 for spec in &urls {
-                    let Some((source, url)) = spec.split_once('=').filter(|(n, u)| !n.is_empty() && !u.is_empty()) else {
+                    let Some((source, url)) =
+                        spec.split_once('=').filter(|(n, u)| !n.is_empty() && !u.is_empty())
+                    else {
                         anyhow::bail!("--url {spec}: expected NAME=URL");
                     };
                     docs.push(rt.block_on(index::fetch(source, url))?);
                 }
             }
             let model::ModelFiles::Bert(dir) = model::detect(&embedding_model)? else {
-                anyhow::bail!("--embedding-model {}: not a BERT-family embedding model", embedding_model.display());
+                anyhow::bail!(
+                    "--embedding-model {}: not a BERT-family embedding model",
+                    embedding_model.display()
+                );
             };
             let id = embedding_model_id.unwrap_or_else(|| model::default_id(&embedding_model));
             let embedder = model::Embedder::load(&dir, id, &model::device())?;
-            let opts = index::Options { docs, out, name, chunking: index::Chunking { chunk_chars, overlap_chars } };
+            let opts = index::Options {
+                docs,
+                out,
+                name,
+                chunking: index::Chunking { chunk_chars, overlap_chars },
+            };
             let summary = index::build(&embedder, &opts)?;
             let json = serde_json::to_string(&summary)?;
             println!("{json}");
             if let Some(path) = summary_file {
-                std::fs::write(&path, &json).map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
+                std::fs::write(&path, &json)
+                    .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
             }
             Ok(())
         }
         Command::MakeTestModel { out, format, size, embedding, quant, seed } => {
-            let made = testmodel::make(&testmodel::Options { out, format, size, embedding, quant, seed })?;
+            let made =
+                testmodel::make(&testmodel::Options { out, format, size, embedding, quant, seed })?;
             println!("{} parameters", made.parameters);
             for f in made.files {
                 println!("{}", f.display());
@@ -240,7 +268,13 @@ fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Bench { model, prompt_tokens, gen_tokens, runs, prompt_ids_out } => {
-            let report = bench::run(&bench::Options { model, prompt_tokens, gen_tokens, runs: runs.max(1), prompt_ids_out })?;
+            let report = bench::run(&bench::Options {
+                model,
+                prompt_tokens,
+                gen_tokens,
+                runs: runs.max(1),
+                prompt_ids_out,
+            })?;
             println!("{}", serde_json::to_string(&report)?);
             Ok(())
         }

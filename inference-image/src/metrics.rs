@@ -1,7 +1,10 @@
 //! Prometheus metrics of the server. Counts and timings only: no prompt, completion, key or
 //! conversation id ever becomes a label or a value.
 
-use prometheus::{Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
 
 pub struct Metrics {
     registry: Registry,
@@ -18,24 +21,47 @@ impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
         let requests = IntCounterVec::new(
-            Opts::new("alcove_inference_requests_total", "HTTP requests by endpoint and status code."),
+            Opts::new(
+                "alcove_inference_requests_total",
+                "HTTP requests by endpoint and status code.",
+            ),
             &["endpoint", "code"],
         )
         .expect("valid metric");
-        let prompt_tokens = IntCounter::new("alcove_inference_prompt_tokens_total", "Prompt tokens read (tokens in).").expect("valid metric");
-        let completion_tokens = IntCounter::new("alcove_inference_completion_tokens_total", "Tokens generated (tokens out).").expect("valid metric");
+        let prompt_tokens = IntCounter::new(
+            "alcove_inference_prompt_tokens_total",
+            "Prompt tokens read (tokens in).",
+        )
+        .expect("valid metric");
+        let completion_tokens = IntCounter::new(
+            "alcove_inference_completion_tokens_total",
+            "Tokens generated (tokens out).",
+        )
+        .expect("valid metric");
         let time_to_first_token = Histogram::with_opts(
-            HistogramOpts::new("alcove_inference_time_to_first_token_seconds", "From a request's arrival to its first generated token, queueing included.")
-                .buckets(vec![0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
+            HistogramOpts::new(
+                "alcove_inference_time_to_first_token_seconds",
+                "From a request's arrival to its first generated token, queueing included.",
+            )
+            .buckets(vec![0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
         )
         .expect("valid metric");
         let time_per_output_token = Histogram::with_opts(
-            HistogramOpts::new("alcove_inference_time_per_output_token_seconds", "Time between consecutive generated tokens.")
-                .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0]),
+            HistogramOpts::new(
+                "alcove_inference_time_per_output_token_seconds",
+                "Time between consecutive generated tokens.",
+            )
+            .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0]),
         )
         .expect("valid metric");
-        let queue_depth = IntGauge::new("alcove_inference_queue_depth", "Requests waiting for the model.").expect("valid metric");
-        let model_load_seconds = Gauge::new("alcove_inference_model_load_seconds", "How long loading the models took at start-up.").expect("valid metric");
+        let queue_depth =
+            IntGauge::new("alcove_inference_queue_depth", "Requests waiting for the model.")
+                .expect("valid metric");
+        let model_load_seconds = Gauge::new(
+            "alcove_inference_model_load_seconds",
+            "How long loading the models took at start-up.",
+        )
+        .expect("valid metric");
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(prompt_tokens.clone()),
@@ -47,7 +73,16 @@ impl Metrics {
         ] {
             registry.register(c).expect("metric registered once");
         }
-        Self { registry, requests, prompt_tokens, completion_tokens, time_to_first_token, time_per_output_token, queue_depth, model_load_seconds }
+        Self {
+            registry,
+            requests,
+            prompt_tokens,
+            completion_tokens,
+            time_to_first_token,
+            time_per_output_token,
+            queue_depth,
+            model_load_seconds,
+        }
     }
 
     pub fn render(&self) -> String {

@@ -55,7 +55,8 @@ impl Library {
     /// Opens every index directory. An index built with another embedding model is refused; a
     /// directory not indexed yet is accepted and read once its index appears.
     pub fn open(dirs: &[PathBuf], embedder: &Embedder, top_k: usize) -> anyhow::Result<Self> {
-        let mut lib = Self { kbs: dirs.iter().map(|d| Kb { dir: d.clone(), loaded: None }).collect(), top_k };
+        let mut lib =
+            Self { kbs: dirs.iter().map(|d| Kb { dir: d.clone(), loaded: None }).collect(), top_k };
         for kb in &mut lib.kbs {
             if !kb.dir.is_dir() {
                 bail!("--kb {}: no such directory", kb.dir.display());
@@ -75,7 +76,10 @@ impl Library {
 
     /// (name, documents-or-chunks) of each attached index, for logs.
     pub fn describe(&self) -> Vec<(String, usize)> {
-        self.kbs.iter().filter_map(|kb| kb.loaded.as_ref().map(|l| (l.name.clone(), l.chunks.len()))).collect()
+        self.kbs
+            .iter()
+            .filter_map(|kb| kb.loaded.as_ref().map(|l| (l.name.clone(), l.chunks.len())))
+            .collect()
     }
 
     /// The `top_k` best chunks for `query` over all indexes, best first.
@@ -103,7 +107,15 @@ impl Library {
             .take(self.top_k)
             .map(|(score, l, i)| {
                 let (doc, chunk, text) = &l.chunks[i];
-                Hit { source: Source { knowledge_base: l.name.clone(), document: doc.clone(), chunk: *chunk, score }, text: text.clone() }
+                Hit {
+                    source: Source {
+                        knowledge_base: l.name.clone(),
+                        document: doc.clone(),
+                        chunk: *chunk,
+                        score,
+                    },
+                    text: text.clone(),
+                }
             })
             .collect())
     }
@@ -119,7 +131,9 @@ fn refresh(kb: &mut Kb, embedder: &Embedder) -> anyhow::Result<()> {
         return Ok(());
     }
     let index = Index::read(&kb.dir)?;
-    if index.embedding_model.fingerprint != embedder.fingerprint || index.embedding_model.dims != embedder.dims {
+    if index.embedding_model.fingerprint != embedder.fingerprint
+        || index.embedding_model.dims != embedder.dims
+    {
         bail!(
             "{} was built with embedding model {:?} ({} dimensions, fingerprint {}…); this server embeds with {:?} ({} dimensions, fingerprint {}…): re-index with the same model",
             path.display(),
@@ -138,6 +152,12 @@ fn refresh(kb: &mut Kb, embedder: &Embedder) -> anyhow::Result<()> {
         chunks.push((c.document, c.index, c.text));
     }
     tracing::info!(kb = %index.name, documents = index.documents.len(), chunks = chunks.len(), "knowledge base index loaded");
-    kb.loaded = Some(Loaded { stamp: now, name: index.name, dims: index.embedding_model.dims, chunks, vectors });
+    kb.loaded = Some(Loaded {
+        stamp: now,
+        name: index.name,
+        dims: index.embedding_model.dims,
+        chunks,
+        vectors,
+    });
     Ok(())
 }

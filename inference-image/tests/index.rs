@@ -17,15 +17,32 @@ fn write_docs(dir: &Path, docs: &[(&str, &str)]) {
 }
 
 fn index(docs: &Path, out: &Path, extra: &[&str]) -> Value {
-    let mut args = vec!["index", "--embedding-model", models().embedding.to_str().unwrap(), "--docs", docs.to_str().unwrap(), "--out", out.to_str().unwrap()];
+    let mut args = vec![
+        "index",
+        "--embedding-model",
+        models().embedding.to_str().unwrap(),
+        "--docs",
+        docs.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ];
     args.extend_from_slice(extra);
     serde_json::from_str(run(&args).trim()).unwrap()
 }
 
 const HANDBOOK: &[(&str, &str)] = &[
-    ("vacation.md", "# Vacation\n\nEvery employee has 28 days of paid vacation per year. Unused days carry over until March."),
-    ("expenses.md", "# Expenses\n\nSubmit receipts within 30 days. Travel is booked through the internal portal."),
-    ("policies/security.txt", "Laptops must use full-disk encryption. Report a lost device to security within one hour."),
+    (
+        "vacation.md",
+        "# Vacation\n\nEvery employee has 28 days of paid vacation per year. Unused days carry over until March.",
+    ),
+    (
+        "expenses.md",
+        "# Expenses\n\nSubmit receipts within 30 days. Travel is booked through the internal portal.",
+    ),
+    (
+        "policies/security.txt",
+        "Laptops must use full-disk encryption. Report a lost device to security within one hour.",
+    ),
 ];
 
 #[test]
@@ -52,7 +69,10 @@ fn an_index_feeds_retrieval_and_responses_name_their_sources() {
         "--kb-top-k",
         "2",
     ]);
-    let with = s.post("/v1/chat/completions", chat("tiny", "How many vacation days do I get?", json!({"max_tokens": 3})));
+    let with = s.post(
+        "/v1/chat/completions",
+        chat("tiny", "How many vacation days do I get?", json!({"max_tokens": 3})),
+    );
     assert_eq!(with.status, 200, "{}", with.text());
     let v = with.json();
     let sources = v["sources"].as_array().expect("sources in the response");
@@ -68,12 +88,23 @@ fn an_index_feeds_retrieval_and_responses_name_their_sources() {
 
     // The excerpts are in the prompt: compare with the same question on a server without the KB.
     let plain = Server::start(&["--model", models().chat.to_str().unwrap(), "--model-id", "tiny"]);
-    let without = plain.post("/v1/chat/completions", chat("tiny", "How many vacation days do I get?", json!({"max_tokens": 3}))).json();
-    assert!(v["usage"]["prompt_tokens"].as_u64().unwrap() > without["usage"]["prompt_tokens"].as_u64().unwrap() + 20);
+    let without = plain
+        .post(
+            "/v1/chat/completions",
+            chat("tiny", "How many vacation days do I get?", json!({"max_tokens": 3})),
+        )
+        .json();
+    assert!(
+        v["usage"]["prompt_tokens"].as_u64().unwrap()
+            > without["usage"]["prompt_tokens"].as_u64().unwrap() + 20
+    );
     assert!(without.get("sources").is_none());
 
     // Streaming carries the sources in its first chunk.
-    let r = s.post("/v1/chat/completions", chat("tiny", "What about lost laptops?", json!({"max_tokens": 2, "stream": true})));
+    let r = s.post(
+        "/v1/chat/completions",
+        chat("tiny", "What about lost laptops?", json!({"max_tokens": 2, "stream": true})),
+    );
     let first: Value = serde_json::from_str(&r.sse()[0]).unwrap();
     assert_eq!(first["sources"].as_array().unwrap().len(), 2);
 
@@ -81,8 +112,14 @@ fn an_index_feeds_retrieval_and_responses_name_their_sources() {
     std::fs::remove_file(docs.join("vacation.md")).unwrap();
     std::fs::remove_file(docs.join("expenses.md")).unwrap();
     index(&docs, &out, &[]);
-    let v = s.post("/v1/chat/completions", chat("tiny", "How many vacation days do I get?", json!({"max_tokens": 2}))).json();
-    let docs_now: Vec<&str> = v["sources"].as_array().unwrap().iter().map(|s| s["document"].as_str().unwrap()).collect();
+    let v = s
+        .post(
+            "/v1/chat/completions",
+            chat("tiny", "How many vacation days do I get?", json!({"max_tokens": 2})),
+        )
+        .json();
+    let docs_now: Vec<&str> =
+        v["sources"].as_array().unwrap().iter().map(|s| s["document"].as_str().unwrap()).collect();
     assert_eq!(docs_now, vec!["policies/security.txt"]);
 }
 
@@ -93,7 +130,11 @@ fn reindexing_drops_removed_documents_and_reuses_unchanged_ones() {
     let out = dir.path().join("kb");
     let marker = "MARKER-7f3a-REMOVED";
     let mut set: Vec<(&str, String)> = HANDBOOK.iter().map(|(n, t)| (*n, t.to_string())).collect();
-    set.push(("leaving.md", format!("When you leave, return your badge. {marker} ") + &"Hand over all keys and documents. ".repeat(40)));
+    set.push((
+        "leaving.md",
+        format!("When you leave, return your badge. {marker} ")
+            + &"Hand over all keys and documents. ".repeat(40),
+    ));
     write_docs(&docs, &set.iter().map(|(n, t)| (*n, t.as_str())).collect::<Vec<_>>());
     let first = index(&docs, &out, &["--chunk-chars", "200", "--overlap-chars", "40"]);
     assert_eq!(first["documents"], 4);
@@ -115,14 +156,37 @@ fn reindexing_drops_removed_documents_and_reuses_unchanged_ones() {
     assert_eq!(after["reused"], 2);
     assert_ne!(after["sourceHash"], first["sourceHash"]);
     for f in files_under(&out) {
-        assert!(!contains_bytes(&f, marker.as_bytes()), "{} still holds the removed document", f.display());
+        assert!(
+            !contains_bytes(&f, marker.as_bytes()),
+            "{} still holds the removed document",
+            f.display()
+        );
     }
-    assert_eq!(files_under(&out).len(), 1, "one index file, no temporaries left: {:?}", files_under(&out));
-    let index: Value = serde_json::from_slice(&std::fs::read(out.join("index.json")).unwrap()).unwrap();
-    let ids: Vec<&str> = index["documents"].as_array().unwrap().iter().map(|d| d["id"].as_str().unwrap()).collect();
+    assert_eq!(
+        files_under(&out).len(),
+        1,
+        "one index file, no temporaries left: {:?}",
+        files_under(&out)
+    );
+    let index: Value =
+        serde_json::from_slice(&std::fs::read(out.join("index.json")).unwrap()).unwrap();
+    let ids: Vec<&str> =
+        index["documents"].as_array().unwrap().iter().map(|d| d["id"].as_str().unwrap()).collect();
     assert_eq!(ids, vec!["expenses.md", "policies/security.txt", "vacation.md"]);
-    assert!(index["documents"].as_array().unwrap().iter().all(|d| d["sha256"].as_str().unwrap().len() == 64));
-    assert!(index["chunks"].as_array().unwrap().iter().any(|c| c["text"].as_str().unwrap().contains("60 days")));
+    assert!(
+        index["documents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|d| d["sha256"].as_str().unwrap().len() == 64)
+    );
+    assert!(
+        index["chunks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["text"].as_str().unwrap().contains("60 days"))
+    );
 }
 
 #[test]
@@ -132,7 +196,8 @@ fn a_reader_never_sees_half_an_index() {
     let docs_b = dir.path().join("b");
     let out = dir.path().join("kb");
     write_docs(&docs_a, HANDBOOK);
-    let long: Vec<(String, String)> = (0..30).map(|i| (format!("doc{i}.md"), format!("Document {i}. ").repeat(60))).collect();
+    let long: Vec<(String, String)> =
+        (0..30).map(|i| (format!("doc{i}.md"), format!("Document {i}. ").repeat(60))).collect();
     write_docs(&docs_b, &long.iter().map(|(n, t)| (n.as_str(), t.as_str())).collect::<Vec<_>>());
     index(&docs_a, &out, &[]);
     let stop = std::sync::atomic::AtomicBool::new(false);
@@ -140,8 +205,10 @@ fn a_reader_never_sees_half_an_index() {
         let reader = scope.spawn(|| {
             let mut reads = 0;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let bytes = std::fs::read(out.join("index.json")).expect("the index is always there");
-                let v: Value = serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("a partial index was visible: {e}"));
+                let bytes =
+                    std::fs::read(out.join("index.json")).expect("the index is always there");
+                let v: Value = serde_json::from_slice(&bytes)
+                    .unwrap_or_else(|e| panic!("a partial index was visible: {e}"));
                 let docs = v["documents"].as_array().unwrap().len();
                 assert!(docs == 3 || docs == 30, "{docs} documents: a mix of two indexes");
                 reads += 1;
@@ -169,8 +236,21 @@ fn an_index_built_with_another_embedding_model_is_refused() {
     let key = dir.path().join("key");
     std::fs::write(&key, "k").unwrap();
     let out = std::process::Command::new(BIN)
-        .args(["serve", "--port", &free_port().to_string(), "--api-key-file", key.to_str().unwrap()])
-        .args(["--model", models().chat.to_str().unwrap(), "--embedding-model", other.to_str().unwrap(), "--kb", out.to_str().unwrap()])
+        .args([
+            "serve",
+            "--port",
+            &free_port().to_string(),
+            "--api-key-file",
+            key.to_str().unwrap(),
+        ])
+        .args([
+            "--model",
+            models().chat.to_str().unwrap(),
+            "--embedding-model",
+            other.to_str().unwrap(),
+            "--kb",
+            out.to_str().unwrap(),
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success());
@@ -179,7 +259,17 @@ fn an_index_built_with_another_embedding_model_is_refused() {
 
     // And --kb without an embedding model is a usage error.
     let out = std::process::Command::new(BIN)
-        .args(["serve", "--port", "0", "--api-key-file", key.to_str().unwrap(), "--model", models().chat.to_str().unwrap(), "--kb", "/nonexistent"])
+        .args([
+            "serve",
+            "--port",
+            "0",
+            "--api-key-file",
+            key.to_str().unwrap(),
+            "--model",
+            models().chat.to_str().unwrap(),
+            "--kb",
+            "/nonexistent",
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success());
@@ -198,8 +288,16 @@ fn serve_pages(pages: Vec<(&'static str, u16, &'static str, &'static str)>) -> u
             let n = s.read(&mut buf).unwrap_or(0);
             let req = String::from_utf8_lossy(&buf[..n]);
             let path = req.split_whitespace().nth(1).unwrap_or("/").to_string();
-            let (status, header, body) = pages.iter().find(|p| p.0 == path).map(|p| (p.1, p.2, p.3)).unwrap_or((404, "", "not found"));
-            let _ = write!(s, "HTTP/1.1 {status} X\r\ncontent-length: {}\r\nconnection: close\r\n{header}\r\n{body}", body.len());
+            let (status, header, body) = pages
+                .iter()
+                .find(|p| p.0 == path)
+                .map(|p| (p.1, p.2, p.3))
+                .unwrap_or((404, "", "not found"));
+            let _ = write!(
+                s,
+                "HTTP/1.1 {status} X\r\ncontent-length: {}\r\nconnection: close\r\n{header}\r\n{body}",
+                body.len()
+            );
         }
     });
     port
@@ -208,7 +306,12 @@ fn serve_pages(pages: Vec<(&'static str, u16, &'static str, &'static str)>) -> u
 #[test]
 fn url_sources_are_fetched_with_redirects_and_errors_name_the_url() {
     let port = serve_pages(vec![
-        ("/guide/returns.md", 200, "", "Returns are accepted within 30 days. Marker: ZEBRA-URL-77."),
+        (
+            "/guide/returns.md",
+            200,
+            "",
+            "Returns are accepted within 30 days. Marker: ZEBRA-URL-77.",
+        ),
         ("/old", 301, "location: /guide/returns.md\r\n", ""),
     ]);
     let dir = tempfile::tempdir().unwrap();
@@ -216,16 +319,29 @@ fn url_sources_are_fetched_with_redirects_and_errors_name_the_url() {
     write_docs(&docs, HANDBOOK);
     let out = dir.path().join("kb");
     let named = format!("extra={}", docs.join("policies").display());
-    let summary = index(&docs, &out, &["--url", &format!("web=http://127.0.0.1:{port}/old"), "--docs", &named]);
+    let summary = index(
+        &docs,
+        &out,
+        &["--url", &format!("web=http://127.0.0.1:{port}/old"), "--docs", &named],
+    );
     assert_eq!(summary["documents"].as_u64().unwrap() as usize, HANDBOOK.len() + 2, "{summary}");
     let written = std::fs::read_to_string(out.join("index.json")).unwrap();
-    assert!(written.contains("\"web/returns.md\""), "the fetched document is named <source>/<file>");
+    assert!(
+        written.contains("\"web/returns.md\""),
+        "the fetched document is named <source>/<file>"
+    );
     assert!(written.contains("\"extra/security.txt\""), "NAME=DIR prefixes the ids");
     assert!(written.contains("ZEBRA-URL-77"));
 
     // A missing page fails the run, names the URL, and leaves the previous index in place.
     let out2 = std::process::Command::new(BIN)
-        .args(["index", "--embedding-model", models().embedding.to_str().unwrap(), "--out", out.to_str().unwrap()])
+        .args([
+            "index",
+            "--embedding-model",
+            models().embedding.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ])
         .args(["--url", &format!("web=http://127.0.0.1:{port}/gone")])
         .output()
         .unwrap();
@@ -235,7 +351,18 @@ fn url_sources_are_fetched_with_redirects_and_errors_name_the_url() {
     assert_eq!(std::fs::read_to_string(out.join("index.json")).unwrap(), written);
 
     // A malformed flag is a usage error.
-    let out3 = std::process::Command::new(BIN).args(["index", "--embedding-model", models().embedding.to_str().unwrap(), "--out", out.to_str().unwrap(), "--url", "nonsense"]).output().unwrap();
+    let out3 = std::process::Command::new(BIN)
+        .args([
+            "index",
+            "--embedding-model",
+            models().embedding.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--url",
+            "nonsense",
+        ])
+        .output()
+        .unwrap();
     assert!(!out3.status.success());
     assert!(String::from_utf8_lossy(&out3.stderr).contains("expected NAME=URL"));
 }

@@ -18,7 +18,10 @@ fn content(v: &Value) -> String {
 #[test]
 fn safetensors_model_answers_chat_completions_deterministically() {
     let s = chat_server(&[]);
-    let r = s.post("/v1/chat/completions", chat("tiny", "Tell me about lighthouses.", json!({"max_tokens": 8})));
+    let r = s.post(
+        "/v1/chat/completions",
+        chat("tiny", "Tell me about lighthouses.", json!({"max_tokens": 8})),
+    );
     assert_eq!(r.status, 200, "{}", r.text());
     let v = r.json();
     assert_eq!(v["object"], "chat.completion");
@@ -29,13 +32,33 @@ fn safetensors_model_answers_chat_completions_deterministically() {
     let usage = &v["usage"];
     assert_eq!(usage["completion_tokens"], 8);
     assert!(usage["prompt_tokens"].as_u64().unwrap() > 5);
-    assert_eq!(usage["total_tokens"].as_u64().unwrap(), usage["prompt_tokens"].as_u64().unwrap() + 8);
+    assert_eq!(
+        usage["total_tokens"].as_u64().unwrap(),
+        usage["prompt_tokens"].as_u64().unwrap() + 8
+    );
     assert!(!content(&v).is_empty());
 
     // Greedy decoding repeats itself; a seed makes sampling repeat itself too.
-    let again = s.post("/v1/chat/completions", chat("tiny", "Tell me about lighthouses.", json!({"max_tokens": 8}))).json();
+    let again = s
+        .post(
+            "/v1/chat/completions",
+            chat("tiny", "Tell me about lighthouses.", json!({"max_tokens": 8})),
+        )
+        .json();
     assert_eq!(content(&again), content(&v));
-    let sampled = |seed: u64| content(&s.post("/v1/chat/completions", chat("tiny", "Hi", json!({"temperature": 1.0, "top_p": 0.9, "seed": seed, "max_tokens": 10}))).json());
+    let sampled = |seed: u64| {
+        content(
+            &s.post(
+                "/v1/chat/completions",
+                chat(
+                    "tiny",
+                    "Hi",
+                    json!({"temperature": 1.0, "top_p": 0.9, "seed": seed, "max_tokens": 10}),
+                ),
+            )
+            .json(),
+        )
+    };
     assert_eq!(sampled(7), sampled(7));
     assert_ne!(sampled(7), sampled(8));
 
@@ -52,12 +75,16 @@ fn gguf_model_loads_and_generates() {
     let s = Server::start(&["--model", models().gguf.to_str().unwrap()]);
     let models = s.call("GET", "/v1/models", None).json();
     assert_eq!(models["data"][0]["id"], "model", "the id defaults to the file stem");
-    let r = s.post("/v1/chat/completions", chat("model", "What is a byte?", json!({"max_tokens": 6})));
+    let r =
+        s.post("/v1/chat/completions", chat("model", "What is a byte?", json!({"max_tokens": 6})));
     assert_eq!(r.status, 200, "{}", r.text());
     let v = r.json();
     assert_eq!(v["usage"]["completion_tokens"], 6);
     assert!(!content(&v).is_empty());
-    let r = s.post("/v1/completions", json!({"model": "model", "prompt": "Once upon a time", "max_tokens": 5, "temperature": 0}));
+    let r = s.post(
+        "/v1/completions",
+        json!({"model": "model", "prompt": "Once upon a time", "max_tokens": 5, "temperature": 0}),
+    );
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["usage"]["completion_tokens"], 5);
     assert!(s.logs().contains("models loaded"), "load time is logged:\n{}", s.logs());
@@ -67,13 +94,27 @@ fn gguf_model_loads_and_generates() {
 #[test]
 fn streaming_follows_openai_chunk_format_and_ends_with_done() {
     let s = chat_server(&[]);
-    let plain = content(&s.post("/v1/chat/completions", chat("tiny", "Describe the harbour.", json!({"max_tokens": 10}))).json());
-    let r = s.post("/v1/chat/completions", chat("tiny", "Describe the harbour.", json!({"max_tokens": 10, "stream": true, "stream_options": {"include_usage": true}})));
+    let plain = content(
+        &s.post(
+            "/v1/chat/completions",
+            chat("tiny", "Describe the harbour.", json!({"max_tokens": 10})),
+        )
+        .json(),
+    );
+    let r = s.post(
+        "/v1/chat/completions",
+        chat(
+            "tiny",
+            "Describe the harbour.",
+            json!({"max_tokens": 10, "stream": true, "stream_options": {"include_usage": true}}),
+        ),
+    );
     assert_eq!(r.status, 200);
     assert_eq!(r.header("content-type"), Some("text/event-stream"));
     let events = r.sse();
     assert_eq!(events.last().unwrap(), "[DONE]");
-    let chunks: Vec<Value> = events[..events.len() - 1].iter().map(|e| serde_json::from_str(e).unwrap()).collect();
+    let chunks: Vec<Value> =
+        events[..events.len() - 1].iter().map(|e| serde_json::from_str(e).unwrap()).collect();
     let id = chunks[0]["id"].as_str().unwrap();
     for c in &chunks {
         assert_eq!(c["object"], "chat.completion.chunk");
@@ -90,12 +131,20 @@ fn streaming_follows_openai_chunk_format_and_ends_with_done() {
     assert_eq!(last["choices"][0]["delta"], json!({}));
     for c in deltas {
         assert_eq!(c["choices"][0]["finish_reason"], Value::Null);
-        assert_eq!(c["usage"], Value::Null, "usage is null until the last chunk when include_usage is set");
+        assert_eq!(
+            c["usage"],
+            Value::Null,
+            "usage is null until the last chunk when include_usage is set"
+        );
     }
-    let streamed: String = deltas.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect();
+    let streamed: String =
+        deltas.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect();
     assert_eq!(streamed, plain, "the stream carries the same text as the plain response");
 
-    let r = s.post("/v1/completions", json!({"model": "tiny", "prompt": "The train", "max_tokens": 4, "temperature": 0, "stream": true}));
+    let r = s.post(
+        "/v1/completions",
+        json!({"model": "tiny", "prompt": "The train", "max_tokens": 4, "temperature": 0, "stream": true}),
+    );
     let events = r.sse();
     assert_eq!(events.last().unwrap(), "[DONE]");
     let first: Value = serde_json::from_str(&events[0]).unwrap();
@@ -107,16 +156,37 @@ fn streaming_follows_openai_chunk_format_and_ends_with_done() {
 #[test]
 fn stop_sequences_end_the_reply_before_them() {
     let s = chat_server(&[]);
-    let full = content(&s.post("/v1/chat/completions", chat("tiny", "Bake some bread.", json!({"max_tokens": 40}))).json());
+    let full = content(
+        &s.post(
+            "/v1/chat/completions",
+            chat("tiny", "Bake some bread.", json!({"max_tokens": 40})),
+        )
+        .json(),
+    );
     let chars: Vec<char> = full.chars().collect();
     assert!(chars.len() > 12, "{full:?}");
     let stop: String = chars[8..11].iter().collect();
     let cut = full.find(&stop).unwrap();
     for stream in [false, true] {
-        let r = s.post("/v1/chat/completions", chat("tiny", "Bake some bread.", json!({"max_tokens": 40, "stop": [stop.clone(), "\u{1F600}never"], "stream": stream})));
+        let r = s.post(
+            "/v1/chat/completions",
+            chat(
+                "tiny",
+                "Bake some bread.",
+                json!({"max_tokens": 40, "stop": [stop.clone(), "\u{1F600}never"], "stream": stream}),
+            ),
+        );
         let (text, finish) = if stream {
-            let chunks: Vec<Value> = r.sse().iter().filter(|e| *e != "[DONE]").map(|e| serde_json::from_str(e).unwrap()).collect();
-            let text: String = chunks.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect();
+            let chunks: Vec<Value> = r
+                .sse()
+                .iter()
+                .filter(|e| *e != "[DONE]")
+                .map(|e| serde_json::from_str(e).unwrap())
+                .collect();
+            let text: String = chunks
+                .iter()
+                .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+                .collect();
             (text, chunks.last().unwrap()["choices"][0]["finish_reason"].clone())
         } else {
             let v = r.json();
@@ -131,7 +201,9 @@ fn stop_sequences_end_the_reply_before_them() {
 fn the_api_key_is_required() {
     let s = chat_server(&[]);
     let body = serde_json::to_vec(&chat("tiny", "hi", json!({"max_tokens": 2}))).unwrap();
-    let post = |headers: &[(&str, &str)]| s.try_request("POST", "/v1/chat/completions", headers, Some(&body)).unwrap();
+    let post = |headers: &[(&str, &str)]| {
+        s.try_request("POST", "/v1/chat/completions", headers, Some(&body)).unwrap()
+    };
     let none = post(&[]);
     assert_eq!(none.status, 401);
     assert!(none.json()["error"]["message"].as_str().unwrap().contains("API key"));
@@ -157,12 +229,18 @@ fn the_api_key_is_required() {
 fn bad_input_gets_a_4xx_naming_the_problem_and_nothing_breaks() {
     let mut s = chat_server(&["--max-body-bytes", "4096"]);
     let auth = format!("Bearer {KEY}");
-    let raw = |path: &str, body: &[u8]| s.try_request("POST", path, &[("Authorization", &auth)], Some(body)).unwrap();
+    let raw = |path: &str, body: &[u8]| {
+        s.try_request("POST", path, &[("Authorization", &auth)], Some(body)).unwrap()
+    };
     let check = |r: Response, status: u16, param: Option<&str>, words: &str| {
         assert_eq!(r.status, status, "{}", r.text());
         let v = r.json();
         let e = &v["error"];
-        assert!(e["message"].as_str().unwrap().contains(words), "{:?} should mention {words:?}", e["message"]);
+        assert!(
+            e["message"].as_str().unwrap().contains(words),
+            "{:?} should mention {words:?}",
+            e["message"]
+        );
         assert!(e["type"].is_string());
         if let Some(p) = param {
             assert_eq!(e["param"], p, "{e}");
@@ -171,31 +249,108 @@ fn bad_input_gets_a_4xx_naming_the_problem_and_nothing_breaks() {
     check(raw("/v1/chat/completions", b"{not json"), 400, None, "not valid JSON");
     check(raw("/v1/chat/completions", b""), 400, None, "empty");
     check(raw("/v1/chat/completions", b"[1,2]"), 400, None, "Invalid request");
-    check(s.post("/v1/chat/completions", json!({"model": "tiny", "messages": "hello"})), 400, Some("messages"), "messages");
-    check(s.post("/v1/chat/completions", json!({"model": "tiny", "messages": [{"role": "user", "content": 42}]})), 400, Some("messages[0].content"), "string");
-    check(s.post("/v1/chat/completions", json!({"model": "tiny", "messages": []})), 400, Some("messages"), "at least one");
-    check(s.post("/v1/chat/completions", json!({"model": "tiny", "messages": [{"role": "user", "content": ""}]})), 400, Some("messages[0].content"), "empty");
-    check(s.post("/v1/chat/completions", json!({"messages": [{"role": "user", "content": "hi"}]})), 400, Some("model"), "model");
-    check(s.post("/v1/chat/completions", chat("tiny", "hi", json!({"max_tokens": 5000}))), 400, Some("max_tokens"), "context");
-    check(s.post("/v1/chat/completions", chat("tiny", "hi", json!({"max_tokens": "ten"}))), 400, Some("max_tokens"), "max_tokens");
-    check(s.post("/v1/chat/completions", chat("tiny", "hi", json!({"temperature": 3}))), 400, Some("temperature"), "between 0 and 2");
-    check(s.post("/v1/chat/completions", chat("tiny", "hi", json!({"stop": 7}))), 400, Some("stop"), "a string or an array of strings");
-    check(s.post("/v1/chat/completions", chat("gpt-4o", "hi", json!({}))), 404, Some("model"), "gpt-4o");
-    check(s.post("/v1/completions", json!({"model": "tiny", "prompt": ""})), 400, Some("prompt"), "empty");
+    check(
+        s.post("/v1/chat/completions", json!({"model": "tiny", "messages": "hello"})),
+        400,
+        Some("messages"),
+        "messages",
+    );
+    check(
+        s.post(
+            "/v1/chat/completions",
+            json!({"model": "tiny", "messages": [{"role": "user", "content": 42}]}),
+        ),
+        400,
+        Some("messages[0].content"),
+        "string",
+    );
+    check(
+        s.post("/v1/chat/completions", json!({"model": "tiny", "messages": []})),
+        400,
+        Some("messages"),
+        "at least one",
+    );
+    check(
+        s.post(
+            "/v1/chat/completions",
+            json!({"model": "tiny", "messages": [{"role": "user", "content": ""}]}),
+        ),
+        400,
+        Some("messages[0].content"),
+        "empty",
+    );
+    check(
+        s.post("/v1/chat/completions", json!({"messages": [{"role": "user", "content": "hi"}]})),
+        400,
+        Some("model"),
+        "model",
+    );
+    check(
+        s.post("/v1/chat/completions", chat("tiny", "hi", json!({"max_tokens": 5000}))),
+        400,
+        Some("max_tokens"),
+        "context",
+    );
+    check(
+        s.post("/v1/chat/completions", chat("tiny", "hi", json!({"max_tokens": "ten"}))),
+        400,
+        Some("max_tokens"),
+        "max_tokens",
+    );
+    check(
+        s.post("/v1/chat/completions", chat("tiny", "hi", json!({"temperature": 3}))),
+        400,
+        Some("temperature"),
+        "between 0 and 2",
+    );
+    check(
+        s.post("/v1/chat/completions", chat("tiny", "hi", json!({"stop": 7}))),
+        400,
+        Some("stop"),
+        "a string or an array of strings",
+    );
+    check(
+        s.post("/v1/chat/completions", chat("gpt-4o", "hi", json!({}))),
+        404,
+        Some("model"),
+        "gpt-4o",
+    );
+    check(
+        s.post("/v1/completions", json!({"model": "tiny", "prompt": ""})),
+        400,
+        Some("prompt"),
+        "empty",
+    );
     check(s.post("/v1/completions", json!({"model": "tiny"})), 400, None, "prompt");
-    check(s.post("/v1/embeddings", json!({"model": "tiny", "input": "x"})), 400, Some("model"), "chat model");
+    check(
+        s.post("/v1/embeddings", json!({"model": "tiny", "input": "x"})),
+        400,
+        Some("model"),
+        "chat model",
+    );
     let big = serde_json::to_vec(&chat("tiny", &"word ".repeat(2000), json!({}))).unwrap();
     check(raw("/v1/chat/completions", &big), 413, None, "4096 bytes");
     check(s.call("GET", "/v1/nothing", None), 404, None, "/v1/nothing");
     check(s.call("DELETE", "/v1/models", None), 405, None, "DELETE");
-    check(s.post("/v1/chat/completions", chat("tiny", "hi", json!({"conversation": "c1"}))), 400, Some("conversation"), "not enabled");
+    check(
+        s.post("/v1/chat/completions", chat("tiny", "hi", json!({"conversation": "c1"}))),
+        400,
+        Some("conversation"),
+        "not enabled",
+    );
     // A prompt longer than the context is refused up front.
     let long = "lighthouse harbour bread ".repeat(1200);
     let body = serde_json::to_vec(&chat("tiny", &long, json!({"max_tokens": 1}))).unwrap();
-    let r = s.try_request("POST", "/v1/chat/completions", &[("Authorization", &auth)], Some(&body)).unwrap();
+    let r = s
+        .try_request("POST", "/v1/chat/completions", &[("Authorization", &auth)], Some(&body))
+        .unwrap();
     assert_eq!(r.status, 413, "a body above the limit is refused before parsing");
     assert!(s.alive());
-    assert_eq!(s.post("/v1/chat/completions", chat("tiny", "still there?", json!({"max_tokens": 2}))).status, 200);
+    assert_eq!(
+        s.post("/v1/chat/completions", chat("tiny", "still there?", json!({"max_tokens": 2})))
+            .status,
+        200
+    );
 }
 
 #[test]
@@ -219,15 +374,32 @@ fn a_full_queue_answers_429_with_retry_after() {
         let handles: Vec<_> = (0..10)
             .map(|i| {
                 let s = &s;
-                scope.spawn(move || s.post("/v1/chat/completions", chat("tiny", &format!("Long story number {i}"), json!({"max_tokens": 1500}))))
+                scope.spawn(move || {
+                    s.post(
+                        "/v1/chat/completions",
+                        chat(
+                            "tiny",
+                            &format!("Long story number {i}"),
+                            json!({"max_tokens": 1500}),
+                        ),
+                    )
+                })
             })
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
     let ok = statuses.iter().filter(|r| r.status == 200).count();
     let busy: Vec<&Response> = statuses.iter().filter(|r| r.status == 429).collect();
-    assert_eq!(ok + busy.len(), statuses.len(), "only 200 or 429: {:?}", statuses.iter().map(|r| r.status).collect::<Vec<_>>());
-    assert!((1..=2 + 1).contains(&ok), "one running and one queued (a third may slip in as the first finishes): {ok} succeeded");
+    assert_eq!(
+        ok + busy.len(),
+        statuses.len(),
+        "only 200 or 429: {:?}",
+        statuses.iter().map(|r| r.status).collect::<Vec<_>>()
+    );
+    assert!(
+        (1..=2 + 1).contains(&ok),
+        "one running and one queued (a third may slip in as the first finishes): {ok} succeeded"
+    );
     assert!(!busy.is_empty());
     for r in busy {
         let retry: u64 = r.header("retry-after").expect("Retry-After").parse().unwrap();
@@ -240,31 +412,63 @@ fn a_full_queue_answers_429_with_retry_after() {
         assert_eq!(r.json()["usage"]["completion_tokens"], 1500);
     }
     let metrics = s.try_request("GET", "/metrics", &[], None).unwrap().text();
-    assert!(metrics.contains(r#"alcove_inference_requests_total{code="429",endpoint="/v1/chat/completions"}"#), "{metrics}");
+    assert!(
+        metrics.contains(
+            r#"alcove_inference_requests_total{code="429",endpoint="/v1/chat/completions"}"#
+        ),
+        "{metrics}"
+    );
 }
 
 #[test]
 fn concurrent_requests_get_their_own_answers() {
     let s = chat_server(&[]);
-    let prompts: Vec<String> = (0..6).map(|i| format!("Question {i}: what about the {} ?", ["sea", "bread", "trains", "maps", "rain", "bikes"][i])).collect();
-    let alone: Vec<String> = prompts.iter().map(|p| content(&s.post("/v1/chat/completions", chat("tiny", p, json!({"max_tokens": 16}))).json())).collect();
+    let prompts: Vec<String> = (0..6)
+        .map(|i| {
+            format!(
+                "Question {i}: what about the {} ?",
+                ["sea", "bread", "trains", "maps", "rain", "bikes"][i]
+            )
+        })
+        .collect();
+    let alone: Vec<String> = prompts
+        .iter()
+        .map(|p| {
+            content(
+                &s.post("/v1/chat/completions", chat("tiny", p, json!({"max_tokens": 16}))).json(),
+            )
+        })
+        .collect();
     let together: Vec<String> = std::thread::scope(|scope| {
-        let handles: Vec<_> = prompts
-            .iter()
-            .map(|p| {
-                let s = &s;
-                scope.spawn(move || {
-                    let stream = p.len() % 2 == 0;
-                    let r = s.post("/v1/chat/completions", chat("tiny", p, json!({"max_tokens": 16, "stream": stream})));
-                    assert_eq!(r.status, 200);
-                    if stream {
-                        r.sse().iter().filter(|e| *e != "[DONE]").filter_map(|e| serde_json::from_str::<Value>(e).unwrap()["choices"][0]["delta"]["content"].as_str().map(String::from)).collect()
-                    } else {
-                        content(&r.json())
-                    }
+        let handles: Vec<_> =
+            prompts
+                .iter()
+                .map(|p| {
+                    let s = &s;
+                    scope.spawn(move || {
+                        let stream = p.len() % 2 == 0;
+                        let r = s.post(
+                            "/v1/chat/completions",
+                            chat("tiny", p, json!({"max_tokens": 16, "stream": stream})),
+                        );
+                        assert_eq!(r.status, 200);
+                        if stream {
+                            r.sse()
+                                .iter()
+                                .filter(|e| *e != "[DONE]")
+                                .filter_map(|e| {
+                                    serde_json::from_str::<Value>(e).unwrap()["choices"][0]["delta"]
+                                        ["content"]
+                                        .as_str()
+                                        .map(String::from)
+                                })
+                                .collect()
+                        } else {
+                            content(&r.json())
+                        }
+                    })
                 })
-            })
-            .collect();
+                .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
     assert_eq!(together, alone);
@@ -274,10 +478,21 @@ fn concurrent_requests_get_their_own_answers() {
 fn metrics_count_tokens_and_latency_but_never_text() {
     let s = chat_server(&[]);
     let secret = "PURPLE-ELEPHANT-4471";
-    assert_eq!(s.post("/v1/chat/completions", chat("tiny", &format!("The code word is {secret}"), json!({"max_tokens": 5}))).status, 200);
+    assert_eq!(
+        s.post(
+            "/v1/chat/completions",
+            chat("tiny", &format!("The code word is {secret}"), json!({"max_tokens": 5}))
+        )
+        .status,
+        200
+    );
     let m = s.try_request("GET", "/metrics", &[], None).unwrap().text();
     let value = |name: &str| -> f64 {
-        m.lines().find(|l| l.starts_with(name) && !l.starts_with('#')).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok()).unwrap_or(-1.0)
+        m.lines()
+            .find(|l| l.starts_with(name) && !l.starts_with('#'))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(-1.0)
     };
     assert_eq!(value("alcove_inference_completion_tokens_total"), 5.0);
     assert!(value("alcove_inference_prompt_tokens_total") > 5.0);
@@ -296,24 +511,40 @@ fn system_prompt_file_is_applied_and_reread() {
     std::fs::write(&prompt, "You are terse.").unwrap();
     let s = chat_server(&["--system-prompt-file", prompt.to_str().unwrap()]);
     let plain = chat_server(&[]);
-    let tokens = |s: &Server| s.post("/v1/chat/completions", chat("tiny", "hi", json!({"max_tokens": 1}))).json()["usage"]["prompt_tokens"].as_u64().unwrap();
+    let tokens = |s: &Server| {
+        s.post("/v1/chat/completions", chat("tiny", "hi", json!({"max_tokens": 1}))).json()["usage"]
+            ["prompt_tokens"]
+            .as_u64()
+            .unwrap()
+    };
     let base = tokens(&plain);
     let with = tokens(&s);
     assert!(with > base, "the system prompt is in the prompt: {with} vs {base}");
-    std::fs::write(&prompt, "You are terse. You answer in French, in one sentence, and you never mention the weather.").unwrap();
+    std::fs::write(
+        &prompt,
+        "You are terse. You answer in French, in one sentence, and you never mention the weather.",
+    )
+    .unwrap();
     assert!(tokens(&s) > with, "an edited prompt applies without a restart");
 }
 
 #[test]
 fn embeddings_have_the_model_width_and_unit_norm() {
-    let s = Server::start(&["--model", models().embedding.to_str().unwrap(), "--model-id", "embed"]);
-    let r = s.post("/v1/embeddings", json!({"model": "embed", "input": ["the lighthouse", "fresh bread", "a long train ride into the mountains"]}));
+    let s =
+        Server::start(&["--model", models().embedding.to_str().unwrap(), "--model-id", "embed"]);
+    let r = s.post(
+        "/v1/embeddings",
+        json!({"model": "embed", "input": ["the lighthouse", "fresh bread", "a long train ride into the mountains"]}),
+    );
     assert_eq!(r.status, 200, "{}", r.text());
     let v = r.json();
     assert_eq!(v["object"], "list");
     let data = v["data"].as_array().unwrap();
     assert_eq!(data.len(), 3);
-    let vectors: Vec<Vec<f64>> = data.iter().map(|d| d["embedding"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()).collect();
+    let vectors: Vec<Vec<f64>> = data
+        .iter()
+        .map(|d| d["embedding"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect())
+        .collect();
     for (i, vec) in vectors.iter().enumerate() {
         assert_eq!(data[i]["index"], i);
         assert_eq!(vec.len(), 64, "the model's hidden width");
@@ -323,10 +554,18 @@ fn embeddings_have_the_model_width_and_unit_norm() {
     assert_ne!(vectors[0], vectors[1]);
     assert!(v["usage"]["prompt_tokens"].as_u64().unwrap() > 6);
     // base64 carries the same floats.
-    let b = s.post("/v1/embeddings", json!({"model": "embed", "input": "the lighthouse", "encoding_format": "base64"})).json();
+    let b = s
+        .post(
+            "/v1/embeddings",
+            json!({"model": "embed", "input": "the lighthouse", "encoding_format": "base64"}),
+        )
+        .json();
     use base64::Engine;
-    let bytes = base64::engine::general_purpose::STANDARD.decode(b["data"][0]["embedding"].as_str().unwrap()).unwrap();
-    let floats: Vec<f64> = bytes.chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64).collect();
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(b["data"][0]["embedding"].as_str().unwrap())
+        .unwrap();
+    let floats: Vec<f64> =
+        bytes.chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64).collect();
     assert!(floats.iter().zip(&vectors[0]).all(|(a, b)| (a - b).abs() < 1e-6));
     let models = s.call("GET", "/v1/models", None).json();
     assert_eq!(models["data"][0]["dimensions"], 64);
@@ -336,8 +575,15 @@ fn embeddings_have_the_model_width_and_unit_norm() {
     assert_eq!(e.status, 400);
     assert!(e.json()["error"]["message"].as_str().unwrap().contains("input[1]"));
     assert_eq!(s.post("/v1/embeddings", json!({"model": "embed", "input": []})).status, 400);
-    assert_eq!(s.post("/v1/embeddings", json!({"model": "embed", "input": "x", "dimensions": 10})).json()["error"]["param"], "dimensions");
-    assert_eq!(s.post("/v1/embeddings", json!({"model": "embed", "input": [1, 2]})).json()["error"]["param"], "input");
+    assert_eq!(
+        s.post("/v1/embeddings", json!({"model": "embed", "input": "x", "dimensions": 10})).json()
+            ["error"]["param"],
+        "dimensions"
+    );
+    assert_eq!(
+        s.post("/v1/embeddings", json!({"model": "embed", "input": [1, 2]})).json()["error"]["param"],
+        "input"
+    );
     assert_eq!(s.post("/v1/chat/completions", chat("embed", "hi", json!({}))).status, 400);
 }
 
@@ -347,9 +593,21 @@ fn conversation_history_round_trips_encrypted_and_is_deletable() {
     let history = dir.path().join("history");
     let key = dir.path().join("key");
     std::fs::write(&key, [42u8; 32]).unwrap();
-    let s = chat_server(&["--history", history.to_str().unwrap(), "--history-key-file", key.to_str().unwrap()]);
+    let s = chat_server(&[
+        "--history",
+        history.to_str().unwrap(),
+        "--history-key-file",
+        key.to_str().unwrap(),
+    ]);
     let marker = "ZEBRA-7431";
-    let first = s.post("/v1/chat/completions", chat("tiny", &format!("My locker code is {marker}."), json!({"conversation": "support-1", "max_tokens": 6})));
+    let first = s.post(
+        "/v1/chat/completions",
+        chat(
+            "tiny",
+            &format!("My locker code is {marker}."),
+            json!({"conversation": "support-1", "max_tokens": 6}),
+        ),
+    );
     assert_eq!(first.status, 200, "{}", first.text());
     let first = first.json();
     assert_eq!(first["conversation"], "support-1");
@@ -366,7 +624,8 @@ fn conversation_history_round_trips_encrypted_and_is_deletable() {
 
     // A follow-up sends only the new turn; the stored ones are in the prompt.
     let follow = |conversation: Option<&str>| {
-        let mut extra = json!({"max_tokens": 3, "stream": true, "stream_options": {"include_usage": true}});
+        let mut extra =
+            json!({"max_tokens": 3, "stream": true, "stream_options": {"include_usage": true}});
         if let Some(c) = conversation {
             extra["conversation"] = json!(c);
         }
@@ -378,7 +637,13 @@ fn conversation_history_round_trips_encrypted_and_is_deletable() {
     let alone = follow(None);
     let with_history = follow(Some("support-1"));
     assert!(with_history > alone + 10, "history in the prompt: {with_history} vs {alone}");
-    assert_eq!(s.call("GET", "/v1/conversations/support-1", None).json()["messages"].as_array().unwrap().len(), 4);
+    assert_eq!(
+        s.call("GET", "/v1/conversations/support-1", None).json()["messages"]
+            .as_array()
+            .unwrap()
+            .len(),
+        4
+    );
 
     // At rest: no plaintext, no ids in names.
     let files = files_under(&history);
@@ -391,18 +656,33 @@ fn conversation_history_round_trips_encrypted_and_is_deletable() {
     // Deletion removes the bytes.
     let d = s.call("DELETE", "/v1/conversations/support-1", None);
     assert_eq!(d.status, 200);
-    assert_eq!(d.json(), json!({"id": "support-1", "object": "conversation.deleted", "deleted": true}));
+    assert_eq!(
+        d.json(),
+        json!({"id": "support-1", "object": "conversation.deleted", "deleted": true})
+    );
     assert!(files_under(&history).is_empty());
     assert_eq!(s.call("GET", "/v1/conversations/support-1", None).status, 404);
     assert_eq!(s.call("DELETE", "/v1/conversations/support-1", None).status, 404);
     assert_eq!(s.call("GET", "/v1/conversations/bad%2Fid", None).status, 400);
 
     // Another key cannot read what this one wrote.
-    assert_eq!(s.post("/v1/chat/completions", chat("tiny", "again", json!({"conversation": "support-2", "max_tokens": 2}))).status, 200);
+    assert_eq!(
+        s.post(
+            "/v1/chat/completions",
+            chat("tiny", "again", json!({"conversation": "support-2", "max_tokens": 2}))
+        )
+        .status,
+        200
+    );
     drop(s);
     let other_key = dir.path().join("other-key");
     std::fs::write(&other_key, [7u8; 32]).unwrap();
-    let s2 = chat_server(&["--history", history.to_str().unwrap(), "--history-key-file", other_key.to_str().unwrap()]);
+    let s2 = chat_server(&[
+        "--history",
+        history.to_str().unwrap(),
+        "--history-key-file",
+        other_key.to_str().unwrap(),
+    ]);
     assert_eq!(s2.call("GET", "/v1/conversations/support-2", None).status, 404);
 }
 
@@ -418,7 +698,10 @@ fn instance_limits_cap_tokens_and_context() {
     assert_eq!(e["param"], "max_tokens");
     assert!(e["message"].as_str().unwrap().contains("at most 5"), "{e}");
     assert_eq!(s.call("GET", "/v1/models", None).json()["data"][0]["context_length"], 256);
-    let r = s.post("/v1/chat/completions", chat("tiny", &"lighthouse harbour ".repeat(200), json!({"max_tokens": 1})));
+    let r = s.post(
+        "/v1/chat/completions",
+        chat("tiny", &"lighthouse harbour ".repeat(200), json!({"max_tokens": 1})),
+    );
     assert_eq!(r.status, 400);
     assert!(r.json()["error"]["message"].as_str().unwrap().contains("context length is 256"));
 }

@@ -22,16 +22,27 @@ use serde_json::json;
 
 fn arg(name: &str, default: usize) -> usize {
     let args: Vec<String> = std::env::args().collect();
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(default)
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 /// Client writes by resource, from devcluster's request metrics.
 async fn writes(client: &kube::Client) -> BTreeMap<String, f64> {
-    let text = client.request_text(http::Request::get("/metrics").body(Vec::new()).unwrap()).await.unwrap();
+    let text = client
+        .request_text(http::Request::get("/metrics").body(Vec::new()).unwrap())
+        .await
+        .unwrap();
     let mut out = BTreeMap::new();
     for (labels, v) in alcove_devcluster::metrics::parse_request_totals(&text) {
         if alcove_devcluster::metrics::WRITE_VERBS.contains(&labels["verb"].as_str()) {
-            let key = if labels["subresource"].is_empty() { labels["resource"].clone() } else { format!("{}/{}", labels["resource"], labels["subresource"]) };
+            let key = if labels["subresource"].is_empty() {
+                labels["resource"].clone()
+            } else {
+                format!("{}/{}", labels["resource"], labels["subresource"])
+            };
             *out.entry(key).or_default() += v;
         }
     }
@@ -44,13 +55,25 @@ fn reconcile_writes(w: &BTreeMap<String, f64>) -> f64 {
 }
 
 fn kubectl(kubeconfig: &Path, dir: &Path, args: &[&str]) {
-    let out = std::process::Command::new("kubectl").args(args).env("KUBECONFIG", kubeconfig).env("KUBECACHEDIR", dir.join("kubecache")).env("HOME", dir).output().expect("kubectl");
+    let out = std::process::Command::new("kubectl")
+        .args(args)
+        .env("KUBECONFIG", kubeconfig)
+        .env("KUBECACHEDIR", dir.join("kubecache"))
+        .env("HOME", dir)
+        .output()
+        .expect("kubectl");
     assert!(out.status.success(), "kubectl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
 fn peak_rss_mib(pid: u32) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|kb| kb.parse::<f64>().ok()).unwrap_or(0.0) / 1024.0
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .unwrap_or(0.0)
+        / 1024.0
 }
 
 #[tokio::main(flavor = "multi_thread")]
@@ -67,15 +90,29 @@ async fn main() {
     let nodes = total.div_ceil(8) + 2;
     let mut config = Config::new(dir.path().join("cluster"));
     for n in 0..nodes {
-        config = config.node(NodeConfig::gpu(&format!("gpu-{n}"), "tw-taipei-1", "NVIDIA-H100-80GB-HBM3", 8).label("alcove.dev/pool", "shared"));
+        config = config.node(
+            NodeConfig::gpu(&format!("gpu-{n}"), "tw-taipei-1", "NVIDIA-H100-80GB-HBM3", 8)
+                .label("alcove.dev/pool", "shared"),
+        );
     }
-    config.csi_drivers.push(alcove_devcluster::CsiDriver { driver: "models.alcove.dev".into(), attribute: "model".into(), root: models.clone() });
+    config.csi_drivers.push(alcove_devcluster::CsiDriver {
+        driver: "models.alcove.dev".into(),
+        attribute: "model".into(),
+        root: models.clone(),
+    });
     let cluster = DevCluster::start(config).await.expect("devcluster");
     let client = cluster.client().await.unwrap();
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
-    kubectl(&cluster.kubeconfig, dir.path(), &["apply", "-f", root.join("crds/manifests").to_str().unwrap()]);
+    kubectl(
+        &cluster.kubeconfig,
+        dir.path(),
+        &["apply", "-f", root.join("crds/manifests").to_str().unwrap()],
+    );
     kubectl(&cluster.kubeconfig, dir.path(), &["create", "namespace", "alcove-system"]);
-    println!("instances benchmark: {tenants} tenants × {per_tenant} instances = {total}, {nodes} simulated GPU nodes, {} CPU(s)", std::thread::available_parallelism().map(|p| p.get()).unwrap_or(1));
+    println!(
+        "instances benchmark: {tenants} tenants × {per_tenant} instances = {total}, {nodes} simulated GPU nodes, {} CPU(s)",
+        std::thread::available_parallelism().map(|p| p.get()).unwrap_or(1)
+    );
 
     // devcluster's raw write rate here: server-side applies of small objects, 16 clients.
     let raw_n = 3000;
@@ -96,7 +133,16 @@ async fn main() {
 
     let log = std::fs::File::create(dir.path().join("operator.log")).unwrap();
     let mut operator = tokio::process::Command::new(env!("CARGO_BIN_EXE_alcove"))
-        .args(["operator", "--http-addr", "127.0.0.1:0", "--log-format", "text", "--resync-seconds", &resync.to_string(), "--leader-election=false"])
+        .args([
+            "operator",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--log-format",
+            "text",
+            "--resync-seconds",
+            &resync.to_string(),
+            "--leader-election=false",
+        ])
         .env("KUBECONFIG", &cluster.kubeconfig)
         .env("ALCOVE_LOG", "warn")
         .stdout(log.try_clone().unwrap())
@@ -128,8 +174,17 @@ async fn main() {
     let namespaces: Api<Namespace> = Api::all(client.clone());
     let mut created = vec![false; tenants];
     while created.iter().any(|c| !c) {
-        let have: Vec<String> = namespaces.list(&ListParams::default().labels(alcove_crds::LABEL_TENANT)).await.unwrap().items.into_iter().filter_map(|n| n.metadata.name).collect();
-        let ready: Vec<usize> = (0..tenants).filter(|t| !created[*t] && have.contains(&format!("tenant-t{t}"))).collect();
+        let have: Vec<String> = namespaces
+            .list(&ListParams::default().labels(alcove_crds::LABEL_TENANT))
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter_map(|n| n.metadata.name)
+            .collect();
+        let ready: Vec<usize> = (0..tenants)
+            .filter(|t| !created[*t] && have.contains(&format!("tenant-t{t}")))
+            .collect();
         for t in &ready {
             created[*t] = true;
         }
@@ -154,7 +209,13 @@ async fn main() {
     let mut last_print = Instant::now();
     loop {
         let list = instances.list(&ListParams::default()).await.unwrap();
-        let ready = list.items.iter().filter(|i| i.status.as_ref().and_then(|s| s.phase) == Some(alcove_crds::InstancePhase::Ready)).count();
+        let ready = list
+            .items
+            .iter()
+            .filter(|i| {
+                i.status.as_ref().and_then(|s| s.phase) == Some(alcove_crds::InstancePhase::Ready)
+            })
+            .count();
         if ready == total {
             break;
         }
@@ -189,14 +250,39 @@ async fn main() {
     let ideal = operator_writes / raw_rate;
 
     println!("  devcluster raw write rate (server-side apply, 16 clients): {raw_rate:.0} writes/s");
-    println!("  converged: {total} instances Ready in {:.2} s ({:.0} instances/s)", converge.as_secs_f64(), total as f64 / converge.as_secs_f64());
-    println!("  operator writes: {operator_writes:.0} ({:.2} per instance, tenants' included)", operator_writes / total as f64);
-    let mut by_resource: Vec<(String, f64)> = after_map.into_iter().filter(|(k, _)| k != "leases" && k != "events" && k != "configmaps").collect();
+    println!(
+        "  converged: {total} instances Ready in {:.2} s ({:.0} instances/s)",
+        converge.as_secs_f64(),
+        total as f64 / converge.as_secs_f64()
+    );
+    println!(
+        "  operator writes: {operator_writes:.0} ({:.2} per instance, tenants' included)",
+        operator_writes / total as f64
+    );
+    let mut by_resource: Vec<(String, f64)> = after_map
+        .into_iter()
+        .filter(|(k, _)| k != "leases" && k != "events" && k != "configmaps")
+        .collect();
     by_resource.sort_by(|a, b| b.1.total_cmp(&a.1));
-    println!("  writes by resource (incl. the benchmark's own creates): {}", by_resource.iter().map(|(k, v)| format!("{k}={v:.0}")).collect::<Vec<_>>().join(" "));
-    println!("  writes during a {} s no-op window (one full resync): {window:.0}{}", resync + 5, if window_by_resource.is_empty() { String::new() } else { format!(" ({})", window_by_resource.join(" ")) });
+    println!(
+        "  writes by resource (incl. the benchmark's own creates): {}",
+        by_resource.iter().map(|(k, v)| format!("{k}={v:.0}")).collect::<Vec<_>>().join(" ")
+    );
+    println!(
+        "  writes during a {} s no-op window (one full resync): {window:.0}{}",
+        resync + 5,
+        if window_by_resource.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", window_by_resource.join(" "))
+        }
+    );
     println!("  operator peak RSS: {rss:.0} MiB");
-    println!("  convergence ÷ (writes ÷ raw rate) = {:.2} s ÷ {ideal:.2} s = {:.2}", converge.as_secs_f64(), converge.as_secs_f64() / ideal);
+    println!(
+        "  convergence ÷ (writes ÷ raw rate) = {:.2} s ÷ {ideal:.2} s = {:.2}",
+        converge.as_secs_f64(),
+        converge.as_secs_f64() / ideal
+    );
     let _ = operator.kill().await;
     cluster.shutdown().await;
 }

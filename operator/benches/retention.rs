@@ -24,15 +24,28 @@ use serde_json::json;
 
 fn arg(name: &str, default: usize) -> usize {
     let args: Vec<String> = std::env::args().collect();
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(default)
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 async fn writes(client: &kube::Client) -> BTreeMap<String, f64> {
-    let text = client.request_text(http::Request::get("/metrics").body(Vec::new()).unwrap()).await.unwrap();
+    let text = client
+        .request_text(http::Request::get("/metrics").body(Vec::new()).unwrap())
+        .await
+        .unwrap();
     let mut out = BTreeMap::new();
     for (labels, v) in alcove_devcluster::metrics::parse_request_totals(&text) {
         if alcove_devcluster::metrics::WRITE_VERBS.contains(&labels["verb"].as_str()) {
-            *out.entry(format!("{} {} {}", labels["verb"], labels["resource"], labels.get("code").cloned().unwrap_or_default())).or_default() += v;
+            *out.entry(format!(
+                "{} {} {}",
+                labels["verb"],
+                labels["resource"],
+                labels.get("code").cloned().unwrap_or_default()
+            ))
+            .or_default() += v;
         }
     }
     out
@@ -49,28 +62,44 @@ async fn main() {
     let step = arg("--step-seconds", 30) as i64;
     let step_real = Duration::from_millis(arg("--step-real-ms", 1000) as u64);
     let dir = tempfile::tempdir().unwrap();
-    let cluster = DevCluster::start(Config::new(dir.path().join("cluster")).node(NodeConfig::new("node-1").label("topology.kubernetes.io/region", "tw-taipei-1")))
-        .await
-        .expect("devcluster");
+    let cluster = DevCluster::start(
+        Config::new(dir.path().join("cluster"))
+            .node(NodeConfig::new("node-1").label("topology.kubernetes.io/region", "tw-taipei-1")),
+    )
+    .await
+    .expect("devcluster");
     let client = cluster.client().await.unwrap();
-    println!("retention benchmark: {volumes} released volumes in {tenants} tenant namespaces, deadlines over one hour; clock step {step} s every {step_real:?}");
+    println!(
+        "retention benchmark: {volumes} released volumes in {tenants} tenant namespaces, deadlines over one hour; clock step {step} s every {step_real:?}"
+    );
 
-    let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> = Api::all(client.clone());
+    let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
+        Api::all(client.clone());
     for crd in alcove_crds::crds() {
         crds.create(&PostParams::default(), &crd).await.expect("crd");
     }
     let namespaces: Api<Namespace> = Api::all(client.clone());
-    for ns in std::iter::once("alcove-system".to_string()).chain((0..tenants).map(|t| format!("tenant-t{t}"))) {
-        namespaces.create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap()).await.unwrap();
+    for ns in std::iter::once("alcove-system".to_string())
+        .chain((0..tenants).map(|t| format!("tenant-t{t}")))
+    {
+        namespaces
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap(),
+            )
+            .await
+            .unwrap();
     }
     let t0: jiff::Timestamp = fmt(jiff::Timestamp::now()).parse().unwrap();
     let clock = dir.path().join("clock");
     std::fs::write(&clock, fmt(t0)).unwrap();
     // Deadlines: 60 s after t0 up to one hour later, evenly spread.
-    let deadline_of = |i: usize| t0 + jiff::SignedDuration::from_secs(60 + (i as i64 * 3600) / volumes as i64);
+    let deadline_of =
+        |i: usize| t0 + jiff::SignedDuration::from_secs(60 + (i as i64 * 3600) / volumes as i64);
     let mut deadlines: HashMap<(String, String), jiff::Timestamp> = HashMap::new();
     let started = Instant::now();
-    let items: Vec<(usize, String, String)> = (0..volumes).map(|i| (i, format!("tenant-t{}", i % tenants), format!("v{i}"))).collect();
+    let items: Vec<(usize, String, String)> =
+        (0..volumes).map(|i| (i, format!("tenant-t{}", i % tenants), format!("v{i}"))).collect();
     for (i, ns, name) in &items {
         deadlines.insert((ns.clone(), name.clone()), deadline_of(*i));
     }
@@ -97,7 +126,8 @@ async fn main() {
     let all: Api<PersistentVolumeClaim> = Api::all(client.clone());
     tokio::spawn(watcher(all, watcher::Config::default()).default_backoff().for_each(move |e| {
         if let Ok(watcher::Event::Delete(p)) = e {
-            let key = (p.metadata.namespace.unwrap_or_default(), p.metadata.name.unwrap_or_default());
+            let key =
+                (p.metadata.namespace.unwrap_or_default(), p.metadata.name.unwrap_or_default());
             seen.lock().unwrap().insert(key, Instant::now());
         }
         futures::future::ready(())
@@ -105,7 +135,16 @@ async fn main() {
 
     let log = std::fs::File::create(dir.path().join("operator.log")).unwrap();
     let mut operator = tokio::process::Command::new(env!("CARGO_BIN_EXE_alcove"))
-        .args(["operator", "--http-addr", "127.0.0.1:0", "--log-format", "text", "--leader-election=false", "--clock-file", clock.to_str().unwrap()])
+        .args([
+            "operator",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--log-format",
+            "text",
+            "--leader-election=false",
+            "--clock-file",
+            clock.to_str().unwrap(),
+        ])
         .env("KUBECONFIG", &cluster.kubeconfig)
         .env("ALCOVE_LOG", "warn")
         .stdout(log.try_clone().unwrap())
@@ -148,14 +187,37 @@ async fn main() {
         lateness.push(at.saturating_duration_since(*due).as_secs_f64());
     }
     lateness.sort_by(|a, b| a.total_cmp(b));
-    let pct = |p: f64| lateness.get(((lateness.len() as f64 - 1.0) * p) as usize).copied().unwrap_or(f64::NAN);
-    let spent: BTreeMap<&String, f64> = after.iter().map(|(k, v)| (k, v - before.get(k).copied().unwrap_or(0.0))).filter(|(_, v)| *v > 0.0).collect();
-    let deletes = spent.iter().filter(|(k, _)| k.to_ascii_lowercase().starts_with("delete persistentvolumeclaims 2")).map(|(_, v)| v).sum::<f64>();
-    println!("  erased {}/{volumes} in {:.0} s of real time (the hour walked at {}×)", deleted.len(), walked.as_secs_f64(), step as f64 / step_real.as_secs_f64());
-    println!("  lateness after the clock passed the deadline (real time; + up to {step} s of clock step): worst {:.2} s, p99 {:.2} s, median {:.2} s", pct(1.0), pct(0.99), pct(0.5));
+    let pct = |p: f64| {
+        lateness.get(((lateness.len() as f64 - 1.0) * p) as usize).copied().unwrap_or(f64::NAN)
+    };
+    let spent: BTreeMap<&String, f64> = after
+        .iter()
+        .map(|(k, v)| (k, v - before.get(k).copied().unwrap_or(0.0)))
+        .filter(|(_, v)| *v > 0.0)
+        .collect();
+    let deletes = spent
+        .iter()
+        .filter(|(k, _)| k.to_ascii_lowercase().starts_with("delete persistentvolumeclaims 2"))
+        .map(|(_, v)| v)
+        .sum::<f64>();
+    println!(
+        "  erased {}/{volumes} in {:.0} s of real time (the hour walked at {}×)",
+        deleted.len(),
+        walked.as_secs_f64(),
+        step as f64 / step_real.as_secs_f64()
+    );
+    println!(
+        "  lateness after the clock passed the deadline (real time; + up to {step} s of clock step): worst {:.2} s, p99 {:.2} s, median {:.2} s",
+        pct(1.0),
+        pct(0.99),
+        pct(0.5)
+    );
     println!("  erased before the deadline: {early}");
     println!("  PVC deletes per volume: {:.2}", deletes / volumes as f64);
-    println!("  API writes during the hour: {}", spent.iter().map(|(k, v)| format!("{k}={v:.0}")).collect::<Vec<_>>().join(", "));
+    println!(
+        "  API writes during the hour: {}",
+        spent.iter().map(|(k, v)| format!("{k}={v:.0}")).collect::<Vec<_>>().join(", ")
+    );
     let _ = operator.kill().await;
     cluster.shutdown().await;
 }

@@ -88,7 +88,9 @@ pub fn is_subset(desired: &Value, live: &Value) -> bool {
             Some(lv) => is_subset(v, lv),
             None => v.is_null(),
         }),
-        (Value::Array(d), Value::Array(l)) => d.len() == l.len() && d.iter().zip(l).all(|(a, b)| is_subset(a, b)),
+        (Value::Array(d), Value::Array(l)) => {
+            d.len() == l.len() && d.iter().zip(l).all(|(a, b)| is_subset(a, b))
+        }
         (a, b) => a == b,
     }
 }
@@ -101,9 +103,11 @@ pub fn first_difference(desired: &Value, live: &Value, path: &str) -> Option<Str
             None if v.is_null() => None,
             None => Some(format!("{path}.{k} missing")),
         }),
-        (Value::Array(d), Value::Array(l)) if d.len() == l.len() => {
-            d.iter().zip(l).enumerate().find_map(|(i, (a, b))| first_difference(a, b, &format!("{path}[{i}]")))
-        }
+        (Value::Array(d), Value::Array(l)) if d.len() == l.len() => d
+            .iter()
+            .zip(l)
+            .enumerate()
+            .find_map(|(i, (a, b))| first_difference(a, b, &format!("{path}[{i}]"))),
         (a, b) if a == b => None,
         (a, b) => Some(format!("{path}: want {a}, have {b}")),
     }
@@ -111,14 +115,21 @@ pub fn first_difference(desired: &Value, live: &Value, path: &str) -> Option<Str
 
 /// The desired object as JSON with the hash annotation set.
 pub fn with_hash<K: Serialize>(desired: &K) -> Result<(Value, String)> {
-    let mut v = serde_json::to_value(desired).map_err(|source| Error::Serialize { what: "desired object", source })?;
+    let mut v = serde_json::to_value(desired)
+        .map_err(|source| Error::Serialize { what: "desired object", source })?;
     if let Some(meta) = v.get_mut("metadata").and_then(Value::as_object_mut)
-        && let Some(a) = meta.get_mut("annotations").and_then(Value::as_object_mut) {
-            a.remove(HASH_ANNOTATION);
-        }
+        && let Some(a) = meta.get_mut("annotations").and_then(Value::as_object_mut)
+    {
+        a.remove(HASH_ANNOTATION);
+    }
     let hash = config_hash(&v);
-    let meta = v.as_object_mut().and_then(|o| o.get_mut("metadata")).and_then(Value::as_object_mut).ok_or(Error::MissingField("metadata"))?;
-    let annotations = meta.entry("annotations").or_insert_with(|| Value::Object(Default::default()));
+    let meta = v
+        .as_object_mut()
+        .and_then(|o| o.get_mut("metadata"))
+        .and_then(Value::as_object_mut)
+        .ok_or(Error::MissingField("metadata"))?;
+    let annotations =
+        meta.entry("annotations").or_insert_with(|| Value::Object(Default::default()));
     annotations[HASH_ANNOTATION] = Value::String(hash.clone());
     Ok((v, hash))
 }
@@ -127,11 +138,19 @@ pub fn with_hash<K: Serialize>(desired: &K) -> Result<(Value, String)> {
 pub fn needs_apply<K: Serialize>(desired: &K, live: Option<&K>) -> Result<bool> {
     let Some(live) = live else { return Ok(true) };
     let (want, hash) = with_hash(desired)?;
-    let live_v = serde_json::to_value(live).map_err(|source| Error::Serialize { what: "live object", source })?;
-    let live_hash = live_v.pointer("/metadata/annotations").and_then(|a| a.get(HASH_ANNOTATION)).and_then(Value::as_str);
+    let live_v = serde_json::to_value(live)
+        .map_err(|source| Error::Serialize { what: "live object", source })?;
+    let live_hash = live_v
+        .pointer("/metadata/annotations")
+        .and_then(|a| a.get(HASH_ANNOTATION))
+        .and_then(Value::as_str);
     let drift = first_difference(&want, &live_v, "");
     if let Some(d) = &drift {
-        let name = live_v.pointer("/metadata/name").and_then(|n| n.as_str()).unwrap_or_default().to_string();
+        let name = live_v
+            .pointer("/metadata/name")
+            .and_then(|n| n.as_str())
+            .unwrap_or_default()
+            .to_string();
         tracing::debug!(object = %name, difference = %d, "re-applying");
     }
     Ok(live_hash != Some(hash.as_str()) || drift.is_some())
@@ -211,25 +230,35 @@ mod tests {
         let desired = json!({"spec": {"ports": [{"port": 80}], "selector": {"a": "b"}}});
         let live = json!({"spec": {"ports": [{"port": 80, "protocol": "TCP"}], "selector": {"a": "b"}, "clusterIP": "10.96.0.1"}});
         assert!(is_subset(&desired, &live));
-        let drifted = json!({"spec": {"ports": [{"port": 81, "protocol": "TCP"}], "selector": {"a": "b"}}});
+        let drifted =
+            json!({"spec": {"ports": [{"port": 81, "protocol": "TCP"}], "selector": {"a": "b"}}});
         assert!(!is_subset(&desired, &drifted));
-        let extra_item = json!({"spec": {"ports": [{"port": 80}, {"port": 81}], "selector": {"a": "b"}}});
+        let extra_item =
+            json!({"spec": {"ports": [{"port": 80}, {"port": 81}], "selector": {"a": "b"}}});
         assert!(!is_subset(&desired, &extra_item));
     }
 
     #[test]
     fn needs_apply_tracks_hash_and_content() {
-        let desired: ConfigMap = serde_json::from_value(json!({"metadata": {"name": "c"}, "data": {"k": "v"}})).unwrap();
+        let desired: ConfigMap =
+            serde_json::from_value(json!({"metadata": {"name": "c"}, "data": {"k": "v"}})).unwrap();
         assert!(needs_apply(&desired, None).unwrap());
         let (applied, _) = with_hash(&desired).unwrap();
         let mut live = applied.clone();
         live["metadata"]["resourceVersion"] = "7".into();
         let live: ConfigMap = serde_json::from_value(live).unwrap();
-        assert!(!needs_apply(&desired, Some(&live)).unwrap(), "what we applied, plus server fields");
+        assert!(
+            !needs_apply(&desired, Some(&live)).unwrap(),
+            "what we applied, plus server fields"
+        );
         let mut drifted = live.clone();
         drifted.data.as_mut().unwrap().insert("k".into(), "edited".into());
         assert!(needs_apply(&desired, Some(&drifted)).unwrap(), "drift is repaired");
-        let fewer: ConfigMap = serde_json::from_value(json!({"metadata": {"name": "c"}, "data": {}})).unwrap();
-        assert!(needs_apply(&fewer, Some(&live)).unwrap(), "a dropped field is pruned by a real apply");
+        let fewer: ConfigMap =
+            serde_json::from_value(json!({"metadata": {"name": "c"}, "data": {}})).unwrap();
+        assert!(
+            needs_apply(&fewer, Some(&live)).unwrap(),
+            "a dropped field is pruned by a real apply"
+        );
     }
 }

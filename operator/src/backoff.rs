@@ -37,7 +37,8 @@ impl Backoff {
 /// The delay after the `n`th failure in a row: BASE × 2^(n-1), capped, scaled by `jitter`
 /// (0.8 to 1.2).
 pub fn delay(n: u32, jitter: f64) -> Duration {
-    let exp = BASE.saturating_mul(1u32.checked_shl(n.saturating_sub(1).min(20)).unwrap_or(u32::MAX));
+    let exp =
+        BASE.saturating_mul(1u32.checked_shl(n.saturating_sub(1).min(20)).unwrap_or(u32::MAX));
     exp.min(CAP).mul_f64(jitter.clamp(0.8, 1.2))
 }
 
@@ -67,7 +68,10 @@ mod tests {
         let b = Backoff::default();
         let first = b.failed("ns/a");
         let second = b.failed("ns/a");
-        assert!(first <= Duration::from_millis(1200) && second >= Duration::from_millis(1600), "{first:?} {second:?}");
+        assert!(
+            first <= Duration::from_millis(1200) && second >= Duration::from_millis(1600),
+            "{first:?} {second:?}"
+        );
         assert!(b.failed("ns/other") <= Duration::from_millis(1200), "per object");
         b.succeeded("ns/a");
         assert!(b.failed("ns/a") <= Duration::from_millis(1200));

@@ -41,10 +41,13 @@ impl FileClock {
         let modified = std::fs::metadata(&self.path).and_then(|m| m.modified()).ok();
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         if let (Some(m), Some((cached_at, value))) = (modified, cache.as_ref())
-            && *cached_at == m {
-                return *value;
-            }
-        let value = std::fs::read_to_string(&self.path).ok().and_then(|s| s.trim().parse::<Timestamp>().ok());
+            && *cached_at == m
+        {
+            return *value;
+        }
+        let value = std::fs::read_to_string(&self.path)
+            .ok()
+            .and_then(|s| s.trim().parse::<Timestamp>().ok());
         if let Some(m) = modified {
             *cache = Some((m, value));
         }

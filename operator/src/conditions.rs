@@ -36,7 +36,15 @@ pub fn settle(previous: &[Condition], conditions: &mut [Condition]) {
 }
 
 /// A condition, keeping `lastTransitionTime` from `previous` when the status did not change.
-pub fn condition(previous: &[Condition], type_: &str, ok: bool, reason: &str, message: &str, generation: Option<i64>, now: jiff::Timestamp) -> Condition {
+pub fn condition(
+    previous: &[Condition],
+    type_: &str,
+    ok: bool,
+    reason: &str,
+    message: &str,
+    generation: Option<i64>,
+    now: jiff::Timestamp,
+) -> Condition {
     let mut c = Condition {
         type_: type_.into(),
         status: if ok { "True" } else { "False" }.into(),
@@ -56,7 +64,9 @@ pub fn is_true(conditions: &[Condition], type_: &str) -> bool {
 
 /// Whether `type_` just changed status (for Events on transitions only).
 pub fn transitioned(previous: &[Condition], now: &Condition) -> bool {
-    !previous.iter().any(|c| c.type_ == now.type_ && c.status == now.status && c.reason == now.reason)
+    !previous
+        .iter()
+        .any(|c| c.type_ == now.type_ && c.status == now.status && c.reason == now.reason)
 }
 
 #[cfg(test)]
@@ -69,14 +79,49 @@ mod tests {
 
     #[test]
     fn transition_time_moves_only_with_the_status() {
-        let first = condition(&[], "Billing", false, "Disabled", "no key", Some(1), at("2026-11-22T10:00:00Z"));
+        let first = condition(
+            &[],
+            "Billing",
+            false,
+            "Disabled",
+            "no key",
+            Some(1),
+            at("2026-11-22T10:00:00Z"),
+        );
         let prev = vec![first.clone()];
-        let same = condition(&prev, "Billing", false, "NoPrice", "another reason", Some(2), at("2026-11-22T11:00:00Z"));
-        assert_eq!(same.last_transition_time, first.last_transition_time, "reason and message changed, status did not");
-        let flipped = condition(&prev, "Billing", true, "Metered", "billed", Some(2), at("2026-11-22T11:00:00Z"));
+        let same = condition(
+            &prev,
+            "Billing",
+            false,
+            "NoPrice",
+            "another reason",
+            Some(2),
+            at("2026-11-22T11:00:00Z"),
+        );
+        assert_eq!(
+            same.last_transition_time, first.last_transition_time,
+            "reason and message changed, status did not"
+        );
+        let flipped = condition(
+            &prev,
+            "Billing",
+            true,
+            "Metered",
+            "billed",
+            Some(2),
+            at("2026-11-22T11:00:00Z"),
+        );
         assert_eq!(flipped.last_transition_time.0, at("2026-11-22T11:00:00Z"));
         // A builder that lost the previous condition is corrected by `settle` (the writer's step).
-        let mut lost = vec![condition(&[], "Billing", false, "Disabled", "no key", Some(1), at("2026-11-22T12:00:00Z"))];
+        let mut lost = vec![condition(
+            &[],
+            "Billing",
+            false,
+            "Disabled",
+            "no key",
+            Some(1),
+            at("2026-11-22T12:00:00Z"),
+        )];
         settle(&prev, &mut lost);
         assert_eq!(lost[0].last_transition_time, first.last_transition_time);
     }

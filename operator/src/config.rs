@@ -91,7 +91,10 @@ pub struct BillingConfig {
 
 impl Default for BillingConfig {
     fn default() -> Self {
-        BillingConfig { report_interval_seconds: default_report_interval(), prices: BTreeMap::new() }
+        BillingConfig {
+            report_interval_seconds: default_report_interval(),
+            prices: BTreeMap::new(),
+        }
     }
 }
 
@@ -197,30 +200,57 @@ impl Config {
     pub fn load(args: &OperatorArgs) -> anyhow::Result<Config> {
         let file = match &args.config {
             Some(p) => {
-                let text = std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
-                serde_saphyr::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?
+                let text = std::fs::read_to_string(p)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
+                serde_saphyr::from_str(&text)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?
             }
             None => FileConfig::default(),
         };
         Config::from_file(file, &args.namespace, Duration::from_secs(args.resync_seconds.max(1)))
-            .map_err(|e| anyhow::anyhow!("{}: {e}", args.config.as_deref().unwrap_or(std::path::Path::new("")).display()))
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "{}: {e}",
+                    args.config.as_deref().unwrap_or(std::path::Path::new("")).display()
+                )
+            })
     }
 
-    pub fn from_file(file: FileConfig, namespace: &str, resync: Duration) -> anyhow::Result<Config> {
-        let gateway_namespaces = if file.gateway_namespaces.is_empty() { vec![namespace.to_string()] } else { file.gateway_namespaces };
+    pub fn from_file(
+        file: FileConfig,
+        namespace: &str,
+        resync: Duration,
+    ) -> anyhow::Result<Config> {
+        let gateway_namespaces = if file.gateway_namespaces.is_empty() {
+            vec![namespace.to_string()]
+        } else {
+            file.gateway_namespaces
+        };
         let mut retention = BTreeMap::new();
         for (class, text) in &file.retention {
-            let w = Window::parse(text).ok_or_else(|| anyhow::anyhow!("retention.{}: {text:?} is not a window like 7d, 24h or 90m", class.as_str()))?;
+            let w = Window::parse(text).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "retention.{}: {text:?} is not a window like 7d, 24h or 90m",
+                    class.as_str()
+                )
+            })?;
             if let Some(max) = class.max_window()
                 && w > max
             {
-                anyhow::bail!("retention.{}: {w} is longer than the privacy promise ({max})", class.as_str());
+                anyhow::bail!(
+                    "retention.{}: {w} is longer than the privacy promise ({max})",
+                    class.as_str()
+                );
             }
             // A platform default applies to every tier, so it must meet the strictest minimum.
-            if let Some(min) = alcove_crds::Tier::ALL.iter().filter_map(|t| class.legal_minimum(*t)).max()
+            if let Some(min) =
+                alcove_crds::Tier::ALL.iter().filter_map(|t| class.legal_minimum(*t)).max()
                 && w < min
             {
-                anyhow::bail!("retention.{}: {w} is shorter than the legal minimum ({min})", class.as_str());
+                anyhow::bail!(
+                    "retention.{}: {w} is shorter than the legal minimum ({min})",
+                    class.as_str()
+                );
             }
             retention.insert(*class, w);
         }
@@ -229,11 +259,15 @@ impl Config {
         }
         for (currency, table) in &file.billing.prices {
             if currency.len() != 3 || !currency.bytes().all(|b| b.is_ascii_lowercase()) {
-                anyhow::bail!("billing.prices.{currency}: a currency is a lower-case ISO 4217 code like usd");
+                anyhow::bail!(
+                    "billing.prices.{currency}: a currency is a lower-case ISO 4217 code like usd"
+                );
             }
             for (product, price) in table {
                 if price.per_gpu_hour < 0 {
-                    anyhow::bail!("billing.prices.{currency}.{product}.perGpuHour may not be negative");
+                    anyhow::bail!(
+                        "billing.prices.{currency}.{product}.perGpuHour may not be negative"
+                    );
                 }
             }
         }
@@ -264,13 +298,18 @@ impl Config {
                 history_size: default_history_size(),
                 ..Default::default()
             },
-            _ => TierConfig { knowledge_base_size: default_kb_size(), history_size: default_history_size(), ..Default::default() },
+            _ => TierConfig {
+                knowledge_base_size: default_kb_size(),
+                history_size: default_history_size(),
+                ..Default::default()
+            },
         })
     }
 
     /// A configuration for unit tests.
     pub fn for_tests() -> Config {
-        Config::from_file(FileConfig::default(), "alcove-system", Duration::from_secs(300)).expect("default configuration")
+        Config::from_file(FileConfig::default(), "alcove-system", Duration::from_secs(300))
+            .expect("default configuration")
     }
 }
 
@@ -309,33 +348,62 @@ mod tests {
 
     #[test]
     fn retention_defaults_are_configurable_within_the_promise_and_the_law() {
-        let c = with_retention("retention: {conversationHistory: 3d, stagedDocuments: 30m}").unwrap();
+        let c =
+            with_retention("retention: {conversationHistory: 3d, stagedDocuments: 30m}").unwrap();
         assert_eq!(c.default_window(DataClass::ConversationHistory), Window::days(3));
         assert_eq!(c.default_window(DataClass::StagedDocuments), Window::minutes(30));
-        assert_eq!(c.default_window(DataClass::KnowledgeBase), Window::days(7), "unset classes keep the product default");
+        assert_eq!(
+            c.default_window(DataClass::KnowledgeBase),
+            Window::days(7),
+            "unset classes keep the product default"
+        );
 
         let err = with_retention("retention: {conversationHistory: 8d}").unwrap_err().to_string();
-        assert!(err.contains("retention.conversationHistory") && err.contains("longer than the privacy promise (7d)"), "{err}");
+        assert!(
+            err.contains("retention.conversationHistory")
+                && err.contains("longer than the privacy promise (7d)"),
+            "{err}"
+        );
         let err = with_retention("retention: {accountData: 1d}").unwrap_err().to_string();
-        assert!(err.contains("retention.accountData") && err.contains("shorter than the legal minimum (7d)"), "{err}");
+        assert!(
+            err.contains("retention.accountData")
+                && err.contains("shorter than the legal minimum (7d)"),
+            "{err}"
+        );
         let err = with_retention("retention: {knowledgeBase: soon}").unwrap_err().to_string();
         assert!(err.contains("retention.knowledgeBase") && err.contains("\"soon\""), "{err}");
-        assert!(with_retention("retention: {caches: 1d}").is_err(), "an unknown data class is refused");
+        assert!(
+            with_retention("retention: {caches: 1d}").is_err(),
+            "an unknown data class is refused"
+        );
     }
 
     #[test]
     fn prices_fall_back_to_the_currency_default_and_bad_tables_are_refused() {
-        let c = with_retention("billing: {prices: {usd: {NVIDIA-H100-80GB-HBM3: {perGpuHour: 250}, '*': {perGpuHour: 120}}}}").unwrap();
+        let c = with_retention(
+            "billing: {prices: {usd: {NVIDIA-H100-80GB-HBM3: {perGpuHour: 250}, '*': {perGpuHour: 120}}}}",
+        )
+        .unwrap();
         assert_eq!(c.billing.report_interval_seconds, 60);
-        assert_eq!(c.billing.price("usd", Some("NVIDIA-H100-80GB-HBM3")).map(|p| p.per_gpu_hour), Some(250));
+        assert_eq!(
+            c.billing.price("usd", Some("NVIDIA-H100-80GB-HBM3")).map(|p| p.per_gpu_hour),
+            Some(250)
+        );
         assert_eq!(c.billing.price("usd", Some("NVIDIA-L4")).map(|p| p.per_gpu_hour), Some(120));
         assert_eq!(c.billing.price("usd", None).map(|p| p.per_gpu_hour), Some(120));
         assert_eq!(c.billing.price("eur", Some("NVIDIA-H100-80GB-HBM3")), None, "no eur table");
-        let err = with_retention("billing: {prices: {USD: {'*': {perGpuHour: 1}}}}").unwrap_err().to_string();
+        let err = with_retention("billing: {prices: {USD: {'*': {perGpuHour: 1}}}}")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("billing.prices.USD"), "{err}");
-        let err = with_retention("billing: {prices: {usd: {'*': {perGpuHour: -1}}}}").unwrap_err().to_string();
+        let err = with_retention("billing: {prices: {usd: {'*': {perGpuHour: -1}}}}")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("may not be negative"), "{err}");
         assert!(with_retention("billing: {reportIntervalSeconds: 0}").is_err());
-        assert!(with_retention("billing: {prices: {usd: {'*': {perHour: 1}}}}").is_err(), "unknown keys are refused");
+        assert!(
+            with_retention("billing: {prices: {usd: {'*': {perHour: 1}}}}").is_err(),
+            "unknown keys are refused"
+        );
     }
 }

@@ -9,7 +9,10 @@ use std::sync::Arc;
 use alcove_crds::{InferenceInstance, KnowledgeBase, Tenant};
 use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{ConfigMap, LimitRange, Namespace, Node, PersistentVolumeClaim, Pod, ResourceQuota, Secret, Service};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, LimitRange, Namespace, Node, PersistentVolumeClaim, Pod, ResourceQuota, Secret,
+    Service,
+};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::Api;
@@ -24,7 +27,6 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::names::MANAGED_BY;
 
-
 /// Futures that keep the caches fed; the caller drives them.
 pub type Feeder = Pin<Box<dyn Future<Output = ()> + Send>>;
 
@@ -37,16 +39,23 @@ pub struct Feed<K> {
 
 impl<K: Clone + Send + Sync + 'static> Feed<K> {
     /// A stream of changed objects, in the form kube-runtime's `*_stream` builders take.
-    pub fn subscribe(&self) -> impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static {
-        tokio_stream::wrappers::BroadcastStream::new(self.tx.subscribe()).filter_map(|r| async move {
-            match r {
-                Ok(obj) => Some(Ok((*obj).clone())),
-                Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(n)) => {
-                    tracing::warn!(missed = n, "a controller fell behind its watch; the next resync catches up");
-                    None
+    pub fn subscribe(
+        &self,
+    ) -> impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static {
+        tokio_stream::wrappers::BroadcastStream::new(self.tx.subscribe()).filter_map(
+            |r| async move {
+                match r {
+                    Ok(obj) => Some(Ok((*obj).clone())),
+                    Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(n)) => {
+                        tracing::warn!(
+                            missed = n,
+                            "a controller fell behind its watch; the next resync catches up"
+                        );
+                        None
+                    }
                 }
-            }
-        })
+            },
+        )
     }
 }
 
@@ -70,9 +79,21 @@ impl Readiness {
     }
 }
 
-fn cache<K>(api: Api<K>, config: watcher::Config, name: &'static str, readiness: Arc<Readiness>, feeders: &mut Vec<Feeder>) -> (Store<K>, Feed<K>)
+fn cache<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    name: &'static str,
+    readiness: Arc<Readiness>,
+    feeders: &mut Vec<Feeder>,
+) -> (Store<K>, Feed<K>)
 where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K: Resource<DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
 {
     let (store, writer) = reflector::store();
     let (tx, _) = tokio::sync::broadcast::channel(65_536);
@@ -81,7 +102,11 @@ where
     let task = stream.for_each(move |r| {
         match r {
             // No subscriber yet is fine.
-            Ok(watcher::Event::Apply(obj) | watcher::Event::InitApply(obj) | watcher::Event::Delete(obj)) => drop(tx.send(Arc::new(obj))),
+            Ok(
+                watcher::Event::Apply(obj)
+                | watcher::Event::InitApply(obj)
+                | watcher::Event::Delete(obj),
+            ) => drop(tx.send(Arc::new(obj))),
             Ok(watcher::Event::InitDone) => readiness.listed(name),
             Ok(watcher::Event::Init) => {}
             Err(e) => tracing::warn!(error = %e, kind = %K::kind(&()), "watch error (retrying)"),
@@ -159,23 +184,46 @@ caches! {
 }
 
 /// Finds a namespaced object in a store.
-pub fn find<K: Resource<DynamicType = ()> + Clone>(store: &Store<K>, namespace: &str, name: &str) -> Option<Arc<K>> {
+pub fn find<K: Resource<DynamicType = ()> + Clone>(
+    store: &Store<K>,
+    namespace: &str,
+    name: &str,
+) -> Option<Arc<K>> {
     store.get(&reflector::ObjectRef::new(name).within(namespace))
 }
 
 /// Finds a cluster-scoped object in a store.
-pub fn find_cluster<K: Resource<DynamicType = ()> + Clone>(store: &Store<K>, name: &str) -> Option<Arc<K>> {
+pub fn find_cluster<K: Resource<DynamicType = ()> + Clone>(
+    store: &Store<K>,
+    name: &str,
+) -> Option<Arc<K>> {
     store.get(&reflector::ObjectRef::new(name))
 }
 
 /// The operator's Event recorder.
 pub fn recorder(client: &Client, identity: &str) -> Recorder {
-    Recorder::new(client.clone(), Reporter { controller: "alcove-operator".into(), instance: Some(identity.to_string()) })
+    Recorder::new(
+        client.clone(),
+        Reporter { controller: "alcove-operator".into(), instance: Some(identity.to_string()) },
+    )
 }
 
 /// Publishes an Event about `obj` with `recorder` (`Context::event` where there is no Context).
-pub async fn publish<K: Resource<DynamicType = ()>>(recorder: &Recorder, obj: &K, warning: bool, reason: &str, action: &str, note: String) {
-    let ev = Event { type_: if warning { EventType::Warning } else { EventType::Normal }, reason: reason.into(), note: Some(note), action: action.into(), secondary: None };
+pub async fn publish<K: Resource<DynamicType = ()>>(
+    recorder: &Recorder,
+    obj: &K,
+    warning: bool,
+    reason: &str,
+    action: &str,
+    note: String,
+) {
+    let ev = Event {
+        type_: if warning { EventType::Warning } else { EventType::Normal },
+        reason: reason.into(),
+        note: Some(note),
+        action: action.into(),
+        secondary: None,
+    };
     if let Err(e) = recorder.publish(&ev, &obj.object_ref(&())).await {
         tracing::warn!(error = %e, reason, "could not record event");
     }
@@ -197,13 +245,39 @@ pub struct Context {
 }
 
 impl Context {
-    pub fn new(client: Client, config: Config, clock: Arc<dyn Clock>, metrics: Arc<Metrics>, caches: Caches, identity: &str, billing: Arc<crate::billing::runtime::Billing>) -> Context {
+    pub fn new(
+        client: Client,
+        config: Config,
+        clock: Arc<dyn Clock>,
+        metrics: Arc<Metrics>,
+        caches: Caches,
+        identity: &str,
+        billing: Arc<crate::billing::runtime::Billing>,
+    ) -> Context {
         let recorder = recorder(&client, identity);
-        Context { writes: Default::default(), backoff: Default::default(), client, config, clock, metrics, recorder, caches, tenant_nudges: tokio::sync::broadcast::channel(1024).0, billing }
+        Context {
+            writes: Default::default(),
+            backoff: Default::default(),
+            client,
+            config,
+            clock,
+            metrics,
+            recorder,
+            caches,
+            tenant_nudges: tokio::sync::broadcast::channel(1024).0,
+            billing,
+        }
     }
 
     /// Publishes an Event about `obj`. Failing to record an Event never fails a reconcile.
-    pub async fn event<K: Resource<DynamicType = ()>>(&self, obj: &K, warning: bool, reason: &str, action: &str, note: String) {
+    pub async fn event<K: Resource<DynamicType = ()>>(
+        &self,
+        obj: &K,
+        warning: bool,
+        reason: &str,
+        action: &str,
+        note: String,
+    ) {
         publish(&self.recorder, obj, warning, reason, action, note).await
     }
 
@@ -212,31 +286,64 @@ impl Context {
     }
 
     /// Server-side applies `desired` unless `live` already matches (see `apply`).
-    pub async fn apply<K>(&self, api: &Api<K>, desired: &K, live: Option<&K>) -> crate::error::Result<bool>
+    pub async fn apply<K>(
+        &self,
+        api: &Api<K>,
+        desired: &K,
+        live: Option<&K>,
+    ) -> crate::error::Result<bool>
     where
-        K: Resource<DynamicType = ()> + serde::Serialize + DeserializeOwned + Clone + std::fmt::Debug,
+        K: Resource<DynamicType = ()>
+            + serde::Serialize
+            + DeserializeOwned
+            + Clone
+            + std::fmt::Debug,
     {
         crate::apply::apply(&self.writes, api, desired, live).await
     }
 
     /// Creates an object that is made once and never changed (see `apply::create`).
-    pub async fn create<K>(&self, api: &Api<K>, obj: &K, live: Option<&K>) -> crate::error::Result<bool>
+    pub async fn create<K>(
+        &self,
+        api: &Api<K>,
+        obj: &K,
+        live: Option<&K>,
+    ) -> crate::error::Result<bool>
     where
-        K: Resource<DynamicType = ()> + serde::Serialize + DeserializeOwned + Clone + std::fmt::Debug,
+        K: Resource<DynamicType = ()>
+            + serde::Serialize
+            + DeserializeOwned
+            + Clone
+            + std::fmt::Debug,
     {
         crate::apply::create(&self.writes, api, obj, live).await
     }
 
     /// Applies an object only when it does not exist (see `apply::ensure`).
-    pub async fn ensure<K>(&self, api: &Api<K>, desired: &K, live: Option<&K>) -> crate::error::Result<bool>
+    pub async fn ensure<K>(
+        &self,
+        api: &Api<K>,
+        desired: &K,
+        live: Option<&K>,
+    ) -> crate::error::Result<bool>
     where
-        K: Resource<DynamicType = ()> + serde::Serialize + DeserializeOwned + Clone + std::fmt::Debug,
+        K: Resource<DynamicType = ()>
+            + serde::Serialize
+            + DeserializeOwned
+            + Clone
+            + std::fmt::Debug,
     {
         crate::apply::ensure(&self.writes, api, desired, live).await
     }
 
     /// Writes a status when it changed (see `status`).
-    pub async fn write_status<K, S>(&self, api: &Api<K>, obj: &K, current: Option<&S>, desired: &S) -> crate::error::Result<bool>
+    pub async fn write_status<K, S>(
+        &self,
+        api: &Api<K>,
+        obj: &K,
+        current: Option<&S>,
+        desired: &S,
+    ) -> crate::error::Result<bool>
     where
         K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
         S: serde::Serialize + PartialEq + Clone + crate::conditions::Conditioned,

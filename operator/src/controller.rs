@@ -13,7 +13,12 @@ use crate::error::{Error, Result};
 
 /// Runs one reconcile of `obj` by `controller` once the caches are synced: counted, timed, and a
 /// success clears the object's backoff.
-pub async fn reconcile<K, F>(ctx: &Context, controller: &'static str, obj: &K, run: F) -> Result<Action>
+pub async fn reconcile<K, F>(
+    ctx: &Context,
+    controller: &'static str,
+    obj: &K,
+    run: F,
+) -> Result<Action>
 where
     K: Resource,
     F: Future<Output = Result<Action>>,
@@ -32,7 +37,12 @@ where
 }
 
 /// After a failed reconcile: counted by reason, logged, retried after the object's backoff.
-pub fn error_policy<K: Resource>(ctx: &Context, controller: &'static str, obj: &K, error: &Error) -> Action {
+pub fn error_policy<K: Resource>(
+    ctx: &Context,
+    controller: &'static str,
+    obj: &K,
+    error: &Error,
+) -> Action {
     ctx.metrics.errors.with_label_values(&[controller, error.reason()]).inc();
     let object = format!("{controller}:{}", key(obj));
     let delay = ctx.backoff.failed(&object);
@@ -46,7 +56,10 @@ fn finalizer_manager() -> String {
 }
 
 /// The server-side apply body that sets `obj`'s finalizers owned by us to `finalizers`.
-fn finalizer_body<K: Resource<DynamicType = ()>>(obj: &K, finalizers: &[&str]) -> serde_json::Value {
+fn finalizer_body<K: Resource<DynamicType = ()>>(
+    obj: &K,
+    finalizers: &[&str],
+) -> serde_json::Value {
     let mut meta = serde_json::json!({"name": obj.name_any(), "finalizers": finalizers});
     if let Some(ns) = obj.namespace() {
         meta["namespace"] = ns.into();
@@ -63,7 +76,12 @@ where
     if obj.finalizers().iter().any(|f| f == finalizer) {
         return Ok(false);
     }
-    api.patch(&obj.name_any(), &PatchParams::apply(&finalizer_manager()).force(), &Patch::Apply(&finalizer_body(obj, &[finalizer]))).await?;
+    api.patch(
+        &obj.name_any(),
+        &PatchParams::apply(&finalizer_manager()).force(),
+        &Patch::Apply(&finalizer_body(obj, &[finalizer])),
+    )
+    .await?;
     Ok(true)
 }
 
@@ -75,7 +93,14 @@ where
     if !obj.finalizers().iter().any(|f| f == finalizer) {
         return Ok(());
     }
-    ignore_missing(api.patch(&obj.name_any(), &PatchParams::apply(&finalizer_manager()).force(), &Patch::Apply(&finalizer_body(obj, &[]))).await)
+    ignore_missing(
+        api.patch(
+            &obj.name_any(),
+            &PatchParams::apply(&finalizer_manager()).force(),
+            &Patch::Apply(&finalizer_body(obj, &[])),
+        )
+        .await,
+    )
 }
 
 /// A delete or patch of something already gone is done.

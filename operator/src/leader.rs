@@ -36,7 +36,8 @@ impl Elector {
         let spec = l.spec.get_or_insert_with(Default::default);
         if acquiring {
             spec.acquire_time = Some(micro(now));
-            spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0) + i32::from(existing.is_some()));
+            spec.lease_transitions =
+                Some(spec.lease_transitions.unwrap_or(0) + i32::from(existing.is_some()));
         }
         spec.holder_identity = Some(self.identity.clone());
         spec.lease_duration_seconds = Some(LEASE_DURATION.as_secs() as i32);
@@ -63,7 +64,8 @@ impl Elector {
         let ours = holder == self.identity;
         let expired = match (&spec.renew_time, spec.lease_duration_seconds) {
             (Some(renewed), Some(secs)) => {
-                jiff::Timestamp::now().as_millisecond() > renewed.0.as_millisecond() + i64::from(secs) * 1000
+                jiff::Timestamp::now().as_millisecond()
+                    > renewed.0.as_millisecond() + i64::from(secs) * 1000
             }
             _ => true,
         };
@@ -112,12 +114,14 @@ impl Elector {
     /// Gives the Lease up (graceful shutdown), so a standby takes over at once.
     pub async fn release(&self) {
         if let Ok(current) = self.api.get(LEASE_NAME).await
-            && current.spec.as_ref().and_then(|s| s.holder_identity.as_deref()) == Some(self.identity.as_str()) {
-                let mut l = current.clone();
-                let spec = l.spec.get_or_insert_with(Default::default);
-                spec.holder_identity = Some(String::new());
-                spec.lease_duration_seconds = Some(1);
-                let _ = self.api.replace(LEASE_NAME, &PostParams::default(), &l).await;
-            }
+            && current.spec.as_ref().and_then(|s| s.holder_identity.as_deref())
+                == Some(self.identity.as_str())
+        {
+            let mut l = current.clone();
+            let spec = l.spec.get_or_insert_with(Default::default);
+            spec.holder_identity = Some(String::new());
+            spec.lease_duration_seconds = Some(1);
+            let _ = self.api.replace(LEASE_NAME, &PostParams::default(), &l).await;
+        }
     }
 }

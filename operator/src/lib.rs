@@ -36,7 +36,8 @@ use crate::metrics::Metrics;
 
 /// Resolves on SIGTERM or Ctrl-C.
 pub async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
@@ -45,7 +46,9 @@ pub async fn shutdown_signal() {
 
 fn identity(args: &OperatorArgs) -> String {
     args.identity.clone().unwrap_or_else(|| {
-        let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "alcove".into());
+        let host = std::fs::read_to_string("/etc/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "alcove".into());
         format!("{host}-{}", std::process::id())
     })
 }
@@ -55,11 +58,16 @@ pub async fn run_operator(args: OperatorArgs) -> anyhow::Result<()> {
     let config = Config::load(&args)?;
     let client = match &args.kubeconfig {
         Some(path) => {
-            let kc = kube::config::Kubeconfig::read_from(path).map_err(|e| anyhow::anyhow!("--kubeconfig {}: {e}", path.display()))?;
-            let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.map_err(|e| anyhow::anyhow!("--kubeconfig {}: {e}", path.display()))?;
+            let kc = kube::config::Kubeconfig::read_from(path)
+                .map_err(|e| anyhow::anyhow!("--kubeconfig {}: {e}", path.display()))?;
+            let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+                .await
+                .map_err(|e| anyhow::anyhow!("--kubeconfig {}: {e}", path.display()))?;
             kube::Client::try_from(cfg)?
         }
-        None => kube::Client::try_default().await.map_err(|e| anyhow::anyhow!("no Kubernetes configuration (kubeconfig or in-cluster): {e}"))?,
+        None => kube::Client::try_default().await.map_err(|e| {
+            anyhow::anyhow!("no Kubernetes configuration (kubeconfig or in-cluster): {e}")
+        })?,
     };
     let metrics = Arc::new(Metrics::new());
     let ready = Arc::new(AtomicBool::new(false));
@@ -83,7 +91,9 @@ pub async fn run_operator(args: OperatorArgs) -> anyhow::Result<()> {
     let identity = identity(&args);
     let billing = Arc::new(billing::runtime::Billing::new(&args, &config)?);
     if billing.stripe.is_none() {
-        tracing::warn!("no Stripe API key: billing is disabled (each Tenant's Billing condition says so)");
+        tracing::warn!(
+            "no Stripe API key: billing is disabled (each Tenant's Billing condition says so)"
+        );
     }
     // Every replica takes webhook deliveries: the ledger's compare-and-swap makes that safe.
     let webhook = Arc::new(billing::webhook::WebhookState {
@@ -95,7 +105,8 @@ pub async fn run_operator(args: OperatorArgs) -> anyhow::Result<()> {
         recorder: context::recorder(&client, &identity),
     });
     let state = http::HttpState { metrics: metrics.clone(), ready: ready.clone() };
-    let (addr, http_task) = http::serve(args.http_addr, http::router(state, webhook), stopped.clone()).await?;
+    let (addr, http_task) =
+        http::serve(args.http_addr, http::router(state, webhook), stopped.clone()).await?;
     tracing::info!(%addr, %identity, namespace = %config.namespace, "alcove operator serving /metrics, /healthz, /readyz, /webhooks/stripe");
 
     let elector = leader::Elector::new(client.clone(), &config.namespace, &identity);
@@ -113,7 +124,15 @@ pub async fn run_operator(args: OperatorArgs) -> anyhow::Result<()> {
     metrics.leader.set(1);
 
     let (caches, handles, feeders) = Caches::new(&client);
-    let ctx = Arc::new(Context::new(client.clone(), config, clock, metrics.clone(), caches.clone(), &identity, billing));
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        config,
+        clock,
+        metrics.clone(),
+        caches.clone(),
+        &identity,
+        billing,
+    ));
     // Controllers subscribe to the caches' change feeds before the caches start filling.
     let controllers = futures::future::join_all(vec![
         tenant::controller(ctx.clone(), &handles, stopped.clone()).boxed(),
@@ -128,7 +147,10 @@ pub async fn run_operator(args: OperatorArgs) -> anyhow::Result<()> {
         let ready = ready.clone();
         tokio::spawn(async move {
             ready.store(false, Ordering::SeqCst);
-            while tokio::time::timeout(std::time::Duration::from_secs(5), caches.ready()).await.is_err() {
+            while tokio::time::timeout(std::time::Duration::from_secs(5), caches.ready())
+                .await
+                .is_err()
+            {
                 tracing::warn!(waiting = ?caches.not_ready(), "caches not synced yet");
             }
             ready.store(true, Ordering::SeqCst);

@@ -35,7 +35,8 @@ enum Command {
 }
 
 fn init_tracing(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("ALCOVE_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter = tracing_subscriber::EnvFilter::try_from_env("ALCOVE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     if format == "json" {
         builder.json().flatten_event(true).init();
@@ -55,9 +56,17 @@ fn main() {
                 eprintln!("alcove up: {}: {e}", log_path.display());
                 std::process::exit(1);
             });
-            let filter = tracing_subscriber::EnvFilter::try_from_env("ALCOVE_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-            tracing_subscriber::fmt().with_env_filter(filter).with_ansi(false).with_writer(std::sync::Mutex::new(log)).init();
-            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+            let filter = tracing_subscriber::EnvFilter::try_from_env("ALCOVE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+            tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_ansi(false)
+                .with_writer(std::sync::Mutex::new(log))
+                .init();
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .expect("tokio runtime");
             if let Err(e) = rt.block_on(alcove::up::run(args)) {
                 eprintln!("alcove up: {e:#}");
                 std::process::exit(1);
@@ -65,7 +74,10 @@ fn main() {
         }
         Command::Crds => print!("{}", alcove_crds::crd_yaml_stream()),
         Command::DataReport { tenant, namespace } => {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("tokio runtime");
             let report = rt.block_on(async {
                 let client = kube::Client::try_default().await?;
                 alcove::retention::data_report(client, &namespace, &tenant).await
@@ -80,7 +92,10 @@ fn main() {
         }
         Command::Operator(args) => {
             init_tracing(&args.log_format);
-            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .expect("tokio runtime");
             if let Err(e) = rt.block_on(alcove::run_operator(args)) {
                 tracing::error!(error = %e, "operator failed");
                 eprintln!("alcove operator: {e:#}");

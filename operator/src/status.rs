@@ -10,14 +10,20 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::apply::{WriteLog, log_key};
-use crate::hash::config_hash;
 use crate::conditions::{Conditioned, settle};
 use crate::error::{Error, Result};
+use crate::hash::config_hash;
 
 /// Writes `desired` as the status of `obj` unless `current` already equals it (or we already
 /// wrote it on top of this version: the cache is only behind our own write). Conditions whose
 /// status did not change keep `current`'s transition time, whatever the builder put there.
-pub async fn write<K, S>(log: &WriteLog, api: &Api<K>, obj: &K, current: Option<&S>, desired: &S) -> Result<bool>
+pub async fn write<K, S>(
+    log: &WriteLog,
+    api: &Api<K>,
+    obj: &K,
+    current: Option<&S>,
+    desired: &S,
+) -> Result<bool>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
     S: Serialize + PartialEq + Clone + Conditioned,
@@ -29,7 +35,8 @@ where
     if current == Some(&desired) {
         return Ok(false);
     }
-    let status = serde_json::to_value(&desired).map_err(|source| Error::Serialize { what: "status", source })?;
+    let status = serde_json::to_value(&desired)
+        .map_err(|source| Error::Serialize { what: "status", source })?;
     let fingerprint = config_hash(&status);
     let key = log_key(obj, "/status");
     let rv = obj.resource_version();
@@ -37,7 +44,12 @@ where
         return Ok(false);
     }
     let body = serde_json::json!({"apiVersion": K::api_version(&()), "kind": K::kind(&()), "status": status});
-    api.patch_status(&obj.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body)).await?;
+    api.patch_status(
+        &obj.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&body),
+    )
+    .await?;
     log.record(key, rv, fingerprint);
     Ok(true)
 }

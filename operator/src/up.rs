@@ -43,10 +43,17 @@ pub fn default_nodes() -> Vec<NodeConfig> {
     vec![
         NodeConfig::gpu("gpu-tw-1", "tw-taipei-1", H100, 8).label("alcove.dev/pool", "shared"),
         NodeConfig::gpu("gpu-tw-2", "tw-taipei-1", H100, 8).label("alcove.dev/pool", "shared"),
-        NodeConfig::gpu("gpu-tw-acme", "tw-taipei-1", H100, 8).label("alcove.dev/tenant", "acme").taint("alcove.dev/tenant", "acme", "NoSchedule"),
-        NodeConfig::gpu("gpu-tw-globex", "tw-taipei-1", H100, 8).label("alcove.dev/customer-pool", "globex").taint("alcove.dev/customer-pool", "globex", "NoSchedule"),
+        NodeConfig::gpu("gpu-tw-acme", "tw-taipei-1", H100, 8)
+            .label("alcove.dev/tenant", "acme")
+            .taint("alcove.dev/tenant", "acme", "NoSchedule"),
+        NodeConfig::gpu("gpu-tw-globex", "tw-taipei-1", H100, 8)
+            .label("alcove.dev/customer-pool", "globex")
+            .taint("alcove.dev/customer-pool", "globex", "NoSchedule"),
         NodeConfig::gpu("gpu-jp-1", "jp-tokyo-1", H100, 8).label("alcove.dev/pool", "shared"),
-        NodeConfig::new("cpu-1").label("topology.kubernetes.io/region", "tw-taipei-1").capacity("cpu", "16").capacity("memory", "64Gi"),
+        NodeConfig::new("cpu-1")
+            .label("topology.kubernetes.io/region", "tw-taipei-1")
+            .capacity("cpu", "16")
+            .capacity("memory", "64Gi"),
     ]
 }
 
@@ -71,16 +78,22 @@ fn inference_binary(args: &UpArgs) -> anyhow::Result<PathBuf> {
         return Ok(beside);
     }
     let release = dir.ends_with("release");
-    println!("alcove up: building alcove-inference ({}; first run only)", if release { "release" } else { "debug" });
+    println!(
+        "alcove up: building alcove-inference ({}; first run only)",
+        if release { "release" } else { "debug" }
+    );
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = std::process::Command::new(cargo);
-    cmd.args(["build", "-p", "alcove-inference", "--bin", "alcove-inference"]).current_dir(workspace_root());
+    cmd.args(["build", "-p", "alcove-inference", "--bin", "alcove-inference"])
+        .current_dir(workspace_root());
     if release {
         cmd.arg("--release");
     }
     let status = cmd.status().context("running cargo to build alcove-inference")?;
     if !status.success() || !beside.is_file() {
-        bail!("building alcove-inference failed; build it with `cargo build --release -p alcove-inference` or pass --inference-binary");
+        bail!(
+            "building alcove-inference failed; build it with `cargo build --release -p alcove-inference` or pass --inference-binary"
+        );
     }
     Ok(beside)
 }
@@ -95,7 +108,11 @@ fn platform_models(bin: &Path, root: &Path, model: Option<&Path>) -> anyhow::Res
             return Ok(());
         }
         let _ = std::fs::remove_dir_all(&dir);
-        let out = std::process::Command::new(bin).args(["make-test-model", "--out"]).arg(&dir).args(extra).output()?;
+        let out = std::process::Command::new(bin)
+            .args(["make-test-model", "--out"])
+            .arg(&dir)
+            .args(extra)
+            .output()?;
         if !out.status.success() {
             bail!("make-test-model {name}: {}", String::from_utf8_lossy(&out.stderr));
         }
@@ -106,7 +123,9 @@ fn platform_models(bin: &Path, root: &Path, model: Option<&Path>) -> anyhow::Res
     let Some(model) = model else {
         make("default", &[])?;
         make("default-gguf", &["--format", "gguf"])?;
-        return Ok("test models with random weights (their answers are random text; pass --model for a real one)".into());
+        return Ok(
+            "test models with random weights (their answers are random text; pass --model for a real one)".into()
+        );
     };
     let model = model.canonicalize().with_context(|| format!("--model {}", model.display()))?;
     for name in ["default", "default-gguf"] {
@@ -116,12 +135,18 @@ fn platform_models(bin: &Path, root: &Path, model: Option<&Path>) -> anyhow::Res
     if model.is_dir() {
         std::os::unix::fs::symlink(&model, root.join("default"))?;
         make("default-gguf", &["--format", "gguf"])?;
-        Ok(format!("default = {} (safetensors); default-gguf is a random-weight test model", model.display()))
+        Ok(format!(
+            "default = {} (safetensors); default-gguf is a random-weight test model",
+            model.display()
+        ))
     } else {
         std::fs::create_dir_all(root.join("default-gguf"))?;
         std::os::unix::fs::symlink(&model, root.join("default-gguf").join("model.gguf"))?;
         make("default", &[])?;
-        Ok(format!("default-gguf = {} (model.gguf); default is a random-weight test model", model.display()))
+        Ok(format!(
+            "default-gguf = {} (model.gguf); default is a random-weight test model",
+            model.display()
+        ))
     }
 }
 
@@ -144,7 +169,8 @@ fn http_ok(port: u16, path: &str) -> bool {
 /// process; they also die with this process, by `PR_SET_PDEATHSIG`).
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let started = Instant::now();
-    std::fs::create_dir_all(&args.state_dir).with_context(|| format!("creating {}", args.state_dir.display()))?;
+    std::fs::create_dir_all(&args.state_dir)
+        .with_context(|| format!("creating {}", args.state_dir.display()))?;
     let state = args.state_dir.canonicalize()?;
     let bin = inference_binary(&args)?;
     let models = state.join("models");
@@ -156,15 +182,22 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let mut config = ClusterConfig::new(&cluster_dir);
     config.port = args.port;
     match &args.nodes {
-        Some(path) => config = config.load_file(path).map_err(|e| anyhow::anyhow!("--nodes {e}"))?,
+        Some(path) => {
+            config = config.load_file(path).map_err(|e| anyhow::anyhow!("--nodes {e}"))?
+        }
         None => config.nodes = default_nodes(),
     }
     let image = crate::config::default_image();
     let pattern = format!("{}*", image.split(':').next().unwrap_or(&image));
     config = config.image(&pattern, &bin);
-    config.csi_drivers.push(alcove_devcluster::config::CsiDriver { driver: "models.alcove.dev".into(), attribute: "model".into(), root: models.clone() });
+    config.csi_drivers.push(alcove_devcluster::config::CsiDriver {
+        driver: "models.alcove.dev".into(),
+        attribute: "model".into(),
+        root: models.clone(),
+    });
     let nodes = config.nodes.clone();
-    let cluster = DevCluster::start(config).await.map_err(|e| anyhow::anyhow!("starting devcluster: {e}"))?;
+    let cluster =
+        DevCluster::start(config).await.map_err(|e| anyhow::anyhow!("starting devcluster: {e}"))?;
     let kubeconfig = state.join("kubeconfig");
     std::fs::copy(&cluster.kubeconfig, &kubeconfig).context("writing the kubeconfig")?;
 
@@ -172,7 +205,9 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let crds: Api<CustomResourceDefinition> = Api::all(client);
     for crd in alcove_crds::crds() {
         let name = crd.metadata.name.clone().unwrap_or_default();
-        crds.patch(&name, &PatchParams::apply("alcove-up").force(), &Patch::Apply(&crd)).await.with_context(|| format!("installing CRD {name}"))?;
+        crds.patch(&name, &PatchParams::apply("alcove-up").force(), &Patch::Apply(&crd))
+            .await
+            .with_context(|| format!("installing CRD {name}"))?;
     }
 
     let port = free_port()?;
@@ -188,8 +223,11 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         kubeconfig: Some(kubeconfig.clone()),
         // Billing runs when the environment names a Stripe (e.g. localstripe); disabled otherwise.
         stripe_api_key: std::env::var("ALCOVE_STRIPE_API_KEY").ok().and_then(|k| k.parse().ok()),
-        stripe_api_base: std::env::var("ALCOVE_STRIPE_API_BASE").unwrap_or_else(|_| "https://api.stripe.com/".into()),
-        stripe_webhook_secret: std::env::var("ALCOVE_STRIPE_WEBHOOK_SECRET").ok().and_then(|k| k.parse().ok()),
+        stripe_api_base: std::env::var("ALCOVE_STRIPE_API_BASE")
+            .unwrap_or_else(|_| "https://api.stripe.com/".into()),
+        stripe_webhook_secret: std::env::var("ALCOVE_STRIPE_WEBHOOK_SECRET")
+            .ok()
+            .and_then(|k| k.parse().ok()),
         crash_after: None,
     };
     let mut operator = tokio::spawn(crate::run_operator(operator_args));
@@ -206,17 +244,47 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    let rel = |p: &Path| p.strip_prefix(std::env::current_dir().unwrap_or_default()).map(Path::to_path_buf).unwrap_or_else(|_| p.to_path_buf());
-    println!("alcove up: Kubernetes API   {} (kubeconfig {})", cluster.url(), rel(&kubeconfig).display());
+    let rel = |p: &Path| {
+        p.strip_prefix(std::env::current_dir().unwrap_or_default())
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|_| p.to_path_buf())
+    };
+    println!(
+        "alcove up: Kubernetes API   {} (kubeconfig {})",
+        cluster.url(),
+        rel(&kubeconfig).display()
+    );
     for n in &nodes {
-        let gpus = n.capacity.get("nvidia.com/gpu").map(|g| format!("{g}× {}", n.labels.get("nvidia.com/gpu.product").cloned().unwrap_or_default())).unwrap_or_else(|| "CPU only".into());
-        println!("alcove up: node {:<14} {gpus}, {}", n.name, n.labels.get("topology.kubernetes.io/region").cloned().unwrap_or_default());
+        let gpus = n
+            .capacity
+            .get("nvidia.com/gpu")
+            .map(|g| {
+                format!(
+                    "{g}× {}",
+                    n.labels.get("nvidia.com/gpu.product").cloned().unwrap_or_default()
+                )
+            })
+            .unwrap_or_else(|| "CPU only".into());
+        println!(
+            "alcove up: node {:<14} {gpus}, {}",
+            n.name,
+            n.labels.get("topology.kubernetes.io/region").cloned().unwrap_or_default()
+        );
     }
     println!("alcove up: inference image {image} runs {}", bin.display());
     println!("alcove up: platform models in {}: {model_note}", rel(&models).display());
-    println!("alcove up: operator metrics http://127.0.0.1:{port}/metrics; pod logs under {}", rel(&cluster_dir).display());
-    println!("alcove up: simulated: the nodes and their GPUs; real: the Kubernetes API, the operator, and every inference server (on this machine's CPU)");
-    println!("alcove up: ready in {:.1} s — export KUBECONFIG={}   (Ctrl-C stops everything)", started.elapsed().as_secs_f64(), rel(&kubeconfig).display());
+    println!(
+        "alcove up: operator metrics http://127.0.0.1:{port}/metrics; pod logs under {}",
+        rel(&cluster_dir).display()
+    );
+    println!(
+        "alcove up: simulated: the nodes and their GPUs; real: the Kubernetes API, the operator, and every inference server (on this machine's CPU)"
+    );
+    println!(
+        "alcove up: ready in {:.1} s — export KUBECONFIG={}   (Ctrl-C stops everything)",
+        started.elapsed().as_secs_f64(),
+        rel(&kubeconfig).display()
+    );
 
     // The operator listens for the same signal; whichever of the two sees it first, both stop.
     let stopped_alone = tokio::select! {

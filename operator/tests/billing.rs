@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
 use sha2::Sha256;
-use support::*;
 use support::localstripe::{KEY, LocalStripe, WHSEC};
+use support::*;
 
 fn sign(t: i64, payload: &str) -> String {
     let mut mac = Hmac::<Sha256>::new_from_slice(WHSEC.as_bytes()).unwrap();
@@ -29,13 +29,21 @@ async fn setup() -> (Platform, LocalStripe, Clock, Vec<String>) {
     let models = tempfile::tempdir().unwrap().keep();
     std::fs::create_dir_all(models.join("default")).unwrap();
     let p = Platform::start_with(|mut c| {
-        c.csi_drivers.push(alcove_devcluster::config::CsiDriver { driver: "models.alcove.dev".into(), attribute: "model".into(), root: models });
+        c.csi_drivers.push(alcove_devcluster::config::CsiDriver {
+            driver: "models.alcove.dev".into(),
+            attribute: "model".into(),
+            root: models,
+        });
         c
     })
     .await;
     let stripe = LocalStripe::start(&p).await;
     let config = p.dir.path().join("operator.yaml");
-    std::fs::write(&config, "billing:\n  reportIntervalSeconds: 60\n  prices:\n    usd:\n      \"*\": {perGpuHour: 360}\n").unwrap();
+    std::fs::write(
+        &config,
+        "billing:\n  reportIntervalSeconds: 60\n  prices:\n    usd:\n      \"*\": {perGpuHour: 360}\n",
+    )
+    .unwrap();
     let clock = Clock(p.dir.path().join("clock"));
     let args = [
         "--config",
@@ -76,20 +84,28 @@ async fn spawn(p: &mut Platform, args: &[String], extra: &[&str]) -> usize {
 
 /// Waits for an operator started with `--crash-after` to kill itself.
 async fn died(p: &mut Platform, n: usize) {
-    let status = tokio::time::timeout(Duration::from_secs(60), p.operators[n].child.wait()).await.expect("the operator crashed in time").unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(60), p.operators[n].child.wait())
+        .await
+        .expect("the operator crashed in time")
+        .unwrap();
     use std::os::unix::process::ExitStatusExt;
     assert_eq!(status.signal(), Some(9), "killed by SIGKILL; log:\n{}", p.operators[n].log_text());
 }
 
 async fn customer_id(p: &Platform) -> String {
     until_some("the tenant's Stripe customer in its status", Duration::from_secs(60), || async {
-        Some(p.jsonpath(&["get", "tenant", "acme"], "{.status.billing.customerId}").await).filter(|s| !s.is_empty())
+        Some(p.jsonpath(&["get", "tenant", "acme"], "{.status.billing.customerId}").await)
+            .filter(|s| !s.is_empty())
     })
     .await
 }
 
 async fn billed_through(p: &Platform) -> String {
-    p.jsonpath(&["get", "inferenceinstance", "chat", "-n", "tenant-acme"], "{.status.billedThrough}").await
+    p.jsonpath(
+        &["get", "inferenceinstance", "chat", "-n", "tenant-acme"],
+        "{.status.billedThrough}",
+    )
+    .await
 }
 
 fn field(item: &Value, key: &str) -> String {
@@ -111,19 +127,33 @@ async fn customer_once_and_gpu_time_billed_exactly_across_crashes() {
     spawn(&mut p, &args, &[]).await;
     let customer = customer_id(&p).await;
     let customers = stripe.customers_of(&uid).await;
-    assert_eq!(customers.len(), 1, "a restart finds the customer instead of making another: {customers:?}");
+    assert_eq!(
+        customers.len(),
+        1,
+        "a restart finds the customer instead of making another: {customers:?}"
+    );
     assert_eq!(customers[0]["id"], customer.as_str());
 
     // GPU time from Ready (t0, the clock is frozen) in whole intervals.
     p.ok_in(&["apply", "-f", "-"], INSTANCE).await;
     let started = until_some("the instance Ready", Duration::from_secs(60), || async {
-        Some(p.jsonpath(&["get", "inferenceinstance", "chat", "-n", "tenant-acme"], "{.status.startedAt}").await).filter(|s| !s.is_empty())
+        Some(
+            p.jsonpath(
+                &["get", "inferenceinstance", "chat", "-n", "tenant-acme"],
+                "{.status.startedAt}",
+            )
+            .await,
+        )
+        .filter(|s| !s.is_empty())
     })
     .await;
     assert_eq!(started.parse::<jiff::Timestamp>().unwrap(), t0);
     clock.set(secs(t0, 60));
     let want = lifecycle_ts(secs(t0, 60));
-    eventually("billed through t0+60", Duration::from_secs(30), || async { billed_through(&p).await == want }).await;
+    eventually("billed through t0+60", Duration::from_secs(30), || async {
+        billed_through(&p).await == want
+    })
+    .await;
     assert_eq!(stripe.usage(&customer).await.len(), 1);
 
     // SIGKILL after Stripe took the second record, before the ledger and status know.
@@ -136,20 +166,50 @@ async fn customer_once_and_gpu_time_billed_exactly_across_crashes() {
     spawn(&mut p, &args, &[]).await;
     clock.set(secs(t0, 150));
     let want = lifecycle_ts(secs(t0, 120));
-    eventually("the orphan record adopted: billed through t0+120", Duration::from_secs(30), || async { billed_through(&p).await == want }).await;
+    eventually(
+        "the orphan record adopted: billed through t0+120",
+        Duration::from_secs(30),
+        || async { billed_through(&p).await == want },
+    )
+    .await;
     assert_eq!(stripe.usage(&customer).await.len(), 2, "adopted, not made again");
 
     // Suspended at t0+185: the partial interval is billed at the stop.
     clock.set(secs(t0, 185));
-    p.ok(&["patch", "inferenceinstance", "chat", "-n", "tenant-acme", "--type", "merge", "-p", r#"{"spec":{"state":"Suspended"}}"#]).await;
+    p.ok(&[
+        "patch",
+        "inferenceinstance",
+        "chat",
+        "-n",
+        "tenant-acme",
+        "--type",
+        "merge",
+        "-p",
+        r#"{"spec":{"state":"Suspended"}}"#,
+    ])
+    .await;
     let want = lifecycle_ts(secs(t0, 185));
-    eventually("billed through the suspension", Duration::from_secs(30), || async { billed_through(&p).await == want }).await;
+    eventually("billed through the suspension", Duration::from_secs(30), || async {
+        billed_through(&p).await == want
+    })
+    .await;
     let records = stripe.usage(&customer).await;
-    let periods: Vec<(String, String)> = records.iter().map(|r| (field(r, "period_start"), field(r, "period_end"))).collect();
+    let periods: Vec<(String, String)> =
+        records.iter().map(|r| (field(r, "period_start"), field(r, "period_end"))).collect();
     // [t0, t0+60), [t0+60, t0+120), then the rest up to t0+185 — as one record, or as the
     // interval that fell due when the clock moved plus the partial one at the stop.
-    assert_eq!(periods[..2], [(lifecycle_ts(t0), lifecycle_ts(secs(t0, 60))), (lifecycle_ts(secs(t0, 60)), lifecycle_ts(secs(t0, 120)))], "{records:#?}");
-    assert!(periods.windows(2).all(|w| w[0].1 == w[1].0), "contiguous, no overlap, no duplicate: {periods:?}");
+    assert_eq!(
+        periods[..2],
+        [
+            (lifecycle_ts(t0), lifecycle_ts(secs(t0, 60))),
+            (lifecycle_ts(secs(t0, 60)), lifecycle_ts(secs(t0, 120)))
+        ],
+        "{records:#?}"
+    );
+    assert!(
+        periods.windows(2).all(|w| w[0].1 == w[1].0),
+        "contiguous, no overlap, no duplicate: {periods:?}"
+    );
     assert_eq!(periods.last().unwrap().1, lifecycle_ts(secs(t0, 185)));
     assert!(periods.len() <= 4, "{periods:?}");
     let gpu_ms: i64 = records.iter().map(|r| field(r, "gpu_millis").parse::<i64>().unwrap()).sum();
@@ -158,7 +218,8 @@ async fn customer_once_and_gpu_time_billed_exactly_across_crashes() {
     assert_eq!(amount, 18, "185 GPU-s at 0.1 cent, rounded once");
     assert!(records.iter().all(|r| r["currency"] == "usd" && r["customer"] == customer.as_str()));
     let billed = until_some("the tenant's mirror", Duration::from_secs(30), || async {
-        Some(p.jsonpath(&["get", "tenant", "acme"], "{.status.billing.billed}").await).filter(|b| b == "18")
+        Some(p.jsonpath(&["get", "tenant", "acme"], "{.status.billing.billed}").await)
+            .filter(|b| b == "18")
     })
     .await;
     assert_eq!(billed, "18");
@@ -180,14 +241,24 @@ async fn destroy_records_the_final_usage_within_a_second() {
     let customer = customer_id(&p).await;
     p.ok_in(&["apply", "-f", "-"], INSTANCE).await;
     p.wait_condition("inferenceinstance/chat -n tenant-acme", "Ready", 60).await;
-    let uid = p.jsonpath(&["get", "inferenceinstance", "chat", "-n", "tenant-acme"], "{.metadata.uid}").await;
+    let uid = p
+        .jsonpath(&["get", "inferenceinstance", "chat", "-n", "tenant-acme"], "{.metadata.uid}")
+        .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert!(stripe.usage(&customer).await.is_empty(), "less than an interval: nothing reported yet");
+    assert!(
+        stripe.usage(&customer).await.is_empty(),
+        "less than an interval: nothing reported yet"
+    );
 
     let asked = Instant::now();
     p.ok(&["delete", "inferenceinstance", "chat", "-n", "tenant-acme", "--wait=false"]).await;
     let record = loop {
-        if let Some(r) = stripe.usage(&customer).await.into_iter().find(|r| field(r, "alcove_instance_uid") == uid) {
+        if let Some(r) = stripe
+            .usage(&customer)
+            .await
+            .into_iter()
+            .find(|r| field(r, "alcove_instance_uid") == uid)
+        {
             break r;
         }
         assert!(asked.elapsed() < Duration::from_secs(10), "no final usage record");
@@ -199,7 +270,10 @@ async fn destroy_records_the_final_usage_within_a_second() {
     let ms: i64 = field(&record, "gpu_millis").parse().unwrap();
     assert!(ms >= 1000, "the run's GPU time: {record}");
     // The instance goes; its meter in the ledger goes with it, its totals stay.
-    eventually("instance gone", Duration::from_secs(30), || async { !p.kubectl(&["get", "inferenceinstance", "chat", "-n", "tenant-acme"]).await.0 }).await;
+    eventually("instance gone", Duration::from_secs(30), || async {
+        !p.kubectl(&["get", "inferenceinstance", "chat", "-n", "tenant-acme"]).await.0
+    })
+    .await;
     eventually("meter pruned, total kept", Duration::from_secs(30), || async {
         let cm = p.json(&["get", "configmap", "billing-acme", "-n", "alcove-system"]).await;
         let l: Value = serde_json::from_str(cm["data"]["ledger.json"].as_str().unwrap()).unwrap();
@@ -217,10 +291,17 @@ async fn credit_exhaustion_suspends_and_a_signed_top_up_resumes() {
     clock.set(t0);
     let n = spawn(&mut p, &args, &[]).await;
     let hook = format!("{}/webhooks/stripe", p.operators[n].http);
-    stripe.ok("POST", "/_config/webhooks/alcove", Some(json!({"url": hook, "secret": WHSEC, "events": ["payment_intent.succeeded"]}))).await;
+    stripe
+        .ok(
+            "POST",
+            "/_config/webhooks/alcove",
+            Some(json!({"url": hook, "secret": WHSEC, "events": ["payment_intent.succeeded"]})),
+        )
+        .await;
     p.ok_in(&["apply", "-f", "-"], &tenant("2m", 10)).await;
     let customer = customer_id(&p).await;
-    let credited = || async { p.jsonpath(&["get", "tenant", "acme"], "{.status.billing.credited}").await };
+    let credited =
+        || async { p.jsonpath(&["get", "tenant", "acme"], "{.status.billing.credited}").await };
     let billing_reason = |kind: &'static str, ns: &'static str, name: &'static str| {
         let p = &p;
         async move {
@@ -234,37 +315,82 @@ async fn credit_exhaustion_suspends_and_a_signed_top_up_resumes() {
 
     // 20 cents of credit, paid by card; Stripe's own webhook delivery credits it.
     stripe.pay(&customer, 20).await;
-    eventually("the top-up credited", Duration::from_secs(30), || async { credited().await == "20" }).await;
+    eventually("the top-up credited", Duration::from_secs(30), || async {
+        credited().await == "20"
+    })
+    .await;
     p.ok_in(&["apply", "-f", "-"], INSTANCE).await;
     eventually("the instance Ready", Duration::from_secs(60), || async {
-        !p.jsonpath(&["get", "inferenceinstance", "chat", "-n", "tenant-acme"], "{.status.startedAt}").await.is_empty()
+        !p.jsonpath(
+            &["get", "inferenceinstance", "chat", "-n", "tenant-acme"],
+            "{.status.startedAt}",
+        )
+        .await
+        .is_empty()
     })
     .await;
 
     // 0.1 cent per second: below 10 cents after 100 s (low), at 0 after 200 s (exhausted).
     clock.set(secs(t0, 150));
-    eventually("low balance", Duration::from_secs(30), || async { billing_reason("tenant", "", "acme").await == "LowBalance" }).await;
-    assert!(!p.events("default", "LowBalance").await.is_empty(), "a LowBalance Event (a Tenant's Events are in default)");
-    assert_eq!(metric(&p.operators[n].metrics().await, "alcove_tenant_low_balance", "tenant=\"acme\""), 1.0);
+    eventually("low balance", Duration::from_secs(30), || async {
+        billing_reason("tenant", "", "acme").await == "LowBalance"
+    })
+    .await;
+    assert!(
+        !p.events("default", "LowBalance").await.is_empty(),
+        "a LowBalance Event (a Tenant's Events are in default)"
+    );
+    assert_eq!(
+        metric(&p.operators[n].metrics().await, "alcove_tenant_low_balance", "tenant=\"acme\""),
+        1.0
+    );
     clock.set(secs(t0, 200));
-    eventually("credit exhausted", Duration::from_secs(30), || async { billing_reason("tenant", "", "acme").await == "CreditExhausted" }).await;
-    let phase = || async { p.jsonpath(&["get", "inferenceinstance", "chat", "-n", "tenant-acme"], "{.status.phase}").await };
+    eventually("credit exhausted", Duration::from_secs(30), || async {
+        billing_reason("tenant", "", "acme").await == "CreditExhausted"
+    })
+    .await;
+    let phase = || async {
+        p.jsonpath(&["get", "inferenceinstance", "chat", "-n", "tenant-acme"], "{.status.phase}")
+            .await
+    };
     assert_eq!(phase().await, "Ready", "still running within the 2m grace");
     clock.set(secs(t0, 320));
-    eventually("suspended after the grace", Duration::from_secs(30), || async { phase().await == "Suspended" }).await;
+    eventually("suspended after the grace", Duration::from_secs(30), || async {
+        phase().await == "Suspended"
+    })
+    .await;
     assert_eq!(billing_reason("inferenceinstance", "tenant-acme", "chat").await, "CreditExhausted");
-    assert!(!p.events("tenant-acme", "CreditExhausted").await.is_empty(), "the instance's CreditExhausted Event");
-    eventually("the pod deleted", Duration::from_secs(30), || async { !p.kubectl(&["get", "pod", "chat", "-n", "tenant-acme"]).await.0 }).await;
-    let billed_at_suspend = stripe.usage(&customer).await.iter().map(|r| r["amount"].as_i64().unwrap()).sum::<i64>();
+    assert!(
+        !p.events("tenant-acme", "CreditExhausted").await.is_empty(),
+        "the instance's CreditExhausted Event"
+    );
+    eventually("the pod deleted", Duration::from_secs(30), || async {
+        !p.kubectl(&["get", "pod", "chat", "-n", "tenant-acme"]).await.0
+    })
+    .await;
+    let billed_at_suspend =
+        stripe.usage(&customer).await.iter().map(|r| r["amount"].as_i64().unwrap()).sum::<i64>();
     assert_eq!(billed_at_suspend, 32, "320 s of GPU time until the suspension");
 
     // Forged and stale deliveries: 400, nothing credited.
     let forged_body = json!({"id": "evt_forged", "type": "payment_intent.succeeded", "data": {"object": {"id": "pi_forged", "object": "payment_intent", "amount": 100000, "customer": customer}}}).to_string();
     let now = clock.now().as_second();
-    let (code, body) = http("POST", &hook, &[("Stripe-Signature", &format!("t={now},v1={}", "ab".repeat(32)))], Some(&forged_body)).await;
+    let (code, body) = http(
+        "POST",
+        &hook,
+        &[("Stripe-Signature", &format!("t={now},v1={}", "ab".repeat(32)))],
+        Some(&forged_body),
+    )
+    .await;
     assert_eq!(code, 400, "{body}");
     assert!(body.contains("no v1 signature matches"), "{body}");
-    let (code, body) = http("POST", &hook, &[("Stripe-Signature", &sign(now - 400, &forged_body))], Some(&forged_body)).await;
+    let (code, body) = http(
+        "POST",
+        &hook,
+        &[("Stripe-Signature", &sign(now - 400, &forged_body))],
+        Some(&forged_body),
+    )
+    .await;
     assert_eq!(code, 400, "{body}");
     assert!(body.contains("outside the tolerance"), "{body}");
     assert_eq!(credited().await, "20");
@@ -272,24 +398,47 @@ async fn credit_exhaustion_suspends_and_a_signed_top_up_resumes() {
 
     // A real top-up resumes the instance.
     let pi = stripe.pay(&customer, 5000).await;
-    eventually("the second top-up credited", Duration::from_secs(30), || async { credited().await == "5020" }).await;
+    eventually("the second top-up credited", Duration::from_secs(30), || async {
+        credited().await == "5020"
+    })
+    .await;
     eventually("resumed", Duration::from_secs(30), || async { phase().await == "Ready" }).await;
     assert_eq!(billing_reason("tenant", "", "acme").await, "Active");
     let resumed = p.events("tenant-acme", "Resumed").await;
-    assert!(resumed.iter().any(|e| e["message"].as_str().unwrap_or_default().contains("credit was topped up")), "{resumed:?}");
+    assert!(
+        resumed
+            .iter()
+            .any(|e| e["message"].as_str().unwrap_or_default().contains("credit was topped up")),
+        "{resumed:?}"
+    );
 
     // The same event delivered again, validly signed: applied once.
     let events = stripe.ok("GET", "/v1/events?type=payment_intent.succeeded", None).await;
-    let event = events["data"].as_array().unwrap().iter().find(|e| e["data"]["object"]["id"] == pi.as_str()).cloned().expect("the event Stripe sent");
+    let event = events["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["data"]["object"]["id"] == pi.as_str())
+        .cloned()
+        .expect("the event Stripe sent");
     let payload = event.to_string();
-    let (code, body) = http("POST", &hook, &[("Stripe-Signature", &sign(clock.now().as_second(), &payload))], Some(&payload)).await;
+    let (code, body) = http(
+        "POST",
+        &hook,
+        &[("Stripe-Signature", &sign(clock.now().as_second(), &payload))],
+        Some(&payload),
+    )
+    .await;
     assert_eq!(code, 200, "{body}");
     assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["applied"], false, "{body}");
     assert_eq!(credited().await, "5020");
     let m = p.operators[n].metrics().await;
     assert!(metric(&m, "alcove_billing_webhooks_total", "outcome=\"refused\"") >= 2.0);
     assert_eq!(metric(&m, "alcove_billing_webhooks_total", "outcome=\"applied\""), 2.0);
-    assert!(!p.operators[n].log_text().contains(WHSEC) && !p.operators[n].log_text().contains(KEY), "no secret in the log");
+    assert!(
+        !p.operators[n].log_text().contains(WHSEC) && !p.operators[n].log_text().contains(KEY),
+        "no secret in the log"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -298,14 +447,36 @@ async fn without_a_stripe_key_billing_is_visibly_disabled() {
     let n = p.spawn_operator(&[]).await;
     p.ok(&["apply", "-f", &example("good/tenant-basic.yaml")]).await;
     let reason = until_some("the Billing condition", Duration::from_secs(60), || async {
-        Some(p.jsonpath(&["get", "tenant", "startup"], "{.status.conditions[?(@.type==\"Billing\")].reason}").await).filter(|s| !s.is_empty())
+        Some(
+            p.jsonpath(
+                &["get", "tenant", "startup"],
+                "{.status.conditions[?(@.type==\"Billing\")].reason}",
+            )
+            .await,
+        )
+        .filter(|s| !s.is_empty())
     })
     .await;
     assert_eq!(reason, "Disabled");
-    let message = p.jsonpath(&["get", "tenant", "startup"], "{.status.conditions[?(@.type==\"Billing\")].message}").await;
+    let message = p
+        .jsonpath(
+            &["get", "tenant", "startup"],
+            "{.status.conditions[?(@.type==\"Billing\")].message}",
+        )
+        .await;
     assert!(message.contains("no Stripe API key"), "{message}");
-    assert_eq!(p.jsonpath(&["get", "tenant", "startup"], "{.status.billing}").await, "", "no balance is made up");
-    let (code, body) = http("POST", &format!("{}/webhooks/stripe", p.operators[n].http), &[("Stripe-Signature", "t=1,v1=00")], Some("{}")).await;
+    assert_eq!(
+        p.jsonpath(&["get", "tenant", "startup"], "{.status.billing}").await,
+        "",
+        "no balance is made up"
+    );
+    let (code, body) = http(
+        "POST",
+        &format!("{}/webhooks/stripe", p.operators[n].http),
+        &[("Stripe-Signature", "t=1,v1=00")],
+        Some("{}"),
+    )
+    .await;
     assert_eq!(code, 503, "{body}");
     assert!(body.contains("billing is disabled"), "{body}");
 }

@@ -30,8 +30,15 @@ fn python() -> PathBuf {
     CHECKED
         .get_or_init(|| {
             let py = workspace_root().join(".venv/bin/python");
-            let ok = std::process::Command::new(&py).args(["-c", "import helm_python, lupa"]).status().is_ok_and(|s| s.success());
-            assert!(ok, "helm-python-sdk and lupa are not installed in {}: run ./test.sh, which installs them", py.display());
+            let ok = std::process::Command::new(&py)
+                .args(["-c", "import helm_python, lupa"])
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(
+                ok,
+                "helm-python-sdk and lupa are not installed in {}: run ./test.sh, which installs them",
+                py.display()
+            );
             py
         })
         .clone()
@@ -47,11 +54,23 @@ fn argocd_health(objects: &[Value]) -> Vec<(String, String)> {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(serde_json::to_string(objects).unwrap().as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(serde_json::to_string(objects).unwrap().as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success());
     let v: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
-    v.iter().map(|h| (h["status"].as_str().unwrap().to_string(), h["message"].as_str().unwrap_or_default().to_string())).collect()
+    v.iter()
+        .map(|h| {
+            (
+                h["status"].as_str().unwrap().to_string(),
+                h["message"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
 }
 
 fn helm(args: &[&str]) -> (i32, String, String) {
@@ -60,7 +79,11 @@ fn helm(args: &[&str]) -> (i32, String, String) {
         .args(args)
         .output()
         .expect("python");
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// `{"manifest", "objects", "notes"}` of a render with `values` (a file), or Helm's refusal.
@@ -82,11 +105,19 @@ fn find<'a>(objects: &'a Value, kind: &str, name: &str) -> Option<&'a Value> {
 }
 
 fn kinds(objects: &Value) -> BTreeSet<String> {
-    objects.as_array().unwrap().iter().map(|o| format!("{}/{}", o["kind"].as_str().unwrap(), o["metadata"]["name"].as_str().unwrap())).collect()
+    objects
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| {
+            format!("{}/{}", o["kind"].as_str().unwrap(), o["metadata"]["name"].as_str().unwrap())
+        })
+        .collect()
 }
 
 fn layouts() -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(chart().join("ci")).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut v: Vec<PathBuf> =
+        std::fs::read_dir(chart().join("ci")).unwrap().map(|e| e.unwrap().path()).collect();
     v.sort();
     v
 }
@@ -97,12 +128,20 @@ fn chart_lints_renders_each_tier_layout_and_refuses_bad_values() {
     for f in std::fs::read_dir(workspace_root().join("crds/manifests")).unwrap() {
         let f = f.unwrap();
         let copy = chart().join("crds").join(f.file_name());
-        assert_eq!(std::fs::read_to_string(f.path()).unwrap(), std::fs::read_to_string(&copy).unwrap_or_default(), "{} differs: cargo run -p alcove-crds --bin crdgen", copy.display());
+        assert_eq!(
+            std::fs::read_to_string(f.path()).unwrap(),
+            std::fs::read_to_string(&copy).unwrap_or_default(),
+            "{} differs: cargo run -p alcove-crds --bin crdgen",
+            copy.display()
+        );
     }
 
     let mut renders = vec![(None, render(None).unwrap())];
     for layout in layouts() {
-        renders.push((Some(layout.clone()), render(Some(&layout)).unwrap_or_else(|e| panic!("{}: {e}", layout.display()))));
+        renders.push((
+            Some(layout.clone()),
+            render(Some(&layout)).unwrap_or_else(|e| panic!("{}: {e}", layout.display())),
+        ));
     }
     assert_eq!(renders.len(), 4, "default values and three tier layouts");
     for (values, r) in &renders {
@@ -118,12 +157,23 @@ fn chart_lints_renders_each_tier_layout_and_refuses_bad_values() {
 
         // The operator accepts the configuration the chart renders for it.
         let cm = find(&r["objects"], "ConfigMap", "alcove-config").expect("config map");
-        let file: alcove::config::FileConfig = serde_saphyr::from_str(cm["data"]["config.yaml"].as_str().unwrap()).unwrap_or_else(|e| panic!("{values:?}: {e}"));
-        alcove::config::Config::from_file(file, NS, Duration::from_secs(300)).unwrap_or_else(|e| panic!("{values:?}: {e}"));
-        let pod = &find(&r["objects"], "Deployment", "alcove").expect("deployment")["spec"]["template"]["spec"];
+        let file: alcove::config::FileConfig =
+            serde_saphyr::from_str(cm["data"]["config.yaml"].as_str().unwrap())
+                .unwrap_or_else(|e| panic!("{values:?}: {e}"));
+        alcove::config::Config::from_file(file, NS, Duration::from_secs(300))
+            .unwrap_or_else(|e| panic!("{values:?}: {e}"));
+        let pod = &find(&r["objects"], "Deployment", "alcove").expect("deployment")["spec"]["template"]
+            ["spec"];
         assert_eq!(pod["containers"][0]["securityContext"]["readOnlyRootFilesystem"], true);
         assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
-        assert!(r["notes"].as_str().unwrap().contains("kubectl -n alcove-system rollout status deployment/alcove"), "{}", r["notes"]);
+        assert!(
+            r["notes"]
+                .as_str()
+                .unwrap()
+                .contains("kubectl -n alcove-system rollout status deployment/alcove"),
+            "{}",
+            r["notes"]
+        );
     }
 
     let default = &renders[0].1["objects"];
@@ -145,26 +195,62 @@ fn chart_lints_renders_each_tier_layout_and_refuses_bad_values() {
     ] {
         assert!(have.contains(k), "{k} missing from the default render: {have:?}");
     }
-    assert!(!have.iter().any(|k| k.starts_with("ServiceMonitor/") || k.starts_with("Ingress/")), "optional objects are off by default: {have:?}");
+    assert!(
+        !have.iter().any(|k| k.starts_with("ServiceMonitor/") || k.starts_with("Ingress/")),
+        "optional objects are off by default: {have:?}"
+    );
     let deploy = find(default, "Deployment", "alcove").unwrap();
     assert_eq!(deploy["spec"]["replicas"], 2);
 
-    let by_layout = |name: &str| &renders.iter().find(|(v, _)| v.as_ref().is_some_and(|p| p.ends_with(name))).unwrap().1["objects"];
+    let by_layout = |name: &str| {
+        &renders.iter().find(|(v, _)| v.as_ref().is_some_and(|p| p.ends_with(name))).unwrap().1["objects"]
+    };
     let dedicated = by_layout("dedicated-values.yaml");
-    assert!(kinds(dedicated).contains("ServiceMonitor/alcove") && kinds(dedicated).contains("Ingress/alcove-webhook"));
-    assert_eq!(find(dedicated, "Ingress", "alcove-webhook").unwrap()["spec"]["rules"][0]["http"]["paths"][0]["path"], "/webhooks/stripe");
-    let cfg: Value = serde_saphyr::from_str(find(dedicated, "ConfigMap", "alcove-config").unwrap()["data"]["config.yaml"].as_str().unwrap()).unwrap();
+    assert!(
+        kinds(dedicated).contains("ServiceMonitor/alcove")
+            && kinds(dedicated).contains("Ingress/alcove-webhook")
+    );
+    assert_eq!(
+        find(dedicated, "Ingress", "alcove-webhook").unwrap()["spec"]["rules"][0]["http"]["paths"]
+            [0]["path"],
+        "/webhooks/stripe"
+    );
+    let cfg: Value = serde_saphyr::from_str(
+        find(dedicated, "ConfigMap", "alcove-config").unwrap()["data"]["config.yaml"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
     assert_eq!(cfg["tiers"]["pro"]["storageClass"], "premium-encrypted");
     assert_eq!(cfg["billing"]["prices"]["usd"]["NVIDIA-H100-80GB-HBM3"]["perGpuHour"], 250);
     // The Stripe credentials come from the named Secret, never from values.
-    let env = find(dedicated, "Deployment", "alcove").unwrap()["spec"]["template"]["spec"]["containers"][0]["env"].clone();
-    let key = env.as_array().unwrap().iter().find(|e| e["name"] == "ALCOVE_STRIPE_API_KEY").expect("the Stripe key's env");
-    assert_eq!(key["valueFrom"]["secretKeyRef"], json!({"name": "alcove-stripe", "key": "api-key"}));
+    let env =
+        find(dedicated, "Deployment", "alcove").unwrap()["spec"]["template"]["spec"]["containers"]
+            [0]["env"]
+            .clone();
+    let key = env
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "ALCOVE_STRIPE_API_KEY")
+        .expect("the Stripe key's env");
+    assert_eq!(
+        key["valueFrom"]["secretKeyRef"],
+        json!({"name": "alcove-stripe", "key": "api-key"})
+    );
     let enterprise = by_layout("enterprise-values.yaml");
     assert_eq!(find(enterprise, "Deployment", "alcove").unwrap()["spec"]["replicas"], 1);
-    assert!(!kinds(enterprise).contains("PodDisruptionBudget/alcove"), "no PDB for a single replica");
+    assert!(
+        !kinds(enterprise).contains("PodDisruptionBudget/alcove"),
+        "no PDB for a single replica"
+    );
     let shared = by_layout("shared-pool-values.yaml");
-    let cfg: Value = serde_saphyr::from_str(find(shared, "ConfigMap", "alcove-config").unwrap()["data"]["config.yaml"].as_str().unwrap()).unwrap();
+    let cfg: Value = serde_saphyr::from_str(
+        find(shared, "ConfigMap", "alcove-config").unwrap()["data"]["config.yaml"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
     assert_eq!(cfg["retention"]["conversationHistory"], "3d");
     assert_eq!(cfg["gatewayNamespaces"], json!(["alcove-gateway"]));
 
@@ -173,13 +259,28 @@ fn chart_lints_renders_each_tier_layout_and_refuses_bad_values() {
     for (values, expected) in [
         ("replicaCount: 0\n", "at '/replicaCount': minimum: got 0, want 1"),
         ("leaderElection: false\nreplicaCount: 2\n", "at '/replicaCount': maximum: got 2, want 1"),
-        ("tiers: {gold: {storageClass: fast}}\n", "at '/tiers': additional properties 'gold' not allowed"),
-        ("tiers: {pro: {historySize: lots}}\n", "at '/tiers/pro/historySize': 'lots' does not match pattern"),
-        ("retention: {conversationHistory: forever}\n", "at '/retention/conversationHistory': 'forever' does not match pattern"),
+        (
+            "tiers: {gold: {storageClass: fast}}\n",
+            "at '/tiers': additional properties 'gold' not allowed",
+        ),
+        (
+            "tiers: {pro: {historySize: lots}}\n",
+            "at '/tiers/pro/historySize': 'lots' does not match pattern",
+        ),
+        (
+            "retention: {conversationHistory: forever}\n",
+            "at '/retention/conversationHistory': 'forever' does not match pattern",
+        ),
         ("operator: {port: 80}\n", "at '/operator/port': minimum: got 80, want 1,024"),
         ("replicas: 3\n", "additional properties 'replicas' not allowed"),
-        ("billing: {prices: {USD: {'*': {perGpuHour: 250}}}}\n", "at '/billing/prices': additional properties 'USD' not allowed"),
-        ("billing: {prices: {usd: {'*': {perHour: 250}}}}\n", "additional properties 'perHour' not allowed"),
+        (
+            "billing: {prices: {USD: {'*': {perGpuHour: 250}}}}\n",
+            "at '/billing/prices': additional properties 'USD' not allowed",
+        ),
+        (
+            "billing: {prices: {usd: {'*': {perHour: 250}}}}\n",
+            "additional properties 'perHour' not allowed",
+        ),
     ] {
         let path = dir.path().join("bad.yaml");
         std::fs::write(&path, values).unwrap();
@@ -218,7 +319,14 @@ fn operator_requests(audit: &Path) -> Vec<Request> {
             Some(sub) => format!("{}/{sub}", s(&r["resource"])),
             None => s(&r["resource"]),
         };
-        let req = Request { verb: s(&e["verb"]), group: s(&r["apiGroup"]), resource, namespace: s(&r["namespace"]), name: s(&r["name"]), code: e["responseStatus"]["code"].as_u64().unwrap() };
+        let req = Request {
+            verb: s(&e["verb"]),
+            group: s(&r["apiGroup"]),
+            resource,
+            namespace: s(&r["namespace"]),
+            name: s(&r["name"]),
+            code: e["responseStatus"]["code"].as_u64().unwrap(),
+        };
         // An apply that created its object was authorized as a create as well.
         if req.verb == "patch" && req.code == 201 {
             out.push(Request { verb: "create".into(), ..req.clone() });
@@ -230,7 +338,9 @@ fn operator_requests(audit: &Path) -> Vec<Request> {
 
 /// Each (apiGroup, resource, verb) a rule list grants.
 fn grants(rules: &Value) -> Vec<(String, String, String)> {
-    let strs = |v: &Value| v.as_array().unwrap().iter().map(|x| x.as_str().unwrap().to_string()).collect::<Vec<_>>();
+    let strs = |v: &Value| {
+        v.as_array().unwrap().iter().map(|x| x.as_str().unwrap().to_string()).collect::<Vec<_>>()
+    };
     let mut out = Vec::new();
     for rule in rules.as_array().unwrap() {
         for g in strs(&rule["apiGroups"]) {
@@ -253,13 +363,15 @@ fn without(rules: &Value, group: &str, resource: &str, verb: &str) -> Value {
             out.push(rule.clone());
             continue;
         }
-        let others: Vec<&Value> = rule["resources"].as_array().unwrap().iter().filter(|r| *r != resource).collect();
+        let others: Vec<&Value> =
+            rule["resources"].as_array().unwrap().iter().filter(|r| *r != resource).collect();
         if !others.is_empty() {
             let mut r = rule.clone();
             r["resources"] = json!(others);
             out.push(r);
         }
-        let verbs: Vec<&Value> = rule["verbs"].as_array().unwrap().iter().filter(|v| *v != verb).collect();
+        let verbs: Vec<&Value> =
+            rule["verbs"].as_array().unwrap().iter().filter(|v| *v != verb).collect();
         if !verbs.is_empty() {
             let mut r = rule.clone();
             r["resources"] = json!([resource]);
@@ -281,7 +393,10 @@ async fn allowed(client: &kube::Client, req: &Request, verb: &str) -> bool {
         },
     }))
     .unwrap();
-    let r = Api::<SubjectAccessReview>::all(client.clone()).create(&PostParams::default(), &sar).await.unwrap();
+    let r = Api::<SubjectAccessReview>::all(client.clone())
+        .create(&PostParams::default(), &sar)
+        .await
+        .unwrap();
     r.status.is_some_and(|s| s.allowed)
 }
 
@@ -290,10 +405,16 @@ async fn set_rules(client: &kube::Client, kind: &str, name: &str, rules: &Value)
     let pp = PatchParams::apply("helm-test").force();
     if kind == "Role" {
         let body = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": name, "namespace": NS}, "rules": rules});
-        Api::<Role>::namespaced(client.clone(), NS).patch(name, &pp, &Patch::Apply(&body)).await.unwrap();
+        Api::<Role>::namespaced(client.clone(), NS)
+            .patch(name, &pp, &Patch::Apply(&body))
+            .await
+            .unwrap();
     } else {
         let body = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": name}, "rules": rules});
-        Api::<ClusterRole>::all(client.clone()).patch(name, &pp, &Patch::Apply(&body)).await.unwrap();
+        Api::<ClusterRole>::all(client.clone())
+            .patch(name, &pp, &Patch::Apply(&body))
+            .await
+            .unwrap();
     }
 }
 
@@ -303,9 +424,17 @@ fn operator_owns_no_spec(obj: &Value) {
     for m in mf {
         let manager = m["manager"].as_str().unwrap();
         if manager.starts_with("alcove-operator") {
-            assert!(m["fieldsV1"].get("f:spec").is_none(), "{manager} owns spec fields of {}: {m}", obj["metadata"]["name"]);
+            assert!(
+                m["fieldsV1"].get("f:spec").is_none(),
+                "{manager} owns spec fields of {}: {m}",
+                obj["metadata"]["name"]
+            );
         } else {
-            assert_eq!(manager, GITOPS, "only the GitOps manager and the operator write {}: {mf:?}", obj["metadata"]["name"]);
+            assert_eq!(
+                manager, GITOPS,
+                "only the GitOps manager and the operator write {}: {mf:?}",
+                obj["metadata"]["name"]
+            );
         }
     }
 }
@@ -328,9 +457,14 @@ async fn chart_installs_and_its_rbac_is_sufficient_and_minimal() {
     p.ok(&["label", "namespace", NS, "pod-security.kubernetes.io/enforce=restricted"]).await;
     p.ok(&["apply", "--server-side", "-f", chart().join("crds").to_str().unwrap()]).await;
     p.ok_in(&["apply", "-f", "-"], rendered["manifest"].as_str().unwrap()).await;
-    eventually("the Deployment's two pods admitted and running", Duration::from_secs(30), || async {
-        p.jsonpath(&["get", "deployment", "alcove", "-n", NS], "{.status.readyReplicas}").await == "2"
-    })
+    eventually(
+        "the Deployment's two pods admitted and running",
+        Duration::from_secs(30),
+        || async {
+            p.jsonpath(&["get", "deployment", "alcove", "-n", NS], "{.status.readyReplicas}").await
+                == "2"
+        },
+    )
     .await;
     // The namespace really enforces it: a root pod is refused there.
     let root = "apiVersion: v1\nkind: Pod\nmetadata: {name: root, namespace: alcove-system}\nspec: {containers: [{name: c, image: busybox, securityContext: {runAsUser: 0}}]}\n";
@@ -342,20 +476,35 @@ async fn chart_installs_and_its_rbac_is_sufficient_and_minimal() {
     let sa_kubeconfig = p.dir.path().join("kubeconfig-alcove-sa");
     p.cluster.write_kubeconfig_for(&sa_kubeconfig, "alcove", token.trim()).unwrap();
     let config = p.dir.path().join("config.yaml");
-    std::fs::write(&config, find(objects, "ConfigMap", "alcove-config").unwrap()["data"]["config.yaml"].as_str().unwrap()).unwrap();
+    std::fs::write(
+        &config,
+        find(objects, "ConfigMap", "alcove-config").unwrap()["data"]["config.yaml"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
     let clock = Clock(p.dir.path().join("clock"));
     clock.set(Timestamp::now());
-    let (kc, cfg, ck) = (sa_kubeconfig.display().to_string(), config.display().to_string(), clock.0.display().to_string());
+    let (kc, cfg, ck) = (
+        sa_kubeconfig.display().to_string(),
+        config.display().to_string(),
+        clock.0.display().to_string(),
+    );
     p.spawn_operator(&["--kubeconfig", &kc, "--config", &cfg, "--clock-file", &ck]).await;
 
     // GitOps: everything applied server-side by another field manager.
     for f in ["good/tenant-basic.yaml", "good/knowledgebase.yaml", "good/instance-with-kb.yaml"] {
-        p.ok(&["apply", "--server-side", &format!("--field-manager={GITOPS}"), "-f", &example(f)]).await;
+        p.ok(&["apply", "--server-side", &format!("--field-manager={GITOPS}"), "-f", &example(f)])
+            .await;
     }
     p.wait_condition("tenant/startup", "Ready", 60).await;
     p.wait_condition("kb/handbook -n tenant-startup", "Ready", 90).await;
     p.wait_condition("inst/assistant -n tenant-startup", "Ready", 90).await;
-    for what in [["tenant", "startup", ""], ["kb", "handbook", "tenant-startup"], ["inst", "assistant", "tenant-startup"]] {
+    for what in [
+        ["tenant", "startup", ""],
+        ["kb", "handbook", "tenant-startup"],
+        ["inst", "assistant", "tenant-startup"],
+    ] {
         let mut args = vec!["get", what[0], what[1]];
         if !what[2].is_empty() {
             args.extend(["-n", what[2]]);
@@ -377,7 +526,8 @@ async fn chart_installs_and_its_rbac_is_sufficient_and_minimal() {
         assert_eq!(status, "Healthy", "{}: {message}", obj["kind"]);
     }
     let stray = "apiVersion: alcove.dev/v1alpha1\nkind: InferenceInstance\nmetadata: {name: stray, namespace: tenant-startup}\nspec:\n  model: {format: safetensors, source: {platform: default}}\n  knowledgeBases:\n  - {name: handbook, namespace: tenant-other}\n";
-    p.ok_in(&["apply", "--server-side", &format!("--field-manager={GITOPS}"), "-f", "-"], stray).await;
+    p.ok_in(&["apply", "--server-side", &format!("--field-manager={GITOPS}"), "-f", "-"], stray)
+        .await;
     let refused = until_some("the stray instance refused", Duration::from_secs(20), || async {
         let i = p.json(&["get", "inst", "stray", "-n", "tenant-startup"]).await;
         (i["status"]["phase"] == "Failed").then_some(i)
@@ -390,12 +540,23 @@ async fn chart_installs_and_its_rbac_is_sufficient_and_minimal() {
     let verdicts = argocd_health(&[refused, unobserved, suspended]);
     assert_eq!(verdicts[0].0, "Degraded", "{:?}", verdicts[0]);
     assert!(verdicts[0].1.contains("spec.knowledgeBases[0].namespace"), "{:?}", verdicts[0]);
-    assert_eq!(verdicts[1], ("Progressing".to_string(), "The operator has not observed generation 2 yet".to_string()));
+    assert_eq!(
+        verdicts[1],
+        ("Progressing".to_string(), "The operator has not observed generation 2 yet".to_string())
+    );
     assert_eq!(verdicts[2].0, "Suspended");
 
     // Re-applying the same manifests without --force-conflicts: the operator holds nothing they set.
     for f in ["good/tenant-basic.yaml", "good/knowledgebase.yaml", "good/instance-with-kb.yaml"] {
-        let (ok, out, err) = p.kubectl(&["apply", "--server-side", &format!("--field-manager={GITOPS}"), "-f", &example(f)]).await;
+        let (ok, out, err) = p
+            .kubectl(&[
+                "apply",
+                "--server-side",
+                &format!("--field-manager={GITOPS}"),
+                "-f",
+                &example(f),
+            ])
+            .await;
         assert!(ok && !err.contains("conflict"), "{f}: {out}{err}");
     }
 
@@ -405,13 +566,18 @@ async fn chart_installs_and_its_rbac_is_sufficient_and_minimal() {
     // The rest of the lifecycle: a key rotation, a knowledge base fetched from a URL (through its
     // own egress policy), then the tenant deleted with everything in it: instances and knowledge
     // bases destroyed, the rest erased after its window.
-    p.ok(&["annotate", "inst", "assistant", "-n", "tenant-startup", "alcove.dev/rotate-api-key=1"]).await;
-    eventually("the key rotated", Duration::from_secs(20), || async { !p.events("tenant-startup", "ApiKeyRotated").await.is_empty() }).await;
+    p.ok(&["annotate", "inst", "assistant", "-n", "tenant-startup", "alcove.dev/rotate-api-key=1"])
+        .await;
+    eventually("the key rotated", Duration::from_secs(20), || async {
+        !p.events("tenant-startup", "ApiKeyRotated").await.is_empty()
+    })
+    .await;
     let port = serve_document("/guide.md", "Parking is free for visitors on level B2.");
     let web = format!(
         "apiVersion: alcove.dev/v1alpha1\nkind: KnowledgeBase\nmetadata: {{name: web, namespace: tenant-startup}}\nspec:\n  sources:\n  - name: site\n    url: http://127.0.0.1:{port}/guide.md\n  embeddingModel: {{source: {{platform: default-embedding}}}}\n"
     );
-    p.ok_in(&["apply", "--server-side", &format!("--field-manager={GITOPS}"), "-f", "-"], &web).await;
+    p.ok_in(&["apply", "--server-side", &format!("--field-manager={GITOPS}"), "-f", "-"], &web)
+        .await;
     p.wait_condition("kb/web -n tenant-startup", "Indexed", 90).await;
     p.ok(&["delete", "tenant", "startup", "--wait=false"]).await;
     let erase_after = until_some("the erase window starts", Duration::from_secs(30), || async {
@@ -422,8 +588,10 @@ async fn chart_installs_and_its_rbac_is_sufficient_and_minimal() {
     clock.set(erase_after.checked_add(SignedDuration::from_secs(60)).unwrap());
     // Erased — unless the API server refused the operator something on the way (then say what).
     let refused = until_some("tenant erased", Duration::from_secs(60), || async {
-        let refused: Vec<Request> = operator_requests(&audit).into_iter().filter(|r| r.code == 403).collect();
-        let erased = !p.kubectl(&["get", "tenant", "startup"]).await.0 && !p.kubectl(&["get", "namespace", "tenant-startup"]).await.0;
+        let refused: Vec<Request> =
+            operator_requests(&audit).into_iter().filter(|r| r.code == 403).collect();
+        let erased = !p.kubectl(&["get", "tenant", "startup"]).await.0
+            && !p.kubectl(&["get", "namespace", "tenant-startup"]).await.0;
         (erased || !refused.is_empty()).then_some(refused)
     })
     .await;
@@ -441,8 +609,10 @@ async fn chart_installs_and_its_rbac_is_sufficient_and_minimal() {
         o.kill().await;
     }
     let client = p.client.clone();
-    let needed: BTreeMap<(String, String, String), Request> =
-        requests.iter().map(|r| ((r.group.clone(), r.resource.clone(), r.verb.clone()), r.clone())).collect();
+    let needed: BTreeMap<(String, String, String), Request> = requests
+        .iter()
+        .map(|r| ((r.group.clone(), r.resource.clone(), r.verb.clone()), r.clone()))
+        .collect();
     let mut unused = Vec::new();
     let mut checked = 0;
     for (kind, name) in [("ClusterRole", "alcove-operator"), ("Role", "alcove-leader-election")] {
@@ -454,20 +624,33 @@ async fn chart_installs_and_its_rbac_is_sufficient_and_minimal() {
             };
             assert!(allowed(&client, req, &v).await, "with the full rules, {v} {r} is allowed");
             set_rules(&client, kind, name, &without(&rules, &g, &r, &v)).await;
-            assert!(!allowed(&client, req, &v).await, "without {v} on {r} in {name}, the operator's request {req:?} is refused");
+            assert!(
+                !allowed(&client, req, &v).await,
+                "without {v} on {r} in {name}, the operator's request {req:?} is refused"
+            );
             checked += 1;
             set_rules(&client, kind, name, &rules).await;
         }
     }
-    assert!(unused.is_empty(), "granted but never used by the operator (remove them, or make the scenario use them):\n{}", unused.join("\n"));
-    eprintln!("RBAC: {checked} granted verbs, each needed by a request the operator made; {} requests audited", requests.len());
+    assert!(
+        unused.is_empty(),
+        "granted but never used by the operator (remove them, or make the scenario use them):\n{}",
+        unused.join("\n")
+    );
+    eprintln!(
+        "RBAC: {checked} granted verbs, each needed by a request the operator made; {} requests audited",
+        requests.len()
+    );
 
     // The delegated rules: without any one of them, Kubernetes refuses the operator's write of
     // the tenant-admin Role (escalation prevention). Checked by dry-run as the operator.
     p.ok(&["create", "namespace", "rbac-check"]).await;
     let sa = {
         let kc = kube::config::Kubeconfig::read_from(&sa_kubeconfig).unwrap();
-        kube::Client::try_from(kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.unwrap()).unwrap()
+        kube::Client::try_from(
+            kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.unwrap(),
+        )
+        .unwrap()
     };
     let role: Role = serde_json::from_value(json!({
         "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
@@ -477,13 +660,23 @@ async fn chart_installs_and_its_rbac_is_sufficient_and_minimal() {
     .unwrap();
     let dry = PostParams { dry_run: true, ..Default::default() };
     let roles = Api::<Role>::namespaced(sa.clone(), "rbac-check");
-    roles.create(&dry, &role).await.expect("with the chart's rules the operator may write the tenant-admin Role");
+    roles
+        .create(&dry, &role)
+        .await
+        .expect("with the chart's rules the operator may write the tenant-admin Role");
     let delegated = find(objects, "ClusterRole", "alcove-delegated").unwrap()["rules"].clone();
     for (g, r, v) in grants(&delegated) {
-        set_rules(&client, "ClusterRole", "alcove-delegated", &without(&delegated, &g, &r, &v)).await;
-        let err = roles.create(&dry, &role).await.expect_err(&format!("without delegated {v} {r}, the tenant-admin Role is refused"));
+        set_rules(&client, "ClusterRole", "alcove-delegated", &without(&delegated, &g, &r, &v))
+            .await;
+        let err = roles
+            .create(&dry, &role)
+            .await
+            .expect_err(&format!("without delegated {v} {r}, the tenant-admin Role is refused"));
         let msg = err.to_string();
-        assert!(msg.contains("attempting to grant RBAC permissions not currently held"), "{v} {r}: {msg}");
+        assert!(
+            msg.contains("attempting to grant RBAC permissions not currently held"),
+            "{v} {r}: {msg}"
+        );
         set_rules(&client, "ClusterRole", "alcove-delegated", &delegated).await;
     }
 }

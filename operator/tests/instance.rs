@@ -12,25 +12,44 @@ use support::*;
 
 async fn api_key(p: &Platform, ns: &str, instance: &str) -> String {
     let s = p.json(&["get", "secret", &format!("{instance}-api-key"), "-n", ns]).await;
-    String::from_utf8(base64::engine::general_purpose::STANDARD.decode(s["data"]["api-key"].as_str().unwrap()).unwrap()).unwrap()
+    String::from_utf8(
+        base64::engine::general_purpose::STANDARD
+            .decode(s["data"]["api-key"].as_str().unwrap())
+            .unwrap(),
+    )
+    .unwrap()
 }
 
 fn service_url(proxy: &KubectlProxy, ns: &str, svc: &str, path: &str) -> String {
     format!("{}/api/v1/namespaces/{ns}/services/{svc}:80/proxy{path}", proxy.base)
 }
 
-async fn chat(proxy: &KubectlProxy, ns: &str, svc: &str, model: &str, key: Option<&str>, extra: Value) -> (u16, Value) {
+async fn chat(
+    proxy: &KubectlProxy,
+    ns: &str,
+    svc: &str,
+    model: &str,
+    key: Option<&str>,
+    extra: Value,
+) -> (u16, Value) {
     let mut body = json!({"model": model, "messages": [{"role": "user", "content": "Hello there"}], "max_tokens": 4, "temperature": 0});
     for (k, v) in extra.as_object().into_iter().flatten() {
         body[k] = v.clone();
     }
     let headers: Vec<(&str, &str)> = key.map(|k| vec![("X-Api-Key", k)]).unwrap_or_default();
-    let (code, text) = http("POST", &service_url(proxy, ns, svc, "/v1/chat/completions"), &headers, Some(&body.to_string())).await;
+    let (code, text) = http(
+        "POST",
+        &service_url(proxy, ns, svc, "/v1/chat/completions"),
+        &headers,
+        Some(&body.to_string()),
+    )
+    .await;
     (code, serde_json::from_str(&text).unwrap_or(Value::String(text)))
 }
 
 async fn pod_uid(p: &Platform, ns: &str, name: &str) -> Option<String> {
-    let (ok, out, _) = p.kubectl(&["get", "pod", name, "-n", ns, "-o", "jsonpath={.metadata.uid}"]).await;
+    let (ok, out, _) =
+        p.kubectl(&["get", "pod", name, "-n", ns, "-o", "jsonpath={.metadata.uid}"]).await;
     (ok && !out.is_empty()).then_some(out)
 }
 
@@ -45,7 +64,14 @@ spec:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_example_instance_serves_with_its_own_key_only() {
     let p = platform_with_operator().await;
-    p.ok(&["apply", "-f", &example("good/tenant-basic.yaml"), "-f", &example("good/tenant-pro.yaml")]).await;
+    p.ok(&[
+        "apply",
+        "-f",
+        &example("good/tenant-basic.yaml"),
+        "-f",
+        &example("good/tenant-pro.yaml"),
+    ])
+    .await;
     p.ok(&["apply", "-f", &example("good/instance-safetensors.yaml")]).await;
     p.ok_in(&["apply", "-f", "-"], ACME_INSTANCE).await;
     p.wait_condition("inst/chat -n tenant-startup", "Ready", 60).await;
@@ -53,17 +79,33 @@ async fn an_example_instance_serves_with_its_own_key_only() {
 
     let table = p.ok(&["get", "inst", "-n", "tenant-startup"]).await;
     let line = table.lines().find(|l| l.starts_with("chat ")).unwrap();
-    assert!(line.contains("Ready") && line.contains("http://chat.tenant-startup.svc.cluster.local/v1"), "{table}");
+    assert!(
+        line.contains("Ready") && line.contains("http://chat.tenant-startup.svc.cluster.local/v1"),
+        "{table}"
+    );
     let inst = p.json(&["get", "inst", "chat", "-n", "tenant-startup"]).await;
     let status = &inst["status"];
     assert_eq!(status["apiKeySecret"], "chat-api-key");
     assert!(status["startedAt"].is_string());
-    assert!(status["node"] == "gpu-tw-1" || status["node"] == "gpu-tw-2", "the shared pool: {status}");
+    assert!(
+        status["node"] == "gpu-tw-1" || status["node"] == "gpu-tw-2",
+        "the shared pool: {status}"
+    );
     for c in ["Ready", "Scheduled", "QuotaAvailable"] {
-        assert!(status["conditions"].as_array().unwrap().iter().any(|x| x["type"] == c && x["status"] == "True"), "{c}: {status}");
+        assert!(
+            status["conditions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|x| x["type"] == c && x["status"] == "True"),
+            "{c}: {status}"
+        );
     }
     // The acme instance runs on acme's dedicated node.
-    assert_eq!(p.json(&["get", "inst", "bot", "-n", "tenant-acme"]).await["status"]["node"], "gpu-tw-acme");
+    assert_eq!(
+        p.json(&["get", "inst", "bot", "-n", "tenant-acme"]).await["status"]["node"],
+        "gpu-tw-acme"
+    );
 
     let proxy = p.kubectl_proxy().await;
     let key = api_key(&p, "tenant-startup", "chat").await;
@@ -80,18 +122,30 @@ async fn an_example_instance_serves_with_its_own_key_only() {
     let (code, _) = chat(&proxy, "tenant-acme", "bot", "bot", Some(&other), json!({})).await;
     assert_eq!(code, 200, "it works where it belongs");
     // The system prompt is in the prompt: 1 more turn of tokens than the acme bot's bare prompt.
-    let (_, with_prompt) = chat(&proxy, "tenant-startup", "chat", "chat", Some(&key), json!({"max_tokens": 1})).await;
-    let (_, bare) = chat(&proxy, "tenant-acme", "bot", "bot", Some(&other), json!({"max_tokens": 1})).await;
-    assert!(with_prompt["usage"]["prompt_tokens"].as_u64().unwrap() > bare["usage"]["prompt_tokens"].as_u64().unwrap() + 5);
+    let (_, with_prompt) =
+        chat(&proxy, "tenant-startup", "chat", "chat", Some(&key), json!({"max_tokens": 1})).await;
+    let (_, bare) =
+        chat(&proxy, "tenant-acme", "bot", "bot", Some(&other), json!({"max_tokens": 1})).await;
+    assert!(
+        with_prompt["usage"]["prompt_tokens"].as_u64().unwrap()
+            > bare["usage"]["prompt_tokens"].as_u64().unwrap() + 5
+    );
     // The instance's limit is the server's.
-    let (code, v) = chat(&proxy, "tenant-startup", "chat", "chat", Some(&key), json!({"max_tokens": 300})).await;
+    let (code, v) =
+        chat(&proxy, "tenant-startup", "chat", "chat", Some(&key), json!({"max_tokens": 300}))
+            .await;
     assert_eq!(code, 400, "spec.limits.maxTokens is 256: {v}");
 
     // An unchanged instance costs no writes.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let before = p.reconcile_writes().await;
     tokio::time::sleep(Duration::from_secs(4)).await;
-    assert_eq!(p.reconcile_writes().await, before, "writes while nothing changed: {:?}", p.writes_by_resource().await);
+    assert_eq!(
+        p.reconcile_writes().await,
+        before,
+        "writes while nothing changed: {:?}",
+        p.writes_by_resource().await
+    );
 
     let m = p.operators[0].metrics().await;
     assert_eq!(metric(&m, "alcove_instances", "phase=\"Ready\""), 2.0, "{m}");
@@ -101,7 +155,12 @@ async fn an_example_instance_serves_with_its_own_key_only() {
     })
     .await;
     assert!(!p.operators[0].log_text().contains(&key), "the key reached the operator's log");
-    assert!(p.events("tenant-startup", "Ready").await.iter().any(|e| e["regarding"]["name"] == "chat" || e["involvedObject"]["name"] == "chat"));
+    assert!(
+        p.events("tenant-startup", "Ready")
+            .await
+            .iter()
+            .any(|e| e["regarding"]["name"] == "chat" || e["involvedObject"]["name"] == "chat")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -137,12 +196,29 @@ async fn destroy_stops_the_process_and_records_usage_within_a_second() {
     let used: i64 = note.split_whitespace().find_map(|w| w.parse().ok()).unwrap();
     assert!(used >= 1, "at least a second of GPU time: {note}");
     eprintln!("destroy: delete request → process gone and final usage recorded in {took:?}");
-    assert!(took < Duration::from_secs(1), "delete → process gone and usage recorded took {took:?}");
+    assert!(
+        took < Duration::from_secs(1),
+        "delete → process gone and usage recorded took {took:?}"
+    );
 
     // Nothing of the instance remains.
-    eventually("the instance is gone", Duration::from_secs(10), || async { !p.kubectl(&["get", "inst", "chat-gguf", "-n", "tenant-startup"]).await.0 }).await;
+    eventually("the instance is gone", Duration::from_secs(10), || async {
+        !p.kubectl(&["get", "inst", "chat-gguf", "-n", "tenant-startup"]).await.0
+    })
+    .await;
     for kind in ["pods", "services", "secrets", "configmaps"] {
-        let left = p.ok(&["get", kind, "-n", "tenant-startup", "-l", "alcove.dev/instance=chat-gguf", "-o", "name"]).await;
+        let left = p
+            .ok(&[
+                "get",
+                kind,
+                "-n",
+                "tenant-startup",
+                "-l",
+                "alcove.dev/instance=chat-gguf",
+                "-o",
+                "name",
+            ])
+            .await;
         assert!(left.trim().is_empty(), "{kind} left behind: {left}");
     }
     // The history is released to retention (tests/retention.rs erases it at its deadline).
@@ -162,30 +238,81 @@ async fn suspend_keeps_key_and_history_and_resume_serves_them() {
     p.wait_condition("inst/chat -n tenant-startup", "Ready", 60).await;
     let proxy = p.kubectl_proxy().await;
     let key = api_key(&p, "tenant-startup", "chat").await;
-    let (code, first) = chat(&proxy, "tenant-startup", "chat", "chat", Some(&key), json!({"conversation": "c-42", "messages": [{"role": "user", "content": "Remember the word TURNIP."}]})).await;
+    let (code, first) = chat(
+        &proxy,
+        "tenant-startup",
+        "chat",
+        "chat",
+        Some(&key),
+        json!({"conversation": "c-42", "messages": [{"role": "user", "content": "Remember the word TURNIP."}]}),
+    )
+    .await;
     assert_eq!(code, 200, "{first}");
-    let pvc_uid = p.json(&["get", "pvc", "chat-history", "-n", "tenant-startup"]).await["metadata"]["uid"].clone();
+    let pvc_uid = p.json(&["get", "pvc", "chat-history", "-n", "tenant-startup"]).await["metadata"]
+        ["uid"]
+        .clone();
     tokio::time::sleep(Duration::from_millis(1500)).await; // GPU time to meter
 
-    p.ok(&["patch", "inst", "chat", "-n", "tenant-startup", "--type=merge", "-p", r#"{"spec":{"state":"Suspended"}}"#]).await;
+    p.ok(&[
+        "patch",
+        "inst",
+        "chat",
+        "-n",
+        "tenant-startup",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"state":"Suspended"}}"#,
+    ])
+    .await;
     eventually("suspended", Duration::from_secs(20), || async {
-        p.jsonpath(&["get", "inst", "chat", "-n", "tenant-startup"], "{.status.phase}").await == "Suspended"
+        p.jsonpath(&["get", "inst", "chat", "-n", "tenant-startup"], "{.status.phase}").await
+            == "Suspended"
     })
     .await;
-    eventually("pod gone", Duration::from_secs(10), || async { pod_uid(&p, "tenant-startup", "chat").await.is_none() }).await;
+    eventually("pod gone", Duration::from_secs(10), || async {
+        pod_uid(&p, "tenant-startup", "chat").await.is_none()
+    })
+    .await;
     let inst = p.json(&["get", "inst", "chat", "-n", "tenant-startup"]).await;
-    assert!(inst["status"]["gpuSeconds"].as_i64().unwrap() >= 1, "the run was metered: {}", inst["status"]);
+    assert!(
+        inst["status"]["gpuSeconds"].as_i64().unwrap() >= 1,
+        "the run was metered: {}",
+        inst["status"]
+    );
     assert!(inst["status"]["startedAt"].is_null(), "billing stopped");
-    assert_eq!(p.json(&["get", "pvc", "chat-history", "-n", "tenant-startup"]).await["metadata"]["uid"], pvc_uid, "history kept");
+    assert_eq!(
+        p.json(&["get", "pvc", "chat-history", "-n", "tenant-startup"]).await["metadata"]["uid"],
+        pvc_uid,
+        "history kept"
+    );
     assert_eq!(api_key(&p, "tenant-startup", "chat").await, key, "key kept");
     assert!(!p.events("tenant-startup", "Suspended").await.is_empty());
 
-    p.ok(&["patch", "inst", "chat", "-n", "tenant-startup", "--type=merge", "-p", r#"{"spec":{"state":"Running"}}"#]).await;
+    p.ok(&[
+        "patch",
+        "inst",
+        "chat",
+        "-n",
+        "tenant-startup",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"state":"Running"}}"#,
+    ])
+    .await;
     p.wait_condition("inst/chat -n tenant-startup", "Ready", 60).await;
-    let (code, stored) = http("GET", &service_url(&proxy, "tenant-startup", "chat", "/v1/conversations/c-42"), &[("X-Api-Key", &key)], None).await;
+    let (code, stored) = http(
+        "GET",
+        &service_url(&proxy, "tenant-startup", "chat", "/v1/conversations/c-42"),
+        &[("X-Api-Key", &key)],
+        None,
+    )
+    .await;
     assert_eq!(code, 200, "the same key works after resume: {stored}");
     let stored: Value = serde_json::from_str(&stored).unwrap();
-    assert_eq!(stored["messages"][0]["content"], "Remember the word TURNIP.", "history survived the suspension");
+    assert_eq!(
+        stored["messages"][0]["content"], "Remember the word TURNIP.",
+        "history survived the suspension"
+    );
     assert_eq!(stored["messages"][1]["content"], first["choices"][0]["message"]["content"]);
     assert!(!p.events("tenant-startup", "Resumed").await.is_empty());
 }
@@ -203,21 +330,44 @@ spec:
   gpu: {count: 4, product: NVIDIA-B200}
 "#;
     p.ok_in(&["apply", "-f", "-"], big).await;
-    let message = until_some("Scheduled=False with the scheduler's reason", Duration::from_secs(20), || async {
-        let v = p.json(&["get", "inst", "big", "-n", "tenant-startup"]).await;
-        let c = v["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == "Scheduled" && c["status"] == "False" && c["reason"] == "Unschedulable")?.clone();
-        Some(c["message"].as_str()?.to_string())
-    })
+    let message = until_some(
+        "Scheduled=False with the scheduler's reason",
+        Duration::from_secs(20),
+        || async {
+            let v = p.json(&["get", "inst", "big", "-n", "tenant-startup"]).await;
+            let c = v["status"]["conditions"]
+                .as_array()?
+                .iter()
+                .find(|c| {
+                    c["type"] == "Scheduled"
+                        && c["status"] == "False"
+                        && c["reason"] == "Unschedulable"
+                })?
+                .clone();
+            Some(c["message"].as_str()?.to_string())
+        },
+    )
     .await;
     assert!(message.starts_with("0/6 nodes are available"), "{message}");
-    assert_eq!(p.jsonpath(&["get", "inst", "big", "-n", "tenant-startup"], "{.status.phase}").await, "Pending");
-    assert!(p.events("tenant-startup", "Unschedulable").await.iter().any(|e| e["message"].as_str().unwrap_or_default().contains("0/6 nodes")));
+    assert_eq!(
+        p.jsonpath(&["get", "inst", "big", "-n", "tenant-startup"], "{.status.phase}").await,
+        "Pending"
+    );
+    assert!(
+        p.events("tenant-startup", "Unschedulable")
+            .await
+            .iter()
+            .any(|e| e["message"].as_str().unwrap_or_default().contains("0/6 nodes"))
+    );
 
     let node = r#"{"apiVersion":"v1","kind":"Node","metadata":{"name":"gpu-tw-b200","labels":{"topology.kubernetes.io/region":"tw-taipei-1","alcove.dev/pool":"shared","nvidia.com/gpu.product":"NVIDIA-B200"}},
         "status":{"capacity":{"nvidia.com/gpu":"8","cpu":"64","memory":"512Gi","pods":"110"},"allocatable":{"nvidia.com/gpu":"8","cpu":"64","memory":"512Gi","pods":"110"}}}"#;
     p.ok_in(&["create", "-f", "-"], node).await;
     p.wait_condition("inst/big -n tenant-startup", "Ready", 60).await;
-    assert_eq!(p.jsonpath(&["get", "inst", "big", "-n", "tenant-startup"], "{.status.node}").await, "gpu-tw-b200");
+    assert_eq!(
+        p.jsonpath(&["get", "inst", "big", "-n", "tenant-startup"], "{.status.node}").await,
+        "gpu-tw-b200"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -225,14 +375,20 @@ async fn quota_short_is_a_condition_and_clears_when_room_appears() {
     let p = platform_with_operator().await;
     p.ok(&["apply", "-f", &example("good/tenant-basic.yaml")]).await;
     let inst = |name: &str, gpus: u32| {
-        format!("apiVersion: alcove.dev/v1alpha1\nkind: InferenceInstance\nmetadata: {{name: {name}, namespace: tenant-startup}}\nspec:\n  model: {{format: safetensors, source: {{platform: default}}}}\n  gpu: {{count: {gpus}}}\n")
+        format!(
+            "apiVersion: alcove.dev/v1alpha1\nkind: InferenceInstance\nmetadata: {{name: {name}, namespace: tenant-startup}}\nspec:\n  model: {{format: safetensors, source: {{platform: default}}}}\n  gpu: {{count: {gpus}}}\n"
+        )
     };
     p.ok_in(&["apply", "-f", "-"], &inst("first", 3)).await;
     p.wait_condition("inst/first -n tenant-startup", "Ready", 60).await;
     p.ok_in(&["apply", "-f", "-"], &inst("second", 2)).await;
     let message = until_some("QuotaAvailable=False", Duration::from_secs(20), || async {
         let v = p.json(&["get", "inst", "second", "-n", "tenant-startup"]).await;
-        let c = v["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == "QuotaAvailable" && c["status"] == "False")?.clone();
+        let c = v["status"]["conditions"]
+            .as_array()?
+            .iter()
+            .find(|c| c["type"] == "QuotaAvailable" && c["status"] == "False")?
+            .clone();
         Some(c["message"].as_str()?.to_string())
     })
     .await;
@@ -259,7 +415,9 @@ async fn rotating_the_key_revokes_the_old_one_and_prompts_update_in_place() {
     let tokens = |key: String| {
         let proxy = &proxy;
         async move {
-            let (code, v) = chat(proxy, "tenant-startup", "chat", "chat", Some(&key), json!({"max_tokens": 1})).await;
+            let (code, v) =
+                chat(proxy, "tenant-startup", "chat", "chat", Some(&key), json!({"max_tokens": 1}))
+                    .await;
             (code, v["usage"]["prompt_tokens"].as_u64().unwrap_or(0))
         }
     };
@@ -268,17 +426,35 @@ async fn rotating_the_key_revokes_the_old_one_and_prompts_update_in_place() {
     // A new prompt reaches the running server through its volume: same pod.
     let uid = pod_uid(&p, "tenant-startup", "chat").await.unwrap();
     p.ok(&["patch", "inst", "chat", "-n", "tenant-startup", "--type=merge", "-p", r#"{"spec":{"systemPrompt":"You are the helpful, patient and precise assistant of Startup Inc., and you answer in full sentences."}}"#]).await;
-    eventually("the longer prompt is used", Duration::from_secs(20), || async { tokens(old.clone()).await.1 > before }).await;
-    assert_eq!(pod_uid(&p, "tenant-startup", "chat").await.unwrap(), uid, "no restart for a prompt edit");
+    eventually("the longer prompt is used", Duration::from_secs(20), || async {
+        tokens(old.clone()).await.1 > before
+    })
+    .await;
+    assert_eq!(
+        pod_uid(&p, "tenant-startup", "chat").await.unwrap(),
+        uid,
+        "no restart for a prompt edit"
+    );
 
-    p.ok(&["annotate", "inst", "chat", "-n", "tenant-startup", "alcove.dev/rotate-api-key=2026-11-22"]).await;
+    p.ok(&[
+        "annotate",
+        "inst",
+        "chat",
+        "-n",
+        "tenant-startup",
+        "alcove.dev/rotate-api-key=2026-11-22",
+    ])
+    .await;
     let new = until_some("a new key", Duration::from_secs(20), || async {
         let k = api_key(&p, "tenant-startup", "chat").await;
         (k != old).then_some(k)
     })
     .await;
     p.wait_condition("inst/chat -n tenant-startup", "Ready", 60).await;
-    eventually("the new key works", Duration::from_secs(30), || async { tokens(new.clone()).await.0 == 200 }).await;
+    eventually("the new key works", Duration::from_secs(30), || async {
+        tokens(new.clone()).await.0 == 200
+    })
+    .await;
     assert_eq!(tokens(old.clone()).await.0, 401, "the old key is revoked");
     assert!(!p.events("tenant-startup", "ApiKeyRotated").await.is_empty());
 }

@@ -16,8 +16,13 @@ const RESYNC: &str = "2";
 
 /// Waits out `resyncs` full resync periods and returns the writes made meanwhile (Lease renewals
 /// and Events aside), by resource, after checking that every controller did reconcile.
-async fn writes_across_resyncs(p: &Platform, resyncs: u64, controllers: &[(&str, f64)]) -> BTreeMap<String, f64> {
-    let reconciles = |m: &str, c: &str| metric(m, "alcove_reconcile_total", &format!("controller=\"{c}\""));
+async fn writes_across_resyncs(
+    p: &Platform,
+    resyncs: u64,
+    controllers: &[(&str, f64)],
+) -> BTreeMap<String, f64> {
+    let reconciles =
+        |m: &str, c: &str| metric(m, "alcove_reconcile_total", &format!("controller=\"{c}\""));
     let before = p.writes_by_resource().await;
     let m0 = p.operators[0].metrics().await;
     tokio::time::sleep(Duration::from_secs(resyncs * RESYNC.parse::<u64>().unwrap() + 1)).await;
@@ -25,7 +30,10 @@ async fn writes_across_resyncs(p: &Platform, resyncs: u64, controllers: &[(&str,
     let after = p.writes_by_resource().await;
     for (c, objects) in controllers {
         let ran = reconciles(&m1, c) - reconciles(&m0, c);
-        assert!(ran >= objects * resyncs as f64, "{c}: {ran} reconciles in {resyncs} resyncs of {objects} objects");
+        assert!(
+            ran >= objects * resyncs as f64,
+            "{c}: {ran} reconciles in {resyncs} resyncs of {objects} objects"
+        );
     }
     after
         .into_iter()
@@ -49,15 +57,29 @@ async fn steady_state_without_billing_writes_nothing() {
     p.ok(&["apply", "-f", &example("good/instance-with-kb.yaml")]).await;
     p.wait_condition("inst/chat -n tenant-startup", "Ready", 180).await;
     p.wait_condition("inst/assistant -n tenant-startup", "Ready", 180).await;
-    let billing = p.jsonpath(&["get", "inst", "chat", "-n", "tenant-startup"], "{.status.conditions[?(@.type==\"Billing\")].reason}").await;
+    let billing = p
+        .jsonpath(
+            &["get", "inst", "chat", "-n", "tenant-startup"],
+            "{.status.conditions[?(@.type==\"Billing\")].reason}",
+        )
+        .await;
     assert_eq!(billing, "Disabled", "billing is off here");
     // Let the last aggregates (tenant instance counts, GPUs in use) land.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let rv = p.jsonpath(&["get", "inst", "chat", "-n", "tenant-startup"], "{.metadata.resourceVersion}").await;
+    let rv = p
+        .jsonpath(&["get", "inst", "chat", "-n", "tenant-startup"], "{.metadata.resourceVersion}")
+        .await;
 
-    let writes = writes_across_resyncs(&p, 2, &[("tenant", 1.0), ("instance", 2.0), ("knowledgebase", 1.0)]).await;
+    let writes =
+        writes_across_resyncs(&p, 2, &[("tenant", 1.0), ("instance", 2.0), ("knowledgebase", 1.0)])
+            .await;
     assert!(writes.is_empty(), "writes across two resyncs of an unchanged world: {writes:?}");
-    assert_eq!(p.jsonpath(&["get", "inst", "chat", "-n", "tenant-startup"], "{.metadata.resourceVersion}").await, rv, "the instance was rewritten");
+    assert_eq!(
+        p.jsonpath(&["get", "inst", "chat", "-n", "tenant-startup"], "{.metadata.resourceVersion}")
+            .await,
+        rv,
+        "the instance was rewritten"
+    );
 }
 
 fn tenant(name: &str) -> String {
@@ -79,13 +101,21 @@ async fn steady_state_with_billing_writes_nothing() {
     let models = tempfile::tempdir().unwrap().keep();
     std::fs::create_dir_all(models.join("default")).unwrap();
     let mut p = Platform::start_with(|mut c| {
-        c.csi_drivers.push(alcove_devcluster::config::CsiDriver { driver: "models.alcove.dev".into(), attribute: "model".into(), root: models });
+        c.csi_drivers.push(alcove_devcluster::config::CsiDriver {
+            driver: "models.alcove.dev".into(),
+            attribute: "model".into(),
+            root: models,
+        });
         c
     })
     .await;
     let stripe = LocalStripe::start(&p).await;
     let config = p.dir.path().join("operator.yaml");
-    std::fs::write(&config, "billing:\n  reportIntervalSeconds: 60\n  prices:\n    usd:\n      \"*\": {perGpuHour: 360}\n").unwrap();
+    std::fs::write(
+        &config,
+        "billing:\n  reportIntervalSeconds: 60\n  prices:\n    usd:\n      \"*\": {perGpuHour: 360}\n",
+    )
+    .unwrap();
     // The injected clock decides what falls due; it runs behind the real one so localstripe's
     // signatures stay within the webhook's tolerance.
     let clock = Clock(p.dir.path().join("clock"));
@@ -109,30 +139,46 @@ async fn steady_state_with_billing_writes_nothing() {
     ];
     let n = p.spawn_operator(&args).await;
     let hook = format!("{}/webhooks/stripe", p.operators[n].http);
-    stripe.ok("POST", "/_config/webhooks/alcove", Some(json!({"url": hook, "secret": WHSEC, "events": ["payment_intent.succeeded"]}))).await;
+    stripe
+        .ok(
+            "POST",
+            "/_config/webhooks/alcove",
+            Some(json!({"url": hook, "secret": WHSEC, "events": ["payment_intent.succeeded"]})),
+        )
+        .await;
 
     // acme has credit; broke has none and is suspended once its grace is over.
     for t in ["acme", "broke"] {
         p.ok_in(&["apply", "-f", "-"], &tenant(t)).await;
     }
     let customer = until_some("acme's Stripe customer", Duration::from_secs(60), || async {
-        Some(p.jsonpath(&["get", "tenant", "acme"], "{.status.billing.customerId}").await).filter(|s| !s.is_empty())
+        Some(p.jsonpath(&["get", "tenant", "acme"], "{.status.billing.customerId}").await)
+            .filter(|s| !s.is_empty())
     })
     .await;
     stripe.pay(&customer, 5000).await;
-    eventually("acme's top-up credited", Duration::from_secs(30), || async { p.jsonpath(&["get", "tenant", "acme"], "{.status.billing.credited}").await == "5000" }).await;
+    eventually("acme's top-up credited", Duration::from_secs(30), || async {
+        p.jsonpath(&["get", "tenant", "acme"], "{.status.billing.credited}").await == "5000"
+    })
+    .await;
     for t in ["acme", "broke"] {
         p.ok_in(&["apply", "-f", "-"], &instance(t)).await;
         p.wait_condition(&format!("inst/chat -n tenant-{t}"), "Ready", 60).await;
     }
     // Two minutes on: acme is billed for two intervals, broke's grace is over.
     clock.set(jiff::Timestamp::from_second(t0.as_second() + 120).unwrap());
-    let through = alcove::clock::format_millis(jiff::Timestamp::from_second(t0.as_second() + 120).unwrap());
+    let through =
+        alcove::clock::format_millis(jiff::Timestamp::from_second(t0.as_second() + 120).unwrap());
     eventually("acme billed through t0+120", Duration::from_secs(30), || async {
-        p.jsonpath(&["get", "inst", "chat", "-n", "tenant-acme"], "{.status.billedThrough}").await == through
+        p.jsonpath(&["get", "inst", "chat", "-n", "tenant-acme"], "{.status.billedThrough}").await
+            == through
     })
     .await;
-    eventually("broke suspended", Duration::from_secs(30), || async { p.jsonpath(&["get", "inst", "chat", "-n", "tenant-broke"], "{.status.phase}").await == "Suspended" }).await;
+    eventually("broke suspended", Duration::from_secs(30), || async {
+        p.jsonpath(&["get", "inst", "chat", "-n", "tenant-broke"], "{.status.phase}").await
+            == "Suspended"
+    })
+    .await;
     let reason = |kind: &'static str, name: &'static str, ns: &'static str| {
         let p = &p;
         async move {

@@ -28,7 +28,10 @@ async fn good_example_tenants_become_ready_and_isolated() {
     }
     let table = p.ok(&["get", "tn"]).await;
     for t in ["sandbox", "startup", "acme", "globex"] {
-        let line = table.lines().find(|l| l.starts_with(&format!("{t} "))).unwrap_or_else(|| panic!("{table}"));
+        let line = table
+            .lines()
+            .find(|l| l.starts_with(&format!("{t} ")))
+            .unwrap_or_else(|| panic!("{table}"));
         assert!(line.contains(" Ready ") && line.contains(" True "), "{line}");
     }
 
@@ -43,13 +46,34 @@ async fn good_example_tenants_become_ready_and_isolated() {
     assert_eq!(quota["spec"]["hard"]["requests.storage"], "500Gi");
     json(&p, &["get", "limitrange", "alcove-limits", "-n", "tenant-acme"]).await;
     let pols = json(&p, &["get", "networkpolicies", "-n", "tenant-acme"]).await;
-    let names: Vec<&str> = pols["items"].as_array().unwrap().iter().map(|i| i["metadata"]["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["alcove-allow-dns", "alcove-allow-gateway", "alcove-allow-same-namespace", "alcove-default-deny"]);
-    let binding = json(&p, &["get", "rolebinding", "alcove-tenant-admins", "-n", "tenant-acme"]).await;
-    let subjects: Vec<String> = binding["subjects"].as_array().unwrap().iter().map(|s| format!("{}:{}", s["kind"].as_str().unwrap(), s["name"].as_str().unwrap())).collect();
+    let names: Vec<&str> = pols["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["metadata"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "alcove-allow-dns",
+            "alcove-allow-gateway",
+            "alcove-allow-same-namespace",
+            "alcove-default-deny"
+        ]
+    );
+    let binding =
+        json(&p, &["get", "rolebinding", "alcove-tenant-admins", "-n", "tenant-acme"]).await;
+    let subjects: Vec<String> = binding["subjects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| format!("{}:{}", s["kind"].as_str().unwrap(), s["name"].as_str().unwrap()))
+        .collect();
     assert_eq!(subjects, ["User:bob@acme.example", "Group:alcove:tenant:acme"]);
     let key = json(&p, &["get", "secret", "alcove-tenant-key", "-n", "tenant-acme"]).await;
-    let bytes = base64::engine::general_purpose::STANDARD.decode(key["data"]["key"].as_str().unwrap()).unwrap();
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(key["data"]["key"].as_str().unwrap())
+        .unwrap();
     assert_eq!(bytes.len(), 32, "256-bit key");
     let other = json(&p, &["get", "secret", "alcove-tenant-key", "-n", "tenant-startup"]).await;
     assert_ne!(key["data"]["key"], other["data"]["key"], "each tenant has its own key");
@@ -57,11 +81,21 @@ async fn good_example_tenants_become_ready_and_isolated() {
     // Placement per tier, always within the region.
     let acme = json(&p, &["get", "tn", "acme"]).await;
     assert_eq!(acme["status"]["placement"]["nodeSelector"]["alcove.dev/tenant"], "acme");
-    assert_eq!(acme["status"]["placement"]["nodeSelector"]["topology.kubernetes.io/region"], "tw-taipei-1");
+    assert_eq!(
+        acme["status"]["placement"]["nodeSelector"]["topology.kubernetes.io/region"],
+        "tw-taipei-1"
+    );
     assert_eq!(acme["status"]["namespace"], "tenant-acme");
     assert_eq!(acme["status"]["observedGeneration"], 1);
     for c in ["Ready", "QuotaApplied", "IsolationApplied"] {
-        assert!(acme["status"]["conditions"].as_array().unwrap().iter().any(|x| x["type"] == c && x["status"] == "True"), "{c}");
+        assert!(
+            acme["status"]["conditions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|x| x["type"] == c && x["status"] == "True"),
+            "{c}"
+        );
     }
     let globex = json(&p, &["get", "tn", "globex"]).await;
     assert_eq!(globex["status"]["placement"]["nodeSelector"]["alcove.dev/customer-pool"], "globex");
@@ -69,12 +103,15 @@ async fn good_example_tenants_become_ready_and_isolated() {
     // No capacity in the region: Ready=False with the reason, and an Event.
     let yukon = until_some("yukon evaluated", Duration::from_secs(20), || async {
         let v = json(&p, &["get", "tn", "yukon"]).await;
-        v["status"]["conditions"].as_array().and_then(|cs| cs.iter().find(|c| c["type"] == "Ready").cloned())
+        v["status"]["conditions"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["type"] == "Ready").cloned())
     })
     .await;
     assert_eq!(yukon["status"], "False");
     assert_eq!(yukon["reason"], "NoCapacityInRegion");
-    let events = p.ok(&["get", "events", "-A", "--field-selector", "involvedObject.name=yukon"]).await;
+    let events =
+        p.ok(&["get", "events", "-A", "--field-selector", "involvedObject.name=yukon"]).await;
     assert!(events.contains("NoCapacityInRegion"), "{events}");
 }
 
@@ -82,7 +119,14 @@ async fn good_example_tenants_become_ready_and_isolated() {
 async fn tenant_owners_are_confined_to_their_namespace() {
     let mut p = Platform::start().await;
     p.spawn_operator(&[]).await;
-    p.ok(&["apply", "-f", &example("good/tenant-basic.yaml"), "-f", &example("good/tenant-pro.yaml")]).await;
+    p.ok(&[
+        "apply",
+        "-f",
+        &example("good/tenant-basic.yaml"),
+        "-f",
+        &example("good/tenant-pro.yaml"),
+    ])
+    .await;
     p.wait_condition("tenant/startup", "Ready", 30).await;
     p.wait_condition("tenant/acme", "Ready", 30).await;
     // alice owns startup (by name); carol is in the tenant's admin group.
@@ -96,16 +140,39 @@ async fn tenant_owners_are_confined_to_their_namespace() {
             p.kubectl_as(&kc, &full, None).await.1.trim().to_string()
         }
     };
-    assert_eq!(can(alice.clone(), vec!["create", "inferenceinstances.alcove.dev", "-n", "tenant-startup"]).await, "yes");
-    assert_eq!(can(carol.clone(), vec!["create", "knowledgebases.alcove.dev", "-n", "tenant-startup"]).await, "yes");
-    assert_eq!(can(alice.clone(), vec!["create", "inferenceinstances.alcove.dev", "-n", "tenant-acme"]).await, "no");
-    assert_eq!(can(alice.clone(), vec!["update", "resourcequotas", "-n", "tenant-startup"]).await, "no");
-    assert_eq!(can(alice.clone(), vec!["delete", "networkpolicies", "-n", "tenant-startup"]).await, "no");
+    assert_eq!(
+        can(alice.clone(), vec!["create", "inferenceinstances.alcove.dev", "-n", "tenant-startup"])
+            .await,
+        "yes"
+    );
+    assert_eq!(
+        can(carol.clone(), vec!["create", "knowledgebases.alcove.dev", "-n", "tenant-startup"])
+            .await,
+        "yes"
+    );
+    assert_eq!(
+        can(alice.clone(), vec!["create", "inferenceinstances.alcove.dev", "-n", "tenant-acme"])
+            .await,
+        "no"
+    );
+    assert_eq!(
+        can(alice.clone(), vec!["update", "resourcequotas", "-n", "tenant-startup"]).await,
+        "no"
+    );
+    assert_eq!(
+        can(alice.clone(), vec!["delete", "networkpolicies", "-n", "tenant-startup"]).await,
+        "no"
+    );
     assert_eq!(can(alice.clone(), vec!["get", "secrets", "-n", "tenant-acme"]).await, "no");
-    assert_eq!(can(alice.clone(), vec!["get", "secret/alcove-tenant-key", "-n", "tenant-startup"]).await, "no");
+    assert_eq!(
+        can(alice.clone(), vec!["get", "secret/alcove-tenant-key", "-n", "tenant-startup"]).await,
+        "no"
+    );
 
     // Real requests agree.
-    let instance = std::fs::read_to_string(workspace_root().join("examples/good/instance-safetensors.yaml")).unwrap();
+    let instance =
+        std::fs::read_to_string(workspace_root().join("examples/good/instance-safetensors.yaml"))
+            .unwrap();
     let (ok, _, err) = p.kubectl_as(&alice, &["apply", "-f", "-"], Some(&instance)).await;
     assert!(ok, "{err}");
     let other = instance.replace("namespace: tenant-startup", "namespace: tenant-acme");
@@ -120,10 +187,14 @@ async fn tenant_owners_are_confined_to_their_namespace() {
     ] {
         let (ok, _, err) = p.kubectl_as(&alice, &args, None).await;
         assert!(!ok, "alice may not {}", args.join(" "));
-        assert!(err.contains("Forbidden") && err.contains(&format!("cannot {what} resource")), "{err}");
+        assert!(
+            err.contains("Forbidden") && err.contains(&format!("cannot {what} resource")),
+            "{err}"
+        );
     }
     // The admin group works for the tenant namespace too.
-    let (ok, _, err) = p.kubectl_as(&carol, &["get", "inferenceinstances", "-n", "tenant-startup"], None).await;
+    let (ok, _, err) =
+        p.kubectl_as(&carol, &["get", "inferenceinstances", "-n", "tenant-startup"], None).await;
     assert!(ok, "{err}");
 }
 
@@ -140,13 +211,36 @@ async fn unchanged_reconcile_writes_nothing_and_drift_is_restored() {
     tokio::time::sleep(Duration::from_secs(4)).await;
     let after_reconciles = reconciles(&p.operators[op].metrics().await);
     let after_writes = p.reconcile_writes().await;
-    assert!(after_reconciles >= before_reconciles + 3.0, "periodic reconciles ran ({before_reconciles} → {after_reconciles})");
-    assert_eq!(after_writes, before_writes, "an unchanged tenant's reconcile writes nothing: {:?}", p.writes_by_resource().await);
+    assert!(
+        after_reconciles >= before_reconciles + 3.0,
+        "periodic reconciles ran ({before_reconciles} → {after_reconciles})"
+    );
+    assert_eq!(
+        after_writes,
+        before_writes,
+        "an unchanged tenant's reconcile writes nothing: {:?}",
+        p.writes_by_resource().await
+    );
 
     // Someone opens the default-deny policy; the next reconcile puts it back.
-    p.ok(&["patch", "networkpolicy", "alcove-default-deny", "-n", "tenant-startup", "--type=merge", "-p", r#"{"spec":{"policyTypes":["Ingress"]}}"#]).await;
+    p.ok(&[
+        "patch",
+        "networkpolicy",
+        "alcove-default-deny",
+        "-n",
+        "tenant-startup",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"policyTypes":["Ingress"]}}"#,
+    ])
+    .await;
     eventually("drifted policy restored", Duration::from_secs(15), || async {
-        p.jsonpath(&["get", "networkpolicy", "alcove-default-deny", "-n", "tenant-startup"], "{.spec.policyTypes}").await == r#"["Ingress","Egress"]"#
+        p.jsonpath(
+            &["get", "networkpolicy", "alcove-default-deny", "-n", "tenant-startup"],
+            "{.spec.policyTypes}",
+        )
+        .await
+            == r#"["Ingress","Egress"]"#
     })
     .await;
     // Deleted children come back too.
@@ -155,7 +249,8 @@ async fn unchanged_reconcile_writes_nothing_and_drift_is_restored() {
         p.kubectl(&["get", "resourcequota", "alcove-quota", "-n", "tenant-startup"]).await.0
     })
     .await;
-    let events = p.ok(&["get", "events", "-A", "--field-selector", "involvedObject.name=startup"]).await;
+    let events =
+        p.ok(&["get", "events", "-A", "--field-selector", "involvedObject.name=startup"]).await;
     assert!(events.contains("IsolationRestored"), "{events}");
 }
 
@@ -165,22 +260,47 @@ async fn spec_changes_converge() {
     p.spawn_operator(&[]).await;
     p.ok(&["apply", "-f", &example("good/tenant-basic.yaml")]).await;
     p.wait_condition("tenant/startup", "Ready", 30).await;
-    p.ok(&["patch", "tn", "startup", "--type=merge", "-p", r#"{"spec":{"quota":{"maxGpus":2},"owners":[{"kind":"User","name":"dave@startup.example"}],"tier":"pro"}}"#]).await;
+    p.ok(&[
+        "patch",
+        "tn",
+        "startup",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"quota":{"maxGpus":2},"owners":[{"kind":"User","name":"dave@startup.example"}],"tier":"pro"}}"#,
+    ])
+    .await;
     eventually("quota follows the spec", Duration::from_secs(15), || async {
-        p.jsonpath(&["get", "resourcequota", "alcove-quota", "-n", "tenant-startup"], "{.spec.hard.requests\\.nvidia\\.com/gpu}").await == "2"
+        p.jsonpath(
+            &["get", "resourcequota", "alcove-quota", "-n", "tenant-startup"],
+            "{.spec.hard.requests\\.nvidia\\.com/gpu}",
+        )
+        .await
+            == "2"
     })
     .await;
     eventually("owners follow the spec", Duration::from_secs(15), || async {
-        p.jsonpath(&["get", "rolebinding", "alcove-tenant-admins", "-n", "tenant-startup"], "{.subjects[*].name}").await == "dave@startup.example alcove:tenant:startup"
+        p.jsonpath(
+            &["get", "rolebinding", "alcove-tenant-admins", "-n", "tenant-startup"],
+            "{.subjects[*].name}",
+        )
+        .await
+            == "dave@startup.example alcove:tenant:startup"
     })
     .await;
     // pro: dedicated nodes labelled for the tenant; none exist for startup, so it is not Ready.
     eventually("tier changes placement", Duration::from_secs(15), || async {
-        p.jsonpath(&["get", "tn", "startup"], "{.status.placement.nodeSelector.alcove\\.dev/tenant}").await == "startup"
+        p.jsonpath(
+            &["get", "tn", "startup"],
+            "{.status.placement.nodeSelector.alcove\\.dev/tenant}",
+        )
+        .await
+            == "startup"
     })
     .await;
     eventually("no dedicated capacity", Duration::from_secs(15), || async {
-        p.jsonpath(&["get", "tn", "startup"], "{.status.conditions[?(@.type==\"Ready\")].reason}").await == "NoCapacityInRegion"
+        p.jsonpath(&["get", "tn", "startup"], "{.status.conditions[?(@.type==\"Ready\")].reason}")
+            .await
+            == "NoCapacityInRegion"
     })
     .await;
     assert_eq!(p.jsonpath(&["get", "tn", "startup"], "{.status.observedGeneration}").await, "2");
@@ -203,13 +323,18 @@ async fn deletion_leaves_nothing_behind() {
     p.wait_condition("tenant/startup", "Ready", 30).await;
     p.ok(&["delete", "tn", "startup", "--wait=false"]).await;
     // The account-data window (30 days by default) passes; see tests/retention.rs for its edges.
-    eventually("erase window started", Duration::from_secs(20), || async { p.jsonpath(&["get", "tn", "startup"], "{.status.phase}").await == "Erasing" }).await;
+    eventually("erase window started", Duration::from_secs(20), || async {
+        p.jsonpath(&["get", "tn", "startup"], "{.status.phase}").await == "Erasing"
+    })
+    .await;
     clock.set(clock.now().checked_add(jiff::SignedDuration::from_hours(31 * 24)).unwrap());
     let (ok, _, err) = p.kubectl(&["wait", "--for=delete", "tn/startup", "--timeout=60s"]).await;
     assert!(ok, "{err}");
     let (ok, _, err) = p.kubectl(&["get", "namespace", "tenant-startup"]).await;
     assert!(!ok && err.contains("not found"), "namespace gone: {err}");
-    for kind in ["resourcequotas", "networkpolicies", "roles", "rolebindings", "secrets", "limitranges"] {
+    for kind in
+        ["resourcequotas", "networkpolicies", "roles", "rolebindings", "secrets", "limitranges"]
+    {
         let out = p.ok(&["get", kind, "-A", "-l", "alcove.dev/tenant=startup", "-o", "name"]).await;
         assert!(out.trim().is_empty(), "orphaned {kind}: {out}");
     }
@@ -222,18 +347,30 @@ async fn standby_takes_over_within_fifteen_seconds() {
     let b = p.spawn_operator(&[]).await;
     p.ok(&["apply", "-f", &example("good/tenant-basic.yaml")]).await;
     p.wait_condition("tenant/startup", "Ready", 30).await;
-    let holder = p.jsonpath(&["get", "lease", "alcove-operator", "-n", "alcove-system"], "{.spec.holderIdentity}").await;
+    let holder = p
+        .jsonpath(
+            &["get", "lease", "alcove-operator", "-n", "alcove-system"],
+            "{.spec.holderIdentity}",
+        )
+        .await;
     let (leader, standby) = if holder == p.operators[a].identity { (a, b) } else { (b, a) };
     assert_eq!(holder, p.operators[leader].identity);
     assert!(!p.operators[standby].log_text().contains("became leader"), "only one leader");
-    assert_eq!(metric(&p.operators[standby].metrics().await, "alcove_reconcile_total", ""), 0.0, "the standby does not reconcile");
+    assert_eq!(
+        metric(&p.operators[standby].metrics().await, "alcove_reconcile_total", ""),
+        0.0,
+        "the standby does not reconcile"
+    );
     // Kill the leader without any chance to release the Lease.
     p.operators[leader].kill().await;
     let killed_at = Instant::now();
     p.ok(&["apply", "-f", &example("good/tenant-pro.yaml")]).await;
     p.wait_condition("tenant/acme", "Ready", 30).await;
     let took = killed_at.elapsed();
-    assert!(took < Duration::from_secs(15), "standby reconciled a new tenant {took:?} after the leader died");
+    assert!(
+        took < Duration::from_secs(15),
+        "standby reconciled a new tenant {took:?} after the leader died"
+    );
     assert!(p.operators[standby].log_text().contains("became leader"));
     println!("failover: new tenant Ready {took:?} after the leader was killed");
 }

@@ -21,13 +21,20 @@ fn block_after(readme: &str, marker: &str) -> String {
 async fn the_readme_walkthrough_works_against_alcove_up() {
     let readme = std::fs::read_to_string(workspace_root().join("README.md")).unwrap();
     let up_line = block_after(&readme, "## Run the platform");
-    let up_args: Vec<&str> = up_line.trim().split_once(" -- ").expect("cargo run … -- up").1.split_whitespace().collect();
+    let up_args: Vec<&str> = up_line
+        .trim()
+        .split_once(" -- ")
+        .expect("cargo run … -- up")
+        .1
+        .split_whitespace()
+        .collect();
     assert_eq!(up_args[0], "up");
     let script = block_after(&readme, "<!-- walkthrough -->");
 
     // A fresh directory standing in for a clone: the examples, and `.alcove` made by `up`.
     let dir = tempfile::tempdir().unwrap();
-    std::os::unix::fs::symlink(workspace_root().join("examples"), dir.path().join("examples")).unwrap();
+    std::os::unix::fs::symlink(workspace_root().join("examples"), dir.path().join("examples"))
+        .unwrap();
     let started = Instant::now();
     let mut up = tokio::process::Command::new(env!("CARGO_BIN_EXE_alcove"))
         .args(&up_args)
@@ -52,7 +59,10 @@ async fn the_readme_walkthrough_works_against_alcove_up() {
     .unwrap_or_else(|_| panic!("alcove up not ready in 120 s: {printed:#?}"));
     let to_ready = started.elapsed();
     let out = printed.join("\n");
-    assert!(out.contains("simulated: the nodes and their GPUs"), "up says what is simulated: {out}");
+    assert!(
+        out.contains("simulated: the nodes and their GPUs"),
+        "up says what is simulated: {out}"
+    );
     assert!(out.contains("random text"), "up says the test model's answers are random: {out}");
     assert!(dir.path().join(".alcove/kubeconfig").is_file());
 
@@ -64,35 +74,73 @@ async fn the_readme_walkthrough_works_against_alcove_up() {
         .env("HOME", dir.path())
         .env_remove("KUBECONFIG")
         .output();
-    let run = tokio::time::timeout(Duration::from_secs(600), run).await.expect("the walkthrough finishes").unwrap();
+    let run = tokio::time::timeout(Duration::from_secs(600), run)
+        .await
+        .expect("the walkthrough finishes")
+        .unwrap();
     let stdout = String::from_utf8_lossy(&run.stdout);
     let trace = String::from_utf8_lossy(&run.stderr);
-    assert!(run.status.success(), "the walkthrough failed:\n{stdout}\n{trace}\n--- alcove.log tail\n{}", log_tail(dir.path()));
+    assert!(
+        run.status.success(),
+        "the walkthrough failed:\n{stdout}\n{trace}\n--- alcove.log tail\n{}",
+        log_tail(dir.path())
+    );
 
     assert!(stdout.contains("inferenceinstance.alcove.dev/chat condition met"), "{stdout}");
     assert!(stdout.contains("\"object\":\"chat.completion\""), "a completion: {stdout}");
-    assert!(stdout.contains("\"object\":\"chat.completion.chunk\"") && stdout.contains("data: [DONE]"), "a stream: {stdout}");
+    assert!(
+        stdout.contains("\"object\":\"chat.completion.chunk\"") && stdout.contains("data: [DONE]"),
+        "a stream: {stdout}"
+    );
     assert!(stdout.contains("knowledgebase.alcove.dev/handbook condition met"), "{stdout}");
-    assert!(stdout.contains("\"knowledge_base\":\"handbook\""), "the assistant cites the handbook: {stdout}");
+    assert!(
+        stdout.contains("\"knowledge_base\":\"handbook\""),
+        "the assistant cites the handbook: {stdout}"
+    );
     assert!(stdout.contains("inferenceinstance.alcove.dev \"chat\" deleted"), "{stdout}");
-    let timer = stdout.lines().find(|l| l.starts_with("chat-history ")).unwrap_or_else(|| panic!("the retention timer: {stdout}"));
-    assert!(timer.contains("conversationHistory") && timer.contains('T') && timer.ends_with('Z'), "{timer}");
+    let timer = stdout
+        .lines()
+        .find(|l| l.starts_with("chat-history "))
+        .unwrap_or_else(|| panic!("the retention timer: {stdout}"));
+    assert!(
+        timer.contains("conversationHistory") && timer.contains('T') && timer.ends_with('Z'),
+        "{timer}"
+    );
 
     // Figures for the closing note: up → ready, and apply of an instance → its first completion.
     let at = |needle: &str| -> f64 {
-        trace.lines().find(|l| l.contains(needle)).and_then(|l| l.split_whitespace().nth(1)).and_then(|t| t.parse().ok()).unwrap_or_else(|| panic!("no trace of {needle}"))
+        trace
+            .lines()
+            .find(|l| l.contains(needle))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|t| t.parse().ok())
+            .unwrap_or_else(|| panic!("no trace of {needle}"))
     };
     let applied = at("kubectl apply -f examples/good/instance-safetensors.yaml");
     let after_first = at("curl -sN");
-    eprintln!("walkthrough: alcove up ready after {:.1} s; instance apply → first completion {:.1} s", to_ready.as_secs_f64(), after_first - applied);
+    eprintln!(
+        "walkthrough: alcove up ready after {:.1} s; instance apply → first completion {:.1} s",
+        to_ready.as_secs_f64(),
+        after_first - applied
+    );
 
     // Ctrl-C stops everything.
     let pid = up.id().unwrap() as i32;
     std::process::Command::new("kill").args(["-INT", &pid.to_string()]).status().unwrap();
-    let status = tokio::time::timeout(Duration::from_secs(20), up.wait()).await.expect("up stops on SIGINT").unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(20), up.wait())
+        .await
+        .expect("up stops on SIGINT")
+        .unwrap();
     assert!(status.success(), "{status}");
-    let leftovers = std::process::Command::new("pgrep").args(["-f", &dir.path().display().to_string()]).output().unwrap();
-    assert!(leftovers.stdout.is_empty(), "no process survives: {}", String::from_utf8_lossy(&leftovers.stdout));
+    let leftovers = std::process::Command::new("pgrep")
+        .args(["-f", &dir.path().display().to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        leftovers.stdout.is_empty(),
+        "no process survives: {}",
+        String::from_utf8_lossy(&leftovers.stdout)
+    );
 }
 
 fn log_tail(dir: &Path) -> String {

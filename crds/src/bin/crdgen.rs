@@ -21,7 +21,10 @@ fn main() {
         }
     }
     if !stale.is_empty() {
-        eprintln!("out of date: {}\nregenerate with: cargo run -p alcove-crds --bin crdgen", stale.join(", "));
+        eprintln!(
+            "out of date: {}\nregenerate with: cargo run -p alcove-crds --bin crdgen",
+            stale.join(", ")
+        );
         std::process::exit(1);
     }
 }

@@ -15,11 +15,18 @@ use serde_json::json;
 
 fn arg(name: &str, default: usize) -> usize {
     let args: Vec<String> = std::env::args().collect();
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(default)
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn cm(name: &str) -> ConfigMap {
-    serde_json::from_value(json!({"metadata": {"name": name, "labels": {"bench": "yes"}}, "data": {"k": "v"}})).expect("configmap")
+    serde_json::from_value(
+        json!({"metadata": {"name": name, "labels": {"bench": "yes"}}, "data": {"k": "v"}}),
+    )
+    .expect("configmap")
 }
 
 async fn phase<F, Fut>(label: &str, n: usize, clients: usize, f: F) -> f64
@@ -54,9 +61,19 @@ async fn main() {
     let clients = arg("--clients", 16);
     let dir = tempfile_dir();
     let cluster = DevCluster::start(Config::new(&dir)).await.expect("devcluster starts");
-    println!("devcluster-bench: {n} small ConfigMaps, {clients} concurrent clients, {} CPU(s)", std::thread::available_parallelism().map(|p| p.get()).unwrap_or(1));
-    let clients_vec: Vec<kube::Client> = futures::future::join_all((0..clients).map(|_| cluster.client())).await.into_iter().map(|c| c.expect("client")).collect();
-    let api_for = move |i: usize| -> Api<ConfigMap> { Api::namespaced(clients_vec[i % clients_vec.len()].clone(), "default") };
+    println!(
+        "devcluster-bench: {n} small ConfigMaps, {clients} concurrent clients, {} CPU(s)",
+        std::thread::available_parallelism().map(|p| p.get()).unwrap_or(1)
+    );
+    let clients_vec: Vec<kube::Client> =
+        futures::future::join_all((0..clients).map(|_| cluster.client()))
+            .await
+            .into_iter()
+            .map(|c| c.expect("client"))
+            .collect();
+    let api_for = move |i: usize| -> Api<ConfigMap> {
+        Api::namespaced(clients_vec[i % clients_vec.len()].clone(), "default")
+    };
 
     let a = api_for.clone();
     let create = phase("create (POST)", n, clients, move |i| {
@@ -70,7 +87,13 @@ async fn main() {
     let patch = phase("merge patch (PATCH)", n, clients, move |i| {
         let api = a(i);
         async move {
-            api.patch(&format!("cm-{i}"), &PatchParams::default(), &Patch::Merge(json!({"data": {"k": format!("v{i}")}}))).await.expect("patch");
+            api.patch(
+                &format!("cm-{i}"),
+                &PatchParams::default(),
+                &Patch::Merge(json!({"data": {"k": format!("v{i}")}})),
+            )
+            .await
+            .expect("patch");
         }
     })
     .await;
@@ -94,8 +117,15 @@ async fn main() {
 
     // Watch latency: time from sending a write to receiving its event on an open watch.
     let api = api_for(0);
-    let rv = api.list(&kube::api::ListParams::default().limit(1)).await.expect("list").metadata.resource_version.expect("rv");
-    let mut stream = api.watch(&WatchParams::default().labels("probe=yes"), &rv).await.expect("watch").boxed();
+    let rv = api
+        .list(&kube::api::ListParams::default().limit(1))
+        .await
+        .expect("list")
+        .metadata
+        .resource_version
+        .expect("rv");
+    let mut stream =
+        api.watch(&WatchParams::default().labels("probe=yes"), &rv).await.expect("watch").boxed();
     let mut latencies = Vec::new();
     for i in 0..200 {
         let mut probe = cm(&format!("probe-{i}"));
@@ -103,8 +133,16 @@ async fn main() {
         let sent = Instant::now();
         api.create(&PostParams::default(), &probe).await.expect("create probe");
         loop {
-            match tokio::time::timeout(Duration::from_secs(5), stream.try_next()).await.expect("event in time").expect("watch ok") {
-                Some(WatchEvent::Added(o)) if o.metadata.name.as_deref() == Some(&format!("probe-{i}")) => break,
+            match tokio::time::timeout(Duration::from_secs(5), stream.try_next())
+                .await
+                .expect("event in time")
+                .expect("watch ok")
+            {
+                Some(WatchEvent::Added(o))
+                    if o.metadata.name.as_deref() == Some(&format!("probe-{i}")) =>
+                {
+                    break;
+                }
                 Some(_) => continue,
                 None => panic!("watch ended"),
             }
@@ -112,11 +150,20 @@ async fn main() {
         latencies.push(sent.elapsed());
     }
     latencies.sort();
-    let p = |q: f64| latencies[((latencies.len() as f64 - 1.0) * q) as usize].as_secs_f64() * 1000.0;
-    println!("watch event latency          p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms", p(0.5), p(0.99), p(1.0));
+    let p =
+        |q: f64| latencies[((latencies.len() as f64 - 1.0) * q) as usize].as_secs_f64() * 1000.0;
+    println!(
+        "watch event latency          p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        p(0.5),
+        p(0.99),
+        p(1.0)
+    );
     let writes = [create, patch, apply];
     let slowest_write = writes.iter().cloned().fold(f64::INFINITY, f64::min);
-    println!("slowest write rate           {slowest_write:.0} /s (goal >= 5000 /s): {}", if slowest_write >= 5000.0 { "met" } else { "NOT met" });
+    println!(
+        "slowest write rate           {slowest_write:.0} /s (goal >= 5000 /s): {}",
+        if slowest_write >= 5000.0 { "met" } else { "NOT met" }
+    );
     println!("get rate                     {get:.0} /s");
     cluster.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);

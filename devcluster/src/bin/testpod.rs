@@ -60,9 +60,19 @@ fn serve(args: &[String]) {
         } else if let Some(f) = arg(args, "--file") {
             std::fs::read_to_string(f).unwrap_or_else(|e| format!("error: {e}"))
         } else {
-            let auth = req.lines().find(|l| l.to_ascii_lowercase().starts_with("authorization:")).is_some();
-            format!("{} path={path} authorization-forwarded={auth}", arg(args, "--text").unwrap_or_else(|| "hello".into()))
+            let auth = req
+                .lines()
+                .find(|l| l.to_ascii_lowercase().starts_with("authorization:"))
+                .is_some();
+            format!(
+                "{} path={path} authorization-forwarded={auth}",
+                arg(args, "--text").unwrap_or_else(|| "hello".into())
+            )
         };
-        let _ = write!(s, "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+        let _ = write!(
+            s,
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
     }
 }

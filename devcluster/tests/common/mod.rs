@@ -23,7 +23,10 @@ pub struct Env {
 
 pub fn base_config(dir: &Path) -> Config {
     Config::new(dir.join("state")).image("example.com/testpod*", testpod()).node(
-        NodeConfig::new("node-a").capacity("cpu", "8").capacity("memory", "16Gi").capacity("pods", "50"),
+        NodeConfig::new("node-a")
+            .capacity("cpu", "8")
+            .capacity("memory", "16Gi")
+            .capacity("pods", "50"),
     )
 }
 
@@ -140,7 +143,10 @@ where
         if f().await {
             return;
         }
-        assert!(tokio::time::Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -182,13 +188,21 @@ where
         if let Some(v) = f().await {
             return v;
         }
-        assert!(tokio::time::Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
 /// kubectl with a given kubeconfig, outside an `Env` (for a server run as a subprocess).
-pub async fn kubectl_with(kubeconfig: &Path, cache: &Path, args: &[&str], stdin: Option<&str>) -> String {
+pub async fn kubectl_with(
+    kubeconfig: &Path,
+    cache: &Path,
+    args: &[&str],
+    stdin: Option<&str>,
+) -> String {
     use tokio::io::AsyncWriteExt;
     let mut child = tokio::process::Command::new("kubectl")
         .args(args)
@@ -204,5 +218,6 @@ pub async fn kubectl_with(kubeconfig: &Path, cache: &Path, args: &[&str], stdin:
         pipe.write_all(s.as_bytes()).await.expect("stdin");
     }
     drop(pipe);
-    String::from_utf8_lossy(&child.wait_with_output().await.expect("kubectl ran").stdout).into_owned()
+    String::from_utf8_lossy(&child.wait_with_output().await.expect("kubectl ran").stdout)
+        .into_owned()
 }

@@ -46,13 +46,21 @@ struct Remember {
 
 impl Remember {
     fn save(&self, reply: &str) -> Result<(), ApiError> {
-        let history = self.state.history.as_ref().ok_or_else(|| ApiError::internal("history is not enabled"))?;
+        let history = self
+            .state
+            .history
+            .as_ref()
+            .ok_or_else(|| ApiError::internal("history is not enabled"))?;
         let mut messages = self.earlier.clone();
         messages.extend(self.new.iter().cloned());
         messages.push(Message { role: "assistant".into(), content: reply.to_string() });
         history
             .save(&Conversation { id: self.id.clone(), messages, updated_at: crate::unix_now() })
-            .map_err(|e| ApiError::internal(format!("the reply could not be stored in the conversation: {e}")))
+            .map_err(|e| {
+                ApiError::internal(format!(
+                    "the reply could not be stored in the conversation: {e}"
+                ))
+            })
     }
 }
 
@@ -64,35 +72,50 @@ fn new_id(prefix: &str) -> String {
 
 /// The prompt and the requested completion must fit the context, and the completion the
 /// instance's per-request limit (which is also the default).
-fn check_budget(vocab: &Vocab, prompt_tokens: usize, params: &mut SamplingParams, limit: Option<usize>) -> Result<(), ApiError> {
+fn check_budget(
+    vocab: &Vocab,
+    prompt_tokens: usize,
+    params: &mut SamplingParams,
+    limit: Option<usize>,
+) -> Result<(), ApiError> {
     let ctx = vocab.context_length;
     if let (Some(max), Some(limit)) = (params.max_tokens, limit)
-        && max > limit {
-            return Err(ApiError::invalid("max_tokens", format!("max_tokens is {max}; this instance allows at most {limit} per request.")));
-        }
+        && max > limit
+    {
+        return Err(ApiError::invalid(
+            "max_tokens",
+            format!("max_tokens is {max}; this instance allows at most {limit} per request."),
+        ));
+    }
     if params.max_tokens.is_none() {
         params.max_tokens = limit.map(|l| l.min(ctx.saturating_sub(prompt_tokens)).max(1));
     }
     if prompt_tokens >= ctx {
         return Err(ApiError::invalid(
             "messages",
-            format!("The prompt is {prompt_tokens} tokens; this model's context length is {ctx} tokens. Shorten the messages."),
+            format!(
+                "The prompt is {prompt_tokens} tokens; this model's context length is {ctx} tokens. Shorten the messages."
+            ),
         ));
     }
     if let Some(max) = params.max_tokens
-        && prompt_tokens + max > ctx {
-            return Err(ApiError::invalid(
-                "max_tokens",
-                format!(
-                    "max_tokens is {max}, but the prompt already takes {prompt_tokens} of this model's {ctx}-token context; at most {} tokens can be generated.",
-                    ctx - prompt_tokens
-                ),
-            ));
-        }
+        && prompt_tokens + max > ctx
+    {
+        return Err(ApiError::invalid(
+            "max_tokens",
+            format!(
+                "max_tokens is {max}, but the prompt already takes {prompt_tokens} of this model's {ctx}-token context; at most {} tokens can be generated.",
+                ctx - prompt_tokens
+            ),
+        ));
+    }
     Ok(())
 }
 
-pub async fn chat_completions(State(s): State<Arc<AppState>>, body: Body) -> Result<Response, ApiError> {
+pub async fn chat_completions(
+    State(s): State<Arc<AppState>>,
+    body: Body,
+) -> Result<Response, ApiError> {
     let loaded = s.loaded()?;
     let bytes = read_body(&s, body).await?;
     let req: ChatRequest = types::parse(&bytes)?;
@@ -107,13 +130,23 @@ pub async fn chat_completions(State(s): State<Arc<AppState>>, body: Body) -> Res
         None => None,
         Some(id) => {
             if !valid_id(&id) {
-                return Err(ApiError::invalid("conversation", "conversation ids are 1 to 128 letters, digits, '-', '_' or '.'."));
+                return Err(ApiError::invalid(
+                    "conversation",
+                    "conversation ids are 1 to 128 letters, digits, '-', '_' or '.'.",
+                ));
             }
             let Some(history) = s.history.as_ref() else {
-                return Err(ApiError::invalid("conversation", "Conversation history is not enabled on this instance."));
+                return Err(ApiError::invalid(
+                    "conversation",
+                    "Conversation history is not enabled on this instance.",
+                ));
             };
             let lock = lock_conversation(&s, &id).await;
-            let earlier = history.load(&id).map_err(|e| ApiError::internal(format!("the conversation cannot be read: {e}")))?.map(|c| c.messages).unwrap_or_default();
+            let earlier = history
+                .load(&id)
+                .map_err(|e| ApiError::internal(format!("the conversation cannot be read: {e}")))?
+                .map(|c| c.messages)
+                .unwrap_or_default();
             Some(Remember { state: s.clone(), id, earlier, new: new_messages.clone(), _lock: lock })
         }
     };
@@ -126,19 +159,31 @@ pub async fn chat_completions(State(s): State<Arc<AppState>>, body: Body) -> Res
         messages.extend(r.earlier.iter().cloned());
     }
     messages.extend(new_messages.iter().cloned());
-    let rendered = vocab
-        .template
-        .render(&messages)
-        .map_err(|e| ApiError::invalid("messages", format!("The model's chat template refused the conversation: {e}")))?;
-    let prompt_tokens = vocab.encode_rendered(&rendered).map_err(|e| ApiError::internal(format!("tokenizing: {e}")))?.len();
+    let rendered = vocab.template.render(&messages).map_err(|e| {
+        ApiError::invalid(
+            "messages",
+            format!("The model's chat template refused the conversation: {e}"),
+        )
+    })?;
+    let prompt_tokens = vocab
+        .encode_rendered(&rendered)
+        .map_err(|e| ApiError::internal(format!("tokenizing: {e}")))?
+        .len();
     let mut checked = checked;
     check_budget(&vocab, prompt_tokens, &mut checked.params, s.config.max_tokens)?;
-    let retrieval_query = loaded.retrieval.then(|| new_messages.iter().rev().find(|m| m.role == "user").map(|m| m.content.clone())).flatten();
+    let retrieval_query = loaded
+        .retrieval
+        .then(|| new_messages.iter().rev().find(|m| m.role == "user").map(|m| m.content.clone()))
+        .flatten();
 
     let (tx, rx) = mpsc::unbounded_channel();
     loaded
         .engine
-        .submit(Work::Generate(Generate { prompt: Prompt::Chat { messages, retrieval_query }, params: checked.params, events: tx }))
+        .submit(Work::Generate(Generate {
+            prompt: Prompt::Chat { messages, retrieval_query },
+            params: checked.params,
+            events: tx,
+        }))
         .map_err(|full| ApiError::busy(full.retry_after))?;
     let meta = Meta {
         kind: Kind::Chat,
@@ -166,26 +211,47 @@ pub async fn completions(State(s): State<Arc<AppState>>, body: Body) -> Result<R
     let checked = types::check_sampling(sampling)?;
     let prompts = req.prompt.into_vec();
     let [prompt] = prompts.as_slice() else {
-        return Err(ApiError::invalid("prompt", format!("prompt must be one string (got {}); send one request per prompt.", prompts.len())));
+        return Err(ApiError::invalid(
+            "prompt",
+            format!(
+                "prompt must be one string (got {}); send one request per prompt.",
+                prompts.len()
+            ),
+        ));
     };
     if prompt.is_empty() {
         return Err(ApiError::invalid("prompt", "prompt must not be empty."));
     }
-    let ids = vocab.encode_raw(prompt).map_err(|e| ApiError::internal(format!("tokenizing: {e}")))?;
+    let ids =
+        vocab.encode_raw(prompt).map_err(|e| ApiError::internal(format!("tokenizing: {e}")))?;
     let mut checked = checked;
-    check_budget(&vocab, ids.len(), &mut checked.params, s.config.max_tokens).map_err(|mut e| {
-        if e.param.as_deref() == Some("messages") {
-            e.param = Some("prompt".into());
-        }
-        e
-    })?;
+    check_budget(&vocab, ids.len(), &mut checked.params, s.config.max_tokens).map_err(
+        |mut e| {
+            if e.param.as_deref() == Some("messages") {
+                e.param = Some("prompt".into());
+            }
+            e
+        },
+    )?;
     let prompt_tokens = ids.len();
     let (tx, rx) = mpsc::unbounded_channel();
     loaded
         .engine
-        .submit(Work::Generate(Generate { prompt: Prompt::Raw(ids), params: checked.params, events: tx }))
+        .submit(Work::Generate(Generate {
+            prompt: Prompt::Raw(ids),
+            params: checked.params,
+            events: tx,
+        }))
         .map_err(|full| ApiError::busy(full.retry_after))?;
-    let meta = Meta { kind: Kind::Text, id: new_id("cmpl"), created: crate::unix_now(), model, sources: Vec::new(), prompt_tokens, conversation: None };
+    let meta = Meta {
+        kind: Kind::Text,
+        id: new_id("cmpl"),
+        created: crate::unix_now(),
+        model,
+        sources: Vec::new(),
+        prompt_tokens,
+        conversation: None,
+    };
     respond(meta, rx, checked.stream, checked.include_usage, None).await
 }
 
@@ -217,8 +283,12 @@ async fn respond(
                     r.save(&text)?;
                 }
                 let choice = match meta.kind {
-                    Kind::Chat => json!({"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": null, "finish_reason": finish_reason}),
-                    Kind::Text => json!({"index": 0, "text": text, "logprobs": null, "finish_reason": finish_reason}),
+                    Kind::Chat => {
+                        json!({"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": null, "finish_reason": finish_reason})
+                    }
+                    Kind::Text => {
+                        json!({"index": 0, "text": text, "logprobs": null, "finish_reason": finish_reason})
+                    }
                 };
                 let mut body = envelope(&meta, false);
                 body["choices"] = json!([choice]);
@@ -227,7 +297,9 @@ async fn respond(
                 return Ok(axum::Json(body).into_response());
             }
             Some(Event::Failed(message)) => return Err(ApiError::internal(message)),
-            Some(Event::Started { .. }) | None => return Err(ApiError::internal("the model stopped mid-answer")),
+            Some(Event::Started { .. }) | None => {
+                return Err(ApiError::internal("the model stopped mid-answer"));
+            }
         }
     }
 }
@@ -256,7 +328,12 @@ fn decorate(body: &mut Value, meta: &Meta) {
     }
 }
 
-fn stream_response(meta: Meta, mut rx: mpsc::UnboundedReceiver<Event>, include_usage: bool, remember: Option<Remember>) -> Response {
+fn stream_response(
+    meta: Meta,
+    mut rx: mpsc::UnboundedReceiver<Event>,
+    include_usage: bool,
+    remember: Option<Remember>,
+) -> Response {
     let (tx, frames) = mpsc::channel::<Result<Bytes, Infallible>>(64);
     tokio::spawn(async move {
         let chunk = |choice: Value| {
@@ -268,8 +345,12 @@ fn stream_response(meta: Meta, mut rx: mpsc::UnboundedReceiver<Event>, include_u
             body
         };
         let delta = |content: Value, finish: Option<FinishReason>| match meta.kind {
-            Kind::Chat => json!({"index": 0, "delta": content, "logprobs": null, "finish_reason": finish}),
-            Kind::Text => json!({"index": 0, "text": content.get("content").cloned().unwrap_or(json!("")), "logprobs": null, "finish_reason": finish}),
+            Kind::Chat => {
+                json!({"index": 0, "delta": content, "logprobs": null, "finish_reason": finish})
+            }
+            Kind::Text => {
+                json!({"index": 0, "text": content.get("content").cloned().unwrap_or(json!("")), "logprobs": null, "finish_reason": finish})
+            }
         };
         let send = |v: Value| {
             let tx = tx.clone();
@@ -291,9 +372,10 @@ fn stream_response(meta: Meta, mut rx: mpsc::UnboundedReceiver<Event>, include_u
                 }
                 Some(Event::Done { finish_reason, prompt_tokens, completion_tokens }) => {
                     if let Some(r) = &remember
-                        && let Err(e) = r.save(&text) {
-                            send(e.body()).await;
-                        }
+                        && let Err(e) = r.save(&text)
+                    {
+                        send(e.body()).await;
+                    }
                     send(chunk(delta(json!({}), Some(finish_reason)))).await;
                     if include_usage {
                         let mut u = envelope(&meta, true);

@@ -41,13 +41,22 @@ impl ApiError {
     }
 
     pub fn model_not_found(model: &str) -> Self {
-        let mut e = Self::not_found(format!("The model `{model}` does not exist on this instance; GET /v1/models lists the served models."), "model_not_found");
+        let mut e = Self::not_found(
+            format!(
+                "The model `{model}` does not exist on this instance; GET /v1/models lists the served models."
+            ),
+            "model_not_found",
+        );
         e.param = Some("model".into());
         e
     }
 
     pub fn too_large(limit: usize) -> Self {
-        Self::new(StatusCode::PAYLOAD_TOO_LARGE, "invalid_request_error", format!("The request body is larger than this server's limit of {limit} bytes."))
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_request_error",
+            format!("The request body is larger than this server's limit of {limit} bytes."),
+        )
     }
 
     pub fn busy(retry_after: u64) -> Self {
@@ -62,7 +71,11 @@ impl ApiError {
     }
 
     pub fn loading() -> Self {
-        let mut e = Self::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", "The model is still loading; retry shortly.");
+        let mut e = Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            "The model is still loading; retry shortly.",
+        );
         e.retry_after = Some(1);
         e
     }

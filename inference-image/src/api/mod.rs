@@ -77,9 +77,10 @@ impl WatchedFile {
         let stamp = (m.modified()?, m.len(), m.ino());
         let mut cached = self.cached.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((s, bytes)) = cached.as_ref()
-            && *s == stamp {
-                return Ok(bytes.clone());
-            }
+            && *s == stamp
+        {
+            return Ok(bytes.clone());
+        }
         let bytes = Arc::new(std::fs::read(&self.path)?);
         *cached = Some((stamp, bytes.clone()));
         Ok(bytes)
@@ -113,7 +114,9 @@ impl AppState {
 
     pub fn system_prompt(&self) -> Result<Option<String>, ApiError> {
         let Some(f) = &self.system_prompt else { return Ok(None) };
-        let bytes = f.read().map_err(|e| ApiError::internal(format!("the system prompt file cannot be read: {e}")))?;
+        let bytes = f.read().map_err(|e| {
+            ApiError::internal(format!("the system prompt file cannot be read: {e}"))
+        })?;
         let text = String::from_utf8_lossy(&bytes).trim().to_string();
         Ok(Some(text).filter(|t| !t.is_empty()))
     }
@@ -122,10 +125,14 @@ impl AppState {
 /// Runs the server until SIGTERM or Ctrl-C.
 pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     if !config.kb.is_empty() && config.embedding_model.is_none() {
-        anyhow::bail!("--kb needs --embedding-model: the model the knowledge bases were indexed with");
+        anyhow::bail!(
+            "--kb needs --embedding-model: the model the knowledge bases were indexed with"
+        );
     }
     if config.history.is_some() != config.history_key_file.is_some() {
-        anyhow::bail!("--history and --history-key-file go together: history is always encrypted at rest");
+        anyhow::bail!(
+            "--history and --history-key-file go together: history is always encrypted at rest"
+        );
     }
     let api_key = WatchedFile::new(&config.api_key_file)?;
     if String::from_utf8_lossy(&api_key.read()?).trim().is_empty() {
@@ -147,13 +154,20 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         conversation_locks: Mutex::new(HashMap::new()),
     });
 
-    let addr: SocketAddr = format!("{}:{}", config.host, config.port).parse().with_context(|| format!("--host {} --port {}", config.host, config.port))?;
-    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
+    let addr: SocketAddr = format!("{}:{}", config.host, config.port)
+        .parse()
+        .with_context(|| format!("--host {} --port {}", config.host, config.port))?;
+    let listener =
+        tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
     tracing::info!(address = %listener.local_addr()?, "listening");
 
     let loader_state = state.clone();
-    let loader = tokio::task::spawn_blocking(move || load(&loader_state.config, loader_state.metrics.clone()));
-    let serving = axum::serve(listener, router(state.clone())).with_graceful_shutdown(shutdown_signal()).into_future();
+    let loader = tokio::task::spawn_blocking(move || {
+        load(&loader_state.config, loader_state.metrics.clone())
+    });
+    let serving = axum::serve(listener, router(state.clone()))
+        .with_graceful_shutdown(shutdown_signal())
+        .into_future();
     tokio::pin!(serving);
     tokio::select! {
         loaded = loader => {
@@ -167,7 +181,8 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
 }
 
 async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
     tokio::select! {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
@@ -188,10 +203,26 @@ pub fn load(config: &ServeConfig, metrics: Arc<Metrics>) -> anyhow::Result<Loade
     let mut chat = None;
     let mut embedder = None;
     match model::detect(&config.model)? {
-        ModelFiles::Llama(dir) => chat = Some(ChatModel::load_safetensors(&dir, config.model_id.clone().unwrap_or_else(|| model::default_id(&config.model)), &device)?),
-        ModelFiles::Gguf(file) => chat = Some(ChatModel::load_gguf(&file, config.model_id.clone().unwrap_or_else(|| model::default_id(&config.model)), &device)?),
+        ModelFiles::Llama(dir) => {
+            chat = Some(ChatModel::load_safetensors(
+                &dir,
+                config.model_id.clone().unwrap_or_else(|| model::default_id(&config.model)),
+                &device,
+            )?)
+        }
+        ModelFiles::Gguf(file) => {
+            chat = Some(ChatModel::load_gguf(
+                &file,
+                config.model_id.clone().unwrap_or_else(|| model::default_id(&config.model)),
+                &device,
+            )?)
+        }
         ModelFiles::Bert(dir) => {
-            embedder = Some(Arc::new(Embedder::load(&dir, config.model_id.clone().unwrap_or_else(|| model::default_id(&config.model)), &device)?))
+            embedder = Some(Arc::new(Embedder::load(
+                &dir,
+                config.model_id.clone().unwrap_or_else(|| model::default_id(&config.model)),
+                &device,
+            )?))
         }
     }
     if let (Some(limit), Some(model)) = (config.context_length, chat.as_mut()) {
@@ -199,12 +230,21 @@ pub fn load(config: &ServeConfig, metrics: Arc<Metrics>) -> anyhow::Result<Loade
     }
     if let Some(path) = &config.embedding_model {
         if embedder.is_some() {
-            anyhow::bail!("--model is already an embedding model; --embedding-model is for a chat model's retrieval");
+            anyhow::bail!(
+                "--model is already an embedding model; --embedding-model is for a chat model's retrieval"
+            );
         }
         let ModelFiles::Bert(dir) = model::detect(path)? else {
-            anyhow::bail!("--embedding-model {}: not a BERT-family embedding model", path.display());
+            anyhow::bail!(
+                "--embedding-model {}: not a BERT-family embedding model",
+                path.display()
+            );
         };
-        embedder = Some(Arc::new(Embedder::load(&dir, config.embedding_model_id.clone().unwrap_or_else(|| model::default_id(path)), &device)?));
+        embedder = Some(Arc::new(Embedder::load(
+            &dir,
+            config.embedding_model_id.clone().unwrap_or_else(|| model::default_id(path)),
+            &device,
+        )?));
     }
     let library = match (&embedder, config.kb.is_empty()) {
         (Some(e), false) => Some(Library::open(&config.kb, e, config.kb_top_k)?),
@@ -224,7 +264,11 @@ pub fn load(config: &ServeConfig, metrics: Arc<Metrics>) -> anyhow::Result<Loade
         "models loaded"
     );
     let retrieval = library.is_some();
-    let engine = Engine::start(Models { chat, embedder: embedder.clone(), library }, metrics, config.max_queue);
+    let engine = Engine::start(
+        Models { chat, embedder: embedder.clone(), library },
+        metrics,
+        config.max_queue,
+    );
     Ok(Loaded { engine, vocab, embedder, retrieval, created: crate::unix_now() })
 }
 
@@ -236,18 +280,32 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/embeddings", post(other::embeddings))
         .route("/v1/models", get(other::list_models))
         .route("/v1/models/{id}", get(other::get_model))
-        .route("/v1/conversations/{id}", get(other::get_conversation).delete(other::delete_conversation))
+        .route(
+            "/v1/conversations/{id}",
+            get(other::get_conversation).delete(other::delete_conversation),
+        )
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
         .merge(api)
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(|State(s): State<Arc<AppState>>| async move { ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.metrics.render()) }))
+        .route(
+            "/metrics",
+            get(|State(s): State<Arc<AppState>>| async move {
+                ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.metrics.render())
+            }),
+        )
         .fallback(|req: Request| async move {
-            ApiError::not_found(format!("Unknown request URL: {} {}.", req.method(), req.uri().path()), "unknown_url")
+            ApiError::not_found(
+                format!("Unknown request URL: {} {}.", req.method(), req.uri().path()),
+                "unknown_url",
+            )
         })
         .method_not_allowed_fallback(|req: Request| async move {
-            let mut e = ApiError::not_found(format!("Method {} is not allowed on {}.", req.method(), req.uri().path()), "method_not_allowed");
+            let mut e = ApiError::not_found(
+                format!("Method {} is not allowed on {}.", req.method(), req.uri().path()),
+                "method_not_allowed",
+            );
             e.status = StatusCode::METHOD_NOT_ALLOWED;
             e
         })
@@ -256,7 +314,11 @@ pub fn router(state: Arc<AppState>) -> Router {
 }
 
 async fn readyz(State(s): State<Arc<AppState>>) -> Response {
-    if s.loaded.get().is_some() { (StatusCode::OK, "ready").into_response() } else { (StatusCode::SERVICE_UNAVAILABLE, "loading").into_response() }
+    if s.loaded.get().is_some() {
+        (StatusCode::OK, "ready").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "loading").into_response()
+    }
 }
 
 /// The key from `Authorization: Bearer …`, or from `X-Api-Key` (the Kubernetes API server's
@@ -281,14 +343,18 @@ async fn authenticate(State(s): State<Arc<AppState>>, req: Request, next: Next) 
     };
     let expected = match s.api_key.read() {
         Ok(k) => k,
-        Err(e) => return ApiError::internal(format!("the API key file cannot be read: {e}")).into_response(),
+        Err(e) => {
+            return ApiError::internal(format!("the API key file cannot be read: {e}"))
+                .into_response();
+        }
     };
     let expected = String::from_utf8_lossy(&expected);
     // Comparing digests in constant time reveals neither the key's bytes nor its length.
     let a = sha2::Sha256::digest(presented.as_bytes());
     let b = sha2::Sha256::digest(expected.trim().as_bytes());
     if !bool::from(a.ct_eq(&b)) {
-        return ApiError::unauthorized("Incorrect API key provided.", Some("invalid_api_key")).into_response();
+        return ApiError::unauthorized("Incorrect API key provided.", Some("invalid_api_key"))
+            .into_response();
     }
     next.run(req).await
 }
@@ -296,7 +362,11 @@ async fn authenticate(State(s): State<Arc<AppState>>, req: Request, next: Next) 
 /// Counts every request by route template (never the concrete path: it may hold a conversation
 /// id) and status, and logs it without bodies.
 async fn observe(State(s): State<Arc<AppState>>, req: Request, next: Next) -> Response {
-    let endpoint = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_string()).unwrap_or_else(|| "unmatched".into());
+    let endpoint = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
     let method = req.method().clone();
     let started = Instant::now();
     let response = next.run(req).await;
@@ -318,7 +388,13 @@ pub struct ConversationGuard {
 /// Waits for any other turn of conversation `id` to finish, so that its turns are read,
 /// extended and written as one step.
 pub async fn lock_conversation(state: &Arc<AppState>, id: &str) -> ConversationGuard {
-    let lock = state.conversation_locks.lock().unwrap_or_else(|e| e.into_inner()).entry(id.to_string()).or_default().clone();
+    let lock = state
+        .conversation_locks
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .entry(id.to_string())
+        .or_default()
+        .clone();
     let guard = lock.lock_owned().await;
     ConversationGuard { state: state.clone(), id: id.to_string(), guard: Some(guard) }
 }
@@ -334,8 +410,13 @@ impl Drop for ConversationGuard {
 }
 
 /// Reads a request body up to the configured limit; beyond it, 413.
-pub async fn read_body(state: &AppState, body: axum::body::Body) -> Result<axum::body::Bytes, ApiError> {
-    axum::body::to_bytes(body, state.config.max_body_bytes).await.map_err(|_| ApiError::too_large(state.config.max_body_bytes))
+pub async fn read_body(
+    state: &AppState,
+    body: axum::body::Body,
+) -> Result<axum::body::Bytes, ApiError> {
+    axum::body::to_bytes(body, state.config.max_body_bytes)
+        .await
+        .map_err(|_| ApiError::too_large(state.config.max_body_bytes))
 }
 
 /// The model a request names must be the one served for that endpoint.
@@ -347,10 +428,16 @@ pub fn check_model(loaded: &Loaded, requested: &str, want_chat: bool) -> Result<
         return Ok(());
     }
     if want_chat && embed_id == Some(requested) {
-        return Err(ApiError::invalid("model", format!("`{requested}` is an embedding model; use POST /v1/embeddings.")));
+        return Err(ApiError::invalid(
+            "model",
+            format!("`{requested}` is an embedding model; use POST /v1/embeddings."),
+        ));
     }
     if !want_chat && chat_id == Some(requested) {
-        return Err(ApiError::invalid("model", format!("`{requested}` is a chat model and does not produce embeddings.")));
+        return Err(ApiError::invalid(
+            "model",
+            format!("`{requested}` is a chat model and does not produce embeddings."),
+        ));
     }
     Err(ApiError::model_not_found(requested))
 }

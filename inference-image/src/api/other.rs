@@ -18,7 +18,10 @@ use crate::history::valid_id;
 /// Inputs per embeddings request, as OpenAI allows.
 const MAX_INPUTS: usize = 2048;
 
-pub async fn embeddings(State(s): State<Arc<AppState>>, body: Body) -> Result<Json<Value>, ApiError> {
+pub async fn embeddings(
+    State(s): State<Arc<AppState>>,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
     let loaded = s.loaded()?;
     let bytes = read_body(&s, body).await?;
     let req: EmbeddingRequest = types::parse(&bytes)?;
@@ -28,47 +31,81 @@ pub async fn embeddings(State(s): State<Arc<AppState>>, body: Body) -> Result<Js
     let base64 = match req.encoding_format.as_deref() {
         None | Some("float") => false,
         Some("base64") => true,
-        Some(other) => return Err(ApiError::invalid("encoding_format", format!("encoding_format must be \"float\" or \"base64\", got {other:?}."))),
+        Some(other) => {
+            return Err(ApiError::invalid(
+                "encoding_format",
+                format!("encoding_format must be \"float\" or \"base64\", got {other:?}."),
+            ));
+        }
     };
     if let Some(d) = req.dimensions
-        && d as usize != embedder.dims {
-            return Err(ApiError::invalid("dimensions", format!("this model's embeddings have {} dimensions; it cannot produce {d}.", embedder.dims)));
-        }
+        && d as usize != embedder.dims
+    {
+        return Err(ApiError::invalid(
+            "dimensions",
+            format!(
+                "this model's embeddings have {} dimensions; it cannot produce {d}.",
+                embedder.dims
+            ),
+        ));
+    }
     let inputs = match req.input {
         EmbeddingInput::One(s) => vec![s],
         EmbeddingInput::Many(v) => v,
     };
     if inputs.is_empty() || inputs.len() > MAX_INPUTS {
-        return Err(ApiError::invalid("input", format!("input must hold 1 to {MAX_INPUTS} strings, got {}.", inputs.len())));
+        return Err(ApiError::invalid(
+            "input",
+            format!("input must hold 1 to {MAX_INPUTS} strings, got {}.", inputs.len()),
+        ));
     }
     let mut tokens = 0;
     for (i, text) in inputs.iter().enumerate() {
         if text.is_empty() {
             return Err(ApiError::invalid("input", format!("input[{i}] is empty.")));
         }
-        let n = embedder.token_count(text).map_err(|e| ApiError::internal(format!("tokenizing: {e}")))?;
+        let n = embedder
+            .token_count(text)
+            .map_err(|e| ApiError::internal(format!("tokenizing: {e}")))?;
         if n > embedder.max_tokens {
-            return Err(ApiError::invalid("input", format!("input[{i}] is {n} tokens; this model reads at most {}.", embedder.max_tokens)));
+            return Err(ApiError::invalid(
+                "input",
+                format!(
+                    "input[{i}] is {n} tokens; this model reads at most {}.",
+                    embedder.max_tokens
+                ),
+            ));
         }
         tokens += n;
     }
     let (reply, answer) = oneshot::channel();
-    loaded.engine.submit(Work::Embed { texts: inputs, reply }).map_err(|full| ApiError::busy(full.retry_after))?;
-    let vectors = answer.await.map_err(|_| ApiError::internal("the model stopped before answering"))?.map_err(ApiError::internal)?;
+    loaded
+        .engine
+        .submit(Work::Embed { texts: inputs, reply })
+        .map_err(|full| ApiError::busy(full.retry_after))?;
+    let vectors = answer
+        .await
+        .map_err(|_| ApiError::internal("the model stopped before answering"))?
+        .map_err(ApiError::internal)?;
     s.metrics.prompt_tokens.inc_by(tokens as u64);
     let data: Vec<Value> = vectors
         .into_iter()
         .enumerate()
         .map(|(index, v)| {
             let embedding = if base64 {
-                json!(base64::engine::general_purpose::STANDARD.encode(v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>()))
+                json!(
+                    base64::engine::general_purpose::STANDARD
+                        .encode(v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>())
+                )
             } else {
                 json!(v)
             };
             json!({"object": "embedding", "index": index, "embedding": embedding})
         })
         .collect();
-    Ok(Json(json!({"object": "list", "data": data, "model": model, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})))
+    Ok(Json(
+        json!({"object": "list", "data": data, "model": model, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}),
+    ))
 }
 
 fn model_entries(s: &AppState) -> Result<Vec<Value>, ApiError> {
@@ -87,33 +124,64 @@ pub async fn list_models(State(s): State<Arc<AppState>>) -> Result<Json<Value>, 
     Ok(Json(json!({"object": "list", "data": model_entries(&s)?})))
 }
 
-pub async fn get_model(State(s): State<Arc<AppState>>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
-    model_entries(&s)?.into_iter().find(|m| m["id"] == id.as_str()).map(Json).ok_or_else(|| ApiError::model_not_found(&id))
+pub async fn get_model(
+    State(s): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    model_entries(&s)?
+        .into_iter()
+        .find(|m| m["id"] == id.as_str())
+        .map(Json)
+        .ok_or_else(|| ApiError::model_not_found(&id))
 }
 
 fn history_for<'a>(s: &'a AppState, id: &str) -> Result<&'a crate::history::History, ApiError> {
     if !valid_id(id) {
-        return Err(ApiError::invalid("id", "conversation ids are 1 to 128 letters, digits, '-', '_' or '.'."));
+        return Err(ApiError::invalid(
+            "id",
+            "conversation ids are 1 to 128 letters, digits, '-', '_' or '.'.",
+        ));
     }
-    s.history.as_ref().ok_or_else(|| ApiError::invalid("id", "Conversation history is not enabled on this instance."))
+    s.history.as_ref().ok_or_else(|| {
+        ApiError::invalid("id", "Conversation history is not enabled on this instance.")
+    })
 }
 
-pub async fn get_conversation(State(s): State<Arc<AppState>>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+pub async fn get_conversation(
+    State(s): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let history = history_for(&s, &id)?;
-    match history.load(&id).map_err(|e| ApiError::internal(format!("the conversation cannot be read: {e}")))? {
-        Some(c) => Ok(Json(json!({"id": c.id, "object": "conversation", "messages": c.messages, "updated_at": c.updated_at}))),
-        None => Err(ApiError::not_found(format!("No conversation `{id}` on this instance."), "conversation_not_found")),
+    match history
+        .load(&id)
+        .map_err(|e| ApiError::internal(format!("the conversation cannot be read: {e}")))?
+    {
+        Some(c) => Ok(Json(
+            json!({"id": c.id, "object": "conversation", "messages": c.messages, "updated_at": c.updated_at}),
+        )),
+        None => Err(ApiError::not_found(
+            format!("No conversation `{id}` on this instance."),
+            "conversation_not_found",
+        )),
     }
 }
 
-pub async fn delete_conversation(State(s): State<Arc<AppState>>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+pub async fn delete_conversation(
+    State(s): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let history = history_for(&s, &id)?;
     // Wait for a turn in progress, so a reply being written cannot resurrect the conversation.
     let _lock = lock_conversation(&s, &id).await;
-    let deleted = history.delete(&id).map_err(|e| ApiError::internal(format!("the conversation cannot be deleted: {e}")))?;
+    let deleted = history
+        .delete(&id)
+        .map_err(|e| ApiError::internal(format!("the conversation cannot be deleted: {e}")))?;
     if deleted {
         Ok(Json(json!({"id": id, "object": "conversation.deleted", "deleted": true})))
     } else {
-        Err(ApiError::not_found(format!("No conversation `{id}` on this instance."), "conversation_not_found"))
+        Err(ApiError::not_found(
+            format!("No conversation `{id}` on this instance."),
+            "conversation_not_found",
+        ))
     }
 }

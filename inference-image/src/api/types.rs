@@ -12,7 +12,9 @@ pub fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError>
     if body.is_empty() {
         return Err(ApiError::invalid("", "The request body is empty; send a JSON object."));
     }
-    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') && serde_json::from_slice::<serde_json::Value>(body).is_ok() {
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{')
+        && serde_json::from_slice::<serde_json::Value>(body).is_ok()
+    {
         return Err(ApiError::invalid("", "Invalid request: the body must be a JSON object."));
     }
     let de = &mut serde_json::Deserializer::from_slice(body);
@@ -137,7 +139,10 @@ pub struct EmbeddingRequest {
 pub fn require_model(model: &Option<String>) -> Result<&str, ApiError> {
     match model.as_deref() {
         Some(m) if !m.is_empty() => Ok(m),
-        _ => Err(ApiError::invalid("model", "You must provide a model parameter (GET /v1/models lists them).")),
+        _ => Err(ApiError::invalid(
+            "model",
+            "You must provide a model parameter (GET /v1/models lists them).",
+        )),
     }
 }
 
@@ -156,27 +161,41 @@ pub struct Checked {
 pub fn check_sampling(s: Sampling) -> Result<Checked, ApiError> {
     let temperature = s.temperature.unwrap_or(1.0);
     if !(0.0..=2.0).contains(&temperature) {
-        return Err(ApiError::invalid("temperature", format!("temperature must be between 0 and 2, got {temperature}.")));
+        return Err(ApiError::invalid(
+            "temperature",
+            format!("temperature must be between 0 and 2, got {temperature}."),
+        ));
     }
     let top_p = s.top_p.unwrap_or(1.0);
     if !(top_p > 0.0 && top_p <= 1.0) {
-        return Err(ApiError::invalid("top_p", format!("top_p must be greater than 0 and at most 1, got {top_p}.")));
+        return Err(ApiError::invalid(
+            "top_p",
+            format!("top_p must be greater than 0 and at most 1, got {top_p}."),
+        ));
     }
     let (field, max) = match (s.max_completion_tokens, s.max_tokens) {
         (Some(m), _) => ("max_completion_tokens", Some(m)),
         (None, m) => ("max_tokens", m),
     };
     if let Some(m) = max
-        && m < 1 {
-            return Err(ApiError::invalid(field, format!("{field} must be at least 1, got {m}.")));
-        }
+        && m < 1
+    {
+        return Err(ApiError::invalid(field, format!("{field} must be at least 1, got {m}.")));
+    }
     if let Some(n) = s.n
-        && n != 1 {
-            return Err(ApiError::invalid("n", format!("n must be 1 (one choice per request), got {n}.")));
-        }
+        && n != 1
+    {
+        return Err(ApiError::invalid(
+            "n",
+            format!("n must be 1 (one choice per request), got {n}."),
+        ));
+    }
     let stop = s.stop.map(OneOrMany::into_vec).unwrap_or_default();
     if stop.len() > MAX_STOPS {
-        return Err(ApiError::invalid("stop", format!("stop takes at most {MAX_STOPS} sequences, got {}.", stop.len())));
+        return Err(ApiError::invalid(
+            "stop",
+            format!("stop takes at most {MAX_STOPS} sequences, got {}.", stop.len()),
+        ));
     }
     if stop.iter().any(String::is_empty) {
         return Err(ApiError::invalid("stop", "stop sequences must not be empty."));
@@ -185,16 +204,26 @@ pub fn check_sampling(s: Sampling) -> Result<Checked, ApiError> {
         Some(seed) => seed as u64,
         None => {
             let mut b = [0u8; 8];
-            getrandom::fill(&mut b).map_err(|e| ApiError::internal(format!("no randomness: {e}")))?;
+            getrandom::fill(&mut b)
+                .map_err(|e| ApiError::internal(format!("no randomness: {e}")))?;
             u64::from_le_bytes(b)
         }
     };
     let stream = s.stream.unwrap_or(false);
     if s.stream_options.is_some() && !stream {
-        return Err(ApiError::invalid("stream_options", "stream_options is only allowed when stream is true."));
+        return Err(ApiError::invalid(
+            "stream_options",
+            "stream_options is only allowed when stream is true.",
+        ));
     }
     Ok(Checked {
-        params: SamplingParams { temperature, top_p, max_tokens: max.map(|m| m as usize), seed, stop },
+        params: SamplingParams {
+            temperature,
+            top_p,
+            max_tokens: max.map(|m| m as usize),
+            seed,
+            stop,
+        },
         stream,
         include_usage: s.stream_options.is_some_and(|o| o.include_usage),
     })
@@ -215,7 +244,9 @@ pub fn check_messages(messages: Vec<MessageIn>) -> Result<Vec<Message>, ApiError
             other => {
                 return Err(ApiError::invalid(
                     format!("messages[{i}].role"),
-                    format!("messages[{i}].role must be one of system, developer, user, assistant; got {other:?}."),
+                    format!(
+                        "messages[{i}].role must be one of system, developer, user, assistant; got {other:?}."
+                    ),
                 ));
             }
         };
@@ -228,7 +259,10 @@ pub fn check_messages(messages: Vec<MessageIn>) -> Result<Vec<Message>, ApiError
                     if p.kind != "text" {
                         return Err(ApiError::invalid(
                             format!("messages[{i}].content[{j}].type"),
-                            format!("messages[{i}].content[{j}] is of type {:?}; this model reads text only.", p.kind),
+                            format!(
+                                "messages[{i}].content[{j}] is of type {:?}; this model reads text only.",
+                                p.kind
+                            ),
                         ));
                     }
                     text.push_str(&p.text.unwrap_or_default());
@@ -237,7 +271,10 @@ pub fn check_messages(messages: Vec<MessageIn>) -> Result<Vec<Message>, ApiError
             }
         };
         if role == "user" && content.trim().is_empty() {
-            return Err(ApiError::invalid(format!("messages[{i}].content"), format!("messages[{i}].content must not be empty.")));
+            return Err(ApiError::invalid(
+                format!("messages[{i}].content"),
+                format!("messages[{i}].content must not be empty."),
+            ));
         }
         out.push(Message { role: role.into(), content });
     }
@@ -254,7 +291,8 @@ mod tests {
 
     #[test]
     fn type_errors_name_the_field() {
-        let e = err(parse::<ChatRequest>(br#"{"model":"m","messages":[{"role":"user","content":5}]}"#));
+        let e =
+            err(parse::<ChatRequest>(br#"{"model":"m","messages":[{"role":"user","content":5}]}"#));
         assert_eq!(e.param.as_deref(), Some("messages[0].content"));
         assert!(e.message.contains("a string or an array of content parts"), "{}", e.message);
         let e = err(parse::<Sampling>(br#"{"model":"m","messages":[],"temperature":"hot"}"#));
@@ -272,11 +310,17 @@ mod tests {
         assert_eq!(err(s(r#"{"temperature": 2.5}"#)).param.as_deref(), Some("temperature"));
         assert_eq!(err(s(r#"{"top_p": 0}"#)).param.as_deref(), Some("top_p"));
         assert_eq!(err(s(r#"{"max_tokens": 0}"#)).param.as_deref(), Some("max_tokens"));
-        assert_eq!(err(s(r#"{"max_completion_tokens": -3}"#)).param.as_deref(), Some("max_completion_tokens"));
+        assert_eq!(
+            err(s(r#"{"max_completion_tokens": -3}"#)).param.as_deref(),
+            Some("max_completion_tokens")
+        );
         assert_eq!(err(s(r#"{"n": 2}"#)).param.as_deref(), Some("n"));
         assert_eq!(err(s(r#"{"stop": ["a","b","c","d","e"]}"#)).param.as_deref(), Some("stop"));
         assert_eq!(err(s(r#"{"stop": ""}"#)).param.as_deref(), Some("stop"));
-        assert_eq!(err(s(r#"{"stream_options": {"include_usage": true}}"#)).param.as_deref(), Some("stream_options"));
+        assert_eq!(
+            err(s(r#"{"stream_options": {"include_usage": true}}"#)).param.as_deref(),
+            Some("stream_options")
+        );
         let ok = s(r#"{"temperature": 0, "max_tokens": 5, "stop": "x", "seed": 42, "stream": true, "stream_options": {"include_usage": true}}"#).unwrap();
         assert_eq!(ok.params.max_tokens, Some(5));
         assert_eq!(ok.params.stop, vec!["x"]);
@@ -288,10 +332,24 @@ mod tests {
     fn messages_are_checked() {
         let m = |json: &str| check_messages(serde_json::from_str(json).unwrap());
         assert_eq!(err(m("[]")).param.as_deref(), Some("messages"));
-        assert_eq!(err(m(r#"[{"role":"wizard","content":"x"}]"#)).param.as_deref(), Some("messages[0].role"));
-        assert_eq!(err(m(r#"[{"role":"system","content":"s"},{"role":"user","content":"  "}]"#)).param.as_deref(), Some("messages[1].content"));
-        assert_eq!(err(m(r#"[{"role":"user","content":[{"type":"image_url"}]}]"#)).param.as_deref(), Some("messages[0].content[0].type"));
+        assert_eq!(
+            err(m(r#"[{"role":"wizard","content":"x"}]"#)).param.as_deref(),
+            Some("messages[0].role")
+        );
+        assert_eq!(
+            err(m(r#"[{"role":"system","content":"s"},{"role":"user","content":"  "}]"#))
+                .param
+                .as_deref(),
+            Some("messages[1].content")
+        );
+        assert_eq!(
+            err(m(r#"[{"role":"user","content":[{"type":"image_url"}]}]"#)).param.as_deref(),
+            Some("messages[0].content[0].type")
+        );
         let ok = m(r#"[{"role":"developer","content":"d"},{"role":"user","content":[{"type":"text","text":"a"},{"type":"text","text":"b"}]},{"role":"assistant","content":null}]"#).unwrap();
-        assert_eq!(ok.iter().map(|m| (m.role.as_str(), m.content.as_str())).collect::<Vec<_>>(), vec![("system", "d"), ("user", "ab"), ("assistant", "")]);
+        assert_eq!(
+            ok.iter().map(|m| (m.role.as_str(), m.content.as_str())).collect::<Vec<_>>(),
+            vec![("system", "d"), ("user", "ab"), ("assistant", "")]
+        );
     }
 }

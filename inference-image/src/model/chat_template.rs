@@ -16,7 +16,11 @@ pub struct ChatTemplate {
 }
 
 impl ChatTemplate {
-    pub fn new(source: Option<String>, bos_token: String, eos_token: String) -> anyhow::Result<Self> {
+    pub fn new(
+        source: Option<String>,
+        bos_token: String,
+        eos_token: String,
+    ) -> anyhow::Result<Self> {
         let mut env = minijinja::Environment::new();
         // Hugging Face templates call Python string methods (`.strip()`, `.startswith()`…).
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
@@ -25,7 +29,8 @@ impl ChatTemplate {
         });
         let has_template = source.is_some();
         if let Some(source) = source {
-            env.add_template_owned("chat", source).map_err(|e| anyhow::anyhow!("the model's chat template does not parse: {e}"))?;
+            env.add_template_owned("chat", source)
+                .map_err(|e| anyhow::anyhow!("the model's chat template does not parse: {e}"))?;
         }
         Ok(Self { env, has_template, bos_token, eos_token })
     }
@@ -56,7 +61,9 @@ impl ChatTemplate {
                 eos_token => self.eos_token.as_str(),
             })
             .map_err(|e| match e.kind() {
-                minijinja::ErrorKind::InvalidOperation => e.detail().unwrap_or("refused").to_string(),
+                minijinja::ErrorKind::InvalidOperation => {
+                    e.detail().unwrap_or("refused").to_string()
+                }
                 _ => e.to_string(),
             })
     }
@@ -82,7 +89,10 @@ mod tests {
     fn a_template_refusal_is_reported_in_its_own_words() {
         let source = "{% if messages[0]['role'] != 'user' %}{{ raise_exception('Conversation must start with a user message') }}{% endif %}ok";
         let t = ChatTemplate::new(Some(source.into()), String::new(), String::new()).unwrap();
-        assert_eq!(t.render(&[msg("assistant", "x")]).unwrap_err(), "Conversation must start with a user message");
+        assert_eq!(
+            t.render(&[msg("assistant", "x")]).unwrap_err(),
+            "Conversation must start with a user message"
+        );
         assert_eq!(t.render(&[msg("user", "x")]).unwrap(), "ok");
     }
 

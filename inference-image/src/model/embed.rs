@@ -28,8 +28,10 @@ const BATCH: usize = 16;
 
 impl Embedder {
     pub fn load(dir: &Path, id: String, device: &Device) -> anyhow::Result<Self> {
-        let config_bytes = std::fs::read(dir.join("config.json")).with_context(|| format!("reading {}", dir.join("config.json").display()))?;
-        let config: Config = serde_json::from_slice(&config_bytes).with_context(|| format!("{}: not a BERT config", dir.display()))?;
+        let config_bytes = std::fs::read(dir.join("config.json"))
+            .with_context(|| format!("reading {}", dir.join("config.json").display()))?;
+        let config: Config = serde_json::from_slice(&config_bytes)
+            .with_context(|| format!("{}: not a BERT config", dir.display()))?;
         let files = super::llm::safetensors_files(dir)?;
         let mut hash = sha2::Sha256::new();
         hash.update(&config_bytes);
@@ -47,12 +49,17 @@ impl Embedder {
         let fingerprint = crate::hex(&hash.finalize());
         // SAFETY: read-only mapping of a read-only model volume.
         let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files, DType::F32, device)? };
-        let model = BertModel::load(vb, &config).with_context(|| format!("loading BERT weights from {}", dir.display()))?;
-        let mut tokenizer = Tokenizer::from_file(dir.join("tokenizer.json"))
-            .map_err(|e| anyhow::anyhow!("loading {}: {e}", dir.join("tokenizer.json").display()))?;
+        let model = BertModel::load(vb, &config)
+            .with_context(|| format!("loading BERT weights from {}", dir.display()))?;
+        let mut tokenizer = Tokenizer::from_file(dir.join("tokenizer.json")).map_err(|e| {
+            anyhow::anyhow!("loading {}: {e}", dir.join("tokenizer.json").display())
+        })?;
         let max_tokens = config.max_position_embeddings.min(512);
         tokenizer
-            .with_truncation(Some(TruncationParams { max_length: max_tokens, ..Default::default() }))
+            .with_truncation(Some(TruncationParams {
+                max_length: max_tokens,
+                ..Default::default()
+            }))
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         let pad_id = tokenizer.token_to_id("[PAD]").unwrap_or(0);
         tokenizer.with_padding(Some(PaddingParams {
@@ -61,7 +68,15 @@ impl Embedder {
             pad_token: "[PAD]".into(),
             ..Default::default()
         }));
-        Ok(Self { id, dims: config.hidden_size, max_tokens, fingerprint, model, tokenizer, device: device.clone() })
+        Ok(Self {
+            id,
+            dims: config.hidden_size,
+            max_tokens,
+            fingerprint,
+            model,
+            tokenizer,
+            device: device.clone(),
+        })
     }
 
     /// Tokens `text` takes, special tokens included, before truncation.
@@ -76,11 +91,18 @@ impl Embedder {
     pub fn embed(&self, texts: &[&str]) -> anyhow::Result<Vec<Vec<f32>>> {
         let mut out = Vec::with_capacity(texts.len());
         for batch in texts.chunks(BATCH) {
-            let encodings = self.tokenizer.encode_batch(batch.to_vec(), true).map_err(|e| anyhow::anyhow!("{e}"))?;
-            let rows = |f: &dyn Fn(&tokenizers::Encoding) -> Vec<u32>| -> candle_core::Result<Tensor> {
-                let rows = encodings.iter().map(|e| Tensor::new(f(e).as_slice(), &self.device)).collect::<candle_core::Result<Vec<_>>>()?;
-                Tensor::stack(&rows, 0)
-            };
+            let encodings = self
+                .tokenizer
+                .encode_batch(batch.to_vec(), true)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let rows =
+                |f: &dyn Fn(&tokenizers::Encoding) -> Vec<u32>| -> candle_core::Result<Tensor> {
+                    let rows = encodings
+                        .iter()
+                        .map(|e| Tensor::new(f(e).as_slice(), &self.device))
+                        .collect::<candle_core::Result<Vec<_>>>()?;
+                    Tensor::stack(&rows, 0)
+                };
             let ids = rows(&|e| e.get_ids().to_vec())?;
             let type_ids = ids.zeros_like()?;
             let mask = rows(&|e| e.get_attention_mask().to_vec())?;

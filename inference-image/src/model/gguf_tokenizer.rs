@@ -24,7 +24,8 @@ const TOKEN_TYPE_USER_DEFINED: i32 = 4;
 
 pub fn from_gguf(metadata: &HashMap<String, Value>, path: &Path) -> anyhow::Result<GgufVocab> {
     let get = |key: &str| metadata.get(key);
-    let model = get("tokenizer.ggml.model").and_then(|v| v.to_string().ok()).cloned().unwrap_or_default();
+    let model =
+        get("tokenizer.ggml.model").and_then(|v| v.to_string().ok()).cloned().unwrap_or_default();
     let tokens: Vec<String> = get("tokenizer.ggml.tokens")
         .and_then(|v| v.to_vec().ok())
         .context("no tokenizer.ggml.tokens")?
@@ -55,12 +56,17 @@ pub fn from_gguf(metadata: &HashMap<String, Value>, path: &Path) -> anyhow::Resu
                     path.display()
                 );
             }
-            Tokenizer::from_file(&beside).map_err(|e| anyhow::anyhow!("loading {}: {e}", beside.display()))?
+            Tokenizer::from_file(&beside)
+                .map_err(|e| anyhow::anyhow!("loading {}: {e}", beside.display()))?
         }
     };
     let id = |key: &str| get(key).and_then(|v| v.to_u32().ok());
-    let text = |id: Option<u32>| id.and_then(|i| tokens.get(i as usize)).cloned().unwrap_or_default();
-    let mut eos: Vec<u32> = ["tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id"].iter().filter_map(|k| id(k)).collect();
+    let text =
+        |id: Option<u32>| id.and_then(|i| tokens.get(i as usize)).cloned().unwrap_or_default();
+    let mut eos: Vec<u32> = ["tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id"]
+        .iter()
+        .filter_map(|k| id(k))
+        .collect();
     eos.dedup();
     if eos.is_empty() {
         bail!("{}: no tokenizer.ggml.eos_token_id", path.display());
@@ -70,19 +76,27 @@ pub fn from_gguf(metadata: &HashMap<String, Value>, path: &Path) -> anyhow::Resu
         bos_text: text(id("tokenizer.ggml.bos_token_id")),
         eos_text: text(Some(eos[0])),
         eos,
-        add_bos: get("tokenizer.ggml.add_bos_token").and_then(|v| v.to_bool().ok()).unwrap_or(false),
+        add_bos: get("tokenizer.ggml.add_bos_token")
+            .and_then(|v| v.to_bool().ok())
+            .unwrap_or(false),
         chat_template: get("tokenizer.chat_template").and_then(|v| v.to_string().ok()).cloned(),
     })
 }
 
 /// GPT-2 style byte-level BPE from llama.cpp's vocabulary: tokens by id, merges as "a b".
-pub fn byte_level_bpe(tokens: &[String], types: &[i32], merges: &[String]) -> anyhow::Result<Tokenizer> {
+pub fn byte_level_bpe(
+    tokens: &[String],
+    types: &[i32],
+    merges: &[String],
+) -> anyhow::Result<Tokenizer> {
     let vocab: serde_json::Map<String, serde_json::Value> =
         tokens.iter().enumerate().map(|(i, t)| (t.clone(), json!(i))).collect();
     let added: Vec<serde_json::Value> = tokens
         .iter()
         .enumerate()
-        .filter(|(i, _)| matches!(types.get(*i), Some(&TOKEN_TYPE_CONTROL) | Some(&TOKEN_TYPE_USER_DEFINED)))
+        .filter(|(i, _)| {
+            matches!(types.get(*i), Some(&TOKEN_TYPE_CONTROL) | Some(&TOKEN_TYPE_USER_DEFINED))
+        })
         .map(|(i, t)| {
             json!({"id": i, "content": t, "single_word": false, "lstrip": false, "rstrip": false,
                    "normalized": false, "special": types[i] == TOKEN_TYPE_CONTROL})
@@ -104,5 +118,6 @@ pub fn byte_level_bpe(tokens: &[String], types: &[i32], merges: &[String]) -> an
             "vocab": vocab, "merges": merges,
         },
     });
-    Tokenizer::from_bytes(serde_json::to_vec(&doc)?).map_err(|e| anyhow::anyhow!("rebuilding the GGUF tokenizer: {e}"))
+    Tokenizer::from_bytes(serde_json::to_vec(&doc)?)
+        .map_err(|e| anyhow::anyhow!("rebuilding the GGUF tokenizer: {e}"))
 }

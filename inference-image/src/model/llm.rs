@@ -16,7 +16,12 @@ use super::gguf_tokenizer;
 use super::qllama::QLlama;
 
 enum Weights {
-    Llama { model: Llama, config: llama::Config, dtype: DType, cache: Option<Cache> },
+    Llama {
+        model: Llama,
+        config: llama::Config,
+        dtype: DType,
+        cache: Option<Cache>,
+    },
     /// GGUF on the CPU: our decode-oriented forward pass.
     QuantizedCpu(Box<QLlama>),
     /// GGUF on a GPU (or a variant `QLlama` does not cover): candle-transformers' forward pass.
@@ -39,16 +44,22 @@ pub struct Vocab {
 impl Vocab {
     /// Token ids of a prompt the chat template already rendered (it places any BOS itself).
     pub fn encode_rendered(&self, text: &str) -> anyhow::Result<Vec<u32>> {
-        Ok(self.tokenizer.encode_fast(text, false).map_err(|e| anyhow::anyhow!("{e}"))?.get_ids().to_vec())
+        Ok(self
+            .tokenizer
+            .encode_fast(text, false)
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .get_ids()
+            .to_vec())
     }
 
     /// Token ids of a raw completion prompt.
     pub fn encode_raw(&self, text: &str) -> anyhow::Result<Vec<u32>> {
         let mut ids = self.encode_rendered(text)?;
         if self.add_bos
-            && let Some(bos) = self.template.bos_token().and_then(|t| self.tokenizer.token_to_id(t)) {
-                ids.insert(0, bos);
-            }
+            && let Some(bos) = self.template.bos_token().and_then(|t| self.tokenizer.token_to_id(t))
+        {
+            ids.insert(0, bos);
+        }
         Ok(ids)
     }
 }
@@ -63,11 +74,15 @@ pub struct ChatModel {
 impl ChatModel {
     pub fn load_safetensors(dir: &Path, id: String, device: &Device) -> anyhow::Result<Self> {
         let config_path = dir.join("config.json");
-        let raw: LlamaConfig = serde_json::from_slice(&std::fs::read(&config_path).with_context(|| format!("reading {}", config_path.display()))?)
-            .with_context(|| format!("{} is not a llama-family config", config_path.display()))?;
+        let raw: LlamaConfig = serde_json::from_slice(
+            &std::fs::read(&config_path)
+                .with_context(|| format!("reading {}", config_path.display()))?,
+        )
+        .with_context(|| format!("{} is not a llama-family config", config_path.display()))?;
         let config = raw.into_config(false);
-        let tokenizer = Tokenizer::from_file(dir.join("tokenizer.json"))
-            .map_err(|e| anyhow::anyhow!("loading {}: {e}", dir.join("tokenizer.json").display()))?;
+        let tokenizer = Tokenizer::from_file(dir.join("tokenizer.json")).map_err(|e| {
+            anyhow::anyhow!("loading {}: {e}", dir.join("tokenizer.json").display())
+        })?;
         let tokenizer_config = read_tokenizer_config(dir)?;
 
         let mut eos: Vec<u32> = match &config.eos_token_id {
@@ -84,16 +99,25 @@ impl ChatModel {
         };
         let eos_text = token_text("eos_token");
         if let Some(id) = eos_text.as_deref().and_then(|t| tokenizer.token_to_id(t))
-            && !eos.contains(&id) {
-                eos.push(id);
-            }
+            && !eos.contains(&id)
+        {
+            eos.push(id);
+        }
         if eos.is_empty() {
-            bail!("{}: no eos_token_id in config.json and no eos_token in tokenizer_config.json", dir.display());
+            bail!(
+                "{}: no eos_token_id in config.json and no eos_token in tokenizer_config.json",
+                dir.display()
+            );
         }
         let bos_text = token_text("bos_token");
         let template_source = tokenizer_config.get("chat_template").and_then(chat_template_source);
-        let template = ChatTemplate::new(template_source, bos_text.clone().unwrap_or_default(), eos_text.unwrap_or_default())?;
-        let add_bos = tokenizer_config.get("add_bos_token").and_then(|v| v.as_bool()).unwrap_or(false);
+        let template = ChatTemplate::new(
+            template_source,
+            bos_text.clone().unwrap_or_default(),
+            eos_text.unwrap_or_default(),
+        )?;
+        let add_bos =
+            tokenizer_config.get("add_bos_token").and_then(|v| v.as_bool()).unwrap_or(false);
 
         let files = safetensors_files(dir)?;
         // CPU math runs in f32; GPUs in bf16, which llama checkpoints are trained in.
@@ -101,34 +125,61 @@ impl ChatModel {
         // SAFETY: the files are mapped read-only; a model volume is mounted read-only and nobody
         // rewrites weights under a running server.
         let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files, dtype, device)? };
-        let model = Llama::load(vb, &config).with_context(|| format!("loading llama weights from {}", dir.display()))?;
+        let model = Llama::load(vb, &config)
+            .with_context(|| format!("loading llama weights from {}", dir.display()))?;
         let context_length = config.max_position_embeddings;
         Ok(Self {
-            vocab: Arc::new(Vocab { id, tokenizer, template, eos, add_bos, context_length, format: "safetensors" }),
+            vocab: Arc::new(Vocab {
+                id,
+                tokenizer,
+                template,
+                eos,
+                add_bos,
+                context_length,
+                format: "safetensors",
+            }),
             weights: Weights::Llama { model, config, dtype, cache: None },
             device: device.clone(),
         })
     }
 
     pub fn load_gguf(path: &Path, id: String, device: &Device) -> anyhow::Result<Self> {
-        let mut file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+        let mut file =
+            std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
         let content = candle_core::quantized::gguf_file::Content::read(&mut file)
             .map_err(|e| anyhow::anyhow!("{} is not a GGUF file: {e}", path.display()))?;
-        let arch = content.metadata.get("general.architecture").and_then(|v| v.to_string().ok()).cloned().unwrap_or_default();
+        let arch = content
+            .metadata
+            .get("general.architecture")
+            .and_then(|v| v.to_string().ok())
+            .cloned()
+            .unwrap_or_default();
         if arch != "llama" {
             bail!("{}: GGUF architecture {arch:?} is not supported (llama only)", path.display());
         }
         let vocab = gguf_tokenizer::from_gguf(&content.metadata, path)?;
-        let declared = content.metadata.get("llama.context_length").and_then(|v| v.to_u32().ok()).map(|c| c as usize);
-        let cpu = if device.is_cpu() { QLlama::load(&content, &mut file).with_context(|| format!("loading GGUF weights from {}", path.display()))? } else { None };
+        let declared = content
+            .metadata
+            .get("llama.context_length")
+            .and_then(|v| v.to_u32().ok())
+            .map(|c| c as usize);
+        let cpu = if device.is_cpu() {
+            QLlama::load(&content, &mut file)
+                .with_context(|| format!("loading GGUF weights from {}", path.display()))?
+        } else {
+            None
+        };
         let (weights, context_length) = match cpu {
             Some(q) => {
                 let ctx = q.context_length;
                 (Weights::QuantizedCpu(Box::new(q)), ctx)
             }
             None => {
-                let ctx = declared.unwrap_or(quantized_llama::MAX_SEQ_LEN).min(quantized_llama::MAX_SEQ_LEN);
-                let w = ModelWeights::from_gguf(content, &mut file, device).with_context(|| format!("loading GGUF weights from {}", path.display()))?;
+                let ctx = declared
+                    .unwrap_or(quantized_llama::MAX_SEQ_LEN)
+                    .min(quantized_llama::MAX_SEQ_LEN);
+                let w = ModelWeights::from_gguf(content, &mut file, device)
+                    .with_context(|| format!("loading GGUF weights from {}", path.display()))?;
                 (Weights::Quantized(w), ctx)
             }
         };
@@ -157,7 +208,9 @@ impl ChatModel {
     /// Forgets the previous sequence: the next `forward` must start at position 0.
     pub fn reset(&mut self) -> candle_core::Result<()> {
         match &mut self.weights {
-            Weights::Llama { config, dtype, cache, .. } => *cache = Some(Cache::new(true, *dtype, config, &self.device)?),
+            Weights::Llama { config, dtype, cache, .. } => {
+                *cache = Some(Cache::new(true, *dtype, config, &self.device)?)
+            }
             Weights::QuantizedCpu(q) => q.reset(),
             Weights::Quantized(w) => w.clear_kv_cache(),
         }
@@ -188,7 +241,9 @@ fn chat_template_source(value: &serde_json::Value) -> Option<String> {
     match value {
         serde_json::Value::String(s) => Some(s.clone()),
         serde_json::Value::Array(list) => {
-            let named = |name: &str| list.iter().find(|t| t.get("name").and_then(|n| n.as_str()) == Some(name));
+            let named = |name: &str| {
+                list.iter().find(|t| t.get("name").and_then(|n| n.as_str()) == Some(name))
+            };
             named("default").or_else(|| list.first())?.get("template")?.as_str().map(str::to_string)
         }
         _ => None,
@@ -198,7 +253,8 @@ fn chat_template_source(value: &serde_json::Value) -> Option<String> {
 fn read_tokenizer_config(dir: &Path) -> anyhow::Result<serde_json::Map<String, serde_json::Value>> {
     let path = dir.join("tokenizer_config.json");
     match std::fs::read(&path) {
-        Ok(bytes) => serde_json::from_slice(&bytes).with_context(|| format!("{} is not a JSON object", path.display())),
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .with_context(|| format!("{} is not a JSON object", path.display())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Default::default()),
         Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
     }

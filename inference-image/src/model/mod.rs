@@ -41,22 +41,38 @@ pub fn detect(path: &Path) -> anyhow::Result<ModelFiles> {
     }
     let config = path.join("config.json");
     if !config.exists() {
-        let ggufs: Vec<PathBuf> = std::fs::read_dir(path)?.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|e| e == "gguf")).collect();
+        let ggufs: Vec<PathBuf> = std::fs::read_dir(path)?
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "gguf"))
+            .collect();
         return match ggufs.as_slice() {
             [one] => Ok(ModelFiles::Gguf(one.clone())),
             [] => bail!("{}: neither config.json nor a .gguf file", path.display()),
             _ => bail!("{}: several .gguf files; name the one to serve", path.display()),
         };
     }
-    let value: serde_json::Value = serde_json::from_slice(&std::fs::read(&config)?).with_context(|| format!("{} is not JSON", config.display()))?;
+    let value: serde_json::Value = serde_json::from_slice(&std::fs::read(&config)?)
+        .with_context(|| format!("{} is not JSON", config.display()))?;
     let model_type = value.get("model_type").and_then(|v| v.as_str()).unwrap_or_default();
-    let architectures: Vec<&str> = value.get("architectures").and_then(|v| v.as_array()).map(|a| a.iter().filter_map(|s| s.as_str()).collect()).unwrap_or_default();
+    let architectures: Vec<&str> = value
+        .get("architectures")
+        .and_then(|v| v.as_array())
+        .map(|a| a.iter().filter_map(|s| s.as_str()).collect())
+        .unwrap_or_default();
     match model_type {
         "llama" | "mistral" => Ok(ModelFiles::Llama(path.to_path_buf())),
         "bert" => Ok(ModelFiles::Bert(path.to_path_buf())),
-        _ if architectures.iter().any(|a| a.starts_with("Llama") || a.starts_with("Mistral")) => Ok(ModelFiles::Llama(path.to_path_buf())),
-        _ if architectures.iter().any(|a| a.starts_with("Bert")) => Ok(ModelFiles::Bert(path.to_path_buf())),
-        other => bail!("{}: model_type {other:?} is not supported (llama-family or BERT-family)", config.display()),
+        _ if architectures.iter().any(|a| a.starts_with("Llama") || a.starts_with("Mistral")) => {
+            Ok(ModelFiles::Llama(path.to_path_buf()))
+        }
+        _ if architectures.iter().any(|a| a.starts_with("Bert")) => {
+            Ok(ModelFiles::Bert(path.to_path_buf()))
+        }
+        other => bail!(
+            "{}: model_type {other:?} is not supported (llama-family or BERT-family)",
+            config.display()
+        ),
     }
 }
 
@@ -75,5 +91,7 @@ pub fn device() -> Device {
 /// The id a model is served under when none is given: its directory or file stem.
 pub fn default_id(path: &Path) -> String {
     let stem = if path.is_file() { path.file_stem() } else { path.file_name() };
-    stem.map(|s| s.to_string_lossy().into_owned()).filter(|s| !s.is_empty()).unwrap_or_else(|| "model".into())
+    stem.map(|s| s.to_string_lossy().into_owned())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "model".into())
 }

@@ -70,7 +70,10 @@ impl Embedding {
             candle_core::bail!("token {t} is outside the vocabulary of {}", self.vocab);
         }
         let bytes = &self.raw[t * self.row_bytes..(t + 1) * self.row_bytes];
-        let q = QTensor::new(QStorage::from_data(Cow::Borrowed(bytes), &Device::Cpu, self.dtype)?, (1, self.hidden))?;
+        let q = QTensor::new(
+            QStorage::from_data(Cow::Borrowed(bytes), &Device::Cpu, self.dtype)?,
+            (1, self.hidden),
+        )?;
         q.dequantize(&Device::Cpu)?.flatten_all()?.to_vec1()
     }
 }
@@ -92,7 +95,9 @@ fn project(ws: &[&Arc<QTensor>], x: &[f32], rows: usize) -> candle_core::Result<
             return outs.into_iter().map(|o| o.flatten_all()?.to_vec1()).collect();
         }
     }
-    ws.iter().map(|w| QMatMul::from_arc((*w).clone())?.forward(&t)?.flatten_all()?.to_vec1()).collect()
+    ws.iter()
+        .map(|w| QMatMul::from_arc((*w).clone())?.forward(&t)?.flatten_all()?.to_vec1())
+        .collect()
 }
 
 impl QLlama {
@@ -110,15 +115,32 @@ impl QLlama {
         let hidden = u("llama.embedding_length")?;
         let rope_dim = u("llama.rope.dimension_count")?;
         let eps = md("llama.attention.layer_norm_rms_epsilon")?.to_f32()?;
-        let base = ct.metadata.get("llama.rope.freq_base").and_then(|v| v.to_f32().ok()).unwrap_or(10000.0);
-        let context_length = ct.metadata.get("llama.context_length").and_then(|v| v.to_u32().ok()).map(|c| c as usize).unwrap_or(4096);
+        let base = ct
+            .metadata
+            .get("llama.rope.freq_base")
+            .and_then(|v| v.to_f32().ok())
+            .unwrap_or(10000.0);
+        let context_length = ct
+            .metadata
+            .get("llama.context_length")
+            .and_then(|v| v.to_u32().ok())
+            .map(|c| c as usize)
+            .unwrap_or(4096);
         let head_dim = hidden / heads;
         if heads % kv_heads != 0 || rope_dim > head_dim || rope_dim % 2 != 0 {
-            bail!("unsupported attention shape: {heads} heads, {kv_heads} KV heads, rope over {rope_dim} of {head_dim}");
+            bail!(
+                "unsupported attention shape: {heads} heads, {kv_heads} KV heads, rope over {rope_dim} of {head_dim}"
+            );
         }
         let dev = Device::Cpu;
-        let mut tensor = |name: &str| -> anyhow::Result<Arc<QTensor>> { Ok(Arc::new(ct.tensor(reader, name, &dev).with_context(|| format!("GGUF tensor {name}"))?)) };
-        let vector = |q: Arc<QTensor>| -> anyhow::Result<Vec<f32>> { Ok(q.dequantize(&Device::Cpu)?.flatten_all()?.to_vec1()?) };
+        let mut tensor = |name: &str| -> anyhow::Result<Arc<QTensor>> {
+            Ok(Arc::new(
+                ct.tensor(reader, name, &dev).with_context(|| format!("GGUF tensor {name}"))?,
+            ))
+        };
+        let vector = |q: Arc<QTensor>| -> anyhow::Result<Vec<f32>> {
+            Ok(q.dequantize(&Device::Cpu)?.flatten_all()?.to_vec1()?)
+        };
 
         let embd = tensor("token_embd.weight")?;
         let (vocab, embd_hidden) = embd.shape().dims2()?;
@@ -129,7 +151,13 @@ impl QLlama {
             true => tensor("output.weight")?,
             false => embd.clone(), // tied embeddings
         };
-        let embedding = Embedding { row_bytes: embd.data()?.len() / vocab, raw: embd.data()?.into_owned(), dtype: embd.dtype(), hidden, vocab };
+        let embedding = Embedding {
+            row_bytes: embd.data()?.len() / vocab,
+            raw: embd.data()?.into_owned(),
+            dtype: embd.dtype(),
+            hidden,
+            vocab,
+        };
         let mut layers = Vec::with_capacity(layers_n);
         for i in 0..layers_n {
             let p = format!("blk.{i}");
@@ -149,7 +177,8 @@ impl QLlama {
         }
         let norm = vector(tensor("output_norm.weight")?)?;
         let half = rope_dim / 2;
-        let (mut cos, mut sin) = (Vec::with_capacity(context_length * half), Vec::with_capacity(context_length * half));
+        let (mut cos, mut sin) =
+            (Vec::with_capacity(context_length * half), Vec::with_capacity(context_length * half));
         for pos in 0..context_length {
             for i in 0..half {
                 let freq = 1.0 / base.powf(2.0 * i as f32 / rope_dim as f32);
@@ -192,7 +221,8 @@ impl QLlama {
     /// Interleaved rotary embedding (llama.cpp's "normal" RoPE: pairs 2i, 2i+1) at `pos`.
     fn rope(&self, x: &mut [f32], pos: usize) {
         let half = self.rope_dim / 2;
-        let (cos, sin) = (&self.cos[pos * half..(pos + 1) * half], &self.sin[pos * half..(pos + 1) * half]);
+        let (cos, sin) =
+            (&self.cos[pos * half..(pos + 1) * half], &self.sin[pos * half..(pos + 1) * half]);
         for head in x.chunks_exact_mut(self.head_dim) {
             for i in 0..half {
                 let (a, b) = (head[2 * i], head[2 * i + 1]);
@@ -213,7 +243,11 @@ impl QLlama {
             candle_core::bail!("position {pos} is past the {} cached positions", self.len);
         }
         if pos + n > self.context_length {
-            candle_core::bail!("{} positions exceed the context of {}", pos + n, self.context_length);
+            candle_core::bail!(
+                "{} positions exceed the context of {}",
+                pos + n,
+                self.context_length
+            );
         }
         self.truncate(pos);
         let (hidden, hd, kvd) = (self.hidden, self.head_dim, self.kv_heads * self.head_dim);
@@ -248,15 +282,28 @@ impl QLlama {
             // head): the query heads sharing a KV head read each cached row once. Items write
             // disjoint, consecutive slices of `attn`, and run on candle's worker threads.
             let (k_cache, v_cache) = (&l.k_cache, &l.v_cache);
-            let outputs: Vec<std::sync::Mutex<&mut [f32]>> = attn.chunks_mut(group * hd).map(std::sync::Mutex::new).collect();
+            let outputs: Vec<std::sync::Mutex<&mut [f32]>> =
+                attn.chunks_mut(group * hd).map(std::sync::Mutex::new).collect();
             candle_core::utils::barrier_pool().execute_chunked(n * self.kv_heads, |items| {
                 let mut scores = vec![0f32; group * (pos + n)];
                 for item in items {
                     let (i, kvh) = (item / self.kv_heads, item % self.kv_heads);
                     let seen = pos + i + 1;
-                    let queries = &q[i * hidden + kvh * group * hd..i * hidden + (kvh + 1) * group * hd];
+                    let queries =
+                        &q[i * hidden + kvh * group * hd..i * hidden + (kvh + 1) * group * hd];
                     let mut out = outputs[item].lock().unwrap_or_else(|e| e.into_inner());
-                    simd::attend(queries, k_cache, v_cache, kvd, kvh * hd, hd, seen, scale, &mut scores, &mut out);
+                    simd::attend(
+                        queries,
+                        k_cache,
+                        v_cache,
+                        kvd,
+                        kvh * hd,
+                        hd,
+                        seen,
+                        scale,
+                        &mut scores,
+                        &mut out,
+                    );
                 }
             });
             drop(outputs);
@@ -313,7 +360,8 @@ mod tests {
         let (ct, mut f) = open();
         let mut theirs = ModelWeights::from_gguf(ct, &mut f, &Device::Cpu).unwrap();
         let close = |a: &Tensor, b: &Tensor| {
-            let (a, b) = (a.to_vec1::<f32>().unwrap(), b.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+            let (a, b) =
+                (a.to_vec1::<f32>().unwrap(), b.flatten_all().unwrap().to_vec1::<f32>().unwrap());
             assert_eq!(a.len(), b.len());
             let worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
             let scale = b.iter().map(|v| v.abs()).fold(0f32, f32::max);
@@ -323,13 +371,22 @@ mod tests {
         let input = |t: &[u32]| Tensor::new(t, &Device::Cpu).unwrap().unsqueeze(0).unwrap();
         close(&ours.forward(&prompt, 0).unwrap(), &theirs.forward(&input(&prompt), 0).unwrap());
         for (i, t) in [11u32, 12, 13, 300].iter().enumerate() {
-            close(&ours.forward(&[*t], prompt.len() + i).unwrap(), &theirs.forward(&input(&[*t]), prompt.len() + i).unwrap());
+            close(
+                &ours.forward(&[*t], prompt.len() + i).unwrap(),
+                &theirs.forward(&input(&[*t]), prompt.len() + i).unwrap(),
+            );
         }
         // Rewind to after the prompt and continue differently: same as a fresh run.
         theirs.clear_kv_cache();
         theirs.forward(&input(&prompt), 0).unwrap();
-        close(&ours.forward(&[77], prompt.len()).unwrap(), &theirs.forward(&input(&[77]), prompt.len()).unwrap());
+        close(
+            &ours.forward(&[77], prompt.len()).unwrap(),
+            &theirs.forward(&input(&[77]), prompt.len()).unwrap(),
+        );
         assert!(ours.forward(&[1], 100).is_err(), "a gap in positions is refused");
-        assert!(ours.forward(&[1_000_000], 0).is_err(), "a token outside the vocabulary is refused");
+        assert!(
+            ours.forward(&[1_000_000], 0).is_err(),
+            "a token outside the vocabulary is refused"
+        );
     }
 }

@@ -73,7 +73,18 @@ fn silu_mul_body(gate: &mut [f32], up: &[f32]) {
 /// `t * stride + offset`, `hd` wide. `scores` is scratch of at least `queries.len() / head_dim * seen`.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn attend_body(queries: &[f32], keys: &[f32], values: &[f32], stride: usize, offset: usize, hd: usize, seen: usize, scale: f32, scores: &mut [f32], out: &mut [f32]) {
+fn attend_body(
+    queries: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    stride: usize,
+    offset: usize,
+    hd: usize,
+    seen: usize,
+    scale: f32,
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
     // Common head widths get a version whose per-head accumulators live in registers.
     match hd {
         64 => attend_fixed::<64>(queries, keys, values, stride, offset, seen, scale, scores, out),
@@ -84,7 +95,17 @@ fn attend_body(queries: &[f32], keys: &[f32], values: &[f32], stride: usize, off
 
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn attend_fixed<const HD: usize>(queries: &[f32], keys: &[f32], values: &[f32], stride: usize, offset: usize, seen: usize, scale: f32, scores: &mut [f32], out: &mut [f32]) {
+fn attend_fixed<const HD: usize>(
+    queries: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    stride: usize,
+    offset: usize,
+    seen: usize,
+    scale: f32,
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
     let group = queries.len() / HD;
     for t in 0..seen {
         let key: &[f32; HD] = keys[t * stride + offset..][..HD].try_into().expect("HD wide");
@@ -96,7 +117,9 @@ fn attend_fixed<const HD: usize>(queries: &[f32], keys: &[f32], values: &[f32], 
                     acc[j] += q[c * 8 + j] * key[c * 8 + j];
                 }
             }
-            scores[g * seen + t] = ((acc[0] + acc[4]) + (acc[1] + acc[5]) + (acc[2] + acc[6]) + (acc[3] + acc[7])) * scale;
+            scores[g * seen + t] =
+                ((acc[0] + acc[4]) + (acc[1] + acc[5]) + (acc[2] + acc[6]) + (acc[3] + acc[7]))
+                    * scale;
         }
     }
     for g in 0..group {
@@ -104,7 +127,8 @@ fn attend_fixed<const HD: usize>(queries: &[f32], keys: &[f32], values: &[f32], 
         let mut acc = [0f32; HD];
         for t in 0..seen {
             let p = scores[g * seen + t];
-            let value: &[f32; HD] = values[t * stride + offset..][..HD].try_into().expect("HD wide");
+            let value: &[f32; HD] =
+                values[t * stride + offset..][..HD].try_into().expect("HD wide");
             for j in 0..HD {
                 acc[j] += p * value[j];
             }
@@ -115,7 +139,18 @@ fn attend_fixed<const HD: usize>(queries: &[f32], keys: &[f32], values: &[f32], 
 
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn attend_any(queries: &[f32], keys: &[f32], values: &[f32], stride: usize, offset: usize, hd: usize, seen: usize, scale: f32, scores: &mut [f32], out: &mut [f32]) {
+fn attend_any(
+    queries: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    stride: usize,
+    offset: usize,
+    hd: usize,
+    seen: usize,
+    scale: f32,
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
     let group = queries.len() / hd;
     for t in 0..seen {
         let key = &keys[t * stride + offset..t * stride + offset + hd];
@@ -196,7 +231,9 @@ mod tests {
         assert!((dot(&a, &b) - want).abs() < 1e-5);
         let mut out = b.clone();
         axpy_body(&mut out, 2.0, &a);
-        assert!(out.iter().zip(a.iter().zip(&b)).all(|(o, (x, y))| (o - (y + 2.0 * x)).abs() < 1e-6));
+        assert!(
+            out.iter().zip(a.iter().zip(&b)).all(|(o, (x, y))| (o - (y + 2.0 * x)).abs() < 1e-6)
+        );
         let mut s = vec![1.0, 2.0, 3.0];
         softmax_body(&mut s);
         let e: Vec<f32> = [1f32, 2., 3.].iter().map(|x| x.exp()).collect();
@@ -205,7 +242,11 @@ mod tests {
         let mut g = vec![-2.0, 0.0, 3.0];
         silu_mul(&mut g, &[1.0, 5.0, 2.0]);
         let silu = |x: f32| x / (1.0 + (-x).exp());
-        assert!((g[0] - silu(-2.0)).abs() < 1e-6 && g[1] == 0.0 && (g[2] - 2.0 * silu(3.0)).abs() < 1e-5);
+        assert!(
+            (g[0] - silu(-2.0)).abs() < 1e-6
+                && g[1] == 0.0
+                && (g[2] - 2.0 * silu(3.0)).abs() < 1e-5
+        );
     }
 
     #[test]

@@ -105,13 +105,30 @@ struct LlamaShape {
 
 fn llama_shape(size: Size) -> LlamaShape {
     match size {
-        Size::Tiny => LlamaShape { hidden: 64, intermediate: 192, layers: 2, heads: 4, kv_heads: 2, context: 2048, vocab_target: 512 },
-        Size::Small => LlamaShape { hidden: 1024, intermediate: 2816, layers: 10, heads: 16, kv_heads: 4, context: 2048, vocab_target: 4096 },
+        Size::Tiny => LlamaShape {
+            hidden: 64,
+            intermediate: 192,
+            layers: 2,
+            heads: 4,
+            kv_heads: 2,
+            context: 2048,
+            vocab_target: 512,
+        },
+        Size::Small => LlamaShape {
+            hidden: 1024,
+            intermediate: 2816,
+            layers: 10,
+            heads: 16,
+            kv_heads: 4,
+            context: 2048,
+            vocab_target: 4096,
+        },
     }
 }
 
 pub fn make(opts: &Options) -> anyhow::Result<Made> {
-    std::fs::create_dir_all(&opts.out).with_context(|| format!("creating {}", opts.out.display()))?;
+    std::fs::create_dir_all(&opts.out)
+        .with_context(|| format!("creating {}", opts.out.display()))?;
     if opts.embedding {
         if opts.format == Format::Gguf {
             bail!("embedding models are written as safetensors only");
@@ -152,15 +169,28 @@ struct Generator {
 }
 
 impl SimpleBackend for Generator {
-    fn get(&self, shape: Shape, name: &str, init: Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+    fn get(
+        &self,
+        shape: Shape,
+        name: &str,
+        init: Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
         let n = shape.elem_count();
-        let name_hash = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
+        let name_hash = name
+            .bytes()
+            .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
         let mut rng = Rng(self.seed ^ name_hash);
         let fan_in = shape.dims().iter().skip(1).product::<usize>().max(1);
         let data: Vec<f32> = match init {
             Init::Const(c) => vec![c as f32; n],
-            Init::Randn { mean, stdev } => (0..n).map(|_| mean as f32 + stdev as f32 * rng.normal()).collect(),
-            Init::Uniform { lo, up } => (0..n).map(|_| lo as f32 + (up - lo) as f32 * rng.uniform()).collect(),
+            Init::Randn { mean, stdev } => {
+                (0..n).map(|_| mean as f32 + stdev as f32 * rng.normal()).collect()
+            }
+            Init::Uniform { lo, up } => {
+                (0..n).map(|_| lo as f32 + (up - lo) as f32 * rng.uniform()).collect()
+            }
             Init::Kaiming { .. } => {
                 let std = 1.0 / (fan_in as f32).sqrt();
                 (0..n).map(|_| std * rng.normal()).collect()
@@ -171,7 +201,12 @@ impl SimpleBackend for Generator {
         t.to_dtype(dtype)?.to_device(dev)
     }
 
-    fn get_unchecked(&self, name: &str, _dtype: DType, _dev: &Device) -> candle_core::Result<Tensor> {
+    fn get_unchecked(
+        &self,
+        name: &str,
+        _dtype: DType,
+        _dev: &Device,
+    ) -> candle_core::Result<Tensor> {
         candle_core::bail!("{name}: the generator needs a shape")
     }
 
@@ -180,14 +215,29 @@ impl SimpleBackend for Generator {
     }
 }
 
-fn generate(seed: u64, build: impl FnOnce(VarBuilder) -> candle_core::Result<()>) -> anyhow::Result<BTreeMap<String, Tensor>> {
+fn generate(
+    seed: u64,
+    build: impl FnOnce(VarBuilder) -> candle_core::Result<()>,
+) -> anyhow::Result<BTreeMap<String, Tensor>> {
     let generator = std::sync::Arc::new(Generator { seed, made: Mutex::new(BTreeMap::new()) });
     struct Shared(std::sync::Arc<Generator>);
     impl SimpleBackend for Shared {
-        fn get(&self, s: Shape, name: &str, h: Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        fn get(
+            &self,
+            s: Shape,
+            name: &str,
+            h: Init,
+            dtype: DType,
+            dev: &Device,
+        ) -> candle_core::Result<Tensor> {
             self.0.get(s, name, h, dtype, dev)
         }
-        fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        fn get_unchecked(
+            &self,
+            name: &str,
+            dtype: DType,
+            dev: &Device,
+        ) -> candle_core::Result<Tensor> {
             self.0.get_unchecked(name, dtype, dev)
         }
         fn contains_tensor(&self, name: &str) -> bool {
@@ -226,7 +276,9 @@ fn make_llama(opts: &Options) -> anyhow::Result<Made> {
     let shape = llama_shape(opts.size);
     let tokenizer = train_tokenizer(shape.vocab_target)?;
     let vocab_size = tokenizer.get_vocab_size(true);
-    let id = |t: &str| tokenizer.token_to_id(t).with_context(|| format!("{t} missing from the vocabulary"));
+    let id = |t: &str| {
+        tokenizer.token_to_id(t).with_context(|| format!("{t} missing from the vocabulary"))
+    };
     let (bos, im_end, eot) = (id("<|endoftext|>")?, id("<|im_end|>")?, id("<|endoftext|>")?);
     let config = json!({
         "architectures": ["LlamaForCausalLM"],
@@ -246,9 +298,12 @@ fn make_llama(opts: &Options) -> anyhow::Result<Made> {
         "hidden_act": "silu",
         "torch_dtype": "float32",
     });
-    let llama_config: candle_transformers::models::llama::LlamaConfig = serde_json::from_value(config.clone())?;
+    let llama_config: candle_transformers::models::llama::LlamaConfig =
+        serde_json::from_value(config.clone())?;
     let llama_config = llama_config.into_config(false);
-    let mut tensors = generate(opts.seed, |vb| candle_transformers::models::llama::Llama::load(vb, &llama_config).map(|_| ()))?;
+    let mut tensors = generate(opts.seed, |vb| {
+        candle_transformers::models::llama::Llama::load(vb, &llama_config).map(|_| ())
+    })?;
     // Special tokens never win by chance (see the module comment).
     let lm_head = tensors.get("lm_head.weight").context("no lm_head")?.clone();
     let mut rows = lm_head.to_vec2::<f32>()?;
@@ -262,7 +317,10 @@ fn make_llama(opts: &Options) -> anyhow::Result<Made> {
     match opts.format {
         Format::Safetensors => {
             let weights = opts.out.join("model.safetensors");
-            candle_core::safetensors::save(&tensors.into_iter().collect::<HashMap<_, _>>(), &weights)?;
+            candle_core::safetensors::save(
+                &tensors.into_iter().collect::<HashMap<_, _>>(),
+                &weights,
+            )?;
             files.push(weights);
             let path = opts.out.join("config.json");
             std::fs::write(&path, serde_json::to_string_pretty(&config)?)?;
@@ -324,10 +382,20 @@ fn gguf_name(hf: &str) -> Option<String> {
 /// permutation llama.cpp's converter applies), so both files compute the same function.
 fn permute_qk(w: &Tensor, heads: usize) -> candle_core::Result<Tensor> {
     let (rows, cols) = w.dims2()?;
-    w.reshape((heads, 2, rows / heads / 2, cols))?.transpose(1, 2)?.contiguous()?.reshape((rows, cols))
+    w.reshape((heads, 2, rows / heads / 2, cols))?
+        .transpose(1, 2)?
+        .contiguous()?
+        .reshape((rows, cols))
 }
 
-fn write_gguf(path: &Path, tensors: &BTreeMap<String, Tensor>, shape: &LlamaShape, tokenizer: &Tokenizer, quant: Quant, [bos, eos]: [u32; 2]) -> anyhow::Result<()> {
+fn write_gguf(
+    path: &Path,
+    tensors: &BTreeMap<String, Tensor>,
+    shape: &LlamaShape,
+    tokenizer: &Tokenizer,
+    quant: Quant,
+    [bos, eos]: [u32; 2],
+) -> anyhow::Result<()> {
     let mut quantized: Vec<(String, QTensor)> = Vec::new();
     for (name, t) in tensors {
         let gguf = gguf_name(name).with_context(|| format!("no GGUF name for {name}"))?;
@@ -342,25 +410,33 @@ fn write_gguf(path: &Path, tensors: &BTreeMap<String, Tensor>, shape: &LlamaShap
         let block = dtype.block_size();
         let cols = *t.dims().last().unwrap_or(&0);
         if cols % block != 0 {
-            bail!("{quant:?} needs rows that are multiples of {block} values; {gguf} has {cols} (use another --quant or --size)");
+            bail!(
+                "{quant:?} needs rows that are multiples of {block} values; {gguf} has {cols} (use another --quant or --size)"
+            );
         }
         quantized.push((gguf, QTensor::quantize(&t, dtype)?));
     }
 
-    let doc: serde_json::Value = serde_json::from_str(&tokenizer.to_string(false).map_err(|e| anyhow::anyhow!("{e}"))?)?;
+    let doc: serde_json::Value =
+        serde_json::from_str(&tokenizer.to_string(false).map_err(|e| anyhow::anyhow!("{e}"))?)?;
     let vocab = tokenizer.get_vocab(true);
     let mut tokens = vec![String::new(); vocab.len()];
     for (t, i) in &vocab {
         *tokens.get_mut(*i as usize).context("vocabulary ids are not contiguous")? = t.clone();
     }
-    let types: Vec<Value> = tokens.iter().map(|t| Value::I32(if SPECIAL.contains(&t.as_str()) { 3 } else { 1 })).collect();
+    let types: Vec<Value> = tokens
+        .iter()
+        .map(|t| Value::I32(if SPECIAL.contains(&t.as_str()) { 3 } else { 1 }))
+        .collect();
     let merges: Vec<Value> = doc["model"]["merges"]
         .as_array()
         .context("tokenizer has no merges")?
         .iter()
         .map(|m| match m {
             serde_json::Value::String(s) => s.clone(),
-            serde_json::Value::Array(pair) => pair.iter().filter_map(|p| p.as_str()).collect::<Vec<_>>().join(" "),
+            serde_json::Value::Array(pair) => {
+                pair.iter().filter_map(|p| p.as_str()).collect::<Vec<_>>().join(" ")
+            }
             _ => String::new(),
         })
         .map(Value::String)
@@ -393,8 +469,11 @@ fn write_gguf(path: &Path, tensors: &BTreeMap<String, Tensor>, shape: &LlamaShap
         ("tokenizer.chat_template", s(CHAT_TEMPLATE)),
     ];
     let metadata_refs: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (*k, v)).collect();
-    let tensor_refs: Vec<(&str, &QTensor)> = quantized.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    let mut file = std::io::BufWriter::new(std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?);
+    let tensor_refs: Vec<(&str, &QTensor)> =
+        quantized.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let mut file = std::io::BufWriter::new(
+        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
+    );
     candle_core::quantized::gguf_file::write(&mut file, &metadata_refs, &tensor_refs)?;
     use std::io::Write;
     file.flush()?;
@@ -429,19 +508,24 @@ fn make_bert(opts: &Options) -> anyhow::Result<Made> {
         "position_embedding_type": "absolute",
         "classifier_dropout": null,
     });
-    let bert_config: candle_transformers::models::bert::Config = serde_json::from_value(config.clone())?;
-    let tensors = generate(opts.seed, |vb| candle_transformers::models::bert::BertModel::load(vb, &bert_config).map(|_| ()))?;
+    let bert_config: candle_transformers::models::bert::Config =
+        serde_json::from_value(config.clone())?;
+    let tensors = generate(opts.seed, |vb| {
+        candle_transformers::models::bert::BertModel::load(vb, &bert_config).map(|_| ())
+    })?;
     let parameters = tensors.values().map(|t| t.elem_count()).sum();
     let weights = opts.out.join("model.safetensors");
     candle_core::safetensors::save(&tensors.into_iter().collect::<HashMap<_, _>>(), &weights)?;
     let config_path = opts.out.join("config.json");
     std::fs::write(&config_path, serde_json::to_string_pretty(&config)?)?;
-    let vocab_json: serde_json::Map<String, serde_json::Value> = vocab.iter().enumerate().map(|(i, t)| (t.clone(), json!(i))).collect();
+    let vocab_json: serde_json::Map<String, serde_json::Value> =
+        vocab.iter().enumerate().map(|(i, t)| (t.clone(), json!(i))).collect();
     let special = |t: &str| {
         let i = vocab.iter().position(|v| v == t).unwrap_or(0);
         json!({"id": i, "content": t, "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true})
     };
-    let added: Vec<serde_json::Value> = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"].into_iter().map(special).collect();
+    let added: Vec<serde_json::Value> =
+        ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"].into_iter().map(special).collect();
     let tokenizer_json = json!({
         "version": "1.0",
         "truncation": null,
@@ -454,7 +538,8 @@ fn make_bert(opts: &Options) -> anyhow::Result<Made> {
         "model": {"type": "WordPiece", "unk_token": "[UNK]", "continuing_subword_prefix": "##", "max_input_chars_per_word": 100, "vocab": vocab_json},
     });
     // Loading it back proves the file is a tokenizer the library reads.
-    let tokenizer = Tokenizer::from_bytes(serde_json::to_vec(&tokenizer_json)?).map_err(|e| anyhow::anyhow!("tokenizer: {e}"))?;
+    let tokenizer = Tokenizer::from_bytes(serde_json::to_vec(&tokenizer_json)?)
+        .map_err(|e| anyhow::anyhow!("tokenizer: {e}"))?;
     let tokenizer_path = opts.out.join("tokenizer.json");
     tokenizer.save(&tokenizer_path, true).map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(Made { parameters, files: vec![weights, config_path, tokenizer_path] })
@@ -463,8 +548,10 @@ fn make_bert(opts: &Options) -> anyhow::Result<Made> {
 /// BERT's special tokens, single characters with and without the `##` continuation prefix, and
 /// the corpus's words: every text tokenizes, common words as one piece.
 fn wordpiece_vocab() -> Vec<String> {
-    let mut vocab: Vec<String> = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"].iter().map(|s| s.to_string()).collect();
-    let chars: Vec<char> = ('a'..='z').chain('0'..='9').chain("!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~".chars()).collect();
+    let mut vocab: Vec<String> =
+        ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"].iter().map(|s| s.to_string()).collect();
+    let chars: Vec<char> =
+        ('a'..='z').chain('0'..='9').chain("!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~".chars()).collect();
     vocab.extend(chars.iter().map(|c| c.to_string()));
     vocab.extend(chars.iter().filter(|c| c.is_alphanumeric()).map(|c| format!("##{c}")));
     let mut words: Vec<String> = CORPUS
@@ -493,8 +580,13 @@ mod tests {
 
     #[test]
     fn small_is_over_100m_parameters() {
-        let vocab = train_tokenizer(llama_shape(Size::Small).vocab_target).unwrap().get_vocab_size(true);
-        assert!(llama_parameters(Size::Small, vocab) >= 100_000_000, "{}", llama_parameters(Size::Small, vocab));
+        let vocab =
+            train_tokenizer(llama_shape(Size::Small).vocab_target).unwrap().get_vocab_size(true);
+        assert!(
+            llama_parameters(Size::Small, vocab) >= 100_000_000,
+            "{}",
+            llama_parameters(Size::Small, vocab)
+        );
     }
 
     #[test]
@@ -519,9 +611,20 @@ mod tests {
         }))
         .unwrap();
         let cfg = cfg.into_config(false);
-        let make = |seed| generate(seed, |vb| candle_transformers::models::llama::Llama::load(vb, &cfg).map(|_| ())).unwrap();
+        let make = |seed| {
+            generate(seed, |vb| {
+                candle_transformers::models::llama::Llama::load(vb, &cfg).map(|_| ())
+            })
+            .unwrap()
+        };
         let (a, b, c) = (make(1), make(1), make(2));
-        let w = |m: &BTreeMap<String, Tensor>| m["model.layers.0.self_attn.q_proj.weight"].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let w = |m: &BTreeMap<String, Tensor>| {
+            m["model.layers.0.self_attn.q_proj.weight"]
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+        };
         assert_eq!(w(&a), w(&b));
         assert_ne!(w(&a), w(&c));
         assert_eq!(a["model.norm.weight"].to_vec1::<f32>().unwrap(), vec![1.0; shape.hidden]);
@@ -529,7 +632,10 @@ mod tests {
 
     #[test]
     fn gguf_names_cover_llama() {
-        assert_eq!(gguf_name("model.layers.3.mlp.down_proj.weight").as_deref(), Some("blk.3.ffn_down.weight"));
+        assert_eq!(
+            gguf_name("model.layers.3.mlp.down_proj.weight").as_deref(),
+            Some("blk.3.ffn_down.weight")
+        );
         assert_eq!(gguf_name("lm_head.weight").as_deref(), Some("output.weight"));
         assert_eq!(gguf_name("model.layers.0.self_attn.rotary_emb.inv_freq"), None);
     }

@@ -17,7 +17,11 @@ pub const KEY: &str = "test-key-0123456789abcdef";
 
 pub fn run(args: &[&str]) -> String {
     let out = Command::new(BIN).args(args).output().expect("running alcove-inference");
-    assert!(out.status.success(), "alcove-inference {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "alcove-inference {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -76,9 +80,10 @@ impl Server {
                 panic!("server exited with {status}:\n{}", server.logs());
             }
             if let Ok(r) = server.try_request("GET", "/readyz", &[], None)
-                && r.status == 200 {
-                    return server;
-                }
+                && r.status == 200
+            {
+                return server;
+            }
             assert!(Instant::now() < deadline, "server not ready in 60 s:\n{}", server.logs());
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -92,7 +97,13 @@ impl Server {
         self.child.try_wait().unwrap().is_none()
     }
 
-    pub fn try_request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: Option<&[u8]>) -> std::io::Result<Response> {
+    pub fn try_request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+    ) -> std::io::Result<Response> {
         request(self.port, method, path, headers, body)
     }
 
@@ -100,7 +111,13 @@ impl Server {
     pub fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Response {
         let bytes = body.map(|b| serde_json::to_vec(b).unwrap());
         let auth = format!("Bearer {KEY}");
-        self.try_request(method, path, &[("Authorization", &auth), ("Content-Type", "application/json")], bytes.as_deref()).unwrap()
+        self.try_request(
+            method,
+            path,
+            &[("Authorization", &auth), ("Content-Type", "application/json")],
+            bytes.as_deref(),
+        )
+        .unwrap()
     }
 
     pub fn post(&self, path: &str, body: Value) -> Response {
@@ -124,7 +141,8 @@ pub struct Response {
 
 impl Response {
     pub fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
     }
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
@@ -138,16 +156,27 @@ impl Response {
         assert!(text.ends_with("\n\n"), "an event stream ends with a blank line: {text:?}");
         text.split("\n\n")
             .filter(|e| !e.is_empty())
-            .map(|e| e.strip_prefix("data: ").unwrap_or_else(|| panic!("event without data: {e:?}")).to_string())
+            .map(|e| {
+                e.strip_prefix("data: ")
+                    .unwrap_or_else(|| panic!("event without data: {e:?}"))
+                    .to_string()
+            })
             .collect()
     }
 }
 
 /// One HTTP/1.1 request on a fresh connection, read to the end (chunked bodies decoded).
-pub fn request(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: Option<&[u8]>) -> std::io::Result<Response> {
+pub fn request(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+) -> std::io::Result<Response> {
     let mut stream = TcpStream::connect(("127.0.0.1", port))?;
     stream.set_read_timeout(Some(Duration::from_secs(120)))?;
-    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n");
+    let mut head =
+        format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n");
     for (k, v) in headers {
         head.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -163,7 +192,11 @@ pub fn request(port: u16, method: &str, path: &str, headers: &[(&str, &str)], bo
     let mut reader = BufReader::new(stream);
     let mut line = String::new();
     reader.read_line(&mut line)?;
-    let status: u16 = line.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| std::io::Error::other(format!("bad status line {line:?}")))?;
+    let status: u16 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad status line {line:?}")))?;
     let mut headers = Vec::new();
     loop {
         line.clear();
@@ -176,13 +209,16 @@ pub fn request(port: u16, method: &str, path: &str, headers: &[(&str, &str)], bo
             headers.push((k.trim().to_string(), v.trim().to_string()));
         }
     }
-    let chunked = headers.iter().any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
     let mut body = Vec::new();
     if chunked {
         loop {
             line.clear();
             reader.read_line(&mut line)?;
-            let size = usize::from_str_radix(line.trim(), 16).map_err(|_| std::io::Error::other(format!("bad chunk size {line:?}")))?;
+            let size = usize::from_str_radix(line.trim(), 16)
+                .map_err(|_| std::io::Error::other(format!("bad chunk size {line:?}")))?;
             if size == 0 {
                 break;
             }

@@ -73,7 +73,11 @@ pub struct Usage {
 
 impl Ledger {
     pub fn new(tenant: &Tenant) -> Ledger {
-        Ledger { tenant: tenant.name_any(), tenant_uid: tenant.uid().unwrap_or_default(), ..Default::default() }
+        Ledger {
+            tenant: tenant.name_any(),
+            tenant_uid: tenant.uid().unwrap_or_default(),
+            ..Default::default()
+        }
     }
 
     /// Credits a payment once. Returns whether it was new.
@@ -92,7 +96,10 @@ impl Ledger {
         if through.is_some_and(|t| u.from < t) {
             return false;
         }
-        let m = self.meters.entry(uid.to_string()).or_insert_with(|| Meter { instance: instance.to_string(), ..Default::default() });
+        let m = self
+            .meters
+            .entry(uid.to_string())
+            .or_insert_with(|| Meter { instance: instance.to_string(), ..Default::default() });
         m.billed_through = crate::clock::format_millis(u.to);
         m.gpu_millis += u.gpu_millis;
         m.billed += u.amount;
@@ -111,7 +118,10 @@ impl Ledger {
 
     /// Marks an instance's meter closed (destroyed, final record made).
     pub fn close(&mut self, uid: &str, instance: &str) -> bool {
-        let m = self.meters.entry(uid.to_string()).or_insert_with(|| Meter { instance: instance.to_string(), ..Default::default() });
+        let m = self
+            .meters
+            .entry(uid.to_string())
+            .or_insert_with(|| Meter { instance: instance.to_string(), ..Default::default() });
         !std::mem::replace(&mut m.closed, true)
     }
 
@@ -146,12 +156,24 @@ mod tests {
         let mut l = Ledger::default();
         assert!(l.credit("pi_1", 500));
         assert!(!l.credit("pi_1", 500), "a replayed payment");
-        let first = Usage { from: at("2026-11-22T10:00:00Z"), to: at("2026-11-22T10:01:00Z"), gpu_millis: 60_000, amount: 4, carry: 600_000 };
+        let first = Usage {
+            from: at("2026-11-22T10:00:00Z"),
+            to: at("2026-11-22T10:01:00Z"),
+            gpu_millis: 60_000,
+            amount: 4,
+            carry: 600_000,
+        };
         assert!(l.record("u1", "t/chat", &first));
         assert!(!l.record("u1", "t/chat", &first), "the same record again");
         assert_eq!(l.through("u1"), Some(at("2026-11-22T10:01:00Z")));
         assert_eq!(l.carry("u1"), 600_000);
-        let later = Usage { from: at("2026-11-22T11:00:00Z"), to: at("2026-11-22T11:00:30Z"), gpu_millis: 30_000, amount: 2, carry: 0 };
+        let later = Usage {
+            from: at("2026-11-22T11:00:00Z"),
+            to: at("2026-11-22T11:00:30Z"),
+            gpu_millis: 30_000,
+            amount: 2,
+            carry: 0,
+        };
         assert!(l.record("u1", "t/chat", &later), "a new run after a gap");
         assert_eq!((l.credited, l.billed, l.balance()), (500, 6, 494));
         assert!(l.close("u1", "t/chat"));

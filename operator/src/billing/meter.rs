@@ -25,7 +25,13 @@ impl Period {
 /// The next usage record of a run that started at `run_start` and is billed through `through`.
 /// While the run goes on (`end` None) only whole intervals are due — several at once after an
 /// outage, as one record; when the run ended at `end`, everything up to it is.
-pub fn due(run_start: Timestamp, through: Option<Timestamp>, now: Timestamp, end: Option<Timestamp>, interval: Duration) -> Option<Period> {
+pub fn due(
+    run_start: Timestamp,
+    through: Option<Timestamp>,
+    now: Timestamp,
+    end: Option<Timestamp>,
+    interval: Duration,
+) -> Option<Period> {
     let from = through.map_or(run_start, |t| t.max(run_start));
     if let Some(end) = end {
         return (end > from).then_some(Period { from, to: end });
@@ -40,7 +46,11 @@ pub fn due(run_start: Timestamp, through: Option<Timestamp>, now: Timestamp, end
 }
 
 /// When the next whole interval of a running instance completes.
-pub fn next_report(run_start: Timestamp, through: Option<Timestamp>, interval: Duration) -> Timestamp {
+pub fn next_report(
+    run_start: Timestamp,
+    through: Option<Timestamp>,
+    interval: Duration,
+) -> Timestamp {
     let from = through.map_or(run_start, |t| t.max(run_start));
     Timestamp::from_millisecond(from.as_millisecond() + interval.as_millis() as i64).unwrap_or(from)
 }
@@ -103,16 +113,34 @@ mod tests {
     #[test]
     fn whole_intervals_are_due_while_running_and_the_rest_at_the_end() {
         let start = at("2026-11-22T10:00:00.250Z");
-        assert_eq!(due(start, None, at("2026-11-22T10:00:59Z"), None, MIN), None, "less than one interval");
+        assert_eq!(
+            due(start, None, at("2026-11-22T10:00:59Z"), None, MIN),
+            None,
+            "less than one interval"
+        );
         let p = due(start, None, at("2026-11-22T10:01:10Z"), None, MIN).unwrap();
         assert_eq!((p.from, p.to), (start, at("2026-11-22T10:01:00.250Z")));
         // After an outage, the missed intervals are one record; the partial one waits.
         let p = due(start, Some(p.to), at("2026-11-22T10:05:30Z"), None, MIN).unwrap();
-        assert_eq!((p.from, p.to), (at("2026-11-22T10:01:00.250Z"), at("2026-11-22T10:05:00.250Z")));
+        assert_eq!(
+            (p.from, p.to),
+            (at("2026-11-22T10:01:00.250Z"), at("2026-11-22T10:05:00.250Z"))
+        );
         // The run ends: everything up to the end.
-        let p = due(start, Some(p.to), at("2026-11-22T10:06:00Z"), Some(at("2026-11-22T10:05:20Z")), MIN).unwrap();
+        let p = due(
+            start,
+            Some(p.to),
+            at("2026-11-22T10:06:00Z"),
+            Some(at("2026-11-22T10:05:20Z")),
+            MIN,
+        )
+        .unwrap();
         assert_eq!(p.millis(), 19_750);
-        assert_eq!(due(start, Some(p.to), at("2026-11-22T10:06:00Z"), Some(p.to), MIN), None, "nothing twice");
+        assert_eq!(
+            due(start, Some(p.to), at("2026-11-22T10:06:00Z"), Some(p.to), MIN),
+            None,
+            "nothing twice"
+        );
         // A new run after a gap: the gap is not billed.
         let again = at("2026-11-22T11:00:00Z");
         let p = due(again, Some(p.to), at("2026-11-22T11:01:00Z"), None, MIN).unwrap();

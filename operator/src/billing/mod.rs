@@ -32,16 +32,22 @@ use crate::error::Result;
 use ledger::{Ledger, Usage};
 use meter::Metered;
 
-
 /// The tenant's ledger as the cache has it.
 pub fn cached_ledger(ctx: &Context, tenant: &str) -> Option<Ledger> {
-    find(&ctx.caches.config_maps, &ctx.config.namespace, &ledger::name(tenant)).as_deref().and_then(ledger::parse)
+    find(&ctx.caches.config_maps, &ctx.config.namespace, &ledger::name(tenant))
+        .as_deref()
+        .and_then(ledger::parse)
 }
 
 /// Makes sure the tenant has its Stripe customer and the ledger names it. Returns its standing.
 pub async fn ensure_customer(ctx: &Context, tenant: &Tenant) -> account::Standing {
-    let (Some(stripe), Some(spec)) = (ctx.billing.stripe.as_ref(), tenant.spec.billing.as_ref()) else {
-        return if ctx.billing.stripe.is_none() { account::Standing::Disabled } else { account::Standing::NotCharged };
+    let (Some(stripe), Some(spec)) = (ctx.billing.stripe.as_ref(), tenant.spec.billing.as_ref())
+    else {
+        return if ctx.billing.stripe.is_none() {
+            account::Standing::Disabled
+        } else {
+            account::Standing::NotCharged
+        };
     };
     if cached_ledger(ctx, &tenant.name_any()).is_some_and(|l| l.customer_id.is_some()) {
         return account::Standing::Account;
@@ -50,7 +56,10 @@ pub async fn ensure_customer(ctx: &Context, tenant: &Tenant) -> account::Standin
     let uid = tenant.uid().unwrap_or_default();
     let result = async {
         // The cache may be behind our own write: the API server has the truth.
-        if let Some(id) = store::read(&ctx.client, &ctx.config.namespace, &name).await?.and_then(|l| l.customer_id) {
+        if let Some(id) = store::read(&ctx.client, &ctx.config.namespace, &name)
+            .await?
+            .and_then(|l| l.customer_id)
+        {
             return Ok::<_, crate::error::Error>((id, false));
         }
         let id = if spec.customer == "create" {
@@ -78,7 +87,14 @@ pub async fn ensure_customer(ctx: &Context, tenant: &Tenant) -> account::Standin
     .await;
     match result {
         Ok((id, true)) => {
-            ctx.event(tenant, false, "CustomerLinked", "Billing", format!("Stripe customer {id} bills this tenant in {}", spec.currency)).await;
+            ctx.event(
+                tenant,
+                false,
+                "CustomerLinked",
+                "Billing",
+                format!("Stripe customer {id} bills this tenant in {}", spec.currency),
+            )
+            .await;
             account::Standing::Account
         }
         Ok((_, false)) => account::Standing::Account,
@@ -106,7 +122,14 @@ pub fn price(ctx: &Context, tenant: &Tenant, i: &InferenceInstance) -> Option<i6
 /// Reports what is due of an instance's run that started at `run_start` (None: not running):
 /// whole intervals while it runs, everything up to `end` when the run ends there. `destroyed`
 /// closes the instance's meter.
-pub async fn report(ctx: &Context, tenant: &Tenant, i: &InferenceInstance, run_start: Option<Timestamp>, end: Option<Timestamp>, destroyed: bool) -> Metered {
+pub async fn report(
+    ctx: &Context,
+    tenant: &Tenant,
+    i: &InferenceInstance,
+    run_start: Option<Timestamp>,
+    end: Option<Timestamp>,
+    destroyed: bool,
+) -> Metered {
     match report_inner(ctx, tenant, i, run_start, end, destroyed).await {
         Ok(m) => m,
         Err(e) => {
@@ -116,16 +139,35 @@ pub async fn report(ctx: &Context, tenant: &Tenant, i: &InferenceInstance, run_s
     }
 }
 
-async fn report_inner(ctx: &Context, tenant: &Tenant, i: &InferenceInstance, run_start: Option<Timestamp>, end: Option<Timestamp>, destroyed: bool) -> Result<Metered> {
+async fn report_inner(
+    ctx: &Context,
+    tenant: &Tenant,
+    i: &InferenceInstance,
+    run_start: Option<Timestamp>,
+    end: Option<Timestamp>,
+    destroyed: bool,
+) -> Result<Metered> {
     let Some(stripe) = ctx.billing.stripe.as_ref() else {
-        return Ok(Metered::Off("Disabled", "billing is disabled: the operator has no Stripe API key".into()));
+        return Ok(Metered::Off(
+            "Disabled",
+            "billing is disabled: the operator has no Stripe API key".into(),
+        ));
     };
     let Some(spec) = tenant.spec.billing.as_ref() else {
-        return Ok(Metered::Off("NotCharged", format!("tenant {} has no spec.billing: usage is metered but nobody is charged", tenant.name_any())));
+        return Ok(Metered::Off(
+            "NotCharged",
+            format!(
+                "tenant {} has no spec.billing: usage is metered but nobody is charged",
+                tenant.name_any()
+            ),
+        ));
     };
     let cached = cached_ledger(ctx, &tenant.name_any()).unwrap_or_default();
     let Some(customer) = cached.customer_id.clone() else {
-        return Ok(Metered::Off("AwaitingCustomer", format!("waiting for tenant {}'s Stripe customer", tenant.name_any())));
+        return Ok(Metered::Off(
+            "AwaitingCustomer",
+            format!("waiting for tenant {}'s Stripe customer", tenant.name_any()),
+        ));
     };
     let uid = i.uid().unwrap_or_default();
     let interval = ctx.billing.interval;
@@ -133,14 +175,23 @@ async fn report_inner(ctx: &Context, tenant: &Tenant, i: &InferenceInstance, run
     let Some(run_start) = run_start else {
         if destroyed && cached.meters.get(&uid).is_some_and(|m| !m.closed) {
             let instance = crate::context::key(i);
-            store::update(&ctx.client, &ctx.config.namespace, tenant, |l| l.close(&uid, &instance)).await?;
+            store::update(&ctx.client, &ctx.config.namespace, tenant, |l| l.close(&uid, &instance))
+                .await?;
         }
         return Ok(Metered::Billed { through: cached.through(&uid), next: None });
     };
     let gpus = crate::instance::lifecycle::billed_gpus(i);
     let product = product(ctx, i).unwrap_or_else(|| "*".into());
-    let Some(per_gpu_hour) = ctx.config.billing.price(&spec.currency, Some(&product)).map(|p| p.per_gpu_hour) else {
-        return Ok(Metered::Off("NoPrice", format!("the price table has no {} price for {product}: this instance is not charged", spec.currency)));
+    let Some(per_gpu_hour) =
+        ctx.config.billing.price(&spec.currency, Some(&product)).map(|p| p.per_gpu_hour)
+    else {
+        return Ok(Metered::Off(
+            "NoPrice",
+            format!(
+                "the price table has no {} price for {product}: this instance is not charged",
+                spec.currency
+            ),
+        ));
     };
     let billed = |through: Option<Timestamp>| Metered::Billed {
         through,
@@ -153,11 +204,14 @@ async fn report_inner(ctx: &Context, tenant: &Tenant, i: &InferenceInstance, run
     if meter::due(run_start, cached.through(&uid), now, end, interval).is_none() && !destroyed {
         return Ok(billed(cached.through(&uid)));
     }
-    let fresh = store::read(&ctx.client, &ctx.config.namespace, &tenant.name_any()).await?.unwrap_or_default();
+    let fresh = store::read(&ctx.client, &ctx.config.namespace, &tenant.name_any())
+        .await?
+        .unwrap_or_default();
     let instance = crate::context::key(i);
     let Some(period) = meter::due(run_start, fresh.through(&uid), now, end, interval) else {
         if destroyed && !fresh.meters.get(&uid).is_some_and(|m| m.closed) {
-            store::update(&ctx.client, &ctx.config.namespace, tenant, |l| l.close(&uid, &instance)).await?;
+            store::update(&ctx.client, &ctx.config.namespace, tenant, |l| l.close(&uid, &instance))
+                .await?;
         }
         return Ok(billed(fresh.through(&uid)));
     };
@@ -166,7 +220,10 @@ async fn report_inner(ctx: &Context, tenant: &Tenant, i: &InferenceInstance, run
         let found = stripe.find_usage(&customer, &uid, period.from).await?;
         if !found.is_empty() {
             tracing::info!(%instance, records = found.len(), "adopting usage records made before a restart");
-            let l = store::update(&ctx.client, &ctx.config.namespace, tenant, |l| found.iter().fold(false, |changed, u| l.record(&uid, &instance, u) || changed)).await?;
+            let l = store::update(&ctx.client, &ctx.config.namespace, tenant, |l| {
+                found.iter().fold(false, |changed, u| l.record(&uid, &instance, u) || changed)
+            })
+            .await?;
             ctx.billing.mark_checked(&uid);
             // The next reconcile (due at once) reports what remains.
             return Ok(billed(l.through(&uid)));
@@ -174,7 +231,13 @@ async fn report_inner(ctx: &Context, tenant: &Tenant, i: &InferenceInstance, run
         ctx.billing.mark_checked(&uid);
     }
     let charge = meter::charge(period, gpus, per_gpu_hour, fresh.carry(&uid));
-    let usage = Usage { from: period.from, to: period.to, gpu_millis: charge.gpu_millis, amount: charge.amount, carry: charge.carry };
+    let usage = Usage {
+        from: period.from,
+        to: period.to,
+        gpu_millis: charge.gpu_millis,
+        amount: charge.amount,
+        carry: charge.carry,
+    };
     let record = stripe::UsageRecord {
         customer: &customer,
         currency: &spec.currency,

@@ -20,8 +20,15 @@ pub struct Billing {
 }
 
 impl Billing {
-    pub fn new(args: &crate::config::OperatorArgs, config: &crate::config::Config) -> Result<Billing> {
-        let stripe = args.stripe_api_key.as_ref().map(|k| stripe::Stripe::new(k, &args.stripe_api_base)).transpose()?;
+    pub fn new(
+        args: &crate::config::OperatorArgs,
+        config: &crate::config::Config,
+    ) -> Result<Billing> {
+        let stripe = args
+            .stripe_api_key
+            .as_ref()
+            .map(|k| stripe::Stripe::new(k, &args.stripe_api_base))
+            .transpose()?;
         Ok(Billing {
             stripe,
             webhook_secret: args.stripe_webhook_secret.clone(),
@@ -50,4 +57,3 @@ impl Billing {
         self.checked.lock().unwrap_or_else(|p| p.into_inner()).insert(uid.to_string());
     }
 }
-

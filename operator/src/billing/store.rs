@@ -18,7 +18,12 @@ pub async fn read(client: &Client, namespace: &str, tenant: &str) -> Result<Opti
 /// Applies `change` to the tenant's ledger (created on first use) and stores it, retrying on
 /// conflicts with a fresh read; `change` returns whether it changed anything. Returns the
 /// ledger as stored.
-pub async fn update(client: &Client, namespace: &str, tenant: &Tenant, mut change: impl FnMut(&mut Ledger) -> bool) -> Result<Ledger> {
+pub async fn update(
+    client: &Client,
+    namespace: &str,
+    tenant: &Tenant,
+    mut change: impl FnMut(&mut Ledger) -> bool,
+) -> Result<Ledger> {
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
     let tenant_name = tenant.name_any();
     for _ in 0..10 {
@@ -27,13 +32,32 @@ pub async fn update(client: &Client, namespace: &str, tenant: &Tenant, mut chang
         if !change(&mut ledger) && live.is_some() {
             return Ok(ledger);
         }
-        let text = serde_json::to_string_pretty(&ledger).map_err(|source| Error::Serialize { what: "ledger", source })?;
+        let text = serde_json::to_string_pretty(&ledger)
+            .map_err(|source| Error::Serialize { what: "ledger", source })?;
         let result = match &live {
-            None => api.create(&PostParams { field_manager: Some(alcove_crds::FIELD_MANAGER.into()), ..Default::default() }, &config_map(&tenant_name, text)).await.map(drop),
+            None => api
+                .create(
+                    &PostParams {
+                        field_manager: Some(alcove_crds::FIELD_MANAGER.into()),
+                        ..Default::default()
+                    },
+                    &config_map(&tenant_name, text),
+                )
+                .await
+                .map(drop),
             Some(cm) => {
                 // The resourceVersion makes this a compare-and-swap.
                 let body = serde_json::json!({"metadata": {"resourceVersion": cm.resource_version()}, "data": {DATA_KEY: text}});
-                api.patch(&name(&tenant_name), &PatchParams { field_manager: Some(alcove_crds::FIELD_MANAGER.into()), ..Default::default() }, &Patch::Merge(&body)).await.map(drop)
+                api.patch(
+                    &name(&tenant_name),
+                    &PatchParams {
+                        field_manager: Some(alcove_crds::FIELD_MANAGER.into()),
+                        ..Default::default()
+                    },
+                    &Patch::Merge(&body),
+                )
+                .await
+                .map(drop)
             }
         };
         match result {
@@ -42,7 +66,10 @@ pub async fn update(client: &Client, namespace: &str, tenant: &Tenant, mut chang
             Err(e) => return Err(e.into()),
         }
     }
-    Err(Error::Billing(format!("ledger {} kept changing under concurrent writes; retrying", name(&tenant_name))))
+    Err(Error::Billing(format!(
+        "ledger {} kept changing under concurrent writes; retrying",
+        name(&tenant_name)
+    )))
 }
 
 fn config_map(tenant: &str, text: String) -> ConfigMap {
@@ -52,9 +79,12 @@ fn config_map(tenant: &str, text: String) -> ConfigMap {
         (alcove_crds::LABEL_DATA_CLASS.to_string(), CLASS.to_string()),
     ];
     ConfigMap {
-        metadata: kube::api::ObjectMeta { name: Some(name(tenant)), labels: Some(labels.into()), ..Default::default() },
+        metadata: kube::api::ObjectMeta {
+            name: Some(name(tenant)),
+            labels: Some(labels.into()),
+            ..Default::default()
+        },
         data: Some([(DATA_KEY.to_string(), text)].into()),
         ..Default::default()
     }
 }
-

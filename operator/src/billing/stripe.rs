@@ -13,8 +13,8 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use stripe::{IdempotencyKey, RequestStrategy, StripeRequest};
 
-use crate::config::Secret;
 use super::ledger::Usage;
+use crate::config::Secret;
 use crate::error::{Error, Result};
 
 pub struct Stripe {
@@ -75,7 +75,10 @@ fn describe(e: stripe::StripeError) -> Error {
     match e {
         stripe::StripeError::Stripe(api, status) => {
             let code = api.code.as_ref().map(|c| format!(" ({c:?})")).unwrap_or_default();
-            Error::Billing(format!("Stripe refused the request: HTTP {status}{code}: {}", api.message.clone().unwrap_or_default()))
+            Error::Billing(format!(
+                "Stripe refused the request: HTTP {status}{code}: {}",
+                api.message.clone().unwrap_or_default()
+            ))
         }
         other => Error::Billing(format!("Stripe: {other}")),
     }
@@ -83,7 +86,8 @@ fn describe(e: stripe::StripeError) -> Error {
 
 impl Stripe {
     pub fn new(key: &Secret, api_base: &str) -> Result<Stripe> {
-        let base = if api_base.ends_with('/') { api_base.to_string() } else { format!("{api_base}/") };
+        let base =
+            if api_base.ends_with('/') { api_base.to_string() } else { format!("{api_base}/") };
         let client = stripe::ClientBuilder::new(key.expose())
             .url(base)
             .request_strategy(RequestStrategy::ExponentialBackoff(3))
@@ -93,14 +97,20 @@ impl Stripe {
         Ok(Stripe { client })
     }
 
-    async fn call<R: StripeRequest, T: DeserializeOwned>(&self, req: &R, idempotency: Option<String>) -> Result<T> {
+    async fn call<R: StripeRequest, T: DeserializeOwned>(
+        &self,
+        req: &R,
+        idempotency: Option<String>,
+    ) -> Result<T> {
         let mut c = req.build().customize::<miniserde::json::Value>();
         if let Some(key) = idempotency {
-            let key = IdempotencyKey::new(&key).map_err(|e| Error::Billing(format!("idempotency key {key}: {e:?}")))?;
+            let key = IdempotencyKey::new(&key)
+                .map_err(|e| Error::Billing(format!("idempotency key {key}: {e:?}")))?;
             c = c.request_strategy(RequestStrategy::Idempotent(key));
         }
         let value = c.send(&self.client).await.map_err(describe)?;
-        serde_json::from_str(&miniserde::json::to_string(&value)).map_err(|e| Error::Billing(format!("unexpected Stripe response: {e}")))
+        serde_json::from_str(&miniserde::json::to_string(&value))
+            .map_err(|e| Error::Billing(format!("unexpected Stripe response: {e}")))
     }
 
     /// The customer made for a tenant earlier (found by the tenant UID in its metadata).
@@ -112,7 +122,9 @@ impl Stripe {
                 req = req.starting_after(a.clone());
             }
             let page: List<Object> = self.call(&req, None).await?;
-            if let Some(c) = page.data.iter().find(|c| c.metadata.get("alcove_tenant_uid").map(String::as_str) == Some(tenant_uid)) {
+            if let Some(c) = page.data.iter().find(|c| {
+                c.metadata.get("alcove_tenant_uid").map(String::as_str) == Some(tenant_uid)
+            }) {
                 return Ok(Some(c.id.clone()));
             }
             match page.data.last() {
@@ -124,8 +136,16 @@ impl Stripe {
 
     /// Creates the tenant's customer. The idempotency key is the tenant UID's, so Stripe answers
     /// a retry with the customer it already made.
-    pub async fn create_customer(&self, tenant: &str, tenant_uid: &str, display_name: &str) -> Result<String> {
-        let req = stripe_core::customer::CreateCustomer::new().name(display_name).description(format!("Alcove tenant {tenant}")).metadata(metadata(tenant, tenant_uid));
+    pub async fn create_customer(
+        &self,
+        tenant: &str,
+        tenant_uid: &str,
+        display_name: &str,
+    ) -> Result<String> {
+        let req = stripe_core::customer::CreateCustomer::new()
+            .name(display_name)
+            .description(format!("Alcove tenant {tenant}"))
+            .metadata(metadata(tenant, tenant_uid));
         let c: Object = self.call(&req, Some(format!("alcove-customer-{tenant_uid}"))).await?;
         Ok(c.id)
     }
@@ -133,7 +153,8 @@ impl Stripe {
     /// Links an existing customer to a tenant: it must exist; its metadata then names the tenant,
     /// so payments to it are credited to the tenant.
     pub async fn link_customer(&self, id: &str, tenant: &str, tenant_uid: &str) -> Result<()> {
-        let req = stripe_core::customer::UpdateCustomer::new(id).metadata(metadata(tenant, tenant_uid));
+        let req =
+            stripe_core::customer::UpdateCustomer::new(id).metadata(metadata(tenant, tenant_uid));
         let _: Object = self.call(&req, Some(format!("alcove-link-{tenant_uid}-{id}"))).await?;
         Ok(())
     }
@@ -141,7 +162,10 @@ impl Stripe {
     /// The tenant (name, UID) a customer belongs to, from its metadata.
     pub async fn customer_tenant(&self, id: &str) -> Result<Option<(String, String)>> {
         let c: Object = self.call(&stripe_core::customer::RetrieveCustomer::new(id), None).await?;
-        Ok(c.metadata.get("alcove_tenant").cloned().zip(c.metadata.get("alcove_tenant_uid").cloned()))
+        Ok(c.metadata
+            .get("alcove_tenant")
+            .cloned()
+            .zip(c.metadata.get("alcove_tenant_uid").cloned()))
     }
 
     /// Creates one usage record (an invoice item), keyed by instance and period start.
@@ -167,31 +191,54 @@ impl Stripe {
             .customer(r.customer)
             .currency(currency)
             .amount(u.amount)
-            .description(format!("GPU time: {} ({}), {secs:.3} GPU-seconds on {} × {}", r.instance, r.tenant, r.gpus, r.product))
+            .description(format!(
+                "GPU time: {} ({}), {secs:.3} GPU-seconds on {} × {}",
+                r.instance, r.tenant, r.gpus, r.product
+            ))
             .metadata(meta);
-        let item: Object = self.call(&req, Some(super::meter::record_key(r.instance_uid, u.from))).await?;
+        let item: Object =
+            self.call(&req, Some(super::meter::record_key(r.instance_uid, u.from))).await?;
         Ok(item.id)
     }
 
     /// The usage records of an instance starting at or after `since`, oldest first: what a
     /// report cut short by a crash left behind.
-    pub async fn find_usage(&self, customer: &str, instance_uid: &str, since: jiff::Timestamp) -> Result<Vec<Usage>> {
+    pub async fn find_usage(
+        &self,
+        customer: &str,
+        instance_uid: &str,
+        since: jiff::Timestamp,
+    ) -> Result<Vec<Usage>> {
         let mut found = Vec::new();
         let mut after: Option<String> = None;
         loop {
-            let mut req = stripe_billing::invoice_item::ListInvoiceItem::new().customer(customer).limit(100);
+            let mut req =
+                stripe_billing::invoice_item::ListInvoiceItem::new().customer(customer).limit(100);
             if let Some(a) = &after {
                 req = req.starting_after(a.clone());
             }
             let page: List<Object> = self.call(&req, None).await?;
             for item in &page.data {
-                if item.metadata.get("alcove_instance_uid").map(String::as_str) != Some(instance_uid) {
+                if item.metadata.get("alcove_instance_uid").map(String::as_str)
+                    != Some(instance_uid)
+                {
                     continue;
                 }
                 let m = |k: &str| item.metadata.get(k).cloned().unwrap_or_default();
-                let (Ok(from), Ok(to)) = (m("period_start").parse::<jiff::Timestamp>(), m("period_end").parse::<jiff::Timestamp>()) else { continue };
+                let (Ok(from), Ok(to)) = (
+                    m("period_start").parse::<jiff::Timestamp>(),
+                    m("period_end").parse::<jiff::Timestamp>(),
+                ) else {
+                    continue;
+                };
                 if from >= since {
-                    found.push(Usage { from, to, gpu_millis: m("gpu_millis").parse().unwrap_or(0), amount: item.amount.unwrap_or(0), carry: m("carry").parse().unwrap_or(0) });
+                    found.push(Usage {
+                        from,
+                        to,
+                        gpu_millis: m("gpu_millis").parse().unwrap_or(0),
+                        amount: item.amount.unwrap_or(0),
+                        carry: m("carry").parse().unwrap_or(0),
+                    });
                 }
             }
             // Newest first: once a page reaches records made before `since`, older pages cannot
@@ -208,7 +255,8 @@ impl Stripe {
 
     /// A PaymentIntent, read from Stripe (an event's copy is never trusted for amounts).
     pub async fn payment(&self, id: &str) -> Result<Payment> {
-        let p: Object = self.call(&stripe_core::payment_intent::RetrievePaymentIntent::new(id), None).await?;
+        let p: Object =
+            self.call(&stripe_core::payment_intent::RetrievePaymentIntent::new(id), None).await?;
         Ok(Payment {
             succeeded: p.status.as_deref() == Some("succeeded"),
             amount: p.amount_received.or(p.amount).unwrap_or(0),
@@ -220,5 +268,9 @@ impl Stripe {
 }
 
 fn metadata(tenant: &str, tenant_uid: &str) -> HashMap<String, String> {
-    [("alcove_tenant".to_string(), tenant.to_string()), ("alcove_tenant_uid".to_string(), tenant_uid.to_string())].into()
+    [
+        ("alcove_tenant".to_string(), tenant.to_string()),
+        ("alcove_tenant_uid".to_string(), tenant_uid.to_string()),
+    ]
+    .into()
 }

@@ -44,7 +44,12 @@ impl Refusal {
 }
 
 /// Verifies a delivery. `now` is unix seconds.
-pub fn verify(secret: &[u8], header: Option<&str>, payload: &[u8], now: i64) -> Result<(), Refusal> {
+pub fn verify(
+    secret: &[u8],
+    header: Option<&str>,
+    payload: &[u8],
+    now: i64,
+) -> Result<(), Refusal> {
     let header = header.ok_or(Refusal::Missing)?;
     let mut t = None;
     let mut signatures = Vec::new();
@@ -90,11 +95,20 @@ fn reply(code: StatusCode, body: serde_json::Value) -> Response {
     (code, Json(body)).into_response()
 }
 
-pub async fn handle(State(s): State<Arc<WebhookState>>, headers: HeaderMap, body: Bytes) -> Response {
+pub async fn handle(
+    State(s): State<Arc<WebhookState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let outcome = |o: &str| s.metrics.webhooks.with_label_values(&[o]).inc();
-    let (Some(secret), Some(stripe)) = (s.billing.webhook_secret.as_ref(), s.billing.stripe.as_ref()) else {
+    let (Some(secret), Some(stripe)) =
+        (s.billing.webhook_secret.as_ref(), s.billing.stripe.as_ref())
+    else {
         outcome("refused");
-        return reply(StatusCode::SERVICE_UNAVAILABLE, json!({"error": "billing is disabled on this operator (no Stripe API key or webhook signing secret)"}));
+        return reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"error": "billing is disabled on this operator (no Stripe API key or webhook signing secret)"}),
+        );
     };
     let header = headers.get("stripe-signature").and_then(|v| v.to_str().ok());
     if let Err(r) = verify(secret.expose().as_bytes(), header, &body, s.clock.now().as_second()) {
@@ -106,7 +120,10 @@ pub async fn handle(State(s): State<Arc<WebhookState>>, headers: HeaderMap, body
         Ok(v) => v,
         Err(e) => {
             outcome("refused");
-            return reply(StatusCode::BAD_REQUEST, json!({"error": format!("the event is not JSON: {e}")}));
+            return reply(
+                StatusCode::BAD_REQUEST,
+                json!({"error": format!("the event is not JSON: {e}")}),
+            );
         }
     };
     let kind = event["type"].as_str().unwrap_or_default();
@@ -115,9 +132,16 @@ pub async fn handle(State(s): State<Arc<WebhookState>>, headers: HeaderMap, body
         outcome("ignored");
         return reply(StatusCode::OK, json!({"ignored": kind}));
     }
-    let Some(intent) = event.pointer("/data/object/id").and_then(|v| v.as_str()).filter(|id| id.starts_with("pi_")) else {
+    let Some(intent) = event
+        .pointer("/data/object/id")
+        .and_then(|v| v.as_str())
+        .filter(|id| id.starts_with("pi_"))
+    else {
         outcome("refused");
-        return reply(StatusCode::BAD_REQUEST, json!({"error": "payment_intent.succeeded without a PaymentIntent id"}));
+        return reply(
+            StatusCode::BAD_REQUEST,
+            json!({"error": "payment_intent.succeeded without a PaymentIntent id"}),
+        );
     };
     match credit(&s, stripe, intent).await {
         Ok(Credit::Applied { tenant }) => {
@@ -127,7 +151,10 @@ pub async fn handle(State(s): State<Arc<WebhookState>>, headers: HeaderMap, body
         }
         Ok(Credit::Duplicate { tenant }) => {
             outcome("duplicate");
-            reply(StatusCode::OK, json!({"applied": false, "tenant": tenant, "reason": "this payment was already credited"}))
+            reply(
+                StatusCode::OK,
+                json!({"applied": false, "tenant": tenant, "reason": "this payment was already credited"}),
+            )
         }
         Ok(Credit::Ignored(why)) => {
             outcome("ignored");
@@ -149,25 +176,40 @@ enum Credit {
     Ignored(String),
 }
 
-async fn credit(s: &WebhookState, stripe: &super::stripe::Stripe, intent: &str) -> crate::error::Result<Credit> {
+async fn credit(
+    s: &WebhookState,
+    stripe: &super::stripe::Stripe,
+    intent: &str,
+) -> crate::error::Result<Credit> {
     let payment = stripe.payment(intent).await?;
     if !payment.succeeded {
         return Ok(Credit::Ignored(format!("PaymentIntent {intent} has not succeeded")));
     }
-    let Some(customer) = payment.customer.as_deref() else { return Ok(Credit::Ignored(format!("PaymentIntent {intent} has no customer"))) };
+    let Some(customer) = payment.customer.as_deref() else {
+        return Ok(Credit::Ignored(format!("PaymentIntent {intent} has no customer")));
+    };
     let Some((tenant_name, uid)) = stripe.customer_tenant(customer).await? else {
         return Ok(Credit::Ignored(format!("customer {customer} belongs to no tenant")));
     };
     let tenants: kube::Api<alcove_crds::Tenant> = kube::Api::all(s.client.clone());
     // A list by name: the operator's RBAC has list (for its caches) and no need for get.
-    let found = tenants.list(&kube::api::ListParams::default().fields(&format!("metadata.name={tenant_name}"))).await?;
-    let Some(tenant) = found.items.into_iter().find(|t| t.uid().as_deref() == Some(uid.as_str())) else {
-        return Ok(Credit::Ignored(format!("tenant {tenant_name} of customer {customer} no longer exists")));
+    let found = tenants
+        .list(&kube::api::ListParams::default().fields(&format!("metadata.name={tenant_name}")))
+        .await?;
+    let Some(tenant) = found.items.into_iter().find(|t| t.uid().as_deref() == Some(uid.as_str()))
+    else {
+        return Ok(Credit::Ignored(format!(
+            "tenant {tenant_name} of customer {customer} no longer exists"
+        )));
     };
     let currency = tenant.spec.billing.as_ref().map(|b| b.currency.clone()).unwrap_or_default();
     if payment.currency != currency {
-        let why = format!("payment {intent} is in {} but tenant {tenant_name} is billed in {currency}; not credited", payment.currency);
-        crate::context::publish(&s.recorder, &tenant, true, "TopUpRefused", "Credit", why.clone()).await;
+        let why = format!(
+            "payment {intent} is in {} but tenant {tenant_name} is billed in {currency}; not credited",
+            payment.currency
+        );
+        crate::context::publish(&s.recorder, &tenant, true, "TopUpRefused", "Credit", why.clone())
+            .await;
         return Ok(Credit::Ignored(why));
     }
     let mut applied = false;
@@ -179,7 +221,10 @@ async fn credit(s: &WebhookState, stripe: &super::stripe::Stripe, intent: &str) 
     if !applied {
         return Ok(Credit::Duplicate { tenant: tenant_name });
     }
-    let note = format!("credited {} (payment {intent})", super::account::display(payment.amount, &currency));
+    let note = format!(
+        "credited {} (payment {intent})",
+        super::account::display(payment.amount, &currency)
+    );
     crate::context::publish(&s.recorder, &tenant, false, "TopUp", "Credit", note).await;
     Ok(Credit::Applied { tenant: tenant_name })
 }
@@ -202,17 +247,49 @@ mod tests {
         let good = format!("t={now},v1={}", sign(secret, now, body));
         assert_eq!(verify(secret.as_bytes(), Some(&good), body.as_bytes(), now + 10), Ok(()));
         // Rotation: a header may carry several v1 signatures (and v0 ones, which are ignored).
-        let rotated = format!("t={now},v1={},v1={},v0=abcd", sign("whsec_old", now, body), sign(secret, now, body));
+        let rotated = format!(
+            "t={now},v1={},v1={},v0=abcd",
+            sign("whsec_old", now, body),
+            sign(secret, now, body)
+        );
         assert_eq!(verify(secret.as_bytes(), Some(&rotated), body.as_bytes(), now), Ok(()));
-        assert_eq!(verify(secret.as_bytes(), Some(&good), br#"{"id":"evt_1","type":"payment_intent.succeeded","x":1}"#, now), Err(Refusal::Mismatch), "a changed payload");
-        assert_eq!(verify(b"whsec_other", Some(&good), body.as_bytes(), now), Err(Refusal::Mismatch), "another secret");
-        assert_eq!(verify(secret.as_bytes(), Some(&good), body.as_bytes(), now + TOLERANCE_SECS + 1), Err(Refusal::Stale));
+        assert_eq!(
+            verify(
+                secret.as_bytes(),
+                Some(&good),
+                br#"{"id":"evt_1","type":"payment_intent.succeeded","x":1}"#,
+                now
+            ),
+            Err(Refusal::Mismatch),
+            "a changed payload"
+        );
+        assert_eq!(
+            verify(b"whsec_other", Some(&good), body.as_bytes(), now),
+            Err(Refusal::Mismatch),
+            "another secret"
+        );
+        assert_eq!(
+            verify(secret.as_bytes(), Some(&good), body.as_bytes(), now + TOLERANCE_SECS + 1),
+            Err(Refusal::Stale)
+        );
         // The timestamp is signed: moving it forward breaks the signature.
         let moved = format!("t={},v1={}", now + 400, sign(secret, now, body));
-        assert_eq!(verify(secret.as_bytes(), Some(&moved), body.as_bytes(), now + 400), Err(Refusal::Mismatch));
+        assert_eq!(
+            verify(secret.as_bytes(), Some(&moved), body.as_bytes(), now + 400),
+            Err(Refusal::Mismatch)
+        );
         assert_eq!(verify(secret.as_bytes(), None, body.as_bytes(), now), Err(Refusal::Missing));
-        assert_eq!(verify(secret.as_bytes(), Some("v1=00"), body.as_bytes(), now), Err(Refusal::Malformed));
-        assert_eq!(verify(secret.as_bytes(), Some(&format!("t={now}")), body.as_bytes(), now), Err(Refusal::Malformed));
-        assert_eq!(verify(secret.as_bytes(), Some(&format!("t={now},v1=zz")), body.as_bytes(), now), Err(Refusal::Mismatch));
+        assert_eq!(
+            verify(secret.as_bytes(), Some("v1=00"), body.as_bytes(), now),
+            Err(Refusal::Malformed)
+        );
+        assert_eq!(
+            verify(secret.as_bytes(), Some(&format!("t={now}")), body.as_bytes(), now),
+            Err(Refusal::Malformed)
+        );
+        assert_eq!(
+            verify(secret.as_bytes(), Some(&format!("t={now},v1=zz")), body.as_bytes(), now),
+            Err(Refusal::Mismatch)
+        );
     }
 }

@@ -9,7 +9,10 @@
 
 use std::collections::BTreeMap;
 
-use alcove_crds::{DataClass, InferenceInstance, KnowledgeBase, LABEL_DATA_CLASS, LABEL_INSTANCE, ModelFormat, ModelSource, ResolvedPlacement};
+use alcove_crds::{
+    DataClass, InferenceInstance, KnowledgeBase, LABEL_DATA_CLASS, LABEL_INSTANCE, ModelFormat,
+    ModelSource, ResolvedPlacement,
+};
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::ResourceExt;
@@ -111,12 +114,16 @@ pub fn system_prompt(i: &InferenceInstance) -> Option<ConfigMap> {
 /// The conversation-history volume, in the tier's storage class.
 pub fn history_pvc(i: &InferenceInstance, tier: &TierConfig) -> PersistentVolumeClaim {
     let mut meta = child_meta(i, &history_pvc_name(&i.name_any()));
-    meta.labels.get_or_insert_with(BTreeMap::new).insert(LABEL_DATA_CLASS.into(), DataClass::ConversationHistory.as_str().into());
+    meta.labels
+        .get_or_insert_with(BTreeMap::new)
+        .insert(LABEL_DATA_CLASS.into(), DataClass::ConversationHistory.as_str().into());
     let mut spec = json!({"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": tier.history_size}}});
     if !tier.storage_class.is_empty() {
         spec["storageClassName"] = json!(tier.storage_class);
     }
-    from_json(json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": meta, "spec": spec}))
+    from_json(
+        json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": meta, "spec": spec}),
+    )
 }
 
 pub fn service(i: &InferenceInstance) -> Service {
@@ -141,18 +148,33 @@ pub fn gpu_resource(i: &InferenceInstance) -> (String, i32) {
 
 /// A model source as a read-only volume named `volume` mounted at `dir`, and the model's path in
 /// the container. `field` (e.g. `spec.model`) names the spec field in errors.
-pub fn model_volume(volume: &str, dir: &str, source: &ModelSource, path: Option<&str>, field: &str, config: &Config) -> Result<(Value, String), String> {
+pub fn model_volume(
+    volume: &str,
+    dir: &str,
+    source: &ModelSource,
+    path: Option<&str>,
+    field: &str,
+    config: &Config,
+) -> Result<(Value, String), String> {
     let path = path.unwrap_or_default().trim_end_matches('/');
     let in_volume = if path.is_empty() { dir.to_string() } else { format!("{dir}/{path}") };
     if let Some(name) = &source.platform {
         let pm = &config.platform_models;
-        return Ok((json!({"name": volume, "csi": {"driver": pm.csi_driver, "readOnly": true, "volumeAttributes": {pm.attribute.as_str(): name}}}), in_volume));
+        return Ok((
+            json!({"name": volume, "csi": {"driver": pm.csi_driver, "readOnly": true, "volumeAttributes": {pm.attribute.as_str(): name}}}),
+            in_volume,
+        ));
     }
     if let Some(pvc) = &source.pvc {
-        return Ok((json!({"name": volume, "persistentVolumeClaim": {"claimName": pvc.claim_name, "readOnly": true}}), in_volume));
+        return Ok((
+            json!({"name": volume, "persistentVolumeClaim": {"claimName": pvc.claim_name, "readOnly": true}}),
+            in_volume,
+        ));
     }
     if source.uri.is_some() {
-        return Err(format!("{field}.source.uri is not supported by this operator version; use {field}.source.platform or {field}.source.pvc"));
+        return Err(format!(
+            "{field}.source.uri is not supported by this operator version; use {field}.source.platform or {field}.source.pvc"
+        ));
     }
     Err(format!("{field}.source names no model"))
 }
@@ -177,7 +199,10 @@ pub enum KbProblem {
 
 /// Resolves `spec.knowledgeBases` with `lookup(namespace, name)`. A reference to another namespace
 /// is refused even when that knowledge base exists: a tenant's documents never cross namespaces.
-pub fn resolve_knowledge_bases(i: &InferenceInstance, lookup: impl Fn(&str, &str) -> Option<std::sync::Arc<KnowledgeBase>>) -> Result<Vec<KbMount>, KbProblem> {
+pub fn resolve_knowledge_bases(
+    i: &InferenceInstance,
+    lookup: impl Fn(&str, &str) -> Option<std::sync::Arc<KnowledgeBase>>,
+) -> Result<Vec<KbMount>, KbProblem> {
     let ns = i.namespace().unwrap_or_default();
     let mut mounts = Vec::new();
     for (ix, r) in i.spec.knowledge_bases.iter().enumerate() {
@@ -188,13 +213,24 @@ pub fn resolve_knowledge_bases(i: &InferenceInstance, lookup: impl Fn(&str, &str
             )));
         }
         let Some(kb) = lookup(&ns, &r.name) else {
-            return Err(KbProblem::Waiting(format!("knowledge base {} (spec.knowledgeBases[{ix}]) does not exist", r.name)));
+            return Err(KbProblem::Waiting(format!(
+                "knowledge base {} (spec.knowledgeBases[{ix}]) does not exist",
+                r.name
+            )));
         };
         let status = kb.status.clone().unwrap_or_default();
         let (Some(_), Some(claim)) = (status.indexed_at, status.volume) else {
-            return Err(KbProblem::Waiting(format!("knowledge base {} is not indexed yet", r.name)));
+            return Err(KbProblem::Waiting(format!(
+                "knowledge base {} is not indexed yet",
+                r.name
+            )));
         };
-        mounts.push(KbMount { name: r.name.clone(), claim, embedding: kb.spec.embedding_model.clone(), top_k: kb.spec.top_k });
+        mounts.push(KbMount {
+            name: r.name.clone(),
+            claim,
+            embedding: kb.spec.embedding_model.clone(),
+            top_k: kb.spec.top_k,
+        });
     }
     Ok(mounts)
 }
@@ -212,7 +248,14 @@ pub struct PodInputs<'a> {
 /// The server pod. `Err` names the spec field this operator cannot serve.
 pub fn pod(i: &InferenceInstance, config: &Config, inputs: &PodInputs) -> Result<Pod, String> {
     let name = i.name_any();
-    let (model_vol, model_path) = model_volume("model", MODEL_DIR, &i.spec.model.source, i.spec.model.path.as_deref(), "spec.model", config)?;
+    let (model_vol, model_path) = model_volume(
+        "model",
+        MODEL_DIR,
+        &i.spec.model.source,
+        i.spec.model.path.as_deref(),
+        "spec.model",
+        config,
+    )?;
     if i.spec.model.format == ModelFormat::Gguf && !model_path.ends_with(".gguf") {
         return Err("spec.model.path must name the .gguf file for a gguf model".into());
     }
@@ -261,12 +304,24 @@ pub fn pod(i: &InferenceInstance, config: &Config, inputs: &PodInputs) -> Result
     }
     // Knowledge bases: each index volume read-only, and the one embedding model they share.
     if let Some(first) = inputs.knowledge_bases.first() {
-        if let Some(other) = inputs.knowledge_bases.iter().find(|k| k.embedding != first.embedding) {
-            return Err(format!("spec.knowledgeBases: {} and {} were indexed with different embedding models; one instance serves one", first.name, other.name));
+        if let Some(other) = inputs.knowledge_bases.iter().find(|k| k.embedding != first.embedding)
+        {
+            return Err(format!(
+                "spec.knowledgeBases: {} and {} were indexed with different embedding models; one instance serves one",
+                first.name, other.name
+            ));
         }
-        let (volume, path) = model_volume("embedding-model", EMBEDDING_DIR, &first.embedding.source, first.embedding.path.as_deref(), "knowledge base embeddingModel", config)?;
+        let (volume, path) = model_volume(
+            "embedding-model",
+            EMBEDDING_DIR,
+            &first.embedding.source,
+            first.embedding.path.as_deref(),
+            "knowledge base embeddingModel",
+            config,
+        )?;
         volumes.push(volume);
-        mounts.push(json!({"name": "embedding-model", "mountPath": EMBEDDING_DIR, "readOnly": true}));
+        mounts
+            .push(json!({"name": "embedding-model", "mountPath": EMBEDDING_DIR, "readOnly": true}));
         args.extend(["--embedding-model".into(), path]);
         for kb in inputs.knowledge_bases {
             let volume = format!("kb-{}", kb.name);
@@ -356,20 +411,37 @@ mod tests {
     use alcove_crds::Tenant;
 
     fn instance(file: &str) -> InferenceInstance {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/good").join(file);
-        let mut i: InferenceInstance = serde_saphyr::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/good").join(file);
+        let mut i: InferenceInstance =
+            serde_saphyr::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
         i.metadata.uid = Some("uid-i".into());
         i
     }
 
     fn placement() -> ResolvedPlacement {
-        let t: Tenant = serde_saphyr::from_str(&std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/good/tenant-basic.yaml")).unwrap()).unwrap();
+        let t: Tenant = serde_saphyr::from_str(
+            &std::fs::read_to_string(
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("../examples/good/tenant-basic.yaml"),
+            )
+            .unwrap(),
+        )
+        .unwrap();
         crate::tenant::builders::placement(&t, &Config::for_tests())
     }
 
     fn build(i: &InferenceInstance, rotation: &str) -> Value {
         let p = placement();
-        serde_json::to_value(pod(i, &Config::for_tests(), &PodInputs { placement: &p, key_rotation: rotation, knowledge_bases: &[] }).unwrap()).unwrap()
+        serde_json::to_value(
+            pod(
+                i,
+                &Config::for_tests(),
+                &PodInputs { placement: &p, key_rotation: rotation, knowledge_bases: &[] },
+            )
+            .unwrap(),
+        )
+        .unwrap()
     }
 
     #[test]
@@ -382,13 +454,20 @@ mod tests {
         let c = &spec["containers"][0];
         assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
         assert_eq!(c["securityContext"]["capabilities"]["drop"], json!(["ALL"]));
-        let args: Vec<&str> = c["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
+        let args: Vec<&str> =
+            c["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
         assert!(args.windows(2).any(|w| w == ["--api-key-file", "/etc/alcove/api-key/api-key"]));
         assert!(args.windows(2).any(|w| w == ["--history-key-file", "/etc/alcove/tenant-key/key"]));
-        assert!(args.windows(2).any(|w| w == ["--system-prompt-file", "/etc/alcove/prompt/system-prompt"]));
+        assert!(
+            args.windows(2)
+                .any(|w| w == ["--system-prompt-file", "/etc/alcove/prompt/system-prompt"])
+        );
         assert!(args.contains(&"--max-tokens=256") && args.contains(&"--context-length=2048"));
         let env = c["env"].as_array().unwrap();
-        assert!(env.iter().all(|e| e.get("valueFrom").and_then(|v| v.get("secretKeyRef")).is_none()), "no secret in env");
+        assert!(
+            env.iter().all(|e| e.get("valueFrom").and_then(|v| v.get("secretKeyRef")).is_none()),
+            "no secret in env"
+        );
         assert_eq!(env.len(), 1, "only POD_IP");
         let volumes = spec["volumes"].as_array().unwrap();
         let model = volumes.iter().find(|v| v["name"] == "model").unwrap();
@@ -396,7 +475,10 @@ mod tests {
         assert_eq!(model["csi"]["readOnly"], true);
         assert_eq!(model["csi"]["volumeAttributes"]["model"], "default");
         let mounts = c["volumeMounts"].as_array().unwrap();
-        assert!(mounts.iter().filter(|m| m["name"] != "history").all(|m| m["readOnly"] == true), "only history is writable");
+        assert!(
+            mounts.iter().filter(|m| m["name"] != "history").all(|m| m["readOnly"] == true),
+            "only history is writable"
+        );
     }
 
     #[test]
@@ -409,13 +491,22 @@ mod tests {
         assert_eq!(p["spec"]["nodeSelector"]["nvidia.com/gpu.product"], "NVIDIA-H100-80GB-HBM3");
         assert_eq!(p["spec"]["nodeSelector"]["topology.kubernetes.io/region"], "tw-taipei-1");
         assert_eq!(p["spec"]["nodeSelector"]["alcove.dev/pool"], "shared");
-        assert!(p["spec"]["tolerations"].as_array().unwrap().iter().any(|t| t["key"] == "nvidia.com/gpu"));
+        assert!(
+            p["spec"]["tolerations"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|t| t["key"] == "nvidia.com/gpu")
+        );
         assert!(p["spec"]["terminationGracePeriodSeconds"].as_i64().unwrap() <= 2);
 
         let mut mig = i.clone();
         mig.spec.gpu.mig_profile = Some("1g.10gb".into());
         let p = build(&mig, "");
-        assert_eq!(p["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/mig-1g.10gb"], "1");
+        assert_eq!(
+            p["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/mig-1g.10gb"],
+            "1"
+        );
         assert!(p["spec"]["containers"][0]["resources"]["limits"].get("nvidia.com/gpu").is_none());
     }
 
@@ -427,16 +518,25 @@ mod tests {
         let model = args.iter().position(|a| a == "--model").unwrap();
         assert_eq!(args[model + 1], "/models/model.gguf");
         let mut on_pvc = i.clone();
-        on_pvc.spec.model.source = serde_json::from_value(json!({"pvc": {"claimName": "weights"}})).unwrap();
+        on_pvc.spec.model.source =
+            serde_json::from_value(json!({"pvc": {"claimName": "weights"}})).unwrap();
         let p = build(&on_pvc, "");
-        let v = p["spec"]["volumes"].as_array().unwrap().iter().find(|v| v["name"] == "model").unwrap().clone();
+        let v = p["spec"]["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == "model")
+            .unwrap()
+            .clone();
         assert_eq!(v["persistentVolumeClaim"], json!({"claimName": "weights", "readOnly": true}));
     }
 
     #[test]
     fn the_pod_hash_follows_spec_and_key_rotation_only() {
         let i = instance("instance-safetensors.yaml");
-        let h = |i: &InferenceInstance, r: &str| build(i, r)["metadata"]["annotations"][POD_HASH].as_str().unwrap().to_string();
+        let h = |i: &InferenceInstance, r: &str| {
+            build(i, r)["metadata"]["annotations"][POD_HASH].as_str().unwrap().to_string()
+        };
         assert_eq!(h(&i, ""), h(&i, ""));
         assert_ne!(h(&i, ""), h(&i, "2026-11-22"), "a rotation re-creates the pod");
         let mut more = i.clone();
@@ -444,7 +544,11 @@ mod tests {
         assert_ne!(h(&i, ""), h(&more, ""));
         let mut prompt = i.clone();
         prompt.spec.system_prompt = Some("Something else.".into());
-        assert_eq!(h(&i, ""), h(&prompt, ""), "a new prompt reaches the running server through its volume");
+        assert_eq!(
+            h(&i, ""),
+            h(&prompt, ""),
+            "a new prompt reaches the running server through its volume"
+        );
     }
 
     #[test]
@@ -453,15 +557,24 @@ mod tests {
         let data = s.data.unwrap();
         let text = String::from_utf8(data[API_KEY_FIELD].0.clone()).unwrap();
         assert_eq!(text, "ab".repeat(32));
-        assert_eq!(key_rotation_of(&Secret { metadata: s.metadata.clone(), ..Default::default() }), "r1");
+        assert_eq!(
+            key_rotation_of(&Secret { metadata: s.metadata.clone(), ..Default::default() }),
+            "r1"
+        );
     }
 
     #[test]
     fn uri_sources_are_refused_by_name() {
         let mut i = instance("instance-gguf.yaml");
-        i.spec.model.source = serde_json::from_value(json!({"uri": "https://example.com/m.gguf"})).unwrap();
+        i.spec.model.source =
+            serde_json::from_value(json!({"uri": "https://example.com/m.gguf"})).unwrap();
         let p = placement();
-        let err = pod(&i, &Config::for_tests(), &PodInputs { placement: &p, key_rotation: "", knowledge_bases: &[] }).unwrap_err();
+        let err = pod(
+            &i,
+            &Config::for_tests(),
+            &PodInputs { placement: &p, key_rotation: "", knowledge_bases: &[] },
+        )
+        .unwrap_err();
         assert!(err.contains("spec.model.source.uri"), "{err}");
     }
 
@@ -473,7 +586,11 @@ mod tests {
         }))
         .unwrap();
         if indexed {
-            kb.status = Some(alcove_crds::KnowledgeBaseStatus { indexed_at: Some("2026-11-22T10:00:00Z".into()), volume: Some(format!("{name}-index")), ..Default::default() });
+            kb.status = Some(alcove_crds::KnowledgeBaseStatus {
+                indexed_at: Some("2026-11-22T10:00:00Z".into()),
+                volume: Some(format!("{name}-index")),
+                ..Default::default()
+            });
         }
         kb
     }
@@ -482,22 +599,41 @@ mod tests {
     fn knowledge_bases_resolve_in_the_own_namespace_only() {
         let mut i = instance("instance-gguf.yaml");
         let ns = i.namespace().unwrap();
-        let kbs = [kb("handbook", &ns, true), kb("fresh", &ns, false), kb("theirs", "tenant-other", true)];
-        let lookup = |n: &str, name: &str| kbs.iter().find(|k| k.namespace().as_deref() == Some(n) && k.name_any() == name).cloned().map(std::sync::Arc::new);
+        let kbs = [
+            kb("handbook", &ns, true),
+            kb("fresh", &ns, false),
+            kb("theirs", "tenant-other", true),
+        ];
+        let lookup = |n: &str, name: &str| {
+            kbs.iter()
+                .find(|k| k.namespace().as_deref() == Some(n) && k.name_any() == name)
+                .cloned()
+                .map(std::sync::Arc::new)
+        };
         i.spec.knowledge_bases = serde_json::from_value(json!([{"name": "handbook"}])).unwrap();
         let mounts = resolve_knowledge_bases(&i, lookup).unwrap();
         assert_eq!(mounts[0].claim, "handbook-index");
         // Another namespace: refused by name, even when the knowledge base exists there.
-        i.spec.knowledge_bases = serde_json::from_value(json!([{"name": "theirs", "namespace": "tenant-other"}])).unwrap();
+        i.spec.knowledge_bases =
+            serde_json::from_value(json!([{"name": "theirs", "namespace": "tenant-other"}]))
+                .unwrap();
         match resolve_knowledge_bases(&i, lookup) {
-            Err(KbProblem::Refused(why)) => assert!(why.contains("spec.knowledgeBases[0].namespace") && why.contains("tenant-other"), "{why}"),
+            Err(KbProblem::Refused(why)) => {
+                assert!(
+                    why.contains("spec.knowledgeBases[0].namespace")
+                        && why.contains("tenant-other"),
+                    "{why}"
+                )
+            }
             other => panic!("{other:?}"),
         }
         // Not indexed yet, or missing: wait.
         i.spec.knowledge_bases = serde_json::from_value(json!([{"name": "fresh"}])).unwrap();
         assert!(matches!(resolve_knowledge_bases(&i, lookup), Err(KbProblem::Waiting(_))));
         i.spec.knowledge_bases = serde_json::from_value(json!([{"name": "nope"}])).unwrap();
-        assert!(matches!(resolve_knowledge_bases(&i, lookup), Err(KbProblem::Waiting(w)) if w.contains("nope")));
+        assert!(
+            matches!(resolve_knowledge_bases(&i, lookup), Err(KbProblem::Waiting(w)) if w.contains("nope"))
+        );
     }
 
     #[test]
@@ -506,24 +642,55 @@ mod tests {
         let ns = i.namespace().unwrap();
         let k = kb("handbook", &ns, true);
         i.spec.knowledge_bases = serde_json::from_value(json!([{"name": "handbook"}])).unwrap();
-        let mounts = resolve_knowledge_bases(&i, |_, _| Some(std::sync::Arc::new(k.clone()))).unwrap();
+        let mounts =
+            resolve_knowledge_bases(&i, |_, _| Some(std::sync::Arc::new(k.clone()))).unwrap();
         let p = placement();
-        let built = serde_json::to_value(pod(&i, &Config::for_tests(), &PodInputs { placement: &p, key_rotation: "", knowledge_bases: &mounts }).unwrap()).unwrap();
+        let built = serde_json::to_value(
+            pod(
+                &i,
+                &Config::for_tests(),
+                &PodInputs { placement: &p, key_rotation: "", knowledge_bases: &mounts },
+            )
+            .unwrap(),
+        )
+        .unwrap();
         let c = &built["spec"]["containers"][0];
-        let args: Vec<&str> = c["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
+        let args: Vec<&str> =
+            c["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
         assert!(args.windows(2).any(|w| w == ["--kb", "/kb/handbook/index"]), "{args:?}");
-        assert!(args.windows(2).any(|w| w == ["--embedding-model", "/embedding-model"]), "{args:?}");
+        assert!(
+            args.windows(2).any(|w| w == ["--embedding-model", "/embedding-model"]),
+            "{args:?}"
+        );
         assert!(args.contains(&"--kb-top-k=3"));
-        let vol = built["spec"]["volumes"].as_array().unwrap().iter().find(|v| v["name"] == "kb-handbook").unwrap();
-        assert_eq!(vol["persistentVolumeClaim"], json!({"claimName": "handbook-index", "readOnly": true}));
-        let mount = c["volumeMounts"].as_array().unwrap().iter().find(|m| m["name"] == "kb-handbook").unwrap();
+        let vol = built["spec"]["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == "kb-handbook")
+            .unwrap();
+        assert_eq!(
+            vol["persistentVolumeClaim"],
+            json!({"claimName": "handbook-index", "readOnly": true})
+        );
+        let mount = c["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == "kb-handbook")
+            .unwrap();
         assert_eq!(mount["readOnly"], true);
         // Two embedding models cannot be served by one instance.
         let mut other = mounts[0].clone();
         other.name = "other".into();
         other.embedding.path = Some("elsewhere".into());
         let both = [mounts[0].clone(), other];
-        let err = pod(&i, &Config::for_tests(), &PodInputs { placement: &p, key_rotation: "", knowledge_bases: &both }).unwrap_err();
+        let err = pod(
+            &i,
+            &Config::for_tests(),
+            &PodInputs { placement: &p, key_rotation: "", knowledge_bases: &both },
+        )
+        .unwrap_err();
         assert!(err.contains("different embedding models"), "{err}");
     }
 }

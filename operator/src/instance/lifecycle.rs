@@ -1,7 +1,9 @@
 //! An instance's phase, conditions and GPU usage, from what was observed. Pure: the controller
 //! gathers the observation, this decides, the status writer writes.
 
-use alcove_crds::{InferenceInstance, InferenceInstanceStatus, InstancePhase, InstanceState, condition};
+use alcove_crds::{
+    InferenceInstance, InferenceInstanceStatus, InstancePhase, InstanceState, condition,
+};
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 
@@ -39,7 +41,9 @@ impl PodView {
     pub fn of(pod: &Pod) -> PodView {
         let status = pod.status.clone().unwrap_or_default();
         let cond = |t: &str| status.conditions.iter().flatten().find(|c| c.type_ == t).cloned();
-        let scheduled = cond("PodScheduled").map(|c| (c.status == "True", c.reason.unwrap_or_default(), c.message.unwrap_or_default()));
+        let scheduled = cond("PodScheduled").map(|c| {
+            (c.status == "True", c.reason.unwrap_or_default(), c.message.unwrap_or_default())
+        });
         let ready = cond("Ready").is_some_and(|c| c.status == "True");
         let failure = status.container_statuses.iter().flatten().find_map(|c| {
             let state = c.state.clone().unwrap_or_default();
@@ -47,13 +51,20 @@ impl PodView {
             let detail = |t: &k8s_openapi::api::core::v1::ContainerStateTerminated| {
                 let msg = t.message.clone().unwrap_or_default();
                 let msg = msg.trim();
-                if msg.is_empty() { format!("exit code {}", t.exit_code) } else { format!("exit code {}: {}", t.exit_code, last_line(msg)) }
+                if msg.is_empty() {
+                    format!("exit code {}", t.exit_code)
+                } else {
+                    format!("exit code {}: {}", t.exit_code, last_line(msg))
+                }
             };
             match (state.waiting, state.terminated) {
-                (Some(w), _) if w.reason.as_deref() == Some("CrashLoopBackOff") => {
-                    Some(format!("the server keeps exiting ({})", last.as_ref().map(detail).unwrap_or_else(|| "no exit detail".into())))
+                (Some(w), _) if w.reason.as_deref() == Some("CrashLoopBackOff") => Some(format!(
+                    "the server keeps exiting ({})",
+                    last.as_ref().map(detail).unwrap_or_else(|| "no exit detail".into())
+                )),
+                (_, Some(t)) if t.exit_code != 0 => {
+                    Some(format!("the server exited ({})", detail(&t)))
                 }
-                (_, Some(t)) if t.exit_code != 0 => Some(format!("the server exited ({})", detail(&t))),
                 _ => None,
             }
         });
@@ -90,36 +101,69 @@ pub fn billed_gpus(i: &InferenceInstance) -> i32 {
 
 /// Closes the current run (if any) at `end`: its GPU-seconds join the total.
 pub fn close_run(s: &mut InferenceInstanceStatus, end: jiff::Timestamp, gpus: i32) -> i64 {
-    let Some(start) = s.started_at.take().as_deref().and_then(crate::clock::parse) else { return 0 };
+    let Some(start) = s.started_at.take().as_deref().and_then(crate::clock::parse) else {
+        return 0;
+    };
     let used = usage(start, end, gpus);
     s.gpu_seconds += used;
     used
 }
 
 /// The status an instance should have.
-pub fn desired_status(i: &InferenceInstance, obs: &Observation, now: jiff::Timestamp) -> InferenceInstanceStatus {
+pub fn desired_status(
+    i: &InferenceInstance,
+    obs: &Observation,
+    now: jiff::Timestamp,
+) -> InferenceInstanceStatus {
     let prev = i.status.clone().unwrap_or_default();
     let generation = i.metadata.generation;
-    let c = |type_: &str, ok: bool, reason: &str, message: &str| conditions::condition(&prev.conditions, type_, ok, reason, message, generation, now);
+    let c = |type_: &str, ok: bool, reason: &str, message: &str| {
+        conditions::condition(&prev.conditions, type_, ok, reason, message, generation, now)
+    };
     let endpoint = builders::endpoint(i);
     let pod = obs.pod.as_ref().filter(|p| !p.deleting);
 
     let (phase, ready, scheduled) = if let Some(why) = &obs.invalid_spec {
-        (InstancePhase::Failed, c(condition::READY, false, "InvalidSpec", why), c(condition::SCHEDULED, false, "InvalidSpec", "no pod for a spec that cannot be served"))
+        (
+            InstancePhase::Failed,
+            c(condition::READY, false, "InvalidSpec", why),
+            c(
+                condition::SCHEDULED,
+                false,
+                "InvalidSpec",
+                "no pod for a spec that cannot be served",
+            ),
+        )
     } else if let Some(why) = &obs.credit_suspended {
         let msg = format!("{why}; the pod is deleted, billing stopped; volumes and key are kept");
-        (InstancePhase::Suspended, c(condition::READY, false, "CreditExhausted", &msg), c(condition::SCHEDULED, false, "CreditExhausted", &msg))
+        (
+            InstancePhase::Suspended,
+            c(condition::READY, false, "CreditExhausted", &msg),
+            c(condition::SCHEDULED, false, "CreditExhausted", &msg),
+        )
     } else if i.spec.state == InstanceState::Suspended {
         let msg = "suspended by spec.state: the pod is deleted, billing stopped; volumes and key are kept";
-        (InstancePhase::Suspended, c(condition::READY, false, "Suspended", msg), c(condition::SCHEDULED, false, "Suspended", msg))
+        (
+            InstancePhase::Suspended,
+            c(condition::READY, false, "Suspended", msg),
+            c(condition::SCHEDULED, false, "Suspended", msg),
+        )
     } else if let Some(refusal) = &obs.quota_refusal {
         let msg = format!("the tenant's quota has no room for this instance: {refusal}");
-        (InstancePhase::Pending, c(condition::READY, false, "QuotaExceeded", &msg), c(condition::SCHEDULED, false, "QuotaExceeded", &msg))
+        (
+            InstancePhase::Pending,
+            c(condition::READY, false, "QuotaExceeded", &msg),
+            c(condition::SCHEDULED, false, "QuotaExceeded", &msg),
+        )
     } else {
         match pod {
             None if obs.waiting.is_some() => {
                 let msg = obs.waiting.clone().unwrap_or_default();
-                (InstancePhase::Pending, c(condition::READY, false, "KnowledgeBaseNotReady", &msg), c(condition::SCHEDULED, false, "KnowledgeBaseNotReady", &msg))
+                (
+                    InstancePhase::Pending,
+                    c(condition::READY, false, "KnowledgeBaseNotReady", &msg),
+                    c(condition::SCHEDULED, false, "KnowledgeBaseNotReady", &msg),
+                )
             }
             None => (
                 InstancePhase::Pending,
@@ -128,28 +172,54 @@ pub fn desired_status(i: &InferenceInstance, obs: &Observation, now: jiff::Times
             ),
             Some(p) if !p.scheduled.as_ref().is_some_and(|s| s.0) => {
                 let (reason, message) = match &p.scheduled {
-                    Some((_, r, m)) if !m.is_empty() => (if r.is_empty() { "Unschedulable".to_string() } else { r.clone() }, m.clone()),
+                    Some((_, r, m)) if !m.is_empty() => (
+                        if r.is_empty() { "Unschedulable".to_string() } else { r.clone() },
+                        m.clone(),
+                    ),
                     _ => ("Scheduling".to_string(), "waiting for the scheduler".to_string()),
                 };
                 let msg = format!("waiting for GPUs: {message}");
-                (InstancePhase::Pending, c(condition::READY, false, &reason, &msg), c(condition::SCHEDULED, false, &reason, &message))
+                (
+                    InstancePhase::Pending,
+                    c(condition::READY, false, &reason, &msg),
+                    c(condition::SCHEDULED, false, &reason, &message),
+                )
             }
             Some(p) => {
                 let node = p.node.clone().unwrap_or_default();
-                let sched = c(condition::SCHEDULED, true, "Scheduled", &format!("running on node {node}"));
+                let sched =
+                    c(condition::SCHEDULED, true, "Scheduled", &format!("running on node {node}"));
                 if p.ready {
-                    (InstancePhase::Ready, c(condition::READY, true, "Serving", &format!("serving at {endpoint}")), sched)
+                    (
+                        InstancePhase::Ready,
+                        c(condition::READY, true, "Serving", &format!("serving at {endpoint}")),
+                        sched,
+                    )
                 } else if let Some(f) = &p.failure {
                     (InstancePhase::Failed, c(condition::READY, false, "ServerFailing", f), sched)
                 } else {
-                    (InstancePhase::Provisioning, c(condition::READY, false, "Starting", &format!("the server is starting on node {node}")), sched)
+                    (
+                        InstancePhase::Provisioning,
+                        c(
+                            condition::READY,
+                            false,
+                            "Starting",
+                            &format!("the server is starting on node {node}"),
+                        ),
+                        sched,
+                    )
                 }
             }
         }
     };
     let quota = match &obs.quota_refusal {
         Some(r) => c(condition::QUOTA_AVAILABLE, false, "QuotaExceeded", r),
-        None => c(condition::QUOTA_AVAILABLE, true, "WithinQuota", "the instance fits the tenant's quota"),
+        None => c(
+            condition::QUOTA_AVAILABLE,
+            true,
+            "WithinQuota",
+            "the instance fits the tenant's quota",
+        ),
     };
 
     let mut s = InferenceInstanceStatus {
@@ -161,7 +231,10 @@ pub fn desired_status(i: &InferenceInstance, obs: &Observation, now: jiff::Times
         observed_generation: generation,
         // The Billing condition is metering's verdict: kept here for `set_billing` to replace, so
         // its transition time survives.
-        conditions: [ready, scheduled, quota].into_iter().chain(prev.conditions.iter().find(|c| c.type_ == condition::BILLING).cloned()).collect(),
+        conditions: [ready, scheduled, quota]
+            .into_iter()
+            .chain(prev.conditions.iter().find(|c| c.type_ == condition::BILLING).cloned())
+            .collect(),
         ..prev.clone()
     };
     // Metering: a run starts when the pod is Ready and ends when it no longer is.
@@ -176,19 +249,34 @@ pub fn desired_status(i: &InferenceInstance, obs: &Observation, now: jiff::Times
 }
 
 /// The `Billing` condition and `billedThrough`, from what metering reported.
-pub fn set_billing(s: &mut InferenceInstanceStatus, metered: &crate::billing::meter::Metered, credit_suspended: Option<&str>, generation: Option<i64>, now: jiff::Timestamp) {
+pub fn set_billing(
+    s: &mut InferenceInstanceStatus,
+    metered: &crate::billing::meter::Metered,
+    credit_suspended: Option<&str>,
+    generation: Option<i64>,
+    now: jiff::Timestamp,
+) {
     use crate::billing::meter::Metered;
     let prev = s.conditions.clone();
-    let c = |ok: bool, reason: &str, message: &str| conditions::condition(&prev, condition::BILLING, ok, reason, message, generation, now);
+    let c = |ok: bool, reason: &str, message: &str| {
+        conditions::condition(&prev, condition::BILLING, ok, reason, message, generation, now)
+    };
     if let Metered::Billed { through, .. } = metered {
         s.billed_through = through.map(crate::clock::format_millis);
     }
-    let through = s.billed_through.clone().map(|t| format!("; billed through {t}")).unwrap_or_default();
+    let through =
+        s.billed_through.clone().map(|t| format!("; billed through {t}")).unwrap_or_default();
     let cond = match (credit_suspended, metered) {
         (Some(why), _) => c(false, "CreditExhausted", &format!("{why}{through}")),
         (None, Metered::Off(reason, message)) => c(false, reason, message),
-        (None, Metered::Failed(e)) => c(false, "ReportFailed", &format!("usage could not be reported to Stripe ({e}); retrying{through}")),
-        (None, Metered::Billed { .. }) => c(true, "Metered", &format!("GPU time is reported to Stripe{through}")),
+        (None, Metered::Failed(e)) => c(
+            false,
+            "ReportFailed",
+            &format!("usage could not be reported to Stripe ({e}); retrying{through}"),
+        ),
+        (None, Metered::Billed { .. }) => {
+            c(true, "Metered", &format!("GPU time is reported to Stripe{through}"))
+        }
     };
     s.conditions.retain(|x| x.type_ != condition::BILLING);
     s.conditions.push(cond);
@@ -203,7 +291,15 @@ pub fn final_status(i: &InferenceInstance, now: jiff::Timestamp) -> (InferenceIn
     let msg = format!("destroyed: the pod is deleted; {} GPU-seconds used in total", s.gpu_seconds);
     s.message = Some(msg.clone());
     let generation = i.metadata.generation;
-    let ready = conditions::condition(&s.conditions, condition::READY, false, "Terminating", &msg, generation, now);
+    let ready = conditions::condition(
+        &s.conditions,
+        condition::READY,
+        false,
+        "Terminating",
+        &msg,
+        generation,
+        now,
+    );
     s.conditions.retain(|c| c.type_ != condition::READY);
     s.conditions.insert(0, ready);
     s.node = None;
@@ -212,7 +308,10 @@ pub fn final_status(i: &InferenceInstance, now: jiff::Timestamp) -> (InferenceIn
 
 /// Whether this is the instance's first Ready (for the time-to-ready histogram).
 pub fn first_ready(prev: &InferenceInstanceStatus, next: &InferenceInstanceStatus) -> bool {
-    next.phase == Some(InstancePhase::Ready) && prev.phase != Some(InstancePhase::Ready) && prev.gpu_seconds == 0 && prev.started_at.is_none()
+    next.phase == Some(InstancePhase::Ready)
+        && prev.phase != Some(InstancePhase::Ready)
+        && prev.gpu_seconds == 0
+        && prev.started_at.is_none()
         && !prev.conditions.iter().any(|c| c.type_ == condition::READY && c.reason == "Suspended")
 }
 
@@ -265,20 +364,39 @@ mod tests {
         let s = step(&mut i, Observation::default(), "2026-11-22T10:00:00Z");
         assert_eq!(s.phase, Some(InstancePhase::Pending));
         let unsched = "0/6 nodes are available: 6 Insufficient nvidia.com/gpu.";
-        let s = step(&mut i, Observation { pod: Some(pod(Some((false, "Unschedulable", unsched)), false)), ..Default::default() }, "2026-11-22T10:00:01Z");
+        let s = step(
+            &mut i,
+            Observation {
+                pod: Some(pod(Some((false, "Unschedulable", unsched)), false)),
+                ..Default::default()
+            },
+            "2026-11-22T10:00:01Z",
+        );
         assert_eq!(s.phase, Some(InstancePhase::Pending));
         assert_eq!(cond(&s, "Scheduled").message, unsched, "the scheduler's own words");
         assert_eq!(cond(&s, "Scheduled").reason, "Unschedulable");
-        let s = step(&mut i, Observation { pod: Some(pod(Some((true, "", "")), false)), ..Default::default() }, "2026-11-22T10:00:05Z");
+        let s = step(
+            &mut i,
+            Observation { pod: Some(pod(Some((true, "", "")), false)), ..Default::default() },
+            "2026-11-22T10:00:05Z",
+        );
         assert_eq!(s.phase, Some(InstancePhase::Provisioning));
         assert_eq!(s.node.as_deref(), Some("gpu-tw-1"));
         assert!(s.started_at.is_none(), "not billed before Ready");
-        let s = step(&mut i, Observation { pod: Some(pod(Some((true, "", "")), true)), ..Default::default() }, "2026-11-22T10:00:10Z");
+        let s = step(
+            &mut i,
+            Observation { pod: Some(pod(Some((true, "", "")), true)), ..Default::default() },
+            "2026-11-22T10:00:10Z",
+        );
         assert_eq!(s.phase, Some(InstancePhase::Ready));
         assert_eq!(s.started_at.as_deref(), Some("2026-11-22T10:00:10Z"));
         assert_eq!(cond(&s, "Ready").status, "True");
         // Unchanged observation, later: identical status (no write).
-        let again = desired_status(&i, &Observation { pod: Some(pod(Some((true, "", "")), true)), ..Default::default() }, at("2026-11-22T10:05:00Z"));
+        let again = desired_status(
+            &i,
+            &Observation { pod: Some(pod(Some((true, "", "")), true)), ..Default::default() },
+            at("2026-11-22T10:05:00Z"),
+        );
         assert_eq!(Some(&again), i.status.as_ref());
         // Suspend at 10:01:10: 60 s × 2 GPUs.
         i.spec.state = InstanceState::Suspended;
@@ -291,7 +409,8 @@ mod tests {
     #[test]
     fn an_unchanged_billing_verdict_keeps_its_transition_time() {
         let mut i = instance();
-        let ready = Observation { pod: Some(pod(Some((true, "", "")), true)), ..Default::default() };
+        let ready =
+            Observation { pod: Some(pod(Some((true, "", "")), true)), ..Default::default() };
         let off = crate::billing::meter::Metered::Off("Disabled", "billing is disabled".into());
         let mut s = desired_status(&i, &ready, at("2026-11-22T10:00:00Z"));
         set_billing(&mut s, &off, None, Some(3), at("2026-11-22T10:00:00Z"));
@@ -306,16 +425,37 @@ mod tests {
     #[test]
     fn quota_refusals_and_failures_are_conditions() {
         let mut i = instance();
-        let s = step(&mut i, Observation { quota_refusal: Some("exceeded quota: alcove-quota".into()), ..Default::default() }, "2026-11-22T10:00:00Z");
+        let s = step(
+            &mut i,
+            Observation {
+                quota_refusal: Some("exceeded quota: alcove-quota".into()),
+                ..Default::default()
+            },
+            "2026-11-22T10:00:00Z",
+        );
         assert_eq!(s.phase, Some(InstancePhase::Pending));
         assert_eq!(cond(&s, "QuotaAvailable").status, "False");
         assert!(cond(&s, "Ready").message.contains("exceeded quota"));
-        let failing = PodView { failure: Some("the server keeps exiting (exit code 1: error: no such model)".into()), ..pod(Some((true, "", "")), false) };
-        let s = step(&mut i, Observation { pod: Some(failing), ..Default::default() }, "2026-11-22T10:00:01Z");
+        let failing = PodView {
+            failure: Some("the server keeps exiting (exit code 1: error: no such model)".into()),
+            ..pod(Some((true, "", "")), false)
+        };
+        let s = step(
+            &mut i,
+            Observation { pod: Some(failing), ..Default::default() },
+            "2026-11-22T10:00:01Z",
+        );
         assert_eq!(s.phase, Some(InstancePhase::Failed));
         assert_eq!(cond(&s, "Ready").reason, "ServerFailing");
         assert_eq!(cond(&s, "QuotaAvailable").status, "True");
-        let s = step(&mut i, Observation { invalid_spec: Some("spec.model.source.uri is not supported".into()), ..Default::default() }, "2026-11-22T10:00:02Z");
+        let s = step(
+            &mut i,
+            Observation {
+                invalid_spec: Some("spec.model.source.uri is not supported".into()),
+                ..Default::default()
+            },
+            "2026-11-22T10:00:02Z",
+        );
         assert_eq!(s.phase, Some(InstancePhase::Failed));
         assert_eq!(cond(&s, "Ready").reason, "InvalidSpec");
     }
@@ -323,8 +463,14 @@ mod tests {
     #[test]
     fn destroy_bills_up_to_the_delete_request() {
         let mut i = instance();
-        step(&mut i, Observation { pod: Some(pod(Some((true, "", "")), true)), ..Default::default() }, "2026-11-22T10:00:00Z");
-        i.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(at("2026-11-22T10:00:30.400Z")));
+        step(
+            &mut i,
+            Observation { pod: Some(pod(Some((true, "", "")), true)), ..Default::default() },
+            "2026-11-22T10:00:00Z",
+        );
+        i.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            at("2026-11-22T10:00:30.400Z"),
+        ));
         let (s, used) = final_status(&i, at("2026-11-22T10:00:31Z"));
         assert_eq!(used, 61, "30.4 s × 2 GPUs, rounded");
         assert_eq!(s.gpu_seconds, 61);
@@ -342,7 +488,12 @@ mod tests {
                 "lastState": {"terminated": {"exitCode": 1, "message": "loading\nerror: /models: no such model file or directory\n"}}}]}}))
         .unwrap();
         let v = PodView::of(&p);
-        assert_eq!(v.failure.as_deref(), Some("the server keeps exiting (exit code 1: error: /models: no such model file or directory)"));
+        assert_eq!(
+            v.failure.as_deref(),
+            Some(
+                "the server keeps exiting (exit code 1: error: /models: no such model file or directory)"
+            )
+        );
         assert_eq!(v.node.as_deref(), Some("n1"));
     }
 }

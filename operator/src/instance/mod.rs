@@ -17,27 +17,37 @@ use kube::runtime::{Controller, WatchStreamExt};
 use kube::{Resource, ResourceExt};
 
 use crate::context::{Context, Handles, find, find_cluster};
-use crate::error::{Error, Result};
 use crate::controller::{self, ensure_finalizer, ignore_missing, remove_finalizer};
+use crate::error::{Error, Result};
 use lifecycle::{Observation, PodView};
 
 pub const FINALIZER: &str = "alcove.dev/instance-cleanup";
 const CONTROLLER: &str = "instance";
 
 async fn reconcile(i: Arc<InferenceInstance>, ctx: Arc<Context>) -> Result<Action> {
-    controller::reconcile(&ctx, CONTROLLER, &*i, async { if i.metadata.deletion_timestamp.is_some() { destroy(&i, &ctx).await } else { reconcile_inner(&i, &ctx).await } }).await
+    controller::reconcile(&ctx, CONTROLLER, &*i, async {
+        if i.metadata.deletion_timestamp.is_some() {
+            destroy(&i, &ctx).await
+        } else {
+            reconcile_inner(&i, &ctx).await
+        }
+    })
+    .await
 }
 
 fn random_key() -> Result<[u8; 32]> {
     let mut key = [0u8; 32];
-    getrandom::fill(&mut key).map_err(|e| Error::Other(format!("no randomness for an API key: {e}")))?;
+    getrandom::fill(&mut key)
+        .map_err(|e| Error::Other(format!("no randomness for an API key: {e}")))?;
     Ok(key)
 }
 
 /// A 403 from the quota admission: its message, for the condition.
 fn quota_refusal(e: &kube::Error) -> Option<String> {
     match e {
-        kube::Error::Api(s) if s.code == 403 && s.message.contains("exceeded quota") => Some(s.message.clone()),
+        kube::Error::Api(s) if s.code == 403 && s.message.contains("exceeded quota") => {
+            Some(s.message.clone())
+        }
         _ => None,
     }
 }
@@ -46,8 +56,15 @@ async fn reconcile_inner(i: &InferenceInstance, ctx: &Context) -> Result<Action>
     let ns = i.namespace().unwrap_or_default();
     let name = i.name_any();
     let instances: Api<InferenceInstance> = Api::namespaced(ctx.client.clone(), &ns);
-    let Some(tenant) = crate::names::tenant_of_namespace(&ns).and_then(|t| find_cluster(&ctx.caches.tenants, t)) else {
-        let obs = Observation { invalid_spec: Some(format!("namespace {ns} belongs to no Tenant: instances live in their tenant's namespace (tenant-<name>)")), ..Default::default() };
+    let Some(tenant) =
+        crate::names::tenant_of_namespace(&ns).and_then(|t| find_cluster(&ctx.caches.tenants, t))
+    else {
+        let obs = Observation {
+            invalid_spec: Some(format!(
+                "namespace {ns} belongs to no Tenant: instances live in their tenant's namespace (tenant-<name>)"
+            )),
+            ..Default::default()
+        };
         return write_status(i, ctx, &instances, &obs, None).await;
     };
     if tenant.metadata.deletion_timestamp.is_some() {
@@ -58,7 +75,10 @@ async fn reconcile_inner(i: &InferenceInstance, ctx: &Context) -> Result<Action>
         return Ok(Action::await_change());
     }
     let client = &ctx.client;
-    let mut obs = Observation { credit_suspended: crate::billing::account::suspended(&tenant, ctx.now()), ..Default::default() };
+    let mut obs = Observation {
+        credit_suspended: crate::billing::account::suspended(&tenant, ctx.now()),
+        ..Default::default()
+    };
     let suspended = i.spec.state == InstanceState::Suspended || obs.credit_suspended.is_some();
 
     // The API key: made once; replaced only when the rotation annotation asks.
@@ -67,13 +87,27 @@ async fn reconcile_inner(i: &InferenceInstance, ctx: &Context) -> Result<Action>
     let requested = builders::requested_rotation(i);
     let key_rotation = match find(&ctx.caches.secrets, &ns, &key_name) {
         None => {
-            ctx.create(&secrets, &builders::api_key_secret(i, &random_key()?, &requested), None).await?;
+            ctx.create(&secrets, &builders::api_key_secret(i, &random_key()?, &requested), None)
+                .await?;
             requested.clone()
         }
         Some(s) if builders::key_rotation_of(&s) != requested => {
             let fresh = builders::api_key_secret(i, &random_key()?, &requested);
-            secrets.patch(&key_name, &PatchParams::apply(alcove_crds::FIELD_MANAGER).force(), &Patch::Apply(&fresh)).await?;
-            ctx.event(i, false, "ApiKeyRotated", "RotateKey", format!("a new key is in Secret {key_name}; the old one no longer works")).await;
+            secrets
+                .patch(
+                    &key_name,
+                    &PatchParams::apply(alcove_crds::FIELD_MANAGER).force(),
+                    &Patch::Apply(&fresh),
+                )
+                .await?;
+            ctx.event(
+                i,
+                false,
+                "ApiKeyRotated",
+                "RotateKey",
+                format!("a new key is in Secret {key_name}; the old one no longer works"),
+            )
+            .await;
             requested.clone()
         }
         Some(s) => {
@@ -86,7 +120,12 @@ async fn reconcile_inner(i: &InferenceInstance, ctx: &Context) -> Result<Action>
     let prompt_name = builders::prompt_config_map_name(&name);
     match builders::system_prompt(i) {
         Some(cm) => {
-            ctx.apply(&config_maps, &cm, find(&ctx.caches.config_maps, &ns, &prompt_name).as_deref()).await?;
+            ctx.apply(
+                &config_maps,
+                &cm,
+                find(&ctx.caches.config_maps, &ns, &prompt_name).as_deref(),
+            )
+            .await?;
         }
         None if find(&ctx.caches.config_maps, &ns, &prompt_name).is_some() => {
             ignore_missing(config_maps.delete(&prompt_name, &DeleteParams::default()).await)?;
@@ -100,20 +139,30 @@ async fn reconcile_inner(i: &InferenceInstance, ctx: &Context) -> Result<Action>
     if let Some(pvc) = live_pvc.as_deref().filter(|p| crate::retention::policy::is_released(p)) {
         crate::retention::reclaim(ctx, pvc, i).await?;
     }
-    match ctx.ensure(&pvcs, &builders::history_pvc(i, &ctx.config.tier(tenant.spec.tier)), live_pvc.as_deref()).await {
+    match ctx
+        .ensure(
+            &pvcs,
+            &builders::history_pvc(i, &ctx.config.tier(tenant.spec.tier)),
+            live_pvc.as_deref(),
+        )
+        .await
+    {
         Ok(_) => {}
         Err(Error::Kube(k)) if quota_refusal(&k).is_some() => obs.quota_refusal = quota_refusal(&k),
         Err(e) => return Err(e),
     }
     let services: Api<Service> = Api::namespaced(client.clone(), &ns);
-    ctx.apply(&services, &builders::service(i), find(&ctx.caches.services, &ns, &name).as_deref()).await?;
+    ctx.apply(&services, &builders::service(i), find(&ctx.caches.services, &ns, &name).as_deref())
+        .await?;
 
     // The pod: created when missing, re-created when what it is built from changed (pods are
     // immutable), deleted while suspended.
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
     let live = find(&ctx.caches.pods, &ns, &name);
     let placement = crate::tenant::builders::placement(&tenant, &ctx.config);
-    let knowledge_bases = match builders::resolve_knowledge_bases(i, |ns, name| find(&ctx.caches.knowledge_bases, ns, name)) {
+    let knowledge_bases = match builders::resolve_knowledge_bases(i, |ns, name| {
+        find(&ctx.caches.knowledge_bases, ns, name)
+    }) {
         Ok(m) => m,
         Err(builders::KbProblem::Refused(why)) => {
             obs.invalid_spec = Some(why);
@@ -126,9 +175,25 @@ async fn reconcile_inner(i: &InferenceInstance, ctx: &Context) -> Result<Action>
     };
     let desired = match &obs.invalid_spec {
         Some(why) => Err(why.clone()),
-        None => builders::pod(i, &ctx.config, &builders::PodInputs { placement: &placement, key_rotation: &key_rotation, knowledge_bases: &knowledge_bases }),
+        None => builders::pod(
+            i,
+            &ctx.config,
+            &builders::PodInputs {
+                placement: &placement,
+                key_rotation: &key_rotation,
+                knowledge_bases: &knowledge_bases,
+            },
+        ),
     };
-    let delete_pod = || async { ignore_missing(pods.delete(&name, &DeleteParams { grace_period_seconds: Some(2), ..Default::default() }).await) };
+    let delete_pod = || async {
+        ignore_missing(
+            pods.delete(
+                &name,
+                &DeleteParams { grace_period_seconds: Some(2), ..Default::default() },
+            )
+            .await,
+        )
+    };
     match (&desired, live.as_deref()) {
         (Err(why), live) => {
             obs.invalid_spec = Some(why.clone());
@@ -148,7 +213,9 @@ async fn reconcile_inner(i: &InferenceInstance, ctx: &Context) -> Result<Action>
             if obs.quota_refusal.is_none() {
                 match ctx.ensure(&pods, pod, None).await {
                     Ok(_) => {}
-                    Err(Error::Kube(k)) if quota_refusal(&k).is_some() => obs.quota_refusal = quota_refusal(&k),
+                    Err(Error::Kube(k)) if quota_refusal(&k).is_some() => {
+                        obs.quota_refusal = quota_refusal(&k)
+                    }
                     Err(e) => return Err(e),
                 }
             }
@@ -157,7 +224,10 @@ async fn reconcile_inner(i: &InferenceInstance, ctx: &Context) -> Result<Action>
             ctx.writes.observed(&crate::apply::log_key(p, ""));
             // While a knowledge base is missing, a running server keeps the index it has.
             let stale = builders::pod_hash(p) != builders::pod_hash(pod) && obs.waiting.is_none();
-            let finished = matches!(p.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Failed" | "Succeeded"));
+            let finished = matches!(
+                p.status.as_ref().and_then(|s| s.phase.as_deref()),
+                Some("Failed" | "Succeeded")
+            );
             if (stale || finished) && p.metadata.deletion_timestamp.is_none() {
                 delete_pod().await?;
             }
@@ -172,7 +242,16 @@ async fn reconcile_inner(i: &InferenceInstance, ctx: &Context) -> Result<Action>
         // Quota frees up when another instance goes; its quota change triggers a retry, and this
         // backoff covers what the watch misses.
         // A clock behind the condition's time (skew) counts as no wait, not as the longest.
-        let waited = i.status.as_ref().and_then(|s| s.conditions.iter().find(|c| c.type_ == condition::QUOTA_AVAILABLE && c.status == "False")).map(|c| ctx.now().duration_since(c.last_transition_time.0).as_secs().max(0)).unwrap_or(0);
+        let waited = i
+            .status
+            .as_ref()
+            .and_then(|s| {
+                s.conditions
+                    .iter()
+                    .find(|c| c.type_ == condition::QUOTA_AVAILABLE && c.status == "False")
+            })
+            .map(|c| ctx.now().duration_since(c.last_transition_time.0).as_secs().max(0))
+            .unwrap_or(0);
         return Ok(Action::requeue(Duration::from_secs((waited.unsigned_abs() / 2).clamp(5, 300))));
     }
     Ok(action)
@@ -180,30 +259,50 @@ async fn reconcile_inner(i: &InferenceInstance, ctx: &Context) -> Result<Action>
 
 /// Writes the lifecycle's verdict; Events accompany transitions only. Usage is reported first:
 /// a run that ends here is billed up to this instant before the status says it ended.
-async fn write_status(i: &InferenceInstance, ctx: &Context, api: &Api<InferenceInstance>, obs: &Observation, tenant: Option<&Tenant>) -> Result<Action> {
+async fn write_status(
+    i: &InferenceInstance,
+    ctx: &Context,
+    api: &Api<InferenceInstance>,
+    obs: &Observation,
+    tenant: Option<&Tenant>,
+) -> Result<Action> {
     let now = ctx.now();
     let prev = i.status.clone().unwrap_or_default();
     let mut next = lifecycle::desired_status(i, obs, now);
-    let run_start = prev.started_at.as_deref().or(next.started_at.as_deref()).and_then(crate::clock::parse);
+    let run_start =
+        prev.started_at.as_deref().or(next.started_at.as_deref()).and_then(crate::clock::parse);
     let ends = prev.started_at.is_some() && next.started_at.is_none();
     let metered = match tenant {
         Some(t) => crate::billing::report(ctx, t, i, run_start, ends.then_some(now), false).await,
-        None => crate::billing::meter::Metered::Off("NoTenant", "the instance belongs to no tenant".into()),
+        None => crate::billing::meter::Metered::Off(
+            "NoTenant",
+            "the instance belongs to no tenant".into(),
+        ),
     };
     if ends && let crate::billing::meter::Metered::Failed(e) = &metered {
         // The run's end must be billed before the status forgets when the run started.
         return Err(Error::Billing(e.clone()));
     }
-    lifecycle::set_billing(&mut next, &metered, obs.credit_suspended.as_deref(), i.metadata.generation, now);
+    lifecycle::set_billing(
+        &mut next,
+        &metered,
+        obs.credit_suspended.as_deref(),
+        i.metadata.generation,
+        now,
+    );
     let requeue = match &metered {
-        crate::billing::meter::Metered::Billed { next: Some(d), .. } => (*d + Duration::from_millis(50)).min(ctx.config.resync),
+        crate::billing::meter::Metered::Billed { next: Some(d), .. } => {
+            (*d + Duration::from_millis(50)).min(ctx.config.resync)
+        }
         crate::billing::meter::Metered::Failed(_) => Duration::from_secs(5),
         _ => ctx.config.resync,
     };
     if !ctx.write_status(api, i, i.status.as_ref(), &next).await? {
         return Ok(Action::requeue(requeue));
     }
-    let cond = |s: &alcove_crds::InferenceInstanceStatus, t: &str| s.conditions.iter().find(|c| c.type_ == t).cloned();
+    let cond = |s: &alcove_crds::InferenceInstanceStatus, t: &str| {
+        s.conditions.iter().find(|c| c.type_ == t).cloned()
+    };
     let changed = |t: &str| match (cond(&prev, t), cond(&next, t)) {
         (Some(a), Some(b)) => a.status != b.status || a.reason != b.reason,
         (None, Some(_)) => true,
@@ -215,33 +314,77 @@ async fn write_status(i: &InferenceInstance, ctx: &Context, api: &Api<InferenceI
             Some(InstancePhase::Ready) => {
                 ctx.event(i, false, "Ready", "Serve", ready.clone()).await;
                 if lifecycle::first_ready(&prev, &next)
-                    && let Some(created) = i.metadata.creation_timestamp.as_ref() {
-                        ctx.metrics.time_to_ready.observe(now.duration_since(created.0).as_secs_f64().max(0.0));
-                    }
+                    && let Some(created) = i.metadata.creation_timestamp.as_ref()
+                {
+                    ctx.metrics
+                        .time_to_ready
+                        .observe(now.duration_since(created.0).as_secs_f64().max(0.0));
+                }
             }
             Some(InstancePhase::Suspended) if obs.credit_suspended.is_some() => {
-                ctx.event(i, true, "CreditExhausted", "Suspend", format!("{}; pod deleted, volumes and key kept", obs.credit_suspended.clone().unwrap_or_default())).await
+                ctx.event(
+                    i,
+                    true,
+                    "CreditExhausted",
+                    "Suspend",
+                    format!(
+                        "{}; pod deleted, volumes and key kept",
+                        obs.credit_suspended.clone().unwrap_or_default()
+                    ),
+                )
+                .await
             }
-            Some(InstancePhase::Suspended) => ctx.event(i, false, "Suspended", "Suspend", format!("pod deleted, volumes and key kept; {} GPU-seconds used in total", next.gpu_seconds)).await,
-            Some(InstancePhase::Failed) => ctx.event(i, true, "Failed", "Serve", ready.clone()).await,
+            Some(InstancePhase::Suspended) => {
+                ctx.event(
+                    i,
+                    false,
+                    "Suspended",
+                    "Suspend",
+                    format!(
+                        "pod deleted, volumes and key kept; {} GPU-seconds used in total",
+                        next.gpu_seconds
+                    ),
+                )
+                .await
+            }
+            Some(InstancePhase::Failed) => {
+                ctx.event(i, true, "Failed", "Serve", ready.clone()).await
+            }
             _ => {}
         }
         if prev.phase == Some(InstancePhase::Suspended) {
-            let for_credit = prev.conditions.iter().any(|c| c.type_ == condition::READY && c.reason == "CreditExhausted");
-            let why = if for_credit { "credit was topped up: starting the server" } else { "spec.state is Running: starting the server" };
+            let for_credit = prev
+                .conditions
+                .iter()
+                .any(|c| c.type_ == condition::READY && c.reason == "CreditExhausted");
+            let why = if for_credit {
+                "credit was topped up: starting the server"
+            } else {
+                "spec.state is Running: starting the server"
+            };
             ctx.event(i, false, "Resumed", "Resume", why.into()).await;
         }
     }
     if changed(condition::SCHEDULED)
-        && let Some(s) = cond(&next, condition::SCHEDULED).filter(|s| s.status == "False" && s.reason == "Unschedulable") {
-            ctx.event(i, true, "Unschedulable", "Schedule", s.message).await;
-        }
+        && let Some(s) = cond(&next, condition::SCHEDULED)
+            .filter(|s| s.status == "False" && s.reason == "Unschedulable")
+    {
+        ctx.event(i, true, "Unschedulable", "Schedule", s.message).await;
+    }
     if changed(condition::QUOTA_AVAILABLE)
-        && let Some(q) = cond(&next, condition::QUOTA_AVAILABLE).filter(|q| q.status == "False") {
-            ctx.event(i, true, "QuotaExceeded", "CreatePod", q.message).await;
-        }
+        && let Some(q) = cond(&next, condition::QUOTA_AVAILABLE).filter(|q| q.status == "False")
+    {
+        ctx.event(i, true, "QuotaExceeded", "CreatePod", q.message).await;
+    }
     if prev.started_at.is_some() && next.started_at.is_none() {
-        ctx.metrics.gpu_seconds.with_label_values(&[&crate::names::tenant_of_namespace(&i.namespace().unwrap_or_default()).unwrap_or_default().to_string()]).inc_by((next.gpu_seconds - prev.gpu_seconds).max(0) as u64);
+        ctx.metrics
+            .gpu_seconds
+            .with_label_values(&[&crate::names::tenant_of_namespace(
+                &i.namespace().unwrap_or_default(),
+            )
+            .unwrap_or_default()
+            .to_string()])
+            .inc_by((next.gpu_seconds - prev.gpu_seconds).max(0) as u64);
     }
     Ok(Action::requeue(requeue))
 }
@@ -260,13 +403,26 @@ async fn destroy(i: &InferenceInstance, ctx: &Context) -> Result<Action> {
     if i.status.as_ref().and_then(|s| s.phase) != Some(InstancePhase::Terminating) {
         // Billing stops at the delete request: the final usage record first, then the rest.
         let (mut last, used) = lifecycle::final_status(i, ctx.now());
-        if let Some(tenant) = crate::names::tenant_of_namespace(&ns).and_then(|t| find_cluster(&ctx.caches.tenants, t)) {
-            let run_start = i.status.as_ref().and_then(|s| s.started_at.as_deref()).and_then(crate::clock::parse);
-            let end = i.metadata.deletion_timestamp.as_ref().map(|t| t.0).unwrap_or_else(|| ctx.now());
+        if let Some(tenant) = crate::names::tenant_of_namespace(&ns)
+            .and_then(|t| find_cluster(&ctx.caches.tenants, t))
+        {
+            let run_start = i
+                .status
+                .as_ref()
+                .and_then(|s| s.started_at.as_deref())
+                .and_then(crate::clock::parse);
+            let end =
+                i.metadata.deletion_timestamp.as_ref().map(|t| t.0).unwrap_or_else(|| ctx.now());
             let metered = crate::billing::report(ctx, &tenant, i, run_start, Some(end), true).await;
             if let crate::billing::meter::Metered::Failed(e) = &metered {
                 let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-                ignore_missing(pods.delete(&name, &DeleteParams { grace_period_seconds: Some(2), ..Default::default() }).await)?;
+                ignore_missing(
+                    pods.delete(
+                        &name,
+                        &DeleteParams { grace_period_seconds: Some(2), ..Default::default() },
+                    )
+                    .await,
+                )?;
                 return Err(Error::Billing(e.clone()));
             }
             lifecycle::set_billing(&mut last, &metered, None, i.metadata.generation, ctx.now());
@@ -274,12 +430,25 @@ async fn destroy(i: &InferenceInstance, ctx: &Context) -> Result<Action> {
         ctx.write_status(&instances, i, i.status.as_ref(), &last).await?;
         let tenant = crate::names::tenant_of_namespace(&ns).unwrap_or_default().to_string();
         ctx.metrics.gpu_seconds.with_label_values(&[&tenant]).inc_by(used.max(0) as u64);
-        ctx.event(i, false, "Destroyed", "Delete", format!("pod deleted; final usage {} GPU-seconds", last.gpu_seconds)).await;
+        ctx.event(
+            i,
+            false,
+            "Destroyed",
+            "Delete",
+            format!("pod deleted; final usage {} GPU-seconds", last.gpu_seconds),
+        )
+        .await;
     }
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
     let pod = find(&ctx.caches.pods, &ns, &name);
     if pod.as_ref().is_some_and(|p| p.metadata.deletion_timestamp.is_none()) {
-        ignore_missing(pods.delete(&name, &DeleteParams { grace_period_seconds: Some(2), ..Default::default() }).await)?;
+        ignore_missing(
+            pods.delete(
+                &name,
+                &DeleteParams { grace_period_seconds: Some(2), ..Default::default() },
+            )
+            .await,
+        )?;
     }
     let services: Api<Service> = Api::namespaced(client.clone(), &ns);
     if find(&ctx.caches.services, &ns, &name).is_some() {
@@ -319,7 +488,10 @@ async fn count_phases(ctx: Arc<Context>) {
         let mut counts = [0i64; 6];
         for i in ctx.caches.instances.state() {
             if let Some(p) = i.status.as_ref().and_then(|s| s.phase) {
-                let name = serde_json::to_value(p).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+                let name = serde_json::to_value(p)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default();
                 if let Some(ix) = phases.iter().position(|x| *x == name) {
                     counts[ix] += 1;
                 }
@@ -333,7 +505,11 @@ async fn count_phases(ctx: Arc<Context>) {
 }
 
 /// The InferenceInstance controller, ready to run.
-pub fn controller<S>(ctx: Arc<Context>, h: &Handles, shutdown: S) -> impl std::future::Future<Output = ()> + Send + use<S>
+pub fn controller<S>(
+    ctx: Arc<Context>,
+    h: &Handles,
+    shutdown: S,
+) -> impl std::future::Future<Output = ()> + Send + use<S>
 where
     S: std::future::Future<Output = ()> + Send + Sync + 'static,
 {
@@ -349,7 +525,13 @@ where
             .state()
             .into_iter()
             .filter(|i| i.namespace().as_deref() == Some(ns.as_str()))
-            .filter(|i| i.status.as_ref().is_some_and(|s| s.conditions.iter().any(|c| c.type_ == condition::QUOTA_AVAILABLE && c.status == "False")))
+            .filter(|i| {
+                i.status.as_ref().is_some_and(|s| {
+                    s.conditions
+                        .iter()
+                        .any(|c| c.type_ == condition::QUOTA_AVAILABLE && c.status == "False")
+                })
+            })
             .map(|i| ObjectRef::from_obj(&*i))
             .collect::<Vec<_>>()
     };
@@ -357,7 +539,12 @@ where
     let store = ctx.caches.instances.clone();
     let of_tenant = move |t: Tenant| {
         let ns = crate::names::namespace_name(&t.name_any());
-        store.state().into_iter().filter(|i| i.namespace().as_deref() == Some(ns.as_str())).map(|i| ObjectRef::from_obj(&*i)).collect::<Vec<_>>()
+        store
+            .state()
+            .into_iter()
+            .filter(|i| i.namespace().as_deref() == Some(ns.as_str()))
+            .map(|i| ObjectRef::from_obj(&*i))
+            .collect::<Vec<_>>()
     };
     // A tenant's credit running out (or topped up) suspends (or resumes) its instances.
     fn tenant_state(t: &Tenant) -> Option<u64> {
@@ -366,7 +553,9 @@ where
         t.metadata.generation.hash(&mut h);
         let s = t.status.as_ref();
         s.and_then(|s| s.billing.as_ref()).and_then(|b| b.suspend_at.clone()).hash(&mut h);
-        s.and_then(|s| s.conditions.iter().find(|c| c.type_ == condition::BILLING)).map(|c| c.reason.clone()).hash(&mut h);
+        s.and_then(|s| s.conditions.iter().find(|c| c.type_ == condition::BILLING))
+            .map(|c| c.reason.clone())
+            .hash(&mut h);
         s.and_then(|s| s.billing.as_ref()).and_then(|b| b.customer_id.clone()).hash(&mut h);
         Some(h.finish())
     }
@@ -377,7 +566,10 @@ where
         store
             .state()
             .into_iter()
-            .filter(|i| i.namespace().as_deref() == Some(ns.as_str()) && i.spec.knowledge_bases.iter().any(|r| r.name == kb.name_any()))
+            .filter(|i| {
+                i.namespace().as_deref() == Some(ns.as_str())
+                    && i.spec.knowledge_bases.iter().any(|r| r.name == kb.name_any())
+            })
             .map(|i| ObjectRef::from_obj(&*i))
             .collect::<Vec<_>>()
     };
@@ -390,7 +582,10 @@ where
         .watches_stream(h.pvcs.subscribe(), by_label)
         .watches_stream(h.quotas.subscribe(), refused)
         .watches_stream(h.knowledge_bases.subscribe(), using_kb)
-        .watches_stream(h.tenants.subscribe().predicate_filter(tenant_state, Default::default()), of_tenant)
+        .watches_stream(
+            h.tenants.subscribe().predicate_filter(tenant_state, Default::default()),
+            of_tenant,
+        )
         // Usage falls due as time passes: an injected clock's jump re-checks every instance.
         .reconcile_all_on(ctx.clock.jumps().unwrap_or_else(|| futures::stream::pending().boxed()))
         .graceful_shutdown_on(shutdown)

@@ -7,7 +7,10 @@
 
 use std::collections::BTreeMap;
 
-use alcove_crds::{DataClass, KnowledgeBase, KnowledgeBasePhase, KnowledgeBaseStatus, LABEL_DATA_CLASS, LABEL_KNOWLEDGE_BASE, ResolvedPlacement, condition};
+use alcove_crds::{
+    DataClass, KnowledgeBase, KnowledgeBasePhase, KnowledgeBaseStatus, LABEL_DATA_CLASS,
+    LABEL_KNOWLEDGE_BASE, ResolvedPlacement, condition,
+};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
@@ -18,7 +21,9 @@ use serde_json::{Value, json};
 use sha2::Digest;
 
 use crate::config::{Config, TierConfig};
-use crate::instance::builders::{model_volume, restricted_container_security, restricted_pod_security};
+use crate::instance::builders::{
+    model_volume, restricted_container_security, restricted_pod_security,
+};
 use crate::names::{COMPONENT_LABEL, INDEX_DIR};
 
 /// On the indexing Job: the source hash it indexes.
@@ -60,22 +65,34 @@ fn from_json<T: serde::de::DeserializeOwned>(v: Value) -> T {
 /// the indexing Job writes it while instances on other nodes read it.
 pub fn pvc(kb: &KnowledgeBase, tier: &TierConfig) -> PersistentVolumeClaim {
     let mut meta = child_meta(kb, &pvc_name(&kb.name_any()));
-    meta.labels.get_or_insert_with(BTreeMap::new).insert(LABEL_DATA_CLASS.into(), DataClass::KnowledgeBase.as_str().into());
+    meta.labels
+        .get_or_insert_with(BTreeMap::new)
+        .insert(LABEL_DATA_CLASS.into(), DataClass::KnowledgeBase.as_str().into());
     let size = kb.spec.storage.clone().unwrap_or_else(|| tier.knowledge_base_size.clone());
-    let mut spec = json!({"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": size}}});
+    let mut spec =
+        json!({"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": size}}});
     if !tier.storage_class.is_empty() {
         spec["storageClassName"] = json!(tier.storage_class);
     }
-    from_json(json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": meta, "spec": spec}))
+    from_json(
+        json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": meta, "spec": spec}),
+    )
 }
 
 /// The inline documents, one key per source, when there are any.
 pub fn inline_config_map(kb: &KnowledgeBase) -> Option<ConfigMap> {
-    let data: BTreeMap<&str, &str> = kb.spec.sources.iter().filter_map(|s| Some((s.name.as_str(), s.inline.as_deref()?))).collect();
+    let data: BTreeMap<&str, &str> = kb
+        .spec
+        .sources
+        .iter()
+        .filter_map(|s| Some((s.name.as_str(), s.inline.as_deref()?)))
+        .collect();
     if data.is_empty() {
         return None;
     }
-    Some(from_json(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": child_meta(kb, &inline_config_map_name(&kb.name_any())), "data": data})))
+    Some(from_json(
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": child_meta(kb, &inline_config_map_name(&kb.name_any())), "data": data}),
+    ))
 }
 
 /// Where a URL source connects: host and port.
@@ -99,7 +116,8 @@ fn url_target(url: &str) -> Option<(String, u16)> {
 /// all other egress). An IP literal is allowed exactly; a host name can only be allowed by port
 /// (NetworkPolicy has no names), to any address outside the cluster's private ranges.
 pub fn network_policy(kb: &KnowledgeBase) -> Option<NetworkPolicy> {
-    let targets: Vec<(String, u16)> = kb.spec.sources.iter().filter_map(|s| url_target(s.url.as_deref()?)).collect();
+    let targets: Vec<(String, u16)> =
+        kb.spec.sources.iter().filter_map(|s| url_target(s.url.as_deref()?)).collect();
     if targets.is_empty() {
         return None;
     }
@@ -131,7 +149,10 @@ pub fn network_policy(kb: &KnowledgeBase) -> Option<NetworkPolicy> {
 /// Hash of everything an index is built from: the sources as written, the contents of the
 /// ConfigMap and Secret keys they name (`contents`: source name → key → value), the embedding
 /// model and the chunking. A different hash means a new indexing Job.
-pub fn source_hash(kb: &KnowledgeBase, contents: &BTreeMap<String, BTreeMap<String, String>>) -> String {
+pub fn source_hash(
+    kb: &KnowledgeBase,
+    contents: &BTreeMap<String, BTreeMap<String, String>>,
+) -> String {
     let mut h = sha2::Sha256::new();
     let spec = json!({"sources": kb.spec.sources, "embeddingModel": kb.spec.embedding_model, "chunking": kb.spec.chunking});
     h.update(spec.to_string().as_bytes());
@@ -147,10 +168,21 @@ pub fn source_hash(kb: &KnowledgeBase, contents: &BTreeMap<String, BTreeMap<Stri
 }
 
 /// The indexing Job for sources with hash `hash`. `Err` names the spec field it cannot serve.
-pub fn job(kb: &KnowledgeBase, config: &Config, placement: &ResolvedPlacement, hash: &str) -> Result<Job, String> {
+pub fn job(
+    kb: &KnowledgeBase,
+    config: &Config,
+    placement: &ResolvedPlacement,
+    hash: &str,
+) -> Result<Job, String> {
     let name = kb.name_any();
-    let (embedding_volume, embedding_path) =
-        model_volume("embedding-model", EMBEDDING_DIR, &kb.spec.embedding_model.source, kb.spec.embedding_model.path.as_deref(), "spec.embeddingModel", config)?;
+    let (embedding_volume, embedding_path) = model_volume(
+        "embedding-model",
+        EMBEDDING_DIR,
+        &kb.spec.embedding_model.source,
+        kb.spec.embedding_model.path.as_deref(),
+        "spec.embeddingModel",
+        config,
+    )?;
     let mut args: Vec<String> = vec![
         "index".into(),
         "--embedding-model".into(),
@@ -166,12 +198,22 @@ pub fn job(kb: &KnowledgeBase, config: &Config, placement: &ResolvedPlacement, h
         "--log-format".into(),
         "json".into(),
     ];
-    let mut volumes = vec![embedding_volume, json!({"name": "index", "persistentVolumeClaim": {"claimName": pvc_name(&name)}})];
-    let mut mounts = vec![json!({"name": "embedding-model", "mountPath": EMBEDDING_DIR, "readOnly": true}), json!({"name": "index", "mountPath": VOLUME_DIR})];
+    let mut volumes = vec![
+        embedding_volume,
+        json!({"name": "index", "persistentVolumeClaim": {"claimName": pvc_name(&name)}}),
+    ];
+    let mut mounts = vec![
+        json!({"name": "embedding-model", "mountPath": EMBEDDING_DIR, "readOnly": true}),
+        json!({"name": "index", "mountPath": VOLUME_DIR}),
+    ];
     // Each ConfigMap, Secret or inline source is a directory under /sources named after the
     // source, so documents are reported as `<source>/<key>`.
     let items = |keys: &[String]| -> Value {
-        if keys.is_empty() { Value::Null } else { keys.iter().map(|k| json!({"key": k, "path": k})).collect() }
+        if keys.is_empty() {
+            Value::Null
+        } else {
+            keys.iter().map(|k| json!({"key": k, "path": k})).collect()
+        }
     };
     for s in &kb.spec.sources {
         let volume = format!("source-{}", s.name);
@@ -262,11 +304,21 @@ pub struct Observation {
 }
 
 /// The status a knowledge base should have.
-pub fn desired_status(kb: &KnowledgeBase, obs: &Observation, now: jiff::Timestamp) -> KnowledgeBaseStatus {
+pub fn desired_status(
+    kb: &KnowledgeBase,
+    obs: &Observation,
+    now: jiff::Timestamp,
+) -> KnowledgeBaseStatus {
     let prev = kb.status.clone().unwrap_or_default();
     let generation = kb.metadata.generation;
-    let c = |type_: &str, ok: bool, reason: &str, message: &str| crate::conditions::condition(&prev.conditions, type_, ok, reason, message, generation, now);
-    let mut next = KnowledgeBaseStatus { observed_generation: generation, volume: prev.volume.clone(), ..prev.clone() };
+    let c = |type_: &str, ok: bool, reason: &str, message: &str| {
+        crate::conditions::condition(&prev.conditions, type_, ok, reason, message, generation, now)
+    };
+    let mut next = KnowledgeBaseStatus {
+        observed_generation: generation,
+        volume: prev.volume.clone(),
+        ..prev.clone()
+    };
     if obs.refused.is_none() {
         next.volume = Some(pvc_name(&kb.name_any()));
     }
@@ -276,30 +328,62 @@ pub fn desired_status(kb: &KnowledgeBase, obs: &Observation, now: jiff::Timestam
     } else if let Some(m) = &obs.missing_source {
         (c(condition::INDEXED, false, "SourceMissing", m), KnowledgeBasePhase::Pending)
     } else if let Some(q) = &obs.quota_refusal {
-        (c(condition::INDEXED, false, "QuotaExceeded", &format!("the tenant's quota has no room: {q}")), KnowledgeBasePhase::Pending)
+        (
+            c(
+                condition::INDEXED,
+                false,
+                "QuotaExceeded",
+                &format!("the tenant's quota has no room: {q}"),
+            ),
+            KnowledgeBasePhase::Pending,
+        )
     } else {
         match &obs.job {
             Some(JobView::Succeeded(s)) => {
                 next.documents = s.documents;
                 next.chunks = s.chunks;
-                next.indexed_at = jiff::Timestamp::from_second(s.indexed_at).ok().map(|t| t.to_string());
+                next.indexed_at =
+                    jiff::Timestamp::from_second(s.indexed_at).ok().map(|t| t.to_string());
                 next.source_hash = obs.hash.clone();
-                let msg = format!("{} documents in {} chunks, sources {}", s.documents, s.chunks, obs.hash.as_deref().unwrap_or_default());
+                let msg = format!(
+                    "{} documents in {} chunks, sources {}",
+                    s.documents,
+                    s.chunks,
+                    obs.hash.as_deref().unwrap_or_default()
+                );
                 (c(condition::INDEXED, true, "Indexed", &msg), KnowledgeBasePhase::Ready)
             }
-            Some(JobView::Failed(why)) => (c(condition::INDEXED, false, "IndexFailed", why), KnowledgeBasePhase::Failed),
-            Some(JobView::Running) | None if prev.source_hash.is_some() && prev.source_hash == obs.hash && has_index(&prev) => {
-                let msg = format!("{} documents in {} chunks, sources {}", prev.documents, prev.chunks, obs.hash.as_deref().unwrap_or_default());
+            Some(JobView::Failed(why)) => {
+                (c(condition::INDEXED, false, "IndexFailed", why), KnowledgeBasePhase::Failed)
+            }
+            Some(JobView::Running) | None
+                if prev.source_hash.is_some()
+                    && prev.source_hash == obs.hash
+                    && has_index(&prev) =>
+            {
+                let msg = format!(
+                    "{} documents in {} chunks, sources {}",
+                    prev.documents,
+                    prev.chunks,
+                    obs.hash.as_deref().unwrap_or_default()
+                );
                 (c(condition::INDEXED, true, "Indexed", &msg), KnowledgeBasePhase::Ready)
             }
-            _ => (c(condition::INDEXED, false, "Indexing", "indexing the current sources"), KnowledgeBasePhase::Indexing),
+            _ => (
+                c(condition::INDEXED, false, "Indexing", "indexing the current sources"),
+                KnowledgeBasePhase::Indexing,
+            ),
         }
     };
     // Ready: an index instances can use, even while a newer one is being built.
     let ready = if let Some((reason, message)) = &obs.refused {
         c(condition::READY, false, reason, message)
     } else if has_index(&next) {
-        let msg = if phase == KnowledgeBasePhase::Ready { "instances can use the index".to_string() } else { "instances use the previous index until the new one is written".to_string() };
+        let msg = if phase == KnowledgeBasePhase::Ready {
+            "instances can use the index".to_string()
+        } else {
+            "instances use the previous index until the new one is written".to_string()
+        };
         c(condition::READY, true, "IndexAvailable", &msg)
     } else {
         c(condition::READY, false, "NotIndexed", "no index yet")
@@ -335,12 +419,22 @@ mod tests {
     }
 
     fn placement() -> ResolvedPlacement {
-        ResolvedPlacement { node_selector: [("topology.kubernetes.io/region".to_string(), "tw-taipei-1".to_string())].into(), tolerations: vec![] }
+        ResolvedPlacement {
+            node_selector: [(
+                "topology.kubernetes.io/region".to_string(),
+                "tw-taipei-1".to_string(),
+            )]
+            .into(),
+            tolerations: vec![],
+        }
     }
 
     #[test]
     fn job_mounts_every_source_under_its_name_and_passes_pod_security_restricted() {
-        let j = serde_json::to_value(job(&kb(spec()), &Config::for_tests(), &placement(), "0123456789").unwrap()).unwrap();
+        let j = serde_json::to_value(
+            job(&kb(spec()), &Config::for_tests(), &placement(), "0123456789").unwrap(),
+        )
+        .unwrap();
         assert_eq!(j["metadata"]["name"], "handbook-index-0123456789");
         let pod = &j["spec"]["template"]["spec"];
         assert_eq!(pod["automountServiceAccountToken"], false);
@@ -348,19 +442,28 @@ mod tests {
         assert_eq!(pod["nodeSelector"]["topology.kubernetes.io/region"], "tw-taipei-1");
         let c = &pod["containers"][0];
         assert_eq!(c["securityContext"]["capabilities"]["drop"], json!(["ALL"]));
-        let args: Vec<&str> = c["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
+        let args: Vec<&str> =
+            c["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
         assert!(args.windows(2).any(|w| w == ["--docs", "policies=/sources/policies"]), "{args:?}");
         assert!(args.windows(2).any(|w| w == ["--docs", "note=/sources/note"]), "{args:?}");
-        assert!(args.windows(2).any(|w| w == ["--url", "web=http://127.0.0.1:8123/guide.md"]), "{args:?}");
+        assert!(
+            args.windows(2).any(|w| w == ["--url", "web=http://127.0.0.1:8123/guide.md"]),
+            "{args:?}"
+        );
         assert!(args.windows(2).any(|w| w == ["--out", "/kb/index"]));
-        assert!(args.windows(2).any(|w| w == ["--embedding-model", "/embedding-model/all-MiniLM-L6-v2"]));
+        assert!(
+            args.windows(2)
+                .any(|w| w == ["--embedding-model", "/embedding-model/all-MiniLM-L6-v2"])
+        );
         let vols = pod["volumes"].as_array().unwrap();
         let vol = |n: &str| vols.iter().find(|v| v["name"] == n).unwrap().clone();
         assert_eq!(vol("source-policies")["configMap"]["name"], "hr-docs");
         assert_eq!(vol("source-keys")["secret"]["items"], json!([{"key": "a.md", "path": "a.md"}]));
         assert_eq!(vol("source-note")["configMap"]["name"], "handbook-inline-documents");
         let mounts = c["volumeMounts"].as_array().unwrap();
-        assert!(mounts.iter().any(|m| m["mountPath"] == "/sources/policies" && m["readOnly"] == true));
+        assert!(
+            mounts.iter().any(|m| m["mountPath"] == "/sources/policies" && m["readOnly"] == true)
+        );
         // No secret in env or args.
         assert!(c.get("env").is_none());
     }
@@ -369,7 +472,10 @@ mod tests {
     fn the_hash_follows_contents_and_spec() {
         let k = kb(spec());
         let mut contents = BTreeMap::new();
-        contents.insert("policies".to_string(), BTreeMap::from([("a.md".to_string(), "one".to_string())]));
+        contents.insert(
+            "policies".to_string(),
+            BTreeMap::from([("a.md".to_string(), "one".to_string())]),
+        );
         let h1 = source_hash(&k, &contents);
         assert_eq!(h1, source_hash(&k, &contents));
         contents.get_mut("policies").unwrap().insert("a.md".into(), "two".into());
@@ -388,7 +494,12 @@ mod tests {
         s["sources"] = json!([{"name": "web", "url": "https://docs.example.com/guide"}]);
         let np = serde_json::to_value(network_policy(&kb(s)).unwrap()).unwrap();
         assert_eq!(np["spec"]["egress"][0]["ports"][0]["port"], 443);
-        assert!(np["spec"]["egress"][0]["to"][0]["ipBlock"]["except"].as_array().unwrap().contains(&json!("10.0.0.0/8")));
+        assert!(
+            np["spec"]["egress"][0]["to"][0]["ipBlock"]["except"]
+                .as_array()
+                .unwrap()
+                .contains(&json!("10.0.0.0/8"))
+        );
         let mut s = spec();
         s["sources"] = json!([{"name": "note", "inline": "x"}]);
         assert!(network_policy(&kb(s)).is_none());
@@ -398,25 +509,65 @@ mod tests {
     fn status_follows_the_job_and_keeps_the_previous_index_while_reindexing() {
         let now: jiff::Timestamp = "2026-11-22T10:00:00Z".parse().unwrap();
         let mut k = kb(spec());
-        let running = Observation { hash: Some("h1".into()), job: Some(JobView::Running), ..Default::default() };
+        let running = Observation {
+            hash: Some("h1".into()),
+            job: Some(JobView::Running),
+            ..Default::default()
+        };
         let s = desired_status(&k, &running, now);
         assert_eq!(s.phase, Some(KnowledgeBasePhase::Indexing));
         assert!(!crate::conditions::is_true(&s.conditions, condition::READY));
-        let done = Observation { hash: Some("h1".into()), job: Some(JobView::Succeeded(IndexSummary { documents: 3, chunks: 7, indexed_at: 1_795_000_000 })), ..Default::default() };
+        let done = Observation {
+            hash: Some("h1".into()),
+            job: Some(JobView::Succeeded(IndexSummary {
+                documents: 3,
+                chunks: 7,
+                indexed_at: 1_795_000_000,
+            })),
+            ..Default::default()
+        };
         let s = desired_status(&k, &done, now);
-        assert_eq!((s.phase, s.documents, s.chunks, s.source_hash.as_deref()), (Some(KnowledgeBasePhase::Ready), 3, 7, Some("h1")));
-        assert!(crate::conditions::is_true(&s.conditions, condition::INDEXED) && crate::conditions::is_true(&s.conditions, condition::READY));
+        assert_eq!(
+            (s.phase, s.documents, s.chunks, s.source_hash.as_deref()),
+            (Some(KnowledgeBasePhase::Ready), 3, 7, Some("h1"))
+        );
+        assert!(
+            crate::conditions::is_true(&s.conditions, condition::INDEXED)
+                && crate::conditions::is_true(&s.conditions, condition::READY)
+        );
         k.status = Some(s);
         // The finished job is gone: still Ready.
         let gone = Observation { hash: Some("h1".into()), ..Default::default() };
         assert_eq!(desired_status(&k, &gone, now).phase, Some(KnowledgeBasePhase::Ready));
         // New sources: indexing, the old index still serves.
-        let s = desired_status(&k, &Observation { hash: Some("h2".into()), job: Some(JobView::Running), ..Default::default() }, now);
+        let s = desired_status(
+            &k,
+            &Observation {
+                hash: Some("h2".into()),
+                job: Some(JobView::Running),
+                ..Default::default()
+            },
+            now,
+        );
         assert_eq!(s.phase, Some(KnowledgeBasePhase::Indexing));
-        assert!(crate::conditions::is_true(&s.conditions, condition::READY) && !crate::conditions::is_true(&s.conditions, condition::INDEXED));
+        assert!(
+            crate::conditions::is_true(&s.conditions, condition::READY)
+                && !crate::conditions::is_true(&s.conditions, condition::INDEXED)
+        );
         // Refused: Failed, with the reason on both conditions.
-        let s = desired_status(&k, &Observation { refused: Some(("TierHasNoKnowledgeBases".into(), "free tier".into())), ..Default::default() }, now);
+        let s = desired_status(
+            &k,
+            &Observation {
+                refused: Some(("TierHasNoKnowledgeBases".into(), "free tier".into())),
+                ..Default::default()
+            },
+            now,
+        );
         assert_eq!(s.phase, Some(KnowledgeBasePhase::Failed));
-        assert!(s.conditions.iter().all(|c| c.reason == "TierHasNoKnowledgeBases" && c.status == "False"));
+        assert!(
+            s.conditions
+                .iter()
+                .all(|c| c.reason == "TierHasNoKnowledgeBases" && c.status == "False")
+        );
     }
 }

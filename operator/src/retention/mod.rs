@@ -11,11 +11,11 @@ use std::time::Duration;
 use alcove_crds::{DataClass, ErasureRecord, LABEL_DATA_CLASS, LABEL_TENANT, Tenant};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, PersistentVolume, PersistentVolumeClaim};
+use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, WatchStreamExt, predicates};
-use kube::ResourceExt;
 
 use crate::context::{Context, Handles, find_cluster, key};
 use crate::controller;
@@ -41,10 +41,20 @@ pub async fn release(ctx: &Context, pvc: &PersistentVolumeClaim, class: DataClas
 }
 
 /// Takes a released volume back for `owner` (re-created within the window).
-pub async fn reclaim<K: kube::Resource<DynamicType = ()>>(ctx: &Context, pvc: &PersistentVolumeClaim, owner: &K) -> Result<()> {
+pub async fn reclaim<K: kube::Resource<DynamicType = ()>>(
+    ctx: &Context,
+    pvc: &PersistentVolumeClaim,
+    owner: &K,
+) -> Result<()> {
     let Some(owner_ref) = owner.controller_owner_ref(&()) else { return Ok(()) };
-    let api: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &pvc.namespace().unwrap_or_default());
-    api.patch(&pvc.name_any(), &PatchParams::default(), &Patch::Merge(&policy::reclaim_patch(&owner_ref))).await?;
+    let api: Api<PersistentVolumeClaim> =
+        Api::namespaced(ctx.client.clone(), &pvc.namespace().unwrap_or_default());
+    api.patch(
+        &pvc.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&policy::reclaim_patch(&owner_ref)),
+    )
+    .await?;
     tracing::info!(volume = %key(pvc), "released volume re-attached to its re-created owner");
     Ok(())
 }
@@ -55,7 +65,8 @@ pub async fn record(ctx: &Context, tenant: &str, r: &ErasureRecord) -> Result<()
     let ns = &ctx.config.namespace;
     let namespaces: Api<Namespace> = Api::all(ctx.client.clone());
     if namespaces.get_opt(ns).await?.is_none() {
-        let n: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": ns}})).map_err(|e| Error::Other(e.to_string()))?;
+        let n: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": ns}}))
+            .map_err(|e| Error::Other(e.to_string()))?;
         match namespaces.create(&Default::default(), &n).await {
             Ok(_) => {}
             Err(kube::Error::Api(s)) if s.code == 409 => {}
@@ -64,7 +75,11 @@ pub async fn record(ctx: &Context, tenant: &str, r: &ErasureRecord) -> Result<()
     }
     let cms: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), ns);
     let name = policy::receipts_name(tenant);
-    let entry = format!("{}-{}", r.erased_at.replace(':', ""), crate::hash::config_hash(&serde_json::json!(r.what)));
+    let entry = format!(
+        "{}-{}",
+        r.erased_at.replace(':', ""),
+        crate::hash::config_hash(&serde_json::json!(r.what))
+    );
     let body = serde_json::to_string(r).map_err(|e| Error::Other(e.to_string()))?;
     let cm = serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap",
         "metadata": {"name": name, "namespace": ns, "labels": {LABEL_TENANT: tenant, crate::names::MANAGED_BY.0: crate::names::MANAGED_BY.1, LABEL_DATA_CLASS: policy::RECEIPTS_CLASS}},
@@ -75,7 +90,8 @@ pub async fn record(ctx: &Context, tenant: &str, r: &ErasureRecord) -> Result<()
         match cms.patch(&name, &PatchParams::default(), &Patch::Merge(&cm)).await {
             Ok(_) => break,
             Err(kube::Error::Api(s)) if s.code == 404 => {
-                let obj: ConfigMap = serde_json::from_value(cm.clone()).map_err(|e| Error::Other(e.to_string()))?;
+                let obj: ConfigMap =
+                    serde_json::from_value(cm.clone()).map_err(|e| Error::Other(e.to_string()))?;
                 match cms.create(&Default::default(), &obj).await {
                     Ok(_) => break,
                     Err(kube::Error::Api(s)) if s.code == 409 => continue,
@@ -87,17 +103,35 @@ pub async fn record(ctx: &Context, tenant: &str, r: &ErasureRecord) -> Result<()
     }
     let _ = ctx.tenant_nudges.send(tenant.to_string());
     if let Some(t) = find_cluster(&ctx.caches.tenants, tenant) {
-        ctx.event(&*t, false, "Erased", "Erase", format!("{} ({}) erased; deadline {}, rule {}", r.what, r.data_class, r.deadline, r.rule)).await;
+        ctx.event(
+            &*t,
+            false,
+            "Erased",
+            "Erase",
+            format!(
+                "{} ({}) erased; deadline {}, rule {}",
+                r.what, r.data_class, r.deadline, r.rule
+            ),
+        )
+        .await;
     }
     Ok(())
 }
 
 /// Every receipt of a tenant, oldest first (read from the API: receipts are not cached).
-pub async fn receipts(client: &kube::Client, operator_namespace: &str, tenant: &str) -> Result<Vec<ErasureRecord>> {
+pub async fn receipts(
+    client: &kube::Client,
+    operator_namespace: &str,
+    tenant: &str,
+) -> Result<Vec<ErasureRecord>> {
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), operator_namespace);
     let cm = cms.get_opt(&policy::receipts_name(tenant)).await?;
-    let mut out: Vec<(String, ErasureRecord)> =
-        cm.and_then(|c| c.data).unwrap_or_default().into_iter().filter_map(|(k, v)| Some((k, serde_json::from_str(&v).ok()?))).collect();
+    let mut out: Vec<(String, ErasureRecord)> = cm
+        .and_then(|c| c.data)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|(k, v)| Some((k, serde_json::from_str(&v).ok()?)))
+        .collect();
     out.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(out.into_iter().map(|(_, r)| r).collect())
 }
@@ -113,7 +147,10 @@ pub async fn erase_volume(ctx: &Context, pvc: &PersistentVolumeClaim) -> Result<
     if ctx.writes.already_written(&mark, Some("deleted")) {
         return Ok(None);
     }
-    let dp = DeleteParams { preconditions: Some(Preconditions { uid: pvc.uid(), resource_version: None }), ..Default::default() };
+    let dp = DeleteParams {
+        preconditions: Some(Preconditions { uid: pvc.uid(), resource_version: None }),
+        ..Default::default()
+    };
     match api.delete(&pvc.name_any(), &dp).await {
         Ok(_) => ctx.writes.record(mark, Some("deleted".into()), String::new()),
         // Gone, or (409) a different claim of that name now: not this volume any more.
@@ -126,13 +163,20 @@ pub async fn erase_volume(ctx: &Context, pvc: &PersistentVolumeClaim) -> Result<
         let mut waited = Duration::ZERO;
         while pvs.get_opt(pv).await?.is_some() {
             if waited > Duration::from_secs(60) {
-                return Err(Error::Other(format!("volume {pv} of {} still exists 60 s after its claim was deleted", key(pvc))));
+                return Err(Error::Other(format!(
+                    "volume {pv} of {} still exists 60 s after its claim was deleted",
+                    key(pvc)
+                )));
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
             waited += Duration::from_millis(200);
         }
     }
-    Ok(Some(format!("PersistentVolumeClaim {}{}", key(pvc), volume.map(|v| format!(" (volume {v})")).unwrap_or_default())))
+    Ok(Some(format!(
+        "PersistentVolumeClaim {}{}",
+        key(pvc),
+        volume.map(|v| format!(" (volume {v})")).unwrap_or_default()
+    )))
 }
 
 async fn reconcile(pvc: Arc<PersistentVolumeClaim>, ctx: Arc<Context>) -> Result<Action> {
@@ -158,7 +202,13 @@ async fn reconcile_inner(pvc: &PersistentVolumeClaim, ctx: &Context) -> Result<A
             let ns = pvc.namespace().unwrap_or_default();
             let mounted = ctx.caches.pods.state().iter().any(|p| {
                 p.namespace().as_deref() == Some(ns.as_str())
-                    && p.spec.as_ref().is_some_and(|s| s.volumes.iter().flatten().any(|v| v.persistent_volume_claim.as_ref().is_some_and(|c| c.claim_name == pvc.name_any())))
+                    && p.spec.as_ref().is_some_and(|s| {
+                        s.volumes.iter().flatten().any(|v| {
+                            v.persistent_volume_claim
+                                .as_ref()
+                                .is_some_and(|c| c.claim_name == pvc.name_any())
+                        })
+                    })
             });
             if mounted {
                 return Ok(Action::requeue(Duration::from_secs(5)));
@@ -168,7 +218,12 @@ async fn reconcile_inner(pvc: &PersistentVolumeClaim, ctx: &Context) -> Result<A
             if let Some(what) = erase_volume(&ctx, &pvc).await? {
                 let erased_at = ctx.now();
                 ctx.metrics.erasures.with_label_values(&[&class]).inc();
-                record(&ctx, &tenant_name, &policy::receipt(what, &class, deadline, erased_at, rule)).await?;
+                record(
+                    &ctx,
+                    &tenant_name,
+                    &policy::receipt(what, &class, deadline, erased_at, rule),
+                )
+                .await?;
             }
             Ok(Action::await_change())
         }
@@ -180,7 +235,11 @@ fn error_policy(pvc: Arc<PersistentVolumeClaim>, error: &Error, ctx: Arc<Context
 }
 
 /// The retention controller over released volumes, ready to run.
-pub fn controller<S>(ctx: Arc<Context>, h: &Handles, shutdown: S) -> impl std::future::Future<Output = ()> + Send + use<S>
+pub fn controller<S>(
+    ctx: Arc<Context>,
+    h: &Handles,
+    shutdown: S,
+) -> impl std::future::Future<Output = ()> + Send + use<S>
 where
     S: std::future::Future<Output = ()> + Send + Sync + 'static,
 {
@@ -198,18 +257,23 @@ where
     // When an injected clock jumps, the released volumes it made due are re-decided now rather
     // than at their real-time timers (only those: a jump must not re-run every volume).
     let (store, clock) = (ctx.caches.pvcs.clone(), ctx.clock.clone());
-    let due = ctx.clock.jumps().unwrap_or_else(|| futures::stream::pending().boxed()).flat_map(move |_| {
-        let now = clock.now();
-        let refs: Vec<ObjectRef<PersistentVolumeClaim>> = store
-            .state()
-            .into_iter()
-            .filter(|p| matches!(policy::verdict(p, now, false), Verdict::Erase { .. }))
-            .map(|p| ObjectRef::from_obj(&*p))
-            .collect();
-        futures::stream::iter(refs)
-    });
+    let due = ctx.clock.jumps().unwrap_or_else(|| futures::stream::pending().boxed()).flat_map(
+        move |_| {
+            let now = clock.now();
+            let refs: Vec<ObjectRef<PersistentVolumeClaim>> = store
+                .state()
+                .into_iter()
+                .filter(|p| matches!(policy::verdict(p, now, false), Verdict::Erase { .. }))
+                .map(|p| ObjectRef::from_obj(&*p))
+                .collect();
+            futures::stream::iter(refs)
+        },
+    );
     Controller::for_stream(h.pvcs.subscribe(), ctx.caches.pvcs.clone())
-        .watches_stream(h.tenants.subscribe().predicate_filter(predicates::generation, Default::default()), of_tenant)
+        .watches_stream(
+            h.tenants.subscribe().predicate_filter(predicates::generation, Default::default()),
+            of_tenant,
+        )
         .reconcile_on(due)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
@@ -218,7 +282,11 @@ where
 
 /// `alcove data-report TENANT`: where each of the tenant's volumes lives, the key that encrypts
 /// them, each retention timer, and past erasures — read from the cluster, printed for people.
-pub async fn data_report(client: kube::Client, operator_namespace: &str, tenant: &str) -> anyhow::Result<String> {
+pub async fn data_report(
+    client: kube::Client,
+    operator_namespace: &str,
+    tenant: &str,
+) -> anyhow::Result<String> {
     use std::fmt::Write as _;
     let ns = crate::names::namespace_name(tenant);
     let tenants: Api<Tenant> = Api::all(client.clone());
@@ -227,7 +295,13 @@ pub async fn data_report(client: kube::Client, operator_namespace: &str, tenant:
     match &t {
         Some(t) => {
             let s = t.status.clone().unwrap_or_default();
-            writeln!(out, "tenant {tenant}: tier {}, region {}, namespace {ns}{}", t.spec.tier.as_str(), t.spec.region, if t.spec.legal_hold { ", LEGAL HOLD (no erasure)" } else { "" })?;
+            writeln!(
+                out,
+                "tenant {tenant}: tier {}, region {}, namespace {ns}{}",
+                t.spec.tier.as_str(),
+                t.spec.region,
+                if t.spec.legal_hold { ", LEGAL HOLD (no erasure)" } else { "" }
+            )?;
             if let Some(after) = s.erase_after {
                 writeln!(out, "  deleted: everything left is erased at {after}")?;
             }
@@ -236,37 +310,73 @@ pub async fn data_report(client: kube::Client, operator_namespace: &str, tenant:
     }
     let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), &ns);
     if secrets.get_metadata_opt(crate::names::KEY_SECRET).await?.is_some() {
-        writeln!(out, "  encryption key: Secret {ns}/{} (conversation history is encrypted with it; deleted last at erasure)", crate::names::KEY_SECRET)?;
+        writeln!(
+            out,
+            "  encryption key: Secret {ns}/{} (conversation history is encrypted with it; deleted last at erasure)",
+            crate::names::KEY_SECRET
+        )?;
     }
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
     let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), &ns);
     let pod_list = pods.list(&Default::default()).await.map(|l| l.items).unwrap_or_default();
-    let list = if t.is_some() { pvcs.list(&Default::default()).await.map(|l| l.items).unwrap_or_default() } else { Vec::new() };
+    let list = if t.is_some() {
+        pvcs.list(&Default::default()).await.map(|l| l.items).unwrap_or_default()
+    } else {
+        Vec::new()
+    };
     writeln!(out, "  volumes: {}", list.len())?;
     for pvc in list {
         let name = pvc.name_any();
-        let class = pvc.labels().get(LABEL_DATA_CLASS).cloned().unwrap_or_else(|| "accountData".into());
-        let size = pvc.spec.as_ref().and_then(|s| s.resources.as_ref()?.requests.as_ref()?.get("storage").map(|q| q.0.clone())).unwrap_or_default();
-        let pv = pvc.spec.as_ref().and_then(|s| s.volume_name.clone()).unwrap_or_else(|| "(unbound)".into());
+        let class =
+            pvc.labels().get(LABEL_DATA_CLASS).cloned().unwrap_or_else(|| "accountData".into());
+        let size = pvc
+            .spec
+            .as_ref()
+            .and_then(|s| {
+                s.resources.as_ref()?.requests.as_ref()?.get("storage").map(|q| q.0.clone())
+            })
+            .unwrap_or_default();
+        let pv = pvc
+            .spec
+            .as_ref()
+            .and_then(|s| s.volume_name.clone())
+            .unwrap_or_else(|| "(unbound)".into());
         let nodes: Vec<String> = pod_list
             .iter()
-            .filter(|p| p.spec.as_ref().is_some_and(|s| s.volumes.iter().flatten().any(|v| v.persistent_volume_claim.as_ref().is_some_and(|c| c.claim_name == name))))
+            .filter(|p| {
+                p.spec.as_ref().is_some_and(|s| {
+                    s.volumes.iter().flatten().any(|v| {
+                        v.persistent_volume_claim.as_ref().is_some_and(|c| c.claim_name == name)
+                    })
+                })
+            })
             .filter_map(|p| p.spec.as_ref()?.node_name.clone())
             .collect();
         let timer = match pvc.annotations().get(alcove_crds::ANNOTATION_RETAIN_UNTIL) {
-            Some(until) => format!("released: erased at {until} ({})", pvc.annotations().get(policy::ANNOTATION_RULE).cloned().unwrap_or_default()),
+            Some(until) => format!(
+                "released: erased at {until} ({})",
+                pvc.annotations().get(policy::ANNOTATION_RULE).cloned().unwrap_or_default()
+            ),
             None => match pvc.metadata.owner_references.as_ref().and_then(|o| o.first()) {
                 Some(o) => format!("kept while {} {} exists", o.kind, o.name),
                 None => "kept until the tenant is erased".into(),
             },
         };
-        let where_ = if nodes.is_empty() { "not mounted".to_string() } else { format!("mounted on {}", nodes.join(", ")) };
+        let where_ = if nodes.is_empty() {
+            "not mounted".to_string()
+        } else {
+            format!("mounted on {}", nodes.join(", "))
+        };
         writeln!(out, "  - {name} [{class}] {size} on {pv}, {where_}; {timer}")?;
     }
     let receipts = receipts(&client, operator_namespace, tenant).await?;
     writeln!(out, "  erasures: {}", receipts.len())?;
     for r in receipts {
-        writeln!(out, "  - {} erased at {} [{}] (deadline {}, rule {})", r.what, r.erased_at, r.data_class, r.deadline, r.rule)?;
+        writeln!(
+            out,
+            "  - {} erased at {} [{}] (deadline {}, rule {})",
+            r.what, r.erased_at, r.data_class, r.deadline, r.rule
+        )?;
     }
     Ok(out)
 }

@@ -1,7 +1,10 @@
 //! Retention decisions, as pure functions: the window of a data class for a tenant, the marks a
 //! released volume carries, whether it is due, and the receipt of an erasure.
 
-use alcove_crds::{ANNOTATION_RETAIN_UNTIL, DataClass, ErasureRecord, LABEL_DATA_CLASS, LABEL_TENANT, Tenant, Window};
+use alcove_crds::{
+    ANNOTATION_RETAIN_UNTIL, DataClass, ErasureRecord, LABEL_DATA_CLASS, LABEL_TENANT, Tenant,
+    Window,
+};
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use kube::ResourceExt;
@@ -46,7 +49,9 @@ pub fn release_patch(tenant: &str, class: DataClass, w: Window, now: Timestamp) 
 }
 
 /// The merge patch taking a released volume back (its owner was re-created in the window).
-pub fn reclaim_patch(owner: &k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference) -> Value {
+pub fn reclaim_patch(
+    owner: &k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference,
+) -> Value {
     json!({"metadata": {
         "ownerReferences": [owner],
         "labels": {LABEL_RELEASED: null},
@@ -67,7 +72,9 @@ pub enum Verdict {
     KeepUntil(Timestamp),
     /// Due, but the tenant is under legal hold.
     Held,
-    Erase { deadline: Timestamp },
+    Erase {
+        deadline: Timestamp,
+    },
 }
 
 pub fn verdict(pvc: &PersistentVolumeClaim, now: Timestamp, legal_hold: bool) -> Verdict {
@@ -76,7 +83,11 @@ pub fn verdict(pvc: &PersistentVolumeClaim, now: Timestamp, legal_hold: bool) ->
     }
     // A released volume without a readable deadline is erased now rather than kept forever:
     // keeping data past its promise is the failure retention exists to prevent.
-    let deadline = pvc.annotations().get(ANNOTATION_RETAIN_UNTIL).and_then(|s| crate::clock::parse(s)).unwrap_or(now);
+    let deadline = pvc
+        .annotations()
+        .get(ANNOTATION_RETAIN_UNTIL)
+        .and_then(|s| crate::clock::parse(s))
+        .unwrap_or(now);
     if legal_hold {
         Verdict::Held
     } else if now < deadline {
@@ -86,8 +97,20 @@ pub fn verdict(pvc: &PersistentVolumeClaim, now: Timestamp, legal_hold: bool) ->
     }
 }
 
-pub fn receipt(what: String, class: &str, deadline: Timestamp, erased_at: Timestamp, rule: String) -> ErasureRecord {
-    ErasureRecord { what, data_class: class.into(), deadline: crate::clock::format(deadline), erased_at: crate::clock::format(erased_at), rule }
+pub fn receipt(
+    what: String,
+    class: &str,
+    deadline: Timestamp,
+    erased_at: Timestamp,
+    rule: String,
+) -> ErasureRecord {
+    ErasureRecord {
+        what,
+        data_class: class.into(),
+        deadline: crate::clock::format(deadline),
+        erased_at: crate::clock::format(erased_at),
+        rule,
+    }
 }
 
 /// The `alcove.dev/data-class` of the receipts ConfigMaps.
@@ -108,8 +131,10 @@ mod tests {
     }
 
     fn tenant(retention: Value) -> Tenant {
-        serde_json::from_value(json!({"apiVersion": "alcove.dev/v1alpha1", "kind": "Tenant", "metadata": {"name": "acme"},
-            "spec": {"displayName": "ACME", "tier": "basic", "region": "tw-taipei-1", "retention": retention}}))
+        serde_json::from_value(
+            json!({"apiVersion": "alcove.dev/v1alpha1", "kind": "Tenant", "metadata": {"name": "acme"},
+            "spec": {"displayName": "ACME", "tier": "basic", "region": "tw-taipei-1", "retention": retention}}),
+        )
         .unwrap()
     }
 
@@ -118,14 +143,22 @@ mod tests {
         assert_eq!(window(None, DataClass::ConversationHistory, Window::days(7)), Window::days(7));
         assert_eq!(window(None, DataClass::ConversationHistory, Window::days(3)), Window::days(3));
         let t = tenant(json!({"conversationHistory": "2d"}));
-        assert_eq!(window(Some(&t), DataClass::ConversationHistory, Window::days(7)), Window::days(2));
+        assert_eq!(
+            window(Some(&t), DataClass::ConversationHistory, Window::days(7)),
+            Window::days(2)
+        );
         assert_eq!(window(Some(&t), DataClass::KnowledgeBase, Window::days(7)), Window::days(7));
         assert_eq!(window(Some(&t), DataClass::AccountData, Window::days(30)), Window::days(30));
     }
 
     #[test]
     fn a_released_volume_is_kept_until_its_deadline_and_held_under_legal_hold() {
-        let patch = release_patch("acme", DataClass::ConversationHistory, Window::days(7), ts("2026-11-22T10:00:00Z"));
+        let patch = release_patch(
+            "acme",
+            DataClass::ConversationHistory,
+            Window::days(7),
+            ts("2026-11-22T10:00:00Z"),
+        );
         let pvc: PersistentVolumeClaim = serde_json::from_value(json!({"metadata": {"name": "chat-history", "labels": patch["metadata"]["labels"], "annotations": patch["metadata"]["annotations"]}})).unwrap();
         assert_eq!(pvc.annotations()[ANNOTATION_RETAIN_UNTIL], "2026-11-29T10:00:00Z");
         assert_eq!(pvc.annotations()[ANNOTATION_RULE], "conversationHistory=7d");

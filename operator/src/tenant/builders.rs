@@ -11,7 +11,9 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 
 use crate::config::Config;
-use crate::names::{COMPONENT_LABEL, INSTANCE_PORT, KEY_SECRET, MANAGED_BY, namespace_name, tenant_of_namespace};
+use crate::names::{
+    COMPONENT_LABEL, INSTANCE_PORT, KEY_SECRET, MANAGED_BY, namespace_name, tenant_of_namespace,
+};
 
 pub const QUOTA: &str = "alcove-quota";
 pub const LIMITS: &str = "alcove-limits";
@@ -37,7 +39,11 @@ pub fn child_meta(tenant: &Tenant, name: &str, namespace: Option<&str>) -> Objec
         name: Some(name.into()),
         namespace: namespace.map(str::to_string),
         labels: Some(
-            [(LABEL_TENANT.to_string(), tenant.name_any()), (MANAGED_BY.0.to_string(), MANAGED_BY.1.to_string())].into(),
+            [
+                (LABEL_TENANT.to_string(), tenant.name_any()),
+                (MANAGED_BY.0.to_string(), MANAGED_BY.1.to_string()),
+            ]
+            .into(),
         ),
         owner_references: Some(vec![owner_ref(tenant)]),
         ..Default::default()
@@ -46,7 +52,11 @@ pub fn child_meta(tenant: &Tenant, name: &str, namespace: Option<&str>) -> Objec
 
 /// Metadata of a child object in its owner's namespace, garbage-collected with it: labelled
 /// managed-by, with the tenant (from the namespace) and `owner_label=<owner's name>`.
-pub fn owned_meta<K: Resource<DynamicType = ()>>(owner: &K, name: &str, owner_label: &str) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+pub fn owned_meta<K: Resource<DynamicType = ()>>(
+    owner: &K,
+    name: &str,
+    owner_label: &str,
+) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
     let ns = owner.meta().namespace.clone().unwrap_or_default();
     let owner_name = owner.meta().name.clone().unwrap_or_default();
     k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
@@ -55,12 +65,17 @@ pub fn owned_meta<K: Resource<DynamicType = ()>>(owner: &K, name: &str, owner_la
         labels: Some(
             [
                 (MANAGED_BY.0.to_string(), MANAGED_BY.1.to_string()),
-                (alcove_crds::LABEL_TENANT.to_string(), tenant_of_namespace(&ns).unwrap_or_default().to_string()),
+                (
+                    alcove_crds::LABEL_TENANT.to_string(),
+                    tenant_of_namespace(&ns).unwrap_or_default().to_string(),
+                ),
                 (owner_label.to_string(), owner_name),
             ]
             .into(),
         ),
-        owner_references: Some(vec![owner.controller_owner_ref(&()).expect("a stored object has a name and uid")]),
+        owner_references: Some(vec![
+            owner.controller_owner_ref(&()).expect("a stored object has a name and uid"),
+        ]),
         ..Default::default()
     }
 }
@@ -80,7 +95,11 @@ pub fn namespace(tenant: &Tenant) -> Namespace {
 }
 
 fn quota_of(tenant: &Tenant) -> TenantQuota {
-    tenant.spec.quota.clone().unwrap_or_else(|| serde_json::from_value(json!({})).expect("defaults"))
+    tenant
+        .spec
+        .quota
+        .clone()
+        .unwrap_or_else(|| serde_json::from_value(json!({})).expect("defaults"))
 }
 
 /// ResourceQuota from `spec.quota`: GPUs, instances and knowledge bases (object counts), pods,
@@ -90,7 +109,12 @@ pub fn resource_quota(tenant: &Tenant) -> ResourceQuota {
     // The free tier has no knowledge-base storage: its pods and claims leave no room for them.
     // One KnowledgeBase object may still exist, so that the operator can refuse it with a
     // condition that says why (a quota refusal would not name the tier).
-    let (kb_objects, kbs) = if tenant.spec.tier == Tier::Free { (1, 0) } else { let n = q.max_knowledge_bases.unwrap_or(4); (n, n) };
+    let (kb_objects, kbs) = if tenant.spec.tier == Tier::Free {
+        (1, 0)
+    } else {
+        let n = q.max_knowledge_bases.unwrap_or(4);
+        (n, n)
+    };
     // Each instance has one pod; each knowledge base at most one indexing pod at a time.
     let pods = q.max_instances + kbs;
     let claims = q.max_instances + kbs;
@@ -198,7 +222,8 @@ pub fn role_binding(tenant: &Tenant) -> RoleBinding {
         .collect();
     let group = admin_group(&tenant.name_any());
     if !tenant.spec.owners.iter().any(|o| o.kind == OwnerKind::Group && o.name == group) {
-        subjects.push(json!({"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": group}));
+        subjects
+            .push(json!({"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": group}));
     }
     from_json(json!({
         "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
@@ -214,7 +239,13 @@ pub fn key_secret(tenant: &Tenant, key: &[u8; 32]) -> Secret {
     use base64::Engine;
     let ns = namespace_name(&tenant.name_any());
     let mut meta = child_meta(tenant, KEY_SECRET, Some(&ns));
-    meta.annotations = Some([("alcove.dev/purpose".to_string(), "encryption key of the tenant's data at rest; never rotated silently".to_string())].into());
+    meta.annotations = Some(
+        [(
+            "alcove.dev/purpose".to_string(),
+            "encryption key of the tenant's data at rest; never rotated silently".to_string(),
+        )]
+        .into(),
+    );
     from_json(json!({
         "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
         "metadata": meta,
@@ -227,7 +258,8 @@ pub fn key_secret(tenant: &Tenant, key: &[u8; 32]) -> Secret {
 pub fn placement(tenant: &Tenant, config: &Config) -> ResolvedPlacement {
     let tier = config.tier(tenant.spec.tier);
     let mut node_selector: BTreeMap<String, String> = BTreeMap::new();
-    let mut tolerations: Vec<Toleration> = tier.tolerations.iter().filter_map(|t| serde_json::from_value(t.clone()).ok()).collect();
+    let mut tolerations: Vec<Toleration> =
+        tier.tolerations.iter().filter_map(|t| serde_json::from_value(t.clone()).ok()).collect();
     match tenant.spec.tier {
         Tier::Free | Tier::Basic => node_selector.extend(tier.node_selector),
         Tier::Pro => {
@@ -260,7 +292,8 @@ fn tolerated(tolerations: &[Toleration], taint: &k8s_openapi::api::core::v1::Tai
             Some(k) => k == taint.key,
         };
         let effect_ok = t.effect.as_deref().is_none_or(|e| e.is_empty() || e == taint.effect);
-        let value_ok = t.operator.as_deref() == Some("Exists") || t.value.as_deref().unwrap_or_default() == taint.value.as_deref().unwrap_or_default();
+        let value_ok = t.operator.as_deref() == Some("Exists")
+            || t.value.as_deref().unwrap_or_default() == taint.value.as_deref().unwrap_or_default();
         key_ok && effect_ok && value_ok
     })
 }
@@ -276,12 +309,18 @@ pub fn node_can_host(placement: &ResolvedPlacement, node: &Node) -> bool {
         return false;
     }
     for taint in spec.taints.unwrap_or_default() {
-        if (taint.effect == "NoSchedule" || taint.effect == "NoExecute") && !tolerated(&placement.tolerations, &taint) {
+        if (taint.effect == "NoSchedule" || taint.effect == "NoExecute")
+            && !tolerated(&placement.tolerations, &taint)
+        {
             return false;
         }
     }
     let allocatable = node.status.as_ref().and_then(|s| s.allocatable.clone()).unwrap_or_default();
-    allocatable.iter().any(|(k, q)| (k == "nvidia.com/gpu" || k.starts_with("nvidia.com/mig-")) && q.0.trim() != "0" && !q.0.trim().is_empty())
+    allocatable.iter().any(|(k, q)| {
+        (k == "nvidia.com/gpu" || k.starts_with("nvidia.com/mig-"))
+            && q.0.trim() != "0"
+            && !q.0.trim().is_empty()
+    })
 }
 
 #[cfg(test)]
@@ -295,7 +334,8 @@ mod tests {
     }
 
     fn example(name: &str) -> Tenant {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/good").join(name);
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/good").join(name);
         tenant(&std::fs::read_to_string(path).unwrap())
     }
 
@@ -325,7 +365,10 @@ mod tests {
         let free = resource_quota(&example("tenant-free.yaml")).spec.unwrap().hard.unwrap();
         // One object, to be refused with a condition; no pod or claim for it.
         assert_eq!(free["count/knowledgebases.alcove.dev"].0, "1");
-        let free_spec = example("tenant-free.yaml").spec.quota.unwrap_or_else(|| serde_json::from_value(json!({})).unwrap());
+        let free_spec = example("tenant-free.yaml")
+            .spec
+            .quota
+            .unwrap_or_else(|| serde_json::from_value(json!({})).unwrap());
         assert_eq!(free["pods"].0, free_spec.max_instances.to_string());
         assert_eq!(free["persistentvolumeclaims"].0, free_spec.max_instances.to_string());
     }
@@ -339,34 +382,59 @@ mod tests {
         assert_eq!(deny.policy_types.unwrap(), vec!["Ingress", "Egress"]);
         assert!(deny.ingress.is_none() && deny.egress.is_none());
         let gw = serde_json::to_value(&pols[3]).unwrap();
-        assert_eq!(gw["spec"]["ingress"][0]["from"][0]["namespaceSelector"]["matchExpressions"][0]["values"], json!(["alcove-system"]));
+        assert_eq!(
+            gw["spec"]["ingress"][0]["from"][0]["namespaceSelector"]["matchExpressions"][0]["values"],
+            json!(["alcove-system"])
+        );
         assert_eq!(gw["spec"]["ingress"][0]["ports"][0]["port"], 8080);
     }
 
     #[test]
     fn role_grants_no_quota_policy_or_key_access() {
-        let r = serde_json::to_value(role(&example("tenant-pro.yaml"), &["chat-api-key".into()])).unwrap();
+        let r = serde_json::to_value(role(&example("tenant-pro.yaml"), &["chat-api-key".into()]))
+            .unwrap();
         let rules = r["rules"].as_array().unwrap();
         for rule in rules {
-            let resources: Vec<&str> = rule["resources"].as_array().unwrap().iter().filter_map(|v| v.as_str()).collect();
-            assert!(!resources.iter().any(|x| x.contains("quota") || x.contains("networkpolic") || x.contains("limitrange") || x.contains("role")), "{rule}");
+            let resources: Vec<&str> =
+                rule["resources"].as_array().unwrap().iter().filter_map(|v| v.as_str()).collect();
+            assert!(
+                !resources.iter().any(|x| x.contains("quota")
+                    || x.contains("networkpolic")
+                    || x.contains("limitrange")
+                    || x.contains("role")),
+                "{rule}"
+            );
             if resources.contains(&"secrets") {
-                let verbs: Vec<&str> = rule["verbs"].as_array().unwrap().iter().filter_map(|v| v.as_str()).collect();
-                assert!(verbs == ["create"] || rule["resourceNames"] == json!(["chat-api-key"]), "secret access is create-only or by name: {rule}");
+                let verbs: Vec<&str> =
+                    rule["verbs"].as_array().unwrap().iter().filter_map(|v| v.as_str()).collect();
+                assert!(
+                    verbs == ["create"] || rule["resourceNames"] == json!(["chat-api-key"]),
+                    "secret access is create-only or by name: {rule}"
+                );
             }
         }
         let rb = serde_json::to_value(role_binding(&example("tenant-pro.yaml"))).unwrap();
-        assert_eq!(rb["subjects"], json!([
-            {"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "bob@acme.example"},
-            {"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": "alcove:tenant:acme"},
-        ]));
+        assert_eq!(
+            rb["subjects"],
+            json!([
+                {"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "bob@acme.example"},
+                {"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": "alcove:tenant:acme"},
+            ])
+        );
     }
 
     #[test]
     fn placement_by_tier_always_within_region() {
         let config = Config::for_tests();
         let basic = placement(&example("tenant-basic.yaml"), &config);
-        assert_eq!(basic.node_selector, [("alcove.dev/pool".into(), "shared".into()), ("topology.kubernetes.io/region".into(), "tw-taipei-1".into())].into());
+        assert_eq!(
+            basic.node_selector,
+            [
+                ("alcove.dev/pool".into(), "shared".into()),
+                ("topology.kubernetes.io/region".into(), "tw-taipei-1".into())
+            ]
+            .into()
+        );
         let pro = placement(&example("tenant-pro.yaml"), &config);
         assert_eq!(pro.node_selector["alcove.dev/tenant"], "acme");
         assert_eq!(pro.tolerations[0].value.as_deref(), Some("acme"));
@@ -380,11 +448,23 @@ mod tests {
     fn capacity_needs_region_pool_tolerated_taints_and_gpus() {
         let config = Config::for_tests();
         let pro = placement(&example("tenant-pro.yaml"), &config);
-        let dedicated = node(json!({"topology.kubernetes.io/region": "tw-taipei-1", "alcove.dev/tenant": "acme"}), json!([{"key": "alcove.dev/tenant", "value": "acme", "effect": "NoSchedule"}]), "8");
+        let dedicated = node(
+            json!({"topology.kubernetes.io/region": "tw-taipei-1", "alcove.dev/tenant": "acme"}),
+            json!([{"key": "alcove.dev/tenant", "value": "acme", "effect": "NoSchedule"}]),
+            "8",
+        );
         assert!(node_can_host(&pro, &dedicated));
-        let other_region = node(json!({"topology.kubernetes.io/region": "jp-tokyo-1", "alcove.dev/tenant": "acme"}), json!([]), "8");
+        let other_region = node(
+            json!({"topology.kubernetes.io/region": "jp-tokyo-1", "alcove.dev/tenant": "acme"}),
+            json!([]),
+            "8",
+        );
         assert!(!node_can_host(&pro, &other_region));
-        let no_gpu = node(json!({"topology.kubernetes.io/region": "tw-taipei-1", "alcove.dev/tenant": "acme"}), json!([]), "0");
+        let no_gpu = node(
+            json!({"topology.kubernetes.io/region": "tw-taipei-1", "alcove.dev/tenant": "acme"}),
+            json!([]),
+            "0",
+        );
         assert!(!node_can_host(&pro, &no_gpu));
         let basic = placement(&example("tenant-basic.yaml"), &config);
         assert!(!node_can_host(&basic, &dedicated), "shared tenants never land on dedicated nodes");

@@ -6,21 +6,23 @@ pub mod builders;
 use std::sync::Arc;
 use std::time::Duration;
 
-use alcove_crds::{InstancePhase, InferenceInstance, KnowledgeBase, Tenant, TenantPhase, TenantStatus, condition};
+use alcove_crds::{
+    InferenceInstance, InstancePhase, KnowledgeBase, Tenant, TenantPhase, TenantStatus, condition,
+};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{LimitRange, Namespace, ResourceQuota, Secret};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{Api, DeleteParams};
+use kube::runtime::Controller;
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::Controller;
 use kube::{Resource, ResourceExt};
 
-use crate::context::{Context, Handles, find, find_cluster};
-use crate::error::{Error, Result};
 use crate::conditions;
+use crate::context::{Context, Handles, find, find_cluster};
 use crate::controller::{self, ensure_finalizer, ignore_missing, remove_finalizer};
+use crate::error::{Error, Result};
 
 pub const FINALIZER: &str = "alcove.dev/tenant-cleanup";
 const CONTROLLER: &str = "tenant";
@@ -54,12 +56,28 @@ async fn reconcile_inner(tenant: &Tenant, ctx: &Context) -> Result<Action> {
 
     // Namespace first: everything else lives in it.
     let namespaces: Api<Namespace> = Api::all(ctx.client.clone());
-    ctx.apply(&namespaces, &builders::namespace(tenant), find_cluster(&ctx.caches.namespaces, &ns).as_deref()).await?;
+    ctx.apply(
+        &namespaces,
+        &builders::namespace(tenant),
+        find_cluster(&ctx.caches.namespaces, &ns).as_deref(),
+    )
+    .await?;
 
     let quotas: Api<ResourceQuota> = Api::namespaced(ctx.client.clone(), &ns);
-    let quota_written = ctx.apply(&quotas, &builders::resource_quota(tenant), find(&ctx.caches.quotas, &ns, builders::QUOTA).as_deref()).await?;
+    let quota_written = ctx
+        .apply(
+            &quotas,
+            &builders::resource_quota(tenant),
+            find(&ctx.caches.quotas, &ns, builders::QUOTA).as_deref(),
+        )
+        .await?;
     let limits: Api<LimitRange> = Api::namespaced(ctx.client.clone(), &ns);
-    ctx.apply(&limits, &builders::limit_range(tenant), find(&ctx.caches.limit_ranges, &ns, builders::LIMITS).as_deref()).await?;
+    ctx.apply(
+        &limits,
+        &builders::limit_range(tenant),
+        find(&ctx.caches.limit_ranges, &ns, builders::LIMITS).as_deref(),
+    )
+    .await?;
 
     let netpols: Api<NetworkPolicy> = Api::namespaced(ctx.client.clone(), &ns);
     let mut isolation_repaired = false;
@@ -74,21 +92,46 @@ async fn reconcile_inner(tenant: &Tenant, ctx: &Context) -> Result<Action> {
     let role = builders::role(tenant, &api_key_secrets(ctx, &ns));
     ctx.apply(&roles, &role, find(&ctx.caches.roles, &ns, builders::ROLE).as_deref()).await?;
     let bindings: Api<RoleBinding> = Api::namespaced(ctx.client.clone(), &ns);
-    ctx.apply(&bindings, &builders::role_binding(tenant), find(&ctx.caches.role_bindings, &ns, builders::ROLE_BINDING).as_deref()).await?;
+    ctx.apply(
+        &bindings,
+        &builders::role_binding(tenant),
+        find(&ctx.caches.role_bindings, &ns, builders::ROLE_BINDING).as_deref(),
+    )
+    .await?;
 
     // The key is created once; an existing one is never touched.
     let live_key = find(&ctx.caches.secrets, &ns, crate::names::KEY_SECRET);
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
     let mut key = [0u8; 32];
     if live_key.is_none() {
-        getrandom::fill(&mut key).map_err(|e| Error::Other(format!("no randomness for the tenant key: {e}")))?;
+        getrandom::fill(&mut key)
+            .map_err(|e| Error::Other(format!("no randomness for the tenant key: {e}")))?;
     }
     ctx.create(&secrets, &builders::key_secret(tenant, &key), live_key.as_deref()).await?;
     if isolation_repaired {
-        ctx.event(tenant, true, "IsolationRestored", "Reconcile", format!("a network policy of {ns} had drifted and was restored")).await;
+        ctx.event(
+            tenant,
+            true,
+            "IsolationRestored",
+            "Reconcile",
+            format!("a network policy of {ns} had drifted and was restored"),
+        )
+        .await;
     }
-    if quota_written && tenant.status.as_ref().is_some_and(|s| conditions::is_true(&s.conditions, condition::QUOTA_APPLIED)) {
-        ctx.event(tenant, false, "QuotaUpdated", "Reconcile", format!("quota of {ns} set from spec.quota")).await;
+    if quota_written
+        && tenant
+            .status
+            .as_ref()
+            .is_some_and(|s| conditions::is_true(&s.conditions, condition::QUOTA_APPLIED))
+    {
+        ctx.event(
+            tenant,
+            false,
+            "QuotaUpdated",
+            "Reconcile",
+            format!("quota of {ns} set from spec.quota"),
+        )
+        .await;
     }
 
     // Placement and whether the region can ever host this tenant's GPUs.
@@ -96,11 +139,21 @@ async fn reconcile_inner(tenant: &Tenant, ctx: &Context) -> Result<Action> {
     let capacity = ctx.caches.nodes.state().iter().any(|n| builders::node_can_host(&placement, n));
 
     // Aggregates from the tenant's instances.
-    let instances: Vec<Arc<InferenceInstance>> =
-        ctx.caches.instances.state().into_iter().filter(|i| i.namespace().as_deref() == Some(ns.as_str())).collect();
+    let instances: Vec<Arc<InferenceInstance>> = ctx
+        .caches
+        .instances
+        .state()
+        .into_iter()
+        .filter(|i| i.namespace().as_deref() == Some(ns.as_str()))
+        .collect();
     let gpus: i32 = instances
         .iter()
-        .filter(|i| matches!(i.status.as_ref().and_then(|s| s.phase), Some(InstancePhase::Ready | InstancePhase::Provisioning)))
+        .filter(|i| {
+            matches!(
+                i.status.as_ref().and_then(|s| s.phase),
+                Some(InstancePhase::Ready | InstancePhase::Provisioning)
+            )
+        })
         .map(|i| i.spec.gpu.count)
         .sum();
     ctx.metrics.gpus_in_use.with_label_values(&[&name]).set(gpus as i64);
@@ -110,14 +163,25 @@ async fn reconcile_inner(tenant: &Tenant, ctx: &Context) -> Result<Action> {
     let generation = tenant.metadata.generation;
     let region = &tenant.spec.region;
     let ready = if capacity {
-        conditions::condition(&previous.conditions, condition::READY, true, "Reconciled", &format!("namespace {ns} is isolated and the region has capacity"), generation, now)
+        conditions::condition(
+            &previous.conditions,
+            condition::READY,
+            true,
+            "Reconciled",
+            &format!("namespace {ns} is isolated and the region has capacity"),
+            generation,
+            now,
+        )
     } else {
         conditions::condition(
             &previous.conditions,
             condition::READY,
             false,
             "NoCapacityInRegion",
-            &format!("no node in region {region} can host a GPU instance of this {} tenant", tenant.spec.tier.as_str()),
+            &format!(
+                "no node in region {region} can host a GPU instance of this {} tenant",
+                tenant.spec.tier.as_str()
+            ),
             generation,
             now,
         )
@@ -129,8 +193,28 @@ async fn reconcile_inner(tenant: &Tenant, ctx: &Context) -> Result<Action> {
         phase: Some(if capacity { TenantPhase::Ready } else { TenantPhase::Degraded }),
         conditions: vec![
             ready,
-            conditions::condition(&previous.conditions, condition::QUOTA_APPLIED, true, "Applied", &format!("ResourceQuota {} and LimitRange {} applied", builders::QUOTA, builders::LIMITS), generation, now),
-            conditions::condition(&previous.conditions, condition::ISOLATION_APPLIED, true, "Applied", "network policies, RBAC and the encryption key are in place", generation, now),
+            conditions::condition(
+                &previous.conditions,
+                condition::QUOTA_APPLIED,
+                true,
+                "Applied",
+                &format!(
+                    "ResourceQuota {} and LimitRange {} applied",
+                    builders::QUOTA,
+                    builders::LIMITS
+                ),
+                generation,
+                now,
+            ),
+            conditions::condition(
+                &previous.conditions,
+                condition::ISOLATION_APPLIED,
+                true,
+                "Applied",
+                "network policies, RBAC and the encryption key are in place",
+                generation,
+                now,
+            ),
         ],
         observed_generation: generation,
         placement: Some(placement),
@@ -157,16 +241,23 @@ async fn reconcile_inner(tenant: &Tenant, ctx: &Context) -> Result<Action> {
     desired.billing = billing.status.clone();
     desired.conditions.push(billing.condition.clone());
     if let Some(b) = &billing.status {
-        ctx.metrics.credit.with_label_values(&[&name, b.currency.as_deref().unwrap_or_default()]).set(b.balance);
+        ctx.metrics
+            .credit
+            .with_label_values(&[&name, b.currency.as_deref().unwrap_or_default()])
+            .set(b.balance);
         ctx.metrics.low_balance.with_label_values(&[&name]).set(billing.low as i64);
     }
     // Ledgers of destroyed instances keep their totals; their meters go once the instance has.
     if let Some(l) = &ledger
         && l.meters.values().any(|m| m.closed)
     {
-        let uids: std::collections::HashSet<String> = ctx.caches.instances.state().iter().filter_map(|i| i.uid()).collect();
+        let uids: std::collections::HashSet<String> =
+            ctx.caches.instances.state().iter().filter_map(|i| i.uid()).collect();
         if l.meters.iter().any(|(uid, m)| m.closed && !uids.contains(uid)) {
-            crate::billing::store::update(&ctx.client, &ctx.config.namespace, tenant, |l| l.prune(|uid| uids.contains(uid))).await?;
+            crate::billing::store::update(&ctx.client, &ctx.config.namespace, tenant, |l| {
+                l.prune(|uid| uids.contains(uid))
+            })
+            .await?;
         }
     }
     desired.erasure = last_receipts(ctx, &tenant.name_any()).await?;
@@ -176,25 +267,49 @@ async fn reconcile_inner(tenant: &Tenant, ctx: &Context) -> Result<Action> {
     let billing_changed = conditions::transitioned(&previous.conditions, &billing.condition);
     if ctx.write_status(&tenants, tenant, tenant.status.as_ref(), &desired).await? {
         if first_ready {
-            ctx.event(tenant, false, "Provisioned", "Reconcile", format!("namespace {ns} created with quota, policies, RBAC and key")).await;
+            ctx.event(
+                tenant,
+                false,
+                "Provisioned",
+                "Reconcile",
+                format!("namespace {ns} created with quota, policies, RBAC and key"),
+            )
+            .await;
         }
         if capacity_lost {
             ctx.event(tenant, true, "NoCapacityInRegion", "Placement", message).await;
         }
         if billing_changed {
             let c = &billing.condition;
-            let was_exhausted = previous.conditions.iter().any(|p| p.type_ == condition::BILLING && p.reason == "CreditExhausted");
+            let was_exhausted = previous
+                .conditions
+                .iter()
+                .any(|p| p.type_ == condition::BILLING && p.reason == "CreditExhausted");
             match c.reason.as_str() {
-                "CreditExhausted" => ctx.event(tenant, true, "CreditExhausted", "Billing", c.message.clone()).await,
-                "LowBalance" => ctx.event(tenant, true, "LowBalance", "Billing", c.message.clone()).await,
-                "Active" if was_exhausted => ctx.event(tenant, false, "CreditRestored", "Billing", c.message.clone()).await,
-                "StripeError" | "Disabled" => ctx.event(tenant, true, &c.reason, "Billing", c.message.clone()).await,
+                "CreditExhausted" => {
+                    ctx.event(tenant, true, "CreditExhausted", "Billing", c.message.clone()).await
+                }
+                "LowBalance" => {
+                    ctx.event(tenant, true, "LowBalance", "Billing", c.message.clone()).await
+                }
+                "Active" if was_exhausted => {
+                    ctx.event(tenant, false, "CreditRestored", "Billing", c.message.clone()).await
+                }
+                "StripeError" | "Disabled" => {
+                    ctx.event(tenant, true, &c.reason, "Billing", c.message.clone()).await
+                }
                 _ => {}
             }
         }
     }
-    let wake = billing.wake.map_or(ctx.config.resync, |w| w.clamp(Duration::from_secs(1), ctx.config.resync));
-    let wake = if matches!(standing, crate::billing::account::Standing::StripeError(_)) { Duration::from_secs(10) } else { wake };
+    let wake = billing
+        .wake
+        .map_or(ctx.config.resync, |w| w.clamp(Duration::from_secs(1), ctx.config.resync));
+    let wake = if matches!(standing, crate::billing::account::Standing::StripeError(_)) {
+        Duration::from_secs(10)
+    } else {
+        wake
+    };
     Ok(Action::requeue(wake))
 }
 
@@ -214,10 +329,19 @@ async fn cleanup(tenant: &Tenant, ctx: &Context) -> Result<Action> {
     let tenants: Api<Tenant> = Api::all(ctx.client.clone());
     let name = tenant.name_any();
     let ns = crate::names::namespace_name(&name);
-    let window = policy::window(Some(tenant), alcove_crds::DataClass::AccountData, ctx.config.default_window(alcove_crds::DataClass::AccountData));
+    let window = policy::window(
+        Some(tenant),
+        alcove_crds::DataClass::AccountData,
+        ctx.config.default_window(alcove_crds::DataClass::AccountData),
+    );
     // The window starts when the operator first sees the deletion (by the one clock), and the
     // deadline is kept in the status, so a restart or a changed spec never moves it later.
-    let erase_after = tenant.status.as_ref().and_then(|s| s.erase_after.as_deref()).and_then(crate::clock::parse).unwrap_or_else(|| policy::deadline(ctx.now(), window));
+    let erase_after = tenant
+        .status
+        .as_ref()
+        .and_then(|s| s.erase_after.as_deref())
+        .and_then(crate::clock::parse)
+        .unwrap_or_else(|| policy::deadline(ctx.now(), window));
     let mut s = tenant.status.clone().unwrap_or_default();
     s.phase = Some(TenantPhase::Erasing);
     s.erase_after = Some(crate::clock::format(erase_after));
@@ -225,14 +349,35 @@ async fn cleanup(tenant: &Tenant, ctx: &Context) -> Result<Action> {
     let first = tenant.status.as_ref().and_then(|s| s.phase) != Some(TenantPhase::Erasing);
     ctx.write_status(&tenants, tenant, tenant.status.as_ref(), &s).await?;
     if first {
-        ctx.event(tenant, false, "Erasing", "Delete", format!("instances and knowledge bases destroyed; the tenant's data in {ns} is erased at {} ({})", crate::clock::format(erase_after), policy::rule(alcove_crds::DataClass::AccountData, window))).await;
+        ctx.event(
+            tenant,
+            false,
+            "Erasing",
+            "Delete",
+            format!(
+                "instances and knowledge bases destroyed; the tenant's data in {ns} is erased at {} ({})",
+                crate::clock::format(erase_after),
+                policy::rule(alcove_crds::DataClass::AccountData, window)
+            ),
+        )
+        .await;
     }
     let instances: Api<InferenceInstance> = Api::namespaced(ctx.client.clone(), &ns);
     let kbs: Api<KnowledgeBase> = Api::namespaced(ctx.client.clone(), &ns);
-    let live_instances: Vec<Arc<InferenceInstance>> =
-        ctx.caches.instances.state().into_iter().filter(|i| i.namespace().as_deref() == Some(ns.as_str())).collect();
-    let live_kbs: Vec<Arc<KnowledgeBase>> =
-        ctx.caches.knowledge_bases.state().into_iter().filter(|k| k.namespace().as_deref() == Some(ns.as_str())).collect();
+    let live_instances: Vec<Arc<InferenceInstance>> = ctx
+        .caches
+        .instances
+        .state()
+        .into_iter()
+        .filter(|i| i.namespace().as_deref() == Some(ns.as_str()))
+        .collect();
+    let live_kbs: Vec<Arc<KnowledgeBase>> = ctx
+        .caches
+        .knowledge_bases
+        .state()
+        .into_iter()
+        .filter(|k| k.namespace().as_deref() == Some(ns.as_str()))
+        .collect();
     for i in &live_instances {
         if i.metadata.deletion_timestamp.is_none() {
             ignore_missing(instances.delete(&i.name_any(), &DeleteParams::background()).await)?;
@@ -251,14 +396,25 @@ async fn cleanup(tenant: &Tenant, ctx: &Context) -> Result<Action> {
     }
     let now = ctx.now();
     if now < erase_after {
-        return Ok(Action::requeue(erase_after.duration_since(now).unsigned_abs().max(Duration::from_millis(100))));
+        return Ok(Action::requeue(
+            erase_after.duration_since(now).unsigned_abs().max(Duration::from_millis(100)),
+        ));
     }
     // Erase: the volumes (the tenant's PVCs, cached or not), then the key, then the namespace.
-    let receipt = |what: String| policy::receipt(what, alcove_crds::DataClass::AccountData.as_str(), erase_after, ctx.now(), policy::rule(alcove_crds::DataClass::AccountData, window));
+    let receipt = |what: String| {
+        policy::receipt(
+            what,
+            alcove_crds::DataClass::AccountData.as_str(),
+            erase_after,
+            ctx.now(),
+            policy::rule(alcove_crds::DataClass::AccountData, window),
+        )
+    };
     let namespaces: Api<Namespace> = Api::all(ctx.client.clone());
     let live_ns = namespaces.get_opt(&ns).await?;
     if live_ns.is_some() {
-        let pvcs: Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
+        let pvcs: Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> =
+            Api::namespaced(ctx.client.clone(), &ns);
         for pvc in pvcs.list(&Default::default()).await?.items {
             if let Some(what) = crate::retention::erase_volume(ctx, &pvc).await? {
                 crate::retention::record(ctx, &name, &receipt(what)).await?;
@@ -266,8 +422,18 @@ async fn cleanup(tenant: &Tenant, ctx: &Context) -> Result<Action> {
         }
         let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
         if secrets.get_opt(crate::names::KEY_SECRET).await?.is_some() {
-            ignore_missing(secrets.delete(crate::names::KEY_SECRET, &DeleteParams::default()).await)?;
-            crate::retention::record(ctx, &name, &receipt(format!("Secret {ns}/{} (the tenant's encryption key)", crate::names::KEY_SECRET))).await?;
+            ignore_missing(
+                secrets.delete(crate::names::KEY_SECRET, &DeleteParams::default()).await,
+            )?;
+            crate::retention::record(
+                ctx,
+                &name,
+                &receipt(format!(
+                    "Secret {ns}/{} (the tenant's encryption key)",
+                    crate::names::KEY_SECRET
+                )),
+            )
+            .await?;
         }
     }
     match live_ns {
@@ -278,7 +444,11 @@ async fn cleanup(tenant: &Tenant, ctx: &Context) -> Result<Action> {
             Ok(Action::requeue(Duration::from_millis(500)))
         }
         None => {
-            if tenant.status.as_ref().is_some_and(|s| !s.erasure.iter().any(|r| r.what == format!("Namespace {ns}"))) {
+            if tenant
+                .status
+                .as_ref()
+                .is_some_and(|s| !s.erasure.iter().any(|r| r.what == format!("Namespace {ns}")))
+            {
                 crate::retention::record(ctx, &name, &receipt(format!("Namespace {ns}"))).await?;
             }
             remove_finalizer(&tenants, tenant, FINALIZER).await?;
@@ -293,7 +463,11 @@ fn error_policy(tenant: Arc<Tenant>, error: &Error, ctx: Arc<Context>) -> Action
 }
 
 /// The Tenant controller, ready to run.
-pub fn controller<S>(ctx: Arc<Context>, h: &Handles, shutdown: S) -> impl std::future::Future<Output = ()> + Send + use<S>
+pub fn controller<S>(
+    ctx: Arc<Context>,
+    h: &Handles,
+    shutdown: S,
+) -> impl std::future::Future<Output = ()> + Send + use<S>
 where
     S: std::future::Future<Output = ()> + Send + Sync + 'static,
 {
@@ -309,7 +483,8 @@ where
     // Node changes can give or take a region's capacity: re-check every tenant.
     let node_changes = h.nodes.subscribe().map(|_| ());
     // A new erasure receipt: the status mirrors it.
-    let nudged = tokio_stream::wrappers::BroadcastStream::new(ctx.tenant_nudges.subscribe()).filter_map(|r| futures::future::ready(r.ok().map(|t| ObjectRef::new(&t))));
+    let nudged = tokio_stream::wrappers::BroadcastStream::new(ctx.tenant_nudges.subscribe())
+        .filter_map(|r| futures::future::ready(r.ok().map(|t| ObjectRef::new(&t))));
     Controller::for_stream(h.tenants.subscribe(), ctx.caches.tenants.clone())
         .watches_stream(h.namespaces.subscribe(), by_label)
         .watches_stream(h.quotas.subscribe(), by_label)

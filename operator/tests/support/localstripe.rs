@@ -30,13 +30,22 @@ impl LocalStripe {
             .expect("localstripe");
         let base = format!("http://127.0.0.1:{port}");
         let s = LocalStripe { base, _child: child };
-        eventually("localstripe serves", Duration::from_secs(30), || async { s.call("GET", "/v1/customers", None).await.0 == 200 }).await;
+        eventually("localstripe serves", Duration::from_secs(30), || async {
+            s.call("GET", "/v1/customers", None).await.0 == 200
+        })
+        .await;
         s
     }
 
     pub async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
         let body = body.map(|b| b.to_string());
-        let (code, text) = http(method, &format!("{}{path}", self.base), &[("Authorization", &format!("Bearer {KEY}"))], body.as_deref()).await;
+        let (code, text) = http(
+            method,
+            &format!("{}{path}", self.base),
+            &[("Authorization", &format!("Bearer {KEY}"))],
+            body.as_deref(),
+        )
+        .await;
         (code, serde_json::from_str(&text).unwrap_or(Value::Null))
     }
 
@@ -48,14 +57,23 @@ impl LocalStripe {
 
     pub async fn customers_of(&self, tenant_uid: &str) -> Vec<Value> {
         let v = self.ok("GET", "/v1/customers?limit=100", None).await;
-        v["data"].as_array().unwrap().iter().filter(|c| c["metadata"]["alcove_tenant_uid"] == tenant_uid).cloned().collect()
+        v["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["metadata"]["alcove_tenant_uid"] == tenant_uid)
+            .cloned()
+            .collect()
     }
 
     /// The usage records of a customer, oldest period first.
     pub async fn usage(&self, customer: &str) -> Vec<Value> {
-        let v = self.ok("GET", &format!("/v1/invoiceitems?customer={customer}&limit=100"), None).await;
+        let v =
+            self.ok("GET", &format!("/v1/invoiceitems?customer={customer}&limit=100"), None).await;
         let mut items = v["data"].as_array().unwrap().clone();
-        items.sort_by_key(|i| i["metadata"]["period_start"].as_str().unwrap_or_default().to_string());
+        items.sort_by_key(|i| {
+            i["metadata"]["period_start"].as_str().unwrap_or_default().to_string()
+        });
         items
     }
 
@@ -68,4 +86,3 @@ impl LocalStripe {
         pi["id"].as_str().unwrap().to_string()
     }
 }
-

@@ -50,7 +50,11 @@ impl Operator {
 }
 
 pub async fn curl(url: &str) -> Option<String> {
-    let o = tokio::process::Command::new("curl").args(["-sf", "--max-time", "5", url]).output().await.ok()?;
+    let o = tokio::process::Command::new("curl")
+        .args(["-sf", "--max-time", "5", url])
+        .output()
+        .await
+        .ok()?;
     o.status.success().then(|| String::from_utf8_lossy(&o.stdout).into_owned())
 }
 
@@ -89,27 +93,46 @@ impl Platform {
         let identity = format!("operator-{n}");
         let log = self.dir.path().join(format!("{identity}.log"));
         let out = std::fs::File::create(&log).unwrap();
-        let mut full = vec!["operator", "--http-addr", &format!("127.0.0.1:{port}"), "--identity", &identity, "--log-format", "text"]
-            .into_iter()
-            .map(str::to_string)
-            .collect::<Vec<_>>();
+        let mut full = vec![
+            "operator",
+            "--http-addr",
+            &format!("127.0.0.1:{port}"),
+            "--identity",
+            &identity,
+            "--log-format",
+            "text",
+        ]
+        .into_iter()
+        .map(str::to_string)
+        .collect::<Vec<_>>();
         full.extend(args.iter().map(|a| a.to_string()));
         let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_alcove"))
             .args(&full)
             .env("KUBECONFIG", &self.cluster.kubeconfig)
-            .env("ALCOVE_LOG", std::env::var("ALCOVE_TEST_LOG").unwrap_or_else(|_| "info,alcove=debug".into()))
+            .env(
+                "ALCOVE_LOG",
+                std::env::var("ALCOVE_TEST_LOG").unwrap_or_else(|_| "info,alcove=debug".into()),
+            )
             .stdout(out.try_clone().unwrap())
             .stderr(out)
             .kill_on_drop(true)
             .spawn()
             .expect("alcove binary");
         let http = format!("http://127.0.0.1:{port}");
-        eventually("operator serves /healthz", Duration::from_secs(20), || async { curl(&format!("{http}/healthz")).await.is_some() }).await;
+        eventually("operator serves /healthz", Duration::from_secs(20), || async {
+            curl(&format!("{http}/healthz")).await.is_some()
+        })
+        .await;
         self.operators.push(Operator { child, http, identity, log });
         n
     }
 
-    pub async fn kubectl_as(&self, kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
+    pub async fn kubectl_as(
+        &self,
+        kubeconfig: &Path,
+        args: &[&str],
+        stdin: Option<&str>,
+    ) -> (bool, String, String) {
         use tokio::io::AsyncWriteExt;
         let mut child = tokio::process::Command::new("kubectl")
             .args(args)
@@ -127,8 +150,15 @@ impl Platform {
             pipe.write_all(s.as_bytes()).await.unwrap();
         }
         drop(pipe);
-        let out = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output()).await.expect("kubectl in time").unwrap();
-        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+        let out = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output())
+            .await
+            .expect("kubectl in time")
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     }
 
     pub async fn kubectl(&self, args: &[&str]) -> (bool, String, String) {
@@ -162,7 +192,11 @@ impl Platform {
         let mut out = BTreeMap::new();
         for (labels, v) in alcove_devcluster::metrics::parse_request_totals(&text) {
             if alcove_devcluster::metrics::WRITE_VERBS.contains(&labels["verb"].as_str()) {
-                let key = if labels["subresource"].is_empty() { labels["resource"].clone() } else { format!("{}/{}", labels["resource"], labels["subresource"]) };
+                let key = if labels["subresource"].is_empty() {
+                    labels["resource"].clone()
+                } else {
+                    format!("{}/{}", labels["resource"], labels["subresource"])
+                };
                 *out.entry(key).or_default() += v;
             }
         }
@@ -171,7 +205,12 @@ impl Platform {
 
     /// Writes except the Lease renewals and Events, which are not reconcile writes.
     pub async fn reconcile_writes(&self) -> f64 {
-        self.writes_by_resource().await.into_iter().filter(|(k, _)| k != "leases" && k != "events").map(|(_, v)| v).sum()
+        self.writes_by_resource()
+            .await
+            .into_iter()
+            .filter(|(k, _)| k != "leases" && k != "events")
+            .map(|(_, v)| v)
+            .sum()
     }
 
     pub async fn jsonpath(&self, args: &[&str], path: &str) -> String {
@@ -194,7 +233,14 @@ impl Platform {
                 .iter()
                 .map(|o| {
                     let text = o.log_text();
-                    let tail: Vec<&str> = text.lines().rev().take(400).collect::<Vec<_>>().into_iter().rev().collect();
+                    let tail: Vec<&str> = text
+                        .lines()
+                        .rev()
+                        .take(400)
+                        .collect::<Vec<_>>()
+                        .into_iter()
+                        .rev()
+                        .collect();
                     format!("--- {} (last 400 lines)\n{}", o.identity, tail.join("\n"))
                 })
                 .collect();
@@ -202,7 +248,10 @@ impl Platform {
             get.extend(what.split_whitespace());
             let (_, object, _) = self.kubectl(&get).await;
             let (_, events, _) = self.kubectl(&["get", "events", "-A"]).await;
-            panic!("{what} never got {condition}: {out}{err}\n{}\n--- the object\n{object}\n--- events\n{events}", logs.join("\n"));
+            panic!(
+                "{what} never got {condition}: {out}{err}\n{}\n--- the object\n{object}\n--- events\n{events}",
+                logs.join("\n")
+            );
         }
     }
 }
@@ -218,7 +267,10 @@ where
         if f().await {
             return;
         }
-        assert!(tokio::time::Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -234,7 +286,10 @@ where
         if let Some(v) = f().await {
             return v;
         }
-        assert!(tokio::time::Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -254,15 +309,32 @@ pub fn inference_binary() -> PathBuf {
     static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     BIN.get_or_init(|| {
         let out = std::process::Command::new(env!("CARGO"))
-            .args(["build", "--quiet", "-p", "alcove-inference", "--bin", "alcove-inference", "--message-format=json"])
+            .args([
+                "build",
+                "--quiet",
+                "-p",
+                "alcove-inference",
+                "--bin",
+                "alcove-inference",
+                "--message-format=json",
+            ])
             .current_dir(workspace_root())
             .output()
             .expect("cargo");
-        assert!(out.status.success(), "building alcove-inference failed:\n{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "building alcove-inference failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout)
             .lines()
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .find_map(|m| m["executable"].as_str().filter(|e| e.ends_with("/alcove-inference")).map(PathBuf::from))
+            .find_map(|m| {
+                m["executable"]
+                    .as_str()
+                    .filter(|e| e.ends_with("/alcove-inference"))
+                    .map(PathBuf::from)
+            })
             .expect("cargo reported the alcove-inference executable")
     })
     .clone()
@@ -276,10 +348,22 @@ pub fn platform_models() -> PathBuf {
     ROOT.get_or_init(|| {
         let root = tempfile::tempdir().unwrap().keep();
         let bin = inference_binary();
-        for (name, extra) in [("default", vec![]), ("default-gguf", vec!["--format", "gguf"]), ("default-embedding", vec!["--embedding"])] {
+        for (name, extra) in [
+            ("default", vec![]),
+            ("default-gguf", vec!["--format", "gguf"]),
+            ("default-embedding", vec!["--embedding"]),
+        ] {
             let dir = root.join(name);
-            let out = std::process::Command::new(&bin).args(["make-test-model", "--out", dir.to_str().unwrap()]).args(extra).output().unwrap();
-            assert!(out.status.success(), "make-test-model {name}: {}", String::from_utf8_lossy(&out.stderr));
+            let out = std::process::Command::new(&bin)
+                .args(["make-test-model", "--out", dir.to_str().unwrap()])
+                .args(extra)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "make-test-model {name}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         root
     })
@@ -290,7 +374,11 @@ pub fn platform_models() -> PathBuf {
 /// models are served by the CSI driver the operator's default configuration names.
 pub fn with_inference(c: Config) -> Config {
     let mut c = c.image("ghcr.io/alcove-dev/alcove-inference*", inference_binary());
-    c.csi_drivers.push(alcove_devcluster::config::CsiDriver { driver: "models.alcove.dev".into(), attribute: "model".into(), root: platform_models() });
+    c.csi_drivers.push(alcove_devcluster::config::CsiDriver {
+        driver: "models.alcove.dev".into(),
+        attribute: "model".into(),
+        root: platform_models(),
+    });
     c
 }
 
@@ -314,19 +402,40 @@ impl Platform {
             .spawn()
             .expect("kubectl proxy");
         let base = format!("http://127.0.0.1:{port}");
-        eventually("kubectl proxy serves", Duration::from_secs(15), || async { curl(&format!("{base}/version")).await.is_some() }).await;
+        eventually("kubectl proxy serves", Duration::from_secs(15), || async {
+            curl(&format!("{base}/version")).await.is_some()
+        })
+        .await;
         KubectlProxy { base, _child: child }
     }
 }
 
 /// An HTTP request with curl: (status, body).
-pub async fn http(method: &str, url: &str, headers: &[(&str, &str)], body: Option<&str>) -> (u16, String) {
-    let mut args: Vec<String> = vec!["-s".into(), "--max-time".into(), "60".into(), "-X".into(), method.into(), "-w".into(), "\n%{http_code}".into()];
+pub async fn http(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> (u16, String) {
+    let mut args: Vec<String> = vec![
+        "-s".into(),
+        "--max-time".into(),
+        "60".into(),
+        "-X".into(),
+        method.into(),
+        "-w".into(),
+        "\n%{http_code}".into(),
+    ];
     for (k, v) in headers {
         args.extend(["-H".into(), format!("{k}: {v}")]);
     }
     if let Some(b) = body {
-        args.extend(["-H".into(), "Content-Type: application/json".into(), "--data-binary".into(), b.into()]);
+        args.extend([
+            "-H".into(),
+            "Content-Type: application/json".into(),
+            "--data-binary".into(),
+            b.into(),
+        ]);
     }
     args.push(url.into());
     let out = tokio::process::Command::new("curl").args(&args).output().await.expect("curl");
@@ -381,8 +490,16 @@ pub fn serve_document(path: &'static str, text: &'static str) -> u16 {
             let mut buf = [0u8; 4096];
             let n = s.read(&mut buf).unwrap_or(0);
             let req = String::from_utf8_lossy(&buf[..n]).into_owned();
-            let (status, body) = if req.split_whitespace().nth(1) == Some(path) { (200, text) } else { (404, "not found") };
-            let _ = write!(s, "HTTP/1.1 {status} X\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
+            let (status, body) = if req.split_whitespace().nth(1) == Some(path) {
+                (200, text)
+            } else {
+                (404, "not found")
+            };
+            let _ = write!(
+                s,
+                "HTTP/1.1 {status} X\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
         }
     });
     port
