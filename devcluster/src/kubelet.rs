@@ -536,23 +536,21 @@ impl PodWorker {
 
     async fn probe(&self, probe: &Value, container: &Value) -> bool {
         let timeout = Duration::from_secs(probe["timeoutSeconds"].as_u64().unwrap_or(1).max(1));
-        let port_of =
-            |p: &Value| -> Option<u16> {
-                let cp =
-                    match p {
-                        Value::Number(n) => n.as_i64(),
-                        // A named port of the container.
-                        Value::String(s) => s.parse().ok().or_else(|| {
-                            container["ports"]
+        let port_of = |p: &Value| -> Option<u16> {
+            let cp = match p {
+                Value::Number(n) => n.as_i64(),
+                // A named port of the container.
+                Value::String(s) => s.parse().ok().or_else(|| {
+                    container["ports"]
                                 .as_array()?
                                 .iter()
                                 .find(|x| x["name"] == s.as_str())?["containerPort"]
                                 .as_i64()
-                        }),
-                        _ => None,
-                    }?;
-                self.ports.get(&cp).copied()
-            };
+                }),
+                _ => None,
+            }?;
+            self.ports.get(&cp).copied()
+        };
         if let Some(h) = probe.get("httpGet") {
             let Some(port) = port_of(&h["port"]) else { return false };
             let path = h["path"].as_str().unwrap_or("/");
@@ -653,6 +651,7 @@ impl PodWorker {
         cmd.current_dir(if workdir.is_dir() { workdir } else { tmp });
         // SAFETY: only async-signal-safe calls between fork and exec: a new process group, and
         // death of the server kills the child.
+        #[allow(unsafe_code)]
         unsafe {
             cmd.pre_exec(|| {
                 libc::setpgid(0, 0);

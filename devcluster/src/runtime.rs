@@ -92,6 +92,7 @@ impl Runtime {
 pub(crate) fn signal_group(pgid: i32, sig: i32) {
     if pgid > 0 {
         // SAFETY: kill(2) with a negative pid signals a process group; no memory is touched.
+        #[allow(unsafe_code)]
         unsafe {
             libc::kill(-pgid, sig);
         }
@@ -100,6 +101,7 @@ pub(crate) fn signal_group(pgid: i32, sig: i32) {
 
 pub fn process_alive(pid: i32) -> bool {
     // SAFETY: kill(2) with signal 0 only checks for existence.
+    #[allow(unsafe_code)]
     let r = unsafe { libc::kill(pid, 0) };
     if r != 0 {
         return false;

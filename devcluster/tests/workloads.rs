@@ -520,6 +520,7 @@ async fn no_process_survives_the_server() {
         assert!(alcove_devcluster::runtime::process_alive(pid));
     }
     // SAFETY: signalling a child this test spawned.
+    #[allow(unsafe_code)]
     unsafe {
         libc::kill(server.child.id().unwrap() as i32, libc::SIGTERM);
     }

@@ -132,6 +132,7 @@ fn main() {
     let cli = Cli::parse();
     if let Some(n) = cli.threads {
         // SAFETY: set before any thread exists (the runtime and the tensor pools start later).
+        #[allow(unsafe_code)]
         unsafe {
             std::env::set_var("RAYON_NUM_THREADS", n.to_string());
             std::env::set_var("CANDLE_NUM_THREADS", n.to_string());

@@ -440,35 +440,34 @@ fn concurrent_requests_get_their_own_answers() {
         })
         .collect();
     let together: Vec<String> = std::thread::scope(|scope| {
-        let handles: Vec<_> =
-            prompts
-                .iter()
-                .map(|p| {
-                    let s = &s;
-                    scope.spawn(move || {
-                        let stream = p.len() % 2 == 0;
-                        let r = s.post(
-                            "/v1/chat/completions",
-                            chat("tiny", p, json!({"max_tokens": 16, "stream": stream})),
-                        );
-                        assert_eq!(r.status, 200);
-                        if stream {
-                            r.sse()
-                                .iter()
-                                .filter(|e| *e != "[DONE]")
-                                .filter_map(|e| {
-                                    serde_json::from_str::<Value>(e).unwrap()["choices"][0]["delta"]
+        let handles: Vec<_> = prompts
+            .iter()
+            .map(|p| {
+                let s = &s;
+                scope.spawn(move || {
+                    let stream = p.len() % 2 == 0;
+                    let r = s.post(
+                        "/v1/chat/completions",
+                        chat("tiny", p, json!({"max_tokens": 16, "stream": stream})),
+                    );
+                    assert_eq!(r.status, 200);
+                    if stream {
+                        r.sse()
+                            .iter()
+                            .filter(|e| *e != "[DONE]")
+                            .filter_map(|e| {
+                                serde_json::from_str::<Value>(e).unwrap()["choices"][0]["delta"]
                                         ["content"]
                                         .as_str()
                                         .map(String::from)
-                                })
-                                .collect()
-                        } else {
-                            content(&r.json())
-                        }
-                    })
+                            })
+                            .collect()
+                    } else {
+                        content(&r.json())
+                    }
                 })
-                .collect();
+            })
+            .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
     assert_eq!(together, alone);

@@ -29,6 +29,7 @@ fn main() {
         }
         Some("sleep") => {
             // SAFETY: ignoring SIGTERM; the kubelet must escalate to SIGKILL.
+            #[allow(unsafe_code)]
             unsafe {
                 libc::signal(libc::SIGTERM, libc::SIG_IGN);
             }

@@ -48,6 +48,7 @@ impl Embedder {
         }
         let fingerprint = crate::hex(&hash.finalize());
         // SAFETY: read-only mapping of a read-only model volume.
+        #[allow(unsafe_code)]
         let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files, DType::F32, device)? };
         let model = BertModel::load(vb, &config)
             .with_context(|| format!("loading BERT weights from {}", dir.display()))?;

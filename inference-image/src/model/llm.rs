@@ -124,6 +124,7 @@ impl ChatModel {
         let dtype = if device.is_cpu() { DType::F32 } else { DType::BF16 };
         // SAFETY: the files are mapped read-only; a model volume is mounted read-only and nobody
         // rewrites weights under a running server.
+        #[allow(unsafe_code)]
         let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files, dtype, device)? };
         let model = Llama::load(vb, &config)
             .with_context(|| format!("loading llama weights from {}", dir.display()))?;

@@ -184,6 +184,7 @@ macro_rules! dispatch {
                     }
                     if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
                         // SAFETY: the CPU was just found to support the features `wide` is compiled for.
+                        #[allow(unsafe_code)]
                         return unsafe { wide($($arg),*) };
                     }
                 }

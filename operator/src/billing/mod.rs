@@ -221,7 +221,12 @@ async fn report_inner(
         if !found.is_empty() {
             tracing::info!(%instance, records = found.len(), "adopting usage records made before a restart");
             let l = store::update(&ctx.client, &ctx.config.namespace, tenant, |l| {
-                found.iter().fold(false, |changed, u| l.record(&uid, &instance, u) || changed)
+                // Every record is applied (no short-circuit); any of them may change the ledger.
+                let mut changed = false;
+                for u in &found {
+                    changed |= l.record(&uid, &instance, u);
+                }
+                changed
             })
             .await?;
             ctx.billing.mark_checked(&uid);

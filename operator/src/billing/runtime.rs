@@ -43,6 +43,7 @@ impl Billing {
         if self.crash_after.as_deref() == Some(step) {
             tracing::warn!(step, "--crash-after: killing the operator now");
             // SAFETY: kill(2) on our own pid with SIGKILL has no memory-safety preconditions.
+            #[allow(unsafe_code)]
             unsafe {
                 libc::kill(libc::getpid(), libc::SIGKILL);
             }

@@ -191,7 +191,7 @@ async fn reconcile_inner(pvc: &PersistentVolumeClaim, ctx: &Context) -> Result<A
     let tenant = find_cluster(&ctx.caches.tenants, &tenant_name);
     let hold = tenant.as_ref().is_some_and(|t| t.spec.legal_hold);
     let now = ctx.now();
-    match policy::verdict(&pvc, now, hold) {
+    match policy::verdict(pvc, now, hold) {
         Verdict::NotReleased | Verdict::Held => Ok(Action::await_change()),
         Verdict::KeepUntil(deadline) => {
             let wait = deadline.duration_since(now).unsigned_abs();
@@ -215,11 +215,11 @@ async fn reconcile_inner(pvc: &PersistentVolumeClaim, ctx: &Context) -> Result<A
             }
             let class = pvc.labels().get(LABEL_DATA_CLASS).cloned().unwrap_or_default();
             let rule = pvc.annotations().get(policy::ANNOTATION_RULE).cloned().unwrap_or_default();
-            if let Some(what) = erase_volume(&ctx, &pvc).await? {
+            if let Some(what) = erase_volume(ctx, pvc).await? {
                 let erased_at = ctx.now();
                 ctx.metrics.erasures.with_label_values(&[&class]).inc();
                 record(
-                    &ctx,
+                    ctx,
                     &tenant_name,
                     &policy::receipt(what, &class, deadline, erased_at, rule),
                 )
