@@ -142,13 +142,8 @@ fn minilm_dir() -> Result<PathBuf, String> {
 
 #[test]
 fn minilm_finds_the_right_document_for_at_least_90_percent_of_questions() {
-    let dir = match minilm_dir() {
-        Ok(d) => d,
-        Err(why) => {
-            eprintln!("SKIPPED minilm retrieval quality: {why}");
-            return;
-        }
-    };
+    // Without the model this test fails: a retrieval-quality check that can skip proves nothing.
+    let dir = minilm_dir().unwrap_or_else(|why| panic!("minilm retrieval quality: {why}"));
     let embedder =
         Embedder::load(&dir, "all-MiniLM-L6-v2".into(), &candle_core::Device::Cpu).unwrap();
     assert_eq!(embedder.dims, 384);
