@@ -8,6 +8,13 @@
 //! The live object comes from a watch cache, which lags our own writes by a moment; the
 //! `WriteLog` remembers what we wrote on top of which version, so a reconcile that runs on the
 //! stale copy does not write the same thing again.
+//!
+//! Three writes are not applies, on purpose, and use `merge_params` so that managedFields still
+//! name the operator: retention's release and reclaim of a volume (a few labels, annotations and
+//! owner references on an object deliberately left as it was made), an erasure receipt (one new
+//! key in a ConfigMap that concurrent erasures add to), and the billing ledger (a
+//! compare-and-swap on the resourceVersion). Finalizers are applied by their own field manager
+//! (`controller`), statuses by `status`.
 
 use kube::api::{Api, Patch, PatchParams};
 use kube::{Resource, ResourceExt};
@@ -217,6 +224,11 @@ where
         return Ok(false);
     }
     apply(log, api, desired, None).await
+}
+
+/// Parameters of the operator's few merge patches (see the module comment): its field manager.
+pub fn merge_params() -> PatchParams {
+    PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() }
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 
 use alcove_crds::Tenant;
 use k8s_openapi::api::core::v1::ConfigMap;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, Patch, PostParams};
 use kube::{Client, ResourceExt};
 
 use super::ledger::{CLASS, DATA_KEY, Ledger, name, parse};
@@ -48,16 +48,9 @@ pub async fn update(
             Some(cm) => {
                 // The resourceVersion makes this a compare-and-swap.
                 let body = serde_json::json!({"metadata": {"resourceVersion": cm.resource_version()}, "data": {DATA_KEY: text}});
-                api.patch(
-                    &name(&tenant_name),
-                    &PatchParams {
-                        field_manager: Some(alcove_crds::FIELD_MANAGER.into()),
-                        ..Default::default()
-                    },
-                    &Patch::Merge(&body),
-                )
-                .await
-                .map(drop)
+                api.patch(&name(&tenant_name), &crate::apply::merge_params(), &Patch::Merge(&body))
+                    .await
+                    .map(drop)
             }
         };
         match result {

@@ -12,7 +12,7 @@ use alcove_crds::{DataClass, ErasureRecord, LABEL_DATA_CLASS, LABEL_TENANT, Tena
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, PersistentVolume, PersistentVolumeClaim};
 use kube::ResourceExt;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
+use kube::api::{Api, DeleteParams, Patch, Preconditions};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, WatchStreamExt, predicates};
@@ -35,7 +35,7 @@ pub async fn release(ctx: &Context, pvc: &PersistentVolumeClaim, class: DataClas
     let w = policy::window(tenant.as_deref(), class, ctx.config.default_window(class));
     let patch = policy::release_patch(&tenant_name, class, w, ctx.now());
     let api: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
-    api.patch(&pvc.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    api.patch(&pvc.name_any(), &crate::apply::merge_params(), &Patch::Merge(&patch)).await?;
     tracing::info!(volume = %key(pvc), class = class.as_str(), window = %w, "volume released to retention");
     Ok(())
 }
@@ -51,7 +51,7 @@ pub async fn reclaim<K: kube::Resource<DynamicType = ()>>(
         Api::namespaced(ctx.client.clone(), &pvc.namespace().unwrap_or_default());
     api.patch(
         &pvc.name_any(),
-        &PatchParams::default(),
+        &crate::apply::merge_params(),
         &Patch::Merge(&policy::reclaim_patch(&owner_ref)),
     )
     .await?;
@@ -87,7 +87,7 @@ pub async fn record(ctx: &Context, tenant: &str, r: &ErasureRecord) -> Result<()
     // Each receipt is its own key; a merge patch adds it and leaves the others alone.
     // Erasures run concurrently: when two make the ConfigMap at once, the loser patches.
     for _ in 0..3 {
-        match cms.patch(&name, &PatchParams::default(), &Patch::Merge(&cm)).await {
+        match cms.patch(&name, &crate::apply::merge_params(), &Patch::Merge(&cm)).await {
             Ok(_) => break,
             Err(kube::Error::Api(s)) if s.code == 404 => {
                 let obj: ConfigMap =
