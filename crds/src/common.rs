@@ -34,6 +34,36 @@ pub mod condition {
     pub const QUOTA_AVAILABLE: &str = "QuotaAvailable";
     pub const BILLING: &str = "Billing";
     pub const INDEXED: &str = "Indexed";
+    /// `status` values of a condition.
+    pub const TRUE: &str = "True";
+    pub const FALSE: &str = "False";
+}
+
+/// Condition reasons the operator sets that code (the operator's, the tests') branches on or
+/// waits for; the others are free text for people.
+pub mod reason {
+    /// Tenant `Billing`: credit is used up; the instances are suspended after the grace.
+    pub const CREDIT_EXHAUSTED: &str = "CreditExhausted";
+    /// Tenant `Billing`: balance under the low-balance threshold.
+    pub const LOW_BALANCE: &str = "LowBalance";
+    /// Tenant `Billing`: the account is in good standing.
+    pub const ACTIVE: &str = "Active";
+    /// `Billing`: no Stripe key, nobody is charged.
+    pub const DISABLED: &str = "Disabled";
+    /// `Billing`: the tenant has no `spec.billing`.
+    pub const NOT_CHARGED: &str = "NotCharged";
+    /// Tenant `Billing`: the Stripe customer could not be set up.
+    pub const STRIPE_ERROR: &str = "StripeError";
+    /// Instance `Billing`: GPU time is reported to Stripe.
+    pub const METERED: &str = "Metered";
+    /// Instance `Ready`: suspended by `spec.state`.
+    pub const SUSPENDED: &str = "Suspended";
+    /// Instance `Scheduled`: no node fits (the scheduler's reason).
+    pub const UNSCHEDULABLE: &str = "Unschedulable";
+    /// Instance or knowledge base: the tenant's quota has no room.
+    pub const QUOTA_EXCEEDED: &str = "QuotaExceeded";
+    /// Instance or knowledge base: the spec cannot be served.
+    pub const INVALID_SPEC: &str = "InvalidSpec";
 }
 
 /// Where model weights come from. Exactly one of the fields is set (enforced by the schema).

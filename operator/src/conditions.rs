@@ -1,7 +1,9 @@
 //! Conditions (`metav1.Condition`), pure: how one is made, and the one rule for when its
 //! transition time moves.
 
-use alcove_crds::{Condition, InferenceInstanceStatus, KnowledgeBaseStatus, TenantStatus};
+use alcove_crds::{
+    Condition, InferenceInstanceStatus, KnowledgeBaseStatus, TenantStatus, condition,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 /// A status with `metav1.Condition`s.
@@ -47,7 +49,7 @@ pub fn condition(
 ) -> Condition {
     let mut c = Condition {
         type_: type_.into(),
-        status: if ok { "True" } else { "False" }.into(),
+        status: if ok { condition::TRUE } else { condition::FALSE }.into(),
         reason: reason.into(),
         message: message.into(),
         observed_generation: generation,
@@ -59,7 +61,7 @@ pub fn condition(
 
 /// Whether a condition of this type is True.
 pub fn is_true(conditions: &[Condition], type_: &str) -> bool {
-    conditions.iter().any(|c| c.type_ == type_ && c.status == "True")
+    conditions.iter().any(|c| c.type_ == type_ && c.status == alcove_crds::condition::TRUE)
 }
 
 /// Whether `type_` just changed status (for Events on transitions only).

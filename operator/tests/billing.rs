@@ -333,7 +333,7 @@ async fn credit_exhaustion_suspends_and_a_signed_top_up_resumes() {
     // 0.1 cent per second: below 10 cents after 100 s (low), at 0 after 200 s (exhausted).
     clock.set(secs(t0, 150));
     eventually("low balance", Duration::from_secs(30), || async {
-        billing_reason("tenant", "", "acme").await == "LowBalance"
+        billing_reason("tenant", "", "acme").await == alcove_crds::reason::LOW_BALANCE
     })
     .await;
     assert!(
@@ -346,7 +346,7 @@ async fn credit_exhaustion_suspends_and_a_signed_top_up_resumes() {
     );
     clock.set(secs(t0, 200));
     eventually("credit exhausted", Duration::from_secs(30), || async {
-        billing_reason("tenant", "", "acme").await == "CreditExhausted"
+        billing_reason("tenant", "", "acme").await == alcove_crds::reason::CREDIT_EXHAUSTED
     })
     .await;
     let phase = || async {
@@ -359,7 +359,10 @@ async fn credit_exhaustion_suspends_and_a_signed_top_up_resumes() {
         phase().await == "Suspended"
     })
     .await;
-    assert_eq!(billing_reason("inferenceinstance", "tenant-acme", "chat").await, "CreditExhausted");
+    assert_eq!(
+        billing_reason("inferenceinstance", "tenant-acme", "chat").await,
+        alcove_crds::reason::CREDIT_EXHAUSTED
+    );
     assert!(
         !p.events("tenant-acme", "CreditExhausted").await.is_empty(),
         "the instance's CreditExhausted Event"
@@ -403,7 +406,7 @@ async fn credit_exhaustion_suspends_and_a_signed_top_up_resumes() {
     })
     .await;
     eventually("resumed", Duration::from_secs(30), || async { phase().await == "Ready" }).await;
-    assert_eq!(billing_reason("tenant", "", "acme").await, "Active");
+    assert_eq!(billing_reason("tenant", "", "acme").await, alcove_crds::reason::ACTIVE);
     let resumed = p.events("tenant-acme", "Resumed").await;
     assert!(
         resumed
@@ -457,7 +460,7 @@ async fn without_a_stripe_key_billing_is_visibly_disabled() {
         .filter(|s| !s.is_empty())
     })
     .await;
-    assert_eq!(reason, "Disabled");
+    assert_eq!(reason, alcove_crds::reason::DISABLED);
     let message = p
         .jsonpath(
             &["get", "tenant", "startup"],

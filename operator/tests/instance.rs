@@ -341,7 +341,7 @@ spec:
                 .find(|c| {
                     c["type"] == "Scheduled"
                         && c["status"] == "False"
-                        && c["reason"] == "Unschedulable"
+                        && c["reason"] == alcove_crds::reason::UNSCHEDULABLE
                 })?
                 .clone();
             Some(c["message"].as_str()?.to_string())

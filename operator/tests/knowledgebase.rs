@@ -220,7 +220,9 @@ async fn url_sources_cross_namespace_references_and_the_free_tier() {
     let ready = until_some("refusal condition", Duration::from_secs(20), || async {
         let i = p.json(&["get", "inst", "thief", "-n", "tenant-startup"]).await;
         i["status"]["conditions"].as_array().and_then(|cs| {
-            cs.iter().find(|c| c["type"] == "Ready" && c["reason"] == "InvalidSpec").cloned()
+            cs.iter()
+                .find(|c| c["type"] == "Ready" && c["reason"] == alcove_crds::reason::INVALID_SPEC)
+                .cloned()
         })
     })
     .await;

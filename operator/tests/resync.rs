@@ -63,7 +63,7 @@ async fn steady_state_without_billing_writes_nothing() {
             "{.status.conditions[?(@.type==\"Billing\")].reason}",
         )
         .await;
-    assert_eq!(billing, "Disabled", "billing is off here");
+    assert_eq!(billing, alcove_crds::reason::DISABLED, "billing is off here");
     // Let the last aggregates (tenant instance counts, GPUs in use) land.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let rv = p
@@ -190,10 +190,10 @@ async fn steady_state_with_billing_writes_nothing() {
         }
     };
     eventually("billing verdicts settled", Duration::from_secs(30), || async {
-        reason("tenant", "acme", "").await == "Active"
-            && reason("tenant", "broke", "").await == "CreditExhausted"
-            && reason("inst", "chat", "tenant-acme").await == "Metered"
-            && reason("inst", "chat", "tenant-broke").await == "CreditExhausted"
+        reason("tenant", "acme", "").await == alcove_crds::reason::ACTIVE
+            && reason("tenant", "broke", "").await == alcove_crds::reason::CREDIT_EXHAUSTED
+            && reason("inst", "chat", "tenant-acme").await == alcove_crds::reason::METERED
+            && reason("inst", "chat", "tenant-broke").await == alcove_crds::reason::CREDIT_EXHAUSTED
     })
     .await;
     // Time passes, a second per second, without reaching anything that falls due (the next

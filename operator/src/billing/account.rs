@@ -84,21 +84,21 @@ pub fn verdict(
         (Standing::Disabled, _) => {
             return plain(c(
                 false,
-                "Disabled",
+                alcove_crds::reason::DISABLED,
                 "billing is disabled: the operator has no Stripe API key; usage is metered (status.gpuSeconds of each instance) but nobody is charged",
             ));
         }
         (Standing::NotCharged, _) | (_, None) => {
             return plain(c(
                 false,
-                "NotCharged",
+                alcove_crds::reason::NOT_CHARGED,
                 "spec.billing is not set: usage is metered but nobody is charged",
             ));
         }
         (Standing::StripeError(e), _) => {
             let mut v = plain(c(
                 false,
-                "StripeError",
+                alcove_crds::reason::STRIPE_ERROR,
                 &format!("the Stripe customer could not be set up: {e}; retrying"),
             ));
             v.status = prev_status.billing.clone();
@@ -143,12 +143,12 @@ pub fn verdict(
             )
         };
         let wake = (now < suspend_at).then(|| suspend_at.duration_since(now).unsigned_abs());
-        (c(false, "CreditExhausted", &message), wake)
+        (c(false, alcove_crds::reason::CREDIT_EXHAUSTED, &message), wake)
     } else if low {
         (
             c(
                 true,
-                "LowBalance",
+                alcove_crds::reason::LOW_BALANCE,
                 &format!(
                     "balance {shown} is below the low-balance threshold {}",
                     display(spec.low_balance_threshold, &currency)
@@ -161,7 +161,7 @@ pub fn verdict(
         (
             c(
                 true,
-                "Active",
+                alcove_crds::reason::ACTIVE,
                 &format!(
                     "customer {}, balance {shown}",
                     ledger.customer_id.clone().unwrap_or_default()
@@ -187,10 +187,9 @@ pub fn verdict(
 /// Why a tenant's instances must not run now (credit exhausted past the grace), if so.
 pub fn suspended(tenant: &Tenant, now: Timestamp) -> Option<String> {
     let s = tenant.status.as_ref()?;
-    let cond = s
-        .conditions
-        .iter()
-        .find(|c| c.type_ == condition::BILLING && c.reason == "CreditExhausted")?;
+    let cond = s.conditions.iter().find(|c| {
+        c.type_ == condition::BILLING && c.reason == alcove_crds::reason::CREDIT_EXHAUSTED
+    })?;
     let at: Timestamp = s.billing.as_ref()?.suspend_at.as_deref()?.parse().ok()?;
     (now >= at).then(|| format!("suspended for lack of credit: {}", cond.message))
 }

@@ -149,13 +149,13 @@ async fn report_inner(
 ) -> Result<Metered> {
     let Some(stripe) = ctx.billing.stripe.as_ref() else {
         return Ok(Metered::Off(
-            "Disabled",
+            alcove_crds::reason::DISABLED,
             "billing is disabled: the operator has no Stripe API key".into(),
         ));
     };
     let Some(spec) = tenant.spec.billing.as_ref() else {
         return Ok(Metered::Off(
-            "NotCharged",
+            alcove_crds::reason::NOT_CHARGED,
             format!(
                 "tenant {} has no spec.billing: usage is metered but nobody is charged",
                 tenant.name_any()

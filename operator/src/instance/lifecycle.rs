@@ -42,9 +42,13 @@ impl PodView {
         let status = pod.status.clone().unwrap_or_default();
         let cond = |t: &str| status.conditions.iter().flatten().find(|c| c.type_ == t).cloned();
         let scheduled = cond("PodScheduled").map(|c| {
-            (c.status == "True", c.reason.unwrap_or_default(), c.message.unwrap_or_default())
+            (
+                c.status == alcove_crds::condition::TRUE,
+                c.reason.unwrap_or_default(),
+                c.message.unwrap_or_default(),
+            )
         });
-        let ready = cond("Ready").is_some_and(|c| c.status == "True");
+        let ready = cond("Ready").is_some_and(|c| c.status == alcove_crds::condition::TRUE);
         let failure = status.container_statuses.iter().flatten().find_map(|c| {
             let state = c.state.clone().unwrap_or_default();
             let last = c.last_state.clone().unwrap_or_default().terminated;
@@ -126,11 +130,11 @@ pub fn desired_status(
     let (phase, ready, scheduled) = if let Some(why) = &obs.invalid_spec {
         (
             InstancePhase::Failed,
-            c(condition::READY, false, "InvalidSpec", why),
+            c(condition::READY, false, alcove_crds::reason::INVALID_SPEC, why),
             c(
                 condition::SCHEDULED,
                 false,
-                "InvalidSpec",
+                alcove_crds::reason::INVALID_SPEC,
                 "no pod for a spec that cannot be served",
             ),
         )
@@ -138,22 +142,22 @@ pub fn desired_status(
         let msg = format!("{why}; the pod is deleted, billing stopped; volumes and key are kept");
         (
             InstancePhase::Suspended,
-            c(condition::READY, false, "CreditExhausted", &msg),
-            c(condition::SCHEDULED, false, "CreditExhausted", &msg),
+            c(condition::READY, false, alcove_crds::reason::CREDIT_EXHAUSTED, &msg),
+            c(condition::SCHEDULED, false, alcove_crds::reason::CREDIT_EXHAUSTED, &msg),
         )
     } else if i.spec.state == InstanceState::Suspended {
         let msg = "suspended by spec.state: the pod is deleted, billing stopped; volumes and key are kept";
         (
             InstancePhase::Suspended,
-            c(condition::READY, false, "Suspended", msg),
-            c(condition::SCHEDULED, false, "Suspended", msg),
+            c(condition::READY, false, alcove_crds::reason::SUSPENDED, msg),
+            c(condition::SCHEDULED, false, alcove_crds::reason::SUSPENDED, msg),
         )
     } else if let Some(refusal) = &obs.quota_refusal {
         let msg = format!("the tenant's quota has no room for this instance: {refusal}");
         (
             InstancePhase::Pending,
-            c(condition::READY, false, "QuotaExceeded", &msg),
-            c(condition::SCHEDULED, false, "QuotaExceeded", &msg),
+            c(condition::READY, false, alcove_crds::reason::QUOTA_EXCEEDED, &msg),
+            c(condition::SCHEDULED, false, alcove_crds::reason::QUOTA_EXCEEDED, &msg),
         )
     } else {
         match pod {
@@ -173,7 +177,11 @@ pub fn desired_status(
             Some(p) if !p.scheduled.as_ref().is_some_and(|s| s.0) => {
                 let (reason, message) = match &p.scheduled {
                     Some((_, r, m)) if !m.is_empty() => (
-                        if r.is_empty() { "Unschedulable".to_string() } else { r.clone() },
+                        if r.is_empty() {
+                            alcove_crds::reason::UNSCHEDULABLE.to_string()
+                        } else {
+                            r.clone()
+                        },
                         m.clone(),
                     ),
                     _ => ("Scheduling".to_string(), "waiting for the scheduler".to_string()),
@@ -213,7 +221,7 @@ pub fn desired_status(
         }
     };
     let quota = match &obs.quota_refusal {
-        Some(r) => c(condition::QUOTA_AVAILABLE, false, "QuotaExceeded", r),
+        Some(r) => c(condition::QUOTA_AVAILABLE, false, alcove_crds::reason::QUOTA_EXCEEDED, r),
         None => c(
             condition::QUOTA_AVAILABLE,
             true,
@@ -267,16 +275,20 @@ pub fn set_billing(
     let through =
         s.billed_through.clone().map(|t| format!("; billed through {t}")).unwrap_or_default();
     let cond = match (credit_suspended, metered) {
-        (Some(why), _) => c(false, "CreditExhausted", &format!("{why}{through}")),
+        (Some(why), _) => {
+            c(false, alcove_crds::reason::CREDIT_EXHAUSTED, &format!("{why}{through}"))
+        }
         (None, Metered::Off(reason, message)) => c(false, reason, message),
         (None, Metered::Failed(e)) => c(
             false,
             "ReportFailed",
             &format!("usage could not be reported to Stripe ({e}); retrying{through}"),
         ),
-        (None, Metered::Billed { .. }) => {
-            c(true, "Metered", &format!("GPU time is reported to Stripe{through}"))
-        }
+        (None, Metered::Billed { .. }) => c(
+            true,
+            alcove_crds::reason::METERED,
+            &format!("GPU time is reported to Stripe{through}"),
+        ),
     };
     s.conditions.retain(|x| x.type_ != condition::BILLING);
     s.conditions.push(cond);
@@ -312,7 +324,10 @@ pub fn first_ready(prev: &InferenceInstanceStatus, next: &InferenceInstanceStatu
         && prev.phase != Some(InstancePhase::Ready)
         && prev.gpu_seconds == 0
         && prev.started_at.is_none()
-        && !prev.conditions.iter().any(|c| c.type_ == condition::READY && c.reason == "Suspended")
+        && !prev
+            .conditions
+            .iter()
+            .any(|c| c.type_ == condition::READY && c.reason == alcove_crds::reason::SUSPENDED)
 }
 
 /// A log key for an instance.

@@ -246,9 +246,10 @@ async fn reconcile_inner(i: &InferenceInstance, ctx: &Context) -> Result<Action>
             .status
             .as_ref()
             .and_then(|s| {
-                s.conditions
-                    .iter()
-                    .find(|c| c.type_ == condition::QUOTA_AVAILABLE && c.status == "False")
+                s.conditions.iter().find(|c| {
+                    c.type_ == condition::QUOTA_AVAILABLE
+                        && c.status == alcove_crds::condition::FALSE
+                })
             })
             .map(|c| ctx.now().duration_since(c.last_transition_time.0).as_secs().max(0))
             .unwrap_or(0);
@@ -325,7 +326,7 @@ async fn write_status(
                 ctx.event(
                     i,
                     true,
-                    "CreditExhausted",
+                    alcove_crds::reason::CREDIT_EXHAUSTED,
                     "Suspend",
                     format!(
                         "{}; pod deleted, volumes and key kept",
@@ -338,7 +339,7 @@ async fn write_status(
                 ctx.event(
                     i,
                     false,
-                    "Suspended",
+                    alcove_crds::reason::SUSPENDED,
                     "Suspend",
                     format!(
                         "pod deleted, volumes and key kept; {} GPU-seconds used in total",
@@ -353,10 +354,9 @@ async fn write_status(
             _ => {}
         }
         if prev.phase == Some(InstancePhase::Suspended) {
-            let for_credit = prev
-                .conditions
-                .iter()
-                .any(|c| c.type_ == condition::READY && c.reason == "CreditExhausted");
+            let for_credit = prev.conditions.iter().any(|c| {
+                c.type_ == condition::READY && c.reason == alcove_crds::reason::CREDIT_EXHAUSTED
+            });
             let why = if for_credit {
                 "credit was topped up: starting the server"
             } else {
@@ -366,15 +366,18 @@ async fn write_status(
         }
     }
     if changed(condition::SCHEDULED)
-        && let Some(s) = cond(&next, condition::SCHEDULED)
-            .filter(|s| s.status == "False" && s.reason == "Unschedulable")
+        && let Some(s) = cond(&next, condition::SCHEDULED).filter(|s| {
+            s.status == alcove_crds::condition::FALSE
+                && s.reason == alcove_crds::reason::UNSCHEDULABLE
+        })
     {
-        ctx.event(i, true, "Unschedulable", "Schedule", s.message).await;
+        ctx.event(i, true, alcove_crds::reason::UNSCHEDULABLE, "Schedule", s.message).await;
     }
     if changed(condition::QUOTA_AVAILABLE)
-        && let Some(q) = cond(&next, condition::QUOTA_AVAILABLE).filter(|q| q.status == "False")
+        && let Some(q) = cond(&next, condition::QUOTA_AVAILABLE)
+            .filter(|q| q.status == alcove_crds::condition::FALSE)
     {
-        ctx.event(i, true, "QuotaExceeded", "CreatePod", q.message).await;
+        ctx.event(i, true, alcove_crds::reason::QUOTA_EXCEEDED, "CreatePod", q.message).await;
     }
     if prev.started_at.is_some() && next.started_at.is_none() {
         ctx.metrics
@@ -527,9 +530,10 @@ where
             .filter(|i| i.namespace().as_deref() == Some(ns.as_str()))
             .filter(|i| {
                 i.status.as_ref().is_some_and(|s| {
-                    s.conditions
-                        .iter()
-                        .any(|c| c.type_ == condition::QUOTA_AVAILABLE && c.status == "False")
+                    s.conditions.iter().any(|c| {
+                        c.type_ == condition::QUOTA_AVAILABLE
+                            && c.status == alcove_crds::condition::FALSE
+                    })
                 })
             })
             .map(|i| ObjectRef::from_obj(&*i))

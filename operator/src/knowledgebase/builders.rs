@@ -332,7 +332,7 @@ pub fn desired_status(
             c(
                 condition::INDEXED,
                 false,
-                "QuotaExceeded",
+                alcove_crds::reason::QUOTA_EXCEEDED,
                 &format!("the tenant's quota has no room: {q}"),
             ),
             KnowledgeBasePhase::Pending,

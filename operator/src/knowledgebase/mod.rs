@@ -125,7 +125,8 @@ fn termination_message(pods: &[Arc<Pod>]) -> Option<String> {
 
 fn job_view(job: &Job, pods: &[Arc<Pod>]) -> JobView {
     let conds = job.status.as_ref().and_then(|s| s.conditions.clone()).unwrap_or_default();
-    let is = |t: &str| conds.iter().find(|c| c.type_ == t && c.status == "True");
+    let is =
+        |t: &str| conds.iter().find(|c| c.type_ == t && c.status == alcove_crds::condition::TRUE);
     if is("Complete").is_some() {
         return match termination_message(pods)
             .and_then(|m| serde_json::from_str::<IndexSummary>(&m).ok())
@@ -163,7 +164,10 @@ async fn reconcile_inner(kb: &KnowledgeBase, ctx: &Context) -> Result<Action> {
             kb,
             ctx,
             &kbs,
-            &Observation { refused: Some(("InvalidSpec".into(), why)), ..Default::default() },
+            &Observation {
+                refused: Some((alcove_crds::reason::INVALID_SPEC.into(), why)),
+                ..Default::default()
+            },
         )
         .await;
     };
@@ -284,7 +288,7 @@ async fn reconcile_inner(kb: &KnowledgeBase, ctx: &Context) -> Result<Action> {
         None => {
             let placement = crate::tenant::builders::placement(&tenant, &ctx.config);
             match builders::job(kb, &ctx.config, &placement, &hash) {
-                Err(why) => obs.refused = Some(("InvalidSpec".into(), why)),
+                Err(why) => obs.refused = Some((alcove_crds::reason::INVALID_SPEC.into(), why)),
                 Ok(job) => match ctx.ensure(&jobs, &job, None).await {
                     Ok(_) => obs.job = Some(JobView::Running),
                     Err(e) if quota_refusal(&e).is_some() => obs.quota_refusal = quota_refusal(&e),
@@ -316,8 +320,10 @@ async fn reconcile_inner(kb: &KnowledgeBase, ctx: &Context) -> Result<Action> {
             .as_ref()
             .and_then(|s| s.conditions.as_ref())
             .and_then(|cs| {
-                cs.iter()
-                    .find(|c| (c.type_ == "Failed" || c.type_ == "Complete") && c.status == "True")
+                cs.iter().find(|c| {
+                    (c.type_ == "Failed" || c.type_ == "Complete")
+                        && c.status == alcove_crds::condition::TRUE
+                })
             })
             .and_then(|c| c.last_transition_time.as_ref())
             .map(|t| t.0);

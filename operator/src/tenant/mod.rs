@@ -281,21 +281,34 @@ async fn reconcile_inner(tenant: &Tenant, ctx: &Context) -> Result<Action> {
         }
         if billing_changed {
             let c = &billing.condition;
-            let was_exhausted = previous
-                .conditions
-                .iter()
-                .any(|p| p.type_ == condition::BILLING && p.reason == "CreditExhausted");
+            let was_exhausted = previous.conditions.iter().any(|p| {
+                p.type_ == condition::BILLING && p.reason == alcove_crds::reason::CREDIT_EXHAUSTED
+            });
             match c.reason.as_str() {
-                "CreditExhausted" => {
-                    ctx.event(tenant, true, "CreditExhausted", "Billing", c.message.clone()).await
+                alcove_crds::reason::CREDIT_EXHAUSTED => {
+                    ctx.event(
+                        tenant,
+                        true,
+                        alcove_crds::reason::CREDIT_EXHAUSTED,
+                        "Billing",
+                        c.message.clone(),
+                    )
+                    .await
                 }
-                "LowBalance" => {
-                    ctx.event(tenant, true, "LowBalance", "Billing", c.message.clone()).await
+                alcove_crds::reason::LOW_BALANCE => {
+                    ctx.event(
+                        tenant,
+                        true,
+                        alcove_crds::reason::LOW_BALANCE,
+                        "Billing",
+                        c.message.clone(),
+                    )
+                    .await
                 }
-                "Active" if was_exhausted => {
+                alcove_crds::reason::ACTIVE if was_exhausted => {
                     ctx.event(tenant, false, "CreditRestored", "Billing", c.message.clone()).await
                 }
-                "StripeError" | "Disabled" => {
+                alcove_crds::reason::STRIPE_ERROR | alcove_crds::reason::DISABLED => {
                     ctx.event(tenant, true, &c.reason, "Billing", c.message.clone()).await
                 }
                 _ => {}
