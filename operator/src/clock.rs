@@ -2,10 +2,6 @@
 //! file (`--clock-file`) holding an RFC 3339 instant, and advance it instead of sleeping through
 //! retention windows and billing intervals.
 
-use std::path::PathBuf;
-use std::sync::Mutex;
-use std::time::{Duration, SystemTime};
-
 use jiff::Timestamp;
 
 pub trait Clock: Send + Sync {
@@ -26,66 +22,6 @@ impl Clock for SystemClock {
     }
 }
 
-/// "Now" read from a file; an empty or missing file means the system clock.
-pub struct FileClock {
-    path: PathBuf,
-    cache: Mutex<Option<(SystemTime, Option<Timestamp>)>>,
-}
-
-impl FileClock {
-    pub fn new(path: PathBuf) -> FileClock {
-        FileClock { path, cache: Mutex::new(None) }
-    }
-
-    fn read(&self) -> Option<Timestamp> {
-        let modified = std::fs::metadata(&self.path).and_then(|m| m.modified()).ok();
-        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        if let (Some(m), Some((cached_at, value))) = (modified, cache.as_ref())
-            && *cached_at == m
-        {
-            return *value;
-        }
-        let value = std::fs::read_to_string(&self.path)
-            .ok()
-            .and_then(|s| s.trim().parse::<Timestamp>().ok());
-        if let Some(m) = modified {
-            *cache = Some((m, value));
-        }
-        value
-    }
-
-    /// Ticks whenever the file changes, so controllers can re-evaluate time-based decisions.
-    pub fn changes(&self) -> impl futures::Stream<Item = ()> + Send + 'static {
-        let path = self.path.clone();
-        let (tx, rx) = tokio::sync::mpsc::channel(1);
-        tokio::spawn(async move {
-            let mut last = None;
-            loop {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                let now = std::fs::read_to_string(&path).ok();
-                if now != last {
-                    last = now;
-                    if tx.send(()).await.is_err() {
-                        return;
-                    }
-                }
-            }
-        });
-        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|v| (v, rx)) })
-    }
-}
-
-impl Clock for FileClock {
-    fn now(&self) -> Timestamp {
-        self.read().unwrap_or_else(Timestamp::now)
-    }
-
-    fn jumps(&self) -> Option<futures::stream::BoxStream<'static, ()>> {
-        use futures::StreamExt;
-        Some(self.changes().boxed())
-    }
-}
-
 /// RFC 3339 at whole seconds, as Kubernetes writes times.
 pub fn format(t: Timestamp) -> String {
     t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
@@ -99,4 +35,79 @@ pub fn format_millis(t: Timestamp) -> String {
 /// The one timestamp parser (any RFC 3339 instant).
 pub fn parse(s: &str) -> Option<Timestamp> {
     s.parse().ok()
+}
+
+#[cfg(feature = "test-hooks")]
+pub use file::FileClock;
+
+/// The injected clock of the tests (feature `test-hooks`): never in a production build.
+#[cfg(feature = "test-hooks")]
+mod file {
+    use std::path::PathBuf;
+    use std::sync::Mutex;
+    use std::time::{Duration, SystemTime};
+
+    use jiff::Timestamp;
+
+    use super::Clock;
+
+    /// "Now" read from a file; an empty or missing file means the system clock. Tests only.
+    pub struct FileClock {
+        path: PathBuf,
+        cache: Mutex<Option<(SystemTime, Option<Timestamp>)>>,
+    }
+
+    impl FileClock {
+        pub fn new(path: PathBuf) -> FileClock {
+            FileClock { path, cache: Mutex::new(None) }
+        }
+
+        fn read(&self) -> Option<Timestamp> {
+            let modified = std::fs::metadata(&self.path).and_then(|m| m.modified()).ok();
+            let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+            if let (Some(m), Some((cached_at, value))) = (modified, cache.as_ref())
+                && *cached_at == m
+            {
+                return *value;
+            }
+            let value = std::fs::read_to_string(&self.path)
+                .ok()
+                .and_then(|s| s.trim().parse::<Timestamp>().ok());
+            if let Some(m) = modified {
+                *cache = Some((m, value));
+            }
+            value
+        }
+
+        /// Ticks whenever the file changes, so controllers can re-evaluate time-based decisions.
+        pub fn changes(&self) -> impl futures::Stream<Item = ()> + Send + 'static {
+            let path = self.path.clone();
+            let (tx, rx) = tokio::sync::mpsc::channel(1);
+            tokio::spawn(async move {
+                let mut last = None;
+                loop {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    let now = std::fs::read_to_string(&path).ok();
+                    if now != last {
+                        last = now;
+                        if tx.send(()).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+            futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|v| (v, rx)) })
+        }
+    }
+
+    impl Clock for FileClock {
+        fn now(&self) -> Timestamp {
+            self.read().unwrap_or_else(Timestamp::now)
+        }
+
+        fn jumps(&self) -> Option<futures::stream::BoxStream<'static, ()>> {
+            use futures::StreamExt;
+            Some(self.changes().boxed())
+        }
+    }
 }

@@ -36,6 +36,7 @@ pub struct OperatorArgs {
     /// Kubeconfig file (default: `KUBECONFIG`, `~/.kube/config`, or the in-cluster service account).
     #[arg(long, env = "ALCOVE_KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
+    #[cfg(feature = "test-hooks")]
     /// Tests only: read "now" from this file (an RFC 3339 instant) instead of the system clock.
     #[arg(long, env = "ALCOVE_CLOCK_FILE", hide = true)]
     pub clock_file: Option<PathBuf>,
@@ -49,6 +50,7 @@ pub struct OperatorArgs {
     /// refuses every event.
     #[arg(long, env = "ALCOVE_STRIPE_WEBHOOK_SECRET", hide_env_values = true)]
     pub stripe_webhook_secret: Option<Secret>,
+    #[cfg(feature = "test-hooks")]
     /// Tests only: SIGKILL the operator right after this billing step (`customer-created`,
     /// `usage-reported`), before its result is recorded.
     #[arg(long, env = "ALCOVE_CRASH_AFTER", hide = true)]
@@ -307,6 +309,7 @@ impl Config {
     }
 
     /// A configuration for unit tests.
+    #[cfg(test)]
     pub fn for_tests() -> Config {
         Config::from_file(FileConfig::default(), "alcove-system", Duration::from_secs(300))
             .expect("default configuration")

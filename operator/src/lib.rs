@@ -22,6 +22,7 @@ pub mod names;
 pub mod retention;
 pub mod status;
 pub mod tenant;
+#[cfg(feature = "dev")]
 pub mod up;
 
 use std::sync::Arc;
@@ -29,7 +30,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures::FutureExt;
 
-use crate::clock::{Clock, FileClock, SystemClock};
+use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, OperatorArgs};
 use crate::context::{Caches, Context};
 use crate::metrics::Metrics;
@@ -84,10 +85,13 @@ pub async fn run_operator(args: OperatorArgs) -> anyhow::Result<()> {
         let _ = stop_tx.send(true);
     });
 
+    #[cfg(feature = "test-hooks")]
     let clock: Arc<dyn Clock> = match &args.clock_file {
-        Some(p) => Arc::new(FileClock::new(p.clone())),
+        Some(p) => Arc::new(clock::FileClock::new(p.clone())),
         None => Arc::new(SystemClock),
     };
+    #[cfg(not(feature = "test-hooks"))]
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let identity = identity(&args);
     let billing = Arc::new(billing::runtime::Billing::new(&args, &config)?);
     if billing.stripe.is_none() {

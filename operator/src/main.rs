@@ -21,6 +21,7 @@ enum Command {
     Operator(alcove::config::OperatorArgs),
     /// Print the CRDs as YAML.
     Crds,
+    #[cfg(feature = "dev")]
     /// Run the whole platform on this machine: an embedded Kubernetes API with simulated GPU
     /// nodes, the CRDs, the operator, and instances as real local processes.
     Up(alcove::up::UpArgs),
@@ -48,6 +49,7 @@ fn init_tracing(format: &str) {
 fn main() {
     let cli = Cli::parse();
     match cli.command {
+        #[cfg(feature = "dev")]
         Command::Up(args) => {
             // The terminal shows what is where; the operator's and the cluster's logs go to a file.
             let _ = std::fs::create_dir_all(&args.state_dir);

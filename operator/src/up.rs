@@ -219,6 +219,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         leader_election: false,
         identity: Some("alcove-up".into()),
         log_format: "text".into(),
+        #[cfg(feature = "test-hooks")]
         clock_file: None,
         kubeconfig: Some(kubeconfig.clone()),
         // Billing runs when the environment names a Stripe (e.g. localstripe); disabled otherwise.
@@ -228,6 +229,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         stripe_webhook_secret: std::env::var("ALCOVE_STRIPE_WEBHOOK_SECRET")
             .ok()
             .and_then(|k| k.parse().ok()),
+        #[cfg(feature = "test-hooks")]
         crash_after: None,
     };
     let mut operator = tokio::spawn(crate::run_operator(operator_args));

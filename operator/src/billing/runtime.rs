@@ -14,6 +14,7 @@ pub struct Billing {
     pub stripe: Option<stripe::Stripe>,
     pub webhook_secret: Option<Secret>,
     pub interval: Duration,
+    #[cfg(feature = "test-hooks")]
     crash_after: Option<String>,
     /// Instances whose Stripe records were checked against the ledger since this process started.
     checked: Mutex<HashSet<String>>,
@@ -33,13 +34,18 @@ impl Billing {
             stripe,
             webhook_secret: args.stripe_webhook_secret.clone(),
             interval: Duration::from_secs(config.billing.report_interval_seconds),
+            #[cfg(feature = "test-hooks")]
             crash_after: args.crash_after.clone(),
             checked: Mutex::default(),
         })
     }
 
-    /// Tests: dies here, as a SIGKILL would, when asked to (`--crash-after`).
+    /// Tests: dies here, as a SIGKILL would, when asked to (`--crash-after`). A no-op in builds
+    /// without the `test-hooks` feature.
     pub(super) fn crash_point(&self, step: &str) {
+        #[cfg(not(feature = "test-hooks"))]
+        let _ = step;
+        #[cfg(feature = "test-hooks")]
         if self.crash_after.as_deref() == Some(step) {
             tracing::warn!(step, "--crash-after: killing the operator now");
             // SAFETY: kill(2) on our own pid with SIGKILL has no memory-safety preconditions.
