@@ -1,1 +1,506 @@
-//! End-to-end and whole-workspace checks live in this crate's tests; see `architecture.rs`.
+//! The world the operator's end-to-end tests run in: devcluster (in-process) with GPU nodes, the
+//! CRDs installed, and `alcove operator` as a real child process against it.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use alcove_devcluster::{Config, DevCluster};
+
+pub const H100: &str = alcove::up::H100;
+
+pub mod localstripe;
+
+/// The node set the examples are written for (the one `alcove up` starts).
+pub fn test_nodes(mut c: Config) -> Config {
+    c.nodes.extend(alcove::up::default_nodes());
+    c
+}
+
+pub struct Platform {
+    pub cluster: DevCluster,
+    pub client: kube::Client,
+    pub dir: tempfile::TempDir,
+    pub operators: Vec<Operator>,
+}
+
+/// A running `alcove operator` process.
+pub struct Operator {
+    pub child: tokio::process::Child,
+    pub http: String,
+    pub identity: String,
+    pub log: PathBuf,
+}
+
+impl Operator {
+    pub async fn kill(&mut self) {
+        let _ = self.child.kill().await;
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub async fn metrics(&self) -> String {
+        curl(&format!("{}/metrics", self.http)).await.unwrap_or_default()
+    }
+}
+
+pub async fn curl(url: &str) -> Option<String> {
+    let o = tokio::process::Command::new("curl")
+        .args(["-sf", "--max-time", "5", url])
+        .output()
+        .await
+        .ok()?;
+    o.status.success().then(|| String::from_utf8_lossy(&o.stdout).into_owned())
+}
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace").to_path_buf()
+}
+
+pub fn example(rel: &str) -> String {
+    workspace_root().join("examples").join(rel).display().to_string()
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+impl Platform {
+    pub async fn start() -> Platform {
+        Platform::start_with(|c| c).await
+    }
+
+    pub async fn start_with(f: impl FnOnce(Config) -> Config) -> Platform {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = f(test_nodes(Config::new(dir.path().join("cluster"))));
+        let cluster = DevCluster::start(config).await.expect("devcluster");
+        let client = cluster.client().await.expect("client");
+        let p = Platform { cluster, client, dir, operators: Vec::new() };
+        p.ok(&["apply", "-f", workspace_root().join("crds/manifests").to_str().unwrap()]).await;
+        p.ok(&["create", "namespace", "alcove-system"]).await;
+        p
+    }
+
+    /// Starts `alcove operator` with `args` added to the test defaults.
+    pub async fn spawn_operator(&mut self, args: &[&str]) -> usize {
+        let n = self.operators.len();
+        let port = free_port();
+        let identity = format!("operator-{n}");
+        let log = self.dir.path().join(format!("{identity}.log"));
+        let out = std::fs::File::create(&log).unwrap();
+        let mut full = vec![
+            "operator",
+            "--http-addr",
+            &format!("127.0.0.1:{port}"),
+            "--identity",
+            &identity,
+            "--log-format",
+            "text",
+        ]
+        .into_iter()
+        .map(str::to_string)
+        .collect::<Vec<_>>();
+        full.extend(args.iter().map(|a| a.to_string()));
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_alcove"))
+            .args(&full)
+            .env("KUBECONFIG", &self.cluster.kubeconfig)
+            .env(
+                "ALCOVE_LOG",
+                std::env::var("ALCOVE_TEST_LOG").unwrap_or_else(|_| "info,alcove=debug".into()),
+            )
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("alcove binary");
+        let http = format!("http://127.0.0.1:{port}");
+        eventually("operator serves /healthz", Duration::from_secs(20), || async {
+            curl(&format!("{http}/healthz")).await.is_some()
+        })
+        .await;
+        self.operators.push(Operator { child, http, identity, log });
+        n
+    }
+
+    pub async fn kubectl_as(
+        &self,
+        kubeconfig: &Path,
+        args: &[&str],
+        stdin: Option<&str>,
+    ) -> (bool, String, String) {
+        use tokio::io::AsyncWriteExt;
+        let mut child = tokio::process::Command::new("kubectl")
+            .args(args)
+            .env("KUBECONFIG", kubeconfig)
+            .env("KUBECACHEDIR", self.dir.path().join("kubecache"))
+            .env("HOME", self.dir.path())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("kubectl");
+        let mut pipe = child.stdin.take().unwrap();
+        if let Some(s) = stdin {
+            pipe.write_all(s.as_bytes()).await.unwrap();
+        }
+        drop(pipe);
+        let out = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output())
+            .await
+            .expect("kubectl in time")
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    pub async fn kubectl(&self, args: &[&str]) -> (bool, String, String) {
+        self.kubectl_as(&self.cluster.kubeconfig, args, None).await
+    }
+
+    pub async fn ok(&self, args: &[&str]) -> String {
+        let (ok, out, err) = self.kubectl(args).await;
+        assert!(ok, "kubectl {} failed: {out}{err}", args.join(" "));
+        out
+    }
+
+    pub async fn ok_in(&self, args: &[&str], stdin: &str) -> String {
+        let (ok, out, err) = self.kubectl_as(&self.cluster.kubeconfig, args, Some(stdin)).await;
+        assert!(ok, "kubectl {} failed: {out}{err}", args.join(" "));
+        out
+    }
+
+    pub fn user_kubeconfig(&self, user: &str, groups: &[&str]) -> PathBuf {
+        let token = format!("token-{}", user.replace(['@', '.'], "-"));
+        self.cluster.add_token(&token, user, groups);
+        let path = self.dir.path().join(format!("kubeconfig-{}", user.replace(['@', '.'], "-")));
+        self.cluster.write_kubeconfig_for(&path, user, &token).unwrap();
+        path
+    }
+
+    /// Client write requests (POST/PUT/PATCH/APPLY/DELETE) per resource, from devcluster's metrics.
+    pub async fn writes_by_resource(&self) -> BTreeMap<String, f64> {
+        let req = http::Request::get("/metrics").body(Vec::new()).unwrap();
+        let text = self.client.request_text(req).await.unwrap();
+        let mut out = BTreeMap::new();
+        for (labels, v) in alcove_devcluster::metrics::parse_request_totals(&text) {
+            if alcove_devcluster::metrics::WRITE_VERBS.contains(&labels["verb"].as_str()) {
+                let key = if labels["subresource"].is_empty() {
+                    labels["resource"].clone()
+                } else {
+                    format!("{}/{}", labels["resource"], labels["subresource"])
+                };
+                *out.entry(key).or_default() += v;
+            }
+        }
+        out
+    }
+
+    /// Writes except the Lease renewals and Events, which are not reconcile writes.
+    pub async fn reconcile_writes(&self) -> f64 {
+        self.writes_by_resource()
+            .await
+            .into_iter()
+            .filter(|(k, _)| k != "leases" && k != "events")
+            .map(|(_, v)| v)
+            .sum()
+    }
+
+    pub async fn jsonpath(&self, args: &[&str], path: &str) -> String {
+        let mut a = args.to_vec();
+        let p = format!("jsonpath={path}");
+        a.extend(["-o", &p]);
+        self.kubectl(&a).await.1
+    }
+
+    /// Waits for a condition through `kubectl wait` (`what`: e.g. `inst/chat -n tenant-startup`).
+    pub async fn wait_condition(&self, what: &str, condition: &str, timeout_s: u64) {
+        let t = format!("--timeout={timeout_s}s");
+        let c = format!("--for=condition={condition}");
+        let mut args = vec!["wait", &c, &t];
+        args.extend(what.split_whitespace());
+        let (ok, out, err) = self.kubectl(&args).await;
+        if !ok {
+            let logs: Vec<String> = self
+                .operators
+                .iter()
+                .map(|o| {
+                    let text = o.log_text();
+                    let tail: Vec<&str> = text
+                        .lines()
+                        .rev()
+                        .take(400)
+                        .collect::<Vec<_>>()
+                        .into_iter()
+                        .rev()
+                        .collect();
+                    format!("--- {} (last 400 lines)\n{}", o.identity, tail.join("\n"))
+                })
+                .collect();
+            let mut get = vec!["get", "-o", "yaml"];
+            get.extend(what.split_whitespace());
+            let (_, object, _) = self.kubectl(&get).await;
+            let (_, events, _) = self.kubectl(&["get", "events", "-A"]).await;
+            panic!(
+                "{what} never got {condition}: {out}{err}\n{}\n--- the object\n{object}\n--- events\n{events}",
+                logs.join("\n")
+            );
+        }
+    }
+}
+
+/// Polls until `f` is true, panicking with `what` after `timeout`.
+pub async fn eventually<F, Fut>(what: &str, timeout: Duration, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if f().await {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Polls until `f` yields a value.
+pub async fn until_some<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The value of a counter or gauge in Prometheus text (summing over label sets that contain `labels`).
+pub fn metric(text: &str, name: &str, labels: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && (labels.is_empty() || l.contains(labels)))
+        .filter(|l| l[name.len()..].starts_with('{') || l[name.len()..].starts_with(' '))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// The `alcove-inference` binary, built on first use (a test of this package alone would not
+/// build another package's binary).
+pub fn inference_binary() -> PathBuf {
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        let out = std::process::Command::new(env!("CARGO"))
+            .args([
+                "build",
+                "--quiet",
+                "-p",
+                "alcove-inference",
+                "--bin",
+                "alcove-inference",
+                "--message-format=json",
+            ])
+            .current_dir(workspace_root())
+            .output()
+            .expect("cargo");
+        assert!(
+            out.status.success(),
+            "building alcove-inference failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find_map(|m| {
+                m["executable"]
+                    .as_str()
+                    .filter(|e| e.ends_with("/alcove-inference"))
+                    .map(PathBuf::from)
+            })
+            .expect("cargo reported the alcove-inference executable")
+    })
+    .clone()
+}
+
+/// Platform models as the CSI driver serves them: `default` (tiny llama, safetensors),
+/// `default-gguf` (the same family as GGUF), `default-embedding` (tiny BERT). Made once per test
+/// binary with the real `make-test-model`.
+pub fn platform_models() -> PathBuf {
+    static ROOT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    ROOT.get_or_init(|| {
+        let root = tempfile::tempdir().unwrap().keep();
+        let bin = inference_binary();
+        for (name, extra) in [
+            ("default", vec![]),
+            ("default-gguf", vec!["--format", "gguf"]),
+            ("default-embedding", vec!["--embedding"]),
+        ] {
+            let dir = root.join(name);
+            let out = std::process::Command::new(&bin)
+                .args(["make-test-model", "--out", dir.to_str().unwrap()])
+                .args(extra)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "make-test-model {name}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        root
+    })
+    .clone()
+}
+
+/// devcluster set up to run instances for real: the inference image runs the binary, platform
+/// models are served by the CSI driver the operator's default configuration names.
+pub fn with_inference(c: Config) -> Config {
+    let mut c = c.image("ghcr.io/alcove-dev/alcove-inference*", inference_binary());
+    c.csi_drivers.push(alcove_devcluster::config::CsiDriver {
+        driver: "models.alcove.dev".into(),
+        attribute: "model".into(),
+        root: platform_models(),
+    });
+    c
+}
+
+/// `kubectl proxy` on a free port: the host reaches services through the API server's service
+/// proxy, as a platform team would.
+pub struct KubectlProxy {
+    pub base: String,
+    _child: tokio::process::Child,
+}
+
+impl Platform {
+    pub async fn kubectl_proxy(&self) -> KubectlProxy {
+        let port = free_port();
+        let child = tokio::process::Command::new("kubectl")
+            .args(["proxy", "--port", &port.to_string()])
+            .env("KUBECONFIG", &self.cluster.kubeconfig)
+            .env("KUBECACHEDIR", self.dir.path().join("kubecache"))
+            .env("HOME", self.dir.path())
+            .stdout(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("kubectl proxy");
+        let base = format!("http://127.0.0.1:{port}");
+        eventually("kubectl proxy serves", Duration::from_secs(15), || async {
+            curl(&format!("{base}/version")).await.is_some()
+        })
+        .await;
+        KubectlProxy { base, _child: child }
+    }
+}
+
+/// An HTTP request with curl: (status, body).
+pub async fn http(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> (u16, String) {
+    let mut args: Vec<String> = vec![
+        "-s".into(),
+        "--max-time".into(),
+        "60".into(),
+        "-X".into(),
+        method.into(),
+        "-w".into(),
+        "\n%{http_code}".into(),
+    ];
+    for (k, v) in headers {
+        args.extend(["-H".into(), format!("{k}: {v}")]);
+    }
+    if let Some(b) = body {
+        args.extend([
+            "-H".into(),
+            "Content-Type: application/json".into(),
+            "--data-binary".into(),
+            b.into(),
+        ]);
+    }
+    args.push(url.into());
+    let out = tokio::process::Command::new("curl").args(&args).output().await.expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+impl Platform {
+    /// `kubectl get … -o json`.
+    pub async fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut a = args.to_vec();
+        a.extend(["-o", "json"]);
+        serde_json::from_str(&self.ok(&a).await).unwrap()
+    }
+
+    /// The Events of a namespace with `reason`.
+    pub async fn events(&self, ns: &str, reason: &str) -> Vec<serde_json::Value> {
+        let v = self.json(&["get", "events", "-n", ns]).await;
+        v["items"].as_array().unwrap().iter().filter(|e| e["reason"] == reason).cloned().collect()
+    }
+}
+
+/// devcluster running real inference pods, and one operator.
+pub async fn platform_with_operator() -> Platform {
+    let mut p = Platform::start_with(with_inference).await;
+    p.spawn_operator(&[]).await;
+    p
+}
+
+/// The operator's injected clock (`--clock-file`): an RFC 3339 instant in a file.
+pub struct Clock(pub PathBuf);
+
+impl Clock {
+    pub fn set(&self, t: jiff::Timestamp) {
+        std::fs::write(&self.0, t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()).unwrap();
+    }
+
+    pub fn now(&self) -> jiff::Timestamp {
+        std::fs::read_to_string(&self.0).unwrap().trim().parse().unwrap()
+    }
+}
+
+/// A loopback HTTP server with one document.
+pub fn serve_document(path: &'static str, text: &'static str) -> u16 {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { continue };
+            let mut buf = [0u8; 4096];
+            let n = s.read(&mut buf).unwrap_or(0);
+            let req = String::from_utf8_lossy(&buf[..n]).into_owned();
+            let (status, body) = if req.split_whitespace().nth(1) == Some(path) {
+                (200, text)
+            } else {
+                (404, "not found")
+            };
+            let _ = write!(
+                s,
+                "HTTP/1.1 {status} X\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    port
+}

@@ -47,7 +47,37 @@ pub enum Event {
         prompt_tokens: usize,
         completion_tokens: usize,
     },
-    Failed(String),
+    Failed(EngineError),
+}
+
+/// Why the model thread could not serve a job. The HTTP layer turns each into an OpenAI-shaped
+/// error (`api::error`), so the type decides the status, not the text.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum EngineError {
+    #[error("no language model is loaded")]
+    NoLanguageModel,
+    #[error("no embedding model is loaded")]
+    NoEmbeddingModel,
+    /// Retrieval added context until nothing was left for the answer.
+    #[error("the prompt's {prompt} tokens fill the model's context of {context}")]
+    ContextFull { prompt: usize, context: usize },
+    #[error("generation failed: {0}")]
+    Generation(String),
+    #[error("embedding failed: {0}")]
+    Embedding(String),
+    /// The model code panicked; the thread caught it and goes on with the next job.
+    #[error("{0} failed: internal error")]
+    Panicked(&'static str),
+}
+
+impl EngineError {
+    /// The OpenAI error type (`error.type`) this failure is reported as.
+    pub fn openai_type(&self) -> &'static str {
+        match self {
+            EngineError::ContextFull { .. } => "invalid_request_error",
+            _ => "server_error",
+        }
+    }
 }
 
 pub enum Prompt {
@@ -66,7 +96,7 @@ pub struct Generate {
 
 pub enum Work {
     Generate(Generate),
-    Embed { texts: Vec<String>, reply: oneshot::Sender<Result<Vec<Vec<f32>>, String>> },
+    Embed { texts: Vec<String>, reply: oneshot::Sender<Result<Vec<Vec<f32>>, EngineError>> },
 }
 
 struct Job {
@@ -142,23 +172,27 @@ impl Worker {
                     }));
                     let failure = match result {
                         Ok(Ok(())) => None,
-                        Ok(Err(e)) => Some(format!("generation failed: {e}")),
-                        Err(_) => Some("generation failed: internal error".to_string()),
+                        Ok(Err(e)) => Some(
+                            e.downcast::<EngineError>()
+                                .unwrap_or_else(|e| EngineError::Generation(format!("{e:#}"))),
+                        ),
+                        Err(_) => Some(EngineError::Panicked("generation")),
                     };
-                    if let Some(message) = failure {
-                        tracing::error!(error = %message, "generation failed");
-                        let _ = events.send(Event::Failed(message));
+                    if let Some(error) = failure {
+                        tracing::error!(%error, "generation failed");
+                        let _ = events.send(Event::Failed(error));
                     }
                 }
                 Work::Embed { texts, reply } => {
                     let result = match &self.models.embedder {
                         Some(e) => {
                             let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-                            std::panic::catch_unwind(AssertUnwindSafe(|| e.embed(&refs)))
-                                .unwrap_or_else(|_| Err(anyhow::anyhow!("internal error")))
-                                .map_err(|e| format!("embedding failed: {e}"))
+                            match std::panic::catch_unwind(AssertUnwindSafe(|| e.embed(&refs))) {
+                                Ok(r) => r.map_err(|e| EngineError::Embedding(format!("{e:#}"))),
+                                Err(_) => Err(EngineError::Panicked("embedding")),
+                            }
                         }
-                        None => Err("no embedding model is loaded".to_string()),
+                        None => Err(EngineError::NoEmbeddingModel),
                     };
                     let _ = reply.send(result);
                 }
@@ -171,7 +205,7 @@ impl Worker {
 
     fn generate(&mut self, g: Generate, enqueued: Instant) -> anyhow::Result<()> {
         let Models { chat, embedder, library } = &mut self.models;
-        let model = chat.as_mut().ok_or_else(|| anyhow::anyhow!("no language model is loaded"))?;
+        let model = chat.as_mut().ok_or(EngineError::NoLanguageModel)?;
         let vocab = model.vocab.clone();
         let ctx = vocab.context_length;
 
@@ -186,7 +220,7 @@ impl Worker {
             }
         };
         if prompt.len() >= ctx {
-            anyhow::bail!("the prompt's {} tokens fill the model's context of {ctx}", prompt.len());
+            return Err(EngineError::ContextFull { prompt: prompt.len(), context: ctx }.into());
         }
         let max_new = g.params.max_tokens.unwrap_or(ctx - prompt.len()).min(ctx - prompt.len());
         if g.events.send(Event::Started { prompt_tokens: prompt.len(), sources }).is_err() {

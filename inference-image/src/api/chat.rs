@@ -268,7 +268,7 @@ async fn respond(
             meta.prompt_tokens = prompt_tokens;
             meta.sources = sources;
         }
-        Some(Event::Failed(message)) => return Err(ApiError::internal(message)),
+        Some(Event::Failed(error)) => return Err(error.into()),
         _ => return Err(ApiError::internal("the model stopped before answering")),
     }
     if stream {
@@ -296,7 +296,7 @@ async fn respond(
                 decorate(&mut body, &meta);
                 return Ok(axum::Json(body).into_response());
             }
-            Some(Event::Failed(message)) => return Err(ApiError::internal(message)),
+            Some(Event::Failed(error)) => return Err(error.into()),
             Some(Event::Started { .. }) | None => {
                 return Err(ApiError::internal("the model stopped mid-answer"));
             }
@@ -385,8 +385,8 @@ fn stream_response(
                     }
                     break;
                 }
-                Some(Event::Failed(message)) => {
-                    send(ApiError::internal(message).body()).await;
+                Some(Event::Failed(error)) => {
+                    send(ApiError::from(error).body()).await;
                     break;
                 }
                 Some(Event::Started { .. }) | None => {

@@ -5,6 +5,8 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+use crate::engine::EngineError;
+
 #[derive(Debug)]
 pub struct ApiError {
     pub status: StatusCode,
@@ -89,6 +91,19 @@ impl ApiError {
     }
 }
 
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> Self {
+        match e {
+            EngineError::ContextFull { .. } => {
+                let mut a = Self::invalid("messages", e.to_string());
+                a.code = Some("context_length_exceeded");
+                a
+            }
+            _ => Self::new(StatusCode::INTERNAL_SERVER_ERROR, e.openai_type(), e.to_string()),
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut response = (self.status, axum::Json(self.body())).into_response();
@@ -96,5 +111,25 @@ impl IntoResponse for ApiError {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn engine_errors_keep_their_openai_type() {
+        let full = ApiError::from(EngineError::ContextFull { prompt: 600, context: 512 });
+        assert_eq!(full.status, StatusCode::BAD_REQUEST);
+        assert_eq!(full.body()["error"]["type"], "invalid_request_error");
+        assert_eq!(full.body()["error"]["code"], "context_length_exceeded");
+        assert_eq!(full.body()["error"]["param"], "messages");
+        let panicked = ApiError::from(EngineError::Panicked("generation"));
+        assert_eq!(panicked.status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(panicked.body()["error"]["type"], "server_error");
+        assert_eq!(panicked.body()["error"]["message"], "generation failed: internal error");
+        let none = ApiError::from(EngineError::NoEmbeddingModel);
+        assert_eq!(none.body()["error"]["message"], "no embedding model is loaded");
     }
 }

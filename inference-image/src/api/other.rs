@@ -86,7 +86,7 @@ pub async fn embeddings(
     let vectors = answer
         .await
         .map_err(|_| ApiError::internal("the model stopped before answering"))?
-        .map_err(ApiError::internal)?;
+        .map_err(ApiError::from)?;
     s.metrics.prompt_tokens.inc_by(tokens as u64);
     let data: Vec<Value> = vectors
         .into_iter()
