@@ -4,15 +4,13 @@
 //! suspends, a signed top-up resumes, forged and stale deliveries are refused, a replay is
 //! applied once. Instance pods are simulated (Ready without a process): billing is about time.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
+use alcove_tests::localstripe::{KEY, LocalStripe, WHSEC};
+use alcove_tests::*;
 use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
 use sha2::Sha256;
-use support::localstripe::{KEY, LocalStripe, WHSEC};
-use support::*;
 
 fn sign(t: i64, payload: &str) -> String {
     let mut mac = Hmac::<Sha256>::new_from_slice(WHSEC.as_bytes()).unwrap();
@@ -37,7 +35,7 @@ async fn setup() -> (Platform, LocalStripe, Clock, Vec<String>) {
         c
     })
     .await;
-    let stripe = LocalStripe::start(&p).await;
+    let stripe = LocalStripe::start(&p.dir.path().join("localstripe.log")).await;
     let config = p.dir.path().join("operator.yaml");
     std::fs::write(
         &config,

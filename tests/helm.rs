@@ -3,18 +3,16 @@
 //! render applied to devcluster, the operator run with exactly the chart's RBAC (its
 //! ServiceAccount token), GitOps field ownership, and each RBAC verb shown to be needed.
 
-mod support;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use alcove_tests::*;
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::authorization::v1::SubjectAccessReview;
 use k8s_openapi::api::rbac::v1::{ClusterRole, Role};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
-use support::*;
 
 const RELEASE: &str = "alcove";
 const NS: &str = "alcove-system";
@@ -48,7 +46,7 @@ fn python() -> PathBuf {
 fn argocd_health(objects: &[Value]) -> Vec<(String, String)> {
     use std::io::Write;
     let mut child = std::process::Command::new(python())
-        .arg(workspace_root().join("operator/tests/support/argocd_health.py"))
+        .arg(workspace_root().join("tests/support/argocd_health.py"))
         .arg(workspace_root().join("docs/gitops/argocd-health.lua"))
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
@@ -75,7 +73,7 @@ fn argocd_health(objects: &[Value]) -> Vec<(String, String)> {
 
 fn helm(args: &[&str]) -> (i32, String, String) {
     let out = std::process::Command::new(python())
-        .arg(workspace_root().join("operator/tests/support/helm.py"))
+        .arg(workspace_root().join("tests/support/helm.py"))
         .args(args)
         .output()
         .expect("python");

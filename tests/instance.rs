@@ -2,13 +2,11 @@
 //! `alcove-inference` processes serving the platform's test models; requests go through
 //! `kubectl proxy` and the API server's service proxy, as a platform team's would.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
+use alcove_tests::*;
 use base64::Engine;
 use serde_json::{Value, json};
-use support::*;
 
 async fn api_key(p: &Platform, ns: &str, instance: &str) -> String {
     let s = p.json(&["get", "secret", &format!("{instance}-api-key"), "-n", ns]).await;

@@ -2,14 +2,12 @@
 //! `alcove-inference index` onto the tenant's volume, instances answering with sources from it,
 //! removed documents gone from the disk, and the refusals (another namespace, the free tier).
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use alcove_tests::*;
 use base64::Engine;
 use serde_json::{Value, json};
-use support::*;
 
 /// The host directory behind a PVC (devcluster's hostPath volumes).
 async fn volume_dir(p: &Platform, ns: &str, claim: &str) -> PathBuf {

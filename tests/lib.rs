@@ -1,18 +1,33 @@
-//! The world the operator's end-to-end tests run in: devcluster (in-process) with GPU nodes, the
-//! CRDs installed, and `alcove operator` as a real child process against it.
-
-#![allow(dead_code)]
+//! The world the product's end-to-end tests (this crate's tests) run in: devcluster (in-process)
+//! with GPU nodes, the CRDs installed, `alcove operator` as a real child process against it, and
+//! real inference pods. Library crates keep only their own, local tests.
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use alcove_devcluster::{Config, DevCluster};
+pub use alcove_testkit::localstripe::{self, LocalStripe};
+pub use alcove_testkit::{
+    cargo_build, curl, eventually, free_port, http, metric, serve_document, serve_pages,
+    until_some, workspace_root,
+};
 
 pub const H100: &str = alcove::up::H100;
 
-pub mod localstripe;
+/// The `alcove` binary as tests run it: default features (`up`) plus the test hooks
+/// (`--clock-file`, `--crash-after`), built once per test binary. A copy, because other builds
+/// (tests/shipped_binary.rs) write the same `target/debug/alcove`.
+pub fn alcove_binary() -> PathBuf {
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        let built = cargo_build(&["-p", "alcove", "--features", "test-hooks"], "alcove");
+        let copy = built.with_file_name("alcove-with-test-hooks");
+        std::fs::copy(&built, &copy).expect("copy the alcove binary");
+        copy
+    })
+    .clone()
+}
 
 /// The node set the examples are written for (the one `alcove up` starts).
 pub fn test_nodes(mut c: Config) -> Config {
@@ -49,25 +64,8 @@ impl Operator {
     }
 }
 
-pub async fn curl(url: &str) -> Option<String> {
-    let o = tokio::process::Command::new("curl")
-        .args(["-sf", "--max-time", "5", url])
-        .output()
-        .await
-        .ok()?;
-    o.status.success().then(|| String::from_utf8_lossy(&o.stdout).into_owned())
-}
-
-pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace").to_path_buf()
-}
-
 pub fn example(rel: &str) -> String {
     workspace_root().join("examples").join(rel).display().to_string()
-}
-
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 impl Platform {
@@ -106,7 +104,7 @@ impl Platform {
         .map(str::to_string)
         .collect::<Vec<_>>();
         full.extend(args.iter().map(|a| a.to_string()));
-        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_alcove"))
+        let child = tokio::process::Command::new(alcove_binary())
             .args(&full)
             .env("KUBECONFIG", &self.cluster.kubeconfig)
             .env(
@@ -133,32 +131,8 @@ impl Platform {
         args: &[&str],
         stdin: Option<&str>,
     ) -> (bool, String, String) {
-        use tokio::io::AsyncWriteExt;
-        let mut child = tokio::process::Command::new("kubectl")
-            .args(args)
-            .env("KUBECONFIG", kubeconfig)
-            .env("KUBECACHEDIR", self.dir.path().join("kubecache"))
-            .env("HOME", self.dir.path())
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("kubectl");
-        let mut pipe = child.stdin.take().unwrap();
-        if let Some(s) = stdin {
-            pipe.write_all(s.as_bytes()).await.unwrap();
-        }
-        drop(pipe);
-        let out = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output())
-            .await
-            .expect("kubectl in time")
-            .unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        let r = alcove_testkit::kubectl(kubeconfig, self.dir.path(), args, stdin).await;
+        (r.ok, r.stdout, r.stderr)
     }
 
     pub async fn kubectl(&self, args: &[&str]) -> (bool, String, String) {
@@ -256,88 +230,11 @@ impl Platform {
     }
 }
 
-/// Polls until `f` is true, panicking with `what` after `timeout`.
-pub async fn eventually<F, Fut>(what: &str, timeout: Duration, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if f().await {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// Polls until `f` yields a value.
-pub async fn until_some<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// The value of a counter or gauge in Prometheus text (summing over label sets that contain `labels`).
-pub fn metric(text: &str, name: &str, labels: &str) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(name) && (labels.is_empty() || l.contains(labels)))
-        .filter(|l| l[name.len()..].starts_with('{') || l[name.len()..].starts_with(' '))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 /// The `alcove-inference` binary, built on first use (a test of this package alone would not
 /// build another package's binary).
 pub fn inference_binary() -> PathBuf {
     static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BIN.get_or_init(|| {
-        let out = std::process::Command::new(env!("CARGO"))
-            .args([
-                "build",
-                "--quiet",
-                "-p",
-                "alcove-inference",
-                "--bin",
-                "alcove-inference",
-                "--message-format=json",
-            ])
-            .current_dir(workspace_root())
-            .output()
-            .expect("cargo");
-        assert!(
-            out.status.success(),
-            "building alcove-inference failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .find_map(|m| {
-                m["executable"]
-                    .as_str()
-                    .filter(|e| e.ends_with("/alcove-inference"))
-                    .map(PathBuf::from)
-            })
-            .expect("cargo reported the alcove-inference executable")
-    })
-    .clone()
+    BIN.get_or_init(|| cargo_build(&["-p", "alcove-inference"], "alcove-inference")).clone()
 }
 
 /// Platform models as the CSI driver serves them: `default` (tiny llama, safetensors),
@@ -410,40 +307,6 @@ impl Platform {
     }
 }
 
-/// An HTTP request with curl: (status, body).
-pub async fn http(
-    method: &str,
-    url: &str,
-    headers: &[(&str, &str)],
-    body: Option<&str>,
-) -> (u16, String) {
-    let mut args: Vec<String> = vec![
-        "-s".into(),
-        "--max-time".into(),
-        "60".into(),
-        "-X".into(),
-        method.into(),
-        "-w".into(),
-        "\n%{http_code}".into(),
-    ];
-    for (k, v) in headers {
-        args.extend(["-H".into(), format!("{k}: {v}")]);
-    }
-    if let Some(b) = body {
-        args.extend([
-            "-H".into(),
-            "Content-Type: application/json".into(),
-            "--data-binary".into(),
-            b.into(),
-        ]);
-    }
-    args.push(url.into());
-    let out = tokio::process::Command::new("curl").args(&args).output().await.expect("curl");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
-    (code.trim().parse().unwrap_or(0), body.to_string())
-}
-
 impl Platform {
     /// `kubectl get … -o json`.
     pub async fn json(&self, args: &[&str]) -> serde_json::Value {
@@ -477,30 +340,4 @@ impl Clock {
     pub fn now(&self) -> jiff::Timestamp {
         std::fs::read_to_string(&self.0).unwrap().trim().parse().unwrap()
     }
-}
-
-/// A loopback HTTP server with one document.
-pub fn serve_document(path: &'static str, text: &'static str) -> u16 {
-    use std::io::{Read, Write};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut s) = stream else { continue };
-            let mut buf = [0u8; 4096];
-            let n = s.read(&mut buf).unwrap_or(0);
-            let req = String::from_utf8_lossy(&buf[..n]).into_owned();
-            let (status, body) = if req.split_whitespace().nth(1) == Some(path) {
-                (200, text)
-            } else {
-                (404, "not found")
-            };
-            let _ = write!(
-                s,
-                "HTTP/1.1 {status} X\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                body.len()
-            );
-        }
-    });
-    port
 }

@@ -3,14 +3,12 @@
 //! nothing across several full resyncs, with billing disabled and with billing enabled
 //! (localstripe). devcluster's request metrics count the writes by resource.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use alcove_tests::localstripe::{LocalStripe, WHSEC};
+use alcove_tests::*;
 use serde_json::json;
-use support::localstripe::{LocalStripe, WHSEC};
-use support::*;
 
 const RESYNC: &str = "2";
 
@@ -109,7 +107,7 @@ async fn steady_state_with_billing_writes_nothing() {
         c
     })
     .await;
-    let stripe = LocalStripe::start(&p).await;
+    let stripe = LocalStripe::start(&p.dir.path().join("localstripe.log")).await;
     let config = p.dir.path().join("operator.yaml");
     std::fs::write(
         &config,
@@ -127,7 +125,7 @@ async fn steady_state_with_billing_writes_nothing() {
         "--config",
         config.to_str().unwrap(),
         "--stripe-api-key",
-        support::localstripe::KEY,
+        localstripe::KEY,
         "--stripe-api-base",
         &stripe.base,
         "--stripe-webhook-secret",

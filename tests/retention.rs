@@ -2,14 +2,12 @@
 //! deadline and erased (their directories gone) within a minute after, a legal hold pauses
 //! erasure, and a deleted tenant's data is erased after its window, with receipts that remain.
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use alcove_tests::*;
 use jiff::{SignedDuration, Timestamp};
 use serde_json::Value;
-use support::*;
 
 fn at(s: &str) -> Timestamp {
     s.parse().unwrap()
@@ -207,7 +205,7 @@ async fn volumes_are_erased_at_their_deadline_never_before_and_legal_hold_pauses
     let count: u64 = events.iter().map(|e| e["series"]["count"].as_u64().unwrap_or(1)).sum();
     assert!(count >= 3, "{events:?}");
     // The data report shows the timers of what is left and the receipts of what went.
-    let report = tokio::process::Command::new(env!("CARGO_BIN_EXE_alcove"))
+    let report = tokio::process::Command::new(alcove_binary())
         .args(["data-report", "startup"])
         .env("KUBECONFIG", &p.cluster.kubeconfig)
         .output()

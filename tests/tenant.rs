@@ -1,13 +1,11 @@
 //! The Tenant controller end to end: kubectl applies the examples, `alcove operator` runs as a
 //! process against devcluster, and everything is checked through the API, kubectl and RBAC.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
+use alcove_tests::*;
 use base64::Engine;
 use serde_json::Value;
-use support::*;
 
 async fn json(p: &Platform, args: &[&str]) -> Value {
     let mut a = args.to_vec();

@@ -2,12 +2,10 @@
 //! block marked `<!-- walkthrough -->`, line for line, with kubectl and curl. The README cannot
 //! drift from the product without this test failing.
 
-mod support;
-
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use support::*;
+use alcove_tests::*;
 use tokio::io::AsyncBufReadExt;
 
 /// The first ```sh block after `marker` in the README.
@@ -36,7 +34,7 @@ async fn the_readme_walkthrough_works_against_alcove_up() {
     std::os::unix::fs::symlink(workspace_root().join("examples"), dir.path().join("examples"))
         .unwrap();
     let started = Instant::now();
-    let mut up = tokio::process::Command::new(env!("CARGO_BIN_EXE_alcove"))
+    let mut up = tokio::process::Command::new(alcove_binary())
         .args(&up_args)
         .env("ALCOVE_INFERENCE_BINARY", inference_binary())
         .current_dir(dir.path())

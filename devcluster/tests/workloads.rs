@@ -203,7 +203,7 @@ spec:
     })
     .await;
     // kubectl proxy: the host reaches the pod as on a real cluster.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = free_port();
     let mut proxy = tokio::process::Command::new("kubectl")
         .args(["proxy", "--port", &port.to_string()])
         .env("KUBECONFIG", &env.cluster.kubeconfig)
@@ -445,7 +445,7 @@ async fn jobs_complete_and_fail() {
 struct Server {
     child: tokio::process::Child,
     kubeconfig: std::path::PathBuf,
-    cache: std::path::PathBuf,
+    home: std::path::PathBuf,
 }
 
 impl Server {
@@ -478,12 +478,12 @@ impl Server {
         Server {
             child,
             kubeconfig: state.join("kubeconfig"),
-            cache: dir.join(format!("{name}-cache")),
+            home: dir.join(format!("{name}-home")),
         }
     }
 
     async fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> String {
-        kubectl_with(&self.kubeconfig, &self.cache, args, stdin).await
+        kubectl(&self.kubeconfig, &self.home, args, stdin).await.stdout
     }
 
     /// Starts a pod that ignores SIGTERM and returns its process id.

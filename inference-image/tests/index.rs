@@ -4,6 +4,7 @@ mod support;
 
 use std::path::Path;
 
+use alcove_testkit::serve_pages;
 use serde_json::{Value, json};
 use support::*;
 
@@ -276,33 +277,6 @@ fn an_index_built_with_another_embedding_model_is_refused() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--kb needs --embedding-model"));
 }
 
-/// A loopback HTTP server answering each path from `pages` (status, extra header, body).
-fn serve_pages(pages: Vec<(&'static str, u16, &'static str, &'static str)>) -> u16 {
-    use std::io::{Read, Write};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut s) = stream else { continue };
-            let mut buf = [0u8; 4096];
-            let n = s.read(&mut buf).unwrap_or(0);
-            let req = String::from_utf8_lossy(&buf[..n]);
-            let path = req.split_whitespace().nth(1).unwrap_or("/").to_string();
-            let (status, header, body) = pages
-                .iter()
-                .find(|p| p.0 == path)
-                .map(|p| (p.1, p.2, p.3))
-                .unwrap_or((404, "", "not found"));
-            let _ = write!(
-                s,
-                "HTTP/1.1 {status} X\r\ncontent-length: {}\r\nconnection: close\r\n{header}\r\n{body}",
-                body.len()
-            );
-        }
-    });
-    port
-}
-
 #[test]
 fn url_sources_are_fetched_with_redirects_and_errors_name_the_url() {
     let port = serve_pages(vec![
@@ -312,7 +286,7 @@ fn url_sources_are_fetched_with_redirects_and_errors_name_the_url() {
             "",
             "Returns are accepted within 30 days. Marker: ZEBRA-URL-77.",
         ),
-        ("/old", 301, "location: /guide/returns.md\r\n", ""),
+        ("/old", 301, "location: /guide/returns.md", ""),
     ]);
     let dir = tempfile::tempdir().unwrap();
     let docs = dir.path().join("docs");

@@ -2,11 +2,12 @@
 
 #![allow(dead_code)]
 
-use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use alcove_devcluster::{Config, DevCluster, NodeConfig};
+// Each suite uses some of these.
+#[allow(unused_imports)]
+pub use alcove_testkit::{Run, eventually, free_port, kubectl, until_some, workspace_root};
 use serde_json::Value;
 
 pub const TESTPOD_IMAGE: &str = "example.com/testpod:1";
@@ -42,40 +43,9 @@ pub async fn start_with(f: impl FnOnce(Config) -> Config) -> Env {
     Env { cluster, client, dir }
 }
 
-/// Output of one kubectl run.
-pub struct Run {
-    pub ok: bool,
-    pub stdout: String,
-    pub stderr: String,
-}
-
 impl Env {
     pub async fn kubectl_as(&self, kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> Run {
-        use tokio::io::AsyncWriteExt;
-        let mut cmd = tokio::process::Command::new("kubectl");
-        cmd.args(args)
-            .env("KUBECONFIG", kubeconfig)
-            .env("KUBECACHEDIR", self.dir.path().join("kubecache"))
-            .env("HOME", self.dir.path())
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .kill_on_drop(true);
-        let mut child = cmd.spawn().expect("kubectl is installed");
-        let mut pipe = child.stdin.take().expect("stdin");
-        if let Some(input) = stdin {
-            pipe.write_all(input.as_bytes()).await.expect("write stdin");
-        }
-        drop(pipe);
-        let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
-            .await
-            .expect("kubectl finished within 60s")
-            .expect("kubectl ran");
-        Run {
-            ok: out.status.success(),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
+        kubectl(kubeconfig, self.dir.path(), args, stdin).await
     }
 
     pub async fn kubectl(&self, args: &[&str]) -> Run {
@@ -132,25 +102,6 @@ impl Env {
     }
 }
 
-/// Polls `f` every 50 ms until it returns true, panicking with `what` after `timeout`.
-pub async fn eventually<F, Fut>(what: &str, timeout: Duration, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if f().await {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 pub fn yaml_to_json(yaml: &str) -> Value {
     serde_saphyr::from_str(yaml).expect("yaml")
 }
@@ -171,53 +122,4 @@ pub fn testpod_pod(name: &str, args: &[&str]) -> Value {
             }],
         },
     })
-}
-
-pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace").to_path_buf()
-}
-
-/// Polls `f` every 50 ms until it yields a value, panicking with `what` after `timeout`.
-pub async fn until_some<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// kubectl with a given kubeconfig, outside an `Env` (for a server run as a subprocess).
-pub async fn kubectl_with(
-    kubeconfig: &Path,
-    cache: &Path,
-    args: &[&str],
-    stdin: Option<&str>,
-) -> String {
-    use tokio::io::AsyncWriteExt;
-    let mut child = tokio::process::Command::new("kubectl")
-        .args(args)
-        .env("KUBECONFIG", kubeconfig)
-        .env("KUBECACHEDIR", cache)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("kubectl");
-    let mut pipe = child.stdin.take().expect("stdin");
-    if let Some(s) = stdin {
-        pipe.write_all(s.as_bytes()).await.expect("stdin");
-    }
-    drop(pipe);
-    String::from_utf8_lossy(&child.wait_with_output().await.expect("kubectl ran").stdout)
-        .into_owned()
 }

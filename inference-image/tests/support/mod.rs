@@ -10,6 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+pub use alcove_testkit::free_port;
 use serde_json::Value;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_alcove-inference");
@@ -45,10 +46,6 @@ pub fn models() -> &'static Models {
         run(&["make-test-model", "--out", embedding.to_str().unwrap(), "--embedding"]);
         Models { root, chat, gguf: gguf.join("model.gguf"), embedding }
     })
-}
-
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 pub struct Server {
