@@ -14,9 +14,9 @@ type Layer = (&'static str, bool, &'static [&'static str]);
 
 const OPERATOR: &[Layer] = &[
     (
-        "foundation: names, time, hashing, retry delays, errors, metrics, configuration",
+        "foundation: names, time, hashing, retry delays, errors, metrics, configuration, typed-object constructors",
         true,
-        &["names", "clock", "hash", "backoff", "error", "metrics", "config"],
+        &["names", "clock", "hash", "backoff", "error", "metrics", "config", "objects"],
     ),
     (
         "pure builders and decisions (no I/O)",

@@ -5,9 +5,8 @@
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use kube::api::{Api, PostParams};
-use serde_json::json;
 
 pub const LEASE_NAME: &str = "alcove-operator";
 /// A standby takes over at most this long (plus one retry) after the leader's last renewal.
@@ -30,8 +29,9 @@ impl Elector {
 
     fn lease(&self, existing: Option<&Lease>, acquiring: bool) -> Lease {
         let now = jiff::Timestamp::now();
-        let mut l = existing.cloned().unwrap_or_else(|| {
-            serde_json::from_value(json!({"metadata": {"name": LEASE_NAME}})).expect("lease")
+        let mut l = existing.cloned().unwrap_or_else(|| Lease {
+            metadata: ObjectMeta { name: Some(LEASE_NAME.into()), ..Default::default() },
+            spec: None,
         });
         let spec = l.spec.get_or_insert_with(Default::default);
         if acquiring {

@@ -19,6 +19,7 @@ pub mod knowledgebase;
 pub mod leader;
 pub mod metrics;
 pub mod names;
+pub mod objects;
 pub mod retention;
 pub mod status;
 pub mod tenant;

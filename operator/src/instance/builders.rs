@@ -13,13 +13,23 @@ use alcove_crds::{
     DataClass, InferenceInstance, KnowledgeBase, LABEL_DATA_CLASS, LABEL_INSTANCE, ModelFormat,
     ModelSource, ResolvedPlacement,
 };
-use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service};
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::{
+    CSIVolumeSource, ConfigMap, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
+    ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec, Pod, PodSpec, Probe,
+    ResourceRequirements, Secret, Service, ServicePort, ServiceSpec, Toleration, Volume,
+    VolumeResourceRequirements,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
-use serde_json::{Value, json};
 
 use crate::config::{Config, TierConfig};
 use crate::names::{COMPONENT_LABEL, INDEX_DIR, INSTANCE_PORT, KEY_SECRET};
+use crate::objects::{
+    config_map_volume, items, mount, pvc_volume, quantities, restricted_container_security,
+    restricted_pod_security, secret_volume, string_map,
+};
 
 /// The Service's port (the pod serves on `INSTANCE_PORT`).
 pub const SERVICE_PORT: i32 = 80;
@@ -31,8 +41,6 @@ pub const PROMPT_FIELD: &str = "system-prompt";
 pub const POD_HASH: &str = "alcove.dev/pod-hash";
 /// On the API-key Secret: the `alcove.dev/rotate-api-key` value its key was made for.
 pub const KEY_ROTATION: &str = "alcove.dev/key-rotation";
-/// The server's user and group (the image's numeric non-root user).
-pub const RUN_AS: i64 = 65532;
 
 const MODEL_DIR: &str = "/models";
 const API_KEY_DIR: &str = "/etc/alcove/api-key";
@@ -74,21 +82,17 @@ pub fn child_meta(i: &InferenceInstance, name: &str) -> ObjectMeta {
     crate::tenant::builders::owned_meta(i, name, LABEL_INSTANCE)
 }
 
-fn from_json<T: serde::de::DeserializeOwned>(v: Value) -> T {
-    serde_json::from_value(v).expect("builders produce valid objects")
-}
-
 /// The API key Secret: `key` is 32 random bytes as hex, made for rotation request `rotation`.
 pub fn api_key_secret(i: &InferenceInstance, key: &[u8; 32], rotation: &str) -> Secret {
-    use base64::Engine;
     let mut meta = child_meta(i, &api_key_secret_name(&i.name_any()));
     meta.annotations = Some([(KEY_ROTATION.to_string(), rotation.to_string())].into());
     let text = crate::hash::hex(key);
-    from_json(json!({
-        "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
-        "metadata": meta,
-        "data": {API_KEY_FIELD: base64::engine::general_purpose::STANDARD.encode(text)},
-    }))
+    Secret {
+        metadata: meta,
+        type_: Some("Opaque".into()),
+        data: Some([(API_KEY_FIELD.to_string(), ByteString(text.into_bytes()))].into()),
+        ..Default::default()
+    }
 }
 
 /// The rotation a Secret's key answers (`""`: the key made at creation).
@@ -104,11 +108,11 @@ pub fn requested_rotation(i: &InferenceInstance) -> String {
 /// The system prompt's ConfigMap, when the instance has one.
 pub fn system_prompt(i: &InferenceInstance) -> Option<ConfigMap> {
     let prompt = i.spec.system_prompt.as_ref().filter(|p| !p.trim().is_empty())?;
-    Some(from_json(json!({
-        "apiVersion": "v1", "kind": "ConfigMap",
-        "metadata": child_meta(i, &prompt_config_map_name(&i.name_any())),
-        "data": {PROMPT_FIELD: prompt},
-    })))
+    Some(ConfigMap {
+        metadata: child_meta(i, &prompt_config_map_name(&i.name_any())),
+        data: Some(string_map([(PROMPT_FIELD, prompt.as_str())])),
+        ..Default::default()
+    })
 }
 
 /// The conversation-history volume, in the tier's storage class.
@@ -117,25 +121,52 @@ pub fn history_pvc(i: &InferenceInstance, tier: &TierConfig) -> PersistentVolume
     meta.labels
         .get_or_insert_with(BTreeMap::new)
         .insert(LABEL_DATA_CLASS.into(), DataClass::ConversationHistory.as_str().into());
-    let mut spec = json!({"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": tier.history_size}}});
-    if !tier.storage_class.is_empty() {
-        spec["storageClassName"] = json!(tier.storage_class);
+    claim(meta, "ReadWriteOnce", &tier.history_size, &tier.storage_class)
+}
+
+/// A claim of `size` with one access mode, in `storage_class` (`""`: the cluster's default).
+pub fn claim(
+    metadata: ObjectMeta,
+    access_mode: &str,
+    size: &str,
+    storage_class: &str,
+) -> PersistentVolumeClaim {
+    PersistentVolumeClaim {
+        metadata,
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec![access_mode.into()]),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(quantities([("storage", size)])),
+                limits: None,
+            }),
+            storage_class_name: Some(storage_class.to_string()).filter(|c| !c.is_empty()),
+            ..Default::default()
+        }),
+        ..Default::default()
     }
-    from_json(
-        json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": meta, "spec": spec}),
-    )
 }
 
 pub fn service(i: &InferenceInstance) -> Service {
-    from_json(json!({
-        "apiVersion": "v1", "kind": "Service",
-        "metadata": child_meta(i, &i.name_any()),
-        "spec": {
-            "type": "ClusterIP",
-            "selector": {LABEL_INSTANCE: i.name_any(), COMPONENT_LABEL: "inference"},
-            "ports": [{"name": "http", "port": SERVICE_PORT, "targetPort": "http", "protocol": "TCP"}],
-        },
-    }))
+    let name = i.name_any();
+    Service {
+        metadata: child_meta(i, &name),
+        spec: Some(ServiceSpec {
+            type_: Some("ClusterIP".into()),
+            selector: Some(string_map([
+                (LABEL_INSTANCE, name.as_str()),
+                (COMPONENT_LABEL, "inference"),
+            ])),
+            ports: Some(vec![ServicePort {
+                name: Some("http".into()),
+                port: SERVICE_PORT,
+                target_port: Some(IntOrString::String("http".into())),
+                protocol: Some("TCP".into()),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
 }
 
 /// The extended resource and count an instance's GPUs take: whole GPUs, or one MIG slice.
@@ -155,21 +186,24 @@ pub fn model_volume(
     path: Option<&str>,
     field: &str,
     config: &Config,
-) -> Result<(Value, String), String> {
+) -> Result<(Volume, String), String> {
     let path = path.unwrap_or_default().trim_end_matches('/');
     let in_volume = if path.is_empty() { dir.to_string() } else { format!("{dir}/{path}") };
     if let Some(name) = &source.platform {
         let pm = &config.platform_models;
+        let csi = CSIVolumeSource {
+            driver: pm.csi_driver.clone(),
+            read_only: Some(true),
+            volume_attributes: Some(string_map([(pm.attribute.as_str(), name.as_str())])),
+            ..Default::default()
+        };
         return Ok((
-            json!({"name": volume, "csi": {"driver": pm.csi_driver, "readOnly": true, "volumeAttributes": {pm.attribute.as_str(): name}}}),
+            Volume { name: volume.into(), csi: Some(csi), ..Default::default() },
             in_volume,
         ));
     }
     if let Some(pvc) = &source.pvc {
-        return Ok((
-            json!({"name": volume, "persistentVolumeClaim": {"claimName": pvc.claim_name, "readOnly": true}}),
-            in_volume,
-        ));
+        return Ok((pvc_volume(volume, &pvc.claim_name, true), in_volume));
     }
     if source.uri.is_some() {
         return Err(format!(
@@ -285,22 +319,32 @@ pub fn pod(i: &InferenceInstance, config: &Config, inputs: &PodInputs) -> Result
     args.push(format!("--max-tokens={}", i.spec.limits.max_tokens));
     args.push(format!("--context-length={}", i.spec.limits.context_length));
     let mut mounts = vec![
-        json!({"name": "model", "mountPath": MODEL_DIR, "readOnly": true}),
-        json!({"name": "api-key", "mountPath": API_KEY_DIR, "readOnly": true}),
-        json!({"name": "tenant-key", "mountPath": TENANT_KEY_DIR, "readOnly": true}),
-        json!({"name": "history", "mountPath": HISTORY_DIR}),
+        mount("model", MODEL_DIR, true),
+        mount("api-key", API_KEY_DIR, true),
+        mount("tenant-key", TENANT_KEY_DIR, true),
+        mount("history", HISTORY_DIR, false),
     ];
     // Secret files are root-owned; 0440 with the pod's fsGroup lets the server (and only it) read them.
     let mut volumes = vec![
         model_vol,
-        json!({"name": "api-key", "secret": {"secretName": api_key_secret_name(&name), "defaultMode": 0o440, "items": [{"key": API_KEY_FIELD, "path": API_KEY_FIELD}]}}),
-        json!({"name": "tenant-key", "secret": {"secretName": KEY_SECRET, "defaultMode": 0o440, "items": [{"key": "key", "path": "key"}]}}),
-        json!({"name": "history", "persistentVolumeClaim": {"claimName": history_pvc_name(&name)}}),
+        secret_volume(
+            "api-key",
+            &api_key_secret_name(&name),
+            0o440,
+            items(&[(API_KEY_FIELD, API_KEY_FIELD)]),
+        ),
+        secret_volume("tenant-key", KEY_SECRET, 0o440, items(&[("key", "key")])),
+        pvc_volume("history", &history_pvc_name(&name), false),
     ];
     if system_prompt(i).is_some() {
         args.extend(["--system-prompt-file".into(), format!("{PROMPT_DIR}/{PROMPT_FIELD}")]);
-        mounts.push(json!({"name": "system-prompt", "mountPath": PROMPT_DIR, "readOnly": true}));
-        volumes.push(json!({"name": "system-prompt", "configMap": {"name": prompt_config_map_name(&name), "defaultMode": 0o444}}));
+        mounts.push(mount("system-prompt", PROMPT_DIR, true));
+        volumes.push(config_map_volume(
+            "system-prompt",
+            &prompt_config_map_name(&name),
+            0o444,
+            None,
+        ));
     }
     // Knowledge bases: each index volume read-only, and the one embedding model they share.
     if let Some(first) = inputs.knowledge_bases.first() {
@@ -320,13 +364,12 @@ pub fn pod(i: &InferenceInstance, config: &Config, inputs: &PodInputs) -> Result
             config,
         )?;
         volumes.push(volume);
-        mounts
-            .push(json!({"name": "embedding-model", "mountPath": EMBEDDING_DIR, "readOnly": true}));
+        mounts.push(mount("embedding-model", EMBEDDING_DIR, true));
         args.extend(["--embedding-model".into(), path]);
         for kb in inputs.knowledge_bases {
             let volume = format!("kb-{}", kb.name);
-            volumes.push(json!({"name": volume, "persistentVolumeClaim": {"claimName": kb.claim, "readOnly": true}}));
-            mounts.push(json!({"name": volume, "mountPath": format!("{KB_DIR}/{}", kb.name), "readOnly": true}));
+            volumes.push(pvc_volume(&volume, &kb.claim, true));
+            mounts.push(mount(&volume, &format!("{KB_DIR}/{}", kb.name), true));
             args.extend(["--kb".into(), format!("{KB_DIR}/{}/{}", kb.name, INDEX_DIR)]);
         }
         let top_k = inputs.knowledge_bases.iter().map(|k| k.top_k).max().unwrap_or(4);
@@ -335,69 +378,99 @@ pub fn pod(i: &InferenceInstance, config: &Config, inputs: &PodInputs) -> Result
 
     let (gpu_name, gpus) = gpu_resource(i);
     let res = i.spec.resources.clone().unwrap_or_default();
-    let mut amounts = json!({gpu_name.as_str(): gpus.to_string(), "cpu": res.cpu.unwrap_or_else(|| "4".into()), "memory": res.memory.unwrap_or_else(|| "16Gi".into())});
+    let gpus = gpus.to_string();
+    let cpu = res.cpu.unwrap_or_else(|| "4".into());
+    let memory = res.memory.unwrap_or_else(|| "16Gi".into());
+    let amounts =
+        quantities([(gpu_name.as_str(), gpus.as_str()), ("cpu", &cpu), ("memory", &memory)]);
     // Guaranteed QoS: requests equal limits, so the instance is the last to be evicted.
-    let resources = json!({"limits": amounts.take(), "requests": null});
-    let mut resources = resources;
-    resources["requests"] = resources["limits"].clone();
+    let resources = ResourceRequirements {
+        limits: Some(amounts.clone()),
+        requests: Some(amounts),
+        claims: None,
+    };
 
     let mut node_selector = inputs.placement.node_selector.clone();
     if let Some(product) = &i.spec.gpu.product {
         node_selector.insert("nvidia.com/gpu.product".into(), product.clone());
     }
-    let mut tolerations = serde_json::to_value(&inputs.placement.tolerations).unwrap_or(json!([]));
-    if let Some(list) = tolerations.as_array_mut() {
-        list.push(json!({"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}));
-    }
+    let mut tolerations = inputs.placement.tolerations.clone();
+    tolerations.push(Toleration {
+        key: Some("nvidia.com/gpu".into()),
+        operator: Some("Exists".into()),
+        effect: Some("NoSchedule".into()),
+        ..Default::default()
+    });
 
     let mut pod_labels = labels(i);
     pod_labels.insert(COMPONENT_LABEL.into(), "inference".into());
     let mut meta = child_meta(i, &name);
     meta.labels = Some(pod_labels);
-    let mut pod = json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": meta,
-        "spec": {
-            "automountServiceAccountToken": false,
-            "enableServiceLinks": false,
-            "restartPolicy": "Always",
+    let probe = |path: &str, period: i32, failures: i32| Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String("http".into()),
+            ..Default::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(failures),
+        ..Default::default()
+    };
+    let server = Container {
+        name: "server".into(),
+        image: Some(config.inference_image.clone()),
+        command: Some(vec!["/usr/local/bin/alcove-inference".into()]),
+        args: Some(args),
+        env: Some(vec![EnvVar {
+            name: "POD_IP".into(),
+            value_from: Some(EnvVarSource {
+                field_ref: Some(ObjectFieldSelector {
+                    field_path: "status.podIP".into(),
+                    api_version: None,
+                }),
+                ..Default::default()
+            }),
+            value: None,
+        }]),
+        ports: Some(vec![ContainerPort {
+            name: Some("http".into()),
+            container_port: INSTANCE_PORT,
+            protocol: Some("TCP".into()),
+            ..Default::default()
+        }]),
+        resources: Some(resources),
+        // /healthz answers while the model loads; /readyz once it is loaded.
+        liveness_probe: Some(probe("/healthz", 10, 6)),
+        readiness_probe: Some(probe("/readyz", 1, 3)),
+        security_context: Some(restricted_container_security()),
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
+        volume_mounts: Some(mounts),
+        ..Default::default()
+    };
+    let mut pod = Pod {
+        metadata: meta,
+        spec: Some(PodSpec {
+            automount_service_account_token: Some(false),
+            enable_service_links: Some(false),
+            restart_policy: Some("Always".into()),
             // Destroy means now: the server finishes within a second of SIGTERM.
-            "terminationGracePeriodSeconds": 2,
-            "nodeSelector": node_selector,
-            "tolerations": tolerations,
-            "securityContext": restricted_pod_security(),
-            "containers": [{
-                "name": "server",
-                "image": config.inference_image,
-                "command": ["/usr/local/bin/alcove-inference"],
-                "args": args,
-                "env": [{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}],
-                "ports": [{"name": "http", "containerPort": INSTANCE_PORT, "protocol": "TCP"}],
-                "resources": resources,
-                // /healthz answers while the model loads; /readyz once it is loaded.
-                "livenessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 10, "failureThreshold": 6},
-                "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 1, "failureThreshold": 3},
-                "securityContext": restricted_container_security(),
-                "terminationMessagePolicy": "FallbackToLogsOnError",
-                "volumeMounts": mounts,
-            }],
-            "volumes": volumes,
-        },
-    });
-    let hash = crate::hash::config_hash(&json!({"pod": pod, "keyRotation": inputs.key_rotation}));
-    pod["metadata"]["annotations"] = json!({POD_HASH: hash});
-    Ok(from_json(pod))
-}
-
-/// The pod security context every pod the operator makes has (Pod Security `restricted`): the
-/// image's numeric non-root user, fsGroup for the secret files, the runtime's seccomp profile.
-pub fn restricted_pod_security() -> Value {
-    json!({"runAsNonRoot": true, "runAsUser": RUN_AS, "runAsGroup": RUN_AS, "fsGroup": RUN_AS, "seccompProfile": {"type": "RuntimeDefault"}})
-}
-
-/// The container security context for Pod Security `restricted`, with a read-only root.
-pub fn restricted_container_security() -> Value {
-    json!({"allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true, "runAsNonRoot": true, "capabilities": {"drop": ["ALL"]}})
+            termination_grace_period_seconds: Some(2),
+            node_selector: Some(node_selector),
+            tolerations: Some(tolerations),
+            security_context: Some(restricted_pod_security()),
+            containers: vec![server],
+            volumes: Some(volumes),
+            ..Default::default()
+        }),
+        status: None,
+    };
+    // The hash covers the object as serialized, so it does not change across operator versions
+    // unless the pod does (a new hash re-creates every instance's pod).
+    let hash = crate::hash::config_hash(
+        &serde_json::json!({"pod": pod, "keyRotation": inputs.key_rotation}),
+    );
+    pod.metadata.annotations = Some([(POD_HASH.to_string(), hash)].into());
+    Ok(pod)
 }
 
 /// The hash a live pod was built with.
@@ -409,6 +482,7 @@ pub fn pod_hash(pod: &Pod) -> Option<&str> {
 mod tests {
     use super::*;
     use alcove_crds::Tenant;
+    use serde_json::{Value, json};
 
     fn instance(file: &str) -> InferenceInstance {
         let path =
@@ -549,6 +623,14 @@ mod tests {
             h(&prompt, ""),
             "a new prompt reaches the running server through its volume"
         );
+    }
+
+    #[test]
+    fn an_operator_upgrade_keeps_the_pod_hash_of_an_unchanged_instance() {
+        // A new hash re-creates every running instance's pod when the operator is upgraded. If a
+        // change to the pod is meant, update the value and say so in the release notes.
+        let pod = build(&instance("instance-safetensors.yaml"), "");
+        assert_eq!(pod["metadata"]["annotations"][POD_HASH], "da23dc3da67102d59017cebe");
     }
 
     #[test]

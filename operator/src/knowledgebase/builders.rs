@@ -11,20 +11,28 @@ use alcove_crds::{
     DataClass, KnowledgeBase, KnowledgeBasePhase, KnowledgeBaseStatus, LABEL_DATA_CLASS,
     LABEL_KNOWLEDGE_BASE, ResolvedPlacement, condition,
 };
-use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim};
-use k8s_openapi::api::networking::v1::NetworkPolicy;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::api::batch::v1::{Job, JobSpec};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Container, PersistentVolumeClaim, PodSpec, PodTemplateSpec, ResourceRequirements,
+};
+use k8s_openapi::api::networking::v1::{
+    IPBlock, NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyPeer, NetworkPolicyPort,
+    NetworkPolicySpec,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::json;
 use sha2::Digest;
 
 use crate::config::{Config, TierConfig};
-use crate::instance::builders::{
-    model_volume, restricted_container_security, restricted_pod_security,
-};
+use crate::instance::builders::{claim, model_volume};
 use crate::names::{COMPONENT_LABEL, INDEX_DIR};
+use crate::objects::{
+    config_map_volume, mount, pvc_volume, quantities, restricted_container_security,
+    restricted_pod_security, secret_volume, string_map,
+};
 
 /// On the indexing Job: the source hash it indexes.
 pub const SOURCE_HASH_LABEL: &str = "alcove.dev/source-hash";
@@ -57,10 +65,6 @@ fn child_meta(kb: &KnowledgeBase, name: &str) -> ObjectMeta {
     crate::tenant::builders::owned_meta(kb, name, LABEL_KNOWLEDGE_BASE)
 }
 
-fn from_json<T: serde::de::DeserializeOwned>(v: Value) -> T {
-    serde_json::from_value(v).expect("builders produce valid objects")
-}
-
 /// The index volume: the KB's size or the tier's, in the tier's storage class. ReadWriteMany:
 /// the indexing Job writes it while instances on other nodes read it.
 pub fn pvc(kb: &KnowledgeBase, tier: &TierConfig) -> PersistentVolumeClaim {
@@ -69,30 +73,21 @@ pub fn pvc(kb: &KnowledgeBase, tier: &TierConfig) -> PersistentVolumeClaim {
         .get_or_insert_with(BTreeMap::new)
         .insert(LABEL_DATA_CLASS.into(), DataClass::KnowledgeBase.as_str().into());
     let size = kb.spec.storage.clone().unwrap_or_else(|| tier.knowledge_base_size.clone());
-    let mut spec =
-        json!({"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": size}}});
-    if !tier.storage_class.is_empty() {
-        spec["storageClassName"] = json!(tier.storage_class);
-    }
-    from_json(
-        json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": meta, "spec": spec}),
-    )
+    claim(meta, "ReadWriteMany", &size, &tier.storage_class)
 }
 
 /// The inline documents, one key per source, when there are any.
 pub fn inline_config_map(kb: &KnowledgeBase) -> Option<ConfigMap> {
-    let data: BTreeMap<&str, &str> = kb
-        .spec
-        .sources
-        .iter()
-        .filter_map(|s| Some((s.name.as_str(), s.inline.as_deref()?)))
-        .collect();
+    let data: BTreeMap<String, String> =
+        kb.spec.sources.iter().filter_map(|s| Some((s.name.clone(), s.inline.clone()?))).collect();
     if data.is_empty() {
         return None;
     }
-    Some(from_json(
-        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": child_meta(kb, &inline_config_map_name(&kb.name_any())), "data": data}),
-    ))
+    Some(ConfigMap {
+        metadata: child_meta(kb, &inline_config_map_name(&kb.name_any())),
+        data: Some(data),
+        ..Default::default()
+    })
 }
 
 /// Where a URL source connects: host and port.
@@ -121,29 +116,53 @@ pub fn network_policy(kb: &KnowledgeBase) -> Option<NetworkPolicy> {
     if targets.is_empty() {
         return None;
     }
-    let rules: Vec<Value> = targets
+    let block = |cidr: String, except: &[&str]| NetworkPolicyPeer {
+        ip_block: Some(IPBlock {
+            cidr,
+            except: (!except.is_empty()).then(|| except.iter().map(|e| e.to_string()).collect()),
+        }),
+        ..Default::default()
+    };
+    let rules = targets
         .iter()
         .map(|(host, port)| {
             let to = match host.parse::<std::net::IpAddr>() {
-                Ok(std::net::IpAddr::V4(ip)) => json!([{"ipBlock": {"cidr": format!("{ip}/32")}}]),
-                Ok(std::net::IpAddr::V6(ip)) => json!([{"ipBlock": {"cidr": format!("{ip}/128")}}]),
-                Err(_) => json!([
-                    {"ipBlock": {"cidr": "0.0.0.0/0", "except": ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16"]}},
-                    {"ipBlock": {"cidr": "::/0", "except": ["fc00::/7", "fe80::/10"]}},
-                ]),
+                Ok(std::net::IpAddr::V4(ip)) => vec![block(format!("{ip}/32"), &[])],
+                Ok(std::net::IpAddr::V6(ip)) => vec![block(format!("{ip}/128"), &[])],
+                Err(_) => vec![
+                    block(
+                        "0.0.0.0/0".into(),
+                        &["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16"],
+                    ),
+                    block("::/0".into(), &["fc00::/7", "fe80::/10"]),
+                ],
             };
-            json!({"to": to, "ports": [{"protocol": "TCP", "port": port}]})
+            NetworkPolicyEgressRule {
+                to: Some(to),
+                ports: Some(vec![NetworkPolicyPort {
+                    protocol: Some("TCP".into()),
+                    port: Some(IntOrString::Int((*port).into())),
+                    end_port: None,
+                }]),
+            }
         })
         .collect();
-    Some(from_json(json!({
-        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
-        "metadata": child_meta(kb, &network_policy_name(&kb.name_any())),
-        "spec": {
-            "podSelector": {"matchLabels": {LABEL_KNOWLEDGE_BASE: kb.name_any(), COMPONENT_LABEL: "indexer"}},
-            "policyTypes": ["Egress"],
-            "egress": rules,
-        },
-    })))
+    let name = kb.name_any();
+    Some(NetworkPolicy {
+        metadata: child_meta(kb, &network_policy_name(&name)),
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(LabelSelector {
+                match_labels: Some(string_map([
+                    (LABEL_KNOWLEDGE_BASE, name.as_str()),
+                    (COMPONENT_LABEL, "indexer"),
+                ])),
+                match_expressions: None,
+            }),
+            policy_types: Some(vec!["Egress".into()]),
+            egress: Some(rules),
+            ingress: None,
+        }),
+    })
 }
 
 /// Hash of everything an index is built from: the sources as written, the contents of the
@@ -198,31 +217,23 @@ pub fn job(
         "--log-format".into(),
         "json".into(),
     ];
-    let mut volumes = vec![
-        embedding_volume,
-        json!({"name": "index", "persistentVolumeClaim": {"claimName": pvc_name(&name)}}),
-    ];
-    let mut mounts = vec![
-        json!({"name": "embedding-model", "mountPath": EMBEDDING_DIR, "readOnly": true}),
-        json!({"name": "index", "mountPath": VOLUME_DIR}),
-    ];
+    let mut volumes = vec![embedding_volume, pvc_volume("index", &pvc_name(&name), false)];
+    let mut mounts =
+        vec![mount("embedding-model", EMBEDDING_DIR, true), mount("index", VOLUME_DIR, false)];
     // Each ConfigMap, Secret or inline source is a directory under /sources named after the
     // source, so documents are reported as `<source>/<key>`.
-    let items = |keys: &[String]| -> Value {
-        if keys.is_empty() {
-            Value::Null
-        } else {
-            keys.iter().map(|k| json!({"key": k, "path": k})).collect()
-        }
+    let items = |keys: &[String]| {
+        crate::objects::items(&keys.iter().map(|k| (k.as_str(), k.as_str())).collect::<Vec<_>>())
     };
     for s in &kb.spec.sources {
         let volume = format!("source-{}", s.name);
         let v = if let Some(cm) = &s.config_map {
-            json!({"name": volume, "configMap": {"name": cm.name, "items": items(&cm.keys), "defaultMode": 0o444}})
+            config_map_volume(&volume, &cm.name, 0o444, items(&cm.keys))
         } else if let Some(secret) = &s.secret {
-            json!({"name": volume, "secret": {"secretName": secret.name, "items": items(&secret.keys), "defaultMode": 0o440}})
+            secret_volume(&volume, &secret.name, 0o440, items(&secret.keys))
         } else if s.inline.is_some() {
-            json!({"name": volume, "configMap": {"name": inline_config_map_name(&name), "items": [{"key": s.name, "path": "inline"}], "defaultMode": 0o444}})
+            let inline = crate::objects::items(&[(s.name.as_str(), "inline")]);
+            config_map_volume(&volume, &inline_config_map_name(&name), 0o444, inline)
         } else if let Some(url) = &s.url {
             args.extend(["--url".into(), format!("{}={url}", s.name)]);
             continue;
@@ -232,7 +243,7 @@ pub fn job(
         let dir = format!("{SOURCES_DIR}/{}", s.name);
         args.extend(["--docs".into(), format!("{}={dir}", s.name)]);
         volumes.push(v);
-        mounts.push(json!({"name": volume, "mountPath": dir, "readOnly": true}));
+        mounts.push(mount(&volume, &dir, true));
     }
     let mut pod_labels = labels(kb);
     pod_labels.insert(COMPONENT_LABEL.into(), "indexer".into());
@@ -240,36 +251,44 @@ pub fn job(
     job_labels.insert(SOURCE_HASH_LABEL.into(), hash.into());
     let mut meta = child_meta(kb, &job_name(&name, hash));
     meta.labels = Some(job_labels);
-    Ok(from_json(json!({
-        "apiVersion": "batch/v1", "kind": "Job",
-        "metadata": meta,
-        "spec": {
-            "backoffLimit": 2,
-            "activeDeadlineSeconds": 3600,
-            "template": {
-                "metadata": {"labels": pod_labels},
-                "spec": {
-                    "restartPolicy": "Never",
-                    "automountServiceAccountToken": false,
-                    "enableServiceLinks": false,
-                    "nodeSelector": placement.node_selector,
-                    "tolerations": placement.tolerations,
-                    "securityContext": restricted_pod_security(),
-                    "containers": [{
-                        "name": "index",
-                        "image": config.inference_image,
-                        "command": ["/usr/local/bin/alcove-inference"],
-                        "args": args,
-                        "resources": {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"cpu": "2", "memory": "4Gi"}},
-                        "securityContext": restricted_container_security(),
-                        "terminationMessagePolicy": "FallbackToLogsOnError",
-                        "volumeMounts": mounts,
-                    }],
-                    "volumes": volumes,
-                },
+    let indexer = Container {
+        name: "index".into(),
+        image: Some(config.inference_image.clone()),
+        command: Some(vec!["/usr/local/bin/alcove-inference".into()]),
+        args: Some(args),
+        resources: Some(ResourceRequirements {
+            requests: Some(quantities([("cpu", "500m"), ("memory", "1Gi")])),
+            limits: Some(quantities([("cpu", "2"), ("memory", "4Gi")])),
+            claims: None,
+        }),
+        security_context: Some(restricted_container_security()),
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
+        volume_mounts: Some(mounts),
+        ..Default::default()
+    };
+    Ok(Job {
+        metadata: meta,
+        spec: Some(JobSpec {
+            backoff_limit: Some(2),
+            active_deadline_seconds: Some(3600),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta { labels: Some(pod_labels), ..Default::default() }),
+                spec: Some(PodSpec {
+                    restart_policy: Some("Never".into()),
+                    automount_service_account_token: Some(false),
+                    enable_service_links: Some(false),
+                    node_selector: Some(placement.node_selector.clone()),
+                    tolerations: Some(placement.tolerations.clone()),
+                    security_context: Some(restricted_pod_security()),
+                    containers: vec![indexer],
+                    volumes: Some(volumes),
+                    ..Default::default()
+                }),
             },
-        },
-    })))
+            ..Default::default()
+        }),
+        status: None,
+    })
 }
 
 /// The summary `alcove-inference index` writes as its termination message.
@@ -396,6 +415,7 @@ pub fn desired_status(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
 
     fn kb(spec: Value) -> KnowledgeBase {
         serde_json::from_value(json!({

@@ -11,6 +11,7 @@ use std::time::Duration;
 use alcove_crds::{DataClass, ErasureRecord, LABEL_DATA_CLASS, LABEL_TENANT, Tenant};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, PersistentVolume, PersistentVolumeClaim};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Patch, Preconditions};
 use kube::runtime::controller::Action;
@@ -65,8 +66,10 @@ pub async fn record(ctx: &Context, tenant: &str, r: &ErasureRecord) -> Result<()
     let ns = &ctx.config.namespace;
     let namespaces: Api<Namespace> = Api::all(ctx.client.clone());
     if namespaces.get_opt(ns).await?.is_none() {
-        let n: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": ns}}))
-            .map_err(|e| Error::Other(e.to_string()))?;
+        let n = Namespace {
+            metadata: ObjectMeta { name: Some(ns.clone()), ..Default::default() },
+            ..Default::default()
+        };
         match namespaces.create(&Default::default(), &n).await {
             Ok(_) => {}
             Err(kube::Error::Api(s)) if s.code == 409 => {}
@@ -81,18 +84,27 @@ pub async fn record(ctx: &Context, tenant: &str, r: &ErasureRecord) -> Result<()
         crate::hash::config_hash(&serde_json::json!(r.what))
     );
     let body = serde_json::to_string(r).map_err(|e| Error::Other(e.to_string()))?;
-    let cm = serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap",
-        "metadata": {"name": name, "namespace": ns, "labels": {LABEL_TENANT: tenant, crate::names::MANAGED_BY.0: crate::names::MANAGED_BY.1, LABEL_DATA_CLASS: policy::RECEIPTS_CLASS}},
-        "data": {entry: body}});
+    let cm = ConfigMap {
+        metadata: ObjectMeta {
+            name: Some(name.clone()),
+            namespace: Some(ns.clone()),
+            labels: Some(crate::objects::string_map([
+                (LABEL_TENANT, tenant),
+                crate::names::MANAGED_BY,
+                (LABEL_DATA_CLASS, policy::RECEIPTS_CLASS),
+            ])),
+            ..Default::default()
+        },
+        data: Some([(entry, body)].into()),
+        ..Default::default()
+    };
     // Each receipt is its own key; a merge patch adds it and leaves the others alone.
     // Erasures run concurrently: when two make the ConfigMap at once, the loser patches.
     for _ in 0..3 {
         match cms.patch(&name, &crate::apply::merge_params(), &Patch::Merge(&cm)).await {
             Ok(_) => break,
             Err(kube::Error::Api(s)) if s.code == 404 => {
-                let obj: ConfigMap =
-                    serde_json::from_value(cm.clone()).map_err(|e| Error::Other(e.to_string()))?;
-                match cms.create(&Default::default(), &obj).await {
+                match cms.create(&Default::default(), &cm).await {
                     Ok(_) => break,
                     Err(kube::Error::Api(s)) if s.code == 409 => continue,
                     Err(e) => return Err(e.into()),

@@ -3,17 +3,27 @@
 use std::collections::BTreeMap;
 
 use alcove_crds::{LABEL_TENANT, OwnerKind, ResolvedPlacement, Tenant, TenantQuota, Tier};
-use k8s_openapi::api::core::v1::{LimitRange, Namespace, Node, ResourceQuota, Secret, Toleration};
-use k8s_openapi::api::networking::v1::NetworkPolicy;
-use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::{
+    LimitRange, LimitRangeItem, LimitRangeSpec, Namespace, Node, ResourceQuota, ResourceQuotaSpec,
+    Secret, Toleration,
+};
+use k8s_openapi::api::networking::v1::{
+    NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyIngressRule, NetworkPolicyPeer,
+    NetworkPolicyPort, NetworkPolicySpec,
+};
+use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
+    LabelSelector, LabelSelectorRequirement, ObjectMeta, OwnerReference,
+};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
-use serde_json::json;
 
 use crate::config::Config;
 use crate::names::{
     COMPONENT_LABEL, INSTANCE_PORT, KEY_SECRET, MANAGED_BY, namespace_name, tenant_of_namespace,
 };
+use crate::objects::{quantities, string_map};
 
 pub const QUOTA: &str = "alcove-quota";
 pub const LIMITS: &str = "alcove-limits";
@@ -80,10 +90,6 @@ pub fn owned_meta<K: Resource<DynamicType = ()>>(
     }
 }
 
-fn from_json<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
-    serde_json::from_value(v).expect("builders produce valid objects")
-}
-
 pub fn namespace(tenant: &Tenant) -> Namespace {
     let mut meta = child_meta(tenant, &namespace_name(&tenant.name_any()), None);
     let labels = meta.labels.get_or_insert_with(BTreeMap::new);
@@ -99,7 +105,7 @@ fn quota_of(tenant: &Tenant) -> TenantQuota {
         .spec
         .quota
         .clone()
-        .unwrap_or_else(|| serde_json::from_value(json!({})).expect("defaults"))
+        .unwrap_or_else(|| serde_json::from_value(serde_json::json!({})).expect("defaults"))
 }
 
 /// ResourceQuota from `spec.quota`: GPUs, instances and knowledge bases (object counts), pods,
@@ -119,67 +125,124 @@ pub fn resource_quota(tenant: &Tenant) -> ResourceQuota {
     let pods = q.max_instances + kbs;
     let claims = q.max_instances + kbs;
     let ns = namespace_name(&tenant.name_any());
-    from_json(json!({
-        "apiVersion": "v1",
-        "kind": "ResourceQuota",
-        "metadata": child_meta(tenant, QUOTA, Some(&ns)),
-        "spec": {"hard": {
-            "requests.nvidia.com/gpu": q.max_gpus.to_string(),
-            "count/inferenceinstances.alcove.dev": q.max_instances.to_string(),
-            "count/knowledgebases.alcove.dev": kb_objects.to_string(),
-            "pods": pods.to_string(),
-            "persistentvolumeclaims": claims.to_string(),
-            "requests.storage": q.max_storage,
-        }},
-    }))
+    let counts = [q.max_gpus, q.max_instances, kb_objects, pods, claims].map(|n| n.to_string());
+    ResourceQuota {
+        metadata: child_meta(tenant, QUOTA, Some(&ns)),
+        spec: Some(ResourceQuotaSpec {
+            hard: Some(quantities([
+                ("requests.nvidia.com/gpu", counts[0].as_str()),
+                ("count/inferenceinstances.alcove.dev", &counts[1]),
+                ("count/knowledgebases.alcove.dev", &counts[2]),
+                ("pods", &counts[3]),
+                ("persistentvolumeclaims", &counts[4]),
+                ("requests.storage", &q.max_storage),
+            ])),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
 }
 
 /// Defaults for containers that do not say (indexing jobs); instance pods set their own.
 pub fn limit_range(tenant: &Tenant) -> LimitRange {
     let ns = namespace_name(&tenant.name_any());
-    from_json(json!({
-        "apiVersion": "v1",
-        "kind": "LimitRange",
-        "metadata": child_meta(tenant, LIMITS, Some(&ns)),
-        "spec": {"limits": [{
-            "type": "Container",
-            "defaultRequest": {"cpu": "250m", "memory": "256Mi"},
-            "default": {"cpu": "2", "memory": "4Gi"},
-            "max": {"cpu": "64", "memory": "512Gi"},
-        }]},
-    }))
+    LimitRange {
+        metadata: child_meta(tenant, LIMITS, Some(&ns)),
+        spec: Some(LimitRangeSpec {
+            limits: vec![LimitRangeItem {
+                type_: "Container".into(),
+                default_request: Some(quantities([("cpu", "250m"), ("memory", "256Mi")])),
+                default: Some(quantities([("cpu", "2"), ("memory", "4Gi")])),
+                max: Some(quantities([("cpu", "64"), ("memory", "512Gi")])),
+                ..Default::default()
+            }],
+        }),
+    }
 }
 
 /// Default-deny both ways, DNS, traffic inside the namespace, and ingress to instance ports from
 /// the gateway namespaces only.
 pub fn network_policies(tenant: &Tenant, config: &Config) -> Vec<NetworkPolicy> {
     let ns = namespace_name(&tenant.name_any());
-    let meta = |name: &str| child_meta(tenant, name, Some(&ns));
+    let policy = |name: &str, spec: NetworkPolicySpec| NetworkPolicy {
+        metadata: child_meta(tenant, name, Some(&ns)),
+        spec: Some(spec),
+    };
+    let types = |t: &[&str]| Some(t.iter().map(|s| s.to_string()).collect());
+    let all_pods = || LabelSelector::default();
+    let port = |protocol: &str, port: i32| NetworkPolicyPort {
+        protocol: Some(protocol.into()),
+        port: Some(IntOrString::Int(port)),
+        end_port: None,
+    };
+    let same_namespace =
+        || Some(vec![NetworkPolicyPeer { pod_selector: Some(all_pods()), ..Default::default() }]);
+    let labels = |pairs: &[(&str, &str)]| LabelSelector {
+        match_labels: Some(string_map(pairs.iter().copied())),
+        match_expressions: None,
+    };
     vec![
-        from_json(json!({
-            "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": meta(NETPOL_DENY),
-            "spec": {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]},
-        })),
-        from_json(json!({
-            "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": meta(NETPOL_DNS),
-            "spec": {"podSelector": {}, "policyTypes": ["Egress"], "egress": [{
-                "to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}}, "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}],
-                "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}],
-            }]},
-        })),
-        from_json(json!({
-            "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": meta(NETPOL_SAME_NS),
-            "spec": {"podSelector": {}, "policyTypes": ["Ingress", "Egress"],
-                "ingress": [{"from": [{"podSelector": {}}]}], "egress": [{"to": [{"podSelector": {}}]}]},
-        })),
-        from_json(json!({
-            "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": meta(NETPOL_GATEWAY),
-            "spec": {"podSelector": {"matchLabels": {COMPONENT_LABEL: "inference"}}, "policyTypes": ["Ingress"],
-                "ingress": [{
-                    "from": [{"namespaceSelector": {"matchExpressions": [{"key": "kubernetes.io/metadata.name", "operator": "In", "values": config.gateway_namespaces}]}}],
-                    "ports": [{"protocol": "TCP", "port": INSTANCE_PORT}],
-                }]},
-        })),
+        policy(
+            NETPOL_DENY,
+            NetworkPolicySpec {
+                pod_selector: Some(all_pods()),
+                policy_types: types(&["Ingress", "Egress"]),
+                ..Default::default()
+            },
+        ),
+        policy(
+            NETPOL_DNS,
+            NetworkPolicySpec {
+                pod_selector: Some(all_pods()),
+                policy_types: types(&["Egress"]),
+                egress: Some(vec![NetworkPolicyEgressRule {
+                    to: Some(vec![NetworkPolicyPeer {
+                        namespace_selector: Some(labels(&[(
+                            "kubernetes.io/metadata.name",
+                            "kube-system",
+                        )])),
+                        pod_selector: Some(labels(&[("k8s-app", "kube-dns")])),
+                        ..Default::default()
+                    }]),
+                    ports: Some(vec![port("UDP", 53), port("TCP", 53)]),
+                }]),
+                ..Default::default()
+            },
+        ),
+        policy(
+            NETPOL_SAME_NS,
+            NetworkPolicySpec {
+                pod_selector: Some(all_pods()),
+                policy_types: types(&["Ingress", "Egress"]),
+                ingress: Some(vec![NetworkPolicyIngressRule {
+                    from: same_namespace(),
+                    ports: None,
+                }]),
+                egress: Some(vec![NetworkPolicyEgressRule { to: same_namespace(), ports: None }]),
+            },
+        ),
+        policy(
+            NETPOL_GATEWAY,
+            NetworkPolicySpec {
+                pod_selector: Some(labels(&[(COMPONENT_LABEL, "inference")])),
+                policy_types: types(&["Ingress"]),
+                ingress: Some(vec![NetworkPolicyIngressRule {
+                    from: Some(vec![NetworkPolicyPeer {
+                        namespace_selector: Some(LabelSelector {
+                            match_labels: None,
+                            match_expressions: Some(vec![LabelSelectorRequirement {
+                                key: "kubernetes.io/metadata.name".into(),
+                                operator: "In".into(),
+                                values: Some(config.gateway_namespaces.clone()),
+                            }]),
+                        }),
+                        ..Default::default()
+                    }]),
+                    ports: Some(vec![port("TCP", INSTANCE_PORT)]),
+                }]),
+                ..Default::default()
+            },
+        ),
     ]
 }
 
@@ -188,55 +251,62 @@ pub fn network_policies(tenant: &Tenant, config: &Config) -> Vec<NetworkPolicy> 
 /// the tenant's encryption key.
 pub fn role(tenant: &Tenant, api_key_secrets: &[String]) -> Role {
     let ns = namespace_name(&tenant.name_any());
+    let rule = |group: &str, resources: &[&str], verbs: &[&str]| PolicyRule {
+        api_groups: Some(vec![group.into()]),
+        resources: Some(resources.iter().map(|r| r.to_string()).collect()),
+        verbs: verbs.iter().map(|v| v.to_string()).collect(),
+        ..Default::default()
+    };
+    const ALL: &[&str] = &["get", "list", "watch", "create", "update", "patch", "delete"];
+    const READ: &[&str] = &["get", "list", "watch"];
     let mut rules = vec![
-        json!({"apiGroups": ["alcove.dev"], "resources": ["inferenceinstances", "knowledgebases"], "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"]}),
-        json!({"apiGroups": ["alcove.dev"], "resources": ["inferenceinstances/status", "knowledgebases/status"], "verbs": ["get", "list", "watch"]}),
-        json!({"apiGroups": [""], "resources": ["pods", "pods/log", "events", "services", "persistentvolumeclaims"], "verbs": ["get", "list", "watch"]}),
-        json!({"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["get", "list", "watch"]}),
-        json!({"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"]}),
+        rule("alcove.dev", &["inferenceinstances", "knowledgebases"], ALL),
+        rule("alcove.dev", &["inferenceinstances/status", "knowledgebases/status"], READ),
+        rule("", &["pods", "pods/log", "events", "services", "persistentvolumeclaims"], READ),
+        rule("events.k8s.io", &["events"], READ),
+        rule("", &["configmaps"], ALL),
         // Documents kept as Secrets can be written, never read back or listed: listing would
         // expose the tenant key.
-        json!({"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]}),
-        json!({"apiGroups": [""], "resources": ["services/proxy"], "verbs": ["get", "create"]}),
+        rule("", &["secrets"], &["create"]),
+        rule("", &["services/proxy"], &["get", "create"]),
     ];
     if !api_key_secrets.is_empty() {
         let mut names = api_key_secrets.to_vec();
         names.sort();
         names.dedup();
-        rules.push(json!({"apiGroups": [""], "resources": ["secrets"], "resourceNames": names, "verbs": ["get"]}));
+        rules.push(PolicyRule { resource_names: Some(names), ..rule("", &["secrets"], &["get"]) });
     }
-    from_json(json!({
-        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
-        "metadata": child_meta(tenant, ROLE, Some(&ns)),
-        "rules": rules,
-    }))
+    Role { metadata: child_meta(tenant, ROLE, Some(&ns)), rules: Some(rules) }
 }
 
 pub fn role_binding(tenant: &Tenant) -> RoleBinding {
     let ns = namespace_name(&tenant.name_any());
-    let mut subjects: Vec<serde_json::Value> = tenant
-        .spec
-        .owners
-        .iter()
-        .map(|o| json!({"apiGroup": "rbac.authorization.k8s.io", "kind": o.kind.as_str(), "name": o.name}))
-        .collect();
+    let subject = |kind: &str, name: &str| Subject {
+        api_group: Some("rbac.authorization.k8s.io".into()),
+        kind: kind.into(),
+        name: name.into(),
+        namespace: None,
+    };
+    let mut subjects: Vec<Subject> =
+        tenant.spec.owners.iter().map(|o| subject(o.kind.as_str(), &o.name)).collect();
     let group = admin_group(&tenant.name_any());
     if !tenant.spec.owners.iter().any(|o| o.kind == OwnerKind::Group && o.name == group) {
-        subjects
-            .push(json!({"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": group}));
+        subjects.push(subject("Group", &group));
     }
-    from_json(json!({
-        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-        "metadata": child_meta(tenant, ROLE_BINDING, Some(&ns)),
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": ROLE},
-        "subjects": subjects,
-    }))
+    RoleBinding {
+        metadata: child_meta(tenant, ROLE_BINDING, Some(&ns)),
+        role_ref: RoleRef {
+            api_group: "rbac.authorization.k8s.io".into(),
+            kind: "Role".into(),
+            name: ROLE.into(),
+        },
+        subjects: Some(subjects),
+    }
 }
 
 /// The per-tenant encryption key: 256 random bits, created once and never changed by the
 /// operator. Retention deletes it last, which crypto-shreds anything that escaped.
 pub fn key_secret(tenant: &Tenant, key: &[u8; 32]) -> Secret {
-    use base64::Engine;
     let ns = namespace_name(&tenant.name_any());
     let mut meta = child_meta(tenant, KEY_SECRET, Some(&ns));
     meta.annotations = Some(
@@ -246,12 +316,13 @@ pub fn key_secret(tenant: &Tenant, key: &[u8; 32]) -> Secret {
         )]
         .into(),
     );
-    from_json(json!({
-        "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
-        "metadata": meta,
-        "immutable": true,
-        "data": {"key": base64::engine::general_purpose::STANDARD.encode(key)},
-    }))
+    Secret {
+        metadata: meta,
+        type_: Some("Opaque".into()),
+        immutable: Some(true),
+        data: Some([("key".to_string(), ByteString(key.to_vec()))].into()),
+        ..Default::default()
+    }
 }
 
 /// Where every instance of the tenant runs: the tier's pool, always inside the region.
@@ -326,6 +397,7 @@ pub fn node_can_host(placement: &ResolvedPlacement, node: &Node) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn tenant(yaml: &str) -> Tenant {
         let mut t: Tenant = serde_saphyr::from_str(yaml).unwrap();
