@@ -163,28 +163,12 @@ impl Platform {
     pub async fn writes_by_resource(&self) -> BTreeMap<String, f64> {
         let req = http::Request::get("/metrics").body(Vec::new()).unwrap();
         let text = self.client.request_text(req).await.unwrap();
-        let mut out = BTreeMap::new();
-        for (labels, v) in alcove_devcluster::metrics::parse_request_totals(&text) {
-            if alcove_devcluster::metrics::WRITE_VERBS.contains(&labels["verb"].as_str()) {
-                let key = if labels["subresource"].is_empty() {
-                    labels["resource"].clone()
-                } else {
-                    format!("{}/{}", labels["resource"], labels["subresource"])
-                };
-                *out.entry(key).or_default() += v;
-            }
-        }
-        out
+        alcove_devcluster::metrics::writes_by_resource(&text)
     }
 
     /// Writes except the Lease renewals and Events, which are not reconcile writes.
     pub async fn reconcile_writes(&self) -> f64 {
-        self.writes_by_resource()
-            .await
-            .into_iter()
-            .filter(|(k, _)| k != "leases" && k != "events")
-            .map(|(_, v)| v)
-            .sum()
+        alcove_devcluster::metrics::reconcile_writes(&self.writes_by_resource().await)
     }
 
     pub async fn jsonpath(&self, args: &[&str], path: &str) -> String {

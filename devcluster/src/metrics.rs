@@ -105,6 +105,27 @@ pub fn parse_request_totals(text: &str) -> Vec<(BTreeMap<String, String>, f64)> 
 /// The verbs that change state.
 pub const WRITE_VERBS: &[&str] = &["POST", "PUT", "PATCH", "APPLY", "DELETE", "DELETECOLLECTION"];
 
+/// Write requests in a scrape by resource (`pods`, `inferenceinstances/status`), so a count of
+/// writes can name what was written.
+pub fn writes_by_resource(text: &str) -> BTreeMap<String, f64> {
+    let mut out = BTreeMap::new();
+    for (labels, v) in parse_request_totals(text) {
+        if WRITE_VERBS.contains(&labels["verb"].as_str()) {
+            let key = match labels["subresource"].as_str() {
+                "" => labels["resource"].clone(),
+                sub => format!("{}/{sub}", labels["resource"]),
+            };
+            *out.entry(key).or_default() += v;
+        }
+    }
+    out
+}
+
+/// The writes a reconcile makes: all but Lease renewals (leader election) and Events.
+pub fn reconcile_writes(by_resource: &BTreeMap<String, f64>) -> f64 {
+    by_resource.iter().filter(|(k, _)| *k != "leases" && *k != "events").map(|(_, v)| v).sum()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -128,5 +149,35 @@ mod tests {
         assert_eq!(parsed[0].0["verb"], "APPLY");
         assert_eq!(parsed[0].1, 1.0);
         assert_eq!(m.count(WRITE_VERBS), 1);
+    }
+
+    #[test]
+    fn writes_are_counted_by_resource_and_reads_leases_and_events_left_out() {
+        let m = Metrics::default();
+        let req = |verb: &str, resource: &str, subresource: &str| RequestLabels {
+            verb: verb.into(),
+            group: "".into(),
+            version: "v1".into(),
+            resource: resource.into(),
+            subresource: subresource.into(),
+            scope: "resource".into(),
+            code: 200,
+            dry_run: false,
+        };
+        for (verb, resource, sub) in [
+            ("APPLY", "pods", ""),
+            ("PATCH", "pods", "status"),
+            ("PATCH", "pods", "status"),
+            ("GET", "pods", ""),
+            ("PUT", "leases", ""),
+            ("POST", "events", ""),
+        ] {
+            m.record(req(verb, resource, sub));
+        }
+        let w = writes_by_resource(&m.render(&[]));
+        assert_eq!(w.get("pods"), Some(&1.0));
+        assert_eq!(w.get("pods/status"), Some(&2.0));
+        assert_eq!(w.get("leases"), Some(&1.0));
+        assert_eq!(reconcile_writes(&w), 3.0);
     }
 }

@@ -35,23 +35,7 @@ async fn writes(client: &kube::Client) -> BTreeMap<String, f64> {
         .request_text(http::Request::get("/metrics").body(Vec::new()).unwrap())
         .await
         .unwrap();
-    let mut out = BTreeMap::new();
-    for (labels, v) in alcove_devcluster::metrics::parse_request_totals(&text) {
-        if alcove_devcluster::metrics::WRITE_VERBS.contains(&labels["verb"].as_str()) {
-            let key = if labels["subresource"].is_empty() {
-                labels["resource"].clone()
-            } else {
-                format!("{}/{}", labels["resource"], labels["subresource"])
-            };
-            *out.entry(key).or_default() += v;
-        }
-    }
-    out
-}
-
-/// Writes that reconciles make (Lease renewals and Events are not).
-fn reconcile_writes(w: &BTreeMap<String, f64>) -> f64 {
-    w.iter().filter(|(k, _)| *k != "leases" && *k != "events").map(|(_, v)| v).sum()
+    alcove_devcluster::metrics::writes_by_resource(&text)
 }
 
 fn kubectl(kubeconfig: &Path, dir: &Path, args: &[&str]) {
@@ -152,7 +136,7 @@ async fn main() {
         .expect("alcove binary");
     let pid = operator.id().unwrap_or(0);
 
-    let before = reconcile_writes(&writes(&client).await);
+    let before = alcove_devcluster::metrics::reconcile_writes(&writes(&client).await);
     let started = Instant::now();
     let tenants_api: Api<Tenant> = Api::all(client.clone());
     futures::stream::iter(0..tenants)
@@ -231,13 +215,15 @@ async fn main() {
     let bench_writes = (tenants + total) as f64;
     tokio::time::sleep(Duration::from_secs(2)).await; // stragglers (tenant aggregates)
     let after_map = writes(&client).await;
-    let operator_writes = reconcile_writes(&after_map) - before - bench_writes;
+    let operator_writes =
+        alcove_devcluster::metrics::reconcile_writes(&after_map) - before - bench_writes;
 
     // A no-op window covering a full resync: every object is reconciled again, nothing written.
     let window_start = writes(&client).await;
     tokio::time::sleep(Duration::from_secs(resync as u64 + 5)).await;
     let window_end = writes(&client).await;
-    let window = reconcile_writes(&window_end) - reconcile_writes(&window_start);
+    let window = alcove_devcluster::metrics::reconcile_writes(&window_end)
+        - alcove_devcluster::metrics::reconcile_writes(&window_start);
     // By resource, so a regression names what it rewrites.
     let window_by_resource: Vec<String> = window_end
         .iter()
