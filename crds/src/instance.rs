@@ -183,11 +183,26 @@ pub struct Limits {
     #[serde(default = "default_context")]
     #[schemars(range(min = 128, max = 131072))]
     pub context_length: i32,
+    /// Requests per minute the gateway lets through with this instance's key; the tier's default
+    /// from the operator configuration when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000000))]
+    pub requests_per_minute: Option<i32>,
+    /// Prompt plus completion tokens per minute the gateway lets through with this instance's key;
+    /// the tier's default from the operator configuration when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000000000))]
+    pub tokens_per_minute: Option<i64>,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_tokens: default_max_tokens(), context_length: default_context() }
+        Limits {
+            max_tokens: default_max_tokens(),
+            context_length: default_context(),
+            requests_per_minute: None,
+            tokens_per_minute: None,
+        }
     }
 }
 
@@ -228,6 +243,13 @@ pub struct InferenceInstanceStatus {
     /// Name of the Secret (key `api-key`) holding the instance's API key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_key_secret: Option<String>,
+    /// SHA-256 of the API key, as hex: what the gateway compares a presented key against, so it
+    /// never needs the key itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key_hash: Option<String>,
+    /// The rate limits in force at the gateway: `spec.limits`, or the tier's defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limits: Option<RateLimits>,
     /// `Ready`, `Scheduled`, `QuotaAvailable`, `Billing`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
@@ -246,6 +268,14 @@ pub struct InferenceInstanceStatus {
     /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+}
+
+/// Requests and tokens per minute allowed through the gateway.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RateLimits {
+    pub requests_per_minute: i64,
+    pub tokens_per_minute: i64,
 }
 
 /// Lifecycle phase of an instance.

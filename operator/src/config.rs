@@ -76,6 +76,24 @@ pub struct TierConfig {
     /// Size of an instance's conversation-history volume.
     #[serde(default = "default_history_size")]
     pub history_size: String,
+    /// Gateway requests per minute per instance key, where `spec.limits` does not say.
+    #[serde(default)]
+    pub requests_per_minute: Option<i64>,
+    /// Gateway tokens (prompt plus completion) per minute per instance key, where `spec.limits`
+    /// does not say.
+    #[serde(default)]
+    pub tokens_per_minute: Option<i64>,
+}
+
+/// The gateway's limits per tier when the configuration names none: the free pool is shared, so
+/// it gets the least; enterprise nodes are the customer's own.
+fn default_rate_limits(tier: Tier) -> (i64, i64) {
+    match tier {
+        Tier::Free => (20, 40_000),
+        Tier::Basic => (60, 200_000),
+        Tier::Pro => (600, 2_000_000),
+        Tier::Enterprise => (6_000, 20_000_000),
+    }
 }
 
 /// Prices and the usage reporting interval.
@@ -308,6 +326,28 @@ impl Config {
         })
     }
 
+    /// The gateway's limits for an instance of a tenant of `tier`: the instance's own
+    /// `spec.limits`, else the tier's configuration, else the tier's default.
+    pub fn rate_limits(
+        &self,
+        tier: Tier,
+        spec: &alcove_crds::instance::Limits,
+    ) -> alcove_crds::instance::RateLimits {
+        let configured = self.tier(tier);
+        let (rpm, tpm) = default_rate_limits(tier);
+        alcove_crds::instance::RateLimits {
+            requests_per_minute: spec
+                .requests_per_minute
+                .map(i64::from)
+                .or(configured.requests_per_minute)
+                .unwrap_or(rpm),
+            tokens_per_minute: spec
+                .tokens_per_minute
+                .or(configured.tokens_per_minute)
+                .unwrap_or(tpm),
+        }
+    }
+
     /// A configuration for unit tests.
     #[cfg(test)]
     pub fn for_tests() -> Config {
@@ -347,6 +387,28 @@ mod tests {
     fn with_retention(yaml: &str) -> anyhow::Result<Config> {
         let file: FileConfig = serde_saphyr::from_str(yaml).map_err(|e| anyhow::anyhow!("{e}"))?;
         Config::from_file(file, "alcove-system", Duration::from_secs(300))
+    }
+
+    #[test]
+    fn rate_limits_come_from_the_spec_then_the_tier_configuration_then_the_tier_default() {
+        use alcove_crds::instance::{Limits, RateLimits};
+        let file: FileConfig =
+            serde_saphyr::from_str("tiers:\n  basic:\n    requestsPerMinute: 7\n").unwrap();
+        let c = Config::from_file(file, "alcove-system", Duration::from_secs(300)).unwrap();
+        let none = Limits::default();
+        assert_eq!(
+            c.rate_limits(Tier::Basic, &none),
+            RateLimits { requests_per_minute: 7, tokens_per_minute: 200_000 }
+        );
+        assert_eq!(
+            c.rate_limits(Tier::Free, &none),
+            RateLimits { requests_per_minute: 20, tokens_per_minute: 40_000 }
+        );
+        let own = Limits { requests_per_minute: Some(3), tokens_per_minute: Some(9), ..none };
+        assert_eq!(
+            c.rate_limits(Tier::Basic, &own),
+            RateLimits { requests_per_minute: 3, tokens_per_minute: 9 }
+        );
     }
 
     #[test]

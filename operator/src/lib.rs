@@ -55,10 +55,10 @@ fn identity(args: &OperatorArgs) -> String {
     })
 }
 
-/// `alcove operator`: serves HTTP, waits for leadership, runs the controllers until SIGTERM.
-pub async fn run_operator(args: OperatorArgs) -> anyhow::Result<()> {
-    let config = Config::load(&args)?;
-    let client = match &args.kubeconfig {
+/// A client from `kubeconfig`, or else from `KUBECONFIG`, `~/.kube/config` or the in-cluster
+/// service account.
+pub async fn kube_client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<kube::Client> {
+    Ok(match kubeconfig {
         Some(path) => {
             let kc = kube::config::Kubeconfig::read_from(path)
                 .map_err(|e| anyhow::anyhow!("--kubeconfig {}: {e}", path.display()))?;
@@ -70,7 +70,25 @@ pub async fn run_operator(args: OperatorArgs) -> anyhow::Result<()> {
         None => kube::Client::try_default().await.map_err(|e| {
             anyhow::anyhow!("no Kubernetes configuration (kubeconfig or in-cluster): {e}")
         })?,
-    };
+    })
+}
+
+/// `alcove gateway`: the customers' OpenAI endpoint, until SIGTERM.
+pub async fn run_gateway(
+    args: alcove_gateway::GatewayArgs,
+    kubeconfig: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    let client = kube_client(kubeconfig).await?;
+    tokio::select! {
+        r = alcove_gateway::run(args, client) => r,
+        () = shutdown_signal() => Ok(()),
+    }
+}
+
+/// `alcove operator`: serves HTTP, waits for leadership, runs the controllers until SIGTERM.
+pub async fn run_operator(args: OperatorArgs) -> anyhow::Result<()> {
+    let config = Config::load(&args)?;
+    let client = kube_client(args.kubeconfig.as_deref()).await?;
     let metrics = Arc::new(Metrics::new());
     let ready = Arc::new(AtomicBool::new(false));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

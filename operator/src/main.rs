@@ -2,6 +2,7 @@
 //!
 //! - `alcove operator` runs the controllers (see `alcove operator --help` for flags; every flag
 //!   has an `ALCOVE_*` environment variable).
+//! - `alcove gateway` runs the customers' OpenAI endpoint (see `alcove_gateway`).
 //! - `alcove crds` prints the CustomResourceDefinitions (`alcove crds | kubectl apply -f -`).
 //! - `alcove up` runs the whole platform on this machine (see `alcove::up`).
 //! - `alcove data-report TENANT` prints where a tenant's data is and when it is erased.
@@ -19,6 +20,17 @@ struct Cli {
 enum Command {
     /// Run the operator against the cluster of the current kubeconfig (or in-cluster config).
     Operator(alcove::config::OperatorArgs),
+    /// Run the customers' OpenAI endpoint: the key selects the instance, with rate limits and
+    /// token metering (see `alcove gateway --help`; every flag has an `ALCOVE_GATEWAY_*`
+    /// environment variable).
+    Gateway {
+        #[command(flatten)]
+        args: alcove_gateway::GatewayArgs,
+        /// Kubeconfig file (default: `KUBECONFIG`, `~/.kube/config`, or the in-cluster service
+        /// account).
+        #[arg(long, env = "ALCOVE_KUBECONFIG")]
+        kubeconfig: Option<std::path::PathBuf>,
+    },
     /// Print the CRDs as YAML.
     Crds,
     #[cfg(feature = "dev")]
@@ -71,6 +83,18 @@ fn main() {
                 .expect("tokio runtime");
             if let Err(e) = rt.block_on(alcove::up::run(args)) {
                 eprintln!("alcove up: {e:#}");
+                std::process::exit(1);
+            }
+        }
+        Command::Gateway { args, kubeconfig } => {
+            init_tracing(&args.log_format);
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .expect("tokio runtime");
+            if let Err(e) = rt.block_on(alcove::run_gateway(args, kubeconfig.as_deref())) {
+                tracing::error!(error = %e, "gateway failed");
+                eprintln!("alcove gateway: {e:#}");
                 std::process::exit(1);
             }
         }

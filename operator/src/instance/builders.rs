@@ -23,6 +23,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
+use sha2::Digest;
 
 use crate::config::{Config, TierConfig};
 use crate::names::{COMPONENT_LABEL, INDEX_DIR, INSTANCE_PORT, KEY_SECRET};
@@ -93,6 +94,12 @@ pub fn api_key_secret(i: &InferenceInstance, key: &[u8; 32], rotation: &str) -> 
         data: Some([(API_KEY_FIELD.to_string(), ByteString(text.into_bytes()))].into()),
         ..Default::default()
     }
+}
+
+/// SHA-256 of the Secret's key, as hex: what the instance status publishes for the gateway.
+pub fn api_key_hash(secret: &Secret) -> Option<String> {
+    let key = secret.data.as_ref()?.get(API_KEY_FIELD)?;
+    Some(crate::hash::hex(&sha2::Sha256::digest(&key.0)))
 }
 
 /// The rotation a Secret's key answers (`""`: the key made at creation).
@@ -516,6 +523,18 @@ mod tests {
             .unwrap(),
         )
         .unwrap()
+    }
+
+    #[test]
+    fn the_published_key_hash_is_the_sha256_of_the_key_clients_send() {
+        let i = instance("instance-safetensors.yaml");
+        let secret = api_key_secret(&i, &[7u8; 32], "");
+        let sent = "07".repeat(32);
+        let expected = crate::hash::hex(&sha2::Sha256::digest(sent.as_bytes()));
+        assert_eq!(api_key_hash(&secret).as_deref(), Some(expected.as_str()));
+        let other = api_key_secret(&i, &[8u8; 32], "");
+        assert_ne!(api_key_hash(&other), api_key_hash(&secret));
+        assert_eq!(api_key_hash(&Secret::default()), None, "no key, no hash");
     }
 
     #[test]

@@ -22,6 +22,10 @@ pub struct Observation {
     pub waiting: Option<String>,
     /// The tenant's credit is exhausted past its grace (why).
     pub credit_suspended: Option<String>,
+    /// SHA-256 of the instance's API key (hex), published for the gateway.
+    pub api_key_hash: Option<String>,
+    /// The gateway's limits for the instance's key.
+    pub rate_limits: Option<alcove_crds::instance::RateLimits>,
 }
 
 /// The parts of a pod the lifecycle depends on.
@@ -235,6 +239,8 @@ pub fn desired_status(
         message: Some(ready.message.clone()),
         endpoint: Some(endpoint),
         api_key_secret: Some(builders::api_key_secret_name(&i.name_any())),
+        api_key_hash: obs.api_key_hash.clone().or(prev.api_key_hash.clone()),
+        rate_limits: obs.rate_limits.or(prev.rate_limits),
         node: pod.filter(|_| phase != InstancePhase::Pending).and_then(|p| p.node.clone()),
         observed_generation: generation,
         // The Billing condition is metering's verdict: kept here for `set_billing` to replace, so

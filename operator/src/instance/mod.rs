@@ -85,11 +85,11 @@ async fn reconcile_inner(i: &InferenceInstance, ctx: &Context) -> Result<Action>
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
     let key_name = builders::api_key_secret_name(&name);
     let requested = builders::requested_rotation(i);
-    let key_rotation = match find(&ctx.caches.secrets, &ns, &key_name) {
+    let (key_rotation, key_hash) = match find(&ctx.caches.secrets, &ns, &key_name) {
         None => {
-            ctx.create(&secrets, &builders::api_key_secret(i, &random_key()?, &requested), None)
-                .await?;
-            requested.clone()
+            let fresh = builders::api_key_secret(i, &random_key()?, &requested);
+            ctx.create(&secrets, &fresh, None).await?;
+            (requested.clone(), builders::api_key_hash(&fresh))
         }
         Some(s) if builders::key_rotation_of(&s) != requested => {
             let fresh = builders::api_key_secret(i, &random_key()?, &requested);
@@ -108,13 +108,15 @@ async fn reconcile_inner(i: &InferenceInstance, ctx: &Context) -> Result<Action>
                 format!("a new key is in Secret {key_name}; the old one no longer works"),
             )
             .await;
-            requested.clone()
+            (requested.clone(), builders::api_key_hash(&fresh))
         }
         Some(s) => {
             ctx.writes.observed(&crate::apply::log_key(&*s, ""));
-            builders::key_rotation_of(&s)
+            (builders::key_rotation_of(&s), builders::api_key_hash(&s))
         }
     };
+    obs.api_key_hash = key_hash;
+    obs.rate_limits = Some(ctx.config.rate_limits(tenant.spec.tier, &i.spec.limits));
 
     let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
     let prompt_name = builders::prompt_config_map_name(&name);

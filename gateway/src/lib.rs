@@ -1,0 +1,205 @@
+//! `alcove gateway`: the customers' one OpenAI endpoint.
+//!
+//! - [`directory`]: key → instance, from the key hashes the operator publishes in instance status.
+//! - [`limits`]: requests and tokens per minute per key; failed keys per client address.
+//! - [`usage`]: token counts from answers (and the stream option that makes streams carry them).
+//! - [`upstream`]: to the instance's Service, or through the API server's service proxy.
+//! - [`server`]: the request path: key, availability, limits, forward, meter.
+//! - [`tls`]: the certificate, reloaded when its files change (a mounted Secret).
+//!
+//! Layers, bottom up: error, metrics → directory, limits, usage, tls → upstream → server → this.
+
+pub mod directory;
+pub mod error;
+pub mod limits;
+pub mod metrics;
+pub mod server;
+pub mod tls;
+pub mod upstream;
+pub mod usage;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use alcove_crds::instance::InferenceInstance;
+use anyhow::Context as _;
+use axum::Router;
+use axum::extract::{ConnectInfo, State};
+use axum::routing::{any, get};
+use futures::StreamExt;
+use kube::runtime::{WatchStreamExt, reflector, watcher};
+
+use crate::directory::Directory;
+use crate::server::{Bounds, Cidr, Gateway};
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct GatewayArgs {
+    /// Address of the public OpenAI endpoint.
+    #[arg(long, env = "ALCOVE_GATEWAY_LISTEN", default_value = "0.0.0.0:8443")]
+    pub listen: SocketAddr,
+    /// Address of `/metrics`, `/healthz` and `/readyz`.
+    #[arg(long, env = "ALCOVE_GATEWAY_METRICS_LISTEN", default_value = "0.0.0.0:9090")]
+    pub metrics_listen: SocketAddr,
+    /// PEM certificate chain; with `--tls-key`, the endpoint speaks HTTPS. Both files are read
+    /// again when they change (a mounted Secret, e.g. from cert-manager).
+    #[arg(long, env = "ALCOVE_GATEWAY_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `--tls-cert`.
+    #[arg(long, env = "ALCOVE_GATEWAY_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// How requests reach instances: `service` (in-cluster DNS of the instance's Service) or
+    /// `api-server` (the API server's service proxy, for a gateway outside the cluster).
+    #[arg(long, env = "ALCOVE_GATEWAY_UPSTREAM", value_enum, default_value = "service")]
+    pub upstream: upstream::Mode,
+    /// Gateway replicas behind the load balancer: each enforces its share of every limit.
+    #[arg(long, env = "ALCOVE_GATEWAY_REPLICAS", default_value_t = 1)]
+    pub replicas: u32,
+    /// Largest request body accepted, in bytes.
+    #[arg(long, env = "ALCOVE_GATEWAY_MAX_BODY_BYTES", default_value_t = 4 << 20)]
+    pub max_body_bytes: usize,
+    /// Seconds to wait for an instance's answer to begin, and between two chunks of a stream.
+    #[arg(long, env = "ALCOVE_GATEWAY_UPSTREAM_TIMEOUT", default_value_t = 300)]
+    pub upstream_timeout_seconds: u64,
+    /// Requests with a wrong key allowed per client address per minute.
+    #[arg(long, env = "ALCOVE_GATEWAY_AUTH_FAILURES_PER_MINUTE", default_value_t = 20)]
+    pub auth_failures_per_minute: u32,
+    /// Proxies (addresses or CIDR blocks, comma-separated) whose `X-Forwarded-For` is believed.
+    #[arg(long, env = "ALCOVE_GATEWAY_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<Cidr>,
+    /// `text` or `json` logs.
+    #[arg(long, env = "ALCOVE_LOG_FORMAT", default_value = "text")]
+    pub log_format: String,
+}
+
+/// A started gateway: where it listens.
+pub struct Started {
+    pub public: SocketAddr,
+    pub metrics: SocketAddr,
+}
+
+/// Runs the gateway until the process ends.
+pub async fn run(args: GatewayArgs, client: kube::Client) -> anyhow::Result<()> {
+    let (_started, serving) = start(args, client).await?;
+    serving.await
+}
+
+/// Binds both listeners and starts watching instances; the future serves until an error.
+pub async fn start(
+    args: GatewayArgs,
+    client: kube::Client,
+) -> anyhow::Result<(Started, impl std::future::Future<Output = anyhow::Result<()>>)> {
+    let gw = Arc::new(Gateway {
+        directory: RwLock::new(Arc::new(Directory::default())),
+        limiter: Mutex::new(limits::Limiter::new(args.replicas)),
+        failures: Mutex::new(limits::FailureLimiter::new(args.auth_failures_per_minute)),
+        metrics: metrics::Metrics::new(),
+        upstream: upstream::Upstream::new(args.upstream, client.clone(), Duration::from_secs(5)),
+        bounds: Bounds {
+            max_body_bytes: args.max_body_bytes,
+            upstream_timeout: Duration::from_secs(args.upstream_timeout_seconds.max(1)),
+            max_response_bytes: 64 << 20,
+        },
+        trusted_proxies: args.trusted_proxies.clone(),
+    });
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(c), Some(k)) => Some(tls::acceptor(c, k)?),
+        _ => None,
+    };
+    let public = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("listen on {}", args.listen))?;
+    let metrics_listener = tokio::net::TcpListener::bind(args.metrics_listen)
+        .await
+        .with_context(|| format!("listen on {}", args.metrics_listen))?;
+    let started = Started { public: public.local_addr()?, metrics: metrics_listener.local_addr()? };
+    let synced = Arc::new(std::sync::atomic::AtomicBool::new(false));
+
+    let api = Router::new()
+        .route("/{*path}", any(server::handle))
+        .fallback(any(server::handle))
+        .with_state(gw.clone());
+    let ops = Router::new()
+        .route("/metrics", get(|State(gw): State<Arc<Gateway>>| async move { gw.metrics.render() }))
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get({
+                let synced = synced.clone();
+                move || async move {
+                    if synced.load(std::sync::atomic::Ordering::Relaxed) {
+                        (axum::http::StatusCode::OK, "ready")
+                    } else {
+                        (axum::http::StatusCode::SERVICE_UNAVAILABLE, "instances not listed yet")
+                    }
+                }
+            }),
+        )
+        .with_state(gw.clone());
+
+    let watching = watch_instances(client, gw.clone(), synced);
+    let serving = async move {
+        let api_server = tls::serve(public, api, tls);
+        let ops_server = async move {
+            axum::serve(
+                metrics_listener,
+                ops.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .await
+            .context("metrics server")
+        };
+        let housekeeping = async {
+            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                tick.tick().await;
+                let now = Instant::now();
+                gw.limiter.lock().unwrap_or_else(|p| p.into_inner()).prune(now);
+                gw.failures.lock().unwrap_or_else(|p| p.into_inner()).prune(now);
+            }
+        };
+        tokio::select! {
+            r = api_server => r,
+            r = ops_server => r,
+            r = watching => r,
+            () = housekeeping => Ok(()),
+        }
+    };
+    tracing::info!(public = %started.public, metrics = %started.metrics, "gateway listening");
+    Ok((started, serving))
+}
+
+/// Keeps the directory equal to the instances' published hashes: rebuilt after each batch of
+/// watch events, so a rotated key stops working as soon as the operator publishes the new hash.
+async fn watch_instances(
+    client: kube::Client,
+    gw: Arc<Gateway>,
+    synced: Arc<std::sync::atomic::AtomicBool>,
+) -> anyhow::Result<()> {
+    let api: kube::Api<InferenceInstance> = kube::Api::all(client);
+    let (reader, writer) = reflector::store();
+    let mut events = reflector(writer, watcher(api, watcher::Config::default()).default_backoff())
+        .ready_chunks(4096)
+        .boxed();
+    while let Some(batch) = events.next().await {
+        let mut relist_done = false;
+        for e in &batch {
+            match e {
+                Ok(watcher::Event::InitDone) => relist_done = true,
+                Ok(_) => {}
+                Err(err) => tracing::warn!(error = %err, "watching instances"),
+            }
+        }
+        let state = reader.state();
+        let directory = Directory::build(state.iter().map(|i| i.as_ref()));
+        gw.metrics.instances.set(directory.len() as i64);
+        *gw.directory.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(directory);
+        if relist_done {
+            synced.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+    anyhow::bail!("the instance watch ended")
+}
+
+/// The peer address of a request (set by [`tls::serve`] for every connection).
+pub type Peer = ConnectInfo<SocketAddr>;

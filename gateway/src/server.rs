@@ -1,0 +1,448 @@
+//! The public endpoint: who is calling (key → instance), may they (availability, limits), then
+//! the request goes to the instance and the answer comes back, metered on the way.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use futures::StreamExt;
+use http_body_util::BodyExt;
+
+use crate::directory::{Availability, Directory, Route};
+use crate::error::ApiError;
+use crate::limits::{FailureLimiter, Limiter, Quota};
+use crate::metrics::Metrics;
+use crate::upstream::Upstream;
+use crate::usage::{EventSplitter, Usage, inspect_event, prepare};
+
+/// Limits on what passes through.
+#[derive(Debug, Clone)]
+pub struct Bounds {
+    pub max_body_bytes: usize,
+    /// For the instance's status and headers, and between two chunks of a stream.
+    pub upstream_timeout: Duration,
+    /// Most bytes of a non-streamed answer (it is read whole to find its usage).
+    pub max_response_bytes: usize,
+}
+
+pub struct Gateway {
+    pub directory: RwLock<Arc<Directory>>,
+    pub limiter: Mutex<Limiter>,
+    pub failures: Mutex<FailureLimiter>,
+    pub metrics: Metrics,
+    pub upstream: Upstream,
+    pub bounds: Bounds,
+    /// Proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<Cidr>,
+}
+
+/// An address block (`10.0.0.0/8`, or one address).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Cidr {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl std::str::FromStr for Cidr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Cidr, String> {
+        let (a, p) = s.split_once('/').map_or((s, None), |(a, p)| (a, Some(p)));
+        let addr: IpAddr = a.trim().parse().map_err(|_| format!("{s:?} is not an address"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match p {
+            Some(p) => p.parse::<u8>().ok().filter(|p| *p <= max),
+            None => Some(max),
+        }
+        .ok_or_else(|| format!("{s:?}: the prefix length must be 0..={max}"))?;
+        Ok(Cidr { addr, prefix })
+    }
+}
+
+impl Cidr {
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let bits = |ip: IpAddr| -> u128 {
+            match ip {
+                IpAddr::V4(v) => u32::from(v) as u128,
+                IpAddr::V6(v) => u128::from(v),
+            }
+        };
+        if self.addr.is_ipv4() != ip.is_ipv4() {
+            return false;
+        }
+        let width = if ip.is_ipv4() { 32 } else { 128 };
+        let shift = width - self.prefix as u32;
+        if shift >= 128 {
+            return true;
+        }
+        bits(self.addr) >> shift == bits(ip) >> shift
+    }
+}
+
+/// The client's address: the peer, or, when the peer is a trusted proxy, the last address in
+/// `X-Forwarded-For` that is not itself a trusted proxy.
+pub fn client_address(peer: IpAddr, headers: &HeaderMap, trusted: &[Cidr]) -> IpAddr {
+    let is_trusted = |ip: IpAddr| trusted.iter().any(|c| c.contains(ip));
+    if !is_trusted(peer) {
+        return peer;
+    }
+    let forwarded: Vec<IpAddr> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|a| a.trim().parse().ok())
+        .collect();
+    forwarded.into_iter().rev().find(|ip| !is_trusted(*ip)).unwrap_or(peer)
+}
+
+/// The key from `Authorization: Bearer …` or `X-Api-Key`.
+pub fn presented_key(headers: &HeaderMap) -> Option<&str> {
+    if let Some(v) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
+        let v = v.trim();
+        if v.len() > 7 && v[..7].eq_ignore_ascii_case("bearer ") {
+            return Some(v[7..].trim()).filter(|k| !k.is_empty());
+        }
+    }
+    headers.get("x-api-key").and_then(|v| v.to_str().ok()).map(str::trim).filter(|k| !k.is_empty())
+}
+
+/// The metrics name of a path: which of the instance's endpoints it is.
+fn endpoint_of(path: &str) -> Option<&'static str> {
+    let rest = path.strip_prefix("/v1/")?;
+    if rest.split('/').any(|s| s == ".." || s == "." || s.is_empty()) {
+        return None;
+    }
+    Some(match rest.split('/').next()? {
+        "chat" if rest == "chat/completions" => "chat/completions",
+        "completions" if rest == "completions" => "completions",
+        "embeddings" if rest == "embeddings" => "embeddings",
+        "models" => "models",
+        "conversations" => "conversations",
+        _ => return None,
+    })
+}
+
+pub async fn handle(
+    State(gw): State<Arc<Gateway>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    req: Request,
+) -> Response {
+    let started = Instant::now();
+    let client = client_address(peer.ip(), req.headers(), &gw.trusted_proxies);
+    let path = req.uri().path().to_string();
+    let Some(endpoint) = endpoint_of(&path) else {
+        return ApiError::not_found(req.method().as_str(), &path).into_response();
+    };
+    if let Some(wait) = gw.failures.lock().unwrap_or_else(|p| p.into_inner()).blocked(client, started)
+    {
+        return ApiError::too_many_failures(wait.as_secs_f64().ceil() as u64).into_response();
+    }
+    let Some(key) = presented_key(req.headers()).map(str::to_string) else {
+        gw.metrics.auth_failures.inc();
+        return ApiError::missing_key().into_response();
+    };
+    let route = gw.directory.read().unwrap_or_else(|p| p.into_inner()).lookup(&key);
+    let Some(route) = route else {
+        gw.metrics.auth_failures.inc();
+        gw.failures.lock().unwrap_or_else(|p| p.into_inner()).failed(client, started);
+        return ApiError::invalid_key().into_response();
+    };
+    let refused = match &route.availability {
+        Availability::Ready => None,
+        Availability::SuspendedBySpec => Some(ApiError::suspended_by_spec(&route.instance)),
+        Availability::CreditExhausted => Some(ApiError::credit_exhausted(&route.instance)),
+        Availability::NotReady(why) => Some(ApiError::not_ready(&route.instance, why, 5)),
+    };
+    if let Some(e) = refused {
+        return count(&gw, &route, endpoint, e.into_response());
+    }
+    let admitted =
+        gw.limiter.lock().unwrap_or_else(|p| p.into_inner()).admit(&route.key_id, route.limits, started);
+    let quota = match admitted {
+        Ok(q) => q,
+        Err(r) => {
+            gw.metrics
+                .rate_limited
+                .with_label_values(&[route.tenant.as_str(), route.instance.as_str(), r.what])
+                .inc();
+            let mut e = ApiError::rate_limited(
+                r.what,
+                r.limit,
+                r.retry_after.as_secs_f64().ceil() as u64,
+            );
+            for (k, v) in r.quota.headers() {
+                e = e.with_header(header::HeaderName::from_static(k), v);
+            }
+            return count(&gw, &route, endpoint, e.into_response());
+        }
+    };
+    let mut resp = match forward(&gw, &route, endpoint, &key, req, started).await {
+        Ok(r) => r,
+        Err(e) => {
+            gw.metrics
+                .duration
+                .with_label_values(&[route.tenant.as_str(), route.instance.as_str(), endpoint])
+                .observe(started.elapsed().as_secs_f64());
+            e.into_response()
+        }
+    };
+    add_quota_headers(resp.headers_mut(), &quota);
+    count(&gw, &route, endpoint, resp)
+}
+
+fn count(gw: &Gateway, route: &Route, endpoint: &str, resp: Response) -> Response {
+    gw.metrics
+        .requests
+        .with_label_values(&[
+            route.tenant.as_str(),
+            route.instance.as_str(),
+            endpoint,
+            resp.status().as_str(),
+        ])
+        .inc();
+    resp
+}
+
+fn add_quota_headers(headers: &mut HeaderMap, quota: &Quota) {
+    for (k, v) in quota.headers() {
+        if let Ok(v) = HeaderValue::from_str(&v) {
+            headers.insert(k, v);
+        }
+    }
+}
+
+async fn forward(
+    gw: &Arc<Gateway>,
+    route: &Arc<Route>,
+    endpoint: &'static str,
+    key: &str,
+    req: Request,
+    started: Instant,
+) -> Result<Response, ApiError> {
+    let method = req.method().clone();
+    let path_and_query =
+        req.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or_default();
+    let limit = gw.bounds.max_body_bytes;
+    if req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+        .is_some_and(|n| n > limit)
+    {
+        return Err(ApiError::too_large(limit));
+    }
+    let body = http_body_util::Limited::new(req.into_body(), limit)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                ApiError::too_large(limit)
+            } else {
+                ApiError::bad_request(None, "The request body could not be read.")
+            }
+        })?
+        .to_bytes();
+    let takes_model = matches!(endpoint, "chat/completions" | "completions" | "embeddings");
+    let (body, stream, client_wants_usage) = match serde_json::from_slice(&body) {
+        Ok(v @ serde_json::Value::Object(_)) if method == Method::POST => {
+            let p = prepare(v, &route.served_name, takes_model);
+            (Bytes::from(p.body.to_string()), p.stream, p.client_wants_usage)
+        }
+        // Not a JSON object: the instance says what is wrong with it.
+        _ => (body, false, false),
+    };
+    let timeout = gw.bounds.upstream_timeout;
+    let resp = gw.upstream.send(route, method, &path_and_query, key, body, timeout).await?;
+    let meter = Meter {
+        gw: gw.clone(),
+        route: route.clone(),
+        endpoint,
+        started,
+        usage: None,
+        done: false,
+    };
+    let is_stream = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.starts_with("text/event-stream"));
+    let (parts, upstream_body) = resp.into_parts();
+    if stream && is_stream {
+        let body = metered_stream(upstream_body, meter, client_wants_usage, timeout);
+        return Ok(Response::from_parts(parts, body));
+    }
+    let mut meter = meter;
+    let bytes = tokio::time::timeout(
+        timeout,
+        http_body_util::Limited::new(upstream_body, gw.bounds.max_response_bytes).collect(),
+    )
+    .await
+    .map_err(|_| ApiError::upstream_timeout(timeout.as_secs()))?
+    .map_err(|e| ApiError::upstream(format!("the instance's answer could not be read: {e}")))?
+    .to_bytes();
+    if parts.status == StatusCode::OK {
+        meter.usage = serde_json::from_slice(&bytes).ok().as_ref().and_then(Usage::of);
+    }
+    meter.finish();
+    Ok(Response::from_parts(parts, Body::from(bytes)))
+}
+
+/// Accounts one request once: at its last byte, or when the client goes away first.
+struct Meter {
+    gw: Arc<Gateway>,
+    route: Arc<Route>,
+    endpoint: &'static str,
+    started: Instant,
+    usage: Option<Usage>,
+    done: bool,
+}
+
+impl Meter {
+    fn finish(&mut self) {
+        if std::mem::replace(&mut self.done, true) {
+            return;
+        }
+        let (tenant, instance) = (self.route.tenant.as_str(), self.route.instance.as_str());
+        self.gw
+            .metrics
+            .duration
+            .with_label_values(&[tenant, instance, self.endpoint])
+            .observe(self.started.elapsed().as_secs_f64());
+        if let Some(u) = self.usage {
+            let m = &self.gw.metrics.tokens;
+            m.with_label_values(&[tenant, instance, "prompt"]).inc_by(u.prompt_tokens.max(0) as u64);
+            m.with_label_values(&[tenant, instance, "completion"])
+                .inc_by(u.completion_tokens.max(0) as u64);
+            self.gw.limiter.lock().unwrap_or_else(|p| p.into_inner()).spend(
+                &self.route.key_id,
+                self.route.limits,
+                u.total(),
+                Instant::now(),
+            );
+        }
+    }
+}
+
+impl Drop for Meter {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+/// The instance's event stream, passed on event by event; the usage chunk is read, and dropped
+/// when the client did not ask for it. Dropping this body (the client left) drops the upstream
+/// connection, which stops the generation.
+fn metered_stream(
+    upstream: Body,
+    meter: Meter,
+    client_wants_usage: bool,
+    idle: Duration,
+) -> Body {
+    struct S {
+        upstream: axum::body::BodyDataStream,
+        splitter: EventSplitter,
+        meter: Meter,
+        ended: bool,
+    }
+    let state = S {
+        upstream: upstream.into_data_stream(),
+        splitter: EventSplitter::default(),
+        meter,
+        ended: false,
+    };
+    let stream = futures::stream::unfold(state, move |mut s| async move {
+        loop {
+            if s.ended {
+                return None;
+            }
+            let next = match tokio::time::timeout(idle, s.upstream.next()).await {
+                Ok(n) => n,
+                Err(_) => {
+                    s.ended = true;
+                    s.meter.finish();
+                    let e: Box<dyn std::error::Error + Send + Sync> =
+                        format!("the instance sent nothing for {} s", idle.as_secs()).into();
+                    return Some((Err(e), s));
+                }
+            };
+            let events = match next {
+                Some(Ok(chunk)) => s.splitter.push(&chunk),
+                Some(Err(e)) => {
+                    s.ended = true;
+                    s.meter.finish();
+                    let e: Box<dyn std::error::Error + Send + Sync> = Box::new(e);
+                    return Some((Err(e), s));
+                }
+                None => {
+                    s.ended = true;
+                    let rest = s.splitter.finish();
+                    s.meter.finish();
+                    return rest.map(|r| (Ok(Bytes::from(r)), s));
+                }
+            };
+            let mut out = Vec::new();
+            for event in events {
+                let (usage, usage_only) = inspect_event(&event);
+                if usage.is_some() {
+                    s.meter.usage = usage;
+                }
+                if !(usage_only && !client_wants_usage) {
+                    out.extend_from_slice(&event);
+                }
+            }
+            if !out.is_empty() {
+                return Some((Ok(Bytes::from(out)), s));
+            }
+        }
+    });
+    Body::from_stream(stream)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwarded_for_is_believed_only_from_trusted_proxies() {
+        let trusted: Vec<Cidr> = vec!["10.0.0.0/8".parse().unwrap()];
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", "1.2.3.4, 10.1.1.1".parse().unwrap());
+        let lb: IpAddr = "10.9.9.9".parse().unwrap();
+        let outsider: IpAddr = "5.6.7.8".parse().unwrap();
+        assert_eq!(client_address(lb, &h, &trusted), "1.2.3.4".parse::<IpAddr>().unwrap());
+        assert_eq!(client_address(outsider, &h, &trusted), outsider, "spoofed header ignored");
+        assert_eq!(client_address(lb, &HeaderMap::new(), &trusted), lb);
+        assert!("10.0.0.0/33".parse::<Cidr>().is_err());
+        assert!("::1".parse::<Cidr>().unwrap().contains("::1".parse().unwrap()));
+        assert!("0.0.0.0/0".parse::<Cidr>().unwrap().contains("8.8.8.8".parse().unwrap()));
+    }
+
+    #[test]
+    fn keys_come_from_bearer_or_x_api_key() {
+        let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, "Bearer abc".parse().unwrap());
+        assert_eq!(presented_key(&h), Some("abc"));
+        let mut h = HeaderMap::new();
+        h.insert("x-api-key", " k ".parse().unwrap());
+        assert_eq!(presented_key(&h), Some("k"));
+        let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, "Bearer ".parse().unwrap());
+        assert_eq!(presented_key(&h), None);
+    }
+
+    #[test]
+    fn only_the_instances_endpoints_pass() {
+        assert_eq!(endpoint_of("/v1/chat/completions"), Some("chat/completions"));
+        assert_eq!(endpoint_of("/v1/models/chat"), Some("models"));
+        assert_eq!(endpoint_of("/v1/conversations/c-1"), Some("conversations"));
+        assert_eq!(endpoint_of("/v1/chat/other"), None);
+        assert_eq!(endpoint_of("/metrics"), None);
+        assert_eq!(endpoint_of("/v1/../metrics"), None);
+        assert_eq!(endpoint_of("/v1/models/../../metrics"), None);
+    }
+}

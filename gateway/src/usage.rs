@@ -1,0 +1,164 @@
+//! Token counts from what the instance answers, and the request changes that make it answer them.
+//!
+//! Non-streamed answers carry `usage`. A stream carries it in a last chunk only when asked
+//! (`stream_options.include_usage`), so the gateway always asks, and removes that chunk again
+//! when the client did not ask for it.
+
+use serde_json::{Value, json};
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub prompt_tokens: i64,
+    pub completion_tokens: i64,
+}
+
+impl Usage {
+    pub fn total(&self) -> i64 {
+        self.prompt_tokens + self.completion_tokens
+    }
+
+    pub fn of(v: &Value) -> Option<Usage> {
+        let u = v.get("usage").filter(|u| u.is_object())?;
+        let prompt = u["prompt_tokens"].as_i64().unwrap_or(0);
+        let completion = u["completion_tokens"]
+            .as_i64()
+            .unwrap_or_else(|| u["total_tokens"].as_i64().unwrap_or(prompt) - prompt);
+        Some(Usage { prompt_tokens: prompt, completion_tokens: completion })
+    }
+}
+
+/// The request as forwarded: `model` filled in when omitted, usage asked for on streams.
+#[derive(Debug, PartialEq)]
+pub struct Prepared {
+    pub body: Value,
+    pub stream: bool,
+    /// The client asked for the usage chunk itself (it is then passed on).
+    pub client_wants_usage: bool,
+}
+
+pub fn prepare(mut body: Value, served_name: &str, takes_model: bool) -> Prepared {
+    let stream = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
+    let client_wants_usage = body
+        .pointer("/stream_options/include_usage")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    if let Some(obj) = body.as_object_mut() {
+        if takes_model && obj.get("model").is_none_or(Value::is_null) {
+            obj.insert("model".into(), Value::String(served_name.into()));
+        }
+        if stream && !client_wants_usage {
+            match obj.get_mut("stream_options").and_then(Value::as_object_mut) {
+                Some(o) => {
+                    o.insert("include_usage".into(), Value::Bool(true));
+                }
+                None => {
+                    obj.insert("stream_options".into(), json!({"include_usage": true}));
+                }
+            }
+        }
+    }
+    Prepared { body, stream, client_wants_usage }
+}
+
+/// Splits a server-sent-event stream into whole events as bytes arrive, so each event is passed
+/// on the moment it is complete.
+#[derive(Default)]
+pub struct EventSplitter {
+    pending: Vec<u8>,
+}
+
+impl EventSplitter {
+    /// The events completed by `chunk` (each with its terminating blank line).
+    pub fn push(&mut self, chunk: &[u8]) -> Vec<Vec<u8>> {
+        self.pending.extend_from_slice(chunk);
+        let mut events = Vec::new();
+        while let Some(end) = find_event_end(&self.pending) {
+            let rest = self.pending.split_off(end);
+            events.push(std::mem::replace(&mut self.pending, rest));
+        }
+        events
+    }
+
+    /// Whatever is left when the stream ends.
+    pub fn finish(&mut self) -> Option<Vec<u8>> {
+        (!self.pending.is_empty()).then(|| std::mem::take(&mut self.pending))
+    }
+}
+
+fn find_event_end(b: &[u8]) -> Option<usize> {
+    let lf = b.windows(2).position(|w| w == b"\n\n").map(|i| i + 2);
+    let crlf = b.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4);
+    match (lf, crlf) {
+        (Some(a), Some(c)) => Some(a.min(c)),
+        (a, c) => a.or(c),
+    }
+}
+
+/// What one event means for metering: its usage, and whether it is the usage-only chunk.
+pub fn inspect_event(event: &[u8]) -> (Option<Usage>, bool) {
+    let text = String::from_utf8_lossy(event);
+    let data: String = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .map(str::trim_start)
+        .collect::<Vec<_>>()
+        .join("\n");
+    if data.is_empty() || data == "[DONE]" {
+        return (None, false);
+    }
+    let Ok(v) = serde_json::from_str::<Value>(&data) else { return (None, false) };
+    let usage = Usage::of(&v);
+    let usage_only =
+        usage.is_some() && v.get("choices").and_then(Value::as_array).is_some_and(Vec::is_empty);
+    (usage, usage_only)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usage_of_chat_and_of_embeddings() {
+        let chat = json!({"usage": {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12}});
+        assert_eq!(Usage::of(&chat), Some(Usage { prompt_tokens: 5, completion_tokens: 7 }));
+        let emb = json!({"usage": {"prompt_tokens": 9, "total_tokens": 9}});
+        assert_eq!(Usage::of(&emb), Some(Usage { prompt_tokens: 9, completion_tokens: 0 }));
+        assert_eq!(Usage::of(&json!({"usage": null})), None);
+    }
+
+    #[test]
+    fn prepare_fills_the_model_and_asks_streams_for_usage() {
+        let p = prepare(json!({"messages": [], "stream": true}), "chat", true);
+        assert_eq!(p.body["model"], "chat");
+        assert_eq!(p.body["stream_options"]["include_usage"], true);
+        assert!(p.stream && !p.client_wants_usage);
+        let p = prepare(
+            json!({"model": "x", "stream": true, "stream_options": {"include_usage": true}}),
+            "chat",
+            true,
+        );
+        assert_eq!(p.body["model"], "x", "a named model is the instance's to judge");
+        assert!(p.client_wants_usage);
+        let p = prepare(json!({"input": "a"}), "chat", true);
+        assert!(p.body.get("stream_options").is_none(), "only streams get stream_options");
+    }
+
+    #[test]
+    fn events_split_across_chunks_and_the_usage_chunk_is_recognised() {
+        let mut s = EventSplitter::default();
+        assert!(s.push(b"data: {\"choices\":[{\"delta\":{}}]}").is_empty());
+        let e = s.push(b"\n\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":2,");
+        assert_eq!(e.len(), 1);
+        assert_eq!(inspect_event(&e[0]), (None, false));
+        let e = s.push(b"\"completion_tokens\":3}}\n\ndata: [DONE]\n\n");
+        assert_eq!(e.len(), 2);
+        assert_eq!(
+            inspect_event(&e[0]),
+            (Some(Usage { prompt_tokens: 2, completion_tokens: 3 }), true)
+        );
+        assert_eq!(inspect_event(&e[1]), (None, false));
+        assert!(s.finish().is_none());
+        assert_eq!(s.push(b"data: x\r\n\r\ntail").len(), 1);
+        assert_eq!(s.finish().as_deref(), Some(&b"tail"[..]));
+    }
+}

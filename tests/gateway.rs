@@ -1,0 +1,361 @@
+//! The customer gateway end to end: devcluster, the operator and real inference pods, and
+//! `alcove gateway` as a separate process serving HTTPS. Customers' programs are the official
+//! OpenAI Python SDK configured with a base URL and a key only (plus the test CA, through
+//! `SSL_CERT_FILE`, as a private CA would be).
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use alcove_tests::*;
+use sha2::Digest;
+
+const INSTANCES: &str = r#"
+apiVersion: alcove.dev/v1alpha1
+kind: InferenceInstance
+metadata: {name: chat, namespace: tenant-startup}
+spec:
+  model: {format: safetensors, source: {platform: default}}
+  limits: {maxTokens: 2000, contextLength: 2048}
+---
+apiVersion: alcove.dev/v1alpha1
+kind: InferenceInstance
+metadata: {name: embed, namespace: tenant-startup}
+spec:
+  model: {format: safetensors, source: {platform: default-embedding}}
+  limits: {requestsPerMinute: 6}
+---
+apiVersion: alcove.dev/v1alpha1
+kind: InferenceInstance
+metadata: {name: bot, namespace: tenant-acme}
+spec:
+  model: {format: gguf, source: {platform: default-gguf}, path: model.gguf}
+"#;
+
+/// A running `alcove gateway`.
+struct Gateway {
+    _child: tokio::process::Child,
+    /// `https://127.0.0.1:<port>/v1`
+    base: String,
+    metrics: String,
+    ca: PathBuf,
+    log: PathBuf,
+}
+
+impl Gateway {
+    async fn start(p: &Platform, name: &str, args: &[&str]) -> Gateway {
+        let dir = p.dir.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let pem = alcove_devcluster::tls::loopback_pem("alcove-gateway", &[]).unwrap();
+        let (ca, cert, key) = (dir.join("ca.pem"), dir.join("tls.crt"), dir.join("tls.key"));
+        std::fs::write(&ca, &pem.ca_pem).unwrap();
+        std::fs::write(&cert, &pem.chain_pem).unwrap();
+        std::fs::write(&key, &pem.key_pem).unwrap();
+        let (port, mport) = (free_port(), free_port());
+        let log = dir.join("gateway.log");
+        let out = std::fs::File::create(&log).unwrap();
+        let child = tokio::process::Command::new(alcove_binary())
+            .args(["gateway", "--upstream", "api-server", "--log-format", "text"])
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--metrics-listen", &format!("127.0.0.1:{mport}")])
+            .args(["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()])
+            .args(args)
+            .env("ALCOVE_KUBECONFIG", &p.cluster.kubeconfig)
+            .env("ALCOVE_LOG", "debug,hyper=info,kube=info,tower=info,rustls=info")
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("alcove gateway");
+        let metrics = format!("http://127.0.0.1:{mport}");
+        eventually("the gateway lists instances", Duration::from_secs(30), || async {
+            curl(&format!("{metrics}/readyz")).await.is_some()
+        })
+        .await;
+        Gateway { _child: child, base: format!("https://127.0.0.1:{port}/v1"), metrics, ca, log }
+    }
+
+    /// The official SDK: `openai_client.py ACTION` with this gateway and `key`.
+    async fn sdk(&self, action: &str, key: &str) -> serde_json::Value {
+        let out = tokio::process::Command::new(workspace_root().join(".venv/bin/python"))
+            .arg(workspace_root().join("tests/support/openai_client.py"))
+            .arg(action)
+            .env("ALCOVE_BASE_URL", &self.base)
+            .env("ALCOVE_API_KEY", key)
+            .env("SSL_CERT_FILE", &self.ca)
+            .output()
+            .await
+            .expect("run ./test.sh: it installs the openai SDK into .venv");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{action}: {text}{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("{action}: {e}: {text}"))
+    }
+
+    /// A raw HTTPS request: (status, lower-cased headers, body).
+    async fn call(&self, path: &str, headers: &[(&str, &str)], body: Option<&str>) -> Reply {
+        let mut cmd = tokio::process::Command::new("curl");
+        cmd.args(["-s", "-i", "--max-time", "60", "--cacert", self.ca.to_str().unwrap()]);
+        for (k, v) in headers {
+            cmd.args(["-H", &format!("{k}: {v}")]);
+        }
+        if let Some(b) = body {
+            cmd.args(["-H", "Content-Type: application/json", "--data-binary", b]);
+        }
+        let out = cmd.arg(format!("{}{path}", self.base)).output().await.unwrap();
+        Reply::parse(&String::from_utf8_lossy(&out.stdout))
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+#[derive(Debug)]
+struct Reply {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: serde_json::Value,
+}
+
+impl Reply {
+    fn parse(raw: &str) -> Reply {
+        let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((raw, ""));
+        let mut lines = head.lines();
+        let status = lines
+            .next()
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let headers = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+            .collect();
+        Reply { status, headers, body: serde_json::from_str(body).unwrap_or(serde_json::Value::Null) }
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+}
+
+async fn api_key(p: &Platform, ns: &str, instance: &str) -> String {
+    let b64 = p
+        .jsonpath(&["get", "secret", &format!("{instance}-api-key"), "-n", ns], "{.data.api-key}")
+        .await;
+    use base64::Engine;
+    String::from_utf8(base64::engine::general_purpose::STANDARD.decode(b64.trim()).unwrap())
+        .unwrap()
+}
+
+fn sha256_hex(s: &str) -> String {
+    sha2::Sha256::digest(s.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+const CHAT: &str = r#"{"messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 4}"#;
+
+/// Tokens the instance has generated so far (its per-token histogram's count).
+async fn generated(p: &Platform, ns: &str, instance: &str) -> f64 {
+    let path = format!("/api/v1/namespaces/{ns}/services/{instance}:http/proxy/metrics");
+    let text = p.ok(&["get", "--raw", &path]).await;
+    metric(&text, "alcove_inference_time_per_output_token_seconds_count", "")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn customers_reach_their_instance_with_a_base_url_and_a_key() {
+    let p = platform_with_operator().await;
+    p.ok(&["apply", "-f", &example("good/tenant-basic.yaml"), "-f", &example("good/tenant-pro.yaml")])
+        .await;
+    p.ok_in(&["apply", "-f", "-"], INSTANCES).await;
+    for i in ["chat -n tenant-startup", "embed -n tenant-startup", "bot -n tenant-acme"] {
+        p.wait_condition(&format!("inst/{i}"), "Ready", 90).await;
+    }
+    let key = api_key(&p, "tenant-startup", "chat").await;
+    let embed_key = api_key(&p, "tenant-startup", "embed").await;
+    let bot_key = api_key(&p, "tenant-acme", "bot").await;
+    let status = p.json(&["get", "inst", "chat", "-n", "tenant-startup"]).await["status"].clone();
+    assert_eq!(status["apiKeyHash"], sha256_hex(&key), "the operator publishes the key's hash");
+    assert_eq!(status["rateLimits"]["requestsPerMinute"], 60, "the basic tier's default");
+    let gw = Gateway::start(&p, "gw", &["--auth-failures-per-minute", "5"]).await;
+
+    // The SDK with nothing but the base URL and the key: chat, streams, embeddings, models.
+    let chat = gw.sdk("chat", &key).await;
+    assert!(chat["content"].as_str().is_some_and(|c| !c.is_empty()), "{chat}");
+    assert!(chat["usage"]["completion_tokens"].as_i64().unwrap() > 0, "{chat}");
+    let stream = gw.sdk("stream", &key).await;
+    assert!(stream["chunks"].as_i64().unwrap() > 1, "{stream}");
+    assert!(stream["usage"].is_null(), "the usage chunk the client did not ask for is removed");
+    let with_usage = gw.sdk("stream-usage", &key).await;
+    assert!(with_usage["usage"]["completion_tokens"].as_i64().unwrap() > 0, "{with_usage}");
+    let embed = gw.sdk("embed", &embed_key).await;
+    assert_eq!(embed["vectors"], 2, "{embed}");
+    assert!(embed["usage"]["prompt_tokens"].as_i64().unwrap() > 0, "{embed}");
+    assert_eq!(gw.sdk("models", &key).await["models"], serde_json::json!(["chat"]));
+    // `model` may be omitted; X-Api-Key works as well as Bearer.
+    let r = gw.call("/chat/completions", &[("X-Api-Key", &key)], Some(CHAT)).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.body["model"], "chat");
+    assert_eq!(r.header("x-ratelimit-limit-requests"), Some("60"), "{r:?}");
+
+    // Refusals, OpenAI-shaped: another instance's key names its own model, a missing key, a
+    // wrong key; then the address that keeps guessing is slowed down.
+    let other = gw.sdk("chat", &bot_key).await;
+    assert_eq!(other["status"], 404, "the bot's key reaches the bot, which serves no `chat`: {other}");
+    let none = gw.call("/chat/completions", &[], Some(CHAT)).await;
+    assert_eq!(none.status, 401);
+    assert_eq!(none.body["error"]["code"], "missing_api_key", "{none:?}");
+    let wrong_key = "0".repeat(64);
+    for _ in 0..5 {
+        let r = gw.sdk("chat", &wrong_key).await;
+        assert_eq!(r["status"], 401, "{r}");
+        assert_eq!(r["body"]["code"], "invalid_api_key", "{r}");
+    }
+    let blocked = gw.call("/chat/completions", &[("Authorization", &format!("Bearer {key}"))], Some(CHAT)).await;
+    assert_eq!(blocked.status, 429, "five wrong keys a minute, then even a right one waits: {blocked:?}");
+    assert_eq!(blocked.body["error"]["code"], "too_many_failed_authentications");
+    assert!(blocked.header("retry-after").is_some());
+
+    // A fresh gateway (the first one now distrusts this address) for the rest.
+    let gw = Gateway::start(&p, "gw2", &[]).await;
+
+    // Streams are passed on as they come, and a client that leaves stops the generation.
+    let full = gw
+        .call(
+            "/chat/completions",
+            &[("Authorization", &format!("Bearer {key}"))],
+            Some(r#"{"messages": [{"role": "user", "content": "Count."}], "max_tokens": 2000, "temperature": 0}"#),
+        )
+        .await;
+    let full_tokens = full.body["usage"]["completion_tokens"].as_f64().unwrap();
+    assert!(full_tokens >= 500.0, "a long answer to cut short: {full:?}");
+    let before = generated(&p, "tenant-startup", "chat").await;
+    let started = Instant::now();
+    let mut stream = tokio::process::Command::new("curl")
+        .args(["-s", "-N", "--cacert", gw.ca.to_str().unwrap(), "-H"])
+        .arg(format!("Authorization: Bearer {key}"))
+        .args(["-H", "Content-Type: application/json", "--data-binary"])
+        .arg(r#"{"messages": [{"role": "user", "content": "Count."}], "max_tokens": 2000, "temperature": 0, "stream": true}"#)
+        .arg(format!("{}/chat/completions", gw.base))
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut out = stream.stdout.take().unwrap();
+    let mut first = [0u8; 64];
+    use tokio::io::AsyncReadExt;
+    let n = out.read(&mut first).await.unwrap();
+    let first_token = started.elapsed();
+    assert!(String::from_utf8_lossy(&first[..n]).starts_with("data: "), "an event first");
+    stream.kill().await.unwrap();
+    drop(out);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let stopped_at = generated(&p, "tenant-startup", "chat").await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let later = generated(&p, "tenant-startup", "chat").await;
+    assert_eq!(stopped_at, later, "nothing is generated for a client that left");
+    eprintln!(
+        "stream: first event after {first_token:?}; {} of {full_tokens} tokens generated before the disconnect stopped it",
+        later - before
+    );
+    assert!(
+        later - before < full_tokens / 2.0,
+        "the generation stopped early: {} of {full_tokens} tokens (first event after {first_token:?})",
+        later - before
+    );
+
+    // Limits: the embed instance allows 6 requests a minute.
+    let auth = format!("Bearer {embed_key}");
+    let input = r#"{"input": "hello"}"#;
+    for left in (0..6).rev() {
+        let r = gw.call("/embeddings", &[("Authorization", &auth)], Some(input)).await;
+        assert_eq!(r.status, 200, "{r:?}");
+        assert_eq!(r.header("x-ratelimit-remaining-requests"), Some(left.to_string().as_str()));
+    }
+    let limited = gw.call("/embeddings", &[("Authorization", &auth)], Some(input)).await;
+    assert_eq!(limited.status, 429, "{limited:?}");
+    assert_eq!(limited.body["error"]["code"], "rate_limit_exceeded");
+    assert_eq!(limited.header("retry-after"), Some("10"), "one request per 10 s comes back");
+    assert_eq!(limited.header("x-ratelimit-limit-requests"), Some("6"));
+    assert_eq!(limited.header("x-ratelimit-remaining-requests"), Some("0"));
+    assert_eq!(limited.header("x-ratelimit-reset-requests"), Some("1m0s"));
+    assert!(limited.header("x-ratelimit-limit-tokens").is_some());
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let recovered = gw.call("/embeddings", &[("Authorization", &auth)], Some(input)).await;
+    assert_eq!(recovered.status, 200, "after the reset: {recovered:?}");
+
+    // Two replicas: each takes half of the limit, so together they let 6 through, not 12.
+    let (a, b) = (
+        Gateway::start(&p, "replica-a", &["--replicas", "2"]).await,
+        Gateway::start(&p, "replica-b", &["--replicas", "2"]).await,
+    );
+    let mut admitted = 0;
+    for gw in [&a, &b] {
+        for _ in 0..5 {
+            if gw.call("/embeddings", &[("Authorization", &auth)], Some(input)).await.status == 200 {
+                admitted += 1;
+            }
+        }
+    }
+    assert_eq!(admitted, 6, "two replicas hold the instance's limit together");
+
+    // Rotation: the old key is refused within a second of the new hash being published.
+    p.ok(&["annotate", "inst", "chat", "-n", "tenant-startup", "alcove.dev/rotate-api-key=1"])
+        .await;
+    let old_hash = sha256_hex(&key);
+    until_some("the new key's hash is published", Duration::from_secs(30), || async {
+        let h = p.jsonpath(&["get", "inst", "chat", "-n", "tenant-startup"], "{.status.apiKeyHash}").await;
+        (!h.is_empty() && h != old_hash).then_some(())
+    })
+    .await;
+    let published = Instant::now();
+    until_some("the rotated-out key is refused", Duration::from_secs(5), || async {
+        let r = gw.call("/models", &[("Authorization", &format!("Bearer {key}"))], None).await;
+        (r.status == 401).then_some(())
+    })
+    .await;
+    let took = published.elapsed();
+    eprintln!("rotation: the old key was refused {took:?} after the new hash was published");
+    assert!(took < Duration::from_secs(1), "refused {took:?} after the hash changed");
+    let new_key = api_key(&p, "tenant-startup", "chat").await;
+    until_some("the new key serves", Duration::from_secs(60), || async {
+        let r = gw.call("/models", &[("Authorization", &format!("Bearer {new_key}"))], None).await;
+        (r.status == 200).then_some(())
+    })
+    .await;
+
+    // Suspended: a 403 that says how to resume; then while the pod starts again, 503 and when.
+    p.ok(&["patch", "inst", "chat", "-n", "tenant-startup", "--type=merge", "-p", r#"{"spec":{"state":"Suspended"}}"#])
+        .await;
+    let auth = format!("Bearer {new_key}");
+    let suspended = until_some("the suspension reaches the gateway", Duration::from_secs(30), || async {
+        let r = gw.call("/chat/completions", &[("Authorization", &auth)], Some(CHAT)).await;
+        (r.status == 403).then_some(r)
+    })
+    .await;
+    assert_eq!(suspended.body["error"]["code"], "instance_suspended");
+    assert!(suspended.body["error"]["message"].as_str().unwrap().contains("spec.state"));
+    p.ok(&["patch", "inst", "chat", "-n", "tenant-startup", "--type=merge", "-p", r#"{"spec":{"state":"Running"}}"#])
+        .await;
+    let starting = until_some("the resume reaches the gateway", Duration::from_secs(30), || async {
+        let r = gw.call("/chat/completions", &[("Authorization", &auth)], Some(CHAT)).await;
+        (r.status != 403).then_some(r)
+    })
+    .await;
+    assert_eq!(starting.status, 503, "the pod is starting: {starting:?}");
+    assert_eq!(starting.body["error"]["code"], "instance_not_ready");
+    assert_eq!(starting.header("retry-after"), Some("5"));
+
+    // Metrics by tenant and instance; no key, no prompt anywhere the gateway writes.
+    let metrics = curl(&format!("{}/metrics", gw.metrics)).await.unwrap();
+    assert!(
+        metric(&metrics, "alcove_gateway_requests_total", r#"instance="embed""#) >= 7.0,
+        "{metrics}"
+    );
+    assert!(metric(&metrics, "alcove_gateway_tokens_total", r#"instance="chat",kind="completion""#) > 0.0);
+    assert!(metrics.contains("alcove_gateway_request_duration_seconds_bucket"));
+    for gw in [&gw, &a, &b] {
+        for text in [gw.log_text(), curl(&format!("{}/metrics", gw.metrics)).await.unwrap()] {
+            for secret in [key.as_str(), &new_key, &embed_key, &bot_key, "Say hello", "Count."] {
+                assert!(!text.contains(secret), "{secret:?} leaked");
+            }
+        }
+    }
+}
