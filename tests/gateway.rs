@@ -239,11 +239,17 @@ async fn customers_reach_their_instance_with_a_base_url_and_a_key() {
         .spawn()
         .unwrap();
     let mut out = stream.stdout.take().unwrap();
-    let mut first = [0u8; 64];
+    // Read until the first generated token arrives (after the role chunk), then leave.
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 256];
     use tokio::io::AsyncReadExt;
-    let n = out.read(&mut first).await.unwrap();
+    while String::from_utf8_lossy(&seen).matches("data: ").count() < 2 {
+        let n = out.read(&mut buf).await.unwrap();
+        assert!(n > 0, "the stream ended early: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buf[..n]);
+    }
     let first_token = started.elapsed();
-    assert!(String::from_utf8_lossy(&first[..n]).starts_with("data: "), "an event first");
+    assert!(String::from_utf8_lossy(&seen).contains(r#""content":"#), "a token first");
     stream.kill().await.unwrap();
     drop(out);
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -255,6 +261,7 @@ async fn customers_reach_their_instance_with_a_base_url_and_a_key() {
         "stream: first event after {first_token:?}; {} of {full_tokens} tokens generated before the disconnect stopped it",
         later - before
     );
+    assert!(later > before, "the stream had started generating");
     assert!(
         later - before < full_tokens / 2.0,
         "the generation stopped early: {} of {full_tokens} tokens (first event after {first_token:?})",
