@@ -39,9 +39,11 @@ struct Gateway {
     metrics: String,
     ca: PathBuf,
     log: PathBuf,
+    dir: PathBuf,
 }
 
 impl Gateway {
+    /// A gateway with its own SQLite store (`<dir>/usage.db`) unless `args` name a store.
     async fn start(p: &Platform, name: &str, args: &[&str]) -> Gateway {
         let dir = p.dir.path().join(name);
         std::fs::create_dir_all(&dir).unwrap();
@@ -52,6 +54,8 @@ impl Gateway {
         std::fs::write(&key, &pem.key_pem).unwrap();
         let (port, mport) = (free_port(), free_port());
         let log = dir.join("gateway.log");
+        let sqlite = format!("sqlite://{}", dir.join("usage.db").display());
+        let store = if args.contains(&"--usage-store") { vec![] } else { vec!["--usage-store", &sqlite] };
         let out = std::fs::File::create(&log).unwrap();
         let child = tokio::process::Command::new(alcove_binary())
             .args(["gateway", "--upstream", "api-server", "--log-format", "text"])
@@ -59,6 +63,7 @@ impl Gateway {
             .args(["--metrics-listen", &format!("127.0.0.1:{mport}")])
             .args(["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()])
             .args(args)
+            .args(&store)
             .env("ALCOVE_KUBECONFIG", &p.cluster.kubeconfig)
             .env("ALCOVE_LOG", "debug,hyper=info,kube=info,tower=info,rustls=info")
             .stdout(out.try_clone().unwrap())
@@ -71,7 +76,7 @@ impl Gateway {
             curl(&format!("{metrics}/readyz")).await.is_some()
         })
         .await;
-        Gateway { _child: child, base: format!("https://127.0.0.1:{port}/v1"), metrics, ca, log }
+        Gateway { _child: child, base: format!("https://127.0.0.1:{port}/v1"), metrics, ca, log, dir }
     }
 
     /// The official SDK: `openai_client.py ACTION` with this gateway and `key`.
@@ -102,6 +107,19 @@ impl Gateway {
         }
         let out = cmd.arg(format!("{}{path}", self.base)).output().await.unwrap();
         Reply::parse(&String::from_utf8_lossy(&out.stdout))
+    }
+
+    async fn store(&self) -> alcove_gateway::store::Store {
+        let dsn = format!("sqlite://{}", self.dir.join("usage.db").display());
+        alcove_gateway::store::Store::open(&dsn).await.unwrap()
+    }
+
+    /// Every byte the SQLite store holds (database and write-ahead log).
+    fn store_bytes(&self) -> String {
+        ["usage.db", "usage.db-wal"]
+            .iter()
+            .map(|f| String::from_utf8_lossy(&std::fs::read(self.dir.join(f)).unwrap_or_default()).into_owned())
+            .collect()
     }
 
     fn log_text(&self) -> String {
@@ -174,7 +192,15 @@ async fn customers_reach_their_instance_with_a_base_url_and_a_key() {
     let status = p.json(&["get", "inst", "chat", "-n", "tenant-startup"]).await["status"].clone();
     assert_eq!(status["apiKeyHash"], sha256_hex(&key), "the operator publishes the key's hash");
     assert_eq!(status["rateLimits"]["requestsPerMinute"], 60, "the basic tier's default");
-    let gw = Gateway::start(&p, "gw", &["--auth-failures-per-minute", "5"]).await;
+    let clock = p.dir.path().join("gateway-clock");
+    let t0: jiff::Timestamp = "2027-01-01T00:00:00Z".parse().unwrap();
+    std::fs::write(&clock, t0.to_string()).unwrap();
+    let gw = Gateway::start(
+        &p,
+        "gw",
+        &["--auth-failures-per-minute", "5", "--clock-file", clock.to_str().unwrap()],
+    )
+    .await;
 
     // The SDK with nothing but the base URL and the key: chat, streams, embeddings, models.
     let chat = gw.sdk("chat", &key).await;
@@ -194,6 +220,7 @@ async fn customers_reach_their_instance_with_a_base_url_and_a_key() {
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(r.body["model"], "chat");
     assert_eq!(r.header("x-ratelimit-limit-requests"), Some("60"), "{r:?}");
+    let request_id = r.header("x-request-id").unwrap().to_string();
 
     // Refusals, OpenAI-shaped: another instance's key names its own model, a missing key, a
     // wrong key; then the address that keeps guessing is slowed down.
@@ -212,6 +239,49 @@ async fn customers_reach_their_instance_with_a_base_url_and_a_key() {
     assert_eq!(blocked.status, 429, "five wrong keys a minute, then even a right one waits: {blocked:?}");
     assert_eq!(blocked.body["error"]["code"], "too_many_failed_authentications");
     assert!(blocked.header("retry-after").is_some());
+
+    // One record per request, with the tokens the instance reported, and no content.
+    let store = gw.store().await;
+    let records = until_some("5 records of chat", Duration::from_secs(10), || async {
+        let r = store.records("tenant-startup", "chat", 100).await.unwrap();
+        (r.len() == 5).then_some(r)
+    })
+    .await;
+    assert!(records.iter().all(|r| r.status == 200 && r.tenant == "startup"), "{records:?}");
+    assert!(records.iter().all(|r| r.key_id == sha256_hex(&key)[..12]), "{records:?}");
+    assert!(records.iter().all(|r| r.at_ms == t0.as_millisecond()), "the injected clock");
+    let mine = records.iter().find(|x| x.request_id == request_id).unwrap();
+    assert_eq!(
+        (mine.prompt_tokens, mine.completion_tokens),
+        (r.body["usage"]["prompt_tokens"].as_i64().unwrap(), r.body["usage"]["completion_tokens"].as_i64().unwrap())
+    );
+    let streamed = &with_usage["usage"];
+    assert!(
+        records.iter().any(|x| x.prompt_tokens == streamed["prompt_tokens"].as_i64().unwrap()
+            && x.completion_tokens == streamed["completion_tokens"].as_i64().unwrap()),
+        "the streamed answer's usage is recorded: {records:?}"
+    );
+    assert!(
+        records.iter().filter(|x| x.endpoint == "chat/completions").all(|x| x.completion_tokens > 0),
+        "the stream whose usage chunk was removed is still metered: {records:?}"
+    );
+    let bot = store.records("tenant-acme", "bot", 10).await.unwrap();
+    assert_eq!(bot.len(), 1);
+    assert_eq!(bot[0].status, 404);
+    let bytes = gw.store_bytes();
+    assert!(bytes.contains(&request_id), "the store is readable as bytes");
+    for secret in ["Say hello", key.as_str()] {
+        assert!(!bytes.contains(secret), "{secret:?} is in the store");
+    }
+    // 90 days later (and a day), by the injected clock, the records are gone; the totals stay.
+    let totals = store.totals(&records[0].instance_uid).await.unwrap();
+    std::fs::write(&clock, (t0 + jiff::SignedDuration::from_hours(91 * 24)).to_string()).unwrap();
+    until_some("the records' purge", Duration::from_secs(10), || async {
+        store.records("tenant-startup", "chat", 100).await.unwrap().is_empty().then_some(())
+    })
+    .await;
+    assert_eq!(store.totals(&records[0].instance_uid).await.unwrap(), totals);
+    assert_eq!(totals.requests, 5);
 
     // A fresh gateway (the first one now distrusts this address) for the rest.
     let gw = Gateway::start(&p, "gw2", &[]).await;
@@ -288,10 +358,13 @@ async fn customers_reach_their_instance_with_a_base_url_and_a_key() {
     let recovered = gw.call("/embeddings", &[("Authorization", &auth)], Some(input)).await;
     assert_eq!(recovered.status, 200, "after the reset: {recovered:?}");
 
-    // Two replicas: each takes half of the limit, so together they let 6 through, not 12.
+    // Two replicas sharing a PostgreSQL store: each takes half of the limit, so together they
+    // let 6 through, not 12; both write their records to the one store.
+    let pg = alcove_testkit::postgres::Postgres::start();
+    let shared = ["--replicas", "2", "--usage-store", pg.dsn.as_str()];
     let (a, b) = (
-        Gateway::start(&p, "replica-a", &["--replicas", "2"]).await,
-        Gateway::start(&p, "replica-b", &["--replicas", "2"]).await,
+        Gateway::start(&p, "replica-a", &shared).await,
+        Gateway::start(&p, "replica-b", &shared).await,
     );
     let mut admitted = 0;
     for gw in [&a, &b] {
@@ -302,6 +375,16 @@ async fn customers_reach_their_instance_with_a_base_url_and_a_key() {
         }
     }
     assert_eq!(admitted, 6, "two replicas hold the instance's limit together");
+    let pg_store = alcove_gateway::store::Store::open(&pg.dsn).await.unwrap();
+    let embed_records = until_some("10 records in PostgreSQL", Duration::from_secs(10), || async {
+        let r = pg_store.records("tenant-startup", "embed", 100).await.unwrap();
+        (r.len() == 10).then_some(r)
+    })
+    .await;
+    assert_eq!(embed_records.iter().filter(|r| r.status == 200).count(), 6);
+    assert_eq!(embed_records.iter().filter(|r| r.status == 429).count(), 4);
+    assert!(embed_records.iter().filter(|r| r.status == 200).all(|r| r.prompt_tokens > 0));
+    assert!(!pg.dump().contains(r#""hello""#), "no input text in PostgreSQL");
 
     // Rotation: the old key is refused within a second of the new hash being published.
     p.ok(&["annotate", "inst", "chat", "-n", "tenant-startup", "alcove.dev/rotate-api-key=1"])

@@ -33,6 +33,7 @@ pub struct Route {
     pub tenant: String,
     pub namespace: String,
     pub instance: String,
+    pub uid: String,
     /// The `model` clients name; filled in when a request omits it.
     pub served_name: String,
     /// The first 12 hex digits of the key's hash: names the key in metrics and records, proves
@@ -74,6 +75,7 @@ impl Route {
             tenant,
             namespace,
             instance: i.name_any(),
+            uid: i.uid().unwrap_or_default(),
             served_name: i.spec.model.served_name.clone().unwrap_or_else(|| i.name_any()),
             key_id: status.api_key_hash.as_deref().unwrap_or_default()[..12].to_string(),
             hash,

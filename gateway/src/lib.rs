@@ -4,16 +4,21 @@
 //! - [`limits`]: requests and tokens per minute per key; failed keys per client address.
 //! - [`usage`]: token counts from answers (and the stream option that makes streams carry them).
 //! - [`upstream`]: to the instance's Service, or through the API server's service proxy.
+//! - [`store`], [`recorder`]: one usage record per request (never its content), SQLite or
+//!   PostgreSQL, kept 90 days; per-day totals kept for billing.
 //! - [`server`]: the request path: key, availability, limits, forward, meter.
 //! - [`tls`]: the certificate, reloaded when its files change (a mounted Secret).
 //!
-//! Layers, bottom up: error, metrics → directory, limits, usage, tls → upstream → server → this.
+//! Layers, bottom up: error, metrics → directory, limits, usage, tls, store → upstream, recorder →
+//! server → this.
 
 pub mod directory;
 pub mod error;
 pub mod limits;
 pub mod metrics;
+pub mod recorder;
 pub mod server;
+pub mod store;
 pub mod tls;
 pub mod upstream;
 pub mod usage;
@@ -68,6 +73,13 @@ pub struct GatewayArgs {
     /// Proxies (addresses or CIDR blocks, comma-separated) whose `X-Forwarded-For` is believed.
     #[arg(long, env = "ALCOVE_GATEWAY_TRUSTED_PROXIES", value_delimiter = ',')]
     pub trusted_proxies: Vec<Cidr>,
+    /// The usage store: `sqlite:///path/usage.db` (one replica) or `postgres://…` (several).
+    #[arg(long, env = "ALCOVE_GATEWAY_USAGE_STORE")]
+    pub usage_store: String,
+    #[cfg(feature = "test-hooks")]
+    /// Tests only: read "now" from this file (an RFC 3339 instant) instead of the system clock.
+    #[arg(long, env = "ALCOVE_CLOCK_FILE")]
+    pub clock_file: Option<PathBuf>,
     /// `text` or `json` logs.
     #[arg(long, env = "ALCOVE_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
@@ -90,11 +102,25 @@ pub async fn start(
     args: GatewayArgs,
     client: kube::Client,
 ) -> anyhow::Result<(Started, impl std::future::Future<Output = anyhow::Result<()>>)> {
+    #[cfg(feature = "test-hooks")]
+    let clock: Arc<dyn alcove_clock::Clock> = match &args.clock_file {
+        Some(p) => Arc::new(alcove_clock::FileClock::new(p.clone())),
+        None => Arc::new(alcove_clock::SystemClock),
+    };
+    #[cfg(not(feature = "test-hooks"))]
+    let clock: Arc<dyn alcove_clock::Clock> = Arc::new(alcove_clock::SystemClock);
+    let store = store::Store::open(&args.usage_store).await?;
+    let metrics = metrics::Metrics::new();
+    let (recorder, writing) = recorder::start(
+        store.clone(),
+        metrics.records_dropped.clone(),
+        metrics.records_written.clone(),
+    );
     let gw = Arc::new(Gateway {
         directory: RwLock::new(Arc::new(Directory::default())),
         limiter: Mutex::new(limits::Limiter::new(args.replicas)),
         failures: Mutex::new(limits::FailureLimiter::new(args.auth_failures_per_minute)),
-        metrics: metrics::Metrics::new(),
+        metrics,
         upstream: upstream::Upstream::new(args.upstream, client.clone(), Duration::from_secs(5)),
         bounds: Bounds {
             max_body_bytes: args.max_body_bytes,
@@ -102,6 +128,8 @@ pub async fn start(
             max_response_bytes: 64 << 20,
         },
         trusted_proxies: args.trusted_proxies.clone(),
+        recorder,
+        clock: clock.clone(),
     });
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(c), Some(k)) => Some(tls::acceptor(c, k)?),
@@ -158,15 +186,42 @@ pub async fn start(
                 gw.failures.lock().unwrap_or_else(|p| p.into_inner()).prune(now);
             }
         };
+        let purging = purge_records(store, clock, gw.metrics.records_purged.clone());
         tokio::select! {
             r = api_server => r,
             r = ops_server => r,
             r = watching => r,
             () = housekeeping => Ok(()),
+            () = writing => Ok(()),
+            () = purging => Ok(()),
         }
     };
     tracing::info!(public = %started.public, metrics = %started.metrics, "gateway listening");
     Ok((started, serving))
+}
+
+/// Deletes records past their 90 days: hourly, and whenever an injected clock jumps.
+async fn purge_records(
+    store: store::Store,
+    clock: Arc<dyn alcove_clock::Clock>,
+    purged: prometheus::IntCounter,
+) {
+    let mut jumps = clock.jumps().unwrap_or_else(|| futures::stream::pending().boxed());
+    loop {
+        match store.purge(clock.now().as_millisecond()).await {
+            Ok(n) => {
+                purged.inc_by(n);
+                if n > 0 {
+                    tracing::info!(records = n, "usage records past 90 days purged");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "purging usage records"),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(3600)) => {}
+            _ = jumps.next() => {}
+        }
+    }
 }
 
 /// Keeps the directory equal to the instances' published hashes: rebuilt after each batch of

@@ -11,6 +11,9 @@ pub struct Metrics {
     pub rate_limited: IntCounterVec,
     pub auth_failures: IntCounter,
     pub instances: IntGauge,
+    pub records_written: IntCounter,
+    pub records_dropped: IntCounter,
+    pub records_purged: IntCounter,
 }
 
 impl Metrics {
@@ -47,6 +50,21 @@ impl Metrics {
         .expect("metric");
         let instances =
             IntGauge::new("alcove_gateway_instances", "Instances with a published key").expect("metric");
+        let records_written = IntCounter::new(
+            "alcove_gateway_usage_records_written_total",
+            "Usage records the store accepted",
+        )
+        .expect("metric");
+        let records_dropped = IntCounter::new(
+            "alcove_gateway_usage_records_dropped_total",
+            "Usage records dropped because the store fell too far behind",
+        )
+        .expect("metric");
+        let records_purged = IntCounter::new(
+            "alcove_gateway_usage_records_purged_total",
+            "Usage records deleted after their 90 days",
+        )
+        .expect("metric");
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(tokens.clone()),
@@ -54,10 +72,24 @@ impl Metrics {
             Box::new(rate_limited.clone()),
             Box::new(auth_failures.clone()),
             Box::new(instances.clone()),
+            Box::new(records_written.clone()),
+            Box::new(records_dropped.clone()),
+            Box::new(records_purged.clone()),
         ] {
             registry.register(c).expect("register metric");
         }
-        Metrics { registry, requests, tokens, duration, rate_limited, auth_failures, instances }
+        Metrics {
+            registry,
+            requests,
+            tokens,
+            duration,
+            rate_limited,
+            auth_failures,
+            instances,
+            records_written,
+            records_dropped,
+            records_purged,
+        }
     }
 
     pub fn render(&self) -> String {

@@ -17,6 +17,8 @@ use crate::directory::{Availability, Directory, Route};
 use crate::error::ApiError;
 use crate::limits::{FailureLimiter, Limiter, Quota};
 use crate::metrics::Metrics;
+use crate::recorder::Recorder;
+use crate::store::Record;
 use crate::upstream::Upstream;
 use crate::usage::{EventSplitter, Usage, inspect_event, prepare};
 
@@ -39,6 +41,17 @@ pub struct Gateway {
     pub bounds: Bounds,
     /// Proxies whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<Cidr>,
+    pub recorder: Recorder,
+    pub clock: Arc<dyn alcove_clock::Clock>,
+}
+
+/// 16 random bytes as hex: names one request in the client's `x-request-id` and its record.
+fn new_request_id() -> String {
+    let mut b = [0u8; 16];
+    // The system's random source does not fail on Linux; a zero id would still be unique enough
+    // within its millisecond for a record's primary key not to matter more than the answer.
+    let _ = getrandom::fill(&mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// An address block (`10.0.0.0/8`, or one address).
@@ -133,6 +146,7 @@ pub async fn handle(
     req: Request,
 ) -> Response {
     let started = Instant::now();
+    let request_id = new_request_id();
     let client = client_address(peer.ip(), req.headers(), &gw.trusted_proxies);
     let path = req.uri().path().to_string();
     let Some(endpoint) = endpoint_of(&path) else {
@@ -159,7 +173,7 @@ pub async fn handle(
         Availability::NotReady(why) => Some(ApiError::not_ready(&route.instance, why, 5)),
     };
     if let Some(e) = refused {
-        return count(&gw, &route, endpoint, e.into_response());
+        return answered(&gw, &route, endpoint, &request_id, started, e.into_response());
     }
     let admitted =
         gw.limiter.lock().unwrap_or_else(|p| p.into_inner()).admit(&route.key_id, route.limits, started);
@@ -178,33 +192,37 @@ pub async fn handle(
             for (k, v) in r.quota.headers() {
                 e = e.with_header(header::HeaderName::from_static(k), v);
             }
-            return count(&gw, &route, endpoint, e.into_response());
+            return answered(&gw, &route, endpoint, &request_id, started, e.into_response());
         }
     };
-    let mut resp = match forward(&gw, &route, endpoint, &key, req, started).await {
+    let mut resp = match forward(&gw, &route, endpoint, &key, req, &request_id, started).await {
         Ok(r) => r,
-        Err(e) => {
-            gw.metrics
-                .duration
-                .with_label_values(&[route.tenant.as_str(), route.instance.as_str(), endpoint])
-                .observe(started.elapsed().as_secs_f64());
-            e.into_response()
-        }
+        // The instance was not reached or did not answer in time: accounted here.
+        Err(e) => return answered(&gw, &route, endpoint, &request_id, started, e.into_response()),
     };
     add_quota_headers(resp.headers_mut(), &quota);
-    count(&gw, &route, endpoint, resp)
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        resp.headers_mut().insert("x-request-id", v);
+    }
+    resp
 }
 
-fn count(gw: &Gateway, route: &Route, endpoint: &str, resp: Response) -> Response {
-    gw.metrics
-        .requests
-        .with_label_values(&[
-            route.tenant.as_str(),
-            route.instance.as_str(),
-            endpoint,
-            resp.status().as_str(),
-        ])
-        .inc();
+/// Accounts a request answered without the instance's usage (refused, or the instance failed):
+/// its metrics and its record, with no tokens.
+fn answered(
+    gw: &Arc<Gateway>,
+    route: &Arc<Route>,
+    endpoint: &'static str,
+    request_id: &str,
+    started: Instant,
+    mut resp: Response,
+) -> Response {
+    let mut meter = Meter::new(gw, route, endpoint, request_id, route.served_name.clone(), started);
+    meter.status = resp.status().as_u16();
+    meter.finish();
+    if let Ok(v) = HeaderValue::from_str(request_id) {
+        resp.headers_mut().insert("x-request-id", v);
+    }
     resp
 }
 
@@ -222,6 +240,7 @@ async fn forward(
     endpoint: &'static str,
     key: &str,
     req: Request,
+    request_id: &str,
     started: Instant,
 ) -> Result<Response, ApiError> {
     let method = req.method().clone();
@@ -248,9 +267,14 @@ async fn forward(
         })?
         .to_bytes();
     let takes_model = matches!(endpoint, "chat/completions" | "completions" | "embeddings");
+    let mut model = route.served_name.clone();
     let (body, stream, client_wants_usage) = match serde_json::from_slice(&body) {
         Ok(v @ serde_json::Value::Object(_)) if method == Method::POST => {
             let p = prepare(v, &route.served_name, takes_model);
+            if let Some(m) = p.body.get("model").and_then(|m| m.as_str()) {
+                // Bounded: it is stored, and a client could send anything.
+                model = m.chars().take(128).collect();
+            }
             (Bytes::from(p.body.to_string()), p.stream, p.client_wants_usage)
         }
         // Not a JSON object: the instance says what is wrong with it.
@@ -258,14 +282,8 @@ async fn forward(
     };
     let timeout = gw.bounds.upstream_timeout;
     let resp = gw.upstream.send(route, method, &path_and_query, key, body, timeout).await?;
-    let meter = Meter {
-        gw: gw.clone(),
-        route: route.clone(),
-        endpoint,
-        started,
-        usage: None,
-        done: false,
-    };
+    let mut meter = Meter::new(gw, route, endpoint, request_id, model, started);
+    meter.status = resp.status().as_u16();
     let is_stream = resp
         .headers()
         .get(header::CONTENT_TYPE)
@@ -273,10 +291,10 @@ async fn forward(
         .is_some_and(|t| t.starts_with("text/event-stream"));
     let (parts, upstream_body) = resp.into_parts();
     if stream && is_stream {
+        meter.streaming = true;
         let body = metered_stream(upstream_body, meter, client_wants_usage, timeout);
         return Ok(Response::from_parts(parts, body));
     }
-    let mut meter = meter;
     let bytes = tokio::time::timeout(
         timeout,
         http_body_util::Limited::new(upstream_body, gw.bounds.max_response_bytes).collect(),
@@ -297,22 +315,72 @@ struct Meter {
     gw: Arc<Gateway>,
     route: Arc<Route>,
     endpoint: &'static str,
+    request_id: String,
+    model: String,
+    status: u16,
     started: Instant,
     usage: Option<Usage>,
+    /// The answer is being streamed: if the meter is dropped before the end, the client left.
+    streaming: bool,
     done: bool,
 }
 
 impl Meter {
+    fn new(
+        gw: &Arc<Gateway>,
+        route: &Arc<Route>,
+        endpoint: &'static str,
+        request_id: &str,
+        model: String,
+        started: Instant,
+    ) -> Meter {
+        Meter {
+            gw: gw.clone(),
+            route: route.clone(),
+            endpoint,
+            request_id: request_id.to_string(),
+            model,
+            status: 0,
+            started,
+            usage: None,
+            streaming: false,
+            done: false,
+        }
+    }
+
     fn finish(&mut self) {
         if std::mem::replace(&mut self.done, true) {
             return;
         }
         let (tenant, instance) = (self.route.tenant.as_str(), self.route.instance.as_str());
+        let status = if self.status == 0 { "000".to_string() } else { self.status.to_string() };
+        self.gw
+            .metrics
+            .requests
+            .with_label_values(&[tenant, instance, self.endpoint, status.as_str()])
+            .inc();
+        let latency = self.started.elapsed();
         self.gw
             .metrics
             .duration
             .with_label_values(&[tenant, instance, self.endpoint])
-            .observe(self.started.elapsed().as_secs_f64());
+            .observe(latency.as_secs_f64());
+        let usage = self.usage.unwrap_or_default();
+        self.gw.recorder.record(Record {
+            request_id: std::mem::take(&mut self.request_id),
+            at_ms: self.gw.clock.now().as_millisecond(),
+            tenant: tenant.to_string(),
+            namespace: self.route.namespace.clone(),
+            instance: instance.to_string(),
+            instance_uid: self.route.uid.clone(),
+            key_id: self.route.key_id.clone(),
+            model: std::mem::take(&mut self.model),
+            endpoint: self.endpoint.to_string(),
+            status: i64::from(self.status),
+            prompt_tokens: usage.prompt_tokens,
+            completion_tokens: usage.completion_tokens,
+            latency_ms: latency.as_millis() as i64,
+        });
         if let Some(u) = self.usage {
             let m = &self.gw.metrics.tokens;
             m.with_label_values(&[tenant, instance, "prompt"]).inc_by(u.prompt_tokens.max(0) as u64);
@@ -330,6 +398,10 @@ impl Meter {
 
 impl Drop for Meter {
     fn drop(&mut self) {
+        if self.streaming && !self.done {
+            // nginx's "client closed request": the record says the answer was cut short.
+            self.status = 499;
+        }
         self.finish();
     }
 }
@@ -390,6 +462,10 @@ fn metered_stream(
                 let (usage, usage_only) = inspect_event(&event);
                 if usage.is_some() {
                     s.meter.usage = usage;
+                }
+                if event.starts_with(b"data: [DONE]") {
+                    // The answer is complete: a client that closes now has not left early.
+                    s.meter.finish();
                 }
                 if !(usage_only && !client_wants_usage) {
                     out.extend_from_slice(&event);

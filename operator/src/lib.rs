@@ -6,7 +6,8 @@
 pub mod apply;
 pub mod backoff;
 pub mod billing;
-pub mod clock;
+/// The one clock (its own crate, shared with the gateway).
+pub use alcove_clock as clock;
 pub mod conditions;
 pub mod config;
 pub mod context;

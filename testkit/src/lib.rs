@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub mod localstripe;
+pub mod postgres;
 
 /// The repository root.
 pub fn workspace_root() -> PathBuf {

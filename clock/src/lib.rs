@@ -1,6 +1,6 @@
-//! The one clock every controller reads. Production uses the system clock; tests inject a clock
-//! file (`--clock-file`) holding an RFC 3339 instant, and advance it instead of sleeping through
-//! retention windows and billing intervals.
+//! The one clock every controller and the gateway read. Production uses the system clock; tests
+//! inject a clock file (`--clock-file`) holding an RFC 3339 instant, and advance it instead of
+//! sleeping through retention windows, billing intervals and the usage records' 90 days.
 
 use jiff::Timestamp;
 
