@@ -6,6 +6,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use alcove_tests::localstripe::LocalStripe;
 use alcove_tests::*;
 use sha2::Digest;
 
@@ -448,4 +449,131 @@ async fn customers_reach_their_instance_with_a_base_url_and_a_key() {
             }
         }
     }
+}
+
+/// Token records of an instance in localstripe: (prompt, completion, amount) each.
+async fn token_records(stripe: &LocalStripe, customer: &str, uid: &str) -> Vec<(i64, i64, i64)> {
+    stripe
+        .usage(customer)
+        .await
+        .iter()
+        .filter(|i| i["metadata"]["alcove_kind"] == "tokens" && i["metadata"]["alcove_instance_uid"] == uid)
+        .map(|i| {
+            let m = |k: &str| i["metadata"][k].as_str().unwrap().parse::<i64>().unwrap();
+            (m("prompt_tokens"), m("completion_tokens"), i["amount"].as_i64().unwrap())
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_are_billed_once_and_an_idle_instance_sleeps_until_a_request_wakes_it() {
+    let mut p = Platform::start_with(with_inference).await;
+    let stripe = LocalStripe::start(&p.dir.path().join("localstripe.log")).await;
+    // Tokens at 1 cent per 1,000 prompt tokens and 3 per 1,000 completion tokens, so a few
+    // requests make whole cents; GPU time is not priced here.
+    let config = p.dir.path().join("operator.yaml");
+    std::fs::write(
+        &config,
+        "billing:\n  prices:\n    usd:\n      \"*\": {perMillionInputTokens: 10000, perMillionOutputTokens: 30000}\n",
+    )
+    .unwrap();
+    let clock = Clock(p.dir.path().join("clock"));
+    let t0: jiff::Timestamp = "2027-03-01T09:00:00Z".parse().unwrap();
+    clock.set(t0);
+    let operator_args = [
+        "--config",
+        config.to_str().unwrap(),
+        "--stripe-api-key",
+        alcove_testkit::localstripe::KEY,
+        "--stripe-api-base",
+        &stripe.base,
+        "--clock-file",
+        clock.0.to_str().unwrap(),
+        "--leader-election",
+        "false",
+    ];
+    let mut crashing_args = operator_args.to_vec();
+    crashing_args.extend(["--crash-after", "token-usage-reported"]);
+    let crashing = p.spawn_operator(&crashing_args).await;
+    p.ok_in(
+        &["apply", "-f", "-"],
+        "apiVersion: alcove.dev/v1alpha1\nkind: Tenant\nmetadata: {name: acme}\nspec:\n  displayName: Acme\n  tier: basic\n  region: tw-taipei-1\n  billing: {customer: create, currency: usd, suspendGracePeriod: 7d}\n",
+    )
+    .await;
+    p.wait_condition("tenant/acme", "Ready", 60).await;
+    p.ok_in(
+        &["apply", "-f", "-"],
+        "apiVersion: alcove.dev/v1alpha1\nkind: InferenceInstance\nmetadata: {name: chat, namespace: tenant-acme}\nspec:\n  model: {format: safetensors, source: {platform: default}}\n  idleTimeout: 15m\n",
+    )
+    .await;
+    p.wait_condition("inst/chat -n tenant-acme", "Ready", 90).await;
+    let uid = p.jsonpath(&["get", "inst", "chat", "-n", "tenant-acme"], "{.metadata.uid}").await;
+    let customer = until_some("the Stripe customer", Duration::from_secs(60), || async {
+        Some(p.jsonpath(&["get", "tenant", "acme"], "{.status.billing.customerId}").await)
+            .filter(|s| !s.is_empty())
+    })
+    .await;
+    let gw = Gateway::start(&p, "gw", &["--publish-seconds", "1", "--clock-file", clock.0.to_str().unwrap()]).await;
+    let key = api_key(&p, "tenant-acme", "chat").await;
+    let auth = format!("Bearer {key}");
+    let long = r#"{"messages": [{"role": "user", "content": "Tell me a story."}], "max_tokens": 200, "temperature": 0}"#;
+    let mut used = (0, 0);
+    for _ in 0..3 {
+        let r = gw.call("/chat/completions", &[("Authorization", &auth)], Some(long)).await;
+        assert_eq!(r.status, 200, "{r:?}");
+        used.0 += r.body["usage"]["prompt_tokens"].as_i64().unwrap();
+        used.1 += r.body["usage"]["completion_tokens"].as_i64().unwrap();
+    }
+
+    // The first token record reaches Stripe and the operator dies before its ledger knows: the
+    // next operator adopts the record instead of making it again.
+    let status = tokio::time::timeout(Duration::from_secs(60), p.operators[crashing].child.wait())
+        .await
+        .expect("the operator reached the crash point")
+        .unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), Some(9), "{}", p.operators[crashing].log_text());
+    assert_eq!(token_records(&stripe, &customer, &uid).await.len(), 1);
+    p.spawn_operator(&operator_args).await;
+    let r = gw.call("/chat/completions", &[("Authorization", &auth)], Some(long)).await;
+    used.0 += r.body["usage"]["prompt_tokens"].as_i64().unwrap();
+    used.1 += r.body["usage"]["completion_tokens"].as_i64().unwrap();
+    let records = until_some("every token billed", Duration::from_secs(60), || async {
+        let r = token_records(&stripe, &customer, &uid).await;
+        let sum = r.iter().fold((0, 0), |a, x| (a.0 + x.0, a.1 + x.1));
+        (sum == used).then_some(r)
+    })
+    .await;
+    // Exactly once: the records add up to the tokens used, and to their price.
+    let cents: i64 = records.iter().map(|r| r.2).sum();
+    let exact = (used.0 * 10_000 + used.1 * 30_000) / 1_000_000;
+    assert!(cents == exact || cents + 1 == exact, "{cents} cents for {used:?} ({records:?})");
+    let balance = p.jsonpath(&["get", "tenant", "acme"], "{.status.billing.balance}").await;
+    assert!(balance.parse::<i64>().unwrap() <= -cents, "the balance counts the tokens: {balance}");
+
+    // Idle: 15 minutes without a request stops the pod; GPU billing stops with it.
+    clock.set(t0 + jiff::SignedDuration::from_mins(16));
+    until_some("the instance idles", Duration::from_secs(30), || async {
+        let phase = p.jsonpath(&["get", "inst", "chat", "-n", "tenant-acme"], "{.status.phase}").await;
+        (phase == "Idle").then_some(())
+    })
+    .await;
+    let inst = p.json(&["get", "inst", "chat", "-n", "tenant-acme"]).await;
+    assert!(inst["status"]["startedAt"].is_null(), "the run ended: {inst}");
+    assert!(inst["status"]["idleSince"].is_string());
+    eventually("the pod is gone", Duration::from_secs(30), || async {
+        !p.kubectl(&["get", "pod", "chat", "-n", "tenant-acme"]).await.0
+    })
+    .await;
+    assert_eq!(inst["spec"]["state"], "Running", "the spec is not touched");
+    assert_eq!(inst["metadata"]["generation"], 1, "the spec is not touched");
+
+    // A request wakes it: held until the pod is Ready, then answered.
+    let woken = Instant::now();
+    let r = gw.call("/chat/completions", &[("Authorization", &auth)], Some(CHAT)).await;
+    let wake = woken.elapsed();
+    assert_eq!(r.status, 200, "{r:?}");
+    eprintln!("wake: the request that woke the idle instance was answered after {wake:?}");
+    let phase = p.jsonpath(&["get", "inst", "chat", "-n", "tenant-acme"], "{.status.phase}").await;
+    assert_eq!(phase, "Ready");
 }

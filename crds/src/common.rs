@@ -58,6 +58,8 @@ pub mod reason {
     pub const METERED: &str = "Metered";
     /// Instance `Ready`: suspended by `spec.state`.
     pub const SUSPENDED: &str = "Suspended";
+    /// Stopped for want of requests (`spec.idleTimeout`).
+    pub const IDLE: &str = "Idle";
     /// Instance `Scheduled`: no node fits (the scheduler's reason).
     pub const UNSCHEDULABLE: &str = "Unschedulable";
     /// Instance or knowledge base: the tenant's quota has no room.
@@ -109,3 +111,31 @@ impl ModelSource {
 /// The CEL rule enforcing "exactly one source", shared by every struct embedding a ModelSource.
 pub const EXACTLY_ONE_MODEL_SOURCE: &str =
     "[has(self.uri), has(self.pvc), has(self.platform)].filter(x, x).size() == 1";
+
+/// What the gateway publishes about each instance it serves, for the operator: a ConfigMap
+/// `usage-<instance uid>` in the gateway's (and operator's) namespace, written at most once a
+/// minute per instance while it is used, and at once when a request wakes an idle instance.
+pub mod gateway_usage {
+    /// Label on every usage ConfigMap (value `gateway`).
+    pub const LABEL: &str = "alcove.dev/usage";
+    pub const FIELD_MANAGER: &str = "alcove-gateway";
+    pub const TENANT: &str = "tenant";
+    pub const NAMESPACE: &str = "namespace";
+    pub const INSTANCE: &str = "instance";
+    pub const INSTANCE_UID: &str = "instanceUid";
+    /// Totals over the instance's life, from the usage store (decimal integers).
+    pub const REQUESTS: &str = "requests";
+    pub const PROMPT_TOKENS: &str = "promptTokens";
+    pub const COMPLETION_TOKENS: &str = "completionTokens";
+    /// The last request's time (RFC 3339, milliseconds).
+    pub const LAST_REQUEST_AT: &str = "lastRequestAt";
+    /// A request waits for this instance, seen idle since this `status.idleSince`: that idling
+    /// ends. (The instance's own value, not a time of the gateway's: no clock skew matters.)
+    pub const WAKE_FOR_IDLE_SINCE: &str = "wakeForIdleSince";
+    /// `"true"`: the instance is being deleted and these totals are the last.
+    pub const LAST_WORD: &str = "lastWord";
+
+    pub fn name(instance_uid: &str) -> String {
+        format!("usage-{instance_uid}")
+    }
+}

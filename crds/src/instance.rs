@@ -62,6 +62,13 @@ pub struct InferenceInstanceSpec {
     #[serde(default)]
     pub state: InstanceState,
 
+    /// Stop the pod after this long without a request through the gateway (e.g. `15m`): phase
+    /// `Idle`, GPU billing stops, volumes and key are kept, and the next request wakes it. Unset:
+    /// the pod runs until suspended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[1-9][0-9]{0,5}[mhd]$"), length(max = 7))]
+    pub idle_timeout: Option<String>,
+
     /// Token limits the server enforces.
     #[serde(default)]
     pub limits: Limits,
@@ -231,7 +238,7 @@ pub struct ComputeResources {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct InferenceInstanceStatus {
-    /// `Pending`, `Provisioning`, `Ready`, `Suspended`, `Failed` or `Terminating`.
+    /// `Pending`, `Provisioning`, `Ready`, `Suspended`, `Idle`, `Failed` or `Terminating`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<InstancePhase>,
     /// Why the instance is in its phase, for people.
@@ -256,6 +263,9 @@ pub struct InferenceInstanceStatus {
     /// The node the pod runs on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
+    /// When the instance went idle (RFC 3339): no request for `spec.idleTimeout`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_since: Option<String>,
     /// When the current run's pod became Ready (RFC 3339); billing starts here.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<String>,
@@ -285,6 +295,8 @@ pub enum InstancePhase {
     Provisioning,
     Ready,
     Suspended,
+    /// Stopped for want of requests (`spec.idleTimeout`); a request through the gateway wakes it.
+    Idle,
     Failed,
     Terminating,
 }

@@ -1,7 +1,8 @@
 -- Argo CD health check for Alcove's Tenant, InferenceInstance and KnowledgeBase
 -- (group alcove.dev). Install it for each kind: see docs/gitops.md.
 -- Healthy: the operator observed the current generation and Ready is True.
--- Suspended: an instance suspended on purpose (spec.state) or for billing.
+-- Suspended: an instance suspended on purpose (spec.state) or for billing, or idle
+-- (spec.idleTimeout; the next request wakes it).
 -- Degraded: a spec the operator refused, or a failure it cannot fix by waiting.
 -- Progressing: anything else (provisioning, indexing, erasing, not yet observed).
 local hs = {status = "Progressing", message = "Waiting for the Alcove operator"}
@@ -30,7 +31,7 @@ if st.phase == "Failed" or st.phase == "Degraded" then
   hs.message = why
   return hs
 end
-if st.phase == "Suspended" then
+if st.phase == "Suspended" or st.phase == "Idle" then
   hs.status = "Suspended"
   hs.message = why
   return hs

@@ -23,6 +23,9 @@ pub enum Availability {
     SuspendedBySpec,
     /// Suspended by billing: the tenant's credit ran out.
     CreditExhausted,
+    /// Stopped for want of requests (`spec.idleTimeout`) since `status.idleSince`: a request
+    /// wakes it.
+    Idle(String),
     /// Starting, waiting for a GPU, failing: the phase and message.
     NotReady(String),
 }
@@ -62,6 +65,8 @@ impl Route {
             Availability::SuspendedBySpec
         } else if status.phase == Some(InstancePhase::Suspended) && credit {
             Availability::CreditExhausted
+        } else if status.phase == Some(InstancePhase::Idle) {
+            Availability::Idle(status.idle_since.clone().unwrap_or_default())
         } else if status.phase == Some(InstancePhase::Ready) {
             Availability::Ready
         } else {

@@ -7,15 +7,18 @@
 //! - [`store`], [`recorder`]: one usage record per request (never its content), SQLite or
 //!   PostgreSQL, kept 90 days; per-day totals kept for billing.
 //! - [`server`]: the request path: key, availability, limits, forward, meter.
+//! - [`publish`]: token totals and the last request per instance, and wake-ups of idle ones, for
+//!   the operator (a ConfigMap per instance, at most one write a minute each).
 //! - [`tls`]: the certificate, reloaded when its files change (a mounted Secret).
 //!
-//! Layers, bottom up: error, metrics → directory, limits, usage, tls, store → upstream, recorder →
-//! server → this.
+//! Layers, bottom up: error, metrics → directory, limits, usage, tls, store → upstream, recorder,
+//! publish → server → this.
 
 pub mod directory;
 pub mod error;
 pub mod limits;
 pub mod metrics;
+pub mod publish;
 pub mod recorder;
 pub mod server;
 pub mod store;
@@ -73,6 +76,15 @@ pub struct GatewayArgs {
     /// Proxies (addresses or CIDR blocks, comma-separated) whose `X-Forwarded-For` is believed.
     #[arg(long, env = "ALCOVE_GATEWAY_TRUSTED_PROXIES", value_delimiter = ',')]
     pub trusted_proxies: Vec<Cidr>,
+    /// The namespace of the usage ConfigMaps (the operator's).
+    #[arg(long, env = "ALCOVE_NAMESPACE", default_value = "alcove-system")]
+    pub namespace: String,
+    /// Seconds between two publications of an instance's usage (token totals, last request).
+    #[arg(long, env = "ALCOVE_GATEWAY_PUBLISH_SECONDS", default_value_t = 60)]
+    pub publish_seconds: u64,
+    /// Seconds a request waits for an idle instance to wake before a 503.
+    #[arg(long, env = "ALCOVE_GATEWAY_WAKE_TIMEOUT", default_value_t = 180)]
+    pub wake_timeout_seconds: u64,
     /// The usage store: `sqlite:///path/usage.db` (one replica) or `postgres://…` (several).
     #[arg(long, env = "ALCOVE_GATEWAY_USAGE_STORE")]
     pub usage_store: String,
@@ -130,6 +142,9 @@ pub async fn start(
         trusted_proxies: args.trusted_proxies.clone(),
         recorder,
         clock: clock.clone(),
+        activity: Arc::new(publish::Activity::default()),
+        directory_version: tokio::sync::watch::channel(0).0,
+        wake_timeout: Duration::from_secs(args.wake_timeout_seconds.max(1)),
     });
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(c), Some(k)) => Some(tls::acceptor(c, k)?),
@@ -166,6 +181,12 @@ pub async fn start(
         )
         .with_state(gw.clone());
 
+    let publishing = gw.activity.clone().publish(
+        client.clone(),
+        args.namespace.clone(),
+        store.clone(),
+        Duration::from_secs(args.publish_seconds.max(1)),
+    );
     let watching = watch_instances(client, gw.clone(), synced);
     let serving = async move {
         let api_server = tls::serve(public, api, tls);
@@ -194,6 +215,7 @@ pub async fn start(
             () = housekeeping => Ok(()),
             () = writing => Ok(()),
             () = purging => Ok(()),
+            () = publishing => Ok(()),
         }
     };
     tracing::info!(public = %started.public, metrics = %started.metrics, "gateway listening");
@@ -249,6 +271,15 @@ async fn watch_instances(
         let directory = Directory::build(state.iter().map(|i| i.as_ref()));
         gw.metrics.instances.set(directory.len() as i64);
         *gw.directory.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(directory);
+        gw.directory_version.send_modify(|v| *v += 1);
+        let uids: std::collections::HashSet<String> =
+            state.iter().filter_map(|i| kube::ResourceExt::uid(i.as_ref())).collect();
+        gw.activity.retain(|uid| uids.contains(uid));
+        for deleting in state.iter().filter(|i| i.metadata.deletion_timestamp.is_some()) {
+            if let Some(route) = directory::Route::of(deleting) {
+                gw.activity.last_word(&route);
+            }
+        }
         if relist_done {
             synced.store(true, std::sync::atomic::Ordering::Relaxed);
         }

@@ -43,6 +43,37 @@ pub struct Gateway {
     pub trusted_proxies: Vec<Cidr>,
     pub recorder: Recorder,
     pub clock: Arc<dyn alcove_clock::Clock>,
+    pub activity: Arc<crate::publish::Activity>,
+    /// Bumped whenever the directory is rebuilt: what a request waiting for a waking instance
+    /// watches.
+    pub directory_version: tokio::sync::watch::Sender<u64>,
+    /// How long a request waits for an idle instance to wake.
+    pub wake_timeout: Duration,
+}
+
+impl Gateway {
+    /// Wakes an idle instance and waits (within the bound) until it is no longer idle or
+    /// starting; the route as it then is.
+    async fn wake(&self, route: Arc<Route>, idle_since: &str, key: &str) -> Arc<Route> {
+        self.activity.wake(&route, idle_since);
+        let mut version = self.directory_version.subscribe();
+        let deadline = tokio::time::Instant::now() + self.wake_timeout;
+        let mut current = route;
+        loop {
+            match &current.availability {
+                Availability::Idle(_) | Availability::NotReady(_) => {}
+                _ => return current,
+            }
+            if tokio::time::timeout_at(deadline, version.changed()).await.is_err() {
+                return current;
+            }
+            let found = self.directory.read().unwrap_or_else(|p| p.into_inner()).lookup(key);
+            match found {
+                Some(r) => current = r,
+                None => return current,
+            }
+        }
+    }
 }
 
 /// 16 random bytes as hex: names one request in the client's `x-request-id` and its record.
@@ -166,11 +197,19 @@ pub async fn handle(
         gw.failures.lock().unwrap_or_else(|p| p.into_inner()).failed(client, started);
         return ApiError::invalid_key().into_response();
     };
+    let route = match &route.availability {
+        Availability::Idle(since) => {
+            let since = since.clone();
+            gw.wake(route, &since, &key).await
+        }
+        _ => route,
+    };
     let refused = match &route.availability {
         Availability::Ready => None,
         Availability::SuspendedBySpec => Some(ApiError::suspended_by_spec(&route.instance)),
         Availability::CreditExhausted => Some(ApiError::credit_exhausted(&route.instance)),
         Availability::NotReady(why) => Some(ApiError::not_ready(&route.instance, why, 5)),
+        Availability::Idle(_) => Some(ApiError::not_ready(&route.instance, "waking up", 5)),
     };
     if let Some(e) = refused {
         return answered(&gw, &route, endpoint, &request_id, started, e.into_response());
@@ -365,6 +404,7 @@ impl Meter {
             .duration
             .with_label_values(&[tenant, instance, self.endpoint])
             .observe(latency.as_secs_f64());
+        self.gw.activity.touch(&self.route);
         let usage = self.usage.unwrap_or_default();
         self.gw.recorder.record(Record {
             request_id: std::mem::take(&mut self.request_id),

@@ -42,6 +42,8 @@ pub struct Totals {
     pub requests: i64,
     pub prompt_tokens: i64,
     pub completion_tokens: i64,
+    /// The latest request's time (milliseconds since the epoch; 0: none).
+    pub last_ms: i64,
 }
 
 const SCHEMA: &[&str] = &[
@@ -70,6 +72,7 @@ const SCHEMA: &[&str] = &[
         requests BIGINT NOT NULL,
         prompt_tokens BIGINT NOT NULL,
         completion_tokens BIGINT NOT NULL,
+        last_ms BIGINT NOT NULL,
         PRIMARY KEY (day, instance_uid))",
 ];
 
@@ -79,11 +82,13 @@ const INSERT: &str = "INSERT INTO usage_records (request_id, at_ms, tenant, name
     ON CONFLICT (request_id) DO NOTHING";
 
 const ADD_TO_DAY: &str = "INSERT INTO usage_daily (day, instance_uid, tenant, namespace, instance,
-    requests, prompt_tokens, completion_tokens) VALUES ($1, $2, $3, $4, $5, 1, $6, $7)
+    requests, prompt_tokens, completion_tokens, last_ms) VALUES ($1, $2, $3, $4, $5, 1, $6, $7, $8)
     ON CONFLICT (day, instance_uid) DO UPDATE SET
         requests = usage_daily.requests + 1,
         prompt_tokens = usage_daily.prompt_tokens + excluded.prompt_tokens,
-        completion_tokens = usage_daily.completion_tokens + excluded.completion_tokens";
+        completion_tokens = usage_daily.completion_tokens + excluded.completion_tokens,
+        last_ms = CASE WHEN excluded.last_ms > usage_daily.last_ms
+                       THEN excluded.last_ms ELSE usage_daily.last_ms END";
 
 #[derive(Clone)]
 pub struct Store {
@@ -171,6 +176,7 @@ impl Store {
                 .bind(&r.instance)
                 .bind(r.prompt_tokens)
                 .bind(r.completion_tokens)
+                .bind(r.at_ms)
                 .execute(&mut *tx)
                 .await?;
         }
@@ -228,16 +234,18 @@ impl Store {
 
     /// An instance's totals over all its days (what token billing is computed from).
     pub async fn totals(&self, instance_uid: &str) -> Result<Totals, sqlx::Error> {
-        let (requests, prompt_tokens, completion_tokens): (i64, i64, i64) = sqlx::query_as(
-            "SELECT CAST(COALESCE(SUM(requests), 0) AS BIGINT),
-                    CAST(COALESCE(SUM(prompt_tokens), 0) AS BIGINT),
-                    CAST(COALESCE(SUM(completion_tokens), 0) AS BIGINT)
-             FROM usage_daily WHERE instance_uid = $1",
-        )
-        .bind(instance_uid)
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(Totals { requests, prompt_tokens, completion_tokens })
+        let (requests, prompt_tokens, completion_tokens, last_ms): (i64, i64, i64, i64) =
+            sqlx::query_as(
+                "SELECT CAST(COALESCE(SUM(requests), 0) AS BIGINT),
+                        CAST(COALESCE(SUM(prompt_tokens), 0) AS BIGINT),
+                        CAST(COALESCE(SUM(completion_tokens), 0) AS BIGINT),
+                        CAST(COALESCE(MAX(last_ms), 0) AS BIGINT)
+                 FROM usage_daily WHERE instance_uid = $1",
+            )
+            .bind(instance_uid)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(Totals { requests, prompt_tokens, completion_tokens, last_ms })
     }
 }
 
@@ -289,7 +297,8 @@ mod tests {
         let all = other.records("tenant-acme", "bot", 10).await.unwrap();
         assert_eq!(all.iter().map(|r| r.request_id.as_str()).collect::<Vec<_>>(), ["c", "b", "a"]);
         assert_eq!(all[2], record("a", t0, 3, 4));
-        let totals = Totals { requests: 3, prompt_tokens: 9, completion_tokens: 11 };
+        let totals =
+            Totals { requests: 3, prompt_tokens: 9, completion_tokens: 11, last_ms: t0 + day };
         assert_eq!(other.totals("uid-1").await.unwrap(), totals);
         assert_eq!(store.totals("other").await.unwrap(), Totals::default());
         // At 90 days after t0 plus a day, the first day's records go; the totals stay.

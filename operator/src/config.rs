@@ -52,7 +52,7 @@ pub struct OperatorArgs {
     pub stripe_webhook_secret: Option<Secret>,
     #[cfg(feature = "test-hooks")]
     /// Tests only: SIGKILL the operator right after this billing step (`customer-created`,
-    /// `usage-reported`), before its result is recorded.
+    /// `usage-reported`, `token-usage-reported`), before its result is recorded.
     #[arg(long, env = "ALCOVE_CRASH_AFTER", hide = true)]
     pub crash_after: Option<String>,
 }
@@ -104,7 +104,8 @@ pub struct BillingConfig {
     #[serde(default = "default_report_interval")]
     pub report_interval_seconds: u64,
     /// Prices by currency (`usd`), then by GPU product as nodes label it
-    /// (`nvidia.com/gpu.product`; `"*"` for any product not listed).
+    /// (`nvidia.com/gpu.product`), or by served model name for token prices; `"*"` for any
+    /// product or model not listed.
     #[serde(default)]
     pub prices: BTreeMap<String, BTreeMap<String, Price>>,
 }
@@ -122,19 +123,55 @@ fn default_report_interval() -> u64 {
     60
 }
 
-/// The price of one GPU product in one currency.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
+/// The prices of one GPU product (or model) in one currency, in minor units (cents).
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Default)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Price {
-    /// Minor units of the currency (cents) per GPU-hour; a MIG slice counts as one GPU.
-    pub per_gpu_hour: i64,
+    /// Per GPU-hour; a MIG slice counts as one GPU.
+    #[serde(default)]
+    pub per_gpu_hour: Option<i64>,
+    /// Per million prompt tokens through the gateway.
+    #[serde(default)]
+    pub per_million_input_tokens: Option<i64>,
+    /// Per million completion tokens through the gateway.
+    #[serde(default)]
+    pub per_million_output_tokens: Option<i64>,
+}
+
+/// Token prices: per million prompt and completion tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenPrice {
+    pub input: i64,
+    pub output: i64,
 }
 
 impl BillingConfig {
-    /// The price of `product` in `currency`, falling back to the currency's `"*"` entry.
-    pub fn price(&self, currency: &str, product: Option<&str>) -> Option<Price> {
+    /// The GPU-hour price of `product` in `currency`, falling back to the currency's `"*"`.
+    pub fn gpu_price(&self, currency: &str, product: Option<&str>) -> Option<i64> {
         let table = self.prices.get(currency)?;
-        product.and_then(|p| table.get(p)).or_else(|| table.get("*")).copied()
+        product
+            .and_then(|p| table.get(p)?.per_gpu_hour)
+            .or_else(|| table.get("*")?.per_gpu_hour)
+    }
+
+    /// The token prices for `model` on `product` in `currency`: the model's entry, else the
+    /// product's, else `"*"` (the first that names a token price; an unnamed side is free).
+    pub fn token_price(
+        &self,
+        currency: &str,
+        model: &str,
+        product: Option<&str>,
+    ) -> Option<TokenPrice> {
+        let table = self.prices.get(currency)?;
+        [Some(model), product, Some("*")]
+            .into_iter()
+            .flatten()
+            .filter_map(|k| table.get(k))
+            .find(|p| p.per_million_input_tokens.is_some() || p.per_million_output_tokens.is_some())
+            .map(|p| TokenPrice {
+                input: p.per_million_input_tokens.unwrap_or(0),
+                output: p.per_million_output_tokens.unwrap_or(0),
+            })
     }
 }
 
@@ -284,9 +321,20 @@ impl Config {
                 );
             }
             for (product, price) in table {
-                if price.per_gpu_hour < 0 {
+                for (field, value) in [
+                    ("perGpuHour", price.per_gpu_hour),
+                    ("perMillionInputTokens", price.per_million_input_tokens),
+                    ("perMillionOutputTokens", price.per_million_output_tokens),
+                ] {
+                    if value.is_some_and(|v| v < 0) {
+                        anyhow::bail!(
+                            "billing.prices.{currency}.{product}.{field} may not be negative"
+                        );
+                    }
+                }
+                if *price == Price::default() {
                     anyhow::bail!(
-                        "billing.prices.{currency}.{product}.perGpuHour may not be negative"
+                        "billing.prices.{currency}.{product} names no price (perGpuHour, perMillionInputTokens or perMillionOutputTokens)"
                     );
                 }
             }
@@ -450,13 +498,22 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.billing.report_interval_seconds, 60);
-        assert_eq!(
-            c.billing.price("usd", Some("NVIDIA-H100-80GB-HBM3")).map(|p| p.per_gpu_hour),
-            Some(250)
-        );
-        assert_eq!(c.billing.price("usd", Some("NVIDIA-L4")).map(|p| p.per_gpu_hour), Some(120));
-        assert_eq!(c.billing.price("usd", None).map(|p| p.per_gpu_hour), Some(120));
-        assert_eq!(c.billing.price("eur", Some("NVIDIA-H100-80GB-HBM3")), None, "no eur table");
+        assert_eq!(c.billing.gpu_price("usd", Some("NVIDIA-H100-80GB-HBM3")), Some(250));
+        assert_eq!(c.billing.gpu_price("usd", Some("NVIDIA-L4")), Some(120));
+        assert_eq!(c.billing.gpu_price("usd", None), Some(120));
+        assert_eq!(c.billing.gpu_price("eur", Some("NVIDIA-H100-80GB-HBM3")), None, "no eur table");
+        assert_eq!(c.billing.token_price("usd", "chat", None), None, "no token prices");
+        let t = with_retention(
+            "billing: {prices: {usd: {chat: {perMillionInputTokens: 50, perMillionOutputTokens: 150}, NVIDIA-L4: {perGpuHour: 90, perMillionOutputTokens: 7}, '*': {perGpuHour: 120, perMillionInputTokens: 1}}}}",
+        )
+        .unwrap();
+        let tp = |i, o| Some(super::TokenPrice { input: i, output: o });
+        assert_eq!(t.billing.token_price("usd", "chat", Some("NVIDIA-L4")), tp(50, 150), "the model first");
+        assert_eq!(t.billing.token_price("usd", "bot", Some("NVIDIA-L4")), tp(0, 7), "then the product");
+        assert_eq!(t.billing.token_price("usd", "bot", None), tp(1, 0), "then *");
+        assert_eq!(t.billing.gpu_price("usd", Some("chat")), Some(120), "a model entry has no GPU price");
+        let err = with_retention("billing: {prices: {usd: {'*': {}}}}").unwrap_err().to_string();
+        assert!(err.contains("names no price"), "{err}");
         let err = with_retention("billing: {prices: {USD: {'*': {perGpuHour: 1}}}}")
             .unwrap_err()
             .to_string();

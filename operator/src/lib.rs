@@ -26,6 +26,7 @@ pub mod status;
 pub mod tenant;
 #[cfg(feature = "dev")]
 pub mod up;
+pub mod usage;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -62,6 +62,7 @@ pub fn verdict(
     standing: &Standing,
     ledger: Option<&Ledger>,
     runs: &[Run],
+    tokens_unbilled: i64,
     now: Timestamp,
 ) -> Verdict {
     let prev_status = tenant.status.clone().unwrap_or_default();
@@ -108,7 +109,8 @@ pub fn verdict(
     };
     let ledger = ledger.cloned().unwrap_or_default();
     let currency = spec.currency.clone();
-    let mut unbilled = 0;
+    // Tokens the gateway counted and billing has not yet reported count like GPU time.
+    let mut unbilled = tokens_unbilled.max(0);
     let mut per_hour = 0;
     for r in runs {
         let Some(price) = r.per_gpu_hour else { continue };
@@ -232,7 +234,7 @@ mod tests {
             gpus: 1,
             per_gpu_hour: Some(360),
         }];
-        let v = verdict(&t, &Standing::Account, Some(&ledger), &runs, at("2026-11-22T10:50:00Z"));
+        let v = verdict(&t, &Standing::Account, Some(&ledger), &runs, 0, at("2026-11-22T10:50:00Z"));
         let s = v.status.clone().unwrap();
         assert_eq!((s.balance, s.unbilled, s.credited), (700, 300, 1000));
         assert_eq!(s.balance_display.as_deref(), Some("7.00 usd"));
@@ -243,10 +245,10 @@ mod tests {
             "when the balance reaches the threshold"
         );
         // Below the threshold: still running, a warning.
-        let v = verdict(&t, &Standing::Account, Some(&ledger), &runs, at("2026-11-22T12:31:00Z"));
+        let v = verdict(&t, &Standing::Account, Some(&ledger), &runs, 0, at("2026-11-22T12:31:00Z"));
         assert_eq!((v.condition.reason.as_str(), v.low, v.exhausted), ("LowBalance", true, false));
         // Exhausted at 12:46:40 (1000 s of credit); the reconcile sees it at 12:47:00.
-        let v = verdict(&t, &Standing::Account, Some(&ledger), &runs, at("2026-11-22T12:47:00Z"));
+        let v = verdict(&t, &Standing::Account, Some(&ledger), &runs, 0, at("2026-11-22T12:47:00Z"));
         assert_eq!(
             (v.condition.status.as_str(), v.condition.reason.as_str()),
             ("False", "CreditExhausted")
@@ -274,19 +276,24 @@ mod tests {
             carry: 0,
         };
         ledger.record("u1", "tenant-acme/chat", &usage);
-        let later = verdict(&t, &Standing::Account, Some(&ledger), &[], at("2026-11-22T13:30:00Z"));
+        let later = verdict(&t, &Standing::Account, Some(&ledger), &[], 0, at("2026-11-22T13:30:00Z"));
         assert_eq!(later.status.unwrap().exhausted_at.as_deref(), Some("2026-11-22T12:47:00Z"));
         // A top-up lifts it.
         ledger.credit("pi_2", 5000);
-        let v = verdict(&t, &Standing::Account, Some(&ledger), &[], at("2026-11-22T13:30:00Z"));
+        let v = verdict(&t, &Standing::Account, Some(&ledger), &[], 0, at("2026-11-22T13:30:00Z"));
         assert_eq!(v.condition.reason, "Active");
         assert_eq!(v.status.unwrap().suspend_at, None);
+        // Tokens alone use credit up: unbilled token usage counts in the balance.
+        let tokens = ledger.balance() + 1;
+        let v = verdict(&t, &Standing::Account, Some(&ledger), &[], tokens, at("2026-11-22T13:30:00Z"));
+        assert!(v.exhausted, "{:?}", v.status);
+        assert_eq!(v.status.unwrap().unbilled, tokens);
     }
 
     #[test]
     fn disabled_and_unbilled_tenants_say_so() {
         let t = tenant(json!({}));
-        let v = verdict(&t, &Standing::Disabled, None, &[], at("2026-11-22T10:00:00Z"));
+        let v = verdict(&t, &Standing::Disabled, None, &[], 0, at("2026-11-22T10:00:00Z"));
         assert_eq!(
             (v.condition.status.as_str(), v.condition.reason.as_str()),
             ("False", "Disabled")
@@ -294,7 +301,7 @@ mod tests {
         assert!(v.condition.message.contains("no Stripe API key"));
         let mut t = t;
         t.spec.billing = None;
-        let v = verdict(&t, &Standing::Account, None, &[], at("2026-11-22T10:00:00Z"));
+        let v = verdict(&t, &Standing::Account, None, &[], 0, at("2026-11-22T10:00:00Z"));
         assert_eq!(v.condition.reason, "NotCharged");
         assert_eq!(display(-1234, "usd"), "-12.34 usd");
     }

@@ -59,6 +59,28 @@ pub struct Meter {
     /// The instance was destroyed and its final record made.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub closed: bool,
+    /// The gateway's prompt-token total this instance is billed through.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub prompt_tokens: i64,
+    /// The gateway's completion-token total this instance is billed through.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub completion_tokens: i64,
+    /// Token charges' remainder, in millionths of a minor unit (see `meter::token_charge`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub token_carry: i64,
+}
+
+fn is_zero(n: &i64) -> bool {
+    *n == 0
+}
+
+/// One token record: the gateway's totals it bills through, and its amount.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenUsage {
+    pub prompt_through: i64,
+    pub completion_through: i64,
+    pub amount: i64,
+    pub carry: i64,
 }
 
 /// One usage record as it is (or will be) in Stripe.
@@ -106,6 +128,33 @@ impl Ledger {
         m.carry = u.carry;
         self.billed += u.amount;
         true
+    }
+
+    /// Records a token record unless it (or a later one) is already recorded.
+    pub fn record_tokens(&mut self, uid: &str, instance: &str, t: &TokenUsage) -> bool {
+        let (p, c) = self.tokens(uid);
+        if t.prompt_through <= p && t.completion_through <= c {
+            return false;
+        }
+        let m = self
+            .meters
+            .entry(uid.to_string())
+            .or_insert_with(|| Meter { instance: instance.to_string(), ..Default::default() });
+        m.prompt_tokens = t.prompt_through.max(p);
+        m.completion_tokens = t.completion_through.max(c);
+        m.billed += t.amount;
+        m.token_carry = t.carry;
+        self.billed += t.amount;
+        true
+    }
+
+    /// The gateway totals (prompt, completion) an instance is billed through.
+    pub fn tokens(&self, uid: &str) -> (i64, i64) {
+        self.meters.get(uid).map_or((0, 0), |m| (m.prompt_tokens, m.completion_tokens))
+    }
+
+    pub fn token_carry(&self, uid: &str) -> i64 {
+        self.meters.get(uid).map_or(0, |m| m.token_carry)
     }
 
     pub fn through(&self, uid: &str) -> Option<jiff::Timestamp> {
@@ -181,5 +230,17 @@ mod tests {
         assert!(!l.prune(|_| true), "a destroyed instance still finishing keeps its meter");
         assert!(l.prune(|_| false));
         assert_eq!(l.billed, 6, "totals outlive meters");
+    }
+
+    #[test]
+    fn token_records_apply_once_and_in_order() {
+        let mut l = Ledger::default();
+        let t = |p, c, amount| TokenUsage { prompt_through: p, completion_through: c, amount, carry: 7 };
+        assert!(l.record_tokens("u1", "t/chat", &t(100, 50, 3)));
+        assert!(!l.record_tokens("u1", "t/chat", &t(100, 50, 3)), "the same record again");
+        assert!(!l.record_tokens("u1", "t/chat", &t(90, 40, 2)), "an older record");
+        assert!(l.record_tokens("u1", "t/chat", &t(100, 80, 1)));
+        assert_eq!((l.tokens("u1"), l.token_carry("u1"), l.billed), ((100, 80), 7, 4));
+        assert_eq!(l.tokens("u2"), (0, 0));
     }
 }

@@ -75,6 +75,25 @@ pub fn charge(period: Period, gpus: i32, per_gpu_hour: i64, carry: i64) -> Charg
 }
 
 /// Time from now until `balance` (minor units) is used up at `per_hour` (minor units per hour
+/// The charge for tokens at prices per million, with the previous record's carry (millionths of
+/// a minor unit): whole minor units, and the remainder carried so successive records sum exactly.
+pub fn token_charge(
+    prompt: i64,
+    completion: i64,
+    price: crate::config::TokenPrice,
+    carry: i64,
+) -> (i64, i64) {
+    let micro = prompt.max(0) as i128 * price.input as i128
+        + completion.max(0) as i128 * price.output as i128
+        + carry as i128;
+    ((micro / 1_000_000) as i64, (micro % 1_000_000) as i64)
+}
+
+/// Idempotency key of a token record: the instance and the totals it bills through.
+pub fn token_record_key(instance_uid: &str, prompt_through: i64, completion_through: i64) -> String {
+    format!("alcove-tokens-{instance_uid}-{prompt_through}-{completion_through}")
+}
+
 /// for all running GPUs); None when nothing is running.
 pub fn time_left(balance: i64, per_hour: i64) -> Option<Duration> {
     if per_hour <= 0 {
@@ -109,6 +128,21 @@ mod tests {
     }
 
     const MIN: Duration = Duration::from_secs(60);
+
+    #[test]
+    fn token_charges_carry_their_remainder_and_sum_exactly() {
+        let price = crate::config::TokenPrice { input: 50, output: 150 };
+        // 3 × (7,000 prompt + 1,000 completion) = 3 × 500,000 millionths: 1 whole cent.
+        let (mut total, mut carry) = (0, 0);
+        for _ in 0..3 {
+            let (amount, c) = token_charge(7_000, 1_000, price, carry);
+            total += amount;
+            carry = c;
+        }
+        assert_eq!((total, carry), (1, 500_000));
+        assert_eq!(token_charge(1_000_000, 0, price, 0), (50, 0));
+        assert_eq!(token_record_key("u", 10, 2), "alcove-tokens-u-10-2");
+    }
 
     #[test]
     fn whole_intervals_are_due_while_running_and_the_rest_at_the_end() {

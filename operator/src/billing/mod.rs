@@ -29,7 +29,7 @@ use kube::ResourceExt;
 
 use crate::context::{Context, find, find_cluster};
 use crate::error::Result;
-use ledger::{Ledger, Usage};
+use ledger::{Ledger, TokenUsage, Usage};
 use meter::Metered;
 
 /// The tenant's ledger as the cache has it.
@@ -116,7 +116,129 @@ fn product(ctx: &Context, i: &InferenceInstance) -> Option<String> {
 /// The price of an instance's GPU-hour for this tenant, if the table has one.
 pub fn price(ctx: &Context, tenant: &Tenant, i: &InferenceInstance) -> Option<i64> {
     let currency = &tenant.spec.billing.as_ref()?.currency;
-    ctx.config.billing.price(currency, product(ctx, i).as_deref()).map(|p| p.per_gpu_hour)
+    ctx.config.billing.gpu_price(currency, product(ctx, i).as_deref())
+}
+
+/// What the gateway published about an instance, as the cache has it.
+pub fn gateway_usage(ctx: &Context, i: &InferenceInstance) -> Option<crate::usage::GatewayUsage> {
+    let name = alcove_crds::gateway_usage::name(&i.uid()?);
+    find(&ctx.caches.config_maps, &ctx.config.namespace, &name)
+        .map(|cm| crate::usage::GatewayUsage::of(&cm))
+}
+
+/// The token prices of an instance for this tenant, if the table has them.
+fn token_price(
+    ctx: &Context,
+    tenant: &Tenant,
+    i: &InferenceInstance,
+) -> Option<crate::config::TokenPrice> {
+    let currency = &tenant.spec.billing.as_ref()?.currency;
+    let model = crate::instance::builders::served_name(i);
+    ctx.config.billing.token_price(currency, &model, product(ctx, i).as_deref())
+}
+
+/// What an instance's tokens not yet billed would cost (part of the tenant's balance).
+pub fn unbilled_tokens(ctx: &Context, tenant: &Tenant, i: &InferenceInstance, l: &Ledger) -> i64 {
+    let (Some(usage), Some(price)) = (gateway_usage(ctx, i), token_price(ctx, tenant, i)) else {
+        return 0;
+    };
+    let uid = i.uid().unwrap_or_default();
+    let (p, c) = l.tokens(&uid);
+    meter::token_charge(
+        usage.prompt_tokens - p,
+        usage.completion_tokens - c,
+        price,
+        l.token_carry(&uid),
+    )
+    .0
+}
+
+/// Bills the tokens the gateway counted for an instance beyond what the ledger has billed: one
+/// Stripe record keyed by the totals it bills through, then the ledger (the order that keeps a
+/// crash from charging twice; records a crash left unrecorded are adopted after a restart).
+///
+/// Until a whole minor unit is due nothing is recorded, so each record covers a contiguous range
+/// of the totals; `last` (the instance is being destroyed) records the remainder in the ledger.
+pub async fn report_tokens(
+    ctx: &Context,
+    tenant: &Tenant,
+    i: &InferenceInstance,
+    last: bool,
+) -> Result<()> {
+    let (Some(stripe), Some(spec)) = (ctx.billing.stripe.as_ref(), tenant.spec.billing.as_ref())
+    else {
+        return Ok(());
+    };
+    let (Some(usage), Some(price)) = (gateway_usage(ctx, i), token_price(ctx, tenant, i)) else {
+        return Ok(());
+    };
+    let uid = i.uid().unwrap_or_default();
+    let cached = cached_ledger(ctx, &tenant.name_any()).unwrap_or_default();
+    let Some(customer) = cached.customer_id.clone() else { return Ok(()) };
+    let (p, c) = cached.tokens(&uid);
+    if usage.prompt_tokens <= p && usage.completion_tokens <= c {
+        return Ok(());
+    }
+    let instance = crate::context::key(i);
+    let mut fresh = store::read(&ctx.client, &ctx.config.namespace, &tenant.name_any())
+        .await?
+        .unwrap_or_default();
+    let checked = format!("tokens/{uid}");
+    if !ctx.billing.checked(&checked) {
+        let (p, c) = fresh.tokens(&uid);
+        let unknown: Vec<TokenUsage> = stripe
+            .find_token_usage(&customer, &uid)
+            .await?
+            .into_iter()
+            .filter(|t| t.prompt_through > p || t.completion_through > c)
+            .collect();
+        if !unknown.is_empty() {
+            tracing::info!(%instance, records = unknown.len(), "adopting token records made before a restart");
+            fresh = store::update(&ctx.client, &ctx.config.namespace, tenant, |l| {
+                let mut changed = false;
+                for t in &unknown {
+                    changed |= l.record_tokens(&uid, &instance, t);
+                }
+                changed
+            })
+            .await?;
+        }
+        ctx.billing.mark_checked(&checked);
+    }
+    let (p, c) = fresh.tokens(&uid);
+    if usage.prompt_tokens <= p && usage.completion_tokens <= c {
+        return Ok(());
+    }
+    let through = (usage.prompt_tokens.max(p), usage.completion_tokens.max(c));
+    let (amount, carry) =
+        meter::token_charge(through.0 - p, through.1 - c, price, fresh.token_carry(&uid));
+    let t = TokenUsage { prompt_through: through.0, completion_through: through.1, amount, carry };
+    if amount == 0 && !last {
+        return Ok(());
+    }
+    // A last remainder under a minor unit stays in the ledger: no Stripe record of 0.
+    if amount > 0 {
+        let id = stripe
+            .create_token_usage(&stripe::TokenRecord {
+                customer: &customer,
+                currency: &spec.currency,
+                tenant: &tenant.name_any(),
+                instance_uid: &uid,
+                instance: &instance,
+                model: &crate::instance::builders::served_name(i),
+                from: (p, c),
+                usage: &t,
+            })
+            .await?;
+        ctx.billing.crash_point("token-usage-reported");
+        ctx.metrics.usage_records.with_label_values(&[&tenant.name_any()]).inc();
+        tracing::info!(%instance, record = %id, prompt_through = t.prompt_through, completion_through = t.completion_through, amount, "token usage reported");
+    }
+    store::update(&ctx.client, &ctx.config.namespace, tenant, |l| {
+        l.record_tokens(&uid, &instance, &t)
+    })
+    .await?;
+    Ok(())
 }
 
 /// Reports what is due of an instance's run that started at `run_start` (None: not running):
@@ -182,9 +304,7 @@ async fn report_inner(
     };
     let gpus = crate::instance::lifecycle::billed_gpus(i);
     let product = product(ctx, i).unwrap_or_else(|| "*".into());
-    let Some(per_gpu_hour) =
-        ctx.config.billing.price(&spec.currency, Some(&product)).map(|p| p.per_gpu_hour)
-    else {
+    let Some(per_gpu_hour) = ctx.config.billing.gpu_price(&spec.currency, Some(&product)) else {
         return Ok(Metered::Off(
             "NoPrice",
             format!(

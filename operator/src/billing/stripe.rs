@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use stripe::{IdempotencyKey, RequestStrategy, StripeRequest};
 
-use super::ledger::Usage;
+use super::ledger::{TokenUsage, Usage};
 use crate::config::Secret;
 use crate::error::{Error, Result};
 
@@ -32,6 +32,20 @@ pub struct UsageRecord<'a> {
     pub product: &'a str,
     pub gpus: i32,
     pub usage: &'a Usage,
+}
+
+/// A token record: the instance, the model, and the gateway totals it bills from and through.
+pub struct TokenRecord<'a> {
+    pub customer: &'a str,
+    pub currency: &'a str,
+    pub tenant: &'a str,
+    pub instance_uid: &'a str,
+    /// `namespace/name`.
+    pub instance: &'a str,
+    pub model: &'a str,
+    /// The totals already billed (prompt, completion).
+    pub from: (i64, i64),
+    pub usage: &'a TokenUsage,
 }
 
 #[derive(Deserialize)]
@@ -199,6 +213,83 @@ impl Stripe {
         let item: Object =
             self.call(&req, Some(super::meter::record_key(r.instance_uid, u.from))).await?;
         Ok(item.id)
+    }
+
+    /// Creates one token record (an invoice item), keyed by instance and the totals it bills
+    /// through.
+    pub async fn create_token_usage(&self, r: &TokenRecord<'_>) -> Result<String> {
+        let u = r.usage;
+        let (prompt, completion) = (u.prompt_through - r.from.0, u.completion_through - r.from.1);
+        let meta: HashMap<String, String> = [
+            ("alcove_kind", "tokens".to_string()),
+            ("alcove_tenant", r.tenant.to_string()),
+            ("alcove_instance", r.instance.to_string()),
+            ("alcove_instance_uid", r.instance_uid.to_string()),
+            ("model", r.model.to_string()),
+            ("prompt_tokens", prompt.to_string()),
+            ("completion_tokens", completion.to_string()),
+            ("prompt_through", u.prompt_through.to_string()),
+            ("completion_through", u.completion_through.to_string()),
+            ("carry", u.carry.to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        let currency: stripe_types::Currency = r.currency.parse().unwrap_or_else(|e| match e {});
+        let req = stripe_billing::invoice_item::CreateInvoiceItem::new()
+            .customer(r.customer)
+            .currency(currency)
+            .amount(u.amount)
+            .description(format!(
+                "Tokens: {} ({}), model {}: {prompt} prompt + {completion} completion tokens",
+                r.instance, r.tenant, r.model
+            ))
+            .metadata(meta);
+        let key = super::meter::token_record_key(r.instance_uid, u.prompt_through, u.completion_through);
+        let item: Object = self.call(&req, Some(key)).await?;
+        Ok(item.id)
+    }
+
+    /// The token records of an instance, oldest first: what a report cut short by a crash left
+    /// behind is among them.
+    pub async fn find_token_usage(
+        &self,
+        customer: &str,
+        instance_uid: &str,
+    ) -> Result<Vec<TokenUsage>> {
+        let mut found = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let mut req =
+                stripe_billing::invoice_item::ListInvoiceItem::new().customer(customer).limit(100);
+            if let Some(a) = &after {
+                req = req.starting_after(a.clone());
+            }
+            let page: List<Object> = self.call(&req, None).await?;
+            for item in &page.data {
+                let m = |k: &str| item.metadata.get(k).cloned().unwrap_or_default();
+                if m("alcove_kind") != "tokens" || m("alcove_instance_uid") != instance_uid {
+                    continue;
+                }
+                let (Ok(p), Ok(c)) =
+                    (m("prompt_through").parse::<i64>(), m("completion_through").parse::<i64>())
+                else {
+                    continue;
+                };
+                found.push(TokenUsage {
+                    prompt_through: p,
+                    completion_through: c,
+                    amount: item.amount.unwrap_or(0),
+                    carry: m("carry").parse().unwrap_or(0),
+                });
+            }
+            match page.data.last() {
+                Some(last) if page.has_more => after = Some(last.id.clone()),
+                _ => break,
+            }
+        }
+        found.sort_by_key(|t| (t.prompt_through, t.completion_through));
+        Ok(found)
     }
 
     /// The usage records of an instance starting at or after `since`, oldest first: what a

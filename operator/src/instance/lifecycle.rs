@@ -26,6 +26,45 @@ pub struct Observation {
     pub api_key_hash: Option<String>,
     /// The gateway's limits for the instance's key.
     pub rate_limits: Option<alcove_crds::instance::RateLimits>,
+    /// No request for `spec.idleTimeout` (why, for people).
+    pub idle: Option<String>,
+}
+
+/// Whether an instance should be idle now, by `spec.idleTimeout` and what the gateway published;
+/// `Err(wait)`: not idle, look again after `wait` (None: nothing to wait for).
+pub fn idle(
+    i: &InferenceInstance,
+    usage: Option<&crate::usage::GatewayUsage>,
+    now: jiff::Timestamp,
+) -> Result<String, Option<std::time::Duration>> {
+    let Some(timeout) = i.spec.idle_timeout.as_deref().and_then(alcove_crds::Window::parse) else {
+        return Err(None);
+    };
+    let prev = i.status.clone().unwrap_or_default();
+    if prev.phase == Some(InstancePhase::Idle) {
+        // A request waits for it: this idling ends.
+        if prev.idle_since.is_some()
+            && usage.and_then(|u| u.wake_for_idle_since.as_ref()) == prev.idle_since.as_ref()
+        {
+            return Err(None);
+        }
+        return Ok(prev.message.unwrap_or_default());
+    }
+    // Only a running server idles; a starting one (or one never started) waits for its run.
+    let Some(started) = prev.started_at.as_deref().and_then(crate::clock::parse) else {
+        return Err(None);
+    };
+    let last = usage.and_then(|u| u.last_request_at).map_or(started, |l| l.max(started));
+    let deadline = last + jiff::SignedDuration::from_secs(timeout.as_secs() as i64);
+    if now >= deadline {
+        Ok(format!(
+            "idle: no request since {} (spec.idleTimeout {timeout}); the pod is stopped and GPU \
+             billing with it; the next request through the gateway wakes it",
+            crate::clock::format(last)
+        ))
+    } else {
+        Err(Some(deadline.duration_since(now).unsigned_abs()))
+    }
 }
 
 /// The parts of a pod the lifecycle depends on.
@@ -156,6 +195,12 @@ pub fn desired_status(
             c(condition::READY, false, alcove_crds::reason::SUSPENDED, msg),
             c(condition::SCHEDULED, false, alcove_crds::reason::SUSPENDED, msg),
         )
+    } else if let Some(why) = &obs.idle {
+        (
+            InstancePhase::Idle,
+            c(condition::READY, false, alcove_crds::reason::IDLE, why),
+            c(condition::SCHEDULED, false, alcove_crds::reason::IDLE, why),
+        )
     } else if let Some(refusal) = &obs.quota_refusal {
         let msg = format!("the tenant's quota has no room for this instance: {refusal}");
         (
@@ -250,6 +295,10 @@ pub fn desired_status(
             .chain(prev.conditions.iter().find(|c| c.type_ == condition::BILLING).cloned())
             .collect(),
         ..prev.clone()
+    };
+    s.idle_since = match phase {
+        InstancePhase::Idle => prev.idle_since.clone().or_else(|| Some(crate::clock::format_millis(now))),
+        _ => None,
     };
     // Metering: a run starts when the pod is Ready and ends when it no longer is.
     match (phase == InstancePhase::Ready, prev.started_at.is_some()) {

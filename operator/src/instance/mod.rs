@@ -79,7 +79,22 @@ async fn reconcile_inner(i: &InferenceInstance, ctx: &Context) -> Result<Action>
         credit_suspended: crate::billing::account::suspended(&tenant, ctx.now()),
         ..Default::default()
     };
-    let suspended = i.spec.state == InstanceState::Suspended || obs.credit_suspended.is_some();
+    let usage = find(
+        &ctx.caches.config_maps,
+        &ctx.config.namespace,
+        &alcove_crds::gateway_usage::name(&i.uid().unwrap_or_default()),
+    )
+    .map(|cm| crate::usage::GatewayUsage::of(&cm));
+    let idle_in = match lifecycle::idle(i, usage.as_ref(), ctx.now()) {
+        Ok(why) => {
+            obs.idle = Some(why);
+            None
+        }
+        Err(wait) => wait,
+    };
+    let suspended = i.spec.state == InstanceState::Suspended
+        || obs.credit_suspended.is_some()
+        || obs.idle.is_some();
 
     // The API key: made once; replaced only when the rotation annotation asks.
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
@@ -236,8 +251,24 @@ async fn reconcile_inner(i: &InferenceInstance, ctx: &Context) -> Result<Action>
             obs.pod = Some(PodView::of(p));
         }
     }
+    // Tokens through the gateway since the last report (a failure is retried shortly; it does
+    // not hold the status back).
+    let tokens_failed = match crate::billing::report_tokens(ctx, &tenant, i, false).await {
+        Ok(()) => false,
+        Err(e) => {
+            tracing::warn!(instance = %crate::context::key(i), error = %e, "token report failed; retrying");
+            true
+        }
+    };
     let mut action = write_status(i, ctx, &instances, &obs, Some(&tenant)).await?;
-    if let Some(at) = crate::billing::account::suspends_in(&tenant, ctx.now()) {
+    if tokens_failed {
+        action = Action::requeue(Duration::from_secs(5));
+    }
+    let wake_at = [crate::billing::account::suspends_in(&tenant, ctx.now()), idle_in]
+        .into_iter()
+        .flatten()
+        .min();
+    if let Some(at) = wake_at {
         action = Action::requeue(at.min(ctx.config.resync));
     }
     if obs.quota_refusal.is_some() {
@@ -473,6 +504,23 @@ async fn destroy(i: &InferenceInstance, ctx: &Context) -> Result<Action> {
         // The pod's deletion event brings us back; this is the fallback.
         return Ok(Action::requeue(Duration::from_millis(500)));
     }
+    // Tokens: the gateway's last totals are billed, then its usage ConfigMap goes. The gateway
+    // publishes them when it sees the delete; its word is awaited a bounded time.
+    let usage_name = alcove_crds::gateway_usage::name(&i.uid().unwrap_or_default());
+    if let Some(cm) = find(&ctx.caches.config_maps, &ctx.config.namespace, &usage_name) {
+        let deleted = i.metadata.deletion_timestamp.as_ref().map(|t| t.0).unwrap_or_else(|| ctx.now());
+        let waited = ctx.now().duration_since(deleted);
+        if !crate::usage::GatewayUsage::of(&cm).last_word && waited < jiff::SignedDuration::from_secs(30) {
+            return Ok(Action::requeue(Duration::from_secs(1)));
+        }
+        if let Some(tenant) = crate::names::tenant_of_namespace(&ns)
+            .and_then(|t| find_cluster(&ctx.caches.tenants, t))
+        {
+            crate::billing::report_tokens(ctx, &tenant, i, true).await?;
+        }
+        let usage: Api<ConfigMap> = Api::namespaced(client.clone(), &ctx.config.namespace);
+        ignore_missing(usage.delete(&usage_name, &DeleteParams::default()).await)?;
+    }
     // The history outlives the instance for the tenant's window; retention erases it then. Its
     // owner reference goes first, so the garbage collector does not take it with the instance.
     if let Some(pvc) = find(&ctx.caches.pvcs, &ns, &builders::history_pvc_name(&name)) {
@@ -488,9 +536,9 @@ fn error_policy(i: Arc<InferenceInstance>, error: &Error, ctx: Arc<Context>) -> 
 
 /// Keeps `alcove_instances{phase}` equal to the phases in the cache.
 async fn count_phases(ctx: Arc<Context>) {
-    let phases = ["Pending", "Provisioning", "Ready", "Suspended", "Failed", "Terminating"];
+    let phases = ["Pending", "Provisioning", "Ready", "Suspended", "Idle", "Failed", "Terminating"];
     loop {
-        let mut counts = [0i64; 6];
+        let mut counts = [0i64; 7];
         for i in ctx.caches.instances.state() {
             if let Some(p) = i.status.as_ref().and_then(|s| s.phase) {
                 let name = serde_json::to_value(p)
@@ -521,6 +569,17 @@ where
     fn by_label<K: Resource>(obj: K) -> Option<ObjectRef<InferenceInstance>> {
         let ns = obj.namespace()?;
         obj.labels().get(alcove_crds::LABEL_INSTANCE).map(|n| ObjectRef::new(n).within(&ns))
+    }
+    // The gateway's usage ConfigMap (in the operator's namespace) names its instance in its data:
+    // new tokens to bill, a last request that postpones idling, a request that wakes.
+    fn of_config_map(cm: ConfigMap) -> Option<ObjectRef<InferenceInstance>> {
+        if cm.labels().contains_key(alcove_crds::gateway_usage::LABEL) {
+            let data = cm.data.as_ref()?;
+            let name = data.get(alcove_crds::gateway_usage::INSTANCE)?;
+            let ns = data.get(alcove_crds::gateway_usage::NAMESPACE)?;
+            return Some(ObjectRef::new(name).within(ns));
+        }
+        by_label(cm)
     }
     // A quota change can make room: retry the instances it refused.
     let store = ctx.caches.instances.clone();
@@ -584,7 +643,7 @@ where
         .watches_stream(h.pods.subscribe(), by_label)
         .watches_stream(h.services.subscribe(), by_label)
         .watches_stream(h.secrets.subscribe(), by_label)
-        .watches_stream(h.config_maps.subscribe(), by_label)
+        .watches_stream(h.config_maps.subscribe(), of_config_map)
         .watches_stream(h.pvcs.subscribe(), by_label)
         .watches_stream(h.quotas.subscribe(), refused)
         .watches_stream(h.knowledge_bases.subscribe(), using_kb)

@@ -237,7 +237,20 @@ async fn reconcile_inner(tenant: &Tenant, ctx: &Context) -> Result<Action> {
             })
         })
         .collect();
-    let billing = crate::billing::account::verdict(tenant, &standing, ledger.as_ref(), &runs, now);
+    let tokens_unbilled: i64 = match &ledger {
+        Some(l) => {
+            instances.iter().map(|i| crate::billing::unbilled_tokens(ctx, tenant, i, l)).sum()
+        }
+        None => 0,
+    };
+    let billing = crate::billing::account::verdict(
+        tenant,
+        &standing,
+        ledger.as_ref(),
+        &runs,
+        tokens_unbilled,
+        now,
+    );
     desired.billing = billing.status.clone();
     desired.conditions.push(billing.condition.clone());
     if let Some(b) = &billing.status {
