@@ -14,9 +14,9 @@ type Layer = (&'static str, bool, &'static [&'static str]);
 
 const OPERATOR: &[Layer] = &[
     (
-        "foundation: names, time, hashing, retry delays, errors, metrics, configuration, typed-object constructors",
+        "foundation: names, hashing, retry delays, errors, metrics, configuration, typed-object constructors (time is the alcove-clock crate)",
         true,
-        &["names", "clock", "hash", "backoff", "error", "metrics", "config", "objects"],
+        &["names", "hash", "backoff", "error", "metrics", "config", "objects"],
     ),
     (
         "pure builders and decisions (no I/O)",
@@ -31,6 +31,7 @@ const OPERATOR: &[Layer] = &[
             "billing::ledger",
             "billing::account",
             "retention::policy",
+            "usage",
         ],
     ),
     (
@@ -57,6 +58,22 @@ const OPERATOR: &[Layer] = &[
         true,
         &["http", "up", "crate"],
     ),
+];
+
+const GATEWAY: &[Layer] = &[
+    ("foundation: the error type, metrics", true, &["error", "metrics"]),
+    (
+        "pure parts and the store: key directory, limits, usage parsing, TLS, SQL",
+        true,
+        &["directory", "limits", "usage", "tls", "store"],
+    ),
+    (
+        "what talks to others: the instance, the usage queue, the operator",
+        true,
+        &["upstream", "recorder", "publish"],
+    ),
+    ("the request path", true, &["server"]),
+    ("the library root: starts everything", true, &["crate"]),
 ];
 
 const DEVCLUSTER: &[Layer] = &[
@@ -482,6 +499,7 @@ fn every_crate_is_acyclic_and_layered() {
     let mut problems = Vec::new();
     problems.extend(check("operator", Some(OPERATOR)));
     problems.extend(check("devcluster", Some(DEVCLUSTER)));
+    problems.extend(check("gateway", Some(GATEWAY)));
     problems.extend(check("crds", None));
     assert!(problems.is_empty(), "the module graph must point one way:\n{}", problems.join("\n"));
 }

@@ -56,7 +56,8 @@ impl Gateway {
         let (port, mport) = (free_port(), free_port());
         let log = dir.join("gateway.log");
         let sqlite = format!("sqlite://{}", dir.join("usage.db").display());
-        let store = if args.contains(&"--usage-store") { vec![] } else { vec!["--usage-store", &sqlite] };
+        let store =
+            if args.contains(&"--usage-store") { vec![] } else { vec!["--usage-store", &sqlite] };
         let out = std::fs::File::create(&log).unwrap();
         let child = tokio::process::Command::new(alcove_binary())
             .args(["gateway", "--upstream", "api-server", "--log-format", "text"])
@@ -77,7 +78,14 @@ impl Gateway {
             curl(&format!("{metrics}/readyz")).await.is_some()
         })
         .await;
-        Gateway { _child: child, base: format!("https://127.0.0.1:{port}/v1"), metrics, ca, log, dir }
+        Gateway {
+            _child: child,
+            base: format!("https://127.0.0.1:{port}/v1"),
+            metrics,
+            ca,
+            log,
+            dir,
+        }
     }
 
     /// The official SDK: `openai_client.py ACTION` with this gateway and `key`.
@@ -119,7 +127,10 @@ impl Gateway {
     fn store_bytes(&self) -> String {
         ["usage.db", "usage.db-wal"]
             .iter()
-            .map(|f| String::from_utf8_lossy(&std::fs::read(self.dir.join(f)).unwrap_or_default()).into_owned())
+            .map(|f| {
+                String::from_utf8_lossy(&std::fs::read(self.dir.join(f)).unwrap_or_default())
+                    .into_owned()
+            })
             .collect()
     }
 
@@ -148,7 +159,11 @@ impl Reply {
             .filter_map(|l| l.split_once(':'))
             .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
             .collect();
-        Reply { status, headers, body: serde_json::from_str(body).unwrap_or(serde_json::Value::Null) }
+        Reply {
+            status,
+            headers,
+            body: serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
+        }
     }
 
     fn header(&self, name: &str) -> Option<&str> {
@@ -181,8 +196,14 @@ async fn generated(p: &Platform, ns: &str, instance: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn customers_reach_their_instance_with_a_base_url_and_a_key() {
     let p = platform_with_operator().await;
-    p.ok(&["apply", "-f", &example("good/tenant-basic.yaml"), "-f", &example("good/tenant-pro.yaml")])
-        .await;
+    p.ok(&[
+        "apply",
+        "-f",
+        &example("good/tenant-basic.yaml"),
+        "-f",
+        &example("good/tenant-pro.yaml"),
+    ])
+    .await;
     p.ok_in(&["apply", "-f", "-"], INSTANCES).await;
     for i in ["chat -n tenant-startup", "embed -n tenant-startup", "bot -n tenant-acme"] {
         p.wait_condition(&format!("inst/{i}"), "Ready", 90).await;
@@ -226,7 +247,10 @@ async fn customers_reach_their_instance_with_a_base_url_and_a_key() {
     // Refusals, OpenAI-shaped: another instance's key names its own model, a missing key, a
     // wrong key; then the address that keeps guessing is slowed down.
     let other = gw.sdk("chat", &bot_key).await;
-    assert_eq!(other["status"], 404, "the bot's key reaches the bot, which serves no `chat`: {other}");
+    assert_eq!(
+        other["status"], 404,
+        "the bot's key reaches the bot, which serves no `chat`: {other}"
+    );
     let none = gw.call("/chat/completions", &[], Some(CHAT)).await;
     assert_eq!(none.status, 401);
     assert_eq!(none.body["error"]["code"], "missing_api_key", "{none:?}");
@@ -236,8 +260,13 @@ async fn customers_reach_their_instance_with_a_base_url_and_a_key() {
         assert_eq!(r["status"], 401, "{r}");
         assert_eq!(r["body"]["code"], "invalid_api_key", "{r}");
     }
-    let blocked = gw.call("/chat/completions", &[("Authorization", &format!("Bearer {key}"))], Some(CHAT)).await;
-    assert_eq!(blocked.status, 429, "five wrong keys a minute, then even a right one waits: {blocked:?}");
+    let blocked = gw
+        .call("/chat/completions", &[("Authorization", &format!("Bearer {key}"))], Some(CHAT))
+        .await;
+    assert_eq!(
+        blocked.status, 429,
+        "five wrong keys a minute, then even a right one waits: {blocked:?}"
+    );
     assert_eq!(blocked.body["error"]["code"], "too_many_failed_authentications");
     assert!(blocked.header("retry-after").is_some());
 
@@ -254,7 +283,10 @@ async fn customers_reach_their_instance_with_a_base_url_and_a_key() {
     let mine = records.iter().find(|x| x.request_id == request_id).unwrap();
     assert_eq!(
         (mine.prompt_tokens, mine.completion_tokens),
-        (r.body["usage"]["prompt_tokens"].as_i64().unwrap(), r.body["usage"]["completion_tokens"].as_i64().unwrap())
+        (
+            r.body["usage"]["prompt_tokens"].as_i64().unwrap(),
+            r.body["usage"]["completion_tokens"].as_i64().unwrap()
+        )
     );
     let streamed = &with_usage["usage"];
     assert!(
@@ -263,7 +295,10 @@ async fn customers_reach_their_instance_with_a_base_url_and_a_key() {
         "the streamed answer's usage is recorded: {records:?}"
     );
     assert!(
-        records.iter().filter(|x| x.endpoint == "chat/completions").all(|x| x.completion_tokens > 0),
+        records
+            .iter()
+            .filter(|x| x.endpoint == "chat/completions")
+            .all(|x| x.completion_tokens > 0),
         "the stream whose usage chunk was removed is still metered: {records:?}"
     );
     let bot = store.records("tenant-acme", "bot", 10).await.unwrap();
@@ -370,7 +405,8 @@ async fn customers_reach_their_instance_with_a_base_url_and_a_key() {
     let mut admitted = 0;
     for gw in [&a, &b] {
         for _ in 0..5 {
-            if gw.call("/embeddings", &[("Authorization", &auth)], Some(input)).await.status == 200 {
+            if gw.call("/embeddings", &[("Authorization", &auth)], Some(input)).await.status == 200
+            {
                 admitted += 1;
             }
         }
@@ -392,7 +428,9 @@ async fn customers_reach_their_instance_with_a_base_url_and_a_key() {
         .await;
     let old_hash = sha256_hex(&key);
     until_some("the new key's hash is published", Duration::from_secs(30), || async {
-        let h = p.jsonpath(&["get", "inst", "chat", "-n", "tenant-startup"], "{.status.apiKeyHash}").await;
+        let h = p
+            .jsonpath(&["get", "inst", "chat", "-n", "tenant-startup"], "{.status.apiKeyHash}")
+            .await;
         (!h.is_empty() && h != old_hash).then_some(())
     })
     .await;
@@ -413,23 +451,43 @@ async fn customers_reach_their_instance_with_a_base_url_and_a_key() {
     .await;
 
     // Suspended: a 403 that says how to resume; then while the pod starts again, 503 and when.
-    p.ok(&["patch", "inst", "chat", "-n", "tenant-startup", "--type=merge", "-p", r#"{"spec":{"state":"Suspended"}}"#])
-        .await;
-    let auth = format!("Bearer {new_key}");
-    let suspended = until_some("the suspension reaches the gateway", Duration::from_secs(30), || async {
-        let r = gw.call("/chat/completions", &[("Authorization", &auth)], Some(CHAT)).await;
-        (r.status == 403).then_some(r)
-    })
+    p.ok(&[
+        "patch",
+        "inst",
+        "chat",
+        "-n",
+        "tenant-startup",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"state":"Suspended"}}"#,
+    ])
     .await;
+    let auth = format!("Bearer {new_key}");
+    let suspended =
+        until_some("the suspension reaches the gateway", Duration::from_secs(30), || async {
+            let r = gw.call("/chat/completions", &[("Authorization", &auth)], Some(CHAT)).await;
+            (r.status == 403).then_some(r)
+        })
+        .await;
     assert_eq!(suspended.body["error"]["code"], "instance_suspended");
     assert!(suspended.body["error"]["message"].as_str().unwrap().contains("spec.state"));
-    p.ok(&["patch", "inst", "chat", "-n", "tenant-startup", "--type=merge", "-p", r#"{"spec":{"state":"Running"}}"#])
-        .await;
-    let starting = until_some("the resume reaches the gateway", Duration::from_secs(30), || async {
-        let r = gw.call("/chat/completions", &[("Authorization", &auth)], Some(CHAT)).await;
-        (r.status != 403).then_some(r)
-    })
+    p.ok(&[
+        "patch",
+        "inst",
+        "chat",
+        "-n",
+        "tenant-startup",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"state":"Running"}}"#,
+    ])
     .await;
+    let starting =
+        until_some("the resume reaches the gateway", Duration::from_secs(30), || async {
+            let r = gw.call("/chat/completions", &[("Authorization", &auth)], Some(CHAT)).await;
+            (r.status != 403).then_some(r)
+        })
+        .await;
     assert_eq!(starting.status, 503, "the pod is starting: {starting:?}");
     assert_eq!(starting.body["error"]["code"], "instance_not_ready");
     assert_eq!(starting.header("retry-after"), Some("5"));
@@ -440,7 +498,10 @@ async fn customers_reach_their_instance_with_a_base_url_and_a_key() {
         metric(&metrics, "alcove_gateway_requests_total", r#"instance="embed""#) >= 7.0,
         "{metrics}"
     );
-    assert!(metric(&metrics, "alcove_gateway_tokens_total", r#"instance="chat",kind="completion""#) > 0.0);
+    assert!(
+        metric(&metrics, "alcove_gateway_tokens_total", r#"instance="chat",kind="completion""#)
+            > 0.0
+    );
     assert!(metrics.contains("alcove_gateway_request_duration_seconds_bucket"));
     for gw in [&gw, &a, &b] {
         for text in [gw.log_text(), curl(&format!("{}/metrics", gw.metrics)).await.unwrap()] {
@@ -457,7 +518,9 @@ async fn token_records(stripe: &LocalStripe, customer: &str, uid: &str) -> Vec<(
         .usage(customer)
         .await
         .iter()
-        .filter(|i| i["metadata"]["alcove_kind"] == "tokens" && i["metadata"]["alcove_instance_uid"] == uid)
+        .filter(|i| {
+            i["metadata"]["alcove_kind"] == "tokens" && i["metadata"]["alcove_instance_uid"] == uid
+        })
         .map(|i| {
             let m = |k: &str| i["metadata"][k].as_str().unwrap().parse::<i64>().unwrap();
             (m("prompt_tokens"), m("completion_tokens"), i["amount"].as_i64().unwrap())
@@ -513,7 +576,12 @@ async fn tokens_are_billed_once_and_an_idle_instance_sleeps_until_a_request_wake
             .filter(|s| !s.is_empty())
     })
     .await;
-    let gw = Gateway::start(&p, "gw", &["--publish-seconds", "1", "--clock-file", clock.0.to_str().unwrap()]).await;
+    let gw = Gateway::start(
+        &p,
+        "gw",
+        &["--publish-seconds", "1", "--clock-file", clock.0.to_str().unwrap()],
+    )
+    .await;
     let key = api_key(&p, "tenant-acme", "chat").await;
     let auth = format!("Bearer {key}");
     let long = r#"{"messages": [{"role": "user", "content": "Tell me a story."}], "max_tokens": 200, "temperature": 0}"#;
@@ -554,7 +622,8 @@ async fn tokens_are_billed_once_and_an_idle_instance_sleeps_until_a_request_wake
     // Idle: 15 minutes without a request stops the pod; GPU billing stops with it.
     clock.set(t0 + jiff::SignedDuration::from_mins(16));
     until_some("the instance idles", Duration::from_secs(30), || async {
-        let phase = p.jsonpath(&["get", "inst", "chat", "-n", "tenant-acme"], "{.status.phase}").await;
+        let phase =
+            p.jsonpath(&["get", "inst", "chat", "-n", "tenant-acme"], "{.status.phase}").await;
         (phase == "Idle").then_some(())
     })
     .await;

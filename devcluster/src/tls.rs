@@ -44,7 +44,10 @@ pub fn loopback_pem(common_name: &str, names: &[&str]) -> Result<LoopbackPem, St
 
     let server_key = KeyPair::generate().map_err(err)?;
     let mut params = CertificateParams::new(
-        std::iter::once("localhost").chain(names.iter().copied()).map(String::from).collect::<Vec<_>>(),
+        std::iter::once("localhost")
+            .chain(names.iter().copied())
+            .map(String::from)
+            .collect::<Vec<_>>(),
     )
     .map_err(err)?;
     params.subject_alt_names.push(SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)));

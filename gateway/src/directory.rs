@@ -55,9 +55,10 @@ impl Route {
         let status = i.status.as_ref()?;
         let hash: [u8; 32] = from_hex(status.api_key_hash.as_deref()?)?.try_into().ok()?;
         let namespace = i.namespace().unwrap_or_default();
-        let tenant = i.labels().get(LABEL_TENANT).cloned().unwrap_or_else(|| {
-            namespace.strip_prefix("tenant-").unwrap_or(&namespace).to_string()
-        });
+        let tenant =
+            i.labels().get(LABEL_TENANT).cloned().unwrap_or_else(|| {
+                namespace.strip_prefix("tenant-").unwrap_or(&namespace).to_string()
+            });
         let credit = status.conditions.iter().any(|c| c.reason == reason::CREDIT_EXHAUSTED);
         let availability = if i.metadata.deletion_timestamp.is_some() {
             Availability::NotReady("being destroyed".into())

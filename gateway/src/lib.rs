@@ -191,12 +191,9 @@ pub async fn start(
     let serving = async move {
         let api_server = tls::serve(public, api, tls);
         let ops_server = async move {
-            axum::serve(
-                metrics_listener,
-                ops.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .await
-            .context("metrics server")
+            axum::serve(metrics_listener, ops.into_make_service_with_connect_info::<SocketAddr>())
+                .await
+                .context("metrics server")
         };
         let housekeeping = async {
             let mut tick = tokio::time::interval(Duration::from_secs(60));

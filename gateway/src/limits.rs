@@ -116,7 +116,8 @@ impl Limiter {
     }
 
     fn buckets(&mut self, key: &str, limits: RateLimits, now: Instant) -> &mut KeyBuckets {
-        let (rc, tc) = (self.share(limits.requests_per_minute), self.share(limits.tokens_per_minute));
+        let (rc, tc) =
+            (self.share(limits.requests_per_minute), self.share(limits.tokens_per_minute));
         let b = self.keys.entry(key.to_string()).or_insert_with(|| KeyBuckets {
             requests: Bucket::new(rc, now),
             tokens: Bucket::new(tc, now),

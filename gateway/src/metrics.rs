@@ -1,7 +1,9 @@
 //! Prometheus metrics by tenant and instance. Labels are object names, endpoints and status
 //! codes: never a key, a key id, a prompt or a completion.
 
-use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{
+    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+};
 
 pub struct Metrics {
     pub registry: Registry,
@@ -20,12 +22,18 @@ impl Metrics {
     pub fn new() -> Metrics {
         let registry = Registry::new();
         let requests = IntCounterVec::new(
-            Opts::new("alcove_gateway_requests_total", "Requests answered, by instance, endpoint and status code"),
+            Opts::new(
+                "alcove_gateway_requests_total",
+                "Requests answered, by instance, endpoint and status code",
+            ),
             &["tenant", "instance", "endpoint", "code"],
         )
         .expect("metric");
         let tokens = IntCounterVec::new(
-            Opts::new("alcove_gateway_tokens_total", "Tokens the instances reported, by kind (prompt, completion)"),
+            Opts::new(
+                "alcove_gateway_tokens_total",
+                "Tokens the instances reported, by kind (prompt, completion)",
+            ),
             &["tenant", "instance", "kind"],
         )
         .expect("metric");
@@ -34,12 +42,17 @@ impl Metrics {
                 "alcove_gateway_request_duration_seconds",
                 "From the request's arrival to its last byte, by instance and endpoint",
             )
-            .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]),
+            .buckets(vec![
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+            ]),
             &["tenant", "instance", "endpoint"],
         )
         .expect("metric");
         let rate_limited = IntCounterVec::new(
-            Opts::new("alcove_gateway_rate_limited_total", "Requests refused by a rate limit, by limit"),
+            Opts::new(
+                "alcove_gateway_rate_limited_total",
+                "Requests refused by a rate limit, by limit",
+            ),
             &["tenant", "instance", "limit"],
         )
         .expect("metric");
@@ -48,8 +61,8 @@ impl Metrics {
             "Requests with a missing, unknown or rotated-out key",
         )
         .expect("metric");
-        let instances =
-            IntGauge::new("alcove_gateway_instances", "Instances with a published key").expect("metric");
+        let instances = IntGauge::new("alcove_gateway_instances", "Instances with a published key")
+            .expect("metric");
         let records_written = IntCounter::new(
             "alcove_gateway_usage_records_written_total",
             "Usage records the store accepted",

@@ -206,7 +206,11 @@ impl Activity {
                     ..Default::default()
                 };
                 match api
-                    .patch(&u::name(&uid), &PatchParams::apply(u::FIELD_MANAGER).force(), &Patch::Apply(&cm))
+                    .patch(
+                        &u::name(&uid),
+                        &PatchParams::apply(u::FIELD_MANAGER).force(),
+                        &Patch::Apply(&cm),
+                    )
                     .await
                 {
                     Ok(_) if last_word => {
@@ -247,7 +251,12 @@ mod tests {
 
     #[test]
     fn data_names_the_instance_its_totals_and_a_wake() {
-        let t = Totals { requests: 2, prompt_tokens: 30, completion_tokens: 7, last_ms: 1_800_000_000_000 };
+        let t = Totals {
+            requests: 2,
+            prompt_tokens: 30,
+            completion_tokens: 7,
+            last_ms: 1_800_000_000_000,
+        };
         let d = data(("acme", "tenant-acme", "bot", "u1"), &t, Some("2027-01-15T07:00:00Z"), true);
         assert_eq!(d[u::LAST_WORD], "true");
         assert_eq!(d[u::PROMPT_TOKENS], "30");
@@ -255,7 +264,9 @@ mod tests {
         assert_eq!(d[u::LAST_REQUEST_AT], "2027-01-15T08:00:00Z");
         assert_eq!(d[u::WAKE_FOR_IDLE_SINCE], "2027-01-15T07:00:00Z");
         let quiet = data(("acme", "tenant-acme", "bot", "u1"), &Totals::default(), None, false);
-        assert!(!quiet.contains_key(u::LAST_REQUEST_AT) && !quiet.contains_key(u::WAKE_FOR_IDLE_SINCE));
+        assert!(
+            !quiet.contains_key(u::LAST_REQUEST_AT) && !quiet.contains_key(u::WAKE_FOR_IDLE_SINCE)
+        );
         assert!(!quiet.contains_key(u::LAST_WORD));
     }
 }

@@ -183,7 +183,8 @@ pub async fn handle(
     let Some(endpoint) = endpoint_of(&path) else {
         return ApiError::not_found(req.method().as_str(), &path).into_response();
     };
-    if let Some(wait) = gw.failures.lock().unwrap_or_else(|p| p.into_inner()).blocked(client, started)
+    if let Some(wait) =
+        gw.failures.lock().unwrap_or_else(|p| p.into_inner()).blocked(client, started)
     {
         return ApiError::too_many_failures(wait.as_secs_f64().ceil() as u64).into_response();
     }
@@ -214,8 +215,11 @@ pub async fn handle(
     if let Some(e) = refused {
         return answered(&gw, &route, endpoint, &request_id, started, e.into_response());
     }
-    let admitted =
-        gw.limiter.lock().unwrap_or_else(|p| p.into_inner()).admit(&route.key_id, route.limits, started);
+    let admitted = gw.limiter.lock().unwrap_or_else(|p| p.into_inner()).admit(
+        &route.key_id,
+        route.limits,
+        started,
+    );
     let quota = match admitted {
         Ok(q) => q,
         Err(r) => {
@@ -223,11 +227,8 @@ pub async fn handle(
                 .rate_limited
                 .with_label_values(&[route.tenant.as_str(), route.instance.as_str(), r.what])
                 .inc();
-            let mut e = ApiError::rate_limited(
-                r.what,
-                r.limit,
-                r.retry_after.as_secs_f64().ceil() as u64,
-            );
+            let mut e =
+                ApiError::rate_limited(r.what, r.limit, r.retry_after.as_secs_f64().ceil() as u64);
             for (k, v) in r.quota.headers() {
                 e = e.with_header(header::HeaderName::from_static(k), v);
             }
@@ -423,7 +424,8 @@ impl Meter {
         });
         if let Some(u) = self.usage {
             let m = &self.gw.metrics.tokens;
-            m.with_label_values(&[tenant, instance, "prompt"]).inc_by(u.prompt_tokens.max(0) as u64);
+            m.with_label_values(&[tenant, instance, "prompt"])
+                .inc_by(u.prompt_tokens.max(0) as u64);
             m.with_label_values(&[tenant, instance, "completion"])
                 .inc_by(u.completion_tokens.max(0) as u64);
             self.gw.limiter.lock().unwrap_or_else(|p| p.into_inner()).spend(
@@ -449,12 +451,7 @@ impl Drop for Meter {
 /// The instance's event stream, passed on event by event; the usage chunk is read, and dropped
 /// when the client did not ask for it. Dropping this body (the client left) drops the upstream
 /// connection, which stops the generation.
-fn metered_stream(
-    upstream: Body,
-    meter: Meter,
-    client_wants_usage: bool,
-    idle: Duration,
-) -> Body {
+fn metered_stream(upstream: Body, meter: Meter, client_wants_usage: bool, idle: Duration) -> Body {
     struct S {
         upstream: axum::body::BodyDataStream,
         splitter: EventSplitter,
@@ -507,7 +504,7 @@ fn metered_stream(
                     // The answer is complete: a client that closes now has not left early.
                     s.meter.finish();
                 }
-                if !(usage_only && !client_wants_usage) {
+                if !usage_only || client_wants_usage {
                     out.extend_from_slice(&event);
                 }
             }

@@ -200,7 +200,21 @@ impl Store {
         instance: &str,
         limit: i64,
     ) -> Result<Vec<Record>, sqlx::Error> {
-        type Row = (String, i64, String, String, String, String, String, String, String, i64, i64, i64, i64);
+        type Row = (
+            String,
+            i64,
+            String,
+            String,
+            String,
+            String,
+            String,
+            String,
+            String,
+            i64,
+            i64,
+            i64,
+            i64,
+        );
         let rows: Vec<Row> = sqlx::query_as(
             "SELECT request_id, at_ms, tenant, namespace, instance, instance_uid, key_id, model,
                 endpoint, status, prompt_tokens, completion_tokens, latency_ms
@@ -289,7 +303,11 @@ mod tests {
         let day = 86_400_000;
         let t0 = 1_800_000_000_000;
         store
-            .insert(&[record("a", t0, 3, 4), record("b", t0 + 1, 5, 6), record("c", t0 + day, 1, 1)])
+            .insert(&[
+                record("a", t0, 3, 4),
+                record("b", t0 + 1, 5, 6),
+                record("c", t0 + day, 1, 1),
+            ])
             .await
             .unwrap();
         // A retried batch changes nothing.

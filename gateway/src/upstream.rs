@@ -27,7 +27,7 @@ pub enum Mode {
 
 #[derive(Clone)]
 pub enum Upstream {
-    Service(HttpClient<HttpConnector, Body>),
+    Service(Box<HttpClient<HttpConnector, Body>>),
     ApiServer(kube::Client),
 }
 
@@ -43,7 +43,9 @@ impl Upstream {
                 let mut connector = HttpConnector::new();
                 connector.set_connect_timeout(Some(connect_timeout));
                 connector.set_nodelay(true);
-                Upstream::Service(HttpClient::builder(TokioExecutor::new()).build(connector))
+                Upstream::Service(Box::new(
+                    HttpClient::builder(TokioExecutor::new()).build(connector),
+                ))
             }
         }
     }
@@ -59,8 +61,9 @@ impl Upstream {
         body: Bytes,
         timeout: Duration,
     ) -> Result<Response<Body>, ApiError> {
-        let key = HeaderValue::from_str(key)
-            .map_err(|_| ApiError::bad_request(None, "The API key has characters a key never has."))?;
+        let key = HeaderValue::from_str(key).map_err(|_| {
+            ApiError::bad_request(None, "The API key has characters a key never has.")
+        })?;
         let mut headers = HeaderMap::new();
         headers.insert("x-api-key", key);
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -89,7 +92,8 @@ impl Upstream {
                         .as_deref()
                         .map(|e| e.trim_end_matches('/').trim_end_matches("/v1"))
                         .ok_or_else(|| ApiError::upstream("the instance has no endpoint yet"))?;
-                    let mut req = Request::builder().method(method).uri(format!("{base}{path_and_query}"));
+                    let mut req =
+                        Request::builder().method(method).uri(format!("{base}{path_and_query}"));
                     *req.headers_mut().expect("a fresh builder") = headers;
                     let req = req
                         .body(Body::from(body))

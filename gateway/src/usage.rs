@@ -38,10 +38,8 @@ pub struct Prepared {
 
 pub fn prepare(mut body: Value, served_name: &str, takes_model: bool) -> Prepared {
     let stream = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
-    let client_wants_usage = body
-        .pointer("/stream_options/include_usage")
-        .and_then(Value::as_bool)
-        .unwrap_or(false);
+    let client_wants_usage =
+        body.pointer("/stream_options/include_usage").and_then(Value::as_bool).unwrap_or(false);
     if let Some(obj) = body.as_object_mut() {
         if takes_model && obj.get("model").is_none_or(Value::is_null) {
             obj.insert("model".into(), Value::String(served_name.into()));
@@ -119,7 +117,8 @@ mod tests {
 
     #[test]
     fn usage_of_chat_and_of_embeddings() {
-        let chat = json!({"usage": {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12}});
+        let chat =
+            json!({"usage": {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12}});
         assert_eq!(Usage::of(&chat), Some(Usage { prompt_tokens: 5, completion_tokens: 7 }));
         let emb = json!({"usage": {"prompt_tokens": 9, "total_tokens": 9}});
         assert_eq!(Usage::of(&emb), Some(Usage { prompt_tokens: 9, completion_tokens: 0 }));

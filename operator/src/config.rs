@@ -149,9 +149,7 @@ impl BillingConfig {
     /// The GPU-hour price of `product` in `currency`, falling back to the currency's `"*"`.
     pub fn gpu_price(&self, currency: &str, product: Option<&str>) -> Option<i64> {
         let table = self.prices.get(currency)?;
-        product
-            .and_then(|p| table.get(p)?.per_gpu_hour)
-            .or_else(|| table.get("*")?.per_gpu_hour)
+        product.and_then(|p| table.get(p)?.per_gpu_hour).or_else(|| table.get("*")?.per_gpu_hour)
     }
 
     /// The token prices for `model` on `product` in `currency`: the model's entry, else the
@@ -508,10 +506,22 @@ mod tests {
         )
         .unwrap();
         let tp = |i, o| Some(super::TokenPrice { input: i, output: o });
-        assert_eq!(t.billing.token_price("usd", "chat", Some("NVIDIA-L4")), tp(50, 150), "the model first");
-        assert_eq!(t.billing.token_price("usd", "bot", Some("NVIDIA-L4")), tp(0, 7), "then the product");
+        assert_eq!(
+            t.billing.token_price("usd", "chat", Some("NVIDIA-L4")),
+            tp(50, 150),
+            "the model first"
+        );
+        assert_eq!(
+            t.billing.token_price("usd", "bot", Some("NVIDIA-L4")),
+            tp(0, 7),
+            "then the product"
+        );
         assert_eq!(t.billing.token_price("usd", "bot", None), tp(1, 0), "then *");
-        assert_eq!(t.billing.gpu_price("usd", Some("chat")), Some(120), "a model entry has no GPU price");
+        assert_eq!(
+            t.billing.gpu_price("usd", Some("chat")),
+            Some(120),
+            "a model entry has no GPU price"
+        );
         let err = with_retention("billing: {prices: {usd: {'*': {}}}}").unwrap_err().to_string();
         assert!(err.contains("names no price"), "{err}");
         let err = with_retention("billing: {prices: {USD: {'*': {perGpuHour: 1}}}}")

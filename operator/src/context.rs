@@ -22,7 +22,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 
-use crate::clock::Clock;
+use alcove_clock::Clock;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::names::MANAGED_BY;

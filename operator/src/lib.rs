@@ -6,8 +6,6 @@
 pub mod apply;
 pub mod backoff;
 pub mod billing;
-/// The one clock (its own crate, shared with the gateway).
-pub use alcove_clock as clock;
 pub mod conditions;
 pub mod config;
 pub mod context;
@@ -33,7 +31,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures::FutureExt;
 
-use crate::clock::{Clock, SystemClock};
+use alcove_clock::{Clock, SystemClock};
 use crate::config::{Config, OperatorArgs};
 use crate::context::{Caches, Context};
 use crate::metrics::Metrics;
@@ -108,7 +106,7 @@ pub async fn run_operator(args: OperatorArgs) -> anyhow::Result<()> {
 
     #[cfg(feature = "test-hooks")]
     let clock: Arc<dyn Clock> = match &args.clock_file {
-        Some(p) => Arc::new(clock::FileClock::new(p.clone())),
+        Some(p) => Arc::new(alcove_clock::FileClock::new(p.clone())),
         None => Arc::new(SystemClock),
     };
     #[cfg(not(feature = "test-hooks"))]

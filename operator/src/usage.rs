@@ -20,7 +20,7 @@ impl GatewayUsage {
     pub fn of(cm: &ConfigMap) -> GatewayUsage {
         let data = cm.data.clone().unwrap_or_default();
         let int = |k: &str| data.get(k).and_then(|v| v.parse::<i64>().ok()).unwrap_or(0).max(0);
-        let time = |k: &str| data.get(k).and_then(|v| crate::clock::parse(v));
+        let time = |k: &str| data.get(k).and_then(|v| alcove_clock::parse(v));
         GatewayUsage {
             prompt_tokens: int(u::PROMPT_TOKENS),
             completion_tokens: int(u::COMPLETION_TOKENS),

@@ -20,10 +20,17 @@ fn bin_dir() -> PathBuf {
         return dir.into();
     }
     let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .map(|d| d.flatten().map(|e| e.path().join("bin")).filter(|p| p.join("initdb").exists()).collect())
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.path().join("bin"))
+                .filter(|p| p.join("initdb").exists())
+                .collect()
+        })
         .unwrap_or_default();
     versions.sort();
-    versions.pop().expect("PostgreSQL is not installed: run ./test.sh (it installs Debian's postgresql)")
+    versions
+        .pop()
+        .expect("PostgreSQL is not installed: run ./test.sh (it installs Debian's postgresql)")
 }
 
 impl Postgres {
@@ -33,11 +40,16 @@ impl Postgres {
         // PostgreSQL refuses to run as root: as root, the server runs as Debian's `postgres`.
         let root = std::fs::read_to_string("/proc/self/status")
             .ok()
-            .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(2) == Some("0")))
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("Uid:"))
+                    .map(|l| l.split_whitespace().nth(2) == Some("0"))
+            })
             .unwrap_or(false);
         let as_user = root.then_some("postgres");
         if as_user.is_some() {
-            let status = Command::new("chown").args(["-R", "postgres:postgres"]).arg(dir.path()).status();
+            let status =
+                Command::new("chown").args(["-R", "postgres:postgres"]).arg(dir.path()).status();
             assert!(status.is_ok_and(|s| s.success()), "chown the data directory to postgres");
         }
         let data = dir.path().join("data");
@@ -49,13 +61,38 @@ impl Postgres {
             as_user,
             _dir: dir,
         };
-        pg.run("initdb", &["-D", data.to_str().unwrap(), "-U", "alcove", "-A", "trust", "--no-sync", "-E", "UTF8"]);
+        pg.run(
+            "initdb",
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-U",
+                "alcove",
+                "-A",
+                "trust",
+                "--no-sync",
+                "-E",
+                "UTF8",
+            ],
+        );
         let log = data.parent().unwrap().join("postgres.log");
         let options = format!(
             "-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={} -c fsync=off",
             data.parent().unwrap().display()
         );
-        pg.run("pg_ctl", &["-D", data.to_str().unwrap(), "-l", log.to_str().unwrap(), "-o", &options, "-w", "start"]);
+        pg.run(
+            "pg_ctl",
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-l",
+                log.to_str().unwrap(),
+                "-o",
+                &options,
+                "-w",
+                "start",
+            ],
+        );
         pg
     }
 
@@ -72,7 +109,8 @@ impl Postgres {
     }
 
     fn run(&self, program: &str, args: &[&str]) {
-        let out = self.command(program).args(args).output().unwrap_or_else(|e| panic!("{program}: {e}"));
+        let out =
+            self.command(program).args(args).output().unwrap_or_else(|e| panic!("{program}: {e}"));
         assert!(
             out.status.success(),
             "{program} {}: {}{}",
@@ -84,7 +122,13 @@ impl Postgres {
 
     /// Every byte of the database, as `pg_dump` writes it (for "no content is stored" checks).
     pub fn dump(&self) -> String {
-        let port = self.dsn.rsplit(':').next().and_then(|p| p.split('/').next()).unwrap_or_default().to_string();
+        let port = self
+            .dsn
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.split('/').next())
+            .unwrap_or_default()
+            .to_string();
         let out = self
             .command("pg_dump")
             .args(["-h", "127.0.0.1", "-p", &port, "-U", "alcove", "postgres"])
@@ -92,7 +136,6 @@ impl Postgres {
             .expect("pg_dump");
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
-
 }
 
 impl Drop for Postgres {

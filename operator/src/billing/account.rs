@@ -135,13 +135,13 @@ pub fn verdict(
         let message = if now >= suspend_at {
             format!(
                 "credit exhausted at {}: instances are suspended until a top-up (balance {shown})",
-                crate::clock::format(exhausted_at)
+                alcove_clock::format(exhausted_at)
             )
         } else {
             format!(
                 "credit exhausted at {}: instances are suspended at {} unless credit is topped up (balance {shown})",
-                crate::clock::format(exhausted_at),
-                crate::clock::format(suspend_at)
+                alcove_clock::format(exhausted_at),
+                alcove_clock::format(suspend_at)
             )
         };
         let wake = (now < suspend_at).then(|| suspend_at.duration_since(now).unsigned_abs());
@@ -180,8 +180,8 @@ pub fn verdict(
         billed: ledger.billed,
         unbilled,
         balance_display: Some(shown),
-        exhausted_at: exhausted.then(|| crate::clock::format(exhausted_at)),
-        suspend_at: exhausted.then(|| crate::clock::format(suspend_at)),
+        exhausted_at: exhausted.then(|| alcove_clock::format(exhausted_at)),
+        suspend_at: exhausted.then(|| alcove_clock::format(suspend_at)),
     };
     Verdict { status: Some(status), condition, wake, low, exhausted }
 }
@@ -234,7 +234,8 @@ mod tests {
             gpus: 1,
             per_gpu_hour: Some(360),
         }];
-        let v = verdict(&t, &Standing::Account, Some(&ledger), &runs, 0, at("2026-11-22T10:50:00Z"));
+        let v =
+            verdict(&t, &Standing::Account, Some(&ledger), &runs, 0, at("2026-11-22T10:50:00Z"));
         let s = v.status.clone().unwrap();
         assert_eq!((s.balance, s.unbilled, s.credited), (700, 300, 1000));
         assert_eq!(s.balance_display.as_deref(), Some("7.00 usd"));
@@ -245,10 +246,12 @@ mod tests {
             "when the balance reaches the threshold"
         );
         // Below the threshold: still running, a warning.
-        let v = verdict(&t, &Standing::Account, Some(&ledger), &runs, 0, at("2026-11-22T12:31:00Z"));
+        let v =
+            verdict(&t, &Standing::Account, Some(&ledger), &runs, 0, at("2026-11-22T12:31:00Z"));
         assert_eq!((v.condition.reason.as_str(), v.low, v.exhausted), ("LowBalance", true, false));
         // Exhausted at 12:46:40 (1000 s of credit); the reconcile sees it at 12:47:00.
-        let v = verdict(&t, &Standing::Account, Some(&ledger), &runs, 0, at("2026-11-22T12:47:00Z"));
+        let v =
+            verdict(&t, &Standing::Account, Some(&ledger), &runs, 0, at("2026-11-22T12:47:00Z"));
         assert_eq!(
             (v.condition.status.as_str(), v.condition.reason.as_str()),
             ("False", "CreditExhausted")
@@ -276,7 +279,8 @@ mod tests {
             carry: 0,
         };
         ledger.record("u1", "tenant-acme/chat", &usage);
-        let later = verdict(&t, &Standing::Account, Some(&ledger), &[], 0, at("2026-11-22T13:30:00Z"));
+        let later =
+            verdict(&t, &Standing::Account, Some(&ledger), &[], 0, at("2026-11-22T13:30:00Z"));
         assert_eq!(later.status.unwrap().exhausted_at.as_deref(), Some("2026-11-22T12:47:00Z"));
         // A top-up lifts it.
         ledger.credit("pi_2", 5000);
@@ -285,7 +289,8 @@ mod tests {
         assert_eq!(v.status.unwrap().suspend_at, None);
         // Tokens alone use credit up: unbilled token usage counts in the balance.
         let tokens = ledger.balance() + 1;
-        let v = verdict(&t, &Standing::Account, Some(&ledger), &[], tokens, at("2026-11-22T13:30:00Z"));
+        let v =
+            verdict(&t, &Standing::Account, Some(&ledger), &[], tokens, at("2026-11-22T13:30:00Z"));
         assert!(v.exhausted, "{:?}", v.status);
         assert_eq!(v.status.unwrap().unbilled, tokens);
     }

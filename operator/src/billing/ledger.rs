@@ -122,7 +122,7 @@ impl Ledger {
             .meters
             .entry(uid.to_string())
             .or_insert_with(|| Meter { instance: instance.to_string(), ..Default::default() });
-        m.billed_through = crate::clock::format_millis(u.to);
+        m.billed_through = alcove_clock::format_millis(u.to);
         m.gpu_millis += u.gpu_millis;
         m.billed += u.amount;
         m.carry = u.carry;
@@ -235,7 +235,12 @@ mod tests {
     #[test]
     fn token_records_apply_once_and_in_order() {
         let mut l = Ledger::default();
-        let t = |p, c, amount| TokenUsage { prompt_through: p, completion_through: c, amount, carry: 7 };
+        let t = |p, c, amount| TokenUsage {
+            prompt_through: p,
+            completion_through: c,
+            amount,
+            carry: 7,
+        };
         assert!(l.record_tokens("u1", "t/chat", &t(100, 50, 3)));
         assert!(!l.record_tokens("u1", "t/chat", &t(100, 50, 3)), "the same record again");
         assert!(!l.record_tokens("u1", "t/chat", &t(90, 40, 2)), "an older record");

@@ -90,7 +90,11 @@ pub fn token_charge(
 }
 
 /// Idempotency key of a token record: the instance and the totals it bills through.
-pub fn token_record_key(instance_uid: &str, prompt_through: i64, completion_through: i64) -> String {
+pub fn token_record_key(
+    instance_uid: &str,
+    prompt_through: i64,
+    completion_through: i64,
+) -> String {
     format!("alcove-tokens-{instance_uid}-{prompt_through}-{completion_through}")
 }
 

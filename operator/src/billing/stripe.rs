@@ -190,8 +190,8 @@ impl Stripe {
             ("alcove_tenant", r.tenant.to_string()),
             ("alcove_instance", r.instance.to_string()),
             ("alcove_instance_uid", r.instance_uid.to_string()),
-            ("period_start", crate::clock::format_millis(u.from)),
-            ("period_end", crate::clock::format_millis(u.to)),
+            ("period_start", alcove_clock::format_millis(u.from)),
+            ("period_end", alcove_clock::format_millis(u.to)),
             ("gpu_millis", u.gpu_millis.to_string()),
             ("gpus", r.gpus.to_string()),
             ("gpu_product", r.product.to_string()),
@@ -245,7 +245,8 @@ impl Stripe {
                 r.instance, r.tenant, r.model
             ))
             .metadata(meta);
-        let key = super::meter::token_record_key(r.instance_uid, u.prompt_through, u.completion_through);
+        let key =
+            super::meter::token_record_key(r.instance_uid, u.prompt_through, u.completion_through);
         let item: Object = self.call(&req, Some(key)).await?;
         Ok(item.id)
     }

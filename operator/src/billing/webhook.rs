@@ -18,7 +18,7 @@ use sha2::Sha256;
 
 use super::runtime::Billing;
 use super::store;
-use crate::clock::Clock;
+use alcove_clock::Clock;
 use crate::metrics::Metrics;
 
 /// Stripe's default tolerance.

@@ -51,7 +51,7 @@ pub fn idle(
         return Ok(prev.message.unwrap_or_default());
     }
     // Only a running server idles; a starting one (or one never started) waits for its run.
-    let Some(started) = prev.started_at.as_deref().and_then(crate::clock::parse) else {
+    let Some(started) = prev.started_at.as_deref().and_then(alcove_clock::parse) else {
         return Err(None);
     };
     let last = usage.and_then(|u| u.last_request_at).map_or(started, |l| l.max(started));
@@ -60,7 +60,7 @@ pub fn idle(
         Ok(format!(
             "idle: no request since {} (spec.idleTimeout {timeout}); the pod is stopped and GPU \
              billing with it; the next request through the gateway wakes it",
-            crate::clock::format(last)
+            alcove_clock::format(last)
         ))
     } else {
         Err(Some(deadline.duration_since(now).unsigned_abs()))
@@ -148,7 +148,7 @@ pub fn billed_gpus(i: &InferenceInstance) -> i32 {
 
 /// Closes the current run (if any) at `end`: its GPU-seconds join the total.
 pub fn close_run(s: &mut InferenceInstanceStatus, end: jiff::Timestamp, gpus: i32) -> i64 {
-    let Some(start) = s.started_at.take().as_deref().and_then(crate::clock::parse) else {
+    let Some(start) = s.started_at.take().as_deref().and_then(alcove_clock::parse) else {
         return 0;
     };
     let used = usage(start, end, gpus);
@@ -297,12 +297,14 @@ pub fn desired_status(
         ..prev.clone()
     };
     s.idle_since = match phase {
-        InstancePhase::Idle => prev.idle_since.clone().or_else(|| Some(crate::clock::format_millis(now))),
+        InstancePhase::Idle => {
+            prev.idle_since.clone().or_else(|| Some(alcove_clock::format_millis(now)))
+        }
         _ => None,
     };
     // Metering: a run starts when the pod is Ready and ends when it no longer is.
     match (phase == InstancePhase::Ready, prev.started_at.is_some()) {
-        (true, false) => s.started_at = Some(crate::clock::format_millis(now)),
+        (true, false) => s.started_at = Some(alcove_clock::format_millis(now)),
         (false, true) => {
             close_run(&mut s, now, billed_gpus(i));
         }
@@ -325,7 +327,7 @@ pub fn set_billing(
         conditions::condition(&prev, condition::BILLING, ok, reason, message, generation, now)
     };
     if let Metered::Billed { through, .. } = metered {
-        s.billed_through = through.map(crate::clock::format_millis);
+        s.billed_through = through.map(alcove_clock::format_millis);
     }
     let through =
         s.billed_through.clone().map(|t| format!("; billed through {t}")).unwrap_or_default();

@@ -304,7 +304,7 @@ async fn write_status(
     let prev = i.status.clone().unwrap_or_default();
     let mut next = lifecycle::desired_status(i, obs, now);
     let run_start =
-        prev.started_at.as_deref().or(next.started_at.as_deref()).and_then(crate::clock::parse);
+        prev.started_at.as_deref().or(next.started_at.as_deref()).and_then(alcove_clock::parse);
     let ends = prev.started_at.is_some() && next.started_at.is_none();
     let metered = match tenant {
         Some(t) => crate::billing::report(ctx, t, i, run_start, ends.then_some(now), false).await,
@@ -446,7 +446,7 @@ async fn destroy(i: &InferenceInstance, ctx: &Context) -> Result<Action> {
                 .status
                 .as_ref()
                 .and_then(|s| s.started_at.as_deref())
-                .and_then(crate::clock::parse);
+                .and_then(alcove_clock::parse);
             let end =
                 i.metadata.deletion_timestamp.as_ref().map(|t| t.0).unwrap_or_else(|| ctx.now());
             let metered = crate::billing::report(ctx, &tenant, i, run_start, Some(end), true).await;
@@ -508,9 +508,12 @@ async fn destroy(i: &InferenceInstance, ctx: &Context) -> Result<Action> {
     // publishes them when it sees the delete; its word is awaited a bounded time.
     let usage_name = alcove_crds::gateway_usage::name(&i.uid().unwrap_or_default());
     if let Some(cm) = find(&ctx.caches.config_maps, &ctx.config.namespace, &usage_name) {
-        let deleted = i.metadata.deletion_timestamp.as_ref().map(|t| t.0).unwrap_or_else(|| ctx.now());
+        let deleted =
+            i.metadata.deletion_timestamp.as_ref().map(|t| t.0).unwrap_or_else(|| ctx.now());
         let waited = ctx.now().duration_since(deleted);
-        if !crate::usage::GatewayUsage::of(&cm).last_word && waited < jiff::SignedDuration::from_secs(30) {
+        if !crate::usage::GatewayUsage::of(&cm).last_word
+            && waited < jiff::SignedDuration::from_secs(30)
+        {
             return Ok(Action::requeue(Duration::from_secs(1)));
         }
         if let Some(tenant) = crate::names::tenant_of_namespace(&ns)

@@ -44,7 +44,7 @@ pub fn release_patch(tenant: &str, class: DataClass, w: Window, now: Timestamp) 
     json!({"metadata": {
         "ownerReferences": null,
         "labels": {LABEL_TENANT: tenant, LABEL_DATA_CLASS: class.as_str(), LABEL_RELEASED: "true"},
-        "annotations": {ANNOTATION_RETAIN_UNTIL: crate::clock::format(deadline(now, w)), ANNOTATION_RULE: rule(class, w)},
+        "annotations": {ANNOTATION_RETAIN_UNTIL: alcove_clock::format(deadline(now, w)), ANNOTATION_RULE: rule(class, w)},
     }})
 }
 
@@ -86,7 +86,7 @@ pub fn verdict(pvc: &PersistentVolumeClaim, now: Timestamp, legal_hold: bool) ->
     let deadline = pvc
         .annotations()
         .get(ANNOTATION_RETAIN_UNTIL)
-        .and_then(|s| crate::clock::parse(s))
+        .and_then(|s| alcove_clock::parse(s))
         .unwrap_or(now);
     if legal_hold {
         Verdict::Held
@@ -107,8 +107,8 @@ pub fn receipt(
     ErasureRecord {
         what,
         data_class: class.into(),
-        deadline: crate::clock::format(deadline),
-        erased_at: crate::clock::format(erased_at),
+        deadline: alcove_clock::format(deadline),
+        erased_at: alcove_clock::format(erased_at),
         rule,
     }
 }

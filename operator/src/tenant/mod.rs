@@ -366,11 +366,11 @@ async fn cleanup(tenant: &Tenant, ctx: &Context) -> Result<Action> {
         .status
         .as_ref()
         .and_then(|s| s.erase_after.as_deref())
-        .and_then(crate::clock::parse)
+        .and_then(alcove_clock::parse)
         .unwrap_or_else(|| policy::deadline(ctx.now(), window));
     let mut s = tenant.status.clone().unwrap_or_default();
     s.phase = Some(TenantPhase::Erasing);
-    s.erase_after = Some(crate::clock::format(erase_after));
+    s.erase_after = Some(alcove_clock::format(erase_after));
     s.erasure = last_receipts(ctx, &name).await?;
     let first = tenant.status.as_ref().and_then(|s| s.phase) != Some(TenantPhase::Erasing);
     ctx.write_status(&tenants, tenant, tenant.status.as_ref(), &s).await?;
@@ -382,7 +382,7 @@ async fn cleanup(tenant: &Tenant, ctx: &Context) -> Result<Action> {
             "Delete",
             format!(
                 "instances and knowledge bases destroyed; the tenant's data in {ns} is erased at {} ({})",
-                crate::clock::format(erase_after),
+                alcove_clock::format(erase_after),
                 policy::rule(alcove_crds::DataClass::AccountData, window)
             ),
         )
