@@ -227,7 +227,7 @@ async fn customer_once_and_gpu_time_billed_exactly_across_crashes() {
 }
 
 fn lifecycle_ts(t: jiff::Timestamp) -> String {
-    alcove::clock::format_millis(t)
+    alcove_clock::format_millis(t)
 }
 
 #[tokio::test(flavor = "multi_thread")]

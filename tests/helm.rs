@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 const RELEASE: &str = "alcove";
 const NS: &str = "alcove-system";
 const SA_USER: &str = "system:serviceaccount:alcove-system:alcove";
+const GATEWAY_USER: &str = "system:serviceaccount:alcove-system:alcove-gateway";
 const GITOPS: &str = "argocd-controller";
 
 fn chart() -> PathBuf {
@@ -190,6 +191,14 @@ fn chart_lints_renders_each_tier_layout_and_refuses_bad_values() {
         "Service/alcove-webhook",
         "NetworkPolicy/alcove",
         "PodDisruptionBudget/alcove",
+        "ServiceAccount/alcove-gateway",
+        "ClusterRole/alcove-gateway",
+        "Role/alcove-gateway",
+        "Deployment/alcove-gateway",
+        "Service/alcove-gateway",
+        "Service/alcove-gateway-metrics",
+        "NetworkPolicy/alcove-gateway",
+        "PersistentVolumeClaim/alcove-gateway-usage",
     ] {
         assert!(have.contains(k), "{k} missing from the default render: {have:?}");
     }
@@ -199,6 +208,16 @@ fn chart_lints_renders_each_tier_layout_and_refuses_bad_values() {
     );
     let deploy = find(default, "Deployment", "alcove").unwrap();
     assert_eq!(deploy["spec"]["replicas"], 2);
+    // The gateway with the embedded SQLite store: one replica on its volume, no PDB.
+    let gw = find(default, "Deployment", "alcove-gateway").unwrap();
+    assert_eq!(gw["spec"]["replicas"], 1);
+    assert!(!have.contains("PodDisruptionBudget/alcove-gateway"));
+    let gw_env = gw["spec"]["template"]["spec"]["containers"][0]["env"].as_array().unwrap().clone();
+    let env_of = |env: &[Value], name: &str| env.iter().find(|e| e["name"] == name).cloned();
+    assert_eq!(
+        env_of(&gw_env, "ALCOVE_GATEWAY_USAGE_STORE").unwrap()["value"],
+        "sqlite:///var/lib/alcove-gateway/usage.db"
+    );
 
     let by_layout = |name: &str| {
         &renders.iter().find(|(v, _)| v.as_ref().is_some_and(|p| p.ends_with(name))).unwrap().1["objects"]
@@ -236,6 +255,23 @@ fn chart_lints_renders_each_tier_layout_and_refuses_bad_values() {
         key["valueFrom"]["secretKeyRef"],
         json!({"name": "alcove-stripe", "key": "api-key"})
     );
+    // With PostgreSQL: two replicas, each enforcing half of every limit, a PDB, the DSN and the
+    // TLS certificate from Secrets.
+    let gw = find(dedicated, "Deployment", "alcove-gateway").unwrap();
+    assert_eq!(gw["spec"]["replicas"], 2);
+    assert!(kinds(dedicated).contains("PodDisruptionBudget/alcove-gateway"));
+    assert!(!kinds(dedicated).contains("PersistentVolumeClaim/alcove-gateway-usage"));
+    let gw_pod = &gw["spec"]["template"]["spec"];
+    let gw_env = gw_pod["containers"][0]["env"].as_array().unwrap().clone();
+    let env = |name: &str| gw_env.iter().find(|e| e["name"] == name).cloned().unwrap();
+    assert_eq!(env("ALCOVE_GATEWAY_REPLICAS")["value"], "2");
+    assert_eq!(
+        env("ALCOVE_GATEWAY_USAGE_STORE")["valueFrom"]["secretKeyRef"],
+        json!({"name": "alcove-gateway-usage-store", "key": "dsn"})
+    );
+    assert_eq!(env("ALCOVE_GATEWAY_TLS_CERT")["value"], "/etc/alcove/tls/tls.crt");
+    assert_eq!(gw_pod["volumes"][0]["secret"]["secretName"], "alcove-gateway-tls");
+    assert_eq!(gw_pod["containers"][0]["securityContext"]["readOnlyRootFilesystem"], true);
     let enterprise = by_layout("enterprise-values.yaml");
     assert_eq!(find(enterprise, "Deployment", "alcove").unwrap()["spec"]["replicas"], 1);
     assert!(
@@ -279,6 +315,11 @@ fn chart_lints_renders_each_tier_layout_and_refuses_bad_values() {
             "billing: {prices: {usd: {'*': {perHour: 250}}}}\n",
             "additional properties 'perHour' not allowed",
         ),
+        (
+            "gateway: {replicas: 2}\n",
+            "gateway.replicas above 1 needs gateway.usageStore.existingSecret",
+        ),
+        ("gateway: {publishSeconds: 0}\n", "at '/gateway/publishSeconds': minimum: got 0, want 1"),
     ] {
         let path = dir.path().join("bad.yaml");
         std::fs::write(&path, values).unwrap();
@@ -304,11 +345,16 @@ struct Request {
 }
 
 fn operator_requests(audit: &Path) -> Vec<Request> {
+    requests_of(audit, SA_USER)
+}
+
+/// The requests of `user` in the audit log.
+fn requests_of(audit: &Path, user: &str) -> Vec<Request> {
     let text = std::fs::read_to_string(audit).expect("audit log");
     let mut out = Vec::new();
     for line in text.lines() {
         let e: Value = serde_json::from_str(line).unwrap();
-        if e["user"]["username"] != SA_USER {
+        if e["user"]["username"] != user {
             continue;
         }
         let r = &e["objectRef"];
@@ -380,12 +426,12 @@ fn without(rules: &Value, group: &str, resource: &str, verb: &str) -> Value {
     json!(out)
 }
 
-async fn allowed(client: &kube::Client, req: &Request, verb: &str) -> bool {
+async fn allowed(client: &kube::Client, user: &str, req: &Request, verb: &str) -> bool {
     let (resource, sub) = req.resource.split_once('/').unwrap_or((&req.resource, ""));
     let sar: SubjectAccessReview = serde_json::from_value(json!({
         "apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
         "spec": {
-            "user": SA_USER,
+            "user": user,
             "groups": ["system:serviceaccounts", "system:serviceaccounts:alcove-system", "system:authenticated"],
             "resourceAttributes": {"verb": verb, "group": req.group, "resource": resource, "subresource": sub, "namespace": req.namespace, "name": req.name},
         },
@@ -558,6 +604,41 @@ async fn chart_installs_and_its_rbac_is_sufficient_and_minimal() {
         assert!(ok && !err.contains("conflict"), "{f}: {out}{err}");
     }
 
+    // The gateway with exactly the chart's RBAC (its ServiceAccount's token): a customer's
+    // request is answered and metered, and its usage reaches the operator's namespace. devcluster
+    // has no Service network, so this gateway goes through the API server's service proxy; the
+    // proxy permission is the test's, not the chart's (in a cluster the gateway dials Services).
+    let gw_token = p.ok(&["create", "token", "alcove-gateway", "-n", NS, "--duration=2h"]).await;
+    let gw_kubeconfig = p.dir.path().join("kubeconfig-alcove-gateway");
+    p.cluster.write_kubeconfig_for(&gw_kubeconfig, "alcove-gateway", gw_token.trim()).unwrap();
+    p.ok_in(
+        &["apply", "-f", "-"],
+        "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata: {name: test-service-proxy}\nrules: [{apiGroups: [''], resources: [services/proxy], verbs: [get, create]}]\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata: {name: test-service-proxy}\nroleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: test-service-proxy}\nsubjects: [{kind: ServiceAccount, name: alcove-gateway, namespace: alcove-system}]\n",
+    )
+    .await;
+    let gw_kc = gw_kubeconfig.display().to_string();
+    let gw = Gateway::start(
+        &p,
+        "gateway",
+        &["--kubeconfig", &gw_kc, "--namespace", NS, "--publish-seconds", "1"],
+    )
+    .await;
+    let key = api_key(&p, "tenant-startup", "assistant").await;
+    let answer = gw
+        .call(
+            "/chat/completions",
+            &[("Authorization", &format!("Bearer {key}"))],
+            Some(r#"{"messages": [{"role": "user", "content": "Where do visitors park?"}], "max_tokens": 4}"#),
+        )
+        .await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    let uid =
+        p.jsonpath(&["get", "inst", "assistant", "-n", "tenant-startup"], "{.metadata.uid}").await;
+    eventually("the gateway publishes the instance's usage", Duration::from_secs(20), || async {
+        p.kubectl(&["get", "configmap", &format!("usage-{uid}"), "-n", NS]).await.0
+    })
+    .await;
+
     // The tenant-admin Role the operator wrote (needed below, before the tenant is erased).
     let tenant_role = p.json(&["get", "role", "alcove-tenant-admin", "-n", "tenant-startup"]).await;
 
@@ -606,6 +687,8 @@ async fn chart_installs_and_its_rbac_is_sufficient_and_minimal() {
     for o in &mut p.operators {
         o.kill().await;
     }
+    let mut gw = gw;
+    let _ = gw.child.kill().await;
     let client = p.client.clone();
     let needed: BTreeMap<(String, String, String), Request> = requests
         .iter()
@@ -620,11 +703,43 @@ async fn chart_installs_and_its_rbac_is_sufficient_and_minimal() {
                 unused.push(format!("{kind} {name}: {v} {r} (group {g:?})"));
                 continue;
             };
-            assert!(allowed(&client, req, &v).await, "with the full rules, {v} {r} is allowed");
+            assert!(
+                allowed(&client, SA_USER, req, &v).await,
+                "with the full rules, {v} {r} is allowed"
+            );
             set_rules(&client, kind, name, &without(&rules, &g, &r, &v)).await;
             assert!(
-                !allowed(&client, req, &v).await,
+                !allowed(&client, SA_USER, req, &v).await,
                 "without {v} on {r} in {name}, the operator's request {req:?} is refused"
+            );
+            checked += 1;
+            set_rules(&client, kind, name, &rules).await;
+        }
+    }
+    // The same for the gateway: sufficient (nothing the chart grants it was refused) and minimal.
+    let gw_requests: Vec<Request> = requests_of(&audit, GATEWAY_USER)
+        .into_iter()
+        .filter(|r| r.resource != "services/proxy")
+        .collect();
+    assert!(!gw_requests.is_empty(), "the audit log has the gateway's requests");
+    let refused: Vec<&Request> = gw_requests.iter().filter(|r| r.code == 403).collect();
+    assert!(refused.is_empty(), "the chart's RBAC refused the gateway: {refused:#?}");
+    let gw_needed: BTreeMap<(String, String, String), Request> = gw_requests
+        .iter()
+        .map(|r| ((r.group.clone(), r.resource.clone(), r.verb.clone()), r.clone()))
+        .collect();
+    for (kind, name) in [("ClusterRole", "alcove-gateway"), ("Role", "alcove-gateway")] {
+        let rules = find(objects, kind, name).unwrap()["rules"].clone();
+        for (g, r, v) in grants(&rules) {
+            let Some(req) = gw_needed.get(&(g.clone(), r.clone(), v.clone())) else {
+                unused.push(format!("{kind} {name}: {v} {r} (group {g:?})"));
+                continue;
+            };
+            assert!(allowed(&client, GATEWAY_USER, req, &v).await, "{v} {r} for the gateway");
+            set_rules(&client, kind, name, &without(&rules, &g, &r, &v)).await;
+            assert!(
+                !allowed(&client, GATEWAY_USER, req, &v).await,
+                "without {v} on {r} in {name}, the gateway's request {req:?} is refused"
             );
             checked += 1;
             set_rules(&client, kind, name, &rules).await;
@@ -632,12 +747,13 @@ async fn chart_installs_and_its_rbac_is_sufficient_and_minimal() {
     }
     assert!(
         unused.is_empty(),
-        "granted but never used by the operator (remove them, or make the scenario use them):\n{}",
+        "granted but never used (remove them, or make the scenario use them):\n{}",
         unused.join("\n")
     );
     eprintln!(
-        "RBAC: {checked} granted verbs, each needed by a request the operator made; {} requests audited",
-        requests.len()
+        "RBAC: {checked} granted verbs, each needed by a request the operator or the gateway made; {} + {} requests audited",
+        requests.len(),
+        gw_requests.len()
     );
 
     // The delegated rules: without any one of them, Kubernetes refuses the operator's write of

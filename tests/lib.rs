@@ -325,3 +325,145 @@ impl Clock {
         std::fs::read_to_string(&self.0).unwrap().trim().parse().unwrap()
     }
 }
+
+/// A running `alcove gateway`.
+pub struct Gateway {
+    pub child: tokio::process::Child,
+    /// `https://127.0.0.1:<port>/v1`
+    pub base: String,
+    pub metrics: String,
+    pub ca: PathBuf,
+    pub log: PathBuf,
+    pub dir: PathBuf,
+}
+
+impl Gateway {
+    /// A gateway with its own SQLite store (`<dir>/usage.db`) unless `args` name a store.
+    pub async fn start(p: &Platform, name: &str, args: &[&str]) -> Gateway {
+        let dir = p.dir.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let pem = alcove_devcluster::tls::loopback_pem("alcove-gateway", &[]).unwrap();
+        let (ca, cert, key) = (dir.join("ca.pem"), dir.join("tls.crt"), dir.join("tls.key"));
+        std::fs::write(&ca, &pem.ca_pem).unwrap();
+        std::fs::write(&cert, &pem.chain_pem).unwrap();
+        std::fs::write(&key, &pem.key_pem).unwrap();
+        let (port, mport) = (free_port(), free_port());
+        let log = dir.join("gateway.log");
+        let sqlite = format!("sqlite://{}", dir.join("usage.db").display());
+        let store =
+            if args.contains(&"--usage-store") { vec![] } else { vec!["--usage-store", &sqlite] };
+        let out = std::fs::File::create(&log).unwrap();
+        let child = tokio::process::Command::new(alcove_binary())
+            .args(["gateway", "--upstream", "api-server", "--log-format", "text"])
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--metrics-listen", &format!("127.0.0.1:{mport}")])
+            .args(["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()])
+            .args(args)
+            .args(&store)
+            .env("ALCOVE_KUBECONFIG", &p.cluster.kubeconfig)
+            .env("ALCOVE_LOG", "debug,hyper=info,kube=info,tower=info,rustls=info")
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("alcove gateway");
+        let metrics = format!("http://127.0.0.1:{mport}");
+        eventually("the gateway lists instances", Duration::from_secs(30), || async {
+            curl(&format!("{metrics}/readyz")).await.is_some()
+        })
+        .await;
+        Gateway { child, base: format!("https://127.0.0.1:{port}/v1"), metrics, ca, log, dir }
+    }
+
+    /// The official SDK: `openai_client.py ACTION` with this gateway and `key`.
+    pub async fn sdk(&self, action: &str, key: &str) -> serde_json::Value {
+        let out = tokio::process::Command::new(workspace_root().join(".venv/bin/python"))
+            .arg(workspace_root().join("tests/support/openai_client.py"))
+            .arg(action)
+            .env("ALCOVE_BASE_URL", &self.base)
+            .env("ALCOVE_API_KEY", key)
+            .env("SSL_CERT_FILE", &self.ca)
+            .output()
+            .await
+            .expect("run ./test.sh: it installs the openai SDK into .venv");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{action}: {text}{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("{action}: {e}: {text}"))
+    }
+
+    /// A raw HTTPS request: (status, lower-cased headers, body).
+    pub async fn call(&self, path: &str, headers: &[(&str, &str)], body: Option<&str>) -> Reply {
+        let mut cmd = tokio::process::Command::new("curl");
+        cmd.args(["-s", "-i", "--max-time", "60", "--cacert", self.ca.to_str().unwrap()]);
+        for (k, v) in headers {
+            cmd.args(["-H", &format!("{k}: {v}")]);
+        }
+        if let Some(b) = body {
+            cmd.args(["-H", "Content-Type: application/json", "--data-binary", b]);
+        }
+        let out = cmd.arg(format!("{}{path}", self.base)).output().await.unwrap();
+        Reply::parse(&String::from_utf8_lossy(&out.stdout))
+    }
+
+    pub async fn store(&self) -> alcove_gateway::store::Store {
+        let dsn = format!("sqlite://{}", self.dir.join("usage.db").display());
+        alcove_gateway::store::Store::open(&dsn).await.unwrap()
+    }
+
+    /// Every byte the SQLite store holds (database and write-ahead log).
+    pub fn store_bytes(&self) -> String {
+        ["usage.db", "usage.db-wal"]
+            .iter()
+            .map(|f| {
+                String::from_utf8_lossy(&std::fs::read(self.dir.join(f)).unwrap_or_default())
+                    .into_owned()
+            })
+            .collect()
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: serde_json::Value,
+}
+
+impl Reply {
+    pub fn parse(raw: &str) -> Reply {
+        let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((raw, ""));
+        let mut lines = head.lines();
+        let status = lines
+            .next()
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let headers = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+            .collect();
+        Reply {
+            status,
+            headers,
+            body: serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
+        }
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+}
+
+/// An instance's API key, from its Secret.
+pub async fn api_key(p: &Platform, ns: &str, instance: &str) -> String {
+    let b64 = p
+        .jsonpath(&["get", "secret", &format!("{instance}-api-key"), "-n", ns], "{.data.api-key}")
+        .await;
+    use base64::Engine;
+    String::from_utf8(base64::engine::general_purpose::STANDARD.decode(b64.trim()).unwrap())
+        .unwrap()
+}

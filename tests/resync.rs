@@ -166,7 +166,7 @@ async fn steady_state_with_billing_writes_nothing() {
     // Two minutes on: acme is billed for two intervals, broke's grace is over.
     clock.set(jiff::Timestamp::from_second(t0.as_second() + 120).unwrap());
     let through =
-        alcove::clock::format_millis(jiff::Timestamp::from_second(t0.as_second() + 120).unwrap());
+        alcove_clock::format_millis(jiff::Timestamp::from_second(t0.as_second() + 120).unwrap());
     eventually("acme billed through t0+120", Duration::from_secs(30), || async {
         p.jsonpath(&["get", "inst", "chat", "-n", "tenant-acme"], "{.status.billedThrough}").await
             == through

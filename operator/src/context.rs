@@ -22,10 +22,10 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 
-use alcove_clock::Clock;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::names::MANAGED_BY;
+use alcove_clock::Clock;
 
 /// Futures that keep the caches fed; the caller drives them.
 pub type Feeder = Pin<Box<dyn Future<Output = ()> + Send>>;

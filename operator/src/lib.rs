@@ -31,10 +31,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures::FutureExt;
 
-use alcove_clock::{Clock, SystemClock};
 use crate::config::{Config, OperatorArgs};
 use crate::context::{Caches, Context};
 use crate::metrics::Metrics;
+use alcove_clock::{Clock, SystemClock};
 
 /// Resolves on SIGTERM or Ctrl-C.
 pub async fn shutdown_signal() {

@@ -24,6 +24,19 @@ app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/part-of: alcove
 {{- end -}}
 
+{{- define "alcove.gateway.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "alcove.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: gateway
+{{- end -}}
+
+{{- define "alcove.gateway.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{ include "alcove.gateway.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/part-of: alcove
+{{- end -}}
+
 {{- define "alcove.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create -}}
 {{- default (include "alcove.fullname" .) .Values.serviceAccount.name -}}

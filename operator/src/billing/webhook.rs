@@ -18,8 +18,8 @@ use sha2::Sha256;
 
 use super::runtime::Billing;
 use super::store;
-use alcove_clock::Clock;
 use crate::metrics::Metrics;
+use alcove_clock::Clock;
 
 /// Stripe's default tolerance.
 pub const TOLERANCE_SECS: i64 = 300;
