@@ -29,6 +29,22 @@ if ! .venv/bin/python -c "import localstripe" 2>/dev/null; then
   .venv/bin/pip install --quiet --disable-pip-version-check localstripe==1.15.10
 fi
 
+# - openai: the official OpenAI SDK, the customer's program in the gateway tests.
+if ! .venv/bin/python -c "import openai" 2>/dev/null; then
+  echo "== test.sh: installing the openai SDK"
+  .venv/bin/pip install --quiet --disable-pip-version-check openai==3.51.0
+fi
+
+# Debian's PostgreSQL: the usage store the gateway's replicas share; the tests start it on a
+# loopback port (initdb and pg_ctl from /usr/lib/postgresql/*/bin).
+if ! ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1; then
+  echo "== test.sh: installing postgresql (apt-get)"
+  SUDO=""
+  if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends postgresql
+fi
+
 # Gates before the tests: one format, no lint warnings in any target.
 echo "== test.sh: format (cargo fmt --check)"
 cargo fmt --all --check

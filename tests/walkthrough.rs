@@ -62,6 +62,10 @@ async fn the_readme_walkthrough_works_against_alcove_up() {
         "up says what is simulated: {out}"
     );
     assert!(out.contains("random text"), "up says the test model's answers are random: {out}");
+    assert!(
+        out.contains("alcove up: gateway") && out.contains("https://127.0.0.1:"),
+        "up prints the gateway's URL: {out}"
+    );
     assert!(dir.path().join(".alcove/kubeconfig").is_file());
 
     // The walkthrough, traced with timestamps; the kubectl cache stays inside the test.

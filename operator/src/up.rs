@@ -202,13 +202,22 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     std::fs::copy(&cluster.kubeconfig, &kubeconfig).context("writing the kubeconfig")?;
 
     let client = cluster.client().await?;
-    let crds: Api<CustomResourceDefinition> = Api::all(client);
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     for crd in alcove_crds::crds() {
         let name = crd.metadata.name.clone().unwrap_or_default();
         crds.patch(&name, &PatchParams::apply("alcove-up").force(), &Patch::Apply(&crd))
             .await
             .with_context(|| format!("installing CRD {name}"))?;
     }
+
+    // The operator's namespace, as the chart's install makes it (ledgers, receipts, the
+    // gateway's usage ConfigMaps live there).
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    let ns = serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "alcove-system"}});
+    namespaces
+        .patch("alcove-system", &PatchParams::apply("alcove-up").force(), &Patch::Apply(&ns))
+        .await
+        .context("creating namespace alcove-system")?;
 
     let port = free_port()?;
     let operator_args = crate::config::OperatorArgs {
@@ -246,6 +255,42 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
+    // The gateway: HTTPS on loopback with a certificate from a CA made for this run; it reaches
+    // instances through the API server's service proxy (there is no Service network here).
+    let gateway_dir = state.join("gateway");
+    std::fs::create_dir_all(&gateway_dir)?;
+    let pem = alcove_devcluster::tls::loopback_pem("alcove-gateway", &[])
+        .map_err(|e| anyhow::anyhow!("gateway certificate: {e}"))?;
+    let (ca, cert, key) =
+        (gateway_dir.join("ca.pem"), gateway_dir.join("tls.crt"), gateway_dir.join("tls.key"));
+    std::fs::write(&ca, &pem.ca_pem)?;
+    std::fs::write(&cert, &pem.chain_pem)?;
+    std::fs::write(&key, &pem.key_pem)?;
+    let gateway_args = alcove_gateway::GatewayArgs {
+        listen: ([127, 0, 0, 1], free_port()?).into(),
+        metrics_listen: ([127, 0, 0, 1], free_port()?).into(),
+        tls_cert: Some(cert),
+        tls_key: Some(key),
+        upstream: alcove_gateway::upstream::Mode::ApiServer,
+        replicas: 1,
+        max_body_bytes: 4 << 20,
+        upstream_timeout_seconds: 300,
+        auth_failures_per_minute: 20,
+        trusted_proxies: Vec::new(),
+        namespace: "alcove-system".into(),
+        publish_seconds: 60,
+        wake_timeout_seconds: 180,
+        usage_store: format!("sqlite://{}", gateway_dir.join("usage.db").display()),
+        #[cfg(feature = "test-hooks")]
+        clock_file: None,
+        log_format: "text".into(),
+    };
+    let (gateway, gateway_serving) =
+        alcove_gateway::start(gateway_args, cluster.client().await?).await?;
+    let gateway_url = format!("https://{}/v1", gateway.public);
+    std::fs::write(gateway_dir.join("url"), &gateway_url)?;
+    let gateway_task = tokio::spawn(gateway_serving);
+
     let rel = |p: &Path| {
         p.strip_prefix(std::env::current_dir().unwrap_or_default())
             .map(Path::to_path_buf)
@@ -273,6 +318,16 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             n.labels.get("topology.kubernetes.io/region").cloned().unwrap_or_default()
         );
     }
+    println!(
+        "alcove up: gateway          {gateway_url}  (the customers' OpenAI base URL; metrics http://{}/metrics)",
+        gateway.metrics
+    );
+    println!(
+        "alcove up:   its certificate's CA is {}: export SSL_CERT_FILE=$PWD/{} for the OpenAI SDKs, curl --cacert {}",
+        rel(&ca).display(),
+        rel(&ca).display(),
+        rel(&ca).display()
+    );
     println!("alcove up: inference image {image} runs {}", bin.display());
     println!("alcove up: platform models in {}: {model_note}", rel(&models).display());
     println!(
@@ -294,6 +349,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         r = &mut operator => Some(r),
     };
     println!("alcove up: stopping");
+    gateway_task.abort();
     match stopped_alone {
         None => drop(tokio::time::timeout(Duration::from_secs(5), operator).await),
         Some(Ok(Ok(()))) => {}
