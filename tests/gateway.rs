@@ -171,7 +171,13 @@ async fn customers_reach_their_instance_with_a_base_url_and_a_key() {
     assert_eq!(totals.requests, 5);
 
     // A fresh gateway (the first one now distrusts this address) for the rest.
-    let gw = Gateway::start(&p, "gw2", &[]).await;
+    let gw = Gateway::start(&p, "gw2", &["--host-domain", "gw.test"]).await;
+    // A per-instance host name admits its own instance's key only.
+    let own = [("Host", "chat.startup.gw.test"), ("Authorization", &format!("Bearer {key}"))];
+    assert_eq!(gw.call("/models", &own, None).await.status, 200);
+    let other =
+        [("Host", "chat.startup.gw.test"), ("Authorization", &format!("Bearer {embed_key}"))];
+    assert_eq!(gw.call("/models", &other, None).await.status, 401);
 
     // Streams are passed on as they come, and a client that leaves stops the generation.
     let full = gw

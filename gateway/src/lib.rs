@@ -73,6 +73,11 @@ pub struct GatewayArgs {
     /// Requests with a wrong key allowed per client address per minute.
     #[arg(long, env = "ALCOVE_GATEWAY_AUTH_FAILURES_PER_MINUTE", default_value_t = 20)]
     pub auth_failures_per_minute: u32,
+    /// Optional per-instance host names: with `ai.example.com`, the host
+    /// `<instance>.<tenant>.ai.example.com` admits only that instance's key (route such names,
+    /// e.g. a wildcard DNS record and certificate, to the gateway). Any other host: the key alone.
+    #[arg(long, env = "ALCOVE_GATEWAY_HOST_DOMAIN")]
+    pub host_domain: Option<String>,
     /// Proxies (addresses or CIDR blocks, comma-separated) whose `X-Forwarded-For` is believed.
     #[arg(long, env = "ALCOVE_GATEWAY_TRUSTED_PROXIES", value_delimiter = ',')]
     pub trusted_proxies: Vec<Cidr>,
@@ -145,6 +150,7 @@ pub async fn start(
         activity: Arc::new(publish::Activity::default()),
         directory_version: tokio::sync::watch::channel(0).0,
         wake_timeout: Duration::from_secs(args.wake_timeout_seconds.max(1)),
+        host_domain: args.host_domain.clone().map(|d| d.trim_matches('.').to_ascii_lowercase()),
     });
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(c), Some(k)) => Some(tls::acceptor(c, k)?),

@@ -49,6 +49,20 @@ pub struct Gateway {
     pub directory_version: tokio::sync::watch::Sender<u64>,
     /// How long a request waits for an idle instance to wake.
     pub wake_timeout: Duration,
+    /// Per-instance host names `<instance>.<tenant>.<domain>`: such a host admits only its own
+    /// instance's key.
+    pub host_domain: Option<String>,
+}
+
+/// The (instance, tenant) a host name `<instance>.<tenant>.<domain>` names, if it does.
+pub fn host_selects<'a>(host: &'a str, domain: &str) -> Option<(&'a str, &'a str)> {
+    let host = host
+        .rsplit_once(':')
+        .map_or(host, |(h, port)| if port.bytes().all(|b| b.is_ascii_digit()) { h } else { host });
+    let prefix = host.strip_suffix(domain)?.strip_suffix('.')?;
+    let (instance, tenant) = prefix.split_once('.')?;
+    (!instance.is_empty() && !tenant.is_empty() && !tenant.contains('.'))
+        .then_some((instance, tenant))
 }
 
 impl Gateway {
@@ -193,6 +207,13 @@ pub async fn handle(
         return ApiError::missing_key().into_response();
     };
     let route = gw.directory.read().unwrap_or_else(|p| p.into_inner()).lookup(&key);
+    // A per-instance host name admits only that instance's key.
+    let named = gw.host_domain.as_deref().and_then(|domain| {
+        let host = req.headers().get(header::HOST)?.to_str().ok()?.to_ascii_lowercase();
+        host_selects(&host, domain).map(|(i, t)| (i.to_string(), t.to_string()))
+    });
+    let route =
+        route.filter(|r| named.as_ref().is_none_or(|(i, t)| *i == r.instance && *t == r.tenant));
     let Some(route) = route else {
         gw.metrics.auth_failures.inc();
         gw.failures.lock().unwrap_or_else(|p| p.into_inner()).failed(client, started);
@@ -533,6 +554,18 @@ mod tests {
         assert!("10.0.0.0/33".parse::<Cidr>().is_err());
         assert!("::1".parse::<Cidr>().unwrap().contains("::1".parse().unwrap()));
         assert!("0.0.0.0/0".parse::<Cidr>().unwrap().contains("8.8.8.8".parse().unwrap()));
+    }
+
+    #[test]
+    fn host_names_select_an_instance_under_the_domain_only() {
+        let d = "ai.example.com";
+        assert_eq!(host_selects("chat.acme.ai.example.com", d), Some(("chat", "acme")));
+        assert_eq!(host_selects("chat.acme.ai.example.com:8443", d), Some(("chat", "acme")));
+        assert_eq!(host_selects("ai.example.com", d), None, "the shared endpoint");
+        assert_eq!(host_selects("acme.ai.example.com", d), None);
+        assert_eq!(host_selects("x.chat.acme.ai.example.com", d), None);
+        assert_eq!(host_selects("chat.acme.evil-ai.example.com", d), None);
+        assert_eq!(host_selects("chat.acmeai.example.com", d), None);
     }
 
     #[test]

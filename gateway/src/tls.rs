@@ -140,3 +140,54 @@ pub async fn serve(
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::pki_types::ServerName;
+
+    fn write(dir: &Path) -> String {
+        let pem = alcove_devcluster::tls::loopback_pem("gateway-test", &[]).unwrap();
+        std::fs::write(dir.join("tls.crt"), &pem.chain_pem).unwrap();
+        std::fs::write(dir.join("tls.key"), &pem.key_pem).unwrap();
+        pem.ca_pem
+    }
+
+    /// Whether a TLS handshake with the server at `addr` succeeds trusting only `ca`.
+    async fn trusted(addr: SocketAddr, ca: &str) -> bool {
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_slice_iter(ca.as_bytes()) {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let name = ServerName::IpAddress(addr.ip().into());
+        tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await.is_ok()
+    }
+
+    #[tokio::test]
+    async fn a_renewed_certificate_is_served_without_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = write(dir.path());
+        let acceptor = acceptor(&dir.path().join("tls.crt"), &dir.path().join("tls.key")).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(serve(listener, Router::new(), Some(acceptor)));
+        assert!(trusted(addr, &first).await);
+        // The Secret is renewed (a new CA even): within a second or two the new one is served.
+        let second = write(dir.path());
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        assert!(trusted(addr, &second).await, "the renewed certificate");
+        assert!(!trusted(addr, &first).await, "the old one is no longer served");
+        // A broken file keeps the last good certificate.
+        std::fs::write(dir.path().join("tls.key"), "not a key").unwrap();
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        assert!(trusted(addr, &second).await);
+    }
+}

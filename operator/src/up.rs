@@ -277,6 +277,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         upstream_timeout_seconds: 300,
         auth_failures_per_minute: 20,
         trusted_proxies: Vec::new(),
+        host_domain: None,
         namespace: "alcove-system".into(),
         publish_seconds: 60,
         wake_timeout_seconds: 180,
