@@ -11,6 +11,9 @@ use crate::store::{Record, Store};
 /// Records waiting for the store; beyond this, new records are dropped and counted.
 const QUEUE: usize = 100_000;
 const BATCH: usize = 500;
+/// How long the writer lets records gather after the first one: a commit per request would
+/// cost a disk sync per request; this makes it at most 20 a second.
+const LINGER: Duration = Duration::from_millis(50);
 
 #[derive(Clone)]
 pub struct Recorder {
@@ -42,6 +45,7 @@ pub fn start(
                     Some(r) => batch.push(r),
                     None => return,
                 }
+                tokio::time::sleep(LINGER).await;
             }
             while batch.len() < BATCH {
                 match rx.try_recv() {

@@ -165,6 +165,11 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     let loader = tokio::task::spawn_blocking(move || {
         load(&loader_state.config, loader_state.metrics.clone())
     });
+    // Streamed events are small writes: without TCP_NODELAY, Nagle holds each one until the
+    // previous is acknowledged, and a delayed ACK makes that ~40 ms per token for a proxy.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let serving = axum::serve(listener, router(state.clone()))
         .with_graceful_shutdown(shutdown_signal())
         .into_future();
