@@ -186,7 +186,7 @@ impl Stripe {
     pub async fn create_usage(&self, r: &UsageRecord<'_>) -> Result<String> {
         let u = r.usage;
         let secs = u.gpu_millis as f64 / 1000.0;
-        let meta: HashMap<String, String> = [
+        let meta = [
             ("alcove_tenant", r.tenant.to_string()),
             ("alcove_instance", r.instance.to_string()),
             ("alcove_instance_uid", r.instance_uid.to_string()),
@@ -196,23 +196,13 @@ impl Stripe {
             ("gpus", r.gpus.to_string()),
             ("gpu_product", r.product.to_string()),
             ("carry", u.carry.to_string()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect();
-        let currency: stripe_types::Currency = r.currency.parse().unwrap_or_else(|e| match e {});
-        let req = stripe_billing::invoice_item::CreateInvoiceItem::new()
-            .customer(r.customer)
-            .currency(currency)
-            .amount(u.amount)
-            .description(format!(
-                "GPU time: {} ({}), {secs:.3} GPU-seconds on {} × {}",
-                r.instance, r.tenant, r.gpus, r.product
-            ))
-            .metadata(meta);
-        let item: Object =
-            self.call(&req, Some(super::meter::record_key(r.instance_uid, u.from))).await?;
-        Ok(item.id)
+        ];
+        let description = format!(
+            "GPU time: {} ({}), {secs:.3} GPU-seconds on {} × {}",
+            r.instance, r.tenant, r.gpus, r.product
+        );
+        let key = super::meter::record_key(r.instance_uid, u.from);
+        self.invoice_item(r.customer, r.currency, u.amount, description, meta, key).await
     }
 
     /// Creates one token record (an invoice item), keyed by instance and the totals it bills
@@ -220,7 +210,7 @@ impl Stripe {
     pub async fn create_token_usage(&self, r: &TokenRecord<'_>) -> Result<String> {
         let u = r.usage;
         let (prompt, completion) = (u.prompt_through - r.from.0, u.completion_through - r.from.1);
-        let meta: HashMap<String, String> = [
+        let meta = [
             ("alcove_kind", "tokens".to_string()),
             ("alcove_tenant", r.tenant.to_string()),
             ("alcove_instance", r.instance.to_string()),
@@ -231,22 +221,35 @@ impl Stripe {
             ("prompt_through", u.prompt_through.to_string()),
             ("completion_through", u.completion_through.to_string()),
             ("carry", u.carry.to_string()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect();
-        let currency: stripe_types::Currency = r.currency.parse().unwrap_or_else(|e| match e {});
-        let req = stripe_billing::invoice_item::CreateInvoiceItem::new()
-            .customer(r.customer)
-            .currency(currency)
-            .amount(u.amount)
-            .description(format!(
-                "Tokens: {} ({}), model {}: {prompt} prompt + {completion} completion tokens",
-                r.instance, r.tenant, r.model
-            ))
-            .metadata(meta);
+        ];
+        let description = format!(
+            "Tokens: {} ({}), model {}: {prompt} prompt + {completion} completion tokens",
+            r.instance, r.tenant, r.model
+        );
         let key =
             super::meter::token_record_key(r.instance_uid, u.prompt_through, u.completion_through);
+        self.invoice_item(r.customer, r.currency, u.amount, description, meta, key).await
+    }
+
+    /// One invoice item; `key` makes a retry after a crash the same item, never a second one.
+    async fn invoice_item(
+        &self,
+        customer: &str,
+        currency: &str,
+        amount: i64,
+        description: String,
+        meta: impl IntoIterator<Item = (&str, String)>,
+        key: String,
+    ) -> Result<String> {
+        let meta: HashMap<String, String> =
+            meta.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+        let currency: stripe_types::Currency = currency.parse().unwrap_or_else(|e| match e {});
+        let req = stripe_billing::invoice_item::CreateInvoiceItem::new()
+            .customer(customer)
+            .currency(currency)
+            .amount(amount)
+            .description(description)
+            .metadata(meta);
         let item: Object = self.call(&req, Some(key)).await?;
         Ok(item.id)
     }
