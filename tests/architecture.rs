@@ -76,6 +76,12 @@ const GATEWAY: &[Layer] = &[
     ("the library root: starts everything", true, &["crate"]),
 ];
 
+const DASHBOARD: &[Layer] = &[
+    ("foundation: secrets, counting windows", true, &["random", "limits"]),
+    ("sign-in codes and sessions", true, &["codes", "session"]),
+    ("the library root", true, &["crate"]),
+];
+
 const DEVCLUSTER: &[Layer] = &[
     (
         "foundation: configuration, errors, object metadata, quantities, types, metrics, TLS",
@@ -500,6 +506,7 @@ fn every_crate_is_acyclic_and_layered() {
     problems.extend(check("operator", Some(OPERATOR)));
     problems.extend(check("devcluster", Some(DEVCLUSTER)));
     problems.extend(check("gateway", Some(GATEWAY)));
+    problems.extend(check("dashboard", Some(DASHBOARD)));
     problems.extend(check("crds", None));
     assert!(problems.is_empty(), "the module graph must point one way:\n{}", problems.join("\n"));
 }

@@ -1,0 +1,325 @@
+//! Sign-in by emailed one-time code.
+//!
+//! A code is 6 digits from the operating system's secure source. Only a keyed hash of it is
+//! kept (HMAC-SHA-256 under a key the dashboard holds, bound to the address), so a copy of the
+//! store does not give codes away. A code is valid for 10 minutes, once; a new code replaces the
+//! previous one; 5 wrong tries end it. Codes for one address: one a minute at most, 5 an hour;
+//! code requests from one client address: 20 an hour.
+//!
+//! The answer to a code request must not tell whether the address has an account, so the caller
+//! issues a code for every well-formed address (the limits then treat known and unknown
+//! addresses alike) and mails it only to known ones, without waiting for the mail.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+use hmac::{Hmac, Mac};
+use jiff::{SignedDuration, Timestamp};
+use sha2::Sha256;
+use subtle::ConstantTimeEq;
+
+use crate::limits::Window;
+
+pub const VALID_FOR: SignedDuration = SignedDuration::from_mins(10);
+pub const MAX_TRIES: u32 = 5;
+pub const RESEND_AFTER: SignedDuration = SignedDuration::from_mins(1);
+pub const CODES_PER_ADDRESS_PER_HOUR: usize = 5;
+pub const REQUESTS_PER_CLIENT_PER_HOUR: usize = 20;
+const HOUR: SignedDuration = SignedDuration::from_hours(1);
+
+/// An email address as the dashboard keys it: trimmed and lower-cased.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Address(String);
+
+impl Address {
+    /// The address, or what is wrong with it in words for the form.
+    pub fn parse(input: &str) -> Result<Address, &'static str> {
+        let a = input.trim().to_ascii_lowercase();
+        if a.is_empty() {
+            return Err("Enter your email address.");
+        }
+        if a.len() > 254 {
+            return Err("That email address is too long.");
+        }
+        let Some((local, domain)) = a.split_once('@') else {
+            return Err("An email address has an @, as in name@example.com.");
+        };
+        let well_formed = !local.is_empty()
+            && local.len() <= 64
+            && !domain.contains('@')
+            && domain.contains('.')
+            && !domain.starts_with('.')
+            && !domain.ends_with('.')
+            && !domain.contains("..")
+            && a.chars().all(|c| c.is_ascii_graphic() || !c.is_ascii());
+        if !well_formed {
+            return Err("That does not look like an email address (name@example.com).");
+        }
+        Ok(Address(a))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// What is kept of an issued code.
+#[derive(Debug, Clone)]
+pub struct Pending {
+    mac: [u8; 32],
+    issued: Timestamp,
+    tries: u32,
+}
+
+#[derive(Debug, PartialEq)]
+pub enum Refused {
+    /// A code was sent to this address less than a minute ago.
+    TooSoon { retry_after: SignedDuration },
+    /// Too many codes for this address, or requests from this client, in the last hour.
+    TooMany { retry_after: SignedDuration },
+}
+
+#[derive(Debug, PartialEq)]
+pub enum Rejected {
+    /// No code is waiting for this address (never asked, used, replaced, or ended).
+    NoCode,
+    Expired,
+    /// Wrong; the code stays valid for this many more tries.
+    Wrong {
+        tries_left: u32,
+    },
+    /// Wrong, and that was the last try: the code is dead.
+    Exhausted,
+}
+
+/// The codes waiting to be entered, and the limits on asking for them.
+pub struct Codes {
+    key: [u8; 32],
+    pending: HashMap<Address, Pending>,
+    per_address: Window<Address>,
+    per_client: Window<IpAddr>,
+}
+
+impl Codes {
+    /// `key`: the HMAC key (every replica must hold the same one).
+    pub fn new(key: [u8; 32]) -> Codes {
+        Codes {
+            key,
+            pending: HashMap::new(),
+            per_address: Window::new(CODES_PER_ADDRESS_PER_HOUR, HOUR),
+            per_client: Window::new(REQUESTS_PER_CLIENT_PER_HOUR, HOUR),
+        }
+    }
+
+    fn mac(&self, address: &Address, code: &str) -> [u8; 32] {
+        let mut m = <Hmac<Sha256>>::new_from_slice(&self.key).expect("HMAC takes any key length");
+        m.update(address.as_str().as_bytes());
+        m.update(&[0]);
+        m.update(code.as_bytes());
+        m.finalize().into_bytes().into()
+    }
+
+    /// A new code for `address`, asked from `client`: the only valid one from now on.
+    pub fn issue(
+        &mut self,
+        address: &Address,
+        client: IpAddr,
+        now: Timestamp,
+    ) -> Result<String, Refused> {
+        self.pending.retain(|_, p| now.duration_since(p.issued) < VALID_FOR);
+        self.per_client.take(&client, now).map_err(|w| Refused::TooMany { retry_after: w })?;
+        if let Some(p) = self.pending.get(address) {
+            let since = now.duration_since(p.issued);
+            if since < RESEND_AFTER {
+                return Err(Refused::TooSoon { retry_after: RESEND_AFTER - since });
+            }
+        }
+        self.per_address.take(address, now).map_err(|w| Refused::TooMany { retry_after: w })?;
+        let code = new_code();
+        let mac = self.mac(address, &code);
+        self.pending.insert(address.clone(), Pending { mac, issued: now, tries: 0 });
+        Ok(code)
+    }
+
+    /// Checks an entered code; a right one is used up.
+    pub fn verify(
+        &mut self,
+        address: &Address,
+        entered: &str,
+        now: Timestamp,
+    ) -> Result<(), Rejected> {
+        let entered: String = entered.chars().filter(|c| !c.is_whitespace()).collect();
+        let mac = self.mac(address, &entered);
+        let Some(p) = self.pending.get_mut(address) else {
+            return Err(Rejected::NoCode);
+        };
+        if now.duration_since(p.issued) >= VALID_FOR {
+            self.pending.remove(address);
+            return Err(Rejected::Expired);
+        }
+        if bool::from(p.mac.ct_eq(&mac)) {
+            self.pending.remove(address);
+            return Ok(());
+        }
+        p.tries += 1;
+        if p.tries >= MAX_TRIES {
+            self.pending.remove(address);
+            return Err(Rejected::Exhausted);
+        }
+        Err(Rejected::Wrong { tries_left: MAX_TRIES - p.tries })
+    }
+
+    /// Codes waiting (the memory bound: at most the last ten minutes' requests).
+    pub fn waiting(&self) -> usize {
+        self.pending.len()
+    }
+}
+
+/// Six uniformly random digits (rejection sampling: no digit is likelier than another).
+fn new_code() -> String {
+    const LIMIT: u32 = u32::MAX - u32::MAX % 1_000_000;
+    loop {
+        let b = crate::random::bytes();
+        let n = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        if n < LIMIT {
+            return format!("{:06}", n % 1_000_000);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(mins: i64) -> Timestamp {
+        "2026-01-01T00:00:00Z".parse::<Timestamp>().unwrap() + SignedDuration::from_mins(mins)
+    }
+
+    fn addr(s: &str) -> Address {
+        Address::parse(s).unwrap()
+    }
+
+    const CLIENT: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
+    #[test]
+    fn addresses_are_normalized_and_bad_ones_explained() {
+        assert_eq!(addr("  Ada@Example.COM ").as_str(), "ada@example.com");
+        for bad in
+            ["", "ada", "ada@", "@example.com", "ada@example", "a b@example.com", "a@b@c.com"]
+        {
+            assert!(Address::parse(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(
+            Address::parse("ada").unwrap_err(),
+            "An email address has an @, as in name@example.com."
+        );
+    }
+
+    #[test]
+    fn a_code_is_six_digits_used_once() {
+        let mut codes = Codes::new([7; 32]);
+        let a = addr("ada@example.com");
+        let code = codes.issue(&a, CLIENT, t(0)).unwrap();
+        assert!(code.len() == 6 && code.bytes().all(|b| b.is_ascii_digit()), "{code}");
+        assert_eq!(codes.verify(&addr("bob@example.com"), &code, t(1)), Err(Rejected::NoCode));
+        assert_eq!(codes.verify(&a, &format!(" {} {}", &code[..3], &code[3..]), t(1)), Ok(()));
+        assert_eq!(codes.verify(&a, &code, t(1)), Err(Rejected::NoCode), "used up");
+    }
+
+    #[test]
+    fn a_code_expires_after_ten_minutes() {
+        let mut codes = Codes::new([7; 32]);
+        let a = addr("ada@example.com");
+        let code = codes.issue(&a, CLIENT, t(0)).unwrap();
+        let late = t(0) + VALID_FOR;
+        assert_eq!(codes.verify(&a, &code, late), Err(Rejected::Expired));
+        assert_eq!(codes.waiting(), 0);
+    }
+
+    #[test]
+    fn only_the_latest_code_is_valid() {
+        let mut codes = Codes::new([7; 32]);
+        let a = addr("ada@example.com");
+        let first = codes.issue(&a, CLIENT, t(0)).unwrap();
+        let second = codes.issue(&a, CLIENT, t(2)).unwrap();
+        if first != second {
+            assert_eq!(codes.verify(&a, &first, t(3)), Err(Rejected::Wrong { tries_left: 4 }));
+        }
+        assert_eq!(codes.verify(&a, &second, t(3)), Ok(()));
+    }
+
+    #[test]
+    fn five_wrong_tries_end_a_code() {
+        let mut codes = Codes::new([7; 32]);
+        let a = addr("ada@example.com");
+        let code = codes.issue(&a, CLIENT, t(0)).unwrap();
+        let wrong = format!("{:06}", (code.parse::<u32>().unwrap() + 1) % 1_000_000);
+        for left in (1..MAX_TRIES).rev() {
+            assert_eq!(codes.verify(&a, &wrong, t(1)), Err(Rejected::Wrong { tries_left: left }));
+        }
+        assert_eq!(codes.verify(&a, &wrong, t(1)), Err(Rejected::Exhausted));
+        assert_eq!(
+            codes.verify(&a, &code, t(1)),
+            Err(Rejected::NoCode),
+            "the right one is dead too"
+        );
+    }
+
+    #[test]
+    fn resends_wait_a_minute_and_an_address_gets_five_an_hour() {
+        let mut codes = Codes::new([7; 32]);
+        let a = addr("ada@example.com");
+        codes.issue(&a, CLIENT, t(0)).unwrap();
+        let soon = t(0) + SignedDuration::from_secs(20);
+        assert_eq!(
+            codes.issue(&a, CLIENT, soon),
+            Err(Refused::TooSoon { retry_after: SignedDuration::from_secs(40) })
+        );
+        for m in 1..CODES_PER_ADDRESS_PER_HOUR as i64 {
+            codes.issue(&a, CLIENT, t(m * 2)).unwrap();
+        }
+        assert_eq!(
+            codes.issue(&a, CLIENT, t(30)),
+            Err(Refused::TooMany { retry_after: SignedDuration::from_mins(30) })
+        );
+        assert!(codes.issue(&a, CLIENT, t(60)).is_ok(), "the first has left the hour");
+    }
+
+    #[test]
+    fn one_client_gets_twenty_requests_an_hour_whatever_the_addresses() {
+        let mut codes = Codes::new([7; 32]);
+        let other: IpAddr = "192.0.2.1".parse().unwrap();
+        for i in 0..REQUESTS_PER_CLIENT_PER_HOUR {
+            codes.issue(&addr(&format!("u{i}@example.com")), CLIENT, t(1)).unwrap();
+        }
+        assert!(matches!(
+            codes.issue(&addr("late@example.com"), CLIENT, t(2)),
+            Err(Refused::TooMany { .. })
+        ));
+        assert!(codes.issue(&addr("late@example.com"), other, t(2)).is_ok());
+    }
+
+    #[test]
+    fn the_store_keeps_a_keyed_hash_not_the_code() {
+        let mut codes = Codes::new([7; 32]);
+        let a = addr("ada@example.com");
+        let code = codes.issue(&a, CLIENT, t(0)).unwrap();
+        let kept = format!("{:?}", codes.pending);
+        assert!(!kept.contains(&code));
+        // Another key (another deployment) does not accept it.
+        let mac = Codes::new([8; 32]).mac(&a, &code);
+        assert_ne!(codes.pending[&a].mac, mac);
+    }
+
+    #[test]
+    fn codes_are_spread_over_all_digits() {
+        let mut seen = [0u32; 10];
+        for _ in 0..2000 {
+            for d in new_code().bytes() {
+                seen[(d - b'0') as usize] += 1;
+            }
+        }
+        // 12000 digits, 1200 expected each; a broken generator (say, always < 500000) fails.
+        assert!(seen.iter().all(|&n| (1000..1400).contains(&n)), "{seen:?}");
+    }
+}
