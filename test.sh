@@ -35,6 +35,12 @@ if ! .venv/bin/python -c "import openai" 2>/dev/null; then
   .venv/bin/pip install --quiet --disable-pip-version-check openai==3.51.0
 fi
 
+# - aiosmtpd: a real SMTP server, which the dashboard's mail tests start to receive sign-in codes.
+if ! .venv/bin/python -c "import aiosmtpd" 2>/dev/null; then
+  echo "== test.sh: installing aiosmtpd"
+  .venv/bin/pip install --quiet --disable-pip-version-check aiosmtpd==1.4.6
+fi
+
 # Debian's PostgreSQL: the usage store the gateway's replicas share; the tests start it on a
 # loopback port (initdb and pg_ctl from /usr/lib/postgresql/*/bin).
 if ! ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1; then

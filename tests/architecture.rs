@@ -79,6 +79,7 @@ const GATEWAY: &[Layer] = &[
 const DASHBOARD: &[Layer] = &[
     ("foundation: secrets, counting windows", true, &["random", "limits"]),
     ("sign-in codes and sessions", true, &["codes", "session"]),
+    ("what talks to others: the mail relay", true, &["mail"]),
     ("the library root", true, &["crate"]),
 ];
 
