@@ -205,26 +205,10 @@ async fn main() {
     instances.patch_status("chat", &PatchParams::default(), &Patch::Merge(&status)).await.unwrap();
 
     // The gateway, in-process, dialing the instance's endpoint as it does in a cluster.
-    let args = alcove_gateway::GatewayArgs {
-        listen: ([127, 0, 0, 1], 0).into(),
-        metrics_listen: ([127, 0, 0, 1], 0).into(),
-        tls_cert: None,
-        tls_key: None,
-        upstream: alcove_gateway::upstream::Mode::Service,
-        replicas: 1,
-        max_body_bytes: 4 << 20,
-        upstream_timeout_seconds: 300,
-        auth_failures_per_minute: 20,
-        trusted_proxies: Vec::new(),
-        host_domain: None,
-        namespace: "alcove-system".into(),
-        publish_seconds: 60,
-        wake_timeout_seconds: 180,
-        usage_store: format!("sqlite://{}", dir.path().join("usage.db").display()),
-        #[cfg(feature = "test-hooks")]
-        clock_file: None,
-        log_format: "text".into(),
-    };
+    let args = alcove_gateway::GatewayArgs::embedded(
+        alcove_gateway::upstream::Mode::Service,
+        format!("sqlite://{}", dir.path().join("usage.db").display()),
+    );
     let (started, serving) = alcove_gateway::start(args, client).await.unwrap();
     tokio::spawn(serving);
     let via = format!("http://{}", started.public);

@@ -42,6 +42,14 @@ use kube::runtime::{WatchStreamExt, reflector, watcher};
 use crate::directory::Directory;
 use crate::server::{Bounds, Cidr, Gateway};
 
+const MAX_BODY_BYTES: usize = 4 << 20;
+const UPSTREAM_TIMEOUT_SECONDS: u64 = 300;
+const AUTH_FAILURES_PER_MINUTE: u32 = 20;
+const PUBLISH_SECONDS: u64 = 60;
+const WAKE_TIMEOUT_SECONDS: u64 = 180;
+const NAMESPACE: &str = "alcove-system";
+const LOG_FORMAT: &str = "text";
+
 #[derive(clap::Args, Debug, Clone)]
 pub struct GatewayArgs {
     /// Address of the public OpenAI endpoint.
@@ -65,13 +73,13 @@ pub struct GatewayArgs {
     #[arg(long, env = "ALCOVE_GATEWAY_REPLICAS", default_value_t = 1)]
     pub replicas: u32,
     /// Largest request body accepted, in bytes.
-    #[arg(long, env = "ALCOVE_GATEWAY_MAX_BODY_BYTES", default_value_t = 4 << 20)]
+    #[arg(long, env = "ALCOVE_GATEWAY_MAX_BODY_BYTES", default_value_t = MAX_BODY_BYTES)]
     pub max_body_bytes: usize,
     /// Seconds to wait for an instance's answer to begin, and between two chunks of a stream.
-    #[arg(long, env = "ALCOVE_GATEWAY_UPSTREAM_TIMEOUT", default_value_t = 300)]
+    #[arg(long, env = "ALCOVE_GATEWAY_UPSTREAM_TIMEOUT", default_value_t = UPSTREAM_TIMEOUT_SECONDS)]
     pub upstream_timeout_seconds: u64,
     /// Requests with a wrong key allowed per client address per minute.
-    #[arg(long, env = "ALCOVE_GATEWAY_AUTH_FAILURES_PER_MINUTE", default_value_t = 20)]
+    #[arg(long, env = "ALCOVE_GATEWAY_AUTH_FAILURES_PER_MINUTE", default_value_t = AUTH_FAILURES_PER_MINUTE)]
     pub auth_failures_per_minute: u32,
     /// Optional per-instance host names: with `ai.example.com`, the host
     /// `<instance>.<tenant>.ai.example.com` admits only that instance's key (route such names,
@@ -82,13 +90,13 @@ pub struct GatewayArgs {
     #[arg(long, env = "ALCOVE_GATEWAY_TRUSTED_PROXIES", value_delimiter = ',')]
     pub trusted_proxies: Vec<Cidr>,
     /// The namespace of the usage ConfigMaps (the operator's).
-    #[arg(long, env = "ALCOVE_NAMESPACE", default_value = "alcove-system")]
+    #[arg(long, env = "ALCOVE_NAMESPACE", default_value = NAMESPACE)]
     pub namespace: String,
     /// Seconds between two publications of an instance's usage (token totals, last request).
-    #[arg(long, env = "ALCOVE_GATEWAY_PUBLISH_SECONDS", default_value_t = 60)]
+    #[arg(long, env = "ALCOVE_GATEWAY_PUBLISH_SECONDS", default_value_t = PUBLISH_SECONDS)]
     pub publish_seconds: u64,
     /// Seconds a request waits for an idle instance to wake before a 503.
-    #[arg(long, env = "ALCOVE_GATEWAY_WAKE_TIMEOUT", default_value_t = 180)]
+    #[arg(long, env = "ALCOVE_GATEWAY_WAKE_TIMEOUT", default_value_t = WAKE_TIMEOUT_SECONDS)]
     pub wake_timeout_seconds: u64,
     /// The usage store: `sqlite:///path/usage.db` (one replica) or `postgres://…` (several).
     #[arg(long, env = "ALCOVE_GATEWAY_USAGE_STORE")]
@@ -98,8 +106,35 @@ pub struct GatewayArgs {
     #[arg(long, env = "ALCOVE_CLOCK_FILE")]
     pub clock_file: Option<PathBuf>,
     /// `text` or `json` logs.
-    #[arg(long, env = "ALCOVE_LOG_FORMAT", default_value = "text")]
+    #[arg(long, env = "ALCOVE_LOG_FORMAT", default_value = LOG_FORMAT)]
     pub log_format: String,
+}
+
+impl GatewayArgs {
+    /// A gateway inside another process (`alcove up`, the benchmark): both listeners on free
+    /// loopback ports, plain HTTP, one replica, every other setting at its command-line default.
+    pub fn embedded(upstream: upstream::Mode, usage_store: String) -> GatewayArgs {
+        GatewayArgs {
+            listen: ([127, 0, 0, 1], 0).into(),
+            metrics_listen: ([127, 0, 0, 1], 0).into(),
+            tls_cert: None,
+            tls_key: None,
+            upstream,
+            replicas: 1,
+            max_body_bytes: MAX_BODY_BYTES,
+            upstream_timeout_seconds: UPSTREAM_TIMEOUT_SECONDS,
+            auth_failures_per_minute: AUTH_FAILURES_PER_MINUTE,
+            host_domain: None,
+            trusted_proxies: Vec::new(),
+            namespace: NAMESPACE.into(),
+            publish_seconds: PUBLISH_SECONDS,
+            wake_timeout_seconds: WAKE_TIMEOUT_SECONDS,
+            usage_store,
+            #[cfg(feature = "test-hooks")]
+            clock_file: None,
+            log_format: LOG_FORMAT.into(),
+        }
+    }
 }
 
 /// A started gateway: where it listens.

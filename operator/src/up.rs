@@ -267,24 +267,12 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     std::fs::write(&cert, &pem.chain_pem)?;
     std::fs::write(&key, &pem.key_pem)?;
     let gateway_args = alcove_gateway::GatewayArgs {
-        listen: ([127, 0, 0, 1], free_port()?).into(),
-        metrics_listen: ([127, 0, 0, 1], free_port()?).into(),
         tls_cert: Some(cert),
         tls_key: Some(key),
-        upstream: alcove_gateway::upstream::Mode::ApiServer,
-        replicas: 1,
-        max_body_bytes: 4 << 20,
-        upstream_timeout_seconds: 300,
-        auth_failures_per_minute: 20,
-        trusted_proxies: Vec::new(),
-        host_domain: None,
-        namespace: "alcove-system".into(),
-        publish_seconds: 60,
-        wake_timeout_seconds: 180,
-        usage_store: format!("sqlite://{}", gateway_dir.join("usage.db").display()),
-        #[cfg(feature = "test-hooks")]
-        clock_file: None,
-        log_format: "text".into(),
+        ..alcove_gateway::GatewayArgs::embedded(
+            alcove_gateway::upstream::Mode::ApiServer,
+            format!("sqlite://{}", gateway_dir.join("usage.db").display()),
+        )
     };
     let (gateway, gateway_serving) =
         alcove_gateway::start(gateway_args, cluster.client().await?).await?;
