@@ -77,9 +77,11 @@ const GATEWAY: &[Layer] = &[
 ];
 
 const DASHBOARD: &[Layer] = &[
-    ("foundation: secrets, counting windows", true, &["random", "limits"]),
-    ("sign-in codes and sessions", true, &["codes", "session"]),
-    ("what talks to others: the mail relay", true, &["mail"]),
+    ("foundation: secrets, counting windows, settings", true, &["random", "limits", "args"]),
+    ("sign-in codes, sessions, the pages", true, &["codes", "session", "views"]),
+    ("forms into API objects", true, &["forms"]),
+    ("what talks to others: mail, the cluster", true, &["mail", "mailsink", "cluster"]),
+    ("the request path", true, &["server"]),
     ("the library root", true, &["crate"]),
 ];
 

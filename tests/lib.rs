@@ -467,3 +467,185 @@ pub async fn api_key(p: &Platform, ns: &str, instance: &str) -> String {
     String::from_utf8(base64::engine::general_purpose::STANDARD.decode(b64.trim()).unwrap())
         .unwrap()
 }
+
+/// A running `alcove dashboard`, with a real SMTP server (aiosmtpd from `.venv`) catching its
+/// mail in a maildir.
+pub struct Dashboard {
+    pub child: tokio::process::Child,
+    pub smtp: tokio::process::Child,
+    /// `http://127.0.0.1:<port>`
+    pub url: String,
+    pub log: PathBuf,
+    pub maildir: PathBuf,
+    pub dir: PathBuf,
+}
+
+impl Dashboard {
+    /// A dashboard acting on `p` (its kubeconfig: the dashboard's own identity), offering the
+    /// platform models `default` and `default-gguf`, pointing customers at `gateway_url`.
+    pub async fn start(p: &Platform, name: &str, gateway_url: &str) -> Dashboard {
+        let dir = p.dir.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let maildir = dir.join("mail");
+        let python = workspace_root().join(".venv/bin/python");
+        assert!(python.exists(), "run ./test.sh: it installs aiosmtpd into .venv");
+        let smtp_port = free_port();
+        let smtp = tokio::process::Command::new(python)
+            .args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{smtp_port}")])
+            .args(["-c", "aiosmtpd.handlers.Mailbox", maildir.to_str().unwrap()])
+            .kill_on_drop(true)
+            .spawn()
+            .expect("aiosmtpd");
+        eventually("aiosmtpd listens", Duration::from_secs(30), || async {
+            tokio::net::TcpStream::connect(("127.0.0.1", smtp_port)).await.is_ok()
+        })
+        .await;
+        let key = dir.join("key");
+        std::fs::write(&key, "a-test-key-of-at-least-thirty-two-bytes").unwrap();
+        let port = free_port();
+        let url = format!("http://127.0.0.1:{port}");
+        let log = dir.join("dashboard.log");
+        let out = std::fs::File::create(&log).unwrap();
+        let child = tokio::process::Command::new(alcove_binary())
+            .args(["dashboard", "--log-format", "text"])
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--public-url", &url])
+            .args(["--smtp", &format!("smtp://127.0.0.1:{smtp_port}")])
+            .args(["--key-file", key.to_str().unwrap(), "--gateway-url", gateway_url])
+            .args(["--model", "default=safetensors", "--model", "default-gguf=gguf:model.gguf"])
+            .env("ALCOVE_KUBECONFIG", &p.cluster.kubeconfig)
+            .env("ALCOVE_LOG", "debug,hyper=info,kube=info,tower=info,rustls=info,lettre=info")
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("alcove dashboard");
+        eventually("the dashboard lists tenants", Duration::from_secs(30), || async {
+            curl(&format!("{url}/readyz")).await.is_some()
+        })
+        .await;
+        Dashboard { child, smtp, url, log, maildir, dir }
+    }
+
+    /// Every message the SMTP server has received, oldest first.
+    pub fn mails(&self) -> Vec<String> {
+        let Ok(entries) = std::fs::read_dir(self.maildir.join("new")) else { return Vec::new() };
+        let mut files: Vec<_> = entries
+            .filter_map(|e| {
+                let e = e.ok()?;
+                Some((e.metadata().ok()?.modified().ok()?, e.path()))
+            })
+            .collect();
+        files.sort();
+        files.into_iter().filter_map(|(_, p)| std::fs::read_to_string(p).ok()).collect()
+    }
+
+    /// The code of the `n`th message to `to` (counting from 0), once it has arrived.
+    pub async fn code(&self, to: &str, n: usize) -> String {
+        until_some(&format!("mail {n} to {to}"), Duration::from_secs(20), || async {
+            let mail =
+                self.mails().into_iter().filter(|m| m.contains(&format!("To: {to}"))).nth(n)?;
+            let subject = mail.lines().find(|l| l.starts_with("Subject: "))?;
+            Some(subject.rsplit(' ').next()?.trim().to_string())
+        })
+        .await
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// A new browser-like client (its own cookie jar).
+    pub fn browser(&self, name: &str) -> Browser {
+        Browser { jar: self.dir.join(format!("{name}.cookies")), base: self.url.clone() }
+    }
+
+    /// A client signed in as `email` with the code mailed to it (`n`: mails to it before).
+    pub async fn sign_in(&self, email: &str, n: usize) -> Browser {
+        let b = self.browser(email);
+        let asked = b.post("/signin", &[("email", email)], &[]).await;
+        assert_eq!(asked.status, 200, "{}", asked.body);
+        let code = self.code(email, n).await;
+        let done = b.post("/signin/code", &[("email", email), ("code", &code)], &[]).await;
+        assert_eq!(done.status, 303, "{}", done.body);
+        b
+    }
+}
+
+/// curl with a cookie jar, as a browser without scripts.
+pub struct Browser {
+    pub jar: PathBuf,
+    pub base: String,
+}
+
+#[derive(Debug)]
+pub struct WebPage {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl WebPage {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+
+    /// The CSRF token the page's forms carry.
+    pub fn csrf(&self) -> String {
+        let at = self.body.find(r#"name="csrf" value=""#).expect("a form with a CSRF token");
+        let rest = &self.body[at + r#"name="csrf" value=""#.len()..];
+        rest[..rest.find('"').unwrap()].to_string()
+    }
+}
+
+impl Browser {
+    async fn curl(&self, args: &[&str]) -> WebPage {
+        let out = tokio::process::Command::new("curl")
+            .args(["-s", "-i", "--max-time", "60", "-b"])
+            .arg(&self.jar)
+            .arg("-c")
+            .arg(&self.jar)
+            .args(args)
+            .output()
+            .await
+            .expect("curl");
+        let raw = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+        let mut lines = head.lines();
+        let status = lines
+            .next()
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let headers = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+            .collect();
+        WebPage { status, headers, body: body.to_string() }
+    }
+
+    pub async fn get(&self, path: &str) -> WebPage {
+        self.curl(&[&format!("{}{path}", self.base)]).await
+    }
+
+    /// A form post (`application/x-www-form-urlencoded`), with extra headers.
+    pub async fn post(
+        &self,
+        path: &str,
+        fields: &[(&str, &str)],
+        headers: &[(&str, &str)],
+    ) -> WebPage {
+        let mut args: Vec<String> = vec!["-X".into(), "POST".into()];
+        for (k, v) in fields {
+            args.extend(["--data-urlencode".into(), format!("{k}={v}")]);
+        }
+        if fields.is_empty() {
+            args.extend(["-d".into(), String::new()]);
+        }
+        for (k, v) in headers {
+            args.extend(["-H".into(), format!("{k}: {v}")]);
+        }
+        args.push(format!("{}{path}", self.base));
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.curl(&refs).await
+    }
+}

@@ -109,6 +109,32 @@ async fn the_readme_walkthrough_works_against_alcove_up() {
         "{timer}"
     );
 
+    // The dashboard up prints: a tenant owner asks for a code, which lands in the mail sink.
+    let dashboard = out
+        .lines()
+        .find_map(|l| l.strip_prefix("alcove up: dashboard"))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("up prints the dashboard's URL: {out}"))
+        .to_string();
+    assert!(curl(&format!("{dashboard}/signin")).await.is_some_and(|p| p.contains("Sign in")));
+    let asked = tokio::process::Command::new("curl")
+        .args(["-sf", "--data-urlencode", "email=alice@startup.example"])
+        .arg(format!("{dashboard}/signin"))
+        .output()
+        .await
+        .unwrap();
+    assert!(asked.status.success());
+    let mail = until_some("the code reaches the mail sink", Duration::from_secs(20), || async {
+        let sink = dir.path().join(".alcove/mail");
+        let first = std::fs::read_dir(&sink).ok()?.filter_map(|e| e.ok()).next()?;
+        std::fs::read_to_string(first.path()).ok()
+    })
+    .await;
+    assert!(
+        mail.contains("To: alice@startup.example") && mail.contains("Your Alcove sign-in code: "),
+        "{mail}"
+    );
+
     // Figures for the closing note: up → ready, and apply of an instance → its first completion.
     let at = |needle: &str| -> f64 {
         trace

@@ -152,6 +152,17 @@ pub enum OwnerKind {
     Group,
 }
 
+/// The namespace a tenant's objects live in: `tenant-<name>`.
+pub fn namespace_of(tenant: &str) -> String {
+    format!("tenant-{tenant}")
+}
+
+/// The group whose members administer a tenant (besides `spec.owners`); the dashboard
+/// impersonates it for the tenant's owners.
+pub fn admin_group(tenant: &str) -> String {
+    format!("alcove:tenant:{tenant}")
+}
+
 impl OwnerKind {
     pub fn as_str(self) -> &'static str {
         match self {

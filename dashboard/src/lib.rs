@@ -1,17 +1,187 @@
-//! The customers' dashboard (issue 21, in progress). What is here is the part every page stands
-//! on. Codes and sessions do no I/O and take "now" as an argument (the server passes the one
-//! injected clock), so their tests move time instead of waiting:
+//! `alcove dashboard`: the customers' web app. Server-rendered pages (maud), htmx for the live
+//! parts, nothing loaded from elsewhere. Codes and sessions do no I/O and take "now" as an
+//! argument (the server passes the one injected clock), so their tests move time instead of
+//! waiting.
 //!
 //! - [`random`]: secrets from the operating system's secure source.
 //! - [`limits`]: how many times a key (an address, a client) may do something per window.
+//! - [`args`]: the settings and the model catalogue.
 //! - [`codes`]: sign-in by emailed one-time code: issued, checked, limited.
 //! - [`session`]: session tokens, 30-day idle expiry, the cookie, and CSRF tokens.
+//! - [`views`]: the pages, pure functions of what they show.
+//! - [`forms`]: forms → API objects, with errors per field.
 //! - [`mail`]: the code's message, sent over SMTP.
+//! - [`mailsink`]: a loopback SMTP server that keeps messages as files, for `alcove up`.
+//! - [`cluster`]: the Tenant cache and the impersonating client (RBAC decides, not us).
+//! - [`server`]: sessions, CSRF and origin checks, one handler per page or action.
 //!
-//! Layers, bottom up: random, limits → codes, session → mail → this.
+//! Layers, bottom up: random, limits, args → codes, session, views → forms → mail, mailsink, cluster →
+//! server → this.
 
+pub mod args;
+pub mod cluster;
 pub mod codes;
+pub mod forms;
 pub mod limits;
 pub mod mail;
+pub mod mailsink;
 pub mod random;
+pub mod server;
 pub mod session;
+pub mod views;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context as _;
+use axum::Router;
+use axum::http::header;
+use axum::routing::{get, post};
+
+pub use args::DashboardArgs;
+use server::App;
+
+/// A started dashboard: where it listens.
+pub struct Started {
+    pub addr: SocketAddr,
+    pub url: String,
+}
+
+/// Runs the dashboard until the process ends.
+pub async fn run(args: DashboardArgs, client: kube::Client) -> anyhow::Result<()> {
+    let (_started, serving) = start(args, client, Arc::new(alcove_clock::SystemClock)).await?;
+    serving.await
+}
+
+fn read_key(args: &DashboardArgs) -> anyhow::Result<[u8; 32]> {
+    use sha2::Digest;
+    match &args.key_file {
+        Some(path) => {
+            let bytes =
+                std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            let trimmed = bytes.trim_ascii();
+            anyhow::ensure!(
+                trimmed.len() >= 32,
+                "{}: the dashboard key must hold at least 32 bytes",
+                path.display()
+            );
+            Ok(sha2::Sha256::digest(trimmed).into())
+        }
+        None => {
+            tracing::warn!(
+                "no --key-file: a random key is used, so sessions and codes end when this process does and cannot be shared with other replicas"
+            );
+            Ok(random::bytes())
+        }
+    }
+}
+
+/// Binds the listener and starts watching Tenants; the future serves until an error.
+pub async fn start(
+    mut args: DashboardArgs,
+    client: kube::Client,
+    clock: Arc<dyn alcove_clock::Clock>,
+) -> anyhow::Result<(Started, impl std::future::Future<Output = anyhow::Result<()>>)> {
+    let key = read_key(&args)?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("listen on {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    if args.public_url.is_empty() {
+        args.public_url = format!("http://{addr}");
+    }
+    let mailer = mail::Mailer::new(&args.smtp, &args.mail_from)?;
+    let (cluster, watching) = cluster::Cluster::new(client);
+    // Separate keys for code hashes and CSRF tokens, both from the one secret.
+    let derive = |label: &[u8]| -> [u8; 32] {
+        use sha2::Digest;
+        sha2::Sha256::new().chain_update(key).chain_update(label).finalize().into()
+    };
+    let app = Arc::new(App {
+        cluster,
+        codes: Mutex::new(codes::Codes::new(derive(b"codes"))),
+        sessions: Mutex::new(session::Sessions::new(derive(b"csrf"))),
+        mailer,
+        clock,
+        catalogue: args.models.clone(),
+        gateway_url: args.gateway_url.clone(),
+        origin: server::origin_of(&args.public_url),
+        secure: args.public_url.starts_with("https://"),
+    });
+    let ready = app.cluster.clone();
+    let router = Router::new()
+        .route("/", get(server::overview))
+        .route("/signin", get(server::sign_in_page).post(server::request_code))
+        .route("/signin/code", post(server::enter_code))
+        .route("/signout", post(server::sign_out))
+        .route("/t/{tenant}", get(server::instances))
+        .route("/t/{tenant}/rows", get(server::instance_rows))
+        .route("/t/{tenant}/new", get(server::new_instance_page).post(server::create_instance))
+        .route("/t/{tenant}/i/{name}", get(server::instance_page))
+        .route("/t/{tenant}/i/{name}/status", get(server::instance_status))
+        .route("/t/{tenant}/i/{name}/key", post(server::show_key))
+        .route("/t/{tenant}/i/{name}/rotate", post(server::rotate_key))
+        .route("/t/{tenant}/i/{name}/state", post(server::set_state))
+        .route("/t/{tenant}/i/{name}/destroy", get(server::destroy_page).post(server::destroy))
+        .route("/t/{tenant}/i/{name}/destroy/code", post(server::destroy_code))
+        .route(
+            "/assets/style.css",
+            get(|| async { ([(header::CONTENT_TYPE, "text/css")], views::STYLE) }),
+        )
+        .route(
+            "/assets/htmx.min.js",
+            get(|| async { ([(header::CONTENT_TYPE, "text/javascript")], views::HTMX) }),
+        )
+        .route(
+            "/assets/dashboard.js",
+            get(|| async { ([(header::CONTENT_TYPE, "text/javascript")], views::SCRIPT) }),
+        )
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let ready = ready.clone();
+                async move {
+                    match tokio::time::timeout(std::time::Duration::from_millis(100), ready.ready())
+                        .await
+                    {
+                        Ok(()) => (axum::http::StatusCode::OK, "ready"),
+                        Err(_) => {
+                            (axum::http::StatusCode::SERVICE_UNAVAILABLE, "tenants not listed yet")
+                        }
+                    }
+                }
+            }),
+        )
+        .layer(axum::middleware::map_response(security_headers))
+        .with_state(app);
+    let started = Started { addr, url: args.public_url.clone() };
+    tracing::info!(addr = %addr, url = %args.public_url, "dashboard listening");
+    let serving = async move {
+        let server = async move {
+            axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
+                .await
+                .context("dashboard server")
+        };
+        tokio::select! {
+            r = server => r,
+            r = watching => r,
+        }
+    };
+    Ok((started, serving))
+}
+
+/// Every page: no framing by other sites, no sniffing, scripts and styles from us only.
+async fn security_headers(mut r: axum::response::Response) -> axum::response::Response {
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        header::HeaderValue::from_static(
+            "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'",
+        ),
+    );
+    h.insert(header::X_FRAME_OPTIONS, header::HeaderValue::from_static("DENY"));
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, header::HeaderValue::from_static("nosniff"));
+    h.insert(header::REFERRER_POLICY, header::HeaderValue::from_static("same-origin"));
+    r
+}

@@ -85,6 +85,18 @@ pub async fn run_gateway(
     }
 }
 
+/// `alcove dashboard`: the customers' web app until SIGTERM.
+pub async fn run_dashboard(
+    args: alcove_dashboard::DashboardArgs,
+    kubeconfig: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    let client = kube_client(kubeconfig).await?;
+    tokio::select! {
+        r = alcove_dashboard::run(args, client) => r,
+        () = shutdown_signal() => Ok(()),
+    }
+}
+
 /// `alcove operator`: serves HTTP, waits for leadership, runs the controllers until SIGTERM.
 pub async fn run_operator(args: OperatorArgs) -> anyhow::Result<()> {
     let config = Config::load(&args)?;

@@ -31,6 +31,17 @@ enum Command {
         #[arg(long, env = "ALCOVE_KUBECONFIG")]
         kubeconfig: Option<std::path::PathBuf>,
     },
+    /// Run the customers' dashboard: sign-in by emailed code, then their tenants' instances,
+    /// acting as the signed-in user (impersonation) so the cluster's RBAC decides (see
+    /// `alcove dashboard --help`; every flag has an `ALCOVE_DASHBOARD_*` environment variable).
+    Dashboard {
+        #[command(flatten)]
+        args: alcove_dashboard::DashboardArgs,
+        /// Kubeconfig file (default: `KUBECONFIG`, `~/.kube/config`, or the in-cluster service
+        /// account).
+        #[arg(long, env = "ALCOVE_KUBECONFIG")]
+        kubeconfig: Option<std::path::PathBuf>,
+    },
     /// Print the CRDs as YAML.
     Crds,
     #[cfg(feature = "dev")]
@@ -95,6 +106,18 @@ fn main() {
             if let Err(e) = rt.block_on(alcove::run_gateway(args, kubeconfig.as_deref())) {
                 tracing::error!(error = %e, "gateway failed");
                 eprintln!("alcove gateway: {e:#}");
+                std::process::exit(1);
+            }
+        }
+        Command::Dashboard { args, kubeconfig } => {
+            init_tracing(&args.log_format);
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .expect("tokio runtime");
+            if let Err(e) = rt.block_on(alcove::run_dashboard(args, kubeconfig.as_deref())) {
+                tracing::error!(error = %e, "dashboard failed");
+                eprintln!("alcove dashboard: {e:#}");
                 std::process::exit(1);
             }
         }

@@ -13,7 +13,7 @@ pub const KEY_SECRET: &str = "alcove-tenant-key";
 pub const INDEX_DIR: &str = "index";
 
 pub fn namespace_name(tenant: &str) -> String {
-    format!("tenant-{tenant}")
+    alcove_crds::tenant::namespace_of(tenant)
 }
 
 /// The tenant a tenant namespace belongs to (`tenant-<name>`).

@@ -280,6 +280,27 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     std::fs::write(gateway_dir.join("url"), &gateway_url)?;
     let gateway_task = tokio::spawn(gateway_serving);
 
+    // The dashboard, with a loopback mail sink standing in for a relay: sign-in codes land as
+    // files under the state directory.
+    let (sink, sink_serving) = alcove_dashboard::mailsink::start(state.join("mail")).await?;
+    let sink_task = tokio::spawn(sink_serving);
+    let catalogue = ["default=safetensors", "default-gguf=gguf:model.gguf"]
+        .iter()
+        .map(|m| m.parse().map_err(anyhow::Error::msg))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let dashboard_args = alcove_dashboard::DashboardArgs::embedded(
+        format!("smtp://127.0.0.1:{}", sink.port),
+        format!("https://{}", gateway.public),
+        catalogue,
+    );
+    let (dashboard, dashboard_serving) = alcove_dashboard::start(
+        dashboard_args,
+        cluster.client().await?,
+        std::sync::Arc::new(alcove_clock::SystemClock),
+    )
+    .await?;
+    let dashboard_task = tokio::spawn(dashboard_serving);
+
     let rel = |p: &Path| {
         p.strip_prefix(std::env::current_dir().unwrap_or_default())
             .map(Path::to_path_buf)
@@ -317,6 +338,14 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         rel(&ca).display(),
         rel(&ca).display()
     );
+    println!(
+        "alcove up: dashboard        {}  (sign in as a tenant owner, e.g. alice@startup.example after applying examples/good/tenant-basic.yaml)",
+        dashboard.url
+    );
+    println!(
+        "alcove up:   sign-in mail goes to the sink {}: each message is a .eml file there",
+        rel(&sink.dir).display()
+    );
     println!("alcove up: inference image {image} runs {}", bin.display());
     println!("alcove up: platform models in {}: {model_note}", rel(&models).display());
     println!(
@@ -339,6 +368,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     };
     println!("alcove up: stopping");
     gateway_task.abort();
+    dashboard_task.abort();
+    sink_task.abort();
     match stopped_alone {
         None => drop(tokio::time::timeout(Duration::from_secs(5), operator).await),
         Some(Ok(Ok(()))) => {}

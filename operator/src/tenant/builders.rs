@@ -34,10 +34,7 @@ pub const NETPOL_DNS: &str = "alcove-allow-dns";
 pub const NETPOL_SAME_NS: &str = "alcove-allow-same-namespace";
 pub const NETPOL_GATEWAY: &str = "alcove-allow-gateway";
 
-/// The group whose members administer a tenant (besides `spec.owners`).
-pub fn admin_group(tenant: &str) -> String {
-    format!("alcove:tenant:{tenant}")
-}
+pub use alcove_crds::tenant::admin_group;
 
 pub fn owner_ref(tenant: &Tenant) -> OwnerReference {
     tenant.controller_owner_ref(&()).expect("a stored Tenant has a name and uid")

@@ -1,0 +1,126 @@
+//! `alcove dashboard`'s settings, and the model catalogue customers pick from.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use alcove_crds::instance::ModelFormat;
+
+const LISTEN: &str = "0.0.0.0:8080";
+const MAIL_FROM: &str = "Alcove <no-reply@alcove.localhost>";
+const LOG_FORMAT: &str = "text";
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct DashboardArgs {
+    /// Address the pages are served on (plain HTTP: TLS ends at the ingress).
+    #[arg(long, env = "ALCOVE_DASHBOARD_LISTEN", default_value = LISTEN)]
+    pub listen: SocketAddr,
+    /// The URL customers open, e.g. `https://dashboard.example.com`. Its scheme decides the
+    /// cookie's `Secure` flag; its origin is the only one state-changing requests may come from.
+    #[arg(long, env = "ALCOVE_DASHBOARD_URL")]
+    pub public_url: String,
+    /// The SMTP relay that carries sign-in codes: `smtp://host:25`, `smtp://host:587?tls=required`,
+    /// `smtps://user:password@host:465`.
+    #[arg(long, env = "ALCOVE_DASHBOARD_SMTP")]
+    pub smtp: String,
+    /// The sender of sign-in mail.
+    #[arg(long, env = "ALCOVE_DASHBOARD_MAIL_FROM", default_value = MAIL_FROM)]
+    pub mail_from: String,
+    /// A file holding the dashboard's secret (at least 32 bytes; a mounted Secret). It keys the
+    /// codes' hashes and the CSRF tokens. Without it a random one is made at start.
+    #[arg(long, env = "ALCOVE_DASHBOARD_KEY_FILE")]
+    pub key_file: Option<PathBuf>,
+    /// The customers' OpenAI endpoint (the gateway's public URL), shown on instance pages.
+    #[arg(long, env = "ALCOVE_GATEWAY_URL")]
+    pub gateway_url: String,
+    /// Where the dashboard itself reaches the gateway for the chat playground (default: the
+    /// public URL), e.g. the gateway's in-cluster Service.
+    #[arg(long, env = "ALCOVE_GATEWAY_INTERNAL_URL")]
+    pub gateway_internal_url: Option<String>,
+    /// The model catalogue: `NAME=FORMAT[:PATH]` for each platform model customers may pick,
+    /// e.g. `default=safetensors`, `default-gguf=gguf:model.gguf`.
+    #[arg(long = "model", env = "ALCOVE_DASHBOARD_MODELS", value_delimiter = ',', required = true)]
+    pub models: Vec<CatalogueModel>,
+    /// `text` or `json` logs.
+    #[arg(long, env = "ALCOVE_LOG_FORMAT", default_value = LOG_FORMAT)]
+    pub log_format: String,
+}
+
+impl DashboardArgs {
+    /// A dashboard inside another process (`alcove up`): a free loopback port, every other
+    /// setting at its command-line default.
+    pub fn embedded(
+        smtp: String,
+        gateway_url: String,
+        models: Vec<CatalogueModel>,
+    ) -> DashboardArgs {
+        DashboardArgs {
+            listen: ([127, 0, 0, 1], 0).into(),
+            public_url: String::new(),
+            smtp,
+            mail_from: MAIL_FROM.into(),
+            key_file: None,
+            gateway_url,
+            gateway_internal_url: None,
+            models,
+            log_format: LOG_FORMAT.into(),
+        }
+    }
+}
+
+/// A platform model customers may pick: the name `spec.model.source.platform` takes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CatalogueModel {
+    pub name: String,
+    pub format: ModelFormat,
+    pub path: Option<String>,
+}
+
+impl FromStr for CatalogueModel {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (name, rest) = s.split_once('=').ok_or_else(|| {
+            format!("{s:?}: expected NAME=FORMAT[:PATH], e.g. default=safetensors")
+        })?;
+        let (format, path) = match rest.split_once(':') {
+            Some((f, p)) => (f, Some(p.to_string())),
+            None => (rest, None),
+        };
+        let format = match format {
+            "safetensors" => ModelFormat::Safetensors,
+            "gguf" => ModelFormat::Gguf,
+            other => {
+                return Err(format!("{s:?}: format {other:?} is neither safetensors nor gguf"));
+            }
+        };
+        let name = name.trim();
+        if name.is_empty() {
+            return Err(format!("{s:?}: the model needs a name"));
+        }
+        if format == ModelFormat::Gguf && path.as_deref().is_none_or(|p| !p.ends_with(".gguf")) {
+            return Err(format!("{s:?}: a gguf model names its file, e.g. {name}=gguf:model.gguf"));
+        }
+        Ok(CatalogueModel { name: name.to_string(), format, path: path.filter(|p| !p.is_empty()) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn catalogue_entries_parse_with_worded_errors() {
+        let m: CatalogueModel = "default=safetensors".parse().unwrap();
+        assert_eq!(
+            (m.name.as_str(), m.format, m.path),
+            ("default", ModelFormat::Safetensors, None)
+        );
+        let g: CatalogueModel = "default-gguf=gguf:model.gguf".parse().unwrap();
+        assert_eq!(g.path.as_deref(), Some("model.gguf"));
+        assert!("default".parse::<CatalogueModel>().unwrap_err().contains("NAME=FORMAT"));
+        assert!("x=onnx".parse::<CatalogueModel>().unwrap_err().contains("neither"));
+        assert!("x=gguf".parse::<CatalogueModel>().unwrap_err().contains("names its file"));
+        assert!("=safetensors".parse::<CatalogueModel>().unwrap_err().contains("name"));
+    }
+}

@@ -1,0 +1,203 @@
+//! Forms → API objects, with an error in words per field. The API server validates again (schema
+//! and CEL); what it refuses is shown in its own words. Pure: no I/O.
+
+use alcove_crds::instance::ModelFormat;
+use serde_json::{Value, json};
+
+use crate::args::CatalogueModel;
+use crate::views::{FormErrors, NewInstance};
+
+const MAX_SYSTEM_PROMPT: usize = 32 * 1024;
+const MAX_GPUS: i64 = 8;
+
+/// A Kubernetes object name (an RFC 1123 label): what is wrong with it, in words.
+pub fn name_error(name: &str) -> Option<String> {
+    if name.is_empty() {
+        return Some("Give the instance a name.".into());
+    }
+    if name.len() > 63 {
+        return Some("Use at most 63 characters.".into());
+    }
+    let ok_chars = name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    let ok_ends = name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name.ends_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit());
+    if !ok_chars || !ok_ends {
+        return Some(
+            "Use lower-case letters, digits and dashes, starting with a letter and not ending with a dash (e.g. support-bot)."
+                .into(),
+        );
+    }
+    None
+}
+
+fn number(
+    errors: &mut FormErrors,
+    field: &'static str,
+    input: &str,
+    min: i64,
+    max: i64,
+) -> Option<i64> {
+    let input = input.trim();
+    if input.is_empty() {
+        return None;
+    }
+    match input.parse::<i64>() {
+        Ok(n) if (min..=max).contains(&n) => Some(n),
+        Ok(_) => {
+            errors.fields.push((field, format!("Enter a whole number from {min} to {max}.")));
+            None
+        }
+        Err(_) => {
+            errors.fields.push((field, "Enter a whole number, like 512.".into()));
+            None
+        }
+    }
+}
+
+/// The InferenceInstance a filled-in create form describes, or the errors to show beside its
+/// fields. `gpu_products` and `knowledge_bases` are what the form offered.
+pub fn instance_from(
+    v: &NewInstance,
+    namespace: &str,
+    catalogue: &[CatalogueModel],
+    gpu_products: &[String],
+    knowledge_bases: &[String],
+) -> Result<Value, FormErrors> {
+    let mut errors = FormErrors::default();
+    let name = v.name.trim();
+    if let Some(e) = name_error(name) {
+        errors.fields.push(("name", e));
+    }
+    let model = catalogue.iter().find(|m| m.name == v.model);
+    if model.is_none() {
+        errors.fields.push(("model", "Pick a model from the list.".into()));
+    }
+    let gpus = number(&mut errors, "gpu_count", &v.gpu_count, 0, MAX_GPUS);
+    let product = v.gpu_product.trim();
+    if !product.is_empty() && !gpu_products.iter().any(|p| p == product) {
+        errors.fields.push(("gpu_product", "Pick a GPU product your tenant can use.".into()));
+    }
+    let kb = v.knowledge_base.trim();
+    if !kb.is_empty() && !knowledge_bases.iter().any(|k| k == kb) {
+        errors.fields.push(("knowledge_base", "Pick one of your knowledge bases.".into()));
+    }
+    if v.system_prompt.len() > MAX_SYSTEM_PROMPT {
+        errors.fields.push((
+            "system_prompt",
+            format!("Keep the system prompt under {} KiB.", MAX_SYSTEM_PROMPT / 1024),
+        ));
+    }
+    let max_tokens = number(&mut errors, "max_tokens", &v.max_tokens, 1, 1 << 20);
+    let context = number(&mut errors, "context_length", &v.context_length, 1, 1 << 20);
+    if let (Some(m), Some(c)) = (max_tokens, context)
+        && m > c
+    {
+        errors
+            .fields
+            .push(("max_tokens", "An answer cannot be longer than the context length.".into()));
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    let model = model.expect("checked above");
+    let mut model_spec = json!({
+        "format": match model.format { ModelFormat::Safetensors => "safetensors", ModelFormat::Gguf => "gguf" },
+        "source": {"platform": model.name},
+    });
+    if let Some(p) = &model.path {
+        model_spec["path"] = p.clone().into();
+    }
+    let mut spec = json!({"model": model_spec, "gpu": {"count": gpus.unwrap_or(1)}});
+    if !product.is_empty() {
+        spec["gpu"]["product"] = product.into();
+    }
+    if !v.system_prompt.trim().is_empty() {
+        spec["systemPrompt"] = v.system_prompt.clone().into();
+    }
+    if !kb.is_empty() {
+        spec["knowledgeBases"] = json!([{"name": kb}]);
+    }
+    let mut limits = serde_json::Map::new();
+    if let Some(m) = max_tokens {
+        limits.insert("maxTokens".into(), m.into());
+    }
+    if let Some(c) = context {
+        limits.insert("contextLength".into(), c.into());
+    }
+    if !limits.is_empty() {
+        spec["limits"] = limits.into();
+    }
+    Ok(json!({
+        "apiVersion": alcove_crds::API_VERSION,
+        "kind": "InferenceInstance",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": spec,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn catalogue() -> Vec<CatalogueModel> {
+        vec!["default=safetensors".parse().unwrap(), "small=gguf:model.gguf".parse().unwrap()]
+    }
+
+    #[test]
+    fn a_good_form_becomes_an_instance() {
+        let v = NewInstance {
+            name: " support-bot ".into(),
+            model: "small".into(),
+            gpu_count: "2".into(),
+            gpu_product: "H100".into(),
+            system_prompt: "Be brief.".into(),
+            knowledge_base: "handbook".into(),
+            max_tokens: "256".into(),
+            context_length: "2048".into(),
+        };
+        let o =
+            instance_from(&v, "tenant-acme", &catalogue(), &["H100".into()], &["handbook".into()])
+                .unwrap();
+        assert_eq!(o["metadata"], json!({"name": "support-bot", "namespace": "tenant-acme"}));
+        assert_eq!(
+            o["spec"],
+            json!({
+                "model": {"format": "gguf", "source": {"platform": "small"}, "path": "model.gguf"},
+                "gpu": {"count": 2, "product": "H100"},
+                "systemPrompt": "Be brief.",
+                "knowledgeBases": [{"name": "handbook"}],
+                "limits": {"maxTokens": 256, "contextLength": 2048},
+            })
+        );
+        let minimal =
+            NewInstance { name: "a".into(), model: "default".into(), ..Default::default() };
+        let o = instance_from(&minimal, "tenant-acme", &catalogue(), &[], &[]).unwrap();
+        assert_eq!(o["spec"]["gpu"], json!({"count": 1}));
+        assert!(o["spec"].get("limits").is_none(), "unset limits take the server's defaults");
+    }
+
+    #[test]
+    fn each_bad_field_gets_its_own_error() {
+        let v = NewInstance {
+            name: "Support Bot".into(),
+            model: "gpt-5".into(),
+            gpu_count: "many".into(),
+            gpu_product: "B200".into(),
+            knowledge_base: "someone-elses".into(),
+            max_tokens: "4096".into(),
+            context_length: "1024".into(),
+            ..Default::default()
+        };
+        let e = instance_from(&v, "tenant-acme", &catalogue(), &["H100".into()], &[]).unwrap_err();
+        let fields: Vec<_> = e.fields.iter().map(|(f, _)| *f).collect();
+        assert_eq!(
+            fields,
+            ["name", "model", "gpu_count", "gpu_product", "knowledge_base", "max_tokens"]
+        );
+        assert!(e.get("gpu_count").unwrap().contains("whole number"));
+        assert!(e.get("max_tokens").unwrap().contains("context length"));
+        assert_eq!(name_error("-x"), name_error("x-"));
+        assert!(name_error(&"a".repeat(64)).unwrap().contains("63"));
+        assert_eq!(name_error("ok-1"), None);
+    }
+}

@@ -1,0 +1,924 @@
+//! The request path: who is signed in, CSRF and origin checks, and one handler per page or
+//! action. Handlers read through [`Cluster::as_user`] only, so every refusal is the API
+//! server's; a tenant that is not the user's answers 404, like one that does not exist.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use alcove_clock::Clock;
+use alcove_crds::instance::{InferenceInstance, InstanceState};
+use alcove_crds::tenant::Tenant;
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use k8s_openapi::api::core::v1::{Event, Pod, Secret};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Api, ResourceExt};
+use maud::Markup;
+use serde::Deserialize;
+
+use crate::args::CatalogueModel;
+use crate::cluster::Cluster;
+use crate::codes::{Address, Codes, Refused, Rejected};
+use crate::mail::Mailer;
+use crate::session::{self, Sessions};
+use crate::views::{self, Frame};
+
+/// Largest form accepted, in bytes.
+pub const MAX_FORM_BYTES: usize = 256 * 1024;
+
+pub struct App {
+    pub cluster: Cluster,
+    pub codes: Mutex<Codes>,
+    pub sessions: Mutex<Sessions>,
+    pub mailer: Mailer,
+    pub clock: Arc<dyn Clock>,
+    pub catalogue: Vec<CatalogueModel>,
+    pub gateway_url: String,
+    /// `scheme://host[:port]` of the public URL: the only origin state-changing requests may
+    /// come from.
+    pub origin: String,
+    pub secure: bool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The origin (`scheme://host[:port]`) of a URL.
+pub fn origin_of(url: &str) -> String {
+    let url = url.trim_end_matches('/');
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let host = rest.split('/').next().unwrap_or_default();
+            format!("{}://{}", scheme.to_ascii_lowercase(), host.to_ascii_lowercase())
+        }
+        None => url.to_ascii_lowercase(),
+    }
+}
+
+// ----- answers -----
+
+/// Everything a handler can answer besides its page: each becomes a page in words with the right
+/// status, never a 500 for something a user typed.
+#[derive(Debug)]
+pub enum Failure {
+    /// Not signed in (or the session ended): to the sign-in page.
+    SignIn,
+    NotFound,
+    /// The CSRF token or the origin is wrong.
+    Forged,
+    /// The API server refused, in its words.
+    Refused(StatusCode, String),
+    /// The cluster could not be reached or failed.
+    Unavailable(String),
+}
+
+impl From<kube::Error> for Failure {
+    fn from(e: kube::Error) -> Failure {
+        match e {
+            kube::Error::Api(s) => match s.code {
+                404 => Failure::NotFound,
+                code => Failure::Refused(
+                    StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_GATEWAY),
+                    s.message,
+                ),
+            },
+            other => Failure::Unavailable(other.to_string()),
+        }
+    }
+}
+
+impl IntoResponse for Failure {
+    fn into_response(self) -> Response {
+        let (status, title, words) = match self {
+            Failure::SignIn => return Redirect::to("/signin").into_response(),
+            Failure::NotFound => (
+                StatusCode::NOT_FOUND,
+                "Not found",
+                "There is nothing here, or it is not yours.".to_string(),
+            ),
+            Failure::Forged => (
+                StatusCode::FORBIDDEN,
+                "Refused",
+                "This form came from somewhere else or has expired. Reload the page and try again."
+                    .to_string(),
+            ),
+            Failure::Refused(code, words) if code == StatusCode::FORBIDDEN => {
+                (code, "Not allowed", format!("Your account may not do that: {words}"))
+            }
+            Failure::Refused(code, words) => (code, "Refused", words),
+            Failure::Unavailable(words) => {
+                tracing::warn!(error = %words, "the cluster did not answer");
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "Try again shortly",
+                    "The platform did not answer. Nothing was changed.".to_string(),
+                )
+            }
+        };
+        let frame = Frame { title, user: None, csrf: None };
+        (status, views::page(&frame, views::message(title, &words))).into_response()
+    }
+}
+
+type Answer = Result<Response, Failure>;
+
+fn html(status: StatusCode, frame: &Frame, body: Markup) -> Response {
+    (status, [(header::CACHE_CONTROL, "no-store")], views::page(frame, body)).into_response()
+}
+
+fn fragment(body: Markup) -> Response {
+    ([(header::CACHE_CONTROL, "no-store")], body).into_response()
+}
+
+/// Back to a page after an action (303: the browser GETs it).
+fn see_other(to: &str) -> Response {
+    Redirect::to(to).into_response()
+}
+
+/// Notices a redirect may ask a page to show: fixed words, never text from the URL.
+fn notice_text(key: Option<&str>) -> Option<&'static str> {
+    Some(match key? {
+        "created" => "Instance created. It turns Ready when its pod serves.",
+        "rotated" => "A new API key is being made. The old key stops working as soon as it is.",
+        "suspended" => "Suspended: the pod stops and GPU billing with it. Data and key are kept.",
+        "resumed" => "Resuming: a pod is starting.",
+        _ => return None,
+    })
+}
+
+#[derive(Deserialize, Default)]
+pub struct NoticeQuery {
+    notice: Option<String>,
+}
+
+// ----- the signed-in user -----
+
+/// A request's live session.
+pub struct Signed {
+    pub email: String,
+    pub token: String,
+    pub csrf: String,
+}
+
+impl Signed {
+    fn frame<'a>(&'a self, title: &'a str) -> Frame<'a> {
+        Frame { title, user: Some(&self.email), csrf: Some(&self.csrf) }
+    }
+}
+
+impl FromRequestParts<Arc<App>> for Signed {
+    type Rejection = Failure;
+
+    async fn from_request_parts(
+        parts: &mut http::request::Parts,
+        app: &Arc<App>,
+    ) -> Result<Self, Self::Rejection> {
+        let token = parts
+            .headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find_map(session::token_in)
+            .ok_or(Failure::SignIn)?
+            .to_string();
+        let mut sessions = lock(&app.sessions);
+        let s = sessions.resume(&token, app.clock.now()).ok_or(Failure::SignIn)?;
+        let csrf = sessions.csrf(&token);
+        Ok(Signed { email: s.email, token, csrf })
+    }
+}
+
+/// A state-changing request: a live session, a request from our own origin, and the session's
+/// CSRF token (form field `csrf` or header `X-CSRF-Token`), then the form itself.
+pub struct Posted<T> {
+    pub user: Signed,
+    pub form: T,
+}
+
+#[derive(Deserialize)]
+struct CsrfField {
+    csrf: Option<String>,
+}
+
+impl<T: serde::de::DeserializeOwned + Send> FromRequest<Arc<App>> for Posted<T> {
+    type Rejection = Failure;
+
+    async fn from_request(req: Request, app: &Arc<App>) -> Result<Self, Self::Rejection> {
+        let (mut parts, body) = req.into_parts();
+        let user = Signed::from_request_parts(&mut parts, app).await?;
+        if !same_origin(&parts.headers, &app.origin) {
+            return Err(Failure::Forged);
+        }
+        let bytes = axum::body::to_bytes(body, MAX_FORM_BYTES).await.map_err(|_| {
+            Failure::Refused(StatusCode::PAYLOAD_TOO_LARGE, "That form is too large.".into())
+        })?;
+        let presented = match parts.headers.get("x-csrf-token").and_then(|v| v.to_str().ok()) {
+            Some(h) => Some(h.to_string()),
+            None => serde_urlencoded::from_bytes::<CsrfField>(&bytes).ok().and_then(|f| f.csrf),
+        };
+        let ok = presented.is_some_and(|p| lock(&app.sessions).csrf_ok(&user.token, &p));
+        if !ok {
+            return Err(Failure::Forged);
+        }
+        let form = serde_urlencoded::from_bytes::<T>(&bytes).map_err(|e| {
+            Failure::Refused(StatusCode::BAD_REQUEST, format!("The form could not be read: {e}"))
+        })?;
+        Ok(Posted { user, form })
+    }
+}
+
+/// Whether a request comes from our own pages: `Origin` (or, without it, `Referer`) must be ours
+/// when present. Browsers send `Origin` on every cross-site POST.
+fn same_origin(headers: &HeaderMap, ours: &str) -> bool {
+    let of = |name| headers.get(name).and_then(|v: &HeaderValue| v.to_str().ok());
+    match (of(header::ORIGIN), of(header::REFERER)) {
+        (Some(o), _) => origin_of(o) == ours,
+        (None, Some(r)) => origin_of(r) == ours,
+        (None, None) => true,
+    }
+}
+
+#[derive(Deserialize)]
+pub struct Empty {}
+
+// ----- sign-in -----
+
+pub async fn sign_in_page(State(app): State<Arc<App>>, parts: http::request::Parts) -> Response {
+    if Signed::from_request_parts(&mut parts.clone(), &app).await.is_ok() {
+        return see_other("/");
+    }
+    html(
+        StatusCode::OK,
+        &Frame { title: "Sign in", user: None, csrf: None },
+        views::sign_in("", None),
+    )
+}
+
+#[derive(Deserialize)]
+pub struct EmailForm {
+    #[serde(default)]
+    email: String,
+}
+
+fn sign_in_frame() -> Frame<'static> {
+    Frame { title: "Sign in", user: None, csrf: None }
+}
+
+fn wait_words(d: jiff::SignedDuration) -> String {
+    let s = d.as_secs().max(1);
+    if s < 90 { format!("{s} seconds") } else { format!("{} minutes", (s + 59) / 60) }
+}
+
+/// Asks for a code. The answer is the same whether or not the address has an account: a code is
+/// issued (and counted) for every well-formed address and mailed only to known ones, in the
+/// background, so neither the words nor the time tell.
+pub async fn request_code(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    axum::Form(form): axum::Form<EmailForm>,
+) -> Response {
+    if !same_origin(&headers, &app.origin) {
+        return Failure::Forged.into_response();
+    }
+    let address = match Address::parse(&form.email) {
+        Ok(a) => a,
+        Err(e) => {
+            return html(
+                StatusCode::BAD_REQUEST,
+                &sign_in_frame(),
+                views::sign_in(&form.email, Some(e)),
+            );
+        }
+    };
+    let issued = lock(&app.codes).issue(&address, client_ip(peer), app.clock.now());
+    let note = match issued {
+        Ok(code) => {
+            if app.cluster.is_known(address.as_str()) {
+                send_in_background(&app, address.clone(), code);
+            }
+            None
+        }
+        Err(Refused::TooSoon { retry_after }) => Some(format!(
+            "A code was sent less than a minute ago. You can ask for another in {}.",
+            wait_words(retry_after)
+        )),
+        Err(Refused::TooMany { retry_after }) => {
+            let e =
+                format!("Too many codes were asked for. Try again in {}.", wait_words(retry_after));
+            return html(
+                StatusCode::TOO_MANY_REQUESTS,
+                &sign_in_frame(),
+                views::sign_in(address.as_str(), Some(&e)),
+            );
+        }
+    };
+    html(
+        StatusCode::OK,
+        &sign_in_frame(),
+        views::enter_code(address.as_str(), None, note.as_deref()),
+    )
+}
+
+fn client_ip(peer: SocketAddr) -> IpAddr {
+    peer.ip().to_canonical()
+}
+
+fn send_in_background(app: &Arc<App>, to: Address, code: String) {
+    let app = app.clone();
+    tokio::spawn(async move {
+        if let Err(e) = app.mailer.send_code(&to, &code).await {
+            // Neither the code nor the address: the relay's words only.
+            tracing::warn!(error = %e, "a sign-in code could not be mailed");
+        }
+    });
+}
+
+#[derive(Deserialize)]
+pub struct CodeForm {
+    #[serde(default)]
+    email: String,
+    #[serde(default)]
+    code: String,
+}
+
+fn rejected_words(r: Rejected) -> String {
+    match r {
+        Rejected::NoCode => "There is no code waiting for this address. Ask for a new one.".into(),
+        Rejected::Expired => "That code has expired. Ask for a new one.".into(),
+        Rejected::Wrong { tries_left } => format!(
+            "That code is not right. You can try {tries_left} more time{}.",
+            if tries_left == 1 { "" } else { "s" }
+        ),
+        Rejected::Exhausted => {
+            "Too many wrong tries: that code no longer works. Ask for a new one.".into()
+        }
+    }
+}
+
+/// Checks the code; a right one starts a new session (a fresh token, whatever cookie came in).
+pub async fn enter_code(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    axum::Form(form): axum::Form<CodeForm>,
+) -> Response {
+    if !same_origin(&headers, &app.origin) {
+        return Failure::Forged.into_response();
+    }
+    let Ok(address) = Address::parse(&form.email) else {
+        return see_other("/signin");
+    };
+    let now = app.clock.now();
+    let checked = lock(&app.codes).verify(&address, &form.code, now);
+    match checked {
+        Ok(()) => {
+            // Whoever holds the code owns the address; whether it owns tenants shows on the
+            // overview.
+            let token = lock(&app.sessions).start(address.as_str(), now);
+            let mut r = see_other("/");
+            if let Ok(v) = HeaderValue::from_str(&session::cookie(&token, app.secure)) {
+                r.headers_mut().insert(header::SET_COOKIE, v);
+            }
+            tracing::info!("signed in");
+            r
+        }
+        Err(rejected) => html(
+            StatusCode::BAD_REQUEST,
+            &sign_in_frame(),
+            views::enter_code(address.as_str(), Some(&rejected_words(rejected)), None),
+        ),
+    }
+}
+
+pub async fn sign_out(State(app): State<Arc<App>>, p: Posted<Empty>) -> Response {
+    lock(&app.sessions).end(&p.user.token);
+    let mut r = see_other("/signin");
+    if let Ok(v) = HeaderValue::from_str(&session::cleared(app.secure)) {
+        r.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    r
+}
+
+// ----- tenants and instances -----
+
+fn credit_words(t: &Tenant) -> String {
+    match t.status.as_ref().and_then(|s| s.billing.as_ref()) {
+        Some(b) => money(b.balance, b.currency.as_deref().unwrap_or("usd")),
+        None => "No billing account".into(),
+    }
+}
+
+/// An amount in minor units, in its currency (zero-decimal currencies have no cents).
+pub fn money(minor: i64, currency: &str) -> String {
+    const ZERO_DECIMAL: &[&str] = &[
+        "bif", "clp", "djf", "gnf", "jpy", "kmf", "krw", "mga", "pyg", "rwf", "ugx", "vnd", "vuv",
+        "xaf", "xof", "xpf",
+    ];
+    let c = currency.to_ascii_lowercase();
+    let sign = if minor < 0 { "-" } else { "" };
+    let abs = minor.unsigned_abs();
+    if ZERO_DECIMAL.contains(&c.as_str()) {
+        format!("{sign}{abs} {}", c.to_ascii_uppercase())
+    } else {
+        format!("{sign}{}.{:02} {}", abs / 100, abs % 100, c.to_ascii_uppercase())
+    }
+}
+
+pub async fn overview(State(app): State<Arc<App>>, user: Signed) -> Response {
+    let rows: Vec<views::TenantRow> = app
+        .cluster
+        .tenants_of(&user.email)
+        .iter()
+        .map(|t| {
+            let status = t.status.clone().unwrap_or_default();
+            views::TenantRow {
+                name: t.name_any(),
+                display_name: t.spec.display_name.clone(),
+                tier: format!("{:?}", t.spec.tier).to_lowercase(),
+                region: t.spec.region.clone(),
+                phase: status.phase.map(|p| format!("{p:?}")).unwrap_or_else(|| "Pending".into()),
+                credit: credit_words(t),
+                instances: status.instances,
+                gpus: status.gpus_in_use,
+            }
+        })
+        .collect();
+    html(StatusCode::OK, &user.frame("Your tenants"), views::overview(&rows))
+}
+
+/// The tenant if it is this user's, else 404 (the same for one that does not exist).
+fn tenant(app: &App, user: &Signed, name: &str) -> Result<Arc<Tenant>, Failure> {
+    app.cluster.tenant_of(&user.email, name).ok_or(Failure::NotFound)
+}
+
+fn instances_api(app: &App, user: &Signed, tenant: &str) -> Api<InferenceInstance> {
+    Api::namespaced(
+        app.cluster.as_user(&user.email, tenant),
+        &alcove_crds::tenant::namespace_of(tenant),
+    )
+}
+
+fn phase_of(i: &InferenceInstance) -> (String, String) {
+    let s = i.status.as_ref();
+    let phase = match (i.metadata.deletion_timestamp.is_some(), s.and_then(|s| s.phase)) {
+        (true, _) => "Terminating".to_string(),
+        (false, Some(p)) => format!("{p:?}"),
+        (false, None) => "Pending".to_string(),
+    };
+    (phase, s.and_then(|s| s.message.clone()).unwrap_or_default())
+}
+
+fn model_words(i: &InferenceInstance) -> String {
+    let m = &i.spec.model;
+    let source = m
+        .source
+        .platform
+        .clone()
+        .or_else(|| m.source.uri.clone())
+        .or_else(|| m.source.pvc.as_ref().map(|p| format!("volume {}", p.claim_name)))
+        .unwrap_or_default();
+    format!("{source} ({})", m.format.as_str())
+}
+
+fn state_words(s: InstanceState) -> String {
+    match s {
+        InstanceState::Running => "Running".into(),
+        InstanceState::Suspended => "Suspended".into(),
+    }
+}
+
+async fn rows(app: &App, user: &Signed, tenant: &str) -> Result<Vec<views::InstanceRow>, Failure> {
+    let list = instances_api(app, user, tenant).list(&ListParams::default()).await?;
+    let mut rows: Vec<_> = list
+        .items
+        .iter()
+        .map(|i| {
+            let (phase, message) = phase_of(i);
+            views::InstanceRow {
+                name: i.name_any(),
+                model: model_words(i),
+                gpus: i.spec.gpu.count,
+                state: state_words(i.spec.state),
+                phase,
+                message,
+            }
+        })
+        .collect();
+    rows.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(rows)
+}
+
+pub async fn instances(
+    State(app): State<Arc<App>>,
+    user: Signed,
+    Path(t): Path<String>,
+    Query(q): Query<NoticeQuery>,
+) -> Answer {
+    let tn = tenant(&app, &user, &t)?;
+    let rows = rows(&app, &user, &t).await?;
+    let body = views::instances(&t, &tn.spec.display_name, &rows, notice_text(q.notice.as_deref()));
+    Ok(html(StatusCode::OK, &user.frame("Instances"), body))
+}
+
+pub async fn instance_rows(
+    State(app): State<Arc<App>>,
+    user: Signed,
+    Path(t): Path<String>,
+) -> Answer {
+    tenant(&app, &user, &t)?;
+    Ok(fragment(views::instance_rows(&t, &rows(&app, &user, &t).await?)))
+}
+
+async fn create_choices(
+    app: &App,
+    user: &Signed,
+    tn: &Tenant,
+) -> Result<(Vec<String>, Vec<String>, Vec<String>), Failure> {
+    let models = app.catalogue.iter().map(|m| m.name.clone()).collect();
+    let placement = tn.status.as_ref().and_then(|s| s.placement.clone()).unwrap_or_default();
+    let gpus = app.cluster.gpu_products(&placement).await?;
+    let kbs: Api<alcove_crds::knowledgebase::KnowledgeBase> = Api::namespaced(
+        app.cluster.as_user(&user.email, &tn.name_any()),
+        &alcove_crds::tenant::namespace_of(&tn.name_any()),
+    );
+    let kbs = kbs.list(&ListParams::default()).await?.items.iter().map(|k| k.name_any()).collect();
+    Ok((models, gpus, kbs))
+}
+
+pub async fn new_instance_page(
+    State(app): State<Arc<App>>,
+    user: Signed,
+    Path(t): Path<String>,
+) -> Answer {
+    let tn = tenant(&app, &user, &t)?;
+    let (models, gpus, kbs) = create_choices(&app, &user, &tn).await?;
+    let v = views::NewInstance {
+        model: models.first().cloned().unwrap_or_default(),
+        gpu_count: "1".into(),
+        ..Default::default()
+    };
+    let choices =
+        views::CreateChoices { models: &models, gpu_products: &gpus, knowledge_bases: &kbs };
+    let body = views::new_instance(&t, &user.csrf, &v, &views::FormErrors::default(), &choices);
+    Ok(html(StatusCode::OK, &user.frame("New instance"), body))
+}
+
+/// Which form field an API server refusal is about, from the field path it names.
+fn field_of(message: &str) -> Option<&'static str> {
+    [
+        ("metadata.name", "name"),
+        ("spec.gpu.count", "gpu_count"),
+        ("spec.gpu.product", "gpu_product"),
+        ("spec.systemPrompt", "system_prompt"),
+        ("spec.limits.maxTokens", "max_tokens"),
+        ("spec.limits.contextLength", "context_length"),
+        ("spec.knowledgeBases", "knowledge_base"),
+    ]
+    .into_iter()
+    .find(|(path, _)| message.contains(path))
+    .map(|(_, f)| f)
+}
+
+pub async fn create_instance(
+    State(app): State<Arc<App>>,
+    Path(t): Path<String>,
+    p: Posted<views::NewInstance>,
+) -> Answer {
+    let user = &p.user;
+    let tn = tenant(&app, user, &t)?;
+    let (models, gpus, kbs) = create_choices(&app, user, &tn).await?;
+    let ns = alcove_crds::tenant::namespace_of(&t);
+    let refused = |errors: views::FormErrors| {
+        let choices =
+            views::CreateChoices { models: &models, gpu_products: &gpus, knowledge_bases: &kbs };
+        html(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            &user.frame("New instance"),
+            views::new_instance(&t, &user.csrf, &p.form, &errors, &choices),
+        )
+    };
+    let object = match crate::forms::instance_from(&p.form, &ns, &app.catalogue, &gpus, &kbs) {
+        Ok(o) => o,
+        Err(errors) => return Ok(refused(errors)),
+    };
+    let instance: InferenceInstance = serde_json::from_value(object)
+        .map_err(|e| Failure::Refused(StatusCode::BAD_REQUEST, e.to_string()))?;
+    match instances_api(&app, user, &t).create(&PostParams::default(), &instance).await {
+        Ok(created) => {
+            tracing::info!(tenant = %t, instance = %created.name_any(), "instance created from the dashboard");
+            Ok(see_other(&format!("/t/{t}/i/{}?notice=created", created.name_any())))
+        }
+        // The API server's own words, beside the field they are about when it names one.
+        Err(kube::Error::Api(s)) if matches!(s.code, 400 | 409 | 422) => {
+            let mut errors = views::FormErrors::default();
+            let words = if s.code == 409 {
+                "An instance of that name exists already. Pick another name.".to_string()
+            } else {
+                s.message.clone()
+            };
+            match field_of(&s.message).or((s.code == 409).then_some("name")) {
+                Some(f) => errors.fields.push((f, words)),
+                None => errors.form = Some(words),
+            }
+            Ok(refused(errors))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn gpu_time(seconds: i64) -> String {
+    let (h, m, s) = (seconds / 3600, (seconds % 3600) / 60, seconds % 60);
+    if h > 0 {
+        format!("{h} h {m} min")
+    } else if m > 0 {
+        format!("{m} min {s} s")
+    } else {
+        format!("{s} s")
+    }
+}
+
+async fn detail(
+    app: &App,
+    user: &Signed,
+    t: &str,
+    name: &str,
+) -> Result<views::InstanceDetail, Failure> {
+    let client = app.cluster.as_user(&user.email, t);
+    let ns = alcove_crds::tenant::namespace_of(t);
+    let i = Api::<InferenceInstance>::namespaced(client.clone(), &ns).get(name).await?;
+    let (phase, message) = phase_of(&i);
+    let status = i.status.clone().unwrap_or_default();
+    let mut activity: Vec<views::Activity> = status
+        .conditions
+        .iter()
+        .map(|c| views::Activity {
+            when: c.last_transition_time.0.to_string(),
+            what: format!("{} is {}", c.type_, c.status),
+            detail: if c.message.is_empty() { c.reason.clone() } else { c.message.clone() },
+            warning: c.status == "False" && c.type_ == "Ready" && phase != "Suspended",
+        })
+        .collect();
+    let events = Api::<Event>::namespaced(client, &ns)
+        .list(&ListParams::default().fields(&format!("involvedObject.name={name}")))
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default();
+    activity.extend(events.iter().map(|e| {
+        views::Activity {
+            when: e
+                .last_timestamp
+                .as_ref()
+                .or(e.first_timestamp.as_ref())
+                .map(|t| t.0.to_string())
+                .or_else(|| e.event_time.as_ref().map(|t| t.0.to_string()))
+                .unwrap_or_default(),
+            what: e.reason.clone().unwrap_or_default(),
+            detail: e.message.clone().unwrap_or_default(),
+            warning: e.type_.as_deref() == Some("Warning"),
+        }
+    }));
+    activity.sort_by(|a, b| b.when.cmp(&a.when));
+    let served_name = i.spec.model.served_name.clone().unwrap_or_else(|| i.name_any());
+    Ok(views::InstanceDetail {
+        tenant: t.to_string(),
+        name: i.name_any(),
+        model: model_words(&i),
+        gpus: match &i.spec.gpu.product {
+            Some(p) => format!("{} × {p}", i.spec.gpu.count),
+            None => i.spec.gpu.count.to_string(),
+        },
+        state: state_words(i.spec.state),
+        phase,
+        message,
+        endpoint: format!("{}/v1", app.gateway_url.trim_end_matches('/')),
+        served_name,
+        gpu_time: gpu_time(status.gpu_seconds),
+        has_key: status.api_key_secret.is_some(),
+        activity,
+    })
+}
+
+pub async fn instance_page(
+    State(app): State<Arc<App>>,
+    user: Signed,
+    Path((t, name)): Path<(String, String)>,
+    Query(q): Query<NoticeQuery>,
+) -> Answer {
+    tenant(&app, &user, &t)?;
+    let d = detail(&app, &user, &t, &name).await?;
+    let body = views::instance_detail(&d, &user.csrf, notice_text(q.notice.as_deref()));
+    Ok(html(StatusCode::OK, &user.frame(&name), body))
+}
+
+pub async fn instance_status(
+    State(app): State<Arc<App>>,
+    user: Signed,
+    Path((t, name)): Path<(String, String)>,
+) -> Answer {
+    tenant(&app, &user, &t)?;
+    let d = detail(&app, &user, &t, &name).await?;
+    Ok(fragment(maud::html! {
+        div #status hx-get={"/t/" (t) "/i/" (name) "/status"} hx-trigger="every 3s" hx-swap="outerHTML" aria-live="polite" {
+            (views::instance_status(&d))
+        }
+    }))
+}
+
+/// The API key, read as the user (the tenant-admin Role may get exactly the instances' key
+/// Secrets). Shown on request only; never logged.
+pub async fn show_key(
+    State(app): State<Arc<App>>,
+    Path((t, name)): Path<(String, String)>,
+    headers: HeaderMap,
+    p: Posted<Empty>,
+) -> Answer {
+    let user = &p.user;
+    tenant(&app, user, &t)?;
+    let client = app.cluster.as_user(&user.email, &t);
+    let ns = alcove_crds::tenant::namespace_of(&t);
+    let i = Api::<InferenceInstance>::namespaced(client.clone(), &ns).get(&name).await?;
+    let secret_name =
+        i.status.as_ref().and_then(|s| s.api_key_secret.clone()).ok_or(Failure::NotFound)?;
+    let secret = Api::<Secret>::namespaced(client, &ns).get(&secret_name).await?;
+    let key = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get("api-key"))
+        .and_then(|b| String::from_utf8(b.0.clone()).ok())
+        .ok_or(Failure::NotFound)?;
+    if headers.contains_key("hx-request") {
+        return Ok(fragment(views::api_key(&key)));
+    }
+    let d = detail(&app, user, &t, &name).await?;
+    let body =
+        maud::html! { (views::instance_detail(&d, &user.csrf, None)) (views::api_key(&key)) };
+    Ok(html(StatusCode::OK, &user.frame(&name), body))
+}
+
+/// Asks the operator for a new key (the `alcove.dev/rotate-api-key` annotation): the old key
+/// stops working as soon as the new one is published.
+pub async fn rotate_key(
+    State(app): State<Arc<App>>,
+    Path((t, name)): Path<(String, String)>,
+    p: Posted<Empty>,
+) -> Answer {
+    tenant(&app, &p.user, &t)?;
+    let stamp = app.clock.now().to_string();
+    let patch = serde_json::json!({"metadata": {"annotations": {alcove_crds::ANNOTATION_ROTATE_API_KEY: stamp}}});
+    instances_api(&app, &p.user, &t)
+        .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    tracing::info!(tenant = %t, instance = %name, "API key rotation asked from the dashboard");
+    Ok(see_other(&format!("/t/{t}/i/{name}?notice=rotated")))
+}
+
+#[derive(Deserialize)]
+pub struct StateForm {
+    state: String,
+}
+
+pub async fn set_state(
+    State(app): State<Arc<App>>,
+    Path((t, name)): Path<(String, String)>,
+    p: Posted<StateForm>,
+) -> Answer {
+    tenant(&app, &p.user, &t)?;
+    let (state, notice) = match p.form.state.as_str() {
+        "Running" => ("Running", "resumed"),
+        "Suspended" => ("Suspended", "suspended"),
+        _ => return Err(Failure::Refused(StatusCode::BAD_REQUEST, "Unknown state.".into())),
+    };
+    let patch = serde_json::json!({"spec": {"state": state}});
+    instances_api(&app, &p.user, &t)
+        .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    Ok(see_other(&format!("/t/{t}/i/{name}?notice={notice}")))
+}
+
+pub async fn destroy_page(
+    State(app): State<Arc<App>>,
+    user: Signed,
+    Path((t, name)): Path<(String, String)>,
+) -> Answer {
+    tenant(&app, &user, &t)?;
+    instances_api(&app, &user, &t).get(&name).await?;
+    let body = views::confirm_destroy(&t, &name, &user.csrf, &user.email, false, None);
+    Ok(html(StatusCode::OK, &user.frame("Destroy"), body))
+}
+
+/// Mails a fresh code for a destructive action to the signed-in address.
+pub async fn destroy_code(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path((t, name)): Path<(String, String)>,
+    p: Posted<Empty>,
+) -> Answer {
+    let user = &p.user;
+    tenant(&app, user, &t)?;
+    instances_api(&app, user, &t).get(&name).await?;
+    let address = Address::parse(&user.email).map_err(|_| Failure::SignIn)?;
+    let issued = lock(&app.codes).issue(&address, client_ip(peer), app.clock.now());
+    let (sent, error) = match issued {
+        Ok(code) => {
+            send_in_background(&app, address, code);
+            (true, None)
+        }
+        // The code sent under a minute ago still works.
+        Err(Refused::TooSoon { .. }) => (true, None),
+        Err(Refused::TooMany { retry_after }) => (
+            false,
+            Some(format!(
+                "Too many codes were asked for. Try again in {}.",
+                wait_words(retry_after)
+            )),
+        ),
+    };
+    let body = views::confirm_destroy(&t, &name, &user.csrf, &user.email, sent, error.as_deref());
+    Ok(html(StatusCode::OK, &user.frame("Destroy"), body))
+}
+
+#[derive(Deserialize)]
+pub struct ConfirmForm {
+    #[serde(default)]
+    code: String,
+}
+
+/// Destroys the instance after a fresh code; then shows the pod gone and billing stopped.
+pub async fn destroy(
+    State(app): State<Arc<App>>,
+    Path((t, name)): Path<(String, String)>,
+    p: Posted<ConfirmForm>,
+) -> Answer {
+    let user = &p.user;
+    tenant(&app, user, &t)?;
+    let address = Address::parse(&user.email).map_err(|_| Failure::SignIn)?;
+    let checked = lock(&app.codes).verify(&address, &p.form.code, app.clock.now());
+    if let Err(r) = checked {
+        let words = rejected_words(r);
+        let body = views::confirm_destroy(&t, &name, &user.csrf, &user.email, true, Some(&words));
+        return Ok(html(StatusCode::BAD_REQUEST, &user.frame("Destroy"), body));
+    }
+    let api = instances_api(&app, user, &t);
+    api.delete(&name, &DeleteParams::foreground()).await?;
+    tracing::info!(tenant = %t, instance = %name, "instance destroyed from the dashboard");
+    // The operator deletes the pod at once; show it gone when it is (a few seconds at most).
+    let pods: Api<Pod> = Api::namespaced(
+        app.cluster.as_user(&user.email, &t),
+        &alcove_crds::tenant::namespace_of(&t),
+    );
+    let selector = format!("{}={name}", alcove_crds::LABEL_INSTANCE);
+    let mut pod_gone = false;
+    for _ in 0..40 {
+        match pods.list(&ListParams::default().labels(&selector)).await {
+            Ok(l) if l.items.is_empty() => {
+                pod_gone = true;
+                break;
+            }
+            _ => tokio::time::sleep(Duration::from_millis(250)).await,
+        }
+    }
+    let billing = format!(
+        "GPU billing stopped at {} (UTC); the final usage is recorded.",
+        app.clock.now().strftime("%Y-%m-%d %H:%M:%S")
+    );
+    let body = views::destroyed(&t, &name, pod_gone, &billing);
+    Ok(html(StatusCode::OK, &user.frame("Destroyed"), body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origins_compare_scheme_host_and_port() {
+        assert_eq!(origin_of("https://Dash.Example.com/t/acme?x=1"), "https://dash.example.com");
+        assert_eq!(origin_of("http://127.0.0.1:8080"), "http://127.0.0.1:8080");
+        let mut h = HeaderMap::new();
+        assert!(same_origin(&h, "http://127.0.0.1:8080"), "no Origin: a same-origin form");
+        h.insert(header::ORIGIN, HeaderValue::from_static("http://evil.example"));
+        assert!(!same_origin(&h, "http://127.0.0.1:8080"));
+        h.insert(header::ORIGIN, HeaderValue::from_static("http://127.0.0.1:8080"));
+        assert!(same_origin(&h, "http://127.0.0.1:8080"));
+    }
+
+    #[test]
+    fn money_knows_zero_decimal_currencies() {
+        assert_eq!(money(123456, "usd"), "1234.56 USD");
+        assert_eq!(money(-5, "eur"), "-0.05 EUR");
+        assert_eq!(money(1500, "jpy"), "1500 JPY");
+    }
+
+    #[test]
+    fn api_refusals_land_beside_their_field() {
+        assert_eq!(
+            field_of("spec.limits.maxTokens must not exceed spec.limits.contextLength"),
+            Some("max_tokens")
+        );
+        assert_eq!(field_of("metadata.name: Invalid value"), Some("name"));
+        assert_eq!(field_of("something else"), None);
+        assert!(notice_text(Some("<script>")).is_none(), "only fixed notices");
+    }
+}

@@ -1,0 +1,357 @@
+//! What every replica must share: the codes waiting to be entered, the sessions, and the counts
+//! behind the limits on asking for codes. SQLite on a volume (one replica) or PostgreSQL
+//! (several), through sqlx's `Any` driver as the gateway's usage store does: portable SQL,
+//! `$n` parameters, BIGINT and TEXT only.
+//!
+//! Nothing secret is stored in a usable form: a code as its keyed hash, a session as its token's
+//! SHA-256. Rows past their use (codes after 10 minutes, sessions after 30 idle days, counts
+//! after an hour) are deleted by [`Store::purge`].
+
+use std::time::Duration;
+
+use sqlx::any::AnyPoolOptions;
+use sqlx::{AnyPool, Row};
+
+const SCHEMA: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS dashboard_codes (
+        address TEXT PRIMARY KEY,
+        mac TEXT NOT NULL,
+        issued_ms BIGINT NOT NULL,
+        tries BIGINT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS dashboard_sessions (
+        token_hash TEXT PRIMARY KEY,
+        email TEXT NOT NULL,
+        started_ms BIGINT NOT NULL,
+        last_seen_ms BIGINT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS dashboard_sessions_seen ON dashboard_sessions (last_seen_ms)",
+    "CREATE TABLE IF NOT EXISTS dashboard_hits (
+        scope TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        at_ms BIGINT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS dashboard_hits_subject ON dashboard_hits (scope, subject, at_ms)",
+];
+
+/// The store could not be reached or failed; the words never hold a password.
+#[derive(Debug, thiserror::Error)]
+#[error("the dashboard store: {0}")]
+pub struct StoreError(String);
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> StoreError {
+        StoreError(e.to_string())
+    }
+}
+
+/// A code waiting to be entered.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CodeRow {
+    pub mac: String,
+    pub issued_ms: i64,
+    pub tries: i64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionRow {
+    pub email: String,
+    pub started_ms: i64,
+    pub last_seen_ms: i64,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    pool: AnyPool,
+}
+
+/// The DSN with its password replaced, for error messages.
+fn redact(text: &str, dsn: &str) -> String {
+    match dsn.split_once("://").and_then(|(_, rest)| rest.split_once('@')) {
+        Some((userinfo, _)) => match userinfo.split_once(':') {
+            Some((_, password)) if !password.is_empty() => text.replace(password, "***"),
+            _ => text.to_string(),
+        },
+        None => text.to_string(),
+    }
+}
+
+impl Store {
+    /// Opens (and creates, for SQLite) the store: `sqlite:///path/dashboard.db`,
+    /// `sqlite::memory:` (tests) or `postgres://user:password@host:port/db`.
+    pub async fn open(dsn: &str) -> Result<Store, StoreError> {
+        sqlx::any::install_default_drivers();
+        let sqlite = dsn.starts_with("sqlite:");
+        let memory = dsn.contains(":memory:");
+        let dsn = if sqlite && !memory && !dsn.contains("mode=") {
+            format!("{dsn}{}mode=rwc", if dsn.contains('?') { '&' } else { '?' })
+        } else {
+            dsn.to_string()
+        };
+        // One connection to an in-memory database: each connection would have its own.
+        let connections = if memory { 1 } else if sqlite { 2 } else { 8 };
+        let pool = AnyPoolOptions::new()
+            .max_connections(connections)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect(&dsn)
+            .await
+            .map_err(|e| StoreError(redact(&e.to_string(), &dsn)))?;
+        if sqlite && !memory {
+            sqlx::query("PRAGMA journal_mode=WAL").execute(&pool).await?;
+        }
+        // Replicas starting together may race to create the tables: the loser tries again.
+        for attempt in 0.. {
+            let created: Result<(), sqlx::Error> = async {
+                for ddl in SCHEMA {
+                    sqlx::query(ddl).execute(&pool).await?;
+                }
+                Ok(())
+            }
+            .await;
+            match created {
+                Ok(()) => break,
+                Err(e) if attempt < 3 => {
+                    tracing::debug!(error = %e, "creating the dashboard tables; trying again");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(Store { pool })
+    }
+
+    // ----- counts for limits -----
+
+    /// Counts one more event of `subject` in `scope` if fewer than `max` happened in the window
+    /// ending at `now_ms`; otherwise how long until the oldest leaves it.
+    pub async fn take(
+        &self,
+        scope: &str,
+        subject: &str,
+        max: usize,
+        window_ms: i64,
+        now_ms: i64,
+    ) -> Result<Result<(), i64>, StoreError> {
+        let since = now_ms - window_ms;
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n, MIN(at_ms) AS oldest FROM dashboard_hits
+             WHERE scope = $1 AND subject = $2 AND at_ms > $3",
+        )
+        .bind(scope)
+        .bind(subject)
+        .bind(since)
+        .fetch_one(&self.pool)
+        .await?;
+        let n: i64 = row.try_get("n")?;
+        if n >= max as i64 {
+            let oldest: Option<i64> = row.try_get("oldest")?;
+            return Ok(Err(oldest.unwrap_or(now_ms) + window_ms - now_ms));
+        }
+        sqlx::query("INSERT INTO dashboard_hits (scope, subject, at_ms) VALUES ($1, $2, $3)")
+            .bind(scope)
+            .bind(subject)
+            .bind(now_ms)
+            .execute(&self.pool)
+            .await?;
+        Ok(Ok(()))
+    }
+
+    // ----- codes -----
+
+    pub async fn code(&self, address: &str) -> Result<Option<CodeRow>, StoreError> {
+        let row = sqlx::query("SELECT mac, issued_ms, tries FROM dashboard_codes WHERE address = $1")
+            .bind(address)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(match row {
+            Some(r) => Some(CodeRow {
+                mac: r.try_get("mac")?,
+                issued_ms: r.try_get("issued_ms")?,
+                tries: r.try_get("tries")?,
+            }),
+            None => None,
+        })
+    }
+
+    /// The address's only code from now on.
+    pub async fn put_code(&self, address: &str, mac: &str, issued_ms: i64) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO dashboard_codes (address, mac, issued_ms, tries) VALUES ($1, $2, $3, 0)
+             ON CONFLICT (address) DO UPDATE SET mac = excluded.mac,
+                 issued_ms = excluded.issued_ms, tries = 0",
+        )
+        .bind(address)
+        .bind(mac)
+        .bind(issued_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Removes this exact code; whether it was still there (of two replicas taking the same
+    /// code at once, one gets `true`).
+    pub async fn take_code(&self, address: &str, mac: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query("DELETE FROM dashboard_codes WHERE address = $1 AND mac = $2")
+            .bind(address)
+            .bind(mac)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Counts a wrong try against this exact code; the tries so far (None: it is gone).
+    pub async fn wrong_try(&self, address: &str, mac: &str) -> Result<Option<i64>, StoreError> {
+        let row = sqlx::query(
+            "UPDATE dashboard_codes SET tries = tries + 1 WHERE address = $1 AND mac = $2
+             RETURNING tries",
+        )
+        .bind(address)
+        .bind(mac)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(match row {
+            Some(r) => Some(r.try_get("tries")?),
+            None => None,
+        })
+    }
+
+    // ----- sessions -----
+
+    pub async fn put_session(&self, token_hash: &str, email: &str, now_ms: i64) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO dashboard_sessions (token_hash, email, started_ms, last_seen_ms)
+             VALUES ($1, $2, $3, $3)",
+        )
+        .bind(token_hash)
+        .bind(email)
+        .bind(now_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn session(&self, token_hash: &str) -> Result<Option<SessionRow>, StoreError> {
+        let row = sqlx::query(
+            "SELECT email, started_ms, last_seen_ms FROM dashboard_sessions WHERE token_hash = $1",
+        )
+        .bind(token_hash)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(match row {
+            Some(r) => Some(SessionRow {
+                email: r.try_get("email")?,
+                started_ms: r.try_get("started_ms")?,
+                last_seen_ms: r.try_get("last_seen_ms")?,
+            }),
+            None => None,
+        })
+    }
+
+    pub async fn touch_session(&self, token_hash: &str, now_ms: i64) -> Result<(), StoreError> {
+        sqlx::query("UPDATE dashboard_sessions SET last_seen_ms = $2 WHERE token_hash = $1")
+            .bind(token_hash)
+            .bind(now_ms)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn end_session(&self, token_hash: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM dashboard_sessions WHERE token_hash = $1")
+            .bind(token_hash)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Deletes what can no longer be used at `now_ms`: codes issued before `codes_before`,
+    /// sessions idle since before `sessions_before`, counts older than `hits_before`.
+    pub async fn purge(
+        &self,
+        codes_before: i64,
+        sessions_before: i64,
+        hits_before: i64,
+    ) -> Result<u64, StoreError> {
+        let mut n = 0;
+        for (sql, cutoff) in [
+            ("DELETE FROM dashboard_codes WHERE issued_ms <= $1", codes_before),
+            ("DELETE FROM dashboard_sessions WHERE last_seen_ms <= $1", sessions_before),
+            ("DELETE FROM dashboard_hits WHERE at_ms <= $1", hits_before),
+        ] {
+            n += sqlx::query(sql).bind(cutoff).execute(&self.pool).await?.rows_affected();
+        }
+        Ok(n)
+    }
+
+    /// Every row of every table, as text (tests check that nothing secret is kept).
+    pub async fn dump(&self) -> Result<String, StoreError> {
+        let mut out = String::new();
+        for (table, cols) in [
+            ("dashboard_codes", "address, mac, issued_ms, tries"),
+            ("dashboard_sessions", "token_hash, email, started_ms, last_seen_ms"),
+            ("dashboard_hits", "scope, subject, at_ms"),
+        ] {
+            for r in sqlx::query(&format!("SELECT {cols} FROM {table}")).fetch_all(&self.pool).await? {
+                let cells: Vec<String> = (0..r.len())
+                    .map(|i| {
+                        r.try_get::<String, _>(i)
+                            .or_else(|_| r.try_get::<i64, _>(i).map(|v| v.to_string()))
+                            .unwrap_or_default()
+                    })
+                    .collect();
+                out.push_str(&format!("{table}: {}\n", cells.join(" | ")));
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn counts_refuse_past_the_limit_until_the_oldest_leaves_the_window() {
+        let s = Store::open("sqlite::memory:").await.unwrap();
+        for t in [0, 10, 20] {
+            assert_eq!(s.take("client", "127.0.0.1", 3, 100, t).await.unwrap(), Ok(()));
+        }
+        assert_eq!(s.take("client", "127.0.0.1", 3, 100, 50).await.unwrap(), Err(50));
+        assert_eq!(s.take("client", "10.0.0.1", 3, 100, 50).await.unwrap(), Ok(()), "per subject");
+        assert_eq!(s.take("address", "127.0.0.1", 3, 100, 50).await.unwrap(), Ok(()), "per scope");
+        assert_eq!(s.take("client", "127.0.0.1", 3, 100, 100).await.unwrap(), Ok(()));
+    }
+
+    #[tokio::test]
+    async fn a_code_is_taken_once_and_tries_count_against_that_code_only() {
+        let s = Store::open("sqlite::memory:").await.unwrap();
+        s.put_code("ada@example.com", "m1", 0).await.unwrap();
+        assert_eq!(s.wrong_try("ada@example.com", "m1").await.unwrap(), Some(1));
+        s.put_code("ada@example.com", "m2", 5).await.unwrap();
+        assert_eq!(s.code("ada@example.com").await.unwrap(), Some(CodeRow { mac: "m2".into(), issued_ms: 5, tries: 0 }));
+        assert_eq!(s.wrong_try("ada@example.com", "m1").await.unwrap(), None, "replaced");
+        assert!(!s.take_code("ada@example.com", "m1").await.unwrap());
+        assert!(s.take_code("ada@example.com", "m2").await.unwrap());
+        assert!(!s.take_code("ada@example.com", "m2").await.unwrap(), "once");
+    }
+
+    #[tokio::test]
+    async fn purge_removes_only_what_is_past_its_use() {
+        let s = Store::open("sqlite::memory:").await.unwrap();
+        s.put_code("old@example.com", "m", 0).await.unwrap();
+        s.put_code("new@example.com", "m", 100).await.unwrap();
+        s.put_session("h1", "ada@example.com", 0).await.unwrap();
+        s.put_session("h2", "ada@example.com", 0).await.unwrap();
+        s.touch_session("h2", 100).await.unwrap();
+        s.take("client", "x", 9, 1000, 0).await.unwrap().unwrap();
+        assert_eq!(s.purge(50, 50, 50).await.unwrap(), 3);
+        assert!(s.code("new@example.com").await.unwrap().is_some());
+        assert!(s.session("h1").await.unwrap().is_none());
+        assert_eq!(s.session("h2").await.unwrap().unwrap().last_seen_ms, 100);
+    }
+
+    #[test]
+    fn passwords_never_reach_error_words() {
+        assert_eq!(
+            redact("cannot connect to postgres://u:s3cret@db/x", "postgres://u:s3cret@db/x"),
+            "cannot connect to postgres://u:***@db/x"
+        );
+    }
+}

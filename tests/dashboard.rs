@@ -1,0 +1,260 @@
+//! The customer dashboard end to end, through its HTTP interface as a browser without scripts
+//! uses it (curl with a cookie jar): sign-in with the code a real SMTP server caught, instances
+//! created, suspended, resumed, their key shown and rotated, destroyed with a fresh code; CSRF
+//! and origin checks; and a second tenant's owner who can neither see nor touch any of it.
+//! Everything the dashboard does on the cluster it does as the signed-in user.
+
+use std::time::Duration;
+
+use alcove_tests::*;
+
+const ALICE: &str = "alice@startup.example";
+const BOB: &str = "bob@acme.example";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_customer_runs_an_instance_from_the_dashboard_and_no_one_else_can() {
+    let p = platform_with_operator().await;
+    p.ok(&[
+        "apply",
+        "-f",
+        &example("good/tenant-basic.yaml"),
+        "-f",
+        &example("good/tenant-pro.yaml"),
+    ])
+    .await;
+    p.wait_condition("tenant/startup", "Ready", 60).await;
+    p.wait_condition("tenant/acme", "Ready", 60).await;
+    let gw = Gateway::start(&p, "gw", &[]).await;
+    let d = Dashboard::start(&p, "dashboard", &gw.base.replace("/v1", "")).await;
+
+    // --- sign-in ---
+    let anon = d.browser("anonymous");
+    let first = anon.get("/").await;
+    assert_eq!((first.status, first.header("location")), (303, Some("/signin")), "{first:?}");
+    let bad = anon.post("/signin", &[("email", "not-an-address")], &[]).await;
+    assert_eq!(bad.status, 400);
+    assert!(bad.body.contains(r#"id="email-error" role="alert""#), "{}", bad.body);
+    // An unknown address gets the same answer and no mail.
+    let unknown = anon.post("/signin", &[("email", "nobody@nowhere.example")], &[]).await;
+    let known = d.browser("probe").post("/signin", &[("email", BOB)], &[]).await;
+    let strip = |s: &str, a: &str| s.replace(a, "ADDRESS");
+    assert_eq!(unknown.status, known.status);
+    assert_eq!(
+        strip(&unknown.body, "nobody@nowhere.example"),
+        strip(&known.body, BOB),
+        "the page must not tell whether an address has an account"
+    );
+    let bob_code = d.code(BOB, 0).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        !d.mails().iter().any(|m| m.contains("nobody@nowhere.example")),
+        "mail only to addresses a tenant names"
+    );
+    // Wrong codes count down; the right one signs in with a fresh session cookie.
+    let probe = d.browser("probe");
+    let wrong = probe.post("/signin/code", &[("email", BOB), ("code", "000000")], &[]).await;
+    let wrong_again = if bob_code == "000000" { None } else { Some(wrong) };
+    if let Some(w) = wrong_again {
+        assert_eq!(w.status, 400);
+        assert!(w.body.contains("4 more times"), "{}", w.body);
+    }
+    let ok = probe.post("/signin/code", &[("email", BOB), ("code", &bob_code)], &[]).await;
+    assert_eq!(ok.status, 303, "{}", ok.body);
+    let cookie = ok.header("set-cookie").expect("a session cookie").to_string();
+    assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Lax"), "{cookie}");
+    assert!(!cookie.contains("Secure"), "plain HTTP on loopback: {cookie}");
+    let reused =
+        d.browser("replay").post("/signin/code", &[("email", BOB), ("code", &bob_code)], &[]).await;
+    assert_eq!(reused.status, 400, "a code works once");
+    let bob = probe;
+
+    let alice = d.sign_in(ALICE, 0).await;
+    let overview = alice.get("/").await;
+    assert_eq!(overview.status, 200);
+    assert!(overview.body.contains("Startup Inc"), "{}", overview.body);
+    assert!(
+        !overview.body.contains("ACME Corporation"),
+        "only tenants that name the user: {}",
+        overview.body
+    );
+
+    // --- create: field errors beside the field, then a good one ---
+    let form = alice.get("/t/startup/new").await;
+    assert_eq!(form.status, 200, "{}", form.body);
+    assert!(
+        form.body.contains(&format!(r#"<option value="{H100}""#)),
+        "GPU products the tenant can use: {}",
+        form.body
+    );
+    let csrf = form.csrf();
+    let refused = alice
+        .post(
+            "/t/startup/new",
+            &[
+                ("csrf", &csrf),
+                ("name", "Chat Bot"),
+                ("model", "default"),
+                ("max_tokens", "4096"),
+                ("context_length", "1024"),
+            ],
+            &[],
+        )
+        .await;
+    assert_eq!(refused.status, 422);
+    assert!(refused.body.contains(r#"id="name-error""#), "{}", refused.body);
+    assert!(refused.body.contains(r#"id="max_tokens-error""#), "{}", refused.body);
+    assert!(refused.body.contains(r#"value="Chat Bot""#), "what was typed is kept");
+    let created = alice
+        .post(
+            "/t/startup/new",
+            &[
+                ("csrf", &csrf),
+                ("name", "chat"),
+                ("model", "default"),
+                ("gpu_count", "1"),
+                ("system_prompt", "Be brief."),
+                ("max_tokens", "64"),
+                ("context_length", "2048"),
+            ],
+            &[],
+        )
+        .await;
+    assert_eq!(created.status, 303, "{}", created.body);
+    assert_eq!(created.header("location"), Some("/t/startup/i/chat?notice=created"));
+    let again = alice
+        .post("/t/startup/new", &[("csrf", &csrf), ("name", "chat"), ("model", "default")], &[])
+        .await;
+    assert_eq!(again.status, 422);
+    assert!(again.body.contains("exists already"), "{}", again.body);
+    p.wait_condition("inst/chat -n tenant-startup", "Ready", 120).await;
+    let spec = p.json(&["get", "inst", "chat", "-n", "tenant-startup"]).await["spec"].clone();
+    assert_eq!(spec["systemPrompt"], "Be brief.");
+    assert_eq!(spec["limits"]["maxTokens"], 64);
+    let list = alice.get("/t/startup/rows").await;
+    assert!(list.body.contains(r#"data-phase="Ready""#), "{}", list.body);
+    let page = alice.get("/t/startup/i/chat").await;
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains(&gw.base), "the endpoint is the gateway's: {}", page.body);
+    assert!(page.body.contains("Ready is True"), "conditions as activity: {}", page.body);
+
+    // --- the key, shown on request; rotated; the old one refused by the gateway ---
+    let key = api_key(&p, "tenant-startup", "chat").await;
+    let csrf = page.csrf();
+    let shown = alice.post("/t/startup/i/chat/key", &[("csrf", &csrf)], &[]).await;
+    assert_eq!(shown.status, 200);
+    assert!(shown.body.contains(&key), "the key is shown to its owner");
+    let auth = format!("Bearer {key}");
+    eventually("the gateway knows the key", Duration::from_secs(30), || async {
+        gw.call("/models", &[("Authorization", &auth)], None).await.status == 200
+    })
+    .await;
+    let rotated = alice.post("/t/startup/i/chat/rotate", &[("csrf", &csrf)], &[]).await;
+    assert_eq!(rotated.status, 303, "{}", rotated.body);
+    eventually("the old key is refused", Duration::from_secs(60), || async {
+        gw.call("/models", &[("Authorization", &auth)], None).await.status == 401
+    })
+    .await;
+    assert_ne!(api_key(&p, "tenant-startup", "chat").await, key);
+
+    // --- CSRF and origin ---
+    let before = p.json(&["get", "inst", "chat", "-n", "tenant-startup"]).await["spec"].clone();
+    let no_token = alice.post("/t/startup/i/chat/state", &[("state", "Suspended")], &[]).await;
+    assert_eq!(no_token.status, 403);
+    let other_session = bob.get("/").await.csrf();
+    let foreign = alice
+        .post("/t/startup/i/chat/state", &[("csrf", &other_session), ("state", "Suspended")], &[])
+        .await;
+    assert_eq!(foreign.status, 403, "another session's token");
+    let cross = alice
+        .post(
+            "/t/startup/i/chat/state",
+            &[("csrf", &csrf), ("state", "Suspended")],
+            &[("Origin", "http://evil.example")],
+        )
+        .await;
+    assert_eq!(cross.status, 403, "another origin");
+    assert_eq!(p.json(&["get", "inst", "chat", "-n", "tenant-startup"]).await["spec"], before);
+
+    // --- suspend and resume ---
+    let s = alice
+        .post("/t/startup/i/chat/state", &[("csrf", &csrf), ("state", "Suspended")], &[])
+        .await;
+    assert_eq!(s.status, 303);
+    p.wait_condition("inst/chat -n tenant-startup", "Ready=False", 60).await;
+    assert_eq!(
+        p.jsonpath(&["get", "inst", "chat", "-n", "tenant-startup"], "{.status.phase}").await,
+        "Suspended"
+    );
+    let r =
+        alice.post("/t/startup/i/chat/state", &[("csrf", &csrf), ("state", "Running")], &[]).await;
+    assert_eq!(r.status, 303);
+    p.wait_condition("inst/chat -n tenant-startup", "Ready", 120).await;
+
+    // --- another tenant's owner: nothing to see, nothing to do, with crafted URLs and posts ---
+    let bob_csrf = bob.get("/").await.csrf();
+    for path in [
+        "/t/startup",
+        "/t/startup/rows",
+        "/t/startup/new",
+        "/t/startup/i/chat",
+        "/t/startup/i/chat/destroy",
+        "/t/nonexistent",
+    ] {
+        let r = bob.get(path).await;
+        assert_eq!(r.status, 404, "{path}: {}", r.body);
+        assert!(!r.body.contains("chat"), "{path} shows nothing of it");
+    }
+    for (path, fields) in [
+        ("/t/startup/i/chat/state", vec![("state", "Suspended")]),
+        ("/t/startup/i/chat/key", vec![]),
+        ("/t/startup/i/chat/rotate", vec![]),
+        ("/t/startup/i/chat/destroy", vec![("code", "123456")]),
+        ("/t/startup/new", vec![("name", "intruder"), ("model", "default")]),
+    ] {
+        let mut f = vec![("csrf", bob_csrf.as_str())];
+        f.extend(fields);
+        let r = bob.post(path, &f, &[]).await;
+        assert_eq!(r.status, 404, "{path}: {}", r.body);
+    }
+    let after = p.json(&["get", "inst", "chat", "-n", "tenant-startup"]).await;
+    assert_eq!(after["spec"]["state"], "Running");
+    assert!(after["metadata"]["annotations"].get("alcove.dev/rotate-api-key").is_some());
+    let (ok, _, _) = p.kubectl(&["get", "inst", "intruder", "-n", "tenant-startup"]).await;
+    assert!(!ok, "nothing was created");
+
+    // --- destroy: confirmation and a fresh code; the pod gone ---
+    let confirm = alice.get("/t/startup/i/chat/destroy").await;
+    assert!(confirm.body.contains("cannot be undone"), "{}", confirm.body);
+    let sent = alice.post("/t/startup/i/chat/destroy/code", &[("csrf", &csrf)], &[]).await;
+    assert_eq!(sent.status, 200, "{}", sent.body);
+    let code = d.code(ALICE, 1).await;
+    let wrong = if code == "999999" { "999998" } else { "999999" };
+    let refused =
+        alice.post("/t/startup/i/chat/destroy", &[("csrf", &csrf), ("code", wrong)], &[]).await;
+    assert_eq!(refused.status, 400);
+    assert!(refused.body.contains("not right"), "{}", refused.body);
+    let (still, _, _) = p.kubectl(&["get", "inst", "chat", "-n", "tenant-startup"]).await;
+    assert!(still, "a wrong code destroys nothing");
+    let done =
+        alice.post("/t/startup/i/chat/destroy", &[("csrf", &csrf), ("code", &code)], &[]).await;
+    assert_eq!(done.status, 200, "{}", done.body);
+    assert!(done.body.contains("Its pod is gone."), "{}", done.body);
+    assert!(done.body.contains("GPU billing stopped"), "{}", done.body);
+    let pods =
+        p.json(&["get", "pods", "-n", "tenant-startup", "-l", "alcove.dev/instance=chat"]).await;
+    assert_eq!(pods["items"].as_array().unwrap().len(), 0);
+
+    // --- sign-out ends the session ---
+    let out = alice.post("/signout", &[("csrf", &csrf)], &[]).await;
+    assert_eq!(out.status, 303);
+    assert!(out.header("set-cookie").unwrap().contains("Max-Age=0"));
+    assert_eq!(alice.get("/").await.status, 303);
+
+    // Nothing secret in the log: no code, no key, no session token.
+    let log = d.log_text();
+    for secret in [bob_code.as_str(), code.as_str(), key.as_str()] {
+        assert!(!log.contains(secret), "the log holds a secret: {log}");
+    }
+    let token = cookie.split(';').next().unwrap().split('=').nth(1).unwrap();
+    assert!(!log.contains(token), "the log holds a session token");
+}
