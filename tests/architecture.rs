@@ -77,7 +77,7 @@ const GATEWAY: &[Layer] = &[
 ];
 
 const DASHBOARD: &[Layer] = &[
-    ("foundation: secrets, counting windows, settings", true, &["random", "limits", "args"]),
+    ("foundation: secrets, settings, the shared store", true, &["random", "args", "store"]),
     ("sign-in codes, sessions, the pages", true, &["codes", "session", "views"]),
     ("forms into API objects", true, &["forms"]),
     ("what talks to others: mail, the cluster", true, &["mail", "mailsink", "cluster"]),

@@ -511,6 +511,7 @@ impl Dashboard {
             .args(["--listen", &format!("127.0.0.1:{port}"), "--public-url", &url])
             .args(["--smtp", &format!("smtp://127.0.0.1:{smtp_port}")])
             .args(["--key-file", key.to_str().unwrap(), "--gateway-url", gateway_url])
+            .args(["--store", &format!("sqlite://{}", dir.join("dashboard.db").display())])
             .args(["--model", "default=safetensors", "--model", "default-gguf=gguf:model.gguf"])
             .env("ALCOVE_KUBECONFIG", &p.cluster.kubeconfig)
             .env("ALCOVE_LOG", "debug,hyper=info,kube=info,tower=info,rustls=info,lettre=info")

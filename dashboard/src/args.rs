@@ -30,6 +30,10 @@ pub struct DashboardArgs {
     /// codes' hashes and the CSRF tokens. Without it a random one is made at start.
     #[arg(long, env = "ALCOVE_DASHBOARD_KEY_FILE")]
     pub key_file: Option<PathBuf>,
+    /// Where codes and sessions are kept: `sqlite:///path/dashboard.db` (one replica) or
+    /// `postgres://user:password@host/db` (several replicas share it).
+    #[arg(long, env = "ALCOVE_DASHBOARD_STORE")]
+    pub store: String,
     /// The customers' OpenAI endpoint (the gateway's public URL), shown on instance pages.
     #[arg(long, env = "ALCOVE_GATEWAY_URL")]
     pub gateway_url: String,
@@ -51,10 +55,12 @@ impl DashboardArgs {
     /// setting at its command-line default.
     pub fn embedded(
         smtp: String,
+        store: String,
         gateway_url: String,
         models: Vec<CatalogueModel>,
     ) -> DashboardArgs {
         DashboardArgs {
+            store,
             listen: ([127, 0, 0, 1], 0).into(),
             public_url: String::new(),
             smtp,

@@ -9,8 +9,11 @@
 //! The answer to a code request must not tell whether the address has an account, so the caller
 //! issues a code for every well-formed address (the limits then treat known and unknown
 //! addresses alike) and mails it only to known ones, without waiting for the mail.
+//!
+//! Codes and counts live in the [`Store`] every replica shares; the comparison of the entered
+//! code's hash with the kept one is constant-time, and taking a right code is one conditional
+//! delete, so of two replicas given the same code at once only one signs in.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 
 use hmac::{Hmac, Mac};
@@ -18,7 +21,7 @@ use jiff::{SignedDuration, Timestamp};
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
-use crate::limits::Window;
+use crate::store::Store;
 
 pub const VALID_FOR: SignedDuration = SignedDuration::from_mins(10);
 pub const MAX_TRIES: u32 = 5;
@@ -63,20 +66,14 @@ impl Address {
     }
 }
 
-/// What is kept of an issued code.
-#[derive(Debug, Clone)]
-pub struct Pending {
-    mac: [u8; 32],
-    issued: Timestamp,
-    tries: u32,
-}
-
 #[derive(Debug, PartialEq)]
 pub enum Refused {
     /// A code was sent to this address less than a minute ago.
     TooSoon { retry_after: SignedDuration },
     /// Too many codes for this address, or requests from this client, in the last hour.
     TooMany { retry_after: SignedDuration },
+    /// The store did not answer (logged); nothing was issued.
+    Unavailable,
 }
 
 #[derive(Debug, PartialEq)]
@@ -90,88 +87,115 @@ pub enum Rejected {
     },
     /// Wrong, and that was the last try: the code is dead.
     Exhausted,
+    /// The store did not answer (logged); the code was not checked.
+    Unavailable,
 }
 
-/// The codes waiting to be entered, and the limits on asking for them.
+/// Issues and checks codes against the shared store.
+#[derive(Clone)]
 pub struct Codes {
     key: [u8; 32],
-    pending: HashMap<Address, Pending>,
-    per_address: Window<Address>,
-    per_client: Window<IpAddr>,
+    store: Store,
+}
+
+fn ms(t: Timestamp) -> i64 {
+    t.as_millisecond()
+}
+
+fn unavailable<E: std::fmt::Display>(e: E) -> E {
+    tracing::warn!(error = %e, "the dashboard store");
+    e
 }
 
 impl Codes {
     /// `key`: the HMAC key (every replica must hold the same one).
-    pub fn new(key: [u8; 32]) -> Codes {
-        Codes {
-            key,
-            pending: HashMap::new(),
-            per_address: Window::new(CODES_PER_ADDRESS_PER_HOUR, HOUR),
-            per_client: Window::new(REQUESTS_PER_CLIENT_PER_HOUR, HOUR),
-        }
+    pub fn new(key: [u8; 32], store: Store) -> Codes {
+        Codes { key, store }
     }
 
-    fn mac(&self, address: &Address, code: &str) -> [u8; 32] {
+    fn mac(&self, address: &Address, code: &str) -> String {
         let mut m = <Hmac<Sha256>>::new_from_slice(&self.key).expect("HMAC takes any key length");
         m.update(address.as_str().as_bytes());
         m.update(&[0]);
         m.update(code.as_bytes());
-        m.finalize().into_bytes().into()
+        crate::random::hex(&m.finalize().into_bytes())
     }
 
     /// A new code for `address`, asked from `client`: the only valid one from now on.
-    pub fn issue(
-        &mut self,
+    pub async fn issue(
+        &self,
         address: &Address,
         client: IpAddr,
         now: Timestamp,
     ) -> Result<String, Refused> {
-        self.pending.retain(|_, p| now.duration_since(p.issued) < VALID_FOR);
-        self.per_client.take(&client, now).map_err(|w| Refused::TooMany { retry_after: w })?;
-        if let Some(p) = self.pending.get(address) {
-            let since = now.duration_since(p.issued);
-            if since < RESEND_AFTER {
+        let hour = HOUR.as_millis() as i64;
+        let s = &self.store;
+        let client = client.to_string();
+        s.take("client", &client, REQUESTS_PER_CLIENT_PER_HOUR, hour, ms(now))
+            .await
+            .map_err(|e| unavailable(e))
+            .map_err(|_| Refused::Unavailable)?
+            .map_err(|w| Refused::TooMany { retry_after: SignedDuration::from_millis(w) })?;
+        let pending = s
+            .code(address.as_str())
+            .await
+            .map_err(|e| unavailable(e))
+            .map_err(|_| Refused::Unavailable)?;
+        if let Some(p) = pending {
+            let since = SignedDuration::from_millis(ms(now) - p.issued_ms);
+            if since < RESEND_AFTER && since >= SignedDuration::ZERO {
                 return Err(Refused::TooSoon { retry_after: RESEND_AFTER - since });
             }
         }
-        self.per_address.take(address, now).map_err(|w| Refused::TooMany { retry_after: w })?;
+        s.take("address", address.as_str(), CODES_PER_ADDRESS_PER_HOUR, hour, ms(now))
+            .await
+            .map_err(|e| unavailable(e))
+            .map_err(|_| Refused::Unavailable)?
+            .map_err(|w| Refused::TooMany { retry_after: SignedDuration::from_millis(w) })?;
         let code = new_code();
-        let mac = self.mac(address, &code);
-        self.pending.insert(address.clone(), Pending { mac, issued: now, tries: 0 });
+        s.put_code(address.as_str(), &self.mac(address, &code), ms(now))
+            .await
+            .map_err(|e| unavailable(e))
+            .map_err(|_| Refused::Unavailable)?;
         Ok(code)
     }
 
     /// Checks an entered code; a right one is used up.
-    pub fn verify(
-        &mut self,
+    pub async fn verify(
+        &self,
         address: &Address,
         entered: &str,
         now: Timestamp,
     ) -> Result<(), Rejected> {
         let entered: String = entered.chars().filter(|c| !c.is_whitespace()).collect();
         let mac = self.mac(address, &entered);
-        let Some(p) = self.pending.get_mut(address) else {
+        let s = &self.store;
+        let fail = |e| {
+            unavailable(e);
+            Rejected::Unavailable
+        };
+        let Some(p) = s.code(address.as_str()).await.map_err(fail)? else {
             return Err(Rejected::NoCode);
         };
-        if now.duration_since(p.issued) >= VALID_FOR {
-            self.pending.remove(address);
+        if ms(now) - p.issued_ms >= VALID_FOR.as_millis() as i64 {
+            s.take_code(address.as_str(), &p.mac).await.map_err(fail)?;
             return Err(Rejected::Expired);
         }
-        if bool::from(p.mac.ct_eq(&mac)) {
-            self.pending.remove(address);
-            return Ok(());
+        if bool::from(p.mac.as_bytes().ct_eq(mac.as_bytes())) {
+            // Another replica may have taken it a moment ago: then it is used up.
+            return match s.take_code(address.as_str(), &p.mac).await.map_err(fail)? {
+                true => Ok(()),
+                false => Err(Rejected::NoCode),
+            };
         }
-        p.tries += 1;
-        if p.tries >= MAX_TRIES {
-            self.pending.remove(address);
+        let Some(tries) = s.wrong_try(address.as_str(), &p.mac).await.map_err(fail)? else {
+            return Err(Rejected::NoCode);
+        };
+        if tries >= MAX_TRIES as i64 {
+            s.take_code(address.as_str(), &p.mac).await.map_err(fail)?;
             return Err(Rejected::Exhausted);
         }
-        Err(Rejected::Wrong { tries_left: MAX_TRIES - p.tries })
-    }
-
-    /// Codes waiting (the memory bound: at most the last ten minutes' requests).
-    pub fn waiting(&self) -> usize {
-        self.pending.len()
+        Err(Rejected::Wrong { tries_left: MAX_TRIES - tries as u32 })
     }
 }
 
@@ -215,100 +239,117 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_code_is_six_digits_used_once() {
-        let mut codes = Codes::new([7; 32]);
+    async fn codes(key: u8) -> Codes {
+        Codes::new([key; 32], Store::open("sqlite::memory:").await.unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_code_is_six_digits_used_once() {
+        let codes = codes(7).await;
         let a = addr("ada@example.com");
-        let code = codes.issue(&a, CLIENT, t(0)).unwrap();
+        let code = codes.issue(&a, CLIENT, t(0)).await.unwrap();
         assert!(code.len() == 6 && code.bytes().all(|b| b.is_ascii_digit()), "{code}");
-        assert_eq!(codes.verify(&addr("bob@example.com"), &code, t(1)), Err(Rejected::NoCode));
-        assert_eq!(codes.verify(&a, &format!(" {} {}", &code[..3], &code[3..]), t(1)), Ok(()));
-        assert_eq!(codes.verify(&a, &code, t(1)), Err(Rejected::NoCode), "used up");
+        assert_eq!(
+            codes.verify(&addr("bob@example.com"), &code, t(1)).await,
+            Err(Rejected::NoCode)
+        );
+        assert_eq!(
+            codes.verify(&a, &format!(" {} {}", &code[..3], &code[3..]), t(1)).await,
+            Ok(())
+        );
+        assert_eq!(codes.verify(&a, &code, t(1)).await, Err(Rejected::NoCode), "used up");
     }
 
-    #[test]
-    fn a_code_expires_after_ten_minutes() {
-        let mut codes = Codes::new([7; 32]);
+    #[tokio::test]
+    async fn a_code_expires_after_ten_minutes() {
+        let codes = codes(7).await;
         let a = addr("ada@example.com");
-        let code = codes.issue(&a, CLIENT, t(0)).unwrap();
+        let code = codes.issue(&a, CLIENT, t(0)).await.unwrap();
         let late = t(0) + VALID_FOR;
-        assert_eq!(codes.verify(&a, &code, late), Err(Rejected::Expired));
-        assert_eq!(codes.waiting(), 0);
+        assert_eq!(codes.verify(&a, &code, late).await, Err(Rejected::Expired));
+        assert_eq!(codes.verify(&a, &code, t(1)).await, Err(Rejected::NoCode), "and it is gone");
     }
 
-    #[test]
-    fn only_the_latest_code_is_valid() {
-        let mut codes = Codes::new([7; 32]);
+    #[tokio::test]
+    async fn only_the_latest_code_is_valid() {
+        let codes = codes(7).await;
         let a = addr("ada@example.com");
-        let first = codes.issue(&a, CLIENT, t(0)).unwrap();
-        let second = codes.issue(&a, CLIENT, t(2)).unwrap();
+        let first = codes.issue(&a, CLIENT, t(0)).await.unwrap();
+        let second = codes.issue(&a, CLIENT, t(2)).await.unwrap();
         if first != second {
-            assert_eq!(codes.verify(&a, &first, t(3)), Err(Rejected::Wrong { tries_left: 4 }));
+            assert_eq!(
+                codes.verify(&a, &first, t(3)).await,
+                Err(Rejected::Wrong { tries_left: 4 })
+            );
         }
-        assert_eq!(codes.verify(&a, &second, t(3)), Ok(()));
+        assert_eq!(codes.verify(&a, &second, t(3)).await, Ok(()));
     }
 
-    #[test]
-    fn five_wrong_tries_end_a_code() {
-        let mut codes = Codes::new([7; 32]);
+    #[tokio::test]
+    async fn five_wrong_tries_end_a_code() {
+        let codes = codes(7).await;
         let a = addr("ada@example.com");
-        let code = codes.issue(&a, CLIENT, t(0)).unwrap();
+        let code = codes.issue(&a, CLIENT, t(0)).await.unwrap();
         let wrong = format!("{:06}", (code.parse::<u32>().unwrap() + 1) % 1_000_000);
         for left in (1..MAX_TRIES).rev() {
-            assert_eq!(codes.verify(&a, &wrong, t(1)), Err(Rejected::Wrong { tries_left: left }));
+            assert_eq!(
+                codes.verify(&a, &wrong, t(1)).await,
+                Err(Rejected::Wrong { tries_left: left })
+            );
         }
-        assert_eq!(codes.verify(&a, &wrong, t(1)), Err(Rejected::Exhausted));
+        assert_eq!(codes.verify(&a, &wrong, t(1)).await, Err(Rejected::Exhausted));
         assert_eq!(
-            codes.verify(&a, &code, t(1)),
+            codes.verify(&a, &code, t(1)).await,
             Err(Rejected::NoCode),
             "the right one is dead too"
         );
     }
 
-    #[test]
-    fn resends_wait_a_minute_and_an_address_gets_five_an_hour() {
-        let mut codes = Codes::new([7; 32]);
+    #[tokio::test]
+    async fn resends_wait_a_minute_and_an_address_gets_five_an_hour() {
+        let codes = codes(7).await;
         let a = addr("ada@example.com");
-        codes.issue(&a, CLIENT, t(0)).unwrap();
+        codes.issue(&a, CLIENT, t(0)).await.unwrap();
         let soon = t(0) + SignedDuration::from_secs(20);
         assert_eq!(
-            codes.issue(&a, CLIENT, soon),
+            codes.issue(&a, CLIENT, soon).await,
             Err(Refused::TooSoon { retry_after: SignedDuration::from_secs(40) })
         );
         for m in 1..CODES_PER_ADDRESS_PER_HOUR as i64 {
-            codes.issue(&a, CLIENT, t(m * 2)).unwrap();
+            codes.issue(&a, CLIENT, t(m * 2)).await.unwrap();
         }
         assert_eq!(
-            codes.issue(&a, CLIENT, t(30)),
+            codes.issue(&a, CLIENT, t(30)).await,
             Err(Refused::TooMany { retry_after: SignedDuration::from_mins(30) })
         );
-        assert!(codes.issue(&a, CLIENT, t(60)).is_ok(), "the first has left the hour");
+        assert!(codes.issue(&a, CLIENT, t(60)).await.is_ok(), "the first has left the hour");
     }
 
-    #[test]
-    fn one_client_gets_twenty_requests_an_hour_whatever_the_addresses() {
-        let mut codes = Codes::new([7; 32]);
+    #[tokio::test]
+    async fn one_client_gets_twenty_requests_an_hour_whatever_the_addresses() {
+        let codes = codes(7).await;
         let other: IpAddr = "192.0.2.1".parse().unwrap();
         for i in 0..REQUESTS_PER_CLIENT_PER_HOUR {
-            codes.issue(&addr(&format!("u{i}@example.com")), CLIENT, t(1)).unwrap();
+            codes.issue(&addr(&format!("u{i}@example.com")), CLIENT, t(1)).await.unwrap();
         }
         assert!(matches!(
-            codes.issue(&addr("late@example.com"), CLIENT, t(2)),
+            codes.issue(&addr("late@example.com"), CLIENT, t(2)).await,
             Err(Refused::TooMany { .. })
         ));
-        assert!(codes.issue(&addr("late@example.com"), other, t(2)).is_ok());
+        assert!(codes.issue(&addr("late@example.com"), other, t(2)).await.is_ok());
     }
 
-    #[test]
-    fn the_store_keeps_a_keyed_hash_not_the_code() {
-        let mut codes = Codes::new([7; 32]);
+    #[tokio::test]
+    async fn the_store_keeps_a_keyed_hash_not_the_code() {
+        let codes = codes(7).await;
         let a = addr("ada@example.com");
-        let code = codes.issue(&a, CLIENT, t(0)).unwrap();
-        let kept = format!("{:?}", codes.pending);
-        assert!(!kept.contains(&code));
+        let code = codes.issue(&a, CLIENT, t(0)).await.unwrap();
+        let kept = codes.store.dump().await.unwrap();
+        assert!(kept.contains(&codes.mac(&a, &code)), "{kept}");
+        assert!(!kept.contains(&code), "{kept}");
         // Another key (another deployment) does not accept it.
-        let mac = Codes::new([8; 32]).mac(&a, &code);
-        assert_ne!(codes.pending[&a].mac, mac);
+        let other = Codes::new([8; 32], codes.store.clone());
+        assert_eq!(other.verify(&a, &code, t(1)).await, Err(Rejected::Wrong { tries_left: 4 }));
     }
 
     #[test]

@@ -1,10 +1,9 @@
 //! `alcove dashboard`: the customers' web app. Server-rendered pages (maud), htmx for the live
-//! parts, nothing loaded from elsewhere. Codes and sessions do no I/O and take "now" as an
-//! argument (the server passes the one injected clock), so their tests move time instead of
-//! waiting.
+//! parts, nothing loaded from elsewhere. Codes and sessions take "now" as an argument (the
+//! server passes the one injected clock), so their tests move time instead of waiting.
 //!
 //! - [`random`]: secrets from the operating system's secure source.
-//! - [`limits`]: how many times a key (an address, a client) may do something per window.
+//! - [`store`]: codes, sessions and limit counts, shared by replicas (SQLite or PostgreSQL).
 //! - [`args`]: the settings and the model catalogue.
 //! - [`codes`]: sign-in by emailed one-time code: issued, checked, limited.
 //! - [`session`]: session tokens, 30-day idle expiry, the cookie, and CSRF tokens.
@@ -15,23 +14,24 @@
 //! - [`cluster`]: the Tenant cache and the impersonating client (RBAC decides, not us).
 //! - [`server`]: sessions, CSRF and origin checks, one handler per page or action.
 //!
-//! Layers, bottom up: random, limits, args → codes, session, views → forms → mail, mailsink, cluster →
-//! server → this.
+//! Layers, bottom up: random, args, store → codes, session, views → forms → mail, mailsink,
+//! cluster → server → this.
 
 pub mod args;
 pub mod cluster;
 pub mod codes;
 pub mod forms;
-pub mod limits;
 pub mod mail;
 pub mod mailsink;
 pub mod random;
 pub mod server;
 pub mod session;
+pub mod store;
 pub mod views;
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use axum::Router;
@@ -91,6 +91,7 @@ pub async fn start(
         args.public_url = format!("http://{addr}");
     }
     let mailer = mail::Mailer::new(&args.smtp, &args.mail_from)?;
+    let store = store::Store::open(&args.store).await?;
     let (cluster, watching) = cluster::Cluster::new(client);
     // Separate keys for code hashes and CSRF tokens, both from the one secret.
     let derive = |label: &[u8]| -> [u8; 32] {
@@ -99,8 +100,8 @@ pub async fn start(
     };
     let app = Arc::new(App {
         cluster,
-        codes: Mutex::new(codes::Codes::new(derive(b"codes"))),
-        sessions: Mutex::new(session::Sessions::new(derive(b"csrf"))),
+        codes: codes::Codes::new(derive(b"codes"), store.clone()),
+        sessions: session::Sessions::new(derive(b"csrf"), store.clone()),
         mailer,
         clock,
         catalogue: args.models.clone(),
@@ -109,6 +110,7 @@ pub async fn start(
         secure: args.public_url.starts_with("https://"),
     });
     let ready = app.cluster.clone();
+    let purging = purge(store, app.clock.clone());
     let router = Router::new()
         .route("/", get(server::overview))
         .route("/signin", get(server::sign_in_page).post(server::request_code))
@@ -166,9 +168,24 @@ pub async fn start(
         tokio::select! {
             r = server => r,
             r = watching => r,
+            () = purging => Ok(()),
         }
     };
     Ok((started, serving))
+}
+
+/// Deletes codes, sessions and counts past their use, every ten minutes.
+async fn purge(store: store::Store, clock: Arc<dyn alcove_clock::Clock>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(600));
+    loop {
+        tick.tick().await;
+        let now = clock.now().as_millisecond();
+        let (codes, idle, hour) =
+            (codes::VALID_FOR.as_millis() as i64, session::IDLE.as_millis() as i64, 3_600_000);
+        if let Err(e) = store.purge(now - codes, now - idle, now - hour).await {
+            tracing::warn!(error = %e, "purging the dashboard store");
+        }
+    }
 }
 
 /// Every page: no framing by other sites, no sniffing, scripts and styles from us only.

@@ -3,7 +3,7 @@
 //! server's; a tenant that is not the user's answers 404, like one that does not exist.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use alcove_clock::Clock;
@@ -30,8 +30,8 @@ pub const MAX_FORM_BYTES: usize = 256 * 1024;
 
 pub struct App {
     pub cluster: Cluster,
-    pub codes: Mutex<Codes>,
-    pub sessions: Mutex<Sessions>,
+    pub codes: Codes,
+    pub sessions: Sessions,
     pub mailer: Mailer,
     pub clock: Arc<dyn Clock>,
     pub catalogue: Vec<CatalogueModel>,
@@ -40,10 +40,6 @@ pub struct App {
     /// come from.
     pub origin: String,
     pub secure: bool,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The origin (`scheme://host[:port]`) of a URL.
@@ -184,9 +180,13 @@ impl FromRequestParts<Arc<App>> for Signed {
             .find_map(session::token_in)
             .ok_or(Failure::SignIn)?
             .to_string();
-        let mut sessions = lock(&app.sessions);
-        let s = sessions.resume(&token, app.clock.now()).ok_or(Failure::SignIn)?;
-        let csrf = sessions.csrf(&token);
+        let s = app
+            .sessions
+            .resume(&token, app.clock.now())
+            .await
+            .map_err(|e| Failure::Unavailable(e.to_string()))?
+            .ok_or(Failure::SignIn)?;
+        let csrf = app.sessions.csrf(&token);
         Ok(Signed { email: s.email, token, csrf })
     }
 }
@@ -219,7 +219,7 @@ impl<T: serde::de::DeserializeOwned + Send> FromRequest<Arc<App>> for Posted<T> 
             Some(h) => Some(h.to_string()),
             None => serde_urlencoded::from_bytes::<CsrfField>(&bytes).ok().and_then(|f| f.csrf),
         };
-        let ok = presented.is_some_and(|p| lock(&app.sessions).csrf_ok(&user.token, &p));
+        let ok = presented.is_some_and(|p| app.sessions.csrf_ok(&user.token, &p));
         if !ok {
             return Err(Failure::Forged);
         }
@@ -294,7 +294,7 @@ pub async fn request_code(
             );
         }
     };
-    let issued = lock(&app.codes).issue(&address, client_ip(peer), app.clock.now());
+    let issued = app.codes.issue(&address, client_ip(peer), app.clock.now()).await;
     let note = match issued {
         Ok(code) => {
             if app.cluster.is_known(address.as_str()) {
@@ -313,6 +313,13 @@ pub async fn request_code(
                 StatusCode::TOO_MANY_REQUESTS,
                 &sign_in_frame(),
                 views::sign_in(address.as_str(), Some(&e)),
+            );
+        }
+        Err(Refused::Unavailable) => {
+            return html(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &sign_in_frame(),
+                views::sign_in(address.as_str(), Some(UNAVAILABLE)),
             );
         }
     };
@@ -345,8 +352,12 @@ pub struct CodeForm {
     code: String,
 }
 
+const UNAVAILABLE: &str =
+    "Signing in is not possible this minute. Nothing was lost; try again shortly.";
+
 fn rejected_words(r: Rejected) -> String {
     match r {
+        Rejected::Unavailable => UNAVAILABLE.into(),
         Rejected::NoCode => "There is no code waiting for this address. Ask for a new one.".into(),
         Rejected::Expired => "That code has expired. Ask for a new one.".into(),
         Rejected::Wrong { tries_left } => format!(
@@ -372,12 +383,15 @@ pub async fn enter_code(
         return see_other("/signin");
     };
     let now = app.clock.now();
-    let checked = lock(&app.codes).verify(&address, &form.code, now);
+    let checked = app.codes.verify(&address, &form.code, now).await;
     match checked {
         Ok(()) => {
             // Whoever holds the code owns the address; whether it owns tenants shows on the
             // overview.
-            let token = lock(&app.sessions).start(address.as_str(), now);
+            let token = match app.sessions.start(address.as_str(), now).await {
+                Ok(t) => t,
+                Err(e) => return Failure::Unavailable(e.to_string()).into_response(),
+            };
             let mut r = see_other("/");
             if let Ok(v) = HeaderValue::from_str(&session::cookie(&token, app.secure)) {
                 r.headers_mut().insert(header::SET_COOKIE, v);
@@ -394,7 +408,9 @@ pub async fn enter_code(
 }
 
 pub async fn sign_out(State(app): State<Arc<App>>, p: Posted<Empty>) -> Response {
-    lock(&app.sessions).end(&p.user.token);
+    if let Err(e) = app.sessions.end(&p.user.token).await {
+        return Failure::Unavailable(e.to_string()).into_response();
+    }
     let mut r = see_other("/signin");
     if let Ok(v) = HeaderValue::from_str(&session::cleared(app.secure)) {
         r.headers_mut().insert(header::SET_COOKIE, v);
@@ -820,7 +836,7 @@ pub async fn destroy_code(
     tenant(&app, user, &t)?;
     instances_api(&app, user, &t).get(&name).await?;
     let address = Address::parse(&user.email).map_err(|_| Failure::SignIn)?;
-    let issued = lock(&app.codes).issue(&address, client_ip(peer), app.clock.now());
+    let issued = app.codes.issue(&address, client_ip(peer), app.clock.now()).await;
     let (sent, error) = match issued {
         Ok(code) => {
             send_in_background(&app, address, code);
@@ -835,6 +851,7 @@ pub async fn destroy_code(
                 wait_words(retry_after)
             )),
         ),
+        Err(Refused::Unavailable) => (false, Some(UNAVAILABLE.to_string())),
     };
     let body = views::confirm_destroy(&t, &name, &user.csrf, &user.email, sent, error.as_deref());
     Ok(html(StatusCode::OK, &user.frame("Destroy"), body))
@@ -855,7 +872,7 @@ pub async fn destroy(
     let user = &p.user;
     tenant(&app, user, &t)?;
     let address = Address::parse(&user.email).map_err(|_| Failure::SignIn)?;
-    let checked = lock(&app.codes).verify(&address, &p.form.code, app.clock.now());
+    let checked = app.codes.verify(&address, &p.form.code, app.clock.now()).await;
     if let Err(r) = checked {
         let words = rejected_words(r);
         let body = views::confirm_destroy(&t, &name, &user.csrf, &user.email, true, Some(&words));

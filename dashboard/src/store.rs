@@ -86,7 +86,13 @@ impl Store {
             dsn.to_string()
         };
         // One connection to an in-memory database: each connection would have its own.
-        let connections = if memory { 1 } else if sqlite { 2 } else { 8 };
+        let connections = if memory {
+            1
+        } else if sqlite {
+            2
+        } else {
+            8
+        };
         let pool = AnyPoolOptions::new()
             .max_connections(connections)
             .acquire_timeout(Duration::from_secs(10))
@@ -156,10 +162,11 @@ impl Store {
     // ----- codes -----
 
     pub async fn code(&self, address: &str) -> Result<Option<CodeRow>, StoreError> {
-        let row = sqlx::query("SELECT mac, issued_ms, tries FROM dashboard_codes WHERE address = $1")
-            .bind(address)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row =
+            sqlx::query("SELECT mac, issued_ms, tries FROM dashboard_codes WHERE address = $1")
+                .bind(address)
+                .fetch_optional(&self.pool)
+                .await?;
         Ok(match row {
             Some(r) => Some(CodeRow {
                 mac: r.try_get("mac")?,
@@ -171,7 +178,12 @@ impl Store {
     }
 
     /// The address's only code from now on.
-    pub async fn put_code(&self, address: &str, mac: &str, issued_ms: i64) -> Result<(), StoreError> {
+    pub async fn put_code(
+        &self,
+        address: &str,
+        mac: &str,
+        issued_ms: i64,
+    ) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO dashboard_codes (address, mac, issued_ms, tries) VALUES ($1, $2, $3, 0)
              ON CONFLICT (address) DO UPDATE SET mac = excluded.mac,
@@ -214,7 +226,12 @@ impl Store {
 
     // ----- sessions -----
 
-    pub async fn put_session(&self, token_hash: &str, email: &str, now_ms: i64) -> Result<(), StoreError> {
+    pub async fn put_session(
+        &self,
+        token_hash: &str,
+        email: &str,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO dashboard_sessions (token_hash, email, started_ms, last_seen_ms)
              VALUES ($1, $2, $3, $3)",
@@ -288,7 +305,9 @@ impl Store {
             ("dashboard_sessions", "token_hash, email, started_ms, last_seen_ms"),
             ("dashboard_hits", "scope, subject, at_ms"),
         ] {
-            for r in sqlx::query(&format!("SELECT {cols} FROM {table}")).fetch_all(&self.pool).await? {
+            for r in
+                sqlx::query(&format!("SELECT {cols} FROM {table}")).fetch_all(&self.pool).await?
+            {
                 let cells: Vec<String> = (0..r.len())
                     .map(|i| {
                         r.try_get::<String, _>(i)
@@ -325,7 +344,10 @@ mod tests {
         s.put_code("ada@example.com", "m1", 0).await.unwrap();
         assert_eq!(s.wrong_try("ada@example.com", "m1").await.unwrap(), Some(1));
         s.put_code("ada@example.com", "m2", 5).await.unwrap();
-        assert_eq!(s.code("ada@example.com").await.unwrap(), Some(CodeRow { mac: "m2".into(), issued_ms: 5, tries: 0 }));
+        assert_eq!(
+            s.code("ada@example.com").await.unwrap(),
+            Some(CodeRow { mac: "m2".into(), issued_ms: 5, tries: 0 })
+        );
         assert_eq!(s.wrong_try("ada@example.com", "m1").await.unwrap(), None, "replaced");
         assert!(!s.take_code("ada@example.com", "m1").await.unwrap());
         assert!(s.take_code("ada@example.com", "m2").await.unwrap());
@@ -345,6 +367,46 @@ mod tests {
         assert!(s.code("new@example.com").await.unwrap().is_some());
         assert!(s.session("h1").await.unwrap().is_none());
         assert_eq!(s.session("h2").await.unwrap().unwrap().last_seen_ms, 100);
+    }
+
+    /// Two replicas on one store: a code asked for on one is taken on the other, once, and a
+    /// session started on one is live on the other until it ends there.
+    async fn two_replicas_share_codes_and_sessions(dsn: &str) {
+        use crate::codes::{Address, Codes, Rejected};
+        use crate::session::Sessions;
+        let (a, b) = tokio::join!(Store::open(dsn), Store::open(dsn));
+        let (a, b) = (a.unwrap(), b.unwrap());
+        let now: jiff::Timestamp = "2027-01-01T00:00:00Z".parse().unwrap();
+        let (ca, cb) = (Codes::new([3; 32], a.clone()), Codes::new([3; 32], b.clone()));
+        let ada = Address::parse("ada@example.com").unwrap();
+        let client = std::net::IpAddr::from([127, 0, 0, 1]);
+        let code = ca.issue(&ada, client, now).await.unwrap();
+        let (x, y) = tokio::join!(ca.verify(&ada, &code, now), cb.verify(&ada, &code, now));
+        let mut answers = [x, y];
+        answers.sort_by_key(|r| r.is_err());
+        assert_eq!(answers, [Ok(()), Err(Rejected::NoCode)], "one sign-in per code");
+        let (sa, sb) = (Sessions::new([4; 32], a), Sessions::new([4; 32], b));
+        let token = sa.start("ada@example.com", now).await.unwrap();
+        assert_eq!(sb.resume(&token, now).await.unwrap().unwrap().email, "ada@example.com");
+        assert_eq!(sa.csrf(&token), sb.csrf(&token), "a form from one replica posts to the other");
+        sb.end(&token).await.unwrap();
+        assert!(sa.resume(&token, now).await.unwrap().is_none(), "signed out everywhere");
+    }
+
+    #[tokio::test]
+    async fn sqlite_is_shared_by_two_openers() {
+        let dir = tempfile::tempdir().unwrap();
+        two_replicas_share_codes_and_sessions(&format!(
+            "sqlite://{}",
+            dir.path().join("dashboard.db").display()
+        ))
+        .await;
+    }
+
+    #[tokio::test]
+    async fn postgresql_is_shared_by_two_replicas() {
+        let pg = alcove_testkit::postgres::Postgres::start();
+        two_replicas_share_codes_and_sessions(&pg.dsn).await;
     }
 
     #[test]

@@ -290,6 +290,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         .collect::<anyhow::Result<Vec<_>>>()?;
     let dashboard_args = alcove_dashboard::DashboardArgs::embedded(
         format!("smtp://127.0.0.1:{}", sink.port),
+        format!("sqlite://{}", state.join("dashboard.db").display()),
         format!("https://{}", gateway.public),
         catalogue,
     );
