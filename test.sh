@@ -51,6 +51,21 @@ if ! ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends postgresql
 fi
 
+# Debian's chromium and playwright-core (npm, pinned by tests/browser/package-lock.json, into the
+# git-ignored tests/browser/node_modules): the dashboard's browser test. playwright-core never
+# downloads a browser; the test launches /usr/bin/chromium.
+if [ ! -x /usr/bin/chromium ]; then
+  echo "== test.sh: installing chromium (apt-get)"
+  SUDO=""
+  if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends chromium
+fi
+if [ ! -d tests/browser/node_modules/playwright-core ]; then
+  echo "== test.sh: installing playwright-core (npm ci)"
+  (cd tests/browser && npm ci --no-audit --no-fund --silent)
+fi
+
 # Gates before the tests: one format, no lint warnings in any target.
 echo "== test.sh: format (cargo fmt --check)"
 cargo fmt --all --check

@@ -18,6 +18,9 @@ const RELEASE: &str = "alcove";
 const NS: &str = "alcove-system";
 const SA_USER: &str = "system:serviceaccount:alcove-system:alcove";
 const GATEWAY_USER: &str = "system:serviceaccount:alcove-system:alcove-gateway";
+const DASHBOARD_USER: &str = "system:serviceaccount:alcove-system:alcove-dashboard";
+/// The dashboard switched on, as an install with a mail relay and public URLs would.
+const DASHBOARD_VALUES: &str = "dashboard:\n  enabled: true\n  publicURL: https://dashboard.alcove.example\n  gatewayURL: https://ai.alcove.example\n  smtp: {existingSecret: alcove-dashboard-smtp}\n";
 const GITOPS: &str = "argocd-controller";
 
 fn chart() -> PathBuf {
@@ -206,6 +209,10 @@ fn chart_lints_renders_each_tier_layout_and_refuses_bad_values() {
         !have.iter().any(|k| k.starts_with("ServiceMonitor/") || k.starts_with("Ingress/")),
         "optional objects are off by default: {have:?}"
     );
+    assert!(
+        !have.iter().any(|k| k.contains("dashboard")),
+        "the dashboard waits for its mail relay and URLs: {have:?}"
+    );
     let deploy = find(default, "Deployment", "alcove").unwrap();
     assert_eq!(deploy["spec"]["replicas"], 2);
     // The gateway with the embedded SQLite store: one replica on its volume, no PDB.
@@ -272,6 +279,36 @@ fn chart_lints_renders_each_tier_layout_and_refuses_bad_values() {
     assert_eq!(env("ALCOVE_GATEWAY_TLS_CERT")["value"], "/etc/alcove/tls/tls.crt");
     assert_eq!(gw_pod["volumes"][0]["secret"]["secretName"], "alcove-gateway-tls");
     assert_eq!(gw_pod["containers"][0]["securityContext"]["readOnlyRootFilesystem"], true);
+    // The dashboard on PostgreSQL: two replicas, a PDB, its key made by the chart, the relay's
+    // URL and the DSN from Secrets, the catalogue as flags.
+    let dash = find(dedicated, "Deployment", "alcove-dashboard").expect("the dashboard");
+    assert_eq!(dash["spec"]["replicas"], 2);
+    for k in [
+        "PodDisruptionBudget/alcove-dashboard",
+        "Secret/alcove-dashboard-key",
+        "NetworkPolicy/alcove-dashboard",
+        "ClusterRole/alcove-dashboard",
+        "Service/alcove-dashboard",
+    ] {
+        assert!(kinds(dedicated).contains(k), "{k}");
+    }
+    assert!(!kinds(dedicated).contains("PersistentVolumeClaim/alcove-dashboard-store"));
+    let dash_env =
+        dash["spec"]["template"]["spec"]["containers"][0]["env"].as_array().unwrap().clone();
+    let denv = |name: &str| dash_env.iter().find(|e| e["name"] == name).cloned().unwrap();
+    assert_eq!(
+        denv("ALCOVE_DASHBOARD_SMTP")["valueFrom"]["secretKeyRef"],
+        json!({"name": "alcove-dashboard-smtp", "key": "url"})
+    );
+    assert_eq!(
+        denv("ALCOVE_DASHBOARD_STORE")["valueFrom"]["secretKeyRef"],
+        json!({"name": "alcove-dashboard-store", "key": "dsn"})
+    );
+    assert_eq!(
+        denv("ALCOVE_DASHBOARD_MODELS")["value"],
+        "default=safetensors,default-gguf=gguf:model.gguf"
+    );
+    assert_eq!(denv("ALCOVE_DASHBOARD_URL")["value"], "https://dashboard.alcove.example");
     let enterprise = by_layout("enterprise-values.yaml");
     assert_eq!(find(enterprise, "Deployment", "alcove").unwrap()["spec"]["replicas"], 1);
     assert!(
@@ -320,6 +357,15 @@ fn chart_lints_renders_each_tier_layout_and_refuses_bad_values() {
             "gateway.replicas above 1 needs gateway.usageStore.existingSecret",
         ),
         ("gateway: {publishSeconds: 0}\n", "at '/gateway/publishSeconds': minimum: got 0, want 1"),
+        ("dashboard: {enabled: true}\n", "at '/dashboard/publicURL'"),
+        (
+            "dashboard: {enabled: true, publicURL: 'https://d.example', gatewayURL: 'https://g.example', smtp: {existingSecret: relay}, replicas: 2}\n",
+            "dashboard.replicas above 1 needs dashboard.store.existingSecret",
+        ),
+        (
+            "dashboard: {models: [{name: default, format: onnx}]}\n",
+            "at '/dashboard/models/0/format'",
+        ),
     ] {
         let path = dir.path().join("bad.yaml");
         std::fs::write(&path, values).unwrap();
@@ -342,6 +388,8 @@ struct Request {
     namespace: String,
     name: String,
     code: u64,
+    /// Whom the request acted as (`Impersonate-User`, `Impersonate-Group`), if anyone.
+    impersonated: Option<(String, Vec<String>)>,
 }
 
 fn operator_requests(audit: &Path) -> Vec<Request> {
@@ -370,6 +418,14 @@ fn requests_of(audit: &Path, user: &str) -> Vec<Request> {
             namespace: s(&r["namespace"]),
             name: s(&r["name"]),
             code: e["responseStatus"]["code"].as_u64().unwrap(),
+            impersonated: e["impersonatedUser"]["username"].as_str().map(|u| {
+                let groups =
+                    e["impersonatedUser"]["groups"].as_array().cloned().unwrap_or_default();
+                (
+                    u.to_string(),
+                    groups.iter().filter_map(|g| g.as_str().map(String::from)).collect(),
+                )
+            }),
         };
         // An apply that created its object was authorized as a create as well.
         if req.verb == "patch" && req.code == 201 {
@@ -493,13 +549,25 @@ async fn chart_installs_and_its_rbac_is_sufficient_and_minimal() {
         c
     })
     .await;
-    let rendered = render(None).unwrap();
+    let values = p.dir.path().join("dashboard-values.yaml");
+    std::fs::write(&values, DASHBOARD_VALUES).unwrap();
+    let rendered = render(Some(&values)).unwrap();
     let objects = &rendered["objects"];
 
     // Installed as Helm would: CRDs from the chart's crds/, then the templates, into a namespace
     // that enforces Pod Security "restricted".
     p.ok(&["label", "namespace", NS, "pod-security.kubernetes.io/enforce=restricted"]).await;
     p.ok(&["apply", "--server-side", "-f", chart().join("crds").to_str().unwrap()]).await;
+    p.ok(&[
+        "create",
+        "secret",
+        "generic",
+        "alcove-dashboard-smtp",
+        "-n",
+        NS,
+        "--from-literal=url=smtp://relay.example:587",
+    ])
+    .await;
     p.ok_in(&["apply", "-f", "-"], rendered["manifest"].as_str().unwrap()).await;
     eventually(
         "the Deployment's two pods admitted and running",
@@ -645,8 +713,35 @@ async fn chart_installs_and_its_rbac_is_sufficient_and_minimal() {
     // The rest of the lifecycle: a key rotation, a knowledge base fetched from a URL (through its
     // own egress policy), then the tenant deleted with everything in it: instances and knowledge
     // bases destroyed, the rest erased after its window.
-    p.ok(&["annotate", "inst", "assistant", "-n", "tenant-startup", "alcove.dev/rotate-api-key=1"])
+    // The customer's side, through the dashboard with exactly the chart's RBAC (its
+    // ServiceAccount's token): sign in, the overview, the create form (nodes, knowledge bases),
+    // an instance created and destroyed, the assistant's page, key and rotation; everything
+    // as the signed-in owner.
+    let d_token = p.ok(&["create", "token", "alcove-dashboard", "-n", NS, "--duration=2h"]).await;
+    let d_kubeconfig = p.dir.path().join("kubeconfig-alcove-dashboard");
+    p.cluster.write_kubeconfig_for(&d_kubeconfig, "alcove-dashboard", d_token.trim()).unwrap();
+    let d = Dashboard::start_as(&p, "dashboard", "https://ai.alcove.example", &d_kubeconfig).await;
+    let alice = d.sign_in("alice@startup.example", 0).await;
+    assert!(alice.get("/").await.body.contains("Startup Inc."));
+    let form = alice.get("/t/startup/new").await;
+    assert_eq!(form.status, 200, "{}", form.body);
+    assert!(form.body.contains(r#"<option value="handbook""#), "{}", form.body);
+    let csrf = form.csrf();
+    let created = alice
+        .post("/t/startup/new", &[("csrf", &csrf), ("name", "scratch"), ("model", "default")], &[])
         .await;
+    assert_eq!(created.status, 303, "{}", created.body);
+    let page = alice.get("/t/startup/i/assistant").await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    let shown = alice.post("/t/startup/i/assistant/key", &[("csrf", &csrf)], &[]).await;
+    assert!(shown.body.contains(&key), "the owner reads the key through the tenant-admin Role");
+    let rotated = alice.post("/t/startup/i/assistant/rotate", &[("csrf", &csrf)], &[]).await;
+    assert_eq!(rotated.status, 303, "{}", rotated.body);
+    alice.post("/t/startup/i/scratch/destroy/code", &[("csrf", &csrf)], &[]).await;
+    let code = d.code("alice@startup.example", 1).await;
+    let gone =
+        alice.post("/t/startup/i/scratch/destroy", &[("csrf", &csrf), ("code", &code)], &[]).await;
+    assert_eq!(gone.status, 200, "{}", gone.body);
     eventually("the key rotated", Duration::from_secs(20), || async {
         !p.events("tenant-startup", "ApiKeyRotated").await.is_empty()
     })
@@ -745,15 +840,77 @@ async fn chart_installs_and_its_rbac_is_sufficient_and_minimal() {
             set_rules(&client, kind, name, &rules).await;
         }
     }
+    // The dashboard: its own requests (tenants, nodes) and every request it made as a customer
+    // (impersonating the user and the tenant's group) need exactly its ClusterRole.
+    let mut d = d;
+    let _ = d.child.kill().await;
+    let d_requests = requests_of(&audit, DASHBOARD_USER);
+    let refused: Vec<&Request> =
+        d_requests.iter().filter(|r| r.code == 403 && r.impersonated.is_none()).collect();
+    assert!(refused.is_empty(), "the chart's RBAC refused the dashboard: {refused:#?}");
+    let as_customer: Vec<&Request> =
+        d_requests.iter().filter(|r| r.impersonated.is_some()).collect();
+    assert!(
+        as_customer.iter().any(|r| r.resource == "inferenceinstances" && r.verb == "create"),
+        "the dashboard created the instance as the customer: {as_customer:#?}"
+    );
+    let mut d_needed: BTreeMap<(String, String, String), Request> = BTreeMap::new();
+    for r in &d_requests {
+        match &r.impersonated {
+            None => {
+                d_needed.insert((r.group.clone(), r.resource.clone(), r.verb.clone()), r.clone());
+            }
+            Some((user, groups)) => {
+                assert_eq!(user, "alice@startup.example");
+                let imp = |resource: &str, name: &str| Request {
+                    verb: "impersonate".into(),
+                    group: String::new(),
+                    resource: resource.into(),
+                    namespace: String::new(),
+                    name: name.into(),
+                    code: 200,
+                    impersonated: None,
+                };
+                d_needed.insert(
+                    (String::new(), "users".into(), "impersonate".into()),
+                    imp("users", user),
+                );
+                let group = groups
+                    .iter()
+                    .find(|g| g.starts_with("alcove:tenant:"))
+                    .expect("the tenant's group");
+                d_needed.insert(
+                    (String::new(), "groups".into(), "impersonate".into()),
+                    imp("groups", group),
+                );
+            }
+        }
+    }
+    let rules = find(objects, "ClusterRole", "alcove-dashboard").unwrap()["rules"].clone();
+    for (g, r, v) in grants(&rules) {
+        let Some(req) = d_needed.get(&(g.clone(), r.clone(), v.clone())) else {
+            unused.push(format!("ClusterRole alcove-dashboard: {v} {r} (group {g:?})"));
+            continue;
+        };
+        assert!(allowed(&client, DASHBOARD_USER, req, &v).await, "{v} {r} for the dashboard");
+        set_rules(&client, "ClusterRole", "alcove-dashboard", &without(&rules, &g, &r, &v)).await;
+        assert!(
+            !allowed(&client, DASHBOARD_USER, req, &v).await,
+            "without {v} on {r}, the dashboard's request {req:?} is refused"
+        );
+        checked += 1;
+        set_rules(&client, "ClusterRole", "alcove-dashboard", &rules).await;
+    }
     assert!(
         unused.is_empty(),
         "granted but never used (remove them, or make the scenario use them):\n{}",
         unused.join("\n")
     );
     eprintln!(
-        "RBAC: {checked} granted verbs, each needed by a request the operator or the gateway made; {} + {} requests audited",
+        "RBAC: {checked} granted verbs, each needed by a request the operator, the gateway or the dashboard made; {} + {} + {} requests audited",
         requests.len(),
-        gw_requests.len()
+        gw_requests.len(),
+        d_requests.len()
     );
 
     // The delegated rules: without any one of them, Kubernetes refuses the operator's write of

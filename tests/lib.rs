@@ -484,6 +484,16 @@ impl Dashboard {
     /// A dashboard acting on `p` (its kubeconfig: the dashboard's own identity), offering the
     /// platform models `default` and `default-gguf`, pointing customers at `gateway_url`.
     pub async fn start(p: &Platform, name: &str, gateway_url: &str) -> Dashboard {
+        Dashboard::start_as(p, name, gateway_url, &p.cluster.kubeconfig).await
+    }
+
+    /// The same with the identity of `kubeconfig` (e.g. the chart's ServiceAccount).
+    pub async fn start_as(
+        p: &Platform,
+        name: &str,
+        gateway_url: &str,
+        kubeconfig: &Path,
+    ) -> Dashboard {
         let dir = p.dir.path().join(name);
         std::fs::create_dir_all(&dir).unwrap();
         let maildir = dir.join("mail");
@@ -513,7 +523,7 @@ impl Dashboard {
             .args(["--key-file", key.to_str().unwrap(), "--gateway-url", gateway_url])
             .args(["--store", &format!("sqlite://{}", dir.join("dashboard.db").display())])
             .args(["--model", "default=safetensors", "--model", "default-gguf=gguf:model.gguf"])
-            .env("ALCOVE_KUBECONFIG", &p.cluster.kubeconfig)
+            .env("ALCOVE_KUBECONFIG", kubeconfig)
             .env("ALCOVE_LOG", "debug,hyper=info,kube=info,tower=info,rustls=info,lettre=info")
             .stdout(out.try_clone().unwrap())
             .stderr(out)

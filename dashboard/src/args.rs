@@ -45,6 +45,10 @@ pub struct DashboardArgs {
     /// e.g. `default=safetensors`, `default-gguf=gguf:model.gguf`.
     #[arg(long = "model", env = "ALCOVE_DASHBOARD_MODELS", value_delimiter = ',', required = true)]
     pub models: Vec<CatalogueModel>,
+    /// Proxies (addresses or CIDR blocks, comma-separated) whose `X-Forwarded-For` is believed,
+    /// e.g. the ingress's: the per-client sign-in limit counts the client behind them.
+    #[arg(long, env = "ALCOVE_DASHBOARD_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<alcove_gateway::server::Cidr>,
     /// `text` or `json` logs.
     #[arg(long, env = "ALCOVE_LOG_FORMAT", default_value = LOG_FORMAT)]
     pub log_format: String,
@@ -69,6 +73,7 @@ impl DashboardArgs {
             gateway_url,
             gateway_internal_url: None,
             models,
+            trusted_proxies: Vec::new(),
             log_format: LOG_FORMAT.into(),
         }
     }

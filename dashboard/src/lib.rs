@@ -108,6 +108,7 @@ pub async fn start(
         gateway_url: args.gateway_url.clone(),
         origin: server::origin_of(&args.public_url),
         secure: args.public_url.starts_with("https://"),
+        trusted_proxies: args.trusted_proxies.clone(),
     });
     let ready = app.cluster.clone();
     let purging = purge(store, app.clock.clone());

@@ -40,6 +40,7 @@ pub struct App {
     /// come from.
     pub origin: String,
     pub secure: bool,
+    pub trusted_proxies: Vec<alcove_gateway::server::Cidr>,
 }
 
 /// The origin (`scheme://host[:port]`) of a URL.
@@ -294,7 +295,7 @@ pub async fn request_code(
             );
         }
     };
-    let issued = app.codes.issue(&address, client_ip(peer), app.clock.now()).await;
+    let issued = app.codes.issue(&address, client_ip(&app, peer, &headers), app.clock.now()).await;
     let note = match issued {
         Ok(code) => {
             if app.cluster.is_known(address.as_str()) {
@@ -330,8 +331,8 @@ pub async fn request_code(
     )
 }
 
-fn client_ip(peer: SocketAddr) -> IpAddr {
-    peer.ip().to_canonical()
+fn client_ip(app: &App, peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
+    alcove_gateway::server::client_address(peer.ip().to_canonical(), headers, &app.trusted_proxies)
 }
 
 fn send_in_background(app: &Arc<App>, to: Address, code: String) {
@@ -830,13 +831,14 @@ pub async fn destroy_code(
     State(app): State<Arc<App>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path((t, name)): Path<(String, String)>,
+    headers: HeaderMap,
     p: Posted<Empty>,
 ) -> Answer {
     let user = &p.user;
     tenant(&app, user, &t)?;
     instances_api(&app, user, &t).get(&name).await?;
     let address = Address::parse(&user.email).map_err(|_| Failure::SignIn)?;
-    let issued = app.codes.issue(&address, client_ip(peer), app.clock.now()).await;
+    let issued = app.codes.issue(&address, client_ip(&app, peer, &headers), app.clock.now()).await;
     let (sent, error) = match issued {
         Ok(code) => {
             send_in_background(&app, address, code);

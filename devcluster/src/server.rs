@@ -186,6 +186,7 @@ fn audit_event(
     method: &Method,
     uri: String,
     user: Option<&UserInfo>,
+    impersonated: Option<&UserInfo>,
     code: u16,
 ) {
     use std::io::Write;
@@ -198,7 +199,7 @@ fn audit_event(
             object_ref[k] = v.as_str().into();
         }
     }
-    let event = json!({
+    let mut event = json!({
         "kind": "Event",
         "apiVersion": "audit.k8s.io/v1",
         "level": "Metadata",
@@ -211,6 +212,11 @@ fn audit_event(
         "responseStatus": {"code": code},
         "stageTimestamp": jiff::Timestamp::now().to_string(),
     });
+    // As kube-apiserver writes it: `user` is who authenticated, `impersonatedUser` whom they
+    // acted as.
+    if let Some(i) = impersonated {
+        event["impersonatedUser"] = i.to_json();
+    }
     let mut w = audit.lock().unwrap_or_else(|p| p.into_inner());
     let _ = writeln!(w, "{event}");
 }
@@ -223,7 +229,8 @@ pub async fn handle(AxState(shared): AxState<Arc<Shared>>, req: Request) -> Resp
     let ri = parse_request(&parts.method, &path, &query);
     let dry_run = query.get("dryRun").is_some_and(|v| v == "All");
     let mverb = metrics_verb(&ri, &parts.method, &parts.headers);
-    let (reply, user) = dispatch(&shared, &parts.method, &parts.headers, &ri, &query, body).await;
+    let (reply, user, impersonated) =
+        dispatch(&shared, &parts.method, &parts.headers, &ri, &query, body).await;
     if let (Some(audit), true) = (&shared.audit, ri.resource_request) {
         audit_event(
             audit,
@@ -231,6 +238,7 @@ pub async fn handle(AxState(shared): AxState<Arc<Shared>>, req: Request) -> Resp
             &parts.method,
             parts.uri.to_string(),
             user.as_ref(),
+            impersonated.as_ref(),
             reply.status.as_u16(),
         );
     }
@@ -264,18 +272,19 @@ async fn dispatch(
     ri: &RequestInfo,
     query: &BTreeMap<String, String>,
     body: Body,
-) -> (Reply, Option<UserInfo>) {
-    let user = match shared
+) -> (Reply, Option<UserInfo>, Option<UserInfo>) {
+    let requester = match shared
         .auth
         .authenticate(headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()))
     {
         Ok(u) => u,
-        Err(e) => return (e.into(), None),
+        Err(e) => return (e.into(), None, None),
     };
-    let user = match auth::impersonate(&shared.lock(), user.clone(), headers) {
+    let user = match auth::impersonate(&shared.lock(), requester.clone(), headers) {
         Ok(u) => u,
-        Err(e) => return (e.into(), Some(user)),
+        Err(e) => return (e.into(), Some(requester), None),
     };
+    let impersonated = (user != requester).then(|| user.clone());
     let attrs = Attributes {
         verb: if ri.resource_request { ri.verb.clone() } else { method.as_str().to_lowercase() },
         resource_request: ri.resource_request,
@@ -287,7 +296,7 @@ async fn dispatch(
         path: ri.path.clone(),
     };
     let reply = authorized(shared, method, headers, ri, query, body, &user, &attrs).await;
-    (reply, Some(user))
+    (reply, Some(requester), impersonated)
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -60,3 +60,25 @@ billing:
   reportIntervalSeconds: {{ .Values.billing.reportIntervalSeconds }}
   prices: {{ toYaml .Values.billing.prices | nindent 4 }}
 {{- end -}}
+
+{{- define "alcove.dashboard.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "alcove.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: dashboard
+{{- end -}}
+
+{{- define "alcove.dashboard.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{ include "alcove.dashboard.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/part-of: alcove
+{{- end -}}
+
+{{- /* The model catalogue as `alcove dashboard --model` takes it: NAME=FORMAT[:PATH],… */ -}}
+{{- define "alcove.dashboard.models" -}}
+{{- $out := list }}
+{{- range .Values.dashboard.models }}
+{{- $out = append $out (ternary (printf "%s=%s:%s" .name .format (.path | default "")) (printf "%s=%s" .name .format) (not (empty .path))) }}
+{{- end }}
+{{- join "," $out }}
+{{- end -}}

@@ -1,0 +1,161 @@
+// One customer's journey through the dashboard in Debian's chromium (playwright-core drives it;
+// no browser is ever downloaded). tests/dashboard_browser.rs starts the platform, runs this,
+// and checks the cluster and the gateway against what it prints (one JSON line at the end).
+//
+// Environment: DASHBOARD_URL, MAILDIR (the SMTP server's maildir), OUT (screenshots), OWNER and
+// OTHER (two tenants' owners), TENANT (the owner's tenant), INSTANCE (the name to create).
+import { chromium } from "playwright-core";
+import fs from "node:fs";
+import path from "node:path";
+
+const env = (k) => {
+  const v = process.env[k];
+  if (!v) throw new Error(`${k} is not set`);
+  return v;
+};
+const [url, maildir, out] = [env("DASHBOARD_URL"), env("MAILDIR"), env("OUT")];
+const [owner, other, tenant, instance] = [env("OWNER"), env("OTHER"), env("TENANT"), env("INSTANCE")];
+fs.mkdirSync(out, { recursive: true });
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+// The code in the n-th message to `to` (0-based), once it has arrived.
+async function code(to, n) {
+  for (let i = 0; i < 100; i++) {
+    const dir = path.join(maildir, "new");
+    const mails = fs.existsSync(dir)
+      ? fs.readdirSync(dir)
+          .map((f) => path.join(dir, f))
+          .sort((a, b) => fs.statSync(a).mtimeMs - fs.statSync(b).mtimeMs)
+          .map((f) => fs.readFileSync(f, "utf8"))
+          .filter((m) => m.includes(`To: ${to}`))
+      : [];
+    if (mails.length > n) return mails[n].match(/Subject: .* (\d{6})/)[1];
+    await sleep(200);
+  }
+  throw new Error(`no mail ${n} to ${to}`);
+}
+
+let shot = 0;
+async function screenshot(page, name) {
+  shot += 1;
+  await page.screenshot({ path: path.join(out, `${String(shot).padStart(2, "0")}-${name}.png`), fullPage: true });
+}
+
+function check(cond, what) {
+  if (!cond) throw new Error(what);
+}
+
+const browser = await chromium.launch({
+  executablePath: "/usr/bin/chromium",
+  args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+});
+const result = {};
+try {
+  // A phone-sized window: the pages must work there.
+  const me = await browser.newContext({ viewport: { width: 390, height: 844 }, isMobile: true, hasTouch: true });
+  const page = await me.newPage();
+  const problems = [];
+  page.on("pageerror", (e) => problems.push(`page error: ${e.message}`));
+  page.on("console", (m) => m.type() === "error" && problems.push(`console: ${m.text()}`));
+
+  // 1. Sign in with the code from the mail.
+  await page.goto(url);
+  check(page.url().endsWith("/signin"), `signed out, / leads to the sign-in page: ${page.url()}`);
+  await page.getByLabel("Email address").fill("not an address");
+  await page.getByRole("button", { name: "Email me a code" }).click();
+  check(await page.locator("#email-error").isVisible(), "a bad address is refused beside the field");
+  await screenshot(page, "sign-in-refused");
+  await page.getByLabel("Email address").fill(owner);
+  await page.getByRole("button", { name: "Email me a code" }).click();
+  await page.getByLabel("6-digit code").fill(await code(owner, 0));
+  await screenshot(page, "code");
+  await page.getByRole("button", { name: "Sign in" }).click();
+  await page.getByRole("heading", { name: "Your tenants" }).waitFor();
+  const cookies = await me.cookies();
+  const session = cookies.find((c) => c.name === "alcove_session");
+  check(session && session.httpOnly && session.sameSite === "Lax", `the session cookie: ${JSON.stringify(cookies)}`);
+  await screenshot(page, "overview");
+
+  // 2. Create an instance and see it turn Ready (the phase refreshes by itself).
+  await page.locator(`a[href="/t/${tenant}"]`).first().click();
+  await page.getByRole("link", { name: "New instance" }).click();
+  await page.getByLabel("Name").fill(instance);
+  await page.getByLabel("Model").selectOption("default");
+  await page.getByLabel("Most tokens per answer").fill("64");
+  await screenshot(page, "new-instance");
+  await page.getByRole("button", { name: "Create instance" }).click();
+  await page.waitForURL(`**/t/${tenant}/i/${instance}?notice=created`);
+  await page.locator('#status-facts [data-phase="Ready"]').waitFor({ timeout: 180_000 });
+  await screenshot(page, "ready");
+
+  // 6 (before destroying). The key, shown on request; rotated.
+  await page.getByRole("button", { name: "Show API key" }).click();
+  const key = await page.locator("#api-key").inputValue();
+  check(/^[0-9a-f]{64}$/.test(key), `an API key: ${key}`);
+  await screenshot(page, "key");
+  await page.getByRole("button", { name: "Rotate API key" }).click();
+  await page.getByText("A new API key is being made").waitFor();
+  let rotated = key;
+  for (let i = 0; i < 60 && rotated === key; i++) {
+    await sleep(500);
+    await page.reload();
+    await page.getByRole("button", { name: "Show API key" }).click();
+    rotated = await page.locator("#api-key").inputValue();
+  }
+  check(rotated !== key && /^[0-9a-f]{64}$/.test(rotated), "the page shows a new key after the rotation");
+  await screenshot(page, "rotated");
+
+  // Another tenant's owner, in their own browser: nothing of this tenant, even by crafted URLs
+  // and form posts.
+  const them = await browser.newContext();
+  const theirs = await them.newPage();
+  await theirs.goto(`${url}/signin`);
+  await theirs.getByLabel("Email address").fill(other);
+  await theirs.getByRole("button", { name: "Email me a code" }).click();
+  await theirs.getByLabel("6-digit code").fill(await code(other, 0));
+  await theirs.getByRole("button", { name: "Sign in" }).click();
+  await theirs.getByRole("heading", { name: "Your tenants" }).waitFor();
+  check(!(await theirs.content()).includes(`/t/${tenant}"`), "the other owner's overview lists only their tenants");
+  for (const p of [`/t/${tenant}`, `/t/${tenant}/i/${instance}`, `/t/${tenant}/i/${instance}/destroy`]) {
+    const r = await theirs.goto(url + p);
+    check(r.status() === 404, `${p} answers the other owner 404, not ${r.status()}`);
+  }
+  await screenshot(theirs, "other-tenant-404");
+  const posts = await theirs.evaluate(async ([tenant, instance]) => {
+    // Their own valid CSRF token, from their own page.
+    const home = await (await fetch("/")).text();
+    const csrf = home.match(/name="csrf" value="([0-9a-f]+)"/)[1];
+    const post = (p, body) => fetch(p, { method: "POST", body: new URLSearchParams({ csrf, ...body }) }).then((r) => r.status);
+    return [
+      await post(`/t/${tenant}/i/${instance}/state`, { state: "Suspended" }),
+      await post(`/t/${tenant}/i/${instance}/key`, {}),
+      await post(`/t/${tenant}/i/${instance}/rotate`, {}),
+      await post(`/t/${tenant}/new`, { name: "intruder", model: "default" }),
+    ];
+  }, [tenant, instance]);
+  check(posts.every((s) => s === 404), `crafted posts answer 404: ${posts}`);
+  await them.close();
+
+  // 7. Destroy: a confirmation, a fresh code, the pod gone.
+  await page.getByRole("link", { name: "Destroy…" }).click();
+  await page.getByText("This cannot be undone.").waitFor();
+  await page.getByRole("button", { name: "Email me a confirmation code" }).click();
+  await page.getByLabel("Confirmation code").fill(await code(owner, 1));
+  await screenshot(page, "destroy-confirm");
+  await page.getByRole("button", { name: `Destroy ${instance}` }).click();
+  await page.getByText("Its pod is gone.").waitFor();
+  await screenshot(page, "destroyed");
+
+  // Sign out: the cookie is gone and the pages ask to sign in again.
+  await page.getByRole("button", { name: "Sign out" }).click();
+  await page.waitForURL("**/signin");
+  await page.goto(`${url}/t/${tenant}`);
+  check(page.url().endsWith("/signin"), "signed out");
+  check(problems.length === 0, `the pages ran without errors: ${problems.join("; ")}`);
+  result.ok = true;
+} finally {
+  await browser.close();
+}
+console.log(JSON.stringify(result));
