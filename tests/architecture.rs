@@ -80,7 +80,11 @@ const DASHBOARD: &[Layer] = &[
     ("foundation: secrets, settings, the shared store", true, &["random", "args", "store"]),
     ("sign-in codes, sessions, the pages", true, &["codes", "session", "views"]),
     ("forms into API objects", true, &["forms"]),
-    ("what talks to others: mail, the cluster", true, &["mail", "mailsink", "cluster"]),
+    (
+        "what talks to others: mail, the cluster, the gateway",
+        true,
+        &["mail", "mailsink", "cluster", "gateway"],
+    ),
     ("the request path", true, &["server"]),
     ("the library root", true, &["crate"]),
 ];

@@ -25,7 +25,7 @@ async fn a_customer_runs_an_instance_from_the_dashboard_and_no_one_else_can() {
     p.wait_condition("tenant/startup", "Ready", 60).await;
     p.wait_condition("tenant/acme", "Ready", 60).await;
     let gw = Gateway::start(&p, "gw", &[]).await;
-    let d = Dashboard::start(&p, "dashboard", &gw.base.replace("/v1", "")).await;
+    let d = Dashboard::start(&p, "dashboard", &gw).await;
 
     // --- sign-in ---
     let anon = d.browser("anonymous");
@@ -137,13 +137,60 @@ async fn a_customer_runs_an_instance_from_the_dashboard_and_no_one_else_can() {
     assert!(page.body.contains(&gw.base), "the endpoint is the gateway's: {}", page.body);
     assert!(page.body.contains("Ready is True"), "conditions as activity: {}", page.body);
 
-    // --- the key, shown on request; rotated; the old one refused by the gateway ---
+    // --- the chat playground: a streamed answer through the gateway, kept as a conversation ---
     let key = api_key(&p, "tenant-startup", "chat").await;
+    let chat = alice.get("/t/startup/i/chat/chat").await;
+    assert_eq!(chat.status, 200, "{}", chat.body);
+    let csrf = chat.csrf();
+    let streamed = alice
+        .post(
+            "/t/startup/i/chat/chat",
+            &[("csrf", &csrf), ("conversation", "first-talk"), ("message", "Say hello.")],
+            &[("Accept", "text/event-stream")],
+        )
+        .await;
+    assert_eq!(streamed.status, 200, "{}", streamed.body);
+    assert!(streamed.header("content-type").unwrap().starts_with("text/event-stream"));
+    assert!(
+        streamed.body.contains("chat.completion.chunk") && streamed.body.contains("data: [DONE]"),
+        "{}",
+        streamed.body
+    );
+    let listed = alice.get("/t/startup/i/chat/chat?c=first-talk").await;
+    assert!(listed.body.contains("Say hello."), "the conversation so far: {}", listed.body);
+    assert!(
+        listed.body.contains(r#"href="/t/startup/i/chat/chat?c=first-talk""#),
+        "{}",
+        listed.body
+    );
+    let auth = format!("Bearer {key}");
+    let stored = gw.call("/conversations/first-talk", &[("Authorization", &auth)], None).await;
+    assert_eq!(stored.status, 200, "kept in the instance's store: {stored:?}");
+    let empty = alice
+        .post(
+            "/t/startup/i/chat/chat",
+            &[("csrf", &csrf), ("message", " ")],
+            &[("Accept", "text/event-stream")],
+        )
+        .await;
+    assert_eq!(empty.status, 422, "an empty message is refused in words: {}", empty.body);
+    // Deleting it asks for a fresh code; then it is gone from the instance's store.
+    let confirm = alice.get("/t/startup/i/chat/c/first-talk/delete").await;
+    assert!(confirm.body.contains("cannot be undone"), "{}", confirm.body);
+    alice.post("/t/startup/i/chat/c/first-talk/delete/code", &[("csrf", &csrf)], &[]).await;
+    let code = d.code(ALICE, 1).await;
+    let deleted = alice
+        .post("/t/startup/i/chat/c/first-talk/delete", &[("csrf", &csrf), ("code", &code)], &[])
+        .await;
+    assert_eq!(deleted.status, 303, "{}", deleted.body);
+    let gone = gw.call("/conversations/first-talk", &[("Authorization", &auth)], None).await;
+    assert_eq!(gone.status, 404, "deleted from the instance's store: {gone:?}");
+
+    // --- the key, shown on request; rotated; the old one refused by the gateway ---
     let csrf = page.csrf();
     let shown = alice.post("/t/startup/i/chat/key", &[("csrf", &csrf)], &[]).await;
     assert_eq!(shown.status, 200);
     assert!(shown.body.contains(&key), "the key is shown to its owner");
-    let auth = format!("Bearer {key}");
     eventually("the gateway knows the key", Duration::from_secs(30), || async {
         gw.call("/models", &[("Authorization", &auth)], None).await.status == 200
     })
@@ -198,6 +245,10 @@ async fn a_customer_runs_an_instance_from_the_dashboard_and_no_one_else_can() {
         "/t/startup/new",
         "/t/startup/i/chat",
         "/t/startup/i/chat/destroy",
+        "/t/startup/i/chat/chat",
+        "/t/startup/i/chat/conversations",
+        "/t/startup/i/chat/c/x/delete",
+        "/t/startup/kb",
         "/t/nonexistent",
     ] {
         let r = bob.get(path).await;
@@ -208,6 +259,10 @@ async fn a_customer_runs_an_instance_from_the_dashboard_and_no_one_else_can() {
         ("/t/startup/i/chat/state", vec![("state", "Suspended")]),
         ("/t/startup/i/chat/key", vec![]),
         ("/t/startup/i/chat/rotate", vec![]),
+        ("/t/startup/i/chat/chat", vec![("message", "hi")]),
+        ("/t/startup/i/chat/c/x/delete", vec![("code", "123456")]),
+        ("/t/startup/i/chat/kb", vec![("knowledge_base", "")]),
+        ("/t/startup/kb/handbook/remove", vec![("document", "a.md")]),
         ("/t/startup/i/chat/destroy", vec![("code", "123456")]),
         ("/t/startup/new", vec![("name", "intruder"), ("model", "default")]),
     ] {
@@ -227,7 +282,7 @@ async fn a_customer_runs_an_instance_from_the_dashboard_and_no_one_else_can() {
     assert!(confirm.body.contains("cannot be undone"), "{}", confirm.body);
     let sent = alice.post("/t/startup/i/chat/destroy/code", &[("csrf", &csrf)], &[]).await;
     assert_eq!(sent.status, 200, "{}", sent.body);
-    let code = d.code(ALICE, 1).await;
+    let code = d.code(ALICE, 2).await;
     let wrong = if code == "999999" { "999998" } else { "999999" };
     let refused =
         alice.post("/t/startup/i/chat/destroy", &[("csrf", &csrf), ("code", wrong)], &[]).await;

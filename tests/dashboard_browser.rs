@@ -27,7 +27,8 @@ async fn a_customer_journey_in_chromium() {
     .await;
     p.wait_condition("tenant/startup", "Ready", 60).await;
     p.wait_condition("tenant/acme", "Ready", 60).await;
-    let d = Dashboard::start(&p, "dashboard", "https://ai.alcove.example").await;
+    let gw = Gateway::start(&p, "gw", &[]).await;
+    let d = Dashboard::start(&p, "dashboard", &gw).await;
 
     let out = std::env::var_os("CARGO_TARGET_DIR")
         .map(std::path::PathBuf::from)

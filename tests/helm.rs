@@ -720,7 +720,13 @@ async fn chart_installs_and_its_rbac_is_sufficient_and_minimal() {
     let d_token = p.ok(&["create", "token", "alcove-dashboard", "-n", NS, "--duration=2h"]).await;
     let d_kubeconfig = p.dir.path().join("kubeconfig-alcove-dashboard");
     p.cluster.write_kubeconfig_for(&d_kubeconfig, "alcove-dashboard", d_token.trim()).unwrap();
-    let d = Dashboard::start_as(&p, "dashboard", "https://ai.alcove.example", &d_kubeconfig).await;
+    let d = Dashboard::start_as(
+        &p,
+        "dashboard",
+        &d_kubeconfig,
+        &["--gateway-url", "https://ai.alcove.example"],
+    )
+    .await;
     let alice = d.sign_in("alice@startup.example", 0).await;
     assert!(alice.get("/").await.body.contains("Startup Inc."));
     let form = alice.get("/t/startup/new").await;

@@ -482,18 +482,17 @@ pub struct Dashboard {
 
 impl Dashboard {
     /// A dashboard acting on `p` (its kubeconfig: the dashboard's own identity), offering the
-    /// platform models `default` and `default-gguf`, pointing customers at `gateway_url`.
-    pub async fn start(p: &Platform, name: &str, gateway_url: &str) -> Dashboard {
-        Dashboard::start_as(p, name, gateway_url, &p.cluster.kubeconfig).await
+    /// platform models `default` and `default-gguf`, with the customers' endpoint `gw`.
+    pub async fn start(p: &Platform, name: &str, gw: &Gateway) -> Dashboard {
+        let base = gw.base.trim_end_matches("/v1").to_string();
+        let ca = gw.ca.display().to_string();
+        let args = ["--gateway-url", &base, "--gateway-ca", &ca];
+        Dashboard::start_as(p, name, &p.cluster.kubeconfig, &args).await
     }
 
-    /// The same with the identity of `kubeconfig` (e.g. the chart's ServiceAccount).
-    pub async fn start_as(
-        p: &Platform,
-        name: &str,
-        gateway_url: &str,
-        kubeconfig: &Path,
-    ) -> Dashboard {
+    /// The same with the identity of `kubeconfig` (e.g. the chart's ServiceAccount) and `args`
+    /// (which name the gateway).
+    pub async fn start_as(p: &Platform, name: &str, kubeconfig: &Path, args: &[&str]) -> Dashboard {
         let dir = p.dir.path().join(name);
         std::fs::create_dir_all(&dir).unwrap();
         let maildir = dir.join("mail");
@@ -520,7 +519,8 @@ impl Dashboard {
             .args(["dashboard", "--log-format", "text"])
             .args(["--listen", &format!("127.0.0.1:{port}"), "--public-url", &url])
             .args(["--smtp", &format!("smtp://127.0.0.1:{smtp_port}")])
-            .args(["--key-file", key.to_str().unwrap(), "--gateway-url", gateway_url])
+            .args(["--key-file", key.to_str().unwrap()])
+            .args(args)
             .args(["--store", &format!("sqlite://{}", dir.join("dashboard.db").display())])
             .args(["--model", "default=safetensors", "--model", "default-gguf=gguf:model.gguf"])
             .env("ALCOVE_KUBECONFIG", kubeconfig)

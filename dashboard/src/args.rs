@@ -9,6 +9,7 @@ use alcove_crds::instance::ModelFormat;
 const LISTEN: &str = "0.0.0.0:8080";
 const MAIL_FROM: &str = "Alcove <no-reply@alcove.localhost>";
 const LOG_FORMAT: &str = "text";
+const EMBEDDING_MODEL: &str = "default-embedding";
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct DashboardArgs {
@@ -41,10 +42,16 @@ pub struct DashboardArgs {
     /// public URL), e.g. the gateway's in-cluster Service.
     #[arg(long, env = "ALCOVE_GATEWAY_INTERNAL_URL")]
     pub gateway_internal_url: Option<String>,
+    /// A PEM file of the CA the gateway's certificate chains to, when it is a private one.
+    #[arg(long, env = "ALCOVE_GATEWAY_CA")]
+    pub gateway_ca: Option<PathBuf>,
     /// The model catalogue: `NAME=FORMAT[:PATH]` for each platform model customers may pick,
     /// e.g. `default=safetensors`, `default-gguf=gguf:model.gguf`.
     #[arg(long = "model", env = "ALCOVE_DASHBOARD_MODELS", value_delimiter = ',', required = true)]
     pub models: Vec<CatalogueModel>,
+    /// The platform model knowledge bases made in the dashboard embed with.
+    #[arg(long, env = "ALCOVE_DASHBOARD_EMBEDDING_MODEL", default_value = EMBEDDING_MODEL)]
+    pub embedding_model: String,
     /// Proxies (addresses or CIDR blocks, comma-separated) whose `X-Forwarded-For` is believed,
     /// e.g. the ingress's: the per-client sign-in limit counts the client behind them.
     #[arg(long, env = "ALCOVE_DASHBOARD_TRUSTED_PROXIES", value_delimiter = ',')]
@@ -72,8 +79,10 @@ impl DashboardArgs {
             key_file: None,
             gateway_url,
             gateway_internal_url: None,
+            gateway_ca: None,
             models,
             trusted_proxies: Vec::new(),
+            embedding_model: EMBEDDING_MODEL.into(),
             log_format: LOG_FORMAT.into(),
         }
     }

@@ -13,7 +13,7 @@ const MAX_GPUS: i64 = 8;
 /// A Kubernetes object name (an RFC 1123 label): what is wrong with it, in words.
 pub fn name_error(name: &str) -> Option<String> {
     if name.is_empty() {
-        return Some("Give the instance a name.".into());
+        return Some("Give it a name.".into());
     }
     if name.len() > 63 {
         return Some("Use at most 63 characters.".into());
@@ -135,6 +135,91 @@ pub fn instance_from(
     }))
 }
 
+/// Largest document accepted, in bytes.
+pub const MAX_DOCUMENT: usize = 256 * 1024;
+/// What all of a knowledge base's uploads may hold together (a ConfigMap holds at most 1 MiB).
+pub const MAX_UPLOADS: usize = 900 * 1024;
+
+/// An uploaded file as a document: its key (the file name, as a ConfigMap key may spell it) and
+/// its text. Text and Markdown are kept as they are; HTML becomes its text.
+pub fn document(file_name: &str, bytes: &[u8]) -> Result<(String, String), String> {
+    let base = file_name.rsplit(['/', '\\']).next().unwrap_or_default().trim();
+    let ext = base.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase()).unwrap_or_default();
+    if !["txt", "md", "markdown", "html", "htm"].contains(&ext.as_str()) {
+        return Err("Upload a text (.txt), Markdown (.md) or HTML (.html) file.".into());
+    }
+    if bytes.is_empty() {
+        return Err("That file is empty.".into());
+    }
+    if bytes.len() > MAX_DOCUMENT {
+        return Err(format!("That file is larger than {} KiB.", MAX_DOCUMENT / 1024));
+    }
+    let Ok(text) = std::str::from_utf8(bytes) else {
+        return Err("That file is not UTF-8 text.".into());
+    };
+    let text = if ext.starts_with("htm") { html_to_text(text) } else { text.to_string() };
+    if text.trim().is_empty() {
+        return Err("That file has no text in it.".into());
+    }
+    let mut key: String = base
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || "-._".contains(c) { c } else { '-' })
+        .collect();
+    key = key.trim_start_matches('.').chars().take(200).collect();
+    if key.is_empty() {
+        key = format!("document.{ext}");
+    }
+    Ok((key, text))
+}
+
+/// The text of an HTML document: scripts and styles dropped, tags removed, block ends as line
+/// breaks, the common entities decoded.
+pub fn html_to_text(html: &str) -> String {
+    let lower = html.to_ascii_lowercase();
+    let mut out = String::with_capacity(html.len());
+    let mut i = 0;
+    while i < html.len() {
+        let rest = &lower[i..];
+        if rest.starts_with("<script") || rest.starts_with("<style") {
+            let close = if rest.starts_with("<script") { "</script" } else { "</style" };
+            i += rest.find(close).map_or(rest.len(), |at| at + close.len());
+            i += lower[i..].find('>').map_or(lower.len() - i, |at| at + 1);
+            continue;
+        }
+        if rest.starts_with('<') {
+            let end = rest.find('>').map_or(rest.len(), |at| at + 1);
+            let tag = &rest[1..end.saturating_sub(1)];
+            let name = tag
+                .trim_start_matches('/')
+                .split(|c: char| !c.is_ascii_alphanumeric())
+                .next()
+                .unwrap_or_default();
+            if [
+                "p", "br", "div", "li", "tr", "h1", "h2", "h3", "h4", "h5", "h6", "section",
+                "article",
+            ]
+            .contains(&name)
+            {
+                out.push('\n');
+            }
+            i += end;
+            continue;
+        }
+        let ch = html[i..].chars().next().expect("in bounds");
+        out.push(ch);
+        i += ch.len_utf8();
+    }
+    let decoded = out
+        .replace("&nbsp;", " ")
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", "\"")
+        .replace("&#39;", "'")
+        .replace("&amp;", "&");
+    let lines: Vec<&str> = decoded.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    lines.join("\n")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -174,6 +259,20 @@ mod tests {
         let o = instance_from(&minimal, "tenant-acme", &catalogue(), &[], &[]).unwrap();
         assert_eq!(o["spec"]["gpu"], json!({"count": 1}));
         assert!(o["spec"].get("limits").is_none(), "unset limits take the server's defaults");
+    }
+
+    #[test]
+    fn documents_are_checked_and_html_becomes_text() {
+        let (key, text) = document("C:\\docs\\Leave policy.md", b"# Leave\n25 days.").unwrap();
+        assert_eq!((key.as_str(), text.as_str()), ("Leave-policy.md", "# Leave\n25 days."));
+        let html = b"<html><head><style>p{}</style><script>x()</script></head><body><h1>Leave</h1><p>25 days &amp; more</p></body></html>";
+        assert_eq!(document("a.html", html).unwrap().1, "Leave\n25 days & more");
+        assert!(document("a.pdf", b"%PDF").unwrap_err().contains(".txt"));
+        assert!(document("a.txt", b"").unwrap_err().contains("empty"));
+        assert!(document("a.txt", &[0xff, 0xfe]).unwrap_err().contains("UTF-8"));
+        assert!(document("a.txt", &vec![b'a'; MAX_DOCUMENT + 1]).unwrap_err().contains("KiB"));
+        assert!(document("a.html", b"<p> </p>").unwrap_err().contains("no text"));
+        assert_eq!(document("..hidden.txt", b"x").unwrap().0, "hidden.txt");
     }
 
     #[test]

@@ -12,15 +12,17 @@
 //! - [`mail`]: the code's message, sent over SMTP.
 //! - [`mailsink`]: a loopback SMTP server that keeps messages as files, for `alcove up`.
 //! - [`cluster`]: the Tenant cache and the impersonating client (RBAC decides, not us).
+//! - [`gateway`]: the chat playground's calls, through the customers' endpoint with the key.
 //! - [`server`]: sessions, CSRF and origin checks, one handler per page or action.
 //!
 //! Layers, bottom up: random, args, store → codes, session, views → forms → mail, mailsink,
-//! cluster → server → this.
+//! cluster, gateway → server → this.
 
 pub mod args;
 pub mod cluster;
 pub mod codes;
 pub mod forms;
+pub mod gateway;
 pub mod mail;
 pub mod mailsink;
 pub mod random;
@@ -109,6 +111,11 @@ pub async fn start(
         origin: server::origin_of(&args.public_url),
         secure: args.public_url.starts_with("https://"),
         trusted_proxies: args.trusted_proxies.clone(),
+        embedding_model: args.embedding_model.clone(),
+        gateway: gateway::GatewayClient::new(
+            args.gateway_internal_url.as_deref().unwrap_or(&args.gateway_url),
+            args.gateway_ca.as_deref(),
+        )?,
     });
     let ready = app.cluster.clone();
     let purging = purge(store, app.clock.clone());
@@ -123,10 +130,24 @@ pub async fn start(
         .route("/t/{tenant}/i/{name}", get(server::instance_page))
         .route("/t/{tenant}/i/{name}/status", get(server::instance_status))
         .route("/t/{tenant}/i/{name}/key", post(server::show_key))
+        .route("/t/{tenant}/i/{name}/keyblock", get(server::key_block))
         .route("/t/{tenant}/i/{name}/rotate", post(server::rotate_key))
         .route("/t/{tenant}/i/{name}/state", post(server::set_state))
         .route("/t/{tenant}/i/{name}/destroy", get(server::destroy_page).post(server::destroy))
         .route("/t/{tenant}/i/{name}/destroy/code", post(server::destroy_code))
+        .route("/t/{tenant}/i/{name}/kb", post(server::attach))
+        .route("/t/{tenant}/kb", get(server::kb_list).post(server::kb_create))
+        .route("/t/{tenant}/kb/{name}", get(server::kb_page))
+        .route("/t/{tenant}/kb/{name}/status", get(server::kb_status))
+        .route("/t/{tenant}/kb/{name}/upload", post(server::kb_upload))
+        .route("/t/{tenant}/kb/{name}/remove", post(server::kb_remove))
+        .route("/t/{tenant}/i/{name}/chat", get(server::chat_page).post(server::chat_send))
+        .route("/t/{tenant}/i/{name}/conversations", get(server::conversation_list))
+        .route(
+            "/t/{tenant}/i/{name}/c/{id}/delete",
+            get(server::delete_conversation_page).post(server::delete_conversation),
+        )
+        .route("/t/{tenant}/i/{name}/c/{id}/delete/code", post(server::delete_conversation_code))
         .route(
             "/assets/style.css",
             get(|| async { ([(header::CONTENT_TYPE, "text/css")], views::STYLE) }),
@@ -139,6 +160,8 @@ pub async fn start(
             "/assets/dashboard.js",
             get(|| async { ([(header::CONTENT_TYPE, "text/javascript")], views::SCRIPT) }),
         )
+        // Browsers ask for it on every site; there is none.
+        .route("/favicon.ico", get(|| async { axum::http::StatusCode::NO_CONTENT }))
         .route("/healthz", get(|| async { "ok" }))
         .route(
             "/readyz",
@@ -156,6 +179,9 @@ pub async fn start(
                 }
             }),
         )
+        .layer(axum::extract::DefaultBodyLimit::max(
+            server::MAX_FORM_BYTES + crate::forms::MAX_DOCUMENT,
+        ))
         .layer(axum::middleware::map_response(security_headers))
         .with_state(app);
     let started = Started { addr, url: args.public_url.clone() };

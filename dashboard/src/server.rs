@@ -8,11 +8,13 @@ use std::time::Duration;
 
 use alcove_clock::Clock;
 use alcove_crds::instance::{InferenceInstance, InstanceState};
+use alcove_crds::knowledgebase::KnowledgeBase;
 use alcove_crds::tenant::Tenant;
+use axum::extract::Multipart;
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
-use k8s_openapi::api::core::v1::{Event, Pod, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Event, Pod, Secret};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 use maud::Markup;
@@ -41,6 +43,9 @@ pub struct App {
     pub origin: String,
     pub secure: bool,
     pub trusted_proxies: Vec<alcove_gateway::server::Cidr>,
+    pub gateway: crate::gateway::GatewayClient,
+    /// The platform model knowledge bases made here embed with.
+    pub embedding_model: String,
 }
 
 /// The origin (`scheme://host[:port]`) of a URL.
@@ -142,6 +147,9 @@ fn notice_text(key: Option<&str>) -> Option<&'static str> {
         "rotated" => "A new API key is being made. The old key stops working as soon as it is.",
         "suspended" => "Suspended: the pod stops and GPU billing with it. Data and key are kept.",
         "resumed" => "Resuming: a pod is starting.",
+        "attached" => {
+            "Saved. The instance restarts to answer from it; it is Ready again in a moment."
+        }
         _ => return None,
     })
 }
@@ -715,6 +723,12 @@ async fn detail(
         gpu_time: gpu_time(status.gpu_seconds),
         has_key: status.api_key_secret.is_some(),
         activity,
+        knowledge_base: i.spec.knowledge_bases.first().map(|k| k.name.clone()).unwrap_or_default(),
+        knowledge_bases: kb_api(app, user, t)
+            .list(&ListParams::default())
+            .await
+            .map(|l| l.items.iter().map(|k| k.name_any()).collect())
+            .unwrap_or_default(),
     })
 }
 
@@ -744,8 +758,36 @@ pub async fn instance_status(
     }))
 }
 
-/// The API key, read as the user (the tenant-admin Role may get exactly the instances' key
-/// Secrets). Shown on request only; never logged.
+/// The key block, polled until the key exists.
+pub async fn key_block(
+    State(app): State<Arc<App>>,
+    user: Signed,
+    Path((t, name)): Path<(String, String)>,
+) -> Answer {
+    tenant(&app, &user, &t)?;
+    let i = instances_api(&app, &user, &t).get(&name).await?;
+    let has_key = i.status.as_ref().is_some_and(|s| s.api_key_secret.is_some());
+    Ok(fragment(views::key_block(&format!("/t/{t}/i/{name}"), has_key, &user.csrf)))
+}
+
+/// An instance's API key, read as the user (the tenant-admin Role may get exactly the
+/// instances' key Secrets). Never logged.
+async fn read_key(app: &App, user: &Signed, t: &str, name: &str) -> Result<String, Failure> {
+    let client = app.cluster.as_user(&user.email, t);
+    let ns = alcove_crds::tenant::namespace_of(t);
+    let i = Api::<InferenceInstance>::namespaced(client.clone(), &ns).get(name).await?;
+    let secret_name =
+        i.status.as_ref().and_then(|s| s.api_key_secret.clone()).ok_or(Failure::NotFound)?;
+    let secret = Api::<Secret>::namespaced(client, &ns).get(&secret_name).await?;
+    secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get("api-key"))
+        .and_then(|b| String::from_utf8(b.0.clone()).ok())
+        .ok_or(Failure::NotFound)
+}
+
+/// The API key, shown on request only.
 pub async fn show_key(
     State(app): State<Arc<App>>,
     Path((t, name)): Path<(String, String)>,
@@ -754,18 +796,7 @@ pub async fn show_key(
 ) -> Answer {
     let user = &p.user;
     tenant(&app, user, &t)?;
-    let client = app.cluster.as_user(&user.email, &t);
-    let ns = alcove_crds::tenant::namespace_of(&t);
-    let i = Api::<InferenceInstance>::namespaced(client.clone(), &ns).get(&name).await?;
-    let secret_name =
-        i.status.as_ref().and_then(|s| s.api_key_secret.clone()).ok_or(Failure::NotFound)?;
-    let secret = Api::<Secret>::namespaced(client, &ns).get(&secret_name).await?;
-    let key = secret
-        .data
-        .as_ref()
-        .and_then(|d| d.get("api-key"))
-        .and_then(|b| String::from_utf8(b.0.clone()).ok())
-        .ok_or(Failure::NotFound)?;
+    let key = read_key(&app, user, &t, &name).await?;
     if headers.contains_key("hx-request") {
         return Ok(fragment(views::api_key(&key)));
     }
@@ -815,6 +846,15 @@ pub async fn set_state(
     Ok(see_other(&format!("/t/{t}/i/{name}?notice={notice}")))
 }
 
+fn destroy_confirm<'a>(
+    base: &'a str,
+    action: &'a str,
+    title: &'a str,
+    button: &'a str,
+) -> views::Confirm<'a> {
+    views::Confirm { back: base, action, title, explanation: views::DESTROY_EXPLAINED, button }
+}
+
 pub async fn destroy_page(
     State(app): State<Arc<App>>,
     user: Signed,
@@ -822,11 +862,41 @@ pub async fn destroy_page(
 ) -> Answer {
     tenant(&app, &user, &t)?;
     instances_api(&app, &user, &t).get(&name).await?;
-    let body = views::confirm_destroy(&t, &name, &user.csrf, &user.email, false, None);
+    let (base, action) = (format!("/t/{t}/i/{name}"), format!("/t/{t}/i/{name}/destroy"));
+    let (title, button) = (format!("Destroy {name}?"), format!("Destroy {name}"));
+    let c = destroy_confirm(&base, &action, &title, &button);
+    let body = views::confirm_with_code(&c, &user.csrf, &user.email, false, None);
     Ok(html(StatusCode::OK, &user.frame("Destroy"), body))
 }
 
-/// Mails a fresh code for a destructive action to the signed-in address.
+/// Mails a fresh code for an action that cannot be undone to the signed-in address: whether it
+/// went (a code sent under a minute ago still works), or why not.
+async fn fresh_code(
+    app: &Arc<App>,
+    user: &Signed,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+) -> Result<(), String> {
+    let address = Address::parse(&user.email).map_err(|e| e.to_string())?;
+    match app.codes.issue(&address, client_ip(app, peer, headers), app.clock.now()).await {
+        Ok(code) => {
+            send_in_background(app, address, code);
+            Ok(())
+        }
+        Err(Refused::TooSoon { .. }) => Ok(()),
+        Err(Refused::TooMany { retry_after }) => {
+            Err(format!("Too many codes were asked for. Try again in {}.", wait_words(retry_after)))
+        }
+        Err(Refused::Unavailable) => Err(UNAVAILABLE.to_string()),
+    }
+}
+
+/// Checks the fresh code of a confirmation; the words to show when it is not right.
+async fn confirmed(app: &App, user: &Signed, code: &str) -> Result<(), String> {
+    let address = Address::parse(&user.email).map_err(|e| e.to_string())?;
+    app.codes.verify(&address, code, app.clock.now()).await.map_err(rejected_words)
+}
+
 pub async fn destroy_code(
     State(app): State<Arc<App>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -837,25 +907,12 @@ pub async fn destroy_code(
     let user = &p.user;
     tenant(&app, user, &t)?;
     instances_api(&app, user, &t).get(&name).await?;
-    let address = Address::parse(&user.email).map_err(|_| Failure::SignIn)?;
-    let issued = app.codes.issue(&address, client_ip(&app, peer, &headers), app.clock.now()).await;
-    let (sent, error) = match issued {
-        Ok(code) => {
-            send_in_background(&app, address, code);
-            (true, None)
-        }
-        // The code sent under a minute ago still works.
-        Err(Refused::TooSoon { .. }) => (true, None),
-        Err(Refused::TooMany { retry_after }) => (
-            false,
-            Some(format!(
-                "Too many codes were asked for. Try again in {}.",
-                wait_words(retry_after)
-            )),
-        ),
-        Err(Refused::Unavailable) => (false, Some(UNAVAILABLE.to_string())),
-    };
-    let body = views::confirm_destroy(&t, &name, &user.csrf, &user.email, sent, error.as_deref());
+    let sent = fresh_code(&app, user, peer, &headers).await;
+    let (base, action) = (format!("/t/{t}/i/{name}"), format!("/t/{t}/i/{name}/destroy"));
+    let (title, button) = (format!("Destroy {name}?"), format!("Destroy {name}"));
+    let c = destroy_confirm(&base, &action, &title, &button);
+    let body =
+        views::confirm_with_code(&c, &user.csrf, &user.email, sent.is_ok(), sent.err().as_deref());
     Ok(html(StatusCode::OK, &user.frame("Destroy"), body))
 }
 
@@ -873,11 +930,11 @@ pub async fn destroy(
 ) -> Answer {
     let user = &p.user;
     tenant(&app, user, &t)?;
-    let address = Address::parse(&user.email).map_err(|_| Failure::SignIn)?;
-    let checked = app.codes.verify(&address, &p.form.code, app.clock.now()).await;
-    if let Err(r) = checked {
-        let words = rejected_words(r);
-        let body = views::confirm_destroy(&t, &name, &user.csrf, &user.email, true, Some(&words));
+    if let Err(words) = confirmed(&app, user, &p.form.code).await {
+        let (base, action) = (format!("/t/{t}/i/{name}"), format!("/t/{t}/i/{name}/destroy"));
+        let (title, button) = (format!("Destroy {name}?"), format!("Destroy {name}"));
+        let c = destroy_confirm(&base, &action, &title, &button);
+        let body = views::confirm_with_code(&c, &user.csrf, &user.email, true, Some(&words));
         return Ok(html(StatusCode::BAD_REQUEST, &user.frame("Destroy"), body));
     }
     let api = instances_api(&app, user, &t);
@@ -905,6 +962,655 @@ pub async fn destroy(
     );
     let body = views::destroyed(&t, &name, pod_gone, &billing);
     Ok(html(StatusCode::OK, &user.frame("Destroyed"), body))
+}
+
+// ----- knowledge bases -----
+
+fn kb_api(app: &App, user: &Signed, tenant: &str) -> Api<KnowledgeBase> {
+    Api::namespaced(
+        app.cluster.as_user(&user.email, tenant),
+        &alcove_crds::tenant::namespace_of(tenant),
+    )
+}
+
+fn config_maps(app: &App, user: &Signed, tenant: &str) -> Api<ConfigMap> {
+    Api::namespaced(
+        app.cluster.as_user(&user.email, tenant),
+        &alcove_crds::tenant::namespace_of(tenant),
+    )
+}
+
+/// The ConfigMap that holds a knowledge base's uploaded documents.
+fn uploads_name(kb: &str) -> String {
+    format!("{kb}-uploads")
+}
+
+/// The source name uploads are indexed under (documents are reported as `uploads/<file>`).
+const UPLOADS: &str = "uploads";
+
+fn kb_phase(k: &KnowledgeBase) -> (String, String) {
+    let s = k.status.as_ref();
+    let phase =
+        s.and_then(|s| s.phase).map(|p| format!("{p:?}")).unwrap_or_else(|| "Pending".into());
+    let message = s
+        .and_then(|s| s.conditions.iter().find(|c| c.status == "False"))
+        .map(|c| c.message.clone())
+        .unwrap_or_default();
+    (phase, message)
+}
+
+pub async fn kb_list(State(app): State<Arc<App>>, user: Signed, Path(t): Path<String>) -> Answer {
+    tenant(&app, &user, &t)?;
+    kb_list_page(&app, &user, &t, "", &views::FormErrors::default(), StatusCode::OK).await
+}
+
+async fn kb_list_page(
+    app: &App,
+    user: &Signed,
+    t: &str,
+    name: &str,
+    errors: &views::FormErrors,
+    status: StatusCode,
+) -> Answer {
+    let mut rows: Vec<views::KbRow> = kb_api(app, user, t)
+        .list(&ListParams::default())
+        .await?
+        .items
+        .iter()
+        .map(|k| {
+            let s = k.status.clone().unwrap_or_default();
+            views::KbRow {
+                name: k.name_any(),
+                phase: kb_phase(k).0,
+                documents: s.documents,
+                chunks: s.chunks,
+                indexed_at: s.indexed_at.unwrap_or_default(),
+            }
+        })
+        .collect();
+    rows.sort_by(|a, b| a.name.cmp(&b.name));
+    let body = views::knowledge_bases(t, &rows, &user.csrf, name, errors);
+    Ok(html(status, &user.frame("Knowledge bases"), body))
+}
+
+/// A multipart form's fields: text fields, and the one file (name, bytes).
+struct Upload {
+    fields: std::collections::HashMap<String, String>,
+    file: Option<(String, Vec<u8>)>,
+}
+
+/// Reads a multipart form after the same checks as [`Posted`]: our origin, the session's CSRF
+/// token (a field, or the header).
+async fn upload(
+    app: &App,
+    user: &Signed,
+    headers: &HeaderMap,
+    mut form: Multipart,
+) -> Result<Upload, Failure> {
+    if !same_origin(headers, &app.origin) {
+        return Err(Failure::Forged);
+    }
+    let mut up = Upload { fields: Default::default(), file: None };
+    let unreadable = |e: axum::extract::multipart::MultipartError| {
+        Failure::Refused(
+            StatusCode::BAD_REQUEST,
+            format!("The form could not be read: {}", e.body_text()),
+        )
+    };
+    while let Some(field) = form.next_field().await.map_err(unreadable)? {
+        let name = field.name().unwrap_or_default().to_string();
+        match field.file_name().map(str::to_string) {
+            Some(file_name) if name == "file" => {
+                let bytes = field.bytes().await.map_err(unreadable)?;
+                if !file_name.is_empty() {
+                    up.file = Some((file_name, bytes.to_vec()));
+                }
+            }
+            _ => {
+                let text = field.text().await.map_err(unreadable)?;
+                up.fields.insert(name, text);
+            }
+        }
+    }
+    let presented = headers
+        .get("x-csrf-token")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| up.fields.get("csrf").cloned());
+    if !presented.is_some_and(|p| app.sessions.csrf_ok(&user.token, &p)) {
+        return Err(Failure::Forged);
+    }
+    Ok(up)
+}
+
+/// The document a form carries, checked: its key and text, or the words for the field.
+fn uploaded_document(up: &Upload) -> Result<(String, String), String> {
+    let Some((file_name, bytes)) = &up.file else {
+        return Err("Choose a file to upload.".into());
+    };
+    crate::forms::document(file_name, bytes)
+}
+
+pub async fn kb_create(
+    State(app): State<Arc<App>>,
+    Path(t): Path<String>,
+    headers: HeaderMap,
+    user: Signed,
+    form: Multipart,
+) -> Answer {
+    tenant(&app, &user, &t)?;
+    let up = upload(&app, &user, &headers, form).await?;
+    let name = up.fields.get("name").map(|n| n.trim().to_string()).unwrap_or_default();
+    let mut errors = views::FormErrors::default();
+    if let Some(e) = crate::forms::name_error(&name) {
+        errors.fields.push(("name", e));
+    }
+    let document = uploaded_document(&up).map_err(|e| errors.fields.push(("file", e))).ok();
+    let Some((key, text)) = document.filter(|_| errors.is_empty()) else {
+        return kb_list_page(&app, &user, &t, &name, &errors, StatusCode::UNPROCESSABLE_ENTITY)
+            .await;
+    };
+    let ns = alcove_crds::tenant::namespace_of(&t);
+    let cm: ConfigMap = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": uploads_name(&name), "namespace": ns},
+        "data": {key: text},
+    }))
+    .map_err(|e| Failure::Refused(StatusCode::BAD_REQUEST, e.to_string()))?;
+    let kb: KnowledgeBase = serde_json::from_value(serde_json::json!({
+        "apiVersion": alcove_crds::API_VERSION, "kind": "KnowledgeBase",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {
+            "sources": [{"name": UPLOADS, "configMap": {"name": uploads_name(&name)}}],
+            "embeddingModel": {"source": {"platform": app.embedding_model}},
+        },
+    }))
+    .map_err(|e| Failure::Refused(StatusCode::BAD_REQUEST, e.to_string()))?;
+    let refused = |words: String| {
+        let mut errors = views::FormErrors::default();
+        if words.contains("metadata.name") || words.contains("exists") {
+            errors.fields.push(("name", words));
+        } else {
+            errors.form = Some(words);
+        }
+        errors
+    };
+    match config_maps(&app, &user, &t).create(&PostParams::default(), &cm).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 409 => {
+            let errors =
+                refused("A knowledge base of that name exists already. Pick another name.".into());
+            return kb_list_page(&app, &user, &t, &name, &errors, StatusCode::UNPROCESSABLE_ENTITY)
+                .await;
+        }
+        Err(kube::Error::Api(s)) if matches!(s.code, 400 | 422) => {
+            return kb_list_page(
+                &app,
+                &user,
+                &t,
+                &name,
+                &refused(s.message),
+                StatusCode::UNPROCESSABLE_ENTITY,
+            )
+            .await;
+        }
+        Err(e) => return Err(e.into()),
+    }
+    if let Err(e) = kb_api(&app, &user, &t).create(&PostParams::default(), &kb).await {
+        // Nothing half-made is left behind.
+        let _ = config_maps(&app, &user, &t)
+            .delete(&uploads_name(&name), &DeleteParams::default())
+            .await;
+        return match e {
+            kube::Error::Api(s) if matches!(s.code, 400 | 409 | 422) => {
+                let words = if s.code == 409 {
+                    "A knowledge base of that name exists already. Pick another name.".to_string()
+                } else {
+                    s.message
+                };
+                kb_list_page(
+                    &app,
+                    &user,
+                    &t,
+                    &name,
+                    &refused(words),
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                )
+                .await
+            }
+            e => Err(e.into()),
+        };
+    }
+    tracing::info!(tenant = %t, knowledge_base = %name, "knowledge base created from the dashboard");
+    Ok(see_other(&format!("/t/{t}/kb/{name}?notice=uploaded")))
+}
+
+async fn kb_detail(
+    app: &App,
+    user: &Signed,
+    t: &str,
+    name: &str,
+) -> Result<views::KbDetail, Failure> {
+    let k = kb_api(app, user, t).get(name).await?;
+    let (phase, message) = kb_phase(&k);
+    let s = k.status.clone().unwrap_or_default();
+    let uploads = match config_maps(app, user, t).get(&uploads_name(name)).await {
+        Ok(cm) => cm.data.unwrap_or_default().into_keys().collect(),
+        Err(kube::Error::Api(e)) if e.code == 404 => Vec::new(),
+        Err(e) => return Err(e.into()),
+    };
+    let other_sources = k
+        .spec
+        .sources
+        .iter()
+        .filter(|src| src.name != UPLOADS)
+        .map(|src| src.name.clone())
+        .collect();
+    Ok(views::KbDetail {
+        tenant: t.to_string(),
+        name: name.to_string(),
+        phase,
+        message,
+        documents: s.documents,
+        chunks: s.chunks,
+        indexed_at: s.indexed_at.unwrap_or_default(),
+        uploads,
+        other_sources,
+    })
+}
+
+pub async fn kb_page(
+    State(app): State<Arc<App>>,
+    user: Signed,
+    Path((t, name)): Path<(String, String)>,
+    Query(q): Query<NoticeQuery>,
+) -> Answer {
+    tenant(&app, &user, &t)?;
+    let d = kb_detail(&app, &user, &t, &name).await?;
+    let note = match q.notice.as_deref() {
+        Some("uploaded") => Some("Uploaded. It is being indexed; the count below follows."),
+        Some("removed") => Some("Removed. The knowledge base is being indexed again without it."),
+        _ => None,
+    };
+    Ok(html(StatusCode::OK, &user.frame(&name), views::knowledge_base(&d, &user.csrf, None, note)))
+}
+
+pub async fn kb_status(
+    State(app): State<Arc<App>>,
+    user: Signed,
+    Path((t, name)): Path<(String, String)>,
+) -> Answer {
+    tenant(&app, &user, &t)?;
+    Ok(fragment(views::kb_status(&kb_detail(&app, &user, &t, &name).await?)))
+}
+
+/// Adds (or replaces) one document; the operator indexes again.
+pub async fn kb_upload(
+    State(app): State<Arc<App>>,
+    Path((t, name)): Path<(String, String)>,
+    headers: HeaderMap,
+    user: Signed,
+    form: Multipart,
+) -> Answer {
+    tenant(&app, &user, &t)?;
+    let up = upload(&app, &user, &headers, form).await?;
+    let d = kb_detail(&app, &user, &t, &name).await?;
+    let refuse = |words: String| {
+        let body = views::knowledge_base(&d, &user.csrf, Some(&words), None);
+        Ok(html(StatusCode::UNPROCESSABLE_ENTITY, &user.frame(&name), body))
+    };
+    let (key, text) = match uploaded_document(&up) {
+        Ok(doc) => doc,
+        Err(words) => return refuse(words),
+    };
+    let cms = config_maps(&app, &user, &t);
+    let existing = match cms.get(&uploads_name(&name)).await {
+        Ok(cm) => cm.data.unwrap_or_default(),
+        Err(kube::Error::Api(e)) if e.code == 404 => {
+            return refuse(
+                "This knowledge base takes no uploads: it is configured by your platform team."
+                    .into(),
+            );
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let total: usize =
+        existing.iter().filter(|(k, _)| **k != key).map(|(k, v)| k.len() + v.len()).sum::<usize>()
+            + key.len()
+            + text.len();
+    if total > crate::forms::MAX_UPLOADS {
+        return refuse(format!(
+            "The knowledge base would hold more than {} KiB of uploads. Remove a document first.",
+            crate::forms::MAX_UPLOADS / 1024
+        ));
+    }
+    let patch = serde_json::json!({"data": {key: text}});
+    cms.patch(&uploads_name(&name), &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    tracing::info!(tenant = %t, knowledge_base = %name, "document uploaded from the dashboard");
+    Ok(see_other(&format!("/t/{t}/kb/{name}?notice=uploaded")))
+}
+
+#[derive(Deserialize)]
+pub struct RemoveForm {
+    #[serde(default)]
+    document: String,
+}
+
+/// Removes one uploaded document; the operator indexes again without it.
+pub async fn kb_remove(
+    State(app): State<Arc<App>>,
+    Path((t, name)): Path<(String, String)>,
+    p: Posted<RemoveForm>,
+) -> Answer {
+    tenant(&app, &p.user, &t)?;
+    let cms = config_maps(&app, &p.user, &t);
+    let cm = cms.get(&uploads_name(&name)).await?;
+    if !cm.data.unwrap_or_default().contains_key(&p.form.document) {
+        return Err(Failure::NotFound);
+    }
+    let patch = serde_json::json!({"data": {p.form.document.clone(): null}});
+    cms.patch(&uploads_name(&name), &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    tracing::info!(tenant = %t, knowledge_base = %name, "document removed from the dashboard");
+    Ok(see_other(&format!("/t/{t}/kb/{name}?notice=removed")))
+}
+
+#[derive(Deserialize)]
+pub struct AttachForm {
+    #[serde(default)]
+    knowledge_base: String,
+}
+
+/// Which knowledge base an instance answers from (one, or none).
+pub async fn attach(
+    State(app): State<Arc<App>>,
+    Path((t, name)): Path<(String, String)>,
+    p: Posted<AttachForm>,
+) -> Answer {
+    tenant(&app, &p.user, &t)?;
+    let kb = p.form.knowledge_base.trim();
+    let value = if kb.is_empty() {
+        serde_json::Value::Null
+    } else {
+        kb_api(&app, &p.user, &t).get(kb).await?;
+        serde_json::json!([{"name": kb}])
+    };
+    let patch = serde_json::json!({"spec": {"knowledgeBases": value}});
+    instances_api(&app, &p.user, &t)
+        .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    Ok(see_other(&format!("/t/{t}/i/{name}?notice=attached")))
+}
+
+// ----- the chat playground -----
+
+/// A conversation id the instance accepts (its rule), else a new random one.
+fn conversation_id(asked: &str) -> String {
+    let ok = (1..=128).contains(&asked.len())
+        && asked.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    if ok {
+        asked.to_string()
+    } else {
+        format!("c-{}", &crate::random::hex(&crate::random::bytes())[..16])
+    }
+}
+
+/// The gateway's error message, or a status in words.
+fn gateway_words(status: u16, body: &serde_json::Value) -> String {
+    body["error"]["message"]
+        .as_str()
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("The instance answered with status {status}."))
+}
+
+async fn conversation_rows(app: &App, key: &str) -> Result<Vec<views::ConversationRow>, String> {
+    let (status, body) = app
+        .gateway
+        .json(http::Method::GET, "/conversations", key, None)
+        .await
+        .map_err(|e| e.to_string())?;
+    if status != 200 {
+        return Err(gateway_words(status, &body));
+    }
+    let rows = body["data"].as_array().cloned().unwrap_or_default();
+    Ok(rows
+        .iter()
+        .map(|c| views::ConversationRow {
+            id: c["id"].as_str().unwrap_or_default().to_string(),
+            title: c["title"].as_str().unwrap_or_default().to_string(),
+            when: c["updated_at"]
+                .as_i64()
+                .and_then(|s| jiff::Timestamp::from_second(s).ok())
+                .map(|t| t.strftime("%Y-%m-%d %H:%M").to_string())
+                .unwrap_or_default(),
+            turns: c["messages"].as_u64().unwrap_or_default(),
+        })
+        .collect())
+}
+
+#[derive(Deserialize, Default)]
+pub struct ChatQuery {
+    c: Option<String>,
+    notice: Option<String>,
+}
+
+pub async fn chat_page(
+    State(app): State<Arc<App>>,
+    user: Signed,
+    Path((t, name)): Path<(String, String)>,
+    Query(q): Query<ChatQuery>,
+) -> Answer {
+    tenant(&app, &user, &t)?;
+    let key = read_key(&app, &user, &t, &name).await?;
+    let conversation = conversation_id(q.c.as_deref().unwrap_or_default());
+    let (rows, mut unavailable) = match conversation_rows(&app, &key).await {
+        Ok(rows) => (rows, None),
+        Err(words) => (Vec::new(), Some(format!("The instance cannot chat now: {words}"))),
+    };
+    let mut messages = Vec::new();
+    if q.c.is_some() && unavailable.is_none() {
+        let path = format!("/conversations/{conversation}");
+        match app.gateway.json(http::Method::GET, &path, &key, None).await {
+            Ok((200, body)) => {
+                for m in body["messages"].as_array().cloned().unwrap_or_default() {
+                    let role = m["role"].as_str().unwrap_or_default();
+                    if role == "user" || role == "assistant" {
+                        messages.push((
+                            role.to_string(),
+                            m["content"].as_str().unwrap_or_default().to_string(),
+                        ));
+                    }
+                }
+            }
+            Ok((404, _)) => return Err(Failure::NotFound),
+            Ok((status, body)) => unavailable = Some(gateway_words(status, &body)),
+            Err(e) => unavailable = Some(e.to_string()),
+        }
+    }
+    let note = match q.notice.as_deref() {
+        Some("deleted") => Some("The conversation is deleted from the instance's store."),
+        _ => None,
+    };
+    let v = views::ChatView {
+        tenant: &t,
+        name: &name,
+        conversation: &conversation,
+        conversations: &rows,
+        messages: &messages,
+        unavailable: unavailable.as_deref(),
+    };
+    Ok(html(StatusCode::OK, &user.frame("Chat"), views::chat(&v, &user.csrf, None, note)))
+}
+
+/// The conversation list alone (refreshed by the page after each answer).
+pub async fn conversation_list(
+    State(app): State<Arc<App>>,
+    user: Signed,
+    Path((t, name)): Path<(String, String)>,
+) -> Answer {
+    tenant(&app, &user, &t)?;
+    let key = read_key(&app, &user, &t, &name).await?;
+    let rows = conversation_rows(&app, &key).await.unwrap_or_default();
+    Ok(fragment(views::conversation_list(&format!("/t/{t}/i/{name}"), &rows, "")))
+}
+
+#[derive(Deserialize)]
+pub struct ChatForm {
+    #[serde(default)]
+    conversation: String,
+    #[serde(default)]
+    message: String,
+}
+
+/// One question. With `Accept: text/event-stream` (the page's script) the gateway's stream is
+/// passed through as it comes; without scripts the answer is awaited and the page shown again.
+pub async fn chat_send(
+    State(app): State<Arc<App>>,
+    Path((t, name)): Path<(String, String)>,
+    headers: HeaderMap,
+    p: Posted<ChatForm>,
+) -> Answer {
+    let user = &p.user;
+    tenant(&app, user, &t)?;
+    let streaming = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("text/event-stream"));
+    let message = p.form.message.trim();
+    if message.is_empty() {
+        let words = "Write a message first.";
+        if streaming {
+            let body = serde_json::json!({"error": {"message": words, "param": "message"}});
+            return Ok((StatusCode::UNPROCESSABLE_ENTITY, axum::Json(body)).into_response());
+        }
+        return Ok(see_other(&format!("/t/{t}/i/{name}/chat")));
+    }
+    let key = read_key(&app, user, &t, &name).await?;
+    let conversation = conversation_id(&p.form.conversation);
+    let body = serde_json::json!({
+        "messages": [{"role": "user", "content": message}],
+        "stream": streaming,
+        "conversation": conversation,
+    });
+    let answer = app
+        .gateway
+        .call(http::Method::POST, "/chat/completions", &key, Some(&body))
+        .await
+        .map_err(|e| Failure::Unavailable(e.to_string()))?;
+    let status = answer.status();
+    if streaming {
+        let mut r = Response::builder().status(status.as_u16());
+        if let Some(ct) = answer.headers().get(header::CONTENT_TYPE) {
+            r = r.header(header::CONTENT_TYPE, ct);
+        }
+        let r = r
+            .header(header::CACHE_CONTROL, "no-store")
+            .header("x-conversation", conversation)
+            .body(axum::body::Body::new(answer.into_body()))
+            .map_err(|e| Failure::Unavailable(e.to_string()))?;
+        return Ok(r);
+    }
+    use http_body_util::BodyExt as _;
+    let bytes =
+        answer.into_body().collect().await.map_err(|e| Failure::Unavailable(e.to_string()))?;
+    if !status.is_success() {
+        let body: serde_json::Value = serde_json::from_slice(&bytes.to_bytes()).unwrap_or_default();
+        return Err(Failure::Refused(
+            StatusCode::from_u16(status.as_u16()).unwrap_or(StatusCode::BAD_GATEWAY),
+            gateway_words(status.as_u16(), &body),
+        ));
+    }
+    Ok(see_other(&format!("/t/{t}/i/{name}/chat?c={conversation}")))
+}
+
+fn delete_confirm<'a>(base: &'a str, action: &'a str) -> views::Confirm<'a> {
+    views::Confirm {
+        back: base,
+        action,
+        title: "Delete this conversation?",
+        explanation: views::DELETE_CONVERSATION_EXPLAINED,
+        button: "Delete the conversation",
+    }
+}
+
+pub async fn delete_conversation_page(
+    State(app): State<Arc<App>>,
+    user: Signed,
+    Path((t, name, id)): Path<(String, String, String)>,
+) -> Answer {
+    tenant(&app, &user, &t)?;
+    instances_api(&app, &user, &t).get(&name).await?;
+    let (base, action) =
+        (format!("/t/{t}/i/{name}/chat?c={id}"), format!("/t/{t}/i/{name}/c/{id}/delete"));
+    let body = views::confirm_with_code(
+        &delete_confirm(&base, &action),
+        &user.csrf,
+        &user.email,
+        false,
+        None,
+    );
+    Ok(html(StatusCode::OK, &user.frame("Delete conversation"), body))
+}
+
+pub async fn delete_conversation_code(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path((t, name, id)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    p: Posted<Empty>,
+) -> Answer {
+    let user = &p.user;
+    tenant(&app, user, &t)?;
+    instances_api(&app, user, &t).get(&name).await?;
+    let sent = fresh_code(&app, user, peer, &headers).await;
+    let (base, action) =
+        (format!("/t/{t}/i/{name}/chat?c={id}"), format!("/t/{t}/i/{name}/c/{id}/delete"));
+    let body = views::confirm_with_code(
+        &delete_confirm(&base, &action),
+        &user.csrf,
+        &user.email,
+        sent.is_ok(),
+        sent.err().as_deref(),
+    );
+    Ok(html(StatusCode::OK, &user.frame("Delete conversation"), body))
+}
+
+/// Deletes the conversation from the instance's store (through the gateway, with the key).
+pub async fn delete_conversation(
+    State(app): State<Arc<App>>,
+    Path((t, name, id)): Path<(String, String, String)>,
+    p: Posted<ConfirmForm>,
+) -> Answer {
+    let user = &p.user;
+    tenant(&app, user, &t)?;
+    let (base, action) =
+        (format!("/t/{t}/i/{name}/chat?c={id}"), format!("/t/{t}/i/{name}/c/{id}/delete"));
+    if let Err(words) = confirmed(&app, user, &p.form.code).await {
+        let body = views::confirm_with_code(
+            &delete_confirm(&base, &action),
+            &user.csrf,
+            &user.email,
+            true,
+            Some(&words),
+        );
+        return Ok(html(StatusCode::BAD_REQUEST, &user.frame("Delete conversation"), body));
+    }
+    let key = read_key(&app, user, &t, &name).await?;
+    let path = format!("/conversations/{}", conversation_id(&id));
+    let (status, body) = app
+        .gateway
+        .json(http::Method::DELETE, &path, &key, None)
+        .await
+        .map_err(|e| Failure::Unavailable(e.to_string()))?;
+    match status {
+        200 | 404 => {
+            tracing::info!(tenant = %t, instance = %name, "conversation deleted from the dashboard");
+            Ok(see_other(&format!("/t/{t}/i/{name}/chat?notice=deleted")))
+        }
+        _ => Err(Failure::Refused(
+            StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
+            gateway_words(status, &body),
+        )),
+    }
 }
 
 #[cfg(test)]

@@ -221,13 +221,135 @@ pub fn instances(
         nav.crumbs aria-label="Breadcrumb" { a href="/" { "Tenants" } " / " (display_name) }
         h1 { "Instances" }
         (notice(note))
-        p { a.button href={"/t/" (tenant) "/new"} { "New instance" } }
+        p.actions { a.button href={"/t/" (tenant) "/new"} { "New instance" } a.button href={"/t/" (tenant) "/kb"} { "Knowledge bases" } }
         div.scroll {
             table {
                 caption.visually-hidden { "Instances of " (display_name) }
                 thead { tr { th scope="col" { "Name" } th scope="col" { "Model" } th scope="col" { "GPUs" } th scope="col" { "State" } th scope="col" { "Phase" } } }
                 (instance_rows(tenant, rows))
             }
+        }
+    }
+}
+
+// ----- knowledge bases -----
+
+pub struct KbRow {
+    pub name: String,
+    pub phase: String,
+    pub documents: i32,
+    pub chunks: i32,
+    pub indexed_at: String,
+}
+
+pub fn knowledge_bases(
+    tenant: &str,
+    rows: &[KbRow],
+    csrf: &str,
+    name: &str,
+    errors: &FormErrors,
+) -> Markup {
+    html! {
+        nav.crumbs aria-label="Breadcrumb" { a href="/" { "Tenants" } " / " a href={"/t/" (tenant)} { (tenant) } " / knowledge bases" }
+        h1 { "Knowledge bases" }
+        p { "Documents your instances answer from. They stay in your tenant's volume." }
+        div.scroll {
+            table {
+                caption.visually-hidden { "Knowledge bases" }
+                thead { tr { th scope="col" { "Name" } th scope="col" { "Phase" } th scope="col" { "Documents" } th scope="col" { "Chunks" } th scope="col" { "Indexed" } } }
+                tbody {
+                    @for r in rows {
+                        tr {
+                            th scope="row" { a href={"/t/" (tenant) "/kb/" (r.name)} { (r.name) } }
+                            td { span.phase data-phase=(r.phase) { (r.phase) } }
+                            td { (r.documents) } td { (r.chunks) } td { (r.indexed_at) }
+                        }
+                    }
+                    @if rows.is_empty() { tr { td colspan="5" { "None yet." } } }
+                }
+            }
+        }
+        h2 { "New knowledge base" }
+        @if let Some(e) = &errors.form { p.error.banner role="alert" { (e) } }
+        form method="post" action={"/t/" (tenant) "/kb"} enctype="multipart/form-data" novalidate {
+            (csrf_input(csrf))
+            (field("name", "Name", name, errors.get("name"), FieldAttrs {
+                required: true, hint: Some("Lower-case letters, digits and dashes, e.g. handbook."), ..FieldAttrs::text()
+            }))
+            (file_field(errors.get("file")))
+            button type="submit" { "Create and index" }
+        }
+    }
+}
+
+fn file_field(error: Option<&str>) -> Markup {
+    html! {
+        div.field.invalid[error.is_some()] {
+            label for="file" { "First document" }
+            p.hint id="file-hint" { "Text, Markdown or HTML, up to 256 KiB." }
+            input #file type="file" name="file" accept=".txt,.md,.markdown,.html,.htm,text/plain,text/markdown,text/html"
+                aria-invalid=[error.map(|_| "true")] aria-describedby={"file-hint" @if error.is_some() { " file-error" }};
+            @if let Some(e) = error { p.error id="file-error" role="alert" { (e) } }
+        }
+    }
+}
+
+pub struct KbDetail {
+    pub tenant: String,
+    pub name: String,
+    pub phase: String,
+    pub message: String,
+    pub documents: i32,
+    pub chunks: i32,
+    pub indexed_at: String,
+    /// Documents uploaded here (keys of the uploads ConfigMap).
+    pub uploads: Vec<String>,
+    /// Other sources of its spec (GitOps), by name.
+    pub other_sources: Vec<String>,
+}
+
+/// The live status of a knowledge base (polled).
+pub fn kb_status(d: &KbDetail) -> Markup {
+    html! {
+        div #kb-status hx-get={"/t/" (d.tenant) "/kb/" (d.name) "/status"} hx-trigger="every 3s" hx-swap="outerHTML" aria-live="polite" {
+            dl.facts {
+                dt { "Phase" } dd { span.phase data-phase=(d.phase) { (d.phase) } }
+                @if !d.message.is_empty() { dt { "Why" } dd { (d.message) } }
+                dt { "Documents" } dd #kb-documents { (d.documents) }
+                dt { "Chunks" } dd { (d.chunks) }
+                dt { "Indexed" } dd { (d.indexed_at) }
+            }
+        }
+    }
+}
+
+pub fn knowledge_base(d: &KbDetail, csrf: &str, error: Option<&str>, note: Option<&str>) -> Markup {
+    let base = format!("/t/{}/kb/{}", d.tenant, d.name);
+    html! {
+        nav.crumbs aria-label="Breadcrumb" { a href="/" { "Tenants" } " / " a href={"/t/" (d.tenant) "/kb"} { "knowledge bases" } " / " (d.name) }
+        h1 { (d.name) }
+        (notice(note))
+        (kb_status(d))
+        h2 { "Documents" }
+        ul.documents {
+            @for doc in &d.uploads {
+                li {
+                    (doc) " "
+                    form.inline method="post" action={(base) "/remove"} hx-confirm={"Remove " (doc) "? The knowledge base is indexed again without it."} {
+                        (csrf_input(csrf))
+                        input type="hidden" name="document" value=(doc);
+                        button.link type="submit" aria-label={"Remove " (doc)} { "Remove" }
+                    }
+                }
+            }
+            @for s in &d.other_sources { li { (s) " " small { "(from the tenant's configuration)" } } }
+            @if d.uploads.is_empty() && d.other_sources.is_empty() { li { "None." } }
+        }
+        h2 { "Upload a document" }
+        form method="post" action={(base) "/upload"} enctype="multipart/form-data" novalidate {
+            (csrf_input(csrf))
+            (file_field(error))
+            button type="submit" { "Upload and index" }
         }
     }
 }
@@ -350,6 +472,9 @@ pub struct InstanceDetail {
     pub gpu_time: String,
     pub has_key: bool,
     pub activity: Vec<Activity>,
+    /// The knowledge base attached (empty: none), and those of the tenant.
+    pub knowledge_base: String,
+    pub knowledge_bases: Vec<String>,
 }
 
 pub fn instance_detail(d: &InstanceDetail, csrf: &str, note: Option<&str>) -> Markup {
@@ -367,15 +492,19 @@ pub fn instance_detail(d: &InstanceDetail, csrf: &str, note: Option<&str>) -> Ma
                 dt { "Endpoint (base URL)" } dd { code #endpoint { (d.endpoint) } }
                 dt { "Model name" } dd { code { (d.served_name) } }
             }
-            div #key {
-                @if d.has_key {
-                    form method="post" action={(base) "/key"} hx-post={(base) "/key"} hx-target="#key" {
-                        (csrf_input(csrf))
-                        button type="submit" { "Show API key" }
-                    }
-                } @else { p { "The API key is being made." } }
-            }
+            (key_block(&base, d.has_key, csrf))
             p { a.button href={(base) "/chat"} { "Open the chat playground" } }
+            form method="post" action={(base) "/kb"} {
+                (csrf_input(csrf))
+                div.field {
+                    label for="knowledge_base" { "Knowledge base it answers from" }
+                    select #knowledge_base name="knowledge_base" {
+                        option value="" selected[d.knowledge_base.is_empty()] { "None" }
+                        @for k in &d.knowledge_bases { option value=(k) selected[*k == d.knowledge_base] { (k) } }
+                    }
+                }
+                button type="submit" { "Attach" }
+            }
         }
         section aria-labelledby="act-h" {
             h2 #act-h { "Actions" }
@@ -413,6 +542,25 @@ pub fn instance_detail(d: &InstanceDetail, csrf: &str, note: Option<&str>) -> Ma
     }
 }
 
+/// Where the key is shown: a button once the key exists; until then a note that asks again
+/// every few seconds.
+pub fn key_block(base: &str, has_key: bool, csrf: &str) -> Markup {
+    html! {
+        @if has_key {
+            div #key {
+                form method="post" action={(base) "/key"} hx-post={(base) "/key"} hx-target="#key" {
+                    (csrf_input(csrf))
+                    button type="submit" { "Show API key" }
+                }
+            }
+        } @else {
+            div #key hx-get={(base) "/keyblock"} hx-trigger="every 3s" hx-swap="outerHTML" aria-live="polite" {
+                p { "The API key is being made." }
+            }
+        }
+    }
+}
+
 /// The live status block of an instance page.
 pub fn instance_status(d: &InstanceDetail) -> Markup {
     html! {
@@ -438,38 +586,117 @@ pub fn api_key(key: &str) -> Markup {
     }
 }
 
-pub fn confirm_destroy(
-    tenant: &str,
-    name: &str,
+/// An action that cannot be undone: what it does, then a fresh code mailed to the user, then the
+/// action itself with that code.
+pub struct Confirm<'a> {
+    /// The page to go back to ("Keep it").
+    pub back: &'a str,
+    /// Where the code-checked form posts; the code is asked for at `{action}/code`.
+    pub action: &'a str,
+    pub title: &'a str,
+    pub explanation: &'a str,
+    pub button: &'a str,
+}
+
+pub fn confirm_with_code(
+    c: &Confirm,
     csrf: &str,
     email: &str,
     code_sent: bool,
     error: Option<&str>,
 ) -> Markup {
-    let base = format!("/t/{tenant}/i/{name}");
     html! {
-        nav.crumbs aria-label="Breadcrumb" { a href="/" { "Tenants" } " / " a href={"/t/" (tenant)} { (tenant) } " / " a href=(base) { (name) } " / destroy" }
-        h1 { "Destroy " (name) "?" }
-        p { "The pod stops at once and GPU billing stops with it. The API key stops working. "
-            "Its conversation history is kept only as long as your tenant's retention policy says, then erased. "
-            "This cannot be undone." }
+        nav.crumbs aria-label="Breadcrumb" { a href="/" { "Tenants" } " / " a href=(c.back) { "back" } }
+        h1 { (c.title) }
+        p { (c.explanation) " This cannot be undone." }
         @if code_sent {
             p { "We emailed a confirmation code to " strong { (email) } "." }
-            form method="post" action={(base) "/destroy"} novalidate {
+            form method="post" action=(c.action) novalidate {
                 (csrf_input(csrf))
                 (field("code", "Confirmation code", "", error, FieldAttrs {
                     required: true, autocomplete: Some("one-time-code"), inputmode: Some("numeric"), ..FieldAttrs::text()
                 }))
-                button.danger type="submit" { "Destroy " (name) }
+                button.danger type="submit" { (c.button) }
             }
         } @else {
             @if let Some(e) = error { p.error role="alert" { (e) } }
-            form method="post" action={(base) "/destroy/code"} {
+            form method="post" action={(c.action) "/code"} {
                 (csrf_input(csrf))
                 button type="submit" { "Email me a confirmation code" }
             }
         }
-        p { a href=(base) { "Keep it" } }
+        p { a href=(c.back) { "Keep it" } }
+    }
+}
+
+/// What destroying an instance does, in words.
+pub const DESTROY_EXPLAINED: &str = "The pod stops at once and GPU billing stops with it. The API key stops working. Its conversation history is kept only as long as your tenant's retention policy says, then erased.";
+
+/// What deleting a conversation does, in words.
+pub const DELETE_CONVERSATION_EXPLAINED: &str = "The conversation is removed from the instance's encrypted store: its questions and answers are gone.";
+
+// ----- chat -----
+
+pub struct ConversationRow {
+    pub id: String,
+    pub title: String,
+    /// RFC 3339.
+    pub when: String,
+    pub turns: u64,
+}
+
+/// The instance's conversations (refreshed after each answer).
+pub fn conversation_list(base: &str, rows: &[ConversationRow], current: &str) -> Markup {
+    html! {
+        nav #conversations aria-label="Conversations" hx-get={(base) "/conversations"} hx-trigger="refresh" hx-swap="outerHTML" {
+            h2 { "Conversations" }
+            p { a href={(base) "/chat"} { "Start a new conversation" } }
+            ul {
+                @for r in rows {
+                    li {
+                        a href={(base) "/chat?c=" (r.id)} aria-current=[(r.id == current).then_some("page")] {
+                            @if r.title.is_empty() { (r.id) } @else { (r.title) }
+                        }
+                        " " small { time datetime=(r.when) { (r.when) } " · " (r.turns) " messages" }
+                        " " a.delete href={(base) "/c/" (r.id) "/delete"} aria-label={"Delete conversation " (r.title)} { "Delete…" }
+                    }
+                }
+                @if rows.is_empty() { li { "None yet." } }
+            }
+        }
+    }
+}
+
+pub struct ChatView<'a> {
+    pub tenant: &'a str,
+    pub name: &'a str,
+    pub conversation: &'a str,
+    pub conversations: &'a [ConversationRow],
+    /// (role, text) of the current conversation so far.
+    pub messages: &'a [(String, String)],
+    /// Why the instance cannot chat now, in words.
+    pub unavailable: Option<&'a str>,
+}
+
+pub fn chat(v: &ChatView, csrf: &str, error: Option<&str>, note: Option<&str>) -> Markup {
+    let base = format!("/t/{}/i/{}", v.tenant, v.name);
+    html! {
+        nav.crumbs aria-label="Breadcrumb" { a href="/" { "Tenants" } " / " a href={"/t/" (v.tenant)} { (v.tenant) } " / " a href=(base) { (v.name) } " / chat" }
+        h1 { "Chat with " (v.name) }
+        (notice(note))
+        @if let Some(u) = v.unavailable { p.error.banner role="alert" { (u) } }
+        div #log .chat-log aria-live="polite" aria-label="Conversation" {
+            @for (role, text) in v.messages {
+                p class=(role) { strong { (if role == "user" { "You" } else { "Assistant" }) ": " } span { (text) } }
+            }
+        }
+        form #chat method="post" action={(base) "/chat"} data-stream="" data-list={(base) "/conversations"} novalidate {
+            (csrf_input(csrf))
+            input type="hidden" name="conversation" value=(v.conversation);
+            (field("message", "Message", "", error, FieldAttrs { multiline: true, required: true, ..FieldAttrs::text() }))
+            button type="submit" { "Send" }
+        }
+        (conversation_list(&base, v.conversations, v.conversation))
     }
 }
 

@@ -2,9 +2,11 @@
 //! rest and deletable at any time.
 //!
 //! One file per conversation: `<keyed hash of the id>.conv` = magic, 12-byte random nonce,
-//! AES-256-GCM ciphertext of the JSON turns, with the conversation id as associated data (a file
-//! renamed to another id fails to decrypt). File names are keyed hashes so the volume does not
-//! list conversation ids either. Deleting a conversation unlinks its file; the tenant key is
+//! AES-256-GCM ciphertext of the JSON turns (which hold the id), with the file's name as
+//! associated data (a file renamed to another id's name fails to decrypt). File names are keyed
+//! hashes so the volume does not list conversation ids either; the instance lists its
+//! conversations by decrypting each file. (Files of the first format, `ALCVH1`, bound the id
+//! itself and are read by id; they are listed once a new turn rewrites them.) Deleting a conversation unlinks its file; the tenant key is
 //! deleted last at retention, which crypto-shreds any copy that escaped (a snapshot, say).
 
 use std::path::{Path, PathBuf};
@@ -17,7 +19,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::Message;
 
-const MAGIC: &[u8; 6] = b"ALCVH1";
+const MAGIC: &[u8; 6] = b"ALCVH2";
+/// The first format: associated data is the id, so a file can be read only by its id.
+const MAGIC_V1: &[u8; 6] = b"ALCVH1";
 const NONCE: usize = 12;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -75,41 +79,89 @@ impl History {
         Ok(Self { dir: dir.to_path_buf(), cipher: Aes256Gcm::new(&key.into()), name_key })
     }
 
-    fn path(&self, id: &str) -> PathBuf {
+    /// The file name's stem for an id: a keyed hash, 40 hex digits.
+    fn stem(&self, id: &str) -> String {
         let mut mac =
             <Hmac<sha2::Sha256> as Mac>::new_from_slice(&self.name_key).expect("any key length");
         mac.update(id.as_bytes());
-        self.dir.join(format!("{}.conv", crate::hex(&mac.finalize().into_bytes()[..20])))
+        crate::hex(&mac.finalize().into_bytes()[..20])
+    }
+
+    fn path(&self, id: &str) -> PathBuf {
+        self.dir.join(format!("{}.conv", self.stem(id)))
+    }
+
+    /// Decrypts a file's bytes: `stem` binds the current format, `id` (when known) the first.
+    fn open_file(
+        &self,
+        bytes: &[u8],
+        stem: &str,
+        id: Option<&str>,
+    ) -> anyhow::Result<Conversation> {
+        if bytes.len() < MAGIC.len() + NONCE {
+            bail!("conversation file is not in Alcove's format");
+        }
+        let aad = match (&bytes[..MAGIC.len()], id) {
+            (m, _) if m == MAGIC => stem.as_bytes(),
+            (m, Some(id)) if m == MAGIC_V1 => id.as_bytes(),
+            (m, None) if m == MAGIC_V1 => bail!("a first-format conversation is read by its id"),
+            _ => bail!("conversation file is not in Alcove's format"),
+        };
+        let (nonce, ciphertext) = bytes[MAGIC.len()..].split_at(NONCE);
+        let plaintext = self
+            .cipher
+            .decrypt(Nonce::from_slice(nonce), Payload { msg: ciphertext, aad })
+            .map_err(|_| anyhow::anyhow!("conversation cannot be decrypted with this key"))?;
+        serde_json::from_slice(&plaintext).context("decrypted conversation is not valid")
     }
 
     pub fn load(&self, id: &str) -> anyhow::Result<Option<Conversation>> {
-        let path = self.path(id);
-        let bytes = match std::fs::read(&path) {
+        let bytes = match std::fs::read(self.path(id)) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e).context("reading conversation"),
         };
-        if bytes.len() < MAGIC.len() + NONCE || &bytes[..MAGIC.len()] != MAGIC {
-            bail!("conversation file is not in Alcove's format");
+        let c = self.open_file(&bytes, &self.stem(id), Some(id))?;
+        if c.id != id {
+            bail!("conversation file holds another conversation");
         }
-        let (nonce, ciphertext) = bytes[MAGIC.len()..].split_at(NONCE);
-        let plaintext = self
-            .cipher
-            .decrypt(Nonce::from_slice(nonce), Payload { msg: ciphertext, aad: id.as_bytes() })
-            .map_err(|_| anyhow::anyhow!("conversation cannot be decrypted with this key"))?;
-        Ok(Some(serde_json::from_slice(&plaintext).context("decrypted conversation is not valid")?))
+        Ok(Some(c))
+    }
+
+    /// Every conversation this key can read, most recently changed first; files it cannot read
+    /// (another key's, the first format) are counted, not listed.
+    pub fn list(&self) -> anyhow::Result<(Vec<Conversation>, usize)> {
+        let mut found = Vec::new();
+        let mut unreadable = 0;
+        for entry in std::fs::read_dir(&self.dir).context("listing conversations")? {
+            let path = entry?.path();
+            let Some(stem) = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_suffix(".conv"))
+                .map(str::to_string)
+            else {
+                continue;
+            };
+            let Ok(bytes) = std::fs::read(&path) else { continue };
+            match self.open_file(&bytes, &stem, None) {
+                // Bound to its name: a file copied under another name does not decrypt.
+                Ok(c) if self.stem(&c.id) == stem => found.push(c),
+                _ => unreadable += 1,
+            }
+        }
+        found.sort_by(|a, b| b.updated_at.cmp(&a.updated_at).then_with(|| a.id.cmp(&b.id)));
+        Ok((found, unreadable))
     }
 
     pub fn save(&self, conversation: &Conversation) -> anyhow::Result<()> {
         let plaintext = serde_json::to_vec(conversation)?;
         let mut nonce = [0u8; NONCE];
         getrandom::fill(&mut nonce).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+        let stem = self.stem(&conversation.id);
         let ciphertext = self
             .cipher
-            .encrypt(
-                Nonce::from_slice(&nonce),
-                Payload { msg: &plaintext, aad: conversation.id.as_bytes() },
-            )
+            .encrypt(Nonce::from_slice(&nonce), Payload { msg: &plaintext, aad: stem.as_bytes() })
             .map_err(|_| anyhow::anyhow!("encryption failed"))?;
         let mut bytes = Vec::with_capacity(MAGIC.len() + NONCE + ciphertext.len());
         bytes.extend_from_slice(MAGIC);
@@ -173,6 +225,48 @@ mod tests {
         let a_path = h.path("a");
         std::fs::rename(&a_path, h.path("b")).unwrap();
         assert!(h.load("b").is_err());
+    }
+
+    #[test]
+    fn conversations_are_listed_newest_first_by_their_key_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = History::open(dir.path(), [7; 32]).unwrap();
+        let mut older = conv("older", "first");
+        older.updated_at = 10;
+        let mut newer = conv("newer", "second");
+        newer.updated_at = 20;
+        h.save(&older).unwrap();
+        h.save(&newer).unwrap();
+        let (list, unreadable) = h.list().unwrap();
+        assert_eq!(list, vec![newer.clone(), older.clone()]);
+        assert_eq!(unreadable, 0);
+        // Another key lists nothing; a file copied under another name is not listed.
+        let (none, skipped) = History::open(dir.path(), [8; 32]).unwrap().list().unwrap();
+        assert!(none.is_empty() && skipped == 2);
+        std::fs::copy(h.path("older"), dir.path().join(format!("{}.conv", "0".repeat(40))))
+            .unwrap();
+        assert_eq!(h.list().unwrap(), (vec![newer, older], 1));
+        h.delete("newer").unwrap();
+        assert_eq!(h.list().unwrap().0.len(), 1);
+    }
+
+    #[test]
+    fn first_format_files_are_still_read_by_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = History::open(dir.path(), [7; 32]).unwrap();
+        let c = conv("old-1", "kept from before");
+        let plaintext = serde_json::to_vec(&c).unwrap();
+        let nonce = [1u8; NONCE];
+        let ciphertext = h
+            .cipher
+            .encrypt(Nonce::from_slice(&nonce), Payload { msg: &plaintext, aad: b"old-1" })
+            .unwrap();
+        std::fs::write(h.path("old-1"), [MAGIC_V1.as_slice(), &nonce, &ciphertext].concat())
+            .unwrap();
+        assert_eq!(h.load("old-1").unwrap().unwrap(), c);
+        assert_eq!(h.list().unwrap(), (vec![], 1), "not listable until rewritten");
+        h.save(&c).unwrap();
+        assert_eq!(h.list().unwrap(), (vec![c], 0));
     }
 
     #[test]

@@ -288,12 +288,15 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         .iter()
         .map(|m| m.parse().map_err(anyhow::Error::msg))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let dashboard_args = alcove_dashboard::DashboardArgs::embedded(
-        format!("smtp://127.0.0.1:{}", sink.port),
-        format!("sqlite://{}", state.join("dashboard.db").display()),
-        format!("https://{}", gateway.public),
-        catalogue,
-    );
+    let dashboard_args = alcove_dashboard::DashboardArgs {
+        gateway_ca: Some(ca.clone()),
+        ..alcove_dashboard::DashboardArgs::embedded(
+            format!("smtp://127.0.0.1:{}", sink.port),
+            format!("sqlite://{}", state.join("dashboard.db").display()),
+            format!("https://{}", gateway.public),
+            catalogue,
+        )
+    };
     let (dashboard, dashboard_serving) = alcove_dashboard::start(
         dashboard_args,
         cluster.client().await?,

@@ -58,7 +58,9 @@ try {
   const page = await me.newPage();
   const problems = [];
   page.on("pageerror", (e) => problems.push(`page error: ${e.message}`));
-  page.on("console", (m) => m.type() === "error" && problems.push(`console: ${m.text()}`));
+  // Errors of the pages' own scripts (a refused form's 4xx status is not one).
+  page.on("console", (m) => m.type() === "error" && !m.text().startsWith("Failed to load resource") && problems.push(`console: ${m.text()}`));
+  page.on("dialog", (d) => d.accept());
 
   // 1. Sign in with the code from the mail.
   await page.goto(url);
@@ -89,6 +91,75 @@ try {
   await page.waitForURL(`**/t/${tenant}/i/${instance}?notice=created`);
   await page.locator('#status-facts [data-phase="Ready"]').waitFor({ timeout: 180_000 });
   await screenshot(page, "ready");
+
+  // 3. Chat: the answer's tokens appear as they are streamed.
+  await page.getByRole("link", { name: "Open the chat playground" }).click();
+  await page.getByRole("button", { name: "Send" }).click();
+  check(await page.locator("#message-error").isVisible(), "an empty message is refused beside the field");
+  await page.getByLabel("Message").fill("Say hello in three words.");
+  await page.getByRole("button", { name: "Send" }).click();
+  const answer = page.locator("#log p.assistant span");
+  await answer.and(page.locator(":not([aria-busy])")).waitFor({ timeout: 120_000 });
+  const chunks = Number(await answer.getAttribute("data-chunks"));
+  check(chunks > 1 && (await answer.textContent()).length > 0, `the answer arrived as a stream of tokens: ${chunks} chunks`);
+  await page.waitForURL(/\/chat\?c=/);
+  const conversation = new URL(page.url()).searchParams.get("c");
+  await page.locator(`#conversations a[href$="?c=${conversation}"]`).waitFor();
+  await screenshot(page, "chat");
+
+  // 4. Delete the conversation: a confirmation, a fresh code; it leaves the instance's store
+  // (the list comes from there).
+  await page.locator(`#conversations a.delete[href*="/c/${conversation}/delete"]`).click();
+  await page.getByText("This cannot be undone.").waitFor();
+  await page.getByRole("button", { name: "Email me a confirmation code" }).click();
+  await page.getByLabel("Confirmation code").fill(await code(owner, 1));
+  await page.getByRole("button", { name: "Delete the conversation" }).click();
+  await page.getByText("The conversation is deleted").waitFor();
+  check((await page.locator(`#conversations a[href$="?c=${conversation}"]`).count()) === 0, "the conversation is gone from the list");
+  await screenshot(page, "conversation-deleted");
+  result.deleted_conversation = conversation;
+  await page.goto(`${url}/t/${tenant}/i/${instance}`);
+
+  // 5. A knowledge base: created with a document, a second one uploaded and removed (each
+  // indexes again), attached to the instance; the answer names its sources.
+  await page.goto(`${url}/t/${tenant}/kb`);
+  await page.getByLabel("Name").fill("docs");
+  await page.getByRole("button", { name: "Create and index" }).click();
+  check(await page.locator("#file-error").isVisible(), "a missing file is refused beside the field");
+  await page.getByLabel("Name").fill("docs");
+  await page.setInputFiles("#file", { name: "leave.md", mimeType: "text/markdown",
+    buffer: Buffer.from("# Leave policy\nEvery employee gets 25 vacation days a year.\n") });
+  await page.getByRole("button", { name: "Create and index" }).click();
+  await page.waitForURL(`**/t/${tenant}/kb/docs?notice=uploaded`);
+  await page.locator("#kb-documents", { hasText: /^1$/ }).waitFor({ timeout: 180_000 });
+  await screenshot(page, "knowledge-base");
+  await page.setInputFiles("#file", { name: "parking.html", mimeType: "text/html",
+    buffer: Buffer.from("<html><body><h1>Parking</h1><p>Visitors park on level B2.</p></body></html>") });
+  await page.getByRole("button", { name: "Upload and index" }).click();
+  await page.locator("#kb-documents", { hasText: /^2$/ }).waitFor({ timeout: 180_000 });
+  await page.getByRole("button", { name: "Remove parking.html" }).click();
+  await page.getByText("Removed.").waitFor();
+  await page.locator("#kb-documents", { hasText: /^1$/ }).waitFor({ timeout: 180_000 });
+  await screenshot(page, "document-removed");
+  await page.goto(`${url}/t/${tenant}/i/${instance}`);
+  await page.getByLabel("Knowledge base it answers from").selectOption("docs");
+  await page.getByRole("button", { name: "Attach" }).click();
+  await page.getByText("The instance restarts to answer from it").waitFor();
+  let sources = [];
+  for (let i = 0; i < 60 && sources.length === 0; i++) {
+    await page.goto(`${url}/t/${tenant}/i/${instance}/chat`);
+    await page.getByLabel("Message").fill("How many vacation days do I get?");
+    await page.getByRole("button", { name: "Send" }).click();
+    await page.waitForFunction(() => {
+      const a = document.querySelector("#log p.assistant span");
+      return document.querySelector("#message-error")?.textContent || (a && a.getAttribute("aria-busy") === null);
+    }, null, { timeout: 120_000 });
+    sources = await page.locator("ul.sources li").allTextContents();
+    if (sources.length === 0) await sleep(2000);
+  }
+  check(sources.some((s) => s.startsWith("docs: ") && s.includes("leave.md")), `the answer names its sources: ${sources}`);
+  await screenshot(page, "answer-with-sources");
+  await page.goto(`${url}/t/${tenant}/i/${instance}`);
 
   // 6 (before destroying). The key, shown on request; rotated.
   await page.getByRole("button", { name: "Show API key" }).click();
@@ -142,7 +213,7 @@ try {
   await page.getByRole("link", { name: "Destroy…" }).click();
   await page.getByText("This cannot be undone.").waitFor();
   await page.getByRole("button", { name: "Email me a confirmation code" }).click();
-  await page.getByLabel("Confirmation code").fill(await code(owner, 1));
+  await page.getByLabel("Confirmation code").fill(await code(owner, 2));
   await screenshot(page, "destroy-confirm");
   await page.getByRole("button", { name: `Destroy ${instance}` }).click();
   await page.getByText("Its pod is gone.").waitFor();

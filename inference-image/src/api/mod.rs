@@ -285,6 +285,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/embeddings", post(other::embeddings))
         .route("/v1/models", get(other::list_models))
         .route("/v1/models/{id}", get(other::get_model))
+        .route("/v1/conversations", get(other::list_conversations))
         .route(
             "/v1/conversations/{id}",
             get(other::get_conversation).delete(other::delete_conversation),

@@ -147,6 +147,31 @@ fn history_for<'a>(s: &'a AppState, id: &str) -> Result<&'a crate::history::Hist
     })
 }
 
+/// The instance's conversations, newest first: id, last change, number of turns and the first
+/// question (for a list the customer picks from). Only the caller with the instance's key sees it.
+pub async fn list_conversations(State(s): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
+    let history = s.history.as_ref().ok_or_else(|| {
+        ApiError::invalid("conversation", "Conversation history is not enabled on this instance.")
+    })?;
+    let (list, _unreadable) = history
+        .list()
+        .map_err(|e| ApiError::internal(format!("the conversations cannot be listed: {e}")))?;
+    let data: Vec<Value> = list
+        .iter()
+        .map(|c| {
+            let title: String = c
+                .messages
+                .iter()
+                .find(|m| m.role == "user")
+                .map(|m| m.content.chars().take(80).collect())
+                .unwrap_or_default();
+            json!({"id": c.id, "object": "conversation", "updated_at": c.updated_at,
+                   "messages": c.messages.len(), "title": title})
+        })
+        .collect();
+    Ok(Json(json!({"object": "list", "data": data})))
+}
+
 pub async fn get_conversation(
     State(s): State<Arc<AppState>>,
     Path(id): Path<String>,
