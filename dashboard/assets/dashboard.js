@@ -100,6 +100,8 @@ document.addEventListener("submit", async (e) => {
       form.elements.conversation.value = id;
       history.replaceState(null, "", `${location.pathname}?c=${encodeURIComponent(id)}`);
     }
+    // It answered: a note from the page's load that it could not is out of date.
+    document.getElementById("unavailable")?.remove();
     if (window.htmx) htmx.trigger("#conversations", "refresh");
   } catch (err) {
     answer.parentElement.remove();

@@ -566,7 +566,7 @@ pub fn instance_status(d: &InstanceDetail) -> Markup {
     html! {
         dl.facts #status-facts {
             dt { "Phase" } dd { span.phase data-phase=(d.phase) { (d.phase) } }
-            @if !d.message.is_empty() { dt { "Why" } dd { (d.message) } }
+            @if !d.message.is_empty() && d.phase != "Ready" { dt { "Why" } dd { (d.message) } }
             dt { "State" } dd { (d.state) }
             dt { "Model" } dd { (d.model) }
             dt { "GPUs" } dd { (d.gpus) }
@@ -684,7 +684,7 @@ pub fn chat(v: &ChatView, csrf: &str, error: Option<&str>, note: Option<&str>) -
         nav.crumbs aria-label="Breadcrumb" { a href="/" { "Tenants" } " / " a href={"/t/" (v.tenant)} { (v.tenant) } " / " a href=(base) { (v.name) } " / chat" }
         h1 { "Chat with " (v.name) }
         (notice(note))
-        @if let Some(u) = v.unavailable { p.error.banner role="alert" { (u) } }
+        @if let Some(u) = v.unavailable { p #unavailable .error.banner role="alert" { (u) } }
         div #log .chat-log aria-live="polite" aria-label="Conversation" {
             @for (role, text) in v.messages {
                 p class=(role) { strong { (if role == "user" { "You" } else { "Assistant" }) ": " } span { (text) } }
