@@ -13,19 +13,7 @@ const BOB: &str = "bob@acme.example";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_customer_runs_an_instance_from_the_dashboard_and_no_one_else_can() {
-    let p = platform_with_operator().await;
-    p.ok(&[
-        "apply",
-        "-f",
-        &example("good/tenant-basic.yaml"),
-        "-f",
-        &example("good/tenant-pro.yaml"),
-    ])
-    .await;
-    p.wait_condition("tenant/startup", "Ready", 60).await;
-    p.wait_condition("tenant/acme", "Ready", 60).await;
-    let gw = Gateway::start(&p, "gw", &[]).await;
-    let d = Dashboard::start(&p, "dashboard", &gw).await;
+    let (p, gw, d) = customers_world().await;
 
     // --- sign-in ---
     let anon = d.browser("anonymous");

@@ -16,19 +16,7 @@ async fn a_customer_journey_in_chromium() {
         node_modules.exists() && std::path::Path::new("/usr/bin/chromium").exists(),
         "run ./test.sh: it installs Debian's chromium and playwright-core (tests/browser)"
     );
-    let p = platform_with_operator().await;
-    p.ok(&[
-        "apply",
-        "-f",
-        &example("good/tenant-basic.yaml"),
-        "-f",
-        &example("good/tenant-pro.yaml"),
-    ])
-    .await;
-    p.wait_condition("tenant/startup", "Ready", 60).await;
-    p.wait_condition("tenant/acme", "Ready", 60).await;
-    let gw = Gateway::start(&p, "gw", &[]).await;
-    let d = Dashboard::start(&p, "dashboard", &gw).await;
+    let (p, _gw, d) = customers_world().await;
 
     let out = std::env::var_os("CARGO_TARGET_DIR")
         .map(std::path::PathBuf::from)

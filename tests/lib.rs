@@ -426,6 +426,22 @@ impl Gateway {
     }
 }
 
+/// `curl -i` output: (status, lower-cased headers, body).
+pub fn split_response(raw: &str) -> (u16, Vec<(String, String)>, &str) {
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((raw, ""));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    (status, headers, body)
+}
+
 #[derive(Debug)]
 pub struct Reply {
     pub status: u16,
@@ -435,17 +451,7 @@ pub struct Reply {
 
 impl Reply {
     pub fn parse(raw: &str) -> Reply {
-        let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((raw, ""));
-        let mut lines = head.lines();
-        let status = lines
-            .next()
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
-        let headers = lines
-            .filter_map(|l| l.split_once(':'))
-            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-            .collect();
+        let (status, headers, body) = split_response(raw);
         Reply {
             status,
             headers,
@@ -582,6 +588,19 @@ impl Dashboard {
     }
 }
 
+/// The customers' side: two tenants (startup, owned by alice@startup.example; acme, by
+/// bob@acme.example) with real inference pods, the gateway and the dashboard.
+pub async fn customers_world() -> (Platform, Gateway, Dashboard) {
+    let p = platform_with_operator().await;
+    let tenants = ["good/tenant-basic.yaml", "good/tenant-pro.yaml"].map(example);
+    p.ok(&["apply", "-f", &tenants[0], "-f", &tenants[1]]).await;
+    p.wait_condition("tenant/startup", "Ready", 60).await;
+    p.wait_condition("tenant/acme", "Ready", 60).await;
+    let gw = Gateway::start(&p, "gw", &[]).await;
+    let d = Dashboard::start(&p, "dashboard", &gw).await;
+    (p, gw, d)
+}
+
 /// curl with a cookie jar, as a browser without scripts.
 pub struct Browser {
     pub jar: PathBuf,
@@ -620,17 +639,7 @@ impl Browser {
             .await
             .expect("curl");
         let raw = String::from_utf8_lossy(&out.stdout).into_owned();
-        let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
-        let mut lines = head.lines();
-        let status = lines
-            .next()
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
-        let headers = lines
-            .filter_map(|l| l.split_once(':'))
-            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-            .collect();
+        let (status, headers, body) = split_response(&raw);
         WebPage { status, headers, body: body.to_string() }
     }
 

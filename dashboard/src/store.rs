@@ -1,15 +1,12 @@
 //! What every replica must share: the codes waiting to be entered, the sessions, and the counts
 //! behind the limits on asking for codes. SQLite on a volume (one replica) or PostgreSQL
-//! (several), through sqlx's `Any` driver as the gateway's usage store does: portable SQL,
-//! `$n` parameters, BIGINT and TEXT only.
+//! (several), opened as the gateway's usage store is (its `connect`), through sqlx's `Any`
+//! driver: portable SQL, `$n` parameters, BIGINT and TEXT only.
 //!
 //! Nothing secret is stored in a usable form: a code as its keyed hash, a session as its token's
 //! SHA-256. Rows past their use (codes after 10 minutes, sessions after 30 idle days, counts
 //! after an hour) are deleted by [`Store::purge`].
 
-use std::time::Duration;
-
-use sqlx::any::AnyPoolOptions;
 use sqlx::{AnyPool, Row};
 
 const SCHEMA: &[&str] = &[
@@ -62,64 +59,11 @@ pub struct Store {
     pool: AnyPool,
 }
 
-/// The DSN with its password replaced, for error messages.
-fn redact(text: &str, dsn: &str) -> String {
-    match dsn.split_once("://").and_then(|(_, rest)| rest.split_once('@')) {
-        Some((userinfo, _)) => match userinfo.split_once(':') {
-            Some((_, password)) if !password.is_empty() => text.replace(password, "***"),
-            _ => text.to_string(),
-        },
-        None => text.to_string(),
-    }
-}
-
 impl Store {
     /// Opens (and creates, for SQLite) the store: `sqlite:///path/dashboard.db`,
     /// `sqlite::memory:` (tests) or `postgres://user:password@host:port/db`.
     pub async fn open(dsn: &str) -> Result<Store, StoreError> {
-        sqlx::any::install_default_drivers();
-        let sqlite = dsn.starts_with("sqlite:");
-        let memory = dsn.contains(":memory:");
-        let dsn = if sqlite && !memory && !dsn.contains("mode=") {
-            format!("{dsn}{}mode=rwc", if dsn.contains('?') { '&' } else { '?' })
-        } else {
-            dsn.to_string()
-        };
-        // One connection to an in-memory database: each connection would have its own.
-        let connections = if memory {
-            1
-        } else if sqlite {
-            2
-        } else {
-            8
-        };
-        let pool = AnyPoolOptions::new()
-            .max_connections(connections)
-            .acquire_timeout(Duration::from_secs(10))
-            .connect(&dsn)
-            .await
-            .map_err(|e| StoreError(redact(&e.to_string(), &dsn)))?;
-        if sqlite && !memory {
-            sqlx::query("PRAGMA journal_mode=WAL").execute(&pool).await?;
-        }
-        // Replicas starting together may race to create the tables: the loser tries again.
-        for attempt in 0.. {
-            let created: Result<(), sqlx::Error> = async {
-                for ddl in SCHEMA {
-                    sqlx::query(ddl).execute(&pool).await?;
-                }
-                Ok(())
-            }
-            .await;
-            match created {
-                Ok(()) => break,
-                Err(e) if attempt < 3 => {
-                    tracing::debug!(error = %e, "creating the dashboard tables; trying again");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
+        let pool = alcove_gateway::store::connect(dsn, SCHEMA).await.map_err(StoreError)?;
         Ok(Store { pool })
     }
 
@@ -407,13 +351,5 @@ mod tests {
     async fn postgresql_is_shared_by_two_replicas() {
         let pg = alcove_testkit::postgres::Postgres::start();
         two_replicas_share_codes_and_sessions(&pg.dsn).await;
-    }
-
-    #[test]
-    fn passwords_never_reach_error_words() {
-        assert_eq!(
-            redact("cannot connect to postgres://u:s3cret@db/x", "postgres://u:s3cret@db/x"),
-            "cannot connect to postgres://u:***@db/x"
-        );
     }
 }

@@ -95,6 +95,57 @@ pub struct Store {
     pool: AnyPool,
 }
 
+/// A pool on `dsn` with `schema` created: `sqlite:///path/file.db` (made if missing; WAL, so
+/// readers do not block the writer), `sqlite::memory:` (one connection: each would have its own
+/// database), or `postgres://user:password@host:port/db`. Replicas starting together may race to
+/// create the tables; the loser tries again. Errors never repeat the DSN's password. The
+/// dashboard's store opens the same way.
+pub async fn connect(dsn: &str, schema: &[&str]) -> Result<AnyPool, String> {
+    sqlx::any::install_default_drivers();
+    let sqlite = dsn.starts_with("sqlite:");
+    let memory = dsn.contains(":memory:");
+    let dsn = if sqlite && !memory && !dsn.contains("mode=") {
+        format!("{dsn}{}mode=rwc", if dsn.contains('?') { '&' } else { '?' })
+    } else {
+        dsn.to_string()
+    };
+    let connections = if memory {
+        1
+    } else if sqlite {
+        2
+    } else {
+        8
+    };
+    let failed = |e: sqlx::Error| redact(&e.to_string(), &dsn);
+    let pool = AnyPoolOptions::new()
+        .max_connections(connections)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect(&dsn)
+        .await
+        .map_err(failed)?;
+    if sqlite && !memory {
+        sqlx::query("PRAGMA journal_mode=WAL").execute(&pool).await.map_err(failed)?;
+    }
+    for attempt in 0.. {
+        let created: Result<(), sqlx::Error> = async {
+            for ddl in schema {
+                sqlx::query(ddl).execute(&pool).await?;
+            }
+            Ok(())
+        }
+        .await;
+        match created {
+            Ok(()) => break,
+            Err(e) if attempt < 3 => {
+                tracing::debug!(error = %e, "creating tables; trying again");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => return Err(failed(e)),
+        }
+    }
+    Ok(pool)
+}
+
 /// `YYYY-MM-DD` (UTC) of an instant in milliseconds.
 fn day_of(at_ms: i64) -> String {
     jiff::Timestamp::from_millisecond(at_ms)
@@ -106,41 +157,7 @@ impl Store {
     /// Opens (and creates, for SQLite) the store at `dsn`: `sqlite:///path/usage.db` or
     /// `postgres://user:password@host:port/db`.
     pub async fn open(dsn: &str) -> anyhow::Result<Store> {
-        sqlx::any::install_default_drivers();
-        let sqlite = dsn.starts_with("sqlite:");
-        let dsn = if sqlite && !dsn.contains("mode=") {
-            format!("{dsn}{}mode=rwc", if dsn.contains('?') { '&' } else { '?' })
-        } else {
-            dsn.to_string()
-        };
-        let pool = AnyPoolOptions::new()
-            .max_connections(if sqlite { 2 } else { 8 })
-            .acquire_timeout(Duration::from_secs(10))
-            .connect(&dsn)
-            .await
-            .map_err(|e| anyhow::anyhow!("usage store: {}", redact(&e.to_string(), &dsn)))?;
-        if sqlite {
-            // Readers (the dashboard) do not block the writer.
-            sqlx::query("PRAGMA journal_mode=WAL").execute(&pool).await?;
-        }
-        // Replicas starting together may race to create the tables: the loser tries again.
-        for attempt in 0.. {
-            let created: Result<(), sqlx::Error> = async {
-                for ddl in SCHEMA {
-                    sqlx::query(ddl).execute(&pool).await?;
-                }
-                Ok(())
-            }
-            .await;
-            match created {
-                Ok(()) => break,
-                Err(e) if attempt < 3 => {
-                    tracing::debug!(error = %e, "creating the usage tables; trying again");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
+        let pool = connect(dsn, SCHEMA).await.map_err(|e| anyhow::anyhow!("usage store: {e}"))?;
         Ok(Store { pool })
     }
 
