@@ -21,7 +21,7 @@ use jiff::{SignedDuration, Timestamp};
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 
 pub const VALID_FOR: SignedDuration = SignedDuration::from_mins(10);
 pub const MAX_TRIES: u32 = 5;
@@ -102,9 +102,15 @@ fn ms(t: Timestamp) -> i64 {
     t.as_millisecond()
 }
 
-fn unavailable<E: std::fmt::Display>(e: E) -> E {
+/// A store failure: logged (its words hold no code), answered as "not now".
+fn refused(e: StoreError) -> Refused {
     tracing::warn!(error = %e, "the dashboard store");
-    e
+    Refused::Unavailable
+}
+
+fn rejected(e: StoreError) -> Rejected {
+    tracing::warn!(error = %e, "the dashboard store");
+    Rejected::Unavailable
 }
 
 impl Codes {
@@ -133,14 +139,9 @@ impl Codes {
         let client = client.to_string();
         s.take("client", &client, REQUESTS_PER_CLIENT_PER_HOUR, hour, ms(now))
             .await
-            .map_err(|e| unavailable(e))
-            .map_err(|_| Refused::Unavailable)?
+            .map_err(refused)?
             .map_err(|w| Refused::TooMany { retry_after: SignedDuration::from_millis(w) })?;
-        let pending = s
-            .code(address.as_str())
-            .await
-            .map_err(|e| unavailable(e))
-            .map_err(|_| Refused::Unavailable)?;
+        let pending = s.code(address.as_str()).await.map_err(refused)?;
         if let Some(p) = pending {
             let since = SignedDuration::from_millis(ms(now) - p.issued_ms);
             if since < RESEND_AFTER && since >= SignedDuration::ZERO {
@@ -149,14 +150,10 @@ impl Codes {
         }
         s.take("address", address.as_str(), CODES_PER_ADDRESS_PER_HOUR, hour, ms(now))
             .await
-            .map_err(|e| unavailable(e))
-            .map_err(|_| Refused::Unavailable)?
+            .map_err(refused)?
             .map_err(|w| Refused::TooMany { retry_after: SignedDuration::from_millis(w) })?;
         let code = new_code();
-        s.put_code(address.as_str(), &self.mac(address, &code), ms(now))
-            .await
-            .map_err(|e| unavailable(e))
-            .map_err(|_| Refused::Unavailable)?;
+        s.put_code(address.as_str(), &self.mac(address, &code), ms(now)).await.map_err(refused)?;
         Ok(code)
     }
 
@@ -170,29 +167,25 @@ impl Codes {
         let entered: String = entered.chars().filter(|c| !c.is_whitespace()).collect();
         let mac = self.mac(address, &entered);
         let s = &self.store;
-        let fail = |e| {
-            unavailable(e);
-            Rejected::Unavailable
-        };
-        let Some(p) = s.code(address.as_str()).await.map_err(fail)? else {
+        let Some(p) = s.code(address.as_str()).await.map_err(rejected)? else {
             return Err(Rejected::NoCode);
         };
         if ms(now) - p.issued_ms >= VALID_FOR.as_millis() as i64 {
-            s.take_code(address.as_str(), &p.mac).await.map_err(fail)?;
+            s.take_code(address.as_str(), &p.mac).await.map_err(rejected)?;
             return Err(Rejected::Expired);
         }
         if bool::from(p.mac.as_bytes().ct_eq(mac.as_bytes())) {
             // Another replica may have taken it a moment ago: then it is used up.
-            return match s.take_code(address.as_str(), &p.mac).await.map_err(fail)? {
+            return match s.take_code(address.as_str(), &p.mac).await.map_err(rejected)? {
                 true => Ok(()),
                 false => Err(Rejected::NoCode),
             };
         }
-        let Some(tries) = s.wrong_try(address.as_str(), &p.mac).await.map_err(fail)? else {
+        let Some(tries) = s.wrong_try(address.as_str(), &p.mac).await.map_err(rejected)? else {
             return Err(Rejected::NoCode);
         };
         if tries >= MAX_TRIES as i64 {
-            s.take_code(address.as_str(), &p.mac).await.map_err(fail)?;
+            s.take_code(address.as_str(), &p.mac).await.map_err(rejected)?;
             return Err(Rejected::Exhausted);
         }
         Err(Rejected::Wrong { tries_left: MAX_TRIES - tries as u32 })
