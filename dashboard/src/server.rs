@@ -12,7 +12,7 @@ use alcove_crds::knowledgebase::KnowledgeBase;
 use alcove_crds::tenant::Tenant;
 use axum::extract::Multipart;
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Path, Query, Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use k8s_openapi::api::core::v1::{ConfigMap, Event, Pod, Secret};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -82,6 +82,8 @@ impl From<kube::Error> for Failure {
         match e {
             kube::Error::Api(s) => match s.code {
                 404 => Failure::NotFound,
+                // The API server's own trouble, not a refusal of what the user asked.
+                500.. => Failure::Unavailable(s.message),
                 code => Failure::Refused(
                     StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_GATEWAY),
                     s.message,
@@ -1300,6 +1302,7 @@ pub struct RemoveForm {
 pub async fn kb_remove(
     State(app): State<Arc<App>>,
     Path((t, name)): Path<(String, String)>,
+    headers: HeaderMap,
     p: Posted<RemoveForm>,
 ) -> Answer {
     tenant(&app, &p.user, &t)?;
@@ -1311,7 +1314,14 @@ pub async fn kb_remove(
     let patch = serde_json::json!({"data": {p.form.document.clone(): null}});
     cms.patch(&uploads_name(&name), &PatchParams::default(), &Patch::Merge(&patch)).await?;
     tracing::info!(tenant = %t, knowledge_base = %name, "document removed from the dashboard");
-    Ok(see_other(&format!("/t/{t}/kb/{name}?notice=removed")))
+    let to = format!("/t/{t}/kb/{name}?notice=removed");
+    // htmx follows a page change by its header, not a redirect.
+    if headers.contains_key("hx-request")
+        && let Ok(v) = HeaderValue::from_str(&to)
+    {
+        return Ok(([(HeaderName::from_static("hx-redirect"), v)], "").into_response());
+    }
+    Ok(see_other(&to))
 }
 
 #[derive(Deserialize)]

@@ -335,7 +335,9 @@ pub fn knowledge_base(d: &KbDetail, csrf: &str, error: Option<&str>, note: Optio
             @for doc in &d.uploads {
                 li {
                     (doc) " "
-                    form.inline method="post" action={(base) "/remove"} hx-confirm={"Remove " (doc) "? The knowledge base is indexed again without it."} {
+                    // htmx asks first (a plain form, without scripts, removes at once).
+                    form.inline method="post" action={(base) "/remove"} hx-post={(base) "/remove"}
+                        hx-confirm={"Remove " (doc) "? The knowledge base is indexed again without it."} {
                         (csrf_input(csrf))
                         input type="hidden" name="document" value=(doc);
                         button.link type="submit" aria-label={"Remove " (doc)} { "Remove" }

@@ -137,8 +137,11 @@ try {
     buffer: Buffer.from("<html><body><h1>Parking</h1><p>Visitors park on level B2.</p></body></html>") });
   await page.getByRole("button", { name: "Upload and index" }).click();
   await page.locator("#kb-documents", { hasText: /^2$/ }).waitFor({ timeout: 180_000 });
+  let asked = "";
+  page.once("dialog", (d) => { asked = d.message(); });
   await page.getByRole("button", { name: "Remove parking.html" }).click();
   await page.getByText("Removed.").waitFor();
+  check(asked.startsWith("Remove parking.html?"), `removing asked first: ${asked}`);
   await page.locator("#kb-documents", { hasText: /^1$/ }).waitFor({ timeout: 180_000 });
   await screenshot(page, "document-removed");
   await page.goto(`${url}/t/${tenant}/i/${instance}`);
