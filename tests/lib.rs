@@ -478,7 +478,7 @@ pub async fn api_key(p: &Platform, ns: &str, instance: &str) -> String {
 /// mail in a maildir.
 pub struct Dashboard {
     pub child: tokio::process::Child,
-    pub smtp: tokio::process::Child,
+    pub smtp: alcove_testkit::smtp::Smtp,
     /// `http://127.0.0.1:<port>`
     pub url: String,
     pub log: PathBuf,
@@ -502,19 +502,7 @@ impl Dashboard {
         let dir = p.dir.path().join(name);
         std::fs::create_dir_all(&dir).unwrap();
         let maildir = dir.join("mail");
-        let python = workspace_root().join(".venv/bin/python");
-        assert!(python.exists(), "run ./test.sh: it installs aiosmtpd into .venv");
-        let smtp_port = free_port();
-        let smtp = tokio::process::Command::new(python)
-            .args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{smtp_port}")])
-            .args(["-c", "aiosmtpd.handlers.Mailbox", maildir.to_str().unwrap()])
-            .kill_on_drop(true)
-            .spawn()
-            .expect("aiosmtpd");
-        eventually("aiosmtpd listens", Duration::from_secs(30), || async {
-            tokio::net::TcpStream::connect(("127.0.0.1", smtp_port)).await.is_ok()
-        })
-        .await;
+        let smtp = alcove_testkit::smtp::Smtp::start(maildir.clone()).await;
         let key = dir.join("key");
         std::fs::write(&key, "a-test-key-of-at-least-thirty-two-bytes").unwrap();
         let port = free_port();
@@ -524,7 +512,7 @@ impl Dashboard {
         let child = tokio::process::Command::new(alcove_binary())
             .args(["dashboard", "--log-format", "text"])
             .args(["--listen", &format!("127.0.0.1:{port}"), "--public-url", &url])
-            .args(["--smtp", &format!("smtp://127.0.0.1:{smtp_port}")])
+            .args(["--smtp", &format!("smtp://127.0.0.1:{}", smtp.port)])
             .args(["--key-file", key.to_str().unwrap()])
             .args(args)
             .args(["--store", &format!("sqlite://{}", dir.join("dashboard.db").display())])

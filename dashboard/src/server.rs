@@ -848,13 +848,38 @@ pub async fn set_state(
     Ok(see_other(&format!("/t/{t}/i/{name}?notice={notice}")))
 }
 
-fn destroy_confirm<'a>(
-    base: &'a str,
-    action: &'a str,
-    title: &'a str,
-    button: &'a str,
-) -> views::Confirm<'a> {
-    views::Confirm { back: base, action, title, explanation: views::DESTROY_EXPLAINED, button }
+/// Where a confirmation by fresh code stands.
+enum Step {
+    /// Nothing asked yet: the page explains and offers to mail a code.
+    Asked,
+    /// A code was mailed, or why not.
+    Sent(Result<(), String>),
+    /// The code entered was not right, in words.
+    Refused(String),
+}
+
+fn confirmation(user: &Signed, title: &str, c: &views::Confirm, step: Step) -> Response {
+    let (status, sent, error) = match step {
+        Step::Asked => (StatusCode::OK, false, None),
+        Step::Sent(Ok(())) => (StatusCode::OK, true, None),
+        Step::Sent(Err(words)) => (StatusCode::OK, false, Some(words)),
+        Step::Refused(words) => (StatusCode::BAD_REQUEST, true, Some(words)),
+    };
+    let body = views::confirm_with_code(c, &user.csrf, &user.email, sent, error.as_deref());
+    html(status, &user.frame(title), body)
+}
+
+fn destroy_confirmation(user: &Signed, t: &str, name: &str, step: Step) -> Response {
+    let (base, action) = (format!("/t/{t}/i/{name}"), format!("/t/{t}/i/{name}/destroy"));
+    let (title, button) = (format!("Destroy {name}?"), format!("Destroy {name}"));
+    let c = views::Confirm {
+        back: &base,
+        action: &action,
+        title: &title,
+        explanation: views::DESTROY_EXPLAINED,
+        button: &button,
+    };
+    confirmation(user, "Destroy", &c, step)
 }
 
 pub async fn destroy_page(
@@ -864,11 +889,7 @@ pub async fn destroy_page(
 ) -> Answer {
     tenant(&app, &user, &t)?;
     instances_api(&app, &user, &t).get(&name).await?;
-    let (base, action) = (format!("/t/{t}/i/{name}"), format!("/t/{t}/i/{name}/destroy"));
-    let (title, button) = (format!("Destroy {name}?"), format!("Destroy {name}"));
-    let c = destroy_confirm(&base, &action, &title, &button);
-    let body = views::confirm_with_code(&c, &user.csrf, &user.email, false, None);
-    Ok(html(StatusCode::OK, &user.frame("Destroy"), body))
+    Ok(destroy_confirmation(&user, &t, &name, Step::Asked))
 }
 
 /// Mails a fresh code for an action that cannot be undone to the signed-in address: whether it
@@ -910,12 +931,7 @@ pub async fn destroy_code(
     tenant(&app, user, &t)?;
     instances_api(&app, user, &t).get(&name).await?;
     let sent = fresh_code(&app, user, peer, &headers).await;
-    let (base, action) = (format!("/t/{t}/i/{name}"), format!("/t/{t}/i/{name}/destroy"));
-    let (title, button) = (format!("Destroy {name}?"), format!("Destroy {name}"));
-    let c = destroy_confirm(&base, &action, &title, &button);
-    let body =
-        views::confirm_with_code(&c, &user.csrf, &user.email, sent.is_ok(), sent.err().as_deref());
-    Ok(html(StatusCode::OK, &user.frame("Destroy"), body))
+    Ok(destroy_confirmation(user, &t, &name, Step::Sent(sent)))
 }
 
 #[derive(Deserialize)]
@@ -933,11 +949,7 @@ pub async fn destroy(
     let user = &p.user;
     tenant(&app, user, &t)?;
     if let Err(words) = confirmed(&app, user, &p.form.code).await {
-        let (base, action) = (format!("/t/{t}/i/{name}"), format!("/t/{t}/i/{name}/destroy"));
-        let (title, button) = (format!("Destroy {name}?"), format!("Destroy {name}"));
-        let c = destroy_confirm(&base, &action, &title, &button);
-        let body = views::confirm_with_code(&c, &user.csrf, &user.email, true, Some(&words));
-        return Ok(html(StatusCode::BAD_REQUEST, &user.frame("Destroy"), body));
+        return Ok(destroy_confirmation(user, &t, &name, Step::Refused(words)));
     }
     let api = instances_api(&app, user, &t);
     api.delete(&name, &DeleteParams::foreground()).await?;
@@ -1532,14 +1544,17 @@ pub async fn chat_send(
     Ok(see_other(&format!("/t/{t}/i/{name}/chat?c={conversation}")))
 }
 
-fn delete_confirm<'a>(base: &'a str, action: &'a str) -> views::Confirm<'a> {
-    views::Confirm {
-        back: base,
-        action,
+fn delete_confirmation(user: &Signed, t: &str, name: &str, id: &str, step: Step) -> Response {
+    let (base, action) =
+        (format!("/t/{t}/i/{name}/chat?c={id}"), format!("/t/{t}/i/{name}/c/{id}/delete"));
+    let c = views::Confirm {
+        back: &base,
+        action: &action,
         title: "Delete this conversation?",
         explanation: views::DELETE_CONVERSATION_EXPLAINED,
         button: "Delete the conversation",
-    }
+    };
+    confirmation(user, "Delete conversation", &c, step)
 }
 
 pub async fn delete_conversation_page(
@@ -1549,16 +1564,7 @@ pub async fn delete_conversation_page(
 ) -> Answer {
     tenant(&app, &user, &t)?;
     instances_api(&app, &user, &t).get(&name).await?;
-    let (base, action) =
-        (format!("/t/{t}/i/{name}/chat?c={id}"), format!("/t/{t}/i/{name}/c/{id}/delete"));
-    let body = views::confirm_with_code(
-        &delete_confirm(&base, &action),
-        &user.csrf,
-        &user.email,
-        false,
-        None,
-    );
-    Ok(html(StatusCode::OK, &user.frame("Delete conversation"), body))
+    Ok(delete_confirmation(&user, &t, &name, &id, Step::Asked))
 }
 
 pub async fn delete_conversation_code(
@@ -1572,16 +1578,7 @@ pub async fn delete_conversation_code(
     tenant(&app, user, &t)?;
     instances_api(&app, user, &t).get(&name).await?;
     let sent = fresh_code(&app, user, peer, &headers).await;
-    let (base, action) =
-        (format!("/t/{t}/i/{name}/chat?c={id}"), format!("/t/{t}/i/{name}/c/{id}/delete"));
-    let body = views::confirm_with_code(
-        &delete_confirm(&base, &action),
-        &user.csrf,
-        &user.email,
-        sent.is_ok(),
-        sent.err().as_deref(),
-    );
-    Ok(html(StatusCode::OK, &user.frame("Delete conversation"), body))
+    Ok(delete_confirmation(user, &t, &name, &id, Step::Sent(sent)))
 }
 
 /// Deletes the conversation from the instance's store (through the gateway, with the key).
@@ -1592,17 +1589,8 @@ pub async fn delete_conversation(
 ) -> Answer {
     let user = &p.user;
     tenant(&app, user, &t)?;
-    let (base, action) =
-        (format!("/t/{t}/i/{name}/chat?c={id}"), format!("/t/{t}/i/{name}/c/{id}/delete"));
     if let Err(words) = confirmed(&app, user, &p.form.code).await {
-        let body = views::confirm_with_code(
-            &delete_confirm(&base, &action),
-            &user.csrf,
-            &user.email,
-            true,
-            Some(&words),
-        );
-        return Ok(html(StatusCode::BAD_REQUEST, &user.frame("Delete conversation"), body));
+        return Ok(delete_confirmation(user, &t, &name, &id, Step::Refused(words)));
     }
     let key = read_key(&app, user, &t, &name).await?;
     let path = format!("/conversations/{}", conversation_id(&id));

@@ -276,16 +276,16 @@ pub fn knowledge_bases(
             (field("name", "Name", name, errors.get("name"), FieldAttrs {
                 required: true, hint: Some("Lower-case letters, digits and dashes, e.g. handbook."), ..FieldAttrs::text()
             }))
-            (file_field(errors.get("file")))
+            (file_field("First document", errors.get("file")))
             button type="submit" { "Create and index" }
         }
     }
 }
 
-fn file_field(error: Option<&str>) -> Markup {
+fn file_field(label: &str, error: Option<&str>) -> Markup {
     html! {
         div.field.invalid[error.is_some()] {
-            label for="file" { "First document" }
+            label for="file" { (label) }
             p.hint id="file-hint" { "Text, Markdown or HTML, up to 256 KiB." }
             input #file type="file" name="file" accept=".txt,.md,.markdown,.html,.htm,text/plain,text/markdown,text/html"
                 aria-invalid=[error.map(|_| "true")] aria-describedby={"file-hint" @if error.is_some() { " file-error" }};
@@ -350,7 +350,7 @@ pub fn knowledge_base(d: &KbDetail, csrf: &str, error: Option<&str>, note: Optio
         h2 { "Upload a document" }
         form method="post" action={(base) "/upload"} enctype="multipart/form-data" novalidate {
             (csrf_input(csrf))
-            (file_field(error))
+            (file_field("Document", error))
             button type="submit" { "Upload and index" }
         }
     }

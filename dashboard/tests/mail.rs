@@ -1,31 +1,18 @@
 //! A sign-in code reaches a real SMTP server: aiosmtpd (PyPI; `./test.sh` installs it into
 //! `.venv`) on a free loopback port, storing what it receives in a maildir.
 
-use std::path::Path;
 use std::time::Duration;
 
 use alcove_dashboard::codes::Address;
 use alcove_dashboard::mail::{MailError, Mailer};
-use alcove_testkit::{free_port, until_some, workspace_root};
-
-fn received(maildir: &Path) -> Vec<String> {
-    let Ok(entries) = std::fs::read_dir(maildir.join("new")) else { return Vec::new() };
-    entries.filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok()).collect()
-}
+use alcove_testkit::smtp::Smtp;
+use alcove_testkit::{free_port, until_some};
 
 #[tokio::test]
 async fn a_sign_in_code_is_delivered_over_smtp() {
     let dir = tempfile::tempdir().unwrap();
-    let maildir = dir.path().join("mail");
-    let python = workspace_root().join(".venv/bin/python");
-    assert!(python.exists(), "run ./test.sh: it installs aiosmtpd into .venv");
-    let port = free_port();
-    let _smtp = tokio::process::Command::new(python)
-        .args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{port}")])
-        .args(["-c", "aiosmtpd.handlers.Mailbox", maildir.to_str().unwrap()])
-        .kill_on_drop(true)
-        .spawn()
-        .expect("aiosmtpd");
+    let smtp = Smtp::start(dir.path().join("mail")).await;
+    let port = smtp.port;
 
     let mailer =
         Mailer::new(&format!("smtp://127.0.0.1:{port}"), "Alcove <no-reply@alcove.test>").unwrap();
@@ -40,7 +27,7 @@ async fn a_sign_in_code_is_delivered_over_smtp() {
     })
     .await;
 
-    let mails = received(&maildir);
+    let mails = smtp.received();
     assert_eq!(mails.len(), 1, "{mails:?}");
     let mail = &mails[0];
     assert!(mail.contains("To: ada@example.com"), "{mail}");

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 pub mod localstripe;
 pub mod postgres;
+pub mod smtp;
 
 /// The repository root.
 pub fn workspace_root() -> PathBuf {
