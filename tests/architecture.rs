@@ -77,13 +77,17 @@ const GATEWAY: &[Layer] = &[
 ];
 
 const DASHBOARD: &[Layer] = &[
-    ("foundation: secrets, settings, the shared store", true, &["random", "args", "store"]),
+    (
+        "foundation: secrets, amounts, settings, the shared store",
+        true,
+        &["random", "money", "args", "store"],
+    ),
     ("sign-in codes, sessions, the pages", true, &["codes", "session", "views"]),
     ("forms into API objects", true, &["forms"]),
     (
-        "what talks to others: mail, the cluster, the gateway",
+        "what talks to others: mail, the cluster, the gateway, Stripe",
         true,
-        &["mail", "mailsink", "cluster", "gateway"],
+        &["mail", "mailsink", "cluster", "gateway", "billing"],
     ),
     ("the request path", true, &["server"]),
     ("the library root", true, &["crate"]),

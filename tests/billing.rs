@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use alcove_tests::localstripe::{KEY, LocalStripe, WHSEC};
+use alcove_tests::localstripe::{KEY, WHSEC};
 use alcove_tests::*;
 use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
@@ -17,49 +17,6 @@ fn sign(t: i64, payload: &str) -> String {
     mac.update(format!("{t}.{payload}").as_bytes());
     let hex: String = mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect();
     format!("t={t},v1={hex}")
-}
-
-/// A platform with localstripe, an operator config with prices (usd: 360 cents per GPU-hour,
-/// i.e. 0.1 cent per GPU-second), and the operator arguments that point billing at them.
-async fn setup() -> (Platform, LocalStripe, Clock, Vec<String>) {
-    // The default platform model's volume must exist for the pod to start; simulated servers
-    // never read it.
-    let models = tempfile::tempdir().unwrap().keep();
-    std::fs::create_dir_all(models.join("default")).unwrap();
-    let p = Platform::start_with(|mut c| {
-        c.csi_drivers.push(alcove_devcluster::config::CsiDriver {
-            driver: "models.alcove.dev".into(),
-            attribute: "model".into(),
-            root: models,
-        });
-        c
-    })
-    .await;
-    let stripe = LocalStripe::start(&p.dir.path().join("localstripe.log")).await;
-    let config = p.dir.path().join("operator.yaml");
-    std::fs::write(
-        &config,
-        "billing:\n  reportIntervalSeconds: 60\n  prices:\n    usd:\n      \"*\": {perGpuHour: 360}\n",
-    )
-    .unwrap();
-    let clock = Clock(p.dir.path().join("clock"));
-    let args = [
-        "--config",
-        config.to_str().unwrap(),
-        "--stripe-api-key",
-        KEY,
-        "--stripe-api-base",
-        &stripe.base,
-        "--stripe-webhook-secret",
-        WHSEC,
-        "--clock-file",
-        clock.0.to_str().unwrap(),
-        "--leader-election",
-        "false",
-    ]
-    .map(str::to_string)
-    .to_vec();
-    (p, stripe, clock, args)
 }
 
 fn tenant(grace: &str, threshold: i64) -> String {
@@ -112,7 +69,7 @@ fn field(item: &Value, key: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn customer_once_and_gpu_time_billed_exactly_across_crashes() {
-    let (mut p, stripe, clock, args) = setup().await;
+    let (mut p, stripe, clock, args) = billing_platform().await;
     let t0 = jiff::Timestamp::from_second(jiff::Timestamp::now().as_second()).unwrap();
     clock.set(t0);
 
@@ -232,7 +189,7 @@ fn lifecycle_ts(t: jiff::Timestamp) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn destroy_records_the_final_usage_within_a_second() {
-    let (mut p, stripe, _clock, args) = setup().await;
+    let (mut p, stripe, _clock, args) = billing_platform().await;
     // The system clock: the run ends at the API server's deletionTimestamp.
     spawn(&mut p, &args, &[]).await;
     p.ok_in(&["apply", "-f", "-"], &tenant("1d", 0)).await;
@@ -282,7 +239,7 @@ async fn destroy_records_the_final_usage_within_a_second() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn credit_exhaustion_suspends_and_a_signed_top_up_resumes() {
-    let (mut p, stripe, clock, args) = setup().await;
+    let (mut p, stripe, clock, args) = billing_platform().await;
     // The injected clock runs 200 s behind: localstripe signs with the real time, which then
     // stays within the tolerance after the clock is advanced below.
     let t0 = jiff::Timestamp::from_second(jiff::Timestamp::now().as_second() - 200).unwrap();

@@ -589,6 +589,49 @@ pub async fn customers_world() -> (Platform, Gateway, Dashboard) {
     (p, gw, d)
 }
 
+/// A platform with localstripe, an operator config with prices (usd: 360 cents per GPU-hour,
+/// i.e. 0.1 cent per GPU-second), and the operator arguments that point billing at them.
+pub async fn billing_platform() -> (Platform, LocalStripe, Clock, Vec<String>) {
+    // The default platform model's volume must exist for the pod to start; simulated servers
+    // never read it.
+    let models = tempfile::tempdir().unwrap().keep();
+    std::fs::create_dir_all(models.join("default")).unwrap();
+    let p = Platform::start_with(|mut c| {
+        c.csi_drivers.push(alcove_devcluster::config::CsiDriver {
+            driver: "models.alcove.dev".into(),
+            attribute: "model".into(),
+            root: models,
+        });
+        c
+    })
+    .await;
+    let stripe = LocalStripe::start(&p.dir.path().join("localstripe.log")).await;
+    let config = p.dir.path().join("operator.yaml");
+    std::fs::write(
+        &config,
+        "billing:\n  reportIntervalSeconds: 60\n  prices:\n    usd:\n      \"*\": {perGpuHour: 360}\n",
+    )
+    .unwrap();
+    let clock = Clock(p.dir.path().join("clock"));
+    let args = [
+        "--config",
+        config.to_str().unwrap(),
+        "--stripe-api-key",
+        localstripe::KEY,
+        "--stripe-api-base",
+        &stripe.base,
+        "--stripe-webhook-secret",
+        localstripe::WHSEC,
+        "--clock-file",
+        clock.0.to_str().unwrap(),
+        "--leader-election",
+        "false",
+    ]
+    .map(str::to_string)
+    .to_vec();
+    (p, stripe, clock, args)
+}
+
 /// curl with a cookie jar, as a browser without scripts.
 pub struct Browser {
     pub jar: PathBuf,
@@ -632,7 +675,18 @@ impl Browser {
     }
 
     pub async fn get(&self, path: &str) -> WebPage {
-        self.curl(&[&format!("{}{path}", self.base)]).await
+        self.get_with(path, &[]).await
+    }
+
+    /// A GET with extra headers (e.g. `Accept-Language`).
+    pub async fn get_with(&self, path: &str, headers: &[(&str, &str)]) -> WebPage {
+        let mut args: Vec<String> = Vec::new();
+        for (k, v) in headers {
+            args.extend(["-H".into(), format!("{k}: {v}")]);
+        }
+        args.push(format!("{}{path}", self.base));
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.curl(&refs).await
     }
 
     /// A form post (`application/x-www-form-urlencoded`), with extra headers.

@@ -1,4 +1,4 @@
-// Alcove dashboard: copy buttons, and the chat playground's streamed answers. Every page works
+// Alcove dashboard: copy buttons, the chat playground's streamed answers, and top-ups by card. Every page works
 // without it (the chat form then waits for the whole answer); htmx does the other live parts.
 document.addEventListener("click", (e) => {
   const b = e.target.closest("button[data-copy]");
@@ -112,3 +112,95 @@ document.addEventListener("submit", async (e) => {
     button.disabled = false;
   }
 });
+
+// Top-up by card: Stripe.js (loaded by the billing page from Stripe) collects the card in its own
+// field and turns it into a one-use token at Stripe; only the token comes to us. When the bank
+// asks for 3-D Secure, Stripe.js finishes the payment in the page. The credit arrives through
+// Stripe's webhook; the balance above is polled and shows it.
+(() => {
+  const form = document.getElementById("top-up");
+  if (!form || typeof window.Stripe !== "function") return;
+  const stripe = window.Stripe(form.dataset.stripeKey);
+  const card = stripe.elements().create("card");
+  card.mount("#card-element");
+  const status = document.getElementById("pay-status");
+  const button = form.querySelector("button[type=submit]");
+  const csrf = JSON.parse(document.body.getAttribute("hx-headers") || "{}")["x-csrf-token"];
+
+  function fieldError(name, words) {
+    const anchor = name === "amount" ? form.elements.amount : document.getElementById("card-element");
+    const id = `${name}-error`;
+    let p = document.getElementById(id);
+    if (!words) {
+      if (p) p.remove();
+      if (name === "amount") anchor.removeAttribute("aria-invalid");
+      return;
+    }
+    if (!p) {
+      p = document.createElement("p");
+      p.id = id;
+      p.className = "error";
+      p.setAttribute("role", "alert");
+      anchor.after(p);
+    }
+    p.textContent = words;
+    if (name === "amount") {
+      anchor.setAttribute("aria-invalid", "true");
+      anchor.setAttribute("aria-describedby", `${id} amount-hint`);
+    }
+  }
+
+  form.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    if (button.disabled) return;
+    fieldError("amount", "");
+    fieldError("card", "");
+    if (!form.elements.amount.value.trim()) {
+      fieldError("amount", "Enter an amount.");
+      return;
+    }
+    button.disabled = true;
+    status.textContent = "Paying…";
+    try {
+      const made = await stripe.createToken(card);
+      if (made.error || !made.token) {
+        fieldError("card", (made.error && made.error.message) || "Stripe did not accept the card details.");
+        status.textContent = "";
+        return;
+      }
+      const body = new URLSearchParams({
+        csrf,
+        amount: form.elements.amount.value,
+        nonce: form.elements.nonce.value,
+        token: made.token.id,
+      });
+      const res = await fetch(form.action, { method: "POST", headers: { accept: "application/json" }, body });
+      let reply = {};
+      try { reply = await res.json(); } catch (_) { reply = { error: `The dashboard answered with status ${res.status}. Reload the page.`, field: "card" }; }
+      if (reply.nonce) form.elements.nonce.value = reply.nonce;
+      if (reply.error) {
+        fieldError(reply.field === "amount" ? "amount" : "card", reply.error);
+        status.textContent = "";
+        return;
+      }
+      if (reply.status === "requires_action") {
+        status.textContent = "Your bank asks you to confirm the payment…";
+        const done = await stripe.confirmCardPayment(reply.client_secret);
+        if (done.error) {
+          fieldError("card", done.error.message || "The payment was not confirmed.");
+          status.textContent = "";
+          return;
+        }
+        status.textContent = "Payment received. Your credit appears above as soon as Stripe confirms it.";
+      } else {
+        status.textContent = reply.message || "Payment received.";
+      }
+      form.elements.amount.value = "";
+    } catch (err) {
+      fieldError("card", "The payment could not be sent. Check your connection and try again.");
+      status.textContent = "";
+    } finally {
+      button.disabled = false;
+    }
+  });
+})();

@@ -10,6 +10,26 @@ const LISTEN: &str = "0.0.0.0:8080";
 const MAIL_FROM: &str = "Alcove <no-reply@alcove.localhost>";
 const LOG_FORMAT: &str = "text";
 const EMBEDDING_MODEL: &str = "default-embedding";
+const STRIPE_API: &str = "https://api.stripe.com/";
+const STRIPE_JS: &str = "https://js.stripe.com/v3/";
+
+/// A Stripe secret key: never printed, not even by `Debug`.
+#[derive(Clone)]
+pub struct StripeKey(pub String);
+
+impl std::fmt::Debug for StripeKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StripeKey(..)")
+    }
+}
+
+impl FromStr for StripeKey {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        if s.is_empty() { Err("empty".into()) } else { Ok(StripeKey(s.to_string())) }
+    }
+}
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct DashboardArgs {
@@ -56,6 +76,21 @@ pub struct DashboardArgs {
     /// e.g. the ingress's: the per-client sign-in limit counts the client behind them.
     #[arg(long, env = "ALCOVE_DASHBOARD_TRUSTED_PROXIES", value_delimiter = ',')]
     pub trusted_proxies: Vec<alcove_gateway::server::Cidr>,
+    /// A Stripe secret key for top-ups: a restricted key that may create PaymentIntents, add
+    /// customers' card sources and read PaymentIntents and invoice items. Without it the billing
+    /// page shows the balance and history the cluster knows, and offers no top-up.
+    #[arg(long, env = "ALCOVE_STRIPE_API_KEY", hide_env_values = true)]
+    pub stripe_api_key: Option<StripeKey>,
+    /// Base URL of Stripe's API (tests point it at localstripe).
+    #[arg(long, env = "ALCOVE_STRIPE_API_BASE", default_value = STRIPE_API)]
+    pub stripe_api_base: String,
+    /// The publishable key (`pk_...`) Stripe.js uses in the page; required with a secret key.
+    #[arg(long, env = "ALCOVE_STRIPE_PUBLISHABLE_KEY", requires = "stripe_api_key")]
+    pub stripe_publishable_key: Option<String>,
+    /// Where the page loads Stripe.js from (localstripe serves a stand-in at
+    /// `<localstripe>/js.stripe.com/v3/`).
+    #[arg(long, env = "ALCOVE_STRIPE_JS_URL", default_value = STRIPE_JS)]
+    pub stripe_js_url: String,
     /// `text` or `json` logs.
     #[arg(long, env = "ALCOVE_LOG_FORMAT", default_value = LOG_FORMAT)]
     pub log_format: String,
@@ -83,6 +118,10 @@ impl DashboardArgs {
             models,
             trusted_proxies: Vec::new(),
             embedding_model: EMBEDDING_MODEL.into(),
+            stripe_api_key: None,
+            stripe_api_base: STRIPE_API.into(),
+            stripe_publishable_key: None,
+            stripe_js_url: STRIPE_JS.into(),
             log_format: LOG_FORMAT.into(),
         }
     }

@@ -3,6 +3,7 @@
 //! server passes the one injected clock), so their tests move time instead of waiting.
 //!
 //! - [`random`]: secrets from the operating system's secure source.
+//! - [`money`]: amounts in a currency's minor units, as a reader's language writes them.
 //! - [`store`]: codes, sessions and limit counts, shared by replicas (SQLite or PostgreSQL).
 //! - [`args`]: the settings and the model catalogue.
 //! - [`codes`]: sign-in by emailed one-time code: issued, checked, limited.
@@ -13,18 +14,21 @@
 //! - [`mailsink`]: a loopback SMTP server that keeps messages as files, for `alcove up`.
 //! - [`cluster`]: the Tenant cache and the impersonating client (RBAC decides, not us).
 //! - [`gateway`]: the chat playground's calls, through the customers' endpoint with the key.
+//! - [`billing`]: top-ups by card through Stripe (the card never reaches us) and the history.
 //! - [`server`]: sessions, CSRF and origin checks, one handler per page or action.
 //!
-//! Layers, bottom up: random, args, store → codes, session, views → forms → mail, mailsink,
-//! cluster, gateway → server → this.
+//! Layers, bottom up: random, money, args, store → codes, session, views → forms → mail,
+//! mailsink, cluster, gateway, billing → server → this.
 
 pub mod args;
+pub mod billing;
 pub mod cluster;
 pub mod codes;
 pub mod forms;
 pub mod gateway;
 pub mod mail;
 pub mod mailsink;
+pub mod money;
 pub mod random;
 pub mod server;
 pub mod session;
@@ -95,6 +99,33 @@ pub async fn start(
     let mailer = mail::Mailer::new(&args.smtp, &args.mail_from)?;
     let store = store::Store::open(&args.store).await?;
     let (cluster, watching) = cluster::Cluster::new(client);
+    let billing = match (&args.stripe_api_key, &args.stripe_publishable_key) {
+        (Some(key), Some(pk)) => {
+            let origins = [args.stripe_js_url.as_str(), args.stripe_api_base.as_str()]
+                .map(server::origin_of)
+                .into_iter()
+                .fold(Vec::new(), |mut all, o| {
+                    if !all.contains(&o) {
+                        all.push(o);
+                    }
+                    all
+                });
+            Some(
+                billing::Billing::new(
+                    &key.0,
+                    &args.stripe_api_base,
+                    pk.clone(),
+                    args.stripe_js_url.clone(),
+                    origins,
+                )
+                .map_err(|e| anyhow::anyhow!("the Stripe client: {e}"))?,
+            )
+        }
+        (Some(_), None) => anyhow::bail!(
+            "--stripe-api-key needs --stripe-publishable-key: the page's Stripe.js identifies the account with it"
+        ),
+        _ => None,
+    };
     // Separate keys for code hashes and CSRF tokens, both from the one secret.
     let derive = |label: &[u8]| -> [u8; 32] {
         use sha2::Digest;
@@ -104,6 +135,8 @@ pub async fn start(
         cluster,
         codes: codes::Codes::new(derive(b"codes"), store.clone()),
         sessions: session::Sessions::new(derive(b"csrf"), store.clone()),
+        store: store.clone(),
+        billing,
         mailer,
         clock,
         catalogue: args.models.clone(),
@@ -136,6 +169,10 @@ pub async fn start(
         .route("/t/{tenant}/i/{name}/destroy", get(server::destroy_page).post(server::destroy))
         .route("/t/{tenant}/i/{name}/destroy/code", post(server::destroy_code))
         .route("/t/{tenant}/i/{name}/kb", post(server::attach))
+        .route("/t/{tenant}/billing", get(server::billing_page))
+        .route("/t/{tenant}/billing/balance", get(server::balance_block))
+        .route("/t/{tenant}/billing/pay", post(server::pay))
+        .route("/t/{tenant}/billing/receipts/{intent}", get(server::receipt))
         .route("/t/{tenant}/kb", get(server::kb_list).post(server::kb_create))
         .route("/t/{tenant}/kb/{name}", get(server::kb_page))
         .route("/t/{tenant}/kb/{name}/status", get(server::kb_status))
@@ -209,21 +246,26 @@ async fn purge(store: store::Store, clock: Arc<dyn alcove_clock::Clock>) {
         let now = clock.now().as_millisecond();
         let (codes, idle, hour) =
             (codes::VALID_FOR.as_millis() as i64, session::IDLE.as_millis() as i64, 3_600_000);
-        if let Err(e) = store.purge(now - codes, now - idle, now - hour).await {
+        // A top-up form's claim outlives any retry of it.
+        let day = 86_400_000;
+        if let Err(e) = store.purge(now - codes, now - idle, now - hour, now - day).await {
             tracing::warn!(error = %e, "purging the dashboard store");
         }
     }
 }
 
 /// Every page: no framing by other sites, no sniffing, scripts and styles from us only.
+/// (The billing page sets its own policy, which admits Stripe.js.)
 async fn security_headers(mut r: axum::response::Response) -> axum::response::Response {
     let h = r.headers_mut();
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        header::HeaderValue::from_static(
-            "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'",
-        ),
-    );
+    if !h.contains_key(header::CONTENT_SECURITY_POLICY) {
+        h.insert(
+            header::CONTENT_SECURITY_POLICY,
+            header::HeaderValue::from_static(
+                "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'",
+            ),
+        );
+    }
     h.insert(header::X_FRAME_OPTIONS, header::HeaderValue::from_static("DENY"));
     h.insert(header::X_CONTENT_TYPE_OPTIONS, header::HeaderValue::from_static("nosniff"));
     h.insert(header::REFERRER_POLICY, header::HeaderValue::from_static("same-origin"));

@@ -46,6 +46,9 @@ pub struct App {
     pub gateway: crate::gateway::GatewayClient,
     /// The platform model knowledge bases made here embed with.
     pub embedding_model: String,
+    pub store: crate::store::Store,
+    /// Top-ups and the billing history, when the platform gave the dashboard a Stripe key.
+    pub billing: Option<crate::billing::Billing>,
 }
 
 /// The origin (`scheme://host[:port]`) of a URL.
@@ -431,30 +434,8 @@ pub async fn sign_out(State(app): State<Arc<App>>, p: Posted<Empty>) -> Response
 
 // ----- tenants and instances -----
 
-fn credit_words(t: &Tenant) -> String {
-    match t.status.as_ref().and_then(|s| s.billing.as_ref()) {
-        Some(b) => money(b.balance, b.currency.as_deref().unwrap_or("usd")),
-        None => "No billing account".into(),
-    }
-}
-
-/// An amount in minor units, in its currency (zero-decimal currencies have no cents).
-pub fn money(minor: i64, currency: &str) -> String {
-    const ZERO_DECIMAL: &[&str] = &[
-        "bif", "clp", "djf", "gnf", "jpy", "kmf", "krw", "mga", "pyg", "rwf", "ugx", "vnd", "vuv",
-        "xaf", "xof", "xpf",
-    ];
-    let c = currency.to_ascii_lowercase();
-    let sign = if minor < 0 { "-" } else { "" };
-    let abs = minor.unsigned_abs();
-    if ZERO_DECIMAL.contains(&c.as_str()) {
-        format!("{sign}{abs} {}", c.to_ascii_uppercase())
-    } else {
-        format!("{sign}{}.{:02} {}", abs / 100, abs % 100, c.to_ascii_uppercase())
-    }
-}
-
-pub async fn overview(State(app): State<Arc<App>>, user: Signed) -> Response {
+pub async fn overview(State(app): State<Arc<App>>, user: Signed, headers: HeaderMap) -> Response {
+    let locale = locale_of(&headers);
     let rows: Vec<views::TenantRow> = app
         .cluster
         .tenants_of(&user.email)
@@ -467,7 +448,7 @@ pub async fn overview(State(app): State<Arc<App>>, user: Signed) -> Response {
                 tier: format!("{:?}", t.spec.tier).to_lowercase(),
                 region: t.spec.region.clone(),
                 phase: status.phase.map(|p| format!("{p:?}")).unwrap_or_else(|| "Pending".into()),
-                credit: credit_words(t),
+                credit: balance_of(t, locale).balance,
                 instances: status.instances,
                 gpus: status.gpus_in_use,
             }
@@ -1628,13 +1609,6 @@ mod tests {
     }
 
     #[test]
-    fn money_knows_zero_decimal_currencies() {
-        assert_eq!(money(123456, "usd"), "1234.56 USD");
-        assert_eq!(money(-5, "eur"), "-0.05 EUR");
-        assert_eq!(money(1500, "jpy"), "1500 JPY");
-    }
-
-    #[test]
     fn api_refusals_land_beside_their_field() {
         assert_eq!(
             field_of("spec.limits.maxTokens must not exceed spec.limits.contextLength"),
@@ -1644,4 +1618,352 @@ mod tests {
         assert_eq!(field_of("something else"), None);
         assert!(notice_text(Some("<script>")).is_none(), "only fixed notices");
     }
+}
+
+// ----- credit and billing -----
+
+fn locale_of(headers: &HeaderMap) -> crate::money::Locale {
+    crate::money::locale(headers.get(header::ACCEPT_LANGUAGE).and_then(|v| v.to_str().ok()))
+}
+
+fn currency_of(t: &Tenant) -> Option<String> {
+    t.spec.billing.as_ref().map(|b| b.currency.to_ascii_lowercase())
+}
+
+fn customer_of(t: &Tenant) -> Option<String> {
+    t.status.as_ref()?.billing.as_ref()?.customer_id.clone().filter(|c| !c.is_empty())
+}
+
+fn balance_of(t: &Tenant, locale: crate::money::Locale) -> views::Balance {
+    use crate::money::format;
+    let (Some(spec), Some(currency)) = (t.spec.billing.as_ref(), currency_of(t)) else {
+        return views::Balance {
+            balance: "No billing account".into(),
+            state: views::Credit::NotCharged,
+        };
+    };
+    let status = t.status.as_ref().and_then(|s| s.billing.clone()).unwrap_or_default();
+    let state = if status.balance <= 0 {
+        views::Credit::Exhausted {
+            suspend_at: status
+                .suspend_at
+                .as_deref()
+                .and_then(|s| s.parse::<jiff::Timestamp>().ok())
+                .map(|at| at.strftime("%Y-%m-%d %H:%M UTC").to_string()),
+        }
+    } else if status.balance < spec.low_balance_threshold {
+        views::Credit::Low { threshold: format(spec.low_balance_threshold, &currency, locale) }
+    } else {
+        views::Credit::Healthy
+    };
+    views::Balance { balance: format(status.balance, &currency, locale), state }
+}
+
+fn history_rows(
+    tenant: &str,
+    currency: &str,
+    entries: &[crate::billing::Entry],
+    locale: crate::money::Locale,
+) -> Vec<views::HistoryRow> {
+    use crate::billing::{Entry, Usage};
+    use crate::money::format;
+    entries
+        .iter()
+        .map(|e| match e {
+            Entry::TopUp { at, amount, intent, .. } => views::HistoryRow {
+                date: at.strftime("%Y-%m-%d %H:%M").to_string(),
+                what: "Top-up by card".into(),
+                amount: format!("+{}", format(*amount, currency, locale)),
+                receipt: Some(format!("/t/{tenant}/billing/receipts/{intent}")),
+            },
+            Entry::Charge { day, instance, usage, amount, records } => {
+                let name = instance.rsplit('/').next().unwrap_or(instance);
+                let what = match usage {
+                    Usage::Gpu { millis } => {
+                        format!("GPU time: {name}, {}", gpu_time(millis / 1000))
+                    }
+                    Usage::Tokens { prompt, completion } => {
+                        format!("Tokens: {name}, {prompt} prompt + {completion} completion")
+                    }
+                };
+                let what = if *records > 1 { format!("{what} ({records} records)") } else { what };
+                views::HistoryRow {
+                    date: day.to_string(),
+                    what,
+                    amount: format!("-{}", format(*amount, currency, locale)),
+                    receipt: None,
+                }
+            }
+        })
+        .collect()
+}
+
+pub async fn billing_page(
+    State(app): State<Arc<App>>,
+    user: Signed,
+    Path(t): Path<String>,
+    headers: HeaderMap,
+) -> Answer {
+    let tn = tenant(&app, &user, &t)?;
+    let locale = locale_of(&headers);
+    let (currency, customer) = (currency_of(&tn), customer_of(&tn));
+    let top_up = match (&app.billing, &currency, &customer) {
+        (None, _, _) => Err(
+            "Top-ups by card are not offered on this platform. Ask your platform team how to add credit.",
+        ),
+        (_, None, _) => Err("This tenant has no billing account, so it needs no credit."),
+        (_, _, None) => Err("Your billing account is being set up. Reload this page in a minute."),
+        (Some(b), Some(c), Some(_)) => {
+            let (min, max) = crate::money::top_up_range(c);
+            Ok(views::TopUpForm {
+                publishable_key: &b.publishable_key,
+                js_url: &b.js_url,
+                currency: c.to_ascii_uppercase(),
+                nonce: crate::random::hex(&crate::random::bytes()[..16]),
+                range: (crate::money::format(min, c, locale), crate::money::format(max, c, locale)),
+            })
+        }
+    };
+    let history = match (&app.billing, &currency, &customer) {
+        (Some(b), Some(c), Some(cus)) => match b.records(cus).await {
+            Ok((payments, items)) => {
+                let entries = crate::billing::history(cus, &payments, &items);
+                Ok(history_rows(&t, c, &entries, locale))
+            }
+            Err(e) => {
+                tracing::warn!(tenant = %t, error = %e, "reading the billing history from Stripe");
+                Err("The history could not be read from Stripe just now. Reload in a minute.".into())
+            }
+        },
+        (None, Some(_), _) => Err("Your history is kept by the platform's payment processor; this dashboard is not connected to it. Ask your platform team for statements.".into()),
+        (_, None, _) => Ok(Vec::new()),
+        (_, _, None) => Ok(Vec::new()),
+    };
+    let view = views::BillingView {
+        tenant: &t,
+        display_name: &tn.spec.display_name,
+        balance: balance_of(&tn, locale),
+        top_up,
+        history,
+    };
+    let mut page =
+        html(StatusCode::OK, &user.frame("Credit and billing"), views::billing(&view, &user.csrf));
+    if let Some(b) = &app.billing {
+        // Stripe.js runs here, and only here: its script, its API calls and its 3-D Secure frames.
+        let stripe = b.origins.join(" ");
+        let policy = format!(
+            "default-src 'self'; script-src 'self' {stripe}; connect-src 'self' {stripe}; frame-src {stripe} https://*.stripe.com; img-src 'self' data: {stripe}; style-src 'self' 'unsafe-inline'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
+        );
+        if let Ok(v) = HeaderValue::from_str(&policy) {
+            page.headers_mut().insert(header::CONTENT_SECURITY_POLICY, v);
+        }
+    }
+    Ok(page)
+}
+
+pub async fn balance_block(
+    State(app): State<Arc<App>>,
+    user: Signed,
+    Path(t): Path<String>,
+    headers: HeaderMap,
+) -> Answer {
+    let tn = tenant(&app, &user, &t)?;
+    Ok(fragment(views::balance_block(&t, &balance_of(&tn, locale_of(&headers)))))
+}
+
+#[derive(Deserialize)]
+pub struct PayForm {
+    #[serde(default)]
+    amount: String,
+    #[serde(default)]
+    nonce: String,
+    #[serde(default)]
+    token: String,
+}
+
+/// A top-up's answer to the page's script: `status` (succeeded, requires_action, processing), or
+/// `error` in words with the `field` it belongs to.
+///
+/// Every answer carries the nonce for the page's next payment: the page keeps the old one only
+/// when no answer came, so resending then is the same payment.
+fn pay_reply(code: StatusCode, mut body: serde_json::Value) -> Response {
+    body["nonce"] = crate::random::hex(&crate::random::bytes()[..16]).into();
+    (code, [(header::CACHE_CONTROL, "no-store")], axum::Json(body)).into_response()
+}
+
+fn pay_refused(code: StatusCode, field: &str, words: &str) -> Response {
+    pay_reply(code, serde_json::json!({"error": words, "field": field}))
+}
+
+fn paid_reply(paid: crate::billing::Paid) -> Response {
+    use crate::billing::Paid;
+    match paid {
+        Paid::Succeeded { intent } => pay_reply(
+            StatusCode::OK,
+            serde_json::json!({"status": "succeeded", "intent": intent, "message": "Payment received. Your credit appears here as soon as Stripe confirms it."}),
+        ),
+        Paid::NeedsAction { intent, client_secret } => pay_reply(
+            StatusCode::OK,
+            serde_json::json!({"status": "requires_action", "intent": intent, "client_secret": client_secret}),
+        ),
+        Paid::Processing { intent } => pay_reply(
+            StatusCode::ACCEPTED,
+            serde_json::json!({"status": "processing", "intent": intent, "message": "Your payment is being processed. The credit appears here when it succeeds."}),
+        ),
+        Paid::Failed { message } => pay_refused(StatusCode::PAYMENT_REQUIRED, "card", &message),
+    }
+}
+
+/// Pays a top-up: validates the form, claims its nonce (so a double click or a retry pays once),
+/// then has Stripe charge the tokenized card. The credit itself arrives through the operator's
+/// webhook, never from here.
+pub async fn pay(
+    State(app): State<Arc<App>>,
+    Path(t): Path<String>,
+    headers: HeaderMap,
+    p: Posted<PayForm>,
+) -> Response {
+    let Ok(tn) = tenant(&app, &p.user, &t) else { return Failure::NotFound.into_response() };
+    let (Some(billing), Some(currency), Some(customer)) =
+        (app.billing.as_ref(), currency_of(&tn), customer_of(&tn))
+    else {
+        return pay_refused(
+            StatusCode::CONFLICT,
+            "amount",
+            "Top-ups are not available for this tenant. Reload the page.",
+        );
+    };
+    let locale = locale_of(&headers);
+    let amount = match crate::money::parse(&p.form.amount, &currency, locale) {
+        Ok(a) => a,
+        Err(words) => return pay_refused(StatusCode::BAD_REQUEST, "amount", &words),
+    };
+    let (min, max) = crate::money::top_up_range(&currency);
+    if !(min..=max).contains(&amount) {
+        let words = format!(
+            "Top up between {} and {}.",
+            crate::money::format(min, &currency, locale),
+            crate::money::format(max, &currency, locale)
+        );
+        return pay_refused(StatusCode::BAD_REQUEST, "amount", &words);
+    }
+    if !crate::billing::valid_nonce(&p.form.nonce) || !crate::billing::valid_token(&p.form.token) {
+        return pay_refused(
+            StatusCode::BAD_REQUEST,
+            "card",
+            "The card form could not be read. Reload the page and enter the card again.",
+        );
+    }
+    let store = &app.store;
+    let now = app.clock.now().as_millisecond();
+    match store.claim_top_up(&p.form.nonce, &t, now).await {
+        Err(e) => {
+            tracing::warn!(error = %e, "claiming a top-up");
+            return pay_refused(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "card",
+                "We could not start the payment. Nothing was charged. Try again in a moment.",
+            );
+        }
+        Ok(crate::store::Claim::Taken { tenant, intent }) => {
+            if tenant != t {
+                return pay_refused(
+                    StatusCode::CONFLICT,
+                    "card",
+                    "This form belongs to another page. Reload the page.",
+                );
+            }
+            return match intent {
+                None => paid_reply(crate::billing::Paid::Processing { intent: String::new() }),
+                Some(id) => match billing.intent(&id).await {
+                    Ok(pi) => paid_reply(crate::billing::paid(&pi)),
+                    Err(e) => {
+                        tracing::warn!(tenant = %t, payment = %id, error = %e, "reading a top-up");
+                        paid_reply(crate::billing::Paid::Processing { intent: id })
+                    }
+                },
+            };
+        }
+        Ok(crate::store::Claim::New) => {}
+    }
+    let top_up = crate::billing::TopUp {
+        customer: &customer,
+        currency: &currency,
+        amount,
+        token: &p.form.token,
+        nonce: &p.form.nonce,
+        tenant: &t,
+        tenant_uid: tn.metadata.uid.as_deref().unwrap_or_default(),
+    };
+    match billing.pay(&top_up).await {
+        Ok(pi) => {
+            if let Err(e) = store.top_up_paid(&p.form.nonce, &pi.id).await {
+                tracing::warn!(error = %e, payment = %pi.id, "recording a top-up's payment");
+            }
+            tracing::info!(tenant = %t, payment = %pi.id, amount, currency = %currency, status = pi.status.as_deref().unwrap_or_default(), "top-up paid");
+            paid_reply(crate::billing::paid(&pi))
+        }
+        Err(e) => {
+            if let Err(e) = store.release_top_up(&p.form.nonce).await {
+                tracing::warn!(error = %e, "releasing a refused top-up");
+            }
+            tracing::info!(tenant = %t, status = e.status, code = e.code.as_deref().unwrap_or_default(), "top-up refused by Stripe");
+            match e.status {
+                400..=499 => {
+                    let words = match e.code.as_deref() {
+                        Some("card_declined") => {
+                            "Your card was declined. Use another card or ask your bank."
+                        }
+                        Some("expired_card") => "Your card has expired.",
+                        Some("incorrect_cvc") => "The card's security code is wrong.",
+                        _ => "The card was not accepted. Check its details or use another card.",
+                    };
+                    pay_refused(StatusCode::PAYMENT_REQUIRED, "card", words)
+                }
+                _ => pay_refused(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "card",
+                    "The payment service did not answer. If your card was charged, the credit still arrives; otherwise try again in a moment.",
+                ),
+            }
+        }
+    }
+}
+
+/// One top-up's receipt, as a file to keep: only a succeeded payment of this tenant's customer.
+pub async fn receipt(
+    State(app): State<Arc<App>>,
+    user: Signed,
+    Path((t, intent)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Answer {
+    let tn = tenant(&app, &user, &t)?;
+    let (Some(billing), Some(customer)) = (app.billing.as_ref(), customer_of(&tn)) else {
+        return Err(Failure::NotFound);
+    };
+    if !intent.starts_with("pi_") || !intent.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    {
+        return Err(Failure::NotFound);
+    }
+    let pi = billing.intent(&intent).await.map_err(|e| match e.status {
+        404 => Failure::NotFound,
+        _ => Failure::Unavailable(e.to_string()),
+    })?;
+    let r = crate::billing::receipt(&customer, &pi).ok_or(Failure::NotFound)?;
+    let view = views::ReceiptView {
+        tenant: &t,
+        display_name: &tn.spec.display_name,
+        intent: &r.intent,
+        paid_at: r.at.strftime("%Y-%m-%d %H:%M:%S").to_string(),
+        amount: crate::money::format(r.amount, &r.currency, locale_of(&headers)),
+    };
+    let disposition = format!("attachment; filename=\"alcove-receipt-{}.html\"", r.intent);
+    Ok((
+        [
+            (header::CACHE_CONTROL, "no-store".to_string()),
+            (header::CONTENT_DISPOSITION, disposition),
+        ],
+        views::receipt(&view),
+    )
+        .into_response())
 }

@@ -26,7 +26,21 @@ const SCHEMA: &[&str] = &[
         subject TEXT NOT NULL,
         at_ms BIGINT NOT NULL)",
     "CREATE INDEX IF NOT EXISTS dashboard_hits_subject ON dashboard_hits (scope, subject, at_ms)",
+    "CREATE TABLE IF NOT EXISTS dashboard_top_ups (
+        nonce TEXT PRIMARY KEY,
+        tenant TEXT NOT NULL,
+        intent TEXT,
+        at_ms BIGINT NOT NULL)",
 ];
+
+/// A top-up form's submission, as the first request that claimed it left it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Claim {
+    /// This request is the first: it pays.
+    New,
+    /// Another request claimed it; its PaymentIntent once it has one.
+    Taken { tenant: String, intent: Option<String> },
+}
 
 /// The store could not be reached or failed; the words never hold a password.
 #[derive(Debug, thiserror::Error)]
@@ -229,16 +243,67 @@ impl Store {
         codes_before: i64,
         sessions_before: i64,
         hits_before: i64,
+        top_ups_before: i64,
     ) -> Result<u64, StoreError> {
         let mut n = 0;
         for (sql, cutoff) in [
             ("DELETE FROM dashboard_codes WHERE issued_ms <= $1", codes_before),
             ("DELETE FROM dashboard_sessions WHERE last_seen_ms <= $1", sessions_before),
             ("DELETE FROM dashboard_hits WHERE at_ms <= $1", hits_before),
+            ("DELETE FROM dashboard_top_ups WHERE at_ms <= $1", top_ups_before),
         ] {
             n += sqlx::query(sql).bind(cutoff).execute(&self.pool).await?.rows_affected();
         }
         Ok(n)
+    }
+
+    // ----- top-ups -----
+
+    /// Claims a top-up form's submission for this request: one conditional insert, so of two
+    /// requests with the same nonce (a double click, a retry, two replicas) only one pays.
+    pub async fn claim_top_up(
+        &self,
+        nonce: &str,
+        tenant: &str,
+        now_ms: i64,
+    ) -> Result<Claim, StoreError> {
+        let inserted = sqlx::query(
+            "INSERT INTO dashboard_top_ups (nonce, tenant, intent, at_ms) VALUES ($1, $2, NULL, $3)
+             ON CONFLICT (nonce) DO NOTHING",
+        )
+        .bind(nonce)
+        .bind(tenant)
+        .bind(now_ms)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        if inserted == 1 {
+            return Ok(Claim::New);
+        }
+        let row = sqlx::query("SELECT tenant, intent FROM dashboard_top_ups WHERE nonce = $1")
+            .bind(nonce)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(Claim::Taken { tenant: row.try_get("tenant")?, intent: row.try_get("intent")? })
+    }
+
+    /// The PaymentIntent a claimed submission made.
+    pub async fn top_up_paid(&self, nonce: &str, intent: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE dashboard_top_ups SET intent = $1 WHERE nonce = $2")
+            .bind(intent)
+            .bind(nonce)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Gives a claim up (the card was refused before any PaymentIntent was made).
+    pub async fn release_top_up(&self, nonce: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM dashboard_top_ups WHERE nonce = $1 AND intent IS NULL")
+            .bind(nonce)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     /// Every row of every table, as text (tests check that nothing secret is kept).
@@ -248,6 +313,7 @@ impl Store {
             ("dashboard_codes", "address, mac, issued_ms, tries"),
             ("dashboard_sessions", "token_hash, email, started_ms, last_seen_ms"),
             ("dashboard_hits", "scope, subject, at_ms"),
+            ("dashboard_top_ups", "nonce, tenant, intent, at_ms"),
         ] {
             for r in
                 sqlx::query(&format!("SELECT {cols} FROM {table}")).fetch_all(&self.pool).await?
@@ -299,6 +365,31 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_top_up_is_claimed_once_and_released_only_unpaid() {
+        let s = Store::open("sqlite::memory:").await.unwrap();
+        assert_eq!(s.claim_top_up("n1", "acme", 1).await.unwrap(), Claim::New);
+        assert_eq!(
+            s.claim_top_up("n1", "acme", 2).await.unwrap(),
+            Claim::Taken { tenant: "acme".into(), intent: None },
+            "a second submission of the same form does not pay"
+        );
+        s.top_up_paid("n1", "pi_1").await.unwrap();
+        s.release_top_up("n1").await.unwrap();
+        assert_eq!(
+            s.claim_top_up("n1", "acme", 3).await.unwrap(),
+            Claim::Taken { tenant: "acme".into(), intent: Some("pi_1".into()) },
+            "a paid claim is kept"
+        );
+        assert_eq!(s.claim_top_up("n2", "acme", 1).await.unwrap(), Claim::New);
+        s.release_top_up("n2").await.unwrap();
+        assert_eq!(
+            s.claim_top_up("n2", "acme", 4).await.unwrap(),
+            Claim::New,
+            "refused cards may try again"
+        );
+    }
+
+    #[tokio::test]
     async fn purge_removes_only_what_is_past_its_use() {
         let s = Store::open("sqlite::memory:").await.unwrap();
         s.put_code("old@example.com", "m", 0).await.unwrap();
@@ -307,7 +398,10 @@ mod tests {
         s.put_session("h2", "ada@example.com", 0).await.unwrap();
         s.touch_session("h2", 100).await.unwrap();
         s.take("client", "x", 9, 1000, 0).await.unwrap().unwrap();
-        assert_eq!(s.purge(50, 50, 50).await.unwrap(), 3);
+        s.claim_top_up("n-old", "acme", 0).await.unwrap();
+        s.claim_top_up("n-new", "acme", 100).await.unwrap();
+        assert_eq!(s.purge(50, 50, 50, 50).await.unwrap(), 4);
+        assert!(matches!(s.claim_top_up("n-new", "acme", 101).await.unwrap(), Claim::Taken { .. }));
         assert!(s.code("new@example.com").await.unwrap().is_some());
         assert!(s.session("h1").await.unwrap().is_none());
         assert_eq!(s.session("h2").await.unwrap().unwrap().last_seen_ms, 100);

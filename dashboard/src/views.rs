@@ -171,7 +171,7 @@ pub fn overview(tenants: &[TenantRow]) -> Markup {
                         dt { "Tier" } dd { (t.tier) }
                         dt { "Region" } dd { (t.region) }
                         dt { "Phase" } dd { (t.phase) }
-                        dt { "Credit" } dd { (t.credit) }
+                        dt { "Credit" } dd { a href={"/t/" (t.name) "/billing"} { (t.credit) } }
                         dt { "Instances" } dd { (t.instances) }
                         dt { "GPUs in use" } dd { (t.gpus) }
                     }
@@ -221,7 +221,7 @@ pub fn instances(
         nav.crumbs aria-label="Breadcrumb" { a href="/" { "Tenants" } " / " (display_name) }
         h1 { "Instances" }
         (notice(note))
-        p.actions { a.button href={"/t/" (tenant) "/new"} { "New instance" } a.button href={"/t/" (tenant) "/kb"} { "Knowledge bases" } }
+        p.actions { a.button href={"/t/" (tenant) "/new"} { "New instance" } a.button href={"/t/" (tenant) "/kb"} { "Knowledge bases" } a.button href={"/t/" (tenant) "/billing"} { "Credit and billing" } }
         div.scroll {
             table {
                 caption.visually-hidden { "Instances of " (display_name) }
@@ -710,6 +710,170 @@ pub fn destroyed(tenant: &str, name: &str, pod_gone: bool, billing: &str) -> Mar
             li { (billing) }
         }
         p { a.button href={"/t/" (tenant)} { "Back to instances" } }
+    }
+}
+
+// ----- billing -----
+
+/// Where the tenant's credit stands, as its status says.
+pub struct Balance {
+    /// The balance in the reader's format, or why there is none.
+    pub balance: String,
+    pub state: Credit,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Credit {
+    /// No billing account: nothing is charged.
+    NotCharged,
+    Healthy,
+    /// Under the tenant's low-balance threshold (formatted).
+    Low {
+        threshold: String,
+    },
+    /// Exhausted: instances stop at this time (UTC) unless credit arrives.
+    Exhausted {
+        suspend_at: Option<String>,
+    },
+}
+
+/// The live balance and its banner: polled, so credit from a top-up appears without a reload.
+pub fn balance_block(tenant: &str, b: &Balance) -> Markup {
+    html! {
+        section #balance hx-get={"/t/" (tenant) "/billing/balance"} hx-trigger="every 3s" hx-swap="outerHTML" aria-live="polite" {
+            p.balance { "Balance: " strong #balance-amount { (b.balance) } }
+            @match &b.state {
+                Credit::Low { threshold } => p.error.banner role="status" {
+                    "Your credit is low (under " (threshold) "). Top up to keep your instances running."
+                },
+                Credit::Exhausted { suspend_at } => p.error.banner role="alert" {
+                    "Your credit is used up. "
+                    @if let Some(at) = suspend_at { "Running instances are suspended at " (at) " unless you top up." }
+                    @else { "Running instances are suspended until you top up." }
+                },
+                Credit::NotCharged => p { "This tenant has no billing account: nothing is charged." },
+                Credit::Healthy => {},
+            }
+        }
+    }
+}
+
+/// The top-up form's facts.
+pub struct TopUpForm<'a> {
+    pub publishable_key: &'a str,
+    pub js_url: &'a str,
+    pub currency: String,
+    /// A fresh one-time number per page: the same submission is one payment.
+    pub nonce: String,
+    pub range: (String, String),
+}
+
+pub struct HistoryRow {
+    pub date: String,
+    pub what: String,
+    /// Signed: `+25.00 USD` for credit, `-0.12 USD` for a charge.
+    pub amount: String,
+    pub receipt: Option<String>,
+}
+
+pub struct BillingView<'a> {
+    pub tenant: &'a str,
+    pub display_name: &'a str,
+    pub balance: Balance,
+    /// Why no top-up is offered, or the form.
+    pub top_up: Result<TopUpForm<'a>, &'a str>,
+    /// The history, or why it could not be read.
+    pub history: Result<Vec<HistoryRow>, String>,
+}
+
+pub fn billing(v: &BillingView, csrf: &str) -> Markup {
+    html! {
+        nav.crumbs aria-label="Breadcrumb" { a href="/" { "Tenants" } " / " a href={"/t/" (v.tenant)} { (v.display_name) } " / Billing" }
+        h1 { "Credit and billing" }
+        (balance_block(v.tenant, &v.balance))
+        section aria-labelledby="top-up-title" {
+            h2 #top-up-title { "Top up" }
+            @match &v.top_up {
+                Err(why) => p { (why) },
+                Ok(f) => {
+                    p.hint { "Your card goes straight to Stripe, our payment processor: Alcove never sees your full card number. The credit is added when Stripe confirms the payment, usually within seconds." }
+                    // Stripe.js before our script, which mounts its card field.
+                    script src=(f.js_url) {}
+                    form #top-up method="post" action={"/t/" (v.tenant) "/billing/pay"} data-stripe-key=(f.publishable_key) novalidate {
+                        (csrf_input(csrf))
+                        input type="hidden" name="nonce" value=(f.nonce);
+                        (field("amount", &format!("Amount ({})", f.currency), "", None, FieldAttrs {
+                            inputmode: Some("decimal"),
+                            autocomplete: Some("off"),
+                            required: true,
+                            hint: Some(&format!("Between {} and {}.", f.range.0, f.range.1)),
+                            ..FieldAttrs::text()
+                        }))
+                        div.field {
+                            label #card-label { "Card" }
+                            div #card-element role="group" aria-labelledby="card-label" {}
+                            noscript { p.error { "Paying by card needs JavaScript: Stripe's card field runs in the page." } }
+                        }
+                        p #pay-status role="status" aria-live="polite" {}
+                        button type="submit" { "Pay and add credit" }
+                    }
+                }
+            }
+        }
+        section aria-labelledby="history-title" {
+            h2 #history-title { "History" }
+            @match &v.history {
+                Err(why) => p { (why) },
+                Ok(rows) if rows.is_empty() => p { "No top-ups or charges yet." },
+                Ok(rows) => div.scroll {
+                    table #history {
+                        caption.visually-hidden { "Top-ups and charges, newest first" }
+                        thead { tr { th scope="col" { "Date (UTC)" } th scope="col" { "What" } th scope="col" { "Amount" } th scope="col" { "Receipt" } } }
+                        tbody {
+                            @for r in rows {
+                                tr {
+                                    td { (r.date) }
+                                    td { (r.what) }
+                                    td.amount { (r.amount) }
+                                    td { @if let Some(href) = &r.receipt { a href=(href) download { "Receipt" } } }
+                                }
+                            }
+                        }
+                    }
+                },
+            }
+            p.hint { "Charges are summed per day, instance and kind from the usage records Alcove sends to Stripe; the latest 100 top-ups and 100 records are shown." }
+        }
+    }
+}
+
+/// A top-up's receipt: a document of its own, to keep or print.
+pub struct ReceiptView<'a> {
+    pub tenant: &'a str,
+    pub display_name: &'a str,
+    pub intent: &'a str,
+    pub paid_at: String,
+    pub amount: String,
+}
+
+pub fn receipt(r: &ReceiptView) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head { meta charset="utf-8"; title { "Receipt " (r.intent) } }
+            body {
+                h1 { "Receipt" }
+                dl {
+                    dt { "Paid to" } dd { "Alcove (prepaid credit)" }
+                    dt { "Tenant" } dd { (r.display_name) " (" (r.tenant) ")" }
+                    dt { "Date (UTC)" } dd { (r.paid_at) }
+                    dt { "Amount" } dd #receipt-amount { (r.amount) }
+                    dt { "Payment" } dd { (r.intent) }
+                    dt { "Method" } dd { "Card, through Stripe" }
+                }
+                p { "This amount was added to the tenant's prepaid credit." }
+            }
+        }
     }
 }
 

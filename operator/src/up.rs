@@ -288,8 +288,21 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         .iter()
         .map(|m| m.parse().map_err(anyhow::Error::msg))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    // Top-ups by card when the environment names a Stripe (as for the operator's billing) and
+    // its publishable key; e.g. localstripe with ALCOVE_STRIPE_JS_URL=<it>/js.stripe.com/v3/.
+    let env = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+    let stripe_publishable_key = env("ALCOVE_STRIPE_PUBLISHABLE_KEY");
     let dashboard_args = alcove_dashboard::DashboardArgs {
         gateway_ca: Some(ca.clone()),
+        stripe_api_key: stripe_publishable_key
+            .as_ref()
+            .and_then(|_| env("ALCOVE_STRIPE_API_KEY"))
+            .and_then(|k| k.parse().ok()),
+        stripe_publishable_key,
+        stripe_api_base: env("ALCOVE_STRIPE_API_BASE")
+            .unwrap_or_else(|| "https://api.stripe.com/".into()),
+        stripe_js_url: env("ALCOVE_STRIPE_JS_URL")
+            .unwrap_or_else(|| "https://js.stripe.com/v3/".into()),
         ..alcove_dashboard::DashboardArgs::embedded(
             format!("smtp://127.0.0.1:{}", sink.port),
             format!("sqlite://{}", state.join("dashboard.db").display()),

@@ -9,16 +9,15 @@
 
 use std::collections::HashMap;
 
-use serde::Deserialize;
+use alcove_stripe::{List, Object, StripeRequest, stripe_billing, stripe_core, stripe_types};
 use serde::de::DeserializeOwned;
-use stripe::{IdempotencyKey, RequestStrategy, StripeRequest};
 
 use super::ledger::{TokenUsage, Usage};
 use crate::config::Secret;
 use crate::error::{Error, Result};
 
 pub struct Stripe {
-    client: stripe::Client,
+    client: alcove_stripe::Client,
 }
 
 /// What a usage record says about itself, besides its amount.
@@ -48,32 +47,6 @@ pub struct TokenRecord<'a> {
     pub usage: &'a TokenUsage,
 }
 
-#[derive(Deserialize)]
-struct List<T> {
-    data: Vec<T>,
-    #[serde(default)]
-    has_more: bool,
-}
-
-#[derive(Deserialize)]
-struct Object {
-    id: String,
-    #[serde(default)]
-    created: i64,
-    #[serde(default)]
-    metadata: HashMap<String, String>,
-    #[serde(default)]
-    amount: Option<i64>,
-    #[serde(default)]
-    amount_received: Option<i64>,
-    #[serde(default)]
-    customer: Option<String>,
-    #[serde(default)]
-    currency: Option<String>,
-    #[serde(default)]
-    status: Option<String>,
-}
-
 /// A PaymentIntent as billing reads it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Payment {
@@ -84,30 +57,10 @@ pub struct Payment {
     pub succeeded: bool,
 }
 
-/// Stripe's error, in its own words (message and code), never the request.
-fn describe(e: stripe::StripeError) -> Error {
-    match e {
-        stripe::StripeError::Stripe(api, status) => {
-            let code = api.code.as_ref().map(|c| format!(" ({c:?})")).unwrap_or_default();
-            Error::Billing(format!(
-                "Stripe refused the request: HTTP {status}{code}: {}",
-                api.message.clone().unwrap_or_default()
-            ))
-        }
-        other => Error::Billing(format!("Stripe: {other}")),
-    }
-}
-
 impl Stripe {
     pub fn new(key: &Secret, api_base: &str) -> Result<Stripe> {
-        let base =
-            if api_base.ends_with('/') { api_base.to_string() } else { format!("{api_base}/") };
-        let client = stripe::ClientBuilder::new(key.expose())
-            .url(base)
-            .request_strategy(RequestStrategy::ExponentialBackoff(3))
-            .timeout(std::time::Duration::from_secs(20))
-            .build()
-            .map_err(describe)?;
+        let client = alcove_stripe::Client::new(key.expose(), api_base)
+            .map_err(|e| Error::Billing(e.message))?;
         Ok(Stripe { client })
     }
 
@@ -116,15 +69,7 @@ impl Stripe {
         req: &R,
         idempotency: Option<String>,
     ) -> Result<T> {
-        let mut c = req.build().customize::<miniserde::json::Value>();
-        if let Some(key) = idempotency {
-            let key = IdempotencyKey::new(&key)
-                .map_err(|e| Error::Billing(format!("idempotency key {key}: {e:?}")))?;
-            c = c.request_strategy(RequestStrategy::Idempotent(key));
-        }
-        let value = c.send(&self.client).await.map_err(describe)?;
-        serde_json::from_str(&miniserde::json::to_string(&value))
-            .map_err(|e| Error::Billing(format!("unexpected Stripe response: {e}")))
+        self.client.call(req, idempotency).await.map_err(|e| Error::Billing(e.message))
     }
 
     /// The customer made for a tenant earlier (found by the tenant UID in its metadata).

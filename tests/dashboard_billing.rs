@@ -1,0 +1,307 @@
+//! The dashboard's credit page against localstripe, the operator's billing and its signed
+//! webhook: the balance and its banners, top-ups paid with a Stripe.js token (what the page's
+//! script sends; the card itself never comes to the dashboard), a double submission paid once,
+//! amounts in the reader's language, refusals beside their field, the history of top-ups and
+//! GPU time per instance, receipts, and nothing of another customer's. Then the same top-up in
+//! Debian's chromium with localstripe's Stripe.js stand-in, 3-D Secure included.
+
+use std::time::Duration;
+
+use alcove_tests::localstripe::{LocalStripe, WHSEC};
+use alcove_tests::*;
+use serde_json::{Value, json};
+
+const PUBLISHABLE: &str = "pk_test_alcove";
+const OWNER: &str = "alice@acme.example";
+
+const TENANT: &str = "apiVersion: alcove.dev/v1alpha1\nkind: Tenant\nmetadata: {name: acme}\nspec:\n  displayName: Acme Robotics\n  tier: basic\n  region: tw-taipei-1\n  owners: [{kind: User, name: alice@acme.example}]\n  billing: {customer: create, currency: usd, lowBalanceThreshold: 3300, suspendGracePeriod: 1h}\n";
+const OTHER_TENANT: &str = "apiVersion: alcove.dev/v1alpha1\nkind: Tenant\nmetadata: {name: globex}\nspec:\n  displayName: Globex\n  tier: basic\n  region: tw-taipei-1\n  owners: [{kind: User, name: bob@globex.example}]\n";
+const INSTANCE: &str = "apiVersion: alcove.dev/v1alpha1\nkind: InferenceInstance\nmetadata: {name: chat, namespace: tenant-acme}\nspec:\n  model: {format: safetensors, source: {platform: default}}\n  gpu: {count: 1}\n";
+
+struct World {
+    p: Platform,
+    stripe: LocalStripe,
+    clock: Clock,
+    d: Dashboard,
+    customer: String,
+}
+
+/// The operator billing through localstripe (its webhook registered there), two tenants, and a
+/// dashboard with a Stripe key whose pages load localstripe's Stripe.js.
+async fn world() -> World {
+    let (mut p, stripe, clock, args) = billing_platform().await;
+    // The injected clock runs behind the real one: localstripe signs deliveries with the real
+    // time, which stays within the webhook's tolerance when the clock is moved forward.
+    let t0 = jiff::Timestamp::from_second(jiff::Timestamp::now().as_second() - 600).unwrap();
+    clock.set(t0);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let n = p.spawn_operator(&args).await;
+    let hook = format!("{}/webhooks/stripe", p.operators[n].http);
+    stripe
+        .ok(
+            "POST",
+            "/_config/webhooks/alcove",
+            Some(json!({"url": hook, "secret": WHSEC, "events": ["payment_intent.succeeded"]})),
+        )
+        .await;
+    p.ok_in(&["apply", "-f", "-"], TENANT).await;
+    p.ok_in(&["apply", "-f", "-"], OTHER_TENANT).await;
+    let customer = until_some("the tenant's Stripe customer", Duration::from_secs(60), || async {
+        Some(p.jsonpath(&["get", "tenant", "acme"], "{.status.billing.customerId}").await)
+            .filter(|s| !s.is_empty())
+    })
+    .await;
+    let js = format!("{}/js.stripe.com/v3/", stripe.base);
+    let kubeconfig = p.cluster.kubeconfig.clone();
+    let d = Dashboard::start_as(
+        &p,
+        "dashboard",
+        &kubeconfig,
+        &[
+            "--gateway-url",
+            "https://gateway.invalid",
+            "--stripe-api-key",
+            localstripe::KEY,
+            "--stripe-api-base",
+            &stripe.base,
+            "--stripe-publishable-key",
+            PUBLISHABLE,
+            "--stripe-js-url",
+            &js,
+        ],
+    )
+    .await;
+    World { p, stripe, clock, d, customer }
+}
+
+/// A card token, made at "Stripe" the way Stripe.js makes one from the card field.
+async fn token(stripe: &LocalStripe, number: &str) -> String {
+    let t = stripe
+        .ok(
+            "POST",
+            "/v1/tokens",
+            Some(json!({"card": {"number": number, "exp_month": 12, "exp_year": 2034, "cvc": "123"}})),
+        )
+        .await;
+    t["id"].as_str().unwrap().to_string()
+}
+
+fn nonce(n: u8) -> String {
+    format!("{n:02x}").repeat(16)
+}
+
+fn json_of(page: &WebPage) -> Value {
+    serde_json::from_str(&page.body).unwrap_or_else(|_| panic!("JSON: {page:?}"))
+}
+
+async fn balance(b: &Browser) -> String {
+    b.get("/t/acme/billing/balance").await.body
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn top_ups_credit_once_through_the_webhook_and_the_history_shows_them() {
+    let w = world().await;
+    let (p, stripe, d) = (&w.p, &w.stripe, &w.d);
+    let alice = d.sign_in(OWNER, 0).await;
+
+    // The page: balance 0, the exhausted banner, the top-up form with Stripe.js from localstripe,
+    // admitted by this page's policy only.
+    let page = alice.get("/t/acme/billing").await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(page.body.contains("0.00 USD"), "{}", page.body);
+    assert!(page.body.contains("Your credit is used up"), "{}", page.body);
+    assert!(page.body.contains(&format!(r#"data-stripe-key="{PUBLISHABLE}""#)), "{}", page.body);
+    assert!(page.body.contains(&format!(r#"<script src="{}/js.stripe.com/v3/">"#, stripe.base)));
+    assert!(page.body.contains("Alcove never sees your full card number"));
+    let csp = page.header("content-security-policy").unwrap();
+    assert!(csp.contains(&format!("script-src 'self' {}", stripe.base)), "{csp}");
+    let other_csp = alice.get("/t/acme").await;
+    assert!(
+        !other_csp.header("content-security-policy").unwrap().contains(&stripe.base),
+        "Stripe.js is admitted on the billing page only"
+    );
+    let csrf = page.csrf();
+
+    // Refusals, in words, beside their field, with a fresh nonce for the next try.
+    let post = |fields: Vec<(&'static str, String)>, lang: &'static str| {
+        let alice = &alice;
+        let csrf = csrf.clone();
+        async move {
+            let mut f: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            f.push(("csrf", &csrf));
+            alice.post("/t/acme/billing/pay", &f, &[("Accept-Language", lang)]).await
+        }
+    };
+    let tok = token(stripe, "4242424242424242").await;
+    for (amount, words) in [
+        ("ten", "is not an amount"),
+        ("1", "Top up between 5.00 USD and 10,000.00 USD."),
+        ("25.001", "2 decimal places at most"),
+    ] {
+        let r = post(
+            vec![("amount", amount.into()), ("nonce", nonce(1)), ("token", tok.clone())],
+            "en",
+        )
+        .await;
+        assert_eq!(r.status, 400, "{r:?}");
+        let v = json_of(&r);
+        assert_eq!(v["field"], "amount", "{v}");
+        assert!(v["error"].as_str().unwrap().contains(words), "{v}");
+        assert_eq!(v["nonce"].as_str().unwrap().len(), 32);
+    }
+    let forged = alice
+        .post(
+            "/t/acme/billing/pay",
+            &[("amount", "25"), ("nonce", &nonce(1)), ("token", &tok)],
+            &[],
+        )
+        .await;
+    assert_eq!(forged.status, 403, "no CSRF token, no payment");
+    let declined = post(
+        vec![
+            ("amount", "25".into()),
+            ("nonce", nonce(2)),
+            ("token", token(stripe, "4000000000000002").await),
+        ],
+        "en",
+    )
+    .await;
+    assert_eq!(declined.status, 402, "{declined:?}");
+    assert_eq!(json_of(&declined)["field"], "card");
+    assert!(json_of(&declined)["error"].as_str().unwrap().contains("declined"));
+
+    // A double click: the same form twice at once. One payment.
+    let (a, b) = tokio::join!(
+        post(vec![("amount", "25.00".into()), ("nonce", nonce(3)), ("token", tok.clone())], "en"),
+        post(
+            vec![
+                ("amount", "25.00".into()),
+                ("nonce", nonce(3)),
+                ("token", token(stripe, "4242424242424242").await)
+            ],
+            "en"
+        ),
+    );
+    let statuses: Vec<String> = [&a, &b]
+        .iter()
+        .map(|r| json_of(r)["status"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert!(statuses.contains(&"succeeded".to_string()), "{a:?} {b:?}");
+    // Resent later (the answer was lost): still the same payment.
+    let again =
+        post(vec![("amount", "25.00".into()), ("nonce", nonce(3)), ("token", tok.clone())], "en")
+            .await;
+    assert_eq!(json_of(&again)["status"], "succeeded", "{again:?}");
+    // A German reader types a decimal comma.
+    let de = post(
+        vec![
+            ("amount", "7,50".into()),
+            ("nonce", nonce(4)),
+            ("token", token(stripe, "4242424242424242").await),
+        ],
+        "de-DE,de;q=0.9",
+    )
+    .await;
+    assert_eq!(json_of(&de)["status"], "succeeded", "{de:?}");
+    let charges =
+        stripe.ok("GET", &format!("/v1/charges?customer={}&limit=100", w.customer), None).await;
+    let mut amounts: Vec<i64> = charges["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["status"] == "succeeded")
+        .map(|c| c["amount"].as_i64().unwrap())
+        .collect();
+    amounts.sort();
+    assert_eq!(amounts, [750, 2500], "one payment per submitted form: {charges}");
+
+    // The credit arrives through the operator's webhook, and the page's polled block shows it:
+    // 32.50 is under the 33.00 threshold, so with the low-balance banner.
+    eventually("the credit in the page", Duration::from_secs(30), || async {
+        balance(&alice).await.contains("32.50 USD")
+    })
+    .await;
+    assert_eq!(p.jsonpath(&["get", "tenant", "acme"], "{.status.billing.credited}").await, "3250");
+    let block = balance(&alice).await;
+    assert!(block.contains("Your credit is low (under 33.00 USD)"), "{block}");
+    assert!(!block.contains("used up"), "{block}");
+    let de_page = alice.get_with("/t/acme/billing", &[("Accept-Language", "de-DE")]).await;
+    assert!(de_page.body.contains("32,50 USD"), "German separators: {}", de_page.body);
+
+    // GPU time: the instance runs two minutes of the injected clock; the history shows it, per
+    // instance and day, after the two top-ups with their receipts.
+    p.ok_in(&["apply", "-f", "-"], INSTANCE).await;
+    let started = until_some("the instance started", Duration::from_secs(60), || async {
+        Some(
+            p.jsonpath(
+                &["get", "inferenceinstance", "chat", "-n", "tenant-acme"],
+                "{.status.startedAt}",
+            )
+            .await,
+        )
+        .filter(|s| !s.is_empty())
+    })
+    .await;
+    let started: jiff::Timestamp = started.parse().unwrap();
+    w.clock.set(jiff::Timestamp::from_second(started.as_second() + 120).unwrap());
+    let gpu_ms = || async {
+        let records = stripe.usage(&w.customer).await;
+        records
+            .iter()
+            .map(|r| r["metadata"]["gpu_millis"].as_str().unwrap().parse::<i64>().unwrap())
+            .sum::<i64>()
+    };
+    eventually("two GPU-minutes reported", Duration::from_secs(30), || async {
+        gpu_ms().await >= 120_000
+    })
+    .await;
+    let page = alice.get("/t/acme/billing").await;
+    let body = &page.body;
+    assert_eq!(body.matches("Top-up by card").count(), 2, "{body}");
+    assert!(body.contains("+25.00 USD") && body.contains("+7.50 USD"), "{body}");
+    // 120 GPU-seconds at 0.1 cent, in one record or two (a line per UTC day they started on).
+    assert!(body.contains("GPU time: chat, "), "{body}");
+    assert!(
+        body.contains("GPU time: chat, 2 min 0 s") && body.contains("-0.12 USD")
+            || body.matches("-0.06 USD").count() == 2,
+        "{body}"
+    );
+
+    // Receipts: a file of its own for each top-up, and only this tenant's.
+    let receipts: Vec<String> = body
+        .match_indices("/t/acme/billing/receipts/")
+        .map(|(i, _)| body[i..body[i..].find('"').map(|e| i + e).unwrap()].to_string())
+        .collect();
+    assert_eq!(receipts.len(), 2, "{body}");
+    let r = alice.get(&receipts[1]).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(
+        r.header("content-disposition")
+            .unwrap()
+            .starts_with("attachment; filename=\"alcove-receipt-pi_")
+    );
+    assert!(
+        r.body.contains("Acme Robotics") && r.body.contains("Card, through Stripe"),
+        "{}",
+        r.body
+    );
+    assert!(r.body.contains("25.00 USD") || r.body.contains("7.50 USD"), "{}", r.body);
+
+    // Another customer sees none of it, and cannot pay into it.
+    let bob = d.sign_in("bob@globex.example", 0).await;
+    assert_eq!(bob.get("/t/acme/billing").await.status, 404);
+    assert_eq!(bob.get(&receipts[0]).await.status, 404);
+    assert_eq!(bob.get("/t/acme/billing/balance").await.status, 404);
+    let bobs = bob.get("/t/globex/billing").await;
+    assert!(bobs.body.contains("no billing account"), "{}", bobs.body);
+    let intent = receipts[0].rsplit('/').next().unwrap().to_string();
+    assert_eq!(alice.get(&format!("/t/acme/billing/receipts/{intent}x")).await.status, 404);
+
+    // Tokens and Stripe's secrets never reach the dashboard's log.
+    let log = d.log_text();
+    assert!(log.contains("top-up paid"), "{log}");
+    assert!(
+        !log.contains(&tok) && !log.contains("_secret_") && !log.contains(localstripe::KEY),
+        "{log}"
+    );
+}
