@@ -3,7 +3,8 @@
 //! script sends; the card itself never comes to the dashboard), a double submission paid once,
 //! amounts in the reader's language, refusals beside their field, the history of top-ups and
 //! GPU time per instance, receipts, and nothing of another customer's. Then the same top-up in
-//! Debian's chromium with localstripe's Stripe.js stand-in, 3-D Secure included.
+//! Debian's chromium with localstripe's Stripe.js stand-in, 3-D Secure included
+//! (tests/browser/top_up.mjs; screenshots in `$CARGO_TARGET_DIR/dashboard-top-up/`).
 
 use std::time::Duration;
 
@@ -304,4 +305,38 @@ async fn top_ups_credit_once_through_the_webhook_and_the_history_shows_them() {
         !log.contains(&tok) && !log.contains("_secret_") && !log.contains(localstripe::KEY),
         "{log}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_top_up_in_chromium_with_stripe_js() {
+    let w = world().await;
+    let (result, out) = browser_journey(
+        "top_up.mjs",
+        "dashboard-top-up",
+        &w.d,
+        &[("OWNER", OWNER), ("TENANT", "acme")],
+    )
+    .await;
+    // What the page showed is what the cluster and Stripe hold: two payments, credited once each.
+    assert_eq!(result["top_ups"], 2, "{result}");
+    assert!(result["receipt"].as_str().unwrap().starts_with("alcove-receipt-pi_"), "{result}");
+    eventually("3500 credited", Duration::from_secs(30), || async {
+        w.p.jsonpath(&["get", "tenant", "acme"], "{.status.billing.credited}").await == "3500"
+    })
+    .await;
+    let charges =
+        w.stripe.ok("GET", &format!("/v1/charges?customer={}&limit=100", w.customer), None).await;
+    let paid: Vec<i64> = charges["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["status"] == "succeeded")
+        .map(|c| c["amount"].as_i64().unwrap())
+        .collect();
+    assert_eq!(paid.len(), 2, "{charges}");
+    assert_eq!(paid.iter().sum::<i64>(), 3500);
+    // The card number went to "Stripe" only: the dashboard never saw it.
+    assert!(!w.d.log_text().contains("4242") && !w.d.log_text().contains("4000002500003155"));
+    let screenshots = std::fs::read_dir(&out).unwrap().count();
+    assert!(screenshots >= 5, "a screenshot per step in {}: {screenshots}", out.display());
 }

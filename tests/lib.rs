@@ -632,6 +632,50 @@ pub async fn billing_platform() -> (Platform, LocalStripe, Clock, Vec<String>) {
     (p, stripe, clock, args)
 }
 
+/// Runs a browser journey (`tests/browser/<script>`, Debian's chromium through playwright-core,
+/// both installed by `./test.sh`) against dashboard `d` with `vars`; its screenshots go to
+/// `$CARGO_TARGET_DIR/<shots>/`. Returns the JSON line it prints last, after checking it
+/// ended well (the dashboard's log is shown when not).
+pub async fn browser_journey(
+    script: &str,
+    shots: &str,
+    d: &Dashboard,
+    vars: &[(&str, &str)],
+) -> (serde_json::Value, PathBuf) {
+    let node_modules = workspace_root().join("tests/browser/node_modules/playwright-core");
+    assert!(
+        node_modules.exists() && Path::new("/usr/bin/chromium").exists(),
+        "run ./test.sh: it installs Debian's chromium and playwright-core (tests/browser)"
+    );
+    let out = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
+        .join(shots);
+    let _ = std::fs::remove_dir_all(&out);
+    let run = tokio::process::Command::new("node")
+        .arg(workspace_root().join("tests/browser").join(script))
+        .env("DASHBOARD_URL", &d.url)
+        .env("MAILDIR", &d.maildir)
+        .env("OUT", &out)
+        .envs(vars.iter().copied())
+        .output();
+    let run = tokio::time::timeout(Duration::from_secs(600), run)
+        .await
+        .expect("the journey ends")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "the journey failed:\n{stdout}\n{}\n--- dashboard log\n{}",
+        String::from_utf8_lossy(&run.stderr),
+        d.log_text()
+    );
+    let result: serde_json::Value =
+        serde_json::from_str(stdout.trim().lines().last().unwrap()).unwrap();
+    assert_eq!(result["ok"], true, "{result}");
+    (result, out)
+}
+
 /// curl with a cookie jar, as a browser without scripts.
 pub struct Browser {
     pub jar: PathBuf,

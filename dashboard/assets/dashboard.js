@@ -116,7 +116,7 @@ document.addEventListener("submit", async (e) => {
 // Top-up by card: Stripe.js (loaded by the billing page from Stripe) collects the card in its own
 // field and turns it into a one-use token at Stripe; only the token comes to us. When the bank
 // asks for 3-D Secure, Stripe.js finishes the payment in the page. The credit arrives through
-// Stripe's webhook; the balance above is polled and shows it.
+// Stripe's webhook; after a payment the balance is fetched again until it shows.
 (() => {
   const form = document.getElementById("top-up");
   if (!form || typeof window.Stripe !== "function") return;
@@ -126,6 +126,20 @@ document.addEventListener("submit", async (e) => {
   const status = document.getElementById("pay-status");
   const button = form.querySelector("button[type=submit]");
   const csrf = JSON.parse(document.body.getAttribute("hx-headers") || "{}")["x-csrf-token"];
+
+  // Every 2 s for up to 2 minutes, until the balance differs from what it was when paying.
+  async function awaitCredit(was) {
+    for (let i = 0; i < 60; i++) {
+      await new Promise((r) => setTimeout(r, 2000));
+      const box = document.getElementById("balance");
+      try {
+        const res = await fetch(box.dataset.refresh, { headers: { accept: "text/html" } });
+        if (!res.ok) continue;
+        box.outerHTML = await res.text();
+      } catch (_) { continue; }
+      if (document.getElementById("balance-amount").textContent !== was) return;
+    }
+  }
 
   function fieldError(name, words) {
     const anchor = name === "amount" ? form.elements.amount : document.getElementById("card-element");
@@ -161,6 +175,7 @@ document.addEventListener("submit", async (e) => {
     }
     button.disabled = true;
     status.textContent = "Paying…";
+    const was = document.getElementById("balance-amount").textContent;
     try {
       const made = await stripe.createToken(card);
       if (made.error || !made.token) {
@@ -196,6 +211,7 @@ document.addEventListener("submit", async (e) => {
         status.textContent = reply.message || "Payment received.";
       }
       form.elements.amount.value = "";
+      awaitCredit(was);
     } catch (err) {
       fieldError("card", "The payment could not be sent. Check your connection and try again.");
       status.textContent = "";

@@ -737,10 +737,12 @@ pub enum Credit {
     },
 }
 
-/// The live balance and its banner: polled, so credit from a top-up appears without a reload.
+/// The balance and its banner. After a payment the top-up script fetches it again from
+/// `data-refresh` until the credit shows (its own fetch, not htmx: Stripe.js stand-ins may
+/// replace globals htmx relies on).
 pub fn balance_block(tenant: &str, b: &Balance) -> Markup {
     html! {
-        section #balance hx-get={"/t/" (tenant) "/billing/balance"} hx-trigger="every 3s" hx-swap="outerHTML" aria-live="polite" {
+        section #balance data-refresh={"/t/" (tenant) "/billing/balance"} aria-live="polite" {
             p.balance { "Balance: " strong #balance-amount { (b.balance) } }
             @match &b.state {
                 Credit::Low { threshold } => p.error.banner role="status" {

@@ -4,63 +4,17 @@
 //
 // Environment: DASHBOARD_URL, MAILDIR (the SMTP server's maildir), OUT (screenshots), OWNER and
 // OTHER (two tenants' owners), TENANT (the owner's tenant), INSTANCE (the name to create).
-import { chromium } from "playwright-core";
-import fs from "node:fs";
-import path from "node:path";
+import { check, code as mailed, env, launch, phone, screenshots, sleep } from "./common.mjs";
 
-const env = (k) => {
-  const v = process.env[k];
-  if (!v) throw new Error(`${k} is not set`);
-  return v;
-};
 const [url, maildir, out] = [env("DASHBOARD_URL"), env("MAILDIR"), env("OUT")];
 const [owner, other, tenant, instance] = [env("OWNER"), env("OTHER"), env("TENANT"), env("INSTANCE")];
-fs.mkdirSync(out, { recursive: true });
-
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-
-// The code in the n-th message to `to` (0-based), once it has arrived.
-async function code(to, n) {
-  for (let i = 0; i < 100; i++) {
-    const dir = path.join(maildir, "new");
-    const mails = fs.existsSync(dir)
-      ? fs.readdirSync(dir)
-          .map((f) => path.join(dir, f))
-          .sort((a, b) => fs.statSync(a).mtimeMs - fs.statSync(b).mtimeMs)
-          .map((f) => fs.readFileSync(f, "utf8"))
-          .filter((m) => m.includes(`To: ${to}`))
-      : [];
-    if (mails.length > n) return mails[n].match(/Subject: .* (\d{6})/)[1];
-    await sleep(200);
-  }
-  throw new Error(`no mail ${n} to ${to}`);
-}
-
-let shot = 0;
-async function screenshot(page, name) {
-  shot += 1;
-  await page.screenshot({ path: path.join(out, `${String(shot).padStart(2, "0")}-${name}.png`), fullPage: true });
-}
-
-function check(cond, what) {
-  if (!cond) throw new Error(what);
-}
-
-const browser = await chromium.launch({
-  executablePath: "/usr/bin/chromium",
-  args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-});
+const code = (to, n) => mailed(maildir, to, n);
+const screenshot = screenshots(out);
+const browser = await launch();
 const result = {};
 try {
   // A phone-sized window: the pages must work there.
-  const me = await browser.newContext({ viewport: { width: 390, height: 844 }, isMobile: true, hasTouch: true });
-  const page = await me.newPage();
-  const problems = [];
-  page.on("pageerror", (e) => problems.push(`page error: ${e.message}`));
-  // Errors of the pages' own scripts (a refused form's 4xx status is not one).
-  page.on("console", (m) => m.type() === "error" && !m.text().startsWith("Failed to load resource") && problems.push(`console: ${m.text()}`));
-  page.on("dialog", (d) => d.accept());
+  const { context: me, page, problems } = await phone(browser);
 
   // 1. Sign in with the code from the mail.
   await page.goto(url);
