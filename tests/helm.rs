@@ -309,6 +309,23 @@ fn chart_lints_renders_each_tier_layout_and_refuses_bad_values() {
         "default=safetensors,default-gguf=gguf:model.gguf"
     );
     assert_eq!(denv("ALCOVE_DASHBOARD_URL")["value"], "https://dashboard.alcove.example");
+    // Top-ups: the restricted key from the Secret, the publishable key and Stripe.js in the page,
+    // and HTTPS out to Stripe.
+    assert_eq!(
+        denv("ALCOVE_STRIPE_API_KEY")["valueFrom"]["secretKeyRef"],
+        json!({"name": "alcove-stripe", "key": "dashboard-api-key"})
+    );
+    assert_eq!(denv("ALCOVE_STRIPE_PUBLISHABLE_KEY")["value"], "pk_live_alcoveexample");
+    assert_eq!(denv("ALCOVE_STRIPE_JS_URL")["value"], "https://js.stripe.com/v3/");
+    let dash_policy = find(dedicated, "NetworkPolicy", "alcove-dashboard").unwrap();
+    assert!(
+        dash_policy["spec"]["egress"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["ports"][0]["port"] == 443 && r.get("to").is_none()),
+        "{dash_policy}"
+    );
     let enterprise = by_layout("enterprise-values.yaml");
     assert_eq!(find(enterprise, "Deployment", "alcove").unwrap()["spec"]["replicas"], 1);
     assert!(
@@ -361,6 +378,10 @@ fn chart_lints_renders_each_tier_layout_and_refuses_bad_values() {
         (
             "dashboard: {enabled: true, publicURL: 'https://d.example', gatewayURL: 'https://g.example', smtp: {existingSecret: relay}, replicas: 2}\n",
             "dashboard.replicas above 1 needs dashboard.store.existingSecret",
+        ),
+        (
+            "dashboard: {stripe: {existingSecret: alcove-stripe}}\n",
+            "at '/dashboard/stripe/publishableKey'",
         ),
         (
             "dashboard: {models: [{name: default, format: onnx}]}\n",
