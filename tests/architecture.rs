@@ -87,7 +87,7 @@ const DASHBOARD: &[Layer] = &[
     (
         "what talks to others: mail, the cluster, the gateway, Stripe",
         true,
-        &["mail", "mailsink", "cluster", "gateway", "billing"],
+        &["mail", "mailsink", "cluster", "gateway", "billing", "notify"],
     ),
     ("the request path", true, &["server"]),
     ("the library root", true, &["crate"]),

@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 const PUBLISHABLE: &str = "pk_test_alcove";
 const OWNER: &str = "alice@acme.example";
 
-const TENANT: &str = "apiVersion: alcove.dev/v1alpha1\nkind: Tenant\nmetadata: {name: acme}\nspec:\n  displayName: Acme Robotics\n  tier: basic\n  region: tw-taipei-1\n  owners: [{kind: User, name: alice@acme.example}]\n  billing: {customer: create, currency: usd, lowBalanceThreshold: 3300, suspendGracePeriod: 1h}\n";
+const TENANT: &str = "apiVersion: alcove.dev/v1alpha1\nkind: Tenant\nmetadata: {name: acme}\nspec:\n  displayName: Acme Robotics\n  tier: basic\n  region: tw-taipei-1\n  owners: [{kind: User, name: alice@acme.example}]\n  billing: {customer: create, currency: usd, lowBalanceThreshold: 3000, suspendGracePeriod: 1h}\n";
 const OTHER_TENANT: &str = "apiVersion: alcove.dev/v1alpha1\nkind: Tenant\nmetadata: {name: globex}\nspec:\n  displayName: Globex\n  tier: basic\n  region: tw-taipei-1\n  owners: [{kind: User, name: bob@globex.example}]\n";
 const INSTANCE: &str = "apiVersion: alcove.dev/v1alpha1\nkind: InferenceInstance\nmetadata: {name: chat, namespace: tenant-acme}\nspec:\n  model: {format: safetensors, source: {platform: default}}\n  gpu: {count: 1}\n";
 
@@ -31,9 +31,10 @@ struct World {
 /// dashboard with a Stripe key whose pages load localstripe's Stripe.js.
 async fn world() -> World {
     let (mut p, stripe, clock, args) = billing_platform().await;
-    // The injected clock runs behind the real one: localstripe signs deliveries with the real
-    // time, which stays within the webhook's tolerance when the clock is moved forward.
-    let t0 = jiff::Timestamp::from_second(jiff::Timestamp::now().as_second() - 600).unwrap();
+    // The injected clock (the operator's and the dashboard's) runs 12 hours behind the real one:
+    // localstripe signs deliveries with the real time, which stays within the webhook's
+    // tolerance while the tests move the clock forward through a spend-down.
+    let t0 = jiff::Timestamp::from_second(jiff::Timestamp::now().as_second() - 12 * 3600).unwrap();
     clock.set(t0);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let n = p.spawn_operator(&args).await;
@@ -69,6 +70,8 @@ async fn world() -> World {
             PUBLISHABLE,
             "--stripe-js-url",
             &js,
+            "--clock-file",
+            clock.0.to_str().unwrap(),
         ],
     )
     .await;
@@ -89,6 +92,11 @@ async fn token(stripe: &LocalStripe, number: &str) -> String {
 
 fn nonce(n: u8) -> String {
     format!("{n:02x}").repeat(16)
+}
+
+/// A message with its lines joined (bodies are wrapped at 72 characters).
+fn flat(mail: &str) -> String {
+    mail.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 fn json_of(page: &WebPage) -> Value {
@@ -216,16 +224,19 @@ async fn top_ups_credit_once_through_the_webhook_and_the_history_shows_them() {
     amounts.sort();
     assert_eq!(amounts, [750, 2500], "one payment per submitted form: {charges}");
 
-    // The credit arrives through the operator's webhook, and the page's polled block shows it:
-    // 32.50 is under the 33.00 threshold, so with the low-balance banner.
+    // The credit arrives through the operator's webhook, and the balance block shows it; 32.50
+    // is above the 30.00 threshold: no banner. The owner is told the credit is back, once.
     eventually("the credit in the page", Duration::from_secs(30), || async {
         balance(&alice).await.contains("32.50 USD")
     })
     .await;
     assert_eq!(p.jsonpath(&["get", "tenant", "acme"], "{.status.billing.credited}").await, "3250");
     let block = balance(&alice).await;
-    assert!(block.contains("Your credit is low (under 33.00 USD)"), "{block}");
-    assert!(!block.contains("used up"), "{block}");
+    assert!(!block.contains("credit is low") && !block.contains("used up"), "{block}");
+    eventually("the credit-restored mail", Duration::from_secs(20), || async {
+        !d.mails_about(OWNER, "credit restored").is_empty()
+    })
+    .await;
     let de_page = alice.get_with("/t/acme/billing", &[("Accept-Language", "de-DE")]).await;
     assert!(de_page.body.contains("32,50 USD"), "German separators: {}", de_page.body);
 
@@ -297,6 +308,75 @@ async fn top_ups_credit_once_through_the_webhook_and_the_history_shows_them() {
     assert!(bobs.body.contains("no billing account"), "{}", bobs.body);
     let intent = receipts[0].rsplit('/').next().unwrap().to_string();
     assert_eq!(alice.get(&format!("/t/acme/billing/receipts/{intent}x")).await.status, 404);
+
+    // Spent down by the injected clock (0.1 cent per GPU-second): under the threshold, the low
+    // banner and one mail; used up, one mail naming when instances stop; past it, suspended
+    // and one mail; a top-up resumes the instance and says so.
+    let at = |s: i64| jiff::Timestamp::from_second(started.as_second() + s).unwrap();
+    w.clock.set(at(2600));
+    eventually("the low-balance mail", Duration::from_secs(30), || async {
+        !d.mails_about(OWNER, "credit is low").is_empty()
+    })
+    .await;
+    let block = balance(&alice).await;
+    assert!(block.contains("Your credit is low (under 30.00 USD)"), "{block}");
+    w.clock.set(at(32_600));
+    let suspend_at = until_some("credit exhausted", Duration::from_secs(30), || async {
+        Some(p.jsonpath(&["get", "tenant", "acme"], "{.status.billing.suspendAt}").await)
+            .filter(|s| !s.is_empty())
+    })
+    .await;
+    let suspend_at: jiff::Timestamp = suspend_at.parse().unwrap();
+    let stop = suspend_at.strftime("%Y-%m-%d %H:%M UTC").to_string();
+    eventually("the credit-used-up mail", Duration::from_secs(30), || async {
+        d.mails_about(OWNER, "credit used up").iter().any(|m| flat(m).contains(&stop))
+    })
+    .await;
+    assert!(balance(&alice).await.contains(&format!("suspended at {stop}")));
+    w.clock.set(jiff::Timestamp::from_second(suspend_at.as_second() + 5).unwrap());
+    let phase = || async {
+        p.jsonpath(&["get", "inferenceinstance", "chat", "-n", "tenant-acme"], "{.status.phase}")
+            .await
+    };
+    eventually("the instance suspended", Duration::from_secs(30), || async {
+        phase().await == "Suspended"
+    })
+    .await;
+    eventually("the suspension mail", Duration::from_secs(30), || async {
+        !d.mails_about(OWNER, "are suspended").is_empty()
+    })
+    .await;
+    let topped = post(
+        vec![
+            ("amount", "25".into()),
+            ("nonce", nonce(5)),
+            ("token", token(stripe, "4242424242424242").await),
+        ],
+        "en",
+    )
+    .await;
+    assert_eq!(json_of(&topped)["status"], "succeeded", "{topped:?}");
+    eventually("resumed", Duration::from_secs(60), || async { phase().await != "Suspended" }).await;
+    eventually("the second credit-restored mail", Duration::from_secs(30), || async {
+        d.mails_about(OWNER, "credit restored").len() == 2
+    })
+    .await;
+    // One event, one mail.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for (about, n) in
+        [("credit is low", 1), ("credit used up", 1), ("are suspended", 1), ("credit restored", 2)]
+    {
+        assert_eq!(d.mails_about(OWNER, about).len(), n, "{about}");
+    }
+
+    // Deleting a tenant tells its owners when its data is erased and what is kept.
+    p.ok(&["delete", "tenant", "globex", "--wait=false"]).await;
+    let mail = until_some("the deletion mail", Duration::from_secs(60), || async {
+        d.mails_about("bob@globex.example", "is being deleted").pop()
+    })
+    .await;
+    let mail = flat(&mail);
+    assert!(mail.contains("erased by") && mail.contains("kept for 7 years"), "{mail}");
 
     // Tokens and Stripe's secrets never reach the dashboard's log.
     let log = d.log_text();

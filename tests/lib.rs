@@ -544,11 +544,15 @@ impl Dashboard {
         files.into_iter().filter_map(|(_, p)| std::fs::read_to_string(p).ok()).collect()
     }
 
-    /// The code of the `n`th message to `to` (counting from 0), once it has arrived.
+    /// The code of the `n`th code message to `to` (counting from 0; notices are not counted),
+    /// once it has arrived.
     pub async fn code(&self, to: &str, n: usize) -> String {
         until_some(&format!("mail {n} to {to}"), Duration::from_secs(20), || async {
-            let mail =
-                self.mails().into_iter().filter(|m| m.contains(&format!("To: {to}"))).nth(n)?;
+            let mail = self
+                .mails()
+                .into_iter()
+                .filter(|m| m.contains(&format!("To: {to}")) && m.contains("sign-in code: "))
+                .nth(n)?;
             let subject = mail.lines().find(|l| l.starts_with("Subject: "))?;
             Some(subject.rsplit(' ').next()?.trim().to_string())
         })
@@ -557,6 +561,17 @@ impl Dashboard {
 
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The messages to `to` whose subject holds `subject`.
+    pub fn mails_about(&self, to: &str, subject: &str) -> Vec<String> {
+        self.mails()
+            .into_iter()
+            .filter(|m| {
+                m.contains(&format!("To: {to}"))
+                    && m.lines().any(|l| l.starts_with("Subject: ") && l.contains(subject))
+            })
+            .collect()
     }
 
     /// A new browser-like client (its own cookie jar).

@@ -91,6 +91,10 @@ pub struct DashboardArgs {
     /// `<localstripe>/js.stripe.com/v3/`).
     #[arg(long, env = "ALCOVE_STRIPE_JS_URL", default_value = STRIPE_JS)]
     pub stripe_js_url: String,
+    #[cfg(feature = "test-hooks")]
+    /// Tests only: read "now" from this file (an RFC 3339 instant) instead of the system clock.
+    #[arg(long, env = "ALCOVE_CLOCK_FILE")]
+    pub clock_file: Option<PathBuf>,
     /// `text` or `json` logs.
     #[arg(long, env = "ALCOVE_LOG_FORMAT", default_value = LOG_FORMAT)]
     pub log_format: String,
@@ -122,6 +126,8 @@ impl DashboardArgs {
             stripe_api_base: STRIPE_API.into(),
             stripe_publishable_key: None,
             stripe_js_url: STRIPE_JS.into(),
+            #[cfg(feature = "test-hooks")]
+            clock_file: None,
             log_format: LOG_FORMAT.into(),
         }
     }

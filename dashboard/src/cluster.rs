@@ -90,6 +90,11 @@ impl Cluster {
             .filter(|t| owned_by(t, email) && t.metadata.deletion_timestamp.is_none())
     }
 
+    /// Every tenant in the cache (the notices watch them all).
+    pub fn all_tenants(&self) -> Vec<Arc<Tenant>> {
+        self.tenants.state()
+    }
+
     /// Whether any tenant names this address (sign-in mail goes only to such addresses).
     pub fn is_known(&self, email: &str) -> bool {
         self.tenants.state().iter().any(|t| owned_by(t, email))

@@ -15,10 +15,11 @@
 //! - [`cluster`]: the Tenant cache and the impersonating client (RBAC decides, not us).
 //! - [`gateway`]: the chat playground's calls, through the customers' endpoint with the key.
 //! - [`billing`]: top-ups by card through Stripe (the card never reaches us) and the history.
+//! - [`notify`]: mail to owners when a tenant's credit or existence changes, once per change.
 //! - [`server`]: sessions, CSRF and origin checks, one handler per page or action.
 //!
 //! Layers, bottom up: random, money, args, store → codes, session, views → forms → mail,
-//! mailsink, cluster, gateway, billing → server → this.
+//! mailsink, cluster, gateway, billing, notify → server → this.
 
 pub mod args;
 pub mod billing;
@@ -29,6 +30,7 @@ pub mod gateway;
 pub mod mail;
 pub mod mailsink;
 pub mod money;
+pub mod notify;
 pub mod random;
 pub mod server;
 pub mod session;
@@ -55,7 +57,14 @@ pub struct Started {
 
 /// Runs the dashboard until the process ends.
 pub async fn run(args: DashboardArgs, client: kube::Client) -> anyhow::Result<()> {
-    let (_started, serving) = start(args, client, Arc::new(alcove_clock::SystemClock)).await?;
+    #[cfg(feature = "test-hooks")]
+    let clock: Arc<dyn alcove_clock::Clock> = match &args.clock_file {
+        Some(p) => Arc::new(alcove_clock::FileClock::new(p.clone())),
+        None => Arc::new(alcove_clock::SystemClock),
+    };
+    #[cfg(not(feature = "test-hooks"))]
+    let clock: Arc<dyn alcove_clock::Clock> = Arc::new(alcove_clock::SystemClock);
+    let (_started, serving) = start(args, client, clock).await?;
     serving.await
 }
 
@@ -96,7 +105,7 @@ pub async fn start(
     if args.public_url.is_empty() {
         args.public_url = format!("http://{addr}");
     }
-    let mailer = mail::Mailer::new(&args.smtp, &args.mail_from)?;
+    let mailer = Arc::new(mail::Mailer::new(&args.smtp, &args.mail_from)?);
     let store = store::Store::open(&args.store).await?;
     let (cluster, watching) = cluster::Cluster::new(client);
     let billing = match (&args.stripe_api_key, &args.stripe_publishable_key) {
@@ -151,6 +160,13 @@ pub async fn start(
         )?,
     });
     let ready = app.cluster.clone();
+    let notifying = notify::run(
+        app.cluster.clone(),
+        store.clone(),
+        app.mailer.clone(),
+        app.clock.clone(),
+        args.public_url.clone(),
+    );
     let purging = purge(store, app.clock.clone());
     let router = Router::new()
         .route("/", get(server::overview))
@@ -233,6 +249,7 @@ pub async fn start(
             r = server => r,
             r = watching => r,
             () = purging => Ok(()),
+            () = notifying => Ok(()),
         }
     };
     Ok((started, serving))

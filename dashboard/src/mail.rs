@@ -1,7 +1,7 @@
-//! Sign-in codes go out by mail over SMTP (lettre). The relay is a URL: `smtp://host:port` in
+//! Sign-in codes and notices go out by mail over SMTP (lettre). The relay is a URL: `smtp://host:port` in
 //! plain text (a loopback sink, as in `alcove up` and the tests), `smtp://host:587?tls=required`
 //! for STARTTLS, `smtps://host:465` for TLS from the start; `user:password@` for relays that
-//! ask. Nothing here logs: the message holds the code, and errors carry only the relay's words.
+//! ask. Nothing here logs: a message may hold a code, and errors carry only the relay's words.
 
 use std::time::Duration;
 
@@ -59,6 +59,20 @@ impl Mailer {
                  message: nobody can sign in without the code.\n"
             ))
             .map_err(|e| MailError::Compose(e.to_string()))
+    }
+
+    /// A plain-text message (the notices): the address is a Tenant owner's, checked by lettre.
+    pub async fn send(&self, to: &str, subject: &str, body: &str) -> Result<(), MailError> {
+        let to: lettre::Address = to.parse().map_err(|_| MailError::To)?;
+        let message = Message::builder()
+            .from(self.from.clone())
+            .to(Mailbox::new(None, to))
+            .subject(subject)
+            .header(ContentType::TEXT_PLAIN)
+            .body(body.to_string())
+            .map_err(|e| MailError::Compose(e.to_string()))?;
+        self.transport.send(message).await.map_err(|e| MailError::Send(e.to_string()))?;
+        Ok(())
     }
 
     pub async fn send_code(&self, to: &Address, code: &str) -> Result<(), MailError> {

@@ -34,7 +34,7 @@ pub struct App {
     pub cluster: Cluster,
     pub codes: Codes,
     pub sessions: Sessions,
-    pub mailer: Mailer,
+    pub mailer: Arc<Mailer>,
     pub clock: Arc<dyn Clock>,
     pub catalogue: Vec<CatalogueModel>,
     pub gateway_url: String,

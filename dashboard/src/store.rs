@@ -1,5 +1,6 @@
-//! What every replica must share: the codes waiting to be entered, the sessions, and the counts
-//! behind the limits on asking for codes. SQLite on a volume (one replica) or PostgreSQL
+//! What every replica must share: the codes waiting to be entered, the sessions, the counts
+//! behind the limits on asking for codes, the top-up forms already paid, and each tenant's
+//! standing its owners were last told about. SQLite on a volume (one replica) or PostgreSQL
 //! (several), opened as the gateway's usage store is (its `connect`), through sqlx's `Any`
 //! driver: portable SQL, `$n` parameters, BIGINT and TEXT only.
 //!
@@ -26,6 +27,10 @@ const SCHEMA: &[&str] = &[
         subject TEXT NOT NULL,
         at_ms BIGINT NOT NULL)",
     "CREATE INDEX IF NOT EXISTS dashboard_hits_subject ON dashboard_hits (scope, subject, at_ms)",
+    "CREATE TABLE IF NOT EXISTS dashboard_standings (
+        tenant_uid TEXT PRIMARY KEY,
+        standing TEXT NOT NULL,
+        at_ms BIGINT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS dashboard_top_ups (
         nonce TEXT PRIMARY KEY,
         tenant TEXT NOT NULL,
@@ -257,6 +262,52 @@ impl Store {
         Ok(n)
     }
 
+    // ----- notices -----
+
+    /// Moves a tenant's last-told standing to `to`. `Ok(Some(before))` when this call moved it
+    /// (`before`: `None` at first sight), so its caller alone tells the owners; `Ok(None)` when
+    /// it already was `to` or another replica moved it first.
+    pub async fn move_standing(
+        &self,
+        tenant_uid: &str,
+        to: &str,
+        now_ms: i64,
+    ) -> Result<Option<Option<String>>, StoreError> {
+        let row = sqlx::query("SELECT standing FROM dashboard_standings WHERE tenant_uid = $1")
+            .bind(tenant_uid)
+            .fetch_optional(&self.pool)
+            .await?;
+        let Some(row) = row else {
+            let inserted = sqlx::query(
+                "INSERT INTO dashboard_standings (tenant_uid, standing, at_ms) VALUES ($1, $2, $3)
+                 ON CONFLICT (tenant_uid) DO NOTHING",
+            )
+            .bind(tenant_uid)
+            .bind(to)
+            .bind(now_ms)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+            return Ok((inserted == 1).then_some(None));
+        };
+        let before: String = row.try_get("standing")?;
+        if before == to {
+            return Ok(None);
+        }
+        let moved = sqlx::query(
+            "UPDATE dashboard_standings SET standing = $1, at_ms = $2
+             WHERE tenant_uid = $3 AND standing = $4",
+        )
+        .bind(to)
+        .bind(now_ms)
+        .bind(tenant_uid)
+        .bind(&before)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok((moved == 1).then_some(Some(before)))
+    }
+
     // ----- top-ups -----
 
     /// Claims a top-up form's submission for this request: one conditional insert, so of two
@@ -314,6 +365,7 @@ impl Store {
             ("dashboard_sessions", "token_hash, email, started_ms, last_seen_ms"),
             ("dashboard_hits", "scope, subject, at_ms"),
             ("dashboard_top_ups", "nonce, tenant, intent, at_ms"),
+            ("dashboard_standings", "tenant_uid, standing, at_ms"),
         ] {
             for r in
                 sqlx::query(&format!("SELECT {cols} FROM {table}")).fetch_all(&self.pool).await?
@@ -362,6 +414,18 @@ mod tests {
         assert!(!s.take_code("ada@example.com", "m1").await.unwrap());
         assert!(s.take_code("ada@example.com", "m2").await.unwrap());
         assert!(!s.take_code("ada@example.com", "m2").await.unwrap(), "once");
+    }
+
+    #[tokio::test]
+    async fn a_standing_moves_once_per_change() {
+        let s = Store::open("sqlite::memory:").await.unwrap();
+        assert_eq!(s.move_standing("u1", "low", 1).await.unwrap(), Some(None), "first sight");
+        assert_eq!(s.move_standing("u1", "low", 2).await.unwrap(), None, "no change, no news");
+        assert_eq!(
+            s.move_standing("u1", "exhausted@t", 3).await.unwrap(),
+            Some(Some("low".into()))
+        );
+        assert_eq!(s.move_standing("u1", "exhausted@t", 4).await.unwrap(), None, "told once");
     }
 
     #[tokio::test]

@@ -16,7 +16,8 @@ export function check(cond, what) {
   if (!cond) throw new Error(what);
 }
 
-// The code in the n-th message to `to` (0-based) in the SMTP server's maildir, once it arrived.
+// The code in the n-th code message to `to` (0-based; notices are not counted) in the SMTP
+// server's maildir, once it arrived.
 export async function code(maildir, to, n) {
   for (let i = 0; i < 100; i++) {
     const dir = path.join(maildir, "new");
@@ -25,7 +26,7 @@ export async function code(maildir, to, n) {
           .map((f) => path.join(dir, f))
           .sort((a, b) => fs.statSync(a).mtimeMs - fs.statSync(b).mtimeMs)
           .map((f) => fs.readFileSync(f, "utf8"))
-          .filter((m) => m.includes(`To: ${to}`))
+          .filter((m) => m.includes(`To: ${to}`) && /Subject: .*code: \d{6}/.test(m))
       : [];
     if (mails.length > n) return mails[n].match(/Subject: .* (\d{6})/)[1];
     await sleep(200);
