@@ -372,3 +372,99 @@ async fn standby_takes_over_within_fifteen_seconds() {
     assert!(p.operators[standby].log_text().contains("became leader"));
     println!("failover: new tenant Ready {took:?} after the leader was killed");
 }
+
+/// Medical, financial and criminal-record data need the customer's explicit written consent
+/// first: a tenant that declares such a category without a consent record gets no instance pod
+/// and no indexing, each refusal with a condition and a warning Event that say why; the
+/// platform's consent record lets them start. Instance pods are simulated (Ready without a
+/// process): this is about the refusal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sensitive_data_waits_for_a_consent_record() {
+    let (mut p, _stripe, _clock, _args) = billing_platform().await;
+    p.spawn_operator(&[]).await;
+    let tenant = |consents: &str| {
+        format!(
+            "apiVersion: alcove.dev/v1alpha1\nkind: Tenant\nmetadata: {{name: clinic}}\nspec:\n  displayName: Clinic\n  tier: basic\n  region: tw-taipei-1\n  sensitiveData: [medical, financial]\n{consents}"
+        )
+    };
+    // The schema refuses a category listed twice, naming the field.
+    let (ok, _, err) = p
+        .kubectl_as(
+            &p.cluster.kubeconfig,
+            &["apply", "-f", "-"],
+            Some("apiVersion: alcove.dev/v1alpha1\nkind: Tenant\nmetadata: {name: twice}\nspec:\n  displayName: T\n  tier: basic\n  region: tw-taipei-1\n  sensitiveData: [medical, medical]\n"),
+        )
+        .await;
+    assert!(!ok && err.contains("spec.sensitiveData lists each category once"), "{err}");
+    p.ok_in(
+        &["apply", "-f", "-"],
+        &tenant("  consents: [{category: medical, reference: DPA-17}]\n"),
+    )
+    .await;
+    p.wait_condition("tenant/clinic", "Ready", 60).await;
+    p.ok_in(
+        &["apply", "-f", "-"],
+        "apiVersion: alcove.dev/v1alpha1\nkind: InferenceInstance\nmetadata: {name: triage, namespace: tenant-clinic}\nspec:\n  model: {format: safetensors, source: {platform: default}}\n  gpu: {count: 1}\n---\napiVersion: alcove.dev/v1alpha1\nkind: KnowledgeBase\nmetadata: {name: notes, namespace: tenant-clinic}\nspec:\n  sources: [{name: a, inline: 'hello'}]\n  embeddingModel: {source: {platform: default-embedding}}\n",
+    )
+    .await;
+    let reason = |kind: &'static str, name: &'static str, cond: &'static str| {
+        let p = &p;
+        async move {
+            p.jsonpath(
+                &["get", kind, name, "-n", "tenant-clinic"],
+                &format!("{{.status.conditions[?(@.type==\"{cond}\")].reason}}"),
+            )
+            .await
+        }
+    };
+    eventually("the instance refused for consent", Duration::from_secs(30), || async {
+        reason("inferenceinstance", "triage", "Ready").await
+            == alcove_crds::reason::CONSENT_REQUIRED
+    })
+    .await;
+    eventually("the knowledge base refused for consent", Duration::from_secs(30), || async {
+        reason("knowledgebase", "notes", "Indexed").await == alcove_crds::reason::CONSENT_REQUIRED
+    })
+    .await;
+    let message = p
+        .jsonpath(
+            &["get", "inferenceinstance", "triage", "-n", "tenant-clinic"],
+            "{.status.conditions[?(@.type==\"Ready\")].message}",
+        )
+        .await;
+    assert!(
+        message.contains("declares financial data") && message.contains("spec.consents"),
+        "{message}"
+    );
+    assert_eq!(
+        p.jsonpath(
+            &["get", "inferenceinstance", "triage", "-n", "tenant-clinic"],
+            "{.status.phase}"
+        )
+        .await,
+        "Pending"
+    );
+    let pods = p.json(&["get", "pods", "-n", "tenant-clinic"]).await;
+    assert!(
+        pods["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|pod| !pod["metadata"]["name"].as_str().unwrap().starts_with("triage")),
+        "no instance pod: {pods}"
+    );
+    let events = p.events("tenant-clinic", alcove_crds::reason::CONSENT_REQUIRED).await;
+    assert!(events.len() >= 2 && events.iter().all(|e| e["type"] == "Warning"), "{events:?}");
+
+    // The platform records the second consent: the instance starts.
+    p.ok_in(
+        &["apply", "-f", "-"],
+        &tenant("  consents: [{category: medical, reference: DPA-17}, {category: financial, reference: DPA-18}]\n"),
+    )
+    .await;
+    p.wait_condition("inferenceinstance/triage -n tenant-clinic", "Ready", 60).await;
+    eventually("the knowledge base no longer refused", Duration::from_secs(30), || async {
+        reason("knowledgebase", "notes", "Indexed").await != alcove_crds::reason::CONSENT_REQUIRED
+    })
+    .await;
+}

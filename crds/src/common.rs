@@ -58,6 +58,9 @@ pub mod reason {
     pub const METERED: &str = "Metered";
     /// Instance `Ready`: suspended by `spec.state`.
     pub const SUSPENDED: &str = "Suspended";
+    /// Instance `Ready` and knowledge base `Indexed`: the tenant declares sensitive data
+    /// without a consent record for it.
+    pub const CONSENT_REQUIRED: &str = "ConsentRequired";
     /// Stopped for want of requests (`spec.idleTimeout`).
     pub const IDLE: &str = "Idle";
     /// Instance `Scheduled`: no node fits (the scheduler's reason).

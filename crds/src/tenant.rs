@@ -83,6 +83,92 @@ pub struct TenantSpec {
     /// Enterprise tier only: the customer's own nodes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub placement: Option<PlacementSpec>,
+
+    /// Sensitive categories of data this tenant's instances and knowledge bases will process
+    /// (`medical`, `financial`, `criminalRecord`). Each needs the customer's explicit written
+    /// consent first: until `consents` holds a reference for every one, the operator creates
+    /// no instance pod and indexes no knowledge base of this tenant.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 3))]
+    #[x_kube(validation = Rule::new("self.all(c, self.exists_one(d, d == c))").message("spec.sensitiveData lists each category once"))]
+    pub sensitive_data: Vec<SensitiveCategory>,
+
+    /// The platform's records of the customer's explicit written consent, one per sensitive
+    /// category (where the signed document is kept). Written by the platform team, never by
+    /// the customer or the operator.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 3))]
+    #[x_kube(validation = Rule::new("self.all(c, self.exists_one(d, d.category == c.category))").message("spec.consents has one record per category"))]
+    pub consents: Vec<Consent>,
+}
+
+/// A category of sensitive data that needs explicit written consent before it is processed.
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, JsonSchema,
+)]
+#[serde(rename_all = "camelCase")]
+pub enum SensitiveCategory {
+    Medical,
+    Financial,
+    CriminalRecord,
+}
+
+impl SensitiveCategory {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SensitiveCategory::Medical => "medical",
+            SensitiveCategory::Financial => "financial",
+            SensitiveCategory::CriminalRecord => "criminalRecord",
+        }
+    }
+
+    /// For people: "criminal-record".
+    pub fn words(self) -> &'static str {
+        match self {
+            SensitiveCategory::Medical => "medical",
+            SensitiveCategory::Financial => "financial",
+            SensitiveCategory::CriminalRecord => "criminal-record",
+        }
+    }
+}
+
+/// A record of explicit written consent for one sensitive category.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Consent {
+    pub category: SensitiveCategory,
+    /// Where the signed consent is kept: a document id, a contract number, a ticket.
+    #[schemars(length(min = 1, max = 253))]
+    pub reference: String,
+}
+
+/// The sensitive categories a tenant declares without a consent record, in order; empty when
+/// everything declared is consented to.
+pub fn missing_consents(spec: &TenantSpec) -> Vec<SensitiveCategory> {
+    let mut missing: Vec<SensitiveCategory> = spec
+        .sensitive_data
+        .iter()
+        .copied()
+        .filter(|c| {
+            !spec.consents.iter().any(|k| k.category == *c && !k.reference.trim().is_empty())
+        })
+        .collect();
+    missing.sort();
+    missing.dedup();
+    missing
+}
+
+/// Why a tenant's instances and knowledge bases wait, in words (see [`missing_consents`]).
+pub fn consent_refusal(tenant: &str, spec: &TenantSpec) -> Option<String> {
+    let missing = missing_consents(spec);
+    if missing.is_empty() {
+        return None;
+    }
+    let names: Vec<&str> = missing.iter().map(|c| c.as_str()).collect();
+    Some(format!(
+        "tenant {tenant} declares {} data in spec.sensitiveData without a consent record in spec.consents: nothing is started until the platform records the customer's explicit written consent for each",
+        names.join(", ")
+    ))
 }
 
 /// Limits for the tenant namespace.
@@ -367,4 +453,43 @@ pub struct ErasureRecord {
     pub erased_at: String,
     /// The rule that decided the deadline, e.g. `conversationHistory=7d`.
     pub rule: String,
+}
+
+#[cfg(test)]
+mod consent_tests {
+    use super::*;
+
+    fn spec(yaml: &str) -> TenantSpec {
+        serde_saphyr::from_str(&format!("displayName: A\ntier: basic\nregion: tw-taipei-1\n{yaml}"))
+            .unwrap()
+    }
+
+    #[test]
+    fn every_declared_category_needs_its_own_consent_record() {
+        assert!(missing_consents(&spec("")).is_empty(), "nothing declared, nothing needed");
+        let s = spec(
+            "sensitiveData: [medical, criminalRecord]\nconsents: [{category: medical, reference: DPA-2026-17}]\n",
+        );
+        assert_eq!(missing_consents(&s), vec![SensitiveCategory::CriminalRecord]);
+        let why = consent_refusal("acme", &s).unwrap();
+        assert!(
+            why.contains("declares criminalRecord data") && why.contains("spec.consents"),
+            "{why}"
+        );
+        let blank =
+            spec("sensitiveData: [financial]\nconsents: [{category: financial, reference: ' '}]\n");
+        assert_eq!(
+            missing_consents(&blank),
+            vec![SensitiveCategory::Financial],
+            "a blank reference is none"
+        );
+        let all = spec(
+            "sensitiveData: [financial]\nconsents: [{category: financial, reference: C-1}, {category: medical, reference: C-2}]\n",
+        );
+        assert_eq!(
+            consent_refusal("acme", &all),
+            None,
+            "consent beyond what is declared is harmless"
+        );
+    }
 }

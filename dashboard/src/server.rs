@@ -457,6 +457,11 @@ pub async fn overview(State(app): State<Arc<App>>, user: Signed, headers: Header
     html(StatusCode::OK, &user.frame("Your tenants"), views::overview(&rows))
 }
 
+/// The sensitive categories the tenant declares without a consent record, in words.
+fn consent_missing(t: &Tenant) -> Vec<&'static str> {
+    alcove_crds::tenant::missing_consents(&t.spec).into_iter().map(|c| c.words()).collect()
+}
+
 /// The tenant if it is this user's, else 404 (the same for one that does not exist).
 fn tenant(app: &App, user: &Signed, name: &str) -> Result<Arc<Tenant>, Failure> {
     app.cluster.tenant_of(&user.email, name).ok_or(Failure::NotFound)
@@ -527,7 +532,14 @@ pub async fn instances(
 ) -> Answer {
     let tn = tenant(&app, &user, &t)?;
     let rows = rows(&app, &user, &t).await?;
-    let body = views::instances(&t, &tn.spec.display_name, &rows, notice_text(q.notice.as_deref()));
+    let missing = consent_missing(&tn);
+    let body = views::instances(
+        &t,
+        &tn.spec.display_name,
+        &rows,
+        notice_text(q.notice.as_deref()),
+        &missing,
+    );
     Ok(html(StatusCode::OK, &user.frame("Instances"), body))
 }
 
@@ -1024,7 +1036,8 @@ async fn kb_list_page(
         })
         .collect();
     rows.sort_by(|a, b| a.name.cmp(&b.name));
-    let body = views::knowledge_bases(t, &rows, &user.csrf, name, errors);
+    let missing = tenant(app, user, t).map(|tn| consent_missing(&tn)).unwrap_or_default();
+    let body = views::knowledge_bases(t, &rows, &user.csrf, name, errors, &missing);
     Ok(html(status, &user.frame("Knowledge bases"), body))
 }
 

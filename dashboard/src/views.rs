@@ -211,16 +211,29 @@ pub fn instance_rows(tenant: &str, rows: &[InstanceRow]) -> Markup {
     }
 }
 
+/// The tenant's sensitive data categories still waiting for consent, in words.
+pub fn consent_banner(missing: &[&str]) -> Markup {
+    html! {
+        @if !missing.is_empty() {
+            p.error.banner #consent role="status" {
+                "Your account declares " (missing.join(", ")) " data. Such data needs your explicit written consent first: until your platform team records it, no instance runs and no knowledge base is indexed."
+            }
+        }
+    }
+}
+
 pub fn instances(
     tenant: &str,
     display_name: &str,
     rows: &[InstanceRow],
     note: Option<&str>,
+    consent_missing: &[&str],
 ) -> Markup {
     html! {
         nav.crumbs aria-label="Breadcrumb" { a href="/" { "Tenants" } " / " (display_name) }
         h1 { "Instances" }
         (notice(note))
+        (consent_banner(consent_missing))
         p.actions { a.button href={"/t/" (tenant) "/new"} { "New instance" } a.button href={"/t/" (tenant) "/kb"} { "Knowledge bases" } a.button href={"/t/" (tenant) "/billing"} { "Credit and billing" } }
         div.scroll {
             table {
@@ -248,10 +261,12 @@ pub fn knowledge_bases(
     csrf: &str,
     name: &str,
     errors: &FormErrors,
+    consent_missing: &[&str],
 ) -> Markup {
     html! {
         nav.crumbs aria-label="Breadcrumb" { a href="/" { "Tenants" } " / " a href={"/t/" (tenant)} { (tenant) } " / knowledge bases" }
         h1 { "Knowledge bases" }
+        (consent_banner(consent_missing))
         p { "Documents your instances answer from. They stay in your tenant's volume." }
         div.scroll {
             table {
@@ -918,6 +933,14 @@ mod tests {
         assert!(html.contains(r#"value="Bad Name""#));
         assert!(html.contains("Be &lt;kind&gt;</textarea>"), "typed text is kept, escaped: {html}");
         assert!(html.contains(r#"name="csrf" value="tok""#));
+    }
+
+    #[test]
+    fn missing_consent_is_said_on_the_tenant_pages() {
+        let html =
+            instances("acme", "Acme", &[], None, &["medical", "criminal-record"]).into_string();
+        assert!(html.contains("declares medical, criminal-record data"), "{html}");
+        assert!(!instances("acme", "Acme", &[], None, &[]).into_string().contains("consent"));
     }
 
     #[test]

@@ -22,6 +22,8 @@ pub struct Observation {
     pub waiting: Option<String>,
     /// The tenant's credit is exhausted past its grace (why).
     pub credit_suspended: Option<String>,
+    /// The tenant declares sensitive data without a consent record for it (why).
+    pub consent_required: Option<String>,
     /// SHA-256 of the instance's API key (hex), published for the gateway.
     pub api_key_hash: Option<String>,
     /// The gateway's limits for the instance's key.
@@ -180,6 +182,13 @@ pub fn desired_status(
                 alcove_crds::reason::INVALID_SPEC,
                 "no pod for a spec that cannot be served",
             ),
+        )
+    } else if let Some(why) = &obs.consent_required {
+        let msg = format!("{why}; no pod runs until then (volumes and key are kept)");
+        (
+            InstancePhase::Pending,
+            c(condition::READY, false, alcove_crds::reason::CONSENT_REQUIRED, &msg),
+            c(condition::SCHEDULED, false, alcove_crds::reason::CONSENT_REQUIRED, &msg),
         )
     } else if let Some(why) = &obs.credit_suspended {
         let msg = format!("{why}; the pod is deleted, billing stopped; volumes and key are kept");

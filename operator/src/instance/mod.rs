@@ -77,6 +77,7 @@ async fn reconcile_inner(i: &InferenceInstance, ctx: &Context) -> Result<Action>
     let client = &ctx.client;
     let mut obs = Observation {
         credit_suspended: crate::billing::account::suspended(&tenant, ctx.now()),
+        consent_required: alcove_crds::tenant::consent_refusal(&tenant.name_any(), &tenant.spec),
         ..Default::default()
     };
     let usage = find(
@@ -93,6 +94,7 @@ async fn reconcile_inner(i: &InferenceInstance, ctx: &Context) -> Result<Action>
         Err(wait) => wait,
     };
     let suspended = i.spec.state == InstanceState::Suspended
+        || obs.consent_required.is_some()
         || obs.credit_suspended.is_some()
         || obs.idle.is_some();
 
@@ -354,6 +356,16 @@ async fn write_status(
                         .time_to_ready
                         .observe(now.duration_since(created.0).as_secs_f64().max(0.0));
                 }
+            }
+            Some(InstancePhase::Pending) if obs.consent_required.is_some() => {
+                ctx.event(
+                    i,
+                    true,
+                    alcove_crds::reason::CONSENT_REQUIRED,
+                    "Refuse",
+                    obs.consent_required.clone().unwrap_or_default(),
+                )
+                .await
             }
             Some(InstancePhase::Suspended) if obs.credit_suspended.is_some() => {
                 ctx.event(

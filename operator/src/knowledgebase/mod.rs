@@ -190,6 +190,18 @@ async fn reconcile_inner(kb: &KnowledgeBase, ctx: &Context) -> Result<Action> {
         )
         .await;
     }
+    if let Some(why) = alcove_crds::tenant::consent_refusal(&tenant.name_any(), &tenant.spec) {
+        return write_status(
+            kb,
+            ctx,
+            &kbs,
+            &Observation {
+                refused: Some((alcove_crds::reason::CONSENT_REQUIRED.into(), why)),
+                ..Default::default()
+            },
+        )
+        .await;
+    }
     if ensure_finalizer(&kbs, kb, FINALIZER).await? {
         return Ok(Action::await_change());
     }
