@@ -64,9 +64,8 @@ pub fn standing(t: &Tenant, now: Timestamp) -> Option<Standing> {
     }
     let spec = t.spec.billing.as_ref()?;
     let b = status?.billing.as_ref()?;
-    if b.customer_id.is_none() {
-        return None;
-    }
+    // No Stripe customer yet: the account is being set up, there is nothing to tell.
+    b.customer_id.as_ref()?;
     if b.balance <= 0 {
         let suspend_at: Timestamp = b.suspend_at.as_deref()?.parse().ok()?;
         return Some(if now >= suspend_at {
