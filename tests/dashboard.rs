@@ -125,6 +125,34 @@ async fn a_customer_runs_an_instance_from_the_dashboard_and_no_one_else_can() {
     assert!(page.body.contains(&gw.base), "the endpoint is the gateway's: {}", page.body);
     assert!(page.body.contains("Ready is True"), "conditions as activity: {}", page.body);
 
+    // --- the data we hold: the instance's history volume with its class, place and timer, the
+    // key's place and age, each retention window, read as the owner ---
+    let data = alice.get("/t/startup/data").await;
+    assert_eq!(data.status, 200, "{}", data.body);
+    let history = p.json(&["get", "pvc", "-n", "tenant-startup"]).await["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["metadata"]["name"].as_str().unwrap().to_string())
+        .find(|n| n.contains("chat"))
+        .expect("the instance's history volume");
+    for fact in [
+        history.as_str(),
+        "conversationHistory",
+        "kept while InferenceInstance chat exists",
+        "tw-taipei-1: your volumes and the GPUs that read them stay there",
+        "alice@startup.example (user)",
+        "Secret alcove-tenant-key in tenant-startup, made ",
+        "billingRecords",
+        "the law (accounting records)",
+        "Nothing has been erased yet.",
+    ] {
+        assert!(data.body.contains(fact), "{fact}: {}", data.body);
+    }
+    let node =
+        p.jsonpath(&["get", "pod", "chat", "-n", "tenant-startup"], "{.spec.nodeName}").await;
+    assert!(data.body.contains(&format!("mounted on {node}")), "{}", data.body);
+
     // --- the chat playground: a streamed answer through the gateway, kept as a conversation ---
     let key = api_key(&p, "tenant-startup", "chat").await;
     let chat = alice.get("/t/startup/i/chat/chat").await;
@@ -237,6 +265,7 @@ async fn a_customer_runs_an_instance_from_the_dashboard_and_no_one_else_can() {
         "/t/startup/i/chat/conversations",
         "/t/startup/i/chat/c/x/delete",
         "/t/startup/kb",
+        "/t/startup/data",
         "/t/nonexistent",
     ] {
         let r = bob.get(path).await;

@@ -13,6 +13,7 @@ pub mod instance;
 pub mod knowledgebase;
 pub mod policy;
 pub mod reference;
+pub mod report;
 pub mod tenant;
 
 pub use common::*;

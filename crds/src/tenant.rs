@@ -142,6 +142,21 @@ pub struct Consent {
     pub reference: String,
 }
 
+impl RetentionSpec {
+    /// The window this spec asks for `class`, as written (e.g. `3d`), if it names one.
+    pub fn get(&self, class: crate::policy::DataClass) -> Option<&str> {
+        use crate::policy::DataClass;
+        match class {
+            DataClass::ConversationHistory => self.conversation_history.as_deref(),
+            DataClass::KnowledgeBase => self.knowledge_base.as_deref(),
+            DataClass::StagedDocuments => self.staged_documents.as_deref(),
+            DataClass::ModelCache => self.model_cache.as_deref(),
+            DataClass::AccountData => self.account_data.as_deref(),
+            DataClass::BillingRecords => self.billing_records.as_deref(),
+        }
+    }
+}
+
 /// The sensitive categories a tenant declares without a consent record, in order; empty when
 /// everything declared is consented to.
 pub fn missing_consents(spec: &TenantSpec) -> Vec<SensitiveCategory> {
@@ -382,6 +397,20 @@ pub struct TenantStatus {
     /// When the tenant's data is erased, once the Tenant has been deleted (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub erase_after: Option<String>,
+    /// The key the tenant's conversation history is encrypted with: its Secret and when it was
+    /// made (the key itself is never in the status).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption_key: Option<EncryptionKey>,
+}
+
+/// Where a tenant's encryption key is and how old it is.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EncryptionKey {
+    /// The Secret in the tenant namespace that holds it.
+    pub secret: String,
+    /// When it was made (RFC 3339).
+    pub created_at: String,
 }
 
 /// Lifecycle phase of a tenant.

@@ -185,6 +185,7 @@ pub async fn start(
         .route("/t/{tenant}/i/{name}/destroy", get(server::destroy_page).post(server::destroy))
         .route("/t/{tenant}/i/{name}/destroy/code", post(server::destroy_code))
         .route("/t/{tenant}/i/{name}/kb", post(server::attach))
+        .route("/t/{tenant}/data", get(server::data_page))
         .route("/t/{tenant}/billing", get(server::billing_page))
         .route("/t/{tenant}/billing/balance", get(server::balance_block))
         .route("/t/{tenant}/billing/pay", post(server::pay))

@@ -1980,3 +1980,86 @@ pub async fn receipt(
     )
         .into_response())
 }
+
+// ----- your data -----
+
+/// The data report: the account, where its data lives, the key, how long each kind is kept, and
+/// what was erased. Volumes and pods are read as the user (the tenant-admin Role may read them);
+/// the rest is the Tenant the dashboard watches.
+pub async fn data_page(State(app): State<Arc<App>>, user: Signed, Path(t): Path<String>) -> Answer {
+    use alcove_crds::policy::DataClass;
+    let tn = tenant(&app, &user, &t)?;
+    let ns = alcove_crds::tenant::namespace_of(&t);
+    let client = app.cluster.as_user(&user.email, &t);
+    let pvcs: Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> =
+        Api::namespaced(client.clone(), &ns);
+    let pods: Api<Pod> = Api::namespaced(client, &ns);
+    let all = ListParams::default();
+    let (pvcs, pods) = futures::try_join!(pvcs.list(&all), pods.list(&all))?;
+    let volumes = alcove_crds::report::volumes(&pvcs.items, &pods.items);
+    let status = tn.status.clone().unwrap_or_default();
+    let spec = &tn.spec;
+    let owners: Vec<String> = spec
+        .owners
+        .iter()
+        .map(|o| format!("{} ({})", o.name, o.kind.as_str().to_lowercase()))
+        .collect();
+    let sensitive = if spec.sensitive_data.is_empty() {
+        "none declared".to_string()
+    } else {
+        spec.sensitive_data
+            .iter()
+            .map(|c| match spec.consents.iter().find(|k| k.category == *c) {
+                Some(k) => format!("{} (consent {})", c.words(), k.reference),
+                None => format!("{} (waiting for consent)", c.words()),
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let account = vec![
+        ("Name", format!("{} ({t})", spec.display_name)),
+        ("Owners", owners.join(", ")),
+        ("Tier", spec.tier.as_str().to_string()),
+        ("Region", format!("{}: your volumes and the GPUs that read them stay there", spec.region)),
+        ("Namespace", ns.clone()),
+        ("Sensitive data", sensitive),
+        (
+            "Legal hold",
+            if spec.legal_hold { "on: nothing is erased while it lasts" } else { "off" }.into(),
+        ),
+    ];
+    let now = app.clock.now();
+    let key = match &status.encryption_key {
+        Some(k) => {
+            let made: Option<jiff::Timestamp> = k.created_at.parse().ok();
+            let age = made.map(|m| now.duration_since(m).as_secs().max(0) / 86_400).unwrap_or(0);
+            format!(
+                "Secret {} in {ns}, made {} ({age} days ago). Conversation history is encrypted with it. When the account is erased it is deleted last, so nothing that escaped erasure can be read.",
+                k.secret,
+                made.map(|m| m.strftime("%Y-%m-%d").to_string()).unwrap_or_default()
+            )
+        }
+        None => "Not made yet: it is made with the account's namespace.".into(),
+    };
+    let windows = DataClass::ALL
+        .into_iter()
+        .map(|c| match spec.retention.as_ref().and_then(|r| r.get(c)) {
+            Some(w) => (c.as_str(), w.to_string(), "your account"),
+            None if c == DataClass::BillingRecords => {
+                (c.as_str(), c.default_window().to_string(), "the law (accounting records)")
+            }
+            None => (c.as_str(), c.default_window().to_string(), "the platform (at most this)"),
+        })
+        .collect();
+    let view = views::DataView {
+        tenant: &t,
+        display_name: &spec.display_name,
+        account,
+        key,
+        volumes: &volumes,
+        windows,
+        erasures: &status.erasure,
+        erase_after: status.erase_after.clone(),
+    };
+    Ok(html(StatusCode::OK, &user.frame("Your data"), views::data(&view)))
+}

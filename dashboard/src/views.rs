@@ -234,7 +234,7 @@ pub fn instances(
         h1 { "Instances" }
         (notice(note))
         (consent_banner(consent_missing))
-        p.actions { a.button href={"/t/" (tenant) "/new"} { "New instance" } a.button href={"/t/" (tenant) "/kb"} { "Knowledge bases" } a.button href={"/t/" (tenant) "/billing"} { "Credit and billing" } }
+        p.actions { a.button href={"/t/" (tenant) "/new"} { "New instance" } a.button href={"/t/" (tenant) "/kb"} { "Knowledge bases" } a.button href={"/t/" (tenant) "/billing"} { "Credit and billing" } a.button href={"/t/" (tenant) "/data"} { "Your data" } }
         div.scroll {
             table {
                 caption.visually-hidden { "Instances of " (display_name) }
@@ -889,6 +889,77 @@ pub fn receipt(r: &ReceiptView) -> Markup {
                     dt { "Method" } dd { "Card, through Stripe" }
                 }
                 p { "This amount was added to the tenant's prepaid credit." }
+            }
+        }
+    }
+}
+
+// ----- your data -----
+
+/// What the data page shows: the tenant's account, where its data lives, the key that encrypts
+/// it, how long each kind is kept, and what was erased.
+pub struct DataView<'a> {
+    pub tenant: &'a str,
+    pub display_name: &'a str,
+    /// Account facts: label and value.
+    pub account: Vec<(&'static str, String)>,
+    /// The encryption key, in words, or why there is none yet.
+    pub key: String,
+    pub volumes: &'a [alcove_crds::report::Volume],
+    /// Data class, its window, and where the window comes from.
+    pub windows: Vec<(&'static str, String, &'static str)>,
+    pub erasures: &'a [alcove_crds::tenant::ErasureRecord],
+    /// Set once the tenant is deleted: when everything left is erased.
+    pub erase_after: Option<String>,
+}
+
+pub fn data(v: &DataView) -> Markup {
+    html! {
+        nav.crumbs aria-label="Breadcrumb" { a href="/" { "Tenants" } " / " a href={"/t/" (v.tenant)} { (v.display_name) } " / Your data" }
+        h1 { "The data we hold about you" }
+        p { "Everything below is read from the cluster now. Prompts, answers and documents are yours; this page lists where they are and how long they are kept, never their content." }
+        @if let Some(at) = &v.erase_after { p.error.banner role="status" { "This account is deleted. Everything left is erased at " (at) "." } }
+        section aria-labelledby="account-title" {
+            h2 #account-title { "Account" }
+            dl.facts #account { @for (k, val) in &v.account { dt { (k) } dd { (val) } } }
+        }
+        section aria-labelledby="key-title" {
+            h2 #key-title { "Encryption key" }
+            p #key { (v.key) }
+        }
+        section aria-labelledby="volumes-title" {
+            h2 #volumes-title { "Volumes" }
+            @if v.volumes.is_empty() { p { "No volumes." } } @else {
+                div.scroll { table #volumes {
+                    caption.visually-hidden { "Volumes, their data class, size, place and retention" }
+                    thead { tr { th scope="col" { "Volume" } th scope="col" { "Data class" } th scope="col" { "Size" } th scope="col" { "Where" } th scope="col" { "Kept" } } }
+                    tbody { @for vol in v.volumes { tr {
+                        th scope="row" { (vol.name) }
+                        td { (vol.data_class) }
+                        td { (vol.size) }
+                        td { (vol.bound_to) @if !vol.nodes.is_empty() { br; small { "mounted on " (vol.nodes.join(", ")) } } }
+                        td { (vol.timer.words()) }
+                    } } }
+                } }
+            }
+        }
+        section aria-labelledby="windows-title" {
+            h2 #windows-title { "How long each kind of data is kept" }
+            div.scroll { table #windows {
+                caption.visually-hidden { "Retention windows per data class" }
+                thead { tr { th scope="col" { "Data" } th scope="col" { "Kept for" } th scope="col" { "Set by" } } }
+                tbody { @for (class, window, source) in &v.windows { tr { th scope="row" { (class) } td { (window) } td { (source) } } } }
+            } }
+            p.hint { "Windows count from the moment the data is released: an instance destroyed, a knowledge base deleted, a job finished, the account deleted." }
+        }
+        section aria-labelledby="erasures-title" {
+            h2 #erasures-title { "Erasure receipts" }
+            @if v.erasures.is_empty() { p { "Nothing has been erased yet." } } @else {
+                div.scroll { table #erasures {
+                    caption.visually-hidden { "What was erased, when, and by which rule" }
+                    thead { tr { th scope="col" { "What" } th scope="col" { "Erased at" } th scope="col" { "Deadline" } th scope="col" { "Rule" } } }
+                    tbody { @for r in v.erasures { tr { td { (r.what) } td { (r.erased_at) } td { (r.deadline) } td { (r.rule) } } } }
+                } }
             }
         }
     }

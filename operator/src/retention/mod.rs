@@ -336,50 +336,23 @@ pub async fn data_report(
     } else {
         Vec::new()
     };
-    writeln!(out, "  volumes: {}", list.len())?;
-    for pvc in list {
-        let name = pvc.name_any();
-        let class =
-            pvc.labels().get(LABEL_DATA_CLASS).cloned().unwrap_or_else(|| "accountData".into());
-        let size = pvc
-            .spec
-            .as_ref()
-            .and_then(|s| {
-                s.resources.as_ref()?.requests.as_ref()?.get("storage").map(|q| q.0.clone())
-            })
-            .unwrap_or_default();
-        let pv = pvc
-            .spec
-            .as_ref()
-            .and_then(|s| s.volume_name.clone())
-            .unwrap_or_else(|| "(unbound)".into());
-        let nodes: Vec<String> = pod_list
-            .iter()
-            .filter(|p| {
-                p.spec.as_ref().is_some_and(|s| {
-                    s.volumes.iter().flatten().any(|v| {
-                        v.persistent_volume_claim.as_ref().is_some_and(|c| c.claim_name == name)
-                    })
-                })
-            })
-            .filter_map(|p| p.spec.as_ref()?.node_name.clone())
-            .collect();
-        let timer = match pvc.annotations().get(alcove_crds::ANNOTATION_RETAIN_UNTIL) {
-            Some(until) => format!(
-                "released: erased at {until} ({})",
-                pvc.annotations().get(policy::ANNOTATION_RULE).cloned().unwrap_or_default()
-            ),
-            None => match pvc.metadata.owner_references.as_ref().and_then(|o| o.first()) {
-                Some(o) => format!("kept while {} {} exists", o.kind, o.name),
-                None => "kept until the tenant is erased".into(),
-            },
-        };
-        let where_ = if nodes.is_empty() {
+    let volumes = alcove_crds::report::volumes(&list, &pod_list);
+    writeln!(out, "  volumes: {}", volumes.len())?;
+    for v in volumes {
+        let where_ = if v.nodes.is_empty() {
             "not mounted".to_string()
         } else {
-            format!("mounted on {}", nodes.join(", "))
+            format!("mounted on {}", v.nodes.join(", "))
         };
-        writeln!(out, "  - {name} [{class}] {size} on {pv}, {where_}; {timer}")?;
+        writeln!(
+            out,
+            "  - {} [{}] {} on {}, {where_}; {}",
+            v.name,
+            v.data_class,
+            v.size,
+            v.bound_to,
+            v.timer.words()
+        )?;
     }
     let receipts = receipts(&client, operator_namespace, tenant).await?;
     writeln!(out, "  erasures: {}", receipts.len())?;

@@ -13,20 +13,12 @@ use serde_json::{Value, json};
 /// On a released volume: `true` (the selector the retention controller and reports use).
 pub const LABEL_RELEASED: &str = "alcove.dev/released";
 /// On a released volume: the rule its deadline came from, e.g. `conversationHistory=7d`.
-pub const ANNOTATION_RULE: &str = "alcove.dev/retention-rule";
+pub use alcove_crds::report::ANNOTATION_RULE;
 
 /// The tenant's window for `class`: its spec's (the schema keeps it within the promise and above
 /// any legal minimum), else `default` (the platform's configured default for the class).
 pub fn window(tenant: Option<&Tenant>, class: DataClass, default: Window) -> Window {
-    let r = tenant.and_then(|t| t.spec.retention.as_ref());
-    let field = r.and_then(|r| match class {
-        DataClass::ConversationHistory => r.conversation_history.as_deref(),
-        DataClass::KnowledgeBase => r.knowledge_base.as_deref(),
-        DataClass::StagedDocuments => r.staged_documents.as_deref(),
-        DataClass::ModelCache => r.model_cache.as_deref(),
-        DataClass::AccountData => r.account_data.as_deref(),
-        DataClass::BillingRecords => r.billing_records.as_deref(),
-    });
+    let field = tenant.and_then(|t| t.spec.retention.as_ref()?.get(class));
     field.and_then(Window::parse).unwrap_or(default)
 }
 

@@ -275,6 +275,14 @@ async fn reconcile_inner(tenant: &Tenant, ctx: &Context) -> Result<Action> {
     }
     desired.erasure = last_receipts(ctx, &tenant.name_any()).await?;
     desired.erase_after = previous.erase_after.clone();
+    // The key's place and age (never the key): the data report shows it to the owners.
+    desired.encryption_key = live_key
+        .as_deref()
+        .and_then(|k| k.metadata.creation_timestamp.as_ref())
+        .map(|at| alcove_crds::tenant::EncryptionKey {
+            secret: crate::names::KEY_SECRET.into(),
+            created_at: alcove_clock::format(at.0),
+        });
     // Events accompany status transitions, so a repeated reconcile repeats neither.
     let message = desired.conditions[0].message.clone();
     let billing_changed = conditions::transitioned(&previous.conditions, &billing.condition);
