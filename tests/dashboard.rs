@@ -182,6 +182,32 @@ async fn a_customer_runs_an_instance_from_the_dashboard_and_no_one_else_can() {
     let auth = format!("Bearer {key}");
     let stored = gw.call("/conversations/first-talk", &[("Authorization", &auth)], None).await;
     assert_eq!(stored.status, 200, "kept in the instance's store: {stored:?}");
+
+    // --- usage: the gateway's records of that chat, as a chart, a table, a log and a CSV ---
+    let usage = until_some("the chat in the request log", Duration::from_secs(30), || async {
+        Some(alice.get("/t/startup/usage").await).filter(|u| u.body.contains("chat/completions"))
+    })
+    .await;
+    assert_eq!(usage.status, 200);
+    assert!(usage.body.contains(r#"<svg id="token-chart""#), "{}", usage.body);
+    assert!(usage.body.contains("completion tokens"), "{}", usage.body);
+    assert!(!usage.body.contains("Say hello."), "no content in the log: {}", usage.body);
+    let csv = alice.get("/t/startup/usage.csv").await;
+    assert!(csv.header("content-type").unwrap().starts_with("text/csv"), "{csv:?}");
+    let lines: Vec<&str> = csv.body.lines().collect();
+    assert!(
+        lines[0].starts_with("time_utc,request_id,instance,model,endpoint,status"),
+        "{}",
+        csv.body
+    );
+    assert!(
+        lines.iter().skip(1).any(|l| l.contains(",chat,") && l.contains(",200,")),
+        "{}",
+        csv.body
+    );
+    assert!(!csv.body.contains("Say hello."));
+    let none = alice.get("/t/startup/usage.csv?instance=other").await;
+    assert_eq!(none.body.lines().count(), 1, "the filter applies: {}", none.body);
     let empty = alice
         .post(
             "/t/startup/i/chat/chat",
@@ -266,6 +292,8 @@ async fn a_customer_runs_an_instance_from_the_dashboard_and_no_one_else_can() {
         "/t/startup/i/chat/c/x/delete",
         "/t/startup/kb",
         "/t/startup/data",
+        "/t/startup/usage",
+        "/t/startup/usage.csv",
         "/t/nonexistent",
     ] {
         let r = bob.get(path).await;

@@ -488,11 +488,13 @@ pub struct Dashboard {
 
 impl Dashboard {
     /// A dashboard acting on `p` (its kubeconfig: the dashboard's own identity), offering the
-    /// platform models `default` and `default-gguf`, with the customers' endpoint `gw`.
+    /// platform models `default` and `default-gguf`, with the customers' endpoint `gw` and its
+    /// usage store.
     pub async fn start(p: &Platform, name: &str, gw: &Gateway) -> Dashboard {
         let base = gw.base.trim_end_matches("/v1").to_string();
         let ca = gw.ca.display().to_string();
-        let args = ["--gateway-url", &base, "--gateway-ca", &ca];
+        let usage = format!("sqlite://{}", gw.dir.join("usage.db").display());
+        let args = ["--gateway-url", &base, "--gateway-ca", &ca, "--usage-store", &usage];
         Dashboard::start_as(p, name, &p.cluster.kubeconfig, &args).await
     }
 

@@ -76,6 +76,11 @@ pub struct DashboardArgs {
     /// e.g. the ingress's: the per-client sign-in limit counts the client behind them.
     #[arg(long, env = "ALCOVE_DASHBOARD_TRUSTED_PROXIES", value_delimiter = ',')]
     pub trusted_proxies: Vec<alcove_gateway::server::Cidr>,
+    /// The gateway's usage store (its `--usage-store`: PostgreSQL, or its SQLite file on the same
+    /// machine), read for the usage page: tokens per day and the request log. Without it the
+    /// page says the log is not connected.
+    #[arg(long, env = "ALCOVE_DASHBOARD_USAGE_STORE", hide_env_values = true)]
+    pub usage_store: Option<String>,
     /// A Stripe secret key for top-ups: a restricted key that may create PaymentIntents, add
     /// customers' card sources and read PaymentIntents and invoice items. Without it the billing
     /// page shows the balance and history the cluster knows, and offers no top-up.
@@ -122,6 +127,7 @@ impl DashboardArgs {
             models,
             trusted_proxies: Vec::new(),
             embedding_model: EMBEDDING_MODEL.into(),
+            usage_store: None,
             stripe_api_key: None,
             stripe_api_base: STRIPE_API.into(),
             stripe_publishable_key: None,

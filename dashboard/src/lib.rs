@@ -140,12 +140,17 @@ pub async fn start(
         use sha2::Digest;
         sha2::Sha256::new().chain_update(key).chain_update(label).finalize().into()
     };
+    let usage = match &args.usage_store {
+        Some(dsn) => Some(alcove_gateway::store::Store::open(dsn).await?),
+        None => None,
+    };
     let app = Arc::new(App {
         cluster,
         codes: codes::Codes::new(derive(b"codes"), store.clone()),
         sessions: session::Sessions::new(derive(b"csrf"), store.clone()),
         store: store.clone(),
         billing,
+        usage,
         mailer,
         clock,
         catalogue: args.models.clone(),
@@ -186,6 +191,8 @@ pub async fn start(
         .route("/t/{tenant}/i/{name}/destroy/code", post(server::destroy_code))
         .route("/t/{tenant}/i/{name}/kb", post(server::attach))
         .route("/t/{tenant}/data", get(server::data_page))
+        .route("/t/{tenant}/usage", get(server::usage_page))
+        .route("/t/{tenant}/usage.csv", get(server::usage_csv))
         .route("/t/{tenant}/billing", get(server::billing_page))
         .route("/t/{tenant}/billing/balance", get(server::balance_block))
         .route("/t/{tenant}/billing/pay", post(server::pay))

@@ -49,6 +49,8 @@ pub struct App {
     pub store: crate::store::Store,
     /// Top-ups and the billing history, when the platform gave the dashboard a Stripe key.
     pub billing: Option<crate::billing::Billing>,
+    /// The gateway's usage store, when the platform connected it (the usage page).
+    pub usage: Option<alcove_gateway::store::Store>,
 }
 
 /// The origin (`scheme://host[:port]`) of a URL.
@@ -2062,4 +2064,194 @@ pub async fn data_page(State(app): State<Arc<App>>, user: Signed, Path(t): Path<
         erase_after: status.erase_after.clone(),
     };
     Ok(html(StatusCode::OK, &user.frame("Your data"), views::data(&view)))
+}
+
+// ----- usage -----
+
+#[derive(Deserialize, Default)]
+pub struct UsageQuery {
+    #[serde(default)]
+    instance: String,
+    before: Option<i64>,
+}
+
+/// Requests per page of the log.
+const LOG_PAGE: i64 = 50;
+
+fn usage_store(app: &App) -> Result<&alcove_gateway::store::Store, &'static str> {
+    app.usage.as_ref().ok_or(
+        "The request log is not connected to this dashboard. Ask your platform team: it is kept by the gateway.",
+    )
+}
+
+fn store_failure(e: sqlx::Error) -> Failure {
+    Failure::Unavailable(format!("the usage store: {e}"))
+}
+
+pub async fn usage_page(
+    State(app): State<Arc<App>>,
+    user: Signed,
+    Path(t): Path<String>,
+    Query(q): Query<UsageQuery>,
+) -> Answer {
+    let tn = tenant(&app, &user, &t)?;
+    let mut view = views::UsageView {
+        tenant: &t,
+        display_name: &tn.spec.display_name,
+        unavailable: None,
+        bars: Vec::new(),
+        days: Vec::new(),
+        instances: Vec::new(),
+        instance: &q.instance,
+        log: Vec::new(),
+        older: None,
+    };
+    let store = match usage_store(&app) {
+        Ok(s) => s,
+        Err(why) => {
+            view.unavailable = Some(why);
+            return Ok(html(StatusCode::OK, &user.frame("Usage"), views::usage(&view)));
+        }
+    };
+    let today = app.clock.now().to_zoned(jiff::tz::TimeZone::UTC).date();
+    let day_before = |n: i64| today.checked_sub(jiff::Span::new().days(n)).unwrap_or(today);
+    let since_log = day_before(89).to_string();
+    let daily = store.daily(&t, &since_log).await.map_err(store_failure)?;
+    let since_chart = day_before(29).to_string();
+    let mut names: Vec<String> = daily.iter().map(|d| d.instance.clone()).collect();
+    names.sort();
+    names.dedup();
+    view.instances = names;
+    view.bars = (0..30)
+        .rev()
+        .map(|n| {
+            let day = day_before(n).to_string();
+            let of_day = daily.iter().filter(|d| d.day == day);
+            views::DayBar {
+                prompt: of_day.clone().map(|d| d.prompt_tokens).sum(),
+                completion: of_day.map(|d| d.completion_tokens).sum(),
+                day,
+            }
+        })
+        .collect();
+    view.days = daily
+        .iter()
+        .rev()
+        .filter(|d| d.day >= since_chart)
+        .map(|d| views::UsageRow {
+            day: d.day.clone(),
+            instance: d.instance.clone(),
+            requests: d.requests,
+            prompt: d.prompt_tokens,
+            completion: d.completion_tokens,
+        })
+        .collect();
+    let filter = Some(q.instance.as_str()).filter(|i| !i.is_empty());
+    let records = store
+        .tenant_records(&t, filter, q.before.unwrap_or(i64::MAX), LOG_PAGE)
+        .await
+        .map_err(store_failure)?;
+    if records.len() as i64 == LOG_PAGE
+        && let Some(last) = records.last()
+    {
+        let mut href = format!("/t/{t}/usage?before={}", last.at_ms);
+        if let Some(i) = filter {
+            href.push_str(&format!("&instance={}", form_urlencoded_value(i)));
+        }
+        view.older = Some(href);
+    }
+    view.log = records
+        .into_iter()
+        .map(|r| views::LogRow {
+            at: jiff::Timestamp::from_millisecond(r.at_ms)
+                .map(|t| t.strftime("%Y-%m-%d %H:%M:%S").to_string())
+                .unwrap_or_default(),
+            instance: r.instance,
+            model: r.model,
+            endpoint: r.endpoint,
+            status: r.status,
+            prompt: r.prompt_tokens,
+            completion: r.completion_tokens,
+            latency_ms: r.latency_ms,
+        })
+        .collect();
+    Ok(html(StatusCode::OK, &user.frame("Usage"), views::usage(&view)))
+}
+
+fn form_urlencoded_value(v: &str) -> String {
+    serde_urlencoded::to_string([("v", v)]).unwrap_or_default().trim_start_matches("v=").to_string()
+}
+
+/// A CSV field: quoted when it holds a comma, a quote or a line break.
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+/// The request log as CSV (the same filter), streamed a thousand records at a time.
+pub async fn usage_csv(
+    State(app): State<Arc<App>>,
+    user: Signed,
+    Path(t): Path<String>,
+    Query(q): Query<UsageQuery>,
+) -> Answer {
+    tenant(&app, &user, &t)?;
+    if app.usage.is_none() {
+        return Err(Failure::NotFound);
+    }
+    let header = "time_utc,request_id,instance,model,endpoint,status,prompt_tokens,completion_tokens,latency_ms,key_id\n";
+    let pages = futures::stream::unfold(Some(i64::MAX), move |before| {
+        let (app, t, instance) = (app.clone(), t.clone(), q.instance.clone());
+        async move {
+            let before = before?;
+            let store = app.usage.as_ref()?;
+            let filter = Some(instance.as_str()).filter(|i| !i.is_empty());
+            match store.tenant_records(&t, filter, before, 1000).await {
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading the request log");
+                    Some((Err(std::io::Error::other("the usage store failed")), None))
+                }
+                Ok(records) if records.is_empty() => None,
+                Ok(records) => {
+                    let next =
+                        (records.len() == 1000).then(|| records.last().map(|r| r.at_ms)).flatten();
+                    let mut chunk = String::new();
+                    for r in &records {
+                        let at = jiff::Timestamp::from_millisecond(r.at_ms)
+                            .map(|t| t.strftime("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
+                            .unwrap_or_default();
+                        chunk.push_str(&format!(
+                            "{at},{},{},{},{},{},{},{},{},{}\n",
+                            csv_field(&r.request_id),
+                            csv_field(&r.instance),
+                            csv_field(&r.model),
+                            csv_field(&r.endpoint),
+                            r.status,
+                            r.prompt_tokens,
+                            r.completion_tokens,
+                            r.latency_ms,
+                            csv_field(&r.key_id)
+                        ));
+                    }
+                    Some((Ok(bytes::Bytes::from(chunk)), next))
+                }
+            }
+        }
+    });
+    use futures::StreamExt as _;
+    let first: Result<bytes::Bytes, std::io::Error> =
+        Ok(bytes::Bytes::from_static(header.as_bytes()));
+    let body = futures::stream::iter([first]).chain(pages);
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/csv; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+            (header::CONTENT_DISPOSITION, "attachment; filename=\"alcove-requests.csv\""),
+        ],
+        axum::body::Body::from_stream(body),
+    )
+        .into_response())
 }

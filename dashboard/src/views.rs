@@ -234,7 +234,7 @@ pub fn instances(
         h1 { "Instances" }
         (notice(note))
         (consent_banner(consent_missing))
-        p.actions { a.button href={"/t/" (tenant) "/new"} { "New instance" } a.button href={"/t/" (tenant) "/kb"} { "Knowledge bases" } a.button href={"/t/" (tenant) "/billing"} { "Credit and billing" } a.button href={"/t/" (tenant) "/data"} { "Your data" } }
+        p.actions { a.button href={"/t/" (tenant) "/new"} { "New instance" } a.button href={"/t/" (tenant) "/kb"} { "Knowledge bases" } a.button href={"/t/" (tenant) "/billing"} { "Credit and billing" } a.button href={"/t/" (tenant) "/usage"} { "Usage" } a.button href={"/t/" (tenant) "/data"} { "Your data" } }
         div.scroll {
             table {
                 caption.visually-hidden { "Instances of " (display_name) }
@@ -889,6 +889,120 @@ pub fn receipt(r: &ReceiptView) -> Markup {
                     dt { "Method" } dd { "Card, through Stripe" }
                 }
                 p { "This amount was added to the tenant's prepaid credit." }
+            }
+        }
+    }
+}
+
+// ----- usage -----
+
+/// One day's tokens, all instances together (the chart's bar).
+pub struct DayBar {
+    pub day: String,
+    pub prompt: i64,
+    pub completion: i64,
+}
+
+/// Tokens per day as bars (prompt below, completion above), drawn on the server: no chart
+/// library, nothing loaded. The same numbers are in the table under it.
+pub fn token_chart(days: &[DayBar]) -> Markup {
+    const W: i64 = 600;
+    const H: i64 = 160;
+    let max = days.iter().map(|d| d.prompt + d.completion).max().unwrap_or(0).max(1);
+    let n = days.len().max(1) as i64;
+    let slot = W / n;
+    let bar = (slot - 2).max(1);
+    let y = |v: i64| v * (H - 20) / max;
+    html! {
+        svg #token-chart viewBox={"0 0 " (W) " " (H)} role="img" aria-labelledby="chart-title" preserveAspectRatio="none" {
+            title #chart-title { "Tokens per day, last " (days.len()) " days; the largest day had " (max) }
+            @for (i, d) in days.iter().enumerate() {
+                @let x = i as i64 * slot;
+                @let p = y(d.prompt);
+                @let c = y(d.completion);
+                rect.prompt x=(x) y=(H - p) width=(bar) height=(p) { title { (d.day) ": " (d.prompt) " prompt tokens" } }
+                rect.completion x=(x) y=(H - p - c) width=(bar) height=(c) { title { (d.day) ": " (d.completion) " completion tokens" } }
+            }
+        }
+    }
+}
+
+pub struct UsageRow {
+    pub day: String,
+    pub instance: String,
+    pub requests: i64,
+    pub prompt: i64,
+    pub completion: i64,
+}
+
+pub struct LogRow {
+    pub at: String,
+    pub instance: String,
+    pub model: String,
+    pub endpoint: String,
+    pub status: i64,
+    pub prompt: i64,
+    pub completion: i64,
+    pub latency_ms: i64,
+}
+
+pub struct UsageView<'a> {
+    pub tenant: &'a str,
+    pub display_name: &'a str,
+    /// Why there is no usage to show (the store is not connected), or the facts.
+    pub unavailable: Option<&'a str>,
+    pub bars: Vec<DayBar>,
+    pub days: Vec<UsageRow>,
+    pub instances: Vec<String>,
+    /// The request log's filter: one instance, or all.
+    pub instance: &'a str,
+    pub log: Vec<LogRow>,
+    /// The link to the next (older) page, if there is one.
+    pub older: Option<String>,
+}
+
+pub fn usage(v: &UsageView) -> Markup {
+    let base = format!("/t/{}/usage", v.tenant);
+    html! {
+        nav.crumbs aria-label="Breadcrumb" { a href="/" { "Tenants" } " / " a href={"/t/" (v.tenant)} { (v.display_name) } " / Usage" }
+        h1 { "Usage" }
+        @if let Some(why) = v.unavailable { p { (why) } } @else {
+            section aria-labelledby="tokens-title" {
+                h2 #tokens-title { "Tokens per day (UTC), last 30 days" }
+                (token_chart(&v.bars))
+                p.hint { span.key-prompt { "■" } " prompt  " span.key-completion { "■" } " completion. GPU time per instance and day is on the billing page." }
+                div.scroll { table #usage-days {
+                    caption.visually-hidden { "Requests and tokens per day and instance" }
+                    thead { tr { th scope="col" { "Day" } th scope="col" { "Instance" } th scope="col" { "Requests" } th scope="col" { "Prompt tokens" } th scope="col" { "Completion tokens" } } }
+                    tbody {
+                        @for r in &v.days { tr { td { (r.day) } td { (r.instance) } td { (r.requests) } td { (r.prompt) } td { (r.completion) } } }
+                        @if v.days.is_empty() { tr { td colspan="5" { "No requests in these 30 days." } } }
+                    }
+                } }
+            }
+            section aria-labelledby="log-title" {
+                h2 #log-title { "Request log (last 90 days)" }
+                p { "One line per request through the gateway: when, which instance, status, tokens and time taken. Prompts and answers are not stored, so they are not here." }
+                form.actions method="get" action=(base) {
+                    div.field {
+                        label for="instance" { "Instance" }
+                        select #instance name="instance" {
+                            option value="" selected[v.instance.is_empty()] { "All instances" }
+                            @for i in &v.instances { option value=(i) selected[v.instance == i] { (i) } }
+                        }
+                    }
+                    button type="submit" { "Show" }
+                    a.button href={(base) ".csv" @if !v.instance.is_empty() { "?instance=" (v.instance) }} download { "Download CSV" }
+                }
+                div.scroll { table #log {
+                    caption.visually-hidden { "Requests, newest first" }
+                    thead { tr { th scope="col" { "Time (UTC)" } th scope="col" { "Instance" } th scope="col" { "Model" } th scope="col" { "Endpoint" } th scope="col" { "Status" } th scope="col" { "Prompt" } th scope="col" { "Completion" } th scope="col" { "ms" } } }
+                    tbody {
+                        @for r in &v.log { tr { td { (r.at) } td { (r.instance) } td { (r.model) } td { (r.endpoint) } td { (r.status) } td { (r.prompt) } td { (r.completion) } td { (r.latency_ms) } } }
+                        @if v.log.is_empty() { tr { td colspan="8" { "No requests." } } }
+                    }
+                } }
+                @if let Some(href) = &v.older { p { a href=(href) { "Older requests" } } }
             }
         }
     }

@@ -46,6 +46,40 @@ pub struct Totals {
     pub last_ms: i64,
 }
 
+/// A tenant's use of one instance on one day.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Daily {
+    pub day: String,
+    pub instance: String,
+    pub requests: i64,
+    pub prompt_tokens: i64,
+    pub completion_tokens: i64,
+}
+
+const RECORD_COLUMNS: &str = "request_id, at_ms, tenant, namespace, instance, instance_uid, \
+    key_id, model, endpoint, status, prompt_tokens, completion_tokens, latency_ms";
+
+type RecordRow =
+    (String, i64, String, String, String, String, String, String, String, i64, i64, i64, i64);
+
+fn record(r: RecordRow) -> Record {
+    Record {
+        request_id: r.0,
+        at_ms: r.1,
+        tenant: r.2,
+        namespace: r.3,
+        instance: r.4,
+        instance_uid: r.5,
+        key_id: r.6,
+        model: r.7,
+        endpoint: r.8,
+        status: r.9,
+        prompt_tokens: r.10,
+        completion_tokens: r.11,
+        latency_ms: r.12,
+    }
+}
+
 const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS usage_records (
         request_id TEXT PRIMARY KEY,
@@ -217,48 +251,60 @@ impl Store {
         instance: &str,
         limit: i64,
     ) -> Result<Vec<Record>, sqlx::Error> {
-        type Row = (
-            String,
-            i64,
-            String,
-            String,
-            String,
-            String,
-            String,
-            String,
-            String,
-            i64,
-            i64,
-            i64,
-            i64,
-        );
-        let rows: Vec<Row> = sqlx::query_as(
-            "SELECT request_id, at_ms, tenant, namespace, instance, instance_uid, key_id, model,
-                endpoint, status, prompt_tokens, completion_tokens, latency_ms
-             FROM usage_records WHERE namespace = $1 AND instance = $2
-             ORDER BY at_ms DESC, request_id LIMIT $3",
-        )
+        let rows: Vec<RecordRow> = sqlx::query_as(&format!(
+            "SELECT {RECORD_COLUMNS} FROM usage_records WHERE namespace = $1 AND instance = $2
+             ORDER BY at_ms DESC, request_id LIMIT $3"
+        ))
         .bind(namespace)
         .bind(instance)
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
+        Ok(rows.into_iter().map(record).collect())
+    }
+
+    /// A tenant's records made before `before_ms`, newest first, of one instance when named
+    /// (the dashboard's request log pages backwards with it).
+    pub async fn tenant_records(
+        &self,
+        tenant: &str,
+        instance: Option<&str>,
+        before_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<Record>, sqlx::Error> {
+        let rows: Vec<RecordRow> = sqlx::query_as(&format!(
+            "SELECT {RECORD_COLUMNS} FROM usage_records
+             WHERE tenant = $1 AND ($2 = '' OR instance = $2) AND at_ms < $3
+             ORDER BY at_ms DESC, request_id LIMIT $4"
+        ))
+        .bind(tenant)
+        .bind(instance.unwrap_or_default())
+        .bind(before_ms)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(record).collect())
+    }
+
+    /// A tenant's requests and tokens per day (UTC, `YYYY-MM-DD`) and instance from `since_day`
+    /// on, oldest first. Kept beyond the records' 90 days: they are billing records.
+    pub async fn daily(&self, tenant: &str, since_day: &str) -> Result<Vec<Daily>, sqlx::Error> {
+        let rows: Vec<(String, String, i64, i64, i64)> = sqlx::query_as(
+            "SELECT day, instance, requests, prompt_tokens, completion_tokens FROM usage_daily
+             WHERE tenant = $1 AND day >= $2 ORDER BY day, instance",
+        )
+        .bind(tenant)
+        .bind(since_day)
+        .fetch_all(&self.pool)
+        .await?;
         Ok(rows
             .into_iter()
-            .map(|r| Record {
-                request_id: r.0,
-                at_ms: r.1,
-                tenant: r.2,
-                namespace: r.3,
-                instance: r.4,
-                instance_uid: r.5,
-                key_id: r.6,
-                model: r.7,
-                endpoint: r.8,
-                status: r.9,
-                prompt_tokens: r.10,
-                completion_tokens: r.11,
-                latency_ms: r.12,
+            .map(|r| Daily {
+                day: r.0,
+                instance: r.1,
+                requests: r.2,
+                prompt_tokens: r.3,
+                completion_tokens: r.4,
             })
             .collect())
     }
@@ -336,6 +382,18 @@ mod tests {
             Totals { requests: 3, prompt_tokens: 9, completion_tokens: 11, last_ms: t0 + day };
         assert_eq!(other.totals("uid-1").await.unwrap(), totals);
         assert_eq!(store.totals("other").await.unwrap(), Totals::default());
+        // The tenant's log pages backwards; a filter on another instance finds nothing.
+        let page = other.tenant_records("acme", None, t0 + day, 10).await.unwrap();
+        assert_eq!(page.iter().map(|r| r.request_id.as_str()).collect::<Vec<_>>(), ["b", "a"]);
+        assert!(other.tenant_records("acme", Some("else"), i64::MAX, 10).await.unwrap().is_empty());
+        assert!(other.tenant_records("globex", None, i64::MAX, 10).await.unwrap().is_empty());
+        let days = other.daily("acme", "1970-01-01").await.unwrap();
+        assert_eq!(days.len(), 2, "{days:?}");
+        assert_eq!(
+            (days[0].requests, days[0].prompt_tokens, days[0].completion_tokens),
+            (2, 8, 10)
+        );
+        assert_eq!(days[1].instance, "bot");
         // At 90 days after t0 plus a day, the first day's records go; the totals stay.
         let purged = store.purge(t0 + RECORD_RETENTION.as_millis() as i64 + 10).await.unwrap();
         assert_eq!(purged, 2);
