@@ -316,6 +316,11 @@ fn chart_lints_renders_each_tier_layout_and_refuses_bad_values() {
         json!({"name": "alcove-stripe", "key": "dashboard-api-key"})
     );
     assert_eq!(denv("ALCOVE_STRIPE_PUBLISHABLE_KEY")["value"], "pk_live_alcoveexample");
+    assert_eq!(
+        denv("ALCOVE_DASHBOARD_USAGE_STORE")["valueFrom"]["secretKeyRef"],
+        json!({"name": "alcove-gateway-usage-store", "key": "dsn"}),
+        "the usage page reads the gateway's shared store"
+    );
     assert_eq!(denv("ALCOVE_STRIPE_JS_URL")["value"], "https://js.stripe.com/v3/");
     let dash_policy = find(dedicated, "NetworkPolicy", "alcove-dashboard").unwrap();
     assert!(

@@ -266,12 +266,14 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     std::fs::write(&ca, &pem.ca_pem)?;
     std::fs::write(&cert, &pem.chain_pem)?;
     std::fs::write(&key, &pem.key_pem)?;
+    // The dashboard's usage page reads the same store (one process, one SQLite file).
+    let usage_dsn = format!("sqlite://{}", gateway_dir.join("usage.db").display());
     let gateway_args = alcove_gateway::GatewayArgs {
         tls_cert: Some(cert),
         tls_key: Some(key),
         ..alcove_gateway::GatewayArgs::embedded(
             alcove_gateway::upstream::Mode::ApiServer,
-            format!("sqlite://{}", gateway_dir.join("usage.db").display()),
+            usage_dsn.clone(),
         )
     };
     let (gateway, gateway_serving) =
@@ -299,6 +301,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             .and_then(|_| env("ALCOVE_STRIPE_API_KEY"))
             .and_then(|k| k.parse().ok()),
         stripe_publishable_key,
+        usage_store: Some(usage_dsn),
         stripe_api_base: env("ALCOVE_STRIPE_API_BASE")
             .unwrap_or_else(|| "https://api.stripe.com/".into()),
         stripe_js_url: env("ALCOVE_STRIPE_JS_URL")

@@ -72,6 +72,17 @@ try {
   check((await page.locator(`#conversations a[href$="?c=${conversation}"]`).count()) === 0, "the conversation is gone from the list");
   await screenshot(page, "conversation-deleted");
   result.deleted_conversation = conversation;
+
+  // Usage (the chat is in the request log, no content) and the data held about the account.
+  await page.goto(`${url}/t/${tenant}`);
+  await page.getByRole("link", { name: "Usage" }).click();
+  await page.locator("#log tbody tr", { hasText: instance }).first().waitFor({ timeout: 30_000 });
+  check(await page.locator("#token-chart").isVisible(), "the token chart is drawn");
+  await screenshot(page, "usage");
+  await page.goto(`${url}/t/${tenant}`);
+  await page.getByRole("link", { name: "Your data" }).click();
+  await page.locator("#volumes tbody tr", { hasText: instance }).first().waitFor();
+  await screenshot(page, "your-data");
   await page.goto(`${url}/t/${tenant}/i/${instance}`);
 
   // 5. A knowledge base: created with a document, a second one uploaded and removed (each
