@@ -246,13 +246,7 @@ async fn credit_exhaustion_suspends_and_a_signed_top_up_resumes() {
     clock.set(t0);
     let n = spawn(&mut p, &args, &[]).await;
     let hook = format!("{}/webhooks/stripe", p.operators[n].http);
-    stripe
-        .ok(
-            "POST",
-            "/_config/webhooks/alcove",
-            Some(json!({"url": hook, "secret": WHSEC, "events": ["payment_intent.succeeded"]})),
-        )
-        .await;
+    stripe.send_webhooks_to(&hook).await;
     p.ok_in(&["apply", "-f", "-"], &tenant("2m", 10)).await;
     let customer = customer_id(&p).await;
     let credited =

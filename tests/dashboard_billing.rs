@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use alcove_tests::localstripe::{LocalStripe, WHSEC};
+use alcove_tests::localstripe::LocalStripe;
 use alcove_tests::*;
 use serde_json::{Value, json};
 
@@ -39,13 +39,7 @@ async fn world() -> World {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let n = p.spawn_operator(&args).await;
     let hook = format!("{}/webhooks/stripe", p.operators[n].http);
-    stripe
-        .ok(
-            "POST",
-            "/_config/webhooks/alcove",
-            Some(json!({"url": hook, "secret": WHSEC, "events": ["payment_intent.succeeded"]})),
-        )
-        .await;
+    stripe.send_webhooks_to(&hook).await;
     p.ok_in(&["apply", "-f", "-"], TENANT).await;
     p.ok_in(&["apply", "-f", "-"], OTHER_TENANT).await;
     let customer = until_some("the tenant's Stripe customer", Duration::from_secs(60), || async {

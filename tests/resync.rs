@@ -6,9 +6,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use alcove_tests::localstripe::{LocalStripe, WHSEC};
 use alcove_tests::*;
-use serde_json::json;
 
 const RESYNC: &str = "2";
 
@@ -95,55 +93,16 @@ fn instance(tenant: &str) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn steady_state_with_billing_writes_nothing() {
     // Simulated servers (Ready without a process): this is about the operator's writes. The
-    // platform model's volume must exist for the pod to start.
-    let models = tempfile::tempdir().unwrap().keep();
-    std::fs::create_dir_all(models.join("default")).unwrap();
-    let mut p = Platform::start_with(|mut c| {
-        c.csi_drivers.push(alcove_devcluster::config::CsiDriver {
-            driver: "models.alcove.dev".into(),
-            attribute: "model".into(),
-            root: models,
-        });
-        c
-    })
-    .await;
-    let stripe = LocalStripe::start(&p.dir.path().join("localstripe.log")).await;
-    let config = p.dir.path().join("operator.yaml");
-    std::fs::write(
-        &config,
-        "billing:\n  reportIntervalSeconds: 60\n  prices:\n    usd:\n      \"*\": {perGpuHour: 360}\n",
-    )
-    .unwrap();
-    // The injected clock decides what falls due; it runs behind the real one so localstripe's
+    // injected clock decides what falls due; it runs behind the real one so localstripe's
     // signatures stay within the webhook's tolerance.
-    let clock = Clock(p.dir.path().join("clock"));
+    let (mut p, stripe, clock, billing_args) = billing_platform().await;
     let t0 = jiff::Timestamp::from_second(jiff::Timestamp::now().as_second() - 200).unwrap();
     clock.set(t0);
-    let args = [
-        "--resync-seconds",
-        RESYNC,
-        "--config",
-        config.to_str().unwrap(),
-        "--stripe-api-key",
-        localstripe::KEY,
-        "--stripe-api-base",
-        &stripe.base,
-        "--stripe-webhook-secret",
-        WHSEC,
-        "--clock-file",
-        clock.0.to_str().unwrap(),
-        "--leader-election",
-        "false",
-    ];
+    let mut args = vec!["--resync-seconds", RESYNC];
+    args.extend(billing_args.iter().map(String::as_str));
     let n = p.spawn_operator(&args).await;
     let hook = format!("{}/webhooks/stripe", p.operators[n].http);
-    stripe
-        .ok(
-            "POST",
-            "/_config/webhooks/alcove",
-            Some(json!({"url": hook, "secret": WHSEC, "events": ["payment_intent.succeeded"]})),
-        )
-        .await;
+    stripe.send_webhooks_to(&hook).await;
 
     // acme has credit; broke has none and is suspended once its grace is over.
     for t in ["acme", "broke"] {

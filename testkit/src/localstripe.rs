@@ -80,6 +80,12 @@ impl LocalStripe {
         items
     }
 
+    /// Has localstripe deliver `payment_intent.succeeded` to `url`, signed with [`WHSEC`].
+    pub async fn send_webhooks_to(&self, url: &str) {
+        let hook = json!({"url": url, "secret": WHSEC, "events": ["payment_intent.succeeded"]});
+        self.ok("POST", "/_config/webhooks/alcove", Some(hook)).await;
+    }
+
     /// A card payment by the customer, confirmed at once: Stripe then sends
     /// `payment_intent.succeeded` to the registered webhook.
     pub async fn pay(&self, customer: &str, amount: i64) -> String {
