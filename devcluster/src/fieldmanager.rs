@@ -679,6 +679,15 @@ pub fn apply(
     for e in entries.iter_mut().filter(|e| !e.same_slot(&me)) {
         e.fields = e.fields.difference(&changed).difference(&cmp.removed);
     }
+    // A re-apply that changes nothing keeps its entry's time, so the object stays the same and
+    // the write is a no-op, as in Kubernetes; otherwise it would depend on the clock's second.
+    let mut me = me;
+    if let Some(old) = entries.iter().find(|e| e.same_slot(&me)) {
+        let unchanged = changed.is_empty() && cmp.removed.is_empty();
+        if unchanged && old.fields == me.fields && old.api_version == me.api_version {
+            me.time = old.time.clone();
+        }
+    }
     entries.retain(|e| !e.same_slot(&me));
     if !config_set.is_empty() {
         entries.push(me);
@@ -727,6 +736,13 @@ mod tests {
         // Applying without b removes b.
         let second = apply(&first, &json!({"data": {"a": "1"}}), "op", false, &o).unwrap();
         assert_eq!(second["data"], json!({"a": "1"}));
+        // The same apply a second later is a no-op: the entry keeps its time.
+        let later = Ownership { now: "2026-01-01T00:00:01Z", ..own(ti) };
+        let again = apply(&second, &json!({"data": {"a": "1"}}), "op", false, &later).unwrap();
+        assert_eq!(again, second);
+        // A change takes the new time.
+        let changed = apply(&second, &json!({"data": {"a": "2"}}), "op", false, &later).unwrap();
+        assert_eq!(read_managed(&changed)[0].time, "2026-01-01T00:00:01Z");
     }
 
     #[test]
