@@ -216,6 +216,64 @@ async fn a_customer_runs_an_instance_from_the_dashboard_and_no_one_else_can() {
         )
         .await;
     assert_eq!(empty.status, 422, "an empty message is refused in words: {}", empty.body);
+
+    // --- export: with a knowledge base from GitOps too, one tar archive (streamed; read here
+    // by GNU tar) whose every part equals the live data ---
+    let kb_yaml = example("good/knowledgebase.yaml");
+    p.ok(&["apply", "-f", &kb_yaml]).await;
+    let archive = d.dir.join("export.tar");
+    assert_eq!(alice.download("/t/startup/export.tar", &archive).await, 200);
+    let dir = d.dir.join("export");
+    let manifest = unpack_export(&archive, &dir);
+    assert_eq!(manifest["tenant"], "startup");
+    let account = export_json(&dir, "account.json");
+    let live = p.json(&["get", "tenant", "startup"]).await;
+    assert_eq!(account["spec"], live["spec"]);
+    assert_eq!(account["metadata"]["uid"], live["metadata"]["uid"]);
+    assert!(account["metadata"].get("managedFields").is_none(), "no bookkeeping");
+    let inst = export_json(&dir, "instances/chat.json");
+    assert_eq!(
+        inst["spec"],
+        p.json(&["get", "inst", "chat", "-n", "tenant-startup"]).await["spec"]
+    );
+    let kb = export_json(&dir, "knowledge-bases/handbook.json");
+    assert_eq!(
+        kb["spec"],
+        p.json(&["get", "kb", "handbook", "-n", "tenant-startup"]).await["spec"]
+    );
+    let docs = p.json(&["get", "cm", "handbook-docs", "-n", "tenant-startup"]).await;
+    let read = |path: String| {
+        std::fs::read_to_string(dir.join(&path)).unwrap_or_else(|e| panic!("{path}: {e}"))
+    };
+    for (file, text) in docs["data"].as_object().unwrap() {
+        assert_eq!(&read(format!("knowledge-bases/handbook/documents/handbook/{file}")), text);
+    }
+    assert_eq!(
+        read("knowledge-bases/handbook/documents/welcome/inline.txt".into()),
+        kb["spec"]["sources"][1]["inline"].as_str().unwrap()
+    );
+    let kept = gw.call("/conversations/first-talk", &[("Authorization", &auth)], None).await;
+    let exported = export_json(&dir, "conversations/chat/first-talk.json");
+    assert_eq!(exported, kept.body, "the conversation as the instance keeps it, decrypted");
+    assert!(exported.to_string().contains("Say hello."), "{exported}");
+    // The request log as the CSV download has it (which by now also logs the export's reads).
+    let log = read("usage/requests-0001.csv".into());
+    let live_log = alice.get("/t/startup/usage.csv").await.body;
+    assert!(log.lines().any(|l| l.contains("chat/completions")), "{log}");
+    for line in log.lines() {
+        assert!(live_log.lines().any(|l| l == line), "{line} in {live_log}");
+    }
+    let omitted = manifest["omitted"].as_array().unwrap();
+    assert!(
+        omitted
+            .iter()
+            .any(|o| o["part"] == "billing"
+                && o["why"].as_str().unwrap().contains("payment processor")),
+        "each part left out says why: {omitted:?}"
+    );
+    assert_eq!(alice.download("/t/acme/export.tar", &archive).await, 404, "only one's own");
+    p.ok(&["delete", "-f", &kb_yaml]).await;
+
     // Deleting it asks for a fresh code; then it is gone from the instance's store.
     let confirm = alice.get("/t/startup/i/chat/c/first-talk/delete").await;
     assert!(confirm.body.contains("cannot be undone"), "{}", confirm.body);

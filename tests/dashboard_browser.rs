@@ -31,6 +31,23 @@ async fn a_customer_journey_in_chromium() {
     assert!(!exists, "destroyed");
     let (intruder, _, _) = p.kubectl(&["get", "inst", "intruder", "-n", "tenant-startup"]).await;
     assert!(!intruder, "the other owner created nothing");
-    let screenshots = std::fs::read_dir(&out).unwrap().count();
+    // The export it downloaded, opened by GNU tar: the knowledge base's document as uploaded,
+    // the conversation that answered from it, the instance.
+    let dir = out.join("export");
+    unpack_export(&out.join("export.tar"), &dir);
+    let doc = std::fs::read_to_string(dir.join("knowledge-bases/docs/documents/uploads/leave.md"))
+        .expect("the uploaded document");
+    assert!(doc.contains("25 vacation days"), "{doc}");
+    assert!(!dir.join("knowledge-bases/docs/documents/uploads/parking.html").exists(), "removed");
+    let talks: Vec<_> = std::fs::read_dir(dir.join("conversations/journey"))
+        .expect("the instance's conversations")
+        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+        .collect();
+    assert!(talks.iter().any(|t| t.contains("How many vacation days")), "{talks:?}");
+    assert_eq!(export_json(&dir, "instances/journey.json")["spec"]["limits"]["maxTokens"], 64);
+    let screenshots = std::fs::read_dir(&out)
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "png"))
+        .count();
     assert!(screenshots >= 10, "a screenshot per step in {}: {screenshots}", out.display());
 }

@@ -750,6 +750,20 @@ impl Browser {
         self.curl(&refs).await
     }
 
+    /// Downloads `path` into the file `to`, bytes as sent; the status code.
+    pub async fn download(&self, path: &str, to: &Path) -> u16 {
+        let out = tokio::process::Command::new("curl")
+            .args(["-s", "--max-time", "120", "-w", "%{http_code}", "-b"])
+            .arg(&self.jar)
+            .arg("-o")
+            .arg(to)
+            .arg(format!("{}{path}", self.base))
+            .output()
+            .await
+            .expect("curl");
+        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0)
+    }
+
     /// A form post (`application/x-www-form-urlencoded`), with extra headers.
     pub async fn post(
         &self,
@@ -771,4 +785,58 @@ impl Browser {
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
         self.curl(&refs).await
     }
+}
+
+/// Unpacks a data export with GNU tar (an implementation other than the dashboard's) into
+/// `dir`, checks that its manifest lists exactly the files there, each with its size and
+/// SHA-256, and returns the manifest.
+pub fn unpack_export(archive: &Path, dir: &Path) -> serde_json::Value {
+    use sha2::Digest as _;
+    std::fs::create_dir_all(dir).unwrap();
+    let out = std::process::Command::new("tar")
+        .arg("-xf")
+        .arg(archive)
+        .arg("-C")
+        .arg(dir)
+        .output()
+        .expect("tar");
+    assert!(
+        out.status.success(),
+        "GNU tar reads the archive: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["format"], "alcove-export/1");
+    let mut listed: Vec<String> = vec!["manifest.json".into()];
+    for part in manifest["parts"].as_array().unwrap() {
+        let path = part["path"].as_str().unwrap();
+        let data = std::fs::read(dir.join(path)).unwrap_or_else(|e| panic!("{path}: {e}"));
+        assert_eq!(part["bytes"], data.len(), "{path}");
+        let sum: String = sha2::Sha256::digest(&data).iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(part["sha256"], sum, "{path}");
+        listed.push(path.to_string());
+    }
+    fn files(root: &Path, at: &Path, out: &mut Vec<String>) {
+        for e in std::fs::read_dir(at).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                files(root, &p, out);
+            } else {
+                out.push(p.strip_prefix(root).unwrap().display().to_string());
+            }
+        }
+    }
+    let mut found = Vec::new();
+    files(dir, dir, &mut found);
+    listed.sort();
+    found.sort();
+    assert_eq!(found, listed, "the manifest lists every file");
+    manifest
+}
+
+/// A JSON file of an unpacked export.
+pub fn export_json(dir: &Path, path: &str) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(dir.join(path)).unwrap_or_else(|e| panic!("{path}: {e}")))
+        .unwrap()
 }

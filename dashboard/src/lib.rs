@@ -25,6 +25,7 @@ pub mod args;
 pub mod billing;
 pub mod cluster;
 pub mod codes;
+pub mod export;
 pub mod forms;
 pub mod gateway;
 pub mod mail;
@@ -191,6 +192,7 @@ pub async fn start(
         .route("/t/{tenant}/i/{name}/destroy/code", post(server::destroy_code))
         .route("/t/{tenant}/i/{name}/kb", post(server::attach))
         .route("/t/{tenant}/data", get(server::data_page))
+        .route("/t/{tenant}/export.tar", get(server::export))
         .route("/t/{tenant}/usage", get(server::usage_page))
         .route("/t/{tenant}/usage.csv", get(server::usage_csv))
         .route("/t/{tenant}/billing", get(server::billing_page))

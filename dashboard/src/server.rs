@@ -770,7 +770,17 @@ pub async fn key_block(
 /// An instance's API key, read as the user (the tenant-admin Role may get exactly the
 /// instances' key Secrets). Never logged.
 async fn read_key(app: &App, user: &Signed, t: &str, name: &str) -> Result<String, Failure> {
-    let client = app.cluster.as_user(&user.email, t);
+    instance_key(app, &user.email, t, name).await
+}
+
+/// An instance's API key, read as `email`.
+pub(crate) async fn instance_key(
+    app: &App,
+    email: &str,
+    t: &str,
+    name: &str,
+) -> Result<String, Failure> {
+    let client = app.cluster.as_user(email, t);
     let ns = alcove_crds::tenant::namespace_of(t);
     let i = Api::<InferenceInstance>::namespaced(client.clone(), &ns).get(name).await?;
     let secret_name =
@@ -2191,6 +2201,48 @@ fn csv_field(s: &str) -> String {
     }
 }
 
+/// The request log's CSV columns (the download and the export).
+pub(crate) const USAGE_HEADER: &str = "time_utc,request_id,instance,model,endpoint,status,prompt_tokens,completion_tokens,latency_ms,key_id\n";
+
+/// One request-log record as a CSV line.
+pub(crate) fn usage_line(r: &alcove_gateway::store::Record) -> String {
+    let at = jiff::Timestamp::from_millisecond(r.at_ms)
+        .map(|t| t.strftime("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
+        .unwrap_or_default();
+    format!(
+        "{at},{},{},{},{},{},{},{},{},{}\n",
+        csv_field(&r.request_id),
+        csv_field(&r.instance),
+        csv_field(&r.model),
+        csv_field(&r.endpoint),
+        r.status,
+        r.prompt_tokens,
+        r.completion_tokens,
+        r.latency_ms,
+        csv_field(&r.key_id)
+    )
+}
+
+/// "Export your data": the archive (export.rs), streamed as it is read.
+pub async fn export(State(app): State<Arc<App>>, user: Signed, Path(t): Path<String>) -> Answer {
+    let tn = tenant(&app, &user, &t)?;
+    let (tx, mut rx) = tokio::sync::mpsc::channel(4);
+    tracing::info!(tenant = %t, "data export started from the dashboard");
+    tokio::spawn(crate::export::write(app.clone(), user.email.clone(), tn, tx));
+    let body = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
+    let day = app.clock.now().strftime("%Y-%m-%d").to_string();
+    let disposition = format!("attachment; filename=\"alcove-export-{t}-{day}.tar\"");
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/x-tar".to_string()),
+            (header::CACHE_CONTROL, "no-store".to_string()),
+            (header::CONTENT_DISPOSITION, disposition),
+        ],
+        axum::body::Body::from_stream(body),
+    )
+        .into_response())
+}
+
 /// The request log as CSV (the same filter), streamed a thousand records at a time.
 pub async fn usage_csv(
     State(app): State<Arc<App>>,
@@ -2202,7 +2254,6 @@ pub async fn usage_csv(
     if app.usage.is_none() {
         return Err(Failure::NotFound);
     }
-    let header = "time_utc,request_id,instance,model,endpoint,status,prompt_tokens,completion_tokens,latency_ms,key_id\n";
     let pages = futures::stream::unfold(Some(i64::MAX), move |before| {
         let (app, t, instance) = (app.clone(), t.clone(), q.instance.clone());
         async move {
@@ -2218,24 +2269,7 @@ pub async fn usage_csv(
                 Ok(records) => {
                     let next =
                         (records.len() == 1000).then(|| records.last().map(|r| r.at_ms)).flatten();
-                    let mut chunk = String::new();
-                    for r in &records {
-                        let at = jiff::Timestamp::from_millisecond(r.at_ms)
-                            .map(|t| t.strftime("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
-                            .unwrap_or_default();
-                        chunk.push_str(&format!(
-                            "{at},{},{},{},{},{},{},{},{},{}\n",
-                            csv_field(&r.request_id),
-                            csv_field(&r.instance),
-                            csv_field(&r.model),
-                            csv_field(&r.endpoint),
-                            r.status,
-                            r.prompt_tokens,
-                            r.completion_tokens,
-                            r.latency_ms,
-                            csv_field(&r.key_id)
-                        ));
-                    }
+                    let chunk: String = records.iter().map(usage_line).collect();
                     Some((Ok(bytes::Bytes::from(chunk)), next))
                 }
             }
@@ -2243,7 +2277,7 @@ pub async fn usage_csv(
     });
     use futures::StreamExt as _;
     let first: Result<bytes::Bytes, std::io::Error> =
-        Ok(bytes::Bytes::from_static(header.as_bytes()));
+        Ok(bytes::Bytes::from_static(USAGE_HEADER.as_bytes()));
     let body = futures::stream::iter([first]).chain(pages);
     Ok((
         [

@@ -1037,6 +1037,11 @@ pub fn data(v: &DataView) -> Markup {
             h2 #account-title { "Account" }
             dl.facts #account { @for (k, val) in &v.account { dt { (k) } dd { (val) } } }
         }
+        section aria-labelledby="export-title" {
+            h2 #export-title { "Export your data" }
+            p { "One archive of everything above and its content: your account and instance settings, your knowledge bases' documents as you gave them, your conversations (decrypted for you), the request log and the billing history. It is a standard .tar file; its manifest.json lists every file with its checksum." }
+            p { a.button #export href={"/t/" (v.tenant) "/export.tar"} download { "Download your data" } }
+        }
         section aria-labelledby="key-title" {
             h2 #key-title { "Encryption key" }
             p #key { (v.key) }

@@ -127,6 +127,16 @@ try {
   }
   check(sources.some((s) => s.startsWith("docs: ") && s.includes("leave.md")), `the answer names its sources: ${sources}`);
   await screenshot(page, "answer-with-sources");
+
+  // Export: the archive downloads from "Your data" (tests/dashboard_browser.rs opens it).
+  await page.goto(`${url}/t/${tenant}/data`);
+  const [download] = await Promise.all([
+    page.waitForEvent("download"),
+    page.getByRole("link", { name: "Download your data" }).click(),
+  ]);
+  check(/^alcove-export-.*\.tar$/.test(download.suggestedFilename()), `the file's name: ${download.suggestedFilename()}`);
+  await download.saveAs(`${out}/export.tar`);
+  check(!(await download.failure()), "the download completed");
   await page.goto(`${url}/t/${tenant}/i/${instance}`);
 
   // 6 (before destroying). The key, shown on request; rotated.
