@@ -735,6 +735,7 @@ async fn chart_installs_and_its_rbac_is_sufficient_and_minimal() {
 
     // The tenant-admin Role the operator wrote (needed below, before the tenant is erased).
     let tenant_role = p.json(&["get", "role", "alcove-tenant-admin", "-n", "tenant-startup"]).await;
+    let account_role = p.json(&["get", "clusterrole", "alcove-tenant-startup-account"]).await;
 
     // The rest of the lifecycle: a key rotation, a knowledge base fetched from a URL (through its
     // own egress policy), then the tenant deleted with everything in it: instances and knowledge
@@ -967,15 +968,29 @@ async fn chart_installs_and_its_rbac_is_sufficient_and_minimal() {
         .create(&dry, &role)
         .await
         .expect("with the chart's rules the operator may write the tenant-admin Role");
+    // The same for the account ClusterRole (the owners' own Tenant).
+    let account: ClusterRole = serde_json::from_value(json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+        "metadata": {"name": "rbac-check-account"},
+        "rules": account_role["rules"],
+    }))
+    .unwrap();
+    let cluster_roles = Api::<ClusterRole>::all(sa.clone());
+    cluster_roles
+        .create(&dry, &account)
+        .await
+        .expect("with the chart's rules the operator may write the account ClusterRole");
     let delegated = find(objects, "ClusterRole", "alcove-delegated").unwrap()["rules"].clone();
     for (g, r, v) in grants(&delegated) {
         set_rules(&client, "ClusterRole", "alcove-delegated", &without(&delegated, &g, &r, &v))
             .await;
-        let err = roles
-            .create(&dry, &role)
-            .await
-            .expect_err(&format!("without delegated {v} {r}, the tenant-admin Role is refused"));
-        let msg = err.to_string();
+        let refused = match roles.create(&dry, &role).await {
+            Err(e) => Some(e),
+            Ok(_) => cluster_roles.create(&dry, &account).await.err(),
+        };
+        let msg = refused
+            .unwrap_or_else(|| panic!("without delegated {v} {r}, a tenant role is refused"))
+            .to_string();
         assert!(
             msg.contains("attempting to grant RBAC permissions not currently held"),
             "{v} {r}: {msg}"

@@ -14,7 +14,7 @@ use k8s_openapi::api::core::v1::{
     Service,
 };
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use kube::api::Api;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, Store, reflector};
@@ -174,6 +174,8 @@ caches! {
     network_policies: NetworkPolicy = Api::all, managed();
     roles: Role = Api::all, managed();
     role_bindings: RoleBinding = Api::all, managed();
+    cluster_roles: ClusterRole = Api::all, managed();
+    cluster_role_bindings: ClusterRoleBinding = Api::all, managed();
     secrets: Secret = Api::all, managed();
     // Erasure receipts grow with every erasure and are read only on demand: kept out of memory.
     config_maps: ConfigMap = Api::all, watcher::Config::default().labels(&format!("{}!={}", alcove_crds::LABEL_DATA_CLASS, crate::retention::policy::RECEIPTS_CLASS));

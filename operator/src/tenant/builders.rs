@@ -12,7 +12,9 @@ use k8s_openapi::api::networking::v1::{
     NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyIngressRule, NetworkPolicyPeer,
     NetworkPolicyPort, NetworkPolicySpec,
 };
-use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
+use k8s_openapi::api::rbac::v1::{
+    ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
     LabelSelector, LabelSelectorRequirement, ObjectMeta, OwnerReference,
 };
@@ -276,8 +278,8 @@ pub fn role(tenant: &Tenant, api_key_secrets: &[String]) -> Role {
     Role { metadata: child_meta(tenant, ROLE, Some(&ns)), rules: Some(rules) }
 }
 
-pub fn role_binding(tenant: &Tenant) -> RoleBinding {
-    let ns = namespace_name(&tenant.name_any());
+/// The tenant's owners and its admin group (the dashboard impersonates that group).
+fn admin_subjects(tenant: &Tenant) -> Vec<Subject> {
     let subject = |kind: &str, name: &str| Subject {
         api_group: Some("rbac.authorization.k8s.io".into()),
         kind: kind.into(),
@@ -290,6 +292,11 @@ pub fn role_binding(tenant: &Tenant) -> RoleBinding {
     if !tenant.spec.owners.iter().any(|o| o.kind == OwnerKind::Group && o.name == group) {
         subjects.push(subject("Group", &group));
     }
+    subjects
+}
+
+pub fn role_binding(tenant: &Tenant) -> RoleBinding {
+    let ns = namespace_name(&tenant.name_any());
     RoleBinding {
         metadata: child_meta(tenant, ROLE_BINDING, Some(&ns)),
         role_ref: RoleRef {
@@ -297,7 +304,42 @@ pub fn role_binding(tenant: &Tenant) -> RoleBinding {
             kind: "Role".into(),
             name: ROLE.into(),
         },
-        subjects: Some(subjects),
+        subjects: Some(admin_subjects(tenant)),
+    }
+}
+
+/// The cluster-scoped name of a tenant's account role and its binding.
+pub fn account_role_name(tenant: &str) -> String {
+    format!("alcove-tenant-{tenant}-account")
+}
+
+/// The owners' rights on their own Tenant object: read it, and delete it ("delete your
+/// account"), which starts the erase window. Only this one Tenant, by name.
+pub fn account_role(tenant: &Tenant) -> ClusterRole {
+    let name = tenant.name_any();
+    ClusterRole {
+        metadata: child_meta(tenant, &account_role_name(&name), None),
+        rules: Some(vec![PolicyRule {
+            api_groups: Some(vec!["alcove.dev".into()]),
+            resources: Some(vec!["tenants".into()]),
+            resource_names: Some(vec![name]),
+            verbs: vec!["get".into(), "delete".into()],
+            ..Default::default()
+        }]),
+        ..Default::default()
+    }
+}
+
+pub fn account_role_binding(tenant: &Tenant) -> ClusterRoleBinding {
+    let name = account_role_name(&tenant.name_any());
+    ClusterRoleBinding {
+        metadata: child_meta(tenant, &name, None),
+        role_ref: RoleRef {
+            api_group: "rbac.authorization.k8s.io".into(),
+            kind: "ClusterRole".into(),
+            name,
+        },
+        subjects: Some(admin_subjects(tenant)),
     }
 }
 
@@ -489,6 +531,30 @@ mod tests {
                 {"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "bob@acme.example"},
                 {"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": "alcove:tenant:acme"},
             ])
+        );
+    }
+
+    #[test]
+    fn owners_may_read_and_delete_their_own_tenant_only() {
+        let t = example("tenant-pro.yaml");
+        let role = serde_json::to_value(account_role(&t)).unwrap();
+        assert_eq!(role["metadata"]["name"], "alcove-tenant-acme-account");
+        assert!(role["metadata"].get("namespace").is_none(), "cluster-scoped");
+        assert_eq!(
+            role["rules"],
+            json!([{"apiGroups": ["alcove.dev"], "resources": ["tenants"], "resourceNames": ["acme"], "verbs": ["get", "delete"]}])
+        );
+        let binding = serde_json::to_value(account_role_binding(&t)).unwrap();
+        assert_eq!(binding["roleRef"]["kind"], "ClusterRole");
+        assert_eq!(binding["roleRef"]["name"], "alcove-tenant-acme-account");
+        assert_eq!(
+            binding["subjects"],
+            serde_json::to_value(role_binding(&t)).unwrap()["subjects"],
+            "the same people as the tenant-admin Role"
+        );
+        assert_eq!(
+            binding["metadata"]["ownerReferences"][0]["kind"], "Tenant",
+            "collected with it"
         );
     }
 

@@ -12,7 +12,7 @@ use alcove_crds::{
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{LimitRange, Namespace, ResourceQuota, Secret};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use kube::api::{Api, DeleteParams};
 use kube::runtime::Controller;
 use kube::runtime::controller::Action;
@@ -96,6 +96,22 @@ async fn reconcile_inner(tenant: &Tenant, ctx: &Context) -> Result<Action> {
         &bindings,
         &builders::role_binding(tenant),
         find(&ctx.caches.role_bindings, &ns, builders::ROLE_BINDING).as_deref(),
+    )
+    .await?;
+    // The owners' own Tenant (read it, delete the account): cluster-scoped, like the Tenant.
+    let account = builders::account_role_name(&tenant.name_any());
+    let cluster_roles: Api<ClusterRole> = Api::all(ctx.client.clone());
+    ctx.apply(
+        &cluster_roles,
+        &builders::account_role(tenant),
+        find_cluster(&ctx.caches.cluster_roles, &account).as_deref(),
+    )
+    .await?;
+    let cluster_bindings: Api<ClusterRoleBinding> = Api::all(ctx.client.clone());
+    ctx.apply(
+        &cluster_bindings,
+        &builders::account_role_binding(tenant),
+        find_cluster(&ctx.caches.cluster_role_bindings, &account).as_deref(),
     )
     .await?;
 
@@ -478,12 +494,11 @@ async fn cleanup(tenant: &Tenant, ctx: &Context) -> Result<Action> {
             Ok(Action::requeue(Duration::from_millis(500)))
         }
         None => {
-            if tenant
-                .status
-                .as_ref()
-                .is_some_and(|s| !s.erasure.iter().any(|r| r.what == format!("Namespace {ns}")))
-            {
+            // The last receipt goes into the status (the next pass writes it) before the Tenant
+            // goes, so its final state, which the dashboard mails to the owners, holds them all.
+            if !s.erasure.iter().any(|r| r.what == format!("Namespace {ns}")) {
                 crate::retention::record(ctx, &name, &receipt(format!("Namespace {ns}"))).await?;
+                return Ok(Action::requeue(Duration::from_millis(100)));
             }
             remove_finalizer(&tenants, tenant, FINALIZER).await?;
             ctx.metrics.gpus_in_use.with_label_values(&[&name]).set(0);
@@ -526,6 +541,8 @@ where
         .watches_stream(h.network_policies.subscribe(), by_label)
         .watches_stream(h.roles.subscribe(), by_label)
         .watches_stream(h.role_bindings.subscribe(), by_label)
+        .watches_stream(h.cluster_roles.subscribe(), by_label)
+        .watches_stream(h.cluster_role_bindings.subscribe(), by_label)
         .watches_stream(h.secrets.subscribe(), by_label)
         // The billing ledger (operator namespace) carries the tenant label too.
         .watches_stream(h.config_maps.subscribe(), by_label)
