@@ -9,10 +9,11 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
+use alcove_crds::instance::InferenceInstance;
 use alcove_crds::tenant::{OwnerKind, ResolvedPlacement, Tenant, admin_group};
 use futures::StreamExt;
 use http::HeaderValue;
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::core::v1::{Node, Secret};
 use kube::api::ListParams;
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Api, Client, ResourceExt};
@@ -23,6 +24,8 @@ pub const GPU_PRODUCT_LABEL: &str = "nvidia.com/gpu.product";
 pub struct Cluster {
     client: Client,
     tenants: reflector::Store<Tenant>,
+    /// Each Tenant as it was when it went (its final status holds its erasure receipts).
+    gone: tokio::sync::broadcast::Sender<Arc<Tenant>>,
 }
 
 /// Whether `spec.owners` names this user (addresses compare without case).
@@ -55,18 +58,29 @@ impl Cluster {
     ) -> (Cluster, impl std::future::Future<Output = anyhow::Result<()>> + Send + 'static) {
         let (tenants, writer) = reflector::store();
         let api: Api<Tenant> = Api::all(client.clone());
+        let (gone, _) = tokio::sync::broadcast::channel(64);
+        let tell = gone.clone();
         let watching = async move {
             let mut events =
                 reflector(writer, watcher(api, watcher::Config::default()).default_backoff())
                     .boxed();
             while let Some(e) = events.next().await {
-                if let Err(err) = e {
-                    tracing::warn!(error = %err, "watching tenants");
+                match e {
+                    Ok(watcher::Event::Delete(t)) => {
+                        let _ = tell.send(Arc::new(t));
+                    }
+                    Ok(_) => {}
+                    Err(err) => tracing::warn!(error = %err, "watching tenants"),
                 }
             }
             anyhow::bail!("the tenant watch ended")
         };
-        (Cluster { client, tenants }, watching)
+        (Cluster { client, tenants, gone }, watching)
+    }
+
+    /// Tenants as they were when they were deleted for good, from now on.
+    pub fn gone(&self) -> tokio::sync::broadcast::Receiver<Arc<Tenant>> {
+        self.gone.subscribe()
     }
 
     /// Waits until the first list of Tenants has arrived.
@@ -98,6 +112,26 @@ impl Cluster {
     /// Whether any tenant names this address (sign-in mail goes only to such addresses).
     pub fn is_known(&self, email: &str) -> bool {
         self.tenants.state().iter().any(|t| owned_by(t, email))
+    }
+
+    /// An instance's API key, read as `email` (`None` while the instance has none).
+    pub async fn instance_key(
+        &self,
+        email: &str,
+        tenant: &str,
+        name: &str,
+    ) -> Result<Option<String>, kube::Error> {
+        let client = self.as_user(email, tenant);
+        let ns = alcove_crds::tenant::namespace_of(tenant);
+        let i = Api::<InferenceInstance>::namespaced(client.clone(), &ns).get(name).await?;
+        let Some(secret) = i.status.and_then(|s| s.api_key_secret) else {
+            return Ok(None);
+        };
+        let secret = Api::<Secret>::namespaced(client, &ns).get(&secret).await?;
+        Ok(secret
+            .data
+            .and_then(|mut d| d.remove("api-key"))
+            .and_then(|b| String::from_utf8(b.0).ok()))
     }
 
     /// A client that acts as `email`, a member of `tenant`'s admin group. Callers pass only a

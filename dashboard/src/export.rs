@@ -7,7 +7,10 @@
 //! Everything is read as the signed-in owner (impersonation), as every other page does:
 //! the export holds exactly what the owner may read, nothing the dashboard alone could.
 
-use crate::server::App;
+use crate::billing::Billing;
+use crate::cluster::Cluster;
+use crate::gateway::GatewayClient;
+use alcove_clock::Clock;
 use alcove_crds::{InferenceInstance, KnowledgeBase, Tenant};
 use bytes::Bytes;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
@@ -178,10 +181,50 @@ This archive holds what Alcove keeps for your account, as it was when you downlo
 JSON files are UTF-8; amounts are in the currency's smallest unit (cents for EUR).
 ";
 
+/// What the archive is read from: the dashboard's clients, cloned into the writing task.
+pub struct Sources {
+    pub cluster: Cluster,
+    pub gateway: GatewayClient,
+    pub usage: Option<alcove_gateway::store::Store>,
+    pub billing: Option<Arc<Billing>>,
+    pub clock: Arc<dyn Clock>,
+}
+
+/// A CSV field: quoted when it holds a comma, a quote or a line break.
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+/// The request log's CSV columns (the download and the export).
+pub(crate) const USAGE_HEADER: &str = "time_utc,request_id,instance,model,endpoint,status,prompt_tokens,completion_tokens,latency_ms,key_id\n";
+
+/// One request-log record as a CSV line.
+pub(crate) fn usage_line(r: &alcove_gateway::store::Record) -> String {
+    let at = jiff::Timestamp::from_millisecond(r.at_ms)
+        .map(|t| t.strftime("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
+        .unwrap_or_default();
+    format!(
+        "{at},{},{},{},{},{},{},{},{},{}\n",
+        csv_field(&r.request_id),
+        csv_field(&r.instance),
+        csv_field(&r.model),
+        csv_field(&r.endpoint),
+        r.status,
+        r.prompt_tokens,
+        r.completion_tokens,
+        r.latency_ms,
+        csv_field(&r.key_id)
+    )
+}
+
 /// Reads every part as `email` and streams the archive into `tx`. A failure part way cuts the
 /// stream, so the download is visibly incomplete rather than a valid archive missing parts.
 pub async fn write(
-    app: Arc<App>,
+    app: Sources,
     email: String,
     tenant: Arc<Tenant>,
     tx: mpsc::Sender<Result<Bytes, std::io::Error>>,
@@ -212,7 +255,7 @@ pub async fn write(
 }
 
 async fn parts(
-    app: &App,
+    app: &Sources,
     email: &str,
     tenant: &Tenant,
     w: &mut Writer,
@@ -296,9 +339,9 @@ async fn parts(
     for i in &instances {
         let name = i.name_any();
         let dir = format!("conversations/{}", component(&name));
-        let key = match crate::server::instance_key(app, email, &t, &name).await {
-            Ok(k) => k,
-            Err(_) => {
+        let key = match app.cluster.instance_key(email, &t, &name).await {
+            Ok(Some(k)) => k,
+            Ok(None) | Err(_) => {
                 w.omit(&dir, "the instance has no API key yet, so its store cannot be read");
                 continue;
             }
@@ -339,13 +382,13 @@ async fn parts(
                 let page = store.tenant_records(&t, None, before, 1000).await?;
                 let last = page.len() < 1000;
                 for r in &page {
-                    csv.push_str(&crate::server::usage_line(r));
+                    csv.push_str(&usage_line(r));
                     rows += 1;
                 }
                 before = page.last().map(|r| r.at_ms).unwrap_or(before);
                 if (rows >= ROWS_PER_PART || last) && (rows > 0 || n == 0) {
                     n += 1;
-                    let data = format!("{}{csv}", crate::server::USAGE_HEADER).into_bytes();
+                    let data = format!("{}{csv}", USAGE_HEADER).into_bytes();
                     let path = format!("usage/requests-{n:04}.csv");
                     put!(w.file(&path, "the gateway's request log, newest first", data).await);
                     (rows, csv) = (0, String::new());

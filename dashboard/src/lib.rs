@@ -10,17 +10,20 @@
 //! - [`session`]: session tokens, 30-day idle expiry, the cookie, and CSRF tokens.
 //! - [`views`]: the pages, pure functions of what they show.
 //! - [`forms`]: forms → API objects, with errors per field.
+//! - [`account`]: what deleting an account means: who keeps it (GitOps), when data goes.
 //! - [`mail`]: the code's message, sent over SMTP.
 //! - [`mailsink`]: a loopback SMTP server that keeps messages as files, for `alcove up`.
 //! - [`cluster`]: the Tenant cache and the impersonating client (RBAC decides, not us).
 //! - [`gateway`]: the chat playground's calls, through the customers' endpoint with the key.
 //! - [`billing`]: top-ups by card through Stripe (the card never reaches us) and the history.
+//! - [`export`]: "Export your data", a tar archive streamed as it is read.
 //! - [`notify`]: mail to owners when a tenant's credit or existence changes, once per change.
 //! - [`server`]: sessions, CSRF and origin checks, one handler per page or action.
 //!
-//! Layers, bottom up: random, money, args, store → codes, session, views → forms → mail,
-//! mailsink, cluster, gateway, billing, notify → server → this.
+//! Layers, bottom up: random, money, args, store → codes, session, views → forms, account →
+//! mail, mailsink, cluster, gateway, billing, export, notify → server → this.
 
+pub mod account;
 pub mod args;
 pub mod billing;
 pub mod cluster;
@@ -120,7 +123,7 @@ pub async fn start(
                     }
                     all
                 });
-            Some(
+            Some(Arc::new(
                 billing::Billing::new(
                     &key.0,
                     &args.stripe_api_base,
@@ -129,7 +132,7 @@ pub async fn start(
                     origins,
                 )
                 .map_err(|e| anyhow::anyhow!("the Stripe client: {e}"))?,
-            )
+            ))
         }
         (Some(_), None) => anyhow::bail!(
             "--stripe-api-key needs --stripe-publishable-key: the page's Stripe.js identifies the account with it"
@@ -193,6 +196,8 @@ pub async fn start(
         .route("/t/{tenant}/i/{name}/kb", post(server::attach))
         .route("/t/{tenant}/data", get(server::data_page))
         .route("/t/{tenant}/export.tar", get(server::export))
+        .route("/t/{tenant}/delete", get(server::delete_account_page).post(server::delete_account))
+        .route("/t/{tenant}/delete/code", post(server::delete_account_code))
         .route("/t/{tenant}/usage", get(server::usage_page))
         .route("/t/{tenant}/usage.csv", get(server::usage_csv))
         .route("/t/{tenant}/billing", get(server::billing_page))

@@ -1,6 +1,7 @@
 //! Mail to a tenant's owners when its standing changes: credit low, credit used up (with the time
 //! instances stop), instances suspended, credit restored (suspended instances resume), and the
-//! tenant's deletion scheduled (with when its data is erased and what is kept).
+//! tenant's deletion scheduled (with when its data is erased and what is kept), and, when the
+//! Tenant is gone, the erasure receipts.
 //!
 //! The standing is read from the Tenant's status (the operator's billing verdict and its erase
 //! instant), which the dashboard already watches. One event sends one mail, across replicas and
@@ -186,6 +187,34 @@ pub fn notice(
     }
 }
 
+/// The owners' mail when a deleted Tenant is gone for good: each erasure receipt from its final
+/// status, and what is kept. `None` for a Tenant that went without the operator's erasure (no
+/// erase instant): nothing can be promised about it.
+pub fn erased(t: &Tenant) -> Option<Notice> {
+    let status = t.status.as_ref()?;
+    status.erase_after.as_ref()?;
+    let (name, display) = (t.name_any(), &t.spec.display_name);
+    let mut body = format!(
+        "The tenant {display} ({name}) is erased. These are the receipts of what was erased, \
+         when, and by which rule:\n\n"
+    );
+    for r in &status.erasure {
+        body.push_str(&format!(
+            "- {}: erased {} (deadline {}, rule {})\n",
+            r.what, r.erased_at, r.deadline, r.rule
+        ));
+    }
+    if status.erasure.is_empty() {
+        body.push_str("- nothing was left to erase\n");
+    }
+    body.push_str(
+        "\nKept: billing records (payments and usage charges) for 7 years, as the law requires \
+         of accounting records (they hold no prompts or documents), and these receipts, which \
+         prove the erasure.\n",
+    );
+    Some(Notice { subject: format!("Alcove: {display} is erased"), body: wrap(&body, 72) })
+}
+
 /// The addresses a tenant's notices go to: its `User` owners.
 pub fn recipients(t: &Tenant) -> Vec<String> {
     t.spec.owners.iter().filter(|o| o.kind == OwnerKind::User).map(|o| o.name.clone()).collect()
@@ -199,12 +228,21 @@ pub async fn run(
     clock: Arc<dyn alcove_clock::Clock>,
     public_url: String,
 ) {
+    let mut gone = cluster.gone();
     cluster.ready().await;
     // What this replica last saw, so an unchanged tenant costs no store query.
     let mut seen: std::collections::HashMap<String, String> = Default::default();
     let mut tick = tokio::time::interval(Duration::from_secs(2));
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            t = gone.recv() => {
+                if let Ok(t) = t {
+                    tell_erased(&store, &mailer, &t, clock.now()).await;
+                }
+                continue;
+            }
+        }
         let now = clock.now();
         for t in cluster.all_tenants() {
             let (Some(uid), Some(s)) = (t.uid(), standing(&t, now)) else { continue };
@@ -230,6 +268,31 @@ pub async fn run(
             tracing::info!(tenant = %t.name_any(), notice = %n.subject, "owners notified");
         }
     }
+}
+
+/// Mails the erasure receipts once: the replica whose conditional update moves the standing to
+/// `erased` sends them.
+async fn tell_erased(
+    store: &crate::store::Store,
+    mailer: &crate::mail::Mailer,
+    t: &Tenant,
+    now: Timestamp,
+) {
+    let (Some(uid), Some(n)) = (t.uid(), erased(t)) else { return };
+    match store.move_standing(&uid, "erased", now.as_millisecond()).await {
+        Ok(Some(_)) => {}
+        Ok(None) => return,
+        Err(e) => {
+            tracing::warn!(error = %e, "recording a tenant's erasure");
+            return;
+        }
+    }
+    for to in recipients(t) {
+        if let Err(e) = mailer.send(&to, &n.subject, &n.body).await {
+            tracing::warn!(tenant = %t.name_any(), error = %e, "the erasure receipts could not be mailed");
+        }
+    }
+    tracing::info!(tenant = %t.name_any(), notice = %n.subject, "owners notified");
 }
 
 #[cfg(test)]
@@ -330,5 +393,34 @@ mod tests {
         assert_eq!(recipients(&low), vec!["ada@acme.example".to_string()], "users, not groups");
         assert!(n.body.lines().all(|l| l.len() <= 72), "{}", n.body);
         assert_eq!(wrap("aa bb cc\n\ndd", 5), "aa bb\ncc\n\ndd\n");
+    }
+
+    #[test]
+    fn the_erased_mail_carries_every_receipt_and_what_is_kept() {
+        let mut t = tenant(0, None);
+        assert_eq!(erased(&t), None, "gone without the operator's erasure: no promise");
+        let status = t.status.as_mut().unwrap();
+        status.erase_after = Some("2026-12-31T10:00:00Z".into());
+        status.erasure =
+            ["PersistentVolumeClaim tenant-acme/history-chat", "Namespace tenant-acme"]
+                .map(|what| alcove_crds::ErasureRecord {
+                    what: what.into(),
+                    data_class: "accountData".into(),
+                    deadline: "2026-12-31T10:00:00Z".into(),
+                    erased_at: "2026-12-31T10:00:01Z".into(),
+                    rule: "accountData=30d".into(),
+                })
+                .to_vec();
+        let n = erased(&t).unwrap();
+        assert_eq!(n.subject, "Alcove: Acme is erased");
+        let flat = n.body.split_whitespace().collect::<Vec<_>>().join(" ");
+        for fact in [
+            "- PersistentVolumeClaim tenant-acme/history-chat: erased 2026-12-31T10:00:01Z (deadline 2026-12-31T10:00:00Z, rule accountData=30d)",
+            "- Namespace tenant-acme: erased",
+            "billing records (payments and usage charges) for 7 years",
+        ] {
+            assert!(flat.contains(fact), "{fact}: {flat}");
+        }
+        assert!(n.body.lines().all(|l| l.len() <= 72), "{}", n.body);
     }
 }

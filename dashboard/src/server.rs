@@ -14,7 +14,7 @@ use axum::extract::Multipart;
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
-use k8s_openapi::api::core::v1::{ConfigMap, Event, Pod, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Event, Pod};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 use maud::Markup;
@@ -48,7 +48,7 @@ pub struct App {
     pub embedding_model: String,
     pub store: crate::store::Store,
     /// Top-ups and the billing history, when the platform gave the dashboard a Stripe key.
-    pub billing: Option<crate::billing::Billing>,
+    pub billing: Option<Arc<crate::billing::Billing>>,
     /// The gateway's usage store, when the platform connected it (the usage page).
     pub usage: Option<alcove_gateway::store::Store>,
 }
@@ -780,18 +780,7 @@ pub(crate) async fn instance_key(
     t: &str,
     name: &str,
 ) -> Result<String, Failure> {
-    let client = app.cluster.as_user(email, t);
-    let ns = alcove_crds::tenant::namespace_of(t);
-    let i = Api::<InferenceInstance>::namespaced(client.clone(), &ns).get(name).await?;
-    let secret_name =
-        i.status.as_ref().and_then(|s| s.api_key_secret.clone()).ok_or(Failure::NotFound)?;
-    let secret = Api::<Secret>::namespaced(client, &ns).get(&secret_name).await?;
-    secret
-        .data
-        .as_ref()
-        .and_then(|d| d.get("api-key"))
-        .and_then(|b| String::from_utf8(b.0.clone()).ok())
-        .ok_or(Failure::NotFound)
+    app.cluster.instance_key(email, t, name).await?.ok_or(Failure::NotFound)
 }
 
 /// The API key, shown on request only.
@@ -883,6 +872,7 @@ fn destroy_confirmation(user: &Signed, t: &str, name: &str, step: Step) -> Respo
         title: &title,
         explanation: views::DESTROY_EXPLAINED,
         button: &button,
+        facts: &[],
     };
     confirmation(user, "Destroy", &c, step)
 }
@@ -981,6 +971,104 @@ pub async fn destroy(
     );
     let body = views::destroyed(&t, &name, pod_gone, &billing);
     Ok(html(StatusCode::OK, &user.frame("Destroyed"), body))
+}
+
+// ----- deleting the account -----
+
+fn account_confirmation(user: &Signed, t: &Tenant, now: jiff::Timestamp, step: Step) -> Response {
+    let name = t.name_any();
+    let (back, action) = (format!("/t/{name}/data"), format!("/t/{name}/delete"));
+    let facts = crate::account::deletion_facts(t, now);
+    let c = views::Confirm {
+        back: &back,
+        action: &action,
+        title: "Delete your account?",
+        explanation: views::DELETE_ACCOUNT_EXPLAINED,
+        button: "Delete my account and its data",
+        facts: &facts,
+    };
+    confirmation(user, "Delete your account", &c, step)
+}
+
+/// Why this account cannot be deleted here, if it cannot: already deleted, or kept by GitOps
+/// (the next sync would make it again).
+fn account_refusal(user: &Signed, t: &Tenant) -> Option<Response> {
+    let words = if t.metadata.deletion_timestamp.is_some() {
+        let at = t.status.as_ref().and_then(|s| s.erase_after.clone());
+        format!(
+            "This account is already deleted. Everything left is erased {}.",
+            at.map(|a| format!("at {a}")).unwrap_or_else(|| "after its window".into())
+        )
+    } else if let Some(tool) = crate::account::gitops_manager(t) {
+        format!(
+            "This account is kept in your platform team's configuration ({tool}): deleting it here would be undone by the next sync. Ask your platform team to remove it there; its data is then erased the same way, with receipts mailed to you."
+        )
+    } else {
+        return None;
+    };
+    let body = views::message("Your account cannot be deleted here", &words);
+    Some(html(StatusCode::CONFLICT, &user.frame("Delete your account"), body))
+}
+
+pub async fn delete_account_page(
+    State(app): State<Arc<App>>,
+    user: Signed,
+    Path(t): Path<String>,
+) -> Answer {
+    let tn = tenant(&app, &user, &t)?;
+    if let Some(refused) = account_refusal(&user, &tn) {
+        return Ok(refused);
+    }
+    Ok(account_confirmation(&user, &tn, app.clock.now(), Step::Asked))
+}
+
+pub async fn delete_account_code(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(t): Path<String>,
+    headers: HeaderMap,
+    p: Posted<Empty>,
+) -> Answer {
+    let user = &p.user;
+    let tn = tenant(&app, user, &t)?;
+    if let Some(refused) = account_refusal(user, &tn) {
+        return Ok(refused);
+    }
+    let sent = fresh_code(&app, user, peer, &headers).await;
+    Ok(account_confirmation(user, &tn, app.clock.now(), Step::Sent(sent)))
+}
+
+/// Deletes the Tenant as its owner after a fresh code; the operator destroys its instances at
+/// once and erases the rest after the account-data window; the notices mail both steps.
+pub async fn delete_account(
+    State(app): State<Arc<App>>,
+    Path(t): Path<String>,
+    p: Posted<ConfirmForm>,
+) -> Answer {
+    let user = &p.user;
+    let tn = tenant(&app, user, &t)?;
+    if let Some(refused) = account_refusal(user, &tn) {
+        return Ok(refused);
+    }
+    let now = app.clock.now();
+    if let Err(words) = confirmed(&app, user, &p.form.code).await {
+        return Ok(account_confirmation(user, &tn, now, Step::Refused(words)));
+    }
+    let tenants: Api<Tenant> = Api::all(app.cluster.as_user(&user.email, &t));
+    match tenants.delete(&t, &DeleteParams::background()).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 403 => {
+            return Err(Failure::Refused(
+                StatusCode::FORBIDDEN,
+                "your platform does not let owners delete their account here. Ask your platform team.".into(),
+            ));
+        }
+        Err(e) => return Err(e.into()),
+    }
+    tracing::info!(tenant = %t, "account deleted from the dashboard");
+    let by = crate::account::erase_by(&tn, now).strftime("%Y-%m-%d %H:%M UTC").to_string();
+    let body = views::account_deleted(&t, &user.email, &by);
+    Ok(html(StatusCode::OK, &user.frame("Account deleted"), body))
 }
 
 // ----- knowledge bases -----
@@ -1559,6 +1647,7 @@ fn delete_confirmation(user: &Signed, t: &str, name: &str, id: &str, step: Step)
         title: "Delete this conversation?",
         explanation: views::DELETE_CONVERSATION_EXPLAINED,
         button: "Delete the conversation",
+        facts: &[],
     };
     confirmation(user, "Delete conversation", &c, step)
 }
@@ -2192,43 +2281,19 @@ fn form_urlencoded_value(v: &str) -> String {
     serde_urlencoded::to_string([("v", v)]).unwrap_or_default().trim_start_matches("v=").to_string()
 }
 
-/// A CSV field: quoted when it holds a comma, a quote or a line break.
-fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_string()
-    }
-}
-
-/// The request log's CSV columns (the download and the export).
-pub(crate) const USAGE_HEADER: &str = "time_utc,request_id,instance,model,endpoint,status,prompt_tokens,completion_tokens,latency_ms,key_id\n";
-
-/// One request-log record as a CSV line.
-pub(crate) fn usage_line(r: &alcove_gateway::store::Record) -> String {
-    let at = jiff::Timestamp::from_millisecond(r.at_ms)
-        .map(|t| t.strftime("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
-        .unwrap_or_default();
-    format!(
-        "{at},{},{},{},{},{},{},{},{},{}\n",
-        csv_field(&r.request_id),
-        csv_field(&r.instance),
-        csv_field(&r.model),
-        csv_field(&r.endpoint),
-        r.status,
-        r.prompt_tokens,
-        r.completion_tokens,
-        r.latency_ms,
-        csv_field(&r.key_id)
-    )
-}
-
 /// "Export your data": the archive (export.rs), streamed as it is read.
 pub async fn export(State(app): State<Arc<App>>, user: Signed, Path(t): Path<String>) -> Answer {
     let tn = tenant(&app, &user, &t)?;
     let (tx, mut rx) = tokio::sync::mpsc::channel(4);
     tracing::info!(tenant = %t, "data export started from the dashboard");
-    tokio::spawn(crate::export::write(app.clone(), user.email.clone(), tn, tx));
+    let sources = crate::export::Sources {
+        cluster: app.cluster.clone(),
+        gateway: app.gateway.clone(),
+        usage: app.usage.clone(),
+        billing: app.billing.clone(),
+        clock: app.clock.clone(),
+    };
+    tokio::spawn(crate::export::write(sources, user.email.clone(), tn, tx));
     let body = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
     let day = app.clock.now().strftime("%Y-%m-%d").to_string();
     let disposition = format!("attachment; filename=\"alcove-export-{t}-{day}.tar\"");
@@ -2269,7 +2334,7 @@ pub async fn usage_csv(
                 Ok(records) => {
                     let next =
                         (records.len() == 1000).then(|| records.last().map(|r| r.at_ms)).flatten();
-                    let chunk: String = records.iter().map(usage_line).collect();
+                    let chunk: String = records.iter().map(crate::export::usage_line).collect();
                     Some((Ok(bytes::Bytes::from(chunk)), next))
                 }
             }
@@ -2277,7 +2342,7 @@ pub async fn usage_csv(
     });
     use futures::StreamExt as _;
     let first: Result<bytes::Bytes, std::io::Error> =
-        Ok(bytes::Bytes::from_static(USAGE_HEADER.as_bytes()));
+        Ok(bytes::Bytes::from_static(crate::export::USAGE_HEADER.as_bytes()));
     let body = futures::stream::iter([first]).chain(pages);
     Ok((
         [

@@ -613,6 +613,8 @@ pub struct Confirm<'a> {
     pub title: &'a str,
     pub explanation: &'a str,
     pub button: &'a str,
+    /// What it does, step by step (shown before the code is asked for).
+    pub facts: &'a [(String, String)],
 }
 
 pub fn confirm_with_code(
@@ -626,6 +628,9 @@ pub fn confirm_with_code(
         nav.crumbs aria-label="Breadcrumb" { a href="/" { "Tenants" } " / " a href=(c.back) { "back" } }
         h1 { (c.title) }
         p { (c.explanation) " This cannot be undone." }
+        @if !c.facts.is_empty() {
+            dl.facts #what-happens { @for (k, v) in c.facts { dt { (k) } dd { (v) } } }
+        }
         @if code_sent {
             p { "We emailed a confirmation code to " strong { (email) } "." }
             form method="post" action=(c.action) novalidate {
@@ -648,6 +653,19 @@ pub fn confirm_with_code(
 
 /// What destroying an instance does, in words.
 pub const DESTROY_EXPLAINED: &str = "The pod stops at once and GPU billing stops with it. The API key stops working. Its conversation history is kept only as long as your tenant's retention policy says, then erased.";
+
+/// What deleting the account does, in words (the facts follow).
+pub const DELETE_ACCOUNT_EXPLAINED: &str =
+    "Your account and all its data are deleted: what happens when is below.";
+
+/// After the account was deleted.
+pub fn account_deleted(tenant: &str, email: &str, erase_by: &str) -> Markup {
+    html! {
+        h1 { "Your account is deleted" }
+        p role="status" { "Its instances are stopping now and billing has stopped. Everything else is erased by " strong { (erase_by) } " (later if a legal hold is on). We emailed " strong { (email) } " what happens when, and will email the erasure receipts when it is done." }
+        p { a href={"/t/" (tenant) "/data"} { "Follow it on Your data" } }
+    }
+}
 
 /// What deleting a conversation does, in words.
 pub const DELETE_CONVERSATION_EXPLAINED: &str = "The conversation is removed from the instance's encrypted store: its questions and answers are gone.";
@@ -1041,6 +1059,13 @@ pub fn data(v: &DataView) -> Markup {
             h2 #export-title { "Export your data" }
             p { "One archive of everything above and its content: your account and instance settings, your knowledge bases' documents as you gave them, your conversations (decrypted for you), the request log and the billing history. It is a standard .tar file; its manifest.json lists every file with its checksum." }
             p { a.button #export href={"/t/" (v.tenant) "/export.tar"} download { "Download your data" } }
+        }
+        section aria-labelledby="delete-title" {
+            h2 #delete-title { "Delete your account" }
+            @if v.erase_after.is_some() { p { "Deleted: see the date above." } } @else {
+                p { "Deletes this account and all its data: instances stop at once, everything else is erased after your account-data window. The next page says what is erased when, and what is kept and why, before anything happens." }
+                p { a.button.danger #delete-account href={"/t/" (v.tenant) "/delete"} { "Delete your account…" } }
+            }
         }
         section aria-labelledby="key-title" {
             h2 #key-title { "Encryption key" }
