@@ -363,6 +363,17 @@ async fn top_ups_credit_once_through_the_webhook_and_the_history_shows_them() {
         assert_eq!(d.mails_about(OWNER, about).len(), n, "{about}");
     }
 
+    // Deleting an account in the dashboard: another customer's answers 404, as if it did not
+    // exist; one kept by GitOps is refused with the reason (the next sync would make it again).
+    assert_eq!(bob.get("/t/acme/delete").await.status, 404);
+    let tracking = "argocd.argoproj.io/tracking-id=platform:alcove.dev/Tenant:/globex";
+    p.ok(&["annotate", "tenant", "globex", tracking]).await;
+    let refused = until_some("the GitOps refusal", Duration::from_secs(30), || async {
+        Some(bob.get("/t/globex/delete").await).filter(|r| r.status == 409)
+    })
+    .await;
+    assert!(flat(&refused.body).contains("kept in your platform team's configuration (Argo CD)"));
+
     // Deleting a tenant tells its owners when its data is erased and what is kept.
     p.ok(&["delete", "tenant", "globex", "--wait=false"]).await;
     let mail = until_some("the deletion mail", Duration::from_secs(60), || async {
@@ -408,9 +419,69 @@ async fn a_top_up_in_chromium_with_stripe_js() {
         .map(|c| c["amount"].as_i64().unwrap())
         .collect();
     assert_eq!(paid.len(), 2, "{charges}");
+    let charged = charges["data"].as_array().unwrap().len();
     assert_eq!(paid.iter().sum::<i64>(), 3500);
     // The card number went to "Stripe" only: the dashboard never saw it.
     assert!(!w.d.log_text().contains("4242") && !w.d.log_text().contains("4000002500003155"));
     let screenshots = std::fs::read_dir(&out).unwrap().count();
     assert!(screenshots >= 5, "a screenshot per step in {}: {screenshots}", out.display());
+
+    // Then the owner deletes the account in the page: the tenant goes into deletion at once,
+    // the owner is told when the rest is erased, and after the account-data window (30 days by
+    // default) the receipts arrive by mail while the billing records stay.
+    let (result, out) = browser_journey(
+        "delete_account.mjs",
+        "dashboard-delete-account",
+        &w.d,
+        &[("OWNER", OWNER), ("TENANT", "acme"), ("CODES", "1")],
+    )
+    .await;
+    let facts = result["facts"].as_str().unwrap().split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(
+        facts.contains("(your account-data window: 30 days)")
+            && facts.contains("Billing records (payments and usage charges) for 7 years"),
+        "{result}"
+    );
+    assert!(result["wrong_code"].as_str().unwrap().contains("code"), "{result}");
+    assert_eq!(result["again"], 409, "a deleted account cannot be deleted again: {result}");
+    assert_eq!(result["instances"], 410, "{result}");
+    assert!(std::fs::read_dir(&out).unwrap().count() >= 4);
+    let erase_after = w.p.jsonpath(&["get", "tenant", "acme"], "{.status.eraseAfter}").await;
+    let erase_after: jiff::Timestamp = erase_after.parse().unwrap();
+    assert_eq!(
+        result["erase_by"].as_str().unwrap(),
+        erase_after.strftime("%Y-%m-%d %H:%M UTC").to_string(),
+        "the page promised the operator's deadline"
+    );
+    let mail = until_some("the deletion mail", Duration::from_secs(60), || async {
+        w.d.mails_about(OWNER, "is being deleted").pop()
+    })
+    .await;
+    assert!(flat(&mail).contains("kept for 7 years"), "{mail}");
+    w.clock.set(jiff::Timestamp::from_second(erase_after.as_second() + 60).unwrap());
+    eventually("the tenant erased", Duration::from_secs(120), || async {
+        !w.p.kubectl(&["get", "tenant", "acme"]).await.0
+    })
+    .await;
+    let mail = until_some("the erased mail", Duration::from_secs(60), || async {
+        w.d.mails_about(OWNER, "Acme Robotics is erased").pop()
+    })
+    .await;
+    let mail = flat(&mail);
+    assert!(
+        mail.contains("- Namespace tenant-acme: erased")
+            && mail.contains("rule accountData=30d")
+            && mail.contains("billing records (payments and usage charges) for 7 years"),
+        "{mail}"
+    );
+    // Kept: the payments at Stripe, the ledger and the receipts in the operator's namespace.
+    let charges =
+        w.stripe.ok("GET", &format!("/v1/charges?customer={}&limit=100", w.customer), None).await;
+    assert_eq!(charges["data"].as_array().unwrap().len(), charged, "{charges}");
+    for kept in ["billing-acme", "alcove-erasures-acme"] {
+        assert!(
+            w.p.kubectl(&["get", "configmap", kept, "-n", "alcove-system"]).await.0,
+            "{kept} outlives the tenant"
+        );
+    }
 }

@@ -59,7 +59,8 @@ pub fn words(w: alcove_crds::policy::Window) -> String {
     }
 }
 
-fn window(t: &Tenant, class: DataClass) -> alcove_crds::policy::Window {
+/// How long `t` keeps `class`: its own window, or the platform's promise.
+pub fn window(t: &Tenant, class: DataClass) -> alcove_crds::policy::Window {
     t.spec
         .retention
         .as_ref()

@@ -96,12 +96,10 @@ impl Cluster {
         mine
     }
 
-    /// One tenant of this user; `None` for a tenant that does not exist and for one that is not
-    /// theirs alike, so a crafted name learns nothing.
+    /// One tenant of this user, also while it is being deleted; `None` for a tenant that does
+    /// not exist and for one that is not theirs alike, so a crafted name learns nothing.
     pub fn tenant_of(&self, email: &str, tenant: &str) -> Option<Arc<Tenant>> {
-        self.tenants
-            .get(&reflector::ObjectRef::new(tenant))
-            .filter(|t| owned_by(t, email) && t.metadata.deletion_timestamp.is_none())
+        self.tenants.get(&reflector::ObjectRef::new(tenant)).filter(|t| owned_by(t, email))
     }
 
     /// Every tenant in the cache (the notices watch them all).

@@ -137,9 +137,13 @@ pub fn notice(
                  stopped now, and billing for them has stopped.\n\nEverything else it holds \
                  (volumes, conversation history, uploaded documents, its encryption key) is \
                  erased by {}. A receipt of each erasure is kept.\n\nBilling records (payments \
-                 and usage charges) are kept for 7 years, as the law requires of accounting \
+                 and usage charges) are kept for {}, as the law requires of accounting \
                  records; they hold no prompts or documents.\n",
-                when(*erase_after)
+                when(*erase_after),
+                crate::account::words(crate::account::window(
+                    t,
+                    alcove_crds::policy::DataClass::BillingRecords
+                ))
             ),
         ),
         (None, _) => None,
@@ -207,11 +211,15 @@ pub fn erased(t: &Tenant) -> Option<Notice> {
     if status.erasure.is_empty() {
         body.push_str("- nothing was left to erase\n");
     }
-    body.push_str(
-        "\nKept: billing records (payments and usage charges) for 7 years, as the law requires \
+    let kept = crate::account::words(crate::account::window(
+        t,
+        alcove_crds::policy::DataClass::BillingRecords,
+    ));
+    body.push_str(&format!(
+        "\nKept: billing records (payments and usage charges) for {kept}, as the law requires \
          of accounting records (they hold no prompts or documents), and these receipts, which \
-         prove the erasure.\n",
-    );
+         prove the erasure.\n"
+    ));
     Some(Notice { subject: format!("Alcove: {display} is erased"), body: wrap(&body, 72) })
 }
 

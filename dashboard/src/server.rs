@@ -80,6 +80,8 @@ pub enum Failure {
     Refused(StatusCode, String),
     /// The cluster could not be reached or failed.
     Unavailable(String),
+    /// The tenant (named) is deleted; its data is erased at the time given, once known.
+    Deleted(String, Option<String>),
 }
 
 impl From<kube::Error> for Failure {
@@ -118,6 +120,11 @@ impl IntoResponse for Failure {
                 (code, "Not allowed", format!("Your account may not do that: {words}"))
             }
             Failure::Refused(code, words) => (code, "Refused", words),
+            Failure::Deleted(tenant, at) => {
+                let frame = Frame { title: "Account deleted", user: None, csrf: None };
+                let body = views::account_gone(&tenant, at.as_deref());
+                return (StatusCode::GONE, views::page(&frame, body)).into_response();
+            }
             Failure::Unavailable(words) => {
                 tracing::warn!(error = %words, "the cluster did not answer");
                 (
@@ -453,6 +460,7 @@ pub async fn overview(State(app): State<Arc<App>>, user: Signed, headers: Header
                 credit: balance_of(t, locale).balance,
                 instances: status.instances,
                 gpus: status.gpus_in_use,
+                deleted: t.metadata.deletion_timestamp.as_ref().map(|_| erase_after(t)),
             }
         })
         .collect();
@@ -464,9 +472,30 @@ fn consent_missing(t: &Tenant) -> Vec<&'static str> {
     alcove_crds::tenant::missing_consents(&t.spec).into_iter().map(|c| c.words()).collect()
 }
 
-/// The tenant if it is this user's, else 404 (the same for one that does not exist).
+/// The tenant if it is this user's, else 404 (the same for one that does not exist); once it is
+/// deleted, 410 with where to follow the erasure.
 fn tenant(app: &App, user: &Signed, name: &str) -> Result<Arc<Tenant>, Failure> {
+    let t = tenant_or_deleted(app, user, name)?;
+    match t.metadata.deletion_timestamp {
+        Some(_) => Err(Failure::Deleted(name.to_string(), erase_after(&t))),
+        None => Ok(t),
+    }
+}
+
+/// The tenant if it is this user's, also while it is being deleted: its data page, its export
+/// and its deletion pages stay until the erasure.
+fn tenant_or_deleted(app: &App, user: &Signed, name: &str) -> Result<Arc<Tenant>, Failure> {
     app.cluster.tenant_of(&user.email, name).ok_or(Failure::NotFound)
+}
+
+/// When a deleted tenant's remaining data is erased (`2027-01-01 18:44 UTC`), once the operator
+/// has set it.
+fn erase_after(t: &Tenant) -> Option<String> {
+    let at = t.status.as_ref()?.erase_after.as_deref()?;
+    Some(match at.parse::<jiff::Timestamp>() {
+        Ok(at) => at.strftime("%Y-%m-%d %H:%M UTC").to_string(),
+        Err(_) => at.to_string(),
+    })
 }
 
 fn instances_api(app: &App, user: &Signed, tenant: &str) -> Api<InferenceInstance> {
@@ -994,7 +1023,7 @@ fn account_confirmation(user: &Signed, t: &Tenant, now: jiff::Timestamp, step: S
 /// (the next sync would make it again).
 fn account_refusal(user: &Signed, t: &Tenant) -> Option<Response> {
     let words = if t.metadata.deletion_timestamp.is_some() {
-        let at = t.status.as_ref().and_then(|s| s.erase_after.clone());
+        let at = erase_after(t);
         format!(
             "This account is already deleted. Everything left is erased {}.",
             at.map(|a| format!("at {a}")).unwrap_or_else(|| "after its window".into())
@@ -1015,7 +1044,7 @@ pub async fn delete_account_page(
     user: Signed,
     Path(t): Path<String>,
 ) -> Answer {
-    let tn = tenant(&app, &user, &t)?;
+    let tn = tenant_or_deleted(&app, &user, &t)?;
     if let Some(refused) = account_refusal(&user, &tn) {
         return Ok(refused);
     }
@@ -1030,7 +1059,7 @@ pub async fn delete_account_code(
     p: Posted<Empty>,
 ) -> Answer {
     let user = &p.user;
-    let tn = tenant(&app, user, &t)?;
+    let tn = tenant_or_deleted(&app, user, &t)?;
     if let Some(refused) = account_refusal(user, &tn) {
         return Ok(refused);
     }
@@ -1046,7 +1075,7 @@ pub async fn delete_account(
     p: Posted<ConfirmForm>,
 ) -> Answer {
     let user = &p.user;
-    let tn = tenant(&app, user, &t)?;
+    let tn = tenant_or_deleted(&app, user, &t)?;
     if let Some(refused) = account_refusal(user, &tn) {
         return Ok(refused);
     }
@@ -2089,7 +2118,7 @@ pub async fn receipt(
 /// the rest is the Tenant the dashboard watches.
 pub async fn data_page(State(app): State<Arc<App>>, user: Signed, Path(t): Path<String>) -> Answer {
     use alcove_crds::policy::DataClass;
-    let tn = tenant(&app, &user, &t)?;
+    let tn = tenant_or_deleted(&app, &user, &t)?;
     let ns = alcove_crds::tenant::namespace_of(&t);
     let client = app.cluster.as_user(&user.email, &t);
     let pvcs: Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> =
@@ -2160,7 +2189,9 @@ pub async fn data_page(State(app): State<Arc<App>>, user: Signed, Path(t): Path<
         volumes: &volumes,
         windows,
         erasures: &status.erasure,
-        erase_after: status.erase_after.clone(),
+        erase_after: tn.metadata.deletion_timestamp.as_ref().map(|_| {
+            erase_after(&tn).unwrap_or_else(|| "the end of its account-data window".into())
+        }),
     };
     Ok(html(StatusCode::OK, &user.frame("Your data"), views::data(&view)))
 }
@@ -2283,7 +2314,7 @@ fn form_urlencoded_value(v: &str) -> String {
 
 /// "Export your data": the archive (export.rs), streamed as it is read.
 pub async fn export(State(app): State<Arc<App>>, user: Signed, Path(t): Path<String>) -> Answer {
-    let tn = tenant(&app, &user, &t)?;
+    let tn = tenant_or_deleted(&app, &user, &t)?;
     let (tx, mut rx) = tokio::sync::mpsc::channel(4);
     tracing::info!(tenant = %t, "data export started from the dashboard");
     let sources = crate::export::Sources {

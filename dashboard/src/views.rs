@@ -155,6 +155,8 @@ pub struct TenantRow {
     pub credit: String,
     pub instances: i32,
     pub gpus: i32,
+    /// Set once the tenant is deleted, with when the rest is erased (once the operator said).
+    pub deleted: Option<Option<String>>,
 }
 
 pub fn overview(tenants: &[TenantRow]) -> Markup {
@@ -165,6 +167,13 @@ pub fn overview(tenants: &[TenantRow]) -> Markup {
         }
         ul.cards {
             @for t in tenants {
+                @if let Some(at) = &t.deleted {
+                    li.card {
+                        h2 { (t.display_name) }
+                        p.error role="status" { "Deleted. " (erasure_when(at.as_deref())) }
+                        a.button href={"/t/" (t.name) "/data"} { "Your data" }
+                    }
+                } @else {
                 li.card {
                     h2 { a href={"/t/" (t.name)} { (t.display_name) } }
                     dl.facts {
@@ -176,6 +185,7 @@ pub fn overview(tenants: &[TenantRow]) -> Markup {
                         dt { "GPUs in use" } dd { (t.gpus) }
                     }
                     a.button href={"/t/" (t.name)} { "Instances of " (t.display_name) }
+                }
                 }
             }
         }
@@ -664,6 +674,23 @@ pub fn account_deleted(tenant: &str, email: &str, erase_by: &str) -> Markup {
         h1 { "Your account is deleted" }
         p role="status" { "Its instances are stopping now and billing has stopped. Everything else is erased by " strong { (erase_by) } " (later if a legal hold is on). We emailed " strong { (email) } " what happens when, and will email the erasure receipts when it is done." }
         p { a href={"/t/" (tenant) "/data"} { "Follow it on Your data" } }
+    }
+}
+
+/// When a deleted account's remaining data goes, in words.
+fn erasure_when(at: Option<&str>) -> String {
+    match at {
+        Some(at) => format!("Everything left is erased at {at}."),
+        None => "Everything left is erased at the end of its account-data window.".into(),
+    }
+}
+
+/// A page of an account that is deleted (410): where to follow the erasure until it is done.
+pub fn account_gone(tenant: &str, erase_after: Option<&str>) -> Markup {
+    html! {
+        h1 { "This account is deleted" }
+        p { (erasure_when(erase_after)) " Its instances are stopped and billing has stopped. Until the erasure, Your data shows what is left and lets you download it." }
+        p { a href={"/t/" (tenant) "/data"} { "Your data" } }
     }
 }
 
