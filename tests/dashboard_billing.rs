@@ -383,6 +383,60 @@ async fn top_ups_credit_once_through_the_webhook_and_the_history_shows_them() {
     let mail = flat(&mail);
     assert!(mail.contains("erased by") && mail.contains("kept for 7 years"), "{mail}");
 
+    // Correcting the account's details: refusals beside their fields; the name and a new contact
+    // address change once that address proved itself with the code mailed to it; notices go
+    // there from then on.
+    let page = alice.get("/t/acme/account").await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    let csrf = page.csrf();
+    let details = |name: &'static str, contact: &'static str, code: String| {
+        let csrf = csrf.clone();
+        let alice = &alice;
+        async move {
+            let fields = [
+                ("csrf", csrf.as_str()),
+                ("display_name", name),
+                ("contact_email", contact),
+                ("code", code.as_str()),
+            ];
+            alice.post("/t/acme/account", &fields, &[]).await
+        }
+    };
+    let bad = details(" ", "billing.acme.example", String::new()).await;
+    assert_eq!(bad.status, 422, "{}", bad.body);
+    assert!(
+        bad.body.contains("Give the account a name.")
+            && bad.body.contains("An email address has an @"),
+        "{}",
+        bad.body
+    );
+    let sent = details("Acme Robotics GmbH", "Billing@Acme.example", String::new()).await;
+    assert_eq!(sent.status, 200, "{}", sent.body);
+    assert!(
+        flat(&sent.body)
+            .contains("We emailed a confirmation code to <strong>billing@acme.example</strong>")
+    );
+    let wrong = details("Acme Robotics GmbH", "billing@acme.example", "000000".into()).await;
+    assert_eq!(wrong.status, 422, "{}", wrong.body);
+    assert!(wrong.body.contains(r#"id="code-error""#), "{}", wrong.body);
+    let spec = || async { p.json(&["get", "tenant", "acme"]).await["spec"].clone() };
+    assert_eq!(spec().await["displayName"], "Acme Robotics", "nothing changed before the code");
+    let code = d.code("billing@acme.example", 0).await;
+    let saved = details("Acme Robotics GmbH", "billing@acme.example", code).await;
+    assert_eq!(saved.status, 303, "{}", saved.body);
+    let now = spec().await;
+    assert_eq!(
+        (now["displayName"].as_str(), now["contactEmail"].as_str()),
+        (Some("Acme Robotics GmbH"), Some("billing@acme.example"))
+    );
+    assert!(alice.get("/t/acme/account?notice=saved").await.body.contains("Saved."));
+    assert_eq!(bob.get("/t/acme/account").await.status, 404);
+    p.ok(&["delete", "tenant", "acme", "--wait=false"]).await;
+    until_some("the deletion mail to the contact", Duration::from_secs(60), || async {
+        d.mails_about("billing@acme.example", "Acme Robotics GmbH is being deleted").pop()
+    })
+    .await;
+
     // Tokens and Stripe's secrets never reach the dashboard's log.
     let log = d.log_text();
     assert!(log.contains("top-up paid"), "{log}");
@@ -433,7 +487,7 @@ async fn a_top_up_in_chromium_with_stripe_js() {
         "delete_account.mjs",
         "dashboard-delete-account",
         &w.d,
-        &[("OWNER", OWNER), ("TENANT", "acme"), ("CODES", "1")],
+        &[("OWNER", OWNER), ("TENANT", "acme"), ("CODES", "1"), ("RENAME", "Acme Robotics Ltd")],
     )
     .await;
     let facts = result["facts"].as_str().unwrap().split_whitespace().collect::<Vec<_>>().join(" ");
@@ -445,7 +499,11 @@ async fn a_top_up_in_chromium_with_stripe_js() {
     assert!(result["wrong_code"].as_str().unwrap().contains("code"), "{result}");
     assert_eq!(result["again"], 409, "a deleted account cannot be deleted again: {result}");
     assert_eq!(result["instances"], 410, "{result}");
-    assert!(std::fs::read_dir(&out).unwrap().count() >= 4);
+    assert!(std::fs::read_dir(&out).unwrap().count() >= 5);
+    assert_eq!(
+        w.p.jsonpath(&["get", "tenant", "acme"], "{.spec.displayName}").await,
+        "Acme Robotics Ltd"
+    );
     let erase_after = w.p.jsonpath(&["get", "tenant", "acme"], "{.status.eraseAfter}").await;
     let erase_after: jiff::Timestamp = erase_after.parse().unwrap();
     assert_eq!(
@@ -464,7 +522,7 @@ async fn a_top_up_in_chromium_with_stripe_js() {
     })
     .await;
     let mail = until_some("the erased mail", Duration::from_secs(60), || async {
-        w.d.mails_about(OWNER, "Acme Robotics is erased").pop()
+        w.d.mails_about(OWNER, "Acme Robotics Ltd is erased").pop()
     })
     .await;
     let mail = flat(&mail);

@@ -10,7 +10,7 @@ use alcove_tests::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_customer_journey_in_chromium() {
     let (p, _gw, d) = customers_world().await;
-    let (_, out) = browser_journey(
+    let (result, out) = browser_journey(
         "journey.mjs",
         "dashboard-journey",
         &d,
@@ -44,7 +44,16 @@ async fn a_customer_journey_in_chromium() {
         .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
         .collect();
     assert!(talks.iter().any(|t| t.contains("How many vacation days")), "{talks:?}");
-    assert_eq!(export_json(&dir, "instances/journey.json")["spec"]["limits"]["maxTokens"], 64);
+    let journey = export_json(&dir, "instances/journey.json");
+    assert_eq!(journey["spec"]["limits"]["maxTokens"], 64);
+    // The prompt the onboarding wrote, as the customer edited it.
+    let prompt = journey["spec"]["systemPrompt"].as_str().unwrap();
+    assert_eq!(prompt, result["system_prompt"].as_str().unwrap());
+    assert!(
+        prompt.starts_with("You are the assistant of Startup Inc.\nPeople come to you for: answering staff questions about leave and parking.\nBe brief")
+            && prompt.ends_with("Sign answers with \"HR desk\"."),
+        "{prompt}"
+    );
     let screenshots = std::fs::read_dir(&out)
         .unwrap()
         .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "png"))

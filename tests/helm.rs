@@ -628,7 +628,7 @@ async fn chart_installs_and_its_rbac_is_sufficient_and_minimal() {
         config.display().to_string(),
         clock.0.display().to_string(),
     );
-    p.spawn_operator(&["--kubeconfig", &kc, "--config", &cfg, "--clock-file", &ck]).await;
+    let op = p.spawn_operator(&["--kubeconfig", &kc, "--config", &cfg, "--clock-file", &ck]).await;
 
     // GitOps: everything applied server-side by another field manager.
     for f in ["good/tenant-basic.yaml", "good/knowledgebase.yaml", "good/instance-with-kb.yaml"] {
@@ -764,6 +764,32 @@ async fn chart_installs_and_its_rbac_is_sufficient_and_minimal() {
         .post("/t/startup/new", &[("csrf", &csrf), ("name", "scratch"), ("model", "default")], &[])
         .await;
     assert_eq!(created.status, 303, "{}", created.body);
+    // Correcting details as the chart's dashboard: the name the GitOps manifest sets is refused
+    // beside it; a contact address it does not set is saved once proven by its code.
+    let refused = alice
+        .post(
+            "/t/startup/account",
+            &[("csrf", &csrf), ("display_name", "Renamed"), ("contact_email", "")],
+            &[],
+        )
+        .await;
+    assert_eq!(refused.status, 422, "{}", refused.body);
+    assert!(refused.body.contains("configuration (Argo CD)"), "{}", refused.body);
+    let contact = [
+        ("csrf", csrf.as_str()),
+        ("display_name", "Startup Inc."),
+        ("contact_email", "ops@startup.example"),
+    ];
+    let sent = alice.post("/t/startup/account", &contact, &[]).await;
+    assert_eq!(sent.status, 200, "{}", sent.body);
+    let code = d.code("ops@startup.example", 0).await;
+    let saved =
+        alice.post("/t/startup/account", &[&contact[..], &[("code", &code)]].concat(), &[]).await;
+    assert_eq!(saved.status, 303, "{}", saved.body);
+    assert_eq!(
+        p.jsonpath(&["get", "tenant", "startup"], "{.spec.contactEmail}").await,
+        "ops@startup.example"
+    );
     let page = alice.get("/t/startup/i/assistant").await;
     assert_eq!(page.status, 200, "{}", page.body);
     let shown = alice.post("/t/startup/i/assistant/key", &[("csrf", &csrf)], &[]).await;
@@ -808,7 +834,15 @@ async fn chart_installs_and_its_rbac_is_sufficient_and_minimal() {
     let requests = operator_requests(&audit);
     assert!(requests.len() > 50, "the audit log has the operator's requests: {}", requests.len());
     let refused: Vec<&Request> = requests.iter().filter(|r| r.code == 403).collect();
-    assert!(refused.is_empty(), "refused requests: {refused:#?}");
+    // (The audit log has no messages; the operator's log says why.)
+    let why = || {
+        let log = std::fs::read_to_string(&p.operators[op].log).unwrap_or_default();
+        log.lines()
+            .filter(|l| l.contains("403") || l.contains("orbidden"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert!(refused.is_empty(), "refused requests: {refused:#?}\n{}", why());
 
     // Minimal: every verb the chart grants the operator for its own use was needed by a request,
     // and without it (the ClusterRole or Role changed on the API server) that request is refused.

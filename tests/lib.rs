@@ -553,7 +553,10 @@ impl Dashboard {
             let mail = self
                 .mails()
                 .into_iter()
-                .filter(|m| m.contains(&format!("To: {to}")) && m.contains("sign-in code: "))
+                .filter(|m| {
+                    m.contains(&format!("To: {to}"))
+                        && m.lines().any(|l| l.starts_with("Subject: ") && l.contains(" code: "))
+                })
                 .nth(n)?;
             let subject = mail.lines().find(|l| l.starts_with("Subject: "))?;
             Some(subject.rsplit(' ').next()?.trim().to_string())

@@ -48,6 +48,13 @@ pub struct TenantSpec {
     #[schemars(length(min = 1, max = 128))]
     pub display_name: String,
 
+    /// Where notices about this tenant go (credit, suspension, deletion, erasure). Absent: every
+    /// `User` owner. Owners may change it in the dashboard once the new address proves itself
+    /// with a code.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 3, max = 254), regex(pattern = r"^[^@\s]+@[^@\s]+$"))]
+    pub contact_email: Option<String>,
+
     /// Service tier: `free` and `basic` share a GPU pool, `pro` gets nodes dedicated to the
     /// tenant, `enterprise` runs on nodes the customer brings (see `placement`).
     pub tier: Tier,

@@ -39,6 +39,19 @@ pub fn gitops_manager(t: &Tenant) -> Option<&'static str> {
     None
 }
 
+/// Whether a GitOps tool's field manager owns `spec.<field>` (its next sync would undo a change).
+pub fn gitops_owns(t: &Tenant, field: &str) -> bool {
+    t.metadata.managed_fields.iter().flatten().any(|f| {
+        let gitops =
+            f.manager.as_deref().is_some_and(|m| GITOPS_MANAGERS.iter().any(|(k, _)| *k == m));
+        gitops
+            && f.fields_v1
+                .as_ref()
+                .and_then(|v| v.0.get("f:spec"))
+                .is_some_and(|spec| spec.get(format!("f:{field}")).is_some())
+    })
+}
+
 /// When an account deleted at `now` is erased: its account-data window (the tenant's, or the
 /// platform's promise), unless a legal hold pauses it.
 pub fn erase_by(t: &Tenant, now: Timestamp) -> Timestamp {
@@ -157,6 +170,18 @@ mod tests {
             serde_json::json!({"metadata": {"managedFields": [{"manager": "kubectl", "operation": "Apply"}]}}),
         );
         assert_eq!(gitops_manager(&kubectl), None);
+        // A GitOps manifest that names the display name keeps it; the contact it does not name
+        // is the customer's to change.
+        let fields = serde_json::json!({"f:spec": {"f:displayName": {}, "f:tier": {}}});
+        let synced = tenant(
+            serde_json::json!({"metadata": {"managedFields": [{"manager": "argocd-controller", "operation": "Apply", "fieldsType": "FieldsV1", "fieldsV1": fields}]}}),
+        );
+        assert!(gitops_owns(&synced, "displayName"));
+        assert!(!gitops_owns(&synced, "contactEmail"));
+        let by_hand = tenant(
+            serde_json::json!({"metadata": {"managedFields": [{"manager": "kubectl", "operation": "Apply", "fieldsType": "FieldsV1", "fieldsV1": fields}]}}),
+        );
+        assert!(!gitops_owns(&by_hand, "displayName"));
     }
 
     #[test]

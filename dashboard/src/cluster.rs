@@ -112,6 +112,32 @@ impl Cluster {
         self.tenants.state().iter().any(|t| owned_by(t, email))
     }
 
+    /// Corrects a tenant's display name and contact address (`Some(None)` removes the contact),
+    /// as the dashboard itself: the owners' RBAC may not patch their Tenant, since most of its
+    /// spec (tier, owners, consents) is the platform's. The caller checked the user owns it.
+    pub async fn rectify(
+        &self,
+        tenant: &str,
+        display_name: Option<&str>,
+        contact_email: Option<Option<&str>>,
+    ) -> Result<Tenant, kube::Error> {
+        let mut spec = serde_json::Map::new();
+        if let Some(d) = display_name {
+            spec.insert("displayName".into(), d.into());
+        }
+        if let Some(c) = contact_email {
+            spec.insert("contactEmail".into(), c.into());
+        }
+        let patch = serde_json::json!({ "spec": spec });
+        let params = kube::api::PatchParams {
+            field_manager: Some("alcove-dashboard".into()),
+            ..Default::default()
+        };
+        Api::<Tenant>::all(self.client.clone())
+            .patch(tenant, &params, &kube::api::Patch::Merge(&patch))
+            .await
+    }
+
     /// An instance's API key, read as `email` (`None` while the instance has none).
     pub async fn instance_key(
         &self,

@@ -112,7 +112,8 @@ pub fn instance_from(
         spec["gpu"]["product"] = product.into();
     }
     if !v.system_prompt.trim().is_empty() {
-        spec["systemPrompt"] = v.system_prompt.clone().into();
+        // Browsers send a textarea's line breaks as CRLF; the prompt file keeps plain ones.
+        spec["systemPrompt"] = v.system_prompt.replace("\r\n", "\n").into();
     }
     if !kb.is_empty() {
         spec["knowledgeBases"] = json!([{"name": kb}]);
@@ -133,6 +134,59 @@ pub fn instance_from(
         "metadata": {"name": name, "namespace": namespace},
         "spec": spec,
     }))
+}
+
+/// The communication styles the onboarding offers: value and words.
+pub const STYLES: &[(&str, &str)] = &[
+    ("friendly", "Friendly and warm"),
+    ("formal", "Formal and polite"),
+    ("concise", "Short and to the point"),
+    ("detailed", "Thorough, with explanations"),
+];
+
+const MAX_BUSINESS: usize = 120;
+const MAX_USE: usize = 600;
+
+/// The default system prompt three onboarding answers make, from a fixed template (no model is
+/// asked, nothing leaves the server), or the errors beside their fields. Line breaks in the
+/// answers are folded, so an answer cannot add lines of its own to the instructions.
+pub fn system_prompt_from(v: &NewInstance) -> Result<String, FormErrors> {
+    let fold = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
+    let (business, purpose) = (fold(&v.business), fold(&v.intended_use));
+    let mut errors = FormErrors::default();
+    if business.is_empty() {
+        errors.fields.push(("business", "Give your business's name.".into()));
+    } else if business.chars().count() > MAX_BUSINESS {
+        errors.fields.push(("business", format!("Use at most {MAX_BUSINESS} characters.")));
+    }
+    if purpose.is_empty() {
+        errors.fields.push(("intended_use", "Say in a few words what it is for.".into()));
+    } else if purpose.chars().count() > MAX_USE {
+        errors.fields.push(("intended_use", format!("Use at most {MAX_USE} characters.")));
+    }
+    let style = match v.style.as_str() {
+        "friendly" => "Be friendly and warm, and speak plainly.",
+        "formal" => "Be formal and polite, and address people respectfully.",
+        "concise" => "Be brief: answer in as few words as the question needs.",
+        "detailed" => "Be thorough: explain your answers step by step.",
+        _ => {
+            errors.fields.push(("style", "Pick a style from the list.".into()));
+            ""
+        }
+    };
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    let purpose = purpose.trim_end_matches(['.', '!', '?']);
+    // "Startup Inc." ends its own sentence.
+    let stop = if business.ends_with('.') { "" } else { "." };
+    Ok(format!(
+        "You are the assistant of {business}{stop}\n\
+         People come to you for: {purpose}.\n\
+         {style}\n\
+         Answer in the language you are asked in. If you do not know an answer, say so and \
+         suggest asking {business} directly, rather than guessing.\n"
+    ))
 }
 
 /// Largest document accepted, in bytes.
@@ -229,16 +283,54 @@ mod tests {
     }
 
     #[test]
+    fn the_onboarding_answers_write_the_system_prompt() {
+        let v = NewInstance {
+            business: "  Acme\nBakery ".into(),
+            intended_use: "answering questions about\r\nour bread and opening hours.".into(),
+            style: "concise".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            system_prompt_from(&v).unwrap(),
+            "You are the assistant of Acme Bakery.\n\
+             People come to you for: answering questions about our bread and opening hours.\n\
+             Be brief: answer in as few words as the question needs.\n\
+             Answer in the language you are asked in. If you do not know an answer, say so and \
+             suggest asking Acme Bakery directly, rather than guessing.\n"
+        );
+        for (style, words) in STYLES {
+            let v = NewInstance { style: style.to_string(), ..v.clone() };
+            assert!(system_prompt_from(&v).is_ok(), "{words}");
+        }
+        let empty = system_prompt_from(&NewInstance::default()).unwrap_err();
+        assert_eq!(empty.get("business"), Some("Give your business's name."));
+        assert_eq!(empty.get("intended_use"), Some("Say in a few words what it is for."));
+        assert_eq!(empty.get("style"), Some("Pick a style from the list."));
+        let dotted = NewInstance { business: "Startup Inc.".into(), ..v.clone() };
+        assert!(
+            system_prompt_from(&dotted)
+                .unwrap()
+                .starts_with("You are the assistant of Startup Inc.\n")
+        );
+        let long = NewInstance { business: "x".repeat(121), ..v.clone() };
+        assert_eq!(
+            system_prompt_from(&long).unwrap_err().get("business"),
+            Some("Use at most 120 characters.")
+        );
+    }
+
+    #[test]
     fn a_good_form_becomes_an_instance() {
         let v = NewInstance {
             name: " support-bot ".into(),
             model: "small".into(),
             gpu_count: "2".into(),
             gpu_product: "H100".into(),
-            system_prompt: "Be brief.".into(),
+            system_prompt: "Be brief.\r\nBe kind.".into(),
             knowledge_base: "handbook".into(),
             max_tokens: "256".into(),
             context_length: "2048".into(),
+            ..Default::default()
         };
         let o =
             instance_from(&v, "tenant-acme", &catalogue(), &["H100".into()], &["handbook".into()])
@@ -249,7 +341,7 @@ mod tests {
             json!({
                 "model": {"format": "gguf", "source": {"platform": "small"}, "path": "model.gguf"},
                 "gpu": {"count": 2, "product": "H100"},
-                "systemPrompt": "Be brief.",
+                "systemPrompt": "Be brief.\nBe kind.",
                 "knowledgeBases": [{"name": "handbook"}],
                 "limits": {"maxTokens": 256, "contextLength": 2048},
             })

@@ -184,6 +184,8 @@ pub async fn start(
         .route("/signout", post(server::sign_out))
         .route("/t/{tenant}", get(server::instances))
         .route("/t/{tenant}/rows", get(server::instance_rows))
+        .route("/t/{tenant}/new/prompt", post(server::write_prompt))
+        .route("/t/{tenant}/account", get(server::account_page).post(server::rectify))
         .route("/t/{tenant}/new", get(server::new_instance_page).post(server::create_instance))
         .route("/t/{tenant}/i/{name}", get(server::instance_page))
         .route("/t/{tenant}/i/{name}/status", get(server::instance_status))

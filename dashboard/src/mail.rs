@@ -75,6 +75,24 @@ impl Mailer {
         Ok(())
     }
 
+    /// The code that proves a new contact address is the customer's.
+    pub async fn send_contact_code(
+        &self,
+        to: &Address,
+        code: &str,
+        who: &str,
+        account: &str,
+    ) -> Result<(), MailError> {
+        let minutes = VALID_FOR.as_secs() / 60;
+        let body = format!(
+            "{who} asked Alcove to send the notices of the account {account} (credit, deletion, \
+             erasure) to this address. To confirm, enter this code on the page within {minutes} \
+             minutes:\n\n    {code}\n\nIf you do not know about this, ignore this message: \
+             nothing changes without the code.\n"
+        );
+        self.send(to.as_str(), &format!("Your Alcove confirmation code: {code}"), &body).await
+    }
+
     pub async fn send_code(&self, to: &Address, code: &str) -> Result<(), MailError> {
         let message = self.code_message(to, code)?;
         self.transport.send(message).await.map_err(|e| MailError::Send(e.to_string()))?;

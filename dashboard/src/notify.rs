@@ -225,6 +225,9 @@ pub fn erased(t: &Tenant) -> Option<Notice> {
 
 /// The addresses a tenant's notices go to: its `User` owners.
 pub fn recipients(t: &Tenant) -> Vec<String> {
+    if let Some(contact) = &t.spec.contact_email {
+        return vec![contact.clone()];
+    }
     t.spec.owners.iter().filter(|o| o.kind == OwnerKind::User).map(|o| o.name.clone()).collect()
 }
 
@@ -399,6 +402,9 @@ mod tests {
         );
         assert_eq!(notice(&low, Some(&del.key()), &del, url), None);
         assert_eq!(recipients(&low), vec!["ada@acme.example".to_string()], "users, not groups");
+        let mut contact = low.clone();
+        contact.spec.contact_email = Some("billing@acme.example".into());
+        assert_eq!(recipients(&contact), vec!["billing@acme.example".to_string()], "the contact");
         assert!(n.body.lines().all(|l| l.len() <= 72), "{}", n.body);
         assert_eq!(wrap("aa bb cc\n\ndd", 5), "aa bb\ncc\n\ndd\n");
     }

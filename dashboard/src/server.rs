@@ -633,6 +633,25 @@ fn field_of(message: &str) -> Option<&'static str> {
     .map(|(_, f)| f)
 }
 
+/// Writes the system prompt from the onboarding answers (htmx swaps the block; 200 with the
+/// errors beside their fields, as htmx swaps only successful answers).
+pub async fn write_prompt(
+    State(app): State<Arc<App>>,
+    Path(t): Path<String>,
+    p: Posted<views::NewInstance>,
+) -> Answer {
+    tenant(&app, &p.user, &t)?;
+    let mut v = p.form;
+    let errors = match crate::forms::system_prompt_from(&v) {
+        Ok(prompt) => {
+            v.system_prompt = prompt;
+            views::FormErrors::default()
+        }
+        Err(errors) => errors,
+    };
+    Ok(fragment(views::prompt_writer(&t, &v, &errors)))
+}
+
 pub async fn create_instance(
     State(app): State<Arc<App>>,
     Path(t): Path<String>,
@@ -2149,6 +2168,10 @@ pub async fn data_page(State(app): State<Arc<App>>, user: Signed, Path(t): Path<
     let account = vec![
         ("Name", format!("{} ({t})", spec.display_name)),
         ("Owners", owners.join(", ")),
+        (
+            "Contact email",
+            spec.contact_email.clone().unwrap_or_else(|| "none: notices go to every owner".into()),
+        ),
         ("Tier", spec.tier.as_str().to_string()),
         ("Region", format!("{}: your volumes and the GPUs that read them stay there", spec.region)),
         ("Namespace", ns.clone()),
@@ -2194,6 +2217,130 @@ pub async fn data_page(State(app): State<Arc<App>>, user: Signed, Path(t): Path<
         }),
     };
     Ok(html(StatusCode::OK, &user.frame("Your data"), views::data(&view)))
+}
+
+// ----- rectification -----
+
+pub async fn account_page(
+    State(app): State<Arc<App>>,
+    user: Signed,
+    Path(t): Path<String>,
+    Query(q): Query<NoticeQuery>,
+) -> Answer {
+    let tn = tenant(&app, &user, &t)?;
+    let v = views::AccountForm {
+        display_name: tn.spec.display_name.clone(),
+        contact_email: tn.spec.contact_email.clone().unwrap_or_default(),
+        code: String::new(),
+    };
+    let saved = q.notice.as_deref() == Some("saved");
+    let body =
+        views::account_details(&t, &user.csrf, &v, &views::FormErrors::default(), None, saved);
+    Ok(html(StatusCode::OK, &user.frame("Your details"), body))
+}
+
+/// Corrects the display name and the contact address. A new contact address (other than the
+/// user's own) is sent a code first; fields a GitOps sync would undo are refused beside them.
+pub async fn rectify(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(t): Path<String>,
+    headers: HeaderMap,
+    p: Posted<views::AccountForm>,
+) -> Answer {
+    let (user, v) = (&p.user, &p.form);
+    let tn = tenant(&app, user, &t)?;
+    let page = |errors: &views::FormErrors, sent: Option<&str>, status: StatusCode| {
+        let body = views::account_details(&t, &user.csrf, v, errors, sent, false);
+        html(status, &user.frame("Your details"), body)
+    };
+    let mut errors = views::FormErrors::default();
+    let display = v.display_name.split_whitespace().collect::<Vec<_>>().join(" ");
+    if display.is_empty() {
+        errors.fields.push(("display_name", "Give the account a name.".into()));
+    } else if display.chars().count() > 128 {
+        errors.fields.push(("display_name", "Use at most 128 characters.".into()));
+    }
+    let contact = match v.contact_email.trim() {
+        "" => None,
+        a => match Address::parse(a) {
+            Ok(a) => Some(a),
+            Err(e) => {
+                errors.fields.push(("contact_email", e.to_string()));
+                None
+            }
+        },
+    };
+    let display_changed = display != tn.spec.display_name;
+    let contact_changed = contact.as_ref().map(Address::as_str) != tn.spec.contact_email.as_deref();
+    let kept = |what: &str| {
+        format!(
+            "Your platform team keeps the {what} in their configuration ({}): ask them to change it there.",
+            crate::account::gitops_manager(&tn).unwrap_or("GitOps")
+        )
+    };
+    if display_changed && crate::account::gitops_manager(&tn).is_some() {
+        errors.fields.push(("display_name", kept("account name")));
+    }
+    if contact_changed && crate::account::gitops_owns(&tn, "contactEmail") {
+        errors.fields.push(("contact_email", kept("contact email")));
+    }
+    if !errors.is_empty() {
+        return Ok(page(&errors, None, StatusCode::UNPROCESSABLE_ENTITY));
+    }
+    let now = app.clock.now();
+    // A new address proves it is the customer's (and not a stranger's inbox) with a code.
+    let to_prove = contact
+        .as_ref()
+        .filter(|a| contact_changed && !a.as_str().eq_ignore_ascii_case(&user.email));
+    if let Some(a) = to_prove {
+        if v.code.trim().is_empty() {
+            match app.codes.issue(a, client_ip(&app, peer, &headers), now).await {
+                Ok(code) => {
+                    let (app, a, who, account) =
+                        (app.clone(), a.clone(), user.email.clone(), display.clone());
+                    tokio::spawn(async move {
+                        if let Err(e) =
+                            app.mailer.send_contact_code(&a, &code, &who, &account).await
+                        {
+                            tracing::warn!(error = %e, "a contact confirmation code could not be mailed");
+                        }
+                    });
+                }
+                Err(Refused::TooSoon { .. }) => {}
+                Err(Refused::TooMany { retry_after }) => {
+                    errors.fields.push((
+                        "contact_email",
+                        format!(
+                            "Too many codes were asked for. Try again in {}.",
+                            wait_words(retry_after)
+                        ),
+                    ));
+                    return Ok(page(&errors, None, StatusCode::TOO_MANY_REQUESTS));
+                }
+                Err(Refused::Unavailable) => {
+                    return Err(Failure::Unavailable("the code store".into()));
+                }
+            }
+            return Ok(page(&errors, Some(a.as_str()), StatusCode::OK));
+        }
+        if let Err(r) = app.codes.verify(a, v.code.trim(), now).await {
+            errors.fields.push(("code", rejected_words(r)));
+            return Ok(page(&errors, Some(a.as_str()), StatusCode::UNPROCESSABLE_ENTITY));
+        }
+    }
+    if display_changed || contact_changed {
+        let contact = contact.as_ref().map(Address::as_str);
+        app.cluster
+            .rectify(
+                &t,
+                display_changed.then_some(display.as_str()),
+                contact_changed.then_some(contact),
+            )
+            .await?;
+        tracing::info!(tenant = %t, "account details corrected from the dashboard");
+    }
+    Ok(see_other(&format!("/t/{t}/account?notice=saved")))
 }
 
 // ----- usage -----

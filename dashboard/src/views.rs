@@ -400,6 +400,13 @@ pub struct NewInstance {
     pub max_tokens: String,
     #[serde(default)]
     pub context_length: String,
+    /// The onboarding answers the system prompt can be written from.
+    #[serde(default)]
+    pub business: String,
+    #[serde(default)]
+    pub intended_use: String,
+    #[serde(default)]
+    pub style: String,
 }
 
 /// Errors per field, and one for the whole form (the API server's own words).
@@ -463,9 +470,7 @@ pub fn new_instance(
                 kind: "number", inputmode: Some("numeric"), min: Some("0"), max: Some("8"), ..FieldAttrs::text()
             }))
             (select("gpu_product", "GPU product", choices.gpu_products, &v.gpu_product, Some("Any your tenant may use")))
-            (field("system_prompt", "System prompt", &v.system_prompt, errors.get("system_prompt"), FieldAttrs {
-                multiline: true, hint: Some("Put before every chat. Kept in your namespace, never logged."), ..FieldAttrs::text()
-            }))
+            (prompt_writer(tenant, v, errors))
             (select("knowledge_base", "Knowledge base", choices.knowledge_bases, &v.knowledge_base, Some("None")))
             (field("max_tokens", "Most tokens per answer", &v.max_tokens, errors.get("max_tokens"), FieldAttrs {
                 kind: "number", inputmode: Some("numeric"), min: Some("1"), ..FieldAttrs::text()
@@ -474,6 +479,39 @@ pub fn new_instance(
                 kind: "number", inputmode: Some("numeric"), min: Some("1"), ..FieldAttrs::text()
             }))
             button type="submit" { "Create instance" }
+        }
+    }
+}
+
+/// The system prompt field, after three onboarding questions that can write it from a template
+/// (`POST /t/{tenant}/new/prompt` swaps this block; the prompt stays editable).
+pub fn prompt_writer(tenant: &str, v: &NewInstance, errors: &FormErrors) -> Markup {
+    let style_error = errors.get("style");
+    html! {
+        div #prompt-writer {
+            fieldset #onboarding {
+                legend { "Not sure what to write? Answer three questions" }
+                p.hint { "The system prompt below is then written from a fixed template, on our server: no other AI reads your answers. Edit it as you like." }
+                (field("business", "Business name", &v.business, errors.get("business"), FieldAttrs::text()))
+                (field("intended_use", "What is it for?", &v.intended_use, errors.get("intended_use"), FieldAttrs {
+                    multiline: true, hint: Some("For example: answering customers' questions about orders and returns."), ..FieldAttrs::text()
+                }))
+                div.field.invalid[style_error.is_some()] {
+                    label for="style" { "Communication style" }
+                    select #style name="style" aria-invalid=[style_error.map(|_| "true")] aria-describedby=[style_error.map(|_| "style-error")] {
+                        @for (value, words) in crate::forms::STYLES {
+                            option value=(value) selected[v.style == *value] { (words) }
+                        }
+                    }
+                    @if let Some(e) = style_error { p.error #style-error role="alert" { (e) } }
+                }
+                button type="button" hx-post={"/t/" (tenant) "/new/prompt"} hx-include="closest form" hx-target="#prompt-writer" hx-swap="outerHTML" {
+                    "Write the system prompt"
+                }
+            }
+            (field("system_prompt", "System prompt", &v.system_prompt, errors.get("system_prompt"), FieldAttrs {
+                multiline: true, hint: Some("Put before every chat. Kept in your namespace, never logged."), ..FieldAttrs::text()
+            }))
         }
     }
 }
@@ -1072,6 +1110,54 @@ pub struct DataView<'a> {
     pub erase_after: Option<String>,
 }
 
+/// What the details form was given (kept when refused).
+#[derive(Debug, Default, Clone, serde::Deserialize)]
+pub struct AccountForm {
+    #[serde(default)]
+    pub display_name: String,
+    #[serde(default)]
+    pub contact_email: String,
+    #[serde(default)]
+    pub code: String,
+}
+
+/// "Correct your details": the display name and where notices go. `code_sent_to` once a new
+/// contact address was sent its code.
+pub fn account_details(
+    tenant: &str,
+    csrf: &str,
+    v: &AccountForm,
+    errors: &FormErrors,
+    code_sent_to: Option<&str>,
+    saved: bool,
+) -> Markup {
+    html! {
+        nav.crumbs aria-label="Breadcrumb" { a href="/" { "Tenants" } " / " a href={"/t/" (tenant) "/data"} { "Your data" } " / details" }
+        h1 { "Correct your details" }
+        @if saved { p.notice role="status" { "Saved." } }
+        @if let Some(e) = &errors.form { p.error.banner role="alert" { (e) } }
+        form method="post" action={"/t/" (tenant) "/account"} novalidate {
+            (csrf_input(csrf))
+            (field("display_name", "Account name", &v.display_name, errors.get("display_name"), FieldAttrs {
+                required: true, hint: Some("Shown on your pages, your receipts and our mail."), ..FieldAttrs::text()
+            }))
+            (field("contact_email", "Contact email", &v.contact_email, errors.get("contact_email"), FieldAttrs {
+                kind: "email", autocomplete: Some("email"),
+                hint: Some("Where we send notices about credit, deletion and erasure. Leave it empty to send them to every owner. A new address gets a code to prove it is yours."),
+                ..FieldAttrs::text()
+            }))
+            @if let Some(to) = code_sent_to {
+                p role="status" { "We emailed a confirmation code to " strong { (to) } "." }
+                (field("code", "Confirmation code", "", errors.get("code"), FieldAttrs {
+                    required: true, autocomplete: Some("one-time-code"), inputmode: Some("numeric"), ..FieldAttrs::text()
+                }))
+            }
+            button type="submit" { "Save" }
+        }
+        p { "Owners, tier and region are your platform team's to change: ask them." }
+    }
+}
+
 pub fn data(v: &DataView) -> Markup {
     html! {
         nav.crumbs aria-label="Breadcrumb" { a href="/" { "Tenants" } " / " a href={"/t/" (v.tenant)} { (v.display_name) } " / Your data" }
@@ -1081,6 +1167,7 @@ pub fn data(v: &DataView) -> Markup {
         section aria-labelledby="account-title" {
             h2 #account-title { "Account" }
             dl.facts #account { @for (k, val) in &v.account { dt { (k) } dd { (val) } } }
+            @if v.erase_after.is_none() { p { a #rectify href={"/t/" (v.tenant) "/account"} { "Correct your details…" } } }
         }
         section aria-labelledby="export-title" {
             h2 #export-title { "Export your data" }

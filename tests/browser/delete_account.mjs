@@ -4,8 +4,10 @@
 // tests/dashboard_billing.rs runs this after the top-up journey and follows the erasure to its
 // receipts.
 //
+// Before that, the account's name is corrected (rectification).
+//
 // Environment: DASHBOARD_URL, MAILDIR, OUT (screenshots), OWNER, TENANT, CODES (code messages
-// the owner was sent before this journey).
+// the owner was sent before this journey), RENAME (the account's corrected name).
 import { check, code, env, launch, phone, screenshots, signIn } from "./common.mjs";
 
 const [url, maildir, out] = [env("DASHBOARD_URL"), env("MAILDIR"), env("OUT")];
@@ -16,6 +18,19 @@ const result = {};
 try {
   const { page, problems } = await phone(browser);
   await signIn(page, url, maildir, owner, codes);
+  // First a correction: the account's name, refused beside the field when empty, then saved.
+  await page.goto(`${url}/t/${tenant}/data`);
+  await page.getByRole("link", { name: "Correct your details…" }).click();
+  const accountName = page.getByLabel("Account name");
+  await accountName.fill(" ");
+  await page.getByRole("button", { name: "Save" }).click();
+  await page.locator("#display_name-error").getByText("Give the account a name.").waitFor();
+  await page.getByLabel("Account name").fill(env("RENAME"));
+  await page.getByRole("button", { name: "Save" }).click();
+  await page.getByText("Saved.").waitFor();
+  check((await page.getByLabel("Account name").inputValue()) === env("RENAME"), "the new name is shown");
+  await screenshot(page, "details-saved");
+
   await page.goto(`${url}/t/${tenant}/data`);
   await page.getByRole("link", { name: "Delete your account…" }).click();
   await page.getByRole("heading", { name: "Delete your account?" }).waitFor();

@@ -37,9 +37,24 @@ try {
   // 2. Create an instance and see it turn Ready (the phase refreshes by itself).
   await page.locator(`a[href="/t/${tenant}"]`).first().click();
   await page.getByRole("link", { name: "New instance" }).click();
-  await page.getByLabel("Name").fill(instance);
+  await page.getByLabel("Name", { exact: true }).fill(instance);
   await page.getByLabel("Model").selectOption("default");
   await page.getByLabel("Most tokens per answer").fill("64");
+  // The onboarding questions write the system prompt from a template; unanswered ones are
+  // refused beside their fields, and the prompt stays editable.
+  const write = page.getByRole("button", { name: "Write the system prompt" });
+  await write.click();
+  await page.locator("#business-error").getByText("Give your business's name.").waitFor();
+  await page.getByLabel("Business name").fill("Startup Inc.");
+  await page.getByLabel("What is it for?").fill("answering staff questions about leave and parking");
+  await page.getByLabel("Communication style").selectOption("concise");
+  await write.click();
+  const prompt = page.getByLabel("System prompt");
+  await page.waitForFunction(() => document.querySelector("#system_prompt").value.startsWith("You are the assistant of Startup Inc."));
+  check(!(await page.locator("#business-error").count()), "the error is gone once answered");
+  check((await page.getByLabel("Name", { exact: true }).inputValue()) === instance, "the other fields are kept");
+  await prompt.fill(`${await prompt.inputValue()}Sign answers with "HR desk".`);
+  result.system_prompt = await prompt.inputValue();
   await screenshot(page, "new-instance");
   await page.getByRole("button", { name: "Create instance" }).click();
   await page.waitForURL(`**/t/${tenant}/i/${instance}?notice=created`);
@@ -88,10 +103,10 @@ try {
   // 5. A knowledge base: created with a document, a second one uploaded and removed (each
   // indexes again), attached to the instance; the answer names its sources.
   await page.goto(`${url}/t/${tenant}/kb`);
-  await page.getByLabel("Name").fill("docs");
+  await page.getByLabel("Name", { exact: true }).fill("docs");
   await page.getByRole("button", { name: "Create and index" }).click();
   check(await page.locator("#file-error").isVisible(), "a missing file is refused beside the field");
-  await page.getByLabel("Name").fill("docs");
+  await page.getByLabel("Name", { exact: true }).fill("docs");
   await page.setInputFiles("#file", { name: "leave.md", mimeType: "text/markdown",
     buffer: Buffer.from("# Leave policy\nEvery employee gets 25 vacation days a year.\n") });
   await page.getByRole("button", { name: "Create and index" }).click();
