@@ -83,7 +83,7 @@ const DASHBOARD: &[Layer] = &[
         &["random", "money", "args", "store"],
     ),
     ("sign-in codes, sessions, the pages", true, &["codes", "session", "views"]),
-    ("forms into API objects, account decisions", true, &["forms", "account"]),
+    ("forms into API objects, account decisions, sign-up", true, &["forms", "account", "signup"]),
     (
         "what talks to others: mail, the cluster, the gateway, Stripe, the export",
         true,

@@ -416,3 +416,111 @@ async fn a_customer_runs_an_instance_from_the_dashboard_and_no_one_else_can() {
     let token = cookie.split(';').next().unwrap().split('=').nth(1).unwrap();
     assert!(!log.contains(token), "the log holds a session token");
 }
+
+/// Self sign-up, switched on: a new address proves itself with the code mailed to it and gets
+/// its own Tenant (the configured tier and region, the address its only owner), the operator
+/// makes it Ready, and its pages open as that owner. An address that owns a tenant only signs
+/// in; the hourly limit refuses the next account in words. Off (the default), /signup is 404.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn self_sign_up_makes_an_account_under_limits() {
+    let p = platform_with_operator().await;
+    p.ok(&["apply", "-f", &example("good/tenant-basic.yaml")]).await;
+    let kubeconfig = p.cluster.kubeconfig.clone();
+    let off =
+        Dashboard::start_as(&p, "plain", &kubeconfig, &["--gateway-url", "https://g.invalid"])
+            .await;
+    assert_eq!(off.browser("a").get("/signup").await.status, 404);
+    assert!(!off.browser("a").get("/signin").await.body.contains("Create an account"));
+    let d = Dashboard::start_as(
+        &p,
+        "open",
+        &kubeconfig,
+        &[
+            "--gateway-url",
+            "https://g.invalid",
+            "--signup-tier",
+            "free",
+            "--signup-region",
+            "tw-taipei-1",
+            "--signups-per-hour",
+            "2",
+        ],
+    )
+    .await;
+    let tenants = || async {
+        let all = p.json(&["get", "tenants", "-l", "alcove.dev/signup=dashboard"]).await;
+        all["items"].as_array().unwrap().clone()
+    };
+
+    let new = d.browser("new");
+    let page = new.get("/signin").await;
+    assert!(page.body.contains(r#"href="/signup""#), "{}", page.body);
+    // Refused beside their fields; nothing mailed, nothing made.
+    let bad = new.post("/signup", &[("email", "ada.example"), ("display_name", " ")], &[]).await;
+    assert_eq!(bad.status, 400, "{}", bad.body);
+    assert!(
+        bad.body.contains(r#"id="email-error""#) && bad.body.contains("Give the account a name."),
+        "{}",
+        bad.body
+    );
+    let sent = new
+        .post("/signup", &[("email", "Ada@Bakery.example"), ("display_name", "Ada's Bakery")], &[])
+        .await;
+    assert_eq!(sent.status, 200, "{}", sent.body);
+    assert!(sent.body.contains("We emailed a code to <strong>ada@bakery.example</strong>"));
+    let code = d.code("ada@bakery.example", 0).await;
+    let ada = ("ada@bakery.example", "Ada's Bakery");
+    let wrong = create(&new, ada, "000000").await;
+    assert_eq!(wrong.status, 400, "{}", wrong.body);
+    assert!(wrong.body.contains(r#"id="code-error""#), "{}", wrong.body);
+    assert!(tenants().await.is_empty(), "nothing made before the code");
+    let made = create(&new, ada, &code).await;
+    assert_eq!(made.status, 303, "{}", made.body);
+    let to = made.header("location").unwrap().to_string();
+    let name = to.strip_prefix("/t/").expect("to the new tenant's page").to_string();
+    assert!(name.starts_with("ada-s-bakery-"), "{name}");
+    let t = p.json(&["get", "tenant", &name]).await;
+    assert_eq!(
+        t["spec"],
+        serde_json::json!({"displayName": "Ada's Bakery", "tier": "free", "region": "tw-taipei-1",
+                           "owners": [{"kind": "User", "name": "ada@bakery.example"}]})
+    );
+    p.wait_condition(&format!("tenant/{name}"), "Ready", 60).await;
+    let home = new.get(&to).await;
+    assert_eq!(home.status, 200, "{}", home.body);
+    assert!(home.body.contains("Ada&#39;s Bakery") || home.body.contains("Ada's Bakery"));
+
+    // An address that owns a tenant signs in; no second account.
+    let again = d.browser("again");
+    again
+        .post("/signup", &[("email", "alice@startup.example"), ("display_name", "Another")], &[])
+        .await;
+    let code = d.code("alice@startup.example", 0).await;
+    let back = create(&again, ("alice@startup.example", "Another"), &code).await;
+    assert_eq!((back.status, back.header("location")), (303, Some("/")), "{}", back.body);
+    assert_eq!(tenants().await.len(), 1);
+
+    // The hourly limit (2 here): the second new account is made, the third refused in words.
+    for (i, addr) in ["bo@b.example", "cy@c.example"].into_iter().enumerate() {
+        let b = d.browser(addr);
+        b.post("/signup", &[("email", addr), ("display_name", "Shop")], &[]).await;
+        let code = d.code(addr, 0).await;
+        let r = create(&b, (addr, "Shop"), &code).await;
+        if i == 0 {
+            assert_eq!(r.status, 303, "{}", r.body);
+        } else {
+            assert_eq!(r.status, 429, "{}", r.body);
+            assert!(r.body.contains("Too many new accounts were made just now"), "{}", r.body);
+        }
+    }
+    assert_eq!(tenants().await.len(), 2);
+    // Codes never reach the log.
+    let log = d.log_text();
+    assert!(log.contains("account made by self sign-up"), "{log}");
+    assert!(!log.contains(&d.code("cy@c.example", 0).await), "{log}");
+}
+
+/// Enters a sign-up code for (address, account name).
+async fn create(b: &Browser, (email, name): (&str, &str), code: &str) -> WebPage {
+    b.post("/signup/code", &[("email", email), ("display_name", name), ("code", code)], &[]).await
+}

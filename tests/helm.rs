@@ -331,6 +331,37 @@ fn chart_lints_renders_each_tier_layout_and_refuses_bad_values() {
             .any(|r| r["ports"][0]["port"] == 443 && r.get("to").is_none()),
         "{dash_policy}"
     );
+    // Self sign-up, when enabled: its settings reach the dashboard, and so does the one grant
+    // it needs (creating Tenants); off, that grant is not there.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("signup.yaml");
+    let signup = "  signup: {enabled: true, tier: basic, region: tw-taipei-1, currency: usd}\n";
+    std::fs::write(&path, format!("{DASHBOARD_VALUES}{signup}")).unwrap();
+    let with = render(Some(&path)).unwrap();
+    let objs = &with["objects"];
+    let dash = find(objs, "Deployment", "alcove-dashboard").unwrap();
+    let env = dash["spec"]["template"]["spec"]["containers"][0]["env"].as_array().unwrap().clone();
+    for (k, v) in [
+        ("ALCOVE_DASHBOARD_SIGNUP_TIER", "basic"),
+        ("ALCOVE_DASHBOARD_SIGNUP_REGION", "tw-taipei-1"),
+        ("ALCOVE_DASHBOARD_SIGNUP_CURRENCY", "usd"),
+        ("ALCOVE_DASHBOARD_SIGNUPS_PER_HOUR", "20"),
+    ] {
+        assert_eq!(env_of(&env, k).map(|e| e["value"].clone()), Some(json!(v)), "{k}");
+    }
+    let creates = |objs: &Value| {
+        grants(&find(objs, "ClusterRole", "alcove-dashboard").unwrap()["rules"]).contains(&(
+            "alcove.dev".into(),
+            "tenants".into(),
+            "create".into(),
+        ))
+    };
+    assert!(creates(objs));
+    assert!(!creates(dedicated), "no Tenant is created without sign-up");
+    let plain = find(dedicated, "Deployment", "alcove-dashboard").unwrap();
+    let plain_env = plain["spec"]["template"]["spec"]["containers"][0]["env"].as_array().unwrap();
+    assert!(env_of(plain_env, "ALCOVE_DASHBOARD_SIGNUP_TIER").is_none());
+
     let enterprise = by_layout("enterprise-values.yaml");
     assert_eq!(find(enterprise, "Deployment", "alcove").unwrap()["spec"]["replicas"], 1);
     assert!(
@@ -392,6 +423,8 @@ fn chart_lints_renders_each_tier_layout_and_refuses_bad_values() {
             "dashboard: {models: [{name: default, format: onnx}]}\n",
             "at '/dashboard/models/0/format'",
         ),
+        ("dashboard: {signup: {enabled: true}}\n", "at '/dashboard/signup/region'"),
+        ("dashboard: {signup: {tier: pro}}\n", "at '/dashboard/signup/tier'"),
     ] {
         let path = dir.path().join("bad.yaml");
         std::fs::write(&path, values).unwrap();

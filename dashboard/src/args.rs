@@ -96,6 +96,19 @@ pub struct DashboardArgs {
     /// `<localstripe>/js.stripe.com/v3/`).
     #[arg(long, env = "ALCOVE_STRIPE_JS_URL", default_value = STRIPE_JS)]
     pub stripe_js_url: String,
+    /// Self sign-up, off unless set: an address that proves itself with a code gets a Tenant of
+    /// this tier (`free` or `basic`), as its only owner. The dashboard then creates Tenants.
+    #[arg(long, env = "ALCOVE_DASHBOARD_SIGNUP_TIER", requires = "signup_region")]
+    pub signup_tier: Option<String>,
+    /// The region sign-up tenants live in, e.g. `tw-taipei-1`.
+    #[arg(long, env = "ALCOVE_DASHBOARD_SIGNUP_REGION", requires = "signup_tier")]
+    pub signup_region: Option<String>,
+    /// Sign-up tenants are billed in this currency (a Stripe customer is made for each).
+    #[arg(long, env = "ALCOVE_DASHBOARD_SIGNUP_CURRENCY")]
+    pub signup_currency: Option<String>,
+    /// New accounts the whole dashboard makes per hour, at most (each client address: 3 a day).
+    #[arg(long, env = "ALCOVE_DASHBOARD_SIGNUPS_PER_HOUR", default_value_t = 20)]
+    pub signups_per_hour: usize,
     #[cfg(feature = "test-hooks")]
     /// Tests only: read "now" from this file (an RFC 3339 instant) instead of the system clock.
     #[arg(long, env = "ALCOVE_CLOCK_FILE")]
@@ -132,6 +145,10 @@ impl DashboardArgs {
             stripe_api_base: STRIPE_API.into(),
             stripe_publishable_key: None,
             stripe_js_url: STRIPE_JS.into(),
+            signup_tier: None,
+            signup_region: None,
+            signup_currency: None,
+            signups_per_hour: 20,
             #[cfg(feature = "test-hooks")]
             clock_file: None,
             log_format: LOG_FORMAT.into(),

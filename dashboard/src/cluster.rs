@@ -138,6 +138,24 @@ impl Cluster {
             .await
     }
 
+    /// Creates a sign-up's Tenant, as the dashboard (the new owner has no rights yet), and waits
+    /// a little for the cache to hold it, so the next page finds it.
+    pub async fn create_tenant(&self, tenant: &Tenant) -> Result<Tenant, kube::Error> {
+        let params = kube::api::PostParams {
+            field_manager: Some("alcove-dashboard".into()),
+            ..Default::default()
+        };
+        let made = Api::<Tenant>::all(self.client.clone()).create(&params, tenant).await?;
+        let key = reflector::ObjectRef::new(&made.name_any());
+        for _ in 0..50 {
+            if self.tenants.get(&key).is_some() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        Ok(made)
+    }
+
     /// An instance's API key, read as `email` (`None` while the instance has none).
     pub async fn instance_key(
         &self,

@@ -11,6 +11,7 @@
 //! - [`views`]: the pages, pure functions of what they show.
 //! - [`forms`]: forms → API objects, with errors per field.
 //! - [`account`]: what deleting an account means: who keeps it (GitOps), when data goes.
+//! - [`signup`]: self sign-up's settings and the Tenant a new account gets.
 //! - [`mail`]: the code's message, sent over SMTP.
 //! - [`mailsink`]: a loopback SMTP server that keeps messages as files, for `alcove up`.
 //! - [`cluster`]: the Tenant cache and the impersonating client (RBAC decides, not us).
@@ -20,7 +21,7 @@
 //! - [`notify`]: mail to owners when a tenant's credit or existence changes, once per change.
 //! - [`server`]: sessions, CSRF and origin checks, one handler per page or action.
 //!
-//! Layers, bottom up: random, money, args, store → codes, session, views → forms, account →
+//! Layers, bottom up: random, money, args, store → codes, session, views → forms, account, signup →
 //! mail, mailsink, cluster, gateway, billing, export, notify → server → this.
 
 pub mod account;
@@ -38,6 +39,7 @@ pub mod notify;
 pub mod random;
 pub mod server;
 pub mod session;
+pub mod signup;
 pub mod store;
 pub mod views;
 
@@ -144,6 +146,18 @@ pub async fn start(
         use sha2::Digest;
         sha2::Sha256::new().chain_update(key).chain_update(label).finalize().into()
     };
+    let signup = match (&args.signup_tier, &args.signup_region) {
+        (Some(tier), Some(region)) => Some(
+            signup::Signup::new(
+                tier,
+                region,
+                args.signup_currency.as_deref(),
+                args.signups_per_hour,
+            )
+            .map_err(|e| anyhow::anyhow!(e))?,
+        ),
+        _ => None,
+    };
     let usage = match &args.usage_store {
         Some(dsn) => Some(alcove_gateway::store::Store::open(dsn).await?),
         None => None,
@@ -155,6 +169,7 @@ pub async fn start(
         store: store.clone(),
         billing,
         usage,
+        signup,
         mailer,
         clock,
         catalogue: args.models.clone(),
@@ -181,6 +196,8 @@ pub async fn start(
         .route("/", get(server::overview))
         .route("/signin", get(server::sign_in_page).post(server::request_code))
         .route("/signin/code", post(server::enter_code))
+        .route("/signup", get(server::signup_page).post(server::signup_request))
+        .route("/signup/code", post(server::signup_create))
         .route("/signout", post(server::sign_out))
         .route("/t/{tenant}", get(server::instances))
         .route("/t/{tenant}/rows", get(server::instance_rows))

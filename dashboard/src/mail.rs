@@ -75,6 +75,17 @@ impl Mailer {
         Ok(())
     }
 
+    /// The code that proves a new account's address is the customer's.
+    pub async fn send_signup_code(&self, to: &Address, code: &str) -> Result<(), MailError> {
+        let minutes = VALID_FOR.as_secs() / 60;
+        let body = format!(
+            "Your code to create an Alcove account is\n\n    {code}\n\nEnter it on the sign-up \
+             page within {minutes} minutes. It works once.\n\nIf you did not ask for an \
+             account, ignore this message: nothing is made without the code.\n"
+        );
+        self.send(to.as_str(), &format!("Your Alcove sign-up code: {code}"), &body).await
+    }
+
     /// The code that proves a new contact address is the customer's.
     pub async fn send_contact_code(
         &self,

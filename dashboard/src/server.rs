@@ -51,6 +51,8 @@ pub struct App {
     pub billing: Option<Arc<crate::billing::Billing>>,
     /// The gateway's usage store, when the platform connected it (the usage page).
     pub usage: Option<alcove_gateway::store::Store>,
+    /// Self sign-up, when the platform turned it on.
+    pub signup: Option<crate::signup::Signup>,
 }
 
 /// The origin (`scheme://host[:port]`) of a URL.
@@ -276,7 +278,7 @@ pub async fn sign_in_page(State(app): State<Arc<App>>, parts: http::request::Par
     html(
         StatusCode::OK,
         &Frame { title: "Sign in", user: None, csrf: None },
-        views::sign_in("", None),
+        views::sign_in("", None, app.signup.is_some()),
     )
 }
 
@@ -313,7 +315,7 @@ pub async fn request_code(
             return html(
                 StatusCode::BAD_REQUEST,
                 &sign_in_frame(),
-                views::sign_in(&form.email, Some(e)),
+                views::sign_in(&form.email, Some(e), app.signup.is_some()),
             );
         }
     };
@@ -335,14 +337,14 @@ pub async fn request_code(
             return html(
                 StatusCode::TOO_MANY_REQUESTS,
                 &sign_in_frame(),
-                views::sign_in(address.as_str(), Some(&e)),
+                views::sign_in(address.as_str(), Some(&e), app.signup.is_some()),
             );
         }
         Err(Refused::Unavailable) => {
             return html(
                 StatusCode::SERVICE_UNAVAILABLE,
                 &sign_in_frame(),
-                views::sign_in(address.as_str(), Some(UNAVAILABLE)),
+                views::sign_in(address.as_str(), Some(UNAVAILABLE), app.signup.is_some()),
             );
         }
     };
@@ -428,6 +430,157 @@ pub async fn enter_code(
             views::enter_code(address.as_str(), Some(&rejected_words(rejected)), None),
         ),
     }
+}
+
+// ----- self sign-up -----
+
+fn signup_frame() -> Frame<'static> {
+    Frame { title: "Create an account", user: None, csrf: None }
+}
+
+/// The account name a form gave, or the words for why it is not one.
+fn account_name(input: &str) -> Result<String, String> {
+    let name = input.split_whitespace().collect::<Vec<_>>().join(" ");
+    match name.chars().count() {
+        0 => Err("Give the account a name.".into()),
+        129.. => Err("Use at most 128 characters.".into()),
+        _ => Ok(name),
+    }
+}
+
+pub async fn signup_page(State(app): State<Arc<App>>) -> Answer {
+    app.signup.as_ref().ok_or(Failure::NotFound)?;
+    let body = views::signup(&Default::default(), &Default::default(), false, None);
+    Ok(html(StatusCode::OK, &signup_frame(), body))
+}
+
+/// Mails a code to the new account's address (any well-formed one: proving it is the point),
+/// under the same limits as sign-in codes.
+pub async fn signup_request(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    axum::Form(v): axum::Form<views::SignupForm>,
+) -> Answer {
+    app.signup.as_ref().ok_or(Failure::NotFound)?;
+    if !same_origin(&headers, &app.origin) {
+        return Err(Failure::Forged);
+    }
+    let page = |errors: &views::FormErrors, sent: bool, note: Option<&str>, status| {
+        html(status, &signup_frame(), views::signup(&v, errors, sent, note))
+    };
+    let mut errors = views::FormErrors::default();
+    let address = match Address::parse(&v.email) {
+        Ok(a) => Some(a),
+        Err(e) => {
+            errors.fields.push(("email", e.into()));
+            None
+        }
+    };
+    if let Err(e) = account_name(&v.display_name) {
+        errors.fields.push(("display_name", e));
+    }
+    let (Some(address), true) = (address, errors.is_empty()) else {
+        return Ok(page(&errors, false, None, StatusCode::BAD_REQUEST));
+    };
+    let note =
+        match app.codes.issue(&address, client_ip(&app, peer, &headers), app.clock.now()).await {
+            Ok(code) => {
+                let (app, to) = (app.clone(), address.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = app.mailer.send_signup_code(&to, &code).await {
+                        tracing::warn!(error = %e, "a sign-up code could not be mailed");
+                    }
+                });
+                None
+            }
+            Err(Refused::TooSoon { retry_after }) => Some(format!(
+                "A code was sent less than a minute ago. You can ask for another in {}.",
+                wait_words(retry_after)
+            )),
+            Err(Refused::TooMany { retry_after }) => {
+                let e = format!(
+                    "Too many codes were asked for. Try again in {}.",
+                    wait_words(retry_after)
+                );
+                errors.fields.push(("email", e));
+                return Ok(page(&errors, false, None, StatusCode::TOO_MANY_REQUESTS));
+            }
+            Err(Refused::Unavailable) => return Err(Failure::Unavailable("the code store".into())),
+        };
+    let v = views::SignupForm { email: address.as_str().to_string(), ..v.clone() };
+    Ok(html(StatusCode::OK, &signup_frame(), views::signup(&v, &errors, true, note.as_deref())))
+}
+
+/// Checks the code, makes the account's Tenant (unless the address already owns one: then it
+/// just signs in), and starts a session. New accounts are limited per client and per hour.
+pub async fn signup_create(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    axum::Form(v): axum::Form<views::SignupForm>,
+) -> Answer {
+    let signup = app.signup.as_ref().ok_or(Failure::NotFound)?;
+    if !same_origin(&headers, &app.origin) {
+        return Err(Failure::Forged);
+    }
+    let (Ok(address), Ok(display)) = (Address::parse(&v.email), account_name(&v.display_name))
+    else {
+        return Ok(see_other("/signup"));
+    };
+    let mut errors = views::FormErrors::default();
+    let now = app.clock.now();
+    if let Err(r) = app.codes.verify(&address, v.code.trim(), now).await {
+        errors.fields.push(("code", rejected_words(r)));
+        return Ok(html(
+            StatusCode::BAD_REQUEST,
+            &signup_frame(),
+            views::signup(&v, &errors, true, None),
+        ));
+    }
+    let mut to = "/".to_string();
+    if !app.cluster.is_known(address.as_str()) {
+        let (day, hour) = (86_400_000, 3_600_000);
+        let ms = now.as_millisecond();
+        let client = client_ip(&app, peer, &headers).to_string();
+        let limits = [
+            ("signup-client", client.as_str(), crate::signup::PER_CLIENT_PER_DAY, day),
+            ("signup", "all", signup.per_hour, hour),
+        ];
+        for (scope, subject, max, window) in limits {
+            match app.store.take(scope, subject, max, window, ms).await {
+                Ok(Ok(())) => {}
+                Ok(Err(wait)) => {
+                    errors.form = Some(format!(
+                        "Too many new accounts were made just now. Try again in {}; your code will be sent again then.",
+                        wait_words(jiff::SignedDuration::from_millis(wait))
+                    ));
+                    let body = views::signup(&v, &errors, false, None);
+                    return Ok(html(StatusCode::TOO_MANY_REQUESTS, &signup_frame(), body));
+                }
+                Err(e) => return Err(Failure::Unavailable(e.to_string())),
+            }
+        }
+        let suffix = crate::random::hex(&crate::random::bytes()[..3]);
+        let name = crate::signup::tenant_name(&display, &suffix);
+        let tenant: Tenant =
+            serde_json::from_value(signup.tenant(&name, &display, address.as_str()))
+                .map_err(|e| Failure::Unavailable(e.to_string()))?;
+        app.cluster.create_tenant(&tenant).await?;
+        tracing::info!(tenant = %name, "account made by self sign-up");
+        to = format!("/t/{name}");
+    }
+    let token = app
+        .sessions
+        .start(address.as_str(), now)
+        .await
+        .map_err(|e| Failure::Unavailable(e.to_string()))?;
+    let mut r = see_other(&to);
+    if let Ok(c) = HeaderValue::from_str(&session::cookie(&token, app.secure)) {
+        r.headers_mut().insert(header::SET_COOKIE, c);
+    }
+    tracing::info!("signed in");
+    Ok(r)
 }
 
 pub async fn sign_out(State(app): State<Arc<App>>, p: Posted<Empty>) -> Response {

@@ -111,7 +111,7 @@ fn notice(text: Option<&str>) -> Markup {
 
 // ----- sign-in -----
 
-pub fn sign_in(email: &str, error: Option<&str>) -> Markup {
+pub fn sign_in(email: &str, error: Option<&str>, signup: bool) -> Markup {
     html! {
         h1 { "Sign in" }
         p { "We email you a 6-digit code. No password." }
@@ -120,6 +120,51 @@ pub fn sign_in(email: &str, error: Option<&str>) -> Markup {
                 kind: "email", required: true, autocomplete: Some("email"), ..FieldAttrs::text()
             }))
             button type="submit" { "Email me a code" }
+        }
+        @if signup { p { "New here? " a #signup href="/signup" { "Create an account" } } }
+    }
+}
+
+/// What the sign-up form was given (kept when refused).
+#[derive(Debug, Default, Clone, serde::Deserialize)]
+pub struct SignupForm {
+    #[serde(default)]
+    pub email: String,
+    #[serde(default)]
+    pub display_name: String,
+    #[serde(default)]
+    pub code: String,
+}
+
+/// "Create an account": the address and the account's name, then the code mailed to it.
+pub fn signup(v: &SignupForm, errors: &FormErrors, code_sent: bool, note: Option<&str>) -> Markup {
+    html! {
+        h1 { "Create an account" }
+        (notice(note))
+        @if let Some(e) = &errors.form { p.error.banner role="alert" { (e) } }
+        @if code_sent {
+            p { "We emailed a code to " strong { (v.email) } ". It works once, for 10 minutes." }
+            form method="post" action="/signup/code" novalidate {
+                input type="hidden" name="email" value=(v.email);
+                input type="hidden" name="display_name" value=(v.display_name);
+                (field("code", "6-digit code", "", errors.get("code"), FieldAttrs {
+                    required: true, autocomplete: Some("one-time-code"), inputmode: Some("numeric"),
+                    ..FieldAttrs::text()
+                }))
+                button type="submit" { "Create my account" }
+            }
+        } @else {
+            p { "Your own private AI, billed by use. We email you a 6-digit code to prove the address is yours; no password." }
+            form method="post" action="/signup" novalidate {
+                (field("email", "Email address", &v.email, errors.get("email"), FieldAttrs {
+                    kind: "email", required: true, autocomplete: Some("email"), ..FieldAttrs::text()
+                }))
+                (field("display_name", "Account name", &v.display_name, errors.get("display_name"), FieldAttrs {
+                    required: true, autocomplete: Some("organization"), hint: Some("Your business or team, as your pages and mail will show it."), ..FieldAttrs::text()
+                }))
+                button type="submit" { "Email me a code" }
+            }
+            p { "Have an account? " a href="/signin" { "Sign in" } }
         }
     }
 }
