@@ -139,21 +139,23 @@ impl Cluster {
     }
 
     /// Creates a sign-up's Tenant, as the dashboard (the new owner has no rights yet), and waits
-    /// a little for the cache to hold it, so the next page finds it.
-    pub async fn create_tenant(&self, tenant: &Tenant) -> Result<Tenant, kube::Error> {
+    /// up to 15 seconds for the operator to make it Ready (its namespace and the owner's
+    /// Role), so its pages open; whether it did.
+    pub async fn create_tenant(&self, tenant: &Tenant) -> Result<bool, kube::Error> {
         let params = kube::api::PostParams {
             field_manager: Some("alcove-dashboard".into()),
             ..Default::default()
         };
         let made = Api::<Tenant>::all(self.client.clone()).create(&params, tenant).await?;
         let key = reflector::ObjectRef::new(&made.name_any());
-        for _ in 0..50 {
-            if self.tenants.get(&key).is_some() {
-                break;
+        for _ in 0..150 {
+            let phase = self.tenants.get(&key).and_then(|t| t.status.as_ref()?.phase);
+            if phase == Some(alcove_crds::tenant::TenantPhase::Ready) {
+                return Ok(true);
             }
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
-        Ok(made)
+        Ok(false)
     }
 
     /// An instance's API key, read as `email` (`None` while the instance has none).

@@ -566,9 +566,12 @@ pub async fn signup_create(
         let tenant: Tenant =
             serde_json::from_value(signup.tenant(&name, &display, address.as_str()))
                 .map_err(|e| Failure::Unavailable(e.to_string()))?;
-        app.cluster.create_tenant(&tenant).await?;
+        let ready = app.cluster.create_tenant(&tenant).await?;
         tracing::info!(tenant = %name, "account made by self sign-up");
-        to = format!("/t/{name}");
+        // Not ready yet: the overview lists it with its phase.
+        if ready {
+            to = format!("/t/{name}");
+        }
     }
     let token = app
         .sessions

@@ -35,8 +35,9 @@ enum Command {
     /// acting as the signed-in user (impersonation) so the cluster's RBAC decides (see
     /// `alcove dashboard --help`; every flag has an `ALCOVE_DASHBOARD_*` environment variable).
     Dashboard {
+        // Boxed: its many settings would make every variant as large.
         #[command(flatten)]
-        args: alcove_dashboard::DashboardArgs,
+        args: Box<alcove_dashboard::DashboardArgs>,
         /// Kubeconfig file (default: `KUBECONFIG`, `~/.kube/config`, or the in-cluster service
         /// account).
         #[arg(long, env = "ALCOVE_KUBECONFIG")]
@@ -115,7 +116,7 @@ fn main() {
                 .enable_all()
                 .build()
                 .expect("tokio runtime");
-            if let Err(e) = rt.block_on(alcove::run_dashboard(args, kubeconfig.as_deref())) {
+            if let Err(e) = rt.block_on(alcove::run_dashboard(*args, kubeconfig.as_deref())) {
                 tracing::error!(error = %e, "dashboard failed");
                 eprintln!("alcove dashboard: {e:#}");
                 std::process::exit(1);

@@ -63,6 +63,16 @@ export async function phone(browser) {
   return { context, page, problems };
 }
 
+// Types a test card into the billing page's card field (localstripe's Stripe.js stand-in).
+export async function typeCard(page, number) {
+  const card = page.locator("#card-element");
+  await card.locator('input[placeholder="number"]').fill(number);
+  await card.locator('input[placeholder="exp_month"]').fill("12");
+  await card.locator('input[placeholder="exp_year"]').fill("34");
+  await card.locator('input[placeholder="cvc"]').fill("123");
+  await card.locator('input[placeholder="postal_code"]').fill("10001");
+}
+
 // Signs in with the code mailed to `email` (its n-th message).
 export async function signIn(page, url, maildir, email, n) {
   await page.goto(url);

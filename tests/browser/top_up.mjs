@@ -4,7 +4,7 @@
 // starts the platform, runs this and checks the tenant and Stripe against what it prints.
 //
 // Environment: DASHBOARD_URL, MAILDIR, OUT (screenshots), OWNER, TENANT.
-import { check, env, launch, phone, screenshots, signIn } from "./common.mjs";
+import { check, env, launch, phone, screenshots, signIn, typeCard } from "./common.mjs";
 
 const [url, maildir, out] = [env("DASHBOARD_URL"), env("MAILDIR"), env("OUT")];
 const [owner, tenant] = [env("OWNER"), env("TENANT")];
@@ -19,18 +19,10 @@ try {
   await page.getByText("Your credit is used up").waitFor();
   await screenshot(page, "billing-empty");
 
-  const card = page.locator("#card-element");
-  async function typeCard(number) {
-    await card.locator('input[placeholder="number"]').fill(number);
-    await card.locator('input[placeholder="exp_month"]').fill("12");
-    await card.locator('input[placeholder="exp_year"]').fill("34");
-    await card.locator('input[placeholder="cvc"]').fill("123");
-    await card.locator('input[placeholder="postal_code"]').fill("10001");
-  }
   const pay = page.getByRole("button", { name: "Pay and add credit" });
 
   // Too little: refused beside the amount, nothing charged.
-  await typeCard("4242424242424242");
+  await typeCard(page, "4242424242424242");
   await page.getByLabel("Amount (USD)").fill("1");
   await pay.click();
   await page.locator("#amount-error").getByText("Top up between 5.00 USD and 10,000.00 USD.").waitFor();
@@ -45,7 +37,7 @@ try {
   await screenshot(page, "credited");
 
   // A card whose bank asks for 3-D Secure: Stripe.js asks the customer to confirm in the page.
-  await typeCard("4000002500003155");
+  await typeCard(page, "4000002500003155");
   await page.getByLabel("Amount (USD)").fill("10");
   await pay.click();
   const confirm = page.getByRole("button", { name: "Complete authentication" });
