@@ -273,6 +273,16 @@ async fn top_ups_credit_once_through_the_webhook_and_the_history_shows_them() {
         "{body}"
     );
 
+    // The usage page charts the same GPU time per day (SVG, drawn on the server), for all
+    // instances or the one picked. (This dashboard has no usage store: tokens are not shown.)
+    let usage = alice.get("/t/acme/usage").await;
+    assert!(usage.body.contains(r#"<svg id="gpu-chart""#), "{}", usage.body);
+    assert!(usage.body.contains("GPU time per day: 2 min 0 s in 30 days"), "{}", usage.body);
+    assert!(usage.body.contains("<rect class=\"gpu\""), "{}", usage.body);
+    let other = alice.get("/t/acme/usage?instance=other").await;
+    assert!(other.body.contains("GPU time per day: 0 s in 30 days"), "{}", other.body);
+    assert!(!other.body.contains("<rect class=\"gpu\""), "{}", other.body);
+
     // Receipts: a file of its own for each top-up, and only this tenant's.
     let receipts: Vec<String> = body
         .match_indices("/t/acme/billing/receipts/")

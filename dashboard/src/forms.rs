@@ -136,14 +136,6 @@ pub fn instance_from(
     }))
 }
 
-/// The communication styles the onboarding offers: value and words.
-pub const STYLES: &[(&str, &str)] = &[
-    ("friendly", "Friendly and warm"),
-    ("formal", "Formal and polite"),
-    ("concise", "Short and to the point"),
-    ("detailed", "Thorough, with explanations"),
-];
-
 const MAX_BUSINESS: usize = 120;
 const MAX_USE: usize = 600;
 
@@ -298,7 +290,7 @@ mod tests {
              Answer in the language you are asked in. If you do not know an answer, say so and \
              suggest asking Acme Bakery directly, rather than guessing.\n"
         );
-        for (style, words) in STYLES {
+        for (style, words) in crate::views::STYLES {
             let v = NewInstance { style: style.to_string(), ..v.clone() };
             assert!(system_prompt_from(&v).is_ok(), "{words}");
         }

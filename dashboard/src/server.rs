@@ -855,17 +855,6 @@ pub async fn create_instance(
     }
 }
 
-fn gpu_time(seconds: i64) -> String {
-    let (h, m, s) = (seconds / 3600, (seconds % 3600) / 60, seconds % 60);
-    if h > 0 {
-        format!("{h} h {m} min")
-    } else if m > 0 {
-        format!("{m} min {s} s")
-    } else {
-        format!("{s} s")
-    }
-}
-
 async fn detail(
     app: &App,
     user: &Signed,
@@ -921,7 +910,7 @@ async fn detail(
         message,
         endpoint: format!("{}/v1", app.gateway_url.trim_end_matches('/')),
         served_name,
-        gpu_time: gpu_time(status.gpu_seconds),
+        gpu_time: views::gpu_words(status.gpu_seconds),
         has_key: status.api_key_secret.is_some(),
         activity,
         knowledge_base: i.spec.knowledge_bases.first().map(|k| k.name.clone()).unwrap_or_default(),
@@ -1998,7 +1987,7 @@ fn history_rows(
                 let name = instance.rsplit('/').next().unwrap_or(instance);
                 let what = match usage {
                     Usage::Gpu { millis } => {
-                        format!("GPU time: {name}, {}", gpu_time(millis / 1000))
+                        format!("GPU time: {name}, {}", views::gpu_words(millis / 1000))
                     }
                     Usage::Tokens { prompt, completion } => {
                         format!("Tokens: {name}, {prompt} prompt + {completion} completion")
@@ -2538,7 +2527,12 @@ pub async fn usage_page(
         instance: &q.instance,
         log: Vec::new(),
         older: None,
+        gpu: None,
     };
+    let today = app.clock.now().to_zoned(jiff::tz::TimeZone::UTC).date();
+    let day_before = |n: i64| today.checked_sub(jiff::Span::new().days(n)).unwrap_or(today);
+    view.gpu =
+        gpu_days(&app, &tn, &q.instance, &(0..30).rev().map(day_before).collect::<Vec<_>>()).await;
     let store = match usage_store(&app) {
         Ok(s) => s,
         Err(why) => {
@@ -2546,8 +2540,6 @@ pub async fn usage_page(
             return Ok(html(StatusCode::OK, &user.frame("Usage"), views::usage(&view)));
         }
     };
-    let today = app.clock.now().to_zoned(jiff::tz::TimeZone::UTC).date();
-    let day_before = |n: i64| today.checked_sub(jiff::Span::new().days(n)).unwrap_or(today);
     let since_log = day_before(89).to_string();
     let daily = store.daily(&t, &since_log).await.map_err(store_failure)?;
     let since_chart = day_before(29).to_string();
@@ -2561,8 +2553,10 @@ pub async fn usage_page(
             let day = day_before(n).to_string();
             let of_day = daily.iter().filter(|d| d.day == day);
             views::DayBar {
-                prompt: of_day.clone().map(|d| d.prompt_tokens).sum(),
-                completion: of_day.map(|d| d.completion_tokens).sum(),
+                parts: vec![
+                    of_day.clone().map(|d| d.prompt_tokens).sum(),
+                    of_day.map(|d| d.completion_tokens).sum(),
+                ],
                 day,
             }
         })
@@ -2609,6 +2603,46 @@ pub async fn usage_page(
         })
         .collect();
     Ok(html(StatusCode::OK, &user.frame("Usage"), views::usage(&view)))
+}
+
+/// GPU seconds per day of `days` (of one instance, when `instance` is set), from the billing
+/// records at Stripe, and their total in words; `None` without them (not billed, or not
+/// connected): the page then shows tokens only.
+async fn gpu_days(
+    app: &App,
+    tn: &Tenant,
+    instance: &str,
+    days: &[jiff::civil::Date],
+) -> Option<(Vec<views::DayBar>, String)> {
+    let customer = tn.status.as_ref()?.billing.as_ref()?.customer_id.clone()?;
+    let records = app.billing.as_ref()?.records(&customer).await;
+    let (payments, items) = records
+        .map_err(
+            |e| tracing::warn!(tenant = %tn.name_any(), error = %e, "reading GPU time from Stripe"),
+        )
+        .ok()?;
+    let mut seconds: std::collections::BTreeMap<jiff::civil::Date, i64> = Default::default();
+    for e in crate::billing::history(&customer, &payments, &items) {
+        if let crate::billing::Entry::Charge {
+            day,
+            instance: i,
+            usage: crate::billing::Usage::Gpu { millis },
+            ..
+        } = e
+            && (instance.is_empty() || i == instance)
+        {
+            *seconds.entry(day).or_default() += millis / 1000;
+        }
+    }
+    let bars: Vec<views::DayBar> = days
+        .iter()
+        .map(|d| views::DayBar {
+            day: d.to_string(),
+            parts: vec![seconds.get(d).copied().unwrap_or(0)],
+        })
+        .collect();
+    let total = views::gpu_words(bars.iter().map(|b| b.parts[0]).sum());
+    Some((bars, total))
 }
 
 fn form_urlencoded_value(v: &str) -> String {

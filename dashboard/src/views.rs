@@ -528,6 +528,14 @@ pub fn new_instance(
     }
 }
 
+/// The communication styles the onboarding offers: value and words.
+pub const STYLES: &[(&str, &str)] = &[
+    ("friendly", "Friendly and warm"),
+    ("formal", "Formal and polite"),
+    ("concise", "Short and to the point"),
+    ("detailed", "Thorough, with explanations"),
+];
+
 /// The system prompt field, after three onboarding questions that can write it from a template
 /// (`POST /t/{tenant}/new/prompt` swaps this block; the prompt stays editable).
 pub fn prompt_writer(tenant: &str, v: &NewInstance, errors: &FormErrors) -> Markup {
@@ -544,7 +552,7 @@ pub fn prompt_writer(tenant: &str, v: &NewInstance, errors: &FormErrors) -> Mark
                 div.field.invalid[style_error.is_some()] {
                     label for="style" { "Communication style" }
                     select #style name="style" aria-invalid=[style_error.map(|_| "true")] aria-describedby=[style_error.map(|_| "style-error")] {
-                        @for (value, words) in crate::forms::STYLES {
+                        @for (value, words) in STYLES {
                             option value=(value) selected[v.style == *value] { (words) }
                         }
                     }
@@ -1024,34 +1032,62 @@ pub fn receipt(r: &ReceiptView) -> Markup {
 
 // ----- usage -----
 
-/// One day's tokens, all instances together (the chart's bar).
+/// One day's bar: its parts, stacked bottom up (tokens: prompt, completion; GPU: seconds).
 pub struct DayBar {
     pub day: String,
-    pub prompt: i64,
-    pub completion: i64,
+    pub parts: Vec<i64>,
 }
 
-/// Tokens per day as bars (prompt below, completion above), drawn on the server: no chart
-/// library, nothing loaded. The same numbers are in the table under it.
-pub fn token_chart(days: &[DayBar]) -> Markup {
+/// A day chart's parts: CSS class and what a value counts, in words.
+pub type Parts<'a> = &'a [(&'a str, fn(i64) -> String)];
+
+/// Values per day as stacked bars, drawn on the server: no chart library, nothing loaded.
+/// `title` says what it shows; each bar's parts say their values on hover and to readers.
+pub fn day_chart(id: &str, title: &str, parts: Parts, days: &[DayBar]) -> Markup {
     const W: i64 = 600;
     const H: i64 = 160;
-    let max = days.iter().map(|d| d.prompt + d.completion).max().unwrap_or(0).max(1);
-    let n = days.len().max(1) as i64;
-    let slot = W / n;
+    let total = |d: &DayBar| d.parts.iter().sum::<i64>();
+    let max = days.iter().map(total).max().unwrap_or(0).max(1);
+    let slot = W / days.len().max(1) as i64;
     let bar = (slot - 2).max(1);
-    let y = |v: i64| v * (H - 20) / max;
-    html! {
-        svg #token-chart viewBox={"0 0 " (W) " " (H)} role="img" aria-labelledby="chart-title" preserveAspectRatio="none" {
-            title #chart-title { "Tokens per day, last " (days.len()) " days; the largest day had " (max) }
-            @for (i, d) in days.iter().enumerate() {
-                @let x = i as i64 * slot;
-                @let p = y(d.prompt);
-                @let c = y(d.completion);
-                rect.prompt x=(x) y=(H - p) width=(bar) height=(p) { title { (d.day) ": " (d.prompt) " prompt tokens" } }
-                rect.completion x=(x) y=(H - p - c) width=(bar) height=(c) { title { (d.day) ": " (d.completion) " completion tokens" } }
+    let mut rects = Vec::new();
+    for (i, d) in days.iter().enumerate() {
+        let mut top = H;
+        for ((class, words), v) in parts.iter().zip(&d.parts) {
+            let h = v * (H - 20) / max;
+            top -= h;
+            if *v > 0 {
+                rects.push((i as i64 * slot, top, h, *class, format!("{}: {}", d.day, words(*v))));
             }
         }
+    }
+    html! {
+        svg id=(id) viewBox={"0 0 " (W) " " (H)} role="img" aria-labelledby={(id) "-title"} preserveAspectRatio="none" {
+            title id={(id) "-title"} { (title) }
+            @for (x, y, h, class, label) in &rects {
+                rect class=(class) x=(x) y=(y) width=(bar) height=(h) { title { (label) } }
+            }
+        }
+    }
+}
+
+fn prompt_words(n: i64) -> String {
+    format!("{n} prompt tokens")
+}
+
+fn completion_words(n: i64) -> String {
+    format!("{n} completion tokens")
+}
+
+/// GPU seconds in words: `2 h 5 min`, `3 min 20 s`, `40 s`.
+pub fn gpu_words(seconds: i64) -> String {
+    let (h, m, s) = (seconds / 3600, (seconds % 3600) / 60, seconds % 60);
+    if h > 0 {
+        format!("{h} h {m} min")
+    } else if m > 0 {
+        format!("{m} min {s} s")
+    } else {
+        format!("{s} s")
     }
 }
 
@@ -1080,6 +1116,9 @@ pub struct UsageView<'a> {
     /// Why there is no usage to show (the store is not connected), or the facts.
     pub unavailable: Option<&'a str>,
     pub bars: Vec<DayBar>,
+    /// GPU seconds per day, from the billing records (when billing is connected), and their
+    /// total in words.
+    pub gpu: Option<(Vec<DayBar>, String)>,
     pub days: Vec<UsageRow>,
     pub instances: Vec<String>,
     /// The request log's filter: one instance, or all.
@@ -1094,11 +1133,19 @@ pub fn usage(v: &UsageView) -> Markup {
     html! {
         nav.crumbs aria-label="Breadcrumb" { a href="/" { "Tenants" } " / " a href={"/t/" (v.tenant)} { (v.display_name) } " / Usage" }
         h1 { "Usage" }
+        @if !v.instance.is_empty() { p role="status" { "Showing " strong { (v.instance) } " only. " a href=(base) { "Show all instances" } } }
+        @if let Some((bars, total)) = &v.gpu {
+            section aria-labelledby="gpu-title" {
+                h2 #gpu-title { "GPU time per day (UTC), last 30 days" }
+                (day_chart("gpu-chart", &format!("GPU time per day: {total} in 30 days"), &[("gpu", gpu_words)], bars))
+                p.hint { (total) " in these 30 days, as billed; each day and instance is on the billing page." }
+            }
+        }
         @if let Some(why) = v.unavailable { p { (why) } } @else {
             section aria-labelledby="tokens-title" {
                 h2 #tokens-title { "Tokens per day (UTC), last 30 days" }
-                (token_chart(&v.bars))
-                p.hint { span.key-prompt { "■" } " prompt  " span.key-completion { "■" } " completion. GPU time per instance and day is on the billing page." }
+                (day_chart("token-chart", "Tokens per day, last 30 days", &[("prompt", prompt_words), ("completion", completion_words)], &v.bars))
+                p.hint { span.key-prompt { "■" } " prompt  " span.key-completion { "■" } " completion." }
                 div.scroll { table #usage-days {
                     caption.visually-hidden { "Requests and tokens per day and instance" }
                     thead { tr { th scope="col" { "Day" } th scope="col" { "Instance" } th scope="col" { "Requests" } th scope="col" { "Prompt tokens" } th scope="col" { "Completion tokens" } } }
@@ -1286,6 +1333,34 @@ pub const SCRIPT: &str = include_str!("../assets/dashboard.js");
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn day_charts_stack_their_parts_to_scale_and_skip_empty_ones() {
+        let days = [
+            DayBar { day: "2026-12-01".into(), parts: vec![70, 0] },
+            DayBar { day: "2026-12-02".into(), parts: vec![35, 105] },
+        ];
+        let words: fn(i64) -> String = |n| format!("{n} tokens");
+        let svg = day_chart("c", "Tokens", &[("a", words), ("b", words)], &days).into_string();
+        // The largest day (140) fills 140 of the 160 units; 70 is half of it, from the bottom.
+        assert!(svg.contains(r#"<rect class="a" x="0" y="90" width="298" height="70"><title>2026-12-01: 70 tokens</title></rect>"#), "{svg}");
+        assert!(
+            svg.contains(r#"<rect class="a" x="300" y="125" width="298" height="35">"#),
+            "{svg}"
+        );
+        assert!(
+            svg.contains(r#"<rect class="b" x="300" y="20" width="298" height="105">"#),
+            "{svg}"
+        );
+        assert_eq!(svg.matches("<rect").count(), 3, "no bar for a zero: {svg}");
+        assert!(
+            svg.contains(r#"aria-labelledby="c-title""#)
+                && svg.contains("<title id=\"c-title\">Tokens</title>")
+        );
+        assert_eq!(gpu_words(7_500), "2 h 5 min");
+        assert_eq!(gpu_words(120), "2 min 0 s");
+        assert_eq!(gpu_words(40), "40 s");
+    }
 
     #[test]
     fn a_refused_field_shows_its_error_beside_it_and_keeps_the_input() {
