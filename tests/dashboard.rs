@@ -191,6 +191,15 @@ async fn a_customer_runs_an_instance_from_the_dashboard_and_no_one_else_can() {
     assert_eq!(usage.status, 200);
     assert!(usage.body.contains(r#"<svg id="token-chart""#), "{}", usage.body);
     assert!(usage.body.contains("completion tokens"), "{}", usage.body);
+    // Another instance picked: the chart, the table and the log show none of it.
+    let none = alice.get("/t/startup/usage?instance=nope").await;
+    assert!(
+        !none.body.contains("completion tokens</title>")
+            && none.body.contains("No requests in these 30 days.")
+            && none.body.contains("No requests."),
+        "{}",
+        none.body
+    );
     assert!(!usage.body.contains("Say hello."), "no content in the log: {}", usage.body);
     let csv = alice.get("/t/startup/usage.csv").await;
     assert!(csv.header("content-type").unwrap().starts_with("text/csv"), "{csv:?}");

@@ -2547,11 +2547,13 @@ pub async fn usage_page(
     names.sort();
     names.dedup();
     view.instances = names;
+    let picked =
+        |d: &&alcove_gateway::store::Daily| q.instance.is_empty() || d.instance == q.instance;
     view.bars = (0..30)
         .rev()
         .map(|n| {
             let day = day_before(n).to_string();
-            let of_day = daily.iter().filter(|d| d.day == day);
+            let of_day = daily.iter().filter(picked).filter(|d| d.day == day);
             views::DayBar {
                 parts: vec![
                     of_day.clone().map(|d| d.prompt_tokens).sum(),
@@ -2564,6 +2566,7 @@ pub async fn usage_page(
     view.days = daily
         .iter()
         .rev()
+        .filter(picked)
         .filter(|d| d.day >= since_chart)
         .map(|d| views::UsageRow {
             day: d.day.clone(),
