@@ -97,6 +97,23 @@ fn json_of(page: &WebPage) -> Value {
     serde_json::from_str(&page.body).unwrap_or_else(|_| panic!("JSON: {page:?}"))
 }
 
+/// Applies the instance and returns when its pod started (GPU time counts from there).
+async fn start_instance(p: &Platform) -> jiff::Timestamp {
+    p.ok_in(&["apply", "-f", "-"], INSTANCE).await;
+    let started = until_some("the instance started", Duration::from_secs(60), || async {
+        Some(
+            p.jsonpath(
+                &["get", "inferenceinstance", "chat", "-n", "tenant-acme"],
+                "{.status.startedAt}",
+            )
+            .await,
+        )
+        .filter(|s| !s.is_empty())
+    })
+    .await;
+    started.parse().unwrap()
+}
+
 async fn balance(b: &Browser) -> String {
     b.get("/t/acme/billing/balance").await.body
 }
@@ -236,19 +253,7 @@ async fn top_ups_credit_once_through_the_webhook_and_the_history_shows_them() {
 
     // GPU time: the instance runs two minutes of the injected clock; the history shows it, per
     // instance and day, after the two top-ups with their receipts.
-    p.ok_in(&["apply", "-f", "-"], INSTANCE).await;
-    let started = until_some("the instance started", Duration::from_secs(60), || async {
-        Some(
-            p.jsonpath(
-                &["get", "inferenceinstance", "chat", "-n", "tenant-acme"],
-                "{.status.startedAt}",
-            )
-            .await,
-        )
-        .filter(|s| !s.is_empty())
-    })
-    .await;
-    let started: jiff::Timestamp = started.parse().unwrap();
+    let started = start_instance(p).await;
     w.clock.set(jiff::Timestamp::from_second(started.as_second() + 120).unwrap());
     let gpu_ms = || async {
         let records = stripe.usage(&w.customer).await;
@@ -492,19 +497,7 @@ async fn a_top_up_in_chromium_with_stripe_js() {
     // Spent down by the injected clock with an instance running (0.1 cent per GPU-second):
     // under the threshold, the low-balance mail; used up and past the grace period, suspended
     // and mailed. Then in the page: the suspension shown, a top-up, the instance running again.
-    w.p.ok_in(&["apply", "-f", "-"], INSTANCE).await;
-    let started = until_some("the instance started", Duration::from_secs(60), || async {
-        Some(
-            w.p.jsonpath(
-                &["get", "inferenceinstance", "chat", "-n", "tenant-acme"],
-                "{.status.startedAt}",
-            )
-            .await,
-        )
-        .filter(|s| !s.is_empty())
-    })
-    .await;
-    let started: jiff::Timestamp = started.parse().unwrap();
+    let started = start_instance(&w.p).await;
     let at = |s: i64| jiff::Timestamp::from_second(started.as_second() + s).unwrap();
     w.clock.set(at(5_200));
     eventually("the low-balance mail", Duration::from_secs(30), || async {

@@ -55,20 +55,22 @@ fn finalizer_manager() -> String {
     format!("{}-finalizer", alcove_crds::FIELD_MANAGER)
 }
 
-/// The server-side apply body that sets `obj`'s finalizers owned by us to `finalizers`.
-fn finalizer_body<K: Resource<DynamicType = ()>>(
-    obj: &K,
-    finalizers: &[&str],
-) -> serde_json::Value {
-    let mut meta = serde_json::json!({"name": obj.name_any(), "finalizers": finalizers});
-    if let Some(ns) = obj.namespace() {
-        meta["namespace"] = ns.into();
-    }
-    serde_json::json!({"apiVersion": K::api_version(&()), "kind": K::kind(&()), "metadata": meta})
+/// A merge patch that sets `obj`'s finalizers to `finalizers`, conditional on the version we
+/// read: a changed object answers 409 (the change comes back as an event), a gone one 404. Not
+/// an apply: an apply to an object deleted meanwhile would create it again (for a Tenant the
+/// operator may not, so the API server refused it as a create).
+fn finalizer_patch<K: Resource>(obj: &K, finalizers: Vec<String>) -> serde_json::Value {
+    serde_json::json!({
+        "metadata": {"finalizers": finalizers, "resourceVersion": obj.resource_version()}
+    })
 }
 
-/// Adds the cleanup finalizer (server-side apply of just that list entry, so GitOps managers'
-/// fields are untouched). Returns whether it wrote.
+fn finalizer_params() -> PatchParams {
+    PatchParams { field_manager: Some(finalizer_manager()), ..Default::default() }
+}
+
+/// Adds the cleanup finalizer, keeping every other entry. Returns whether it wrote (or found
+/// the object changed meanwhile: either way an event follows).
 pub async fn ensure_finalizer<K>(api: &Api<K>, obj: &K, finalizer: &str) -> Result<bool>
 where
     K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
@@ -76,16 +78,17 @@ where
     if obj.finalizers().iter().any(|f| f == finalizer) {
         return Ok(false);
     }
-    api.patch(
-        &obj.name_any(),
-        &PatchParams::apply(&finalizer_manager()).force(),
-        &Patch::Apply(&finalizer_body(obj, &[finalizer])),
-    )
-    .await?;
-    Ok(true)
+    let mut all = obj.finalizers().to_vec();
+    all.push(finalizer.to_string());
+    let patch = finalizer_patch(obj, all);
+    match api.patch(&obj.name_any(), &finalizer_params(), &Patch::Merge(&patch)).await {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(true),
+        Err(e) => Err(e.into()),
+    }
 }
 
-/// Removes a finalizer (apply of an empty list by the same manager releases it).
+/// Removes a finalizer, keeping every other entry.
 pub async fn remove_finalizer<K>(api: &Api<K>, obj: &K, finalizer: &str) -> Result<()>
 where
     K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
@@ -93,14 +96,13 @@ where
     if !obj.finalizers().iter().any(|f| f == finalizer) {
         return Ok(());
     }
-    ignore_missing(
-        api.patch(
-            &obj.name_any(),
-            &PatchParams::apply(&finalizer_manager()).force(),
-            &Patch::Apply(&finalizer_body(obj, &[])),
-        )
-        .await,
-    )
+    let rest = obj.finalizers().iter().filter(|f| *f != finalizer).cloned().collect();
+    let patch = finalizer_patch(obj, rest);
+    match api.patch(&obj.name_any(), &finalizer_params(), &Patch::Merge(&patch)).await {
+        // Gone is done; changed meanwhile, its event brings the next pass.
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+        r => ignore_missing(r),
+    }
 }
 
 /// A delete or patch of something already gone is done.
