@@ -91,18 +91,7 @@ async fn customer_once_and_gpu_time_billed_exactly_across_crashes() {
 
     // GPU time from Ready (t0, the clock is frozen) in whole intervals.
     p.ok_in(&["apply", "-f", "-"], INSTANCE).await;
-    let started = until_some("the instance Ready", Duration::from_secs(60), || async {
-        Some(
-            p.jsonpath(
-                &["get", "inferenceinstance", "chat", "-n", "tenant-acme"],
-                "{.status.startedAt}",
-            )
-            .await,
-        )
-        .filter(|s| !s.is_empty())
-    })
-    .await;
-    assert_eq!(started.parse::<jiff::Timestamp>().unwrap(), t0);
+    assert_eq!(p.started_at("tenant-acme", "chat").await, t0);
     clock.set(secs(t0, 60));
     let want = lifecycle_ts(secs(t0, 60));
     eventually("billed through t0+60", Duration::from_secs(30), || async {
@@ -269,15 +258,7 @@ async fn credit_exhaustion_suspends_and_a_signed_top_up_resumes() {
     })
     .await;
     p.ok_in(&["apply", "-f", "-"], INSTANCE).await;
-    eventually("the instance Ready", Duration::from_secs(60), || async {
-        !p.jsonpath(
-            &["get", "inferenceinstance", "chat", "-n", "tenant-acme"],
-            "{.status.startedAt}",
-        )
-        .await
-        .is_empty()
-    })
-    .await;
+    p.started_at("tenant-acme", "chat").await;
 
     // 0.1 cent per second: below 10 cents after 100 s (low), at 0 after 200 s (exhausted).
     clock.set(secs(t0, 150));

@@ -100,18 +100,7 @@ fn json_of(page: &WebPage) -> Value {
 /// Applies the instance and returns when its pod started (GPU time counts from there).
 async fn start_instance(p: &Platform) -> jiff::Timestamp {
     p.ok_in(&["apply", "-f", "-"], INSTANCE).await;
-    let started = until_some("the instance started", Duration::from_secs(60), || async {
-        Some(
-            p.jsonpath(
-                &["get", "inferenceinstance", "chat", "-n", "tenant-acme"],
-                "{.status.startedAt}",
-            )
-            .await,
-        )
-        .filter(|s| !s.is_empty())
-    })
-    .await;
-    started.parse().unwrap()
+    p.started_at("tenant-acme", "chat").await
 }
 
 async fn balance(b: &Browser) -> String {

@@ -178,6 +178,20 @@ impl Platform {
         self.kubectl(&a).await.1
     }
 
+    /// When instance `name` of namespace `ns` started its pod (its GPU time counts from there),
+    /// once it has.
+    pub async fn started_at(&self, ns: &str, name: &str) -> jiff::Timestamp {
+        let started = until_some(&format!("{name} started"), Duration::from_secs(60), || async {
+            Some(
+                self.jsonpath(&["get", "inferenceinstance", name, "-n", ns], "{.status.startedAt}")
+                    .await,
+            )
+            .filter(|s| !s.is_empty())
+        })
+        .await;
+        started.parse().expect("an RFC 3339 startedAt")
+    }
+
     /// Waits for a condition through `kubectl wait` (`what`: e.g. `inst/chat -n tenant-startup`).
     pub async fn wait_condition(&self, what: &str, condition: &str, timeout_s: u64) {
         let t = format!("--timeout={timeout_s}s");
