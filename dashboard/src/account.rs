@@ -60,7 +60,7 @@ pub fn erase_by(t: &Tenant, now: Timestamp) -> Timestamp {
 }
 
 /// A window in words: `7 years`, `30 days`, `12 hours`, `90 minutes`.
-pub fn words(w: alcove_crds::policy::Window) -> String {
+fn words(w: alcove_crds::policy::Window) -> String {
     let plural = |n: u64, unit: &str| format!("{n} {unit}{}", if n == 1 { "" } else { "s" });
     let days = w.minutes / 1440;
     match w.minutes {
@@ -72,8 +72,13 @@ pub fn words(w: alcove_crds::policy::Window) -> String {
     }
 }
 
+/// How long billing records are kept, in words (`7 years`): the notices and the page say it.
+pub fn billing_kept_for(t: &Tenant) -> String {
+    words(window(t, DataClass::BillingRecords))
+}
+
 /// How long `t` keeps `class`: its own window, or the platform's promise.
-pub fn window(t: &Tenant, class: DataClass) -> alcove_crds::policy::Window {
+fn window(t: &Tenant, class: DataClass) -> alcove_crds::policy::Window {
     t.spec
         .retention
         .as_ref()
@@ -84,7 +89,7 @@ pub fn window(t: &Tenant, class: DataClass) -> alcove_crds::policy::Window {
 
 /// What deleting the account does, step by step, for the confirmation page.
 pub fn deletion_facts(t: &Tenant, now: Timestamp) -> Vec<(String, String)> {
-    let when = erase_by(t, now).strftime("%Y-%m-%d %H:%M UTC").to_string();
+    let when = crate::views::utc_minute(erase_by(t, now));
     let erased = if t.spec.legal_hold {
         "A legal hold is on this account: nothing is erased while it lasts. When it is lifted, \
          the volumes (conversation history, knowledge-base indexes), the encryption key and the \
@@ -113,7 +118,7 @@ pub fn deletion_facts(t: &Tenant, now: Timestamp) -> Vec<(String, String)> {
                 "Billing records (payments and usage charges) for {}, because accounting law \
                  requires it; they hold no prompts or documents. The erasure receipts, which prove \
                  what was erased and when.",
-                words(window(t, DataClass::BillingRecords))
+                billing_kept_for(t)
             ),
         ),
         (

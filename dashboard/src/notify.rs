@@ -86,7 +86,7 @@ pub struct Notice {
 }
 
 fn when(t: Timestamp) -> String {
-    t.strftime("%Y-%m-%d %H:%M UTC").to_string()
+    crate::views::utc_minute(t)
 }
 
 /// Paragraphs broken into lines of at most `width` characters (at spaces), so the message goes
@@ -140,10 +140,7 @@ pub fn notice(
                  and usage charges) are kept for {}, as the law requires of accounting \
                  records; they hold no prompts or documents.\n",
                 when(*erase_after),
-                crate::account::words(crate::account::window(
-                    t,
-                    alcove_crds::policy::DataClass::BillingRecords
-                ))
+                crate::account::billing_kept_for(t)
             ),
         ),
         (None, _) => None,
@@ -211,10 +208,7 @@ pub fn erased(t: &Tenant) -> Option<Notice> {
     if status.erasure.is_empty() {
         body.push_str("- nothing was left to erase\n");
     }
-    let kept = crate::account::words(crate::account::window(
-        t,
-        alcove_crds::policy::DataClass::BillingRecords,
-    ));
+    let kept = crate::account::billing_kept_for(t);
     body.push_str(&format!(
         "\nKept: billing records (payments and usage charges) for {kept}, as the law requires \
          of accounting records (they hold no prompts or documents), and these receipts, which \
@@ -271,12 +265,7 @@ pub async fn run(
             seen.insert(uid, key);
             let Some(before) = moved else { continue };
             let Some(n) = notice(&t, before.as_deref(), &s, &public_url) else { continue };
-            for to in recipients(&t) {
-                if let Err(e) = mailer.send(&to, &n.subject, &n.body).await {
-                    tracing::warn!(tenant = %t.name_any(), error = %e, "a notice could not be mailed");
-                }
-            }
-            tracing::info!(tenant = %t.name_any(), notice = %n.subject, "owners notified");
+            mail_owners(&mailer, &t, &n).await;
         }
     }
 }
@@ -298,9 +287,14 @@ async fn tell_erased(
             return;
         }
     }
+    mail_owners(mailer, t, &n).await;
+}
+
+/// Sends notice `n` to the tenant's recipients.
+async fn mail_owners(mailer: &crate::mail::Mailer, t: &Tenant, n: &Notice) {
     for to in recipients(t) {
         if let Err(e) = mailer.send(&to, &n.subject, &n.body).await {
-            tracing::warn!(tenant = %t.name_any(), error = %e, "the erasure receipts could not be mailed");
+            tracing::warn!(tenant = %t.name_any(), error = %e, "a notice could not be mailed");
         }
     }
     tracing::info!(tenant = %t.name_any(), notice = %n.subject, "owners notified");

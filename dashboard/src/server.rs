@@ -292,6 +292,11 @@ fn sign_in_frame() -> Frame<'static> {
     Frame { title: "Sign in", user: None, csrf: None }
 }
 
+/// Why no code was sent: too many were asked for.
+fn too_many_codes(retry_after: jiff::SignedDuration) -> String {
+    format!("Too many codes were asked for. Try again in {}.", wait_words(retry_after))
+}
+
 fn wait_words(d: jiff::SignedDuration) -> String {
     let s = d.as_secs().max(1);
     if s < 90 { format!("{s} seconds") } else { format!("{} minutes", (s + 59) / 60) }
@@ -332,8 +337,7 @@ pub async fn request_code(
             wait_words(retry_after)
         )),
         Err(Refused::TooMany { retry_after }) => {
-            let e =
-                format!("Too many codes were asked for. Try again in {}.", wait_words(retry_after));
+            let e = too_many_codes(retry_after);
             return html(
                 StatusCode::TOO_MANY_REQUESTS,
                 &sign_in_frame(),
@@ -359,14 +363,22 @@ fn client_ip(app: &App, peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
     alcove_gateway::server::client_address(peer.ip().to_canonical(), headers, &app.trusted_proxies)
 }
 
-fn send_in_background(app: &Arc<App>, to: Address, code: String) {
-    let app = app.clone();
+/// Sends a mail (`what`, in the log) without making the page wait for the relay.
+fn mail_in_background<F>(what: &'static str, send: F)
+where
+    F: std::future::Future<Output = Result<(), crate::mail::MailError>> + Send + 'static,
+{
     tokio::spawn(async move {
-        if let Err(e) = app.mailer.send_code(&to, &code).await {
+        if let Err(e) = send.await {
             // Neither the code nor the address: the relay's words only.
-            tracing::warn!(error = %e, "a sign-in code could not be mailed");
+            tracing::warn!(error = %e, "{what} could not be mailed");
         }
     });
+}
+
+fn send_in_background(app: &Arc<App>, to: Address, code: String) {
+    let app = app.clone();
+    mail_in_background("a sign-in code", async move { app.mailer.send_code(&to, &code).await });
 }
 
 #[derive(Deserialize)]
@@ -410,19 +422,10 @@ pub async fn enter_code(
     let now = app.clock.now();
     let checked = app.codes.verify(&address, &form.code, now).await;
     match checked {
+        // Whoever holds the code owns the address; whether it owns tenants shows on the
+        // overview.
         Ok(()) => {
-            // Whoever holds the code owns the address; whether it owns tenants shows on the
-            // overview.
-            let token = match app.sessions.start(address.as_str(), now).await {
-                Ok(t) => t,
-                Err(e) => return Failure::Unavailable(e.to_string()).into_response(),
-            };
-            let mut r = see_other("/");
-            if let Ok(v) = HeaderValue::from_str(&session::cookie(&token, app.secure)) {
-                r.headers_mut().insert(header::SET_COOKIE, v);
-            }
-            tracing::info!("signed in");
-            r
+            start_session(&app, &address, now, "/").await.unwrap_or_else(|f| f.into_response())
         }
         Err(rejected) => html(
             StatusCode::BAD_REQUEST,
@@ -487,10 +490,8 @@ pub async fn signup_request(
         match app.codes.issue(&address, client_ip(&app, peer, &headers), app.clock.now()).await {
             Ok(code) => {
                 let (app, to) = (app.clone(), address.clone());
-                tokio::spawn(async move {
-                    if let Err(e) = app.mailer.send_signup_code(&to, &code).await {
-                        tracing::warn!(error = %e, "a sign-up code could not be mailed");
-                    }
+                mail_in_background("a sign-up code", async move {
+                    app.mailer.send_signup_code(&to, &code).await
                 });
                 None
             }
@@ -499,11 +500,7 @@ pub async fn signup_request(
                 wait_words(retry_after)
             )),
             Err(Refused::TooMany { retry_after }) => {
-                let e = format!(
-                    "Too many codes were asked for. Try again in {}.",
-                    wait_words(retry_after)
-                );
-                errors.fields.push(("email", e));
+                errors.fields.push(("email", too_many_codes(retry_after)));
                 return Ok(page(&errors, false, None, StatusCode::TOO_MANY_REQUESTS));
             }
             Err(Refused::Unavailable) => return Err(Failure::Unavailable("the code store".into())),
@@ -573,14 +570,24 @@ pub async fn signup_create(
             to = format!("/t/{name}");
         }
     }
+    start_session(&app, &address, now, &to).await
+}
+
+/// A new session for `address` (a fresh token, whatever cookie came in), and on to `to`.
+async fn start_session(
+    app: &App,
+    address: &Address,
+    now: jiff::Timestamp,
+    to: &str,
+) -> Result<Response, Failure> {
     let token = app
         .sessions
         .start(address.as_str(), now)
         .await
         .map_err(|e| Failure::Unavailable(e.to_string()))?;
-    let mut r = see_other(&to);
-    if let Ok(c) = HeaderValue::from_str(&session::cookie(&token, app.secure)) {
-        r.headers_mut().insert(header::SET_COOKIE, c);
+    let mut r = see_other(to);
+    if let Ok(v) = HeaderValue::from_str(&session::cookie(&token, app.secure)) {
+        r.headers_mut().insert(header::SET_COOKIE, v);
     }
     tracing::info!("signed in");
     Ok(r)
@@ -649,7 +656,7 @@ fn tenant_or_deleted(app: &App, user: &Signed, name: &str) -> Result<Arc<Tenant>
 fn erase_after(t: &Tenant) -> Option<String> {
     let at = t.status.as_ref()?.erase_after.as_deref()?;
     Some(match at.parse::<jiff::Timestamp>() {
-        Ok(at) => at.strftime("%Y-%m-%d %H:%M UTC").to_string(),
+        Ok(at) => views::utc_minute(at),
         Err(_) => at.to_string(),
     })
 }
@@ -1095,9 +1102,7 @@ async fn fresh_code(
             Ok(())
         }
         Err(Refused::TooSoon { .. }) => Ok(()),
-        Err(Refused::TooMany { retry_after }) => {
-            Err(format!("Too many codes were asked for. Try again in {}.", wait_words(retry_after)))
-        }
+        Err(Refused::TooMany { retry_after }) => Err(too_many_codes(retry_after)),
         Err(Refused::Unavailable) => Err(UNAVAILABLE.to_string()),
     }
 }
@@ -1187,10 +1192,9 @@ fn account_confirmation(user: &Signed, t: &Tenant, now: jiff::Timestamp, step: S
 /// (the next sync would make it again).
 fn account_refusal(user: &Signed, t: &Tenant) -> Option<Response> {
     let words = if t.metadata.deletion_timestamp.is_some() {
-        let at = erase_after(t);
         format!(
-            "This account is already deleted. Everything left is erased {}.",
-            at.map(|a| format!("at {a}")).unwrap_or_else(|| "after its window".into())
+            "This account is already deleted. {}",
+            views::erasure_when(erase_after(t).as_deref())
         )
     } else if let Some(tool) = crate::account::gitops_manager(t) {
         format!(
@@ -1259,7 +1263,7 @@ pub async fn delete_account(
         Err(e) => return Err(e.into()),
     }
     tracing::info!(tenant = %t, "account deleted from the dashboard");
-    let by = crate::account::erase_by(&tn, now).strftime("%Y-%m-%d %H:%M UTC").to_string();
+    let by = views::utc_minute(crate::account::erase_by(&tn, now));
     let body = views::account_deleted(&t, &user.email, &by);
     Ok(html(StatusCode::OK, &user.frame("Account deleted"), body))
 }
@@ -1956,7 +1960,7 @@ fn balance_of(t: &Tenant, locale: crate::money::Locale) -> views::Balance {
                 .suspend_at
                 .as_deref()
                 .and_then(|s| s.parse::<jiff::Timestamp>().ok())
-                .map(|at| at.strftime("%Y-%m-%d %H:%M UTC").to_string()),
+                .map(views::utc_minute),
         }
     } else if status.balance < spec.low_balance_threshold {
         views::Credit::Low { threshold: format(spec.low_balance_threshold, &currency, locale) }
@@ -2400,12 +2404,10 @@ pub async fn rectify(
         html(status, &user.frame("Your details"), body)
     };
     let mut errors = views::FormErrors::default();
-    let display = v.display_name.split_whitespace().collect::<Vec<_>>().join(" ");
-    if display.is_empty() {
-        errors.fields.push(("display_name", "Give the account a name.".into()));
-    } else if display.chars().count() > 128 {
-        errors.fields.push(("display_name", "Use at most 128 characters.".into()));
-    }
+    let display = account_name(&v.display_name).unwrap_or_else(|e| {
+        errors.fields.push(("display_name", e));
+        String::new()
+    });
     let contact = match v.contact_email.trim() {
         "" => None,
         a => match Address::parse(a) {
@@ -2444,23 +2446,13 @@ pub async fn rectify(
                 Ok(code) => {
                     let (app, a, who, account) =
                         (app.clone(), a.clone(), user.email.clone(), display.clone());
-                    tokio::spawn(async move {
-                        if let Err(e) =
-                            app.mailer.send_contact_code(&a, &code, &who, &account).await
-                        {
-                            tracing::warn!(error = %e, "a contact confirmation code could not be mailed");
-                        }
+                    mail_in_background("a contact confirmation code", async move {
+                        app.mailer.send_contact_code(&a, &code, &who, &account).await
                     });
                 }
                 Err(Refused::TooSoon { .. }) => {}
                 Err(Refused::TooMany { retry_after }) => {
-                    errors.fields.push((
-                        "contact_email",
-                        format!(
-                            "Too many codes were asked for. Try again in {}.",
-                            wait_words(retry_after)
-                        ),
-                    ));
+                    errors.fields.push(("contact_email", too_many_codes(retry_after)));
                     return Ok(page(&errors, None, StatusCode::TOO_MANY_REQUESTS));
                 }
                 Err(Refused::Unavailable) => {

@@ -768,8 +768,13 @@ pub fn account_deleted(tenant: &str, email: &str, erase_by: &str) -> Markup {
     }
 }
 
+/// An instant as the pages and mails write it: `2027-01-01 18:44 UTC`.
+pub fn utc_minute(t: jiff::Timestamp) -> String {
+    t.strftime("%Y-%m-%d %H:%M UTC").to_string()
+}
+
 /// When a deleted account's remaining data goes, in words.
-fn erasure_when(at: Option<&str>) -> String {
+pub fn erasure_when(at: Option<&str>) -> String {
     match at {
         Some(at) => format!("Everything left is erased at {at}."),
         None => "Everything left is erased at the end of its account-data window.".into(),
