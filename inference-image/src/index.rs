@@ -168,7 +168,8 @@ pub async fn fetch(name: &str, url: &str) -> anyhow::Result<Document> {
             && let Some(loc) =
                 resp.headers().get(hyper::header::LOCATION).and_then(|l| l.to_str().ok())
         {
-            uri = resolve(&uri, loc).with_context(|| format!("{url}: bad redirect to {loc}"))?;
+            uri = crate::fetch::client::resolve(&uri, loc)
+                .map_err(|e| anyhow::anyhow!("{url}: bad redirect to {loc}: {e}"))?;
             continue;
         }
         if !status.is_success() {
@@ -188,22 +189,6 @@ pub async fn fetch(name: &str, url: &str) -> anyhow::Result<Document> {
         return Ok(Document::new(format!("{name}/{last}"), text));
     }
     bail!("{url}: more than 5 redirects")
-}
-
-/// A redirect's `Location`, absolute or relative to `base`.
-fn resolve(base: &hyper::Uri, location: &str) -> anyhow::Result<hyper::Uri> {
-    if location.contains("://") {
-        return Ok(location.parse()?);
-    }
-    let scheme = base.scheme_str().unwrap_or("http");
-    let authority = base.authority().map(|a| a.as_str()).unwrap_or_default();
-    let path = if location.starts_with('/') {
-        location.to_string()
-    } else {
-        let dir = base.path().rsplit_once('/').map(|(d, _)| d).unwrap_or("");
-        format!("{dir}/{location}")
-    };
-    Ok(format!("{scheme}://{authority}{path}").parse()?)
 }
 
 /// Every text document under `dir`. Names starting with `.` are skipped: Kubernetes ConfigMap

@@ -4,12 +4,14 @@
 //! - [`engine`]: the single model thread and its bounded queue; generation and sampling.
 //! - [`model`]: loading llama-family causal LMs (safetensors or GGUF) and BERT embedders.
 //! - [`retrieval`] and [`index`]: knowledge-base indexes, written by `index`, searched by `serve`.
+//! - [`fetch`]: filling a model-cache volume from a URI (`fetch`), verified and resumable.
 //! - [`history`]: conversation history, encrypted at rest.
 //! - [`testmodel`]: random-weight models for tests and local runs (`make-test-model`).
 
 pub mod api;
 pub mod bench;
 pub mod engine;
+pub mod fetch;
 pub mod history;
 pub mod index;
 pub mod metrics;

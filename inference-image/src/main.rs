@@ -2,7 +2,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use alcove_inference::{api, bench, index, model, testmodel};
+use alcove_inference::{api, bench, fetch, index, model, testmodel};
 
 /// The Alcove inference server: an OpenAI-compatible API over a candle model, with retrieval
 /// from knowledge-base indexes and encrypted conversation history.
@@ -95,6 +95,45 @@ enum Command {
         /// Also write the JSON summary here (e.g. /dev/termination-log in a Job).
         #[arg(long)]
         summary_file: Option<PathBuf>,
+    },
+    /// Fill a model-cache volume from a URI (https://, http://, hf://org/repo[@revision]):
+    /// verified, resumable, shared by every instance of the same source.
+    Fetch {
+        #[arg(long)]
+        uri: String,
+        /// The model-cache volume.
+        #[arg(long)]
+        cache: PathBuf,
+        #[arg(long, value_enum)]
+        format: fetch::Format,
+        /// Inside the source: the .gguf file, or the model's directory.
+        #[arg(long)]
+        path: Option<String>,
+        /// SHA-256 (hex) the weights file must have.
+        #[arg(long)]
+        sha256: Option<String>,
+        /// Directory holding credential files: `header` (`Name: value`, for https) or `token`
+        /// (for the hub).
+        #[arg(long)]
+        credentials: Option<PathBuf>,
+        /// The model hub's base URL for hf:// sources.
+        #[arg(long, default_value = "https://huggingface.co")]
+        hub_endpoint: String,
+        /// Allow sources on private, loopback and link-local addresses.
+        #[arg(long)]
+        allow_private_addresses: bool,
+        /// Most bytes the model may take.
+        #[arg(long)]
+        max_bytes: Option<u64>,
+        /// Seconds between progress lines.
+        #[arg(long, default_value_t = 2)]
+        progress_seconds: u64,
+        /// Environment variable holding PEM certificates to trust besides the system's.
+        #[arg(long, default_value = "ALCOVE_FETCH_EXTRA_CA")]
+        extra_ca_env: String,
+        /// Where a failure is reported as JSON (the container's termination-message file).
+        #[arg(long)]
+        termination_log: Option<PathBuf>,
     },
     /// Write a random-weight model with a real tokenizer and chat template.
     MakeTestModel {
@@ -258,6 +297,35 @@ fn run(command: Command) -> anyhow::Result<()> {
                     .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
             }
             Ok(())
+        }
+        Command::Fetch {
+            uri,
+            cache,
+            format,
+            path,
+            sha256,
+            credentials,
+            hub_endpoint,
+            allow_private_addresses,
+            max_bytes,
+            progress_seconds,
+            extra_ca_env,
+            termination_log,
+        } => {
+            let opts = fetch::Options {
+                uri,
+                cache,
+                format,
+                path,
+                sha256,
+                credentials,
+                hub_endpoint,
+                allow_private_addresses,
+                max_bytes,
+                progress_every: std::time::Duration::from_secs(progress_seconds.max(1)),
+                extra_ca_pem: std::env::var(&extra_ca_env).ok(),
+            };
+            std::process::exit(fetch::main(&opts, termination_log.as_deref()));
         }
         Command::MakeTestModel { out, format, size, embedding, quant, seed } => {
             let made =

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub mod localstripe;
+pub mod model_server;
 pub mod postgres;
 pub mod smtp;
 
