@@ -20,6 +20,8 @@ pub const LABEL_KNOWLEDGE_BASE: &str = "alcove.dev/knowledge-base";
 pub const LABEL_DATA_CLASS: &str = "alcove.dev/data-class";
 /// RFC 3339 deadline after which retention erases a released volume.
 pub const ANNOTATION_RETAIN_UNTIL: &str = "alcove.dev/retain-until";
+/// On a model-cache volume: the `spec.model.source.uri` it holds.
+pub const ANNOTATION_MODEL_URI: &str = "alcove.dev/model-uri";
 /// Setting this annotation on an InferenceInstance to a new value rotates its API key.
 pub const ANNOTATION_ROTATE_API_KEY: &str = "alcove.dev/rotate-api-key";
 /// The only field manager the operator writes with (server-side apply).
@@ -69,18 +71,28 @@ pub mod reason {
     pub const QUOTA_EXCEEDED: &str = "QuotaExceeded";
     /// Instance or knowledge base: the spec cannot be served.
     pub const INVALID_SPEC: &str = "InvalidSpec";
+    /// Instance `Ready`: the model could not be fetched from `spec.model.source.uri` and
+    /// retrying cannot help (not found, refused credentials, a wrong digest, too large).
+    pub const MODEL_FETCH_FAILED: &str = "ModelFetchFailed";
 }
 
 /// Where model weights come from. Exactly one of the fields is set (enforced by the schema).
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ModelSource {
-    /// URI fetched into the instance's model cache volume by an init step before the server
-    /// starts: `https://`, `http://`, `s3://bucket/key` (S3-compatible store) or
-    /// `hf://org/repo` (a model hub).
+    /// URI fetched into the tenant's model cache by an init step before the server starts:
+    /// `https://…/file.gguf` or `http://…` (one GGUF file), or `hf://org/repo[@revision]` (a
+    /// model hub: the GGUF file, or a safetensors directory with its config and tokenizer).
+    /// Instances of the same source share one download.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 2048), regex(pattern = r"^(https?|s3|hf)://[^\s]+$"))]
+    #[schemars(length(max = 2048), regex(pattern = r"^(https?|hf)://[^\s]+$"))]
     pub uri: Option<String>,
+    /// A Secret in the same namespace with the credentials for `uri`: key `header` (one
+    /// `Name: value` header line sent to the URI's host, e.g. `Authorization: Bearer …`) or
+    /// `token` (the model hub's access token). Mounted only into the fetch step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
+    pub credentials_secret: Option<String>,
     /// A PersistentVolumeClaim in the same namespace that already holds the model; mounted
     /// read-only.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -82,6 +82,8 @@ pub struct InferenceInstanceSpec {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[x_kube(
     validation = Rule::new("self.format != 'gguf' || has(self.source.uri) || (has(self.path) && self.path.endsWith('.gguf'))").message("spec.model.path must name the .gguf file when spec.model.format is gguf and the source is a volume"),
+    validation = Rule::new("!has(self.sha256) || has(self.source.uri)").message("spec.model.sha256 checks a download: it needs spec.model.source.uri"),
+    validation = Rule::new("!has(self.source.credentialsSecret) || has(self.source.uri)").message("spec.model.source.credentialsSecret is for spec.model.source.uri"),
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ModelSpec {
@@ -97,6 +99,13 @@ pub struct ModelSpec {
     #[schemars(length(min = 1, max = 1024), regex(pattern = r"^[^/]"))]
     #[x_kube(validation = Rule::new("!self.split('/').exists(s, s == '..')").message("spec.model.path must not contain '..'"))]
     pub path: Option<String>,
+    /// SHA-256 (64 hex digits) of the weights file fetched from `source.uri` (the `.gguf` file,
+    /// or the one `.safetensors` file). A download with another digest fails the instance with
+    /// both digests and is never served. Unset: the hub's digests are checked, or the server's
+    /// ETag is recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[A-Fa-f0-9]{64}$"))]
+    pub sha256: Option<String>,
     /// The model name clients pass as `model` in API requests. Defaults to the instance name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 128), regex(pattern = r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$"))]
@@ -238,7 +247,8 @@ pub struct ComputeResources {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct InferenceInstanceStatus {
-    /// `Pending`, `Provisioning`, `Ready`, `Suspended`, `Idle`, `Failed` or `Terminating`.
+    /// `Pending`, `Downloading`, `Provisioning`, `Ready`, `Suspended`, `Idle`, `Failed` or
+    /// `Terminating`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<InstancePhase>,
     /// Why the instance is in its phase, for people.
@@ -278,6 +288,32 @@ pub struct InferenceInstanceStatus {
     /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// The model-cache volume (PersistentVolumeClaim) holding a model fetched from
+    /// `spec.model.source.uri`; instances of the same source share it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_cache: Option<String>,
+    /// While the model downloads (phase `Downloading`): how far it got.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub download: Option<DownloadStatus>,
+}
+
+/// Progress of a model download, updated every few seconds.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DownloadStatus {
+    /// The URI being fetched.
+    pub uri: String,
+    pub bytes_done: i64,
+    /// Total bytes, when the source says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_total: Option<i64>,
+    pub bytes_per_second: i64,
+    /// The revision being fetched: the hub's commit, or a digest of the ETag or of `sha256`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
+    /// `true` while another instance downloads the same source and this one waits for it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub waiting: bool,
 }
 
 /// Requests and tokens per minute allowed through the gateway.
@@ -292,6 +328,8 @@ pub struct RateLimits {
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
 pub enum InstancePhase {
     Pending,
+    /// The pod is placed and its model is being fetched from `spec.model.source.uri`.
+    Downloading,
     Provisioning,
     Ready,
     Suspended,

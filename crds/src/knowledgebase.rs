@@ -107,8 +107,9 @@ pub struct KeysRef {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct EmbeddingModel {
-    /// Where the weights come from: exactly one of `uri`, `pvc`, `platform`.
-    #[x_kube(validation = Rule::new("[has(self.uri), has(self.pvc), has(self.platform)].filter(x, x).size() == 1").message("spec.embeddingModel.source must set exactly one of uri, pvc, platform"))]
+    /// Where the weights come from: exactly one of `pvc`, `platform` (an embedding model is
+    /// mounted from a volume; `uri` is for an instance's chat model).
+    #[x_kube(validation = Rule::new("!has(self.uri) && [has(self.pvc), has(self.platform)].filter(x, x).size() == 1").message("spec.embeddingModel.source must set exactly one of pvc, platform (an embedding model is mounted from a volume, not fetched from a uri)"))]
     pub source: ModelSource,
     /// Directory of the model inside the source volume. Relative, without `..`.
     #[serde(default, skip_serializing_if = "Option::is_none")]

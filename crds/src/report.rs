@@ -6,7 +6,7 @@
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use kube::ResourceExt;
 
-use crate::{ANNOTATION_RETAIN_UNTIL, LABEL_DATA_CLASS};
+use crate::{ANNOTATION_MODEL_URI, ANNOTATION_RETAIN_UNTIL, LABEL_DATA_CLASS};
 
 /// The annotation naming the retention rule that set a released volume's deadline, e.g.
 /// `conversationHistory=7d`.
@@ -34,6 +34,8 @@ pub enum Timer {
     ErasedAt { at: String, rule: String },
     /// Kept while its owner exists (an instance, a knowledge base).
     KeptWhile { kind: String, name: String },
+    /// A model cache: kept while an instance of the tenant uses the model it holds.
+    WhileModelUsed { uri: String },
     /// Kept until the tenant itself is erased.
     UntilTenantErased,
 }
@@ -43,6 +45,9 @@ impl Timer {
         match self {
             Timer::ErasedAt { at, rule } => format!("released: erased at {at} ({rule})"),
             Timer::KeptWhile { kind, name } => format!("kept while {kind} {name} exists"),
+            Timer::WhileModelUsed { uri } => {
+                format!("model cache of {uri}: kept while an instance uses it")
+            }
             Timer::UntilTenantErased => "kept until the tenant is erased".into(),
         }
     }
@@ -73,7 +78,10 @@ pub fn volumes(pvcs: &[PersistentVolumeClaim], pods: &[Pod]) -> Vec<Volume> {
                 },
                 None => match pvc.metadata.owner_references.as_ref().and_then(|o| o.first()) {
                     Some(o) => Timer::KeptWhile { kind: o.kind.clone(), name: o.name.clone() },
-                    None => Timer::UntilTenantErased,
+                    None => match pvc.annotations().get(ANNOTATION_MODEL_URI) {
+                        Some(uri) => Timer::WhileModelUsed { uri: uri.clone() },
+                        None => Timer::UntilTenantErased,
+                    },
                 },
             };
             Volume {
@@ -112,7 +120,9 @@ mod tests {
             {"metadata": {"name": "old-history", "labels": {"alcove.dev/data-class": "conversationHistory"},
                           "annotations": {"alcove.dev/retain-until": "2026-12-09T00:00:00Z", "alcove.dev/retention-rule": "conversationHistory=7d"}},
              "spec": {}},
-            {"metadata": {"name": "misc"}, "spec": {}}
+            {"metadata": {"name": "misc"}, "spec": {}},
+            {"metadata": {"name": "model-cache-1", "labels": {"alcove.dev/data-class": "modelCache"},
+                          "annotations": {"alcove.dev/model-uri": "hf://acme/tiny"}}, "spec": {}}
         ]))
         .unwrap();
         let pods: Vec<Pod> = serde_json::from_value(serde_json::json!([
@@ -123,7 +133,11 @@ mod tests {
         let v = volumes(&pvcs, &pods);
         assert_eq!(
             v.iter().map(|v| v.name.as_str()).collect::<Vec<_>>(),
-            ["chat-history", "misc", "old-history"]
+            ["chat-history", "misc", "model-cache-1", "old-history"]
+        );
+        assert_eq!(
+            v[2].timer.words(),
+            "model cache of hf://acme/tiny: kept while an instance uses it"
         );
         assert_eq!(v[0].nodes, ["gpu-1"]);
         assert_eq!((v[0].size.as_str(), v[0].bound_to.as_str()), ("1Gi", "pv-1"));
@@ -133,9 +147,9 @@ mod tests {
             ("accountData", &Timer::UntilTenantErased)
         );
         assert_eq!(
-            v[2].timer.words(),
+            v[3].timer.words(),
             "released: erased at 2026-12-09T00:00:00Z (conversationHistory=7d)"
         );
-        assert_eq!(v[2].bound_to, "(unbound)");
+        assert_eq!(v[3].bound_to, "(unbound)");
     }
 }

@@ -423,7 +423,9 @@ pub fn merge(lhs: &Value, rhs: &Value, ti: &TypeInfo, names: &mut Vec<String>) -
     }
 }
 
-/// Removes the member paths of `set` from `value` (pruning fields nobody applies any more).
+/// Removes the member paths of `set` from `value` (pruning fields nobody applies any more). A
+/// map or list that the removal empties goes too, as structured-merge-diff's `RemoveItems` does
+/// (it yields null): an emptied struct must not linger as `{}` without its required fields.
 pub fn remove_fields(value: &mut Value, set: &FieldSet, ti: &TypeInfo, names: &mut Vec<String>) {
     match value {
         Value::Object(map) => {
@@ -432,9 +434,13 @@ pub fn remove_fields(value: &mut Value, set: &FieldSet, ti: &TypeInfo, names: &m
                 if child.member {
                     map.remove(name);
                 } else if let Some(v) = map.get_mut(name) {
+                    let was_full = is_full(v);
                     names.push(name.to_string());
                     remove_fields(v, child, ti, names);
                     names.pop();
+                    if was_full && !is_full(v) {
+                        map.remove(name);
+                    }
                 }
             }
         }
@@ -456,6 +462,15 @@ pub fn remove_fields(value: &mut Value, set: &FieldSet, ti: &TypeInfo, names: &m
             *items = keep;
         }
         _ => {}
+    }
+}
+
+/// A map or list with something in it.
+fn is_full(v: &Value) -> bool {
+    match v {
+        Value::Object(m) => !m.is_empty(),
+        Value::Array(a) => !a.is_empty(),
+        _ => false,
     }
 }
 
@@ -831,5 +846,8 @@ mod status_tests {
         let second =
             apply(&first, &json!({"status": {"p": {"c": "3", "b": "2"}}}), "op", true, &o).unwrap();
         assert_eq!(second["status"]["p"], json!({"b": "2", "c": "3"}));
+        // A struct no longer applied goes whole, not as an empty `{}` missing its required fields.
+        let third = apply(&second, &json!({"status": {"q": 1}}), "op", true, &o).unwrap();
+        assert_eq!(third["status"], json!({"q": 1}), "{third}");
     }
 }

@@ -154,6 +154,8 @@ struct Running {
     backoff_until: Option<tokio::time::Instant>,
     /// The termination message of the last exit (`state.terminated.message`).
     message: Option<String>,
+    /// The previous run's end, shown as `lastState.terminated` after a restart.
+    last_terminated: Option<Value>,
 }
 
 impl PodWorker {
@@ -238,38 +240,85 @@ impl PodWorker {
             }
         };
 
-        // Init containers, in order, each to completion.
-        for c in spec["initContainers"].as_array().cloned().unwrap_or_default() {
-            let mut r = Running::new(&c);
-            match self.start(&pod, &c, &mounts, &env_base[&r.name], &mut r) {
-                Ok(()) => {}
-                Err(msg) => {
+        // Init containers, in order, each to completion. A failed one is restarted with the
+        // kubelet's back-off unless the pod's restartPolicy is Never; the pod stays Pending
+        // meanwhile, with the exit in the init container's status.
+        let inits: Vec<Value> = spec["initContainers"].as_array().cloned().unwrap_or_default();
+        let mut init_status: Vec<Value> = inits
+            .iter()
+            .map(|c| json!({"name": c["name"], "image": c["image"], "imageID": "", "ready": false, "restartCount": 0, "started": false,
+                "state": {"waiting": {"reason": "PodInitializing"}}}))
+            .collect();
+        if !inits.is_empty() {
+            self.write_status(json!({"initContainerStatuses": init_status, "containerStatuses": waiting("PodInitializing", "")}));
+        }
+        for (ix, c) in inits.iter().enumerate() {
+            let mut r = Running::new(c);
+            loop {
+                if let Err(msg) = self.start(&pod, c, &mounts, &env_base[&r.name], &mut r) {
                     self.fail_pod(&pod, &format!("init container {}: {msg}", r.name)).await;
                     return;
                 }
-            }
-            let code = match r.child.as_mut() {
-                Some(child) => tokio::select! {
-                    s = child.wait() => s.ok().and_then(|s| s.code()).unwrap_or(1),
-                    _ = self.stop.changed() => {
-                        self.terminate(&mut [r], &pod).await;
-                        self.finish().await;
-                        return;
-                    }
-                },
-                None => 0,
-            };
-            self.pgids.lock().unwrap_or_else(|x| x.into_inner()).remove(&r.name);
-            if code != 0 {
-                self.write_status(json!({"phase": "Failed", "reason": "Error", "message": format!("init container {} exited with {code}", r.name)}));
+                init_status[ix] = r.status();
+                self.write_status(json!({"initContainerStatuses": init_status}));
+                let code = match r.child.as_mut() {
+                    Some(child) => tokio::select! {
+                        s = child.wait() => s.ok().and_then(|s| s.code()).unwrap_or(1),
+                        _ = self.stop.changed() => {
+                            self.terminate(&mut [r], &pod).await;
+                            self.finish().await;
+                            return;
+                        }
+                    },
+                    None => 0,
+                };
+                self.pgids.lock().unwrap_or_else(|x| x.into_inner()).remove(&r.name);
+                r.child = None;
+                let reason = if code == 0 { "Completed" } else { "Error" };
+                r.exit = Some((code, reason.to_string(), meta::now_rfc3339()));
+                r.message = self.termination_message(&r.spec, code);
+                if code == 0 {
+                    init_status[ix] = r.status();
+                    init_status[ix]["ready"] = true.into();
+                    self.write_status(json!({"initContainerStatuses": init_status}));
+                    break;
+                }
+                if restart_policy == "Never" {
+                    init_status[ix] = r.status();
+                    self.write_status(json!({"phase": "Failed", "reason": "Error", "message": format!("init container {} exited with {code}", r.name), "initContainerStatuses": init_status}));
+                    self.event(
+                        "Warning",
+                        "Failed",
+                        &format!("init container {} failed with exit code {code}", r.name),
+                    );
+                    let _ = self.stop.changed().await;
+                    self.finish().await;
+                    return;
+                }
+                let delay = Duration::from_secs((10u64 << r.restarts.min(5) as u64).min(300));
+                r.backoff_until = Some(tokio::time::Instant::now() + delay);
+                init_status[ix] = r.status();
+                self.write_status(json!({"initContainerStatuses": init_status}));
                 self.event(
                     "Warning",
                     "BackOff",
-                    &format!("init container {} failed with exit code {code}", r.name),
+                    &format!(
+                        "Back-off restarting failed init container {} in pod {}",
+                        r.name,
+                        meta::name(&pod)
+                    ),
                 );
-                let _ = self.stop.changed().await;
-                self.finish().await;
-                return;
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = self.stop.changed() => {
+                        self.finish().await;
+                        return;
+                    }
+                }
+                r.backoff_until = None;
+                r.last_terminated = r.terminated();
+                r.exit = None;
+                r.restarts += 1;
             }
         }
 
@@ -365,6 +414,7 @@ impl PodWorker {
                 {
                     r.backoff_until = None;
                     r.restarts += 1;
+                    r.last_terminated = r.terminated();
                     r.exit = None;
                     let env = env_base.get(&r.name).cloned().unwrap_or_default();
                     let spec_c = r.spec.clone();
@@ -1091,24 +1141,32 @@ impl Running {
             last_probe: tokio::time::Instant::now(),
             backoff_until: None,
             message: None,
+            last_terminated: None,
         }
     }
 
+    /// The last exit as a `terminated` state.
+    fn terminated(&self) -> Option<Value> {
+        let (code, reason, at) = self.exit.as_ref()?;
+        let mut t = json!({"exitCode": code, "reason": reason, "startedAt": self.started_at, "finishedAt": at, "containerID": format!("devcluster://{}", self.name)});
+        if let Some(m) = &self.message {
+            t["message"] = m.clone().into();
+        }
+        Some(t)
+    }
+
     fn status(&self) -> Value {
-        let state = match (&self.exit, self.backoff_until) {
-            (Some(_), Some(_)) => {
-                json!({"waiting": {"reason": "CrashLoopBackOff", "message": format!("back-off restarting failed container={}", self.name)}})
+        let (state, last) = match (self.terminated(), self.backoff_until) {
+            (Some(t), Some(_)) => (
+                json!({"waiting": {"reason": "CrashLoopBackOff", "message": format!("back-off restarting failed container={}", self.name)}}),
+                Some(t),
+            ),
+            (Some(t), None) => (json!({"terminated": t}), self.last_terminated.clone()),
+            (None, _) => {
+                (json!({"running": {"startedAt": self.started_at}}), self.last_terminated.clone())
             }
-            (Some((code, reason, at)), None) => {
-                let mut t = json!({"exitCode": code, "reason": reason, "startedAt": self.started_at, "finishedAt": at, "containerID": format!("devcluster://{}", self.name)});
-                if let Some(m) = &self.message {
-                    t["message"] = m.clone().into();
-                }
-                json!({"terminated": t})
-            }
-            (None, _) => json!({"running": {"startedAt": self.started_at}}),
         };
-        json!({
+        let mut status = json!({
             "name": self.name,
             "image": self.spec["image"],
             "imageID": "",
@@ -1117,7 +1175,11 @@ impl Running {
             "restartCount": self.restarts,
             "started": self.exit.is_none(),
             "state": state,
-        })
+        });
+        if let Some(t) = last {
+            status["lastState"] = json!({"terminated": t});
+        }
+        status
     }
 }
 
@@ -1287,24 +1349,32 @@ pub async fn logs(
     let pod = shared.lock().get(&pods(), ns, name).ok_or_else(|| {
         ApiError::not_found(crate::error::Qualified { group: "", resource: "pods" }, name)
     })?;
-    let containers: Vec<String> = pod
-        .pointer("/spec/containers")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(|c| c["name"].as_str().map(str::to_string))
-        .collect();
+    let names = |list: &str| -> Vec<String> {
+        pod.pointer(list)
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c["name"].as_str().map(str::to_string))
+            .collect()
+    };
+    let containers = names("/spec/containers");
+    let inits = names("/spec/initContainers");
     let container = match query.get("container") {
         Some(c) => c.clone(),
         None if containers.len() == 1 => containers[0].clone(),
         None => {
+            let init = if inits.is_empty() {
+                String::new()
+            } else {
+                format!(" or one of the init containers: [{}]", inits.join(" "))
+            };
             return Err(ApiError::bad_request(format!(
-                "a container name must be specified for pod {name}, choose one of: [{}]",
+                "a container name must be specified for pod {name}, choose one of: [{}]{init}",
                 containers.join(" ")
             )));
         }
     };
-    if !containers.contains(&container) {
+    if !containers.contains(&container) && !inits.contains(&container) {
         return Err(ApiError::bad_request(format!(
             "container {container} is not valid for pod {name}"
         )));

@@ -136,14 +136,17 @@ async fn private_addresses_are_refused_unless_allowed() {
 
 #[tokio::test]
 async fn a_cut_download_resumes_where_it_stopped() {
-    let weights = bytes(1_000_000, 5);
+    let weights = bytes(200_000, 5);
     let server = ModelServer::start(ServerOptions {
         files: vec![("/cut.gguf".into(), weights.clone())],
         cut_first_download: true,
+        https: true,
+        bytes_per_second: 400_000,
         ..Default::default()
     });
     let cache = tempfile::tempdir().unwrap();
-    let o = opts(format!("{}/cut.gguf", server.base), cache.path(), Format::Gguf);
+    let mut o = opts(format!("{}/cut.gguf", server.base), cache.path(), Format::Gguf);
+    o.extra_ca_pem = server.ca_pem.clone();
     let f = fetch::run(&o).await.unwrap_err();
     assert_eq!(f.reason, Reason::Network, "{f:?}");
     assert!(!f.reason.permanent());

@@ -76,6 +76,11 @@ pub struct TierConfig {
     /// Size of an instance's conversation-history volume.
     #[serde(default = "default_history_size")]
     pub history_size: String,
+    /// Size of a model-cache volume (one per model source, shared by the tenant's instances of
+    /// it; counted against the tenant's storage quota). A model larger than this is refused
+    /// before it downloads.
+    #[serde(default = "default_model_cache_size")]
+    pub model_cache_size: String,
     /// Gateway requests per minute per instance key, where `spec.limits` does not say.
     #[serde(default)]
     pub requests_per_minute: Option<i64>,
@@ -179,6 +184,40 @@ fn default_kb_size() -> String {
 fn default_history_size() -> String {
     "1Gi".into()
 }
+fn default_model_cache_size() -> String {
+    "20Gi".into()
+}
+
+/// Where models named by `spec.model.source.uri` may come from.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ModelSources {
+    /// Base URL of the Hugging Face–compatible hub that `hf://` URIs name.
+    #[serde(default = "default_hub")]
+    pub hub_endpoint: String,
+    /// Let the fetch step reach private, loopback and link-local addresses (an in-cluster model
+    /// store). Off by default: a tenant's URI must not reach the platform's own services or a
+    /// cloud metadata endpoint.
+    #[serde(default)]
+    pub allow_private_addresses: bool,
+    /// PEM certificates the fetch step trusts besides the image's CA bundle (an internal CA).
+    #[serde(default)]
+    pub ca_certificates: String,
+}
+
+fn default_hub() -> String {
+    "https://huggingface.co".into()
+}
+
+impl Default for ModelSources {
+    fn default() -> Self {
+        ModelSources {
+            hub_endpoint: default_hub(),
+            allow_private_addresses: false,
+            ca_certificates: String::new(),
+        }
+    }
+}
 
 /// The YAML file.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -205,6 +244,9 @@ pub struct FileConfig {
     /// Prices and the usage reporting interval (see docs/billing.md).
     #[serde(default)]
     pub billing: BillingConfig,
+    /// Where `spec.model.source.uri` models may be fetched from.
+    #[serde(default)]
+    pub model_sources: ModelSources,
 }
 
 pub fn default_image() -> String {
@@ -233,6 +275,7 @@ impl Default for FileConfig {
             platform_models: PlatformModels::default(),
             retention: BTreeMap::new(),
             billing: BillingConfig::default(),
+            model_sources: ModelSources::default(),
         }
     }
 }
@@ -249,6 +292,7 @@ pub struct Config {
     /// Retention windows where a Tenant's spec says nothing (validated; product defaults otherwise).
     pub retention: BTreeMap<DataClass, Window>,
     pub billing: BillingConfig,
+    pub model_sources: ModelSources,
 }
 
 impl Config {
@@ -345,6 +389,7 @@ impl Config {
             inference_image: file.inference_image,
             tiers: file.tiers,
             platform_models: file.platform_models,
+            model_sources: file.model_sources,
             resync,
         })
     }
@@ -362,11 +407,13 @@ impl Config {
                 node_selector: [("alcove.dev/pool".to_string(), "shared".to_string())].into(),
                 knowledge_base_size: default_kb_size(),
                 history_size: default_history_size(),
+                model_cache_size: default_model_cache_size(),
                 ..Default::default()
             },
             _ => TierConfig {
                 knowledge_base_size: default_kb_size(),
                 history_size: default_history_size(),
+                model_cache_size: default_model_cache_size(),
                 ..Default::default()
             },
         })

@@ -8,7 +8,13 @@ use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapVolumeSource, KeyToPath, PersistentVolumeClaimVolumeSource,
     PodSecurityContext, SeccompProfile, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
 };
+use k8s_openapi::api::networking::v1::{
+    IPBlock, NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyPeer, NetworkPolicyPort,
+    NetworkPolicySpec,
+};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 /// The image's numeric non-root user and group.
 pub const RUN_AS: i64 = 65532;
@@ -120,5 +126,114 @@ pub fn restricted_container_security() -> SecurityContext {
         run_as_non_root: Some(true),
         capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), add: None }),
         ..Default::default()
+    }
+}
+
+/// Bytes in a storage quantity (`50Gi`, `1G`, `1048576`); `None` when it is not one.
+pub fn storage_bytes(q: &str) -> Option<u64> {
+    let split = q.find(|c: char| !c.is_ascii_digit()).unwrap_or(q.len());
+    let (digits, suffix) = q.split_at(split);
+    let n: u64 = digits.parse().ok()?;
+    let factor: u64 = match suffix {
+        "" => 1,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        "Ti" => 1 << 40,
+        "k" => 1_000,
+        "M" => 1_000_000,
+        "G" => 1_000_000_000,
+        "T" => 1_000_000_000_000,
+        _ => return None,
+    };
+    n.checked_mul(factor)
+}
+
+/// Where a URL connects: host and port.
+pub fn url_target(url: &str) -> Option<(String, u16)> {
+    let (scheme, rest) = url.split_once("://")?;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let authority = authority.rsplit_once('@').map(|(_, a)| a).unwrap_or(authority);
+    let default = if scheme == "https" { 443 } else { 80 };
+    if let Some(v6) = authority.strip_prefix('[') {
+        let (host, after) = v6.split_once(']')?;
+        let port = after.strip_prefix(':').and_then(|p| p.parse().ok()).unwrap_or(default);
+        return Some((host.to_string(), port));
+    }
+    match authority.rsplit_once(':') {
+        Some((h, p)) => Some((h.to_string(), p.parse().ok()?)),
+        None => Some((authority.to_string(), default)),
+    }
+}
+
+/// A NetworkPolicy opening egress from the pods matching `pod_labels` to each URL's host and
+/// port (the tenant namespace denies all other egress); `None` for no URLs. An IP literal is
+/// allowed exactly; a host name can only be allowed by port (NetworkPolicy has no names), to
+/// any address outside the cluster's private ranges.
+pub fn egress_policy<'a>(
+    metadata: ObjectMeta,
+    pod_labels: BTreeMap<String, String>,
+    urls: impl IntoIterator<Item = &'a str>,
+) -> Option<NetworkPolicy> {
+    let targets: Vec<(String, u16)> = urls.into_iter().filter_map(url_target).collect();
+    if targets.is_empty() {
+        return None;
+    }
+    let block = |cidr: String, except: &[&str]| NetworkPolicyPeer {
+        ip_block: Some(IPBlock {
+            cidr,
+            except: (!except.is_empty()).then(|| except.iter().map(|e| e.to_string()).collect()),
+        }),
+        ..Default::default()
+    };
+    let rules = targets
+        .iter()
+        .map(|(host, port)| {
+            let to = match host.parse::<std::net::IpAddr>() {
+                Ok(std::net::IpAddr::V4(ip)) => vec![block(format!("{ip}/32"), &[])],
+                Ok(std::net::IpAddr::V6(ip)) => vec![block(format!("{ip}/128"), &[])],
+                Err(_) => vec![
+                    block(
+                        "0.0.0.0/0".into(),
+                        &["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16"],
+                    ),
+                    block("::/0".into(), &["fc00::/7", "fe80::/10"]),
+                ],
+            };
+            NetworkPolicyEgressRule {
+                to: Some(to),
+                ports: Some(vec![NetworkPolicyPort {
+                    protocol: Some("TCP".into()),
+                    port: Some(IntOrString::Int((*port).into())),
+                    end_port: None,
+                }]),
+            }
+        })
+        .collect();
+    Some(NetworkPolicy {
+        metadata,
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(LabelSelector {
+                match_labels: Some(pod_labels),
+                match_expressions: None,
+            }),
+            policy_types: Some(vec!["Egress".into()]),
+            egress: Some(rules),
+            ingress: None,
+        }),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn storage_quantities_in_bytes() {
+        assert_eq!(storage_bytes("50Gi"), Some(50 << 30));
+        assert_eq!(storage_bytes("1G"), Some(1_000_000_000));
+        assert_eq!(storage_bytes("4096"), Some(4096));
+        assert_eq!(storage_bytes("1.5Gi"), None);
+        assert_eq!(storage_bytes("Gi"), None);
     }
 }

@@ -29,9 +29,9 @@ pub struct Options {
     pub hub: Vec<HubRepo>,
     /// Answer 401 to requests without this header (name, value).
     pub require_header: Option<(String, String)>,
-    /// The first full GET of each file sends half of it and closes the connection.
+    /// The first full GET of each of `files` sends half of it and closes the connection.
     pub cut_first_download: bool,
-    /// Bytes per second per connection (0: unlimited).
+    /// Bytes per second per connection for `files` (0: unlimited; the hub is never slowed).
     pub bytes_per_second: u64,
     pub https: bool,
 }
@@ -209,7 +209,8 @@ fn serve(state: &State, mut stream: impl Read + Write) -> std::io::Result<()> {
         .iter()
         .flat_map(|r| r.files.iter())
         .find(|(_, b)| ModelServer::blob_path(b) == path);
-    let file = state.opts.files.iter().find(|(p, _)| *p == path).or(blob);
+    let plain = state.opts.files.iter().find(|(p, _)| *p == path);
+    let file = plain.or(blob);
     let Some((_, bytes)) = file else {
         return reply(&mut stream, 404, "", b"not found");
     };
@@ -249,10 +250,12 @@ fn serve(state: &State, mut stream: impl Read + Write) -> std::io::Result<()> {
         body.len()
     )?;
     let cut = from.is_none()
+        && plain.is_some()
         && state.opts.cut_first_download
         && state.cut.lock().unwrap().insert(path.clone());
     let send = if cut { &body[..body.len() / 2] } else { body };
-    let chunk = 64 << 10;
+    let rate = if plain.is_some() { state.opts.bytes_per_second } else { 0 };
+    let chunk = if rate > 0 { 8 << 10 } else { 64 << 10 };
     for piece in send.chunks(chunk) {
         stream.write_all(piece)?;
         state.bytes_sent.fetch_add(piece.len() as u64, Ordering::Relaxed);

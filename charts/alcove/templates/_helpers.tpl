@@ -56,6 +56,7 @@ gatewayNamespaces: {{ default (list .Release.Namespace) .Values.gatewayNamespace
 platformModels: {{ toYaml .Values.platformModels | nindent 2 }}
 tiers: {{ toYaml .Values.tiers | nindent 2 }}
 retention: {{ toYaml .Values.retention | nindent 2 }}
+modelSources: {{ toYaml .Values.modelSources | nindent 2 }}
 billing:
   reportIntervalSeconds: {{ .Values.billing.reportIntervalSeconds }}
   prices: {{ toYaml .Values.billing.prices | nindent 4 }}

@@ -50,6 +50,11 @@ const PROMPT_DIR: &str = "/etc/alcove/prompt";
 const HISTORY_DIR: &str = "/var/lib/alcove/history";
 const EMBEDDING_DIR: &str = "/embedding-model";
 const KB_DIR: &str = "/kb";
+const MODEL_CREDENTIALS_DIR: &str = "/etc/alcove/model-credentials";
+/// The pod's init container that fills the model cache from `spec.model.source.uri`.
+pub const FETCH_CONTAINER: &str = "fetch";
+/// The environment variable `alcove-inference fetch` reads extra CA certificates from.
+const FETCH_CA_ENV: &str = "ALCOVE_FETCH_EXTRA_CA";
 
 /// The Secret holding an instance's API key (key `api-key`).
 pub fn api_key_secret_name(instance: &str) -> String {
@@ -62,6 +67,117 @@ pub fn prompt_config_map_name(instance: &str) -> String {
 
 pub fn history_pvc_name(instance: &str) -> String {
     format!("{instance}-history")
+}
+
+/// The model-cache volume of an instance whose model comes from a URI: one per source (URI,
+/// format, path and digest), so the tenant's instances of the same model share one download.
+pub fn model_cache_claim_name(i: &InferenceInstance) -> Option<String> {
+    let m = &i.spec.model;
+    let uri = m.source.uri.as_ref()?;
+    let key = serde_json::json!({"uri": uri, "format": m.format.as_str(), "path": m.path, "sha256": m.sha256.as_ref().map(|s| s.to_ascii_lowercase())});
+    Some(format!("model-cache-{}", &crate::hash::config_hash(&key)[..12]))
+}
+
+/// The model-cache volume: in the tier's storage class and size, counted against the tenant's
+/// storage quota, labelled `modelCache` for retention. It has no owner: it outlives any one
+/// instance, and is released to retention when the last instance using it goes.
+pub fn model_cache_pvc(i: &InferenceInstance, tier: &TierConfig) -> Option<PersistentVolumeClaim> {
+    let name = model_cache_claim_name(i)?;
+    let mut meta = child_meta(i, &name);
+    meta.owner_references = None;
+    let labels = meta.labels.get_or_insert_with(BTreeMap::new);
+    labels.remove(LABEL_INSTANCE);
+    labels.insert(LABEL_DATA_CLASS.into(), DataClass::ModelCache.as_str().into());
+    meta.annotations = Some(
+        [(
+            alcove_crds::ANNOTATION_MODEL_URI.to_string(),
+            i.spec.model.source.uri.clone().unwrap_or_default(),
+        )]
+        .into(),
+    );
+    // Shared by instances that may run on different nodes: ReadWriteMany, like the KB index.
+    Some(claim(meta, "ReadWriteMany", &tier.model_cache_size, &tier.storage_class))
+}
+
+pub fn model_egress_name(instance: &str) -> String {
+    format!("{instance}-model-egress")
+}
+
+/// Egress for the pod's fetch step to its model source (the hub's endpoint for `hf://`).
+pub fn model_egress(
+    i: &InferenceInstance,
+    config: &Config,
+) -> Option<k8s_openapi::api::networking::v1::NetworkPolicy> {
+    let uri = i.spec.model.source.uri.as_deref()?;
+    let target =
+        if uri.starts_with("hf://") { config.model_sources.hub_endpoint.as_str() } else { uri };
+    let name = i.name_any();
+    crate::objects::egress_policy(
+        child_meta(i, &model_egress_name(&name)),
+        string_map([(LABEL_INSTANCE, name.as_str()), (COMPONENT_LABEL, "inference")]),
+        [target],
+    )
+}
+
+/// The init container filling the model cache: it mounts the cache read-write (the server gets
+/// it read-only) and, alone, the source's credentials.
+fn fetch_container(i: &InferenceInstance, config: &Config, max_bytes: Option<u64>) -> Container {
+    let m = &i.spec.model;
+    let mut args: Vec<String> = vec![
+        "fetch".into(),
+        "--uri".into(),
+        m.source.uri.clone().unwrap_or_default(),
+        "--cache".into(),
+        MODEL_DIR.into(),
+        "--format".into(),
+        m.format.as_str().into(),
+        "--hub-endpoint".into(),
+        config.model_sources.hub_endpoint.clone(),
+        "--termination-log".into(),
+        "/dev/termination-log".into(),
+        "--log-format".into(),
+        "json".into(),
+    ];
+    if let Some(p) = &m.path {
+        args.extend(["--path".into(), p.clone()]);
+    }
+    if let Some(sha) = &m.sha256 {
+        args.extend(["--sha256".into(), sha.to_ascii_lowercase()]);
+    }
+    if let Some(max) = max_bytes {
+        args.push(format!("--max-bytes={max}"));
+    }
+    if config.model_sources.allow_private_addresses {
+        args.push("--allow-private-addresses".into());
+    }
+    let mut mounts = vec![mount("model", MODEL_DIR, false)];
+    if m.source.credentials_secret.is_some() {
+        args.extend(["--credentials".into(), MODEL_CREDENTIALS_DIR.into()]);
+        mounts.push(mount("model-credentials", MODEL_CREDENTIALS_DIR, true));
+    }
+    let env = (!config.model_sources.ca_certificates.trim().is_empty()).then(|| {
+        vec![EnvVar {
+            name: FETCH_CA_ENV.into(),
+            value: Some(config.model_sources.ca_certificates.clone()),
+            value_from: None,
+        }]
+    });
+    let amounts = quantities([("cpu", "1"), ("memory", "512Mi")]);
+    Container {
+        name: FETCH_CONTAINER.into(),
+        image: Some(config.inference_image.clone()),
+        command: Some(vec!["/usr/local/bin/alcove-inference".into()]),
+        args: Some(args),
+        env,
+        resources: Some(ResourceRequirements {
+            limits: Some(amounts.clone()),
+            requests: Some(amounts),
+            claims: None,
+        }),
+        security_context: Some(restricted_container_security()),
+        volume_mounts: Some(mounts),
+        ..Default::default()
+    }
 }
 
 /// The name clients put in `model`.
@@ -214,7 +330,7 @@ pub fn model_volume(
     }
     if source.uri.is_some() {
         return Err(format!(
-            "{field}.source.uri is not supported by this operator version; use {field}.source.platform or {field}.source.pvc"
+            "{field}.source.uri: an embedding model is mounted from a volume; use {field}.source.platform or {field}.source.pvc"
         ));
     }
     Err(format!("{field}.source names no model"))
@@ -284,19 +400,48 @@ pub struct PodInputs<'a> {
     pub key_rotation: &'a str,
     /// The knowledge bases in `spec.knowledgeBases`, resolved (same namespace, indexed).
     pub knowledge_bases: &'a [KbMount],
+    /// The size of the model-cache volume (a model larger is refused before it downloads).
+    pub model_cache_size: &'a str,
 }
 
 /// The server pod. `Err` names the spec field this operator cannot serve.
 pub fn pod(i: &InferenceInstance, config: &Config, inputs: &PodInputs) -> Result<Pod, String> {
     let name = i.name_any();
-    let (model_vol, model_path) = model_volume(
-        "model",
-        MODEL_DIR,
-        &i.spec.model.source,
-        i.spec.model.path.as_deref(),
-        "spec.model",
-        config,
-    )?;
+    // A URI's model is fetched into its cache volume by an init container; the server loads the
+    // link `fetch` publishes once the download is complete and verified.
+    let (model_vol, model_path, fetch) = match model_cache_claim_name(i) {
+        Some(cache) => {
+            if i.spec.model.format == ModelFormat::Safetensors
+                && !i.spec.model.source.uri.as_deref().is_some_and(|u| u.starts_with("hf://"))
+            {
+                return Err("spec.model.source.uri: a safetensors model is a directory (config.json, tokenizer.json, weights), which only hf://org/repo names; an https:// URI fetches one GGUF file (spec.model.format gguf)".into());
+            }
+            let link = match i.spec.model.format {
+                ModelFormat::Gguf => "model.gguf",
+                ModelFormat::Safetensors => "model",
+            };
+            (
+                pvc_volume("model", &cache, false),
+                format!("{MODEL_DIR}/current/{link}"),
+                Some(fetch_container(
+                    i,
+                    config,
+                    crate::objects::storage_bytes(inputs.model_cache_size),
+                )),
+            )
+        }
+        None => {
+            let (v, p) = model_volume(
+                "model",
+                MODEL_DIR,
+                &i.spec.model.source,
+                i.spec.model.path.as_deref(),
+                "spec.model",
+                config,
+            )?;
+            (v, p, None)
+        }
+    };
     if i.spec.model.format == ModelFormat::Gguf && !model_path.ends_with(".gguf") {
         return Err("spec.model.path must name the .gguf file for a gguf model".into());
     }
@@ -343,6 +488,9 @@ pub fn pod(i: &InferenceInstance, config: &Config, inputs: &PodInputs) -> Result
         secret_volume("tenant-key", KEY_SECRET, 0o440, items(&[("key", "key")])),
         pvc_volume("history", &history_pvc_name(&name), false),
     ];
+    if let Some(secret) = &i.spec.model.source.credentials_secret {
+        volumes.push(secret_volume("model-credentials", secret, 0o440, None));
+    }
     if system_prompt(i).is_some() {
         args.extend(["--system-prompt-file".into(), format!("{PROMPT_DIR}/{PROMPT_FIELD}")]);
         mounts.push(mount("system-prompt", PROMPT_DIR, true));
@@ -465,6 +613,7 @@ pub fn pod(i: &InferenceInstance, config: &Config, inputs: &PodInputs) -> Result
             node_selector: Some(node_selector),
             tolerations: Some(tolerations),
             security_context: Some(restricted_pod_security()),
+            init_containers: fetch.map(|f| vec![f]),
             containers: vec![server],
             volumes: Some(volumes),
             ..Default::default()
@@ -518,7 +667,12 @@ mod tests {
             pod(
                 i,
                 &Config::for_tests(),
-                &PodInputs { placement: &p, key_rotation: rotation, knowledge_bases: &[] },
+                &PodInputs {
+                    placement: &p,
+                    key_rotation: rotation,
+                    knowledge_bases: &[],
+                    model_cache_size: "1Gi",
+                },
             )
             .unwrap(),
         )
@@ -664,21 +818,6 @@ mod tests {
         );
     }
 
-    #[test]
-    fn uri_sources_are_refused_by_name() {
-        let mut i = instance("instance-gguf.yaml");
-        i.spec.model.source =
-            serde_json::from_value(json!({"uri": "https://example.com/m.gguf"})).unwrap();
-        let p = placement();
-        let err = pod(
-            &i,
-            &Config::for_tests(),
-            &PodInputs { placement: &p, key_rotation: "", knowledge_bases: &[] },
-        )
-        .unwrap_err();
-        assert!(err.contains("spec.model.source.uri"), "{err}");
-    }
-
     fn kb(name: &str, ns: &str, indexed: bool) -> KnowledgeBase {
         let mut kb: KnowledgeBase = serde_json::from_value(json!({
             "apiVersion": "alcove.dev/v1alpha1", "kind": "KnowledgeBase",
@@ -750,7 +889,12 @@ mod tests {
             pod(
                 &i,
                 &Config::for_tests(),
-                &PodInputs { placement: &p, key_rotation: "", knowledge_bases: &mounts },
+                &PodInputs {
+                    placement: &p,
+                    key_rotation: "",
+                    knowledge_bases: &mounts,
+                    model_cache_size: "1Gi",
+                },
             )
             .unwrap(),
         )
@@ -789,9 +933,85 @@ mod tests {
         let err = pod(
             &i,
             &Config::for_tests(),
-            &PodInputs { placement: &p, key_rotation: "", knowledge_bases: &both },
+            &PodInputs {
+                placement: &p,
+                key_rotation: "",
+                knowledge_bases: &both,
+                model_cache_size: "1Gi",
+            },
         )
         .unwrap_err();
         assert!(err.contains("different embedding models"), "{err}");
+    }
+
+    #[test]
+    fn a_uri_model_is_fetched_by_an_init_container_into_a_shared_cache() {
+        let mut i = instance("instance-gguf.yaml");
+        i.spec.model.source = alcove_crds::ModelSource {
+            uri: Some("https://models.example/tiny.gguf".into()),
+            credentials_secret: Some("model-token".into()),
+            ..Default::default()
+        };
+        i.spec.model.path = None;
+        i.spec.model.sha256 = Some("AB".repeat(32));
+        let p = build(&i, "");
+        let spec = &p["spec"];
+        let fetch = &spec["initContainers"][0];
+        assert_eq!(fetch["name"], FETCH_CONTAINER);
+        let args: Vec<&str> =
+            fetch["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
+        assert!(args.windows(2).any(|w| w == ["--uri", "https://models.example/tiny.gguf"]));
+        assert!(args.windows(2).any(|w| w == ["--sha256", &"ab".repeat(32)]));
+        assert!(args.contains(&"--max-bytes=1073741824"), "{args:?}");
+        assert!(!args.contains(&"--allow-private-addresses"), "private addresses: off by default");
+        let claim = model_cache_claim_name(&i).unwrap();
+        let volume = |name: &str| {
+            spec["volumes"].as_array().unwrap().iter().find(|v| v["name"] == name).cloned()
+        };
+        assert_eq!(volume("model").unwrap()["persistentVolumeClaim"]["claimName"], claim.as_str());
+        let server = &spec["containers"][0];
+        let mount = |c: &Value, name: &str| {
+            c["volumeMounts"].as_array().unwrap().iter().find(|m| m["name"] == name).cloned()
+        };
+        assert_eq!(mount(server, "model").unwrap()["readOnly"], true, "the server only reads it");
+        assert!(mount(fetch, "model").unwrap().get("readOnly").is_none());
+        assert!(mount(fetch, "model-credentials").is_some());
+        assert!(mount(server, "model-credentials").is_none(), "credentials reach the fetch only");
+        let sargs: Vec<&str> =
+            server["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
+        assert!(sargs.windows(2).any(|w| w == ["--model", "/models/current/model.gguf"]));
+
+        // The same source shares the cache; another digest does not.
+        let mut twin = instance("instance-gguf.yaml");
+        twin.metadata.name = Some("twin".into());
+        twin.spec.model = i.spec.model.clone();
+        assert_eq!(model_cache_claim_name(&twin), Some(claim.clone()));
+        twin.spec.model.sha256 = Some("cd".repeat(32));
+        assert_ne!(model_cache_claim_name(&twin), Some(claim));
+        let pvc = serde_json::to_value(
+            model_cache_pvc(&i, &Config::for_tests().tier(alcove_crds::Tier::Basic)).unwrap(),
+        )
+        .unwrap();
+        assert!(pvc["metadata"]["ownerReferences"].is_null(), "no one instance owns it");
+        assert_eq!(pvc["metadata"]["labels"]["alcove.dev/data-class"], "modelCache");
+        assert_eq!(pvc["spec"]["resources"]["requests"]["storage"], "20Gi");
+        let np = serde_json::to_value(model_egress(&i, &Config::for_tests()).unwrap()).unwrap();
+        assert_eq!(np["spec"]["egress"][0]["ports"][0]["port"], 443);
+
+        // A safetensors directory cannot come from one https:// file.
+        i.spec.model.format = ModelFormat::Safetensors;
+        let p = placement();
+        let err = pod(
+            &i,
+            &Config::for_tests(),
+            &PodInputs {
+                placement: &p,
+                key_rotation: "",
+                knowledge_bases: &[],
+                model_cache_size: "1Gi",
+            },
+        )
+        .unwrap_err();
+        assert!(err.contains("hf://org/repo"), "{err}");
     }
 }

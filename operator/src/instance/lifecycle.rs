@@ -30,6 +30,120 @@ pub struct Observation {
     pub rate_limits: Option<alcove_crds::instance::RateLimits>,
     /// No request for `spec.idleTimeout` (why, for people).
     pub idle: Option<String>,
+    /// The model-cache volume of a URI source.
+    pub model_cache: Option<String>,
+    /// How far the fetch step got (its last progress line), while it runs.
+    pub download: Option<alcove_crds::instance::DownloadStatus>,
+}
+
+/// The pod's fetch step, while it has not completed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FetchState {
+    /// Running, or about to (the pod is initializing).
+    Running,
+    /// It failed; `permanent`: retrying cannot help (not found, refused credentials, a wrong
+    /// digest, too large), so the instance is Failed while the kubelet backs off.
+    Failed { permanent: bool, message: String },
+}
+
+/// What `alcove-inference fetch` writes as its termination message.
+#[derive(Debug, serde::Deserialize)]
+struct FetchReport {
+    permanent: bool,
+    message: String,
+}
+
+impl FetchState {
+    fn of(pod: &Pod) -> Option<FetchState> {
+        let has_fetch = pod.spec.as_ref().is_some_and(|s| {
+            s.init_containers.iter().flatten().any(|c| c.name == builders::FETCH_CONTAINER)
+        });
+        if !has_fetch {
+            return None;
+        }
+        let status = pod.status.clone().unwrap_or_default();
+        let Some(c) = status
+            .init_container_statuses
+            .iter()
+            .flatten()
+            .find(|c| c.name == builders::FETCH_CONTAINER)
+        else {
+            return Some(FetchState::Running);
+        };
+        let state = c.state.clone().unwrap_or_default();
+        if state.terminated.as_ref().is_some_and(|t| t.exit_code == 0) {
+            return None;
+        }
+        let failed = state
+            .terminated
+            .filter(|t| t.exit_code != 0)
+            .or_else(|| state.waiting.and(c.last_state.clone().and_then(|l| l.terminated)));
+        match failed {
+            Some(t) if state.running.is_none() => {
+                let text = t.message.unwrap_or_default();
+                Some(match serde_json::from_str::<FetchReport>(text.trim()) {
+                    Ok(r) => FetchState::Failed { permanent: r.permanent, message: r.message },
+                    Err(_) => FetchState::Failed {
+                        permanent: false,
+                        message: format!("the fetch step exited with code {}", t.exit_code),
+                    },
+                })
+            }
+            _ => Some(FetchState::Running),
+        }
+    }
+}
+
+/// The progress line `alcove-inference fetch` printed last, as the instance status shows it.
+pub fn download_progress(log_tail: &str) -> Option<alcove_crds::instance::DownloadStatus> {
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Line {
+        event: String,
+        uri: String,
+        bytes_done: i64,
+        bytes_total: Option<i64>,
+        bytes_per_second: i64,
+        revision: Option<String>,
+    }
+    let line: Line = log_tail.lines().rev().find_map(|l| serde_json::from_str(l.trim()).ok())?;
+    Some(alcove_crds::instance::DownloadStatus {
+        uri: line.uri,
+        bytes_done: line.bytes_done,
+        bytes_total: line.bytes_total,
+        bytes_per_second: line.bytes_per_second,
+        revision: line.revision,
+        waiting: line.event == "waiting",
+    })
+}
+
+/// Bytes for people: `1.5 GiB`.
+fn size(bytes: i64) -> String {
+    let b = bytes.max(0) as f64;
+    match b {
+        b if b >= (1u64 << 30) as f64 => format!("{:.1} GiB", b / (1u64 << 30) as f64),
+        b if b >= (1u64 << 20) as f64 => format!("{:.1} MiB", b / (1u64 << 20) as f64),
+        b if b >= 1024.0 => format!("{:.1} KiB", b / 1024.0),
+        b => format!("{b} B"),
+    }
+}
+
+/// The Ready message while the model downloads.
+fn downloading_message(uri: &str, d: Option<&alcove_crds::instance::DownloadStatus>) -> String {
+    match d {
+        Some(d) if d.waiting => {
+            format!("waiting for another instance's download of {uri} (the same model, shared)")
+        }
+        Some(d) => {
+            let total = d.bytes_total.map(|t| format!(" of {}", size(t))).unwrap_or_default();
+            format!(
+                "downloading {uri}: {}{total} at {}/s",
+                size(d.bytes_done),
+                size(d.bytes_per_second)
+            )
+        }
+        None => format!("downloading {uri}"),
+    }
 }
 
 /// Whether an instance should be idle now, by `spec.idleTimeout` and what the gateway published;
@@ -80,6 +194,8 @@ pub struct PodView {
     pub phase: String,
     /// Why the server is not running, when it keeps failing (CrashLoopBackOff, an exit).
     pub failure: Option<String>,
+    /// The model's fetch step, until it completes.
+    pub fetch: Option<FetchState>,
 }
 
 impl PodView {
@@ -124,6 +240,7 @@ impl PodView {
             ready,
             phase: status.phase.unwrap_or_default(),
             failure,
+            fetch: FetchState::of(pod),
         }
     }
 }
@@ -255,7 +372,29 @@ pub fn desired_status(
                 let node = p.node.clone().unwrap_or_default();
                 let sched =
                     c(condition::SCHEDULED, true, "Scheduled", &format!("running on node {node}"));
-                if p.ready {
+                let uri = i.spec.model.source.uri.clone().unwrap_or_default();
+                if let Some(FetchState::Failed { permanent: true, message }) = &p.fetch {
+                    (
+                        InstancePhase::Failed,
+                        c(
+                            condition::READY,
+                            false,
+                            alcove_crds::reason::MODEL_FETCH_FAILED,
+                            message,
+                        ),
+                        sched,
+                    )
+                } else if let Some(f) = &p.fetch {
+                    let mut msg = downloading_message(&uri, obs.download.as_ref());
+                    if let FetchState::Failed { message, .. } = f {
+                        msg = format!("{msg}; retrying after: {message}");
+                    }
+                    (
+                        InstancePhase::Downloading,
+                        c(condition::READY, false, "Downloading", &msg),
+                        sched,
+                    )
+                } else if p.ready {
                     (
                         InstancePhase::Ready,
                         c(condition::READY, true, "Serving", &format!("serving at {endpoint}")),
@@ -297,6 +436,8 @@ pub fn desired_status(
         rate_limits: obs.rate_limits.or(prev.rate_limits),
         node: pod.filter(|_| phase != InstancePhase::Pending).and_then(|p| p.node.clone()),
         observed_generation: generation,
+        model_cache: obs.model_cache.clone(),
+        download: obs.download.clone().filter(|_| phase == InstancePhase::Downloading),
         // The Billing condition is metering's verdict: kept here for `set_billing` to replace, so
         // its transition time survives.
         conditions: [ready, scheduled, quota]
@@ -404,7 +545,7 @@ pub fn key(i: &InferenceInstance) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{Value, json};
 
     fn instance() -> InferenceInstance {
         serde_json::from_value(json!({
@@ -532,7 +673,7 @@ mod tests {
         let s = step(
             &mut i,
             Observation {
-                invalid_spec: Some("spec.model.source.uri is not supported".into()),
+                invalid_spec: Some("spec.knowledgeBases[0].namespace: another namespace".into()),
                 ..Default::default()
             },
             "2026-11-22T10:00:02Z",
@@ -576,5 +717,74 @@ mod tests {
             )
         );
         assert_eq!(v.node.as_deref(), Some("n1"));
+    }
+
+    fn fetching_pod(init_status: Value) -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": "chat"},
+            "spec": {"initContainers": [{"name": "fetch"}], "containers": [{"name": "server"}]},
+            "status": {"phase": "Pending", "initContainerStatuses": [init_status]},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_download_shows_its_progress_and_a_permanent_fetch_failure_fails_the_instance() {
+        let mut i = instance();
+        i.spec.model.source = alcove_crds::ModelSource {
+            uri: Some("https://models.example/tiny.gguf".into()),
+            ..Default::default()
+        };
+        let running = fetching_pod(json!({"name": "fetch", "state": {"running": {}}}));
+        let mut view = PodView::of(&running);
+        assert_eq!(view.fetch, Some(FetchState::Running));
+        view.scheduled = Some((true, String::new(), String::new()));
+        let progress = download_progress(
+            "{\"level\":\"info\"}\n{\"event\":\"progress\",\"uri\":\"https://models.example/tiny.gguf\",\"bytesDone\":1048576,\"bytesTotal\":4194304,\"bytesPerSecond\":524288}\n",
+        );
+        let obs = Observation {
+            pod: Some(view.clone()),
+            download: progress.clone(),
+            model_cache: Some("model-cache-1".into()),
+            ..Default::default()
+        };
+        let s = step(&mut i, obs, "2026-11-22T10:00:00Z");
+        assert_eq!(s.phase, Some(InstancePhase::Downloading));
+        assert_eq!(s.download, progress);
+        assert_eq!(s.model_cache.as_deref(), Some("model-cache-1"));
+        assert_eq!(
+            cond(&s, "Ready").message,
+            "downloading https://models.example/tiny.gguf: 1.0 MiB of 4.0 MiB at 512.0 KiB/s"
+        );
+        assert!(s.started_at.is_none(), "a download is not billed");
+
+        // A retry after a broken connection is still a download; a 404 is a failure.
+        let report = |permanent: bool, message: &str| {
+            json!({"name": "fetch", "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                "lastState": {"terminated": {"exitCode": if permanent { 2 } else { 1 },
+                    "message": json!({"uri": "u", "reason": "x", "permanent": permanent, "message": message}).to_string()}}})
+        };
+        let broken = PodView::of(&fetching_pod(report(false, "the download broke off")));
+        assert!(matches!(broken.fetch, Some(FetchState::Failed { permanent: false, .. })));
+        let mut gone = PodView::of(&fetching_pod(report(
+            true,
+            "https://models.example/tiny.gguf: HTTP 404 Not Found (not found)",
+        )));
+        gone.scheduled = view.scheduled.clone();
+        let s = step(
+            &mut i,
+            Observation { pod: Some(gone), ..Default::default() },
+            "2026-11-22T10:00:05Z",
+        );
+        assert_eq!(s.phase, Some(InstancePhase::Failed));
+        assert_eq!(cond(&s, "Ready").reason, alcove_crds::reason::MODEL_FETCH_FAILED);
+        assert!(cond(&s, "Ready").message.contains("HTTP 404"));
+        assert!(s.download.is_none());
+
+        // Done: the init container completed, the server takes over.
+        let done = PodView::of(&fetching_pod(
+            json!({"name": "fetch", "state": {"terminated": {"exitCode": 0}}}),
+        ));
+        assert_eq!(done.fetch, None);
     }
 }

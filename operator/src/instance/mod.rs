@@ -10,6 +10,7 @@ use std::time::Duration;
 use alcove_crds::{InferenceInstance, InstancePhase, InstanceState, Tenant, condition};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
@@ -23,6 +24,32 @@ use lifecycle::{Observation, PodView};
 
 pub const FINALIZER: &str = "alcove.dev/instance-cleanup";
 const CONTROLLER: &str = "instance";
+/// How often the status follows a download (a status write at most this often).
+const DOWNLOAD_PROGRESS_EVERY: Duration = Duration::from_secs(3);
+
+/// Releases the model-cache volume `claim` to retention when no instance of `ns` uses it any
+/// more besides `leaving` (one being destroyed).
+async fn release_cache_if_unused(
+    ctx: &Context,
+    ns: &str,
+    claim: &str,
+    leaving: Option<&InferenceInstance>,
+) -> Result<()> {
+    let leaving_uid = leaving.and_then(|l| l.uid());
+    let used = ctx.caches.instances.state().iter().any(|o| {
+        o.namespace().as_deref() == Some(ns)
+            && o.metadata.deletion_timestamp.is_none()
+            && (leaving_uid.is_none() || o.uid() != leaving_uid)
+            && builders::model_cache_claim_name(o).as_deref() == Some(claim)
+    });
+    if used {
+        return Ok(());
+    }
+    if let Some(pvc) = find(&ctx.caches.pvcs, ns, claim) {
+        crate::retention::release(ctx, &pvc, alcove_crds::DataClass::ModelCache).await?;
+    }
+    Ok(())
+}
 
 async fn reconcile(i: Arc<InferenceInstance>, ctx: Arc<Context>) -> Result<Action> {
     controller::reconcile(&ctx, CONTROLLER, &*i, async {
@@ -170,6 +197,44 @@ async fn reconcile_inner(i: &InferenceInstance, ctx: &Context) -> Result<Action>
         Err(Error::Kube(k)) if quota_refusal(&k).is_some() => obs.quota_refusal = quota_refusal(&k),
         Err(e) => return Err(e),
     }
+    // A URI's model: the shared cache volume (taken back from retention when a released one is
+    // used again) and egress to the source for the fetch step.
+    let tier = ctx.config.tier(tenant.spec.tier);
+    if let Some(cache) = builders::model_cache_pvc(i, &tier) {
+        let claim = cache.name_any();
+        let live_cache = find(&ctx.caches.pvcs, &ns, &claim);
+        if let Some(pvc) =
+            live_cache.as_deref().filter(|p| crate::retention::policy::is_released(p))
+        {
+            crate::retention::keep(ctx, pvc).await?;
+        }
+        match ctx.ensure(&pvcs, &cache, live_cache.as_deref()).await {
+            Ok(_) => {}
+            Err(Error::Kube(k)) if quota_refusal(&k).is_some() => {
+                obs.quota_refusal = quota_refusal(&k)
+            }
+            Err(e) => return Err(e),
+        }
+        obs.model_cache = Some(claim);
+    }
+    // A source changed: the old cache goes to retention once no instance uses it.
+    if let Some(old) = i.status.as_ref().and_then(|s| s.model_cache.as_deref())
+        && obs.model_cache.as_deref() != Some(old)
+    {
+        release_cache_if_unused(ctx, &ns, old, None).await?;
+    }
+    let policies: Api<NetworkPolicy> = Api::namespaced(client.clone(), &ns);
+    let egress_name = builders::model_egress_name(&name);
+    let live_egress = find(&ctx.caches.network_policies, &ns, &egress_name);
+    match builders::model_egress(i, &ctx.config) {
+        Some(np) => {
+            ctx.apply(&policies, &np, live_egress.as_deref()).await?;
+        }
+        None if live_egress.is_some() => {
+            ignore_missing(policies.delete(&egress_name, &DeleteParams::default()).await)?;
+        }
+        None => {}
+    }
     let services: Api<Service> = Api::namespaced(client.clone(), &ns);
     ctx.apply(&services, &builders::service(i), find(&ctx.caches.services, &ns, &name).as_deref())
         .await?;
@@ -201,6 +266,7 @@ async fn reconcile_inner(i: &InferenceInstance, ctx: &Context) -> Result<Action>
                 placement: &placement,
                 key_rotation: &key_rotation,
                 knowledge_bases: &knowledge_bases,
+                model_cache_size: &tier.model_cache_size,
             },
         ),
     };
@@ -253,6 +319,22 @@ async fn reconcile_inner(i: &InferenceInstance, ctx: &Context) -> Result<Action>
             obs.pod = Some(PodView::of(p));
         }
     }
+    // The fetch step's progress, from the last lines of its log; looked at again shortly.
+    let downloading =
+        obs.pod.as_ref().is_some_and(|p| matches!(p.fetch, Some(lifecycle::FetchState::Running)));
+    if downloading {
+        let params = kube::api::LogParams {
+            container: Some(builders::FETCH_CONTAINER.into()),
+            tail_lines: Some(5),
+            ..Default::default()
+        };
+        match pods.logs(&name, &params).await {
+            Ok(text) => obs.download = lifecycle::download_progress(&text),
+            Err(e) => {
+                tracing::debug!(instance = %crate::context::key(i), error = %e, "no fetch progress yet")
+            }
+        }
+    }
     // Tokens through the gateway since the last report (a failure is retried shortly; it does
     // not hold the status back).
     let tokens_failed = match crate::billing::report_tokens(ctx, &tenant, i, false).await {
@@ -265,6 +347,9 @@ async fn reconcile_inner(i: &InferenceInstance, ctx: &Context) -> Result<Action>
     let mut action = write_status(i, ctx, &instances, &obs, Some(&tenant)).await?;
     if tokens_failed {
         action = Action::requeue(Duration::from_secs(5));
+    }
+    if downloading {
+        action = Action::requeue(DOWNLOAD_PROGRESS_EVERY);
     }
     let wake_at = [crate::billing::account::suspends_in(&tenant, ctx.now()), idle_in]
         .into_iter()
@@ -541,6 +626,15 @@ async fn destroy(i: &InferenceInstance, ctx: &Context) -> Result<Action> {
     if let Some(pvc) = find(&ctx.caches.pvcs, &ns, &builders::history_pvc_name(&name)) {
         crate::retention::release(ctx, &pvc, alcove_crds::DataClass::ConversationHistory).await?;
     }
+    // The model cache, shared by the tenant's instances of the same source, when this was the last.
+    if let Some(claim) = builders::model_cache_claim_name(i) {
+        release_cache_if_unused(ctx, &ns, &claim, Some(i)).await?;
+    }
+    let policies: Api<NetworkPolicy> = Api::namespaced(client.clone(), &ns);
+    let egress_name = builders::model_egress_name(&name);
+    if find(&ctx.caches.network_policies, &ns, &egress_name).is_some() {
+        ignore_missing(policies.delete(&egress_name, &DeleteParams::default()).await)?;
+    }
     remove_finalizer(&instances, i, FINALIZER).await?;
     Ok(Action::await_change())
 }
@@ -551,9 +645,18 @@ fn error_policy(i: Arc<InferenceInstance>, error: &Error, ctx: Arc<Context>) -> 
 
 /// Keeps `alcove_instances{phase}` equal to the phases in the cache.
 async fn count_phases(ctx: Arc<Context>) {
-    let phases = ["Pending", "Provisioning", "Ready", "Suspended", "Idle", "Failed", "Terminating"];
+    let phases = [
+        "Pending",
+        "Downloading",
+        "Provisioning",
+        "Ready",
+        "Suspended",
+        "Idle",
+        "Failed",
+        "Terminating",
+    ];
     loop {
-        let mut counts = [0i64; 7];
+        let mut counts = [0i64; 8];
         for i in ctx.caches.instances.state() {
             if let Some(p) = i.status.as_ref().and_then(|s| s.phase) {
                 let name = serde_json::to_value(p)

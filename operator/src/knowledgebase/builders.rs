@@ -15,12 +15,8 @@ use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
     ConfigMap, Container, PersistentVolumeClaim, PodSpec, PodTemplateSpec, ResourceRequirements,
 };
-use k8s_openapi::api::networking::v1::{
-    IPBlock, NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyPeer, NetworkPolicyPort,
-    NetworkPolicySpec,
-};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::ResourceExt;
 use serde::Deserialize;
 use serde_json::json;
@@ -90,79 +86,15 @@ pub fn inline_config_map(kb: &KnowledgeBase) -> Option<ConfigMap> {
     })
 }
 
-/// Where a URL source connects: host and port.
-fn url_target(url: &str) -> Option<(String, u16)> {
-    let (scheme, rest) = url.split_once("://")?;
-    let authority = rest.split(['/', '?', '#']).next()?;
-    let authority = authority.rsplit_once('@').map(|(_, a)| a).unwrap_or(authority);
-    let default = if scheme == "https" { 443 } else { 80 };
-    if let Some(v6) = authority.strip_prefix('[') {
-        let (host, after) = v6.split_once(']')?;
-        let port = after.strip_prefix(':').and_then(|p| p.parse().ok()).unwrap_or(default);
-        return Some((host.to_string(), port));
-    }
-    match authority.rsplit_once(':') {
-        Some((h, p)) => Some((h.to_string(), p.parse().ok()?)),
-        None => Some((authority.to_string(), default)),
-    }
-}
-
 /// Egress for the indexing pod to its URL sources, when it has any (the tenant namespace denies
-/// all other egress). An IP literal is allowed exactly; a host name can only be allowed by port
-/// (NetworkPolicy has no names), to any address outside the cluster's private ranges.
+/// all other egress); see `objects::egress_policy`.
 pub fn network_policy(kb: &KnowledgeBase) -> Option<NetworkPolicy> {
-    let targets: Vec<(String, u16)> =
-        kb.spec.sources.iter().filter_map(|s| url_target(s.url.as_deref()?)).collect();
-    if targets.is_empty() {
-        return None;
-    }
-    let block = |cidr: String, except: &[&str]| NetworkPolicyPeer {
-        ip_block: Some(IPBlock {
-            cidr,
-            except: (!except.is_empty()).then(|| except.iter().map(|e| e.to_string()).collect()),
-        }),
-        ..Default::default()
-    };
-    let rules = targets
-        .iter()
-        .map(|(host, port)| {
-            let to = match host.parse::<std::net::IpAddr>() {
-                Ok(std::net::IpAddr::V4(ip)) => vec![block(format!("{ip}/32"), &[])],
-                Ok(std::net::IpAddr::V6(ip)) => vec![block(format!("{ip}/128"), &[])],
-                Err(_) => vec![
-                    block(
-                        "0.0.0.0/0".into(),
-                        &["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16"],
-                    ),
-                    block("::/0".into(), &["fc00::/7", "fe80::/10"]),
-                ],
-            };
-            NetworkPolicyEgressRule {
-                to: Some(to),
-                ports: Some(vec![NetworkPolicyPort {
-                    protocol: Some("TCP".into()),
-                    port: Some(IntOrString::Int((*port).into())),
-                    end_port: None,
-                }]),
-            }
-        })
-        .collect();
     let name = kb.name_any();
-    Some(NetworkPolicy {
-        metadata: child_meta(kb, &network_policy_name(&name)),
-        spec: Some(NetworkPolicySpec {
-            pod_selector: Some(LabelSelector {
-                match_labels: Some(string_map([
-                    (LABEL_KNOWLEDGE_BASE, name.as_str()),
-                    (COMPONENT_LABEL, "indexer"),
-                ])),
-                match_expressions: None,
-            }),
-            policy_types: Some(vec!["Egress".into()]),
-            egress: Some(rules),
-            ingress: None,
-        }),
-    })
+    crate::objects::egress_policy(
+        child_meta(kb, &network_policy_name(&name)),
+        string_map([(LABEL_KNOWLEDGE_BASE, name.as_str()), (COMPONENT_LABEL, "indexer")]),
+        kb.spec.sources.iter().filter_map(|s| s.url.as_deref()),
+    )
 }
 
 /// Hash of everything an index is built from: the sources as written, the contents of the

@@ -60,6 +60,17 @@ pub async fn reclaim<K: kube::Resource<DynamicType = ()>>(
     Ok(())
 }
 
+/// Takes back a released volume that no single object owns (a model cache used again within its
+/// window): it stays ownerless, no longer released.
+pub async fn keep(ctx: &Context, pvc: &PersistentVolumeClaim) -> Result<()> {
+    let api: Api<PersistentVolumeClaim> =
+        Api::namespaced(ctx.client.clone(), &pvc.namespace().unwrap_or_default());
+    api.patch(&pvc.name_any(), &crate::apply::merge_params(), &Patch::Merge(&policy::keep_patch()))
+        .await?;
+    tracing::info!(volume = %key(pvc), "released volume used again; kept");
+    Ok(())
+}
+
 /// Appends a receipt to the tenant's receipts ConfigMap in the operator namespace (made when
 /// missing) and publishes an Event about the tenant.
 pub async fn record(ctx: &Context, tenant: &str, r: &ErasureRecord) -> Result<()> {

@@ -51,6 +51,14 @@ pub fn reclaim_patch(
     }})
 }
 
+/// The merge patch taking back a released volume that has no owner (a shared model cache).
+pub fn keep_patch() -> Value {
+    json!({"metadata": {
+        "labels": {LABEL_RELEASED: null},
+        "annotations": {ANNOTATION_RETAIN_UNTIL: null, ANNOTATION_RULE: null},
+    }})
+}
+
 pub fn is_released(pvc: &PersistentVolumeClaim) -> bool {
     pvc.labels().get(LABEL_RELEASED).map(String::as_str) == Some("true")
 }
