@@ -133,9 +133,23 @@ impl Cluster {
             field_manager: Some("alcove-dashboard".into()),
             ..Default::default()
         };
-        Api::<Tenant>::all(self.client.clone())
+        let patched = Api::<Tenant>::all(self.client.clone())
             .patch(tenant, &params, &kube::api::Patch::Merge(&patch))
-            .await
+            .await?;
+        // The page after "Saved." reads the watch cache: wait (bounded) until it has the change,
+        // so the customer never sees their old details under "Saved.".
+        let key = reflector::ObjectRef::new(tenant);
+        for _ in 0..50 {
+            let seen = self.tenants.get(&key).is_some_and(|t| {
+                t.spec.display_name == patched.spec.display_name
+                    && t.spec.contact_email == patched.spec.contact_email
+            });
+            if seen {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        Ok(patched)
     }
 
     /// Creates a sign-up's Tenant, as the dashboard (the new owner has no rights yet), and waits
