@@ -41,6 +41,13 @@ if ! .venv/bin/python -c "import aiosmtpd" 2>/dev/null; then
   .venv/bin/pip install --quiet --disable-pip-version-check aiosmtpd==1.4.6
 fi
 
+# - moto[server]: an S3 API on a loopback port, which the model-source tests fetch models from
+#   (its boto3 puts the objects there).
+if ! .venv/bin/python -c "import moto.server, boto3" 2>/dev/null; then
+  echo "== test.sh: installing moto[server]"
+  .venv/bin/pip install --quiet --disable-pip-version-check 'moto[server]==5.2.5'
+fi
+
 # Debian's PostgreSQL: the usage store the gateway's replicas share; the tests start it on a
 # loopback port (initdb and pg_ctl from /usr/lib/postgresql/*/bin).
 if ! ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1; then

@@ -1,6 +1,6 @@
 //! Models from a URI, end to end: an instance whose `spec.model.source.uri` names a GGUF file on
-//! a loopback HTTPS server (with its own CA, which the platform trusts) or a safetensors
-//! repository on a loopback model hub downloads it through its pod's fetch step, shows the
+//! a loopback HTTPS server (with its own CA, which the platform trusts), a safetensors
+//! repository on a loopback model hub, or a safetensors prefix in an S3 bucket (moto) downloads it through its pod's fetch step, shows the
 //! download in its status, resumes it after a cut, shares it with the next instance of the same
 //! source, answers chats with it, fails with words for a wrong digest or a missing file, and the
 //! cache is erased 24 h (by the injected clock) after the last instance using it is gone.
@@ -69,20 +69,22 @@ async fn models_from_uris_are_fetched_verified_shared_served_and_erased_a_day_af
     let mut p = Platform::start_with(with_inference).await;
     let clock = Clock(p.dir.path().join("clock"));
     clock.set(Timestamp::now());
+    let moto = alcove_testkit::moto::Moto::start(&p.dir.path().join("moto.log")).await;
+    moto.put_dir("models", "tiny/", &models.join("default")).await;
     let config = p.dir.path().join("operator.yaml");
     let ca = server.ca_pem.clone().unwrap();
     let indented: String = ca.lines().map(|l| format!("    {l}\n")).collect();
     std::fs::write(
         &config,
         format!(
-            "modelSources:\n  allowPrivateAddresses: true\n  hubEndpoint: {}\n  caCertificates: |\n{indented}",
-            server.base
+            "modelSources:\n  allowPrivateAddresses: true\n  hubEndpoint: {}\n  s3: {{endpoint: {}, region: us-east-1, pathStyle: true}}\n  caCertificates: |\n{indented}",
+            server.base, moto.endpoint
         ),
     )
     .unwrap();
     let (config, clock_path) = (config.display().to_string(), clock.0.display().to_string());
     p.spawn_operator(&["--config", &config, "--clock-file", &clock_path]).await;
-    // Five instances and four caches of the default size (20Gi) fit this quota.
+    // Seven instances and six caches of the default size (20Gi) fit this quota.
     let tenant = "apiVersion: alcove.dev/v1alpha1\nkind: Tenant\nmetadata: {name: startup}\nspec:\n  displayName: Startup\n  tier: basic\n  region: tw-taipei-1\n  quota: {maxGpus: 8, maxInstances: 8, maxStorage: 200Gi}\n";
     p.ok_in(&["apply", "-f", "-"], tenant).await;
 
@@ -139,6 +141,18 @@ async fn models_from_uris_are_fetched_verified_shared_served_and_erased_a_day_af
     p.wait_condition("inst/hub -n tenant-startup", "Ready", 90).await;
     assert_eq!(chat(&proxy, &p, "hub").await, 200);
 
+    // A safetensors directory under a prefix of an S3 bucket (moto), with signed requests.
+    let keys = format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: s3-keys, namespace: tenant-startup}}\nstringData: {{accessKeyId: {}, secretAccessKey: {}}}\n",
+        alcove_testkit::moto::ACCESS_KEY_ID,
+        alcove_testkit::moto::SECRET_ACCESS_KEY
+    );
+    p.ok_in(&["apply", "-f", "-"], &keys).await;
+    let s3 = json!({"format": "safetensors", "source": {"uri": "s3://models/tiny/", "credentialsSecret": "s3-keys"}});
+    p.ok_in(&["apply", "-f", "-"], &instance("bucket", s3)).await;
+    p.wait_condition("inst/bucket -n tenant-startup", "Ready", 90).await;
+    assert_eq!(chat(&proxy, &p, "bucket").await, 200);
+
     // A wrong digest and a missing file fail with the URI and what went wrong.
     let wrong = "0".repeat(64);
     let bad = json!({"format": "gguf", "source": {"uri": url}, "sha256": wrong});
@@ -146,15 +160,28 @@ async fn models_from_uris_are_fetched_verified_shared_served_and_erased_a_day_af
     let missing_url = format!("{}/models/missing.gguf", server.base);
     let missing = json!({"format": "gguf", "source": {"uri": missing_url}});
     p.ok_in(&["apply", "-f", "-"], &instance("missing", missing)).await;
+    let lost = json!({"format": "gguf", "source": {"uri": "s3://models/lost/", "credentialsSecret": "s3-keys"}});
+    p.ok_in(&["apply", "-f", "-"], &instance("lost", lost)).await;
     for (name, words) in [
+        ("lost", vec!["s3://models/lost/".to_string(), "no object under this prefix".into()]),
         ("tampered", vec![wrong.clone(), sha256_hex(&gguf), "tiny.gguf".into()]),
         ("missing", vec![missing_url.clone(), "404".into()]),
     ] {
-        let c = until_some(&format!("{name} failed"), Duration::from_secs(60), || async {
-            let c = ready_condition(&p, name).await;
-            (c["reason"] == "ModelFetchFailed").then_some(c)
+        let c = tokio::time::timeout(Duration::from_secs(60), async {
+            loop {
+                let c = ready_condition(&p, name).await;
+                if c["reason"] == "ModelFetchFailed" {
+                    return c;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
         })
         .await;
+        let Ok(c) = c else {
+            let (_, state, _) =
+                p.kubectl(&["get", "inst,pod", name, "-n", "tenant-startup", "-o", "yaml"]).await;
+            panic!("{name} never failed with ModelFetchFailed:\n{state}");
+        };
         for w in words {
             assert!(c["message"].as_str().unwrap().contains(&w), "{name}: {c}");
         }
@@ -168,7 +195,7 @@ async fn models_from_uris_are_fetched_verified_shared_served_and_erased_a_day_af
 
     // Retention: the cache outlives the first instance while the second uses it, then is
     // released for 24 h, kept until then, and erased with a receipt after.
-    for name in ["tampered", "missing", "first"] {
+    for name in ["tampered", "missing", "lost", "first"] {
         p.ok(&["delete", "inst", name, "-n", "tenant-startup"]).await;
     }
     tokio::time::sleep(Duration::from_secs(2)).await;

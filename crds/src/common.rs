@@ -81,15 +81,18 @@ pub mod reason {
 #[serde(rename_all = "camelCase")]
 pub struct ModelSource {
     /// URI fetched into the tenant's model cache by an init step before the server starts:
-    /// `https://…/file.gguf` or `http://…` (one GGUF file), or `hf://org/repo[@revision]` (a
-    /// model hub: the GGUF file, or a safetensors directory with its config and tokenizer).
-    /// Instances of the same source share one download.
+    /// `https://…/file.gguf` or `http://…` (one GGUF file), `s3://bucket/key.gguf` or
+    /// `s3://bucket/prefix/` (the platform's S3-compatible store), or `hf://org/repo[@revision]`
+    /// (a model hub). From a directory (a prefix, a repository): the one GGUF file, or a
+    /// safetensors model with its config and tokenizer. Instances of the same source share one
+    /// download.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 2048), regex(pattern = r"^(https?|hf)://[^\s]+$"))]
+    #[schemars(length(max = 2048), regex(pattern = r"^(https?|s3|hf)://[^\s]+$"))]
     pub uri: Option<String>,
     /// A Secret in the same namespace with the credentials for `uri`: key `header` (one
-    /// `Name: value` header line sent to the URI's host, e.g. `Authorization: Bearer …`) or
-    /// `token` (the model hub's access token). Mounted only into the fetch step.
+    /// `Name: value` header line sent to the URI's host, e.g. `Authorization: Bearer …`),
+    /// `token` (the model hub's access token), or `accessKeyId` and `secretAccessKey` (and
+    /// `sessionToken`) for S3. Mounted only into the fetch step.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
     pub credentials_secret: Option<String>,

@@ -247,6 +247,21 @@ pub fn default_pod_spec(spec: &mut Value) {
 
 /// Defaults for built-in kinds on create (and on update where the apiserver defaults too).
 pub fn apply_defaults(group: &str, kind: &str, obj: &mut Value, creating: bool) {
+    // A Secret's `stringData` is write-only: kube-apiserver folds it into `data` (base64, its
+    // keys winning) and never stores it.
+    if (group, kind) == ("", "Secret")
+        && let Some(Value::Object(strings)) =
+            obj.as_object_mut().and_then(|o| o.remove("stringData"))
+    {
+        use base64::Engine;
+        if !obj["data"].is_object() {
+            obj["data"] = json!({});
+        }
+        for (k, v) in strings {
+            let text = v.as_str().unwrap_or_default();
+            obj["data"][k] = base64::engine::general_purpose::STANDARD.encode(text).into();
+        }
+    }
     match (group, kind) {
         ("", "Pod") => {
             if let Some(spec) = obj.get_mut("spec") {

@@ -427,3 +427,14 @@ async fn rbac_escalation_is_prevented_and_apply_that_creates_needs_create() {
         .await;
     assert!(r.ok, "an apply to an existing object needs only patch: {}", r.stderr);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secrets_string_data_is_stored_as_data() {
+    let env = start().await;
+    let secret = "apiVersion: v1\nkind: Secret\nmetadata: {name: keys, namespace: default}\ndata: {a: b2xk}\nstringData: {a: new, token: s3cret}\n";
+    env.ok_in(&["apply", "-f", "-"], secret).await;
+    let out = env.ok(&["get", "secret", "keys", "-o", "json"]).await;
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["data"], serde_json::json!({"a": "bmV3", "token": "czNjcmV0"}), "{v}");
+    assert!(v.get("stringData").is_none(), "write-only: {v}");
+}

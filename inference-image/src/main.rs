@@ -119,6 +119,14 @@ enum Command {
         /// The model hub's base URL for hf:// sources.
         #[arg(long, default_value = "https://huggingface.co")]
         hub_endpoint: String,
+        /// The S3-compatible store s3:// URIs name.
+        #[arg(long, default_value = "https://s3.amazonaws.com")]
+        s3_endpoint: String,
+        #[arg(long, default_value = "us-east-1")]
+        s3_region: String,
+        /// Path-style S3 URLs (endpoint/bucket/key), as most stores besides AWS want.
+        #[arg(long)]
+        s3_path_style: bool,
         /// Allow sources on private, loopback and link-local addresses.
         #[arg(long)]
         allow_private_addresses: bool,
@@ -306,6 +314,9 @@ fn run(command: Command) -> anyhow::Result<()> {
             sha256,
             credentials,
             hub_endpoint,
+            s3_endpoint,
+            s3_region,
+            s3_path_style,
             allow_private_addresses,
             max_bytes,
             progress_seconds,
@@ -320,6 +331,11 @@ fn run(command: Command) -> anyhow::Result<()> {
                 sha256,
                 credentials,
                 hub_endpoint,
+                s3: fetch::S3Store {
+                    endpoint: s3_endpoint,
+                    region: s3_region,
+                    path_style: s3_path_style,
+                },
                 allow_private_addresses,
                 max_bytes,
                 progress_every: std::time::Duration::from_secs(progress_seconds.max(1)),

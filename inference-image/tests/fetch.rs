@@ -21,6 +21,7 @@ fn opts(uri: String, cache: &Path, format: Format) -> Options {
         sha256: None,
         credentials: None,
         hub_endpoint: String::new(),
+        s3: Default::default(),
         allow_private_addresses: true,
         max_bytes: None,
         progress_every: Duration::from_secs(1),

@@ -203,6 +203,36 @@ pub struct ModelSources {
     /// PEM certificates the fetch step trusts besides the image's CA bundle (an internal CA).
     #[serde(default)]
     pub ca_certificates: String,
+    /// The S3-compatible store `s3://bucket/…` URIs name.
+    #[serde(default)]
+    pub s3: S3Store,
+}
+
+/// An S3-compatible store (AWS, MinIO, Ceph, …); credentials come from the instance's Secret.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct S3Store {
+    #[serde(default = "default_s3_endpoint")]
+    pub endpoint: String,
+    #[serde(default = "default_s3_region")]
+    pub region: String,
+    /// `endpoint/bucket/key` URLs rather than `bucket.endpoint/key` (most stores besides AWS).
+    #[serde(default)]
+    pub path_style: bool,
+}
+
+fn default_s3_endpoint() -> String {
+    "https://s3.amazonaws.com".into()
+}
+
+fn default_s3_region() -> String {
+    "us-east-1".into()
+}
+
+impl Default for S3Store {
+    fn default() -> Self {
+        S3Store { endpoint: default_s3_endpoint(), region: default_s3_region(), path_style: false }
+    }
 }
 
 fn default_hub() -> String {
@@ -215,6 +245,7 @@ impl Default for ModelSources {
             hub_endpoint: default_hub(),
             allow_private_addresses: false,
             ca_certificates: String::new(),
+            s3: S3Store::default(),
         }
     }
 }

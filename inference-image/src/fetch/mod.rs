@@ -67,12 +67,34 @@ pub struct Options {
     /// Directory with the credential files of the Secret the spec names (`header`, `token`).
     pub credentials: Option<PathBuf>,
     pub hub_endpoint: String,
+    /// The S3-compatible store `s3://` URIs name.
+    pub s3: S3Store,
     pub allow_private_addresses: bool,
     /// Most bytes the model may take (the volume's size, which the tenant's quota admitted).
     pub max_bytes: Option<u64>,
     pub progress_every: Duration,
     /// PEM certificates trusted besides the system's.
     pub extra_ca_pem: Option<String>,
+}
+
+/// Where `s3://bucket/…` lives.
+#[derive(Debug, Clone, PartialEq)]
+pub struct S3Store {
+    /// e.g. `https://s3.eu-west-1.amazonaws.com`, or a MinIO or Ceph endpoint.
+    pub endpoint: String,
+    pub region: String,
+    /// `endpoint/bucket/key` rather than `bucket.endpoint/key` (most stores besides AWS).
+    pub path_style: bool,
+}
+
+impl Default for S3Store {
+    fn default() -> Self {
+        S3Store {
+            endpoint: "https://s3.amazonaws.com".into(),
+            region: "us-east-1".into(),
+            path_style: false,
+        }
+    }
 }
 
 /// Why a fetch failed, as the operator's condition shows it.
@@ -462,7 +484,7 @@ async fn download(
     let status = resp.status();
     let resumed = status == hyper::StatusCode::PARTIAL_CONTENT && have > 0;
     if !status.is_success() && status != hyper::StatusCode::RANGE_NOT_SATISFIABLE {
-        return Err(failure_for_status(&shown, status));
+        return Err(source::failure_from(&shown, resp).await);
     }
     let mut got = 0u64;
     if status == hyper::StatusCode::RANGE_NOT_SATISFIABLE {

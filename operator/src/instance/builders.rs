@@ -103,7 +103,8 @@ pub fn model_egress_name(instance: &str) -> String {
     format!("{instance}-model-egress")
 }
 
-/// Egress for the pod's fetch step to its model source (the hub's endpoint for `hf://`).
+/// Egress for the pod's fetch step to its model source (the hub's endpoint for `hf://`, the
+/// store's for `s3://`).
 pub fn model_egress(
     i: &InferenceInstance,
     config: &Config,
@@ -133,6 +134,10 @@ fn fetch_container(i: &InferenceInstance, config: &Config, max_bytes: Option<u64
         m.format.as_str().into(),
         "--hub-endpoint".into(),
         config.model_sources.hub_endpoint.clone(),
+        "--s3-endpoint".into(),
+        config.model_sources.s3.endpoint.clone(),
+        "--s3-region".into(),
+        config.model_sources.s3.region.clone(),
         "--termination-log".into(),
         "/dev/termination-log".into(),
         "--log-format".into(),
@@ -149,6 +154,9 @@ fn fetch_container(i: &InferenceInstance, config: &Config, max_bytes: Option<u64
     }
     if config.model_sources.allow_private_addresses {
         args.push("--allow-private-addresses".into());
+    }
+    if config.model_sources.s3.path_style {
+        args.push("--s3-path-style".into());
     }
     let mut mounts = vec![mount("model", MODEL_DIR, false)];
     if m.source.credentials_secret.is_some() {
@@ -412,9 +420,15 @@ pub fn pod(i: &InferenceInstance, config: &Config, inputs: &PodInputs) -> Result
     let (model_vol, model_path, fetch) = match model_cache_claim_name(i) {
         Some(cache) => {
             if i.spec.model.format == ModelFormat::Safetensors
-                && !i.spec.model.source.uri.as_deref().is_some_and(|u| u.starts_with("hf://"))
+                && !i
+                    .spec
+                    .model
+                    .source
+                    .uri
+                    .as_deref()
+                    .is_some_and(|u| u.starts_with("hf://") || u.starts_with("s3://"))
             {
-                return Err("spec.model.source.uri: a safetensors model is a directory (config.json, tokenizer.json, weights), which only hf://org/repo names; an https:// URI fetches one GGUF file (spec.model.format gguf)".into());
+                return Err("spec.model.source.uri: a safetensors model is a directory (config.json, tokenizer.json, weights), which hf://org/repo or s3://bucket/prefix/ names; an https:// URI fetches one GGUF file (spec.model.format gguf)".into());
             }
             let link = match i.spec.model.format {
                 ModelFormat::Gguf => "model.gguf",

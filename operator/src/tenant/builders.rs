@@ -120,9 +120,11 @@ pub fn resource_quota(tenant: &Tenant) -> ResourceQuota {
         let n = q.max_knowledge_bases.unwrap_or(4);
         (n, n)
     };
-    // Each instance has one pod; each knowledge base at most one indexing pod at a time.
+    // Each instance has one pod; each knowledge base at most one indexing pod at a time. Claims:
+    // each instance's history and the model cache it may fetch into, each knowledge base's
+    // index (storage itself is bounded by `requests.storage`).
     let pods = q.max_instances + kbs;
-    let claims = q.max_instances + kbs;
+    let claims = 2 * q.max_instances + kbs;
     let ns = namespace_name(&tenant.name_any());
     let counts = [q.max_gpus, q.max_instances, kb_objects, pods, claims].map(|n| n.to_string());
     ResourceQuota {
@@ -481,7 +483,7 @@ mod tests {
             .quota
             .unwrap_or_else(|| serde_json::from_value(json!({})).unwrap());
         assert_eq!(free["pods"].0, free_spec.max_instances.to_string());
-        assert_eq!(free["persistentvolumeclaims"].0, free_spec.max_instances.to_string());
+        assert_eq!(free["persistentvolumeclaims"].0, (2 * free_spec.max_instances).to_string());
     }
 
     #[test]
