@@ -306,6 +306,18 @@ impl Platform {
 }
 
 impl Platform {
+    /// `alcove data-report TENANT`, as a platform team runs it: its output (it must succeed).
+    pub async fn data_report(&self, tenant: &str) -> String {
+        let report = tokio::process::Command::new(alcove_binary())
+            .args(["data-report", tenant])
+            .env("KUBECONFIG", &self.cluster.kubeconfig)
+            .output()
+            .await
+            .unwrap();
+        assert!(report.status.success(), "{}", String::from_utf8_lossy(&report.stderr));
+        String::from_utf8_lossy(&report.stdout).into_owned()
+    }
+
     /// `kubectl get … -o json`.
     pub async fn json(&self, args: &[&str]) -> serde_json::Value {
         let mut a = args.to_vec();

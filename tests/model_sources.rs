@@ -211,13 +211,7 @@ async fn models_from_uris_are_fetched_verified_shared_served_and_erased_a_day_af
     })
     .await;
     assert_eq!(deadline, released_at.checked_add(SignedDuration::from_hours(24)).unwrap());
-    let report = tokio::process::Command::new(alcove_binary())
-        .args(["data-report", "startup"])
-        .env("KUBECONFIG", &p.cluster.kubeconfig)
-        .output()
-        .await
-        .unwrap();
-    let text = String::from_utf8_lossy(&report.stdout);
+    let text = p.data_report("startup").await;
     assert!(text.contains(&format!("{cache} [modelCache]")), "{text}");
     assert!(
         text.contains("model cache of hf://acme/tiny: kept while an instance uses it"),

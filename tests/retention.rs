@@ -205,14 +205,7 @@ async fn volumes_are_erased_at_their_deadline_never_before_and_legal_hold_pauses
     let count: u64 = events.iter().map(|e| e["series"]["count"].as_u64().unwrap_or(1)).sum();
     assert!(count >= 3, "{events:?}");
     // The data report shows the timers of what is left and the receipts of what went.
-    let report = tokio::process::Command::new(alcove_binary())
-        .args(["data-report", "startup"])
-        .env("KUBECONFIG", &p.cluster.kubeconfig)
-        .output()
-        .await
-        .unwrap();
-    let text = String::from_utf8_lossy(&report.stdout);
-    assert!(report.status.success(), "{}", String::from_utf8_lossy(&report.stderr));
+    let text = p.data_report("startup").await;
     assert!(text.contains("encryption key: Secret tenant-startup/alcove-tenant-key"), "{text}");
     assert!(
         text.contains("erasures: 2")

@@ -98,51 +98,7 @@ enum Command {
     },
     /// Fill a model-cache volume from a URI (https://, http://, hf://org/repo[@revision]):
     /// verified, resumable, shared by every instance of the same source.
-    Fetch {
-        #[arg(long)]
-        uri: String,
-        /// The model-cache volume.
-        #[arg(long)]
-        cache: PathBuf,
-        #[arg(long, value_enum)]
-        format: fetch::Format,
-        /// Inside the source: the .gguf file, or the model's directory.
-        #[arg(long)]
-        path: Option<String>,
-        /// SHA-256 (hex) the weights file must have.
-        #[arg(long)]
-        sha256: Option<String>,
-        /// Directory holding credential files: `header` (`Name: value`, for https) or `token`
-        /// (for the hub).
-        #[arg(long)]
-        credentials: Option<PathBuf>,
-        /// The model hub's base URL for hf:// sources.
-        #[arg(long, default_value = "https://huggingface.co")]
-        hub_endpoint: String,
-        /// The S3-compatible store s3:// URIs name.
-        #[arg(long, default_value = "https://s3.amazonaws.com")]
-        s3_endpoint: String,
-        #[arg(long, default_value = "us-east-1")]
-        s3_region: String,
-        /// Path-style S3 URLs (endpoint/bucket/key), as most stores besides AWS want.
-        #[arg(long)]
-        s3_path_style: bool,
-        /// Allow sources on private, loopback and link-local addresses.
-        #[arg(long)]
-        allow_private_addresses: bool,
-        /// Most bytes the model may take.
-        #[arg(long)]
-        max_bytes: Option<u64>,
-        /// Seconds between progress lines.
-        #[arg(long, default_value_t = 2)]
-        progress_seconds: u64,
-        /// Environment variable holding PEM certificates to trust besides the system's.
-        #[arg(long, default_value = "ALCOVE_FETCH_EXTRA_CA")]
-        extra_ca_env: String,
-        /// Where a failure is reported as JSON (the container's termination-message file).
-        #[arg(long)]
-        termination_log: Option<PathBuf>,
-    },
+    Fetch(FetchArgs),
     /// Write a random-weight model with a real tokenizer and chat template.
     MakeTestModel {
         #[arg(long)]
@@ -173,6 +129,77 @@ enum Command {
         #[arg(long)]
         prompt_ids_out: Option<PathBuf>,
     },
+}
+
+/// `fetch`'s flags.
+#[derive(clap::Args)]
+struct FetchArgs {
+    #[arg(long)]
+    uri: String,
+    /// The model-cache volume.
+    #[arg(long)]
+    cache: PathBuf,
+    #[arg(long, value_enum)]
+    format: fetch::Format,
+    /// Inside the source: the .gguf file, or the model's directory.
+    #[arg(long)]
+    path: Option<String>,
+    /// SHA-256 (hex) the weights file must have.
+    #[arg(long)]
+    sha256: Option<String>,
+    /// Directory holding credential files: `header` (`Name: value`, for https), `token` (for
+    /// the hub), or `accessKeyId` and `secretAccessKey` (and `sessionToken`, for S3).
+    #[arg(long)]
+    credentials: Option<PathBuf>,
+    /// The model hub's base URL for hf:// sources.
+    #[arg(long, default_value = "https://huggingface.co")]
+    hub_endpoint: String,
+    /// The S3-compatible store s3:// URIs name.
+    #[arg(long, default_value = "https://s3.amazonaws.com")]
+    s3_endpoint: String,
+    #[arg(long, default_value = "us-east-1")]
+    s3_region: String,
+    /// Path-style S3 URLs (endpoint/bucket/key), as most stores besides AWS want.
+    #[arg(long)]
+    s3_path_style: bool,
+    /// Allow sources on private, loopback and link-local addresses.
+    #[arg(long)]
+    allow_private_addresses: bool,
+    /// Most bytes the model may take.
+    #[arg(long)]
+    max_bytes: Option<u64>,
+    /// Seconds between progress lines.
+    #[arg(long, default_value_t = 2)]
+    progress_seconds: u64,
+    /// Environment variable holding PEM certificates to trust besides the system's.
+    #[arg(long, default_value = "ALCOVE_FETCH_EXTRA_CA")]
+    extra_ca_env: String,
+    /// Where a failure is reported as JSON (the container's termination-message file).
+    #[arg(long)]
+    termination_log: Option<PathBuf>,
+}
+
+impl FetchArgs {
+    fn options(self) -> fetch::Options {
+        fetch::Options {
+            uri: self.uri,
+            cache: self.cache,
+            format: self.format,
+            path: self.path,
+            sha256: self.sha256,
+            credentials: self.credentials,
+            hub_endpoint: self.hub_endpoint,
+            s3: fetch::S3Store {
+                endpoint: self.s3_endpoint,
+                region: self.s3_region,
+                path_style: self.s3_path_style,
+            },
+            allow_private_addresses: self.allow_private_addresses,
+            max_bytes: self.max_bytes,
+            progress_every: std::time::Duration::from_secs(self.progress_seconds.max(1)),
+            extra_ca_pem: std::env::var(&self.extra_ca_env).ok(),
+        }
+    }
 }
 
 fn main() {
@@ -306,42 +333,9 @@ fn run(command: Command) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Fetch {
-            uri,
-            cache,
-            format,
-            path,
-            sha256,
-            credentials,
-            hub_endpoint,
-            s3_endpoint,
-            s3_region,
-            s3_path_style,
-            allow_private_addresses,
-            max_bytes,
-            progress_seconds,
-            extra_ca_env,
-            termination_log,
-        } => {
-            let opts = fetch::Options {
-                uri,
-                cache,
-                format,
-                path,
-                sha256,
-                credentials,
-                hub_endpoint,
-                s3: fetch::S3Store {
-                    endpoint: s3_endpoint,
-                    region: s3_region,
-                    path_style: s3_path_style,
-                },
-                allow_private_addresses,
-                max_bytes,
-                progress_every: std::time::Duration::from_secs(progress_seconds.max(1)),
-                extra_ca_pem: std::env::var(&extra_ca_env).ok(),
-            };
-            std::process::exit(fetch::main(&opts, termination_log.as_deref()));
+        Command::Fetch(args) => {
+            let termination_log = args.termination_log.clone();
+            std::process::exit(fetch::main(&args.options(), termination_log.as_deref()));
         }
         Command::MakeTestModel { out, format, size, embedding, quant, seed } => {
             let made =

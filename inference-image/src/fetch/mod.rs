@@ -38,6 +38,8 @@ const LOCK: &str = ".lock";
 /// A lock not refreshed for this long belongs to a fetch that died; the next one takes over.
 const LOCK_STALE: Duration = Duration::from_secs(30);
 const LOCK_REFRESH: Duration = Duration::from_secs(5);
+/// Bytes written between background flushes of a download.
+const FLUSH_EVERY: u64 = 64 << 20;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -524,6 +526,10 @@ async fn download(
             .open(&part)
             .map_err(|e| io_failure("writing the model cache", e))?;
         let mut body = resp.into_body();
+        // Written data is flushed to disk in the background every FLUSH_EVERY bytes, so the
+        // final fsync (the entry must be on disk before it is marked complete) finds little left.
+        let mut flushing: Option<tokio::task::JoinHandle<()>> = None;
+        let mut unflushed = 0u64;
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|e| {
                 Failure::new(
@@ -535,7 +541,16 @@ async fn download(
             hasher.update(&data);
             file.write_all(&data).map_err(|e| io_failure("writing the model cache", e))?;
             got += data.len() as u64;
+            unflushed += data.len() as u64;
             progress.done.fetch_add(data.len() as u64, Ordering::Relaxed);
+            if unflushed >= FLUSH_EVERY && flushing.as_ref().is_none_or(|f| f.is_finished()) {
+                unflushed = 0;
+                if let Ok(handle) = file.try_clone() {
+                    flushing = Some(tokio::task::spawn_blocking(move || {
+                        let _ = handle.sync_data();
+                    }));
+                }
+            }
             if let Some(max) = opts.max_bytes
                 && have + got > max
             {
@@ -548,6 +563,9 @@ async fn download(
                     ),
                 ));
             }
+        }
+        if let Some(f) = flushing {
+            let _ = f.await;
         }
         file.sync_all().map_err(|e| io_failure("writing the model cache", e))?;
     }

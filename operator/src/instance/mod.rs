@@ -348,15 +348,15 @@ async fn reconcile_inner(i: &InferenceInstance, ctx: &Context) -> Result<Action>
     if tokens_failed {
         action = Action::requeue(Duration::from_secs(5));
     }
-    if downloading {
-        action = Action::requeue(DOWNLOAD_PROGRESS_EVERY);
-    }
     let wake_at = [crate::billing::account::suspends_in(&tenant, ctx.now()), idle_in]
         .into_iter()
         .flatten()
         .min();
     if let Some(at) = wake_at {
         action = Action::requeue(at.min(ctx.config.resync));
+    }
+    if downloading {
+        action = Action::requeue(DOWNLOAD_PROGRESS_EVERY);
     }
     if obs.quota_refusal.is_some() {
         // Quota frees up when another instance goes; its quota change triggers a retry, and this
