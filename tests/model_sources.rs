@@ -1,9 +1,11 @@
 //! Models from a URI, end to end: an instance whose `spec.model.source.uri` names a GGUF file on
 //! a loopback HTTPS server (with its own CA, which the platform trusts), a safetensors
-//! repository on a loopback model hub, or a safetensors prefix in an S3 bucket (moto) downloads it through its pod's fetch step, shows the
-//! download in its status, resumes it after a cut, shares it with the next instance of the same
-//! source, answers chats with it, fails with words for a wrong digest or a missing file, and the
-//! cache is erased 24 h (by the injected clock) after the last instance using it is gone.
+//! repository on a loopback model hub, or a safetensors prefix in an S3 bucket (moto) downloads
+//! it through its pod's fetch step, shows the download in its status, resumes it after a cut,
+//! shares it with the next instance of the same source, answers chats with it, and fails with
+//! words for a wrong digest or a missing file. The cache is taken back when the model is used
+//! again within its window, and erased 24 h (by the injected clock) after the last instance
+//! using it is gone.
 
 use std::time::Duration;
 
@@ -130,7 +132,7 @@ async fn models_from_uris_are_fetched_verified_shared_served_and_erased_a_day_af
     assert_eq!(np["spec"]["egress"][0]["ports"][0]["port"], server.port);
 
     // The same source again: the same cache, no download.
-    p.ok_in(&["apply", "-f", "-"], &instance("second", model)).await;
+    p.ok_in(&["apply", "-f", "-"], &instance("second", model.clone())).await;
     p.wait_condition("inst/second -n tenant-startup", "Ready", 60).await;
     assert_eq!(status(&p, "second").await["modelCache"], cache.as_str());
     assert_eq!(server.gets("/models/tiny.gguf"), 2, "no second download");
@@ -202,15 +204,28 @@ async fn models_from_uris_are_fetched_verified_shared_served_and_erased_a_day_af
     let pvc = p.json(&["get", "pvc", &cache, "-n", "tenant-startup"]).await;
     assert!(pvc["metadata"]["labels"]["alcove.dev/released"].is_null(), "still used: {pvc}");
     let released_at = clock.now();
+    let released = || async {
+        until_some("cache released", Duration::from_secs(30), || async {
+            let pvc = p.json(&["get", "pvc", &cache, "-n", "tenant-startup"]).await;
+            pvc["metadata"]["annotations"]["alcove.dev/retain-until"]
+                .as_str()
+                .map(|s| s.parse::<Timestamp>().unwrap())
+        })
+        .await
+    };
     p.ok(&["delete", "inst", "second", "-n", "tenant-startup"]).await;
-    let deadline: Timestamp = until_some("cache released", Duration::from_secs(30), || async {
-        let pvc = p.json(&["get", "pvc", &cache, "-n", "tenant-startup"]).await;
-        pvc["metadata"]["annotations"]["alcove.dev/retain-until"]
-            .as_str()
-            .map(|s| s.parse().unwrap())
-    })
-    .await;
+    let deadline = released().await;
     assert_eq!(deadline, released_at.checked_add(SignedDuration::from_hours(24)).unwrap());
+    // Used again within the window: taken back, nothing downloaded; released again after.
+    let gets = server.gets("/models/tiny.gguf");
+    p.ok_in(&["apply", "-f", "-"], &instance("again", model)).await;
+    p.wait_condition("inst/again -n tenant-startup", "Ready", 60).await;
+    let pvc = p.json(&["get", "pvc", &cache, "-n", "tenant-startup"]).await;
+    assert!(pvc["metadata"]["labels"]["alcove.dev/released"].is_null(), "taken back: {pvc}");
+    assert!(pvc["metadata"]["annotations"]["alcove.dev/retain-until"].is_null(), "{pvc}");
+    assert_eq!(server.gets("/models/tiny.gguf"), gets, "the cache served it");
+    p.ok(&["delete", "inst", "again", "-n", "tenant-startup"]).await;
+    assert_eq!(released().await, deadline, "the same clock, the same window");
     let text = p.data_report("startup").await;
     assert!(text.contains(&format!("{cache} [modelCache]")), "{text}");
     assert!(
