@@ -295,7 +295,7 @@ impl PodWorker {
                     self.finish().await;
                     return;
                 }
-                let delay = Duration::from_secs((10u64 << r.restarts.min(5) as u64).min(300));
+                let delay = restart_backoff(r.restarts);
                 r.backoff_until = Some(tokio::time::Instant::now() + delay);
                 init_status[ix] = r.status();
                 self.write_status(json!({"initContainerStatuses": init_status}));
@@ -394,7 +394,7 @@ impl PodWorker {
                     _ => false,
                 };
                 if restart && !*self.stop.borrow() {
-                    let delay = Duration::from_secs((10u64 << r.restarts.min(5) as u64).min(300));
+                    let delay = restart_backoff(r.restarts);
                     r.backoff_until = Some(tokio::time::Instant::now() + delay);
                     self.event(
                         "Warning",
@@ -1181,6 +1181,12 @@ impl Running {
         }
         status
     }
+}
+
+/// The kubelet's back-off before restarting a failed container: 10 s, doubling per restart, at
+/// most 5 minutes.
+fn restart_backoff(restarts: i64) -> Duration {
+    Duration::from_secs((10u64 << restarts.clamp(0, 5) as u64).min(300))
 }
 
 fn started_elapsed(started_at: &str) -> Duration {

@@ -25,7 +25,7 @@ use http_body_util::BodyExt;
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
 
-pub use source::{Plan, Remote};
+use source::{Plan, Remote};
 
 /// The symlink naming the complete revision.
 pub const CURRENT: &str = "current";
