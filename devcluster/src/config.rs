@@ -112,6 +112,8 @@ pub struct Config {
     pub faults: Faults,
     /// Watch events kept for resumption; older resourceVersions get 410 Gone.
     pub watch_history: usize,
+    /// Watch events older than this are forgotten too (kube-apiserver's watch cache keeps 75 s).
+    pub watch_history_age: Duration,
     /// How often watches that asked for bookmarks get one.
     pub bookmark_interval: Duration,
     /// Writes an audit event (`audit.k8s.io/v1`, level Metadata) per resource request to this
@@ -130,6 +132,7 @@ impl Config {
             tokens: Vec::new(),
             faults: Faults::default(),
             watch_history: 200_000,
+            watch_history_age: Duration::from_secs(75),
             bookmark_interval: Duration::from_secs(10),
             audit_log: None,
         }

@@ -598,8 +598,8 @@ async fn resource(
     }
     match ri.verb.as_str() {
         "get" => {
-            let st = shared.lock();
-            let obj = st.get(&info.storage_resource(), ns, &ri.name).ok_or_else(|| {
+            let found = shared.lock().get(&info.storage_resource(), ns, &ri.name);
+            let obj = found.ok_or_else(|| {
                 ApiError::not_found(
                     Qualified { group: &info.group, resource: &info.plural },
                     &ri.name,
@@ -633,6 +633,8 @@ async fn resource(
                 auth::check_escalation(&st, user, &info.plural, ns, &obj)?;
             }
             let w = api::create(&mut st, info, ns, obj, &opts)?;
+            // Rendering the reply needs no lock.
+            drop(st);
             let mut r = Reply::json(201, &shape(info, &w.object, want));
             r.warnings = w.warnings;
             Ok(r)
@@ -646,6 +648,7 @@ async fn resource(
                 auth::check_escalation(&st, user, &info.plural, ns, &obj)?;
             }
             let w = api::update(&mut st, info, ns, &ri.name, obj, &opts, status_write)?;
+            drop(st);
             let mut r = Reply::json(200, &shape(info, &w.object, want));
             r.warnings = w.warnings;
             Ok(r)
@@ -710,6 +713,7 @@ async fn resource(
                 auth::check_escalation(&st, user, &info.plural, ns, &preview.object)?;
             }
             let w = api::patch(&mut st, info, ns, &ri.name, ptype, &patch, &opts, status_write)?;
+            drop(st);
             let mut r =
                 Reply::json(if w.created { 201 } else { 200 }, &shape(info, &w.object, want));
             r.warnings = w.warnings;
@@ -718,8 +722,8 @@ async fn resource(
         "delete" => {
             let bytes = read_body(body).await?;
             let dopts = delete_opts(query, &bytes)?;
-            let mut st = shared.lock();
-            match api::delete(&mut st, info, ns, &ri.name, &dopts)? {
+            let deleted = api::delete(&mut shared.lock(), info, ns, &ri.name, &dopts)?;
+            match deleted {
                 Deleted::Pending(obj) => Ok(Reply::json(200, &shape(info, &obj, want))),
                 Deleted::Gone(obj) => {
                     if info.is_custom()
@@ -876,6 +880,8 @@ fn list(
             (st.current_rv(), objs)
         }
     };
+    // Filtering and rendering a large list needs no lock.
+    drop(st);
     let mut items = Vec::new();
     let mut cont = None;
     let mut remaining = 0usize;
@@ -901,7 +907,6 @@ fn list(
     if cont.is_some() {
         remaining += matching.count();
     }
-    drop(st);
     match want {
         As::Table => {
             let t = table::table(
@@ -994,18 +999,17 @@ fn watch(
             As::Object => v,
         }
     };
+    // The initial list is taken under the lock (consistent with `current`) and rendered after.
+    let mut listed = Vec::new();
+    let mut end_bookmark = None;
     let (start_rv, mut rx, backlog) = {
         let st = shared.lock();
         let rx = st.subscribe();
         let current = st.current_rv();
         if send_initial || rv_param.is_empty() || rv_param == "0" {
-            for o in st.list(&gr, ns_filter.as_deref()) {
-                if matches(&o) {
-                    initial.push(event_line("ADDED", render(&o)));
-                }
-            }
+            listed = st.list(&gr, ns_filter.as_deref());
             if send_initial && bookmarks {
-                initial.push(event_line(
+                end_bookmark = Some(event_line(
                     "BOOKMARK",
                     json!({"kind": info.kind, "apiVersion": info.api_version(), "metadata": {"resourceVersion": current.to_string(), "annotations": {"k8s.io/initial-events-end": "true"}}}),
                 ));
@@ -1035,6 +1039,10 @@ fn watch(
             }
         }
     };
+    for o in listed.iter().filter(|o| matches(o)) {
+        initial.push(event_line("ADDED", render(o)));
+    }
+    initial.extend(end_bookmark);
     let expired =
         faults.force_gone_on_resume && !(send_initial || rv_param.is_empty() || rv_param == "0");
     let shared_c = shared.clone();

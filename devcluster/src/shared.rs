@@ -45,7 +45,7 @@ impl Shared {
         });
         Shared {
             audit,
-            state: Mutex::new(State::new(config.watch_history)),
+            state: Mutex::new(State::new(config.watch_history, config.watch_history_age)),
             auth: Authenticator::new(&config.tokens),
             metrics: Metrics::default(),
             runtime,

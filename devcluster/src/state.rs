@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tokio::sync::broadcast;
@@ -56,8 +57,13 @@ pub struct State {
     pub registry: Registry,
     objects: HashMap<GroupResource, Collection>,
     rv: u64,
-    history: VecDeque<Arc<Event>>,
+    /// Recent events and when each happened, oldest first.
+    history: VecDeque<(Instant, Arc<Event>)>,
     history_limit: usize,
+    /// Events older than this are compacted away whatever their number, as kube-apiserver's
+    /// watch cache keeps only fresh events: every version of every object would otherwise stay
+    /// in memory (gigabytes at 10,000 instances).
+    history_age: Duration,
     /// Oldest resourceVersion a watch may still resume from.
     compacted: u64,
     tx: broadcast::Sender<Arc<Event>>,
@@ -67,7 +73,7 @@ pub struct State {
 }
 
 impl State {
-    pub fn new(history_limit: usize) -> State {
+    pub fn new(history_limit: usize, history_age: Duration) -> State {
         let (tx, _) = broadcast::channel(65_536);
         State {
             registry: Registry::with_builtins(),
@@ -75,6 +81,7 @@ impl State {
             rv: 1,
             history: VecDeque::new(),
             history_limit,
+            history_age,
             compacted: 1,
             tx,
             by_uid: HashMap::new(),
@@ -166,9 +173,15 @@ impl State {
 
     fn record(&mut self, event: Event) {
         let event = Arc::new(event);
-        self.history.push_back(event.clone());
-        while self.history.len() > self.history_limit {
-            if let Some(old) = self.history.pop_front() {
+        let now = Instant::now();
+        self.history.push_back((now, event.clone()));
+        while self.history.len() > self.history_limit
+            || self
+                .history
+                .front()
+                .is_some_and(|(at, _)| now.duration_since(*at) > self.history_age)
+        {
+            if let Some((_, old)) = self.history.pop_front() {
                 self.compacted = old.rv;
             }
         }
@@ -181,8 +194,8 @@ impl State {
         if rv < self.compacted {
             return Err(self.compacted);
         }
-        let start = self.history.partition_point(|e| e.rv <= rv);
-        Ok(self.history.iter().skip(start).cloned().collect())
+        let start = self.history.partition_point(|(_, e)| e.rv <= rv);
+        Ok(self.history.iter().skip(start).map(|(_, e)| e.clone()).collect())
     }
 
     fn index(&mut self, r: &ObjectRef, old: Option<&Value>, new: Option<&Value>) {
@@ -304,7 +317,7 @@ mod tests {
 
     #[test]
     fn versions_and_history() {
-        let mut s = State::new(3);
+        let mut s = State::new(3, Duration::from_secs(60));
         let gr = GroupResource::core("configmaps");
         let a = s.insert(&gr, json!({"metadata": {"name": "a", "namespace": "n", "uid": "u1"}}));
         let rv_a: u64 = meta::resource_version(&a).parse().unwrap();
@@ -325,8 +338,21 @@ mod tests {
     }
 
     #[test]
+    fn history_forgets_by_age() {
+        let mut s = State::new(100, Duration::from_millis(50));
+        let gr = GroupResource::core("configmaps");
+        let a = s.insert(&gr, json!({"metadata": {"name": "a", "namespace": "n", "uid": "u1"}}));
+        let rv_a: u64 = meta::resource_version(&a).parse().unwrap();
+        assert!(s.events_since(rv_a - 1).is_ok());
+        std::thread::sleep(Duration::from_millis(80));
+        s.insert(&gr, json!({"metadata": {"name": "b", "namespace": "n", "uid": "u2"}}));
+        assert!(s.events_since(rv_a - 1).is_err(), "a's event is older than the age bound");
+        assert!(s.events_since(rv_a).is_ok(), "b's is kept");
+    }
+
+    #[test]
     fn dependents_index() {
-        let mut s = State::new(10);
+        let mut s = State::new(10, Duration::from_secs(60));
         let gr = GroupResource::core("configmaps");
         s.insert(&gr, json!({"metadata": {"name": "child", "namespace": "n", "uid": "c", "ownerReferences": [{"uid": "p", "name": "parent", "kind": "ConfigMap", "apiVersion": "v1"}]}}));
         assert_eq!(s.dependents_of("p").len(), 1);

@@ -4,8 +4,9 @@
 //!   cargo bench -p alcove --bench instances -- --tenants 10 --instances 100
 //!   cargo bench -p alcove --bench instances -- --tenants 100 --instances 100
 //!
-//! Prints the time until every instance is Ready, the operator's writes per instance, its writes
-//! during a no-op resync window (must be 0), its peak RSS, and the ratio of the convergence time
+//! Prints the time until every instance is Ready (and the p50/p99 time to Ready, overall and per
+//! tenant), the operator's writes per instance by resource, its writes during a no-op resync
+//! window (must be 0), its peak RSS, and the ratio of the convergence time
 //! to (operator writes ÷ devcluster's raw server-side-apply rate on the same machine): 1.0 would
 //! mean the operator converges as fast as the API server can take its writes.
 
@@ -17,6 +18,7 @@ use alcove_crds::{InferenceInstance, Tenant};
 use alcove_devcluster::{Config, DevCluster, NodeConfig};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+use kube::ResourceExt;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 
@@ -98,22 +100,27 @@ async fn main() {
         std::thread::available_parallelism().map(|p| p.get()).unwrap_or(1)
     );
 
-    // devcluster's raw write rate here: server-side applies of small objects, 16 clients.
+    // devcluster's raw write rate here: server-side applies of small objects, 16 and 64 clients.
     let raw_n = 3000;
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
-    let started = Instant::now();
-    futures::stream::iter(0..raw_n)
-        .map(|i| {
-            let api = api.clone();
-            async move {
-                let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": format!("raw-{i}")}, "data": {"k": "v"}});
-                api.patch(&format!("raw-{i}"), &PatchParams::apply("bench").force(), &Patch::Apply(&cm)).await.expect("apply");
-            }
-        })
-        .buffer_unordered(16)
-        .collect::<Vec<_>>()
-        .await;
-    let raw_rate = raw_n as f64 / started.elapsed().as_secs_f64();
+    let mut raw_rates = Vec::new();
+    for clients in [16, 64] {
+        let started = Instant::now();
+        futures::stream::iter(0..raw_n)
+            .map(|i| {
+                let api = api.clone();
+                async move {
+                    let name = format!("raw-{clients}-{i}");
+                    let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}, "data": {"k": "v"}});
+                    api.patch(&name, &PatchParams::apply("bench").force(), &Patch::Apply(&cm)).await.expect("apply");
+                }
+            })
+            .buffer_unordered(clients)
+            .collect::<Vec<_>>()
+            .await;
+        raw_rates.push((clients, raw_n as f64 / started.elapsed().as_secs_f64()));
+    }
+    let raw_rate = raw_rates[0].1;
 
     let log = std::fs::File::create(dir.path().join("operator.log")).unwrap();
     let mut operator = tokio::process::Command::new(env!("CARGO_BIN_EXE_alcove"))
@@ -128,7 +135,7 @@ async fn main() {
             "--leader-election=false",
         ])
         .env("KUBECONFIG", &cluster.kubeconfig)
-        .env("ALCOVE_LOG", "warn")
+        .env("ALCOVE_LOG", std::env::var("BENCH_OPERATOR_LOG").unwrap_or_else(|_| "warn".into()))
         .stdout(log.try_clone().unwrap())
         .stderr(log)
         .kill_on_drop(true)
@@ -157,6 +164,9 @@ async fn main() {
     // Instances go into each tenant's namespace as soon as the operator has made it.
     let namespaces: Api<Namespace> = Api::all(client.clone());
     let mut created = vec![false; tenants];
+    // When each tenant's instances were created, and when each instance was first seen Ready.
+    let mut created_at: Vec<Option<Instant>> = vec![None; tenants];
+    let mut ready_at: BTreeMap<(String, String), Instant> = BTreeMap::new();
     while created.iter().any(|c| !c) {
         let have: Vec<String> = namespaces
             .list(&ListParams::default().labels(alcove_crds::LABEL_TENANT))
@@ -171,6 +181,7 @@ async fn main() {
             .collect();
         for t in &ready {
             created[*t] = true;
+            created_at[*t] = Some(Instant::now());
         }
         futures::stream::iter(ready.into_iter().flat_map(|t| (0..per_tenant).map(move |i| (t, i))))
             .map(|(t, i)| {
@@ -193,13 +204,14 @@ async fn main() {
     let mut last_print = Instant::now();
     loop {
         let list = instances.list(&ListParams::default()).await.unwrap();
-        let ready = list
-            .items
-            .iter()
-            .filter(|i| {
-                i.status.as_ref().and_then(|s| s.phase) == Some(alcove_crds::InstancePhase::Ready)
-            })
-            .count();
+        for i in list.items.iter().filter(|i| {
+            i.status.as_ref().and_then(|s| s.phase) == Some(alcove_crds::InstancePhase::Ready)
+        }) {
+            ready_at
+                .entry((i.namespace().unwrap_or_default(), i.name_any()))
+                .or_insert_with(Instant::now);
+        }
+        let ready = ready_at.len();
         if ready == total {
             break;
         }
@@ -235,7 +247,11 @@ async fn main() {
     let rss = peak_rss_mib(pid);
     let ideal = operator_writes / raw_rate;
 
-    println!("  devcluster raw write rate (server-side apply, 16 clients): {raw_rate:.0} writes/s");
+    for (clients, rate) in &raw_rates {
+        println!(
+            "  devcluster raw write rate (server-side apply, {clients} clients): {rate:.0} writes/s"
+        );
+    }
     println!(
         "  converged: {total} instances Ready in {:.2} s ({:.0} instances/s)",
         converge.as_secs_f64(),
@@ -263,12 +279,55 @@ async fn main() {
             format!(" ({})", window_by_resource.join(" "))
         }
     );
-    println!("  operator peak RSS: {rss:.0} MiB");
+    let status_writes = by_resource
+        .iter()
+        .find(|(k, _)| k == "inferenceinstances/status")
+        .map(|(_, v)| *v)
+        .unwrap_or(0.0);
+    println!("  instance status writes: {:.2} per instance", status_writes / total as f64);
+    println!(
+        "  operator peak RSS: {rss:.0} MiB ({:.1} KiB per instance)",
+        rss * 1024.0 / total as f64
+    );
+    println!("  devcluster (this process) peak RSS: {:.0} MiB", peak_rss_mib(std::process::id()));
+    // Time to Ready from the moment the benchmark created the tenant's instances (they are
+    // created together), over all instances and per tenant (fairness: no tenant starved).
+    let seconds = |v: &mut Vec<f64>, q: f64| {
+        v.sort_by(f64::total_cmp);
+        v[((v.len() as f64 - 1.0) * q).round() as usize]
+    };
+    let mut all = Vec::new();
+    let mut tenant_p50 = Vec::new();
+    let mut tenant_p99 = Vec::new();
+    for (t, t0) in created_at.iter().enumerate() {
+        let ns = format!("tenant-t{t}");
+        let Some(t0) = *t0 else { continue };
+        let mut mine: Vec<f64> = ready_at
+            .range((ns.clone(), String::new())..)
+            .take_while(|((n, _), _)| *n == ns)
+            .map(|(_, at)| at.duration_since(t0).as_secs_f64())
+            .collect();
+        all.extend(mine.iter().copied());
+        tenant_p50.push(seconds(&mut mine, 0.5));
+        tenant_p99.push(seconds(&mut mine, 0.99));
+    }
+    println!(
+        "  time to Ready: p50 {:.1} s, p99 {:.1} s; per tenant, p50 from {:.1} to {:.1} s and p99 from {:.1} to {:.1} s",
+        seconds(&mut all, 0.5),
+        seconds(&mut all, 0.99),
+        seconds(&mut tenant_p50, 0.0),
+        seconds(&mut tenant_p50, 1.0),
+        seconds(&mut tenant_p99, 0.0),
+        seconds(&mut tenant_p99, 1.0),
+    );
     println!(
         "  convergence ÷ (writes ÷ raw rate) = {:.2} s ÷ {ideal:.2} s = {:.2}",
         converge.as_secs_f64(),
         converge.as_secs_f64() / ideal
     );
     let _ = operator.kill().await;
+    if let Ok(keep) = std::env::var("BENCH_KEEP_LOG") {
+        let _ = std::fs::copy(dir.path().join("operator.log"), keep);
+    }
     cluster.shutdown().await;
 }

@@ -39,11 +39,11 @@ pub struct WriteLog {
     entries: Mutex<HashMap<String, Written>>,
 }
 
-/// How long a write is remembered: far longer than a watch event takes to arrive.
+/// How long a write is remembered: far longer than a watch event takes to arrive. A creation
+/// is forgotten sooner, as soon as the watch shows the object (or its deletion: then it must come
+/// back); this bound only covers an object created and deleted while a watch was re-listing, and
+/// must outlast the cache's lag under load, or the object is created twice.
 const REMEMBER: Duration = Duration::from_secs(30);
-/// How long a creation is trusted to be in flight while the cache does not show the object yet.
-/// Shorter: an object deleted before the cache ever saw it must come back soon.
-const CREATE_IN_FLIGHT: Duration = Duration::from_secs(5);
 
 impl WriteLog {
     /// Whether we already wrote on top of the version `live_rv` (so the cache is just behind our
@@ -51,9 +51,8 @@ impl WriteLog {
     /// does not matter: whatever a reconcile on stale data would write is decided again then.
     pub fn already_written(&self, key: &str, live_rv: Option<&str>) -> bool {
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        let window = if live_rv.is_none() { CREATE_IN_FLIGHT } else { REMEMBER };
         match entries.get(key) {
-            Some((rv, _, at)) if rv.as_deref() == live_rv && at.elapsed() < window => true,
+            Some((rv, _, at)) if rv.as_deref() == live_rv && at.elapsed() < REMEMBER => true,
             Some(_) => {
                 // The cache has moved past our write (or the object was deleted since): forget it.
                 entries.remove(key);
@@ -63,7 +62,7 @@ impl WriteLog {
         }
     }
 
-    /// The cache shows the object: a creation of it is no longer in flight.
+    /// The watch showed the object (or its deletion): a creation of it is no longer in flight.
     pub fn observed(&self, key: &str) {
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         if entries.get(key).is_some_and(|(rv, _, _)| rv.is_none()) {
@@ -169,9 +168,6 @@ where
     K: Resource<DynamicType = ()> + Serialize + DeserializeOwned + Clone + std::fmt::Debug,
 {
     let key = log_key(desired, "");
-    if live.is_some() {
-        log.observed(&key);
-    }
     if !needs_apply(desired, live)? {
         return Ok(false);
     }
@@ -197,7 +193,6 @@ where
 {
     let key = log_key(obj, "");
     if live.is_some() {
-        log.observed(&key);
         return Ok(false);
     }
     if log.already_written(&key, None) {
@@ -220,7 +215,6 @@ where
     K: Resource<DynamicType = ()> + Serialize + DeserializeOwned + Clone + std::fmt::Debug,
 {
     if live.is_some() {
-        log.observed(&log_key(desired, ""));
         return Ok(false);
     }
     apply(log, api, desired, None).await

@@ -79,15 +79,90 @@ impl Readiness {
     }
 }
 
+/// How a kind is trimmed before it is cached: `trim` for all but pods.
+pub trait Trimmed {
+    fn trim(&mut self);
+}
+
+macro_rules! trimmed {
+    ($($ty:ty),*) => { $( impl Trimmed for $ty { fn trim(&mut self) { trim(self) } } )* };
+}
+
+trimmed!(
+    Tenant,
+    InferenceInstance,
+    KnowledgeBase,
+    Namespace,
+    Node,
+    ResourceQuota,
+    LimitRange,
+    NetworkPolicy,
+    Role,
+    RoleBinding,
+    ClusterRole,
+    ClusterRoleBinding,
+    Secret,
+    ConfigMap,
+    Service,
+    PersistentVolumeClaim,
+    Job
+);
+
+impl Trimmed for Pod {
+    fn trim(&mut self) {
+        trim_pod(self)
+    }
+}
+
+/// What a cache keeps of an object. managedFields are often larger than the object itself and no
+/// controller reads them; kubectl's last-applied copy is the object once more.
+pub fn trim<K: Resource>(obj: &mut K) {
+    let meta = obj.meta_mut();
+    meta.managed_fields = None;
+    if let Some(a) = meta.annotations.as_mut() {
+        a.remove("kubectl.kubernetes.io/last-applied-configuration");
+    }
+}
+
+/// What the pods cache keeps of a pod: its metadata and status, and of its spec only the node,
+/// the containers' names and the claims it mounts (what the controllers read). The rest (env,
+/// probes, resources, mounts) is most of a pod and never read: pods are created, never patched.
+pub fn trim_pod(pod: &mut Pod) {
+    use k8s_openapi::api::core::v1::{Container, PodSpec, Volume};
+    trim(pod);
+    if let Some(spec) = pod.spec.take() {
+        let names = |cs: Vec<Container>| -> Vec<Container> {
+            cs.into_iter().map(|c| Container { name: c.name, ..Default::default() }).collect()
+        };
+        pod.spec = Some(PodSpec {
+            node_name: spec.node_name,
+            containers: names(spec.containers),
+            init_containers: spec.init_containers.map(names),
+            volumes: spec.volumes.map(|vs| {
+                vs.into_iter()
+                    .filter(|v| v.persistent_volume_claim.is_some())
+                    .map(|v| Volume {
+                        name: v.name,
+                        persistent_volume_claim: v.persistent_volume_claim,
+                        ..Default::default()
+                    })
+                    .collect()
+            }),
+            ..Default::default()
+        });
+    }
+}
+
 fn cache<K>(
     api: Api<K>,
     config: watcher::Config,
     name: &'static str,
-    readiness: Arc<Readiness>,
+    shared: (&Arc<Readiness>, &Arc<crate::apply::WriteLog>),
     feeders: &mut Vec<Feeder>,
 ) -> (Store<K>, Feed<K>)
 where
     K: Resource<DynamicType = ()>
+        + Trimmed
         + Clone
         + DeserializeOwned
         + std::fmt::Debug
@@ -98,15 +173,20 @@ where
     let (store, writer) = reflector::store();
     let (tx, _) = tokio::sync::broadcast::channel(65_536);
     let feed = Feed { tx: tx.clone() };
-    let stream = reflector(writer, watcher(api, config).default_backoff());
+    let (readiness, writes) = (shared.0.clone(), shared.1.clone());
+    let stream = reflector(writer, watcher(api, config).default_backoff().modify(K::trim));
     let task = stream.for_each(move |r| {
         match r {
-            // No subscriber yet is fine.
             Ok(
                 watcher::Event::Apply(obj)
                 | watcher::Event::InitApply(obj)
                 | watcher::Event::Delete(obj),
-            ) => drop(tx.send(Arc::new(obj))),
+            ) => {
+                // Whatever the watch says of an object we created, our creation has landed.
+                writes.observed(&crate::apply::log_key(&obj, ""));
+                // No subscriber yet is fine.
+                drop(tx.send(Arc::new(obj)))
+            }
             Ok(watcher::Event::InitDone) => readiness.listed(name),
             Ok(watcher::Event::Init) => {}
             Err(e) => tracing::warn!(error = %e, kind = %K::kind(&()), "watch error (retrying)"),
@@ -123,6 +203,8 @@ macro_rules! caches {
         #[derive(Clone)]
         pub struct Caches {
             $( pub $field: Store<$ty>, )*
+            /// What the operator wrote and the caches have not shown yet.
+            pub writes: Arc<crate::apply::WriteLog>,
             synced: tokio::sync::watch::Receiver<bool>,
             readiness: Arc<Readiness>,
         }
@@ -137,8 +219,9 @@ macro_rules! caches {
                 let mut feeders = Vec::new();
                 let (tx, synced) = tokio::sync::watch::channel(false);
                 let readiness = Arc::new(Readiness { pending: std::sync::Mutex::new(vec![$( stringify!($field), )*]), synced: tx });
-                $( let $field = cache::<$ty>($api(client.clone()), $cfg, stringify!($field), readiness.clone(), &mut feeders); )*
-                (Caches { $( $field: $field.0.clone(), )* synced, readiness }, Handles { $( $field: $field.1, )* }, feeders)
+                let writes = Arc::new(crate::apply::WriteLog::default());
+                $( let $field = cache::<$ty>($api(client.clone()), $cfg, stringify!($field), (&readiness, &writes), &mut feeders); )*
+                (Caches { $( $field: $field.0.clone(), )* writes, synced, readiness }, Handles { $( $field: $field.1, )* }, feeders)
             }
 
             /// Waits until every cache has its first complete list.
@@ -232,7 +315,8 @@ pub async fn publish<K: Resource<DynamicType = ()>>(
 }
 
 pub struct Context {
-    pub writes: crate::apply::WriteLog,
+    /// The caches' write log (see `apply::WriteLog`).
+    pub writes: Arc<crate::apply::WriteLog>,
     /// Retry delays of objects whose reconcile failed.
     pub backoff: crate::backoff::Backoff,
     pub client: Client,
@@ -258,7 +342,7 @@ impl Context {
     ) -> Context {
         let recorder = recorder(&client, identity);
         Context {
-            writes: Default::default(),
+            writes: caches.writes.clone(),
             backoff: Default::default(),
             client,
             config,
@@ -359,5 +443,48 @@ pub fn key<K: Resource>(obj: &K) -> String {
     match obj.namespace() {
         Some(ns) => format!("{ns}/{}", obj.name_any()),
         None => obj.name_any(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_cached_pod_keeps_what_the_controllers_read() {
+        let mut pod: Pod = serde_json::from_value(json!({
+            "metadata": {
+                "name": "i1", "namespace": "tenant-a",
+                "labels": {"alcove.dev/instance": "i1"},
+                "annotations": {"alcove.dev/pod-hash": "h1", "kubectl.kubernetes.io/last-applied-configuration": "{}"},
+                "managedFields": [{"manager": "alcove-operator", "operation": "Apply"}]
+            },
+            "spec": {
+                "nodeName": "gpu-1",
+                "initContainers": [{"name": "fetch", "image": "alcove-inference", "args": ["fetch"]}],
+                "containers": [{"name": "server", "image": "alcove-inference", "env": [{"name": "A", "value": "b"}]}],
+                "volumes": [
+                    {"name": "history", "persistentVolumeClaim": {"claimName": "i1-history"}},
+                    {"name": "prompt", "configMap": {"name": "i1-prompt"}}
+                ]
+            },
+            "status": {"conditions": [{"type": "Ready", "status": "True"}]}
+        }))
+        .unwrap();
+        trim_pod(&mut pod);
+        assert!(pod.metadata.managed_fields.is_none());
+        let annotations = pod.metadata.annotations.clone().unwrap_or_default();
+        assert_eq!(annotations.get("alcove.dev/pod-hash").map(String::as_str), Some("h1"));
+        assert!(!annotations.contains_key("kubectl.kubernetes.io/last-applied-configuration"));
+        let spec = pod.spec.clone().unwrap();
+        assert_eq!(spec.node_name.as_deref(), Some("gpu-1"));
+        assert_eq!(spec.init_containers.unwrap()[0].name, "fetch");
+        assert_eq!(spec.containers[0].name, "server");
+        assert!(spec.containers[0].env.is_none(), "env is not kept");
+        let volumes = spec.volumes.unwrap();
+        assert_eq!(volumes.len(), 1, "only claims are kept");
+        assert_eq!(volumes[0].persistent_volume_claim.as_ref().unwrap().claim_name, "i1-history");
+        assert!(pod.status.is_some(), "status is kept whole");
     }
 }

@@ -5,6 +5,7 @@ use alcove_crds::{
     InferenceInstance, InferenceInstanceStatus, InstancePhase, InstanceState, condition,
 };
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 
 use super::builders;
@@ -196,6 +197,19 @@ pub struct PodView {
     pub failure: Option<String>,
     /// The model's fetch step, until it completes.
     pub fetch: Option<FetchState>,
+}
+
+/// How long a new pod may wait for the scheduler's verdict (bound, or refused with a reason)
+/// before the status says it is waiting.
+pub const SCHEDULER_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Whether the scheduler has yet to say anything about a pod created less than
+/// `SCHEDULER_GRACE` ago (its verdict is the next event, and worth a status; this moment is not).
+pub fn awaiting_scheduler(pod: &PodView, created: Option<&Time>, now: jiff::Timestamp) -> bool {
+    !pod.deleting
+        && pod.scheduled.is_none()
+        && created
+            .is_some_and(|c| now.duration_since(c.0).as_secs_f64() < SCHEDULER_GRACE.as_secs_f64())
 }
 
 impl PodView {
@@ -568,6 +582,20 @@ mod tests {
             phase: "Running".into(),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn a_new_pod_awaits_the_scheduler_only_within_the_grace() {
+        let created = Time(at("2026-01-01T00:00:00Z"));
+        let fresh = at("2026-01-01T00:00:02Z");
+        let late = at("2026-01-01T00:00:06Z");
+        assert!(awaiting_scheduler(&pod(None, false), Some(&created), fresh));
+        assert!(!awaiting_scheduler(&pod(None, false), Some(&created), late), "silent scheduler");
+        let refused = pod(Some((false, "Unschedulable", "0/3 nodes have GPUs")), false);
+        assert!(!awaiting_scheduler(&refused, Some(&created), fresh), "a refusal is news");
+        assert!(!awaiting_scheduler(&pod(Some((true, "", "")), false), Some(&created), fresh));
+        let deleting = PodView { deleting: true, ..pod(None, false) };
+        assert!(!awaiting_scheduler(&deleting, Some(&created), fresh));
     }
 
     fn step(i: &mut InferenceInstance, obs: Observation, now: &str) -> InferenceInstanceStatus {

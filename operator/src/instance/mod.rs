@@ -129,11 +129,16 @@ async fn reconcile_inner(i: &InferenceInstance, ctx: &Context) -> Result<Action>
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
     let key_name = builders::api_key_secret_name(&name);
     let requested = builders::requested_rotation(i);
+    let mut key_in_flight = false;
     let (key_rotation, key_hash) = match find(&ctx.caches.secrets, &ns, &key_name) {
         None => {
             let fresh = builders::api_key_secret(i, &random_key()?, &requested);
-            ctx.create(&secrets, &fresh, None).await?;
-            (requested.clone(), builders::api_key_hash(&fresh))
+            // Not created (made by an earlier pass, not in the cache yet): this key is not the
+            // one stored, and its hash must not reach the status (the gateway would refuse the
+            // real key). The status keeps what it says until the cache shows the Secret.
+            let created = ctx.create(&secrets, &fresh, None).await?;
+            key_in_flight = !created;
+            (requested.clone(), created.then(|| builders::api_key_hash(&fresh)).flatten())
         }
         Some(s) if builders::key_rotation_of(&s) != requested => {
             let fresh = builders::api_key_secret(i, &random_key()?, &requested);
@@ -154,10 +159,7 @@ async fn reconcile_inner(i: &InferenceInstance, ctx: &Context) -> Result<Action>
             .await;
             (requested.clone(), builders::api_key_hash(&fresh))
         }
-        Some(s) => {
-            ctx.writes.observed(&crate::apply::log_key(&*s, ""));
-            (builders::key_rotation_of(&s), builders::api_key_hash(&s))
-        }
+        Some(s) => (builders::key_rotation_of(&s), builders::api_key_hash(&s)),
     };
     obs.api_key_hash = key_hash;
     obs.rate_limits = Some(ctx.config.rate_limits(tenant.spec.tier, &i.spec.limits));
@@ -279,6 +281,9 @@ async fn reconcile_inner(i: &InferenceInstance, ctx: &Context) -> Result<Action>
             .await,
         )
     };
+    // A pod we just created, or one the scheduler has not placed or refused yet: its next event
+    // follows at once and says more than a status written now would.
+    let mut pod_on_its_way = false;
     match (&desired, live.as_deref()) {
         (Err(why), live) => {
             obs.invalid_spec = Some(why.clone());
@@ -287,7 +292,6 @@ async fn reconcile_inner(i: &InferenceInstance, ctx: &Context) -> Result<Action>
             }
         }
         (Ok(_), Some(p)) if suspended => {
-            ctx.writes.observed(&crate::apply::log_key(p, ""));
             if p.metadata.deletion_timestamp.is_none() {
                 delete_pod().await?;
             }
@@ -297,7 +301,10 @@ async fn reconcile_inner(i: &InferenceInstance, ctx: &Context) -> Result<Action>
         (Ok(pod), None) => {
             if obs.quota_refusal.is_none() {
                 match ctx.ensure(&pods, pod, None).await {
-                    Ok(_) => {}
+                    Ok(created) => {
+                        pod_on_its_way = created
+                            || ctx.writes.already_written(&crate::apply::log_key(pod, ""), None)
+                    }
                     Err(Error::Kube(k)) if quota_refusal(&k).is_some() => {
                         obs.quota_refusal = quota_refusal(&k)
                     }
@@ -306,7 +313,6 @@ async fn reconcile_inner(i: &InferenceInstance, ctx: &Context) -> Result<Action>
             }
         }
         (Ok(pod), Some(p)) => {
-            ctx.writes.observed(&crate::apply::log_key(p, ""));
             // While a knowledge base is missing, a running server keeps the index it has.
             let stale = builders::pod_hash(p) != builders::pod_hash(pod) && obs.waiting.is_none();
             let finished = matches!(
@@ -316,7 +322,14 @@ async fn reconcile_inner(i: &InferenceInstance, ctx: &Context) -> Result<Action>
             if (stale || finished) && p.metadata.deletion_timestamp.is_none() {
                 delete_pod().await?;
             }
-            obs.pod = Some(PodView::of(p));
+            let view = PodView::of(p);
+            pod_on_its_way = !(stale || finished)
+                && lifecycle::awaiting_scheduler(
+                    &view,
+                    p.metadata.creation_timestamp.as_ref(),
+                    ctx.now(),
+                );
+            obs.pod = Some(view);
         }
     }
     // The fetch step's progress, from the last lines of its log; looked at again shortly.
@@ -344,6 +357,14 @@ async fn reconcile_inner(i: &InferenceInstance, ctx: &Context) -> Result<Action>
             true
         }
     };
+    if (pod_on_its_way || key_in_flight) && i.status.as_ref().is_none_or(|s| s.started_at.is_none())
+    {
+        // A status saying "creating the pod" or "waiting for the scheduler", or one without the
+        // new key's hash, would be replaced within milliseconds: one write for nothing. (A run in
+        // progress is ended now, not then: its bill is to the second.) A scheduler that stays
+        // silent is reported after the grace.
+        return Ok(Action::requeue(lifecycle::SCHEDULER_GRACE));
+    }
     let mut action = write_status(i, ctx, &instances, &obs, Some(&tenant)).await?;
     if tokens_failed {
         action = Action::requeue(Duration::from_secs(5));
