@@ -3,6 +3,7 @@
 //!
 //!   cargo bench -p alcove --bench instances -- --tenants 10 --instances 100
 //!   cargo bench -p alcove --bench instances -- --tenants 100 --instances 100
+//!   cargo bench -p alcove --bench instances -- --raw-only    # devcluster's raw write rates only
 //!
 //! Prints the time until every instance is Ready (and the p50/p99 time to Ready, overall and per
 //! tenant), the operator's writes per instance by resource, its writes during a no-op resync
@@ -121,6 +122,15 @@ async fn main() {
         raw_rates.push((clients, raw_n as f64 / started.elapsed().as_secs_f64()));
     }
     let raw_rate = raw_rates[0].1;
+    if std::env::args().any(|a| a == "--raw-only") {
+        for (clients, rate) in &raw_rates {
+            println!(
+                "  devcluster raw write rate (server-side apply, {clients} clients): {rate:.0} writes/s"
+            );
+        }
+        cluster.shutdown().await;
+        return;
+    }
 
     let log = std::fs::File::create(dir.path().join("operator.log")).unwrap();
     let mut operator = tokio::process::Command::new(env!("CARGO_BIN_EXE_alcove"))
