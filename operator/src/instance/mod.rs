@@ -133,11 +133,13 @@ async fn reconcile_inner(i: &InferenceInstance, ctx: &Context) -> Result<Action>
     let (key_rotation, key_hash) = match find(&ctx.caches.secrets, &ns, &key_name) {
         None => {
             let fresh = builders::api_key_secret(i, &random_key()?, &requested);
-            // Not created (made by an earlier pass, not in the cache yet): this key is not the
-            // one stored, and its hash must not reach the status (the gateway would refuse the
-            // real key). The status keeps what it says until the cache shows the Secret.
+            // Not created (made by an earlier pass, or there already): this key is not the one
+            // stored, and its hash must not reach the status (the gateway would refuse the real
+            // key). The status keeps what it says; while our own creation is on its way to the
+            // cache, it waits for it.
             let created = ctx.create(&secrets, &fresh, None).await?;
-            key_in_flight = !created;
+            key_in_flight =
+                !created && ctx.writes.already_written(&crate::apply::log_key(&fresh, ""), None);
             (requested.clone(), created.then(|| builders::api_key_hash(&fresh)).flatten())
         }
         Some(s) if builders::key_rotation_of(&s) != requested => {
