@@ -246,5 +246,5 @@ async fn models_from_uris_are_fetched_verified_shared_served_and_erased_a_day_af
         let r: Value = serde_json::from_str(v.as_str().unwrap()).unwrap();
         r["dataClass"] == "modelCache" && r["what"].as_str().unwrap().contains(&cache)
     });
-    assert!(found, "{receipts}");
+    assert!(found, "no receipt for {cache} in {receipts}");
 }

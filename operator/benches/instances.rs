@@ -119,15 +119,14 @@ async fn main() {
             .buffer_unordered(clients)
             .collect::<Vec<_>>()
             .await;
-        raw_rates.push((clients, raw_n as f64 / started.elapsed().as_secs_f64()));
+        let rate = raw_n as f64 / started.elapsed().as_secs_f64();
+        println!(
+            "  devcluster raw write rate (server-side apply, {clients} clients): {rate:.0} writes/s"
+        );
+        raw_rates.push(rate);
     }
-    let raw_rate = raw_rates[0].1;
+    let raw_rate = raw_rates[0];
     if std::env::args().any(|a| a == "--raw-only") {
-        for (clients, rate) in &raw_rates {
-            println!(
-                "  devcluster raw write rate (server-side apply, {clients} clients): {rate:.0} writes/s"
-            );
-        }
         cluster.shutdown().await;
         return;
     }
@@ -257,11 +256,6 @@ async fn main() {
     let rss = peak_rss_mib(pid);
     let ideal = operator_writes / raw_rate;
 
-    for (clients, rate) in &raw_rates {
-        println!(
-            "  devcluster raw write rate (server-side apply, {clients} clients): {rate:.0} writes/s"
-        );
-    }
     println!(
         "  converged: {total} instances Ready in {:.2} s ({:.0} instances/s)",
         converge.as_secs_f64(),

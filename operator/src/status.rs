@@ -44,20 +44,17 @@ where
         return Ok(false);
     }
     if tracing::enabled!(tracing::Level::DEBUG) {
-        let mut before = serde_json::to_value(current).unwrap_or_default();
         // Transition times follow the status of their condition: the status says why.
-        for v in [&mut before] {
+        let without_times = |mut v: serde_json::Value| {
             if let Some(cs) = v.get_mut("conditions").and_then(|c| c.as_array_mut()) {
-                cs.iter_mut()
-                    .for_each(|c| drop(c.as_object_mut().map(|c| c.remove("lastTransitionTime"))));
+                cs.iter_mut().filter_map(|c| c.as_object_mut()).for_each(|c| {
+                    c.remove("lastTransitionTime");
+                });
             }
-        }
-        let mut after = status.clone();
-        if let Some(cs) = after.get_mut("conditions").and_then(|c| c.as_array_mut()) {
-            cs.iter_mut()
-                .for_each(|c| drop(c.as_object_mut().map(|c| c.remove("lastTransitionTime"))));
-        }
-        let why = crate::apply::first_difference(&after, &before, "status");
+            v
+        };
+        let before = without_times(serde_json::to_value(current).unwrap_or_default());
+        let why = crate::apply::first_difference(&without_times(status.clone()), &before, "status");
         tracing::debug!(object = %log_key(obj, ""), difference = ?why, "writing status");
     }
     let body = serde_json::json!({"apiVersion": K::api_version(&()), "kind": K::kind(&()), "status": status});
