@@ -240,11 +240,18 @@ async fn models_from_uris_are_fetched_verified_shared_served_and_erased_a_day_af
         !p.kubectl(&["get", "pvc", &cache, "-n", "tenant-startup"]).await.0
     })
     .await;
+    // The receipt follows the claim's deletion: it is written once the volume behind it is
+    // verified gone.
     let receipts =
-        p.json(&["get", "configmap", "alcove-erasures-startup", "-n", "alcove-system"]).await;
-    let found = receipts["data"].as_object().unwrap().values().any(|v| {
-        let r: Value = serde_json::from_str(v.as_str().unwrap()).unwrap();
-        r["dataClass"] == "modelCache" && r["what"].as_str().unwrap().contains(&cache)
-    });
-    assert!(found, "no receipt for {cache} in {receipts}");
+        ["get", "configmap", "alcove-erasures-startup", "-n", "alcove-system", "-o", "json"];
+    eventually("a receipt naming the cache", Duration::from_secs(30), || async {
+        let (ok, out, _) = p.kubectl(&receipts).await;
+        ok && serde_json::from_str::<Value>(&out).unwrap()["data"].as_object().is_some_and(|d| {
+            d.values().any(|v| {
+                let r: Value = serde_json::from_str(v.as_str().unwrap()).unwrap();
+                r["dataClass"] == "modelCache" && r["what"].as_str().unwrap().contains(&cache)
+            })
+        })
+    })
+    .await;
 }
