@@ -35,7 +35,7 @@ const OPERATOR: &[Layer] = &[
         ],
     ),
     (
-        "writes, caches and clients: apply, status, context, controller scaffolding, Stripe, ledger",
+        "writes, caches and clients: apply, status, context, controller scaffolding, leader and shard Leases, Stripe, ledger",
         true,
         &[
             "apply",
@@ -43,6 +43,7 @@ const OPERATOR: &[Layer] = &[
             "context",
             "controller",
             "leader",
+            "shard",
             "billing::stripe",
             "billing::store",
             "billing::runtime",

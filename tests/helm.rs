@@ -378,10 +378,27 @@ fn chart_lints_renders_each_tier_layout_and_refuses_bad_values() {
     assert_eq!(cfg["retention"]["conversationHistory"], "3d");
     assert_eq!(cfg["gatewayNamespaces"], json!(["alcove-gateway"]));
 
-    // The schema refuses bad values, naming the field and the rule; nothing is rendered.
+    // Sharded: every replica gets the shard count, and may list the Leases to count members.
     let dir = tempfile::tempdir().unwrap();
+    let sharded = dir.path().join("sharded.yaml");
+    std::fs::write(&sharded, "replicaCount: 3\nshards: 3\n").unwrap();
+    let sharded = render(Some(&sharded)).unwrap();
+    let env = &find(&sharded["objects"], "Deployment", "alcove").unwrap()["spec"]["template"]["spec"]
+        ["containers"][0]["env"];
+    assert!(
+        env.as_array().unwrap().contains(&json!({"name": "ALCOVE_SHARDS", "value": "3"})),
+        "{env}"
+    );
+    let verbs = |r: &Value| {
+        find(&r["objects"], "Role", "alcove-leader-election").unwrap()["rules"][0]["verbs"].clone()
+    };
+    assert_eq!(verbs(&sharded), json!(["get", "create", "update", "list"]));
+    assert_eq!(verbs(&renders[0].1), json!(["get", "create", "update"]));
+
+    // The schema refuses bad values, naming the field and the rule; nothing is rendered.
     for (values, expected) in [
         ("replicaCount: 0\n", "at '/replicaCount': minimum: got 0, want 1"),
+        ("shards: 0\n", "at '/shards': minimum: got 0, want 1"),
         ("leaderElection: false\nreplicaCount: 2\n", "at '/replicaCount': maximum: got 2, want 1"),
         (
             "tiers: {gold: {storageClass: fast}}\n",

@@ -268,7 +268,12 @@ pub fn platform_models() -> PathBuf {
 /// devcluster set up to run instances for real: the inference image runs the binary, platform
 /// models are served by the CSI driver the operator's default configuration names.
 pub fn with_inference(c: Config) -> Config {
-    let mut c = c.image("ghcr.io/alcove-dev/alcove-inference*", inference_binary());
+    with_platform_models(c.image("ghcr.io/alcove-dev/alcove-inference*", inference_binary()))
+}
+
+/// The platform models' CSI driver, so that instance pods mount their model (simulated pods
+/// never read it).
+pub fn with_platform_models(mut c: Config) -> Config {
     c.csi_drivers.push(alcove_devcluster::config::CsiDriver {
         driver: "models.alcove.dev".into(),
         attribute: "model".into(),

@@ -20,15 +20,7 @@ fn plus(t: Timestamp, secs: i64) -> Timestamp {
 /// The platform with simulated pods (retention needs no real server) and an operator reading
 /// "now" from a file.
 async fn platform() -> (Platform, Clock) {
-    let mut p = Platform::start_with(|mut c| {
-        c.csi_drivers.push(alcove_devcluster::config::CsiDriver {
-            driver: "models.alcove.dev".into(),
-            attribute: "model".into(),
-            root: platform_models(),
-        });
-        c
-    })
-    .await;
+    let mut p = Platform::start_with(with_platform_models).await;
     let clock = Clock(p.dir.path().join("clock"));
     clock.set(Timestamp::now());
     let path = clock.0.display().to_string();

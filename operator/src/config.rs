@@ -27,6 +27,11 @@ pub struct OperatorArgs {
     /// Elect a leader through a Lease so that several replicas can run; only the leader reconciles.
     #[arg(long, env = "ALCOVE_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
     pub leader_election: bool,
+    /// Split the tenants into this many shards, each held by one replica through its own Lease
+    /// (`alcove-operator-shard-I-of-N`); replicas share the shards evenly and re-take a dead
+    /// one's within 15 s. Above 1, the shard Leases replace the leader Lease.
+    #[arg(long, env = "ALCOVE_SHARDS", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub shards: u32,
     /// Identity in the leader Lease (default: hostname and process id).
     #[arg(long, env = "ALCOVE_IDENTITY")]
     pub identity: Option<String>,

@@ -328,6 +328,8 @@ pub struct Context {
     /// Tenants whose status should be refreshed from outside the caches (a new erasure receipt).
     pub tenant_nudges: tokio::sync::broadcast::Sender<String>,
     pub billing: Arc<crate::billing::runtime::Billing>,
+    /// The tenants this replica reconciles (all of them unless sharded).
+    pub shards: Arc<crate::shard::Shards>,
 }
 
 impl Context {
@@ -352,7 +354,13 @@ impl Context {
             caches,
             tenant_nudges: tokio::sync::broadcast::channel(1024).0,
             billing,
+            shards: Arc::new(crate::shard::Shards::unsharded()),
         }
+    }
+
+    /// This replica reconciles only the tenants of `shards` (see `shard`).
+    pub fn with_shards(self, shards: Arc<crate::shard::Shards>) -> Context {
+        Context { shards, ..self }
     }
 
     /// Publishes an Event about `obj`. Failing to record an Event never fails a reconcile.

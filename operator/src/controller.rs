@@ -11,8 +11,8 @@ use kube::{Resource, ResourceExt};
 use crate::context::{Context, key};
 use crate::error::{Error, Result};
 
-/// Runs one reconcile of `obj` by `controller` once the caches are synced: counted, timed, and a
-/// success clears the object's backoff.
+/// Runs one reconcile of `obj` by `controller` once the caches are synced, when its tenant is in
+/// this replica's shards: counted, timed, and a success clears the object's backoff.
 pub async fn reconcile<K, F>(
     ctx: &Context,
     controller: &'static str,
@@ -24,6 +24,10 @@ where
     F: Future<Output = Result<Action>>,
 {
     ctx.caches.ready().await;
+    // Another replica's shard: it reconciles this; `Shards::taken` brings it back if ours.
+    if !ctx.shards.owns(&crate::shard::tenant_of(obj)) {
+        return Ok(Action::await_change());
+    }
     let object = format!("{controller}:{}", key(obj));
     tracing::debug!(%object, "reconcile");
     let started = Instant::now();

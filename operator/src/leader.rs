@@ -1,6 +1,7 @@
 //! Leader election on a `coordination.k8s.io/v1` Lease, as client-go's leaderelection does:
 //! the holder renews every `RENEW`; a candidate takes the Lease once `LEASE_DURATION` passed
 //! without a renewal. Writes use the Lease's resourceVersion, so two candidates cannot both win.
+//! The same Elector holds each shard Lease when the operator is sharded (`shard`).
 
 use std::time::Duration;
 
@@ -13,8 +14,18 @@ pub const LEASE_NAME: &str = "alcove-operator";
 pub const LEASE_DURATION: Duration = Duration::from_secs(10);
 pub const RENEW: Duration = Duration::from_secs(2);
 
+/// Who holds `lease` now: None when nobody does, or when the holder let it expire.
+pub fn holder(lease: &Lease) -> Option<&str> {
+    let spec = lease.spec.as_ref()?;
+    let holder = spec.holder_identity.as_deref().filter(|h| !h.is_empty())?;
+    let renewed = spec.renew_time.as_ref()?.0.as_millisecond();
+    let expires = renewed + i64::from(spec.lease_duration_seconds?) * 1000;
+    (jiff::Timestamp::now().as_millisecond() <= expires).then_some(holder)
+}
+
 pub struct Elector {
     api: Api<Lease>,
+    name: String,
     identity: String,
 }
 
@@ -24,13 +35,22 @@ fn micro(t: jiff::Timestamp) -> MicroTime {
 
 impl Elector {
     pub fn new(client: kube::Client, namespace: &str, identity: &str) -> Elector {
-        Elector { api: Api::namespaced(client, namespace), identity: identity.into() }
+        Elector::named(client, namespace, LEASE_NAME, identity)
+    }
+
+    /// An elector on the Lease `name`.
+    pub fn named(client: kube::Client, namespace: &str, name: &str, identity: &str) -> Elector {
+        Elector {
+            api: Api::namespaced(client, namespace),
+            name: name.into(),
+            identity: identity.into(),
+        }
     }
 
     fn lease(&self, existing: Option<&Lease>, acquiring: bool) -> Lease {
         let now = jiff::Timestamp::now();
         let mut l = existing.cloned().unwrap_or_else(|| Lease {
-            metadata: ObjectMeta { name: Some(LEASE_NAME.into()), ..Default::default() },
+            metadata: ObjectMeta { name: Some(self.name.clone()), ..Default::default() },
             spec: None,
         });
         let spec = l.spec.get_or_insert_with(Default::default);
@@ -47,7 +67,7 @@ impl Elector {
 
     /// One attempt to become or stay the leader. Returns whether we hold the Lease now.
     pub async fn try_acquire_or_renew(&self) -> Result<bool, kube::Error> {
-        let current = match self.api.get(LEASE_NAME).await {
+        let current = match self.api.get(&self.name).await {
             Ok(l) => Some(l),
             Err(kube::Error::Api(s)) if s.code == 404 => None,
             Err(e) => return Err(e),
@@ -59,21 +79,13 @@ impl Elector {
                 Err(e) => Err(e),
             };
         };
-        let spec = current.spec.clone().unwrap_or_default();
-        let holder = spec.holder_identity.clone().unwrap_or_default();
-        let ours = holder == self.identity;
-        let expired = match (&spec.renew_time, spec.lease_duration_seconds) {
-            (Some(renewed), Some(secs)) => {
-                jiff::Timestamp::now().as_millisecond()
-                    > renewed.0.as_millisecond() + i64::from(secs) * 1000
-            }
-            _ => true,
-        };
-        if !ours && !holder.is_empty() && !expired {
+        let ours = current.spec.as_ref().and_then(|s| s.holder_identity.as_deref())
+            == Some(self.identity.as_str());
+        if !ours && holder(&current).is_some() {
             return Ok(false);
         }
         let next = self.lease(Some(&current), !ours);
-        match self.api.replace(LEASE_NAME, &PostParams::default(), &next).await {
+        match self.api.replace(&self.name, &PostParams::default(), &next).await {
             Ok(_) => Ok(true),
             // Someone else wrote the Lease first: they won this round.
             Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
@@ -113,7 +125,7 @@ impl Elector {
 
     /// Gives the Lease up (graceful shutdown), so a standby takes over at once.
     pub async fn release(&self) {
-        if let Ok(current) = self.api.get(LEASE_NAME).await
+        if let Ok(current) = self.api.get(&self.name).await
             && current.spec.as_ref().and_then(|s| s.holder_identity.as_deref())
                 == Some(self.identity.as_str())
         {
@@ -121,7 +133,7 @@ impl Elector {
             let spec = l.spec.get_or_insert_with(Default::default);
             spec.holder_identity = Some(String::new());
             spec.lease_duration_seconds = Some(1);
-            let _ = self.api.replace(LEASE_NAME, &PostParams::default(), &l).await;
+            let _ = self.api.replace(&self.name, &PostParams::default(), &l).await;
         }
     }
 }

@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod names;
 pub mod objects;
 pub mod retention;
+pub mod shard;
 pub mod status;
 pub mod tenant;
 #[cfg(feature = "dev")]
@@ -145,7 +146,10 @@ pub async fn run_operator(args: OperatorArgs) -> anyhow::Result<()> {
     tracing::info!(%addr, %identity, namespace = %config.namespace, "alcove operator serving /metrics, /healthz, /readyz, /webhooks/stripe");
 
     let elector = leader::Elector::new(client.clone(), &config.namespace, &identity);
-    if args.leader_election {
+    // Sharded, every replica runs the controllers; the shard Leases decide who reconciles what.
+    let leader_election = args.leader_election && args.shards == 1;
+    let shards = Arc::new(shard::Shards::new(args.shards));
+    if leader_election {
         ready.store(true, Ordering::SeqCst);
         tokio::select! {
             _ = elector.acquire() => {}
@@ -156,18 +160,23 @@ pub async fn run_operator(args: OperatorArgs) -> anyhow::Result<()> {
         }
         tracing::info!(%identity, "became leader");
     }
-    metrics.leader.set(1);
+    if !shards.sharded() {
+        metrics.leader.set(1);
+    }
 
     let (caches, handles, feeders) = Caches::new(&client);
-    let ctx = Arc::new(Context::new(
-        client.clone(),
-        config,
-        clock,
-        metrics.clone(),
-        caches.clone(),
-        &identity,
-        billing,
-    ));
+    let ctx = Arc::new(
+        Context::new(
+            client.clone(),
+            config,
+            clock,
+            metrics.clone(),
+            caches.clone(),
+            &identity,
+            billing,
+        )
+        .with_shards(shards.clone()),
+    );
     // Controllers subscribe to the caches' change feeds before the caches start filling.
     let controllers = futures::future::join_all(vec![
         tenant::controller(ctx.clone(), &handles, stopped.clone()).boxed(),
@@ -192,8 +201,18 @@ pub async fn run_operator(args: OperatorArgs) -> anyhow::Result<()> {
             tracing::info!("caches synced; reconciling");
         });
     }
+    let sharding = shards.sharded().then(|| {
+        tokio::spawn(shard::run(
+            client.clone(),
+            ctx.config.namespace.clone(),
+            identity.clone(),
+            shards.clone(),
+            metrics.clone(),
+            stopped.clone(),
+        ))
+    });
     let lost = async {
-        if args.leader_election {
+        if leader_election {
             elector.hold().await;
             true
         } else {
@@ -209,8 +228,12 @@ pub async fn run_operator(args: OperatorArgs) -> anyhow::Result<()> {
             }
         }
     }
-    if args.leader_election {
+    if leader_election {
         elector.release().await;
+    }
+    if let Some(task) = sharding {
+        // The controllers stopped: hand every shard back so that the others take them now.
+        task.await.ok();
     }
     metrics.leader.set(0);
     http_task.await.ok();

@@ -15,6 +15,7 @@ pub struct Metrics {
     pub time_to_ready: Histogram,
     pub gpu_seconds: IntCounterVec,
     pub leader: IntGauge,
+    pub shards_owned: IntGauge,
     pub erasures: IntCounterVec,
     pub credit: IntGaugeVec,
     pub low_balance: IntGaugeVec,
@@ -105,6 +106,11 @@ impl Metrics {
         .expect("metric");
         let leader = IntGauge::new("alcove_leader", "1 while this replica holds the leader Lease")
             .expect("metric");
+        let shards_owned = IntGauge::new(
+            "alcove_shards_owned",
+            "Shard Leases this replica holds (with --shards above 1)",
+        )
+        .expect("metric");
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(reconciles.clone()),
             Box::new(errors.clone()),
@@ -114,6 +120,7 @@ impl Metrics {
             Box::new(time_to_ready.clone()),
             Box::new(gpu_seconds.clone()),
             Box::new(leader.clone()),
+            Box::new(shards_owned.clone()),
             Box::new(erasures.clone()),
             Box::new(credit.clone()),
             Box::new(low_balance.clone()),
@@ -133,6 +140,7 @@ impl Metrics {
             time_to_ready,
             gpu_seconds,
             leader,
+            shards_owned,
             erasures,
             credit,
             low_balance,

@@ -226,6 +226,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         config: None,
         resync_seconds: 300,
         leader_election: false,
+        shards: 1,
         identity: Some("alcove-up".into()),
         log_format: "text".into(),
         #[cfg(feature = "test-hooks")]

@@ -680,7 +680,11 @@ async fn count_phases(ctx: Arc<Context>) {
     ];
     loop {
         let mut counts = [0i64; 8];
+        // Sharded, each replica counts its own: the sum over replicas is the whole.
         for i in ctx.caches.instances.state() {
+            if !ctx.shards.owns(&crate::shard::tenant_of(&*i)) {
+                continue;
+            }
             if let Some(p) = i.status.as_ref().and_then(|s| s.phase) {
                 let name = serde_json::to_value(p)
                     .ok()
@@ -794,6 +798,7 @@ where
         )
         // Usage falls due as time passes: an injected clock's jump re-checks every instance.
         .reconcile_all_on(ctx.clock.jumps().unwrap_or_else(|| futures::stream::pending().boxed()))
+        .reconcile_on(ctx.shards.taken(ctx.caches.instances.clone()))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|_| async {})

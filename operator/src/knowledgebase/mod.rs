@@ -507,6 +507,7 @@ where
             of_tenant,
         )
         .reconcile_all_on(ctx.clock.jumps().unwrap_or_else(|| futures::stream::pending().boxed()))
+        .reconcile_on(ctx.shards.taken(ctx.caches.knowledge_bases.clone()))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|_| async {})

@@ -298,6 +298,7 @@ where
             of_tenant,
         )
         .reconcile_on(due)
+        .reconcile_on(ctx.shards.taken(ctx.caches.pvcs.clone()))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|_| async {})

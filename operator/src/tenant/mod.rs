@@ -551,6 +551,7 @@ where
         .reconcile_all_on(node_changes)
         .reconcile_on(nudged)
         .reconcile_all_on(ctx.clock.jumps().unwrap_or_else(|| futures::stream::pending().boxed()))
+        .reconcile_on(ctx.shards.taken(ctx.caches.tenants.clone()))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|_| async {})
