@@ -4,6 +4,8 @@
 //!   cargo bench -p alcove --bench instances -- --tenants 10 --instances 100
 //!   cargo bench -p alcove --bench instances -- --tenants 100 --instances 100
 //!   cargo bench -p alcove --bench instances -- --raw-only    # devcluster's raw write rates only
+//!   cargo bench -p alcove --bench instances -- --tenants 100 --instances 100 --shards 4
+//!       # 4 operator replicas, each holding one of 4 shards (RSS printed per replica)
 //!
 //! Prints the time until every instance is Ready (and the p50/p99 time to Ready, overall and per
 //! tenant), the operator's writes per instance by resource, its writes during a no-op resync
@@ -18,6 +20,7 @@ use std::time::{Duration, Instant};
 use alcove_crds::{InferenceInstance, Tenant};
 use alcove_devcluster::{Config, DevCluster, NodeConfig};
 use futures::StreamExt;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use kube::ResourceExt;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
@@ -68,6 +71,7 @@ async fn main() {
     let tenants = arg("--tenants", 10);
     let per_tenant = arg("--instances", 100);
     let resync = arg("--resync", 20);
+    let shards = arg("--shards", 1).max(1);
     let total = tenants * per_tenant;
     let dir = tempfile::tempdir().unwrap();
     let models = dir.path().join("models");
@@ -97,7 +101,7 @@ async fn main() {
     );
     kubectl(&cluster.kubeconfig, dir.path(), &["create", "namespace", "alcove-system"]);
     println!(
-        "instances benchmark: {tenants} tenants × {per_tenant} instances = {total}, {nodes} simulated GPU nodes, {} CPU(s)",
+        "instances benchmark: {tenants} tenants × {per_tenant} instances = {total}, {nodes} simulated GPU nodes, {shards} shard(s), {} CPU(s)",
         std::thread::available_parallelism().map(|p| p.get()).unwrap_or(1)
     );
 
@@ -131,26 +135,62 @@ async fn main() {
         return;
     }
 
-    let log = std::fs::File::create(dir.path().join("operator.log")).unwrap();
-    let mut operator = tokio::process::Command::new(env!("CARGO_BIN_EXE_alcove"))
-        .args([
-            "operator",
-            "--http-addr",
-            "127.0.0.1:0",
-            "--log-format",
-            "text",
-            "--resync-seconds",
-            &resync.to_string(),
-            "--leader-election=false",
-        ])
-        .env("KUBECONFIG", &cluster.kubeconfig)
-        .env("ALCOVE_LOG", std::env::var("BENCH_OPERATOR_LOG").unwrap_or_else(|_| "warn".into()))
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .kill_on_drop(true)
-        .spawn()
-        .expect("alcove binary");
-    let pid = operator.id().unwrap_or(0);
+    // One operator, or (`--shards N`) N replicas sharing N shards, which the benchmark waits for.
+    let mut operators = Vec::new();
+    for r in 0..shards {
+        let log = std::fs::File::create(dir.path().join(format!("operator-{r}.log"))).unwrap();
+        let operator = tokio::process::Command::new(env!("CARGO_BIN_EXE_alcove"))
+            .args([
+                "operator",
+                "--http-addr",
+                "127.0.0.1:0",
+                "--log-format",
+                "text",
+                "--resync-seconds",
+                &resync.to_string(),
+                "--leader-election=false",
+                "--shards",
+                &shards.to_string(),
+                "--identity",
+                &format!("bench-{r}"),
+            ])
+            .env("KUBECONFIG", &cluster.kubeconfig)
+            .env(
+                "ALCOVE_LOG",
+                std::env::var("BENCH_OPERATOR_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("alcove binary");
+        operators.push(operator);
+    }
+    let pids: Vec<u32> = operators.iter().map(|o| o.id().unwrap_or(0)).collect();
+    if shards > 1 {
+        let leases: Api<Lease> = Api::namespaced(client.clone(), "alcove-system");
+        let started = Instant::now();
+        loop {
+            let held: std::collections::BTreeSet<String> = leases
+                .list(&ListParams::default())
+                .await
+                .unwrap()
+                .items
+                .iter()
+                .filter(|l| l.name_any().starts_with("alcove-operator-shard-"))
+                .filter_map(|l| alcove::leader::holder(l).map(str::to_string))
+                .collect();
+            if held.len() == shards {
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(60), "shards not spread: {held:?}");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        println!(
+            "  {shards} operator replicas, one shard each, after {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+    }
 
     let before = alcove_devcluster::metrics::reconcile_writes(&writes(&client).await);
     let started = Instant::now();
@@ -253,7 +293,7 @@ async fn main() {
         .filter(|(_, d)| *d > 0.0)
         .map(|(k, d)| format!("{k}={d:.0}"))
         .collect();
-    let rss = peak_rss_mib(pid);
+    let rss: Vec<f64> = pids.iter().map(|p| peak_rss_mib(*p)).collect();
     let ideal = operator_writes / raw_rate;
 
     println!(
@@ -289,10 +329,20 @@ async fn main() {
         .map(|(_, v)| *v)
         .unwrap_or(0.0);
     println!("  instance status writes: {:.2} per instance", status_writes / total as f64);
-    println!(
-        "  operator peak RSS: {rss:.0} MiB ({:.1} KiB per instance)",
-        rss * 1024.0 / total as f64
-    );
+    if shards == 1 {
+        println!(
+            "  operator peak RSS: {:.0} MiB ({:.1} KiB per instance)",
+            rss[0],
+            rss[0] * 1024.0 / total as f64
+        );
+    } else {
+        let sum: f64 = rss.iter().sum();
+        println!(
+            "  operator peak RSS: {} MiB, {sum:.0} MiB in all ({:.1} KiB per instance)",
+            rss.iter().map(|r| format!("{r:.0}")).collect::<Vec<_>>().join(" + "),
+            sum * 1024.0 / total as f64
+        );
+    }
     println!("  devcluster (this process) peak RSS: {:.0} MiB", peak_rss_mib(std::process::id()));
     // Time to Ready from the moment the benchmark created the tenant's instances (they are
     // created together), over all instances and per tenant (fairness: no tenant starved).
@@ -329,9 +379,11 @@ async fn main() {
         converge.as_secs_f64(),
         converge.as_secs_f64() / ideal
     );
-    let _ = operator.kill().await;
+    for mut o in operators {
+        let _ = o.kill().await;
+    }
     if let Ok(keep) = std::env::var("BENCH_KEEP_LOG") {
-        let _ = std::fs::copy(dir.path().join("operator.log"), keep);
+        let _ = std::fs::copy(dir.path().join("operator-0.log"), keep);
     }
     cluster.shutdown().await;
 }

@@ -201,6 +201,8 @@ pub async fn run_operator(args: OperatorArgs) -> anyhow::Result<()> {
             tracing::info!("caches synced; reconciling");
         });
     }
+    // The shard Leases are renewed until the controllers have finished their last reconciles.
+    let (controllers_done, done) = tokio::sync::oneshot::channel::<()>();
     let sharding = shards.sharded().then(|| {
         tokio::spawn(shard::run(
             client.clone(),
@@ -208,7 +210,9 @@ pub async fn run_operator(args: OperatorArgs) -> anyhow::Result<()> {
             identity.clone(),
             shards.clone(),
             metrics.clone(),
-            stopped.clone(),
+            async move {
+                let _ = done.await;
+            },
         ))
     });
     let lost = async {
@@ -233,6 +237,7 @@ pub async fn run_operator(args: OperatorArgs) -> anyhow::Result<()> {
     }
     if let Some(task) = sharding {
         // The controllers stopped: hand every shard back so that the others take them now.
+        let _ = controllers_done.send(());
         task.await.ok();
     }
     metrics.leader.set(0);
