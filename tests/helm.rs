@@ -378,7 +378,8 @@ fn chart_lints_renders_each_tier_layout_and_refuses_bad_values() {
     assert_eq!(cfg["retention"]["conversationHistory"], "3d");
     assert_eq!(cfg["gatewayNamespaces"], json!(["alcove-gateway"]));
 
-    // Sharded: every replica gets the shard count, and may list the Leases to count members.
+    // Sharded: every replica gets the shard count, and may list the Leases (to count members)
+    // and delete the member Leases of replicas long gone.
     let dir = tempfile::tempdir().unwrap();
     let sharded = dir.path().join("sharded.yaml");
     std::fs::write(&sharded, "replicaCount: 3\nshards: 3\n").unwrap();
@@ -392,7 +393,7 @@ fn chart_lints_renders_each_tier_layout_and_refuses_bad_values() {
     let verbs = |r: &Value| {
         find(&r["objects"], "Role", "alcove-leader-election").unwrap()["rules"][0]["verbs"].clone()
     };
-    assert_eq!(verbs(&sharded), json!(["get", "create", "update", "list"]));
+    assert_eq!(verbs(&sharded), json!(["get", "create", "update", "list", "delete"]));
     assert_eq!(verbs(&renders[0].1), json!(["get", "create", "update"]));
 
     // The schema refuses bad values, naming the field and the rule; nothing is rendered.

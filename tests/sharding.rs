@@ -1,12 +1,13 @@
 //! Controller sharding end to end: three `alcove operator --shards 3` processes against devcluster
 //! share the shard Leases, each tenant's objects are written by the holder of its shard alone,
 //! and when one replica is SIGKILLed its shard is re-taken within 15 s and its tenants keep
-//! converging. Instance pods are simulated (Ready without a process).
+//! converging; its member Lease is deleted a minute later. Instance pods are simulated (Ready
+//! without a process).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use alcove::shard::{shard_lease_name, shard_of};
+use alcove::shard::{member_lease_name, shard_lease_name, shard_of};
 use alcove_tests::*;
 
 const SHARDS: u32 = 3;
@@ -134,6 +135,15 @@ async fn three_replicas_share_the_tenants_and_a_dead_ones_shard_moves_within_fif
     // The two survivors hold all three shards between them.
     let after = holders(&p).await;
     assert!(after.iter().all(|h| h != &spread[0] && ids.contains(h)), "{after:?}");
+    // The dead replica's member Lease is deleted a minute after it expired; the others stay.
+    let member = |i: usize| member_lease_name(&p.operators[i].identity);
+    eventually("the dead replica's member Lease deleted", Duration::from_secs(90), || async {
+        !p.kubectl(&["get", "lease", &member(victim), "-n", "alcove-system"]).await.0
+    })
+    .await;
+    for i in (0..3).filter(|i| *i != victim) {
+        p.ok(&["get", "lease", &member(i), "-n", "alcove-system"]).await;
+    }
     println!(
         "sharding: shard 0 re-taken {retaken:?} after SIGKILL; its tenants' new instances Ready after {converged:?}"
     );

@@ -13,7 +13,7 @@
 //!   `HANDOFF` later), so a replica that joins gets its share.
 
 use std::collections::BTreeSet;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -33,6 +33,8 @@ pub const RENEW_DEADLINE: Duration = Duration::from_secs(7);
 /// reconciles already running finish first.
 pub const HANDOFF: Duration = Duration::from_secs(3);
 const MEMBER_PREFIX: &str = "alcove-operator-member-";
+/// A member Lease expired this long ago belongs to a replica that is gone: it is deleted.
+const GONE: Duration = Duration::from_secs(60);
 
 /// The shard of `tenant` among `count`: stable across processes, versions and machines.
 pub fn shard_of(tenant: &str, count: u32) -> u32 {
@@ -61,6 +63,16 @@ pub fn member_lease_name(identity: &str) -> String {
 /// The most shards one of `members` live replicas holds.
 pub fn fair_share(count: u32, members: usize) -> usize {
     (count as usize).div_ceil(members.max(1))
+}
+
+/// A Lease nobody renewed for a minute past its expiry.
+fn long_expired(lease: &Lease) -> bool {
+    let Some(spec) = &lease.spec else { return true };
+    let Some(renewed) = &spec.renew_time else { return true };
+    let expires = renewed.0.as_millisecond()
+        + i64::from(spec.lease_duration_seconds.unwrap_or(0)) * 1000
+        + GONE.as_millis() as i64;
+    jiff::Timestamp::now().as_millisecond() > expires
 }
 
 /// The shards this replica owns: all of them when the operator is not sharded (a leader Lease
@@ -145,16 +157,23 @@ pub async fn run(
     client: kube::Client,
     namespace: String,
     identity: String,
-    shards: std::sync::Arc<Shards>,
-    metrics: std::sync::Arc<crate::metrics::Metrics>,
+    shards: Arc<Shards>,
+    metrics: Arc<crate::metrics::Metrics>,
     stop: impl std::future::Future<Output = ()>,
 ) {
     let count = shards.count();
     let api: Api<Lease> = Api::namespaced(client.clone(), &namespace);
     let member =
         Elector::named(client.clone(), &namespace, &member_lease_name(&identity), &identity);
-    let electors: Vec<Elector> = (0..count)
-        .map(|i| Elector::named(client.clone(), &namespace, &shard_lease_name(i, count), &identity))
+    let electors: Vec<Arc<Elector>> = (0..count)
+        .map(|i| {
+            Arc::new(Elector::named(
+                client.clone(),
+                &namespace,
+                &shard_lease_name(i, count),
+                &identity,
+            ))
+        })
         .collect();
     let mut held: BTreeSet<u32> = BTreeSet::new();
     let mut first = true;
@@ -175,6 +194,12 @@ pub async fn run(
             .filter(|l| l.name_any().starts_with(MEMBER_PREFIX))
             .filter(|l| crate::leader::holder(l).is_some())
             .count();
+        // Members gone for a while (replaced pods) would otherwise pile up, one per pod ever run.
+        for gone in leases.iter().filter(|l| l.name_any().starts_with(MEMBER_PREFIX)) {
+            if long_expired(gone) {
+                let _ = api.delete(&gone.name_any(), &Default::default()).await;
+            }
+        }
         let fair = fair_share(count, members);
         let mut taken = Vec::new();
         for i in 0..count {
@@ -213,8 +238,7 @@ pub async fn run(
             held.remove(&i);
             shards.dropped(i);
             tracing::info!(shard = i, fair, members, "handing shard back");
-            let elector =
-                Elector::named(client.clone(), &namespace, &shard_lease_name(i, count), &identity);
+            let elector = electors[i as usize].clone();
             tokio::spawn(async move {
                 tokio::time::sleep(HANDOFF).await;
                 elector.release().await;
@@ -288,6 +312,26 @@ mod tests {
         s.dropped(t);
         assert!(!s.owns("acme"));
         assert!(Shards::unsharded().owns("anyone"));
+    }
+
+    #[test]
+    fn member_leases_are_gone_a_minute_after_they_expire() {
+        let lease = |ago: i64| Lease {
+            metadata: Default::default(),
+            spec: Some(k8s_openapi::api::coordination::v1::LeaseSpec {
+                holder_identity: Some("r".into()),
+                lease_duration_seconds: Some(10),
+                renew_time: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(
+                    jiff::Timestamp::now() - jiff::SignedDuration::from_secs(ago),
+                )),
+                ..Default::default()
+            }),
+        };
+        assert!(!long_expired(&lease(0)));
+        assert!(!long_expired(&lease(65)), "expired 55 s ago");
+        assert!(long_expired(&lease(75)));
+        assert!(crate::leader::holder(&lease(5)).is_some());
+        assert!(crate::leader::holder(&lease(15)).is_none());
     }
 
     #[test]
