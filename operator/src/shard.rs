@@ -217,9 +217,15 @@ pub async fn run(
             let sent = Instant::now();
             match electors[i as usize].try_acquire_or_renew().await {
                 Ok(true) => {
+                    // Renewals that failed past the deadline skipped this shard's objects
+                    // meanwhile (and dropped their resync timers): they are reconciled again.
+                    let lapsed = held.contains(&i) && !shards.held_at(i, Instant::now());
                     shards.renewed(i, sent);
                     if held.insert(i) {
                         tracing::info!(shard = i, shards = count, "took shard");
+                        taken.push(i);
+                    } else if lapsed {
+                        tracing::warn!(shard = i, "shard renewed after its deadline lapsed");
                         taken.push(i);
                     }
                 }
