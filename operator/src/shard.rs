@@ -12,7 +12,7 @@
 //!   most its fair share, ⌈N ÷ live members⌉; above it, it hands shards back (stops first, releases
 //!   `HANDOFF` later), so a replica that joins gets its share.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -176,6 +176,9 @@ pub async fn run(
         })
         .collect();
     let mut held: BTreeSet<u32> = BTreeSet::new();
+    // Shards handed back, until their release has surely happened: never re-taken before, or
+    // the late release would free a shard this replica believes it holds.
+    let mut handed: BTreeMap<u32, Instant> = BTreeMap::new();
     let mut first = true;
     tokio::pin!(stop);
     loop {
@@ -183,12 +186,15 @@ pub async fn run(
             tracing::warn!(error = %e, "sharding: cannot renew the member Lease");
         }
         let leases = match api.list(&ListParams::default()).await {
-            Ok(l) => l.items,
+            Ok(l) => Some(l.items),
             Err(e) => {
                 tracing::warn!(error = %e, "sharding: cannot list Leases");
-                Vec::new()
+                None
             }
         };
+        // Without the list, the members are unknown: keep what is held, take and hand back nothing.
+        let unknown = leases.is_none();
+        let leases = leases.unwrap_or_default();
         let members = leases
             .iter()
             .filter(|l| l.name_any().starts_with(MEMBER_PREFIX))
@@ -200,7 +206,8 @@ pub async fn run(
                 let _ = api.delete(&gone.name_any(), &Default::default()).await;
             }
         }
-        let fair = fair_share(count, members);
+        let fair = if unknown { held.len() } else { fair_share(count, members) };
+        handed.retain(|_, at| at.elapsed() < HANDOFF + RENEW);
         let mut taken = Vec::new();
         for i in 0..count {
             let lease = shard_lease_name(i, count);
@@ -210,7 +217,8 @@ pub async fn run(
             });
             // The first round only announces this replica, so that replicas starting together
             // see each other before taking shares.
-            let wanted = held.contains(&i) || (!first && !foreign && held.len() < fair);
+            let wanted = held.contains(&i)
+                || (!first && !foreign && held.len() < fair && !handed.contains_key(&i));
             if !wanted {
                 continue;
             }
@@ -244,6 +252,7 @@ pub async fn run(
             held.remove(&i);
             shards.dropped(i);
             tracing::info!(shard = i, fair, members, "handing shard back");
+            handed.insert(i, Instant::now());
             let elector = electors[i as usize].clone();
             tokio::spawn(async move {
                 tokio::time::sleep(HANDOFF).await;
