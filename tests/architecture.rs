@@ -107,6 +107,7 @@ const DEVCLUSTER: &[Layer] = &[
             "schema",
             "resources",
             "state",
+            "usage",
             "events",
             "patch",
             "fieldmanager",

@@ -1038,15 +1038,10 @@ fn assign_cluster_ip(st: &State, obj: &mut Value) -> Result<(), ApiError> {
     if obj.pointer("/spec/type").and_then(Value::as_str) == Some("ExternalName") {
         return Ok(());
     }
-    let services = st.list(&resources::GroupResource::core("services"), None);
-    let taken: std::collections::HashSet<&str> = services
-        .iter()
-        .filter_map(|s| s.pointer("/spec/clusterIP").and_then(Value::as_str))
-        .collect();
     let ip = match obj.pointer("/spec/clusterIP").and_then(Value::as_str) {
         Some("None") => return Ok(()),
         Some(ip) if !ip.is_empty() => {
-            if taken.contains(ip) {
+            if st.cluster_ip_taken(ip) {
                 let e = FieldError::invalid(
                     "spec.clusterIPs",
                     &Value::from(ip),
@@ -1056,7 +1051,7 @@ fn assign_cluster_ip(st: &State, obj: &mut Value) -> Result<(), ApiError> {
             }
             ip.to_string()
         }
-        _ => builtin::allocate_cluster_ip(&taken).ok_or_else(|| {
+        _ => builtin::allocate_cluster_ip(st.cluster_ips()).ok_or_else(|| {
             ApiError::internal("failed to allocate a cluster IP: the service range is full")
         })?,
     };

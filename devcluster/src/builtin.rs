@@ -155,11 +155,32 @@ fn find_unknown(input: &Value, output: &Value, path: &str, unknown: &mut Vec<Str
 }
 
 /// Cluster IPs are handed out from 10.96.0.0/12 like a default kube-apiserver: the lowest free
-/// one (10.96.0.1 goes to the `kubernetes` Service, created first). None when the range is full.
-pub fn allocate_cluster_ip(taken: &std::collections::HashSet<&str>) -> Option<String> {
-    (1u32..(1 << 20) - 1)
-        .map(|n| format!("10.{}.{}.{}", 96 + (n >> 16), (n >> 8) & 0xff, n & 0xff))
-        .find(|ip| !taken.contains(ip.as_str()))
+/// one (10.96.0.1 goes to the `kubernetes` Service, created first). `taken` holds the offsets in
+/// the range (`cluster_ip_offset`) of the IPs in use. None when the range is full.
+pub fn allocate_cluster_ip(taken: &std::collections::BTreeSet<u32>) -> Option<String> {
+    let mut free = 1u32;
+    for &t in taken.range(1..) {
+        if t > free {
+            break;
+        }
+        free = t + 1;
+    }
+    (free < (1 << 20) - 1).then(|| cluster_ip(free))
+}
+
+fn cluster_ip(n: u32) -> String {
+    format!("10.{}.{}.{}", 96 + (n >> 16), (n >> 8) & 0xff, n & 0xff)
+}
+
+/// Where an IP lies in the service range, if it does.
+pub fn cluster_ip_offset(ip: &str) -> Option<u32> {
+    let octets: Vec<u32> = ip.split('.').map(|o| o.parse().ok()).collect::<Option<_>>()?;
+    match octets[..] {
+        [10, b, c, d] if (96..112).contains(&b) && c < 256 && d < 256 => {
+            Some(((b - 96) << 16) | (c << 8) | d)
+        }
+        _ => None,
+    }
 }
 
 fn default_probe(probe: &mut Value) {
@@ -772,6 +793,21 @@ pub fn validate(group: &str, kind: &str, obj: &Value, old: Option<&Value>) -> Ve
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cluster_ips_lowest_free_in_the_range() {
+        let taken: std::collections::BTreeSet<u32> = [1, 2, 4].into_iter().collect();
+        assert_eq!(allocate_cluster_ip(&taken).as_deref(), Some("10.96.0.3"));
+        assert_eq!(allocate_cluster_ip(&Default::default()).as_deref(), Some("10.96.0.1"));
+        assert_eq!(cluster_ip_offset("10.96.1.2"), Some(258));
+        assert_eq!(cluster_ip_offset("10.111.255.254"), Some((1 << 20) - 2));
+        assert_eq!(cluster_ip(258), "10.96.1.2");
+        for outside in ["10.112.0.1", "10.95.0.1", "192.168.0.1", "10.96.0", "10.96.0.300", "x"] {
+            assert_eq!(cluster_ip_offset(outside), None, "{outside}");
+        }
+        let full: std::collections::BTreeSet<u32> = (1..(1 << 20) - 1).collect();
+        assert_eq!(allocate_cluster_ip(&full), None);
+    }
 
     #[test]
     fn typed_decoding_finds_unknown_fields_and_type_errors() {

@@ -45,6 +45,7 @@ pub mod state;
 pub mod table;
 pub mod tls;
 pub mod typeinfo;
+pub mod usage;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -8,8 +8,11 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use tokio::sync::broadcast;
 
+use crate::builtin::cluster_ip_offset;
 use crate::meta;
+use crate::quantity::Quantity;
 use crate::resources::{GroupResource, Registry};
+use crate::usage::quota_usage;
 
 /// Watch event types as they appear on the wire.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -70,6 +73,12 @@ pub struct State {
     by_uid: HashMap<String, ObjectRef>,
     /// owner uid → objects whose ownerReferences name it.
     dependents: HashMap<String, BTreeSet<ObjectRef>>,
+    /// namespace → what its objects consume of quotas (non-zero totals only), kept with every
+    /// write so quota admission and the quota controller never rescan a namespace.
+    usage: HashMap<String, BTreeMap<String, Quantity>>,
+    /// Services' cluster IPs in the service range, as offsets (`builtin::cluster_ip_offset`),
+    /// so handing out the lowest free one never scans every Service.
+    cluster_ips: BTreeSet<u32>,
 }
 
 impl State {
@@ -86,6 +95,8 @@ impl State {
             tx,
             by_uid: HashMap::new(),
             dependents: HashMap::new(),
+            usage: HashMap::new(),
+            cluster_ips: BTreeSet::new(),
         }
     }
 
@@ -138,6 +149,28 @@ impl State {
         match namespace {
             None => self.objects.get(gr).map_or(0, BTreeMap::len),
             Some(_) => self.list(gr, namespace).len(),
+        }
+    }
+
+    /// What a namespace's objects consume of quotas; `None` when nothing.
+    pub fn usage(&self, namespace: &str) -> Option<&BTreeMap<String, Quantity>> {
+        self.usage.get(namespace)
+    }
+
+    /// The cluster IPs in use in the service range, as offsets.
+    pub fn cluster_ips(&self) -> &BTreeSet<u32> {
+        &self.cluster_ips
+    }
+
+    /// Whether a Service holds `ip` (outside the range, found by a scan: only a client that
+    /// chooses its own IP gets there).
+    pub fn cluster_ip_taken(&self, ip: &str) -> bool {
+        match cluster_ip_offset(ip) {
+            Some(n) => self.cluster_ips.contains(&n),
+            None => self
+                .list(&GroupResource::core("services"), None)
+                .iter()
+                .any(|s| s.pointer("/spec/clusterIP").and_then(Value::as_str) == Some(ip)),
         }
     }
 
@@ -199,6 +232,18 @@ impl State {
     }
 
     fn index(&mut self, r: &ObjectRef, old: Option<&Value>, new: Option<&Value>) {
+        self.count_usage(r, old, new);
+        if r.gr.group.is_empty() && r.gr.resource == "services" {
+            let offset = |s: &Value| {
+                s.pointer("/spec/clusterIP").and_then(Value::as_str).and_then(cluster_ip_offset)
+            };
+            if let Some(n) = old.and_then(offset) {
+                self.cluster_ips.remove(&n);
+            }
+            if let Some(n) = new.and_then(offset) {
+                self.cluster_ips.insert(n);
+            }
+        }
         if let Some(o) = old {
             for owner in meta::owner_references(o) {
                 if let Some(uid) = owner["uid"].as_str()
@@ -221,6 +266,33 @@ impl State {
                 }
             }
             self.by_uid.insert(meta::uid(n).to_string(), r.clone());
+        }
+    }
+
+    fn count_usage(&mut self, r: &ObjectRef, old: Option<&Value>, new: Option<&Value>) {
+        // Only pods and claims consume more than their count, and a replacement keeps the count.
+        let sized = r.gr.group.is_empty()
+            && matches!(r.gr.resource.as_str(), "pods" | "persistentvolumeclaims");
+        if r.namespace.is_empty() || (old.is_some() && new.is_some() && !sized) {
+            return;
+        }
+        let before = old.map(|o| quota_usage(&r.gr, o)).unwrap_or_default();
+        let after = new.map(|n| quota_usage(&r.gr, n)).unwrap_or_default();
+        if before == after {
+            return;
+        }
+        let totals = self.usage.entry(r.namespace.clone()).or_default();
+        for (k, q) in before {
+            let left = totals.get(&k).copied().unwrap_or_default() - q;
+            totals.insert(k, left);
+        }
+        for (k, q) in after {
+            let sum = totals.get(&k).copied().unwrap_or_default() + q;
+            totals.insert(k, sum);
+        }
+        totals.retain(|_, q| !q.is_zero());
+        if totals.is_empty() {
+            self.usage.remove(&r.namespace);
         }
     }
 
@@ -348,6 +420,34 @@ mod tests {
         s.insert(&gr, json!({"metadata": {"name": "b", "namespace": "n", "uid": "u2"}}));
         assert!(s.events_since(rv_a - 1).is_err(), "a's event is older than the age bound");
         assert!(s.events_since(rv_a).is_ok(), "b's is kept");
+    }
+
+    #[test]
+    fn quota_usage_totals_follow_every_write() {
+        let mut s = State::new(10, Duration::from_secs(60));
+        let (pods, cms) = (GroupResource::core("pods"), GroupResource::core("configmaps"));
+        let pod = |extra: Value| {
+            let mut p = json!({"metadata": {"name": "p", "namespace": "n", "uid": "p1"},
+                "spec": {"containers": [{"name": "c", "resources": {"limits": {"nvidia.com/gpu": "2"}, "requests": {"cpu": "500m"}}}]}});
+            p["metadata"].as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+            p
+        };
+        let used = |s: &State, k: &str| {
+            s.usage("n").and_then(|u| u.get(k)).copied().unwrap_or_default().to_string()
+        };
+        s.insert(&pods, pod(json!({})));
+        s.insert(&cms, json!({"metadata": {"name": "c", "namespace": "n", "uid": "c1"}}));
+        assert_eq!(used(&s, "requests.nvidia.com/gpu"), "2");
+        assert_eq!(used(&s, "requests.cpu"), "500m");
+        assert_eq!(used(&s, "count/configmaps"), "1");
+        assert_eq!(used(&s, "pods"), "1");
+        // A pod being deleted frees its share at once; the config map still counts.
+        s.replace(&pods, pod(json!({"deletionTimestamp": "2026-01-01T00:00:00Z"})));
+        assert_eq!(used(&s, "requests.nvidia.com/gpu"), "0");
+        assert_eq!(used(&s, "pods"), "0");
+        s.remove(&pods, "n", "p");
+        s.remove(&cms, "n", "c");
+        assert!(s.usage("n").is_none(), "nothing left: {:?}", s.usage("n"));
     }
 
     #[test]
