@@ -144,9 +144,8 @@ pub async fn run(shared: Arc<Shared>) {
 /// mounted sources changed.
 fn consider(shared: &Arc<Shared>, pod: &Arc<Value>) -> Option<Arc<Notify>> {
     let uid = meta::uid(pod).to_string();
-    if pod.pointer("/spec/nodeName").is_none() {
-        return None;
-    }
+    // Not bound yet: the scheduler has not placed it.
+    pod.pointer("/spec/nodeName")?;
     let running = shared.runtime.lock().contains_key(&uid);
     if meta::is_deleting(pod) {
         if let Some(h) = shared.runtime.lock().get(&uid) {

@@ -222,24 +222,22 @@ async fn main() {
     let watching = tokio::spawn({
         let ready_at = ready_at.clone();
         let api: Api<InferenceInstance> = Api::all(client.clone());
-        kube::runtime::watcher(api, kube::runtime::watcher::Config::default()).for_each(
-            move |e| {
-                if let Ok(
-                    kube::runtime::watcher::Event::Apply(i)
-                    | kube::runtime::watcher::Event::InitApply(i),
-                ) = e
-                    && i.status.as_ref().and_then(|s| s.phase)
-                        == Some(alcove_crds::InstancePhase::Ready)
-                {
-                    ready_at
-                        .lock()
-                        .unwrap()
-                        .entry((i.namespace().unwrap_or_default(), i.name_any()))
-                        .or_insert_with(Instant::now);
-                }
-                futures::future::ready(())
-            },
-        )
+        kube::runtime::watcher(api, kube::runtime::watcher::Config::default()).for_each(move |e| {
+            if let Ok(
+                kube::runtime::watcher::Event::Apply(i)
+                | kube::runtime::watcher::Event::InitApply(i),
+            ) = e
+                && i.status.as_ref().and_then(|s| s.phase)
+                    == Some(alcove_crds::InstancePhase::Ready)
+            {
+                ready_at
+                    .lock()
+                    .unwrap()
+                    .entry((i.namespace().unwrap_or_default(), i.name_any()))
+                    .or_insert_with(Instant::now);
+            }
+            futures::future::ready(())
+        })
     });
     while created.iter().any(|c| !c) {
         let have: Vec<String> = namespaces

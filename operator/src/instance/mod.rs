@@ -36,12 +36,12 @@ async fn release_cache_if_unused(
     leaving: Option<&InferenceInstance>,
 ) -> Result<()> {
     let leaving_uid = leaving.and_then(|l| l.uid());
-    let used = ctx.caches.instances.state().iter().any(|o| {
-        o.namespace().as_deref() == Some(ns)
-            && o.metadata.deletion_timestamp.is_none()
-            && (leaving_uid.is_none() || o.uid() != leaving_uid)
-            && builders::model_cache_claim_name(o).as_deref() == Some(claim)
-    });
+    let used =
+        ctx.caches.by_namespace.instances.objects(&ctx.caches.instances, ns).iter().any(|o| {
+            o.metadata.deletion_timestamp.is_none()
+                && (leaving_uid.is_none() || o.uid() != leaving_uid)
+                && builders::model_cache_claim_name(o).as_deref() == Some(claim)
+        });
     if used {
         return Ok(());
     }

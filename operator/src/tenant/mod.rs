@@ -30,10 +30,10 @@ const CONTROLLER: &str = "tenant";
 /// Names of the API-key Secrets of the tenant's instances (tenant admins may read those).
 fn api_key_secrets(ctx: &Context, ns: &str) -> Vec<String> {
     ctx.caches
+        .by_namespace
         .instances
-        .state()
+        .objects(&ctx.caches.instances, ns)
         .iter()
-        .filter(|i| i.namespace().as_deref() == Some(ns))
         .map(|i| crate::instance::builders::api_key_secret_name(&i.name_any()))
         .collect()
 }
@@ -155,13 +155,8 @@ async fn reconcile_inner(tenant: &Tenant, ctx: &Context) -> Result<Action> {
     let capacity = ctx.caches.nodes.state().iter().any(|n| builders::node_can_host(&placement, n));
 
     // Aggregates from the tenant's instances.
-    let instances: Vec<Arc<InferenceInstance>> = ctx
-        .caches
-        .instances
-        .state()
-        .into_iter()
-        .filter(|i| i.namespace().as_deref() == Some(ns.as_str()))
-        .collect();
+    let instances: Vec<Arc<InferenceInstance>> =
+        ctx.caches.by_namespace.instances.objects(&ctx.caches.instances, &ns);
     let gpus: i32 = instances
         .iter()
         .filter(|i| {
@@ -414,20 +409,10 @@ async fn cleanup(tenant: &Tenant, ctx: &Context) -> Result<Action> {
     }
     let instances: Api<InferenceInstance> = Api::namespaced(ctx.client.clone(), &ns);
     let kbs: Api<KnowledgeBase> = Api::namespaced(ctx.client.clone(), &ns);
-    let live_instances: Vec<Arc<InferenceInstance>> = ctx
-        .caches
-        .instances
-        .state()
-        .into_iter()
-        .filter(|i| i.namespace().as_deref() == Some(ns.as_str()))
-        .collect();
-    let live_kbs: Vec<Arc<KnowledgeBase>> = ctx
-        .caches
-        .knowledge_bases
-        .state()
-        .into_iter()
-        .filter(|k| k.namespace().as_deref() == Some(ns.as_str()))
-        .collect();
+    let live_instances: Vec<Arc<InferenceInstance>> =
+        ctx.caches.by_namespace.instances.objects(&ctx.caches.instances, &ns);
+    let live_kbs: Vec<Arc<KnowledgeBase>> =
+        ctx.caches.by_namespace.knowledge_bases.objects(&ctx.caches.knowledge_bases, &ns);
     for i in &live_instances {
         if i.metadata.deletion_timestamp.is_none() {
             ignore_missing(instances.delete(&i.name_any(), &DeleteParams::background()).await)?;
