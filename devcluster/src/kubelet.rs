@@ -25,7 +25,7 @@ use crate::meta;
 use crate::resources::GroupResource;
 use crate::runtime::{PodHandle, signal_group};
 use crate::shared::{Reply, Shared, async_stream_body};
-use crate::state::EventType;
+use crate::state::{EventType, State};
 
 const KUBELET: &str = "kubelet";
 
@@ -238,25 +238,32 @@ struct Running {
 
 impl PodWorker {
     fn current(&self) -> Option<Arc<Value>> {
-        let st = self.shared.lock();
+        self.current_in(&self.shared.lock())
+    }
+
+    fn current_in(&self, st: &State) -> Option<Arc<Value>> {
         let handle = self.shared.runtime.lock();
         let h = handle.get(&self.uid)?;
         st.get(&pods(), &h.namespace, &h.name).filter(|p| meta::uid(p) == self.uid)
     }
 
-    fn write_status(&self, status: Value) {
-        let Some(pod) = self.current() else { return };
+    /// Merges `status` into the pod's, read and written under one hold of the lock: a write
+    /// between the two would make this one a conflict, refused, and the pod would keep a stale
+    /// status for good (a simulated pod stayed unready that way at 10,000 pods).
+    /// False when the write was refused (the pod gone or the status unchanged count as done).
+    fn write_status(&self, status: Value) -> bool {
+        let mut st = self.shared.lock();
+        let Some(pod) = self.current_in(&st) else { return true };
         let mut p = (*pod).clone();
         let mut merged = p.get("status").cloned().unwrap_or_else(|| json!({}));
         for (k, v) in status.as_object().into_iter().flatten() {
             merged[k] = v.clone();
         }
         if merged == p["status"] {
-            return;
+            return true;
         }
         p["status"] = merged;
-        let mut st = self.shared.lock();
-        api::system_write(&mut st, &pods(), p, true, KUBELET);
+        api::system_write(&mut st, &pods(), p, true, KUBELET).is_some()
     }
 
     fn event(&self, ty: &str, reason: &str, message: &str) {
@@ -413,7 +420,7 @@ impl PodWorker {
             }
             self.event("Normal", "Started", &format!("Started container {}", r.name));
         }
-        self.publish(&pod, &running, "Running");
+        let mut unpublished = !self.publish(&pod, &running, "Running");
 
         let mut ticker = tokio::time::interval(Duration::from_millis(250));
         let bell = self.sources_changed.clone();
@@ -426,9 +433,10 @@ impl PodWorker {
             }
             // Simulated containers that are ready have nothing to probe or wait for: such a pod
             // sleeps until stopped or its sources change (10,000 of them would otherwise tick).
-            let idle = running.iter().all(|r| {
-                r.child.is_none() && r.exit.is_none() && r.backoff_until.is_none() && r.ready
-            });
+            let idle = !unpublished
+                && running.iter().all(|r| {
+                    r.child.is_none() && r.exit.is_none() && r.backoff_until.is_none() && r.ready
+                });
             if *self.stop.borrow() {
                 self.terminate(&mut running, &pod).await;
                 self.finish().await;
@@ -568,7 +576,7 @@ impl PodWorker {
                     }
                 }
             }
-            if changed {
+            if changed || unpublished {
                 let all_done = running
                     .iter()
                     .all(|r| r.child.is_none() && r.backoff_until.is_none() && r.exit.is_some());
@@ -581,8 +589,9 @@ impl PodWorker {
                 } else {
                     "Running"
                 };
-                self.publish(&pod, &running, phase);
-                if all_done {
+                // A refused write is tried again on the next tick.
+                unpublished = !self.publish(&pod, &running, phase);
+                if all_done && !unpublished {
                     // Keep the worker until deletion so the pod's logs stay readable.
                     let _ = self.stop.changed().await;
                     self.finish().await;
@@ -592,7 +601,8 @@ impl PodWorker {
         }
     }
 
-    fn publish(&self, pod: &Value, running: &[Running], phase: &str) {
+    /// Writes the containers' states; false when the write was refused.
+    fn publish(&self, pod: &Value, running: &[Running], phase: &str) -> bool {
         let statuses: Vec<Value> = running.iter().map(|r| r.status()).collect();
         let all_ready = running.iter().all(|r| r.ready);
         let mut status = json!({
@@ -605,7 +615,7 @@ impl PodWorker {
         if phase == "Succeeded" || phase == "Failed" {
             status["conditions"] = conditions(pod, false, true, false);
         }
-        self.write_status(status);
+        self.write_status(status)
     }
 
     async fn fail_pod(&mut self, _pod: &Value, msg: &str) {

@@ -99,7 +99,8 @@ async fn reconcile_inner(i: &InferenceInstance, ctx: &Context) -> Result<Action>
         return Ok(Action::await_change());
     }
     if ensure_finalizer(&instances, i, FINALIZER).await? {
-        return Ok(Action::await_change());
+        // The update comes back as an event; a resync covers a stale cache's no-op write.
+        return Ok(Action::requeue(ctx.config.resync));
     }
     let client = &ctx.client;
     let mut obs = Observation {

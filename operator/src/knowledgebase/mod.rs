@@ -203,7 +203,8 @@ async fn reconcile_inner(kb: &KnowledgeBase, ctx: &Context) -> Result<Action> {
         .await;
     }
     if ensure_finalizer(&kbs, kb, FINALIZER).await? {
-        return Ok(Action::await_change());
+        // The update comes back as an event; a resync covers a stale cache's no-op write.
+        return Ok(Action::requeue(ctx.config.resync));
     }
     let client = &ctx.client;
     let mut obs = Observation::default();

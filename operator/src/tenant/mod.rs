@@ -50,8 +50,9 @@ async fn reconcile_inner(tenant: &Tenant, ctx: &Context) -> Result<Action> {
         return cleanup(tenant, ctx).await;
     }
     if ensure_finalizer(&tenants, tenant, FINALIZER).await? {
-        // The update comes back as an event; continue from there.
-        return Ok(Action::await_change());
+        // The update comes back as an event; continue from there (or after a resync, should a
+        // stale cache have made the write a no-op that brings no event).
+        return Ok(Action::requeue(ctx.config.resync));
     }
 
     // Namespace first: everything else lives in it.
