@@ -52,12 +52,15 @@ async fn release_cache_if_unused(
 }
 
 async fn reconcile(i: Arc<InferenceInstance>, ctx: Arc<Context>) -> Result<Action> {
-    controller::reconcile(&ctx, CONTROLLER, &*i, async {
-        if i.metadata.deletion_timestamp.is_some() {
-            destroy(&i, &ctx).await
-        } else {
-            reconcile_inner(&i, &ctx).await
-        }
+    controller::on_workers(async move {
+        controller::reconcile(&ctx, CONTROLLER, &*i, async {
+            if i.metadata.deletion_timestamp.is_some() {
+                destroy(&i, &ctx).await
+            } else {
+                reconcile_inner(&i, &ctx).await
+            }
+        })
+        .await
     })
     .await
 }
@@ -728,13 +731,12 @@ where
         by_label(cm)
     }
     // A quota change can make room: retry the instances it refused.
-    let store = ctx.caches.instances.clone();
+    let (store, index) = (ctx.caches.instances.clone(), ctx.caches.by_namespace.instances.clone());
     let refused = move |q: k8s_openapi::api::core::v1::ResourceQuota| {
         let ns = q.namespace().unwrap_or_default();
-        store
-            .state()
+        index
+            .objects(&store, &ns)
             .into_iter()
-            .filter(|i| i.namespace().as_deref() == Some(ns.as_str()))
             .filter(|i| {
                 i.status.as_ref().is_some_and(|s| {
                     s.conditions.iter().any(|c| {
@@ -747,15 +749,10 @@ where
             .collect::<Vec<_>>()
     };
     // A tenant's spec (tier, region, placement) decides where its instances run.
-    let store = ctx.caches.instances.clone();
+    let (store, index) = (ctx.caches.instances.clone(), ctx.caches.by_namespace.instances.clone());
     let of_tenant = move |t: Tenant| {
         let ns = crate::names::namespace_name(&t.name_any());
-        store
-            .state()
-            .into_iter()
-            .filter(|i| i.namespace().as_deref() == Some(ns.as_str()))
-            .map(|i| ObjectRef::from_obj(&*i))
-            .collect::<Vec<_>>()
+        index.objects(&store, &ns).into_iter().map(|i| ObjectRef::from_obj(&*i)).collect::<Vec<_>>()
     };
     // A tenant's credit running out (or topped up) suspends (or resumes) its instances.
     fn tenant_state(t: &Tenant) -> Option<u64> {
@@ -771,21 +768,19 @@ where
         Some(h.finish())
     }
     // A knowledge base indexed (or gone) changes what its instances mount.
-    let store = ctx.caches.instances.clone();
+    let (store, index) = (ctx.caches.instances.clone(), ctx.caches.by_namespace.instances.clone());
     let using_kb = move |kb: alcove_crds::KnowledgeBase| {
         let ns = kb.namespace().unwrap_or_default();
-        store
-            .state()
+        index
+            .objects(&store, &ns)
             .into_iter()
-            .filter(|i| {
-                i.namespace().as_deref() == Some(ns.as_str())
-                    && i.spec.knowledge_bases.iter().any(|r| r.name == kb.name_any())
-            })
+            .filter(|i| i.spec.knowledge_bases.iter().any(|r| r.name == kb.name_any()))
             .map(|i| ObjectRef::from_obj(&*i))
             .collect::<Vec<_>>()
     };
     tokio::spawn(count_phases(ctx.clone()));
     Controller::for_stream(h.instances.subscribe(), ctx.caches.instances.clone())
+        .with_config(crate::controller::bounded())
         .watches_stream(h.pods.subscribe(), by_label)
         .watches_stream(h.services.subscribe(), by_label)
         .watches_stream(h.secrets.subscribe(), by_label)

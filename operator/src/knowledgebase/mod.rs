@@ -29,12 +29,15 @@ const CONTROLLER: &str = "knowledgebase";
 const JOB_NAME_LABEL: &str = "batch.kubernetes.io/job-name";
 
 async fn reconcile(kb: Arc<KnowledgeBase>, ctx: Arc<Context>) -> Result<Action> {
-    controller::reconcile(&ctx, CONTROLLER, &*kb, async {
-        if kb.metadata.deletion_timestamp.is_some() {
-            destroy(&kb, &ctx).await
-        } else {
-            reconcile_inner(&kb, &ctx).await
-        }
+    controller::on_workers(async move {
+        controller::reconcile(&ctx, CONTROLLER, &*kb, async {
+            if kb.metadata.deletion_timestamp.is_some() {
+                destroy(&kb, &ctx).await
+            } else {
+                reconcile_inner(&kb, &ctx).await
+            }
+        })
+        .await
     })
     .await
 }
@@ -499,6 +502,7 @@ where
             .collect::<Vec<_>>()
     };
     Controller::for_stream(h.knowledge_bases.subscribe(), ctx.caches.knowledge_bases.clone())
+        .with_config(crate::controller::bounded())
         .watches_stream(h.jobs.subscribe(), by_label)
         .watches_stream(h.pods.subscribe(), by_label)
         .watches_stream(h.pvcs.subscribe(), by_label)

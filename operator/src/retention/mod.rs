@@ -203,7 +203,10 @@ pub async fn erase_volume(ctx: &Context, pvc: &PersistentVolumeClaim) -> Result<
 }
 
 async fn reconcile(pvc: Arc<PersistentVolumeClaim>, ctx: Arc<Context>) -> Result<Action> {
-    controller::reconcile(&ctx, CONTROLLER, &*pvc, reconcile_inner(&pvc, &ctx)).await
+    controller::on_workers(async move {
+        controller::reconcile(&ctx, CONTROLLER, &*pvc, reconcile_inner(&pvc, &ctx)).await
+    })
+    .await
 }
 
 async fn reconcile_inner(pvc: &PersistentVolumeClaim, ctx: &Context) -> Result<Action> {
@@ -293,6 +296,7 @@ where
         },
     );
     Controller::for_stream(h.pvcs.subscribe(), ctx.caches.pvcs.clone())
+        .with_config(crate::controller::bounded())
         .watches_stream(
             h.tenants.subscribe().predicate_filter(predicates::generation, Default::default()),
             of_tenant,
