@@ -249,10 +249,9 @@ where
                 indexer.change(&obj, false);
                 landed(&writes, &publisher, obj);
             }
-            Ok(watcher::Event::InitApply(obj)) => {
-                note(relist.get_or_insert_default(), &obj, true);
-                writes.observed(&crate::apply::log_key(&obj, ""));
-            }
+            // Not yet "landed": until `InitDone` the cache is the one from before the list, and a
+            // creation forgotten now would be made again by a reconcile reading that cache.
+            Ok(watcher::Event::InitApply(obj)) => note(relist.get_or_insert_default(), &obj, true),
             Ok(watcher::Event::InitDone) => {
                 indexer.set(relist.take().unwrap_or_default());
                 // Subscribers hear of a (re)list's objects only now that the cache holds it: a
@@ -260,6 +259,7 @@ where
                 // an object created meanwhile, or act on a stale copy whose no-op write brings
                 // no further event (at 10,000 instances, 855 stayed unreconciled that way).
                 for obj in list_store.state() {
+                    writes.observed(&crate::apply::log_key(&*obj, ""));
                     publisher.publish(obj);
                 }
                 readiness.listed(name)
