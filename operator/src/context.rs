@@ -258,10 +258,14 @@ where
                 // reconcile triggered earlier would read the cache from before the list, miss
                 // an object created meanwhile, or act on a stale copy whose no-op write brings
                 // no further event (at 10,000 instances, 855 stayed unreconciled that way).
+                let mut listed = std::collections::HashSet::new();
                 for obj in list_store.state() {
-                    writes.observed(&crate::apply::log_key(&*obj, ""));
+                    let key = crate::apply::log_key(&*obj, "");
+                    writes.observed(&key);
+                    listed.insert(key);
                     publisher.publish(obj);
                 }
+                writes.relisted(&K::kind(&()), &listed);
                 readiness.listed(name)
             }
             Ok(watcher::Event::Init) => relist = Some(HashMap::new()),
