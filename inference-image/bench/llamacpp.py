@@ -9,6 +9,7 @@ import json
 import statistics
 import time
 
+import llama_cpp
 import numpy as np
 from llama_cpp import Llama
 
@@ -45,6 +46,11 @@ for run in range(a.runs + 1):
 ttft_ms = statistics.median(ttft)
 print(json.dumps({
     "engine": "llama.cpp",
+    # The SIMD features this build of llama.cpp uses, e.g. "AVX2 = 1 | AVX512 = 0 | ...".
+    "system_info": " | ".join(
+        f for f in llama_cpp.llama_print_system_info().decode().split("|")
+        if f.strip().endswith("= 1") or "AVX512 =" in f
+    ).strip(),
     "model": a.model,
     "threads": a.threads,
     "prompt_tokens": len(ids),

@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use candle_transformers::generation::{LogitsProcessor, Sampling};
 use serde::Serialize;
 
-use crate::model::{self, ChatModel, ModelFiles};
+use crate::model::{self, ChatModel, ModelFiles, PrefixCache};
 
 pub struct Options {
     pub model: PathBuf,
@@ -24,6 +24,10 @@ pub struct Options {
 pub struct Report {
     pub engine: &'static str,
     pub model: String,
+    /// The CPU's model name, so figures from different machines are not compared as one.
+    pub cpu: String,
+    /// Which SIMD paths and kernels ran.
+    pub kernels: String,
     pub threads: usize,
     pub prompt_tokens: usize,
     pub gen_tokens: usize,
@@ -34,6 +38,13 @@ pub struct Report {
     /// Median over runs: tokens after the first, per second.
     pub decode_tokens_per_s: f64,
     pub prefill_tokens_per_s: f64,
+    /// A second turn of the same conversation (the first turn's prompt and answer, then 32 more
+    /// tokens), after another conversation used the model: time to first token with the prefix
+    /// cache, how many prompt tokens it reused, and the same turn computed from scratch.
+    pub turn2_prompt_tokens: usize,
+    pub turn2_ttft_ms: f64,
+    pub turn2_reused_tokens: usize,
+    pub turn2_uncached_ttft_ms: f64,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -100,9 +111,41 @@ pub fn run(opts: &Options) -> anyhow::Result<Report> {
         }
     }
     let ttft_ms = median(ttft);
+
+    let mut cache = PrefixCache::new(256 << 20);
+    let mut sampler = LogitsProcessor::from_sampling(0, Sampling::ArgMax);
+    model.reset()?;
+    let (mut logits, _) = model.prefill(&prompt, &mut cache)?;
+    let mut turn2 = prompt.clone();
+    for _ in 0..opts.gen_tokens {
+        let token = sampler.sample(&logits)?;
+        turn2.push(token);
+        logits = model.forward(&[token], turn2.len() - 1)?;
+    }
+    model.remember(&mut cache);
+    turn2.extend(vocab.encode_rendered(text)?.into_iter().take(32));
+    let turn2_prompt_tokens = turn2.len();
+    if turn2_prompt_tokens > vocab.context_length {
+        anyhow::bail!("the second turn's {turn2_prompt_tokens} tokens exceed the context");
+    }
+    // Another conversation in between: the model's own cache no longer holds this one.
+    model.reset()?;
+    model.forward(&prompt[..prompt.len().min(8)], 0)?;
+    let t = Instant::now();
+    let (logits, turn2_reused_tokens) = model.prefill(&turn2, &mut cache)?;
+    sampler.sample(&logits)?;
+    let turn2_ttft_ms = t.elapsed().as_secs_f64() * 1000.0;
+    model.reset()?;
+    let t = Instant::now();
+    let logits = model.forward(&turn2, 0)?;
+    sampler.sample(&logits)?;
+    let turn2_uncached_ttft_ms = t.elapsed().as_secs_f64() * 1000.0;
+
     Ok(Report {
         engine: "candle",
         model: opts.model.display().to_string(),
+        cpu: cpu_model(),
+        kernels: kernels(&opts.model)?,
         threads: candle_core::utils::get_num_threads(),
         prompt_tokens: prompt.len(),
         gen_tokens: opts.gen_tokens,
@@ -111,5 +154,37 @@ pub fn run(opts: &Options) -> anyhow::Result<Report> {
         ttft_ms,
         decode_tokens_per_s: median(decode),
         prefill_tokens_per_s: prompt.len() as f64 / (ttft_ms / 1000.0),
+        turn2_prompt_tokens,
+        turn2_ttft_ms,
+        turn2_reused_tokens,
+        turn2_uncached_ttft_ms,
     })
+}
+
+/// `model name` from /proc/cpuinfo (Linux), else the architecture.
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, name)| name.trim().to_string())
+        })
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string())
+}
+
+/// The kernels for the model's layer weights (a GGUF's first feed-forward matrix).
+fn kernels(path: &std::path::Path) -> anyhow::Result<String> {
+    let ModelFiles::Gguf(file) = model::detect(path)? else {
+        return Ok("safetensors weights: candle f32 matmul".to_string());
+    };
+    let mut f =
+        std::fs::File::open(&file).with_context(|| format!("opening {}", file.display()))?;
+    let content = candle_core::quantized::gguf_file::Content::read(&mut f)?;
+    let info = content
+        .tensor_infos
+        .get("blk.0.ffn_down.weight")
+        .context("the GGUF has no blk.0.ffn_down.weight")?;
+    Ok(model::qgemm::describe(info.ggml_dtype))
 }

@@ -13,7 +13,7 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::metrics::Metrics;
-use crate::model::{ChatModel, Embedder, Message, Vocab};
+use crate::model::{ChatModel, Embedder, Message, PrefixCache, Vocab};
 use crate::retrieval::{Hit, Library, Source};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -109,6 +109,7 @@ pub struct Models {
     pub chat: Option<ChatModel>,
     pub embedder: Option<Arc<Embedder>>,
     pub library: Option<Library>,
+    pub prefix_cache: PrefixCache,
 }
 
 #[derive(Debug)]
@@ -204,7 +205,7 @@ impl Worker {
     }
 
     fn generate(&mut self, g: Generate, enqueued: Instant) -> anyhow::Result<()> {
-        let Models { chat, embedder, library } = &mut self.models;
+        let Models { chat, embedder, library, prefix_cache } = &mut self.models;
         let model = chat.as_mut().ok_or(EngineError::NoLanguageModel)?;
         let vocab = model.vocab.clone();
         let ctx = vocab.context_length;
@@ -227,8 +228,8 @@ impl Worker {
             return Ok(());
         }
 
-        model.reset()?;
-        let mut logits = model.forward(&prompt, 0)?;
+        let (mut logits, reused) = model.prefill(&prompt, prefix_cache)?;
+        self.metrics.prompt_tokens_reused.inc_by(reused as u64);
         let sampling = if g.params.temperature <= 0.0 {
             Sampling::ArgMax
         } else if g.params.top_p < 1.0 {
@@ -272,6 +273,8 @@ impl Worker {
             }
             logits = model.forward(&[next], prompt.len() + generated - 1)?;
         };
+        model.remember(prefix_cache);
+        self.metrics.prefix_cache_bytes.set(prefix_cache.bytes() as i64);
         detok.flush(&vocab)?;
         let (delta, _) = stops.push(&detok.text, true);
         if !delta.is_empty() {

@@ -16,6 +16,7 @@ pub mod history;
 pub mod index;
 pub mod metrics;
 pub mod model;
+pub mod prefix_cache;
 pub mod retrieval;
 pub mod testmodel;
 

@@ -68,6 +68,10 @@ enum Command {
         /// Context window (prompt plus completion) in tokens, below the model's own.
         #[arg(long)]
         context_length: Option<usize>,
+        /// Memory for saved KV states of earlier prompts, reused by requests that start the
+        /// same way (system prompt, earlier turns); least recently used first out. 0 turns it off.
+        #[arg(long, default_value_t = 256)]
+        prefix_cache_mib: usize,
     },
     /// Chunk and embed documents into a knowledge-base index (written atomically).
     Index {
@@ -246,6 +250,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             max_body_bytes,
             max_tokens,
             context_length,
+            prefix_cache_mib,
         } => {
             let config = api::ServeConfig {
                 model,
@@ -264,6 +269,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                 max_body_bytes,
                 max_tokens,
                 context_length,
+                prefix_cache_bytes: prefix_cache_mib << 20,
             };
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

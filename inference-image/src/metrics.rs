@@ -15,6 +15,8 @@ pub struct Metrics {
     pub time_per_output_token: Histogram,
     pub queue_depth: IntGauge,
     pub model_load_seconds: Gauge,
+    pub prompt_tokens_reused: IntCounter,
+    pub prefix_cache_bytes: IntGauge,
 }
 
 impl Metrics {
@@ -62,6 +64,16 @@ impl Metrics {
             "How long loading the models took at start-up.",
         )
         .expect("valid metric");
+        let prompt_tokens_reused = IntCounter::new(
+            "alcove_inference_prompt_tokens_reused_total",
+            "Prompt tokens not computed again: their KV state came from an earlier request.",
+        )
+        .expect("valid metric");
+        let prefix_cache_bytes = IntGauge::new(
+            "alcove_inference_prefix_cache_bytes",
+            "Memory held by saved KV states of earlier prompts.",
+        )
+        .expect("valid metric");
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(prompt_tokens.clone()),
@@ -70,6 +82,8 @@ impl Metrics {
             Box::new(time_per_output_token.clone()),
             Box::new(queue_depth.clone()),
             Box::new(model_load_seconds.clone()),
+            Box::new(prompt_tokens_reused.clone()),
+            Box::new(prefix_cache_bytes.clone()),
         ] {
             registry.register(c).expect("metric registered once");
         }
@@ -82,6 +96,8 @@ impl Metrics {
             time_per_output_token,
             queue_depth,
             model_load_seconds,
+            prompt_tokens_reused,
+            prefix_cache_bytes,
         }
     }
 

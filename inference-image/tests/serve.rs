@@ -704,3 +704,55 @@ fn instance_limits_cap_tokens_and_context() {
     assert_eq!(r.status, 400);
     assert!(r.json()["error"]["message"].as_str().unwrap().contains("context length is 256"));
 }
+
+/// Two interleaved conversations on the GGUF model, each continued for a second turn: with the
+/// prefix cache the second turns reuse the first turns' KV state, and every answer is the same
+/// token for token as a server without the cache gives.
+#[test]
+fn the_prefix_cache_reuses_earlier_turns_and_changes_no_answer() {
+    let gguf = models().gguf.to_str().unwrap();
+    let cached = Server::start(&["--model", gguf]);
+    let uncached = Server::start(&["--model", gguf, "--prefix-cache-mib", "0"]);
+    let system = "You are a careful assistant who answers in short sentences about computers.";
+    let conversation = |s: &Server| -> Vec<String> {
+        let ask = |messages: &Value| {
+            let body =
+                json!({"model": "model", "messages": messages, "temperature": 0, "max_tokens": 8});
+            let r = s.post("/v1/chat/completions", body);
+            assert_eq!(r.status, 200, "{}", r.text());
+            content(&r.json())
+        };
+        let first = |question: &str| json!([{"role": "system", "content": system}, {"role": "user", "content": question}]);
+        let (a, b) = (first("What is a byte?"), first("What is a disk?"));
+        let (answer_a, answer_b) = (ask(&a), ask(&b));
+        let second = |mut turn: Value, answer: &str, question: &str| {
+            let list = turn.as_array_mut().unwrap();
+            list.push(json!({"role": "assistant", "content": answer}));
+            list.push(json!({"role": "user", "content": question}));
+            turn
+        };
+        // Conversation A continues after B ran: its state comes from the saved snapshot.
+        let again_a = ask(&second(a, &answer_a, "And a bit?"));
+        let again_b = ask(&second(b, &answer_b, "And memory?"));
+        vec![answer_a, answer_b, again_a, again_b]
+    };
+    let with = conversation(&cached);
+    assert_eq!(with, conversation(&uncached), "the prefix cache changed an answer");
+    assert!(with.iter().all(|a| !a.is_empty()));
+
+    let metric = |s: &Server, name: &str| -> f64 {
+        let m = s.try_request("GET", "/metrics", &[], None).unwrap().text();
+        m.lines()
+            .find(|l| l.starts_with(name) && !l.starts_with('#'))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(-1.0)
+    };
+    let reused = metric(&cached, "alcove_inference_prompt_tokens_reused_total");
+    let prompt = metric(&cached, "alcove_inference_prompt_tokens_total");
+    // B shares A's system prompt; each second turn shares its whole first turn.
+    assert!(reused > 0.4 * prompt, "{reused} of {prompt} prompt tokens reused");
+    assert!(metric(&cached, "alcove_inference_prefix_cache_bytes") > 0.0);
+    assert_eq!(metric(&uncached, "alcove_inference_prompt_tokens_reused_total"), 0.0);
+    assert_eq!(metric(&uncached, "alcove_inference_prefix_cache_bytes"), 0.0);
+}

@@ -28,6 +28,7 @@ use subtle::ConstantTimeEq;
 use crate::engine::{Engine, Models};
 use crate::history::History;
 use crate::metrics::Metrics;
+use crate::model::PrefixCache;
 use crate::model::{self, ChatModel, Embedder, ModelFiles, Vocab};
 use crate::retrieval::Library;
 pub use error::ApiError;
@@ -52,6 +53,7 @@ pub struct ServeConfig {
     pub max_tokens: Option<usize>,
     /// The instance's context window, when smaller than the model's.
     pub context_length: Option<usize>,
+    pub prefix_cache_bytes: usize,
 }
 
 /// A small file re-read when it changes (a rotated key, an edited system prompt: mounted
@@ -270,7 +272,12 @@ pub fn load(config: &ServeConfig, metrics: Arc<Metrics>) -> anyhow::Result<Loade
     );
     let retrieval = library.is_some();
     let engine = Engine::start(
-        Models { chat, embedder: embedder.clone(), library },
+        Models {
+            chat,
+            embedder: embedder.clone(),
+            library,
+            prefix_cache: PrefixCache::new(config.prefix_cache_bytes),
+        },
         metrics,
         config.max_queue,
     );

@@ -69,7 +69,13 @@ pub struct ChatModel {
     pub vocab: Arc<Vocab>,
     weights: Weights,
     device: Device,
+    /// The tokens whose keys and values the KV cache holds, in order (kept by the CPU GGUF path,
+    /// the one that can rewind and restore its cache).
+    live: Vec<u32>,
 }
+
+/// Saved KV states of earlier prompts (see [`crate::prefix_cache`]).
+pub type PrefixCache = crate::prefix_cache::PrefixCache<super::qllama::KvSnapshot>;
 
 impl ChatModel {
     pub fn load_safetensors(dir: &Path, id: String, device: &Device) -> anyhow::Result<Self> {
@@ -141,6 +147,7 @@ impl ChatModel {
             }),
             weights: Weights::Llama { model, config, dtype, cache: None },
             device: device.clone(),
+            live: Vec::new(),
         })
     }
 
@@ -196,6 +203,7 @@ impl ChatModel {
             }),
             weights,
             device: device.clone(),
+            live: Vec::new(),
         })
     }
 
@@ -208,6 +216,7 @@ impl ChatModel {
 
     /// Forgets the previous sequence: the next `forward` must start at position 0.
     pub fn reset(&mut self) -> candle_core::Result<()> {
+        self.live.clear();
         match &mut self.weights {
             Weights::Llama { config, dtype, cache, .. } => {
                 *cache = Some(Cache::new(true, *dtype, config, &self.device)?)
@@ -230,10 +239,52 @@ impl ChatModel {
                 };
                 model.forward(&input, pos, cache)?
             }
-            Weights::QuantizedCpu(q) => return q.forward(tokens, pos),
+            Weights::QuantizedCpu(q) => {
+                // Cut first: a forward that fails part-way leaves the cache cut back to `pos`.
+                self.live.truncate(pos);
+                let logits = q.forward(tokens, pos)?;
+                self.live.extend_from_slice(tokens);
+                return Ok(logits);
+            }
             Weights::Quantized(w) => w.forward(&input, pos)?,
         };
         logits.squeeze(0)?.to_dtype(DType::F32)
+    }
+
+    /// Runs a whole prompt and returns the next-token logits and how many of its tokens were
+    /// not computed again: the longest prefix shared with the sequence the KV cache holds or with
+    /// a snapshot in `cache`. At least the prompt's last token always runs, for its logits.
+    /// Models other than the CPU GGUF one start from an empty cache.
+    pub fn prefill(
+        &mut self,
+        prompt: &[u32],
+        cache: &mut PrefixCache,
+    ) -> candle_core::Result<(Tensor, usize)> {
+        let Weights::QuantizedCpu(q) = &mut self.weights else {
+            self.reset()?;
+            return Ok((self.forward(prompt, 0)?, 0));
+        };
+        let most = if cache.enabled() { prompt.len().saturating_sub(1) } else { 0 };
+        let live = crate::prefix_cache::common_prefix(&self.live, prompt).min(most);
+        let reused = match cache.lookup(prompt) {
+            Some((shared, snapshot)) if shared.min(most) > live => {
+                q.restore(snapshot, shared.min(most));
+                self.live.clear();
+                self.live.extend_from_slice(&prompt[..shared.min(most)]);
+                shared.min(most)
+            }
+            _ => live,
+        };
+        Ok((self.forward(&prompt[reused..], reused)?, reused))
+    }
+
+    /// Saves the KV cache's current sequence in `cache`, for later prompts that start with it.
+    pub fn remember(&self, cache: &mut PrefixCache) {
+        if let Weights::QuantizedCpu(q) = &self.weights {
+            let snapshot = q.snapshot();
+            let bytes = snapshot.bytes();
+            cache.insert(self.live.clone(), snapshot, bytes);
+        }
     }
 }
 

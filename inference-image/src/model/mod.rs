@@ -4,6 +4,7 @@ pub mod chat_template;
 pub mod embed;
 pub mod gguf_tokenizer;
 pub mod llm;
+pub(crate) mod qgemm;
 pub mod qllama;
 mod simd;
 
@@ -14,7 +15,7 @@ use candle_core::Device;
 
 pub use chat_template::{ChatTemplate, Message};
 pub use embed::Embedder;
-pub use llm::{ChatModel, Vocab};
+pub use llm::{ChatModel, PrefixCache, Vocab};
 
 /// What a model path holds.
 #[derive(Debug, Clone, PartialEq)]

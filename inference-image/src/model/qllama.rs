@@ -17,7 +17,7 @@ use candle_core::quantized::gguf_file::Content;
 use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
 use candle_core::{Device, Module, Tensor};
 
-use super::simd;
+use super::{qgemm, simd};
 
 struct Layer {
     wq: Arc<QTensor>,
@@ -32,6 +32,19 @@ struct Layer {
     /// Appended per position: `[position][kv head][head_dim]`.
     k_cache: Vec<f32>,
     v_cache: Vec<f32>,
+}
+
+/// The KV cache of some positions, kept aside to be restored (see `crate::prefix_cache`).
+pub struct KvSnapshot {
+    k: Vec<Vec<f32>>,
+    v: Vec<Vec<f32>>,
+    len: usize,
+}
+
+impl KvSnapshot {
+    pub fn bytes(&self) -> usize {
+        self.k.iter().chain(&self.v).map(|c| c.len() * std::mem::size_of::<f32>()).sum()
+    }
 }
 
 pub struct QLlama {
@@ -79,6 +92,14 @@ impl Embedding {
 }
 
 fn matmul_rows(w: &QMatMul, x: &[f32], rows: usize) -> candle_core::Result<Vec<f32>> {
+    if rows > 1
+        && let QMatMul::QTensor(q) = w
+        && let Ok((n, k)) = q.shape().dims2()
+        && qgemm::preferred(q.dtype(), n, k)
+        && let Some(out) = qgemm::matmul(q, &qgemm::quantize(x, rows))?
+    {
+        return Ok(out);
+    }
     let cols = x.len() / rows;
     let t = Tensor::from_slice(x, (rows, cols), &Device::Cpu)?;
     w.forward(&t)?.flatten_all()?.to_vec1()
@@ -87,6 +108,23 @@ fn matmul_rows(w: &QMatMul, x: &[f32], rows: usize) -> candle_core::Result<Vec<f
 /// Several projections of one input: one fused kernel call when candle has one for these
 /// weights, else one call each.
 fn project(ws: &[&Arc<QTensor>], x: &[f32], rows: usize) -> candle_core::Result<Vec<Vec<f32>>> {
+    if rows > 1
+        && ws
+            .iter()
+            .all(|w| w.shape().dims2().is_ok_and(|(n, k)| qgemm::preferred(w.dtype(), n, k)))
+    {
+        let quantized = qgemm::quantize(x, rows);
+        let mut outs = Vec::with_capacity(ws.len());
+        for w in ws {
+            match qgemm::matmul(w, &quantized)? {
+                Some(out) => outs.push(out),
+                None => break,
+            }
+        }
+        if outs.len() == ws.len() {
+            return Ok(outs);
+        }
+    }
     let cols = x.len() / rows;
     let t = Tensor::from_slice(x, (rows, cols), &Device::Cpu)?;
     if rows == 1 {
@@ -207,6 +245,28 @@ impl QLlama {
 
     pub fn reset(&mut self) {
         self.truncate(0);
+    }
+
+    /// A copy of the KV cache as it is now.
+    pub fn snapshot(&self) -> KvSnapshot {
+        KvSnapshot {
+            k: self.layers.iter().map(|l| l.k_cache.clone()).collect(),
+            v: self.layers.iter().map(|l| l.v_cache.clone()).collect(),
+            len: self.len,
+        }
+    }
+
+    /// Replaces the KV cache with the first `len` positions of `snapshot` (at most its own).
+    pub fn restore(&mut self, snapshot: &KvSnapshot, len: usize) {
+        let len = len.min(snapshot.len);
+        let kv = self.kv_heads * self.head_dim;
+        for ((l, k), v) in self.layers.iter_mut().zip(&snapshot.k).zip(&snapshot.v) {
+            l.k_cache.clear();
+            l.k_cache.extend_from_slice(&k[..len * kv]);
+            l.v_cache.clear();
+            l.v_cache.extend_from_slice(&v[..len * kv]);
+        }
+        self.len = len;
     }
 
     fn truncate(&mut self, len: usize) {
@@ -383,6 +443,16 @@ mod tests {
             &ours.forward(&[77], prompt.len()).unwrap(),
             &theirs.forward(&input(&[77]), prompt.len()).unwrap(),
         );
+        // A snapshot restored into a fresh model continues exactly as the original does.
+        let (ct, mut f) = open();
+        let mut fresh = QLlama::load(&ct, &mut f).unwrap().unwrap();
+        ours.forward(&prompt, 0).unwrap();
+        let saved = ours.snapshot();
+        assert_eq!(saved.bytes(), 2 * 2 * prompt.len() * 32 * 4, "2 layers of K and V, 32 wide");
+        fresh.restore(&saved, 5);
+        let (a, b) =
+            (ours.forward(&prompt[5..], 5).unwrap(), fresh.forward(&prompt[5..], 5).unwrap());
+        assert_eq!(a.to_vec1::<f32>().unwrap(), b.to_vec1::<f32>().unwrap());
         assert!(ours.forward(&[1], 100).is_err(), "a gap in positions is refused");
         assert!(
             ours.forward(&[1_000_000], 0).is_err(),
