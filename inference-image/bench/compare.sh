@@ -44,7 +44,8 @@ fi
 if [ ! -x "$VENV/bin/python" ]; then python3 -m venv "$VENV"; fi
 if ! "$VENV/bin/python" -c "import llama_cpp" 2>/dev/null; then
   echo "== installing llama-cpp-python (compiles llama.cpp; several minutes)" >&2
-  CMAKE_ARGS="$LLAMA_CMAKE" "$VENV/bin/pip" install --quiet --disable-pip-version-check llama-cpp-python==0.3.36 >&2
+  # --no-cache-dir: a wheel pip cached from a native build would otherwise be reused as it is.
+  CMAKE_ARGS="$LLAMA_CMAKE" "$VENV/bin/pip" install --quiet --disable-pip-version-check --no-cache-dir llama-cpp-python==0.3.36 >&2
 fi
 
 echo "== candle: $THREADS threads" >&2

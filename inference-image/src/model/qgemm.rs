@@ -23,6 +23,9 @@ const BLOCK_BYTES: usize = 2 + QK;
 /// accumulators keep the loop inside AVX2's 16 registers; wider tiles (4×2, 3×2) spilled to the
 /// stack and ran no faster on the benchmark.
 const RM: usize = 4;
+/// Weight rows per work item: enough to make the item's bookkeeping small against its work when
+/// there is a single activation row (decode).
+const GROUP: usize = 8;
 
 /// Activation rows quantized to q8_0 once, for every projection that reads them.
 pub struct Quantized {
@@ -35,7 +38,9 @@ pub struct Quantized {
 
 /// Whether the prompt path should use [`matmul`] for `n`×`k` weights of `dtype` on this CPU.
 pub fn preferred(dtype: GgmlDType, n: usize, k: usize) -> bool {
-    dtype == GgmlDType::Q8_0 && avx2() && !(candle_vnni() && n.is_multiple_of(16) && k.is_multiple_of(256))
+    dtype == GgmlDType::Q8_0
+        && avx2()
+        && !(candle_vnni() && n.is_multiple_of(16) && k.is_multiple_of(256))
 }
 
 /// Which kernels run prompts and decode steps for weights of `dtype` on this CPU.
@@ -59,11 +64,12 @@ pub fn describe(dtype: GgmlDType) -> String {
     format!("{dtype:?} weights, {simd}: prompt: {prompt}; decode: candle gemv")
 }
 
-/// Whether the CPU can run [`matmul`] at all.
+/// Whether the CPU can run [`matmul`] at all (every AVX2 CPU also has F16C).
 fn avx2() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        use std::arch::is_x86_feature_detected as has;
+        has!("avx2") && has!("fma") && has!("f16c")
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -118,18 +124,27 @@ pub fn matmul(w: &QTensor, x: &Quantized) -> candle_core::Result<Option<Vec<f32>
         candle_core::bail!("q8_0 matmul: {} bytes of weights for {n}×{k}", raw.len());
     }
     let m = x.rows;
-    // Transposed result: each work item (one weight row) owns one row of `out_t`.
+    // Transposed result: each work item (a group of weight rows) owns those rows of `out_t`.
     let mut out_t = vec![0f32; n * m];
-    let items: Vec<Mutex<&mut [f32]>> = out_t.chunks_mut(m).map(Mutex::new).collect();
+    let items: Vec<Mutex<&mut [f32]>> = out_t.chunks_mut(GROUP * m).map(Mutex::new).collect();
     // Activation rows in slabs of about 256 KiB, so the rows a worker sweeps for each weight row
     // stay in its L2 cache; a long prompt then reads the weights once per slab.
     let slab = ((256 << 10) / k).max(RM) / RM * RM;
     for first in (0..m).step_by(slab) {
         let rows = first..m.min(first + slab);
-        candle_core::utils::barrier_pool().execute_chunked(n, |range| {
-            for j in range {
-                let mut out = items[j].lock().unwrap_or_else(|e| e.into_inner());
-                weight_row(&raw, x, j, rows.start, &mut out[rows.clone()]);
+        candle_core::utils::barrier_pool().execute_chunked(items.len(), |range| {
+            for group in range {
+                let mut out = items[group].lock().unwrap_or_else(|e| e.into_inner());
+                let weight_rows = out.len() / m;
+                // Tile by tile, every weight row of the group: the tile's activations and the
+                // group's weights both stay in L1.
+                for first in rows.clone().step_by(RM) {
+                    let tile = first..rows.end.min(first + RM);
+                    for r in 0..weight_rows {
+                        let j = group * GROUP + r;
+                        tile_of(&raw, x, first, j, &mut out[r * m..][tile.clone()]);
+                    }
+                }
             }
         });
     }
@@ -143,18 +158,18 @@ pub fn matmul(w: &QTensor, x: &Quantized) -> candle_core::Result<Option<Vec<f32>
     Ok(Some(out))
 }
 
-/// Weight row `j` against activation rows `first..first + out.len()`, into `out`.
-fn weight_row(w: &[u8], x: &Quantized, j: usize, first: usize, out: &mut [f32]) {
+/// Activation rows `first..first + out.len()` (at most a tile) against weight row `j`.
+fn tile_of(w: &[u8], x: &Quantized, first: usize, j: usize, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    for (t, tile) in out.chunks_mut(RM).enumerate() {
-        // SAFETY: `matmul` runs only where `avx2` found AVX2 and FMA.
+    {
+        // SAFETY: `matmul` runs only where `avx2` found AVX2, FMA and F16C.
         #[allow(unsafe_code)]
         unsafe {
-            avx2::tile(w, x, first + t * RM, j, tile)
+            avx2::tile(w, x, first, j, out)
         };
     }
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = (w, x, j, first, out);
+    let _ = (w, x, first, j, out);
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -163,7 +178,7 @@ mod avx2 {
 
     use super::{BLOCK_BYTES, QK, Quantized, RM};
 
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     fn load(bytes: &[u8]) -> __m256i {
         assert!(bytes.len() >= 32);
         // SAFETY: 32 readable bytes (asserted); the load has no alignment requirement.
@@ -173,7 +188,14 @@ mod avx2 {
         }
     }
 
-    #[target_feature(enable = "avx2,fma")]
+    /// Inline, unlike `half`'s conversion: a call inside the kernel's loop would make the
+    /// compiler save every vector register around it (they are all caller-saved).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn f16_to_f32(bits: u16) -> f32 {
+        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(bits))))
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
     fn hsum(v: __m256) -> f32 {
         let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
         let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -184,7 +206,7 @@ mod avx2 {
     /// Rows `i0..i0 + out.len()` against weight row `j`. The full tile's size is fixed at
     /// compile time so its accumulators stay in registers; the last, shorter tile goes row by
     /// row through the same code.
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) fn tile(w: &[u8], x: &Quantized, i0: usize, j: usize, out: &mut [f32]) {
         match <&mut [f32; RM]>::try_from(&mut *out) {
             Ok(full) => tile_fixed::<RM>(w, x, i0, j, full),
@@ -198,7 +220,7 @@ mod avx2 {
         }
     }
 
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     fn tile_fixed<const M: usize>(
         w: &[u8],
         x: &Quantized,
@@ -208,22 +230,24 @@ mod avx2 {
     ) {
         let kb = x.blocks;
         let qs: &[u8] = bytemuck_i8(&x.qs);
+        let rows: [(&[u8], &[f32]); M] = std::array::from_fn(|i| {
+            (&qs[(i0 + i) * kb * QK..][..kb * QK], &x.d[(i0 + i) * kb..][..kb])
+        });
         let ones = _mm256_set1_epi16(1);
         let mut acc = [_mm256_setzero_ps(); M];
         for (b, block) in
             w[j * kb * BLOCK_BYTES..][..kb * BLOCK_BYTES].chunks_exact(BLOCK_BYTES).enumerate()
         {
-            let wd = half::f16::from_le_bytes([block[0], block[1]]).to_f32();
+            let wd = f16_to_f32(u16::from_le_bytes([block[0], block[1]]));
             let wq = load(&block[2..]);
             let wabs = _mm256_sign_epi8(wq, wq);
-            for (i, acc) in acc.iter_mut().enumerate() {
-                let row = (i0 + i) * kb + b;
-                let a = load(&qs[row * QK..][..QK]);
+            for (acc, (q, d)) in acc.iter_mut().zip(&rows) {
+                let a = load(&q[b * QK..][..QK]);
                 // |w| · (a with w's sign) = w · a, with the unsigned operand maddubs needs;
                 // |w| ≤ 127 keeps each pair sum inside i16.
                 let products = _mm256_maddubs_epi16(wabs, _mm256_sign_epi8(a, wq));
                 let sums = _mm256_cvtepi32_ps(_mm256_madd_epi16(products, ones));
-                *acc = _mm256_fmadd_ps(sums, _mm256_set1_ps(x.d[row] * wd), *acc);
+                *acc = _mm256_fmadd_ps(sums, _mm256_set1_ps(d[b] * wd), *acc);
             }
         }
         for (o, acc) in out.iter_mut().zip(acc) {
@@ -276,7 +300,7 @@ mod tests {
                     let (mut exact, mut float) = (0f64, 0f64);
                     for b in 0..kb {
                         let block = &raw[(j * kb + b) * BLOCK_BYTES..][..BLOCK_BYTES];
-                        let wd = half::f16::from_le_bytes([block[0], block[1]]).to_f32();
+                        let wd = f16_to_f32(u16::from_le_bytes([block[0], block[1]]));
                         let dot: i64 = (0..QK)
                             .map(|t| block[2 + t] as i8 as i64 * q.qs[(i * kb + b) * QK + t] as i64)
                             .sum();

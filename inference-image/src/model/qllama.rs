@@ -92,8 +92,7 @@ impl Embedding {
 }
 
 fn matmul_rows(w: &QMatMul, x: &[f32], rows: usize) -> candle_core::Result<Vec<f32>> {
-    if rows > 1
-        && let QMatMul::QTensor(q) = w
+    if let QMatMul::QTensor(q) = w
         && let Ok((n, k)) = q.shape().dims2()
         && qgemm::preferred(q.dtype(), n, k)
         && let Some(out) = qgemm::matmul(q, &qgemm::quantize(x, rows))?
@@ -108,11 +107,7 @@ fn matmul_rows(w: &QMatMul, x: &[f32], rows: usize) -> candle_core::Result<Vec<f
 /// Several projections of one input: one fused kernel call when candle has one for these
 /// weights, else one call each.
 fn project(ws: &[&Arc<QTensor>], x: &[f32], rows: usize) -> candle_core::Result<Vec<Vec<f32>>> {
-    if rows > 1
-        && ws
-            .iter()
-            .all(|w| w.shape().dims2().is_ok_and(|(n, k)| qgemm::preferred(w.dtype(), n, k)))
-    {
+    if ws.iter().all(|w| w.shape().dims2().is_ok_and(|(n, k)| qgemm::preferred(w.dtype(), n, k))) {
         let quantized = qgemm::quantize(x, rows);
         let mut outs = Vec::with_capacity(ws.len());
         for w in ws {
