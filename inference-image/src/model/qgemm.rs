@@ -1,16 +1,18 @@
-//! Prompt processing (many rows at once) against q8_0 weights on AVX2 CPUs.
+//! Matrix products against q8_0 weights on CPUs with AVX2 but no VNNI: prompts (many rows) and
+//! decode steps (one row).
 //!
-//! On CPUs with AVX2 but no VNNI, candle's CPU matmul computes each output element as its own
-//! dot product: every pair of 32-value blocks reloads both operands and converts both f16
-//! scales. Here each weight block, once loaded, meets a tile of activation rows held in
-//! registers, and the activations are quantized once per input, however many projections read it
-//! (Q, K and V; gate and up). Work is split by weight row, so a worker keeps its row in L1 while
-//! it walks a slab of activation rows that fits in L2; the weights stream from memory once per
-//! slab.
+//! There, candle's CPU matmul computes each output element as its own dot product: every pair of
+//! 32-value blocks reloads both operands, and converts the f16 scales through a function call
+//! that makes the compiler save every vector register around it. Here each weight block, once
+//! loaded, meets a tile of four activation rows held in registers; the scales are converted
+//! inline; the activations are quantized once per input, however many projections read it (Q, K
+//! and V; gate and up). A work item is a group of weight rows, walked tile by tile so that both
+//! the tile's activations and the group's weights stay in L1, over a slab of activation rows that
+//! fits in L2.
 //!
 //! Where the CPU has AVX-512 VNNI or AVX-VNNI, candle repacks q8_0 weights for `vpdpbusd`, which
-//! is faster than any AVX2 kernel; [`preferred`] leaves those shapes to it. Single rows (decode)
-//! and other quantizations also stay with candle. [`describe`] says what runs, for the benchmark.
+//! is faster than any AVX2 kernel; [`preferred`] leaves those shapes to it. Other quantizations
+//! stay with candle too. [`describe`] says what runs, for the benchmark.
 
 use std::sync::Mutex;
 
@@ -54,14 +56,16 @@ pub fn describe(dtype: GgmlDType) -> String {
     } else {
         "scalar"
     };
-    let prompt = if preferred(dtype, 16, 256) {
-        "alcove q8_0 tiles (AVX2)"
+    let kernels = if preferred(dtype, 16, 256) {
+        "alcove q8_0 tiles (AVX2), prompt and decode"
     } else if dtype == GgmlDType::Q8_0 && candle_vnni() {
-        "candle q8_0 repacked (vpdpbusd)"
+        "candle q8_0 repacked for vpdpbusd"
+    } else if dtype == GgmlDType::Q4K && (avx2() || candle_vnni()) {
+        "candle q4_k repacked (x86)"
     } else {
-        "candle matmul"
+        "candle matmul and gemv"
     };
-    format!("{dtype:?} weights, {simd}: prompt: {prompt}; decode: candle gemv")
+    format!("{dtype:?} weights, {simd}: {kernels}")
 }
 
 /// Whether the CPU can run [`matmul`] at all (every AVX2 CPU also has F16C).
@@ -300,7 +304,7 @@ mod tests {
                     let (mut exact, mut float) = (0f64, 0f64);
                     for b in 0..kb {
                         let block = &raw[(j * kb + b) * BLOCK_BYTES..][..BLOCK_BYTES];
-                        let wd = f16_to_f32(u16::from_le_bytes([block[0], block[1]]));
+                        let wd = half::f16::from_le_bytes([block[0], block[1]]).to_f32();
                         let dot: i64 = (0..QK)
                             .map(|t| block[2 + t] as i8 as i64 * q.qs[(i * kb + b) * QK + t] as i64)
                             .sum();
