@@ -23,7 +23,10 @@ a = p.parse_args()
 
 ids = json.load(open(a.prompt_ids))
 t = time.perf_counter()
-llm = Llama(model_path=a.model, n_ctx=2048, n_batch=512, n_threads=a.threads, n_threads_batch=a.threads, verbose=False)
+# n_batch = n_ctx: llama-cpp-python keeps logits in an n_batch-row array indexed by position, so
+# it must cover the prompt and every generated token (llama.cpp still computes in micro-batches
+# of 512).
+llm = Llama(model_path=a.model, n_ctx=2048, n_batch=2048, n_threads=a.threads, n_threads_batch=a.threads, verbose=False)
 load_seconds = time.perf_counter() - t
 
 ttft, decode = [], []

@@ -35,6 +35,11 @@ impl<S> PrefixCache<S> {
         self.budget > 0
     }
 
+    /// Whether a snapshot of `bytes` would be kept (it fits the budget at all).
+    pub fn would_keep(&self, bytes: usize) -> bool {
+        self.enabled() && bytes <= self.budget
+    }
+
     pub fn bytes(&self) -> usize {
         self.used
     }
@@ -59,7 +64,7 @@ impl<S> PrefixCache<S> {
     /// serves every prompt they served), then the least recently used until the new one fits; one
     /// larger than the whole budget is not kept.
     pub fn insert(&mut self, tokens: Vec<u32>, snapshot: S, bytes: usize) {
-        if tokens.is_empty() || self.budget == 0 || bytes > self.budget {
+        if tokens.is_empty() || !self.would_keep(bytes) {
             return;
         }
         let before = self.entries.len();
@@ -109,6 +114,7 @@ mod tests {
         assert!(c.lookup(&[2]).is_none(), "evicted");
         assert!(c.lookup(&[1]).is_some() && c.lookup(&[3]).is_some());
         assert!(c.lookup(&[4]).is_some());
+        assert!(c.would_keep(30) && !c.would_keep(31));
         c.insert(vec![5], "too big", 31);
         assert!(c.lookup(&[5]).is_none() && c.bytes() == 30, "larger than the budget: not kept");
     }
@@ -127,6 +133,7 @@ mod tests {
     #[test]
     fn a_zero_budget_keeps_nothing() {
         let mut c = PrefixCache::new(0);
+        assert!(!c.enabled() && !c.would_keep(1));
         c.insert(vec![1], (), 1);
         assert!(c.lookup(&[1]).is_none());
     }

@@ -280,7 +280,10 @@ impl ChatModel {
 
     /// Saves the KV cache's current sequence in `cache`, for later prompts that start with it.
     pub fn remember(&self, cache: &mut PrefixCache) {
-        if let Weights::QuantizedCpu(q) = &self.weights {
+        // Checked before copying: a long context can hold more than the whole budget.
+        if let Weights::QuantizedCpu(q) = &self.weights
+            && cache.would_keep(q.kv_bytes())
+        {
             let snapshot = q.snapshot();
             let bytes = snapshot.bytes();
             cache.insert(self.live.clone(), snapshot, bytes);

@@ -242,6 +242,15 @@ impl QLlama {
         self.truncate(0);
     }
 
+    /// Bytes of keys and values the cache holds now (what [`Self::snapshot`] would copy).
+    pub fn kv_bytes(&self) -> usize {
+        2 * self.layers.len()
+            * self.len
+            * self.kv_heads
+            * self.head_dim
+            * std::mem::size_of::<f32>()
+    }
+
     /// A copy of the KV cache as it is now.
     pub fn snapshot(&self) -> KvSnapshot {
         KvSnapshot {
@@ -444,6 +453,7 @@ mod tests {
         ours.forward(&prompt, 0).unwrap();
         let saved = ours.snapshot();
         assert_eq!(saved.bytes(), 2 * 2 * prompt.len() * 32 * 4, "2 layers of K and V, 32 wide");
+        assert_eq!(saved.bytes(), ours.kv_bytes());
         fresh.restore(&saved, 5);
         let (a, b) =
             (ours.forward(&prompt[5..], 5).unwrap(), fresh.forward(&prompt[5..], 5).unwrap());
