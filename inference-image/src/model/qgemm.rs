@@ -23,7 +23,7 @@ const QK: usize = 32;
 const BLOCK_BYTES: usize = 2 + QK;
 /// Activation rows per register tile: each weight block loaded serves this many rows. Four
 /// accumulators keep the loop inside AVX2's 16 registers; wider tiles (4×2, 3×2) spilled to the
-/// stack and ran no faster on the benchmark.
+/// stack and ran slower on the benchmark.
 const RM: usize = 4;
 /// Weight rows per work item: enough to make the item's bookkeeping small against its work when
 /// there is a single activation row (decode).
@@ -38,7 +38,7 @@ pub struct Quantized {
     blocks: usize,
 }
 
-/// Whether the prompt path should use [`matmul`] for `n`×`k` weights of `dtype` on this CPU.
+/// Whether prompts and decode steps should use [`matmul`] for `n`×`k` weights of `dtype` on this CPU.
 pub fn preferred(dtype: GgmlDType, n: usize, k: usize) -> bool {
     dtype == GgmlDType::Q8_0
         && avx2()
@@ -98,7 +98,7 @@ fn candle_vnni() -> bool {
 
 /// `rows` rows of `k` values each, quantized to q8_0 (`k` a multiple of 32).
 pub fn quantize(x: &[f32], rows: usize) -> Quantized {
-    let k = x.len() / rows;
+    let k = x.len() / rows.max(1);
     let blocks = k / QK;
     let mut q = Quantized { qs: vec![0; rows * k], d: vec![0.0; rows * blocks], rows, blocks };
     for ((src, qs), d) in x.chunks_exact(QK).zip(q.qs.chunks_exact_mut(QK)).zip(&mut q.d) {
