@@ -6,10 +6,11 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Context as _;
+use candle_core::Tensor;
 use candle_transformers::generation::{LogitsProcessor, Sampling};
 use serde::Serialize;
 
-use crate::model::{self, ChatModel, ModelFiles, PrefixCache};
+use crate::model::{self, ChatModel, ModelFiles, PrefixCache, Sequence};
 
 pub struct Options {
     pub model: PathBuf,
@@ -39,8 +40,8 @@ pub struct Report {
     pub decode_tokens_per_s: f64,
     pub prefill_tokens_per_s: f64,
     /// A second turn of the same conversation (the first turn's prompt and answer, then 32 more
-    /// tokens), after another conversation used the model: time to first token with the prefix
-    /// cache, how many prompt tokens it reused, and the same turn computed from scratch.
+    /// tokens): time to first token with the first turn in the prefix cache, how many prompt
+    /// tokens it reused, and the same turn computed from scratch.
     pub turn2_prompt_tokens: usize,
     pub turn2_ttft_ms: f64,
     pub turn2_reused_tokens: usize,
@@ -93,15 +94,15 @@ pub fn run(opts: &Options) -> anyhow::Result<Report> {
     let mut decode = Vec::new();
     // One untimed run first: page in the weights, warm the caches and thread pool.
     for run in 0..=opts.runs {
-        model.reset()?;
         let mut sampler = LogitsProcessor::from_sampling(0, Sampling::ArgMax);
         let t0 = Instant::now();
-        let logits = model.forward(&prompt, 0)?;
+        let (mut seq, _) = model.begin(&prompt, &mut PrefixCache::new(0))?;
+        let logits = prefill(&mut model, &mut seq, &prompt)?;
         let mut token = sampler.sample(&logits)?;
         let first = t0.elapsed().as_secs_f64();
         let t1 = Instant::now();
-        for i in 1..opts.gen_tokens {
-            let logits = model.forward(&[token], prompt.len() + i - 1)?;
+        for _ in 1..opts.gen_tokens {
+            let logits = next(&mut model, &mut seq, &[token])?;
             token = sampler.sample(&logits)?;
         }
         let rest = t1.elapsed().as_secs_f64();
@@ -112,33 +113,30 @@ pub fn run(opts: &Options) -> anyhow::Result<Report> {
     }
     let ttft_ms = median(ttft);
 
+    // The first turn of a conversation, kept in the prefix cache as the server keeps it.
     let mut cache = PrefixCache::new(256 << 20);
     let mut sampler = LogitsProcessor::from_sampling(0, Sampling::ArgMax);
-    model.reset()?;
-    let (mut logits, _) = model.prefill(&prompt, &mut cache)?;
+    let (mut seq, _) = model.begin(&prompt, &mut cache)?;
+    let mut logits = prefill(&mut model, &mut seq, &prompt)?;
     let mut turn2 = prompt.clone();
     for _ in 0..opts.gen_tokens {
         let token = sampler.sample(&logits)?;
         turn2.push(token);
-        logits = model.forward(&[token], turn2.len() - 1)?;
+        logits = next(&mut model, &mut seq, &[token])?;
     }
-    model.remember(&mut cache);
+    model.finish(seq, &mut cache);
     turn2.extend(vocab.encode_rendered(text)?.into_iter().take(32));
     let turn2_prompt_tokens = turn2.len();
     if turn2_prompt_tokens > vocab.context_length {
         anyhow::bail!("the second turn's {turn2_prompt_tokens} tokens exceed the context");
     }
-    // Another conversation in between: the model's own cache no longer holds this one.
-    model.reset()?;
-    model.forward(&prompt[..prompt.len().min(8)], 0)?;
     let t = Instant::now();
-    let (logits, turn2_reused_tokens) = model.prefill(&turn2, &mut cache)?;
-    sampler.sample(&logits)?;
+    let (mut seq, turn2_reused_tokens) = model.begin(&turn2, &mut cache)?;
+    sampler.sample(&prefill(&mut model, &mut seq, &turn2)?)?;
     let turn2_ttft_ms = t.elapsed().as_secs_f64() * 1000.0;
-    model.reset()?;
     let t = Instant::now();
-    let logits = model.forward(&turn2, 0)?;
-    sampler.sample(&logits)?;
+    let (mut seq, _) = model.begin(&turn2, &mut PrefixCache::new(0))?;
+    sampler.sample(&prefill(&mut model, &mut seq, &turn2)?)?;
     let turn2_uncached_ttft_ms = t.elapsed().as_secs_f64() * 1000.0;
 
     Ok(Report {
@@ -159,6 +157,23 @@ pub fn run(opts: &Options) -> anyhow::Result<Report> {
         turn2_reused_tokens,
         turn2_uncached_ttft_ms,
     })
+}
+
+/// Reads the rest of `prompt` in the chunks the server reads it in; the next-token logits.
+fn prefill(model: &mut ChatModel, seq: &mut Sequence, prompt: &[u32]) -> anyhow::Result<Tensor> {
+    loop {
+        let end = prompt.len().min(seq.len() + crate::engine::CHUNK_ALONE);
+        let chunk = &prompt[seq.len()..end];
+        let logits = model.step(&mut [(&mut *seq, chunk, end == prompt.len())])?.pop().flatten();
+        if end == prompt.len() {
+            return logits.context("the model returned no logits");
+        }
+    }
+}
+
+/// Runs `tokens` for one sequence; the next-token logits.
+fn next(model: &mut ChatModel, seq: &mut Sequence, tokens: &[u32]) -> anyhow::Result<Tensor> {
+    model.step(&mut [(seq, tokens, true)])?.pop().flatten().context("the model returned no logits")
 }
 
 /// `model name` from /proc/cpuinfo (Linux), else the architecture.

@@ -1,7 +1,13 @@
-//! The model thread. One OS thread owns the weights and serves a bounded queue of jobs in order,
-//! so concurrent requests never share a KV cache, and a full queue is refused at once (429)
-//! rather than growing without bound. Tokens stream back to the request over a channel; a
-//! request whose client went away stops generating at the next token.
+//! The model thread. One OS thread owns the weights and serves a bounded queue of jobs; a full
+//! queue is refused at once (429) rather than growing without bound.
+//!
+//! Generations are batched continuously: up to `parallel` of them are running at once, each with
+//! its own KV cache, and every step runs one forward pass over all of them, a decode token for
+//! each that is generating and a chunk of prompt for those still reading theirs. A new request
+//! joins at the next step instead of waiting for the others to finish, and a long prompt is read
+//! a chunk per step so the others keep generating meanwhile. Tokens stream back to the request
+//! over a channel; a request whose client went away leaves the batch, freeing its place, at the
+//! next step.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -13,7 +19,7 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::metrics::Metrics;
-use crate::model::{ChatModel, Embedder, Message, PrefixCache, Vocab};
+use crate::model::{ChatModel, Embedder, Message, PrefixCache, Sequence, Vocab};
 use crate::retrieval::{Hit, Library, Source};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -118,25 +124,43 @@ pub struct QueueFull {
     pub retry_after: u64,
 }
 
+/// Prompt tokens read per step while other sequences are generating: small enough that their
+/// next token is not held up by a whole long prompt, large enough that the weights read for the
+/// step serve many rows.
+const CHUNK_BESIDE_DECODE: usize = 128;
+/// Prompt tokens read per step when no sequence is generating (nobody waits on the step).
+pub const CHUNK_ALONE: usize = 512;
+
 #[derive(Clone)]
 pub struct Engine {
     tx: mpsc::Sender<Job>,
     metrics: Arc<Metrics>,
     /// Exponential moving average of a job's duration, in microseconds.
     avg_job_us: Arc<AtomicU64>,
+    /// Generations that run at once.
+    slots: usize,
 }
 
 impl Engine {
-    /// Starts the model thread with room for `queue` waiting jobs besides the running one.
-    pub fn start(models: Models, metrics: Arc<Metrics>, queue: usize) -> Self {
+    /// Starts the model thread with room for `queue` waiting jobs besides the running ones, of
+    /// which there are up to `parallel` (one where the model keeps a single KV cache).
+    pub fn start(models: Models, metrics: Arc<Metrics>, queue: usize, parallel: usize) -> Self {
         let (tx, rx) = mpsc::channel(queue.max(1));
         let avg_job_us = Arc::new(AtomicU64::new(1_000_000));
-        let worker = Worker { models, metrics: metrics.clone(), avg_job_us: avg_job_us.clone() };
+        let capacity = models.chat.as_ref().map_or(1, ChatModel::batch_capacity);
+        let slots = parallel.clamp(1, capacity);
+        let worker =
+            Worker { models, metrics: metrics.clone(), avg_job_us: avg_job_us.clone(), slots };
         std::thread::Builder::new()
             .name("model".into())
             .spawn(move || worker.run(rx))
             .expect("spawning the model thread");
-        Self { tx, metrics, avg_job_us }
+        Self { tx, metrics, avg_job_us, slots }
+    }
+
+    /// Generations that run at once.
+    pub fn slots(&self) -> usize {
+        self.slots
     }
 
     pub fn submit(&self, work: Work) -> Result<(), QueueFull> {
@@ -148,7 +172,8 @@ impl Engine {
                 self.metrics.queue_depth.dec();
                 let waiting = self.metrics.queue_depth.get().max(0) as u64 + 1;
                 let avg = self.avg_job_us.load(Ordering::Relaxed);
-                Err(QueueFull { retry_after: (waiting * avg).div_ceil(1_000_000).max(1) })
+                let wait = (waiting * avg).div_ceil(self.slots as u64);
+                Err(QueueFull { retry_after: wait.div_ceil(1_000_000).max(1) })
             }
         }
     }
@@ -158,53 +183,108 @@ struct Worker {
     models: Models,
     metrics: Arc<Metrics>,
     avg_job_us: Arc<AtomicU64>,
+    slots: usize,
+}
+
+/// A generation in the batch.
+struct Running {
+    events: mpsc::UnboundedSender<Event>,
+    seq: Sequence,
+    prompt: Vec<u32>,
+    /// The token sampled last, to be run at the next step; `None` while the prompt is being read.
+    next: Option<u32>,
+    sampler: LogitsProcessor,
+    detok: Detokenizer,
+    stops: StopFilter,
+    generated: usize,
+    max_new: usize,
+    enqueued: Instant,
+    admitted: Instant,
+    last: Instant,
+}
+
+/// What a step did to one generation.
+enum Outcome {
+    Continue,
+    Finished(FinishReason),
+    /// The client went away.
+    Gone,
+}
+
+/// Runs `f`, turning an error or a panic into the [`EngineError`] the request is told.
+fn guarded<T>(what: &'static str, f: impl FnOnce() -> anyhow::Result<T>) -> Result<T, EngineError> {
+    match std::panic::catch_unwind(AssertUnwindSafe(f)) {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(e
+            .downcast::<EngineError>()
+            .unwrap_or_else(|e| EngineError::Generation(format!("{e:#}")))),
+        Err(_) => Err(EngineError::Panicked(what)),
+    }
+}
+
+fn fail(events: &mpsc::UnboundedSender<Event>, error: EngineError) {
+    tracing::error!(%error, "generation failed");
+    let _ = events.send(Event::Failed(error));
 }
 
 impl Worker {
     fn run(mut self, mut rx: mpsc::Receiver<Job>) {
-        while let Some(job) = rx.blocking_recv() {
-            self.metrics.queue_depth.dec();
-            let started = Instant::now();
-            match job.work {
-                Work::Generate(g) => {
-                    let events = g.events.clone();
-                    let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                        self.generate(g, job.enqueued)
-                    }));
-                    let failure = match result {
-                        Ok(Ok(())) => None,
-                        Ok(Err(e)) => Some(
-                            e.downcast::<EngineError>()
-                                .unwrap_or_else(|e| EngineError::Generation(format!("{e:#}"))),
-                        ),
-                        Err(_) => Some(EngineError::Panicked("generation")),
-                    };
-                    if let Some(error) = failure {
-                        tracing::error!(%error, "generation failed");
-                        let _ = events.send(Event::Failed(error));
+        let mut running: Vec<Running> = Vec::new();
+        loop {
+            while running.len() < self.slots {
+                let job = if running.is_empty() {
+                    match rx.blocking_recv() {
+                        Some(job) => job,
+                        None => return,
+                    }
+                } else {
+                    match rx.try_recv() {
+                        Ok(job) => job,
+                        Err(_) => break,
+                    }
+                };
+                self.metrics.queue_depth.dec();
+                match job.work {
+                    Work::Generate(g) => {
+                        let events = g.events.clone();
+                        match guarded("generation", || self.admit(g, job.enqueued)) {
+                            Ok(Some(r)) => running.push(r),
+                            Ok(None) => {}
+                            Err(error) => fail(&events, error),
+                        }
+                    }
+                    Work::Embed { texts, reply } => {
+                        let started = Instant::now();
+                        let _ = reply.send(self.embed(&texts));
+                        self.record_job(started);
                     }
                 }
-                Work::Embed { texts, reply } => {
-                    let result = match &self.models.embedder {
-                        Some(e) => {
-                            let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-                            match std::panic::catch_unwind(AssertUnwindSafe(|| e.embed(&refs))) {
-                                Ok(r) => r.map_err(|e| EngineError::Embedding(format!("{e:#}"))),
-                                Err(_) => Err(EngineError::Panicked("embedding")),
-                            }
-                        }
-                        None => Err(EngineError::NoEmbeddingModel),
-                    };
-                    let _ = reply.send(result);
-                }
             }
-            let took = started.elapsed().as_micros() as u64;
-            let avg = self.avg_job_us.load(Ordering::Relaxed);
-            self.avg_job_us.store((avg * 7 + took) / 8, Ordering::Relaxed);
+            if !running.is_empty() {
+                self.step(&mut running);
+            }
+            self.metrics.running.set(running.len() as i64);
         }
     }
 
-    fn generate(&mut self, g: Generate, enqueued: Instant) -> anyhow::Result<()> {
+    fn record_job(&self, started: Instant) {
+        let took = started.elapsed().as_micros() as u64;
+        let avg = self.avg_job_us.load(Ordering::Relaxed);
+        self.avg_job_us.store((avg * 7 + took) / 8, Ordering::Relaxed);
+    }
+
+    fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, EngineError> {
+        let embedder = self.models.embedder.as_ref().ok_or(EngineError::NoEmbeddingModel)?;
+        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        guarded("embedding", || embedder.embed(&refs)).map_err(|e| match e {
+            EngineError::Generation(m) => EngineError::Embedding(m),
+            e => e,
+        })
+    }
+
+    /// Builds a request's prompt (retrieval included) and starts its sequence; `None` when the
+    /// client has already gone.
+    fn admit(&mut self, g: Generate, enqueued: Instant) -> anyhow::Result<Option<Running>> {
         let Models { chat, embedder, library, prefix_cache } = &mut self.models;
         let model = chat.as_mut().ok_or(EngineError::NoLanguageModel)?;
         let vocab = model.vocab.clone();
@@ -225,10 +305,9 @@ impl Worker {
         }
         let max_new = g.params.max_tokens.unwrap_or(ctx - prompt.len()).min(ctx - prompt.len());
         if g.events.send(Event::Started { prompt_tokens: prompt.len(), sources }).is_err() {
-            return Ok(());
+            return Ok(None);
         }
-
-        let (mut logits, reused) = model.prefill(&prompt, prefix_cache)?;
+        let (seq, reused) = model.begin(&prompt, prefix_cache)?;
         self.metrics.prompt_tokens_reused.inc_by(reused as u64);
         let sampling = if g.params.temperature <= 0.0 {
             Sampling::ArgMax
@@ -237,56 +316,136 @@ impl Worker {
         } else {
             Sampling::All { temperature: g.params.temperature }
         };
-        let mut sampler = LogitsProcessor::from_sampling(g.params.seed, sampling);
-        let mut detok = Detokenizer::default();
-        let mut stops = StopFilter::new(g.params.stop.clone());
-        let mut last = Instant::now();
-        let mut generated = 0usize;
-        let finish = loop {
-            if g.events.is_closed() {
-                return Ok(()); // the client went away
-            }
-            let next = sampler.sample(&logits)?;
-            if vocab.eos.contains(&next) {
-                break FinishReason::Stop;
-            }
-            generated += 1;
-            let now = Instant::now();
-            if generated == 1 {
-                self.metrics
-                    .time_to_first_token
-                    .observe(now.duration_since(enqueued).as_secs_f64());
-            } else {
-                self.metrics.time_per_output_token.observe(now.duration_since(last).as_secs_f64());
-            }
-            last = now;
-            detok.push(&vocab, next)?;
-            let (delta, stopped) = stops.push(&detok.text, false);
-            if !delta.is_empty() && g.events.send(Event::Text(delta)).is_err() {
-                return Ok(());
-            }
-            if stopped {
-                break FinishReason::Stop;
-            }
-            if generated >= max_new {
-                break FinishReason::Length;
-            }
-            logits = model.forward(&[next], prompt.len() + generated - 1)?;
+        let now = Instant::now();
+        Ok(Some(Running {
+            events: g.events,
+            seq,
+            prompt,
+            next: None,
+            sampler: LogitsProcessor::from_sampling(g.params.seed, sampling),
+            detok: Detokenizer::default(),
+            stops: StopFilter::new(g.params.stop),
+            generated: 0,
+            max_new,
+            enqueued,
+            admitted: now,
+            last: now,
+        }))
+    }
+
+    /// One forward pass over the batch: a token for each generating sequence, and prompt chunks,
+    /// oldest request first, up to the step's budget.
+    fn step(&mut self, running: &mut Vec<Running>) {
+        running.retain(|r| !r.events.is_closed());
+        let Some(model) = self.models.chat.as_mut() else {
+            return;
         };
-        model.remember(prefix_cache);
-        self.metrics.prefix_cache_bytes.set(prefix_cache.bytes() as i64);
-        detok.flush(&vocab)?;
-        let (delta, _) = stops.push(&detok.text, true);
-        if !delta.is_empty() {
-            let _ = g.events.send(Event::Text(delta));
+        let vocab = model.vocab.clone();
+        let mut budget = match running.iter().any(|r| r.next.is_some()) {
+            true => CHUNK_BESIDE_DECODE,
+            false => CHUNK_ALONE,
+        };
+        let mut members = Vec::new();
+        let mut feeds: Vec<(&mut Sequence, &[u32], bool)> = Vec::new();
+        for (i, r) in running.iter_mut().enumerate() {
+            let (tokens, logits): (&[u32], bool) = match &r.next {
+                Some(t) => (std::slice::from_ref(t), true),
+                None if budget == 0 => continue,
+                None => {
+                    let (from, to) = (r.seq.len(), r.prompt.len().min(r.seq.len() + budget));
+                    budget -= to - from;
+                    (&r.prompt[from..to], to == r.prompt.len())
+                }
+            };
+            members.push(i);
+            feeds.push((&mut r.seq, tokens, logits));
         }
-        self.metrics.prompt_tokens.inc_by(prompt.len() as u64);
-        self.metrics.completion_tokens.inc_by(generated as u64);
-        let _ = g.events.send(Event::Done {
-            finish_reason: finish,
-            prompt_tokens: prompt.len(),
-            completion_tokens: generated,
+        self.metrics.step_sequences.observe(feeds.len() as f64);
+        let result = guarded("generation", || Ok(model.step(&mut feeds)?));
+        drop(feeds);
+        let logits = match result {
+            Ok(logits) => logits,
+            Err(error) => {
+                // Which member caused it is unknown: each is told, and leaves the batch.
+                for &i in members.iter().rev() {
+                    fail(&running.remove(i).events, error.clone());
+                }
+                return;
+            }
+        };
+        let mut done = Vec::new();
+        for (&i, logits) in members.iter().zip(logits) {
+            let Some(logits) = logits else { continue };
+            match guarded("generation", || self.advance(&vocab, &mut running[i], &logits)) {
+                Ok(Outcome::Continue) => {}
+                Ok(outcome) => done.push((i, outcome)),
+                Err(error) => {
+                    fail(&running[i].events, error);
+                    done.push((i, Outcome::Gone));
+                }
+            }
+        }
+        for (i, outcome) in done.into_iter().rev() {
+            let r = running.remove(i);
+            if let Outcome::Finished(reason) = outcome {
+                let _ = guarded("generation", || self.finish(r, reason));
+            }
+        }
+    }
+
+    /// Samples a sequence's next token from `logits` and streams its text.
+    fn advance(
+        &self,
+        vocab: &Vocab,
+        r: &mut Running,
+        logits: &candle_core::Tensor,
+    ) -> anyhow::Result<Outcome> {
+        let next = r.sampler.sample(logits)?;
+        if vocab.eos.contains(&next) {
+            return Ok(Outcome::Finished(FinishReason::Stop));
+        }
+        r.generated += 1;
+        let now = Instant::now();
+        if r.generated == 1 {
+            self.metrics.time_to_first_token.observe(now.duration_since(r.enqueued).as_secs_f64());
+        } else {
+            self.metrics.time_per_output_token.observe(now.duration_since(r.last).as_secs_f64());
+        }
+        r.last = now;
+        r.detok.push(vocab, next)?;
+        let (delta, stopped) = r.stops.push(&r.detok.text, false);
+        if !delta.is_empty() && r.events.send(Event::Text(delta)).is_err() {
+            return Ok(Outcome::Gone);
+        }
+        if stopped {
+            return Ok(Outcome::Finished(FinishReason::Stop));
+        }
+        if r.generated >= r.max_new {
+            return Ok(Outcome::Finished(FinishReason::Length));
+        }
+        r.next = Some(next);
+        Ok(Outcome::Continue)
+    }
+
+    fn finish(&mut self, mut r: Running, reason: FinishReason) -> anyhow::Result<()> {
+        let Models { chat, prefix_cache, .. } = &mut self.models;
+        if let Some(model) = chat.as_ref() {
+            model.finish(r.seq, prefix_cache);
+            r.detok.flush(&model.vocab)?;
+        }
+        self.metrics.prefix_cache_bytes.set(prefix_cache.bytes() as i64);
+        let (delta, _) = r.stops.push(&r.detok.text, true);
+        if !delta.is_empty() {
+            let _ = r.events.send(Event::Text(delta));
+        }
+        self.metrics.prompt_tokens.inc_by(r.prompt.len() as u64);
+        self.metrics.completion_tokens.inc_by(r.generated as u64);
+        let _ = r.events.send(Event::Done {
+            finish_reason: reason,
+            prompt_tokens: r.prompt.len(),
+            completion_tokens: r.generated,
         });
+        self.record_job(r.admitted);
         Ok(())
     }
 }

@@ -72,6 +72,10 @@ enum Command {
         /// same way (system prompt, earlier turns); least recently used first out. 0 turns it off.
         #[arg(long, default_value_t = 256)]
         prefix_cache_mib: usize,
+        /// Generations run together, sharing each step's pass over the weights (GGUF on the CPU;
+        /// other models run one at a time). Requests beyond wait in the queue.
+        #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
+        parallel: u16,
     },
     /// Chunk and embed documents into a knowledge-base index (written atomically).
     Index {
@@ -251,6 +255,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             max_tokens,
             context_length,
             prefix_cache_mib,
+            parallel,
         } => {
             let config = api::ServeConfig {
                 model,
@@ -270,6 +275,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                 max_tokens,
                 context_length,
                 prefix_cache_bytes: prefix_cache_mib << 20,
+                parallel: parallel.into(),
             };
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

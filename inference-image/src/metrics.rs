@@ -17,6 +17,8 @@ pub struct Metrics {
     pub model_load_seconds: Gauge,
     pub prompt_tokens_reused: IntCounter,
     pub prefix_cache_bytes: IntGauge,
+    pub step_sequences: Histogram,
+    pub running: IntGauge,
 }
 
 impl Metrics {
@@ -74,6 +76,19 @@ impl Metrics {
             "Memory held by saved KV states of earlier prompts.",
         )
         .expect("valid metric");
+        let step_sequences = Histogram::with_opts(
+            HistogramOpts::new(
+                "alcove_inference_step_sequences",
+                "Generations carried by each forward pass (continuous batching).",
+            )
+            .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]),
+        )
+        .expect("valid metric");
+        let running = IntGauge::new(
+            "alcove_inference_running_generations",
+            "Generations in the batch now (at most --parallel).",
+        )
+        .expect("valid metric");
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(prompt_tokens.clone()),
@@ -84,6 +99,8 @@ impl Metrics {
             Box::new(model_load_seconds.clone()),
             Box::new(prompt_tokens_reused.clone()),
             Box::new(prefix_cache_bytes.clone()),
+            Box::new(step_sequences.clone()),
+            Box::new(running.clone()),
         ] {
             registry.register(c).expect("metric registered once");
         }
@@ -98,6 +115,8 @@ impl Metrics {
             model_load_seconds,
             prompt_tokens_reused,
             prefix_cache_bytes,
+            step_sequences,
+            running,
         }
     }
 

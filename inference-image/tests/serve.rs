@@ -473,6 +473,57 @@ fn concurrent_requests_get_their_own_answers() {
     assert_eq!(together, alone);
 }
 
+/// On the GGUF model concurrent requests are batched (several generations share each forward
+/// pass, a long prompt read in chunks beside the others' decoding), and each gets the answer it
+/// gets alone, token for token; requests beyond the batch's places wait and are answered too.
+#[test]
+fn concurrent_gguf_requests_share_steps_and_answer_as_alone() {
+    let gguf = models().gguf.to_str().unwrap();
+    let s = Server::start(&["--model", gguf, "--parallel", "4", "--prefix-cache-mib", "0"]);
+    let mut prompts: Vec<String> = ["sea", "bread", "trains", "maps", "rain"]
+        .iter()
+        .map(|t| format!("Tell me about the {t}."))
+        .collect();
+    prompts.push("Tell me everything about lighthouses and harbours. ".repeat(30));
+    let ask = |p: &str| {
+        let body = json!({"model": "model", "messages": [{"role": "user", "content": p}],
+            "temperature": 0, "max_tokens": 24});
+        let r = s.post("/v1/chat/completions", body);
+        assert_eq!(r.status, 200, "{}", r.text());
+        let v = r.json();
+        (content(&v), v["usage"]["completion_tokens"].clone())
+    };
+    let alone: Vec<_> = prompts.iter().map(|p| ask(p)).collect();
+    let together: Vec<_> = std::thread::scope(|scope| {
+        let handles: Vec<_> = prompts.iter().map(|p| scope.spawn(|| ask(p))).collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(together, alone, "batching changed an answer");
+    assert!(
+        alone.iter().any(|(_, n)| n.as_u64() > Some(4)),
+        "the answers are long enough to overlap"
+    );
+
+    let metrics = s.try_request("GET", "/metrics", &[], None).unwrap().text();
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing from {metrics}"))
+    };
+    let steps = value("alcove_inference_step_sequences_count");
+    let single = value("alcove_inference_step_sequences_bucket{le=\"1\"}");
+    assert!(single < steps, "no step carried more than one generation ({steps} steps)");
+    assert_eq!(
+        value("alcove_inference_step_sequences_bucket{le=\"4\"}"),
+        steps,
+        "never more than --parallel generations in a step"
+    );
+    assert_eq!(value("alcove_inference_running_generations"), 0.0);
+}
+
 #[test]
 fn metrics_count_tokens_and_latency_but_never_text() {
     let s = chat_server(&[]);

@@ -54,6 +54,8 @@ pub struct ServeConfig {
     /// The instance's context window, when smaller than the model's.
     pub context_length: Option<usize>,
     pub prefix_cache_bytes: usize,
+    /// Generations batched together (see `engine`).
+    pub parallel: usize,
 }
 
 /// A small file re-read when it changes (a rotated key, an edited system prompt: mounted
@@ -280,7 +282,9 @@ pub fn load(config: &ServeConfig, metrics: Arc<Metrics>) -> anyhow::Result<Loade
         },
         metrics,
         config.max_queue,
+        config.parallel,
     );
+    tracing::info!(parallel = engine.slots(), "generations batched together");
     Ok(Loaded { engine, vocab, embedder, retrieval, created: crate::unix_now() })
 }
 

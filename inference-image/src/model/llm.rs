@@ -13,7 +13,7 @@ use tokenizers::Tokenizer;
 
 use super::chat_template::ChatTemplate;
 use super::gguf_tokenizer;
-use super::qllama::QLlama;
+use super::qllama::{Feed, Kv, QLlama};
 
 enum Weights {
     Llama {
@@ -69,13 +69,28 @@ pub struct ChatModel {
     pub vocab: Arc<Vocab>,
     weights: Weights,
     device: Device,
-    /// The tokens whose keys and values the KV cache holds, in order (kept by the CPU GGUF path,
-    /// the one that can rewind and restore its cache).
-    live: Vec<u32>,
 }
 
 /// Saved KV states of earlier prompts (see [`crate::prefix_cache`]).
-pub type PrefixCache = crate::prefix_cache::PrefixCache<super::qllama::KvSnapshot>;
+pub type PrefixCache = crate::prefix_cache::PrefixCache<Kv>;
+
+/// One generation's place in the model: the tokens whose keys and values it holds, and, on the
+/// CPU GGUF path, its own KV cache (candle's models keep their single cache inside).
+pub struct Sequence {
+    kv: Option<Kv>,
+    tokens: Vec<u32>,
+}
+
+impl Sequence {
+    /// Positions computed so far.
+    pub fn len(&self) -> usize {
+        self.tokens.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tokens.is_empty()
+    }
+}
 
 impl ChatModel {
     pub fn load_safetensors(dir: &Path, id: String, device: &Device) -> anyhow::Result<Self> {
@@ -147,7 +162,6 @@ impl ChatModel {
             }),
             weights: Weights::Llama { model, config, dtype, cache: None },
             device: device.clone(),
-            live: Vec::new(),
         })
     }
 
@@ -203,7 +217,6 @@ impl ChatModel {
             }),
             weights,
             device: device.clone(),
-            live: Vec::new(),
         })
     }
 
@@ -214,79 +227,110 @@ impl ChatModel {
         }
     }
 
-    /// Forgets the previous sequence: the next `forward` must start at position 0.
-    pub fn reset(&mut self) -> candle_core::Result<()> {
-        self.live.clear();
-        match &mut self.weights {
-            Weights::Llama { config, dtype, cache, .. } => {
-                *cache = Some(Cache::new(true, *dtype, config, &self.device)?)
-            }
-            Weights::QuantizedCpu(q) => q.reset(),
-            Weights::Quantized(w) => w.clear_kv_cache(),
+    /// How many sequences [`Self::step`] takes at once: any number on the CPU GGUF path, which
+    /// gives each its own KV cache; one elsewhere.
+    pub fn batch_capacity(&self) -> usize {
+        match self.weights {
+            Weights::QuantizedCpu(_) => usize::MAX,
+            _ => 1,
         }
-        Ok(())
     }
 
-    /// Runs `tokens` at positions `pos..`, extending the KV cache; returns the next-token logits
-    /// (f32, one per vocabulary entry).
-    pub fn forward(&mut self, tokens: &[u32], pos: usize) -> candle_core::Result<Tensor> {
-        let input = Tensor::new(tokens, &self.device)?.unsqueeze(0)?;
-        let logits = match &mut self.weights {
+    /// Starts a sequence for `prompt`: its KV cache begins with the longest prefix of the prompt
+    /// that a snapshot in `cache` holds (never the prompt's last token, whose logits are needed).
+    /// Returns it and the number of prompt tokens reused. On the models without their own
+    /// sequences this forgets the model's previous one.
+    pub fn begin(
+        &mut self,
+        prompt: &[u32],
+        cache: &mut PrefixCache,
+    ) -> candle_core::Result<(Sequence, usize)> {
+        let q = match &mut self.weights {
+            Weights::QuantizedCpu(q) => q,
+            Weights::Llama { config, dtype, cache, .. } => {
+                *cache = Some(Cache::new(true, *dtype, config, &self.device)?);
+                return Ok((Sequence { kv: None, tokens: Vec::new() }, 0));
+            }
+            Weights::Quantized(w) => {
+                w.clear_kv_cache();
+                return Ok((Sequence { kv: None, tokens: Vec::new() }, 0));
+            }
+        };
+        if let Some(t) = prompt.iter().find(|&&t| t as usize >= q.vocab_size()) {
+            candle_core::bail!("token {t} is outside the vocabulary of {}", q.vocab_size());
+        }
+        let most = prompt.len().saturating_sub(1);
+        let kv = match cache.lookup(prompt) {
+            Some((shared, kv)) if shared.min(most) > 0 => kv.prefix(shared.min(most)),
+            _ => q.new_kv(),
+        };
+        let tokens = prompt[..kv.len()].to_vec();
+        let reused = tokens.len();
+        Ok((Sequence { kv: Some(kv), tokens }, reused))
+    }
+
+    /// Runs each sequence's next tokens, all in one forward pass where the model allows; returns
+    /// the next-token logits (f32, one per vocabulary entry) of each feed that asks for them.
+    /// Sequences whose step failed are left as they were.
+    pub fn step(
+        &mut self,
+        feeds: &mut [(&mut Sequence, &[u32], bool)],
+    ) -> candle_core::Result<Vec<Option<Tensor>>> {
+        let out = match &mut self.weights {
+            Weights::QuantizedCpu(q) => {
+                let mut batch = Vec::with_capacity(feeds.len());
+                for (seq, tokens, logits) in feeds.iter_mut() {
+                    let Some(kv) = seq.kv.as_mut() else {
+                        candle_core::bail!("the sequence was not begun on this model");
+                    };
+                    batch.push(Feed { kv, tokens, logits: *logits });
+                }
+                q.forward(&mut batch)?
+                    .into_iter()
+                    .map(|l| {
+                        l.map(|l| {
+                            let len = l.len();
+                            Tensor::from_vec(l, len, &Device::Cpu)
+                        })
+                        .transpose()
+                    })
+                    .collect::<candle_core::Result<Vec<_>>>()?
+            }
             Weights::Llama { model, config, dtype, cache } => {
+                let [(seq, tokens, want)] = feeds else {
+                    candle_core::bail!("this model runs one sequence at a time");
+                };
+                let input = Tensor::new(*tokens, &self.device)?.unsqueeze(0)?;
                 let cache = match cache {
                     Some(c) => c,
                     None => cache.insert(Cache::new(true, *dtype, config, &self.device)?),
                 };
-                model.forward(&input, pos, cache)?
+                let logits = model.forward(&input, seq.len(), cache)?;
+                vec![want.then(|| logits.squeeze(0)?.to_dtype(DType::F32)).transpose()?]
             }
-            Weights::QuantizedCpu(q) => {
-                // Cut first: a forward that fails part-way leaves the cache cut back to `pos`.
-                self.live.truncate(pos);
-                let logits = q.forward(tokens, pos)?;
-                self.live.extend_from_slice(tokens);
-                return Ok(logits);
+            Weights::Quantized(w) => {
+                let [(seq, tokens, want)] = feeds else {
+                    candle_core::bail!("this model runs one sequence at a time");
+                };
+                let input = Tensor::new(*tokens, &self.device)?.unsqueeze(0)?;
+                let logits = w.forward(&input, seq.len())?;
+                vec![want.then(|| logits.squeeze(0)?.to_dtype(DType::F32)).transpose()?]
             }
-            Weights::Quantized(w) => w.forward(&input, pos)?,
         };
-        logits.squeeze(0)?.to_dtype(DType::F32)
+        for (seq, tokens, _) in feeds.iter_mut() {
+            seq.tokens.extend_from_slice(tokens);
+        }
+        Ok(out)
     }
 
-    /// Runs a whole prompt and returns the next-token logits and how many of its tokens were
-    /// not computed again: the longest prefix shared with the sequence the KV cache holds or with
-    /// a snapshot in `cache`. At least the prompt's last token always runs, for its logits.
-    /// Models other than the CPU GGUF one start from an empty cache.
-    pub fn prefill(
-        &mut self,
-        prompt: &[u32],
-        cache: &mut PrefixCache,
-    ) -> candle_core::Result<(Tensor, usize)> {
-        let Weights::QuantizedCpu(q) = &mut self.weights else {
-            self.reset()?;
-            return Ok((self.forward(prompt, 0)?, 0));
-        };
-        let most = if cache.enabled() { prompt.len().saturating_sub(1) } else { 0 };
-        let live = crate::prefix_cache::common_prefix(&self.live, prompt).min(most);
-        let reused = match cache.lookup(prompt) {
-            Some((shared, snapshot)) if shared.min(most) > live => {
-                q.restore(snapshot, shared.min(most));
-                self.live.clear();
-                self.live.extend_from_slice(&prompt[..shared.min(most)]);
-                shared.min(most)
-            }
-            _ => live,
-        };
-        Ok((self.forward(&prompt[reused..], reused)?, reused))
-    }
-
-    /// Saves the KV cache's current sequence in `cache`, for later prompts that start with it.
-    pub fn remember(&self, cache: &mut PrefixCache) {
-        // Checked before copying: a long context can hold more than the whole budget.
-        if let Weights::QuantizedCpu(q) = &self.weights
-            && cache.would_keep(q.kv_bytes())
+    /// Ends a sequence, keeping its KV cache in `cache` for later prompts that start with it.
+    pub fn finish(&self, seq: Sequence, cache: &mut PrefixCache) {
+        if let Some(mut kv) = seq.kv
+            && cache.would_keep(kv.bytes())
         {
-            let snapshot = q.snapshot();
-            let bytes = snapshot.bytes();
-            cache.insert(self.live.clone(), snapshot, bytes);
+            kv.shrink();
+            let bytes = kv.bytes();
+            cache.insert(seq.tokens, kv, bytes);
         }
     }
 }

@@ -1,5 +1,5 @@
-//! Llama from a GGUF file on the CPU: candle's quantized matrix kernels, with the rest of the
-//! forward pass written for decoding one token at a time.
+//! Llama from a GGUF file on the CPU: candle's quantized matrix kernels (or ours, `qgemm`), with
+//! the rest of the forward pass written for decoding, and for decoding several sequences at once.
 //!
 //! Why not candle-transformers' `quantized_llama` (still used on GPUs): per generated token it
 //! allocates a tensor per operation, grows the KV cache by concatenation (copying it each step),
@@ -7,6 +7,10 @@
 //! projection. Here the projections that share an input run as one fused kernel call (Q/K/V,
 //! gate/up), the KV cache is appended in place, and attention, RoPE and the norms are plain loops
 //! over preallocated buffers. `tests::matches_candle_quantized_llama` keeps the two in agreement.
+//!
+//! The weights are shared and each sequence brings its own KV cache ([`Kv`]), so one forward pass
+//! can carry the rows of many sequences (continuous batching): every weight matrix is read once
+//! per step for all of them, which is what a decode step's time is spent on.
 
 use std::borrow::Cow;
 use std::io::{Read, Seek};
@@ -29,22 +33,64 @@ struct Layer {
     w_down: QMatMul,
     attn_norm: Vec<f32>,
     ffn_norm: Vec<f32>,
-    /// Appended per position: `[position][kv head][head_dim]`.
-    k_cache: Vec<f32>,
-    v_cache: Vec<f32>,
 }
 
-/// The KV cache of some positions, kept aside to be restored (see `crate::prefix_cache`).
-pub struct KvSnapshot {
+/// One sequence's keys and values, per layer, appended per position: `[position][kv head][head_dim]`.
+/// A finished sequence's cache can be kept whole in the prefix cache (`crate::prefix_cache`).
+#[derive(Clone)]
+pub struct Kv {
     k: Vec<Vec<f32>>,
     v: Vec<Vec<f32>>,
     len: usize,
+    /// Values per position in one layer: KV heads × head size.
+    width: usize,
 }
 
-impl KvSnapshot {
+impl Kv {
+    /// Positions held.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
     pub fn bytes(&self) -> usize {
         self.k.iter().chain(&self.v).map(|c| c.len() * std::mem::size_of::<f32>()).sum()
     }
+
+    /// A copy of the first `len` positions (at most all of them).
+    pub fn prefix(&self, len: usize) -> Kv {
+        let len = len.min(self.len);
+        let cut = |c: &Vec<Vec<f32>>| c.iter().map(|l| l[..len * self.width].to_vec()).collect();
+        Kv { k: cut(&self.k), v: cut(&self.v), len, width: self.width }
+    }
+
+    /// Forgets the positions from `len` on.
+    pub fn truncate(&mut self, len: usize) {
+        let len = len.min(self.len);
+        for c in self.k.iter_mut().chain(&mut self.v) {
+            c.truncate(len * self.width);
+        }
+        self.len = len;
+    }
+
+    /// Gives back the room grown for positions never used (a kept cache lives long).
+    pub fn shrink(&mut self) {
+        for c in self.k.iter_mut().chain(&mut self.v) {
+            c.shrink_to_fit();
+        }
+    }
+}
+
+/// One sequence's part of a forward pass: `tokens` run after the positions `kv` holds.
+pub struct Feed<'a> {
+    pub kv: &'a mut Kv,
+    pub tokens: &'a [u32],
+    /// Whether to return the next-token logits after the last of `tokens` (a prompt's chunks
+    /// before its last need none).
+    pub logits: bool,
 }
 
 pub struct QLlama {
@@ -62,8 +108,6 @@ pub struct QLlama {
     cos: Vec<f32>,
     sin: Vec<f32>,
     pub context_length: usize,
-    /// Positions in the KV cache.
-    len: usize,
 }
 
 /// Token embeddings stay quantized; one row is dequantized per token (a real vocabulary in f32
@@ -204,8 +248,6 @@ impl QLlama {
                 w_down: QMatMul::from_arc(tensor(&format!("{p}.ffn_down.weight"))?)?,
                 attn_norm: vector(tensor(&format!("{p}.attn_norm.weight"))?)?,
                 ffn_norm: vector(tensor(&format!("{p}.ffn_norm.weight"))?)?,
-                k_cache: Vec::new(),
-                v_cache: Vec::new(),
             });
         }
         let norm = vector(tensor("output_norm.weight")?)?;
@@ -234,52 +276,23 @@ impl QLlama {
             cos,
             sin,
             context_length,
-            len: 0,
         }))
     }
 
-    pub fn reset(&mut self) {
-        self.truncate(0);
-    }
-
-    /// Bytes of keys and values the cache holds now (what [`Self::snapshot`] would copy).
-    pub fn kv_bytes(&self) -> usize {
-        2 * self.layers.len()
-            * self.len
-            * self.kv_heads
-            * self.head_dim
-            * std::mem::size_of::<f32>()
-    }
-
-    /// A copy of the KV cache as it is now.
-    pub fn snapshot(&self) -> KvSnapshot {
-        KvSnapshot {
-            k: self.layers.iter().map(|l| l.k_cache.clone()).collect(),
-            v: self.layers.iter().map(|l| l.v_cache.clone()).collect(),
-            len: self.len,
+    /// An empty KV cache for a new sequence.
+    pub fn new_kv(&self) -> Kv {
+        let layers = self.layers.len();
+        Kv {
+            k: vec![Vec::new(); layers],
+            v: vec![Vec::new(); layers],
+            len: 0,
+            width: self.kv_heads * self.head_dim,
         }
     }
 
-    /// Replaces the KV cache with the first `len` positions of `snapshot` (at most its own).
-    pub fn restore(&mut self, snapshot: &KvSnapshot, len: usize) {
-        let len = len.min(snapshot.len);
-        let kv = self.kv_heads * self.head_dim;
-        for ((l, k), v) in self.layers.iter_mut().zip(&snapshot.k).zip(&snapshot.v) {
-            l.k_cache.clear();
-            l.k_cache.extend_from_slice(&k[..len * kv]);
-            l.v_cache.clear();
-            l.v_cache.extend_from_slice(&v[..len * kv]);
-        }
-        self.len = len;
-    }
-
-    fn truncate(&mut self, len: usize) {
-        let kv = self.kv_heads * self.head_dim;
-        for l in &mut self.layers {
-            l.k_cache.truncate(len * kv);
-            l.v_cache.truncate(len * kv);
-        }
-        self.len = len;
+    /// Entries in the embedding matrix: token ids at or past it are refused.
+    pub fn vocab_size(&self) -> usize {
+        self.embedding.vocab
     }
 
     /// Interleaved rotary embedding (llama.cpp's "normal" RoPE: pairs 2i, 2i+1) at `pos`.
@@ -296,63 +309,98 @@ impl QLlama {
         }
     }
 
-    /// Runs `tokens` at positions `pos..` (the cache is cut back to `pos` first); returns the
-    /// next-token logits.
-    pub fn forward(&mut self, tokens: &[u32], pos: usize) -> candle_core::Result<Tensor> {
-        let n = tokens.len();
-        if n == 0 {
-            candle_core::bail!("no tokens");
+    /// Runs one sequence's `tokens` after the positions `kv` holds; returns the next-token logits.
+    pub fn forward_one(&self, kv: &mut Kv, tokens: &[u32]) -> candle_core::Result<Vec<f32>> {
+        let mut feeds = [Feed { kv, tokens, logits: true }];
+        Ok(self.forward(&mut feeds)?.pop().flatten().unwrap_or_default())
+    }
+
+    /// Runs each feed's tokens after the positions its cache holds, the rows of every sequence
+    /// through each projection together; returns, per feed, the next-token logits if it asked for
+    /// them. On an error every cache is as it was before the call.
+    pub fn forward(&self, feeds: &mut [Feed<'_>]) -> candle_core::Result<Vec<Option<Vec<f32>>>> {
+        let kvd = self.kv_heads * self.head_dim;
+        for f in feeds.iter() {
+            if f.tokens.is_empty() {
+                candle_core::bail!("no tokens");
+            }
+            if f.kv.width != kvd || f.kv.k.len() != self.layers.len() {
+                candle_core::bail!("the KV cache belongs to another model");
+            }
+            if f.kv.len + f.tokens.len() > self.context_length {
+                candle_core::bail!(
+                    "{} positions exceed the context of {}",
+                    f.kv.len + f.tokens.len(),
+                    self.context_length
+                );
+            }
         }
-        if pos > self.len {
-            candle_core::bail!("position {pos} is past the {} cached positions", self.len);
+        let before: Vec<usize> = feeds.iter().map(|f| f.kv.len).collect();
+        let result = self.forward_rows(feeds);
+        if result.is_err() {
+            for (f, len) in feeds.iter_mut().zip(before) {
+                f.kv.truncate(len);
+            }
         }
-        if pos + n > self.context_length {
-            candle_core::bail!(
-                "{} positions exceed the context of {}",
-                pos + n,
-                self.context_length
-            );
-        }
-        self.truncate(pos);
+        result
+    }
+
+    fn forward_rows(&self, feeds: &mut [Feed<'_>]) -> candle_core::Result<Vec<Option<Vec<f32>>>> {
         let (hidden, hd, kvd) = (self.hidden, self.head_dim, self.kv_heads * self.head_dim);
         let group = self.heads / self.kv_heads;
         let scale = 1.0 / (hd as f32).sqrt();
+        // Each row's sequence and position; a sequence's rows are consecutive.
+        let rows: Vec<(usize, usize)> = feeds
+            .iter()
+            .enumerate()
+            .flat_map(|(s, f)| (0..f.tokens.len()).map(move |i| (s, f.kv.len + i)))
+            .collect();
+        let n = rows.len();
+        let longest = rows.iter().map(|&(_, p)| p + 1).max().unwrap_or(1);
 
         let mut x = Vec::with_capacity(n * hidden);
-        for &t in tokens {
-            x.extend(self.embedding.row(t)?);
+        for f in feeds.iter() {
+            for &t in f.tokens {
+                x.extend(self.embedding.row(t)?);
+            }
         }
         let mut xn = vec![0f32; n * hidden];
         let mut attn = vec![0f32; n * hidden];
-        for li in 0..self.layers.len() {
+        for (li, l) in self.layers.iter().enumerate() {
             xn.copy_from_slice(&x);
             for row in xn.chunks_exact_mut(hidden) {
-                simd::rms_norm(row, &self.layers[li].attn_norm, self.eps);
+                simd::rms_norm(row, &l.attn_norm, self.eps);
             }
-            let l = &self.layers[li];
             let mut qkv = project(&[&l.wq, &l.wk, &l.wv], &xn, n)?;
             let v = qkv.pop().unwrap_or_default();
             let mut k = qkv.pop().unwrap_or_default();
             let mut q = qkv.pop().unwrap_or_default();
-            for i in 0..n {
-                self.rope(&mut q[i * hidden..(i + 1) * hidden], pos + i);
-                self.rope(&mut k[i * kvd..(i + 1) * kvd], pos + i);
+            for (i, &(_, p)) in rows.iter().enumerate() {
+                self.rope(&mut q[i * hidden..(i + 1) * hidden], p);
+                self.rope(&mut k[i * kvd..(i + 1) * kvd], p);
             }
-            let l = &mut self.layers[li];
-            l.k_cache.extend_from_slice(&k);
-            l.v_cache.extend_from_slice(&v);
+            let mut first = 0;
+            for f in feeds.iter_mut() {
+                let end = first + f.tokens.len();
+                f.kv.k[li].extend_from_slice(&k[first * kvd..end * kvd]);
+                f.kv.v[li].extend_from_slice(&v[first * kvd..end * kvd]);
+                first = end;
+            }
 
-            // Causal attention: query i sees positions 0..=pos+i. One work item per (query, KV
-            // head): the query heads sharing a KV head read each cached row once. Items write
-            // disjoint, consecutive slices of `attn`, and run on candle's worker threads.
-            let (k_cache, v_cache) = (&l.k_cache, &l.v_cache);
+            // Causal attention: a row at position p sees its own sequence's positions 0..=p. One
+            // work item per (row, KV head): the query heads sharing a KV head read each cached
+            // row once. Items write disjoint, consecutive slices of `attn`, and run on candle's
+            // worker threads.
+            let caches: Vec<(&[f32], &[f32])> =
+                feeds.iter().map(|f| (&f.kv.k[li][..], &f.kv.v[li][..])).collect();
             let outputs: Vec<std::sync::Mutex<&mut [f32]>> =
                 attn.chunks_mut(group * hd).map(std::sync::Mutex::new).collect();
             candle_core::utils::barrier_pool().execute_chunked(n * self.kv_heads, |items| {
-                let mut scores = vec![0f32; group * (pos + n)];
+                let mut scores = vec![0f32; group * longest];
                 for item in items {
                     let (i, kvh) = (item / self.kv_heads, item % self.kv_heads);
-                    let seen = pos + i + 1;
+                    let (s, p) = rows[i];
+                    let (k_cache, v_cache) = caches[s];
                     let queries =
                         &q[i * hidden + kvh * group * hd..i * hidden + (kvh + 1) * group * hd];
                     let mut out = outputs[item].lock().unwrap_or_else(|e| e.into_inner());
@@ -363,7 +411,7 @@ impl QLlama {
                         kvd,
                         kvh * hd,
                         hd,
-                        seen,
+                        p + 1,
                         scale,
                         &mut scores,
                         &mut out,
@@ -385,12 +433,33 @@ impl QLlama {
             let d = matmul_rows(&l.w_down, &gate, n)?;
             x.iter_mut().zip(&d).for_each(|(a, b)| *a += b);
         }
-        self.len = pos + n;
-        let mut last = x[(n - 1) * hidden..].to_vec();
-        simd::rms_norm(&mut last, &self.norm, self.eps);
-        let logits = matmul_rows(&self.output, &last, 1)?;
-        let len = logits.len();
-        Tensor::from_vec(logits, len, &Device::Cpu)
+        for f in feeds.iter_mut() {
+            f.kv.len += f.tokens.len();
+        }
+
+        // The LM head runs on the last row of each sequence that asked for logits.
+        let mut last = Vec::new();
+        let mut end = 0;
+        for f in feeds.iter() {
+            end += f.tokens.len();
+            if f.logits {
+                let row = &x[(end - 1) * hidden..end * hidden];
+                last.extend_from_slice(row);
+                let len = last.len();
+                simd::rms_norm(&mut last[len - hidden..], &self.norm, self.eps);
+            }
+        }
+        let wanted = last.len() / hidden;
+        let mut logits = Vec::new();
+        if wanted > 0 {
+            logits = matmul_rows(&self.output, &last, wanted)?;
+        }
+        let vocab = logits.len() / wanted.max(1);
+        let mut rows = logits.chunks_exact(vocab.max(1));
+        Ok(feeds
+            .iter()
+            .map(|f| if f.logits { rows.next().map(<[f32]>::to_vec) } else { None })
+            .collect())
     }
 }
 
@@ -420,12 +489,11 @@ mod tests {
             (ct, f)
         };
         let (ct, mut f) = open();
-        let mut ours = QLlama::load(&ct, &mut f).unwrap().unwrap();
+        let ours = QLlama::load(&ct, &mut f).unwrap().unwrap();
         let (ct, mut f) = open();
         let mut theirs = ModelWeights::from_gguf(ct, &mut f, &Device::Cpu).unwrap();
-        let close = |a: &Tensor, b: &Tensor| {
-            let (a, b) =
-                (a.to_vec1::<f32>().unwrap(), b.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+        let close = |a: &[f32], b: &Tensor| {
+            let b = b.flatten_all().unwrap().to_vec1::<f32>().unwrap();
             assert_eq!(a.len(), b.len());
             let worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
             let scale = b.iter().map(|v| v.abs()).fold(0f32, f32::max);
@@ -433,35 +501,93 @@ mod tests {
         };
         let prompt = [5u32, 17, 200, 3, 99, 42, 7];
         let input = |t: &[u32]| Tensor::new(t, &Device::Cpu).unwrap().unsqueeze(0).unwrap();
-        close(&ours.forward(&prompt, 0).unwrap(), &theirs.forward(&input(&prompt), 0).unwrap());
+        let mut kv = ours.new_kv();
+        close(
+            &ours.forward_one(&mut kv, &prompt).unwrap(),
+            &theirs.forward(&input(&prompt), 0).unwrap(),
+        );
         for (i, t) in [11u32, 12, 13, 300].iter().enumerate() {
             close(
-                &ours.forward(&[*t], prompt.len() + i).unwrap(),
+                &ours.forward_one(&mut kv, &[*t]).unwrap(),
                 &theirs.forward(&input(&[*t]), prompt.len() + i).unwrap(),
             );
         }
         // Rewind to after the prompt and continue differently: same as a fresh run.
         theirs.clear_kv_cache();
         theirs.forward(&input(&prompt), 0).unwrap();
+        kv.truncate(prompt.len());
         close(
-            &ours.forward(&[77], prompt.len()).unwrap(),
+            &ours.forward_one(&mut kv, &[77]).unwrap(),
             &theirs.forward(&input(&[77]), prompt.len()).unwrap(),
         );
-        // A snapshot restored into a fresh model continues exactly as the original does.
-        let (ct, mut f) = open();
-        let mut fresh = QLlama::load(&ct, &mut f).unwrap().unwrap();
-        ours.forward(&prompt, 0).unwrap();
-        let saved = ours.snapshot();
-        assert_eq!(saved.bytes(), 2 * 2 * prompt.len() * 32 * 4, "2 layers of K and V, 32 wide");
-        assert_eq!(saved.bytes(), ours.kv_bytes());
-        fresh.restore(&saved, 5);
-        let (a, b) =
-            (ours.forward(&prompt[5..], 5).unwrap(), fresh.forward(&prompt[5..], 5).unwrap());
-        assert_eq!(a.to_vec1::<f32>().unwrap(), b.to_vec1::<f32>().unwrap());
-        assert!(ours.forward(&[1], 100).is_err(), "a gap in positions is refused");
+        // A copied prefix of a cache continues exactly as the original does.
+        let mut kv = ours.new_kv();
+        ours.forward_one(&mut kv, &prompt).unwrap();
+        assert_eq!(kv.bytes(), 2 * 2 * prompt.len() * 32 * 4, "2 layers of K and V, 32 wide");
+        let mut copy = kv.prefix(5);
+        kv.truncate(5);
+        assert_eq!(
+            ours.forward_one(&mut kv, &prompt[5..]).unwrap(),
+            ours.forward_one(&mut copy, &prompt[5..]).unwrap()
+        );
+        let before = kv.len();
         assert!(
-            ours.forward(&[1_000_000], 0).is_err(),
+            ours.forward_one(&mut kv, &[1_000_000]).is_err(),
             "a token outside the vocabulary is refused"
         );
+        assert_eq!(kv.len(), before, "a refused step leaves the cache as it was");
+    }
+
+    /// Sequences run together in one batch (a prompt chunk beside decode steps) get the same
+    /// logits as each run alone, bit for bit: batching must not change any answer.
+    #[test]
+    fn a_batch_of_sequences_matches_each_sequence_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        crate::testmodel::make(&crate::testmodel::Options {
+            out: dir.path().to_path_buf(),
+            format: crate::testmodel::Format::Gguf,
+            size: crate::testmodel::Size::Tiny,
+            embedding: false,
+            quant: crate::testmodel::Quant::Q8_0,
+            seed: 5,
+        })
+        .unwrap();
+        let mut f = std::fs::File::open(dir.path().join("model.gguf")).unwrap();
+        let ct = Content::read(&mut f).unwrap();
+        let model = QLlama::load(&ct, &mut f).unwrap().unwrap();
+        let prompts: [&[u32]; 3] =
+            [&[1, 2, 3, 4, 5, 6], &[9, 8, 7], &[40, 41, 42, 43, 44, 45, 46, 47]];
+        let alone: Vec<Vec<f32>> = prompts
+            .iter()
+            .map(|p| {
+                let mut kv = model.new_kv();
+                model.forward_one(&mut kv, &p[..p.len() - 1]).unwrap();
+                model.forward_one(&mut kv, &p[p.len() - 1..]).unwrap()
+            })
+            .collect();
+        let mut kvs: Vec<Kv> = prompts.iter().map(|_| model.new_kv()).collect();
+        // Step 1: the first two sequences' prompts less their last token; the third waits.
+        // Step 2: the first two's last tokens (decode-like rows) beside the third's whole prompt.
+        let [a, b, c] = &mut kvs[..] else { unreachable!() };
+        let out = model
+            .forward(&mut [
+                Feed { kv: a, tokens: &prompts[0][..5], logits: false },
+                Feed { kv: b, tokens: &prompts[1][..2], logits: false },
+            ])
+            .unwrap();
+        assert_eq!(out, vec![None, None]);
+        let out = model
+            .forward(&mut [
+                Feed { kv: a, tokens: &prompts[0][5..], logits: true },
+                Feed { kv: b, tokens: &prompts[1][2..], logits: true },
+                Feed { kv: c, tokens: &prompts[2][..7], logits: false },
+            ])
+            .unwrap();
+        assert_eq!(out[0].as_ref(), Some(&alone[0]));
+        assert_eq!(out[1].as_ref(), Some(&alone[1]));
+        assert_eq!(out[2], None);
+        let out =
+            model.forward(&mut [Feed { kv: c, tokens: &prompts[2][7..], logits: true }]).unwrap();
+        assert_eq!(out[0].as_ref(), Some(&alone[2]));
     }
 }
