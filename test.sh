@@ -35,6 +35,16 @@ if ! .venv/bin/python -c "import openai" 2>/dev/null; then
   .venv/bin/pip install --quiet --disable-pip-version-check openai==3.51.0
 fi
 
+# - llama-cpp-python: llama.cpp itself (compiled here from the sdist, a few minutes), whose logits
+#   the inference server's are checked against on the same GGUF files. Built for AVX2 rather than
+#   for this CPU: the same kernels on every CI machine, and none of its AMX kernels, which crash on
+#   some Xeons. Without its multimodal library (LLAVA_BUILD=OFF), which the test does not use.
+if ! .venv/bin/python -c "import llama_cpp" 2>/dev/null; then
+  echo "== test.sh: installing llama-cpp-python (compiles llama.cpp)"
+  CMAKE_ARGS="-DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON" \
+    .venv/bin/pip install --quiet --disable-pip-version-check --no-cache-dir llama-cpp-python==0.3.36
+fi
+
 # - aiosmtpd: a real SMTP server, which the dashboard's mail tests start to receive sign-in codes.
 if ! .venv/bin/python -c "import aiosmtpd" 2>/dev/null; then
   echo "== test.sh: installing aiosmtpd"

@@ -34,13 +34,15 @@ if [ ! -f "$MODEL" ]; then
   "$BIN" make-test-model --out "$WORK/small-$QUANT" --format gguf --size small --quant "$QUANT" >&2
 fi
 
-VENV="$WORK/venv"
-LLAMA_CMAKE=""
+FLAVOUR=native
 if [ "${AVX2_ONLY:-0}" = 1 ]; then
-  VENV="$WORK/venv-avx2"
-  LLAMA_CMAKE="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=OFF -DGGML_AVX_VNNI=OFF"
+  FLAVOUR=avx2
   export MISTRALRS_FORCE_AVX2=1
 fi
+source inference-image/bench/llama-flags.sh
+LLAMA_CMAKE="$(llama_cmake_flags $FLAVOUR) -DLLAVA_BUILD=OFF"
+# The flavour's flags name the virtualenv: one built with other flags is not reused.
+VENV="$WORK/venv-$FLAVOUR-$(echo "$LLAMA_CMAKE" | md5sum | cut -c1-8)"
 if [ ! -x "$VENV/bin/python" ]; then python3 -m venv "$VENV"; fi
 if ! "$VENV/bin/python" -c "import llama_cpp" 2>/dev/null; then
   echo "== installing llama-cpp-python (compiles llama.cpp; several minutes)" >&2

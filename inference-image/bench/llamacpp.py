@@ -29,18 +29,28 @@ t = time.perf_counter()
 llm = Llama(model_path=a.model, n_ctx=2048, n_batch=2048, n_threads=a.threads, n_threads_batch=a.threads, verbose=False)
 load_seconds = time.perf_counter() - t
 
+
+
+def next_token():
+    # llm.scores stays zero unless every position's logits are kept (logits_all, which would make
+    # llama.cpp compute the output layer for every prompt token): read the last position's logits
+    # from the context's own buffer.
+    logits = np.ctypeslib.as_array(llm._ctx.get_logits_ith(-1), shape=(llm.n_vocab(),))
+    return int(np.argmax(logits))
+
+
 ttft, decode = [], []
 # One untimed run first, as on the candle side.
 for run in range(a.runs + 1):
     llm.reset()
     t0 = time.perf_counter()
     llm.eval(ids)
-    token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+    token = next_token()
     first = time.perf_counter() - t0
     t1 = time.perf_counter()
     for _ in range(a.gen_tokens - 1):
         llm.eval([token])
-        token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        token = next_token()
     rest = time.perf_counter() - t1
     if run > 0:
         ttft.append(first * 1000)

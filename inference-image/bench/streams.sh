@@ -40,13 +40,14 @@ if [ ! -f "$MODEL" ]; then
 fi
 
 FLAVOUR=native
-LLAMA_CMAKE=(-DGGML_NATIVE=ON)
 if [ "${AVX2_ONLY:-0}" = 1 ]; then
   FLAVOUR=avx2
-  LLAMA_CMAKE=(-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=OFF -DGGML_AVX_VNNI=OFF)
   export MISTRALRS_FORCE_AVX2=1
 fi
-SERVER="$WORK/llama-server-$LLAMA_VERSION-$FLAVOUR/bin/llama-server"
+source inference-image/bench/llama-flags.sh
+read -r -a LLAMA_CMAKE <<< "$(llama_cmake_flags $FLAVOUR)"
+# The flags name the build: one made with other flags is not reused.
+SERVER="$WORK/llama-server-$LLAMA_VERSION-$FLAVOUR-$(echo "${LLAMA_CMAKE[*]}" | md5sum | cut -c1-8)/bin/llama-server"
 if [ ! -x "$SERVER" ]; then
   if ! command -v cmake >/dev/null; then
     echo "== installing cmake (apt-get)" >&2
@@ -64,6 +65,7 @@ if [ ! -x "$SERVER" ]; then
   fi
   echo "== building llama-server ($FLAVOUR; several minutes)" >&2
   BUILD="$WORK/llama-server-build-$FLAVOUR"
+  rm -rf "$BUILD"
   cmake -S "$SRC/vendor/llama.cpp" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF \
     -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON \
     "${LLAMA_CMAKE[@]}" >&2
@@ -117,7 +119,6 @@ if [ "$REQUESTS" -gt 0 ]; then
     --log-format json 2> "$WORK/alcove-server.log" &
   PID=$!
   wait_ready readyz
-  GEN_TOKENS=16
   echo "{\"engine\": \"alcove-memory\", \"result\": $(client --key bench-key --streams 4 --gen-tokens 16 --requests "$REQUESTS" --every 100 --pid "$PID")}" >> "$RESULTS"
   stop
 fi

@@ -524,6 +524,49 @@ fn concurrent_gguf_requests_share_steps_and_answer_as_alone() {
     assert_eq!(value("alcove_inference_running_generations"), 0.0);
 }
 
+/// A client that goes away mid-stream leaves the batch: with one place, the next request is
+/// served, and the abandoned generation never runs to its end (it is never counted as finished).
+#[test]
+fn a_cancelled_stream_frees_its_place() {
+    use std::io::{BufRead, BufReader, Write};
+    let gguf = models().gguf.to_str().unwrap();
+    let s = Server::start(&["--model", gguf, "--parallel", "1"]);
+    let body = serde_json::to_vec(&json!({"model": "model", "prompt": "Once upon a time",
+        "max_tokens": 2000, "temperature": 0, "stream": true}))
+    .unwrap();
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", s.port)).unwrap();
+    write!(
+        conn,
+        "POST /v1/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    conn.write_all(&body).unwrap();
+    let mut reader = BufReader::new(conn.try_clone().unwrap());
+    let mut line = String::new();
+    while !line.starts_with("data: ") {
+        line.clear();
+        reader.read_line(&mut line).unwrap();
+    }
+    conn.shutdown(std::net::Shutdown::Both).unwrap();
+    drop((reader, conn));
+
+    let r = s.post(
+        "/v1/completions",
+        json!({"model": "model", "prompt": "Hello", "max_tokens": 4, "temperature": 0}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let metrics = s.try_request("GET", "/metrics", &[], None).unwrap().text();
+    let finished = metrics
+        .lines()
+        .find(|l| l.starts_with("alcove_inference_completion_tokens_total "))
+        .unwrap_or_else(|| panic!("{metrics}"));
+    assert_eq!(
+        finished, "alcove_inference_completion_tokens_total 4",
+        "only the second request finished"
+    );
+}
+
 #[test]
 fn metrics_count_tokens_and_latency_but_never_text() {
     let s = chat_server(&[]);
