@@ -388,7 +388,10 @@ impl Worker {
         for (i, outcome) in done.into_iter().rev() {
             let r = running.remove(i);
             if let Outcome::Finished(reason) = outcome {
-                let _ = guarded("generation", || self.finish(r, reason));
+                let events = r.events.clone();
+                if let Err(error) = guarded("generation", || self.finish(r, reason)) {
+                    fail(&events, error);
+                }
             }
         }
     }

@@ -524,6 +524,22 @@ fn concurrent_gguf_requests_share_steps_and_answer_as_alone() {
     assert_eq!(value("alcove_inference_running_generations"), 0.0);
 }
 
+/// Prompts longer than one step's share (512 tokens) are read in chunks, on the GGUF model and on
+/// candle's safetensors one; both answer.
+#[test]
+fn prompts_longer_than_a_step_are_answered() {
+    let long = "lighthouse harbour ".repeat(100);
+    let tiny = chat_server(&[]);
+    let gguf = Server::start(&["--model", models().gguf.to_str().unwrap()]);
+    for (s, model) in [(&tiny, "tiny"), (&gguf, "model")] {
+        let r = s.post("/v1/chat/completions", chat(model, &long, json!({"max_tokens": 3})));
+        assert_eq!(r.status, 200, "{model}: {}", r.text());
+        let usage = r.json()["usage"].clone();
+        assert!(usage["prompt_tokens"].as_u64().unwrap() > 600, "{usage}");
+        assert_eq!(usage["completion_tokens"], 3);
+    }
+}
+
 /// A client that goes away mid-stream leaves the batch: with one place, the next request is
 /// served, and the abandoned generation never runs to its end (it is never counted as finished).
 #[test]

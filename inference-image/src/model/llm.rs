@@ -271,7 +271,7 @@ impl ChatModel {
 
     /// Runs each sequence's next tokens, all in one forward pass where the model allows; returns
     /// the next-token logits (f32, one per vocabulary entry) of each feed that asks for them.
-    /// Sequences whose step failed are left as they were.
+    /// On the CPU GGUF path a step that fails leaves every sequence as it was.
     pub fn step(
         &mut self,
         feeds: &mut [(&mut Sequence, &[u32], bool)],
