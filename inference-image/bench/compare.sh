@@ -24,22 +24,7 @@ RUNS=${RUNS:-3}
 WORK=${BENCH_DIR:-$HOME/.cache/alcove/bench}
 mkdir -p "$WORK"
 
-echo "== building alcove-inference (release)" >&2
-cargo build --release --locked -p alcove-inference >&2
-BIN="${CARGO_TARGET_DIR:-target}/release/alcove-inference"
-
-MODEL="$WORK/small-$QUANT/model.gguf"
-if [ ! -f "$MODEL" ]; then
-  echo "== writing the small test model ($QUANT)" >&2
-  "$BIN" make-test-model --out "$WORK/small-$QUANT" --format gguf --size small --quant "$QUANT" >&2
-fi
-
-FLAVOUR=native
-if [ "${AVX2_ONLY:-0}" = 1 ]; then
-  FLAVOUR=avx2
-  export MISTRALRS_FORCE_AVX2=1
-fi
-source inference-image/bench/llama-flags.sh
+source inference-image/bench/common.sh
 LLAMA_CMAKE="$(llama_cmake_flags $FLAVOUR) -DLLAVA_BUILD=OFF"
 # The flavour's flags name the virtualenv: one built with other flags is not reused.
 VENV="$WORK/venv-$FLAVOUR-$(echo "$LLAMA_CMAKE" | md5sum | cut -c1-8)"

@@ -29,22 +29,7 @@ WORK=${BENCH_DIR:-$HOME/.cache/alcove/bench}
 LLAMA_VERSION=0.3.36
 mkdir -p "$WORK"
 
-echo "== building alcove-inference (release)" >&2
-cargo build --release --locked -p alcove-inference >&2
-BIN="${CARGO_TARGET_DIR:-target}/release/alcove-inference"
-
-MODEL="$WORK/small-$QUANT/model.gguf"
-if [ ! -f "$MODEL" ]; then
-  echo "== writing the small test model ($QUANT)" >&2
-  "$BIN" make-test-model --out "$WORK/small-$QUANT" --format gguf --size small --quant "$QUANT" >&2
-fi
-
-FLAVOUR=native
-if [ "${AVX2_ONLY:-0}" = 1 ]; then
-  FLAVOUR=avx2
-  export MISTRALRS_FORCE_AVX2=1
-fi
-source inference-image/bench/llama-flags.sh
+source inference-image/bench/common.sh
 read -r -a LLAMA_CMAKE <<< "$(llama_cmake_flags $FLAVOUR)"
 # The flags name the build: one made with other flags is not reused.
 SERVER="$WORK/llama-server-$LLAMA_VERSION-$FLAVOUR-$(echo "${LLAMA_CMAKE[*]}" | md5sum | cut -c1-8)/bin/llama-server"

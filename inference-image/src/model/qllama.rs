@@ -468,10 +468,8 @@ mod tests {
     use super::*;
     use candle_transformers::models::quantized_llama::ModelWeights;
 
-    /// The same GGUF through both implementations: prompt, then token by token, then a
-    /// rewind (a shorter position than the cache holds).
-    #[test]
-    fn matches_candle_quantized_llama() {
+    /// The tiny q8_0 test model, written under a directory that lives as long as the first value.
+    fn tiny_gguf(seed: u64) -> (tempfile::TempDir, std::path::PathBuf) {
         let dir = tempfile::tempdir().unwrap();
         crate::testmodel::make(&crate::testmodel::Options {
             out: dir.path().to_path_buf(),
@@ -479,10 +477,18 @@ mod tests {
             size: crate::testmodel::Size::Tiny,
             embedding: false,
             quant: crate::testmodel::Quant::Q8_0,
-            seed: 3,
+            seed,
         })
         .unwrap();
         let path = dir.path().join("model.gguf");
+        (dir, path)
+    }
+
+    /// The same GGUF through both implementations: prompt, then token by token, then a
+    /// rewind (a shorter position than the cache holds).
+    #[test]
+    fn matches_candle_quantized_llama() {
+        let (_dir, path) = tiny_gguf(3);
         let open = || {
             let mut f = std::fs::File::open(&path).unwrap();
             let ct = Content::read(&mut f).unwrap();
@@ -542,17 +548,8 @@ mod tests {
     /// logits as each run alone, bit for bit: batching must not change any answer.
     #[test]
     fn a_batch_of_sequences_matches_each_sequence_alone() {
-        let dir = tempfile::tempdir().unwrap();
-        crate::testmodel::make(&crate::testmodel::Options {
-            out: dir.path().to_path_buf(),
-            format: crate::testmodel::Format::Gguf,
-            size: crate::testmodel::Size::Tiny,
-            embedding: false,
-            quant: crate::testmodel::Quant::Q8_0,
-            seed: 5,
-        })
-        .unwrap();
-        let mut f = std::fs::File::open(dir.path().join("model.gguf")).unwrap();
+        let (_dir, path) = tiny_gguf(5);
+        let mut f = std::fs::File::open(path).unwrap();
         let ct = Content::read(&mut f).unwrap();
         let model = QLlama::load(&ct, &mut f).unwrap().unwrap();
         let prompts: [&[u32]; 3] =

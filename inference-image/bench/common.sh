@@ -1,4 +1,25 @@
-# llama.cpp's CMake flags for the benchmarks (sourced by compare.sh and streams.sh).
+# What compare.sh and streams.sh share (sourced with QUANT and WORK set): the release binary
+# (BIN), the `small` test model (MODEL), the CPU flavour measured (FLAVOUR: native, or avx2 with
+# AVX2_ONLY=1), and llama.cpp's CMake flags for a flavour.
+
+echo "== building alcove-inference (release)" >&2
+cargo build --release --locked -p alcove-inference >&2
+BIN="${CARGO_TARGET_DIR:-target}/release/alcove-inference"
+
+MODEL="$WORK/small-$QUANT/model.gguf"
+if [ ! -f "$MODEL" ]; then
+  echo "== writing the small test model ($QUANT)" >&2
+  "$BIN" make-test-model --out "$WORK/small-$QUANT" --format gguf --size small --quant "$QUANT" >&2
+fi
+
+FLAVOUR=native
+if [ "${AVX2_ONLY:-0}" = 1 ]; then
+  FLAVOUR=avx2
+  # candle's own switch to its AVX2 kernels, which qgemm follows too.
+  export MISTRALRS_FORCE_AVX2=1
+fi
+
+# llama.cpp's CMake flags for a flavour:
 #
 # native: every SIMD extension this CPU has, spelled out rather than -march=native, so as to leave
 #   out AMX: llama.cpp's AMX kernels crash (SIGSEGV in ggml_backend_amx_mul_mat) on the test
