@@ -337,7 +337,7 @@ impl Worker {
     /// oldest request first, up to the step's budget.
     fn step(&mut self, running: &mut Vec<Running>) {
         running.retain(|r| !r.events.is_closed());
-        let Some(model) = self.models.chat.as_mut() else {
+        let Some(model) = self.models.chat.as_mut().filter(|_| !running.is_empty()) else {
             return;
         };
         let vocab = model.vocab.clone();

@@ -319,6 +319,9 @@ impl QLlama {
     /// through each projection together; returns, per feed, the next-token logits if it asked for
     /// them. On an error every cache is as it was before the call.
     pub fn forward(&self, feeds: &mut [Feed<'_>]) -> candle_core::Result<Vec<Option<Vec<f32>>>> {
+        if feeds.is_empty() {
+            return Ok(Vec::new());
+        }
         let kvd = self.kv_heads * self.head_dim;
         for f in feeds.iter() {
             if f.tokens.is_empty() {
@@ -542,6 +545,11 @@ mod tests {
             "a token outside the vocabulary is refused"
         );
         assert_eq!(kv.len(), before, "a refused step leaves the cache as it was");
+        assert_eq!(
+            ours.forward(&mut []).unwrap(),
+            Vec::<Option<Vec<f32>>>::new(),
+            "an empty batch"
+        );
     }
 
     /// Sequences run together in one batch (a prompt chunk beside decode steps) get the same
