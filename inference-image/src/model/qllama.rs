@@ -309,12 +309,6 @@ impl QLlama {
         }
     }
 
-    /// Runs one sequence's `tokens` after the positions `kv` holds; returns the next-token logits.
-    pub fn forward_one(&self, kv: &mut Kv, tokens: &[u32]) -> candle_core::Result<Vec<f32>> {
-        let mut feeds = [Feed { kv, tokens, logits: true }];
-        Ok(self.forward(&mut feeds)?.pop().flatten().unwrap_or_default())
-    }
-
     /// Runs each feed's tokens after the positions its cache holds, the rows of every sequence
     /// through each projection together; returns, per feed, the next-token logits if it asked for
     /// them. On an error every cache is as it was before the call.
@@ -470,6 +464,14 @@ impl QLlama {
 mod tests {
     use super::*;
     use candle_transformers::models::quantized_llama::ModelWeights;
+
+    impl QLlama {
+        /// One sequence's `tokens` after the positions `kv` holds; the next-token logits.
+        fn forward_one(&self, kv: &mut Kv, tokens: &[u32]) -> candle_core::Result<Vec<f32>> {
+            let mut feeds = [Feed { kv, tokens, logits: true }];
+            Ok(self.forward(&mut feeds)?.pop().flatten().unwrap_or_default())
+        }
+    }
 
     /// The tiny q8_0 test model, written under a directory that lives as long as the first value.
     fn tiny_gguf(seed: u64) -> (tempfile::TempDir, std::path::PathBuf) {
