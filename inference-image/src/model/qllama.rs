@@ -138,8 +138,9 @@ impl Embedding {
 fn matmul_rows(w: &QMatMul, x: &[f32], rows: usize) -> candle_core::Result<Vec<f32>> {
     if let QMatMul::QTensor(q) = w
         && let Ok((n, k)) = q.shape().dims2()
-        && qgemm::preferred(q.dtype(), n, k)
-        && let Some(out) = qgemm::matmul(q, &qgemm::quantize(x, rows))?
+        && qgemm::preferred(q.dtype(), rows, n, k)
+        && let Some(out) =
+            qgemm::matmul(q, &qgemm::quantize(x, rows, qgemm::activation_block(q.dtype())))?
     {
         return Ok(out);
     }
@@ -151,8 +152,12 @@ fn matmul_rows(w: &QMatMul, x: &[f32], rows: usize) -> candle_core::Result<Vec<f
 /// Several projections of one input: one fused kernel call when candle has one for these
 /// weights, else one call each.
 fn project(ws: &[&Arc<QTensor>], x: &[f32], rows: usize) -> candle_core::Result<Vec<Vec<f32>>> {
-    if ws.iter().all(|w| w.shape().dims2().is_ok_and(|(n, k)| qgemm::preferred(w.dtype(), n, k))) {
-        let quantized = qgemm::quantize(x, rows);
+    let block = qgemm::activation_block(ws[0].dtype());
+    if ws.iter().all(|w| {
+        qgemm::activation_block(w.dtype()) == block
+            && w.shape().dims2().is_ok_and(|(n, k)| qgemm::preferred(w.dtype(), rows, n, k))
+    }) {
+        let quantized = qgemm::quantize(x, rows, block);
         let mut outs = Vec::with_capacity(ws.len());
         for w in ws {
             match qgemm::matmul(w, &quantized)? {
