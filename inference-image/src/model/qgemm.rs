@@ -32,9 +32,13 @@ const Q4K_BYTES: usize = 2 + 2 + 12 + QK_K / 2;
 /// accumulators keep the loop inside AVX2's 16 registers; wider tiles (4×2, 3×2) spilled to the
 /// stack and ran slower on the benchmark.
 const RM: usize = 4;
-/// Weight rows per work item: enough to make the item's bookkeeping small against its work when
-/// there is a single activation row (decode).
+/// Weight rows per work item, for prompts: a tile's activations and this many rows' weights stay
+/// in L1 together.
 const GROUP: usize = 8;
+/// Weight rows per work item for decode steps (fewer rows than a tile), which touch each weight
+/// once: enough that taking and releasing the item, atomics that cost as much as the rows' work
+/// at eight rows, is small against it.
+const DECODE_GROUP: usize = 64;
 
 /// Activation rows quantized once, for every projection that reads them: to q8_0 (blocks of 32)
 /// against q8_0 weights, to q8_K (blocks of 256, as llama.cpp pairs with q4_K) against q4_K.
@@ -184,7 +188,8 @@ pub fn matmul(w: &QTensor, x: &Quantized) -> candle_core::Result<Option<Vec<f32>
     let m = x.rows;
     // Transposed result: each work item (a group of weight rows) owns those rows of `out_t`.
     let mut out_t = vec![0f32; n * m];
-    let items: Vec<Mutex<&mut [f32]>> = out_t.chunks_mut(GROUP * m).map(Mutex::new).collect();
+    let group_rows = if m < RM { DECODE_GROUP } else { GROUP };
+    let items: Vec<Mutex<&mut [f32]>> = out_t.chunks_mut(group_rows * m).map(Mutex::new).collect();
     // Activation rows in slabs of about 256 KiB, so the rows a worker sweeps for each weight row
     // stay in its L2 cache; a long prompt then reads the weights once per slab.
     let slab = ((256 << 10) / k).max(RM) / RM * RM;
@@ -199,7 +204,7 @@ pub fn matmul(w: &QTensor, x: &Quantized) -> candle_core::Result<Option<Vec<f32>
                 for first in rows.clone().step_by(RM) {
                     let tile = first..rows.end.min(first + RM);
                     for r in 0..weight_rows {
-                        let j = group * GROUP + r;
+                        let j = group * group_rows + r;
                         kernel(&raw, x, first, j, &mut out[r * m..][tile.clone()]);
                     }
                 }
@@ -406,6 +411,10 @@ mod avx2 {
             let dmin = f16_to_f32(u16::from_le_bytes([block[2], block[3]]));
             let (scales, mins) = q4k_scales(&block[4..16]);
             let mins = _mm_cvtepu8_epi16(_mm_set_epi64x(0, i64::from_le_bytes(mins)));
+            // The eight scales in the low bytes of both halves, for vpshufb to spread one of
+            // them over every 16-bit lane (a shuffle, where a broadcast from a general register
+            // takes three instructions).
+            let scales = _mm256_broadcastsi128_si256(_mm_set_epi64x(0, i64::from_le_bytes(scales)));
             let mut sumi = [_mm256_setzero_si256(); M];
             // Each 32 bytes hold 64 values: the low nibbles are one group of 32, the high
             // nibbles the next.
@@ -413,8 +422,10 @@ mod avx2 {
                 let packed = load(packed);
                 let lo = _mm256_and_si256(packed, nibble);
                 let hi = _mm256_and_si256(_mm256_srli_epi16(packed, 4), nibble);
-                let s_lo = _mm256_set1_epi16(i16::from(scales[2 * c]));
-                let s_hi = _mm256_set1_epi16(i16::from(scales[2 * c + 1]));
+                // Byte 2c (or 2c + 1), then a zero byte (a set top bit), in every 16-bit lane.
+                let spread = |g: usize| _mm256_set1_epi16(g as i16 | i16::MIN);
+                let s_lo = _mm256_shuffle_epi8(scales, spread(2 * c));
+                let s_hi = _mm256_shuffle_epi8(scales, spread(2 * c + 1));
                 for (sumi, (q, _, _)) in sumi.iter_mut().zip(&rows) {
                     let a = &q[b * QK_K + c * 64..][..64];
                     // Nibbles are unsigned, as maddubs needs; 2·15·127 fits in i16.
