@@ -422,7 +422,8 @@ mod avx2 {
                 let packed = load(packed);
                 let lo = _mm256_and_si256(packed, nibble);
                 let hi = _mm256_and_si256(_mm256_srli_epi16(packed, 4), nibble);
-                // Byte 2c (or 2c + 1), then a zero byte (a set top bit), in every 16-bit lane.
+                // In every 16-bit lane: scale 2c (or 2c + 1) as its low byte, and a zero high
+                // byte, which vpshufb gives for a control byte with its top bit set.
                 let spread = |g: usize| _mm256_set1_epi16(g as i16 | i16::MIN);
                 let s_lo = _mm256_shuffle_epi8(scales, spread(2 * c));
                 let s_hi = _mm256_shuffle_epi8(scales, spread(2 * c + 1));
@@ -517,6 +518,7 @@ mod tests {
             }
         }
     }
+
     /// q4_K weights against q8_K activations: against the same sums in f64 over the dequantized
     /// weights and activations, and against the unquantized product.
     #[test]
