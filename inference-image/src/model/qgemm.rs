@@ -162,9 +162,9 @@ pub fn quantize(x: &[f32], rows: usize, block: usize) -> Quantized {
 /// when the weights are of another type, `x` was quantized for another type, or the CPU lacks
 /// AVX2.
 pub fn matmul(w: &QTensor, x: &Quantized) -> candle_core::Result<Option<Vec<f32>>> {
-    let (block_bytes, kernel): (usize, Tile) = match w.dtype() {
-        GgmlDType::Q8_0 => (BLOCK_BYTES, tile_of),
-        GgmlDType::Q4K => (Q4K_BYTES, tile_q4k),
+    let (block_bytes, kernel) = match w.dtype() {
+        GgmlDType::Q8_0 => (BLOCK_BYTES, Kernel::Q8_0),
+        GgmlDType::Q4K => (Q4K_BYTES, Kernel::Q4K),
         _ => return Ok(None),
     };
     if !avx2() || x.block != activation_block(w.dtype()) {
@@ -202,10 +202,10 @@ pub fn matmul(w: &QTensor, x: &Quantized) -> candle_core::Result<Option<Vec<f32>
                 // Tile by tile, every weight row of the group: the tile's activations and the
                 // group's weights both stay in L1.
                 for first in rows.clone().step_by(RM) {
-                    let tile = first..rows.end.min(first + RM);
+                    let tile_rows = first..rows.end.min(first + RM);
                     for r in 0..weight_rows {
                         let j = group * group_rows + r;
-                        kernel(&raw, x, first, j, &mut out[r * m..][tile.clone()]);
+                        tile(kernel, &raw, x, first, j, &mut out[r * m..][tile_rows.clone()]);
                     }
                 }
             }
@@ -221,33 +221,25 @@ pub fn matmul(w: &QTensor, x: &Quantized) -> candle_core::Result<Option<Vec<f32>
     Ok(Some(out))
 }
 
-/// Activation rows `first..first + out.len()` (at most a tile) against weight row `j`.
-type Tile = fn(&[u8], &Quantized, usize, usize, &mut [f32]);
-
-fn tile_of(w: &[u8], x: &Quantized, first: usize, j: usize, out: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        // SAFETY: `matmul` runs only where `avx2` found AVX2, FMA and F16C.
-        #[allow(unsafe_code)]
-        unsafe {
-            avx2::tile(w, x, first, j, out)
-        };
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = (w, x, first, j, out);
+/// The kernel a weight type runs.
+#[derive(Clone, Copy)]
+enum Kernel {
+    Q8_0,
+    Q4K,
 }
 
-fn tile_q4k(w: &[u8], x: &Quantized, first: usize, j: usize, out: &mut [f32]) {
+/// Activation rows `first..first + out.len()` (at most a tile) against weight row `j`.
+fn tile(kernel: Kernel, w: &[u8], x: &Quantized, first: usize, j: usize, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     {
         // SAFETY: `matmul` runs only where `avx2` found AVX2, FMA and F16C.
         #[allow(unsafe_code)]
         unsafe {
-            avx2::tile_q4k(w, x, first, j, out)
+            avx2::tile(kernel, w, x, first, j, out)
         };
     }
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = (w, x, first, j, out);
+    let _ = (kernel, w, x, first, j, out);
 }
 
 /// A q4_K block's eight 6-bit scales and eight 6-bit mins, from its twelve packed bytes: bytes
@@ -277,7 +269,7 @@ fn q4k_scales(packed: &[u8]) -> ([u8; 8], [u8; 8]) {
 mod avx2 {
     use std::arch::x86_64::*;
 
-    use super::{BLOCK_BYTES, Q4K_BYTES, QK, QK_K, Quantized, RM, q4k_scales};
+    use super::{BLOCK_BYTES, Kernel, Q4K_BYTES, QK, QK_K, Quantized, RM, q4k_scales};
 
     /// How far ahead of the weight block in hand the kernels ask for weights: decode reads each
     /// weight once, and waiting on memory would otherwise dominate a block's work. Ahead is this
@@ -313,13 +305,20 @@ mod avx2 {
     /// compile time so its accumulators stay in registers; the last, shorter tile goes row by
     /// row through the same code.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) fn tile(w: &[u8], x: &Quantized, i0: usize, j: usize, out: &mut [f32]) {
+    pub(super) fn tile(
+        kernel: Kernel,
+        w: &[u8],
+        x: &Quantized,
+        i0: usize,
+        j: usize,
+        out: &mut [f32],
+    ) {
         match <&mut [f32; RM]>::try_from(&mut *out) {
-            Ok(full) => tile_fixed::<RM>(w, x, i0, j, full),
+            Ok(full) => fixed::<RM>(kernel, w, x, i0, j, full),
             Err(_) => {
                 for (i, o) in out.iter_mut().enumerate() {
                     let mut one = [0f32];
-                    tile_fixed::<1>(w, x, i0 + i, j, &mut one);
+                    fixed::<1>(kernel, w, x, i0 + i, j, &mut one);
                     *o = one[0];
                 }
             }
@@ -327,13 +326,23 @@ mod avx2 {
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
-    fn tile_fixed<const M: usize>(
+    fn fixed<const M: usize>(
+        kernel: Kernel,
         w: &[u8],
         x: &Quantized,
         i0: usize,
         j: usize,
         out: &mut [f32; M],
     ) {
+        match kernel {
+            Kernel::Q8_0 => q8_0_tile::<M>(w, x, i0, j, out),
+            Kernel::Q4K => q4k_tile::<M>(w, x, i0, j, out),
+        }
+    }
+
+    /// q8_0 weight row `j` against q8_0 activation rows.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn q8_0_tile<const M: usize>(w: &[u8], x: &Quantized, i0: usize, j: usize, out: &mut [f32; M]) {
         let kb = x.blocks;
         let qs: &[u8] = bytemuck_i8(&x.qs);
         let rows: [(&[u8], &[f32]); M] = std::array::from_fn(|i| {
@@ -362,32 +371,11 @@ mod avx2 {
         }
     }
 
-    /// q4_K weight row `j` against rows `i0..i0 + out.len()` of q8_K activations: as [`tile`].
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) fn tile_q4k(w: &[u8], x: &Quantized, i0: usize, j: usize, out: &mut [f32]) {
-        match <&mut [f32; RM]>::try_from(&mut *out) {
-            Ok(full) => tile_q4k_fixed::<RM>(w, x, i0, j, full),
-            Err(_) => {
-                for (i, o) in out.iter_mut().enumerate() {
-                    let mut one = [0f32];
-                    tile_q4k_fixed::<1>(w, x, i0 + i, j, &mut one);
-                    *o = one[0];
-                }
-            }
-        }
-    }
-
-    /// Each 32 values of a q4_K block are `d·scale·q − dmin·min` (q a nibble), so against
+    /// q4_K weight row `j` against q8_K activation rows. Each 32 values of a q4_K block are `d·scale·q − dmin·min` (q a nibble), so against
     /// activations `a` of scale `da` the block contributes
     /// `da·(d·Σ scale·(q·a) − dmin·Σ min·Σa)`; the sums of `a` per 32 were taken when quantizing.
     #[target_feature(enable = "avx2,fma,f16c")]
-    fn tile_q4k_fixed<const M: usize>(
-        w: &[u8],
-        x: &Quantized,
-        i0: usize,
-        j: usize,
-        out: &mut [f32; M],
-    ) {
+    fn q4k_tile<const M: usize>(w: &[u8], x: &Quantized, i0: usize, j: usize, out: &mut [f32; M]) {
         let kb = x.blocks;
         let qs: &[u8] = bytemuck_i8(&x.qs);
         let rows: [(&[u8], &[f32], &[i16]); M] = std::array::from_fn(|i| {
