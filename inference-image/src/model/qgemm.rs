@@ -212,10 +212,15 @@ pub fn matmul(w: &QTensor, x: &Quantized) -> candle_core::Result<Option<Vec<f32>
         });
     }
     drop(items);
+    // Back to row-major, a group of weight rows at a time: each output row gets the group's
+    // values as one contiguous run (one value at a time would touch a cache line per value).
     let mut out = vec![0f32; m * n];
-    for (j, col) in out_t.chunks_exact(m).enumerate() {
-        for (i, v) in col.iter().enumerate() {
-            out[i * n + j] = *v;
+    for (g, group) in out_t.chunks(group_rows * m).enumerate() {
+        let width = group.len() / m;
+        for (i, row) in out.chunks_exact_mut(n).enumerate() {
+            for (r, o) in row[g * group_rows..][..width].iter_mut().enumerate() {
+                *o = group[r * m + i];
+            }
         }
     }
     Ok(Some(out))
