@@ -50,11 +50,24 @@ fn exp_one(x: f32) -> f32 {
 #[inline(always)]
 fn softmax_body(xs: &mut [f32]) {
     let max = xs.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0f32;
+    // The exponentials in a loop of their own, and their sum in eight lanes: a single running
+    // sum is a reduction the compiler may not reorder, which kept the whole loop scalar.
     for x in xs.iter_mut() {
         *x = exp_one(*x - max);
-        sum += *x;
     }
+    let mut lanes = [0f32; 8];
+    let chunks = xs.chunks_exact(8);
+    let tail: f32 = chunks.remainder().iter().sum();
+    for c in chunks {
+        for j in 0..8 {
+            lanes[j] += c[j];
+        }
+    }
+    let sum = (lanes[0] + lanes[4])
+        + (lanes[1] + lanes[5])
+        + (lanes[2] + lanes[6])
+        + (lanes[3] + lanes[7])
+        + tail;
     let inv = 1.0 / sum;
     for x in xs.iter_mut() {
         *x *= inv;
@@ -107,19 +120,43 @@ fn attend_fixed<const HD: usize>(
     out: &mut [f32],
 ) {
     let group = queries.len() / HD;
-    for t in 0..seen {
-        let key: &[f32; HD] = keys[t * stride + offset..][..HD].try_into().expect("HD wide");
+    let row = |t: usize| -> &[f32; HD] { fixed_row(keys, t * stride + offset) };
+    let score = |acc: &[f32; 8]| {
+        ((acc[0] + acc[4]) + (acc[1] + acc[5]) + (acc[2] + acc[6]) + (acc[3] + acc[7])) * scale
+    };
+    // Four keys at a time: four independent chains of multiply-adds, where one key alone is a
+    // chain of HD/8 dependent ones that waits on each one's latency. Each score is summed in the
+    // same order either way, so it does not depend on which keys were grouped.
+    let mut t = 0;
+    while t + 4 <= seen {
+        let ks = [row(t), row(t + 1), row(t + 2), row(t + 3)];
         for g in 0..group {
-            let q: &[f32; HD] = queries[g * HD..][..HD].try_into().expect("HD wide");
+            let q: &[f32; HD] = fixed_row(queries, g * HD);
+            let mut acc = [[0f32; 8]; 4];
+            for c in 0..HD / 8 {
+                for (a, key) in acc.iter_mut().zip(&ks) {
+                    for j in 0..8 {
+                        a[j] += q[c * 8 + j] * key[c * 8 + j];
+                    }
+                }
+            }
+            for (u, a) in acc.iter().enumerate() {
+                scores[g * seen + t + u] = score(a);
+            }
+        }
+        t += 4;
+    }
+    for t in t..seen {
+        let key = row(t);
+        for g in 0..group {
+            let q: &[f32; HD] = fixed_row(queries, g * HD);
             let mut acc = [0f32; 8];
             for c in 0..HD / 8 {
                 for j in 0..8 {
                     acc[j] += q[c * 8 + j] * key[c * 8 + j];
                 }
             }
-            scores[g * seen + t] =
-                ((acc[0] + acc[4]) + (acc[1] + acc[5]) + (acc[2] + acc[6]) + (acc[3] + acc[7]))
-                    * scale;
+            scores[g * seen + t] = score(&acc);
         }
     }
     for g in 0..group {
@@ -135,6 +172,13 @@ fn attend_fixed<const HD: usize>(
         }
         out[g * HD..(g + 1) * HD].copy_from_slice(&acc);
     }
+}
+
+/// `HD` values of `xs` from `at`, as an array, so loops over it have a length known at compile
+/// time.
+#[inline(always)]
+fn fixed_row<const HD: usize>(xs: &[f32], at: usize) -> &[f32; HD] {
+    xs[at..][..HD].try_into().expect("HD wide")
 }
 
 #[allow(clippy::too_many_arguments)]
