@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds alcove-inference with the `cuda` feature on a machine without a CUDA toolkit: nvcc, the
-# CUDA headers (CCCL's thrust and cub included) and the CUDA libraries come from NVIDIA's wheels on PyPI,
-# installed into a virtualenv outside the repository. No GPU is needed to build.
+# CUDA headers (CCCL's thrust and cub included) and the CUDA libraries come from NVIDIA's wheels
+# on PyPI, installed into a virtualenv outside the repository. No GPU is needed to build.
 #
 #   inference-image/build-cuda.sh            # → dist/cuda/alcove-inference, dist/cuda/lib/
 #   CUDA_COMPUTE_CAP=89 inference-image/build-cuda.sh
