@@ -460,28 +460,42 @@ mod tests {
 
     use super::*;
 
+    /// Activations `x` (`m`×`k`), weights `wf` (`n`×`k`) quantized to `dtype` as `w`, the
+    /// activations quantized for it as `q`, and the kernel's product `got`.
+    struct Case {
+        x: Vec<f32>,
+        wf: Vec<f32>,
+        w: QTensor,
+        q: Quantized,
+        got: Vec<f32>,
+    }
+
+    /// `None` only on a CPU without AVX2, where the kernels do not run (and must not claim to).
+    fn case(m: usize, k: usize, n: usize, dtype: GgmlDType) -> Option<Case> {
+        let r = |i: usize| ((i as f32 * 0.7311).sin() * 3.1).fract();
+        let x: Vec<f32> = (0..m * k).map(r).collect();
+        let wf: Vec<f32> = (0..n * k).map(|i| r(i + 100_000)).collect();
+        let w =
+            QTensor::quantize(&Tensor::from_vec(wf.clone(), (n, k), &Device::Cpu).unwrap(), dtype)
+                .unwrap();
+        let q = quantize(&x, m, activation_block(dtype));
+        let Some(got) = matmul(&w, &q).unwrap() else {
+            assert!(!avx2(), "the {dtype:?} kernel did not run on an AVX2 CPU");
+            eprintln!("this CPU has no AVX2: the {dtype:?} kernel does not run here");
+            return None;
+        };
+        Some(Case { x, wf, w, q, got })
+    }
+
     /// Against the same sums in f64 over the same quantized values (tight), and against the
     /// unquantized product (within quantization error), for shapes on and off the tile edges.
     #[test]
     fn matches_exact_sums_of_the_quantized_values() {
-        let r = |i: usize| ((i as f32 * 0.7311).sin() * 3.1).fract();
         // 300 rows of 1024: two slabs, the second not a multiple of the tile.
         for (m, k, n) in
             [(1, 32, 1), (4, 64, 2), (5, 96, 7), (17, 256, 33), (64, 1024, 96), (301, 1024, 5)]
         {
-            let x: Vec<f32> = (0..m * k).map(r).collect();
-            let wf: Vec<f32> = (0..n * k).map(|i| r(i + 100_000)).collect();
-            let w = QTensor::quantize(
-                &Tensor::from_vec(wf.clone(), (n, k), &Device::Cpu).unwrap(),
-                GgmlDType::Q8_0,
-            )
-            .unwrap();
-            let q = quantize(&x, m, QK);
-            let Some(got) = matmul(&w, &q).unwrap() else {
-                assert!(!avx2(), "the kernel did not run on an AVX2 CPU");
-                eprintln!("this CPU has no AVX2: the q8_0 prompt kernel does not run here");
-                return;
-            };
+            let Some(Case { x, wf, w, q, got }) = case(m, k, n, GgmlDType::Q8_0) else { return };
             let raw = w.data().unwrap();
             let kb = k / QK;
             for i in 0..m {
@@ -516,21 +530,8 @@ mod tests {
     /// weights and activations, and against the unquantized product.
     #[test]
     fn q4k_matches_exact_sums_of_the_quantized_values() {
-        let r = |i: usize| ((i as f32 * 0.7311).sin() * 3.1).fract();
         for (m, k, n) in [(1, 256, 1), (4, 512, 2), (5, 256, 7), (17, 768, 33), (301, 1024, 5)] {
-            let x: Vec<f32> = (0..m * k).map(r).collect();
-            let wf: Vec<f32> = (0..n * k).map(|i| r(i + 100_000)).collect();
-            let w = QTensor::quantize(
-                &Tensor::from_vec(wf.clone(), (n, k), &Device::Cpu).unwrap(),
-                GgmlDType::Q4K,
-            )
-            .unwrap();
-            let q = quantize(&x, m, activation_block(GgmlDType::Q4K));
-            let Some(got) = matmul(&w, &q).unwrap() else {
-                assert!(!avx2(), "the kernel did not run on an AVX2 CPU");
-                eprintln!("this CPU has no AVX2: the q4_K kernel does not run here");
-                return;
-            };
+            let Some(Case { x, wf, w, q, got }) = case(m, k, n, GgmlDType::Q4K) else { return };
             let wd: Vec<f32> =
                 w.dequantize(&Device::Cpu).unwrap().flatten_all().unwrap().to_vec1().unwrap();
             for i in 0..m {

@@ -2,6 +2,13 @@
 //! Rust and compiled twice: for the build's baseline and, chosen at run time, for AVX2+FMA, so a
 //! portable binary still runs them 8 lanes wide on the machines that have it.
 
+/// The sum of eight lanes, pairwise as a vector reduction adds them (every 8-lane loop here ends
+/// with it, so a value does not depend on which loop produced it).
+#[inline(always)]
+fn lanes_sum(acc: &[f32; 8]) -> f32 {
+    (acc[0] + acc[4]) + (acc[1] + acc[5]) + (acc[2] + acc[6]) + (acc[3] + acc[7])
+}
+
 #[inline(always)]
 fn dot_body(a: &[f32], b: &[f32]) -> f32 {
     // Eight lanes: one AVX register, and short rows (a head is 64 or 128 wide) still fill it.
@@ -17,7 +24,7 @@ fn dot_body(a: &[f32], b: &[f32]) -> f32 {
     for (x, y) in ra.iter().zip(rb) {
         tail += x * y;
     }
-    (acc[0] + acc[4]) + (acc[1] + acc[5]) + (acc[2] + acc[6]) + (acc[3] + acc[7]) + tail
+    lanes_sum(&acc) + tail
 }
 
 #[inline(always)]
@@ -63,12 +70,7 @@ fn softmax_body(xs: &mut [f32]) {
             lanes[j] += c[j];
         }
     }
-    let sum = (lanes[0] + lanes[4])
-        + (lanes[1] + lanes[5])
-        + (lanes[2] + lanes[6])
-        + (lanes[3] + lanes[7])
-        + tail;
-    let inv = 1.0 / sum;
+    let inv = 1.0 / (lanes_sum(&lanes) + tail);
     for x in xs.iter_mut() {
         *x *= inv;
     }
@@ -121,9 +123,7 @@ fn attend_fixed<const HD: usize>(
 ) {
     let group = queries.len() / HD;
     let row = |t: usize| -> &[f32; HD] { fixed_row(keys, t * stride + offset) };
-    let score = |acc: &[f32; 8]| {
-        ((acc[0] + acc[4]) + (acc[1] + acc[5]) + (acc[2] + acc[6]) + (acc[3] + acc[7])) * scale
-    };
+    let score = |acc: &[f32; 8]| lanes_sum(acc) * scale;
     // Four keys at a time: four independent chains of multiply-adds, where one key alone is a
     // chain of HD/8 dependent ones that waits on each one's latency. Each score is summed in the
     // same order either way, so it does not depend on which keys were grouped.
