@@ -35,13 +35,15 @@ const OPERATOR: &[Layer] = &[
         ],
     ),
     (
-        "writes, caches and clients: apply, status, context, controller scaffolding, leader and shard Leases, Stripe, ledger",
+        "writes, caches and clients: apply, status, context, Events, controller scaffolding and its fair slots, leader and shard Leases, Stripe, ledger",
         true,
         &[
             "apply",
             "status",
             "context",
+            "events",
             "controller",
+            "fair",
             "leader",
             "shard",
             "billing::stripe",

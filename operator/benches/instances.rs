@@ -6,6 +6,9 @@
 //!   cargo bench -p alcove --bench instances -- --raw-only    # devcluster's raw write rates only
 //!   cargo bench -p alcove --bench instances -- --tenants 100 --instances 100 --shards 4
 //!       # 4 operator replicas, each holding one of 4 shards (RSS printed per replica)
+//!   cargo bench -p alcove --bench instances -- --tenants 11 --instances 10 --big 250
+//!       # fairness: t0 creates 250 instances (the quota allows 256 GPUs) before 10 others create 10 each
+//!   BENCH_OPERATOR_BIN=wrapper …   # run the operator through a wrapper (e.g. heaptrack)
 //!
 //! Prints the time until every instance is Ready (and the p50/p99 time to Ready, overall and per
 //! tenant), the operator's writes per instance by resource, its writes during a no-op resync
@@ -71,9 +74,12 @@ fn peak_rss_mib(pid: u32) -> f64 {
 async fn main() {
     let tenants = arg("--tenants", 10);
     let per_tenant = arg("--instances", 100);
+    // `--big N`: tenant t0 has N instances, created before everyone else's (fairness).
+    let big = arg("--big", 0);
+    let count = move |t: usize| if t == 0 && big > 0 { big } else { per_tenant };
     let resync = arg("--resync", 20);
     let shards = arg("--shards", 1).max(1);
-    let total = tenants * per_tenant;
+    let total: usize = (0..tenants).map(count).sum();
     let dir = tempfile::tempdir().unwrap();
     let models = dir.path().join("models");
     std::fs::create_dir_all(models.join("default")).unwrap();
@@ -102,7 +108,8 @@ async fn main() {
     );
     kubectl(&cluster.kubeconfig, dir.path(), &["create", "namespace", "alcove-system"]);
     println!(
-        "instances benchmark: {tenants} tenants × {per_tenant} instances = {total}, {nodes} simulated GPU nodes, {shards} shard(s), {} CPU(s)",
+        "instances benchmark: {tenants} tenants × {per_tenant} instances{} = {total}, {nodes} simulated GPU nodes, {shards} shard(s), {} CPU(s)",
+        if big > 0 { format!(" (t0: {big})") } else { String::new() },
         std::thread::available_parallelism().map(|p| p.get()).unwrap_or(1)
     );
 
@@ -140,31 +147,30 @@ async fn main() {
     let mut operators = Vec::new();
     for r in 0..shards {
         let log = std::fs::File::create(dir.path().join(format!("operator-{r}.log"))).unwrap();
-        let operator = tokio::process::Command::new(env!("CARGO_BIN_EXE_alcove"))
-            .args([
-                "operator",
-                "--http-addr",
-                "127.0.0.1:0",
-                "--log-format",
-                "text",
-                "--resync-seconds",
-                &resync.to_string(),
-                "--leader-election=false",
-                "--shards",
-                &shards.to_string(),
-                "--identity",
-                &format!("bench-{r}"),
-            ])
-            .env("KUBECONFIG", &cluster.kubeconfig)
-            .env(
-                "ALCOVE_LOG",
-                std::env::var("BENCH_OPERATOR_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .expect("alcove binary");
+        let operator = tokio::process::Command::new(
+            std::env::var("BENCH_OPERATOR_BIN").unwrap_or(env!("CARGO_BIN_EXE_alcove").into()),
+        )
+        .args([
+            "operator",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--log-format",
+            "text",
+            "--resync-seconds",
+            &resync.to_string(),
+            "--leader-election=false",
+            "--shards",
+            &shards.to_string(),
+            "--identity",
+            &format!("bench-{r}"),
+        ])
+        .env("KUBECONFIG", &cluster.kubeconfig)
+        .env("ALCOVE_LOG", std::env::var("BENCH_OPERATOR_LOG").unwrap_or_else(|_| "warn".into()))
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("alcove binary");
         operators.push(operator);
     }
     let pids: Vec<u32> = operators.iter().map(|o| o.id().unwrap_or(0)).collect();
@@ -201,9 +207,10 @@ async fn main() {
         .map(|t| {
             let api = tenants_api.clone();
             async move {
+                let n = count(t);
                 let tenant: Tenant = serde_json::from_value(json!({
                     "apiVersion": "alcove.dev/v1alpha1", "kind": "Tenant", "metadata": {"name": format!("t{t}")},
-                    "spec": {"displayName": format!("Tenant {t}"), "tier": "basic", "region": "tw-taipei-1", "quota": {"maxGpus": per_tenant, "maxInstances": per_tenant, "maxStorage": "100Ti", "maxKnowledgeBases": 1}},
+                    "spec": {"displayName": format!("Tenant {t}"), "tier": "basic", "region": "tw-taipei-1", "quota": {"maxGpus": n, "maxInstances": n, "maxStorage": "100Ti", "maxKnowledgeBases": 1}},
                 }))
                 .unwrap();
                 api.create(&PostParams::default(), &tenant).await.expect("tenant");
@@ -215,8 +222,8 @@ async fn main() {
     // Instances go into each tenant's namespace as soon as the operator has made it.
     let namespaces: Api<Namespace> = Api::all(client.clone());
     let mut created = vec![false; tenants];
-    // When each tenant's instances were created, and when each instance was first seen Ready.
-    let mut created_at: Vec<Option<Instant>> = vec![None; tenants];
+    // When each instance was created, and when it was first seen Ready.
+    let created_at: Arc<Mutex<BTreeMap<(String, String), Instant>>> = Arc::default();
     // A watch notes when each instance is first seen Ready, from the first create on.
     let ready_at: Arc<Mutex<BTreeMap<(String, String), Instant>>> = Arc::default();
     let watching = tokio::spawn({
@@ -253,18 +260,20 @@ async fn main() {
             .collect();
         for t in &ready {
             created[*t] = true;
-            created_at[*t] = Some(Instant::now());
         }
-        futures::stream::iter(ready.into_iter().flat_map(|t| (0..per_tenant).map(move |i| (t, i))))
+        futures::stream::iter(ready.into_iter().flat_map(|t| (0..count(t)).map(move |i| (t, i))))
             .map(|(t, i)| {
                 let api: Api<InferenceInstance> = Api::namespaced(client.clone(), &format!("tenant-t{t}"));
+                let created_at = created_at.clone();
                 async move {
                     let inst: InferenceInstance = serde_json::from_value(json!({
                         "apiVersion": "alcove.dev/v1alpha1", "kind": "InferenceInstance", "metadata": {"name": format!("i{i}")},
                         "spec": {"model": {"format": "safetensors", "source": {"platform": "default"}}},
                     }))
                     .unwrap();
+                    let at = Instant::now();
                     api.create(&PostParams::default(), &inst).await.expect("instance");
+                    created_at.lock().unwrap().insert((format!("tenant-t{t}"), format!("i{i}")), at);
                 }
             })
             .buffer_unordered(16)
@@ -370,8 +379,9 @@ async fn main() {
         );
     }
     println!("  devcluster (this process) peak RSS: {:.0} MiB", peak_rss_mib(std::process::id()));
-    // Time to Ready from the moment the benchmark created the tenant's instances (they are
-    // created together), over all instances and per tenant (fairness: no tenant starved).
+    // Time to Ready from each instance's creation, over all instances and per tenant (fairness:
+    // no tenant starved).
+    let created_at = std::mem::take(&mut *created_at.lock().unwrap());
     let seconds = |v: &mut Vec<f64>, q: f64| {
         v.sort_by(f64::total_cmp);
         v[((v.len() as f64 - 1.0) * q).round() as usize]
@@ -379,22 +389,34 @@ async fn main() {
     let mut all = Vec::new();
     let mut tenant_p50 = Vec::new();
     let mut tenant_p99 = Vec::new();
-    for (t, t0) in created_at.iter().enumerate() {
+    let mut big_tenant = Vec::new();
+    for t in 0..tenants {
         let ns = format!("tenant-t{t}");
-        let Some(t0) = *t0 else { continue };
         let mut mine: Vec<f64> = ready_at
             .range((ns.clone(), String::new())..)
             .take_while(|((n, _), _)| *n == ns)
-            .map(|(_, at)| at.duration_since(t0).as_secs_f64())
+            .map(|(key, at)| at.duration_since(created_at[key]).as_secs_f64())
             .collect();
         all.extend(mine.iter().copied());
+        if t == 0 && big > 0 {
+            big_tenant = mine;
+            continue;
+        }
         tenant_p50.push(seconds(&mut mine, 0.5));
         tenant_p99.push(seconds(&mut mine, 0.99));
     }
+    if big > 0 {
+        println!(
+            "  time to Ready of t0 ({big} instances, created first): p50 {:.1} s, p99 {:.1} s",
+            seconds(&mut big_tenant, 0.5),
+            seconds(&mut big_tenant, 0.99)
+        );
+    }
     println!(
-        "  time to Ready: p50 {:.1} s, p99 {:.1} s; per tenant, p50 from {:.1} to {:.1} s and p99 from {:.1} to {:.1} s",
+        "  time to Ready (from each instance's creation): p50 {:.1} s, p99 {:.1} s; per tenant{}, p50 from {:.1} to {:.1} s and p99 from {:.1} to {:.1} s",
         seconds(&mut all, 0.5),
         seconds(&mut all, 0.99),
+        if big > 0 { " but t0" } else { "" },
         seconds(&mut tenant_p50, 0.0),
         seconds(&mut tenant_p50, 1.0),
         seconds(&mut tenant_p99, 0.0),

@@ -17,13 +17,13 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use kube::api::Api;
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, Store, reflector};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 
 use crate::config::Config;
+use crate::events::Recorder;
 use crate::metrics::Metrics;
 use crate::names::MANAGED_BY;
 use alcove_clock::Clock;
@@ -183,32 +183,52 @@ pub fn trim<K: Resource>(obj: &mut K) {
     }
 }
 
-/// What the pods cache keeps of a pod: its metadata and status, and of its spec only the node,
-/// the containers' names and the claims it mounts (what the controllers read). The rest (env,
-/// probes, resources, mounts) is most of a pod and never read: pods are created, never patched.
+/// The annotation under which a cached pod keeps the names of the claims it mounts
+/// (`trim_pod`): k8s-openapi's `Volume` is over 3 KiB inline, and `Container` 2 KiB, whatever
+/// they hold, so keeping them for a name each made pods half of the operator's memory.
+const CACHED_CLAIMS: &str = "alcove.dev/cached-claims";
+
+/// What the pods cache keeps of a pod: its metadata and status, and of its spec the node and
+/// the init containers' names (whether the fetch step runs); the claims it mounts become
+/// `CACHED_CLAIMS`. The rest (containers, env, probes, resources, mounts) is most of a pod and
+/// never read: pods are created, never patched, so the trimmed copy is never written back.
 pub fn trim_pod(pod: &mut Pod) {
-    use k8s_openapi::api::core::v1::{Container, PodSpec, Volume};
+    use k8s_openapi::api::core::v1::{Container, PodSpec};
     trim(pod);
     if let Some(spec) = pod.spec.take() {
-        let names = |cs: Vec<Container>| -> Vec<Container> {
-            cs.into_iter().map(|c| Container { name: c.name, ..Default::default() }).collect()
-        };
+        let claims: Vec<String> = spec
+            .volumes
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.persistent_volume_claim.map(|c| c.claim_name))
+            .collect();
+        if !claims.is_empty() {
+            pod.metadata
+                .annotations
+                .get_or_insert_default()
+                .insert(CACHED_CLAIMS.to_string(), claims.join(","));
+        }
         pod.spec = Some(PodSpec {
             node_name: spec.node_name,
-            containers: names(spec.containers),
-            init_containers: spec.init_containers.map(names),
-            volumes: spec.volumes.map(|vs| {
-                vs.into_iter()
-                    .filter(|v| v.persistent_volume_claim.is_some())
-                    .map(|v| Volume {
-                        name: v.name,
-                        persistent_volume_claim: v.persistent_volume_claim,
-                        ..Default::default()
-                    })
-                    .collect()
+            init_containers: spec.init_containers.map(|cs| {
+                cs.into_iter().map(|c| Container { name: c.name, ..Default::default() }).collect()
             }),
             ..Default::default()
         });
+    }
+}
+
+/// The persistent volume claims a pod mounts, from a cached pod's `CACHED_CLAIMS` or, for one
+/// read from the API server, its volumes.
+pub fn mounted_claims(pod: &Pod) -> Vec<&str> {
+    match pod.annotations().get(CACHED_CLAIMS) {
+        Some(claims) => claims.split(',').collect(),
+        None => pod
+            .spec
+            .iter()
+            .flat_map(|s| s.volumes.iter().flatten())
+            .filter_map(|v| v.persistent_volume_claim.as_ref().map(|c| c.claim_name.as_str()))
+            .collect(),
     }
 }
 
@@ -385,11 +405,8 @@ pub fn find_cluster<K: Resource<DynamicType = ()> + Clone>(
 }
 
 /// The operator's Event recorder.
-pub fn recorder(client: &Client, identity: &str) -> Recorder {
-    Recorder::new(
-        client.clone(),
-        Reporter { controller: "alcove-operator".into(), instance: Some(identity.to_string()) },
-    )
+pub fn recorder(client: &Client, identity: &str, clock: Arc<dyn Clock>) -> Recorder {
+    Recorder::new(client.clone(), "alcove-operator", identity, clock)
 }
 
 /// Publishes an Event about `obj` with `recorder` (`Context::event` where there is no Context).
@@ -401,14 +418,7 @@ pub async fn publish<K: Resource<DynamicType = ()>>(
     action: &str,
     note: String,
 ) {
-    let ev = Event {
-        type_: if warning { EventType::Warning } else { EventType::Normal },
-        reason: reason.into(),
-        note: Some(note),
-        action: action.into(),
-        secondary: None,
-    };
-    if let Err(e) = recorder.publish(&ev, &obj.object_ref(&())).await {
+    if let Err(e) = recorder.publish(&obj.object_ref(&()), warning, reason, action, note).await {
         tracing::warn!(error = %e, reason, "could not record event");
     }
 }
@@ -429,6 +439,8 @@ pub struct Context {
     pub billing: Arc<crate::billing::runtime::Billing>,
     /// The tenants this replica reconciles (all of them unless sharded).
     pub shards: Arc<crate::shard::Shards>,
+    /// How many reconciles each controller runs at once, shared fairly between tenants.
+    pub slots: Arc<crate::fair::Slots>,
 }
 
 impl Context {
@@ -441,7 +453,7 @@ impl Context {
         identity: &str,
         billing: Arc<crate::billing::runtime::Billing>,
     ) -> Context {
-        let recorder = recorder(&client, identity);
+        let recorder = recorder(&client, identity, clock.clone());
         Context {
             writes: caches.writes.clone(),
             backoff: Default::default(),
@@ -454,6 +466,7 @@ impl Context {
             tenant_nudges: tokio::sync::broadcast::channel(1024).0,
             billing,
             shards: Arc::new(crate::shard::Shards::unsharded()),
+            slots: crate::fair::Slots::new(crate::fair::CONCURRENCY),
         }
     }
 
@@ -573,12 +586,15 @@ mod tests {
                 "containers": [{"name": "server", "image": "alcove-inference", "env": [{"name": "A", "value": "b"}]}],
                 "volumes": [
                     {"name": "history", "persistentVolumeClaim": {"claimName": "i1-history"}},
-                    {"name": "prompt", "configMap": {"name": "i1-prompt"}}
+                    {"name": "prompt", "configMap": {"name": "i1-prompt"}},
+                    {"name": "model", "persistentVolumeClaim": {"claimName": "model-cache-1"}}
                 ]
             },
             "status": {"conditions": [{"type": "Ready", "status": "True"}]}
         }))
         .unwrap();
+        let claims = ["i1-history", "model-cache-1"];
+        assert_eq!(mounted_claims(&pod), claims, "a pod from the API server");
         trim_pod(&mut pod);
         assert!(pod.metadata.managed_fields.is_none());
         let annotations = pod.metadata.annotations.clone().unwrap_or_default();
@@ -586,12 +602,10 @@ mod tests {
         assert!(!annotations.contains_key("kubectl.kubernetes.io/last-applied-configuration"));
         let spec = pod.spec.clone().unwrap();
         assert_eq!(spec.node_name.as_deref(), Some("gpu-1"));
-        assert_eq!(spec.init_containers.unwrap()[0].name, "fetch");
-        assert_eq!(spec.containers[0].name, "server");
-        assert!(spec.containers[0].env.is_none(), "env is not kept");
-        let volumes = spec.volumes.unwrap();
-        assert_eq!(volumes.len(), 1, "only claims are kept");
-        assert_eq!(volumes[0].persistent_volume_claim.as_ref().unwrap().claim_name, "i1-history");
+        let init = spec.init_containers.as_deref().unwrap_or_default();
+        assert_eq!((init[0].name.as_str(), init[0].args.as_ref()), ("fetch", None), "names only");
+        assert!(spec.containers.is_empty() && spec.volumes.is_none(), "containers and volumes go");
+        assert_eq!(mounted_claims(&pod), claims, "the claims are kept by name");
         assert!(pod.status.is_some(), "status is kept whole");
     }
 }

@@ -11,6 +11,8 @@ pub mod config;
 pub mod context;
 pub mod controller;
 pub mod error;
+pub mod events;
+pub mod fair;
 pub mod hash;
 pub mod http;
 pub mod instance;
@@ -138,7 +140,7 @@ pub async fn run_operator(args: OperatorArgs) -> anyhow::Result<()> {
         namespace: config.namespace.clone(),
         clock: clock.clone(),
         metrics: metrics.clone(),
-        recorder: context::recorder(&client, &identity),
+        recorder: context::recorder(&client, &identity, clock.clone()),
     });
     let state = http::HttpState { metrics: metrics.clone(), ready: ready.clone() };
     let (addr, http_task) =

@@ -88,7 +88,7 @@ pub struct WebhookState {
     pub namespace: String,
     pub clock: Arc<dyn Clock>,
     pub metrics: Arc<Metrics>,
-    pub recorder: kube::runtime::events::Recorder,
+    pub recorder: crate::events::Recorder,
 }
 
 fn reply(code: StatusCode, body: serde_json::Value) -> Response {

@@ -52,7 +52,8 @@ async fn release_cache_if_unused(
 }
 
 async fn reconcile(i: Arc<InferenceInstance>, ctx: Arc<Context>) -> Result<Action> {
-    controller::on_workers(async move {
+    let store = ctx.caches.instances.clone();
+    controller::on_workers(CONTROLLER, i, ctx, &store, |i, ctx| async move {
         controller::reconcile(&ctx, CONTROLLER, &*i, async {
             if i.metadata.deletion_timestamp.is_some() {
                 destroy(&i, &ctx).await

@@ -29,7 +29,8 @@ const CONTROLLER: &str = "knowledgebase";
 const JOB_NAME_LABEL: &str = "batch.kubernetes.io/job-name";
 
 async fn reconcile(kb: Arc<KnowledgeBase>, ctx: Arc<Context>) -> Result<Action> {
-    controller::on_workers(async move {
+    let store = ctx.caches.knowledge_bases.clone();
+    controller::on_workers(CONTROLLER, kb, ctx, &store, |kb, ctx| async move {
         controller::reconcile(&ctx, CONTROLLER, &*kb, async {
             if kb.metadata.deletion_timestamp.is_some() {
                 destroy(&kb, &ctx).await
@@ -434,13 +435,7 @@ async fn destroy(kb: &KnowledgeBase, ctx: &Context) -> Result<Action> {
         .state()
         .iter()
         .filter(|p| p.namespace().as_deref() == Some(ns.as_str()))
-        .filter(|p| {
-            p.spec.as_ref().is_some_and(|s| {
-                s.volumes.iter().flatten().any(|v| {
-                    v.persistent_volume_claim.as_ref().is_some_and(|c| c.claim_name == claim)
-                })
-            })
-        })
+        .filter(|p| crate::context::mounted_claims(p).contains(&claim.as_str()))
         .map(|p| p.name_any())
         .collect();
     if !users.is_empty() {

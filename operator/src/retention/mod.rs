@@ -203,7 +203,8 @@ pub async fn erase_volume(ctx: &Context, pvc: &PersistentVolumeClaim) -> Result<
 }
 
 async fn reconcile(pvc: Arc<PersistentVolumeClaim>, ctx: Arc<Context>) -> Result<Action> {
-    controller::on_workers(async move {
+    let store = ctx.caches.pvcs.clone();
+    controller::on_workers(CONTROLLER, pvc, ctx, &store, |pvc, ctx| async move {
         controller::reconcile(&ctx, CONTROLLER, &*pvc, reconcile_inner(&pvc, &ctx)).await
     })
     .await
@@ -228,13 +229,7 @@ async fn reconcile_inner(pvc: &PersistentVolumeClaim, ctx: &Context) -> Result<A
             let ns = pvc.namespace().unwrap_or_default();
             let mounted = ctx.caches.pods.state().iter().any(|p| {
                 p.namespace().as_deref() == Some(ns.as_str())
-                    && p.spec.as_ref().is_some_and(|s| {
-                        s.volumes.iter().flatten().any(|v| {
-                            v.persistent_volume_claim
-                                .as_ref()
-                                .is_some_and(|c| c.claim_name == pvc.name_any())
-                        })
-                    })
+                    && crate::context::mounted_claims(p).contains(&pvc.name_any().as_str())
             });
             if mounted {
                 return Ok(Action::requeue(Duration::from_secs(5)));

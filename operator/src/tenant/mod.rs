@@ -39,7 +39,8 @@ fn api_key_secrets(ctx: &Context, ns: &str) -> Vec<String> {
 }
 
 async fn reconcile(tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<Action> {
-    controller::on_workers(async move {
+    let store = ctx.caches.tenants.clone();
+    controller::on_workers(CONTROLLER, tenant, ctx, &store, |tenant, ctx| async move {
         controller::reconcile(&ctx, CONTROLLER, &*tenant, reconcile_inner(&tenant, &ctx)).await
     })
     .await
