@@ -405,8 +405,8 @@ pub fn find_cluster<K: Resource<DynamicType = ()> + Clone>(
 }
 
 /// The operator's Event recorder.
-pub fn recorder(client: &Client, identity: &str, clock: Arc<dyn Clock>) -> Recorder {
-    Recorder::new(client.clone(), "alcove-operator", identity, clock)
+pub fn recorder(client: &Client, identity: &str) -> Recorder {
+    Recorder::new(client.clone(), "alcove-operator", identity)
 }
 
 /// Publishes an Event about `obj` with `recorder` (`Context::event` where there is no Context).
@@ -453,7 +453,7 @@ impl Context {
         identity: &str,
         billing: Arc<crate::billing::runtime::Billing>,
     ) -> Context {
-        let recorder = recorder(&client, identity, clock.clone());
+        let recorder = recorder(&client, identity);
         Context {
             writes: caches.writes.clone(),
             backoff: Default::default(),

@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 /// object (it still never reconciles one object twice at once), and `on_workers` bounds how many
 /// run, fairly between tenants (`fair`). An admitted reconcile waiting for its slot holds only
 /// its object's key: what the reconcile builds is made once it has one.
-pub fn bounded() -> kube::runtime::controller::Config {
+pub fn runtime_config() -> kube::runtime::controller::Config {
     kube::runtime::controller::Config::default()
 }
 
@@ -39,8 +39,7 @@ where
     F: FnOnce(Arc<K>, Arc<Context>) -> Fut + Send + 'static,
     Fut: Future<Output = Result<Action>> + Send + 'static,
 {
-    // Only the key waits: an old version's `Arc` held by each of 10,000 waiting reconciles
-    // cost 23 MiB.
+    // Only the key waits: the object's `Arc` would keep this version alive for as long.
     let (tenant, key) = (crate::shard::tenant_of(&*obj), ObjectRef::from_obj(&*obj));
     drop(obj);
     let slot = ctx.slots.take(controller, &tenant).await;

@@ -3,12 +3,13 @@
 //! minutes and scans all of them under one lock on each publish: while 10,000 instances turned
 //! Ready it held 24 MiB of the operator's peak and serialised every reconcile that published.
 //! This one remembers at most `REMEMBERED` Events, each for `SERIES_WINDOW` from when it was
-//! first published.
+//! first published. Events are stamped with the wall clock, as kube-runtime's are, not the
+//! injected one: a test's clock stands still between jumps, and Events must keep their order
+//! and unique names.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
-use alcove_clock::Clock;
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::events::v1::{Event as K8sEvent, EventSeries};
@@ -73,17 +74,15 @@ pub struct Recorder {
     client: Client,
     controller: String,
     instance: String,
-    clock: Arc<dyn Clock>,
     recent: Arc<Mutex<Recent>>,
 }
 
 impl Recorder {
-    pub fn new(client: Client, controller: &str, instance: &str, clock: Arc<dyn Clock>) -> Self {
+    pub fn new(client: Client, controller: &str, instance: &str) -> Self {
         Recorder {
             client,
             controller: controller.into(),
             instance: instance.into(),
-            clock,
             recent: Default::default(),
         }
     }
@@ -97,7 +96,7 @@ impl Recorder {
         action: &str,
         note: String,
     ) -> Result<(), kube::Error> {
-        let now = self.clock.now();
+        let now = Timestamp::now();
         let namespace = regarding.namespace.clone().unwrap_or_else(|| "default".into());
         let key = Key {
             warning,

@@ -140,7 +140,7 @@ pub async fn run_operator(args: OperatorArgs) -> anyhow::Result<()> {
         namespace: config.namespace.clone(),
         clock: clock.clone(),
         metrics: metrics.clone(),
-        recorder: context::recorder(&client, &identity, clock.clone()),
+        recorder: context::recorder(&client, &identity),
     });
     let state = http::HttpState { metrics: metrics.clone(), ready: ready.clone() };
     let (addr, http_task) =

@@ -781,7 +781,7 @@ where
     };
     tokio::spawn(count_phases(ctx.clone()));
     Controller::for_stream(h.instances.subscribe(), ctx.caches.instances.clone())
-        .with_config(crate::controller::bounded())
+        .with_config(crate::controller::runtime_config())
         .watches_stream(h.pods.subscribe(), by_label)
         .watches_stream(h.services.subscribe(), by_label)
         .watches_stream(h.secrets.subscribe(), by_label)

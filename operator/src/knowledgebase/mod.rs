@@ -497,7 +497,7 @@ where
             .collect::<Vec<_>>()
     };
     Controller::for_stream(h.knowledge_bases.subscribe(), ctx.caches.knowledge_bases.clone())
-        .with_config(crate::controller::bounded())
+        .with_config(crate::controller::runtime_config())
         .watches_stream(h.jobs.subscribe(), by_label)
         .watches_stream(h.pods.subscribe(), by_label)
         .watches_stream(h.pvcs.subscribe(), by_label)

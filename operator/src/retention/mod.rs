@@ -291,7 +291,7 @@ where
         },
     );
     Controller::for_stream(h.pvcs.subscribe(), ctx.caches.pvcs.clone())
-        .with_config(crate::controller::bounded())
+        .with_config(crate::controller::runtime_config())
         .watches_stream(
             h.tenants.subscribe().predicate_filter(predicates::generation, Default::default()),
             of_tenant,

@@ -525,7 +525,7 @@ where
     let nudged = tokio_stream::wrappers::BroadcastStream::new(ctx.tenant_nudges.subscribe())
         .filter_map(|r| futures::future::ready(r.ok().map(|t| ObjectRef::new(&t))));
     Controller::for_stream(h.tenants.subscribe(), ctx.caches.tenants.clone())
-        .with_config(crate::controller::bounded())
+        .with_config(crate::controller::runtime_config())
         .watches_stream(h.namespaces.subscribe(), by_label)
         .watches_stream(h.quotas.subscribe(), by_label)
         .watches_stream(h.limit_ranges.subscribe(), by_label)
