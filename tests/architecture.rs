@@ -35,7 +35,7 @@ const OPERATOR: &[Layer] = &[
         ],
     ),
     (
-        "writes, caches and clients: apply, status, context, Events, controller scaffolding and its fair slots, leader and shard Leases, Stripe, ledger",
+        "writes, caches and clients: apply, status, context, Events, controller scaffolding, leader and shard Leases, Stripe, ledger",
         true,
         &[
             "apply",
@@ -43,7 +43,6 @@ const OPERATOR: &[Layer] = &[
             "context",
             "events",
             "controller",
-            "fair",
             "leader",
             "shard",
             "billing::stripe",

@@ -439,8 +439,6 @@ pub struct Context {
     pub billing: Arc<crate::billing::runtime::Billing>,
     /// The tenants this replica reconciles (all of them unless sharded).
     pub shards: Arc<crate::shard::Shards>,
-    /// How many reconciles each controller runs at once, shared fairly between tenants.
-    pub slots: Arc<crate::fair::Slots>,
 }
 
 impl Context {
@@ -466,7 +464,6 @@ impl Context {
             tenant_nudges: tokio::sync::broadcast::channel(1024).0,
             billing,
             shards: Arc::new(crate::shard::Shards::unsharded()),
-            slots: crate::fair::Slots::new(crate::fair::CONCURRENCY),
         }
     }
 

@@ -2,56 +2,35 @@
 //! exponential backoff with jitter, per object), and the finalizer helpers.
 
 use std::future::Future;
-use std::sync::Arc;
 use std::time::Instant;
 
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
 
 use crate::context::{Context, key};
 use crate::error::{Error, Result};
 
-/// The runtime configuration every controller runs with: kube-runtime admits every triggered
-/// object (it still never reconciles one object twice at once), and `on_workers` bounds how many
-/// run, fairly between tenants (`fair`). An admitted reconcile waiting for its slot holds only
-/// its object's key: what the reconcile builds is made once it has one.
-pub fn runtime_config() -> kube::runtime::controller::Config {
-    kube::runtime::controller::Config::default()
+/// How many reconciles one controller runs at once. Unbounded, a burst (10,000 instances created
+/// together) started thousands at once, each holding its objects, its builders' output and a
+/// connection: the operator's memory peaked at 800 MiB. A few dozen keep the API server busy;
+/// a controller never reconciles one object twice at once either way.
+pub const CONCURRENCY: u16 = 32;
+
+/// The runtime configuration every controller runs with.
+pub fn bounded() -> kube::runtime::controller::Config {
+    kube::runtime::controller::Config::default().concurrency(CONCURRENCY)
 }
 
-/// Runs `run` on the object once `controller` has a slot for its tenant (`fair::Slots`), on the
-/// runtime's worker threads. kube-runtime polls a controller's reconciles inside the
-/// controller's own future, which the operator drives from its main thread: every reconcile of
-/// every controller shared that one thread, and under load the operator used a fraction of one
-/// core while its queues grew. The object is read again from `store` once the slot is taken (the
-/// wait can be long): one deleted meanwhile is not reconciled.
-pub async fn on_workers<K, F, Fut>(
-    controller: &'static str,
-    obj: Arc<K>,
-    ctx: Arc<Context>,
-    store: &Store<K>,
-    run: F,
-) -> Result<Action>
+/// Runs a reconcile on the runtime's worker threads. kube-runtime polls a controller's reconciles
+/// inside the controller's own future, which the operator drives from its main thread: every
+/// reconcile of every controller shared that one thread, and under load the operator used a
+/// fraction of one core while its queues grew.
+pub async fn on_workers<F>(reconcile: F) -> Result<Action>
 where
-    K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
-    F: FnOnce(Arc<K>, Arc<Context>) -> Fut + Send + 'static,
-    Fut: Future<Output = Result<Action>> + Send + 'static,
+    F: Future<Output = Result<Action>> + Send + 'static,
 {
-    // Only the key waits: the object's `Arc` would keep this version alive for as long.
-    let (tenant, key) = (crate::shard::tenant_of(&*obj), ObjectRef::from_obj(&*obj));
-    drop(obj);
-    let slot = ctx.slots.take(controller, &tenant).await;
-    let Some(obj) = store.get(&key) else {
-        return Ok(Action::await_change());
-    };
-    match tokio::spawn(async move {
-        let _slot = slot;
-        run(obj, ctx).await
-    })
-    .await
-    {
+    match tokio::spawn(reconcile).await {
         Ok(done) => done,
         Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
         Err(e) => Err(Error::Other(format!("reconcile cancelled: {e}"))),

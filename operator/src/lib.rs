@@ -12,7 +12,6 @@ pub mod context;
 pub mod controller;
 pub mod error;
 pub mod events;
-pub mod fair;
 pub mod hash;
 pub mod http;
 pub mod instance;

@@ -52,8 +52,7 @@ async fn release_cache_if_unused(
 }
 
 async fn reconcile(i: Arc<InferenceInstance>, ctx: Arc<Context>) -> Result<Action> {
-    let store = ctx.caches.instances.clone();
-    controller::on_workers(CONTROLLER, i, ctx, &store, |i, ctx| async move {
+    controller::on_workers(async move {
         controller::reconcile(&ctx, CONTROLLER, &*i, async {
             if i.metadata.deletion_timestamp.is_some() {
                 destroy(&i, &ctx).await
@@ -781,7 +780,7 @@ where
     };
     tokio::spawn(count_phases(ctx.clone()));
     Controller::for_stream(h.instances.subscribe(), ctx.caches.instances.clone())
-        .with_config(crate::controller::runtime_config())
+        .with_config(crate::controller::bounded())
         .watches_stream(h.pods.subscribe(), by_label)
         .watches_stream(h.services.subscribe(), by_label)
         .watches_stream(h.secrets.subscribe(), by_label)

@@ -29,8 +29,7 @@ const CONTROLLER: &str = "knowledgebase";
 const JOB_NAME_LABEL: &str = "batch.kubernetes.io/job-name";
 
 async fn reconcile(kb: Arc<KnowledgeBase>, ctx: Arc<Context>) -> Result<Action> {
-    let store = ctx.caches.knowledge_bases.clone();
-    controller::on_workers(CONTROLLER, kb, ctx, &store, |kb, ctx| async move {
+    controller::on_workers(async move {
         controller::reconcile(&ctx, CONTROLLER, &*kb, async {
             if kb.metadata.deletion_timestamp.is_some() {
                 destroy(&kb, &ctx).await
@@ -497,7 +496,7 @@ where
             .collect::<Vec<_>>()
     };
     Controller::for_stream(h.knowledge_bases.subscribe(), ctx.caches.knowledge_bases.clone())
-        .with_config(crate::controller::runtime_config())
+        .with_config(crate::controller::bounded())
         .watches_stream(h.jobs.subscribe(), by_label)
         .watches_stream(h.pods.subscribe(), by_label)
         .watches_stream(h.pvcs.subscribe(), by_label)

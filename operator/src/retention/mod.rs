@@ -203,8 +203,7 @@ pub async fn erase_volume(ctx: &Context, pvc: &PersistentVolumeClaim) -> Result<
 }
 
 async fn reconcile(pvc: Arc<PersistentVolumeClaim>, ctx: Arc<Context>) -> Result<Action> {
-    let store = ctx.caches.pvcs.clone();
-    controller::on_workers(CONTROLLER, pvc, ctx, &store, |pvc, ctx| async move {
+    controller::on_workers(async move {
         controller::reconcile(&ctx, CONTROLLER, &*pvc, reconcile_inner(&pvc, &ctx)).await
     })
     .await
@@ -291,7 +290,7 @@ where
         },
     );
     Controller::for_stream(h.pvcs.subscribe(), ctx.caches.pvcs.clone())
-        .with_config(crate::controller::runtime_config())
+        .with_config(crate::controller::bounded())
         .watches_stream(
             h.tenants.subscribe().predicate_filter(predicates::generation, Default::default()),
             of_tenant,

@@ -39,8 +39,7 @@ fn api_key_secrets(ctx: &Context, ns: &str) -> Vec<String> {
 }
 
 async fn reconcile(tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<Action> {
-    let store = ctx.caches.tenants.clone();
-    controller::on_workers(CONTROLLER, tenant, ctx, &store, |tenant, ctx| async move {
+    controller::on_workers(async move {
         controller::reconcile(&ctx, CONTROLLER, &*tenant, reconcile_inner(&tenant, &ctx)).await
     })
     .await
@@ -525,7 +524,7 @@ where
     let nudged = tokio_stream::wrappers::BroadcastStream::new(ctx.tenant_nudges.subscribe())
         .filter_map(|r| futures::future::ready(r.ok().map(|t| ObjectRef::new(&t))));
     Controller::for_stream(h.tenants.subscribe(), ctx.caches.tenants.clone())
-        .with_config(crate::controller::runtime_config())
+        .with_config(crate::controller::bounded())
         .watches_stream(h.namespaces.subscribe(), by_label)
         .watches_stream(h.quotas.subscribe(), by_label)
         .watches_stream(h.limit_ranges.subscribe(), by_label)
