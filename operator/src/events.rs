@@ -66,6 +66,14 @@ impl Recent {
         self.order.push_back((key, now));
         (event, false)
     }
+
+    /// Forgets `key` after its write failed, so that the next repeat creates the Event afresh
+    /// instead of patching one the API server never stored. Failures are rare; the scan of at
+    /// most `REMEMBERED` keys keeps `order` and `events` in step.
+    fn forget(&mut self, key: &Key) {
+        self.events.remove(key);
+        self.order.retain(|(k, _)| k != key);
+    }
 }
 
 /// Publishes the operator's Events.
@@ -130,16 +138,22 @@ impl Recorder {
             type_: Some(if warning { "Warning" } else { "Normal" }.into()),
             ..Default::default()
         };
-        let (event, repeat) =
-            self.recent.lock().unwrap_or_else(|p| p.into_inner()).next(key, now, fresh);
+        let (event, repeat) = self.recent().next(key.clone(), now, fresh);
         let events: Api<K8sEvent> = Api::namespaced(self.client.clone(), &namespace);
-        if repeat {
+        let written = if repeat {
             let name = event.metadata.name.clone().unwrap_or_default();
-            events.patch(&name, &PatchParams::default(), &Patch::Merge(&event)).await?;
+            events.patch(&name, &PatchParams::default(), &Patch::Merge(&event)).await.map(drop)
         } else {
-            events.create(&PostParams::default(), &event).await?;
+            events.create(&PostParams::default(), &event).await.map(drop)
+        };
+        if written.is_err() {
+            self.recent().forget(&key);
         }
-        Ok(())
+        written
+    }
+
+    fn recent(&self) -> std::sync::MutexGuard<'_, Recent> {
+        self.recent.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -183,6 +197,20 @@ mod tests {
         let later = t0 + SERIES_WINDOW + SignedDuration::from_secs(1);
         let (late, repeat) = recent.next(key("a"), later, named("e5"));
         assert!(!repeat && late.metadata.name.as_deref() == Some("e5"), "past the window: new");
+    }
+
+    #[test]
+    fn a_forgotten_event_starts_afresh_and_leaves_no_stale_order() {
+        let mut recent = Recent::default();
+        let t0: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        recent.next(key("a"), t0, named("e1"));
+        recent.next(key("b"), t0, named("e2"));
+        recent.forget(&key("a"));
+        let (again, repeat) = recent.next(key("a"), t0, named("e3"));
+        assert!(!repeat, "a failed create is not patched later");
+        assert_eq!(again.metadata.name.as_deref(), Some("e3"));
+        assert_eq!(recent.order.len(), 2, "one entry per remembered Event");
+        assert_eq!(recent.events.len(), 2);
     }
 
     #[test]
