@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde_json::{Value, json};
 
 use crate::error::{ApiError, Qualified};
-use crate::meta;
+use crate::meta::{self, At};
 use crate::quantity::Quantity;
 use crate::resources::{GroupResource, ResourceInfo};
 use crate::state::State;
@@ -28,7 +28,7 @@ pub fn namespace_lifecycle(
         }
         Some(ns)
             if meta::is_deleting(&ns)
-                || ns.pointer("/status/phase").and_then(Value::as_str) == Some("Terminating") =>
+                || ns.at("/status/phase").and_then(Value::as_str) == Some("Terminating") =>
         {
             let mut e = ApiError::forbidden(
                 format!(
@@ -53,7 +53,7 @@ pub fn namespace_lifecycle(
 pub fn limit_ranges(st: &State, namespace: &str, pod: &mut Value) -> Result<(), String> {
     let ranges = st.list(&GroupResource::core("limitranges"), Some(namespace));
     for lr in &ranges {
-        for limit in lr.pointer("/spec/limits").and_then(Value::as_array).into_iter().flatten() {
+        for limit in lr.at("/spec/limits").and_then(Value::as_array).into_iter().flatten() {
             if limit["type"] != "Container" {
                 continue;
             }
@@ -158,7 +158,7 @@ pub fn resource_quota(st: &State, info: &ResourceInfo, obj: &Value) -> Result<()
         )
     };
     for quota in st.list(&GroupResource::core("resourcequotas"), Some(namespace)) {
-        let Some(hard) = quota.pointer("/spec/hard").and_then(Value::as_object) else { continue };
+        let Some(hard) = quota.at("/spec/hard").and_then(Value::as_object) else { continue };
         let qname = meta::name(&quota);
         // A pod must say how much it uses of every compute resource the quota limits.
         if gr.resource == "pods" && gr.group.is_empty() {
@@ -180,7 +180,7 @@ pub fn resource_quota(st: &State, info: &ResourceInfo, obj: &Value) -> Result<()
             if !missing.is_empty() {
                 missing.sort();
                 let containers: Vec<&str> = obj
-                    .pointer("/spec/containers")
+                    .at("/spec/containers")
                     .and_then(Value::as_array)
                     .into_iter()
                     .flatten()
@@ -258,7 +258,7 @@ pub fn pod_security_violations(level: &str, spec: &Value) -> Vec<String> {
         let bad: Vec<String> = cs
             .iter()
             .filter(|c| {
-                c.pointer("/securityContext/allowPrivilegeEscalation") != Some(&Value::Bool(false))
+                c.at("/securityContext/allowPrivilegeEscalation") != Some(&Value::Bool(false))
             })
             .map(|c| cname(c))
             .collect();
@@ -294,7 +294,7 @@ pub fn pod_security_violations(level: &str, spec: &Value) -> Vec<String> {
     let mut bad_caps: Vec<String> = Vec::new();
     for c in &cs {
         for cap in c
-            .pointer("/securityContext/capabilities/add")
+            .at("/securityContext/capabilities/add")
             .and_then(Value::as_array)
             .into_iter()
             .flatten()
@@ -328,7 +328,7 @@ pub fn pod_security_violations(level: &str, spec: &Value) -> Vec<String> {
         let mut adding = Vec::new();
         let mut forbidden_caps: Vec<String> = Vec::new();
         for c in &cs {
-            let caps = c.pointer("/securityContext/capabilities");
+            let caps = c.at("/securityContext/capabilities");
             let drops = caps
                 .and_then(|x| x["drop"].as_array())
                 .is_some_and(|d| d.iter().any(|x| x == "ALL"));
@@ -429,7 +429,7 @@ pub fn pod_security_violations(level: &str, spec: &Value) -> Vec<String> {
     }
     let privileged: Vec<String> = cs
         .iter()
-        .filter(|c| c.pointer("/securityContext/privileged") == Some(&Value::Bool(true)))
+        .filter(|c| c.at("/securityContext/privileged") == Some(&Value::Bool(true)))
         .map(|c| cname(c))
         .collect();
     if !privileged.is_empty() {
@@ -490,7 +490,7 @@ pub fn pod_security_violations(level: &str, spec: &Value) -> Vec<String> {
         let mut explicit = Vec::new();
         let mut implicit = Vec::new();
         for c in &cs {
-            match c.pointer("/securityContext/runAsNonRoot") {
+            match c.at("/securityContext/runAsNonRoot") {
                 Some(Value::Bool(false)) => explicit.push(cname(c)),
                 Some(Value::Bool(true)) => {}
                 _ => {
@@ -534,7 +534,7 @@ pub fn pod_security_violations(level: &str, spec: &Value) -> Vec<String> {
         }
         let rc: Vec<String> = cs
             .iter()
-            .filter(|c| c.pointer("/securityContext/runAsUser") == Some(&json!(0)))
+            .filter(|c| c.at("/securityContext/runAsUser") == Some(&json!(0)))
             .map(|c| cname(c))
             .collect();
         if !rc.is_empty() {
@@ -554,7 +554,7 @@ pub fn pod_security_violations(level: &str, spec: &Value) -> Vec<String> {
     }
     // seccomp: baseline forbids Unconfined; restricted requires RuntimeDefault or Localhost.
     let valid = |t: &Value| matches!(t.as_str(), Some("RuntimeDefault" | "Localhost"));
-    let pod_type = psc.pointer("/seccompProfile/type");
+    let pod_type = psc.at("/seccompProfile/type");
     if restricted {
         let mut setters = Vec::new();
         let mut bad_values: Vec<String> = Vec::new();
@@ -566,7 +566,7 @@ pub fn pod_security_violations(level: &str, spec: &Value) -> Vec<String> {
         let mut explicit = Vec::new();
         let mut implicit = Vec::new();
         for c in &cs {
-            match c.pointer("/securityContext/seccompProfile/type") {
+            match c.at("/securityContext/seccompProfile/type") {
                 Some(t) if !valid(t) => {
                     explicit.push(cname(c));
                     let s = t.as_str().unwrap_or_default().to_string();
@@ -618,9 +618,7 @@ pub fn pod_security_violations(level: &str, spec: &Value) -> Vec<String> {
         }
         let bad: Vec<String> = cs
             .iter()
-            .filter(|c| {
-                c.pointer("/securityContext/seccompProfile/type") == Some(&json!("Unconfined"))
-            })
+            .filter(|c| c.at("/securityContext/seccompProfile/type") == Some(&json!("Unconfined")))
             .map(|c| cname(c))
             .collect();
         if !bad.is_empty() {
@@ -662,7 +660,7 @@ pub fn pod_template_spec<'a>(group: &str, kind: &str, obj: &'a Value) -> Option<
     match (group, kind) {
         ("", "Pod") => obj.get("spec"),
         ("apps", "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet") | ("batch", "Job") => {
-            obj.pointer("/spec/template/spec")
+            obj.at("/spec/template/spec")
         }
         _ => None,
     }

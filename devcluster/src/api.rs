@@ -2,6 +2,7 @@
 //! update, patch (merge, JSON, strategic, apply), delete with finalizers, grace periods and
 //! propagation policies — the behaviour of kube-apiserver's generic registry and strategies.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use serde_json::{Value, json};
@@ -11,7 +12,7 @@ use crate::builtin;
 use crate::error::{ApiError, FieldError, Qualified};
 use crate::events;
 use crate::fieldmanager::{self, Ownership, Scope};
-use crate::meta;
+use crate::meta::{self, At};
 use crate::patch;
 use crate::resources::{self, GroupResource, ResourceInfo};
 use crate::state::State;
@@ -134,9 +135,10 @@ fn is_core_events_view(info: &ResourceInfo) -> bool {
     info.storage.is_some() && info.group == "events.k8s.io"
 }
 
-/// Converts a stored object into the shape `info` serves (only events differ).
-pub fn present(info: &ResourceInfo, obj: &Value) -> Value {
-    if is_core_events_view(info) { events::from_core(obj) } else { obj.clone() }
+/// Converts a stored object into the shape `info` serves (only events differ; the others are
+/// borrowed, as every watcher renders every change).
+pub fn present<'a>(info: &ResourceInfo, obj: &'a Value) -> Cow<'a, Value> {
+    if is_core_events_view(info) { Cow::Owned(events::from_core(obj)) } else { Cow::Borrowed(obj) }
 }
 
 fn to_storage(info: &ResourceInfo, obj: Value) -> Value {
@@ -268,7 +270,7 @@ fn validate(
     match &info.crd {
         Some(crd) => {
             let name = meta::name(obj);
-            if name.is_empty() && obj.pointer("/metadata/generateName").is_none() {
+            if name.is_empty() && obj.at("/metadata/generateName").is_none() {
                 errors.push(FieldError::required(
                     "metadata.name",
                     "name or generateName is required",
@@ -359,7 +361,7 @@ fn reset_for_subresource(
             }
         }
         // Metadata changes are dropped, except managedFields, which record this write's owner.
-        meta::set_meta(&mut out, "managedFields", new.pointer("/metadata/managedFields").cloned());
+        meta::set_meta(&mut out, "managedFields", new.at("/metadata/managedFields").cloned());
         out
     } else if info.has_status() && info.kind != "Node" {
         let mut out = new;
@@ -399,7 +401,7 @@ fn crd_status(crd: &Value) -> Value {
 /// Registers (or re-registers) the resources a CRD serves.
 fn register_crd(st: &mut State, crd: &Value) {
     let group = crd["spec"]["group"].as_str().unwrap_or_default();
-    let plural = crd.pointer("/spec/names/plural").and_then(Value::as_str).unwrap_or_default();
+    let plural = crd.at("/spec/names/plural").and_then(Value::as_str).unwrap_or_default();
     st.registry.remove_group_resource(&GroupResource::new(group, plural));
     for info in resources::infos_from_crd(crd) {
         st.registry.insert(info);
@@ -483,7 +485,7 @@ fn create_inner(
     }
     if meta::name(&obj).is_empty()
         && let Some(prefix) =
-            obj.pointer("/metadata/generateName").and_then(Value::as_str).map(str::to_string)
+            obj.at("/metadata/generateName").and_then(Value::as_str).map(str::to_string)
     {
         meta::set_meta(
             &mut obj,
@@ -491,7 +493,7 @@ fn create_inner(
             Some(format!("{prefix}{}", meta::random_suffix(5)).into()),
         );
     }
-    let precomputed_managed = obj.pointer("/metadata/managedFields").cloned();
+    let precomputed_managed = obj.at("/metadata/managedFields").cloned();
     let mut obj = decode(info, to_storage(info, obj), opts.validation, &mut warnings, true)?;
     let name = meta::name(&obj).to_string();
     {
@@ -607,7 +609,7 @@ fn update_inner(
     if !rv_in_request.is_empty() && rv_in_request != meta::resource_version(&old) {
         return Err(ApiError::modified(qualified(info), &name));
     }
-    let client_managed = new.pointer("/metadata/managedFields").cloned();
+    let client_managed = new.at("/metadata/managedFields").cloned();
     let mut new = decode(info, new, opts.validation, &mut warnings, true)?;
     keep_system_metadata(&old, &mut new);
     let mut new = reset_for_subresource(info, &old, new, status_write);
@@ -626,13 +628,8 @@ fn update_inner(
     let finalized = meta::is_deleting(&new)
         && meta::finalizers(&new).is_empty()
         && !(info.kind == "Namespace"
-            && new
-                .pointer("/spec/finalizers")
-                .and_then(Value::as_array)
-                .is_some_and(|f| !f.is_empty()))
-        && !(info.kind == "Pod"
-            && new.pointer("/spec/nodeName").is_some()
-            && !pod_terminated(&new));
+            && new.at("/spec/finalizers").and_then(Value::as_array).is_some_and(|f| !f.is_empty()))
+        && !(info.kind == "Pod" && new.at("/spec/nodeName").is_some() && !pod_terminated(&new));
     let now = meta::now_rfc3339();
     match managed {
         Managed::Update => {
@@ -647,7 +644,7 @@ fn update_inner(
                     meta::set_meta(
                         &mut new,
                         "managedFields",
-                        old.pointer("/metadata/managedFields").cloned(),
+                        old.at("/metadata/managedFields").cloned(),
                     );
                     fieldmanager::update_managed(
                         Some(&old),
@@ -670,7 +667,7 @@ fn update_inner(
             .unwrap_or_else(|| Arc::new(new.clone()));
         return Ok(Written { object: gone, warnings, created: false });
     }
-    meta::set_meta(&mut new, "resourceVersion", old.pointer("/metadata/resourceVersion").cloned());
+    meta::set_meta(&mut new, "resourceVersion", old.at("/metadata/resourceVersion").cloned());
     if new == *old {
         return Ok(Written { object: old, warnings, created: false });
     }
@@ -679,7 +676,7 @@ fn update_inner(
 }
 
 fn pod_terminated(pod: &Value) -> bool {
-    matches!(pod.pointer("/status/phase").and_then(Value::as_str), Some("Succeeded" | "Failed"))
+    matches!(pod.at("/status/phase").and_then(Value::as_str), Some("Succeeded" | "Failed"))
 }
 
 pub fn update(
@@ -767,11 +764,11 @@ pub fn patch(
     check_type(info, &mut patched)?;
     let mut patched = to_storage(info, patched);
     // A patch that leaves resourceVersion alone is unconditional.
-    if body.pointer("/metadata/resourceVersion").is_none() {
+    if body.at("/metadata/resourceVersion").is_none() {
         meta::set_meta(
             &mut patched,
             "resourceVersion",
-            old.pointer("/metadata/resourceVersion").cloned(),
+            old.at("/metadata/resourceVersion").cloned(),
         );
     }
     if meta::name(&patched) != name {
@@ -806,7 +803,7 @@ fn apply(
         return Err(ApiError::bad_request("apiVersion and kind must be set in an apply patch"));
     }
     check_type(info, &mut config)?;
-    if config.pointer("/metadata/managedFields").is_some() {
+    if config.at("/metadata/managedFields").is_some() {
         return Err(ApiError::bad_request("metadata.managedFields must be nil"));
     }
     let body_name = meta::name(&config);
@@ -838,7 +835,7 @@ fn apply(
             Ok(w)
         }
         Some(old) => {
-            if let Some(rv) = config.pointer("/metadata/resourceVersion").and_then(Value::as_str)
+            if let Some(rv) = config.at("/metadata/resourceVersion").and_then(Value::as_str)
                 && rv != meta::resource_version(&old)
             {
                 return Err(ApiError::modified(qualified(info), name));
@@ -848,7 +845,7 @@ fn apply(
             meta::set_meta(
                 &mut new,
                 "resourceVersion",
-                old.pointer("/metadata/resourceVersion").cloned(),
+                old.at("/metadata/resourceVersion").cloned(),
             );
             update_inner(st, info, old, new, opts, status_write, Managed::Precomputed, warnings)
         }
@@ -892,11 +889,8 @@ pub fn delete(
     if info.kind == "CustomResourceDefinition" && !opts.dry_run {
         // Deleting a CRD deletes every custom resource it served.
         let group = old["spec"]["group"].as_str().unwrap_or_default().to_string();
-        let plural = old
-            .pointer("/spec/names/plural")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string();
+        let plural =
+            old.at("/spec/names/plural").and_then(Value::as_str).unwrap_or_default().to_string();
         let crgr = GroupResource::new(&group, &plural);
         st.drop_collection(&crgr);
         st.registry.remove_group_resource(&crgr);
@@ -932,15 +926,15 @@ pub fn delete(
     let grace = if is_pod {
         let g = opts
             .grace_period
-            .or_else(|| obj.pointer("/spec/terminationGracePeriodSeconds").and_then(Value::as_i64))
+            .or_else(|| obj.at("/spec/terminationGracePeriodSeconds").and_then(Value::as_i64))
             .unwrap_or(30);
         // Unscheduled or finished pods have nothing to stop.
-        if obj.pointer("/spec/nodeName").is_none() || pod_terminated(&obj) { 0 } else { g.max(0) }
+        if obj.at("/spec/nodeName").is_none() || pod_terminated(&obj) { 0 } else { g.max(0) }
     } else {
         0
     };
     let namespace_pending = info.kind == "Namespace"
-        && obj.pointer("/spec/finalizers").and_then(Value::as_array).is_some_and(|f| !f.is_empty());
+        && obj.at("/spec/finalizers").and_then(Value::as_array).is_some_and(|f| !f.is_empty());
     if finalizers.is_empty() && grace == 0 && !namespace_pending {
         if opts.dry_run {
             return Ok(Deleted::Gone(old));
@@ -965,10 +959,8 @@ pub fn delete(
         }
     } else if is_pod {
         // A shorter grace period on a second delete takes effect.
-        let current = obj
-            .pointer("/metadata/deletionGracePeriodSeconds")
-            .and_then(Value::as_i64)
-            .unwrap_or(grace);
+        let current =
+            obj.at("/metadata/deletionGracePeriodSeconds").and_then(Value::as_i64).unwrap_or(grace);
         if grace < current {
             let at = jiff::Timestamp::now()
                 .checked_add(jiff::SignedDuration::from_secs(grace))
@@ -1035,10 +1027,10 @@ pub fn system_delete(
 /// A new Service gets a free cluster IP unless it names one, is headless (`None`) or is an
 /// ExternalName, as kube-apiserver's allocator does; a named one must be free.
 fn assign_cluster_ip(st: &State, obj: &mut Value) -> Result<(), ApiError> {
-    if obj.pointer("/spec/type").and_then(Value::as_str) == Some("ExternalName") {
+    if obj.at("/spec/type").and_then(Value::as_str) == Some("ExternalName") {
         return Ok(());
     }
-    let ip = match obj.pointer("/spec/clusterIP").and_then(Value::as_str) {
+    let ip = match obj.at("/spec/clusterIP").and_then(Value::as_str) {
         Some("None") => return Ok(()),
         Some(ip) if !ip.is_empty() => {
             if st.cluster_ip_taken(ip) {

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use crate::admission;
 use crate::api::{self, DeleteOpts};
-use crate::meta;
+use crate::meta::{self, At};
 use crate::resources::GroupResource;
 use crate::selectors::LabelSelector;
 use crate::state::{Event, EventType, ObjectRef, State};
@@ -33,13 +33,13 @@ fn controlled_by(obj: &Value, owner_uid: &str) -> bool {
 }
 
 fn pod_ready(pod: &Value) -> bool {
-    pod.pointer("/status/conditions")
+    pod.at("/status/conditions")
         .and_then(Value::as_array)
         .is_some_and(|cs| cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
 }
 
 fn pod_phase(pod: &Value) -> &str {
-    pod.pointer("/status/phase").and_then(Value::as_str).unwrap_or("Pending")
+    pod.at("/status/phase").and_then(Value::as_str).unwrap_or("Pending")
 }
 
 fn set_condition(conds: &mut Vec<Value>, ty: &str, status: &str, reason: &str, message: &str) {
@@ -100,7 +100,7 @@ impl Controllers {
                     // Only services selecting the pod (before or after the change) are affected.
                     for svc in st.list(&GroupResource::core("services"), Some(&ns)) {
                         let Some(sel) = svc
-                            .pointer("/spec/selector")
+                            .at("/spec/selector")
                             .and_then(Value::as_object)
                             .filter(|s| !s.is_empty())
                         else {
@@ -123,11 +123,10 @@ impl Controllers {
                             _ => {}
                         }
                     }
-                    for v in
-                        obj.pointer("/spec/volumes").and_then(Value::as_array).into_iter().flatten()
+                    for v in obj.at("/spec/volumes").and_then(Value::as_array).into_iter().flatten()
                     {
                         if let Some(c) =
-                            v.pointer("/persistentVolumeClaim/claimName").and_then(Value::as_str)
+                            v.at("/persistentVolumeClaim/claimName").and_then(Value::as_str)
                         {
                             claims.insert((ns.clone(), c.to_string()));
                         }
@@ -220,14 +219,13 @@ impl Controllers {
             }
         }
         for job in st.list(&gr("batch", "jobs"), None) {
-            let Some(ttl) = job.pointer("/spec/ttlSecondsAfterFinished").and_then(Value::as_i64)
-            else {
+            let Some(ttl) = job.at("/spec/ttlSecondsAfterFinished").and_then(Value::as_i64) else {
                 continue;
             };
             let Some(done) = job
-                .pointer("/status/completionTime")
+                .at("/status/completionTime")
                 .or_else(|| {
-                    job.pointer("/status/conditions")
+                    job.at("/status/conditions")
                         .and_then(Value::as_array)
                         .and_then(|cs| {
                             cs.iter().find(|c| c["type"] == "Failed" && c["status"] == "True")
@@ -324,9 +322,9 @@ impl Controllers {
             .filter(|p| !matches!(pod_phase(p), "Succeeded" | "Failed") && !meta::is_deleting(p))
             .collect();
         let succeeded = (pods.iter().filter(|p| pod_phase(p) == "Succeeded").count() as i64)
-            .max(job.pointer("/status/succeeded").and_then(Value::as_i64).unwrap_or(0));
+            .max(job.at("/status/succeeded").and_then(Value::as_i64).unwrap_or(0));
         let failed = (pods.iter().filter(|p| pod_phase(p) == "Failed").count() as i64)
-            .max(job.pointer("/status/failed").and_then(Value::as_i64).unwrap_or(0));
+            .max(job.at("/status/failed").and_then(Value::as_i64).unwrap_or(0));
         let ready = active.iter().filter(|p| pod_ready(p)).count() as i64;
         let mut status = job.get("status").cloned().unwrap_or_else(|| json!({}));
         let mut conds: Vec<Value> = status["conditions"].as_array().cloned().unwrap_or_default();
@@ -443,7 +441,7 @@ impl Controllers {
             }
         }
         // Back off after each failure: 10s, 20s, 40s … capped at 6 minutes (kube's job backoff).
-        let prev_failed = job.pointer("/status/failed").and_then(Value::as_i64).unwrap_or(0);
+        let prev_failed = job.at("/status/failed").and_then(Value::as_i64).unwrap_or(0);
         if failed > prev_failed && failed <= backoff_limit {
             let secs = (10u64 << (failed - 1).min(6) as u64).min(360);
             self.job_backoff
@@ -478,10 +476,10 @@ impl Controllers {
         let Some(pvc) = st.get(&claims, ns, name) else {
             // Gone: release the volume it held.
             for pv in st.list(&pvs, None) {
-                if pv.pointer("/spec/claimRef/namespace").and_then(Value::as_str) == Some(ns)
-                    && pv.pointer("/spec/claimRef/name").and_then(Value::as_str) == Some(name)
+                if pv.at("/spec/claimRef/namespace").and_then(Value::as_str) == Some(ns)
+                    && pv.at("/spec/claimRef/name").and_then(Value::as_str) == Some(name)
                     && st.get(&claims, ns, name).is_none()
-                    && pv.pointer("/status/phase").and_then(Value::as_str) == Some("Bound")
+                    && pv.at("/status/phase").and_then(Value::as_str) == Some("Bound")
                 {
                     let mut p = (*pv).clone();
                     p["status"] = json!({"phase": "Released", "lastPhaseTransitionTime": meta::now_rfc3339()});
@@ -494,14 +492,12 @@ impl Controllers {
             // pvc-protection: released once no running pod uses the claim.
             let in_use = st.list(&GroupResource::core("pods"), Some(ns)).iter().any(|p| {
                 !matches!(pod_phase(p), "Succeeded" | "Failed")
-                    && p.pointer("/spec/volumes")
-                        .and_then(Value::as_array)
-                        .into_iter()
-                        .flatten()
-                        .any(|v| {
-                            v.pointer("/persistentVolumeClaim/claimName").and_then(Value::as_str)
+                    && p.at("/spec/volumes").and_then(Value::as_array).into_iter().flatten().any(
+                        |v| {
+                            v.at("/persistentVolumeClaim/claimName").and_then(Value::as_str)
                                 == Some(name)
-                        })
+                        },
+                    )
             });
             if !in_use {
                 let mut c = (*pvc).clone();
@@ -524,23 +520,22 @@ impl Controllers {
             api::system_write(st, &claims, c, false, "pvc-protection-controller");
         }
         let Some(pvc) = st.get(&claims, ns, name) else { return };
-        if pvc.pointer("/status/phase").and_then(Value::as_str) == Some("Bound") {
+        if pvc.at("/status/phase").and_then(Value::as_str) == Some("Bound") {
             return;
         }
         let classes = gr("storage.k8s.io", "storageclasses");
-        let class_name = pvc
-            .pointer("/spec/storageClassName")
-            .and_then(Value::as_str)
-            .map(str::to_string)
-            .or_else(|| {
-                st.list(&classes, None)
-                    .iter()
-                    .find(|c| {
-                        meta::annotation(c, "storageclass.kubernetes.io/is-default-class")
-                            == Some("true")
-                    })
-                    .map(|c| meta::name(c).to_string())
-            });
+        let class_name =
+            pvc.at("/spec/storageClassName").and_then(Value::as_str).map(str::to_string).or_else(
+                || {
+                    st.list(&classes, None)
+                        .iter()
+                        .find(|c| {
+                            meta::annotation(c, "storageclass.kubernetes.io/is-default-class")
+                                == Some("true")
+                        })
+                        .map(|c| meta::name(c).to_string())
+                },
+            );
         let Some(class_name) = class_name else {
             api::record_event(
                 st,
@@ -563,12 +558,10 @@ impl Controllers {
             );
             return;
         };
-        let request = pvc
-            .pointer("/spec/resources/requests/storage")
-            .cloned()
-            .unwrap_or_else(|| json!("1Gi"));
+        let request =
+            pvc.at("/spec/resources/requests/storage").cloned().unwrap_or_else(|| json!("1Gi"));
         let pv_name = pvc
-            .pointer("/spec/volumeName")
+            .at("/spec/volumeName")
             .and_then(Value::as_str)
             .map(str::to_string)
             .unwrap_or_else(|| format!("pvc-{}", meta::uid(&pvc)));
@@ -640,7 +633,7 @@ impl Controllers {
     fn reconcile_volume(&mut self, st: &mut State, name: &str) {
         let pvs = GroupResource::core("persistentvolumes");
         let Some(pv) = st.get(&pvs, "", name) else { return };
-        let phase = pv.pointer("/status/phase").and_then(Value::as_str).unwrap_or_default();
+        let phase = pv.at("/status/phase").and_then(Value::as_str).unwrap_or_default();
         if meta::is_deleting(&pv) {
             if phase != "Bound" {
                 let mut p = (*pv).clone();
@@ -654,12 +647,12 @@ impl Controllers {
             return;
         }
         if phase == "Released"
-            && pv.pointer("/spec/persistentVolumeReclaimPolicy").and_then(Value::as_str)
+            && pv.at("/spec/persistentVolumeReclaimPolicy").and_then(Value::as_str)
                 == Some("Delete")
         {
             if let Some(path) = pv
-                .pointer("/spec/hostPath/path")
-                .or_else(|| pv.pointer("/spec/local/path"))
+                .at("/spec/hostPath/path")
+                .or_else(|| pv.at("/spec/local/path"))
                 .and_then(Value::as_str)
             {
                 let p = PathBuf::from(path);
@@ -820,7 +813,7 @@ fn resolve_target_port(port: &Value, pod: &Value) -> Option<i64> {
     match &port["targetPort"] {
         Value::Number(n) => n.as_i64(),
         Value::String(name) => pod
-            .pointer("/spec/containers")
+            .at("/spec/containers")
             .and_then(Value::as_array)?
             .iter()
             .flat_map(|c| c["ports"].as_array().into_iter().flatten())
@@ -836,7 +829,7 @@ fn reconcile_endpoints(st: &mut State, ns: &str, name: &str) {
     let slices = gr("discovery.k8s.io", "endpointslices");
     let Some(svc) = st.get(&GroupResource::core("services"), ns, name) else { return };
     let Some(selector) =
-        svc.pointer("/spec/selector").and_then(Value::as_object).filter(|s| !s.is_empty())
+        svc.at("/spec/selector").and_then(Value::as_object).filter(|s| !s.is_empty())
     else {
         return;
     };
@@ -846,14 +839,14 @@ fn reconcile_endpoints(st: &mut State, ns: &str, name: &str) {
         .into_iter()
         .filter(|p| {
             sel.matches(p)
-                && p.pointer("/status/podIP").is_some()
+                && p.at("/status/podIP").is_some()
                 && !matches!(pod_phase(p), "Succeeded" | "Failed")
         })
         .collect();
     let ports: Vec<Value> =
-        svc.pointer("/spec/ports").and_then(Value::as_array).cloned().unwrap_or_default();
+        svc.at("/spec/ports").and_then(Value::as_array).cloned().unwrap_or_default();
     let address = |p: &Value| {
-        json!({"ip": p.pointer("/status/podIP").cloned().unwrap_or_default(), "nodeName": p.pointer("/spec/nodeName").cloned().unwrap_or_default(),
+        json!({"ip": p.at("/status/podIP").cloned().unwrap_or_default(), "nodeName": p.at("/spec/nodeName").cloned().unwrap_or_default(),
             "targetRef": {"kind": "Pod", "namespace": ns, "name": meta::name(p), "uid": meta::uid(p)}})
     };
     let ready: Vec<Value> =
@@ -901,8 +894,8 @@ fn reconcile_endpoints(st: &mut State, ns: &str, name: &str) {
         .iter()
         .map(|p| {
             let r = pod_ready(p) && !meta::is_deleting(p);
-            json!({"addresses": [p.pointer("/status/podIP").cloned().unwrap_or_default()], "conditions": {"ready": r, "serving": pod_ready(p), "terminating": meta::is_deleting(p)},
-                "nodeName": p.pointer("/spec/nodeName").cloned().unwrap_or_default(), "targetRef": {"kind": "Pod", "namespace": ns, "name": meta::name(p), "uid": meta::uid(p)}})
+            json!({"addresses": [p.at("/status/podIP").cloned().unwrap_or_default()], "conditions": {"ready": r, "serving": pod_ready(p), "terminating": meta::is_deleting(p)},
+                "nodeName": p.at("/spec/nodeName").cloned().unwrap_or_default(), "targetRef": {"kind": "Pod", "namespace": ns, "name": meta::name(p), "uid": meta::uid(p)}})
         })
         .collect();
     let mut slice = st.get(&slices, ns, &slice_name).map(|e| (*e).clone()).unwrap_or_else(|| {
@@ -975,13 +968,11 @@ fn reconcile_deployment(st: &mut State, ns: &str, name: &str) {
     let uid = meta::uid(&d).to_string();
     let hash = template_hash(&d["spec"]["template"]);
     let rs_name = format!("{name}-{hash}");
-    let replicas = d.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(1);
+    let replicas = d.at("/spec/replicas").and_then(Value::as_i64).unwrap_or(1);
     let owned: Vec<Arc<Value>> =
         st.list(&rss, Some(ns)).into_iter().filter(|r| controlled_by(r, &uid)).collect();
     for r in &owned {
-        if meta::name(r) != rs_name
-            && r.pointer("/spec/replicas").and_then(Value::as_i64) != Some(0)
-        {
+        if meta::name(r) != rs_name && r.at("/spec/replicas").and_then(Value::as_i64) != Some(0) {
             let mut o = (**r).clone();
             o["spec"]["replicas"] = 0.into();
             api::system_write(st, &rss, o, false, "deployment-controller");
@@ -1009,13 +1000,12 @@ fn reconcile_deployment(st: &mut State, ns: &str, name: &str) {
     api::system_write(st, &rss, rs, false, "deployment-controller");
     let owned: Vec<Arc<Value>> =
         st.list(&rss, Some(ns)).into_iter().filter(|r| controlled_by(r, &uid)).collect();
-    let sum = |p: &str| {
-        owned.iter().map(|r| r.pointer(p).and_then(Value::as_i64).unwrap_or(0)).sum::<i64>()
-    };
+    let sum =
+        |p: &str| owned.iter().map(|r| r.at(p).and_then(Value::as_i64).unwrap_or(0)).sum::<i64>();
     let updated = owned
         .iter()
         .find(|r| meta::name(r) == rs_name)
-        .and_then(|r| r.pointer("/status/replicas").and_then(Value::as_i64))
+        .and_then(|r| r.at("/status/replicas").and_then(Value::as_i64))
         .unwrap_or(0);
     let available = sum("/status/availableReplicas");
     let mut status = json!({
@@ -1026,7 +1016,7 @@ fn reconcile_deployment(st: &mut State, ns: &str, name: &str) {
         "availableReplicas": available,
     });
     let mut conds: Vec<Value> =
-        d.pointer("/status/conditions").and_then(Value::as_array).cloned().unwrap_or_default();
+        d.at("/status/conditions").and_then(Value::as_array).cloned().unwrap_or_default();
     if available >= replicas {
         set_condition(
             &mut conds,
@@ -1072,7 +1062,7 @@ fn reconcile_replicaset(st: &mut State, ns: &str, name: &str) {
         return;
     }
     let uid = meta::uid(&rs).to_string();
-    let want = rs.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(1);
+    let want = rs.at("/spec/replicas").and_then(Value::as_i64).unwrap_or(1);
     let pods: Vec<Arc<Value>> = st
         .list(&pods_gr, Some(ns))
         .into_iter()
@@ -1145,7 +1135,7 @@ fn reconcile_replicaset(st: &mut State, ns: &str, name: &str) {
 fn reconcile_quota_status(st: &mut State, ns: &str) {
     let quotas = GroupResource::core("resourcequotas");
     for q in st.list(&quotas, Some(ns)) {
-        let Some(hard) = q.pointer("/spec/hard").and_then(Value::as_object).cloned() else {
+        let Some(hard) = q.at("/spec/hard").and_then(Value::as_object).cloned() else {
             continue;
         };
         let used = admission::quota_used(st, ns, &hard);

@@ -3,6 +3,7 @@
 //! manager stopped applying, conflict detection between managers, and ownership changes on
 //! ordinary updates.
 
+use crate::meta::At;
 use std::collections::BTreeMap;
 
 use serde_json::{Map, Value, json};
@@ -513,7 +514,7 @@ impl ManagedEntry {
 }
 
 pub fn read_managed(obj: &Value) -> Vec<ManagedEntry> {
-    obj.pointer("/metadata/managedFields")
+    obj.at("/metadata/managedFields")
         .and_then(Value::as_array)
         .map(|entries| {
             entries

@@ -21,7 +21,7 @@ use tokio::sync::{Notify, watch};
 
 use crate::api;
 use crate::error::ApiError;
-use crate::meta;
+use crate::meta::{self, At};
 use crate::resources::GroupResource;
 use crate::runtime::{PodHandle, signal_group};
 use crate::shared::{Reply, Shared, async_stream_body};
@@ -47,10 +47,10 @@ type Mounts = HashMap<(String, &'static str, String), HashMap<String, Arc<Notify
 /// The ConfigMaps and Secrets a pod mounts as volumes of their own (what the kubelet refreshes).
 fn volume_sources(pod: &Value) -> Vec<(&'static str, String)> {
     let mut out = Vec::new();
-    for v in pod.pointer("/spec/volumes").and_then(Value::as_array).into_iter().flatten() {
-        if let Some(n) = v.pointer("/configMap/name").and_then(Value::as_str) {
+    for v in pod.at("/spec/volumes").and_then(Value::as_array).into_iter().flatten() {
+        if let Some(n) = v.at("/configMap/name").and_then(Value::as_str) {
             out.push(("configmaps", n.to_string()));
-        } else if let Some(n) = v.pointer("/secret/secretName").and_then(Value::as_str) {
+        } else if let Some(n) = v.at("/secret/secretName").and_then(Value::as_str) {
             out.push(("secrets", n.to_string()));
         }
     }
@@ -145,7 +145,7 @@ pub async fn run(shared: Arc<Shared>) {
 fn consider(shared: &Arc<Shared>, pod: &Arc<Value>) -> Option<Arc<Notify>> {
     let uid = meta::uid(pod).to_string();
     // Not bound yet: the scheduler has not placed it.
-    pod.pointer("/spec/nodeName")?;
+    pod.at("/spec/nodeName")?;
     let running = shared.runtime.lock().contains_key(&uid);
     if meta::is_deleting(pod) {
         if let Some(h) = shared.runtime.lock().get(&uid) {
@@ -164,17 +164,14 @@ fn consider(shared: &Arc<Shared>, pod: &Arc<Value>) -> Option<Arc<Notify>> {
         return None;
     }
     if running
-        || matches!(
-            pod.pointer("/status/phase").and_then(Value::as_str),
-            Some("Succeeded" | "Failed")
-        )
+        || matches!(pod.at("/status/phase").and_then(Value::as_str), Some("Succeeded" | "Failed"))
     {
         return None;
     }
     let (stop_tx, stop_rx) = watch::channel(false);
     let dir = shared.runtime.state_dir.join("pods").join(&uid);
     let mut ports = BTreeMap::new();
-    for c in pod.pointer("/spec/containers").and_then(Value::as_array).into_iter().flatten() {
+    for c in pod.at("/spec/containers").and_then(Value::as_array).into_iter().flatten() {
         for p in c["ports"].as_array().into_iter().flatten() {
             if let Some(cp) = p["containerPort"].as_i64() {
                 ports.entry(cp).or_insert_with(free_port);
@@ -629,8 +626,8 @@ impl PodWorker {
     async fn terminate(&self, running: &mut [Running], pod: &Value) {
         let grace = self
             .current()
-            .and_then(|p| p.pointer("/metadata/deletionGracePeriodSeconds").and_then(Value::as_i64))
-            .or_else(|| pod.pointer("/spec/terminationGracePeriodSeconds").and_then(Value::as_i64))
+            .and_then(|p| p.at("/metadata/deletionGracePeriodSeconds").and_then(Value::as_i64))
+            .or_else(|| pod.at("/spec/terminationGracePeriodSeconds").and_then(Value::as_i64))
             .unwrap_or(30)
             .max(0) as u64;
         let pgids: Vec<i32> =
@@ -734,7 +731,7 @@ impl PodWorker {
         let Some(exe) = self.shared.runtime.image_executable(image) else {
             // Simulated container: "runs" without a process.
             r.child = None;
-            if pod.pointer("/spec/restartPolicy").and_then(Value::as_str) != Some("Always") {
+            if pod.at("/spec/restartPolicy").and_then(Value::as_str) != Some("Always") {
                 r.exit = Some((0, "Completed".into(), meta::now_rfc3339()));
             }
             return Ok(());
@@ -919,10 +916,10 @@ impl PodWorker {
                 let value = if let Some(v) = e["value"].as_str() {
                     expand_vars(v, &so_far)
                 } else if let Some(f) =
-                    e.pointer("/valueFrom/fieldRef/fieldPath").and_then(Value::as_str)
+                    e.at("/valueFrom/fieldRef/fieldPath").and_then(Value::as_str)
                 {
                     field_ref(pod, f)
-                } else if let Some(r) = e.pointer("/valueFrom/configMapKeyRef") {
+                } else if let Some(r) = e.at("/valueFrom/configMapKeyRef") {
                     let (n, k) = (
                         r["name"].as_str().unwrap_or_default(),
                         r["key"].as_str().unwrap_or_default(),
@@ -932,7 +929,7 @@ impl PodWorker {
                         None if r["optional"] == true => continue,
                         None => return Err(format!("couldn't find key {k} in ConfigMap {ns}/{n}")),
                     }
-                } else if let Some(r) = e.pointer("/valueFrom/secretKeyRef") {
+                } else if let Some(r) = e.at("/valueFrom/secretKeyRef") {
                     let (n, k) = (
                         r["name"].as_str().unwrap_or_default(),
                         r["key"].as_str().unwrap_or_default(),
@@ -943,7 +940,7 @@ impl PodWorker {
                         None => return Err(format!("couldn't find key {k} in Secret {ns}/{n}")),
                     }
                 } else if let Some(r) =
-                    e.pointer("/valueFrom/resourceFieldRef/resource").and_then(Value::as_str)
+                    e.at("/valueFrom/resourceFieldRef/resource").and_then(Value::as_str)
                 {
                     let (kind, res) = r.split_once('.').unwrap_or(("limits", r));
                     c["resources"][kind][res]
@@ -968,7 +965,7 @@ impl PodWorker {
         std::fs::create_dir_all(&vol_root).map_err(|e| e.to_string())?;
         let mut dirs: HashMap<String, PathBuf> = HashMap::new();
         let ns = meta::namespace(pod).to_string();
-        for v in pod.pointer("/spec/volumes").and_then(Value::as_array).into_iter().flatten() {
+        for v in pod.at("/spec/volumes").and_then(Value::as_array).into_iter().flatten() {
             let name = v["name"].as_str().unwrap_or_default().to_string();
             let own = vol_root.join(&name);
             let dir = if v.get("emptyDir").is_some() {
@@ -993,7 +990,7 @@ impl PodWorker {
                         write_downward(pod, src, &own)?;
                     } else if let Some(src) = source.get("serviceAccountToken") {
                         let sa = pod
-                            .pointer("/spec/serviceAccountName")
+                            .at("/spec/serviceAccountName")
                             .and_then(Value::as_str)
                             .unwrap_or("default");
                         let token = self.shared.auth.issue_service_account_token(&ns, sa, "");
@@ -1014,19 +1011,19 @@ impl PodWorker {
                         "MountVolume.SetUp failed for volume \"{name}\" : persistentvolumeclaim \"{claim}\" not found"
                     )
                 })?;
-                if pvc.pointer("/status/phase").and_then(Value::as_str) != Some("Bound") {
+                if pvc.at("/status/phase").and_then(Value::as_str) != Some("Bound") {
                     return Err(format!(
                         "MountVolume.SetUp failed for volume \"{name}\" : persistentvolumeclaim \"{claim}\" is not bound"
                     ));
                 }
                 let pv_name =
-                    pvc.pointer("/spec/volumeName").and_then(Value::as_str).unwrap_or_default();
+                    pvc.at("/spec/volumeName").and_then(Value::as_str).unwrap_or_default();
                 let pv = st
                     .get(&GroupResource::core("persistentvolumes"), "", pv_name)
                     .ok_or_else(|| format!("persistentvolume \"{pv_name}\" not found"))?;
                 let path = pv
-                    .pointer("/spec/hostPath/path")
-                    .or_else(|| pv.pointer("/spec/local/path"))
+                    .at("/spec/hostPath/path")
+                    .or_else(|| pv.at("/spec/local/path"))
                     .and_then(Value::as_str)
                     .ok_or_else(|| {
                         format!("persistentvolume \"{pv_name}\" has no hostPath or local path")
@@ -1104,7 +1101,7 @@ impl PodWorker {
         let ns = meta::namespace(pod);
         let st = self.shared.lock();
         let mut out = HashMap::new();
-        for v in pod.pointer("/spec/volumes").and_then(Value::as_array).into_iter().flatten() {
+        for v in pod.at("/spec/volumes").and_then(Value::as_array).into_iter().flatten() {
             let (resource, name) = match (v.get("configMap"), v.get("secret")) {
                 (Some(c), _) => ("configmaps", c["name"].as_str()),
                 (_, Some(s)) => ("secrets", s["secretName"].as_str()),
@@ -1126,7 +1123,7 @@ impl PodWorker {
             return;
         }
         let ns = meta::namespace(pod).to_string();
-        for v in pod.pointer("/spec/volumes").and_then(Value::as_array).into_iter().flatten() {
+        for v in pod.at("/spec/volumes").and_then(Value::as_array).into_iter().flatten() {
             let name = v["name"].as_str().unwrap_or_default();
             if now.get(name) == seen.get(name) || now.get(name).is_none_or(|rv| rv.is_empty()) {
                 continue;
@@ -1297,7 +1294,7 @@ fn started_elapsed(started_at: &str) -> Duration {
 fn conditions(pod: &Value, ready: bool, initialized: bool, started: bool) -> Value {
     let now = meta::now_rfc3339();
     let old: Vec<Value> =
-        pod.pointer("/status/conditions").and_then(Value::as_array).cloned().unwrap_or_default();
+        pod.at("/status/conditions").and_then(Value::as_array).cloned().unwrap_or_default();
     let cond = |ty: &str, ok: bool| {
         let status = if ok { "True" } else { "False" };
         let since = old
@@ -1348,7 +1345,7 @@ fn field_ref(pod: &Value, path: &str) -> String {
             .unwrap_or_default(),
         other => {
             let pointer = format!("/{}", other.replace('.', "/"));
-            match pod.pointer(&pointer) {
+            match pod.at(&pointer) {
                 Some(Value::String(s)) => s.clone(),
                 Some(v) if !v.is_null() => v.to_string(),
                 _ => String::new(),
@@ -1364,7 +1361,7 @@ fn write_downward(pod: &Value, src: &Value, dir: &Path) -> Result<(), String> {
             return Err(format!("downwardAPI path {path:?} must not contain '..'"));
         }
         let value = item
-            .pointer("/fieldRef/fieldPath")
+            .at("/fieldRef/fieldPath")
             .and_then(Value::as_str)
             .map(|f| field_ref(pod, f))
             .unwrap_or_default();
@@ -1453,7 +1450,7 @@ pub async fn logs(
         ApiError::not_found(crate::error::Qualified { group: "", resource: "pods" }, name)
     })?;
     let names = |list: &str| -> Vec<String> {
-        pod.pointer(list)
+        pod.at(list)
             .and_then(Value::as_array)
             .into_iter()
             .flatten()

@@ -2,28 +2,56 @@
 
 use serde_json::{Map, Value, json};
 
+/// `Value::pointer` (RFC 6901) without its allocations: serde_json unescapes every token with two
+/// `replace` calls, and lookups like `/metadata/name` were a tenth of devcluster's CPU under the
+/// operator benchmark. Pointers with escapes (`~0`, `~1`) still go through serde_json.
+pub trait At {
+    fn at(&self, pointer: &str) -> Option<&Value>;
+}
+
+impl At for Value {
+    fn at(&self, pointer: &str) -> Option<&Value> {
+        if pointer.contains('~') {
+            return self.pointer(pointer);
+        }
+        if pointer.is_empty() {
+            return Some(self);
+        }
+        pointer.strip_prefix('/')?.split('/').try_fold(self, |v, token| match v {
+            Value::Object(m) => m.get(token),
+            // As serde_json: no sign, and no leading zero except for `0` itself.
+            Value::Array(a)
+                if !(token.starts_with('+') || token.len() > 1 && token.starts_with('0')) =>
+            {
+                token.parse::<usize>().ok().and_then(|i| a.get(i))
+            }
+            _ => None,
+        })
+    }
+}
+
 pub fn name(obj: &Value) -> &str {
-    obj.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default()
+    obj.at("/metadata/name").and_then(Value::as_str).unwrap_or_default()
 }
 
 pub fn namespace(obj: &Value) -> &str {
-    obj.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or_default()
+    obj.at("/metadata/namespace").and_then(Value::as_str).unwrap_or_default()
 }
 
 pub fn uid(obj: &Value) -> &str {
-    obj.pointer("/metadata/uid").and_then(Value::as_str).unwrap_or_default()
+    obj.at("/metadata/uid").and_then(Value::as_str).unwrap_or_default()
 }
 
 pub fn resource_version(obj: &Value) -> &str {
-    obj.pointer("/metadata/resourceVersion").and_then(Value::as_str).unwrap_or_default()
+    obj.at("/metadata/resourceVersion").and_then(Value::as_str).unwrap_or_default()
 }
 
 pub fn generation(obj: &Value) -> i64 {
-    obj.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(0)
+    obj.at("/metadata/generation").and_then(Value::as_i64).unwrap_or(0)
 }
 
 pub fn deletion_timestamp(obj: &Value) -> Option<&str> {
-    obj.pointer("/metadata/deletionTimestamp").and_then(Value::as_str)
+    obj.at("/metadata/deletionTimestamp").and_then(Value::as_str)
 }
 
 pub fn is_deleting(obj: &Value) -> bool {
@@ -31,7 +59,7 @@ pub fn is_deleting(obj: &Value) -> bool {
 }
 
 pub fn labels(obj: &Value) -> Option<&Map<String, Value>> {
-    obj.pointer("/metadata/labels").and_then(Value::as_object)
+    obj.at("/metadata/labels").and_then(Value::as_object)
 }
 
 pub fn label<'a>(obj: &'a Value, key: &str) -> Option<&'a str> {
@@ -39,11 +67,11 @@ pub fn label<'a>(obj: &'a Value, key: &str) -> Option<&'a str> {
 }
 
 pub fn annotation<'a>(obj: &'a Value, key: &str) -> Option<&'a str> {
-    obj.pointer("/metadata/annotations").and_then(|a| a.get(key)).and_then(Value::as_str)
+    obj.at("/metadata/annotations").and_then(|a| a.get(key)).and_then(Value::as_str)
 }
 
 pub fn finalizers(obj: &Value) -> Vec<String> {
-    obj.pointer("/metadata/finalizers")
+    obj.at("/metadata/finalizers")
         .and_then(Value::as_array)
         .map(|a| a.iter().filter_map(|f| f.as_str().map(str::to_string)).collect())
         .unwrap_or_default()
@@ -59,7 +87,7 @@ pub fn set_finalizers(obj: &mut Value, finalizers: &[String]) {
 }
 
 pub fn owner_references(obj: &Value) -> Vec<&Value> {
-    obj.pointer("/metadata/ownerReferences")
+    obj.at("/metadata/ownerReferences")
         .and_then(Value::as_array)
         .map(|a| a.iter().collect())
         .unwrap_or_default()
@@ -256,5 +284,33 @@ mod tests {
         assert!(!is_qualified_name("-x"));
         assert!(is_label_value(""));
         assert!(!is_label_value("a b"));
+    }
+
+    #[test]
+    fn at_finds_what_serde_json_pointer_finds() {
+        let v = json!({"metadata": {"name": "n", "a/b": 1, "m~n": 2, "": 3},
+            "list": [{"x": 0}, {"x": 1}], "10": "key"});
+        for p in [
+            "",
+            "/",
+            "/metadata",
+            "/metadata/name",
+            "/metadata/missing",
+            "/metadata/a~1b",
+            "/metadata/m~0n",
+            "/metadata/",
+            "/list/0/x",
+            "/list/1/x",
+            "/list/2",
+            "/list/01",
+            "/list/+1",
+            "/list/-1",
+            "/list/x",
+            "/10",
+            "metadata",
+            "/metadata/name/deeper",
+        ] {
+            assert_eq!(v.at(p), v.pointer(p), "{p:?}");
+        }
     }
 }

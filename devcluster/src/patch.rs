@@ -1,6 +1,7 @@
 //! The three non-apply patch types: JSON merge patch (RFC 7386), JSON patch (RFC 6902) and
 //! strategic merge patch (built-in kinds; directives as apimachinery's `strategicpatch`).
 
+use crate::meta::At;
 use serde_json::{Map, Value};
 
 use crate::typeinfo::{ListKind, TypeInfo};
@@ -58,7 +59,7 @@ fn parent_mut<'a>(doc: &'a mut Value, tokens: &[String]) -> Result<&'a mut Value
 }
 
 fn pointer_get<'a>(doc: &'a Value, path: &str) -> Result<&'a Value, String> {
-    doc.pointer(path).ok_or_else(|| format!("doc is missing path: {path:?}"))
+    doc.at(path).ok_or_else(|| format!("doc is missing path: {path:?}"))
 }
 
 fn add(doc: &mut Value, path: &str, value: Value) -> Result<(), String> {

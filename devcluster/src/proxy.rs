@@ -14,7 +14,7 @@ use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 
 use crate::error::{ApiError, Qualified};
-use crate::meta;
+use crate::meta::{self, At};
 use crate::resources::{GroupResource, ResourceInfo};
 use crate::shared::{Reply, Shared};
 
@@ -47,7 +47,7 @@ fn target(
             .get(&GroupResource::core("pods"), ns, name)
             .ok_or_else(|| ApiError::not_found(Qualified { group: "", resource: "pods" }, name))?;
         let ports: Vec<&Value> = pod
-            .pointer("/spec/containers")
+            .at("/spec/containers")
             .and_then(Value::as_array)
             .into_iter()
             .flatten()
@@ -70,7 +70,7 @@ fn target(
         .get(&GroupResource::core("services"), ns, name)
         .ok_or_else(|| ApiError::not_found(Qualified { group: "", resource: "services" }, name))?;
     let svc_ports: Vec<Value> =
-        svc.pointer("/spec/ports").and_then(Value::as_array).cloned().unwrap_or_default();
+        svc.at("/spec/ports").and_then(Value::as_array).cloned().unwrap_or_default();
     let svc_port = match port {
         Some(p) => svc_ports.iter().find(|sp| {
             sp["name"] == p || sp["port"].as_i64().map(|n| n.to_string()).as_deref() == Some(p)
@@ -96,7 +96,7 @@ fn target(
             .and_then(|p| p["port"].as_i64());
         let Some(ep_port) = ep_port else { continue };
         if let Some(addr) = subset["addresses"].as_array().and_then(|a| a.first())
-            && let Some(uid) = addr.pointer("/targetRef/uid").and_then(Value::as_str)
+            && let Some(uid) = addr.at("/targetRef/uid").and_then(Value::as_str)
         {
             return Ok((uid.to_string(), ep_port));
         }

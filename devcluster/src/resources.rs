@@ -1,5 +1,6 @@
 //! The kinds the server knows: a fixed table of built-ins plus whatever CRDs register at run time.
 
+use crate::meta::At;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -587,10 +588,10 @@ pub fn infos_from_crd(crd: &Value) -> Vec<ResourceInfo> {
         }
         let schema = CrdVersionSchema::from_crd_version(&group, &kind, v);
         let mut subresources = Vec::new();
-        if v.pointer("/subresources/status").is_some() {
+        if v.at("/subresources/status").is_some() {
             subresources.push("status");
         }
-        if v.pointer("/subresources/scale").is_some() {
+        if v.at("/subresources/scale").is_some() {
             subresources.push("scale");
         }
         out.push(ResourceInfo {

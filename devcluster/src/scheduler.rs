@@ -8,7 +8,7 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 
 use crate::api;
-use crate::meta;
+use crate::meta::{self, At};
 use crate::quantity::Quantity;
 use crate::resources::GroupResource;
 use crate::state::{Event, EventType, State};
@@ -89,7 +89,7 @@ fn affinity_matches(pod: &PodFit, node: &Value) -> bool {
 /// What a pod requests, per resource (requests, or limits where no request is given).
 pub fn pod_requests(pod: &Value) -> BTreeMap<String, Quantity> {
     let mut out: BTreeMap<String, Quantity> = BTreeMap::new();
-    for c in pod.pointer("/spec/containers").and_then(Value::as_array).into_iter().flatten() {
+    for c in pod.at("/spec/containers").and_then(Value::as_array).into_iter().flatten() {
         let mut res: BTreeMap<String, Quantity> = BTreeMap::new();
         for kind in ["limits", "requests"] {
             for (k, v) in c["resources"][kind].as_object().into_iter().flatten() {
@@ -108,7 +108,7 @@ pub fn pod_requests(pod: &Value) -> BTreeMap<String, Quantity> {
 }
 
 fn allocatable(node: &Value) -> BTreeMap<String, Quantity> {
-    node.pointer("/status/allocatable")
+    node.at("/status/allocatable")
         .and_then(Value::as_object)
         .into_iter()
         .flatten()
@@ -117,7 +117,7 @@ fn allocatable(node: &Value) -> BTreeMap<String, Quantity> {
 }
 
 fn is_active(pod: &Value) -> bool {
-    !matches!(pod.pointer("/status/phase").and_then(Value::as_str), Some("Succeeded" | "Failed"))
+    !matches!(pod.at("/status/phase").and_then(Value::as_str), Some("Succeeded" | "Failed"))
 }
 
 /// What the scheduler knows between runs, kept up to date from pod events (kube-scheduler's
@@ -157,13 +157,10 @@ impl Cache {
         if deleted || !is_active(pod) {
             return;
         }
-        match pod.pointer("/spec/nodeName").and_then(Value::as_str) {
+        match pod.at("/spec/nodeName").and_then(Value::as_str) {
             Some(node) => self.add(key, node.to_string(), pod_requests(pod)),
             None if !meta::is_deleting(pod)
-                && pod
-                    .pointer("/spec/schedulerName")
-                    .and_then(Value::as_str)
-                    .unwrap_or(SCHEDULER)
+                && pod.at("/spec/schedulerName").and_then(Value::as_str).unwrap_or(SCHEDULER)
                     == SCHEDULER =>
             {
                 self.pending.insert(key);
@@ -196,13 +193,13 @@ impl<'a> PodFit<'a> {
             pod,
             requests: pod_requests(pod),
             tolerations: pod
-                .pointer("/spec/tolerations")
+                .at("/spec/tolerations")
                 .and_then(Value::as_array)
                 .cloned()
                 .unwrap_or_default(),
-            node_selector: pod.pointer("/spec/nodeSelector").and_then(Value::as_object),
+            node_selector: pod.at("/spec/nodeSelector").and_then(Value::as_object),
             affinity_terms: pod
-                .pointer("/spec/affinity/nodeAffinity/requiredDuringSchedulingIgnoredDuringExecution/nodeSelectorTerms")
+                .at("/spec/affinity/nodeAffinity/requiredDuringSchedulingIgnoredDuringExecution/nodeSelectorTerms")
                 .and_then(Value::as_array),
         }
     }
@@ -224,9 +221,9 @@ impl NodeFit {
         NodeFit {
             allocatable: allocatable(&node),
             name: meta::name(&node).to_string(),
-            unschedulable: node.pointer("/spec/unschedulable") == Some(&Value::Bool(true)),
+            unschedulable: node.at("/spec/unschedulable") == Some(&Value::Bool(true)),
             repelling: node
-                .pointer("/spec/taints")
+                .at("/spec/taints")
                 .and_then(Value::as_array)
                 .into_iter()
                 .flatten()
@@ -353,7 +350,7 @@ pub fn bind(st: &mut State, namespace: &str, name: &str, node: &str) -> Result<(
     let pod = st
         .get(&pods(), namespace, name)
         .ok_or_else(|| format!("pod {namespace}/{name} not found"))?;
-    if let Some(n) = pod.pointer("/spec/nodeName").and_then(Value::as_str) {
+    if let Some(n) = pod.at("/spec/nodeName").and_then(Value::as_str) {
         return Err(format!("pod {name} is already assigned to node \"{n}\""));
     }
     if st.get(&nodes(), "", node).is_none() {
@@ -392,20 +389,19 @@ pub fn schedule_pending(st: &mut State, cache: &mut Cache) {
             cache.pending.remove(&key);
             continue;
         };
-        if pod.pointer("/spec/nodeName").is_some() {
+        if pod.at("/spec/nodeName").is_some() {
             continue; // bound; its event updates the cache
         }
         // Claims must be bound before a pod using them can be placed.
         let unbound = pod
-            .pointer("/spec/volumes")
+            .at("/spec/volumes")
             .and_then(Value::as_array)
             .into_iter()
             .flatten()
-            .filter_map(|v| v.pointer("/persistentVolumeClaim/claimName").and_then(Value::as_str))
+            .filter_map(|v| v.at("/persistentVolumeClaim/claimName").and_then(Value::as_str))
             .any(|claim| {
-                st.get(&GroupResource::core("persistentvolumeclaims"), &ns, claim).is_none_or(|c| {
-                    c.pointer("/status/phase").and_then(Value::as_str) != Some("Bound")
-                })
+                st.get(&GroupResource::core("persistentvolumeclaims"), &ns, claim)
+                    .is_none_or(|c| c.at("/status/phase").and_then(Value::as_str) != Some("Bound"))
             });
         let decision = if unbound {
             Err("0/1 nodes are available: pod has unbound immediate PersistentVolumeClaims. preemption: 0/1 nodes are available: 1 Preemption is not helpful for scheduling.".to_string())
@@ -421,7 +417,7 @@ pub fn schedule_pending(st: &mut State, cache: &mut Cache) {
             }
             Err(message) => {
                 let current = pod
-                    .pointer("/status/conditions")
+                    .at("/status/conditions")
                     .and_then(Value::as_array)
                     .and_then(|cs| cs.iter().find(|c| c["type"] == "PodScheduled"))
                     .and_then(|c| c["message"].as_str())
@@ -453,9 +449,8 @@ pub fn schedule_pending(st: &mut State, cache: &mut Cache) {
 /// for a node, one stops holding its node's resources (deleted, or finished), a node changes, or
 /// a claim a pod may wait for is bound.
 pub fn handle(st: &mut State, cache: &mut Cache, events: &[Arc<Event>]) {
-    let phase = |o: &Value| {
-        o.pointer("/status/phase").and_then(Value::as_str).unwrap_or_default().to_string()
-    };
+    let phase =
+        |o: &Value| o.at("/status/phase").and_then(Value::as_str).unwrap_or_default().to_string();
     let mut schedule = false;
     for e in events {
         let obj = &e.object;
@@ -465,7 +460,7 @@ pub fn handle(st: &mut State, cache: &mut Cache, events: &[Arc<Event>]) {
                 cache.observe(obj, e.kind == EventType::Deleted);
                 let finished = matches!(phase(obj).as_str(), "Succeeded" | "Failed")
                     && Some(phase(obj)) != was;
-                schedule |= (obj.pointer("/spec/nodeName").is_none() && !meta::is_deleting(obj))
+                schedule |= (obj.at("/spec/nodeName").is_none() && !meta::is_deleting(obj))
                     || e.kind == EventType::Deleted
                     || finished;
             }

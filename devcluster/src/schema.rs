@@ -1,6 +1,7 @@
 //! CRD structural schemas: pruning, defaulting, OpenAPI validation with kube-openapi's messages,
 //! and CEL (`x-kubernetes-validations`) through kube-cel.
 
+use crate::meta::At;
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
@@ -42,7 +43,7 @@ impl std::fmt::Debug for CrdVersionSchema {
 
 impl CrdVersionSchema {
     pub fn from_crd_version(group: &str, kind: &str, v: &Value) -> CrdVersionSchema {
-        let schema = v.pointer("/schema/openAPIV3Schema").cloned().unwrap_or_else(
+        let schema = v.at("/schema/openAPIV3Schema").cloned().unwrap_or_else(
             || serde_json::json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true}),
         );
         let printer_columns = v["additionalPrinterColumns"]
@@ -79,7 +80,7 @@ impl CrdVersionSchema {
                 if matches!(k.as_str(), "apiVersion" | "kind" | "metadata") {
                     continue;
                 }
-                if let Some(sub) = self.schema.pointer(&format!("/properties/{k}")) {
+                if let Some(sub) = self.schema.at(&format!("/properties/{k}")) {
                     prune(sub, v, k, &mut unknown);
                 }
             }
@@ -87,7 +88,7 @@ impl CrdVersionSchema {
                 .keys()
                 .filter(|k| {
                     !matches!(k.as_str(), "apiVersion" | "kind" | "metadata")
-                        && self.schema.pointer(&format!("/properties/{k}")).is_none()
+                        && self.schema.at(&format!("/properties/{k}")).is_none()
                 })
                 .cloned()
                 .collect();
@@ -118,7 +119,7 @@ impl CrdVersionSchema {
                 if matches!(k.as_str(), "apiVersion" | "kind" | "metadata") {
                     continue;
                 }
-                if let Some(sub) = self.schema.pointer(&format!("/properties/{k}")) {
+                if let Some(sub) = self.schema.at(&format!("/properties/{k}")) {
                     validate(sub, v, k, &mut errors);
                 }
             }
@@ -176,7 +177,7 @@ fn type_at(schema: &Value, path: &str) -> String {
     let mut s = schema;
     for seg in path.split('.').filter(|s| !s.is_empty()) {
         let name = seg.split('[').next().unwrap_or(seg);
-        if let Some(next) = s.pointer(&format!("/properties/{name}")) {
+        if let Some(next) = s.at(&format!("/properties/{name}")) {
             s = next;
         } else if let Some(next) = s.get("additionalProperties") {
             s = next;
@@ -503,8 +504,8 @@ pub fn validate_crd(crd: &Value) -> Vec<FieldError> {
     let mut errors = Vec::new();
     let spec = &crd["spec"];
     let group = spec["group"].as_str().unwrap_or_default();
-    let plural = spec.pointer("/names/plural").and_then(Value::as_str).unwrap_or_default();
-    let name = crd.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default();
+    let plural = spec.at("/names/plural").and_then(Value::as_str).unwrap_or_default();
+    let name = crd.at("/metadata/name").and_then(Value::as_str).unwrap_or_default();
     if group.is_empty() {
         errors.push(FieldError::required("spec.group", ""));
     } else if !group.contains('.') {
@@ -517,7 +518,7 @@ pub fn validate_crd(crd: &Value) -> Vec<FieldError> {
     if plural.is_empty() {
         errors.push(FieldError::required("spec.names.plural", ""));
     }
-    if spec.pointer("/names/kind").and_then(Value::as_str).unwrap_or_default().is_empty() {
+    if spec.at("/names/kind").and_then(Value::as_str).unwrap_or_default().is_empty() {
         errors.push(FieldError::required("spec.names.kind", ""));
     }
     if !group.is_empty() && !plural.is_empty() && name != format!("{plural}.{group}") {
@@ -549,7 +550,7 @@ pub fn validate_crd(crd: &Value) -> Vec<FieldError> {
         ));
     }
     for (i, v) in versions.iter().enumerate() {
-        if let Some(schema) = v.pointer("/schema/openAPIV3Schema") {
+        if let Some(schema) = v.at("/schema/openAPIV3Schema") {
             for rule_err in compile_rules(schema) {
                 errors.push(FieldError::invalid(
                     format!("spec.validation.openAPIV3Schema.x-kubernetes-validations[{i}].rule"),

@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 
-use crate::meta;
+use crate::meta::{self, At};
 
 #[derive(Debug, Clone, PartialEq)]
 enum Requirement {
@@ -172,7 +172,7 @@ impl FieldSelector {
 /// The value of a selectable field; missing fields select as the empty string, as in Kubernetes.
 fn field_value(obj: &Value, field: &str) -> Option<String> {
     let pointer = format!("/{}", field.replace('.', "/"));
-    match obj.pointer(&pointer) {
+    match obj.at(&pointer) {
         Some(Value::String(s)) => Some(s.clone()),
         Some(Value::Bool(b)) => Some(b.to_string()),
         Some(Value::Number(n)) => Some(n.to_string()),

@@ -16,7 +16,7 @@ use crate::api::{self, DeleteOpts, Deleted, FieldValidation, PatchType, WriteOpt
 use crate::auth::{self, Attributes, UserInfo};
 use crate::discovery;
 use crate::error::{ApiError, Qualified, success_status};
-use crate::meta;
+use crate::meta::{self, At};
 use crate::metrics::RequestLabels;
 use crate::openapi;
 use crate::resources::ResourceInfo;
@@ -516,7 +516,7 @@ fn shape(info: &ResourceInfo, obj: &Value, want: As) -> Value {
     let v = api::present(info, obj);
     match want {
         As::PartialMetadata => table::partial_metadata(&v),
-        _ => v,
+        _ => v.into_owned(),
     }
 }
 
@@ -568,7 +568,7 @@ async fn resource(
                 })?)
                 .clone();
             current["spec"]["finalizers"] =
-                obj.pointer("/spec/finalizers").cloned().unwrap_or(json!([]));
+                obj.at("/spec/finalizers").cloned().unwrap_or(json!([]));
             let w = api::update(
                 &mut st,
                 info,
@@ -606,7 +606,7 @@ async fn resource(
                 )
             })?;
             if want == As::Table {
-                let view = api::present(info, &obj);
+                let view = api::present(info, &obj).into_owned();
                 let t = table::table(
                     info,
                     &[view],
@@ -760,7 +760,7 @@ async fn resource(
                     let obj = match d {
                         Deleted::Gone(o) | Deleted::Pending(o) => o,
                     };
-                    deleted.push(api::present(info, &obj));
+                    deleted.push(api::present(info, &obj).into_owned());
                 }
             }
             Ok(Reply::json(
@@ -810,12 +810,9 @@ fn delete_opts(query: &BTreeMap<String, String>, body: &[u8]) -> Result<DeleteOp
     Ok(DeleteOpts {
         grace_period: grace,
         propagation,
-        precondition_uid: b
-            .pointer("/preconditions/uid")
-            .and_then(Value::as_str)
-            .map(str::to_string),
+        precondition_uid: b.at("/preconditions/uid").and_then(Value::as_str).map(str::to_string),
         precondition_rv: b
-            .pointer("/preconditions/resourceVersion")
+            .at("/preconditions/resourceVersion")
             .and_then(Value::as_str)
             .map(str::to_string),
         dry_run: query.get("dryRun").is_some_and(|v| v == "All")
@@ -902,7 +899,7 @@ fn list(
             let _ = o;
             break;
         }
-        items.push(api::present(info, &o));
+        items.push(api::present(info, &o).into_owned());
     }
     if cont.is_some() {
         remaining += matching.count();
@@ -940,9 +937,14 @@ fn list(
 }
 
 /// Renders one watch event line.
-fn event_line(kind: &str, object: Value) -> Bytes {
-    let mut s = json!({"type": kind, "object": object}).to_string();
-    s.push('\n');
+fn event_line(kind: &str, object: &Value) -> Bytes {
+    #[derive(serde::Serialize)]
+    struct Line<'a> {
+        r#type: &'a str,
+        object: &'a Value,
+    }
+    let mut s = serde_json::to_vec(&Line { r#type: kind, object }).unwrap_or_default();
+    s.push(b'\n');
     Bytes::from(s)
 }
 
@@ -984,19 +986,19 @@ fn watch(
 
     let mut initial: Vec<Bytes> = Vec::new();
     let info_c = info.clone();
-    let render = move |o: &Value| -> Value {
+    let render = move |kind: &str, o: &Value| -> Bytes {
         let v = api::present(&info_c, o);
         match want {
-            As::Table => table::table(
-                &info_c,
-                std::slice::from_ref(&v),
-                meta::resource_version(&v),
-                None,
-                include,
-                false,
-            ),
-            As::PartialMetadata => table::partial_metadata(&v),
-            As::Object => v,
+            As::Table => {
+                let v = v.into_owned();
+                let rv = meta::resource_version(&v);
+                event_line(
+                    kind,
+                    &table::table(&info_c, std::slice::from_ref(&v), rv, None, include, false),
+                )
+            }
+            As::PartialMetadata => event_line(kind, &table::partial_metadata(&v)),
+            As::Object => event_line(kind, &v),
         }
     };
     // The initial list is taken under the lock (consistent with `current`) and rendered after.
@@ -1011,7 +1013,7 @@ fn watch(
             if send_initial && bookmarks {
                 end_bookmark = Some(event_line(
                     "BOOKMARK",
-                    json!({"kind": info.kind, "apiVersion": info.api_version(), "metadata": {"resourceVersion": current.to_string(), "annotations": {"k8s.io/initial-events-end": "true"}}}),
+                    &json!({"kind": info.kind, "apiVersion": info.api_version(), "metadata": {"resourceVersion": current.to_string(), "annotations": {"k8s.io/initial-events-end": "true"}}}),
                 ));
             }
             (current, rx, Vec::new())
@@ -1021,14 +1023,14 @@ fn watch(
             })?;
             if faults.force_gone_on_resume {
                 let gone = ApiError::too_old(rv, current);
-                initial.push(event_line("ERROR", gone.to_status()));
+                initial.push(event_line("ERROR", &gone.to_status()));
                 (current, rx, Vec::new())
             } else {
                 match st.events_since(rv) {
                     Ok(backlog) => (rv, rx, backlog),
                     Err(oldest) => {
                         initial
-                            .push(event_line("ERROR", ApiError::too_old(rv, oldest).to_status()));
+                            .push(event_line("ERROR", &ApiError::too_old(rv, oldest).to_status()));
                         // Nothing follows an expired watch.
                         let body = Body::from_stream(futures::stream::iter(
                             initial.into_iter().map(Ok::<_, std::convert::Infallible>),
@@ -1040,7 +1042,7 @@ fn watch(
         }
     };
     for o in listed.iter().filter(|o| matches(o)) {
-        initial.push(event_line("ADDED", render(o)));
+        initial.push(render("ADDED", o));
     }
     initial.extend(end_bookmark);
     let expired =
@@ -1084,7 +1086,7 @@ fn watch(
                 (EventType::Modified, true, false) => "DELETED",
                 _ => return None,
             };
-            Some(event_line(kind, render(&e.object)))
+            Some(render(kind, &e.object))
         };
         for e in backlog {
             if let Some(line) = handle_event(&e, &mut last_rv) {
@@ -1106,7 +1108,7 @@ fn watch(
                 _ = async { match sleep_until { Some(t) => tokio::time::sleep_until(t).await, None => futures::future::pending().await } } => return,
                 _ = ticker.tick(), if bookmarks => {
                     let b = json!({"kind": info_c.kind, "apiVersion": info_c.api_version(), "metadata": {"resourceVersion": last_rv.to_string()}});
-                    if tx.send(event_line("BOOKMARK", b)).await.is_err() {
+                    if tx.send(event_line("BOOKMARK", &b)).await.is_err() {
                         return;
                     }
                 }
@@ -1149,7 +1151,7 @@ async fn token_request(
         meta::uid(&sa).to_string()
     };
     let token = shared.auth.issue_service_account_token(ns, name, &uid);
-    let seconds = req.pointer("/spec/expirationSeconds").and_then(Value::as_i64).unwrap_or(3600);
+    let seconds = req.at("/spec/expirationSeconds").and_then(Value::as_i64).unwrap_or(3600);
     let exp = jiff::Timestamp::now()
         .checked_add(jiff::SignedDuration::from_secs(seconds))
         .unwrap_or_else(|_| jiff::Timestamp::now());
@@ -1173,8 +1175,7 @@ async fn pod_binding(
 ) -> Result<Reply, ApiError> {
     let bytes = read_body(body).await?;
     let binding = parse_body(headers, &bytes)?;
-    let node =
-        binding.pointer("/target/name").and_then(Value::as_str).unwrap_or_default().to_string();
+    let node = binding.at("/target/name").and_then(Value::as_str).unwrap_or_default().to_string();
     let mut st = shared.lock();
     crate::scheduler::bind(&mut st, ns, name, &node)
         .map_err(|e| ApiError::conflict(Qualified { group: "", resource: "pods" }, name, &e))?;

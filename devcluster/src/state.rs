@@ -9,7 +9,7 @@ use serde_json::Value;
 use tokio::sync::broadcast;
 
 use crate::builtin::cluster_ip_offset;
-use crate::meta;
+use crate::meta::{self, At};
 use crate::quantity::Quantity;
 use crate::resources::{GroupResource, Registry};
 use crate::usage::quota_usage;
@@ -170,7 +170,7 @@ impl State {
             None => self
                 .list(&GroupResource::core("services"), None)
                 .iter()
-                .any(|s| s.pointer("/spec/clusterIP").and_then(Value::as_str) == Some(ip)),
+                .any(|s| s.at("/spec/clusterIP").and_then(Value::as_str) == Some(ip)),
         }
     }
 
@@ -235,7 +235,7 @@ impl State {
         self.count_usage(r, old, new);
         if r.gr.group.is_empty() && r.gr.resource == "services" {
             let offset = |s: &Value| {
-                s.pointer("/spec/clusterIP").and_then(Value::as_str).and_then(cluster_ip_offset)
+                s.at("/spec/clusterIP").and_then(Value::as_str).and_then(cluster_ip_offset)
             };
             if let Some(n) = old.and_then(offset) {
                 self.cluster_ips.remove(&n);

@@ -4,7 +4,7 @@
 
 use serde_json::{Value, json};
 
-use crate::meta;
+use crate::meta::{self, At};
 use crate::resources::ResourceInfo;
 
 /// Evaluates the JSONPath subset printer columns use: `.a.b`, `[n]`, `[*]`, `['k']`, and
@@ -156,7 +156,7 @@ fn definitions(cols: &[Column]) -> Vec<Value> {
 }
 
 fn age(obj: &Value) -> Value {
-    obj.pointer("/metadata/creationTimestamp")
+    obj.at("/metadata/creationTimestamp")
         .and_then(Value::as_str)
         .map(meta::human_age)
         .unwrap_or_else(|| "<unknown>".into())
@@ -164,7 +164,7 @@ fn age(obj: &Value) -> Value {
 }
 
 fn s<'a>(obj: &'a Value, pointer: &str) -> &'a str {
-    obj.pointer(pointer).and_then(Value::as_str).unwrap_or_default()
+    obj.at(pointer).and_then(Value::as_str).unwrap_or_default()
 }
 
 fn none_if_empty(v: String) -> Value {
@@ -176,21 +176,18 @@ fn pod_status(pod: &Value) -> String {
     if !s(pod, "/status/reason").is_empty() {
         reason = s(pod, "/status/reason").to_string();
     }
-    for c in
-        pod.pointer("/status/initContainerStatuses").and_then(Value::as_array).into_iter().flatten()
+    for c in pod.at("/status/initContainerStatuses").and_then(Value::as_array).into_iter().flatten()
     {
-        if let Some(w) = c.pointer("/state/waiting/reason").and_then(Value::as_str)
+        if let Some(w) = c.at("/state/waiting/reason").and_then(Value::as_str)
             && w != "PodInitializing"
         {
             reason = format!("Init:{w}");
         }
     }
-    for c in
-        pod.pointer("/status/containerStatuses").and_then(Value::as_array).into_iter().flatten()
-    {
-        if let Some(w) = c.pointer("/state/waiting/reason").and_then(Value::as_str) {
+    for c in pod.at("/status/containerStatuses").and_then(Value::as_array).into_iter().flatten() {
+        if let Some(w) = c.at("/state/waiting/reason").and_then(Value::as_str) {
             reason = w.to_string();
-        } else if let Some(t) = c.pointer("/state/terminated") {
+        } else if let Some(t) = c.at("/state/terminated") {
             reason = t["reason"].as_str().map(str::to_string).unwrap_or_else(|| match t["signal"]
                 .as_i64()
             {
@@ -207,7 +204,7 @@ fn pod_status(pod: &Value) -> String {
 
 fn ports_string(svc: &Value) -> String {
     let ports: Vec<String> = svc
-        .pointer("/spec/ports")
+        .at("/spec/ports")
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
@@ -239,7 +236,7 @@ fn access_modes(v: &Value) -> String {
 }
 
 fn condition_status<'a>(obj: &'a Value, ty: &str) -> Option<&'a str> {
-    obj.pointer("/status/conditions")
+    obj.at("/status/conditions")
         .and_then(Value::as_array)?
         .iter()
         .find(|c| c["type"] == ty)
@@ -256,12 +253,11 @@ fn builtin_row(kind: &str, group: &str, obj: &Value) -> (Vec<Column>, Vec<Value>
     match (group, kind) {
         ("", "Pod") => {
             let statuses: Vec<&Value> = obj
-                .pointer("/status/containerStatuses")
+                .at("/status/containerStatuses")
                 .and_then(Value::as_array)
                 .map(|a| a.iter().collect())
                 .unwrap_or_default();
-            let total =
-                obj.pointer("/spec/containers").and_then(Value::as_array).map_or(0, Vec::len);
+            let total = obj.at("/spec/containers").and_then(Value::as_array).map_or(0, Vec::len);
             let ready = statuses.iter().filter(|c| c["ready"] == true).count();
             let restarts: i64 =
                 statuses.iter().map(|c| c["restartCount"].as_i64().unwrap_or(0)).sum();
@@ -292,13 +288,13 @@ fn builtin_row(kind: &str, group: &str, obj: &Value) -> (Vec<Column>, Vec<Value>
         }
         ("", "Service") => {
             let external = obj
-                .pointer("/status/loadBalancer/ingress")
+                .at("/status/loadBalancer/ingress")
                 .and_then(Value::as_array)
                 .and_then(|a| a.first())
                 .and_then(|i| i["ip"].as_str())
                 .unwrap_or("<none>");
             let selector: Vec<String> = obj
-                .pointer("/spec/selector")
+                .at("/spec/selector")
                 .and_then(Value::as_object)
                 .into_iter()
                 .flatten()
@@ -335,7 +331,7 @@ fn builtin_row(kind: &str, group: &str, obj: &Value) -> (Vec<Column>, Vec<Value>
                 Some(_) => "NotReady",
                 None => "Unknown",
             };
-            let status = if obj.pointer("/spec/unschedulable") == Some(&Value::Bool(true)) {
+            let status = if obj.at("/spec/unschedulable") == Some(&Value::Bool(true)) {
                 format!("{ready},SchedulingDisabled")
             } else {
                 ready.into()
@@ -390,7 +386,7 @@ fn builtin_row(kind: &str, group: &str, obj: &Value) -> (Vec<Column>, Vec<Value>
         ),
         ("", "PersistentVolume") => {
             let claim = obj
-                .pointer("/spec/claimRef")
+                .at("/spec/claimRef")
                 .map(|c| format!("{}/{}", s(c, "/namespace"), s(c, "/name")))
                 .unwrap_or_default();
             (
@@ -426,13 +422,13 @@ fn builtin_row(kind: &str, group: &str, obj: &Value) -> (Vec<Column>, Vec<Value>
         ),
         ("", "ResourceQuota") => {
             let hard = obj
-                .pointer("/status/hard")
-                .or_else(|| obj.pointer("/spec/hard"))
+                .at("/status/hard")
+                .or_else(|| obj.at("/spec/hard"))
                 .and_then(Value::as_object)
                 .cloned()
                 .unwrap_or_default();
             let used =
-                obj.pointer("/status/used").and_then(Value::as_object).cloned().unwrap_or_default();
+                obj.at("/status/used").and_then(Value::as_object).cloned().unwrap_or_default();
             let fmt = |pred: &dyn Fn(&str) -> bool| -> String {
                 hard.iter()
                     .filter(|(k, _)| pred(k))
@@ -518,14 +514,12 @@ fn builtin_row(kind: &str, group: &str, obj: &Value) -> (Vec<Column>, Vec<Value>
             };
             let completions = format!(
                 "{}/{}",
-                obj.pointer("/status/succeeded").and_then(Value::as_i64).unwrap_or(0),
-                obj.pointer("/spec/completions").and_then(Value::as_i64).unwrap_or(1)
+                obj.at("/status/succeeded").and_then(Value::as_i64).unwrap_or(0),
+                obj.at("/spec/completions").and_then(Value::as_i64).unwrap_or(1)
             );
             let duration = match (
-                obj.pointer("/status/startTime").and_then(Value::as_str).and_then(meta::parse_time),
-                obj.pointer("/status/completionTime")
-                    .and_then(Value::as_str)
-                    .and_then(meta::parse_time),
+                obj.at("/status/startTime").and_then(Value::as_str).and_then(meta::parse_time),
+                obj.at("/status/completionTime").and_then(Value::as_str).and_then(meta::parse_time),
             ) {
                 (Some(a), Some(b)) => meta::human_duration(b.as_second() - a.as_second()),
                 (Some(a), None) => {
@@ -539,7 +533,7 @@ fn builtin_row(kind: &str, group: &str, obj: &Value) -> (Vec<Column>, Vec<Value>
             )
         }
         ("apps", "Deployment") => {
-            let i = |p: &str| obj.pointer(p).and_then(Value::as_i64).unwrap_or(0);
+            let i = |p: &str| obj.at(p).and_then(Value::as_i64).unwrap_or(0);
             (
                 vec![col("Name"), col("Ready"), int("Up-to-date"), int("Available"), col("Age")],
                 vec![
@@ -552,7 +546,7 @@ fn builtin_row(kind: &str, group: &str, obj: &Value) -> (Vec<Column>, Vec<Value>
             )
         }
         ("apps", "ReplicaSet") => {
-            let i = |p: &str| obj.pointer(p).and_then(Value::as_i64).unwrap_or(0);
+            let i = |p: &str| obj.at(p).and_then(Value::as_i64).unwrap_or(0);
             (
                 vec![col("Name"), int("Desired"), int("Current"), int("Ready"), col("Age")],
                 vec![
@@ -565,7 +559,7 @@ fn builtin_row(kind: &str, group: &str, obj: &Value) -> (Vec<Column>, Vec<Value>
             )
         }
         ("apps", "StatefulSet") => {
-            let i = |p: &str| obj.pointer(p).and_then(Value::as_i64).unwrap_or(0);
+            let i = |p: &str| obj.at(p).and_then(Value::as_i64).unwrap_or(0);
             (
                 vec![col("Name"), col("Ready"), col("Age")],
                 vec![
@@ -590,7 +584,7 @@ fn builtin_row(kind: &str, group: &str, obj: &Value) -> (Vec<Column>, Vec<Value>
         ),
         ("networking.k8s.io", "NetworkPolicy") => {
             let sel: Vec<String> = obj
-                .pointer("/spec/podSelector/matchLabels")
+                .at("/spec/podSelector/matchLabels")
                 .and_then(Value::as_object)
                 .into_iter()
                 .flatten()

@@ -6,17 +6,17 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-use crate::meta;
+use crate::meta::{self, At};
 use crate::quantity::Quantity;
 use crate::resources::GroupResource;
 
 fn is_terminal(pod: &Value) -> bool {
-    matches!(pod.pointer("/status/phase").and_then(Value::as_str), Some("Succeeded" | "Failed"))
+    matches!(pod.at("/status/phase").and_then(Value::as_str), Some("Succeeded" | "Failed"))
 }
 
 fn sum_container(pod: &Value, kind: &str) -> BTreeMap<String, Quantity> {
     let mut total: BTreeMap<String, Quantity> = BTreeMap::new();
-    for c in pod.pointer("/spec/containers").and_then(Value::as_array).into_iter().flatten() {
+    for c in pod.at("/spec/containers").and_then(Value::as_array).into_iter().flatten() {
         for (res, q) in c["resources"][kind].as_object().into_iter().flatten() {
             if let Some(q) = Quantity::from_value(q) {
                 *total.entry(res.clone()).or_default() =
@@ -25,7 +25,7 @@ fn sum_container(pod: &Value, kind: &str) -> BTreeMap<String, Quantity> {
         }
     }
     // Init containers run one at a time: the pod needs the largest of them.
-    for c in pod.pointer("/spec/initContainers").and_then(Value::as_array).into_iter().flatten() {
+    for c in pod.at("/spec/initContainers").and_then(Value::as_array).into_iter().flatten() {
         for (res, q) in c["resources"][kind].as_object().into_iter().flatten() {
             if let Some(q) = Quantity::from_value(q) {
                 let cur = total.get(res).copied().unwrap_or_default();
@@ -66,10 +66,9 @@ fn pvc_usage(pvc: &Value) -> BTreeMap<String, Quantity> {
     let mut u = BTreeMap::new();
     u.insert("persistentvolumeclaims".into(), Quantity::whole(1));
     u.insert("count/persistentvolumeclaims".into(), Quantity::whole(1));
-    if let Some(q) = pvc.pointer("/spec/resources/requests/storage").and_then(Quantity::from_value)
-    {
+    if let Some(q) = pvc.at("/spec/resources/requests/storage").and_then(Quantity::from_value) {
         u.insert("requests.storage".into(), q);
-        if let Some(class) = pvc.pointer("/spec/storageClassName").and_then(Value::as_str) {
+        if let Some(class) = pvc.at("/spec/storageClassName").and_then(Value::as_str) {
             u.insert(format!("{class}.storageclass.storage.k8s.io/requests.storage"), q);
             u.insert(
                 format!("{class}.storageclass.storage.k8s.io/persistentvolumeclaims"),
