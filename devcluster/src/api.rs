@@ -602,8 +602,62 @@ fn update_inner(
     opts: &WriteOpts,
     status_write: bool,
     managed: Managed,
-    mut warnings: Vec<String>,
+    warnings: Vec<String>,
 ) -> Result<Written, ApiError> {
+    Ok(commit(st, info, prepare_update(info, old, new, opts, status_write, managed, warnings)?))
+}
+
+/// An update worked out from one version of the stored object (`old`) without the store:
+/// `commit` writes it, and `commit_if_current` only while `old` is still the stored version.
+pub struct Prepared {
+    old: Arc<Value>,
+    outcome: Outcome,
+    warnings: Vec<String>,
+    dry_run: bool,
+}
+
+enum Outcome {
+    /// Nothing changed: no write, no new resourceVersion.
+    Unchanged,
+    /// The last finalizer of an object being deleted is gone: the object goes.
+    Remove(Value),
+    Replace(Value),
+}
+
+/// Writes a prepared update.
+fn commit(st: &mut State, info: &ResourceInfo, p: Prepared) -> Written {
+    let object = match p.outcome {
+        Outcome::Unchanged => p.old,
+        Outcome::Remove(new) if p.dry_run => Arc::new(new),
+        Outcome::Remove(new) => st
+            .remove(&info.storage_resource(), meta::namespace(&new), meta::name(&new))
+            .unwrap_or_else(|| Arc::new(new)),
+        Outcome::Replace(new) => store_replace(st, info, new, p.dry_run),
+    };
+    Written { object, warnings: p.warnings, created: false }
+}
+
+/// How many times a write prepared outside the store's lock is prepared again after another
+/// write to the object came first, before the writer takes the lock throughout.
+pub const OPTIMISTIC_TRIES: usize = 3;
+
+/// Writes a prepared update if the object is still the version it was prepared from (a
+/// compare-and-swap, as etcd's): `None` when another write came first.
+pub fn commit_if_current(st: &mut State, info: &ResourceInfo, p: Prepared) -> Option<Written> {
+    let stored = st.get(&info.storage_resource(), meta::namespace(&p.old), meta::name(&p.old))?;
+    Arc::ptr_eq(&stored, &p.old).then(|| commit(st, info, p))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn prepare_update(
+    info: &ResourceInfo,
+    old: Arc<Value>,
+    new: Value,
+    opts: &WriteOpts,
+    status_write: bool,
+    managed: Managed,
+    mut warnings: Vec<String>,
+) -> Result<Prepared, ApiError> {
     let name = meta::name(&old).to_string();
     let rv_in_request = meta::resource_version(&new).to_string();
     if !rv_in_request.is_empty() && rv_in_request != meta::resource_version(&old) {
@@ -658,21 +712,13 @@ fn update_inner(
         Managed::Precomputed => {}
     }
     fix_managed_api_version(info, &mut new);
-    if finalized {
-        if opts.dry_run {
-            return Ok(Written { object: Arc::new(new), warnings, created: false });
-        }
-        let gone = st
-            .remove(&info.storage_resource(), meta::namespace(&new), &name)
-            .unwrap_or_else(|| Arc::new(new.clone()));
-        return Ok(Written { object: gone, warnings, created: false });
-    }
-    meta::set_meta(&mut new, "resourceVersion", old.at("/metadata/resourceVersion").cloned());
-    if new == *old {
-        return Ok(Written { object: old, warnings, created: false });
-    }
-    let stored = store_replace(st, info, new, opts.dry_run);
-    Ok(Written { object: stored, warnings, created: false })
+    let outcome = if finalized {
+        Outcome::Remove(new)
+    } else {
+        meta::set_meta(&mut new, "resourceVersion", old.at("/metadata/resourceVersion").cloned());
+        if new == *old { Outcome::Unchanged } else { Outcome::Replace(new) }
+    };
+    Ok(Prepared { old, outcome, warnings, dry_run: opts.dry_run })
 }
 
 fn pod_terminated(pod: &Value) -> bool {
@@ -705,6 +751,20 @@ pub fn update(
     update_inner(st, info, old, obj, opts, status_write, Managed::Update, Vec::new())
 }
 
+/// A full update (PUT) of the stored object `old` by a trusted in-process writer (the kubelet),
+/// worked out without the store: `commit_if_current` writes it.
+pub fn prepare_put(
+    info: &ResourceInfo,
+    old: Arc<Value>,
+    mut obj: Value,
+    opts: &WriteOpts,
+    status_write: bool,
+) -> Result<Prepared, ApiError> {
+    check_type(info, &mut obj)?;
+    let obj = to_storage(info, obj);
+    prepare_update(info, old, obj, opts, status_write, Managed::Update, Vec::new())
+}
+
 /// Parses an apply body (YAML or JSON).
 pub fn parse_apply_body(body: &[u8]) -> Result<Value, ApiError> {
     let text =
@@ -727,11 +787,44 @@ pub fn patch(
     opts: &WriteOpts,
     status_write: bool,
 ) -> Result<Written, ApiError> {
-    let existing = st.get(&info.storage_resource(), namespace, name);
-    if ptype == PatchType::Apply {
-        return apply(st, info, namespace, name, existing, body, opts, status_write);
+    match st.get(&info.storage_resource(), namespace, name) {
+        Some(old) => {
+            let p = prepare_patch(info, name, old, ptype, body, opts, status_write)?;
+            Ok(commit(st, info, p))
+        }
+        None if ptype == PatchType::Apply => {
+            apply_create(st, info, namespace, name, body, opts, status_write)
+        }
+        None => Err(ApiError::not_found(qualified(info), name)),
     }
-    let old = existing.ok_or_else(|| ApiError::not_found(qualified(info), name))?;
+}
+
+/// The update a patch (server-side apply included) makes of the stored object `old`, worked out
+/// without the store.
+#[allow(clippy::too_many_arguments)]
+pub fn prepare_patch(
+    info: &ResourceInfo,
+    name: &str,
+    old: Arc<Value>,
+    ptype: PatchType,
+    body: &Value,
+    opts: &WriteOpts,
+    status_write: bool,
+) -> Result<Prepared, ApiError> {
+    if ptype == PatchType::Apply {
+        let (config, warnings) = applied_config(info, name, body, opts)?;
+        if let Some(rv) = config.at("/metadata/resourceVersion").and_then(Value::as_str)
+            && rv != meta::resource_version(&old)
+        {
+            return Err(ApiError::modified(qualified(info), name));
+        }
+        let now = meta::now_rfc3339();
+        let own = ownership(info, status_write, &now);
+        let mut new = fieldmanager::apply(&old, &config, &opts.manager, opts.force, &own)
+            .map_err(|c| fieldmanager::conflict_error(&c))?;
+        meta::set_meta(&mut new, "resourceVersion", old.at("/metadata/resourceVersion").cloned());
+        return prepare_update(info, old, new, opts, status_write, Managed::Precomputed, warnings);
+    }
     let view = present(info, &old);
     let patched = match ptype {
         PatchType::Merge => {
@@ -776,20 +869,16 @@ pub fn patch(
             "metadata.name: Invalid value: the name of a patched object may not change",
         ));
     }
-    update_inner(st, info, old, patched, opts, status_write, Managed::Update, Vec::new())
+    prepare_update(info, old, patched, opts, status_write, Managed::Update, Vec::new())
 }
 
-#[allow(clippy::too_many_arguments)]
-fn apply(
-    st: &mut State,
+/// Checks and decodes an applied configuration; also returns the decoder's warnings.
+fn applied_config(
     info: &ResourceInfo,
-    namespace: &str,
     name: &str,
-    existing: Option<Arc<Value>>,
     config: &Value,
     opts: &WriteOpts,
-    status_write: bool,
-) -> Result<Written, ApiError> {
+) -> Result<(Value, Vec<String>), ApiError> {
     if opts.manager.is_empty() {
         return Err(ApiError::bad_request(
             "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch",
@@ -816,40 +905,35 @@ fn apply(
     // The applied configuration is decoded like any body (so unknown fields are found here) but
     // not defaulted: defaults are nobody's fields.
     let config = decode(info, to_storage(info, config), opts.validation, &mut warnings, false)?;
+    Ok((config, warnings))
+}
+
+/// A server-side apply that creates the object.
+fn apply_create(
+    st: &mut State,
+    info: &ResourceInfo,
+    namespace: &str,
+    name: &str,
+    config: &Value,
+    opts: &WriteOpts,
+    status_write: bool,
+) -> Result<Written, ApiError> {
+    let (config, warnings) = applied_config(info, name, config, opts)?;
+    if status_write {
+        return Err(ApiError::not_found(qualified(info), name));
+    }
     let now = meta::now_rfc3339();
     let own = ownership(info, status_write, &now);
-    let force = opts.force;
-    match existing {
-        None => {
-            if status_write {
-                return Err(ApiError::not_found(qualified(info), name));
-            }
-            let mut base = json!({"apiVersion": info.api_version(), "kind": info.kind, "metadata": {"name": name}});
-            if info.namespaced {
-                base["metadata"]["namespace"] = namespace.into();
-            }
-            let new = fieldmanager::apply(&base, &config, &opts.manager, force, &own)
-                .map_err(|c| fieldmanager::conflict_error(&c))?;
-            let mut w = create_inner(st, info, namespace, new, opts, Managed::Precomputed)?;
-            w.warnings.extend(warnings);
-            Ok(w)
-        }
-        Some(old) => {
-            if let Some(rv) = config.at("/metadata/resourceVersion").and_then(Value::as_str)
-                && rv != meta::resource_version(&old)
-            {
-                return Err(ApiError::modified(qualified(info), name));
-            }
-            let mut new = fieldmanager::apply(&old, &config, &opts.manager, force, &own)
-                .map_err(|c| fieldmanager::conflict_error(&c))?;
-            meta::set_meta(
-                &mut new,
-                "resourceVersion",
-                old.at("/metadata/resourceVersion").cloned(),
-            );
-            update_inner(st, info, old, new, opts, status_write, Managed::Precomputed, warnings)
-        }
+    let mut base =
+        json!({"apiVersion": info.api_version(), "kind": info.kind, "metadata": {"name": name}});
+    if info.namespaced {
+        base["metadata"]["namespace"] = namespace.into();
     }
+    let new = fieldmanager::apply(&base, &config, &opts.manager, opts.force, &own)
+        .map_err(|c| fieldmanager::conflict_error(&c))?;
+    let mut w = create_inner(st, info, namespace, new, opts, Managed::Precomputed)?;
+    w.warnings.extend(warnings);
+    Ok(w)
 }
 
 /// Deletes per DeleteOptions: preconditions, finalizers, grace periods and propagation.

@@ -36,6 +36,19 @@ fn free_port() -> u16 {
         .unwrap_or(0)
 }
 
+/// `pod` with `status` merged into its status; `None` when that changes nothing.
+fn with_status(pod: &Value, status: &Value) -> Option<Value> {
+    let mut merged = pod.get("status").cloned().unwrap_or_else(|| json!({}));
+    for (k, v) in status.as_object().into_iter().flatten() {
+        merged[k] = v.clone();
+    }
+    if merged == pod["status"] {
+        return None;
+    }
+    let mut p = pod.clone();
+    p["status"] = merged;
+    Some(p)
+}
 fn pods() -> GroupResource {
     GroupResource::core("pods")
 }
@@ -244,22 +257,36 @@ impl PodWorker {
         st.get(&pods(), &h.namespace, &h.name).filter(|p| meta::uid(p) == self.uid)
     }
 
-    /// Merges `status` into the pod's, read and written under one hold of the lock: a write
-    /// between the two would make this one a conflict, refused, and the pod would keep a stale
-    /// status for good (a simulated pod stayed unready that way at 10,000 pods).
+    /// Merges `status` into the pod's. The write is worked out outside the store's lock and
+    /// committed only if the pod is still the version it was merged into (else merged again, and
+    /// after a few lost races read and written under one hold of the lock): a write between the
+    /// read and the write would otherwise make it a conflict, refused, and the pod would keep a
+    /// stale status for good (a simulated pod stayed unready that way at 10,000 pods).
     /// False when the write was refused (the pod gone or the status unchanged count as done).
     fn write_status(&self, status: Value) -> bool {
+        let opts = api::WriteOpts::system(KUBELET);
+        for _ in 0..api::OPTIMISTIC_TRIES {
+            let (pod, info) = {
+                let st = self.shared.lock();
+                (self.current_in(&st), st.registry.preferred(&pods()))
+            };
+            let Some(pod) = pod else { return true };
+            let Some(info) = info else { return false };
+            let Some(p) = with_status(&pod, &status) else { return true };
+            let prepared = match api::prepare_put(&info, pod, p, &opts, true) {
+                Ok(prepared) => prepared,
+                Err(e) => {
+                    tracing::debug!(pod = %self.uid, error = %e, "status write refused");
+                    return false;
+                }
+            };
+            if api::commit_if_current(&mut self.shared.lock(), &info, prepared).is_some() {
+                return true;
+            }
+        }
         let mut st = self.shared.lock();
         let Some(pod) = self.current_in(&st) else { return true };
-        let mut p = (*pod).clone();
-        let mut merged = p.get("status").cloned().unwrap_or_else(|| json!({}));
-        for (k, v) in status.as_object().into_iter().flatten() {
-            merged[k] = v.clone();
-        }
-        if merged == p["status"] {
-            return true;
-        }
-        p["status"] = merged;
+        let Some(p) = with_status(&pod, &status) else { return true };
         api::system_write(&mut st, &pods(), p, true, KUBELET).is_some()
     }
 

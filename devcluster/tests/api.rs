@@ -256,6 +256,63 @@ async fn patches_json_merge_strategic() {
     assert!(e.message.contains("pod updates may not change fields"), "{}", e.message);
 }
 
+/// Patches are worked out outside the store's lock and committed only if the object is still
+/// the version they started from: concurrent writers of one object must lose nothing, and each
+/// write must be one watch event at its own, increasing resourceVersion.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_patches_of_one_object_lose_nothing() {
+    let env = start().await;
+    let cms: Api<ConfigMap> = Api::namespaced(env.client.clone(), "default");
+    let created = cms.create(&PostParams::default(), &cm("busy", json!({}))).await.unwrap();
+    let start_rv = created.metadata.resource_version.unwrap();
+    let mut stream = cms.watch(&WatchParams::default(), &start_rv).await.unwrap().boxed();
+    const EACH: usize = 24;
+    let mut writers = Vec::new();
+    for i in 0..EACH {
+        let merging = cms.clone();
+        writers.push(tokio::spawn(async move {
+            let merge = json!({"data": {format!("m{i}"): "v"}});
+            merging.patch("busy", &PatchParams::default(), &Patch::Merge(merge)).await.unwrap();
+        }));
+        let applying = cms.clone();
+        writers.push(tokio::spawn(async move {
+            let applied = json!({"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": "busy"}, "data": {format!("a{i}"): "v"}});
+            let params = PatchParams::apply(&format!("applier-{i}"));
+            applying.patch("busy", &params, &Patch::Apply(applied)).await.unwrap();
+        }));
+    }
+    for w in writers {
+        w.await.unwrap();
+    }
+    let data = cms.get("busy").await.unwrap().data.unwrap_or_default();
+    for i in 0..EACH {
+        assert!(data.contains_key(&format!("m{i}")), "merge patch {i} lost: {data:?}");
+        assert!(data.contains_key(&format!("a{i}")), "apply {i} lost: {data:?}");
+    }
+    let mut versions = Vec::new();
+    while versions.len() < 2 * EACH {
+        match tokio::time::timeout(Duration::from_secs(5), stream.try_next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap()
+        {
+            WatchEvent::Modified(o) => {
+                versions.push(o.metadata.resource_version.unwrap().parse::<u64>().unwrap())
+            }
+            other => panic!("only modifications were made: {other:?}"),
+        }
+    }
+    assert!(versions.windows(2).all(|w| w[0] < w[1]), "increasing: {versions:?}");
+    let managers = cms.get("busy").await.unwrap().metadata.managed_fields.unwrap_or_default();
+    assert_eq!(
+        managers.iter().filter(|m| m.operation.as_deref() == Some("Apply")).count(),
+        EACH,
+        "each applier owns its field"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_side_apply_owns_fields_and_detects_conflicts() {
     let env = start().await;
