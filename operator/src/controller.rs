@@ -8,6 +8,7 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 
+use crate::apply::{WriteLog, log_key};
 use crate::context::{Context, key};
 use crate::error::{Error, Result};
 
@@ -100,19 +101,36 @@ fn finalizer_params() -> PatchParams {
 }
 
 /// Adds the cleanup finalizer, keeping every other entry. Returns whether it wrote (or found
-/// the object changed meanwhile: either way an event follows).
-pub async fn ensure_finalizer<K>(api: &Api<K>, obj: &K, finalizer: &str) -> Result<bool>
+/// the object changed meanwhile, or our write of it still in flight to the cache: either way an
+/// event follows).
+pub async fn ensure_finalizer<K>(
+    log: &WriteLog,
+    api: &Api<K>,
+    obj: &K,
+    finalizer: &str,
+) -> Result<bool>
 where
     K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
     if obj.finalizers().iter().any(|f| f == finalizer) {
         return Ok(false);
     }
+    // Other triggers (a tenant's status, a child) reconcile the version we added it to until the
+    // cache shows our write; patching it again would only be refused. With 10,000 instances that
+    // was half an extra write per instance.
+    let key = log_key(obj, "#finalizer");
+    let read = obj.resource_version();
+    if log.already_written(&key, read.as_deref()) {
+        return Ok(true);
+    }
     let mut all = obj.finalizers().to_vec();
     all.push(finalizer.to_string());
     let patch = finalizer_patch(obj, all);
     match api.patch(&obj.name_any(), &finalizer_params(), &Patch::Merge(&patch)).await {
-        Ok(_) => Ok(true),
+        Ok(_) => {
+            log.record(key, read, String::new());
+            Ok(true)
+        }
         Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(true),
         Err(e) => Err(e.into()),
     }

@@ -101,7 +101,7 @@ async fn reconcile_inner(i: &InferenceInstance, ctx: &Context) -> Result<Action>
         // The tenant controller is destroying this namespace; it deletes the instance next.
         return Ok(Action::await_change());
     }
-    if ensure_finalizer(&instances, i, FINALIZER).await? {
+    if ensure_finalizer(&ctx.writes, &instances, i, FINALIZER).await? {
         // The update comes back as an event; a resync covers a stale cache's no-op write.
         return Ok(Action::requeue(ctx.config.resync));
     }

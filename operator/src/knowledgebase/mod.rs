@@ -205,7 +205,7 @@ async fn reconcile_inner(kb: &KnowledgeBase, ctx: &Context) -> Result<Action> {
         )
         .await;
     }
-    if ensure_finalizer(&kbs, kb, FINALIZER).await? {
+    if ensure_finalizer(&ctx.writes, &kbs, kb, FINALIZER).await? {
         // The update comes back as an event; a resync covers a stale cache's no-op write.
         return Ok(Action::requeue(ctx.config.resync));
     }

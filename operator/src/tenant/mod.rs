@@ -52,7 +52,7 @@ async fn reconcile_inner(tenant: &Tenant, ctx: &Context) -> Result<Action> {
     if tenant.metadata.deletion_timestamp.is_some() {
         return cleanup(tenant, ctx).await;
     }
-    if ensure_finalizer(&tenants, tenant, FINALIZER).await? {
+    if ensure_finalizer(&ctx.writes, &tenants, tenant, FINALIZER).await? {
         // The update comes back as an event; continue from there (or after a resync, should a
         // stale cache have made the write a no-op that brings no event).
         return Ok(Action::requeue(ctx.config.resync));
