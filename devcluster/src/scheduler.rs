@@ -2,6 +2,7 @@
 //! tolerations, node selectors and required node affinity, and resource fit (GPUs are whole,
 //! exclusive devices). Pods that fit nowhere stay Pending with kube-scheduler's message.
 
+use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
@@ -274,6 +275,68 @@ fn filter(
     if insufficient.is_empty() { Ok(()) } else { Err(insufficient) }
 }
 
+/// Spread: the node with the most free GPU and CPU is preferred (the pod's requests are the same
+/// on every node, so before or after placement orders them alike).
+fn free(node: &NodeFit, used: &BTreeMap<String, Quantity>) -> i128 {
+    ["nvidia.com/gpu", "cpu"]
+        .iter()
+        .map(|r| {
+            node.allocatable.get(*r).copied().unwrap_or_default().0
+                - used.get(*r).copied().unwrap_or_default().0
+        })
+        .sum()
+}
+
+/// The nodes in `find_node`'s order of preference (most free first, then by name), kept while
+/// a batch of pods is placed: the first that fits is the node `find_node` picks, found without
+/// filtering every node for every pod (at 10,000 pods on 1,252 nodes that was a fifth of
+/// devcluster's CPU).
+struct ByFree {
+    order: BTreeSet<(Reverse<i128>, usize)>,
+    /// Each node's free amount (by its index in the node list), and the indexes by name.
+    free: Vec<i128>,
+    index: HashMap<String, usize>,
+}
+
+impl ByFree {
+    fn new(nodes: &[NodeFit], used: &BTreeMap<String, BTreeMap<String, Quantity>>) -> ByFree {
+        let empty = BTreeMap::new();
+        let free: Vec<i128> =
+            nodes.iter().map(|n| free(n, used.get(&n.name).unwrap_or(&empty))).collect();
+        let mut index: HashMap<String, usize> = HashMap::new();
+        for (i, n) in nodes.iter().enumerate() {
+            index.entry(n.name.clone()).or_insert(i);
+        }
+        let order = index.values().map(|&i| (Reverse(free[i]), i)).collect();
+        ByFree { order, free, index }
+    }
+
+    /// The preferred node that fits, if any. Ties go to the first name, as in `find_node`: the
+    /// node list is in name order (the store lists by name).
+    fn first_fit(
+        &self,
+        pod: &Value,
+        nodes: &[NodeFit],
+        used: &BTreeMap<String, BTreeMap<String, Quantity>>,
+    ) -> Option<String> {
+        let pod = PodFit::new(pod);
+        let empty = BTreeMap::new();
+        self.order
+            .iter()
+            .map(|(_, i)| &nodes[*i])
+            .find(|n| filter(&pod, n, used.get(&n.name).unwrap_or(&empty)).is_ok())
+            .map(|n| n.name.clone())
+    }
+
+    /// Takes in a change of what `node` has in use.
+    fn update(&mut self, node: &str, nodes: &[NodeFit], used: &BTreeMap<String, Quantity>) {
+        let Some(&i) = self.index.get(node) else { return };
+        self.order.remove(&(Reverse(self.free[i]), i));
+        self.free[i] = free(&nodes[i], used);
+        self.order.insert((Reverse(self.free[i]), i));
+    }
+}
+
 /// Picks a node (the least-allocated fit), or kube-scheduler's "0/N nodes are available" message.
 pub fn find_node(
     pod: &Value,
@@ -290,14 +353,7 @@ pub fn find_node(
         let node_used = used.get(name).unwrap_or(&empty);
         match filter(&pod, node, node_used) {
             Ok(()) => {
-                // Spread: prefer the node with the most free GPU/CPU after placement.
-                let free = ["nvidia.com/gpu", "cpu"]
-                    .iter()
-                    .map(|r| {
-                        node.allocatable.get(*r).copied().unwrap_or_default().0
-                            - node_used.get(*r).copied().unwrap_or_default().0
-                    })
-                    .sum::<i128>();
+                let free = free(node, node_used);
                 if best.as_ref().is_none_or(|(f, n)| free > *f || (free == *f && name < n.as_str()))
                 {
                     best = Some((free, name.to_string()));
@@ -383,6 +439,7 @@ pub fn schedule_pending(st: &mut State, cache: &mut Cache) {
         .nodes
         .take()
         .unwrap_or_else(|| st.list(&nodes(), None).into_iter().map(NodeFit::new).collect());
+    let mut by_free = ByFree::new(&node_list, &cache.used);
     for key in cache.pending.clone() {
         let (ns, name) = key.clone();
         let Some(pod) = st.get(&pods(), &ns, &name) else {
@@ -406,13 +463,19 @@ pub fn schedule_pending(st: &mut State, cache: &mut Cache) {
         let decision = if unbound {
             Err("0/1 nodes are available: pod has unbound immediate PersistentVolumeClaims. preemption: 0/1 nodes are available: 1 Preemption is not helpful for scheduling.".to_string())
         } else {
-            find_node(&pod, &node_list, &cache.used)
+            // The full scan only to say why nothing fits.
+            by_free
+                .first_fit(&pod, &node_list, &cache.used)
+                .map_or_else(|| find_node(&pod, &node_list, &cache.used), Ok)
         };
         match decision {
             Ok(node) => {
                 if bind(st, &ns, &name, &node).is_ok() {
                     cache.pending.remove(&key);
-                    cache.add(key, node, pod_requests(&pod));
+                    cache.add(key, node.clone(), pod_requests(&pod));
+                    if let Some(used) = cache.used.get(&node) {
+                        by_free.update(&node, &node_list, used);
+                    }
                 }
             }
             Err(message) => {
@@ -510,5 +573,44 @@ mod tests {
         );
         let tolerant = json!({"spec": {"nodeSelector": {"region": "tw"}, "tolerations": [{"key": "alcove.dev/tenant", "operator": "Equal", "value": "acme", "effect": "NoSchedule"}], "containers": [{"name": "c", "resources": {"limits": {"nvidia.com/gpu": "2"}}}]}});
         assert_eq!(find_node(&tolerant, &nodes, &BTreeMap::new()).unwrap(), "c");
+    }
+
+    #[test]
+    fn the_ordered_search_picks_what_the_full_scan_picks() {
+        // Nodes in name order (as the store lists them), with ties, a taint and a selector.
+        let nodes: Vec<NodeFit> = (0..40)
+            .map(|i| {
+                let taints = if i % 7 == 3 {
+                    json!([{"key": "k", "value": "v", "effect": "NoSchedule"}])
+                } else {
+                    json!([])
+                };
+                let region = if i % 5 == 1 { "jp" } else { "tw" };
+                node(&format!("n{i:02}"), json!({"region": region}), taints, ["2", "4", "8"][i % 3])
+            })
+            .map(NodeFit::new)
+            .collect();
+        let pod = json!({"spec": {"nodeSelector": {"region": "tw"}, "containers": [{"name": "c", "resources": {"limits": {"nvidia.com/gpu": "1", "cpu": "1"}}}]}});
+        let requests = pod_requests(&pod);
+        let mut used: BTreeMap<String, BTreeMap<String, Quantity>> = BTreeMap::new();
+        let mut by_free = ByFree::new(&nodes, &used);
+        let mut placed = 0;
+        loop {
+            let full = find_node(&pod, &nodes, &used);
+            let ordered = by_free.first_fit(&pod, &nodes, &used);
+            assert_eq!(ordered, full.clone().ok(), "after {placed} placements");
+            let Ok(node) = full else { break };
+            let u = used.entry(node.clone()).or_default();
+            for (k, q) in &requests {
+                let cur = u.get(k).copied().unwrap_or_default();
+                u.insert(k.clone(), cur + *q);
+            }
+            by_free.update(&node, &nodes, &used[&node]);
+            placed += 1;
+        }
+        // Every GPU of the nodes the pod may use: 2, 4 or 8 on each untainted node in tw.
+        let usable: usize =
+            (0..40).filter(|i| i % 7 != 3 && i % 5 != 1).map(|i| [2, 4, 8][i % 3]).sum();
+        assert_eq!(placed, usable);
     }
 }
