@@ -55,7 +55,10 @@ pub struct ObjectRef {
 type Collection = BTreeMap<(String, String), Arc<Value>>;
 
 /// All stored state. Lives behind one mutex: every write is one short critical section, like an
-/// etcd transaction, which keeps resourceVersions and watch order trivially consistent.
+/// etcd transaction, which keeps resourceVersions and watch order trivially consistent. Updates
+/// of existing objects (API patches, the kubelet's status writes) are worked out outside it from
+/// one version and committed under it only if that version is still stored
+/// (`api::commit_if_current`), so the lock is held for the write alone.
 pub struct State {
     pub registry: Registry,
     objects: HashMap<GroupResource, Collection>,
