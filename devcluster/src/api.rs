@@ -591,22 +591,6 @@ fn get_existing(
         .ok_or_else(|| ApiError::not_found(qualified(info), name))
 }
 
-#[allow(clippy::too_many_arguments)]
-/// Finishes an update of `old` into `new`: strategy, validation, finalization, managed fields,
-/// and the write itself (skipped when nothing changed).
-fn update_inner(
-    st: &mut State,
-    info: &ResourceInfo,
-    old: Arc<Value>,
-    new: Value,
-    opts: &WriteOpts,
-    status_write: bool,
-    managed: Managed,
-    warnings: Vec<String>,
-) -> Result<Written, ApiError> {
-    Ok(commit(st, info, prepare_update(info, old, new, opts, status_write, managed, warnings)?))
-}
-
 /// An update worked out from one version of the stored object (`old`) without the store:
 /// `commit` writes it, and `commit_if_current` only while `old` is still the stored version.
 pub struct Prepared {
@@ -648,6 +632,8 @@ pub fn commit_if_current(st: &mut State, info: &ResourceInfo, p: Prepared) -> Op
     Arc::ptr_eq(&stored, &p.old).then(|| commit(st, info, p))
 }
 
+/// Works out an update of `old` into `new`: strategy, validation, finalization and managed
+/// fields; `commit` writes it (or nothing, when nothing changed).
 #[allow(clippy::too_many_arguments)]
 fn prepare_update(
     info: &ResourceInfo,
@@ -748,7 +734,8 @@ pub fn update(
     }
     let old = get_existing(st, info, namespace, name)?;
     let obj = to_storage(info, obj);
-    update_inner(st, info, old, obj, opts, status_write, Managed::Update, Vec::new())
+    let p = prepare_update(info, old, obj, opts, status_write, Managed::Update, Vec::new())?;
+    Ok(commit(st, info, p))
 }
 
 /// A full update (PUT) of the stored object `old` by a trusted in-process writer (the kubelet),
