@@ -430,10 +430,10 @@ async fn destroy(kb: &KnowledgeBase, ctx: &Context) -> Result<Action> {
     let claim = builders::pvc_name(&name);
     let users: Vec<String> = ctx
         .caches
+        .by_namespace
         .pods
-        .state()
+        .objects(&ctx.caches.pods, &ns)
         .iter()
-        .filter(|p| p.namespace().as_deref() == Some(ns.as_str()))
         .filter(|p| crate::context::mounted_claims(p).contains(&claim.as_str()))
         .map(|p| p.name_any())
         .collect();

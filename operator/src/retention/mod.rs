@@ -225,11 +225,14 @@ async fn reconcile_inner(pvc: &PersistentVolumeClaim, ctx: &Context) -> Result<A
         }
         Verdict::Erase { deadline } => {
             // A volume a pod mounts was taken back by its owner; never erase from under it.
-            let ns = pvc.namespace().unwrap_or_default();
-            let mounted = ctx.caches.pods.state().iter().any(|p| {
-                p.namespace().as_deref() == Some(ns.as_str())
-                    && crate::context::mounted_claims(p).contains(&pvc.name_any().as_str())
-            });
+            let (ns, name) = (pvc.namespace().unwrap_or_default(), pvc.name_any());
+            let mounted = ctx
+                .caches
+                .by_namespace
+                .pods
+                .objects(&ctx.caches.pods, &ns)
+                .iter()
+                .any(|p| crate::context::mounted_claims(p).contains(&name.as_str()));
             if mounted {
                 return Ok(Action::requeue(Duration::from_secs(5)));
             }
