@@ -132,8 +132,8 @@ pub struct Store {
 /// A pool on `dsn` with `schema` created: `sqlite:///path/file.db` (made if missing; WAL, so
 /// readers do not block the writer), `sqlite::memory:` (one connection: each would have its own
 /// database), or `postgres://user:password@host:port/db`. Replicas starting together may race to
-/// create the tables; the loser tries again. Errors never repeat the DSN's password. The
-/// dashboard's store opens the same way.
+/// create the file or the tables; the loser tries again. Errors never repeat the DSN's password.
+/// The dashboard's store opens the same way.
 pub async fn connect(dsn: &str, schema: &[&str]) -> Result<AnyPool, String> {
     sqlx::any::install_default_drivers();
     let sqlite = dsn.starts_with("sqlite:");
@@ -151,33 +151,36 @@ pub async fn connect(dsn: &str, schema: &[&str]) -> Result<AnyPool, String> {
         8
     };
     let failed = |e: sqlx::Error| redact(&e.to_string(), &dsn);
-    let pool = AnyPoolOptions::new()
-        .max_connections(connections)
-        .acquire_timeout(Duration::from_secs(10))
-        .connect(&dsn)
-        .await
-        .map_err(failed)?;
-    if sqlite && !memory {
-        sqlx::query("PRAGMA journal_mode=WAL").execute(&pool).await.map_err(failed)?;
-    }
-    for attempt in 0.. {
-        let created: Result<(), sqlx::Error> = async {
+    // The whole opening is retried, not only the tables: of several openers of a new SQLite
+    // file, one may be told "database is locked" at once, not after the busy timeout (seen in
+    // CI, and in the test below).
+    let mut attempt = 0;
+    loop {
+        let opened: Result<AnyPool, sqlx::Error> = async {
+            let pool = AnyPoolOptions::new()
+                .max_connections(connections)
+                .acquire_timeout(Duration::from_secs(10))
+                .connect(&dsn)
+                .await?;
+            if sqlite && !memory {
+                sqlx::query("PRAGMA journal_mode=WAL").execute(&pool).await?;
+            }
             for ddl in schema {
                 sqlx::query(ddl).execute(&pool).await?;
             }
-            Ok(())
+            Ok(pool)
         }
         .await;
-        match created {
-            Ok(()) => break,
-            Err(e) if attempt < 3 => {
-                tracing::debug!(error = %e, "creating tables; trying again");
+        match opened {
+            Ok(pool) => return Ok(pool),
+            Err(e) if attempt < 4 => {
+                tracing::debug!(error = %failed(e), "opening the store; trying again");
+                attempt += 1;
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
             Err(e) => return Err(failed(e)),
         }
     }
-    Ok(pool)
 }
 
 /// `YYYY-MM-DD` (UTC) of an instant in milliseconds.
@@ -410,6 +413,23 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         records_days_and_the_purge(&format!("sqlite://{}", dir.path().join("usage.db").display()))
             .await;
+    }
+
+    /// Replicas (or the gateway and the dashboard) starting together on a new SQLite file all
+    /// open it: once CI saw one of two openers fail with "database is locked".
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn openers_racing_on_a_new_sqlite_file_all_open() {
+        let dir = tempfile::tempdir().unwrap();
+        for round in 0..10 {
+            let dsn = format!("sqlite://{}", dir.path().join(format!("{round}.db")).display());
+            let opens = (0..6).map(|_| {
+                let dsn = dsn.clone();
+                tokio::spawn(async move { Store::open(&dsn).await.map(drop) })
+            });
+            for opened in futures::future::join_all(opens).await {
+                opened.unwrap().unwrap();
+            }
+        }
     }
 
     #[tokio::test]
