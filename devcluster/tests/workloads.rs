@@ -120,6 +120,42 @@ async fn scheduler_honours_selectors_taints_and_gpu_fit() {
     .await;
 }
 
+/// The scheduler keeps its nodes in order of preference between passes: a node whose pod went
+/// away must move up again before the next pod is placed, or that pod lands on the node a stale
+/// order prefers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_freed_between_passes_is_preferred_again() {
+    let env = start_with(|c| {
+        c.node(NodeConfig::gpu("n1", "eu-test-1", "NVIDIA-H100-80GB-HBM3", 3))
+            .node(NodeConfig::gpu("n2", "eu-test-1", "NVIDIA-H100-80GB-HBM3", 4))
+    })
+    .await;
+    let pods: Api<Pod> = Api::namespaced(env.client.clone(), "default");
+    let eu = |name: &str, gpus: u32| {
+        gpu_pod(name, gpus, json!({"nodeSelector": {"topology.kubernetes.io/region": "eu-test-1"}}))
+    };
+    let place = |name: &'static str, gpus: u32| {
+        let pods = pods.clone();
+        let pod = eu(name, gpus);
+        async move {
+            pods.create(&PostParams::default(), &pod).await.unwrap();
+            until_some("pod bound", Duration::from_secs(5), || node_of(&pods, name)).await
+        }
+    };
+    // The most free first: 4 > 3, then 3 > 2; both nodes are left with 2 free.
+    assert_eq!(place("first", 2).await, "n2");
+    assert_eq!(place("second", 1).await, "n1");
+    pods.delete("first", &DeleteParams { grace_period_seconds: Some(0), ..Default::default() })
+        .await
+        .unwrap();
+    eventually("first gone", Duration::from_secs(10), || async {
+        pods.get_opt("first").await.unwrap().is_none()
+    })
+    .await;
+    // n2 has 4 free again against n1's 2; a stale order (2 and 2, a tie) would pick n1 by name.
+    assert_eq!(place("third", 1).await, "n2");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn process_pod_ready_by_probe_and_reachable_through_the_service_proxy() {
     let env = start().await;
