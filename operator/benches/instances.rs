@@ -201,6 +201,24 @@ async fn main() {
 
     let before = alcove_devcluster::metrics::reconcile_writes(&writes(&client).await);
     let rv_before = cluster.shared().lock().current_rv();
+    // Every write the store takes, by resource (a lagging subscriber counts what it missed), so
+    // devcluster's own share (scheduler, kubelet, controllers, Events) names its parts too.
+    let mut store_events = cluster.shared().lock().subscribe();
+    let store_counts: Arc<Mutex<BTreeMap<String, u64>>> = Arc::default();
+    let counting = tokio::spawn({
+        let counts = store_counts.clone();
+        async move {
+            use tokio::sync::broadcast::error::RecvError;
+            loop {
+                let key = match store_events.recv().await {
+                    Ok(e) => (e.gr.resource.clone(), 1),
+                    Err(RecvError::Lagged(n)) => ("(missed)".to_string(), n),
+                    Err(RecvError::Closed) => return,
+                };
+                *counts.lock().unwrap().entry(key.0).or_default() += key.1;
+            }
+        }
+    });
     let started = Instant::now();
     let tenants_api: Api<Tenant> = Api::all(client.clone());
     futures::stream::iter(0..tenants)
@@ -303,6 +321,10 @@ async fn main() {
     // Every write the store took meanwhile (each one a resourceVersion): the operator's, the
     // benchmark's, and devcluster's own scheduler, kubelet, controllers and Events.
     let store_writes = (cluster.shared().lock().current_rv() - rv_before) as f64;
+    counting.abort();
+    let mut store_by_resource: Vec<(String, u64)> =
+        std::mem::take(&mut *store_counts.lock().unwrap()).into_iter().collect();
+    store_by_resource.sort_by_key(|(r, n)| (std::cmp::Reverse(*n), r.clone()));
     // The creations of this benchmark itself are not the operator's writes.
     let bench_writes = (tenants + total) as f64;
     tokio::time::sleep(Duration::from_secs(2)).await; // stragglers (tenant aggregates)
@@ -431,6 +453,10 @@ async fn main() {
         "  all writes the store took while converging (scheduler, kubelet, controllers, Events included): {store_writes:.0} ({:.1} per instance); convergence ÷ (those ÷ raw rate) = {:.2}",
         store_writes / total as f64,
         converge.as_secs_f64() / (store_writes / raw_rate)
+    );
+    println!(
+        "  those by resource: {}",
+        store_by_resource.iter().map(|(r, n)| format!("{r}={n}")).collect::<Vec<_>>().join(" ")
     );
     for mut o in operators {
         let _ = o.kill().await;
