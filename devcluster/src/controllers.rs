@@ -42,6 +42,18 @@ fn pod_phase(pod: &Value) -> &str {
     pod.at("/status/phase").and_then(Value::as_str).unwrap_or("Pending")
 }
 
+/// What `reconcile_endpoints` reads of a pod (its spec's ports never change).
+fn endpoint_view(pod: &Value) -> impl PartialEq + '_ {
+    (
+        meta::labels(pod),
+        pod.at("/status/podIP"),
+        pod.at("/spec/nodeName"),
+        matches!(pod_phase(pod), "Succeeded" | "Failed"),
+        pod_ready(pod),
+        meta::is_deleting(pod),
+    )
+}
+
 fn set_condition(conds: &mut Vec<Value>, ty: &str, status: &str, reason: &str, message: &str) {
     if let Some(c) = conds.iter_mut().find(|c| c["type"] == ty) {
         if c["status"] != status {
@@ -97,8 +109,16 @@ impl Controllers {
                 ("", "pods") => {
                     let finished = matches!(pod_phase(obj), "Succeeded" | "Failed")
                         && pod_phase(obj) != pod_phase(e.old.as_deref().unwrap_or(obj));
-                    // Only services selecting the pod (before or after the change) are affected.
-                    for svc in st.list(&GroupResource::core("services"), Some(&ns)) {
+                    // Only services selecting the pod (before or after the change) are
+                    // affected, and only by a change of what endpoints show of it.
+                    let shown_changed = e.kind != EventType::Modified
+                        || e.old.as_deref().is_none_or(|o| endpoint_view(o) != endpoint_view(obj));
+                    let candidates = if shown_changed {
+                        st.list(&GroupResource::core("services"), Some(&ns))
+                    } else {
+                        Vec::new()
+                    };
+                    for svc in candidates {
                         let Some(sel) = svc
                             .at("/spec/selector")
                             .and_then(Value::as_object)
@@ -106,8 +126,9 @@ impl Controllers {
                         else {
                             continue;
                         };
-                        let sel = LabelSelector::from_map(sel);
-                        if sel.matches(obj) || e.old.as_deref().is_some_and(|o| sel.matches(o)) {
+                        if LabelSelector::map_matches(sel, obj)
+                            || e.old.as_deref().is_some_and(|o| LabelSelector::map_matches(sel, o))
+                        {
                             services.insert((ns.clone(), meta::name(&svc).to_string()));
                         }
                     }
@@ -877,7 +898,8 @@ fn reconcile_endpoints(st: &mut State, ns: &str, name: &str) {
         subset["notReadyAddresses"] = Value::Array(not_ready);
     }
     let subsets = if pods.is_empty() { json!([]) } else { json!([subset]) };
-    let mut endpoints = st.get(&eps, ns, name).map(|e| (*e).clone()).unwrap_or_else(|| {
+    let live_endpoints = st.get(&eps, ns, name);
+    let mut endpoints = live_endpoints.as_deref().cloned().unwrap_or_else(|| {
         json!({"apiVersion": "v1", "kind": "Endpoints", "metadata": {"name": name, "namespace": ns, "ownerReferences": [owner_ref(&svc, true)]}})
     });
     if subsets.as_array().is_some_and(Vec::is_empty) {
@@ -886,7 +908,10 @@ fn reconcile_endpoints(st: &mut State, ns: &str, name: &str) {
         endpoints["subsets"] = subsets;
     }
     meta::set_label(&mut endpoints, "endpoints.kubernetes.io/managed-by", "endpoint-controller");
-    api::system_write(st, &eps, endpoints, false, "endpoint-controller");
+    // Most calls change nothing (a pod's other fields moved): no write to work out then.
+    if live_endpoints.as_deref() != Some(&endpoints) {
+        api::system_write(st, &eps, endpoints, false, "endpoint-controller");
+    }
 
     let slice_name =
         format!("{name}-{}", &meta::uid(&svc).replace('-', "")[..5.min(meta::uid(&svc).len())]);
@@ -898,13 +923,16 @@ fn reconcile_endpoints(st: &mut State, ns: &str, name: &str) {
                 "nodeName": p.at("/spec/nodeName").cloned().unwrap_or_default(), "targetRef": {"kind": "Pod", "namespace": ns, "name": meta::name(p), "uid": meta::uid(p)}})
         })
         .collect();
-    let mut slice = st.get(&slices, ns, &slice_name).map(|e| (*e).clone()).unwrap_or_else(|| {
+    let live_slice = st.get(&slices, ns, &slice_name);
+    let mut slice = live_slice.as_deref().cloned().unwrap_or_else(|| {
         json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "addressType": "IPv4",
             "metadata": {"name": slice_name, "namespace": ns, "labels": {"kubernetes.io/service-name": name, "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io"}, "ownerReferences": [owner_ref(&svc, true)]}})
     });
     slice["endpoints"] = Value::Array(slice_endpoints);
     slice["ports"] = Value::Array(ep_ports_named(&ports, &pods));
-    api::system_write(st, &slices, slice, false, "endpointslice-controller");
+    if live_slice.as_deref() != Some(&slice) {
+        api::system_write(st, &slices, slice, false, "endpointslice-controller");
+    }
 }
 
 fn ep_ports_named(ports: &[Value], pods: &[Arc<Value>]) -> Vec<Value> {

@@ -48,6 +48,16 @@ impl LabelSelector {
         self.reqs.is_empty()
     }
 
+    /// What `from_map(m).matches(obj)` answers, without building the selector: the endpoints
+    /// controller asks it of every Service in a namespace for every pod change.
+    pub fn map_matches(m: &serde_json::Map<String, Value>, obj: &Value) -> bool {
+        let labels = meta::labels(obj);
+        m.iter().all(|(k, v)| {
+            labels.and_then(|l| l.get(k)).and_then(Value::as_str)
+                == Some(v.as_str().unwrap_or_default())
+        })
+    }
+
     pub fn matches_labels(&self, labels: Option<&serde_json::Map<String, Value>>) -> bool {
         let get = |k: &str| labels.and_then(|l| l.get(k)).and_then(Value::as_str);
         self.reqs.iter().all(|r| match r {
@@ -225,6 +235,34 @@ pub fn selectable_fields(group: &str, resource: &str) -> &'static [&'static str]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_map_matches_as_the_selector_built_from_it() {
+        let pods = [
+            json!({"metadata": {"labels": {"app": "a", "tier": "web"}}}),
+            json!({"metadata": {"labels": {"app": "a"}}}),
+            json!({"metadata": {"labels": {"app": "b", "tier": "web"}}}),
+            json!({"metadata": {"labels": {"app": ""}}}),
+            json!({"metadata": {}}),
+        ];
+        let selectors = [
+            json!({"app": "a"}),
+            json!({"app": "a", "tier": "web"}),
+            json!({"app": ""}),
+            json!({"app": 1}),
+            json!({}),
+        ];
+        let mut matched = 0;
+        for sel in &selectors {
+            let sel = sel.as_object().unwrap();
+            for pod in &pods {
+                let built = LabelSelector::from_map(sel).matches(pod);
+                assert_eq!(LabelSelector::map_matches(sel, pod), built, "{sel:?} {pod}");
+                matched += built as usize;
+            }
+        }
+        assert_eq!(matched, 2 + 1 + 1 + 1 + 5, "the cases both match and miss");
+    }
 
     #[test]
     fn label_selectors() {

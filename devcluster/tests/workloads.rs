@@ -260,6 +260,30 @@ spec:
     let logs = env.ok(&["logs", "web"]).await;
     assert!(logs.contains("serving on 127.0.0.1:"), "{logs}");
 
+    // The Service's endpoints follow the pod's labels, and are written for nothing else of it.
+    let listed = || {
+        env.ok(&[
+            "get",
+            "endpoints",
+            "web",
+            "-o",
+            "jsonpath={.subsets[*].addresses[*].targetRef.name}",
+        ])
+    };
+    assert_eq!(listed().await, "web");
+    let mut writes = env.cluster.shared().lock().subscribe();
+    env.ok(&["annotate", "pod", "web", "note=unrelated"]).await;
+    env.ok(&["label", "pod", "web", "app=other", "--overwrite"]).await;
+    eventually("unselected", Duration::from_secs(5), || async { listed().await.is_empty() }).await;
+    let mut endpoints_writes = 0;
+    while let Ok(e) = writes.try_recv() {
+        endpoints_writes += (e.gr.resource == "endpoints") as usize;
+    }
+    assert_eq!(endpoints_writes, 1, "the label move only");
+    env.ok(&["label", "pod", "web", "app=web", "--overwrite"]).await;
+    eventually("selected again", Duration::from_secs(5), || async { listed().await == "web" })
+        .await;
+
     // Deleting the pod kills its process.
     let pods: Api<Pod> = Api::namespaced(env.client.clone(), "default");
     let uid = pods.get("web").await.unwrap().metadata.uid.unwrap();
