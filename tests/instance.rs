@@ -462,4 +462,47 @@ async fn rotating_the_key_revokes_the_old_one_and_prompts_update_in_place() {
     .await;
     assert_eq!(tokens(old.clone()).await.0, 401, "the old key is revoked");
     assert!(!p.events("tenant-startup", "ApiKeyRotated").await.is_empty());
+
+    // The status publishes the key's hash, which is noted on its Secret: the operator caches
+    // Secrets' metadata only and never holds the key.
+    let sha = |key: &str| {
+        use sha2::Digest;
+        sha2::Sha256::digest(key.as_bytes()).iter().map(|b| format!("{b:02x}")).collect::<String>()
+    };
+    let published = || async {
+        p.json(&["get", "inst", "chat", "-n", "tenant-startup"]).await["status"]["apiKeyHash"]
+            .as_str()
+            .map(str::to_string)
+    };
+    assert_eq!(published().await, Some(sha(&new)));
+    let secret = p.json(&["get", "secret", "chat-api-key", "-n", "tenant-startup"]).await;
+    assert_eq!(secret["metadata"]["annotations"]["alcove.dev/api-key-sha256"], sha(&new));
+    // A key made before hashes were noted (no annotation), and a status that lost its hash: the
+    // operator reads the key from the API server and publishes its hash again.
+    p.ok(&[
+        "annotate",
+        "secret",
+        "chat-api-key",
+        "-n",
+        "tenant-startup",
+        "alcove.dev/api-key-sha256-",
+    ])
+    .await;
+    p.ok(&[
+        "patch",
+        "inst",
+        "chat",
+        "-n",
+        "tenant-startup",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"apiKeyHash":null}}"#,
+    ])
+    .await;
+    eventually("the hash is published again", Duration::from_secs(20), || async {
+        published().await == Some(sha(&new))
+    })
+    .await;
+    assert_eq!(tokens(new.clone()).await.0, 200);
 }

@@ -17,6 +17,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use kube::api::Api;
+use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{self, Store, reflector};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
@@ -138,40 +139,45 @@ impl Readiness {
     }
 }
 
-/// How a kind is trimmed before it is cached: `trim` for all but pods.
-pub trait Trimmed {
-    fn trim(&mut self);
+/// A kind the operator caches, and what the cache keeps of each object (`trim` unless said
+/// otherwise).
+pub trait Cached:
+    Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static
+{
+    fn trim(&mut self) {
+        trim(self)
+    }
 }
 
-macro_rules! trimmed {
-    ($($ty:ty),*) => { $( impl Trimmed for $ty { fn trim(&mut self) { trim(self) } } )* };
-}
+impl Cached for Tenant {}
+impl Cached for InferenceInstance {}
+impl Cached for KnowledgeBase {}
+impl Cached for Namespace {}
+impl Cached for Node {}
+impl Cached for ResourceQuota {}
+impl Cached for LimitRange {}
+impl Cached for NetworkPolicy {}
+impl Cached for Role {}
+impl Cached for RoleBinding {}
+impl Cached for ClusterRole {}
+impl Cached for ClusterRoleBinding {}
+impl Cached for ConfigMap {}
+impl Cached for Service {}
+impl Cached for PersistentVolumeClaim {}
+impl Cached for Job {}
 
-trimmed!(
-    Tenant,
-    InferenceInstance,
-    KnowledgeBase,
-    Namespace,
-    Node,
-    ResourceQuota,
-    LimitRange,
-    NetworkPolicy,
-    Role,
-    RoleBinding,
-    ClusterRole,
-    ClusterRoleBinding,
-    Secret,
-    ConfigMap,
-    Service,
-    PersistentVolumeClaim,
-    Job
-);
-
-impl Trimmed for Pod {
+impl Cached for Pod {
     fn trim(&mut self) {
         trim_pod(self)
     }
 }
+
+/// Secrets are cached as metadata only (kube asks for `PartialObjectMetadata`): the operator
+/// reads whether a key exists and its annotations (rotation, the key's hash), never the key
+/// itself, so its memory does not hold every tenant's and instance's key (nor their bytes).
+pub type SecretMeta = PartialObjectMeta<Secret>;
+
+impl Cached for SecretMeta {}
 
 /// What a cache keeps of an object. managedFields are often larger than the object itself and no
 /// controller reads them; kubectl's last-applied copy is the object once more.
@@ -232,23 +238,13 @@ pub fn mounted_claims(pod: &Pod) -> Vec<&str> {
     }
 }
 
-fn cache<K>(
+fn cache<K: Cached>(
     api: Api<K>,
     config: watcher::Config,
     name: &'static str,
     shared: (&Arc<Readiness>, &Arc<crate::apply::WriteLog>),
     feeders: &mut Vec<Feeder>,
-) -> (Store<K>, Feed<K>, ByNamespace)
-where
-    K: Resource<DynamicType = ()>
-        + Trimmed
-        + Clone
-        + DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
-{
+) -> (Store<K>, Feed<K>, ByNamespace) {
     let (store, writer) = reflector::store();
     let feed = Feed::default();
     let publisher = feed.clone();
@@ -309,7 +305,7 @@ fn landed<K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static>(
 }
 
 macro_rules! caches {
-    ($( $field:ident: $ty:ty = $api:expr, $cfg:expr; )*) => {
+    ($( $field:ident: $ty:ty = $cfg:expr; )*) => {
         /// Everything the controllers read: one watch cache per kind.
         #[derive(Clone)]
         pub struct Caches {
@@ -339,7 +335,7 @@ macro_rules! caches {
                 let (tx, synced) = tokio::sync::watch::channel(false);
                 let readiness = Arc::new(Readiness { pending: std::sync::Mutex::new(vec![$( stringify!($field), )*]), synced: tx });
                 let writes = Arc::new(crate::apply::WriteLog::default());
-                $( let $field = cache::<$ty>($api(client.clone()), $cfg, stringify!($field), (&readiness, &writes), &mut feeders); )*
+                $( let $field = cache::<$ty>(Api::all(client.clone()), $cfg, stringify!($field), (&readiness, &writes), &mut feeders); )*
                 (Caches { $( $field: $field.0.clone(), )* by_namespace: Indexes { $( $field: $field.2.clone(), )* }, writes, synced, readiness }, Handles { $( $field: $field.1, )* }, feeders)
             }
 
@@ -366,25 +362,25 @@ fn all() -> watcher::Config {
 }
 
 caches! {
-    tenants: Tenant = Api::all, all();
-    instances: InferenceInstance = Api::all, all();
-    knowledge_bases: KnowledgeBase = Api::all, all();
-    namespaces: Namespace = Api::all, watcher::Config::default().labels(alcove_crds::LABEL_TENANT);
-    nodes: Node = Api::all, all();
-    quotas: ResourceQuota = Api::all, managed();
-    limit_ranges: LimitRange = Api::all, managed();
-    network_policies: NetworkPolicy = Api::all, managed();
-    roles: Role = Api::all, managed();
-    role_bindings: RoleBinding = Api::all, managed();
-    cluster_roles: ClusterRole = Api::all, managed();
-    cluster_role_bindings: ClusterRoleBinding = Api::all, managed();
-    secrets: Secret = Api::all, managed();
+    tenants: Tenant = all();
+    instances: InferenceInstance = all();
+    knowledge_bases: KnowledgeBase = all();
+    namespaces: Namespace = watcher::Config::default().labels(alcove_crds::LABEL_TENANT);
+    nodes: Node = all();
+    quotas: ResourceQuota = managed();
+    limit_ranges: LimitRange = managed();
+    network_policies: NetworkPolicy = managed();
+    roles: Role = managed();
+    role_bindings: RoleBinding = managed();
+    cluster_roles: ClusterRole = managed();
+    cluster_role_bindings: ClusterRoleBinding = managed();
+    secrets: SecretMeta = managed();
     // Erasure receipts grow with every erasure and are read only on demand: kept out of memory.
-    config_maps: ConfigMap = Api::all, watcher::Config::default().labels(&format!("{}!={}", alcove_crds::LABEL_DATA_CLASS, crate::retention::policy::RECEIPTS_CLASS));
-    services: Service = Api::all, managed();
-    pods: Pod = Api::all, managed();
-    pvcs: PersistentVolumeClaim = Api::all, managed();
-    jobs: Job = Api::all, managed();
+    config_maps: ConfigMap = watcher::Config::default().labels(&format!("{}!={}", alcove_crds::LABEL_DATA_CLASS, crate::retention::policy::RECEIPTS_CLASS));
+    services: Service = managed();
+    pods: Pod = managed();
+    pvcs: PersistentVolumeClaim = managed();
+    jobs: Job = managed();
 }
 
 /// Finds a namespaced object in a store.

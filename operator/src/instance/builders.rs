@@ -42,6 +42,9 @@ pub const PROMPT_FIELD: &str = "system-prompt";
 pub const POD_HASH: &str = "alcove.dev/pod-hash";
 /// On the API-key Secret: the `alcove.dev/rotate-api-key` value its key was made for.
 pub const KEY_ROTATION: &str = "alcove.dev/key-rotation";
+/// On the API-key Secret: the SHA-256 of its key (published in the status anyway), so the
+/// operator's cache of Secrets holds their metadata only, never the keys.
+pub const KEY_HASH: &str = "alcove.dev/api-key-sha256";
 
 const MODEL_DIR: &str = "/models";
 const API_KEY_DIR: &str = "/etc/alcove/api-key";
@@ -210,8 +213,14 @@ pub fn child_meta(i: &InferenceInstance, name: &str) -> ObjectMeta {
 /// The API key Secret: `key` is 32 random bytes as hex, made for rotation request `rotation`.
 pub fn api_key_secret(i: &InferenceInstance, key: &[u8; 32], rotation: &str) -> Secret {
     let mut meta = child_meta(i, &api_key_secret_name(&i.name_any()));
-    meta.annotations = Some([(KEY_ROTATION.to_string(), rotation.to_string())].into());
     let text = crate::hash::hex(key);
+    meta.annotations = Some(
+        [
+            (KEY_ROTATION.to_string(), rotation.to_string()),
+            (KEY_HASH.to_string(), crate::hash::hex(&sha2::Sha256::digest(text.as_bytes()))),
+        ]
+        .into(),
+    );
     Secret {
         metadata: meta,
         type_: Some("Opaque".into()),
@@ -226,8 +235,14 @@ pub fn api_key_hash(secret: &Secret) -> Option<String> {
     Some(crate::hash::hex(&sha2::Sha256::digest(&key.0)))
 }
 
+/// The key's hash as noted on its Secret (`KEY_HASH`); a key made by an operator before it
+/// noted hashes has none, and is read from the API server instead.
+pub fn noted_key_hash(secret: &impl ResourceExt) -> Option<String> {
+    secret.annotations().get(KEY_HASH).cloned()
+}
+
 /// The rotation a Secret's key answers (`""`: the key made at creation).
-pub fn key_rotation_of(secret: &Secret) -> String {
+pub fn key_rotation_of(secret: &impl ResourceExt) -> String {
     secret.annotations().get(KEY_ROTATION).cloned().unwrap_or_default()
 }
 
@@ -700,6 +715,7 @@ mod tests {
         let sent = "07".repeat(32);
         let expected = crate::hash::hex(&sha2::Sha256::digest(sent.as_bytes()));
         assert_eq!(api_key_hash(&secret).as_deref(), Some(expected.as_str()));
+        assert_eq!(noted_key_hash(&secret).as_deref(), Some(expected.as_str()), "noted on it");
         let other = api_key_secret(&i, &[8u8; 32], "");
         assert_ne!(api_key_hash(&other), api_key_hash(&secret));
         assert_eq!(api_key_hash(&Secret::default()), None, "no key, no hash");

@@ -146,7 +146,7 @@ async fn reconcile_inner(i: &InferenceInstance, ctx: &Context) -> Result<Action>
                 !created && ctx.writes.already_written(&crate::apply::log_key(&fresh, ""), None);
             (requested.clone(), created.then(|| builders::api_key_hash(&fresh)).flatten())
         }
-        Some(s) if builders::key_rotation_of(&s) != requested => {
+        Some(s) if builders::key_rotation_of(&*s) != requested => {
             let fresh = builders::api_key_secret(i, &random_key()?, &requested);
             secrets
                 .patch(
@@ -165,7 +165,14 @@ async fn reconcile_inner(i: &InferenceInstance, ctx: &Context) -> Result<Action>
             .await;
             (requested.clone(), builders::api_key_hash(&fresh))
         }
-        Some(s) => (builders::key_rotation_of(&s), builders::api_key_hash(&s)),
+        Some(s) => {
+            let hash = match builders::noted_key_hash(&*s) {
+                Some(hash) => Some(hash),
+                // Made before keys' hashes were noted on their Secrets: the cache holds no keys.
+                None => secrets.get_opt(&key_name).await?.as_ref().and_then(builders::api_key_hash),
+            };
+            (builders::key_rotation_of(&*s), hash)
+        }
     };
     obs.api_key_hash = key_hash;
     obs.rate_limits = Some(ctx.config.rate_limits(tenant.spec.tier, &i.spec.limits));

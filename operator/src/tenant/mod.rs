@@ -121,13 +121,13 @@ async fn reconcile_inner(tenant: &Tenant, ctx: &Context) -> Result<Action> {
 
     // The key is created once; an existing one is never touched.
     let live_key = find(&ctx.caches.secrets, &ns, crate::names::KEY_SECRET);
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
-    let mut key = [0u8; 32];
     if live_key.is_none() {
+        let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+        let mut key = [0u8; 32];
         getrandom::fill(&mut key)
             .map_err(|e| Error::Other(format!("no randomness for the tenant key: {e}")))?;
+        ctx.create(&secrets, &builders::key_secret(tenant, &key), None).await?;
     }
-    ctx.create(&secrets, &builders::key_secret(tenant, &key), live_key.as_deref()).await?;
     if isolation_repaired {
         ctx.event(
             tenant,
