@@ -163,7 +163,20 @@ impl Cached for ClusterRole {}
 impl Cached for ClusterRoleBinding {}
 impl Cached for ConfigMap {}
 impl Cached for Service {}
-impl Cached for PersistentVolumeClaim {}
+/// Claims are made once and never re-applied (`apply::ensure`): of them the controllers read the
+/// metadata (retention's labels and annotations) and the bound volume's name (an erasure
+/// receipt names it), so the rest of the spec and the status are not kept.
+impl Cached for PersistentVolumeClaim {
+    fn trim(&mut self) {
+        use k8s_openapi::api::core::v1::PersistentVolumeClaimSpec;
+        trim(self);
+        self.spec = self.spec.take().map(|s| PersistentVolumeClaimSpec {
+            volume_name: s.volume_name,
+            ..Default::default()
+        });
+        self.status = None;
+    }
+}
 impl Cached for Job {}
 
 impl Cached for Pod {
@@ -600,5 +613,26 @@ mod tests {
         assert!(spec.containers.is_empty() && spec.volumes.is_none(), "containers and volumes go");
         assert_eq!(mounted_claims(&pod), claims, "the claims are kept by name");
         assert!(pod.status.is_some(), "status is kept whole");
+    }
+
+    #[test]
+    fn a_cached_claim_keeps_its_metadata_and_volume_name() {
+        let mut pvc: PersistentVolumeClaim = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "history", "namespace": "tenant-a",
+                "labels": {"alcove.dev/released": "true"},
+                "annotations": {"alcove.dev/retain-until": "2027-01-01T00:00:00Z"},
+                "managedFields": [{"manager": "alcove-operator"}]},
+            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}},
+                "storageClassName": "standard", "volumeName": "pv-1"},
+            "status": {"phase": "Bound", "capacity": {"storage": "1Gi"}},
+        }))
+        .unwrap();
+        Cached::trim(&mut pvc);
+        assert_eq!(pvc.labels()["alcove.dev/released"], "true");
+        assert_eq!(pvc.annotations()["alcove.dev/retain-until"], "2027-01-01T00:00:00Z");
+        assert!(pvc.metadata.managed_fields.is_none());
+        let spec = pvc.spec.unwrap();
+        assert_eq!(spec.volume_name.as_deref(), Some("pv-1"));
+        assert_eq!((spec.resources, spec.access_modes, pvc.status), (None, None, None));
     }
 }
