@@ -16,17 +16,24 @@ use candle_core::Device;
 /// angles remain.
 const TOLERANCE: f32 = 2e-3;
 
+/// On q4_K, llama.cpp computes the products two ways (weights repacked for its interleaved
+/// kernels, its default, or as stored), and its two answers differ by up to 2.7% of the largest
+/// logit on the small test model; ours measured 2.1–2.9% from each. Ours must be no further
+/// from either than this many times their distance from each other, measured in the same run.
+const Q4K_MARGIN: f32 = 1.5;
+
 fn python() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python")
 }
 
-fn llama_cpp_logits(model: &Path, prompt: &[u32], more: &[u32]) -> Vec<Vec<f32>> {
+fn llama_cpp_logits(model: &Path, prompt: &[u32], more: &[u32], repack: bool) -> Vec<Vec<f32>> {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/support/llamacpp_logits.py");
     let out = std::process::Command::new(python())
         .arg(script)
         .arg(model)
         .arg(serde_json::to_string(prompt).unwrap())
         .arg(serde_json::to_string(more).unwrap())
+        .args((!repack).then_some("--no-repack"))
         .output()
         .unwrap_or_else(|e| {
             panic!("running {}: {e} (./test.sh creates .venv)", python().display())
@@ -58,7 +65,8 @@ fn our_logits(model: &Path, prompt: &[u32], more: &[u32]) -> Vec<Vec<f32>> {
 #[test]
 fn logits_agree_with_llama_cpp_on_the_same_gguf() {
     let root = tempfile::tempdir().unwrap();
-    for quant in ["q8_0", "f16"] {
+    // q4_K's blocks are 256 values wide: only the small model's rows are.
+    for (quant, size) in [("q8_0", "tiny"), ("q4_k", "small"), ("f16", "tiny")] {
         let dir = root.path().join(quant);
         support::run(&[
             "make-test-model",
@@ -68,6 +76,8 @@ fn logits_agree_with_llama_cpp_on_the_same_gguf() {
             "gguf",
             "--quant",
             quant,
+            "--size",
+            size,
             "--seed",
             "7",
         ]);
@@ -80,8 +90,23 @@ fn logits_agree_with_llama_cpp_on_the_same_gguf() {
         assert!(prompt.len() > 8 && more.len() > 3, "{prompt:?} {more:?}");
 
         let (ours, theirs) =
-            (our_logits(&model, &prompt, &more), llama_cpp_logits(&model, &prompt, &more));
+            (our_logits(&model, &prompt, &more), llama_cpp_logits(&model, &prompt, &more, true));
         assert_eq!(ours.len(), theirs.len());
+        if quant == "q4_k" {
+            let plain = llama_cpp_logits(&model, &prompt, &more, false);
+            let theirs_apart = worst_relative(&theirs, &plain);
+            let bound = TOLERANCE.max(Q4K_MARGIN * theirs_apart);
+            let (from_repacked, from_plain) =
+                (worst_relative(&ours, &theirs), worst_relative(&ours, &plain));
+            eprintln!(
+                "q4_k: llama.cpp's two ways apart by {theirs_apart:.2e}; ours from them {from_repacked:.2e} and {from_plain:.2e} (of the largest logit)"
+            );
+            assert!(
+                from_repacked <= bound && from_plain <= bound,
+                "q4_k: ours is {from_repacked} and {from_plain} from llama.cpp's two ways, which are {theirs_apart} apart"
+            );
+            continue;
+        }
         for (step, (a, b)) in ours.iter().zip(&theirs).enumerate() {
             assert_eq!(a.len(), b.len(), "{quant}: vocabulary sizes differ");
             let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
@@ -94,4 +119,19 @@ fn logits_agree_with_llama_cpp_on_the_same_gguf() {
             );
         }
     }
+}
+
+/// The largest difference between two runs' logits at any step, as a fraction of the second's
+/// largest logit at that step.
+fn worst_relative(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| {
+            assert_eq!(x.len(), y.len(), "vocabulary sizes differ");
+            let scale = y.iter().fold(0f32, |m, v| m.max(v.abs()));
+            assert!(scale > 0.0, "llama.cpp's logits are all zero");
+            x.iter().zip(y).map(|(p, q)| (p - q).abs()).fold(0f32, f32::max) / scale
+        })
+        .fold(0f32, f32::max)
 }
