@@ -465,10 +465,7 @@ async fn rotating_the_key_revokes_the_old_one_and_prompts_update_in_place() {
 
     // The status publishes the key's hash, which is noted on its Secret: the operator caches
     // Secrets' metadata only and never holds the key.
-    let sha = |key: &str| {
-        use sha2::Digest;
-        sha2::Sha256::digest(key.as_bytes()).iter().map(|b| format!("{b:02x}")).collect::<String>()
-    };
+    let sha = |key: &str| alcove_testkit::model_server::sha256_hex(key.as_bytes());
     let published = || async {
         p.json(&["get", "inst", "chat", "-n", "tenant-startup"]).await["status"]["apiKeyHash"]
             .as_str()
