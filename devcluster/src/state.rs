@@ -82,6 +82,9 @@ pub struct State {
     /// Services' cluster IPs in the service range, as offsets (`builtin::cluster_ip_offset`),
     /// so handing out the lowest free one never scans every Service.
     cluster_ips: BTreeSet<u32>,
+    /// Writes taken since the start, by resource: whoever made them (clients, the scheduler,
+    /// the kubelet, the controllers), so a benchmark can say what the store spent them on.
+    writes: HashMap<GroupResource, u64>,
 }
 
 impl State {
@@ -100,11 +103,17 @@ impl State {
             dependents: HashMap::new(),
             usage: HashMap::new(),
             cluster_ips: BTreeSet::new(),
+            writes: HashMap::new(),
         }
     }
 
     pub fn current_rv(&self) -> u64 {
         self.rv
+    }
+
+    /// Writes taken since the start, by resource.
+    pub fn writes_by_resource(&self) -> &HashMap<GroupResource, u64> {
+        &self.writes
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
@@ -208,6 +217,12 @@ impl State {
     }
 
     fn record(&mut self, event: Event) {
+        match self.writes.get_mut(&event.gr) {
+            Some(n) => *n += 1,
+            None => {
+                self.writes.insert(event.gr.clone(), 1);
+            }
+        }
         let event = Arc::new(event);
         let now = Instant::now();
         self.history.push_back((now, event.clone()));
@@ -401,6 +416,7 @@ mod tests {
             json!({"metadata": {"name": "a", "namespace": "n", "uid": "u1"}, "data": {"k": "v"}}),
         );
         s.remove(&gr, "n", "a");
+        assert_eq!(s.writes_by_resource().get(&gr), Some(&3), "each write counted");
         let since = s.events_since(rv_a).unwrap();
         assert_eq!(
             since.iter().map(|e| e.kind).collect::<Vec<_>>(),

@@ -201,24 +201,16 @@ async fn main() {
 
     let before = alcove_devcluster::metrics::reconcile_writes(&writes(&client).await);
     let rv_before = cluster.shared().lock().current_rv();
-    // Every write the store takes, by resource (a lagging subscriber counts what it missed), so
-    // devcluster's own share (scheduler, kubelet, controllers, Events) names its parts too.
-    let mut store_events = cluster.shared().lock().subscribe();
-    let store_counts: Arc<Mutex<BTreeMap<String, u64>>> = Arc::default();
-    let counting = tokio::spawn({
-        let counts = store_counts.clone();
-        async move {
-            use tokio::sync::broadcast::error::RecvError;
-            loop {
-                let key = match store_events.recv().await {
-                    Ok(e) => (e.gr.resource.clone(), 1),
-                    Err(RecvError::Lagged(n)) => ("(missed)".to_string(), n),
-                    Err(RecvError::Closed) => return,
-                };
-                *counts.lock().unwrap().entry(key.0).or_default() += key.1;
-            }
+    // Every write the store takes, by resource, so devcluster's own share (scheduler, kubelet,
+    // controllers, Events) names its parts too.
+    let store_counts = || {
+        let mut by_resource: BTreeMap<String, u64> = BTreeMap::new();
+        for (gr, n) in cluster.shared().lock().writes_by_resource() {
+            *by_resource.entry(gr.resource.clone()).or_default() += n;
         }
-    });
+        by_resource
+    };
+    let store_counts_before = store_counts();
     let started = Instant::now();
     let tenants_api: Api<Tenant> = Api::all(client.clone());
     futures::stream::iter(0..tenants)
@@ -321,9 +313,11 @@ async fn main() {
     // Every write the store took meanwhile (each one a resourceVersion): the operator's, the
     // benchmark's, and devcluster's own scheduler, kubelet, controllers and Events.
     let store_writes = (cluster.shared().lock().current_rv() - rv_before) as f64;
-    counting.abort();
-    let mut store_by_resource: Vec<(String, u64)> =
-        std::mem::take(&mut *store_counts.lock().unwrap()).into_iter().collect();
+    let mut store_by_resource: Vec<(String, u64)> = store_counts()
+        .into_iter()
+        .map(|(r, n)| (r.clone(), n - store_counts_before.get(&r).copied().unwrap_or(0)))
+        .filter(|(_, n)| *n > 0)
+        .collect();
     store_by_resource.sort_by_key(|(r, n)| (std::cmp::Reverse(*n), r.clone()));
     // The creations of this benchmark itself are not the operator's writes.
     let bench_writes = (tenants + total) as f64;
