@@ -471,7 +471,10 @@ async fn rotating_the_key_revokes_the_old_one_and_prompts_update_in_place() {
             .as_str()
             .map(str::to_string)
     };
-    assert_eq!(published().await, Some(sha(&new)));
+    eventually("the new key's hash is published", Duration::from_secs(20), || async {
+        published().await == Some(sha(&new))
+    })
+    .await;
     let secret = p.json(&["get", "secret", "chat-api-key", "-n", "tenant-startup"]).await;
     assert_eq!(secret["metadata"]["annotations"]["alcove.dev/api-key-sha256"], sha(&new));
     // A key made before hashes were noted (no annotation), and a status that lost its hash: the
