@@ -277,7 +277,8 @@ spec:
     eventually("unselected", Duration::from_secs(5), || async { listed().await.is_empty() }).await;
     let mut endpoints_writes = 0;
     while let Ok(e) = writes.try_recv() {
-        endpoints_writes += (e.gr.resource == "endpoints") as usize;
+        endpoints_writes +=
+            (e.gr.resource == "endpoints" && e.object["metadata"]["name"] == "web") as usize;
     }
     assert_eq!(endpoints_writes, 1, "the label move only");
     env.ok(&["label", "pod", "web", "app=web", "--overwrite"]).await;
