@@ -27,9 +27,19 @@ pub fn format(t: Timestamp) -> String {
     t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
-/// RFC 3339 to the millisecond: billing periods, which must add up exactly.
+/// RFC 3339 to the millisecond: billing periods, which must add up exactly. Truncated, as
+/// `Timestamp::as_millisecond` (the unit of the periods' arithmetic and their keys) truncates.
 pub fn format_millis(t: Timestamp) -> String {
-    t.round(jiff::Unit::Millisecond).unwrap_or(t).to_string()
+    Timestamp::from_millisecond(t.as_millisecond()).unwrap_or(t).to_string()
+}
+
+/// `secs` after `t`, or the last representable instant where that would pass it: a window too long
+/// to represent means "not yet", never (as a wrapped or defaulted sum would) "already".
+pub fn later(t: Timestamp, secs: u64) -> Timestamp {
+    i64::try_from(secs)
+        .ok()
+        .and_then(|s| t.checked_add(jiff::SignedDuration::from_secs(s)).ok())
+        .unwrap_or(Timestamp::MAX)
 }
 
 /// The one timestamp parser (any RFC 3339 instant).
@@ -109,5 +119,25 @@ mod file {
             use futures::StreamExt;
             Some(self.changes().boxed())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn later_saturates_instead_of_wrapping() {
+        let t: Timestamp = "2026-12-05T10:00:00Z".parse().unwrap();
+        assert_eq!(later(t, 90), "2026-12-05T10:01:30Z".parse::<Timestamp>().unwrap());
+        assert_eq!(later(t, u64::MAX), Timestamp::MAX);
+        assert_eq!(later(t, i64::MAX as u64), Timestamp::MAX);
+    }
+
+    #[test]
+    fn millisecond_instants_are_truncated_like_as_millisecond() {
+        let t: Timestamp = "2026-12-05T10:00:00.0019Z".parse().unwrap();
+        assert_eq!(format_millis(t), "2026-12-05T10:00:00.001Z");
+        assert_eq!(parse(&format_millis(t)).unwrap().as_millisecond(), t.as_millisecond());
     }
 }

@@ -151,12 +151,15 @@ impl Window {
         self.minutes * 60
     }
 
-    /// Parses the API's duration form: a positive integer followed by `m`, `h` or `d`
-    /// (`90m`, `24h`, `30d`), the same grammar the schema's pattern admits.
+    /// Parses the API's duration form: a positive integer of at most six digits followed by `m`,
+    /// `h` or `d` (`90m`, `24h`, `30d`), exactly what the schema's pattern ([`DURATION_PATTERN`])
+    /// admits. The bound matters where the schema was not applied (an object stored before it):
+    /// the longest window, 999999 days, is still a date every timestamp type can reach.
     pub fn parse(s: &str) -> Option<Window> {
         let unit = s.chars().last()?;
         let digits = &s[..s.len() - unit.len_utf8()];
         if digits.is_empty()
+            || digits.len() > 6
             || digits.starts_with('0')
             || !digits.bytes().all(|b| b.is_ascii_digit())
         {
@@ -209,6 +212,37 @@ mod tests {
         }
         assert_eq!(Window::hours(48).to_string(), "2d");
         assert_eq!(Window::minutes(90).to_string(), "90m");
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// `DURATION_PATTERN` (`^[1-9][0-9]{0,5}[mhd]$`), spelled out by hand.
+        fn matches_pattern(s: &str) -> bool {
+            let b = s.as_bytes();
+            (2..=7).contains(&b.len())
+                && (b'1'..=b'9').contains(&b[0])
+                && b[1..b.len() - 1].iter().all(u8::is_ascii_digit)
+                && matches!(b[b.len() - 1], b'm' | b'h' | b'd')
+        }
+
+        proptest! {
+            /// Anything a client can type: the parser accepts exactly what the schema does.
+            #[test]
+            fn parse_accepts_exactly_the_schema_pattern(s in "\\PC{0,9}|[0-9]{0,25}[mhdw]?") {
+                prop_assert_eq!(Window::parse(&s).is_some(), matches_pattern(&s), "{:?}", s);
+            }
+
+            #[test]
+            fn every_window_prints_as_what_it_parses_from(n in 1u64..1_000_000, unit in 0usize..3) {
+                let text = format!("{n}{}", ["m", "h", "d"][unit]);
+                let w = Window::parse(&text).unwrap();
+                prop_assert_eq!(w.as_secs(), n * [60, 3600, 86_400][unit]);
+                let printed = w.to_string();
+                prop_assert_eq!(Window::parse(&printed), Some(w), "{}", printed);
+            }
+        }
     }
 
     #[test]

@@ -34,7 +34,10 @@ pub fn due(
 ) -> Option<Period> {
     let from = through.map_or(run_start, |t| t.max(run_start));
     if let Some(end) = end {
-        return (end > from).then_some(Period { from, to: end });
+        // Compared in milliseconds, the unit periods are billed and stored in: an end a fraction
+        // of a millisecond past `from` (the ledger keeps instants to the millisecond) is no
+        // period, or it would be reported again, empty, at every pass.
+        return (end.as_millisecond() > from.as_millisecond()).then_some(Period { from, to: end });
     }
     let step = interval.as_millis().max(1) as i64;
     let whole = (now.as_millisecond() - from.as_millisecond()) / step;
@@ -105,6 +108,13 @@ pub fn time_left(balance: i64, per_hour: i64) -> Option<Duration> {
     }
     let ms = (balance.max(0) as i128 * MS_PER_HOUR + per_hour as i128 - 1) / per_hour as i128;
     Some(Duration::from_millis(ms.min(u64::MAX as i128) as u64))
+}
+
+/// Whether a record found in Stripe starting at `stored` (as its metadata keeps it, to the
+/// millisecond) is one to adopt for a period starting at `since`: compared in milliseconds, the
+/// unit of [`record_key`], so a record is adopted exactly when re-creating it would reuse its key.
+pub fn adoptable(stored: Timestamp, since: Timestamp) -> bool {
+    stored.as_millisecond() >= since.as_millisecond()
 }
 
 /// The idempotency key of the record of `instance_uid` starting at `from`.
@@ -202,6 +212,98 @@ mod tests {
         assert_eq!(ms, 61 * 60_000 * 2);
         assert_eq!(sum, 508, "rounded once, not 61 times (61 × round(8.33) would be 488)");
         assert_eq!(charge(Period { from: start, to: start }, 2, 250, 0), Charge::default());
+    }
+
+    mod properties {
+        use std::collections::BTreeMap;
+
+        use jiff::SignedDuration;
+        use proptest::prelude::*;
+
+        use super::*;
+        use crate::billing::ledger::{Ledger, Usage};
+
+        /// What Stripe keeps of a record and `find_usage` reads back: its period as the metadata
+        /// strings hold it.
+        fn as_stored(u: &Usage) -> Usage {
+            let back = |t| alcove_clock::parse(&alcove_clock::format_millis(t)).unwrap();
+            Usage { from: back(u.from), to: back(u.to), ..u.clone() }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            /// `billing::report_inner`'s loop over the pure parts (`due`, `charge`, the ledger,
+            /// Stripe's idempotency keys, the adoption of records a crash left unrecorded), run
+            /// over reconciles at arbitrary instants (to the nanosecond), with a crash between
+            /// creating a record and recording it in the ledger wherever the input says. The
+            /// records Stripe ends with cover the run to the millisecond, are charged the exact
+            /// total rounded down once, and are what the ledger says was billed.
+            #[test]
+            fn records_sum_to_the_run_whatever_the_crash_points(
+                start_ns in 1_700_000_000_000_000_000i64..1_800_000_000_000_000_000i64,
+                interval_ms in 1_000u64..=120_000,
+                gpus in 1i32..=8,
+                per_gpu_hour in 0i64..=100_000,
+                passes in proptest::collection::vec((0u64..=400_000_000_000, any::<bool>()), 1..40),
+                ends_at in any::<prop::sample::Index>(),
+            ) {
+                let run_start = Timestamp::from_nanosecond(start_ns as i128).unwrap();
+                let interval = Duration::from_millis(interval_ms);
+                let mut stripe: BTreeMap<String, Usage> = BTreeMap::new();
+                let mut ledger = Ledger::default();
+                let mut checked = false;
+                let mut now = run_start;
+                let ends_at = ends_at.index(passes.len());
+                let mut end = None;
+                // The reconciles the input asks for, then a few more, crash-free, after the end.
+                let tail = std::iter::repeat_n((1_000_000, false), 8);
+                for (k, (advance_ns, crash)) in passes.iter().copied().chain(tail).enumerate() {
+                    now = now.checked_add(SignedDuration::from_nanos(advance_ns as i64)).unwrap();
+                    if k == ends_at {
+                        end = Some(now);
+                    }
+                    let through = ledger.through("u");
+                    let Some(period) = due(run_start, through, now, end, interval) else {
+                        continue;
+                    };
+                    if !checked {
+                        checked = true;
+                        let mut found: Vec<Usage> = stripe.values().map(as_stored).collect();
+                        found.retain(|u| adoptable(u.from, period.from));
+                        found.sort_by_key(|u| u.from);
+                        if !found.is_empty() {
+                            for u in found {
+                                ledger.record("u", "t/chat", &u);
+                            }
+                            continue;
+                        }
+                    }
+                    let c = charge(period, gpus, per_gpu_hour, ledger.carry("u"));
+                    let (from, to) = (period.from, period.to);
+                    let usage =
+                        Usage { from, to, gpu_millis: c.gpu_millis, amount: c.amount, carry: c.carry };
+                    // Stripe refuses a key reused with other parameters: a retried record must
+                    // be the same record.
+                    let kept = stripe.entry(record_key("u", from)).or_insert_with(|| usage.clone());
+                    prop_assert_eq!(&*kept, &usage, "a key reused for another record");
+                    if crash {
+                        checked = false;
+                        continue;
+                    }
+                    ledger.record("u", "t/chat", &usage);
+                }
+                let end = end.unwrap();
+                let rest = due(run_start, ledger.through("u"), now, Some(end), interval);
+                prop_assert!(rest.is_none(), "not all reported: {rest:?}");
+                let used = (end.as_millisecond() - run_start.as_millisecond()) * gpus as i64;
+                let millis: i64 = stripe.values().map(|u| u.gpu_millis).sum();
+                let amount: i64 = stripe.values().map(|u| u.amount).sum();
+                prop_assert_eq!(millis, used);
+                prop_assert_eq!(amount as i128, per_gpu_hour as i128 * used as i128 / MS_PER_HOUR);
+                prop_assert_eq!(ledger.billed, amount);
+            }
+        }
     }
 
     #[test]

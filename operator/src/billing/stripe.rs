@@ -271,7 +271,7 @@ impl Stripe {
                 ) else {
                     continue;
                 };
-                if from >= since {
+                if super::meter::adoptable(from, since) {
                     found.push(Usage {
                         from,
                         to,

@@ -172,7 +172,7 @@ pub fn idle(
         return Err(None);
     };
     let last = usage.and_then(|u| u.last_request_at).map_or(started, |l| l.max(started));
-    let deadline = last + jiff::SignedDuration::from_secs(timeout.as_secs() as i64);
+    let deadline = alcove_clock::later(last, timeout.as_secs());
     if now >= deadline {
         Ok(format!(
             "idle: no request since {} (spec.idleTimeout {timeout}); the pod is stopped and GPU \

@@ -22,8 +22,12 @@ pub fn window(tenant: Option<&Tenant>, class: DataClass, default: Window) -> Win
     field.and_then(Window::parse).unwrap_or(default)
 }
 
+/// The end of `w` from `from`, rounded up to the whole second: deadlines are stored at whole
+/// seconds ([`alcove_clock::format`]), and one rounded down would erase up to a second early.
 pub fn deadline(from: Timestamp, w: Window) -> Timestamp {
-    from.checked_add(jiff::SignedDuration::from_secs(w.as_secs() as i64)).unwrap_or(from)
+    let end = alcove_clock::later(from, w.as_secs());
+    let up = jiff::TimestampRound::new().smallest(jiff::Unit::Second).mode(jiff::RoundMode::Ceil);
+    end.round(up).unwrap_or(end)
 }
 
 pub fn rule(class: DataClass, w: Window) -> String {
@@ -149,6 +153,55 @@ mod tests {
         );
         assert_eq!(window(Some(&t), DataClass::KnowledgeBase, Window::days(7)), Window::days(7));
         assert_eq!(window(Some(&t), DataClass::AccountData, Window::days(30)), Window::days(30));
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn released(patch: &Value) -> PersistentVolumeClaim {
+            serde_json::from_value(json!({"metadata": {
+                "labels": patch["metadata"]["labels"],
+                "annotations": patch["metadata"]["annotations"],
+            }}))
+            .unwrap()
+        }
+
+        proptest! {
+            /// Released at any instant (to the nanosecond, up to the year 7000, so that the
+            /// longest window still ends before the year 9999 that timestamps reach) with any
+            /// window the API admits, and looked at any time after: a volume is erased neither
+            /// before its window has passed, as read back from the annotation it carries, nor
+            /// later than a second after it.
+            #[test]
+            fn a_released_volume_is_erased_neither_early_nor_late(
+                released_at_ns in 0i128..=158_000_000_000_000_000_000i128,
+                n in 1u64..1_000_000,
+                unit in 0usize..3,
+                looked_after_ms in 0u64..=u64::MAX / 2,
+            ) {
+                let now = Timestamp::from_nanosecond(released_at_ns).unwrap();
+                let w = Window::parse(&format!("{n}{}", ["m", "h", "d"][unit])).unwrap();
+                let pvc = released(&release_patch("acme", DataClass::KnowledgeBase, w, now));
+                let promised =
+                    now.checked_add(jiff::SignedDuration::from_secs(w.as_secs() as i64)).unwrap();
+                let seen = now
+                    .checked_add(jiff::SignedDuration::from_millis(looked_after_ms as i64))
+                    .unwrap_or(Timestamp::MAX);
+                match verdict(&pvc, seen, false) {
+                    Verdict::Erase { deadline } => {
+                        prop_assert!(seen >= promised, "erased at {seen}, kept until {promised}");
+                        prop_assert!(deadline >= promised);
+                    }
+                    Verdict::KeepUntil(deadline) => {
+                        prop_assert!(seen < deadline);
+                        let late = deadline.duration_since(promised);
+                        prop_assert!(late < jiff::SignedDuration::from_secs(1), "{late:?} late");
+                    }
+                    other => prop_assert!(false, "{other:?}"),
+                }
+            }
+        }
     }
 
     #[test]
