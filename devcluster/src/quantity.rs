@@ -6,7 +6,15 @@ use serde_json::Value;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Quantity(pub i128);
 
+/// The largest magnitude accepted, in milli-units (about 10^27 whole units, far past any real
+/// resource): quota and node sums add quantities up, and 2^27 of these still fit in an `i128`.
+const LIMIT: i128 = 1 << 100;
+
 impl Quantity {
+    fn bounded(milli: i128) -> Option<Quantity> {
+        (milli.abs() <= LIMIT).then_some(Quantity(milli))
+    }
+
     pub fn parse(s: &str) -> Option<Quantity> {
         let s = s.trim();
         if s.is_empty() {
@@ -59,19 +67,19 @@ impl Quantity {
         };
         let scale = 10i128.pow(frac_digits);
         // value = (int + frac/scale) * mult_num / mult_den, in milli-units, rounded up.
-        let numerator = (int * scale + frac) * mult_num * 1000;
+        let numerator =
+            int.checked_mul(scale)?.checked_add(frac)?.checked_mul(mult_num)?.checked_mul(1000)?;
         let denominator = scale * mult_den;
-        let mut milli = (numerator + denominator - 1) / denominator;
-        if negative {
-            milli = -milli;
-        }
-        Some(Quantity(milli))
+        let milli = numerator.checked_add(denominator - 1)? / denominator;
+        Quantity::bounded(if negative { -milli } else { milli })
     }
 
     pub fn from_value(v: &Value) -> Option<Quantity> {
         match v {
             Value::String(s) => Quantity::parse(s),
-            Value::Number(n) => n.as_f64().map(|f| Quantity((f * 1000.0).ceil() as i128)),
+            Value::Number(n) => {
+                n.as_f64().and_then(|f| Quantity::bounded((f * 1000.0).ceil() as i128))
+            }
             _ => None,
         }
     }
@@ -141,5 +149,61 @@ mod tests {
         assert_eq!(Quantity::parse("8").unwrap().to_string(), "8");
         assert!(Quantity::parse("abc").is_none());
         assert!(Quantity::parse("1Qi").is_none());
+        assert!(Quantity::from_value(&serde_json::json!(1e300)).is_none());
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        const SUFFIXES: [(&str, i128, i128); 17] = [
+            ("", 1, 1),
+            ("n", 1, 1_000_000_000),
+            ("u", 1, 1_000_000),
+            ("m", 1, 1000),
+            ("k", 1000, 1),
+            ("M", 1_000_000, 1),
+            ("G", 1_000_000_000, 1),
+            ("T", 1_000_000_000_000, 1),
+            ("P", 1_000_000_000_000_000, 1),
+            ("E", 1_000_000_000_000_000_000, 1),
+            ("Ki", 1 << 10, 1),
+            ("Mi", 1 << 20, 1),
+            ("Gi", 1 << 30, 1),
+            ("Ti", 1 << 40, 1),
+            ("Pi", 1 << 50, 1),
+            ("Ei", 1 << 60, 1),
+            ("e6", 1_000_000, 1),
+        ];
+
+        proptest! {
+            /// Whatever a client puts in a resource field: no panic, and a sum of many of what
+            /// is accepted still fits.
+            #[test]
+            fn any_text_parses_or_is_refused(
+                s in "[-+]?[0-9]{0,45}(\\.[0-9]{0,25})?([numkMGTPE]i?|[eE][0-9]{1,3})?|\\PC{0,12}",
+            ) {
+                if let Some(q) = Quantity::parse(&s) {
+                    prop_assert!(q.0.abs() <= LIMIT, "{s:?}");
+                    let many = (0..1 << 20).fold(Quantity(0), |sum, _| sum + q);
+                    prop_assert_eq!(many.0, q.0 * (1 << 20));
+                }
+            }
+
+            /// Whole numbers with every suffix mean what Kubernetes says, and print back to the
+            /// same quantity.
+            #[test]
+            fn whole_numbers_with_a_suffix_are_exact(
+                n in 0i128..1_000_000_000,
+                which in 0usize..SUFFIXES.len(),
+            ) {
+                let (suffix, num, den) = SUFFIXES[which];
+                let q = Quantity::parse(&format!("{n}{suffix}")).unwrap();
+                let milli = n * num * 1000;
+                prop_assert_eq!(q.0, (milli + den - 1) / den, "rounded up to a milli-unit");
+                prop_assert_eq!(Quantity::parse(&q.to_string()), Some(q), "{}", q);
+                prop_assert_eq!(Quantity::parse(&format!("-{n}{suffix}")), Some(Quantity(-q.0)));
+            }
+        }
     }
 }

@@ -591,4 +591,80 @@ mod tests {
         assert_eq!(endpoint_of("/v1/../metrics"), None);
         assert_eq!(endpoint_of("/v1/models/../../metrics"), None);
     }
+
+    mod properties {
+        use std::net::{Ipv4Addr, Ipv6Addr};
+
+        use proptest::prelude::*;
+
+        use super::*;
+
+        fn segment() -> impl Strategy<Value = &'static str> {
+            proptest::sample::select(vec![
+                "v1",
+                "chat",
+                "completions",
+                "embeddings",
+                "models",
+                "conversations",
+                "metrics",
+                "..",
+                ".",
+                "",
+                "%2e%2e",
+                "x",
+            ])
+        }
+
+        proptest! {
+            /// A block contains exactly the addresses that share its first `prefix` bits.
+            #[test]
+            fn cidrs_contain_exactly_their_prefix(
+                (a, b, p) in (any::<u32>(), any::<u32>(), 0u8..=32),
+                (x, y, q) in (any::<u128>(), any::<u128>(), 0u8..=128),
+            ) {
+                let v4: Cidr = format!("{}/{p}", Ipv4Addr::from(a)).parse().unwrap();
+                let mask4 = u32::MAX.checked_shl(32 - p as u32).unwrap_or(0);
+                prop_assert_eq!(v4.contains(Ipv4Addr::from(b).into()), a & mask4 == b & mask4);
+                let v6: Cidr = format!("{}/{q}", Ipv6Addr::from(x)).parse().unwrap();
+                let mask6 = u128::MAX.checked_shl(128 - q as u32).unwrap_or(0);
+                prop_assert_eq!(v6.contains(Ipv6Addr::from(y).into()), x & mask6 == y & mask6);
+                prop_assert!(!v4.contains(Ipv6Addr::from(y).into()));
+                prop_assert!(!v6.contains(Ipv4Addr::from(b).into()));
+            }
+
+            /// No path that climbs out of `/v1/`, or hides a segment, is passed as an endpoint.
+            #[test]
+            fn no_traversal_is_an_endpoint(segments in proptest::collection::vec(segment(), 0..6)) {
+                let path = format!("/{}", segments.join("/"));
+                if endpoint_of(&path).is_some() {
+                    let rest = path.strip_prefix("/v1/").unwrap();
+                    let hidden = |s: &str| s.is_empty() || s == "." || s == "..";
+                    prop_assert!(!rest.split('/').any(hidden), "{path}");
+                }
+            }
+
+            /// A host selects an instance only when it is `<instance>.<tenant>.<domain>`, with
+            /// or without a port.
+            #[test]
+            fn hosts_select_only_their_own_names(
+                labels in proptest::collection::vec("[a-z0-9-]{0,4}|\\.|:[0-9]{0,3}", 0..6),
+            ) {
+                let host = labels.concat();
+                let domain = "ai.example.com";
+                let port = |p: &str| {
+                    p.strip_prefix(':').is_some_and(|d| d.bytes().all(|b| b.is_ascii_digit()))
+                };
+                let under = [format!("{host}.{domain}"), format!("{host}{domain}")];
+                for candidate in [host.clone()].into_iter().chain(under) {
+                    if let Some((instance, tenant)) = host_selects(&candidate, domain) {
+                        let name = format!("{instance}.{tenant}.{domain}");
+                        let rest = candidate.strip_prefix(&name);
+                        prop_assert!(rest.is_some_and(|r| r.is_empty() || port(r)), "{candidate}");
+                        prop_assert!(!instance.is_empty() && !tenant.is_empty());
+                    }
+                }
+            }
+        }
+    }
 }

@@ -14,15 +14,18 @@ pub struct Usage {
 
 impl Usage {
     pub fn total(&self) -> i64 {
-        self.prompt_tokens + self.completion_tokens
+        self.prompt_tokens.saturating_add(self.completion_tokens)
     }
 
+    /// The counts an answer reports. A count that is negative, or a total below the prompt's,
+    /// is read as none: a record that lowered a tenant's totals would be credit out of nothing.
     pub fn of(v: &Value) -> Option<Usage> {
         let u = v.get("usage").filter(|u| u.is_object())?;
-        let prompt = u["prompt_tokens"].as_i64().unwrap_or(0);
-        let completion = u["completion_tokens"]
-            .as_i64()
-            .unwrap_or_else(|| u["total_tokens"].as_i64().unwrap_or(prompt) - prompt);
+        let count = |k: &str| u[k].as_i64().map(|n| n.max(0));
+        let prompt = count("prompt_tokens").unwrap_or(0);
+        let completion = count("completion_tokens").unwrap_or_else(|| {
+            count("total_tokens").map_or(0, |t| t.saturating_sub(prompt).max(0))
+        });
         Some(Usage { prompt_tokens: prompt, completion_tokens: completion })
     }
 }
@@ -159,5 +162,66 @@ mod tests {
         assert!(s.finish().is_none());
         assert_eq!(s.push(b"data: x\r\n\r\ntail").len(), 1);
         assert_eq!(s.finish().as_deref(), Some(&b"tail"[..]));
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Bytes shaped like an event stream: pieces of data lines and both terminators.
+        fn stream() -> impl Strategy<Value = Vec<u8>> {
+            let piece = prop_oneof![
+                Just(b"\n\n".to_vec()),
+                Just(b"\r\n\r\n".to_vec()),
+                Just(b"\n".to_vec()),
+                Just(b"\r".to_vec()),
+                Just(b"data: ".to_vec()),
+                proptest::collection::vec(any::<u8>(), 0..8),
+            ];
+            proptest::collection::vec(piece, 0..40).prop_map(|p| p.concat())
+        }
+
+        proptest! {
+            /// However the instance's bytes are cut into chunks, the client gets the same events,
+            /// and every byte once, in order.
+            #[test]
+            fn events_do_not_depend_on_chunk_boundaries(
+                bytes in stream(),
+                cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..12),
+            ) {
+                let mut whole = EventSplitter::default();
+                let mut expected = whole.push(&bytes);
+                expected.extend(whole.finish());
+                let mut at: Vec<usize> = cuts.iter().map(|c| c.index(bytes.len() + 1)).collect();
+                at.sort();
+                let mut chunked = EventSplitter::default();
+                let (mut got, mut from) = (Vec::new(), 0);
+                for to in at.into_iter().chain([bytes.len()]) {
+                    got.extend(chunked.push(&bytes[from..to]));
+                    from = to;
+                }
+                got.extend(chunked.finish());
+                prop_assert_eq!(got.concat(), bytes);
+                prop_assert_eq!(got, expected);
+            }
+
+            /// Whatever counts an answer claims, usage is never negative and never panics.
+            #[test]
+            fn usage_counts_are_never_negative(
+                prompt in proptest::option::of(any::<i64>()),
+                completion in proptest::option::of(any::<i64>()),
+                total in proptest::option::of(any::<i64>()),
+            ) {
+                let v = json!({"usage": {
+                    "prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": total,
+                }});
+                let u = Usage::of(&v).unwrap();
+                prop_assert!(u.prompt_tokens >= 0 && u.completion_tokens >= 0, "{u:?}");
+                prop_assert!(u.total() >= 0);
+                if let (Some(p), Some(c)) = (prompt, completion) && p >= 0 && c >= 0 {
+                    prop_assert_eq!(u, Usage { prompt_tokens: p, completion_tokens: c });
+                }
+            }
+        }
     }
 }

@@ -236,4 +236,35 @@ mod tests {
         assert_eq!(storage_bytes("1.5Gi"), None);
         assert_eq!(storage_bytes("Gi"), None);
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            /// Any size a spec can hold: the bytes it means, or `None` when they do not fit a
+            /// `u64` or it is not a size; never a panic or a wrapped count.
+            #[test]
+            fn sizes_are_exact_or_refused(
+                n in any::<u64>(),
+                which in 0usize..9,
+                junk in "\\PC{0,6}",
+            ) {
+                let (suffix, factor) = [
+                    ("", 1u128),
+                    ("Ki", 1 << 10),
+                    ("Mi", 1 << 20),
+                    ("Gi", 1 << 30),
+                    ("Ti", 1 << 40),
+                    ("k", 1000),
+                    ("M", 1_000_000),
+                    ("G", 1_000_000_000),
+                    ("T", 1_000_000_000_000),
+                ][which];
+                let exact = u64::try_from(n as u128 * factor).ok();
+                prop_assert_eq!(storage_bytes(&format!("{n}{suffix}")), exact);
+                let _ = storage_bytes(&junk);
+            }
+        }
+    }
 }
