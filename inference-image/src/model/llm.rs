@@ -147,8 +147,20 @@ impl ChatModel {
         // rewrites weights under a running server.
         #[allow(unsafe_code)]
         let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files, dtype, device)? };
-        let model = Llama::load(vb, &config)
-            .with_context(|| format!("loading llama weights from {}", dir.display()))?;
+        // candle-transformers' llama loader unwraps each layer's tensors: a checkpoint missing
+        // one, or holding it in another shape, panics there. The panic is its error here.
+        let model =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Llama::load(vb, &config)))
+                .map_err(|panic| {
+                    let why = panic
+                        .downcast_ref::<String>()
+                        .map(String::as_str)
+                        .or_else(|| panic.downcast_ref::<&str>().copied())
+                        .unwrap_or("the checkpoint does not match config.json");
+                    anyhow::anyhow!("{why}")
+                })
+                .and_then(|loaded| Ok(loaded?))
+                .with_context(|| format!("loading llama weights from {}", dir.display()))?;
         let context_length = config.max_position_embeddings;
         Ok(Self {
             vocab: Arc::new(Vocab {
@@ -170,6 +182,7 @@ impl ChatModel {
             std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
         let content = candle_core::quantized::gguf_file::Content::read(&mut file)
             .map_err(|e| anyhow::anyhow!("{} is not a GGUF file: {e}", path.display()))?;
+        check_tensor_sizes(&content).with_context(|| format!("{} is damaged", path.display()))?;
         let arch = content
             .metadata
             .get("general.architecture")
@@ -357,6 +370,24 @@ fn read_tokenizer_config(dir: &Path) -> anyhow::Result<serde_json::Map<String, s
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Default::default()),
         Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
     }
+}
+
+/// Every tensor's size, computed without overflow. candle multiplies a header's dimensions
+/// unchecked when it reads a tensor: a damaged header panics there in a debug build and reads a
+/// wrapped size in a release one.
+fn check_tensor_sizes(content: &candle_core::quantized::gguf_file::Content) -> anyhow::Result<()> {
+    for (name, t) in &content.tensor_infos {
+        let dims = t.shape.dims();
+        let bytes = dims
+            .iter()
+            .try_fold(1usize, |n, &d| n.checked_mul(d))
+            .and_then(|n| (n / t.ggml_dtype.block_size()).checked_mul(t.ggml_dtype.type_size()))
+            .filter(|&b| b <= isize::MAX as usize);
+        if bytes.is_none() {
+            bail!("tensor {name} has dimensions {dims:?}, more elements than any file can hold");
+        }
+    }
+    Ok(())
 }
 
 /// `model.safetensors`, or every shard of a sharded checkpoint.

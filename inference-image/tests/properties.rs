@@ -1,0 +1,249 @@
+//! Properties of what the server parses from outside: request bodies, model files (GGUF and
+//! safetensors headers, mutated where their lengths, counts and offsets live) and prompt text.
+//! Whatever arrives, the answer is a value or a clear error, never a panic or a runaway
+//! allocation. `docs/reliability.md` lists every property suite of the workspace.
+
+mod support;
+
+use std::path::Path;
+
+use alcove_inference::api::types::{self, ChatRequest, CompletionRequest, EmbeddingRequest};
+use alcove_inference::model::ChatModel;
+use candle_core::Device;
+use proptest::prelude::*;
+use proptest::test_runner::Config;
+use serde_json::Value;
+
+/// JSON values built from the fields requests have, so that most cases reach the field checks
+/// rather than stopping at the first unknown shape.
+fn request_json() -> impl Strategy<Value = Value> {
+    let key = proptest::sample::select(vec![
+        "model",
+        "messages",
+        "role",
+        "content",
+        "type",
+        "text",
+        "prompt",
+        "input",
+        "stream",
+        "stream_options",
+        "include_usage",
+        "temperature",
+        "top_p",
+        "max_tokens",
+        "max_completion_tokens",
+        "n",
+        "stop",
+        "seed",
+        "conversation",
+        "echo",
+        "dimensions",
+        "encoding_format",
+        "user",
+    ]);
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::from),
+        any::<i64>().prop_map(Value::from),
+        any::<f64>()
+            .prop_filter("JSON numbers are finite", |f| f.is_finite())
+            .prop_map(Value::from),
+        "\\PC{0,12}".prop_map(Value::from),
+        proptest::sample::select(vec!["user", "system", "assistant", "developer", "tool", "text"])
+            .prop_map(Value::from),
+    ];
+    leaf.prop_recursive(4, 48, 6, move |inner| {
+        prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..5).prop_map(Value::from),
+            proptest::collection::btree_map(key.clone(), inner, 0..6)
+                .prop_map(|m| Value::Object(m.into_iter().map(|(k, v)| (k.into(), v)).collect())),
+        ]
+    })
+}
+
+/// Every OpenAI route's parsing and checks, as the handlers chain them.
+fn check(body: &[u8]) -> Result<(), alcove_inference::api::ApiError> {
+    let chat: ChatRequest = types::parse(body)?;
+    types::check_messages(chat.messages)?;
+    types::check_sampling(types::parse(body)?)?;
+    let _: CompletionRequest = types::parse(body)?;
+    let _: EmbeddingRequest = types::parse(body)?;
+    Ok(())
+}
+
+fn refused_well(e: &alcove_inference::api::ApiError) -> Result<(), TestCaseError> {
+    prop_assert_eq!(e.status.as_u16(), 400, "{:?}", e);
+    prop_assert!(!e.message.is_empty());
+    let body = e.body();
+    prop_assert_eq!(&body["error"]["type"], "invalid_request_error");
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(Config::with_cases(512))]
+
+    /// A request body shaped like JSON: accepted, or refused with a 400 in OpenAI's shape.
+    #[test]
+    fn request_bodies_are_accepted_or_refused_with_a_400(v in request_json()) {
+        if let Err(e) = check(v.to_string().as_bytes()) {
+            refused_well(&e)?;
+        }
+    }
+
+    /// Any bytes at all: the same.
+    #[test]
+    fn arbitrary_bytes_are_refused_with_a_400(
+        bytes in proptest::collection::vec(any::<u8>(), 0..64),
+        prefix in proptest::sample::select(vec![
+            "",
+            "{",
+            "{\"messages\":",
+            "{\"messages\":[{\"role\":\"user\",\"content\":",
+        ]),
+    ) {
+        let body = [prefix.as_bytes(), &bytes].concat();
+        if let Err(e) = check(&body) {
+            refused_well(&e)?;
+        }
+    }
+}
+
+/// Where a mutation lands, and what it writes there.
+#[derive(Debug, Clone)]
+enum Mutation {
+    /// A little-endian integer (lengths, counts, types, dimensions, offsets are u32 or u64).
+    Int { at: prop::sample::Index, value: u64, wide: bool },
+    /// One byte.
+    Byte { at: prop::sample::Index, value: u8 },
+    /// The file cut short.
+    Truncate { at: prop::sample::Index },
+}
+
+fn mutation() -> impl Strategy<Value = Mutation> {
+    let interesting = prop_oneof![
+        Just(0u64),
+        Just(1),
+        Just(7),
+        Just(u32::MAX as u64),
+        Just(1 << 31),
+        Just(1 << 40),
+        Just(u64::MAX),
+        Just(u64::MAX / 2),
+        any::<u64>(),
+    ];
+    prop_oneof![
+        4 => (any::<prop::sample::Index>(), interesting, any::<bool>())
+            .prop_map(|(at, value, wide)| Mutation::Int { at, value, wide }),
+        2 => (any::<prop::sample::Index>(), any::<u8>())
+            .prop_map(|(at, value)| Mutation::Byte { at, value }),
+        1 => any::<prop::sample::Index>().prop_map(|at| Mutation::Truncate { at }),
+    ]
+}
+
+/// Applies `m` within the first `header` bytes of `bytes`.
+fn mutate(bytes: &mut Vec<u8>, header: usize, m: &Mutation) {
+    match m {
+        Mutation::Int { at, value, wide } => {
+            let width = if *wide { 8 } else { 4 };
+            let at = at.index(header - width);
+            bytes[at..at + width].copy_from_slice(&value.to_le_bytes()[..width]);
+        }
+        Mutation::Byte { at, value } => bytes[at.index(header)] = *value,
+        Mutation::Truncate { at } => bytes.truncate(at.index(header)),
+    }
+}
+
+/// Loads a mutated copy; a panic fails the property (proptest reports it with the input).
+fn loads_or_fails(load: impl FnOnce() -> anyhow::Result<ChatModel>) -> Result<(), TestCaseError> {
+    match load() {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            let message = format!("{e:#}");
+            prop_assert!(!message.is_empty());
+            Ok(())
+        }
+    }
+}
+
+/// The GGUF header's length: everything before the tensor data.
+fn gguf_header_len(path: &Path) -> usize {
+    let mut f = std::fs::File::open(path).unwrap();
+    let content = candle_core::quantized::gguf_file::Content::read(&mut f).unwrap();
+    content.tensor_data_offset as usize
+}
+
+proptest! {
+    #![proptest_config(Config::with_cases(256))]
+
+    /// A GGUF file damaged where its metadata and tensor table live loads, or fails with an
+    /// error; the server never panics on it. (Damage within the tensor data changes only
+    /// weights, which are numbers either way.)
+    #[test]
+    fn damaged_gguf_files_load_or_fail_cleanly(ms in proptest::collection::vec(mutation(), 1..4)) {
+        let original = &support::models().gguf;
+        let header = gguf_header_len(original);
+        let mut bytes = std::fs::read(original).unwrap();
+        for m in &ms {
+            let within = header.min(bytes.len());
+            mutate(&mut bytes, within, m);
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("model.gguf");
+        std::fs::write(&path, &bytes).unwrap();
+        loads_or_fails(|| ChatModel::load_gguf(&path, "m".into(), &Device::Cpu))?;
+    }
+
+    /// The same for a safetensors checkpoint: its 8-byte header length and JSON header.
+    #[test]
+    fn damaged_safetensors_files_load_or_fail_cleanly(
+        ms in proptest::collection::vec(mutation(), 1..4),
+    ) {
+        let original = &support::models().chat;
+        let weights = std::fs::read(original.join("model.safetensors")).unwrap();
+        let header = 8 + u64::from_le_bytes(weights[..8].try_into().unwrap()) as usize;
+        let dir = tempfile::tempdir().unwrap();
+        for f in std::fs::read_dir(original).unwrap() {
+            let f = f.unwrap().path();
+            std::fs::copy(&f, dir.path().join(f.file_name().unwrap())).unwrap();
+        }
+        let mut bytes = weights;
+        for m in &ms {
+            let within = header.min(bytes.len());
+            mutate(&mut bytes, within, m);
+        }
+        std::fs::write(dir.path().join("model.safetensors"), &bytes).unwrap();
+        loads_or_fails(|| ChatModel::load_safetensors(dir.path(), "m".into(), &Device::Cpu))?;
+    }
+}
+
+fn vocab_of(model: &ChatModel) -> &alcove_inference::model::Vocab {
+    &model.vocab
+}
+
+proptest! {
+    #![proptest_config(Config::with_cases(256))]
+
+    /// Any prompt text, in any script, with control characters and text that looks like the
+    /// template's markers: encoded without error, and decoded back to exactly itself, by both
+    /// test models' tokenizers (tokenizer.json, and the byte-level BPE rebuilt from GGUF metadata).
+    #[test]
+    fn prompt_text_round_trips_through_the_tokenizers(
+        text in "\\PC{0,40}|[\\x00-\\x7f]{0,40}|(<\\|[a-z_]{0,12}\\|?>?| |\\n|ü|日本|🦀){0,8}",
+    ) {
+        static MODELS: std::sync::OnceLock<(ChatModel, ChatModel)> = std::sync::OnceLock::new();
+        let (st, gguf) = MODELS.get_or_init(|| {
+            let m = support::models();
+            (
+                ChatModel::load_safetensors(&m.chat, "st".into(), &Device::Cpu).unwrap(),
+                ChatModel::load_gguf(&m.gguf, "gguf".into(), &Device::Cpu).unwrap(),
+            )
+        });
+        for model in [st, gguf] {
+            let vocab = vocab_of(model);
+            let ids = vocab.encode_rendered(&text).unwrap();
+            let back = vocab.tokenizer.decode(&ids, false).unwrap();
+            prop_assert_eq!(&back, &text, "{} ids {:?}", vocab.format, ids);
+        }
+    }
+}
