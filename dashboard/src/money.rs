@@ -197,4 +197,43 @@ mod tests {
         assert_eq!(top_up_range("jpy"), (500, 1_000_000));
         assert_eq!(top_up_range("kwd"), (5_000, 10_000_000));
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn any_locale() -> impl Strategy<Value = Locale> {
+            proptest::sample::select(vec![POINT, COMMA_DOT, FRENCH, SPACE_COMMA, SWISS])
+        }
+
+        fn any_currency() -> impl Strategy<Value = &'static str> {
+            proptest::sample::select(vec!["usd", "eur", "jpy", "kwd", "chf", "krw", "bhd"])
+        }
+
+        proptest! {
+            /// What the dashboard shows, typed back into the top-up form, is the same amount.
+            #[test]
+            fn shown_amounts_parse_back(
+                minor in 0i64..=i64::MAX,
+                currency in any_currency(),
+                locale in any_locale(),
+            ) {
+                let shown = format(minor, currency, locale);
+                prop_assert_eq!(parse(&shown, currency, locale), Ok(minor), "{}", shown);
+            }
+
+            /// Whatever is typed: an amount that is not negative, or an error in words.
+            #[test]
+            fn typed_text_is_an_amount_or_an_error(
+                typed in "[0-9.,' \u{a0}\u{202f}\u{2019}-]{0,24}[a-zA-Z]{0,4}|\\PC{0,16}",
+                currency in any_currency(),
+                locale in any_locale(),
+            ) {
+                match parse(&typed, currency, locale) {
+                    Ok(minor) => prop_assert!(minor >= 0),
+                    Err(e) => prop_assert!(e.ends_with('.') && e.len() > 10, "{e:?}"),
+                }
+            }
+        }
+    }
 }
