@@ -185,8 +185,7 @@ mod tests {
             ) {
                 if let Some(q) = Quantity::parse(&s) {
                     prop_assert!(q.0.abs() <= LIMIT, "{s:?}");
-                    let many = (0..1 << 20).fold(Quantity(0), |sum, _| sum + q);
-                    prop_assert_eq!(many.0, q.0 * (1 << 20));
+                    prop_assert!(q.0.checked_mul(1 << 20).is_some(), "a million of {s:?} overflow");
                 }
             }
 

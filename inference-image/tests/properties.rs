@@ -10,8 +10,8 @@ use std::path::Path;
 use alcove_inference::api::types::{self, ChatRequest, CompletionRequest, EmbeddingRequest};
 use alcove_inference::model::ChatModel;
 use candle_core::Device;
+use candle_core::quantized::gguf_file;
 use proptest::prelude::*;
-use proptest::test_runner::Config;
 use serde_json::Value;
 
 /// JSON values built from the fields requests have, so that most cases reach the field checks
@@ -81,7 +81,6 @@ fn refused_well(e: &alcove_inference::api::ApiError) -> Result<(), TestCaseError
 }
 
 proptest! {
-    #![proptest_config(Config::with_cases(512))]
 
     /// A request body shaped like JSON: accepted, or refused with a 400 in OpenAI's shape.
     #[test]
@@ -154,10 +153,17 @@ fn mutate(bytes: &mut Vec<u8>, header: usize, m: &Mutation) {
     }
 }
 
-/// Loads a mutated copy; a panic fails the property (proptest reports it with the input).
+/// Loads a mutated copy, and if it loads, runs a prompt through it; a panic fails the property
+/// (proptest reports it with the input).
 fn loads_or_fails(load: impl FnOnce() -> anyhow::Result<ChatModel>) -> Result<(), TestCaseError> {
     match load() {
-        Ok(_) => Ok(()),
+        Ok(mut model) => {
+            let mut cache = alcove_inference::model::PrefixCache::new(0);
+            if let Ok((mut seq, _)) = model.begin(&[1, 2, 3], &mut cache) {
+                let _ = model.step(&mut [(&mut seq, &[1, 2, 3][..], true)]);
+            }
+            Ok(())
+        }
         Err(e) => {
             let message = format!("{e:#}");
             prop_assert!(!message.is_empty());
@@ -174,7 +180,6 @@ fn gguf_header_len(path: &Path) -> usize {
 }
 
 proptest! {
-    #![proptest_config(Config::with_cases(256))]
 
     /// A GGUF file damaged where its metadata and tensor table live loads, or fails with an
     /// error; the server never panics on it. (Damage within the tensor data changes only
@@ -217,12 +222,63 @@ proptest! {
     }
 }
 
+/// A metadata value a damaged or hostile file might hold instead of the right one.
+fn odd_value() -> impl Strategy<Value = gguf_file::Value> {
+    use gguf_file::Value as V;
+    prop_oneof![
+        proptest::sample::select(vec![0u32, 1, 2, 3, 7, 1 << 16, 1 << 24, u32::MAX / 2, u32::MAX])
+            .prop_map(V::U32),
+        proptest::sample::select(vec![0.0f32, -1.0, f32::NAN, f32::INFINITY, 1e-30, 1e30])
+            .prop_map(V::F32),
+        any::<u64>().prop_map(V::U64),
+        any::<i32>().prop_map(V::I32),
+        "\\PC{0,8}".prop_map(V::String),
+        proptest::collection::vec(any::<u32>().prop_map(V::U32), 0..3).prop_map(V::Array),
+    ]
+}
+
+proptest! {
+
+    /// A well-formed GGUF whose model metadata (heads, layers, widths, context, RoPE, norms, the
+    /// tokenizer's lists) says something else, or something impossible: it loads, or fails with
+    /// an error, and neither divides by zero nor reserves memory the file cannot back.
+    #[test]
+    fn gguf_files_with_odd_metadata_load_or_fail_cleanly(
+        changes in proptest::collection::vec((any::<prop::sample::Index>(), odd_value()), 1..3),
+    ) {
+        let original = &support::models().gguf;
+        let mut f = std::fs::File::open(original).unwrap();
+        let content = gguf_file::Content::read(&mut f).unwrap();
+        let mut metadata: Vec<(String, gguf_file::Value)> =
+            content.metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        metadata.sort_by(|a, b| a.0.cmp(&b.0));
+        for (at, value) in &changes {
+            let i = at.index(metadata.len());
+            metadata[i].1 = value.clone();
+        }
+        let tensors: Vec<(String, candle_core::quantized::QTensor)> = content
+            .tensor_infos
+            .keys()
+            .map(|name| (name.clone(), content.tensor(&mut f, name, &Device::Cpu).unwrap()))
+            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("model.gguf");
+        let mut out = std::fs::File::create(&path).unwrap();
+        let md: Vec<(&str, &gguf_file::Value)> =
+            metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
+        let ts: Vec<(&str, &candle_core::quantized::QTensor)> =
+            tensors.iter().map(|(k, t)| (k.as_str(), t)).collect();
+        gguf_file::write(&mut out, &md, &ts).unwrap();
+        drop(out);
+        loads_or_fails(|| ChatModel::load_gguf(&path, "m".into(), &Device::Cpu))?;
+    }
+}
+
 fn vocab_of(model: &ChatModel) -> &alcove_inference::model::Vocab {
     &model.vocab
 }
 
 proptest! {
-    #![proptest_config(Config::with_cases(256))]
 
     /// Any prompt text, in any script, with control characters and text that looks like the
     /// template's markers: encoded without error, and decoded back to exactly itself, by both

@@ -372,9 +372,11 @@ fn read_tokenizer_config(dir: &Path) -> anyhow::Result<serde_json::Map<String, s
     }
 }
 
-/// Every tensor's size, computed without overflow. candle multiplies a header's dimensions
-/// unchecked when it reads a tensor: a damaged header panics there in a debug build and reads a
-/// wrapped size in a release one.
+/// Every tensor's size, computed without overflow, and not zero. candle multiplies a header's
+/// dimensions unchecked when it reads a tensor (a damaged header panics there in a debug build
+/// and reads a wrapped size in a release one), and it views an empty tensor's bytes through a
+/// dangling pointer that is not aligned for the block type (undefined behaviour; a debug build
+/// aborts on it).
 fn check_tensor_sizes(content: &candle_core::quantized::gguf_file::Content) -> anyhow::Result<()> {
     for (name, t) in &content.tensor_infos {
         let dims = t.shape.dims();
@@ -383,8 +385,10 @@ fn check_tensor_sizes(content: &candle_core::quantized::gguf_file::Content) -> a
             .try_fold(1usize, |n, &d| n.checked_mul(d))
             .and_then(|n| (n / t.ggml_dtype.block_size()).checked_mul(t.ggml_dtype.type_size()))
             .filter(|&b| b <= isize::MAX as usize);
-        if bytes.is_none() {
-            bail!("tensor {name} has dimensions {dims:?}, more elements than any file can hold");
+        match bytes {
+            None => bail!("tensor {name} has dimensions {dims:?}: more than any file can hold"),
+            Some(0) => bail!("tensor {name} has dimensions {dims:?}: no elements"),
+            Some(_) => {}
         }
     }
     Ok(())

@@ -182,6 +182,10 @@ fn project(ws: &[&Arc<QTensor>], x: &[f32], rows: usize) -> candle_core::Result<
         .collect()
 }
 
+/// The longest context whose RoPE tables a GGUF may ask for (2M positions; the largest llama
+/// contexts published are 1M).
+const MAX_CONTEXT: usize = 1 << 21;
+
 impl QLlama {
     /// Loads a llama GGUF; `Ok(None)` for variants this path does not cover (mixture of experts),
     /// which candle-transformers' implementation serves instead.
@@ -208,11 +212,23 @@ impl QLlama {
             .and_then(|v| v.to_u32().ok())
             .map(|c| c as usize)
             .unwrap_or(4096);
-        let head_dim = hidden / heads;
-        if heads % kv_heads != 0 || rope_dim > head_dim || rope_dim % 2 != 0 {
+        let head_dim = hidden.checked_div(heads).unwrap_or(0);
+        if kv_heads == 0
+            || head_dim == 0
+            || heads % kv_heads != 0
+            || rope_dim > head_dim
+            || rope_dim % 2 != 0
+        {
             bail!(
                 "unsupported attention shape: {heads} heads, {kv_heads} KV heads, rope over {rope_dim} of {head_dim}"
             );
+        }
+        // The RoPE tables below hold every position: a damaged count must not reserve them.
+        if context_length == 0 || context_length > MAX_CONTEXT {
+            bail!("llama.context_length {context_length} is not within 1..={MAX_CONTEXT}");
+        }
+        if !(eps.is_finite() && eps > 0.0 && base.is_finite() && base > 0.0) {
+            bail!("the norm epsilon ({eps}) and the RoPE base ({base}) must be positive numbers");
         }
         let dev = Device::Cpu;
         let mut tensor = |name: &str| -> anyhow::Result<Arc<QTensor>> {
@@ -224,14 +240,29 @@ impl QLlama {
             Ok(q.dequantize(&Device::Cpu)?.flatten_all()?.to_vec1()?)
         };
 
+        // Every weight's shape is checked against the metadata here: the kernels index rows by
+        // these widths, and a file whose tensors disagree with its header must fail to load
+        // rather than read past a row.
+        let shaped = |name: &str, t: &Arc<QTensor>, want: &[usize]| -> anyhow::Result<()> {
+            if t.shape().dims() != want {
+                bail!("{name} is {:?}; the metadata makes it {want:?}", t.shape().dims());
+            }
+            Ok(())
+        };
         let embd = tensor("token_embd.weight")?;
         let (vocab, embd_hidden) = embd.shape().dims2()?;
-        if embd_hidden != hidden {
+        if embd_hidden != hidden || vocab == 0 {
             bail!("token_embd.weight is {vocab}×{embd_hidden}; the model's width is {hidden}");
         }
         let output = match ct.tensor_infos.contains_key("output.weight") {
             true => tensor("output.weight")?,
             false => embd.clone(), // tied embeddings
+        };
+        shaped("output.weight", &output, &[vocab, hidden])?;
+        let (q_rows, kv_rows) = (heads * head_dim, kv_heads * head_dim);
+        let ffn = match ct.tensor_infos.get("blk.0.ffn_up.weight") {
+            Some(t) => t.shape.dims()[0],
+            None => bail!("GGUF tensor blk.0.ffn_up.weight is missing"),
         };
         let embedding = Embedding {
             row_bytes: embd.data()?.len() / vocab,
@@ -240,22 +271,30 @@ impl QLlama {
             hidden,
             vocab,
         };
-        let mut layers = Vec::with_capacity(layers_n);
+        // Not reserved from the header's count: a damaged count fails at its first missing layer.
+        let mut layers = Vec::new();
         for i in 0..layers_n {
-            let p = format!("blk.{i}");
+            let mut weight = |part: &str, want: &[usize]| -> anyhow::Result<Arc<QTensor>> {
+                let name = format!("blk.{i}.{part}.weight");
+                let t = tensor(&name)?;
+                shaped(&name, &t, want)?;
+                Ok(t)
+            };
             layers.push(Layer {
-                wq: tensor(&format!("{p}.attn_q.weight"))?,
-                wk: tensor(&format!("{p}.attn_k.weight"))?,
-                wv: tensor(&format!("{p}.attn_v.weight"))?,
-                wo: QMatMul::from_arc(tensor(&format!("{p}.attn_output.weight"))?)?,
-                w_gate: tensor(&format!("{p}.ffn_gate.weight"))?,
-                w_up: tensor(&format!("{p}.ffn_up.weight"))?,
-                w_down: QMatMul::from_arc(tensor(&format!("{p}.ffn_down.weight"))?)?,
-                attn_norm: vector(tensor(&format!("{p}.attn_norm.weight"))?)?,
-                ffn_norm: vector(tensor(&format!("{p}.ffn_norm.weight"))?)?,
+                wq: weight("attn_q", &[q_rows, hidden])?,
+                wk: weight("attn_k", &[kv_rows, hidden])?,
+                wv: weight("attn_v", &[kv_rows, hidden])?,
+                wo: QMatMul::from_arc(weight("attn_output", &[hidden, q_rows])?)?,
+                w_gate: weight("ffn_gate", &[ffn, hidden])?,
+                w_up: weight("ffn_up", &[ffn, hidden])?,
+                w_down: QMatMul::from_arc(weight("ffn_down", &[hidden, ffn])?)?,
+                attn_norm: vector(weight("attn_norm", &[hidden])?)?,
+                ffn_norm: vector(weight("ffn_norm", &[hidden])?)?,
             });
         }
-        let norm = vector(tensor("output_norm.weight")?)?;
+        let norm = tensor("output_norm.weight")?;
+        shaped("output_norm.weight", &norm, &[hidden])?;
+        let norm = vector(norm)?;
         let half = rope_dim / 2;
         let (mut cos, mut sin) =
             (Vec::with_capacity(context_length * half), Vec::with_capacity(context_length * half));

@@ -231,7 +231,6 @@ mod tests {
         }
 
         proptest! {
-            #![proptest_config(ProptestConfig::with_cases(512))]
 
             /// `billing::report_inner`'s loop over the pure parts (`due`, `charge`, the ledger,
             /// Stripe's idempotency keys, the adoption of records a crash left unrecorded), run
