@@ -165,8 +165,10 @@ mod tests {
     }
 
     mod properties {
-        use super::*;
         use proptest::prelude::*;
+        use serde_json::Map;
+
+        use super::*;
 
         /// Bytes shaped like an event stream: pieces of data lines and both terminators.
         fn stream() -> impl Strategy<Value = Vec<u8>> {
@@ -203,6 +205,52 @@ mod tests {
                 got.extend(chunked.finish());
                 prop_assert_eq!(got.concat(), bytes);
                 prop_assert_eq!(got, expected);
+            }
+
+            /// The gateway changes a request body only where it must: the model when none is
+            /// named, usage asked for on a stream the client did not ask it for. Every other field
+            /// reaches the instance as the client sent it.
+            #[test]
+            fn requests_are_forwarded_as_sent_but_for_model_and_usage(
+                fields in proptest::collection::btree_map(
+                    proptest::sample::select(vec!["model", "stream", "stream_options", "x"]),
+                    prop_oneof![
+                        Just(Value::Null),
+                        any::<bool>().prop_map(Value::from),
+                        "[a-z]{0,4}".prop_map(Value::from),
+                        Just(json!({"include_usage": false})),
+                        Just(json!({"include_usage": true, "other": 1})),
+                    ],
+                    0..5,
+                ),
+                takes_model in any::<bool>(),
+            ) {
+                let body: Map<String, Value> =
+                    fields.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+                let body = Value::Object(body);
+                let p = prepare(body.clone(), "served", takes_model);
+                prop_assert_eq!(p.stream, body["stream"] == true);
+                let asked = body["stream_options"]["include_usage"] == true;
+                prop_assert_eq!(p.client_wants_usage, asked);
+                for (k, v) in body.as_object().unwrap() {
+                    match k.as_str() {
+                        "model" if takes_model && v.is_null() => {
+                            prop_assert_eq!(&p.body[k], "served")
+                        }
+                        "stream_options" if p.stream && !p.client_wants_usage => {
+                            prop_assert_eq!(&p.body[k]["include_usage"], true);
+                            if let Some(o) = v.as_object() {
+                                for (ok, ov) in o.iter().filter(|(ok, _)| *ok != "include_usage") {
+                                    prop_assert_eq!(&p.body[k][ok], ov);
+                                }
+                            }
+                        }
+                        _ => prop_assert_eq!(&p.body[k], v, "{}", k),
+                    }
+                }
+                if takes_model && !body.as_object().unwrap().contains_key("model") {
+                    prop_assert_eq!(&p.body["model"], "served");
+                }
             }
 
             /// Whatever counts an answer claims, usage is never negative and never panics.

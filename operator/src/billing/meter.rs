@@ -231,6 +231,24 @@ mod tests {
         }
 
         proptest! {
+            /// However the gateway's token totals arrive (in whatever increments), the token
+            /// records charge the exact total, rounded down once.
+            #[test]
+            fn token_records_sum_to_the_exact_total(
+                increments in proptest::collection::vec((0i64..1_000_000, 0i64..1_000_000), 0..30),
+                input in 0i64..=10_000_000,
+                output in 0i64..=10_000_000,
+            ) {
+                let price = crate::config::TokenPrice { input, output };
+                let (mut carry, mut charged, mut micro) = (0i64, 0i64, 0i128);
+                for &(p, c) in &increments {
+                    let (amount, left) = token_charge(p, c, price, carry);
+                    prop_assert!(amount >= 0 && (0..1_000_000).contains(&left));
+                    (charged, carry) = (charged + amount, left);
+                    micro += p as i128 * input as i128 + c as i128 * output as i128;
+                }
+                prop_assert_eq!(charged as i128, micro / 1_000_000);
+            }
 
             /// `billing::report_inner`'s loop over the pure parts (`due`, `charge`, the ledger,
             /// Stripe's idempotency keys, the adoption of records a crash left unrecorded), run
@@ -280,8 +298,8 @@ mod tests {
                     }
                     let c = charge(period, gpus, per_gpu_hour, ledger.carry("u"));
                     let (from, to) = (period.from, period.to);
-                    let usage =
-                        Usage { from, to, gpu_millis: c.gpu_millis, amount: c.amount, carry: c.carry };
+                    let (gpu_millis, amount, carry) = (c.gpu_millis, c.amount, c.carry);
+                    let usage = Usage { from, to, gpu_millis, amount, carry };
                     // Stripe refuses a key reused with other parameters: a retried record must
                     // be the same record.
                     let kept = stripe.entry(record_key("u", from)).or_insert_with(|| usage.clone());
