@@ -480,7 +480,7 @@ fn with_context(
             .template
             .render(messages)
             .map_err(|e| anyhow::anyhow!("the chat template refused the conversation: {e}"))?;
-        vocab.encode_rendered(&text)
+        vocab.encode_chat(&text, messages)
     };
     let base = messages.clone();
     loop {

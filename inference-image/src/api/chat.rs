@@ -16,7 +16,7 @@ use super::types::{self, ChatRequest, CompletionRequest};
 use super::{AppState, ConversationGuard, check_model, lock_conversation, read_body};
 use crate::engine::{Event, FinishReason, Generate, Prompt, SamplingParams, Work};
 use crate::history::{Conversation, valid_id};
-use crate::model::{Message, Vocab};
+use crate::model::{Message, UnplacedControlText, Vocab};
 use crate::retrieval::Source;
 
 #[derive(Clone, Copy, PartialEq)]
@@ -166,8 +166,27 @@ pub async fn chat_completions(
         )
     })?;
     let prompt_tokens = vocab
-        .encode_rendered(&rendered)
-        .map_err(|e| ApiError::internal(format!("tokenizing: {e}")))?
+        .encode_chat(&rendered, &messages)
+        .map_err(|e| {
+            // Numbered as the client sent them: the instance's system prompt and the stored
+            // turns come first.
+            let sent = messages.len() - new_messages.len();
+            match e.downcast_ref::<UnplacedControlText>() {
+                Some(u) if u.message >= sent => {
+                    let param = format!("messages[{}].content", u.message - sent);
+                    ApiError::invalid(
+                        param.clone(),
+                        format!(
+                            "{param} contains {:?}, one of the model's control tokens, and this \
+                             model's chat template cuts message text apart, so it cannot be kept \
+                             as plain text; remove it from the message.",
+                            u.token
+                        ),
+                    )
+                }
+                _ => ApiError::internal(format!("tokenizing: {e}")),
+            }
+        })?
         .len();
     let mut checked = checked;
     check_budget(&vocab, prompt_tokens, &mut checked.params, s.config.max_tokens)?;

@@ -2,7 +2,7 @@
 //! GGUF file (quantized, llama.cpp layout).
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use anyhow::{Context as _, bail};
 use candle_core::{DType, Device, Tensor};
@@ -11,7 +11,7 @@ use candle_transformers::models::llama::{self, Cache, Llama, LlamaConfig, LlamaE
 use candle_transformers::models::quantized_llama::{self, ModelWeights};
 use tokenizers::Tokenizer;
 
-use super::chat_template::ChatTemplate;
+use super::chat_template::{ChatTemplate, Message};
 use super::gguf_tokenizer;
 use super::qllama::{Feed, Kv, QLlama};
 
@@ -39,9 +39,123 @@ pub struct Vocab {
     pub add_bos: bool,
     pub context_length: usize,
     pub format: &'static str,
+    /// The tokenizer's special tokens, and a copy of it that reads them as plain text: made the
+    /// first time a message spells one.
+    literal: OnceLock<Literal>,
 }
 
+/// Around a message's text in [`Vocab::encode_chat`]'s second rendering: Unicode noncharacters,
+/// reserved for a program's internal use.
+const OPEN: char = '\u{FDD0}';
+const CLOSE: char = '\u{FDD1}';
+
+struct Literal {
+    specials: Vec<String>,
+    tokenizer: Tokenizer,
+}
+
+/// A message spells one of the model's control tokens where the chat template changed its text,
+/// so that the spelled token cannot be told from the template's own.
+#[derive(Debug)]
+pub struct UnplacedControlText {
+    /// The message's index in the conversation.
+    pub message: usize,
+    pub token: String,
+}
+
+impl std::fmt::Display for UnplacedControlText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "message {} of the prompt contains {:?}, the model's control token, in text the chat \
+             template cuts apart",
+            self.message, self.token
+        )
+    }
+}
+
+impl std::error::Error for UnplacedControlText {}
+
 impl Vocab {
+    fn new(
+        id: String,
+        tokenizer: Tokenizer,
+        template: ChatTemplate,
+        eos: Vec<u32>,
+        add_bos: bool,
+        context_length: usize,
+        format: &'static str,
+    ) -> Vocab {
+        let literal = OnceLock::new();
+        Vocab { id, tokenizer, template, eos, add_bos, context_length, format, literal }
+    }
+
+    fn literal(&self) -> &Literal {
+        self.literal.get_or_init(|| {
+            let mut specials: Vec<String> = self
+                .tokenizer
+                .get_added_tokens_decoder()
+                .into_values()
+                .filter(|t| t.special && !t.content.is_empty())
+                .map(|t| t.content)
+                .collect();
+            specials.sort();
+            let mut tokenizer = self.tokenizer.clone();
+            tokenizer.set_encode_special_tokens(true);
+            Literal { specials, tokenizer }
+        })
+    }
+
+    /// Token ids of a chat prompt the template rendered from `messages`. A message that spells
+    /// one of the model's control tokens (`<|im_start|>`, `<|eot_id|>`…) gets that text encoded
+    /// as the text it is. Otherwise, a user could close their own turn and open a system one,
+    /// and so could a document retrieved into the system message. Prompts with no such text
+    /// (nearly all) are encoded exactly as [`Self::encode_rendered`] encodes `rendered`.
+    pub fn encode_chat(&self, rendered: &str, messages: &[Message]) -> anyhow::Result<Vec<u32>> {
+        let literal = self.literal();
+        let spelled = |text: &str| literal.specials.iter().find(|t| text.contains(t.as_str()));
+        let Some((first, token)) =
+            messages.iter().enumerate().find_map(|(i, m)| Some((i, spelled(&m.content)?)))
+        else {
+            return self.encode_rendered(rendered);
+        };
+        let unplaced = || UnplacedControlText { message: first, token: token.clone() };
+        // Rendered again with each such message's text between two noncharacters, which text
+        // never carries: the template's own markers stay outside them, wherever it puts them.
+        // (A template that trims the text no longer trims these messages.)
+        let marked: Vec<Message> = messages
+            .iter()
+            .map(|m| match spelled(&m.content) {
+                Some(_) => Message {
+                    role: m.role.clone(),
+                    content: format!("{OPEN}{}{CLOSE}", m.content.replace([OPEN, CLOSE], "")),
+                },
+                None => m.clone(),
+            })
+            .collect();
+        let text = self.template.render(&marked).map_err(|_| unplaced())?;
+        let mut ids = Vec::new();
+        let mut rest = text.as_str();
+        while let Some(open) = rest.find(OPEN) {
+            let (outside, after) = (&rest[..open], &rest[open + OPEN.len_utf8()..]);
+            let close = after.find(CLOSE).ok_or_else(unplaced)?;
+            let inside = &after[..close];
+            // A template that cut the text apart (sliced it, split it) loses a mark.
+            if outside.contains(CLOSE) || inside.contains(OPEN) {
+                return Err(unplaced().into());
+            }
+            ids.extend(self.encode_rendered(outside)?);
+            let encoded = literal.tokenizer.encode_fast(inside, false);
+            ids.extend(encoded.map_err(|e| anyhow::anyhow!("{e}"))?.get_ids());
+            rest = &after[close + CLOSE.len_utf8()..];
+        }
+        if rest.contains(CLOSE) {
+            return Err(unplaced().into());
+        }
+        ids.extend(self.encode_rendered(rest)?);
+        Ok(ids)
+    }
+
     /// Token ids of a prompt the chat template already rendered (it places any BOS itself).
     pub fn encode_rendered(&self, text: &str) -> anyhow::Result<Vec<u32>> {
         Ok(self
@@ -163,15 +277,15 @@ impl ChatModel {
                 .with_context(|| format!("loading llama weights from {}", dir.display()))?;
         let context_length = config.max_position_embeddings;
         Ok(Self {
-            vocab: Arc::new(Vocab {
+            vocab: Arc::new(Vocab::new(
                 id,
                 tokenizer,
                 template,
                 eos,
                 add_bos,
                 context_length,
-                format: "safetensors",
-            }),
+                "safetensors",
+            )),
             weights: Weights::Llama { model, config, dtype, cache: None },
             device: device.clone(),
         })
@@ -219,15 +333,15 @@ impl ChatModel {
             }
         };
         Ok(Self {
-            vocab: Arc::new(Vocab {
+            vocab: Arc::new(Vocab::new(
                 id,
-                template: ChatTemplate::new(vocab.chat_template, vocab.bos_text, vocab.eos_text)?,
-                tokenizer: vocab.tokenizer,
-                eos: vocab.eos,
-                add_bos: vocab.add_bos,
+                vocab.tokenizer,
+                ChatTemplate::new(vocab.chat_template, vocab.bos_text, vocab.eos_text)?,
+                vocab.eos,
+                vocab.add_bos,
                 context_length,
-                format: "gguf",
-            }),
+                "gguf",
+            )),
             weights,
             device: device.clone(),
         })

@@ -15,7 +15,7 @@ use candle_core::Device;
 
 pub use chat_template::{ChatTemplate, Message};
 pub use embed::Embedder;
-pub use llm::{ChatModel, PrefixCache, Sequence, Vocab};
+pub use llm::{ChatModel, PrefixCache, Sequence, UnplacedControlText, Vocab};
 
 /// What a model path holds.
 #[derive(Debug, Clone, PartialEq)]
