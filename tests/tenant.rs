@@ -166,6 +166,22 @@ async fn tenant_owners_are_confined_to_their_namespace() {
         can(alice.clone(), vec!["get", "secret/alcove-tenant-key", "-n", "tenant-startup"]).await,
         "no"
     );
+    // The rest of the attack matrix's RBAC rows (docs/security.md): no listing Secrets, no
+    // editing the Tenant (its tier, quota and retention are the platform's), no pods of one's
+    // own, and the service proxy only into one's own namespace.
+    for (args, want) in [
+        (vec!["list", "secrets", "-n", "tenant-startup"], "no"),
+        (vec!["patch", "tenants.alcove.dev/startup"], "no"),
+        (vec!["update", "tenants.alcove.dev/startup"], "no"),
+        (vec!["create", "pods", "-n", "tenant-startup"], "no"),
+        (vec!["create", "pods/exec", "-n", "tenant-startup"], "no"),
+        (vec!["get", "services/proxy", "-n", "tenant-acme"], "no"),
+        (vec!["get", "services/proxy", "-n", "tenant-startup"], "yes"),
+        (vec!["get", "tenants.alcove.dev/acme"], "no"),
+        (vec!["get", "tenants.alcove.dev/startup"], "yes"),
+    ] {
+        assert_eq!(can(alice.clone(), args.clone()).await, want, "alice: can-i {}", args.join(" "));
+    }
 
     // Real requests agree.
     let instance =
@@ -182,6 +198,26 @@ async fn tenant_owners_are_confined_to_their_namespace() {
         (vec!["get", "secret", "alcove-tenant-key", "-n", "tenant-acme"], "get"),
         (vec!["get", "secret", "alcove-tenant-key", "-n", "tenant-startup"], "get"),
         (vec!["get", "inferenceinstances", "-n", "tenant-acme"], "list"),
+        (vec!["get", "secrets", "-n", "tenant-startup"], "list"),
+        (
+            vec![
+                "patch",
+                "tenant",
+                "startup",
+                "--type=merge",
+                "-p",
+                r#"{"spec":{"tier":"enterprise"}}"#,
+            ],
+            "patch",
+        ),
+        (
+            vec![
+                "get",
+                "--raw",
+                "/api/v1/namespaces/tenant-acme/services/chat:8080/proxy/v1/models",
+            ],
+            "get",
+        ),
     ] {
         let (ok, _, err) = p.kubectl_as(&alice, &args, None).await;
         assert!(!ok, "alice may not {}", args.join(" "));
