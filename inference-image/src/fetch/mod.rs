@@ -626,3 +626,41 @@ pub fn main(opts: &Options, termination_log: Option<&Path>) -> i32 {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    mod properties {
+        use std::path::{Component, Path};
+
+        use proptest::prelude::*;
+
+        use super::*;
+
+        proptest! {
+            /// A name a hub's listing or a URL gives is used as a path under the revision
+            /// directory only when it cannot leave it.
+            #[test]
+            fn names_taken_as_paths_stay_inside(
+                parts in proptest::collection::vec(
+                    prop_oneof![
+                        Just(".."), Just("."), Just(""), Just("/"), Just("a"), Just("b.gguf"),
+                        Just("..a"), Just("~"), Just("\\\\"),
+                    ],
+                    0..6,
+                ),
+            ) {
+                let name = parts.join("/");
+                if safe_relative(&name) {
+                    let joined = Path::new("/cache/rev").join(&name);
+                    prop_assert!(joined.starts_with("/cache/rev/"), "{name:?}");
+                    prop_assert!(
+                        Path::new(&name).components().all(|c| matches!(c, Component::Normal(_))),
+                        "{name:?}"
+                    );
+                }
+            }
+        }
+    }
+}
