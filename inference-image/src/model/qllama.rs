@@ -260,9 +260,10 @@ impl QLlama {
         };
         shaped("output.weight", &output, &[vocab, hidden])?;
         let (q_rows, kv_rows) = (heads * head_dim, kv_heads * head_dim);
-        let ffn = match ct.tensor_infos.get("blk.0.ffn_up.weight") {
-            Some(t) => t.shape.dims()[0],
-            None => bail!("GGUF tensor blk.0.ffn_up.weight is missing"),
+        let Some(&ffn) =
+            ct.tensor_infos.get("blk.0.ffn_up.weight").and_then(|t| t.shape.dims().first())
+        else {
+            bail!("GGUF tensor blk.0.ffn_up.weight is missing or has no dimensions");
         };
         let embedding = Embedding {
             row_bytes: embd.data()?.len() / vocab,
