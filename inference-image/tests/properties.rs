@@ -140,16 +140,20 @@ fn mutation() -> impl Strategy<Value = Mutation> {
     ]
 }
 
-/// Applies `m` within the first `header` bytes of `bytes`.
+/// Applies `m` within the first `header` bytes of `bytes` (an earlier truncation may have left
+/// fewer than a mutation needs: then it changes nothing).
 fn mutate(bytes: &mut Vec<u8>, header: usize, m: &Mutation) {
     match m {
         Mutation::Int { at, value, wide } => {
             let width = if *wide { 8 } else { 4 };
-            let at = at.index(header - width);
-            bytes[at..at + width].copy_from_slice(&value.to_le_bytes()[..width]);
+            if header > width {
+                let at = at.index(header - width);
+                bytes[at..at + width].copy_from_slice(&value.to_le_bytes()[..width]);
+            }
         }
-        Mutation::Byte { at, value } => bytes[at.index(header)] = *value,
-        Mutation::Truncate { at } => bytes.truncate(at.index(header)),
+        Mutation::Byte { at, value } if header > 0 => bytes[at.index(header)] = *value,
+        Mutation::Byte { .. } => {}
+        Mutation::Truncate { at } => bytes.truncate(at.index(header + 1)),
     }
 }
 
