@@ -184,7 +184,16 @@ pub async fn chat_completions(
                         ),
                     )
                 }
-                _ => ApiError::internal(format!("tokenizing: {e}")),
+                Some(u) => ApiError::invalid(
+                    "messages",
+                    format!(
+                        "An earlier turn of this conversation, or the instance's system prompt, \
+                         contains {:?}, one of the model's control tokens, and this model's chat \
+                         template cuts message text apart; start a new conversation.",
+                        u.token
+                    ),
+                ),
+                None => ApiError::internal(format!("tokenizing: {e}")),
             }
         })?
         .len();
