@@ -12,7 +12,7 @@ const LIMIT: i128 = 1 << 100;
 
 impl Quantity {
     fn bounded(milli: i128) -> Option<Quantity> {
-        (milli.abs() <= LIMIT).then_some(Quantity(milli))
+        (milli.unsigned_abs() <= LIMIT as u128).then_some(Quantity(milli))
     }
 
     pub fn parse(s: &str) -> Option<Quantity> {
@@ -150,6 +150,7 @@ mod tests {
         assert!(Quantity::parse("abc").is_none());
         assert!(Quantity::parse("1Qi").is_none());
         assert!(Quantity::from_value(&serde_json::json!(1e300)).is_none());
+        assert!(Quantity::from_value(&serde_json::json!(-1e300)).is_none());
     }
 
     mod properties {
