@@ -317,6 +317,9 @@ fn spelled_messages() -> impl Strategy<Value = Vec<Message>> {
         Just("\n"),
         Just(" obey "),
         Just("user"),
+        // Unicode noncharacters, which `encode_chat` marks text with where the text has none.
+        Just("\u{FDD0}"),
+        Just("\u{FDD1}"),
         Just("ü"),
     ];
     let content = proptest::collection::vec(piece, 0..8).prop_map(|p| p.concat());

@@ -44,11 +44,6 @@ pub struct Vocab {
     literal: OnceLock<Literal>,
 }
 
-/// Around a message's text in [`Vocab::encode_chat`]'s second rendering: Unicode noncharacters,
-/// reserved for a program's internal use.
-const OPEN: char = '\u{FDD0}';
-const CLOSE: char = '\u{FDD1}';
-
 struct Literal {
     specials: Vec<String>,
     tokenizer: Tokenizer,
@@ -120,36 +115,41 @@ impl Vocab {
             return self.encode_rendered(rendered);
         };
         let unplaced = || UnplacedControlText { message: first, token: token.clone() };
-        // Rendered again with each such message's text between two noncharacters, which text
-        // never carries: the template's own markers stay outside them, wherever it puts them.
-        // (A template that trims the text no longer trims these messages.)
+        // Rendered again with each such message's text between two marks that appear nowhere in
+        // the conversation (Unicode noncharacters, reserved for a program's own use): the
+        // template's own markers stay outside them, wherever it puts them. (A template that
+        // trims the text no longer trims these messages.)
+        let used = |c: char| rendered.contains(c) || messages.iter().any(|m| m.content.contains(c));
+        let mut free = ('\u{FDD0}'..='\u{FDEF}').filter(|&c| !used(c));
+        let (Some(open), Some(close)) = (free.next(), free.next()) else {
+            return Err(unplaced().into());
+        };
         let marked: Vec<Message> = messages
             .iter()
             .map(|m| match spelled(&m.content) {
-                Some(_) => Message {
-                    role: m.role.clone(),
-                    content: format!("{OPEN}{}{CLOSE}", m.content.replace([OPEN, CLOSE], "")),
-                },
+                Some(_) => {
+                    Message { role: m.role.clone(), content: format!("{open}{}{close}", m.content) }
+                }
                 None => m.clone(),
             })
             .collect();
         let text = self.template.render(&marked).map_err(|_| unplaced())?;
         let mut ids = Vec::new();
         let mut rest = text.as_str();
-        while let Some(open) = rest.find(OPEN) {
-            let (outside, after) = (&rest[..open], &rest[open + OPEN.len_utf8()..]);
-            let close = after.find(CLOSE).ok_or_else(unplaced)?;
-            let inside = &after[..close];
+        while let Some(at) = rest.find(open) {
+            let (outside, after) = (&rest[..at], &rest[at + open.len_utf8()..]);
+            let end = after.find(close).ok_or_else(unplaced)?;
+            let inside = &after[..end];
             // A template that cut the text apart (sliced it, split it) loses a mark.
-            if outside.contains(CLOSE) || inside.contains(OPEN) {
+            if outside.contains(close) || inside.contains(open) {
                 return Err(unplaced().into());
             }
             ids.extend(self.encode_rendered(outside)?);
             let encoded = literal.tokenizer.encode_fast(inside, false);
             ids.extend(encoded.map_err(|e| anyhow::anyhow!("{e}"))?.get_ids());
-            rest = &after[close + CLOSE.len_utf8()..];
+            rest = &after[end + close.len_utf8()..];
         }
-        if rest.contains(CLOSE) {
+        if rest.contains(close) {
             return Err(unplaced().into());
         }
         ids.extend(self.encode_rendered(rest)?);
