@@ -90,12 +90,36 @@ type Inner = hyper_util::client::legacy::Client<
     Empty<Bytes>,
 >;
 
-/// A request's credentials: headers sent only to `host` (never after a redirect elsewhere, so a
-/// token for the hub does not reach its CDN or an attacker's redirect target).
+/// A request's credentials: headers sent only to the origin they were given for (never after a
+/// redirect elsewhere, so a token for the hub does not reach its CDN or an attacker's redirect
+/// target). An origin is the scheme, the host and the port, as browsers count it: a redirect to
+/// another port, or from https to http on the same host, is elsewhere too.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Credentials {
-    pub host: String,
+    origin: Option<(String, String, u16)>,
     pub headers: Vec<(String, String)>,
+}
+
+impl Credentials {
+    /// No headers yet, for `uri`'s origin.
+    pub fn for_origin_of(uri: &hyper::Uri) -> Credentials {
+        Credentials { origin: origin(uri), headers: Vec::new() }
+    }
+
+    /// Whether a request to `uri` carries these headers.
+    pub fn sent_to(&self, uri: &hyper::Uri) -> bool {
+        self.origin.is_some() && origin(uri) == self.origin
+    }
+}
+
+fn origin(uri: &hyper::Uri) -> Option<(String, String, u16)> {
+    let scheme = uri.scheme_str()?.to_ascii_lowercase();
+    let port = uri.port_u16().or(match scheme.as_str() {
+        "https" => Some(443),
+        "http" => Some(80),
+        _ => None,
+    })?;
+    Some((scheme, uri.host()?.to_ascii_lowercase(), port))
 }
 
 pub struct Client {
@@ -206,7 +230,7 @@ impl Client {
                 .method(if head { hyper::Method::HEAD } else { hyper::Method::GET })
                 .uri(uri.clone())
                 .header("user-agent", concat!("alcove-fetch/", env!("CARGO_PKG_VERSION")));
-            if uri.host() == Some(credentials.host.as_str()) {
+            if credentials.sent_to(&uri) {
                 for (k, v) in &credentials.headers {
                     req = req.header(k.as_str(), v.as_str());
                 }
@@ -292,6 +316,18 @@ mod tests {
         for ip in ["8.8.8.8", "1.1.1.1", "2606:4700::1111", "100.128.0.1", "172.32.0.1"] {
             assert!(!is_private(ip.parse().unwrap()), "{ip}");
         }
+    }
+
+    #[test]
+    fn credentials_go_to_their_own_origin_only() {
+        let c = Credentials::for_origin_of(&"https://hub.example/api/models".parse().unwrap());
+        let to = |u: &str| c.sent_to(&u.parse().unwrap());
+        assert!(to("https://hub.example/acme/tiny/resolve/abc/model.safetensors"));
+        assert!(to("https://HUB.example:443/x"), "the default port, any case");
+        assert!(!to("https://cdn.hub.example/x"), "another host");
+        assert!(!to("https://hub.example:8443/x"), "another port");
+        assert!(!to("http://hub.example/x"), "downgraded to plain http");
+        assert!(!Credentials::default().sent_to(&"https://hub.example/".parse().unwrap()));
     }
 
     #[test]

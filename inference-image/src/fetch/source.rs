@@ -95,8 +95,7 @@ async fn http_plan(client: &Client, opts: &Options) -> Result<Plan, Failure> {
         .filter(|n| !n.is_empty() && *n != "." && *n != "..")
         .unwrap_or("model.gguf")
         .to_string();
-    let mut credentials =
-        Credentials { host: parsed.host().unwrap_or_default().to_string(), ..Default::default() };
+    let mut credentials = Credentials::for_origin_of(&parsed);
     if let Some(line) = credential(opts, "header")? {
         let Some((k, v)) = line.split_once(':') else {
             return Err(Failure::new(
@@ -297,8 +296,7 @@ async fn hub_plan(client: &Client, opts: &Options, rest: &str) -> Result<Plan, F
     let hub_uri: hyper::Uri = hub.parse().map_err(|e| {
         Failure::new(Reason::Refused, format!("the platform's model hub endpoint {hub}: {e}"))
     })?;
-    let mut credentials =
-        Credentials { host: hub_uri.host().unwrap_or_default().to_string(), ..Default::default() };
+    let mut credentials = Credentials::for_origin_of(&hub_uri);
     if let Some(token) = credential(opts, "token")? {
         credentials.headers.push(("authorization".into(), format!("Bearer {token}")));
     }
