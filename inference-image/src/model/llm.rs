@@ -39,14 +39,11 @@ pub struct Vocab {
     pub add_bos: bool,
     pub context_length: usize,
     pub format: &'static str,
-    /// The tokenizer's special tokens, and a copy of it that reads them as plain text: made the
-    /// first time a message spells one.
-    literal: OnceLock<Literal>,
-}
-
-struct Literal {
+    /// The texts of the tokenizer's special tokens.
     specials: Vec<String>,
-    tokenizer: Tokenizer,
+    /// A copy of the tokenizer that reads special tokens as plain text: made the first time a
+    /// message spells one (most servers never need it).
+    literal: OnceLock<Tokenizer>,
 }
 
 /// A message spells one of the model's control tokens where the chat template changed its text,
@@ -81,23 +78,22 @@ impl Vocab {
         context_length: usize,
         format: &'static str,
     ) -> Vocab {
+        let mut specials: Vec<String> = tokenizer
+            .get_added_tokens_decoder()
+            .into_values()
+            .filter(|t| t.special && !t.content.is_empty())
+            .map(|t| t.content)
+            .collect();
+        specials.sort();
         let literal = OnceLock::new();
-        Vocab { id, tokenizer, template, eos, add_bos, context_length, format, literal }
+        Vocab { id, tokenizer, template, eos, add_bos, context_length, format, specials, literal }
     }
 
-    fn literal(&self) -> &Literal {
+    fn literal(&self) -> &Tokenizer {
         self.literal.get_or_init(|| {
-            let mut specials: Vec<String> = self
-                .tokenizer
-                .get_added_tokens_decoder()
-                .into_values()
-                .filter(|t| t.special && !t.content.is_empty())
-                .map(|t| t.content)
-                .collect();
-            specials.sort();
             let mut tokenizer = self.tokenizer.clone();
             tokenizer.set_encode_special_tokens(true);
-            Literal { specials, tokenizer }
+            tokenizer
         })
     }
 
@@ -107,8 +103,7 @@ impl Vocab {
     /// and so could a document retrieved into the system message. Prompts with no such text
     /// (nearly all) are encoded exactly as [`Self::encode_rendered`] encodes `rendered`.
     pub fn encode_chat(&self, rendered: &str, messages: &[Message]) -> anyhow::Result<Vec<u32>> {
-        let literal = self.literal();
-        let spelled = |text: &str| literal.specials.iter().find(|t| text.contains(t.as_str()));
+        let spelled = |text: &str| self.specials.iter().find(|t| text.contains(t.as_str()));
         let Some((first, token)) =
             messages.iter().enumerate().find_map(|(i, m)| Some((i, spelled(&m.content)?)))
         else {
@@ -145,7 +140,7 @@ impl Vocab {
                 return Err(unplaced().into());
             }
             ids.extend(self.encode_rendered(outside)?);
-            let encoded = literal.tokenizer.encode_fast(inside, false);
+            let encoded = self.literal().encode_fast(inside, false);
             ids.extend(encoded.map_err(|e| anyhow::anyhow!("{e}"))?.get_ids());
             rest = &after[end + close.len_utf8()..];
         }
