@@ -68,6 +68,16 @@ if ! ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends postgresql
 fi
 
+# Debian's nftables: devcluster's network-namespace pod network enforces NetworkPolicies with it
+# (devcluster/tests/network.rs, tests/network.rs). Those tests also need root and `ip`.
+if ! command -v nft >/dev/null 2>&1; then
+  echo "== test.sh: installing nftables (apt-get)"
+  SUDO=""
+  if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends nftables
+fi
+
 # Debian's chromium and playwright-core (npm, pinned by tests/browser/package-lock.json, into the
 # git-ignored tests/browser/node_modules): the dashboard's browser test. playwright-core never
 # downloads a browser; the test launches /usr/bin/chromium.

@@ -119,6 +119,20 @@ pub struct Config {
     /// Writes an audit event (`audit.k8s.io/v1`, level Metadata) per resource request to this
     /// file, one JSON object per line, as kube-apiserver's `--audit-log-path` does.
     pub audit_log: Option<PathBuf>,
+    pub pod_network: PodNetwork,
+}
+
+/// How pods are networked.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PodNetwork {
+    /// Pods share the host's loopback: each container port gets a free host port, and
+    /// NetworkPolicies are stored but not enforced.
+    #[default]
+    Loopback,
+    /// Each pod runs in its own network namespace with its own address; Services get working
+    /// cluster IPs and NetworkPolicies are enforced with nftables ([`crate::netns`]). Needs root,
+    /// `ip` and `nft`.
+    Namespaces,
 }
 
 impl Config {
@@ -135,6 +149,7 @@ impl Config {
             watch_history_age: Duration::from_secs(75),
             bookmark_interval: Duration::from_secs(10),
             audit_log: None,
+            pod_network: PodNetwork::Loopback,
         }
     }
 

@@ -2,9 +2,11 @@
 //! as child processes (each in its own process group, killed with the server); unmapped images
 //! are simulated (Running and Ready without a process, as KWOK does).
 //!
-//! Every pod shares the host network, so a pod's IP is 127.0.0.1 and each container port gets a
-//! free host port. The kubelet rewrites the container's arguments to match: an argument equal
-//! to a declared container port, or ending in `=<port>` or `:<port>`, gets the host port.
+//! By default every pod shares the host network, so a pod's IP is 127.0.0.1 and each container
+//! port gets a free host port. The kubelet rewrites the container's arguments to match: an
+//! argument equal to a declared container port, or ending in `=<port>` or `:<port>`, gets the
+//! host port. In the network-namespace mode ([`crate::netns`]) a pod has its own address and
+//! serves on its declared ports; the host ports forward into it.
 //! Volumes are directories; arguments and environment values under a mount path are rewritten
 //! to the directory backing it.
 
@@ -212,6 +214,8 @@ fn consider(shared: &Arc<Shared>, pod: &Arc<Value>) -> Option<Arc<Notify>> {
         pgids,
         stop: stop_rx,
         sources_changed: bell.clone(),
+        net: None,
+        forwarders: Vec::new(),
     };
     tokio::spawn(worker.run());
     Some(bell)
@@ -226,6 +230,10 @@ struct PodWorker {
     stop: watch::Receiver<bool>,
     /// Rung when a ConfigMap or Secret mounted as a volume changes.
     sources_changed: Arc<Notify>,
+    /// The pod's namespace and address in the network-namespace mode.
+    net: Option<crate::netns::PodNet>,
+    /// Host ports forwarding into the pod (network-namespace mode).
+    forwarders: Vec<tokio::task::AbortHandle>,
 }
 
 /// One container being run.
@@ -301,6 +309,27 @@ impl PodWorker {
             self.finish().await;
             return;
         };
+        if let Some(network) = self.shared.runtime.network.get().cloned() {
+            match network.add_pod().await {
+                Ok(net) => {
+                    for (cp, hp) in &self.ports {
+                        match u16::try_from(*cp).map(|cp| network.forward(*hp, net.ip, cp)) {
+                            Ok(Ok(f)) => self.forwarders.push(f),
+                            Ok(Err(e)) => {
+                                tracing::warn!(pod = %self.uid, error = %e, "host port not forwarded")
+                            }
+                            Err(_) => {}
+                        }
+                    }
+                    self.net = Some(net);
+                }
+                Err(msg) => {
+                    self.fail_pod(&pod, &format!("creating the pod's network: {msg}")).await;
+                    return;
+                }
+            }
+        }
+        let pod_ip = self.pod_ip();
         let spec = pod["spec"].clone();
         let restart_policy = spec["restartPolicy"].as_str().unwrap_or("Always").to_string();
         let now = meta::now_rfc3339();
@@ -314,10 +343,16 @@ impl PodWorker {
         };
         self.write_status(json!({
             "phase": "Pending", "hostIP": "127.0.0.1", "hostIPs": [{"ip": "127.0.0.1"}], "startTime": now,
+            "podIP": pod_ip, "podIPs": [{"ip": pod_ip}],
             "containerStatuses": waiting("ContainerCreating", ""),
             "conditions": conditions(&pod, false, false, true),
         }));
 
+        // The pod as written, with its address for `status.podIP` references.
+        let pod = self.current().unwrap_or(pod);
+        if let (Some(network), Some(net)) = (self.shared.runtime.network.get(), &self.net) {
+            network.covering(net.ip).await;
+        }
         // Versions of the mounted sources before they are first written: a change from here on
         // is written again once the pod runs.
         let mut projected = self.volume_versions(&pod);
@@ -625,14 +660,18 @@ impl PodWorker {
         }
     }
 
+    fn pod_ip(&self) -> String {
+        self.net.as_ref().map_or_else(|| "127.0.0.1".into(), |n| n.ip.to_string())
+    }
+
     /// Writes the containers' states; false when the write was refused.
     fn publish(&self, pod: &Value, running: &[Running], phase: &str) -> bool {
         let statuses: Vec<Value> = running.iter().map(|r| r.status()).collect();
         let all_ready = running.iter().all(|r| r.ready);
         let mut status = json!({
             "phase": phase,
-            "podIP": "127.0.0.1",
-            "podIPs": [{"ip": "127.0.0.1"}],
+            "podIP": self.pod_ip(),
+            "podIPs": [{"ip": self.pod_ip()}],
             "containerStatuses": statuses,
             "conditions": conditions(pod, all_ready && phase == "Running", true, phase == "Running"),
         });
@@ -686,8 +725,15 @@ impl PodWorker {
         self.pgids.lock().unwrap_or_else(|x| x.into_inner()).clear();
     }
 
-    /// Releases ports, removes the pod's own volume directories and the pod object.
+    /// Releases ports and the pod's network, removes the pod's own volume directories and the
+    /// pod object.
     async fn finish(&self) {
+        for f in &self.forwarders {
+            f.abort();
+        }
+        if let (Some(network), Some(net)) = (self.shared.runtime.network.get(), &self.net) {
+            network.remove_pod(net).await;
+        }
         let handle = self.shared.runtime.lock().remove(&self.uid);
         if let Some(h) = handle {
             for pgid in h.pgids.lock().unwrap_or_else(|x| x.into_inner()).values() {
@@ -783,8 +829,12 @@ impl PodWorker {
             term,
         ));
         let mounts = &mounts[..];
-        let argv: Vec<String> =
-            argv.iter().map(|a| self.rewrite_ports(&rewrite_paths(a, mounts))).collect();
+        // With a network of its own the pod serves on its declared ports.
+        let argv: Vec<String> = argv
+            .iter()
+            .map(|a| rewrite_paths(a, mounts))
+            .map(|a| if self.net.is_some() { a } else { self.rewrite_ports(&a) })
+            .collect();
         let logs = self.dir.join("logs");
         std::fs::create_dir_all(&logs).map_err(|e| e.to_string())?;
         let name = c["name"].as_str().unwrap_or_default();
@@ -796,18 +846,25 @@ impl PodWorker {
         let log2 = log.try_clone().map_err(|e| e.to_string())?;
         let tmp = self.dir.join("tmp");
         std::fs::create_dir_all(&tmp).map_err(|e| e.to_string())?;
-        let mut cmd = Command::new(&exe);
+        let (api_host, api_port) = match &self.net {
+            Some(_) => (crate::netpol::NODE_IP.to_string(), crate::netns::API_PORT),
+            None => (
+                "127.0.0.1".to_string(),
+                *self.shared.runtime.api_port.lock().unwrap_or_else(|p| p.into_inner()),
+            ),
+        };
+        let mut cmd = match (self.shared.runtime.network.get(), &self.net) {
+            (Some(network), Some(net)) => network.command(net, &exe),
+            _ => Command::new(&exe),
+        };
         cmd.args(&argv)
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into()))
             .env("HOME", &tmp)
             .env("TMPDIR", &tmp)
             .env("HOSTNAME", meta::name(pod))
-            .env("KUBERNETES_SERVICE_HOST", "127.0.0.1")
-            .env(
-                "KUBERNETES_SERVICE_PORT",
-                self.shared.runtime.api_port.lock().unwrap_or_else(|p| p.into_inner()).to_string(),
-            )
+            .env("KUBERNETES_SERVICE_HOST", api_host)
+            .env("KUBERNETES_SERVICE_PORT", api_port.to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(log2))
@@ -1366,7 +1423,10 @@ fn field_ref(pod: &Value, path: &str) -> String {
         return meta::annotation(pod, key).unwrap_or_default().to_string();
     }
     match path {
-        "status.podIP" | "status.hostIP" | "status.podIPs" | "status.hostIPs" => "127.0.0.1".into(),
+        "status.podIP" | "status.podIPs" => {
+            pod.at("/status/podIP").and_then(Value::as_str).unwrap_or("127.0.0.1").into()
+        }
+        "status.hostIP" | "status.hostIPs" => "127.0.0.1".into(),
         "metadata.labels" => meta::labels(pod)
             .map(|l| l.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("\n"))
             .unwrap_or_default(),

@@ -29,6 +29,8 @@ pub mod fieldmanager;
 pub mod kubelet;
 pub mod meta;
 pub mod metrics;
+pub mod netns;
+pub mod netpol;
 pub mod openapi;
 pub mod patch;
 pub mod protobuf;
@@ -53,7 +55,7 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 
-pub use config::{Config, CsiDriver, Faults, ImageMapping, NodeConfig, StaticToken};
+pub use config::{Config, CsiDriver, Faults, ImageMapping, NodeConfig, PodNetwork, StaticToken};
 pub use error::ApiError;
 pub use shared::Shared;
 
@@ -80,6 +82,8 @@ pub enum StartError {
     Listen(u16, std::io::Error),
     #[error("making the serving certificate: {0}")]
     Tls(String),
+    #[error("the pod network: {0}")]
+    Network(String),
 }
 
 fn random_token() -> String {
@@ -184,7 +188,14 @@ impl DevCluster {
         ));
         runtime.set_api_port(addr.port());
         let nodes = config.nodes.clone();
+        let pod_network = config.pod_network;
         let shared = Arc::new(Shared::new(config, runtime, addr.to_string()));
+        if pod_network == PodNetwork::Namespaces {
+            let network = netns::Network::start(shared.clone(), addr.port())
+                .await
+                .map_err(StartError::Network)?;
+            let _ = shared.runtime.network.set(network);
+        }
 
         {
             let mut st = shared.lock();

@@ -48,6 +48,33 @@ impl LabelSelector {
         self.reqs.is_empty()
     }
 
+    /// From a `metav1.LabelSelector` object (`matchLabels` and `matchExpressions`, all must
+    /// hold); an empty or missing one selects everything. An unknown operator selects nothing.
+    pub fn from_object(v: &Value) -> LabelSelector {
+        let mut reqs: Vec<Requirement> = v["matchLabels"]
+            .as_object()
+            .map(|m| LabelSelector::from_map(m).reqs)
+            .unwrap_or_default();
+        for e in v["matchExpressions"].as_array().into_iter().flatten() {
+            let key = e["key"].as_str().unwrap_or_default().to_string();
+            let values: Vec<String> = e["values"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect();
+            reqs.push(match e["operator"].as_str() {
+                Some("In") => Requirement::In(key, values),
+                Some("NotIn") => Requirement::NotIn(key, values),
+                Some("Exists") => Requirement::Exists(key),
+                Some("DoesNotExist") => Requirement::NotExists(key),
+                _ => Requirement::In(key, Vec::new()),
+            });
+        }
+        LabelSelector { reqs }
+    }
+
     /// What `from_map(m).matches(obj)` answers, without building the selector: the endpoints
     /// controller asks it of every Service in a namespace for every pod change.
     pub fn map_matches(m: &serde_json::Map<String, Value>, obj: &Value) -> bool {

@@ -4,6 +4,8 @@
 //!   the contents of F), `/healthz` with `ok`; exits 0 on SIGTERM.
 //! - `testpod exit --code N [--after-ms M] [--write F --text T]`: optionally writes a file, waits, exits.
 //! - `testpod sleep`: sleeps until killed, ignoring SIGTERM (to exercise grace-period SIGKILL).
+//! - `testpod connect ADDR:PORT...`: tries a TCP connection to each (2 s each) and prints
+//!   `ADDR:PORT open` or `ADDR:PORT closed`, one line each; exits 0 (network-policy tests).
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
@@ -27,6 +29,14 @@ fn main() {
             println!("exiting");
             std::process::exit(arg(&args, "--code").and_then(|c| c.parse().ok()).unwrap_or(0));
         }
+        Some("connect") => {
+            for target in &args[1..] {
+                let open = target.parse::<std::net::SocketAddr>().is_ok_and(|a| {
+                    std::net::TcpStream::connect_timeout(&a, Duration::from_secs(2)).is_ok()
+                });
+                println!("{target} {}", if open { "open" } else { "closed" });
+            }
+        }
         Some("sleep") => {
             // SAFETY: ignoring SIGTERM; the kubelet must escalate to SIGKILL.
             #[allow(unsafe_code)]
@@ -38,7 +48,7 @@ fn main() {
             }
         }
         _ => {
-            eprintln!("usage: testpod serve|exit|sleep ...");
+            eprintln!("usage: testpod serve|exit|sleep|connect ...");
             std::process::exit(2);
         }
     }
