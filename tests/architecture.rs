@@ -117,10 +117,12 @@ const DEVCLUSTER: &[Layer] = &[
             "openapi",
             "table",
             "protobuf",
+            "netpol",
         ],
     ),
     ("admission, authorization, the process runtime", true, &["auth", "admission", "runtime"]),
     ("the write path and the shared server state", true, &["api", "shared"]),
+    ("the pod network (namespaces, forwarding, its rules in force)", true, &["netns"]),
     (
         "workers: they share state below, never each other",
         false,

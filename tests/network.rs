@@ -66,7 +66,13 @@ async fn serve(p: &Platform, ns: &str, name: &str, labels: Value, port: u16) -> 
 }
 
 /// Connects from a new pod in `ns` with `labels` to each target: "open" or "closed" each.
-async fn connect_from(p: &Platform, ns: &str, name: &str, labels: Value, targets: &[&str]) -> Vec<String> {
+async fn connect_from(
+    p: &Platform,
+    ns: &str,
+    name: &str,
+    labels: Value,
+    targets: &[&str],
+) -> Vec<String> {
     let mut args = vec!["connect"];
     args.extend(targets);
     p.ok_in(&["apply", "-f", "-"], &probe_pod(ns, name, &labels, &args, None)).await;
@@ -96,8 +102,14 @@ async fn tenants_are_isolated_on_the_wire() {
     })
     .await;
     p.spawn_operator(&[]).await;
-    p.ok(&["apply", "-f", &example("good/tenant-basic.yaml"), "-f", &example("good/tenant-pro.yaml")])
-        .await;
+    p.ok(&[
+        "apply",
+        "-f",
+        &example("good/tenant-basic.yaml"),
+        "-f",
+        &example("good/tenant-pro.yaml"),
+    ])
+    .await;
     p.ok(&["apply", "-f", &example("good/instance-safetensors.yaml")]).await;
     p.ok_in(&["apply", "-f", "-"], ACME_INSTANCE).await;
     p.wait_condition("inst/chat -n tenant-startup", "Ready", 90).await;
@@ -107,7 +119,8 @@ async fn tenants_are_isolated_on_the_wire() {
     let bot = running_ip(&p, "tenant-acme", "alcove.dev/instance=bot").await;
     let chat_service =
         p.jsonpath(&["get", "svc", "chat", "-n", "tenant-startup"], "{.spec.clusterIP}").await;
-    let chat_port = p.jsonpath(&["get", "svc", "chat", "-n", "tenant-startup"], "{.spec.ports[0].port}").await;
+    let chat_port =
+        p.jsonpath(&["get", "svc", "chat", "-n", "tenant-startup"], "{.spec.ports[0].port}").await;
 
     // Stand-ins for the rest of a cluster: DNS (labelled as kube-dns is), another kube-system
     // server on the same port, and hosts outside every tenant.
@@ -130,9 +143,14 @@ async fn tenants_are_isolated_on_the_wire() {
     let hosts: Vec<&str> = hosts.iter().map(|s| s.as_str()).collect();
     let open = connect_from(&p, "outside", "witness", json!({}), &hosts).await;
     assert_eq!(open, vec!["open"; hosts.len()], "{hosts:?}");
-    let from_gateway =
-        connect_from(&p, "alcove-system", "gateway-probe", json!({}), &[&chat_at, &bot_at, &service_at])
-            .await;
+    let from_gateway = connect_from(
+        &p,
+        "alcove-system",
+        "gateway-probe",
+        json!({}),
+        &[&chat_at, &bot_at, &service_at],
+    )
+    .await;
     assert_eq!(from_gateway, ["open", "open", "open"]);
     let all = [&chat_at, &bot_at, &dns_at, &not_dns_at, &site_at, &elsewhere_at, &api, &service_at];
     let all: Vec<&str> = all.iter().map(|s| s.as_str()).collect();
@@ -145,7 +163,9 @@ async fn tenants_are_isolated_on_the_wire() {
         "chat, bot, dns, not-dns, site, elsewhere, the API server, chat's Service: {all:?}"
     );
     // The other tenant's pods cannot reach it either.
-    let from_acme = connect_from(&p, "tenant-acme", "probe", json!({}), &[&chat_at, &service_at, &bot_at]).await;
+    let from_acme =
+        connect_from(&p, "tenant-acme", "probe", json!({}), &[&chat_at, &service_at, &bot_at])
+            .await;
     assert_eq!(from_acme, ["closed", "closed", "open"]);
 
     // A URL source: the real indexing job fetches it through its egress policy...
@@ -154,9 +174,13 @@ async fn tenants_are_isolated_on_the_wire() {
     );
     p.ok_in(&["apply", "-f", "-"], &kb).await;
     p.wait_condition("kb/web -n tenant-startup", "Indexed", 120).await;
-    assert_eq!(p.jsonpath(&["get", "kb", "web", "-n", "tenant-startup"], "{.status.documents}").await, "1");
+    assert_eq!(
+        p.jsonpath(&["get", "kb", "web", "-n", "tenant-startup"], "{.status.documents}").await,
+        "1"
+    );
     // ...and a pod with the job's labels reaches that host and port only.
-    let policy = p.json(&["get", "networkpolicy", "web-indexer-egress", "-n", "tenant-startup"]).await;
+    let policy =
+        p.json(&["get", "networkpolicy", "web-indexer-egress", "-n", "tenant-startup"]).await;
     let job_labels = policy["spec"]["podSelector"]["matchLabels"].clone();
     let from_job = connect_from(
         &p,
@@ -166,5 +190,9 @@ async fn tenants_are_isolated_on_the_wire() {
         &[&site_at, &elsewhere_at, &bot_at, &dns_at, &api],
     )
     .await;
-    assert_eq!(from_job, ["open", "closed", "closed", "open", "closed"], "site, elsewhere, bot, dns, api");
+    assert_eq!(
+        from_job,
+        ["open", "closed", "closed", "open", "closed"],
+        "site, elsewhere, bot, dns, api"
+    );
 }

@@ -24,6 +24,7 @@ use tokio::sync::{Notify, watch};
 use crate::api;
 use crate::error::ApiError;
 use crate::meta::{self, At};
+use crate::netns::{Network, PodNet};
 use crate::resources::GroupResource;
 use crate::runtime::{PodHandle, signal_group};
 use crate::shared::{Reply, Shared, async_stream_body};
@@ -74,7 +75,7 @@ fn volume_sources(pod: &Value) -> Vec<(&'static str, String)> {
 
 /// Watches pods and runs those bound to a node; tells running pods when a ConfigMap or Secret
 /// they mount changes, so no pod polls the store for it.
-pub async fn run(shared: Arc<Shared>) {
+pub async fn run(shared: Arc<Shared>, network: Option<Arc<Network>>) {
     let mut rx = shared.lock().subscribe();
     let mut mounts = Mounts::new();
     let started = |pod: &Value, bell: Arc<Notify>, mounts: &mut Mounts| {
@@ -88,7 +89,7 @@ pub async fn run(shared: Arc<Shared>) {
     // Pods already bound when the kubelet starts.
     let existing: Vec<Arc<Value>> = shared.lock().list(&pods(), None);
     for p in existing {
-        if let Some(bell) = consider(&shared, &p) {
+        if let Some(bell) = consider(&shared, &network, &p) {
             started(&p, bell, &mut mounts);
         }
     }
@@ -132,7 +133,7 @@ pub async fn run(shared: Arc<Shared>) {
                         }
                     }
                     _ => {
-                        if let Some(bell) = consider(&shared, &e.object) {
+                        if let Some(bell) = consider(&shared, &network, &e.object) {
                             started(&e.object, bell, &mut mounts);
                         }
                     }
@@ -145,7 +146,7 @@ pub async fn run(shared: Arc<Shared>) {
                 }
                 let all: Vec<Arc<Value>> = shared.lock().list(&pods(), None);
                 for p in all {
-                    if let Some(bell) = consider(&shared, &p) {
+                    if let Some(bell) = consider(&shared, &network, &p) {
                         started(&p, bell, &mut mounts);
                     }
                 }
@@ -157,7 +158,11 @@ pub async fn run(shared: Arc<Shared>) {
 
 /// Starts a worker for a pod bound here and not yet running; returns the bell that tells it its
 /// mounted sources changed.
-fn consider(shared: &Arc<Shared>, pod: &Arc<Value>) -> Option<Arc<Notify>> {
+fn consider(
+    shared: &Arc<Shared>,
+    network: &Option<Arc<Network>>,
+    pod: &Arc<Value>,
+) -> Option<Arc<Notify>> {
     let uid = meta::uid(pod).to_string();
     // Not bound yet: the scheduler has not placed it.
     pod.at("/spec/nodeName")?;
@@ -214,6 +219,7 @@ fn consider(shared: &Arc<Shared>, pod: &Arc<Value>) -> Option<Arc<Notify>> {
         pgids,
         stop: stop_rx,
         sources_changed: bell.clone(),
+        network: network.clone(),
         net: None,
         forwarders: Vec::new(),
     };
@@ -230,8 +236,10 @@ struct PodWorker {
     stop: watch::Receiver<bool>,
     /// Rung when a ConfigMap or Secret mounted as a volume changes.
     sources_changed: Arc<Notify>,
-    /// The pod's namespace and address in the network-namespace mode.
-    net: Option<crate::netns::PodNet>,
+    /// The network-namespace pod network, when the cluster runs one.
+    network: Option<Arc<Network>>,
+    /// The pod's namespace and address in it.
+    net: Option<PodNet>,
     /// Host ports forwarding into the pod (network-namespace mode).
     forwarders: Vec<tokio::task::AbortHandle>,
 }
@@ -309,7 +317,7 @@ impl PodWorker {
             self.finish().await;
             return;
         };
-        if let Some(network) = self.shared.runtime.network.get().cloned() {
+        if let Some(network) = self.network.clone() {
             match network.add_pod().await {
                 Ok(net) => {
                     for (cp, hp) in &self.ports {
@@ -350,7 +358,7 @@ impl PodWorker {
 
         // The pod as written, with its address for `status.podIP` references.
         let pod = self.current().unwrap_or(pod);
-        if let (Some(network), Some(net)) = (self.shared.runtime.network.get(), &self.net) {
+        if let (Some(network), Some(net)) = (&self.network, &self.net) {
             network.covering(net.ip).await;
         }
         // Versions of the mounted sources before they are first written: a change from here on
@@ -731,7 +739,7 @@ impl PodWorker {
         for f in &self.forwarders {
             f.abort();
         }
-        if let (Some(network), Some(net)) = (self.shared.runtime.network.get(), &self.net) {
+        if let (Some(network), Some(net)) = (&self.network, &self.net) {
             network.remove_pod(net).await;
         }
         let handle = self.shared.runtime.lock().remove(&self.uid);
@@ -853,7 +861,7 @@ impl PodWorker {
                 *self.shared.runtime.api_port.lock().unwrap_or_else(|p| p.into_inner()),
             ),
         };
-        let mut cmd = match (self.shared.runtime.network.get(), &self.net) {
+        let mut cmd = match (&self.network, &self.net) {
             (Some(network), Some(net)) => network.command(net, &exe),
             _ => Command::new(&exe),
         };

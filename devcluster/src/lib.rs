@@ -72,6 +72,7 @@ pub struct DevCluster {
     shared: Arc<Shared>,
     shutdown: Option<tokio::sync::watch::Sender<bool>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    network: Option<Arc<netns::Network>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -190,12 +191,14 @@ impl DevCluster {
         let nodes = config.nodes.clone();
         let pod_network = config.pod_network;
         let shared = Arc::new(Shared::new(config, runtime, addr.to_string()));
-        if pod_network == PodNetwork::Namespaces {
-            let network = netns::Network::start(shared.clone(), addr.port())
-                .await
-                .map_err(StartError::Network)?;
-            let _ = shared.runtime.network.set(network);
-        }
+        let network = match pod_network {
+            PodNetwork::Loopback => None,
+            PodNetwork::Namespaces => Some(
+                netns::Network::start(shared.clone(), addr.port())
+                    .await
+                    .map_err(StartError::Network)?,
+            ),
+        };
 
         {
             let mut st = shared.lock();
@@ -272,7 +275,7 @@ impl DevCluster {
             }
         }));
         tasks.push(tokio::spawn(control_loop(shared.clone(), volumes_dir)));
-        tasks.push(tokio::spawn(kubelet::run(shared.clone())));
+        tasks.push(tokio::spawn(kubelet::run(shared.clone(), network.clone())));
 
         let kubeconfig = state_dir.join("kubeconfig");
         write_kubeconfig(
@@ -292,6 +295,7 @@ impl DevCluster {
             shared,
             shutdown: Some(stop_tx),
             tasks,
+            network,
         })
     }
 
@@ -348,6 +352,9 @@ impl DevCluster {
 
     fn stop(&mut self) {
         self.shared.runtime.kill_all();
+        if let Some(n) = &self.network {
+            n.shutdown();
+        }
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(true);
         }

@@ -1,4 +1,5 @@
-//! `alcove-devcluster --state-dir DIR [--port N] [--nodes FILE] [--token-file FILE] [--image IMAGE=EXE]...`
+//! `alcove-devcluster --state-dir DIR [--port N] [--nodes FILE] [--token-file FILE]
+//! [--image IMAGE=EXE]... [--pod-network loopback|namespaces]`
 //!
 //! Serves the embedded Kubernetes API on 127.0.0.1, writes `DIR/kubeconfig`, prints a line with
 //! `ready` once it serves, and stops (killing every pod process) on SIGINT or SIGTERM.
@@ -30,6 +31,10 @@ struct Args {
     /// Append an audit event per resource request to FILE (JSON lines, audit.k8s.io/v1).
     #[arg(long)]
     audit_log_path: Option<PathBuf>,
+    /// `loopback` (pods share the host's loopback) or `namespaces` (each pod in its own network
+    /// namespace, NetworkPolicies enforced; needs root, `ip` and `nft`).
+    #[arg(long, default_value = "loopback", value_parser = ["loopback", "namespaces"])]
+    pod_network: String,
 }
 
 fn main() {
@@ -42,6 +47,9 @@ fn main() {
     config.port = args.port;
     config.faults = Faults::from_env();
     config.audit_log = args.audit_log_path.clone();
+    if args.pod_network == "namespaces" {
+        config.pod_network = alcove_devcluster::PodNetwork::Namespaces;
+    }
     if let Some(path) = &args.nodes {
         config = config.load_file(path).unwrap_or_else(|e| fail(&e));
     }

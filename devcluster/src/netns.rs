@@ -51,6 +51,7 @@ pub struct Network {
     /// The pod addresses the rules in force were made with: a pod's containers start once its
     /// address is among them, as a CNI plugin answers before the kubelet starts containers.
     covered: tokio::sync::watch::Sender<BTreeSet<Ipv4Addr>>,
+    closed: std::sync::atomic::AtomicBool,
 }
 
 fn netns_path(name: &str) -> PathBuf {
@@ -126,6 +127,7 @@ impl Network {
             taken: Mutex::new(BTreeSet::new()),
             tasks: Mutex::new(Vec::new()),
             covered: tokio::sync::watch::channel(BTreeSet::new()).0,
+            closed: std::sync::atomic::AtomicBool::new(false),
         });
         if let Err(e) = network.prepare(&shared, api_port).await {
             network.shutdown();
@@ -327,6 +329,9 @@ impl Network {
 
     /// Stops the forwarding and removes every namespace (server shutdown).
     pub fn shutdown(&self) {
+        if self.closed.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
         for t in self.tasks.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
             t.abort();
         }

@@ -16,8 +16,6 @@ pub struct Runtime {
     pub(crate) images: Vec<ImageMapping>,
     pub(crate) csi: Vec<CsiDriver>,
     pub(crate) api_port: Mutex<u16>,
-    /// Set in the network-namespace mode.
-    pub(crate) network: std::sync::OnceLock<Arc<crate::netns::Network>>,
 }
 
 pub(crate) struct PodHandle {
@@ -38,7 +36,6 @@ impl Runtime {
             images,
             csi,
             api_port: Mutex::new(0),
-            network: std::sync::OnceLock::new(),
         }
     }
 
@@ -74,9 +71,6 @@ impl Runtime {
             for pgid in p.pgids.lock().unwrap_or_else(|x| x.into_inner()).values() {
                 signal_group(*pgid, libc::SIGKILL);
             }
-        }
-        if let Some(n) = self.network.get() {
-            n.shutdown();
         }
     }
 
