@@ -249,3 +249,78 @@ async fn the_hub_serves_a_revision_with_a_token_and_checks_every_file() {
     assert_eq!(f.reason, Reason::NotFound, "{f:?}");
     assert!(f.message.contains("hf://acme/tiny@v9"), "{}", f.message);
 }
+
+/// End to end across addresses that are not loopback: the real `alcove-inference fetch` runs in
+/// a network namespace of the test's own, where a public host (198.51.100.2, a documentation
+/// range nothing counts as private) redirects into a private host (10.0.0.1), to the cloud
+/// metadata address, to its own origin, and to another public origin (198.51.100.3) that takes
+/// the same credentials.
+#[test]
+fn redirects_into_private_addresses_and_credentials_across_origins_end_to_end() {
+    use alcove_testkit::netns::TestNetns;
+    let ns = TestNetns::new(&["198.51.100.2", "198.51.100.3", "10.0.0.1"]);
+    let at = |addr: &str| Some(ns.listen(addr.parse().unwrap()));
+    let weights = bytes(5_000, 9);
+    let auth = || Some(("authorization".to_string(), "Bearer s3cret".to_string()));
+    let private = ModelServer::start(ServerOptions {
+        files: vec![("/m.gguf".into(), weights.clone())],
+        listener: at("10.0.0.1:8080"),
+        ..Default::default()
+    });
+    let other = ModelServer::start(ServerOptions {
+        files: vec![("/creds.gguf".into(), weights.clone())],
+        require_header: auth(),
+        listener: at("198.51.100.3:8080"),
+        ..Default::default()
+    });
+    let public = ModelServer::start(ServerOptions {
+        files: vec![("/here.gguf".into(), weights.clone())],
+        require_header: auth(),
+        redirects: [
+            ("/private.gguf", "http://10.0.0.1:8080/m.gguf"),
+            ("/metadata.gguf", "http://169.254.169.254/latest/meta-data"),
+            ("/same.gguf", "http://198.51.100.2:8080/here.gguf"),
+            ("/elsewhere.gguf", "http://198.51.100.3:8080/creds.gguf"),
+        ]
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .to_vec(),
+        listener: at("198.51.100.2:8080"),
+        ..Default::default()
+    });
+    let creds = tempfile::tempdir().unwrap();
+    std::fs::write(creds.path().join("header"), "Authorization: Bearer s3cret\n").unwrap();
+    let fetch = |path: &str| -> (Option<i32>, String) {
+        let cache = tempfile::tempdir().unwrap();
+        let report = cache.path().join("termination-log");
+        let out = ns
+            .command(env!("CARGO_BIN_EXE_alcove-inference"))
+            .args(["fetch", "--format", "gguf", "--uri"])
+            .arg(format!("{}{path}", public.base))
+            .arg("--cache")
+            .arg(cache.path().join("models"))
+            .arg("--credentials")
+            .arg(creds.path())
+            .arg("--termination-log")
+            .arg(&report)
+            .output()
+            .unwrap();
+        (out.status.code(), std::fs::read_to_string(&report).unwrap_or_default())
+    };
+
+    // Its own origin: the credentials go along (the server refuses without them), the file comes.
+    assert_eq!(fetch("/same.gguf"), (Some(0), String::new()));
+    assert!(public.gets("/here.gguf") >= 1);
+    // Into the private host and to the metadata address: refused before connecting.
+    for path in ["/private.gguf", "/metadata.gguf"] {
+        let (code, report) = fetch(path);
+        assert_eq!(code, Some(2), "{path}: {report}");
+        assert!(report.contains("private, loopback or link-local"), "{path}: {report}");
+    }
+    assert_eq!(private.gets("/m.gguf"), 0, "the private host was never asked");
+    // Another origin: the credentials stay behind, so it answers 401.
+    let (code, report) = fetch("/elsewhere.gguf");
+    assert_eq!(code, Some(2), "{report}");
+    assert!(report.contains("401"), "{report}");
+    assert_eq!(other.gets("/creds.gguf"), 0, "it never saw the credentials");
+    assert!(public.gets("/elsewhere.gguf") >= 1, "the first hop, with them, was answered");
+}

@@ -8,6 +8,7 @@ use std::time::Duration;
 pub mod localstripe;
 pub mod model_server;
 pub mod moto;
+pub mod netns;
 pub mod postgres;
 pub mod smtp;
 

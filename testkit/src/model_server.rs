@@ -1,7 +1,8 @@
 //! A loopback server of model files for the model-source tests: plain files (HEAD, ranged GET,
 //! ETag), a Hugging Face–compatible hub (revision listing, `resolve` redirecting to a blob path),
 //! optional HTTPS with its own CA, an optional required header, a first download cut off halfway,
-//! a bandwidth cap, and a count of requests per path.
+//! a bandwidth cap, redirects, and a count of requests per path. It listens on loopback, or on
+//! a listener the test made (in a network namespace of its own, on another address).
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -34,6 +35,10 @@ pub struct Options {
     /// Bytes per second per connection for `files` (0: unlimited; the hub is never slowed).
     pub bytes_per_second: u64,
     pub https: bool,
+    /// URL path → where a 302 sends it (after `require_header` is checked).
+    pub redirects: Vec<(String, String)>,
+    /// Serve on this listener instead of a new one on 127.0.0.1 (plain HTTP only).
+    pub listener: Option<std::net::TcpListener>,
 }
 
 pub struct ModelServer {
@@ -58,9 +63,14 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 impl ModelServer {
-    pub fn start(opts: Options) -> ModelServer {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
+    pub fn start(mut opts: Options) -> ModelServer {
+        let given = opts.listener.take();
+        let listener = match &given {
+            Some(l) => l.try_clone().unwrap(),
+            None => std::net::TcpListener::bind("127.0.0.1:0").unwrap(),
+        };
+        let addr = listener.local_addr().unwrap();
+        let port = addr.port();
         let (tls, ca_pem) = if opts.https {
             let ca_key = rcgen::KeyPair::generate().unwrap();
             let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -89,7 +99,7 @@ impl ModelServer {
         let base = if tls.is_some() {
             format!("https://localhost:{port}")
         } else {
-            format!("http://127.0.0.1:{port}")
+            format!("http://{addr}")
         };
         let state = Arc::new(State {
             opts,
@@ -167,6 +177,10 @@ fn serve(state: &State, mut stream: impl Read + Write) -> std::io::Result<()> {
         && !path.starts_with("/blobs/")
     {
         return reply(&mut stream, 401, "", b"{\"error\":\"unauthorized\"}");
+    }
+    if let Some((_, to)) = state.opts.redirects.iter().find(|(from, _)| *from == path) {
+        *state.gets.lock().unwrap().entry(path.clone()).or_default() += 1;
+        return reply(&mut stream, 302, &format!("location: {to}\r\n"), b"");
     }
     // The hub's API.
     for repo in &state.opts.hub {
