@@ -201,10 +201,9 @@ async fn destroy_stops_the_process_and_records_usage_within_a_second() {
     eprintln!(
         "destroy: delete request → process gone in {gone:?}, final usage recorded in {took:?}"
     );
-    assert!(
-        took < Duration::from_secs(1),
-        "delete → process gone and usage recorded took {took:?}"
-    );
+    // An injected 429 asks the operator to wait a second before it tries again.
+    let bound = Duration::from_secs(if p.api_faults() { 3 } else { 1 });
+    assert!(took < bound, "delete → process gone and usage recorded took {took:?}");
 
     // Nothing of the instance remains.
     eventually("the instance is gone", Duration::from_secs(10), || async {
@@ -399,7 +398,12 @@ async fn quota_short_is_a_condition_and_clears_when_room_appears() {
     .await;
     assert!(message.contains("exceeded quota") && message.contains("nvidia.com/gpu"), "{message}");
     assert!(!p.events("tenant-startup", "QuotaExceeded").await.is_empty());
-    // No crash loop: a refused instance does not hammer the API server.
+    // No crash loop: a refused instance does not hammer the API server. Under API faults its
+    // other children (key, claim, Service) may still be on their way when the condition shows;
+    // each changes the quota's usage, and a quota change rightly asks for one more try.
+    if p.api_faults() {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
     let before = p.writes_by_resource().await.get("pods").copied().unwrap_or(0.0);
     tokio::time::sleep(Duration::from_secs(3)).await;
     let after = p.writes_by_resource().await.get("pods").copied().unwrap_or(0.0);

@@ -35,6 +35,9 @@ pub fn test_nodes(mut c: Config) -> Config {
     c
 }
 
+/// The product's processes, which meet API faults when a run injects them.
+const COMPONENTS: [&str; 3] = ["operator", "gateway", "dashboard"];
+
 pub struct Platform {
     pub cluster: DevCluster,
     pub client: kube::Client,
@@ -75,7 +78,14 @@ impl Platform {
 
     pub async fn start_with(f: impl FnOnce(Config) -> Config) -> Platform {
         let dir = tempfile::tempdir().expect("tempdir");
-        let config = f(test_nodes(Config::new(dir.path().join("cluster"))));
+        let mut config = f(test_nodes(Config::new(dir.path().join("cluster"))));
+        // `DEVCLUSTER_FAULT_*` run these tests under API faults (docs/reliability.md). They
+        // meet the product's components, each with an identity of its own, not the tests' own
+        // kubectl and client.
+        config.faults = alcove_devcluster::Faults::from_env();
+        if config.faults.any() && config.faults.users.is_empty() {
+            config.faults.users = COMPONENTS.iter().map(|c| format!("alcove-{c}")).collect();
+        }
         let cluster = DevCluster::start(config).await.expect("devcluster");
         let client = cluster.client().await.expect("client");
         let p = Platform { cluster, client, dir, operators: Vec::new() };
@@ -106,7 +116,7 @@ impl Platform {
         full.extend(args.iter().map(|a| a.to_string()));
         let child = tokio::process::Command::new(alcove_binary())
             .args(&full)
-            .env("KUBECONFIG", &self.cluster.kubeconfig)
+            .env("KUBECONFIG", self.component_kubeconfig("operator"))
             .env(
                 "ALCOVE_LOG",
                 std::env::var("ALCOVE_TEST_LOG").unwrap_or_else(|_| "info,alcove=debug".into()),
@@ -140,15 +150,42 @@ impl Platform {
     }
 
     pub async fn ok(&self, args: &[&str]) -> String {
-        let (ok, out, err) = self.kubectl(args).await;
-        assert!(ok, "kubectl {} failed: {out}{err}", args.join(" "));
-        out
+        self.ok_with(args, None).await
     }
 
     pub async fn ok_in(&self, args: &[&str], stdin: &str) -> String {
-        let (ok, out, err) = self.kubectl_as(&self.cluster.kubeconfig, args, Some(stdin)).await;
-        assert!(ok, "kubectl {} failed: {out}{err}", args.join(" "));
-        out
+        self.ok_with(args, Some(stdin)).await
+    }
+
+    /// kubectl that must succeed. A tenant's namespace is the operator's to make: while it is
+    /// not there yet, the command is tried again (for up to 30 s), as a GitOps pipeline would.
+    async fn ok_with(&self, args: &[&str], stdin: Option<&str>) -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let (ok, out, err) = self.kubectl_as(&self.cluster.kubeconfig, args, stdin).await;
+            let namespace_pending =
+                err.contains("namespaces \"tenant-") && err.contains("not found");
+            if ok || !namespace_pending || std::time::Instant::now() > deadline {
+                assert!(ok, "kubectl {} failed: {out}{err}", args.join(" "));
+                return out;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Whether this run injects API faults (`DEVCLUSTER_FAULT_*`).
+    pub fn api_faults(&self) -> bool {
+        self.cluster.shared().config.faults.any()
+    }
+
+    /// The kubeconfig a component of the product runs with: the admin's, or under API faults
+    /// an identity of its own (with the admin's rights) that the faults are aimed at.
+    pub fn component_kubeconfig(&self, component: &str) -> PathBuf {
+        if self.api_faults() {
+            self.user_kubeconfig(&format!("alcove-{component}"), &["system:masters"])
+        } else {
+            self.cluster.kubeconfig.clone()
+        }
     }
 
     pub fn user_kubeconfig(&self, user: &str, groups: &[&str]) -> PathBuf {
@@ -391,7 +428,7 @@ impl Gateway {
             .args(["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()])
             .args(args)
             .args(&store)
-            .env("ALCOVE_KUBECONFIG", &p.cluster.kubeconfig)
+            .env("ALCOVE_KUBECONFIG", p.component_kubeconfig("gateway"))
             .env("ALCOVE_LOG", "debug,hyper=info,kube=info,tower=info,rustls=info")
             .stdout(out.try_clone().unwrap())
             .stderr(out)
@@ -526,7 +563,7 @@ impl Dashboard {
         let ca = gw.ca.display().to_string();
         let usage = format!("sqlite://{}", gw.dir.join("usage.db").display());
         let args = ["--gateway-url", &base, "--gateway-ca", &ca, "--usage-store", &usage];
-        Dashboard::start_as(p, name, &p.cluster.kubeconfig, &args).await
+        Dashboard::start_as(p, name, &p.component_kubeconfig("dashboard"), &args).await
     }
 
     /// The same with the identity of `kubeconfig` (e.g. the chart's ServiceAccount) and `args`

@@ -71,6 +71,9 @@ pub struct Faults {
     pub force_gone_on_resume: bool,
     /// Seed of the fault dice, so a failing run can be repeated.
     pub seed: u64,
+    /// Only requests of these users meet the faults (empty: everyone's), so a test can fault the
+    /// operator while its own kubectl runs clean.
+    pub users: Vec<String>,
 }
 
 impl Faults {
@@ -86,6 +89,18 @@ impl Faults {
             force_gone_on_resume: std::env::var("DEVCLUSTER_FAULT_FORCE_410")
                 .is_ok_and(|v| v == "1" || v == "true"),
             seed: u("DEVCLUSTER_FAULT_SEED").unwrap_or(1),
+            users: std::env::var("DEVCLUSTER_FAULT_USERS")
+                .map(|v| v.split(',').filter(|u| !u.is_empty()).map(str::to_string).collect())
+                .unwrap_or_default(),
+        }
+    }
+
+    /// The faults `user`'s requests meet: these, or none.
+    pub fn for_user(&self, user: &str) -> Faults {
+        if self.users.is_empty() || self.users.iter().any(|u| u == user) {
+            self.clone()
+        } else {
+            Faults { seed: self.seed, ..Faults::default() }
         }
     }
 

@@ -316,7 +316,7 @@ async fn authorized(
     if !ri.resource_request {
         return non_resource(shared, headers, ri);
     }
-    let faults = &shared.config.faults;
+    let faults = &shared.config.faults.for_user(&user.name);
     if faults.error_rate > 0.0 && shared.roll() < faults.error_rate {
         return ApiError::internal("injected fault").into();
     }
@@ -620,7 +620,15 @@ async fn resource(
             Ok(Reply::json(200, &shape(info, &obj, want)))
         }
         "list" => list(shared, info, ns, query, want),
-        "watch" => watch(shared, info, ns, &ri.name, query, want),
+        "watch" => watch(
+            shared,
+            info,
+            ns,
+            &ri.name,
+            query,
+            want,
+            shared.config.faults.for_user(&user.name),
+        ),
         "create" => {
             if status_write {
                 return Err(ApiError::method_not_allowed());
@@ -982,6 +990,7 @@ fn watch(
     name: &str,
     query: &BTreeMap<String, String>,
     want: As,
+    faults: crate::config::Faults,
 ) -> Result<Reply, ApiError> {
     let labels =
         LabelSelector::parse(query.get("labelSelector").map(String::as_str).unwrap_or_default())
@@ -996,7 +1005,6 @@ fn watch(
     let timeout =
         query.get("timeoutSeconds").and_then(|t| t.parse::<u64>().ok()).map(Duration::from_secs);
     let rv_param = query.get("resourceVersion").cloned().unwrap_or_default();
-    let faults = shared.config.faults.clone();
     let gr = info.storage_resource();
     let ns_filter = if ns.is_empty() { None } else { Some(ns.to_string()) };
     let include = IncludeObject::parse(query.get("includeObject").map(String::as_str));

@@ -267,6 +267,8 @@ fn cache<K: Cached>(
     let indexer = index.clone();
     // A relist's names, which replace the index once it is complete (as the store does).
     let mut relist: Option<HashMap<String, BTreeSet<String>>> = None;
+    // What the cache held when a relist began.
+    let mut before: HashMap<String, Arc<K>> = HashMap::new();
     let stream = reflector(writer, watcher(api, config).default_backoff().modify(K::trim));
     let task = stream.for_each(move |r| {
         match r {
@@ -287,17 +289,37 @@ fn cache<K: Cached>(
                 // reconcile triggered earlier would read the cache from before the list, miss
                 // an object created meanwhile, or act on a stale copy whose no-op write brings
                 // no further event (at 10,000 instances, 855 stayed unreconciled that way).
+                // Only what the list brought anew: an object it shows unchanged was seen by every
+                // reconcile since, and re-triggering them all on each cut watch made a refused
+                // instance retry its pod several times a second (the API-fault runs).
                 let mut listed = std::collections::HashSet::new();
                 for obj in list_store.state() {
                     let key = crate::apply::log_key(&*obj, "");
                     writes.observed(&key);
+                    let unchanged = before.remove(&key).is_some_and(|old| {
+                        old.resource_version().is_some()
+                            && old.resource_version() == obj.resource_version()
+                    });
                     listed.insert(key);
-                    publisher.publish(obj);
+                    if !unchanged {
+                        publisher.publish(obj);
+                    }
+                }
+                // Gone while the watch was down: their owners hear of it as of a deletion.
+                for (_, gone) in before.drain() {
+                    publisher.publish(gone);
                 }
                 writes.relisted(&K::kind(&()), &listed);
                 readiness.listed(name)
             }
-            Ok(watcher::Event::Init) => relist = Some(HashMap::new()),
+            Ok(watcher::Event::Init) => {
+                relist = Some(HashMap::new());
+                before = list_store
+                    .state()
+                    .into_iter()
+                    .map(|o| (crate::apply::log_key(&*o, ""), o))
+                    .collect();
+            }
             Err(e) => tracing::warn!(error = %e, kind = %K::kind(&()), "watch error (retrying)"),
         }
         futures::future::ready(())

@@ -95,8 +95,34 @@ impl Recorder {
         }
     }
 
-    /// Publishes one Event about `regarding` (cluster-scoped objects' go to `default`).
+    /// Publishes one Event about `regarding` (cluster-scoped objects' go to `default`). Events
+    /// mark transitions and are written once: one refused by a passing API error (a 500, a
+    /// 429) is tried again a few times, as client-go's recorder does, not lost.
     pub async fn publish(
+        &self,
+        regarding: &ObjectReference,
+        warning: bool,
+        reason: &str,
+        action: &str,
+        note: String,
+    ) -> Result<(), kube::Error> {
+        let mut result = Ok(());
+        for wait_ms in [0, 250, 1000, 2000] {
+            tokio::time::sleep(std::time::Duration::from_millis(wait_ms)).await;
+            result = self.publish_once(regarding, warning, reason, action, note.clone()).await;
+            let passing = match &result {
+                Ok(()) => false,
+                Err(kube::Error::Api(s)) => s.code == 429 || s.code >= 500,
+                Err(_) => true,
+            };
+            if !passing {
+                break;
+            }
+        }
+        result
+    }
+
+    async fn publish_once(
         &self,
         regarding: &ObjectReference,
         warning: bool,

@@ -147,7 +147,11 @@ async fn reconcile_inner(i: &InferenceInstance, ctx: &Context) -> Result<Action>
             (requested.clone(), created.then(|| builders::api_key_hash(&fresh)).flatten())
         }
         Some(s) if builders::key_rotation_of(&*s) != requested => {
-            let fresh = builders::api_key_secret(i, &random_key()?, &requested);
+            let mut fresh = builders::api_key_secret(i, &random_key()?, &requested);
+            // Only over the Secret as cached: a cache that has not seen this rotation's own
+            // write yet (a watch re-listing) would otherwise make a second key, and the first,
+            // already handed to the pod, would stop working. A conflict retries the pass.
+            fresh.metadata.resource_version = s.resource_version();
             secrets
                 .patch(
                     &key_name,
