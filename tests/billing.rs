@@ -210,7 +210,9 @@ async fn destroy_records_the_final_usage_within_a_second() {
     };
     let elapsed = asked.elapsed();
     println!("final usage record {} ms after the delete request", elapsed.as_millis());
-    assert!(elapsed < Duration::from_secs(1), "final record after {elapsed:?}");
+    // An injected 429 asks the operator to wait a second before it tries again.
+    let bound = Duration::from_secs(if p.api_faults() { 3 } else { 1 });
+    assert!(elapsed < bound, "final record after {elapsed:?}");
     let ms: i64 = field(&record, "gpu_millis").parse().unwrap();
     assert!(ms >= 1000, "the run's GPU time: {record}");
     // The instance goes; its meter in the ledger goes with it, its totals stay.
@@ -293,10 +295,10 @@ async fn credit_exhaustion_suspends_and_a_signed_top_up_resumes() {
         billing_reason("inferenceinstance", "tenant-acme", "chat").await,
         alcove_crds::reason::CREDIT_EXHAUSTED
     );
-    assert!(
-        !p.events("tenant-acme", "CreditExhausted").await.is_empty(),
-        "the instance's CreditExhausted Event"
-    );
+    eventually("the instance's CreditExhausted Event", Duration::from_secs(10), || async {
+        !p.events("tenant-acme", "CreditExhausted").await.is_empty()
+    })
+    .await;
     eventually("the pod deleted", Duration::from_secs(30), || async {
         !p.kubectl(&["get", "pod", "chat", "-n", "tenant-acme"]).await.0
     })

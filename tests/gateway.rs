@@ -292,14 +292,17 @@ async fn customers_reach_their_instance_with_a_base_url_and_a_key() {
     })
     .await;
     let published = Instant::now();
-    until_some("the rotated-out key is refused", Duration::from_secs(5), || async {
+    until_some("the rotated-out key is refused", Duration::from_secs(15), || async {
         let r = gw.call("/models", &[("Authorization", &format!("Bearer {key}"))], None).await;
         (r.status == 401).then_some(())
     })
     .await;
     let took = published.elapsed();
     eprintln!("rotation: the old key was refused {took:?} after the new hash was published");
-    assert!(took < Duration::from_secs(1), "refused {took:?} after the hash changed");
+    // The gateway learns of the hash from its watch; under API faults that watch is cut and
+    // re-listed every few seconds, and the refusal waits for the relist.
+    let bound = Duration::from_secs(if p.api_faults() { 10 } else { 1 });
+    assert!(took < bound, "refused {took:?} after the hash changed");
     let new_key = api_key(&p, "tenant-startup", "chat").await;
     until_some("the new key serves", Duration::from_secs(60), || async {
         let r = gw.call("/models", &[("Authorization", &format!("Bearer {new_key}"))], None).await;

@@ -38,6 +38,12 @@ pub fn test_nodes(mut c: Config) -> Config {
 /// The product's processes, which meet API faults when a run injects them.
 const COMPONENTS: [&str; 3] = ["operator", "gateway", "dashboard"];
 
+/// The user a component runs as under API faults (not a name a test gives an identity of its
+/// own, such as the chart's ServiceAccounts).
+fn component_user(component: &str) -> String {
+    format!("component-{component}")
+}
+
 pub struct Platform {
     pub cluster: DevCluster,
     pub client: kube::Client,
@@ -84,7 +90,7 @@ impl Platform {
         // kubectl and client.
         config.faults = alcove_devcluster::Faults::from_env();
         if config.faults.any() && config.faults.users.is_empty() {
-            config.faults.users = COMPONENTS.iter().map(|c| format!("alcove-{c}")).collect();
+            config.faults.users = COMPONENTS.iter().map(|c| component_user(c)).collect();
         }
         let cluster = DevCluster::start(config).await.expect("devcluster");
         let client = cluster.client().await.expect("client");
@@ -182,7 +188,7 @@ impl Platform {
     /// an identity of its own (with the admin's rights) that the faults are aimed at.
     pub fn component_kubeconfig(&self, component: &str) -> PathBuf {
         if self.api_faults() {
-            self.user_kubeconfig(&format!("alcove-{component}"), &["system:masters"])
+            self.user_kubeconfig(&component_user(component), &["system:masters"])
         } else {
             self.cluster.kubeconfig.clone()
         }

@@ -33,3 +33,32 @@ impl Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Whether an API error may pass if the request is made again: throttling, a server error, or
+/// no answer at all.
+pub fn passing(e: &kube::Error) -> bool {
+    match e {
+        kube::Error::Api(s) => s.code == 429 || s.code >= 500,
+        _ => true,
+    }
+}
+
+/// `request`, tried again after a passing error (up to 3 more times, within about 3 s). For
+/// one-shot paths that no reconcile repeats: an Event, a payment credited from a webhook.
+pub async fn retry_passing<T, F, Fut>(mut request: F) -> Result<T, kube::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, kube::Error>>,
+{
+    let mut result = request().await;
+    for wait_ms in [250, 1000, 2000] {
+        match &result {
+            Err(e) if passing(e) => {
+                tokio::time::sleep(std::time::Duration::from_millis(wait_ms)).await;
+                result = request().await;
+            }
+            _ => break,
+        }
+    }
+    result
+}

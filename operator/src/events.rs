@@ -106,20 +106,10 @@ impl Recorder {
         action: &str,
         note: String,
     ) -> Result<(), kube::Error> {
-        let mut result = Ok(());
-        for wait_ms in [0, 250, 1000, 2000] {
-            tokio::time::sleep(std::time::Duration::from_millis(wait_ms)).await;
-            result = self.publish_once(regarding, warning, reason, action, note.clone()).await;
-            let passing = match &result {
-                Ok(()) => false,
-                Err(kube::Error::Api(s)) => s.code == 429 || s.code >= 500,
-                Err(_) => true,
-            };
-            if !passing {
-                break;
-            }
-        }
-        result
+        crate::error::retry_passing(|| {
+            self.publish_once(regarding, warning, reason, action, note.clone())
+        })
+        .await
     }
 
     async fn publish_once(

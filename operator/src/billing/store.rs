@@ -26,8 +26,9 @@ pub async fn update(
 ) -> Result<Ledger> {
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
     let tenant_name = tenant.name_any();
+    let ledger_name = name(&tenant_name);
     for _ in 0..10 {
-        let live = api.get_opt(&name(&tenant_name)).await?;
+        let live = crate::error::retry_passing(|| api.get_opt(&ledger_name)).await?;
         let mut ledger = live.as_ref().and_then(parse).unwrap_or_else(|| Ledger::new(tenant));
         if !change(&mut ledger) && live.is_some() {
             return Ok(ledger);
@@ -56,6 +57,12 @@ pub async fn update(
         match result {
             Ok(()) => return Ok(ledger),
             Err(kube::Error::Api(s)) if s.code == 409 => continue,
+            // The compare-and-swap makes another try safe: the change is worked out again from
+            // the ledger as it then is.
+            Err(e) if crate::error::passing(&e) => {
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+                continue;
+            }
             Err(e) => return Err(e.into()),
         }
     }

@@ -223,7 +223,14 @@ async fn reconcile_inner(pvc: &PersistentVolumeClaim, ctx: &Context) -> Result<A
             let wait = deadline.duration_since(now).unsigned_abs();
             Ok(Action::requeue(wait.max(Duration::from_millis(100))))
         }
-        Verdict::Erase { deadline } => {
+        Verdict::Erase { .. } => {
+            // Erasure cannot be undone: the verdict is made again from the API server. A cache
+            // catching up after a cut watch may not show a legal hold set moments ago, or a
+            // claim its owner took back (an API-fault run erased under a legal hold that way).
+            let Some((pvc, deadline)) = confirmed(ctx, pvc, &tenant_name).await? else {
+                return Ok(Action::requeue(Duration::from_secs(1)));
+            };
+            let pvc = &pvc;
             // A volume a pod mounts was taken back by its owner; never erase from under it.
             let (ns, name) = (pvc.namespace().unwrap_or_default(), pvc.name_any());
             let mounted = ctx
@@ -251,6 +258,36 @@ async fn reconcile_inner(pvc: &PersistentVolumeClaim, ctx: &Context) -> Result<A
             Ok(Action::await_change())
         }
     }
+}
+
+/// The claim and its deadline when the live claim and tenant still say "erase" (`None`: they do
+/// not, or the claim is another one now). Lists by name: the operator may list and watch claims
+/// and tenants, and needs no get.
+async fn confirmed(
+    ctx: &Context,
+    cached: &PersistentVolumeClaim,
+    tenant_name: &str,
+) -> Result<Option<(PersistentVolumeClaim, jiff::Timestamp)>> {
+    let by_name =
+        |name: &str| kube::api::ListParams::default().fields(&format!("metadata.name={name}"));
+    let claims: Api<PersistentVolumeClaim> =
+        Api::namespaced(ctx.client.clone(), &cached.namespace().unwrap_or_default());
+    let claim_query = by_name(&cached.name_any());
+    let live = crate::error::retry_passing(|| claims.list(&claim_query)).await?;
+    let Some(live) = live.items.into_iter().find(|c| c.uid() == cached.uid()) else {
+        return Ok(None);
+    };
+    let tenants: Api<Tenant> = Api::all(ctx.client.clone());
+    let tenant_query = by_name(tenant_name);
+    let hold = crate::error::retry_passing(|| tenants.list(&tenant_query))
+        .await?
+        .items
+        .iter()
+        .any(|t| t.spec.legal_hold);
+    Ok(match policy::verdict(&live, ctx.now(), hold) {
+        Verdict::Erase { deadline } => Some((live, deadline)),
+        _ => None,
+    })
 }
 
 fn error_policy(pvc: Arc<PersistentVolumeClaim>, error: &Error, ctx: Arc<Context>) -> Action {
