@@ -51,14 +51,6 @@ async fn pod_uid(p: &Platform, ns: &str, name: &str) -> Option<String> {
     (ok && !out.is_empty()).then_some(out)
 }
 
-const ACME_INSTANCE: &str = r#"
-apiVersion: alcove.dev/v1alpha1
-kind: InferenceInstance
-metadata: {name: bot, namespace: tenant-acme}
-spec:
-  model: {format: gguf, source: {platform: default-gguf}, path: model.gguf}
-"#;
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_example_instance_serves_with_its_own_key_only() {
     let p = platform_with_operator().await;

@@ -29,6 +29,15 @@ pub fn alcove_binary() -> PathBuf {
     .clone()
 }
 
+/// An instance of the pro tenant (examples/good/tenant-pro.yaml) serving the GGUF test model.
+pub const ACME_INSTANCE: &str = r#"
+apiVersion: alcove.dev/v1alpha1
+kind: InferenceInstance
+metadata: {name: bot, namespace: tenant-acme}
+spec:
+  model: {format: gguf, source: {platform: default-gguf}, path: model.gguf}
+"#;
+
 /// The node set the examples are written for (the one `alcove up` starts).
 pub fn test_nodes(mut c: Config) -> Config {
     c.nodes.extend(alcove::up::default_nodes());

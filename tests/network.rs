@@ -85,14 +85,6 @@ async fn connect_from(
     log.lines().map(|l| l.rsplit(' ').next().unwrap_or_default().to_string()).collect()
 }
 
-const ACME_INSTANCE: &str = r#"
-apiVersion: alcove.dev/v1alpha1
-kind: InferenceInstance
-metadata: {name: bot, namespace: tenant-acme}
-spec:
-  model: {format: gguf, source: {platform: default-gguf}, path: model.gguf}
-"#;
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tenants_are_isolated_on_the_wire() {
     let mut p = Platform::start_with(|c| {
