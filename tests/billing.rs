@@ -339,13 +339,13 @@ async fn credit_exhaustion_suspends_and_a_signed_top_up_resumes() {
     .await;
     eventually("resumed", Duration::from_secs(30), || async { phase().await == "Ready" }).await;
     assert_eq!(billing_reason("tenant", "", "acme").await, alcove_crds::reason::ACTIVE);
-    let resumed = p.events("tenant-acme", "Resumed").await;
-    assert!(
-        resumed
+    eventually("the Resumed Event names the top-up", Duration::from_secs(10), || async {
+        p.events("tenant-acme", "Resumed")
+            .await
             .iter()
-            .any(|e| e["message"].as_str().unwrap_or_default().contains("credit was topped up")),
-        "{resumed:?}"
-    );
+            .any(|e| e["message"].as_str().unwrap_or_default().contains("credit was topped up"))
+    })
+    .await;
 
     // The same event delivered again, validly signed: applied once.
     let events = stripe.ok("GET", "/v1/events?type=payment_intent.succeeded", None).await;

@@ -76,12 +76,16 @@ pub async fn keep(ctx: &Context, pvc: &PersistentVolumeClaim) -> Result<()> {
 pub async fn record(ctx: &Context, tenant: &str, r: &ErasureRecord) -> Result<()> {
     let ns = &ctx.config.namespace;
     let namespaces: Api<Namespace> = Api::all(ctx.client.clone());
-    if namespaces.get_opt(ns).await?.is_none() {
+    // A receipt is written once, after the erasure: passing errors are tried again rather than
+    // left to a later pass, which finds the claim gone and has nothing to write a receipt for.
+    use crate::error::retry_passing;
+    if retry_passing(|| namespaces.get_opt(ns)).await?.is_none() {
         let n = Namespace {
             metadata: ObjectMeta { name: Some(ns.clone()), ..Default::default() },
             ..Default::default()
         };
-        match namespaces.create(&Default::default(), &n).await {
+        let post = kube::api::PostParams::default();
+        match retry_passing(|| namespaces.create(&post, &n)).await {
             Ok(_) => {}
             Err(kube::Error::Api(s)) if s.code == 409 => {}
             Err(e) => return Err(e.into()),
@@ -111,11 +115,13 @@ pub async fn record(ctx: &Context, tenant: &str, r: &ErasureRecord) -> Result<()
     };
     // Each receipt is its own key; a merge patch adds it and leaves the others alone.
     // Erasures run concurrently: when two make the ConfigMap at once, the loser patches.
+    let (params, patch, post) =
+        (crate::apply::merge_params(), Patch::Merge(&cm), kube::api::PostParams::default());
     for _ in 0..3 {
-        match cms.patch(&name, &crate::apply::merge_params(), &Patch::Merge(&cm)).await {
+        match retry_passing(|| cms.patch(&name, &params, &patch)).await {
             Ok(_) => break,
             Err(kube::Error::Api(s)) if s.code == 404 => {
-                match cms.create(&Default::default(), &cm).await {
+                match retry_passing(|| cms.create(&post, &cm)).await {
                     Ok(_) => break,
                     Err(kube::Error::Api(s)) if s.code == 409 => continue,
                     Err(e) => return Err(e.into()),
@@ -184,7 +190,9 @@ pub async fn erase_volume(ctx: &Context, pvc: &PersistentVolumeClaim) -> Result<
     if let Some(pv) = &volume {
         let pvs: Api<PersistentVolume> = Api::all(ctx.client.clone());
         let mut waited = Duration::ZERO;
-        while pvs.get_opt(pv).await?.is_some() {
+        // A passing error here would end the pass after the claim's deletion, and with it the
+        // receipt (the next pass finds the claim gone).
+        while crate::error::retry_passing(|| pvs.get_opt(pv)).await?.is_some() {
             if waited > Duration::from_secs(60) {
                 return Err(Error::Other(format!(
                     "volume {pv} of {} still exists 60 s after its claim was deleted",
