@@ -100,10 +100,6 @@ fn in_netns<T: Send>(name: &str, f: impl FnOnce() -> io::Result<T> + Send) -> io
     })
 }
 
-fn pid_alive(pid: i32) -> bool {
-    crate::runtime::process_alive(pid)
-}
-
 impl Network {
     /// Makes the router namespace, forwards the API server into it and keeps its rules in step
     /// with the store.
@@ -139,19 +135,18 @@ impl Network {
     }
 
     async fn prepare(&self, shared: &Shared, api_port: u16) -> Result<(), String> {
-        let router = self.router.clone();
-        let network = self;
+        let router = self.router.as_str();
         let node = format!("{NODE_IP}/32");
-        run(&["ip", "-n", &router, "link", "set", "lo", "up"], None).await?;
-        run(&["ip", "-n", &router, "addr", "add", &node, "dev", "lo"], None).await?;
+        run(&["ip", "-n", router, "link", "set", "lo", "up"], None).await?;
+        run(&["ip", "-n", router, "addr", "add", &node, "dev", "lo"], None).await?;
         run(
-            &["ip", "netns", "exec", &router, "sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"],
+            &["ip", "netns", "exec", router, "sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"],
             None,
         )
         .await?;
-        network.apply(&network.rules(shared).0).await?;
+        self.apply(&self.rules(shared).0).await?;
 
-        let listener = in_netns(&router, || {
+        let listener = in_netns(router, || {
             let l = std::net::TcpListener::bind((NODE_IP, API_PORT))?;
             l.set_nonblocking(true)?;
             Ok(l)
@@ -159,7 +154,7 @@ impl Network {
         .and_then(tokio::net::TcpListener::from_std)
         .map_err(|e| format!("the API server's address in the pod network: {e}"))?;
         let api = SocketAddr::from((Ipv4Addr::LOCALHOST, api_port));
-        network.keep(tokio::spawn(async move {
+        self.keep(tokio::spawn(async move {
             while let Ok((mut inbound, _)) = listener.accept().await {
                 tokio::spawn(async move {
                     if let Ok(mut outbound) = tokio::net::TcpStream::connect(api).await {
@@ -382,7 +377,7 @@ async fn sweep() {
         let name = e.file_name().to_string_lossy().into_owned();
         let Some(rest) = name.strip_prefix(PREFIX) else { continue };
         let pid = rest.split(['_', '-']).next().and_then(|p| p.parse::<i32>().ok());
-        if pid.is_some_and(|p| !pid_alive(p)) {
+        if pid.is_some_and(|p| !crate::runtime::process_alive(p)) {
             let _ = run(&["ip", "netns", "del", &name], None).await;
         }
     }
