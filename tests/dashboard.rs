@@ -10,6 +10,8 @@ use alcove_tests::*;
 
 const ALICE: &str = "alice@startup.example";
 const BOB: &str = "bob@acme.example";
+/// What Alice asks her instance: it must reach no log, Event or metric.
+const PROMPT: &str = "Say hello to the marmot under the stairs.";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_customer_runs_an_instance_from_the_dashboard_and_no_one_else_can() {
@@ -165,7 +167,7 @@ async fn a_customer_runs_an_instance_from_the_dashboard_and_no_one_else_can() {
         let s = alice
             .post(
                 "/t/startup/i/chat/chat",
-                &[("csrf", &csrf), ("conversation", "first-talk"), ("message", "Say hello.")],
+                &[("csrf", &csrf), ("conversation", "first-talk"), ("message", PROMPT)],
                 &[("Accept", "text/event-stream")],
             )
             .await;
@@ -185,7 +187,7 @@ async fn a_customer_runs_an_instance_from_the_dashboard_and_no_one_else_can() {
         streamed.body
     );
     let listed = alice.get("/t/startup/i/chat/chat?c=first-talk").await;
-    assert!(listed.body.contains("Say hello."), "the conversation so far: {}", listed.body);
+    assert!(listed.body.contains(PROMPT), "the conversation so far: {}", listed.body);
     assert!(
         listed.body.contains(r#"href="/t/startup/i/chat/chat?c=first-talk""#),
         "{}",
@@ -213,7 +215,7 @@ async fn a_customer_runs_an_instance_from_the_dashboard_and_no_one_else_can() {
         "{}",
         none.body
     );
-    assert!(!usage.body.contains("Say hello."), "no content in the log: {}", usage.body);
+    assert!(!usage.body.contains(PROMPT), "no content in the log: {}", usage.body);
     let csv = alice.get("/t/startup/usage.csv").await;
     assert!(csv.header("content-type").unwrap().starts_with("text/csv"), "{csv:?}");
     let lines: Vec<&str> = csv.body.lines().collect();
@@ -227,7 +229,7 @@ async fn a_customer_runs_an_instance_from_the_dashboard_and_no_one_else_can() {
         "{}",
         csv.body
     );
-    assert!(!csv.body.contains("Say hello."));
+    assert!(!csv.body.contains(PROMPT));
     let none = alice.get("/t/startup/usage.csv?instance=other").await;
     assert_eq!(none.body.lines().count(), 1, "the filter applies: {}", none.body);
     let empty = alice
@@ -277,7 +279,7 @@ async fn a_customer_runs_an_instance_from_the_dashboard_and_no_one_else_can() {
     let kept = gw.call("/conversations/first-talk", &[("Authorization", &auth)], None).await;
     let exported = export_json(&dir, "conversations/chat/first-talk.json");
     assert_eq!(exported, kept.body, "the conversation as the instance keeps it, decrypted");
-    assert!(exported.to_string().contains("Say hello."), "{exported}");
+    assert!(exported.to_string().contains(PROMPT), "{exported}");
     // The request log as the CSV download has it (which by now also logs the export's reads).
     let log = read("usage/requests-0001.csv".into());
     let live_log = alice.get("/t/startup/usage.csv").await.body;
@@ -300,9 +302,13 @@ async fn a_customer_runs_an_instance_from_the_dashboard_and_no_one_else_can() {
     let confirm = alice.get("/t/startup/i/chat/c/first-talk/delete").await;
     assert!(confirm.body.contains("cannot be undone"), "{}", confirm.body);
     alice.post("/t/startup/i/chat/c/first-talk/delete/code", &[("csrf", &csrf)], &[]).await;
-    let code = d.code(ALICE, 1).await;
+    let deletion_code = d.code(ALICE, 1).await;
     let deleted = alice
-        .post("/t/startup/i/chat/c/first-talk/delete", &[("csrf", &csrf), ("code", &code)], &[])
+        .post(
+            "/t/startup/i/chat/c/first-talk/delete",
+            &[("csrf", &csrf), ("code", &deletion_code)],
+            &[],
+        )
         .await;
     assert_eq!(deleted.status, 303, "{}", deleted.body);
     let gone = gw.call("/conversations/first-talk", &[("Authorization", &auth)], None).await;
@@ -323,7 +329,8 @@ async fn a_customer_runs_an_instance_from_the_dashboard_and_no_one_else_can() {
         gw.call("/models", &[("Authorization", &auth)], None).await.status == 401
     })
     .await;
-    assert_ne!(api_key(&p, "tenant-startup", "chat").await, key);
+    let new_key = api_key(&p, "tenant-startup", "chat").await;
+    assert_ne!(new_key, key);
 
     // --- CSRF and origin ---
     let before = p.json(&["get", "inst", "chat", "-n", "tenant-startup"]).await["spec"].clone();
@@ -402,6 +409,9 @@ async fn a_customer_runs_an_instance_from_the_dashboard_and_no_one_else_can() {
     let (ok, _, _) = p.kubectl(&["get", "inst", "intruder", "-n", "tenant-startup"]).await;
     assert!(!ok, "nothing was created");
 
+    // What the instance logged and counted, read while it runs.
+    let outputs_before_destroy = p.every_output(&[&gw]).await;
+
     // --- destroy: confirmation and a fresh code; the pod gone ---
     let confirm = alice.get("/t/startup/i/chat/destroy").await;
     assert!(confirm.body.contains("cannot be undone"), "{}", confirm.body);
@@ -430,13 +440,43 @@ async fn a_customer_runs_an_instance_from_the_dashboard_and_no_one_else_can() {
     assert!(out.header("set-cookie").unwrap().contains("Max-Age=0"));
     assert_eq!(alice.get("/").await.status, 303);
 
-    // Nothing secret in the log: no code, no key, no session token.
-    let log = d.log_text();
-    for secret in [bob_code.as_str(), code.as_str(), key.as_str()] {
-        assert!(!log.contains(secret), "the log holds a secret: {log}");
-    }
+    // Nothing secret in any component's output (logs, Events, metrics): no sign-in or
+    // confirmation code, no key, old or new, no session token, no prompt, no completion.
+    let mut outputs = p.every_output(&[&gw]).await;
+    outputs.extend(outputs_before_destroy);
+    assert!(
+        outputs.iter().any(|(s, t)| s.ends_with("dashboard.log") && t.contains("signed in")),
+        "the sweep reads the dashboard's log: {:?}",
+        outputs.iter().map(|o| &o.0).collect::<Vec<_>>()
+    );
     let token = cookie.split(';').next().unwrap().split('=').nth(1).unwrap();
-    assert!(!log.contains(token), "the log holds a session token");
+    let completion = answer_text(&streamed.body);
+    let mut secrets = vec![
+        ("a sign-in code", bob_code.as_str()),
+        ("a conversation's deletion code", deletion_code.as_str()),
+        ("the destroy code", code.as_str()),
+        ("the key", key.as_str()),
+        ("the rotated key", new_key.as_str()),
+        ("a session token", token),
+        ("the prompt", PROMPT),
+    ];
+    // A short answer of the random test model could be a common word; a long one is its own.
+    if completion.trim().len() >= 12 {
+        secrets.push(("the completion", completion.trim()));
+    }
+    for (what, secret) in secrets {
+        let found = leaks(&outputs, secret);
+        assert!(found.is_empty(), "{what} is in {found:?}");
+    }
+}
+
+/// The text of a streamed chat answer.
+fn answer_text(sse: &str) -> String {
+    sse.lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter_map(|d| serde_json::from_str::<serde_json::Value>(d).ok())
+        .filter_map(|v| v["choices"][0]["delta"]["content"].as_str().map(str::to_string))
+        .collect()
 }
 
 /// Self sign-up, switched on: a new address proves itself with the code mailed to it and gets

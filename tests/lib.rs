@@ -389,6 +389,66 @@ impl Platform {
     }
 }
 
+impl Platform {
+    /// Every output of the product's components, by where it came from: each `*.log` file under
+    /// the platform's directory (the operators', gateways' and dashboards' logs, and the container
+    /// logs of the pods that still exist), the operators', the gateways' and the running
+    /// instances' metrics, and every Event. What a sweep for leaked secrets reads.
+    pub async fn every_output(&self, gateways: &[&Gateway]) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        let mut dirs = vec![self.dir.path().to_path_buf()];
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    dirs.push(path);
+                } else if path.extension().is_some_and(|e| e == "log") {
+                    let text = String::from_utf8_lossy(&std::fs::read(&path).unwrap_or_default())
+                        .into_owned();
+                    out.push((path.display().to_string(), text));
+                }
+            }
+        }
+        for o in &self.operators {
+            out.push((format!("{} metrics", o.identity), o.metrics().await));
+        }
+        for g in gateways {
+            let text = curl(&format!("{}/metrics", g.metrics)).await.unwrap_or_default();
+            out.push((format!("gateway metrics ({})", g.metrics), text));
+        }
+        let instances = self.json(&["get", "inst", "-A"]).await;
+        for i in instances["items"].as_array().into_iter().flatten() {
+            let (ns, name) = (&i["metadata"]["namespace"], &i["metadata"]["name"]);
+            let (ns, name) = (ns.as_str().unwrap_or_default(), name.as_str().unwrap_or_default());
+            let path = format!("/api/v1/namespaces/{ns}/services/{name}:http/proxy/metrics");
+            let (_, text, _) = self.kubectl(&["get", "--raw", &path]).await;
+            out.push((format!("instance {ns}/{name} metrics"), text));
+        }
+        out.push(("Events".into(), self.ok(&["get", "events", "-A", "-o", "json"]).await));
+        out
+    }
+}
+
+/// Where `secret` occurs in `outputs`: the sources that hold it. A secret of digits only (a
+/// sign-in code) counts where no digit adjoins it and no `.` precedes it, so that it is not
+/// found inside a longer number or a timestamp's fraction of a second.
+pub fn leaks(outputs: &[(String, String)], secret: &str) -> Vec<String> {
+    let digits = secret.bytes().all(|b| b.is_ascii_digit());
+    outputs
+        .iter()
+        .filter(|(_, text)| {
+            text.match_indices(secret).any(|(i, _)| {
+                let before = text[..i].bytes().next_back();
+                let after = text[i + secret.len()..].bytes().next();
+                !digits
+                    || !(before.is_some_and(|b| b.is_ascii_digit() || b == b'.')
+                        || after.is_some_and(|b| b.is_ascii_digit()))
+            })
+        })
+        .map(|(source, _)| source.clone())
+        .collect()
+}
+
 /// devcluster running real inference pods, and one operator.
 pub async fn platform_with_operator() -> Platform {
     let mut p = Platform::start_with(with_inference).await;
@@ -925,4 +985,19 @@ pub fn unpack_export(archive: &Path, dir: &Path) -> serde_json::Value {
 pub fn export_json(dir: &Path, path: &str) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(dir.join(path)).unwrap_or_else(|e| panic!("{path}: {e}")))
         .unwrap()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::leaks;
+
+    #[test]
+    fn a_code_is_found_as_a_number_of_its_own_not_inside_another() {
+        let out = |t: &str| vec![("log".to_string(), t.to_string())];
+        assert_eq!(leaks(&out("code=123456 accepted"), "123456"), ["log"]);
+        assert_eq!(leaks(&out(r#"{"code":"123456"}"#), "123456"), ["log"]);
+        assert!(leaks(&out("at 2026-12-05T18:27:31.123456Z"), "123456").is_empty());
+        assert!(leaks(&out("took 91234567 ns"), "123456").is_empty());
+        assert_eq!(leaks(&out("key sk-a.123456x"), "sk-a.123456x"), ["log"]);
+    }
 }

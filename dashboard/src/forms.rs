@@ -359,6 +359,52 @@ mod tests {
         assert_eq!(document("..hidden.txt", b"x").unwrap().0, "hidden.txt");
     }
 
+    mod upload_names {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// File names as a hostile client may send them: traversal in either slash, dots,
+        /// control characters, percent-encoding, any Unicode, very long; with an extension
+        /// the form takes.
+        fn file_names() -> impl Strategy<Value = String> {
+            let piece = prop_oneof![
+                Just("../".to_string()),
+                Just("..\\".to_string()),
+                Just("/".to_string()),
+                Just(".".to_string()),
+                Just("%2e%2e%2f".to_string()),
+                Just("\r\nX-Injected: yes".to_string()),
+                Just("\0".to_string()),
+                "[a-zA-Z0-9 ._-]{1,8}",
+                "\\PC{1,4}",
+                "[a-z]{240,260}",
+            ];
+            let ext = prop_oneof![Just(".md"), Just(".TXT"), Just(".html"), Just(".markdown")];
+            (proptest::collection::vec(piece, 0..6), ext)
+                .prop_map(|(pieces, ext)| format!("{}{ext}", pieces.concat()))
+        }
+
+        proptest! {
+            /// Whatever name a file is uploaded under, its key is a ConfigMap key that names a
+            /// file inside the knowledge base's uploads folder (as the index job writes it):
+            /// letters, digits, `-`, `_` and `.` only, no leading dot, at most 200 characters.
+            #[test]
+            fn upload_names_become_keys_that_stay_inside(name in file_names()) {
+                let (key, _) = document(&name, b"text").unwrap();
+                prop_assert!(!key.is_empty() && key.len() <= 200, "{:?} -> {:?}", name, key);
+                prop_assert!(!key.starts_with('.'), "{:?} -> {:?}", name, key);
+                prop_assert!(
+                    key.chars().all(|c| c.is_ascii_alphanumeric() || "-._".contains(c)),
+                    "{:?} -> {:?}", name, key
+                );
+                let dir = std::path::Path::new("/kb/uploads");
+                let path = dir.join(&key);
+                prop_assert_eq!(path.parent(), Some(dir));
+                prop_assert_eq!(path.components().count(), dir.components().count() + 1);
+            }
+        }
+    }
+
     #[test]
     fn each_bad_field_gets_its_own_error() {
         let v = NewInstance {

@@ -269,6 +269,7 @@ pub async fn start(
         .layer(axum::extract::DefaultBodyLimit::max(
             server::MAX_FORM_BYTES + crate::forms::MAX_DOCUMENT,
         ))
+        .layer(axum::middleware::from_fn(server::only_plain_paths))
         .layer(axum::middleware::map_response(security_headers))
         .with_state(app);
     let started = Started { addr, url: args.public_url.clone() };

@@ -103,6 +103,22 @@ impl From<kube::Error> for Failure {
     }
 }
 
+/// Every name in the dashboard's URLs (a tenant, an instance, a knowledge base, a conversation,
+/// a receipt) is spelled with letters, digits, `.`, `_` and `-`. A path with anything else (an
+/// encoded CR LF, a space, a slash inside a name) names nothing: it is answered so before the
+/// name reaches the cluster, where it could not even be made into a request.
+pub fn plain_path(path: &str) -> bool {
+    path.bytes().all(|b| b.is_ascii_alphanumeric() || b"/._-".contains(&b))
+}
+
+/// The router's gate for [`plain_path`].
+pub async fn only_plain_paths(req: Request, next: axum::middleware::Next) -> Response {
+    if !plain_path(req.uri().path()) {
+        return Failure::NotFound.into_response();
+    }
+    next.run(req).await
+}
+
 impl IntoResponse for Failure {
     fn into_response(self) -> Response {
         let (status, title, words) = match self {
@@ -1906,6 +1922,15 @@ pub async fn delete_conversation(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_plain_names_reach_a_handler() {
+        assert!(plain_path("/t/startup/i/chat-2/c/first_talk.1/delete"));
+        assert!(plain_path("/t/acme/billing/receipts/pi_3Qx"));
+        for bad in ["/t/startup/i/chat%0d%0aX: y", "/t/a b", "/t/%2e%2e/x", "/t/é", "/t/a:b"] {
+            assert!(!plain_path(bad), "{bad}");
+        }
+    }
 
     #[test]
     fn origins_compare_scheme_host_and_port() {

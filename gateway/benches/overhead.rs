@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use alcove_crds::instance::InferenceInstance;
+use alcove_testkit::bench::{arg, machine, quantile_ms};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
@@ -24,11 +25,6 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use sha2::Digest;
 
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
-
-fn arg(name: &str, default: u64) -> u64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.windows(2).find(|w| w[0] == name).and_then(|w| w[1].parse().ok()).unwrap_or(default)
-}
 
 async fn call(
     client: &HttpClient,
@@ -49,12 +45,6 @@ async fn call(
     assert!(resp.status().is_success(), "{url}: {}", resp.status());
     resp.into_body().collect().await.expect("body");
     started.elapsed()
-}
-
-/// Milliseconds at quantile `q` of sorted durations.
-fn quantile(sorted: &[Duration], q: f64) -> f64 {
-    let i = ((sorted.len() as f64 - 1.0) * q).round() as usize;
-    sorted[i].as_secs_f64() * 1000.0
 }
 
 async fn latencies(
@@ -222,17 +212,9 @@ async fn main() {
     })
     .await;
 
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|t| {
-            t.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
-        })
-        .unwrap_or_default();
     println!(
-        "gateway overhead: {cpu}, {} CPUs; instance: alcove-inference (release) with a test model",
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
+        "gateway overhead: {}; instance: alcove-inference (release) with a test model",
+        machine()
     );
     let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
     let chat =
@@ -244,8 +226,12 @@ async fn main() {
         let n = if body.is_some() { requests / 4 } else { requests };
         let d = latencies(&client, method, &format!("{direct}{path}"), &key, body, n).await;
         let g = latencies(&client, method, &format!("{via}{path}"), &key, body, n).await;
-        let (d50, d99, g50, g99) =
-            (quantile(&d, 0.5), quantile(&d, 0.99), quantile(&g, 0.5), quantile(&g, 0.99));
+        let (d50, d99, g50, g99) = (
+            quantile_ms(&d, 0.5),
+            quantile_ms(&d, 0.99),
+            quantile_ms(&g, 0.5),
+            quantile_ms(&g, 0.99),
+        );
         println!(
             "{name}, {n} sequential requests: direct p50 {d50:.3} ms p99 {d99:.3} ms; gateway p50 {g50:.3} ms p99 {g99:.3} ms; added p50 {:.3} ms p99 {:.3} ms (goal: p50 < 1 ms)",
             g50 - d50,
@@ -276,8 +262,8 @@ async fn main() {
     tg.sort();
     println!(
         "time to first streamed token, median of 20: direct {:.2} ms, gateway {:.2} ms",
-        quantile(&td, 0.5),
-        quantile(&tg, 0.5)
+        quantile_ms(&td, 0.5),
+        quantile_ms(&tg, 0.5)
     );
     cluster.shutdown().await;
 }

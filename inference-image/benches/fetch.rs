@@ -10,6 +10,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
+use alcove_testkit::bench::machine;
 use alcove_testkit::model_server::{ModelServer, Options};
 use alcove_testkit::moto::{self, Moto};
 
@@ -20,16 +21,6 @@ fn env(name: &str, default: usize) -> usize {
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
-}
-
-fn cpu() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("model name").map(|m| m.trim_start_matches([' ', '\t', ':']).to_string())
-        })
-        .unwrap_or_else(|| "unknown".into())
 }
 
 fn timed(what: &str, mut cmd: Command) -> f64 {
@@ -135,11 +126,7 @@ fn main() {
     );
 
     let rate = |b: f64| b / (1 << 20) as f64;
-    println!(
-        "cpu: {} ({} CPUs)",
-        cpu(),
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
-    );
+    println!("cpu: {}", machine());
     println!(
         "file: {mib} MiB, median of {runs}; fetch streams to disk and hashes SHA-256 as it goes"
     );

@@ -5,6 +5,7 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub mod bench;
 pub mod localstripe;
 pub mod model_server;
 pub mod moto;

@@ -11,6 +11,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use alcove_testkit::bench::{arg, machine, quantile_ms};
 use alcove_tests::*;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -19,26 +20,6 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
-
-fn arg(name: &str, default: u64) -> u64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.windows(2).find(|w| w[0] == name).and_then(|w| w[1].parse().ok()).unwrap_or(default)
-}
-
-fn quantile(sorted: &[Duration], q: f64) -> f64 {
-    let i = ((sorted.len() as f64 - 1.0) * q).round() as usize;
-    sorted[i].as_secs_f64() * 1000.0
-}
-
-fn cpu() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("model name"))
-        .and_then(|l| l.split(':').nth(1))
-        .map(|m| m.trim().to_string())
-        .unwrap_or_else(|| "unknown CPU".into())
-}
 
 async fn get(client: &HttpClient, url: &str, cookie: &str) -> Duration {
     let started = Instant::now();
@@ -145,15 +126,11 @@ async fn run() {
         all.sort();
         println!(
             "{what:<14} {sessions} sessions: p50 {:.1} ms, p99 {:.1} ms, {:.0} pages/s ({} pages in {seconds} s)",
-            quantile(&all, 0.5),
-            quantile(&all, 0.99),
+            quantile_ms(&all, 0.5),
+            quantile_ms(&all, 0.99),
             all.len() as f64 / seconds as f64,
             all.len()
         );
     }
-    println!(
-        "machine: {}, {} CPUs",
-        cpu(),
-        std::thread::available_parallelism().map_or(0, |n| n.get())
-    );
+    println!("machine: {}", machine());
 }
