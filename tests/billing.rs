@@ -370,10 +370,12 @@ async fn credit_exhaustion_suspends_and_a_signed_top_up_resumes() {
     let m = p.operators[n].metrics().await;
     assert!(metric(&m, "alcove_billing_webhooks_total", "outcome=\"refused\"") >= 2.0);
     assert_eq!(metric(&m, "alcove_billing_webhooks_total", "outcome=\"applied\""), 2.0);
-    assert!(
-        !p.operators[n].log_text().contains(WHSEC) && !p.operators[n].log_text().contains(KEY),
-        "no secret in the log"
-    );
+    // Neither secret in any output: logs, metrics, Events.
+    let outputs = p.every_output(&[]).await;
+    assert!(outputs.iter().any(|(_, text)| text.contains("top-up")), "the sweep reads the log");
+    for secret in [WHSEC, KEY] {
+        assert_eq!(leaks(&outputs, secret), Vec::<String>::new(), "a Stripe secret leaked");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -359,7 +359,7 @@ mod tests {
         assert_eq!(document("..hidden.txt", b"x").unwrap().0, "hidden.txt");
     }
 
-    mod upload_names {
+    mod properties {
         use super::*;
         use proptest::prelude::*;
 

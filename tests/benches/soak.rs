@@ -9,7 +9,8 @@
 //!
 //! Every `--sample` seconds it prints the resident memory of the gateway, the operator and each
 //! instance, and the window's requests, errors, p50 and p99. At the end: each process's growth
-//! from the end of warm-up (the first fifth of the run) to the end, the last window's p99 against
+//! from the end of warm-up (the first fifth of the run) and over the last half to the end (an
+//! instance's prefix cache fills for a while by design), the last window's p99 against
 //! the first one's after warm-up, the errors, and whether the gateway's usage store holds exactly
 //! one record for each answer it gave (matched by `x-request-id`), and no other.
 
@@ -298,6 +299,8 @@ async fn run() {
             last - base,
             (last - base) / base.max(f64::MIN_POSITIVE) * 100.0
         );
+        let (half, _) = rss[rss.len() / 2][i];
+        print!("; over the last half {half:.1} -> {last:.1} MiB ({:+.1} MiB)", last - half);
         if let (Some(b), Some(l)) = (base_cache, last_cache) {
             print!(
                 "; its prefix cache {b:.1} -> {l:.1} MiB, beyond it {:+.1} MiB",
