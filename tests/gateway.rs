@@ -331,6 +331,13 @@ async fn customers_reach_their_instance_with_a_base_url_and_a_key() {
         .await;
     assert_eq!(suspended.body["error"]["code"], "instance_suspended");
     assert!(suspended.body["error"]["message"].as_str().unwrap().contains("spec.state"));
+    // The gateway refuses from the spec at once; the pod stops when the operator gets to it (a
+    // moment later, or longer under API faults). Resumed before that, it would serve at once.
+    eventually("the suspended instance's pod stops", Duration::from_secs(60), || async {
+        let pods = ["get", "pods", "-n", "tenant-startup", "-l", "alcove.dev/instance=chat"];
+        p.json(&pods).await["items"].as_array().is_some_and(|i| i.is_empty())
+    })
+    .await;
     p.ok(&[
         "patch",
         "inst",
@@ -501,9 +508,15 @@ async fn tokens_are_billed_once_and_an_idle_instance_sleeps_until_a_request_wake
     assert_eq!(inst["spec"]["state"], "Running", "the spec is not touched");
     assert_eq!(inst["metadata"]["generation"], 1, "the spec is not touched");
 
-    // A request wakes it: held until the pod is Ready, then answered.
+    // A request wakes it: held until the pod is Ready, then answered. (Under API faults the
+    // gateway may hear of the idling a moment after the pod went: that request gets a 503 that
+    // says to retry, as an SDK does, and the retry wakes it.)
     let woken = Instant::now();
-    let r = gw.call("/chat/completions", &[("Authorization", &auth)], Some(CHAT)).await;
+    let mut r = gw.call("/chat/completions", &[("Authorization", &auth)], Some(CHAT)).await;
+    if p.api_faults() && r.status == 503 && r.body["error"]["code"] == "instance_not_ready" {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        r = gw.call("/chat/completions", &[("Authorization", &auth)], Some(CHAT)).await;
+    }
     let wake = woken.elapsed();
     assert_eq!(r.status, 200, "{r:?}");
     eprintln!("wake: the request that woke the idle instance was answered after {wake:?}");

@@ -310,11 +310,21 @@ impl DevCluster {
 
     /// A kube client authenticated with `token`.
     pub async fn client_with_token(&self, token: &str) -> Result<kube::Client, kube::Error> {
+        kube::Client::try_from(self.config_with_token(token))
+    }
+
+    /// The configuration of a client authenticated as the cluster admin (for a caller that
+    /// makes clients of its own from it).
+    pub fn config(&self) -> kube::Config {
+        self.config_with_token(&self.admin_token)
+    }
+
+    fn config_with_token(&self, token: &str) -> kube::Config {
         let mut config = kube::Config::new(self.url().parse().expect("valid url"));
         config.auth_info.token = Some(token.to_string().into());
         config.root_cert = Some(vec![pem_to_der(&self.ca_pem)]);
         config.default_namespace = "default".into();
-        kube::Client::try_from(config)
+        config
     }
 
     /// Adds a bearer token for `user` in `groups`.

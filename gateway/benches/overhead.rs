@@ -199,7 +199,7 @@ async fn main() {
         alcove_gateway::upstream::Mode::Service,
         format!("sqlite://{}", dir.path().join("usage.db").display()),
     );
-    let (started, serving) = alcove_gateway::start(args, client).await.unwrap();
+    let (started, serving) = alcove_gateway::start(args, cluster.config()).await.unwrap();
     tokio::spawn(serving);
     let via = format!("http://{}", started.public);
     alcove_testkit::eventually("the gateway routes the key", Duration::from_secs(30), || async {

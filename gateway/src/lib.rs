@@ -144,16 +144,24 @@ pub struct Started {
 }
 
 /// Runs the gateway until the process ends.
-pub async fn run(args: GatewayArgs, client: kube::Client) -> anyhow::Result<()> {
-    let (_started, serving) = start(args, client).await?;
+pub async fn run(args: GatewayArgs, config: kube::Config) -> anyhow::Result<()> {
+    let (_started, serving) = start(args, config).await?;
     serving.await
 }
 
 /// Binds both listeners and starts watching instances; the future serves until an error.
 pub async fn start(
     args: GatewayArgs,
-    client: kube::Client,
+    config: kube::Config,
 ) -> anyhow::Result<(Started, impl std::future::Future<Output = anyhow::Result<()>>)> {
+    let client = kube::Client::try_from(config.clone())?;
+    // Requests to instances through the API server's service proxy go without kube's default
+    // retries (429, 503 and 504, up to 15 times over minutes): a completion must not be sent
+    // twice, and an instance without endpoints (idle, starting) is answered at once, not after
+    // minutes of retries.
+    let mut config = config;
+    config.default_retry = false;
+    let data_path = kube::Client::try_from(config)?;
     #[cfg(feature = "test-hooks")]
     let clock: Arc<dyn alcove_clock::Clock> = match &args.clock_file {
         Some(p) => Arc::new(alcove_clock::FileClock::new(p.clone())),
@@ -173,7 +181,7 @@ pub async fn start(
         limiter: Mutex::new(limits::Limiter::new(args.replicas)),
         failures: Mutex::new(limits::FailureLimiter::new(args.auth_failures_per_minute)),
         metrics,
-        upstream: upstream::Upstream::new(args.upstream, client.clone(), Duration::from_secs(5)),
+        upstream: upstream::Upstream::new(args.upstream, data_path, Duration::from_secs(5)),
         bounds: Bounds {
             max_body_bytes: args.max_body_bytes,
             upstream_timeout: Duration::from_secs(args.upstream_timeout_seconds.max(1)),

@@ -343,6 +343,7 @@ async fn forward(
     };
     let timeout = gw.bounds.upstream_timeout;
     let resp = gw.upstream.send(route, method, &path_and_query, key, body, timeout).await?;
+    let resp = no_pod_behind(resp, route, timeout).await?;
     let mut meter = Meter::new(gw, route, endpoint, request_id, model, started);
     meter.status = resp.status().as_u16();
     let is_stream = resp
@@ -368,6 +369,39 @@ async fn forward(
         meter.usage = serde_json::from_slice(&bytes).ok().as_ref().and_then(Usage::of);
     }
     meter.finish();
+    Ok(Response::from_parts(parts, Body::from(bytes)))
+}
+
+/// A 503 that is a Kubernetes `Status` came from the API server's service proxy, not from the
+/// instance: no pod serves it (it went idle or stopped a moment before the directory heard).
+/// The client gets the gateway's own answer, in OpenAI's shape with a `Retry-After`, as for any
+/// instance that is not ready; its retry finds the instance idle and wakes it.
+async fn no_pod_behind(
+    resp: Response,
+    route: &Route,
+    timeout: Duration,
+) -> Result<Response, ApiError> {
+    let json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.starts_with("application/json"));
+    if resp.status() != StatusCode::SERVICE_UNAVAILABLE || !json {
+        return Ok(resp);
+    }
+    let (parts, body) = resp.into_parts();
+    let bytes =
+        tokio::time::timeout(timeout, http_body_util::Limited::new(body, 64 << 10).collect())
+            .await
+            .map_err(|_| ApiError::upstream_timeout(timeout.as_secs()))?
+            .map_err(|e| {
+                ApiError::upstream(format!("the instance's answer could not be read: {e}"))
+            })?
+            .to_bytes();
+    let status: Option<serde_json::Value> = serde_json::from_slice(&bytes).ok();
+    if status.as_ref().is_some_and(|s| s["kind"] == "Status" && s["apiVersion"] == "v1") {
+        return Err(ApiError::not_ready(&route.instance, "no pod serves it", 5));
+    }
     Ok(Response::from_parts(parts, Body::from(bytes)))
 }
 

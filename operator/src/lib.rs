@@ -60,16 +60,20 @@ fn identity(args: &OperatorArgs) -> String {
 /// A client from `kubeconfig`, or else from `KUBECONFIG`, `~/.kube/config` or the in-cluster
 /// service account.
 pub async fn kube_client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<kube::Client> {
+    Ok(kube::Client::try_from(kube_config(kubeconfig).await?)?)
+}
+
+/// The configuration [`kube_client`] makes its client from.
+pub async fn kube_config(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<kube::Config> {
     Ok(match kubeconfig {
         Some(path) => {
             let kc = kube::config::Kubeconfig::read_from(path)
                 .map_err(|e| anyhow::anyhow!("--kubeconfig {}: {e}", path.display()))?;
-            let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+            kube::Config::from_custom_kubeconfig(kc, &Default::default())
                 .await
-                .map_err(|e| anyhow::anyhow!("--kubeconfig {}: {e}", path.display()))?;
-            kube::Client::try_from(cfg)?
+                .map_err(|e| anyhow::anyhow!("--kubeconfig {}: {e}", path.display()))?
         }
-        None => kube::Client::try_default().await.map_err(|e| {
+        None => kube::Config::infer().await.map_err(|e| {
             anyhow::anyhow!("no Kubernetes configuration (kubeconfig or in-cluster): {e}")
         })?,
     })
@@ -80,9 +84,9 @@ pub async fn run_gateway(
     args: alcove_gateway::GatewayArgs,
     kubeconfig: Option<&std::path::Path>,
 ) -> anyhow::Result<()> {
-    let client = kube_client(kubeconfig).await?;
+    let config = kube_config(kubeconfig).await?;
     tokio::select! {
-        r = alcove_gateway::run(args, client) => r,
+        r = alcove_gateway::run(args, config) => r,
         () = shutdown_signal() => Ok(()),
     }
 }

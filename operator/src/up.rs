@@ -277,8 +277,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             usage_dsn.clone(),
         )
     };
-    let (gateway, gateway_serving) =
-        alcove_gateway::start(gateway_args, cluster.client().await?).await?;
+    let (gateway, gateway_serving) = alcove_gateway::start(gateway_args, cluster.config()).await?;
     let gateway_url = format!("https://{}/v1", gateway.public);
     std::fs::write(gateway_dir.join("url"), &gateway_url)?;
     let gateway_task = tokio::spawn(gateway_serving);
