@@ -67,7 +67,7 @@ async fn customers_reach_their_instance_with_a_base_url_and_a_key() {
     assert_eq!(status["rateLimits"]["requestsPerMinute"], 60, "the basic tier's default");
     let clock = p.dir.path().join("gateway-clock");
     let t0: jiff::Timestamp = "2027-01-01T00:00:00Z".parse().unwrap();
-    std::fs::write(&clock, t0.to_string()).unwrap();
+    alcove_clock::FileClock::set(&clock, t0).unwrap();
     let gw = Gateway::start(
         &p,
         "gw",
@@ -162,7 +162,7 @@ async fn customers_reach_their_instance_with_a_base_url_and_a_key() {
     }
     // 90 days later (and a day), by the injected clock, the records are gone; the totals stay.
     let totals = store.totals(&records[0].instance_uid).await.unwrap();
-    std::fs::write(&clock, (t0 + jiff::SignedDuration::from_hours(91 * 24)).to_string()).unwrap();
+    alcove_clock::FileClock::set(&clock, t0 + jiff::SignedDuration::from_hours(91 * 24)).unwrap();
     until_some("the records' purge", Duration::from_secs(10), || async {
         store.records("tenant-startup", "chat", 100).await.unwrap().is_empty().then_some(())
     })

@@ -53,7 +53,7 @@ pub use file::FileClock;
 /// The injected clock of the tests (feature `test-hooks`): never in a production build.
 #[cfg(feature = "test-hooks")]
 mod file {
-    use std::path::PathBuf;
+    use std::path::{Path, PathBuf};
     use std::sync::Mutex;
     use std::time::{Duration, SystemTime};
 
@@ -72,6 +72,16 @@ mod file {
             FileClock { path, cache: Mutex::new(None) }
         }
 
+        /// Sets the time a `FileClock` on `path` reads. Written under another name and renamed
+        /// over `path`, so that no reader sees it half-written: a file caught between its
+        /// truncation and its write reads as empty, which means the system clock, and an API-fault
+        /// run had a receipt stamped with the real date, days before the injected one.
+        pub fn set(path: &Path, t: Timestamp) -> std::io::Result<()> {
+            let writing = path.with_extension("writing");
+            std::fs::write(&writing, t.to_string())?;
+            std::fs::rename(&writing, path)
+        }
+
         fn read(&self) -> Option<Timestamp> {
             let modified = std::fs::metadata(&self.path).and_then(|m| m.modified()).ok();
             let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
@@ -83,7 +93,8 @@ mod file {
             let value = std::fs::read_to_string(&self.path)
                 .ok()
                 .and_then(|s| s.trim().parse::<Timestamp>().ok());
-            if let Some(m) = modified {
+            // Only what parsed is kept: a failed read must not stick until the next change.
+            if let (Some(m), Some(_)) = (modified, value) {
                 *cache = Some((m, value));
             }
             value
@@ -125,6 +136,24 @@ mod file {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(feature = "test-hooks")]
+    #[test]
+    fn a_file_clock_reads_what_was_set_and_keeps_no_failed_read() {
+        let dir = std::env::temp_dir().join(format!("alcove-clock-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("clock");
+        let t: Timestamp = "2027-03-01T09:00:00Z".parse().unwrap();
+        FileClock::set(&path, t).unwrap();
+        let clock = FileClock::new(path.clone());
+        assert_eq!(clock.now(), t);
+        // Caught half-written (truncated, not yet written): the system clock for that read only.
+        std::fs::write(&path, "").unwrap();
+        assert!(clock.now() > t.checked_sub(jiff::SignedDuration::from_hours(24 * 365)).unwrap());
+        std::fs::write(&path, "2027-03-01T09:00:05Z").unwrap();
+        assert_eq!(clock.now(), "2027-03-01T09:00:05Z".parse::<Timestamp>().unwrap());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn later_saturates_instead_of_wrapping() {

@@ -92,7 +92,7 @@ async fn main() {
     }
     let t0: jiff::Timestamp = fmt(jiff::Timestamp::now()).parse().unwrap();
     let clock = dir.path().join("clock");
-    std::fs::write(&clock, fmt(t0)).unwrap();
+    alcove_clock::FileClock::set(&clock, t0).unwrap();
     // Deadlines: 60 s after t0 up to one hour later, evenly spread.
     let deadline_of =
         |i: usize| t0 + jiff::SignedDuration::from_secs(60 + (i as i64 * 3600) / volumes as i64);
@@ -162,7 +162,7 @@ async fn main() {
     let walk = Instant::now();
     while now < end {
         now += jiff::SignedDuration::from_secs(step);
-        std::fs::write(&clock, fmt(now)).unwrap();
+        alcove_clock::FileClock::set(&clock, now).unwrap();
         reached.push((now, Instant::now()));
         tokio::time::sleep(step_real).await;
     }
