@@ -7,7 +7,6 @@
 //! connection closed without an answer, and every server answers its probe afterwards.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use alcove_tests::*;
@@ -32,23 +31,12 @@ async fn raw(addr: &str, tls_ca: Option<&Path>, request: &[u8]) -> String {
     let read = async {
         match tls_ca {
             Some(ca) => {
-                use rustls::pki_types::pem::PemObject;
-                let mut roots = rustls::RootCertStore::empty();
-                for cert in rustls::pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
-                    roots.add(cert.unwrap()).unwrap();
-                }
-                let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-                    rustls::crypto::ring::default_provider(),
-                ))
-                .with_safe_default_protocol_versions()
-                .unwrap()
-                .with_root_certificates(roots)
-                .with_no_client_auth();
+                let config = alcove_testkit::tls_client_trusting(
+                    &std::fs::read_to_string(ca).expect("the gateway's CA"),
+                );
                 let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
-                let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-                    .connect(name, tcp)
-                    .await
-                    .expect("TLS");
+                let mut tls =
+                    tokio_rustls::TlsConnector::from(config).connect(name, tcp).await.expect("TLS");
                 tls.write_all(request).await.unwrap();
                 let _ = tls.read_to_end(&mut answer).await;
             }

@@ -16,6 +16,9 @@ use std::time::{Duration, Instant};
 
 use alcove_crds::instance::InferenceInstance;
 use alcove_testkit::bench::{arg, machine, quantile_ms};
+
+#[path = "../tests/common/mod.rs"]
+mod common;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
@@ -156,27 +159,8 @@ async fn main() {
     .await;
 
     // Its InferenceInstance, Ready, with the key's hash published, as the operator leaves it.
-    let cluster = alcove_devcluster::DevCluster::start(alcove_devcluster::Config::new(
-        dir.path().join("cluster"),
-    ))
-    .await
-    .unwrap();
-    let client = cluster.client().await.unwrap();
-    let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
-        Api::all(client.clone());
-    for crd in alcove_crds::crds() {
-        let name = crd.metadata.name.clone().unwrap();
-        crds.patch(&name, &PatchParams::apply("bench").force(), &Patch::Apply(&crd)).await.unwrap();
-    }
-    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
-    for ns in ["tenant-bench", "alcove-system"] {
-        let body =
-            serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
-        namespaces
-            .create(&PostParams::default(), &serde_json::from_value(body).unwrap())
-            .await
-            .unwrap();
-    }
+    let (cluster, client) =
+        common::cluster(&dir.path().join("cluster"), &["tenant-bench", "alcove-system"]).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let instances: Api<InferenceInstance> = Api::namespaced(client.clone(), "tenant-bench");
     let inst: InferenceInstance = serde_json::from_value(serde_json::json!({

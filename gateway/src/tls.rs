@@ -155,20 +155,10 @@ mod tests {
 
     /// Whether a TLS handshake with the server at `addr` succeeds trusting only `ca`.
     async fn trusted(addr: SocketAddr, ca: &str) -> bool {
-        let mut roots = rustls::RootCertStore::empty();
-        for c in CertificateDer::pem_slice_iter(ca.as_bytes()) {
-            roots.add(c.unwrap()).unwrap();
-        }
-        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        let config = alcove_testkit::tls_client_trusting(ca);
         let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
         let name = ServerName::IpAddress(addr.ip().into());
-        tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await.is_ok()
+        tokio_rustls::TlsConnector::from(config).connect(name, tcp).await.is_ok()
     }
 
     #[tokio::test]

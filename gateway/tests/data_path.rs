@@ -7,8 +7,10 @@
 
 use std::time::{Duration, Instant};
 
+mod common;
+
 use alcove_crds::instance::InferenceInstance;
-use k8s_openapi::api::core::v1::{Namespace, Service};
+use k8s_openapi::api::core::v1::Service;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use sha2::Digest;
 
@@ -28,26 +30,8 @@ fn proxied(cluster: &alcove_devcluster::DevCluster, code: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_instance_without_endpoints_gets_a_request_once_and_the_client_a_503_at_once() {
     let dir = tempfile::tempdir().unwrap();
-    let cluster = alcove_devcluster::DevCluster::start(alcove_devcluster::Config::new(
-        dir.path().join("cluster"),
-    ))
-    .await
-    .unwrap();
-    let client = cluster.client().await.unwrap();
-    let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
-        Api::all(client.clone());
-    for crd in alcove_crds::crds() {
-        let name = crd.metadata.name.clone().unwrap();
-        crds.patch(&name, &PatchParams::apply("test").force(), &Patch::Apply(&crd)).await.unwrap();
-    }
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    for ns in ["tenant-t", "alcove-system"] {
-        let body = serde_json::json!({"metadata": {"name": ns}});
-        namespaces
-            .create(&PostParams::default(), &serde_json::from_value(body).unwrap())
-            .await
-            .unwrap();
-    }
+    let (cluster, client) =
+        common::cluster(&dir.path().join("cluster"), &["tenant-t", "alcove-system"]).await;
     // The instance as the operator left it while it served, and its Service, now without any
     // pod behind it.
     let key = "sk-alcove-data-path-test-key-0123456789";

@@ -206,3 +206,20 @@ pub fn cargo_build(args: &[&str], bin: &str) -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| panic!("cargo reported no {bin} executable"))
 }
+
+/// A TLS client configuration that trusts only the CA certificates in `ca_pem`.
+pub fn tls_client_trusting(ca_pem: &str) -> std::sync::Arc<rustls::ClientConfig> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(cert.expect("a PEM certificate")).expect("a CA certificate");
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    std::sync::Arc::new(config)
+}
