@@ -78,8 +78,8 @@ pub fn error_policy<K: Resource>(
     let object = format!("{controller}:{}", key(obj));
     let delay = ctx.backoff.failed(&object);
     // A passing API error (a 500, a 429, no answer) is tried again sooner: a tenth of the
-    // object's backoff (100 ms, 200 ms, … up to 30 s). At 1 s, 2 s, 4 s a few unlucky passes in
-    // a row under API faults left an erasure due at a clock jump waiting past 10 s.
+    // object's backoff (100 ms, 200 ms, … up to 30 s): under API faults, a few unlucky passes in
+    // a row would otherwise hold a time-critical step (an erasure due at a clock jump) for 7 s.
     let delay = match error {
         Error::Kube(e) if crate::error::passing(e) => delay / 10,
         _ => delay,
