@@ -8,16 +8,7 @@ use std::time::{Duration, Instant};
 
 use alcove_tests::localstripe::{KEY, WHSEC};
 use alcove_tests::*;
-use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
-use sha2::Sha256;
-
-fn sign(t: i64, payload: &str) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(WHSEC.as_bytes()).unwrap();
-    mac.update(format!("{t}.{payload}").as_bytes());
-    let hex: String = mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect();
-    format!("t={t},v1={hex}")
-}
 
 fn tenant(grace: &str, threshold: i64) -> String {
     format!(
@@ -322,7 +313,7 @@ async fn credit_exhaustion_suspends_and_a_signed_top_up_resumes() {
     let (code, body) = http(
         "POST",
         &hook,
-        &[("Stripe-Signature", &sign(now - 400, &forged_body))],
+        &[("Stripe-Signature", &stripe_signature(now - 400, &forged_body))],
         Some(&forged_body),
     )
     .await;
@@ -348,19 +339,12 @@ async fn credit_exhaustion_suspends_and_a_signed_top_up_resumes() {
     .await;
 
     // The same event delivered again, validly signed: applied once.
-    let events = stripe.ok("GET", "/v1/events?type=payment_intent.succeeded", None).await;
-    let event = events["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["data"]["object"]["id"] == pi.as_str())
-        .cloned()
-        .expect("the event Stripe sent");
+    let event = stripe.succeeded_event(&pi).await;
     let payload = event.to_string();
     let (code, body) = http(
         "POST",
         &hook,
-        &[("Stripe-Signature", &sign(clock.now().as_second(), &payload))],
+        &[("Stripe-Signature", &stripe_signature(clock.now().as_second(), &payload))],
         Some(&payload),
     )
     .await;

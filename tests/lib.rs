@@ -66,11 +66,21 @@ pub struct Operator {
     pub http: String,
     pub identity: String,
     pub log: PathBuf,
+    process: Process,
 }
 
 impl Operator {
+    /// SIGKILL.
     pub async fn kill(&mut self) {
         let _ = self.child.kill().await;
+    }
+
+    /// Starts it again after a kill, as a kubelet restarts a container: the same identity,
+    /// port and arguments; the log goes on.
+    pub async fn restart(&mut self) {
+        self.kill().await;
+        self.child = self.process.launch();
+        serving("operator serves /healthz", &format!("{}/healthz", self.http)).await;
     }
 
     pub fn log_text(&self) -> String {
@@ -80,6 +90,34 @@ impl Operator {
     pub async fn metrics(&self) -> String {
         curl(&format!("{}/metrics", self.http)).await.unwrap_or_default()
     }
+}
+
+/// How a product process is started, kept so that it can be started again after a SIGKILL.
+struct Process {
+    program: PathBuf,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    /// Its stdout and stderr, appended to: a restart keeps what the killed process wrote.
+    log: PathBuf,
+}
+
+impl Process {
+    fn launch(&self) -> tokio::process::Child {
+        let out = std::fs::OpenOptions::new().append(true).create(true).open(&self.log).unwrap();
+        tokio::process::Command::new(&self.program)
+            .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("{}: {e}", self.program.display()))
+    }
+}
+
+/// Waits until `url` answers 2xx.
+async fn serving(what: &str, url: &str) {
+    eventually(what, Duration::from_secs(30), || async { curl(url).await.is_some() }).await;
 }
 
 pub fn example(rel: &str) -> String {
@@ -115,7 +153,6 @@ impl Platform {
         let port = free_port();
         let identity = format!("operator-{n}");
         let log = self.dir.path().join(format!("{identity}.log"));
-        let out = std::fs::File::create(&log).unwrap();
         let mut full = vec![
             "operator",
             "--http-addr",
@@ -129,24 +166,23 @@ impl Platform {
         .map(str::to_string)
         .collect::<Vec<_>>();
         full.extend(args.iter().map(|a| a.to_string()));
-        let child = tokio::process::Command::new(alcove_binary())
-            .args(&full)
-            .env("KUBECONFIG", self.component_kubeconfig("operator"))
-            .env(
-                "ALCOVE_LOG",
-                std::env::var("ALCOVE_TEST_LOG").unwrap_or_else(|_| "info,alcove=debug".into()),
-            )
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .kill_on_drop(true)
-            .spawn()
-            .expect("alcove binary");
+        let process = Process {
+            program: alcove_binary(),
+            args: full,
+            env: vec![
+                ("KUBECONFIG".into(), self.component_kubeconfig("operator").display().to_string()),
+                (
+                    "ALCOVE_LOG".into(),
+                    std::env::var("ALCOVE_TEST_LOG").unwrap_or_else(|_| "info,alcove=debug".into()),
+                ),
+            ],
+            log: log.clone(),
+        };
+        std::fs::File::create(&log).unwrap();
+        let child = process.launch();
         let http = format!("http://127.0.0.1:{port}");
-        eventually("operator serves /healthz", Duration::from_secs(20), || async {
-            curl(&format!("{http}/healthz")).await.is_some()
-        })
-        .await;
-        self.operators.push(Operator { child, http, identity, log });
+        serving("operator serves /healthz", &format!("{http}/healthz")).await;
+        self.operators.push(Operator { child, http, identity, log, process });
         n
     }
 
@@ -376,6 +412,23 @@ impl Platform {
     }
 
     /// `kubectl get … -o json`.
+    /// The receipts of `tenant`'s erasures (the operator's ConfigMap in alcove-system).
+    pub async fn erasure_receipts(&self, tenant: &str) -> Vec<serde_json::Value> {
+        let name = format!("alcove-erasures-{tenant}");
+        let (ok, out, _) =
+            self.kubectl(&["get", "configmap", &name, "-n", "alcove-system", "-o", "json"]).await;
+        if !ok {
+            return Vec::new();
+        }
+        let cm: serde_json::Value = serde_json::from_str(&out).unwrap();
+        cm["data"]
+            .as_object()
+            .map(|d| {
+                d.values().map(|v| serde_json::from_str(v.as_str().unwrap()).unwrap()).collect()
+            })
+            .unwrap_or_default()
+    }
+
     pub async fn json(&self, args: &[&str]) -> serde_json::Value {
         let mut a = args.to_vec();
         a.extend(["-o", "json"]);
@@ -485,6 +538,7 @@ pub struct Gateway {
     pub ca: PathBuf,
     pub log: PathBuf,
     pub dir: PathBuf,
+    process: Process,
 }
 
 impl Gateway {
@@ -502,27 +556,45 @@ impl Gateway {
         let sqlite = format!("sqlite://{}", dir.join("usage.db").display());
         let store =
             if args.contains(&"--usage-store") { vec![] } else { vec!["--usage-store", &sqlite] };
-        let out = std::fs::File::create(&log).unwrap();
-        let child = tokio::process::Command::new(alcove_binary())
-            .args(["gateway", "--upstream", "api-server", "--log-format", "text"])
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--metrics-listen", &format!("127.0.0.1:{mport}")])
-            .args(["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()])
-            .args(args)
-            .args(&store)
-            .env("ALCOVE_KUBECONFIG", p.component_kubeconfig("gateway"))
-            .env("ALCOVE_LOG", "debug,hyper=info,kube=info,tower=info,rustls=info")
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .kill_on_drop(true)
-            .spawn()
-            .expect("alcove gateway");
+        let mut full: Vec<String> = ["gateway", "--upstream", "api-server", "--log-format", "text"]
+            .into_iter()
+            .map(String::from)
+            .collect();
+        full.extend(["--listen".into(), format!("127.0.0.1:{port}")]);
+        full.extend(["--metrics-listen".into(), format!("127.0.0.1:{mport}")]);
+        full.extend(["--tls-cert".into(), cert.display().to_string()]);
+        full.extend(["--tls-key".into(), key.display().to_string()]);
+        full.extend(args.iter().chain(&store).map(|a| a.to_string()));
+        let process = Process {
+            program: alcove_binary(),
+            args: full,
+            env: vec![
+                (
+                    "ALCOVE_KUBECONFIG".into(),
+                    p.component_kubeconfig("gateway").display().to_string(),
+                ),
+                ("ALCOVE_LOG".into(), "debug,hyper=info,kube=info,tower=info,rustls=info".into()),
+            ],
+            log: log.clone(),
+        };
+        std::fs::File::create(&log).unwrap();
+        let child = process.launch();
         let metrics = format!("http://127.0.0.1:{mport}");
-        eventually("the gateway lists instances", Duration::from_secs(30), || async {
-            curl(&format!("{metrics}/readyz")).await.is_some()
-        })
-        .await;
-        Gateway { child, base: format!("https://127.0.0.1:{port}/v1"), metrics, ca, log, dir }
+        serving("the gateway lists instances", &format!("{metrics}/readyz")).await;
+        let base = format!("https://127.0.0.1:{port}/v1");
+        Gateway { child, base, metrics, ca, log, dir, process }
+    }
+
+    /// SIGKILL.
+    pub async fn kill(&mut self) {
+        let _ = self.child.kill().await;
+    }
+
+    /// Starts it again after a kill, on the same ports with the same store.
+    pub async fn restart(&mut self) {
+        self.kill().await;
+        self.child = self.process.launch();
+        serving("the gateway lists instances", &format!("{}/readyz", self.metrics)).await;
     }
 
     /// The official SDK: `openai_client.py ACTION` with this gateway and `key`.
@@ -543,16 +615,7 @@ impl Gateway {
 
     /// A raw HTTPS request: (status, lower-cased headers, body).
     pub async fn call(&self, path: &str, headers: &[(&str, &str)], body: Option<&str>) -> Reply {
-        let mut cmd = tokio::process::Command::new("curl");
-        cmd.args(["-s", "-i", "--max-time", "60", "--cacert", self.ca.to_str().unwrap()]);
-        for (k, v) in headers {
-            cmd.args(["-H", &format!("{k}: {v}")]);
-        }
-        if let Some(b) = body {
-            cmd.args(["-H", "Content-Type: application/json", "--data-binary", b]);
-        }
-        let out = cmd.arg(format!("{}{path}", self.base)).output().await.unwrap();
-        Reply::parse(&String::from_utf8_lossy(&out.stdout))
+        call_gateway(&self.base, &self.ca, path, headers, body).await
     }
 
     pub async fn store(&self) -> alcove_gateway::store::Store {
@@ -574,6 +637,26 @@ impl Gateway {
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+}
+
+/// A raw HTTPS request to the gateway at `base` (`https://…/v1`) whose certificate `ca` signed.
+pub async fn call_gateway(
+    base: &str,
+    ca: &Path,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> Reply {
+    let mut cmd = tokio::process::Command::new("curl");
+    cmd.args(["-s", "-i", "--max-time", "60", "--cacert", ca.to_str().unwrap()]);
+    for (k, v) in headers {
+        cmd.args(["-H", &format!("{k}: {v}")]);
+    }
+    if let Some(b) = body {
+        cmd.args(["-H", "Content-Type: application/json", "--data-binary", b]);
+    }
+    let out = cmd.arg(format!("{base}{path}")).output().await.unwrap();
+    Reply::parse(&String::from_utf8_lossy(&out.stdout))
 }
 
 /// `curl -i` output: (status, lower-cased headers, body).
@@ -634,6 +717,7 @@ pub struct Dashboard {
     pub log: PathBuf,
     pub maildir: PathBuf,
     pub dir: PathBuf,
+    process: Process,
 }
 
 impl Dashboard {
@@ -660,27 +744,44 @@ impl Dashboard {
         let port = free_port();
         let url = format!("http://127.0.0.1:{port}");
         let log = dir.join("dashboard.log");
-        let out = std::fs::File::create(&log).unwrap();
-        let child = tokio::process::Command::new(alcove_binary())
-            .args(["dashboard", "--log-format", "text"])
-            .args(["--listen", &format!("127.0.0.1:{port}"), "--public-url", &url])
-            .args(["--smtp", &format!("smtp://127.0.0.1:{}", smtp.port)])
-            .args(["--key-file", key.to_str().unwrap()])
-            .args(args)
-            .args(["--store", &format!("sqlite://{}", dir.join("dashboard.db").display())])
-            .args(["--model", "default=safetensors", "--model", "default-gguf=gguf:model.gguf"])
-            .env("ALCOVE_KUBECONFIG", kubeconfig)
-            .env("ALCOVE_LOG", "debug,hyper=info,kube=info,tower=info,rustls=info,lettre=info")
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .kill_on_drop(true)
-            .spawn()
-            .expect("alcove dashboard");
-        eventually("the dashboard lists tenants", Duration::from_secs(30), || async {
-            curl(&format!("{url}/readyz")).await.is_some()
-        })
-        .await;
-        Dashboard { child, smtp, url, log, maildir, dir }
+        let mut full: Vec<String> = vec!["dashboard".into(), "--log-format".into(), "text".into()];
+        full.extend(["--listen".into(), format!("127.0.0.1:{port}")]);
+        full.extend(["--public-url".into(), url.clone()]);
+        full.extend(["--smtp".into(), format!("smtp://127.0.0.1:{}", smtp.port)]);
+        full.extend(["--key-file".into(), key.display().to_string()]);
+        full.extend(args.iter().map(|a| a.to_string()));
+        full.extend(["--store".into(), format!("sqlite://{}", dir.join("dashboard.db").display())]);
+        for model in ["default=safetensors", "default-gguf=gguf:model.gguf"] {
+            full.extend(["--model".into(), model.into()]);
+        }
+        let process = Process {
+            program: alcove_binary(),
+            args: full,
+            env: vec![
+                ("ALCOVE_KUBECONFIG".into(), kubeconfig.display().to_string()),
+                (
+                    "ALCOVE_LOG".into(),
+                    "debug,hyper=info,kube=info,tower=info,rustls=info,lettre=info".into(),
+                ),
+            ],
+            log: log.clone(),
+        };
+        std::fs::File::create(&log).unwrap();
+        let child = process.launch();
+        serving("the dashboard lists tenants", &format!("{url}/readyz")).await;
+        Dashboard { child, smtp, url, log, maildir, dir, process }
+    }
+
+    /// SIGKILL (its mail server goes on).
+    pub async fn kill(&mut self) {
+        let _ = self.child.kill().await;
+    }
+
+    /// Starts it again after a kill, on the same port with the same store and key.
+    pub async fn restart(&mut self) {
+        self.kill().await;
+        self.child = self.process.launch();
+        serving("the dashboard lists tenants", &format!("{}/readyz", self.url)).await;
     }
 
     /// Every message the SMTP server has received, oldest first.
@@ -800,6 +901,16 @@ pub async fn billing_platform() -> (Platform, LocalStripe, Clock, Vec<String>) {
     .map(str::to_string)
     .to_vec();
     (p, stripe, clock, args)
+}
+
+/// The `Stripe-Signature` header Stripe sends with a webhook delivery of `payload` at `t`.
+pub fn stripe_signature(t: i64, payload: &str) -> String {
+    use hmac::Mac;
+    let mut mac =
+        hmac::Hmac::<sha2::Sha256>::new_from_slice(localstripe::WHSEC.as_bytes()).unwrap();
+    mac.update(format!("{t}.{payload}").as_bytes());
+    let hex: String = mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect();
+    format!("t={t},v1={hex}")
 }
 
 /// Runs a browser journey (`tests/browser/<script>`, Debian's chromium through playwright-core,

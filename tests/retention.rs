@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use alcove_tests::*;
 use jiff::{SignedDuration, Timestamp};
-use serde_json::Value;
 
 fn at(s: &str) -> Timestamp {
     s.parse().unwrap()
@@ -35,28 +34,6 @@ async fn volume_dir(p: &Platform, ns: &str, claim: &str) -> PathBuf {
 
 async fn exists(p: &Platform, args: &[&str]) -> bool {
     p.kubectl(&[&["get"], args].concat()).await.0
-}
-
-async fn receipts(p: &Platform, tenant: &str) -> Vec<Value> {
-    let (ok, out, _) = p
-        .kubectl(&[
-            "get",
-            "configmap",
-            &format!("alcove-erasures-{tenant}"),
-            "-n",
-            "alcove-system",
-            "-o",
-            "json",
-        ])
-        .await;
-    if !ok {
-        return Vec::new();
-    }
-    let cm: Value = serde_json::from_str(&out).unwrap();
-    cm["data"]
-        .as_object()
-        .map(|d| d.values().map(|v| serde_json::from_str(v.as_str().unwrap()).unwrap()).collect())
-        .unwrap_or_default()
 }
 
 /// Kept at deadline − 1 s (checked for a few seconds), erased with its directory within 60 s of
@@ -176,7 +153,7 @@ async fn volumes_are_erased_at_their_deadline_never_before_and_legal_hold_pauses
     // Receipts: what, class, deadline, when, by which rule; and an Event each.
     // (A receipt is written once the volume is verified gone, a moment after the directory.)
     let r = until_some("both receipts", Duration::from_secs(10), || async {
-        Some(receipts(&p, "startup").await).filter(|r| r.len() == 2)
+        Some(p.erasure_receipts("startup").await).filter(|r| r.len() == 2)
     })
     .await;
     let history_receipt = r
@@ -192,7 +169,7 @@ async fn volumes_are_erased_at_their_deadline_never_before_and_legal_hold_pauses
     );
     assert!(r.iter().any(|x| x["dataClass"] == "knowledgeBase"));
     eventually("acme's receipt", Duration::from_secs(10), || async {
-        receipts(&p, "acme").await.len() == 1
+        p.erasure_receipts("acme").await.len() == 1
     })
     .await;
     // (The event recorder folds repeats about one tenant into a series. An Event follows its
@@ -276,7 +253,7 @@ async fn a_deleted_tenant_is_erased_after_its_window_and_its_receipts_remain() {
     .await;
     assert!(!uploads_dir.exists(), "the volume's data is gone");
     let r = until_some("receipts", Duration::from_secs(10), || async {
-        Some(receipts(&p, "acme").await).filter(|r| r.len() == 4)
+        Some(p.erasure_receipts("acme").await).filter(|r| r.len() == 4)
     })
     .await;
     let class_of = |needle: &str| {

@@ -280,7 +280,7 @@ fn answered(
 ) -> Response {
     let mut meter = Meter::new(gw, route, endpoint, request_id, route.served_name.clone(), started);
     meter.status = resp.status().as_u16();
-    meter.finish();
+    drop(meter.finish());
     if let Ok(v) = HeaderValue::from_str(request_id) {
         resp.headers_mut().insert("x-request-id", v);
     }
@@ -368,7 +368,7 @@ async fn forward(
     if parts.status == StatusCode::OK {
         meter.usage = serde_json::from_slice(&bytes).ok().as_ref().and_then(Usage::of);
     }
-    meter.finish();
+    meter.finish_durably().await;
     Ok(Response::from_parts(parts, Body::from(bytes)))
 }
 
@@ -404,6 +404,9 @@ async fn no_pod_behind(
     }
     Ok(Response::from_parts(parts, Body::from(bytes)))
 }
+
+/// How long an answer's last byte waits for its usage record's commit.
+const COMMIT_WAIT: Duration = Duration::from_secs(5);
 
 /// Accounts one request once: at its last byte, or when the client goes away first.
 struct Meter {
@@ -443,9 +446,10 @@ impl Meter {
         }
     }
 
-    fn finish(&mut self) {
+    /// Accounts it (once); the receiver resolves when its record is committed.
+    fn finish(&mut self) -> Option<tokio::sync::oneshot::Receiver<()>> {
         if std::mem::replace(&mut self.done, true) {
-            return;
+            return None;
         }
         let (tenant, instance) = (self.route.tenant.as_str(), self.route.instance.as_str());
         let status = if self.status == 0 { "000".to_string() } else { self.status.to_string() };
@@ -462,7 +466,7 @@ impl Meter {
             .observe(latency.as_secs_f64());
         self.gw.activity.touch(&self.route);
         let usage = self.usage.unwrap_or_default();
-        self.gw.recorder.record(Record {
+        let committed = self.gw.recorder.record(Record {
             request_id: std::mem::take(&mut self.request_id),
             at_ms: self.gw.clock.now().as_millisecond(),
             tenant: tenant.to_string(),
@@ -490,6 +494,15 @@ impl Meter {
                 Instant::now(),
             );
         }
+        committed
+    }
+
+    /// `finish`, and the answer's last byte waits until the record is committed (bounded: a
+    /// store that is down keeps the record queued, not the answer).
+    async fn finish_durably(&mut self) {
+        if let Some(committed) = self.finish() {
+            let _ = tokio::time::timeout(COMMIT_WAIT, committed).await;
+        }
     }
 }
 
@@ -499,7 +512,7 @@ impl Drop for Meter {
             // nginx's "client closed request": the record says the answer was cut short.
             self.status = 499;
         }
-        self.finish();
+        drop(self.finish());
     }
 }
 
@@ -528,7 +541,7 @@ fn metered_stream(upstream: Body, meter: Meter, client_wants_usage: bool, idle: 
                 Ok(n) => n,
                 Err(_) => {
                     s.ended = true;
-                    s.meter.finish();
+                    drop(s.meter.finish());
                     let e: Box<dyn std::error::Error + Send + Sync> =
                         format!("the instance sent nothing for {} s", idle.as_secs()).into();
                     return Some((Err(e), s));
@@ -538,14 +551,14 @@ fn metered_stream(upstream: Body, meter: Meter, client_wants_usage: bool, idle: 
                 Some(Ok(chunk)) => s.splitter.push(&chunk),
                 Some(Err(e)) => {
                     s.ended = true;
-                    s.meter.finish();
+                    drop(s.meter.finish());
                     let e: Box<dyn std::error::Error + Send + Sync> = Box::new(e);
                     return Some((Err(e), s));
                 }
                 None => {
                     s.ended = true;
                     let rest = s.splitter.finish();
-                    s.meter.finish();
+                    s.meter.finish_durably().await;
                     return rest.map(|r| (Ok(Bytes::from(r)), s));
                 }
             };
@@ -557,7 +570,7 @@ fn metered_stream(upstream: Body, meter: Meter, client_wants_usage: bool, idle: 
                 }
                 if event.starts_with(b"data: [DONE]") {
                     // The answer is complete: a client that closes now has not left early.
-                    s.meter.finish();
+                    s.meter.finish_durably().await;
                 }
                 if !usage_only || client_wants_usage {
                     out.extend_from_slice(&event);

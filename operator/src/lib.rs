@@ -206,6 +206,20 @@ pub async fn run_operator(args: OperatorArgs) -> anyhow::Result<()> {
             tracing::info!("caches synced; reconciling");
         });
     }
+    {
+        // Erasures interrupted between their deletion and their receipt (an operator killed
+        // there) get the receipt from here: at start, and every half minute.
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            ctx.caches.ready().await;
+            loop {
+                if let Err(e) = retention::finish_pending(&ctx).await {
+                    tracing::warn!(error = %e, "could not finish interrupted erasures; trying again");
+                }
+                tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+            }
+        });
+    }
     // The shard Leases are renewed until the controllers have finished their last reconciles.
     let (controllers_done, done) = tokio::sync::oneshot::channel::<()>();
     let sharding = shards.sharded().then(|| {

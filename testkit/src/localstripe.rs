@@ -69,15 +69,35 @@ impl LocalStripe {
             .collect()
     }
 
+    /// Every item of a list endpoint (`path` with its query), page by page.
+    pub async fn list_all(&self, path: &str) -> Vec<Value> {
+        let mut items: Vec<Value> = Vec::new();
+        loop {
+            let after =
+                items.last().map(|i| format!("&starting_after={}", i["id"].as_str().unwrap()));
+            let page = self
+                .ok("GET", &format!("{path}&limit=100{}", after.unwrap_or_default()), None)
+                .await;
+            items.extend(page["data"].as_array().unwrap().iter().cloned());
+            if page["has_more"] != true {
+                return items;
+            }
+        }
+    }
+
     /// The usage records of a customer, oldest period first.
     pub async fn usage(&self, customer: &str) -> Vec<Value> {
-        let v =
-            self.ok("GET", &format!("/v1/invoiceitems?customer={customer}&limit=100"), None).await;
-        let mut items = v["data"].as_array().unwrap().clone();
+        let mut items = self.list_all(&format!("/v1/invoiceitems?customer={customer}")).await;
         items.sort_by_key(|i| {
             i["metadata"]["period_start"].as_str().unwrap_or_default().to_string()
         });
         items
+    }
+
+    /// The `payment_intent.succeeded` event Stripe made for payment intent `pi`.
+    pub async fn succeeded_event(&self, pi: &str) -> Value {
+        let events = self.list_all("/v1/events?type=payment_intent.succeeded").await;
+        events.into_iter().find(|e| e["data"]["object"]["id"] == pi).expect("the event Stripe made")
     }
 
     /// Has localstripe deliver `payment_intent.succeeded` to `url`, signed with [`WHSEC`].

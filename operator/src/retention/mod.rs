@@ -71,13 +71,19 @@ pub async fn keep(ctx: &Context, pvc: &PersistentVolumeClaim) -> Result<()> {
     Ok(())
 }
 
-/// Appends a receipt to the tenant's receipts ConfigMap in the operator namespace (made when
-/// missing) and publishes an Event about the tenant.
-pub async fn record(ctx: &Context, tenant: &str, r: &ErasureRecord) -> Result<()> {
+/// Writes entries into the tenant's receipts ConfigMap in the operator namespace (made when
+/// missing): `Some(json)` adds a key, `None` removes one. With `resource_version`, the write
+/// happens only over that version (409 otherwise).
+async fn write_receipts(
+    ctx: &Context,
+    tenant: &str,
+    entries: &[(String, Option<String>)],
+    resource_version: Option<&str>,
+) -> Result<()> {
     let ns = &ctx.config.namespace;
     let namespaces: Api<Namespace> = Api::all(ctx.client.clone());
     // A receipt is written once, after the erasure: passing errors are tried again rather than
-    // left to a later pass, which finds the claim gone and has nothing to write a receipt for.
+    // left to a later pass.
     use crate::error::retry_passing;
     if retry_passing(|| namespaces.get_opt(ns)).await?.is_none() {
         let n = Namespace {
@@ -93,34 +99,36 @@ pub async fn record(ctx: &Context, tenant: &str, r: &ErasureRecord) -> Result<()
     }
     let cms: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), ns);
     let name = policy::receipts_name(tenant);
-    let entry = format!(
-        "{}-{}",
-        r.erased_at.replace(':', ""),
-        crate::hash::config_hash(&serde_json::json!(r.what))
-    );
-    let body = serde_json::to_string(r).map_err(|e| Error::Other(e.to_string()))?;
+    let labels = crate::objects::string_map([
+        (LABEL_TENANT, tenant),
+        crate::names::MANAGED_BY,
+        (LABEL_DATA_CLASS, policy::RECEIPTS_CLASS),
+    ]);
+    let data: serde_json::Map<String, serde_json::Value> =
+        entries.iter().map(|(k, v)| (k.clone(), v.clone().into())).collect();
+    let mut metadata = serde_json::json!({ "labels": labels });
+    if let Some(rv) = resource_version {
+        metadata["resourceVersion"] = rv.into();
+    }
+    let patch = serde_json::json!({ "metadata": metadata, "data": data });
     let cm = ConfigMap {
         metadata: ObjectMeta {
             name: Some(name.clone()),
             namespace: Some(ns.clone()),
-            labels: Some(crate::objects::string_map([
-                (LABEL_TENANT, tenant),
-                crate::names::MANAGED_BY,
-                (LABEL_DATA_CLASS, policy::RECEIPTS_CLASS),
-            ])),
+            labels: Some(labels.clone()),
             ..Default::default()
         },
-        data: Some([(entry, body)].into()),
+        data: Some(entries.iter().filter_map(|(k, v)| Some((k.clone(), v.clone()?))).collect()),
         ..Default::default()
     };
-    // Each receipt is its own key; a merge patch adds it and leaves the others alone.
+    // Each entry is its own key; a merge patch adds (or removes) it and leaves the others alone.
     // Erasures run concurrently: when two make the ConfigMap at once, the loser patches.
     let (params, patch, post) =
-        (crate::apply::merge_params(), Patch::Merge(&cm), kube::api::PostParams::default());
+        (crate::apply::merge_params(), Patch::Merge(&patch), kube::api::PostParams::default());
     for _ in 0..3 {
         match retry_passing(|| cms.patch(&name, &params, &patch)).await {
             Ok(_) => break,
-            Err(kube::Error::Api(s)) if s.code == 404 => {
+            Err(kube::Error::Api(s)) if s.code == 404 && resource_version.is_none() => {
                 match retry_passing(|| cms.create(&post, &cm)).await {
                     Ok(_) => break,
                     Err(kube::Error::Api(s)) if s.code == 409 => continue,
@@ -130,6 +138,21 @@ pub async fn record(ctx: &Context, tenant: &str, r: &ErasureRecord) -> Result<()
             Err(e) => return Err(e.into()),
         }
     }
+    Ok(())
+}
+
+fn receipt_entry(r: &ErasureRecord) -> Result<(String, Option<String>)> {
+    let entry = format!(
+        "{}-{}",
+        r.erased_at.replace(':', ""),
+        crate::hash::config_hash(&serde_json::json!(r.what))
+    );
+    let body = serde_json::to_string(r).map_err(|e| Error::Other(e.to_string()))?;
+    Ok((entry, Some(body)))
+}
+
+/// After a receipt: the tenant's status mirrors it, and an Event says it.
+async fn announce(ctx: &Context, tenant: &str, r: &ErasureRecord) {
     let _ = ctx.tenant_nudges.send(tenant.to_string());
     if let Some(t) = find_cluster(&ctx.caches.tenants, tenant) {
         ctx.event(
@@ -144,7 +167,190 @@ pub async fn record(ctx: &Context, tenant: &str, r: &ErasureRecord) -> Result<()
         )
         .await;
     }
+}
+
+/// Appends a receipt to the tenant's receipts ConfigMap and publishes an Event about the tenant.
+/// For what has no intent written before it went (the namespace, whose receipt the tenant's
+/// status guards); everything else goes through [`erase`].
+pub async fn record(ctx: &Context, tenant: &str, r: &ErasureRecord) -> Result<()> {
+    write_receipts(ctx, tenant, &[receipt_entry(r)?], None).await?;
+    announce(ctx, tenant, r).await;
     Ok(())
+}
+
+/// An object whose absence an erasure's receipt attests.
+#[derive(serde::Serialize, serde::Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Gone {
+    pub kind: String,
+    #[serde(default)]
+    pub namespace: String,
+    pub name: String,
+    /// Only this object: another of the same name made since is not it.
+    #[serde(default)]
+    pub uid: Option<String>,
+}
+
+/// The receipt an erasure will get, written before anything is deleted. An operator killed
+/// between the deletion and the receipt leaves it behind, and [`finish_pending`] writes the
+/// receipt once everything in `gone` is gone: no erasure goes without its receipt. (It has no
+/// `erasedAt`, so it is never read as a receipt.)
+#[derive(serde::Serialize, serde::Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Pending {
+    pub what: String,
+    pub data_class: String,
+    pub deadline: String,
+    pub rule: String,
+    pub gone: Vec<Gone>,
+}
+
+const PENDING_PREFIX: &str = "pending-";
+
+impl Pending {
+    fn key(&self) -> String {
+        format!("{PENDING_PREFIX}{}", crate::hash::config_hash(&serde_json::json!(self.what)))
+    }
+}
+
+/// Erases: the intent first, then `delete`, then the receipt once every object in
+/// `pending.gone` is gone (else [`finish_pending`] writes it later). Returns whether this call
+/// wrote the receipt.
+pub async fn erase<F, Fut>(
+    ctx: &Context,
+    tenant: &str,
+    pending: &Pending,
+    delete: F,
+) -> Result<bool>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    let body = serde_json::to_string(pending).map_err(|e| Error::Other(e.to_string()))?;
+    write_receipts(ctx, tenant, &[(pending.key(), Some(body))], None).await?;
+    delete().await?;
+    finish(ctx, tenant, pending).await
+}
+
+/// Whether `g` still exists (asked of the API server: a cache may lag).
+async fn exists(ctx: &Context, g: &Gone) -> Result<bool> {
+    use crate::error::retry_passing;
+    let c = ctx.client.clone();
+    let found: Option<Option<String>> = match g.kind.as_str() {
+        "PersistentVolumeClaim" => {
+            let api: Api<PersistentVolumeClaim> = Api::namespaced(c, &g.namespace);
+            retry_passing(|| api.get_opt(&g.name)).await?.map(|o| o.uid())
+        }
+        "PersistentVolume" => {
+            let api: Api<PersistentVolume> = Api::all(c);
+            retry_passing(|| api.get_opt(&g.name)).await?.map(|o| o.uid())
+        }
+        "Secret" => {
+            let api: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(c, &g.namespace);
+            retry_passing(|| api.get_opt(&g.name)).await?.map(|o| o.uid())
+        }
+        other => return Err(Error::Other(format!("an erasure of an unknown kind {other}"))),
+    };
+    Ok(found.is_some_and(|uid| g.uid.is_none() || uid == g.uid))
+}
+
+/// Writes `pending`'s receipt, and removes the intent in the same write, when everything it
+/// names is gone and the intent is still there (one writer wins: the write is conditional on the
+/// version read). Returns whether this call wrote it.
+async fn finish(ctx: &Context, tenant: &str, pending: &Pending) -> Result<bool> {
+    for g in &pending.gone {
+        if exists(ctx, g).await? {
+            return Ok(false);
+        }
+    }
+    let cms: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ctx.config.namespace);
+    let name = policy::receipts_name(tenant);
+    for _ in 0..5 {
+        let cm = crate::error::retry_passing(|| cms.get_opt(&name)).await?;
+        let Some(cm) = cm else { return Ok(false) };
+        if !cm.data.as_ref().is_some_and(|d| d.contains_key(&pending.key())) {
+            return Ok(false);
+        }
+        let r = ErasureRecord {
+            what: pending.what.clone(),
+            data_class: pending.data_class.clone(),
+            deadline: pending.deadline.clone(),
+            erased_at: alcove_clock::format(ctx.now()),
+            rule: pending.rule.clone(),
+        };
+        let entries = [receipt_entry(&r)?, (pending.key(), None)];
+        match write_receipts(ctx, tenant, &entries, cm.metadata.resource_version.as_deref()).await {
+            Ok(()) => {
+                announce(ctx, tenant, &r).await;
+                return Ok(true);
+            }
+            Err(Error::Kube(kube::Error::Api(s))) if s.code == 409 => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(false)
+}
+
+/// Writes the receipts of erasures whose operator was killed between deleting and writing
+/// (their intents, left in the receipts ConfigMaps). Runs at start and every minute.
+pub async fn finish_pending(ctx: &Context) -> Result<usize> {
+    let cms: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ctx.config.namespace);
+    let lp = kube::api::ListParams::default()
+        .labels(&format!("{LABEL_DATA_CLASS}={}", policy::RECEIPTS_CLASS));
+    let mut written = 0;
+    for cm in cms.list(&lp).await?.items {
+        let tenant = cm.labels().get(LABEL_TENANT).cloned().unwrap_or_default();
+        for (k, v) in cm.data.clone().unwrap_or_default() {
+            let Some(pending) = k
+                .starts_with(PENDING_PREFIX)
+                .then(|| serde_json::from_str::<Pending>(&v).ok())
+                .flatten()
+            else {
+                continue;
+            };
+            if finish(ctx, &tenant, &pending).await? {
+                tracing::info!(tenant, what = %pending.what, "an interrupted erasure's receipt written");
+                written += 1;
+            }
+        }
+    }
+    Ok(written)
+}
+
+/// The intent of erasing volume claim `pvc`: the claim (this one) and its volume must go.
+pub fn volume_erasure(
+    pvc: &PersistentVolumeClaim,
+    class: &str,
+    deadline: jiff::Timestamp,
+    rule: String,
+) -> Pending {
+    let ns = pvc.namespace().unwrap_or_default();
+    let volume = pvc.spec.as_ref().and_then(|s| s.volume_name.clone());
+    let mut gone = vec![Gone {
+        kind: "PersistentVolumeClaim".into(),
+        namespace: ns,
+        name: pvc.name_any(),
+        uid: pvc.uid(),
+    }];
+    if let Some(pv) = &volume {
+        gone.push(Gone {
+            kind: "PersistentVolume".into(),
+            namespace: String::new(),
+            name: pv.clone(),
+            uid: None,
+        });
+    }
+    Pending {
+        what: format!(
+            "PersistentVolumeClaim {}{}",
+            key(pvc),
+            volume.map(|v| format!(" (volume {v})")).unwrap_or_default()
+        ),
+        data_class: class.into(),
+        deadline: alcove_clock::format(deadline),
+        rule,
+        gone,
+    }
 }
 
 /// Every receipt of a tenant, oldest first (read from the API: receipts are not cached).
@@ -166,15 +372,14 @@ pub async fn receipts(
 }
 
 /// Deletes a volume claim and waits (bounded) until its PersistentVolume — the data — is gone.
-/// Returns the description for the receipt, or `None` when the claim was already gone (an
-/// earlier pass erased it and wrote the receipt; a cache that lags must not write a second).
-pub async fn erase_volume(ctx: &Context, pvc: &PersistentVolumeClaim) -> Result<Option<String>> {
+/// (A claim already gone is not an error: an earlier pass deleted it.)
+async fn erase_volume(ctx: &Context, pvc: &PersistentVolumeClaim) -> Result<()> {
     let ns = pvc.namespace().unwrap_or_default();
     let api: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
     // A cache still showing a claim this operator deleted moments ago costs no second delete.
     let mark = format!("Delete/{}", pvc.uid().unwrap_or_default());
     if ctx.writes.already_written(&mark, Some("deleted")) {
-        return Ok(None);
+        return Ok(());
     }
     let dp = DeleteParams {
         preconditions: Some(Preconditions { uid: pvc.uid(), resource_version: None }),
@@ -183,7 +388,7 @@ pub async fn erase_volume(ctx: &Context, pvc: &PersistentVolumeClaim) -> Result<
     match api.delete(&pvc.name_any(), &dp).await {
         Ok(_) => ctx.writes.record(mark, Some("deleted".into()), String::new()),
         // Gone, or (409) a different claim of that name now: not this volume any more.
-        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => return Ok(None),
+        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => return Ok(()),
         Err(e) => return Err(e.into()),
     }
     let volume = pvc.spec.as_ref().and_then(|s| s.volume_name.clone());
@@ -203,11 +408,17 @@ pub async fn erase_volume(ctx: &Context, pvc: &PersistentVolumeClaim) -> Result<
             waited += Duration::from_millis(200);
         }
     }
-    Ok(Some(format!(
-        "PersistentVolumeClaim {}{}",
-        key(pvc),
-        volume.map(|v| format!(" (volume {v})")).unwrap_or_default()
-    )))
+    Ok(())
+}
+
+/// Erases volume claim `pvc` with the receipt of `pending` (see [`erase`]).
+pub async fn erase_volume_with_receipt(
+    ctx: &Context,
+    tenant: &str,
+    pvc: &PersistentVolumeClaim,
+    pending: &Pending,
+) -> Result<bool> {
+    erase(ctx, tenant, pending, || erase_volume(ctx, pvc)).await
 }
 
 async fn reconcile(pvc: Arc<PersistentVolumeClaim>, ctx: Arc<Context>) -> Result<Action> {
@@ -253,15 +464,9 @@ async fn reconcile_inner(pvc: &PersistentVolumeClaim, ctx: &Context) -> Result<A
             }
             let class = pvc.labels().get(LABEL_DATA_CLASS).cloned().unwrap_or_default();
             let rule = pvc.annotations().get(policy::ANNOTATION_RULE).cloned().unwrap_or_default();
-            if let Some(what) = erase_volume(ctx, pvc).await? {
-                let erased_at = ctx.now();
+            let pending = volume_erasure(pvc, &class, deadline, rule);
+            if erase_volume_with_receipt(ctx, &tenant_name, pvc, &pending).await? {
                 ctx.metrics.erasures.with_label_values(&[&class]).inc();
-                record(
-                    ctx,
-                    &tenant_name,
-                    &policy::receipt(what, &class, deadline, erased_at, rule),
-                )
-                .await?;
             }
             Ok(Action::await_change())
         }
@@ -422,4 +627,35 @@ pub async fn data_report(
         )?;
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_intent_is_never_read_as_a_receipt_and_is_keyed_by_what_it_erases() {
+        let pending = Pending {
+            what: "Secret tenant-a/alcove-tenant-key".into(),
+            data_class: "accountData".into(),
+            deadline: "2027-01-01T00:00:00Z".into(),
+            rule: "accountData=30d".into(),
+            gone: vec![Gone {
+                kind: "Secret".into(),
+                namespace: "tenant-a".into(),
+                name: "alcove-tenant-key".into(),
+                uid: None,
+            }],
+        };
+        let json = serde_json::to_string(&pending).unwrap();
+        assert!(
+            serde_json::from_str::<ErasureRecord>(&json).is_err(),
+            "no erasedAt: not a receipt"
+        );
+        assert_eq!(serde_json::from_str::<Pending>(&json).unwrap(), pending);
+        assert!(pending.key().starts_with(PENDING_PREFIX));
+        let other = Pending { what: "Namespace tenant-a".into(), ..pending.clone() };
+        assert_ne!(pending.key(), other.key());
+        assert_eq!(pending.key(), pending.clone().key(), "the same erasure, the same intent");
+    }
 }

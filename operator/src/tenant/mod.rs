@@ -440,38 +440,43 @@ async fn cleanup(tenant: &Tenant, ctx: &Context) -> Result<Action> {
         ));
     }
     // Erase: the volumes (the tenant's PVCs, cached or not), then the key, then the namespace.
-    let receipt = |what: String| {
-        policy::receipt(
-            what,
-            alcove_crds::DataClass::AccountData.as_str(),
-            erase_after,
-            ctx.now(),
-            policy::rule(alcove_crds::DataClass::AccountData, window),
-        )
-    };
+    let class = alcove_crds::DataClass::AccountData;
+    let rule = policy::rule(class, window);
+    let receipt =
+        |what: String| policy::receipt(what, class.as_str(), erase_after, ctx.now(), rule.clone());
     let namespaces: Api<Namespace> = Api::all(ctx.client.clone());
     let live_ns = namespaces.get_opt(&ns).await?;
     if live_ns.is_some() {
         let pvcs: Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> =
             Api::namespaced(ctx.client.clone(), &ns);
         for pvc in pvcs.list(&Default::default()).await?.items {
-            if let Some(what) = crate::retention::erase_volume(ctx, &pvc).await? {
-                crate::retention::record(ctx, &name, &receipt(what)).await?;
-            }
+            let pending =
+                crate::retention::volume_erasure(&pvc, class.as_str(), erase_after, rule.clone());
+            crate::retention::erase_volume_with_receipt(ctx, &name, &pvc, &pending).await?;
         }
         let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
-        if secrets.get_opt(crate::names::KEY_SECRET).await?.is_some() {
-            ignore_missing(
-                secrets.delete(crate::names::KEY_SECRET, &DeleteParams::default()).await,
-            )?;
-            crate::retention::record(
-                ctx,
-                &name,
-                &receipt(format!(
+        if let Some(secret) = secrets.get_opt(crate::names::KEY_SECRET).await? {
+            let pending = crate::retention::Pending {
+                what: format!(
                     "Secret {ns}/{} (the tenant's encryption key)",
                     crate::names::KEY_SECRET
-                )),
-            )
+                ),
+                data_class: class.as_str().into(),
+                deadline: alcove_clock::format(erase_after),
+                rule: rule.clone(),
+                gone: vec![crate::retention::Gone {
+                    kind: "Secret".into(),
+                    namespace: ns.clone(),
+                    name: crate::names::KEY_SECRET.into(),
+                    uid: secret.uid(),
+                }],
+            };
+            crate::retention::erase(ctx, &name, &pending, || async {
+                ignore_missing(
+                    secrets.delete(crate::names::KEY_SECRET, &DeleteParams::default()).await,
+                )?;
+                Ok(())
+            })
             .await?;
         }
     }
