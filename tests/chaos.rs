@@ -50,7 +50,7 @@ impl Die {
 
 fn tenant(name: &str) -> String {
     format!(
-        "apiVersion: alcove.dev/v1alpha1\nkind: Tenant\nmetadata: {{name: {name}}}\nspec:\n  displayName: Chaos {name}\n  tier: basic\n  region: tw-taipei-1\n  quota: {{maxGpus: 16, maxInstances: 64, maxKnowledgeBases: 4}}\n  owners: [{{kind: User, name: owner@{name}.example}}]\n  billing: {{customer: create, currency: usd, suspendGracePeriod: 30d}}\n  retention: {{conversationHistory: 1d, knowledgeBase: 1d}}\n"
+        "apiVersion: alcove.dev/v1alpha1\nkind: Tenant\nmetadata: {{name: {name}}}\nspec:\n  displayName: Chaos {name}\n  tier: basic\n  region: tw-taipei-1\n  quota: {{maxGpus: 16, maxInstances: 64, maxStorage: 1Ti, maxKnowledgeBases: 4}}\n  owners: [{{kind: User, name: owner@{name}.example}}]\n  billing: {{customer: create, currency: usd, suspendGracePeriod: 30d}}\n  retention: {{conversationHistory: 1d, knowledgeBase: 1d}}\n"
     )
 }
 
@@ -326,7 +326,8 @@ impl World {
             match i.want {
                 Want::Gone if got.is_some() => return Some(format!("{id} is not gone")),
                 Want::Running if phase.as_deref() != Some("Ready") => {
-                    return Some(format!("{id} is {phase:?}, not Ready"));
+                    let why = got.and_then(|g| g["status"]["message"].as_str()).unwrap_or("");
+                    return Some(format!("{id} is {phase:?}, not Ready: {why}"));
                 }
                 Want::Running => {
                     let started = got.unwrap()["status"]["startedAt"].as_str().unwrap_or("");
@@ -482,10 +483,11 @@ async fn every_promise_holds_through_sigkills_during_churn() {
     let (mut made, mut transitions, mut top_ups) = (0, 0, 0);
     let mut killed: BTreeMap<&str, usize> = BTreeMap::new();
     let mut slowest = Duration::ZERO;
-    let (mut kb, mut deleted) = (None, false);
+    let (mut kb, mut deleted, mut failovers) = (None, false, 0);
     for round in 0..kills {
         w.tick();
         let now = w.now;
+        let round_started = Instant::now();
         // Transitions of the instances made in earlier rounds, at most one each.
         let mut running = insts.iter().filter(|i| !i.steady && i.want == Want::Running).count();
         for i in insts.iter_mut().filter(|i| !i.steady && i.want != Want::Gone) {
@@ -574,28 +576,47 @@ async fn every_promise_holds_through_sigkills_during_churn() {
         // The kill, at a random moment while all that converges; the restart a moment later.
         tokio::time::sleep(die.millis(0, 2500)).await;
         let target = cycle[round % cycle.len()];
+        let leader = w.leader().await;
         let what = w.kill(target).await;
         *killed.entry(what).or_default() += 1;
-        tokio::time::sleep(die.millis(500, 3000)).await;
+        // Every other kill of the leader keeps it down past its Lease (10 s): the standby takes
+        // over mid-churn. The others restart at once and take their own Lease back.
+        let failover = target == Target::Leader && killed[what].is_multiple_of(2);
+        let down = if failover { Duration::from_secs(13) } else { die.millis(500, 3000) };
+        tokio::time::sleep(down).await;
         w.restart(target).await;
-        let took = w.converge(&insts, kb, deleted).await;
+        w.converge(&insts, kb, deleted).await;
+        let took = round_started.elapsed();
         slowest = slowest.max(took);
+        if failover {
+            assert_ne!(w.leader().await, leader, "the standby took the Lease");
+            failovers += 1;
+        }
         // The owner's session outlives every restart of the dashboard.
         let page = owner.get("/t/a").await;
         assert_eq!(page.status, 200, "the owner's page after round {round}: {}", page.body);
         assert!(page.body.contains("steady"), "{}", page.body);
         println!(
-            "round {round}: killed {what}; {} instances, {running} running; converged in {:.1} s",
+            "round {round}: killed {what}{}; {} instances, {running} running; converged {:.1} s after its changes",
+            if failover { ", down 13 s" } else { "" },
             insts.iter().filter(|i| i.want != Want::Gone).count(),
             took.as_secs_f64()
         );
     }
 
-    // Traffic stops; then everything still running is suspended, which ends every run.
+    // Traffic stops; then every run ends: the steady instances are destroyed (a destroy bills
+    // every token left; a suspended instance carries tokens worth less than a cent until it is
+    // used again), the rest suspended.
     stop.store(true, Ordering::Relaxed);
     load.await.unwrap();
     w.tick();
     for i in insts.iter_mut().filter(|i| i.want == Want::Running) {
+        if i.steady {
+            let end = w.destroy(&i.tenant, &i.name).await;
+            i.stop(end);
+            i.want = Want::Gone;
+            continue;
+        }
         let patch = r#"{"spec":{"state":"Suspended"}}"#;
         let ns = format!("tenant-{}", i.tenant);
         w.p.ok(&["patch", "inst", &i.name, "-n", &ns, "--type", "merge", "-p", patch]).await;
@@ -804,9 +825,9 @@ async fn every_promise_holds_through_sigkills_during_churn() {
 
     let served = answered.len();
     println!(
-        "chaos (seed {seed}): {} kills {killed:?}; {made} instances made, {transitions} transitions, {top_ups} top-ups; \
+        "chaos (seed {seed}): {} kills {killed:?}, {failovers} failovers; {made} instances made, {transitions} transitions, {top_ups} top-ups; \
          {served} requests answered 200 of {} answers, {} usage records; {gpu_records} GPU records exact; \
-         {receipts} erasure receipts, none early; slowest convergence {:.1} s; {:.0} s in all",
+         {receipts} erasure receipts, none early; slowest round {:.1} s; {:.0} s in all",
         killed.values().sum::<usize>(),
         answers.len(),
         records_by_id.len(),
