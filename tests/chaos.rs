@@ -708,28 +708,45 @@ async fn every_promise_holds_through_sigkills_during_churn() {
         );
     }
     assert!(records_by_id.values().all(|&n| n == 1), "a request recorded twice");
+    // Tokens: Stripe's records for each steady instance are contiguous (each starts where the
+    // last ended, so none twice) and charge exactly the price of every token the store counted,
+    // in whole cents: the remainder under a cent at the destroy is never billed, by design.
     for i in insts.iter().filter(|i| i.steady) {
         let totals = store.totals(&i.uid).await.unwrap();
-        let want = (totals.prompt_tokens, totals.completion_tokens);
-        let customer = &w.customers[&i.tenant];
-        let billed =
-            until_some(&format!("{}'s tokens billed", i.id()), Duration::from_secs(60), || async {
-                let sum = w
-                    .stripe
-                    .usage(customer)
-                    .await
-                    .iter()
-                    .filter(|r| {
-                        r["metadata"]["alcove_kind"] == "tokens"
-                            && r["metadata"]["alcove_instance_uid"] == i.uid.as_str()
-                    })
-                    .fold((0, 0), |s, r| {
-                        (s.0 + meta_i64(r, "prompt_tokens"), s.1 + meta_i64(r, "completion_tokens"))
-                    });
-                (sum.0 >= want.0 && sum.1 >= want.1).then_some(sum)
-            })
-            .await;
-        assert_eq!(billed, want, "{}: tokens billed = tokens used", i.id());
+        let used = (totals.prompt_tokens, totals.completion_tokens);
+        let exact = (used.0 * 10_000 + used.1 * 30_000) / 1_000_000;
+        let token_records = || async {
+            let mut r: Vec<Value> = w
+                .stripe
+                .usage(&w.customers[&i.tenant])
+                .await
+                .into_iter()
+                .filter(|r| {
+                    r["metadata"]["alcove_kind"] == "tokens"
+                        && r["metadata"]["alcove_instance_uid"] == i.uid.as_str()
+                })
+                .collect();
+            r.sort_by_key(|r| (meta_i64(r, "prompt_through"), meta_i64(r, "completion_through")));
+            r
+        };
+        let cents = |r: &[Value]| r.iter().map(|r| r["amount"].as_i64().unwrap()).sum::<i64>();
+        let started = Instant::now();
+        let mut records = token_records().await;
+        while cents(&records) < exact && started.elapsed() < Duration::from_secs(60) {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            records = token_records().await;
+        }
+        assert_eq!(cents(&records), exact, "{}: {used:?} tokens", i.id());
+        let mut through = (0, 0);
+        for r in &records {
+            let from = (
+                meta_i64(r, "prompt_through") - meta_i64(r, "prompt_tokens"),
+                meta_i64(r, "completion_through") - meta_i64(r, "completion_tokens"),
+            );
+            assert_eq!(from, through, "{}: records not contiguous: {records:#?}", i.id());
+            through = (meta_i64(r, "prompt_through"), meta_i64(r, "completion_through"));
+        }
+        assert!(through.0 <= used.0 && through.1 <= used.1, "{}: billed beyond use", i.id());
     }
 
     // No orphans: every child of an instance belongs to one that exists; a gone instance keeps
@@ -799,9 +816,21 @@ async fn every_promise_holds_through_sigkills_during_churn() {
         )
         .await;
     }
+    // An intent left by a killed pass is finished within 30 s (retention::finish_pending).
+    eventually("no erasure intent left unfinished", Duration::from_secs(60), || async {
+        let mut all = Vec::new();
+        for t in TENANTS {
+            all.extend(w.p.erasure_receipts(t).await);
+        }
+        all.iter().all(|r| r["erasedAt"].is_string())
+    })
+    .await;
     let mut receipts = 0;
     for t in TENANTS {
-        for r in w.p.erasure_receipts(t).await {
+        let all = w.p.erasure_receipts(t).await;
+        let mut whats = BTreeSet::new();
+        for r in all {
+            assert!(whats.insert(r["what"].to_string()), "a second receipt: {r}");
             let deadline: Timestamp = r["deadline"].as_str().unwrap().parse().unwrap();
             let erased: Timestamp = r["erasedAt"].as_str().unwrap().parse().unwrap();
             assert!(erased >= deadline, "erased before its deadline: {r}");

@@ -141,12 +141,9 @@ async fn write_receipts(
     Ok(())
 }
 
-fn receipt_entry(r: &ErasureRecord) -> Result<(String, Option<String>)> {
-    let entry = format!(
-        "{}-{}",
-        r.erased_at.replace(':', ""),
-        crate::hash::config_hash(&serde_json::json!(r.what))
-    );
+/// A receipt's key and value: the time, then `id`, which names the erasure.
+fn receipt_entry(r: &ErasureRecord, id: &str) -> Result<(String, Option<String>)> {
+    let entry = format!("{}-{id}", r.erased_at.replace(':', ""));
     let body = serde_json::to_string(r).map_err(|e| Error::Other(e.to_string()))?;
     Ok((entry, Some(body)))
 }
@@ -173,7 +170,8 @@ async fn announce(ctx: &Context, tenant: &str, r: &ErasureRecord) {
 /// For what has no intent written before it went (the namespace, whose receipt the tenant's
 /// status guards); everything else goes through [`erase`].
 pub async fn record(ctx: &Context, tenant: &str, r: &ErasureRecord) -> Result<()> {
-    write_receipts(ctx, tenant, &[receipt_entry(r)?], None).await?;
+    let id = crate::hash::config_hash(&serde_json::json!(r.what));
+    write_receipts(ctx, tenant, &[receipt_entry(r, &id)?], None).await?;
     announce(ctx, tenant, r).await;
     Ok(())
 }
@@ -208,8 +206,14 @@ pub struct Pending {
 const PENDING_PREFIX: &str = "pending-";
 
 impl Pending {
+    /// This erasure: what it says and the objects (by UID) it removes, so that a tenant of the
+    /// same name made again later is another erasure.
+    fn id(&self) -> String {
+        crate::hash::config_hash(&serde_json::json!({ "what": self.what, "gone": self.gone }))
+    }
+
     fn key(&self) -> String {
-        format!("{PENDING_PREFIX}{}", crate::hash::config_hash(&serde_json::json!(self.what)))
+        format!("{PENDING_PREFIX}{}", self.id())
     }
 }
 
@@ -227,7 +231,34 @@ where
     Fut: std::future::Future<Output = Result<()>>,
 {
     let body = serde_json::to_string(pending).map_err(|e| Error::Other(e.to_string()))?;
-    write_receipts(ctx, tenant, &[(pending.key(), Some(body))], None).await?;
+    // Two passes may erase the same thing (a volume's own deadline and its tenant's, at once):
+    // an intent is written only over a version without its receipt, so the second finds the
+    // first's receipt and writes no second one.
+    let cms: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ctx.config.namespace);
+    let name = policy::receipts_name(tenant);
+    let id = pending.id();
+    let mut written = false;
+    for _ in 0..5 {
+        let cm = crate::error::retry_passing(|| cms.get_opt(&name)).await?;
+        let data = cm.as_ref().and_then(|c| c.data.as_ref());
+        if data.is_some_and(|d| {
+            d.keys().any(|k| !k.starts_with(PENDING_PREFIX) && k.ends_with(&format!("-{id}")))
+        }) {
+            return Ok(false);
+        }
+        let rv = cm.as_ref().and_then(|c| c.metadata.resource_version.as_deref());
+        match write_receipts(ctx, tenant, &[(pending.key(), Some(body.clone()))], rv).await {
+            Ok(()) => {
+                written = true;
+                break;
+            }
+            Err(Error::Kube(kube::Error::Api(s))) if s.code == 409 => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    if !written {
+        return Err(Error::Other(format!("could not note the erasure of {}", pending.what)));
+    }
     delete().await?;
     finish(ctx, tenant, pending).await
 }
@@ -278,7 +309,7 @@ async fn finish(ctx: &Context, tenant: &str, pending: &Pending) -> Result<bool> 
             erased_at: alcove_clock::format(ctx.now()),
             rule: pending.rule.clone(),
         };
-        let entries = [receipt_entry(&r)?, (pending.key(), None)];
+        let entries = [receipt_entry(&r, &pending.id())?, (pending.key(), None)];
         match write_receipts(ctx, tenant, &entries, cm.metadata.resource_version.as_deref()).await {
             Ok(()) => {
                 announce(ctx, tenant, &r).await;
@@ -657,5 +688,8 @@ mod tests {
         let other = Pending { what: "Namespace tenant-a".into(), ..pending.clone() };
         assert_ne!(pending.key(), other.key());
         assert_eq!(pending.key(), pending.clone().key(), "the same erasure, the same intent");
+        let mut again = pending.clone();
+        again.gone[0].uid = Some("another-uid".into());
+        assert_ne!(pending.key(), again.key(), "a tenant of the same name made again");
     }
 }
