@@ -497,10 +497,13 @@ impl Meter {
         committed
     }
 
-    /// `finish`, and the answer's last byte waits until the record is committed (bounded: a
-    /// store that is down keeps the record queued, not the answer).
+    /// `finish`; when the answer carries tokens (what is billed), its last byte waits until the
+    /// record is committed (bounded: a store that is down keeps the record queued, not the
+    /// answer). Answers without tokens do not wait: nothing is billed by them, and the wait
+    /// would cost the gateway's own ceiling most.
     async fn finish_durably(&mut self) {
-        if let Some(committed) = self.finish() {
+        let billed = self.usage.is_some_and(|u| u.total() > 0);
+        if let Some(committed) = self.finish().filter(|_| billed) {
             let _ = tokio::time::timeout(COMMIT_WAIT, committed).await;
         }
     }
