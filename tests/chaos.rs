@@ -136,18 +136,8 @@ impl World {
         let now = Timestamp::from_second(Timestamp::now().as_second()).unwrap();
         clock.set(now);
         let clock_path = clock.0.display().to_string();
-        let args = [
-            "--config",
-            config.to_str().unwrap(),
-            "--stripe-api-key",
-            localstripe::KEY,
-            "--stripe-api-base",
-            &stripe.base,
-            "--stripe-webhook-secret",
-            localstripe::WHSEC,
-            "--clock-file",
-            &clock_path,
-        ];
+        let args = billing_operator_args(&config, &stripe, &clock);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         // Two replicas with leader election (the chart's default).
         p.spawn_operator(&args).await;
         p.spawn_operator(&args).await;

@@ -884,7 +884,14 @@ pub async fn billing_platform() -> (Platform, LocalStripe, Clock, Vec<String>) {
     )
     .unwrap();
     let clock = Clock(p.dir.path().join("clock"));
-    let args = [
+    let mut args = billing_operator_args(&config, &stripe, &clock);
+    args.extend(["--leader-election".into(), "false".into()]);
+    (p, stripe, clock, args)
+}
+
+/// The operator arguments that bill through `stripe` with the prices in `config`, by `clock`.
+pub fn billing_operator_args(config: &Path, stripe: &LocalStripe, clock: &Clock) -> Vec<String> {
+    [
         "--config",
         config.to_str().unwrap(),
         "--stripe-api-key",
@@ -895,12 +902,9 @@ pub async fn billing_platform() -> (Platform, LocalStripe, Clock, Vec<String>) {
         localstripe::WHSEC,
         "--clock-file",
         clock.0.to_str().unwrap(),
-        "--leader-election",
-        "false",
     ]
     .map(str::to_string)
-    .to_vec();
-    (p, stripe, clock, args)
+    .to_vec()
 }
 
 /// The `Stripe-Signature` header Stripe sends with a webhook delivery of `payload` at `t`.
