@@ -661,7 +661,20 @@ async fn destroy(i: &InferenceInstance, ctx: &Context) -> Result<Action> {
     }
     // The history outlives the instance for the tenant's window; retention erases it then. Its
     // owner reference goes first, so the garbage collector does not take it with the instance.
-    if let Some(pvc) = find(&ctx.caches.pvcs, &ns, &builders::history_pvc_name(&name)) {
+    let history = builders::history_pvc_name(&name);
+    let pvc = match find(&ctx.caches.pvcs, &ns, &history) {
+        Some(p) => Some((*p).clone()),
+        // Not in the cache (one re-listing may lag): asked of the API server, as a claim left
+        // with its owner reference would go with the instance. (A list by name: the operator
+        // may list claims and needs no get.)
+        None => {
+            let api: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
+            let by_name =
+                kube::api::ListParams::default().fields(&format!("metadata.name={history}"));
+            api.list(&by_name).await?.items.into_iter().next()
+        }
+    };
+    if let Some(pvc) = pvc {
         crate::retention::release(ctx, &pvc, alcove_crds::DataClass::ConversationHistory).await?;
     }
     // The model cache, shared by the tenant's instances of the same source, when this was the last.
