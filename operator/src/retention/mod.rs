@@ -268,9 +268,11 @@ async fn exists(ctx: &Context, g: &Gone) -> Result<bool> {
     use crate::error::retry_passing;
     let c = ctx.client.clone();
     let found: Option<Option<String>> = match g.kind.as_str() {
+        // A list by name: the operator may list claims and needs no get.
         "PersistentVolumeClaim" => {
             let api: Api<PersistentVolumeClaim> = Api::namespaced(c, &g.namespace);
-            retry_passing(|| api.get_opt(&g.name)).await?.map(|o| o.uid())
+            let lp = kube::api::ListParams::default().fields(&format!("metadata.name={}", g.name));
+            retry_passing(|| api.list(&lp)).await?.items.into_iter().next().map(|o| o.uid())
         }
         "PersistentVolume" => {
             let api: Api<PersistentVolume> = Api::all(c);
