@@ -414,6 +414,15 @@ impl Platform {
     /// `kubectl get … -o json`.
     /// The receipts of `tenant`'s erasures (the operator's ConfigMap in alcove-system).
     pub async fn erasure_receipts(&self, tenant: &str) -> Vec<serde_json::Value> {
+        self.erasure_entries(tenant, false).await
+    }
+
+    /// The intents of erasures begun and not yet receipted (`pending-…` keys).
+    pub async fn erasure_intents(&self, tenant: &str) -> Vec<serde_json::Value> {
+        self.erasure_entries(tenant, true).await
+    }
+
+    async fn erasure_entries(&self, tenant: &str, intents: bool) -> Vec<serde_json::Value> {
         let name = format!("alcove-erasures-{tenant}");
         let (ok, out, _) =
             self.kubectl(&["get", "configmap", &name, "-n", "alcove-system", "-o", "json"]).await;
@@ -424,7 +433,10 @@ impl Platform {
         cm["data"]
             .as_object()
             .map(|d| {
-                d.values().map(|v| serde_json::from_str(v.as_str().unwrap()).unwrap()).collect()
+                d.iter()
+                    .filter(|(k, _)| k.starts_with("pending-") == intents)
+                    .map(|(_, v)| serde_json::from_str(v.as_str().unwrap()).unwrap())
+                    .collect()
             })
             .unwrap_or_default()
     }
@@ -439,6 +451,15 @@ impl Platform {
     pub async fn events(&self, ns: &str, reason: &str) -> Vec<serde_json::Value> {
         let v = self.json(&["get", "events", "-n", ns]).await;
         v["items"].as_array().unwrap().iter().filter(|e| e["reason"] == reason).cloned().collect()
+    }
+
+    /// Waits (10 s at most) for an Event of `reason` in `ns`. An Event follows the write it
+    /// announces, a retry or two later under API faults (`error::retry_passing`).
+    pub async fn event_announced(&self, ns: &str, reason: &str) {
+        eventually(&format!("a {reason} Event in {ns}"), Duration::from_secs(10), || async {
+            !self.events(ns, reason).await.is_empty()
+        })
+        .await;
     }
 }
 

@@ -208,13 +208,17 @@ pub async fn run_operator(args: OperatorArgs) -> anyhow::Result<()> {
     }
     {
         // Erasures interrupted between their deletion and their receipt (an operator killed
-        // there) get the receipt from here: at start, and every half minute.
+        // there) get the receipt from here, and a gone instance's usage ConfigMap written after
+        // its destroy goes: at start, and every half minute.
         let ctx = ctx.clone();
         tokio::spawn(async move {
             ctx.caches.ready().await;
             loop {
                 if let Err(e) = retention::finish_pending(&ctx).await {
                     tracing::warn!(error = %e, "could not finish interrupted erasures; trying again");
+                }
+                if let Err(e) = instance::sweep_usage(&ctx).await {
+                    tracing::warn!(error = %e, "could not sweep usage ConfigMaps; trying again");
                 }
                 tokio::time::sleep(std::time::Duration::from_secs(30)).await;
             }

@@ -8,7 +8,7 @@
 //
 // Environment: DASHBOARD_URL, MAILDIR, OUT (screenshots), OWNER, TENANT, CODES (code messages
 // the owner was sent before this journey), RENAME (the account's corrected name).
-import { check, code, env, launch, phone, screenshots, signIn } from "./common.mjs";
+import { check, code, env, launch, phone, screenshots, signIn, sleep } from "./common.mjs";
 
 const [url, maildir, out] = [env("DASHBOARD_URL"), env("MAILDIR"), env("OUT")];
 const [owner, tenant, codes] = [env("OWNER"), env("TENANT"), Number(env("CODES"))];
@@ -60,8 +60,15 @@ try {
   // Your data says when the rest goes; the delete link is gone, and asking again is refused.
   await page.getByRole("link", { name: "Follow it on Your data" }).click();
   await page.waitForLoadState();
+  // The date is the operator's (its status), written a moment after the deletion: until then
+  // the page says "at the end of its account-data window", and a reload shows the date.
+  const banner = page.getByText(`This account is deleted. Everything left is erased at ${result.erase_by}.`);
+  for (let i = 0; i < 60 && !(await banner.count()); i++) {
+    await sleep(500);
+    await page.reload();
+  }
   await screenshot(page, "delete-account-data");
-  await page.getByText(`This account is deleted. Everything left is erased at ${result.erase_by}.`).waitFor();
+  await banner.waitFor();
   check(!(await page.locator("#delete-account").count()), "no delete link once deleted");
   const again = await page.goto(`${url}/t/${tenant}/delete`);
   result.again = again.status();

@@ -289,6 +289,13 @@ async fn reconcile_inner(i: &InferenceInstance, ctx: &Context) -> Result<Action>
             },
         ),
     };
+    // A pod this operator deleted that the cache still shows as it was (a re-listing lags) is
+    // not serving: it never makes the instance Ready. (Under API faults, a resume read the
+    // suspended run's pod from a stale cache and said Ready before the new pod existed.)
+    let deleted_mark = |p: &Pod| format!("Delete/Pod/{}", p.uid().unwrap_or_default());
+    let deleted_by_us = live
+        .as_deref()
+        .is_some_and(|p| ctx.writes.already_written(&deleted_mark(p), Some("deleted")));
     let delete_pod = || async {
         ignore_missing(
             pods.delete(
@@ -296,7 +303,11 @@ async fn reconcile_inner(i: &InferenceInstance, ctx: &Context) -> Result<Action>
                 &DeleteParams { grace_period_seconds: Some(2), ..Default::default() },
             )
             .await,
-        )
+        )?;
+        if let Some(p) = live.as_deref() {
+            ctx.writes.record(deleted_mark(p), Some("deleted".into()), String::new());
+        }
+        Ok::<(), Error>(())
     };
     // A pod we just created, or one the scheduler has not placed or refused yet: its next event
     // follows at once and says more than a status written now would.
@@ -309,10 +320,12 @@ async fn reconcile_inner(i: &InferenceInstance, ctx: &Context) -> Result<Action>
             }
         }
         (Ok(_), Some(p)) if suspended => {
-            if p.metadata.deletion_timestamp.is_none() {
+            if p.metadata.deletion_timestamp.is_none() && !deleted_by_us {
                 delete_pod().await?;
             }
-            obs.pod = Some(PodView::of(p));
+            let mut view = PodView::of(p);
+            view.deleting |= deleted_by_us;
+            obs.pod = Some(view);
         }
         (Ok(_), None) if suspended || obs.waiting.is_some() => {}
         (Ok(pod), None) => {
@@ -336,10 +349,11 @@ async fn reconcile_inner(i: &InferenceInstance, ctx: &Context) -> Result<Action>
                 p.status.as_ref().and_then(|s| s.phase.as_deref()),
                 Some("Failed" | "Succeeded")
             );
-            if (stale || finished) && p.metadata.deletion_timestamp.is_none() {
+            if (stale || finished) && p.metadata.deletion_timestamp.is_none() && !deleted_by_us {
                 delete_pod().await?;
             }
-            let view = PodView::of(p);
+            let mut view = PodView::of(p);
+            view.deleting |= deleted_by_us;
             pod_on_its_way = !(stale || finished)
                 && lifecycle::awaiting_scheduler(
                     &view,
@@ -642,7 +656,14 @@ async fn destroy(i: &InferenceInstance, ctx: &Context) -> Result<Action> {
     // Tokens: the gateway's last totals are billed, then its usage ConfigMap goes. The gateway
     // publishes them when it sees the delete; its word is awaited a bounded time.
     let usage_name = alcove_crds::gateway_usage::name(&i.uid().unwrap_or_default());
-    if let Some(cm) = find(&ctx.caches.config_maps, &ctx.config.namespace, &usage_name) {
+    let usage: Api<ConfigMap> = Api::namespaced(client.clone(), &ctx.config.namespace);
+    let cm = match find(&ctx.caches.config_maps, &ctx.config.namespace, &usage_name) {
+        Some(cm) => Some((*cm).clone()),
+        // Not in the cache (a re-listing may lag): asked of the API server, as tokens the
+        // gateway published would otherwise go unbilled and their ConfigMap stay behind.
+        None => usage.get_opt(&usage_name).await?,
+    };
+    if let Some(cm) = cm {
         let deleted =
             i.metadata.deletion_timestamp.as_ref().map(|t| t.0).unwrap_or_else(|| ctx.now());
         let waited = ctx.now().duration_since(deleted);
@@ -656,7 +677,6 @@ async fn destroy(i: &InferenceInstance, ctx: &Context) -> Result<Action> {
         {
             crate::billing::report_tokens(ctx, &tenant, i, true).await?;
         }
-        let usage: Api<ConfigMap> = Api::namespaced(client.clone(), &ctx.config.namespace);
         ignore_missing(usage.delete(&usage_name, &DeleteParams::default()).await)?;
     }
     // The history outlives the instance for the tenant's window; retention erases it then. Its
@@ -688,6 +708,47 @@ async fn destroy(i: &InferenceInstance, ctx: &Context) -> Result<Action> {
     }
     remove_finalizer(&instances, i, FINALIZER).await?;
     Ok(Action::await_change())
+}
+
+/// Deletes the gateway's usage ConfigMaps whose instance is gone (asked of the API server, by
+/// UID). The destroy deletes an instance's own, but a gateway that hears of the deletion late (a
+/// cut watch, a restart) can publish its last word after that: the chaos test under API faults
+/// found one left so. Returns how many went.
+pub async fn sweep_usage(ctx: &Context) -> Result<usize> {
+    use alcove_crds::gateway_usage as u;
+    let cms: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ctx.config.namespace);
+    let lp = kube::api::ListParams::default().labels(&format!("{}=gateway", u::LABEL));
+    let mut deleted = 0;
+    for cm in cms.list(&lp).await?.items {
+        let data = cm.data.clone().unwrap_or_default();
+        let (Some(ns), Some(name), Some(uid)) =
+            (data.get(u::NAMESPACE), data.get(u::INSTANCE), data.get(u::INSTANCE_UID))
+        else {
+            continue;
+        };
+        let instances: Api<InferenceInstance> = Api::namespaced(ctx.client.clone(), ns);
+        let by_name = kube::api::ListParams::default().fields(&format!("metadata.name={name}"));
+        if instances.list(&by_name).await?.items.iter().any(|i| i.uid().as_ref() == Some(uid)) {
+            continue;
+        }
+        // Only the version read: one the gateway writes again meanwhile waits for the next sweep.
+        let dp = DeleteParams {
+            preconditions: Some(kube::api::Preconditions {
+                uid: cm.uid(),
+                resource_version: cm.resource_version(),
+            }),
+            ..Default::default()
+        };
+        match cms.delete(&cm.name_any(), &dp).await {
+            Ok(_) => {
+                deleted += 1;
+                tracing::info!(instance = %format!("{ns}/{name}"), "usage ConfigMap of a gone instance deleted");
+            }
+            Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(deleted)
 }
 
 fn error_policy(i: Arc<InferenceInstance>, error: &Error, ctx: Arc<Context>) -> Action {

@@ -25,6 +25,16 @@ use policy::Verdict;
 
 const CONTROLLER: &str = "retention";
 
+/// `patch`, applied only over the version of `pvc` it was decided from (409 otherwise, and the
+/// pass is retried from a fresher cache). A stale cache under API faults released a volume a
+/// second time, after the injected clock had jumped, and so moved its deadline 14 days on.
+fn over(pvc: &PersistentVolumeClaim, mut patch: serde_json::Value) -> serde_json::Value {
+    if let Some(rv) = pvc.resource_version() {
+        patch["metadata"]["resourceVersion"] = rv.into();
+    }
+    patch
+}
+
 /// Releases `pvc` to retention as `class`: the window is the tenant's.
 pub async fn release(ctx: &Context, pvc: &PersistentVolumeClaim, class: DataClass) -> Result<()> {
     if policy::is_released(pvc) {
@@ -34,7 +44,7 @@ pub async fn release(ctx: &Context, pvc: &PersistentVolumeClaim, class: DataClas
     let tenant_name = crate::names::tenant_of_namespace(&ns).unwrap_or_default().to_string();
     let tenant = find_cluster(&ctx.caches.tenants, &tenant_name);
     let w = policy::window(tenant.as_deref(), class, ctx.config.default_window(class));
-    let patch = policy::release_patch(&tenant_name, class, w, ctx.now());
+    let patch = over(pvc, policy::release_patch(&tenant_name, class, w, ctx.now()));
     let api: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
     api.patch(&pvc.name_any(), &crate::apply::merge_params(), &Patch::Merge(&patch)).await?;
     tracing::info!(volume = %key(pvc), class = class.as_str(), window = %w, "volume released to retention");
@@ -53,7 +63,7 @@ pub async fn reclaim<K: kube::Resource<DynamicType = ()>>(
     api.patch(
         &pvc.name_any(),
         &crate::apply::merge_params(),
-        &Patch::Merge(&policy::reclaim_patch(&owner_ref)),
+        &Patch::Merge(&over(pvc, policy::reclaim_patch(&owner_ref))),
     )
     .await?;
     tracing::info!(volume = %key(pvc), "released volume re-attached to its re-created owner");
@@ -65,8 +75,8 @@ pub async fn reclaim<K: kube::Resource<DynamicType = ()>>(
 pub async fn keep(ctx: &Context, pvc: &PersistentVolumeClaim) -> Result<()> {
     let api: Api<PersistentVolumeClaim> =
         Api::namespaced(ctx.client.clone(), &pvc.namespace().unwrap_or_default());
-    api.patch(&pvc.name_any(), &crate::apply::merge_params(), &Patch::Merge(&policy::keep_patch()))
-        .await?;
+    let patch = over(pvc, policy::keep_patch());
+    api.patch(&pvc.name_any(), &crate::apply::merge_params(), &Patch::Merge(&patch)).await?;
     tracing::info!(volume = %key(pvc), "released volume used again; kept");
     Ok(())
 }
@@ -259,6 +269,7 @@ where
     if !written {
         return Err(Error::Other(format!("could not note the erasure of {}", pending.what)));
     }
+    tracing::debug!(tenant, what = %pending.what, "erasure intent written; deleting");
     delete().await?;
     finish(ctx, tenant, pending).await
 }
@@ -293,6 +304,7 @@ async fn exists(ctx: &Context, g: &Gone) -> Result<bool> {
 async fn finish(ctx: &Context, tenant: &str, pending: &Pending) -> Result<bool> {
     for g in &pending.gone {
         if exists(ctx, g).await? {
+            tracing::debug!(tenant, what = %pending.what, still = %g.name, "receipt waits");
             return Ok(false);
         }
     }
@@ -469,7 +481,9 @@ async fn reconcile_inner(pvc: &PersistentVolumeClaim, ctx: &Context) -> Result<A
     let tenant = find_cluster(&ctx.caches.tenants, &tenant_name);
     let hold = tenant.as_ref().is_some_and(|t| t.spec.legal_hold);
     let now = ctx.now();
-    match policy::verdict(pvc, now, hold) {
+    let verdict = policy::verdict(pvc, now, hold);
+    tracing::debug!(volume = %key(pvc), ?verdict, "retention verdict");
+    match verdict {
         Verdict::NotReleased | Verdict::Held => Ok(Action::await_change()),
         Verdict::KeepUntil(deadline) => {
             let wait = deadline.duration_since(now).unsigned_abs();
@@ -480,6 +494,7 @@ async fn reconcile_inner(pvc: &PersistentVolumeClaim, ctx: &Context) -> Result<A
             // catching up after a cut watch may not show a legal hold set moments ago, or a
             // claim its owner took back (an API-fault run erased under a legal hold that way).
             let Some((pvc, deadline)) = confirmed(ctx, pvc, &tenant_name).await? else {
+                tracing::debug!(volume = %key(pvc), "erasure not confirmed by the API server");
                 return Ok(Action::requeue(Duration::from_secs(1)));
             };
             let pvc = &pvc;
@@ -493,6 +508,7 @@ async fn reconcile_inner(pvc: &PersistentVolumeClaim, ctx: &Context) -> Result<A
                 .iter()
                 .any(|p| crate::context::mounted_claims(p).contains(&name.as_str()));
             if mounted {
+                tracing::debug!(volume = %key(pvc), "erasure waits: a pod mounts the volume");
                 return Ok(Action::requeue(Duration::from_secs(5)));
             }
             let class = pvc.labels().get(LABEL_DATA_CLASS).cloned().unwrap_or_default();
@@ -693,5 +709,20 @@ mod tests {
         let mut again = pending.clone();
         again.gone[0].uid = Some("another-uid".into());
         assert_ne!(pending.key(), again.key(), "a tenant of the same name made again");
+    }
+
+    #[test]
+    fn a_release_is_written_only_over_the_version_it_was_decided_from() {
+        let mut pvc = PersistentVolumeClaim::default();
+        pvc.metadata.resource_version = Some("41".into());
+        let w = alcove_crds::Window::parse("3d").unwrap();
+        let now = jiff::Timestamp::from_second(1_800_000_000).unwrap();
+        let patch =
+            over(&pvc, policy::release_patch("acme", DataClass::ConversationHistory, w, now));
+        assert_eq!(patch["metadata"]["resourceVersion"], "41");
+        assert!(patch["metadata"]["ownerReferences"].is_null());
+        assert!(patch["metadata"]["annotations"][alcove_crds::ANNOTATION_RETAIN_UNTIL].is_string());
+        pvc.metadata.resource_version = None;
+        assert!(over(&pvc, policy::keep_patch())["metadata"].get("resourceVersion").is_none());
     }
 }
