@@ -739,6 +739,8 @@ pub struct Dashboard {
     pub maildir: PathBuf,
     pub dir: PathBuf,
     process: Process,
+    /// The run injects API faults: its browsers click again on "Try again shortly".
+    api_faults: bool,
 }
 
 impl Dashboard {
@@ -790,7 +792,7 @@ impl Dashboard {
         std::fs::File::create(&log).unwrap();
         let child = process.launch();
         serving("the dashboard lists tenants", &format!("{url}/readyz")).await;
-        Dashboard { child, smtp, url, log, maildir, dir, process }
+        Dashboard { child, smtp, url, log, maildir, dir, process, api_faults: p.api_faults() }
     }
 
     /// SIGKILL (its mail server goes on).
@@ -853,7 +855,11 @@ impl Dashboard {
 
     /// A new browser-like client (its own cookie jar).
     pub fn browser(&self, name: &str) -> Browser {
-        Browser { jar: self.dir.join(format!("{name}.cookies")), base: self.url.clone() }
+        Browser {
+            jar: self.dir.join(format!("{name}.cookies")),
+            base: self.url.clone(),
+            click_again: self.api_faults,
+        }
     }
 
     /// A client signed in as `email` with the code mailed to it (`n`: mails to it before).
@@ -986,6 +992,10 @@ pub async fn browser_journey(
 pub struct Browser {
     pub jar: PathBuf,
     pub base: String,
+    /// Under API faults: a request answered "Try again shortly" (the dashboard's answer to a
+    /// passing API error, which changes nothing) is sent again, up to 3 times a second apart, as
+    /// a customer would. In a clean run that page is a failure to see.
+    pub click_again: bool,
 }
 
 #[derive(Debug)]
@@ -1010,6 +1020,21 @@ impl WebPage {
 
 impl Browser {
     async fn curl(&self, args: &[&str]) -> WebPage {
+        let mut page = self.curl_once(args).await;
+        for _ in 0..3 {
+            if !(self.click_again
+                && page.status == 503
+                && page.body.contains("<title>Try again shortly"))
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            page = self.curl_once(args).await;
+        }
+        page
+    }
+
+    async fn curl_once(&self, args: &[&str]) -> WebPage {
         let out = tokio::process::Command::new("curl")
             .args(["-s", "-i", "--max-time", "60", "-b"])
             .arg(&self.jar)

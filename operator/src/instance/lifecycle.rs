@@ -490,8 +490,14 @@ pub fn set_billing(
     let c = |ok: bool, reason: &str, message: &str| {
         conditions::condition(&prev, condition::BILLING, ok, reason, message, generation, now)
     };
-    if let Metered::Billed { through, .. } = metered {
-        s.billed_through = through.map(alcove_clock::format_millis);
+    // Billing only moves forward: a pass that read a ledger cache from before this instance's
+    // last report (a re-listing lags) must not take `billedThrough` back. (Under API faults it
+    // flipped between the two, and with it the tenant's balance.)
+    if let Metered::Billed { through: Some(through), .. } = metered {
+        let known = s.billed_through.as_deref().and_then(alcove_clock::parse);
+        if known.is_none_or(|k| k < *through) {
+            s.billed_through = Some(alcove_clock::format_millis(*through));
+        }
     }
     let through =
         s.billed_through.clone().map(|t| format!("; billed through {t}")).unwrap_or_default();
@@ -654,6 +660,27 @@ mod tests {
         assert_eq!(s.phase, Some(InstancePhase::Suspended));
         assert_eq!(s.gpu_seconds, 120);
         assert!(s.started_at.is_none());
+    }
+
+    #[test]
+    fn billed_through_never_goes_back() {
+        use crate::billing::meter::Metered;
+        let i = instance();
+        let ready =
+            Observation { pod: Some(pod(Some((true, "", "")), true)), ..Default::default() };
+        let now = at("2026-11-22T10:05:00Z");
+        let billed = |t: Option<&str>| Metered::Billed { through: t.map(at), next: None };
+        let mut s = desired_status(&i, &ready, now);
+        set_billing(&mut s, &billed(Some("2026-11-22T10:04:00Z")), None, Some(1), now);
+        let through = |t: &str| Some(alcove_clock::format_millis(at(t)));
+        assert_eq!(s.billed_through, through("2026-11-22T10:04:00Z"));
+        for stale in [billed(Some("2026-11-22T10:03:00Z")), billed(None)] {
+            let mut again = s.clone();
+            set_billing(&mut again, &stale, None, Some(1), now);
+            assert_eq!(again.billed_through, s.billed_through, "{stale:?}");
+        }
+        set_billing(&mut s, &billed(Some("2026-11-22T10:05:00Z")), None, Some(1), now);
+        assert_eq!(s.billed_through, through("2026-11-22T10:05:00Z"));
     }
 
     #[test]

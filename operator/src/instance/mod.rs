@@ -445,6 +445,18 @@ async fn write_status(
     let run_start =
         prev.started_at.as_deref().or(next.started_at.as_deref()).and_then(alcove_clock::parse);
     let ends = prev.started_at.is_some() && next.started_at.is_none();
+    if ends {
+        // A run's end is billed once, by the pass that ends it. A cache from before an earlier
+        // pass ended it (a re-listing lags) would end it again, later, and bill the seconds
+        // between twice (found under API faults). So the API server's version is asked first;
+        // a cache behind it waits for the watch to catch up. (A list by name: no get needed.)
+        let by_name =
+            kube::api::ListParams::default().fields(&format!("metadata.name={}", i.name_any()));
+        let live = api.list(&by_name).await?.items.into_iter().find(|l| l.uid() == i.uid());
+        if live.is_some_and(|l| l.resource_version() != i.resource_version()) {
+            return Ok(Action::requeue(Duration::from_secs(1)));
+        }
+    }
     let metered = match tenant {
         Some(t) => crate::billing::report(ctx, t, i, run_start, ends.then_some(now), false).await,
         None => crate::billing::meter::Metered::Off(
@@ -710,25 +722,33 @@ async fn destroy(i: &InferenceInstance, ctx: &Context) -> Result<Action> {
     Ok(Action::await_change())
 }
 
-/// Deletes the gateway's usage ConfigMaps whose instance is gone (asked of the API server, by
-/// UID). The destroy deletes an instance's own, but a gateway that hears of the deletion late (a
-/// cut watch, a restart) can publish its last word after that: the chaos test under API faults
-/// found one left so. Returns how many went.
+/// Deletes the gateway's usage ConfigMaps whose instance is gone. The destroy deletes an
+/// instance's own, but a gateway that hears of the deletion late (a cut watch, a restart) can
+/// publish its last word after that: the chaos test under API faults found one left so. Read
+/// from the caches; only a ConfigMap whose instance the cache lacks costs a request (is it gone,
+/// by UID, asked of the API server). Returns how many went.
 pub async fn sweep_usage(ctx: &Context) -> Result<usize> {
     use alcove_crds::gateway_usage as u;
-    let cms: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ctx.config.namespace);
-    let lp = kube::api::ListParams::default().labels(&format!("{}=gateway", u::LABEL));
+    let ns = &ctx.config.namespace;
+    let cms: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), ns);
     let mut deleted = 0;
-    for cm in cms.list(&lp).await?.items {
+    for cm in ctx.caches.by_namespace.config_maps.objects(&ctx.caches.config_maps, ns) {
+        if cm.labels().get(u::LABEL).map(String::as_str) != Some("gateway") {
+            continue;
+        }
         let data = cm.data.clone().unwrap_or_default();
-        let (Some(ns), Some(name), Some(uid)) =
+        let (Some(i_ns), Some(name), Some(uid)) =
             (data.get(u::NAMESPACE), data.get(u::INSTANCE), data.get(u::INSTANCE_UID))
         else {
             continue;
         };
-        let instances: Api<InferenceInstance> = Api::namespaced(ctx.client.clone(), ns);
+        let same = |i: &InferenceInstance| i.uid().as_ref() == Some(uid);
+        if find(&ctx.caches.instances, i_ns, name).is_some_and(|i| same(&i)) {
+            continue;
+        }
+        let instances: Api<InferenceInstance> = Api::namespaced(ctx.client.clone(), i_ns);
         let by_name = kube::api::ListParams::default().fields(&format!("metadata.name={name}"));
-        if instances.list(&by_name).await?.items.iter().any(|i| i.uid().as_ref() == Some(uid)) {
+        if instances.list(&by_name).await?.items.iter().any(same) {
             continue;
         }
         // Only the version read: one the gateway writes again meanwhile waits for the next sweep.
@@ -742,7 +762,7 @@ pub async fn sweep_usage(ctx: &Context) -> Result<usize> {
         match cms.delete(&cm.name_any(), &dp).await {
             Ok(_) => {
                 deleted += 1;
-                tracing::info!(instance = %format!("{ns}/{name}"), "usage ConfigMap of a gone instance deleted");
+                tracing::info!(instance = %format!("{i_ns}/{name}"), "usage ConfigMap of a gone instance deleted");
             }
             Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
             Err(e) => return Err(e.into()),
