@@ -168,3 +168,14 @@ pub fn ignore_missing<T>(r: std::result::Result<T, kube::Error>) -> Result<()> {
         Err(e) => Err(e.into()),
     }
 }
+
+/// The objects named `name` as the API server has them now, not as a cache does: a list by name,
+/// because the operator may list and watch its kinds and needs no get. (At most one; a caller
+/// that must not take a re-created object of the same name for it compares UIDs.)
+pub async fn live<K>(api: &Api<K>, name: &str) -> std::result::Result<Vec<K>, kube::Error>
+where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let by_name = kube::api::ListParams::default().fields(&format!("metadata.name={name}"));
+    Ok(api.list(&by_name).await?.items)
+}

@@ -192,11 +192,9 @@ async fn credit(
         return Ok(Credit::Ignored(format!("customer {customer} belongs to no tenant")));
     };
     let tenants: kube::Api<alcove_crds::Tenant> = kube::Api::all(s.client.clone());
-    // A list by name: the operator's RBAC has list (for its caches) and no need for get.
-    let by_name = kube::api::ListParams::default().fields(&format!("metadata.name={tenant_name}"));
-    let found = crate::error::retry_passing(|| tenants.list(&by_name)).await?;
-    let Some(tenant) = found.items.into_iter().find(|t| t.uid().as_deref() == Some(uid.as_str()))
-    else {
+    let found =
+        crate::error::retry_passing(|| crate::controller::live(&tenants, &tenant_name)).await?;
+    let Some(tenant) = found.into_iter().find(|t| t.uid().as_deref() == Some(uid.as_str())) else {
         return Ok(Credit::Ignored(format!(
             "tenant {tenant_name} of customer {customer} no longer exists"
         )));

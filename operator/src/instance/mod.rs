@@ -449,10 +449,9 @@ async fn write_status(
         // A run's end is billed once, by the pass that ends it. A cache from before an earlier
         // pass ended it (a re-listing lags) would end it again, later, and bill the seconds
         // between twice (found under API faults). So the API server's version is asked first;
-        // a cache behind it waits for the watch to catch up. (A list by name: no get needed.)
-        let by_name =
-            kube::api::ListParams::default().fields(&format!("metadata.name={}", i.name_any()));
-        let live = api.list(&by_name).await?.items.into_iter().find(|l| l.uid() == i.uid());
+        // a cache behind it waits for the watch to catch up.
+        let live =
+            controller::live(api, &i.name_any()).await?.into_iter().find(|l| l.uid() == i.uid());
         if live.is_some_and(|l| l.resource_version() != i.resource_version()) {
             return Ok(Action::requeue(Duration::from_secs(1)));
         }
@@ -697,13 +696,10 @@ async fn destroy(i: &InferenceInstance, ctx: &Context) -> Result<Action> {
     let pvc = match find(&ctx.caches.pvcs, &ns, &history) {
         Some(p) => Some((*p).clone()),
         // Not in the cache (one re-listing may lag): asked of the API server, as a claim left
-        // with its owner reference would go with the instance. (A list by name: the operator
-        // may list claims and needs no get.)
+        // with its owner reference would go with the instance.
         None => {
             let api: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
-            let by_name =
-                kube::api::ListParams::default().fields(&format!("metadata.name={history}"));
-            api.list(&by_name).await?.items.into_iter().next()
+            controller::live(&api, &history).await?.into_iter().next()
         }
     };
     if let Some(pvc) = pvc {
@@ -747,8 +743,7 @@ pub async fn sweep_usage(ctx: &Context) -> Result<usize> {
             continue;
         }
         let instances: Api<InferenceInstance> = Api::namespaced(ctx.client.clone(), i_ns);
-        let by_name = kube::api::ListParams::default().fields(&format!("metadata.name={name}"));
-        if instances.list(&by_name).await?.items.iter().any(same) {
+        if controller::live(&instances, name).await?.iter().any(same) {
             continue;
         }
         // Only the version read: one the gateway writes again meanwhile waits for the next sweep.

@@ -279,11 +279,13 @@ async fn exists(ctx: &Context, g: &Gone) -> Result<bool> {
     use crate::error::retry_passing;
     let c = ctx.client.clone();
     let found: Option<Option<String>> = match g.kind.as_str() {
-        // A list by name: the operator may list claims and needs no get.
         "PersistentVolumeClaim" => {
             let api: Api<PersistentVolumeClaim> = Api::namespaced(c, &g.namespace);
-            let lp = kube::api::ListParams::default().fields(&format!("metadata.name={}", g.name));
-            retry_passing(|| api.list(&lp)).await?.items.into_iter().next().map(|o| o.uid())
+            retry_passing(|| controller::live(&api, &g.name))
+                .await?
+                .into_iter()
+                .next()
+                .map(|o| o.uid())
         }
         "PersistentVolume" => {
             let api: Api<PersistentVolume> = Api::all(c);
@@ -530,20 +532,17 @@ async fn confirmed(
     cached: &PersistentVolumeClaim,
     tenant_name: &str,
 ) -> Result<Option<(PersistentVolumeClaim, jiff::Timestamp)>> {
-    let by_name =
-        |name: &str| kube::api::ListParams::default().fields(&format!("metadata.name={name}"));
+    use crate::error::retry_passing;
     let claims: Api<PersistentVolumeClaim> =
         Api::namespaced(ctx.client.clone(), &cached.namespace().unwrap_or_default());
-    let claim_query = by_name(&cached.name_any());
-    let live = crate::error::retry_passing(|| claims.list(&claim_query)).await?;
-    let Some(live) = live.items.into_iter().find(|c| c.uid() == cached.uid()) else {
+    let name = cached.name_any();
+    let live = retry_passing(|| controller::live(&claims, &name)).await?;
+    let Some(live) = live.into_iter().find(|c| c.uid() == cached.uid()) else {
         return Ok(None);
     };
     let tenants: Api<Tenant> = Api::all(ctx.client.clone());
-    let tenant_query = by_name(tenant_name);
-    let hold = crate::error::retry_passing(|| tenants.list(&tenant_query))
+    let hold = retry_passing(|| controller::live(&tenants, tenant_name))
         .await?
-        .items
         .iter()
         .any(|t| t.spec.legal_hold);
     Ok(match policy::verdict(&live, ctx.now(), hold) {
