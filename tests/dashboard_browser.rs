@@ -40,7 +40,13 @@ async fn a_customer_journey_in_chromium() {
     // The export it downloaded, opened by GNU tar: the knowledge base's document as uploaded,
     // the conversation that answered from it, the instance.
     let dir = out.join("export");
-    unpack_export(&out.join("export.tar"), &dir);
+    let manifest = unpack_export(&out.join("export.tar"), &dir);
+    // The parts it left out are named with a reason; the instance's conversations are not.
+    let omitted = manifest["omitted"].as_array().unwrap();
+    assert!(
+        !omitted.iter().any(|o| o["part"].as_str().unwrap().starts_with("conversations/")),
+        "{omitted:?}"
+    );
     let doc = std::fs::read_to_string(dir.join("knowledge-bases/docs/documents/uploads/leave.md"))
         .expect("the uploaded document");
     assert!(doc.contains("25 vacation days"), "{doc}");

@@ -94,6 +94,7 @@ async fn no_request_sets_a_header_or_breaks_a_server_on_any_http_surface() {
     p.ok(&["apply", "-f", &example("good/instance-safetensors.yaml")]).await;
     p.wait_condition("inst/chat -n tenant-startup", "Ready", 120).await;
     let key = api_key(&p, "tenant-startup", "chat").await;
+    gw.learn_key(&p, &key).await;
     // The instance's own port, as the node reaches it (devcluster maps it to a loopback port).
     let pods = ["get", "pods", "-n", "tenant-startup", "-l", "alcove.dev/instance=chat"];
     let uid = p.jsonpath(&pods, "{.items[0].metadata.uid}").await;

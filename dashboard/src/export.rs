@@ -254,6 +254,32 @@ pub async fn write(
     }
 }
 
+/// An instance's key, asked again (twice at most, 1 s then 2 s later) after the API server's own
+/// passing trouble: a 5xx or no answer (kube's client already waits out a 429). An export is
+/// read once; a part left out for a moment's trouble would be missing from what the customer
+/// keeps.
+async fn key_of(
+    app: &Sources,
+    email: &str,
+    tenant: &str,
+    name: &str,
+) -> Result<Option<String>, kube::Error> {
+    let passing = |r: &Result<Option<String>, kube::Error>| match r {
+        Err(kube::Error::Api(s)) => s.code >= 500,
+        Err(_) => true,
+        Ok(_) => false,
+    };
+    let mut key = app.cluster.instance_key(email, tenant, name).await;
+    for wait in [1, 2] {
+        if !passing(&key) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(wait)).await;
+        key = app.cluster.instance_key(email, tenant, name).await;
+    }
+    key
+}
+
 async fn parts(
     app: &Sources,
     email: &str,
@@ -339,21 +365,24 @@ async fn parts(
     for i in &instances {
         let name = i.name_any();
         let dir = format!("conversations/{}", component(&name));
-        let key = match app.cluster.instance_key(email, &t, &name).await {
+        let key = match key_of(app, email, &t, &name).await {
             Ok(Some(k)) => k,
-            Ok(None) | Err(_) => {
+            Ok(None) => {
                 w.omit(&dir, "the instance has no API key yet, so its store cannot be read");
                 continue;
             }
+            Err(e) => {
+                w.omit(&dir, format!("the cluster did not answer when the instance's key was read ({e}). Export again to include them."));
+                continue;
+            }
         };
-        let (status, list) =
-            match app.gateway.json(http::Method::GET, "/conversations", &key, None).await {
-                Ok(answer) => answer,
-                Err(e) => {
-                    w.omit(&dir, format!("the instance could not be reached: {e}"));
-                    continue;
-                }
-            };
+        let (status, list) = match app.gateway.read("/conversations", &key).await {
+            Ok(answer) => answer,
+            Err(e) => {
+                w.omit(&dir, format!("the instance could not be reached: {e}"));
+                continue;
+            }
+        };
         if status != 200 {
             let why = list["error"]["message"].as_str().unwrap_or("it did not answer");
             w.omit(&dir, format!("the instance's store could not be read (status {status}): {why}. Start the instance and export again to include them."));
@@ -362,7 +391,7 @@ async fn parts(
         for c in list["data"].as_array().cloned().unwrap_or_default() {
             let Some(id) = c["id"].as_str() else { continue };
             let path = format!("/conversations/{}", component(id));
-            match app.gateway.json(http::Method::GET, &path, &key, None).await {
+            match app.gateway.read(&path, &key).await {
                 Ok((200, body)) => {
                     let p = format!("{dir}/{}.json", component(id));
                     put!(w.json(&p, "a conversation, decrypted", &body).await);

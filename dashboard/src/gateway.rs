@@ -81,6 +81,22 @@ impl GatewayClient {
         Ok(answer)
     }
 
+    /// A GET whose answer is JSON, asked again (twice at most, 1 s then 2 s later) while the
+    /// failure is a passing one: no answer, or 502/503/504 (an instance restarting, a gateway
+    /// that has not yet seen it Ready). For reads whose result a customer keeps, as an export.
+    /// A 401 is not asked again: each one counts towards the address's failed sign-ins.
+    pub async fn read(&self, path: &str, key: &str) -> anyhow::Result<(u16, Value)> {
+        let mut answer = self.json(http::Method::GET, path, key, None).await;
+        for wait in [1, 2] {
+            if matches!(answer, Ok((status, _)) if !matches!(status, 502..=504)) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_secs(wait)).await;
+            answer = self.json(http::Method::GET, path, key, None).await;
+        }
+        answer
+    }
+
     /// A call whose answer is JSON: (status, body).
     pub async fn json(
         &self,
@@ -93,5 +109,51 @@ impl GatewayClient {
         let status = answer.status().as_u16();
         let bytes = answer.into_body().collect().await.context("reading the gateway's answer")?;
         Ok((status, serde_json::from_slice(&bytes.to_bytes()).unwrap_or(Value::Null)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::GatewayClient;
+    use std::io::{Read, Write};
+    use std::sync::{Arc, Mutex};
+
+    /// A loopback server answering each request with the next status of `statuses`; returns its
+    /// base URL and the paths it was asked for.
+    fn answering(statuses: Vec<u16>) -> (String, Arc<Mutex<Vec<String>>>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let asked = Arc::new(Mutex::new(Vec::new()));
+        let log = asked.clone();
+        std::thread::spawn(move || {
+            for (stream, status) in listener.incoming().zip(statuses) {
+                let Ok(mut s) = stream else { continue };
+                let mut buf = [0u8; 4096];
+                let n = s.read(&mut buf).unwrap_or(0);
+                let req = String::from_utf8_lossy(&buf[..n]).into_owned();
+                log.lock().unwrap().push(req.split_whitespace().nth(1).unwrap_or("").to_string());
+                let body = format!("{{\"status\":{status}}}");
+                let _ = write!(
+                    s,
+                    "HTTP/1.1 {status} X\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        (base, asked)
+    }
+
+    #[tokio::test]
+    async fn a_read_is_asked_again_after_a_passing_failure_and_not_after_a_refusal() {
+        let (base, asked) = answering(vec![503, 502, 200]);
+        let gw = GatewayClient::new(&base, None).unwrap();
+        let (status, body) = gw.read("/conversations", "k").await.unwrap();
+        assert_eq!((status, body["status"].as_u64()), (200, Some(200)));
+        assert_eq!(asked.lock().unwrap().len(), 3);
+
+        let (base, asked) = answering(vec![401, 200]);
+        let gw = GatewayClient::new(&base, None).unwrap();
+        assert_eq!(gw.read("/conversations", "k").await.unwrap().0, 401);
+        assert_eq!(*asked.lock().unwrap(), ["/v1/conversations"], "a 401 is not asked again");
     }
 }
