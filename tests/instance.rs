@@ -451,6 +451,15 @@ async fn rotating_the_key_revokes_the_old_one_and_prompts_update_in_place() {
         (k != old).then_some(k)
     })
     .await;
+    // A rotation re-creates the pod, so the old key stops at once (the running server would
+    // also read the new key when its volume refreshes, so "the new key works" alone could be
+    // met by the old pod while the re-creation still waits, as under API faults it can).
+    let rotated = until_some("the pod re-created for the new key", Duration::from_secs(30), || {
+        let uid = uid.clone();
+        let p = &p;
+        async move { pod_uid(p, "tenant-startup", "chat").await.filter(|u| *u != uid) }
+    })
+    .await;
     p.wait_condition("inst/chat -n tenant-startup", "Ready", 60).await;
     eventually("the new key works", Duration::from_secs(30), || async {
         tokens(new.clone()).await.0 == 200
@@ -500,6 +509,11 @@ async fn rotating_the_key_revokes_the_old_one_and_prompts_update_in_place() {
         published().await == Some(sha(&new))
     })
     .await;
+    assert_eq!(
+        pod_uid(&p, "tenant-startup", "chat").await,
+        Some(rotated),
+        "publishing the hash again re-creates nothing"
+    );
     assert_eq!(tokens(new.clone()).await.0, 200);
 }
 
