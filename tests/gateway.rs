@@ -355,9 +355,13 @@ async fn customers_reach_their_instance_with_a_base_url_and_a_key() {
             (r.status != 403).then_some(r)
         })
         .await;
-    assert_eq!(starting.status, 503, "the pod is starting: {starting:?}");
-    assert_eq!(starting.body["error"]["code"], "instance_not_ready");
-    assert_eq!(starting.header("retry-after"), Some("5"));
+    // Under API faults the gateway may hear of the resume (its watch cut and re-listed) only
+    // after the pod is Ready again, and then it serves at once.
+    if !(p.api_faults() && starting.status == 200) {
+        assert_eq!(starting.status, 503, "the pod is starting: {starting:?}");
+        assert_eq!(starting.body["error"]["code"], "instance_not_ready");
+        assert_eq!(starting.header("retry-after"), Some("5"));
+    }
 
     // Metrics by tenant and instance; no key, no prompt anywhere the gateway writes.
     let metrics = curl(&format!("{}/metrics", gw.metrics)).await.unwrap();

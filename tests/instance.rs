@@ -145,6 +145,7 @@ async fn an_example_instance_serves_with_its_own_key_only() {
     })
     .await;
     assert!(!p.operators[0].log_text().contains(&key), "the key reached the operator's log");
+    p.event_announced("tenant-startup", "Ready").await;
     assert!(
         p.events("tenant-startup", "Ready")
             .await
@@ -349,6 +350,7 @@ spec:
         p.jsonpath(&["get", "inst", "big", "-n", "tenant-startup"], "{.status.phase}").await,
         "Pending"
     );
+    p.event_announced("tenant-startup", "Unschedulable").await;
     assert!(
         p.events("tenant-startup", "Unschedulable")
             .await
