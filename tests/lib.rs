@@ -259,6 +259,30 @@ impl Platform {
         alcove_devcluster::metrics::reconcile_writes(&self.writes_by_resource().await)
     }
 
+    /// Under API faults only: waits (60 s at most) until the operator has written nothing for
+    /// 5 s. Its caches re-list about once a second there, each kind at its own moment, so a
+    /// pass can read one cache from before a change and another from after it for a few seconds
+    /// more than in a clean run; the steady state a test measures begins later, not never (a
+    /// world that never settles fails here).
+    pub async fn settled_under_faults(&self) {
+        if !self.api_faults() {
+            return;
+        }
+        let started = std::time::Instant::now();
+        let (mut last, mut quiet_since) = (self.reconcile_writes().await, started);
+        while quiet_since.elapsed() < Duration::from_secs(5) {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "the operator kept writing for 60 s in an unchanged world"
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let now = self.reconcile_writes().await;
+            if now != last {
+                (last, quiet_since) = (now, std::time::Instant::now());
+            }
+        }
+    }
+
     pub async fn jsonpath(&self, args: &[&str], path: &str) -> String {
         let mut a = args.to_vec();
         let p = format!("jsonpath={path}");

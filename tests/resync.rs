@@ -42,36 +42,6 @@ async fn writes_across_resyncs(
         .collect()
 }
 
-/// The operator's writes (Leases and Events aside), summed.
-async fn writes(p: &Platform) -> f64 {
-    let all = p.writes_by_resource().await;
-    all.iter().filter(|(k, _)| *k != "leases" && *k != "events").map(|(_, v)| v).sum()
-}
-
-/// Under API faults only: waits (60 s at most) until the operator has written nothing for 5 s.
-/// Its caches re-list about once a second there, each kind at its own moment, so a tenant's pass
-/// can read one cache from before a change and another from after it for a few seconds more
-/// than in a clean run; the steady state the window measures begins later, not never (a world
-/// that never settles fails here).
-async fn settled_under_faults(p: &Platform) {
-    if !p.api_faults() {
-        return;
-    }
-    let started = std::time::Instant::now();
-    let (mut last, mut quiet_since) = (writes(p).await, std::time::Instant::now());
-    while quiet_since.elapsed() < Duration::from_secs(5) {
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "the operator kept writing for 60 s in an unchanged world"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let now = writes(p).await;
-        if now != last {
-            (last, quiet_since) = (now, std::time::Instant::now());
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn steady_state_without_billing_writes_nothing() {
     let mut p = Platform::start_with(with_inference).await;
@@ -92,7 +62,7 @@ async fn steady_state_without_billing_writes_nothing() {
     assert_eq!(billing, alcove_crds::reason::DISABLED, "billing is off here");
     // Let the last aggregates (tenant instance counts, GPUs in use) land.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    settled_under_faults(&p).await;
+    p.settled_under_faults().await;
     let rv = p
         .jsonpath(&["get", "inst", "chat", "-n", "tenant-startup"], "{.metadata.resourceVersion}")
         .await;
@@ -190,7 +160,7 @@ async fn steady_state_with_billing_writes_nothing() {
     let at = move |s: i64| jiff::Timestamp::from_second(t0.as_second() + s).unwrap();
     clock.set(at(121));
     tokio::time::sleep(Duration::from_secs(3)).await;
-    settled_under_faults(&p).await;
+    p.settled_under_faults().await;
     let ticking = Clock(clock.0.clone());
     let ticker = tokio::spawn(async move {
         for s in 122..=128 {

@@ -239,6 +239,7 @@ async fn unchanged_reconcile_writes_nothing_and_drift_is_restored() {
     p.ok(&["apply", "-f", &example("good/tenant-basic.yaml")]).await;
     p.wait_condition("tenant/startup", "Ready", 30).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
+    p.settled_under_faults().await;
     let reconciles = |m: &str| metric(m, "alcove_reconcile_total", "controller=\"tenant\"");
     let before_writes = p.reconcile_writes().await;
     let before_reconciles = reconciles(&p.operators[op].metrics().await);
