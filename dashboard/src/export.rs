@@ -372,7 +372,12 @@ async fn parts(
                 continue;
             }
             Err(e) => {
-                w.omit(&dir, format!("the cluster did not answer when the instance's key was read ({e}). Export again to include them."));
+                w.omit(
+                    &dir,
+                    format!(
+                        "the instance's key could not be read ({e}). Export again to include them."
+                    ),
+                );
                 continue;
             }
         };
