@@ -269,15 +269,8 @@ async fn key_of(
         Err(_) => true,
         Ok(_) => false,
     };
-    let mut key = app.cluster.instance_key(email, tenant, name).await;
-    for wait in [1, 2] {
-        if !passing(&key) {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_secs(wait)).await;
-        key = app.cluster.instance_key(email, tenant, name).await;
-    }
-    key
+    let key = || app.cluster.instance_key(email, tenant, name);
+    crate::gateway::ask_again_while(key, passing).await
 }
 
 async fn parts(

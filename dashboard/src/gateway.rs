@@ -86,15 +86,8 @@ impl GatewayClient {
     /// that has not yet seen it Ready). For reads whose result a customer keeps, as an export.
     /// A 401 is not asked again: each one counts towards the address's failed sign-ins.
     pub async fn read(&self, path: &str, key: &str) -> anyhow::Result<(u16, Value)> {
-        let mut answer = self.json(http::Method::GET, path, key, None).await;
-        for wait in [1, 2] {
-            if matches!(answer, Ok((status, _)) if !matches!(status, 502..=504)) {
-                break;
-            }
-            tokio::time::sleep(Duration::from_secs(wait)).await;
-            answer = self.json(http::Method::GET, path, key, None).await;
-        }
-        answer
+        let passing = |answer: &anyhow::Result<(u16, Value)>| !matches!(answer, Ok((status, _)) if !matches!(status, 502..=504));
+        ask_again_while(|| self.json(http::Method::GET, path, key, None), passing).await
     }
 
     /// A call whose answer is JSON: (status, body).
@@ -110,6 +103,25 @@ impl GatewayClient {
         let bytes = answer.into_body().collect().await.context("reading the gateway's answer")?;
         Ok((status, serde_json::from_slice(&bytes.to_bytes()).unwrap_or(Value::Null)))
     }
+}
+
+/// `request`, made again (twice at most, 1 s then 2 s later) while `passing` says its result is a
+/// failure that may pass if asked again. For reads that change nothing: an export's, through the
+/// gateway ([`GatewayClient::read`]) or of the cluster.
+pub async fn ask_again_while<T, F, Fut>(mut request: F, passing: impl Fn(&T) -> bool) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = T>,
+{
+    let mut result = request().await;
+    for wait in [1, 2] {
+        if !passing(&result) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(wait)).await;
+        result = request().await;
+    }
+    result
 }
 
 #[cfg(test)]
